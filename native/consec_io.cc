@@ -1,0 +1,423 @@
+// consec native I/O: the few Linux facilities Node has no API for.
+//
+//   tunOpen(name, multiQueue)            -> { fd, name }    TUN, IFF_TUN|IFF_NO_PI, O_NONBLOCK
+//   rawOpen(family, protocol)            -> fd              SOCK_RAW (ESP 50, AH 51), non-blocking
+//   bindAddress(fd, family, addr16)      -> undefined       bind a raw socket to a local address
+//   setMark(fd, mark)                    -> undefined       SO_MARK (keeps our ESP out of the TUN route)
+//   close(fd)                            -> undefined
+//   readBatch(fd, buf, slot, lens, max)  -> n               read() until EAGAIN or max packets
+//   writeBatch(fd, buf, offs, lens, n)   -> written         write() each packet; stops on EAGAIN
+//   recvBatch(fd, buf, slot, lens, addrs, max) -> n        recvmmsg; addrs: 16 bytes per packet
+//   sendBatch(fd, family, buf, offs, lens, addrs, n) -> sent   sendmmsg to per-packet destinations
+//   Poller(fd, onReadable)                                   uv_poll_t on Node's own loop
+//
+// Errors are thrown as Error objects with .code (errno name), .errno and .syscall, which the
+// TypeScript wrapper (src/io/native.ts) turns into typed errors. No packet is ever allocated here:
+// the caller owns every buffer, so the data plane can reuse them batch after batch.
+
+#include <napi.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+namespace {
+
+constexpr int kMaxBatch = 256;
+
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall) {
+  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + strerror(err));
+  const char* name = strerrorname_np(err);
+  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+Napi::Error ArgError(Napi::Env env, const char* msg) {
+  Napi::TypeError e = Napi::TypeError::New(env, msg);
+  e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG"));
+  return e;
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw ArgError(info.Env(), "fd must be a number");
+  int fd = info[i].As<Napi::Number>().Int32Value();
+  if (fd < 0) throw ArgError(info.Env(), "fd must be >= 0");
+  return fd;
+}
+
+Napi::Buffer<uint8_t> BufArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsBuffer()) throw ArgError(info.Env(), what);
+  return info[i].As<Napi::Buffer<uint8_t>>();
+}
+
+Napi::Int32Array I32Arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw ArgError(info.Env(), what);
+  return info[i].As<Napi::Int32Array>();
+}
+
+uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw ArgError(info.Env(), what);
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (v < 0 || v > 4294967295.0 || v != static_cast<double>(static_cast<uint32_t>(v)))
+    throw ArgError(info.Env(), what);
+  return static_cast<uint32_t>(v);
+}
+
+int FamilyArg(const Napi::CallbackInfo& info, size_t i) {
+  uint32_t f = U32Arg(info, i, "family must be 4 or 6");
+  if (f != 4 && f != 6) throw ArgError(info.Env(), "family must be 4 or 6");
+  return f == 4 ? AF_INET : AF_INET6;
+}
+
+// Fills a sockaddr from a 16-byte address slot (IPv4 uses the first 4 bytes).
+socklen_t ToSockaddr(int af, const uint8_t* addr16, sockaddr_storage* ss) {
+  memset(ss, 0, sizeof(*ss));
+  if (af == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(ss);
+    sin->sin_family = AF_INET;
+    memcpy(&sin->sin_addr, addr16, 4);
+    return sizeof(sockaddr_in);
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(ss);
+  sin6->sin6_family = AF_INET6;
+  memcpy(&sin6->sin6_addr, addr16, 16);
+  return sizeof(sockaddr_in6);
+}
+
+void FromSockaddr(const sockaddr_storage* ss, uint8_t* addr16) {
+  memset(addr16, 0, 16);
+  if (ss->ss_family == AF_INET) {
+    memcpy(addr16, &reinterpret_cast<const sockaddr_in*>(ss)->sin_addr, 4);
+  } else if (ss->ss_family == AF_INET6) {
+    memcpy(addr16, &reinterpret_cast<const sockaddr_in6*>(ss)->sin6_addr, 16);
+  }
+}
+
+Napi::Value TunOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw ArgError(env, "name must be a string");
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name.size() >= IFNAMSIZ) throw ArgError(env, "interface name longer than 15 bytes");
+  bool multiQueue = info.Length() > 1 && info[1].ToBoolean().Value();
+
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) throw ErrnoError(env, errno, "open(/dev/net/tun)");
+  ifreq ifr{};
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0);
+  strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    ::close(fd);
+    throw ErrnoError(env, err, "ioctl(TUNSETIFF)");
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fd", Napi::Number::New(env, fd));
+  out.Set("name", Napi::String::New(env, ifr.ifr_name));
+  return out;
+}
+
+Napi::Value RawOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int af = FamilyArg(info, 0);
+  uint32_t proto = U32Arg(info, 1, "protocol must be 0..255");
+  if (proto > 255) throw ArgError(env, "protocol must be 0..255");
+  int fd = socket(af, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, static_cast<int>(proto));
+  if (fd < 0) throw ErrnoError(env, errno, "socket(SOCK_RAW)");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value BindAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int af = FamilyArg(info, 1);
+  auto addr = BufArg(info, 2, "address must be a 16-byte Buffer");
+  if (addr.Length() < 16) throw ArgError(env, "address must be a 16-byte Buffer");
+  sockaddr_storage ss;
+  socklen_t len = ToSockaddr(af, addr.Data(), &ss);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) throw ErrnoError(env, errno, "bind");
+  return env.Undefined();
+}
+
+Napi::Value SetMark(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  uint32_t mark = U32Arg(info, 1, "mark must be a 32-bit unsigned integer");
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+    throw ErrnoError(env, errno, "setsockopt(SO_MARK)");
+  return env.Undefined();
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  if (::close(fd) < 0 && errno != EINTR) throw ErrnoError(env, errno, "close");
+  return env.Undefined();
+}
+
+// readBatch(fd, buf, slotSize, lengths, max): packet i lands at buf[i*slotSize], length in lengths[i].
+Napi::Value ReadBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  auto buf = BufArg(info, 1, "buffer must be a Buffer");
+  uint32_t slot = U32Arg(info, 2, "slotSize must be a positive integer");
+  auto lens = I32Arg(info, 3, "lengths must be an Int32Array");
+  uint32_t max = U32Arg(info, 4, "max must be a positive integer");
+  if (slot == 0) throw ArgError(env, "slotSize must be a positive integer");
+  if (max > lens.ElementLength()) max = lens.ElementLength();
+  if (max > buf.Length() / slot) max = buf.Length() / slot;
+  uint32_t n = 0;
+  while (n < max) {
+    ssize_t r = read(fd, buf.Data() + static_cast<size_t>(n) * slot, slot);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (n > 0) break;  // report what we have; the error recurs on the next call
+      throw ErrnoError(env, errno, "read");
+    }
+    lens[n++] = static_cast<int32_t>(r);
+  }
+  return Napi::Number::New(env, n);
+}
+
+// writeBatch(fd, buf, offsets, lengths, count): returns how many packets were written.
+Napi::Value WriteBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  auto buf = BufArg(info, 1, "buffer must be a Buffer");
+  auto offs = I32Arg(info, 2, "offsets must be an Int32Array");
+  auto lens = I32Arg(info, 3, "lengths must be an Int32Array");
+  uint32_t count = U32Arg(info, 4, "count must be a non-negative integer");
+  if (count > offs.ElementLength() || count > lens.ElementLength())
+    throw ArgError(env, "count exceeds offsets/lengths");
+  uint32_t n = 0;
+  while (n < count) {
+    int32_t off = offs[n], len = lens[n];
+    if (off < 0 || len < 0 || static_cast<size_t>(off) + static_cast<size_t>(len) > buf.Length())
+      throw ArgError(env, "packet outside buffer");
+    ssize_t w = write(fd, buf.Data() + off, static_cast<size_t>(len));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (n > 0) break;
+      throw ErrnoError(env, errno, "write");
+    }
+    n++;
+  }
+  return Napi::Number::New(env, n);
+}
+
+// recvBatch(fd, buf, slotSize, lengths, addrs, max): recvmmsg; source address i at addrs[i*16].
+Napi::Value RecvBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  auto buf = BufArg(info, 1, "buffer must be a Buffer");
+  uint32_t slot = U32Arg(info, 2, "slotSize must be a positive integer");
+  auto lens = I32Arg(info, 3, "lengths must be an Int32Array");
+  auto addrs = BufArg(info, 4, "addrs must be a Buffer");
+  uint32_t max = U32Arg(info, 5, "max must be a positive integer");
+  if (slot == 0) throw ArgError(env, "slotSize must be a positive integer");
+  if (max > lens.ElementLength()) max = lens.ElementLength();
+  if (max > buf.Length() / slot) max = buf.Length() / slot;
+  if (max > addrs.Length() / 16) max = addrs.Length() / 16;
+  if (max > kMaxBatch) max = kMaxBatch;
+  if (max == 0) return Napi::Number::New(env, 0);
+
+  mmsghdr msgs[kMaxBatch];
+  iovec iovs[kMaxBatch];
+  sockaddr_storage from[kMaxBatch];
+  memset(msgs, 0, sizeof(mmsghdr) * max);
+  for (uint32_t i = 0; i < max; i++) {
+    iovs[i].iov_base = buf.Data() + static_cast<size_t>(i) * slot;
+    iovs[i].iov_len = slot;
+    msgs[i].msg_hdr.msg_iov = &iovs[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+    msgs[i].msg_hdr.msg_name = &from[i];
+    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
+  }
+  int r;
+  do {
+    r = recvmmsg(fd, msgs, max, MSG_DONTWAIT, nullptr);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, 0);
+    throw ErrnoError(env, errno, "recvmmsg");
+  }
+  for (int i = 0; i < r; i++) {
+    // A datagram larger than the slot is truncated: report it as -1 so the caller drops it.
+    lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : static_cast<int32_t>(msgs[i].msg_len);
+    FromSockaddr(&from[i], addrs.Data() + static_cast<size_t>(i) * 16);
+  }
+  return Napi::Number::New(env, r);
+}
+
+// sendBatch(fd, family, buf, offsets, lengths, addrs, count): sendmmsg; returns packets sent.
+Napi::Value SendBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int af = FamilyArg(info, 1);
+  auto buf = BufArg(info, 2, "buffer must be a Buffer");
+  auto offs = I32Arg(info, 3, "offsets must be an Int32Array");
+  auto lens = I32Arg(info, 4, "lengths must be an Int32Array");
+  auto addrs = BufArg(info, 5, "addrs must be a Buffer");
+  uint32_t count = U32Arg(info, 6, "count must be a non-negative integer");
+  if (count > offs.ElementLength() || count > lens.ElementLength() || count > addrs.Length() / 16)
+    throw ArgError(env, "count exceeds offsets/lengths/addrs");
+  uint32_t sent = 0;
+  while (sent < count) {
+    uint32_t n = count - sent;
+    if (n > kMaxBatch) n = kMaxBatch;
+    mmsghdr msgs[kMaxBatch];
+    iovec iovs[kMaxBatch];
+    sockaddr_storage to[kMaxBatch];
+    memset(msgs, 0, sizeof(mmsghdr) * n);
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t k = sent + i;
+      int32_t off = offs[k], len = lens[k];
+      if (off < 0 || len < 0 || static_cast<size_t>(off) + static_cast<size_t>(len) > buf.Length())
+        throw ArgError(env, "packet outside buffer");
+      iovs[i].iov_base = buf.Data() + off;
+      iovs[i].iov_len = static_cast<size_t>(len);
+      msgs[i].msg_hdr.msg_iov = &iovs[i];
+      msgs[i].msg_hdr.msg_iovlen = 1;
+      msgs[i].msg_hdr.msg_name = &to[i];
+      msgs[i].msg_hdr.msg_namelen = ToSockaddr(af, addrs.Data() + static_cast<size_t>(k) * 16, &to[i]);
+    }
+    int r;
+    do {
+      r = sendmmsg(fd, msgs, n, MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (sent > 0) break;
+      throw ErrnoError(env, errno, "sendmmsg");
+    }
+    sent += static_cast<uint32_t>(r);
+    if (static_cast<uint32_t>(r) < n) break;
+  }
+  return Napi::Number::New(env, sent);
+}
+
+// Poller: calls onReadable() on Node's loop whenever fd becomes readable. The callback is expected
+// to drain the fd (readBatch/recvBatch until 0) — level-triggered, so a partial drain fires again.
+class Poller : public Napi::ObjectWrap<Poller> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Poller",
+                       {InstanceMethod("start", &Poller::Start), InstanceMethod("stop", &Poller::Stop),
+                        InstanceMethod("close", &Poller::Close)});
+  }
+
+  explicit Poller(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Poller>(info) {
+    Napi::Env env = info.Env();
+    fd_ = FdArg(info, 0);
+    if (info.Length() < 2 || !info[1].IsFunction()) throw ArgError(env, "onReadable must be a function");
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    context_ = std::make_unique<Napi::AsyncContext>(env, "consec:poller");
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
+      throw Napi::Error::New(env, "no libuv loop");
+    handle_ = new uv_poll_t;
+    int rc = uv_poll_init(loop, handle_, fd_);
+    if (rc != 0) {
+      delete handle_;
+      handle_ = nullptr;
+      throw ErrnoError(env, -rc, "uv_poll_init");
+    }
+    handle_->data = this;
+  }
+
+  ~Poller() override { CloseHandle(); }
+
+ private:
+  static void OnPoll(uv_poll_t* h, int status, int events) {
+    auto* self = static_cast<Poller*>(h->data);
+    if (self == nullptr || !self->active_) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    Napi::Value err = env.Null();
+    if (status < 0) {
+      const char* name = uv_err_name(status);
+      Napi::Error e = Napi::Error::New(env, std::string("poll: ") + uv_strerror(status));
+      e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+      err = e.Value();
+    }
+    (void)events;
+    self->callback_.MakeCallback(self->Value(), {err}, *self->context_);
+  }
+
+  static void OnClosed(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
+
+  void CloseHandle() {
+    if (handle_ != nullptr) {
+      handle_->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(handle_), OnClosed);
+      handle_ = nullptr;
+    }
+    active_ = false;
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (handle_ == nullptr) throw Napi::Error::New(env, "poller is closed");
+    if (!active_) {
+      int rc = uv_poll_start(handle_, UV_READABLE, OnPoll);
+      if (rc != 0) throw ErrnoError(env, -rc, "uv_poll_start");
+      active_ = true;
+      Ref();  // keep the JS object alive while the loop may call it
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (handle_ != nullptr && active_) {
+      uv_poll_stop(handle_);
+      active_ = false;
+      Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (active_) Unref();
+    CloseHandle();
+    return info.Env().Undefined();
+  }
+
+  int fd_ = -1;
+  bool active_ = false;
+  uv_poll_t* handle_ = nullptr;
+  Napi::FunctionReference callback_;
+  std::unique_ptr<Napi::AsyncContext> context_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("tunOpen", Napi::Function::New(env, TunOpen));
+  exports.Set("rawOpen", Napi::Function::New(env, RawOpen));
+  exports.Set("bindAddress", Napi::Function::New(env, BindAddress));
+  exports.Set("setMark", Napi::Function::New(env, SetMark));
+  exports.Set("close", Napi::Function::New(env, Close));
+  exports.Set("readBatch", Napi::Function::New(env, ReadBatch));
+  exports.Set("writeBatch", Napi::Function::New(env, WriteBatch));
+  exports.Set("recvBatch", Napi::Function::New(env, RecvBatch));
+  exports.Set("sendBatch", Napi::Function::New(env, SendBatch));
+  exports.Set("Poller", Poller::Init(env));
+  exports.Set("maxBatch", Napi::Number::New(env, kMaxBatch));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(consec_io, Init)

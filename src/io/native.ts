@@ -1,0 +1,258 @@
+/**
+ * Typed wrapper over the native addon (native/consec_io.cc): TUN devices, raw IP sockets for ESP
+ * and AH, SO_MARK, and batched non-blocking I/O driven by readiness events on Node's own loop.
+ *
+ * Buffers are owned by the caller and reused: a PacketBatch is allocated once and filled by every
+ * read, so the data plane allocates nothing per packet.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NativeAddonMissingError, NativeIoError } from '../errors.ts';
+import { type IpFamily, readIp, writeIp } from './addr.ts';
+
+interface NativePoller {
+  start(): void;
+  stop(): void;
+  close(): void;
+}
+
+interface NativeAddon {
+  tunOpen(name: string, multiQueue: boolean): { fd: number; name: string };
+  rawOpen(family: IpFamily, protocol: number): number;
+  bindAddress(fd: number, family: IpFamily, addr16: Buffer): void;
+  setMark(fd: number, mark: number): void;
+  close(fd: number): void;
+  readBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
+  writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
+  recvBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, addrs: Buffer, max: number): number;
+  sendBatch(
+    fd: number,
+    family: IpFamily,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    addrs: Buffer,
+    count: number,
+  ): number;
+  Poller: new (fd: number, onReadable: (err: Error | null) => void) => NativePoller;
+  maxBatch: number;
+}
+
+export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'consec_io.node');
+
+let addon: NativeAddon | undefined;
+
+function native(): NativeAddon {
+  if (addon) return addon;
+  if (!existsSync(ADDON_PATH)) {
+    throw new NativeAddonMissingError(
+      `native addon not built (${ADDON_PATH} missing): run "npm rebuild" or "npx node-gyp rebuild" in the consec directory`,
+    );
+  }
+  try {
+    addon = createRequire(import.meta.url)(ADDON_PATH) as NativeAddon;
+  } catch (cause) {
+    throw new NativeAddonMissingError(`native addon failed to load: ${(cause as Error).message}`, { cause });
+  }
+  return addon;
+}
+
+/** Runs a native call, turning errno-style failures into NativeIoError. */
+function sys<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    const e = err as Error & { code?: string; syscall?: string };
+    if (e.syscall !== undefined && e.code !== undefined) {
+      throw new NativeIoError(e.syscall, e.code, e.message, { cause: err });
+    }
+    throw err;
+  }
+}
+
+/** A reusable set of packet slots: packet i is buf[i*slot .. i*slot+lengths[i]). */
+export class PacketBatch {
+  readonly buf: Buffer;
+  readonly lengths: Int32Array;
+  /** Peer address of each packet (16 bytes each), for socket batches. */
+  readonly addrs: Buffer;
+  /** Offsets of each slot, for writing the batch back out unchanged. */
+  readonly offsets: Int32Array;
+  count = 0;
+
+  constructor(
+    readonly capacity: number,
+    readonly slot: number,
+  ) {
+    this.buf = Buffer.alloc(capacity * slot);
+    this.lengths = new Int32Array(capacity);
+    this.offsets = new Int32Array(capacity);
+    for (let i = 0; i < capacity; i++) this.offsets[i] = i * slot;
+    this.addrs = Buffer.alloc(capacity * 16);
+  }
+
+  /** A view (no copy) of packet i. */
+  packet(i: number): Buffer {
+    const off = i * this.slot;
+    return this.buf.subarray(off, off + (this.lengths[i] ?? 0));
+  }
+
+  /** Copies `data` into slot i with `addr` as its peer; returns i. */
+  set(i: number, data: Uint8Array, addr?: string): number {
+    if (data.length > this.slot) throw new RangeError(`packet of ${data.length} bytes exceeds slot of ${this.slot}`);
+    this.buf.set(data, i * this.slot);
+    this.lengths[i] = data.length;
+    if (addr !== undefined) writeIp(addr, this.addrs, i * 16);
+    return i;
+  }
+
+  address(i: number, family: IpFamily): string {
+    return readIp(this.addrs, i * 16, family);
+  }
+}
+
+abstract class PolledFd {
+  private poller: NativePoller | undefined;
+  protected closed = false;
+
+  protected constructor(readonly fd: number) {}
+
+  /**
+   * Calls `onReadable` whenever the descriptor has data; the callback should drain it with a batch
+   * read until it returns 0. Level-triggered: a partial drain fires again.
+   */
+  onReadable(onReadable: (err: NativeIoError | null) => void): void {
+    this.assertOpen();
+    this.poller?.close();
+    const a = native();
+    this.poller = new a.Poller(this.fd, (err) => {
+      const e = err as (Error & { code?: string }) | null;
+      onReadable(e ? new NativeIoError('poll', e.code ?? 'EUNKNOWN', e.message, { cause: e }) : null);
+    });
+    this.poller.start();
+  }
+
+  /** Stops readiness callbacks (the descriptor stays open). */
+  pause(): void {
+    this.poller?.stop();
+  }
+
+  resume(): void {
+    this.poller?.start();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poller?.close();
+    this.poller = undefined;
+    sys(() => native().close(this.fd));
+  }
+
+  protected assertOpen(): void {
+    if (this.closed) throw new NativeIoError('use', 'EBADF', 'descriptor already closed');
+  }
+}
+
+export interface TunOptions {
+  /** Open with IFF_MULTI_QUEUE so several queues (one per worker) can share the device. */
+  multiQueue?: boolean;
+}
+
+/** A TUN device (IFF_TUN | IFF_NO_PI): reads and writes bare IPv4/IPv6 packets. */
+export class TunDevice extends PolledFd {
+  private constructor(
+    fd: number,
+    readonly name: string,
+  ) {
+    super(fd);
+  }
+
+  /** Opens (creating if needed) the TUN device `name` in the caller's network namespace. */
+  static open(name: string, options: TunOptions = {}): TunDevice {
+    const { fd, name: actual } = sys(() => native().tunOpen(name, options.multiQueue ?? false));
+    return new TunDevice(fd, actual);
+  }
+
+  /** Reads up to batch.capacity packets; returns how many (0 when none are waiting). */
+  read(batch: PacketBatch): number {
+    this.assertOpen();
+    batch.count = sys(() => native().readBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.capacity));
+    return batch.count;
+  }
+
+  /** Writes packets [0, count) of `batch` (or of the given buffer/offsets/lengths); returns how many went. */
+  write(batch: PacketBatch, count = batch.count): number {
+    this.assertOpen();
+    return sys(() => native().writeBatch(this.fd, batch.buf, batch.offsets, batch.lengths, count));
+  }
+}
+
+export const IPPROTO_ESP = 50;
+export const IPPROTO_AH = 51;
+
+/**
+ * A raw IP socket for one protocol (ESP or AH). IPv4 receives include the 20+ byte IP header;
+ * IPv6 receives start at the protocol header (the kernel strips the IPv6 header). Sends carry the
+ * protocol payload only; the kernel adds the IP header.
+ */
+export class RawIpSocket extends PolledFd {
+  private constructor(
+    fd: number,
+    readonly family: IpFamily,
+    readonly protocol: number,
+  ) {
+    super(fd);
+  }
+
+  static open(family: IpFamily, protocol: number): RawIpSocket {
+    return new RawIpSocket(
+      sys(() => native().rawOpen(family, protocol)),
+      family,
+      protocol,
+    );
+  }
+
+  bind(address: string): void {
+    this.assertOpen();
+    const addr = Buffer.alloc(16);
+    const family = writeIp(address, addr);
+    if (family !== this.family) throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
+    sys(() => native().bindAddress(this.fd, this.family, addr));
+  }
+
+  /** Sets SO_MARK so routing rules can tell our own packets apart (needs CAP_NET_ADMIN). */
+  setMark(mark: number): void {
+    this.assertOpen();
+    setSocketMark(this.fd, mark);
+  }
+
+  /** recvmmsg into the batch; lengths[i] is -1 for a truncated datagram. Returns the count. */
+  recv(batch: PacketBatch): number {
+    this.assertOpen();
+    batch.count = sys(() =>
+      native().recvBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.addrs, batch.capacity),
+    );
+    return batch.count;
+  }
+
+  /** sendmmsg packets [0, count) of `batch` to their addresses; returns how many were sent. */
+  send(batch: PacketBatch, count = batch.count): number {
+    this.assertOpen();
+    return sys(() =>
+      native().sendBatch(this.fd, this.family, batch.buf, batch.offsets, batch.lengths, batch.addrs, count),
+    );
+  }
+}
+
+/** Sets SO_MARK on any socket descriptor (for example a node:dgram socket's). */
+export function setSocketMark(fd: number, mark: number): void {
+  sys(() => native().setMark(fd, mark));
+}
+
+/** The largest batch a single recvBatch/sendmmsg call handles. */
+export function maxBatch(): number {
+  return native().maxBatch;
+}
