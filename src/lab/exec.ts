@@ -49,7 +49,7 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
       if (timedOut) {
         reject(new LabTimeoutError(`${argv.join(' ')}: no exit after ${timeoutMs} ms`));
       } else if (code !== 0 && !options.allowFailure) {
-        const detail = stderr.trim() || stdout.trim();
+        const detail = (stderr.trim() || stdout.trim()).slice(-1000);
         reject(new LabCommandError(`${argv.join(' ')}: exit ${code}${detail ? `: ${detail}` : ''}`, code, stderr));
       } else {
         resolve({ stdout, stderr, code });

@@ -79,7 +79,7 @@ export class LabProcess {
           resolve(m);
         } else if (!this.running) {
           done();
-          reject(new LabCommandError(`${this.label} exited before printing ${pattern}: ${this.out.slice(-2000)}`, this.child.exitCode, this.out));
+          reject(new LabCommandError(`${this.label} exited before printing ${pattern}: ${this.out.slice(-1000)}`, this.child.exitCode, this.out.slice(-4000)));
         }
       };
       const timer = setTimeout(() => {
@@ -240,6 +240,26 @@ export class Lab {
     renameSync(`${path}.tmp`, path);
   }
 
+  /**
+   * Waits until every veth reports operstate UP. The kernel activates a link's queue (linkwatch)
+   * some milliseconds after "link set up"; packets sent before that are silently dropped, which shows
+   * up as a lost first IPv6 ping.
+   */
+  private async waitLinksUp(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const pending = new Set(this.spec.links.flatMap((l) => [l.a, l.b]).map((i) => `${i.host}/${i.name}`));
+    while (pending.size > 0) {
+      for (const key of [...pending]) {
+        const [host = '', name = ''] = key.split('/');
+        const { stdout } = await run(['ip', '-n', this.ns(host), '-o', 'link', 'show', 'dev', name]);
+        if (/ state UP /.test(stdout)) pending.delete(key);
+      }
+      if (pending.size === 0) break;
+      if (Date.now() > deadline) throw new LabTimeoutError(`links not up after ${timeoutMs} ms: ${[...pending].join(', ')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
   private async build(): Promise<void> {
     const ip = (...args: string[]): Promise<RunResult> => run(['ip', ...args]);
     for (const h of this.spec.hosts) {
@@ -271,6 +291,7 @@ export class Lab {
         await ip('-n', ns, 'link', 'set', i.name, 'up');
       }
     }
+    await this.waitLinksUp();
     for (const r of this.spec.routes ?? []) {
       const fam = r.to === 'default6' || (r.to !== 'default' && parsePrefix(r.to).family === 6) ? '-6' : '-4';
       await ip(fam, '-n', this.ns(r.host), 'route', 'add', r.to.startsWith('default') ? 'default' : r.to, 'via', r.via);
