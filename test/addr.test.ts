@@ -3,7 +3,7 @@ import { isIPv6 } from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { AddressError, parsePrefix, readIp, writeIp } from '../src/io/addr.ts';
-import { internetChecksum, ipv6PseudoHeaderSum } from '../src/packet/checksum.ts';
+import { internetChecksum } from '../src/packet/checksum.ts';
 
 describe('IP address codec', () => {
   it('round-trips IPv4 and IPv6 text through bytes', () => {

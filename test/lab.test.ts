@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabCommandError, LabTopologyError } from '../src/errors.ts';
-import { run } from '../src/lab/exec.ts';
 import { Capture } from '../src/lab/capture.ts';
+import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { behindNat, hostToHost, siteToSite, type TopologySpec } from '../src/lab/topology.ts';
 import { ROOT } from './helpers.ts';
@@ -79,8 +79,18 @@ describe('lab failure handling', () => {
     const bad: TopologySpec[] = [
       { name: 'Bad Name', hosts: [], links: [] },
       { name: 'x', hosts: [{ name: 'a' }, { name: 'a' }], links: [] },
-      { name: 'x', hosts: [{ name: 'a' }], links: [{ a: { host: 'a', name: 'e0', addresses: [] }, b: { host: 'zz', name: 'e0', addresses: [] } }] },
-      { name: 'x', hosts: [{ name: 'a' }, { name: 'b' }], links: [{ a: { host: 'a', name: 'e0', addresses: ['192.0.2.1'] }, b: { host: 'b', name: 'e0', addresses: [] } }] },
+      {
+        name: 'x',
+        hosts: [{ name: 'a' }],
+        links: [{ a: { host: 'a', name: 'e0', addresses: [] }, b: { host: 'zz', name: 'e0', addresses: [] } }],
+      },
+      {
+        name: 'x',
+        hosts: [{ name: 'a' }, { name: 'b' }],
+        links: [
+          { a: { host: 'a', name: 'e0', addresses: ['192.0.2.1'] }, b: { host: 'b', name: 'e0', addresses: [] } },
+        ],
+      },
       { name: 'x', hosts: [{ name: 'a', masqueradeOut: 'nope' }], links: [] },
     ];
     for (const spec of bad) await assert.rejects(Lab.create(spec), LabTopologyError);
@@ -91,7 +101,10 @@ describe('lab failure handling', () => {
     const before = await namespaces();
     const spec = hostToHost();
     spec.routes = [{ host: 'alice', to: '203.0.113.0/24', via: '198.51.100.99' }]; // unreachable gateway
-    await assert.rejects(Lab.create(spec), (e: unknown) => e instanceof LabCommandError && /Nexthop has invalid gateway|unreachable/i.test(e.message));
+    await assert.rejects(
+      Lab.create(spec),
+      (e: unknown) => e instanceof LabCommandError && /Nexthop has invalid gateway|unreachable/i.test(e.message),
+    );
     assert.deepEqual(await namespaces(), before);
   });
 

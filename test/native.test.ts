@@ -32,14 +32,20 @@ describe('native addon in lab namespaces', () => {
     await lab.exec('alice', ['ip', 'addr', 'add', '198.51.100.1/24', 'dev', 'cstun0']);
     await lab.exec('alice', ['ip', 'addr', 'add', '2001:db8:2::1/64', 'dev', 'cstun0', 'nodad']);
     await lab.exec('alice', ['ip', 'link', 'set', 'cstun0', 'up']);
-    const v4 = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '198.51.100.2'], { allowFailure: true });
+    const v4 = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', '198.51.100.2'], {
+      allowFailure: true,
+    });
     assert.equal(v4.code, 0, v4.stdout + v4.stderr);
     assert.match(v4.stdout, /3 packets transmitted, 3 received/);
-    const v6 = await lab.exec('alice', ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', '2001:db8:2::2'], { allowFailure: true });
+    const v6 = await lab.exec('alice', ['ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', '2001:db8:2::2'], {
+      allowFailure: true,
+    });
     assert.equal(v6.code, 0, v6.stdout + v6.stderr);
     assert.match(v6.stdout, /3 packets transmitted, 3 received/);
     await echo.exited;
-    const pkts = events<Pkt>(echo, 'packet').filter((p) => (p.proto === 1 || p.proto === 58) && !p.dst.startsWith('ff'));
+    const pkts = events<Pkt>(echo, 'packet').filter(
+      (p) => (p.proto === 1 || p.proto === 58) && !p.dst.startsWith('ff'),
+    );
     assert.deepEqual(
       pkts.filter((p) => p.version === 4).map((p) => [p.src, p.dst]),
       Array(3).fill(['198.51.100.1', '198.51.100.2']),
@@ -113,11 +119,17 @@ describe('native addon errors', () => {
       () => sock.bind('203.0.113.254'),
       (e: unknown) => e instanceof NativeIoError && e.sysCode === 'EADDRNOTAVAIL' && e.syscall === 'bind',
     );
-    assert.throws(() => sock.bind('2001:db8::1'), (e: unknown) => e instanceof NativeIoError && e.sysCode === 'EAFNOSUPPORT');
+    assert.throws(
+      () => sock.bind('2001:db8::1'),
+      (e: unknown) => e instanceof NativeIoError && e.sysCode === 'EAFNOSUPPORT',
+    );
     const batch = new PacketBatch(4, 128);
     assert.equal(sock.recv(batch), 0, 'non-blocking receive with nothing queued returns 0');
     sock.close();
-    assert.throws(() => sock.recv(batch), (e: unknown) => e instanceof NativeIoError && e.sysCode === 'EBADF');
+    assert.throws(
+      () => sock.recv(batch),
+      (e: unknown) => e instanceof NativeIoError && e.sysCode === 'EBADF',
+    );
     sock.close(); // idempotent
   });
 

@@ -44,7 +44,9 @@ describe('strongSwan peer helper', () => {
   it('two charons in the lab bring up a tunnel and ping through it; only ESP crosses the wire', async () => {
     const cap = await Capture.start(lab, 'bob', 'eth0');
     await alice.initiate('h2h');
-    const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', lab.address('bob')], { allowFailure: true });
+    const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', lab.address('bob')], {
+      allowFailure: true,
+    });
     assert.equal(ping.code, 0, `${ping.stdout}\n${alice.log().slice(-3000)}`);
 
     const rows = await cap.fields(['frame.protocols', 'ip.src', 'ip.dst', 'udp.dstport']);
@@ -79,8 +81,11 @@ describe('strongSwan peer helper', () => {
     assert.equal(bsa?.children[0]?.spiOut, child?.spiIn);
   });
 
-  it('a failed initiation is a PeerError carrying charon\'s log', async () => {
-    await assert.rejects(alice.initiate('no-such-child', 3), (e: unknown) => e instanceof PeerError && /no-such-child/.test(e.message));
+  it("a failed initiation is a PeerError carrying charon's log", async () => {
+    await assert.rejects(
+      alice.initiate('no-such-child', 3),
+      (e: unknown) => e instanceof PeerError && /no-such-child/.test(e.message),
+    );
   });
 });
 
@@ -95,7 +100,11 @@ describe('strongSwan configuration rendering', () => {
   });
 
   it('parses swanctl raw vici output', () => {
-    assert.deepEqual(parseVici('a=1 b=[x y] c {d=2 e {} f=[]}'), { a: '1', b: ['x', 'y'], c: { d: '2', e: {}, f: [] } });
+    assert.deepEqual(parseVici('a=1 b=[x y] c {d=2 e {} f=[]}'), {
+      a: '1',
+      b: ['x', 'y'],
+      c: { d: '2', e: {}, f: [] },
+    });
     assert.throws(() => parseVici('a ~'), PeerError);
     assert.throws(() => parseVici('a=[x y'), PeerError);
     const [sa] = parseListSas(

@@ -30,13 +30,9 @@ export function writeIp(addr: string, out: Uint8Array, offset = 0): IpFamily {
   // An embedded IPv4 tail (::ffff:192.0.2.1) counts as two 16-bit groups.
   const expand = (groups: string[]): string[] => {
     const last = groups[groups.length - 1];
-    if (last !== undefined && last.includes('.')) {
+    if (last?.includes('.')) {
       const b = last.split('.').map(Number) as [number, number, number, number];
-      return [
-        ...groups.slice(0, -1),
-        ((b[0] << 8) | b[1]).toString(16),
-        ((b[2] << 8) | b[3]).toString(16),
-      ];
+      return [...groups.slice(0, -1), ((b[0] << 8) | b[1]).toString(16), ((b[2] << 8) | b[3]).toString(16)];
     }
     return groups;
   };

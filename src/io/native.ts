@@ -40,7 +40,14 @@ interface NativeAddon {
   maxBatch: number;
 }
 
-export const ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'consec_io.node');
+export const ADDON_PATH = join(
+  dirname(fileURLToPath(import.meta.url)),
+  '..',
+  '..',
+  'build',
+  'Release',
+  'consec_io.node',
+);
 
 let addon: NativeAddon | undefined;
 
@@ -219,7 +226,8 @@ export class RawIpSocket extends PolledFd {
     this.assertOpen();
     const addr = Buffer.alloc(16);
     const family = writeIp(address, addr);
-    if (family !== this.family) throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
+    if (family !== this.family)
+      throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
     sys(() => native().bindAddress(this.fd, this.family, addr));
   }
 

@@ -26,7 +26,11 @@ export function run(argv: readonly string[], options: RunOptions = {}): Promise<
   if (cmd === undefined) throw new LabCommandError('empty command', null, '');
   const timeoutMs = options.timeoutMs ?? 60_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: options.env ?? process.env, detached: true });
+    const child = spawn(cmd, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: options.env ?? process.env,
+      detached: true,
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
@@ -65,7 +69,7 @@ export function runSync(argv: readonly string[]): RunResult {
   const [cmd, ...args] = argv;
   if (cmd === undefined) return { stdout: '', stderr: 'empty command', code: null };
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
-  return { stdout: r.stdout ?? '', stderr: r.stderr ?? (r.error?.message ?? ''), code: r.status };
+  return { stdout: r.stdout ?? '', stderr: r.stderr ?? r.error?.message ?? '', code: r.status };
 }
 
 /** Sends a signal to the process group of a child we spawned detached (so its helpers die too). */

@@ -79,12 +79,22 @@ export class LabProcess {
           resolve(m);
         } else if (!this.running) {
           done();
-          reject(new LabCommandError(`${this.label} exited before printing ${pattern}: ${this.out.slice(-1000)}`, this.child.exitCode, this.out.slice(-4000)));
+          reject(
+            new LabCommandError(
+              `${this.label} exited before printing ${pattern}: ${this.out.slice(-1000)}`,
+              this.child.exitCode,
+              this.out.slice(-4000),
+            ),
+          );
         }
       };
       const timer = setTimeout(() => {
         done();
-        reject(new LabTimeoutError(`${this.label}: ${pattern} not seen within ${timeoutMs} ms; output: ${this.out.slice(-2000)}`));
+        reject(
+          new LabTimeoutError(
+            `${this.label}: ${pattern} not seen within ${timeoutMs} ms; output: ${this.out.slice(-2000)}`,
+          ),
+        );
       }, timeoutMs);
       const done = (): void => {
         clearTimeout(timer);
@@ -142,7 +152,8 @@ export class Lab {
 
   /** The namespace name of `host`. */
   ns(host: string): string {
-    if (!this.spec.hosts.some((h) => h.name === host)) throw new LabCommandError(`no host ${host} in lab ${this.spec.name}`, null, '');
+    if (!this.spec.hosts.some((h) => h.name === host))
+      throw new LabCommandError(`no host ${host} in lab ${this.spec.name}`, null, '');
     return `${NS_PREFIX}${this.id}-${host}`;
   }
 
@@ -255,7 +266,8 @@ export class Lab {
         if (/ state UP /.test(stdout)) pending.delete(key);
       }
       if (pending.size === 0) break;
-      if (Date.now() > deadline) throw new LabTimeoutError(`links not up after ${timeoutMs} ms: ${[...pending].join(', ')}`);
+      if (Date.now() > deadline)
+        throw new LabTimeoutError(`links not up after ${timeoutMs} ms: ${[...pending].join(', ')}`);
       await new Promise((r) => setTimeout(r, 10));
     }
   }

@@ -6,11 +6,11 @@
  * named ipsec0, ESP in UDP 4500, tunnel mode only). Its own IKE/ESP packets carry fwmark 42 so the
  * routes it installs into ipsec0 do not swallow them. See shared/notes/strongswan-lab.md.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LabTimeoutError, PeerError } from '../errors.ts';
-import { requireLabPrerequisites, run, which } from './exec.ts';
+import { requireLabPrerequisites, which } from './exec.ts';
 import type { Lab, LabProcess } from './lab.ts';
 
 export const CHARON_PATHS = ['/usr/lib/ipsec/charon', '/usr/libexec/ipsec/charon'];
@@ -242,9 +242,12 @@ export class Charon {
     try {
       await this.swanctl(['--initiate', '--child', child, '--timeout', String(timeoutSec)], (timeoutSec + 5) * 1000);
     } catch (err) {
-      throw new PeerError(`strongSwan could not initiate ${child}: ${(err as Error).message}\n${this.log().slice(-3000)}`, {
-        cause: err,
-      });
+      throw new PeerError(
+        `strongSwan could not initiate ${child}: ${(err as Error).message}\n${this.log().slice(-3000)}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 
@@ -272,7 +275,9 @@ export class Charon {
     const sock = join(this.dir, 'charon.vici');
     while (Date.now() < deadline) {
       if (!this.proc.running) {
-        throw new PeerError(`charon exited during start-up: ${this.proc.output().slice(-2000)}${this.log().slice(-2000)}`);
+        throw new PeerError(
+          `charon exited during start-up: ${this.proc.output().slice(-2000)}${this.log().slice(-2000)}`,
+        );
       }
       if (existsSync(sock)) {
         try {

@@ -3,7 +3,7 @@
  * NAT. Descriptions are plain data, validated before anything is created.
  */
 import { LabTopologyError } from '../errors.ts';
-import { AddressError, parsePrefix } from '../io/addr.ts';
+import { type AddressError, parsePrefix } from '../io/addr.ts';
 
 export interface InterfaceSpec {
   host: string;

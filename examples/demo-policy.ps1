@@ -1,0 +1,14 @@
+# The policy `consec lab demo` applies on both lab hosts: host-to-host transport-mode protection
+# with a pre-shared key, AES-GCM-256 for ESP, written exactly as a Windows admin would.
+$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19
+$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "Lab MM AES256-SHA256-DH19" -Proposal $mm
+$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256
+$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "Lab QM ESP AES-GCM-256" -Proposal $qm
+$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "lab-only-psk-0123456789abcdef"
+$p1 = New-NetIPsecPhase1AuthSet -DisplayName "Lab PSK" -Proposal $psk
+New-NetIPsecRule -DisplayName "Lab host-to-host" `
+    -Mode Transport -KeyModule IKEv2 `
+    -InboundSecurity Require -OutboundSecurity Require `
+    -LocalAddress $env:LAB_LOCAL -RemoteAddress $env:LAB_REMOTE `
+    -Phase1AuthSet $p1.Name -MainModeCryptoSet $mmSet.Name -QuickModeCryptoSet $qmSet.Name
+Get-NetIPsecRule -DisplayName "Lab host-to-host" | Format-List

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what consec's demo and tests need, only what is missing; safe to run again.
+# Sourced by scripts/demo.sh and scripts/test.sh. Debian 12, as root.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: the lab creates network namespaces and TUN devices (try: sudo $0)"
+command -v node >/dev/null || die "Node.js 20 or later is needed (Debian: apt-get install nodejs npm)"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || die "Node.js $(node --version) is too old: 20 or later is needed"
+[ -e /dev/net/tun ] || die "/dev/net/tun is missing: the kernel needs CONFIG_TUN"
+
+# Debian packages: lab tooling, strongSwan peer with its userspace data plane, capture, addon build.
+APT_PACKAGES=(
+  iproute2 nftables iputils-ping procps tshark
+  strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
+  libstrongswan-extra-plugins libcharon-extra-plugins
+  python3 make g++
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node dependencies (npm ci also builds the native addon: the root package's node-gyp rebuild).
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "installing npm dependencies (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+if [ ! -f build/Release/consec_io.node ] || [ native/consec_io.cc -nt build/Release/consec_io.node ] || [ binding.gyp -nt build/Release/consec_io.node ]; then
+  log "building the native addon"
+  npx --no-install node-gyp rebuild --loglevel=error >/dev/null
+fi
+if [ ! -f dist/cli/main.js ] || [ -n "$(find src tsconfig.json tsconfig.build.json -newer dist/cli/main.js -print -quit)" ]; then
+  log "compiling TypeScript to dist/"
+  npx --no-install tsc -p tsconfig.build.json
+  chmod +x dist/cli/main.js
+fi
+log "ready"

@@ -1,0 +1,113 @@
+/**
+ * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
+ */
+import { Command, CommanderError } from 'commander';
+import { ConsecError } from '../errors.ts';
+import { runDemo } from '../lab/demo.ts';
+import { Lab } from '../lab/lab.ts';
+import { TOPOLOGIES } from '../lab/topology.ts';
+
+class NotYetAvailableError extends ConsecError {
+  constructor(what: string, issue: number) {
+    super('ERR_NOT_YET_AVAILABLE', `${what} is not available yet in this build of consec (tracked in issue ${issue})`);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('consec')
+    .description('Windows-style IPsec (connection security rules) for Linux hosts')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('pwsh')
+    .description('run NetSecurity cmdlets (New-NetIPsecRule, Get-NetIPsecMainModeSA, …) as written for Windows')
+    .argument('[script]', 'a .ps1 file, or - for standard input')
+    .option('-c, --command <text>', 'cmdlets to run')
+    .action(() => {
+      throw new NotYetAvailableError('the PowerShell front-end', 4);
+    });
+
+  program
+    .command('netsh')
+    .description('run netsh advfirewall commands (consec, mainmode, monitor, set global) as written for Windows')
+    .argument('[words...]', 'the words after "netsh", e.g. advfirewall consec show rule name=all')
+    .action(() => {
+      throw new NotYetAvailableError('the netsh front-end', 4);
+    });
+
+  program
+    .command('daemon')
+    .description('run the keying and data-plane service that enforces the active policy')
+    .option('--state-dir <dir>', 'state directory', process.env.CONSEC_HOME ?? '/var/lib/consec')
+    .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT')
+    .action(() => {
+      throw new NotYetAvailableError('the daemon', 5);
+    });
+
+  const lab = program.command('lab').description('network-namespace lab: TEST-NET hosts joined by veth pairs');
+  lab
+    .command('demo')
+    .description('build a two-host lab, apply a Windows-syntax policy, show the SAs and ESP on the wire')
+    .action(async () => {
+      process.exitCode = await runDemo();
+    });
+  lab
+    .command('up')
+    .description('build a topology and keep it until Ctrl-C (enter a host with: ip netns exec NAMESPACE bash)')
+    .argument('[topology]', `one of: ${Object.keys(TOPOLOGIES).join(', ')}`, 'host-to-host')
+    .action(async (name: string) => {
+      const make = TOPOLOGIES[name];
+      if (!make)
+        throw new ConsecError(
+          'ERR_LAB_TOPOLOGY',
+          `unknown topology "${name}"; choose one of: ${Object.keys(TOPOLOGIES).join(', ')}`,
+        );
+      const spec = make();
+      const built = await Lab.create(spec);
+      for (const h of spec.hosts) {
+        const addrs = spec.links
+          .flatMap((l) => [l.a, l.b])
+          .filter((i) => i.host === h.name)
+          .map((i) => `${i.name} ${i.addresses.join(' ')}`);
+        process.stdout.write(`${h.name.padEnd(8)} ${built.ns(h.name).padEnd(20)} ${addrs.join('; ')}\n`);
+      }
+      process.stdout.write('lab is up; Ctrl-C tears it down\n');
+      await new Promise<void>(() => {});
+    });
+  lab
+    .command('cleanup')
+    .description('remove namespaces left behind by crashed lab runs')
+    .action(async () => {
+      const removed = await Lab.cleanupStale();
+      process.stdout.write(removed.length ? `removed ${removed.join(' ')}\n` : 'nothing to clean up\n');
+    });
+  lab
+    .command('topologies')
+    .description('list the built-in topologies')
+    .action(() => {
+      for (const [name, make] of Object.entries(TOPOLOGIES)) {
+        const spec = make();
+        process.stdout.write(`${name.padEnd(14)} hosts: ${spec.hosts.map((h) => h.name).join(', ')}\n`);
+      }
+    });
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode;
+    if (err instanceof ConsecError) {
+      process.stderr.write(`consec: ${err.message}\n`);
+      return err.code === 'ERR_NOT_YET_AVAILABLE' ? 2 : 1;
+    }
+    process.stderr.write(`consec: unexpected error: ${(err as Error).message}\n`);
+    if (process.env.CONSEC_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+    return 1;
+  }
+}
