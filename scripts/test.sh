@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-echo "[test] lint (biome)"
-npx --no-install biome check --diagnostic-level=error .
+echo "[test] lint (eslint, prettier)"
+npx --no-install eslint . && npx --no-install prettier --check .
 echo "[test] type check (tsc)"
 npx --no-install tsc -p tsconfig.json
 echo "[test] running tests"

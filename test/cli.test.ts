@@ -9,7 +9,10 @@ import { ROOT } from './helpers.ts';
 function consec(args: string[], asUser?: string): { code: number | null; stdout: string; stderr: string } {
   const argv = [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args];
   const r = asUser
-    ? spawnSync('setpriv', ['--reuid', asUser, '--regid', asUser, '--clear-groups', ...argv], { encoding: 'utf8', cwd: ROOT })
+    ? spawnSync('setpriv', ['--reuid', asUser, '--regid', asUser, '--clear-groups', ...argv], {
+        encoding: 'utf8',
+        cwd: ROOT,
+      })
     : spawnSync(argv[0] as string, argv.slice(1), { encoding: 'utf8', cwd: ROOT });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -24,13 +27,19 @@ describe('consec CLI', () => {
   it('commands that do not exist yet say so clearly, with exit status 2 and no traceback', () => {
     const r = consec(['pwsh', '-c', 'Get-NetIPsecRule']);
     assert.equal(r.code, 2);
-    assert.equal(r.stderr, 'consec: the PowerShell front-end is not available yet in this build of consec (tracked in issue 4)\n');
+    assert.equal(
+      r.stderr,
+      'consec: the PowerShell front-end is not available yet in this build of consec (tracked in issue 4)\n',
+    );
   });
 
   it('bad lab input is a one-line error', () => {
     const r = consec(['lab', 'up', 'no-such-topology']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^consec: unknown topology "no-such-topology"; choose one of: host-to-host, nat, site-to-site\n$/);
+    assert.match(
+      r.stderr,
+      /^consec: unknown topology "no-such-topology"; choose one of: host-to-host, nat, site-to-site\n$/,
+    );
   });
 
   it('lab commands without root say what is missing and change nothing', () => {
@@ -41,9 +50,12 @@ describe('consec CLI', () => {
   });
 
   it('names a missing tool and the package that provides it', () => {
-    assert.throws(() => requireLabPrerequisites(['ip', 'consec-no-such-tool']), (e: unknown) => {
-      return e instanceof LabPrerequisiteError && /"consec-no-such-tool"/.test(e.message) && !/"ip"/.test(e.message);
-    });
+    assert.throws(
+      () => requireLabPrerequisites(['ip', 'consec-no-such-tool']),
+      (e: unknown) => {
+        return e instanceof LabPrerequisiteError && /"consec-no-such-tool"/.test(e.message) && !/"ip"/.test(e.message);
+      },
+    );
   });
 
   it('lab demo builds the lab, shows the policy, proves ESP on the wire and cleans up', () => {

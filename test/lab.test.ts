@@ -121,7 +121,7 @@ describe('lab failure handling', () => {
   });
 
   async function holder(): Promise<{ child: ReturnType<typeof spawn>; namespaces: string[] }> {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/fixtures/lab-holder.mts')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/fixtures/lab-holder.ts')], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';

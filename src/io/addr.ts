@@ -58,7 +58,7 @@ export function readIp(buf: Uint8Array, offset: number, family: IpFamily): strin
   // RFC 5952: compress the longest run (length >= 2) of zero groups, the first one on ties.
   let bestStart = -1;
   let bestLen = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;
