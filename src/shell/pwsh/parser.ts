@@ -1,0 +1,521 @@
+/**
+ * Recursive-descent parser for the PowerShell subset: statements, assignments, pipelines, commands
+ * with parameters and arguments, and expressions (variables, member access, strings, numbers,
+ * arrays, hashtables, script blocks, comparison and logical operators).
+ */
+import { type Extent, Lexer, type LexMode, PwshSyntaxError, type StringPart, type Token } from './lexer.ts';
+
+export type Expr =
+  | { kind: 'constant'; value: string | number; bare: boolean; extent: Extent }
+  | { kind: 'string'; parts: StringPart[]; extent: Extent }
+  | { kind: 'variable'; name: string; extent: Extent }
+  | { kind: 'member'; target: Expr; name: string; extent: Extent }
+  | { kind: 'method'; target: Expr; name: string; args: Expr[]; extent: Extent }
+  | { kind: 'index'; target: Expr; index: Expr; extent: Extent }
+  | { kind: 'array'; items: Expr[]; extent: Extent }
+  | { kind: 'hashtable'; entries: { key: Expr; value: Pipeline }[]; extent: Extent }
+  | { kind: 'scriptblock'; body: Statement[]; text: string; extent: Extent }
+  | { kind: 'subexpression'; body: Statement[]; array: boolean; extent: Extent }
+  | { kind: 'paren'; pipeline: Pipeline; extent: Extent }
+  | { kind: 'binary'; op: string; left: Expr; right: Expr; extent: Extent }
+  | { kind: 'unary'; op: string; operand: Expr; extent: Extent };
+
+export type CommandElement =
+  | { kind: 'parameter'; name: string; value?: Expr; extent: Extent }
+  | { kind: 'argument'; value: Expr; extent: Extent }
+  | { kind: 'splat'; name: string; extent: Extent };
+
+export interface Command {
+  kind: 'command';
+  name: string;
+  nameExtent: Extent;
+  elements: CommandElement[];
+  extent: Extent;
+}
+
+export interface Pipeline {
+  kind: 'pipeline';
+  elements: (Command | { kind: 'expression'; expr: Expr; extent: Extent })[];
+  extent: Extent;
+}
+
+export type Statement = Pipeline | { kind: 'assignment'; target: Expr; value: Pipeline; extent: Extent };
+
+const KEYWORDS = new Set([
+  'if',
+  'elseif',
+  'else',
+  'foreach',
+  'for',
+  'while',
+  'do',
+  'until',
+  'switch',
+  'function',
+  'filter',
+  'param',
+  'begin',
+  'process',
+  'end',
+  'try',
+  'catch',
+  'finally',
+  'trap',
+  'return',
+  'break',
+  'continue',
+  'throw',
+  'exit',
+  'class',
+  'enum',
+  'workflow',
+  'configuration',
+]);
+
+const COMPARISON =
+  /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|join)$/;
+
+export function parseScript(source: string): Statement[] {
+  return new Parser(source).parseScript();
+}
+
+class Parser {
+  private readonly lx: Lexer;
+
+  constructor(private readonly source: string) {
+    this.lx = new Lexer(source);
+  }
+
+  parseScript(): Statement[] {
+    const body = this.statements();
+    const t = this.lx.next('command');
+    if (t.kind !== 'eof') throw this.unexpected(t);
+    return body;
+  }
+
+  // ---- statements -------------------------------------------------------------------------------
+
+  private statements(): Statement[] {
+    const out: Statement[] = [];
+    for (;;) {
+      const t = this.lx.peek('command');
+      if (t.kind === 'newline' || t.kind === 'semi') {
+        this.lx.next('command');
+        continue;
+      }
+      if (t.kind === 'eof' || t.kind === 'rbrace' || t.kind === 'rparen') return out;
+      out.push(this.statement());
+      const end = this.lx.peek('command');
+      if (
+        end.kind !== 'newline' &&
+        end.kind !== 'semi' &&
+        end.kind !== 'eof' &&
+        end.kind !== 'rbrace' &&
+        end.kind !== 'rparen'
+      ) {
+        throw this.unexpected(end);
+      }
+    }
+  }
+
+  private statement(): Statement {
+    const start = this.lx.offset;
+    const t = this.lx.peek('expression');
+    if (t.kind === 'variable' && !t.splat) {
+      const target = this.postfix(this.primary());
+      const eq = this.lx.peek('expression');
+      if (eq.kind === 'assign') {
+        this.lx.next('expression');
+        this.skipNewlines();
+        const value = this.pipeline();
+        return { kind: 'assignment', target, value, extent: { start: t.extent.start, end: value.extent.end } };
+      }
+      this.lx.reset(start);
+    }
+    return this.pipeline();
+  }
+
+  private pipeline(): Pipeline {
+    const elements: Pipeline['elements'] = [];
+    let start = -1;
+    for (;;) {
+      const el = this.pipelineElement();
+      if (start < 0) start = el.extent.start;
+      elements.push(el);
+      const t = this.lx.peek('command');
+      if (t.kind !== 'pipe') break;
+      this.lx.next('command');
+      this.skipNewlines();
+      const after = this.lx.peek('command');
+      if (after.kind === 'eof' || after.kind === 'newline' || after.kind === 'semi') {
+        throw new PwshSyntaxError('An empty pipe element is not allowed.', after.extent, 'EmptyPipeElement');
+      }
+    }
+    const last = elements[elements.length - 1] as { extent: Extent };
+    return { kind: 'pipeline', elements, extent: { start, end: last.extent.end } };
+  }
+
+  private pipelineElement(): Pipeline['elements'][number] {
+    const t = this.lx.peek('command');
+    if (t.kind === 'word' && !/^[\d.]/.test(t.value)) {
+      if (KEYWORDS.has(t.value.toLowerCase())) {
+        throw new PwshSyntaxError(
+          `The '${t.value}' keyword is not supported by consec's PowerShell subset (cmdlets, variables, pipelines, hashtables and script blocks are).`,
+          t.extent,
+          'KeywordNotSupported',
+        );
+      }
+      return this.command();
+    }
+    if (t.kind === 'word' && t.value === '&')
+      throw new PwshSyntaxError("The call operator '&' is not supported.", t.extent, 'NotSupported');
+    const expr = this.expression();
+    return { kind: 'expression', expr, extent: expr.extent };
+  }
+
+  private command(): Command {
+    const nameTok = this.lx.next('command') as Extract<Token, { kind: 'word' }>;
+    const elements: CommandElement[] = [];
+    let end = nameTok.extent.end;
+    for (;;) {
+      const t = this.lx.peek('command');
+      if (['newline', 'semi', 'pipe', 'rparen', 'rbrace', 'eof'].includes(t.kind)) break;
+      if (t.kind === 'parameter') {
+        this.lx.next('command');
+        if (t.colon) {
+          const value = this.commandArgumentList();
+          elements.push({
+            kind: 'parameter',
+            name: t.name,
+            value,
+            extent: { start: t.extent.start, end: value.extent.end },
+          });
+          end = value.extent.end;
+        } else {
+          elements.push({ kind: 'parameter', name: t.name, extent: t.extent });
+          end = t.extent.end;
+        }
+        continue;
+      }
+      if (t.kind === 'variable' && t.splat) {
+        this.lx.next('command');
+        elements.push({ kind: 'splat', name: t.name, extent: t.extent });
+        end = t.extent.end;
+        continue;
+      }
+      const value = this.commandArgumentList();
+      elements.push({ kind: 'argument', value, extent: value.extent });
+      end = value.extent.end;
+    }
+    return {
+      kind: 'command',
+      name: nameTok.value,
+      nameExtent: nameTok.extent,
+      elements,
+      extent: { start: nameTok.extent.start, end },
+    };
+  }
+
+  /** `a, b, c` in command mode: one argument that is an array. */
+  private commandArgumentList(): Expr {
+    const first = this.commandArgument();
+    const items = [first];
+    for (;;) {
+      const t = this.lx.peek('command');
+      if (t.kind !== 'comma') break;
+      this.lx.next('command');
+      this.skipNewlines();
+      items.push(this.commandArgument());
+    }
+    if (items.length === 1) return first;
+    const last = items[items.length - 1] as Expr;
+    return { kind: 'array', items, extent: { start: first.extent.start, end: last.extent.end } };
+  }
+
+  private commandArgument(): Expr {
+    const t = this.lx.peek('command');
+    if (t.kind === 'word') {
+      this.lx.next('command');
+      const num = /^-?\d+(\.\d+)?$/.test(t.value) ? Number(t.value) : undefined;
+      return { kind: 'constant', value: num ?? t.value, bare: true, extent: t.extent };
+    }
+    if (t.kind === 'parameter') {
+      // e.g. a negative number or a dash-word as a value after "-Param:"
+      this.lx.next('command');
+      return { kind: 'constant', value: `-${t.name}`, bare: true, extent: t.extent };
+    }
+    return this.postfix(this.primary('command'));
+  }
+
+  // ---- expressions ------------------------------------------------------------------------------
+
+  private expression(): Expr {
+    return this.logical();
+  }
+
+  private logical(): Expr {
+    let left = this.comparison();
+    for (;;) {
+      const t = this.lx.peek('expression');
+      if (t.kind !== 'operator' || !['and', 'or', 'xor'].includes(t.op)) return left;
+      this.lx.next('expression');
+      this.skipNewlines();
+      const right = this.comparison();
+      left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
+    }
+  }
+
+  private comparison(): Expr {
+    let left = this.additive();
+    for (;;) {
+      const t = this.lx.peek('expression');
+      if (t.kind !== 'operator' || !COMPARISON.test(t.op)) return left;
+      this.lx.next('expression');
+      this.skipNewlines();
+      const right = this.additive();
+      left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
+    }
+  }
+
+  private additive(): Expr {
+    let left = this.multiplicative();
+    for (;;) {
+      const t = this.lx.peek('expression');
+      if (t.kind !== 'operator' || (t.op !== '+' && t.op !== '-')) return left;
+      this.lx.next('expression');
+      const right = this.multiplicative();
+      left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
+    }
+  }
+
+  private multiplicative(): Expr {
+    let left = this.arrayLiteral();
+    for (;;) {
+      const t = this.lx.peek('expression');
+      if (t.kind !== 'operator' || !['*', '/', '%'].includes(t.op)) return left;
+      this.lx.next('expression');
+      const right = this.arrayLiteral();
+      left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
+    }
+  }
+
+  private arrayLiteral(): Expr {
+    const first = this.unary();
+    const items = [first];
+    while (this.lx.peek('expression').kind === 'comma') {
+      this.lx.next('expression');
+      this.skipNewlines();
+      items.push(this.unary());
+    }
+    if (items.length === 1) return first;
+    const last = items[items.length - 1] as Expr;
+    return { kind: 'array', items, extent: { start: first.extent.start, end: last.extent.end } };
+  }
+
+  private unary(): Expr {
+    const t = this.lx.peek('expression');
+    if (t.kind === 'operator' && (t.op === 'not' || t.op === '-' || t.op === '+')) {
+      this.lx.next('expression');
+      const operand = this.unary();
+      return { kind: 'unary', op: t.op, operand, extent: { start: t.extent.start, end: operand.extent.end } };
+    }
+    if (t.kind === 'comma') {
+      // Unary comma: a one-element array.
+      this.lx.next('expression');
+      const operand = this.unary();
+      return { kind: 'array', items: [operand], extent: { start: t.extent.start, end: operand.extent.end } };
+    }
+    return this.postfix(this.primary());
+  }
+
+  private primary(mode: LexMode = 'expression'): Expr {
+    const t = this.lx.next(mode);
+    switch (t.kind) {
+      case 'variable':
+        return { kind: 'variable', name: t.name, extent: t.extent };
+      case 'string':
+        return t.expandable
+          ? { kind: 'string', parts: t.parts, extent: t.extent }
+          : { kind: 'constant', value: (t.parts[0] as string | undefined) ?? '', bare: false, extent: t.extent };
+      case 'number':
+        return { kind: 'constant', value: t.value, bare: false, extent: t.extent };
+      case 'lparen': {
+        this.skipNewlines();
+        const pipeline = this.pipeline();
+        this.skipNewlines();
+        const close = this.lx.next('command');
+        if (close.kind !== 'rparen')
+          throw new PwshSyntaxError(
+            "Missing closing ')' in expression.",
+            close.extent,
+            'MissingEndParenthesisInExpression',
+          );
+        return { kind: 'paren', pipeline, extent: { start: t.extent.start, end: close.extent.end } };
+      }
+      case 'dollarparen':
+      case 'atparen': {
+        const body = this.statements();
+        const close = this.lx.next('command');
+        if (close.kind !== 'rparen')
+          throw new PwshSyntaxError(
+            "Missing closing ')' in subexpression.",
+            close.extent,
+            'MissingEndParenthesisInSubexpression',
+          );
+        return {
+          kind: 'subexpression',
+          body,
+          array: t.kind === 'atparen',
+          extent: { start: t.extent.start, end: close.extent.end },
+        };
+      }
+      case 'atbrace':
+        return this.hashtable(t.extent.start);
+      case 'lbrace': {
+        const body = this.statements();
+        const close = this.lx.next('command');
+        if (close.kind !== 'rbrace')
+          throw new PwshSyntaxError(
+            "Missing closing '}' in statement block or type definition.",
+            close.extent,
+            'MissingEndCurlyBrace',
+          );
+        return {
+          kind: 'scriptblock',
+          body,
+          text: this.source.slice(t.extent.end, close.extent.start),
+          extent: { start: t.extent.start, end: close.extent.end },
+        };
+      }
+      case 'word':
+        if (mode === 'expression' && /^[A-Za-z]/.test(t.value)) {
+          throw new PwshSyntaxError(
+            `Unexpected token '${t.value}' in expression or statement.`,
+            t.extent,
+            'UnexpectedToken',
+          );
+        }
+        return { kind: 'constant', value: t.value, bare: true, extent: t.extent };
+      default:
+        throw this.unexpected(t);
+    }
+  }
+
+  /** Member access and indexing directly attached to a value: $x.Name, $x[0], (expr).Name. */
+  private postfix(target: Expr): Expr {
+    let e = target;
+    for (;;) {
+      const at = this.lx.offset;
+      const c = this.source[at];
+      if (c === '.' && /[A-Za-z_'"]/.test(this.source[at + 1] ?? '')) {
+        this.lx.reset(at + 1);
+        const nameTok = this.lx.next('command');
+        let name: string;
+        if (nameTok.kind === 'string') name = nameTok.parts.filter((p) => typeof p === 'string').join('');
+        else if (nameTok.kind === 'word') {
+          // A command-mode word may run past the member name ("Name.Other", "Name)"): cut at the first non-identifier.
+          const m = /^[A-Za-z_][A-Za-z0-9_]*/.exec(nameTok.value) as RegExpExecArray;
+          name = m[0];
+          this.lx.reset(at + 1 + name.length);
+        } else throw this.unexpected(nameTok);
+        if (this.source[this.lx.offset] === '(') {
+          this.lx.reset(this.lx.offset + 1);
+          const args: Expr[] = [];
+          this.skipNewlines();
+          if (this.lx.peek('expression').kind !== 'rparen') {
+            args.push(this.comparisonNoComma());
+            while (this.lx.peek('expression').kind === 'comma') {
+              this.lx.next('expression');
+              args.push(this.comparisonNoComma());
+            }
+          }
+          const close = this.lx.next('expression');
+          if (close.kind !== 'rparen')
+            throw new PwshSyntaxError("Missing ')' in method call.", close.extent, 'MissingEndParenthesisInMethodCall');
+          e = { kind: 'method', target: e, name, args, extent: { start: e.extent.start, end: close.extent.end } };
+        } else {
+          e = { kind: 'member', target: e, name, extent: { start: e.extent.start, end: this.lx.offset } };
+        }
+        continue;
+      }
+      if (c === '[') {
+        this.lx.reset(at + 1);
+        const index = this.expression();
+        const close = this.lx.next('expression');
+        if (close.kind !== 'rbracket')
+          throw new PwshSyntaxError(
+            'Array index expression is missing or not valid.',
+            close.extent,
+            'MissingArrayIndexExpression',
+          );
+        e = { kind: 'index', target: e, index, extent: { start: e.extent.start, end: close.extent.end } };
+        continue;
+      }
+      return e;
+    }
+  }
+
+  private comparisonNoComma(): Expr {
+    return this.comparison();
+  }
+
+  private hashtable(start: number): Expr {
+    const entries: { key: Expr; value: Pipeline }[] = [];
+    for (;;) {
+      const t = this.lx.peek('command');
+      if (t.kind === 'newline' || t.kind === 'semi') {
+        this.lx.next('command');
+        continue;
+      }
+      if (t.kind === 'rbrace') {
+        this.lx.next('command');
+        return { kind: 'hashtable', entries, extent: { start, end: t.extent.end } };
+      }
+      let key: Expr;
+      if (t.kind === 'word') {
+        this.lx.next('command');
+        // "Name=Value" without spaces arrives as one word.
+        const eqAt = t.value.indexOf('=');
+        if (eqAt > 0) {
+          key = { kind: 'constant', value: t.value.slice(0, eqAt), bare: true, extent: t.extent };
+          this.lx.reset(t.extent.start + eqAt);
+        } else {
+          key = { kind: 'constant', value: t.value, bare: true, extent: t.extent };
+        }
+      } else {
+        key = this.primary('command');
+      }
+      const eq = this.lx.next('expression');
+      if (eq.kind !== 'assign')
+        throw new PwshSyntaxError(
+          "Missing '=' operator after key in hash literal.",
+          eq.extent,
+          'MissingEqualsInHashLiteral',
+        );
+      this.skipNewlines();
+      const value = this.pipeline();
+      entries.push({ key, value });
+      const after = this.lx.peek('command');
+      if (after.kind !== 'newline' && after.kind !== 'semi' && after.kind !== 'rbrace') {
+        throw new PwshSyntaxError(
+          "Missing statement after '=' in hash literal.",
+          after.extent,
+          'MissingStatementAfterAssignmentInHashLiteral',
+        );
+      }
+    }
+  }
+
+  private skipNewlines(): void {
+    while (this.lx.peek('command').kind === 'newline') this.lx.next('command');
+  }
+
+  private unexpected(t: Token): PwshSyntaxError {
+    const text = this.source.slice(t.extent.start, t.extent.end) || (t.kind === 'eof' ? 'end of input' : t.kind);
+    if (t.kind === 'rparen')
+      return new PwshSyntaxError("Unexpected token ')' in expression or statement.", t.extent, 'UnexpectedToken');
+    if (t.kind === 'rbrace')
+      return new PwshSyntaxError("Unexpected token '}' in expression or statement.", t.extent, 'UnexpectedToken');
+    return new PwshSyntaxError(`Unexpected token '${text}' in expression or statement.`, t.extent, 'UnexpectedToken');
+  }
+}
