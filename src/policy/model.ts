@@ -1,0 +1,302 @@
+/**
+ * The connection-security policy object model, with Windows' property names, types and defaults
+ * (shared/reference/windows-ipsec-surface.md §1–3). Objects are plain JSON-serialisable data; the
+ * shell adds the read-only status properties (PrimaryStatus, PolicyStoreSource, …) when it shows them.
+ */
+import { randomUUID } from 'node:crypto';
+import type {
+  CertificateAuthorityType,
+  CertificateSigningAlgorithm,
+  CertificateSubjectType,
+  CRLCheck,
+  DiffieHellmanGroup,
+  Enabled,
+  EncryptionAlgorithm,
+  EnumValue,
+  GpoBoolean,
+  HashAlgorithm,
+  InterfaceType,
+  IPsecEncapsulation,
+  IPsecMode,
+  IPsecThroughNAT,
+  KeyEncoding,
+  KeyModule,
+  PacketQueuing,
+  Profile,
+  SecurityPolicy,
+  TrafficExemption,
+} from './enums.ts';
+
+export interface NamedObject {
+  /** Unique per store; "{GUID}" when not given. */
+  Name: string;
+  DisplayName: string;
+  Description: string;
+  Group: string;
+}
+
+export interface MainModeCryptoProposal {
+  Encryption: EnumValue<typeof EncryptionAlgorithm>;
+  Hash: EnumValue<typeof HashAlgorithm>;
+  KeyExchange: EnumValue<typeof DiffieHellmanGroup>;
+}
+
+export interface QuickModeCryptoProposal {
+  Encapsulation: EnumValue<typeof IPsecEncapsulation>[];
+  Encryption: EnumValue<typeof EncryptionAlgorithm>;
+  AHHash: EnumValue<typeof HashAlgorithm>;
+  ESPHash: EnumValue<typeof HashAlgorithm>;
+  MaxMinutes: number;
+  MaxKiloBytes: number;
+}
+
+export type AuthMethod = 'Kerberos' | 'NTLM' | 'PreSharedKey' | 'Certificate' | 'Anonymous';
+
+export interface AuthProposal {
+  AuthenticationMethod: AuthMethod;
+  /** Whose identity: the computer's or the logged-on user's. Anonymous has neither. */
+  Principal: 'Machine' | 'User' | 'None';
+  /** Stored in clear, as Windows does; never shown or logged. */
+  PreSharedKey?: string;
+  /** Kerberos proxy (KDC proxy) FQDN. */
+  Proxy?: string;
+  Authority?: string;
+  AuthorityType?: EnumValue<typeof CertificateAuthorityType>;
+  Signing?: EnumValue<typeof CertificateSigningAlgorithm>;
+  ExtendedKeyUsage?: string[];
+  AccountMapping?: boolean;
+  ExcludeCAName?: boolean;
+  FollowRenewal?: boolean;
+  SelectionCriteria?: boolean;
+  ValidationCriteria?: boolean;
+  SubjectName?: string;
+  SubjectNameType?: EnumValue<typeof CertificateSubjectType>;
+  Thumbprint?: string;
+  Health?: boolean;
+}
+
+export interface MainModeCryptoSet extends NamedObject {
+  Proposal: MainModeCryptoProposal[];
+  MaxMinutes: number;
+  MaxSessions: number;
+  ForceDiffieHellman: boolean;
+}
+
+export interface QuickModeCryptoSet extends NamedObject {
+  Proposal: QuickModeCryptoProposal[];
+  PerfectForwardSecrecyGroup: EnumValue<typeof DiffieHellmanGroup>;
+}
+
+export interface AuthSet extends NamedObject {
+  Proposal: AuthProposal[];
+}
+
+export interface RuleCommon extends NamedObject {
+  Enabled: EnumValue<typeof Enabled>;
+  Profile: EnumValue<typeof Profile>[];
+  Platform: string[];
+  LocalAddress: string[];
+  RemoteAddress: string[];
+}
+
+export interface IPsecRule extends RuleCommon {
+  Mode: EnumValue<typeof IPsecMode>;
+  InboundSecurity: EnumValue<typeof SecurityPolicy>;
+  OutboundSecurity: EnumValue<typeof SecurityPolicy>;
+  QuickModeCryptoSet: string;
+  Phase1AuthSet: string;
+  Phase2AuthSet: string;
+  KeyModule: EnumValue<typeof KeyModule>;
+  AllowWatchKey: boolean;
+  AllowSetKey: boolean;
+  LocalTunnelEndpoint: string[];
+  RemoteTunnelEndpoint: string[];
+  RemoteTunnelHostname: string;
+  ForwardPathLifetime: number;
+  EncryptedTunnelBypass: boolean;
+  RequireAuthorization: boolean;
+  User: string;
+  Machine: string;
+  Protocol: string;
+  LocalPort: string[];
+  RemotePort: string[];
+  InterfaceAlias: string[];
+  InterfaceType: EnumValue<typeof InterfaceType>[];
+}
+
+export interface MainModeRule extends RuleCommon {
+  MainModeCryptoSet: string;
+  Phase1AuthSet: string;
+}
+
+export interface FirewallSetting {
+  Exemptions: EnumValue<typeof TrafficExemption>[];
+  EnableStatefulFtp: EnumValue<typeof GpoBoolean>;
+  EnableStatefulPptp: EnumValue<typeof GpoBoolean>;
+  RemoteMachineTransportAuthorizationList: string;
+  RemoteMachineTunnelAuthorizationList: string;
+  RemoteUserTransportAuthorizationList: string;
+  RemoteUserTunnelAuthorizationList: string;
+  RequireFullAuthSupport: EnumValue<typeof GpoBoolean>;
+  CertValidationLevel: EnumValue<typeof CRLCheck>;
+  AllowIPsecThroughNAT: EnumValue<typeof IPsecThroughNAT>;
+  MaxSAIdleTimeSeconds: number;
+  KeyEncoding: EnumValue<typeof KeyEncoding>;
+  EnablePacketQueuing: EnumValue<typeof PacketQueuing>[];
+}
+
+/** Everything one policy store holds. */
+export interface PolicyDocument {
+  rules: IPsecRule[];
+  mainModeRules: MainModeRule[];
+  phase1AuthSets: AuthSet[];
+  phase2AuthSets: AuthSet[];
+  mainModeCryptoSets: MainModeCryptoSet[];
+  quickModeCryptoSets: QuickModeCryptoSet[];
+  settings: FirewallSetting;
+}
+
+/** The kinds of named objects a store holds, by document field. */
+export type CollectionName = Exclude<keyof PolicyDocument, 'settings'>;
+
+// ---- well-known defaults (§1.3) -----------------------------------------------------------------
+
+export const DEFAULT_MM_CRYPTO_SET = '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE1}';
+export const DEFAULT_QM_CRYPTO_SET = '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE2}';
+export const DEFAULT_PHASE1_AUTH_SET = '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}';
+export const DEFAULT_PHASE2_AUTH_SET = '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE4}';
+
+/** Windows-style generated Name: an upper-case GUID in braces. */
+export function newName(): string {
+  return `{${randomUUID().toUpperCase()}}`;
+}
+
+export function mmProposal(p: Partial<MainModeCryptoProposal> = {}): MainModeCryptoProposal {
+  // Defaults per the current cmdlet help (§2.4; older help said DES3/SHA1).
+  return { Encryption: 'AES256', Hash: 'SHA384', KeyExchange: 'None', ...p };
+}
+
+export function qmProposal(p: Partial<QuickModeCryptoProposal> = {}): QuickModeCryptoProposal {
+  return {
+    Encapsulation: ['None'],
+    Encryption: 'None',
+    AHHash: 'None',
+    ESPHash: 'None',
+    MaxMinutes: 60,
+    MaxKiloBytes: 100000,
+    ...p,
+  };
+}
+
+export function defaultSettings(): FirewallSetting {
+  return {
+    Exemptions: ['NeighborDiscovery', 'Dhcp'],
+    EnableStatefulFtp: 'True',
+    EnableStatefulPptp: 'True',
+    RemoteMachineTransportAuthorizationList: '',
+    RemoteMachineTunnelAuthorizationList: '',
+    RemoteUserTransportAuthorizationList: '',
+    RemoteUserTunnelAuthorizationList: '',
+    RequireFullAuthSupport: 'False',
+    CertValidationLevel: 'None',
+    AllowIPsecThroughNAT: 'None',
+    MaxSAIdleTimeSeconds: 300,
+    KeyEncoding: 'UTF8',
+    EnablePacketQueuing: ['None'],
+  };
+}
+
+const named = (Name: string): NamedObject => ({ Name, DisplayName: 'Default', Description: '', Group: '' });
+
+/**
+ * A new store's contents: the built-in default sets and global settings. The default proposals
+ * follow Windows 10 / Server 2016 and later as far as known (UNVERIFIED against a live system):
+ * MM ECDH P-256 first, then the legacy DH2 suites; QM ESP AES-128/SHA-1 first; Kerberos for phase 1.
+ */
+export function emptyDocument(): PolicyDocument {
+  return {
+    rules: [],
+    mainModeRules: [],
+    phase1AuthSets: [
+      { ...named(DEFAULT_PHASE1_AUTH_SET), Proposal: [{ AuthenticationMethod: 'Kerberos', Principal: 'Machine' }] },
+    ],
+    phase2AuthSets: [],
+    mainModeCryptoSets: [
+      {
+        ...named(DEFAULT_MM_CRYPTO_SET),
+        Proposal: [
+          { Encryption: 'AES128', Hash: 'SHA256', KeyExchange: 'DH19' },
+          { Encryption: 'AES128', Hash: 'SHA1', KeyExchange: 'DH2' },
+          { Encryption: 'DES3', Hash: 'SHA1', KeyExchange: 'DH2' },
+        ],
+        MaxMinutes: 480,
+        MaxSessions: 0,
+        ForceDiffieHellman: false,
+      },
+    ],
+    quickModeCryptoSets: [
+      {
+        ...named(DEFAULT_QM_CRYPTO_SET),
+        Proposal: [
+          qmProposal({ Encapsulation: ['ESP'], Encryption: 'AES128', ESPHash: 'SHA1' }),
+          qmProposal({ Encapsulation: ['ESP'], Encryption: 'DES3', ESPHash: 'SHA1' }),
+          qmProposal({ Encapsulation: ['AH'], AHHash: 'SHA1' }),
+        ],
+        PerfectForwardSecrecyGroup: 'None',
+      },
+    ],
+    settings: defaultSettings(),
+  };
+}
+
+export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPsecRule {
+  return {
+    Name: newName(),
+    Description: '',
+    Group: '',
+    Enabled: 'True',
+    Profile: ['Any'],
+    Platform: [],
+    Mode: 'Transport',
+    InboundSecurity: 'None',
+    OutboundSecurity: 'None',
+    QuickModeCryptoSet: '',
+    Phase1AuthSet: '',
+    Phase2AuthSet: '',
+    KeyModule: 'Default',
+    AllowWatchKey: false,
+    AllowSetKey: false,
+    LocalTunnelEndpoint: [],
+    RemoteTunnelEndpoint: [],
+    RemoteTunnelHostname: '',
+    ForwardPathLifetime: 0,
+    EncryptedTunnelBypass: false,
+    RequireAuthorization: false,
+    User: '',
+    Machine: '',
+    LocalAddress: ['Any'],
+    RemoteAddress: ['Any'],
+    Protocol: 'Any',
+    LocalPort: ['Any'],
+    RemotePort: ['Any'],
+    InterfaceAlias: [],
+    InterfaceType: ['Any'],
+    ...p,
+  };
+}
+
+export function mainModeRule(p: Partial<MainModeRule> & { DisplayName: string }): MainModeRule {
+  return {
+    Name: newName(),
+    Description: '',
+    Group: '',
+    Enabled: 'True',
+    Profile: ['Any'],
+    Platform: [],
+    LocalAddress: ['Any'],
+    RemoteAddress: ['Any'],
+    MainModeCryptoSet: '',
+    Phase1AuthSet: '',
+    ...p,
+  };
+}

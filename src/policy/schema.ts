@@ -1,0 +1,135 @@
+/** zod schema of a policy store file, so a damaged or hand-edited file is rejected with a clear message. */
+import { z } from 'zod';
+import {
+  CertificateAuthorityType,
+  CertificateSigningAlgorithm,
+  CertificateSubjectType,
+  CRLCheck,
+  DiffieHellmanGroup,
+  Enabled,
+  EncryptionAlgorithm,
+  type EnumDef,
+  GpoBoolean,
+  HashAlgorithm,
+  InterfaceType,
+  IPsecEncapsulation,
+  IPsecMode,
+  IPsecThroughNAT,
+  KeyEncoding,
+  KeyModule,
+  PacketQueuing,
+  Profile,
+  SecurityPolicy,
+  TrafficExemption,
+} from './enums.ts';
+
+const e = <T extends string>(d: EnumDef<T>) => z.enum(d.values as [T, ...T[]]);
+const named = { Name: z.string(), DisplayName: z.string(), Description: z.string(), Group: z.string() };
+
+const mmProposal = z.strictObject({
+  Encryption: e(EncryptionAlgorithm),
+  Hash: e(HashAlgorithm),
+  KeyExchange: e(DiffieHellmanGroup),
+});
+const qmProposal = z.strictObject({
+  Encapsulation: z.array(e(IPsecEncapsulation)),
+  Encryption: e(EncryptionAlgorithm),
+  AHHash: e(HashAlgorithm),
+  ESPHash: e(HashAlgorithm),
+  MaxMinutes: z.number().int(),
+  MaxKiloBytes: z.number().int(),
+});
+const authProposal = z.strictObject({
+  AuthenticationMethod: z.enum(['Kerberos', 'NTLM', 'PreSharedKey', 'Certificate', 'Anonymous']),
+  Principal: z.enum(['Machine', 'User', 'None']),
+  PreSharedKey: z.string().optional(),
+  Proxy: z.string().optional(),
+  Authority: z.string().optional(),
+  AuthorityType: e(CertificateAuthorityType).optional(),
+  Signing: e(CertificateSigningAlgorithm).optional(),
+  ExtendedKeyUsage: z.array(z.string()).optional(),
+  AccountMapping: z.boolean().optional(),
+  ExcludeCAName: z.boolean().optional(),
+  FollowRenewal: z.boolean().optional(),
+  SelectionCriteria: z.boolean().optional(),
+  ValidationCriteria: z.boolean().optional(),
+  SubjectName: z.string().optional(),
+  SubjectNameType: e(CertificateSubjectType).optional(),
+  Thumbprint: z.string().optional(),
+  Health: z.boolean().optional(),
+});
+const ruleCommon = {
+  ...named,
+  Enabled: e(Enabled),
+  Profile: z.array(e(Profile)),
+  Platform: z.array(z.string()),
+  LocalAddress: z.array(z.string()),
+  RemoteAddress: z.array(z.string()),
+};
+
+export const policyDocumentSchema = z.strictObject({
+  rules: z.array(
+    z.strictObject({
+      ...ruleCommon,
+      Mode: e(IPsecMode),
+      InboundSecurity: e(SecurityPolicy),
+      OutboundSecurity: e(SecurityPolicy),
+      QuickModeCryptoSet: z.string(),
+      Phase1AuthSet: z.string(),
+      Phase2AuthSet: z.string(),
+      KeyModule: e(KeyModule),
+      AllowWatchKey: z.boolean(),
+      AllowSetKey: z.boolean(),
+      LocalTunnelEndpoint: z.array(z.string()),
+      RemoteTunnelEndpoint: z.array(z.string()),
+      RemoteTunnelHostname: z.string(),
+      ForwardPathLifetime: z.number().int(),
+      EncryptedTunnelBypass: z.boolean(),
+      RequireAuthorization: z.boolean(),
+      User: z.string(),
+      Machine: z.string(),
+      Protocol: z.string(),
+      LocalPort: z.array(z.string()),
+      RemotePort: z.array(z.string()),
+      InterfaceAlias: z.array(z.string()),
+      InterfaceType: z.array(e(InterfaceType)),
+    }),
+  ),
+  mainModeRules: z.array(z.strictObject({ ...ruleCommon, MainModeCryptoSet: z.string(), Phase1AuthSet: z.string() })),
+  phase1AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),
+  phase2AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),
+  mainModeCryptoSets: z.array(
+    z.strictObject({
+      ...named,
+      Proposal: z.array(mmProposal),
+      MaxMinutes: z.number().int(),
+      MaxSessions: z.number().int(),
+      ForceDiffieHellman: z.boolean(),
+    }),
+  ),
+  quickModeCryptoSets: z.array(
+    z.strictObject({ ...named, Proposal: z.array(qmProposal), PerfectForwardSecrecyGroup: e(DiffieHellmanGroup) }),
+  ),
+  settings: z.strictObject({
+    Exemptions: z.array(e(TrafficExemption)),
+    EnableStatefulFtp: e(GpoBoolean),
+    EnableStatefulPptp: e(GpoBoolean),
+    RemoteMachineTransportAuthorizationList: z.string(),
+    RemoteMachineTunnelAuthorizationList: z.string(),
+    RemoteUserTransportAuthorizationList: z.string(),
+    RemoteUserTunnelAuthorizationList: z.string(),
+    RequireFullAuthSupport: e(GpoBoolean),
+    CertValidationLevel: e(CRLCheck),
+    AllowIPsecThroughNAT: e(IPsecThroughNAT),
+    MaxSAIdleTimeSeconds: z.number().int(),
+    KeyEncoding: e(KeyEncoding),
+    EnablePacketQueuing: z.array(e(PacketQueuing)),
+  }),
+});
+
+export const storeFileSchema = z.strictObject({
+  format: z.literal('consec-policy'),
+  version: z.literal(1),
+  store: z.string(),
+  document: policyDocumentSchema,
+});
