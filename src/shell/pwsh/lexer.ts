@@ -11,7 +11,7 @@ export interface Extent {
   end: number;
 }
 
-export type StringPart = string | { variable: string; extent: Extent };
+export type StringPart = string | { variable: string; extent: Extent } | { subexpression: string; extent: Extent };
 
 export type Token =
   | { kind: 'newline' | 'semi' | 'pipe' | 'comma' | 'eof'; extent: Extent }
@@ -343,7 +343,32 @@ export class Lexer {
         i += 2;
         continue;
       }
-      if (c === '$' && (/[A-Za-z_{]/.test(s[i + 1] ?? '') || s[i + 1] === ':')) {
+      if (c === '$' && s[i + 1] === '(') {
+        // $( … ) inside a string: find the matching parenthesis (single-quoted text inside is skipped).
+        let depth = 0;
+        let j = i + 1;
+        let quote = '';
+        for (; j < s.length; j++) {
+          const d = s[j] as string;
+          if (quote) {
+            if (d === quote) quote = '';
+          } else if (d === "'") quote = d;
+          else if (d === '(') depth++;
+          else if (d === ')' && --depth === 0) break;
+        }
+        if (j >= s.length) {
+          throw new PwshSyntaxError(
+            "Missing closing ')' in subexpression.",
+            { start: i, end: s.length },
+            'MissingEndParenthesisInSubexpression',
+          );
+        }
+        flush();
+        parts.push({ subexpression: s.slice(i + 2, j), extent: { start: i, end: j + 1 } });
+        i = j + 1;
+        continue;
+      }
+      if (c === '$' && /[A-Za-z_{:]/.test(s[i + 1] ?? '')) {
         const save = this.pos;
         const v = this.variable(i, false);
         this.pos = save;

@@ -1,0 +1,298 @@
+/** The general-purpose cmdlets IPsec scripts pipe into. */
+import { convertToJson, formatDefault, formatList, formatTable } from './format.ts';
+import { binaryOp, type CommandCall, type CommandDef, FormattedOutput, PwshError } from './runtime.ts';
+import { collapse, enumerate, getProperty, Hashtable, psObject, ScriptBlock, toBool, toText } from './values.ts';
+
+const input = (c: CommandCall): unknown[] => enumerate(c.get('InputObject') ?? c.input ?? []);
+
+const WHERE_OPERATORS = [
+  'EQ',
+  'NE',
+  'GT',
+  'GE',
+  'LT',
+  'LE',
+  'Like',
+  'NotLike',
+  'Match',
+  'NotMatch',
+  'Contains',
+  'NotContains',
+  'In',
+  'NotIn',
+  'CEQ',
+  'CNE',
+  'CLike',
+  'CMatch',
+];
+
+const whereObject: CommandDef = {
+  name: 'Where-Object',
+  params: [
+    { name: 'FilterScript', type: 'any', position: 0 },
+    { name: 'Value', type: 'any', position: 1 },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+    ...WHERE_OPERATORS.map((op) => ({ name: op, type: 'switch' as const })),
+  ],
+  async invoke(c) {
+    const filter = c.get<unknown>('FilterScript');
+    const out: unknown[] = [];
+    if (filter instanceof ScriptBlock) {
+      for (const item of input(c))
+        if (toBool(collapse(await c.runtime.invokeScriptBlock(filter, item)))) out.push(item);
+      return out;
+    }
+    // Simplified syntax: Where-Object Property -EQ Value (or just Where-Object Property: truthy).
+    const property = toText(filter);
+    const op = WHERE_OPERATORS.find((o) => c.get<boolean>(o));
+    for (const item of input(c)) {
+      const v = getProperty(item, property);
+      const keep = op ? binaryOp(op.toLowerCase(), v, c.get('Value')) : v;
+      if (toBool(Array.isArray(keep) ? keep.length > 0 : keep)) out.push(item);
+    }
+    return out;
+  },
+};
+
+const forEachObject: CommandDef = {
+  name: 'ForEach-Object',
+  params: [
+    { name: 'Process', type: 'any', position: 0, aliases: ['MemberName'] },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ],
+  async invoke(c) {
+    const p = c.get<unknown>('Process');
+    const out: unknown[] = [];
+    for (const item of input(c)) {
+      if (p instanceof ScriptBlock) out.push(...(await c.runtime.invokeScriptBlock(p, item)));
+      else out.push(...enumerate(getProperty(item, toText(p))));
+    }
+    return out;
+  },
+};
+
+/** Select-Object: properties (names, wildcards or @{Name=…;Expression={…}}), -First, -Last, -ExpandProperty, -Unique. */
+const selectObject: CommandDef = {
+  name: 'Select-Object',
+  params: [
+    { name: 'Property', type: 'any', position: 0 },
+    { name: 'ExpandProperty', type: 'string' },
+    { name: 'First', type: 'uint' },
+    { name: 'Last', type: 'uint' },
+    { name: 'Skip', type: 'uint' },
+    { name: 'Unique', type: 'switch' },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ],
+  async invoke(c) {
+    let items = input(c);
+    const skip = c.get<number>('Skip') ?? 0;
+    items = items.slice(skip);
+    if (c.has('First')) items = items.slice(0, c.get<number>('First'));
+    if (c.has('Last')) items = items.slice(Math.max(0, items.length - (c.get<number>('Last') ?? 0)));
+    const expand = c.get<string>('ExpandProperty');
+    if (expand !== undefined) {
+      return items.flatMap((i) => {
+        const v = getProperty(i, expand);
+        if (v === undefined)
+          throw new PwshError(
+            `Property "${expand}" cannot be found.`,
+            'ExpandPropertyNotFound',
+            'InvalidArgument',
+            'PSArgumentException',
+          );
+        return enumerate(v);
+      });
+    }
+    const props = c.get<unknown>('Property');
+    if (props === undefined) return c.get<boolean>('Unique') ? unique(items) : items;
+    const specs = enumerate(props);
+    const out: unknown[] = [];
+    for (const item of items) {
+      const o: Record<string, unknown> = {};
+      for (const spec of specs) {
+        if (spec instanceof Hashtable) {
+          const name = toText(spec.get('Name') ?? spec.get('Label') ?? spec.get('n') ?? spec.get('l'));
+          const expr = spec.get('Expression') ?? spec.get('e');
+          o[name] =
+            expr instanceof ScriptBlock
+              ? collapse(await c.runtime.invokeScriptBlock(expr, item))
+              : getProperty(item, toText(expr));
+          continue;
+        }
+        const name = toText(spec);
+        if (/[*?]/.test(name)) {
+          const re = new RegExp(
+            `^${name
+              .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+              .replace(/\*/g, '.*')
+              .replace(/\?/g, '.')}$`,
+            'i',
+          );
+          for (const k of Object.keys(item as object)) if (re.test(k)) o[k] = getProperty(item, k);
+        } else {
+          const actual = Object.keys(item as object).find((k) => k.toLowerCase() === name.toLowerCase()) ?? name;
+          o[actual] = getProperty(item, name) ?? null;
+        }
+      }
+      out.push(psObject('Selected.System.Management.Automation.PSCustomObject', o));
+    }
+    return c.get<boolean>('Unique') ? unique(out) : out;
+  },
+};
+
+function unique(items: unknown[]): unknown[] {
+  const seen = new Set<string>();
+  return items.filter((i) => {
+    const key = JSON.stringify(i, (_k, v: unknown) => (v instanceof Hashtable ? v.entries() : v));
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+const sortObject: CommandDef = {
+  name: 'Sort-Object',
+  params: [
+    { name: 'Property', type: 'strings', position: 0 },
+    { name: 'Descending', type: 'switch' },
+    { name: 'Unique', type: 'switch' },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ],
+  invoke(c) {
+    const props = c.get<string[]>('Property') ?? [];
+    const dir = c.get<boolean>('Descending') ? -1 : 1;
+    const key = (i: unknown): unknown[] => (props.length ? props.map((p) => getProperty(i, p)) : [i]);
+    const cmp = (a: unknown, b: unknown): number => {
+      if (typeof a === 'number' && typeof b === 'number') return a - b;
+      return toText(a).localeCompare(toText(b), 'en', { sensitivity: 'base' });
+    };
+    const sorted = [...input(c)].sort((a, b) => {
+      const ka = key(a);
+      const kb = key(b);
+      for (let i = 0; i < ka.length; i++) {
+        const r = cmp(ka[i], kb[i]);
+        if (r !== 0) return r * dir;
+      }
+      return 0;
+    });
+    return c.get<boolean>('Unique') ? unique(sorted) : sorted;
+  },
+};
+
+const formatListCmd: CommandDef = {
+  name: 'Format-List',
+  params: [
+    { name: 'Property', type: 'strings', position: 0 },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+    { name: 'Force', type: 'switch' },
+  ],
+  invoke: (c) => [new FormattedOutput(formatList(input(c), c.get<string[]>('Property')))],
+};
+
+const formatTableCmd: CommandDef = {
+  name: 'Format-Table',
+  params: [
+    { name: 'Property', type: 'strings', position: 0 },
+    { name: 'AutoSize', type: 'switch' },
+    { name: 'Wrap', type: 'switch' },
+    { name: 'HideTableHeaders', type: 'switch' },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ],
+  invoke: (c) => [new FormattedOutput(formatTable(input(c), c.get<string[]>('Property')))],
+};
+
+const convertToJsonCmd: CommandDef = {
+  name: 'ConvertTo-Json',
+  params: [
+    { name: 'InputObject', type: 'objects', pipeline: true, position: 0 },
+    { name: 'Depth', type: 'uint', min: 1, max: 100 },
+    { name: 'Compress', type: 'switch' },
+  ],
+  invoke: (c) => [convertToJson(input(c), c.get<number>('Depth') ?? 2, c.get<boolean>('Compress') ?? false)],
+};
+
+const outString: CommandDef = {
+  name: 'Out-String',
+  params: [
+    { name: 'InputObject', type: 'objects', pipeline: true },
+    { name: 'Stream', type: 'switch' },
+    { name: 'Width', type: 'uint' },
+  ],
+  invoke(c) {
+    const items = input(c);
+    const text = items.map((i) => (i instanceof FormattedOutput ? i.text : formatDefault([i]))).join('');
+    return c.get<boolean>('Stream') ? text.split('\n') : [text];
+  },
+};
+
+const outNull: CommandDef = {
+  name: 'Out-Null',
+  params: [{ name: 'InputObject', type: 'objects', pipeline: true }],
+  invoke: () => [],
+};
+
+const writeOutput: CommandDef = {
+  name: 'Write-Output',
+  params: [{ name: 'InputObject', type: 'objects', pipeline: true, position: 0 }],
+  invoke: (c) => input(c),
+};
+
+const writeHost: CommandDef = {
+  name: 'Write-Host',
+  params: [
+    { name: 'Object', type: 'any', position: 0 },
+    { name: 'NoNewline', type: 'switch' },
+    { name: 'ForegroundColor', type: 'string' },
+    { name: 'BackgroundColor', type: 'string' },
+    { name: 'Separator', type: 'string' },
+  ],
+  invoke(c) {
+    const text = enumerate(c.get('Object'))
+      .map(toText)
+      .join(c.get<string>('Separator') ?? ' ');
+    c.runtime.host.stdout(c.get<boolean>('NoNewline') ? text : `${text}\n`);
+    return [];
+  },
+};
+
+const writeWarning: CommandDef = {
+  name: 'Write-Warning',
+  params: [{ name: 'Message', type: 'string', position: 0, mandatory: true }],
+  invoke(c) {
+    c.runtime.warn(c.get<string>('Message') ?? '');
+    return [];
+  },
+};
+
+const measureObject: CommandDef = {
+  name: 'Measure-Object',
+  params: [{ name: 'InputObject', type: 'objects', pipeline: true }],
+  invoke: (c) => [
+    psObject('Microsoft.PowerShell.Commands.GenericMeasureInfo', {
+      Count: input(c).length,
+      Average: null,
+      Sum: null,
+      Maximum: null,
+      Minimum: null,
+      Property: null,
+    }),
+  ],
+};
+
+export function builtinCommands(): CommandDef[] {
+  return [
+    whereObject,
+    forEachObject,
+    selectObject,
+    sortObject,
+    formatListCmd,
+    formatTableCmd,
+    convertToJsonCmd,
+    outString,
+    outNull,
+    writeOutput,
+    writeHost,
+    writeWarning,
+    measureObject,
+  ];
+}

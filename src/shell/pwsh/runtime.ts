@@ -1,0 +1,911 @@
+/**
+ * The interpreter: runs parsed statements, evaluates expressions with PowerShell's semantics
+ * (case-insensitive comparison, array filtering, member enumeration), binds command parameters the
+ * way PowerShell does (names, unique prefixes, aliases, positions, switches, splatting, pipeline
+ * input) and reports errors as PowerShell error records. Commands come from a registry; nothing
+ * here knows about IPsec.
+ */
+import { ConsecError } from '../../errors.ts';
+import { type EnumDef, EnumConversionError, parseEnum, parseFlags } from '../../policy/enums.ts';
+import { type Extent, PwshSyntaxError } from './lexer.ts';
+import { type Command, type CommandElement, type Expr, parseScript, type Pipeline, type Statement } from './parser.ts';
+import { collapse, enumerate, getProperty, Hashtable, isPSObject, ScriptBlock, toBool, toText } from './values.ts';
+
+export type ParamType =
+  'string' | 'strings' | 'switch' | 'bool' | 'uint' | 'enum' | 'flags' | 'object' | 'objects' | 'scriptblock' | 'any';
+
+export interface ParamDef {
+  name: string;
+  type: ParamType;
+  enum?: EnumDef;
+  aliases?: string[];
+  mandatory?: boolean;
+  position?: number;
+  /** Binds pipeline input (ValueFromPipeline). */
+  pipeline?: boolean;
+  min?: number;
+  max?: number;
+}
+
+export interface CommandCall {
+  readonly name: string;
+  /** Bound, converted parameter values by canonical name. */
+  readonly args: ReadonlyMap<string, unknown>;
+  /** Pipeline input, when the command is not first in its pipeline. */
+  readonly input: unknown[] | undefined;
+  readonly whatIf: boolean;
+  readonly runtime: Runtime;
+  has(name: string): boolean;
+  get<T>(name: string): T | undefined;
+}
+
+export interface CommandDef {
+  name: string;
+  params: ParamDef[];
+  /** Changes state: gets -WhatIf and -Confirm. */
+  mutating?: boolean;
+  invoke(call: CommandCall): Promise<unknown[]> | unknown[];
+}
+
+export interface Host {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+/** A PowerShell error record. */
+export class PwshError extends Error {
+  constructor(
+    message: string,
+    readonly errorId: string,
+    readonly category: string,
+    readonly exceptionType: string,
+    readonly extent?: Extent,
+    readonly target: string = '',
+    readonly targetType: string = '',
+  ) {
+    super(message);
+  }
+}
+
+const COMMON_PARAMS: ParamDef[] = [
+  { name: 'ErrorAction', type: 'string', aliases: ['ea'] },
+  { name: 'WarningAction', type: 'string', aliases: ['wa'] },
+  { name: 'InformationAction', type: 'string', aliases: ['infa'] },
+  { name: 'ErrorVariable', type: 'string', aliases: ['ev'] },
+  { name: 'WarningVariable', type: 'string', aliases: ['wv'] },
+  { name: 'OutVariable', type: 'string', aliases: ['ov'] },
+  { name: 'OutBuffer', type: 'uint', aliases: ['ob'] },
+  { name: 'PipelineVariable', type: 'string', aliases: ['pv'] },
+  { name: 'Verbose', type: 'switch', aliases: ['vb'] },
+  { name: 'Debug', type: 'switch', aliases: ['db'] },
+];
+const MUTATING_PARAMS: ParamDef[] = [
+  { name: 'WhatIf', type: 'switch', aliases: ['wi'] },
+  { name: 'Confirm', type: 'switch', aliases: ['cf'] },
+];
+
+const TYPE_LABEL: Record<ParamType, string> = {
+  string: 'System.String',
+  strings: 'System.String[]',
+  switch: 'System.Management.Automation.SwitchParameter',
+  bool: 'System.Boolean',
+  uint: 'System.UInt32',
+  enum: 'System.Enum',
+  flags: 'System.Enum',
+  object: 'Microsoft.Management.Infrastructure.CimInstance',
+  objects: 'Microsoft.Management.Infrastructure.CimInstance[]',
+  scriptblock: 'System.Management.Automation.ScriptBlock',
+  any: 'System.Object',
+};
+
+class StopScript extends Error {}
+
+/** An error raised while a command ran, carrying which command and where. */
+class CommandFailure extends Error {
+  constructor(
+    readonly error: unknown,
+    readonly commandName: string,
+    readonly extent: Extent,
+  ) {
+    super('command failed');
+  }
+}
+
+/** Output of Format-* commands: already rendered text. */
+export class FormattedOutput {
+  constructor(readonly text: string) {}
+}
+
+export interface RuntimeOptions {
+  /** Shown in error positions: "At <scriptName>:line char:col"; "line" for -Command. */
+  scriptName?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Renders objects that reach the end of a statement (Out-Default). */
+  outDefault: (items: unknown[]) => string;
+}
+
+export class Runtime {
+  private readonly vars = new Map<string, unknown>();
+  private source = '';
+  errorCount = 0;
+
+  constructor(
+    readonly host: Host,
+    private readonly commands: ReadonlyMap<string, CommandDef>,
+    private readonly options: RuntimeOptions,
+  ) {
+    this.vars.set('erroractionpreference', 'Continue');
+    this.vars.set('warningpreference', 'Continue');
+  }
+
+  setVariable(name: string, value: unknown): void {
+    this.vars.set(name.toLowerCase(), value);
+  }
+
+  getVariable(name: string): unknown {
+    return this.vars.get(name.toLowerCase());
+  }
+
+  /** Writes a warning the way PowerShell does ("WARNING: …" on the warning stream). */
+  warn(message: string): void {
+    if (String(this.getVariable('WarningPreference')).toLowerCase() === 'silentlycontinue') return;
+    this.host.stderr(`WARNING: ${message}\n`);
+  }
+
+  /** Parses and runs a whole script; returns the number of errors written. A syntax error runs nothing. */
+  async run(source: string): Promise<number> {
+    this.source = source;
+    let statements: Statement[];
+    try {
+      statements = parseScript(source);
+    } catch (err) {
+      if (err instanceof PwshSyntaxError) {
+        this.writeError(
+          new PwshError(err.message, err.errorId, 'ParserError', 'ParentContainsErrorRecordException', err.extent),
+          undefined,
+          true,
+        );
+        return this.errorCount;
+      }
+      throw err;
+    }
+    try {
+      for (const st of statements) await this.statementToHost(st);
+    } catch (err) {
+      if (!(err instanceof StopScript)) throw err;
+    }
+    return this.errorCount;
+  }
+
+  private async statementToHost(st: Statement): Promise<void> {
+    try {
+      if (st.kind === 'assignment') {
+        const value = collapse(await this.pipeline(st.value));
+        await this.assign(st.target, value);
+        return;
+      }
+      const out = await this.pipeline(st);
+      this.render(out);
+    } catch (err) {
+      this.handleStatementError(err, st);
+    }
+  }
+
+  /** Out-Default: pre-formatted output prints as is; objects are formatted. */
+  render(items: unknown[]): void {
+    if (items.length === 0) return;
+    let pending: unknown[] = [];
+    const flush = (): void => {
+      if (pending.length > 0) this.host.stdout(this.options.outDefault(pending));
+      pending = [];
+    };
+    for (const item of items) {
+      if (item instanceof FormattedOutput) {
+        flush();
+        this.host.stdout(item.text);
+      } else {
+        pending.push(item);
+      }
+    }
+    flush();
+  }
+
+  private handleStatementError(caught: unknown, element?: { extent: Extent }): void {
+    if (caught instanceof StopScript) throw caught;
+    let err = caught;
+    let commandName: string | undefined;
+    if (caught instanceof CommandFailure) {
+      err = caught.error;
+      commandName = caught.commandName;
+      element = { extent: caught.extent };
+    }
+    let record: PwshError;
+    if (err instanceof PwshError) record = err;
+    else if (err instanceof ConsecError) {
+      const param = (err as { parameter?: string }).parameter;
+      record = new PwshError(
+        err.message,
+        err.code === 'ERR_POLICY_INVALID' ? `InvalidArgument${param ? `,${param}` : ''}` : err.code,
+        err.code === 'ERR_POLICY_STORE' ? 'WriteError' : 'InvalidArgument',
+        err.code === 'ERR_POLICY_STORE' ? 'CimException' : 'CimException',
+        element?.extent,
+      );
+    } else {
+      record = new PwshError(
+        `${(err as Error).message}`,
+        'UnexpectedError',
+        'NotSpecified',
+        (err as Error).name || 'Exception',
+        element?.extent,
+      );
+      if (process.env.CONSEC_DEBUG) this.host.stderr(`${(err as Error).stack}\n`);
+    }
+    this.writeError(record, commandName);
+    if (String(this.getVariable('ErrorActionPreference')).toLowerCase() === 'stop') throw new StopScript();
+  }
+
+  /** Writes an error record in Windows PowerShell's layout. */
+  writeError(e: PwshError, commandName?: string, parserError = false): void {
+    this.errorCount++;
+    const lines: string[] = [];
+    const position = e.extent ? this.position(e.extent) : [];
+    if (parserError) {
+      lines.push(...position, e.message);
+    } else {
+      // A command that was not found is named by its own text, with an empty command in CategoryInfo.
+      const prefix = commandName ?? (e.errorId === 'CommandNotFoundException' ? e.target : undefined);
+      lines.push(`${prefix ? `${prefix} : ` : ''}${e.message}`, ...position);
+    }
+    const cmd = commandName ?? '';
+    lines.push(
+      `    + CategoryInfo          : ${e.category}: (${e.target}:${e.targetType}) [${cmd}], ${e.exceptionType}`,
+    );
+    lines.push(`    + FullyQualifiedErrorId : ${e.errorId}${cmd ? `,${cmd}` : ''}`);
+    this.host.stderr(`${lines.join('\n')}\n \n`);
+  }
+
+  private position(extent: Extent): string[] {
+    const before = this.source.slice(0, extent.start);
+    const line = before.split('\n').length;
+    const lineStart = before.lastIndexOf('\n') + 1;
+    let lineEnd = this.source.indexOf('\n', lineStart);
+    if (lineEnd < 0) lineEnd = this.source.length;
+    const text = this.source.slice(lineStart, lineEnd).replace(/\r$/, '');
+    const col = extent.start - lineStart;
+    const width = Math.max(1, Math.min(extent.end, lineStart + text.length) - extent.start);
+    const where = this.options.scriptName ? `${this.options.scriptName}:${line}` : `line:${line}`;
+    return [`At ${where} char:${col + 1}`, `+ ${text}`, `+ ${' '.repeat(col)}${'~'.repeat(width)}`];
+  }
+
+  // ---- pipelines and commands -------------------------------------------------------------------
+
+  async pipeline(p: Pipeline, initialInput?: unknown[]): Promise<unknown[]> {
+    let input = initialInput;
+    for (const [i, el] of p.elements.entries()) {
+      if (el.kind === 'expression') {
+        if (i > 0) {
+          throw new PwshError(
+            'Expressions are only allowed as the first element of a pipeline.',
+            'ExpressionsMustBeFirstInPipeline',
+            'ParserError',
+            'ParseException',
+            el.extent,
+          );
+        }
+        input = enumerate(await this.expr(el.expr));
+      } else {
+        input = await this.command(el, i === 0 ? initialInput : input);
+      }
+    }
+    return input ?? [];
+  }
+
+  private async command(cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+    const def = this.commands.get(cmd.name.toLowerCase());
+    if (!def) {
+      throw new PwshError(
+        `The term '${cmd.name}' is not recognized as the name of a cmdlet, function, script file, or operable program. Check the spelling of the name, or if a path was included, verify that the path is correct and try again.`,
+        'CommandNotFoundException',
+        'ObjectNotFound',
+        'CommandNotFoundException',
+        cmd.nameExtent,
+        cmd.name,
+        'String',
+      );
+    }
+    try {
+      const call = await this.bind(def, cmd, input);
+      return await def.invoke(call);
+    } catch (err) {
+      if (err instanceof StopScript || err instanceof CommandFailure) throw err;
+      // Binding errors point at the offending element; others at the whole command.
+      const extent = err instanceof PwshError && err.extent ? err.extent : cmd.extent;
+      throw new CommandFailure(err, def.name, extent);
+    }
+  }
+
+  private async bind(def: CommandDef, cmd: Command, input: unknown[] | undefined): Promise<CommandCall> {
+    const params = [...def.params, ...COMMON_PARAMS, ...(def.mutating ? MUTATING_PARAMS : [])];
+    const bound = new Map<string, unknown>();
+    const positional: { value: unknown; extent: Extent }[] = [];
+    const elements: CommandElement[] = [...cmd.elements];
+    const bindNamed = async (p: ParamDef, raw: unknown, extent: Extent): Promise<void> => {
+      if (bound.has(p.name)) {
+        throw new PwshError(
+          `Cannot bind parameter because parameter '${p.name}' is specified more than once. To provide multiple values to parameters that can accept multiple values, use the array syntax. For example, "-parameter value1,value2,value3".`,
+          'ParameterAlreadyBound',
+          'InvalidArgument',
+          'ParameterBindingException',
+          extent,
+        );
+      }
+      bound.set(p.name, this.convert(p, raw, extent));
+    };
+    for (let i = 0; i < elements.length; i++) {
+      const el = elements[i] as CommandElement;
+      if (el.kind === 'splat') {
+        const v = this.getVariable(el.name);
+        if (v instanceof Hashtable) {
+          for (const [k, val] of v.entries()) {
+            const p = this.resolveParam(params, k, el.extent);
+            await bindNamed(p, p.type === 'switch' ? toBool(val) : val, el.extent);
+          }
+        } else {
+          for (const val of enumerate(v)) positional.push({ value: val, extent: el.extent });
+        }
+        continue;
+      }
+      if (el.kind === 'argument') {
+        positional.push({ value: await this.expr(el.value), extent: el.extent });
+        continue;
+      }
+      const p = this.resolveParam(params, el.name, el.extent);
+      if (el.value !== undefined) {
+        await bindNamed(p, await this.expr(el.value), el.extent);
+      } else if (p.type === 'switch') {
+        await bindNamed(p, true, el.extent);
+      } else {
+        const next = elements[i + 1];
+        if (!next || next.kind !== 'argument') {
+          throw new PwshError(
+            `Missing an argument for parameter '${p.name}'. Specify a parameter of type '${TYPE_LABEL[p.type]}' and try again.`,
+            'MissingArgument',
+            'InvalidArgument',
+            'ParameterBindingException',
+            el.extent,
+          );
+        }
+        i++;
+        await bindNamed(p, await this.expr(next.value), { start: el.extent.start, end: next.extent.end });
+      }
+    }
+    const byPosition = params
+      .filter((p) => p.position !== undefined)
+      .sort((a, b) => (a.position ?? 0) - (b.position ?? 0));
+    for (const arg of positional) {
+      const p = byPosition.find((q) => !bound.has(q.name));
+      if (!p) {
+        throw new PwshError(
+          `A positional parameter cannot be found that accepts argument '${toText(arg.value)}'.`,
+          'PositionalParameterNotFound',
+          'InvalidArgument',
+          'ParameterBindingException',
+          arg.extent,
+          '',
+          '',
+        );
+      }
+      bound.set(p.name, this.convert(p, arg.value, arg.extent));
+    }
+    const pipelineParam = params.find((p) => p.pipeline);
+    if (input !== undefined && pipelineParam && !bound.has(pipelineParam.name)) {
+      bound.set(
+        pipelineParam.name,
+        pipelineParam.type === 'objects' || pipelineParam.type === 'strings' ? input : collapse(input),
+      );
+    }
+    const missing = params.filter((p) => p.mandatory && !bound.has(p.name)).map((p) => p.name);
+    if (missing.length > 0) {
+      throw new PwshError(
+        `Cannot process command because of one or more missing mandatory parameters: ${missing.join(' ')}.`,
+        'MissingMandatoryParameter',
+        'InvalidArgument',
+        'ParameterBindingException',
+        cmd.extent,
+      );
+    }
+    const whatIf = bound.get('WhatIf') === true;
+    return {
+      name: def.name,
+      args: bound,
+      input,
+      whatIf,
+      runtime: this,
+      has: (n) => bound.has(n),
+      get: <T>(n: string) => bound.get(n) as T | undefined,
+    };
+  }
+
+  private resolveParam(params: ParamDef[], name: string, extent: Extent): ParamDef {
+    const lower = name.toLowerCase();
+    const exact = params.find(
+      (p) => p.name.toLowerCase() === lower || p.aliases?.some((a) => a.toLowerCase() === lower),
+    );
+    if (exact) return exact;
+    const prefixed = params.filter((p) => p.name.toLowerCase().startsWith(lower));
+    if (prefixed.length === 1) return prefixed[0] as ParamDef;
+    if (prefixed.length > 1) {
+      throw new PwshError(
+        `Parameter cannot be processed because the parameter name '${name}' is ambiguous. Possible matches include: ${prefixed.map((p) => `-${p.name}`).join(' ')}.`,
+        'AmbiguousParameter',
+        'InvalidArgument',
+        'ParameterBindingException',
+        extent,
+      );
+    }
+    throw new PwshError(
+      `A parameter cannot be found that matches parameter name '${name}'.`,
+      'NamedParameterNotFound',
+      'InvalidArgument',
+      'ParameterBindingException',
+      extent,
+    );
+  }
+
+  private convert(p: ParamDef, raw: unknown, extent: Extent): unknown {
+    const cannot = (detail: string): PwshError =>
+      new PwshError(
+        `Cannot bind parameter '${p.name}'. ${detail}`,
+        'CannotConvertArgumentNoMessage',
+        'InvalidArgument',
+        'ParameterBindingException',
+        extent,
+      );
+    const asText = (v: unknown): string => {
+      if (isPSObject(v)) {
+        const name = getProperty(v, 'Name');
+        if (typeof name === 'string') return name;
+      }
+      return toText(v);
+    };
+    const single = (v: unknown): unknown => {
+      if (Array.isArray(v)) {
+        if (v.length === 1) return v[0];
+        throw new PwshError(
+          `Cannot convert 'System.Object[]' to the type '${TYPE_LABEL[p.type]}' required by parameter '${p.name}'. Specified method is not supported.`,
+          'CannotConvertArgument',
+          'InvalidArgument',
+          'ParameterBindingException',
+          extent,
+        );
+      }
+      return v;
+    };
+    try {
+      switch (p.type) {
+        case 'any':
+        case 'object':
+          return raw;
+        case 'objects':
+          return enumerate(raw);
+        case 'string':
+          return asText(single(raw));
+        case 'strings':
+          return enumerate(raw).map(asText);
+        case 'switch':
+          return toBool(raw);
+        case 'scriptblock': {
+          const v = single(raw);
+          if (!(v instanceof ScriptBlock))
+            throw cannot(
+              `Cannot convert the "${toText(v)}" value of type "${typeof v}" to type "System.Management.Automation.ScriptBlock".`,
+            );
+          return v;
+        }
+        case 'bool': {
+          const v = single(raw);
+          if (typeof v === 'boolean') return v;
+          if (typeof v === 'number') return v !== 0;
+          const t = toText(v).toLowerCase();
+          if (t === 'true' || t === '$true' || t === '1') return true;
+          if (t === 'false' || t === '$false' || t === '0') return false;
+          throw cannot(
+            `Cannot convert value "${toText(v)}" to type "System.Boolean". Boolean parameters accept only Boolean values and numbers, such as $True, $False, 1 or 0.`,
+          );
+        }
+        case 'uint': {
+          const v = single(raw);
+          const n = typeof v === 'number' ? v : /^\s*\d+\s*$/.test(toText(v)) ? Number(toText(v)) : Number.NaN;
+          if (!Number.isInteger(n) || n < 0)
+            throw cannot(
+              `Cannot convert value "${toText(v)}" to type "System.UInt32". Error: "Input string was not in a correct format."`,
+            );
+          if (p.max !== undefined && n > p.max) {
+            throw new PwshError(
+              `Cannot validate argument on parameter '${p.name}'. The ${n} argument is greater than the maximum allowed range of ${p.max}. Supply an argument that is less than or equal to ${p.max} and then try the command again.`,
+              'ParameterArgumentValidationError',
+              'InvalidData',
+              'ParameterBindingValidationException',
+              extent,
+            );
+          }
+          if (p.min !== undefined && n < p.min) {
+            throw new PwshError(
+              `Cannot validate argument on parameter '${p.name}'. The ${n} argument is less than the minimum allowed range of ${p.min}. Supply an argument that is greater than or equal to ${p.min} and then try the command again.`,
+              'ParameterArgumentValidationError',
+              'InvalidData',
+              'ParameterBindingValidationException',
+              extent,
+            );
+          }
+          return n;
+        }
+        case 'enum':
+          return parseEnum(p.enum as EnumDef, toText(single(raw)));
+        case 'flags':
+          return parseFlags(p.enum as EnumDef, enumerate(raw).map(toText));
+      }
+    } catch (err) {
+      if (err instanceof EnumConversionError) throw cannot(err.message);
+      throw err;
+    }
+  }
+
+  // ---- expressions ------------------------------------------------------------------------------
+
+  async expr(e: Expr): Promise<unknown> {
+    switch (e.kind) {
+      case 'constant':
+        return e.value;
+      case 'string': {
+        let out = '';
+        for (const part of e.parts) {
+          if (typeof part === 'string') out += part;
+          else if ('variable' in part) out += toText(this.variable(part.variable, part.extent));
+          else {
+            const values: unknown[] = [];
+            for (const st of parseScript(part.subexpression)) {
+              if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+              else values.push(...(await this.pipeline(st)));
+            }
+            out += toText(collapse(values));
+          }
+        }
+        return out;
+      }
+      case 'variable':
+        return this.variable(e.name, e.extent);
+      case 'member':
+        return getProperty(await this.expr(e.target), e.name) ?? null;
+      case 'method':
+        return this.method(
+          await this.expr(e.target),
+          e.name,
+          await Promise.all(e.args.map((a) => this.expr(a))),
+          e.extent,
+        );
+      case 'index': {
+        const target = await this.expr(e.target);
+        const index = await this.expr(e.index);
+        if (target instanceof Hashtable) return target.get(toText(index)) ?? null;
+        if (Array.isArray(target) || typeof target === 'string') {
+          const n = Number(index);
+          const i = n < 0 ? target.length + n : n;
+          return (Array.isArray(target) ? target[i] : target[i]) ?? null;
+        }
+        return null;
+      }
+      case 'array': {
+        const out: unknown[] = [];
+        for (const item of e.items) out.push(await this.expr(item));
+        return out;
+      }
+      case 'hashtable': {
+        const h = new Hashtable();
+        for (const entry of e.entries)
+          h.set(toText(await this.expr(entry.key)), collapse(await this.pipeline(entry.value)));
+        return h;
+      }
+      case 'scriptblock':
+        return new ScriptBlock(e.body, e.text);
+      case 'subexpression': {
+        const out: unknown[] = [];
+        for (const st of e.body) {
+          if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+          else out.push(...(await this.pipeline(st)));
+        }
+        return e.array ? out : collapse(out);
+      }
+      case 'paren':
+        return collapse(await this.pipeline(e.pipeline));
+      case 'unary': {
+        const v = await this.expr(e.operand);
+        if (e.op === 'not') return !toBool(v);
+        const n = Number(v);
+        if (Number.isNaN(n))
+          throw new PwshError(
+            `Cannot convert value "${toText(v)}" to type "System.Int32".`,
+            'InvalidCastFromStringToInteger',
+            'InvalidArgument',
+            'RuntimeException',
+            e.extent,
+          );
+        return e.op === '-' ? -n : n;
+      }
+      case 'binary':
+        return this.binary(e);
+    }
+  }
+
+  private variable(name: string, extent: Extent): unknown {
+    const lower = name.toLowerCase().replace(/^(script|global|local|private):/, '');
+    if (lower === 'true') return true;
+    if (lower === 'false') return false;
+    if (lower === 'null') return null;
+    if (lower.startsWith('env:')) return (this.options.env ?? process.env)[name.slice(4)] ?? null;
+    void extent; // unset variables are $null, as in PowerShell without Set-StrictMode
+    return this.vars.get(lower) ?? null;
+  }
+
+  private async assign(target: Expr, value: unknown): Promise<void> {
+    if (target.kind === 'variable') {
+      const lower = target.name.toLowerCase();
+      if (['true', 'false', 'null'].includes(lower)) {
+        throw new PwshError(
+          `Cannot overwrite variable ${target.name} because it is read-only or constant.`,
+          'VariableNotWritable',
+          'WriteError',
+          'SessionStateUnauthorizedAccessException',
+          target.extent,
+        );
+      }
+      if (lower.startsWith('env:')) {
+        (this.options.env ?? process.env)[target.name.slice(4)] = toText(value);
+        return;
+      }
+      this.setVariable(lower.replace(/^(script|global|local|private):/, ''), value);
+      return;
+    }
+    if (target.kind === 'member') {
+      const obj = await this.expr(target.target);
+      if (obj instanceof Hashtable) {
+        obj.set(target.name, value);
+        return;
+      }
+      if (typeof obj === 'object' && obj !== null && !Array.isArray(obj)) {
+        const key = Object.keys(obj).find((k) => k.toLowerCase() === target.name.toLowerCase());
+        if (key !== undefined) {
+          (obj as Record<string, unknown>)[key] = value;
+          return;
+        }
+      }
+      throw new PwshError(
+        `The property '${target.name}' cannot be found on this object. Verify that the property exists and can be set.`,
+        'PropertyAssignmentException',
+        'InvalidOperation',
+        'RuntimeException',
+        target.extent,
+      );
+    }
+    throw new PwshError(
+      'The assignment expression is not valid. The input to an assignment operator must be an object that is able to accept assignments, such as a variable or a property.',
+      'InvalidLeftHandSide',
+      'ParserError',
+      'ParseException',
+      target.extent,
+    );
+  }
+
+  private method(target: unknown, name: string, args: unknown[], extent: Extent): unknown {
+    const lower = name.toLowerCase();
+    if (typeof target === 'string') {
+      const a0 = toText(args[0]);
+      switch (lower) {
+        case 'toupper':
+          return target.toUpperCase();
+        case 'tolower':
+          return target.toLowerCase();
+        case 'trim':
+          return target.trim();
+        case 'contains':
+          return target.includes(a0);
+        case 'startswith':
+          return target.startsWith(a0);
+        case 'endswith':
+          return target.endsWith(a0);
+        case 'replace':
+          return target.split(a0).join(toText(args[1]));
+        case 'split':
+          return target.split(a0 === '' ? /\s/ : a0);
+        case 'tostring':
+          return target;
+      }
+    }
+    if (lower === 'tostring') return toText(target);
+    throw new PwshError(
+      `Method invocation failed because [${typeof target === 'string' ? 'System.String' : 'System.Object'}] does not contain a method named '${name}'.`,
+      'MethodNotFound',
+      'InvalidOperation',
+      'RuntimeException',
+      extent,
+    );
+  }
+
+  private async binary(e: Extract<Expr, { kind: 'binary' }>): Promise<unknown> {
+    if (e.op === 'and') return toBool(await this.expr(e.left)) && toBool(await this.expr(e.right));
+    if (e.op === 'or') return toBool(await this.expr(e.left)) || toBool(await this.expr(e.right));
+    const left = await this.expr(e.left);
+    const right = await this.expr(e.right);
+    if (e.op === 'xor') return toBool(left) !== toBool(right);
+    return binaryOp(e.op, left, right, e.extent);
+  }
+
+  /** Runs a script block with $_ set; returns its output. */
+  async invokeScriptBlock(sb: ScriptBlock, dollarUnder: unknown): Promise<unknown[]> {
+    const had = this.vars.has('_');
+    const saved = this.vars.get('_');
+    this.vars.set('_', dollarUnder);
+    this.vars.set('psitem', dollarUnder);
+    try {
+      const out: unknown[] = [];
+      for (const st of sb.body) {
+        if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+        else out.push(...(await this.pipeline(st)));
+      }
+      return out;
+    } finally {
+      if (had) this.vars.set('_', saved);
+      else this.vars.delete('_');
+    }
+  }
+}
+
+// ---- operators ----------------------------------------------------------------------------------
+
+function wildcardToRegExp(pattern: string, caseSensitive: boolean): RegExp {
+  let re = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i] as string;
+    if (c === '*') re += '.*';
+    else if (c === '?') re += '.';
+    else if (c === '[') {
+      const end = pattern.indexOf(']', i);
+      if (end > i) {
+        re += `[${pattern.slice(i + 1, end).replace(/[\\^]/g, '\\$&')}]`;
+        i = end;
+      } else re += '\\[';
+    } else if (c === '`' && i + 1 < pattern.length) {
+      re += (pattern[++i] as string).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    } else re += c.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`, caseSensitive ? 's' : 'is');
+}
+
+/** PowerShell wildcard match (-like), case-insensitive unless asked otherwise. */
+export function wildcardMatch(value: string, pattern: string, caseSensitive = false): boolean {
+  return wildcardToRegExp(pattern, caseSensitive).test(value);
+}
+
+function compareScalars(a: unknown, b: unknown, cs: boolean): number {
+  if (typeof a === 'number') {
+    const n = typeof b === 'number' ? b : Number(toText(b));
+    if (!Number.isNaN(n)) return a === n ? 0 : a < n ? -1 : 1;
+  }
+  if (typeof a === 'boolean') {
+    const bb = toBool(b);
+    return a === bb ? 0 : a ? 1 : -1;
+  }
+  const x = toText(a);
+  const y = toText(b);
+  const l = cs ? x : x.toLowerCase();
+  const r = cs ? y : y.toLowerCase();
+  return l === r ? 0 : l < r ? -1 : 1;
+}
+
+function scalarOp(op: string, a: unknown, b: unknown, cs: boolean): boolean {
+  switch (op) {
+    case 'eq':
+      return compareScalars(a, b, cs) === 0;
+    case 'ne':
+      return compareScalars(a, b, cs) !== 0;
+    case 'gt':
+      return compareScalars(a, b, cs) > 0;
+    case 'ge':
+      return compareScalars(a, b, cs) >= 0;
+    case 'lt':
+      return compareScalars(a, b, cs) < 0;
+    case 'le':
+      return compareScalars(a, b, cs) <= 0;
+    case 'like':
+      return wildcardMatch(toText(a), toText(b), cs);
+    case 'notlike':
+      return !wildcardMatch(toText(a), toText(b), cs);
+    case 'match':
+      return new RegExp(toText(b), cs ? '' : 'i').test(toText(a));
+    case 'notmatch':
+      return !new RegExp(toText(b), cs ? '' : 'i').test(toText(a));
+    default:
+      return false;
+  }
+}
+
+export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: Extent): unknown {
+  let op = rawOp;
+  let cs = false;
+  if (/^[ci](eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$/.test(op)) {
+    cs = op.startsWith('c');
+    op = op.slice(1);
+  }
+  switch (op) {
+    case 'eq':
+    case 'ne':
+    case 'gt':
+    case 'ge':
+    case 'lt':
+    case 'le':
+    case 'like':
+    case 'notlike':
+    case 'match':
+    case 'notmatch':
+      // With a collection on the left, comparison operators filter it.
+      if (Array.isArray(left)) return left.filter((l) => scalarOp(op, l, right, cs));
+      return scalarOp(op, left, right, cs);
+    case 'contains':
+      return enumerate(left).some((l) => compareScalars(l, right, cs) === 0);
+    case 'notcontains':
+      return !enumerate(left).some((l) => compareScalars(l, right, cs) === 0);
+    case 'in':
+      return enumerate(right).some((r) => compareScalars(left, r, cs) === 0);
+    case 'notin':
+      return !enumerate(right).some((r) => compareScalars(left, r, cs) === 0);
+    case 'replace': {
+      const [pattern, replacement] = enumerate(right);
+      return toText(left).replace(new RegExp(toText(pattern), cs ? 'g' : 'gi'), toText(replacement ?? ''));
+    }
+    case 'join':
+      return enumerate(left).map(toText).join(toText(right));
+    case 'split':
+      return toText(left).split(new RegExp(toText(right), cs ? '' : 'i'));
+    case '+':
+      if (Array.isArray(left)) return [...left, ...enumerate(right)];
+      if (typeof left === 'number') {
+        const n = Number(right);
+        if (Number.isNaN(n))
+          throw new PwshError(
+            `Cannot convert value "${toText(right)}" to type "System.Int32".`,
+            'InvalidCastFromStringToInteger',
+            'InvalidArgument',
+            'RuntimeException',
+            extent,
+          );
+        return left + n;
+      }
+      return toText(left) + toText(right);
+    case '-':
+    case '*':
+    case '/':
+    case '%': {
+      const a = Number(left);
+      const b = Number(right);
+      if (op === '*' && typeof left === 'string') return left.repeat(b);
+      if (Number.isNaN(a) || Number.isNaN(b)) {
+        throw new PwshError(
+          `Cannot convert value to type "System.Int32".`,
+          'InvalidCastFromStringToInteger',
+          'InvalidArgument',
+          'RuntimeException',
+          extent,
+        );
+      }
+      return op === '-' ? a - b : op === '*' ? a * b : op === '/' ? a / b : a % b;
+    }
+    default:
+      throw new PwshError(
+        `The operator '-${rawOp}' is not supported.`,
+        'OperatorNotSupported',
+        'InvalidOperation',
+        'RuntimeException',
+        extent,
+      );
+  }
+}
