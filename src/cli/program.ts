@@ -1,7 +1,10 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { stateDirFromEnv } from '../policy/store.ts';
+import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
 import { Lab } from '../lab/lab.ts';
@@ -13,20 +16,31 @@ class NotYetAvailableError extends ConsecError {
   }
 }
 
+function stateDir(program: Command): string {
+  return (program.opts().stateDir as string | undefined) ?? stateDirFromEnv();
+}
+
 export function buildProgram(): Command {
   const program = new Command('consec')
     .description('Windows-style IPsec (connection security rules) for Linux hosts')
     .version('0.1.0')
+    .option('--state-dir <dir>', 'where policy and state live (default: $CONSEC_HOME or /var/lib/consec)')
     .showHelpAfterError()
     .exitOverride();
 
   program
     .command('pwsh')
-    .description('run NetSecurity cmdlets (New-NetIPsecRule, Get-NetIPsecMainModeSA, …) as written for Windows')
-    .argument('[script]', 'a .ps1 file, or - for standard input')
-    .option('-c, --command <text>', 'cmdlets to run')
-    .action(() => {
-      throw new NotYetAvailableError('the PowerShell front-end', 4);
+    .description('run NetSecurity cmdlets (New-NetIPsecRule, Get-NetIPsecRule, …) as written for Windows')
+    .usage("[-Command '<cmdlets>' | -File <script.ps1> | <script.ps1> | -]")
+    .argument('[args...]', 'PowerShell-style arguments: -Command, -File, a script path, or - for stdin')
+    .allowUnknownOption()
+    .helpOption('--help')
+    .action(async (args: string[]) => {
+      const invocation = parsePwshArgs(args, () => readFileSync(0, 'utf8'));
+      process.exitCode = await runPwsh(invocation, stateDir(program), {
+        stdout: (t) => process.stdout.write(t),
+        stderr: (t) => process.stderr.write(t),
+      });
     });
 
   program
@@ -40,7 +54,6 @@ export function buildProgram(): Command {
   program
     .command('daemon')
     .description('run the keying and data-plane service that enforces the active policy')
-    .option('--state-dir <dir>', 'state directory', process.env.CONSEC_HOME ?? '/var/lib/consec')
     .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT')
     .action(() => {
       throw new NotYetAvailableError('the daemon', 5);

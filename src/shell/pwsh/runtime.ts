@@ -222,10 +222,9 @@ export class Runtime {
     let record: PwshError;
     if (err instanceof PwshError) record = err;
     else if (err instanceof ConsecError) {
-      const param = (err as { parameter?: string }).parameter;
       record = new PwshError(
         err.message,
-        err.code === 'ERR_POLICY_INVALID' ? `InvalidArgument${param ? `,${param}` : ''}` : err.code,
+        err.code === 'ERR_POLICY_INVALID' ? 'InvalidArgument' : err.code,
         err.code === 'ERR_POLICY_STORE' ? 'WriteError' : 'InvalidArgument',
         err.code === 'ERR_POLICY_STORE' ? 'CimException' : 'CimException',
         element?.extent,
@@ -240,15 +239,16 @@ export class Runtime {
       );
       if (process.env.CONSEC_DEBUG) this.host.stderr(`${(err as Error).stack}\n`);
     }
-    this.writeError(record, commandName);
+    this.writeError(record, commandName, false, element?.extent);
     if (String(this.getVariable('ErrorActionPreference')).toLowerCase() === 'stop') throw new StopScript();
   }
 
   /** Writes an error record in Windows PowerShell's layout. */
-  writeError(e: PwshError, commandName?: string, parserError = false): void {
+  writeError(e: PwshError, commandName?: string, parserError = false, fallbackExtent?: Extent): void {
     this.errorCount++;
     const lines: string[] = [];
-    const position = e.extent ? this.position(e.extent) : [];
+    const extent = e.extent ?? fallbackExtent;
+    const position = extent ? this.position(extent) : [];
     if (parserError) {
       lines.push(...position, e.message);
     } else {

@@ -1,0 +1,518 @@
+/** The NetSecurity cmdlets for IPsec policy, over the policy stores. */
+import { parseAddressList, parsePortList, parseProtocol } from '../../policy/endpoints.ts';
+import {
+  CertificateAuthorityType,
+  CertificateSigningAlgorithm,
+  CertificateSubjectType,
+  CRLCheck,
+  DiffieHellmanGroup,
+  Enabled,
+  EncryptionAlgorithm,
+  GpoBoolean,
+  HashAlgorithm,
+  InterfaceType,
+  IPsecEncapsulation,
+  IPsecMode,
+  IPsecThroughNAT,
+  KeyEncoding,
+  KeyModule,
+  PacketQueuing,
+  Profile,
+  SecurityPolicy,
+  TrafficExemption,
+  TunnelType,
+} from '../../policy/enums.ts';
+import {
+  type AuthProposal,
+  type AuthSet,
+  DEFAULT_MM_CRYPTO_SET,
+  DEFAULT_PHASE1_AUTH_SET,
+  DEFAULT_PHASE2_AUTH_SET,
+  DEFAULT_QM_CRYPTO_SET,
+  type FirewallSetting,
+  type IPsecRule,
+  ipsecRule,
+  type MainModeCryptoSet,
+  type MainModeRule,
+  mainModeRule,
+  mmProposal,
+  type PolicyDocument,
+  type QuickModeCryptoSet,
+  qmProposal,
+} from '../../policy/model.ts';
+import type { PolicyStores } from '../../policy/store.ts';
+import { validateAuthProposal, validateMainModeProposal, validateQuickModeProposal } from '../../policy/validate.ts';
+import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
+import { enumerate } from '../pwsh/values.ts';
+import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
+import {
+  addressFilterView,
+  authProposalView,
+  authSetView,
+  firewallSettingView,
+  ipsecRuleView,
+  mainModeRuleView,
+  mmCryptoSetView,
+  mmProposalView,
+  modelOf,
+  portFilterView,
+  qmCryptoSetView,
+  qmProposalView,
+} from './views.ts';
+
+// ---- proposals ----------------------------------------------------------------------------------
+
+const newMmProposal: CommandDef = {
+  name: 'New-NetIPsecMainModeCryptoProposal',
+  params: [
+    { name: 'Encryption', type: 'enum', enum: EncryptionAlgorithm },
+    { name: 'KeyExchange', type: 'enum', enum: DiffieHellmanGroup },
+    { name: 'Hash', type: 'enum', enum: HashAlgorithm },
+    { name: 'CimSession', type: 'any' },
+  ],
+  invoke(call) {
+    const p = mmProposal({
+      ...(call.has('Encryption') ? { Encryption: call.get('Encryption') } : {}),
+      ...(call.has('KeyExchange') ? { KeyExchange: call.get('KeyExchange') } : {}),
+      ...(call.has('Hash') ? { Hash: call.get('Hash') } : {}),
+    });
+    validateMainModeProposal(p);
+    return [mmProposalView(p)];
+  },
+};
+
+const newQmProposal: CommandDef = {
+  name: 'New-NetIPsecQuickModeCryptoProposal',
+  params: [
+    { name: 'Encapsulation', type: 'flags', enum: IPsecEncapsulation },
+    { name: 'Encryption', type: 'enum', enum: EncryptionAlgorithm },
+    { name: 'AHHash', type: 'enum', enum: HashAlgorithm },
+    { name: 'ESPHash', type: 'enum', enum: HashAlgorithm },
+    { name: 'MaxMinutes', type: 'uint', min: 5, max: 2879 },
+    { name: 'MaxKiloBytes', type: 'uint', min: 20480, max: 2147483647 },
+    { name: 'CimSession', type: 'any' },
+  ],
+  invoke(call) {
+    const given = <K extends string>(k: K) => (call.has(k) ? { [k]: call.get(k) } : {});
+    const p = qmProposal({
+      ...given('Encapsulation'),
+      ...given('Encryption'),
+      ...given('AHHash'),
+      ...given('ESPHash'),
+      ...given('MaxMinutes'),
+      ...given('MaxKiloBytes'),
+    });
+    validateQuickModeProposal(p);
+    return [qmProposalView(p)];
+  },
+};
+
+const newAuthProposal: CommandDef = {
+  name: 'New-NetIPsecAuthProposal',
+  params: [
+    { name: 'Machine', type: 'switch' },
+    { name: 'User', type: 'switch' },
+    { name: 'Kerberos', type: 'switch' },
+    { name: 'Ntlm', type: 'switch' },
+    { name: 'Cert', type: 'switch' },
+    { name: 'Anonymous', type: 'switch' },
+    { name: 'Health', type: 'switch' },
+    { name: 'PreSharedKey', type: 'string' },
+    { name: 'Proxy', type: 'string' },
+    { name: 'Authority', type: 'string' },
+    { name: 'AuthorityType', type: 'string' },
+    { name: 'Signing', type: 'enum', enum: CertificateSigningAlgorithm },
+    { name: 'ExtendedKeyUsage', type: 'strings' },
+    { name: 'AccountMapping', type: 'switch' },
+    { name: 'ExcludeCAName', type: 'switch' },
+    { name: 'FollowRenewal', type: 'switch' },
+    { name: 'SelectionCriteria', type: 'switch' },
+    { name: 'ValidationCriteria', type: 'switch' },
+    { name: 'SubjectName', type: 'string' },
+    { name: 'SubjectNameType', type: 'enum', enum: CertificateSubjectType },
+    { name: 'Thumbprint', type: 'string' },
+    { name: 'CimSession', type: 'any' },
+  ],
+  invoke(call) {
+    const methods = [
+      call.get('Kerberos') && 'Kerberos',
+      call.get('Ntlm') && 'NTLM',
+      call.has('PreSharedKey') && 'PreSharedKey',
+      (call.get('Cert') || call.get('Health')) && 'Certificate',
+      call.get('Anonymous') && 'Anonymous',
+    ].filter(Boolean) as AuthProposal['AuthenticationMethod'][];
+    if (methods.length !== 1) {
+      throw new PwshError(
+        'Parameter set cannot be resolved using the specified named parameters. Give exactly one of -Kerberos, -Ntlm, -PreSharedKey, -Cert or -Anonymous.',
+        'AmbiguousParameterSet',
+        'InvalidArgument',
+        'ParameterBindingException',
+      );
+    }
+    const method = methods[0] as AuthProposal['AuthenticationMethod'];
+    const user = call.get<boolean>('User') ?? false;
+    const machine = call.get<boolean>('Machine') ?? false;
+    if (user && machine) {
+      throw new PwshError('Parameter set cannot be resolved: -Machine and -User cannot be used together.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+    }
+    if ((method === 'Kerberos' || method === 'NTLM') && !user && !machine) {
+      throw new PwshError(`Parameter set cannot be resolved: -${method === 'NTLM' ? 'Ntlm' : 'Kerberos'} needs -Machine or -User.`, 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+    }
+    const p: AuthProposal = { AuthenticationMethod: method, Principal: method === 'Anonymous' ? 'None' : user ? 'User' : 'Machine' };
+    if (method === 'PreSharedKey') p.PreSharedKey = call.get<string>('PreSharedKey') ?? '';
+    if (method === 'Kerberos' && call.has('Proxy')) p.Proxy = call.get<string>('Proxy');
+    if (method === 'Certificate') {
+      p.Authority = call.get<string>('Authority') ?? '';
+      p.AuthorityType = authorityType(call);
+      p.Signing = call.get('Signing') ?? 'RSA';
+      for (const k of ['AccountMapping', 'ExcludeCAName', 'FollowRenewal', 'SelectionCriteria', 'ValidationCriteria'] as const) {
+        if (call.get<boolean>(k)) p[k] = true;
+      }
+      if (call.get<boolean>('Health')) p.Health = true;
+      if (call.has('ExtendedKeyUsage')) p.ExtendedKeyUsage = call.get<string[]>('ExtendedKeyUsage');
+      if (call.has('SubjectName')) p.SubjectName = call.get<string>('SubjectName');
+      if (call.has('SubjectNameType')) p.SubjectNameType = call.get('SubjectNameType');
+      if (call.has('Thumbprint')) p.Thumbprint = call.get<string>('Thumbprint');
+      if (p.FollowRenewal && !p.Thumbprint) {
+        throw new PwshError('-FollowRenewal works only together with -Thumbprint.', 'InvalidArgument,FollowRenewal', 'InvalidArgument', 'CimException');
+      }
+    }
+    validateAuthProposal(p, p.Principal === 'User' ? 2 : 1);
+    return [authProposalView(p)];
+  },
+};
+
+/**
+ * Root or Intermediate. "CA" is not a Windows value, but a published Microsoft-community script (seed
+ * 000) uses it for a root CA; consec accepts it as Root with a warning instead of failing the script.
+ */
+function authorityType(call: CommandCall): 'Root' | 'Intermediate' {
+  const raw = call.get<string>('AuthorityType');
+  if (raw === undefined) return 'Root';
+  if (raw.toLowerCase() === 'ca') {
+    call.runtime.warn('"CA" is not a CertificateAuthorityType (Root, Intermediate); consec treats it as Root.');
+    return 'Root';
+  }
+  const v = CertificateAuthorityType.values.find((x) => x.toLowerCase() === raw.toLowerCase());
+  if (!v || v === 'Invalid') {
+    throw new PwshError(
+      `Cannot bind parameter 'AuthorityType'. Cannot convert value "${raw}" to type "CertificateAuthorityType". Error: "Unable to match the identifier name ${raw} to a valid enumerator name. Specify one of the following enumerator names and try again:\nRoot, Intermediate"`,
+      'CannotConvertArgumentNoMessage',
+      'InvalidArgument',
+      'ParameterBindingException',
+    );
+  }
+  return v;
+}
+
+// ---- sets -----------------------------------------------------------------------------------------
+
+function proposals<T>(call: CommandCall, kind: string, maker: string): T[] | undefined {
+  if (!call.has('Proposal')) return undefined;
+  return enumerate(call.get('Proposal')).map((v) => {
+    const m = modelOf<T>(v, kind);
+    if (!m) {
+      throw new PwshError(
+        `Cannot bind parameter 'Proposal': each proposal must be an object made by ${maker}.`,
+        'CannotConvertArgument',
+        'InvalidArgument',
+        'ParameterBindingException',
+      );
+    }
+    return structuredClone(m);
+  });
+}
+
+const named = (DisplayName: string) => ({ Name: '', DisplayName, Description: '', Group: '' });
+const withName = <T extends { Name: string }>(o: T): T => ({ ...o, Name: o.Name || `{${crypto.randomUUID().toUpperCase()}}` });
+
+const setRefs = (property: string) => [
+  { collection: 'rules' as const, property, label: 'IPsec rule' },
+  ...(property === 'Phase1AuthSet' || property === 'MainModeCryptoSet'
+    ? [{ collection: 'mainModeRules' as const, property, label: 'main mode rule' }]
+    : []),
+];
+
+const mmCryptoSets: Family<MainModeCryptoSet> = {
+  noun: 'NetIPsecMainModeCryptoSet',
+  cimClass: 'MSFT_NetIKEMMCryptoSet',
+  collection: 'mainModeCryptoSets',
+  nameParam: { name: 'Name', type: 'string', aliases: ['ID'] },
+  view: mmCryptoSetView,
+  properties: [
+    { name: 'Proposal', type: 'objects' },
+    { name: 'MaxMinutes', type: 'uint', min: 0, max: 2879 },
+    { name: 'MaxSessions', type: 'uint', min: 0, max: 2147483647 },
+    { name: 'ForceDiffieHellman', type: 'bool' },
+  ],
+  newOnly: [{ name: 'Default', type: 'switch' }],
+  mandatory: ['Proposal'],
+  defaultName: DEFAULT_MM_CRYPTO_SET,
+  create: (d) => withName({ ...named(d), Proposal: [], MaxMinutes: 480, MaxSessions: 0, ForceDiffieHellman: false }),
+  apply(o, call) {
+    o.Proposal = proposals(call, 'MainModeCryptoProposal', 'New-NetIPsecMainModeCryptoProposal') ?? o.Proposal;
+    if (call.has('MaxMinutes')) o.MaxMinutes = call.get<number>('MaxMinutes') ?? o.MaxMinutes;
+    if (call.has('MaxSessions')) o.MaxSessions = call.get<number>('MaxSessions') ?? o.MaxSessions;
+    if (call.has('ForceDiffieHellman')) o.ForceDiffieHellman = call.get<boolean>('ForceDiffieHellman') ?? false;
+  },
+  references: setRefs('MainModeCryptoSet'),
+};
+
+const qmCryptoSets: Family<QuickModeCryptoSet> = {
+  noun: 'NetIPsecQuickModeCryptoSet',
+  cimClass: 'MSFT_NetIKEQMCryptoSet',
+  collection: 'quickModeCryptoSets',
+  nameParam: { name: 'Name', type: 'string', aliases: ['ID'] },
+  view: qmCryptoSetView,
+  properties: [
+    { name: 'Proposal', type: 'objects' },
+    { name: 'PerfectForwardSecrecyGroup', type: 'enum', enum: DiffieHellmanGroup },
+  ],
+  newOnly: [{ name: 'Default', type: 'switch' }],
+  mandatory: ['Proposal'],
+  defaultName: DEFAULT_QM_CRYPTO_SET,
+  create: (d) => withName({ ...named(d), Proposal: [], PerfectForwardSecrecyGroup: 'None' }),
+  apply(o, call) {
+    o.Proposal = proposals(call, 'QuickModeCryptoProposal', 'New-NetIPsecQuickModeCryptoProposal') ?? o.Proposal;
+    if (call.has('PerfectForwardSecrecyGroup')) o.PerfectForwardSecrecyGroup = call.get('PerfectForwardSecrecyGroup') ?? 'None';
+  },
+  references: setRefs('QuickModeCryptoSet'),
+};
+
+function authSets(phase: 1 | 2): Family<AuthSet> {
+  return {
+    noun: `NetIPsecPhase${phase}AuthSet`,
+    cimClass: `MSFT_NetIKEP${phase}AuthSet`,
+    collection: phase === 1 ? 'phase1AuthSets' : 'phase2AuthSets',
+    nameParam: { name: 'Name', type: 'string', aliases: ['ID'] },
+    view: (s, source) => authSetView(s, source, phase),
+    properties: [{ name: 'Proposal', type: 'objects' }],
+    newOnly: [{ name: 'Default', type: 'switch' }],
+    mandatory: ['Proposal'],
+    defaultName: phase === 1 ? DEFAULT_PHASE1_AUTH_SET : DEFAULT_PHASE2_AUTH_SET,
+    create: (d) => withName({ ...named(d), Proposal: [] }),
+    apply(o, call) {
+      o.Proposal = proposals(call, 'AuthProposal', 'New-NetIPsecAuthProposal') ?? o.Proposal;
+    },
+    references: setRefs(`Phase${phase}AuthSet`),
+  };
+}
+
+// ---- rules ----------------------------------------------------------------------------------------
+
+const RULE_COMMON: ParamDef[] = [
+  { name: 'Enabled', type: 'enum', enum: Enabled },
+  { name: 'Profile', type: 'flags', enum: Profile },
+  { name: 'Platform', type: 'strings' },
+  { name: 'LocalAddress', type: 'strings' },
+  { name: 'RemoteAddress', type: 'strings' },
+];
+
+function applyRuleCommon(o: IPsecRule | MainModeRule, call: CommandCall): void {
+  if (call.has('Enabled')) o.Enabled = call.get('Enabled') ?? 'True';
+  if (call.has('Profile')) o.Profile = call.get('Profile') ?? ['Any'];
+  if (call.has('Platform')) o.Platform = call.get<string[]>('Platform') ?? [];
+  if (call.has('LocalAddress')) o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
+  if (call.has('RemoteAddress')) o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
+}
+
+/** Main mode rule that carries a connection security rule's -MainModeCryptoSet (a consec extension). */
+const linkedMainModeRule = (ruleName: string): string => `${ruleName}-MainMode`;
+
+const ipsecRules: Family<IPsecRule> = {
+  noun: 'NetIPsecRule',
+  cimClass: 'MSFT_NetConSecRule',
+  collection: 'rules',
+  nameParam: { name: 'IPsecRuleName', type: 'string', aliases: ['Name', 'ID'] },
+  view: ipsecRuleView,
+  properties: [
+    ...RULE_COMMON,
+    { name: 'Mode', type: 'enum', enum: IPsecMode },
+    { name: 'InboundSecurity', type: 'enum', enum: SecurityPolicy },
+    { name: 'OutboundSecurity', type: 'enum', enum: SecurityPolicy },
+    { name: 'QuickModeCryptoSet', type: 'string' },
+    { name: 'Phase1AuthSet', type: 'string' },
+    { name: 'Phase2AuthSet', type: 'string' },
+    { name: 'MainModeCryptoSet', type: 'string' },
+    { name: 'KeyModule', type: 'enum', enum: KeyModule },
+    { name: 'TunnelType', type: 'enum', enum: TunnelType },
+    { name: 'AllowWatchKey', type: 'bool' },
+    { name: 'AllowSetKey', type: 'bool' },
+    { name: 'LocalTunnelEndpoint', type: 'strings' },
+    { name: 'RemoteTunnelEndpoint', type: 'strings' },
+    { name: 'RemoteTunnelHostname', type: 'string' },
+    { name: 'ForwardPathLifetime', type: 'uint', max: 172799 },
+    { name: 'EncryptedTunnelBypass', type: 'bool' },
+    { name: 'RequireAuthorization', type: 'bool' },
+    { name: 'User', type: 'string' },
+    { name: 'Machine', type: 'string' },
+    { name: 'Protocol', type: 'string' },
+    { name: 'LocalPort', type: 'strings' },
+    { name: 'RemotePort', type: 'strings' },
+    { name: 'InterfaceAlias', type: 'strings' },
+    { name: 'InterfaceType', type: 'flags', enum: InterfaceType },
+  ],
+  create: (d) => ipsecRule({ DisplayName: d }),
+  apply(o, call) {
+    applyRuleCommon(o, call);
+    const str = <K extends keyof IPsecRule>(k: K): void => {
+      if (call.has(k)) (o as unknown as Record<string, unknown>)[k] = call.get(k);
+    };
+    for (const k of [
+      'Mode', 'InboundSecurity', 'OutboundSecurity', 'QuickModeCryptoSet', 'Phase1AuthSet', 'Phase2AuthSet', 'KeyModule',
+      'AllowWatchKey', 'AllowSetKey', 'RemoteTunnelHostname', 'ForwardPathLifetime', 'EncryptedTunnelBypass',
+      'RequireAuthorization', 'User', 'Machine', 'InterfaceAlias', 'InterfaceType',
+    ] as const) {
+      str(k);
+    }
+    if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
+    if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
+    if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
+    if (call.has('LocalTunnelEndpoint')) o.LocalTunnelEndpoint = parseAddressList('LocalTunnelEndpoint', call.get<string[]>('LocalTunnelEndpoint') ?? [], false);
+    if (call.has('RemoteTunnelEndpoint')) o.RemoteTunnelEndpoint = parseAddressList('RemoteTunnelEndpoint', call.get<string[]>('RemoteTunnelEndpoint') ?? [], false);
+    // Tunnel endpoints given to a new rule imply tunnel mode only when -Mode says so; Windows requires -Mode Tunnel.
+  },
+  afterWrite(o, call, doc) {
+    if (!call.has('MainModeCryptoSet')) return;
+    const set = call.get<string>('MainModeCryptoSet') ?? '';
+    const name = linkedMainModeRule(o.Name);
+    doc.mainModeRules = doc.mainModeRules.filter((r) => r.Name !== name);
+    if (!set) return;
+    doc.mainModeRules.push(
+      mainModeRule({
+        Name: name,
+        DisplayName: `${o.DisplayName} (main mode)`,
+        Description: `Created by consec for the -MainModeCryptoSet of IPsec rule ${o.Name}.`,
+        LocalAddress: o.LocalAddress,
+        RemoteAddress: o.RemoteAddress,
+        MainModeCryptoSet: set,
+        Phase1AuthSet: o.Phase1AuthSet,
+        Profile: o.Profile,
+      }),
+    );
+    call.runtime.warn(
+      `-MainModeCryptoSet is not a parameter of ${call.name} on Windows, where main mode crypto is chosen by main mode rules; consec created main mode rule "${name}" for the same endpoints.`,
+    );
+  },
+  onRemove(removed, doc) {
+    const linked = new Set(removed.map((r) => linkedMainModeRule(r.Name)));
+    doc.mainModeRules = doc.mainModeRules.filter((r) => !linked.has(r.Name));
+  },
+  enableDisable: true,
+};
+
+const mainModeRules: Family<MainModeRule> = {
+  noun: 'NetIPsecMainModeRule',
+  cimClass: 'MSFT_NetMainModeRule',
+  collection: 'mainModeRules',
+  nameParam: { name: 'Name', type: 'string', aliases: ['ID'] },
+  view: mainModeRuleView,
+  properties: [...RULE_COMMON, { name: 'MainModeCryptoSet', type: 'string' }, { name: 'Phase1AuthSet', type: 'string' }],
+  create: (d) => mainModeRule({ DisplayName: d }),
+  apply(o, call) {
+    applyRuleCommon(o, call);
+    if (call.has('MainModeCryptoSet')) o.MainModeCryptoSet = call.get<string>('MainModeCryptoSet') ?? '';
+    if (call.has('Phase1AuthSet')) o.Phase1AuthSet = call.get<string>('Phase1AuthSet') ?? '';
+  },
+  enableDisable: true,
+};
+
+// ---- settings and filters ---------------------------------------------------------------------------
+
+const SETTING_PARAMS: ParamDef[] = [
+  { name: 'Exemptions', type: 'flags', enum: TrafficExemption },
+  { name: 'EnableStatefulFtp', type: 'enum', enum: GpoBoolean },
+  { name: 'EnableStatefulPptp', type: 'enum', enum: GpoBoolean },
+  { name: 'RemoteMachineTransportAuthorizationList', type: 'string' },
+  { name: 'RemoteMachineTunnelAuthorizationList', type: 'string' },
+  { name: 'RemoteUserTransportAuthorizationList', type: 'string' },
+  { name: 'RemoteUserTunnelAuthorizationList', type: 'string' },
+  { name: 'RequireFullAuthSupport', type: 'enum', enum: GpoBoolean },
+  { name: 'CertValidationLevel', type: 'enum', enum: CRLCheck },
+  { name: 'AllowIPsecThroughNAT', type: 'enum', enum: IPsecThroughNAT },
+  { name: 'MaxSAIdleTimeSeconds', type: 'uint', min: 300, max: 3600 },
+  { name: 'KeyEncoding', type: 'enum', enum: KeyEncoding },
+  { name: 'EnablePacketQueuing', type: 'flags', enum: PacketQueuing },
+];
+
+function settingCommands(stores: PolicyStores): CommandDef[] {
+  return [
+    {
+      name: 'Get-NetFirewallSetting',
+      params: [{ name: 'All', type: 'switch' }, ...STORE_PARAMS],
+      invoke(call) {
+        const name = storeName(call);
+        return [firewallSettingView(stores.read(name).settings, stores.resolve(name).name)];
+      },
+    },
+    {
+      name: 'Set-NetFirewallSetting',
+      mutating: true,
+      params: [...SETTING_PARAMS, { name: 'InputObject', type: 'objects', pipeline: true }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+      async invoke(call) {
+        const name = storeName(call);
+        const changes = SETTING_PARAMS.filter((p) => call.has(p.name));
+        if (call.whatIf) {
+          call.runtime.host.stdout(`What if: Performing operation "Set" on Target "${changes.map((c) => c.name).join(', ')} in ${name}".\n`);
+          return [];
+        }
+        const settings = await stores.update(name, (doc: PolicyDocument) => {
+          for (const p of changes) (doc.settings as unknown as Record<string, unknown>)[p.name] = call.get(p.name);
+          return doc.settings as FirewallSetting;
+        });
+        return call.get<boolean>('PassThru') ? [firewallSettingView(settings, stores.resolve(name).name)] : [];
+      },
+    },
+    {
+      name: 'Open-NetGPO',
+      params: [
+        { name: 'PolicyStore', type: 'string', position: 0, mandatory: true },
+        { name: 'DomainController', type: 'string' },
+      ],
+      invoke(call) {
+        // consec keeps GPO stores locally; the session is the store's name, and edits are written at once.
+        const name = call.get<string>('PolicyStore') ?? '';
+        return [stores.resolve(name).name];
+      },
+    },
+    {
+      name: 'Save-NetGPO',
+      params: [{ name: 'GPOSession', type: 'string', position: 0, mandatory: true }],
+      invoke: () => [],
+    },
+  ];
+}
+
+function filterCommands(stores: PolicyStores): CommandDef[] {
+  const make = (name: string, view: (r: IPsecRule) => unknown): CommandDef => ({
+    name,
+    params: [{ name: 'AssociatedNetIPsecRule', type: 'objects', pipeline: true }, { name: 'All', type: 'switch' }, ...STORE_PARAMS],
+    invoke(call) {
+      const wanted = call.get<unknown[]>('AssociatedNetIPsecRule');
+      const rules = readWithSources(stores, storeName(call)).flatMap(({ doc }) => doc.rules);
+      if (wanted === undefined) return rules.map(view);
+      return enumerate(wanted).map((v) => {
+        const r = modelOf<IPsecRule>(v, 'rules');
+        if (!r) throw new PwshError('The input object is not an IPsec rule.', 'InputObjectNotBound', 'InvalidArgument', 'ParameterBindingException');
+        return view(r);
+      });
+    },
+  });
+  return [make('Get-NetFirewallAddressFilter', addressFilterView), make('Get-NetFirewallPortFilter', portFilterView)];
+}
+
+export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
+  return [
+    newMmProposal,
+    newQmProposal,
+    newAuthProposal,
+    ...familyCommands(mmCryptoSets, stores),
+    ...familyCommands(qmCryptoSets, stores),
+    ...familyCommands(authSets(1), stores),
+    ...familyCommands(authSets(2), stores),
+    ...familyCommands(ipsecRules, stores),
+    ...familyCommands(mainModeRules, stores),
+    ...settingCommands(stores),
+    ...filterCommands(stores),
+  ];
+}

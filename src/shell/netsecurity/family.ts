@@ -1,0 +1,387 @@
+/**
+ * One generator for the cmdlet families that every stored NetSecurity object has
+ * (New/Get/Set/Remove/Rename/Copy, plus Enable/Disable for rules): selection by Name, DisplayName,
+ * query properties or pipeline input; -PolicyStore/-GPOSession; -PassThru; -WhatIf; Windows'
+ * not-found errors. Each noun supplies only its properties and how to apply them.
+ */
+import type { CollectionName, NamedObject, PolicyDocument } from '../../policy/model.ts';
+import type { PolicyStores } from '../../policy/store.ts';
+import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
+import { wildcardMatch } from '../pwsh/runtime.ts';
+import { enumerate, getProperty, isPSObject, type PSObject, toText } from '../pwsh/values.ts';
+import { MODEL, type Source } from './views.ts';
+
+export interface Family<M extends NamedObject> {
+  /** Noun after the verb, e.g. NetIPsecRule. */
+  noun: string;
+  /** CIM class named in not-found errors. */
+  cimClass: string;
+  collection: CollectionName;
+  /** Parameter that carries Name (IPsecRuleName for rules), with its aliases. */
+  nameParam: ParamDef;
+  view(m: M, source: Source): PSObject;
+  /** Settable properties (New and Set). */
+  properties: ParamDef[];
+  /** Extra parameters of New only (e.g. -Default). */
+  newOnly?: ParamDef[];
+  /** Properties New requires besides DisplayName. */
+  mandatory?: string[];
+  /** A fresh object with defaults. */
+  create(displayName: string): M;
+  /** Copies the bound properties of `call` onto `target` (mutating it). */
+  apply(target: M, call: CommandCall, doc: PolicyDocument): void;
+  /** After New/Set: extra changes to the document (e.g. the main mode rule of -MainModeCryptoSet). */
+  afterWrite?(target: M, call: CommandCall, doc: PolicyDocument, isNew: boolean): void;
+  /** Well-known Name given by -Default. */
+  defaultName?: string;
+  /** Rules have Enable/Disable. */
+  enableDisable?: boolean;
+  /** Objects elsewhere that refer to this one by Name (blocks Remove, follows Rename). */
+  references?: { collection: CollectionName; property: string; label: string }[];
+  /** Extra cleanup when objects are removed. */
+  onRemove?(removed: M[], doc: PolicyDocument): void;
+}
+
+export const STORE_PARAMS: ParamDef[] = [
+  { name: 'PolicyStore', type: 'string' },
+  { name: 'GPOSession', type: 'string' },
+  { name: 'CimSession', type: 'any' },
+  { name: 'ThrottleLimit', type: 'uint' },
+  { name: 'AsJob', type: 'switch' },
+];
+
+const COMMON_PROPS: ParamDef[] = [
+  { name: 'DisplayName', type: 'string' },
+  { name: 'Description', type: 'string' },
+  { name: 'Group', type: 'string' },
+];
+
+/** The store a call names (GPOSession values are GPO store names in consec). */
+export function storeName(call: CommandCall): string {
+  if (call.get('AsJob')) throw new PwshError('The -AsJob parameter is not supported by consec.', 'NotSupported', 'NotImplemented', 'PSNotSupportedException');
+  const gpo = call.get<string>('GPOSession');
+  const store = call.get<string>('PolicyStore');
+  if (gpo && store) {
+    throw new PwshError('Parameter set cannot be resolved using the specified named parameters: use either -PolicyStore or -GPOSession.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+  }
+  return gpo || store || 'PersistentStore';
+}
+
+/** Documents to read from for a store, each with where its objects come from. */
+export function readWithSources(stores: PolicyStores, name: string): { doc: PolicyDocument; source: Source }[] {
+  const s = stores.resolve(name);
+  switch (s.kind) {
+    case 'active':
+      return [
+        { doc: stores.read('PersistentStore'), source: { store: 'PersistentStore', type: 'Local' } },
+        { doc: stores.read('RSOP'), source: { store: 'RSOP', type: 'GroupPolicy' } },
+      ];
+    case 'gpo':
+    case 'rsop':
+      return [{ doc: stores.read(name), source: { store: s.name, type: 'GroupPolicy' } }];
+    case 'defaults':
+      return [{ doc: stores.read(name), source: { store: s.name, type: 'Hardcoded' } }];
+    case 'persistent':
+      return [{ doc: stores.read(name), source: { store: s.name, type: 'Local' } }];
+  }
+}
+
+const hasWildcard = (s: string): boolean => /[*?[]/.test(s);
+
+function notFound(f: Family<NamedObject>, verb: string, property: string, value: string): PwshError {
+  return new PwshError(
+    `No ${f.cimClass} objects found with property '${property}' equal to '${value}'.  Verify the value of the property and retry.`,
+    `CmdletizationQuery_NotFound_${property}`,
+    'ObjectNotFound',
+    'CimJobException',
+    undefined,
+    value,
+    'String',
+  );
+}
+
+/** Model objects of `items` (our views piped in, or anything with a Name). */
+function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
+  return items.map((i) => {
+    if (isPSObject(i)) {
+      const m = (i as unknown as Record<symbol, { kind: string; value: NamedObject } | undefined>)[MODEL];
+      if (m?.kind === f.collection) return m.value.Name;
+    }
+    const name = getProperty(i, 'Name');
+    if (typeof name === 'string') return name;
+    throw new PwshError(`The input object cannot be bound to any parameters for the command: it is not a ${f.noun}.`, 'InputObjectNotBound', 'InvalidArgument', 'ParameterBindingException');
+  });
+}
+
+/**
+ * The objects a call selects: by Name / DisplayName (wildcards), Group, pipeline input, and (Get)
+ * any query property. Explicit values without wildcards that match nothing are errors.
+ */
+function select<M extends NamedObject>(f: Family<M>, call: CommandCall, verb: string, items: M[], queryParams: ParamDef[]): M[] {
+  let out = items;
+  const names = call.get<string[]>(f.nameParam.name);
+  const piped = call.get<unknown[]>('InputObject');
+  if (piped !== undefined) {
+    const wanted = new Set(pipedNames(enumerate(piped), f as unknown as Family<NamedObject>).map((n) => n.toLowerCase()));
+    out = out.filter((o) => wanted.has(o.Name.toLowerCase()));
+  }
+  const byValues = (property: string, values: string[] | undefined, get: (o: M) => string): void => {
+    if (values === undefined) return;
+    for (const v of values) {
+      if (!hasWildcard(v) && !out.some((o) => get(o).toLowerCase() === v.toLowerCase())) {
+        throw notFound(f as unknown as Family<NamedObject>, verb, property, v);
+      }
+    }
+    out = out.filter((o) => values.some((v) => wildcardMatch(get(o), v)));
+  };
+  byValues(f.nameParam.name === 'Name' ? 'Name' : 'Name', names, (o) => o.Name);
+  byValues('DisplayName', call.get<string[]>('DisplayName'), (o) => o.DisplayName);
+  for (const q of queryParams) {
+    const values = call.get<unknown>(q.name);
+    if (values === undefined) continue;
+    const list = enumerate(values).map(toText);
+    out = out.filter((o) => {
+      const prop = (q.name === 'DisplayGroup' ? 'Group' : q.name) as keyof M;
+      const have = enumerate(o[prop]).map(toText);
+      return list.some((v) => have.some((h) => wildcardMatch(h, v)));
+    });
+  }
+  return out;
+}
+
+export function familyCommands<M extends NamedObject>(f: Family<M>, stores: PolicyStores): CommandDef[] {
+  const nameAsArray: ParamDef = { ...f.nameParam, type: 'strings', position: 0 };
+  const selectors: ParamDef[] = [
+    nameAsArray,
+    { name: 'DisplayName', type: 'strings' },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ];
+  const queryParams: ParamDef[] = [
+    { name: 'Description', type: 'strings' },
+    { name: 'Group', type: 'strings' },
+    { name: 'DisplayGroup', type: 'strings' },
+    ...f.properties
+      .filter((p) => !['DisplayName', 'Description', 'Group', 'Proposal'].includes(p.name) && p.type !== 'objects')
+      .filter((p) => !(f.newOnly ?? []).some((n) => n.name === p.name))
+      .map((p) => ({ name: p.name, type: 'strings' as const, aliases: p.aliases })),
+  ];
+  const all = (name: string): { item: M; source: Source }[] =>
+    readWithSources(stores, name).flatMap(({ doc, source }) => (doc[f.collection] as unknown as M[]).map((item) => ({ item, source })));
+  const viewsOf = (name: string, items: M[]): PSObject[] => {
+    const sources = new Map(all(name).map(({ item, source }) => [item.Name.toLowerCase(), source]));
+    return items.map((i) => f.view(i, sources.get(i.Name.toLowerCase()) ?? { store: name, type: 'Local' }));
+  };
+  const whatIf = (call: CommandCall, operation: string, targets: string[]): boolean => {
+    if (!call.whatIf) return false;
+    for (const t of targets) call.runtime.host.stdout(`What if: Performing operation "${operation}" on Target "${t}".\n`);
+    return true;
+  };
+  const collection = (doc: PolicyDocument): M[] => doc[f.collection] as unknown as M[];
+  const label = (o: M): string => `${o.Name} (${o.DisplayName})`;
+
+  /** Mutates the selected objects of a writable store under its lock. */
+  const groupQuery = queryParams.filter((q) => q.name === 'Group');
+  const mutate = async (call: CommandCall, verb: string, change: (doc: PolicyDocument, selected: M[]) => M[]): Promise<M[]> => {
+    const name = storeName(call);
+    return stores.update(name, (doc) => {
+      // Set-* takes -Group as a new value; the other verbs select by it.
+      const selected = select(f, call, verb, collection(doc), verb === 'Set' ? [] : groupQuery);
+      if (whatIf(call, verb, selected.map(label))) return [];
+      return change(doc, selected);
+    });
+  };
+
+  const newCmd: CommandDef = {
+    name: `New-${f.noun}`,
+    mutating: true,
+    params: [
+      { ...f.nameParam, position: undefined },
+      ...COMMON_PROPS.map((p) => (p.name === 'DisplayName' ? { ...p, mandatory: true } : p)),
+      ...f.properties.map((p) => ((f.mandatory ?? []).includes(p.name) ? { ...p, mandatory: true } : p)),
+      ...(f.newOnly ?? []),
+      ...STORE_PARAMS,
+    ],
+    async invoke(call) {
+      const store = storeName(call);
+      const displayName = call.get<string>('DisplayName') ?? '';
+      const created = await stores.update(store, (doc) => {
+        const o = f.create(displayName);
+        const explicit = call.get<string>(f.nameParam.name);
+        if (call.get<boolean>('Default')) {
+          if (explicit) throw new PwshError('The -Default and -Name parameters cannot be used together.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+          o.Name = f.defaultName ?? o.Name;
+        } else if (explicit) o.Name = explicit;
+        o.Description = call.get<string>('Description') ?? '';
+        o.Group = call.get<string>('Group') ?? '';
+        f.apply(o, call, doc);
+        if (whatIf(call, 'Create', [label(o)])) return undefined;
+        if (collection(doc).some((x) => x.Name.toLowerCase() === o.Name.toLowerCase())) {
+          throw new PwshError(
+            `Cannot create a file when that file already exists: a ${f.noun} named "${o.Name}" already exists in ${store}.`,
+            'Windows System Error 183',
+            'ResourceExists',
+            'CimException',
+          );
+        }
+        collection(doc).push(o);
+        f.afterWrite?.(o, call, doc, true);
+        return o;
+      });
+      return created ? viewsOf(store, [created]) : [];
+    },
+  };
+
+  const getCmd: CommandDef = {
+    name: `Get-${f.noun}`,
+    params: [...selectors, ...queryParams, { name: 'All', type: 'switch' }, { name: 'TracePolicyStore', type: 'switch' }, ...STORE_PARAMS],
+    invoke(call) {
+      const store = storeName(call);
+      const items = all(store).map((x) => x.item);
+      // ActiveStore: a GPO object hides the local object of the same Name.
+      const byName = new Map<string, M>();
+      for (const i of items) byName.set(i.Name.toLowerCase(), i);
+      return viewsOf(store, select(f, call, 'Get', [...byName.values()], queryParams));
+    },
+  };
+
+  const setCmd: CommandDef = {
+    name: `Set-${f.noun}`,
+    mutating: true,
+    params: [
+      ...selectors,
+      { name: 'NewDisplayName', type: 'string' },
+      { name: 'Description', type: 'string' },
+      { name: 'Group', type: 'string' },
+      ...f.properties,
+      { name: 'PassThru', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
+    async invoke(call) {
+      const store = storeName(call);
+      const changed = await mutate(call, 'Set', (doc, selected) => {
+        for (const o of selected) {
+          const nd = call.get<string>('NewDisplayName');
+          if (nd !== undefined) o.DisplayName = nd;
+          const d = call.get<string>('Description');
+          if (d !== undefined) o.Description = d;
+          const g = call.get<string>('Group');
+          if (g !== undefined) o.Group = g;
+          f.apply(o, call, doc);
+          f.afterWrite?.(o, call, doc, false);
+        }
+        return selected;
+      });
+      return call.get<boolean>('PassThru') ? viewsOf(store, changed) : [];
+    },
+  };
+
+  const removeCmd: CommandDef = {
+    name: `Remove-${f.noun}`,
+    mutating: true,
+    params: [...selectors, { name: 'Group', type: 'strings' }, { name: 'All', type: 'switch' }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+    async invoke(call) {
+      const store = storeName(call);
+      const removed = await mutate(call, 'Delete', (doc, selected) => {
+        for (const ref of f.references ?? []) {
+          for (const o of selected) {
+            const user = (doc[ref.collection] as unknown as Record<string, unknown>[]).find(
+              (r) => String(r[ref.property]).toLowerCase() === o.Name.toLowerCase(),
+            );
+            if (user) {
+              throw new PwshError(
+                `${f.noun} "${o.Name}" is used by ${ref.label} "${String(user.Name)}" (${ref.property}) and cannot be removed.`,
+                'ObjectInUse',
+                'ResourceBusy',
+                'CimException',
+              );
+            }
+          }
+        }
+        const gone = new Set(selected.map((o) => o.Name.toLowerCase()));
+        (doc[f.collection] as unknown as M[]) = collection(doc).filter((o) => !gone.has(o.Name.toLowerCase()));
+        f.onRemove?.(selected, doc);
+        return selected;
+      });
+      return call.get<boolean>('PassThru') ? removed.map((o) => f.view(o, { store, type: 'Local' })) : [];
+    },
+  };
+
+  const renameCmd: CommandDef = {
+    name: `Rename-${f.noun}`,
+    mutating: true,
+    params: [...selectors, { name: 'NewName', type: 'string', mandatory: true }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+    async invoke(call) {
+      const store = storeName(call);
+      const newNameValue = call.get<string>('NewName') ?? '';
+      const renamed = await mutate(call, 'Rename', (doc, selected) => {
+        if (selected.length > 1) {
+          throw new PwshError(`Cannot rename ${selected.length} objects to the same Name "${newNameValue}".`, 'MultipleObjectsRename', 'InvalidArgument', 'CimException');
+        }
+        for (const o of selected) {
+          for (const ref of f.references ?? []) {
+            for (const r of doc[ref.collection] as unknown as Record<string, unknown>[]) {
+              if (String(r[ref.property]).toLowerCase() === o.Name.toLowerCase()) r[ref.property] = newNameValue;
+            }
+          }
+          o.Name = newNameValue;
+        }
+        return selected;
+      });
+      return call.get<boolean>('PassThru') ? viewsOf(store, renamed) : [];
+    },
+  };
+
+  const copyCmd: CommandDef = {
+    name: `Copy-${f.noun}`,
+    mutating: true,
+    params: [
+      ...selectors,
+      { name: 'NewName', type: 'string' },
+      { name: 'NewPolicyStore', type: 'string' },
+      { name: 'NewGPOSession', type: 'string' },
+      { name: 'PassThru', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
+    async invoke(call) {
+      const from = storeName(call);
+      const to = call.get<string>('NewGPOSession') || call.get<string>('NewPolicyStore') || from;
+      const source = select(f, call, 'Copy', collection(stores.read(from)), []);
+      const newNameValue = call.get<string>('NewName');
+      if (to.toLowerCase() === from.toLowerCase() && !newNameValue) {
+        throw new PwshError('Copying within the same policy store needs -NewName.', 'CopyNeedsNewName', 'InvalidArgument', 'CimException');
+      }
+      if (newNameValue && source.length > 1) {
+        throw new PwshError(`Cannot copy ${source.length} objects to the same Name "${newNameValue}".`, 'MultipleObjectsCopy', 'InvalidArgument', 'CimException');
+      }
+      if (whatIf(call, 'Copy', source.map(label))) return [];
+      const copies = source.map((o) => ({ ...structuredClone(o), Name: newNameValue ?? o.Name }));
+      await stores.update(to, (doc) => {
+        collection(doc).push(...copies);
+      });
+      return call.get<boolean>('PassThru') ? viewsOf(to, copies) : [];
+    },
+  };
+
+  const cmds = [newCmd, getCmd, setCmd, removeCmd, renameCmd, copyCmd];
+  if (f.enableDisable) {
+    for (const [verb, value] of [
+      ['Enable', 'True'],
+      ['Disable', 'False'],
+    ] as const) {
+      cmds.push({
+        name: `${verb}-${f.noun}`,
+        mutating: true,
+        params: [...selectors, { name: 'Group', type: 'strings' }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+        async invoke(call) {
+          const store = storeName(call);
+          const changed = await mutate(call, verb, (_doc, selected) => {
+            for (const o of selected) (o as unknown as { Enabled: string }).Enabled = value;
+            return selected;
+          });
+          return call.get<boolean>('PassThru') ? viewsOf(store, changed) : [];
+        },
+      });
+    }
+  }
+  return cmds;
+}

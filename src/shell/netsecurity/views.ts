@@ -1,0 +1,256 @@
+/**
+ * How policy objects look in PowerShell: Windows' property names and order (reference §2), flags
+ * as "A, B", and the read-only status properties. Each view keeps a link to the model object it
+ * shows, so it can be piped back into Set-/Remove- cmdlets or used as a -Proposal.
+ */
+import type {
+  AuthProposal,
+  AuthSet,
+  FirewallSetting,
+  IPsecRule,
+  MainModeCryptoProposal,
+  MainModeCryptoSet,
+  MainModeRule,
+  QuickModeCryptoProposal,
+  QuickModeCryptoSet,
+} from '../../policy/model.ts';
+import { isPSObject, type PSObject, psObject } from '../pwsh/values.ts';
+
+export const MODEL = Symbol('consecModel');
+
+export type ProposalKind = 'MainModeCryptoProposal' | 'QuickModeCryptoProposal' | 'AuthProposal';
+
+export interface Source {
+  store: string;
+  type: 'Local' | 'GroupPolicy' | 'Hardcoded';
+}
+
+const CIM = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/';
+
+/** The model object behind a view, when the value is one of our views of `kind`. */
+export function modelOf<T>(v: unknown, kind: string): T | undefined {
+  if (!isPSObject(v)) return undefined;
+  const m = (v as unknown as Record<symbol, { kind: string; value: T } | undefined>)[MODEL];
+  return m?.kind === kind ? m.value : undefined;
+}
+
+function withModel(o: PSObject, kind: string, value: unknown): PSObject {
+  Object.defineProperty(o, MODEL, { value: { kind, value }, enumerable: false });
+  return o;
+}
+
+const flags = (v: readonly string[]): string => v.join(', ');
+
+function status(source: Source): Record<string, unknown> {
+  return {
+    PrimaryStatus: 'OK',
+    Status: 'The rule was parsed successfully from the store. (65536)',
+    EnforcementStatus: 'NotApplicable',
+    PolicyStoreSource: source.store,
+    PolicyStoreSourceType: source.type,
+  };
+}
+
+function setStatus(source: Source): Record<string, unknown> {
+  const { EnforcementStatus: _e, ...rest } = status(source);
+  return rest;
+}
+
+export function mmProposalText(p: MainModeCryptoProposal): string {
+  return `${p.Encryption}-${p.Hash}-${p.KeyExchange}`;
+}
+
+/** netsh's quick mode notation: ESP:SHA256-AES256+60min+100000kb, AH:SHA1+ESP:SHA1-AES128+…. */
+export function qmProposalText(p: QuickModeCryptoProposal): string {
+  const parts: string[] = [];
+  if (p.Encapsulation.includes('AH')) parts.push(`AH:${p.AHHash}`);
+  if (p.Encapsulation.includes('ESP')) parts.push(`ESP:${p.ESPHash}-${p.Encryption}`);
+  return `${parts.join('+')}+${p.MaxMinutes}min+${p.MaxKiloBytes}kb`;
+}
+
+export function authProposalText(p: AuthProposal): string {
+  if (p.AuthenticationMethod === 'Anonymous') return 'Anonymous';
+  const who = p.Principal === 'User' ? 'User' : 'Machine';
+  if (p.AuthenticationMethod === 'Certificate') return `${who}${p.Health ? 'HealthCert' : 'Cert'}: ${p.Authority ?? p.Thumbprint ?? ''}`;
+  if (p.AuthenticationMethod === 'PreSharedKey') return `${who}PreSharedKey`;
+  return `${who}${p.AuthenticationMethod === 'NTLM' ? 'Ntlm' : 'Kerberos'}`;
+}
+
+export function mmProposalView(p: MainModeCryptoProposal): PSObject {
+  return withModel(psObject(`${CIM}MSFT_NetIKEMMCryptoProposal`, { ...p }, mmProposalText(p)), 'MainModeCryptoProposal', p);
+}
+
+export function qmProposalView(p: QuickModeCryptoProposal): PSObject {
+  return withModel(
+    psObject(
+      `${CIM}MSFT_NetIKEQMCryptoProposal`,
+      {
+        Encapsulation: flags(p.Encapsulation),
+        Encryption: p.Encryption,
+        AHHash: p.AHHash,
+        ESPHash: p.ESPHash,
+        MaxMinutes: p.MaxMinutes,
+        MaxKiloBytes: p.MaxKiloBytes,
+      },
+      qmProposalText(p),
+    ),
+    'QuickModeCryptoProposal',
+    p,
+  );
+}
+
+/** Auth proposals: the pre-shared key is never shown (it is stored, but output is not a place for secrets). */
+export function authProposalView(p: AuthProposal): PSObject {
+  const props: Record<string, unknown> = {
+    AuthenticationMethod: p.AuthenticationMethod,
+    Principal: p.Principal,
+  };
+  if (p.AuthenticationMethod === 'PreSharedKey') props.PreSharedKey = '********';
+  if (p.AuthenticationMethod === 'Kerberos') props.Proxy = p.Proxy ?? '';
+  if (p.AuthenticationMethod === 'Certificate') {
+    Object.assign(props, {
+      Authority: p.Authority ?? '',
+      AuthorityType: p.AuthorityType ?? 'Root',
+      Signing: p.Signing ?? 'RSA',
+      ExtendedKeyUsage: p.ExtendedKeyUsage ?? [],
+      AccountMapping: p.AccountMapping ?? false,
+      ExcludeCAName: p.ExcludeCAName ?? false,
+      FollowRenewal: p.FollowRenewal ?? false,
+      SubjectName: p.SubjectName ?? '',
+      SubjectNameType: p.SubjectNameType ?? 'None',
+      Thumbprint: p.Thumbprint ?? '',
+      Health: p.Health ?? false,
+    });
+  }
+  return withModel(psObject(`${CIM}MSFT_NetIKEAuthProposal`, props, authProposalText(p)), 'AuthProposal', p);
+}
+
+function namedProps(o: { Name: string; DisplayName: string; Description: string; Group: string }): Record<string, unknown> {
+  return { Name: o.Name, DisplayName: o.DisplayName, Description: o.Description, DisplayGroup: o.Group, Group: o.Group };
+}
+
+export function mmCryptoSetView(s: MainModeCryptoSet, source: Source): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetIKEMMCryptoSet`, {
+      ...namedProps(s),
+      Proposal: s.Proposal.map(mmProposalView),
+      MaxMinutes: s.MaxMinutes,
+      MaxSessions: s.MaxSessions,
+      ForceDiffieHellman: s.ForceDiffieHellman,
+      ...setStatus(source),
+    }),
+    'mainModeCryptoSets',
+    s,
+  );
+}
+
+export function qmCryptoSetView(s: QuickModeCryptoSet, source: Source): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetIKEQMCryptoSet`, {
+      ...namedProps(s),
+      Proposal: s.Proposal.map(qmProposalView),
+      PerfectForwardSecrecyGroup: s.PerfectForwardSecrecyGroup,
+      ...setStatus(source),
+    }),
+    'quickModeCryptoSets',
+    s,
+  );
+}
+
+export function authSetView(s: AuthSet, source: Source, phase: 1 | 2): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetIKEP${phase}AuthSet`, {
+      ...namedProps(s),
+      Proposal: s.Proposal.map(authProposalView),
+      ...setStatus(source),
+    }),
+    phase === 1 ? 'phase1AuthSets' : 'phase2AuthSets',
+    s,
+  );
+}
+
+export function ipsecRuleView(r: IPsecRule, source: Source): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetConSecRule`, {
+      ...namedProps(r),
+      Enabled: r.Enabled,
+      Profile: flags(r.Profile),
+      Platform: r.Platform,
+      Mode: r.Mode,
+      InboundSecurity: r.InboundSecurity,
+      OutboundSecurity: r.OutboundSecurity,
+      QuickModeCryptoSet: r.QuickModeCryptoSet,
+      Phase1AuthSet: r.Phase1AuthSet,
+      Phase2AuthSet: r.Phase2AuthSet,
+      KeyModule: r.KeyModule,
+      AllowWatchKey: r.AllowWatchKey,
+      AllowSetKey: r.AllowSetKey,
+      LocalTunnelEndpoint: r.LocalTunnelEndpoint,
+      RemoteTunnelEndpoint: r.RemoteTunnelEndpoint,
+      RemoteTunnelHostname: r.RemoteTunnelHostname,
+      ForwardPathLifetime: r.ForwardPathLifetime,
+      EncryptedTunnelBypass: r.EncryptedTunnelBypass,
+      RequireAuthorization: r.RequireAuthorization,
+      User: r.User,
+      Machine: r.Machine,
+      ...status(source),
+    }),
+    'rules',
+    r,
+  );
+}
+
+export function mainModeRuleView(r: MainModeRule, source: Source): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetMainModeRule`, {
+      ...namedProps(r),
+      Enabled: r.Enabled,
+      Profile: flags(r.Profile),
+      Platform: r.Platform,
+      MainModeCryptoSet: r.MainModeCryptoSet,
+      Phase1AuthSet: r.Phase1AuthSet,
+      ...status(source),
+    }),
+    'mainModeRules',
+    r,
+  );
+}
+
+/** Get-NetFirewallAddressFilter / PortFilter: where a rule's endpoints live on Windows. */
+export function addressFilterView(r: IPsecRule | MainModeRule): PSObject {
+  return psObject(`${CIM}MSFT_NetAddressFilter`, { LocalAddress: r.LocalAddress, RemoteAddress: r.RemoteAddress });
+}
+
+export function portFilterView(r: IPsecRule): PSObject {
+  return psObject(`${CIM}MSFT_NetProtocolPortFilter`, {
+    Protocol: r.Protocol,
+    LocalPort: r.LocalPort,
+    RemotePort: r.RemotePort,
+    IcmpType: 'Any',
+    DynamicTarget: 'Any',
+  });
+}
+
+export function firewallSettingView(s: FirewallSetting, storeName: string): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetSecuritySettingData`, {
+      Name: storeName,
+      Exemptions: flags(s.Exemptions),
+      EnableStatefulFtp: s.EnableStatefulFtp,
+      EnableStatefulPptp: s.EnableStatefulPptp,
+      ActiveProfile: 'Domain',
+      RemoteMachineTransportAuthorizationList: s.RemoteMachineTransportAuthorizationList,
+      RemoteMachineTunnelAuthorizationList: s.RemoteMachineTunnelAuthorizationList,
+      RemoteUserTransportAuthorizationList: s.RemoteUserTransportAuthorizationList,
+      RemoteUserTunnelAuthorizationList: s.RemoteUserTunnelAuthorizationList,
+      RequireFullAuthSupport: s.RequireFullAuthSupport,
+      CertValidationLevel: s.CertValidationLevel,
+      AllowIPsecThroughNAT: s.AllowIPsecThroughNAT,
+      MaxSAIdleTimeSeconds: s.MaxSAIdleTimeSeconds,
+      KeyEncoding: s.KeyEncoding,
+      EnablePacketQueuing: flags(s.EnablePacketQueuing),
+    }),
+    'settings',
+    s,
+  );
+}
