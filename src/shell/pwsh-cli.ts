@@ -36,7 +36,10 @@ export function parsePwshArgs(args: readonly string[], readStdin: () => string):
       if (file === undefined) throw new ConsecError('ERR_USAGE', 'Missing argument for -File.');
       return file === '-' ? { source: readStdin() } : { source: readScript(file), scriptName: file };
     }
-    throw new ConsecError('ERR_USAGE', `Unknown option ${a}: use -Command '<cmdlets>', -File <script.ps1>, a script path, or - for standard input.`);
+    throw new ConsecError(
+      'ERR_USAGE',
+      `Unknown option ${a}: use -Command '<cmdlets>', -File <script.ps1>, a script path, or - for standard input.`,
+    );
   }
   return { source: readStdin() };
 }
@@ -45,7 +48,10 @@ function readScript(file: string): string {
   try {
     return readFileSync(file, 'utf8').replace(/^\uFEFF/, '');
   } catch (err) {
-    throw new ConsecError('ERR_USAGE', `The argument '${file}' to the -File parameter does not exist. ${(err as Error).message}`);
+    throw new ConsecError(
+      'ERR_USAGE',
+      `The argument '${file}' to the -File parameter does not exist. ${(err as Error).message}`,
+    );
   }
 }
 

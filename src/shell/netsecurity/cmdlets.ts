@@ -153,19 +153,38 @@ const newAuthProposal: CommandDef = {
     const user = call.get<boolean>('User') ?? false;
     const machine = call.get<boolean>('Machine') ?? false;
     if (user && machine) {
-      throw new PwshError('Parameter set cannot be resolved: -Machine and -User cannot be used together.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+      throw new PwshError(
+        'Parameter set cannot be resolved: -Machine and -User cannot be used together.',
+        'AmbiguousParameterSet',
+        'InvalidArgument',
+        'ParameterBindingException',
+      );
     }
     if ((method === 'Kerberos' || method === 'NTLM') && !user && !machine) {
-      throw new PwshError(`Parameter set cannot be resolved: -${method === 'NTLM' ? 'Ntlm' : 'Kerberos'} needs -Machine or -User.`, 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+      throw new PwshError(
+        `Parameter set cannot be resolved: -${method === 'NTLM' ? 'Ntlm' : 'Kerberos'} needs -Machine or -User.`,
+        'AmbiguousParameterSet',
+        'InvalidArgument',
+        'ParameterBindingException',
+      );
     }
-    const p: AuthProposal = { AuthenticationMethod: method, Principal: method === 'Anonymous' ? 'None' : user ? 'User' : 'Machine' };
+    const p: AuthProposal = {
+      AuthenticationMethod: method,
+      Principal: method === 'Anonymous' ? 'None' : user ? 'User' : 'Machine',
+    };
     if (method === 'PreSharedKey') p.PreSharedKey = call.get<string>('PreSharedKey') ?? '';
     if (method === 'Kerberos' && call.has('Proxy')) p.Proxy = call.get<string>('Proxy');
     if (method === 'Certificate') {
       p.Authority = call.get<string>('Authority') ?? '';
       p.AuthorityType = authorityType(call);
       p.Signing = call.get('Signing') ?? 'RSA';
-      for (const k of ['AccountMapping', 'ExcludeCAName', 'FollowRenewal', 'SelectionCriteria', 'ValidationCriteria'] as const) {
+      for (const k of [
+        'AccountMapping',
+        'ExcludeCAName',
+        'FollowRenewal',
+        'SelectionCriteria',
+        'ValidationCriteria',
+      ] as const) {
         if (call.get<boolean>(k)) p[k] = true;
       }
       if (call.get<boolean>('Health')) p.Health = true;
@@ -174,7 +193,12 @@ const newAuthProposal: CommandDef = {
       if (call.has('SubjectNameType')) p.SubjectNameType = call.get('SubjectNameType');
       if (call.has('Thumbprint')) p.Thumbprint = call.get<string>('Thumbprint');
       if (p.FollowRenewal && !p.Thumbprint) {
-        throw new PwshError('-FollowRenewal works only together with -Thumbprint.', 'InvalidArgument,FollowRenewal', 'InvalidArgument', 'CimException');
+        throw new PwshError(
+          '-FollowRenewal works only together with -Thumbprint.',
+          'InvalidArgument,FollowRenewal',
+          'InvalidArgument',
+          'CimException',
+        );
       }
     }
     validateAuthProposal(p, p.Principal === 'User' ? 2 : 1);
@@ -224,7 +248,10 @@ function proposals<T>(call: CommandCall, kind: string, maker: string): T[] | und
 }
 
 const named = (DisplayName: string) => ({ Name: '', DisplayName, Description: '', Group: '' });
-const withName = <T extends { Name: string }>(o: T): T => ({ ...o, Name: o.Name || `{${crypto.randomUUID().toUpperCase()}}` });
+const withName = <T extends { Name: string }>(o: T): T => ({
+  ...o,
+  Name: o.Name || `{${crypto.randomUUID().toUpperCase()}}`,
+});
 
 const setRefs = (property: string) => [
   { collection: 'rules' as const, property, label: 'IPsec rule' },
@@ -274,7 +301,8 @@ const qmCryptoSets: Family<QuickModeCryptoSet> = {
   create: (d) => withName({ ...named(d), Proposal: [], PerfectForwardSecrecyGroup: 'None' }),
   apply(o, call) {
     o.Proposal = proposals(call, 'QuickModeCryptoProposal', 'New-NetIPsecQuickModeCryptoProposal') ?? o.Proposal;
-    if (call.has('PerfectForwardSecrecyGroup')) o.PerfectForwardSecrecyGroup = call.get('PerfectForwardSecrecyGroup') ?? 'None';
+    if (call.has('PerfectForwardSecrecyGroup'))
+      o.PerfectForwardSecrecyGroup = call.get('PerfectForwardSecrecyGroup') ?? 'None';
   },
   references: setRefs('QuickModeCryptoSet'),
 };
@@ -312,8 +340,10 @@ function applyRuleCommon(o: IPsecRule | MainModeRule, call: CommandCall): void {
   if (call.has('Enabled')) o.Enabled = call.get('Enabled') ?? 'True';
   if (call.has('Profile')) o.Profile = call.get('Profile') ?? ['Any'];
   if (call.has('Platform')) o.Platform = call.get<string[]>('Platform') ?? [];
-  if (call.has('LocalAddress')) o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
-  if (call.has('RemoteAddress')) o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
+  if (call.has('LocalAddress'))
+    o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
+  if (call.has('RemoteAddress'))
+    o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
 }
 
 /** Main mode rule that carries a connection security rule's -MainModeCryptoSet (a consec extension). */
@@ -359,17 +389,41 @@ const ipsecRules: Family<IPsecRule> = {
       if (call.has(k)) (o as unknown as Record<string, unknown>)[k] = call.get(k);
     };
     for (const k of [
-      'Mode', 'InboundSecurity', 'OutboundSecurity', 'QuickModeCryptoSet', 'Phase1AuthSet', 'Phase2AuthSet', 'KeyModule',
-      'AllowWatchKey', 'AllowSetKey', 'RemoteTunnelHostname', 'ForwardPathLifetime', 'EncryptedTunnelBypass',
-      'RequireAuthorization', 'User', 'Machine', 'InterfaceAlias', 'InterfaceType',
+      'Mode',
+      'InboundSecurity',
+      'OutboundSecurity',
+      'QuickModeCryptoSet',
+      'Phase1AuthSet',
+      'Phase2AuthSet',
+      'KeyModule',
+      'AllowWatchKey',
+      'AllowSetKey',
+      'RemoteTunnelHostname',
+      'ForwardPathLifetime',
+      'EncryptedTunnelBypass',
+      'RequireAuthorization',
+      'User',
+      'Machine',
+      'InterfaceAlias',
+      'InterfaceType',
     ] as const) {
       str(k);
     }
     if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
     if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
     if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
-    if (call.has('LocalTunnelEndpoint')) o.LocalTunnelEndpoint = parseAddressList('LocalTunnelEndpoint', call.get<string[]>('LocalTunnelEndpoint') ?? [], false);
-    if (call.has('RemoteTunnelEndpoint')) o.RemoteTunnelEndpoint = parseAddressList('RemoteTunnelEndpoint', call.get<string[]>('RemoteTunnelEndpoint') ?? [], false);
+    if (call.has('LocalTunnelEndpoint'))
+      o.LocalTunnelEndpoint = parseAddressList(
+        'LocalTunnelEndpoint',
+        call.get<string[]>('LocalTunnelEndpoint') ?? [],
+        false,
+      );
+    if (call.has('RemoteTunnelEndpoint'))
+      o.RemoteTunnelEndpoint = parseAddressList(
+        'RemoteTunnelEndpoint',
+        call.get<string[]>('RemoteTunnelEndpoint') ?? [],
+        false,
+      );
     // Tunnel endpoints given to a new rule imply tunnel mode only when -Mode says so; Windows requires -Mode Tunnel.
   },
   afterWrite(o, call, doc) {
@@ -407,7 +461,11 @@ const mainModeRules: Family<MainModeRule> = {
   collection: 'mainModeRules',
   nameParam: { name: 'Name', type: 'string', aliases: ['ID'] },
   view: mainModeRuleView,
-  properties: [...RULE_COMMON, { name: 'MainModeCryptoSet', type: 'string' }, { name: 'Phase1AuthSet', type: 'string' }],
+  properties: [
+    ...RULE_COMMON,
+    { name: 'MainModeCryptoSet', type: 'string' },
+    { name: 'Phase1AuthSet', type: 'string' },
+  ],
   create: (d) => mainModeRule({ DisplayName: d }),
   apply(o, call) {
     applyRuleCommon(o, call);
@@ -448,12 +506,19 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
     {
       name: 'Set-NetFirewallSetting',
       mutating: true,
-      params: [...SETTING_PARAMS, { name: 'InputObject', type: 'objects', pipeline: true }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+      params: [
+        ...SETTING_PARAMS,
+        { name: 'InputObject', type: 'objects', pipeline: true },
+        { name: 'PassThru', type: 'switch' },
+        ...STORE_PARAMS,
+      ],
       async invoke(call) {
         const name = storeName(call);
         const changes = SETTING_PARAMS.filter((p) => call.has(p.name));
         if (call.whatIf) {
-          call.runtime.host.stdout(`What if: Performing operation "Set" on Target "${changes.map((c) => c.name).join(', ')} in ${name}".\n`);
+          call.runtime.host.stdout(
+            `What if: Performing operation "Set" on Target "${changes.map((c) => c.name).join(', ')} in ${name}".\n`,
+          );
           return [];
         }
         const settings = await stores.update(name, (doc: PolicyDocument) => {
@@ -486,14 +551,24 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
 function filterCommands(stores: PolicyStores): CommandDef[] {
   const make = (name: string, view: (r: IPsecRule) => unknown): CommandDef => ({
     name,
-    params: [{ name: 'AssociatedNetIPsecRule', type: 'objects', pipeline: true }, { name: 'All', type: 'switch' }, ...STORE_PARAMS],
+    params: [
+      { name: 'AssociatedNetIPsecRule', type: 'objects', pipeline: true },
+      { name: 'All', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
     invoke(call) {
       const wanted = call.get<unknown[]>('AssociatedNetIPsecRule');
       const rules = readWithSources(stores, storeName(call)).flatMap(({ doc }) => doc.rules);
       if (wanted === undefined) return rules.map(view);
       return enumerate(wanted).map((v) => {
         const r = modelOf<IPsecRule>(v, 'rules');
-        if (!r) throw new PwshError('The input object is not an IPsec rule.', 'InputObjectNotBound', 'InvalidArgument', 'ParameterBindingException');
+        if (!r)
+          throw new PwshError(
+            'The input object is not an IPsec rule.',
+            'InputObjectNotBound',
+            'InvalidArgument',
+            'ParameterBindingException',
+          );
         return view(r);
       });
     },

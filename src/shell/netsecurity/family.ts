@@ -58,11 +58,22 @@ const COMMON_PROPS: ParamDef[] = [
 
 /** The store a call names (GPOSession values are GPO store names in consec). */
 export function storeName(call: CommandCall): string {
-  if (call.get('AsJob')) throw new PwshError('The -AsJob parameter is not supported by consec.', 'NotSupported', 'NotImplemented', 'PSNotSupportedException');
+  if (call.get('AsJob'))
+    throw new PwshError(
+      'The -AsJob parameter is not supported by consec.',
+      'NotSupported',
+      'NotImplemented',
+      'PSNotSupportedException',
+    );
   const gpo = call.get<string>('GPOSession');
   const store = call.get<string>('PolicyStore');
   if (gpo && store) {
-    throw new PwshError('Parameter set cannot be resolved using the specified named parameters: use either -PolicyStore or -GPOSession.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+    throw new PwshError(
+      'Parameter set cannot be resolved using the specified named parameters: use either -PolicyStore or -GPOSession.',
+      'AmbiguousParameterSet',
+      'InvalidArgument',
+      'ParameterBindingException',
+    );
   }
   return gpo || store || 'PersistentStore';
 }
@@ -109,7 +120,12 @@ function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
     }
     const name = getProperty(i, 'Name');
     if (typeof name === 'string') return name;
-    throw new PwshError(`The input object cannot be bound to any parameters for the command: it is not a ${f.noun}.`, 'InputObjectNotBound', 'InvalidArgument', 'ParameterBindingException');
+    throw new PwshError(
+      `The input object cannot be bound to any parameters for the command: it is not a ${f.noun}.`,
+      'InputObjectNotBound',
+      'InvalidArgument',
+      'ParameterBindingException',
+    );
   });
 }
 
@@ -117,12 +133,20 @@ function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
  * The objects a call selects: by Name / DisplayName (wildcards), Group, pipeline input, and (Get)
  * any query property. Explicit values without wildcards that match nothing are errors.
  */
-function select<M extends NamedObject>(f: Family<M>, call: CommandCall, verb: string, items: M[], queryParams: ParamDef[]): M[] {
+function select<M extends NamedObject>(
+  f: Family<M>,
+  call: CommandCall,
+  verb: string,
+  items: M[],
+  queryParams: ParamDef[],
+): M[] {
   let out = items;
   const names = call.get<string[]>(f.nameParam.name);
   const piped = call.get<unknown[]>('InputObject');
   if (piped !== undefined) {
-    const wanted = new Set(pipedNames(enumerate(piped), f as unknown as Family<NamedObject>).map((n) => n.toLowerCase()));
+    const wanted = new Set(
+      pipedNames(enumerate(piped), f as unknown as Family<NamedObject>).map((n) => n.toLowerCase()),
+    );
     out = out.filter((o) => wanted.has(o.Name.toLowerCase()));
   }
   const byValues = (property: string, values: string[] | undefined, get: (o: M) => string): void => {
@@ -166,14 +190,17 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       .map((p) => ({ name: p.name, type: 'strings' as const, aliases: p.aliases })),
   ];
   const all = (name: string): { item: M; source: Source }[] =>
-    readWithSources(stores, name).flatMap(({ doc, source }) => (doc[f.collection] as unknown as M[]).map((item) => ({ item, source })));
+    readWithSources(stores, name).flatMap(({ doc, source }) =>
+      (doc[f.collection] as unknown as M[]).map((item) => ({ item, source })),
+    );
   const viewsOf = (name: string, items: M[]): PSObject[] => {
     const sources = new Map(all(name).map(({ item, source }) => [item.Name.toLowerCase(), source]));
     return items.map((i) => f.view(i, sources.get(i.Name.toLowerCase()) ?? { store: name, type: 'Local' }));
   };
   const whatIf = (call: CommandCall, operation: string, targets: string[]): boolean => {
     if (!call.whatIf) return false;
-    for (const t of targets) call.runtime.host.stdout(`What if: Performing operation "${operation}" on Target "${t}".\n`);
+    for (const t of targets)
+      call.runtime.host.stdout(`What if: Performing operation "${operation}" on Target "${t}".\n`);
     return true;
   };
   const collection = (doc: PolicyDocument): M[] => doc[f.collection] as unknown as M[];
@@ -181,7 +208,11 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
 
   /** Mutates the selected objects of a writable store under its lock. */
   const groupQuery = queryParams.filter((q) => q.name === 'Group');
-  const mutate = async (call: CommandCall, verb: string, change: (doc: PolicyDocument, selected: M[]) => M[]): Promise<M[]> => {
+  const mutate = async (
+    call: CommandCall,
+    verb: string,
+    change: (doc: PolicyDocument, selected: M[]) => M[],
+  ): Promise<M[]> => {
     const name = storeName(call);
     return stores.update(name, (doc) => {
       // Set-* takes -Group as a new value; the other verbs select by it.
@@ -208,7 +239,13 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
         const o = f.create(displayName);
         const explicit = call.get<string>(f.nameParam.name);
         if (call.get<boolean>('Default')) {
-          if (explicit) throw new PwshError('The -Default and -Name parameters cannot be used together.', 'AmbiguousParameterSet', 'InvalidArgument', 'ParameterBindingException');
+          if (explicit)
+            throw new PwshError(
+              'The -Default and -Name parameters cannot be used together.',
+              'AmbiguousParameterSet',
+              'InvalidArgument',
+              'ParameterBindingException',
+            );
           o.Name = f.defaultName ?? o.Name;
         } else if (explicit) o.Name = explicit;
         o.Description = call.get<string>('Description') ?? '';
@@ -233,7 +270,13 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
 
   const getCmd: CommandDef = {
     name: `Get-${f.noun}`,
-    params: [...selectors, ...queryParams, { name: 'All', type: 'switch' }, { name: 'TracePolicyStore', type: 'switch' }, ...STORE_PARAMS],
+    params: [
+      ...selectors,
+      ...queryParams,
+      { name: 'All', type: 'switch' },
+      { name: 'TracePolicyStore', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
     invoke(call) {
       const store = storeName(call);
       const items = all(store).map((x) => x.item);
@@ -278,7 +321,13 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
   const removeCmd: CommandDef = {
     name: `Remove-${f.noun}`,
     mutating: true,
-    params: [...selectors, { name: 'Group', type: 'strings' }, { name: 'All', type: 'switch' }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+    params: [
+      ...selectors,
+      { name: 'Group', type: 'strings' },
+      { name: 'All', type: 'switch' },
+      { name: 'PassThru', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
     async invoke(call) {
       const store = storeName(call);
       const removed = await mutate(call, 'Delete', (doc, selected) => {
@@ -309,13 +358,23 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
   const renameCmd: CommandDef = {
     name: `Rename-${f.noun}`,
     mutating: true,
-    params: [...selectors, { name: 'NewName', type: 'string', mandatory: true }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+    params: [
+      ...selectors,
+      { name: 'NewName', type: 'string', mandatory: true },
+      { name: 'PassThru', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
     async invoke(call) {
       const store = storeName(call);
       const newNameValue = call.get<string>('NewName') ?? '';
       const renamed = await mutate(call, 'Rename', (doc, selected) => {
         if (selected.length > 1) {
-          throw new PwshError(`Cannot rename ${selected.length} objects to the same Name "${newNameValue}".`, 'MultipleObjectsRename', 'InvalidArgument', 'CimException');
+          throw new PwshError(
+            `Cannot rename ${selected.length} objects to the same Name "${newNameValue}".`,
+            'MultipleObjectsRename',
+            'InvalidArgument',
+            'CimException',
+          );
         }
         for (const o of selected) {
           for (const ref of f.references ?? []) {
@@ -348,10 +407,20 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       const source = select(f, call, 'Copy', collection(stores.read(from)), []);
       const newNameValue = call.get<string>('NewName');
       if (to.toLowerCase() === from.toLowerCase() && !newNameValue) {
-        throw new PwshError('Copying within the same policy store needs -NewName.', 'CopyNeedsNewName', 'InvalidArgument', 'CimException');
+        throw new PwshError(
+          'Copying within the same policy store needs -NewName.',
+          'CopyNeedsNewName',
+          'InvalidArgument',
+          'CimException',
+        );
       }
       if (newNameValue && source.length > 1) {
-        throw new PwshError(`Cannot copy ${source.length} objects to the same Name "${newNameValue}".`, 'MultipleObjectsCopy', 'InvalidArgument', 'CimException');
+        throw new PwshError(
+          `Cannot copy ${source.length} objects to the same Name "${newNameValue}".`,
+          'MultipleObjectsCopy',
+          'InvalidArgument',
+          'CimException',
+        );
       }
       if (whatIf(call, 'Copy', source.map(label))) return [];
       const copies = source.map((o) => ({ ...structuredClone(o), Name: newNameValue ?? o.Name }));
@@ -371,7 +440,12 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       cmds.push({
         name: `${verb}-${f.noun}`,
         mutating: true,
-        params: [...selectors, { name: 'Group', type: 'strings' }, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+        params: [
+          ...selectors,
+          { name: 'Group', type: 'strings' },
+          { name: 'PassThru', type: 'switch' },
+          ...STORE_PARAMS,
+        ],
         async invoke(call) {
           const store = storeName(call);
           const changed = await mutate(call, verb, (_doc, selected) => {

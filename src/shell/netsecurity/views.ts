@@ -71,13 +71,18 @@ export function qmProposalText(p: QuickModeCryptoProposal): string {
 export function authProposalText(p: AuthProposal): string {
   if (p.AuthenticationMethod === 'Anonymous') return 'Anonymous';
   const who = p.Principal === 'User' ? 'User' : 'Machine';
-  if (p.AuthenticationMethod === 'Certificate') return `${who}${p.Health ? 'HealthCert' : 'Cert'}: ${p.Authority ?? p.Thumbprint ?? ''}`;
+  if (p.AuthenticationMethod === 'Certificate')
+    return `${who}${p.Health ? 'HealthCert' : 'Cert'}: ${p.Authority ?? p.Thumbprint ?? ''}`;
   if (p.AuthenticationMethod === 'PreSharedKey') return `${who}PreSharedKey`;
   return `${who}${p.AuthenticationMethod === 'NTLM' ? 'Ntlm' : 'Kerberos'}`;
 }
 
 export function mmProposalView(p: MainModeCryptoProposal): PSObject {
-  return withModel(psObject(`${CIM}MSFT_NetIKEMMCryptoProposal`, { ...p }, mmProposalText(p)), 'MainModeCryptoProposal', p);
+  return withModel(
+    psObject(`${CIM}MSFT_NetIKEMMCryptoProposal`, { ...p }, mmProposalText(p)),
+    'MainModeCryptoProposal',
+    p,
+  );
 }
 
 export function qmProposalView(p: QuickModeCryptoProposal): PSObject {
@@ -125,8 +130,19 @@ export function authProposalView(p: AuthProposal): PSObject {
   return withModel(psObject(`${CIM}MSFT_NetIKEAuthProposal`, props, authProposalText(p)), 'AuthProposal', p);
 }
 
-function namedProps(o: { Name: string; DisplayName: string; Description: string; Group: string }): Record<string, unknown> {
-  return { Name: o.Name, DisplayName: o.DisplayName, Description: o.Description, DisplayGroup: o.Group, Group: o.Group };
+function namedProps(o: {
+  Name: string;
+  DisplayName: string;
+  Description: string;
+  Group: string;
+}): Record<string, unknown> {
+  return {
+    Name: o.Name,
+    DisplayName: o.DisplayName,
+    Description: o.Description,
+    DisplayGroup: o.Group,
+    Group: o.Group,
+  };
 }
 
 export function mmCryptoSetView(s: MainModeCryptoSet, source: Source): PSObject {

@@ -233,14 +233,14 @@ const outNull: CommandDef = {
 
 const writeOutput: CommandDef = {
   name: 'Write-Output',
-  params: [{ name: 'InputObject', type: 'objects', pipeline: true, position: 0 }],
+  params: [{ name: 'InputObject', type: 'objects', pipeline: true, position: 0, remaining: true }],
   invoke: (c) => input(c),
 };
 
 const writeHost: CommandDef = {
   name: 'Write-Host',
   params: [
-    { name: 'Object', type: 'any', position: 0 },
+    { name: 'Object', type: 'any', position: 0, remaining: true },
     { name: 'NoNewline', type: 'switch' },
     { name: 'ForegroundColor', type: 'string' },
     { name: 'BackgroundColor', type: 'string' },

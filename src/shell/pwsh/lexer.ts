@@ -194,7 +194,7 @@ export class Lexer {
         this.pos++;
         return { kind: 'operator', op: 'not', extent: ext(this.pos) };
       }
-      if ('+-*/%'.includes(c) && !/\d/.test(s[start + 1] ?? '')) {
+      if ('+-*/%'.includes(c)) {
         this.pos++;
         return { kind: 'operator', op: c, extent: ext(this.pos) };
       }

@@ -259,7 +259,7 @@ class Parser {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || !['and', 'or', 'xor'].includes(t.op)) return left;
       this.lx.next('expression');
-      this.skipNewlines();
+      this.operand(`-${t.op}`);
       const right = this.comparison();
       left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
@@ -271,7 +271,7 @@ class Parser {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || !COMPARISON.test(t.op)) return left;
       this.lx.next('expression');
-      this.skipNewlines();
+      this.operand(`-${t.op}`);
       const right = this.additive();
       left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
@@ -283,6 +283,7 @@ class Parser {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || (t.op !== '+' && t.op !== '-')) return left;
       this.lx.next('expression');
+      this.operand(t.op);
       const right = this.multiplicative();
       left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
@@ -294,6 +295,7 @@ class Parser {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || !['*', '/', '%'].includes(t.op)) return left;
       this.lx.next('expression');
+      this.operand(t.op);
       const right = this.arrayLiteral();
       left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
@@ -503,6 +505,19 @@ class Parser {
           'MissingStatementAfterAssignmentInHashLiteral',
         );
       }
+    }
+  }
+
+  /** After a binary operator: newlines may follow, but the expression must go on. */
+  private operand(op: string): void {
+    this.skipNewlines();
+    const t = this.lx.peek('expression');
+    if (t.kind === 'eof' || t.kind === 'rparen' || t.kind === 'rbrace' || t.kind === 'semi' || t.kind === 'pipe') {
+      throw new PwshSyntaxError(
+        `You must provide a value expression following the '${op}' operator.`,
+        t.extent,
+        'ExpectedValueExpression',
+      );
     }
   }
 

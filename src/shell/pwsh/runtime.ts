@@ -23,6 +23,8 @@ export interface ParamDef {
   position?: number;
   /** Binds pipeline input (ValueFromPipeline). */
   pipeline?: boolean;
+  /** Collects positional arguments left over (ValueFromRemainingArguments). */
+  remaining?: boolean;
   min?: number;
   max?: number;
 }
@@ -180,8 +182,7 @@ export class Runtime {
   private async statementToHost(st: Statement): Promise<void> {
     try {
       if (st.kind === 'assignment') {
-        const value = collapse(await this.pipeline(st.value));
-        await this.assign(st.target, value);
+        await this.assign(st.target, await this.pipelineValue(st.value));
         return;
       }
       const out = await this.pipeline(st);
@@ -278,6 +279,16 @@ export class Runtime {
   }
 
   // ---- pipelines and commands -------------------------------------------------------------------
+
+  /**
+   * The value a pipeline gives an assignment: a lone expression keeps its value ($x = @('a') stays
+   * an array); command output is collected (one item becomes a scalar).
+   */
+  async pipelineValue(p: Pipeline): Promise<unknown> {
+    const only = p.elements[0];
+    if (p.elements.length === 1 && only?.kind === 'expression') return this.expr(only.expr);
+    return collapse(await this.pipeline(p));
+  }
 
   async pipeline(p: Pipeline, initialInput?: unknown[]): Promise<unknown[]> {
     let input = initialInput;
@@ -382,8 +393,14 @@ export class Runtime {
     const byPosition = params
       .filter((p) => p.position !== undefined)
       .sort((a, b) => (a.position ?? 0) - (b.position ?? 0));
+    const remaining = params.find((p) => p.remaining);
+    const rest: unknown[] = [];
     for (const arg of positional) {
       const p = byPosition.find((q) => !bound.has(q.name));
+      if (!p && remaining && (bound.has(remaining.name) || rest.length > 0)) {
+        rest.push(arg.value);
+        continue;
+      }
       if (!p) {
         throw new PwshError(
           `A positional parameter cannot be found that accepts argument '${toText(arg.value)}'.`,
@@ -396,6 +413,9 @@ export class Runtime {
         );
       }
       bound.set(p.name, this.convert(p, arg.value, arg.extent));
+    }
+    if (remaining && rest.length > 0) {
+      bound.set(remaining.name, [...enumerate(bound.get(remaining.name)), ...rest.flatMap((r) => enumerate(r))]);
     }
     const pipelineParam = params.find((p) => p.pipeline);
     if (input !== undefined && pipelineParam && !bound.has(pipelineParam.name)) {
@@ -565,7 +585,7 @@ export class Runtime {
           else {
             const values: unknown[] = [];
             for (const st of parseScript(part.subexpression)) {
-              if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+              if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
               else values.push(...(await this.pipeline(st)));
             }
             out += toText(collapse(values));
@@ -611,7 +631,7 @@ export class Runtime {
       case 'subexpression': {
         const out: unknown[] = [];
         for (const st of e.body) {
-          if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+          if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
           else out.push(...(await this.pipeline(st)));
         }
         return e.array ? out : collapse(out);
@@ -749,7 +769,7 @@ export class Runtime {
     try {
       const out: unknown[] = [];
       for (const st of sb.body) {
-        if (st.kind === 'assignment') await this.assign(st.target, collapse(await this.pipeline(st.value)));
+        if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
         else out.push(...(await this.pipeline(st)));
       }
       return out;

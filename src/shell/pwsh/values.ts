@@ -78,6 +78,8 @@ export function getProperty(target: unknown, name: string): unknown {
     const values = target.map((t) => getProperty(t, name)).filter((v) => v !== undefined);
     return values.length === 0 ? undefined : values.length === 1 ? values[0] : values;
   }
+  // Every single value has Count 1 (PowerShell 3+), so scripts can treat one result like many.
+  if (name.toLowerCase() === 'count' && typeof target !== 'object') return 1;
   if (typeof target === 'string') {
     if (name.toLowerCase() === 'length') return target.length;
     return undefined;

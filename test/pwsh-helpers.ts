@@ -1,0 +1,44 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PolicyStores } from '../src/policy/store.ts';
+import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
+import { createRuntime } from '../src/shell/pwsh/index.ts';
+
+export const SCRIPTS = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts');
+
+export interface PsResult {
+  out: string;
+  err: string;
+  errors: number;
+}
+
+/** A fresh state directory (its own PersistentStore). */
+export function freshStateDir(): string {
+  return mkdtempSync(join(tmpdir(), 'consec-pwsh-'));
+}
+
+/** Runs PowerShell source in-process against the stores in `stateDir`. */
+export async function ps(source: string, stateDir: string, scriptName?: string): Promise<PsResult> {
+  let out = '';
+  let err = '';
+  const rt = createRuntime(
+    { stdout: (t) => (out += t), stderr: (t) => (err += t) },
+    netSecurityCommands(new PolicyStores(stateDir)),
+    { scriptName },
+  );
+  const errors = await rt.run(source);
+  return { out, err, errors };
+}
+
+export function storeBytes(stateDir: string): string {
+  try {
+    return readFileSync(join(stateDir, 'policy', 'PersistentStore.json'), 'utf8');
+  } catch {
+    return '<no store file>';
+  }
+}
+
+export function readScript(name: string): string {
+  return readFileSync(join(SCRIPTS, name), 'utf8');
+}

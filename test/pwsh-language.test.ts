@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { parseScript } from '../src/shell/pwsh/parser.ts';
+import { freshStateDir, ps } from './pwsh-helpers.ts';
+
+const dir = freshStateDir();
+
+describe('PowerShell subset: syntax', () => {
+  it('backtick continuation, comments and block comments', async () => {
+    const r = await ps(
+      [
+        '# a comment',
+        'Write-Output `',
+        '  "one" <# inline #> `',
+        '  # not a continuation target',
+        '',
+        '<#',
+        'block',
+        '#>',
+        'Write-Output two',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, 'one\ntwo\n');
+  });
+
+  it('strings: single quotes are literal, double quotes expand $var, $(...) and backtick escapes', async () => {
+    const r = await ps(
+      [
+        "$name = 'World'",
+        "$h = @{ Key = 'v' }",
+        "Write-Output 'It''s $name'",
+        'Write-Output "Hello $name, `"quoted`" `$name tab:`t. ${name}! $($h.Key) $env:CONSEC_TEST_VAR"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, 'It\'s $name\nHello World, "quoted" $name tab:\t. World! v \n');
+  });
+
+  it('hashtables, splatting, arrays, member access and indexing', async () => {
+    const r = await ps(
+      [
+        '$p = @{',
+        '  Object = "splatted"',
+        '  Separator = "-"',
+        '}',
+        'Write-Host @p',
+        '$a = 1, 2, 3',
+        'Write-Output $a.Count $a[-1] $a[0]',
+        "$x = @(Write-Output 'only')",
+        'Write-Output $x.Count',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out, 'splatted\n3\n3\n1\n1\n');
+  });
+
+  it('operators: case-insensitive comparison, wildcards, regex, containment, logic, array filtering', async () => {
+    const r = await ps(
+      [
+        "'ABC' -eq 'abc'",
+        "'ABC' -ceq 'abc'",
+        "'Server-to-Server IPsec' -like '*to-server*'",
+        "'DH14' -match '^dh\\d+$'",
+        '@(1, 2, 3) -contains 2',
+        '2 -in 1, 2',
+        '-not $false -and (1 -lt 2)',
+        '(1, 2, 3, 4 -gt 2) -join ","',
+        "'a,b' -split ','",
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, 'True\nFalse\nTrue\nTrue\nTrue\nTrue\nTrue\n3,4\na\nb\n');
+  });
+
+  it('pipelines with Where-Object (script block and simplified syntax), Select-Object, Sort-Object, ForEach-Object', async () => {
+    const r = await ps(
+      [
+        '$items = @{N="b"; V=2}, @{N="a"; V=1}, @{N="c"; V=3}',
+        '$items | Where-Object { $_.V -ge 2 } | ForEach-Object { $_.N }',
+        '$items | Where-Object N -eq "a" | ForEach-Object { $_.V }',
+        '$items | Sort-Object -Property N | Select-Object -First 2 | ForEach-Object { $_.N }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out.split('\n').slice(0, 5).join(','), 'b,c,1,a,b');
+  });
+
+  it('a syntax error reports the position and runs nothing', async () => {
+    const r = await ps("Write-Output 'runs?'\nWrite-Output (1 +\n 2\n", dir);
+    assert.equal(r.out, '');
+    assert.equal(r.errors, 1);
+    assert.match(r.err, /^At line:\d+ char:\d+\n/);
+    assert.match(r.err, /Missing closing '\)' in expression\./);
+    const cut = await ps('Write-Output (1 +', dir);
+    assert.match(cut.err, /You must provide a value expression following the '\+' operator\./);
+    assert.match(r.err, /CategoryInfo {10}: ParserError/);
+    const q = await ps('Write-Output "unterminated', dir);
+    assert.match(q.err, /The string is missing the terminator: "\./);
+  });
+
+  it('unsupported language keywords are named, not misparsed', async () => {
+    const r = await ps('if ($true) { Write-Output 1 }', dir);
+    assert.equal(r.out, '');
+    assert.match(r.err, /The 'if' keyword is not supported/);
+  });
+
+  it('an unknown command is reported like PowerShell and the script continues', async () => {
+    const r = await ps('Get-Nothing -Foo\nWrite-Output after', dir);
+    assert.equal(r.out, 'after\n');
+    assert.match(
+      r.err,
+      /^Get-Nothing : The term 'Get-Nothing' is not recognized as the name of a cmdlet, function, script file, or operable program\./,
+    );
+    assert.match(r.err, /\+ CategoryInfo {10}: ObjectNotFound: \(Get-Nothing:String\) \[\], CommandNotFoundException/);
+  });
+
+  it('$ErrorActionPreference = "Stop" ends the script at the first error', async () => {
+    const r = await ps("$ErrorActionPreference = 'Stop'\nGet-Nothing\nWrite-Output after", dir);
+    assert.equal(r.out, '');
+    assert.equal(r.errors, 1);
+  });
+
+  it('the parser never throws anything but a syntax error, whatever the input (fuzzed)', () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 200 }), (src) => {
+        try {
+          parseScript(src);
+        } catch (e) {
+          assert.equal((e as Error).constructor.name, 'PwshSyntaxError', `${(e as Error).stack}`);
+        }
+      }),
+      { numRuns: 3000 },
+    );
+    const alphabet = fc.constantFrom(...'$@(){}[]\'"`#<>|;,=-.: \nabcxyz0129'.split(''));
+    fc.assert(
+      fc.property(
+        fc.array(alphabet, { maxLength: 120 }).map((a) => a.join('')),
+        (src) => {
+          try {
+            parseScript(src);
+          } catch (e) {
+            assert.equal(
+              (e as Error).constructor.name,
+              'PwshSyntaxError',
+              `${JSON.stringify(src)}: ${(e as Error).stack}`,
+            );
+          }
+        },
+      ),
+      { numRuns: 5000 },
+    );
+  });
+});
