@@ -52,8 +52,9 @@ function status(source: Source): Record<string, unknown> {
 }
 
 function setStatus(source: Source): Record<string, unknown> {
-  const { EnforcementStatus: _e, ...rest } = status(source);
-  return rest;
+  const props = status(source);
+  delete props.EnforcementStatus;
+  return props;
 }
 
 export function mmProposalText(p: MainModeCryptoProposal): string {

@@ -88,6 +88,7 @@ export function getProperty(target: unknown, name: string): unknown {
     const lower = name.toLowerCase();
     for (const key of Object.keys(target))
       if (key.toLowerCase() === lower) return (target as Record<string, unknown>)[key];
+    if (lower === 'count') return 1;
   }
   return undefined;
 }
