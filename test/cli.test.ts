@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
@@ -25,12 +27,45 @@ describe('consec CLI', () => {
   });
 
   it('commands that do not exist yet say so clearly, with exit status 2 and no traceback', () => {
-    const r = consec(['pwsh', '-c', 'Get-NetIPsecRule']);
+    const r = consec(['netsh', 'advfirewall', 'consec', 'show', 'rule', 'name=all']);
     assert.equal(r.code, 2);
     assert.equal(
       r.stderr,
-      'consec: the PowerShell front-end is not available yet in this build of consec (tracked in issue 4)\n',
+      'consec: the netsh front-end is not available yet in this build of consec (tracked in issue 4)\n',
     );
+  });
+
+  it('pwsh takes -Command, -File and standard input, and exits 1 after an error', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'consec-cli-'));
+    const ok = consec([
+      '--state-dir',
+      dir,
+      'pwsh',
+      '-NoProfile',
+      '-Command',
+      'New-NetIPsecRule -DisplayName "CLI" -Name cli | Out-Null; (Get-NetIPsecRule -Name cli).DisplayName',
+    ]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(ok.stdout, 'CLI\n');
+    const file = join(dir, 'x.ps1');
+    writeFileSync(
+      file,
+      '\uFEFFGet-NetIPsecRule -Name cli |\n  ForEach-Object { $_.Mode }\nGet-NetIPsecRule -Name missing\n',
+    );
+    const f = consec(['--state-dir', dir, 'pwsh', '-File', file]);
+    assert.equal(f.code, 1);
+    assert.equal(f.stdout, 'Transport\n');
+    assert.ok(f.stderr.includes(`At ${file}:3 char:1`), f.stderr);
+    const stdin = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--state-dir', dir, 'pwsh', '-'],
+      {
+        encoding: 'utf8',
+        cwd: ROOT,
+        input: 'Write-Output "from stdin"',
+      },
+    );
+    assert.equal(stdin.stdout, 'from stdin\n');
   });
 
   it('bad lab input is a one-line error', () => {
