@@ -98,6 +98,10 @@ describe('consec CLI', () => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /cleartext reachability: ok/);
     assert.match(r.stdout, /\| New-NetIPsecRule -DisplayName "Lab host-to-host"/);
+    assert.match(r.stdout, /applied on alice \(consec pwsh, policy store .*\): ok/);
+    assert.match(r.stdout, /applied on bob \(consec pwsh, policy store .*\): ok/);
+    assert.match(r.stdout, /InboundSecurity +: Require/);
+    assert.match(r.stdout, /\{192\.0\.2\.1\} +\{192\.0\.2\.2\}/);
     assert.match(r.stdout, /ping through the tunnel: 3\/3 replies/);
     assert.match(r.stdout, /child lab: INSTALLED TUNNEL ESP-in-UDP AES_GCM_16-256/);
     assert.match(r.stdout, /only IKE and ESP crossed the wire: no cleartext\./);

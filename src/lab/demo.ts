@@ -2,14 +2,16 @@
  * `consec lab demo`: the main job. Builds a two-host lab, applies the Windows-syntax policy of
  * examples/demo-policy.ps1, shows the SAs and proves ESP on the wire.
  *
- * Today consec has no policy engine, IKE or ESP yet (issues 4–6), so the demo says so after the
- * policy step and instead runs the lab's reference check: two strongSwan peers bring up a tunnel
- * across the same lab, with the capture showing that only IKE and ESP cross the wire. That proves
- * the lab every later interop test relies on.
+ * The policy is applied with consec's PowerShell front-end to each host's own policy store. consec
+ * has no IKE or ESP yet (issues 5–6), so the demo says so after the policy step and instead runs the
+ * lab's reference check: two strongSwan peers bring up a tunnel across the same lab, with the capture
+ * showing that only IKE and ESP cross the wire. That proves the lab every later interop test uses.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runPwsh } from '../shell/pwsh-cli.ts';
 import { Capture } from './capture.ts';
 import { requireLabPrerequisites } from './exec.ts';
 import { Lab } from './lab.ts';
@@ -55,9 +57,32 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
     if (ping.code !== 0) return 1;
 
     out('2. Policy, in Windows NetSecurity syntax (examples/demo-policy.ps1):');
-    for (const line of readFileSync(DEMO_POLICY, 'utf8').split('\n')) if (line.trim()) out(`   | ${line}`);
-    out('   consec cannot apply it yet: the policy engine and PowerShell front-end (issue 4), IKEv2 (issue 5)');
-    out('   and the ESP data plane (issue 6) are not built. The demo stops consec here, after the policy step.');
+    const script = readFileSync(DEMO_POLICY, 'utf8');
+    for (const line of script.split('\n')) if (line.trim()) out(`   | ${line}`);
+    const states = mkdtempSync(join(tmpdir(), 'consec-demo-'));
+    try {
+      for (const [host, local, remote] of [
+        ['alice', a, b],
+        ['bob', b, a],
+      ] as const) {
+        let text = '';
+        const status = await runPwsh(
+          { source: script, scriptName: 'demo-policy.ps1' },
+          join(states, host),
+          { stdout: (t) => (text += t), stderr: (t) => (text += t) },
+          { ...process.env, LAB_LOCAL: local, LAB_REMOTE: remote },
+        );
+        out(
+          `   applied on ${host} (consec pwsh, policy store ${join(states, host)}): ${status === 0 ? 'ok' : 'FAILED'}`,
+        );
+        if (host === 'alice' || status !== 0) for (const line of text.split('\n')) if (line.trim()) out(`     ${line}`);
+        if (status !== 0) return 1;
+      }
+    } finally {
+      rmSync(states, { recursive: true, force: true });
+    }
+    out('   consec cannot negotiate it yet: IKEv2 (issue 5) and the ESP data plane (issue 6) are not built.');
+    out('   The demo stops consec here, after the policy step.');
 
     out('3. Lab reference check: strongSwan <-> strongSwan across the same lab');
     if (!strongSwanAvailable()) {

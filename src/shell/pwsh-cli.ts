@@ -56,9 +56,14 @@ function readScript(file: string): string {
 }
 
 /** Runs a script against the stores in `stateDir`; resolves with the exit status (1 if any error). */
-export async function runPwsh(invocation: PwshInvocation, stateDir: string, host: Host): Promise<number> {
+export async function runPwsh(
+  invocation: PwshInvocation,
+  stateDir: string,
+  host: Host,
+  env?: NodeJS.ProcessEnv,
+): Promise<number> {
   const stores = new PolicyStores(stateDir);
-  const runtime = createRuntime(host, netSecurityCommands(stores), { scriptName: invocation.scriptName });
+  const runtime = createRuntime(host, netSecurityCommands(stores), { scriptName: invocation.scriptName, env });
   const errors = await runtime.run(invocation.source);
   return errors > 0 ? 1 : 0;
 }
