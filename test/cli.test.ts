@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
 import { requireLabPrerequisites } from '../src/lab/exec.ts';
 import { ROOT } from './helpers.ts';
+import { freshStateDir } from './pwsh-helpers.ts';
 
 function consec(args: string[], asUser?: string): { code: number | null; stdout: string; stderr: string } {
   const argv = [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...args];
@@ -36,7 +36,7 @@ describe('consec CLI', () => {
   });
 
   it('pwsh takes -Command, -File and standard input, and exits 1 after an error', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'consec-cli-'));
+    const dir = freshStateDir('consec-cli-');
     const ok = consec([
       '--state-dir',
       dir,

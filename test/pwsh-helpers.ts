@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PolicyStores } from '../src/policy/store.ts';
@@ -13,9 +13,16 @@ export interface PsResult {
   errors: number;
 }
 
-/** A fresh state directory (its own PersistentStore). */
-export function freshStateDir(): string {
-  return mkdtempSync(join(tmpdir(), 'consec-pwsh-'));
+const created: string[] = [];
+process.on('exit', () => {
+  for (const dir of created) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh state directory (its own PersistentStore), removed when the test process exits. */
+export function freshStateDir(prefix = 'consec-pwsh-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  created.push(dir);
+  return dir;
 }
 
 /** Runs PowerShell source in-process against the stores in `stateDir`. */
