@@ -45,6 +45,7 @@ import { validateAuthProposal, validateMainModeProposal, validateQuickModePropos
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
 import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
+import { whatIfCommands } from './whatif.ts';
 import {
   addressFilterView,
   authProposalView,
@@ -589,5 +590,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...familyCommands(mainModeRules, stores),
     ...settingCommands(stores),
     ...filterCommands(stores),
+    ...whatIfCommands(stores),
   ];
 }

@@ -1,0 +1,407 @@
+/**
+ * Compiles the active policy into an ordered filter list and an index, like WFP's filters with
+ * weights (reference §7.1, 7.4, 7.5): IKE is always exempt; then the default exemptions of the
+ * global settings; then authentication exemptions (None/None rules); then negotiation rules, most
+ * specific first. Traffic no rule matches goes in clear.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { protocolNumber } from '../policy/endpoints.ts';
+import type { EnumValue, SecurityPolicy } from '../policy/enums.ts';
+import type { IPsecRule, PolicyDocument } from '../policy/model.ts';
+import { ANY_V4, ANY_V6, entryToRange, inRange, type Range, rangeBits, v4ToNumber, v6ToBigint } from './address.ts';
+
+type Security = EnumValue<typeof SecurityPolicy>;
+
+/** Facts about this host that address keywords (DNS, DHCP, LocalSubnet, …) stand for. */
+export interface HostContext {
+  localAddresses: string[];
+  localSubnets: string[];
+  dnsServers: string[];
+  dhcpServers: string[];
+  winsServers: string[];
+  defaultGateways: string[];
+  domainControllers: string[];
+}
+
+export const EMPTY_CONTEXT: HostContext = {
+  localAddresses: [],
+  localSubnets: [],
+  dnsServers: [],
+  dhcpServers: [],
+  winsServers: [],
+  defaultGateways: [],
+  domainControllers: [],
+};
+
+export type FilterKind = 'ike' | 'default-exemption' | 'exemption' | 'negotiate';
+
+export interface Filter {
+  /** Precedence: 0 is consulted first. */
+  rank: number;
+  kind: FilterKind;
+  /** What a person reads: "IKE", "default exemption: Dhcp", or the rule's DisplayName. */
+  label: string;
+  rule?: IPsecRule;
+  /** Address ranges; an empty list means any address of either family. */
+  local: Range[];
+  remote: Range[];
+  protocol?: number;
+  localPorts?: [number, number][];
+  remotePorts?: [number, number][];
+  /** For ICMP exemptions: the message types that match. */
+  icmpTypes?: number[];
+  inbound: Security;
+  outbound: Security;
+}
+
+export interface Flow {
+  direction: 'Outbound' | 'Inbound';
+  local: string;
+  remote: string;
+  /** IP protocol number. */
+  protocol: number;
+  localPort?: number;
+  remotePort?: number;
+  icmpType?: number;
+}
+
+export interface Decision {
+  filter?: Filter;
+  /** Clear: sent/accepted without IPsec. Negotiate: needs an SA (Request may fall back to clear). */
+  action: 'clear' | 'negotiate';
+  /** The security the matching rule asks for in the flow's direction. */
+  security: Security;
+}
+
+const KIND_ORDER: Record<FilterKind, number> = { ike: 0, 'default-exemption': 1, exemption: 2, negotiate: 3 };
+
+const ICMP_EXEMPTIONS: Record<string, { v4: number[] | 'all'; v6: number[] | 'all' } | undefined> = {
+  NeighborDiscovery: { v4: [], v6: [133, 134, 135, 136, 137] },
+  RouterDiscovery: { v4: [9, 10], v6: [133, 134] },
+  Icmp: { v4: 'all', v6: 'all' },
+};
+
+/** Address keywords resolved with the host context; unknown or empty keywords match nothing. */
+function resolveEntry(entry: string, ctx: HostContext, warnings: string[], where: string): Range[] | 'any' {
+  if (entry === 'Any') return 'any';
+  const direct = entryToRange(entry);
+  if (direct) return [direct];
+  const lists: Record<string, string[]> = {
+    LocalSubnet: ctx.localSubnets,
+    DNS: ctx.dnsServers,
+    DHCP: ctx.dhcpServers,
+    WINS: ctx.winsServers,
+    DefaultGateway: ctx.defaultGateways,
+  };
+  const list = lists[entry];
+  if (list) return list.map(entryToRange).filter((r): r is Range => r !== undefined);
+  if (entry === 'Intranet' || entry === 'Internet') {
+    warnings.push(`${where}: the keyword ${entry} depends on network location awareness, which consec does not have; it matches any address.`);
+    return 'any';
+  }
+  warnings.push(`${where}: the keyword ${entry} is not supported by consec and matches nothing.`);
+  return [];
+}
+
+function resolveList(entries: readonly string[], ctx: HostContext, warnings: string[], where: string): Range[] {
+  const out: Range[] = [];
+  for (const e of entries) {
+    const r = resolveEntry(e, ctx, warnings, where);
+    if (r === 'any') return [];
+    out.push(...r);
+  }
+  // A list of keywords that resolved to nothing must match nothing, not everything.
+  if (out.length === 0) return [{ family: 4, lo: 1, hi: 0 }];
+  return out;
+}
+
+function ports(list: readonly string[]): [number, number][] | undefined {
+  if (list.length === 1 && list[0] === 'Any') return undefined;
+  return list
+    .filter((p) => /^\d/.test(p))
+    .map((p) => {
+      const [a, b] = p.split('-').map(Number) as [number, number | undefined];
+      return [a, b ?? a];
+    });
+}
+
+const breadth = (ranges: Range[]): number => (ranges.length === 0 ? 129 : Math.max(...ranges.map(rangeBits)));
+
+export class CompiledPolicy {
+  private readonly v4: RemoteIndex<number>;
+  private readonly v6: RemoteIndex<bigint>;
+
+  constructor(
+    readonly filters: Filter[],
+    readonly warnings: string[],
+  ) {
+    this.v4 = new RemoteIndex(filters, 4);
+    this.v6 = new RemoteIndex(filters, 6);
+  }
+
+  /** The first filter (in precedence order) matching the flow, and what it means for the flow. */
+  classify(flow: Flow): Decision {
+    const family = isIPv4(flow.remote) ? 4 : isIPv6(flow.remote) ? 6 : 0;
+    if (family === 0 || (family === 4 ? !isIPv4(flow.local) : !isIPv6(flow.local))) {
+      throw new RangeError(`not a flow of one IP family: ${flow.local} -> ${flow.remote}`);
+    }
+    const filter =
+      family === 4
+        ? this.v4.find(v4ToNumber(flow.remote), v4ToNumber(flow.local), 0n, flow)
+        : this.v6.find(v6ToBigint(flow.remote), 0, v6ToBigint(flow.local), flow);
+    return decide(filter, flow.direction);
+  }
+
+  private readonly scratch = { protocol: 0, localPort: 0, remotePort: 0 };
+
+  /** Numeric fast path for IPv4 (the data plane and the benchmark): no allocation per lookup. */
+  classifyV4Filter(local: number, remote: number, protocol: number, localPort: number, remotePort: number): Filter | undefined {
+    const flow = this.scratch;
+    flow.protocol = protocol;
+    flow.localPort = localPort;
+    flow.remotePort = remotePort;
+    return this.v4.find(remote, local, 0n, flow);
+  }
+
+  /** Every filter matching the flow, in precedence order (Find-NetIPsecRule). */
+  matchAll(flow: Flow): Filter[] {
+    const family = isIPv4(flow.remote) ? 4 : 6;
+    const l4 = family === 4 ? v4ToNumber(flow.local) : 0;
+    const r4 = family === 4 ? v4ToNumber(flow.remote) : 0;
+    const l6 = family === 6 ? v6ToBigint(flow.local) : 0n;
+    const r6 = family === 6 ? v6ToBigint(flow.remote) : 0n;
+    return this.filters.filter(
+      (f) => matchesAddresses(f.remote, family, r4, r6) && matchesAddresses(f.local, family, l4, l6) && matchesRest(f, flow),
+    );
+  }
+}
+
+function decide(filter: Filter | undefined, direction: Flow['direction']): Decision {
+  if (!filter || filter.kind !== 'negotiate') return { filter, action: 'clear', security: 'None' };
+  const security = direction === 'Outbound' ? filter.outbound : filter.inbound;
+  return { filter, action: security === 'None' ? 'clear' : 'negotiate', security };
+}
+
+function matchesAddresses(ranges: Range[], family: 4 | 6, v4: number, v6: bigint): boolean {
+  if (ranges.length === 0) return true;
+  for (const r of ranges) if (inRange(r, family, v4, v6)) return true;
+  return false;
+}
+
+function inPorts(list: [number, number][] | undefined, port: number | undefined): boolean {
+  if (!list) return true;
+  if (port === undefined) return false;
+  for (const [a, b] of list) if (port >= a && port <= b) return true;
+  return false;
+}
+
+function matchesRest(f: Filter, flow: { protocol: number; localPort?: number; remotePort?: number; icmpType?: number }): boolean {
+  if (f.protocol !== undefined && f.protocol !== flow.protocol) return false;
+  if (f.icmpTypes && (flow.icmpType === undefined || !f.icmpTypes.includes(flow.icmpType))) return false;
+  if (f.kind === 'ike') {
+    return inPorts(f.localPorts, flow.localPort) || inPorts(f.remotePorts, flow.remotePort);
+  }
+  return inPorts(f.localPorts, flow.localPort) && inPorts(f.remotePorts, flow.remotePort);
+}
+
+/**
+ * Elementary intervals of the remote address space, each with the filters (in rank order) whose
+ * remote ranges cover it, plus the filters that match any remote address. A lookup is one binary
+ * search and a short scan of both lists.
+ */
+class RemoteIndex<T extends number | bigint> {
+  private readonly starts: T[] = [];
+  private readonly lists: Filter[][] = [];
+  private readonly anyRemote: Filter[];
+
+  constructor(filters: Filter[], private readonly family: 4 | 6) {
+    const specific = filters.filter((f) => f.remote.length > 0 && f.remote.some((r) => r.family === family));
+    this.anyRemote = filters.filter((f) => f.remote.length === 0);
+    const points = new Set<T>();
+    const max = (family === 4 ? ANY_V4.hi : ANY_V6.hi) as T;
+    for (const f of specific) {
+      for (const r of f.remote) {
+        if (r.family !== family || r.lo > r.hi) continue;
+        points.add(r.lo as T);
+        if (r.hi !== max) points.add((r.family === 4 ? r.hi + 1 : r.hi + 1n) as T);
+      }
+    }
+    const sorted = [...points].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    this.starts = sorted;
+    this.lists = sorted.map(() => []);
+    for (const f of specific) {
+      for (const r of f.remote) {
+        if (r.family !== family || r.lo > r.hi) continue;
+        let i = this.indexOf(r.lo as T);
+        while (i < sorted.length && (sorted[i] as T) <= (r.hi as T)) {
+          const list = this.lists[i] as Filter[];
+          if (list[list.length - 1] !== f) list.push(f);
+          i++;
+        }
+      }
+    }
+    for (const list of this.lists) list.sort((a, b) => a.rank - b.rank);
+  }
+
+  private indexOf(addr: T): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if ((this.starts[mid] as T) <= addr) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  find(
+    remote: T,
+    local4: number,
+    local6: bigint,
+    flow: { protocol: number; localPort?: number; remotePort?: number; icmpType?: number },
+  ): Filter | undefined {
+    const fam = this.family;
+    const i = this.indexOf(remote);
+    const specific = i >= 0 ? (this.lists[i] as Filter[]) : [];
+    let best: Filter | undefined;
+    for (const f of specific) {
+      if (matchesAddresses(f.local, fam, local4, local6) && matchesRest(f, flow)) {
+        best = f;
+        break;
+      }
+    }
+    for (const f of this.anyRemote) {
+      if (best && f.rank > best.rank) break;
+      if (matchesAddresses(f.local, fam, local4, local6) && matchesRest(f, flow)) {
+        best = f;
+        break;
+      }
+    }
+    return best;
+  }
+}
+
+/** Compiles a policy document (normally the ActiveStore view) with the host's context. */
+export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): CompiledPolicy {
+  const warnings: string[] = [];
+  const filters: Omit<Filter, 'rank'>[] = [];
+  filters.push(
+    { kind: 'ike', label: 'IKE (UDP 500, 4500)', local: [], remote: [], protocol: 17, localPorts: [[500, 500], [4500, 4500]], remotePorts: [[500, 500], [4500, 4500]], inbound: 'None', outbound: 'None' },
+  );
+  for (const ex of doc.settings.Exemptions) {
+    if (ex === 'None' || ex === 'NotConfigured') continue;
+    if (ex === 'Dhcp') {
+      filters.push(
+        { kind: 'default-exemption', label: 'default exemption: Dhcp', local: [ANY_V4], remote: [ANY_V4], protocol: 17, localPorts: [[67, 68]], remotePorts: [[67, 68]], inbound: 'None', outbound: 'None' },
+        { kind: 'default-exemption', label: 'default exemption: Dhcp', local: [ANY_V6], remote: [ANY_V6], protocol: 17, localPorts: [[546, 547]], remotePorts: [[546, 547]], inbound: 'None', outbound: 'None' },
+      );
+      continue;
+    }
+    const icmp = ICMP_EXEMPTIONS[ex];
+    if (!icmp) continue;
+    for (const [proto, types, any] of [
+      [1, icmp.v4, ANY_V4],
+      [58, icmp.v6, ANY_V6],
+    ] as const) {
+      if (Array.isArray(types) && types.length === 0) continue;
+      filters.push({
+        kind: 'default-exemption',
+        label: `default exemption: ${ex}`,
+        local: [any],
+        remote: [any],
+        protocol: proto,
+        icmpTypes: types === 'all' ? undefined : [...types],
+        inbound: 'None',
+        outbound: 'None',
+      });
+    }
+  }
+  for (const rule of doc.rules) {
+    if (rule.Enabled !== 'True') continue;
+    const where = `IPsec rule "${rule.DisplayName}" (${rule.Name})`;
+    const exemption = rule.InboundSecurity === 'None' && rule.OutboundSecurity === 'None';
+    filters.push({
+      kind: exemption ? 'exemption' : 'negotiate',
+      label: rule.DisplayName,
+      rule,
+      local: resolveList(rule.LocalAddress, ctx, warnings, where),
+      remote: resolveList(rule.RemoteAddress, ctx, warnings, where),
+      protocol: protocolNumber(rule.Protocol),
+      localPorts: ports(rule.LocalPort),
+      remotePorts: ports(rule.RemotePort),
+      inbound: rule.InboundSecurity,
+      outbound: rule.OutboundSecurity,
+    });
+  }
+  // Precedence: kind, then the narrowest remote, then local, then protocol and ports given.
+  const keyed = filters.map((f, index) => ({
+    f,
+    key: [
+      KIND_ORDER[f.kind],
+      breadth(f.remote),
+      breadth(f.local),
+      f.protocol === undefined ? 1 : 0,
+      f.remotePorts ? 0 : 1,
+      f.localPorts ? 0 : 1,
+      index,
+    ],
+  }));
+  keyed.sort((a, b) => {
+    for (let i = 0; i < a.key.length; i++) {
+      const d = (a.key[i] as number) - (b.key[i] as number);
+      if (d !== 0) return d;
+    }
+    return 0;
+  });
+  const ranked = keyed.map(({ f }, rank) => ({ ...f, rank }));
+  const policy = new CompiledPolicy(ranked, warnings);
+  warnings.push(...lockoutWarnings(policy, doc, ctx));
+  return policy;
+}
+
+/**
+ * Seed 001's traps: Require with Kerberos authentication towards the domain controllers or DNS
+ * servers that Kerberos itself needs deadlocks the host out of its domain.
+ */
+export function lockoutWarnings(policy: CompiledPolicy, doc: PolicyDocument, ctx: HostContext): string[] {
+  const out: string[] = [];
+  const locals = ctx.localAddresses.length > 0 ? ctx.localAddresses : [];
+  const check = (server: string, what: string, protocol: number, port: number): void => {
+    for (const local of locals) {
+      if (isIPv4(local) !== isIPv4(server)) continue;
+      const flow: Flow = { direction: 'Outbound', local, remote: server, protocol, localPort: 49152, remotePort: port };
+      const w = flowLockoutWarning(policy.classify(flow), doc, flow, ctx, what);
+      if (w && !out.includes(w)) out.push(w);
+    }
+  };
+  for (const dc of ctx.domainControllers) check(dc, 'domain controller', 17, 88);
+  for (const dns of ctx.dnsServers) check(dns, 'DNS server', 17, 53);
+  return out;
+}
+
+const KERBEROS_PORTS = new Set([88, 464, 389, 636, 3268]);
+
+/** A warning for one flow that IPsec with Kerberos would lock out, or undefined. */
+export function flowLockoutWarning(decision: Decision, doc: PolicyDocument, flow: Flow, ctx: HostContext, role?: string): string | undefined {
+  if (decision.security !== 'Require' || !decision.filter?.rule) return undefined;
+  const rule = decision.filter.rule;
+  const p1Name = (rule.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}').toLowerCase();
+  const p1 = doc.phase1AuthSets.find((s) => s.Name.toLowerCase() === p1Name);
+  if (!p1?.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos')) return undefined;
+  const isDc = ctx.domainControllers.includes(flow.remote) || role === 'domain controller';
+  const isDns = ctx.dnsServers.includes(flow.remote) || role === 'DNS server';
+  const kerberosPort = flow.remotePort !== undefined && KERBEROS_PORTS.has(flow.remotePort);
+  const dnsPort = flow.remotePort === 53;
+  if (!isDc && !isDns && !kerberosPort && !dnsPort) return undefined;
+  const target = isDc || kerberosPort ? `domain controller ${flow.remote}` : `DNS server ${flow.remote}`;
+  return (
+    `IPsec rule "${rule.DisplayName}" requires IPsec with Kerberos authentication (phase 1 set "${p1.DisplayName}") for traffic to ${target}. ` +
+    (isDc || kerberosPort
+      ? 'Kerberos needs that domain controller to get the ticket that would authenticate this very connection, so the host can lock itself out of the domain. '
+      : 'Without name resolution the host cannot find its domain controllers, and Kerberos authentication fails. ') +
+    'Exempt this traffic with a rule whose InboundSecurity and OutboundSecurity are None, or authenticate with certificates.'
+  );
+}
