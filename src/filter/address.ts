@@ -77,5 +77,7 @@ export function rangeBits(r: Range): number {
 
 export function inRange(r: Range, family: 4 | 6, v4: number, v6: bigint): boolean {
   if (r.family !== family) return false;
-  return family === 4 ? v4 >= (r as V4Range).lo && v4 <= (r as V4Range).hi : v6 >= (r as V6Range).lo && v6 <= (r as V6Range).hi;
+  return family === 4
+    ? v4 >= (r as V4Range).lo && v4 <= (r as V4Range).hi
+    : v6 >= (r as V6Range).lo && v6 <= (r as V6Range).hi;
 }

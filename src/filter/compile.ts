@@ -96,7 +96,9 @@ function resolveEntry(entry: string, ctx: HostContext, warnings: string[], where
   const list = lists[entry];
   if (list) return list.map(entryToRange).filter((r): r is Range => r !== undefined);
   if (entry === 'Intranet' || entry === 'Internet') {
-    warnings.push(`${where}: the keyword ${entry} depends on network location awareness, which consec does not have; it matches any address.`);
+    warnings.push(
+      `${where}: the keyword ${entry} depends on network location awareness, which consec does not have; it matches any address.`,
+    );
     return 'any';
   }
   warnings.push(`${where}: the keyword ${entry} is not supported by consec and matches nothing.`);
@@ -128,14 +130,14 @@ function ports(list: readonly string[]): [number, number][] | undefined {
 const breadth = (ranges: Range[]): number => (ranges.length === 0 ? 129 : Math.max(...ranges.map(rangeBits)));
 
 export class CompiledPolicy {
-  private readonly v4: RemoteIndex<number>;
+  private readonly v4: V4Index;
   private readonly v6: RemoteIndex<bigint>;
 
   constructor(
     readonly filters: Filter[],
     readonly warnings: string[],
   ) {
-    this.v4 = new RemoteIndex(filters, 4);
+    this.v4 = new V4Index(filters);
     this.v6 = new RemoteIndex(filters, 6);
   }
 
@@ -147,20 +149,28 @@ export class CompiledPolicy {
     }
     const filter =
       family === 4
-        ? this.v4.find(v4ToNumber(flow.remote), v4ToNumber(flow.local), 0n, flow)
+        ? this.v4.find(
+            v4ToNumber(flow.local),
+            v4ToNumber(flow.remote),
+            flow.protocol,
+            flow.localPort ?? -1,
+            flow.remotePort ?? -1,
+            flow.icmpType ?? -1,
+          )
         : this.v6.find(v6ToBigint(flow.remote), 0, v6ToBigint(flow.local), flow);
     return decide(filter, flow.direction);
   }
 
-  private readonly scratch = { protocol: 0, localPort: 0, remotePort: 0 };
-
   /** Numeric fast path for IPv4 (the data plane and the benchmark): no allocation per lookup. */
-  classifyV4Filter(local: number, remote: number, protocol: number, localPort: number, remotePort: number): Filter | undefined {
-    const flow = this.scratch;
-    flow.protocol = protocol;
-    flow.localPort = localPort;
-    flow.remotePort = remotePort;
-    return this.v4.find(remote, local, 0n, flow);
+  classifyV4Filter(
+    local: number,
+    remote: number,
+    protocol: number,
+    localPort: number,
+    remotePort: number,
+    icmpType = -1,
+  ): Filter | undefined {
+    return this.v4.find(local, remote, protocol, localPort, remotePort, icmpType);
   }
 
   /** Every filter matching the flow, in precedence order (Find-NetIPsecRule). */
@@ -171,7 +181,8 @@ export class CompiledPolicy {
     const l6 = family === 6 ? v6ToBigint(flow.local) : 0n;
     const r6 = family === 6 ? v6ToBigint(flow.remote) : 0n;
     return this.filters.filter(
-      (f) => matchesAddresses(f.remote, family, r4, r6) && matchesAddresses(f.local, family, l4, l6) && matchesRest(f, flow),
+      (f) =>
+        matchesAddresses(f.remote, family, r4, r6) && matchesAddresses(f.local, family, l4, l6) && matchesRest(f, flow),
     );
   }
 }
@@ -195,13 +206,165 @@ function inPorts(list: [number, number][] | undefined, port: number | undefined)
   return false;
 }
 
-function matchesRest(f: Filter, flow: { protocol: number; localPort?: number; remotePort?: number; icmpType?: number }): boolean {
+function matchesRest(
+  f: Filter,
+  flow: { protocol: number; localPort?: number; remotePort?: number; icmpType?: number },
+): boolean {
   if (f.protocol !== undefined && f.protocol !== flow.protocol) return false;
   if (f.icmpTypes && (flow.icmpType === undefined || !f.icmpTypes.includes(flow.icmpType))) return false;
   if (f.kind === 'ike') {
     return inPorts(f.localPorts, flow.localPort) || inPorts(f.remotePorts, flow.remotePort);
   }
   return inPorts(f.localPorts, flow.localPort) && inPorts(f.remotePorts, flow.remotePort);
+}
+
+/** One filter reduced to typed arrays for the IPv4 fast path. */
+interface V4Filter {
+  filter: Filter;
+  rank: number;
+  /** [lo, hi, lo, hi, …] of the local ranges; null: any local address. */
+  local: Uint32Array | null;
+  /** -1: any protocol. */
+  protocol: number;
+  localPorts: Int32Array | null;
+  remotePorts: Int32Array | null;
+  icmpTypes: Int32Array | null;
+  eitherPort: boolean;
+}
+
+function v4Ranges(ranges: Range[]): Uint32Array | null {
+  if (ranges.length === 0) return null;
+  const v4 = ranges.filter((r) => r.family === 4);
+  const out = new Uint32Array(v4.length * 2);
+  v4.forEach((r, i) => {
+    out[2 * i] = r.lo as number;
+    out[2 * i + 1] = r.hi as number;
+  });
+  return out;
+}
+
+const portArray = (p: [number, number][] | undefined): Int32Array | null => (p ? Int32Array.from(p.flat()) : null);
+
+function inPairs(pairs: Int32Array | Uint32Array, v: number): boolean {
+  for (let i = 0; i < pairs.length; i += 2) if (v >= (pairs[i] as number) && v <= (pairs[i + 1] as number)) return true;
+  return false;
+}
+
+function matchV4(f: V4Filter, local: number, protocol: number, lport: number, rport: number, icmp: number): boolean {
+  if (f.local !== null && !inPairs(f.local, local)) return false;
+  if (f.protocol >= 0 && f.protocol !== protocol) return false;
+  if (f.icmpTypes !== null && !f.icmpTypes.includes(icmp)) return false;
+  const l = f.localPorts === null || (lport >= 0 && inPairs(f.localPorts, lport));
+  const r = f.remotePorts === null || (rport >= 0 && inPairs(f.remotePorts, rport));
+  return f.eitherPort
+    ? (f.localPorts !== null && lport >= 0 && inPairs(f.localPorts, lport)) ||
+        (f.remotePorts !== null && rport >= 0 && inPairs(f.remotePorts, rport))
+    : l && r;
+}
+
+/**
+ * The IPv4 index: sorted interval starts in a Uint32Array and, per interval, the candidate filters in
+ * rank order packed in one Int32Array (CSR), so a lookup is a binary search and a short scan over
+ * typed arrays, with nothing allocated.
+ */
+class V4Index {
+  private readonly starts: Uint32Array;
+  private readonly offsets: Int32Array;
+  private readonly members: Int32Array;
+  private readonly anyRemote: Int32Array;
+  private readonly byRank: V4Filter[];
+
+  constructor(filters: Filter[]) {
+    this.byRank = filters.map((f) => ({
+      filter: f,
+      rank: f.rank,
+      local: v4Ranges(f.local),
+      protocol: f.protocol ?? -1,
+      localPorts: portArray(f.localPorts),
+      remotePorts: portArray(f.remotePorts),
+      icmpTypes: f.icmpTypes ? Int32Array.from(f.icmpTypes) : null,
+      eitherPort: f.kind === 'ike',
+    }));
+    const specific = filters.filter((f) => f.remote.length > 0 && f.remote.some((r) => r.family === 4));
+    this.anyRemote = Int32Array.from(filters.filter((f) => f.remote.length === 0).map((f) => f.rank));
+    const points = new Set<number>();
+    for (const f of specific) {
+      for (const r of f.remote) {
+        if (r.family !== 4 || r.lo > r.hi) continue;
+        points.add(r.lo);
+        if (r.hi !== 0xffffffff) points.add(r.hi + 1);
+      }
+    }
+    this.starts = Uint32Array.from([...points].sort((a, b) => a - b));
+    const lists: number[][] = Array.from({ length: this.starts.length }, () => []);
+    for (const f of specific) {
+      for (const r of f.remote) {
+        if (r.family !== 4 || r.lo > r.hi) continue;
+        for (let i = this.indexOf(r.lo); i < this.starts.length && (this.starts[i] as number) <= r.hi; i++) {
+          const list = lists[i] as number[];
+          if (list[list.length - 1] !== f.rank) list.push(f.rank);
+        }
+      }
+    }
+    this.offsets = new Int32Array(lists.length + 1);
+    let total = 0;
+    lists.forEach((l, i) => {
+      l.sort((a, b) => a - b);
+      this.offsets[i] = total;
+      total += l.length;
+    });
+    this.offsets[lists.length] = total;
+    this.members = new Int32Array(total);
+    let k = 0;
+    for (const l of lists) for (const rank of l) this.members[k++] = rank;
+  }
+
+  private indexOf(addr: number): number {
+    const starts = this.starts;
+    let lo = 0;
+    let hi = starts.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((starts[mid] as number) <= addr) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  find(
+    local: number,
+    remote: number,
+    protocol: number,
+    lport: number,
+    rport: number,
+    icmp: number,
+  ): Filter | undefined {
+    let best = -1;
+    const i = this.indexOf(remote);
+    if (i >= 0) {
+      const end = this.offsets[i + 1] as number;
+      for (let k = this.offsets[i] as number; k < end; k++) {
+        const rank = this.members[k] as number;
+        if (matchV4(this.byRank[rank] as V4Filter, local, protocol, lport, rport, icmp)) {
+          best = rank;
+          break;
+        }
+      }
+    }
+    const any = this.anyRemote;
+    for (let k = 0; k < any.length; k++) {
+      const rank = any[k] as number;
+      if (best >= 0 && rank > best) break;
+      if (matchV4(this.byRank[rank] as V4Filter, local, protocol, lport, rport, icmp)) {
+        best = rank;
+        break;
+      }
+    }
+    return best >= 0 ? (this.byRank[best] as V4Filter).filter : undefined;
+  }
 }
 
 /**
@@ -214,7 +377,10 @@ class RemoteIndex<T extends number | bigint> {
   private readonly lists: Filter[][] = [];
   private readonly anyRemote: Filter[];
 
-  constructor(filters: Filter[], private readonly family: 4 | 6) {
+  constructor(
+    filters: Filter[],
+    private readonly family: 4 | 6,
+  ) {
     const specific = filters.filter((f) => f.remote.length > 0 && f.remote.some((r) => r.family === family));
     this.anyRemote = filters.filter((f) => f.remote.length === 0);
     const points = new Set<T>();
@@ -288,15 +454,49 @@ class RemoteIndex<T extends number | bigint> {
 export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): CompiledPolicy {
   const warnings: string[] = [];
   const filters: Omit<Filter, 'rank'>[] = [];
-  filters.push(
-    { kind: 'ike', label: 'IKE (UDP 500, 4500)', local: [], remote: [], protocol: 17, localPorts: [[500, 500], [4500, 4500]], remotePorts: [[500, 500], [4500, 4500]], inbound: 'None', outbound: 'None' },
-  );
+  filters.push({
+    kind: 'ike',
+    label: 'IKE (UDP 500, 4500)',
+    local: [],
+    remote: [],
+    protocol: 17,
+    localPorts: [
+      [500, 500],
+      [4500, 4500],
+    ],
+    remotePorts: [
+      [500, 500],
+      [4500, 4500],
+    ],
+    inbound: 'None',
+    outbound: 'None',
+  });
   for (const ex of doc.settings.Exemptions) {
     if (ex === 'None' || ex === 'NotConfigured') continue;
     if (ex === 'Dhcp') {
       filters.push(
-        { kind: 'default-exemption', label: 'default exemption: Dhcp', local: [ANY_V4], remote: [ANY_V4], protocol: 17, localPorts: [[67, 68]], remotePorts: [[67, 68]], inbound: 'None', outbound: 'None' },
-        { kind: 'default-exemption', label: 'default exemption: Dhcp', local: [ANY_V6], remote: [ANY_V6], protocol: 17, localPorts: [[546, 547]], remotePorts: [[546, 547]], inbound: 'None', outbound: 'None' },
+        {
+          kind: 'default-exemption',
+          label: 'default exemption: Dhcp',
+          local: [ANY_V4],
+          remote: [ANY_V4],
+          protocol: 17,
+          localPorts: [[67, 68]],
+          remotePorts: [[67, 68]],
+          inbound: 'None',
+          outbound: 'None',
+        },
+        {
+          kind: 'default-exemption',
+          label: 'default exemption: Dhcp',
+          local: [ANY_V6],
+          remote: [ANY_V6],
+          protocol: 17,
+          localPorts: [[546, 547]],
+          remotePorts: [[546, 547]],
+          inbound: 'None',
+          outbound: 'None',
+        },
       );
       continue;
     }
@@ -385,7 +585,13 @@ export function lockoutWarnings(policy: CompiledPolicy, doc: PolicyDocument, ctx
 const KERBEROS_PORTS = new Set([88, 464, 389, 636, 3268]);
 
 /** A warning for one flow that IPsec with Kerberos would lock out, or undefined. */
-export function flowLockoutWarning(decision: Decision, doc: PolicyDocument, flow: Flow, ctx: HostContext, role?: string): string | undefined {
+export function flowLockoutWarning(
+  decision: Decision,
+  doc: PolicyDocument,
+  flow: Flow,
+  ctx: HostContext,
+  role?: string,
+): string | undefined {
   if (decision.security !== 'Require' || !decision.filter?.rule) return undefined;
   const rule = decision.filter.rule;
   const p1Name = (rule.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}').toLowerCase();

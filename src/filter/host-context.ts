@@ -36,5 +36,13 @@ export function systemHostContext(): HostContext {
       const n = Number.parseInt(f[2] as string, 16);
       return [n & 255, (n >> 8) & 255, (n >> 16) & 255, (n >>> 24) & 255].join('.');
     });
-  return { localAddresses, localSubnets, dnsServers, dhcpServers: [], winsServers: [], defaultGateways, domainControllers };
+  return {
+    localAddresses,
+    localSubnets,
+    dnsServers,
+    dhcpServers: [],
+    winsServers: [],
+    defaultGateways,
+    domainControllers,
+  };
 }

@@ -33,16 +33,32 @@ const FLOW_PARAMS = [
 function flowFrom(call: CommandCall, ctx: HostContext): Flow {
   const remote = call.get<string>('RemoteAddress') ?? '';
   const fam = isIPv4(remote) ? 4 : isIPv6(remote) ? 6 : 0;
-  if (fam === 0) throw new PwshError(`The RemoteAddress "${remote}" is not an IP address.`, 'InvalidArgument', 'InvalidArgument', 'CimException');
+  if (fam === 0)
+    throw new PwshError(
+      `The RemoteAddress "${remote}" is not an IP address.`,
+      'InvalidArgument',
+      'InvalidArgument',
+      'CimException',
+    );
   let local = call.get<string>('LocalAddress');
   if (local === undefined) {
     local = ctx.localAddresses.find((a) => (fam === 4 ? isIPv4(a) : isIPv6(a)));
     if (local === undefined) {
-      throw new PwshError(`This host has no IPv${fam} address to use as LocalAddress; give -LocalAddress.`, 'InvalidArgument', 'InvalidArgument', 'CimException');
+      throw new PwshError(
+        `This host has no IPv${fam} address to use as LocalAddress; give -LocalAddress.`,
+        'InvalidArgument',
+        'InvalidArgument',
+        'CimException',
+      );
     }
   }
   if (fam === 4 ? !isIPv4(local) : !isIPv6(local)) {
-    throw new PwshError('LocalAddress and RemoteAddress must be of the same IP version.', 'InvalidArgument', 'InvalidArgument', 'CimException');
+    throw new PwshError(
+      'LocalAddress and RemoteAddress must be of the same IP version.',
+      'InvalidArgument',
+      'InvalidArgument',
+      'CimException',
+    );
   }
   const proto = call.has('Protocol') ? protocolNumber(parseProtocol(call.get<string>('Protocol') ?? 'Any')) : undefined;
   return {
@@ -68,14 +84,17 @@ function mainModeRuleFor(doc: PolicyDocument, flow: Flow): MainModeRule | undefi
   const n4 = (a: string) => (fam === 4 ? v4ToNumber(a) : 0);
   const n6 = (a: string) => (fam === 6 ? v6ToBigint(a) : 0n);
   const covers = (entries: string[], addr: string): boolean =>
-    entries.includes('Any') || entries.some((e) => {
+    entries.includes('Any') ||
+    entries.some((e) => {
       const r = entryToRange(e);
       return r !== undefined && inRange(r, fam, n4(addr), n6(addr));
     });
   const width = (entries: string[]) => (entries.includes('Any') ? 2 : 1);
   return doc.mainModeRules
     .filter((r) => r.Enabled === 'True' && covers(r.LocalAddress, flow.local) && covers(r.RemoteAddress, flow.remote))
-    .sort((a, b) => width(a.RemoteAddress) - width(b.RemoteAddress) || width(a.LocalAddress) - width(b.LocalAddress))[0];
+    .sort(
+      (a, b) => width(a.RemoteAddress) - width(b.RemoteAddress) || width(a.LocalAddress) - width(b.LocalAddress),
+    )[0];
 }
 
 function firstPacket(flow: Flow, action: string, security: string, reason: string): string {
@@ -103,7 +122,13 @@ export function whatIfCommands(stores: PolicyStores): CommandDef[] {
     invoke(call) {
       const direction = call.get<string>('Direction') ?? 'Outbound';
       const canonical = ['Outbound', 'Inbound'].find((d) => d.toLowerCase() === direction.toLowerCase());
-      if (!canonical) throw new PwshError(`Cannot bind parameter 'Direction'. Use Outbound or Inbound.`, 'CannotConvertArgumentNoMessage', 'InvalidArgument', 'ParameterBindingException');
+      if (!canonical)
+        throw new PwshError(
+          `Cannot bind parameter 'Direction'. Use Outbound or Inbound.`,
+          'CannotConvertArgumentNoMessage',
+          'InvalidArgument',
+          'ParameterBindingException',
+        );
       const ctx = context(call);
       const flow = { ...flowFrom(call, ctx), direction: canonical as Flow['direction'] };
       const doc = stores.read(call.get<string>('PolicyStore') ?? call.get<string>('GPOSession') ?? 'ActiveStore');
@@ -125,7 +150,9 @@ export function whatIfCommands(stores: PolicyStores): CommandDef[] {
       const qm = rule ? findSet(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET) : undefined;
       const mmRule = rule ? mainModeRuleFor(doc, flow) : undefined;
       const mm = rule ? findSet(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET) : undefined;
-      const warnings = [...policy.warnings.filter((w) => !w.startsWith('IPsec rule "') || !w.includes('requires IPsec with Kerberos'))];
+      const warnings = [
+        ...policy.warnings.filter((w) => !w.startsWith('IPsec rule "') || !w.includes('requires IPsec with Kerberos')),
+      ];
       const lockout = flowLockoutWarning(d, doc, flow, ctx);
       if (lockout) warnings.push(lockout);
       for (const w of warnings) call.runtime.warn(w);
@@ -145,16 +172,16 @@ export function whatIfCommands(stores: PolicyStores): CommandDef[] {
           Mode: rule?.Mode ?? '',
           InboundSecurity: rule?.InboundSecurity ?? '',
           OutboundSecurity: rule?.OutboundSecurity ?? '',
-          KeyModule: negotiate ? rule?.KeyModule ?? '' : '',
-          MainModeRule: negotiate ? mmRule?.DisplayName ?? '(none: default main mode settings)' : '',
-          MainModeCryptoSet: negotiate ? mm?.DisplayName ?? '' : '',
+          KeyModule: negotiate ? (rule?.KeyModule ?? '') : '',
+          MainModeRule: negotiate ? (mmRule?.DisplayName ?? '(none: default main mode settings)') : '',
+          MainModeCryptoSet: negotiate ? (mm?.DisplayName ?? '') : '',
           MainModeProposals: negotiate ? (mm?.Proposal ?? []).map(mmProposalText) : [],
-          Phase1AuthSet: negotiate ? p1?.DisplayName ?? '' : '',
+          Phase1AuthSet: negotiate ? (p1?.DisplayName ?? '') : '',
           Phase1Methods: negotiate ? (p1?.Proposal ?? []).map(authProposalText) : [],
-          Phase2AuthSet: negotiate ? p2?.DisplayName ?? '' : '',
-          QuickModeCryptoSet: negotiate ? qm?.DisplayName ?? '' : '',
+          Phase2AuthSet: negotiate ? (p2?.DisplayName ?? '') : '',
+          QuickModeCryptoSet: negotiate ? (qm?.DisplayName ?? '') : '',
           QuickModeProposals: negotiate ? (qm?.Proposal ?? []).map(qmProposalText) : [],
-          PerfectForwardSecrecyGroup: negotiate ? qm?.PerfectForwardSecrecyGroup ?? '' : '',
+          PerfectForwardSecrecyGroup: negotiate ? (qm?.PerfectForwardSecrecyGroup ?? '') : '',
           FirstPacket: firstPacket(flow, d.action, d.security, reason),
           Warnings: warnings,
         }),
