@@ -27,12 +27,37 @@ describe('consec CLI', () => {
   });
 
   it('commands that do not exist yet say so clearly, with exit status 2 and no traceback', () => {
-    const r = consec(['netsh', 'advfirewall', 'consec', 'show', 'rule', 'name=all']);
+    const r = consec(['daemon']);
     assert.equal(r.code, 2);
-    assert.equal(
-      r.stderr,
-      'consec: the netsh front-end is not available yet in this build of consec (tracked in issue 4)\n',
+    assert.equal(r.stderr, 'consec: the daemon is not available yet in this build of consec (tracked in issue 5)\n');
+    const mmsa = consec(['netsh', 'advfirewall', 'monitor', 'show', 'mmsa']);
+    assert.equal(mmsa.code, 2);
+    assert.match(
+      mmsa.stderr,
+      /^consec: monitor show mmsa .* is not available yet in this build of consec \(tracked in issue 7\)\.\n$/,
     );
+  });
+
+  it('netsh takes the words after "netsh" or one quoted command line', () => {
+    const dir = freshStateDir('consec-cli-');
+    const add = consec([
+      '--state-dir',
+      dir,
+      'netsh',
+      'advfirewall',
+      'consec',
+      'add',
+      'rule',
+      'name=cli rule',
+      'endpoint1=any',
+      'endpoint2=192.0.2.5',
+      'action=noauthentication',
+    ]);
+    assert.equal(add.code, 0, add.stdout + add.stderr);
+    assert.equal(add.stdout, '\nOk.\n\n');
+    const show = consec(['--state-dir', dir, 'netsh', 'advfirewall consec show rule name="cli rule"']);
+    assert.equal(show.code, 0);
+    assert.match(show.stdout, /Endpoint2: +192\.0\.2\.5\/32\n/);
   });
 
   it('pwsh takes -Command, -File and standard input, and exits 1 after an error', () => {

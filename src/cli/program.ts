@@ -3,7 +3,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { stateDirFromEnv } from '../policy/store.ts';
+import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
+import { Netsh } from '../shell/netsh/netsh.ts';
+import { splitLine } from '../shell/netsh/syntax.ts';
 import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
@@ -45,10 +47,17 @@ export function buildProgram(): Command {
 
   program
     .command('netsh')
-    .description('run netsh advfirewall commands (consec, mainmode, monitor, set global) as written for Windows')
+    .description('run netsh advfirewall commands (consec, mainmode, set/show global, monitor) as written for Windows')
     .argument('[words...]', 'the words after "netsh", e.g. advfirewall consec show rule name=all')
-    .action(() => {
-      throw new NotYetAvailableError('the netsh front-end', 4);
+    .allowUnknownOption()
+    .helpOption('--help')
+    .action(async (words: string[]) => {
+      const netsh = new Netsh(new PolicyStores(stateDir(program)), {
+        stdout: (t) => process.stdout.write(t),
+        stderr: (t) => process.stderr.write(t),
+      });
+      // One argument holding a whole command line (e.g. from a script) is split like netsh does.
+      process.exitCode = await netsh.run(words.length === 1 ? splitLine(words[0] as string) : words);
     });
 
   program

@@ -111,12 +111,20 @@ function notFound(f: Family<NamedObject>, verb: string, property: string, value:
   );
 }
 
-/** Model objects of `items` (our views piped in, or anything with a Name). */
+/**
+ * Names of the objects piped in: our own views by Name; a rule piped into a set cmdlet selects the
+ * set that rule uses (Windows' -AssociatedNetIPsecRule); anything else by its Name property.
+ */
 function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
   return items.map((i) => {
     if (isPSObject(i)) {
       const m = (i as unknown as Record<symbol, { kind: string; value: NamedObject } | undefined>)[MODEL];
       if (m?.kind === f.collection) return m.value.Name;
+      const ref = f.references?.find((r) => r.collection === m?.kind);
+      if (m && ref) {
+        const name = String((m.value as unknown as Record<string, unknown>)[ref.property] ?? '');
+        return name || (f.defaultName ?? '');
+      }
     }
     const name = getProperty(i, 'Name');
     if (typeof name === 'string') return name;

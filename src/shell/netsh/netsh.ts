@@ -1,0 +1,770 @@
+/**
+ * `consec netsh advfirewall …`: the connection-security parts of netsh — consec and mainmode
+ * rules (add, delete, set, show), set/show global, monitor show consec — over the same policy
+ * stores as the PowerShell front-end. Output is shaped like netsh's ("Ok." on success).
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { ConsecError } from '../../errors.ts';
+import { parseAddressList, parsePortList, parseProtocol, PolicyValidationError } from '../../policy/endpoints.ts';
+import type { EnumValue, InterfaceType, Profile, TrafficExemption } from '../../policy/enums.ts';
+import {
+  type AuthSet,
+  DEFAULT_MM_CRYPTO_SET,
+  type IPsecRule,
+  ipsecRule,
+  type MainModeRule,
+  mainModeRule,
+  type PolicyDocument,
+} from '../../policy/model.ts';
+import { PolicyStoreError, type PolicyStores } from '../../policy/store.ts';
+import {
+  AUTH2_KEYS,
+  AUTH_KEYS,
+  authMethodName,
+  mmSecMethodText,
+  parseAuth,
+  parseMmSecMethods,
+  parseQmSecMethods,
+  QM_PFS,
+  qmSecMethodText,
+} from './methods.ts';
+import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo } from './syntax.ts';
+
+export interface NetshHost {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+class NotYetError extends ConsecError {
+  constructor(what: string, issue: number) {
+    super('ERR_NOT_YET_AVAILABLE', `${what} is not available yet in this build of consec (tracked in issue ${issue}).`);
+  }
+}
+
+const ACTIONS: Record<string, [IPsecRule['InboundSecurity'], IPsecRule['OutboundSecurity']]> = {
+  requireinrequestout: ['Require', 'Request'],
+  requestinrequestout: ['Request', 'Request'],
+  requireinrequireout: ['Require', 'Require'],
+  requireinclearout: ['Require', 'None'],
+  noauthentication: ['None', 'None'],
+};
+const ACTION_NAMES: Record<string, string> = {
+  'Require/Request': 'RequireInRequestOut',
+  'Request/Request': 'RequestInRequestOut',
+  'Require/Require': 'RequireInRequireOut',
+  'Require/None': 'RequireInClearOut',
+  'None/None': 'NoAuthentication',
+  'Request/None': 'RequestInClearOut',
+};
+const PROFILES: Record<string, EnumValue<typeof Profile>> = {
+  public: 'Public',
+  private: 'Private',
+  domain: 'Domain',
+  any: 'Any',
+};
+const INTERFACE_TYPES: Record<string, EnumValue<typeof InterfaceType>> = {
+  wireless: 'Wireless',
+  lan: 'Wired',
+  ras: 'RemoteAccess',
+  any: 'Any',
+};
+
+const RULE_KEYS = [
+  'name',
+  'endpoint1',
+  'endpoint2',
+  'action',
+  'description',
+  'mode',
+  'enable',
+  'profile',
+  'type',
+  'localtunnelendpoint',
+  'remotetunnelendpoint',
+  'port1',
+  'port2',
+  'protocol',
+  'interfacetype',
+  ...AUTH_KEYS,
+  ...AUTH2_KEYS,
+  'qmpfs',
+  'qmsecmethods',
+  'exemptipsecprotectedconnections',
+  'applyauthz',
+];
+const SELECT_KEYS = ['name', 'group', 'type', 'profile', 'endpoint1', 'endpoint2', 'port1', 'port2', 'protocol'];
+const MM_RULE_KEYS = [
+  'name',
+  'mmsecmethods',
+  'mmkeylifetime',
+  'endpoint1',
+  'endpoint2',
+  'description',
+  'enable',
+  'profile',
+  'type',
+  ...AUTH_KEYS,
+];
+
+const LINE = '-'.repeat(70);
+const field = (label: string, value: string): string => `${`${label}:`.padEnd(38)}${value}\n`;
+
+function profiles(value: string): EnumValue<typeof Profile>[] {
+  const list = value.split(',').map((p) => oneOf('profile', p.trim(), PROFILES));
+  return list.includes('Any') ? ['Any'] : [...new Set(list)];
+}
+
+function staticOnly(args: Args): void {
+  const t = args.get('type');
+  if (t !== undefined && oneOf('type', t, { static: 'static', dynamic: 'dynamic' }) === 'dynamic') {
+    throw new NetshError(
+      'type=dynamic rules (policy that lasts until the service restarts) are not supported by consec; use type=static.',
+    );
+  }
+}
+
+/** The rule's own sets, created by netsh add rule: named after the rule. */
+const ownSet = (rule: { Name: string }, suffix: string): string => `${rule.Name}-${suffix}`;
+
+function putSet<T extends { Name: string }>(list: T[], set: T): void {
+  const i = list.findIndex((s) => s.Name === set.Name);
+  if (i >= 0) list[i] = set;
+  else list.push(set);
+}
+
+/** Applies add-rule keys to a rule (new or existing) and its own sets in `doc`. */
+function applyRuleArgs(rule: IPsecRule, args: Args, doc: PolicyDocument): void {
+  staticOnly(args);
+  if (args.has('name')) rule.DisplayName = args.get('name') as string;
+  if (args.has('description')) rule.Description = args.get('description') as string;
+  if (args.has('endpoint1')) rule.LocalAddress = parseAddressList('endpoint1', [args.get('endpoint1') as string]);
+  if (args.has('endpoint2')) rule.RemoteAddress = parseAddressList('endpoint2', [args.get('endpoint2') as string]);
+  if (args.has('action'))
+    [rule.InboundSecurity, rule.OutboundSecurity] = oneOf('action', args.get('action') as string, ACTIONS);
+  if (args.has('mode'))
+    rule.Mode = oneOf('mode', args.get('mode') as string, { transport: 'Transport', tunnel: 'Tunnel' } as const);
+  if (args.has('enable')) rule.Enabled = yesNo('enable', args.get('enable') as string) ? 'True' : 'False';
+  if (args.has('profile')) rule.Profile = profiles(args.get('profile') as string);
+  if (args.has('localtunnelendpoint'))
+    rule.LocalTunnelEndpoint = parseAddressList(
+      'localtunnelendpoint',
+      [args.get('localtunnelendpoint') as string],
+      false,
+    );
+  if (args.has('remotetunnelendpoint'))
+    rule.RemoteTunnelEndpoint = parseAddressList(
+      'remotetunnelendpoint',
+      [args.get('remotetunnelendpoint') as string],
+      false,
+    );
+  if (args.has('protocol')) rule.Protocol = parseProtocol(args.get('protocol') as string);
+  if (args.has('port1')) rule.LocalPort = parsePortList('port1', [args.get('port1') as string]);
+  if (args.has('port2')) rule.RemotePort = parsePortList('port2', [args.get('port2') as string]);
+  if (args.has('interfacetype'))
+    rule.InterfaceType = [oneOf('interfacetype', args.get('interfacetype') as string, INTERFACE_TYPES)];
+  if (args.has('exemptipsecprotectedconnections'))
+    rule.EncryptedTunnelBypass = yesNo(
+      'exemptipsecprotectedconnections',
+      args.get('exemptipsecprotectedconnections') as string,
+    );
+  if (args.has('applyauthz')) rule.RequireAuthorization = yesNo('applyauthz', args.get('applyauthz') as string);
+  if (rule.Mode !== 'Tunnel' && rule.InboundSecurity === 'Require' && rule.OutboundSecurity === 'None') {
+    throw new NetshError('action=requireinclearout is valid only with mode=tunnel.');
+  }
+  for (const phase of [1, 2] as const) {
+    const proposals = parseAuth(args, phase);
+    if (!proposals) continue;
+    const name = ownSet(rule, `auth${phase}`);
+    const set: AuthSet = {
+      Name: name,
+      DisplayName: `${rule.DisplayName} (auth${phase})`,
+      Description: 'Created by netsh for this rule.',
+      Group: '',
+      Proposal: proposals,
+    };
+    putSet(phase === 1 ? doc.phase1AuthSets : doc.phase2AuthSets, set);
+    if (phase === 1) rule.Phase1AuthSet = name;
+    else rule.Phase2AuthSet = name;
+  }
+  if (args.has('qmsecmethods') || args.has('qmpfs')) {
+    const name = ownSet(rule, 'qm');
+    const current = doc.quickModeCryptoSets.find((s) => s.Name === (rule.QuickModeCryptoSet || name));
+    const methods = args.get('qmsecmethods');
+    const proposal =
+      methods === undefined || methods.toLowerCase() === 'default'
+        ? (current?.Proposal ??
+          doc.quickModeCryptoSets.find((s) => s.Name === '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE2}')?.Proposal ??
+          [])
+        : parseQmSecMethods(methods);
+    putSet(doc.quickModeCryptoSets, {
+      Name: name,
+      DisplayName: `${rule.DisplayName} (quick mode)`,
+      Description: 'Created by netsh for this rule.',
+      Group: '',
+      Proposal: structuredClone(proposal),
+      PerfectForwardSecrecyGroup: args.has('qmpfs')
+        ? oneOf('qmpfs', args.get('qmpfs') as string, QM_PFS)
+        : (current?.PerfectForwardSecrecyGroup ?? 'None'),
+    });
+    rule.QuickModeCryptoSet = name;
+  }
+}
+
+/** Removes a rule's own sets once nothing refers to them. */
+function dropOwnSets(doc: PolicyDocument, removed: { Name: string }[]): void {
+  const used = new Set(
+    [
+      ...doc.rules.flatMap((r) => [r.Phase1AuthSet, r.Phase2AuthSet, r.QuickModeCryptoSet]),
+      ...doc.mainModeRules.flatMap((r) => [r.Phase1AuthSet, r.MainModeCryptoSet]),
+    ].map((n) => n.toLowerCase()),
+  );
+  const own = new Set(removed.flatMap((r) => ['auth1', 'auth2', 'qm', 'mm'].map((s) => ownSet(r, s).toLowerCase())));
+  const keep = (s: { Name: string }) => !own.has(s.Name.toLowerCase()) || used.has(s.Name.toLowerCase());
+  doc.phase1AuthSets = doc.phase1AuthSets.filter(keep);
+  doc.phase2AuthSets = doc.phase2AuthSets.filter(keep);
+  doc.quickModeCryptoSets = doc.quickModeCryptoSets.filter(keep);
+  doc.mainModeCryptoSets = doc.mainModeCryptoSets.filter(keep);
+}
+
+/** Rules chosen by name=…|all (or group=…) and the optional endpoint/port/protocol/profile filters. */
+function selectRules<R extends IPsecRule | MainModeRule>(rules: R[], args: Args): R[] {
+  staticOnly(args);
+  const name = args.get('name');
+  const group = args.get('group');
+  if (name === undefined && group === undefined) throw new NetshError('A rule name is needed: name=<rule name>|all.');
+  let out = rules.filter((r) =>
+    name !== undefined
+      ? name.toLowerCase() === 'all' || r.DisplayName.toLowerCase() === name.toLowerCase()
+      : r.Group.toLowerCase() === (group as string).toLowerCase(),
+  );
+  out = out.filter((r) => {
+    const keep = [true];
+    const check = (key: string, have: string[], parse: (v: string) => string[]) => {
+      const v = args.get(key);
+      if (v !== undefined && parse(v).join(',') !== have.join(',')) keep[0] = false;
+    };
+    check('endpoint1', r.LocalAddress, (v) => parseAddressList('endpoint1', [v]));
+    check('endpoint2', r.RemoteAddress, (v) => parseAddressList('endpoint2', [v]));
+    if ('Protocol' in r) {
+      check('port1', r.LocalPort, (v) => parsePortList('port1', [v]));
+      check('port2', r.RemotePort, (v) => parsePortList('port2', [v]));
+      check('protocol', [r.Protocol], (v) => [parseProtocol(v)]);
+    }
+    if (args.has('profile')) {
+      const wanted = profiles(args.get('profile') as string);
+      if (!wanted.includes('Any') && !r.Profile.includes('Any') && !wanted.some((p) => r.Profile.includes(p)))
+        keep[0] = false;
+    }
+    return keep[0];
+  });
+  return out;
+}
+
+function endpointText(list: string[]): string {
+  return list.map((e) => (isIPv4(e) ? `${e}/32` : isIPv6(e) ? `${e}/128` : e)).join(',');
+}
+
+function profileText(p: string[]): string {
+  return p.includes('Any') ? 'Domain,Private,Public' : p.join(',');
+}
+
+function showRule(r: IPsecRule, doc: PolicyDocument, verbose: boolean): string {
+  const find = <T extends { Name: string }>(list: T[], name: string) =>
+    list.find((s) => s.Name.toLowerCase() === name.toLowerCase());
+  const p1 = find(doc.phase1AuthSets, r.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}');
+  const p2 = r.Phase2AuthSet ? find(doc.phase2AuthSets, r.Phase2AuthSet) : undefined;
+  const qm = find(doc.quickModeCryptoSets, r.QuickModeCryptoSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE2}');
+  let out = `\n${field('Rule Name', r.DisplayName)}${LINE}\n`;
+  if (verbose && r.Description) out += field('Description', r.Description);
+  out += field('Enabled', r.Enabled === 'True' ? 'Yes' : 'No');
+  out += field('Profiles', profileText(r.Profile));
+  out += field('Type', 'Static');
+  out += field('Mode', r.Mode);
+  if (r.Mode === 'Tunnel') {
+    out += field('LocalTunnelEndpoint', endpointText(r.LocalTunnelEndpoint) || 'Any');
+    out += field('RemoteTunnelEndpoint', endpointText(r.RemoteTunnelEndpoint) || 'Any');
+  }
+  out += field('Endpoint1', endpointText(r.LocalAddress));
+  out += field('Endpoint2', endpointText(r.RemoteAddress));
+  if (r.Protocol === 'TCP' || r.Protocol === 'UDP') {
+    out += field('Port1', r.LocalPort.join(','));
+    out += field('Port2', r.RemotePort.join(','));
+  }
+  out += field('Protocol', r.Protocol);
+  out += field(
+    'Action',
+    ACTION_NAMES[`${r.InboundSecurity}/${r.OutboundSecurity}`] ?? `${r.InboundSecurity}In${r.OutboundSecurity}Out`,
+  );
+  if (r.InboundSecurity !== 'None' || r.OutboundSecurity !== 'None') {
+    out += field('Auth1', (p1?.Proposal ?? []).map(authMethodName).join(','));
+    for (const p of p1?.Proposal ?? []) {
+      if (p.AuthenticationMethod === 'PreSharedKey') out += field('Auth1PSK', '********');
+      if (p.AuthenticationMethod === 'Certificate') out += field('Auth1CAName', p.Authority ?? '');
+    }
+    if (p2) out += field('Auth2', p2.Proposal.map(authMethodName).join(','));
+    out += field('QuickModeSecMethods', (qm?.Proposal ?? []).map(qmSecMethodText).join(','));
+    if (qm && qm.PerfectForwardSecrecyGroup !== 'None') out += field('QuickModePFS', qm.PerfectForwardSecrecyGroup);
+  }
+  if (r.Mode === 'Tunnel') {
+    out += field('ApplyAuthorization', r.RequireAuthorization ? 'Yes' : 'No');
+    out += field('ExemptIPsecProtectedConnections', r.EncryptedTunnelBypass ? 'Yes' : 'No');
+  }
+  return out;
+}
+
+function showMainModeRule(r: MainModeRule, doc: PolicyDocument): string {
+  const mm = doc.mainModeCryptoSets.find((s) => s.Name === (r.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET));
+  const p1 = doc.phase1AuthSets.find((s) => s.Name === (r.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}'));
+  let out = `\n${field('Rule Name', r.DisplayName)}${LINE}\n`;
+  out += field('Enabled', r.Enabled === 'True' ? 'Yes' : 'No');
+  out += field('Profiles', profileText(r.Profile));
+  out += field('Type', 'Static');
+  out += field('Endpoint1', endpointText(r.LocalAddress));
+  out += field('Endpoint2', endpointText(r.RemoteAddress));
+  out += field('Auth1', (p1?.Proposal ?? []).map(authMethodName).join(','));
+  out += field('MainModeSecMethods', (mm?.Proposal ?? []).map(mmSecMethodText).join(','));
+  out += field('KeyLifetime', `${mm?.MaxMinutes ?? 480}min,${mm?.MaxSessions ?? 0}sess`);
+  return out;
+}
+
+const EXEMPTIONS: Record<string, EnumValue<typeof TrafficExemption>> = {
+  none: 'None',
+  neighbordiscovery: 'NeighborDiscovery',
+  icmp: 'Icmp',
+  dhcp: 'Dhcp',
+  routerdiscovery: 'RouterDiscovery',
+  notconfigured: 'NotConfigured',
+};
+
+function showGlobal(doc: PolicyDocument): string {
+  const s = doc.settings;
+  const mm = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
+  const crl = {
+    None: '0:Disabled',
+    AttemptCrlCheck: '1:Enabled',
+    RequireCrlCheck: '2:Enabled',
+    NotConfigured: 'NotConfigured',
+  }[s.CertValidationLevel];
+  const nat = {
+    None: 'Never',
+    Server: 'Server behind NAT',
+    Both: 'Server and client behind NAT',
+    NotConfigured: 'NotConfigured',
+  }[s.AllowIPsecThroughNAT];
+  const ex = s.Exemptions.map((e) => (e === 'Dhcp' ? 'DHCP' : e === 'Icmp' ? 'ICMP' : e)).join(',');
+  const onOff = (v: string) => (v === 'True' ? 'Enable' : v === 'False' ? 'Disable' : 'NotConfigured');
+  let out = `\nGlobal Settings:\n${LINE}\nIPsec:\n`;
+  out += `${'StrongCRLCheck'.padEnd(38)}${crl}\n`;
+  out += `${'SAIdleTimeMin'.padEnd(38)}${s.MaxSAIdleTimeSeconds / 60}min\n`;
+  out += `${'DefaultExemptions'.padEnd(38)}${ex}\n`;
+  out += `${'IPsecThroughNAT'.padEnd(38)}${nat}\n`;
+  out += `${'AuthzUserGrp'.padEnd(38)}${s.RemoteUserTunnelAuthorizationList || 'None'}\n`;
+  out += `${'AuthzComputerGrp'.padEnd(38)}${s.RemoteMachineTunnelAuthorizationList || 'None'}\n`;
+  out += `${'AuthzUserGrpTransport'.padEnd(38)}${s.RemoteUserTransportAuthorizationList || 'None'}\n`;
+  out += `${'AuthzComputerGrpTransport'.padEnd(38)}${s.RemoteMachineTransportAuthorizationList || 'None'}\n\n`;
+  out += `${'StatefulFTP'.padEnd(38)}${onOff(s.EnableStatefulFtp)}\n`;
+  out += `${'StatefulPPTP'.padEnd(38)}${onOff(s.EnableStatefulPptp)}\n\n`;
+  out += 'Main Mode:\n';
+  out += `${'KeyLifetime'.padEnd(38)}${mm?.MaxMinutes ?? 480}min,${mm?.MaxSessions ?? 0}sess\n`;
+  out += `${'SecMethods'.padEnd(38)}${(mm?.Proposal ?? []).map(mmSecMethodText).join(',')}\n`;
+  out += `${'ForceDH'.padEnd(38)}${mm?.ForceDiffieHellman ? 'Yes' : 'No'}\n`;
+  return out;
+}
+
+export class Netsh {
+  constructor(
+    private readonly stores: PolicyStores,
+    private readonly host: NetshHost,
+  ) {}
+
+  /** Runs one netsh command (the words after "netsh"); resolves with the exit status. */
+  async run(input: readonly string[]): Promise<number> {
+    const words = [...input];
+    if (words[0]?.toLowerCase() === 'netsh') words.shift();
+    try {
+      const text = await this.dispatch(words);
+      this.host.stdout(`${text}\nOk.\n\n`);
+      return 0;
+    } catch (err) {
+      if (err instanceof NotYetError) {
+        this.host.stderr(`consec: ${err.message}\n`);
+        return 2;
+      }
+      if (
+        err instanceof NetshError ||
+        err instanceof PolicyValidationError ||
+        err instanceof PolicyStoreError ||
+        err instanceof ConsecError
+      ) {
+        this.host.stdout(`${err.message}\n\n`);
+        return 1;
+      }
+      throw err;
+    }
+  }
+
+  private warn(message: string): void {
+    this.host.stderr(`WARNING: ${message}\n`);
+  }
+
+  private async dispatch(words: string[]): Promise<string> {
+    matchWord(words.shift(), ['advfirewall'], 'context');
+    const section = matchWord(words.shift(), ['consec', 'mainmode', 'set', 'show', 'monitor'], 'command');
+    switch (section) {
+      case 'consec':
+      case 'mainmode': {
+        const verb = matchWord(words.shift(), ['add', 'delete', 'set', 'show'], 'command');
+        matchWord(words.shift(), ['rule'], 'command');
+        return section === 'consec' ? this.consec(verb, words) : this.mainmode(verb, words);
+      }
+      case 'set': {
+        matchWord(words.shift(), ['global'], 'command');
+        return this.setGlobal(words);
+      }
+      case 'show': {
+        const what = matchWord(words.shift(), ['global', 'currentprofile'], 'command');
+        if (what === 'currentprofile') throw new NotYetError('show currentprofile (network location profiles)', 7);
+        return showGlobal(this.stores.read('ActiveStore'));
+      }
+      case 'monitor': {
+        matchWord(words.shift(), ['show'], 'command');
+        const what = matchWord(words.shift(), ['consec', 'mmsa', 'qmsa', 'currentprofile', 'global'], 'command');
+        if (what === 'global') return showGlobal(this.stores.read('ActiveStore'));
+        if (what === 'consec') return this.monitorConsec(words);
+        throw new NotYetError(`monitor show ${what} (security associations come from the daemon)`, 7);
+      }
+    }
+    throw new NetshError('The following command was not found.');
+  }
+
+  private async consec(verb: string, words: string[]): Promise<string> {
+    switch (verb) {
+      case 'add': {
+        const args = parseArgs(words, RULE_KEYS);
+        for (const k of ['name', 'endpoint1', 'endpoint2', 'action']) {
+          if (!args.has(k))
+            throw new NetshError(
+              `A required parameter is missing: ${k}=. Usage: add rule name=<string> endpoint1=<addresses> endpoint2=<addresses> action=<action> [...]`,
+            );
+        }
+        if ((args.get('name') as string).toLowerCase() === 'all')
+          throw new NetshError('"all" cannot be used as a rule name.');
+        const action = args.get('action') as string;
+        if (action.toLowerCase() !== 'noauthentication' && !args.has('auth1')) {
+          this.warn('no auth1 given: the default phase 1 authentication set (computer Kerberos) applies.');
+        }
+        await this.stores.update('PersistentStore', (doc) => {
+          if (doc.rules.some((r) => r.DisplayName.toLowerCase() === (args.get('name') as string).toLowerCase())) {
+            throw new NetshError(`A rule named "${args.get('name')}" already exists; rule names must be unique.`);
+          }
+          const rule = ipsecRule({ DisplayName: args.get('name') as string });
+          applyRuleArgs(rule, args, doc);
+          doc.rules.push(rule);
+        });
+        return '';
+      }
+      case 'delete': {
+        const args = parseArgs(
+          words,
+          SELECT_KEYS.filter((k) => k !== 'group'),
+        );
+        const n = await this.stores.update('PersistentStore', (doc) => {
+          const gone = selectRules(doc.rules, args);
+          if (gone.length === 0) throw new NetshError('No rules match the specified criteria.');
+          const names = new Set(gone.map((r) => r.Name));
+          doc.rules = doc.rules.filter((r) => !names.has(r.Name));
+          dropOwnSets(doc, gone);
+          return gone.length;
+        });
+        return `\nDeleted ${n} rule(s).`;
+      }
+      case 'set': {
+        const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
+        if (newAt < 0)
+          throw new NetshError(
+            'set rule needs the keyword "new" before the properties to change: set rule name=<rule> new <key>=<value> ...',
+          );
+        const sel = parseArgs(words.slice(0, newAt), SELECT_KEYS);
+        const changes = parseArgs(words.slice(newAt + 1), RULE_KEYS);
+        if (changes.size === 0) throw new NetshError('Nothing to change: give at least one <key>=<value> after "new".');
+        const n = await this.stores.update('PersistentStore', (doc) => {
+          const rules = selectRules(doc.rules, sel);
+          if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
+          if (changes.has('name') && rules.length > 1) throw new NetshError('Cannot give several rules the same name.');
+          for (const r of rules) applyRuleArgs(r, changes, doc);
+          return rules.length;
+        });
+        return `\nUpdated ${n} rule(s).`;
+      }
+      default: {
+        const verbose = words.some((w) => w.toLowerCase() === 'verbose');
+        const args = parseArgs(
+          words.filter((w) => w.toLowerCase() !== 'verbose'),
+          ['name', 'profile', 'type'],
+        );
+        const doc = this.stores.read('PersistentStore');
+        const rules = selectRules(doc.rules, args);
+        if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
+        return rules.map((r) => showRule(r, doc, verbose)).join('');
+      }
+    }
+  }
+
+  private async mainmode(verb: string, words: string[]): Promise<string> {
+    switch (verb) {
+      case 'add': {
+        const args = parseArgs(words, MM_RULE_KEYS);
+        for (const k of ['name', 'mmsecmethods', 'auth1'])
+          if (!args.has(k)) throw new NetshError(`A required parameter is missing: ${k}=.`);
+        staticOnly(args);
+        await this.stores.update('PersistentStore', (doc) => {
+          if (
+            doc.mainModeRules.some((r) => r.DisplayName.toLowerCase() === (args.get('name') as string).toLowerCase())
+          ) {
+            throw new NetshError(
+              `A main mode rule named "${args.get('name')}" already exists; rule names must be unique.`,
+            );
+          }
+          const rule = mainModeRule({ DisplayName: args.get('name') as string });
+          this.applyMainModeArgs(rule, args, doc);
+          doc.mainModeRules.push(rule);
+        });
+        return '';
+      }
+      case 'delete': {
+        const args = parseArgs(words, ['name', 'type', 'profile', 'endpoint1', 'endpoint2']);
+        const n = await this.stores.update('PersistentStore', (doc) => {
+          const gone = selectRules(doc.mainModeRules, args);
+          if (gone.length === 0) throw new NetshError('No rules match the specified criteria.');
+          const names = new Set(gone.map((r) => r.Name));
+          doc.mainModeRules = doc.mainModeRules.filter((r) => !names.has(r.Name));
+          dropOwnSets(doc, gone);
+          return gone.length;
+        });
+        return `\nDeleted ${n} rule(s).`;
+      }
+      case 'set': {
+        const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
+        if (newAt < 0) throw new NetshError('set rule needs the keyword "new" before the properties to change.');
+        const sel = parseArgs(words.slice(0, newAt), ['name', 'type', 'profile', 'endpoint1', 'endpoint2']);
+        const changes = parseArgs(words.slice(newAt + 1), MM_RULE_KEYS);
+        const n = await this.stores.update('PersistentStore', (doc) => {
+          const rules = selectRules(doc.mainModeRules, sel);
+          if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
+          for (const r of rules) this.applyMainModeArgs(r, changes, doc);
+          return rules.length;
+        });
+        return `\nUpdated ${n} rule(s).`;
+      }
+      default: {
+        const args = parseArgs(
+          words.filter((w) => w.toLowerCase() !== 'verbose'),
+          ['name', 'profile', 'type'],
+        );
+        const doc = this.stores.read('PersistentStore');
+        const rules = selectRules(doc.mainModeRules, args);
+        if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
+        return rules.map((r) => showMainModeRule(r, doc)).join('');
+      }
+    }
+  }
+
+  private applyMainModeArgs(rule: MainModeRule, args: Args, doc: PolicyDocument): void {
+    if (args.has('name')) rule.DisplayName = args.get('name') as string;
+    if (args.has('description')) rule.Description = args.get('description') as string;
+    if (args.has('endpoint1')) rule.LocalAddress = parseAddressList('endpoint1', [args.get('endpoint1') as string]);
+    if (args.has('endpoint2')) rule.RemoteAddress = parseAddressList('endpoint2', [args.get('endpoint2') as string]);
+    if (args.has('enable')) rule.Enabled = yesNo('enable', args.get('enable') as string) ? 'True' : 'False';
+    if (args.has('profile')) rule.Profile = profiles(args.get('profile') as string);
+    const proposals = parseAuth(args, 1);
+    if (proposals) {
+      const name = ownSet(rule, 'auth1');
+      putSet(doc.phase1AuthSets, {
+        Name: name,
+        DisplayName: `${rule.DisplayName} (auth1)`,
+        Description: 'Created by netsh for this rule.',
+        Group: '',
+        Proposal: proposals,
+      });
+      rule.Phase1AuthSet = name;
+    }
+    if (args.has('mmsecmethods') || args.has('mmkeylifetime')) {
+      const name = ownSet(rule, 'mm');
+      const current = doc.mainModeCryptoSets.find((s) => s.Name === (rule.MainModeCryptoSet || name));
+      const life = args.has('mmkeylifetime') ? parseKeyLifetime(args.get('mmkeylifetime') as string) : undefined;
+      putSet(doc.mainModeCryptoSets, {
+        Name: name,
+        DisplayName: `${rule.DisplayName} (main mode)`,
+        Description: 'Created by netsh for this rule.',
+        Group: '',
+        Proposal: args.has('mmsecmethods')
+          ? parseMmSecMethods(args.get('mmsecmethods') as string)
+          : (current?.Proposal ?? []),
+        MaxMinutes: life?.minutes ?? current?.MaxMinutes ?? 480,
+        MaxSessions: life?.sessions ?? current?.MaxSessions ?? 0,
+        ForceDiffieHellman: current?.ForceDiffieHellman ?? false,
+      });
+      rule.MainModeCryptoSet = name;
+    }
+  }
+
+  private async setGlobal(words: string[]): Promise<string> {
+    const section = matchWord(words.shift(), ['ipsec', 'mainmode', 'statefulftp', 'statefulpptp'], 'setting');
+    if (section === 'statefulftp' || section === 'statefulpptp') {
+      const v = oneOf(section, words[0] ?? '', {
+        enable: 'True',
+        disable: 'False',
+        notconfigured: 'NotConfigured',
+      } as const);
+      await this.stores.update('PersistentStore', (doc) => {
+        doc.settings[section === 'statefulftp' ? 'EnableStatefulFtp' : 'EnableStatefulPptp'] = v;
+      });
+      return '';
+    }
+    let key = (words.shift() ?? '').toLowerCase();
+    const value = words.join(' ');
+    if (!value) throw new NetshError(`A value is missing: set global ${section} ${key} <value>.`);
+    if (section === 'ipsec') {
+      if (key === 'debuglog') throw new NotYetError('The IKE debug log (set global ipsec debuglog)', 7);
+      if (key === 'exemptions') {
+        this.warn('"exemptions" is not a netsh keyword (seed 000 writes it); consec reads it as "defaultexemptions".');
+        key = 'defaultexemptions';
+      }
+      await this.stores.update('PersistentStore', (doc) => {
+        const s = doc.settings;
+        switch (key) {
+          case 'strongcrlcheck':
+            s.CertValidationLevel = oneOf(key, value, {
+              '0': 'None',
+              '1': 'AttemptCrlCheck',
+              '2': 'RequireCrlCheck',
+              notconfigured: 'NotConfigured',
+            } as const);
+            break;
+          case 'saidletimemin': {
+            const n = Number(value);
+            if (!/^\d+$/.test(value) || n < 5 || n > 60)
+              throw new NetshError('A specified value is not valid: saidletimemin must be 5-60 (minutes).');
+            s.MaxSAIdleTimeSeconds = n * 60;
+            break;
+          }
+          case 'defaultexemptions': {
+            const items = value.split(',').map((v) => v.trim().toLowerCase());
+            const out = new Set<EnumValue<typeof TrafficExemption>>();
+            for (const item of items) {
+              if (item === 'neighbor') {
+                this.warn('"neighbor" is read as "neighbordiscovery".');
+                out.add('NeighborDiscovery');
+              } else if (item === 'nodefaultexempt') {
+                this.warn(
+                  '"nodefaultexempt" is the Windows Server 2003 registry setting NoDefaultExempt, not a netsh value; it is ignored.',
+                );
+              } else out.add(oneOf('defaultexemptions', item, EXEMPTIONS));
+            }
+            if (out.size > 1) out.delete('None');
+            s.Exemptions = ['None', 'NeighborDiscovery', 'Icmp', 'RouterDiscovery', 'Dhcp', 'NotConfigured'].filter(
+              (e) => out.has(e as never),
+            ) as typeof s.Exemptions;
+            if (s.Exemptions.length === 0) s.Exemptions = ['None'];
+            break;
+          }
+          case 'ipsecthroughnat':
+            s.AllowIPsecThroughNAT = oneOf(key, value, {
+              never: 'None',
+              serverbehindnat: 'Server',
+              serverandclientbehindnat: 'Both',
+              notconfigured: 'NotConfigured',
+            } as const);
+            break;
+          case 'authzusergrp':
+            s.RemoteUserTunnelAuthorizationList = value.toLowerCase() === 'none' ? '' : value;
+            break;
+          case 'authzcomputergrp':
+            s.RemoteMachineTunnelAuthorizationList = value.toLowerCase() === 'none' ? '' : value;
+            break;
+          case 'authzusergrptransport':
+            s.RemoteUserTransportAuthorizationList = value.toLowerCase() === 'none' ? '' : value;
+            break;
+          case 'authzcomputergrptransport':
+            s.RemoteMachineTransportAuthorizationList = value.toLowerCase() === 'none' ? '' : value;
+            break;
+          default:
+            throw new NetshError(
+              `The following command was not found: set global ipsec ${key}. Settings: strongcrlcheck, saidletimemin, defaultexemptions, ipsecthroughnat, authzusergrp, authzcomputergrp, authzusergrptransport, authzcomputergrptransport.`,
+            );
+        }
+      });
+      return '';
+    }
+    await this.stores.update('PersistentStore', (doc) => {
+      const set = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
+      if (!set) throw new NetshError('The default main mode crypto set is missing from the store.');
+      switch (key) {
+        case 'mmkeylifetime': {
+          const life = parseKeyLifetime(value);
+          set.MaxMinutes = life.minutes ?? set.MaxMinutes;
+          set.MaxSessions = life.sessions ?? set.MaxSessions;
+          break;
+        }
+        case 'mmsecmethods':
+          if (value.toLowerCase() === 'default')
+            throw new NetshError('mmsecmethods default: give the methods explicitly (consec keeps one default set).');
+          set.Proposal = parseMmSecMethods(value);
+          break;
+        case 'mmforcedh':
+          set.ForceDiffieHellman = yesNo(key, value);
+          break;
+        default:
+          throw new NetshError(
+            `The following command was not found: set global mainmode ${key}. Settings: mmkeylifetime, mmsecmethods, mmforcedh.`,
+          );
+      }
+    });
+    return '';
+  }
+
+  private monitorConsec(words: string[]): string {
+    const doc = this.stores.read('ActiveStore');
+    const rest = words.filter((w) => w.toLowerCase() !== 'rule' && w.toLowerCase() !== 'verbose');
+    const args = parseArgs(rest, ['name', 'profile', 'type', 'remote']);
+    let rules = doc.rules.filter((r) => r.Enabled === 'True');
+    if (args.has('name') || args.has('profile'))
+      rules = selectRules(rules, args.has('name') ? args : new Map([...args, ['name', 'all']]));
+    const remote = args.get('remote');
+    if (remote !== undefined) {
+      this.warn(
+        '"remote=" is not a documented netsh keyword (seed 000 uses it); consec shows the rules whose Endpoint2 covers that address.',
+      );
+      const single = parseAddressList('remote', [remote]);
+      rules = rules.filter(
+        (r) =>
+          r.RemoteAddress.includes('Any') ||
+          r.RemoteAddress.some((e) => e === single[0] || coversEntry(e, single[0] as string)),
+      );
+    }
+    if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
+    return `\nConnection Security Rules (effective policy):\n${rules.map((r) => showRule(r, doc, false)).join('')}`;
+  }
+}
+
+function coversEntry(entry: string, address: string): boolean {
+  const [base = '', len] = entry.split('/');
+  if (len === undefined || !isIPv4(base) || !isIPv4(address)) return false;
+  const n = (a: string) => a.split('.').reduce((x, o) => x * 256 + Number(o), 0);
+  const size = 2 ** (32 - Number(len));
+  return Math.floor(n(base) / size) === Math.floor(n(address) / size);
+}
+
+function parseKeyLifetime(value: string): { minutes?: number; sessions?: number } {
+  const out: { minutes?: number; sessions?: number } = {};
+  for (const part of value.split(',')) {
+    const m = /^(\d+)(min|sess)$/i.exec(part.trim());
+    if (!m) throw new NetshError(`A specified value is not valid: mmkeylifetime=${value} (use <n>min,<n>sess).`);
+    if ((m[2] as string).toLowerCase() === 'min') {
+      const n = Number(m[1]);
+      if (n < 1 || n > 2879) throw new NetshError('mmkeylifetime minutes must be 1-2879.');
+      out.minutes = n;
+    } else out.sessions = Number(m[1]);
+  }
+  return out;
+}

@@ -1,0 +1,83 @@
+/**
+ * netsh command-line syntax: command words (abbreviable to any unique prefix, as netsh allows)
+ * followed by key=value arguments. Values may be quoted; the quotes are removed.
+ */
+import { ConsecError } from '../../errors.ts';
+
+export class NetshError extends ConsecError {
+  constructor(message: string) {
+    super('ERR_NETSH', message);
+  }
+}
+
+/** Splits one netsh line into words, honouring double quotes (name="My rule" → name=My rule). */
+export function splitLine(line: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let quoted = false;
+  let any = false;
+  for (const c of line) {
+    if (c === '"') {
+      quoted = !quoted;
+      any = true;
+    } else if (!quoted && (c === ' ' || c === '\t')) {
+      if (any) out.push(cur);
+      cur = '';
+      any = false;
+    } else {
+      cur += c;
+      any = true;
+    }
+  }
+  if (quoted) throw new NetshError('The command line has an unterminated quote.');
+  if (any) out.push(cur);
+  return out;
+}
+
+/** Matches a word against the choices netsh offers: exact, or a unique prefix. */
+export function matchWord(word: string | undefined, choices: readonly string[], what: string): string {
+  if (word === undefined) throw new NetshError(`A ${what} is missing; expected one of: ${choices.join(', ')}.`);
+  const w = word.toLowerCase();
+  const exact = choices.find((c) => c === w);
+  if (exact) return exact;
+  const prefixed = choices.filter((c) => c.startsWith(w));
+  if (prefixed.length === 1) return prefixed[0] as string;
+  throw new NetshError(
+    `The following command was not found: ${word}. Expected ${prefixed.length > 1 ? 'one of (ambiguous)' : 'one of'}: ${(prefixed.length > 1 ? prefixed : choices).join(', ')}.`,
+  );
+}
+
+export type Args = Map<string, string>;
+
+/** Parses key=value words; keys are case-insensitive and must be among `allowed`. */
+export function parseArgs(words: readonly string[], allowed: readonly string[]): Args {
+  const args: Args = new Map();
+  for (const w of words) {
+    const eq = w.indexOf('=');
+    if (eq <= 0) throw new NetshError(`A specified value is not valid: "${w}" (expected key=value).`);
+    const key = w.slice(0, eq).toLowerCase();
+    if (!allowed.includes(key)) {
+      throw new NetshError(
+        `A specified value is not valid: "${w.slice(0, eq)}" is not a parameter of this command. Parameters: ${allowed.join(', ')}.`,
+      );
+    }
+    if (args.has(key)) throw new NetshError(`The parameter "${key}" is given more than once.`);
+    args.set(key, w.slice(eq + 1));
+  }
+  return args;
+}
+
+export function yesNo(key: string, value: string): boolean {
+  const v = value.toLowerCase();
+  if (v === 'yes' || v === 'enable') return true;
+  if (v === 'no' || v === 'disable') return false;
+  throw new NetshError(`A specified value is not valid: ${key}=${value} (use yes or no).`);
+}
+
+/** One of a fixed set of values, case-insensitive. */
+export function oneOf<T>(key: string, value: string, table: Record<string, T>): T {
+  const v = table[value.toLowerCase()];
+  if (v === undefined)
+    throw new NetshError(`A specified value is not valid: ${key}=${value} (use ${Object.keys(table).join(', ')}).`);
+  return v;
+}
