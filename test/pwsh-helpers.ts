@@ -5,7 +5,9 @@ import { PolicyStores } from '../src/policy/store.ts';
 import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
 import { createRuntime } from '../src/shell/pwsh/index.ts';
 
-export const SCRIPTS = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts');
+/** The reference scripts (copies of shared/reference/scripts; test/reference-drift.test.ts compares them). */
+export const SCRIPTS = join(import.meta.dirname, 'fixtures', 'reference-scripts');
+export const SHARED_SCRIPTS = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts');
 
 export interface PsResult {
   out: string;

@@ -298,6 +298,28 @@ describe('NetSecurity cmdlets', () => {
   });
 });
 
+describe('firewall profiles', () => {
+  it('a GPO with AllowLocalIPsecRules False removes local rules from the ActiveStore', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        'New-NetIPsecRule -DisplayName local -Name l | Out-Null',
+        '$g = Open-NetGPO -PolicyStore "corp.example\\IPsec"',
+        'New-NetIPsecRule -DisplayName gpo -Name g -GPOSession $g | Out-Null',
+        '(Get-NetIPsecRule -PolicyStore ActiveStore).Name -join ","',
+        'Set-NetFirewallProfile -Profile Domain -AllowLocalIPsecRules False -GPOSession $g',
+        '(Get-NetIPsecRule -PolicyStore ActiveStore).Name -join ","',
+        'Get-NetFirewallProfile -PolicyStore ActiveStore -Name Dom* | ForEach-Object { "$($_.Name) $($_.AllowLocalIPsecRules)" }',
+        'Get-NetFirewallProfile -Name Public | ForEach-Object { "$($_.Name) $($_.AllowLocalIPsecRules)" }',
+        'Get-NetFirewallProfile -Name Office',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out, 'l,g\ng\nDomain False\nPublic NotConfigured\n');
+    assert.match(r.err, /No MSFT_NetFirewallProfile objects found with property 'Name' equal to 'Office'/);
+  });
+});
+
 describe('invalid input changes nothing', () => {
   const setup = [
     '$p = New-NetIPsecAuthProposal -Machine -PreSharedKey k',

@@ -82,6 +82,7 @@ export const IPsecThroughNAT = def('IPsecThroughNAT', ['None', 'Server', 'Both',
 export const KeyEncoding = def('KeyEncoding', ['UTF16', 'UTF8', 'NotConfigured']);
 export const PacketQueuing = def('PacketQueuing', ['None', 'Inbound', 'Forward', 'NotConfigured'], true);
 export const GpoBoolean = def('GpoBoolean', ['False', 'True', 'NotConfigured']);
+export const Action = def('Action', ['NotConfigured', 'Allow', 'Block']);
 export const PrimaryStatus = def('PrimaryStatus', ['Unknown', 'OK', 'Inactive', 'Error']);
 export const PolicyStoreType = def('PolicyStoreType', [
   'None',

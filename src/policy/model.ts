@@ -145,6 +145,19 @@ export interface FirewallSetting {
   EnablePacketQueuing: EnumValue<typeof PacketQueuing>[];
 }
 
+export type ProfileName = 'Domain' | 'Private' | 'Public';
+
+/** A firewall profile, as far as IPsec needs it (reference §7.13). */
+export interface FirewallProfile {
+  Name: ProfileName;
+  Enabled: EnumValue<typeof GpoBoolean>;
+  DefaultInboundAction: 'NotConfigured' | 'Allow' | 'Block';
+  DefaultOutboundAction: 'NotConfigured' | 'Allow' | 'Block';
+  /** False in a GPO: local connection security rules are ignored in the active policy. */
+  AllowLocalIPsecRules: EnumValue<typeof GpoBoolean>;
+  AllowLocalFirewallRules: EnumValue<typeof GpoBoolean>;
+}
+
 /** Everything one policy store holds. */
 export interface PolicyDocument {
   rules: IPsecRule[];
@@ -154,10 +167,11 @@ export interface PolicyDocument {
   mainModeCryptoSets: MainModeCryptoSet[];
   quickModeCryptoSets: QuickModeCryptoSet[];
   settings: FirewallSetting;
+  profiles: FirewallProfile[];
 }
 
 /** The kinds of named objects a store holds, by document field. */
-export type CollectionName = Exclude<keyof PolicyDocument, 'settings'>;
+export type CollectionName = Exclude<keyof PolicyDocument, 'settings' | 'profiles'>;
 
 // ---- well-known defaults (§1.3) -----------------------------------------------------------------
 
@@ -206,6 +220,17 @@ export function defaultSettings(): FirewallSetting {
   };
 }
 
+export function defaultProfiles(): FirewallProfile[] {
+  return (['Domain', 'Private', 'Public'] as const).map((Name) => ({
+    Name,
+    Enabled: 'True',
+    DefaultInboundAction: 'NotConfigured',
+    DefaultOutboundAction: 'NotConfigured',
+    AllowLocalIPsecRules: 'NotConfigured',
+    AllowLocalFirewallRules: 'NotConfigured',
+  }));
+}
+
 const named = (Name: string): NamedObject => ({ Name, DisplayName: 'Default', Description: '', Group: '' });
 
 /**
@@ -246,6 +271,7 @@ export function emptyDocument(): PolicyDocument {
       },
     ],
     settings: defaultSettings(),
+    profiles: defaultProfiles(),
   };
 }
 

@@ -22,6 +22,7 @@ import {
   SecurityPolicy,
   TrafficExemption,
 } from './enums.ts';
+import { defaultProfiles } from './model.ts';
 
 const e = <T extends string>(d: EnumDef<T>) => z.enum(d.values as [T, ...T[]]);
 const named = { Name: z.string(), DisplayName: z.string(), Description: z.string(), Group: z.string() };
@@ -66,6 +67,16 @@ const ruleCommon = {
   LocalAddress: z.array(z.string()),
   RemoteAddress: z.array(z.string()),
 };
+
+const action = z.enum(['NotConfigured', 'Allow', 'Block']);
+const profileSchema = z.strictObject({
+  Name: z.enum(['Domain', 'Private', 'Public']),
+  Enabled: e(GpoBoolean),
+  DefaultInboundAction: action,
+  DefaultOutboundAction: action,
+  AllowLocalIPsecRules: e(GpoBoolean),
+  AllowLocalFirewallRules: e(GpoBoolean),
+});
 
 export const policyDocumentSchema = z.strictObject({
   rules: z.array(
@@ -125,6 +136,8 @@ export const policyDocumentSchema = z.strictObject({
     KeyEncoding: e(KeyEncoding),
     EnablePacketQueuing: z.array(e(PacketQueuing)),
   }),
+  // Stores written before profiles existed read with the defaults.
+  profiles: z.array(profileSchema).default(defaultProfiles),
 });
 
 export const storeFileSchema = z.strictObject({

@@ -102,10 +102,30 @@ export class PolicyStores {
       case 'defaults':
         return emptyDocument();
       case 'rsop':
-        return this.gpoDocuments().reduce(mergeDocuments, emptyDocument());
+        return this.gpoDocuments().reduce(mergeDocuments, emptyDocument() as PolicyDocument | undefined) as PolicyDocument;
       case 'active':
-        return this.gpoDocuments().reduce(mergeDocuments, this.read('PersistentStore'));
+        return this.activeParts().reduce((acc, part) => mergeDocuments(acc, part.doc), undefined as PolicyDocument | undefined) as PolicyDocument;
     }
+  }
+
+  /**
+   * What the ActiveStore is made of, lowest precedence first: the PersistentStore (Local) and the
+   * merged GPOs (RSOP). A GPO that sets AllowLocalIPsecRules False — for the domain profile: consec
+   * has no network location awareness and treats the host as on its domain network — drops the
+   * local rules.
+   */
+  activeParts(): { doc: PolicyDocument; store: string; type: 'Local' | 'GroupPolicy' }[] {
+    const local = this.read('PersistentStore');
+    const gpo = this.gpoDocuments().reduce(mergeDocuments, undefined as PolicyDocument | undefined);
+    if (!gpo) return [{ doc: local, store: 'PersistentStore', type: 'Local' }];
+    if (gpo.profiles.find((p) => p.Name === 'Domain')?.AllowLocalIPsecRules === 'False') {
+      local.rules = [];
+      local.mainModeRules = [];
+    }
+    return [
+      { doc: local, store: 'PersistentStore', type: 'Local' },
+      { doc: gpo, store: 'RSOP', type: 'GroupPolicy' },
+    ];
   }
 
   /**
@@ -163,7 +183,8 @@ export class PolicyStores {
 }
 
 /** GPO objects override local ones with the same Name (reference §1.1). */
-export function mergeDocuments(base: PolicyDocument, over: PolicyDocument): PolicyDocument {
+export function mergeDocuments(base: PolicyDocument | undefined, over: PolicyDocument): PolicyDocument {
+  if (!base) return over;
   const merge = <T extends { Name: string }>(a: T[], b: T[]): T[] => {
     const names = new Set(b.map((o) => o.Name.toLowerCase()));
     return [...a.filter((o) => !names.has(o.Name.toLowerCase())), ...b];
@@ -176,6 +197,14 @@ export function mergeDocuments(base: PolicyDocument, over: PolicyDocument): Poli
     mainModeCryptoSets: merge(base.mainModeCryptoSets, over.mainModeCryptoSets),
     quickModeCryptoSets: merge(base.quickModeCryptoSets, over.quickModeCryptoSets),
     settings: { ...base.settings, ...over.settings },
+    // Profile settings merge field by field: NotConfigured in the higher store keeps the lower value.
+    profiles: base.profiles.map((bp) => {
+      const op = over.profiles.find((p) => p.Name === bp.Name);
+      if (!op) return bp;
+      const merged = { ...bp };
+      for (const [k, v] of Object.entries(op)) if (v !== 'NotConfigured') (merged as Record<string, unknown>)[k] = v;
+      return merged;
+    }),
   };
 }
 

@@ -1,6 +1,7 @@
 /** The NetSecurity cmdlets for IPsec policy, over the policy stores. */
 import { parseAddressList, parsePortList, parseProtocol } from '../../policy/endpoints.ts';
 import {
+  Action,
   CertificateAuthorityType,
   CertificateSigningAlgorithm,
   CertificateSubjectType,
@@ -29,6 +30,7 @@ import {
   DEFAULT_PHASE1_AUTH_SET,
   DEFAULT_PHASE2_AUTH_SET,
   DEFAULT_QM_CRYPTO_SET,
+  type FirewallProfile,
   type FirewallSetting,
   type IPsecRule,
   ipsecRule,
@@ -42,7 +44,7 @@ import {
 } from '../../policy/model.ts';
 import type { PolicyStores } from '../../policy/store.ts';
 import { validateAuthProposal, validateMainModeProposal, validateQuickModeProposal } from '../../policy/validate.ts';
-import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
+import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
 import { whatIfCommands } from './whatif.ts';
@@ -50,6 +52,7 @@ import {
   addressFilterView,
   authProposalView,
   authSetView,
+  firewallProfileView,
   firewallSettingView,
   ipsecRuleView,
   mainModeRuleView,
@@ -529,6 +532,7 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
         return call.get<boolean>('PassThru') ? [firewallSettingView(settings, stores.resolve(name).name)] : [];
       },
     },
+    ...profileCommands(stores),
     {
       name: 'Open-NetGPO',
       params: [
@@ -545,6 +549,69 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
       name: 'Save-NetGPO',
       params: [{ name: 'GPOSession', type: 'string', position: 0, mandatory: true }],
       invoke: () => [],
+    },
+  ];
+}
+
+const PROFILE_PARAMS: ParamDef[] = [
+  { name: 'Enabled', type: 'enum', enum: GpoBoolean },
+  { name: 'DefaultInboundAction', type: 'enum', enum: Action },
+  { name: 'DefaultOutboundAction', type: 'enum', enum: Action },
+  { name: 'AllowLocalFirewallRules', type: 'enum', enum: GpoBoolean },
+  { name: 'AllowLocalIPsecRules', type: 'enum', enum: GpoBoolean },
+];
+
+/** Profiles named by -Name (wildcards), piped in, or all; unknown names are Windows' not-found error. */
+function selectProfiles(call: CommandCall, profiles: FirewallProfile[]): FirewallProfile[] {
+  const piped = call.get<unknown[]>('InputObject');
+  const names = call.get<string[]>('Name') ?? (piped ? enumerate(piped).map((p) => String(modelOf<FirewallProfile>(p, 'profiles')?.Name ?? p)) : undefined);
+  if (!names || call.get<boolean>('All')) return profiles;
+  for (const n of names) {
+    if (!/[*?]/.test(n) && !profiles.some((p) => p.Name.toLowerCase() === n.toLowerCase())) {
+      throw new PwshError(
+        `No MSFT_NetFirewallProfile objects found with property 'Name' equal to '${n}'.  Verify the value of the property and retry.`,
+        'CmdletizationQuery_NotFound_Name',
+        'ObjectNotFound',
+        'CimJobException',
+        undefined,
+        n,
+        'String',
+      );
+    }
+  }
+  return profiles.filter((p) => names.some((n) => wildcardMatch(p.Name, n)));
+}
+
+function profileCommands(stores: PolicyStores): CommandDef[] {
+  const selectors: ParamDef[] = [
+    { name: 'Name', type: 'strings', position: 0, aliases: ['Profile'] },
+    { name: 'All', type: 'switch' },
+    { name: 'InputObject', type: 'objects', pipeline: true },
+  ];
+  return [
+    {
+      name: 'Get-NetFirewallProfile',
+      params: [...selectors, ...STORE_PARAMS],
+      invoke: (call) => selectProfiles(call, stores.read(storeName(call)).profiles).map(firewallProfileView),
+    },
+    {
+      name: 'Set-NetFirewallProfile',
+      mutating: true,
+      params: [...selectors, ...PROFILE_PARAMS, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
+      async invoke(call) {
+        const changed = await stores.update(storeName(call), (doc) => {
+          const selected = selectProfiles(call, doc.profiles);
+          if (call.whatIf) {
+            for (const p of selected) call.runtime.host.stdout(`What if: Performing operation "Set" on Target "${p.Name}".\n`);
+            return [];
+          }
+          for (const p of selected) {
+            for (const param of PROFILE_PARAMS) if (call.has(param.name)) (p as unknown as Record<string, unknown>)[param.name] = call.get(param.name);
+          }
+          return selected;
+        });
+        return call.get<boolean>('PassThru') ? changed.map(firewallProfileView) : [];
+      },
     },
   ];
 }

@@ -83,10 +83,7 @@ export function readWithSources(stores: PolicyStores, name: string): { doc: Poli
   const s = stores.resolve(name);
   switch (s.kind) {
     case 'active':
-      return [
-        { doc: stores.read('PersistentStore'), source: { store: 'PersistentStore', type: 'Local' } },
-        { doc: stores.read('RSOP'), source: { store: 'RSOP', type: 'GroupPolicy' } },
-      ];
+      return stores.activeParts().map(({ doc, store, type }) => ({ doc, source: { store, type } }));
     case 'gpo':
     case 'rsop':
       return [{ doc: stores.read(name), source: { store: s.name, type: 'GroupPolicy' } }];

@@ -6,6 +6,7 @@
 import type {
   AuthProposal,
   AuthSet,
+  FirewallProfile,
   FirewallSetting,
   IPsecRule,
   MainModeCryptoProposal,
@@ -246,6 +247,21 @@ export function portFilterView(r: IPsecRule): PSObject {
     IcmpType: 'Any',
     DynamicTarget: 'Any',
   });
+}
+
+export function firewallProfileView(p: FirewallProfile): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetFirewallProfile`, {
+      Name: p.Name,
+      Enabled: p.Enabled,
+      DefaultInboundAction: p.DefaultInboundAction,
+      DefaultOutboundAction: p.DefaultOutboundAction,
+      AllowLocalFirewallRules: p.AllowLocalFirewallRules,
+      AllowLocalIPsecRules: p.AllowLocalIPsecRules,
+    }),
+    'profiles',
+    p,
+  );
 }
 
 export function firewallSettingView(s: FirewallSetting, storeName: string): PSObject {
