@@ -102,9 +102,15 @@ export class PolicyStores {
       case 'defaults':
         return emptyDocument();
       case 'rsop':
-        return this.gpoDocuments().reduce(mergeDocuments, emptyDocument() as PolicyDocument | undefined) as PolicyDocument;
+        return this.gpoDocuments().reduce(
+          mergeDocuments,
+          emptyDocument() as PolicyDocument | undefined,
+        ) as PolicyDocument;
       case 'active':
-        return this.activeParts().reduce((acc, part) => mergeDocuments(acc, part.doc), undefined as PolicyDocument | undefined) as PolicyDocument;
+        return this.activeParts().reduce(
+          (acc, part) => mergeDocuments(acc, part.doc),
+          undefined as PolicyDocument | undefined,
+        ) as PolicyDocument;
     }
   }
 

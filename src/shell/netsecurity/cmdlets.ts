@@ -564,7 +564,9 @@ const PROFILE_PARAMS: ParamDef[] = [
 /** Profiles named by -Name (wildcards), piped in, or all; unknown names are Windows' not-found error. */
 function selectProfiles(call: CommandCall, profiles: FirewallProfile[]): FirewallProfile[] {
   const piped = call.get<unknown[]>('InputObject');
-  const names = call.get<string[]>('Name') ?? (piped ? enumerate(piped).map((p) => String(modelOf<FirewallProfile>(p, 'profiles')?.Name ?? p)) : undefined);
+  const names =
+    call.get<string[]>('Name') ??
+    (piped ? enumerate(piped).map((p) => String(modelOf<FirewallProfile>(p, 'profiles')?.Name ?? p)) : undefined);
   if (!names || call.get<boolean>('All')) return profiles;
   for (const n of names) {
     if (!/[*?]/.test(n) && !profiles.some((p) => p.Name.toLowerCase() === n.toLowerCase())) {
@@ -602,11 +604,13 @@ function profileCommands(stores: PolicyStores): CommandDef[] {
         const changed = await stores.update(storeName(call), (doc) => {
           const selected = selectProfiles(call, doc.profiles);
           if (call.whatIf) {
-            for (const p of selected) call.runtime.host.stdout(`What if: Performing operation "Set" on Target "${p.Name}".\n`);
+            for (const p of selected)
+              call.runtime.host.stdout(`What if: Performing operation "Set" on Target "${p.Name}".\n`);
             return [];
           }
           for (const p of selected) {
-            for (const param of PROFILE_PARAMS) if (call.has(param.name)) (p as unknown as Record<string, unknown>)[param.name] = call.get(param.name);
+            for (const param of PROFILE_PARAMS)
+              if (call.has(param.name)) (p as unknown as Record<string, unknown>)[param.name] = call.get(param.name);
           }
           return selected;
         });
