@@ -95,3 +95,36 @@ describe('policy store', () => {
     assert.equal(storeBytes(dir), '<no store file>');
   });
 });
+
+describe('live policy', () => {
+  it('a change to the persistent or a GPO store reaches a watcher of the ActiveStore', async () => {
+    const { watchActivePolicy } = await import('../src/policy/watch.ts');
+    const dir = freshStateDir();
+    const stores = new PolicyStores(dir);
+    const seen: string[][] = [];
+    const errors: Error[] = [];
+    const waitFor = async (n: number) => {
+      for (let i = 0; i < 200 && seen.length < n; i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    const w = watchActivePolicy(
+      stores,
+      (doc) => seen.push(doc.rules.map((r) => r.Name)),
+      (e) => errors.push(e),
+    );
+    try {
+      await cli(dir, 'New-NetIPsecRule -DisplayName one -Name one | Out-Null');
+      await waitFor(1);
+      assert.deepEqual(seen.at(-1), ['one']);
+      await cli(dir, 'New-NetIPsecRule -DisplayName two -Name two -PolicyStore "corp\\IPsec" | Out-Null');
+      await waitFor(2);
+      assert.deepEqual(seen.at(-1), ['one', 'two']);
+      // A damaged file keeps the last policy and reports the error.
+      writeFileSync(join(dir, 'policy', 'PersistentStore.json'), '{');
+      for (let i = 0; i < 200 && errors.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.match(errors[0]?.message ?? '', /is not valid JSON/);
+      assert.equal(seen.length, 2);
+    } finally {
+      w.close();
+    }
+  });
+});
