@@ -13,7 +13,7 @@ import {
   IKE_VERSION,
   NotifyType,
   PayloadType,
-  TransformType,
+  type TransformType,
 } from './constants.ts';
 
 export class IkeDecodeError extends ConsecError {
