@@ -98,14 +98,13 @@ export class KeyExchange {
     }
     if (group === KeId.CURVE25519) {
       let priv: KeyObject;
-      let pub: Buffer;
       if (privateKey) {
         if (privateKey.length !== 32) throw new KeyExchangeError('X25519 private key must be 32 bytes');
         priv = createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d: b64u(privateKey), x: '' }, format: 'jwk' });
       } else {
         priv = generateKeyPairSync('x25519').privateKey;
       }
-      pub = Buffer.from(createPublicKey(priv).export({ format: 'jwk' }).x as string, 'base64url');
+      const pub = Buffer.from(createPublicKey(priv).export({ format: 'jwk' }).x as string, 'base64url');
       return new KeyExchange(group, pub, (peer) => {
         if (peer.length !== 32)
           throw new KeyExchangeError(`Curve25519 public value of ${peer.length} bytes, expected 32`);
