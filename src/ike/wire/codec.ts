@@ -80,7 +80,7 @@ export interface SkfPayload {
   offset: number;
 }
 
-export type Payload =
+export type KnownPayload =
   | { type: PayloadType.SA; critical?: boolean; proposals: Proposal[] }
   | { type: PayloadType.KE; critical?: boolean; group: number; data: Buffer }
   | { type: PayloadType.IDi | PayloadType.IDr; critical?: boolean; idType: number; data: Buffer }
@@ -94,9 +94,17 @@ export type Payload =
   | { type: PayloadType.CP; critical?: boolean; cfgType: number; attributes: { type: number; value: Buffer }[] }
   | { type: PayloadType.EAP; critical?: boolean; data: Buffer }
   | SkPayload
-  | SkfPayload
-  /** A non-critical payload of a type we do not know, kept so it can be logged. */
-  | { type: number & {}; critical?: boolean; unknown: true; data: Buffer };
+  | SkfPayload;
+
+/** A non-critical payload of a type we do not know, kept so it can be logged. */
+export interface UnknownPayload {
+  type: number & {};
+  critical?: boolean;
+  unknown: true;
+  data: Buffer;
+}
+
+export type Payload = KnownPayload | UnknownPayload;
 
 export interface IkeMessage {
   header: IkeHeader;

@@ -1,0 +1,75 @@
+/** One IKE SA: identities, nonces, negotiated suite and keys, message counters. */
+import { randomBytes } from 'node:crypto';
+import { ENCRS, INTEGS, PRFS } from './crypto/algorithms.ts';
+import type { KeyExchange } from './crypto/ke.ts';
+import { deriveIkeKeys, type IkeKeys, type IkeSuite } from './crypto/keys.ts';
+import type { SkKeys } from './crypto/sk.ts';
+import type { Proposal } from './wire/codec.ts';
+import { TransformType } from './wire/constants.ts';
+import { transformOf } from './proposals.ts';
+import { IkeError } from './errors.ts';
+import { NotifyType } from './wire/constants.ts';
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+export class IkeSa {
+  spiI: Buffer;
+  spiR: Buffer = Buffer.alloc(8);
+  nonceI?: Buffer;
+  nonceR?: Buffer;
+  ke?: KeyExchange;
+  chosen?: Proposal;
+  suite?: IkeSuite;
+  keys?: IkeKeys;
+  /** IKE_SA_INIT request and response as sent, for the AUTH computation. */
+  initRequest?: Buffer;
+  initResponse?: Buffer;
+  /** A NAT was detected: IKE floats to UDP 4500 (RFC 7296 §2.23). */
+  natLocal = false;
+  natRemote = false;
+  nextMessageId = 0;
+
+  constructor(
+    readonly role: 'initiator' | 'responder',
+    readonly local: Endpoint,
+    public remote: Endpoint,
+  ) {
+    this.spiI = role === 'initiator' ? randomBytes(8) : Buffer.alloc(8);
+  }
+
+  get floated(): boolean {
+    return this.natLocal || this.natRemote;
+  }
+
+  /** Derives the IKE SA keys once the proposal, nonces and shared secret are known. */
+  deriveKeys(sharedSecret: Buffer): void {
+    const p = this.chosen;
+    if (!p || !this.nonceI || !this.nonceR)
+      throw new IkeError('keys derived before the IKE_SA_INIT exchange completed', NotifyType.INVALID_SYNTAX);
+    const encrT = transformOf(p, TransformType.ENCR);
+    const prf = PRFS[transformOf(p, TransformType.PRF)?.id as keyof typeof PRFS];
+    const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
+    const integT = transformOf(p, TransformType.INTEG);
+    const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
+    if (!prf || !encr || !encrT?.keyLength || (encr.mode === 'cbc' && !integ)) {
+      throw new IkeError(
+        'the chosen IKE proposal has an algorithm consec does not implement',
+        NotifyType.NO_PROPOSAL_CHOSEN,
+      );
+    }
+    this.suite = { prf, encr, encrKeyBits: encrT.keyLength, integ };
+    this.keys = deriveIkeKeys(this.suite, this.nonceI, this.nonceR, sharedSecret, this.spiI, this.spiR);
+  }
+
+  /** Keys to protect messages we send (out) or to open messages we receive (in). */
+  skKeys(direction: 'out' | 'in'): SkKeys {
+    const k = this.keys;
+    const s = this.suite;
+    if (!k || !s) throw new IkeError('no keys yet', NotifyType.INVALID_SYNTAX);
+    const ours = (direction === 'out') === (this.role === 'initiator');
+    return { encr: s.encr, encrKey: ours ? k.skEi : k.skEr, integ: s.integ, integKey: ours ? k.skAi : k.skAr };
+  }
+}

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Lab } from '../src/lab/lab.ts';
+import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
+import { hostToHost } from '../src/lab/topology.ts';
+import { events, fixture } from './helpers.ts';
+
+const PSK = 'lab-only-psk-0123456789abcdef';
+
+function responder(local: string, remote: string, proposals: string[], esp: string[]): CharonConfig {
+  return {
+    connections: {
+      consec: {
+        local_addrs: [local],
+        remote_addrs: [remote],
+        proposals,
+        local: { auth: 'psk', id: local },
+        remote: { auth: 'psk', id: remote },
+        children: { consec: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: esp } },
+      },
+    },
+    psks: [{ ids: [local, remote], secret: PSK }],
+    logLevel: 2,
+  };
+}
+
+interface Established {
+  spiI: string;
+  spiR: string;
+  nat: boolean;
+  spiIn: string;
+  spiOut: string;
+  mode: string;
+}
+
+describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  for (const [name, mm, qm, swanIke, swanEsp] of [
+    [
+      "PSK, AES256-SHA256-DH14, ESP AES-GCM-256 (the seeds' server-to-server rule)",
+      'AES256-SHA256-DH14',
+      'AESGCM256',
+      'aes256-sha256-modp2048',
+      'aes256gcm16',
+    ],
+    [
+      'PSK, AES256-SHA384-DH20 (ECP-384), ESP AES-CBC-256/SHA-256',
+      'AES256-SHA384-DH20',
+      'AES256',
+      'aes256-sha384-ecp384',
+      'aes256-sha256',
+    ],
+    [
+      'PSK, AES128-SHA256-DH19 (ECP-256), ESP AES-GCM-128',
+      'AES128-SHA256-DH19',
+      'AESGCM128',
+      'aes128-sha256-ecp256',
+      'aes128gcm16',
+    ],
+  ] as const) {
+    it(name, async () => {
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const bob = await Charon.start(lab, 'bob', responder(b, a, [swanIke], [swanEsp]));
+      try {
+        const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, mm, qm]);
+        await init.exited;
+        const [ok] = events<Established>(init, 'established');
+        assert.ok(ok, `${init.output()}\n--- charon ---\n${bob.log().slice(-4000)}`);
+        // strongSwan must see the same SAs, established and installed.
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.state, 'ESTABLISHED');
+        assert.equal(sa?.initiator, false);
+        const child = sa?.children[0];
+        assert.equal(child?.state, 'INSTALLED');
+        assert.equal(child?.spiIn, ok.spiOut, 'charon receives on the SPI we send with');
+        assert.equal(child?.spiOut, ok.spiIn, 'charon sends with the SPI we receive on');
+        assert.deepEqual(child?.localTs, [`${b}/32`]);
+        assert.deepEqual(child?.remoteTs, [`${a}/32`]);
+      } finally {
+        await bob.stop();
+      }
+    });
+  }
+
+  it('a wrong pre-shared key fails with AUTHENTICATION_FAILED on both sides', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [a, b, 'not-the-key', 'AES256-SHA256-DH14', 'AESGCM256']);
+      await init.exited;
+      const [failed] = events<{ message: string; code: number }>(init, 'failed');
+      assert.equal(failed?.code, 24, init.output());
+      assert.match(failed?.message ?? '', /AUTHENTICATION_FAILED/);
+      assert.deepEqual(await bob.listSas(), []);
+    } finally {
+      await bob.stop();
+    }
+  });
+
+  it('no common proposal fails with NO_PROPOSAL_CHOSEN', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes128-sha1-modp3072'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256']);
+      await init.exited;
+      const [failed] = events<{ message: string; code: number }>(init, 'failed');
+      assert.equal(failed?.code, 14, init.output());
+    } finally {
+      await bob.stop();
+    }
+  });
+});
