@@ -90,6 +90,26 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
     });
   }
 
+  it("the child SA keys carry traffic: pings through strongSwan's tunnel come back decrypted", async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256', '--ping']);
+      await init.exited;
+      const [esp] = events<{ replies: number[] }>(init, 'esp');
+      assert.deepEqual(esp?.replies, [1, 2, 3], `${init.output()}\n${bob.log().slice(-3000)}`);
+      const child = (await bob.listSas())[0]?.children[0];
+      assert.deepEqual(
+        [child?.packetsIn, child?.packetsOut],
+        [3, 3],
+        'charon decrypted our three requests and sent three replies',
+      );
+    } finally {
+      await bob.stop();
+    }
+  });
+
   it('a wrong pre-shared key fails with AUTHENTICATION_FAILED on both sides', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
