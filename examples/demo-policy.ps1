@@ -1,6 +1,7 @@
-# The policy `consec lab demo` applies on both lab hosts: host-to-host transport-mode protection
-# with a pre-shared key and AES-GCM-256 ESP, written exactly as a Windows admin would.
-# (KeyModule stays Default: Windows accepts pre-shared keys with IKEv1/AuthIP only, not with IKEv2.)
+# The policy `consec lab demo` applies on alice: protect all traffic with bob, pre-shared key,
+# AES-GCM-256 ESP, written exactly as a Windows admin would. The rule is a tunnel between the two
+# hosts' own addresses because the lab's strongSwan peer runs its userspace data plane, which does
+# tunnel mode only. (KeyModule stays Default: consec negotiates IKEv2, the module it has.)
 $mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19
 $mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "Lab MM AES256-SHA256-DH19" -Proposal $mm
 $qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256
@@ -13,7 +14,7 @@ New-NetIPsecMainModeRule -DisplayName "Lab main mode" `
     -MainModeCryptoSet $mmSet.Name -Phase1AuthSet $p1.Name | Out-Null
 
 New-NetIPsecRule -DisplayName "Lab host-to-host" `
-    -Mode Transport `
+    -Mode Tunnel -LocalTunnelEndpoint $env:LAB_LOCAL -RemoteTunnelEndpoint $env:LAB_REMOTE `
     -InboundSecurity Require -OutboundSecurity Require `
     -LocalAddress $env:LAB_LOCAL -RemoteAddress $env:LAB_REMOTE `
     -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null
@@ -21,4 +22,5 @@ New-NetIPsecRule -DisplayName "Lab host-to-host" `
 Get-NetIPsecRule -DisplayName "Lab host-to-host" |
     Format-List DisplayName, Mode, InboundSecurity, OutboundSecurity, QuickModeCryptoSet, Phase1AuthSet
 Get-NetIPsecRule -DisplayName "Lab host-to-host" | Get-NetFirewallAddressFilter | Format-Table
-Get-NetIPsecQuickModeCryptoSet -DisplayName "Lab QM*" | Select-Object DisplayName, Proposal, PerfectForwardSecrecyGroup
+Test-NetIPsecFlow -LocalAddress $env:LAB_LOCAL -RemoteAddress $env:LAB_REMOTE -Protocol ICMPv4 |
+    Format-List Decision, Rule, MainModeProposals, QuickModeProposals, FirstPacket

@@ -7,6 +7,7 @@ import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
 import { Netsh } from '../shell/netsh/netsh.ts';
 import { splitLine } from '../shell/netsh/syntax.ts';
 import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
+import { runInitiate } from '../ike/cli.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
 import { Lab } from '../lab/lab.ts';
@@ -58,6 +59,20 @@ export function buildProgram(): Command {
       });
       // One argument holding a whole command line (e.g. from a script) is split like netsh does.
       process.exitCode = await netsh.run(words.length === 1 ? splitLine(words[0] as string) : words);
+    });
+
+  const ike = program.command('ike').description('IKEv2 keying: negotiate what the active policy asks for');
+  ike
+    .command('initiate')
+    .description('negotiate an IKE SA and child SA with a peer, as the active policy for that peer says')
+    .argument('<remote>', 'the peer address')
+    .option('--local <address>', "local address (default: this host's first address of the same family)")
+    .option('--ping', 'send three pings through the new child SA and report the replies')
+    .option('--verbose', 'print the exchanges')
+    .action(async (remote: string, opts: { local?: string; ping?: boolean; verbose?: boolean }) => {
+      process.exitCode = await runInitiate({ remote, ...opts }, stateDir(program), (l) =>
+        process.stdout.write(`${l}\n`),
+      );
     });
 
   program

@@ -1,0 +1,170 @@
+/**
+ * From policy to an IKE negotiation: the rule that governs a flow, its main mode rule or the
+ * default main mode set, its auth and quick mode sets, as IKEv2 proposals, credentials and traffic
+ * selectors. Everything IKEv2 cannot do is a clear error, not a silent downgrade.
+ */
+import { isIPv4 } from 'node:net';
+import { compilePolicy, EMPTY_CONTEXT, type Flow, type HostContext } from '../filter/compile.ts';
+import { entryToRange, inRange, v4ToNumber, v6ToBigint } from '../filter/address.ts';
+import { writeIp } from '../io/addr.ts';
+import {
+  DEFAULT_MM_CRYPTO_SET,
+  DEFAULT_PHASE1_AUTH_SET,
+  DEFAULT_QM_CRYPTO_SET,
+  type IPsecRule,
+  type PolicyDocument,
+} from '../policy/model.ts';
+import { IkeError } from './errors.ts';
+import { espProposals, ikeProposals } from './proposals.ts';
+import type { Identity } from './tasks/ike-auth.ts';
+import type { Proposal, TrafficSelector } from './wire/codec.ts';
+import { IdType, KeId, NotifyType } from './wire/constants.ts';
+
+export interface NegotiationPlan {
+  rule: IPsecRule;
+  mode: 'tunnel' | 'transport';
+  /** Where IKE and ESP run: the tunnel endpoints, or the flow's own addresses. */
+  local: string;
+  remote: string;
+  ikeProposals: Proposal[];
+  espProposals: (spi: Buffer) => Proposal[];
+  psk: Buffer;
+  localId: Identity;
+  remoteId: Identity;
+  tsi: TrafficSelector[];
+  tsr: TrafficSelector[];
+  /** Windows proposals that could not be offered. */
+  skipped: string[];
+}
+
+const KE: Record<string, KeId | undefined> = { DH14: KeId.MODP_2048, DH19: KeId.ECP_256, DH20: KeId.ECP_384 };
+
+function addrBytes(a: string): Buffer {
+  const b = Buffer.alloc(isIPv4(a) ? 4 : 16);
+  writeIp(a, b);
+  return b;
+}
+
+function ipId(a: string): Identity {
+  return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: addrBytes(a) };
+}
+
+function rangeBytes(v: bigint | number, v4: boolean): Buffer {
+  const b = Buffer.alloc(v4 ? 4 : 16);
+  if (v4) b.writeUInt32BE(Number(v));
+  else {
+    b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
+    b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
+  }
+  return b;
+}
+
+/**
+ * Traffic selectors for one side. Transport mode narrows to the flow's host (Windows' IKEv2
+ * transport mode accepts single addresses only); tunnel mode proposes the rule's own ranges.
+ */
+function selectors(entries: string[], host: string, protocol: number, narrow: boolean): TrafficSelector[] {
+  const v4 = isIPv4(host);
+  const type = v4 ? 7 : 8;
+  const sel = (start: Buffer, end: Buffer): TrafficSelector => ({
+    type,
+    ipProtocol: protocol,
+    startPort: 0,
+    endPort: 65535,
+    start,
+    end,
+  });
+  if (!narrow && !entries.includes('Any')) {
+    const ranges = entries.map(entryToRange).filter((r) => r !== undefined && r.family === (v4 ? 4 : 6));
+    if (ranges.length > 0) return ranges.map((r) => sel(rangeBytes(r?.lo ?? 0, v4), rangeBytes(r?.hi ?? 0, v4)));
+  }
+  const b = addrBytes(host);
+  return [sel(b, b)];
+}
+
+/** Plans the IKEv2 negotiation for an outbound flow, or explains why there is none. */
+export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContext = EMPTY_CONTEXT): NegotiationPlan {
+  const decision = compilePolicy(doc, ctx).classify(flow);
+  const rule = decision.filter?.rule;
+  if (decision.action !== 'negotiate' || !rule) {
+    throw new IkeError(
+      `no IPsec negotiation for ${flow.local} -> ${flow.remote}: ${decision.filter ? `"${decision.filter.label}" exempts it` : 'no connection security rule matches'}`,
+      NotifyType.TS_UNACCEPTABLE,
+    );
+  }
+  if (rule.KeyModule === 'IKEv1' || rule.KeyModule === 'AuthIP') {
+    throw new IkeError(
+      `rule "${rule.DisplayName}" asks for ${rule.KeyModule}, which consec does not speak yet (IKEv2 only)`,
+      NotifyType.NO_PROPOSAL_CHOSEN,
+    );
+  }
+  const find = <T extends { Name: string }>(list: T[], name: string, kind: string): T => {
+    const s = list.find((x) => x.Name.toLowerCase() === name.toLowerCase());
+    if (!s)
+      throw new IkeError(
+        `${kind} "${name}" of rule "${rule.DisplayName}" does not exist`,
+        NotifyType.NO_PROPOSAL_CHOSEN,
+      );
+    return s;
+  };
+  const p1 = find(doc.phase1AuthSets, rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET, 'phase 1 authentication set');
+  const psk = p1.Proposal.find((p) => p.AuthenticationMethod === 'PreSharedKey')?.PreSharedKey;
+  if (!psk) {
+    const methods = p1.Proposal.map(
+      (p) => `${p.Principal === 'Machine' ? 'computer ' : ''}${p.AuthenticationMethod}`,
+    ).join(', ');
+    throw new IkeError(
+      p1.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos')
+        ? `rule "${rule.DisplayName}" authenticates with ${methods}: Kerberos is not supported by IKEv2 and needs AuthIP, which consec does not speak yet`
+        : `rule "${rule.DisplayName}" authenticates with ${methods}: consec's IKEv2 supports pre-shared keys so far (certificates come next)`,
+      NotifyType.AUTHENTICATION_FAILED,
+    );
+  }
+  const fam = isIPv4(flow.remote) ? 4 : 6;
+  const covers = (entries: string[], a: string) =>
+    entries.includes('Any') ||
+    entries.some((e) => {
+      const r = entryToRange(e);
+      return r !== undefined && inRange(r, fam, fam === 4 ? v4ToNumber(a) : 0, fam === 6 ? v6ToBigint(a) : 0n);
+    });
+  const mmRule = doc.mainModeRules.find(
+    (r) => r.Enabled === 'True' && covers(r.LocalAddress, flow.local) && covers(r.RemoteAddress, flow.remote),
+  );
+  const mm = find(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET, 'main mode crypto set');
+  const qm = find(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET, 'quick mode crypto set');
+  const ike = ikeProposals(mm.Proposal);
+  if (ike.proposals.length === 0)
+    throw new IkeError(
+      `none of the main mode proposals can be offered: ${ike.skipped.join('; ')}`,
+      NotifyType.NO_PROPOSAL_CHOSEN,
+    );
+  const pfsName =
+    qm.PerfectForwardSecrecyGroup === 'SameAsMainMode' ? mm.Proposal[0]?.KeyExchange : qm.PerfectForwardSecrecyGroup;
+  const pfs = pfsName && pfsName !== 'None' ? KE[pfsName] : undefined;
+  const esp = espProposals(qm.Proposal, Buffer.alloc(4), pfs);
+  if (esp.proposals.length === 0)
+    throw new IkeError(
+      `none of the quick mode proposals can be offered: ${esp.skipped.join('; ')}`,
+      NotifyType.NO_PROPOSAL_CHOSEN,
+    );
+  const tunnel = rule.Mode === 'Tunnel';
+  const local = tunnel ? (rule.LocalTunnelEndpoint[0] ?? flow.local) : flow.local;
+  const remote = tunnel ? (rule.RemoteTunnelEndpoint[0] ?? flow.remote) : flow.remote;
+  if (tunnel && (local === 'Any' || remote === 'Any'))
+    throw new IkeError('dynamic tunnel endpoints (Any) are not supported yet', NotifyType.TS_UNACCEPTABLE);
+  const proto = rule.Protocol === 'Any' ? 0 : Math.max(0, flow.protocol);
+  return {
+    rule,
+    mode: tunnel ? 'tunnel' : 'transport',
+    local,
+    remote,
+    ikeProposals: ike.proposals,
+    espProposals: (spi) => espProposals(qm.Proposal, spi, pfs).proposals,
+    psk: Buffer.from(psk, doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8'),
+    localId: ipId(local),
+    remoteId: ipId(remote),
+    tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),
+    tsr: selectors(rule.RemoteAddress, flow.remote, proto, !tunnel),
+    skipped: [...ike.skipped, ...esp.skipped],
+  };
+}

@@ -1,0 +1,104 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { planNegotiation } from '../src/ike/config.ts';
+import { acceptChosen, espProposals, ikeProposals, selectProposal } from '../src/ike/proposals.ts';
+import { EncrId, EsnId, IntegId, KeId, PrfId, TransformType } from '../src/ike/wire/constants.ts';
+import { PolicyStores } from '../src/policy/store.ts';
+import { mmProposal, qmProposal } from '../src/policy/model.ts';
+import { freshStateDir, ps } from './pwsh-helpers.ts';
+
+describe('Windows proposals → IKEv2 transforms', () => {
+  it('maps MM proposals as the issue table says, and explains what it cannot offer', () => {
+    const r = ikeProposals([
+      mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' }),
+      mmProposal({ Encryption: 'DES3', Hash: 'SHA1', KeyExchange: 'DH2' }),
+      mmProposal({ Encryption: 'AES128', Hash: 'SHA384', KeyExchange: 'DH20' }),
+    ]);
+    assert.deepEqual(
+      r.proposals.map((p) => p.transforms.map((t) => [t.type, t.id, t.keyLength])),
+      [
+        [
+          [TransformType.ENCR, EncrId.AES_CBC, 256],
+          [TransformType.PRF, PrfId.HMAC_SHA2_256, undefined],
+          [TransformType.INTEG, IntegId.HMAC_SHA2_256_128, undefined],
+          [TransformType.KE, KeId.MODP_2048, undefined],
+        ],
+        [
+          [TransformType.ENCR, EncrId.AES_CBC, 128],
+          [TransformType.PRF, PrfId.HMAC_SHA2_384, undefined],
+          [TransformType.INTEG, IntegId.HMAC_SHA2_384_192, undefined],
+          [TransformType.KE, KeId.ECP_384, undefined],
+        ],
+      ],
+    );
+    assert.match(r.skipped.join('\n'), /DES3-SHA1-DH2: encryption DES3 is not offered by consec/);
+    const esp = espProposals(
+      [
+        qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' }),
+        qmProposal({ Encapsulation: ['AH'], AHHash: 'SHA256' }),
+      ],
+      Buffer.from([1, 2, 3, 4]),
+      KeId.ECP_256,
+    );
+    assert.deepEqual(esp.proposals[0]?.transforms, [
+      { type: TransformType.ENCR, id: EncrId.AES_GCM_16, keyLength: 256 },
+      { type: TransformType.KE, id: KeId.ECP_256 },
+      { type: TransformType.ESN, id: EsnId.NO },
+    ]);
+    assert.match(esp.skipped.join(''), /AH proposals/);
+  });
+
+  it('selection picks the first acceptable offer; the initiator accepts only what it offered', () => {
+    const ours = ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })]).proposals;
+    const theirs = [
+      ...ikeProposals([mmProposal({ Encryption: 'AES128', Hash: 'SHA1', KeyExchange: 'DH14' })]).proposals,
+      ...ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })]).proposals.map(
+        (p) => ({ ...p, number: 2 }),
+      ),
+    ];
+    const chosen = selectProposal(theirs, ours);
+    assert.equal(chosen?.number, 2);
+    assert.ok(chosen && acceptChosen(theirs, chosen));
+    assert.equal(
+      acceptChosen(ours, { ...(chosen ?? ours[0]!), transforms: chosen?.transforms.slice(1) ?? [] }),
+      undefined,
+      'a missing transform type is refused',
+    );
+  });
+});
+
+describe('policy → negotiation plan', () => {
+  it('plans a PSK negotiation from the policy, and explains every case it cannot negotiate', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        '$psk = New-NetIPsecPhase1AuthSet -DisplayName psk -Name psk -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "k")',
+        'New-NetIPsecRule -DisplayName "psk rule" -RemoteAddress 192.0.2.0/24 -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet psk | Out-Null',
+        'New-NetIPsecRule -DisplayName "kerberos rule" -RemoteAddress 198.51.100.0/24 -InboundSecurity Require -OutboundSecurity Require | Out-Null',
+        'New-NetIPsecRule -DisplayName "ikev1 rule" -RemoteAddress 203.0.113.5 -InboundSecurity Request -OutboundSecurity Request -KeyModule IKEv1 -Phase1AuthSet psk | Out-Null',
+        'New-NetIPsecRule -DisplayName "exempt" -RemoteAddress 192.0.2.53 | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    const doc = new PolicyStores(dir).read('ActiveStore');
+    const flow = (remote: string) => ({ direction: 'Outbound' as const, local: '192.0.2.1', remote, protocol: 1 });
+    const plan = planNegotiation(doc, flow('192.0.2.9'));
+    assert.equal(plan.rule.DisplayName, 'psk rule');
+    assert.equal(plan.mode, 'transport');
+    assert.deepEqual(plan.psk, Buffer.from('k'));
+    // Transport mode narrows the rule's subnet to the flow's two hosts.
+    assert.deepEqual([...(plan.tsr[0]?.start ?? [])], [192, 0, 2, 9]);
+    assert.deepEqual([...(plan.tsr[0]?.end ?? [])], [192, 0, 2, 9]);
+    // The default MM set's first proposal (AES128-SHA256-DH19) is offered; the legacy ones are explained.
+    assert.equal(plan.ikeProposals.length, 1);
+    assert.match(plan.skipped.join('\n'), /DES3-SHA1-DH2/);
+    assert.throws(
+      () => planNegotiation(doc, flow('198.51.100.7')),
+      /Kerberos is not supported by IKEv2 and needs AuthIP/,
+    );
+    assert.throws(() => planNegotiation(doc, flow('203.0.113.5')), /asks for IKEv1, which consec does not speak yet/);
+    assert.throws(() => planNegotiation(doc, flow('192.0.2.53')), /"exempt" exempts it/);
+    assert.throws(() => planNegotiation(doc, flow('10.0.0.1')), /no connection security rule matches/);
+  });
+});
