@@ -59,8 +59,10 @@ describe('Windows proposals → IKEv2 transforms', () => {
     const chosen = selectProposal(theirs, ours);
     assert.equal(chosen?.number, 2);
     assert.ok(chosen && acceptChosen(theirs, chosen));
+    const first = ours[0];
+    assert.ok(first);
     assert.equal(
-      acceptChosen(ours, { ...(chosen ?? ours[0]!), transforms: chosen?.transforms.slice(1) ?? [] }),
+      acceptChosen(ours, { ...first, transforms: first.transforms.slice(1) }),
       undefined,
       'a missing transform type is refused',
     );
