@@ -20,9 +20,8 @@ import type { Identity } from './tasks/ike-auth.ts';
 import type { Proposal, TrafficSelector } from './wire/codec.ts';
 import { IdType, KeId, NotifyType } from './wire/constants.ts';
 
-export interface NegotiationPlan {
-  rule: IPsecRule;
-  mode: 'tunnel' | 'transport';
+/** What an IKEv2 negotiation needs, whoever runs it (the initiator driver, later the daemon). */
+export interface NegotiationParameters {
   /** Where IKE and ESP run: the tunnel endpoints, or the flow's own addresses. */
   local: string;
   remote: string;
@@ -30,9 +29,15 @@ export interface NegotiationPlan {
   espProposals: (spi: Buffer) => Proposal[];
   psk: Buffer;
   localId: Identity;
-  remoteId: Identity;
+  remoteId?: Identity;
   tsi: TrafficSelector[];
   tsr: TrafficSelector[];
+  mode: 'tunnel' | 'transport';
+}
+
+export interface NegotiationPlan extends NegotiationParameters {
+  rule: IPsecRule;
+  remoteId: Identity;
   /** Windows proposals that could not be offered. */
   skipped: string[];
 }

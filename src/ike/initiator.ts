@@ -9,31 +9,15 @@ import { openMessage, protectMessage } from './crypto/sk.ts';
 import { IkeError } from './errors.ts';
 import { type Endpoint, IkeSa } from './sa.ts';
 import { ChildCreateInitiator, type ChildSa } from './tasks/child-create.ts';
-import { IkeAuthPskInitiator, type Identity } from './tasks/ike-auth.ts';
+import type { NegotiationParameters } from './config.ts';
+import { IkeAuthPskInitiator } from './tasks/ike-auth.ts';
 import { IkeInitInitiator } from './tasks/ike-init.ts';
 import { IkeNatd } from './tasks/ike-natd.ts';
 import { findNotifies, type Task } from './tasks/task.ts';
-import {
-  decodeMessage,
-  encodeMessage,
-  type IkeMessage,
-  type Payload,
-  type Proposal,
-  type TrafficSelector,
-} from './wire/codec.ts';
+import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
 
-export interface InitiateOptions {
-  local: string;
-  remote: string;
-  ikeProposals: Proposal[];
-  espProposals: (spi: Buffer) => Proposal[];
-  psk: Buffer;
-  localId: Identity;
-  remoteId?: Identity;
-  tsi: TrafficSelector[];
-  tsr: TrafficSelector[];
-  mode: 'tunnel' | 'transport';
+export interface InitiateOptions extends NegotiationParameters {
   /** Retransmission timeouts in ms; the exchange fails after the last one. */
   retransmits?: number[];
   log?: (event: string, detail?: Record<string, unknown>) => void;

@@ -275,7 +275,8 @@ export function emptyDocument(): PolicyDocument {
   };
 }
 
-export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPsecRule {
+/** The defaults every rule kind shares (Name generated, enabled, all profiles, any address). */
+function ruleDefaults(): Omit<RuleCommon, 'DisplayName'> {
   return {
     Name: newName(),
     Description: '',
@@ -283,6 +284,14 @@ export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPse
     Enabled: 'True',
     Profile: ['Any'],
     Platform: [],
+    LocalAddress: ['Any'],
+    RemoteAddress: ['Any'],
+  };
+}
+
+export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPsecRule {
+  return {
+    ...ruleDefaults(),
     Mode: 'Transport',
     InboundSecurity: 'None',
     OutboundSecurity: 'None',
@@ -300,8 +309,6 @@ export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPse
     RequireAuthorization: false,
     User: '',
     Machine: '',
-    LocalAddress: ['Any'],
-    RemoteAddress: ['Any'],
     Protocol: 'Any',
     LocalPort: ['Any'],
     RemotePort: ['Any'],
@@ -313,14 +320,7 @@ export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPse
 
 export function mainModeRule(p: Partial<MainModeRule> & { DisplayName: string }): MainModeRule {
   return {
-    Name: newName(),
-    Description: '',
-    Group: '',
-    Enabled: 'True',
-    Profile: ['Any'],
-    Platform: [],
-    LocalAddress: ['Any'],
-    RemoteAddress: ['Any'],
+    ...ruleDefaults(),
     MainModeCryptoSet: '',
     Phase1AuthSet: '',
     ...p,

@@ -641,15 +641,7 @@ export class Runtime {
       case 'unary': {
         const v = await this.expr(e.operand);
         if (e.op === 'not') return !toBool(v);
-        const n = Number(v);
-        if (Number.isNaN(n))
-          throw new PwshError(
-            `Cannot convert value "${toText(v)}" to type "System.Int32".`,
-            'InvalidCastFromStringToInteger',
-            'InvalidArgument',
-            'RuntimeException',
-            e.extent,
-          );
+        const n = toNumber(v, e.extent);
         return e.op === '-' ? -n : n;
       }
       case 'binary':
@@ -782,6 +774,21 @@ export class Runtime {
 
 // ---- operators ----------------------------------------------------------------------------------
 
+/** [int]$v as PowerShell converts it, or its cast error. */
+function toNumber(v: unknown, extent?: Extent): number {
+  const n = typeof v === 'number' ? v : Number(toText(v));
+  if (Number.isNaN(n) || (typeof v === 'string' && v.trim() === '')) {
+    throw new PwshError(
+      `Cannot convert value "${toText(v)}" to type "System.Int32".`,
+      'InvalidCastFromStringToInteger',
+      'InvalidArgument',
+      'RuntimeException',
+      extent,
+    );
+  }
+  return n;
+}
+
 function wildcardToRegExp(pattern: string, caseSensitive: boolean): RegExp {
   let re = '';
   for (let i = 0; i < pattern.length; i++) {
@@ -888,35 +895,15 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
       return toText(left).split(new RegExp(toText(right), cs ? '' : 'i'));
     case '+':
       if (Array.isArray(left)) return [...left, ...enumerate(right)];
-      if (typeof left === 'number') {
-        const n = Number(right);
-        if (Number.isNaN(n))
-          throw new PwshError(
-            `Cannot convert value "${toText(right)}" to type "System.Int32".`,
-            'InvalidCastFromStringToInteger',
-            'InvalidArgument',
-            'RuntimeException',
-            extent,
-          );
-        return left + n;
-      }
+      if (typeof left === 'number') return left + toNumber(right, extent);
       return toText(left) + toText(right);
     case '-':
     case '*':
     case '/':
     case '%': {
-      const a = Number(left);
-      const b = Number(right);
-      if (op === '*' && typeof left === 'string') return left.repeat(b);
-      if (Number.isNaN(a) || Number.isNaN(b)) {
-        throw new PwshError(
-          `Cannot convert value to type "System.Int32".`,
-          'InvalidCastFromStringToInteger',
-          'InvalidArgument',
-          'RuntimeException',
-          extent,
-        );
-      }
+      if (op === '*' && typeof left === 'string') return left.repeat(toNumber(right, extent));
+      const a = toNumber(left, extent);
+      const b = toNumber(right, extent);
       return op === '-' ? a - b : op === '*' ? a * b : op === '/' ? a / b : a % b;
     }
     default:
