@@ -33,6 +33,71 @@ interface Established {
   mode: string;
 }
 
+describe('IKEv2: strongSwan initiator → consec responder, and consec ↔ consec', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('strongSwan initiates to consec; pings through its tunnel are answered by consec', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const resp = fixture(lab, 'bob', 'ike-respond', [b, a, PSK, 'AES256-SHA256-DH14', 'AESGCM256', 3]);
+    await resp.waitFor(/"event":"listening"/);
+    // The same helper config, seen from alice: she initiates the connection named "consec".
+    const alice = await Charon.start(lab, 'alice', responder(a, b, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      await alice.initiate('consec');
+      const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
+      assert.ok(est, resp.output());
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output()}`);
+      await resp.exited;
+      assert.deepEqual(events(resp, 'echoed'), [{ event: 'echoed', echoes: 3 }]);
+      const [sa] = await alice.listSas();
+      assert.equal(sa?.state, 'ESTABLISHED');
+      assert.equal(sa?.initiator, true);
+      const child = sa?.children[0];
+      assert.deepEqual([child?.spiIn, child?.spiOut], [est.spiOut, est.spiIn]);
+      assert.deepEqual([child?.packetsOut, child?.packetsIn], [3, 3]);
+    } finally {
+      await alice.stop();
+      await resp.stop();
+    }
+  });
+
+  it('consec initiator ↔ consec responder: IKEv2 and pings through the child SA', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const resp = fixture(lab, 'bob', 'ike-respond', [b, a, PSK, 'AES256-SHA384-DH20', 'AESGCM256', 3]);
+    await resp.waitFor(/"event":"listening"/);
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA384-DH20',
+        'AESGCM256',
+        '--ping',
+        '--encap',
+      ]);
+      await init.exited;
+      const [ok] = events<Established>(init, 'established');
+      const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
+      assert.ok(ok && est, `${init.output()}\n${resp.output()}`);
+      assert.deepEqual([ok.spiIn, ok.spiOut], [est.spiOut, est.spiIn]);
+      assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }]);
+      // The forced encapsulation made the responder see a NAT as well (strongSwan's encap=yes).
+      assert.match(resp.output(), /"event":"IKE_SA_INIT".*"nat":true/);
+    } finally {
+      await resp.stop();
+    }
+  });
+});
+
 describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
   let lab: Lab;
   before(async () => {

@@ -20,6 +20,8 @@ import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.t
 export interface InitiateOptions extends NegotiationParameters {
   /** Retransmission timeouts in ms; the exchange fails after the last one. */
   retransmits?: number[];
+  /** Encapsulate ESP in UDP 4500 even without a NAT (needed where the kernel has no ESP). */
+  forceUdpEncapsulation?: boolean;
   log?: (event: string, detail?: Record<string, unknown>) => void;
 }
 
@@ -125,6 +127,7 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
   const timeouts = o.retransmits ?? [500, 1000, 2000, 4000];
   const local: Endpoint = { address: o.local, port: 500 };
   const sa = new IkeSa('initiator', local, { address: o.remote, port: 500 });
+  sa.forceEncapsulation = o.forceUdpEncapsulation ?? false;
   try {
     // IKE_SA_INIT, again with a cookie or another group if the responder asks.
     const init = new IkeInitInitiator(o.ikeProposals);

@@ -30,6 +30,8 @@ export class IkeSa {
   /** A NAT was detected: IKE floats to UDP 4500 (RFC 7296 §2.23). */
   natLocal = false;
   natRemote = false;
+  /** Pretend to be behind a NAT so ESP runs in UDP 4500 (strongSwan's encap=yes; RFC 7296 §2.23). */
+  forceEncapsulation = false;
   nextMessageId = 0;
 
   constructor(

@@ -1,5 +1,5 @@
 /** NAT detection (RFC 7296 §2.23): NAT_DETECTION_SOURCE_IP / _DESTINATION_IP hashes. */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { writeIp } from '../../io/addr.ts';
 import type { Endpoint, IkeSa } from '../sa.ts';
@@ -19,13 +19,15 @@ export class IkeNatd implements Task {
   readonly name = 'ike-natd';
 
   build(sa: IkeSa, out: Payload[]): void {
+    // A source hash that matches no address makes the peer see a NAT and encapsulate ESP in UDP.
+    const source = sa.forceEncapsulation ? randomBytes(20) : natdHash(sa.spiI, sa.spiR, sa.local);
     out.push(
       {
         type: PayloadType.NOTIFY,
         protocol: 0,
         spi: Buffer.alloc(0),
         notify: NotifyType.NAT_DETECTION_SOURCE_IP,
-        data: natdHash(sa.spiI, sa.spiR, sa.local),
+        data: source,
       },
       {
         type: PayloadType.NOTIFY,
@@ -42,7 +44,7 @@ export class IkeNatd implements Task {
     const dst = findNotifies(payloads, NotifyType.NAT_DETECTION_DESTINATION_IP);
     if (src.length === 0 || dst.length === 0) return; // peer does not do NAT-T
     // The peer's view of our address: its DESTINATION hash must match our local endpoint.
-    sa.natLocal = !dst.some((n) => n.data.equals(natdHash(sa.spiI, sa.spiR, sa.local)));
+    sa.natLocal = sa.forceEncapsulation || !dst.some((n) => n.data.equals(natdHash(sa.spiI, sa.spiR, sa.local)));
     sa.natRemote = !src.some((n) => n.data.equals(natdHash(sa.spiI, sa.spiR, sa.remote)));
   }
 }

@@ -1,0 +1,346 @@
+/**
+ * An IKEv2 responder over UDP 500/4500: IKE_SA_INIT (proposal selection, INVALID_KE_PAYLOAD,
+ * NAT detection), IKE_AUTH with a pre-shared key and the first child SA (proposal selection,
+ * traffic selector narrowing). Retransmitted requests get the cached response; malformed or
+ * unauthenticated input is dropped without changing any state.
+ */
+import { randomBytes } from 'node:crypto';
+import { createSocket, type Socket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import { pskAuth, verifyPskAuth } from './crypto/auth.ts';
+import { ENCRS, INTEGS } from './crypto/algorithms.ts';
+import { KeyExchange } from './crypto/ke.ts';
+import { deriveChildKeys } from './crypto/keys.ts';
+import { openMessage, protectMessage } from './crypto/sk.ts';
+import { IkeError } from './errors.ts';
+import { selectProposal, transformOf } from './proposals.ts';
+import { IkeSa } from './sa.ts';
+import type { ChildSa } from './tasks/child-create.ts';
+import { idBody, type Identity } from './tasks/ike-auth.ts';
+import { natdHash } from './tasks/ike-natd.ts';
+import { findNotifies, findPayload } from './tasks/task.ts';
+import {
+  decodeMessage,
+  encodeMessage,
+  type IkeMessage,
+  type Payload,
+  type Proposal,
+  type TrafficSelector,
+} from './wire/codec.ts';
+import { AuthMethod, EncrId, ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
+
+/** What the responder accepts from one peer (found by the peer's address). */
+export interface ResponderPeer {
+  ikeProposals: Proposal[];
+  espProposals: (spi: Buffer) => Proposal[];
+  psk: Buffer;
+  localId: Identity;
+  /** Selectors we accept for the initiator's side (TSi) and ours (TSr). */
+  tsi: TrafficSelector[];
+  tsr: TrafficSelector[];
+  mode: 'tunnel' | 'transport';
+}
+
+export interface ResponderOptions {
+  local: string;
+  peerFor(address: string): ResponderPeer | undefined;
+  onEstablished?(sa: IkeSa, child: ChildSa, peer: { address: string; port: number }): void;
+  log?(event: string, detail?: Record<string, unknown>): void;
+}
+
+interface Pending {
+  sa: IkeSa;
+  peer: ResponderPeer;
+  /** Last request seen per message ID, and our response to it (sent again on a retransmission). */
+  cache: Map<number, { request: Buffer; response: Buffer }>;
+  child?: ChildSa;
+}
+
+const notify = (n: NotifyType, data: Buffer = Buffer.alloc(0)): Payload => ({
+  type: PayloadType.NOTIFY,
+  protocol: 0,
+  spi: Buffer.alloc(0),
+  notify: n,
+  data,
+});
+
+/** The part of `offered` inside `allowed` (address and port ranges intersected), or undefined. */
+function narrow(
+  offered: readonly TrafficSelector[],
+  allowed: readonly TrafficSelector[],
+): TrafficSelector[] | undefined {
+  const out: TrafficSelector[] = [];
+  for (const o of offered) {
+    for (const a of allowed) {
+      if (o.type !== a.type) continue;
+      const proto =
+        a.ipProtocol === 0 ? o.ipProtocol : o.ipProtocol === 0 || o.ipProtocol === a.ipProtocol ? a.ipProtocol : -1;
+      if (proto < 0) continue;
+      const start: Buffer = Buffer.compare(o.start, a.start) >= 0 ? o.start : a.start;
+      const end: Buffer = Buffer.compare(o.end, a.end) <= 0 ? o.end : a.end;
+      const startPort = Math.max(o.startPort, a.startPort);
+      const endPort = Math.min(o.endPort, a.endPort);
+      if (Buffer.compare(start, end) > 0 || startPort > endPort) continue;
+      out.push({ type: o.type, ipProtocol: proto, startPort, endPort, start, end });
+    }
+  }
+  return out.length > 0 ? out : undefined;
+}
+
+export class IkeResponder {
+  private readonly sas = new Map<string, Pending>();
+  private s500?: Socket;
+  private s4500?: Socket;
+  /** ESP-in-UDP datagrams received on 4500, for a data plane (or a test) to open. */
+  espHandler?: (packet: Buffer, from: { address: string; port: number }) => void;
+
+  constructor(private readonly o: ResponderOptions) {}
+
+  async listen(): Promise<void> {
+    const type = isIPv6(this.o.local) ? 'udp6' : 'udp4';
+    const bind = (port: number) =>
+      new Promise<Socket>((resolve, reject) => {
+        const s = createSocket(type);
+        s.once('error', reject);
+        s.bind(port, this.o.local, () => resolve(s));
+      });
+    this.s500 = await bind(500);
+    this.s4500 = await bind(4500);
+    this.s500.on('message', (m, r) => this.receive(m, r, false));
+    this.s4500.on('message', (m, r) => this.receive(m, r, true));
+  }
+
+  close(): void {
+    this.s500?.close();
+    this.s4500?.close();
+  }
+
+  /** Sends an ESP-in-UDP datagram from our 4500 socket. */
+  sendEsp(packet: Buffer, to: { address: string; port: number }): void {
+    this.s4500?.send(packet, to.port, to.address);
+  }
+
+  private log(event: string, detail?: Record<string, unknown>): void {
+    this.o.log?.(event, detail);
+  }
+
+  private receive(buf: Buffer, rinfo: { address: string; port: number }, floated: boolean): void {
+    let data = buf;
+    if (floated) {
+      if (data.length === 1 && data[0] === 0xff) return; // NAT keepalive
+      if (data.length < 4 || data.readUInt32BE(0) !== 0) {
+        this.espHandler?.(data, rinfo);
+        return;
+      }
+      data = data.subarray(4);
+    }
+    let msg: IkeMessage;
+    try {
+      msg = decodeMessage(data);
+    } catch (err) {
+      this.log('drop malformed', { from: rinfo.address, reason: (err as Error).message });
+      return;
+    }
+    const h = msg.header;
+    if (h.flags & Flags.RESPONSE || !(h.flags & Flags.INITIATOR)) return;
+    const send = (bytes: Buffer) => {
+      const sock = floated ? this.s4500 : this.s500;
+      sock?.send(floated ? Buffer.concat([Buffer.alloc(4), bytes]) : bytes, rinfo.port, rinfo.address);
+    };
+    try {
+      if (h.exchange === ExchangeType.IKE_SA_INIT && h.messageId === 0) this.ikeSaInit(msg, rinfo, send);
+      else if (h.exchange === ExchangeType.IKE_AUTH && h.messageId === 1) this.ikeAuth(msg, rinfo, floated, send);
+      else this.log('drop unsupported exchange', { exchange: h.exchange, messageId: h.messageId });
+    } catch (err) {
+      this.log('drop', { from: rinfo.address, reason: (err as Error).message });
+    }
+  }
+
+  private ikeSaInit(msg: IkeMessage, rinfo: { address: string; port: number }, send: (b: Buffer) => void): void {
+    const h = msg.header;
+    const existing = [...this.sas.values()].find(
+      (p) => p.sa.spiI.equals(h.spiI) && p.cache.get(0)?.request.equals(msg.raw),
+    );
+    if (existing) {
+      send((existing.cache.get(0) as { response: Buffer }).response); // retransmission
+      return;
+    }
+    const peer = this.o.peerFor(rinfo.address);
+    const reply = (payloads: Payload[], spiR: Buffer = Buffer.alloc(8)) =>
+      encodeMessage(
+        { spiI: h.spiI, spiR, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.RESPONSE, messageId: 0 },
+        payloads,
+      );
+    if (!peer) {
+      this.log('no policy for peer', { from: rinfo.address });
+      send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
+      return;
+    }
+    const saP = findPayload(msg.payloads, PayloadType.SA);
+    const ke = findPayload(msg.payloads, PayloadType.KE);
+    const nonce = findPayload(msg.payloads, PayloadType.NONCE);
+    if (!saP || !ke || !nonce)
+      throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
+    const chosen = selectProposal(saP.proposals, peer.ikeProposals);
+    if (!chosen) {
+      this.log('no proposal chosen', { from: rinfo.address });
+      send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
+      return;
+    }
+    const group = transformOf(chosen, TransformType.KE)?.id as number;
+    if (ke.group !== group) {
+      const data = Buffer.alloc(2);
+      data.writeUInt16BE(group);
+      send(reply([notify(NotifyType.INVALID_KE_PAYLOAD, data)]));
+      return;
+    }
+    const sa = new IkeSa(
+      'responder',
+      { address: this.o.local, port: 500 },
+      { address: rinfo.address, port: rinfo.port },
+    );
+    sa.spiI = Buffer.from(h.spiI);
+    sa.spiR = randomBytes(8);
+    sa.chosen = chosen;
+    sa.nonceI = Buffer.from(nonce.data);
+    sa.nonceR = randomBytes(32);
+    sa.ke = KeyExchange.create(group);
+    sa.deriveKeys(sa.ke.sharedSecret(ke.data));
+    // NAT detection from the request's hashes (computed with SPIr = 0).
+    const zero = Buffer.alloc(8);
+    const src = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_SOURCE_IP);
+    const dst = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_DESTINATION_IP);
+    if (src.length && dst.length) {
+      sa.natRemote = !src.some((n) =>
+        n.data.equals(natdHash(sa.spiI, zero, { address: rinfo.address, port: rinfo.port })),
+      );
+      sa.natLocal = !dst.some((n) => n.data.equals(natdHash(sa.spiI, zero, { address: this.o.local, port: 500 })));
+    }
+    const response = reply(
+      [
+        { type: PayloadType.SA, proposals: [chosen] },
+        { type: PayloadType.KE, group, data: sa.ke.publicValue },
+        { type: PayloadType.NONCE, data: sa.nonceR },
+        notify(NotifyType.NAT_DETECTION_SOURCE_IP, natdHash(sa.spiI, sa.spiR, { address: this.o.local, port: 500 })),
+        notify(
+          NotifyType.NAT_DETECTION_DESTINATION_IP,
+          natdHash(sa.spiI, sa.spiR, { address: rinfo.address, port: rinfo.port }),
+        ),
+      ],
+      sa.spiR,
+    );
+    sa.initRequest = msg.raw;
+    sa.initResponse = response;
+    sa.nextMessageId = 1;
+    this.sas.set(`${sa.spiI.toString('hex')}:${sa.spiR.toString('hex')}`, {
+      sa,
+      peer,
+      cache: new Map([[0, { request: Buffer.from(msg.raw), response }]]),
+    });
+    this.log('IKE_SA_INIT', { from: rinfo.address, spiR: sa.spiR.toString('hex'), nat: sa.floated });
+    send(response);
+  }
+
+  private ikeAuth(
+    msg: IkeMessage,
+    rinfo: { address: string; port: number },
+    floated: boolean,
+    send: (b: Buffer) => void,
+  ): void {
+    const h = msg.header;
+    const pending = this.sas.get(`${h.spiI.toString('hex')}:${h.spiR.toString('hex')}`);
+    if (!pending) return; // unknown SA: dropped (INVALID_IKE_SPI would need an unprotected answer)
+    const cached = pending.cache.get(1);
+    if (cached) {
+      if (cached.request.equals(msg.raw)) send(cached.response);
+      return;
+    }
+    const { sa, peer } = pending;
+    const inner = openMessage(msg, sa.skKeys('in')); // throws (and so drops) on a bad ICV
+    const respond = (payloads: Payload[]) => {
+      const response = protectMessage(
+        { spiI: sa.spiI, spiR: sa.spiR, exchange: ExchangeType.IKE_AUTH, flags: Flags.RESPONSE, messageId: 1 },
+        payloads,
+        sa.skKeys('out'),
+      );
+      pending.cache.set(1, { request: Buffer.from(msg.raw), response });
+      send(response);
+    };
+    const idi = findPayload(inner, PayloadType.IDi);
+    const auth = findPayload(inner, PayloadType.AUTH);
+    const keys = sa.keys;
+    const suite = sa.suite;
+    if (!idi || !auth || !keys || !suite || !sa.initRequest || !sa.initResponse || !sa.nonceI || !sa.nonceR) {
+      respond([notify(NotifyType.AUTHENTICATION_FAILED)]);
+      this.sas.delete(`${h.spiI.toString('hex')}:${h.spiR.toString('hex')}`);
+      return;
+    }
+    const expected = pskAuth(
+      suite.prf,
+      peer.psk,
+      sa.initRequest,
+      sa.nonceR,
+      keys.skPi,
+      idBody({ type: idi.idType, data: idi.data }),
+    );
+    if (auth.method !== AuthMethod.SHARED_KEY_MIC || !verifyPskAuth(expected, auth.data)) {
+      this.log('authentication failed', { from: rinfo.address });
+      respond([notify(NotifyType.AUTHENTICATION_FAILED)]);
+      return;
+    }
+    const out: Payload[] = [
+      { type: PayloadType.IDr, idType: peer.localId.type, data: peer.localId.data },
+      {
+        type: PayloadType.AUTH,
+        method: AuthMethod.SHARED_KEY_MIC,
+        data: pskAuth(suite.prf, peer.psk, sa.initResponse, sa.nonceI, keys.skPr, idBody(peer.localId)),
+      },
+    ];
+    // The first child SA.
+    const saP = findPayload(inner, PayloadType.SA);
+    const tsiP = findPayload(inner, PayloadType.TSi);
+    const tsrP = findPayload(inner, PayloadType.TSr);
+    const spi = randomBytes(4);
+    const chosen = saP ? selectProposal(saP.proposals, peer.espProposals(spi)) : undefined;
+    const tsi = tsiP ? narrow(tsiP.selectors, peer.tsi) : undefined;
+    const tsr = tsrP ? narrow(tsrP.selectors, peer.tsr) : undefined;
+    const wantsTransport = findNotifies(inner, NotifyType.USE_TRANSPORT_MODE).length > 0;
+    if (!chosen || chosen.spi.length !== 4) out.push(notify(NotifyType.NO_PROPOSAL_CHOSEN));
+    else if (!tsi || !tsr) out.push(notify(NotifyType.TS_UNACCEPTABLE));
+    else if (wantsTransport !== (peer.mode === 'transport')) out.push(notify(NotifyType.NO_PROPOSAL_CHOSEN));
+    else {
+      const encrT = transformOf(chosen, TransformType.ENCR);
+      const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
+      const integT = transformOf(chosen, TransformType.INTEG);
+      const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
+      const encrKeyBytes = encrT?.id === EncrId.NULL ? 0 : (encrT?.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
+      const integKeyBytes = integ?.keySize ?? 0;
+      const child: ChildSa = {
+        mode: peer.mode,
+        spiIn: spi,
+        spiOut: Buffer.from(chosen.spi),
+        proposal: chosen,
+        tsi,
+        tsr,
+        keys: deriveChildKeys(suite.prf, keys.skD, sa.nonceI, sa.nonceR, encrKeyBytes, integKeyBytes),
+        encrKeyBytes,
+        integKeyBytes,
+      };
+      pending.child = child;
+      if (peer.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
+      out.push(
+        { type: PayloadType.SA, proposals: [{ ...chosen, spi }] },
+        { type: PayloadType.TSi, selectors: tsi },
+        { type: PayloadType.TSr, selectors: tsr },
+      );
+    }
+    if (floated) {
+      sa.local.port = 4500;
+      sa.remote = { address: rinfo.address, port: rinfo.port };
+    }
+    sa.nextMessageId = 2;
+    respond(out);
+    this.log('IKE_AUTH', { from: rinfo.address, child: pending.child ? pending.child.spiIn.toString('hex') : 'none' });
+    if (pending.child) this.o.onEstablished?.(sa, pending.child, rinfo);
+  }
+}
