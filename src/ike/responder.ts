@@ -4,7 +4,7 @@
  * traffic selector narrowing). Retransmitted requests get the cached response; malformed or
  * unauthenticated input is dropped without changing any state.
  */
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { pskAuth, verifyPskAuth } from './crypto/auth.ts';
@@ -43,6 +43,12 @@ export interface ResponderPeer {
 
 export interface ResponderOptions {
   local: string;
+  /** Half-open SAs (IKE_SA_INIT answered, no IKE_AUTH yet) are forgotten after this long. Default 30 s. */
+  halfOpenTimeoutMs?: number;
+  /** With this many half-open SAs, new requests must return a COOKIE first (RFC 7296 §2.6). Default 64. */
+  cookieThreshold?: number;
+  /** Hard cap on half-open SAs; beyond it IKE_SA_INIT is dropped. Default 4096. */
+  maxHalfOpen?: number;
   peerFor(address: string): ResponderPeer | undefined;
   onEstablished?(sa: IkeSa, child: ChildSa, peer: { address: string; port: number }): void;
   log?(event: string, detail?: Record<string, unknown>): void;
@@ -51,6 +57,8 @@ export interface ResponderOptions {
 interface Pending {
   sa: IkeSa;
   peer: ResponderPeer;
+  /** Expiry of a half-open SA; cleared once IKE_AUTH completes. */
+  timer?: NodeJS.Timeout;
   /** Last request seen per message ID, and our response to it (sent again on a retransmission). */
   cache: Map<number, { request: Buffer; response: Buffer }>;
   child?: ChildSa;
@@ -89,6 +97,9 @@ function narrow(
 
 export class IkeResponder {
   private readonly sas = new Map<string, Pending>();
+  private halfOpen = 0;
+  /** The stateless cookie secret (RFC 7296 §2.6); version 0 for the life of this responder. */
+  private readonly cookieSecret = randomBytes(32);
   private s500?: Socket;
   private s4500?: Socket;
   /** ESP-in-UDP datagrams received on 4500, for a data plane (or a test) to open. */
@@ -106,13 +117,24 @@ export class IkeResponder {
       });
     this.s500 = await bind(500);
     this.s4500 = await bind(4500);
-    this.s500.on('message', (m, r) => this.receive(m, r, false));
-    this.s4500.on('message', (m, r) => this.receive(m, r, true));
+    const reply = (sock: Socket, floated: boolean) => (r: { address: string; port: number }) => (bytes: Buffer) => {
+      sock.send(floated ? Buffer.concat([Buffer.alloc(4), bytes]) : bytes, r.port, r.address);
+    };
+    this.s500.on('message', (m, r) => this.handleDatagram(m, r, false, reply(this.s500 as Socket, false)(r)));
+    this.s4500.on('message', (m, r) => this.handleDatagram(m, r, true, reply(this.s4500 as Socket, true)(r)));
   }
 
   close(): void {
+    for (const p of this.sas.values()) clearTimeout(p.timer);
+    this.sas.clear();
+    this.halfOpen = 0;
     this.s500?.close();
     this.s4500?.close();
+  }
+
+  /** Half-open and established SAs held now (for tests and monitoring). */
+  get counts(): { halfOpen: number; total: number } {
+    return { halfOpen: this.halfOpen, total: this.sas.size };
   }
 
   /** Sends an ESP-in-UDP datagram from our 4500 socket. */
@@ -124,7 +146,16 @@ export class IkeResponder {
     this.o.log?.(event, detail);
   }
 
-  private receive(buf: Buffer, rinfo: { address: string; port: number }, floated: boolean): void {
+  /**
+   * One UDP datagram from `rinfo` (on 4500 when `floated`); `send` answers it on the same socket
+   * (the non-ESP marker is the caller's). Never throws: bad input is logged and dropped.
+   */
+  handleDatagram(
+    buf: Buffer,
+    rinfo: { address: string; port: number },
+    floated: boolean,
+    send: (bytes: Buffer) => void,
+  ): void {
     let data = buf;
     if (floated) {
       if (data.length === 1 && data[0] === 0xff) return; // NAT keepalive
@@ -143,10 +174,6 @@ export class IkeResponder {
     }
     const h = msg.header;
     if (h.flags & Flags.RESPONSE || !(h.flags & Flags.INITIATOR)) return;
-    const send = (bytes: Buffer) => {
-      const sock = floated ? this.s4500 : this.s500;
-      sock?.send(floated ? Buffer.concat([Buffer.alloc(4), bytes]) : bytes, rinfo.port, rinfo.address);
-    };
     try {
       if (h.exchange === ExchangeType.IKE_SA_INIT && h.messageId === 0) this.ikeSaInit(msg, rinfo, send);
       else if (h.exchange === ExchangeType.IKE_AUTH && h.messageId === 1) this.ikeAuth(msg, rinfo, floated, send);
@@ -171,6 +198,26 @@ export class IkeResponder {
         { spiI: h.spiI, spiR, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.RESPONSE, messageId: 0 },
         payloads,
       );
+    if (this.halfOpen >= (this.o.maxHalfOpen ?? 4096)) {
+      this.log('drop IKE_SA_INIT: too many half-open SAs', { from: rinfo.address });
+      return;
+    }
+    const nonceP = findPayload(msg.payloads, PayloadType.NONCE);
+    if (this.halfOpen >= (this.o.cookieThreshold ?? 64) && nonceP) {
+      // Stateless cookie: HMAC over Ni | IPi | SPIi; the request must come back with it first.
+      const mac = createHmac('sha256', this.cookieSecret)
+        .update(nonceP.data)
+        .update(rinfo.address)
+        .update(h.spiI)
+        .digest();
+      const expected = Buffer.concat([Buffer.alloc(4), mac]);
+      const first = msg.payloads[0];
+      const given = first && 'notify' in first && first.notify === NotifyType.COOKIE ? first.data : undefined;
+      if (!given?.equals(expected)) {
+        send(reply([notify(NotifyType.COOKIE, expected)]));
+        return;
+      }
+    }
     if (!peer) {
       this.log('no policy for peer', { from: rinfo.address });
       send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
@@ -229,16 +276,26 @@ export class IkeResponder {
       ],
       sa.spiR,
     );
-    sa.initRequest = msg.raw;
+    sa.initRequest = Buffer.from(msg.raw);
     sa.initResponse = response;
     sa.nextMessageId = 1;
-    this.sas.set(`${sa.spiI.toString('hex')}:${sa.spiR.toString('hex')}`, {
-      sa,
-      peer,
-      cache: new Map([[0, { request: Buffer.from(msg.raw), response }]]),
-    });
+    const key = `${sa.spiI.toString('hex')}:${sa.spiR.toString('hex')}`;
+    const pending: Pending = { sa, peer, cache: new Map([[0, { request: Buffer.from(msg.raw), response }]]) };
+    pending.timer = setTimeout(() => this.forget(key), this.o.halfOpenTimeoutMs ?? 30_000);
+    pending.timer.unref();
+    this.sas.set(key, pending);
+    this.halfOpen++;
     this.log('IKE_SA_INIT', { from: rinfo.address, spiR: sa.spiR.toString('hex'), nat: sa.floated });
     send(response);
+  }
+
+  /** Drops a half-open SA whose IKE_AUTH never came. */
+  private forget(key: string): void {
+    const p = this.sas.get(key);
+    if (!p?.timer) return;
+    this.sas.delete(key);
+    this.halfOpen--;
+    this.log('half-open SA expired', { spiR: p.sa.spiR.toString('hex') });
   }
 
   private ikeAuth(
@@ -272,7 +329,6 @@ export class IkeResponder {
     const suite = sa.suite;
     if (!idi || !auth || !keys || !suite || !sa.initRequest || !sa.initResponse || !sa.nonceI || !sa.nonceR) {
       respond([notify(NotifyType.AUTHENTICATION_FAILED)]);
-      this.sas.delete(`${h.spiI.toString('hex')}:${h.spiR.toString('hex')}`);
       return;
     }
     const expected = pskAuth(
@@ -339,6 +395,10 @@ export class IkeResponder {
       sa.remote = { address: rinfo.address, port: rinfo.port };
     }
     sa.nextMessageId = 2;
+    // No longer half-open: the SA is established (the daemon will own its lifetime and rekeying).
+    clearTimeout(pending.timer);
+    pending.timer = undefined;
+    this.halfOpen--;
     respond(out);
     this.log('IKE_AUTH', { from: rinfo.address, child: pending.child ? pending.child.spiIn.toString('hex') : 'none' });
     if (pending.child) this.o.onEstablished?.(sa, pending.child, rinfo);

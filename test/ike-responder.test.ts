@@ -1,0 +1,175 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { openMessage, protectMessage } from '../src/ike/crypto/sk.ts';
+import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
+import { IkeResponder, type ResponderOptions } from '../src/ike/responder.ts';
+import { IkeSa } from '../src/ike/sa.ts';
+import { ChildCreateInitiator } from '../src/ike/tasks/child-create.ts';
+import { IkeAuthPskInitiator } from '../src/ike/tasks/ike-auth.ts';
+import { IkeInitInitiator } from '../src/ike/tasks/ike-init.ts';
+import { IkeNatd } from '../src/ike/tasks/ike-natd.ts';
+import { decodeMessage, encodeMessage, type Payload } from '../src/ike/wire/codec.ts';
+import { ExchangeType, Flags, IdType, NotifyType, PayloadType } from '../src/ike/wire/constants.ts';
+import { mmProposal, qmProposal } from '../src/policy/model.ts';
+
+const I = '192.0.2.1';
+const R = '192.0.2.2';
+const ip = (a: string) => Buffer.from(a.split('.').map(Number));
+const host = (a: string) => ({ type: 7, ipProtocol: 0, startPort: 0, endPort: 65535, start: ip(a), end: ip(a) });
+const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })];
+const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
+
+function responder(extra: Partial<ResponderOptions> = {}): IkeResponder {
+  return new IkeResponder({
+    local: R,
+    peerFor: (a) =>
+      a === I
+        ? {
+            ikeProposals: ikeProposals(mm).proposals,
+            espProposals: (spi) => espProposals(qm, spi).proposals,
+            psk: Buffer.from('k'),
+            localId: { type: IdType.IPV4_ADDR, data: ip(R) },
+            tsi: [host(I)],
+            tsr: [host(R)],
+            mode: 'tunnel',
+          }
+        : undefined,
+    ...extra,
+  });
+}
+
+/** One datagram in, the replies out. */
+function exchange(r: IkeResponder, bytes: Buffer): Buffer[] {
+  const replies: Buffer[] = [];
+  r.handleDatagram(bytes, { address: I, port: 500 }, false, (b) => replies.push(b));
+  return replies;
+}
+
+function initRequest(sa: IkeSa, init: IkeInitInitiator, cookie?: Buffer): Buffer {
+  const payloads: Payload[] = [];
+  if (cookie)
+    payloads.push({
+      type: PayloadType.NOTIFY,
+      protocol: 0,
+      spi: Buffer.alloc(0),
+      notify: NotifyType.COOKIE,
+      data: cookie,
+    });
+  init.build(sa, payloads);
+  new IkeNatd().build(sa, payloads);
+  return encodeMessage(
+    { spiI: sa.spiI, spiR: Buffer.alloc(8), exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
+    payloads,
+  );
+}
+
+/** Runs consec's initiator tasks against the responder, in memory. */
+function handshake(r: IkeResponder, psk = 'k') {
+  const sa = new IkeSa('initiator', { address: I, port: 500 }, { address: R, port: 500 });
+  const init = new IkeInitInitiator(ikeProposals(mm).proposals);
+  let request = initRequest(sa, init);
+  let [reply] = exchange(r, request);
+  assert.ok(reply);
+  let msg = decodeMessage(reply);
+  const cookie = msg.payloads.find((p) => 'notify' in p && p.notify === NotifyType.COOKIE);
+  if (cookie && 'data' in cookie) {
+    request = initRequest(sa, init, cookie.data);
+    [reply] = exchange(r, request);
+    assert.ok(reply);
+    msg = decodeMessage(reply);
+  }
+  sa.spiR = Buffer.from(msg.header.spiR);
+  sa.initRequest = request;
+  sa.initResponse = msg.raw;
+  init.process(sa, msg.payloads);
+  const auth = new IkeAuthPskInitiator(Buffer.from(psk), { type: IdType.IPV4_ADDR, data: ip(I) });
+  const child = new ChildCreateInitiator((spi) => espProposals(qm, spi).proposals, [host(I)], [host(R)], 'tunnel');
+  const inner: Payload[] = [];
+  auth.build(sa, inner);
+  child.build(sa, inner);
+  const authRequest = protectMessage(
+    { spiI: sa.spiI, spiR: sa.spiR, exchange: ExchangeType.IKE_AUTH, flags: Flags.INITIATOR, messageId: 1 },
+    inner,
+    sa.skKeys('out'),
+  );
+  const [authReply] = exchange(r, authRequest);
+  assert.ok(authReply);
+  const payloads = openMessage(decodeMessage(authReply), sa.skKeys('in'));
+  return { sa, auth, child, payloads, initRequest: request, authRequest, authReply };
+}
+
+describe('IKEv2 responder', () => {
+  it("completes IKE_SA_INIT and IKE_AUTH with consec's initiator tasks and answers retransmissions from its cache", () => {
+    const r = responder();
+    const h = handshake(r);
+    h.auth.process(h.sa, h.payloads);
+    h.child.process(h.sa, h.payloads);
+    assert.equal(h.child.result?.mode, 'tunnel');
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 1 });
+    // A retransmitted IKE_AUTH gets the identical response; nothing new is created.
+    assert.deepEqual(exchange(r, h.authRequest), [h.authReply]);
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 1 });
+    r.close();
+  });
+
+  it('a wrong pre-shared key gets AUTHENTICATION_FAILED and no child SA', () => {
+    const r = responder();
+    const h = handshake(r, 'wrong');
+    assert.deepEqual(
+      h.payloads.map((p) => ('notify' in p ? p.notify : p.type)),
+      [NotifyType.AUTHENTICATION_FAILED],
+    );
+    r.close();
+  });
+
+  it('demands a cookie above the threshold, and accepts the request that returns it', () => {
+    const r = responder({ cookieThreshold: 0 });
+    const sa = new IkeSa('initiator', { address: I, port: 500 }, { address: R, port: 500 });
+    const [reply] = exchange(r, initRequest(sa, new IkeInitInitiator(ikeProposals(mm).proposals)));
+    const msg = decodeMessage(reply as Buffer);
+    assert.deepEqual(
+      msg.payloads.map((p) => ('notify' in p ? p.notify : p.type)),
+      [NotifyType.COOKIE],
+    );
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 0 }, 'no state before the cookie comes back');
+    const h = handshake(r);
+    h.auth.process(h.sa, h.payloads);
+    assert.equal(r.counts.total, 1);
+    r.close();
+  });
+
+  it('half-open SAs expire, and their number is capped', async () => {
+    const r = responder({ halfOpenTimeoutMs: 50, maxHalfOpen: 3, cookieThreshold: 1000 });
+    for (let i = 0; i < 5; i++) {
+      const sa = new IkeSa('initiator', { address: I, port: 500 }, { address: R, port: 500 });
+      exchange(r, initRequest(sa, new IkeInitInitiator(ikeProposals(mm).proposals)));
+    }
+    assert.deepEqual(r.counts, { halfOpen: 3, total: 3 });
+    await new Promise((res) => setTimeout(res, 120));
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 0 });
+    r.close();
+  });
+
+  it('mutated datagrams never throw, and never leave more state than the cap (fuzzed, 20k)', () => {
+    const r = responder({ maxHalfOpen: 50, cookieThreshold: 1000, halfOpenTimeoutMs: 60_000 });
+    const h = handshake(responder());
+    const seeds = [h.initRequest, h.authRequest];
+    fc.assert(
+      fc.property(
+        fc.constantFrom(0, 1),
+        fc.array(fc.tuple(fc.nat(4000), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }),
+        fc.boolean(),
+        (which, edits, floated) => {
+          const b = Buffer.from(seeds[which] as Buffer);
+          for (const [i, v] of edits) b[i % b.length] = v;
+          const datagram = floated ? Buffer.concat([Buffer.alloc(4), b]) : b;
+          r.handleDatagram(datagram, { address: I, port: floated ? 4500 : 500 }, floated, () => {});
+        },
+      ),
+      { numRuns: 20_000 },
+    );
+    assert.ok(r.counts.halfOpen <= 50, JSON.stringify(r.counts));
+    r.close();
+  });
+});
