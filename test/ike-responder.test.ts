@@ -3,14 +3,15 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { openMessage, protectMessage } from '../src/ike/crypto/sk.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
+import { buildInitRequest } from '../src/ike/initiator.ts';
 import { IkeResponder, type ResponderOptions } from '../src/ike/responder.ts';
 import { IkeSa } from '../src/ike/sa.ts';
 import { ChildCreateInitiator } from '../src/ike/tasks/child-create.ts';
 import { IkeAuthPskInitiator } from '../src/ike/tasks/ike-auth.ts';
 import { IkeInitInitiator } from '../src/ike/tasks/ike-init.ts';
 import { IkeNatd } from '../src/ike/tasks/ike-natd.ts';
-import { decodeMessage, encodeMessage, type Payload } from '../src/ike/wire/codec.ts';
-import { ExchangeType, Flags, IdType, NotifyType, PayloadType } from '../src/ike/wire/constants.ts';
+import { decodeMessage, type Payload } from '../src/ike/wire/codec.ts';
+import { ExchangeType, Flags, IdType, NotifyType } from '../src/ike/wire/constants.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 
 const I = '192.0.2.1';
@@ -47,21 +48,7 @@ function exchange(r: IkeResponder, bytes: Buffer): Buffer[] {
 }
 
 function initRequest(sa: IkeSa, init: IkeInitInitiator, cookie?: Buffer): Buffer {
-  const payloads: Payload[] = [];
-  if (cookie)
-    payloads.push({
-      type: PayloadType.NOTIFY,
-      protocol: 0,
-      spi: Buffer.alloc(0),
-      notify: NotifyType.COOKIE,
-      data: cookie,
-    });
-  init.build(sa, payloads);
-  new IkeNatd().build(sa, payloads);
-  return encodeMessage(
-    { spiI: sa.spiI, spiR: Buffer.alloc(8), exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
-    payloads,
-  );
+  return buildInitRequest(sa, init, new IkeNatd(), cookie);
 }
 
 /** Runs consec's initiator tasks against the responder, in memory. */

@@ -114,6 +114,25 @@ async function bind(family: 'udp4' | 'udp6', address: string, port: number): Pro
   return s;
 }
 
+/** The IKE_SA_INIT request: [N(COOKIE)], SA, KE, Ni, N(NAT_DETECTION_*) (RFC 7296 §1.2, §2.6). */
+export function buildInitRequest(sa: IkeSa, init: IkeInitInitiator, natd: IkeNatd, cookie?: Buffer): Buffer {
+  const payloads: Payload[] = [];
+  if (cookie)
+    payloads.push({
+      type: PayloadType.NOTIFY,
+      protocol: 0,
+      spi: Buffer.alloc(0),
+      notify: NotifyType.COOKIE,
+      data: cookie,
+    });
+  init.build(sa, payloads);
+  natd.build(sa, payloads);
+  return encodeMessage(
+    { spiI: sa.spiI, spiR: Buffer.alloc(8), exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
+    payloads,
+  );
+}
+
 export async function initiate(o: InitiateOptions): Promise<Initiated> {
   const log = o.log ?? (() => {});
   const family = isIPv6(o.remote) ? 'udp6' : 'udp4';
@@ -134,27 +153,7 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
     const natd = new IkeNatd();
     let cookie: Buffer | undefined;
     for (let attempt = 0; ; attempt++) {
-      const payloads: Payload[] = [];
-      if (cookie)
-        payloads.push({
-          type: PayloadType.NOTIFY,
-          protocol: 0,
-          spi: Buffer.alloc(0),
-          notify: NotifyType.COOKIE,
-          data: cookie,
-        });
-      init.build(sa, payloads);
-      natd.build(sa, payloads);
-      const request = encodeMessage(
-        {
-          spiI: sa.spiI,
-          spiR: Buffer.alloc(8),
-          exchange: ExchangeType.IKE_SA_INIT,
-          flags: Flags.INITIATOR,
-          messageId: 0,
-        },
-        payloads,
-      );
+      const request = buildInitRequest(sa, init, natd, cookie);
       log('send IKE_SA_INIT', { attempt, bytes: request.length });
       const response = await transport.request(sa, request, timeouts);
       const c = findNotifies(response.payloads, NotifyType.COOKIE)[0];
