@@ -1,0 +1,72 @@
+/**
+ * IKEv2 SA setup time in the lab (PSK, AES-256/SHA-256/ECP-256, one child SA): consec initiating
+ * to strongSwan, next to strongSwan initiating to strongSwan, in the same run. consec's figure is
+ * measured inside the initiator (IKE_SA_INIT sent → IKE_AUTH done); strongSwan's is the wall time of
+ * `swanctl --initiate`, which adds swanctl's own start-up (≈ 13 ms, shared/notes/strongswan-lab.md).
+ *
+ *   node --import tsx bench/ike-setup.ts [--runs 20]
+ */
+import { Lab } from '../src/lab/lab.ts';
+import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
+import { hostToHost } from '../src/lab/topology.ts';
+import { events, fixture } from '../test/helpers.ts';
+
+const runs = Number(process.argv[process.argv.indexOf('--runs') + 1] ?? 20) || 20;
+const PSK = 'bench-psk-0123456789abcdef';
+const cfg = (l: string, r: string): CharonConfig => ({
+  connections: {
+    c: {
+      local_addrs: [l],
+      remote_addrs: [r],
+      proposals: ['aes256-sha256-ecp256'],
+      local: { auth: 'psk', id: l },
+      remote: { auth: 'psk', id: r },
+      children: { c: { local_ts: [`${l}/32`], remote_ts: [`${r}/32`], esp_proposals: ['aes256gcm16'] } },
+    },
+  },
+  psks: [{ ids: [l, r], secret: PSK }],
+  logLevel: 0,
+});
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2
+    ? (s[(s.length - 1) / 2] as number)
+    : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+};
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))] as number;
+
+const lab = await Lab.create(hostToHost());
+try {
+  const a = lab.address('alice');
+  const b = lab.address('bob');
+  const bob = await Charon.start(lab, 'bob', cfg(b, a));
+  const consec: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const p = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH19', 'AESGCM256']);
+    await p.exited;
+    const [e] = events<{ ms: number }>(p, 'established');
+    if (!e) throw new Error(p.output());
+    consec.push(e.ms);
+  }
+  const alice = await Charon.start(lab, 'alice', cfg(a, b));
+  const swan: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await alice.initiate('c');
+    swan.push(Math.round((performance.now() - t0) * 10) / 10);
+    await alice.swanctl(['--terminate', '--ike', 'c']);
+  }
+  await Promise.all([alice.stop(), bob.stop()]);
+  console.log(`IKEv2 SA setup, PSK + AES-256/SHA-256/ECP-256 + child AES-GCM-256, lab veth, ${runs} runs each\n`);
+  console.log('| initiator → responder | median ms | p90 ms | min ms |');
+  console.log('|---|---:|---:|---:|');
+  console.log(
+    `| consec → strongSwan (in-process timing) | ${median(consec)} | ${pct(consec, 90)} | ${Math.min(...consec)} |`,
+  );
+  console.log(
+    `| strongSwan → strongSwan (swanctl --initiate wall time) | ${median(swan)} | ${pct(swan, 90)} | ${Math.min(...swan)} |`,
+  );
+} finally {
+  await lab.destroy();
+}
