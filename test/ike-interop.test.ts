@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
-import { hostToHost } from '../src/lab/topology.ts';
+import { behindNat, hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
@@ -202,6 +202,45 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
       assert.equal(failed?.code, 14, init.output());
     } finally {
       await bob.stop();
+    }
+  });
+});
+
+describe('IKEv2 through the lab NAT router', () => {
+  it('consec behind a masquerading router: NAT detected, IKE floats to 4500, pings through the SA', async () => {
+    const lab = await Lab.create(behindNat());
+    try {
+      const a = lab.address('alice'); // 198.51.100.10, inside
+      const b = lab.address('bob'); // 203.0.113.2, outside
+      // bob sees alice as the router's outside address, but alice still authenticates as herself.
+      const bob = await Charon.start(lab, 'bob', {
+        connections: {
+          consec: {
+            local_addrs: [b],
+            remote_addrs: ['%any'],
+            proposals: ['aes256-sha256-modp2048'],
+            local: { auth: 'psk', id: b },
+            remote: { auth: 'psk', id: a },
+            children: { consec: { local_ts: [`${b}/32`], remote_ts: [`${a}/32`], esp_proposals: ['aes256gcm16'] } },
+          },
+        },
+        psks: [{ ids: [a, b], secret: PSK }],
+      });
+      try {
+        const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256', '--ping']);
+        await init.exited;
+        const [ok] = events<Established>(init, 'established');
+        assert.ok(ok, `${init.output()}\n${bob.log().slice(-3000)}`);
+        assert.equal(ok.nat, true, 'the NAT was detected');
+        assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }]);
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.state, 'ESTABLISHED');
+        assert.equal(sa?.remoteHost, '203.0.113.1', "strongSwan sees the router's address");
+      } finally {
+        await bob.stop();
+      }
+    } finally {
+      await lab.destroy();
     }
   });
 });
