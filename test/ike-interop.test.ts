@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Capture } from '../src/lab/capture.ts';
+import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost } from '../src/lab/topology.ts';
@@ -171,6 +176,66 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
         'charon decrypted our three requests and sent three replies',
       );
     } finally {
+      await bob.stop();
+    }
+  });
+
+  it('tshark decrypts our IKE_AUTH and our ESP with the keys consec exports (ikev2_decryption_table, esp_sa)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    const keys = mkdtempSync(join(tmpdir(), 'consec-keys-'));
+    try {
+      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 500 or udp port 4500' });
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--ping',
+        '--keylog',
+        keys,
+      ]);
+      await init.exited;
+      assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
+      await cap.stop();
+      const uat = (table: string) =>
+        readFileSync(join(keys, table), 'utf8')
+          .trim()
+          .split('\n')
+          .flatMap((row) => ['-o', `uat:${table}:${row}`]);
+      const tshark = (filter: string, fields: string[]) =>
+        run([
+          'tshark',
+          '-n',
+          '-r',
+          cap.file,
+          ...uat('ikev2_decryption_table'),
+          ...uat('esp_sa'),
+          '-o',
+          'esp.enable_encryption_decode:TRUE',
+          '-Y',
+          filter,
+          '-T',
+          'fields',
+          ...fields.flatMap((f) => ['-e', f]),
+        ]);
+      // IKE_AUTH request and response: the identities inside the SK payload are readable only with our keys.
+      const ids = (await tshark('isakmp.exchangetype == 35', ['isakmp.id.data.ipv4_addr', 'isakmp.auth.method'])).stdout
+        .trim()
+        .split('\n');
+      assert.deepEqual(
+        ids,
+        [`${a},${b}\t2`, `${b}\t2`],
+        "decrypted: the request's IDi and IDr, the response's IDr, and AUTH (shared key) in both",
+      );
+      // The ESP packets: three echo requests and three replies inside.
+      const icmp = (await tshark('icmp', ['icmp.type'])).stdout.trim().split('\n');
+      assert.deepEqual(icmp, ['8', '0', '8', '0', '8', '0']);
+      await cap.dispose();
+    } finally {
+      rmSync(keys, { recursive: true, force: true });
       await bob.stop();
     }
   });

@@ -4,6 +4,7 @@ import { systemHostContext } from '../filter/host-context.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { planNegotiation } from './config.ts';
 import { initiate } from './initiator.ts';
+import { writeWiresharkKeys } from './keylog.ts';
 import { pingThroughTunnel } from './probe.ts';
 import { transformOf } from './proposals.ts';
 import { EncrId, KeId, PrfId, TransformType } from './wire/constants.ts';
@@ -13,6 +14,8 @@ export interface InitiateCliOptions {
   local?: string;
   ping?: boolean;
   verbose?: boolean;
+  /** Directory for Wireshark's ikev2_decryption_table and esp_sa key files (secrets!). */
+  wiresharkKeys?: string;
 }
 
 const ENCR = (id: number, bits?: number) =>
