@@ -60,6 +60,10 @@ export async function runInitiate(
     log: o.verbose ? (e, d) => out(`  ${e} ${JSON.stringify(d ?? {})}`) : undefined,
   });
   try {
+    if (o.wiresharkKeys) {
+      writeWiresharkKeys(o.wiresharkKeys, r.sa, r.child, plan.local, plan.remote);
+      out(`keys for Wireshark appended to ${o.wiresharkKeys}/ikev2_decryption_table and esp_sa (mode 0600)`);
+    }
     const chosen = r.sa.chosen;
     const t = (type: TransformType) => (chosen ? transformOf(chosen, type) : undefined);
     const e = t(TransformType.ENCR);
