@@ -240,6 +240,22 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
     }
   });
 
+  it('an INFORMATIONAL Delete from consec tears the SA down at strongSwan', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256', '--delete']);
+      await init.exited;
+      assert.deepEqual(events(init, 'deleted'), [{ event: 'deleted' }], init.output());
+      assert.match(init.output(), /"event":"IKE SA deleted"/, 'strongSwan answered the Delete');
+      assert.deepEqual(await bob.listSas(), []);
+      assert.match(bob.log(), /received DELETE for IKE_SA/);
+    } finally {
+      await bob.stop();
+    }
+  });
+
   it('a wrong pre-shared key fails with AUTHENTICATION_FAILED on both sides', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');

@@ -11,7 +11,7 @@ import { IkeAuthPskInitiator } from '../src/ike/tasks/ike-auth.ts';
 import { IkeInitInitiator } from '../src/ike/tasks/ike-init.ts';
 import { IkeNatd } from '../src/ike/tasks/ike-natd.ts';
 import { decodeMessage, type Payload } from '../src/ike/wire/codec.ts';
-import { ExchangeType, Flags, IdType, NotifyType } from '../src/ike/wire/constants.ts';
+import { ExchangeType, Flags, IdType, NotifyType, PayloadType } from '../src/ike/wire/constants.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 
 const I = '192.0.2.1';
@@ -97,6 +97,26 @@ describe('IKEv2 responder', () => {
     // A retransmitted IKE_AUTH gets the identical response; nothing new is created.
     assert.deepEqual(exchange(r, h.authRequest), [h.authReply]);
     assert.deepEqual(r.counts, { halfOpen: 0, total: 1 });
+    r.close();
+  });
+
+  it('an INFORMATIONAL Delete of the IKE SA removes it; the retransmission gets the same answer', () => {
+    const deleted: string[] = [];
+    const r = responder({ onDeleted: (sa) => deleted.push(sa.spiR.toString('hex')) });
+    const h = handshake(r);
+    h.auth.process(h.sa, h.payloads);
+    const del = protectMessage(
+      { spiI: h.sa.spiI, spiR: h.sa.spiR, exchange: ExchangeType.INFORMATIONAL, flags: Flags.INITIATOR, messageId: 2 },
+      [{ type: PayloadType.DELETE, protocol: 1, spiSize: 0, spis: [] }],
+      h.sa.skKeys('out'),
+    );
+    const [answer] = exchange(r, del);
+    assert.ok(answer);
+    const msg = decodeMessage(answer);
+    assert.equal(msg.header.exchange, ExchangeType.INFORMATIONAL);
+    assert.deepEqual(openMessage(msg, h.sa.skKeys('in')), []);
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 0 });
+    assert.deepEqual(deleted, [h.sa.spiR.toString('hex')]);
     r.close();
   });
 

@@ -69,12 +69,16 @@ export function buildProgram(): Command {
     .option('--local <address>', "local address (default: this host's first address of the same family)")
     .option('--ping', 'send three pings through the new child SA and report the replies')
     .option('--verbose', 'print the exchanges')
+    .option('--keep', 'leave the SA at the peer on exit (default: delete it)')
     .option(
       '--wireshark-keys <dir>',
       "append the SA keys to Wireshark's ikev2_decryption_table and esp_sa files in DIR (they are secrets)",
     )
     .action(
-      async (remote: string, opts: { local?: string; ping?: boolean; verbose?: boolean; wiresharkKeys?: string }) => {
+      async (
+        remote: string,
+        opts: { local?: string; ping?: boolean; verbose?: boolean; wiresharkKeys?: string; keep?: boolean },
+      ) => {
         process.exitCode = await runInitiate({ remote, ...opts }, stateDir(program), (l) =>
           process.stdout.write(`${l}\n`),
         );

@@ -16,6 +16,8 @@ export interface InitiateCliOptions {
   verbose?: boolean;
   /** Directory for Wireshark's ikev2_decryption_table and esp_sa key files (secrets!). */
   wiresharkKeys?: string;
+  /** Leave the SA at the peer when exiting (default: delete it). */
+  keep?: boolean;
 }
 
 const ENCR = (id: number, bits?: number) =>
@@ -82,6 +84,10 @@ export async function runInitiate(
     }
     return 0;
   } finally {
+    if (!o.keep) {
+      await r.delete();
+      out('IKE SA deleted at the peer (INFORMATIONAL Delete)');
+    }
     r.close();
   }
 }

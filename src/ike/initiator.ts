@@ -15,7 +15,7 @@ import { IkeInitInitiator } from './tasks/ike-init.ts';
 import { IkeNatd } from './tasks/ike-natd.ts';
 import { findNotifies, type Task } from './tasks/task.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
-import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
+import { ExchangeType, Flags, NotifyType, PayloadType, ProtocolId } from './wire/constants.ts';
 
 export interface InitiateOptions extends NegotiationParameters {
   /** Retransmission timeouts in ms; the exchange fails after the last one. */
@@ -32,6 +32,11 @@ export interface Initiated {
   socket: Socket;
   /** ESP-in-UDP datagrams that arrived on the IKE socket (non-ESP marker absent). */
   onEsp(handler: (packet: Buffer) => void): void;
+  /**
+   * Deletes the IKE SA (and with it its child SAs) at the peer with an INFORMATIONAL Delete
+   * (RFC 7296 §1.4.1); resolves when the peer confirmed or after the retransmissions.
+   */
+  delete(): Promise<void>;
   close(): void;
 }
 
@@ -208,6 +213,27 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
       socket: sa.floated ? s4500 : s500,
       onEsp(handler) {
         transport.espHandler = handler;
+      },
+      async delete() {
+        const request = protectMessage(
+          {
+            spiI: sa.spiI,
+            spiR: sa.spiR,
+            exchange: ExchangeType.INFORMATIONAL,
+            flags: Flags.INITIATOR,
+            messageId: sa.nextMessageId,
+          },
+          [{ type: PayloadType.DELETE, protocol: ProtocolId.IKE, spiSize: 0, spis: [] }],
+          sa.skKeys('out'),
+        );
+        try {
+          const response = await transport.request(sa, request, [500, 1000]);
+          openMessage(response, sa.skKeys('in')); // authenticated (the answer carries no payloads)
+          log('IKE SA deleted', { spiR: sa.spiR.toString('hex') });
+        } catch (err) {
+          log('delete unanswered', { reason: (err as Error).message });
+        }
+        sa.nextMessageId++;
       },
       close,
     };

@@ -27,7 +27,16 @@ import {
   type Proposal,
   type TrafficSelector,
 } from './wire/codec.ts';
-import { AuthMethod, EncrId, ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
+import {
+  AuthMethod,
+  EncrId,
+  ExchangeType,
+  Flags,
+  NotifyType,
+  PayloadType,
+  ProtocolId,
+  TransformType,
+} from './wire/constants.ts';
 
 /** What the responder accepts from one peer (found by the peer's address). */
 export interface ResponderPeer {
@@ -51,6 +60,7 @@ export interface ResponderOptions {
   maxHalfOpen?: number;
   peerFor(address: string): ResponderPeer | undefined;
   onEstablished?(sa: IkeSa, child: ChildSa, peer: { address: string; port: number }): void;
+  onDeleted?(sa: IkeSa): void;
   log?(event: string, detail?: Record<string, unknown>): void;
 }
 
@@ -177,6 +187,7 @@ export class IkeResponder {
     try {
       if (h.exchange === ExchangeType.IKE_SA_INIT && h.messageId === 0) this.ikeSaInit(msg, rinfo, send);
       else if (h.exchange === ExchangeType.IKE_AUTH && h.messageId === 1) this.ikeAuth(msg, rinfo, floated, send);
+      else if (h.exchange === ExchangeType.INFORMATIONAL) this.informational(msg, send);
       else this.log('drop unsupported exchange', { exchange: h.exchange, messageId: h.messageId });
     } catch (err) {
       this.log('drop', { from: rinfo.address, reason: (err as Error).message });
@@ -287,6 +298,46 @@ export class IkeResponder {
     this.halfOpen++;
     this.log('IKE_SA_INIT', { from: rinfo.address, spiR: sa.spiR.toString('hex'), nat: sa.floated });
     send(response);
+  }
+
+  /**
+   * INFORMATIONAL requests on an established SA: a Delete of the IKE SA removes it (and its child
+   * SAs); anything else (liveness checks, unknown notifies) gets an empty answer. Message IDs must
+   * follow on; a retransmission gets the cached answer.
+   */
+  private informational(msg: IkeMessage, send: (b: Buffer) => void): void {
+    const h = msg.header;
+    const key = `${h.spiI.toString('hex')}:${h.spiR.toString('hex')}`;
+    const pending = this.sas.get(key);
+    if (!pending || pending.timer) return; // unknown or still half-open
+    const { sa } = pending;
+    const cached = pending.cache.get(h.messageId);
+    if (cached) {
+      if (cached.request.equals(msg.raw)) send(cached.response);
+      return;
+    }
+    if (h.messageId !== sa.nextMessageId) return;
+    const inner = openMessage(msg, sa.skKeys('in'));
+    const response = protectMessage(
+      {
+        spiI: sa.spiI,
+        spiR: sa.spiR,
+        exchange: ExchangeType.INFORMATIONAL,
+        flags: Flags.RESPONSE,
+        messageId: h.messageId,
+      },
+      [],
+      sa.skKeys('out'),
+    );
+    pending.cache.set(h.messageId, { request: Buffer.from(msg.raw), response });
+    sa.nextMessageId++;
+    send(response);
+    const del = findPayload(inner, PayloadType.DELETE);
+    if (del?.protocol === ProtocolId.IKE) {
+      this.sas.delete(key);
+      this.log('IKE SA deleted by the peer', { spiR: sa.spiR.toString('hex') });
+      this.o.onDeleted?.(sa);
+    }
   }
 
   /** Drops a half-open SA whose IKE_AUTH never came. */

@@ -81,7 +81,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
     const cap = await Capture.start(lab, 'bob', 'eth0');
     const neg = await lab.exec(
       'alice',
-      [...consecArgv(), '--state-dir', state, 'ike', 'initiate', b, '--local', a, '--ping'],
+      [...consecArgv(), '--state-dir', state, 'ike', 'initiate', b, '--local', a, '--ping', '--keep'],
       {
         allowFailure: true,
         timeoutMs: 60_000,
