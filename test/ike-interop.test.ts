@@ -185,8 +185,8 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
     const b = lab.address('bob');
     const bob = await Charon.start(lab, 'bob', responder(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
     const keys = mkdtempSync(join(tmpdir(), 'consec-keys-'));
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 500 or udp port 4500' });
     try {
-      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 500 or udp port 4500' });
       const init = fixture(lab, 'alice', 'ike-initiate', [
         a,
         b,
@@ -233,8 +233,8 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
       // The ESP packets: three echo requests and three replies inside.
       const icmp = (await tshark('icmp', ['icmp.type'])).stdout.trim().split('\n');
       assert.deepEqual(icmp, ['8', '0', '8', '0', '8', '0']);
-      await cap.dispose();
     } finally {
+      await cap.dispose();
       rmSync(keys, { recursive: true, force: true });
       await bob.stop();
     }
