@@ -5,6 +5,12 @@ import { join } from 'node:path';
 import { requireLabPrerequisites, run } from './exec.ts';
 import type { Lab, LabProcess } from './lab.ts';
 
+/** Capture directories not yet disposed; removed at exit, so a failed test leaves no pcap behind. */
+const openDirs = new Set<string>();
+process.on('exit', () => {
+  for (const d of openDirs) rmSync(d, { recursive: true, force: true });
+});
+
 export interface CaptureOptions {
   /** A pcap (BPF) capture filter, e.g. "esp or udp port 4500". */
   filter?: string;
@@ -24,6 +30,7 @@ export class Capture {
   static async start(lab: Lab, host: string, iface: string, options: CaptureOptions = {}): Promise<Capture> {
     requireLabPrerequisites(['tshark']);
     const dir = mkdtempSync(join(tmpdir(), 'consec-cap-'));
+    openDirs.add(dir);
     const file = join(dir, `${host}-${iface}.pcapng`);
     const argv = ['dumpcap', '-q', '-i', iface, '-w', file];
     if (options.filter) argv.push('-f', options.filter);
@@ -33,6 +40,7 @@ export class Capture {
     } catch (err) {
       await proc.stop('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
+      openDirs.delete(dir);
       throw err;
     }
     // dumpcap announces the file just before the capture is armed.
@@ -72,5 +80,6 @@ export class Capture {
   async dispose(): Promise<void> {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
+    openDirs.delete(this.dir);
   }
 }
