@@ -8,14 +8,12 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { pskAuth, verifyPskAuth } from './crypto/auth.ts';
-import { ENCRS, INTEGS } from './crypto/algorithms.ts';
 import { KeyExchange } from './crypto/ke.ts';
-import { deriveChildKeys } from './crypto/keys.ts';
 import { openMessage, protectMessage } from './crypto/sk.ts';
 import { IkeError } from './errors.ts';
 import { selectProposal, transformOf } from './proposals.ts';
 import { IkeSa } from './sa.ts';
-import type { ChildSa } from './tasks/child-create.ts';
+import { type ChildSa, childSa } from './tasks/child-create.ts';
 import { idBody, type Identity } from './tasks/ike-auth.ts';
 import { natdHash } from './tasks/ike-natd.ts';
 import { findNotifies, findPayload } from './tasks/task.ts';
@@ -29,7 +27,6 @@ import {
 } from './wire/codec.ts';
 import {
   AuthMethod,
-  EncrId,
   ExchangeType,
   Flags,
   NotifyType,
@@ -416,23 +413,7 @@ export class IkeResponder {
     else if (!tsi || !tsr) out.push(notify(NotifyType.TS_UNACCEPTABLE));
     else if (wantsTransport !== (peer.mode === 'transport')) out.push(notify(NotifyType.NO_PROPOSAL_CHOSEN));
     else {
-      const encrT = transformOf(chosen, TransformType.ENCR);
-      const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
-      const integT = transformOf(chosen, TransformType.INTEG);
-      const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
-      const encrKeyBytes = encrT?.id === EncrId.NULL ? 0 : (encrT?.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
-      const integKeyBytes = integ?.keySize ?? 0;
-      const child: ChildSa = {
-        mode: peer.mode,
-        spiIn: spi,
-        spiOut: Buffer.from(chosen.spi),
-        proposal: chosen,
-        tsi,
-        tsr,
-        keys: deriveChildKeys(suite.prf, keys.skD, sa.nonceI, sa.nonceR, encrKeyBytes, integKeyBytes),
-        encrKeyBytes,
-        integKeyBytes,
-      };
+      const child = childSa(sa, chosen, spi, chosen.spi, tsi, tsr, peer.mode);
       pending.child = child;
       if (peer.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
       out.push(

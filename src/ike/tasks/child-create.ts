@@ -23,6 +23,45 @@ export interface ChildSa {
   integKeyBytes: number;
 }
 
+/**
+ * A child SA from the chosen ESP proposal, with its keys (RFC 7296 §2.17). Shared by the initiator
+ * task and the responder: KEYMAT order is the same for both (initiator-to-responder keys first).
+ */
+export function childSa(
+  sa: IkeSa,
+  chosen: Proposal,
+  spiIn: Buffer,
+  spiOut: Buffer,
+  tsi: TrafficSelector[],
+  tsr: TrafficSelector[],
+  mode: 'tunnel' | 'transport',
+): ChildSa {
+  const encrT = transformOf(chosen, TransformType.ENCR);
+  const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
+  const integT = transformOf(chosen, TransformType.INTEG);
+  const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
+  if (!encrT || (!encr && encrT.id !== EncrId.NULL)) {
+    throw new IkeError('chosen child encryption is not implemented', NotifyType.NO_PROPOSAL_CHOSEN);
+  }
+  const encrKeyBytes = encrT.id === EncrId.NULL ? 0 : (encrT.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
+  const integKeyBytes = integ?.keySize ?? 0;
+  const suite = sa.suite;
+  if (!suite || !sa.keys || !sa.nonceI || !sa.nonceR) {
+    throw new IkeError('child SA before the IKE SA has keys', NotifyType.INVALID_SYNTAX);
+  }
+  return {
+    mode,
+    spiIn,
+    spiOut: Buffer.from(spiOut),
+    proposal: chosen,
+    tsi,
+    tsr,
+    keys: deriveChildKeys(suite.prf, sa.keys.skD, sa.nonceI, sa.nonceR, encrKeyBytes, integKeyBytes),
+    encrKeyBytes,
+    integKeyBytes,
+  };
+}
+
 /** Does `inner` lie within one of `outer` (for checking the responder's narrowing)? */
 function within(inner: TrafficSelector, outer: readonly TrafficSelector[]): boolean {
   return outer.some(
@@ -89,27 +128,14 @@ export class ChildCreateInitiator implements Task {
     const transport = findNotifies(payloads, NotifyType.USE_TRANSPORT_MODE).length > 0;
     if (this.mode === 'transport' && !transport)
       throw new IkeError('responder did not accept transport mode', NotifyType.NO_PROPOSAL_CHOSEN);
-    const encrT = transformOf(chosen, TransformType.ENCR);
-    const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
-    const integT = transformOf(chosen, TransformType.INTEG);
-    const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
-    if (!encrT || (!encr && encrT.id !== EncrId.NULL))
-      throw new IkeError('chosen child encryption is not implemented', NotifyType.NO_PROPOSAL_CHOSEN);
-    const encrKeyBytes = encrT.id === EncrId.NULL ? 0 : (encrT.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
-    const integKeyBytes = integ?.keySize ?? 0;
-    const suite = sa.suite;
-    if (!suite || !sa.keys || !sa.nonceI || !sa.nonceR)
-      throw new IkeError('child SA before the IKE SA has keys', NotifyType.INVALID_SYNTAX);
-    this.result = {
-      mode: transport ? 'transport' : 'tunnel',
-      spiIn: this.spi,
-      spiOut: chosen.spi,
-      proposal: chosen,
-      tsi: tsi.selectors,
-      tsr: tsr.selectors,
-      keys: deriveChildKeys(suite.prf, sa.keys.skD, sa.nonceI, sa.nonceR, encrKeyBytes, integKeyBytes),
-      encrKeyBytes,
-      integKeyBytes,
-    };
+    this.result = childSa(
+      sa,
+      chosen,
+      this.spi,
+      chosen.spi,
+      tsi.selectors,
+      tsr.selectors,
+      transport ? 'transport' : 'tunnel',
+    );
   }
 }
