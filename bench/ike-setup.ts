@@ -7,26 +7,13 @@
  *   node --import tsx bench/ike-setup.ts [--runs 20]
  */
 import { Lab } from '../src/lab/lab.ts';
-import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
+import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from '../test/helpers.ts';
 
 const runs = Number(process.argv[process.argv.indexOf('--runs') + 1] ?? 20) || 20;
 const PSK = 'bench-psk-0123456789abcdef';
-const cfg = (l: string, r: string): CharonConfig => ({
-  connections: {
-    c: {
-      local_addrs: [l],
-      remote_addrs: [r],
-      proposals: ['aes256-sha256-ecp256'],
-      local: { auth: 'psk', id: l },
-      remote: { auth: 'psk', id: r },
-      children: { c: { local_ts: [`${l}/32`], remote_ts: [`${r}/32`], esp_proposals: ['aes256gcm16'] } },
-    },
-  },
-  psks: [{ ids: [l, r], secret: PSK }],
-  logLevel: 0,
-});
+const cfg = (l: string, r: string) => pskHostTunnel(l, r, { name: 'c', secret: PSK, logLevel: 0 });
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m =

@@ -16,7 +16,7 @@ import {
 } from '../src/ike/wire/constants.ts';
 import { Capture } from '../src/lab/capture.ts';
 import { Lab } from '../src/lab/lab.ts';
-import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
+import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 
 const header = {
@@ -253,19 +253,12 @@ describe('IKEv2 codec against strongSwan', () => {
     try {
       const a = lab.address('alice');
       const b = lab.address('bob');
-      const cfg = (l: string, r: string): CharonConfig => ({
-        connections: {
-          c: {
-            local_addrs: [l],
-            remote_addrs: [r],
-            proposals: ['aes256-sha256-modp2048', 'aes128gcm16-prfsha384-ecp256'],
-            local: { auth: 'psk', id: l },
-            remote: { auth: 'psk', id: r },
-            children: { c: { local_ts: [`${l}/32`], remote_ts: [`${r}/32`], esp_proposals: ['aes256gcm16'] } },
-          },
-        },
-        psks: [{ ids: [l, r], secret: 'lab-only-psk-0123456789abcdef' }],
-      });
+      const cfg = (l: string, r: string) =>
+        pskHostTunnel(l, r, {
+          name: 'c',
+          secret: 'lab-only-psk-0123456789abcdef',
+          proposals: ['aes256-sha256-modp2048', 'aes128gcm16-prfsha384-ecp256'],
+        });
       const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 500 or udp port 4500' });
       charons.push(
         ...(await Promise.all([Charon.start(lab, 'alice', cfg(a, b)), Charon.start(lab, 'bob', cfg(b, a))])),

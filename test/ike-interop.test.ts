@@ -6,27 +6,14 @@ import { join } from 'node:path';
 import { Capture } from '../src/lab/capture.ts';
 import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
-import { Charon, type CharonConfig } from '../src/lab/strongswan.ts';
+import { Charon, type CharonConfig, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
 function responder(local: string, remote: string, proposals: string[], esp: string[]): CharonConfig {
-  return {
-    connections: {
-      consec: {
-        local_addrs: [local],
-        remote_addrs: [remote],
-        proposals,
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        children: { consec: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: esp } },
-      },
-    },
-    psks: [{ ids: [local, remote], secret: PSK }],
-    logLevel: 2,
-  };
+  return pskHostTunnel(local, remote, { name: 'consec', secret: PSK, proposals, esp, logLevel: 2 });
 }
 
 interface Established {
@@ -294,19 +281,16 @@ describe('IKEv2 through the lab NAT router', () => {
       const a = lab.address('alice'); // 198.51.100.10, inside
       const b = lab.address('bob'); // 203.0.113.2, outside
       // bob sees alice as the router's outside address, but alice still authenticates as herself.
-      const bob = await Charon.start(lab, 'bob', {
-        connections: {
-          consec: {
-            local_addrs: [b],
-            remote_addrs: ['%any'],
-            proposals: ['aes256-sha256-modp2048'],
-            local: { auth: 'psk', id: b },
-            remote: { auth: 'psk', id: a },
-            children: { consec: { local_ts: [`${b}/32`], remote_ts: [`${a}/32`], esp_proposals: ['aes256gcm16'] } },
-          },
-        },
-        psks: [{ ids: [a, b], secret: PSK }],
-      });
+      const bob = await Charon.start(
+        lab,
+        'bob',
+        pskHostTunnel(b, a, {
+          name: 'consec',
+          secret: PSK,
+          proposals: ['aes256-sha256-modp2048'],
+          remoteAddrs: ['%any'],
+        }),
+      );
       try {
         const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256', '--ping']);
         await init.exited;

@@ -3,25 +3,11 @@ import { after, before, describe, it } from 'node:test';
 import { PeerError } from '../src/errors.ts';
 import { Capture } from '../src/lab/capture.ts';
 import { Lab } from '../src/lab/lab.ts';
-import { Charon, type CharonConfig, parseListSas, parseVici, renderConf } from '../src/lab/strongswan.ts';
+import { Charon, parseListSas, parseVici, pskHostTunnel, renderConf } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 
-function hostToHostConfig(local: string, remote: string): CharonConfig {
-  return {
-    connections: {
-      h2h: {
-        local_addrs: [local],
-        remote_addrs: [remote],
-        proposals: ['aes256-sha256-ecp256'],
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        // kernel-libipsec does tunnel mode only: host to host is a tunnel between the two addresses.
-        children: { h2h: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: ['aes256gcm16'] } },
-      },
-    },
-    psks: [{ ids: [local, remote], secret: 'lab-only-psk-0123456789abcdef' }],
-  };
-}
+const hostToHostConfig = (local: string, remote: string) =>
+  pskHostTunnel(local, remote, { name: 'h2h', secret: 'lab-only-psk-0123456789abcdef' });
 
 describe('strongSwan peer helper', () => {
   let lab: Lab;

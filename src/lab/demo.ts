@@ -12,7 +12,7 @@ import { runPwsh } from '../shell/pwsh-cli.ts';
 import { Capture } from './capture.ts';
 import { requireLabPrerequisites } from './exec.ts';
 import { Lab } from './lab.ts';
-import { Charon, type CharonConfig, strongSwanAvailable } from './strongswan.ts';
+import { Charon, pskHostTunnel, strongSwanAvailable } from './strongswan.ts';
 import { hostToHost } from './topology.ts';
 
 export const DEMO_POLICY = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'examples', 'demo-policy.ps1');
@@ -20,23 +20,6 @@ export const DEMO_PSK = 'lab-only-psk-0123456789abcdef';
 
 export interface DemoOptions {
   out?: (line: string) => void;
-}
-
-/** bob's strongSwan, configured to accept what the demo policy proposes. */
-function bobConfig(local: string, remote: string): CharonConfig {
-  return {
-    connections: {
-      lab: {
-        local_addrs: [local],
-        remote_addrs: [remote],
-        proposals: ['aes256-sha256-ecp256'],
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        children: { lab: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: ['aes256gcm16'] } },
-      },
-    },
-    psks: [{ ids: [local, remote], secret: DEMO_PSK }],
-  };
 }
 
 /** The consec CLI as this process runs it (built dist/ or sources through tsx). */
@@ -77,7 +60,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
     if (status !== 0) return 1;
 
     out('3. consec negotiates what the policy asks for: IKEv2 with strongSwan on bob, then pings through the SA');
-    bob = await Charon.start(lab, 'bob', bobConfig(b, a));
+    // bob's strongSwan accepts what the demo policy proposes.
+    bob = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'lab', secret: DEMO_PSK }));
     const cap = await Capture.start(lab, 'bob', 'eth0');
     const neg = await lab.exec(
       'alice',

@@ -58,6 +58,42 @@ export interface CharonConfig {
   logLevel?: number;
 }
 
+export interface PskHostTunnel {
+  /** Connection and child name (what `initiate` takes). */
+  name: string;
+  secret: string;
+  /** IKE proposals in strongSwan syntax. Default aes256-sha256-ecp256. */
+  proposals?: string[];
+  /** ESP proposals. Default aes256gcm16. */
+  esp?: string[];
+  /** Where the peer may come from (e.g. %any behind a NAT). Default: its own address. */
+  remoteAddrs?: string[];
+  logLevel?: number;
+}
+
+/**
+ * A pre-shared-key connection between two host addresses, identified by those addresses. The
+ * child is a tunnel between the two hosts: kernel-libipsec does tunnel mode only.
+ */
+export function pskHostTunnel(local: string, remote: string, o: PskHostTunnel): CharonConfig {
+  return {
+    connections: {
+      [o.name]: {
+        local_addrs: [local],
+        remote_addrs: o.remoteAddrs ?? [remote],
+        proposals: o.proposals ?? ['aes256-sha256-ecp256'],
+        local: { auth: 'psk', id: local },
+        remote: { auth: 'psk', id: remote },
+        children: {
+          [o.name]: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: o.esp ?? ['aes256gcm16'] },
+        },
+      },
+    },
+    psks: [{ ids: [local, remote], secret: o.secret }],
+    logLevel: o.logLevel,
+  };
+}
+
 type ConfValue = string | number | boolean | string[] | ConfObject | undefined;
 interface ConfObject {
   [key: string]: ConfValue;
