@@ -96,7 +96,7 @@ export function readWithSources(stores: PolicyStores, name: string): { doc: Poli
 
 const hasWildcard = (s: string): boolean => /[*?[]/.test(s);
 
-function notFound(f: Family<NamedObject>, verb: string, property: string, value: string): PwshError {
+function notFound(f: Family<NamedObject>, property: string, value: string): PwshError {
   return new PwshError(
     `No ${f.cimClass} objects found with property '${property}' equal to '${value}'.  Verify the value of the property and retry.`,
     `CmdletizationQuery_NotFound_${property}`,
@@ -138,13 +138,7 @@ function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
  * The objects a call selects: by Name / DisplayName (wildcards), Group, pipeline input, and (Get)
  * any query property. Explicit values without wildcards that match nothing are errors.
  */
-function select<M extends NamedObject>(
-  f: Family<M>,
-  call: CommandCall,
-  verb: string,
-  items: M[],
-  queryParams: ParamDef[],
-): M[] {
+function select<M extends NamedObject>(f: Family<M>, call: CommandCall, items: M[], queryParams: ParamDef[]): M[] {
   let out = items;
   const names = call.get<string[]>(f.nameParam.name);
   const piped = call.get<unknown[]>('InputObject');
@@ -158,12 +152,12 @@ function select<M extends NamedObject>(
     if (values === undefined) return;
     for (const v of values) {
       if (!hasWildcard(v) && !out.some((o) => get(o).toLowerCase() === v.toLowerCase())) {
-        throw notFound(f as unknown as Family<NamedObject>, verb, property, v);
+        throw notFound(f as unknown as Family<NamedObject>, property, v);
       }
     }
     out = out.filter((o) => values.some((v) => wildcardMatch(get(o), v)));
   };
-  byValues(f.nameParam.name === 'Name' ? 'Name' : 'Name', names, (o) => o.Name);
+  byValues('Name', names, (o) => o.Name);
   byValues('DisplayName', call.get<string[]>('DisplayName'), (o) => o.DisplayName);
   for (const q of queryParams) {
     const values = call.get<unknown>(q.name);
@@ -221,7 +215,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     const name = storeName(call);
     return stores.update(name, (doc) => {
       // Set-* takes -Group as a new value; the other verbs select by it.
-      const selected = select(f, call, verb, collection(doc), verb === 'Set' ? [] : groupQuery);
+      const selected = select(f, call, collection(doc), verb === 'Set' ? [] : groupQuery);
       if (whatIf(call, verb, selected.map(label))) return [];
       return change(doc, selected);
     });
@@ -288,7 +282,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       // ActiveStore: a GPO object hides the local object of the same Name.
       const byName = new Map<string, M>();
       for (const i of items) byName.set(i.Name.toLowerCase(), i);
-      return viewsOf(store, select(f, call, 'Get', [...byName.values()], queryParams));
+      return viewsOf(store, select(f, call, [...byName.values()], queryParams));
     },
   };
 
@@ -409,7 +403,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     async invoke(call) {
       const from = storeName(call);
       const to = call.get<string>('NewGPOSession') || call.get<string>('NewPolicyStore') || from;
-      const source = select(f, call, 'Copy', collection(stores.read(from)), []);
+      const source = select(f, call, collection(stores.read(from)), []);
       const newNameValue = call.get<string>('NewName');
       if (to.toLowerCase() === from.toLowerCase() && !newNameValue) {
         throw new PwshError(

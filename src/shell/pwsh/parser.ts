@@ -425,10 +425,10 @@ class Parser {
           const args: Expr[] = [];
           this.skipNewlines();
           if (this.lx.peek('expression').kind !== 'rparen') {
-            args.push(this.comparisonNoComma());
+            args.push(this.comparison());
             while (this.lx.peek('expression').kind === 'comma') {
               this.lx.next('expression');
-              args.push(this.comparisonNoComma());
+              args.push(this.comparison());
             }
           }
           const close = this.lx.next('expression');
@@ -455,10 +455,6 @@ class Parser {
       }
       return e;
     }
-  }
-
-  private comparisonNoComma(): Expr {
-    return this.comparison();
   }
 
   private hashtable(start: number): Expr {

@@ -581,7 +581,7 @@ export class Runtime {
         let out = '';
         for (const part of e.parts) {
           if (typeof part === 'string') out += part;
-          else if ('variable' in part) out += toText(this.variable(part.variable, part.extent));
+          else if ('variable' in part) out += toText(this.variable(part.variable));
           else {
             const values: unknown[] = [];
             for (const st of parseScript(part.subexpression)) {
@@ -594,7 +594,7 @@ export class Runtime {
         return out;
       }
       case 'variable':
-        return this.variable(e.name, e.extent);
+        return this.variable(e.name);
       case 'member':
         return getProperty(await this.expr(e.target), e.name) ?? null;
       case 'method':
@@ -649,13 +649,13 @@ export class Runtime {
     }
   }
 
-  private variable(name: string, extent: Extent): unknown {
+  private variable(name: string): unknown {
     const lower = name.toLowerCase().replace(/^(script|global|local|private):/, '');
     if (lower === 'true') return true;
     if (lower === 'false') return false;
     if (lower === 'null') return null;
     if (lower.startsWith('env:')) return (this.options.env ?? process.env)[name.slice(4)] ?? null;
-    void extent; // unset variables are $null, as in PowerShell without Set-StrictMode
+    // Unset variables are $null, as in PowerShell without Set-StrictMode.
     return this.vars.get(lower) ?? null;
   }
 
