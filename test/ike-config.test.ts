@@ -88,7 +88,10 @@ describe('policy → negotiation plan', () => {
     const plan = planNegotiation(doc, flow('192.0.2.9'));
     assert.equal(plan.rule.DisplayName, 'psk rule');
     assert.equal(plan.mode, 'transport');
-    assert.deepEqual(plan.psk, Buffer.from('k'));
+    assert.deepEqual(plan.credentials, { method: 'psk', psk: Buffer.from('k') });
+    // Windows default lifetimes (480 / 60 minutes), rekeyed at 90 %.
+    assert.equal(plan.lifetimes?.ikeExpireMs, 480 * 60_000);
+    assert.equal(plan.lifetimes?.childRekeyMs, 54 * 60_000);
     // Transport mode narrows the rule's subnet to the flow's two hosts.
     assert.deepEqual([...(plan.tsr[0]?.start ?? [])], [192, 0, 2, 9]);
     assert.deepEqual([...(plan.tsr[0]?.end ?? [])], [192, 0, 2, 9]);

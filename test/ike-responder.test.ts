@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { AuditCollector } from '../src/audit/events.ts';
 import { openMessage, protectMessage } from '../src/ike/crypto/sk.ts';
+import { buildInitRequest, IkeManager, type ManagerOptions } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
-import { buildInitRequest } from '../src/ike/initiator.ts';
-import { IkeResponder, type ResponderOptions } from '../src/ike/responder.ts';
 import { IkeSa } from '../src/ike/sa.ts';
+import type { PeerConfig } from '../src/ike/session.ts';
 import { ChildCreateInitiator } from '../src/ike/tasks/child-create.ts';
-import { IkeAuthPskInitiator } from '../src/ike/tasks/ike-auth.ts';
+import { authPayloads, verifyPeerAuth } from '../src/ike/tasks/ike-auth.ts';
 import { IkeInitInitiator } from '../src/ike/tasks/ike-init.ts';
 import { IkeNatd } from '../src/ike/tasks/ike-natd.ts';
 import { decodeMessage, type Payload } from '../src/ike/wire/codec.ts';
@@ -21,30 +22,47 @@ const host = (a: string) => ({ type: 7, ipProtocol: 0, startPort: 0, endPort: 65
 const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })];
 const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
 
-function responder(extra: Partial<ResponderOptions> = {}): IkeResponder {
-  return new IkeResponder({
-    local: R,
-    peerFor: (a) =>
-      a === I
-        ? {
-            ikeProposals: ikeProposals(mm).proposals,
-            espProposals: (spi) => espProposals(qm, spi).proposals,
-            psk: Buffer.from('k'),
-            localId: { type: IdType.IPV4_ADDR, data: ip(R) },
-            tsi: [host(I)],
-            tsr: [host(R)],
-            mode: 'tunnel',
-          }
-        : undefined,
-    ...extra,
-  });
+const peerConfig = (psk = 'k'): PeerConfig => ({
+  name: 'test',
+  ikeProposals: ikeProposals(mm).proposals,
+  espProposals: (spi) => espProposals(qm, spi).proposals,
+  credentials: { method: 'psk', psk: Buffer.from(psk) },
+  localId: { type: IdType.IPV4_ADDR, data: ip(R) },
+  tsi: [host(I)],
+  tsr: [host(R)],
+  mode: 'tunnel',
+});
+
+interface Responder {
+  m: IkeManager;
+  sent: Buffer[];
+  audit: AuditCollector;
+  counts: { halfOpen: number; total: number };
+  close(): void;
+}
+
+/** A responder whose sockets are an array of what it sent (synchronous, no network). */
+function responder(extra: Partial<ManagerOptions> = {}): Responder {
+  const audit = new AuditCollector();
+  const m = new IkeManager({ address: R, peerFor: (a) => (a === I ? peerConfig() : undefined), audit, ...extra });
+  const sent: Buffer[] = [];
+  void m.listen(() => ({ address: R, sendIke: (b) => sent.push(b), sendUdp4500: () => {}, close() {} }));
+  return {
+    m,
+    sent,
+    audit,
+    get counts() {
+      return m.counts;
+    },
+    close: () => m.close(),
+  };
 }
 
 /** One datagram in, the replies out. */
-function exchange(r: IkeResponder, bytes: Buffer): Buffer[] {
-  const replies: Buffer[] = [];
-  r.handleDatagram(bytes, { address: I, port: 500 }, false, (b) => replies.push(b));
-  return replies;
+function exchange(r: Responder, bytes: Buffer): Buffer[] {
+  r.sent.length = 0;
+  r.m.ike(bytes, { address: I, port: 500 }, 500);
+  return [...r.sent];
 }
 
 function initRequest(sa: IkeSa, init: IkeInitInitiator, cookie?: Buffer): Buffer {
@@ -52,7 +70,7 @@ function initRequest(sa: IkeSa, init: IkeInitInitiator, cookie?: Buffer): Buffer
 }
 
 /** Runs consec's initiator tasks against the responder, in memory. */
-function handshake(r: IkeResponder, psk = 'k') {
+function handshake(r: Responder, psk = 'k') {
   const sa = new IkeSa('initiator', { address: I, port: 500 }, { address: R, port: 500 });
   const init = new IkeInitInitiator(ikeProposals(mm).proposals);
   let request = initRequest(sa, init);
@@ -70,10 +88,9 @@ function handshake(r: IkeResponder, psk = 'k') {
   sa.initRequest = request;
   sa.initResponse = msg.raw;
   init.process(sa, msg.payloads);
-  const auth = new IkeAuthPskInitiator(Buffer.from(psk), { type: IdType.IPV4_ADDR, data: ip(I) });
+  const cred = { method: 'psk' as const, psk: Buffer.from(psk) };
   const child = new ChildCreateInitiator((spi) => espProposals(qm, spi).proposals, [host(I)], [host(R)], 'tunnel');
-  const inner: Payload[] = [];
-  auth.build(sa, inner);
+  const inner: Payload[] = authPayloads(sa, 'i', { type: IdType.IPV4_ADDR, data: ip(I) }, cred);
   child.build(sa, inner);
   const authRequest = protectMessage(
     { spiI: sa.spiI, spiR: sa.spiR, exchange: ExchangeType.IKE_AUTH, flags: Flags.INITIATOR, messageId: 1 },
@@ -83,6 +100,7 @@ function handshake(r: IkeResponder, psk = 'k') {
   const [authReply] = exchange(r, authRequest);
   assert.ok(authReply);
   const payloads = openMessage(decodeMessage(authReply), sa.skKeys('in'));
+  const auth = { process: () => verifyPeerAuth(sa, 'r', payloads, cred) };
   return { sa, auth, child, payloads, initRequest: request, authRequest, authReply };
 }
 
@@ -90,7 +108,7 @@ describe('IKEv2 responder', () => {
   it("completes IKE_SA_INIT and IKE_AUTH with consec's initiator tasks and answers retransmissions from its cache", () => {
     const r = responder();
     const h = handshake(r);
-    h.auth.process(h.sa, h.payloads);
+    h.auth.process();
     h.child.process(h.sa, h.payloads);
     assert.equal(h.child.result?.mode, 'tunnel');
     assert.deepEqual(r.counts, { halfOpen: 0, total: 1 });
@@ -102,9 +120,9 @@ describe('IKEv2 responder', () => {
 
   it('an INFORMATIONAL Delete of the IKE SA removes it; the retransmission gets the same answer', () => {
     const deleted: string[] = [];
-    const r = responder({ onDeleted: (sa) => deleted.push(sa.spiR.toString('hex')) });
+    const r = responder({ onEnded: (s) => deleted.push(s.sa.spiR.toString('hex')) });
     const h = handshake(r);
-    h.auth.process(h.sa, h.payloads);
+    h.auth.process();
     const del = protectMessage(
       { spiI: h.sa.spiI, spiR: h.sa.spiR, exchange: ExchangeType.INFORMATIONAL, flags: Flags.INITIATOR, messageId: 2 },
       [{ type: PayloadType.DELETE, protocol: 1, spiSize: 0, spis: [] }],
@@ -141,7 +159,7 @@ describe('IKEv2 responder', () => {
     );
     assert.deepEqual(r.counts, { halfOpen: 0, total: 0 }, 'no state before the cookie comes back');
     const h = handshake(r);
-    h.auth.process(h.sa, h.payloads);
+    h.auth.process();
     assert.equal(r.counts.total, 1);
     r.close();
   });
@@ -171,7 +189,8 @@ describe('IKEv2 responder', () => {
           const b = Buffer.from(seeds[which] as Buffer);
           for (const [i, v] of edits) b[i % b.length] = v;
           const datagram = floated ? Buffer.concat([Buffer.alloc(4), b]) : b;
-          r.handleDatagram(datagram, { address: I, port: floated ? 4500 : 500 }, floated, () => {});
+          if (floated) r.m.ike(datagram.subarray(4), { address: I, port: 4500 }, 4500);
+          else r.m.ike(datagram, { address: I, port: 500 }, 500);
         },
       ),
       { numRuns: 20_000 },

@@ -17,22 +17,15 @@ import {
 import { IkeError } from './errors.ts';
 import { espProposals, ikeProposals } from './proposals.ts';
 import type { Identity } from './tasks/ike-auth.ts';
-import type { Proposal, TrafficSelector } from './wire/codec.ts';
+import type { Lifetimes, PeerConfig } from './session.ts';
+import type { TrafficSelector } from './wire/codec.ts';
 import { IdType, KeId, NotifyType } from './wire/constants.ts';
 
-/** What an IKEv2 negotiation needs, whoever runs it (the initiator driver, later the daemon). */
-export interface NegotiationParameters {
+/** What an IKEv2 negotiation needs, whoever runs it (the initiator driver, the daemon). */
+export interface NegotiationParameters extends PeerConfig {
   /** Where IKE and ESP run: the tunnel endpoints, or the flow's own addresses. */
   local: string;
   remote: string;
-  ikeProposals: Proposal[];
-  espProposals: (spi: Buffer) => Proposal[];
-  psk: Buffer;
-  localId: Identity;
-  remoteId?: Identity;
-  tsi: TrafficSelector[];
-  tsr: TrafficSelector[];
-  mode: 'tunnel' | 'transport';
 }
 
 export interface NegotiationPlan extends NegotiationParameters {
@@ -85,6 +78,16 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
   }
   const b = addrBytes(host);
   return [sel(b, b)];
+}
+
+/**
+ * Lifetimes from the crypto sets (main mode MaxMinutes, the first quick mode proposal's MaxMinutes);
+ * rekeying starts at 90 % so the new SA is up before the old one expires.
+ */
+export function lifetimes(mmMinutes: number | undefined, qmMinutes: number | undefined): Lifetimes {
+  const ike = (mmMinutes || 480) * 60_000;
+  const child = (qmMinutes || 60) * 60_000;
+  return { ikeRekeyMs: ike * 0.9, ikeExpireMs: ike, childRekeyMs: child * 0.9, childExpireMs: child };
 }
 
 /** Plans the IKEv2 negotiation for an outbound flow, or explains why there is none. */
@@ -165,7 +168,9 @@ export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContex
     remote,
     ikeProposals: ike.proposals,
     espProposals: (spi) => espProposals(qm.Proposal, spi, pfs).proposals,
-    psk: Buffer.from(psk, doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8'),
+    name: rule.DisplayName,
+    credentials: { method: 'psk', psk: Buffer.from(psk, doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8') },
+    lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes),
     localId: ipId(local),
     remoteId: ipId(remote),
     tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),

@@ -57,7 +57,7 @@ export async function pingThroughTunnel(
     }
   });
   for (let seq = 1; seq <= count; seq++) {
-    r.socket.send(sealGcm(out, seq, echoRequest(local, remote, seq), 4), 4500, r.sa.remote.address);
+    r.sendEsp(sealGcm(out, seq, echoRequest(local, remote, seq), 4));
     await new Promise((res) => setTimeout(res, 50));
   }
   const deadline = Date.now() + timeoutMs;

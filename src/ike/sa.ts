@@ -27,12 +27,16 @@ export class IkeSa {
   /** IKE_SA_INIT request and response as sent, for the AUTH computation. */
   initRequest?: Buffer;
   initResponse?: Buffer;
+  /** The peer sent SIGNATURE_HASH_ALGORITHMS: certificate AUTH uses RFC 7427 Digital Signatures. */
+  peerSignatureHashes = false;
   /** A NAT was detected: IKE floats to UDP 4500 (RFC 7296 §2.23). */
   natLocal = false;
   natRemote = false;
   /** Pretend to be behind a NAT so ESP runs in UDP 4500 (strongSwan's encap=yes; RFC 7296 §2.23). */
   forceEncapsulation = false;
-  nextMessageId = 0;
+  /** Message ID of our next request, and of the next request we expect from the peer (§2.2). */
+  myMid = 0;
+  peerMid = 0;
 
   constructor(
     readonly role: 'initiator' | 'responder',
@@ -42,12 +46,20 @@ export class IkeSa {
     this.spiI = role === 'initiator' ? randomBytes(8) : Buffer.alloc(8);
   }
 
+  /** Our SPI: what the peer's messages name us by. */
+  get localSpi(): Buffer {
+    return this.role === 'initiator' ? this.spiI : this.spiR;
+  }
+
   get floated(): boolean {
     return this.natLocal || this.natRemote;
   }
 
-  /** Derives the IKE SA keys once the proposal, nonces and shared secret are known. */
-  deriveKeys(sharedSecret: Buffer): void {
+  /**
+   * Derives the IKE SA keys once the proposal, nonces and shared secret are known; for an IKE SA
+   * rekey (§2.18) from the old SA's SK_d and PRF.
+   */
+  deriveKeys(sharedSecret: Buffer, rekeyOf?: IkeSa): void {
     const p = this.chosen;
     if (!p || !this.nonceI || !this.nonceR)
       throw new IkeError('keys derived before the IKE_SA_INIT exchange completed', NotifyType.INVALID_SYNTAX);
@@ -63,7 +75,8 @@ export class IkeSa {
       );
     }
     this.suite = { prf, encr, encrKeyBits: encrT.keyLength, integ };
-    this.keys = deriveIkeKeys(this.suite, this.nonceI, this.nonceR, sharedSecret, this.spiI, this.spiR);
+    const old = rekeyOf?.keys && rekeyOf.suite ? { skD: rekeyOf.keys.skD, prf: rekeyOf.suite.prf } : undefined;
+    this.keys = deriveIkeKeys(this.suite, this.nonceI, this.nonceR, sharedSecret, this.spiI, this.spiR, old);
   }
 
   /** Keys to protect messages we send (out) or to open messages we receive (in). */

@@ -1,13 +1,19 @@
-/** CHILD_SA creation (inside IKE_AUTH or CREATE_CHILD_SA), initiator side (RFC 7296 §1.3, §2.9). */
+/**
+ * CHILD_SA creation (RFC 7296 §1.3, §2.9, §2.17): inside IKE_AUTH, as a new child with
+ * CREATE_CHILD_SA, or as a child rekey (§1.3.3, REKEY_SA). The initiator half is a task; the
+ * responder half (`respondChild`) selects a proposal, narrows the traffic selectors and derives
+ * the keys. Both sides derive KEYMAT in the same order: initiator-to-responder keys first.
+ */
 import { randomBytes } from 'node:crypto';
 import { ENCRS, INTEGS } from '../crypto/algorithms.ts';
+import { KeyExchange } from '../crypto/ke.ts';
 import { type ChildKeys, deriveChildKeys } from '../crypto/keys.ts';
 import { IkeError, notifyName } from '../errors.ts';
-import { acceptChosen, transformOf } from '../proposals.ts';
+import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload, Proposal, TrafficSelector } from '../wire/codec.ts';
-import { EncrId, NotifyType, PayloadType, TransformType } from '../wire/constants.ts';
-import { findNotifies, findPayload, type Task } from './task.ts';
+import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType } from '../wire/constants.ts';
+import { findNotifies, findPayload, notify, type Task } from './task.ts';
 
 export interface ChildSa {
   mode: 'tunnel' | 'transport';
@@ -16,16 +22,33 @@ export interface ChildSa {
   /** SPI we send with (chosen by the peer). */
   spiOut: Buffer;
   proposal: Proposal;
+  /** Selectors of the exchange's initiator (TSi) and responder (TSr). */
   tsi: TrafficSelector[];
   tsr: TrafficSelector[];
   keys: ChildKeys;
   encrKeyBytes: number;
   integKeyBytes: number;
+  /** We initiated the exchange that created this child: `keys.*I` are our outbound keys. */
+  initiator: boolean;
+  /** Key exchange group used for PFS, if any. */
+  pfsGroup?: number;
+}
+
+/** Our side's and the peer's traffic selectors of a child SA. */
+export const localTs = (c: ChildSa): TrafficSelector[] => (c.initiator ? c.tsi : c.tsr);
+export const remoteTs = (c: ChildSa): TrafficSelector[] => (c.initiator ? c.tsr : c.tsi);
+
+export interface ChildExchange {
+  nonceI: Buffer;
+  nonceR: Buffer;
+  pfsSecret?: Buffer;
+  pfsGroup?: number;
+  initiator: boolean;
 }
 
 /**
- * A child SA from the chosen ESP proposal, with its keys (RFC 7296 §2.17). Shared by the initiator
- * task and the responder: KEYMAT order is the same for both (initiator-to-responder keys first).
+ * A child SA from the chosen ESP proposal, with its keys (RFC 7296 §2.17). Without `ex` the child
+ * belongs to IKE_AUTH and takes the IKE SA's nonces.
  */
 export function childSa(
   sa: IkeSa,
@@ -35,6 +58,7 @@ export function childSa(
   tsi: TrafficSelector[],
   tsr: TrafficSelector[],
   mode: 'tunnel' | 'transport',
+  ex?: ChildExchange,
 ): ChildSa {
   const encrT = transformOf(chosen, TransformType.ENCR);
   const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
@@ -46,7 +70,9 @@ export function childSa(
   const encrKeyBytes = encrT.id === EncrId.NULL ? 0 : (encrT.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
   const integKeyBytes = integ?.keySize ?? 0;
   const suite = sa.suite;
-  if (!suite || !sa.keys || !sa.nonceI || !sa.nonceR) {
+  const nonceI = ex?.nonceI ?? sa.nonceI;
+  const nonceR = ex?.nonceR ?? sa.nonceR;
+  if (!suite || !sa.keys || !nonceI || !nonceR) {
     throw new IkeError('child SA before the IKE SA has keys', NotifyType.INVALID_SYNTAX);
   }
   return {
@@ -56,11 +82,17 @@ export function childSa(
     proposal: chosen,
     tsi,
     tsr,
-    keys: deriveChildKeys(suite.prf, sa.keys.skD, sa.nonceI, sa.nonceR, encrKeyBytes, integKeyBytes),
+    keys: deriveChildKeys(suite.prf, sa.keys.skD, nonceI, nonceR, encrKeyBytes, integKeyBytes, ex?.pfsSecret),
     encrKeyBytes,
     integKeyBytes,
+    initiator: ex?.initiator ?? sa.role === 'initiator',
+    pfsGroup: ex?.pfsGroup,
   };
 }
+
+/** Proposals without key exchange transforms: IKE_AUTH children never do PFS (§1.2). */
+export const withoutKe = (ps: Proposal[]): Proposal[] =>
+  ps.map((p) => ({ ...p, transforms: p.transforms.filter((t) => t.type !== TransformType.KE) }));
 
 /** Does `inner` lie within one of `outer` (for checking the responder's narrowing)? */
 function within(inner: TrafficSelector, outer: readonly TrafficSelector[]): boolean {
@@ -75,41 +107,96 @@ function within(inner: TrafficSelector, outer: readonly TrafficSelector[]): bool
   );
 }
 
+/** The part of `offered` inside `allowed` (address and port ranges intersected), or undefined. */
+export function narrow(
+  offered: readonly TrafficSelector[],
+  allowed: readonly TrafficSelector[],
+): TrafficSelector[] | undefined {
+  const out: TrafficSelector[] = [];
+  for (const o of offered) {
+    for (const a of allowed) {
+      if (o.type !== a.type) continue;
+      const proto =
+        a.ipProtocol === 0 ? o.ipProtocol : o.ipProtocol === 0 || o.ipProtocol === a.ipProtocol ? a.ipProtocol : -1;
+      if (proto < 0) continue;
+      const start: Buffer = Buffer.compare(o.start, a.start) >= 0 ? o.start : a.start;
+      const end: Buffer = Buffer.compare(o.end, a.end) <= 0 ? o.end : a.end;
+      const startPort = Math.max(o.startPort, a.startPort);
+      const endPort = Math.min(o.endPort, a.endPort);
+      if (Buffer.compare(start, end) > 0 || startPort > endPort) continue;
+      out.push({ type: o.type, ipProtocol: proto, startPort, endPort, start, end });
+    }
+  }
+  return out.length > 0 ? out : undefined;
+}
+
+export type ChildKind = { exchange: 'auth' } | { exchange: 'create' } | { exchange: 'rekey'; old: ChildSa };
+
+/** Initiator half: offers proposals and selectors; `result` is the child once the response is processed. */
 export class ChildCreateInitiator implements Task {
   readonly name = 'child-create';
   readonly spi = randomBytes(4);
   result?: ChildSa;
+  private nonce?: Buffer;
+  private ke?: KeyExchange;
+  /** The responder asked for another PFS group (INVALID_KE_PAYLOAD): build again. */
+  retryGroup?: number;
 
   constructor(
     private readonly proposals: (spi: Buffer) => Proposal[],
     private readonly tsi: TrafficSelector[],
     private readonly tsr: TrafficSelector[],
     private readonly mode: 'tunnel' | 'transport',
+    private readonly kind: ChildKind = { exchange: 'auth' },
   ) {}
 
+  /** The responder's nonce, once its answer is processed. */
+  nonceR?: Buffer;
+
+  /** Our nonce in this exchange, for rekey collision resolution (§2.8.1). */
+  get nonceI(): Buffer | undefined {
+    return this.nonce;
+  }
+
+  private offered(): Proposal[] {
+    const all = this.proposals(this.spi);
+    return this.kind.exchange === 'auth' ? withoutKe(all) : all;
+  }
+
   build(_sa: IkeSa, out: Payload[]): void {
-    if (this.mode === 'transport')
-      out.push({
-        type: PayloadType.NOTIFY,
-        protocol: 0,
-        spi: Buffer.alloc(0),
-        notify: NotifyType.USE_TRANSPORT_MODE,
-        data: Buffer.alloc(0),
-      });
-    out.push(
-      { type: PayloadType.SA, proposals: this.proposals(this.spi) },
-      { type: PayloadType.TSi, selectors: this.tsi },
-      { type: PayloadType.TSr, selectors: this.tsr },
-    );
+    if (this.kind.exchange === 'rekey')
+      out.push({ ...notify(NotifyType.REKEY_SA), protocol: ProtocolId.ESP, spi: this.kind.old.spiIn });
+    if (this.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
+    const offered = this.offered();
+    out.push({ type: PayloadType.SA, proposals: offered });
+    if (this.kind.exchange !== 'auth') {
+      this.nonce = randomBytes(32);
+      out.push({ type: PayloadType.NONCE, data: this.nonce });
+      const group =
+        this.retryGroup ?? offered.map((p) => transformOf(p, TransformType.KE)?.id).find((g) => g !== undefined);
+      if (group !== undefined) {
+        this.ke = KeyExchange.create(group);
+        out.push({ type: PayloadType.KE, group, data: this.ke.publicValue });
+      }
+    }
+    out.push({ type: PayloadType.TSi, selectors: this.tsi }, { type: PayloadType.TSr, selectors: this.tsr });
   }
 
   process(sa: IkeSa, payloads: readonly Payload[]): void {
+    const invalidKe = findNotifies(payloads, NotifyType.INVALID_KE_PAYLOAD)[0];
+    if (invalidKe && invalidKe.data.length === 2 && this.kind.exchange !== 'auth') {
+      this.retryGroup = invalidKe.data.readUInt16BE(0);
+      throw new IkeError(`the responder asks for PFS group ${this.retryGroup}`, NotifyType.INVALID_KE_PAYLOAD, true);
+    }
     for (const n of [
       NotifyType.NO_PROPOSAL_CHOSEN,
       NotifyType.TS_UNACCEPTABLE,
       NotifyType.SINGLE_PAIR_REQUIRED,
       NotifyType.INTERNAL_ADDRESS_FAILURE,
       NotifyType.FAILED_CP_REQUIRED,
+      NotifyType.CHILD_SA_NOT_FOUND,
+      NotifyType.TEMPORARY_FAILURE,
+      NotifyType.NO_ADDITIONAL_SAS,
     ]) {
       if (findNotifies(payloads, n).length > 0)
         throw new IkeError(`the responder refused the child SA: ${notifyName(n)}`, n, true);
@@ -118,8 +205,7 @@ export class ChildCreateInitiator implements Task {
     const tsi = findPayload(payloads, PayloadType.TSi);
     const tsr = findPayload(payloads, PayloadType.TSr);
     if (!saP || !tsi || !tsr) throw new IkeError('child SA response lacks SA, TSi or TSr', NotifyType.INVALID_SYNTAX);
-    const chosen =
-      saP.proposals.length === 1 ? acceptChosen(this.proposals(this.spi), saP.proposals[0] as Proposal) : undefined;
+    const chosen = saP.proposals.length === 1 ? acceptChosen(this.offered(), saP.proposals[0] as Proposal) : undefined;
     if (!chosen || chosen.spi.length !== 4)
       throw new IkeError('responder chose a child proposal that was not offered', NotifyType.NO_PROPOSAL_CHOSEN);
     if (!tsi.selectors.every((t) => within(t, this.tsi)) || !tsr.selectors.every((t) => within(t, this.tsr))) {
@@ -128,6 +214,21 @@ export class ChildCreateInitiator implements Task {
     const transport = findNotifies(payloads, NotifyType.USE_TRANSPORT_MODE).length > 0;
     if (this.mode === 'transport' && !transport)
       throw new IkeError('responder did not accept transport mode', NotifyType.NO_PROPOSAL_CHOSEN);
+    let ex: ChildExchange | undefined;
+    if (this.kind.exchange !== 'auth') {
+      const nonce = findPayload(payloads, PayloadType.NONCE);
+      if (!nonce || !this.nonce) throw new IkeError('CREATE_CHILD_SA response lacks a nonce', NotifyType.INVALID_SYNTAX);
+      const group = transformOf(chosen, TransformType.KE)?.id;
+      let pfsSecret: Buffer | undefined;
+      if (group !== undefined) {
+        const ke = findPayload(payloads, PayloadType.KE);
+        if (!ke || !this.ke || ke.group !== group || this.ke.group !== group)
+          throw new IkeError('CREATE_CHILD_SA response lacks the PFS key exchange', NotifyType.INVALID_SYNTAX);
+        pfsSecret = this.ke.sharedSecret(ke.data);
+      }
+      this.nonceR = Buffer.from(nonce.data);
+      ex = { nonceI: this.nonce, nonceR: this.nonceR, pfsSecret, pfsGroup: group, initiator: true };
+    }
     this.result = childSa(
       sa,
       chosen,
@@ -136,6 +237,71 @@ export class ChildCreateInitiator implements Task {
       tsi.selectors,
       tsr.selectors,
       transport ? 'transport' : 'tunnel',
+      ex ?? { nonceI: sa.nonceI as Buffer, nonceR: sa.nonceR as Buffer, initiator: true },
     );
   }
+}
+
+/** What the responder accepts for a child SA. */
+export interface ChildPolicy {
+  espProposals: (spi: Buffer) => Proposal[];
+  /** Selectors accepted for the exchange initiator's side (TSi) and the responder's (TSr). */
+  tsi: TrafficSelector[];
+  tsr: TrafficSelector[];
+  mode: 'tunnel' | 'transport';
+}
+
+/**
+ * Responder half: answers the child SA part of an IKE_AUTH or CREATE_CHILD_SA request. Returns the
+ * response payloads (the SA or the refusing notify) and the child, if one was created.
+ */
+export function respondChild(
+  sa: IkeSa,
+  request: readonly Payload[],
+  policy: ChildPolicy,
+  exchange: 'auth' | 'create',
+): { payloads: Payload[]; child?: ChildSa; nonceR?: Buffer } {
+  const saP = findPayload(request, PayloadType.SA);
+  const tsiP = findPayload(request, PayloadType.TSi);
+  const tsrP = findPayload(request, PayloadType.TSr);
+  const spi = randomBytes(4);
+  const supported = policy.espProposals(spi);
+  const offered = saP?.proposals ?? [];
+  const chosen =
+    exchange === 'auth'
+      ? selectProposal(withoutKe(offered), withoutKe(supported))
+      : selectProposal(offered, supported);
+  const tsi = tsiP ? narrow(tsiP.selectors, policy.tsi) : undefined;
+  const tsr = tsrP ? narrow(tsrP.selectors, policy.tsr) : undefined;
+  const wantsTransport = findNotifies(request, NotifyType.USE_TRANSPORT_MODE).length > 0;
+  if (!chosen || chosen.spi.length !== 4) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
+  if (!tsi || !tsr) return { payloads: [notify(NotifyType.TS_UNACCEPTABLE)] };
+  if (wantsTransport !== (policy.mode === 'transport')) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
+  const out: Payload[] = [];
+  let ex: ChildExchange = { nonceI: sa.nonceI as Buffer, nonceR: sa.nonceR as Buffer, initiator: false };
+  let nonceR: Buffer | undefined;
+  if (exchange === 'create') {
+    const nonce = findPayload(request, PayloadType.NONCE);
+    if (!nonce) throw new IkeError('CREATE_CHILD_SA request lacks a nonce', NotifyType.INVALID_SYNTAX);
+    nonceR = randomBytes(32);
+    ex = { nonceI: Buffer.from(nonce.data), nonceR, initiator: false };
+    const group = transformOf(chosen, TransformType.KE)?.id;
+    if (group !== undefined) {
+      const ke = findPayload(request, PayloadType.KE);
+      if (ke?.group !== group) {
+        const data = Buffer.alloc(2);
+        data.writeUInt16BE(group);
+        return { payloads: [notify(NotifyType.INVALID_KE_PAYLOAD, data)] };
+      }
+      const ours = KeyExchange.create(group);
+      ex = { ...ex, pfsSecret: ours.sharedSecret(ke.data), pfsGroup: group };
+      out.push({ type: PayloadType.KE, group, data: ours.publicValue });
+    }
+    out.unshift({ type: PayloadType.NONCE, data: nonceR });
+  }
+  const child = childSa(sa, chosen, spi, chosen.spi, tsi, tsr, policy.mode, ex);
+  if (policy.mode === 'transport') out.unshift(notify(NotifyType.USE_TRANSPORT_MODE));
+  out.unshift({ type: PayloadType.SA, proposals: [{ ...chosen, spi }] });
+  out.push({ type: PayloadType.TSi, selectors: tsi }, { type: PayloadType.TSr, selectors: tsr });
+  return { payloads: out, child, nonceR };
 }

@@ -1,10 +1,15 @@
-/** IKE_AUTH authentication with a pre-shared key (RFC 7296 §2.15), initiator side. */
+/**
+ * IKE_AUTH authentication (RFC 7296 §2.15): our ID and AUTH payloads, and the check of the peer's.
+ * Pre-shared keys here; certificates (RFC 7427 digital signatures) in ike-cert.ts. The exchange
+ * itself is driven by the session (initiator) and `respondAuth` there (responder).
+ */
 import { pskAuth, verifyPskAuth } from '../crypto/auth.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload } from '../wire/codec.ts';
 import { AuthMethod, NotifyType, PayloadType } from '../wire/constants.ts';
-import { findNotifies, findPayload, type Task } from './task.ts';
+import { type CertCredentials, certAuthPayloads, type PeerCertificate, verifyCertAuth } from './ike-cert.ts';
+import { findNotifies, findPayload } from './task.ts';
 
 export interface Identity {
   type: number;
@@ -13,81 +18,78 @@ export interface Identity {
 
 export const idBody = (id: Identity): Buffer => Buffer.concat([Buffer.from([id.type, 0, 0, 0]), id.data]);
 
-export class IkeAuthPskInitiator implements Task {
-  readonly name = 'ike-auth';
+/** How both sides prove who they are: one shared key, or certificates. */
+export type Credentials = { method: 'psk'; psk: Buffer } | ({ method: 'cert' } & CertCredentials);
 
-  constructor(
-    private readonly psk: Buffer,
-    private readonly localId: Identity,
-    private readonly remoteId?: Identity,
-  ) {}
+/** Windows' name for the method, for SA views and audit events. */
+export const methodName = (c: Credentials): string => (c.method === 'psk' ? 'Preshared key' : 'Certificate');
 
-  build(sa: IkeSa, out: Payload[]): void {
-    const keys = sa.keys;
-    const suite = sa.suite;
-    if (!keys || !suite || !sa.initRequest || !sa.nonceR)
-      throw new IkeError('IKE_AUTH before IKE_SA_INIT completed', NotifyType.INVALID_SYNTAX);
-    out.push({ type: PayloadType.IDi, idType: this.localId.type, data: this.localId.data });
-    if (this.remoteId) out.push({ type: PayloadType.IDr, idType: this.remoteId.type, data: this.remoteId.data });
-    out.push({
+/** The octets an AUTH payload covers (§2.15) — the IKE_SA_INIT message a side sent, the other's nonce. */
+export function authContext(sa: IkeSa, side: 'i' | 'r') {
+  const keys = sa.keys;
+  const suite = sa.suite;
+  const message = side === 'i' ? sa.initRequest : sa.initResponse;
+  const nonce = side === 'i' ? sa.nonceR : sa.nonceI;
+  if (!keys || !suite || !message || !nonce)
+    throw new IkeError('IKE_AUTH before IKE_SA_INIT completed', NotifyType.INVALID_SYNTAX);
+  return {
+    prf: suite.prf,
+    message,
+    nonce,
+    skP: side === 'i' ? keys.skPi : keys.skPr,
+    rfc7427: sa.peerSignatureHashes,
+  };
+}
+
+/** ID, [CERT …,] AUTH for our side (`side` = our role in this IKE SA). */
+export function authPayloads(sa: IkeSa, side: 'i' | 'r', id: Identity, cred: Credentials): Payload[] {
+  const idPayload: Payload = { type: side === 'i' ? PayloadType.IDi : PayloadType.IDr, idType: id.type, data: id.data };
+  const c = authContext(sa, side);
+  if (cred.method === 'cert') return [idPayload, ...certAuthPayloads(c, idBody(id), cred)];
+  return [
+    idPayload,
+    {
       type: PayloadType.AUTH,
       method: AuthMethod.SHARED_KEY_MIC,
-      data: pskAuth(suite.prf, this.psk, sa.initRequest, sa.nonceR, keys.skPi, idBody(this.localId)),
-    });
-    out.push({
-      type: PayloadType.NOTIFY,
-      protocol: 0,
-      spi: Buffer.alloc(0),
-      notify: NotifyType.INITIAL_CONTACT,
-      data: Buffer.alloc(0),
-    });
-  }
+      data: pskAuth(c.prf, cred.psk, c.message, c.nonce, c.skP, idBody(id)),
+    },
+  ];
+}
 
-  process(sa: IkeSa, payloads: readonly Payload[]): void {
-    const failed = findNotifies(payloads, NotifyType.AUTHENTICATION_FAILED)[0];
-    if (failed)
-      throw new IkeError(
-        'the responder refused our authentication (AUTHENTICATION_FAILED)',
-        NotifyType.AUTHENTICATION_FAILED,
-        true,
-      );
-    const idr = findPayload(payloads, PayloadType.IDr);
-    const auth = findPayload(payloads, PayloadType.AUTH);
-    if (!idr || !auth) {
-      const err = payloads.find((p) => 'notify' in p && p.notify < 16384);
-      throw new IkeError(
-        err && 'notify' in err ? `IKE_AUTH failed: ${notifyName(err.notify)}` : 'IKE_AUTH response lacks IDr or AUTH',
-        err && 'notify' in err ? err.notify : NotifyType.INVALID_SYNTAX,
-        err !== undefined,
-      );
-    }
-    if (this.remoteId && (idr.idType !== this.remoteId.type || !idr.data.equals(this.remoteId.data))) {
-      throw new IkeError(
-        'the responder authenticated as an identity other than the one expected',
-        NotifyType.AUTHENTICATION_FAILED,
-      );
-    }
-    if (auth.method !== AuthMethod.SHARED_KEY_MIC)
-      throw new IkeError(
-        `responder used auth method ${auth.method}, not a pre-shared key`,
-        NotifyType.AUTHENTICATION_FAILED,
-      );
-    const keys = sa.keys;
-    const suite = sa.suite;
-    if (!keys || !suite || !sa.initResponse || !sa.nonceI)
-      throw new IkeError('IKE_AUTH before IKE_SA_INIT completed', NotifyType.INVALID_SYNTAX);
-    const expected = pskAuth(
-      suite.prf,
-      this.psk,
-      sa.initResponse,
-      sa.nonceI,
-      keys.skPr,
-      idBody({ type: idr.idType, data: idr.data }),
-    );
-    if (!verifyPskAuth(expected, auth.data))
-      throw new IkeError(
-        "the responder's AUTH does not verify (different pre-shared key?)",
-        NotifyType.AUTHENTICATION_FAILED,
-      );
+export interface Authenticated {
+  id: Identity;
+  certificate?: PeerCertificate;
+}
+
+/**
+ * Verifies the peer's ID and AUTH (`side` = the peer's role). Throws AUTHENTICATION_FAILED with the
+ * reason; a refusal the peer sent instead is reported as coming from the peer.
+ */
+export function verifyPeerAuth(
+  sa: IkeSa,
+  side: 'i' | 'r',
+  payloads: readonly Payload[],
+  cred: Credentials,
+  expectedId?: Identity,
+): Authenticated {
+  if (findNotifies(payloads, NotifyType.AUTHENTICATION_FAILED).length > 0)
+    throw new IkeError('the peer refused our authentication (AUTHENTICATION_FAILED)', NotifyType.AUTHENTICATION_FAILED, true);
+  const idP = findPayload(payloads, side === 'i' ? PayloadType.IDi : PayloadType.IDr);
+  const auth = findPayload(payloads, PayloadType.AUTH);
+  if (!idP || !auth) {
+    const err = payloads.find((p) => 'notify' in p && p.notify < 16384);
+    if (err && 'notify' in err) throw new IkeError(`IKE_AUTH failed: ${notifyName(err.notify)}`, err.notify, true);
+    throw new IkeError(`IKE_AUTH message lacks ${side === 'i' ? 'IDi' : 'IDr'} or AUTH`, NotifyType.INVALID_SYNTAX);
   }
+  const id = { type: idP.idType, data: Buffer.from(idP.data) };
+  if (expectedId && (id.type !== expectedId.type || !id.data.equals(expectedId.data)))
+    throw new IkeError('the peer authenticated as an identity other than the one expected', NotifyType.AUTHENTICATION_FAILED);
+  const c = authContext(sa, side);
+  if (cred.method === 'cert') return { id, certificate: verifyCertAuth(c, id, auth, payloads, cred) };
+  if (auth.method !== AuthMethod.SHARED_KEY_MIC)
+    throw new IkeError(`the peer used auth method ${auth.method}, not a pre-shared key`, NotifyType.AUTHENTICATION_FAILED);
+  const expected = pskAuth(c.prf, cred.psk, c.message, c.nonce, c.skP, idBody(id));
+  if (!verifyPskAuth(expected, auth.data))
+    throw new IkeError("the peer's AUTH does not verify (different pre-shared key?)", NotifyType.AUTHENTICATION_FAILED);
+  return { id };
 }

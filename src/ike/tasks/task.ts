@@ -4,6 +4,7 @@
  */
 import type { IkeSa } from '../sa.ts';
 import type { IkeMessage, KnownPayload, Payload } from '../wire/codec.ts';
+import { PayloadType } from '../wire/constants.ts';
 
 export interface Task {
   readonly name: string;
@@ -31,3 +32,7 @@ export type NotifyPayload = Extract<KnownPayload, { notify: number }>;
 
 export const findNotifies = (payloads: readonly Payload[], notify: number): NotifyPayload[] =>
   payloads.filter((p) => 'notify' in p && p.notify === notify) as NotifyPayload[];
+
+/** A notify payload without SPI (protocol 0), as most status and error notifies are sent. */
+export const notify = (type: number, data: Buffer = Buffer.alloc(0)): NotifyPayload =>
+  ({ type: PayloadType.NOTIFY, protocol: 0, spi: Buffer.alloc(0), notify: type, data }) as NotifyPayload;

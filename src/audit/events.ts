@@ -1,0 +1,139 @@
+/**
+ * Windows IPsec audit events (Security log IDs 4650–4655, 5451–5453 …) as typed records. Keying
+ * modules and the data plane raise them through one `AuditSink`; the monitoring layer (issue 7)
+ * decides where they go (JSON lines, journal, `Get-WinEvent`) and which subcategories are enabled.
+ * Field names follow the event's sections in the Windows event text; values never carry keys.
+ */
+
+export type AuditSubcategory = 'IPsec Main Mode' | 'IPsec Quick Mode' | 'IPsec Extended Mode' | 'IPsec Driver';
+
+export interface EndpointInfo {
+  /** Network address. */
+  address: string;
+  /** Keying module port (500, or 4500 after NAT traversal). */
+  port: number;
+  /** Principal name: the IKE identity as text. */
+  principal?: string;
+}
+
+export interface MainModeInfo {
+  local: EndpointInfo;
+  remote: EndpointInfo;
+  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+  /** 'Initiator' | 'Responder' as Windows prints it. */
+  role: 'Initiator' | 'Responder';
+  /** Windows names: Preshared key, Certificate, Kerberos … */
+  authenticationMethod: string;
+  /** MM SA ID: our IKE SPI as a 64-bit decimal, like Windows' MM SA IDs. */
+  mmSaId: string;
+  cipher?: string;
+  integrity?: string;
+  dhGroup?: string;
+  lifetimeMinutes?: number;
+  certificate?: { local?: CertificateInfo; remote?: CertificateInfo };
+}
+
+export interface CertificateInfo {
+  sha1Thumbprint: string;
+  issuer: string;
+  subject: string;
+}
+
+export interface QuickModeInfo {
+  local: EndpointInfo;
+  remote: EndpointInfo;
+  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+  mode: 'Transport' | 'Tunnel';
+  protocol: 'ESP' | 'AH';
+  encryption: string;
+  integrity: string;
+  /** SPIs as Windows prints them (decimal). */
+  inboundSpi: number;
+  outboundSpi: number;
+  mmSaId: string;
+  /** Traffic selectors, as text. */
+  localSelectors: string;
+  remoteSelectors: string;
+}
+
+export interface FailureInfo {
+  /** Local or Remote: which side found the failure. */
+  failurePoint: 'Local computer' | 'Remote computer';
+  failureReason: string;
+  /** The IKE state the negotiation was in (Windows: "State"). */
+  state: string;
+  /** RFC 7296 notify behind the failure, when there is one. */
+  notify?: string;
+  initiatorCookie: string;
+  responderCookie: string;
+}
+
+export type AuditEvent =
+  | { id: 4650; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
+  | { id: 4651; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
+  | {
+      id: 4652 | 4653;
+      subcategory: 'IPsec Main Mode';
+      success: false;
+      local: EndpointInfo;
+      remote: EndpointInfo;
+      keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+      role: 'Initiator' | 'Responder';
+      authenticationMethod?: string;
+      failure: FailureInfo;
+    }
+  | {
+      id: 4654;
+      subcategory: 'IPsec Quick Mode';
+      success: false;
+      local: EndpointInfo;
+      remote: EndpointInfo;
+      keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+      role: 'Initiator' | 'Responder';
+      mmSaId: string;
+      failure: Omit<FailureInfo, 'initiatorCookie' | 'responderCookie'> & { messageId: number };
+    }
+  | {
+      id: 4655;
+      subcategory: 'IPsec Main Mode';
+      success: true;
+      local: EndpointInfo;
+      remote: EndpointInfo;
+      keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+      mmSaId: string;
+      /** Why it ended: deleted by the peer, locally, rekeyed, expired, dead peer. */
+      reason: string;
+    }
+  | { id: 5451; subcategory: 'IPsec Quick Mode'; success: true; quickMode: QuickModeInfo }
+  | {
+      id: 5452;
+      subcategory: 'IPsec Quick Mode';
+      success: true;
+      quickMode: Pick<
+        QuickModeInfo,
+        'local' | 'remote' | 'mode' | 'protocol' | 'inboundSpi' | 'outboundSpi' | 'mmSaId'
+      >;
+      reason: string;
+    }
+  | { id: 5453; subcategory: 'IPsec Main Mode'; success: false; remote: EndpointInfo; reason: string };
+
+/** Where audit events go. The keying service and the data plane hold one; tests collect them. */
+export interface AuditSink {
+  emit(event: AuditEvent): void;
+}
+
+export const NO_AUDIT: AuditSink = { emit() {} };
+
+/** Collects events in memory (tests, `consec ike initiate --verbose`). */
+export class AuditCollector implements AuditSink {
+  readonly events: AuditEvent[] = [];
+  emit(event: AuditEvent): void {
+    this.events.push(event);
+  }
+  ids(): number[] {
+    return this.events.map((e) => e.id);
+  }
+}
+
+/** Windows shows MM SA IDs as 64-bit decimals; our IKE SPI is that identifier. */
+export const mmSaId = (spi: Buffer): string => spi.readBigUInt64BE(0).toString();

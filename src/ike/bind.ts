@@ -1,0 +1,118 @@
+/**
+ * The IKE socket pair behind a small interface (as wireguard-go's `conn.Bind`): UDP 500 and 4500
+ * on one address. On 4500 IKE messages carry the four-octet non-ESP marker (RFC 3948 §2.2),
+ * anything else is ESP-in-UDP for the data plane, and a single 0xff octet is a NAT keepalive.
+ * Tests use `MemoryBind` to run two keying services without sockets.
+ */
+import { createSocket, type Socket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import type { Endpoint } from './sa.ts';
+
+export type IkePort = 500 | 4500;
+
+export interface IkeReceiver {
+  /** An IKE message (marker removed) that arrived on `port` from `from`. */
+  ike(message: Buffer, from: Endpoint, port: IkePort): void;
+  /** An ESP-in-UDP packet that arrived on 4500. */
+  esp?(packet: Buffer, from: Endpoint): void;
+}
+
+export interface IkeBind {
+  readonly address: string;
+  /** Sends an IKE message from our `port`; on 4500 the non-ESP marker is added here. */
+  sendIke(message: Buffer, port: IkePort, to: Endpoint): void;
+  /** Sends an ESP-in-UDP packet (or a NAT keepalive: one 0xff octet) from 4500. */
+  sendUdp4500(packet: Buffer, to: Endpoint): void;
+  close(): void;
+}
+
+const MARKER = Buffer.alloc(4);
+
+/** Splits a datagram that arrived on 4500 into IKE, ESP or keepalive. */
+export function demux4500(data: Buffer, from: Endpoint, rx: IkeReceiver): void {
+  if (data.length === 1 && data[0] === 0xff) return; // NAT keepalive
+  if (data.length >= 4 && data.readUInt32BE(0) === 0) rx.ike(data.subarray(4), from, 4500);
+  else if (data.length >= 8) rx.esp?.(data, from);
+}
+
+export class UdpBind implements IkeBind {
+  private constructor(
+    readonly address: string,
+    private readonly s500: Socket,
+    private readonly s4500: Socket,
+  ) {}
+
+  /** Binds UDP 500 and 4500 on `address` (ports overridable for unprivileged tests). */
+  static async open(address: string, rx: IkeReceiver, ports: [number, number] = [500, 4500]): Promise<UdpBind> {
+    const type = isIPv6(address) ? 'udp6' : 'udp4';
+    const bind = (port: number) =>
+      new Promise<Socket>((resolve, reject) => {
+        const s = createSocket({ type, reuseAddr: false });
+        s.once('error', reject);
+        s.bind(port, address, () => {
+          s.off('error', reject);
+          s.on('error', () => {}); // ICMP errors (unreachable peers) surface as retransmission failures
+          resolve(s);
+        });
+      });
+    const s500 = await bind(ports[0]);
+    let s4500: Socket;
+    try {
+      s4500 = await bind(ports[1]);
+    } catch (err) {
+      s500.close();
+      throw err;
+    }
+    s500.on('message', (m, r) => rx.ike(m, { address: r.address, port: r.port }, 500));
+    s4500.on('message', (m, r) => demux4500(m, { address: r.address, port: r.port }, rx));
+    return new UdpBind(address, s500, s4500);
+  }
+
+  sendIke(message: Buffer, port: IkePort, to: Endpoint): void {
+    if (port === 500) this.s500.send(message, to.port, to.address);
+    else this.s4500.send([MARKER, message], to.port, to.address);
+  }
+
+  sendUdp4500(packet: Buffer, to: Endpoint): void {
+    this.s4500.send(packet, to.port, to.address);
+  }
+
+  close(): void {
+    this.s500.close();
+    this.s4500.close();
+  }
+}
+
+/**
+ * An in-memory network of binds: what one sends, the bind at the destination address receives
+ * (asynchronously, like a socket). `drop` decides per datagram whether the network loses it.
+ */
+export class MemoryNetwork {
+  private readonly binds = new Map<string, IkeReceiver>();
+  drop: (from: string, to: string, data: Buffer) => boolean = () => false;
+  /** Every datagram sent, for assertions. */
+  readonly sent: { from: Endpoint; to: Endpoint; data: Buffer }[] = [];
+
+  bind(address: string, rx: IkeReceiver): IkeBind {
+    this.binds.set(address, rx);
+    const deliver = (data: Buffer, port: IkePort, to: Endpoint) => {
+      const from = { address, port };
+      this.sent.push({ from, to, data });
+      if (this.drop(address, to.address, data)) return;
+      setImmediate(() => {
+        const r = this.binds.get(to.address);
+        if (!r) return;
+        if (to.port === 4500) demux4500(data, from, r);
+        else r.ike(data, from, 500);
+      });
+    };
+    return {
+      address,
+      sendIke: (m, port, to) => deliver(port === 4500 ? Buffer.concat([MARKER, m]) : m, port, to),
+      sendUdp4500: (p, to) => deliver(p, 4500, to),
+      close: () => {
+        this.binds.delete(address);
+      },
+    };
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Names of negotiated algorithms as Windows shows them in SA views and audit events
+ * (Get-NetIPsecMainModeSA, 4650, 5451): cipher "AES-256", integrity "SHA-256", group "ECDH P-384".
+ */
+import { transformOf } from './proposals.ts';
+import type { Proposal, TrafficSelector } from './wire/codec.ts';
+import { EncrId, IntegId, KeId, PrfId, TransformType } from './wire/constants.ts';
+import { readIp } from '../io/addr.ts';
+
+export function cipherName(p: Proposal): string {
+  const t = transformOf(p, TransformType.ENCR);
+  if (!t) return 'None';
+  if (t.id === EncrId.NULL) return 'None';
+  if (t.id === EncrId.AES_GCM_16) return `AES-GCM ${t.keyLength ?? 0}`;
+  if (t.id === EncrId.AES_CBC) return `AES-${t.keyLength ?? 0}`;
+  return EncrId[t.id] ?? `ENCR ${t.id}`;
+}
+
+export function integrityName(p: Proposal): string {
+  const t = transformOf(p, TransformType.INTEG);
+  if (!t) {
+    const e = transformOf(p, TransformType.ENCR);
+    if (e?.id === EncrId.AES_GCM_16) return `AES-GMAC ${e.keyLength ?? 0}`;
+    const prf = transformOf(p, TransformType.PRF);
+    return prf ? (({ [PrfId.HMAC_SHA2_256]: 'SHA-256', [PrfId.HMAC_SHA2_384]: 'SHA-384' }) as Record<number, string>)[prf.id] ?? 'None' : 'None';
+  }
+  const names: Partial<Record<IntegId, string>> = {
+    [IntegId.HMAC_SHA1_96]: 'SHA-1',
+    [IntegId.HMAC_SHA2_256_128]: 'SHA-256',
+    [IntegId.HMAC_SHA2_384_192]: 'SHA-384',
+    [IntegId.HMAC_SHA2_512_256]: 'SHA-512',
+  };
+  return names[t.id as IntegId] ?? `INTEG ${t.id}`;
+}
+
+export function groupName(id: number | undefined): string {
+  const names: Partial<Record<KeId, string>> = {
+    [KeId.MODP_2048]: 'DH Group 14',
+    [KeId.MODP_3072]: 'DH Group 15',
+    [KeId.MODP_4096]: 'DH Group 16',
+    [KeId.ECP_256]: 'ECDH P-256',
+    [KeId.ECP_384]: 'ECDH P-384',
+    [KeId.ECP_521]: 'ECDH P-521',
+    [KeId.CURVE25519]: 'Curve25519',
+  };
+  return id === undefined ? 'None' : (names[id as KeId] ?? `group ${id}`);
+}
+
+export const dhOf = (p: Proposal): string => groupName(transformOf(p, TransformType.KE)?.id);
+
+/** Traffic selectors as text: "192.0.2.1-192.0.2.1 proto 0 ports 0-65535". */
+export function selectorsText(ts: readonly TrafficSelector[]): string {
+  return ts
+    .map((t) => {
+      const fam = t.start.length === 4 ? 4 : 6;
+      const a = readIp(t.start, 0, fam);
+      const b = readIp(t.end, 0, fam);
+      const range = a === b ? a : `${a}-${b}`;
+      const proto = t.ipProtocol === 0 ? '' : ` proto ${t.ipProtocol}`;
+      const ports = t.startPort === 0 && t.endPort === 65535 ? '' : ` port ${t.startPort}-${t.endPort}`;
+      return `${range}${proto}${ports}`;
+    })
+    .join(', ');
+}

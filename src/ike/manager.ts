@@ -1,0 +1,496 @@
+/**
+ * The IKEv2 keying service core (strongSwan's ike_sa_manager + charon's receiver): owns the IKE
+ * socket pair, the IKE SAs by SPI, half-open accounting with stateless cookies (§2.6), and both
+ * roles of IKE_SA_INIT / IKE_AUTH. Everything after IKE_AUTH runs in the session (session.ts).
+ * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
+import { type IkeBind, type IkePort, type IkeReceiver, UdpBind } from './bind.ts';
+import { type ChildSaSink, NO_DATAPLANE } from './dataplane.ts';
+import { KeyExchange } from './crypto/ke.ts';
+import { openMessage } from './crypto/sk.ts';
+import { IkeError, notifyName } from './errors.ts';
+import { selectProposal, transformOf } from './proposals.ts';
+import { type Endpoint, IkeSa } from './sa.ts';
+import { IkeSession, type PeerConfig, type SessionHost, type SessionState, type Timing } from './session.ts';
+import { type ChildSa, ChildCreateInitiator, respondChild } from './tasks/child-create.ts';
+import { authPayloads, methodName, verifyPeerAuth } from './tasks/ike-auth.ts';
+import { certRequest, SIGNATURE_HASHES } from './tasks/ike-cert.ts';
+import { IkeInitInitiator } from './tasks/ike-init.ts';
+import { IkeNatd, natdHash } from './tasks/ike-natd.ts';
+import { findNotifies, findPayload, notify } from './tasks/task.ts';
+import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
+import { ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
+
+export interface ManagerOptions {
+  /** Address the IKE sockets bind to (UDP 500 and 4500). */
+  address: string;
+  /** Our policy for a peer that contacts us (by its address), or undefined to refuse it. */
+  peerFor(address: string): PeerConfig | undefined;
+  audit?: AuditSink;
+  dataplane?: ChildSaSink;
+  timing?: Partial<Timing>;
+  /** Half-open SAs (IKE_SA_INIT answered, no IKE_AUTH yet) are forgotten after this long. Default 30 s. */
+  halfOpenTimeoutMs?: number;
+  /** With this many half-open SAs, new requests must return a COOKIE first (§2.6). Default 64. */
+  cookieThreshold?: number;
+  /** Hard cap on half-open SAs; beyond it IKE_SA_INIT is dropped. Default 4096. */
+  maxHalfOpen?: number;
+  /** A child SA is up (IKE_AUTH, CREATE_CHILD_SA, rekey). */
+  onChild?(session: IkeSession, child: ChildSa): void;
+  /** An IKE SA ended (deleted, dead peer, rekeyed away). */
+  onEnded?(session: IkeSession): void;
+  log?(event: string, detail?: Record<string, unknown>): void;
+}
+
+export interface InitiateRequest {
+  remote: string;
+  peer: PeerConfig;
+  /** Encapsulate ESP in UDP 4500 even without a NAT (needed where the kernel has no ESP). */
+  forceUdpEncapsulation?: boolean;
+}
+
+const hex = (b: Buffer) => b.toString('hex');
+const ZERO_SPI = Buffer.alloc(8);
+const DEFAULT_TIMING: Timing = { retransmits: [500, 1000, 2000, 4000, 8000], dpdMs: 30_000 };
+
+export class IkeManager implements SessionHost, IkeReceiver {
+  readonly audit: AuditSink;
+  readonly dataplane: ChildSaSink;
+  readonly timing: Timing;
+  private _bind?: IkeBind;
+  private readonly bySpi = new Map<string, IkeSession>();
+  /** Half-open responder SAs by initiator SPI and address, with the IKE_SA_INIT exchange (retransmissions). */
+  private readonly initIndex = new Map<string, { session: IkeSession; request: Buffer; response: Buffer }>();
+  private halfOpenTimers = new Map<IkeSession, NodeJS.Timeout>();
+  private halfOpen = 0;
+  private readonly cookieSecret = randomBytes(32);
+  private invalidSpiBudget = { at: 0, left: 10 };
+  /** ESP-in-UDP datagrams received on 4500, for a data plane (or a test) to open. */
+  espHandler?: (packet: Buffer, from: Endpoint) => void;
+
+  constructor(private readonly o: ManagerOptions) {
+    this.audit = o.audit ?? NO_AUDIT;
+    this.dataplane = o.dataplane ?? NO_DATAPLANE;
+    this.timing = { ...DEFAULT_TIMING, ...o.timing };
+  }
+
+  get bind(): IkeBind {
+    if (!this._bind) throw new IkeError('the keying service is not listening', NotifyType.TEMPORARY_FAILURE);
+    return this._bind;
+  }
+
+  /** Binds UDP 500/4500 (or uses `bind`, e.g. a MemoryNetwork bind in tests). */
+  async listen(bind?: (rx: IkeReceiver) => IkeBind): Promise<void> {
+    this._bind = bind ? bind(this) : await UdpBind.open(this.o.address, this);
+  }
+
+  log(event: string, detail?: Record<string, unknown>): void {
+    this.o.log?.(event, detail);
+  }
+
+  // ---- SessionHost -----------------------------------------------------------------------------
+
+  register(s: IkeSession): void {
+    this.bySpi.set(hex(s.sa.localSpi), s);
+  }
+
+  unregister(s: IkeSession): void {
+    if (this.bySpi.get(hex(s.sa.localSpi)) === s) this.bySpi.delete(hex(s.sa.localSpi));
+    for (const [k, v] of this.initIndex) if (v.session === s) this.initIndex.delete(k);
+    if (s.state === 'dead') this.o.onEnded?.(s);
+  }
+
+  changed(s: IkeSession, from: SessionState): void {
+    if (from === 'half-open') {
+      this.halfOpen--;
+      clearTimeout(this.halfOpenTimers.get(s));
+      this.halfOpenTimers.delete(s);
+    }
+  }
+
+  childUp(s: IkeSession, child: ChildSa): void {
+    this.o.onChild?.(s, child);
+  }
+
+  // ---- views ---------------------------------------------------------------------------------
+
+  /** Half-open and all IKE SAs held now (tests and monitoring). */
+  get counts(): { halfOpen: number; total: number } {
+    return { halfOpen: this.halfOpen, total: this.bySpi.size };
+  }
+
+  sessions(): IkeSession[] {
+    return [...this.bySpi.values()];
+  }
+
+  /** The data plane saw ESP on this inbound SPI: the peer is alive (no liveness check needed). */
+  noteEsp(spiIn: Buffer): void {
+    const k = hex(spiIn);
+    for (const s of this.bySpi.values()) if (s.children.has(k)) s.noteInbound();
+  }
+
+  /** Sends an ESP-in-UDP datagram from our 4500 socket. */
+  sendEsp(packet: Buffer, to: Endpoint): void {
+    this.bind.sendUdp4500(packet, to);
+  }
+
+  // ---- receive -------------------------------------------------------------------------------
+
+  esp(packet: Buffer, from: Endpoint): void {
+    this.espHandler?.(packet, from);
+  }
+
+  /** One IKE message (marker already removed). Never throws. */
+  ike(data: Buffer, from: Endpoint, port: IkePort): void {
+    let msg: IkeMessage;
+    try {
+      msg = decodeMessage(data);
+    } catch (err) {
+      this.log('drop malformed', { from: from.address, reason: (err as Error).message });
+      return;
+    }
+    try {
+      this.dispatch(msg, from, port);
+    } catch (err) {
+      this.log('drop', { from: from.address, reason: (err as Error).message });
+    }
+  }
+
+  private dispatch(msg: IkeMessage, from: Endpoint, port: IkePort): void {
+    const h = msg.header;
+    const response = (h.flags & Flags.RESPONSE) !== 0;
+    const fromOriginalInitiator = (h.flags & Flags.INITIATOR) !== 0;
+    if (!response && h.exchange === ExchangeType.IKE_SA_INIT) {
+      if (fromOriginalInitiator && h.messageId === 0) this.respondInit(msg, from, port);
+      return;
+    }
+    const ours = fromOriginalInitiator ? h.spiR : h.spiI;
+    const theirs = fromOriginalInitiator ? h.spiI : h.spiR;
+    const s = this.bySpi.get(hex(ours));
+    if (!s || s.role === (fromOriginalInitiator ? 'initiator' : 'responder')) {
+      if (!response && !ours.equals(ZERO_SPI)) this.answerInvalidSpi(msg, from, port);
+      return;
+    }
+    const known = fromOriginalInitiator ? s.sa.spiI : s.sa.spiR;
+    if (response) {
+      if (h.exchange === ExchangeType.IKE_SA_INIT || known.equals(theirs)) s.onResponse(msg);
+      return;
+    }
+    if (!known.equals(theirs)) return;
+    if (s.state === 'half-open') {
+      if (h.exchange === ExchangeType.IKE_AUTH && h.messageId === 1) this.respondAuth(s, msg, from, port);
+      return;
+    }
+    s.onRequest(msg, from, port);
+  }
+
+  /**
+   * A request for an IKE SA we do not know (§2.21.4), e.g. after a restart: an unprotected
+   * INVALID_IKE_SPI answer, at most ten per second.
+   */
+  private answerInvalidSpi(msg: IkeMessage, from: Endpoint, port: IkePort): void {
+    const now = Date.now();
+    if (now - this.invalidSpiBudget.at >= 1000) this.invalidSpiBudget = { at: now, left: 10 };
+    if (this.invalidSpiBudget.left-- <= 0) return;
+    const h = msg.header;
+    this.log('request for an unknown IKE SA', { from: from.address, spiI: hex(h.spiI), spiR: hex(h.spiR) });
+    this.bind.sendIke(
+      encodeMessage(
+        { spiI: h.spiI, spiR: h.spiR, exchange: h.exchange, flags: Flags.RESPONSE, messageId: h.messageId },
+        [notify(NotifyType.INVALID_IKE_SPI)],
+      ),
+      port,
+      from,
+    );
+  }
+
+  // ---- responder: IKE_SA_INIT ------------------------------------------------------------------
+
+  private respondInit(msg: IkeMessage, from: Endpoint, port: IkePort): void {
+    const h = msg.header;
+    const key = `${hex(h.spiI)}/${from.address}:${from.port}`;
+    const known = this.initIndex.get(key);
+    if (known) {
+      if (known.request.equals(msg.raw)) this.bind.sendIke(known.response, port, from); // retransmission
+      return;
+    }
+    const reply = (payloads: Payload[], spiR: Buffer = ZERO_SPI) =>
+      encodeMessage(
+        { spiI: h.spiI, spiR, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.RESPONSE, messageId: 0 },
+        payloads,
+      );
+    const send = (b: Buffer) => this.bind.sendIke(b, port, from);
+    if (this.halfOpen >= (this.o.maxHalfOpen ?? 4096)) {
+      this.log('drop IKE_SA_INIT: too many half-open SAs', { from: from.address });
+      return;
+    }
+    const nonce = findPayload(msg.payloads, PayloadType.NONCE);
+    if (this.halfOpen >= (this.o.cookieThreshold ?? 64) && nonce) {
+      // Stateless cookie: HMAC over Ni | IPi | SPIi; the request must come back with it first.
+      const mac = createHmac('sha256', this.cookieSecret).update(nonce.data).update(from.address).update(h.spiI).digest();
+      const expected = Buffer.concat([Buffer.alloc(4), mac]);
+      const first = msg.payloads[0];
+      const given = first && 'notify' in first && first.notify === NotifyType.COOKIE ? first.data : undefined;
+      if (!given?.equals(expected)) {
+        send(reply([notify(NotifyType.COOKIE, expected)]));
+        return;
+      }
+    }
+    const peer = this.o.peerFor(from.address);
+    if (!peer) {
+      this.log('no policy for peer', { from: from.address });
+      send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
+      this.mmFailed(from, 'Responder', undefined, new IkeError('no policy for this peer', NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
+      return;
+    }
+    const saP = findPayload(msg.payloads, PayloadType.SA);
+    const ke = findPayload(msg.payloads, PayloadType.KE);
+    if (!saP || !ke || !nonce) throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
+    const chosen = selectProposal(saP.proposals, peer.ikeProposals);
+    if (!chosen) {
+      this.log('no proposal chosen', { from: from.address });
+      send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
+      this.mmFailed(from, 'Responder', peer, new IkeError('no main mode proposal in common', NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
+      return;
+    }
+    const group = transformOf(chosen, TransformType.KE)?.id as number;
+    if (ke.group !== group) {
+      const data = Buffer.alloc(2);
+      data.writeUInt16BE(group);
+      send(reply([notify(NotifyType.INVALID_KE_PAYLOAD, data)]));
+      return;
+    }
+    const sa = new IkeSa('responder', { address: this.o.address, port: 500 }, { address: from.address, port: from.port });
+    sa.spiI = Buffer.from(h.spiI);
+    sa.spiR = randomBytes(8);
+    sa.chosen = chosen;
+    sa.nonceI = Buffer.from(nonce.data);
+    sa.nonceR = randomBytes(32);
+    sa.ke = KeyExchange.create(group);
+    sa.deriveKeys(sa.ke.sharedSecret(ke.data));
+    sa.peerSignatureHashes = findNotifies(msg.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
+    // NAT detection from the request's hashes (computed with SPIr = 0).
+    const src = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_SOURCE_IP);
+    const dst = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_DESTINATION_IP);
+    if (src.length && dst.length) {
+      sa.natRemote = !src.some((n) => n.data.equals(natdHash(sa.spiI, ZERO_SPI, from)));
+      sa.natLocal = !dst.some((n) => n.data.equals(natdHash(sa.spiI, ZERO_SPI, { address: this.o.address, port })));
+    }
+    const payloads: Payload[] = [
+      { type: PayloadType.SA, proposals: [chosen] },
+      { type: PayloadType.KE, group, data: sa.ke.publicValue },
+      { type: PayloadType.NONCE, data: sa.nonceR },
+      notify(NotifyType.NAT_DETECTION_SOURCE_IP, natdHash(sa.spiI, sa.spiR, { address: this.o.address, port })),
+      notify(NotifyType.NAT_DETECTION_DESTINATION_IP, natdHash(sa.spiI, sa.spiR, from)),
+      notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES),
+    ];
+    if (peer.credentials.method === 'cert') payloads.push(certRequest(peer.credentials));
+    const response = reply(payloads, sa.spiR);
+    sa.initRequest = Buffer.from(msg.raw);
+    sa.initResponse = response;
+    sa.myMid = 0;
+    sa.peerMid = 1;
+    const s = new IkeSession(this, sa, peer, 'half-open');
+    this.register(s);
+    this.halfOpen++;
+    this.initIndex.set(key, { session: s, request: Buffer.from(msg.raw), response });
+    const timer = setTimeout(() => {
+      if (s.state === 'half-open') {
+        this.log('half-open SA expired', { spiR: hex(sa.spiR) });
+        s.terminate('half-open timeout');
+      }
+    }, this.o.halfOpenTimeoutMs ?? 30_000);
+    timer.unref();
+    this.halfOpenTimers.set(s, timer);
+    this.log('IKE_SA_INIT', { from: from.address, spiR: hex(sa.spiR), nat: sa.floated });
+    send(response);
+  }
+
+  // ---- responder: IKE_AUTH ---------------------------------------------------------------------
+
+  private respondAuth(s: IkeSession, msg: IkeMessage, from: Endpoint, port: IkePort): void {
+    const sa = s.sa;
+    let inner: Payload[];
+    try {
+      inner = openMessage(msg, sa.skKeys('in'));
+    } catch (err) {
+      this.log('drop unauthenticated IKE_AUTH', { from: from.address, reason: (err as Error).message });
+      return;
+    }
+    if (port === 4500) {
+      sa.local.port = 4500;
+      sa.remote = { ...from };
+    }
+    const peer = s.peer;
+    let authenticated;
+    try {
+      authenticated = verifyPeerAuth(sa, 'i', inner, peer.credentials, peer.remoteId);
+    } catch (err) {
+      this.log('authentication failed', { from: from.address, reason: (err as Error).message });
+      s.respond(ExchangeType.IKE_AUTH, 1, [notify(NotifyType.AUTHENTICATION_FAILED)], msg.raw);
+      this.mmFailed(from, 'Responder', peer, err as Error, sa.spiI, sa.spiR);
+      s.terminate('authentication failed');
+      return;
+    }
+    s.peerId = authenticated.id;
+    s.peerCertificate = authenticated.certificate;
+    const child = respondChild(sa, inner, peer, 'auth');
+    s.respond(ExchangeType.IKE_AUTH, 1, [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads], msg.raw);
+    s.established();
+    this.log('IKE_AUTH', { from: from.address, child: child.child ? hex(child.child.spiIn) : 'none' });
+    if (child.child) s.installChild(child.child);
+    else {
+      const n = child.payloads.find((p) => 'notify' in p);
+      s.childFailed(new IkeError(`no child SA: ${n && 'notify' in n ? notifyName(n.notify) : 'refused'}`, NotifyType.NO_PROPOSAL_CHOSEN), 1);
+    }
+  }
+
+  /** A main mode (IKE SA) failure: 4653, or 4652 when certificates were in play. */
+  private mmFailed(
+    remote: Endpoint,
+    role: 'Initiator' | 'Responder',
+    peer: PeerConfig | undefined,
+    err: Error,
+    spiI: Buffer,
+    spiR: Buffer = ZERO_SPI,
+  ): void {
+    const cert = peer?.credentials.method === 'cert';
+    this.audit.emit({
+      id: cert ? 4652 : 4653,
+      subcategory: 'IPsec Main Mode',
+      success: false,
+      local: { address: this.o.address, port: 500 },
+      remote: { address: remote.address, port: remote.port },
+      keyingModule: 'IKEv2',
+      role,
+      authenticationMethod: peer ? methodName(peer.credentials) : undefined,
+      failure: {
+        failurePoint: err instanceof IkeError && err.fromPeer ? 'Remote computer' : 'Local computer',
+        failureReason: err.message,
+        state: spiR.equals(ZERO_SPI) ? 'No state' : 'Authentication',
+        notify: err instanceof IkeError ? notifyName(err.notify) : undefined,
+        initiatorCookie: hex(spiI),
+        responderCookie: hex(spiR),
+      },
+    });
+  }
+
+  // ---- initiator -------------------------------------------------------------------------------
+
+  /** Negotiates an IKE SA and its first child SA with `remote` (IKE_SA_INIT, IKE_AUTH). */
+  async initiate(r: InitiateRequest): Promise<{ session: IkeSession; child: ChildSa }> {
+    const peer = r.peer;
+    const sa = new IkeSa('initiator', { address: this.o.address, port: 500 }, { address: r.remote, port: 500 });
+    sa.forceEncapsulation = r.forceUdpEncapsulation ?? false;
+    const s = new IkeSession(this, sa, peer, 'connecting');
+    this.register(s);
+    try {
+      const init = new IkeInitInitiator(peer.ikeProposals);
+      const natd = new IkeNatd();
+      let cookie: Buffer | undefined;
+      for (let attempt = 0; ; attempt++) {
+        const request = buildInitRequest(sa, init, natd, cookie);
+        this.log('send IKE_SA_INIT', { attempt, bytes: request.length });
+        let response: IkeMessage | undefined;
+        await s.enqueue(() =>
+          s.transmit(request, 0, (m) => {
+            if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
+            response = m;
+            return true;
+          }),
+        );
+        const m = response as IkeMessage;
+        const c = findNotifies(m.payloads, NotifyType.COOKIE)[0];
+        if (c && attempt < 3) {
+          cookie = c.data;
+          continue;
+        }
+        try {
+          sa.spiR = Buffer.from(m.header.spiR);
+          sa.initRequest = request;
+          sa.initResponse = m.raw;
+          init.process(sa, m.payloads);
+        } catch (err) {
+          if (err instanceof IkeError && err.notify === NotifyType.INVALID_KE_PAYLOAD && attempt < 3) {
+            sa.spiR = Buffer.alloc(8);
+            continue;
+          }
+          throw err;
+        }
+        natd.process(sa, m.payloads);
+        sa.peerSignatureHashes = findNotifies(m.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
+        break;
+      }
+      sa.myMid = 1;
+      if (sa.floated) {
+        sa.local.port = 4500;
+        sa.remote.port = 4500;
+      }
+      this.log('IKE_SA_INIT done', { nat: sa.floated, spiR: hex(sa.spiR) });
+
+      // IKE_AUTH with the first child SA.
+      const [idi, ...proof] = authPayloads(sa, 'i', peer.localId, peer.credentials);
+      const inner: Payload[] = [idi as Payload];
+      if (peer.credentials.method === 'cert') inner.push(certRequest(peer.credentials));
+      if (peer.remoteId) inner.push({ type: PayloadType.IDr, idType: peer.remoteId.type, data: peer.remoteId.data });
+      inner.push(...proof, notify(NotifyType.INITIAL_CONTACT));
+      const child = new ChildCreateInitiator(peer.espProposals, peer.tsi, peer.tsr, peer.mode);
+      child.build(sa, inner);
+      this.log('send IKE_AUTH', {});
+      const payloads = await s.request(ExchangeType.IKE_AUTH, inner, 'child');
+      const authenticated = verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId);
+      s.peerId = authenticated.id;
+      s.peerCertificate = authenticated.certificate;
+      s.established();
+      try {
+        child.process(sa, payloads);
+      } catch (err) {
+        s.childFailed(err as Error, 1);
+        await s.delete('no child SA');
+        throw err;
+      }
+      const result = child.result as ChildSa;
+      s.installChild(result);
+      this.log('IKE_AUTH done', { spiIn: hex(result.spiIn), spiOut: hex(result.spiOut) });
+      return { session: s, child: result };
+    } catch (err) {
+      if (s.establishedAt === 0) {
+        this.mmFailed(sa.remote, 'Initiator', peer, err as Error, sa.spiI, sa.spiR);
+        s.terminate('negotiation failed');
+      }
+      throw err;
+    }
+  }
+
+  // ---- shutdown --------------------------------------------------------------------------------
+
+  /** Deletes every IKE SA at its peer (Delete on shutdown), then closes the sockets. */
+  async shutdown(): Promise<void> {
+    await Promise.all(this.sessions().map((s) => s.delete('keying service stopped').catch(() => {})));
+    this.close();
+  }
+
+  /** Forgets every SA without telling the peers and closes the sockets. */
+  close(): void {
+    for (const s of this.sessions()) s.terminate('keying service stopped');
+    this._bind?.close();
+    this._bind = undefined;
+  }
+}
+
+/** The IKE_SA_INIT request: [N(COOKIE)], SA, KE, Ni, N(NAT_DETECTION_*), N(SIGNATURE_HASH_ALGORITHMS). */
+export function buildInitRequest(sa: IkeSa, init: IkeInitInitiator, natd: IkeNatd, cookie?: Buffer): Buffer {
+  const payloads: Payload[] = [];
+  if (cookie) payloads.push(notify(NotifyType.COOKIE, cookie));
+  init.build(sa, payloads);
+  natd.build(sa, payloads);
+  payloads.push(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES));
+  return encodeMessage(
+    { spiI: sa.spiI, spiR: ZERO_SPI, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
+    payloads,
+  );
+}
+
+export { mmSaId };

@@ -1,0 +1,564 @@
+/**
+ * One IKE SA at run time, in either role: the request window (one outstanding request, retransmitted
+ * with back-off; §2.1–2.3), the response cache for retransmitted requests, the child SAs with their
+ * lifetimes, liveness checks, and the exchanges after IKE_AUTH. The exchange concerns live in
+ * tasks/ (child-create, child-rekey, ike-rekey, ike-delete, ike-dpd); this file only moves messages
+ * and owns state. The manager (manager.ts) owns sessions by SPI and creates them.
+ */
+import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type QuickModeInfo } from '../audit/events.ts';
+import type { IkeBind, IkePort } from './bind.ts';
+import type { ChildSaSink } from './dataplane.ts';
+import { cipherName, dhOf, integrityName, selectorsText } from './describe.ts';
+import { openMessage, protectMessage } from './crypto/sk.ts';
+import { IkeError, notifyName } from './errors.ts';
+import type { Endpoint, IkeSa } from './sa.ts';
+import { type ChildPolicy, type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
+import { respondCreateChild, rekeyChild } from './tasks/child-rekey.ts';
+import { type Credentials, type Identity, methodName } from './tasks/ike-auth.ts';
+import { identityText, type PeerCertificate } from './tasks/ike-cert.ts';
+import { deleteChild, respondInformational } from './tasks/ike-delete.ts';
+import { livenessCheck } from './tasks/ike-dpd.ts';
+import { rekeyIke } from './tasks/ike-rekey.ts';
+import { notify } from './tasks/task.ts';
+import type { IkeMessage, Payload, Proposal } from './wire/codec.ts';
+import { ExchangeType, Flags, NotifyType, PayloadType, ProtocolId } from './wire/constants.ts';
+
+/** Lifetimes of the IKE SA and its children; rekeying starts at the rekey time (make-before-break). */
+export interface Lifetimes {
+  ikeRekeyMs: number;
+  ikeExpireMs: number;
+  childRekeyMs: number;
+  childExpireMs: number;
+}
+
+/** Windows defaults: main mode 480 minutes, quick mode 60 minutes; rekey at 90 %. */
+export const DEFAULT_LIFETIMES: Lifetimes = {
+  ikeRekeyMs: 432 * 60_000,
+  ikeExpireMs: 480 * 60_000,
+  childRekeyMs: 54 * 60_000,
+  childExpireMs: 60 * 60_000,
+};
+
+/** Everything one IKE SA with one peer is negotiated from (policy, credentials, selectors). */
+export interface PeerConfig extends ChildPolicy {
+  /** The rule (connection security rule) this comes from, for logs, views and events. */
+  name: string;
+  ikeProposals: Proposal[];
+  credentials: Credentials;
+  localId: Identity;
+  /** When set, the peer must authenticate as exactly this identity. */
+  remoteId?: Identity;
+  lifetimes?: Partial<Lifetimes>;
+}
+
+export interface Timing {
+  /** Waits between transmissions of a request; the exchange fails after the last. */
+  retransmits: number[];
+  /** A liveness check after this long without an authenticated message or ESP from the peer (0: off). */
+  dpdMs: number;
+}
+
+/** What a session needs from the manager that owns it. */
+export interface SessionHost {
+  readonly bind: IkeBind;
+  readonly audit: AuditSink;
+  readonly dataplane: ChildSaSink;
+  readonly timing: Timing;
+  log(event: string, detail?: Record<string, unknown>): void;
+  /** Indexes a session under its local SPI (a new one after an IKE rekey). */
+  register(s: IkeSession): void;
+  unregister(s: IkeSession): void;
+  /** The session's state moved on (for half-open accounting and callbacks). */
+  changed(s: IkeSession, from: SessionState): void;
+  /** A child SA was installed (IKE_AUTH, CREATE_CHILD_SA or rekey). */
+  childUp?(s: IkeSession, child: ChildSa): void;
+}
+
+export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';
+
+export interface ChildEntry {
+  child: ChildSa;
+  state: 'installed' | 'rekeying' | 'rekeyed' | 'deleting';
+  installedAt: number;
+  rekeyAt: number;
+  expireAt: number;
+  timers: NodeJS.Timeout[];
+  /** Nonces of our own running rekey of this child (RFC 7296 §2.8.1). */
+  ourRekey?: { nonces: Buffer[] };
+  /** A rekey of this child the peer ran while ours was running. */
+  peerRekey?: { nonces: Buffer[]; child: ChildSa };
+}
+
+const hex = (b: Buffer) => b.toString('hex');
+const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
+
+export class IkeSession {
+  state: SessionState;
+  readonly children = new Map<string, ChildEntry>();
+  lifetimes: Lifetimes;
+  /** Who the peer proved to be, once IKE_AUTH is done. */
+  peerId?: Identity;
+  peerCertificate?: PeerCertificate;
+  establishedAt = 0;
+  /** Last authenticated IKE message or ESP packet from the peer (ms since epoch). */
+  lastInbound = Date.now();
+  /** What our outstanding request does, for collision rules (§2.25). */
+  activeKind?: 'child' | 'ike-rekey' | 'informational';
+  /** The IKE SA that replaces this one (after a rekey), and our own IKE rekey's nonces. */
+  successor?: IkeSession;
+  ourIkeRekey?: { nonces: Buffer[] };
+  peerIkeRekey?: { nonces: Buffer[]; session: IkeSession };
+  private outstanding?: {
+    mid: number;
+    accept: (m: IkeMessage) => boolean;
+    timer?: NodeJS.Timeout;
+    fail: (e: Error) => void;
+  };
+  private lastResponse?: { mid: number; request: Buffer; response: Buffer };
+  private queue: Promise<unknown> = Promise.resolve();
+  private timers: NodeJS.Timeout[] = [];
+
+  constructor(
+    readonly host: SessionHost,
+    readonly sa: IkeSa,
+    public peer: PeerConfig,
+    state: SessionState,
+  ) {
+    this.state = state;
+    this.lifetimes = { ...DEFAULT_LIFETIMES, ...peer.lifetimes };
+  }
+
+  get role(): 'initiator' | 'responder' {
+    return this.sa.role;
+  }
+
+  setState(to: SessionState): void {
+    const from = this.state;
+    if (from === to) return;
+    this.state = to;
+    this.host.changed(this, from);
+  }
+
+  log(event: string, detail?: Record<string, unknown>): void {
+    this.host.log(event, { spi: hex(this.sa.localSpi), peer: this.sa.remote.address, ...detail });
+  }
+
+  private get port(): IkePort {
+    return this.sa.floated ? 4500 : 500;
+  }
+
+  private flags(response: boolean): number {
+    return (this.role === 'initiator' ? Flags.INITIATOR : 0) | (response ? Flags.RESPONSE : 0);
+  }
+
+  // ---- requests we send ----------------------------------------------------------------------
+
+  /** Runs `fn` when the requests queued before it are done (window size 1, §2.3). */
+  enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Sends `bytes` (message ID `mid`) and retransmits it until `accept` takes a response with that
+   * ID; rejects after the last retransmission or when the session ends.
+   */
+  transmit(bytes: Buffer, mid: number, accept: (m: IkeMessage) => boolean, waits = this.host.timing.retransmits): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let attempt = 0;
+      const out = {
+        mid,
+        accept: (m: IkeMessage) => {
+          if (!accept(m)) return false;
+          clearTimeout(out.timer);
+          this.outstanding = undefined;
+          resolve();
+          return true;
+        },
+        timer: undefined as NodeJS.Timeout | undefined,
+        fail: (e: Error) => {
+          clearTimeout(out.timer);
+          if (this.outstanding === out) this.outstanding = undefined;
+          reject(e);
+        },
+      };
+      const send = (): void => {
+        if (this.outstanding !== out) return;
+        const wait = waits[attempt];
+        if (wait === undefined) {
+          out.fail(
+            new IkeError(
+              `no response from ${this.sa.remote.address} after ${waits.length} transmissions`,
+              NotifyType.TEMPORARY_FAILURE,
+            ),
+          );
+          return;
+        }
+        if (attempt > 0) this.log('retransmit', { mid, attempt });
+        this.host.bind.sendIke(bytes, this.port, this.sa.remote);
+        attempt++;
+        out.timer = setTimeout(send, wait);
+      };
+      this.outstanding = out;
+      send();
+    });
+  }
+
+  /** A protected request on this SA; resolves with the peer's (authenticated) response payloads. */
+  request(
+    exchange: ExchangeType,
+    payloads: Payload[],
+    kind: 'child' | 'ike-rekey' | 'informational',
+    waits?: number[],
+  ): Promise<Payload[]> {
+    return this.enqueue(async () => {
+      if (this.state === 'dead') throw new IkeError('the IKE SA is gone', NotifyType.TEMPORARY_FAILURE);
+      const sa = this.sa;
+      const mid = sa.myMid;
+      const bytes = protectMessage(
+        { spiI: sa.spiI, spiR: sa.spiR, exchange, flags: this.flags(false), messageId: mid },
+        payloads,
+        sa.skKeys('out'),
+      );
+      let inner: Payload[] = [];
+      this.activeKind = kind;
+      try {
+        await this.transmit(
+          bytes,
+          mid,
+          (m) => {
+            if (m.header.exchange !== exchange) return false;
+            try {
+              inner = openMessage(m, sa.skKeys('in'));
+              return true;
+            } catch {
+              return false; // not authentic: keep waiting
+            }
+          },
+          waits,
+        );
+      } finally {
+        this.activeKind = undefined;
+      }
+      sa.myMid = mid + 1;
+      this.lastInbound = Date.now();
+      return inner;
+    });
+  }
+
+  /** A response to our outstanding request (matched by message ID; authenticity checked by `accept`). */
+  onResponse(msg: IkeMessage): void {
+    const o = this.outstanding;
+    if (!o || o.mid !== msg.header.messageId) return;
+    o.accept(msg);
+  }
+
+  // ---- requests the peer sends ---------------------------------------------------------------
+
+  /** A request from the peer on this established SA; answers it exactly once per message ID. */
+  onRequest(msg: IkeMessage, from: Endpoint, port: IkePort): void {
+    const h = msg.header;
+    const sa = this.sa;
+    const cached = this.lastResponse;
+    if (cached && h.messageId === cached.mid) {
+      if (cached.request.equals(msg.raw)) this.host.bind.sendIke(cached.response, this.port, this.sa.remote);
+      return;
+    }
+    if (h.messageId !== sa.peerMid) {
+      this.log('drop request with unexpected message ID', { mid: h.messageId, expected: sa.peerMid });
+      return;
+    }
+    let inner: Payload[];
+    try {
+      inner = openMessage(msg, sa.skKeys('in'));
+    } catch (err) {
+      this.log('drop unauthenticated request', { reason: (err as Error).message });
+      return;
+    }
+    this.lastInbound = Date.now();
+    if (sa.floated && port === 4500 && (from.address !== sa.remote.address || from.port !== sa.remote.port)) {
+      // The NAT mapping changed (§2.23): follow the peer.
+      this.log('peer address changed', { from: `${sa.remote.address}:${sa.remote.port}`, to: `${from.address}:${from.port}` });
+      sa.remote = { ...from };
+      for (const e of this.children.values()) this.host.dataplane.update?.(e.child.spiIn, sa.remote);
+    }
+    let out: Payload[];
+    let after: (() => void) | undefined;
+    try {
+      const r = this.answer(h.exchange, inner);
+      out = r.payloads;
+      after = r.after;
+    } catch (err) {
+      const n = err instanceof IkeError ? err.notify : NotifyType.INVALID_SYNTAX;
+      this.log('request refused', { exchange: ExchangeType[h.exchange], reason: (err as Error).message });
+      out = [notify(n < 16384 ? n : NotifyType.INVALID_SYNTAX)];
+    }
+    this.respond(h.exchange, h.messageId, out, msg.raw);
+    after?.();
+  }
+
+  /** Sends (and caches) our response to the peer's request `mid`. */
+  respond(exchange: ExchangeType, mid: number, payloads: Payload[], request: Buffer): void {
+    const sa = this.sa;
+    const response = protectMessage(
+      { spiI: sa.spiI, spiR: sa.spiR, exchange, flags: this.flags(true), messageId: mid },
+      payloads,
+      sa.skKeys('out'),
+    );
+    this.lastResponse = { mid, request: Buffer.from(request), response };
+    sa.peerMid = mid + 1;
+    this.host.bind.sendIke(response, this.port, sa.remote);
+  }
+
+  private answer(exchange: ExchangeType, inner: Payload[]): { payloads: Payload[]; after?: () => void } {
+    if (this.state !== 'established' && this.state !== 'rekeyed' && this.state !== 'deleting')
+      throw new IkeError('the IKE SA is not established', NotifyType.INVALID_SYNTAX);
+    switch (exchange) {
+      case ExchangeType.INFORMATIONAL:
+        return respondInformational(this, inner);
+      case ExchangeType.CREATE_CHILD_SA:
+        return respondCreateChild(this, inner);
+      default:
+        throw new IkeError(`unexpected ${ExchangeType[exchange] ?? exchange} request`, NotifyType.INVALID_SYNTAX);
+    }
+  }
+
+  // ---- life cycle ----------------------------------------------------------------------------
+
+  /** IKE_AUTH completed: audit, lifetimes, liveness. */
+  established(): void {
+    this.establishedAt = Date.now();
+    this.setState('established');
+    this.startTimers();
+    this.host.audit.emit(
+      this.peer.credentials.method === 'cert'
+        ? { id: 4651, subcategory: 'IPsec Main Mode', success: true, mainMode: this.mainModeInfo() }
+        : { id: 4650, subcategory: 'IPsec Main Mode', success: true, mainMode: this.mainModeInfo() },
+    );
+  }
+
+  startTimers(): void {
+    const l = this.lifetimes;
+    const at = (ms: number, fn: () => void) => {
+      const t = setTimeout(fn, ms);
+      t.unref();
+      this.timers.push(t);
+    };
+    at(jitter(l.ikeRekeyMs), () => {
+      if (this.state === 'established') rekeyIke(this).catch((e) => this.log('IKE rekey failed', { reason: (e as Error).message }));
+    });
+    at(l.ikeExpireMs, () => {
+      if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
+    });
+    const dpd = this.host.timing.dpdMs;
+    if (dpd > 0) {
+      const t = setInterval(() => {
+        if (this.state !== 'established' || this.outstanding) return;
+        if (Date.now() - this.lastInbound < dpd) return;
+        livenessCheck(this).catch(() => {});
+      }, Math.max(50, Math.floor(dpd / 4)));
+      t.unref();
+      this.timers.push(t);
+    }
+  }
+
+  /** ESP from the peer arrived on one of our children (the data plane tells us): the peer is alive. */
+  noteInbound(): void {
+    this.lastInbound = Date.now();
+  }
+
+  /** Installs a child SA: data plane, lifetimes, audit 5451. */
+  installChild(child: ChildSa): ChildEntry {
+    const now = Date.now();
+    const l = this.lifetimes;
+    const entry: ChildEntry = {
+      child,
+      state: 'installed',
+      installedAt: now,
+      rekeyAt: now + jitter(l.childRekeyMs),
+      expireAt: now + l.childExpireMs,
+      timers: [],
+    };
+    this.children.set(hex(child.spiIn), entry);
+    this.host.dataplane.install({
+      child,
+      local: this.sa.local,
+      remote: this.sa.remote,
+      udpEncapsulation: this.sa.floated,
+      initiator: child.initiator,
+    });
+    this.armChild(entry);
+    this.host.audit.emit({ id: 5451, subcategory: 'IPsec Quick Mode', success: true, quickMode: this.quickModeInfo(child) });
+    this.log('child SA installed', { spiIn: hex(child.spiIn), spiOut: hex(child.spiOut), mode: child.mode });
+    this.host.childUp?.(this, child);
+    return entry;
+  }
+
+  /** (Re)starts a child's rekey and expiry timers on this session (also after an IKE rekey moved it). */
+  armChild(entry: ChildEntry): void {
+    for (const t of entry.timers) clearTimeout(t);
+    const now = Date.now();
+    const rekey = setTimeout(() => {
+      if (entry.state === 'installed' && this.state === 'established')
+        rekeyChild(this, entry).catch((e) => this.log('child rekey failed', { reason: (e as Error).message }));
+    }, Math.max(0, entry.rekeyAt - now));
+    const expire = setTimeout(() => {
+      if (this.children.has(hex(entry.child.spiIn)))
+        deleteChild(this, entry, 'lifetime expired').catch(() => this.removeChild(entry, 'lifetime expired'));
+    }, Math.max(0, entry.expireAt - now));
+    rekey.unref();
+    expire.unref();
+    entry.timers = [rekey, expire];
+  }
+
+  /** Removes a child SA locally (after a Delete exchange, a rekey, or expiry): data plane, audit 5452. */
+  removeChild(entry: ChildEntry, reason: string): void {
+    const key = hex(entry.child.spiIn);
+    if (!this.children.has(key)) return;
+    this.children.delete(key);
+    for (const t of entry.timers) clearTimeout(t);
+    this.host.dataplane.delete(entry.child.spiIn);
+    const q = this.quickModeInfo(entry.child);
+    this.host.audit.emit({
+      id: 5452,
+      subcategory: 'IPsec Quick Mode',
+      success: true,
+      quickMode: {
+        local: q.local,
+        remote: q.remote,
+        mode: q.mode,
+        protocol: q.protocol,
+        inboundSpi: q.inboundSpi,
+        outboundSpi: q.outboundSpi,
+        mmSaId: q.mmSaId,
+      },
+      reason,
+    });
+    this.log('child SA removed', { spiIn: key, reason });
+  }
+
+  /** Finds a child by the SPI the peer receives on (our outbound SPI), as Delete and REKEY_SA name it. */
+  childByPeerSpi(spi: Buffer): ChildEntry | undefined {
+    for (const e of this.children.values()) if (e.child.spiOut.equals(spi)) return e;
+    return undefined;
+  }
+
+  /** Deletes the IKE SA (and its children) at the peer, then locally (§1.4.1). */
+  async delete(reason = 'deleted locally'): Promise<void> {
+    if (this.state === 'dead') return;
+    const before = this.state;
+    this.setState('deleting');
+    if (before === 'established' || before === 'rekeyed' || before === 'deleting') {
+      try {
+        await this.request(
+          ExchangeType.INFORMATIONAL,
+          [{ type: PayloadType.DELETE, protocol: ProtocolId.IKE, spiSize: 0, spis: [] }],
+          'informational',
+          this.host.timing.retransmits.slice(0, 3),
+        );
+      } catch (err) {
+        this.log('delete unanswered', { reason: (err as Error).message });
+      }
+    }
+    this.terminate(reason);
+  }
+
+  /**
+   * Ends the IKE SA locally: children out of the data plane (unless a successor took them), timers
+   * stopped, outstanding request failed, audit 4655. No message is sent.
+   */
+  terminate(reason: string, failure?: Error): void {
+    if (this.state === 'dead') return;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+    for (const e of [...this.children.values()]) this.removeChild(e, reason);
+    this.outstanding?.fail(failure ?? new IkeError(`the IKE SA ended: ${reason}`, NotifyType.TEMPORARY_FAILURE));
+    const wasUp = this.establishedAt > 0;
+    this.setState('dead');
+    this.host.unregister(this);
+    if (wasUp)
+      this.host.audit.emit({
+        id: 4655,
+        subcategory: 'IPsec Main Mode',
+        success: true,
+        local: this.endpoint('local'),
+        remote: this.endpoint('remote'),
+        keyingModule: 'IKEv2',
+        mmSaId: mmSaId(this.sa.localSpi),
+        reason,
+      });
+    this.log('IKE SA ended', { reason });
+  }
+
+  // ---- views for audit and monitoring --------------------------------------------------------
+
+  endpoint(side: 'local' | 'remote'): EndpointInfo {
+    const ep = side === 'local' ? this.sa.local : this.sa.remote;
+    const id = side === 'local' ? this.peer.localId : this.peerId;
+    return { address: ep.address, port: ep.port, principal: id ? identityText(id) : undefined };
+  }
+
+  mainModeInfo(): MainModeInfo {
+    const p = this.sa.chosen;
+    return {
+      local: this.endpoint('local'),
+      remote: this.endpoint('remote'),
+      keyingModule: 'IKEv2',
+      role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+      authenticationMethod: methodName(this.peer.credentials),
+      mmSaId: mmSaId(this.sa.localSpi),
+      cipher: p ? cipherName(p) : undefined,
+      integrity: p ? integrityName(p) : undefined,
+      dhGroup: p ? dhOf(p) : undefined,
+      lifetimeMinutes: Math.round(this.lifetimes.ikeExpireMs / 60_000),
+      certificate: this.peerCertificate
+        ? {
+            remote: {
+              sha1Thumbprint: this.peerCertificate.sha1Thumbprint,
+              issuer: this.peerCertificate.issuer,
+              subject: this.peerCertificate.subject,
+            },
+          }
+        : undefined,
+    };
+  }
+
+  quickModeInfo(child: ChildSa): QuickModeInfo {
+    return {
+      local: this.endpoint('local'),
+      remote: this.endpoint('remote'),
+      keyingModule: 'IKEv2',
+      mode: child.mode === 'tunnel' ? 'Tunnel' : 'Transport',
+      protocol: 'ESP',
+      encryption: cipherName(child.proposal),
+      integrity: integrityName(child.proposal),
+      inboundSpi: child.spiIn.readUInt32BE(0),
+      outboundSpi: child.spiOut.readUInt32BE(0),
+      mmSaId: mmSaId(this.sa.localSpi),
+      localSelectors: selectorsText(localTs(child)),
+      remoteSelectors: selectorsText(remoteTs(child)),
+    };
+  }
+
+  /** A quick mode failure (4654) for a child exchange that did not produce an SA. */
+  childFailed(err: Error, mid: number): void {
+    this.host.audit.emit({
+      id: 4654,
+      subcategory: 'IPsec Quick Mode',
+      success: false,
+      local: this.endpoint('local'),
+      remote: this.endpoint('remote'),
+      keyingModule: 'IKEv2',
+      role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+      mmSaId: mmSaId(this.sa.localSpi),
+      failure: {
+        failurePoint: err instanceof IkeError && err.fromPeer ? 'Remote computer' : 'Local computer',
+        failureReason: err.message,
+        state: 'Quick mode',
+        notify: err instanceof IkeError ? notifyName(err.notify) : undefined,
+        messageId: mid,
+      },
+    });
+  }
+}
