@@ -30,10 +30,22 @@ const net24 = (a: string) => ({
   start: ip(a.replace(/\d+$/, '0')),
   end: ip(a.replace(/\d+$/, '255')),
 });
-const hostTs = (a: string, proto = 0) => ({ type: 7, ipProtocol: proto, startPort: 0, endPort: 65535, start: ip(a), end: ip(a) });
+const hostTs = (a: string, proto = 0) => ({
+  type: 7,
+  ipProtocol: proto,
+  startPort: 0,
+  endPort: 65535,
+  start: ip(a),
+  end: ip(a),
+});
 const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })];
 const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
-const HOUR: Lifetimes = { ikeRekeyMs: 3_600_000, ikeExpireMs: 3_600_000, childRekeyMs: 3_600_000, childExpireMs: 3_600_000 };
+const HOUR: Lifetimes = {
+  ikeRekeyMs: 3_600_000,
+  ikeExpireMs: 3_600_000,
+  childRekeyMs: 3_600_000,
+  childExpireMs: 3_600_000,
+};
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A data plane that records what it holds. */
@@ -49,7 +61,9 @@ class SadRecorder implements ChildSaSink {
   }
   /** SPI pairs as `in/out`, sorted. */
   pairs(): string[] {
-    return [...this.installed.values()].map((s) => `${s.child.spiIn.toString('hex')}/${s.child.spiOut.toString('hex')}`).sort();
+    return [...this.installed.values()]
+      .map((s) => `${s.child.spiIn.toString('hex')}/${s.child.spiOut.toString('hex')}`)
+      .sort();
   }
 }
 
@@ -111,7 +125,10 @@ async function pair(
 /** Both SADs hold mirrored SPI pairs: every child of one side is the other's with in/out swapped. */
 function assertMirrored(a: SadRecorder, b: SadRecorder, count: number): void {
   assert.equal(a.installed.size, count, `alice: ${a.pairs().join(' ')}`);
-  const mirrored = b.pairs().map((p) => p.split('/').reverse().join('/')).sort();
+  const mirrored = b
+    .pairs()
+    .map((p) => p.split('/').reverse().join('/'))
+    .sort();
   assert.deepEqual(a.pairs(), mirrored);
   // And the keys agree: alice's outbound keys are bob's inbound ones.
   for (const s of a.installed.values()) {
@@ -288,7 +305,13 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     const s = only(a.m);
     net.sent.length = 0;
     const bogus = protectMessage(
-      { spiI: Buffer.alloc(8, 7), spiR: Buffer.alloc(8, 9), exchange: ExchangeType.INFORMATIONAL, flags: Flags.INITIATOR, messageId: 5 },
+      {
+        spiI: Buffer.alloc(8, 7),
+        spiR: Buffer.alloc(8, 9),
+        exchange: ExchangeType.INFORMATIONAL,
+        flags: Flags.INITIATOR,
+        messageId: 5,
+      },
       [],
       s.sa.skKeys('out'),
     );
@@ -296,7 +319,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     await wait(20);
     const answer = net.sent.find((d) => d.from.address === A);
     assert.ok(answer);
-    assert.equal(answer.data[19] & Flags.RESPONSE, Flags.RESPONSE);
+    assert.equal((answer.data[19] ?? 0) & Flags.RESPONSE, Flags.RESPONSE);
     assert.equal(answer.data.readUInt32BE(20), 5, 'message ID copied');
     assert.equal(answer.data[16], PayloadType.NOTIFY, 'unprotected notify');
   });
@@ -307,12 +330,24 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     const sb = only(b.m);
     const seeds = [
       protectMessage(
-        { spiI: session.sa.spiI, spiR: session.sa.spiR, exchange: ExchangeType.INFORMATIONAL, flags: Flags.INITIATOR, messageId: 2 },
+        {
+          spiI: session.sa.spiI,
+          spiR: session.sa.spiR,
+          exchange: ExchangeType.INFORMATIONAL,
+          flags: Flags.INITIATOR,
+          messageId: 2,
+        },
         [{ type: PayloadType.DELETE, protocol: 1, spiSize: 0, spis: [] }],
         session.sa.skKeys('out'),
       ),
       protectMessage(
-        { spiI: session.sa.spiI, spiR: session.sa.spiR, exchange: ExchangeType.CREATE_CHILD_SA, flags: Flags.INITIATOR, messageId: 2 },
+        {
+          spiI: session.sa.spiI,
+          spiR: session.sa.spiR,
+          exchange: ExchangeType.CREATE_CHILD_SA,
+          flags: Flags.INITIATOR,
+          messageId: 2,
+        },
         [{ type: PayloadType.NONCE, data: Buffer.alloc(32, 1) }],
         session.sa.skKeys('out'),
       ),
@@ -331,7 +366,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
             changed ||= buf[at] !== v;
             buf[at] = v;
           }
-          if (!changed) buf[buf.length - 1] ^= 1;
+          if (!changed) buf[buf.length - 1] = (buf[buf.length - 1] ?? 0) ^ 1;
           b.m.ike(buf, { address: A, port: 500 }, 500);
         },
       ),

@@ -22,7 +22,10 @@ export function integrityName(p: Proposal): string {
     const e = transformOf(p, TransformType.ENCR);
     if (e?.id === EncrId.AES_GCM_16) return `AES-GMAC ${e.keyLength ?? 0}`;
     const prf = transformOf(p, TransformType.PRF);
-    return prf ? (({ [PrfId.HMAC_SHA2_256]: 'SHA-256', [PrfId.HMAC_SHA2_384]: 'SHA-384' }) as Record<number, string>)[prf.id] ?? 'None' : 'None';
+    return prf
+      ? (({ [PrfId.HMAC_SHA2_256]: 'SHA-256', [PrfId.HMAC_SHA2_384]: 'SHA-384' } as Record<number, string>)[prf.id] ??
+          'None')
+      : 'None';
   }
   const names: Partial<Record<IntegId, string>> = {
     [IntegId.HMAC_SHA1_96]: 'SHA-1',

@@ -229,7 +229,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
     const nonce = findPayload(msg.payloads, PayloadType.NONCE);
     if (this.halfOpen >= (this.o.cookieThreshold ?? 64) && nonce) {
       // Stateless cookie: HMAC over Ni | IPi | SPIi; the request must come back with it first.
-      const mac = createHmac('sha256', this.cookieSecret).update(nonce.data).update(from.address).update(h.spiI).digest();
+      const mac = createHmac('sha256', this.cookieSecret)
+        .update(nonce.data)
+        .update(from.address)
+        .update(h.spiI)
+        .digest();
       const expected = Buffer.concat([Buffer.alloc(4), mac]);
       const first = msg.payloads[0];
       const given = first && 'notify' in first && first.notify === NotifyType.COOKIE ? first.data : undefined;
@@ -242,17 +246,30 @@ export class IkeManager implements SessionHost, IkeReceiver {
     if (!peer) {
       this.log('no policy for peer', { from: from.address });
       send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
-      this.mmFailed(from, 'Responder', undefined, new IkeError('no policy for this peer', NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
+      this.mmFailed(
+        from,
+        'Responder',
+        undefined,
+        new IkeError('no policy for this peer', NotifyType.NO_PROPOSAL_CHOSEN),
+        h.spiI,
+      );
       return;
     }
     const saP = findPayload(msg.payloads, PayloadType.SA);
     const ke = findPayload(msg.payloads, PayloadType.KE);
-    if (!saP || !ke || !nonce) throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
+    if (!saP || !ke || !nonce)
+      throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
     const chosen = selectProposal(saP.proposals, peer.ikeProposals);
     if (!chosen) {
       this.log('no proposal chosen', { from: from.address });
       send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
-      this.mmFailed(from, 'Responder', peer, new IkeError('no main mode proposal in common', NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
+      this.mmFailed(
+        from,
+        'Responder',
+        peer,
+        new IkeError('no main mode proposal in common', NotifyType.NO_PROPOSAL_CHOSEN),
+        h.spiI,
+      );
       return;
     }
     const group = transformOf(chosen, TransformType.KE)?.id as number;
@@ -262,7 +279,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
       send(reply([notify(NotifyType.INVALID_KE_PAYLOAD, data)]));
       return;
     }
-    const sa = new IkeSa('responder', { address: this.o.address, port: 500 }, { address: from.address, port: from.port });
+    const sa = new IkeSa(
+      'responder',
+      { address: this.o.address, port: 500 },
+      { address: from.address, port: from.port },
+    );
     sa.spiI = Buffer.from(h.spiI);
     sa.spiR = randomBytes(8);
     sa.chosen = chosen;
@@ -337,13 +358,24 @@ export class IkeManager implements SessionHost, IkeReceiver {
     s.peerId = authenticated.id;
     s.peerCertificate = authenticated.certificate;
     const child = respondChild(sa, inner, peer, 'auth');
-    s.respond(ExchangeType.IKE_AUTH, 1, [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads], msg.raw);
+    s.respond(
+      ExchangeType.IKE_AUTH,
+      1,
+      [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads],
+      msg.raw,
+    );
     s.established();
     this.log('IKE_AUTH', { from: from.address, child: child.child ? hex(child.child.spiIn) : 'none' });
     if (child.child) s.installChild(child.child);
     else {
       const n = child.payloads.find((p) => 'notify' in p);
-      s.childFailed(new IkeError(`no child SA: ${n && 'notify' in n ? notifyName(n.notify) : 'refused'}`, NotifyType.NO_PROPOSAL_CHOSEN), 1);
+      s.childFailed(
+        new IkeError(
+          `no child SA: ${n && 'notify' in n ? notifyName(n.notify) : 'refused'}`,
+          NotifyType.NO_PROPOSAL_CHOSEN,
+        ),
+        1,
+      );
     }
   }
 

@@ -164,7 +164,12 @@ export class IkeSession {
    * Sends `bytes` (message ID `mid`) and retransmits it until `accept` takes a response with that
    * ID; rejects after the last retransmission or when the session ends.
    */
-  transmit(bytes: Buffer, mid: number, accept: (m: IkeMessage) => boolean, waits = this.host.timing.retransmits): Promise<void> {
+  transmit(
+    bytes: Buffer,
+    mid: number,
+    accept: (m: IkeMessage) => boolean,
+    waits = this.host.timing.retransmits,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let attempt = 0;
       const out = {
@@ -279,7 +284,10 @@ export class IkeSession {
     this.lastInbound = Date.now();
     if (sa.floated && port === 4500 && (from.address !== sa.remote.address || from.port !== sa.remote.port)) {
       // The NAT mapping changed (§2.23): follow the peer.
-      this.log('peer address changed', { from: `${sa.remote.address}:${sa.remote.port}`, to: `${from.address}:${from.port}` });
+      this.log('peer address changed', {
+        from: `${sa.remote.address}:${sa.remote.port}`,
+        to: `${from.address}:${from.port}`,
+      });
       sa.remote = { ...from };
       for (const e of this.children.values()) this.host.dataplane.update?.(e.child.spiIn, sa.remote);
     }
@@ -346,18 +354,22 @@ export class IkeSession {
       this.timers.push(t);
     };
     at(jitter(l.ikeRekeyMs), () => {
-      if (this.state === 'established') rekeyIke(this).catch((e) => this.log('IKE rekey failed', { reason: (e as Error).message }));
+      if (this.state === 'established')
+        rekeyIke(this).catch((e) => this.log('IKE rekey failed', { reason: (e as Error).message }));
     });
     at(l.ikeExpireMs, () => {
       if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
     });
     const dpd = this.host.timing.dpdMs;
     if (dpd > 0) {
-      const t = setInterval(() => {
-        if (this.state !== 'established' || this.outstanding) return;
-        if (Date.now() - this.lastInbound < dpd) return;
-        livenessCheck(this).catch(() => {});
-      }, Math.max(50, Math.floor(dpd / 4)));
+      const t = setInterval(
+        () => {
+          if (this.state !== 'established' || this.outstanding) return;
+          if (Date.now() - this.lastInbound < dpd) return;
+          livenessCheck(this).catch(() => {});
+        },
+        Math.max(50, Math.floor(dpd / 4)),
+      );
       t.unref();
       this.timers.push(t);
     }
@@ -389,7 +401,12 @@ export class IkeSession {
       initiator: child.initiator,
     });
     this.armChild(entry);
-    this.host.audit.emit({ id: 5451, subcategory: 'IPsec Quick Mode', success: true, quickMode: this.quickModeInfo(child) });
+    this.host.audit.emit({
+      id: 5451,
+      subcategory: 'IPsec Quick Mode',
+      success: true,
+      quickMode: this.quickModeInfo(child),
+    });
     this.log('child SA installed', { spiIn: hex(child.spiIn), spiOut: hex(child.spiOut), mode: child.mode });
     this.host.childUp?.(this, child);
     return entry;
@@ -399,14 +416,20 @@ export class IkeSession {
   armChild(entry: ChildEntry): void {
     for (const t of entry.timers) clearTimeout(t);
     const now = Date.now();
-    const rekey = setTimeout(() => {
-      if (entry.state === 'installed' && this.state === 'established')
-        rekeyChild(this, entry).catch((e) => this.log('child rekey failed', { reason: (e as Error).message }));
-    }, Math.max(0, entry.rekeyAt - now));
-    const expire = setTimeout(() => {
-      if (this.children.has(hex(entry.child.spiIn)))
-        deleteChild(this, entry, 'lifetime expired').catch(() => this.removeChild(entry, 'lifetime expired'));
-    }, Math.max(0, entry.expireAt - now));
+    const rekey = setTimeout(
+      () => {
+        if (entry.state === 'installed' && this.state === 'established')
+          rekeyChild(this, entry).catch((e) => this.log('child rekey failed', { reason: (e as Error).message }));
+      },
+      Math.max(0, entry.rekeyAt - now),
+    );
+    const expire = setTimeout(
+      () => {
+        if (this.children.has(hex(entry.child.spiIn)))
+          deleteChild(this, entry, 'lifetime expired').catch(() => this.removeChild(entry, 'lifetime expired'));
+      },
+      Math.max(0, entry.expireAt - now),
+    );
     rekey.unref();
     expire.unref();
     entry.timers = [rekey, expire];
@@ -457,6 +480,7 @@ export class IkeSession {
           'informational',
           this.host.timing.retransmits.slice(0, 3),
         );
+        this.log('IKE SA deleted', { confirmed: true });
       } catch (err) {
         this.log('delete unanswered', { reason: (err as Error).message });
       }

@@ -25,6 +25,7 @@ export interface SwanAuth {
   auth: 'psk' | 'pubkey';
   id?: string;
   certs?: string[];
+  cacerts?: string[];
 }
 
 export interface SwanChild {
@@ -35,6 +36,9 @@ export interface SwanChild {
   mode?: 'tunnel' | 'transport';
   start_action?: 'none' | 'trap' | 'start';
   rekey_time?: string;
+  life_time?: string;
+  rand_time?: string;
+  dpd_action?: 'clear' | 'trap' | 'restart';
 }
 
 export interface SwanConnection {
@@ -45,6 +49,11 @@ export interface SwanConnection {
   /** Force ESP-in-UDP (needed by kernel-libipsec when there is no NAT). Default true. */
   encap?: boolean;
   mobike?: boolean;
+  /** IKE SA rekeying and liveness (e.g. '20s'). */
+  rekey_time?: string;
+  over_time?: string;
+  dpd_delay?: string;
+  keyingtries?: number;
   local: SwanAuth;
   remote: SwanAuth;
   children: Record<string, SwanChild>;
@@ -56,6 +65,8 @@ export interface CharonConfig {
   psks?: { ids: string[]; secret: string }[];
   /** charon log level for the ike/cfg/knl subsystems (-1..4). Default 1. */
   logLevel?: number;
+  /** PEM files for swanctl's x509 (own certificates), x509ca (trust anchors) and private (keys) directories. */
+  files?: { x509?: Record<string, string>; x509ca?: Record<string, string>; private?: Record<string, string> };
 }
 
 export interface PskHostTunnel {
@@ -90,6 +101,33 @@ export function pskHostTunnel(local: string, remote: string, o: PskHostTunnel): 
       },
     },
     psks: [{ ids: [local, remote], secret: o.secret }],
+    logLevel: o.logLevel,
+  };
+}
+
+export interface CertHostTunnel extends Omit<PskHostTunnel, 'secret'> {
+  /** Our certificate and key (PEM), and the CA that issued the peer's. */
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** Like `pskHostTunnel`, authenticated with certificates (strongSwan's identity: its subject DN). */
+export function certHostTunnel(local: string, remote: string, o: CertHostTunnel): CharonConfig {
+  return {
+    connections: {
+      [o.name]: {
+        local_addrs: [local],
+        remote_addrs: o.remoteAddrs ?? [remote],
+        proposals: o.proposals ?? ['aes256-sha384-ecp384'],
+        local: { auth: 'pubkey', certs: ['self.crt'] },
+        remote: { auth: 'pubkey', cacerts: ['ca.crt'] },
+        children: {
+          [o.name]: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: o.esp ?? ['aes256gcm16'] },
+        },
+      },
+    },
+    files: { x509: { 'self.crt': o.cert }, x509ca: { 'ca.crt': o.ca }, private: { 'self.key': o.key } },
     logLevel: o.logLevel,
   };
 }
@@ -139,6 +177,10 @@ function swanctlConf(config: CharonConfig): string {
       proposals: c.proposals,
       encap: c.encap ?? true,
       mobike: c.mobike ?? false,
+      rekey_time: c.rekey_time,
+      over_time: c.over_time,
+      dpd_delay: c.dpd_delay,
+      keyingtries: c.keyingtries,
       local: { ...c.local } as ConfObject,
       remote: { ...c.remote } as ConfObject,
       children,
@@ -249,6 +291,13 @@ export class Charon {
     mkdirSync(join(dir, 'swanctl'));
     writeFileSync(join(dir, 'strongswan.conf'), strongswanConf(dir, config.logLevel ?? 1));
     writeFileSync(join(dir, 'swanctl', 'swanctl.conf'), swanctlConf(config), { mode: 0o600 });
+    for (const [sub, files] of Object.entries(config.files ?? {})) {
+      mkdirSync(join(dir, 'swanctl', sub), { mode: 0o700 });
+      for (const [name, pem] of Object.entries(files)) {
+        if (!SAFE_KEY.test(name)) throw new PeerError(`invalid strongSwan file name ${JSON.stringify(name)}`);
+        writeFileSync(join(dir, 'swanctl', sub, name), pem, { mode: 0o600 });
+      }
+    }
     // charon 5.9 hard-codes /var/run/charon.pid: give it a private /run (ip netns exec already
     // runs us in a mount namespace of our own).
     const script = `mount --bind "${join(dir, 'run')}" /run && exec "${charon}"`;
@@ -299,6 +348,11 @@ export class Charon {
     } catch {
       return '';
     }
+  }
+
+  /** Kills charon without letting it say goodbye (no Delete reaches the peer): a dead peer. */
+  async kill(): Promise<void> {
+    await this.proc.stop('SIGKILL', 3000);
   }
 
   async stop(): Promise<void> {
@@ -403,6 +457,15 @@ export function parseVici(text: string): ViciSection {
     while (i < text.length && !' ={}[]'.includes(text[i] as string)) i++;
     return text.slice(start, i);
   };
+  // A scalar runs to the next ` key=`, ` key {` or `}`: identities such as `O=consec lab, CN=bob`
+  // contain spaces and '=' of their own.
+  const value = (): string => {
+    const rest = text.slice(i);
+    const m = /^(.*?)(?= [a-z0-9_-]+(?:=| \{)| ?\}|$)/.exec(rest);
+    const v = m?.[1] ?? '';
+    i += v.length;
+    return v;
+  };
   const parseSection = (): ViciSection => {
     const out: ViciSection = {};
     for (;;) {
@@ -429,7 +492,7 @@ export function parseVici(text: string): ViciSection {
         out[key] = items;
       } else if (c === '=') {
         i++;
-        out[key] = word();
+        out[key] = value();
       } else if (c === '{') {
         i++;
         out[key] = parseSection();

@@ -217,7 +217,8 @@ export class ChildCreateInitiator implements Task {
     let ex: ChildExchange | undefined;
     if (this.kind.exchange !== 'auth') {
       const nonce = findPayload(payloads, PayloadType.NONCE);
-      if (!nonce || !this.nonce) throw new IkeError('CREATE_CHILD_SA response lacks a nonce', NotifyType.INVALID_SYNTAX);
+      if (!nonce || !this.nonce)
+        throw new IkeError('CREATE_CHILD_SA response lacks a nonce', NotifyType.INVALID_SYNTAX);
       const group = transformOf(chosen, TransformType.KE)?.id;
       let pfsSecret: Buffer | undefined;
       if (group !== undefined) {
@@ -268,9 +269,7 @@ export function respondChild(
   const supported = policy.espProposals(spi);
   const offered = saP?.proposals ?? [];
   const chosen =
-    exchange === 'auth'
-      ? selectProposal(withoutKe(offered), withoutKe(supported))
-      : selectProposal(offered, supported);
+    exchange === 'auth' ? selectProposal(withoutKe(offered), withoutKe(supported)) : selectProposal(offered, supported);
   const tsi = tsiP ? narrow(tsiP.selectors, policy.tsi) : undefined;
   const tsr = tsrP ? narrow(tsrP.selectors, policy.tsr) : undefined;
   const wantsTransport = findNotifies(request, NotifyType.USE_TRANSPORT_MODE).length > 0;

@@ -77,11 +77,7 @@ export async function rekeyChild(s: IkeSession, entry: ChildEntry): Promise<void
  * Creates another child SA on an established IKE SA (§1.3.1), e.g. for a flow the data plane
  * acquired that the existing children do not cover. `tsi`/`tsr` are ours and the peer's selectors.
  */
-export async function createChild(
-  s: IkeSession,
-  tsi: TrafficSelector[],
-  tsr: TrafficSelector[],
-): Promise<ChildSa> {
+export async function createChild(s: IkeSession, tsi: TrafficSelector[], tsr: TrafficSelector[]): Promise<ChildSa> {
   const task = new ChildCreateInitiator(s.peer.espProposals, tsi, tsr, s.peer.mode, { exchange: 'create' });
   for (let attempt = 0; ; attempt++) {
     const out: Payload[] = [];
@@ -102,7 +98,10 @@ export async function createChild(
 }
 
 /** Answers CREATE_CHILD_SA: an IKE SA rekey, a child rekey (REKEY_SA), or a new child SA. */
-export function respondCreateChild(s: IkeSession, inner: readonly Payload[]): { payloads: Payload[]; after?: () => void } {
+export function respondCreateChild(
+  s: IkeSession,
+  inner: readonly Payload[],
+): { payloads: Payload[]; after?: () => void } {
   const saP = findPayload(inner, PayloadType.SA);
   if (!saP) throw new IkeError('CREATE_CHILD_SA request without an SA payload', NotifyType.INVALID_SYNTAX);
   if (saP.proposals[0]?.protocol === ProtocolId.IKE) return respondIkeRekey(s, inner);

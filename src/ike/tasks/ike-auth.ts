@@ -73,7 +73,11 @@ export function verifyPeerAuth(
   expectedId?: Identity,
 ): Authenticated {
   if (findNotifies(payloads, NotifyType.AUTHENTICATION_FAILED).length > 0)
-    throw new IkeError('the peer refused our authentication (AUTHENTICATION_FAILED)', NotifyType.AUTHENTICATION_FAILED, true);
+    throw new IkeError(
+      'the peer refused our authentication (AUTHENTICATION_FAILED)',
+      NotifyType.AUTHENTICATION_FAILED,
+      true,
+    );
   const idP = findPayload(payloads, side === 'i' ? PayloadType.IDi : PayloadType.IDr);
   const auth = findPayload(payloads, PayloadType.AUTH);
   if (!idP || !auth) {
@@ -83,11 +87,17 @@ export function verifyPeerAuth(
   }
   const id = { type: idP.idType, data: Buffer.from(idP.data) };
   if (expectedId && (id.type !== expectedId.type || !id.data.equals(expectedId.data)))
-    throw new IkeError('the peer authenticated as an identity other than the one expected', NotifyType.AUTHENTICATION_FAILED);
+    throw new IkeError(
+      'the peer authenticated as an identity other than the one expected',
+      NotifyType.AUTHENTICATION_FAILED,
+    );
   const c = authContext(sa, side);
   if (cred.method === 'cert') return { id, certificate: verifyCertAuth(c, id, auth, payloads, cred) };
   if (auth.method !== AuthMethod.SHARED_KEY_MIC)
-    throw new IkeError(`the peer used auth method ${auth.method}, not a pre-shared key`, NotifyType.AUTHENTICATION_FAILED);
+    throw new IkeError(
+      `the peer used auth method ${auth.method}, not a pre-shared key`,
+      NotifyType.AUTHENTICATION_FAILED,
+    );
   const expected = pskAuth(c.prf, cred.psk, c.message, c.nonce, c.skP, idBody(id));
   if (!verifyPskAuth(expected, auth.data))
     throw new IkeError("the peer's AUTH does not verify (different pre-shared key?)", NotifyType.AUTHENTICATION_FAILED);

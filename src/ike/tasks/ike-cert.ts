@@ -98,20 +98,35 @@ export function certAuthPayloads(c: AuthOctets, idBody: Buffer, cred: CertCreden
     if (c.rfc7427) {
       const alg = ALG_IDS.find((a) => a.key === 'ec' && a.hash === hash) as (typeof ALG_IDS)[number];
       const sig = sign(hash, data, { key: cred.key, dsaEncoding: 'der' });
-      auth = { type: PayloadType.AUTH, method: AuthMethod.DIGITAL_SIGNATURE, data: Buffer.concat([Buffer.from([alg.der.length]), alg.der, sig]) };
+      auth = {
+        type: PayloadType.AUTH,
+        method: AuthMethod.DIGITAL_SIGNATURE,
+        data: Buffer.concat([Buffer.from([alg.der.length]), alg.der, sig]),
+      };
     } else {
-      const method = { sha256: AuthMethod.ECDSA_SHA256_P256, sha384: AuthMethod.ECDSA_SHA384_P384, sha512: AuthMethod.ECDSA_SHA512_P521 }[hash];
+      const method = {
+        sha256: AuthMethod.ECDSA_SHA256_P256,
+        sha384: AuthMethod.ECDSA_SHA384_P384,
+        sha512: AuthMethod.ECDSA_SHA512_P521,
+      }[hash];
       auth = { type: PayloadType.AUTH, method, data: sign(hash, data, { key: cred.key, dsaEncoding: 'ieee-p1363' }) };
     }
   } else if (kt === 'rsa') {
     if (c.rfc7427) {
       const alg = ALG_IDS[3] as (typeof ALG_IDS)[number];
-      auth = { type: PayloadType.AUTH, method: AuthMethod.DIGITAL_SIGNATURE, data: Buffer.concat([Buffer.from([alg.der.length]), alg.der, sign('sha256', data, cred.key)]) };
+      auth = {
+        type: PayloadType.AUTH,
+        method: AuthMethod.DIGITAL_SIGNATURE,
+        data: Buffer.concat([Buffer.from([alg.der.length]), alg.der, sign('sha256', data, cred.key)]),
+      };
     } else {
       auth = { type: PayloadType.AUTH, method: AuthMethod.RSA_SIGNATURE, data: sign('sha1', data, cred.key) };
     }
   } else {
-    throw new IkeError(`certificate keys of type ${kt} are not supported (use RSA or ECDSA)`, NotifyType.AUTHENTICATION_FAILED);
+    throw new IkeError(
+      `certificate keys of type ${kt} are not supported (use RSA or ECDSA)`,
+      NotifyType.AUTHENTICATION_FAILED,
+    );
   }
   return [...certs, auth];
 }
@@ -126,7 +141,12 @@ function validAt(x: X509Certificate, now: Date): void {
 }
 
 /** Chains `leaf` through `intermediates` to one of `anchors`; returns the anchor. */
-function chainTo(leaf: X509Certificate, intermediates: X509Certificate[], anchors: X509Certificate[], now: Date): X509Certificate {
+function chainTo(
+  leaf: X509Certificate,
+  intermediates: X509Certificate[],
+  anchors: X509Certificate[],
+  now: Date,
+): X509Certificate {
   let current = leaf;
   for (let depth = 0; depth < 8; depth++) {
     validAt(current, now);
@@ -169,9 +189,12 @@ function verifySignature(key: KeyObject, auth: AuthPayload, data: Buffer): boole
       const algDer = auth.data.subarray(1, 1 + len);
       const alg = ALG_IDS.find((a) => a.der.equals(algDer));
       if (!alg) return fail('the peer signed with an algorithm consec does not accept (RFC 7427 AlgorithmIdentifier)');
-      if (alg.key !== kt) return fail(`the peer signed with ${alg.key.toUpperCase()} but its certificate has a ${kt} key`);
+      if (alg.key !== kt)
+        return fail(`the peer signed with ${alg.key.toUpperCase()} but its certificate has a ${kt} key`);
       const sig = auth.data.subarray(1 + len);
-      return alg.key === 'ec' ? verify(alg.hash, data, { key, dsaEncoding: 'der' }, sig) : verify(alg.hash, data, key, sig);
+      return alg.key === 'ec'
+        ? verify(alg.hash, data, { key, dsaEncoding: 'der' }, sig)
+        : verify(alg.hash, data, key, sig);
     }
     case AuthMethod.RSA_SIGNATURE:
       if (kt !== 'rsa') return fail('RSA signature AUTH with a non-RSA certificate');
@@ -180,7 +203,12 @@ function verifySignature(key: KeyObject, auth: AuthPayload, data: Buffer): boole
     case AuthMethod.ECDSA_SHA384_P384:
     case AuthMethod.ECDSA_SHA512_P521: {
       if (kt !== 'ec') return fail('ECDSA AUTH with a non-ECDSA certificate');
-      const hash = auth.method === AuthMethod.ECDSA_SHA256_P256 ? 'sha256' : auth.method === AuthMethod.ECDSA_SHA384_P384 ? 'sha384' : 'sha512';
+      const hash =
+        auth.method === AuthMethod.ECDSA_SHA256_P256
+          ? 'sha256'
+          : auth.method === AuthMethod.ECDSA_SHA384_P384
+            ? 'sha384'
+            : 'sha512';
       if (ecHash(key) !== hash) return fail('ECDSA AUTH method does not match the certificate curve');
       return verify(hash, data, { key, dsaEncoding: 'ieee-p1363' }, auth.data);
     }
@@ -213,7 +241,9 @@ export function verifyCertAuth(
   if ((cred.eku ?? 'windows') === 'windows') {
     const eku = leaf.keyUsage as string[] | undefined;
     if (eku && eku.length > 0 && !eku.some((o) => o === EKU_IKE_INTERMEDIATE || o === EKU_SERVER_AUTH || o === EKU_ANY))
-      fail(`the peer's certificate lacks the IP security IKE intermediate or server authentication EKU (has ${eku.join(', ')})`);
+      fail(
+        `the peer's certificate lacks the IP security IKE intermediate or server authentication EKU (has ${eku.join(', ')})`,
+      );
   }
   if (!idMatches(leaf, id)) fail("the peer's identity is not the one its certificate names");
   const idBody = Buffer.concat([Buffer.from([id.type, 0, 0, 0]), id.data]);

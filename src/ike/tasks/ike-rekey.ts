@@ -122,15 +122,21 @@ export async function rekeyIke(s: IkeSession): Promise<void> {
 
 /** Answers the peer's IKE SA rekey request. */
 export function respondIkeRekey(s: IkeSession, inner: readonly Payload[]): { payloads: Payload[]; after?: () => void } {
-  if (s.state !== 'established' || s.activeKind === 'child' || [...s.children.values()].some((e) => e.state === 'rekeying'))
+  if (
+    s.state !== 'established' ||
+    s.activeKind === 'child' ||
+    [...s.children.values()].some((e) => e.state === 'rekeying')
+  )
     return { payloads: [notify(NotifyType.TEMPORARY_FAILURE)] };
   const saP = findPayload(inner, PayloadType.SA);
   const nonce = findPayload(inner, PayloadType.NONCE);
   const keP = findPayload(inner, PayloadType.KE);
-  if (!saP || !nonce || !keP) throw new IkeError('IKE SA rekey request lacks SA, Nonce or KE', NotifyType.INVALID_SYNTAX);
+  if (!saP || !nonce || !keP)
+    throw new IkeError('IKE SA rekey request lacks SA, Nonce or KE', NotifyType.INVALID_SYNTAX);
   const chosen = selectProposal(saP.proposals, s.peer.ikeProposals);
   if (!chosen) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
-  if (chosen.spi.length !== 8) throw new IkeError('IKE SA rekey proposal without an 8-octet SPI', NotifyType.INVALID_SYNTAX);
+  if (chosen.spi.length !== 8)
+    throw new IkeError('IKE SA rekey proposal without an 8-octet SPI', NotifyType.INVALID_SYNTAX);
   const group = transformOf(chosen, TransformType.KE)?.id as number;
   if (keP.group !== group) {
     const data = Buffer.alloc(2);
