@@ -325,7 +325,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
   });
 
   it('mutated requests on an established SA (100k, fuzzed) never throw and never change the SA', async () => {
-    const { a, b, session } = await pair();
+    const { b, session } = await pair();
     await until(() => b.sad.installed.size === 1);
     const sb = only(b.m);
     const seeds = [
