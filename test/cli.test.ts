@@ -27,9 +27,12 @@ describe('consec CLI', () => {
   });
 
   it('commands that do not exist yet say so clearly, with exit status 2 and no traceback', () => {
-    const r = consec(['daemon']);
+    const r = consec(['daemon', '--listen', '127.0.0.1', '--metrics', '127.0.0.1:9100']);
     assert.equal(r.code, 2);
-    assert.equal(r.stderr, 'consec: the daemon is not available yet in this build of consec (tracked in issue 5)\n');
+    assert.equal(r.stderr, 'consec: --metrics is not available yet in this build of consec (tracked in issue 7)\n');
+    const bad = consec(['daemon', '--listen', 'nowhere']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^consec: --listen "nowhere" is not an IP address\n$/);
     const mmsa = consec(['netsh', 'advfirewall', 'monitor', 'show', 'mmsa']);
     assert.equal(mmsa.code, 2);
     assert.match(

@@ -8,6 +8,7 @@ import { Netsh } from '../shell/netsh/netsh.ts';
 import { splitLine } from '../shell/netsh/syntax.ts';
 import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
 import { runInitiate } from '../ike/cli.ts';
+import { runDaemon } from '../daemon/main.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
 import { Lab } from '../lab/lab.ts';
@@ -88,9 +89,16 @@ export function buildProgram(): Command {
   program
     .command('daemon')
     .description('run the keying and data-plane service that enforces the active policy')
-    .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT')
-    .action(() => {
-      throw new NotYetAvailableError('the daemon', 5);
+    .option('--listen <address...>', 'addresses to run IKE on, UDP 500 and 4500 (default: every local address)')
+    .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
+    .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
+    .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT (issue 7)')
+    .action(async (opts: { listen?: string[]; encap?: boolean; dpd: string; metrics?: string }) => {
+      if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
+      const dpd = Number(opts.dpd);
+      if (!Number.isFinite(dpd) || dpd < 0)
+        throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
+      process.exitCode = await runDaemon(stateDir(program), { listen: opts.listen, encap: opts.encap, dpd });
     });
 
   const lab = program.command('lab').description('network-namespace lab: TEST-NET hosts joined by veth pairs');

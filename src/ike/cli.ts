@@ -2,6 +2,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { systemHostContext } from '../filter/host-context.ts';
 import { PolicyStores } from '../policy/store.ts';
+import { loadCertStore } from './certstore.ts';
 import { planNegotiation } from './config.ts';
 import { initiate } from './initiator.ts';
 import { writeWiresharkKeys } from './keylog.ts';
@@ -54,7 +55,14 @@ export async function runInitiate(
   const local = o.local ?? ctx.localAddresses.find((a) => (isIPv4(o.remote) ? isIPv4(a) : isIPv6(a)));
   if (!local) throw new Error(`no local IPv${isIPv4(o.remote) ? 4 : 6} address: give --local`);
   const doc = new PolicyStores(stateDir).read('ActiveStore');
-  const plan = planNegotiation(doc, { direction: 'Outbound', local, remote: o.remote, protocol: 1 }, ctx);
+  const plan = planNegotiation(
+    doc,
+    { direction: 'Outbound', local, remote: o.remote, protocol: 1 },
+    {
+      ctx,
+      certs: () => loadCertStore(stateDir),
+    },
+  );
   for (const s of plan.skipped) out(`note: not offered: ${s}`);
   out(`rule "${plan.rule.DisplayName}": ${plan.mode} mode, IKEv2 with ${plan.local} -> ${plan.remote}`);
   const r = await initiate({
@@ -71,7 +79,7 @@ export async function runInitiate(
     const e = t(TransformType.ENCR);
     const suite = `${ENCR(e?.id ?? 0, e?.keyLength)}-${PRF[t(TransformType.PRF)?.id ?? 0] ?? '?'}-${KE[t(TransformType.KE)?.id ?? 0] ?? '?'}`;
     out(
-      `Main Mode SA:  ${plan.local} -> ${plan.remote}  IKEv2  ${suite}  PreSharedKey  cookies ${r.sa.spiI.toString('hex')}:${r.sa.spiR.toString('hex')}  NAT-T ${r.sa.floated ? 'yes (UDP 4500)' : 'no'}`,
+      `Main Mode SA:  ${plan.local} -> ${plan.remote}  IKEv2  ${suite}  ${plan.credentials.method === 'cert' ? 'Certificate' : 'PreSharedKey'}  cookies ${r.sa.spiI.toString('hex')}:${r.sa.spiR.toString('hex')}  NAT-T ${r.sa.floated ? 'yes (UDP 4500)' : 'no'}`,
     );
     const ce = transformOf(r.child.proposal, TransformType.ENCR);
     out(

@@ -16,7 +16,10 @@ import {
 } from '../policy/model.ts';
 import { IkeError } from './errors.ts';
 import { espProposals, ikeProposals } from './proposals.ts';
-import type { Identity } from './tasks/ike-auth.ts';
+import type { Credentials, Identity } from './tasks/ike-auth.ts';
+import { certIdentity } from './tasks/ike-cert.ts';
+import { type CertStore, certCredentials } from './certstore.ts';
+import { protocolNumber } from '../policy/endpoints.ts';
 import type { Lifetimes, PeerConfig } from './session.ts';
 import type { TrafficSelector } from './wire/codec.ts';
 import { IdType, KeId, NotifyType } from './wire/constants.ts';
@@ -30,7 +33,7 @@ export interface NegotiationParameters extends PeerConfig {
 
 export interface NegotiationPlan extends NegotiationParameters {
   rule: IPsecRule;
-  remoteId: Identity;
+  remoteId?: Identity;
   /** Windows proposals that could not be offered. */
   skipped: string[];
 }
@@ -90,9 +93,15 @@ export function lifetimes(mmMinutes: number | undefined, qmMinutes: number | und
   return { ikeRekeyMs: ike * 0.9, ikeExpireMs: ike, childRekeyMs: child * 0.9, childExpireMs: child };
 }
 
+export interface PlanOptions {
+  ctx?: HostContext;
+  /** The machine certificate stores, read when a rule authenticates with certificates. */
+  certs?: () => CertStore;
+}
+
 /** Plans the IKEv2 negotiation for an outbound flow, or explains why there is none. */
-export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContext = EMPTY_CONTEXT): NegotiationPlan {
-  const decision = compilePolicy(doc, ctx).classify(flow);
+export function planNegotiation(doc: PolicyDocument, flow: Flow, opts: PlanOptions = {}): NegotiationPlan {
+  const decision = compilePolicy(doc, opts.ctx ?? EMPTY_CONTEXT).classify(flow);
   const rule = decision.filter?.rule;
   if (decision.action !== 'negotiate' || !rule) {
     throw new IkeError(
@@ -100,6 +109,39 @@ export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContex
       NotifyType.TS_UNACCEPTABLE,
     );
   }
+  return planForRule(doc, rule, flow, opts);
+}
+
+/**
+ * What we accept from a peer that starts IKE with us at `local` from `remote`: a tunnel rule whose
+ * endpoints are the two addresses, else the transport rule governing traffic between them. The
+ * selectors are returned from our side (TSi ours), like an initiator's plan.
+ */
+export function planResponder(
+  doc: PolicyDocument,
+  local: string,
+  remote: string,
+  opts: PlanOptions = {},
+): NegotiationPlan | undefined {
+  const flow: Flow = { direction: 'Inbound', local, remote, protocol: 0 };
+  const tunnel = doc.rules.find(
+    (r) =>
+      r.Enabled === 'True' &&
+      r.Mode === 'Tunnel' &&
+      r.InboundSecurity !== 'None' &&
+      r.RemoteTunnelEndpoint.includes(remote) &&
+      r.LocalTunnelEndpoint.includes(local),
+  );
+  if (tunnel) return planForRule(doc, tunnel, flow, opts);
+  const filter = compilePolicy(doc, opts.ctx ?? EMPTY_CONTEXT)
+    .matchAll(flow)
+    .find((f) => f.kind !== 'negotiate' || f.rule?.Mode !== 'Tunnel');
+  if (!filter || filter.kind !== 'negotiate' || !filter.rule || filter.inbound === 'None') return undefined;
+  return planForRule(doc, filter.rule, flow, opts);
+}
+
+/** The negotiation a rule asks for, for one flow (transport) or its tunnel. */
+export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, opts: PlanOptions = {}): NegotiationPlan {
   if (rule.KeyModule === 'IKEv1' || rule.KeyModule === 'AuthIP') {
     throw new IkeError(
       `rule "${rule.DisplayName}" asks for ${rule.KeyModule}, which consec does not speak yet (IKEv2 only)`,
@@ -116,15 +158,17 @@ export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContex
     return s;
   };
   const p1 = find(doc.phase1AuthSets, rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET, 'phase 1 authentication set');
-  const psk = p1.Proposal.find((p) => p.AuthenticationMethod === 'PreSharedKey')?.PreSharedKey;
-  if (!psk) {
+  const usable = p1.Proposal.find(
+    (p) => (p.AuthenticationMethod === 'PreSharedKey' && p.PreSharedKey) || p.AuthenticationMethod === 'Certificate',
+  );
+  if (!usable) {
     const methods = p1.Proposal.map(
       (p) => `${p.Principal === 'Machine' ? 'computer ' : ''}${p.AuthenticationMethod}`,
     ).join(', ');
     throw new IkeError(
       p1.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos')
         ? `rule "${rule.DisplayName}" authenticates with ${methods}: Kerberos is not supported by IKEv2 and needs AuthIP, which consec does not speak yet`
-        : `rule "${rule.DisplayName}" authenticates with ${methods}: consec's IKEv2 supports pre-shared keys so far (certificates come next)`,
+        : `rule "${rule.DisplayName}" authenticates with ${methods}: consec's IKEv2 authenticates with certificates or pre-shared keys`,
       NotifyType.AUTHENTICATION_FAILED,
     );
   }
@@ -160,7 +204,19 @@ export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContex
   const remote = tunnel ? (rule.RemoteTunnelEndpoint[0] ?? flow.remote) : flow.remote;
   if (tunnel && (local === 'Any' || remote === 'Any'))
     throw new IkeError('dynamic tunnel endpoints (Any) are not supported yet', NotifyType.TS_UNACCEPTABLE);
-  const proto = rule.Protocol === 'Any' ? 0 : Math.max(0, flow.protocol);
+  const proto = rule.Protocol === 'Any' ? 0 : (protocolNumber(rule.Protocol) ?? Math.max(0, flow.protocol));
+  let credentials: Credentials;
+  if (usable.AuthenticationMethod === 'Certificate') {
+    if (!opts.certs)
+      throw new IkeError(
+        `rule "${rule.DisplayName}" needs certificates, but no certificate store was given`,
+        NotifyType.AUTHENTICATION_FAILED,
+      );
+    credentials = { method: 'cert', ...certCredentials(opts.certs(), usable, rule.DisplayName) };
+  } else {
+    const encoding = doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8';
+    credentials = { method: 'psk', psk: Buffer.from(usable.PreSharedKey as string, encoding) };
+  }
   return {
     rule,
     mode: tunnel ? 'tunnel' : 'transport',
@@ -169,10 +225,10 @@ export function planNegotiation(doc: PolicyDocument, flow: Flow, ctx: HostContex
     ikeProposals: ike.proposals,
     espProposals: (spi) => espProposals(qm.Proposal, spi, pfs).proposals,
     name: rule.DisplayName,
-    credentials: { method: 'psk', psk: Buffer.from(psk, doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8') },
+    credentials,
     lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes),
-    localId: ipId(local),
-    remoteId: ipId(remote),
+    localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local),
+    remoteId: credentials.method === 'cert' ? undefined : ipId(remote),
     tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),
     tsr: selectors(rule.RemoteAddress, flow.remote, proto, !tunnel),
     skipped: [...ike.skipped, ...esp.skipped],

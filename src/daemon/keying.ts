@@ -1,0 +1,203 @@
+/**
+ * The keying service of `consec daemon`: one IKE manager per local address (UDP 500/4500), peers
+ * resolved from the active policy, live reloads that keep every SA the new policy still allows,
+ * acquires (traffic that needs an SA) turned into IKE SAs or extra child SAs, and Delete on stop.
+ * The data plane plugs in through `ChildSaSink`; audit events leave through `AuditSink`.
+ */
+import { isIPv4 } from 'node:net';
+import type { AuditSink } from '../audit/events.ts';
+import type { Flow, HostContext } from '../filter/compile.ts';
+import { EMPTY_CONTEXT } from '../filter/compile.ts';
+import { loadCertStore } from '../ike/certstore.ts';
+import { type NegotiationPlan, planNegotiation, planResponder } from '../ike/config.ts';
+import type { ChildSaSink } from '../ike/dataplane.ts';
+import { IkeError } from '../ike/errors.ts';
+import { IkeManager } from '../ike/manager.ts';
+import { selectProposal } from '../ike/proposals.ts';
+import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
+import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
+import { createChild } from '../ike/tasks/child-rekey.ts';
+import type { Credentials } from '../ike/tasks/ike-auth.ts';
+import type { TrafficSelector } from '../ike/wire/codec.ts';
+import { NotifyType } from '../ike/wire/constants.ts';
+import type { PolicyDocument } from '../policy/model.ts';
+import { type PolicyStores } from '../policy/store.ts';
+import { type PolicyWatch, watchActivePolicy } from '../policy/watch.ts';
+import { writeIp } from '../io/addr.ts';
+
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface KeyingOptions {
+  stores: PolicyStores;
+  /** Addresses to run IKE on. */
+  addresses: string[];
+  ctx?: HostContext;
+  audit?: AuditSink;
+  dataplane?: ChildSaSink;
+  timing?: Partial<Timing>;
+  /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
+  forceUdpEncapsulation?: boolean;
+  log: Logger;
+}
+
+/** Responder configs carry the initiator's selectors first (TSi = the peer's side). */
+const asResponder = (plan: NegotiationPlan): PeerConfig => ({ ...plan, tsi: plan.tsr, tsr: plan.tsi });
+
+function sameCredentials(a: Credentials, b: Credentials): boolean {
+  if (a.method === 'psk' && b.method === 'psk') return a.psk.equals(b.psk);
+  if (a.method === 'cert' && b.method === 'cert')
+    return (
+      a.chain[0]?.fingerprint256 === b.chain[0]?.fingerprint256 &&
+      a.trustedCas.map((c) => c.fingerprint256).join() === b.trustedCas.map((c) => c.fingerprint256).join()
+    );
+  return false;
+}
+
+const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
+  const b = Buffer.alloc(isIPv4(addr) ? 4 : 16);
+  writeIp(addr, b);
+  return ts.some(
+    (t) => t.start.length === b.length && Buffer.compare(t.start, b) <= 0 && Buffer.compare(b, t.end) <= 0,
+  );
+};
+
+export class KeyingService {
+  private readonly managers = new Map<string, IkeManager>();
+  private doc: PolicyDocument;
+  private watch?: PolicyWatch;
+  private readonly inFlight = new Map<string, Promise<{ session: IkeSession; child: ChildSa }>>();
+
+  constructor(private readonly o: KeyingOptions) {
+    this.doc = o.stores.read('ActiveStore');
+  }
+
+  private get planOptions() {
+    return { ctx: this.o.ctx ?? EMPTY_CONTEXT, certs: () => loadCertStore(this.o.stores.stateDir) };
+  }
+
+  async start(): Promise<void> {
+    for (const address of this.o.addresses) {
+      const m = new IkeManager({
+        address,
+        peerFor: (remote) => this.peerFor(address, remote),
+        audit: this.o.audit,
+        dataplane: this.o.dataplane,
+        timing: this.o.timing,
+        log: (event, detail) => this.o.log.info({ address, ...detail }, event),
+      });
+      try {
+        await m.listen();
+      } catch (err) {
+        await this.stop();
+        throw new IkeError(
+          `cannot listen for IKE on ${address} (UDP 500/4500): ${(err as Error).message}`,
+          NotifyType.TEMPORARY_FAILURE,
+        );
+      }
+      this.managers.set(address, m);
+    }
+    this.watch = watchActivePolicy(
+      this.o.stores,
+      (doc) => this.reload(doc),
+      (err) => this.o.log.error({ err: err.message }, 'policy store unreadable; the last good policy stays in force'),
+    );
+    this.o.log.info({ addresses: this.o.addresses, rules: this.doc.rules.length }, 'keying service started');
+  }
+
+  /** Our policy for a peer that starts IKE with us, or undefined (NO_PROPOSAL_CHOSEN). */
+  peerFor(local: string, remote: string): PeerConfig | undefined {
+    try {
+      const plan = planResponder(this.doc, local, remote, this.planOptions);
+      if (!plan) this.o.log.info({ local, remote }, 'no connection security rule for this peer');
+      return plan ? asResponder(plan) : undefined;
+    } catch (err) {
+      this.o.log.warn({ local, remote, reason: (err as Error).message }, 'cannot answer this peer');
+      return undefined;
+    }
+  }
+
+  sessions(): IkeSession[] {
+    return [...this.managers.values()].flatMap((m) => m.sessions());
+  }
+
+  /**
+   * Traffic that needs protection (from the data plane's acquire, or a command): reuses an IKE SA
+   * with the peer and its children when they cover the flow, adds a child otherwise, or negotiates.
+   */
+  async acquire(flow: Flow): Promise<{ session: IkeSession; child: ChildSa }> {
+    const plan = planNegotiation(this.doc, flow, this.planOptions);
+    const m = this.managers.get(plan.local);
+    if (!m)
+      throw new IkeError(
+        `not listening for IKE on ${plan.local} (give it with --listen)`,
+        NotifyType.TEMPORARY_FAILURE,
+      );
+    const key = `${plan.local}>${plan.remote}`;
+    const running = this.inFlight.get(key);
+    if (running) await running.catch(() => {});
+    const session = m.sessions().find((s) => s.sa.remote.address === plan.remote && s.state === 'established');
+    if (session) {
+      for (const e of session.children.values())
+        if (e.state !== 'deleting' && inside(flow.local, localTs(e.child)) && inside(flow.remote, remoteTs(e.child)))
+          return { session, child: e.child };
+      const child = await createChild(session, plan.tsi, plan.tsr);
+      return { session, child };
+    }
+    const p = m.initiate({ remote: plan.remote, peer: plan, forceUdpEncapsulation: this.o.forceUdpEncapsulation });
+    this.inFlight.set(key, p);
+    try {
+      return await p;
+    } finally {
+      this.inFlight.delete(key);
+    }
+  }
+
+  /**
+   * A new active policy: SAs whose rule, credentials and negotiated IKE proposal it still allows
+   * stay up (their next rekey uses the new sets); the others are deleted at the peer.
+   */
+  reload(doc: PolicyDocument): void {
+    this.doc = doc;
+    let kept = 0;
+    let deleted = 0;
+    for (const [address, m] of this.managers) {
+      for (const s of m.sessions()) {
+        if (s.state !== 'established') continue;
+        const remote = s.sa.remote.address;
+        let next: PeerConfig | undefined;
+        try {
+          const plan = planResponder(doc, address, remote, this.planOptions);
+          next = plan && (s.role === 'responder' ? asResponder(plan) : plan);
+        } catch {
+          next = undefined;
+        }
+        const chosen = s.sa.chosen;
+        const still =
+          next &&
+          next.name === s.peer.name &&
+          sameCredentials(next.credentials, s.peer.credentials) &&
+          chosen !== undefined &&
+          selectProposal([chosen], next.ikeProposals) !== undefined;
+        if (still && next) {
+          s.peer = next;
+          kept++;
+        } else {
+          deleted++;
+          void s.delete('policy changed');
+        }
+      }
+    }
+    this.o.log.info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
+  }
+
+  /** Deletes every SA at its peer and closes the sockets. */
+  async stop(): Promise<void> {
+    this.watch?.close();
+    await Promise.all([...this.managers.values()].map((m) => m.shutdown()));
+    this.managers.clear();
+  }
+}

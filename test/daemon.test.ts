@@ -1,0 +1,178 @@
+/**
+ * `consec daemon` in a lab host, configured only through Windows-syntax policy: strongSwan connects
+ * to it (PSK, and certificates from the machine store as in the seeds' ESAE settings), a policy
+ * change that keeps the rule keeps the SA, removing the rule deletes it at the peer, and stopping
+ * the daemon deletes its SAs.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { Lab, LabProcess } from '../src/lab/lab.ts';
+import { Lab as LabClass } from '../src/lab/lab.ts';
+import { LabPki } from '../src/lab/pki.ts';
+import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { hostToHost } from '../src/lab/topology.ts';
+import { ROOT } from './helpers.ts';
+import { freshStateDir, ps } from './pwsh-helpers.ts';
+
+const PSK = 'lab-only-daemon-psk-0123456789';
+
+function daemon(lab: Lab, host: string, stateDir: string, listen: string): LabProcess {
+  return lab.spawn(host, [
+    process.execPath,
+    '--import',
+    'tsx',
+    join(ROOT, 'src/cli/main.ts'),
+    '--state-dir',
+    stateDir,
+    'daemon',
+    '--listen',
+    listen,
+    '--dpd',
+    '0',
+  ]);
+}
+
+/** The daemon's JSON log lines with this message. */
+const lines = (p: LabProcess, msg: string): Record<string, unknown>[] =>
+  p
+    .output()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l.msg === msg);
+
+async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 8000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const tunnelRule = (name: string, local: string, remote: string, p1: string, qm: string) =>
+  `New-NetIPsecRule -DisplayName "${name}" -Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` +
+  `-LocalAddress ${local} -RemoteAddress ${remote} -InboundSecurity Require -OutboundSecurity Require ` +
+  `-Phase1AuthSet ${p1} -QuickModeCryptoSet ${qm} | Out-Null`;
+
+describe('consec daemon', () => {
+  let lab: Lab;
+  let a: string;
+  let b: string;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+    a = lab.address('alice');
+    b = lab.address('bob');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('answers strongSwan per policy, keeps the SA across a compatible reload, deletes it when the rule goes', async () => {
+    const dir = freshStateDir('consec-daemon-');
+    const setup = await ps(
+      [
+        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH14',
+        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+        `New-NetIPsecMainModeRule -DisplayName "MM rule" -LocalAddress ${b} -RemoteAddress ${a} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const d = daemon(lab, 'bob', dir, b);
+    let alice: Charon | undefined;
+    try {
+      await d.waitFor(/keying service started/);
+      alice = await Charon.start(
+        lab,
+        'alice',
+        pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 2 }),
+      );
+      await alice.initiate('c');
+      const [sa] = await alice.listSas();
+      assert.equal(sa?.state, 'ESTABLISHED');
+      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
+      const audit = lines(d, 'audit 4650')[0]?.audit as { mainMode: { role: string; cipher: string } };
+      assert.deepEqual([audit.mainMode.role, audit.mainMode.cipher], ['Responder', 'AES-256']);
+      assert.equal(lines(d, 'child SA ready for the data plane')[0]?.spiOut, sa?.children[0]?.spiIn);
+
+      // A change that leaves the rule alone keeps the SA.
+      const add = await ps(
+        `New-NetIPsecRule -DisplayName "unrelated" -RemoteAddress 198.51.100.7 -InboundSecurity Request -OutboundSecurity Request | Out-Null`,
+        dir,
+      );
+      assert.equal(add.errors, 0, add.err);
+      await until(() => lines(d, 'policy reloaded').length === 1, 'reload');
+      assert.deepEqual([lines(d, 'policy reloaded')[0]?.kept, lines(d, 'policy reloaded')[0]?.deleted], [1, 0]);
+      assert.equal((await alice.listSas())[0]?.state, 'ESTABLISHED');
+
+      // Removing the rule deletes the SA at strongSwan.
+      const rm = await ps('Remove-NetIPsecRule -DisplayName "Server to server"', dir);
+      assert.equal(rm.errors, 0, rm.err);
+      await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to drop the SA');
+      assert.match(alice.log(), /received DELETE for IKE_SA/);
+      assert.ok(lines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'));
+    } finally {
+      await alice?.stop();
+      await d.stop('SIGTERM', 5000);
+    }
+  });
+
+  it("certificates from the machine store (the seeds' ESAE rule); SIGTERM deletes the SA at the peer", async () => {
+    const dir = freshStateDir('consec-daemon-cert-');
+    const pki = LabPki.create();
+    const bobCert = pki.issue('bob', b);
+    const aliceCert = pki.issue('alice', a);
+    for (const sub of ['my', 'root']) mkdirSync(join(dir, 'certs', sub), { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, 'certs', 'my', 'bob.pem'), bobCert.certPem + bobCert.keyPem, { mode: 0o600 });
+    writeFileSync(join(dir, 'certs', 'root', 'lab-root.pem'), pki.ca.certPem);
+    const setup = await ps(
+      [
+        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA384 -KeyExchange DH20',
+        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "ESAE MM" -Proposal $mm',
+        `New-NetIPsecMainModeRule -DisplayName "ESAE MM rule" -LocalAddress ${b} -RemoteAddress ${a} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "ESAE QM" -Proposal $qm',
+        '$cert = New-NetIPsecAuthProposal -Machine -Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "ESAE certificates" -Proposal $cert',
+        tunnelRule('ESAE', b, a, '$p1.Name', '$qmSet.Name'),
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const d = daemon(lab, 'bob', dir, b);
+    let alice: Charon | undefined;
+    try {
+      await d.waitFor(/keying service started/);
+      alice = await Charon.start(
+        lab,
+        'alice',
+        certHostTunnel(a, b, {
+          name: 'c',
+          cert: aliceCert.certPem,
+          key: aliceCert.keyPem,
+          ca: pki.ca.certPem,
+          logLevel: 2,
+        }),
+      );
+      await alice.initiate('c');
+      const [sa] = await alice.listSas();
+      assert.equal(sa?.state, 'ESTABLISHED', d.output());
+      assert.equal(sa?.dhGroup, 'ECP_384');
+      assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with ECDSA_WITH_SHA384_DER successful/);
+      await until(() => lines(d, 'audit 4651').length === 1, 'audit 4651 (certificate main mode)');
+      await d.stop('SIGTERM', 5000);
+      await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to see the Delete');
+      assert.match(d.output(), /stopping: deleting SAs at the peers/);
+    } finally {
+      await alice?.stop();
+      await d.stop('SIGTERM', 5000);
+    }
+  });
+});
