@@ -57,7 +57,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log.info({ signal }, 'stopping: deleting SAs at the peers');
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
-      service.stop().finally(resolve);
+      void service.stop().finally(resolve);
     };
     const onInt = () => stop('SIGINT');
     const onTerm = () => stop('SIGTERM');
