@@ -291,9 +291,29 @@ describe('IKEv2 through the lab NAT router', () => {
           remoteAddrs: ['%any'],
         }),
       );
+      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 4500' });
       try {
-        const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, 'AES256-SHA256-DH14', 'AESGCM256', '--ping']);
+        const init = fixture(lab, 'alice', 'ike-initiate', [
+          a,
+          b,
+          PSK,
+          'AES256-SHA256-DH14',
+          'AESGCM256',
+          '--ping',
+          '--keepalive',
+          '150',
+          '--stay',
+          '700',
+        ]);
         await init.exited;
+        await cap.stop();
+        // NAT keepalives (RFC 3948 §2.3): one-octet 0xff datagrams from behind the NAT to 4500.
+        const keepalives = await cap.fields(['udp.srcport', 'udp.payload'], 'udp.length == 9');
+        assert.ok(keepalives.length >= 2, `NAT keepalives seen: ${JSON.stringify(keepalives)}`);
+        assert.ok(
+          keepalives.every(([, d]) => d === 'ff'),
+          JSON.stringify(keepalives),
+        );
         const [ok] = events<Established>(init, 'established');
         assert.ok(ok, `${init.output()}\n${bob.log().slice(-3000)}`);
         assert.equal(ok.nat, true, 'the NAT was detected');
@@ -302,6 +322,7 @@ describe('IKEv2 through the lab NAT router', () => {
         assert.equal(sa?.state, 'ESTABLISHED');
         assert.equal(sa?.remoteHost, '203.0.113.1', "strongSwan sees the router's address");
       } finally {
+        await cap.dispose();
         await bob.stop();
       }
     } finally {

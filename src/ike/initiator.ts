@@ -19,6 +19,8 @@ export interface InitiateOptions extends NegotiationParameters {
   retransmits?: number[];
   /** A liveness check after this much silence (0: none, the default for one-shot use). */
   dpdMs?: number;
+  /** NAT keepalive interval when behind a NAT (default 20 s). */
+  natKeepaliveMs?: number;
   /** Encapsulate ESP in UDP 4500 even without a NAT (needed where the kernel has no ESP). */
   forceUdpEncapsulation?: boolean;
   audit?: AuditSink;
@@ -45,6 +47,7 @@ export interface Initiated {
 export async function initiate(o: InitiateOptions): Promise<Initiated> {
   const timing: Partial<Timing> = { dpdMs: o.dpdMs ?? 0 };
   if (o.retransmits) timing.retransmits = o.retransmits;
+  if (o.natKeepaliveMs) timing.natKeepaliveMs = o.natKeepaliveMs;
   const manager = new IkeManager({
     address: o.local,
     peerFor: () => undefined,

@@ -53,7 +53,7 @@ export interface InitiateRequest {
 
 const hex = (b: Buffer) => b.toString('hex');
 const ZERO_SPI = Buffer.alloc(8);
-const DEFAULT_TIMING: Timing = { retransmits: [500, 1000, 2000, 4000, 8000], dpdMs: 30_000 };
+const DEFAULT_TIMING: Timing = { retransmits: [500, 1000, 2000, 4000, 8000], dpdMs: 30_000, natKeepaliveMs: 20_000 };
 
 export class IkeManager implements SessionHost, IkeReceiver {
   readonly audit: AuditSink;

@@ -56,6 +56,8 @@ export interface Timing {
   retransmits: number[];
   /** A liveness check after this long without an authenticated message or ESP from the peer (0: off). */
   dpdMs: number;
+  /** NAT keepalive interval when we are behind a NAT. */
+  natKeepaliveMs: number;
 }
 
 /** What a session needs from the manager that owns it. */
@@ -90,6 +92,7 @@ export interface ChildEntry {
 }
 
 const hex = (b: Buffer) => b.toString('hex');
+const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
 export class IkeSession {
@@ -360,6 +363,14 @@ export class IkeSession {
     at(l.ikeExpireMs, () => {
       if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
     });
+    if (this.sa.natLocal && !this.sa.forceEncapsulation) {
+      // Behind a NAT: keep its UDP mapping open with one-octet keepalives (RFC 3948 §2.3).
+      const t = setInterval(() => {
+        if (this.state === 'established') this.host.bind.sendUdp4500(NAT_KEEPALIVE, this.sa.remote);
+      }, this.host.timing.natKeepaliveMs);
+      t.unref();
+      this.timers.push(t);
+    }
     const dpd = this.host.timing.dpdMs;
     if (dpd > 0) {
       const t = setInterval(
