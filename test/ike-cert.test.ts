@@ -177,6 +177,40 @@ describe('IKEv2 certificate authentication (consec ↔ consec)', () => {
     assert.ok(result.ok, result.ok ? '' : result.err.message);
   });
 
+  it('RFC 7383: a lost fragment of IKE_AUTH is recovered by retransmission; fragments reassemble on both sides', async () => {
+    const big = LabPki.create('RSA root', 'RSA-4096');
+    const ca = big.ca.certPem;
+    const net = new MemoryNetwork();
+    let dropped = 0;
+    net.drop = (_f, _t, data) => {
+      // The first time, lose the second fragment of the initiator's IKE_AUTH (SKF, fragment 2).
+      const skf = data.length > 36 && data[16] === 53 && data.readUInt16BE(32) === 2 && data[19] === 0x08;
+      if (skf && dropped === 0) {
+        dropped++;
+        return true;
+      }
+      return false;
+    };
+    const bob = peer(B, A, cred(big.issue('bob', B, { spec: 'RSA-4096' }), ca));
+    const b = new IkeManager({ address: B, peerFor: () => bob, timing: { retransmits: [50, 100, 200] } });
+    const a = new IkeManager({ address: A, peerFor: () => undefined, timing: { retransmits: [50, 100, 200] } });
+    open.push(a, b);
+    void a.listen((rx) => net.bind(A, rx));
+    void b.listen((rx) => net.bind(B, rx));
+    const r = await a.initiate({ remote: B, peer: peer(A, B, cred(big.issue('alice', A, { spec: 'RSA-4096' }), ca)) });
+    assert.equal(dropped, 1);
+    assert.ok(r.session.sa.fragmentation);
+    const fragments = net.sent.filter((d) => d.data[16] === 53);
+    assert.ok(
+      fragments.some((d) => d.from.address === A) && fragments.some((d) => d.from.address === B),
+      'both sides fragmented',
+    );
+    assert.ok(
+      fragments.every((d) => d.data.length <= 1280 - 28),
+      'each fragment fits a 1280-octet datagram',
+    );
+  });
+
   it('transport mode (USE_TRANSPORT_MODE) is negotiated when both sides want it, refused otherwise', async () => {
     const ok = await negotiate(
       peer(A, B, cred(issued.alice as never, pki.ca.certPem), 'transport'),

@@ -7,7 +7,14 @@ import { pskAuth } from '../src/ike/crypto/auth.ts';
 import { KeyExchange, KeyExchangeError } from '../src/ike/crypto/ke.ts';
 import { deriveChildKeys, deriveIkeKeys } from '../src/ike/crypto/keys.ts';
 import { prf, prfPlus } from '../src/ike/crypto/prf.ts';
-import { openMessage, protectMessage, type SkKeys } from '../src/ike/crypto/sk.ts';
+import {
+  openFragment,
+  openMessage,
+  protectFragmented,
+  protectMessage,
+  Reassembly,
+  type SkKeys,
+} from '../src/ike/crypto/sk.ts';
 import { decodeMessage, IkeDecodeError } from '../src/ike/wire/codec.ts';
 import { EncrId, ExchangeType, Flags, IntegId, KeId, PayloadType, PrfId } from '../src/ike/wire/constants.ts';
 
@@ -201,6 +208,31 @@ describe('SK payload', () => {
         }),
         { numRuns: 400 },
       );
+    });
+
+    it(`${name}: RFC 7383 fragments fit the size, reassemble in any order, and each is authenticated`, () => {
+      const big = [
+        { type: PayloadType.IDi, idType: 1, data: Buffer.from([192, 0, 2, 1]) } as const,
+        { type: PayloadType.CERT, encoding: 4, data: Buffer.alloc(1500, 7) } as const,
+        { type: PayloadType.AUTH, method: 14, data: Buffer.alloc(520, 9) } as const,
+      ];
+      assert.deepEqual(protectFragmented(header, inner, keys, 1200).length, 1, 'small messages stay whole');
+      const frags = protectFragmented(header, big, keys, 576);
+      assert.ok(frags.length >= 4);
+      for (const f of frags) assert.ok(f.length <= 576, `fragment of ${f.length} octets`);
+      const msgs = frags.map((f) => decodeMessage(f));
+      assert.ok(msgs.every((m) => m.header.nextPayload === PayloadType.SKF));
+      const r = new Reassembly(1, msgs.length);
+      const order = [...msgs.keys()].reverse();
+      let whole;
+      for (const i of order) whole = r.add(openFragment(msgs[i] as never, keys)) ?? whole;
+      assert.deepEqual(
+        whole,
+        big.map((p) => ({ ...p, critical: false })),
+      );
+      const bad = Buffer.from(frags[1] as Buffer);
+      bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1;
+      assert.throws(() => openFragment(decodeMessage(bad), keys), IkeDecodeError);
     });
   }
 });

@@ -119,6 +119,62 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
     }
   });
 
+  it('RSA-4096 certificates make IKE_AUTH too big for one datagram: RFC 7383 fragments both ways', async () => {
+    const big = LabPki.create('consec lab RSA root', 'RSA-4096');
+    const aliceRsa = big.issue('alice', a, { spec: 'RSA-4096' });
+    const bobRsa = big.issue('bob', b, { spec: 'RSA-4096' });
+    for (const [name, pem] of Object.entries({
+      'rsa-ca.pem': big.ca.certPem,
+      'rsa-alice.pem': aliceRsa.certPem,
+      'rsa-alice.key': aliceRsa.keyPem,
+    }))
+      writeFileSync(join(dir, name), pem, { mode: 0o600 });
+    const peer = await Charon.start(
+      lab,
+      'bob',
+      certHostTunnel(b, a, {
+        name: 'c',
+        cert: bobRsa.certPem,
+        key: bobRsa.keyPem,
+        ca: big.ca.certPem,
+        proposals: ['aes256-sha256-modp2048'],
+        logLevel: 2,
+      }),
+    );
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        '',
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--cert',
+        join(dir, 'rsa-alice.pem'),
+        '--key',
+        join(dir, 'rsa-alice.key'),
+        '--ca',
+        join(dir, 'rsa-ca.pem'),
+      ]);
+      await init.exited;
+      const [ok] = events<{ peer: string }>(init, 'established');
+      assert.ok(ok, `${init.output()}\n--- charon ---\n${peer.log().slice(-4000)}`);
+      assert.match(
+        init.output(),
+        /"event":"sending fragments","spi":"[0-9a-f]+","peer":"[0-9.]+","exchange":"IKE_AUTH","fragments":[2-9]/,
+      );
+      assert.match(peer.log(), /received fragment #1 of \d+, waiting for complete IKE message/);
+      assert.match(
+        peer.log(),
+        /splitting IKE message .* into \d+ fragments/,
+        'strongSwan fragmented its answer, which consec reassembled',
+      );
+      assert.match(peer.log(), /authentication of 'O=consec lab, CN=alice' with RSA.* successful/);
+      assert.equal((await peer.listSas())[0]?.state, 'ESTABLISHED');
+    } finally {
+      await peer.stop();
+    }
+  });
+
   it('a certificate from another CA is refused by strongSwan and audited by consec as 4652', async () => {
     const other = LabPki.create('some other CA');
     const stranger = other.issue('alice', a);

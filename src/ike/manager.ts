@@ -9,7 +9,6 @@ import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
 import { type IkeBind, type IkePort, type IkeReceiver, UdpBind } from './bind.ts';
 import { type ChildSaSink, NO_DATAPLANE } from './dataplane.ts';
 import { KeyExchange } from './crypto/ke.ts';
-import { openMessage } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import { selectProposal, transformOf } from './proposals.ts';
 import { type Endpoint, IkeSa } from './sa.ts';
@@ -37,6 +36,8 @@ export interface ManagerOptions {
   cookieThreshold?: number;
   /** Hard cap on half-open SAs; beyond it IKE_SA_INIT is dropped. Default 4096. */
   maxHalfOpen?: number;
+  /** Largest IP datagram an IKE fragment may take (RFC 7383). Default 1280; 0 turns fragmentation off. */
+  fragmentSize?: number;
   /** A child SA is up (IKE_AUTH, CREATE_CHILD_SA, rekey). */
   onChild?(session: IkeSession, child: ChildSa): void;
   /** An IKE SA ended (deleted, dead peer, rekeyed away). */
@@ -59,6 +60,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
   readonly audit: AuditSink;
   readonly dataplane: ChildSaSink;
   readonly timing: Timing;
+  readonly fragmentSize: number;
   private _bind?: IkeBind;
   private readonly bySpi = new Map<string, IkeSession>();
   /** Half-open responder SAs by initiator SPI and address, with the IKE_SA_INIT exchange (retransmissions). */
@@ -74,6 +76,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.audit = o.audit ?? NO_AUDIT;
     this.dataplane = o.dataplane ?? NO_DATAPLANE;
     this.timing = { ...DEFAULT_TIMING, ...o.timing };
+    this.fragmentSize = o.fragmentSize ?? 1280;
   }
 
   get bind(): IkeBind {
@@ -292,6 +295,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
     sa.ke = KeyExchange.create(group);
     sa.deriveKeys(sa.ke.sharedSecret(ke.data));
     sa.peerSignatureHashes = findNotifies(msg.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
+    sa.fragmentation =
+      this.fragmentSize > 0 && findNotifies(msg.payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED).length > 0;
     // NAT detection from the request's hashes (computed with SPIr = 0).
     const src = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_SOURCE_IP);
     const dst = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_DESTINATION_IP);
@@ -307,6 +312,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       notify(NotifyType.NAT_DETECTION_DESTINATION_IP, natdHash(sa.spiI, sa.spiR, from)),
       notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES),
     ];
+    if (sa.fragmentation) payloads.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED));
     if (peer.credentials.method === 'cert') payloads.push(certRequest(peer.credentials));
     const response = reply(payloads, sa.spiR);
     sa.initRequest = Buffer.from(msg.raw);
@@ -333,13 +339,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   private respondAuth(s: IkeSession, msg: IkeMessage, from: Endpoint, port: IkePort): void {
     const sa = s.sa;
-    let inner: Payload[];
-    try {
-      inner = openMessage(msg, sa.skKeys('in'));
-    } catch (err) {
-      this.log('drop unauthenticated IKE_AUTH', { from: from.address, reason: (err as Error).message });
-      return;
-    }
+    // The whole request (all its fragments, RFC 7383), authenticated; else wait or drop.
+    const opened = s.openRequest(msg);
+    if (!opened) return;
+    const inner = opened.inner;
     if (port === 4500) {
       sa.local.port = 4500;
       sa.remote = { ...from };
@@ -350,7 +353,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       authenticated = verifyPeerAuth(sa, 'i', inner, peer.credentials, peer.remoteId);
     } catch (err) {
       this.log('authentication failed', { from: from.address, reason: (err as Error).message });
-      s.respond(ExchangeType.IKE_AUTH, 1, [notify(NotifyType.AUTHENTICATION_FAILED)], msg.raw);
+      s.respond(ExchangeType.IKE_AUTH, 1, [notify(NotifyType.AUTHENTICATION_FAILED)], opened.raws);
       this.mmFailed(from, 'Responder', peer, err as Error, sa.spiI, sa.spiR);
       s.terminate('authentication failed');
       return;
@@ -362,7 +365,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       ExchangeType.IKE_AUTH,
       1,
       [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads],
-      msg.raw,
+      opened.raws,
     );
     s.established();
     this.log('IKE_AUTH', { from: from.address, child: child.child ? hex(child.child.spiIn) : 'none' });
@@ -423,11 +426,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
       const natd = new IkeNatd();
       let cookie: Buffer | undefined;
       for (let attempt = 0; ; attempt++) {
-        const request = buildInitRequest(sa, init, natd, cookie);
+        const request = buildInitRequest(sa, init, natd, cookie, this.fragmentSize > 0);
         this.log('send IKE_SA_INIT', { attempt, bytes: request.length });
         let response: IkeMessage | undefined;
         await s.enqueue(() =>
-          s.transmit(request, 0, (m) => {
+          s.transmit([request], 0, (m) => {
             if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
             response = m;
             return true;
@@ -453,6 +456,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
         }
         natd.process(sa, m.payloads);
         sa.peerSignatureHashes = findNotifies(m.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
+        sa.fragmentation =
+          this.fragmentSize > 0 && findNotifies(m.payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED).length > 0;
         break;
       }
       sa.myMid = 1;
@@ -513,12 +518,19 @@ export class IkeManager implements SessionHost, IkeReceiver {
 }
 
 /** The IKE_SA_INIT request: [N(COOKIE)], SA, KE, Ni, N(NAT_DETECTION_*), N(SIGNATURE_HASH_ALGORITHMS). */
-export function buildInitRequest(sa: IkeSa, init: IkeInitInitiator, natd: IkeNatd, cookie?: Buffer): Buffer {
+export function buildInitRequest(
+  sa: IkeSa,
+  init: IkeInitInitiator,
+  natd: IkeNatd,
+  cookie?: Buffer,
+  fragmentation = true,
+): Buffer {
   const payloads: Payload[] = [];
   if (cookie) payloads.push(notify(NotifyType.COOKIE, cookie));
   init.build(sa, payloads);
   natd.build(sa, payloads);
   payloads.push(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES));
+  if (fragmentation) payloads.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED));
   return encodeMessage(
     { spiI: sa.spiI, spiR: ZERO_SPI, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
     payloads,

@@ -29,6 +29,8 @@ export class IkeSa {
   initResponse?: Buffer;
   /** The peer sent SIGNATURE_HASH_ALGORITHMS: certificate AUTH uses RFC 7427 Digital Signatures. */
   peerSignatureHashes = false;
+  /** Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383). */
+  fragmentation = false;
   /** A NAT was detected: IKE floats to UDP 4500 (RFC 7296 §2.23). */
   natLocal = false;
   natRemote = false;

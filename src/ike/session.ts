@@ -9,7 +9,7 @@ import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type Quic
 import type { IkeBind, IkePort } from './bind.ts';
 import type { ChildSaSink } from './dataplane.ts';
 import { cipherName, dhOf, integrityName, selectorsText } from './describe.ts';
-import { openMessage, protectMessage } from './crypto/sk.ts';
+import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
 import { type ChildPolicy, type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
@@ -66,6 +66,8 @@ export interface SessionHost {
   readonly audit: AuditSink;
   readonly dataplane: ChildSaSink;
   readonly timing: Timing;
+  /** Largest IP datagram an IKE fragment may take (RFC 7383; strongSwan's fragment_size). */
+  readonly fragmentSize: number;
   log(event: string, detail?: Record<string, unknown>): void;
   /** Indexes a session under its local SPI (a new one after an IKE rekey). */
   register(s: IkeSession): void;
@@ -113,11 +115,15 @@ export class IkeSession {
   peerIkeRekey?: { nonces: Buffer[]; session: IkeSession };
   private outstanding?: {
     mid: number;
-    accept: (m: IkeMessage) => boolean;
+    accept: (m: IkeMessage, inner?: Payload[]) => boolean;
     timer?: NodeJS.Timeout;
     fail: (e: Error) => void;
   };
-  private lastResponse?: { mid: number; request: Buffer; response: Buffer };
+  /** Our answer to the peer's last request: the request's datagrams (fragments) and ours. */
+  private lastResponse?: { mid: number; requests: Buffer[]; responses: Buffer[] };
+  /** Fragments (RFC 7383) of a response to our request, and of the peer's current request. */
+  private responseParts?: Reassembly;
+  private requestParts?: { parts: Reassembly; raws: Buffer[] };
   private queue: Promise<unknown> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
 
@@ -164,21 +170,22 @@ export class IkeSession {
   }
 
   /**
-   * Sends `bytes` (message ID `mid`) and retransmits it until `accept` takes a response with that
-   * ID; rejects after the last retransmission or when the session ends.
+   * Sends `datagrams` (one message, or its fragments; message ID `mid`) and retransmits them until
+   * `accept` takes a response with that ID; rejects after the last retransmission or when the
+   * session ends. `accept` gets the reassembled inner payloads of a fragmented response.
    */
   transmit(
-    bytes: Buffer,
+    datagrams: Buffer[],
     mid: number,
-    accept: (m: IkeMessage) => boolean,
+    accept: (m: IkeMessage, inner?: Payload[]) => boolean,
     waits = this.host.timing.retransmits,
   ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let attempt = 0;
       const out = {
         mid,
-        accept: (m: IkeMessage) => {
-          if (!accept(m)) return false;
+        accept: (m: IkeMessage, inner?: Payload[]) => {
+          if (!accept(m, inner)) return false;
           clearTimeout(out.timer);
           this.outstanding = undefined;
           resolve();
@@ -204,7 +211,7 @@ export class IkeSession {
           return;
         }
         if (attempt > 0) this.log('retransmit', { mid, attempt });
-        this.host.bind.sendIke(bytes, this.port, this.sa.remote);
+        for (const d of datagrams) this.host.bind.sendIke(d, this.port, this.sa.remote);
         attempt++;
         out.timer = setTimeout(send, wait);
       };
@@ -224,19 +231,20 @@ export class IkeSession {
       if (this.state === 'dead') throw new IkeError('the IKE SA is gone', NotifyType.TEMPORARY_FAILURE);
       const sa = this.sa;
       const mid = sa.myMid;
-      const bytes = protectMessage(
-        { spiI: sa.spiI, spiR: sa.spiR, exchange, flags: this.flags(false), messageId: mid },
-        payloads,
-        sa.skKeys('out'),
-      );
+      const datagrams = this.protect(exchange, mid, payloads, false);
       let inner: Payload[] = [];
       this.activeKind = kind;
+      this.responseParts = undefined;
       try {
         await this.transmit(
-          bytes,
+          datagrams,
           mid,
-          (m) => {
+          (m, reassembled) => {
             if (m.header.exchange !== exchange) return false;
+            if (reassembled) {
+              inner = reassembled;
+              return true;
+            }
             try {
               inner = openMessage(m, sa.skKeys('in'));
               return true;
@@ -255,11 +263,81 @@ export class IkeSession {
     });
   }
 
+  /** Our message as datagrams: fragments when both sides support RFC 7383 and it is too big. */
+  private protect(exchange: ExchangeType, mid: number, payloads: Payload[], response: boolean): Buffer[] {
+    const sa = this.sa;
+    const h = { spiI: sa.spiI, spiR: sa.spiR, exchange, flags: this.flags(response), messageId: mid };
+    // IKE message size that keeps the IP datagram within fragmentSize (IP, UDP, non-ESP marker).
+    const max = sa.fragmentation
+      ? this.host.fragmentSize - (sa.remote.address.includes(':') ? 40 : 20) - 8 - (sa.floated ? 4 : 0)
+      : Number.MAX_SAFE_INTEGER;
+    const datagrams = protectFragmented(h, payloads, sa.skKeys('out'), max);
+    if (datagrams.length > 1)
+      this.log('sending fragments', { exchange: ExchangeType[exchange], fragments: datagrams.length });
+    return datagrams;
+  }
+
+  /**
+   * One fragment of a message: verified and kept; the whole message's inner payloads once every
+   * fragment is in. Unauthentic fragments are dropped (RFC 7383 §2.6).
+   */
+  private reassemble(msg: IkeMessage, slot: 'request' | 'response'): Payload[] | undefined {
+    if (!this.sa.fragmentation) return undefined;
+    let f: ReturnType<typeof openFragment>;
+    try {
+      f = openFragment(msg, this.sa.skKeys('in'));
+    } catch (err) {
+      this.log('drop unauthenticated fragment', { reason: (err as Error).message });
+      return undefined;
+    }
+    const mid = msg.header.messageId;
+    if (slot === 'response') {
+      if (this.responseParts?.mid !== mid) this.responseParts = new Reassembly(mid, f.total);
+      return this.responseParts.add(f);
+    }
+    if (this.requestParts?.parts.mid !== mid) this.requestParts = { parts: new Reassembly(mid, f.total), raws: [] };
+    this.requestParts.raws.push(Buffer.from(msg.raw));
+    return this.requestParts.parts.add(f);
+  }
+
   /** A response to our outstanding request (matched by message ID; authenticity checked by `accept`). */
   onResponse(msg: IkeMessage): void {
     const o = this.outstanding;
     if (!o || o.mid !== msg.header.messageId) return;
+    if (fragmentOf(msg)) {
+      const inner = this.reassemble(msg, 'response');
+      if (inner) o.accept(msg, inner);
+      return;
+    }
     o.accept(msg);
+  }
+
+  /**
+   * Opens the peer's request `msg` (message ID already checked): its inner payloads and the datagrams
+   * it came in, or undefined while fragments are missing or when it is not authentic.
+   */
+  openRequest(msg: IkeMessage): { inner: Payload[]; raws: Buffer[] } | undefined {
+    if (fragmentOf(msg)) {
+      const inner = this.reassemble(msg, 'request');
+      const raws = this.requestParts?.raws ?? [];
+      if (inner) this.requestParts = undefined;
+      return inner ? { inner, raws } : undefined;
+    }
+    try {
+      return { inner: openMessage(msg, this.sa.skKeys('in')), raws: [Buffer.from(msg.raw)] };
+    } catch (err) {
+      this.log('drop unauthenticated request', { reason: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  /** A retransmission of the request we answered last: send our answer again. True if it was one. */
+  replayed(msg: IkeMessage): boolean {
+    const cached = this.lastResponse;
+    if (!cached || msg.header.messageId !== cached.mid) return false;
+    if (cached.requests.some((r) => r.equals(msg.raw)))
+      for (const d of cached.responses) this.host.bind.sendIke(d, this.port, this.sa.remote);
+    return true;
   }
 
   // ---- requests the peer sends ---------------------------------------------------------------
@@ -268,22 +346,14 @@ export class IkeSession {
   onRequest(msg: IkeMessage, from: Endpoint, port: IkePort): void {
     const h = msg.header;
     const sa = this.sa;
-    const cached = this.lastResponse;
-    if (cached && h.messageId === cached.mid) {
-      if (cached.request.equals(msg.raw)) this.host.bind.sendIke(cached.response, this.port, this.sa.remote);
-      return;
-    }
+    if (this.replayed(msg)) return;
     if (h.messageId !== sa.peerMid) {
       this.log('drop request with unexpected message ID', { mid: h.messageId, expected: sa.peerMid });
       return;
     }
-    let inner: Payload[];
-    try {
-      inner = openMessage(msg, sa.skKeys('in'));
-    } catch (err) {
-      this.log('drop unauthenticated request', { reason: (err as Error).message });
-      return;
-    }
+    const opened = this.openRequest(msg);
+    if (!opened) return;
+    const inner = opened.inner;
     this.lastInbound = Date.now();
     if (sa.floated && port === 4500 && (from.address !== sa.remote.address || from.port !== sa.remote.port)) {
       // The NAT mapping changed (§2.23): follow the peer.
@@ -305,21 +375,17 @@ export class IkeSession {
       this.log('request refused', { exchange: ExchangeType[h.exchange], reason: (err as Error).message });
       out = [notify(n < 16384 ? n : NotifyType.INVALID_SYNTAX)];
     }
-    this.respond(h.exchange, h.messageId, out, msg.raw);
+    this.respond(h.exchange, h.messageId, out, opened.raws);
     after?.();
   }
 
   /** Sends (and caches) our response to the peer's request `mid`. */
-  respond(exchange: ExchangeType, mid: number, payloads: Payload[], request: Buffer): void {
+  respond(exchange: ExchangeType, mid: number, payloads: Payload[], requests: Buffer[]): void {
     const sa = this.sa;
-    const response = protectMessage(
-      { spiI: sa.spiI, spiR: sa.spiR, exchange, flags: this.flags(true), messageId: mid },
-      payloads,
-      sa.skKeys('out'),
-    );
-    this.lastResponse = { mid, request: Buffer.from(request), response };
+    const responses = this.protect(exchange, mid, payloads, true);
+    this.lastResponse = { mid, requests, responses };
     sa.peerMid = mid + 1;
-    this.host.bind.sendIke(response, this.port, sa.remote);
+    for (const d of responses) this.host.bind.sendIke(d, this.port, sa.remote);
   }
 
   private answer(exchange: ExchangeType, inner: Payload[]): { payloads: Payload[]; after?: () => void } {

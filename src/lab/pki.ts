@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { PeerError } from '../errors.ts';
 import { which } from './exec.ts';
 
-export type KeySpec = 'P-256' | 'P-384' | 'RSA-2048';
+export type KeySpec = 'P-256' | 'P-384' | 'RSA-2048' | 'RSA-4096';
 
 export interface Issued {
   certPem: string;
@@ -23,7 +23,9 @@ process.once('exit', () => {
 });
 
 function keyArgs(spec: KeySpec): string[] {
-  return spec === 'RSA-2048' ? ['-newkey', 'rsa:2048'] : ['-newkey', 'ec', '-pkeyopt', `ec_paramgen_curve:${spec}`];
+  return spec.startsWith('RSA-')
+    ? ['-newkey', `rsa:${spec.slice(4)}`]
+    : ['-newkey', 'ec', '-pkeyopt', `ec_paramgen_curve:${spec}`];
 }
 
 export class LabPki {

@@ -214,6 +214,9 @@ function strongswanConf(dir: string, logLevel: number): string {
           cfg: logLevel,
           knl: logLevel,
           esp: logLevel,
+          // Message parsing and fragmentation (RFC 7383) at level 1, packets sent/received at 1.
+          enc: Math.min(logLevel, 1),
+          net: Math.min(logLevel, 1),
           flush_line: true,
         },
       },
