@@ -291,6 +291,22 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     assert.ok(a.events.includes('retransmit') || b.events.includes('retransmit'), 'loss forced retransmissions');
   });
 
+  it('INITIAL_CONTACT from a restarted peer removes its stale SAs', async () => {
+    const { net, a, b } = await pair();
+    await until(() => b.sad.installed.size === 1);
+    const stale = only(b.m);
+    a.m.close(); // alice "crashes": bob is not told
+    const again = new IkeManager({ address: A, peerFor: () => undefined, timing: { retransmits: [40, 80] } });
+    open.push(again);
+    void again.listen((rx) => net.bind(A, rx));
+    await again.initiate({ remote: B, peer: config(A, B, HOUR) });
+    await until(() => b.m.sessions().length === 1 && only(b.m) !== stale);
+    assert.equal(stale.state, 'dead');
+    assert.equal(b.sad.installed.size, 1, 'only the new child SA is left');
+    const ended = b.audit.events.find((e) => e.id === 4655);
+    assert.ok(ended?.id === 4655 && /INITIAL_CONTACT/.test(ended.reason));
+  });
+
   it('shutdown deletes every SA at the peer', async () => {
     const { a, b } = await pair();
     await until(() => b.sad.installed.size === 1);
@@ -357,16 +373,16 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
         fc.constantFrom(0, 1),
         fc.array(fc.tuple(fc.nat(400), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 }),
         (which, edits) => {
-          const buf = Buffer.from(seeds[which] as Buffer);
-          let changed = false;
+          const seed = seeds[which] as Buffer;
+          const buf = Buffer.from(seed);
           for (const [i, v] of edits) {
             // Leave the SPIs alone half of the time so most mutations reach the session.
             const at = i % buf.length;
             if (at < 16 && i % 2 === 0) continue;
-            changed ||= buf[at] !== v;
             buf[at] = v;
           }
-          if (!changed) buf[buf.length - 1] = (buf[buf.length - 1] ?? 0) ^ 1;
+          // Edits can cancel out: the authentic request itself is not a mutation.
+          if (buf.equals(seed)) buf[buf.length - 1] = (buf[buf.length - 1] ?? 0) ^ 1;
           b.m.ike(buf, { address: A, port: 500 }, 500);
         },
       ),

@@ -360,6 +360,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     }
     s.peerId = authenticated.id;
     s.peerCertificate = authenticated.certificate;
+    if (findNotifies(inner, NotifyType.INITIAL_CONTACT).length > 0) this.initialContact(s);
     const child = respondChild(sa, inner, peer, 'auth');
     s.respond(
       ExchangeType.IKE_AUTH,
@@ -379,6 +380,20 @@ export class IkeManager implements SessionHost, IkeReceiver {
         ),
         1,
       );
+    }
+  }
+
+  /**
+   * INITIAL_CONTACT (§2.4): the peer has no other IKE SA with us any more (it restarted), so every
+   * older SA with the same identity is stale and removed locally, without a Delete it could not read.
+   */
+  private initialContact(fresh: IkeSession): void {
+    const id = fresh.peerId;
+    if (!id) return;
+    for (const s of this.sessions()) {
+      if (s === fresh || s.state === 'half-open' || !s.peerId) continue;
+      if (s.peerId.type === id.type && s.peerId.data.equals(id.data) && s.sa.remote.address === fresh.sa.remote.address)
+        s.terminate('the peer restarted (INITIAL_CONTACT)');
     }
   }
 
