@@ -2,7 +2,8 @@
  * IKEv2 SA setup time in the lab (PSK, AES-256/SHA-256/ECP-256, one child SA): consec initiating
  * to strongSwan, next to strongSwan initiating to strongSwan, in the same run. consec's figure is
  * measured inside the initiator (IKE_SA_INIT sent → IKE_AUTH done); strongSwan's is the wall time of
- * `swanctl --initiate`, which adds swanctl's own start-up (≈ 13 ms, shared/notes/strongswan-lab.md).
+ * `swanctl --initiate`, which adds swanctl's own start-up (≈ 13 ms, shared/notes/strongswan-lab.md);
+ * the same strongSwan initiator against consec as the responder compares the two responders alike.
  *
  *   node --import tsx bench/ike-setup.ts [--runs 20]
  */
@@ -46,7 +47,18 @@ try {
     swan.push(Math.round((performance.now() - t0) * 10) / 10);
     await alice.swanctl(['--terminate', '--ike', 'c']);
   }
-  await Promise.all([alice.stop(), bob.stop()]);
+  // The same initiator (strongSwan, same swanctl overhead) against consec as the responder.
+  await bob.stop();
+  const resp = fixture(lab, 'bob', 'ike-respond', [b, a, PSK, 'AES256-SHA256-DH19', 'AESGCM256', 0, '--stay', 600_000]);
+  await resp.waitFor(/"event":"listening"/);
+  const toConsec: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await alice.initiate('c');
+    toConsec.push(Math.round((performance.now() - t0) * 10) / 10);
+    await alice.swanctl(['--terminate', '--ike', 'c']);
+  }
+  await Promise.all([alice.stop(), resp.stop()]);
   console.log(`IKEv2 SA setup, PSK + AES-256/SHA-256/ECP-256 + child AES-GCM-256, lab veth, ${runs} runs each\n`);
   console.log('| initiator → responder | median ms | p90 ms | min ms |');
   console.log('|---|---:|---:|---:|');
@@ -55,6 +67,9 @@ try {
   );
   console.log(
     `| strongSwan → strongSwan (swanctl --initiate wall time) | ${median(swan)} | ${pct(swan, 90)} | ${Math.min(...swan)} |`,
+  );
+  console.log(
+    `| strongSwan → consec (swanctl --initiate wall time) | ${median(toConsec)} | ${pct(toConsec, 90)} | ${Math.min(...toConsec)} |`,
   );
 } finally {
   await lab.destroy();

@@ -176,3 +176,81 @@ describe('consec daemon', () => {
     }
   });
 });
+
+describe('keying service: acquires from policy, consec ↔ consec, transport mode', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('an acquire negotiates a transport-mode SA with the other consec; a second flow reuses it; stop deletes it', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const policy = (local: string, remote: string) =>
+      [
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm -PerfectForwardSecrecyGroup DH19',
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        `New-NetIPsecRule -DisplayName "Require to ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
+          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n');
+    const dirA = freshStateDir('consec-ks-a-');
+    const dirB = freshStateDir('consec-ks-b-');
+    for (const [dir, l, r] of [
+      [dirA, a, b],
+      [dirB, b, a],
+    ] as const) {
+      const res = await ps(policy(l, r), dir);
+      assert.equal(res.errors, 0, res.err);
+    }
+    const bob = lab.spawn('bob', [
+      process.execPath,
+      '--import',
+      'tsx',
+      join(ROOT, 'test/fixtures/keying-service.ts'),
+      dirB,
+      b,
+      '--stay',
+      '4000',
+    ]);
+    try {
+      await bob.waitFor(/"event":"started"/);
+      const alice = lab.spawn('alice', [
+        process.execPath,
+        '--import',
+        'tsx',
+        join(ROOT, 'test/fixtures/keying-service.ts'),
+        dirA,
+        a,
+        '--acquire',
+        `${b}:1`,
+        '--acquire',
+        `${b}:6`,
+        '--stay',
+        '300',
+      ]);
+      await alice.exited;
+      const out = alice
+        .output()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      const acquired = out.filter((e) => e.event === 'acquired');
+      assert.equal(acquired.length, 2, alice.output());
+      assert.equal(acquired[0]?.mode, 'transport', 'USE_TRANSPORT_MODE negotiated');
+      assert.equal(acquired[1]?.spiIn, acquired[0]?.spiIn, 'the second flow is covered by the same child SA');
+      assert.equal(out.filter((e) => e.event === 'install').length, 1);
+      await bob.exited;
+      const bobOut = bob.output();
+      assert.match(bobOut, /"event":"install".*"mode":"transport"/);
+      assert.match(bobOut, /"event":"delete"/, 'alice deleted the SA when she stopped');
+      assert.match(bobOut, /"event":"sessions","count":0/);
+    } finally {
+      await bob.stop();
+    }
+  });
+});

@@ -370,7 +370,7 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
     }
   });
 
-  it('negotiates through 30 % random loss on the veth (nft numgen), both directions', async () => {
+  it('negotiates through 30 % random loss (nft numgen) on both hosts, consec initiating', async () => {
     const loss = [
       'table inet consec_loss {',
       '  chain input { type filter hook input priority 0; udp dport { 500, 4500 } numgen random mod 10 < 3 drop; }',

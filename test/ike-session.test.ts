@@ -307,6 +307,20 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     assert.ok(ended?.id === 4655 && /INITIAL_CONTACT/.test(ended.reason));
   });
 
+  it('the data plane reporting a byte lifetime: soft rekeys the child, hard deletes it on both sides', async () => {
+    const { a, b } = await pair();
+    await until(() => b.sad.installed.size === 1);
+    const first = [...a.sad.installed.keys()][0] as string;
+    assert.equal([...a.sad.installed.values()][0]?.maxKilobytes, 100_000);
+    a.m.expire(Buffer.from(first, 'hex'), false);
+    await until(() => a.sad.deletes === 1 && b.sad.deletes === 1);
+    assertMirrored(a.sad, b.sad, 1);
+    const second = [...a.sad.installed.keys()][0] as string;
+    assert.notEqual(second, first);
+    a.m.expire(Buffer.from(second, 'hex'), true);
+    await until(() => a.sad.installed.size === 0 && b.sad.installed.size === 0);
+  });
+
   it('shutdown deletes every SA at the peer', async () => {
     const { a, b } = await pair();
     await until(() => b.sad.installed.size === 1);

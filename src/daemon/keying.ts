@@ -156,6 +156,11 @@ export class KeyingService {
     }
   }
 
+  /** The data plane reports a child SA's byte/packet lifetime: soft → rekey, hard → delete. */
+  expire(spiIn: Buffer, hard: boolean): void {
+    for (const m of this.managers.values()) m.expire(spiIn, hard);
+  }
+
   /**
    * A new active policy: SAs whose rule, credentials and negotiated IKE proposal it still allows
    * stay up (their next rekey uses the new sets); the others are deleted at the peer.

@@ -87,10 +87,20 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
  * Lifetimes from the crypto sets (main mode MaxMinutes, the first quick mode proposal's MaxMinutes);
  * rekeying starts at 90 % so the new SA is up before the old one expires.
  */
-export function lifetimes(mmMinutes: number | undefined, qmMinutes: number | undefined): Lifetimes {
+export function lifetimes(
+  mmMinutes: number | undefined,
+  qmMinutes: number | undefined,
+  qmKilobytes?: number,
+): Lifetimes {
   const ike = (mmMinutes || 480) * 60_000;
   const child = (qmMinutes || 60) * 60_000;
-  return { ikeRekeyMs: ike * 0.9, ikeExpireMs: ike, childRekeyMs: child * 0.9, childExpireMs: child };
+  return {
+    ikeRekeyMs: ike * 0.9,
+    ikeExpireMs: ike,
+    childRekeyMs: child * 0.9,
+    childExpireMs: child,
+    childKilobytes: qmKilobytes || 100_000,
+  };
 }
 
 export interface PlanOptions {
@@ -226,7 +236,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     espProposals: (spi) => espProposals(qm.Proposal, spi, pfs).proposals,
     name: rule.DisplayName,
     credentials,
-    lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes),
+    lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes, qm.Proposal[0]?.MaxKiloBytes),
     localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local),
     remoteId: credentials.method === 'cert' ? undefined : ipId(remote),
     tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),

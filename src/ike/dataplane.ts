@@ -1,7 +1,8 @@
 /**
  * What the keying service hands to a data plane (consec's userspace ESP, later kernel XFRM):
  * negotiated child SAs to install, replace and remove. The data plane calls back into the keying
- * service for acquires (traffic that needs an SA) and for lifetime expiry in bytes or packets.
+ * service for acquires (`KeyingService.acquire(flow)`: traffic that needs an SA) and for lifetime
+ * expiry in bytes or packets (`IkeManager.expire(spiIn, hard)`).
  */
 import type { ChildSa } from './tasks/child-create.ts';
 import type { Endpoint } from './sa.ts';
@@ -12,8 +13,10 @@ export interface InstalledChild {
   local: Endpoint;
   remote: Endpoint;
   udpEncapsulation: boolean;
-  /** We are the IKE initiator: our outbound keys are the initiator-to-responder ones. */
+  /** We initiated the exchange that created the child: our outbound keys are `keys.encrI`/`integI`. */
   initiator: boolean;
+  /** Byte lifetime (quick mode MaxKiloBytes); the data plane calls `expire` at 90 % and at 100 %. */
+  maxKilobytes?: number;
 }
 
 export interface ChildSaSink {

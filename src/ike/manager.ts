@@ -14,6 +14,8 @@ import { selectProposal, transformOf } from './proposals.ts';
 import { type Endpoint, IkeSa } from './sa.ts';
 import { IkeSession, type PeerConfig, type SessionHost, type SessionState, type Timing } from './session.ts';
 import { type ChildSa, ChildCreateInitiator, respondChild } from './tasks/child-create.ts';
+import { rekeyChild } from './tasks/child-rekey.ts';
+import { deleteChild } from './tasks/ike-delete.ts';
 import { authPayloads, methodName, verifyPeerAuth } from './tasks/ike-auth.ts';
 import { certRequest, SIGNATURE_HASHES } from './tasks/ike-cert.ts';
 import { IkeInitInitiator } from './tasks/ike-init.ts';
@@ -132,6 +134,22 @@ export class IkeManager implements SessionHost, IkeReceiver {
   noteEsp(spiIn: Buffer): void {
     const k = hex(spiIn);
     for (const s of this.bySpi.values()) if (s.children.has(k)) s.noteInbound();
+  }
+
+  /**
+   * The data plane reached a child SA's byte or packet lifetime (or its sequence numbers run out):
+   * soft → rekey it now, hard → delete it (RFC 4301 §4.4.2.1).
+   */
+  expire(spiIn: Buffer, hard: boolean): void {
+    const k = hex(spiIn);
+    for (const s of this.bySpi.values()) {
+      const e = s.children.get(k);
+      if (!e) continue;
+      if (hard) void deleteChild(s, e, 'lifetime expired (data plane)').catch(() => {});
+      else if (e.state === 'installed' && s.state === 'established')
+        void rekeyChild(s, e).catch((err: Error) => s.log('child rekey failed', { reason: err.message }));
+      return;
+    }
   }
 
   /** Sends an ESP-in-UDP datagram from our 4500 socket. */

@@ -29,6 +29,8 @@ export interface Lifetimes {
   ikeExpireMs: number;
   childRekeyMs: number;
   childExpireMs: number;
+  /** Quick mode MaxKiloBytes: enforced by the data plane, which reports expiry. */
+  childKilobytes?: number;
 }
 
 /** Windows defaults: main mode 480 minutes, quick mode 60 minutes; rekey at 90 %. */
@@ -37,6 +39,7 @@ export const DEFAULT_LIFETIMES: Lifetimes = {
   ikeExpireMs: 480 * 60_000,
   childRekeyMs: 54 * 60_000,
   childExpireMs: 60 * 60_000,
+  childKilobytes: 100_000,
 };
 
 /** Everything one IKE SA with one peer is negotiated from (policy, credentials, selectors). */
@@ -476,6 +479,7 @@ export class IkeSession {
       remote: this.sa.remote,
       udpEncapsulation: this.sa.floated,
       initiator: child.initiator,
+      maxKilobytes: this.lifetimes.childKilobytes,
     });
     this.armChild(entry);
     this.host.audit.emit({
