@@ -51,6 +51,23 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 
   }
 }
 
+/** A Windows server-to-server tunnel policy: MM set and rule, QM set, phase 1 auth set, rule. */
+const serverPolicy = (
+  local: string,
+  remote: string,
+  mm: string,
+  auth: string,
+  names: { mm: string; p1: string; qm: string },
+) => [
+  `$mm = New-NetIPsecMainModeCryptoProposal ${mm}`,
+  `$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "${names.mm}" -Proposal $mm`,
+  `New-NetIPsecMainModeRule -DisplayName "${names.mm} rule" -LocalAddress ${local} -RemoteAddress ${remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+  '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+  `$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "${names.qm}" -Proposal $qm`,
+  `$auth = New-NetIPsecAuthProposal -Machine ${auth}`,
+  `$p1 = New-NetIPsecPhase1AuthSet -DisplayName "${names.p1}" -Proposal $auth`,
+];
+
 const tunnelRule = (name: string, local: string, remote: string, p1: string, qm: string) =>
   `New-NetIPsecRule -DisplayName "${name}" -Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` +
   `-LocalAddress ${local} -RemoteAddress ${remote} -InboundSecurity Require -OutboundSecurity Require ` +
@@ -73,13 +90,11 @@ describe('consec daemon', () => {
     const dir = freshStateDir('consec-daemon-');
     const setup = await ps(
       [
-        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH14',
-        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-        `New-NetIPsecMainModeRule -DisplayName "MM rule" -LocalAddress ${b} -RemoteAddress ${a} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
+          mm: 'MM',
+          p1: 'PSK',
+          qm: 'QM',
+        }),
         tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
       ].join('\n'),
       dir,
@@ -134,13 +149,13 @@ describe('consec daemon', () => {
     writeFileSync(join(dir, 'certs', 'root', 'lab-root.pem'), pki.ca.certPem);
     const setup = await ps(
       [
-        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA384 -KeyExchange DH20',
-        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "ESAE MM" -Proposal $mm',
-        `New-NetIPsecMainModeRule -DisplayName "ESAE MM rule" -LocalAddress ${b} -RemoteAddress ${a} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "ESAE QM" -Proposal $qm',
-        '$cert = New-NetIPsecAuthProposal -Machine -Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "ESAE certificates" -Proposal $cert',
+        ...serverPolicy(
+          b,
+          a,
+          '-Encryption AES256 -Hash SHA384 -KeyExchange DH20',
+          '-Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
+          { mm: 'ESAE MM', p1: 'ESAE certificates', qm: 'ESAE QM' },
+        ),
         tunnelRule('ESAE', b, a, '$p1.Name', '$qmSet.Name'),
       ].join('\n'),
       dir,

@@ -62,6 +62,23 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
+  /** consec answering on bob for `stayMs`, and the strongSwan config alice initiates with. */
+  async function consecResponder(stayMs: number) {
+    const resp = fixture(lab, 'bob', 'ike-respond', [
+      b,
+      a,
+      PSK,
+      'AES256-SHA256-DH14',
+      'AESGCM256',
+      0,
+      '--stay',
+      stayMs,
+    ]);
+    await resp.waitFor(/"event":"listening"/);
+    const cfg = pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 2 });
+    return { resp, cfg };
+  }
+
   const certArgs = (who: 'alice' | 'bob') =>
     ['--cert', files[`${who}.pem`], '--key', files[`${who}.key`], '--ca', files['ca.pem']] as string[];
 
@@ -255,18 +272,7 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
   });
 
   it('strongSwan rekeys the CHILD SA and the IKE SA at short lifetimes; consec follows', async () => {
-    const resp = fixture(lab, 'bob', 'ike-respond', [
-      b,
-      a,
-      PSK,
-      'AES256-SHA256-DH14',
-      'AESGCM256',
-      0,
-      '--stay',
-      '6000',
-    ]);
-    await resp.waitFor(/"event":"listening"/);
-    const cfg = pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 2 });
+    const { resp, cfg } = await consecResponder(6000);
     const conn = cfg.connections.c;
     assert.ok(conn);
     Object.assign(conn, { rekey_time: '3s', over_time: '3s' });
@@ -343,18 +349,7 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
   });
 
   it('consec answers strongSwan liveness checks (dpd_delay 1 s): the SA stays up', async () => {
-    const resp = fixture(lab, 'bob', 'ike-respond', [
-      b,
-      a,
-      PSK,
-      'AES256-SHA256-DH14',
-      'AESGCM256',
-      0,
-      '--stay',
-      '4000',
-    ]);
-    await resp.waitFor(/"event":"listening"/);
-    const cfg = pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 2 });
+    const { resp, cfg } = await consecResponder(4000);
     Object.assign(cfg.connections.c ?? {}, { dpd_delay: '1s' });
     const peer = await Charon.start(lab, 'alice', cfg);
     try {

@@ -3,12 +3,13 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { systemHostContext } from '../filter/host-context.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { loadCertStore } from './certstore.ts';
+import { dhKeyword } from './describe.ts';
 import { planNegotiation } from './config.ts';
 import { initiate } from './initiator.ts';
 import { writeWiresharkKeys } from './keylog.ts';
 import { pingThroughTunnel } from './probe.ts';
 import { transformOf } from './proposals.ts';
-import { EncrId, KeId, PrfId, TransformType } from './wire/constants.ts';
+import { EncrId, PrfId, TransformType } from './wire/constants.ts';
 
 export interface InitiateCliOptions {
   remote: string;
@@ -23,15 +24,6 @@ export interface InitiateCliOptions {
 
 const ENCR = (id: number, bits?: number) =>
   id === EncrId.AES_GCM_16 ? `AESGCM${bits}` : id === EncrId.AES_CBC ? `AES${bits}` : `ENCR${id}`;
-const KE: Record<number, string> = {
-  [KeId.MODP_2048]: 'DH14',
-  [KeId.MODP_3072]: 'DH15',
-  [KeId.MODP_4096]: 'DH16',
-  [KeId.ECP_256]: 'DH19',
-  [KeId.ECP_384]: 'DH20',
-  [KeId.ECP_521]: 'DH21',
-  [KeId.CURVE25519]: 'DH31',
-};
 const PRF: Record<number, string> = {
   [PrfId.HMAC_SHA1]: 'SHA1',
   [PrfId.HMAC_SHA2_256]: 'SHA256',
@@ -77,7 +69,7 @@ export async function runInitiate(
     const chosen = r.sa.chosen;
     const t = (type: TransformType) => (chosen ? transformOf(chosen, type) : undefined);
     const e = t(TransformType.ENCR);
-    const suite = `${ENCR(e?.id ?? 0, e?.keyLength)}-${PRF[t(TransformType.PRF)?.id ?? 0] ?? '?'}-${KE[t(TransformType.KE)?.id ?? 0] ?? '?'}`;
+    const suite = `${ENCR(e?.id ?? 0, e?.keyLength)}-${PRF[t(TransformType.PRF)?.id ?? 0] ?? '?'}-${dhKeyword(t(TransformType.KE)?.id)}`;
     out(
       `Main Mode SA:  ${plan.local} -> ${plan.remote}  IKEv2  ${suite}  ${plan.credentials.method === 'cert' ? 'Certificate' : 'PreSharedKey'}  cookies ${r.sa.spiI.toString('hex')}:${r.sa.spiR.toString('hex')}  NAT-T ${r.sa.floated ? 'yes (UDP 4500)' : 'no'}`,
     );

@@ -36,18 +36,23 @@ export function integrityName(p: Proposal): string {
   return names[t.id as IntegId] ?? `INTEG ${t.id}`;
 }
 
+/** Key exchange groups: the Windows proposal name (DH14) and the SA view name. */
+const GROUPS: Partial<Record<KeId, { dh: string; name: string }>> = {
+  [KeId.MODP_2048]: { dh: 'DH14', name: 'DH Group 14' },
+  [KeId.MODP_3072]: { dh: 'DH15', name: 'DH Group 15' },
+  [KeId.MODP_4096]: { dh: 'DH16', name: 'DH Group 16' },
+  [KeId.ECP_256]: { dh: 'DH19', name: 'ECDH P-256' },
+  [KeId.ECP_384]: { dh: 'DH20', name: 'ECDH P-384' },
+  [KeId.ECP_521]: { dh: 'DH21', name: 'ECDH P-521' },
+  [KeId.CURVE25519]: { dh: 'DH31', name: 'Curve25519' },
+};
+
 export function groupName(id: number | undefined): string {
-  const names: Partial<Record<KeId, string>> = {
-    [KeId.MODP_2048]: 'DH Group 14',
-    [KeId.MODP_3072]: 'DH Group 15',
-    [KeId.MODP_4096]: 'DH Group 16',
-    [KeId.ECP_256]: 'ECDH P-256',
-    [KeId.ECP_384]: 'ECDH P-384',
-    [KeId.ECP_521]: 'ECDH P-521',
-    [KeId.CURVE25519]: 'Curve25519',
-  };
-  return id === undefined ? 'None' : (names[id as KeId] ?? `group ${id}`);
+  return id === undefined ? 'None' : (GROUPS[id as KeId]?.name ?? `group ${id}`);
 }
+
+/** The group as a Windows crypto proposal names it (DH14, DH19 …). */
+export const dhKeyword = (id: number | undefined): string => (id === undefined ? '?' : (GROUPS[id as KeId]?.dh ?? '?'));
 
 export const dhOf = (p: Proposal): string => groupName(transformOf(p, TransformType.KE)?.id);
 

@@ -264,16 +264,14 @@ export class IkeManager implements SessionHost, IkeReceiver {
       }
     }
     const peer = this.o.peerFor(from.address);
-    if (!peer) {
-      this.log('no policy for peer', { from: from.address });
+    // No policy, or no proposal in common: NO_PROPOSAL_CHOSEN, audited as a main mode failure.
+    const refuse = (why: string, p?: PeerConfig) => {
+      this.log(why, { from: from.address });
       send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
-      this.mmFailed(
-        from,
-        'Responder',
-        undefined,
-        new IkeError('no policy for this peer', NotifyType.NO_PROPOSAL_CHOSEN),
-        h.spiI,
-      );
+      this.mmFailed(from, 'Responder', p, new IkeError(why, NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
+    };
+    if (!peer) {
+      refuse('no policy for this peer');
       return;
     }
     const saP = findPayload(msg.payloads, PayloadType.SA);
@@ -282,15 +280,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
     const chosen = selectProposal(saP.proposals, peer.ikeProposals);
     if (!chosen) {
-      this.log('no proposal chosen', { from: from.address });
-      send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
-      this.mmFailed(
-        from,
-        'Responder',
-        peer,
-        new IkeError('no main mode proposal in common', NotifyType.NO_PROPOSAL_CHOSEN),
-        h.spiI,
-      );
+      refuse('no main mode proposal in common', peer);
       return;
     }
     const group = transformOf(chosen, TransformType.KE)?.id as number;

@@ -82,24 +82,33 @@ export interface PskHostTunnel {
   logLevel?: number;
 }
 
-/**
- * A pre-shared-key connection between two host addresses, identified by those addresses. The
- * child is a tunnel between the two hosts: kernel-libipsec does tunnel mode only.
- */
-export function pskHostTunnel(local: string, remote: string, o: PskHostTunnel): CharonConfig {
+/** One connection between two host addresses with a tunnel-mode child between them (kernel-libipsec does tunnel mode only). */
+function hostTunnel(
+  local: string,
+  remote: string,
+  o: Omit<PskHostTunnel, 'secret'>,
+  auth: { local: SwanAuth; remote: SwanAuth },
+  proposals: string[],
+): SwanConnection {
   return {
-    connections: {
-      [o.name]: {
-        local_addrs: [local],
-        remote_addrs: o.remoteAddrs ?? [remote],
-        proposals: o.proposals ?? ['aes256-sha256-ecp256'],
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        children: {
-          [o.name]: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: o.esp ?? ['aes256gcm16'] },
-        },
-      },
+    local_addrs: [local],
+    remote_addrs: o.remoteAddrs ?? [remote],
+    proposals: o.proposals ?? proposals,
+    ...auth,
+    children: {
+      [o.name]: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: o.esp ?? ['aes256gcm16'] },
     },
+  };
+}
+
+/** A pre-shared-key connection between two host addresses, identified by those addresses. */
+export function pskHostTunnel(local: string, remote: string, o: PskHostTunnel): CharonConfig {
+  const auth: { local: SwanAuth; remote: SwanAuth } = {
+    local: { auth: 'psk', id: local },
+    remote: { auth: 'psk', id: remote },
+  };
+  return {
+    connections: { [o.name]: hostTunnel(local, remote, o, auth, ['aes256-sha256-ecp256']) },
     psks: [{ ids: [local, remote], secret: o.secret }],
     logLevel: o.logLevel,
   };
@@ -114,19 +123,12 @@ export interface CertHostTunnel extends Omit<PskHostTunnel, 'secret'> {
 
 /** Like `pskHostTunnel`, authenticated with certificates (strongSwan's identity: its subject DN). */
 export function certHostTunnel(local: string, remote: string, o: CertHostTunnel): CharonConfig {
+  const auth: { local: SwanAuth; remote: SwanAuth } = {
+    local: { auth: 'pubkey', certs: ['self.crt'] },
+    remote: { auth: 'pubkey', cacerts: ['ca.crt'] },
+  };
   return {
-    connections: {
-      [o.name]: {
-        local_addrs: [local],
-        remote_addrs: o.remoteAddrs ?? [remote],
-        proposals: o.proposals ?? ['aes256-sha384-ecp384'],
-        local: { auth: 'pubkey', certs: ['self.crt'] },
-        remote: { auth: 'pubkey', cacerts: ['ca.crt'] },
-        children: {
-          [o.name]: { local_ts: [`${local}/32`], remote_ts: [`${remote}/32`], esp_proposals: o.esp ?? ['aes256gcm16'] },
-        },
-      },
-    },
+    connections: { [o.name]: hostTunnel(local, remote, o, auth, ['aes256-sha384-ecp384']) },
     files: { x509: { 'self.crt': o.cert }, x509ca: { 'ca.crt': o.ca }, private: { 'self.key': o.key } },
     logLevel: o.logLevel,
   };
