@@ -1,0 +1,284 @@
+/**
+ * ESP (RFC 4303) for one SA and direction: AES-GCM-16 (RFC 4106), AES-CBC with HMAC-SHA-1/SHA-2
+ * (RFC 3602, RFC 4868) and integrity-only NULL encryption with HMAC (RFC 2410), with or without
+ * extended sequence numbers. Pure: buffers in, buffers out; cipher keys are imported once per SA.
+ * Inbound order is RFC 4303 §3.4: replay pre-check → ICV → decrypt → padding → replay update.
+ */
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  createSecretKey,
+  type KeyObject,
+  randomFillSync,
+  timingSafeEqual,
+} from 'node:crypto';
+import { ConsecError } from '../errors.ts';
+import { ReplayWindow } from './replay.ts';
+
+export type EspFailure = 'malformed' | 'spi' | 'replay' | 'integrity' | 'padding' | 'sequence-exhausted';
+
+/** A packet refused by ESP; `reason` maps to the Windows IPsec driver events (4960 integrity, 4961/4962 replay, 4965 SPI). */
+export class EspError extends ConsecError {
+  constructor(
+    readonly reason: EspFailure,
+    message: string,
+  ) {
+    super('ERR_ESP', message);
+  }
+}
+
+export type EspCipher = 'aes-gcm-16' | 'aes-cbc' | 'null';
+export type EspInteg = 'sha1-96' | 'sha256-128' | 'sha384-192' | 'sha512-256';
+
+export interface EspSaParams {
+  spi: number;
+  cipher: EspCipher;
+  /** Encryption key; for AES-GCM the 4-octet salt follows the key (RFC 4106 §8.1). */
+  encrKey: Buffer;
+  /** Integrity for AES-CBC and NULL (absent for AES-GCM). */
+  integ?: EspInteg;
+  integKey?: Buffer;
+  /** Extended (64-bit) sequence numbers (RFC 4303 §2.2.1). */
+  esn?: boolean;
+  /** Anti-replay window in packets (inbound). Default 1024. */
+  replayWindow?: number;
+  /** Outbound: the last sequence number already used (an SA handed over from another process). */
+  lastSeq?: number;
+}
+
+const INTEG: Record<EspInteg, { hash: string; icv: number }> = {
+  'sha1-96': { hash: 'sha1', icv: 12 },
+  'sha256-128': { hash: 'sha256', icv: 16 },
+  'sha384-192': { hash: 'sha384', icv: 24 },
+  'sha512-256': { hash: 'sha512', icv: 32 },
+};
+
+const GCM_ICV = 16;
+
+class EspSa {
+  readonly spi: number;
+  readonly cipher: EspCipher;
+  readonly esn: boolean;
+  protected readonly key?: KeyObject;
+  protected readonly salt?: Buffer;
+  protected readonly algo: string;
+  protected readonly hmac?: { hash: string; key: KeyObject; icv: number };
+  readonly ivLen: number;
+  readonly icvLen: number;
+  readonly block: number;
+  /** Traffic through the SA, for lifetimes and statistics. */
+  bytes = 0;
+  packets = 0;
+
+  constructor(p: EspSaParams) {
+    this.spi = p.spi >>> 0;
+    this.cipher = p.cipher;
+    this.esn = p.esn ?? false;
+    if (p.cipher === 'aes-gcm-16') {
+      const k = p.encrKey.length - 4;
+      if (k !== 16 && k !== 24 && k !== 32)
+        throw new RangeError('AES-GCM key must be 16, 24 or 32 octets plus a 4-octet salt');
+      this.key = createSecretKey(p.encrKey.subarray(0, k));
+      this.salt = Buffer.from(p.encrKey.subarray(k));
+      this.algo = `aes-${k * 8}-gcm`;
+      this.ivLen = 8;
+      this.icvLen = GCM_ICV;
+      this.block = 4;
+    } else {
+      if (!p.integ || !p.integKey) throw new RangeError(`${p.cipher} needs an integrity algorithm`);
+      const i = INTEG[p.integ];
+      this.hmac = { hash: i.hash, key: createSecretKey(p.integKey), icv: i.icv };
+      this.icvLen = i.icv;
+      if (p.cipher === 'aes-cbc') {
+        const k = p.encrKey.length;
+        if (k !== 16 && k !== 24 && k !== 32) throw new RangeError('AES-CBC key must be 16, 24 or 32 octets');
+        this.key = createSecretKey(p.encrKey);
+        this.algo = `aes-${k * 8}-cbc`;
+        this.ivLen = 16;
+        this.block = 16;
+      } else {
+        this.algo = 'null';
+        this.ivLen = 0;
+        this.block = 4;
+      }
+    }
+  }
+
+  /** Octets ESP adds around a payload of `len` octets (header, IV, padding, trailer, ICV). */
+  overhead(len: number): number {
+    return 8 + this.ivLen + this.padLength(len) + 2 + this.icvLen;
+  }
+
+  protected padLength(len: number): number {
+    return (this.block - ((len + 2) % this.block)) % this.block;
+  }
+
+  /** HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.2.1 for ESN). */
+  protected mac(packet: Buffer, end: number, seqHigh: number): Buffer {
+    const m = this.hmac as { hash: string; key: KeyObject; icv: number };
+    const h = createHmac(m.hash, m.key).update(packet.subarray(0, end));
+    if (this.esn) {
+      const hi = Buffer.allocUnsafe(4);
+      hi.writeUInt32BE(seqHigh >>> 0);
+      h.update(hi);
+    }
+    return h.digest().subarray(0, m.icv);
+  }
+
+  /** The GCM nonce (salt | IV) and AAD (SPI | [seq high |] seq low) of a packet. */
+  protected gcmParams(packet: Buffer, seqHigh: number): { nonce: Buffer; aad: Buffer } {
+    const nonce = Buffer.allocUnsafe(12);
+    (this.salt as Buffer).copy(nonce, 0);
+    packet.copy(nonce, 4, 8, 16);
+    let aad: Buffer;
+    if (this.esn) {
+      aad = Buffer.allocUnsafe(12);
+      packet.copy(aad, 0, 0, 4);
+      aad.writeUInt32BE(seqHigh >>> 0, 4);
+      packet.copy(aad, 8, 4, 8);
+    } else aad = packet.subarray(0, 8);
+    return { nonce, aad };
+  }
+}
+
+export class EspOutbound extends EspSa {
+  /** Sequence number of the next packet (64-bit with ESN; the first packet carries 1). */
+  private seq = 0;
+  private readonly limit: number;
+
+  constructor(p: EspSaParams) {
+    super(p);
+    this.limit = this.esn ? 2 ** 53 - 1 : 2 ** 32 - 1;
+    this.seq = p.lastSeq ?? 0;
+  }
+
+  /** Packets left before the counter runs out (the keying service rekeys well before). */
+  get remaining(): number {
+    return this.limit - this.seq;
+  }
+
+  /** The ESP packet (SPI … ICV) carrying `payload` with next header `nextHeader`. */
+  seal(payload: Buffer, nextHeader: number): Buffer {
+    if (this.seq >= this.limit)
+      throw new EspError(
+        'sequence-exhausted',
+        `SPI ${this.spi.toString(16)}: sequence numbers exhausted, the SA must be rekeyed`,
+      );
+    const seq = ++this.seq;
+    const seqLow = seq % 2 ** 32;
+    const seqHigh = Math.floor(seq / 2 ** 32);
+    const pad = this.padLength(payload.length);
+    const plainLen = payload.length + pad + 2;
+    const out = Buffer.allocUnsafe(8 + this.ivLen + plainLen + this.icvLen);
+    out.writeUInt32BE(this.spi, 0);
+    out.writeUInt32BE(seqLow, 4);
+    const body = 8 + this.ivLen;
+    // Plaintext in place: payload | padding 1, 2, 3 … | pad length | next header.
+    payload.copy(out, body);
+    for (let i = 0; i < pad; i++) out[body + payload.length + i] = i + 1;
+    out[body + payload.length + pad] = pad;
+    out[body + payload.length + pad + 1] = nextHeader;
+    const plain = out.subarray(body, body + plainLen);
+    if (this.cipher === 'aes-gcm-16') {
+      // The explicit IV is the 64-bit sequence number: unique per key, as RFC 4106 §3.1 requires.
+      out.writeUInt32BE(seqHigh, 8);
+      out.writeUInt32BE(seqLow, 12);
+      const { nonce, aad } = this.gcmParams(out, seqHigh);
+      const c = createCipheriv(this.algo as 'aes-256-gcm', this.key as KeyObject, nonce, { authTagLength: GCM_ICV });
+      c.setAAD(aad);
+      const ct = c.update(plain);
+      ct.copy(out, body);
+      c.final();
+      c.getAuthTag().copy(out, body + plainLen);
+    } else {
+      if (this.cipher === 'aes-cbc') {
+        const iv = out.subarray(8, 8 + this.ivLen);
+        randomFillSync(iv);
+        const c = createCipheriv(this.algo, this.key as KeyObject, iv);
+        c.setAutoPadding(false);
+        const ct = c.update(plain);
+        ct.copy(out, body);
+        c.final();
+      }
+      this.mac(out, body + plainLen, seqHigh).copy(out, body + plainLen);
+    }
+    this.bytes += payload.length;
+    this.packets++;
+    return out;
+  }
+}
+
+export interface Opened {
+  /** The inner packet (tunnel mode) or transport payload. */
+  payload: Buffer;
+  nextHeader: number;
+  /** Full (64-bit with ESN) sequence number. */
+  seq: number;
+}
+
+export class EspInbound extends EspSa {
+  readonly replay: ReplayWindow;
+
+  constructor(p: EspSaParams) {
+    super(p);
+    this.replay = new ReplayWindow(p.replayWindow ?? 1024);
+  }
+
+  /** Verifies, decrypts and replay-checks one ESP packet (SPI … ICV). Throws EspError; never changes state on failure. */
+  open(packet: Buffer): Opened {
+    const min = 8 + this.ivLen + this.block + this.icvLen;
+    if (packet.length < min || (packet.length - 8 - this.ivLen - this.icvLen) % this.block !== 0)
+      throw new EspError(
+        'malformed',
+        `ESP packet of ${packet.length} octets does not fit SPI ${this.spi.toString(16)}`,
+      );
+    if (packet.readUInt32BE(0) !== this.spi) throw new EspError('spi', 'ESP packet for another SPI');
+    const low = packet.readUInt32BE(4);
+    const seq = this.esn ? this.replay.inferEsn(low) : low;
+    if (seq <= 0 || !this.replay.check(seq))
+      throw new EspError('replay', `replayed or too old ESP packet (sequence ${seq}, window top ${this.replay.top})`);
+    const seqHigh = Math.floor(seq / 2 ** 32);
+    const body = 8 + this.ivLen;
+    const end = packet.length - this.icvLen;
+    let plain: Buffer;
+    if (this.cipher === 'aes-gcm-16') {
+      const { nonce, aad } = this.gcmParams(packet, seqHigh);
+      const d = createDecipheriv(this.algo as 'aes-256-gcm', this.key as KeyObject, nonce, { authTagLength: GCM_ICV });
+      d.setAAD(aad);
+      d.setAuthTag(packet.subarray(end));
+      try {
+        const first = d.update(packet.subarray(body, end));
+        const last = d.final();
+        plain = last.length ? Buffer.concat([first, last]) : first;
+      } catch {
+        throw new EspError('integrity', `ESP packet failed its integrity check (SPI ${this.spi.toString(16)})`);
+      }
+    } else {
+      const icv = this.mac(packet, end, seqHigh);
+      if (!timingSafeEqual(icv, packet.subarray(end)))
+        throw new EspError('integrity', `ESP packet failed its integrity check (SPI ${this.spi.toString(16)})`);
+      if (this.cipher === 'aes-cbc') {
+        const d = createDecipheriv(this.algo, this.key as KeyObject, packet.subarray(8, body));
+        d.setAutoPadding(false);
+        const first = d.update(packet.subarray(body, end));
+        const last = d.final();
+        plain = last.length ? Buffer.concat([first, last]) : first;
+      } else plain = packet.subarray(body, end);
+    }
+    const padLen = plain[plain.length - 2] as number;
+    const nextHeader = plain[plain.length - 1] as number;
+    const payloadLen = plain.length - 2 - padLen;
+    if (payloadLen < 0) throw new EspError('padding', 'ESP pad length exceeds the payload');
+    // Default padding is 1, 2, 3 …; anything else is refused (RFC 4303 §2.4).
+    for (let i = 0; i < padLen; i++)
+      if (plain[payloadLen + i] !== i + 1) throw new EspError('padding', 'ESP padding is not the default sequence');
+    if (!this.replay.update(seq)) throw new EspError('replay', `replayed ESP packet (sequence ${seq})`);
+    this.bytes += payloadLen;
+    this.packets++;
+    return { payload: plain.subarray(0, payloadLen), nextHeader, seq };
+  }
+}
+
+/** Next header 59: a dummy packet (RFC 4303 §2.6) that receivers must drop silently. */
+export const NEXT_HEADER_NONE = 59;
