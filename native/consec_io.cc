@@ -2,13 +2,15 @@
 //
 //   tunOpen(name, multiQueue)            -> { fd, name }    TUN, IFF_TUN|IFF_NO_PI, O_NONBLOCK
 //   rawOpen(family, protocol)            -> fd              SOCK_RAW (ESP 50, AH 51), non-blocking
-//   bindAddress(fd, family, addr16)      -> undefined       bind a raw socket to a local address
+//   udpOpen(family)                      -> fd              SOCK_DGRAM (IKE and ESP-in-UDP on 4500)
+//   bindAddress(fd, family, addr16[, port]) -> undefined    bind to a local address (and UDP port)
 //   setMark(fd, mark)                    -> undefined       SO_MARK (keeps our ESP out of the TUN route)
 //   close(fd)                            -> undefined
 //   readBatch(fd, buf, slot, lens, max)  -> n               read() until EAGAIN or max packets
 //   writeBatch(fd, buf, offs, lens, n)   -> written         write() each packet; stops on EAGAIN
-//   recvBatch(fd, buf, slot, lens, addrs, max) -> n        recvmmsg; addrs: 16 bytes per packet
-//   sendBatch(fd, family, buf, offs, lens, addrs, n) -> sent   sendmmsg to per-packet destinations
+//   recvBatch(fd, buf, slot, lens, addrs, max[, ports]) -> n   recvmmsg; addrs: 16 bytes per packet,
+//                                                            ports (Uint16Array) for UDP
+//   sendBatch(fd, family, buf, offs, lens, addrs, n[, ports]) -> sent   sendmmsg to per-packet peers
 //   Poller(fd, onReadable)                                   uv_poll_t on Node's own loop
 //
 // Errors are thrown as Error objects with .code (errno name), .errno and .syscall, which the
@@ -82,19 +84,35 @@ int FamilyArg(const Napi::CallbackInfo& info, size_t i) {
   return f == 4 ? AF_INET : AF_INET6;
 }
 
-// Fills a sockaddr from a 16-byte address slot (IPv4 uses the first 4 bytes).
-socklen_t ToSockaddr(int af, const uint8_t* addr16, sockaddr_storage* ss) {
+// Fills a sockaddr from a 16-byte address slot (IPv4 uses the first 4 bytes) and a port (UDP).
+socklen_t ToSockaddr(int af, const uint8_t* addr16, sockaddr_storage* ss, uint16_t port = 0) {
   memset(ss, 0, sizeof(*ss));
   if (af == AF_INET) {
     auto* sin = reinterpret_cast<sockaddr_in*>(ss);
     sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
     memcpy(&sin->sin_addr, addr16, 4);
     return sizeof(sockaddr_in);
   }
   auto* sin6 = reinterpret_cast<sockaddr_in6*>(ss);
   sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(port);
   memcpy(&sin6->sin6_addr, addr16, 16);
   return sizeof(sockaddr_in6);
+}
+
+uint16_t PortOf(const sockaddr_storage* ss) {
+  if (ss->ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(ss)->sin_port);
+  if (ss->ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(ss)->sin6_port);
+  return 0;
+}
+
+// An optional Uint16Array argument (ports), or an empty one.
+Napi::Uint16Array U16OptArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || info[i].IsUndefined()) return Napi::Uint16Array();
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array)
+    throw ArgError(info.Env(), what);
+  return info[i].As<Napi::Uint16Array>();
 }
 
 void FromSockaddr(const sockaddr_storage* ss, uint8_t* addr16) {
@@ -139,14 +157,24 @@ Napi::Value RawOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+Napi::Value UdpOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int af = FamilyArg(info, 0);
+  int fd = socket(af, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw ErrnoError(env, errno, "socket(SOCK_DGRAM)");
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value BindAddress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
   int af = FamilyArg(info, 1);
   auto addr = BufArg(info, 2, "address must be a 16-byte Buffer");
   if (addr.Length() < 16) throw ArgError(env, "address must be a 16-byte Buffer");
+  uint32_t port = info.Length() > 3 && !info[3].IsUndefined() ? U32Arg(info, 3, "port must be 0..65535") : 0;
+  if (port > 65535) throw ArgError(env, "port must be 0..65535");
   sockaddr_storage ss;
-  socklen_t len = ToSockaddr(af, addr.Data(), &ss);
+  socklen_t len = ToSockaddr(af, addr.Data(), &ss, static_cast<uint16_t>(port));
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) < 0) throw ErrnoError(env, errno, "bind");
   return env.Undefined();
 }
@@ -228,7 +256,9 @@ Napi::Value RecvBatch(const Napi::CallbackInfo& info) {
   auto lens = I32Arg(info, 3, "lengths must be an Int32Array");
   auto addrs = BufArg(info, 4, "addrs must be a Buffer");
   uint32_t max = U32Arg(info, 5, "max must be a positive integer");
+  auto ports = U16OptArg(info, 6, "ports must be a Uint16Array");
   if (slot == 0) throw ArgError(env, "slotSize must be a positive integer");
+  if (!ports.IsEmpty() && max > ports.ElementLength()) max = ports.ElementLength();
   if (max > lens.ElementLength()) max = lens.ElementLength();
   if (max > buf.Length() / slot) max = buf.Length() / slot;
   if (max > addrs.Length() / 16) max = addrs.Length() / 16;
@@ -259,6 +289,7 @@ Napi::Value RecvBatch(const Napi::CallbackInfo& info) {
     // A datagram larger than the slot is truncated: report it as -1 so the caller drops it.
     lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : static_cast<int32_t>(msgs[i].msg_len);
     FromSockaddr(&from[i], addrs.Data() + static_cast<size_t>(i) * 16);
+    if (!ports.IsEmpty()) ports[i] = PortOf(&from[i]);
   }
   return Napi::Number::New(env, r);
 }
@@ -273,8 +304,10 @@ Napi::Value SendBatch(const Napi::CallbackInfo& info) {
   auto lens = I32Arg(info, 4, "lengths must be an Int32Array");
   auto addrs = BufArg(info, 5, "addrs must be a Buffer");
   uint32_t count = U32Arg(info, 6, "count must be a non-negative integer");
+  auto ports = U16OptArg(info, 7, "ports must be a Uint16Array");
   if (count > offs.ElementLength() || count > lens.ElementLength() || count > addrs.Length() / 16)
     throw ArgError(env, "count exceeds offsets/lengths/addrs");
+  if (!ports.IsEmpty() && count > ports.ElementLength()) throw ArgError(env, "count exceeds ports");
   uint32_t sent = 0;
   while (sent < count) {
     uint32_t n = count - sent;
@@ -293,7 +326,8 @@ Napi::Value SendBatch(const Napi::CallbackInfo& info) {
       msgs[i].msg_hdr.msg_iov = &iovs[i];
       msgs[i].msg_hdr.msg_iovlen = 1;
       msgs[i].msg_hdr.msg_name = &to[i];
-      msgs[i].msg_hdr.msg_namelen = ToSockaddr(af, addrs.Data() + static_cast<size_t>(k) * 16, &to[i]);
+      msgs[i].msg_hdr.msg_namelen = ToSockaddr(af, addrs.Data() + static_cast<size_t>(k) * 16, &to[i],
+                                               ports.IsEmpty() ? 0 : ports[k]);
     }
     int r;
     do {
@@ -406,6 +440,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tunOpen", Napi::Function::New(env, TunOpen));
   exports.Set("rawOpen", Napi::Function::New(env, RawOpen));
+  exports.Set("udpOpen", Napi::Function::New(env, UdpOpen));
   exports.Set("bindAddress", Napi::Function::New(env, BindAddress));
   exports.Set("setMark", Napi::Function::New(env, SetMark));
   exports.Set("close", Napi::Function::New(env, Close));

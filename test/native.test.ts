@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { NativeIoError } from '../src/errors.ts';
-import { PacketBatch, RawIpSocket, TunDevice } from '../src/io/native.ts';
+import { PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../src/io/native.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
@@ -147,6 +147,42 @@ describe('native addon in lab namespaces', () => {
       );
     } finally {
       await lab.exec('alice', ['ip', 'rule', 'del', 'pref', '100'], { allowFailure: true });
+    }
+  });
+});
+
+describe('native UDP sockets (loopback)', () => {
+  it('sendmmsg/recvmmsg a batch with per-packet peers and ports, IPv4 and IPv6', async () => {
+    for (const [family, addr] of [
+      [4, '127.0.0.1'],
+      [6, '::1'],
+    ] as const) {
+      const a = UdpSocket.open(family);
+      const b = UdpSocket.open(family);
+      try {
+        a.bind(addr, 45001);
+        b.bind(addr, 45002);
+        const out = new PacketBatch(32, 2048);
+        for (let i = 0; i < 32; i++) out.set(i, Buffer.from(`datagram ${i}`), addr, 45002);
+        out.count = 32;
+        assert.equal(a.send(out), 32);
+        const got = new PacketBatch(64, 2048);
+        const seen: string[] = [];
+        const deadline = Date.now() + 2000;
+        while (seen.length < 32 && Date.now() < deadline) {
+          const n = b.recv(got);
+          for (let i = 0; i < n; i++) {
+            assert.equal(got.ports[i], 45001, 'the source port is reported');
+            assert.equal(got.address(i, family), addr);
+            seen.push(got.packet(i).toString());
+          }
+          if (n === 0) await new Promise((r) => setTimeout(r, 5));
+        }
+        assert.deepEqual(seen, Array.from({ length: 32 }, (_, i) => `datagram ${i}`));
+      } finally {
+        a.close();
+        b.close();
+      }
     }
   });
 });

@@ -21,12 +21,21 @@ interface NativePoller {
 interface NativeAddon {
   tunOpen(name: string, multiQueue: boolean): { fd: number; name: string };
   rawOpen(family: IpFamily, protocol: number): number;
-  bindAddress(fd: number, family: IpFamily, addr16: Buffer): void;
+  udpOpen(family: IpFamily): number;
+  bindAddress(fd: number, family: IpFamily, addr16: Buffer, port?: number): void;
   setMark(fd: number, mark: number): void;
   close(fd: number): void;
   readBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
   writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
-  recvBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, addrs: Buffer, max: number): number;
+  recvBatch(
+    fd: number,
+    buf: Buffer,
+    slot: number,
+    lengths: Int32Array,
+    addrs: Buffer,
+    max: number,
+    ports?: Uint16Array,
+  ): number;
   sendBatch(
     fd: number,
     family: IpFamily,
@@ -35,6 +44,7 @@ interface NativeAddon {
     lengths: Int32Array,
     addrs: Buffer,
     count: number,
+    ports?: Uint16Array,
   ): number;
   Poller: new (fd: number, onReadable: (err: Error | null) => void) => NativePoller;
   maxBatch: number;
@@ -85,6 +95,8 @@ export class PacketBatch {
   readonly lengths: Int32Array;
   /** Peer address of each packet (16 bytes each), for socket batches. */
   readonly addrs: Buffer;
+  /** Peer UDP port of each packet, for UDP socket batches. */
+  readonly ports: Uint16Array;
   /** Offsets of each slot, for writing the batch back out unchanged. */
   readonly offsets: Int32Array;
   count = 0;
@@ -98,6 +110,7 @@ export class PacketBatch {
     this.offsets = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) this.offsets[i] = i * slot;
     this.addrs = Buffer.alloc(capacity * 16);
+    this.ports = new Uint16Array(capacity);
   }
 
   /** A view (no copy) of packet i. */
@@ -106,12 +119,13 @@ export class PacketBatch {
     return this.buf.subarray(off, off + (this.lengths[i] ?? 0));
   }
 
-  /** Copies `data` into slot i with `addr` as its peer; returns i. */
-  set(i: number, data: Uint8Array, addr?: string): number {
+  /** Copies `data` into slot i with `addr` (and UDP `port`) as its peer; returns i. */
+  set(i: number, data: Uint8Array, addr?: string, port?: number): number {
     if (data.length > this.slot) throw new RangeError(`packet of ${data.length} bytes exceeds slot of ${this.slot}`);
     this.buf.set(data, i * this.slot);
     this.lengths[i] = data.length;
     if (addr !== undefined) writeIp(addr, this.addrs, i * 16);
+    if (port !== undefined) this.ports[i] = port;
     return i;
   }
 
@@ -251,6 +265,66 @@ export class RawIpSocket extends PolledFd {
     this.assertOpen();
     return sys(() =>
       native().sendBatch(this.fd, this.family, batch.buf, batch.offsets, batch.lengths, batch.addrs, count),
+    );
+  }
+}
+
+/**
+ * A UDP socket with batched, allocation-free I/O (recvmmsg/sendmmsg with per-packet peers and
+ * ports): IKE and ESP-in-UDP share the one on port 4500, marked so it bypasses the TUN route.
+ */
+export class UdpSocket extends PolledFd {
+  private constructor(
+    fd: number,
+    readonly family: IpFamily,
+  ) {
+    super(fd);
+  }
+
+  static open(family: IpFamily): UdpSocket {
+    return new UdpSocket(
+      sys(() => native().udpOpen(family)),
+      family,
+    );
+  }
+
+  bind(address: string, port: number): void {
+    this.assertOpen();
+    const addr = Buffer.alloc(16);
+    const family = writeIp(address, addr);
+    if (family !== this.family)
+      throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
+    sys(() => native().bindAddress(this.fd, this.family, addr, port));
+  }
+
+  setMark(mark: number): void {
+    this.assertOpen();
+    setSocketMark(this.fd, mark);
+  }
+
+  /** recvmmsg into the batch (peer address and port per packet); returns the count. */
+  recv(batch: PacketBatch): number {
+    this.assertOpen();
+    batch.count = sys(() =>
+      native().recvBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.addrs, batch.capacity, batch.ports),
+    );
+    return batch.count;
+  }
+
+  /** sendmmsg packets [0, count) to their addresses and ports; returns how many were sent. */
+  send(batch: PacketBatch, count = batch.count): number {
+    this.assertOpen();
+    return sys(() =>
+      native().sendBatch(
+        this.fd,
+        this.family,
+        batch.buf,
+        batch.offsets,
+        batch.lengths,
+        batch.addrs,
+        count,
+        batch.ports,
+      ),
     );
   }
 }
