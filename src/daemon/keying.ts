@@ -10,6 +10,7 @@ import type { Flow, HostContext } from '../filter/compile.ts';
 import { EMPTY_CONTEXT } from '../filter/compile.ts';
 import { loadCertStore } from '../ike/certstore.ts';
 import { type NegotiationPlan, planNegotiation, planResponder } from '../ike/config.ts';
+import type { IkeBind, IkeReceiver } from '../ike/bind.ts';
 import type { ChildSaSink } from '../ike/dataplane.ts';
 import { IkeError } from '../ike/errors.ts';
 import { IkeManager } from '../ike/manager.ts';
@@ -41,6 +42,8 @@ export interface KeyingOptions {
   timing?: Partial<Timing>;
   /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
   forceUdpEncapsulation?: boolean;
+  /** The IKE sockets for an address (the data plane's marked ones); default UDP 500/4500 of our own. */
+  bind?: (address: string) => ((rx: IkeReceiver) => IkeBind) | undefined;
   log: Logger;
 }
 
@@ -90,7 +93,7 @@ export class KeyingService {
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),
       });
       try {
-        await m.listen();
+        await m.listen(this.o.bind?.(address));
       } catch (err) {
         await this.stop();
         throw new IkeError(
@@ -154,6 +157,21 @@ export class KeyingService {
     } finally {
       this.inFlight.delete(key);
     }
+  }
+
+  /** ESP arrived on a child SA: its peer is alive. */
+  noteEsp(spiIn: Buffer): void {
+    for (const m of this.managers.values()) m.noteEsp(spiIn);
+  }
+
+  /** Remote address ranges of the rules that negotiate (what the data plane must route to itself). */
+  protectedRanges(): string[] {
+    const out = new Set<string>();
+    for (const r of this.doc.rules) {
+      if (r.Enabled !== 'True' || (r.InboundSecurity === 'None' && r.OutboundSecurity === 'None')) continue;
+      for (const a of r.RemoteAddress) out.add(a);
+    }
+    return [...out];
   }
 
   /** The data plane reports a child SA's byte/packet lifetime: soft → rekey, hard → delete. */

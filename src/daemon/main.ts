@@ -12,10 +12,36 @@ import { systemHostContext } from '../filter/host-context.ts';
 import type { ChildSaSink } from '../ike/dataplane.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
+import { UserspaceDataPlane } from '../dataplane/plane.ts';
+import { entryToRange } from '../filter/address.ts';
+
+/** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
+async function routeProtected(service: KeyingService, plane: UserspaceDataPlane, log: pino.Logger): Promise<void> {
+  for (const entry of service.protectedRanges()) {
+    const r = entryToRange(entry);
+    if (!r || entry === 'Any') {
+      log.warn({ entry }, 'not routed into the data plane (only explicit addresses and subnets are, so far)');
+      continue;
+    }
+    const width = r.family === 4 ? 4 : 16;
+    const bytes = (v: number | bigint) => {
+      const b = Buffer.alloc(width);
+      if (r.family === 4) b.writeUInt32BE(Number(v));
+      else {
+        b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
+        b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
+      }
+      return b;
+    };
+    await plane.protect({ type: r.family === 4 ? 7 : 8, ipProtocol: 0, startPort: 0, endPort: 65535, start: bytes(r.lo), end: bytes(r.hi) });
+  }
+}
 
 export interface DaemonOptions {
   listen?: string[];
   encap?: boolean;
+  /** 'userspace': consec's own ESP data plane on a TUN device; 'none': SAs are only logged. */
+  dataplane?: 'userspace' | 'none';
   /** Liveness check after this many seconds of silence (0: off). */
   dpd?: number;
 }
@@ -27,8 +53,26 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   for (const a of addresses)
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
   if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
-  // The userspace ESP data plane arrives with issue 6; until then installed SAs are only logged.
-  const dataplane: ChildSaSink = {
+  let plane: UserspaceDataPlane | undefined;
+  let service: KeyingService | undefined;
+  if (o.dataplane === 'userspace') {
+    if (addresses.length !== 1)
+      throw new ConsecError('ERR_USAGE', 'the userspace data plane runs on one address: give exactly one --listen ADDRESS');
+    const local = addresses[0] as string;
+    plane = await UserspaceDataPlane.open({
+      local,
+      onAcquire: (flow) => {
+        service?.acquire(flow).catch((err: Error) => {
+          log.warn({ remote: flow.remote, reason: err.message }, 'negotiation for queued traffic failed');
+          plane?.acquireFailed(flow.remote);
+        });
+      },
+      onActivity: (spi) => service?.noteEsp(spi),
+      onExpire: (spi, hard) => service?.expire(spi, hard),
+      log: (event, detail) => log.info(detail ?? {}, event),
+    });
+  }
+  const logOnly: ChildSaSink = {
     install: (sa) =>
       log.info(
         {
@@ -41,23 +85,33 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       ),
     delete: (spiIn) => log.info({ spiIn: spiIn.toString('hex') }, 'child SA removed from the data plane'),
   };
-  const service = new KeyingService({
+  service = new KeyingService({
     stores: new PolicyStores(stateDir),
     addresses,
     ctx,
-    dataplane,
+    dataplane: plane ?? logOnly,
+    bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
     audit: { emit: (event: AuditEvent) => log.info({ audit: event }, `audit ${event.id}`) },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
     log,
   });
-  await service.start();
+  try {
+    await service.start();
+  } catch (err) {
+    await plane?.close();
+    throw err;
+  }
+  if (plane) await routeProtected(service, plane, log);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
-      void service.stop().finally(resolve);
+      void (service as KeyingService)
+        .stop()
+        .then(() => plane?.close())
+        .finally(resolve);
     };
     const onInt = () => stop('SIGINT');
     const onTerm = () => stop('SIGTERM');

@@ -1,0 +1,104 @@
+/**
+ * The IP facts the data plane needs from a packet, read in place (no allocation): family, header
+ * length, protocol, ports, and whether addresses fall inside traffic selectors. Also the IPv4
+ * header that transport mode rebuilds around a decrypted payload.
+ */
+import { internetChecksum } from '../packet/checksum.ts';
+import type { TrafficSelector } from '../ike/wire/codec.ts';
+
+export interface IpInfo {
+  family: 4 | 6;
+  /** Octets before the transport header (IPv6 extension headers are not walked: next header as found). */
+  headerLength: number;
+  protocol: number;
+  /** Offsets of the source and destination addresses. */
+  src: number;
+  dst: number;
+  /** Transport ports (-1 when not TCP/UDP/SCTP or the packet is too short). */
+  srcPort: number;
+  dstPort: number;
+}
+
+const info: IpInfo = { family: 4, headerLength: 0, protocol: 0, src: 0, dst: 0, srcPort: -1, dstPort: -1 };
+
+/** Reads `packet`'s IP header into a shared record (valid until the next call), or undefined if it is not IP. */
+export function parseIp(packet: Buffer): IpInfo | undefined {
+  if (packet.length < 20) return undefined;
+  const v = (packet[0] as number) >> 4;
+  if (v === 4) {
+    const ihl = ((packet[0] as number) & 0x0f) * 4;
+    if (ihl < 20 || packet.length < ihl) return undefined;
+    info.family = 4;
+    info.headerLength = ihl;
+    info.protocol = packet[9] as number;
+    info.src = 12;
+    info.dst = 16;
+  } else if (v === 6) {
+    if (packet.length < 40) return undefined;
+    info.family = 6;
+    info.headerLength = 40;
+    info.protocol = packet[6] as number;
+    info.src = 8;
+    info.dst = 24;
+  } else return undefined;
+  const p = info.protocol;
+  if ((p === 6 || p === 17 || p === 132) && packet.length >= info.headerLength + 4) {
+    info.srcPort = packet.readUInt16BE(info.headerLength);
+    info.dstPort = packet.readUInt16BE(info.headerLength + 2);
+  } else {
+    info.srcPort = -1;
+    info.dstPort = -1;
+  }
+  return info;
+}
+
+function addressIn(packet: Buffer, off: number, len: number, t: TrafficSelector): boolean {
+  if (t.start.length !== len) return false;
+  // Compare in place against the selector's range, octet by octet (no subarray allocation).
+  let lo = 0;
+  let hi = 0;
+  for (let i = 0; i < len; i++) {
+    const b = packet[off + i] as number;
+    if (lo === 0) lo = b < (t.start[i] as number) ? -1 : b > (t.start[i] as number) ? 1 : 0;
+    if (hi === 0) hi = b < (t.end[i] as number) ? -1 : b > (t.end[i] as number) ? 1 : 0;
+  }
+  return lo >= 0 && hi <= 0;
+}
+
+/** Does the packet's (src, dst, protocol, ports) fall inside the selectors for `local` → `remote`? */
+export function packetMatches(
+  packet: Buffer,
+  ip: IpInfo,
+  srcTs: readonly TrafficSelector[],
+  dstTs: readonly TrafficSelector[],
+): boolean {
+  const len = ip.family === 4 ? 4 : 16;
+  const ok = (off: number, port: number, ts: readonly TrafficSelector[]) =>
+    ts.some(
+      (t) =>
+        (t.ipProtocol === 0 || t.ipProtocol === ip.protocol) &&
+        (port < 0 ? t.startPort === 0 && t.endPort === 65535 : t.startPort <= port && port <= t.endPort) &&
+        addressIn(packet, off, len, t),
+    );
+  return ok(ip.src, ip.srcPort, srcTs) && ok(ip.dst, ip.dstPort, dstTs);
+}
+
+/**
+ * An IPv4 packet around a transport-mode payload (RFC 4303 §3.1.1 in reverse): the outer header's
+ * addresses, the inner protocol, a fresh checksum.
+ */
+export function ipv4Around(payload: Buffer, protocol: number, src: Buffer, dst: Buffer, ttl = 64): Buffer {
+  const out = Buffer.allocUnsafe(20 + payload.length);
+  out[0] = 0x45;
+  out[1] = 0;
+  out.writeUInt16BE(out.length, 2);
+  out.writeUInt32BE(0, 4);
+  out[8] = ttl;
+  out[9] = protocol;
+  out.writeUInt16BE(0, 10);
+  src.copy(out, 12, 0, 4);
+  dst.copy(out, 16, 0, 4);
+  out.writeUInt16BE(internetChecksum(out, 0, 20), 10);
+  payload.copy(out, 20);
+  return out;
+}

@@ -1,0 +1,472 @@
+/**
+ * The userspace data plane (RFC 4301 processing for kernels without ESP): a TUN device receives the
+ * traffic that policy routing sends towards protected peers; each packet is matched to an outbound
+ * SA, sealed and sent as ESP-in-UDP (port 4500) or raw ESP. Inbound ESP is found by SPI, verified,
+ * replay-checked, decrypted, checked against the SA's selectors and written to the TUN. Our own
+ * sockets carry a firewall mark that routes them around the TUN (the wg-quick pattern), and IKE
+ * shares the UDP sockets (`bind()` hands them to the keying service).
+ */
+import { execFile } from 'node:child_process';
+import { isIPv4 } from 'node:net';
+import { promisify } from 'node:util';
+import { EspError, NEXT_HEADER_NONE } from '../esp/esp.ts';
+import type { Flow } from '../filter/compile.ts';
+import type { IkeBind, IkePort, IkeReceiver } from '../ike/bind.ts';
+import type { ChildSaSink, InstalledChild } from '../ike/dataplane.ts';
+import type { Endpoint } from '../ike/sa.ts';
+import type { TrafficSelector } from '../ike/wire/codec.ts';
+import { readIp, writeIp } from '../io/addr.ts';
+import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
+import { ipv4Around, packetMatches, parseIp } from './ip.ts';
+import { Sad, type SaEntry } from './sad.ts';
+
+const run = promisify(execFile);
+
+export interface DataPlaneOptions {
+  /** The outer (IKE/ESP) address of this host. */
+  local: string;
+  tunName?: string;
+  /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
+  mark?: number;
+  /** Routing table for the protected destinations, and the priority of its rule. */
+  table?: number;
+  rulePriority?: number;
+  mtu?: number;
+  /** Traffic without an SA: ask the keying service for one (the packets wait in a bounded queue). */
+  onAcquire?(flow: Flow): void;
+  /** ESP arrived on a child SA (the peer is alive; saves liveness checks). */
+  onActivity?(spiIn: Buffer): void;
+  /** A child SA reached its byte lifetime or ran out of sequence numbers: soft → rekey, hard → delete. */
+  onExpire?(spiIn: Buffer, hard: boolean): void;
+  log?(event: string, detail?: Record<string, unknown>): void;
+}
+
+export interface DataPlaneStats {
+  packetsOut: number;
+  packetsIn: number;
+  bytesOut: number;
+  bytesIn: number;
+  /** Drops by reason: no SA, unknown SPI, integrity, replay, padding, selector mismatch, queue full … */
+  drops: Record<string, number>;
+}
+
+const SLOT = 2048;
+const BATCH = 64;
+const QUEUE_PER_DESTINATION = 32;
+const QUEUE_TOTAL = 1024;
+const MARKER = Buffer.alloc(4);
+
+interface Tracked {
+  entry: SaEntry;
+  softSent: boolean;
+  lastActivity: number;
+}
+
+export class UserspaceDataPlane implements ChildSaSink {
+  readonly sad = new Sad();
+  readonly stats: DataPlaneStats = { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, drops: {} };
+  private readonly tracked = new Map<number, Tracked>();
+  private readonly routes = new Map<string, number>();
+  private readonly queue = new Map<string, Buffer[]>();
+  private queued = 0;
+  private readonly acquired = new Map<string, number>();
+  private readonly tunIn = new PacketBatch(BATCH, SLOT);
+  private readonly tunOut = new PacketBatch(BATCH, SLOT);
+  private readonly udpIn = new PacketBatch(BATCH, SLOT);
+  private readonly udpOut = new PacketBatch(BATCH, SLOT);
+  private readonly rawOut = new PacketBatch(BATCH, SLOT);
+  private readonly rawIn = new PacketBatch(BATCH, SLOT);
+  private readonly one = new PacketBatch(1, 65_536);
+  private rx?: IkeReceiver;
+  private readonly localBytes: Buffer;
+  private closed = false;
+
+  private constructor(
+    private readonly o: Required<Pick<DataPlaneOptions, 'local' | 'tunName' | 'mark' | 'table' | 'rulePriority' | 'mtu'>> &
+      DataPlaneOptions,
+    private readonly tun: TunDevice,
+    private readonly udp500: UdpSocket,
+    private readonly udp4500: UdpSocket,
+    private readonly raw: RawIpSocket,
+  ) {
+    this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
+    writeIp(o.local, this.localBytes);
+  }
+
+  /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
+  static async open(options: DataPlaneOptions): Promise<UserspaceDataPlane> {
+    const o = {
+      tunName: 'consec0',
+      mark: 0xc5ec,
+      table: 0xc5ec,
+      rulePriority: 10_500,
+      mtu: 1400,
+      ...options,
+    };
+    const family = isIPv4(o.local) ? 4 : 6;
+    const opened: { close(): void }[] = [];
+    try {
+      const tun = TunDevice.open(o.tunName);
+      opened.push(tun);
+      const udp500 = UdpSocket.open(family);
+      opened.push(udp500);
+      const udp4500 = UdpSocket.open(family);
+      opened.push(udp4500);
+      const raw = RawIpSocket.open(family, IPPROTO_ESP);
+      opened.push(raw);
+      for (const s of [udp500, udp4500, raw]) s.setMark(o.mark);
+      udp500.bind(o.local, 500);
+      udp4500.bind(o.local, 4500);
+      raw.bind(o.local);
+      const ip = family === 4 ? '-4' : '-6';
+      await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
+      await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
+      await run('ip', [ip, 'rule', 'add', 'not', 'fwmark', String(o.mark), 'table', String(o.table), 'pref', String(o.rulePriority)]);
+      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw);
+      plane.start();
+      return plane;
+    } catch (err) {
+      for (const s of opened.reverse()) s.close();
+      throw err;
+    }
+  }
+
+  private log(event: string, detail?: Record<string, unknown>): void {
+    this.o.log?.(event, detail);
+  }
+
+  private drop(reason: string): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1;
+  }
+
+  /** The IKE sockets, for the keying service (`IkeManager.listen(rx => plane.bind(rx))`). */
+  bind(rx: IkeReceiver): IkeBind {
+    this.rx = rx;
+    const send = (sock: UdpSocket, parts: Buffer[], to: Endpoint) => {
+      const total = parts.reduce((n, p) => n + p.length, 0);
+      let off = 0;
+      for (const p of parts) {
+        p.copy(this.one.buf, off);
+        off += p.length;
+      }
+      this.one.lengths[0] = total;
+      writeIp(to.address, this.one.addrs, 0);
+      this.one.ports[0] = to.port;
+      sock.send(this.one, 1);
+    };
+    return {
+      address: this.o.local,
+      sendIke: (message, port, to) =>
+        port === 500 ? send(this.udp500, [message], to) : send(this.udp4500, [MARKER, message], to),
+      sendUdp4500: (packet, to) => send(this.udp4500, [packet], to),
+      close: () => {},
+    };
+  }
+
+  private start(): void {
+    this.tun.onReadable(() => this.fromTun());
+    this.udp4500.onReadable(() => this.fromUdp(this.udp4500, 4500));
+    this.udp500.onReadable(() => this.fromUdp(this.udp500, 500));
+    this.raw.onReadable(() => this.fromRaw());
+  }
+
+  // ---- ChildSaSink -----------------------------------------------------------------------------
+
+  install(sa: InstalledChild): void {
+    const e = this.sad.install(sa);
+    this.tracked.set(e.in.spi, { entry: e, softSent: false, lastActivity: 0 });
+    this.maxKb.set(e.in.spi, sa.maxKilobytes ?? 0);
+    for (const ts of e.remoteTs) void this.addRoute(ts);
+    this.log('SA installed', { spiIn: sa.child.spiIn.toString('hex'), spiOut: sa.child.spiOut.toString('hex'), mode: e.mode, udp: e.udp });
+    this.flushQueue();
+  }
+
+  delete(spiIn: Buffer): void {
+    const e = this.sad.remove(spiIn);
+    if (!e) return;
+    this.tracked.delete(e.in.spi);
+    this.maxKb.delete(e.in.spi);
+    for (const ts of e.remoteTs) void this.removeRoute(ts);
+  }
+
+  update(spiIn: Buffer, remote: Endpoint): void {
+    this.sad.update(spiIn, remote);
+  }
+
+  // ---- routes ----------------------------------------------------------------------------------
+
+  private static cidrs(ts: TrafficSelector): string[] {
+    // Host and prefix-aligned ranges as CIDRs (selectors from Windows rules are subnets or hosts).
+    const fam = ts.start.length === 4 ? 4 : 6;
+    const bits = fam === 4 ? 32 : 128;
+    let prefix = bits;
+    for (let i = bits - 1; i >= 0; i--) {
+      const byte = i >> 3;
+      const mask = 0x80 >> (i & 7);
+      const s = (ts.start[byte] as number) & mask;
+      const e = (ts.end[byte] as number) & mask;
+      if (s === 0 && e !== 0) prefix = i;
+      else break;
+    }
+    return [`${readIp(ts.start, 0, fam)}/${prefix}`];
+  }
+
+  private async addRoute(ts: TrafficSelector): Promise<void> {
+    for (const cidr of UserspaceDataPlane.cidrs(ts)) {
+      const n = this.routes.get(cidr) ?? 0;
+      this.routes.set(cidr, n + 1);
+      if (n > 0) continue;
+      const ip = cidr.includes(':') ? '-6' : '-4';
+      await run('ip', [ip, 'route', 'replace', cidr, 'dev', this.tun.name, 'table', String(this.o.table), 'src', this.o.local]).catch(
+        (err: Error) => this.log('route failed', { cidr, reason: err.message }),
+      );
+    }
+  }
+
+  private async removeRoute(ts: TrafficSelector): Promise<void> {
+    for (const cidr of UserspaceDataPlane.cidrs(ts)) {
+      const n = (this.routes.get(cidr) ?? 1) - 1;
+      if (n > 0) {
+        this.routes.set(cidr, n);
+        continue;
+      }
+      this.routes.delete(cidr);
+      const ip = cidr.includes(':') ? '-6' : '-4';
+      await run('ip', [ip, 'route', 'del', cidr, 'table', String(this.o.table)]).catch(() => {});
+    }
+  }
+
+  /** Routes traffic for `ts` into the TUN before any SA exists (so the first packet triggers an acquire). */
+  async protect(ts: TrafficSelector): Promise<void> {
+    await this.addRoute(ts);
+  }
+
+  // ---- outbound ----------------------------------------------------------------------------------
+
+  private fromTun(): void {
+    for (;;) {
+      const n = this.tun.read(this.tunIn);
+      if (n === 0) return;
+      this.udpOut.count = 0;
+      this.rawOut.count = 0;
+      for (let i = 0; i < n; i++) this.outbound(this.tunIn.packet(i), false);
+      this.flushOut();
+    }
+  }
+
+  private outbound(packet: Buffer, fromQueue: boolean): void {
+    const ip = parseIp(packet);
+    if (!ip) {
+      this.drop('not IP');
+      return;
+    }
+    const e = this.sad.outboundFor(packet, ip);
+    if (!e) {
+      if (!fromQueue) this.enqueue(packet, ip);
+      return;
+    }
+    let esp: Buffer;
+    try {
+      if (e.mode === 'tunnel') esp = e.out.seal(packet, ip.family === 4 ? 4 : 41);
+      else esp = e.out.seal(packet.subarray(ip.headerLength), ip.protocol);
+    } catch (err) {
+      this.drop(err instanceof EspError ? err.reason : 'seal');
+      this.o.onExpire?.(e.child.spiIn, true);
+      return;
+    }
+    this.checkLifetime(e);
+    this.stats.packetsOut++;
+    this.stats.bytesOut += packet.length;
+    const batch = e.udp ? this.udpOut : this.rawOut;
+    if (batch.count === batch.capacity) this.flushOut();
+    const k = batch.count++;
+    batch.set(k, esp, e.remote.address, e.udp ? e.remote.port : undefined);
+  }
+
+  private flushOut(): void {
+    if (this.udpOut.count > 0) this.udp4500.send(this.udpOut);
+    if (this.rawOut.count > 0) this.raw.send(this.rawOut);
+    this.udpOut.count = 0;
+    this.rawOut.count = 0;
+  }
+
+  /** Holds a packet that has no SA yet (bounded) and asks the keying service for one. */
+  private enqueue(packet: Buffer, ip: NonNullable<ReturnType<typeof parseIp>>): void {
+    const fam = ip.family;
+    const dst = readIp(packet, ip.dst, fam);
+    const src = readIp(packet, ip.src, fam);
+    const q = this.queue.get(dst) ?? [];
+    if (q.length >= QUEUE_PER_DESTINATION || this.queued >= QUEUE_TOTAL) this.drop('queue full');
+    else {
+      q.push(Buffer.from(packet));
+      this.queue.set(dst, q);
+      this.queued++;
+    }
+    const last = this.acquired.get(dst) ?? 0;
+    if (Date.now() - last < 1000) return;
+    this.acquired.set(dst, Date.now());
+    this.log('acquire', { src, dst, protocol: ip.protocol });
+    this.o.onAcquire?.({
+      direction: 'Outbound',
+      local: src,
+      remote: dst,
+      protocol: ip.protocol,
+      localPort: ip.srcPort >= 0 ? ip.srcPort : undefined,
+      remotePort: ip.dstPort >= 0 ? ip.dstPort : undefined,
+    });
+  }
+
+  /** Sends what waited for the SA just installed; the rest keeps waiting. */
+  private flushQueue(): void {
+    this.udpOut.count = 0;
+    this.rawOut.count = 0;
+    for (const [dst, q] of this.queue) {
+      const left: Buffer[] = [];
+      for (const p of q) {
+        const ip = parseIp(p);
+        if (ip && this.sad.outboundFor(p, ip)) this.outbound(p, true);
+        else left.push(p);
+      }
+      this.queued -= q.length - left.length;
+      if (left.length) this.queue.set(dst, left);
+      else this.queue.delete(dst);
+    }
+    this.flushOut();
+  }
+
+  /** The negotiation for `dst` failed: what waited is dropped (Require; Request falls back in the filter). */
+  acquireFailed(dst: string): void {
+    const q = this.queue.get(dst);
+    if (!q) return;
+    this.queue.delete(dst);
+    this.queued -= q.length;
+    this.stats.drops['negotiation failed'] = (this.stats.drops['negotiation failed'] ?? 0) + q.length;
+    this.acquired.delete(dst);
+  }
+
+  private checkLifetime(e: SaEntry): void {
+    const t = this.tracked.get(e.in.spi);
+    if (!t || t.softSent) return;
+    const kb = (e.out.bytes + e.in.bytes) / 1024;
+    const limit = this.maxKb.get(e.in.spi) ?? 0;
+    if (e.out.remaining < 2 ** 20 || (limit > 0 && kb >= limit * 0.9)) {
+      t.softSent = true;
+      this.o.onExpire?.(e.child.spiIn, false);
+    }
+  }
+
+  private readonly maxKb = new Map<number, number>();
+
+  // ---- inbound -----------------------------------------------------------------------------------
+
+  private fromUdp(sock: UdpSocket, port: IkePort): void {
+    for (;;) {
+      const n = sock.recv(this.udpIn);
+      if (n === 0) return;
+      this.tunOut.count = 0;
+      const fam = sock.family;
+      for (let i = 0; i < n; i++) {
+        const len = this.udpIn.lengths[i] as number;
+        if (len < 0) continue;
+        const data = this.udpIn.packet(i);
+        const from = { address: this.udpIn.address(i, fam), port: this.udpIn.ports[i] as number };
+        if (port === 500) {
+          this.rx?.ike(Buffer.from(data), from, 500);
+          continue;
+        }
+        if (len === 1 && data[0] === 0xff) continue; // NAT keepalive
+        if (len >= 4 && data.readUInt32BE(0) === 0) {
+          this.rx?.ike(Buffer.from(data.subarray(4)), from, 4500);
+          continue;
+        }
+        this.inbound(data, from, true);
+      }
+      this.flushTun();
+    }
+  }
+
+  private fromRaw(): void {
+    for (;;) {
+      const n = this.raw.recv(this.rawIn);
+      if (n === 0) return;
+      this.tunOut.count = 0;
+      const fam = this.raw.family;
+      for (let i = 0; i < n; i++) {
+        if ((this.rawIn.lengths[i] as number) < 0) continue;
+        let data = this.rawIn.packet(i);
+        if (fam === 4) data = data.subarray(((data[0] as number) & 0x0f) * 4); // IPv4 raw receives carry the IP header
+        this.inbound(data, { address: this.rawIn.address(i, fam), port: 0 }, false);
+      }
+      this.flushTun();
+    }
+  }
+
+  private inbound(esp: Buffer, from: Endpoint, udp: boolean): void {
+    if (esp.length < 8) {
+      this.drop('malformed');
+      return;
+    }
+    const spi = esp.readUInt32BE(0);
+    const e = this.sad.inbound(spi);
+    if (!e) {
+      this.drop('unknown SPI');
+      return;
+    }
+    let opened;
+    try {
+      opened = e.in.open(esp);
+    } catch (err) {
+      this.drop(err instanceof EspError ? err.reason : 'malformed');
+      return;
+    }
+    if (opened.nextHeader === NEXT_HEADER_NONE) return; // dummy packet (RFC 4303 §2.6)
+    let inner: Buffer;
+    if (e.mode === 'tunnel') {
+      if (opened.nextHeader !== 4 && opened.nextHeader !== 41) {
+        this.drop('not IP in tunnel');
+        return;
+      }
+      inner = opened.payload;
+    } else {
+      const src = Buffer.alloc(4);
+      writeIp(from.address, src);
+      inner = ipv4Around(opened.payload, opened.nextHeader, src, this.localBytes);
+    }
+    const ip = parseIp(inner);
+    // The inner packet must be one the SA was negotiated for (RFC 4301 §5.2, step 4).
+    // Inbound, the source is the peer's side of the SA and the destination ours.
+    if (!ip || !packetMatches(inner, ip, e.remoteTs, e.localTs)) {
+      this.drop('selector mismatch');
+      return;
+    }
+    if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
+    this.stats.packetsIn++;
+    this.stats.bytesIn += inner.length;
+    const t = this.tracked.get(spi);
+    if (t) {
+      const now = Date.now();
+      if (now - t.lastActivity > 1000) {
+        t.lastActivity = now;
+        this.o.onActivity?.(e.child.spiIn);
+      }
+      this.checkLifetime(e);
+    }
+    if (this.tunOut.count === this.tunOut.capacity) this.flushTun();
+    this.tunOut.set(this.tunOut.count++, inner);
+  }
+
+  private flushTun(): void {
+    if (this.tunOut.count > 0) this.tun.write(this.tunOut);
+    this.tunOut.count = 0;
+  }
+
+  /** Removes the routing rule and routes and closes the TUN and sockets. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [this.tun, this.udp500, this.udp4500, this.raw]) s.close();
+    const ip = isIPv4(this.o.local) ? '-4' : '-6';
+    await run('ip', [ip, 'rule', 'del', 'pref', String(this.o.rulePriority)]).catch(() => {});
+    await run('ip', [ip, 'route', 'flush', 'table', String(this.o.table)]).catch(() => {});
+  }
+}

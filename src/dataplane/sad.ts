@@ -1,0 +1,106 @@
+/**
+ * The security association database of the userspace data plane: inbound SAs by SPI, outbound
+ * SAs in a short list searched by traffic selectors (newest first, so a rekeyed SA takes over
+ * make-before-break). Negotiated child SAs become ESP contexts here.
+ */
+import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
+import type { InstalledChild } from '../ike/dataplane.ts';
+import type { Endpoint } from '../ike/sa.ts';
+import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
+import { transformOf } from '../ike/proposals.ts';
+import type { TrafficSelector } from '../ike/wire/codec.ts';
+import { EncrId, EsnId, IntegId, TransformType } from '../ike/wire/constants.ts';
+import { type IpInfo, packetMatches } from './ip.ts';
+
+export interface SaEntry {
+  child: ChildSa;
+  mode: 'tunnel' | 'transport';
+  remote: Endpoint;
+  udp: boolean;
+  localTs: TrafficSelector[];
+  remoteTs: TrafficSelector[];
+  out: EspOutbound;
+  in: EspInbound;
+  installedAt: number;
+}
+
+const INTEG: Partial<Record<IntegId, EspInteg>> = {
+  [IntegId.HMAC_SHA1_96]: 'sha1-96',
+  [IntegId.HMAC_SHA2_256_128]: 'sha256-128',
+  [IntegId.HMAC_SHA2_384_192]: 'sha384-192',
+  [IntegId.HMAC_SHA2_512_256]: 'sha512-256',
+};
+
+/** ESP contexts for both directions of a negotiated child SA. */
+export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
+  const c = sa.child;
+  const encr = transformOf(c.proposal, TransformType.ENCR);
+  const integ = transformOf(c.proposal, TransformType.INTEG);
+  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
+  const cipher = encr?.id === EncrId.AES_GCM_16 ? 'aes-gcm-16' : encr?.id === EncrId.AES_CBC ? 'aes-cbc' : 'null';
+  const i = integ ? INTEG[integ.id as IntegId] : undefined;
+  if (encr?.id !== EncrId.AES_GCM_16 && !i) throw new RangeError('child SA without a supported integrity algorithm');
+  const k = c.keys;
+  const mine = c.initiator ? { e: k.encrI, a: k.integI } : { e: k.encrR, a: k.integR };
+  const theirs = c.initiator ? { e: k.encrR, a: k.integR } : { e: k.encrI, a: k.integI };
+  const common = { cipher, integ: i, esn } as const;
+  return {
+    out: new EspOutbound({ spi: c.spiOut.readUInt32BE(0), ...common, encrKey: mine.e, integKey: mine.a }),
+    in: new EspInbound({ spi: c.spiIn.readUInt32BE(0), ...common, encrKey: theirs.e, integKey: theirs.a, replayWindow }),
+  };
+}
+
+export class Sad {
+  private readonly bySpi = new Map<number, SaEntry>();
+  private outbound: SaEntry[] = [];
+
+  install(sa: InstalledChild): SaEntry {
+    const esp = espFor(sa);
+    const e: SaEntry = {
+      child: sa.child,
+      mode: sa.child.mode,
+      remote: { ...sa.remote },
+      udp: sa.udpEncapsulation,
+      localTs: localTs(sa.child),
+      remoteTs: remoteTs(sa.child),
+      out: esp.out,
+      in: esp.in,
+      installedAt: Date.now(),
+    };
+    this.bySpi.set(esp.in.spi, e);
+    this.outbound = [e, ...this.outbound];
+    return e;
+  }
+
+  remove(spiIn: Buffer): SaEntry | undefined {
+    const spi = spiIn.readUInt32BE(0);
+    const e = this.bySpi.get(spi);
+    if (!e) return undefined;
+    this.bySpi.delete(spi);
+    this.outbound = this.outbound.filter((x) => x !== e);
+    return e;
+  }
+
+  update(spiIn: Buffer, remote: Endpoint): void {
+    const e = this.bySpi.get(spiIn.readUInt32BE(0));
+    if (e) e.remote = { ...remote };
+  }
+
+  inbound(spi: number): SaEntry | undefined {
+    return this.bySpi.get(spi);
+  }
+
+  /** The SA protecting an outbound packet: its source in our selectors, its destination in the peer's. */
+  outboundFor(packet: Buffer, ip: IpInfo): SaEntry | undefined {
+    for (const e of this.outbound) if (packetMatches(packet, ip, e.localTs, e.remoteTs)) return e;
+    return undefined;
+  }
+
+  get size(): number {
+    return this.bySpi.size;
+  }
+
+  entries(): SaEntry[] {
+    return [...this.outbound];
+  }
+}
