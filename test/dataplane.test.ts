@@ -61,8 +61,17 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
       try {
         await server.waitFor(/listening/);
         daemon = lab.spawn('alice', [
-          process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'),
-          '--state-dir', dir, 'daemon', '--listen', a, '--dpd', '0',
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          '--state-dir',
+          dir,
+          'daemon',
+          '--listen',
+          a,
+          '--dpd',
+          '0',
         ]);
         await daemon.waitFor(/keying service started/);
         const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
@@ -80,7 +89,8 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         assert.ok((child?.bytesOut ?? 0) > 4 * 1024 * 1024, 'and we decrypted strongSwan');
         await cap.stop();
         const protocols = new Set(await cap.protocols('ip'));
-        for (const p of protocols) assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
+        for (const p of protocols)
+          assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
         assert.ok([...protocols].some((p) => p.endsWith('udpencap:esp')));
       } finally {
         await cap.dispose();

@@ -178,7 +178,10 @@ describe('native UDP sockets (loopback)', () => {
           }
           if (n === 0) await new Promise((r) => setTimeout(r, 5));
         }
-        assert.deepEqual(seen, Array.from({ length: 32 }, (_, i) => `datagram ${i}`));
+        assert.deepEqual(
+          seen,
+          Array.from({ length: 32 }, (_, i) => `datagram ${i}`),
+        );
       } finally {
         a.close();
         b.close();

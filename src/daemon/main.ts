@@ -33,7 +33,14 @@ async function routeProtected(service: KeyingService, plane: UserspaceDataPlane,
       }
       return b;
     };
-    await plane.protect({ type: r.family === 4 ? 7 : 8, ipProtocol: 0, startPort: 0, endPort: 65535, start: bytes(r.lo), end: bytes(r.hi) });
+    await plane.protect({
+      type: r.family === 4 ? 7 : 8,
+      ipProtocol: 0,
+      startPort: 0,
+      endPort: 65535,
+      start: bytes(r.lo),
+      end: bytes(r.hi),
+    });
   }
 }
 
@@ -57,7 +64,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   let service: KeyingService | undefined;
   if (o.dataplane === 'userspace') {
     if (addresses.length !== 1)
-      throw new ConsecError('ERR_USAGE', 'the userspace data plane runs on one address: give exactly one --listen ADDRESS');
+      throw new ConsecError(
+        'ERR_USAGE',
+        'the userspace data plane runs on one address: give exactly one --listen ADDRESS',
+      );
     const local = addresses[0] as string;
     plane = await UserspaceDataPlane.open({
       local,

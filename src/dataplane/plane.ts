@@ -82,7 +82,9 @@ export class UserspaceDataPlane implements ChildSaSink {
   private closed = false;
 
   private constructor(
-    private readonly o: Required<Pick<DataPlaneOptions, 'local' | 'tunName' | 'mark' | 'table' | 'rulePriority' | 'mtu'>> &
+    private readonly o: Required<
+      Pick<DataPlaneOptions, 'local' | 'tunName' | 'mark' | 'table' | 'rulePriority' | 'mtu'>
+    > &
       DataPlaneOptions,
     private readonly tun: TunDevice,
     private readonly udp500: UdpSocket,
@@ -121,7 +123,18 @@ export class UserspaceDataPlane implements ChildSaSink {
       const ip = family === 4 ? '-4' : '-6';
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
       await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
-      await run('ip', [ip, 'rule', 'add', 'not', 'fwmark', String(o.mark), 'table', String(o.table), 'pref', String(o.rulePriority)]);
+      await run('ip', [
+        ip,
+        'rule',
+        'add',
+        'not',
+        'fwmark',
+        String(o.mark),
+        'table',
+        String(o.table),
+        'pref',
+        String(o.rulePriority),
+      ]);
       const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw);
       plane.start();
       return plane;
@@ -177,7 +190,12 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.tracked.set(e.in.spi, { entry: e, softSent: false, lastActivity: 0 });
     this.maxKb.set(e.in.spi, sa.maxKilobytes ?? 0);
     for (const ts of e.remoteTs) void this.addRoute(ts);
-    this.log('SA installed', { spiIn: sa.child.spiIn.toString('hex'), spiOut: sa.child.spiOut.toString('hex'), mode: e.mode, udp: e.udp });
+    this.log('SA installed', {
+      spiIn: sa.child.spiIn.toString('hex'),
+      spiOut: sa.child.spiOut.toString('hex'),
+      mode: e.mode,
+      udp: e.udp,
+    });
     this.flushQueue();
   }
 
@@ -217,9 +235,18 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.routes.set(cidr, n + 1);
       if (n > 0) continue;
       const ip = cidr.includes(':') ? '-6' : '-4';
-      await run('ip', [ip, 'route', 'replace', cidr, 'dev', this.tun.name, 'table', String(this.o.table), 'src', this.o.local]).catch(
-        (err: Error) => this.log('route failed', { cidr, reason: err.message }),
-      );
+      await run('ip', [
+        ip,
+        'route',
+        'replace',
+        cidr,
+        'dev',
+        this.tun.name,
+        'table',
+        String(this.o.table),
+        'src',
+        this.o.local,
+      ]).catch((err: Error) => this.log('route failed', { cidr, reason: err.message }));
     }
   }
 

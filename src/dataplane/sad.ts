@@ -46,7 +46,13 @@ export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbo
   const common = { cipher, integ: i, esn } as const;
   return {
     out: new EspOutbound({ spi: c.spiOut.readUInt32BE(0), ...common, encrKey: mine.e, integKey: mine.a }),
-    in: new EspInbound({ spi: c.spiIn.readUInt32BE(0), ...common, encrKey: theirs.e, integKey: theirs.a, replayWindow }),
+    in: new EspInbound({
+      spi: c.spiIn.readUInt32BE(0),
+      ...common,
+      encrKey: theirs.e,
+      integKey: theirs.a,
+      replayWindow,
+    }),
   };
 }
 
