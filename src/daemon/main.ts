@@ -61,7 +61,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
   if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   let plane: UserspaceDataPlane | undefined;
-  let service: KeyingService | undefined;
+  // The data plane and the keying service call each other: the plane's callbacks find the service here.
+  const late: { service?: KeyingService } = {};
   if (o.dataplane === 'userspace') {
     if (addresses.length !== 1)
       throw new ConsecError(
@@ -72,13 +73,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     plane = await UserspaceDataPlane.open({
       local,
       onAcquire: (flow) => {
-        service?.acquire(flow).catch((err: Error) => {
+        late.service?.acquire(flow).catch((err: Error) => {
           log.warn({ remote: flow.remote, reason: err.message }, 'negotiation for queued traffic failed');
           plane?.acquireFailed(flow.remote);
         });
       },
-      onActivity: (spi) => service?.noteEsp(spi),
-      onExpire: (spi, hard) => service?.expire(spi, hard),
+      onActivity: (spi) => late.service?.noteEsp(spi),
+      onExpire: (spi, hard) => late.service?.expire(spi, hard),
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }
@@ -95,7 +96,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       ),
     delete: (spiIn) => log.info({ spiIn: spiIn.toString('hex') }, 'child SA removed from the data plane'),
   };
-  service = new KeyingService({
+  const service = new KeyingService({
     stores: new PolicyStores(stateDir),
     addresses,
     ctx,
@@ -106,6 +107,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     forceUdpEncapsulation: o.encap,
     log,
   });
+  late.service = service;
   try {
     await service.start();
   } catch (err) {
@@ -118,7 +120,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log.info({ signal }, 'stopping: deleting SAs at the peers');
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
-      void (service as KeyingService)
+      void service
         .stop()
         .then(() => plane?.close())
         .finally(resolve);
