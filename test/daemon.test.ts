@@ -115,7 +115,7 @@ describe('consec daemon', () => {
       await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
       const audit = lines(d, 'audit 4650')[0]?.audit as { mainMode: { role: string; cipher: string } };
       assert.deepEqual([audit.mainMode.role, audit.mainMode.cipher], ['Responder', 'AES-256']);
-      assert.equal(lines(d, 'child SA ready for the data plane')[0]?.spiOut, sa?.children[0]?.spiIn);
+      assert.equal(lines(d, 'SA installed')[0]?.spiOut, sa?.children[0]?.spiIn);
 
       // A change that leaves the rule alone keeps the SA.
       const add = await ps(

@@ -101,3 +101,63 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
     });
   }
 });
+
+describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('two daemons with Windows transport rules: ping and a TCP transfer in raw ESP (protocol 50), nothing in clear', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const policy = (local: string, remote: string) =>
+      [
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        `New-NetIPsecRule -DisplayName "Require with ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
+          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n');
+    const daemons: LabProcess[] = [];
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5002]);
+    const cap = await Capture.start(lab, 'bob', 'eth0');
+    try {
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir('consec-dp2-');
+        const r = await ps(policy(local, remote), dir);
+        assert.equal(r.errors, 0, r.err);
+        const d = lab.spawn(host, [
+          process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'),
+          '--state-dir', dir, 'daemon', '--listen', local, '--dpd', '0',
+        ]);
+        daemons.push(d);
+        await d.waitFor(/keying service started/);
+      }
+      await server.waitFor(/listening/);
+      const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
+      assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemons.map((d) => d.output().slice(-2000)).join('\n---\n')}`);
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5002, 2 * 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string; bytes: number }>(client, 'done');
+      assert.ok(done, client.output());
+      assert.equal(done.received, done.sent, 'every byte came back unchanged');
+      assert.match(daemons[0]?.output() ?? '', /"mode":"transport"/, 'a transport-mode SA');
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ip'));
+      assert.ok([...protocols].some((p) => p.endsWith('ip:esp')), [...protocols].join(' '));
+      for (const p of protocols) assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      await server.stop();
+    }
+  });
+});
