@@ -135,15 +135,28 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
         const r = await ps(policy(local, remote), dir);
         assert.equal(r.errors, 0, r.err);
         const d = lab.spawn(host, [
-          process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'),
-          '--state-dir', dir, 'daemon', '--listen', local, '--dpd', '0',
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          '--state-dir',
+          dir,
+          'daemon',
+          '--listen',
+          local,
+          '--dpd',
+          '0',
         ]);
         daemons.push(d);
         await d.waitFor(/keying service started/);
       }
       await server.waitFor(/listening/);
       const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
-      assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemons.map((d) => d.output().slice(-2000)).join('\n---\n')}`);
+      assert.match(
+        ping.stdout,
+        / 0% packet loss/,
+        `${ping.stdout}\n${daemons.map((d) => d.output().slice(-2000)).join('\n---\n')}`,
+      );
       const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5002, 2 * 1024 * 1024]);
       await client.exited;
       const [done] = events<{ sent: string; received: string; bytes: number }>(client, 'done');
@@ -152,8 +165,12 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       assert.match(daemons[0]?.output() ?? '', /"mode":"transport"/, 'a transport-mode SA');
       await cap.stop();
       const protocols = new Set(await cap.protocols('ip'));
-      assert.ok([...protocols].some((p) => p.endsWith('ip:esp')), [...protocols].join(' '));
-      for (const p of protocols) assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('ip:esp')),
+        [...protocols].join(' '),
+      );
+      for (const p of protocols)
+        assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
     } finally {
       await cap.dispose();
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);

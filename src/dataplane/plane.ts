@@ -121,6 +121,8 @@ export class UserspaceDataPlane implements ChildSaSink {
       udp4500.bind(o.local, 4500);
       raw.bind(o.local);
       const ip = family === 4 ? '-4' : '-6';
+      // No link-local address: the TUN itself must not send router solicitations or MLD into itself.
+      await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
       await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
       await run('ip', [

@@ -1,0 +1,108 @@
+/**
+ * Data plane throughput in the lab, side by side in one run: iperf3 TCP (one stream) through the
+ * plain veth, strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP, AES-GCM-256), consec →
+ * strongSwan (consec's TUN data plane, ESP-in-UDP) and consec ↔ consec (transport mode, raw ESP).
+ *
+ *   node --import tsx bench/dataplane.ts [--seconds 5]
+ */
+import { join } from 'node:path';
+import { Lab } from '../src/lab/lab.ts';
+import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { hostToHost } from '../src/lab/topology.ts';
+import { ROOT } from '../test/helpers.ts';
+import { freshStateDir, ps } from '../test/pwsh-helpers.ts';
+
+const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1] ?? 5) || 5;
+const PSK = 'bench-dataplane-psk-0123456789';
+
+const lab = await Lab.create(hostToHost());
+const a = lab.address('alice');
+const b = lab.address('bob');
+
+async function iperf(): Promise<number> {
+  const server = lab.spawn('bob', ['iperf3', '-s', '-1', '-B', b]);
+  await new Promise((r) => setTimeout(r, 300));
+  const { stdout } = await lab.exec('alice', ['iperf3', '-c', b, '-t', String(seconds), '-J'], {
+    timeoutMs: (seconds + 20) * 1000,
+  });
+  await server.exited;
+  process.stderr.write('.');
+  const j = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
+  return j.end.sum_received.bits_per_second / 1e9;
+}
+
+async function policy(local: string, remote: string, tunnel: boolean): Promise<string> {
+  const dir = freshStateDir('consec-bench-');
+  const mode = tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` : '';
+  const r = await ps(
+    [
+      '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+      '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+      `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+      '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+      '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+      `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${local} -RemoteAddress ${remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+      `New-NetIPsecRule -DisplayName "bench" ${mode}-LocalAddress ${local} -RemoteAddress ${remote} ` +
+        '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+    ].join('\n'),
+    dir,
+  );
+  if (r.errors) throw new Error(r.err);
+  return dir;
+}
+
+function daemon(host: string, dir: string, local: string) {
+  return lab.spawn(host, [
+    process.execPath,
+    '--import',
+    'tsx',
+    join(ROOT, 'src/cli/main.ts'),
+    '--state-dir',
+    dir,
+    'daemon',
+    '--listen',
+    local,
+    '--dpd',
+    '0',
+  ]);
+}
+
+const rows: [string, number][] = [];
+try {
+  process.stderr.write('\n');
+  rows.push(['plain veth (no IPsec)', await iperf()]);
+
+  const swanA = await Charon.start(lab, 'alice', pskHostTunnel(a, b, { name: 'c', secret: PSK, logLevel: 0 }));
+  const swanB = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'c', secret: PSK, logLevel: 0 }));
+  await swanA.initiate('c');
+  process.stderr.write('\n');
+  rows.push(['strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP)', await iperf()]);
+  await swanA.stop();
+
+  const dA = daemon('alice', await policy(a, b, true), a);
+  await dA.waitFor(/keying service started/);
+  await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+  process.stderr.write('\n');
+  rows.push(['consec → strongSwan (consec TUN data plane, ESP-in-UDP)', await iperf()]);
+  await dA.stop('SIGTERM', 5000);
+  await swanB.stop();
+
+  const dB = daemon('bob', await policy(b, a, false), b);
+  await dB.waitFor(/keying service started/);
+  const dA2 = daemon('alice', await policy(a, b, false), a);
+  await dA2.waitFor(/keying service started/);
+  await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+  process.stderr.write('\n');
+  rows.push(['consec ↔ consec (transport mode, raw ESP)', await iperf()]);
+  await dA2.stop('SIGTERM', 5000);
+  await dB.stop('SIGTERM', 5000);
+
+  const swan = rows[1]?.[1] ?? 1;
+  console.log(`iperf3 TCP, one stream, ${seconds} s, AES-GCM-256, lab veth, 2 cores\n`);
+  console.log('| path | Gbit/s | ÷ strongSwan |');
+  console.log('|---|---:|---:|');
+  for (const [name, g] of rows) console.log(`| ${name} | ${g.toFixed(3)} | ${(g / swan).toFixed(2)} |`);
+} finally {
+  await lab.destroy();
+}
