@@ -102,6 +102,72 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
   }
 });
 
+describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('after SIGKILL the nftables table still drops cleartext both ways; --remove-filters lifts it', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-fc-');
+    const setup = await ps(
+      [
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM128 -ESPHash AESGMAC128',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+        `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${a} -RemoteAddress ${b} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+        `New-NetIPsecRule -DisplayName "to bob" -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${b} ` +
+          `-LocalAddress ${a} -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require ` +
+          '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const bob = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] }));
+    const consec = (args: string[]) => [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--state-dir', dir, ...args];
+    let daemon: LabProcess | undefined;
+    try {
+      daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
+      await daemon.waitFor(/fail-closed filters installed/);
+      const ok = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '3', b], { allowFailure: true });
+      assert.match(ok.stdout, / 0% packet loss/, daemon.output().slice(-2000));
+      await daemon.stop('SIGKILL');
+      await bob.stop();
+      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'icmp' });
+      try {
+        const out = await lab.exec('alice', ['ping', '-c', '2', '-W', '1', b], { allowFailure: true });
+        assert.match(out.stdout, /100% packet loss/, 'nothing reaches bob');
+        const inb = await lab.exec('bob', ['ping', '-c', '2', '-W', '1', a], { allowFailure: true });
+        assert.match(inb.stdout, /100% packet loss/, "bob's cleartext is not answered");
+        await cap.stop();
+        const fromAlice = await cap.fields(['ip.src'], `ip.src == ${a}`);
+        assert.deepEqual(fromAlice, [], 'not one cleartext packet from alice on the wire');
+      } finally {
+        await cap.dispose();
+      }
+      const table = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec']);
+      assert.match(table.stdout, /counter packets [1-9]\d* bytes \d+ drop comment "cleartext to a Require peer"/);
+      assert.match(table.stdout, /counter packets [1-9]\d* bytes \d+ drop comment "cleartext from a Require peer"/);
+      await lab.exec('alice', consec(['daemon', '--remove-filters']));
+      const gone = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'], { allowFailure: true });
+      assert.notEqual(gone.code, 0, 'the table is gone');
+      const clear = await lab.exec('alice', ['ping', '-c', '2', '-W', '2', b], { allowFailure: true });
+      assert.match(clear.stdout, / 0% packet loss/, 'without consec, traffic flows as before');
+    } finally {
+      await daemon?.stop('SIGKILL');
+      await bob.stop();
+    }
+  });
+});
+
 describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', () => {
   let lab: Lab;
   before(async () => {

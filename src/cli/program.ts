@@ -92,22 +92,33 @@ export function buildProgram(): Command {
     .option('--listen <address...>', 'addresses to run IKE on, UDP 500 and 4500 (default: every local address)')
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
     .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
+    .option('--remove-filters', "remove consec's fail-closed nftables table, routing rule and routes, then exit")
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
     .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT (issue 7)')
-    .action(async (opts: { listen?: string[]; encap?: boolean; dpd: string; metrics?: string; dataplane: string }) => {
-      if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
-      const dpd = Number(opts.dpd);
-      if (!Number.isFinite(dpd) || dpd < 0)
-        throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
-      if (opts.dataplane !== 'userspace' && opts.dataplane !== 'none')
-        throw new ConsecError('ERR_USAGE', `--dataplane ${opts.dataplane}: use userspace or none`);
-      process.exitCode = await runDaemon(stateDir(program), {
-        listen: opts.listen,
-        encap: opts.encap,
-        dpd,
-        dataplane: opts.dataplane,
-      });
-    });
+    .action(
+      async (opts: {
+        listen?: string[];
+        encap?: boolean;
+        dpd: string;
+        metrics?: string;
+        dataplane: string;
+        removeFilters?: boolean;
+      }) => {
+        if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
+        const dpd = Number(opts.dpd);
+        if (!Number.isFinite(dpd) || dpd < 0)
+          throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
+        if (opts.dataplane !== 'userspace' && opts.dataplane !== 'none')
+          throw new ConsecError('ERR_USAGE', `--dataplane ${opts.dataplane}: use userspace or none`);
+        process.exitCode = await runDaemon(stateDir(program), {
+          listen: opts.listen,
+          encap: opts.encap,
+          dpd,
+          dataplane: opts.dataplane,
+          removeFilters: opts.removeFilters,
+        });
+      },
+    );
 
   const lab = program.command('lab').description('network-namespace lab: TEST-NET hosts joined by veth pairs');
   lab

@@ -42,6 +42,8 @@ export interface KeyingOptions {
   timing?: Partial<Timing>;
   /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
   forceUdpEncapsulation?: boolean;
+  /** Called with each new active policy, after the SAs were reconciled (the daemon refreshes its filters). */
+  onPolicy?(doc: PolicyDocument): void;
   /** The IKE sockets for an address (the data plane's marked ones); default UDP 500/4500 of our own. */
   bind?: (address: string) => ((rx: IkeReceiver) => IkeBind) | undefined;
   log: Logger;
@@ -121,6 +123,11 @@ export class KeyingService {
       this.o.log.warn({ local, remote, reason: (err as Error).message }, 'cannot answer this peer');
       return undefined;
     }
+  }
+
+  /** The active policy in force. */
+  get policy(): PolicyDocument {
+    return this.doc;
   }
 
   sessions(): IkeSession[] {
@@ -215,6 +222,7 @@ export class KeyingService {
       }
     }
     this.o.log.info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
+    this.o.onPolicy?.(doc);
   }
 
   /** Deletes every SA at its peer and closes the sockets. */

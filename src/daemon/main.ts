@@ -14,6 +14,8 @@ import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { entryToRange } from '../filter/address.ts';
+import { applyGuard, guardSets, removeGuard, renderGuard } from '../dataplane/guard.ts';
+import type { PolicyDocument } from '../policy/model.ts';
 
 /** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
 async function routeProtected(service: KeyingService, plane: UserspaceDataPlane, log: pino.Logger): Promise<void> {
@@ -49,12 +51,20 @@ export interface DaemonOptions {
   encap?: boolean;
   /** 'userspace': consec's own ESP data plane on a TUN device; 'none': SAs are only logged. */
   dataplane?: 'userspace' | 'none';
+  /** Remove consec's nftables table, routing rule and routes, and exit. */
+  removeFilters?: boolean;
   /** Liveness check after this many seconds of silence (0: off). */
   dpd?: number;
 }
 
 export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<number> {
   const log = pino({ base: { service: 'consec' }, timestamp: pino.stdTimeFunctions.isoTime });
+  if (o.removeFilters) {
+    await removeGuard();
+    await UserspaceDataPlane.removeRouting();
+    log.info({}, 'fail-closed filters, routing rule and routes removed');
+    return 0;
+  }
   const ctx = systemHostContext();
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
@@ -62,7 +72,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   let plane: UserspaceDataPlane | undefined;
   // The data plane and the keying service call each other: the plane's callbacks find the service here.
-  const late: { service?: KeyingService } = {};
+  const late: { service?: KeyingService; onPolicy?: (doc: PolicyDocument) => void } = {};
   if (o.dataplane === 'userspace') {
     if (addresses.length !== 1)
       throw new ConsecError(
@@ -101,6 +111,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     addresses,
     ctx,
     dataplane: plane ?? logOnly,
+    onPolicy: (doc) => late.onPolicy?.(doc),
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
     audit: { emit: (event: AuditEvent) => log.info({ audit: event }, `audit ${event.id}`) },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
@@ -108,13 +119,27 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     log,
   });
   late.service = service;
+  // Fail-closed: the kernel drops cleartext to and from Require peers, also when this process dies.
+  const guard = async (doc: PolicyDocument) => {
+    if (!plane) return;
+    try {
+      await applyGuard(renderGuard(guardSets(doc), plane.tunName, plane.mark));
+      log.info({}, 'fail-closed filters installed');
+    } catch (err) {
+      log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
+    }
+  };
+  late.onPolicy = (doc) => void guard(doc);
   try {
     await service.start();
   } catch (err) {
     await plane?.close();
     throw err;
   }
-  if (plane) await routeProtected(service, plane, log);
+  if (plane) {
+    await guard(service.policy);
+    await routeProtected(service, plane, log);
+  }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');

@@ -55,6 +55,7 @@ const BATCH = 64;
 const QUEUE_PER_DESTINATION = 32;
 const QUEUE_TOTAL = 1024;
 const MARKER = Buffer.alloc(4);
+const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500, mtu: 1400 };
 
 interface Tracked {
   entry: SaEntry;
@@ -95,16 +96,25 @@ export class UserspaceDataPlane implements ChildSaSink {
     writeIp(o.local, this.localBytes);
   }
 
+  get tunName(): string {
+    return this.tun.name;
+  }
+
+  get mark(): number {
+    return this.o.mark;
+  }
+
+  /** Removes the routing rule and table a previous run left (`consec daemon --remove-filters`). */
+  static async removeRouting(table = DEFAULTS.table, priority = DEFAULTS.rulePriority): Promise<void> {
+    for (const ip of ['-4', '-6']) {
+      await run('ip', [ip, 'rule', 'del', 'pref', String(priority)]).catch(() => {});
+      await run('ip', [ip, 'route', 'flush', 'table', String(table)]).catch(() => {});
+    }
+  }
+
   /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
   static async open(options: DataPlaneOptions): Promise<UserspaceDataPlane> {
-    const o = {
-      tunName: 'consec0',
-      mark: 0xc5ec,
-      table: 0xc5ec,
-      rulePriority: 10_500,
-      mtu: 1400,
-      ...options,
-    };
+    const o = { ...DEFAULTS, ...options };
     const family = isIPv4(o.local) ? 4 : 6;
     const opened: { close(): void }[] = [];
     try {

@@ -1,0 +1,106 @@
+/**
+ * Fail-closed filtering in the kernel: an nftables table of consec's own (`inet consec`) that drops
+ * cleartext to and from peers whose rules Require IPsec, except what goes through the data plane
+ * (the TUN), consec's own marked IKE/ESP packets, IKE and ESP from the peer, and the exemptions the
+ * policy grants (ICMP, neighbor discovery, DHCP). It is replaced atomically (`nft -f`, one
+ * transaction) and outlives the daemon: a crashed or stopped consec leaks nothing.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { entryToRange } from '../filter/address.ts';
+import type { PolicyDocument } from '../policy/model.ts';
+
+const exec = promisify(execFile);
+
+export const GUARD_TABLE = 'consec';
+
+export interface GuardSets {
+  /** Addresses (v4, v6) that must not be sent to in clear, and that must not be accepted from in clear. */
+  out4: string[];
+  out6: string[];
+  in4: string[];
+  in6: string[];
+  icmpExempt: boolean;
+  dhcpExempt: boolean;
+}
+
+/** nftables element text for a policy address entry (host, CIDR or range), or undefined for keywords. */
+function element(entry: string): { family: 4 | 6; text: string } | undefined {
+  const r = entryToRange(entry);
+  if (!r || entry === 'Any' || /^[A-Za-z]/.test(entry)) return undefined;
+  return { family: r.family, text: entry.includes('-') ? entry.replace(/\s+/g, '') : entry };
+}
+
+/** What the active policy requires: remote ranges of enabled rules with Require in each direction. */
+export function guardSets(doc: PolicyDocument): GuardSets {
+  const s: GuardSets = { out4: [], out6: [], in4: [], in6: [], icmpExempt: false, dhcpExempt: false };
+  for (const r of doc.rules) {
+    if (r.Enabled !== 'True') continue;
+    const targets = r.Mode === 'Tunnel' ? r.RemoteAddress : r.RemoteAddress;
+    for (const entry of targets) {
+      const e = element(entry);
+      if (!e) continue;
+      if (r.OutboundSecurity === 'Require') (e.family === 4 ? s.out4 : s.out6).push(e.text);
+      if (r.InboundSecurity === 'Require') (e.family === 4 ? s.in4 : s.in6).push(e.text);
+    }
+  }
+  s.icmpExempt = doc.settings.Exemptions.includes('Icmp');
+  s.dhcpExempt = doc.settings.Exemptions.includes('Dhcp');
+  return s;
+}
+
+const set = (name: string, type: string, elements: string[]): string =>
+  `  set ${name} { type ${type}; flags interval; auto-merge;${elements.length ? ` elements = { ${[...new Set(elements)].join(', ')} };` : ''} }`;
+
+/** The whole table as one nft script (delete + create in one transaction). */
+export function renderGuard(s: GuardSets, tun: string, mark: number): string {
+  const exempt = [
+    // Neighbor discovery always passes: without it IPv6 cannot reach anybody.
+    'meta l4proto ipv6-icmp icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept',
+    ...(s.icmpExempt ? ['meta l4proto { icmp, ipv6-icmp } accept'] : []),
+    ...(s.dhcpExempt ? ['udp sport { 67, 68, 546, 547 } udp dport { 67, 68, 546, 547 } accept'] : []),
+  ];
+  const lines = [
+    `table inet ${GUARD_TABLE} {}`,
+    `delete table inet ${GUARD_TABLE}`,
+    `table inet ${GUARD_TABLE} {`,
+    set('out4', 'ipv4_addr', s.out4),
+    set('out6', 'ipv6_addr', s.out6),
+    set('in4', 'ipv4_addr', s.in4),
+    set('in6', 'ipv6_addr', s.in6),
+    '  chain output {',
+    '    type filter hook output priority 0; policy accept;',
+    `    meta mark ${mark} accept`,
+    `    oifname "${tun}" accept`,
+    ...exempt.map((e) => `    ${e}`),
+    '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
+    '    ip6 daddr @out6 counter drop comment "cleartext to a Require peer"',
+    '  }',
+    '  chain input {',
+    '    type filter hook input priority 0; policy accept;',
+    `    iifname "${tun}" accept`,
+    '    udp dport { 500, 4500 } accept',
+    '    meta l4proto esp accept',
+    ...exempt.map((e) => `    ${e}`),
+    '    ip saddr @in4 counter drop comment "cleartext from a Require peer"',
+    '    ip6 saddr @in6 counter drop comment "cleartext from a Require peer"',
+    '  }',
+    '}',
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+/** Installs (or atomically replaces) the table. */
+export async function applyGuard(script: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const p = execFile('nft', ['-f', '-'], (err, _out, stderr) =>
+      err ? reject(new Error(`nft: ${stderr.trim() || err.message}`)) : resolve(),
+    );
+    p.stdin?.end(script);
+  });
+}
+
+/** Removes the table (consec uninstalled or its policy no longer requires anything). */
+export async function removeGuard(): Promise<void> {
+  await exec('nft', ['delete', 'table', 'inet', GUARD_TABLE]).catch(() => {});
+}
