@@ -132,7 +132,15 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     );
     assert.equal(setup.errors, 0, setup.err);
     const bob = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] }));
-    const consec = (args: string[]) => [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--state-dir', dir, ...args];
+    const consec = (args: string[]) => [
+      process.execPath,
+      '--import',
+      'tsx',
+      join(ROOT, 'src/cli/main.ts'),
+      '--state-dir',
+      dir,
+      ...args,
+    ];
     let daemon: LabProcess | undefined;
     try {
       daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
@@ -164,6 +172,97 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     } finally {
       await daemon?.stop('SIGKILL');
       await bob.stop();
+    }
+  });
+});
+
+describe('Request and exemptions: a peer without IPsec', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  const start = async (script: string[]) => {
+    const a = lab.address('alice');
+    const dir = freshStateDir('consec-req-');
+    const r = await ps(script.join('\n'), dir);
+    assert.equal(r.errors, 0, r.err);
+    const d = lab.spawn('alice', [
+      process.execPath,
+      '--import',
+      'tsx',
+      join(ROOT, 'src/cli/main.ts'),
+      '--state-dir',
+      dir,
+      'daemon',
+      '--listen',
+      a,
+      '--dpd',
+      '0',
+    ]);
+    await d.waitFor(/fail-closed filters installed/);
+    return d;
+  };
+
+  it('Request: traffic flows in clear while IKE is tried; the negotiation attempts are on the wire', async () => {
+    const b = lab.address('bob');
+    const cap = await Capture.start(lab, 'bob', 'eth0');
+    const d = await start([
+      `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+      '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+      `New-NetIPsecRule -DisplayName "request bob" -RemoteAddress ${b} -InboundSecurity Request -OutboundSecurity Request -Phase1AuthSet $p1.Name | Out-Null`,
+    ]);
+    try {
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.3', '-W', '2', b], { allowFailure: true });
+      assert.match(ping.stdout, / 0% packet loss/, d.output().slice(-2000));
+      await cap.stop();
+      const protocols = await cap.protocols('ip');
+      assert.ok(
+        protocols.some((p) => p.includes(':ip:icmp')),
+        `ICMP in clear: ${protocols.join(' ')}`,
+      );
+      assert.ok(
+        protocols.some((p) => p.endsWith(':isakmp')),
+        'and IKE_SA_INIT towards bob',
+      );
+    } finally {
+      await cap.dispose();
+      await d.stop('SIGTERM', 5000);
+    }
+  });
+
+  it('Require with an authentication exemption for one TCP port: that port passes in clear, the rest is dropped', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5003]);
+    const d = await start([
+      `New-NetIPsecRule -DisplayName "require bob" -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require | Out-Null`,
+      `New-NetIPsecRule -DisplayName "exempt 5003" -RemoteAddress ${b} -Protocol TCP -RemotePort 5003 -InboundSecurity None -OutboundSecurity None | Out-Null`,
+    ]);
+    try {
+      await server.waitFor(/listening/);
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5003, 65536]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done && done.sent === done.received, `${client.output()}\n${d.output().slice(-2000)}`);
+      const ping = await lab.exec('alice', ['ping', '-c', '2', '-W', '1', b], { allowFailure: true });
+      assert.match(ping.stdout, /100% packet loss/, 'ICMP is not exempt: Require holds it back');
+      const back = await lab.exec('bob', ['ping', '-c', '2', '-W', '1', a], { allowFailure: true });
+      assert.match(back.stdout, /100% packet loss/, "bob's cleartext ping is dropped on alice");
+    } finally {
+      await d.stop('SIGTERM', 5000);
+      await server.stop();
+      await lab.exec('alice', [
+        process.execPath,
+        '--import',
+        'tsx',
+        join(ROOT, 'src/cli/main.ts'),
+        'daemon',
+        '--remove-filters',
+      ]);
     }
   });
 });

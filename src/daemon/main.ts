@@ -16,6 +16,36 @@ import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { entryToRange } from '../filter/address.ts';
 import { applyGuard, guardSets, removeGuard, renderGuard } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
+import { type CompiledPolicy, compilePolicy } from '../filter/compile.ts';
+import type { IpInfo } from '../dataplane/ip.ts';
+import type { Verdict } from '../dataplane/plane.ts';
+import { readIp } from '../io/addr.ts';
+
+/** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
+function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict {
+  const icmpType = ip.protocol === 1 || ip.protocol === 58 ? (packet[ip.headerLength] ?? -1) : -1;
+  const filter =
+    ip.family === 4
+      ? policy.classifyV4Filter(
+          packet.readUInt32BE(ip.src),
+          packet.readUInt32BE(ip.dst),
+          ip.protocol,
+          ip.srcPort,
+          ip.dstPort,
+          icmpType,
+        )
+      : policy.classify({
+          direction: 'Outbound',
+          local: readIp(packet, ip.src, 6),
+          remote: readIp(packet, ip.dst, 6),
+          protocol: ip.protocol,
+          localPort: ip.srcPort >= 0 ? ip.srcPort : undefined,
+          remotePort: ip.dstPort >= 0 ? ip.dstPort : undefined,
+          icmpType: icmpType >= 0 ? icmpType : undefined,
+        }).filter;
+  if (!filter || filter.kind !== 'negotiate') return 'clear';
+  return filter.outbound === 'Require' ? 'require' : filter.outbound === 'Request' ? 'request' : 'clear';
+}
 
 /** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
 async function routeProtected(service: KeyingService, plane: UserspaceDataPlane, log: pino.Logger): Promise<void> {
@@ -72,7 +102,11 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   let plane: UserspaceDataPlane | undefined;
   // The data plane and the keying service call each other: the plane's callbacks find the service here.
-  const late: { service?: KeyingService; onPolicy?: (doc: PolicyDocument) => void } = {};
+  const late: {
+    service?: KeyingService;
+    onPolicy?: (doc: PolicyDocument) => void;
+    classify?: (packet: Buffer, ip: IpInfo) => Verdict;
+  } = {};
   if (o.dataplane === 'userspace') {
     if (addresses.length !== 1)
       throw new ConsecError(
@@ -89,6 +123,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         });
       },
       onActivity: (spi) => late.service?.noteEsp(spi),
+      classify: (packet, ip) => late.classify?.(packet, ip) ?? 'require',
       onExpire: (spi, hard) => late.service?.expire(spi, hard),
       log: (event, detail) => log.info(detail ?? {}, event),
     });
@@ -129,7 +164,16 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
     }
   };
-  late.onPolicy = (doc) => void guard(doc);
+  // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
+  const compile = (doc: PolicyDocument) => {
+    const policy = compilePolicy(doc, ctx);
+    late.classify = (packet, ip) => verdictFor(policy, packet, ip);
+  };
+  compile(service.policy);
+  late.onPolicy = (doc) => {
+    compile(doc);
+    void guard(doc);
+  };
   try {
     await service.start();
   } catch (err) {

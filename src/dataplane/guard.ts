@@ -8,6 +8,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { entryToRange } from '../filter/address.ts';
+import { protocolNumber } from '../policy/endpoints.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 
 const exec = promisify(execFile);
@@ -22,6 +23,32 @@ export interface GuardSets {
   in6: string[];
   icmpExempt: boolean;
   dhcpExempt: boolean;
+  /** Authentication exemptions (rules with None/None): nft matches accepted before the drops, per direction. */
+  exemptOut: string[];
+  exemptIn: string[];
+}
+
+/** nft match text for an authentication exemption rule, one per remote entry. */
+function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in'): string[] {
+  const proto = r.Protocol === 'Any' ? undefined : (protocolNumber(r.Protocol) ?? undefined);
+  const ports = (list: string[]) => list.filter((p) => /^\d+(-\d+)?$/.test(p));
+  const remotePorts = ports(r.RemotePort);
+  const localPorts = ports(r.LocalPort);
+  const out: string[] = [];
+  for (const entry of r.RemoteAddress) {
+    const e = element(entry);
+    if (!e && entry !== 'Any') continue;
+    const parts: string[] = [];
+    if (e) parts.push(`${e.family === 4 ? 'ip' : 'ip6'} ${dir === 'out' ? 'daddr' : 'saddr'} ${e.text}`);
+    if (proto !== undefined) parts.push(`meta l4proto ${proto}`);
+    if (proto === 6 || proto === 17) {
+      const [theirs, ours] = dir === 'out' ? ['dport', 'sport'] : ['sport', 'dport'];
+      if (remotePorts.length) parts.push(`th ${theirs} { ${remotePorts.join(', ')} }`);
+      if (localPorts.length) parts.push(`th ${ours} { ${localPorts.join(', ')} }`);
+    }
+    if (parts.length) out.push(`${parts.join(' ')} accept`);
+  }
+  return out;
 }
 
 /** nftables element text for a policy address entry (host, CIDR or range), or undefined for keywords. */
@@ -33,9 +60,23 @@ function element(entry: string): { family: 4 | 6; text: string } | undefined {
 
 /** What the active policy requires: remote ranges of enabled rules with Require in each direction. */
 export function guardSets(doc: PolicyDocument): GuardSets {
-  const s: GuardSets = { out4: [], out6: [], in4: [], in6: [], icmpExempt: false, dhcpExempt: false };
+  const s: GuardSets = {
+    out4: [],
+    out6: [],
+    in4: [],
+    in6: [],
+    icmpExempt: false,
+    dhcpExempt: false,
+    exemptOut: [],
+    exemptIn: [],
+  };
   for (const r of doc.rules) {
     if (r.Enabled !== 'True') continue;
+    if (r.InboundSecurity === 'None' && r.OutboundSecurity === 'None') {
+      s.exemptOut.push(...exemptionMatches(r, 'out'));
+      s.exemptIn.push(...exemptionMatches(r, 'in'));
+      continue;
+    }
     const targets = r.Mode === 'Tunnel' ? r.RemoteAddress : r.RemoteAddress;
     for (const entry of targets) {
       const e = element(entry);
@@ -73,6 +114,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     `    meta mark ${mark} accept`,
     `    oifname "${tun}" accept`,
     ...exempt.map((e) => `    ${e}`),
+    ...s.exemptOut.map((e) => `    ${e}`),
     '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
     '    ip6 daddr @out6 counter drop comment "cleartext to a Require peer"',
     '  }',
@@ -82,6 +124,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '    udp dport { 500, 4500 } accept',
     '    meta l4proto esp accept',
     ...exempt.map((e) => `    ${e}`),
+    ...s.exemptIn.map((e) => `    ${e}`),
     '    ip saddr @in4 counter drop comment "cleartext from a Require peer"',
     '    ip6 saddr @in6 counter drop comment "cleartext from a Require peer"',
     '  }',

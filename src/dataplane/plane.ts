@@ -17,7 +17,9 @@ import type { Endpoint } from '../ike/sa.ts';
 import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { readIp, writeIp } from '../io/addr.ts';
 import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
-import { ipv4Around, packetMatches, parseIp } from './ip.ts';
+import { type IpInfo, ipv4Around, packetMatches, parseIp } from './ip.ts';
+
+export type Verdict = 'require' | 'request' | 'clear';
 import { Sad, type SaEntry } from './sad.ts';
 
 const run = promisify(execFile);
@@ -34,6 +36,11 @@ export interface DataPlaneOptions {
   mtu?: number;
   /** Traffic without an SA: ask the keying service for one (the packets wait in a bounded queue). */
   onAcquire?(flow: Flow): void;
+  /**
+   * What the policy says about an outbound packet in the TUN: 'require' (protect or drop), 'request'
+   * (protect when an SA exists, else send in clear while negotiating), 'clear' (exempt). Default: require.
+   */
+  classify?(packet: Buffer, ip: IpInfo): Verdict;
   /** ESP arrived on a child SA (the peer is alive; saves liveness checks). */
   onActivity?(spiIn: Buffer): void;
   /** A child SA reached its byte lifetime or ran out of sequence numbers: soft → rekey, hard → delete. */
@@ -77,6 +84,7 @@ export class UserspaceDataPlane implements ChildSaSink {
   private readonly udpOut = new PacketBatch(BATCH, SLOT);
   private readonly rawOut = new PacketBatch(BATCH, SLOT);
   private readonly rawIn = new PacketBatch(BATCH, SLOT);
+  private readonly clearOut = new PacketBatch(BATCH, SLOT);
   private readonly one = new PacketBatch(1, 65_536);
   private rx?: IkeReceiver;
   private readonly localBytes: Buffer;
@@ -91,6 +99,8 @@ export class UserspaceDataPlane implements ChildSaSink {
     private readonly udp500: UdpSocket,
     private readonly udp4500: UdpSocket,
     private readonly raw: RawIpSocket,
+    /** IPPROTO_RAW (the packet carries its own IP header), marked: exempt and Request traffic in clear. */
+    private readonly clear: RawIpSocket,
   ) {
     this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
     writeIp(o.local, this.localBytes);
@@ -126,7 +136,9 @@ export class UserspaceDataPlane implements ChildSaSink {
       opened.push(udp4500);
       const raw = RawIpSocket.open(family, IPPROTO_ESP);
       opened.push(raw);
-      for (const s of [udp500, udp4500, raw]) s.setMark(o.mark);
+      const clear = RawIpSocket.open(family, 255);
+      opened.push(clear);
+      for (const s of [udp500, udp4500, raw, clear]) s.setMark(o.mark);
       udp500.bind(o.local, 500);
       udp4500.bind(o.local, 4500);
       raw.bind(o.local);
@@ -147,7 +159,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         'pref',
         String(o.rulePriority),
       ]);
-      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw);
+      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear);
       plane.start();
       return plane;
     } catch (err) {
@@ -288,6 +300,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       if (n === 0) return;
       this.udpOut.count = 0;
       this.rawOut.count = 0;
+      this.clearOut.count = 0;
       for (let i = 0; i < n; i++) this.outbound(this.tunIn.packet(i), false);
       this.flushOut();
     }
@@ -299,9 +312,18 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('not IP');
       return;
     }
+    const verdict = this.o.classify?.(packet, ip) ?? 'require';
+    if (verdict === 'clear') {
+      this.sendClear(packet, ip);
+      return;
+    }
     const e = this.sad.outboundFor(packet, ip);
     if (!e) {
-      if (!fromQueue) this.enqueue(packet, ip);
+      if (verdict === 'request') {
+        // Request: in clear while IKE negotiates; protected once an SA exists.
+        this.acquire(packet, ip);
+        this.sendClear(packet, ip);
+      } else if (!fromQueue) this.enqueue(packet, ip);
       return;
     }
     let esp: Buffer;
@@ -322,18 +344,30 @@ export class UserspaceDataPlane implements ChildSaSink {
     batch.set(k, esp, e.remote.address, e.udp ? e.remote.port : undefined);
   }
 
+  /** Sends an IP packet as it is (its own header), around the TUN: exempt or Request traffic. */
+  private sendClear(packet: Buffer, ip: IpInfo): void {
+    if (this.clearOut.count === this.clearOut.capacity) this.flushOut();
+    const k = this.clearOut.count++;
+    this.clearOut.set(k, packet);
+    packet.copy(this.clearOut.addrs, k * 16, ip.dst, ip.dst + (ip.family === 4 ? 4 : 16));
+    this.clearPackets++;
+  }
+
+  /** Packets sent in clear (exempt, or Request without an SA). */
+  clearPackets = 0;
+
   private flushOut(): void {
     if (this.udpOut.count > 0) this.udp4500.send(this.udpOut);
     if (this.rawOut.count > 0) this.raw.send(this.rawOut);
+    if (this.clearOut.count > 0) this.clear.send(this.clearOut);
     this.udpOut.count = 0;
     this.rawOut.count = 0;
+    this.clearOut.count = 0;
   }
 
   /** Holds a packet that has no SA yet (bounded) and asks the keying service for one. */
-  private enqueue(packet: Buffer, ip: NonNullable<ReturnType<typeof parseIp>>): void {
-    const fam = ip.family;
-    const dst = readIp(packet, ip.dst, fam);
-    const src = readIp(packet, ip.src, fam);
+  private enqueue(packet: Buffer, ip: IpInfo): void {
+    const dst = readIp(packet, ip.dst, ip.family);
     const q = this.queue.get(dst) ?? [];
     if (q.length >= QUEUE_PER_DESTINATION || this.queued >= QUEUE_TOTAL) this.drop('queue full');
     else {
@@ -341,6 +375,14 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.queue.set(dst, q);
       this.queued++;
     }
+    this.acquire(packet, ip);
+  }
+
+  /** Asks the keying service for an SA for this packet's flow (at most once a second per destination). */
+  private acquire(packet: Buffer, ip: IpInfo): void {
+    const fam = ip.family;
+    const dst = readIp(packet, ip.dst, fam);
+    const src = readIp(packet, ip.src, fam);
     const last = this.acquired.get(dst) ?? 0;
     if (Date.now() - last < 1000) return;
     this.acquired.set(dst, Date.now());
@@ -503,7 +545,7 @@ export class UserspaceDataPlane implements ChildSaSink {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of [this.tun, this.udp500, this.udp4500, this.raw]) s.close();
+    for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear]) s.close();
     const ip = isIPv4(this.o.local) ? '-4' : '-6';
     await run('ip', [ip, 'rule', 'del', 'pref', String(this.o.rulePriority)]).catch(() => {});
     await run('ip', [ip, 'route', 'flush', 'table', String(this.o.table)]).catch(() => {});
