@@ -81,7 +81,7 @@ try {
   await swanA.stop();
 
   const dA = daemon('alice', await policy(a, b, true), a);
-  await dA.waitFor(/keying service started/);
+  await dA.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
   process.stderr.write('\n');
   rows.push(['consec → strongSwan (consec TUN data plane, ESP-in-UDP)', await iperf()]);
@@ -89,9 +89,9 @@ try {
   await swanB.stop();
 
   const dB = daemon('bob', await policy(b, a, false), b);
-  await dB.waitFor(/keying service started/);
+  await dB.waitFor(/"msg":"ready"/);
   const dA2 = daemon('alice', await policy(a, b, false), a);
-  await dA2.waitFor(/keying service started/);
+  await dA2.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
   process.stderr.write('\n');
   rows.push(['consec ↔ consec (transport mode, raw ESP)', await iperf()]);

@@ -437,7 +437,14 @@ class Poller : public Napi::ObjectWrap<Poller> {
   std::unique_ptr<Napi::AsyncContext> context_;
 };
 
+}  // namespace
+
+Napi::Function InitEspGcm(Napi::Env env);  // native/esp_gcm.cc
+
+namespace {
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("EspGcm", InitEspGcm(env));
   exports.Set("tunOpen", Napi::Function::New(env, TunOpen));
   exports.Set("rawOpen", Napi::Function::New(env, RawOpen));
   exports.Set("udpOpen", Napi::Function::New(env, UdpOpen));

@@ -73,7 +73,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
           '--dpd',
           '0',
         ]);
-        await daemon.waitFor(/keying service started/);
+        await daemon.waitFor(/"msg":"ready"/);
         const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
         assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
         const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5001, 4 * 1024 * 1024]);
@@ -144,7 +144,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     let daemon: LabProcess | undefined;
     try {
       daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
-      await daemon.waitFor(/fail-closed filters installed/);
+      await daemon.waitFor(/"msg":"ready"/);
       const ok = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '3', b], { allowFailure: true });
       assert.match(ok.stdout, / 0% packet loss/, daemon.output().slice(-2000));
       await daemon.stop('SIGKILL');
@@ -203,7 +203,7 @@ describe('Request and exemptions: a peer without IPsec', () => {
       '--dpd',
       '0',
     ]);
-    await d.waitFor(/fail-closed filters installed/);
+    await d.waitFor(/"msg":"ready"/);
     return d;
   };
 
@@ -313,7 +313,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
           '0',
         ]);
         daemons.push(d);
-        await d.waitFor(/keying service started/);
+        await d.waitFor(/"msg":"ready"/);
       }
       await server.waitFor(/listening/);
       const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });

@@ -181,9 +181,11 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     throw err;
   }
   if (plane) {
+    // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);
     await routeProtected(service, plane, log);
   }
+  log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');

@@ -62,6 +62,18 @@ const BATCH = 64;
 const QUEUE_PER_DESTINATION = 32;
 const QUEUE_TOTAL = 1024;
 const MARKER = Buffer.alloc(4);
+
+/** Packets of one batch bound for one SA: offsets and lengths in the source buffer, next headers. */
+interface Gather {
+  count: number;
+  bytes: number;
+  off: Int32Array;
+  len: Int32Array;
+  nh: Uint8Array;
+  /** Inbound only: full sequence numbers and their high halves, and the sender. */
+  seq?: Float64Array;
+  seqHi?: Uint32Array;
+}
 const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500, mtu: 1400 };
 
 interface Tracked {
@@ -301,12 +313,13 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.udpOut.count = 0;
       this.rawOut.count = 0;
       this.clearOut.count = 0;
-      for (let i = 0; i < n; i++) this.outbound(this.tunIn.packet(i), false);
+      for (let i = 0; i < n; i++) this.outbound(this.tunIn.packet(i), false, i);
+      this.sealPending();
       this.flushOut();
     }
   }
 
-  private outbound(packet: Buffer, fromQueue: boolean): void {
+  private outbound(packet: Buffer, fromQueue: boolean, index = -1): void {
     const ip = parseIp(packet);
     if (!ip) {
       this.drop('not IP');
@@ -326,6 +339,16 @@ export class UserspaceDataPlane implements ChildSaSink {
       } else if (!fromQueue) this.enqueue(packet, ip);
       return;
     }
+    if (e.native && index >= 0) {
+      // Batched in the addon once the whole TUN read is sorted (sealPending).
+      const g = this.gather(e);
+      const k = g.count++;
+      g.off[k] = (this.tunIn.offsets[index] as number) + (e.mode === 'tunnel' ? 0 : ip.headerLength);
+      g.len[k] = packet.length - (e.mode === 'tunnel' ? 0 : ip.headerLength);
+      g.nh[k] = e.mode === 'tunnel' ? (ip.family === 4 ? 4 : 41) : ip.protocol;
+      g.bytes += packet.length;
+      return;
+    }
     let esp: Buffer;
     try {
       if (e.mode === 'tunnel') esp = e.out.seal(packet, ip.family === 4 ? 4 : 41);
@@ -342,6 +365,62 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (batch.count === batch.capacity) this.flushOut();
     const k = batch.count++;
     batch.set(k, esp, e.remote.address, e.udp ? e.remote.port : undefined);
+  }
+
+  /** Per-SA gather lists of one TUN read, for the addon's batched sealer. */
+  private readonly gathers = new Map<SaEntry, Gather>();
+  private readonly touched: SaEntry[] = [];
+
+  private gather(e: SaEntry): Gather {
+    let g = this.gathers.get(e);
+    if (!g) {
+      g = { count: 0, bytes: 0, off: new Int32Array(BATCH), len: new Int32Array(BATCH), nh: new Uint8Array(BATCH) };
+      this.gathers.set(e, g);
+    }
+    if (g.count === 0) this.touched.push(e);
+    return g;
+  }
+
+  /** Seals each SA's gathered packets in one addon call, straight into the send batches. */
+  private sealPending(): void {
+    for (const e of this.touched) {
+      const g = this.gathers.get(e) as Gather;
+      const count = g.count;
+      g.count = 0;
+      if (!this.sad.inbound(e.in.spi)) continue; // deleted meanwhile
+      let first: number;
+      try {
+        first = e.out.reserve(count, g.bytes);
+      } catch (err) {
+        const reason = err instanceof EspError ? err.reason : 'seal';
+        this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + count;
+        this.o.onExpire?.(e.child.spiIn, true);
+        continue;
+      }
+      const batch = e.udp ? this.udpOut : this.rawOut;
+      if (batch.count + count > batch.capacity) this.flushOut();
+      (e.native as NonNullable<SaEntry['native']>).seal.seal(
+        this.tunIn.buf,
+        g.off,
+        g.len,
+        g.nh,
+        count,
+        batch,
+        batch.count,
+        e.out.spi,
+        first,
+      );
+      for (let k = batch.count; k < batch.count + count; k++) {
+        writeIp(e.remote.address, batch.addrs, k * 16);
+        batch.ports[k] = e.udp ? e.remote.port : 0;
+      }
+      batch.count += count;
+      this.stats.packetsOut += count;
+      this.stats.bytesOut += g.bytes;
+      g.bytes = 0;
+      this.checkLifetime(e);
+    }
+    this.touched.length = 0;
   }
 
   /** Sends an IP packet as it is (its own header), around the TUN: exempt or Request traffic. */
@@ -460,8 +539,9 @@ export class UserspaceDataPlane implements ChildSaSink {
           this.rx?.ike(Buffer.from(data.subarray(4)), from, 4500);
           continue;
         }
-        this.inbound(data, from, true);
+        this.inbound(data, from, true, this.udpIn, i, 0);
       }
+      this.openPending();
       this.flushTun();
     }
   }
@@ -475,14 +555,16 @@ export class UserspaceDataPlane implements ChildSaSink {
       for (let i = 0; i < n; i++) {
         if ((this.rawIn.lengths[i] as number) < 0) continue;
         let data = this.rawIn.packet(i);
-        if (fam === 4) data = data.subarray(((data[0] as number) & 0x0f) * 4); // IPv4 raw receives carry the IP header
-        this.inbound(data, { address: this.rawIn.address(i, fam), port: 0 }, false);
+        const skip = fam === 4 ? ((data[0] as number) & 0x0f) * 4 : 0; // IPv4 raw receives carry the IP header
+        data = data.subarray(skip);
+        this.inbound(data, { address: this.rawIn.address(i, fam), port: 0 }, false, this.rawIn, i, skip);
       }
+      this.openPending();
       this.flushTun();
     }
   }
 
-  private inbound(esp: Buffer, from: Endpoint, udp: boolean): void {
+  private inbound(esp: Buffer, from: Endpoint, udp: boolean, batch?: PacketBatch, index = -1, skip = 0): void {
     if (esp.length < 8) {
       this.drop('malformed');
       return;
@@ -491,6 +573,22 @@ export class UserspaceDataPlane implements ChildSaSink {
     const e = this.sad.inbound(spi);
     if (!e) {
       this.drop('unknown SPI');
+      return;
+    }
+    if (e.native && e.mode === 'tunnel' && batch && index >= 0) {
+      // Replay pre-check now; the addon opens the SA's packets of this batch together (openPending).
+      const seq = e.in.precheck(esp.readUInt32BE(4));
+      if (seq < 0) {
+        this.drop('replay');
+        return;
+      }
+      const g = this.gatherIn(e, batch);
+      const k = g.count++;
+      g.off[k] = (batch.offsets[index] as number) + skip;
+      g.len[k] = esp.length;
+      (g.seq as Float64Array)[k] = seq;
+      (g.seqHi as Uint32Array)[k] = Math.floor(seq / 2 ** 32);
+      if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
       return;
     }
     let opened;
@@ -534,6 +632,98 @@ export class UserspaceDataPlane implements ChildSaSink {
     }
     if (this.tunOut.count === this.tunOut.capacity) this.flushTun();
     this.tunOut.set(this.tunOut.count++, inner);
+  }
+
+  private readonly gathersIn = new Map<SaEntry, Gather>();
+  private readonly touchedIn: SaEntry[] = [];
+  private inSource?: PacketBatch;
+  private readonly scratch = new PacketBatch(BATCH, SLOT);
+  private readonly scratchNh = new Uint8Array(BATCH);
+  private readonly tunWOff = new Int32Array(BATCH);
+  private readonly tunWLen = new Int32Array(BATCH);
+
+  private gatherIn(e: SaEntry, batch: PacketBatch): Gather {
+    this.inSource = batch;
+    let g = this.gathersIn.get(e);
+    if (!g) {
+      g = {
+        count: 0,
+        bytes: 0,
+        off: new Int32Array(BATCH),
+        len: new Int32Array(BATCH),
+        nh: new Uint8Array(BATCH),
+        seq: new Float64Array(BATCH),
+        seqHi: new Uint32Array(BATCH),
+      };
+      this.gathersIn.set(e, g);
+    }
+    if (g.count === 0) this.touchedIn.push(e);
+    return g;
+  }
+
+  /** Opens each SA's gathered ESP packets in one addon call, checks them, and writes them to the TUN. */
+  private openPending(): void {
+    const src = this.inSource;
+    if (!src || this.touchedIn.length === 0) return;
+    let base = 0;
+    let w = 0;
+    const failures = ['', 'integrity', 'malformed', 'padding'];
+    for (const e of this.touchedIn) {
+      const g = this.gathersIn.get(e) as Gather;
+      const count = g.count;
+      g.count = 0;
+      const offs = this.scratch.offsets.subarray(base, base + count);
+      const lens = this.scratch.lengths.subarray(base, base + count);
+      const nhs = this.scratchNh.subarray(base, base + count);
+      (e.native as NonNullable<SaEntry['native']>).open.open(
+        src.buf,
+        g.off,
+        g.len,
+        g.seqHi as Uint32Array,
+        count,
+        { buf: this.scratch.buf, offsets: offs, lengths: lens },
+        nhs,
+      );
+      let accepted = 0;
+      for (let k = 0; k < count; k++) {
+        const len = lens[k] as number;
+        if (len < 0) {
+          this.drop(failures[-len] ?? 'malformed');
+          continue;
+        }
+        if (!e.in.accept((g.seq as Float64Array)[k] as number, len)) {
+          this.drop('replay');
+          continue;
+        }
+        const nh = nhs[k] as number;
+        if (nh === NEXT_HEADER_NONE) continue;
+        const off = offs[k] as number;
+        const inner = this.scratch.buf.subarray(off, off + len);
+        const ip = nh === 4 || nh === 41 ? parseIp(inner) : undefined;
+        if (!ip || !packetMatches(inner, ip, e.remoteTs, e.localTs)) {
+          this.drop(ip ? 'selector mismatch' : 'not IP in tunnel');
+          continue;
+        }
+        this.tunWOff[w] = off;
+        this.tunWLen[w] = len;
+        w++;
+        accepted++;
+        this.stats.bytesIn += len;
+      }
+      this.stats.packetsIn += accepted;
+      base += count;
+      const t = this.tracked.get(e.in.spi);
+      if (t && accepted > 0) {
+        const now = Date.now();
+        if (now - t.lastActivity > 1000) {
+          t.lastActivity = now;
+          this.o.onActivity?.(e.child.spiIn);
+        }
+        this.checkLifetime(e);
+      }
+    }
+    this.touchedIn.length = 0;
+    if (w > 0) this.tun.writeRaw(this.scratch.buf, this.tunWOff, this.tunWLen, w);
   }
 
   private flushTun(): void {

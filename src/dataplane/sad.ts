@@ -5,6 +5,7 @@
  */
 import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
 import type { InstalledChild } from '../ike/dataplane.ts';
+import { EspGcmBatch } from '../io/native.ts';
 import type { Endpoint } from '../ike/sa.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { transformOf } from '../ike/proposals.ts';
@@ -21,6 +22,8 @@ export interface SaEntry {
   remoteTs: TrafficSelector[];
   out: EspOutbound;
   in: EspInbound;
+  /** Batched AES-GCM in the addon (same packets as `out`/`in`), when the SA is AES-GCM and the addon has it. */
+  native?: { seal: EspGcmBatch; open: EspGcmBatch };
   installedAt: number;
 }
 
@@ -56,12 +59,30 @@ export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbo
   };
 }
 
+/** The addon's batched AES-GCM contexts for a GCM child SA (undefined for other ciphers or without the addon). */
+function nativeGcm(sa: InstalledChild): SaEntry['native'] {
+  const c = sa.child;
+  if (transformOf(c.proposal, TransformType.ENCR)?.id !== EncrId.AES_GCM_16) return undefined;
+  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
+  const out = c.initiator ? c.keys.encrI : c.keys.encrR;
+  const inb = c.initiator ? c.keys.encrR : c.keys.encrI;
+  const split = (k: Buffer) => [k.subarray(0, k.length - 4), k.subarray(k.length - 4)] as const;
+  try {
+    const [ko, so] = split(out);
+    const [ki, si] = split(inb);
+    return { seal: new EspGcmBatch(ko, so, esn, true), open: new EspGcmBatch(ki, si, esn, false) };
+  } catch {
+    return undefined; // an addon without batched GCM: the TypeScript path carries the SA
+  }
+}
+
 export class Sad {
   private readonly bySpi = new Map<number, SaEntry>();
   private outbound: SaEntry[] = [];
 
   install(sa: InstalledChild): SaEntry {
     const esp = espFor(sa);
+    const native = nativeGcm(sa);
     const e: SaEntry = {
       child: sa.child,
       mode: sa.child.mode,
@@ -71,6 +92,7 @@ export class Sad {
       remoteTs: remoteTs(sa.child),
       out: esp.out,
       in: esp.in,
+      native,
       installedAt: Date.now(),
     };
     this.bySpi.set(esp.in.spi, e);
@@ -84,6 +106,8 @@ export class Sad {
     if (!e) return undefined;
     this.bySpi.delete(spi);
     this.outbound = this.outbound.filter((x) => x !== e);
+    e.native?.seal.close();
+    e.native?.open.close();
     return e;
   }
 

@@ -158,6 +158,23 @@ export class EspOutbound extends EspSa {
     return this.limit - this.seq;
   }
 
+  /**
+   * Takes `n` sequence numbers for packets sealed elsewhere (the batched sealer of the addon);
+   * returns the first. Counts them and their payload octets.
+   */
+  reserve(n: number, bytes: number): number {
+    if (this.seq + n > this.limit)
+      throw new EspError(
+        'sequence-exhausted',
+        `SPI ${this.spi.toString(16)}: sequence numbers exhausted, the SA must be rekeyed`,
+      );
+    const first = this.seq + 1;
+    this.seq += n;
+    this.packets += n;
+    this.bytes += bytes;
+    return first;
+  }
+
   /** The ESP packet (SPI … ICV) carrying `payload` with next header `nextHeader`. */
   seal(payload: Buffer, nextHeader: number): Buffer {
     if (this.seq >= this.limit)
@@ -223,6 +240,23 @@ export class EspInbound extends EspSa {
   constructor(p: EspSaParams) {
     super(p);
     this.replay = new ReplayWindow(p.replayWindow ?? 1024);
+  }
+
+  /**
+   * For packets opened elsewhere (the addon's batched opener): the full sequence number of a packet
+   * whose low half is `low`, or -1 when the replay window already refuses it (RFC 4303 §3.4.3).
+   */
+  precheck(low: number): number {
+    const seq = this.esn ? this.replay.inferEsn(low) : low;
+    return seq > 0 && this.replay.check(seq) ? seq : -1;
+  }
+
+  /** Records a packet opened elsewhere once its ICV verified; false if it was a replay after all. */
+  accept(seq: number, bytes: number): boolean {
+    if (!this.replay.update(seq)) return false;
+    this.packets++;
+    this.bytes += bytes;
+    return true;
   }
 
   /** Verifies, decrypts and replay-checks one ESP packet (SPI … ICV). Throws EspError; never changes state on failure. */

@@ -18,6 +18,35 @@ interface NativePoller {
   close(): void;
 }
 
+interface NativeEspGcm {
+  seal(
+    src: Buffer,
+    srcOffsets: Int32Array,
+    srcLengths: Int32Array,
+    nextHeaders: Uint8Array,
+    count: number,
+    dst: Buffer,
+    dstOffsets: Int32Array,
+    dstLengths: Int32Array,
+    dstIndex: number,
+    spi: number,
+    seqLow: number,
+    seqHigh: number,
+  ): number;
+  open(
+    src: Buffer,
+    srcOffsets: Int32Array,
+    srcLengths: Int32Array,
+    seqHighs: Uint32Array,
+    count: number,
+    dst: Buffer,
+    dstOffsets: Int32Array,
+    dstLengths: Int32Array,
+    nextHeaders: Uint8Array,
+  ): number;
+  close(): void;
+}
+
 interface NativeAddon {
   tunOpen(name: string, multiQueue: boolean): { fd: number; name: string };
   rawOpen(family: IpFamily, protocol: number): number;
@@ -47,6 +76,7 @@ interface NativeAddon {
     ports?: Uint16Array,
   ): number;
   Poller: new (fd: number, onReadable: (err: Error | null) => void) => NativePoller;
+  EspGcm: new (key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) => NativeEspGcm;
   maxBatch: number;
 }
 
@@ -204,10 +234,15 @@ export class TunDevice extends PolledFd {
     return batch.count;
   }
 
-  /** Writes packets [0, count) of `batch` (or of the given buffer/offsets/lengths); returns how many went. */
+  /** Writes packets [0, count) of `batch`; returns how many went. */
   write(batch: PacketBatch, count = batch.count): number {
+    return this.writeRaw(batch.buf, batch.offsets, batch.lengths, count);
+  }
+
+  /** Writes `count` packets buf[offsets[i], +lengths[i]) (gathered from anywhere in `buf`). */
+  writeRaw(buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number {
     this.assertOpen();
-    return sys(() => native().writeBatch(this.fd, batch.buf, batch.offsets, batch.lengths, count));
+    return sys(() => native().writeBatch(this.fd, buf, offsets, lengths, count));
   }
 }
 
@@ -326,6 +361,71 @@ export class UdpSocket extends PolledFd {
         batch.ports,
       ),
     );
+  }
+}
+
+/**
+ * ESP AES-GCM-16 for whole batches, in the addon with the OpenSSL the node binary carries: one
+ * context per SA and direction keeps its key schedule (RFC 4106 packets byte-identical to
+ * `src/esp/esp.ts`). Open reports per packet: payload length, or -1 integrity, -2 malformed, -3 padding.
+ */
+export class EspGcmBatch {
+  private readonly ctx: NativeEspGcm;
+  constructor(key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) {
+    const A = native().EspGcm;
+    this.ctx = new A(key, salt, esn, encrypt);
+  }
+
+  /**
+   * Seals `count` packets — packet i is buf[offsets[i], +lengths[i]) with next header nextHeaders[i]
+   * — into `dst` slots dstIndex… (their lengths set); `seq` is the first packet's sequence number.
+   */
+  seal(
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    nextHeaders: Uint8Array,
+    count: number,
+    dst: PacketBatch,
+    dstIndex: number,
+    spi: number,
+    seq: number,
+  ): void {
+    this.ctx.seal(
+      buf,
+      offsets,
+      lengths,
+      nextHeaders,
+      count,
+      dst.buf,
+      dst.offsets,
+      dst.lengths,
+      dstIndex,
+      spi >>> 0,
+      seq % 2 ** 32,
+      Math.floor(seq / 2 ** 32),
+    );
+  }
+
+  /**
+   * Opens `count` ESP packets (buf[offsets[i], +lengths[i]), high sequence halves in `seqHighs`)
+   * into `dst` slots 0… (any buffer with slot offsets and lengths); dst.lengths[i] is the payload
+   * length or a negative failure code.
+   */
+  open(
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    seqHighs: Uint32Array,
+    count: number,
+    dst: { buf: Buffer; offsets: Int32Array; lengths: Int32Array },
+    nextHeaders: Uint8Array,
+  ): void {
+    this.ctx.open(buf, offsets, lengths, seqHighs, count, dst.buf, dst.offsets, dst.lengths, nextHeaders);
+  }
+
+  close(): void {
+    this.ctx.close();
   }
 }
 
