@@ -18,6 +18,7 @@ import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { readIp, writeIp } from '../io/addr.ts';
 import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
 import { type IpInfo, ipv4Around, packetMatches, parseIp } from './ip.ts';
+import { internetChecksum } from '../packet/checksum.ts';
 
 export type Verdict = 'require' | 'request' | 'clear';
 import { Sad, type SaEntry } from './sad.ts';
@@ -575,7 +576,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('unknown SPI');
       return;
     }
-    if (e.native && e.mode === 'tunnel' && batch && index >= 0) {
+    if (e.native && batch && index >= 0 && (e.mode === 'tunnel' || isIPv4(e.remote.address))) {
       // Replay pre-check now; the addon opens the SA's packets of this batch together (openPending).
       const seq = e.in.precheck(esp.readUInt32BE(4));
       if (seq < 0) {
@@ -672,7 +673,12 @@ export class UserspaceDataPlane implements ChildSaSink {
       const g = this.gathersIn.get(e) as Gather;
       const count = g.count;
       g.count = 0;
-      const offs = this.scratch.offsets.subarray(base, base + count);
+      // Transport mode decrypts 20 octets into the slot and puts the IPv4 header in front, in place.
+      const transport = e.mode === 'transport';
+      const offs = transport
+        ? this.shifted.subarray(base, base + count)
+        : this.scratch.offsets.subarray(base, base + count);
+      if (transport) for (let k = 0; k < count; k++) offs[k] = (this.scratch.offsets[base + k] as number) + 20;
       const lens = this.scratch.lengths.subarray(base, base + count);
       const nhs = this.scratchNh.subarray(base, base + count);
       (e.native as NonNullable<SaEntry['native']>).open.open(
@@ -697,15 +703,21 @@ export class UserspaceDataPlane implements ChildSaSink {
         }
         const nh = nhs[k] as number;
         if (nh === NEXT_HEADER_NONE) continue;
-        const off = offs[k] as number;
-        const inner = this.scratch.buf.subarray(off, off + len);
-        const ip = nh === 4 || nh === 41 ? parseIp(inner) : undefined;
+        let off = offs[k] as number;
+        let size = len;
+        if (transport) {
+          off -= 20;
+          size += 20;
+          this.ipv4Header(this.scratch.buf, off, size, nh, e);
+        }
+        const inner = this.scratch.buf.subarray(off, off + size);
+        const ip = transport || nh === 4 || nh === 41 ? parseIp(inner) : undefined;
         if (!ip || !packetMatches(inner, ip, e.remoteTs, e.localTs)) {
           this.drop(ip ? 'selector mismatch' : 'not IP in tunnel');
           continue;
         }
         this.tunWOff[w] = off;
-        this.tunWLen[w] = len;
+        this.tunWLen[w] = size;
         w++;
         accepted++;
         this.stats.bytesIn += len;
@@ -724,6 +736,29 @@ export class UserspaceDataPlane implements ChildSaSink {
     }
     this.touchedIn.length = 0;
     if (w > 0) this.tun.writeRaw(this.scratch.buf, this.tunWOff, this.tunWLen, w);
+  }
+
+  private readonly shifted = new Int32Array(BATCH);
+  private readonly peerBytes = new Map<string, Buffer>();
+
+  /** Writes an IPv4 header for a transport-mode payload at buf[off]: peer → us, protocol `nh`. */
+  private ipv4Header(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
+    let peer = this.peerBytes.get(e.remote.address);
+    if (!peer) {
+      peer = Buffer.alloc(4);
+      writeIp(e.remote.address, peer);
+      this.peerBytes.set(e.remote.address, peer);
+    }
+    buf[off] = 0x45;
+    buf[off + 1] = 0;
+    buf.writeUInt16BE(total, off + 2);
+    buf.writeUInt32BE(0, off + 4);
+    buf[off + 8] = 64;
+    buf[off + 9] = nh;
+    buf.writeUInt16BE(0, off + 10);
+    peer.copy(buf, off + 12);
+    this.localBytes.copy(buf, off + 16);
+    buf.writeUInt16BE(internetChecksum(buf, off, 20), off + 10);
   }
 
   private flushTun(): void {
