@@ -76,6 +76,16 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         await daemon.waitFor(/"msg":"ready"/);
         const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
         assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
+        // The TUN MTU leaves room for ESP: a full-size DF packet fits, one octet more is refused
+        // with "message too long" (the kernel's ICMP fragmentation-needed path), not lost.
+        const fits = await lab.exec('alice', ['ping', '-c', '1', '-M', 'do', '-s', '1364', '-W', '3', b], {
+          allowFailure: true,
+        });
+        assert.match(fits.stdout, / 0% packet loss/, fits.stdout + fits.stderr);
+        const big = await lab.exec('alice', ['ping', '-c', '1', '-M', 'do', '-s', '1365', '-W', '2', b], {
+          allowFailure: true,
+        });
+        assert.match(big.stdout + big.stderr, /message too long, mtu=1392/);
         const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5001, 4 * 1024 * 1024]);
         await client.exited;
         const [done] = events<{ sent: string; received: string; bytes: number; mbitPerS: number }>(client, 'done');

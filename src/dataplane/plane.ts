@@ -75,7 +75,7 @@ interface Gather {
   seq?: Float64Array;
   seqHi?: Uint32Array;
 }
-const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500, mtu: 1400 };
+const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
 
 interface Tracked {
   entry: SaEntry;
@@ -137,7 +137,10 @@ export class UserspaceDataPlane implements ChildSaSink {
 
   /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
   static async open(options: DataPlaneOptions): Promise<UserspaceDataPlane> {
-    const o = { ...DEFAULTS, ...options };
+    // The TUN MTU leaves room for the largest ESP overhead we negotiate (outer IP, UDP 4500, SPI and
+    // sequence, a 16-octet IV, 15 octets of CBC padding, trailer, a 32-octet HMAC-SHA-512 ICV), so
+    // the kernel answers oversized DF packets with ICMP "fragmentation needed" / "packet too big".
+    const o = { ...DEFAULTS, mtu: isIPv4(options.local) ? 1392 : 1372, ...options };
     const family = isIPv4(o.local) ? 4 : 6;
     const opened: { close(): void }[] = [];
     try {
