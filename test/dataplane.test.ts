@@ -12,6 +12,8 @@ import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
+import { readFileSync } from 'node:fs';
+import { run } from '../src/lab/exec.ts';
 import { events, fixture, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
@@ -299,6 +301,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
           '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
       ].join('\n');
     const daemons: LabProcess[] = [];
+    const keys = freshStateDir('consec-keys-');
     const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5002]);
     const cap = await Capture.start(lab, 'bob', 'eth0');
     try {
@@ -321,6 +324,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
           local,
           '--dpd',
           '0',
+          ...(host === 'alice' ? ['--wireshark-keys', keys] : []),
         ]);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
@@ -346,6 +350,26 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       );
       for (const p of protocols)
         assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+      // tshark, with the keys consec exported, opens our ESP: the pings and the TCP transfer are inside.
+      const rows = readFileSync(join(keys, 'esp_sa'), 'utf8').trim().split('\n');
+      const decoded = (filter: string, field: string) =>
+        run([
+          'tshark',
+          '-n',
+          '-r',
+          cap.file,
+          ...rows.flatMap((row) => ['-o', `uat:esp_sa:${row}`]),
+          '-o',
+          'esp.enable_encryption_decode:TRUE',
+          '-Y',
+          filter,
+          '-T',
+          'fields',
+          '-e',
+          field,
+        ]).then((r) => r.stdout.trim().split('\n').filter(Boolean));
+      assert.deepEqual((await decoded('esp && icmp', 'icmp.type')).slice(0, 4), ['8', '0', '8', '0']);
+      assert.ok((await decoded('esp && tcp.port == 5002', 'tcp.len')).length > 100, 'the TCP transfer, decrypted');
     } finally {
       await cap.dispose();
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);

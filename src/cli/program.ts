@@ -93,6 +93,7 @@ export function buildProgram(): Command {
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
     .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
     .option('--remove-filters', "remove consec's fail-closed nftables table, routing rule and routes, then exit")
+    .option('--wireshark-keys <dir>', "append each child SA's keys to DIR/esp_sa for Wireshark (mode 0600)")
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
     .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT (issue 7)')
     .action(
@@ -103,6 +104,7 @@ export function buildProgram(): Command {
         metrics?: string;
         dataplane: string;
         removeFilters?: boolean;
+        wiresharkKeys?: string;
       }) => {
         if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
         const dpd = Number(opts.dpd);
@@ -116,6 +118,7 @@ export function buildProgram(): Command {
           dpd,
           dataplane: opts.dataplane,
           removeFilters: opts.removeFilters,
+          wiresharkKeys: opts.wiresharkKeys,
         });
       },
     );

@@ -20,6 +20,7 @@ import { type CompiledPolicy, compilePolicy } from '../filter/compile.ts';
 import type { IpInfo } from '../dataplane/ip.ts';
 import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
+import { appendEspKeys } from '../ike/keylog.ts';
 
 /** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
 function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict {
@@ -45,6 +46,19 @@ function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict
         }).filter;
   if (!filter || filter.kind !== 'negotiate') return 'clear';
   return filter.outbound === 'Require' ? 'require' : filter.outbound === 'Request' ? 'request' : 'clear';
+}
+
+/** The data plane, plus the ESP keys appended for Wireshark when the operator asked for them. */
+function withKeyExport(sink: ChildSaSink, dir: string | undefined): ChildSaSink {
+  if (!dir) return sink;
+  return {
+    install: (sa) => {
+      appendEspKeys(dir, sa.child, sa.local.address, sa.remote.address);
+      sink.install(sa);
+    },
+    delete: (spi) => sink.delete(spi),
+    update: sink.update ? (spi, remote) => sink.update?.(spi, remote) : undefined,
+  };
 }
 
 /** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
@@ -83,6 +97,8 @@ export interface DaemonOptions {
   dataplane?: 'userspace' | 'none';
   /** Remove consec's nftables table, routing rule and routes, and exit. */
   removeFilters?: boolean;
+  /** Append every child SA's keys to DIR/esp_sa (Wireshark's table), for decrypting captures. Mode 0600. */
+  wiresharkKeys?: string;
   /** Liveness check after this many seconds of silence (0: off). */
   dpd?: number;
 }
@@ -145,7 +161,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     stores: new PolicyStores(stateDir),
     addresses,
     ctx,
-    dataplane: plane ?? logOnly,
+    dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => late.onPolicy?.(doc),
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
     audit: { emit: (event: AuditEvent) => log.info({ audit: event }, `audit ${event.id}`) },

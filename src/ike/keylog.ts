@@ -98,3 +98,12 @@ export function writeWiresharkKeys(
       { mode: 0o600 },
     );
 }
+
+/** Appends the esp_sa rows of a child SA between `local` (us) and `remote` (the data plane's view). */
+export function appendEspKeys(dir: string, child: ChildSa, local: string, remote: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const [initiator, responder] = child.initiator ? [local, remote] : [remote, local];
+  appendFileSync(join(dir, 'esp_sa'), `${espSaRows(child, initiator, responder, child.initiator).join('\n')}\n`, {
+    mode: 0o600,
+  });
+}
