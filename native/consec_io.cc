@@ -389,7 +389,13 @@ class Poller : public Napi::ObjectWrap<Poller> {
       err = e.Value();
     }
     (void)events;
-    self->callback_.MakeCallback(self->Value(), {err}, *self->context_);
+    try {
+      self->callback_.MakeCallback(self->Value(), {err}, *self->context_);
+    } catch (const Napi::Error& e) {
+      // A throwing JavaScript handler must not abort the process from inside libuv: hand the error
+      // to Node as an uncaught exception, where the process decides what to do with it.
+      napi_fatal_exception(env, e.Value());
+    }
   }
 
   static void OnClosed(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }

@@ -11,7 +11,7 @@ import { Capture } from '../src/lab/capture.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
-import { hostToHost } from '../src/lab/topology.ts';
+import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
 import { events, fixture, ROOT } from './helpers.ts';
@@ -374,6 +374,155 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       await cap.dispose();
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
       await server.stop();
+    }
+  });
+});
+
+describe('gateway to gateway: consec ↔ strongSwan with hosts behind them', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(siteToSite());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('hosta and hostb talk through the gateways: ping and TCP byte for byte; only IKE and ESP between the gateways', async () => {
+    const gwa = '192.0.2.1';
+    const gwb = '192.0.2.2';
+    const hostb = '203.0.113.10';
+    const dir = freshStateDir('consec-s2s-');
+    const setup = await ps(
+      [
+        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+        `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${gwa} -RemoteAddress ${gwb} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+        `New-NetIPsecRule -DisplayName "site A to site B" -Mode Tunnel -LocalTunnelEndpoint ${gwa} -RemoteTunnelEndpoint ${gwb} ` +
+          '-LocalAddress 198.51.100.0/24 -RemoteAddress 203.0.113.0/24 -InboundSecurity Require -OutboundSecurity Require ' +
+          '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const swan = await Charon.start(lab, 'gwb', {
+      connections: {
+        s2s: {
+          local_addrs: [gwb],
+          remote_addrs: [gwa],
+          proposals: ['aes256-sha256-ecp256'],
+          local: { auth: 'psk', id: gwb },
+          remote: { auth: 'psk', id: gwa },
+          children: {
+            s2s: { local_ts: ['203.0.113.0/24'], remote_ts: ['198.51.100.0/24'], esp_proposals: ['aes256gcm16'] },
+          },
+        },
+      },
+      psks: [{ ids: [gwa, gwb], secret: PSK }],
+    });
+    const server = fixture(lab, 'hostb', 'tcp-transfer', ['server', hostb, 5004]);
+    const cap = await Capture.start(lab, 'gwb', 'outside');
+    const d = lab.spawn('gwa', [
+      process.execPath,
+      '--import',
+      'tsx',
+      join(ROOT, 'src/cli/main.ts'),
+      '--state-dir',
+      dir,
+      'daemon',
+      '--listen',
+      gwa,
+      '--dpd',
+      '0',
+    ]);
+    try {
+      await d.waitFor(/"msg":"ready"/);
+      await server.waitFor(/listening/);
+      const ping = await lab.exec('hosta', ['ping', '-c', '4', '-i', '0.2', '-W', '3', hostb], { allowFailure: true });
+      assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${d.output().slice(-2500)}`);
+      const client = fixture(lab, 'hosta', 'tcp-transfer', ['client', hostb, 5004, 2 * 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done && done.sent === done.received, client.output());
+      const [sa] = await swan.listSas();
+      assert.deepEqual(sa?.children[0]?.remoteTs, ['198.51.100.0/24']);
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ip'));
+      for (const p of protocols)
+        assert.match(p, /udp:(isakmp|udpencap)/, `between the gateways: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      await d.stop('SIGTERM', 5000);
+      await server.stop();
+      await swan.stop();
+    }
+  });
+});
+
+describe('data plane behind the lab NAT router', () => {
+  it('consec behind a masquerading router ↔ strongSwan: ESP-in-UDP through the NAT, ping and TCP byte for byte', async () => {
+    const lab = await LabClass.create(behindNat());
+    try {
+      const a = lab.address('alice'); // 198.51.100.10, inside
+      const b = lab.address('bob'); // 203.0.113.2, outside
+      const dir = freshStateDir('consec-nat-');
+      const setup = await ps(
+        [
+          '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+          `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+          '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+          `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${a} -RemoteAddress ${b} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+          `New-NetIPsecRule -DisplayName "to bob" -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${b} ` +
+            `-LocalAddress ${a} -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require ` +
+            '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+        ].join('\n'),
+        dir,
+      );
+      assert.equal(setup.errors, 0, setup.err);
+      const bob = await Charon.start(
+        lab,
+        'bob',
+        pskHostTunnel(b, a, { name: 'c', secret: PSK, proposals: ['aes256-sha256-ecp256'], remoteAddrs: ['%any'] }),
+      );
+      const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
+      const d = lab.spawn('alice', [
+        process.execPath,
+        '--import',
+        'tsx',
+        join(ROOT, 'src/cli/main.ts'),
+        '--state-dir',
+        dir,
+        'daemon',
+        '--listen',
+        a,
+        '--dpd',
+        '0',
+      ]);
+      try {
+        await d.waitFor(/"msg":"ready"/);
+        await server.waitFor(/listening/);
+        const ping = await lab.exec('alice', ['ping', '-c', '4', '-i', '0.2', '-W', '3', b], { allowFailure: true });
+        assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${d.output().slice(-2500)}`);
+        const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5005, 2 * 1024 * 1024]);
+        await client.exited;
+        const [done] = events<{ sent: string; received: string }>(client, 'done');
+        assert.ok(done && done.sent === done.received, client.output());
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.remoteHost, '203.0.113.1', "strongSwan sees the router's address");
+        assert.ok((sa?.children[0]?.bytesIn ?? 0) > 2 * 1024 * 1024);
+      } finally {
+        await d.stop('SIGTERM', 5000);
+        await server.stop();
+        await bob.stop();
+      }
+    } finally {
+      await lab.destroy();
     }
   });
 });

@@ -196,6 +196,7 @@ export class UserspaceDataPlane implements ChildSaSink {
   bind(rx: IkeReceiver): IkeBind {
     this.rx = rx;
     const send = (sock: UdpSocket, parts: Buffer[], to: Endpoint) => {
+      if (this.closed) return;
       const total = parts.reduce((n, p) => n + p.length, 0);
       let off = 0;
       for (const p of parts) {
@@ -205,7 +206,12 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.one.lengths[0] = total;
       writeIp(to.address, this.one.addrs, 0);
       this.one.ports[0] = to.port;
-      sock.send(this.one, 1);
+      try {
+        sock.send(this.one, 1);
+      } catch (err) {
+        // An unreachable peer shows up as IKE retransmissions running out, not as a crash.
+        this.log('IKE send failed', { to: to.address, reason: (err as Error).message });
+      }
     };
     return {
       address: this.o.local,
@@ -440,12 +446,50 @@ export class UserspaceDataPlane implements ChildSaSink {
   clearPackets = 0;
 
   private flushOut(): void {
-    if (this.udpOut.count > 0) this.udp4500.send(this.udpOut);
-    if (this.rawOut.count > 0) this.raw.send(this.rawOut);
-    if (this.clearOut.count > 0) this.clear.send(this.clearOut);
+    if (this.udpOut.count > 0) this.send(this.udp4500, this.udpOut);
+    if (this.rawOut.count > 0) this.send(this.raw, this.rawOut);
+    if (this.clearOut.count > 0) this.send(this.clear, this.clearOut);
     this.udpOut.count = 0;
     this.rawOut.count = 0;
     this.clearOut.count = 0;
+  }
+
+  /**
+   * Sends a batch; a send the kernel refuses (no route, a firewall drop, a full buffer) loses those
+   * packets, counted by errno, and never stops the data plane.
+   */
+  private send(sock: { send(b: PacketBatch, count?: number): number }, batch: PacketBatch): void {
+    try {
+      this.sendAll(sock, batch);
+    } finally {
+      for (let i = 0; i < batch.capacity; i++) batch.offsets[i] = i * batch.slot;
+    }
+  }
+
+  private sendAll(sock: { send(b: PacketBatch, count?: number): number }, batch: PacketBatch): void {
+    while (batch.count > 0) {
+      try {
+        const n = sock.send(batch, batch.count);
+        if (n >= batch.count || n === 0) {
+          if (n === 0) this.stats.drops['send would block'] = (this.stats.drops['send would block'] ?? 0) + batch.count;
+          return;
+        }
+        // Partial send: move the rest to the front and go on.
+        this.shift(batch, n);
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? 'send';
+        this.stats.drops[code] = (this.stats.drops[code] ?? 0) + 1;
+        this.shift(batch, 1); // drop the packet the kernel refused, keep the others
+      }
+    }
+  }
+
+  private shift(batch: PacketBatch, n: number): void {
+    batch.offsets.copyWithin(0, n, batch.count);
+    batch.lengths.copyWithin(0, n, batch.count);
+    batch.addrs.copyWithin(0, n * 16, batch.count * 16);
+    batch.ports.copyWithin(0, n, batch.count);
+    batch.count -= n;
   }
 
   /** Holds a packet that has no SA yet (bounded) and asks the keying service for one. */

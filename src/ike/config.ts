@@ -3,7 +3,7 @@
  * default main mode set, its auth and quick mode sets, as IKEv2 proposals, credentials and traffic
  * selectors. Everything IKEv2 cannot do is a clear error, not a silent downgrade.
  */
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import { compilePolicy, EMPTY_CONTEXT, type Flow, type HostContext } from '../filter/compile.ts';
 import { entryToRange, inRange, v4ToNumber, v6ToBigint } from '../filter/address.ts';
 import { writeIp } from '../io/addr.ts';
@@ -189,8 +189,17 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       const r = entryToRange(e);
       return r !== undefined && inRange(r, fam, fam === 4 ? v4ToNumber(a) : 0, fam === 6 ? v6ToBigint(a) : 0n);
     });
+  // Main mode rules name the IKE peers: the tunnel endpoints in tunnel mode, the flow's hosts otherwise.
+  const tunnelMode = rule.Mode === 'Tunnel';
+  const ikeLocal = tunnelMode ? (rule.LocalTunnelEndpoint[0] ?? flow.local) : flow.local;
+  const ikeRemote = tunnelMode ? (rule.RemoteTunnelEndpoint[0] ?? flow.remote) : flow.remote;
   const mmRule = doc.mainModeRules.find(
-    (r) => r.Enabled === 'True' && covers(r.LocalAddress, flow.local) && covers(r.RemoteAddress, flow.remote),
+    (r) =>
+      r.Enabled === 'True' &&
+      isIP(ikeLocal) !== 0 &&
+      isIP(ikeRemote) !== 0 &&
+      covers(r.LocalAddress, ikeLocal) &&
+      covers(r.RemoteAddress, ikeRemote),
   );
   const mm = find(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET, 'main mode crypto set');
   const qm = find(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET, 'quick mode crypto set');
