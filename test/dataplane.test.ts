@@ -123,7 +123,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     await lab?.destroy();
   });
 
-  it('after SIGKILL the nftables table still drops cleartext both ways; --remove-filters lifts it', async () => {
+  it('after SIGKILL the nftables table still drops cleartext both ways; a restart protects again; --remove-filters lifts it', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = freshStateDir('consec-fc-');
@@ -143,7 +143,8 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       dir,
     );
     assert.equal(setup.errors, 0, setup.err);
-    const bob = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] }));
+    const bobConfig = pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] });
+    let bob = await Charon.start(lab, 'bob', bobConfig);
     const consec = (args: string[]) => [
       process.execPath,
       '--import',
@@ -176,6 +177,15 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       const table = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec']);
       assert.match(table.stdout, /counter packets [1-9]\d* bytes \d+ drop comment "cleartext to a Require peer"/);
       assert.match(table.stdout, /counter packets [1-9]\d* bytes \d+ drop comment "cleartext from a Require peer"/);
+      // Restarted, consec negotiates again and traffic is protected as before.
+      bob = await Charon.start(lab, 'bob', bobConfig);
+      daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
+      await daemon.waitFor(/"msg":"ready"/);
+      const again = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '3', b], { allowFailure: true });
+      assert.match(again.stdout, / 0% packet loss/, daemon.output().slice(-2000));
+      assert.equal((await bob.listSas())[0]?.state, 'ESTABLISHED');
+      await daemon.stop('SIGTERM', 5000);
+      await bob.stop();
       await lab.exec('alice', consec(['daemon', '--remove-filters']));
       const gone = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'], { allowFailure: true });
       assert.notEqual(gone.code, 0, 'the table is gone');
