@@ -209,7 +209,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGTERM', onTerm);
       void service
         .stop()
-        .then(() => plane?.close())
+        .then(() => {
+          if (plane) log.info({ stats: plane.stats, clear: plane.clearPackets }, 'data plane stats');
+          return plane?.close();
+        })
         .finally(resolve);
     };
     const onInt = () => stop('SIGINT');

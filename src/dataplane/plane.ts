@@ -624,6 +624,10 @@ export class UserspaceDataPlane implements ChildSaSink {
       return;
     }
     if (e.native && batch && index >= 0 && (e.mode === 'tunnel' || isIPv4(e.remote.address))) {
+      if (esp.length < 8 + 8 + 4 + 16) {
+        this.drop('malformed');
+        return;
+      }
       // Replay pre-check now; the addon opens the SA's packets of this batch together (openPending).
       const seq = e.in.precheck(esp.readUInt32BE(4));
       if (seq < 0) {
