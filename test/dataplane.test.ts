@@ -569,3 +569,75 @@ describe('data plane behind the lab NAT router', () => {
     }
   });
 });
+
+describe('userspace data plane over IPv6', () => {
+  it('consec ↔ consec, transport mode, raw ESP over IPv6: ping and TCP byte for byte, nothing in clear', async () => {
+    const lab = await LabClass.create(hostToHost());
+    const a = '2001:db8:1::1';
+    const b = '2001:db8:1::2';
+    const daemons: LabProcess[] = [];
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5006]);
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip6' });
+    try {
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir('consec-v6-');
+        const r = await ps(
+          [
+            '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+            '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+            `New-NetIPsecRule -DisplayName "v6" -LocalAddress ${local} -RemoteAddress ${remote} ` +
+              '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+          ].join('\n'),
+          dir,
+        );
+        assert.equal(r.errors, 0, r.err);
+        const d = lab.spawn(host, [
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          '--state-dir',
+          dir,
+          'daemon',
+          '--listen',
+          local,
+          '--dpd',
+          '0',
+        ]);
+        daemons.push(d);
+        await d.waitFor(/"msg":"ready"/);
+      }
+      await server.waitFor(/listening/);
+      const ping = await lab.exec('alice', ['ping', '-6', '-c', '4', '-i', '0.2', '-W', '3', b], {
+        allowFailure: true,
+      });
+      assert.match(
+        ping.stdout,
+        / 0% packet loss/,
+        `${ping.stdout}\n${daemons.map((d) => d.output().slice(-1500)).join('\n---\n')}`,
+      );
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5006, 2 * 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done && done.sent === done.received, client.output());
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ipv6 && !icmpv6'));
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('ipv6:esp')),
+        [...protocols].join(' '),
+      );
+      for (const p of protocols)
+        assert.match(p, /ipv6:(esp|udp:isakmp)$/, `only IKE and ESP: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      await server.stop();
+      await lab.destroy();
+    }
+  });
+});

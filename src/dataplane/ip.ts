@@ -1,9 +1,7 @@
 /**
  * The IP facts the data plane needs from a packet, read in place (no allocation): family, header
- * length, protocol, ports, and whether addresses fall inside traffic selectors. Also the IPv4
- * header that transport mode rebuilds around a decrypted payload.
+ * length, protocol, ports, and whether addresses fall inside traffic selectors.
  */
-import { internetChecksum } from '../packet/checksum.ts';
 import type { TrafficSelector } from '../ike/wire/codec.ts';
 
 export interface IpInfo {
@@ -81,24 +79,4 @@ export function packetMatches(
         addressIn(packet, off, len, t),
     );
   return ok(ip.src, ip.srcPort, srcTs) && ok(ip.dst, ip.dstPort, dstTs);
-}
-
-/**
- * An IPv4 packet around a transport-mode payload (RFC 4303 §3.1.1 in reverse): the outer header's
- * addresses, the inner protocol, a fresh checksum.
- */
-export function ipv4Around(payload: Buffer, protocol: number, src: Buffer, dst: Buffer, ttl = 64): Buffer {
-  const out = Buffer.allocUnsafe(20 + payload.length);
-  out[0] = 0x45;
-  out[1] = 0;
-  out.writeUInt16BE(out.length, 2);
-  out.writeUInt32BE(0, 4);
-  out[8] = ttl;
-  out[9] = protocol;
-  out.writeUInt16BE(0, 10);
-  src.copy(out, 12, 0, 4);
-  dst.copy(out, 16, 0, 4);
-  out.writeUInt16BE(internetChecksum(out, 0, 20), 10);
-  payload.copy(out, 20);
-  return out;
 }

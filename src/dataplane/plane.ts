@@ -17,7 +17,7 @@ import type { Endpoint } from '../ike/sa.ts';
 import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { readIp, writeIp } from '../io/addr.ts';
 import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
-import { type IpInfo, ipv4Around, packetMatches, parseIp } from './ip.ts';
+import { type IpInfo, packetMatches, parseIp } from './ip.ts';
 import { internetChecksum } from '../packet/checksum.ts';
 
 export type Verdict = 'require' | 'request' | 'clear';
@@ -623,7 +623,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('unknown SPI');
       return;
     }
-    if (e.native && batch && index >= 0 && (e.mode === 'tunnel' || isIPv4(e.remote.address))) {
+    if (e.native && batch && index >= 0) {
       if (esp.length < 8 + 8 + 4 + 16) {
         this.drop('malformed');
         return;
@@ -659,9 +659,10 @@ export class UserspaceDataPlane implements ChildSaSink {
       }
       inner = opened.payload;
     } else {
-      const src = Buffer.alloc(4);
-      writeIp(from.address, src);
-      inner = ipv4Around(opened.payload, opened.nextHeader, src, this.localBytes);
+      const head = this.headroom;
+      inner = Buffer.allocUnsafe(head + opened.payload.length);
+      opened.payload.copy(inner, head);
+      this.ipHeader(inner, 0, inner.length, opened.nextHeader, e);
     }
     const ip = parseIp(inner);
     // The inner packet must be one the SA was negotiated for (RFC 4301 §5.2, step 4).
@@ -729,7 +730,8 @@ export class UserspaceDataPlane implements ChildSaSink {
       const offs = transport
         ? this.shifted.subarray(base, base + count)
         : this.scratch.offsets.subarray(base, base + count);
-      if (transport) for (let k = 0; k < count; k++) offs[k] = (this.scratch.offsets[base + k] as number) + 20;
+      const head = this.headroom;
+      if (transport) for (let k = 0; k < count; k++) offs[k] = (this.scratch.offsets[base + k] as number) + head;
       const lens = this.scratch.lengths.subarray(base, base + count);
       const nhs = this.scratchNh.subarray(base, base + count);
       (e.native as NonNullable<SaEntry['native']>).open.open(
@@ -757,9 +759,9 @@ export class UserspaceDataPlane implements ChildSaSink {
         let off = offs[k] as number;
         let size = len;
         if (transport) {
-          off -= 20;
-          size += 20;
-          this.ipv4Header(this.scratch.buf, off, size, nh, e);
+          off -= head;
+          size += head;
+          this.ipHeader(this.scratch.buf, off, size, nh, e);
         }
         const inner = this.scratch.buf.subarray(off, off + size);
         const ip = transport || nh === 4 || nh === 41 ? parseIp(inner) : undefined;
@@ -792,13 +794,30 @@ export class UserspaceDataPlane implements ChildSaSink {
   private readonly shifted = new Int32Array(BATCH);
   private readonly peerBytes = new Map<string, Buffer>();
 
-  /** Writes an IPv4 header for a transport-mode payload at buf[off]: peer → us, protocol `nh`. */
-  private ipv4Header(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
+  /** Octets of the IP header transport mode puts back in front of a payload (IPv4 or IPv6 outer). */
+  private get headroom(): number {
+    return this.localBytes.length === 4 ? 20 : 40;
+  }
+
+  /**
+   * Writes the IP header of a transport-mode packet at buf[off] (RFC 4303 §3.1.1 in reverse): peer →
+   * us, protocol `nh`, `total` octets with the header.
+   */
+  private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
     let peer = this.peerBytes.get(e.remote.address);
     if (!peer) {
-      peer = Buffer.alloc(4);
+      peer = Buffer.alloc(this.localBytes.length);
       writeIp(e.remote.address, peer);
       this.peerBytes.set(e.remote.address, peer);
+    }
+    if (this.localBytes.length === 16) {
+      buf.writeUInt32BE(0x60000000, off); // version 6, no traffic class, no flow label
+      buf.writeUInt16BE(total - 40, off + 4);
+      buf[off + 6] = nh;
+      buf[off + 7] = 64;
+      peer.copy(buf, off + 8);
+      this.localBytes.copy(buf, off + 24);
+      return;
     }
     buf[off] = 0x45;
     buf[off + 1] = 0;
