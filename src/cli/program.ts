@@ -94,6 +94,7 @@ export function buildProgram(): Command {
     .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
     .option('--remove-filters', "remove consec's fail-closed nftables table, routing rule and routes, then exit")
     .option('--wireshark-keys <dir>', "append each child SA's keys to DIR/esp_sa for Wireshark (mode 0600)")
+    .option('--manual-sas <file>', 'install the manual SAs of a YAML file (keys and SPIs, no IKE); mode 0600')
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
     .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT (issue 7)')
     .action(
@@ -105,6 +106,7 @@ export function buildProgram(): Command {
         dataplane: string;
         removeFilters?: boolean;
         wiresharkKeys?: string;
+        manualSas?: string;
       }) => {
         if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
         const dpd = Number(opts.dpd);
@@ -119,6 +121,7 @@ export function buildProgram(): Command {
           dataplane: opts.dataplane,
           removeFilters: opts.removeFilters,
           wiresharkKeys: opts.wiresharkKeys,
+          manualSas: opts.manualSas,
         });
       },
     );

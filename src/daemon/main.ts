@@ -21,6 +21,7 @@ import type { IpInfo } from '../dataplane/ip.ts';
 import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
+import { loadManualSas, manualChild } from '../dataplane/manual.ts';
 
 /** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
 function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict {
@@ -44,8 +45,9 @@ function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict
           remotePort: ip.dstPort >= 0 ? ip.dstPort : undefined,
           icmpType: icmpType >= 0 ? icmpType : undefined,
         }).filter;
-  if (!filter || filter.kind !== 'negotiate') return 'clear';
-  return filter.outbound === 'Require' ? 'require' : filter.outbound === 'Request' ? 'request' : 'clear';
+  if (!filter) return 'none';
+  if (filter.kind !== 'negotiate') return 'exempt';
+  return filter.outbound === 'Require' ? 'require' : filter.outbound === 'Request' ? 'request' : 'none';
 }
 
 /** The data plane, plus the ESP keys appended for Wireshark when the operator asked for them. */
@@ -99,6 +101,8 @@ export interface DaemonOptions {
   removeFilters?: boolean;
   /** Append every child SA's keys to DIR/esp_sa (Wireshark's table), for decrypting captures. Mode 0600. */
   wiresharkKeys?: string;
+  /** A YAML file of manual SAs (keys and SPIs, no IKE), installed in the data plane at start. */
+  manualSas?: string;
   /** Liveness check after this many seconds of silence (0: off). */
   dpd?: number;
 }
@@ -116,6 +120,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   for (const a of addresses)
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
   if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
+  // Manual SAs are read and checked before anything changes on the host.
+  const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
+  if (manual.length > 0 && o.dataplane !== 'userspace')
+    throw new ConsecError('ERR_USAGE', 'manual SAs need the userspace data plane (--dataplane userspace)');
   let plane: UserspaceDataPlane | undefined;
   // The data plane and the keying service call each other: the plane's callbacks find the service here.
   const late: {
@@ -174,7 +182,15 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const guard = async (doc: PolicyDocument) => {
     if (!plane) return;
     try {
-      await applyGuard(renderGuard(guardSets(doc), plane.tunName, plane.mark));
+      const sets = guardSets(doc);
+      // Traffic of a manual SA is protected traffic: never in clear either.
+      for (const sa of manual)
+        for (const sel of sa.remoteSelectors ?? [sa.remote]) {
+          const v4 = !sel.includes(':');
+          (v4 ? sets.out4 : sets.out6).push(sel);
+          (v4 ? sets.in4 : sets.in6).push(sel);
+        }
+      await applyGuard(renderGuard(sets, plane.tunName, plane.mark));
       log.info({}, 'fail-closed filters installed');
     } catch (err) {
       log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
@@ -200,6 +216,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);
     await routeProtected(service, plane, log);
+    for (const sa of manual) {
+      plane.install(manualChild(sa));
+      log.info(
+        { name: sa.name, remote: sa.remote, inboundSpi: sa.inbound.spi, outboundSpi: sa.outbound.spi },
+        'manual SA installed',
+      );
+    }
   }
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {

@@ -20,7 +20,12 @@ import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../
 import { type IpInfo, packetMatches, parseIp } from './ip.ts';
 import { internetChecksum } from '../packet/checksum.ts';
 
-export type Verdict = 'require' | 'request' | 'clear';
+/**
+ * The policy's word on an outbound packet: protect or drop (require), protect when possible
+ * (request), never protect (exempt: IKE, default exemptions, authentication exemptions), or
+ * nothing (none: no rule — protected only by an SA that covers it, such as a manual SA).
+ */
+export type Verdict = 'require' | 'request' | 'exempt' | 'none';
 import { Sad, type SaEntry } from './sad.ts';
 
 const run = promisify(execFile);
@@ -38,8 +43,7 @@ export interface DataPlaneOptions {
   /** Traffic without an SA: ask the keying service for one (the packets wait in a bounded queue). */
   onAcquire?(flow: Flow): void;
   /**
-   * What the policy says about an outbound packet in the TUN: 'require' (protect or drop), 'request'
-   * (protect when an SA exists, else send in clear while negotiating), 'clear' (exempt). Default: require.
+   * What the policy says about an outbound packet in the TUN (see Verdict). Default: require.
    */
   classify?(packet: Buffer, ip: IpInfo): Verdict;
   /** ESP arrived on a child SA (the peer is alive; saves liveness checks). */
@@ -336,13 +340,14 @@ export class UserspaceDataPlane implements ChildSaSink {
       return;
     }
     const verdict = this.o.classify?.(packet, ip) ?? 'require';
-    if (verdict === 'clear') {
+    if (verdict === 'exempt') {
       this.sendClear(packet, ip);
       return;
     }
     const e = this.sad.outboundFor(packet, ip);
     if (!e) {
-      if (verdict === 'request') {
+      if (verdict === 'none') this.sendClear(packet, ip);
+      else if (verdict === 'request') {
         // Request: in clear while IKE negotiates; protected once an SA exists.
         this.acquire(packet, ip);
         this.sendClear(packet, ip);

@@ -1,0 +1,197 @@
+/**
+ * Manual SAs (the WFP "manual IPsec SAs" scenario of seed 004): keys and SPIs from a file, no IKE.
+ * For peers without a keying daemon, for tests and benchmarks. The file holds keys, so it must be
+ * readable by its owner only; its contents are validated as a whole before anything is installed,
+ * and never logged.
+ *
+ *   sas:
+ *     - name: to-bob
+ *       local: 192.0.2.1
+ *       remote: 192.0.2.2
+ *       mode: transport            # or tunnel
+ *       encapsulation: esp         # raw ESP (protocol 50), or esp-udp (port 4500)
+ *       cipher: aes-gcm-256        # aes-gcm-128, aes-cbc-128, aes-cbc-256, null
+ *       integrity: sha256          # for aes-cbc and null: sha1, sha256, sha384, sha512
+ *       esn: false
+ *       inbound:  { spi: 0x1001, key: <hex>, integrityKey: <hex> }
+ *       outbound: { spi: 0x2002, key: <hex>, integrityKey: <hex> }
+ *       localSelectors: [192.0.2.1/32]    # default: the local address
+ *       remoteSelectors: [192.0.2.2/32]   # default: the remote address
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { isIP, isIPv4 } from 'node:net';
+import { parse } from 'yaml';
+import { z } from 'zod';
+import { ConsecError } from '../errors.ts';
+import type { InstalledChild } from '../ike/dataplane.ts';
+import type { ChildSa } from '../ike/tasks/child-create.ts';
+import type { Transform, TrafficSelector } from '../ike/wire/codec.ts';
+import { EncrId, EsnId, IntegId, ProtocolId, TransformType } from '../ike/wire/constants.ts';
+import { parsePrefix, writeIp } from '../io/addr.ts';
+
+export class ManualSaError extends ConsecError {
+  constructor(message: string) {
+    super('ERR_MANUAL_SA', message);
+  }
+}
+
+const hex = z
+  .string()
+  .regex(/^([0-9a-fA-F]{2})+$/, 'a key is an even number of hex digits')
+  .transform((s) => Buffer.from(s, 'hex'));
+const spi = z.number().int().min(256, 'SPIs 0–255 are reserved (RFC 4303 §2.1)').max(0xffffffff);
+const address = z.string().refine((a) => isIP(a) !== 0, 'not an IP address');
+const prefix = z.string().refine((p) => {
+  try {
+    parsePrefix(p.includes('/') ? p : `${p}/${isIPv4(p) ? 32 : 128}`);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'not an address or prefix');
+const direction = z.object({ spi, key: hex.optional(), integrityKey: hex.optional() }).strict();
+
+const KEY_BYTES = { 'aes-gcm-128': 20, 'aes-gcm-256': 36, 'aes-cbc-128': 16, 'aes-cbc-256': 32, null: 0 } as const;
+const INTEG_BYTES = { sha1: 20, sha256: 32, sha384: 48, sha512: 64 } as const;
+
+const saSchema = z
+  .object({
+    name: z.string().min(1),
+    local: address,
+    remote: address,
+    mode: z.enum(['transport', 'tunnel']).default('transport'),
+    encapsulation: z.enum(['esp', 'esp-udp']).default('esp'),
+    // YAML reads a bare `null` as no value: it means the NULL cipher here.
+    cipher: z.preprocess(
+      (v) => (v === null ? 'null' : v),
+      z.enum(['aes-gcm-128', 'aes-gcm-256', 'aes-cbc-128', 'aes-cbc-256', 'null']),
+    ),
+    integrity: z.enum(['sha1', 'sha256', 'sha384', 'sha512']).optional(),
+    esn: z.boolean().default(false),
+    inbound: direction,
+    outbound: direction,
+    localSelectors: z.array(prefix).optional(),
+    remoteSelectors: z.array(prefix).optional(),
+  })
+  .strict()
+  .superRefine((sa, ctx) => {
+    const gcm = sa.cipher.startsWith('aes-gcm');
+    if (gcm && sa.integrity)
+      ctx.addIssue({ code: 'custom', message: `${sa.name}: AES-GCM carries its own integrity; leave out "integrity"` });
+    if (!gcm && !sa.integrity) ctx.addIssue({ code: 'custom', message: `${sa.name}: ${sa.cipher} needs "integrity"` });
+    for (const dir of ['inbound', 'outbound'] as const) {
+      const d = sa[dir];
+      const want = KEY_BYTES[sa.cipher];
+      if ((d.key?.length ?? 0) !== want)
+        ctx.addIssue({
+          code: 'custom',
+          message: `${sa.name}: ${dir} key must be ${want} octets for ${sa.cipher}${gcm ? ' (key and 4-octet salt)' : ''}`,
+        });
+      const iw = sa.integrity ? INTEG_BYTES[sa.integrity] : 0;
+      if ((d.integrityKey?.length ?? 0) !== iw)
+        ctx.addIssue({ code: 'custom', message: `${sa.name}: ${dir} integrityKey must be ${iw} octets` });
+    }
+    if (isIPv4(sa.local) !== isIPv4(sa.remote))
+      ctx.addIssue({ code: 'custom', message: `${sa.name}: local and remote are of different IP families` });
+  });
+
+const fileSchema = z.object({ sas: z.array(saSchema).min(1) }).strict();
+export type ManualSa = z.infer<typeof saSchema>;
+
+/** Reads and validates the file (owner-only permissions, every SA complete) or throws ManualSaError. */
+export function loadManualSas(path: string): ManualSa[] {
+  let text: string;
+  try {
+    if ((statSync(path).mode & 0o077) !== 0)
+      throw new ManualSaError(`${path} holds keys: make it readable by its owner only (chmod 600)`);
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if (err instanceof ManualSaError) throw err;
+    throw new ManualSaError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parse(text);
+  } catch (err) {
+    throw new ManualSaError(`${path}: not YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const r = fileSchema.safeParse(doc);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new ManualSaError(`${path}: ${issue?.path.join('.') || 'file'}: ${issue?.message}`);
+  }
+  const spis = new Set<number>();
+  for (const sa of r.data.sas) {
+    if (spis.has(sa.inbound.spi)) throw new ManualSaError(`${path}: inbound SPI ${sa.inbound.spi} is used twice`);
+    spis.add(sa.inbound.spi);
+  }
+  return r.data.sas;
+}
+
+function selector(p: string): TrafficSelector {
+  const { address, prefixLength, family } = parsePrefix(p.includes('/') ? p : `${p}/${isIPv4(p) ? 32 : 128}`);
+  const start = Buffer.alloc(family === 4 ? 4 : 16);
+  writeIp(address, start);
+  const end = Buffer.from(start);
+  for (let bit = prefixLength; bit < start.length * 8; bit++) {
+    start[bit >> 3] = (start[bit >> 3] as number) & ~(0x80 >> (bit & 7));
+    end[bit >> 3] = (end[bit >> 3] as number) | (0x80 >> (bit & 7));
+  }
+  return { type: family === 4 ? 7 : 8, ipProtocol: 0, startPort: 0, endPort: 65535, start, end };
+}
+
+const spiBytes = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+
+/** A manual SA as the data plane takes negotiated ones (we play the "initiator": keys.*I are ours out). */
+export function manualChild(sa: ManualSa): InstalledChild {
+  const transforms: Transform[] = [];
+  if (sa.cipher.startsWith('aes-gcm'))
+    transforms.push({
+      type: TransformType.ENCR,
+      id: EncrId.AES_GCM_16,
+      keyLength: sa.cipher.endsWith('256') ? 256 : 128,
+    });
+  else if (sa.cipher === 'null') transforms.push({ type: TransformType.ENCR, id: EncrId.NULL });
+  else
+    transforms.push({ type: TransformType.ENCR, id: EncrId.AES_CBC, keyLength: sa.cipher.endsWith('256') ? 256 : 128 });
+  if (sa.integrity)
+    transforms.push({
+      type: TransformType.INTEG,
+      id: {
+        sha1: IntegId.HMAC_SHA1_96,
+        sha256: IntegId.HMAC_SHA2_256_128,
+        sha384: IntegId.HMAC_SHA2_384_192,
+        sha512: IntegId.HMAC_SHA2_512_256,
+      }[sa.integrity],
+    });
+  transforms.push({ type: TransformType.ESN, id: sa.esn ? EsnId.YES : EsnId.NO });
+  const child: ChildSa = {
+    mode: sa.mode,
+    spiIn: spiBytes(sa.inbound.spi),
+    spiOut: spiBytes(sa.outbound.spi),
+    proposal: { number: 1, protocol: ProtocolId.ESP, spi: spiBytes(sa.inbound.spi), transforms },
+    tsi: (sa.localSelectors ?? [sa.local]).map(selector),
+    tsr: (sa.remoteSelectors ?? [sa.remote]).map(selector),
+    keys: {
+      encrI: sa.outbound.key ?? Buffer.alloc(0),
+      integI: sa.outbound.integrityKey ?? Buffer.alloc(0),
+      encrR: sa.inbound.key ?? Buffer.alloc(0),
+      integR: sa.inbound.integrityKey ?? Buffer.alloc(0),
+    },
+    encrKeyBytes: KEY_BYTES[sa.cipher],
+    integKeyBytes: sa.integrity ? INTEG_BYTES[sa.integrity] : 0,
+    initiator: true,
+  };
+  const udp = sa.encapsulation === 'esp-udp';
+  return {
+    child,
+    local: { address: sa.local, port: udp ? 4500 : 0 },
+    remote: { address: sa.remote, port: udp ? 4500 : 0 },
+    udpEncapsulation: udp,
+    initiator: true,
+  };
+}
