@@ -641,3 +641,74 @@ describe('userspace data plane over IPv6', () => {
     }
   });
 });
+
+describe('AH in the data plane', () => {
+  it('consec ↔ consec, IKEv2 tunnel mode with AH (HMAC-SHA-256): ping and TCP byte for byte; AH on the wire', async () => {
+    const lab = await LabClass.create(hostToHost());
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const daemons: LabProcess[] = [];
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5007]);
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    try {
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir('consec-ah-');
+        const r = await ps(
+          [
+            '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation AH -AHHash SHA256',
+            '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "AH" -Proposal $qm',
+            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+            `New-NetIPsecRule -DisplayName "ah" -Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` +
+              `-LocalAddress ${local} -RemoteAddress ${remote} -InboundSecurity Require -OutboundSecurity Require ` +
+              '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+          ].join('\n'),
+          dir,
+        );
+        assert.equal(r.errors, 0, r.err);
+        const d = lab.spawn(host, [
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          '--state-dir',
+          dir,
+          'daemon',
+          '--listen',
+          local,
+          '--dpd',
+          '0',
+        ]);
+        daemons.push(d);
+        await d.waitFor(/"msg":"ready"/);
+      }
+      await server.waitFor(/listening/);
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '3', b], { allowFailure: true });
+      assert.match(
+        ping.stdout,
+        / 0% packet loss/,
+        `${ping.stdout}\n${daemons.map((d) => d.output().slice(-1500)).join('\n---\n')}`,
+      );
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5007, 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done && done.sent === done.received, client.output());
+      assert.match(daemons[1]?.output() ?? '', /"audit":\{"id":5451.*"protocol":"AH"/);
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ip'));
+      assert.ok(
+        [...protocols].some((p) => p.includes('ip:ah:ip')),
+        `AH around the inner packets: ${[...protocols].join(' ')}`,
+      );
+      for (const p of protocols) assert.match(p, /ip:(ah:ip|udp:isakmp)/, [...protocols].join(' '));
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      await server.stop();
+      await lab.destroy();
+    }
+  });
+});

@@ -226,3 +226,42 @@ describe('batched AES-GCM in the addon (OpenSSL of the node binary)', () => {
       }
   });
 });
+
+describe('AH (RFC 4302) over IPv4', () => {
+  it('round trips; mutable header fields may change in transit, everything else is authenticated; replays refused', async () => {
+    const { AhInbound, AhOutbound } = await import('../src/esp/ah.ts');
+    const { internetChecksum } = await import('../src/packet/checksum.ts');
+    for (const [integ, len] of [
+      ['sha256-128', 32],
+      ['sha512-256', 64],
+    ] as const)
+      for (const esn of [false, true]) {
+        const key = randomBytes(len);
+        const out = new AhOutbound({ spi: 0x4242, integ, key, esn });
+        const inb = new AhInbound({ spi: 0x4242, integ, key, esn });
+        const src = Buffer.from([192, 0, 2, 1]);
+        const dst = Buffer.from([192, 0, 2, 2]);
+        const payload = randomBytes(200);
+        const pkt = out.seal(payload, 6, src, dst);
+        assert.equal(pkt[9], 51);
+        assert.equal(internetChecksum(pkt, 0, 20), 0, 'a valid IPv4 header checksum');
+        // A router lowers the TTL and rewrites TOS and the checksum: still authentic.
+        const routed = Buffer.from(pkt);
+        routed[8] = 63;
+        routed[1] = 0x10;
+        routed.writeUInt16BE(0, 10);
+        routed.writeUInt16BE(internetChecksum(routed, 0, 20), 10);
+        const opened = inb.open(routed);
+        assert.deepEqual([opened.payload, opened.nextHeader], [payload, 6]);
+        assert.throws(
+          () => inb.open(routed),
+          (e: EspError) => e.reason === 'replay',
+        );
+        for (const at of [4, 12, 16, 24, 40, pkt.length - 1]) {
+          const bad = out.seal(payload, 6, src, dst);
+          bad[at] = (bad[at] as number) ^ 1;
+          assert.throws(() => inb.open(bad), EspError, `octet ${at} is authenticated`);
+        }
+      }
+  });
+});

@@ -134,7 +134,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '    type filter hook input priority 0; policy accept;',
     `    iifname "${tun}" accept`,
     '    udp dport { 500, 4500 } accept',
-    '    meta l4proto esp accept',
+    '    meta l4proto { esp, ah } accept',
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
     '    ip saddr @in4 counter drop comment "cleartext from a Require peer"',

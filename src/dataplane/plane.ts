@@ -9,7 +9,8 @@
 import { execFile } from 'node:child_process';
 import { isIPv4 } from 'node:net';
 import { promisify } from 'node:util';
-import { EspError, NEXT_HEADER_NONE } from '../esp/esp.ts';
+import { AhInbound, AhOutbound, IPPROTO_AH } from '../esp/ah.ts';
+import { EspError, EspInbound, EspOutbound, NEXT_HEADER_NONE } from '../esp/esp.ts';
 import type { Flow } from '../filter/compile.ts';
 import type { IkeBind, IkePort, IkeReceiver } from '../ike/bind.ts';
 import type { ChildSaSink, InstalledChild } from '../ike/dataplane.ts';
@@ -118,6 +119,8 @@ export class UserspaceDataPlane implements ChildSaSink {
     private readonly raw: RawIpSocket,
     /** IPPROTO_RAW (the packet carries its own IP header), marked: exempt and Request traffic in clear. */
     private readonly clear: RawIpSocket,
+    /** Raw AH (protocol 51) receives (IPv4: with the IP header AH authenticates). */
+    private readonly ahSock: RawIpSocket,
   ) {
     this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
     writeIp(o.local, this.localBytes);
@@ -158,7 +161,10 @@ export class UserspaceDataPlane implements ChildSaSink {
       opened.push(raw);
       const clear = RawIpSocket.open(family, 255);
       opened.push(clear);
-      for (const s of [udp500, udp4500, raw, clear]) s.setMark(o.mark);
+      const ah = RawIpSocket.open(family, IPPROTO_AH);
+      opened.push(ah);
+      for (const s of [udp500, udp4500, raw, clear, ah]) s.setMark(o.mark);
+      ah.bind(o.local);
       udp500.bind(o.local, 500);
       udp4500.bind(o.local, 4500);
       raw.bind(o.local);
@@ -179,7 +185,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         'pref',
         String(o.rulePriority),
       ]);
-      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear);
+      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear, ah);
       plane.start();
       return plane;
     } catch (err) {
@@ -231,12 +237,20 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.udp4500.onReadable(() => this.fromUdp(this.udp4500, 4500));
     this.udp500.onReadable(() => this.fromUdp(this.udp500, 500));
     this.raw.onReadable(() => this.fromRaw());
+    this.ahSock.onReadable(() => this.fromAh());
   }
 
   // ---- ChildSaSink -----------------------------------------------------------------------------
 
   install(sa: InstalledChild): void {
-    const e = this.sad.install(sa);
+    let e: SaEntry;
+    try {
+      e = this.sad.install(sa);
+    } catch (err) {
+      // An SA this data plane cannot carry (AH over IPv6) is refused here, loudly, not half-installed.
+      this.log('SA not installed', { spiIn: sa.child.spiIn.toString('hex'), reason: (err as Error).message });
+      return;
+    }
     this.tracked.set(e.in.spi, { entry: e, softSent: false, lastActivity: 0 });
     this.maxKb.set(e.in.spi, sa.maxKilobytes ?? 0);
     for (const ts of e.remoteTs) void this.addRoute(ts);
@@ -364,10 +378,15 @@ export class UserspaceDataPlane implements ChildSaSink {
       g.bytes += packet.length;
       return;
     }
+    if (e.ah) {
+      this.sealAh(e, packet, ip);
+      return;
+    }
     let esp: Buffer;
     try {
-      if (e.mode === 'tunnel') esp = e.out.seal(packet, ip.family === 4 ? 4 : 41);
-      else esp = e.out.seal(packet.subarray(ip.headerLength), ip.protocol);
+      const out = e.out as EspOutbound;
+      if (e.mode === 'tunnel') esp = out.seal(packet, ip.family === 4 ? 4 : 41);
+      else esp = out.seal(packet.subarray(ip.headerLength), ip.protocol);
     } catch (err) {
       this.drop(err instanceof EspError ? err.reason : 'seal');
       this.o.onExpire?.(e.child.spiIn, true);
@@ -405,7 +424,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       if (!this.sad.inbound(e.in.spi)) continue; // deleted meanwhile
       let first: number;
       try {
-        first = e.out.reserve(count, g.bytes);
+        first = (e.out as EspOutbound).reserve(count, g.bytes);
       } catch (err) {
         const reason = err instanceof EspError ? err.reason : 'seal';
         this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + count;
@@ -436,6 +455,64 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.checkLifetime(e);
     }
     this.touched.length = 0;
+  }
+
+  /** AH (IPv4): the whole packet, outer header included, goes out through the IP_HDRINCL socket. */
+  private sealAh(e: SaEntry, packet: Buffer, ip: IpInfo): void {
+    let pkt: Buffer;
+    try {
+      const out = e.out as AhOutbound;
+      const payload = e.mode === 'tunnel' ? packet : packet.subarray(ip.headerLength);
+      const nh = e.mode === 'tunnel' ? (ip.family === 4 ? 4 : 41) : ip.protocol;
+      pkt = out.seal(payload, nh, this.localBytes, this.peer(e));
+    } catch (err) {
+      this.drop(err instanceof EspError ? err.reason : 'seal');
+      this.o.onExpire?.(e.child.spiIn, true);
+      return;
+    }
+    this.checkLifetime(e);
+    this.stats.packetsOut++;
+    this.stats.bytesOut += packet.length;
+    if (this.clearOut.count === this.clearOut.capacity) this.flushOut();
+    const k = this.clearOut.count++;
+    this.clearOut.set(k, pkt);
+    writeIp(e.remote.address, this.clearOut.addrs, k * 16);
+  }
+
+  private peer(e: SaEntry): Buffer {
+    let peer = this.peerBytes.get(e.remote.address);
+    if (!peer) {
+      peer = Buffer.alloc(this.localBytes.length);
+      writeIp(e.remote.address, peer);
+      this.peerBytes.set(e.remote.address, peer);
+    }
+    return peer;
+  }
+
+  private fromAh(): void {
+    for (;;) {
+      const n = this.ahSock.recv(this.rawIn);
+      if (n === 0) return;
+      this.tunOut.count = 0;
+      for (let i = 0; i < n; i++) {
+        if ((this.rawIn.lengths[i] as number) < 32) continue;
+        const pkt = this.rawIn.packet(i);
+        const e = this.sad.inbound(pkt.readUInt32BE(24));
+        if (!e || !e.ah) {
+          this.drop('unknown SPI');
+          continue;
+        }
+        let opened;
+        try {
+          opened = (e.in as AhInbound).open(pkt);
+        } catch (err) {
+          this.drop(err instanceof EspError ? err.reason : 'malformed');
+          continue;
+        }
+        this.deliver(e, opened.payload, opened.nextHeader);
+      }
+      this.flushTun();
+    }
   }
 
   /** Sends an IP packet as it is (its own header), around the TUN: exempt or Request traffic. */
@@ -634,7 +711,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         return;
       }
       // Replay pre-check now; the addon opens the SA's packets of this batch together (openPending).
-      const seq = e.in.precheck(esp.readUInt32BE(4));
+      const seq = (e.in as EspInbound).precheck(esp.readUInt32BE(4));
       if (seq < 0) {
         this.drop('replay');
         return;
@@ -655,6 +732,13 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop(err instanceof EspError ? err.reason : 'malformed');
       return;
     }
+    if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
+    this.deliver(e, opened.payload, opened.nextHeader);
+  }
+
+  /** A verified payload of SA `e`: the inner packet checked against the SA's selectors, then to the TUN. */
+  private deliver(e: SaEntry, payload: Buffer, nextHeader: number): void {
+    const opened = { payload, nextHeader };
     if (opened.nextHeader === NEXT_HEADER_NONE) return; // dummy packet (RFC 4303 §2.6)
     let inner: Buffer;
     if (e.mode === 'tunnel') {
@@ -676,10 +760,9 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('selector mismatch');
       return;
     }
-    if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
     this.stats.packetsIn++;
     this.stats.bytesIn += inner.length;
-    const t = this.tracked.get(spi);
+    const t = this.tracked.get(e.in.spi);
     if (t) {
       const now = Date.now();
       if (now - t.lastActivity > 1000) {
@@ -755,7 +838,7 @@ export class UserspaceDataPlane implements ChildSaSink {
           this.drop(failures[-len] ?? 'malformed');
           continue;
         }
-        if (!e.in.accept((g.seq as Float64Array)[k] as number, len)) {
+        if (!(e.in as EspInbound).accept((g.seq as Float64Array)[k] as number, len)) {
           this.drop('replay');
           continue;
         }
@@ -845,7 +928,7 @@ export class UserspaceDataPlane implements ChildSaSink {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear]) s.close();
+    for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear, this.ahSock]) s.close();
     const ip = isIPv4(this.o.local) ? '-4' : '-6';
     await run('ip', [ip, 'rule', 'del', 'pref', String(this.o.rulePriority)]).catch(() => {});
     await run('ip', [ip, 'route', 'flush', 'table', String(this.o.table)]).catch(() => {});

@@ -3,6 +3,8 @@
  * SAs in a short list searched by traffic selectors (newest first, so a rekeyed SA takes over
  * make-before-break). Negotiated child SAs become ESP contexts here.
  */
+import { isIPv4 } from 'node:net';
+import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
 import type { InstalledChild } from '../ike/dataplane.ts';
 import { EspGcmBatch } from '../io/native.ts';
@@ -10,7 +12,7 @@ import type { Endpoint } from '../ike/sa.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { transformOf } from '../ike/proposals.ts';
 import type { TrafficSelector } from '../ike/wire/codec.ts';
-import { EncrId, EsnId, IntegId, TransformType } from '../ike/wire/constants.ts';
+import { EncrId, EsnId, IntegId, ProtocolId, TransformType } from '../ike/wire/constants.ts';
 import { type IpInfo, packetMatches } from './ip.ts';
 
 export interface SaEntry {
@@ -20,8 +22,10 @@ export interface SaEntry {
   udp: boolean;
   localTs: TrafficSelector[];
   remoteTs: TrafficSelector[];
-  out: EspOutbound;
-  in: EspInbound;
+  out: EspOutbound | AhOutbound;
+  in: EspInbound | AhInbound;
+  /** An AH SA (RFC 4302): `out`/`in` are AH contexts, sent with our own IPv4 header. */
+  ah: boolean;
   /** Batched AES-GCM in the addon (same packets as `out`/`in`), when the SA is AES-GCM and the addon has it. */
   native?: { seal: EspGcmBatch; open: EspGcmBatch };
   installedAt: number;
@@ -37,6 +41,7 @@ const INTEG: Partial<Record<IntegId, EspInteg>> = {
 /** ESP contexts for both directions of a negotiated child SA. */
 export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
   const c = sa.child;
+  if (c.proposal.protocol === ProtocolId.AH) throw new RangeError('an AH SA has no ESP contexts');
   const encr = transformOf(c.proposal, TransformType.ENCR);
   const integ = transformOf(c.proposal, TransformType.INTEG);
   const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
@@ -76,13 +81,35 @@ function nativeGcm(sa: InstalledChild): SaEntry['native'] {
   }
 }
 
+/** AH contexts for both directions of an AH child SA (IPv4 only). */
+export function ahFor(sa: InstalledChild, replayWindow = 1024): { out: AhOutbound; in: AhInbound } {
+  const c = sa.child;
+  const integ = transformOf(c.proposal, TransformType.INTEG);
+  const i = integ ? INTEG[integ.id as IntegId] : undefined;
+  if (!i) throw new RangeError('AH SA without a supported integrity algorithm');
+  if (!isIPv4(sa.remote.address)) throw new RangeError('AH over IPv6 is not supported yet');
+  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
+  const k = c.keys;
+  return {
+    out: new AhOutbound({ spi: c.spiOut.readUInt32BE(0), integ: i, key: c.initiator ? k.integI : k.integR, esn }),
+    in: new AhInbound({
+      spi: c.spiIn.readUInt32BE(0),
+      integ: i,
+      key: c.initiator ? k.integR : k.integI,
+      esn,
+      replayWindow,
+    }),
+  };
+}
+
 export class Sad {
   private readonly bySpi = new Map<number, SaEntry>();
   private outbound: SaEntry[] = [];
 
   install(sa: InstalledChild): SaEntry {
-    const esp = espFor(sa);
-    const native = nativeGcm(sa);
+    const ah = sa.child.proposal.protocol === ProtocolId.AH;
+    const esp = ah ? ahFor(sa) : espFor(sa);
+    const native = ah ? undefined : nativeGcm(sa);
     const e: SaEntry = {
       child: sa.child,
       mode: sa.child.mode,
@@ -92,6 +119,7 @@ export class Sad {
       remoteTs: remoteTs(sa.child),
       out: esp.out,
       in: esp.in,
+      ah,
       native,
       installedAt: Date.now(),
     };

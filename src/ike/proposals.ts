@@ -65,14 +65,26 @@ export function ikeProposals(set: readonly MainModeCryptoProposal[]): Mapped {
   return { proposals, skipped };
 }
 
-/** ESP proposals from a quick mode crypto set (AH and AH+ESP are for the AH data plane). */
+/** Child SA proposals (ESP, or AH) from a quick mode crypto set; AH+ESP bundles are left out with a reason. */
 export function espProposals(set: readonly QuickModeCryptoProposal[], spi: Buffer, pfs?: KeId): Mapped {
   const proposals: Proposal[] = [];
   const skipped: string[] = [];
   for (const p of set) {
     const name = `${p.Encapsulation.join('+')}:${p.ESPHash}-${p.Encryption}`;
     if (p.Encapsulation.includes('AH')) {
-      skipped.push(`${name}: AH proposals are negotiated by the AH data plane, not yet available`);
+      if (p.Encapsulation.includes('ESP')) {
+        skipped.push(`${name}: AH together with ESP is a bundle IKEv2 cannot negotiate (RFC 7296 §1.7)`);
+        continue;
+      }
+      const integ = INTEG[p.AHHash];
+      if (!integ) {
+        skipped.push(`${name}: AH integrity ${p.AHHash} is not offered by consec`);
+        continue;
+      }
+      const ah: Transform[] = [{ type: TransformType.INTEG, id: integ }];
+      if (pfs !== undefined) ah.push({ type: TransformType.KE, id: pfs });
+      ah.push({ type: TransformType.ESN, id: EsnId.NO });
+      proposals.push({ number: proposals.length + 1, protocol: ProtocolId.AH, spi, transforms: ah });
       continue;
     }
     const transforms: Transform[] = [];

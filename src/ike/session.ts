@@ -635,7 +635,7 @@ export class IkeSession {
       remote: this.endpoint('remote'),
       keyingModule: 'IKEv2',
       mode: child.mode === 'tunnel' ? 'Tunnel' : 'Transport',
-      protocol: 'ESP',
+      protocol: child.proposal.protocol === ProtocolId.AH ? 'AH' : 'ESP',
       encryption: cipherName(child.proposal),
       integrity: integrityName(child.proposal),
       inboundSpi: child.spiIn.readUInt32BE(0),

@@ -64,10 +64,14 @@ export function childSa(
   const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
   const integT = transformOf(chosen, TransformType.INTEG);
   const integ = integT ? INTEGS[integT.id as keyof typeof INTEGS] : undefined;
-  if (!encrT || (!encr && encrT.id !== EncrId.NULL)) {
-    throw new IkeError('chosen child encryption is not implemented', NotifyType.NO_PROPOSAL_CHOSEN);
+  const ah = chosen.protocol === ProtocolId.AH;
+  if (ah ? !integ : !encrT || (!encr && encrT.id !== EncrId.NULL)) {
+    throw new IkeError(
+      `chosen child ${ah ? 'integrity' : 'encryption'} is not implemented`,
+      NotifyType.NO_PROPOSAL_CHOSEN,
+    );
   }
-  const encrKeyBytes = encrT.id === EncrId.NULL ? 0 : (encrT.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
+  const encrKeyBytes = ah || encrT?.id === EncrId.NULL ? 0 : (encrT?.keyLength ?? 0) / 8 + (encr?.saltSize ?? 0);
   const integKeyBytes = integ?.keySize ?? 0;
   const suite = sa.suite;
   const nonceI = ex?.nonceI ?? sa.nonceI;

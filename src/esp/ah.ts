@@ -1,0 +1,146 @@
+/**
+ * AH (RFC 4302) over IPv4 for one SA and direction, with HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868)
+ * and extended sequence numbers. AH authenticates the outer IP header too, so the sender builds it
+ * (the data plane sends with IP_HDRINCL): the ICV covers the header with its mutable fields (TOS,
+ * flags/fragment offset, TTL, checksum) zeroed, the AH header with a zero ICV, the payload, and
+ * the high half of an extended sequence number. Pure: buffers in, buffers out.
+ */
+import { createHmac, createSecretKey, type KeyObject, timingSafeEqual } from 'node:crypto';
+import { internetChecksum } from '../packet/checksum.ts';
+import { EspError, type EspInteg } from './esp.ts';
+import { ReplayWindow } from './replay.ts';
+
+export const IPPROTO_AH = 51;
+
+const INTEG: Record<EspInteg, { hash: string; icv: number }> = {
+  'sha1-96': { hash: 'sha1', icv: 12 },
+  'sha256-128': { hash: 'sha256', icv: 16 },
+  'sha384-192': { hash: 'sha384', icv: 24 },
+  'sha512-256': { hash: 'sha512', icv: 32 },
+};
+
+export interface AhSaParams {
+  spi: number;
+  integ: EspInteg;
+  key: Buffer;
+  esn?: boolean;
+  replayWindow?: number;
+  lastSeq?: number;
+}
+
+class AhSa {
+  readonly spi: number;
+  readonly esn: boolean;
+  protected readonly hash: string;
+  protected readonly key: KeyObject;
+  readonly icvLen: number;
+  bytes = 0;
+  packets = 0;
+
+  constructor(p: AhSaParams) {
+    this.spi = p.spi >>> 0;
+    this.esn = p.esn ?? false;
+    const i = INTEG[p.integ];
+    this.hash = i.hash;
+    this.icvLen = i.icv;
+    this.key = createSecretKey(p.key);
+  }
+
+  /** Octets AH adds to a packet. */
+  get overhead(): number {
+    return 12 + this.icvLen;
+  }
+
+  /** The ICV of an IPv4 packet carrying AH at offset 20 (IHL 5), mutable fields and ICV as zeros. */
+  protected icv(packet: Buffer, seqHigh: number): Buffer {
+    const h = createHmac(this.hash, this.key);
+    const head = Buffer.from(packet.subarray(0, 20 + 12));
+    head[1] = 0; // TOS
+    head.writeUInt16BE(0, 6); // flags, fragment offset
+    head[8] = 0; // TTL
+    head.writeUInt16BE(0, 10); // checksum
+    h.update(head);
+    h.update(Buffer.alloc(this.icvLen));
+    h.update(packet.subarray(20 + 12 + this.icvLen));
+    if (this.esn) {
+      const hi = Buffer.alloc(4);
+      hi.writeUInt32BE(seqHigh >>> 0);
+      h.update(hi);
+    }
+    return h.digest().subarray(0, this.icvLen);
+  }
+}
+
+export class AhOutbound extends AhSa {
+  private seq: number;
+  private readonly limit: number;
+
+  constructor(p: AhSaParams) {
+    super(p);
+    this.limit = this.esn ? 2 ** 53 - 1 : 2 ** 32 - 1;
+    this.seq = p.lastSeq ?? 0;
+  }
+
+  get remaining(): number {
+    return this.limit - this.seq;
+  }
+
+  /** A whole IPv4 packet src → dst: IPv4 header (protocol 51) | AH | payload (next header `nextHeader`). */
+  seal(payload: Buffer, nextHeader: number, src: Buffer, dst: Buffer): Buffer {
+    if (this.seq >= this.limit)
+      throw new EspError('sequence-exhausted', `AH SPI ${this.spi.toString(16)}: sequence numbers exhausted`);
+    const seq = ++this.seq;
+    const ahLen = 12 + this.icvLen;
+    const out = Buffer.alloc(20 + ahLen + payload.length);
+    out[0] = 0x45;
+    out.writeUInt16BE(out.length, 2);
+    // The identification is covered by the ICV; never 0, or the kernel would choose one (IP_HDRINCL).
+    out.writeUInt16BE((seq % 0xffff) + 1, 4);
+    out.writeUInt16BE(0x4000, 6); // DF
+    out[8] = 64;
+    out[9] = IPPROTO_AH;
+    src.copy(out, 12, 0, 4);
+    dst.copy(out, 16, 0, 4);
+    out[20] = nextHeader;
+    out[21] = ahLen / 4 - 2;
+    out.writeUInt32BE(this.spi, 24);
+    out.writeUInt32BE(seq % 2 ** 32, 28);
+    payload.copy(out, 20 + ahLen);
+    this.icv(out, Math.floor(seq / 2 ** 32)).copy(out, 32);
+    out.writeUInt16BE(internetChecksum(out, 0, 20), 10);
+    this.bytes += payload.length;
+    this.packets++;
+    return out;
+  }
+}
+
+export class AhInbound extends AhSa {
+  readonly replay: ReplayWindow;
+
+  constructor(p: AhSaParams) {
+    super(p);
+    this.replay = new ReplayWindow(p.replayWindow ?? 1024);
+  }
+
+  /** Verifies an IPv4 packet with AH (IHL 5): the payload after AH and its next header. */
+  open(packet: Buffer): { payload: Buffer; nextHeader: number; seq: number } {
+    if (packet.length < 20 + 12 + this.icvLen || packet[0] !== 0x45 || packet[9] !== IPPROTO_AH)
+      throw new EspError('malformed', 'not an IPv4 packet with AH (and no IP options)');
+    const ahLen = ((packet[21] as number) + 2) * 4;
+    if (ahLen !== 12 + this.icvLen || packet.length < 20 + ahLen)
+      throw new EspError('malformed', 'AH length does not fit the SA');
+    if (packet.readUInt32BE(24) !== this.spi) throw new EspError('spi', 'AH packet for another SPI');
+    const low = packet.readUInt32BE(28);
+    const seq = this.esn ? this.replay.inferEsn(low) : low;
+    if (seq <= 0 || !this.replay.check(seq))
+      throw new EspError('replay', `replayed or too old AH packet (sequence ${seq})`);
+    const expected = this.icv(packet, Math.floor(seq / 2 ** 32));
+    if (!timingSafeEqual(expected, packet.subarray(32, 32 + this.icvLen)))
+      throw new EspError('integrity', `AH packet failed its integrity check (SPI ${this.spi.toString(16)})`);
+    if (!this.replay.update(seq)) throw new EspError('replay', `replayed AH packet (sequence ${seq})`);
+    const payload = packet.subarray(20 + ahLen);
+    this.bytes += payload.length;
+    this.packets++;
+    return { payload, nextHeader: packet[20] as number, seq };
+  }
+}
