@@ -9,8 +9,8 @@
 import { execFile } from 'node:child_process';
 import { isIPv4 } from 'node:net';
 import { promisify } from 'node:util';
-import { AhInbound, AhOutbound, IPPROTO_AH } from '../esp/ah.ts';
-import { EspError, EspInbound, EspOutbound, NEXT_HEADER_NONE } from '../esp/esp.ts';
+import { type AhInbound, type AhOutbound, IPPROTO_AH } from '../esp/ah.ts';
+import { EspError, type EspInbound, type EspOutbound, NEXT_HEADER_NONE } from '../esp/esp.ts';
 import type { Flow } from '../filter/compile.ts';
 import type { IkeBind, IkePort, IkeReceiver } from '../ike/bind.ts';
 import type { ChildSaSink, InstalledChild } from '../ike/dataplane.ts';
