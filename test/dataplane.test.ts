@@ -19,6 +19,62 @@ import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-dataplane-psk-0123456789';
 
+interface PolicyOptions {
+  local: string;
+  remote: string;
+  /** A tunnel between local and remote (else transport between the two hosts). */
+  tunnel?: boolean;
+  /** The protected traffic, when it is not the two hosts' own (tunnel mode between subnets). */
+  localAddress?: string;
+  remoteAddress?: string;
+  /** The quick mode proposal's parameters (default ESP AES-GCM-256). */
+  qm?: string;
+  /** A main mode rule for the IKE peers with AES256-SHA256-DH19 (strongSwan's side of the lab expects it). */
+  mm?: boolean;
+}
+
+/** A Require rule written as a Windows admin would, with a PSK auth set, into `stateDir`. */
+async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<void> {
+  const lines = [
+    `$qm = New-NetIPsecQuickModeCryptoProposal ${o.qm ?? '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256'}`,
+    '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+    `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+    '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+  ];
+  if (o.mm)
+    lines.push(
+      '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+      `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${o.local} -RemoteAddress ${o.remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+    );
+  const tunnel = o.tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${o.local} -RemoteTunnelEndpoint ${o.remote} ` : '';
+  lines.push(
+    `New-NetIPsecRule -DisplayName "protect ${o.remoteAddress ?? o.remote}" ${tunnel}` +
+      `-LocalAddress ${o.localAddress ?? o.local} -RemoteAddress ${o.remoteAddress ?? o.remote} ` +
+      '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+  );
+  const r = await ps(lines.join('\n'), stateDir);
+  assert.equal(r.errors, 0, r.err);
+}
+
+/** `consec daemon` on `listen` in a lab host, with the policy of `stateDir` (liveness checks off). */
+function consecDaemon(lab: Lab, host: string, stateDir: string, listen: string, extra: string[] = []): LabProcess {
+  return lab.spawn(host, [
+    process.execPath,
+    '--import',
+    'tsx',
+    join(ROOT, 'src/cli/main.ts'),
+    '--state-dir',
+    stateDir,
+    'daemon',
+    '--listen',
+    listen,
+    '--dpd',
+    '0',
+    ...extra,
+  ]);
+}
+
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {
   let lab: Lab;
   before(async () => {
@@ -36,22 +92,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
       const a = lab.address('alice');
       const b = lab.address('bob');
       const dir = freshStateDir('consec-dp-');
-      const setup = await ps(
-        [
-          `$qm = New-NetIPsecQuickModeCryptoProposal ${qm}`,
-          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-          `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-          '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-          `New-NetIPsecMainModeRule -DisplayName "MM rule" -LocalAddress ${a} -RemoteAddress ${b} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-          `New-NetIPsecRule -DisplayName "to bob" -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${b} ` +
-            `-LocalAddress ${a} -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require ` +
-            '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-        ].join('\n'),
-        dir,
-      );
-      assert.equal(setup.errors, 0, setup.err);
+      await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true, qm });
       const bob = await Charon.start(
         lab,
         'bob',
@@ -62,19 +103,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
       let daemon: LabProcess | undefined;
       try {
         await server.waitFor(/listening/);
-        daemon = lab.spawn('alice', [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          dir,
-          'daemon',
-          '--listen',
-          a,
-          '--dpd',
-          '0',
-        ]);
+        daemon = consecDaemon(lab, 'alice', dir, a);
         await daemon.waitFor(/"msg":"ready"/);
         const ping = await lab.exec('alice', ['ping', '-c', '5', '-i', '0.2', '-W', '3', b], { allowFailure: true });
         assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
@@ -127,22 +156,13 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = freshStateDir('consec-fc-');
-    const setup = await ps(
-      [
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM128 -ESPHash AESGMAC128',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-        `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${a} -RemoteAddress ${b} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-        `New-NetIPsecRule -DisplayName "to bob" -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${b} ` +
-          `-LocalAddress ${a} -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require ` +
-          '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-      ].join('\n'),
-      dir,
-    );
-    assert.equal(setup.errors, 0, setup.err);
+    await applyPolicy(dir, {
+      local: a,
+      remote: b,
+      tunnel: true,
+      mm: true,
+      qm: '-Encapsulation ESP -Encryption AESGCM128 -ESPHash AESGMAC128',
+    });
     const bobConfig = pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] });
     let bob = await Charon.start(lab, 'bob', bobConfig);
     const consec = (args: string[]) => [
@@ -212,19 +232,7 @@ describe('Request and exemptions: a peer without IPsec', () => {
     const dir = freshStateDir('consec-req-');
     const r = await ps(script.join('\n'), dir);
     assert.equal(r.errors, 0, r.err);
-    const d = lab.spawn('alice', [
-      process.execPath,
-      '--import',
-      'tsx',
-      join(ROOT, 'src/cli/main.ts'),
-      '--state-dir',
-      dir,
-      'daemon',
-      '--listen',
-      a,
-      '--dpd',
-      '0',
-    ]);
+    const d = consecDaemon(lab, 'alice', dir, a);
     await d.waitFor(/"msg":"ready"/);
     return d;
   };
@@ -301,15 +309,6 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
   it('two daemons with Windows transport rules: ping and a TCP transfer in raw ESP (protocol 50), nothing in clear', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
-    const policy = (local: string, remote: string) =>
-      [
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-        `New-NetIPsecRule -DisplayName "Require with ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
-          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-      ].join('\n');
     const daemons: LabProcess[] = [];
     const keys = freshStateDir('consec-keys-');
     const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5002]);
@@ -320,22 +319,8 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
         ['alice', a, b],
       ] as const) {
         const dir = freshStateDir('consec-dp2-');
-        const r = await ps(policy(local, remote), dir);
-        assert.equal(r.errors, 0, r.err);
-        const d = lab.spawn(host, [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          dir,
-          'daemon',
-          '--listen',
-          local,
-          '--dpd',
-          '0',
-          ...(host === 'alice' ? ['--wireshark-keys', keys] : []),
-        ]);
+        await applyPolicy(dir, { local, remote });
+        const d = consecDaemon(lab, host, dir, local, host === 'alice' ? ['--wireshark-keys', keys] : []);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
       }
@@ -435,22 +420,14 @@ describe('gateway to gateway: consec ↔ strongSwan with hosts behind them', () 
     const gwb = '192.0.2.2';
     const hostb = '203.0.113.10';
     const dir = freshStateDir('consec-s2s-');
-    const setup = await ps(
-      [
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-        '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-        '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-        `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${gwa} -RemoteAddress ${gwb} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-        `New-NetIPsecRule -DisplayName "site A to site B" -Mode Tunnel -LocalTunnelEndpoint ${gwa} -RemoteTunnelEndpoint ${gwb} ` +
-          '-LocalAddress 198.51.100.0/24 -RemoteAddress 203.0.113.0/24 -InboundSecurity Require -OutboundSecurity Require ' +
-          '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-      ].join('\n'),
-      dir,
-    );
-    assert.equal(setup.errors, 0, setup.err);
+    await applyPolicy(dir, {
+      local: gwa,
+      remote: gwb,
+      tunnel: true,
+      mm: true,
+      localAddress: '198.51.100.0/24',
+      remoteAddress: '203.0.113.0/24',
+    });
     const swan = await Charon.start(lab, 'gwb', {
       connections: {
         s2s: {
@@ -468,19 +445,7 @@ describe('gateway to gateway: consec ↔ strongSwan with hosts behind them', () 
     });
     const server = fixture(lab, 'hostb', 'tcp-transfer', ['server', hostb, 5004]);
     const cap = await Capture.start(lab, 'gwb', 'outside');
-    const d = lab.spawn('gwa', [
-      process.execPath,
-      '--import',
-      'tsx',
-      join(ROOT, 'src/cli/main.ts'),
-      '--state-dir',
-      dir,
-      'daemon',
-      '--listen',
-      gwa,
-      '--dpd',
-      '0',
-    ]);
+    const d = consecDaemon(lab, 'gwa', dir, gwa);
     try {
       await d.waitFor(/"msg":"ready"/);
       await server.waitFor(/listening/);
@@ -512,41 +477,14 @@ describe('data plane behind the lab NAT router', () => {
       const a = lab.address('alice'); // 198.51.100.10, inside
       const b = lab.address('bob'); // 203.0.113.2, outside
       const dir = freshStateDir('consec-nat-');
-      const setup = await ps(
-        [
-          '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-          `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-          '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-          `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${a} -RemoteAddress ${b} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-          `New-NetIPsecRule -DisplayName "to bob" -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${b} ` +
-            `-LocalAddress ${a} -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require ` +
-            '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-        ].join('\n'),
-        dir,
-      );
-      assert.equal(setup.errors, 0, setup.err);
+      await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true });
       const bob = await Charon.start(
         lab,
         'bob',
         pskHostTunnel(b, a, { name: 'c', secret: PSK, proposals: ['aes256-sha256-ecp256'], remoteAddrs: ['%any'] }),
       );
       const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
-      const d = lab.spawn('alice', [
-        process.execPath,
-        '--import',
-        'tsx',
-        join(ROOT, 'src/cli/main.ts'),
-        '--state-dir',
-        dir,
-        'daemon',
-        '--listen',
-        a,
-        '--dpd',
-        '0',
-      ]);
+      const d = consecDaemon(lab, 'alice', dir, a);
       try {
         await d.waitFor(/"msg":"ready"/);
         await server.waitFor(/listening/);
@@ -584,31 +522,8 @@ describe('userspace data plane over IPv6', () => {
         ['alice', a, b],
       ] as const) {
         const dir = freshStateDir('consec-v6-');
-        const r = await ps(
-          [
-            '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-            '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-            `New-NetIPsecRule -DisplayName "v6" -LocalAddress ${local} -RemoteAddress ${remote} ` +
-              '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-          ].join('\n'),
-          dir,
-        );
-        assert.equal(r.errors, 0, r.err);
-        const d = lab.spawn(host, [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          dir,
-          'daemon',
-          '--listen',
-          local,
-          '--dpd',
-          '0',
-        ]);
+        await applyPolicy(dir, { local, remote });
+        const d = consecDaemon(lab, host, dir, local);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
       }
@@ -656,32 +571,8 @@ describe('AH in the data plane', () => {
         ['alice', a, b],
       ] as const) {
         const dir = freshStateDir('consec-ah-');
-        const r = await ps(
-          [
-            '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation AH -AHHash SHA256',
-            '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "AH" -Proposal $qm',
-            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-            `New-NetIPsecRule -DisplayName "ah" -Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` +
-              `-LocalAddress ${local} -RemoteAddress ${remote} -InboundSecurity Require -OutboundSecurity Require ` +
-              '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-          ].join('\n'),
-          dir,
-        );
-        assert.equal(r.errors, 0, r.err);
-        const d = lab.spawn(host, [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          dir,
-          'daemon',
-          '--listen',
-          local,
-          '--dpd',
-          '0',
-        ]);
+        await applyPolicy(dir, { local, remote, tunnel: true, qm: '-Encapsulation AH -AHHash SHA256' });
+        const d = consecDaemon(lab, host, dir, local);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
       }

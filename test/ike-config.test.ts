@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { planNegotiation } from '../src/ike/config.ts';
 import { acceptChosen, espProposals, ikeProposals, selectProposal } from '../src/ike/proposals.ts';
-import { EncrId, EsnId, IntegId, KeId, PrfId, TransformType } from '../src/ike/wire/constants.ts';
+import { EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType } from '../src/ike/wire/constants.ts';
 import { PolicyStores } from '../src/policy/store.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
@@ -36,6 +36,7 @@ describe('Windows proposals → IKEv2 transforms', () => {
       [
         qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' }),
         qmProposal({ Encapsulation: ['AH'], AHHash: 'SHA256' }),
+        qmProposal({ Encapsulation: ['AH', 'ESP'], AHHash: 'SHA256', Encryption: 'AES256', ESPHash: 'SHA256' }),
       ],
       Buffer.from([1, 2, 3, 4]),
       KeId.ECP_256,
@@ -45,7 +46,14 @@ describe('Windows proposals → IKEv2 transforms', () => {
       { type: TransformType.KE, id: KeId.ECP_256 },
       { type: TransformType.ESN, id: EsnId.NO },
     ]);
-    assert.match(esp.skipped.join(''), /AH proposals/);
+    // AH alone is an AH proposal (integrity, PFS group, ESN); AH+ESP bundles cannot be negotiated in IKEv2.
+    assert.equal(esp.proposals[1]?.protocol, ProtocolId.AH);
+    assert.deepEqual(esp.proposals[1]?.transforms, [
+      { type: TransformType.INTEG, id: IntegId.HMAC_SHA2_256_128 },
+      { type: TransformType.KE, id: KeId.ECP_256 },
+      { type: TransformType.ESN, id: EsnId.NO },
+    ]);
+    assert.match(esp.skipped.join(''), /AH together with ESP is a bundle IKEv2 cannot negotiate/);
   });
 
   it('selection picks the first acceptable offer; the initiator accepts only what it offered', () => {
