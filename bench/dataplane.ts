@@ -5,11 +5,10 @@
  *
  *   node --import tsx bench/dataplane.ts [--seconds 5]
  */
-import { join } from 'node:path';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { ROOT } from '../test/helpers.ts';
+import { consecDaemon } from '../test/helpers.ts';
 import { freshStateDir, ps } from '../test/pwsh-helpers.ts';
 
 const seconds = Number(process.argv[process.argv.indexOf('--seconds') + 1] ?? 5) || 5;
@@ -52,22 +51,6 @@ async function policy(local: string, remote: string, tunnel: boolean): Promise<s
   return dir;
 }
 
-function daemon(host: string, dir: string, local: string) {
-  return lab.spawn(host, [
-    process.execPath,
-    '--import',
-    'tsx',
-    join(ROOT, 'src/cli/main.ts'),
-    '--state-dir',
-    dir,
-    'daemon',
-    '--listen',
-    local,
-    '--dpd',
-    '0',
-  ]);
-}
-
 const rows: [string, number][] = [];
 try {
   process.stderr.write('\n');
@@ -80,7 +63,7 @@ try {
   rows.push(['strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP)', await iperf()]);
   await swanA.stop();
 
-  const dA = daemon('alice', await policy(a, b, true), a);
+  const dA = consecDaemon(lab, 'alice', await policy(a, b, true), a);
   await dA.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
   process.stderr.write('\n');
@@ -88,9 +71,9 @@ try {
   await dA.stop('SIGTERM', 5000);
   await swanB.stop();
 
-  const dB = daemon('bob', await policy(b, a, false), b);
+  const dB = consecDaemon(lab, 'bob', await policy(b, a, false), b);
   await dB.waitFor(/"msg":"ready"/);
-  const dA2 = daemon('alice', await policy(a, b, false), a);
+  const dA2 = consecDaemon(lab, 'alice', await policy(a, b, false), a);
   await dA2.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
   process.stderr.write('\n');

@@ -13,26 +13,10 @@ import { Lab as LabClass } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { ROOT } from './helpers.ts';
+import { consecDaemon, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
-
-function daemon(lab: Lab, host: string, stateDir: string, listen: string): LabProcess {
-  return lab.spawn(host, [
-    process.execPath,
-    '--import',
-    'tsx',
-    join(ROOT, 'src/cli/main.ts'),
-    '--state-dir',
-    stateDir,
-    'daemon',
-    '--listen',
-    listen,
-    '--dpd',
-    '0',
-  ]);
-}
 
 /** The daemon's JSON log lines with this message. */
 const lines = (p: LabProcess, msg: string): Record<string, unknown>[] =>
@@ -100,7 +84,7 @@ describe('consec daemon', () => {
       dir,
     );
     assert.equal(setup.errors, 0, setup.err);
-    const d = daemon(lab, 'bob', dir, b);
+    const d = consecDaemon(lab, 'bob', dir, b);
     let alice: Charon | undefined;
     try {
       await d.waitFor(/keying service started/);
@@ -161,7 +145,7 @@ describe('consec daemon', () => {
       dir,
     );
     assert.equal(setup.errors, 0, setup.err);
-    const d = daemon(lab, 'bob', dir, b);
+    const d = consecDaemon(lab, 'bob', dir, b);
     let alice: Charon | undefined;
     try {
       await d.waitFor(/keying service started/);

@@ -14,7 +14,7 @@ import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
-import { events, fixture, ROOT } from './helpers.ts';
+import { consecDaemon, events, fixture, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-dataplane-psk-0123456789';
@@ -55,24 +55,6 @@ async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<void> {
   );
   const r = await ps(lines.join('\n'), stateDir);
   assert.equal(r.errors, 0, r.err);
-}
-
-/** `consec daemon` on `listen` in a lab host, with the policy of `stateDir` (liveness checks off). */
-function consecDaemon(lab: Lab, host: string, stateDir: string, listen: string, extra: string[] = []): LabProcess {
-  return lab.spawn(host, [
-    process.execPath,
-    '--import',
-    'tsx',
-    join(ROOT, 'src/cli/main.ts'),
-    '--state-dir',
-    stateDir,
-    'daemon',
-    '--listen',
-    listen,
-    '--dpd',
-    '0',
-    ...extra,
-  ]);
 }
 
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {

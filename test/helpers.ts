@@ -24,3 +24,21 @@ export function events<T = Record<string, unknown>>(proc: LabProcess, event: str
     .map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((e) => e.event === event) as T[];
 }
+
+/** `consec daemon` on `listen` in a lab host, with the policy of `stateDir` (liveness checks off). */
+export function consecDaemon(lab: Lab, host: string, stateDir: string, listen: string, extra: string[] = []): LabProcess {
+  return lab.spawn(host, [
+    process.execPath,
+    '--import',
+    'tsx',
+    join(ROOT, 'src/cli/main.ts'),
+    '--state-dir',
+    stateDir,
+    'daemon',
+    '--listen',
+    listen,
+    '--dpd',
+    '0',
+    ...extra,
+  ]);
+}
