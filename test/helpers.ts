@@ -26,7 +26,13 @@ export function events<T = Record<string, unknown>>(proc: LabProcess, event: str
 }
 
 /** `consec daemon` on `listen` in a lab host, with the policy of `stateDir` (liveness checks off). */
-export function consecDaemon(lab: Lab, host: string, stateDir: string, listen: string, extra: string[] = []): LabProcess {
+export function consecDaemon(
+  lab: Lab,
+  host: string,
+  stateDir: string,
+  listen: string,
+  extra: string[] = [],
+): LabProcess {
   return lab.spawn(host, [
     process.execPath,
     '--import',
