@@ -246,6 +246,61 @@ describe('Request and exemptions: a peer without IPsec', () => {
     }
   });
 
+  it('Request with RemoteAddress Any (isolation): clear at first, then protected once both sides have the SA', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const daemons: LabProcess[] = [];
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    try {
+      for (const [host, local] of [
+        ['bob', b],
+        ['alice', a],
+      ] as const) {
+        const dir = freshStateDir('consec-any-');
+        const r = await ps(
+          [
+            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+            'New-NetIPsecRule -DisplayName "isolation" -RemoteAddress Any -InboundSecurity Request -OutboundSecurity Request -Phase1AuthSet $p1.Name | Out-Null',
+          ].join('\n'),
+          dir,
+        );
+        assert.equal(r.errors, 0, r.err);
+        const d = consecDaemon(lab, host, dir, local);
+        daemons.push(d);
+        await d.waitFor(/"msg":"ready"/);
+      }
+      const first = await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
+      assert.match(first.stdout, / 0% packet loss/, daemons.map((d) => d.output().slice(-1500)).join('\n---\n'));
+      await new Promise((r) => setTimeout(r, 500));
+      const later = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.match(later.stdout, / 0% packet loss/);
+      assert.match(daemons[0]?.output() ?? '', /"msg":"SA installed"/);
+      await cap.stop();
+      const protocols = await cap.protocols('ip');
+      assert.ok(
+        protocols.some((p) => p.includes(':ip:icmp')),
+        'the first packets went in clear (Request)',
+      );
+      assert.ok(
+        protocols.some((p) => p.endsWith('ip:esp')),
+        `then ESP: ${protocols.join(' ')}`,
+      );
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      for (const h of ['alice', 'bob'])
+        await lab.exec(h, [
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          'daemon',
+          '--remove-filters',
+        ]);
+    }
+  });
+
   it('Require with an authentication exemption for one TCP port: that port passes in clear, the rest is dropped', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');

@@ -13,7 +13,7 @@ import type { ChildSaSink } from '../ike/dataplane.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
-import { entryToRange } from '../filter/address.ts';
+import { ANY_V4, ANY_V6, entryToRange } from '../filter/address.ts';
 import { applyGuard, guardSets, removeGuard, renderGuard } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 import { type CompiledPolicy, compilePolicy } from '../filter/compile.ts';
@@ -65,12 +65,16 @@ function withKeyExport(sink: ChildSaSink, dir: string | undefined): ChildSaSink 
 
 /** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
 async function routeProtected(service: KeyingService, plane: UserspaceDataPlane, log: pino.Logger): Promise<void> {
+  const family = plane.family;
   for (const entry of service.protectedRanges()) {
-    const r = entryToRange(entry);
-    if (!r || entry === 'Any') {
-      log.warn({ entry }, 'not routed into the data plane (only explicit addresses and subnets are, so far)');
+    // Any (server and domain isolation): everything of our family goes through the data plane, which
+    // sends exempt and unruled traffic on in clear.
+    const r = entry === 'Any' ? (family === 4 ? ANY_V4 : ANY_V6) : entryToRange(entry);
+    if (!r) {
+      log.warn({ entry }, 'not routed into the data plane (address keywords are not resolved yet)');
       continue;
     }
+    if (r.family !== family) continue;
     const width = r.family === 4 ? 4 : 16;
     const bytes = (v: number | bigint) => {
       const b = Buffer.alloc(width);

@@ -36,7 +36,8 @@ function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in')
   const localPorts = ports(r.LocalPort);
   const out: string[] = [];
   for (const entry of r.RemoteAddress) {
-    const e = element(entry);
+    // Any: no address match at all (one line covers both families).
+    const e = entry === 'Any' ? undefined : element(entry)[0];
     if (!e && entry !== 'Any') continue;
     const parts: string[] = [];
     if (e) parts.push(`${e.family === 4 ? 'ip' : 'ip6'} ${dir === 'out' ? 'daddr' : 'saddr'} ${e.text}`);
@@ -52,10 +53,15 @@ function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in')
 }
 
 /** nftables element text for a policy address entry (host, CIDR or range), or undefined for keywords. */
-function element(entry: string): { family: 4 | 6; text: string } | undefined {
+function element(entry: string): { family: 4 | 6; text: string }[] {
+  if (entry === 'Any')
+    return [
+      { family: 4, text: '0.0.0.0/0' },
+      { family: 6, text: '::/0' },
+    ];
   const r = entryToRange(entry);
-  if (!r || entry === 'Any' || /^[A-Za-z]/.test(entry)) return undefined;
-  return { family: r.family, text: entry.includes('-') ? entry.replace(/\s+/g, '') : entry };
+  if (!r || /^[A-Za-z]/.test(entry)) return [];
+  return [{ family: r.family, text: entry.includes('-') ? entry.replace(/\s+/g, '') : entry }];
 }
 
 /** What the active policy requires: remote ranges of enabled rules with Require in each direction. */
@@ -77,12 +83,11 @@ export function guardSets(doc: PolicyDocument): GuardSets {
       s.exemptIn.push(...exemptionMatches(r, 'in'));
       continue;
     }
-    const targets = r.Mode === 'Tunnel' ? r.RemoteAddress : r.RemoteAddress;
-    for (const entry of targets) {
-      const e = element(entry);
-      if (!e) continue;
-      if (r.OutboundSecurity === 'Require') (e.family === 4 ? s.out4 : s.out6).push(e.text);
-      if (r.InboundSecurity === 'Require') (e.family === 4 ? s.in4 : s.in6).push(e.text);
+    for (const entry of r.RemoteAddress) {
+      for (const e of element(entry)) {
+        if (r.OutboundSecurity === 'Require') (e.family === 4 ? s.out4 : s.out6).push(e.text);
+        if (r.InboundSecurity === 'Require') (e.family === 4 ? s.in4 : s.in6).push(e.text);
+      }
     }
   }
   s.icmpExempt = doc.settings.Exemptions.includes('Icmp');
@@ -112,6 +117,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  chain output {',
     '    type filter hook output priority 0; policy accept;',
     `    meta mark ${mark} accept`,
+    '    oifname "lo" accept',
     `    oifname "${tun}" accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
@@ -132,6 +138,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  }',
     '  chain input {',
     '    type filter hook input priority 0; policy accept;',
+    '    iifname "lo" accept',
     `    iifname "${tun}" accept`,
     '    udp dport { 500, 4500 } accept',
     '    meta l4proto { esp, ah } accept',

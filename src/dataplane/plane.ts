@@ -126,6 +126,11 @@ export class UserspaceDataPlane implements ChildSaSink {
     writeIp(o.local, this.localBytes);
   }
 
+  /** The IP family of the outer address (one data plane per family). */
+  get family(): 4 | 6 {
+    return this.localBytes.length === 4 ? 4 : 6;
+  }
+
   get tunName(): string {
     return this.tun.name;
   }
