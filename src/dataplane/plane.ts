@@ -383,15 +383,15 @@ export class UserspaceDataPlane implements ChildSaSink {
       g.bytes += packet.length;
       return;
     }
-    if (e.ah) {
-      this.sealAh(e, packet, ip);
-      return;
-    }
-    let esp: Buffer;
+    // Tunnel mode carries the whole packet, transport mode what follows its IP header.
+    const payload = e.mode === 'tunnel' ? packet : packet.subarray(ip.headerLength);
+    const nh = e.mode === 'tunnel' ? (ip.family === 4 ? 4 : 41) : ip.protocol;
+    let sealed: Buffer;
     try {
-      const out = e.out as EspOutbound;
-      if (e.mode === 'tunnel') esp = out.seal(packet, ip.family === 4 ? 4 : 41);
-      else esp = out.seal(packet.subarray(ip.headerLength), ip.protocol);
+      // AH authenticates the outer header too: the whole packet goes out through the IP_HDRINCL socket.
+      sealed = e.ah
+        ? (e.out as AhOutbound).seal(payload, nh, this.localBytes, this.peer(e))
+        : (e.out as EspOutbound).seal(payload, nh);
     } catch (err) {
       this.drop(err instanceof EspError ? err.reason : 'seal');
       this.o.onExpire?.(e.child.spiIn, true);
@@ -400,10 +400,10 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.checkLifetime(e);
     this.stats.packetsOut++;
     this.stats.bytesOut += packet.length;
-    const batch = e.udp ? this.udpOut : this.rawOut;
+    const batch = e.ah ? this.clearOut : e.udp ? this.udpOut : this.rawOut;
     if (batch.count === batch.capacity) this.flushOut();
     const k = batch.count++;
-    batch.set(k, esp, e.remote.address, e.udp ? e.remote.port : undefined);
+    batch.set(k, sealed, e.remote.address, e.udp && !e.ah ? e.remote.port : undefined);
   }
 
   /** Per-SA gather lists of one TUN read, for the addon's batched sealer. */
@@ -462,28 +462,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.touched.length = 0;
   }
 
-  /** AH (IPv4): the whole packet, outer header included, goes out through the IP_HDRINCL socket. */
-  private sealAh(e: SaEntry, packet: Buffer, ip: IpInfo): void {
-    let pkt: Buffer;
-    try {
-      const out = e.out as AhOutbound;
-      const payload = e.mode === 'tunnel' ? packet : packet.subarray(ip.headerLength);
-      const nh = e.mode === 'tunnel' ? (ip.family === 4 ? 4 : 41) : ip.protocol;
-      pkt = out.seal(payload, nh, this.localBytes, this.peer(e));
-    } catch (err) {
-      this.drop(err instanceof EspError ? err.reason : 'seal');
-      this.o.onExpire?.(e.child.spiIn, true);
-      return;
-    }
-    this.checkLifetime(e);
-    this.stats.packetsOut++;
-    this.stats.bytesOut += packet.length;
-    if (this.clearOut.count === this.clearOut.capacity) this.flushOut();
-    const k = this.clearOut.count++;
-    this.clearOut.set(k, pkt);
-    writeIp(e.remote.address, this.clearOut.addrs, k * 16);
-  }
-
+  /** The SA peer's address as octets (cached per address). */
   private peer(e: SaEntry): Buffer {
     let peer = this.peerBytes.get(e.remote.address);
     if (!peer) {
@@ -897,12 +876,7 @@ export class UserspaceDataPlane implements ChildSaSink {
    * us, protocol `nh`, `total` octets with the header.
    */
   private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
-    let peer = this.peerBytes.get(e.remote.address);
-    if (!peer) {
-      peer = Buffer.alloc(this.localBytes.length);
-      writeIp(e.remote.address, peer);
-      this.peerBytes.set(e.remote.address, peer);
-    }
+    const peer = this.peer(e);
     if (this.localBytes.length === 16) {
       buf.writeUInt32BE(0x60000000, off); // version 6, no traffic class, no flow label
       buf.writeUInt16BE(total - 40, off + 4);

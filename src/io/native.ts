@@ -207,6 +207,25 @@ abstract class PolledFd {
   }
 }
 
+/** A socket on Node's loop: PolledFd plus the firewall mark and a bind to a local address. */
+abstract class PolledSocket extends PolledFd {
+  /** Sets SO_MARK so routing rules can tell our own packets apart (needs CAP_NET_ADMIN). */
+  setMark(mark: number): void {
+    this.assertOpen();
+    setSocketMark(this.fd, mark);
+  }
+
+  /** Binds the socket to a local address of its family (and a port, for UDP). */
+  protected bindTo(socketFamily: IpFamily, address: string, port?: number): void {
+    this.assertOpen();
+    const addr = Buffer.alloc(16);
+    const family = writeIp(address, addr);
+    if (family !== socketFamily)
+      throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${socketFamily} socket`);
+    sys(() => native().bindAddress(this.fd, socketFamily, addr, port));
+  }
+}
+
 export interface TunOptions {
   /** Open with IFF_MULTI_QUEUE so several queues (one per worker) can share the device. */
   multiQueue?: boolean;
@@ -254,7 +273,7 @@ export const IPPROTO_AH = 51;
  * IPv6 receives start at the protocol header (the kernel strips the IPv6 header). Sends carry the
  * protocol payload only; the kernel adds the IP header.
  */
-export class RawIpSocket extends PolledFd {
+export class RawIpSocket extends PolledSocket {
   private constructor(
     fd: number,
     readonly family: IpFamily,
@@ -272,18 +291,7 @@ export class RawIpSocket extends PolledFd {
   }
 
   bind(address: string): void {
-    this.assertOpen();
-    const addr = Buffer.alloc(16);
-    const family = writeIp(address, addr);
-    if (family !== this.family)
-      throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
-    sys(() => native().bindAddress(this.fd, this.family, addr));
-  }
-
-  /** Sets SO_MARK so routing rules can tell our own packets apart (needs CAP_NET_ADMIN). */
-  setMark(mark: number): void {
-    this.assertOpen();
-    setSocketMark(this.fd, mark);
+    this.bindTo(this.family, address);
   }
 
   /** recvmmsg into the batch; lengths[i] is -1 for a truncated datagram. Returns the count. */
@@ -308,7 +316,7 @@ export class RawIpSocket extends PolledFd {
  * A UDP socket with batched, allocation-free I/O (recvmmsg/sendmmsg with per-packet peers and
  * ports): IKE and ESP-in-UDP share the one on port 4500, marked so it bypasses the TUN route.
  */
-export class UdpSocket extends PolledFd {
+export class UdpSocket extends PolledSocket {
   private constructor(
     fd: number,
     readonly family: IpFamily,
@@ -324,17 +332,7 @@ export class UdpSocket extends PolledFd {
   }
 
   bind(address: string, port: number): void {
-    this.assertOpen();
-    const addr = Buffer.alloc(16);
-    const family = writeIp(address, addr);
-    if (family !== this.family)
-      throw new NativeIoError('bind', 'EAFNOSUPPORT', `IPv${family} address on an IPv${this.family} socket`);
-    sys(() => native().bindAddress(this.fd, this.family, addr, port));
-  }
-
-  setMark(mark: number): void {
-    this.assertOpen();
-    setSocketMark(this.fd, mark);
+    this.bindTo(this.family, address, port);
   }
 
   /** recvmmsg into the batch (peer address and port per packet); returns the count. */
