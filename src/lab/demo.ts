@@ -1,8 +1,9 @@
 /**
  * `consec lab demo`: the main job. Builds a two-host lab, applies the Windows-syntax policy of
- * examples/demo-policy.ps1 on alice with consec's PowerShell front-end, then has consec negotiate
- * what that policy asks for — IKEv2 with strongSwan on bob — and pings through the new SA with
- * consec's own ESP, while a capture on bob shows that only IKE and ESP cross the wire.
+ * examples/demo-policy.ps1 on alice with consec's PowerShell front-end, then starts `consec daemon`
+ * there: alice's own ping to bob enters consec's data plane, waits while IKEv2 with strongSwan on
+ * bob negotiates what the policy asks for, and crosses as ESP, while a capture on bob shows that only
+ * IKE and ESP cross the wire.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { runPwsh } from '../shell/pwsh-cli.ts';
 import { Capture } from './capture.ts';
 import { requireLabPrerequisites } from './exec.ts';
-import { Lab } from './lab.ts';
+import { Lab, type LabProcess } from './lab.ts';
 import { Charon, pskHostTunnel, strongSwanAvailable } from './strongswan.ts';
 import { hostToHost } from './topology.ts';
 
@@ -37,6 +38,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
   const lab = await Lab.create(hostToHost());
   const state = mkdtempSync(join(tmpdir(), 'consec-demo-'));
   let bob: Charon | undefined;
+  let daemon: LabProcess | undefined;
   try {
     const a = lab.address('alice');
     const b = lab.address('bob');
@@ -59,19 +61,33 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
     out(`   policy applied: ${status === 0 ? 'ok' : 'FAILED'}`);
     if (status !== 0) return 1;
 
-    out('3. consec negotiates what the policy asks for: IKEv2 with strongSwan on bob, then pings through the SA');
+    out('3. consec daemon on alice enforces it; alice pings bob: the first packet waits while IKEv2 negotiates');
     // bob's strongSwan accepts what the demo policy proposes.
     bob = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'lab', secret: DEMO_PSK }));
     const cap = await Capture.start(lab, 'bob', 'eth0');
-    const neg = await lab.exec(
-      'alice',
-      [...consecArgv(), '--state-dir', state, 'ike', 'initiate', b, '--local', a, '--ping', '--keep'],
-      {
-        allowFailure: true,
-        timeoutMs: 60_000,
-      },
-    );
-    for (const line of `${neg.stdout}${neg.stderr}`.split('\n')) if (line.trim()) out(`   ${line}`);
+    daemon = lab.spawn('alice', [...consecArgv(), '--state-dir', state, 'daemon', '--listen', a, '--dpd', '0']);
+    await daemon.waitFor(/"msg":"ready"/, 30_000);
+    const neg = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.3', '-W', '3', b], { allowFailure: true });
+    for (const line of neg.stdout.split('\n')) if (line.trim()) out(`   | ${line}`);
+    out('   the daemon said (Windows audit events and data plane):');
+    for (const line of daemon.output().split('\n')) {
+      if (!line.startsWith('{')) continue;
+      const e = JSON.parse(line) as {
+        msg?: string;
+        audit?: {
+          id: number;
+          mainMode?: { cipher?: string; dhGroup?: string };
+          quickMode?: { protocol: string; encryption: string; inboundSpi: number; outboundSpi: number };
+        };
+      };
+      if (e.audit?.mainMode)
+        out(`     ${e.audit.id} main mode SA established: ${e.audit.mainMode.cipher}, ${e.audit.mainMode.dhGroup}`);
+      else if (e.audit?.quickMode)
+        out(
+          `     ${e.audit.id} quick mode SA established: ${e.audit.quickMode.protocol} ${e.audit.quickMode.encryption}, SPIs in ${e.audit.quickMode.inboundSpi.toString(16).padStart(8, '0')} out ${e.audit.quickMode.outboundSpi.toString(16).padStart(8, '0')}`,
+        );
+      else if (e.msg === 'acquire' || e.msg === 'fail-closed filters installed') out(`     ${e.msg}`);
+    }
 
     out("4. strongSwan's view on bob (swanctl --list-sas):");
     for (const line of (await bob.swanctl(['--list-sas'])).split('\n')) if (line.trim()) out(`   ${line}`);
@@ -89,9 +105,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
         ? `   only IKE and ESP crossed the wire (${esp} ESP packets): no cleartext.`
         : `   CLEARTEXT SEEN: ${clear.join(', ')}`,
     );
-    out('   Still to come: transport mode and raw ESP need a kernel-ESP peer (issue 9); the TUN data plane (issue 6).');
+    out('   Still to come: kernel-ESP peers for transport-mode interop (issue 9); SA views and statistics (issue 7).');
     return neg.code === 0 && clear.length === 0 && esp >= 6 ? 0 : 1;
   } finally {
+    await daemon?.stop('SIGTERM', 5000);
     await bob?.stop();
     await lab.destroy();
     rmSync(state, { recursive: true, force: true });
