@@ -56,6 +56,27 @@ describe('Windows proposals → IKEv2 transforms', () => {
     assert.match(esp.skipped.join(''), /AH together with ESP is a bundle IKEv2 cannot negotiate/);
   });
 
+  it('guaranteed encryption: an integrity-only offer is refused unless our quick mode set allows it', () => {
+    const spi = Buffer.from([0, 0, 0, 9]);
+    const integrityOnly = espProposals(
+      [qmProposal({ Encapsulation: ['ESP'], Encryption: 'None', ESPHash: 'SHA256' })],
+      spi,
+    ).proposals;
+    const encrypted = espProposals(
+      [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })],
+      spi,
+    ).proposals;
+    assert.equal(
+      selectProposal(integrityOnly, encrypted),
+      undefined,
+      'a set that requires encryption never yields a NULL SA',
+    );
+    assert.ok(
+      selectProposal(integrityOnly, [...encrypted, ...integrityOnly]),
+      'a set that offers integrity only accepts it',
+    );
+  });
+
   it('selection picks the first acceptable offer; the initiator accepts only what it offered', () => {
     const ours = ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })]).proposals;
     const theirs = [
