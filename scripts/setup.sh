@@ -13,9 +13,10 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "Node.js $(node --version) is too old: 20 or later is needed"
 [ -e /dev/net/tun ] || die "/dev/net/tun is missing: the kernel needs CONFIG_TUN"
 
-# Debian packages: lab tooling, strongSwan peer with its userspace data plane, capture, addon build.
+# Debian packages: lab tooling, strongSwan peer with its userspace data plane, capture, the lab PKI
+# (openssl) and the data plane benchmark (iperf3), addon build.
 APT_PACKAGES=(
-  iproute2 nftables iputils-ping procps tshark
+  iproute2 nftables iputils-ping procps tshark openssl iperf3
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
   libstrongswan-extra-plugins libcharon-extra-plugins
   python3 make g++
@@ -28,6 +29,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
+  echo 'iperf3 iperf3/start_daemon boolean false' | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
