@@ -33,12 +33,20 @@ describe('consec CLI', () => {
     const bad = consec(['daemon', '--listen', 'nowhere']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^consec: --listen "nowhere" is not an IP address\n$/);
-    const mmsa = consec(['netsh', 'advfirewall', 'monitor', 'show', 'mmsa']);
-    assert.equal(mmsa.code, 2);
+    const profile = consec(['netsh', 'advfirewall', 'monitor', 'show', 'currentprofile']);
+    assert.equal(profile.code, 2);
     assert.match(
-      mmsa.stderr,
-      /^consec: monitor show mmsa .* is not available yet in this build of consec \(tracked in issue 7\)\.\n$/,
+      profile.stderr,
+      /^consec: monitor show currentprofile .* is not available yet in this build of consec \(tracked in issue 7\)\.\n$/,
     );
+    // Live views need the daemon, and say so when it is not running.
+    const dir = freshStateDir('consec-cli-live-');
+    const mmsa = consec(['--state-dir', dir, 'netsh', 'advfirewall', 'monitor', 'show', 'mmsa']);
+    assert.equal(mmsa.code, 1);
+    assert.match(mmsa.stdout + mmsa.stderr, /consec daemon is not running \(no control socket at .*control\.sock\)/);
+    const qm = consec(['--state-dir', dir, 'pwsh', '-Command', 'Get-NetIPsecQuickModeSA']);
+    assert.notEqual(qm.code, 0);
+    assert.match(qm.stdout + qm.stderr, /consec daemon is not running/);
   });
 
   it('netsh takes the words after "netsh" or one quoted command line', () => {

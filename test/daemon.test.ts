@@ -5,7 +5,8 @@
  * the daemon deletes its SAs.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { run } from '../src/lab/exec.ts';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
@@ -100,6 +101,55 @@ describe('consec daemon', () => {
       const audit = lines(d, 'audit 4650')[0]?.audit as { mainMode: { role: string; cipher: string } };
       assert.deepEqual([audit.mainMode.role, audit.mainMode.cipher], ['Responder', 'AES-256']);
       assert.equal(lines(d, 'SA installed')[0]?.spiOut, sa?.children[0]?.spiIn);
+
+      // The live views, as an admin reads them: the same SPIs strongSwan shows, the socket root-only.
+      const cli = (args: string[]) =>
+        run([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--state-dir', dir, ...args], {
+          allowFailure: true,
+        });
+      const qm = await cli([
+        'pwsh',
+        '-Command',
+        'Get-NetIPsecQuickModeSA | Format-List Name, InboundSpi, OutboundSpi, EncapsulationMode, EncryptionAlgorithm',
+      ]);
+      assert.equal(qm.code, 0, qm.stderr);
+      assert.match(qm.stdout, new RegExp(`InboundSpi +: ${sa?.children[0]?.spiOut}`));
+      assert.match(qm.stdout, new RegExp(`OutboundSpi +: ${sa?.children[0]?.spiIn}`));
+      assert.match(qm.stdout, /EncapsulationMode +: Tunnel/);
+      assert.match(qm.stdout, /EncryptionAlgorithm +: AESGCM256/);
+      const mm = await cli(['netsh', 'advfirewall', 'monitor', 'show', 'mmsa']);
+      assert.match(mm.stdout, new RegExp(`Remote IP Address: +${a}`));
+      assert.match(mm.stdout, /MM Offer: +AES256-SHA256 DH Group 14/);
+      assert.match(mm.stdout, /Ok\./);
+      assert.equal(statSync(join(dir, 'control.sock')).mode & 0o777, 0o600);
+      const nobody = await run(
+        [
+          'runuser',
+          '-u',
+          'nobody',
+          '--',
+          process.execPath,
+          '--import',
+          'tsx',
+          join(ROOT, 'src/cli/main.ts'),
+          '--state-dir',
+          dir,
+          'pwsh',
+          '-Command',
+          'Get-NetIPsecMainModeSA',
+        ],
+        { allowFailure: true },
+      );
+      assert.notEqual(nobody.code, 0, 'a non-root user gets nothing');
+      assert.doesNotMatch(nobody.stdout, /CookiePair/);
+      // Remove-NetIPsecQuickModeSA deletes the child SA at strongSwan too; the IKE SA stays.
+      const rmq = await cli(['pwsh', '-Command', 'Get-NetIPsecQuickModeSA | Remove-NetIPsecQuickModeSA']);
+      assert.equal(rmq.code, 0, rmq.stdout + rmq.stderr);
+      await until(
+        async () => ((await (alice as Charon).listSas())[0]?.children ?? []).length === 0,
+        'strongSwan to drop the child SA',
+      );
+      assert.match(alice.log(), /received DELETE for ESP CHILD_SA/);
 
       // A change that leaves the rule alone keeps the SA.
       const add = await ps(

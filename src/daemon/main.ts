@@ -22,6 +22,9 @@ import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualChild } from '../dataplane/manual.ts';
+import { deleteChild } from '../ike/tasks/ike-delete.ts';
+import { startControlServer } from './control.ts';
+import { mainModeSaView, quickModeSaView } from './views.ts';
 
 /** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
 function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict {
@@ -228,12 +231,38 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       );
     }
   }
+  // The control API the CLI's live commands use (SA views and removal), root only.
+  const control = await startControlServer(stateDir, async (req) => {
+    const established = service.sessions().filter((x) => x.state === 'established' || x.state === 'rekeyed');
+    switch (req.method) {
+      case 'mmsa.list':
+        return established.filter((x) => x.state === 'established').map(mainModeSaView);
+      case 'qmsa.list':
+        return established.flatMap((x) => [...x.children.values()].map((e) => quickModeSaView(x, e)));
+      case 'mmsa.remove': {
+        const target = established.find((x) => mainModeSaView(x).Name === req.params.name);
+        if (!target) throw new ConsecError('ERR_NOT_FOUND', `No main mode SA named ${req.params.name}.`);
+        await target.delete('removed by an administrator');
+        return { removed: req.params.name };
+      }
+      case 'qmsa.remove': {
+        for (const x of established)
+          for (const e of x.children.values())
+            if (String(e.child.spiIn.readUInt32BE(0)) === req.params.name) {
+              await deleteChild(x, e, 'removed by an administrator');
+              return { removed: req.params.name };
+            }
+        throw new ConsecError('ERR_NOT_FOUND', `No quick mode SA named ${req.params.name}.`);
+      }
+    }
+  });
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
+      control.close();
       void service
         .stop()
         .then(() => {

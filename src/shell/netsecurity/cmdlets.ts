@@ -47,6 +47,7 @@ import { validateAuthProposal, validateMainModeProposal, validateQuickModePropos
 import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
+import { saCommands } from './sa.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
   addressFilterView,
@@ -662,5 +663,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...settingCommands(stores),
     ...filterCommands(stores),
     ...whatIfCommands(stores),
+    ...saCommands(stores),
   ];
 }

@@ -5,6 +5,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { ConsecError } from '../../errors.ts';
+import { controlRequest } from '../../daemon/control.ts';
 import { parseAddressList, parsePortList, parseProtocol, PolicyValidationError } from '../../policy/endpoints.ts';
 import type { EnumValue, InterfaceType, Profile, TrafficExemption } from '../../policy/enums.ts';
 import {
@@ -431,7 +432,8 @@ export class Netsh {
         const what = matchWord(words.shift(), ['consec', 'mmsa', 'qmsa', 'currentprofile', 'global'], 'command');
         if (what === 'global') return showGlobal(this.stores.read('ActiveStore'));
         if (what === 'consec') return this.monitorConsec(words);
-        throw new NotYetError(`monitor show ${what} (security associations come from the daemon)`, 7);
+        if (what === 'mmsa' || what === 'qmsa') return this.monitorSas(what, words);
+        throw new NotYetError(`monitor show ${what} (network location profiles)`, 7);
       }
     }
     throw new NetshError('The following command was not found.');
@@ -721,6 +723,75 @@ export class Netsh {
       }
     });
     return '';
+  }
+
+  /** `monitor show mmsa|qmsa [address]`: the daemon's SAs in netsh's layout (reference §5.4–5.5). */
+  private async monitorSas(what: 'mmsa' | 'qmsa', words: string[]): Promise<string> {
+    const address = words.shift();
+    let sas: Record<string, unknown>[];
+    try {
+      sas = (await controlRequest(this.stores.stateDir, what === 'mmsa' ? 'mmsa.list' : 'qmsa.list')) as Record<
+        string,
+        unknown
+      >[];
+    } catch (err) {
+      throw new NetshError((err as Error).message);
+    }
+    const field = (label: string, value: unknown) => `${`${label}:`.padEnd(38)}${String(value)}`;
+    const stamp = new Date().toLocaleString('en-US');
+    const blocks: string[] = [];
+    for (const sa of sas) {
+      const local = String(what === 'mmsa' ? sa.LocalEndpoint : sa.LocalTunnelEndpoint || sa.LocalEndpoint);
+      const remote = String(what === 'mmsa' ? sa.RemoteEndpoint : sa.RemoteTunnelEndpoint || sa.RemoteEndpoint);
+      if (address && !`${local} ${remote} ${sa.LocalEndpoint} ${sa.RemoteEndpoint}`.includes(address)) continue;
+      const lines =
+        what === 'mmsa'
+          ? [
+              `Main Mode SA at ${stamp}`,
+              '-'.repeat(70),
+              field('Local IP Address', sa.LocalEndpoint),
+              field('Remote IP Address', sa.RemoteEndpoint),
+              field(
+                'Auth1',
+                (sa.LocalFirstId as { AuthenticationMethod: string }).AuthenticationMethod.replace(
+                  'Machine',
+                  'Computer',
+                ),
+              ),
+              field('Auth2', 'None'),
+              field(
+                'MM Offer',
+                `${sa.CipherAlgorithm}-${sa.HashAlgorithm} ${String(sa.GroupId).replace('DH', 'DH Group ')}`,
+              ),
+              field('Cookie Pair', sa.CookiePair),
+              field('Health Cert', 'No'),
+            ]
+          : [
+              `Quick Mode SA at ${stamp}`,
+              '-'.repeat(70),
+              field('Local IP Address', sa.LocalEndpoint),
+              field('Remote IP Address', sa.RemoteEndpoint),
+              ...(sa.EncapsulationMode === 'Tunnel'
+                ? [
+                    field('Local Tunnel Endpoint', sa.LocalTunnelEndpoint),
+                    field('Remote Tunnel Endpoint', sa.RemoteTunnelEndpoint),
+                  ]
+                : []),
+              field('Local Port', 'Any'),
+              field('Remote Port', 'Any'),
+              field('Protocol', 'Any'),
+              field('Direction', 'Both'),
+              field(
+                'QM Offer',
+                `${sa.Protocol}:${sa.IntegrityAlgorithm}-${sa.EncryptionAlgorithm}+${Math.round(Number(sa.LifetimeSeconds) / 60)}min+${sa.LifetimeKilobytes}kb`,
+              ),
+              field('PFS', sa.PfsGroupId),
+              field('Inbound SPI', sa.InboundSpi),
+              field('Outbound SPI', sa.OutboundSpi),
+            ];
+      blocks.push(lines.join('\n'));
+    }
+    return blocks.length ? `${blocks.join('\n\n')}\n\nOk.` : 'No SAs match the specified criteria.\n\nOk.';
   }
 
   private monitorConsec(words: string[]): string {
