@@ -142,6 +142,10 @@ describe('consec daemon', () => {
       );
       assert.notEqual(nobody.code, 0, 'a non-root user gets nothing');
       assert.doesNotMatch(nobody.stdout, /CookiePair/);
+      const stats = await cli(['pwsh', '-Command', 'Get-NetIPsecStatistics | Format-List']);
+      assert.match(stats.stdout, /ActiveMainModeSAs +: 1/, stats.stdout + stats.stderr);
+      assert.match(stats.stdout, /ActiveQuickModeSAs +: 1/);
+      assert.match(stats.stdout, /MainModeSAsEstablished +: 1/);
       // Remove-NetIPsecQuickModeSA deletes the child SA at strongSwan too; the IKE SA stays.
       const rmq = await cli(['pwsh', '-Command', 'Get-NetIPsecQuickModeSA | Remove-NetIPsecQuickModeSA']);
       assert.equal(rmq.code, 0, rmq.stdout + rmq.stderr);

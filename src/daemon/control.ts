@@ -16,7 +16,7 @@ const requestSchema = z
   .object({
     v: z.literal(CONTROL_VERSION),
     id: z.number().int().nonnegative(),
-    method: z.enum(['mmsa.list', 'qmsa.list', 'mmsa.remove', 'qmsa.remove']),
+    method: z.enum(['mmsa.list', 'qmsa.list', 'mmsa.remove', 'qmsa.remove', 'stats']),
     params: z
       .object({ name: z.string().max(64).optional() })
       .strict()

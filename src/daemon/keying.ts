@@ -130,6 +130,11 @@ export class KeyingService {
     return this.doc;
   }
 
+  /** Half-open IKE SAs over all addresses (IKE_SA_INIT answered, IKE_AUTH not yet). */
+  get halfOpen(): number {
+    return [...this.managers.values()].reduce((n, m) => n + m.counts.halfOpen, 0);
+  }
+
   sessions(): IkeSession[] {
     return [...this.managers.values()].flatMap((m) => m.sessions());
   }

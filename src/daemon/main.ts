@@ -133,6 +133,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     throw new ConsecError('ERR_USAGE', 'manual SAs need the userspace data plane (--dataplane userspace)');
   let plane: UserspaceDataPlane | undefined;
   // The data plane and the keying service call each other: the plane's callbacks find the service here.
+  // Negotiation outcomes, counted from the audit events (Get-NetIPsecStatistics).
+  const auditCounts = new Map<number, number>();
   const late: {
     service?: KeyingService;
     onPolicy?: (doc: PolicyDocument) => void;
@@ -179,7 +181,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => late.onPolicy?.(doc),
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
-    audit: { emit: (event: AuditEvent) => log.info({ audit: event }, `audit ${event.id}`) },
+    audit: {
+      emit: (event: AuditEvent) => {
+        auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
+        log.info({ audit: event }, `audit ${event.id}`);
+      },
+    },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
     log,
@@ -239,6 +246,27 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         return established.filter((x) => x.state === 'established').map(mainModeSaView);
       case 'qmsa.list':
         return established.flatMap((x) => [...x.children.values()].map((e) => quickModeSaView(x, e)));
+      case 'stats': {
+        const count = (...ids: number[]) => ids.reduce((n, id) => n + (auditCounts.get(id) ?? 0), 0);
+        const st = plane?.stats;
+        return {
+          ActiveMainModeSAs: established.filter((x) => x.state === 'established').length,
+          ActiveQuickModeSAs: established.reduce((n, x) => n + x.children.size, 0),
+          PendingMainModeSAs: service.halfOpen,
+          MainModeSAsEstablished: count(4650, 4651),
+          MainModeNegotiationFailures: count(4652, 4653),
+          QuickModeSAsEstablished: count(5451),
+          QuickModeNegotiationFailures: count(4654),
+          MainModeSAsEnded: count(4655),
+          QuickModeSAsEnded: count(5452),
+          PacketsOut: st?.packetsOut ?? 0,
+          PacketsIn: st?.packetsIn ?? 0,
+          BytesOut: st?.bytesOut ?? 0,
+          BytesIn: st?.bytesIn ?? 0,
+          PacketsSentInClear: plane?.clearPackets ?? 0,
+          DroppedPackets: { ...(st?.drops ?? {}) },
+        };
+      }
       case 'mmsa.remove': {
         const target = established.find((x) => mainModeSaView(x).Name === req.params.name);
         if (!target) throw new ConsecError('ERR_NOT_FOUND', `No main mode SA named ${req.params.name}.`);

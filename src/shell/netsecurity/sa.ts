@@ -1,6 +1,7 @@
 /**
  * Live security associations from the running daemon (control API): Get-NetIPsecMainModeSA,
- * Get-NetIPsecQuickModeSA and their Remove- cmdlets, which delete the SA at the peer through IKE.
+ * Get-NetIPsecQuickModeSA and their Remove- cmdlets, which delete the SA at the peer through IKE,
+ * and Get-NetIPsecStatistics (seed 000's name): SA counts, negotiations, traffic, drops by reason.
  * `Get-NetIPsecMainModeSA | Remove-NetIPsecMainModeSA` works as on Windows (by Name).
  */
 import { type ControlMethod, controlRequest } from '../../daemon/control.ts';
@@ -65,7 +66,16 @@ export function saCommands(stores: PolicyStores): CommandDef[] {
       return [];
     },
   });
+  const stats: CommandDef = {
+    name: 'Get-NetIPsecStatistics',
+    params: [],
+    async invoke() {
+      const st = (await ask(stores.stateDir, 'stats')) as Record<string, unknown>;
+      return [psObject('consec.NetIPsecStatistics', st)];
+    },
+  };
   return [
+    stats,
     get('Get-NetIPsecMainModeSA', 'mmsa.list', MM_TYPE),
     get('Get-NetIPsecQuickModeSA', 'qmsa.list', QM_TYPE),
     remove('Remove-NetIPsecMainModeSA', 'mmsa.remove'),
