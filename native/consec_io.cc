@@ -5,6 +5,7 @@
 //   udpOpen(family)                      -> fd              SOCK_DGRAM (IKE and ESP-in-UDP on 4500)
 //   bindAddress(fd, family, addr16[, port]) -> undefined    bind to a local address (and UDP port)
 //   setMark(fd, mark)                    -> undefined       SO_MARK (keeps our ESP out of the TUN route)
+//   setBuffers(fd, rcv, snd)             -> undefined       socket buffer sizes (FORCE when permitted)
 //   close(fd)                            -> undefined
 //   readBatch(fd, buf, slot, lens, max)  -> n               read() until EAGAIN or max packets
 //   writeBatch(fd, buf, offs, lens, n)   -> written         write() each packet; stops on EAGAIN
@@ -185,6 +186,22 @@ Napi::Value SetMark(const Napi::CallbackInfo& info) {
   uint32_t mark = U32Arg(info, 1, "mark must be a 32-bit unsigned integer");
   if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
     throw ErrnoError(env, errno, "setsockopt(SO_MARK)");
+  return env.Undefined();
+}
+
+// setBuffers(fd, rcv, snd): socket buffer sizes; the FORCE variants (CAP_NET_ADMIN) pass the
+// sysctl caps, so a bulk transfer's bursts are not lost in a 200 KB default buffer.
+Napi::Value SetBuffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int rcv = static_cast<int>(U32Arg(info, 1, "rcv must be a non-negative integer"));
+  int snd = static_cast<int>(U32Arg(info, 2, "snd must be a non-negative integer"));
+  if (rcv > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof(rcv)) < 0 &&
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)) < 0)
+    throw ErrnoError(env, errno, "setsockopt(SO_RCVBUF)");
+  if (snd > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &snd, sizeof(snd)) < 0 &&
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof(snd)) < 0)
+    throw ErrnoError(env, errno, "setsockopt(SO_SNDBUF)");
   return env.Undefined();
 }
 
@@ -456,6 +473,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("udpOpen", Napi::Function::New(env, UdpOpen));
   exports.Set("bindAddress", Napi::Function::New(env, BindAddress));
   exports.Set("setMark", Napi::Function::New(env, SetMark));
+  exports.Set("setBuffers", Napi::Function::New(env, SetBuffers));
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("readBatch", Napi::Function::New(env, ReadBatch));
   exports.Set("writeBatch", Napi::Function::New(env, WriteBatch));

@@ -109,6 +109,38 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         const child = sa?.children[0];
         assert.equal(child?.state, 'INSTALLED');
         assert.ok((child?.bytesIn ?? 0) > 4 * 1024 * 1024, `strongSwan decrypted our ESP: ${JSON.stringify(child)}`);
+        // consec's own view of the SA counts the traffic strongSwan counted the other way (read both
+        // once the traffic has settled).
+        await new Promise((r) => setTimeout(r, 500));
+        const view = await run(
+          [
+            process.execPath,
+            '--import',
+            'tsx',
+            join(ROOT, 'src/cli/main.ts'),
+            '--state-dir',
+            dir,
+            'pwsh',
+            '-Command',
+            'Get-NetIPsecQuickModeSA | ConvertTo-Json',
+          ],
+          { allowFailure: true },
+        );
+        const qm = JSON.parse(view.stdout) as {
+          OutboundSpi: string;
+          PacketsOut: number;
+          PacketsIn: number;
+          BytesOut: number;
+        };
+        const settled = (await bob.listSas())[0]?.children[0];
+        assert.equal(qm.OutboundSpi, settled?.spiIn);
+        // UDP may lose a few packets under a bulk transfer (TCP resends them): what one side counts as
+        // received is at most, and nearly all of, what the other counted as sent.
+        const near = (received: number, sent: number, what: string) =>
+          assert.ok(received <= sent && received >= sent * 0.9, `${what}: ${received} received of ${sent} sent`);
+        near(settled?.packetsIn ?? 0, qm.PacketsOut, 'consec → strongSwan');
+        near(qm.PacketsIn, settled?.packetsOut ?? 0, 'strongSwan → consec');
+        assert.ok(qm.BytesOut > 4 * 1024 * 1024, view.stdout);
         assert.ok((child?.bytesOut ?? 0) > 4 * 1024 * 1024, 'and we decrypted strongSwan');
         await cap.stop();
         const protocols = new Set(await cap.protocols('ip'));

@@ -245,7 +245,9 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       case 'mmsa.list':
         return established.filter((x) => x.state === 'established').map(mainModeSaView);
       case 'qmsa.list':
-        return established.flatMap((x) => [...x.children.values()].map((e) => quickModeSaView(x, e)));
+        return established.flatMap((x) =>
+          [...x.children.values()].map((e) => quickModeSaView(x, e, plane?.counters(e.child.spiIn))),
+        );
       case 'stats': {
         const count = (...ids: number[]) => ids.reduce((n, id) => n + (auditCounts.get(id) ?? 0), 0);
         const st = plane?.stats;

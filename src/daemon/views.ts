@@ -104,9 +104,21 @@ export interface QuickModeSaView {
   LocalUDPEncapsulationPort: number;
   RemoteUDPEncapsulationPort: number;
   State: string;
+  /** Traffic through the SA as the data plane counted it (payload octets). */
+  BytesIn: number;
+  BytesOut: number;
+  PacketsIn: number;
+  PacketsOut: number;
 }
 
-export function quickModeSaView(s: IkeSession, e: ChildEntry): QuickModeSaView {
+export interface SaCounters {
+  bytesIn: number;
+  bytesOut: number;
+  packetsIn: number;
+  packetsOut: number;
+}
+
+export function quickModeSaView(s: IkeSession, e: ChildEntry, counters?: SaCounters): QuickModeSaView {
   const c = e.child;
   const tunnel = c.mode === 'tunnel';
   const udp = s.sa.floated;
@@ -129,5 +141,9 @@ export function quickModeSaView(s: IkeSession, e: ChildEntry): QuickModeSaView {
     LocalUDPEncapsulationPort: udp ? s.sa.local.port : 0,
     RemoteUDPEncapsulationPort: udp ? s.sa.remote.port : 0,
     State: e.state === 'installed' ? 'Installed' : e.state,
+    BytesIn: counters?.bytesIn ?? 0,
+    BytesOut: counters?.bytesOut ?? 0,
+    PacketsIn: counters?.packetsIn ?? 0,
+    PacketsOut: counters?.packetsOut ?? 0,
   };
 }

@@ -66,6 +66,7 @@ export interface DataPlaneStats {
 const SLOT = 2048;
 const BATCH = 64;
 const QUEUE_PER_DESTINATION = 32;
+const SOCKET_BUFFER = 8 * 1024 * 1024;
 const QUEUE_TOTAL = 1024;
 const MARKER = Buffer.alloc(4);
 
@@ -126,6 +127,12 @@ export class UserspaceDataPlane implements ChildSaSink {
     writeIp(o.local, this.localBytes);
   }
 
+  /** Traffic counted on the SA whose inbound SPI is `spiIn`, if it is installed here. */
+  counters(spiIn: Buffer): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined {
+    const e = this.sad.inbound(spiIn.readUInt32BE(0));
+    return e && { bytesIn: e.in.bytes, bytesOut: e.out.bytes, packetsIn: e.in.packets, packetsOut: e.out.packets };
+  }
+
   /** The IP family of the outer address (one data plane per family). */
   get family(): 4 | 6 {
     return this.localBytes.length === 4 ? 4 : 6;
@@ -169,6 +176,8 @@ export class UserspaceDataPlane implements ChildSaSink {
       const ah = RawIpSocket.open(family, IPPROTO_AH);
       opened.push(ah);
       for (const s of [udp500, udp4500, raw, clear, ah]) s.setMark(o.mark);
+      // Room for bursts: a bulk transfer arrives faster than one event-loop turn drains it.
+      for (const s of [udp4500, raw, clear, ah]) s.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
       ah.bind(o.local);
       udp500.bind(o.local, 500);
       udp4500.bind(o.local, 4500);

@@ -53,6 +53,7 @@ interface NativeAddon {
   udpOpen(family: IpFamily): number;
   bindAddress(fd: number, family: IpFamily, addr16: Buffer, port?: number): void;
   setMark(fd: number, mark: number): void;
+  setBuffers(fd: number, rcv: number, snd: number): void;
   close(fd: number): void;
   readBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
   writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
@@ -213,6 +214,12 @@ abstract class PolledSocket extends PolledFd {
   setMark(mark: number): void {
     this.assertOpen();
     setSocketMark(this.fd, mark);
+  }
+
+  /** Receive and send buffer sizes in octets (beyond the sysctl caps when the process may). */
+  setBuffers(rcv: number, snd: number): void {
+    this.assertOpen();
+    sys(() => native().setBuffers(this.fd, rcv, snd));
   }
 
   /** Binds the socket to a local address of its family (and a port, for UDP). */
