@@ -77,9 +77,10 @@ interface Gather {
   off: Int32Array;
   len: Int32Array;
   nh: Uint8Array;
-  /** Inbound only: full sequence numbers and their high halves, and the sender. */
+  /** Inbound only: full sequence numbers and their high halves, and each packet's index in its batch. */
   seq?: Float64Array;
   seqHi?: Uint32Array;
+  idx?: Int32Array;
 }
 const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
 
@@ -652,17 +653,17 @@ export class UserspaceDataPlane implements ChildSaSink {
         const len = this.udpIn.lengths[i] as number;
         if (len < 0) continue;
         const data = this.udpIn.packet(i);
-        const from = { address: this.udpIn.address(i, fam), port: this.udpIn.ports[i] as number };
+        const from = () => ({ address: this.udpIn.address(i, fam), port: this.udpIn.ports[i] as number });
         if (port === 500) {
-          this.rx?.ike(Buffer.from(data), from, 500);
+          this.rx?.ike(Buffer.from(data), from(), 500);
           continue;
         }
         if (len === 1 && data[0] === 0xff) continue; // NAT keepalive
         if (len >= 4 && data.readUInt32BE(0) === 0) {
-          this.rx?.ike(Buffer.from(data.subarray(4)), from, 4500);
+          this.rx?.ike(Buffer.from(data.subarray(4)), from(), 4500);
           continue;
         }
-        this.inbound(data, from, true, this.udpIn, i, 0);
+        this.inbound(data, this.udpIn, i, 0);
       }
       this.openPending();
       this.flushTun();
@@ -680,14 +681,15 @@ export class UserspaceDataPlane implements ChildSaSink {
         let data = this.rawIn.packet(i);
         const skip = fam === 4 ? ((data[0] as number) & 0x0f) * 4 : 0; // IPv4 raw receives carry the IP header
         data = data.subarray(skip);
-        this.inbound(data, { address: this.rawIn.address(i, fam), port: 0 }, false, this.rawIn, i, skip);
+        this.inbound(data, this.rawIn, i, skip);
       }
       this.openPending();
       this.flushTun();
     }
   }
 
-  private inbound(esp: Buffer, from: Endpoint, udp: boolean, batch?: PacketBatch, index = -1, skip = 0): void {
+  /** ESP packet `index` of `batch` (UDP 4500 or raw ESP; `skip` octets of IP header before it). */
+  private inbound(esp: Buffer, batch: PacketBatch, index: number, skip: number): void {
     if (esp.length < 8) {
       this.drop('malformed');
       return;
@@ -698,7 +700,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('unknown SPI');
       return;
     }
-    if (e.native && batch && index >= 0) {
+    if (e.native) {
       if (esp.length < 8 + 8 + 4 + 16) {
         this.drop('malformed');
         return;
@@ -715,7 +717,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       g.len[k] = esp.length;
       (g.seq as Float64Array)[k] = seq;
       (g.seqHi as Uint32Array)[k] = Math.floor(seq / 2 ** 32);
-      if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
+      (g.idx as Int32Array)[k] = index;
       return;
     }
     let opened;
@@ -725,8 +727,21 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop(err instanceof EspError ? err.reason : 'malformed');
       return;
     }
-    if (udp && e.udp && (from.address !== e.remote.address || from.port !== e.remote.port)) e.remote = { ...from };
+    this.followPeer(e, batch, index);
     this.deliver(e, opened.payload, opened.nextHeader);
+  }
+
+  /**
+   * An authenticated ESP-in-UDP packet from a new address or port: the peer's NAT mapping changed
+   * (RFC 3948), so replies follow it. Compared as octets; an endpoint is built only on a change.
+   */
+  private followPeer(e: SaEntry, batch: PacketBatch, index: number): void {
+    if (!e.udp || batch !== this.udpIn) return;
+    const peer = this.peer(e);
+    const port = batch.ports[index] as number;
+    if (port === e.remote.port && batch.addrs.compare(peer, 0, peer.length, index * 16, index * 16 + peer.length) === 0)
+      return;
+    e.remote = { address: batch.address(index, peer.length === 4 ? 4 : 6), port };
   }
 
   /** A verified payload of SA `e`: the inner packet checked against the SA's selectors, then to the TUN. */
@@ -788,6 +803,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         nh: new Uint8Array(BATCH),
         seq: new Float64Array(BATCH),
         seqHi: new Uint32Array(BATCH),
+        idx: new Int32Array(BATCH),
       };
       this.gathersIn.set(e, g);
     }
@@ -835,6 +851,7 @@ export class UserspaceDataPlane implements ChildSaSink {
           this.drop('replay');
           continue;
         }
+        this.followPeer(e, src, (g.idx as Int32Array)[k] as number);
         const nh = nhs[k] as number;
         if (nh === NEXT_HEADER_NONE) continue;
         let off = offs[k] as number;
