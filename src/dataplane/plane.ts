@@ -413,7 +413,9 @@ export class UserspaceDataPlane implements ChildSaSink {
     const batch = e.ah ? this.clearOut : e.udp ? this.udpOut : this.rawOut;
     if (batch.count === batch.capacity) this.flushOut();
     const k = batch.count++;
-    batch.set(k, sealed, e.remote.address, e.udp && !e.ah ? e.remote.port : undefined);
+    batch.set(k, sealed);
+    this.peer(e).copy(batch.addrs, k * 16);
+    batch.ports[k] = e.udp && !e.ah ? e.remote.port : 0;
   }
 
   /** Per-SA gather lists of one TUN read, for the addon's batched sealer. */
@@ -459,8 +461,10 @@ export class UserspaceDataPlane implements ChildSaSink {
         e.out.spi,
         first,
       );
+      // The peer's address as cached octets: no address text parsed per packet.
+      const peer = this.peer(e);
       for (let k = batch.count; k < batch.count + count; k++) {
-        writeIp(e.remote.address, batch.addrs, k * 16);
+        peer.copy(batch.addrs, k * 16);
         batch.ports[k] = e.udp ? e.remote.port : 0;
       }
       batch.count += count;
