@@ -14,48 +14,8 @@ import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
-import { consecDaemon, events, fixture, ROOT } from './helpers.ts';
+import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
-
-const PSK = 'lab-only-dataplane-psk-0123456789';
-
-interface PolicyOptions {
-  local: string;
-  remote: string;
-  /** A tunnel between local and remote (else transport between the two hosts). */
-  tunnel?: boolean;
-  /** The protected traffic, when it is not the two hosts' own (tunnel mode between subnets). */
-  localAddress?: string;
-  remoteAddress?: string;
-  /** The quick mode proposal's parameters (default ESP AES-GCM-256). */
-  qm?: string;
-  /** A main mode rule for the IKE peers with AES256-SHA256-DH19 (strongSwan's side of the lab expects it). */
-  mm?: boolean;
-}
-
-/** A Require rule written as a Windows admin would, with a PSK auth set, into `stateDir`. */
-async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<void> {
-  const lines = [
-    `$qm = New-NetIPsecQuickModeCryptoProposal ${o.qm ?? '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256'}`,
-    '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-    `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-    '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-  ];
-  if (o.mm)
-    lines.push(
-      '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-      `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${o.local} -RemoteAddress ${o.remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-    );
-  const tunnel = o.tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${o.local} -RemoteTunnelEndpoint ${o.remote} ` : '';
-  lines.push(
-    `New-NetIPsecRule -DisplayName "protect ${o.remoteAddress ?? o.remote}" ${tunnel}` +
-      `-LocalAddress ${o.localAddress ?? o.local} -RemoteAddress ${o.remoteAddress ?? o.remote} ` +
-      '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-  );
-  const r = await ps(lines.join('\n'), stateDir);
-  assert.equal(r.errors, 0, r.err);
-}
 
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {
   let lab: Lab;

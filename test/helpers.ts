@@ -1,6 +1,8 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
+import { ps } from './pwsh-helpers.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -47,4 +49,50 @@ export function consecDaemon(
     '0',
     ...extra,
   ]);
+}
+
+export const DATAPLANE_PSK = 'lab-only-dataplane-psk-0123456789';
+
+export interface PolicyOptions {
+  local: string;
+  remote: string;
+  /** A tunnel between local and remote (else transport between the two hosts). */
+  tunnel?: boolean;
+  /** The protected traffic, when it is not the two hosts' own (tunnel mode between subnets). */
+  localAddress?: string;
+  remoteAddress?: string;
+  /** The quick mode proposal's parameters (default ESP AES-GCM-256). */
+  qm?: string;
+  /** A main mode rule for the IKE peers with AES256-SHA256-DH19 (strongSwan's side of the lab expects it). */
+  mm?: boolean;
+  /** The phase 1 auth proposal's parameters (default: the pre-shared key `psk`). */
+  auth?: string;
+  psk?: string;
+  /** Request or Require (default) in both directions. */
+  security?: 'Request' | 'Require';
+}
+
+/** A Require rule written as a Windows admin would, with a PSK auth set, into `stateDir`. */
+export async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<void> {
+  const lines = [
+    `$qm = New-NetIPsecQuickModeCryptoProposal ${o.qm ?? '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256'}`,
+    '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+    `$psk = New-NetIPsecAuthProposal -Machine ${o.auth ?? `-PreSharedKey "${o.psk ?? DATAPLANE_PSK}"`}`,
+    '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+  ];
+  if (o.mm)
+    lines.push(
+      '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+      `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${o.local} -RemoteAddress ${o.remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+    );
+  const tunnel = o.tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${o.local} -RemoteTunnelEndpoint ${o.remote} ` : '';
+  lines.push(
+    `New-NetIPsecRule -DisplayName "protect ${o.remoteAddress ?? o.remote}" ${tunnel}` +
+      `-LocalAddress ${o.localAddress ?? o.local} -RemoteAddress ${o.remoteAddress ?? o.remote} ` +
+      `-InboundSecurity ${o.security ?? 'Require'} -OutboundSecurity ${o.security ?? 'Require'} ` +
+      '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+  );
+  const r = await ps(lines.join('\n'), stateDir);
+  assert.equal(r.errors, 0, r.err);
 }

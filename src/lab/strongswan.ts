@@ -134,8 +134,8 @@ export function certHostTunnel(local: string, remote: string, o: CertHostTunnel)
   };
 }
 
-type ConfValue = string | number | boolean | string[] | ConfObject | undefined;
-interface ConfObject {
+export type ConfValue = string | number | boolean | string[] | ConfObject | undefined;
+export interface ConfObject {
   [key: string]: ConfValue;
 }
 
@@ -165,7 +165,7 @@ export function renderConf(obj: ConfObject, indent = ''): string {
   return out;
 }
 
-function swanctlConf(config: CharonConfig): string {
+export function swanctlConf(config: CharonConfig): string {
   const connections: ConfObject = {};
   for (const [name, c] of Object.entries(config.connections)) {
     const children: ConfObject = {};
@@ -199,6 +199,25 @@ function swanctlConf(config: CharonConfig): string {
   return renderConf({ connections, secrets });
 }
 
+/** charon's file log: the IKE, config, kernel and ESP subsystems at `logLevel`, messages at ≤ 1. */
+export function charonFileLog(path: string, logLevel: number): ConfObject {
+  return {
+    lab: {
+      path,
+      time_format: '%T',
+      default: 0,
+      ike: logLevel,
+      cfg: logLevel,
+      knl: logLevel,
+      esp: logLevel,
+      // Message parsing and fragmentation (RFC 7383) at level 1, packets sent/received at 1.
+      enc: Math.min(logLevel, 1),
+      net: Math.min(logLevel, 1),
+      flush_line: true,
+    },
+  };
+}
+
 function strongswanConf(dir: string, logLevel: number): string {
   const vici = `unix://${join(dir, 'charon.vici')}`;
   return renderConf({
@@ -207,21 +226,7 @@ function strongswanConf(dir: string, logLevel: number): string {
       load: PLUGINS,
       install_virtual_ip: false,
       // charon.threads stays at its default (16): at 8 vici requests hang (shared/notes/strongswan-lab.md).
-      filelog: {
-        lab: {
-          path: join(dir, 'charon.log'),
-          time_format: '%T',
-          default: 0,
-          ike: logLevel,
-          cfg: logLevel,
-          knl: logLevel,
-          esp: logLevel,
-          // Message parsing and fragmentation (RFC 7383) at level 1, packets sent/received at 1.
-          enc: Math.min(logLevel, 1),
-          net: Math.min(logLevel, 1),
-          flush_line: true,
-        },
-      },
+      filelog: charonFileLog(join(dir, 'charon.log'), logLevel),
       syslog: { identifier: 'consec-lab-charon', daemon: { default: -1 } },
       plugins: {
         vici: { socket: vici },

@@ -13,7 +13,16 @@
  *   the guest, which writes `ID.out` and `ID.rc`.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { lock } from 'proper-lockfile';
@@ -34,7 +43,8 @@ export type GuestKind = 'strongswan' | 'libreswan';
 const COMMON_PACKAGES = ['iproute2', 'iputils-ping', 'kmod', 'procps', 'iperf3', 'socat'];
 const KIND_PACKAGES: Record<GuestKind, string[]> = {
   strongswan: ['strongswan-charon', 'strongswan-swanctl', 'libstrongswan-standard-plugins'],
-  libreswan: ['libreswan', 'libnss3-tools', 'openssl'],
+  // libreswan depends on the virtual package "host", which debootstrap does not resolve: bind9-host provides it.
+  libreswan: ['libreswan', 'bind9-host', 'libnss3-tools', 'openssl'],
 };
 
 /**
@@ -143,7 +153,10 @@ export async function ensureGuestImage(kind: GuestKind, log: (msg: string) => vo
   mkdirSync(GUEST_CACHE_DIR, { recursive: true, mode: 0o755 });
   const path = join(GUEST_CACHE_DIR, `${kind}-${key}.img`);
   if (existsSync(path)) return { path, built: false, ms: Date.now() - started };
-  const release = await lock(GUEST_CACHE_DIR, { retries: { retries: 600, minTimeout: 500, maxTimeout: 1000 }, stale: 20 * 60_000 });
+  const release = await lock(GUEST_CACHE_DIR, {
+    retries: { retries: 600, minTimeout: 500, maxTimeout: 1000 },
+    stale: 20 * 60_000,
+  });
   try {
     if (existsSync(path)) return { path, built: false, ms: Date.now() - started };
     // Images of older recipes of this kind are no longer used.
@@ -169,7 +182,14 @@ export async function ensureGuestImage(kind: GuestKind, log: (msg: string) => vo
         { timeoutMs: 15 * 60_000, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } },
       );
       // Documentation and locales are dead weight in a guest.
-      for (const dir of ['usr/share/doc', 'usr/share/man', 'usr/share/locale', 'usr/share/info', 'var/cache/apt', 'var/lib/apt/lists']) {
+      for (const dir of [
+        'usr/share/doc',
+        'usr/share/man',
+        'usr/share/locale',
+        'usr/share/info',
+        'var/cache/apt',
+        'var/lib/apt/lists',
+      ]) {
         rmSync(join(root, dir), { recursive: true, force: true });
       }
       mkdirSync(join(root, 'lib', 'modules'), { recursive: true });
@@ -237,12 +257,20 @@ export class Guest {
     const ifaces = lab.spec.links.flatMap((l) => [l.a, l.b]).filter((i) => i.host === host);
     const iface = ifaces[0];
     if (!iface || ifaces.length !== 1) {
-      throw new LabCommandError(`a guest replaces a host with exactly one interface (${host} has ${ifaces.length})`, null, '');
+      throw new LabCommandError(
+        `a guest replaces a host with exactly one interface (${host} has ${ifaces.length})`,
+        null,
+        '',
+      );
     }
     const ns = lab.ns(host);
     const ip = (...args: string[]): Promise<unknown> => run(['ip', '-n', ns, ...args]);
     // The namespace becomes a bridge: veth + TAP, no addresses of its own (IPv6 off, so it says nothing).
-    await lab.exec(host, ['sh', '-c', 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6']);
+    await lab.exec(host, [
+      'sh',
+      '-c',
+      'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6',
+    ]);
     await ip('addr', 'flush', 'dev', iface.name);
     await ip('link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0');
     await ip('link', 'set', iface.name, 'master', 'br0');
@@ -262,7 +290,9 @@ export class Guest {
     for (const r of lab.spec.routes ?? []) {
       if (r.host !== host) continue;
       const six = r.to === 'default6' || (r.to !== 'default' && parsePrefix(r.to).family === 6);
-      boot.push(`ip ${six ? '-6' : '-4'} route add ${r.to.startsWith('default') ? 'default' : shellQuote(r.to)} via ${shellQuote(r.via)}`);
+      boot.push(
+        `ip ${six ? '-6' : '-4'} route add ${r.to.startsWith('default') ? 'default' : shellQuote(r.to)} via ${shellQuote(r.via)}`,
+      );
     }
     writeFileSync(join(dir, 'boot.sh'), `set -e\n${boot.join('\n')}\n`);
     const started = Date.now();
@@ -306,10 +336,16 @@ export class Guest {
     const ready = join(this.dir, 'ready');
     while (!existsSync(ready)) {
       if (!this.proc.running) {
-        throw new LabCommandError(`guest ${this.host} stopped during boot:\n${this.proc.output().slice(-3000)}`, null, '');
+        throw new LabCommandError(
+          `guest ${this.host} stopped during boot:\n${this.proc.output().slice(-3000)}`,
+          null,
+          '',
+        );
       }
       if (Date.now() > deadline) {
-        throw new LabTimeoutError(`guest ${this.host} not ready after ${timeoutMs} ms:\n${this.proc.output().slice(-3000)}`);
+        throw new LabTimeoutError(
+          `guest ${this.host} not ready after ${timeoutMs} ms:\n${this.proc.output().slice(-3000)}`,
+        );
       }
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -331,16 +367,25 @@ export class Guest {
     const rcFile = join(cmd, `${id}.rc`);
     while (!existsSync(rcFile)) {
       if (!this.proc.running) {
-        throw new LabCommandError(`guest ${this.host} stopped while running: ${script}\n${this.proc.output().slice(-2000)}`, null, '');
+        throw new LabCommandError(
+          `guest ${this.host} stopped while running: ${script}\n${this.proc.output().slice(-2000)}`,
+          null,
+          '',
+        );
       }
-      if (Date.now() > deadline) throw new LabTimeoutError(`guest ${this.host}: no exit after ${timeoutMs} ms: ${script}`);
+      if (Date.now() > deadline)
+        throw new LabTimeoutError(`guest ${this.host}: no exit after ${timeoutMs} ms: ${script}`);
       await new Promise((r) => setTimeout(r, 20));
     }
     const code = Number(readFileSync(rcFile, 'utf8').trim());
     const stdout = readFileSync(join(cmd, `${id}.out`), 'utf8');
     for (const ext of ['run', 'out', 'rc']) rmSync(join(cmd, `${id}.${ext}`), { force: true });
     if (code !== 0 && !options.allowFailure) {
-      throw new LabCommandError(`guest ${this.host}: ${script.slice(0, 200)}: exit ${code}: ${stdout.slice(-1000)}`, code, stdout);
+      throw new LabCommandError(
+        `guest ${this.host}: ${script.slice(0, 200)}: exit ${code}: ${stdout.slice(-1000)}`,
+        code,
+        stdout,
+      );
     }
     return { stdout, code };
   }
@@ -404,7 +449,17 @@ export function parseXfrmStates(text: string): XfrmState[] {
     const line = raw.trim();
     let m: RegExpExecArray | null;
     if ((m = /^src (\S+) dst (\S+)$/.exec(line))) {
-      cur = { src: m[1] ?? '', dst: m[2] ?? '', proto: '', spi: '', mode: '', bytes: 0, packets: 0, replayErrors: 0, integrityFailed: 0 };
+      cur = {
+        src: m[1] ?? '',
+        dst: m[2] ?? '',
+        proto: '',
+        spi: '',
+        mode: '',
+        bytes: 0,
+        packets: 0,
+        replayErrors: 0,
+        integrityFailed: 0,
+      };
       states.push(cur);
       inCurrent = false;
       continue;
