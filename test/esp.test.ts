@@ -5,7 +5,7 @@
  * window agrees with a naive model; ESN inference survives the 2^32 wrap and late packets.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { type EspCipher, EspError, EspInbound, type EspInteg, EspOutbound, type EspSaParams } from '../src/esp/esp.ts';
@@ -257,11 +257,42 @@ describe('AH (RFC 4302) over IPv4', () => {
           () => inb.open(routed),
           (e: EspError) => e.reason === 'replay',
         );
+        assert.equal(
+          pkt.length,
+          20 + (integ === 'sha256-128' ? 32 : 48) + 200,
+          'AH padded to 64 bits (as Linux expects)',
+        );
         for (const at of [4, 12, 16, 24, 40, pkt.length - 1]) {
           const bad = out.seal(payload, 6, src, dst);
           bad[at] = (bad[at] as number) ^ 1;
           assert.throws(() => inb.open(bad), EspError, `octet ${at} is authenticated`);
         }
       }
+  });
+
+  it('accepts an AH with only 32-bit alignment (RFC 4302 minimum): HMAC-SHA-256-128 over the zeroed header, computed here independently', async () => {
+    const { AhInbound } = await import('../src/esp/ah.ts');
+    const { internetChecksum } = await import('../src/packet/checksum.ts');
+    const key = randomBytes(32);
+    const payload = randomBytes(64);
+    const pkt = Buffer.alloc(20 + 28 + payload.length);
+    pkt[0] = 0x45;
+    pkt.writeUInt16BE(pkt.length, 2);
+    pkt.writeUInt16BE(0x1234, 4);
+    pkt[9] = 51;
+    Buffer.from([198, 51, 100, 7]).copy(pkt, 12);
+    Buffer.from([198, 51, 100, 8]).copy(pkt, 16);
+    pkt[20] = 17; // next header UDP
+    pkt[21] = 28 / 4 - 2;
+    pkt.writeUInt32BE(0x777, 24);
+    pkt.writeUInt32BE(1, 28);
+    payload.copy(pkt, 48);
+    // TOS, flags, TTL, checksum and the ICV are zero at this point: exactly what is authenticated.
+    createHmac('sha256', key).update(pkt).digest().subarray(0, 16).copy(pkt, 32);
+    pkt[8] = 64;
+    pkt.writeUInt16BE(0x4000, 6);
+    pkt.writeUInt16BE(internetChecksum(pkt, 0, 20), 10);
+    const opened = new AhInbound({ spi: 0x777, integ: 'sha256-128', key }).open(pkt);
+    assert.deepEqual([opened.payload, opened.nextHeader, opened.seq], [payload, 17, 1]);
   });
 });

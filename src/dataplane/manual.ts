@@ -9,9 +9,9 @@
  *       local: 192.0.2.1
  *       remote: 192.0.2.2
  *       mode: transport            # or tunnel
- *       encapsulation: esp         # raw ESP (protocol 50), or esp-udp (port 4500)
- *       cipher: aes-gcm-256        # aes-gcm-128, aes-cbc-128, aes-cbc-256, null
- *       integrity: sha256          # for aes-cbc and null: sha1, sha256, sha384, sha512
+ *       encapsulation: esp         # raw ESP (protocol 50), esp-udp (port 4500), or ah (protocol 51, IPv4)
+ *       cipher: aes-gcm-256        # aes-gcm-128, aes-cbc-128, aes-cbc-256, null; none with ah
+ *       integrity: sha256          # for aes-cbc, null and ah: sha1, sha256, sha384, sha512
  *       esn: false
  *       inbound:  { spi: 0x1001, key: <hex>, integrityKey: <hex> }
  *       outbound: { spi: 0x2002, key: <hex>, integrityKey: <hex> }
@@ -60,11 +60,11 @@ const saSchema = z
     local: address,
     remote: address,
     mode: z.enum(['transport', 'tunnel']).default('transport'),
-    encapsulation: z.enum(['esp', 'esp-udp']).default('esp'),
+    encapsulation: z.enum(['esp', 'esp-udp', 'ah']).default('esp'),
     // YAML reads a bare `null` as no value: it means the NULL cipher here.
     cipher: z.preprocess(
       (v) => (v === null ? 'null' : v),
-      z.enum(['aes-gcm-128', 'aes-gcm-256', 'aes-cbc-128', 'aes-cbc-256', 'null']),
+      z.enum(['aes-gcm-128', 'aes-gcm-256', 'aes-cbc-128', 'aes-cbc-256', 'null']).optional(),
     ),
     integrity: z.enum(['sha1', 'sha256', 'sha384', 'sha512']).optional(),
     esn: z.boolean().default(false),
@@ -75,17 +75,26 @@ const saSchema = z
   })
   .strict()
   .superRefine((sa, ctx) => {
-    const gcm = sa.cipher.startsWith('aes-gcm');
+    const ah = sa.encapsulation === 'ah';
+    if (ah && sa.cipher !== undefined)
+      ctx.addIssue({ code: 'custom', message: `${sa.name}: AH authenticates only; leave out "cipher"` });
+    if (ah && !isIPv4(sa.local))
+      ctx.addIssue({ code: 'custom', message: `${sa.name}: AH is carried over IPv4 only by this data plane` });
+    if (!ah && sa.cipher === undefined) ctx.addIssue({ code: 'custom', message: `${sa.name}: ESP needs "cipher"` });
+    const gcm = sa.cipher?.startsWith('aes-gcm') ?? false;
     if (gcm && sa.integrity)
       ctx.addIssue({ code: 'custom', message: `${sa.name}: AES-GCM carries its own integrity; leave out "integrity"` });
-    if (!gcm && !sa.integrity) ctx.addIssue({ code: 'custom', message: `${sa.name}: ${sa.cipher} needs "integrity"` });
+    if (!gcm && !sa.integrity)
+      ctx.addIssue({ code: 'custom', message: `${sa.name}: ${sa.cipher ?? 'AH'} needs "integrity"` });
     for (const dir of ['inbound', 'outbound'] as const) {
       const d = sa[dir];
-      const want = KEY_BYTES[sa.cipher];
+      const want = sa.cipher ? KEY_BYTES[sa.cipher] : 0;
       if ((d.key?.length ?? 0) !== want)
         ctx.addIssue({
           code: 'custom',
-          message: `${sa.name}: ${dir} key must be ${want} octets for ${sa.cipher}${gcm ? ' (key and 4-octet salt)' : ''}`,
+          message: sa.cipher
+            ? `${sa.name}: ${dir} key must be ${want} octets for ${sa.cipher}${gcm ? ' (key and 4-octet salt)' : ''}`
+            : `${sa.name}: ${dir}: AH has no encryption key, only integrityKey`,
         });
       const iw = sa.integrity ? INTEG_BYTES[sa.integrity] : 0;
       if ((d.integrityKey?.length ?? 0) !== iw)
@@ -149,7 +158,9 @@ const spiBytes = (n: number) => {
 /** A manual SA as the data plane takes negotiated ones (we play the "initiator": keys.*I are ours out). */
 export function manualChild(sa: ManualSa): InstalledChild {
   const transforms: Transform[] = [];
-  if (sa.cipher.startsWith('aes-gcm'))
+  if (sa.cipher === undefined) {
+    /* AH: integrity only */
+  } else if (sa.cipher.startsWith('aes-gcm'))
     transforms.push({
       type: TransformType.ENCR,
       id: EncrId.AES_GCM_16,
@@ -173,7 +184,12 @@ export function manualChild(sa: ManualSa): InstalledChild {
     mode: sa.mode,
     spiIn: spiBytes(sa.inbound.spi),
     spiOut: spiBytes(sa.outbound.spi),
-    proposal: { number: 1, protocol: ProtocolId.ESP, spi: spiBytes(sa.inbound.spi), transforms },
+    proposal: {
+      number: 1,
+      protocol: sa.encapsulation === 'ah' ? ProtocolId.AH : ProtocolId.ESP,
+      spi: spiBytes(sa.inbound.spi),
+      transforms,
+    },
     tsi: (sa.localSelectors ?? [sa.local]).map(selector),
     tsr: (sa.remoteSelectors ?? [sa.remote]).map(selector),
     keys: {
@@ -182,7 +198,7 @@ export function manualChild(sa: ManualSa): InstalledChild {
       encrR: sa.inbound.key ?? Buffer.alloc(0),
       integR: sa.inbound.integrityKey ?? Buffer.alloc(0),
     },
-    encrKeyBytes: KEY_BYTES[sa.cipher],
+    encrKeyBytes: sa.cipher ? KEY_BYTES[sa.cipher] : 0,
     integKeyBytes: sa.integrity ? INTEG_BYTES[sa.integrity] : 0,
     initiator: true,
   };

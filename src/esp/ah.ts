@@ -46,13 +46,20 @@ class AhSa {
     this.key = createSecretKey(p.key);
   }
 
-  /** Octets AH adds to a packet. */
+  /**
+   * Octets AH adds to a packet: header and ICV padded to 64 bits. RFC 4302 §3.3.3.2.1 asks only for
+   * 32-bit alignment over IPv4, but Linux accepts an IPv4 AH only at 64-bit alignment unless the SA
+   * has the align4 flag, and padding is always allowed: HMAC-SHA-256-128 gives 12 + 16 + 4 octets.
+   */
   get overhead(): number {
-    return 12 + this.icvLen;
+    return (12 + this.icvLen + 7) & ~7;
   }
 
-  /** The ICV of an IPv4 packet carrying AH at offset 20 (IHL 5), mutable fields and ICV as zeros. */
-  protected icv(packet: Buffer, seqHigh: number): Buffer {
+  /**
+   * The ICV of an IPv4 packet carrying AH at offset 20 (IHL 5) of `ahLen` octets: mutable fields and
+   * the ICV as zeros, the padding after the ICV as sent (RFC 4302 §3.3.3.1, as Linux computes it).
+   */
+  protected icv(packet: Buffer, seqHigh: number, ahLen: number): Buffer {
     const h = createHmac(this.hash, this.key);
     const head = Buffer.from(packet.subarray(0, 20 + 12));
     head[1] = 0; // TOS
@@ -61,7 +68,8 @@ class AhSa {
     head.writeUInt16BE(0, 10); // checksum
     h.update(head);
     h.update(Buffer.alloc(this.icvLen));
-    h.update(packet.subarray(20 + 12 + this.icvLen));
+    h.update(packet.subarray(20 + 12 + this.icvLen, 20 + ahLen));
+    h.update(packet.subarray(20 + ahLen));
     if (this.esn) {
       const hi = Buffer.alloc(4);
       hi.writeUInt32BE(seqHigh >>> 0);
@@ -90,7 +98,7 @@ export class AhOutbound extends AhSa {
     if (this.seq >= this.limit)
       throw new EspError('sequence-exhausted', `AH SPI ${this.spi.toString(16)}: sequence numbers exhausted`);
     const seq = ++this.seq;
-    const ahLen = 12 + this.icvLen;
+    const ahLen = this.overhead;
     const out = Buffer.alloc(20 + ahLen + payload.length);
     out[0] = 0x45;
     out.writeUInt16BE(out.length, 2);
@@ -106,7 +114,7 @@ export class AhOutbound extends AhSa {
     out.writeUInt32BE(this.spi, 24);
     out.writeUInt32BE(seq % 2 ** 32, 28);
     payload.copy(out, 20 + ahLen);
-    this.icv(out, Math.floor(seq / 2 ** 32)).copy(out, 32);
+    this.icv(out, Math.floor(seq / 2 ** 32), ahLen).copy(out, 32);
     out.writeUInt16BE(internetChecksum(out, 0, 20), 10);
     this.bytes += payload.length;
     this.packets++;
@@ -126,15 +134,16 @@ export class AhInbound extends AhSa {
   open(packet: Buffer): { payload: Buffer; nextHeader: number; seq: number } {
     if (packet.length < 20 + 12 + this.icvLen || packet[0] !== 0x45 || packet[9] !== IPPROTO_AH)
       throw new EspError('malformed', 'not an IPv4 packet with AH (and no IP options)');
+    // Any 32-bit aligned length that holds the ICV: peers pad to 32 (RFC 4302) or 64 bits (Linux).
     const ahLen = ((packet[21] as number) + 2) * 4;
-    if (ahLen !== 12 + this.icvLen || packet.length < 20 + ahLen)
+    if (ahLen < 12 + this.icvLen || ahLen > this.overhead || packet.length < 20 + ahLen)
       throw new EspError('malformed', 'AH length does not fit the SA');
     if (packet.readUInt32BE(24) !== this.spi) throw new EspError('spi', 'AH packet for another SPI');
     const low = packet.readUInt32BE(28);
     const seq = this.esn ? this.replay.inferEsn(low) : low;
     if (seq <= 0 || !this.replay.check(seq))
       throw new EspError('replay', `replayed or too old AH packet (sequence ${seq})`);
-    const expected = this.icv(packet, Math.floor(seq / 2 ** 32));
+    const expected = this.icv(packet, Math.floor(seq / 2 ** 32), ahLen);
     if (!timingSafeEqual(expected, packet.subarray(32, 32 + this.icvLen)))
       throw new EspError('integrity', `AH packet failed its integrity check (SPI ${this.spi.toString(16)})`);
     if (!this.replay.update(seq)) throw new EspError('replay', `replayed AH packet (sequence ${seq})`);
