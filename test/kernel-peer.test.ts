@@ -84,7 +84,7 @@ function espPair(states: XfrmState[], guestAddr: string, peer: string): { out: X
 async function pingAndTransfer(lab: Lab, guest: Guest, from: string, to: string, bytes: number, daemon: LabProcess) {
   const ping = await lab.exec(from, ['ping', '-c', '4', '-i', '0.2', '-W', '3', to], { allowFailure: true });
   assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
-  await guest.sh(`socat -T 20 TCP-LISTEN:5001,reuseaddr,fork EXEC:cat > /dev/null 2>&1 &`);
+  await guest.sh(`socat -T 20 TCP6-LISTEN:5001,ipv6only=0,reuseaddr,fork EXEC:cat > /dev/null 2>&1 &`);
   await guest.sh('for i in $(seq 1 50); do ss -Hltn | grep -q :5001 && exit 0; sleep 0.1; done; exit 1');
   const client = fixture(lab, from, 'tcp-transfer', ['client', to, 5001, bytes]);
   await client.exited;
@@ -177,6 +177,48 @@ describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport
       }
     });
   }
+});
+
+describe('kernel-ESP peer: IPv6 transport mode', () => {
+  let lab: Lab;
+  let guest: Guest;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
+  });
+  after(async () => {
+    await guest?.stop();
+    await lab?.destroy();
+  });
+
+  it('consec ↔ strongSwan over IPv6, raw ESP AES-GCM-256: ping6 and TCP byte for byte; the guest kernel decrypts', async () => {
+    const a = lab.address('alice', 6);
+    const b = lab.address('bob', 6);
+    const dir = freshStateDir('consec-kp6-');
+    await applyPolicy(dir, { local: a, remote: b, mm: true });
+    const swan = await GuestCharon.start(guest, swanTransport(b, a, 'aes256gcm16'));
+    const cap = await Capture.start(lab, 'alice', 'eth0', { filter: 'ip6' });
+    const daemon = consecDaemon(lab, 'alice', dir, a);
+    try {
+      await daemon.waitFor(/"msg":"ready"/);
+      await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon);
+      const pair = espPair(await guest.xfrmStates(), b, a);
+      assert.equal(pair.in.mode, 'transport');
+      assert.equal(pair.in.aead, 'rfc4106(gcm(aes))');
+      assert.ok(pair.in.bytes > 1024 * 1024, `guest inbound bytes ${pair.in.bytes}`);
+      const [qm0] = await quickModeSas(dir);
+      assert.equal(spiHex(qm0?.OutboundSpi ?? ''), pair.in.spi);
+      await cap.stop();
+      // Neighbour discovery stays in clear (ICMPv6, exempt by default); everything else is IKE or ESP.
+      const protocols = new Set(await cap.protocols('ipv6 && !icmpv6'));
+      assert.ok([...protocols].some((p) => p.endsWith('ipv6:esp')), [...protocols].join(' '));
+      for (const p of protocols) assert.match(p, /ipv6:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      await daemon.stop('SIGTERM', 5000);
+      await swan.stop();
+    }
+  });
 });
 
 describe('kernel-ESP peer: strongSwan initiates to consec, certificates', () => {
