@@ -296,3 +296,34 @@ describe('AH (RFC 4302) over IPv4', () => {
     assert.deepEqual([opened.payload, opened.nextHeader, opened.seq], [payload, 17, 1]);
   });
 });
+
+describe('transport mode through a NAT: TCP/UDP checksum recomputed for our addresses (RFC 3948 §3.1.2)', () => {
+  it('a segment checksummed for the NAT address verifies for ours after the fix-up; UDP without checksum stays 0', async () => {
+    const { recomputeTransportChecksum, onesSum, internetChecksum } = await import('../src/packet/checksum.ts');
+    const verify = (pkt: Buffer) =>
+      internetChecksum(pkt, 20, pkt.length - 20, onesSum(pkt, 12, 8) + (pkt[9] as number) + pkt.length - 20);
+    for (const proto of [6, 17]) {
+      const pkt = Buffer.alloc(20 + 200);
+      pkt[0] = 0x45;
+      pkt[9] = proto;
+      randomBytes(180).copy(pkt, 40);
+      Buffer.from([203, 0, 113, 2]).copy(pkt, 12);
+      Buffer.from([203, 0, 113, 1]).copy(pkt, 16); // the NAT's public address, as the peer saw us
+      if (proto === 17) pkt.writeUInt16BE(200, 24);
+      const at = proto === 6 ? 36 : 26;
+      pkt.writeUInt16BE(0, at);
+      pkt.writeUInt16BE(verify(pkt), at);
+      assert.equal(verify(pkt), 0, 'valid for the translated address');
+      Buffer.from([198, 51, 100, 10]).copy(pkt, 16); // our own address, written by the data plane
+      assert.notEqual(verify(pkt), 0, 'no longer valid');
+      recomputeTransportChecksum(pkt, 0, pkt.length);
+      assert.equal(verify(pkt), 0, 'valid again');
+    }
+    const udp = Buffer.alloc(20 + 16);
+    udp[0] = 0x45;
+    udp[9] = 17;
+    udp.writeUInt16BE(16, 24);
+    recomputeTransportChecksum(udp, 0, udp.length);
+    assert.equal(udp.readUInt16BE(26), 0);
+  });
+});

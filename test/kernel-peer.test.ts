@@ -16,7 +16,7 @@ import { GuestCharon, GuestPluto } from '../src/lab/guest-peers.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
-import { hostToHost } from '../src/lab/topology.ts';
+import { behindNat, hostToHost } from '../src/lab/topology.ts';
 import { Guest, type XfrmState } from '../src/lab/uml.ts';
 import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
@@ -211,8 +211,67 @@ describe('kernel-ESP peer: IPv6 transport mode', () => {
       await cap.stop();
       // Neighbour discovery stays in clear (ICMPv6, exempt by default); everything else is IKE or ESP.
       const protocols = new Set(await cap.protocols('ipv6 && !icmpv6'));
-      assert.ok([...protocols].some((p) => p.endsWith('ipv6:esp')), [...protocols].join(' '));
-      for (const p of protocols) assert.match(p, /ipv6:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('ipv6:esp')),
+        [...protocols].join(' '),
+      );
+      for (const p of protocols)
+        assert.match(p, /ipv6:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      await daemon.stop('SIGTERM', 5000);
+      await swan.stop();
+    }
+  });
+});
+
+describe('kernel-ESP peer behind the lab NAT router: transport mode in ESP-in-UDP', () => {
+  let lab: Lab;
+  let guest: Guest;
+  before(async () => {
+    lab = await Lab.create(behindNat());
+    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
+  });
+  after(async () => {
+    await guest?.stop();
+    await lab?.destroy();
+  });
+
+  it('consec behind a masquerading router ↔ strongSwan (kernel): floats to 4500, transport mode ESP-in-UDP, ping and TCP byte for byte', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-kpn-');
+    await applyPolicy(dir, { local: a, remote: b, mm: true });
+    const config = swanTransport(b, '%any', 'aes256gcm16');
+    const conn = config.connections.c as NonNullable<(typeof config.connections)['c']>;
+    conn.remote = { auth: 'psk', id: a };
+    config.psks = [{ ids: [b, a], secret: PSK }];
+    const swan = await GuestCharon.start(guest, config);
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    const daemon = consecDaemon(lab, 'alice', dir, a);
+    try {
+      await daemon.waitFor(/"msg":"ready"/);
+      await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon).catch(async (err: unknown) => {
+        console.log((await swan.log()).slice(-6000));
+        throw err;
+      });
+      const [sa] = await swan.listSas();
+      assert.equal(sa?.remoteHost, lab.address('router', 4, 'eth1'), 'strongSwan sees the router, not alice');
+      assert.equal(sa?.children[0]?.mode, 'TRANSPORT');
+      assert.equal(sa?.children[0]?.encap, true);
+      const states = await guest.xfrmStates();
+      const inbound = states.find((s) => s.dst === b && s.proto === 'esp');
+      assert.equal(inbound?.encap?.type, 'espinudp', JSON.stringify(states));
+      assert.equal(inbound?.mode, 'transport');
+      assert.ok((inbound?.bytes ?? 0) > 1024 * 1024);
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ip'));
+      for (const p of protocols)
+        assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('udpencap:esp')),
+        [...protocols].join(' '),
+      );
     } finally {
       await cap.dispose();
       await daemon.stop('SIGTERM', 5000);

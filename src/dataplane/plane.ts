@@ -19,7 +19,7 @@ import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { readIp, writeIp } from '../io/addr.ts';
 import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
 import { type IpInfo, packetMatches, parseIp } from './ip.ts';
-import { internetChecksum } from '../packet/checksum.ts';
+import { internetChecksum, recomputeTransportChecksum } from '../packet/checksum.ts';
 
 /**
  * The policy's word on an outbound packet: protect or drop (require), protect when possible
@@ -903,7 +903,9 @@ export class UserspaceDataPlane implements ChildSaSink {
 
   /**
    * Writes the IP header of a transport-mode packet at buf[off] (RFC 4303 §3.1.1 in reverse): peer →
-   * us, protocol `nh`, `total` octets with the header.
+   * us, protocol `nh`, `total` octets with the header. Over UDP encapsulation there may be a NAT
+   * between us: the peer's TCP/UDP checksum covers the addresses it saw, so it is recomputed for ours
+   * (RFC 3948 §3.1.2; Linux instead marks such packets as not needing a check).
    */
   private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
     const peer = this.peer(e);
@@ -914,6 +916,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       buf[off + 7] = 64;
       peer.copy(buf, off + 8);
       this.localBytes.copy(buf, off + 24);
+      if (e.udp) recomputeTransportChecksum(buf, off, total);
       return;
     }
     buf[off] = 0x45;
@@ -926,6 +929,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     peer.copy(buf, off + 12);
     this.localBytes.copy(buf, off + 16);
     buf.writeUInt16BE(internetChecksum(buf, off, 20), off + 10);
+    if (e.udp) recomputeTransportChecksum(buf, off, total);
   }
 
   private flushTun(): void {

@@ -10,6 +10,7 @@ import { KeyExchange } from '../crypto/ke.ts';
 import { type ChildKeys, deriveChildKeys } from '../crypto/keys.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
+import { writeIp } from '../../io/addr.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload, Proposal, TrafficSelector } from '../wire/codec.ts';
 import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType } from '../wire/constants.ts';
@@ -134,6 +135,36 @@ export function narrow(
   return out.length > 0 ? out : undefined;
 }
 
+/**
+ * Transport mode through a NAT (RFC 7296 §2.23.1): the selectors name the hosts' own addresses, but
+ * packets carry the translated ones. Each side therefore replaces the address of a host behind a NAT
+ * with the address the IKE packets came from (as strongSwan and Linux do), keeping protocols and ports;
+ * the data plane then sees the selectors it checks packets against. A no-op without NAT or in tunnel mode.
+ */
+function hostSelectors(selectors: readonly TrafficSelector[], address: string): TrafficSelector[] {
+  return selectors.map((t) => {
+    const bytes = Buffer.alloc(t.type === 7 ? 4 : 16);
+    try {
+      writeIp(address, bytes);
+    } catch {
+      return t; // the other family
+    }
+    return { ...t, start: bytes, end: Buffer.from(bytes) };
+  });
+}
+
+export function natTransportSelectors(
+  sa: IkeSa,
+  tsi: readonly TrafficSelector[],
+  tsr: readonly TrafficSelector[],
+): { tsi: TrafficSelector[]; tsr: TrafficSelector[] } {
+  const [initiator, responder] = sa.role === 'initiator' ? [sa.local, sa.remote] : [sa.remote, sa.local];
+  return {
+    tsi: sa.floated ? hostSelectors(tsi, initiator.address) : [...tsi],
+    tsr: sa.floated ? hostSelectors(tsr, responder.address) : [...tsr],
+  };
+}
+
 export type ChildKind = { exchange: 'auth' } | { exchange: 'create' } | { exchange: 'rekey'; old: ChildSa };
 
 /** Initiator half: offers proposals and selectors; `result` is the child once the response is processed. */
@@ -212,12 +243,19 @@ export class ChildCreateInitiator implements Task {
     const chosen = saP.proposals.length === 1 ? acceptChosen(this.offered(), saP.proposals[0] as Proposal) : undefined;
     if (!chosen || chosen.spi.length !== 4)
       throw new IkeError('responder chose a child proposal that was not offered', NotifyType.NO_PROPOSAL_CHOSEN);
-    if (!tsi.selectors.every((t) => within(t, this.tsi)) || !tsr.selectors.every((t) => within(t, this.tsr))) {
-      throw new IkeError('responder widened the traffic selectors', NotifyType.TS_UNACCEPTABLE);
-    }
     const transport = findNotifies(payloads, NotifyType.USE_TRANSPORT_MODE).length > 0;
     if (this.mode === 'transport' && !transport)
       throw new IkeError('responder did not accept transport mode', NotifyType.NO_PROPOSAL_CHOSEN);
+    // Through a NAT the responder answers with the translated host addresses (§2.23.1): compare and
+    // keep both sides' selectors as addresses of the IKE endpoints.
+    const natted = transport && sa.floated;
+    const mine = natted ? natTransportSelectors(sa, this.tsi, this.tsr) : { tsi: this.tsi, tsr: this.tsr };
+    const got = natted
+      ? natTransportSelectors(sa, tsi.selectors, tsr.selectors)
+      : { tsi: tsi.selectors, tsr: tsr.selectors };
+    if (!got.tsi.every((t) => within(t, mine.tsi)) || !got.tsr.every((t) => within(t, mine.tsr))) {
+      throw new IkeError('responder widened the traffic selectors', NotifyType.TS_UNACCEPTABLE);
+    }
     let ex: ChildExchange | undefined;
     if (this.kind.exchange !== 'auth') {
       const nonce = findPayload(payloads, PayloadType.NONCE);
@@ -239,8 +277,8 @@ export class ChildCreateInitiator implements Task {
       chosen,
       this.spi,
       chosen.spi,
-      tsi.selectors,
-      tsr.selectors,
+      got.tsi,
+      got.tsr,
       transport ? 'transport' : 'tunnel',
       ex ?? { nonceI: sa.nonceI as Buffer, nonceR: sa.nonceR as Buffer, initiator: true },
     );
@@ -274,9 +312,14 @@ export function respondChild(
   const offered = saP?.proposals ?? [];
   const chosen =
     exchange === 'auth' ? selectProposal(withoutKe(offered), withoutKe(supported)) : selectProposal(offered, supported);
-  const tsi = tsiP ? narrow(tsiP.selectors, policy.tsi) : undefined;
-  const tsr = tsrP ? narrow(tsrP.selectors, policy.tsr) : undefined;
   const wantsTransport = findNotifies(request, NotifyType.USE_TRANSPORT_MODE).length > 0;
+  // Transport mode through a NAT: selectors name the IKE endpoints' addresses as we see them (§2.23.1).
+  const received =
+    wantsTransport && policy.mode === 'transport' && tsiP && tsrP
+      ? natTransportSelectors(sa, tsiP.selectors, tsrP.selectors)
+      : { tsi: tsiP?.selectors, tsr: tsrP?.selectors };
+  const tsi = received.tsi ? narrow(received.tsi, policy.tsi) : undefined;
+  const tsr = received.tsr ? narrow(received.tsr, policy.tsr) : undefined;
   if (!chosen || chosen.spi.length !== 4) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
   if (!tsi || !tsr) return { payloads: [notify(NotifyType.TS_UNACCEPTABLE)] };
   if (wantsTransport !== (policy.mode === 'transport')) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
