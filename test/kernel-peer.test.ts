@@ -179,6 +179,56 @@ describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport
   }
 });
 
+describe('kernel peer without any IPsec policy: Require vs Request', () => {
+  let lab: Lab;
+  let guest: Guest;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
+  });
+  after(async () => {
+    await guest?.stop();
+    await lab?.destroy();
+  });
+
+  for (const security of ['Require', 'Request'] as const) {
+    it(`${security}: ${security === 'Require' ? 'nothing reaches the guest in clear and its pings are dropped' : 'traffic falls back to clear while IKE is refused'}`, async () => {
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const dir = freshStateDir('consec-kpr-');
+      await applyPolicy(dir, { local: a, remote: b, mm: true, security });
+      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+      const daemon = consecDaemon(lab, 'alice', dir, a);
+      try {
+        await daemon.waitFor(/"msg":"ready"/);
+        const out = await lab.exec('alice', ['ping', '-c', '4', '-i', '0.5', '-W', '1', b], { allowFailure: true });
+        // The guest pings us too: Require drops its cleartext at our door.
+        const back = await guest.exec(['ping', '-c', '2', '-i', '0.3', '-W', '1', a], { allowFailure: true });
+        await cap.stop();
+        // Echo requests and replies only: ip.src also matches the header quoted inside the guest's
+        // "port unreachable" answers to our IKE packets.
+        const icmpFromAlice = (await cap.fields(['ip.src'], `(icmp.type == 0 || icmp.type == 8) && ip.src == ${a}`))
+          .length;
+        const ike = (await cap.fields(['ip.src'], 'udp.port == 500')).length;
+        assert.ok(ike > 0, 'IKE was tried');
+        assert.deepEqual(await guest.xfrmStates(), [], 'the guest has no SA');
+        if (security === 'Require') {
+          assert.match(out.stdout, / 100% packet loss/);
+          assert.equal(icmpFromAlice, 0, 'no cleartext ICMP from alice on the wire');
+          assert.match(back.stdout, / 100% packet loss/, 'cleartext from the guest is not answered');
+        } else {
+          assert.match(out.stdout, / 0% packet loss/, `${out.stdout}${daemon.output().slice(-2000)}`);
+          assert.ok(icmpFromAlice >= 4, 'the pings went in clear');
+          assert.match(back.stdout, / 0% packet loss/);
+        }
+      } finally {
+        await cap.dispose();
+        await daemon.stop('SIGTERM', 5000);
+      }
+    });
+  }
+});
+
 describe('kernel-ESP peer: IPv6 transport mode', () => {
   let lab: Lab;
   let guest: Guest;

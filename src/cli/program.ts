@@ -13,6 +13,7 @@ import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
+import { ensureGuestImage, Guest, guestShell, shellQuote } from '../lab/uml.ts';
 
 class NotYetAvailableError extends ConsecError {
   constructor(what: string, issue: number) {
@@ -137,7 +138,13 @@ export function buildProgram(): Command {
     .command('up')
     .description('build a topology and keep it until Ctrl-C (enter a host with: ip netns exec NAMESPACE bash)')
     .argument('[topology]', `one of: ${Object.keys(TOPOLOGIES).join(', ')}`, 'host-to-host')
-    .action(async (name: string) => {
+    .option(
+      '--guest <host=kind>',
+      'replace a host with a User-Mode Linux guest with kernel IPsec (kind: strongswan or libreswan); repeatable',
+      (v: string, all: string[]) => [...all, v],
+      [] as string[],
+    )
+    .action(async (name: string, opts: { guest: string[] }) => {
       const make = TOPOLOGIES[name];
       if (!make)
         throw new ConsecError(
@@ -153,8 +160,37 @@ export function buildProgram(): Command {
           .map((i) => `${i.name} ${i.addresses.join(' ')}`);
         process.stdout.write(`${h.name.padEnd(8)} ${built.ns(h.name).padEnd(20)} ${addrs.join('; ')}\n`);
       }
+      for (const g of opts.guest) {
+        const [host = '', kind = ''] = g.split('=');
+        if (kind !== 'strongswan' && kind !== 'libreswan')
+          throw new ConsecError('ERR_LAB_TOPOLOGY', `--guest ${g}: the kind is strongswan or libreswan`);
+        const guest = await Guest.boot(built, host, { kind, log: (m) => process.stdout.write(`${m}\n`) });
+        process.stdout.write(
+          `${host.padEnd(8)} UML guest (${kind}, booted in ${guest.bootMs} ms); run commands in it with: consec lab guest-exec ${guest.dir} -- CMD…\n`,
+        );
+      }
       process.stdout.write('lab is up; Ctrl-C tears it down\n');
       await new Promise<void>(() => {});
+    });
+  lab
+    .command('guest-exec')
+    .description('run a command in a running lab guest (the directory `lab up --guest` printed)')
+    .argument('<dir>', "the guest's shared directory")
+    .argument('<command...>', 'command and arguments')
+    .action(async (dir: string, command: string[]) => {
+      const r = await guestShell(dir, command.map(shellQuote).join(' '), { allowFailure: true, timeoutMs: 600_000 });
+      process.stdout.write(r.stdout);
+      process.exitCode = r.code;
+    });
+  lab
+    .command('guest-image')
+    .description('build (or find cached) the guest image of a kind: strongswan or libreswan')
+    .argument('<kind>', 'strongswan or libreswan')
+    .action(async (kind: string) => {
+      if (kind !== 'strongswan' && kind !== 'libreswan')
+        throw new ConsecError('ERR_LAB_TOPOLOGY', `unknown guest kind "${kind}": strongswan or libreswan`);
+      const image = await ensureGuestImage(kind, (m) => process.stdout.write(`${m}\n`));
+      process.stdout.write(`${image.path}${image.built ? '' : ' (cached)'}\n`);
     });
   lab
     .command('cleanup')

@@ -25,6 +25,8 @@ interface LabState {
   ownerStart: string;
   topology: string;
   namespaces: string[];
+  /** Directories the lab owns (guests' shared directories), removed with it. */
+  paths?: string[];
 }
 
 /** A process started inside a lab host, in its own process group. */
@@ -121,6 +123,7 @@ export interface SpawnOptions {
 
 export class Lab {
   private readonly processes = new Set<LabProcess>();
+  private readonly paths = new Set<string>();
   private destroyed = false;
 
   private constructor(
@@ -184,6 +187,13 @@ export class Lab {
     return proc;
   }
 
+  /** Makes `path` (a directory under /tmp) the lab's: removed on teardown, also after a crash. */
+  adopt(path: string): void {
+    if (!path.startsWith('/tmp/consec-')) throw new LabCommandError(`lab refuses to own ${path}`, null, '');
+    this.paths.add(path);
+    this.writeState();
+  }
+
   /** Stops every process, then deletes every namespace (killing whatever still runs inside). */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
@@ -197,6 +207,7 @@ export class Lab {
     this.destroyed = true;
     for (const p of this.processes) killGroup(p.child, 'SIGKILL');
     removeNamespaces(this.namespaces);
+    removePaths([...this.paths]);
     rmSync(join(LAB_STATE_DIR, `${this.id}.json`), { force: true });
     liveLabs.delete(this);
   }
@@ -225,6 +236,7 @@ export class Lab {
         continue;
       }
       removed.push(...removeNamespaces(state.namespaces));
+      removePaths(state.paths ?? []);
       rmSync(path, { force: true });
     }
     // Namespaces of ours with no state file at all (state removed by hand, or a partial crash).
@@ -245,6 +257,7 @@ export class Lab {
       ownerStart: processStart(process.pid) ?? '',
       topology: this.spec.name,
       namespaces: this.namespaces,
+      paths: [...this.paths],
     };
     const path = join(LAB_STATE_DIR, `${this.id}.json`);
     writeFileSync(`${path}.tmp`, JSON.stringify(state));
@@ -340,6 +353,12 @@ function removeNamespaces(names: readonly string[]): string[] {
     if (runSync(['ip', 'netns', 'del', ns]).code === 0) removed.push(ns);
   }
   return removed;
+}
+
+/** Removes lab-owned temporary directories (only ever under /tmp/consec-). */
+function removePaths(paths: readonly string[]): void {
+  for (const p of paths)
+    if (p.startsWith('/tmp/consec-') && !p.includes('..')) rmSync(p, { recursive: true, force: true });
 }
 
 /** The start time of `pid` (field 22 of /proc/PID/stat), or undefined if it does not exist. */

@@ -12,7 +12,7 @@
  * - Exec channel: a host directory mounted into the guest with hostfs; `ID.sh` dropped there runs in
  *   the guest, which writes `ID.out` and `ID.rc`.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -281,6 +281,7 @@ export class Guest {
 
     // The guest's init only mounts a directory of this shape (never an arbitrary host path).
     const dir = mkdtempSync(join('/tmp', `consec-uml-${host}-`));
+    lab.adopt(dir);
     mkdirSync(join(dir, 'cmd'));
     mkdirSync(join(dir, 'uml'));
     const boot: string[] = [`hostname ${shellQuote(host)}`, 'ip link set eth0 up'];
@@ -358,36 +359,14 @@ export class Guest {
 
   /** Runs a shell script in the guest; its output (stdout and stderr together) and exit status. */
   async sh(script: string, options: GuestExecOptions = {}): Promise<{ stdout: string; code: number }> {
-    const id = `c${++this.seq}`;
-    const cmd = join(this.dir, 'cmd');
-    writeFileSync(join(cmd, `${id}.tmp`), `${script}\n`);
-    renameSync(join(cmd, `${id}.tmp`), join(cmd, `${id}.sh`));
-    const timeoutMs = options.timeoutMs ?? 60_000;
-    const deadline = Date.now() + timeoutMs;
-    const rcFile = join(cmd, `${id}.rc`);
-    while (!existsSync(rcFile)) {
-      if (!this.proc.running) {
+    return guestShell(this.dir, script, options, () => {
+      if (!this.proc.running)
         throw new LabCommandError(
           `guest ${this.host} stopped while running: ${script}\n${this.proc.output().slice(-2000)}`,
           null,
           '',
         );
-      }
-      if (Date.now() > deadline)
-        throw new LabTimeoutError(`guest ${this.host}: no exit after ${timeoutMs} ms: ${script}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const code = Number(readFileSync(rcFile, 'utf8').trim());
-    const stdout = readFileSync(join(cmd, `${id}.out`), 'utf8');
-    for (const ext of ['run', 'out', 'rc']) rmSync(join(cmd, `${id}.${ext}`), { force: true });
-    if (code !== 0 && !options.allowFailure) {
-      throw new LabCommandError(
-        `guest ${this.host}: ${script.slice(0, 200)}: exit ${code}: ${stdout.slice(-1000)}`,
-        code,
-        stdout,
-      );
-    }
-    return { stdout, code };
+    });
   }
 
   /** Runs argv in the guest (quoted for its shell). */
@@ -416,6 +395,45 @@ export class Guest {
     await this.proc.stop('SIGKILL', 2000);
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Runs a shell script in the guest whose shared directory is `dir` (the exec channel: `ID.sh` in,
+ * `ID.out` and `ID.rc` back). Usable from any process, e.g. `consec lab guest-exec`; `alive` throws
+ * when the guest is known to be gone.
+ */
+export async function guestShell(
+  dir: string,
+  script: string,
+  options: GuestExecOptions = {},
+  alive: () => void = () => {
+    if (!existsSync(join(dir, 'ready'))) throw new LabCommandError(`no running guest at ${dir}`, null, '');
+  },
+): Promise<{ stdout: string; code: number }> {
+  alive();
+  const id = `c${process.pid}-${randomBytes(4).toString('hex')}`;
+  const cmd = join(dir, 'cmd');
+  writeFileSync(join(cmd, `${id}.tmp`), `${script}\n`);
+  renameSync(join(cmd, `${id}.tmp`), join(cmd, `${id}.sh`));
+  const timeoutMs = options.timeoutMs ?? 60_000;
+  const deadline = Date.now() + timeoutMs;
+  const rcFile = join(cmd, `${id}.rc`);
+  while (!existsSync(rcFile)) {
+    alive();
+    if (Date.now() > deadline) throw new LabTimeoutError(`guest at ${dir}: no exit after ${timeoutMs} ms: ${script}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const code = Number(readFileSync(rcFile, 'utf8').trim());
+  const stdout = readFileSync(join(cmd, `${id}.out`), 'utf8');
+  for (const ext of ['run', 'out', 'rc']) rmSync(join(cmd, `${id}.${ext}`), { force: true });
+  if (code !== 0 && !options.allowFailure) {
+    throw new LabCommandError(
+      `guest at ${dir}: ${script.slice(0, 200)}: exit ${code}: ${stdout.slice(-1000)}`,
+      code,
+      stdout,
+    );
+  }
+  return { stdout, code };
 }
 
 /** One XFRM state as `ip -s xfrm state` prints it. Keys are deliberately not kept. */
