@@ -11,6 +11,7 @@ import { runInitiate } from '../ike/cli.ts';
 import { runDaemon } from '../daemon/main.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
+import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
 import { ensureGuestImage, Guest, guestShell, shellQuote } from '../lab/uml.ts';
@@ -61,6 +62,26 @@ export function buildProgram(): Command {
       });
       // One argument holding a whole command line (e.g. from a script) is split like netsh does.
       process.exitCode = await netsh.run(words.length === 1 ? splitLine(words[0] as string) : words);
+    });
+
+  program
+    .command('auditpol')
+    .description(
+      'audit policy for the Security log, as Windows auditpol: /set /subcategory:"IPsec Main Mode" /success:enable …',
+    )
+    .argument('[words...]', 'the words after "auditpol", e.g. /get /category:*')
+    .allowUnknownOption()
+    .helpOption('--help')
+    .action((words: string[]) => {
+      try {
+        process.stdout.write(
+          runAuditpol(stateDir(program), words.length === 1 ? splitLine(words[0] as string) : words),
+        );
+      } catch (err) {
+        if (!(err instanceof AuditPolicyError)) throw err;
+        process.stderr.write(`${err.message}\n`);
+        process.exitCode = 87; // ERROR_INVALID_PARAMETER, as auditpol exits
+      }
     });
 
   const ike = program.command('ike').description('IKEv2 keying: negotiate what the active policy asks for');

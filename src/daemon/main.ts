@@ -7,6 +7,8 @@
 import { isIP } from 'node:net';
 import pino from 'pino';
 import type { AuditEvent } from '../audit/events.ts';
+import { SecurityLog } from '../audit/log.ts';
+import { LiveAuditPolicy } from '../audit/policy.ts';
 import { ConsecError } from '../errors.ts';
 import { systemHostContext } from '../filter/host-context.ts';
 import type { ChildSaSink } from '../ike/dataplane.ts';
@@ -161,6 +163,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }
+  // The Security log: the events `auditpol` enables, for Get-WinEvent (the debug log above has them all).
+  const auditPolicy = new LiveAuditPolicy(stateDir, (err) =>
+    log.warn({ reason: err.message }, 'audit policy unreadable; keeping the last good one'),
+  );
+  const securityLog = new SecurityLog(stateDir, auditPolicy, (err) =>
+    log.warn({ reason: err.message }, 'cannot write the Security log'),
+  );
   const logOnly: ChildSaSink = {
     install: (sa) =>
       log.info(
@@ -185,6 +194,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       emit: (event: AuditEvent) => {
         auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
         log.info({ audit: event }, `audit ${event.id}`);
+        securityLog.emit(event);
       },
     },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,

@@ -4,17 +4,8 @@
  * every consec process, so a crash mid-write or two CLIs at once never lose or corrupt policy.
  * ActiveStore, RSOP and SystemDefaults are read-only views computed from them.
  */
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from 'node:fs';
+import { writeFileAtomic } from '../io/atomic.ts';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
@@ -242,24 +233,9 @@ export function readStoreFile(file: string, storeName: string): PolicyDocument {
 
 function writeStoreFile(file: string, storeName: string, doc: PolicyDocument): void {
   const body = `${JSON.stringify({ format: 'consec-policy', version: 1, store: storeName, document: doc }, null, 2)}\n`;
-  const tmp = `${file}.tmp-${process.pid}`;
   try {
-    const fd = openSync(tmp, 'w', 0o600);
-    try {
-      writeSync(fd, body);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, file);
-    const dirFd = openSync(dirname(file), 'r');
-    try {
-      fsyncSync(dirFd);
-    } finally {
-      closeSync(dirFd);
-    }
+    writeFileAtomic(file, body);
   } catch (err) {
-    rmSync(tmp, { force: true });
     throw new PolicyStoreError(`Cannot write the policy store "${storeName}": ${(err as Error).message}`, {
       cause: err,
     });

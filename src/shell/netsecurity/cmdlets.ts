@@ -48,6 +48,7 @@ import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMa
 import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
 import { saCommands } from './sa.ts';
+import { winEventCommands } from './winevent.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
   addressFilterView,
@@ -664,5 +665,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...filterCommands(stores),
     ...whatIfCommands(stores),
     ...saCommands(stores),
+    ...winEventCommands(stores),
   ];
 }

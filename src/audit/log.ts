@@ -1,0 +1,219 @@
+/**
+ * consec's Security event log: audit events the audit policy enables, as JSON lines in
+ * `<state dir>/audit/security.jsonl` (owner-only), rotated by size into `security.1.jsonl` …
+ * Records carry the Windows event shape `Get-WinEvent` shows (RecordId, TimeCreated, Id, provider,
+ * task category, keywords, message) plus the event's fields. Reading never needs the daemon.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AuditEvent, EndpointInfo } from './events.ts';
+import type { AuditSink } from './events.ts';
+import type { LiveAuditPolicy } from './policy.ts';
+
+export const SECURITY_PROVIDER = 'Microsoft-Windows-Security-Auditing';
+
+export interface SecurityRecord {
+  RecordId: number;
+  TimeCreated: string;
+  Id: number;
+  LogName: 'Security';
+  ProviderName: string;
+  TaskDisplayName: string;
+  KeywordsDisplayNames: ['Audit Success'] | ['Audit Failure'];
+  LevelDisplayName: 'Information';
+  Message: string;
+  Event: AuditEvent;
+}
+
+export function securityLogDir(stateDir: string): string {
+  return join(stateDir, 'audit');
+}
+
+const TITLES: Record<number, string> = {
+  4650: 'An IPsec Main Mode security association was established. Extended Mode was not enabled. Certificate authentication was not used.',
+  4651: 'An IPsec Main Mode security association was established. Extended Mode was not enabled. A certificate was used for authentication.',
+  4652: 'An IPsec Main Mode negotiation failed.',
+  4653: 'An IPsec Main Mode negotiation failed.',
+  4654: 'An IPsec Quick Mode negotiation failed.',
+  4655: 'An IPsec Main Mode security association ended.',
+  5451: 'An IPsec Quick Mode security association was established.',
+  5452: 'An IPsec Quick Mode security association ended.',
+  5453: 'An IPsec negotiation with a remote computer failed because the IKE and AuthIP IPsec Keying Modules (IKEEXT) service is not started.',
+};
+
+const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
+  e
+    ? [
+        `${title}:`,
+        `\tPrincipal Name:\t\t${e.principal ?? '-'}`,
+        `\tNetwork Address:\t${e.address}`,
+        `\tKeying Module Port:\t${e.port}`,
+        '',
+      ]
+    : [];
+
+/** The event's text as Windows lays it out: title, then sections of tab-indented fields. */
+export function eventMessage(e: AuditEvent): string {
+  const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
+  const info: [string, string | number | undefined][] = [];
+  if ('mainMode' in e) {
+    lines.push(...endpoint('Local Endpoint', e.mainMode.local), ...endpoint('Remote Endpoint', e.mainMode.remote));
+    info.push(
+      ['Keying Module Name', e.mainMode.keyingModule],
+      ['Authentication Method', e.mainMode.authenticationMethod],
+      ['Role', e.mainMode.role],
+      ['Cipher Algorithm', e.mainMode.cipher],
+      ['Integrity Algorithm', e.mainMode.integrity],
+      ['Diffie-Hellman Group', e.mainMode.dhGroup],
+      ['Lifetime (minutes)', e.mainMode.lifetimeMinutes],
+      ['Main Mode SA ID', e.mainMode.mmSaId],
+    );
+  } else if ('quickMode' in e) {
+    const q = e.quickMode;
+    lines.push(...endpoint('Local Endpoint', q.local), ...endpoint('Remote Endpoint', q.remote));
+    info.push(['Mode', q.mode], ['Protocol', q.protocol]);
+    if ('encryption' in q) info.push(['Encryption Algorithm', q.encryption], ['Integrity Algorithm', q.integrity]);
+    info.push(['Inbound SPI', q.inboundSpi], ['Outbound SPI', q.outboundSpi], ['Main Mode SA ID', q.mmSaId]);
+    if ('reason' in e) info.push(['Reason', e.reason]);
+  } else {
+    lines.push(
+      ...endpoint('Local Endpoint', 'local' in e ? e.local : undefined),
+      ...endpoint('Remote Endpoint', e.remote),
+    );
+    if ('keyingModule' in e) info.push(['Keying Module Name', e.keyingModule]);
+    if ('authenticationMethod' in e) info.push(['Authentication Method', e.authenticationMethod]);
+    if ('role' in e) info.push(['Role', e.role]);
+    if ('mmSaId' in e) info.push(['Main Mode SA ID', e.mmSaId]);
+    if ('reason' in e) info.push(['Reason', e.reason]);
+  }
+  lines.push(
+    'Additional Information:',
+    ...info.filter(([, v]) => v !== undefined).map(([k, v]) => `\t${k}:\t${v}`),
+    '',
+  );
+  if ('failure' in e) {
+    const f = e.failure;
+    lines.push(
+      'Failure Information:',
+      `\tFailure Point:\t\t${f.failurePoint}`,
+      `\tFailure Reason:\t\t${f.failureReason}`,
+    );
+    lines.push(`\tState:\t\t\t${f.state}`);
+    if ('initiatorCookie' in f)
+      lines.push(`\tInitiator Cookie:\t${f.initiatorCookie}`, `\tResponder Cookie:\t${f.responderCookie}`);
+    if ('messageId' in f) lines.push(`\tMessage ID:\t\t${f.messageId}`);
+  }
+  return lines.join('\n').trimEnd();
+}
+
+export interface SecurityLogOptions {
+  /** Rotate when the current file exceeds this many octets. Default 16 MiB. */
+  maxBytes?: number;
+  /** Rotated files kept. Default 4. */
+  keep?: number;
+}
+
+/** Writes enabled audit events to the Security log; a write failure is reported, never thrown at the caller. */
+export class SecurityLog implements AuditSink {
+  private recordId: number;
+  private readonly dir: string;
+  private readonly maxBytes: number;
+  private readonly keep: number;
+
+  constructor(
+    stateDir: string,
+    private readonly policy: LiveAuditPolicy,
+    private readonly onError: (err: Error) => void = () => {},
+    o: SecurityLogOptions = {},
+  ) {
+    this.dir = securityLogDir(stateDir);
+    this.maxBytes = o.maxBytes ?? 16 * 1024 * 1024;
+    this.keep = o.keep ?? 4;
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.recordId = lastRecordId(this.dir);
+  }
+
+  emit(event: AuditEvent): void {
+    if (!this.policy.current.enabled(event.subcategory, event.success)) return;
+    const record: SecurityRecord = {
+      RecordId: ++this.recordId,
+      TimeCreated: new Date().toISOString(),
+      Id: event.id,
+      LogName: 'Security',
+      ProviderName: SECURITY_PROVIDER,
+      TaskDisplayName: event.subcategory,
+      KeywordsDisplayNames: event.success ? ['Audit Success'] : ['Audit Failure'],
+      LevelDisplayName: 'Information',
+      Message: eventMessage(event),
+      Event: event,
+    };
+    try {
+      const file = join(this.dir, 'security.jsonl');
+      if (existsSync(file) && statSync(file).size > this.maxBytes) this.rotate();
+      appendFileSync(file, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+    } catch (err) {
+      this.onError(err as Error);
+    }
+  }
+
+  private rotate(): void {
+    rmSync(join(this.dir, `security.${this.keep}.jsonl`), { force: true });
+    for (let i = this.keep - 1; i >= 1; i--) {
+      const from = join(this.dir, `security.${i}.jsonl`);
+      if (existsSync(from)) renameSync(from, join(this.dir, `security.${i + 1}.jsonl`));
+    }
+    renameSync(join(this.dir, 'security.jsonl'), join(this.dir, 'security.1.jsonl'));
+  }
+}
+
+function lastRecordId(dir: string): number {
+  const records = readFile(join(dir, 'security.jsonl'));
+  return records.at(-1)?.RecordId ?? readFile(join(dir, 'security.1.jsonl')).at(-1)?.RecordId ?? 0;
+}
+
+function readFile(file: string): SecurityRecord[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: SecurityRecord[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    try {
+      out.push(JSON.parse(line) as SecurityRecord);
+    } catch {
+      /* a torn last line after a crash: skipped */
+    }
+  }
+  return out;
+}
+
+export interface EventQuery {
+  ids?: number[];
+  startTime?: Date;
+  endTime?: Date;
+  maxEvents?: number;
+}
+
+/** Security log records matching `q`, newest first (as Get-WinEvent returns them). */
+export function readSecurityLog(stateDir: string, q: EventQuery = {}): SecurityRecord[] {
+  const dir = securityLogDir(stateDir);
+  const files: string[] = [];
+  for (let i = 16; i >= 1; i--)
+    if (existsSync(join(dir, `security.${i}.jsonl`))) files.push(join(dir, `security.${i}.jsonl`));
+  files.push(join(dir, 'security.jsonl'));
+  const out: SecurityRecord[] = [];
+  for (const f of files) {
+    for (const r of readFile(f)) {
+      if (q.ids && !q.ids.includes(r.Id)) continue;
+      const t = Date.parse(r.TimeCreated);
+      if (q.startTime && t < q.startTime.getTime()) continue;
+      if (q.endTime && t > q.endTime.getTime()) continue;
+      out.push(r);
+    }
+  }
+  out.reverse();
+  return q.maxEvents === undefined ? out : out.slice(0, q.maxEvents);
+}
