@@ -82,6 +82,13 @@ function espPair(states: XfrmState[], guestAddr: string, peer: string): { out: X
 
 /** ping + a TCP transfer echoed by socat in the guest, bytes compared end to end. */
 async function pingAndTransfer(lab: Lab, guest: Guest, from: string, to: string, bytes: number, daemon: LabProcess) {
+  // The first packet starts IKE; a guest daemon under UML may take seconds to answer (slow generic
+  // crypto), so wait for the SA with single pings first, then require a clean run.
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const first = await lab.exec(from, ['ping', '-c', '1', '-W', '1', to], { allowFailure: true });
+    if (first.code === 0) break;
+  }
   const ping = await lab.exec(from, ['ping', '-c', '4', '-i', '0.2', '-W', '3', to], { allowFailure: true });
   assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
   await guest.sh(`socat -T 20 TCP6-LISTEN:5001,ipv6only=0,reuseaddr,fork EXEC:cat > /dev/null 2>&1 &`);
