@@ -14,7 +14,7 @@ import { runDemo } from '../lab/demo.ts';
 import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
-import { ensureGuestImage, Guest, guestShell, shellQuote } from '../lab/uml.ts';
+import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
 
 class NotYetAvailableError extends ConsecError {
   constructor(what: string, issue: number) {
@@ -183,8 +183,8 @@ export function buildProgram(): Command {
       }
       for (const g of opts.guest) {
         const [host = '', kind = ''] = g.split('=');
-        if (kind !== 'strongswan' && kind !== 'libreswan')
-          throw new ConsecError('ERR_LAB_TOPOLOGY', `--guest ${g}: the kind is strongswan or libreswan`);
+        if (!isGuestKind(kind))
+          throw new ConsecError('ERR_LAB_TOPOLOGY', `--guest ${g}: the kind is one of ${GUEST_KINDS.join(', ')}`);
         const guest = await Guest.boot(built, host, { kind, log: (m) => process.stdout.write(`${m}\n`) });
         process.stdout.write(
           `${host.padEnd(8)} UML guest (${kind}, booted in ${guest.bootMs} ms); run commands in it with: consec lab guest-exec ${guest.dir} -- CMD…\n`,
@@ -208,8 +208,8 @@ export function buildProgram(): Command {
     .description('build (or find cached) the guest image of a kind: strongswan or libreswan')
     .argument('<kind>', 'strongswan or libreswan')
     .action(async (kind: string) => {
-      if (kind !== 'strongswan' && kind !== 'libreswan')
-        throw new ConsecError('ERR_LAB_TOPOLOGY', `unknown guest kind "${kind}": strongswan or libreswan`);
+      if (!isGuestKind(kind))
+        throw new ConsecError('ERR_LAB_TOPOLOGY', `unknown guest kind "${kind}": one of ${GUEST_KINDS.join(', ')}`);
       const image = await ensureGuestImage(kind, (m) => process.stdout.write(`${m}\n`));
       process.stdout.write(`${image.path}${image.built ? '' : ' (cached)'}\n`);
     });

@@ -56,10 +56,10 @@ class AhSa {
   }
 
   /**
-   * The ICV of an IPv4 packet carrying AH at offset 20 (IHL 5) of `ahLen` octets: mutable fields and
-   * the ICV as zeros, the padding after the ICV as sent (RFC 4302 §3.3.3.1, as Linux computes it).
+   * The ICV of an IPv4 packet carrying AH at offset 20 (IHL 5): mutable fields and the ICV as zeros;
+   * any padding after the ICV is authenticated as sent (RFC 4302 §3.3.3.1, as Linux computes it).
    */
-  protected icv(packet: Buffer, seqHigh: number, ahLen: number): Buffer {
+  protected icv(packet: Buffer, seqHigh: number): Buffer {
     const h = createHmac(this.hash, this.key);
     const head = Buffer.from(packet.subarray(0, 20 + 12));
     head[1] = 0; // TOS
@@ -68,8 +68,7 @@ class AhSa {
     head.writeUInt16BE(0, 10); // checksum
     h.update(head);
     h.update(Buffer.alloc(this.icvLen));
-    h.update(packet.subarray(20 + 12 + this.icvLen, 20 + ahLen));
-    h.update(packet.subarray(20 + ahLen));
+    h.update(packet.subarray(20 + 12 + this.icvLen));
     if (this.esn) {
       const hi = Buffer.alloc(4);
       hi.writeUInt32BE(seqHigh >>> 0);
@@ -114,7 +113,7 @@ export class AhOutbound extends AhSa {
     out.writeUInt32BE(this.spi, 24);
     out.writeUInt32BE(seq % 2 ** 32, 28);
     payload.copy(out, 20 + ahLen);
-    this.icv(out, Math.floor(seq / 2 ** 32), ahLen).copy(out, 32);
+    this.icv(out, Math.floor(seq / 2 ** 32)).copy(out, 32);
     out.writeUInt16BE(internetChecksum(out, 0, 20), 10);
     this.bytes += payload.length;
     this.packets++;
@@ -143,7 +142,7 @@ export class AhInbound extends AhSa {
     const seq = this.esn ? this.replay.inferEsn(low) : low;
     if (seq <= 0 || !this.replay.check(seq))
       throw new EspError('replay', `replayed or too old AH packet (sequence ${seq})`);
-    const expected = this.icv(packet, Math.floor(seq / 2 ** 32), ahLen);
+    const expected = this.icv(packet, Math.floor(seq / 2 ** 32));
     if (!timingSafeEqual(expected, packet.subarray(32, 32 + this.icvLen)))
       throw new EspError('integrity', `AH packet failed its integrity check (SPI ${this.spi.toString(16)})`);
     if (!this.replay.update(seq)) throw new EspError('replay', `replayed AH packet (sequence ${seq})`);

@@ -38,7 +38,9 @@ const SUITE = 'bookworm';
 /** Guest memory: enough for charon or pluto plus iperf3 (the note measured 200–260 MB PSS). */
 const GUEST_MEM_MB = 384;
 
-export type GuestKind = 'strongswan' | 'libreswan';
+export const GUEST_KINDS = ['strongswan', 'libreswan'] as const;
+export type GuestKind = (typeof GUEST_KINDS)[number];
+export const isGuestKind = (k: string): k is GuestKind => (GUEST_KINDS as readonly string[]).includes(k);
 
 const COMMON_PACKAGES = ['iproute2', 'iputils-ping', 'kmod', 'procps', 'iperf3', 'socat'];
 const KIND_PACKAGES: Record<GuestKind, string[]> = {

@@ -4,12 +4,12 @@
  * every consec process, so a crash mid-write or two CLIs at once never lose or corrupt policy.
  * ActiveStore, RSOP and SystemDefaults are read-only views computed from them.
  */
-import { writeFileAtomic } from '../io/atomic.ts';
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { ConsecError } from '../errors.ts';
+import { writeFileAtomic } from '../io/atomic.ts';
 import { emptyDocument, type PolicyDocument } from './model.ts';
 import { storeFileSchema } from './schema.ts';
 import { validateDocument } from './validate.ts';

@@ -13,7 +13,7 @@ import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
 import { writeIp } from '../../io/addr.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload, Proposal, TrafficSelector } from '../wire/codec.ts';
-import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType } from '../wire/constants.ts';
+import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType, TsType } from '../wire/constants.ts';
 import { findNotifies, findPayload, notify, type Task } from './task.ts';
 
 export interface ChildSa {
@@ -135,15 +135,10 @@ export function narrow(
   return out.length > 0 ? out : undefined;
 }
 
-/**
- * Transport mode through a NAT (RFC 7296 §2.23.1): the selectors name the hosts' own addresses, but
- * packets carry the translated ones. Each side therefore replaces the address of a host behind a NAT
- * with the address the IKE packets came from (as strongSwan and Linux do), keeping protocols and ports;
- * the data plane then sees the selectors it checks packets against. A no-op without NAT or in tunnel mode.
- */
+/** The selectors with their addresses replaced by `address` (a single host); other families unchanged. */
 function hostSelectors(selectors: readonly TrafficSelector[], address: string): TrafficSelector[] {
   return selectors.map((t) => {
-    const bytes = Buffer.alloc(t.type === 7 ? 4 : 16);
+    const bytes = Buffer.alloc(t.type === TsType.IPV4_ADDR_RANGE ? 4 : 16);
     try {
       writeIp(address, bytes);
     } catch {
@@ -153,7 +148,14 @@ function hostSelectors(selectors: readonly TrafficSelector[], address: string): 
   });
 }
 
-export function natTransportSelectors(
+/**
+ * Transport mode through a NAT (RFC 7296 §2.23.1): the selectors name the hosts' own addresses, but
+ * packets carry the translated ones. Each side therefore replaces the address of a host behind a NAT
+ * with the address the IKE packets came from (as strongSwan and Linux do), keeping protocols and ports;
+ * the data plane then sees the selectors it checks packets against. For transport-mode children only;
+ * without a NAT the selectors come back unchanged.
+ */
+function natTransportSelectors(
   sa: IkeSa,
   tsi: readonly TrafficSelector[],
   tsr: readonly TrafficSelector[],
@@ -248,9 +250,8 @@ export class ChildCreateInitiator implements Task {
       throw new IkeError('responder did not accept transport mode', NotifyType.NO_PROPOSAL_CHOSEN);
     // Through a NAT the responder answers with the translated host addresses (§2.23.1): compare and
     // keep both sides' selectors as addresses of the IKE endpoints.
-    const natted = transport && sa.floated;
-    const mine = natted ? natTransportSelectors(sa, this.tsi, this.tsr) : { tsi: this.tsi, tsr: this.tsr };
-    const got = natted
+    const mine = transport ? natTransportSelectors(sa, this.tsi, this.tsr) : { tsi: this.tsi, tsr: this.tsr };
+    const got = transport
       ? natTransportSelectors(sa, tsi.selectors, tsr.selectors)
       : { tsi: tsi.selectors, tsr: tsr.selectors };
     if (!got.tsi.every((t) => within(t, mine.tsi)) || !got.tsr.every((t) => within(t, mine.tsr))) {
