@@ -14,7 +14,7 @@ import { Lab as LabClass } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecDaemon, ROOT } from './helpers.ts';
+import { consecArgv, consecDaemon, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
@@ -103,10 +103,7 @@ describe('consec daemon', () => {
       assert.equal(lines(d, 'SA installed')[0]?.spiOut, sa?.children[0]?.spiIn);
 
       // The live views, as an admin reads them: the same SPIs strongSwan shows, the socket root-only.
-      const cli = (args: string[]) =>
-        run([process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--state-dir', dir, ...args], {
-          allowFailure: true,
-        });
+      const cli = (args: string[]) => run(consecArgv(args, dir), { allowFailure: true });
       const qm = await cli([
         'pwsh',
         '-Command',
@@ -123,21 +120,7 @@ describe('consec daemon', () => {
       assert.match(mm.stdout, /Ok\./);
       assert.equal(statSync(join(dir, 'control.sock')).mode & 0o777, 0o600);
       const nobody = await run(
-        [
-          'runuser',
-          '-u',
-          'nobody',
-          '--',
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          dir,
-          'pwsh',
-          '-Command',
-          'Get-NetIPsecMainModeSA',
-        ],
+        ['runuser', '-u', 'nobody', '--', ...consecArgv(['pwsh', '-Command', 'Get-NetIPsecMainModeSA'], dir)],
         { allowFailure: true },
       );
       assert.notEqual(nobody.code, 0, 'a non-root user gets nothing');

@@ -14,7 +14,7 @@ import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
-import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT } from './helpers.ts';
+import { applyPolicy, consecArgv, consecDaemon, consecPwsh, DATAPLANE_PSK as PSK, events, fixture } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {
@@ -72,20 +72,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         // consec's own view of the SA counts the traffic strongSwan counted the other way (read both
         // once the traffic has settled).
         await new Promise((r) => setTimeout(r, 500));
-        const view = await run(
-          [
-            process.execPath,
-            '--import',
-            'tsx',
-            join(ROOT, 'src/cli/main.ts'),
-            '--state-dir',
-            dir,
-            'pwsh',
-            '-Command',
-            'Get-NetIPsecQuickModeSA | ConvertTo-Json',
-          ],
-          { allowFailure: true },
-        );
+        const view = await consecPwsh(dir, 'Get-NetIPsecQuickModeSA | ConvertTo-Json');
         const qm = JSON.parse(view.stdout) as {
           OutboundSpi: string;
           PacketsOut: number;
@@ -139,15 +126,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     });
     const bobConfig = pskHostTunnel(b, a, { name: 'c', secret: PSK, esp: ['aes128gcm16'] });
     let bob = await Charon.start(lab, 'bob', bobConfig);
-    const consec = (args: string[]) => [
-      process.execPath,
-      '--import',
-      'tsx',
-      join(ROOT, 'src/cli/main.ts'),
-      '--state-dir',
-      dir,
-      ...args,
-    ];
+    const consec = (args: string[]) => consecArgv(args, dir);
     let daemon: LabProcess | undefined;
     try {
       daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
@@ -281,15 +260,7 @@ describe('Request and exemptions: a peer without IPsec', () => {
     } finally {
       await cap.dispose();
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
-      for (const h of ['alice', 'bob'])
-        await lab.exec(h, [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          'daemon',
-          '--remove-filters',
-        ]);
+      for (const h of ['alice', 'bob']) await lab.exec(h, consecArgv(['daemon', '--remove-filters']));
     }
   });
 
@@ -314,14 +285,7 @@ describe('Request and exemptions: a peer without IPsec', () => {
     } finally {
       await d.stop('SIGTERM', 5000);
       await server.stop();
-      await lab.exec('alice', [
-        process.execPath,
-        '--import',
-        'tsx',
-        join(ROOT, 'src/cli/main.ts'),
-        'daemon',
-        '--remove-filters',
-      ]);
+      await lab.exec('alice', consecArgv(['daemon', '--remove-filters']));
     }
   });
 });

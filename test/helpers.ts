@@ -1,6 +1,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
+import { run, type RunResult } from '../src/lab/exec.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { ps } from './pwsh-helpers.ts';
 
@@ -27,6 +28,23 @@ export function events<T = Record<string, unknown>>(proc: LabProcess, event: str
     .filter((e) => e.event === event) as T[];
 }
 
+/** argv running the consec CLI from source with this Node and tsx, against `stateDir` when given. */
+export function consecArgv(args: readonly string[], stateDir?: string): string[] {
+  return [
+    process.execPath,
+    '--import',
+    'tsx',
+    join(ROOT, 'src/cli/main.ts'),
+    ...(stateDir === undefined ? [] : ['--state-dir', stateDir]),
+    ...args,
+  ];
+}
+
+/** `consec pwsh -Command …` as a separate process (as an admin runs it), never failing on exit status. */
+export function consecPwsh(stateDir: string, command: string): Promise<RunResult> {
+  return run(consecArgv(['pwsh', '-Command', command], stateDir), { allowFailure: true });
+}
+
 /** `consec daemon` on `listen` in a lab host, with the policy of `stateDir` (liveness checks off). */
 export function consecDaemon(
   lab: Lab,
@@ -35,20 +53,7 @@ export function consecDaemon(
   listen: string,
   extra: string[] = [],
 ): LabProcess {
-  return lab.spawn(host, [
-    process.execPath,
-    '--import',
-    'tsx',
-    join(ROOT, 'src/cli/main.ts'),
-    '--state-dir',
-    stateDir,
-    'daemon',
-    '--listen',
-    listen,
-    '--dpd',
-    '0',
-    ...extra,
-  ]);
+  return lab.spawn(host, consecArgv(['daemon', '--listen', listen, '--dpd', '0', ...extra], stateDir));
 }
 
 export const DATAPLANE_PSK = 'lab-only-dataplane-psk-0123456789';

@@ -11,14 +11,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
-import { run } from '../src/lab/exec.ts';
 import { GuestCharon, GuestPluto } from '../src/lab/guest-peers.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
-import { behindNat, hostToHost } from '../src/lab/topology.ts';
-import { Guest, type XfrmState } from '../src/lab/uml.ts';
-import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT } from './helpers.ts';
+import { behindNat, hostToHost, type TopologySpec } from '../src/lab/topology.ts';
+import { Guest, type GuestKind, type XfrmState } from '../src/lab/uml.ts';
+import { applyPolicy, consecDaemon, consecPwsh, DATAPLANE_PSK as PSK, events, fixture } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
 
 const log = (msg: string): void => console.log(`# ${msg}`);
@@ -52,20 +51,7 @@ interface QmView {
 }
 
 async function quickModeSas(dir: string): Promise<QmView[]> {
-  const view = await run(
-    [
-      process.execPath,
-      '--import',
-      'tsx',
-      join(ROOT, 'src/cli/main.ts'),
-      '--state-dir',
-      dir,
-      'pwsh',
-      '-Command',
-      'Get-NetIPsecQuickModeSA | ConvertTo-Json',
-    ],
-    { allowFailure: true },
-  );
+  const view = await consecPwsh(dir, 'Get-NetIPsecQuickModeSA | ConvertTo-Json');
   const parsed = JSON.parse(view.stdout || '[]') as QmView | QmView[];
   return Array.isArray(parsed) ? parsed : [parsed];
 }
@@ -102,18 +88,27 @@ async function pingAndTransfer(lab: Lab, guest: Guest, from: string, to: string,
   assert.equal(done.received, done.sent, 'every byte came back unchanged');
 }
 
-describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport mode, raw ESP', () => {
-  let lab: Lab;
-  let guest: Guest;
+/**
+ * A lab of `topology` whose host bob is a UML guest of `kind`, built before the suite's tests and
+ * torn down after them (also when they fail).
+ */
+function guestLab(kind: GuestKind, topology: () => TopologySpec): { lab: Lab; guest: Guest } {
+  const env = {} as { lab: Lab; guest: Guest };
   before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-    log(`guest booted in ${guest.bootMs} ms (image ${guest.image.built ? `built in ${guest.image.ms} ms` : 'cached'})`);
+    env.lab = await Lab.create(topology());
+    env.guest = await Guest.boot(env.lab, 'bob', { kind, log });
+    const image = env.guest.image.built ? `built in ${env.guest.image.ms} ms` : 'cached';
+    log(`${kind} guest booted in ${env.guest.bootMs} ms (image ${image})`);
   });
   after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
+    await env.guest?.stop();
+    await env.lab?.destroy();
   });
+  return env;
+}
+
+describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport mode, raw ESP', () => {
+  const env = guestLab('strongswan', hostToHost);
 
   for (const [name, qm, esp, aead, enc] of [
     [
@@ -132,6 +127,7 @@ describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport
     ],
   ] as const) {
     it(`${name}, consec initiates: ping and 2 MB TCP byte for byte; the guest kernel's SAs match consec's; only IKE and ESP on the wire`, async () => {
+      const { lab, guest } = env;
       const a = lab.address('alice');
       const b = lab.address('bob');
       const dir = freshStateDir('consec-kp-');
@@ -187,19 +183,11 @@ describe('kernel-ESP peer: strongSwan (kernel-netlink) in a UML guest, transport
 });
 
 describe('kernel peer without any IPsec policy: Require vs Request', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('strongswan', hostToHost);
 
   for (const security of ['Require', 'Request'] as const) {
     it(`${security}: ${security === 'Require' ? 'nothing reaches the guest in clear and its pings are dropped' : 'traffic falls back to clear while IKE is refused'}`, async () => {
+      const { lab, guest } = env;
       const a = lab.address('alice');
       const b = lab.address('bob');
       const dir = freshStateDir('consec-kpr-');
@@ -237,18 +225,10 @@ describe('kernel peer without any IPsec policy: Require vs Request', () => {
 });
 
 describe('kernel-ESP peer: IPv6 transport mode', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('strongswan', hostToHost);
 
   it('consec ↔ strongSwan over IPv6, raw ESP AES-GCM-256: ping6 and TCP byte for byte; the guest kernel decrypts', async () => {
+    const { lab, guest } = env;
     const a = lab.address('alice', 6);
     const b = lab.address('bob', 6);
     const dir = freshStateDir('consec-kp6-');
@@ -283,18 +263,10 @@ describe('kernel-ESP peer: IPv6 transport mode', () => {
 });
 
 describe('kernel-ESP peer behind the lab NAT router: transport mode in ESP-in-UDP', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(behindNat());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('strongswan', behindNat);
 
   it('consec behind a masquerading router ↔ strongSwan (kernel): floats to 4500, transport mode ESP-in-UDP, ping and TCP byte for byte', async () => {
+    const { lab, guest } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = freshStateDir('consec-kpn-');
@@ -338,18 +310,10 @@ describe('kernel-ESP peer behind the lab NAT router: transport mode in ESP-in-UD
 });
 
 describe('kernel-ESP peer: strongSwan initiates to consec, certificates', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('strongswan', hostToHost);
 
   it('ECDSA P-384 certificates, AES-CBC-256 + HMAC-SHA-256: the guest initiates, consec responds; traffic both ways', async () => {
+    const { lab, guest } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = freshStateDir('consec-kpc-');
@@ -416,22 +380,11 @@ describe('kernel-ESP peer: strongSwan initiates to consec, certificates', () => 
 });
 
 describe('kernel-ESP peer: libreswan (pluto, kernel XFRM) in a UML guest, transport mode, raw ESP', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'libreswan', log });
-    log(
-      `libreswan guest booted in ${guest.bootMs} ms (image ${guest.image.built ? `built in ${guest.image.ms} ms` : 'cached'})`,
-    );
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('libreswan', hostToHost);
 
   for (const initiator of ['consec', 'libreswan'] as const) {
     it(`PSK, AES-GCM-256, ${initiator} initiates: ping and TCP byte for byte; SPIs equal on both sides`, async () => {
+      const { lab, guest } = env;
       const a = lab.address('alice');
       const b = lab.address('bob');
       const dir = freshStateDir('consec-kpl-');
@@ -478,16 +431,7 @@ describe('kernel-ESP peer: libreswan (pluto, kernel XFRM) in a UML guest, transp
 });
 
 describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the wire format alone', () => {
-  let lab: Lab;
-  let guest: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    guest = await Guest.boot(lab, 'bob', { kind: 'strongswan', log });
-  });
-  after(async () => {
-    await guest?.stop();
-    await lab?.destroy();
-  });
+  const env = guestLab('strongswan', hostToHost);
 
   // [name, consec's YAML fields, the kernel's algorithm arguments, key octets, integrity key octets]
   const suites = [
@@ -527,6 +471,7 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
 
   for (const [name, yaml, kernelAlg, keyLen, integLen, proto] of suites) {
     it(`${name}, transport mode: ping and TCP byte for byte with keys given on both sides; the kernel counts and verifies our packets`, async () => {
+      const { lab, guest } = env;
       const a = lab.address('alice');
       const b = lab.address('bob');
       const hex = (n: number) => randomBytes(n).toString('hex');

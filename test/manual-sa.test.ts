@@ -13,7 +13,7 @@ import { espFor } from '../src/dataplane/sad.ts';
 import { Capture } from '../src/lab/capture.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { ROOT } from './helpers.ts';
+import { consecDaemon } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
 
 const A = '192.0.2.1';
@@ -119,21 +119,7 @@ describe('manual SAs', () => {
         ['bob', B, f.bob],
         ['alice', A, f.alice],
       ] as const) {
-        const d = lab.spawn(host, [
-          process.execPath,
-          '--import',
-          'tsx',
-          join(ROOT, 'src/cli/main.ts'),
-          '--state-dir',
-          freshStateDir('consec-msa-state-'),
-          'daemon',
-          '--listen',
-          local,
-          '--dpd',
-          '0',
-          '--manual-sas',
-          file,
-        ]);
+        const d = consecDaemon(lab, host, freshStateDir('consec-msa-state-'), local, ['--manual-sas', file]);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
         assert.match(d.output(), /manual SA installed/);
