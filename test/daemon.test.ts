@@ -5,7 +5,7 @@
  * the daemon deletes its SAs.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,7 +14,7 @@ import { Lab as LabClass } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecArgv, consecDaemon, ROOT } from './helpers.ts';
+import { consecArgv, consecDaemon, installMachineCert, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
@@ -165,9 +165,7 @@ describe('consec daemon', () => {
     const pki = LabPki.create();
     const bobCert = pki.issue('bob', b);
     const aliceCert = pki.issue('alice', a);
-    for (const sub of ['my', 'root']) mkdirSync(join(dir, 'certs', sub), { recursive: true, mode: 0o700 });
-    writeFileSync(join(dir, 'certs', 'my', 'bob.pem'), bobCert.certPem + bobCert.keyPem, { mode: 0o600 });
-    writeFileSync(join(dir, 'certs', 'root', 'lab-root.pem'), pki.ca.certPem);
+    installMachineCert(dir, 'bob', bobCert, pki.ca.certPem);
     const setup = await ps(
       [
         ...serverPolicy(

@@ -1,8 +1,10 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { run, type RunResult } from '../src/lab/exec.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
+import type { Issued } from '../src/lab/pki.ts';
 import { ps } from './pwsh-helpers.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -100,4 +102,11 @@ export async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<v
   );
   const r = await ps(lines.join('\n'), stateDir);
   assert.equal(r.errors, 0, r.err);
+}
+
+/** Puts a machine certificate (with its key) and the root CA into `stateDir`'s machine stores. */
+export function installMachineCert(stateDir: string, name: string, cert: Issued, rootPem: string): void {
+  for (const sub of ['my', 'root']) mkdirSync(join(stateDir, 'certs', sub), { recursive: true, mode: 0o700 });
+  writeFileSync(join(stateDir, 'certs', 'my', `${name}.pem`), cert.certPem + cert.keyPem, { mode: 0o600 });
+  writeFileSync(join(stateDir, 'certs', 'root', 'lab-root.pem'), rootPem);
 }

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
@@ -17,7 +17,15 @@ import { LabPki } from '../src/lab/pki.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, type TopologySpec } from '../src/lab/topology.ts';
 import { Guest, type GuestKind, type XfrmState } from '../src/lab/uml.ts';
-import { applyPolicy, consecDaemon, consecPwsh, DATAPLANE_PSK as PSK, events, fixture } from './helpers.ts';
+import {
+  applyPolicy,
+  consecDaemon,
+  installMachineCert,
+  consecPwsh,
+  DATAPLANE_PSK as PSK,
+  events,
+  fixture,
+} from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
 
 const log = (msg: string): void => console.log(`# ${msg}`);
@@ -320,9 +328,7 @@ describe('kernel-ESP peer: strongSwan initiates to consec, certificates', () => 
     const pki = LabPki.create();
     const aliceCert = pki.issue('alice', a);
     const bobCert = pki.issue('bob', b);
-    for (const sub of ['my', 'root']) mkdirSync(join(dir, 'certs', sub), { recursive: true, mode: 0o700 });
-    writeFileSync(join(dir, 'certs', 'my', 'alice.pem'), aliceCert.certPem + aliceCert.keyPem, { mode: 0o600 });
-    writeFileSync(join(dir, 'certs', 'root', 'lab-root.pem'), pki.ca.certPem);
+    installMachineCert(dir, 'alice', aliceCert, pki.ca.certPem);
     await applyPolicy(dir, {
       local: a,
       remote: b,
