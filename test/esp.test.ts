@@ -182,6 +182,174 @@ describe('replay window', () => {
   });
 });
 
+/**
+ * Known-answer ESP packets from draft-mcgrew-gcm-test-01 §3 (AES-GCM in ESP, the test cases RFC 4106
+ * implementations cross-check with): key, salt | IV, SPI | [seq high |] seq low, the plaintext with
+ * its ESP trailer, and ciphertext | ICV. Cases with a 12-octet AAD use extended sequence numbers.
+ */
+const GCM_ESP_VECTORS: { key: string; nonce: string; aad: string; plain: string; sealed: string }[] = [
+  {
+    key: '4c80cdefbb5d10da906ac73c3613a634',
+    nonce: '2e443b684956ed7e3b244cfe',
+    aad: '000043218765432100000000',
+    plain:
+      '45000048699a000080114db7c0a80102c0a801010a9bf15638d301000001000000000000045f736970045f756470037369700963796265726369747902646b000021000101020201',
+    sealed:
+      'fecf537e729d5b07dc30df528dd22b768d1b98736696a6fd348509fa13ceac34cfa2436f14a3f3cf65925bf1f4a13c5d15b21e1884f5ff6247aeabb786b93bce61bc17d768fd9732459018148f6cbe722fd04796562dfdb4',
+  },
+  {
+    key: 'feffe9928665731c6d6a8f9467308308',
+    nonce: 'cafebabefacedbaddecaf888',
+    aad: '0000a5f80000000a',
+    plain:
+      '4500003e698f000080114dccc0a80102c0a801010a980035002a2343b2d001000001000000000000037369700963796265726369747902646b00000100010001',
+    sealed:
+      'deb22cd9b07c72c16e3a65beeb8df304a5a5897d33ae530f1ba76d5d114d2a5c3de81827c10e9a4f51330d0eec416642cfbb85a5b47e48a4ec3b9ba95d918bd183b70d3aa8bc6ee4c309e9d85a41ad4a',
+  },
+  {
+    key: 'abbccddef00112233445566778899aababbccddef00112233445566778899aab',
+    nonce: '112233440102030405060708',
+    aad: '4a2cbfe300000002',
+    plain: '4500003069a6400080062690c0a801029389155e0a9e008b2dc57ee0000000007002400020bf0000020405b40101040201020201',
+    sealed:
+      'ff425c9b724599df7a3bcd510194e00d6a78107f1b0b1cbf06efae9d65a5d763748a637985771d347f0545659f14e99def842d8eb335f4eecfdbf831824b4c4915956c96',
+  },
+  {
+    key: '00000000000000000000000000000000',
+    nonce: '000000000000000000000000',
+    aad: '0000000000000001',
+    plain:
+      '4500003c99c500008001cb7a40679318010101010800075c020044006162636465666768696a6b6c6d6e6f707172737475767761626364656667686901020201',
+    sealed:
+      '4688daf2f973a392732909c331d56d60f694abaa414b5e7ff5fdcdfff5e9a284456476492719ffb64de7d9dca1e1d894bc3bd57873ed4d181d19d4d5c8c18af3f821d496eeb096e98ad2b69e4799c71d',
+  },
+  {
+    key: '3de09874b388e6491988d0c3607eae1f',
+    nonce: '57690e434e280000a2fca1a3',
+    aad: '42f67e3f1010101010101010',
+    plain:
+      '4500003c99c300008001cb7c40679318010101010800085c020043006162636465666768696a6b6c6d6e6f707172737475767761626364656667686901020201',
+    sealed:
+      'fba2caa4853cf9f0f22cb10d86dd83b0fec75691cf1a04b00d1138ec9c35791765acbd8701ad79845bf9fe3fba487bc91755e6662b4c8d0d1f5e22739530320ae0d731cc978ecafaeae88f00e80d6e48',
+  },
+  {
+    key: 'feffe9928665731c6d6a8f9467308308feffe9928665731c',
+    nonce: 'cafebabefacedbaddecaf888',
+    aad: '0000a5f80000000a',
+    plain: '45000028a4ad4000400678800a01038f0a010612802306b8cb712602dd6bb03e501016d075680001',
+    sealed:
+      'a5b1f8066029aea40e598b8122de02420938b3ab33f828e687b8858b5bfbdbd0315b27452144cc7795457b9652037f5318027b5b4cd7a636',
+  },
+  {
+    key: 'abbccddef00112233445566778899aab',
+    nonce: 'decaf888cafedebaceface74',
+    aad: '000001000000000000000001',
+    plain:
+      '4500004933ba00007f119106c3fb1d10c2b1d326c02831ce0035dd7b800302d500004e20001e8c18d75b81dc91baa0476b91b924b280389d92c963bac046ec959b6266c04722b14923010101',
+    sealed:
+      '18a6fd42f72cbf4ab2a2ea901f73d814e3e7f243d95412e1c349c1d2fbec168f9190feebaf2cb01984e65863965d7472b79da345e0e780191f0d2f0e0f496c226f2127b27db35724e7845d68651f57e65f354f75ff17015769623436',
+  },
+  {
+    key: 'abbccddef00112233445566778899aababbccddef00112233445566778899aab',
+    nonce: '73616c74616e640169766563',
+    aad: '17405e67156f3126dd0db99b',
+    plain: '45080028732c00004006e9f90a0106120a01038f06b88023dd6bafbecb71260250101f646d540001',
+    sealed:
+      'f2d69ecdbd5a0d5b8d5ef38bad4da58d1f278fde98ef67549d524a3018d9a57ff4d3a31ce673119e451626c2415771e3b7eebca614c89b35',
+  },
+  {
+    key: '7d773d00c144c525ac619d18c84a3f47',
+    nonce: 'd966426743457e9182443bc6',
+    aad: '335467aeffffffff',
+    plain: '01020201',
+    sealed: '437f866bcb3f699fe9b0822bac961c4504bef270',
+  },
+  {
+    key: 'abbccddef00112233445566778899aab',
+    nonce: 'decaf888cafedebaceface74',
+    aad: '000001000000000000000001',
+    plain: '746f016265016f72016e6f7401746f0162650001',
+    sealed: '29c9fc69a197d038ccdd14e2ddfcaa0543332164412503524303ed3c6c5f283843af8c3e',
+  },
+  {
+    key: '6c6567616c697a656d6172696a75616e61616e64646f69746265666f72656961',
+    nonce: '7475726e333021696765746d',
+    aad: '796b6963ffffffffffffffff',
+    plain: '45000030da3a00008001df3bc0a80005c0a800010800c6cd020007006162636465666768696a6b6c6d6e6f707172737401020201',
+    sealed:
+      'f97ab2aa356d8edce17644ac8c78e25dd24dedbb29ebf1b64a274b39b49c3a864cd3d78ca4ae68a32b42458fb57dbe821dcc63b9d0937ba2945f669368661a329fb4c053',
+  },
+];
+
+/** A vector as an ESP packet (SPI | seq low | IV | ciphertext | ICV) with its SA parameters. */
+function gcmVector(v: (typeof GCM_ESP_VECTORS)[number]) {
+  const hex = (s: string) => Buffer.from(s, 'hex');
+  const aad = hex(v.aad);
+  const nonce = hex(v.nonce);
+  const esn = aad.length === 12;
+  const spi = aad.readUInt32BE(0);
+  const seqHigh = esn ? aad.readUInt32BE(4) : 0;
+  const seqLow = aad.readUInt32BE(aad.length - 4);
+  const packet = Buffer.concat([aad.subarray(0, 4), aad.subarray(aad.length - 4), nonce.subarray(4), hex(v.sealed)]);
+  const plain = hex(v.plain);
+  const padLen = plain[plain.length - 2] as number;
+  return {
+    esn,
+    spi,
+    seqHigh,
+    seq: seqHigh * 2 ** 32 + seqLow,
+    key: hex(v.key),
+    salt: nonce.subarray(0, 4),
+    packet,
+    payload: plain.subarray(0, plain.length - 2 - padLen),
+    nextHeader: plain[plain.length - 1] as number,
+  };
+}
+
+describe('AES-GCM ESP known-answer packets (draft-mcgrew-gcm-test-01)', () => {
+  it('the TypeScript ESP opens every vector whose sequence number it can hold, and refuses it with one bit flipped', () => {
+    let opened = 0;
+    for (const v of GCM_ESP_VECTORS.map(gcmVector)) {
+      // Sequence numbers are JavaScript numbers (2^53): vectors with a larger ESN are the addon's.
+      if (v.seq > Number.MAX_SAFE_INTEGER) continue;
+      const sa = () =>
+        new EspInbound({ spi: v.spi, cipher: 'aes-gcm-16', encrKey: Buffer.concat([v.key, v.salt]), esn: v.esn });
+      const o = sa().open(v.packet);
+      assert.deepEqual(o.payload, v.payload);
+      assert.equal(o.nextHeader, v.nextHeader);
+      assert.equal(o.seq, v.seq);
+      const bad = Buffer.from(v.packet);
+      bad[bad.length - 17] = (bad[bad.length - 17] as number) ^ 0x80;
+      assert.throws(
+        () => sa().open(bad),
+        (e: EspError) => e.reason === 'integrity',
+      );
+      opened++;
+    }
+    assert.equal(opened, 7);
+  });
+
+  it('the addon opens all of them, ESN high halves included', async () => {
+    const { EspGcmBatch, PacketBatch } = await import('../src/io/native.ts');
+    for (const v of GCM_ESP_VECTORS.map(gcmVector)) {
+      const opener = new EspGcmBatch(v.key, v.salt, v.esn, false);
+      const src = new PacketBatch(1, 2048);
+      src.set(0, v.packet);
+      const dst = new PacketBatch(1, 2048);
+      const nh = new Uint8Array(1);
+      opener.open(src.buf, src.offsets, src.lengths, Uint32Array.of(v.seqHigh), 1, dst, nh);
+      assert.deepEqual(dst.packet(0), v.payload, `vector SPI ${v.spi.toString(16)}`);
+      assert.equal(nh[0], v.nextHeader);
+      // The wrong high half of the ESN changes the AAD: the ICV no longer verifies.
+      if (v.esn) {
+        opener.open(src.buf, src.offsets, src.lengths, Uint32Array.of((v.seqHigh + 1) >>> 0), 1, dst, nh);
+        assert.equal(dst.lengths[0], -1);
+      }
+      opener.close();
+    }
+  });
+});
+
 describe('batched AES-GCM in the addon (OpenSSL of the node binary)', () => {
   it('seals byte-identically to the TypeScript ESP and opens its packets, with and without ESN; refuses tampering', async () => {
     const { EspGcmBatch, PacketBatch } = await import('../src/io/native.ts');
@@ -294,6 +462,39 @@ describe('AH (RFC 4302) over IPv4', () => {
     pkt.writeUInt16BE(internetChecksum(pkt, 0, 20), 10);
     const opened = new AhInbound({ spi: 0x777, integ: 'sha256-128', key }).open(pkt);
     assert.deepEqual([opened.payload, opened.nextHeader, opened.seq], [payload, 17, 1]);
+  });
+});
+
+describe('AH over IPv6', () => {
+  it('round trips; traffic class, flow label and hop limit may change, everything else is authenticated; computed here independently', async () => {
+    const { AhInbound, AhOutbound } = await import('../src/esp/ah.ts');
+    const key = randomBytes(32);
+    const out = new AhOutbound({ spi: 0x6606, integ: 'sha256-128', key });
+    const inb = new AhInbound({ spi: 0x6606, integ: 'sha256-128', key });
+    const src = Buffer.from('20010db8000000000000000000000001', 'hex');
+    const dst = Buffer.from('20010db8000000000000000000000002', 'hex');
+    const payload = randomBytes(123);
+    const pkt = out.seal(payload, 58, src, dst);
+    assert.equal((pkt[0] as number) >> 4, 6);
+    assert.equal(pkt[6], 51, 'next header AH');
+    assert.equal(pkt.readUInt16BE(4), pkt.length - 40, 'payload length');
+    assert.equal(pkt.length, 40 + 32 + 123, 'AH padded to 64 bits (RFC 4302 §3.3.3.2.1 for IPv6)');
+    // Independently: HMAC over the header with class, flow label and hop limit zeroed, AH with a zero ICV.
+    const z = Buffer.from(pkt);
+    z.writeUInt32BE(0x60000000, 0);
+    z[7] = 0;
+    z.fill(0, 40 + 12, 40 + 28);
+    assert.deepEqual(pkt.subarray(52, 68), createHmac('sha256', key).update(z).digest().subarray(0, 16));
+    const routed = Buffer.from(pkt);
+    routed.writeUInt32BE(0x6b812345, 0); // DSCP and a flow label set on the way
+    routed[7] = 17;
+    const opened = inb.open(routed);
+    assert.deepEqual([opened.payload, opened.nextHeader], [payload, 58]);
+    for (const at of [4, 6, 8, 24, 39, 40, 44, 48, 60, pkt.length - 1]) {
+      const bad = out.seal(payload, 58, src, dst);
+      bad[at] = (bad[at] as number) ^ 1;
+      assert.throws(() => inb.open(bad), EspError, `octet ${at} is authenticated`);
+    }
   });
 });
 

@@ -448,6 +448,7 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
       36,
       0,
       'esp',
+      4,
     ],
     [
       'ESP AES-CBC-256 + HMAC-SHA-256',
@@ -456,6 +457,7 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
       32,
       32,
       'esp',
+      4,
     ],
     [
       'ESP NULL + HMAC-SHA-512 (integrity only)',
@@ -464,6 +466,7 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
       0,
       64,
       'esp',
+      4,
     ],
     [
       'AH HMAC-SHA-256',
@@ -472,14 +475,25 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
       0,
       32,
       'ah',
+      4,
+    ],
+    [
+      'AH HMAC-SHA-256 over IPv6',
+      'encapsulation: ah\n    integrity: sha256',
+      (_k: string, i: string) => `auth-trunc 'hmac(sha256)' 0x${i} 128`,
+      0,
+      32,
+      'ah',
+      6,
     ],
   ] as const;
 
-  for (const [name, yaml, kernelAlg, keyLen, integLen, proto] of suites) {
+  for (const [name, yaml, kernelAlg, keyLen, integLen, proto, family = 4] of suites) {
     it(`${name}, transport mode: ping and TCP byte for byte with keys given on both sides; the kernel counts and verifies our packets`, async () => {
       const { lab, guest } = env;
-      const a = lab.address('alice');
-      const b = lab.address('bob');
+      const a = lab.address('alice', family);
+      const b = lab.address('bob', family);
+      const host = family === 4 ? 32 : 128;
       const hex = (n: number) => randomBytes(n).toString('hex');
       const keyAB = { k: hex(keyLen), i: hex(integLen) };
       const keyBA = { k: hex(keyLen), i: hex(integLen) };
@@ -502,16 +516,26 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
         ].join('\n'),
         { mode: 0o600 },
       );
+      // IPv6 neighbour discovery stays in clear on both sides: consec's manual SA protects only what
+      // the TUN routes, and the guest kernel gets the usual bypass policies for ND (types 133-137).
+      const ndBypass =
+        family === 6
+          ? [133, 134, 135, 136, 137].flatMap((t) =>
+              ['in', 'out'].map((d) => `ip xfrm policy add src ::/0 dst ::/0 proto 58 type ${t} dir ${d} priority 1`),
+            )
+          : [];
       await guest.sh(
         [
           'ip xfrm state flush; ip xfrm policy flush',
           `ip xfrm state add src ${a} dst ${b} proto ${proto} spi ${spiAB} mode transport ${kernelAlg(keyAB.k, keyAB.i)}`,
           `ip xfrm state add src ${b} dst ${a} proto ${proto} spi ${spiBA} mode transport ${kernelAlg(keyBA.k, keyBA.i)}`,
-          `ip xfrm policy add src ${a}/32 dst ${b}/32 dir in tmpl src ${a} dst ${b} proto ${proto} mode transport`,
-          `ip xfrm policy add src ${b}/32 dst ${a}/32 dir out tmpl src ${b} dst ${a} proto ${proto} mode transport`,
+          ...ndBypass,
+          `ip xfrm policy add src ${a}/${host} dst ${b}/${host} dir in priority 100 tmpl src ${a} dst ${b} proto ${proto} mode transport`,
+          `ip xfrm policy add src ${b}/${host} dst ${a}/${host} dir out priority 100 tmpl src ${b} dst ${a} proto ${proto} mode transport`,
         ].join(' && '),
       );
-      const cap = await Capture.start(lab, 'alice', 'eth0', { filter: 'ip' });
+      const ipName = family === 4 ? 'ip' : 'ipv6';
+      const cap = await Capture.start(lab, 'alice', 'eth0', { filter: family === 4 ? 'ip' : 'ip6' });
       const daemon = consecDaemon(lab, 'alice', freshStateDir('consec-kpm-state-'), a, ['--manual-sas', file]);
       try {
         await daemon.waitFor(/"msg":"ready"/);
@@ -524,13 +548,18 @@ describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the 
         assert.equal(inbound.integrityFailed, 0, 'no integrity failure at the kernel');
         assert.equal(inbound.replayErrors, 0);
         await cap.stop();
-        const protocols = new Set(await cap.protocols('ip'));
-        // ESP hides the payload; AH leaves it readable but every packet carries it. Nothing else, no IKE.
+        // Neighbour discovery aside, ESP hides the payload; AH leaves it readable but every packet
+        // carries it. Nothing else, no IKE.
+        const protocols = new Set(
+          await cap.protocols(family === 4 ? 'ip' : 'ipv6 && !(icmpv6.type >= 133 && icmpv6.type <= 137)'),
+        );
         assert.ok(protocols.size > 0);
         for (const p of protocols)
           assert.match(
             p,
-            proto === 'esp' ? /^eth:ethertype:ip:esp$/ : /^eth:ethertype:ip:ah:(icmp|tcp)(:|$)/,
+            proto === 'esp'
+              ? new RegExp(`^eth:ethertype:${ipName}:esp$`)
+              : new RegExp(`^eth:ethertype:${ipName}:ah:(icmp|icmpv6|tcp)(:|$)`),
             [...protocols].join(' '),
           );
       } finally {

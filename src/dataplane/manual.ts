@@ -9,7 +9,7 @@
  *       local: 192.0.2.1
  *       remote: 192.0.2.2
  *       mode: transport            # or tunnel
- *       encapsulation: esp         # raw ESP (protocol 50), esp-udp (port 4500), or ah (protocol 51, IPv4)
+ *       encapsulation: esp         # raw ESP (protocol 50), esp-udp (port 4500), or ah (protocol 51)
  *       cipher: aes-gcm-256        # aes-gcm-128, aes-cbc-128, aes-cbc-256, null; none with ah
  *       integrity: sha256          # for aes-cbc, null and ah: sha1, sha256, sha384, sha512
  *       esn: false
@@ -78,8 +78,6 @@ const saSchema = z
     const ah = sa.encapsulation === 'ah';
     if (ah && sa.cipher !== undefined)
       ctx.addIssue({ code: 'custom', message: `${sa.name}: AH authenticates only; leave out "cipher"` });
-    if (ah && !isIPv4(sa.local))
-      ctx.addIssue({ code: 'custom', message: `${sa.name}: AH is carried over IPv4 only by this data plane` });
     if (!ah && sa.cipher === undefined) ctx.addIssue({ code: 'custom', message: `${sa.name}: ESP needs "cipher"` });
     const gcm = sa.cipher?.startsWith('aes-gcm') ?? false;
     if (gcm && sa.integrity)

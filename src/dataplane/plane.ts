@@ -121,7 +121,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     private readonly raw: RawIpSocket,
     /** IPPROTO_RAW (the packet carries its own IP header), marked: exempt and Request traffic in clear. */
     private readonly clear: RawIpSocket,
-    /** Raw AH (protocol 51) receives (IPv4: with the IP header AH authenticates). */
+    /** Raw AH (protocol 51) receives (IPv4 with the IP header AH authenticates; IPv6 without it). */
     private readonly ahSock: RawIpSocket,
   ) {
     this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
@@ -262,7 +262,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     try {
       e = this.sad.install(sa);
     } catch (err) {
-      // An SA this data plane cannot carry (AH over IPv6) is refused here, loudly, not half-installed.
+      // An SA this data plane cannot carry (no supported algorithm) is refused here, loudly, not half-installed.
       this.log('SA not installed', { spiIn: sa.child.spiIn.toString('hex'), reason: (err as Error).message });
       return;
     }
@@ -487,15 +487,34 @@ export class UserspaceDataPlane implements ChildSaSink {
     return peer;
   }
 
+  /** Scratch for an IPv6 AH packet: the raw socket gives what follows the IPv6 header; AH needs it. */
+  private readonly ah6 = Buffer.alloc(40 + SLOT);
+
   private fromAh(): void {
+    const v6 = this.family === 6;
     for (;;) {
       const n = this.ahSock.recv(this.rawIn);
       if (n === 0) return;
       this.tunOut.count = 0;
       for (let i = 0; i < n; i++) {
-        if ((this.rawIn.lengths[i] as number) < 32) continue;
-        const pkt = this.rawIn.packet(i);
-        const e = this.sad.inbound(pkt.readUInt32BE(24));
+        const len = this.rawIn.lengths[i] as number;
+        if (len < (v6 ? 12 : 32)) continue;
+        let pkt = this.rawIn.packet(i);
+        if (v6) {
+          // IPv4 raw receives carry the IP header; IPv6 ones do not. The ICV covers it, with its
+          // mutable fields zeroed, so rebuild it: sender from the receive, receiver is us.
+          const h = this.ah6;
+          h.writeUInt32BE(0x60000000, 0);
+          h.writeUInt16BE(len, 4);
+          h[6] = IPPROTO_AH;
+          h[7] = 0;
+          this.rawIn.addrs.copy(h, 8, i * 16, i * 16 + 16);
+          this.localBytes.copy(h, 24);
+          pkt.copy(h, 40);
+          pkt = h.subarray(0, 40 + len);
+        }
+        const ah = v6 ? 40 : 20;
+        const e = this.sad.inbound(pkt.readUInt32BE(ah + 4));
         if (!e || !e.ah) {
           this.drop('unknown SPI');
           continue;

@@ -3,7 +3,6 @@
  * SAs in a short list searched by traffic selectors (newest first, so a rekeyed SA takes over
  * make-before-break). Negotiated child SAs become ESP contexts here.
  */
-import { isIPv4 } from 'node:net';
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
 import type { InstalledChild } from '../ike/dataplane.ts';
@@ -81,13 +80,12 @@ function nativeGcm(sa: InstalledChild): SaEntry['native'] {
   }
 }
 
-/** AH contexts for both directions of an AH child SA (IPv4 only). */
+/** AH contexts for both directions of an AH child SA. */
 export function ahFor(sa: InstalledChild, replayWindow = 1024): { out: AhOutbound; in: AhInbound } {
   const c = sa.child;
   const integ = transformOf(c.proposal, TransformType.INTEG);
   const i = integ ? INTEG[integ.id as IntegId] : undefined;
   if (!i) throw new RangeError('AH SA without a supported integrity algorithm');
-  if (!isIPv4(sa.remote.address)) throw new RangeError('AH over IPv6 is not supported yet');
   const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
   const k = c.keys;
   return {
