@@ -264,6 +264,46 @@ describe('Request and exemptions: a peer without IPsec', () => {
     }
   });
 
+  it('address keywords resolved on the host: Require for LocalSubnet, an exemption for DefaultGateway on one TCP port', async () => {
+    const b = lab.address('bob');
+    // bob is alice's default gateway here: /proc/net/route of alice's namespace says so.
+    await lab.exec('alice', ['ip', 'route', 'add', 'default', 'via', b]);
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5004]);
+    let d: LabProcess | undefined;
+    try {
+      d = await start([
+        'New-NetIPsecRule -DisplayName "require subnet" -RemoteAddress LocalSubnet -InboundSecurity Require -OutboundSecurity Require | Out-Null',
+        'New-NetIPsecRule -DisplayName "exempt gateway 5004" -RemoteAddress DefaultGateway -Protocol TCP -RemotePort 5004 -InboundSecurity None -OutboundSecurity None | Out-Null',
+      ]);
+      await server.waitFor(/listening/);
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5004, 65536]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done && done.sent === done.received, `${client.output()}\n${d.output().slice(-2000)}`);
+      const ping = await lab.exec('alice', ['ping', '-c', '2', '-W', '1', b], { allowFailure: true });
+      assert.match(ping.stdout, /100% packet loss/, 'the subnet is under Require: no cleartext ICMP');
+      const table = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec']);
+      const subnet = (await lab.exec('alice', ['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).stdout.match(
+        /inet (\S+)/,
+      )?.[1] as string;
+      const [net, bits] = subnet.split('/');
+      const first = net?.replace(/\.\d+$/, '.0');
+      assert.equal(bits, '24');
+      assert.match(table.stdout, new RegExp(`set out4 \\{[^}]*${first?.replaceAll('.', '\\.')}/24`), table.stdout);
+      assert.match(
+        table.stdout,
+        new RegExp(`ip daddr ${b.replaceAll('.', '\\.')} (meta l4proto tcp th|tcp) dport 5004 accept`),
+      );
+      const routes = await lab.exec('alice', ['ip', 'route', 'show', 'table', 'all']);
+      assert.match(routes.stdout, new RegExp(`${first?.replaceAll('.', '\\.')}/24 dev consec0 table`), routes.stdout);
+    } finally {
+      await d?.stop('SIGTERM', 5000);
+      await server.stop();
+      await lab.exec('alice', consecArgv(['daemon', '--remove-filters']));
+      await lab.exec('alice', ['ip', 'route', 'del', 'default', 'via', b], { allowFailure: true });
+    }
+  });
+
   it('Require with an authentication exemption for one TCP port: that port passes in clear, the rest is dropped', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');

@@ -15,10 +15,10 @@ import type { ChildSaSink } from '../ike/dataplane.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
-import { ANY_V4, ANY_V6, entryToRange } from '../filter/address.ts';
+import { ANY_V4, ANY_V6 } from '../filter/address.ts';
 import { applyGuard, guardSets, removeGuard, renderGuard } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
-import { type CompiledPolicy, compilePolicy } from '../filter/compile.ts';
+import { type CompiledPolicy, compilePolicy, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import type { IpInfo } from '../dataplane/ip.ts';
 import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
@@ -68,36 +68,44 @@ function withKeyExport(sink: ChildSaSink, dir: string | undefined): ChildSaSink 
   };
 }
 
-/** Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation. */
-async function routeProtected(service: KeyingService, plane: UserspaceDataPlane, log: pino.Logger): Promise<void> {
+/**
+ * Routes the protected peers' addresses into the TUN, so their first packet triggers negotiation;
+ * address keywords (LocalSubnet, DNS, DefaultGateway …) are resolved with the host context.
+ */
+async function routeProtected(
+  service: KeyingService,
+  plane: UserspaceDataPlane,
+  ctx: HostContext,
+  log: pino.Logger,
+): Promise<void> {
   const family = plane.family;
   for (const entry of service.protectedRanges()) {
     // Any (server and domain isolation): everything of our family goes through the data plane, which
     // sends exempt and unruled traffic on in clear.
-    const r = entry === 'Any' ? (family === 4 ? ANY_V4 : ANY_V6) : entryToRange(entry);
-    if (!r) {
-      log.warn({ entry }, 'not routed into the data plane (address keywords are not resolved yet)');
-      continue;
+    const resolved = resolveAddressEntry(entry, ctx);
+    const ranges = resolved === 'any' ? [family === 4 ? ANY_V4 : ANY_V6] : resolved;
+    if (ranges.length === 0) log.warn({ entry }, 'an address keyword that stands for no address on this host');
+    for (const r of ranges) {
+      if (r.family !== family) continue;
+      const width = r.family === 4 ? 4 : 16;
+      const bytes = (v: number | bigint) => {
+        const b = Buffer.alloc(width);
+        if (r.family === 4) b.writeUInt32BE(Number(v));
+        else {
+          b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
+          b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
+        }
+        return b;
+      };
+      await plane.protect({
+        type: r.family === 4 ? 7 : 8,
+        ipProtocol: 0,
+        startPort: 0,
+        endPort: 65535,
+        start: bytes(r.lo),
+        end: bytes(r.hi),
+      });
     }
-    if (r.family !== family) continue;
-    const width = r.family === 4 ? 4 : 16;
-    const bytes = (v: number | bigint) => {
-      const b = Buffer.alloc(width);
-      if (r.family === 4) b.writeUInt32BE(Number(v));
-      else {
-        b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
-        b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
-      }
-      return b;
-    };
-    await plane.protect({
-      type: r.family === 4 ? 7 : 8,
-      ipProtocol: 0,
-      startPort: 0,
-      endPort: 65535,
-      start: bytes(r.lo),
-      end: bytes(r.hi),
-    });
   }
 }
 
@@ -206,7 +214,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const guard = async (doc: PolicyDocument) => {
     if (!plane) return;
     try {
-      const sets = guardSets(doc);
+      const sets = guardSets(doc, ctx);
       // Traffic of a manual SA is protected traffic: never in clear either.
       for (const sa of manual)
         for (const sel of sa.remoteSelectors ?? [sa.remote]) {
@@ -228,7 +236,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   compile(service.policy);
   late.onPolicy = (doc) => {
     compile(doc);
-    void guard(doc);
+    // Filters first, then routes for what the new policy protects (rules added while running).
+    void guard(doc).then(() => (plane ? routeProtected(service, plane, ctx, log) : undefined));
   };
   try {
     await service.start();
@@ -239,7 +248,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   if (plane) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);
-    await routeProtected(service, plane, log);
+    await routeProtected(service, plane, ctx, log);
     for (const sa of manual) {
       plane.install(manualChild(sa));
       log.info(

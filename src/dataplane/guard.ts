@@ -7,7 +7,8 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { entryToRange } from '../filter/address.ts';
+import { entryToRange, rangeToText } from '../filter/address.ts';
+import { EMPTY_CONTEXT, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import { protocolNumber } from '../policy/endpoints.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 
@@ -28,8 +29,8 @@ export interface GuardSets {
   exemptIn: string[];
 }
 
-/** nft match text for an authentication exemption rule, one per remote entry. */
-function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in'): string[] {
+/** nft match text for an authentication exemption rule, one per remote address range. */
+function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in', ctx: HostContext): string[] {
   const proto = r.Protocol === 'Any' ? undefined : (protocolNumber(r.Protocol) ?? undefined);
   const ports = (list: string[]) => list.filter((p) => /^\d+(-\d+)?$/.test(p));
   const remotePorts = ports(r.RemotePort);
@@ -37,35 +38,48 @@ function exemptionMatches(r: PolicyDocument['rules'][number], dir: 'out' | 'in')
   const out: string[] = [];
   for (const entry of r.RemoteAddress) {
     // Any: no address match at all (one line covers both families).
-    const e = entry === 'Any' ? undefined : element(entry)[0];
-    if (!e && entry !== 'Any') continue;
-    const parts: string[] = [];
-    if (e) parts.push(`${e.family === 4 ? 'ip' : 'ip6'} ${dir === 'out' ? 'daddr' : 'saddr'} ${e.text}`);
-    if (proto !== undefined) parts.push(`meta l4proto ${proto}`);
-    if (proto === 6 || proto === 17) {
-      const [theirs, ours] = dir === 'out' ? ['dport', 'sport'] : ['sport', 'dport'];
-      if (remotePorts.length) parts.push(`th ${theirs} { ${remotePorts.join(', ')} }`);
-      if (localPorts.length) parts.push(`th ${ours} { ${localPorts.join(', ')} }`);
+    const elements: ({ family: 4 | 6; text: string } | undefined)[] = isAny(entry, ctx)
+      ? [undefined]
+      : element(entry, ctx);
+    for (const e of elements) {
+      const parts: string[] = [];
+      if (e) parts.push(`${e.family === 4 ? 'ip' : 'ip6'} ${dir === 'out' ? 'daddr' : 'saddr'} ${e.text}`);
+      if (proto !== undefined) parts.push(`meta l4proto ${proto}`);
+      if (proto === 6 || proto === 17) {
+        const [theirs, ours] = dir === 'out' ? ['dport', 'sport'] : ['sport', 'dport'];
+        if (remotePorts.length) parts.push(`th ${theirs} { ${remotePorts.join(', ')} }`);
+        if (localPorts.length) parts.push(`th ${ours} { ${localPorts.join(', ')} }`);
+      }
+      if (parts.length) out.push(`${parts.join(' ')} accept`);
     }
-    if (parts.length) out.push(`${parts.join(' ')} accept`);
   }
   return out;
 }
 
-/** nftables element text for a policy address entry (host, CIDR or range), or undefined for keywords. */
-function element(entry: string): { family: 4 | 6; text: string }[] {
-  if (entry === 'Any')
+const isAny = (entry: string, ctx: HostContext): boolean => resolveAddressEntry(entry, ctx) === 'any';
+
+/**
+ * nftables element texts for a policy address entry: a host, CIDR or range as written; a keyword
+ * (LocalSubnet, DNS, DefaultGateway …) resolved with the host context; Any as both whole families.
+ */
+function element(entry: string, ctx: HostContext): { family: 4 | 6; text: string }[] {
+  const ranges = resolveAddressEntry(entry, ctx);
+  if (ranges === 'any')
     return [
       { family: 4, text: '0.0.0.0/0' },
       { family: 6, text: '::/0' },
     ];
-  const r = entryToRange(entry);
-  if (!r || /^[A-Za-z]/.test(entry)) return [];
-  return [{ family: r.family, text: entry.includes('-') ? entry.replace(/\s+/g, '') : entry }];
+  // Literals keep their spelling (CIDRs stay CIDRs); keywords become the ranges they stand for.
+  const literal = entryToRange(entry);
+  if (literal) return [{ family: literal.family, text: entry.replace(/\s+/g, '') }];
+  return ranges.map((r) => ({ family: r.family, text: rangeToText(r) }));
 }
 
-/** What the active policy requires: remote ranges of enabled rules with Require in each direction. */
-export function guardSets(doc: PolicyDocument): GuardSets {
+/**
+ * What the active policy requires: remote ranges of enabled rules with Require in each direction,
+ * address keywords resolved with the host context.
+ */
+export function guardSets(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): GuardSets {
   const s: GuardSets = {
     out4: [],
     out6: [],
@@ -79,12 +93,12 @@ export function guardSets(doc: PolicyDocument): GuardSets {
   for (const r of doc.rules) {
     if (r.Enabled !== 'True') continue;
     if (r.InboundSecurity === 'None' && r.OutboundSecurity === 'None') {
-      s.exemptOut.push(...exemptionMatches(r, 'out'));
-      s.exemptIn.push(...exemptionMatches(r, 'in'));
+      s.exemptOut.push(...exemptionMatches(r, 'out', ctx));
+      s.exemptIn.push(...exemptionMatches(r, 'in', ctx));
       continue;
     }
     for (const entry of r.RemoteAddress) {
-      for (const e of element(entry)) {
+      for (const e of element(entry, ctx)) {
         if (r.OutboundSecurity === 'Require') (e.family === 4 ? s.out4 : s.out6).push(e.text);
         if (r.InboundSecurity === 'Require') (e.family === 4 ? s.in4 : s.in6).push(e.text);
       }

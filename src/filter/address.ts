@@ -3,7 +3,7 @@
  * (number) or IPv6 (bigint) address space, so matching is a pair of comparisons.
  */
 import { isIPv4 } from 'node:net';
-import { writeIp } from '../io/addr.ts';
+import { readIp, writeIp } from '../io/addr.ts';
 
 export interface V4Range {
   family: 4;
@@ -80,4 +80,19 @@ export function inRange(r: Range, family: 4 | 6, v4: number, v6: bigint): boolea
   return family === 4
     ? v4 >= (r as V4Range).lo && v4 <= (r as V4Range).hi
     : v6 >= (r as V6Range).lo && v6 <= (r as V6Range).hi;
+}
+
+/** A range as text: one address, or `first-last` (nftables' interval notation). */
+export function rangeToText(r: Range): string {
+  const text = (v: number | bigint): string => {
+    if (r.family === 4) {
+      const n = Number(v);
+      return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+    }
+    const b = Buffer.alloc(16);
+    b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
+    b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
+    return readIp(b, 0, 6);
+  };
+  return r.lo === r.hi ? text(r.lo) : `${text(r.lo)}-${text(r.hi)}`;
 }

@@ -81,6 +81,16 @@ const ICMP_EXEMPTIONS: Record<string, { v4: number[] | 'all'; v6: number[] | 'al
   Icmp: { v4: 'all', v6: 'all' },
 };
 
+/**
+ * One policy address entry as address ranges: literals as they are, keywords (LocalSubnet, DNS,
+ * DHCP, WINS, DefaultGateway) resolved with the host context; 'any' for Any (and for Intranet and
+ * Internet, which need network location awareness). Unknown or empty keywords give no range.
+ * Used by the compiler and by the data plane's routes and fail-closed filters alike.
+ */
+export function resolveAddressEntry(entry: string, ctx: HostContext, warnings: string[] = []): Range[] | 'any' {
+  return resolveEntry(entry, ctx, warnings, entry);
+}
+
 /** Address keywords resolved with the host context; unknown or empty keywords match nothing. */
 function resolveEntry(entry: string, ctx: HostContext, warnings: string[], where: string): Range[] | 'any' {
   if (entry === 'Any') return 'any';
