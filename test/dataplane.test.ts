@@ -264,6 +264,60 @@ describe('Request and exemptions: a peer without IPsec', () => {
     }
   });
 
+  it('negotiation discovery: a flow once secured never falls back to clear (kernel flow state), new flows still do', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const daemons = new Map<string, LabProcess>();
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
+    try {
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir('consec-nd-');
+        const r = await ps(
+          [
+            `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+            '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+            `New-NetIPsecRule -DisplayName "request" -RemoteAddress ${remote} -InboundSecurity Request -OutboundSecurity Request -Phase1AuthSet $p1.Name | Out-Null`,
+          ].join('\n'),
+          dir,
+        );
+        assert.equal(r.errors, 0, r.err);
+        const d = consecDaemon(lab, host, dir, local);
+        daemons.set(host, d);
+        await d.waitFor(/"msg":"ready"/);
+      }
+      await server.waitFor(/listening/);
+      await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
+      await daemons.get('alice')?.waitFor(/"msg":"SA installed"/);
+      // One long connection, protected from its start; then bob's consec stops (IKE Delete, no SA left).
+      const ticker = fixture(lab, 'alice', 'tcp-transfer', ['ticker', b, 5005, 5]);
+      await ticker.waitFor(/"total":1000\b/);
+      await daemons.get('bob')?.stop('SIGTERM', 5000);
+      const stoppedAt = Date.now();
+      await ticker.exited;
+      const echoes = events<{ total: number; at: number }>(ticker, 'echo');
+      const late = echoes.filter((e) => e.at > stoppedAt + 500);
+      assert.deepEqual(late, [], 'nothing of the secured connection crossed in clear after the SA was gone');
+      // A new connection with no SA falls back to clear (Request), as before.
+      const fresh = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5005, 65536]);
+      await fresh.exited;
+      const [done] = events<{ sent: string; received: string }>(fresh, 'done');
+      assert.ok(done && done.sent === done.received, fresh.output());
+      const table = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec']);
+      assert.match(
+        table.stdout,
+        /counter packets [1-9]\d* bytes \d+ drop comment "secured flow in clear"/,
+        table.stdout,
+      );
+    } finally {
+      await server.stop();
+      for (const d of [...daemons.values()].reverse()) await d.stop('SIGTERM', 5000);
+      for (const h of ['alice', 'bob']) await lab.exec(h, consecArgv(['daemon', '--remove-filters']));
+    }
+  });
+
   it('address keywords resolved on the host: Require for LocalSubnet, an exemption for DefaultGateway on one TCP port', async () => {
     const b = lab.address('bob');
     // bob is alice's default gateway here: /proc/net/route of alice's namespace says so.

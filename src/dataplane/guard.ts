@@ -4,6 +4,13 @@
  * (the TUN), consec's own marked IKE/ESP packets, IKE and ESP from the peer, and the exemptions the
  * policy grants (ICMP, neighbor discovery, DHCP). It is replaced atomically (`nft -f`, one
  * transaction) and outlives the daemon: a crashed or stopped consec leaks nothing.
+ *
+ * It also keeps negotiation discovery's flow state table (MS-IKEE §1.3.5: a once-secured flow never
+ * downgrades to cleartext) in the kernel: a connection that delivered a decrypted packet through the
+ * TUN gets the SECURED_CT_MARK bit on its conntrack entry, and from then on none of its packets may
+ * enter or leave in clear — also under Request, where new flows still fall back to clear. ICMP
+ * errors about such a flow (conntrack: related, e.g. "fragmentation needed" from a gateway's TUN
+ * MTU) are not the flow itself and pass.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -15,6 +22,9 @@ import type { PolicyDocument } from '../policy/model.ts';
 const exec = promisify(execFile);
 
 export const GUARD_TABLE = 'consec';
+
+/** The conntrack mark bit of a secured flow (other bits of the mark are left as they are). */
+export const SECURED_CT_MARK = 0x00100000;
 
 export interface GuardSets {
   /** Addresses (v4, v6) that must not be sent to in clear, and that must not be accepted from in clear. */
@@ -112,6 +122,8 @@ export function guardSets(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT)
 const set = (name: string, type: string, elements: string[]): string =>
   `  set ${name} { type ${type}; flags interval; auto-merge;${elements.length ? ` elements = { ${[...new Set(elements)].join(', ')} };` : ''} }`;
 
+const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
+
 /** The whole table as one nft script (delete + create in one transaction). */
 export function renderGuard(s: GuardSets, tun: string, mark: number): string {
   const exempt = [
@@ -130,11 +142,13 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     set('in6', 'ipv6_addr', s.in6),
     '  chain output {',
     '    type filter hook output priority 0; policy accept;',
-    `    meta mark ${mark} accept`,
-    '    oifname "lo" accept',
     `    oifname "${tun}" accept`,
+    '    oifname "lo" accept',
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
+    // Before our own marked sockets: the data plane's clear fallback must not carry a secured flow.
+    `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow in clear"`,
+    `    meta mark ${mark} accept`,
     '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
     '    ip6 daddr @out6 counter drop comment "cleartext to a Require peer"',
     '  }',
@@ -142,9 +156,10 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  chain forward {',
     '    type filter hook forward priority 0; policy accept;',
     `    oifname "${tun}" accept`,
-    `    iifname "${tun}" accept`,
+    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
+    `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow forwarded in clear"`,
     '    ip daddr @out4 counter drop comment "cleartext forwarded to a Require peer"',
     '    ip6 daddr @out6 counter drop comment "cleartext forwarded to a Require peer"',
     '    ip saddr @in4 counter drop comment "cleartext forwarded from a Require peer"',
@@ -153,11 +168,13 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  chain input {',
     '    type filter hook input priority 0; policy accept;',
     '    iifname "lo" accept',
-    `    iifname "${tun}" accept`,
+    // Decrypted traffic: its connection is secured from now on.
+    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     '    udp dport { 500, 4500 } accept',
     '    meta l4proto { esp, ah } accept',
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
+    `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "cleartext in a secured flow"`,
     '    ip saddr @in4 counter drop comment "cleartext from a Require peer"',
     '    ip6 saddr @in6 counter drop comment "cleartext from a Require peer"',
     '  }',
