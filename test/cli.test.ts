@@ -27,9 +27,9 @@ describe('consec CLI', () => {
   });
 
   it('commands that do not exist yet say so clearly, with exit status 2 and no traceback', () => {
-    const r = consec(['daemon', '--listen', '127.0.0.1', '--metrics', '127.0.0.1:9100']);
-    assert.equal(r.code, 2);
-    assert.equal(r.stderr, 'consec: --metrics is not available yet in this build of consec (tracked in issue 7)\n');
+    const r = consec(['daemon', '--listen', '127.0.0.1', '--metrics', 'localhost']);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, 'consec: --metrics localhost: give ADDRESS:PORT, e.g. 127.0.0.1:9464 or [::1]:9464\n');
     const bad = consec(['daemon', '--listen', 'nowhere']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^consec: --listen "nowhere" is not an IP address\n$/);

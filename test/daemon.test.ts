@@ -13,6 +13,7 @@ import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { hostToHost } from '../src/lab/topology.ts';
 import { consecArgv, consecDaemon, installMachineCert, ROOT } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
@@ -154,6 +155,84 @@ describe('consec daemon', () => {
       await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to drop the SA');
       assert.match(alice.log(), /received DELETE for IKE_SA/);
       assert.ok(lines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'));
+    } finally {
+      await alice?.stop();
+      await d.stop('SIGTERM', 5000);
+    }
+  });
+
+  it('Prometheus metrics: SAs by state, setup latency, failures by reason, traffic; parsed as text exposition format', async () => {
+    const dir = freshStateDir('consec-daemon-metrics-');
+    const setup = await ps(
+      [
+        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
+          mm: 'MM',
+          p1: 'PSK',
+          qm: 'QM',
+        }),
+        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const d = consecDaemon(lab, 'bob', dir, b, ['--metrics', '127.0.0.1:9464']);
+    const scrape = async (path = '/metrics') => {
+      const r = await lab.exec('bob', [
+        process.execPath,
+        '-e',
+        `fetch('http://127.0.0.1:9464${path}').then(async (r) => process.stdout.write(r.status + ' ' + r.headers.get('content-type') + '\\n' + (await r.text())))`,
+      ]);
+      const nl = r.stdout.indexOf('\n');
+      return { head: r.stdout.slice(0, nl), body: r.stdout.slice(nl + 1) };
+    };
+    let alice: Charon | undefined;
+    try {
+      await d.waitFor(/"msg":"ready"/);
+      // A wrong PSK first (a failure with its reason), then the right one.
+      const config = (secret: string) =>
+        pskHostTunnel(a, b, { name: 'c', secret, proposals: ['aes256-sha256-modp2048'], logLevel: 1 });
+      const wrong = await Charon.start(lab, 'alice', config('not-the-psk-0123456789'));
+      await wrong.initiate('c').catch(() => {});
+      await wrong.stop();
+      await until(() => lines(d, 'audit 4653').length >= 1, 'audit 4653');
+      alice = await Charon.start(lab, 'alice', config(PSK));
+      await alice.initiate('c');
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.match(ping.stdout, / 0% packet loss/);
+
+      const { head, body } = await scrape();
+      assert.match(head, /^200 text\/plain; version=0\.0\.4/);
+      const families = new Map(parsePrometheusTextFormat(body).map((f) => [f.name, f]));
+      const sample = (name: string, labels: Record<string, string> = {}) =>
+        families.get(name)?.metrics.find((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v));
+      const value = (name: string, labels: Record<string, string> = {}) => Number(sample(name, labels)?.value);
+      assert.equal(families.get('consec_ike_sas')?.type, 'GAUGE');
+      assert.equal(value('consec_ike_sas', { state: 'established' }), 1, body);
+      assert.equal(value('consec_child_sas', { state: 'installed' }), 1);
+      // (This parser folds a labelled histogram into its buckets: "+Inf" is the count.)
+      const setupHist = families.get('consec_ike_sa_setup_seconds');
+      assert.equal(setupHist?.type, 'HISTOGRAM');
+      assert.match(body, /consec_ike_sa_setup_seconds_count\{role="responder"\} 1\n/);
+      assert.equal(Number(setupHist?.metrics[0]?.buckets?.['+Inf']), 1, 'one IKE SA set up (the failed one never was)');
+      assert.equal(Number(setupHist?.metrics[0]?.buckets?.['10']), 1, 'in less than 10 s');
+      assert.ok(
+        value('consec_negotiation_failures_total', { phase: 'main_mode', reason: 'AUTHENTICATION_FAILED' }) >= 1,
+        JSON.stringify(families.get('consec_negotiation_failures_total')),
+      );
+      assert.ok(value('consec_audit_events_total', { id: '4653' }) >= 1);
+      assert.equal(value('consec_audit_events_total', { id: '5451' }), 1);
+      assert.ok(value('consec_dataplane_packets_total', { direction: 'in' }) >= 3, 'the pings came in through the SA');
+      assert.ok(value('consec_dataplane_packets_total', { direction: 'out' }) >= 3);
+      assert.ok(value('consec_dataplane_bytes_total', { direction: 'in' }) >= 3 * 84);
+      assert.equal(families.get('consec_dataplane_bytes_total')?.type, 'COUNTER');
+      assert.equal(value('consec_dataplane_queued_packets'), 0);
+      assert.ok(value('consec_process_resident_memory_bytes') > 0, 'process metrics too');
+      // Counters only grow between scrapes.
+      await lab.exec('alice', ['ping', '-c', '2', '-i', '0.2', '-W', '2', b]);
+      const again = new Map(parsePrometheusTextFormat((await scrape()).body).map((f) => [f.name, f]));
+      const inAgain = again.get('consec_dataplane_packets_total')?.metrics.find((m) => m.labels?.direction === 'in');
+      assert.ok(Number(inAgain?.value) >= value('consec_dataplane_packets_total', { direction: 'in' }) + 2);
+      assert.match((await scrape('/')).head, /^404/);
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);

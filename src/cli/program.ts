@@ -9,18 +9,13 @@ import { splitLine } from '../shell/netsh/syntax.ts';
 import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
 import { runInitiate } from '../ike/cli.ts';
 import { runDaemon } from '../daemon/main.ts';
+import { parseListen } from '../daemon/metrics.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
 import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
 import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
-
-class NotYetAvailableError extends ConsecError {
-  constructor(what: string, issue: number) {
-    super('ERR_NOT_YET_AVAILABLE', `${what} is not available yet in this build of consec (tracked in issue ${issue})`);
-  }
-}
 
 function stateDir(program: Command): string {
   return (program.opts().stateDir as string | undefined) ?? stateDirFromEnv();
@@ -118,7 +113,7 @@ export function buildProgram(): Command {
     .option('--wireshark-keys <dir>', "append each child SA's keys to DIR/esp_sa for Wireshark (mode 0600)")
     .option('--manual-sas <file>', 'install the manual SAs of a YAML file (keys and SPIs, no IKE); mode 0600')
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
-    .option('--metrics <addr>', 'serve Prometheus metrics on ADDRESS:PORT (issue 7)')
+    .option('--metrics <addr>', 'serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9464)')
     .action(
       async (opts: {
         listen?: string[];
@@ -130,7 +125,7 @@ export function buildProgram(): Command {
         wiresharkKeys?: string;
         manualSas?: string;
       }) => {
-        if (opts.metrics) throw new NotYetAvailableError('--metrics', 7);
+        if (opts.metrics) parseListen(opts.metrics);
         const dpd = Number(opts.dpd);
         if (!Number.isFinite(dpd) || dpd < 0)
           throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
@@ -144,6 +139,7 @@ export function buildProgram(): Command {
           removeFilters: opts.removeFilters,
           wiresharkKeys: opts.wiresharkKeys,
           manualSas: opts.manualSas,
+          metrics: opts.metrics,
         });
       },
     );

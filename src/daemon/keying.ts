@@ -42,6 +42,8 @@ export interface KeyingOptions {
   timing?: Partial<Timing>;
   /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
   forceUdpEncapsulation?: boolean;
+  /** A negotiation established an IKE SA (metrics). */
+  onEstablished?(session: IkeSession): void;
   /** Called with each new active policy, after the SAs were reconciled (the daemon refreshes its filters). */
   onPolicy?(doc: PolicyDocument): void;
   /** The IKE sockets for an address (the data plane's marked ones); default UDP 500/4500 of our own. */
@@ -92,6 +94,7 @@ export class KeyingService {
         audit: this.o.audit,
         dataplane: this.o.dataplane,
         timing: this.o.timing,
+        onEstablished: this.o.onEstablished,
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),
       });
       try {

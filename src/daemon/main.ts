@@ -25,6 +25,7 @@ import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualChild } from '../dataplane/manual.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
+import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
 
@@ -122,6 +123,8 @@ export interface DaemonOptions {
   manualSas?: string;
   /** Liveness check after this many seconds of silence (0: off). */
   dpd?: number;
+  /** Serve Prometheus metrics on ADDRESS:PORT. */
+  metrics?: string;
 }
 
 export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<number> {
@@ -171,6 +174,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }
+  const metrics = new DaemonMetrics({
+    sessions: () => late.service?.sessions() ?? [],
+    dataplane: () => plane,
+  });
   // The Security log: the events `auditpol` enables, for Get-WinEvent (the debug log above has them all).
   const auditPolicy = new LiveAuditPolicy(stateDir, (err) =>
     log.warn({ reason: err.message }, 'audit policy unreadable; keeping the last good one'),
@@ -197,10 +204,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     ctx,
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => late.onPolicy?.(doc),
+    onEstablished: (s) => metrics.established(s),
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
     audit: {
       emit: (event: AuditEvent) => {
         auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
+        metrics.audit(event);
         log.info({ audit: event }, `audit ${event.id}`);
         securityLog.emit(event);
       },
@@ -305,6 +314,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       }
     }
   });
+  const metricsServer = o.metrics ? await metrics.serve(o.metrics) : undefined;
+  if (o.metrics) log.info({ metrics: `http://${o.metrics}/metrics` }, 'serving Prometheus metrics');
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -312,6 +323,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
       control.close();
+      metricsServer?.close();
       void service
         .stop()
         .then(() => {

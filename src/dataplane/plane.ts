@@ -544,6 +544,11 @@ export class UserspaceDataPlane implements ChildSaSink {
   /** Packets sent in clear (exempt, or Request without an SA). */
   clearPackets = 0;
 
+  /** Packets waiting for an SA. */
+  get queuedPackets(): number {
+    return this.queued;
+  }
+
   private flushOut(): void {
     if (this.udpOut.count > 0) this.send(this.udp4500, this.udpOut);
     if (this.rawOut.count > 0) this.send(this.raw, this.rawOut);

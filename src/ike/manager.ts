@@ -42,6 +42,8 @@ export interface ManagerOptions {
   fragmentSize?: number;
   /** A child SA is up (IKE_AUTH, CREATE_CHILD_SA, rekey). */
   onChild?(session: IkeSession, child: ChildSa): void;
+  /** A negotiation (not a rekey) established an IKE SA. */
+  onEstablished?(session: IkeSession): void;
   /** An IKE SA ended (deleted, dead peer, rekeyed away). */
   onEnded?(session: IkeSession): void;
   log?(event: string, detail?: Record<string, unknown>): void;
@@ -113,6 +115,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       clearTimeout(this.halfOpenTimers.get(s));
       this.halfOpenTimers.delete(s);
     }
+    if (s.state === 'established' && (from === 'half-open' || from === 'connecting')) this.o.onEstablished?.(s);
   }
 
   childUp(s: IkeSession, child: ChildSa): void {

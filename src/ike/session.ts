@@ -107,6 +107,8 @@ export class IkeSession {
   /** Who the peer proved to be, once IKE_AUTH is done. */
   peerId?: Identity;
   peerCertificate?: PeerCertificate;
+  /** When this IKE SA's negotiation began (its first IKE_SA_INIT sent or received). */
+  readonly startedAt = Date.now();
   establishedAt = 0;
   /** Last authenticated IKE message or ESP packet from the peer (ms since epoch). */
   lastInbound = Date.now();
