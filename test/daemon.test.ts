@@ -5,7 +5,7 @@
  * the daemon deletes its SAs.
  */
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -233,6 +233,82 @@ describe('consec daemon', () => {
       const inAgain = again.get('consec_dataplane_packets_total')?.metrics.find((m) => m.labels?.direction === 'in');
       assert.ok(Number(inAgain?.value) >= value('consec_dataplane_packets_total', { direction: 'in' }) + 2);
       assert.match((await scrape('/')).head, /^404/);
+    } finally {
+      await alice?.stop();
+      await d.stop('SIGTERM', 5000);
+    }
+  });
+
+  it('IKE debug log (seed 000: netsh … set global ipsec debuglog): messages, proposals, notifies, no secrets; rotated; off again', async () => {
+    const dir = freshStateDir('consec-daemon-debuglog-');
+    const setup = await ps(
+      [
+        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
+          mm: 'MM',
+          p1: 'PSK',
+          qm: 'QM',
+        }),
+        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(setup.errors, 0, setup.err);
+    const netsh = (...words: string[]) =>
+      run(consecArgv(['netsh', 'advfirewall', 'set', 'global', 'ipsec', 'debuglog', ...words], dir), {
+        allowFailure: true,
+      });
+    // The seed's Windows path is refused with a clear message; nothing changes.
+    const winPath = await netsh('file', 'C:Logsipsec.log');
+    assert.notEqual(winPath.code, 0);
+    assert.match(winPath.stdout + winPath.stderr, /is a Windows path; give a Linux path/);
+    const file = join(dir, 'logs', 'ike.log');
+    for (const words of [['enable'], ['file', file], ['size', '2']]) {
+      const r = await netsh(...words);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /Ok\./);
+    }
+    const d = consecDaemon(lab, 'bob', dir, b);
+    let alice: Charon | undefined;
+    try {
+      await d.waitFor(/"msg":"ready"/);
+      alice = await Charon.start(
+        lab,
+        'alice',
+        pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 1 }),
+      );
+      await alice.initiate('c');
+      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
+      const [sa] = await alice.listSas();
+      const read = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
+      const trace = read(`${file}.1`) + read(file);
+      assert.ok(existsSync(`${file}.1`), `rotated at 2 KB: ${read(file)}`);
+      for (const f of [file, `${file}.1`]) assert.ok(statSync(f).size <= 2048, `${f}: ${statSync(f).size} octets`);
+      assert.equal(statSync(file).mode & 0o777, 0o600);
+      assert.match(trace, new RegExp(`received ${a}:500 -> ${b}:500 IKE_SA_INIT request #0`));
+      assert.match(
+        trace,
+        /SA\[#1 IKE: AES_CBC\/256 INTEG_HMAC_SHA2_256_128 PRF_HMAC_SHA2_256 MODP_2048\] KE\(MODP_2048\)/,
+      );
+      assert.match(trace, new RegExp(`sent ${b}:500 -> ${a}:500 IKE_SA_INIT response #0`));
+      assert.match(trace, /NOTIFY\(NAT_DETECTION_SOURCE_IP\)/);
+      assert.match(trace, /received IKE_AUTH request #1 .* decrypted: IDi\(IPV4_ADDR /);
+      assert.match(trace, /TSi\(/);
+      assert.match(
+        trace,
+        /sent IKE_AUTH response #1 .*\(\+\d+ ms\) decrypted: .*AUTH\(SHARED_KEY_MIC\) SA\[#1 ESP spi=[0-9a-f]{8}: AES_GCM_16\/256 ESN_NO\]/,
+      );
+      assert.match(trace, /audit 5451 /);
+      assert.match(trace, new RegExp(sa?.children[0]?.spiIn ?? 'no child', 'i'), 'the chosen child SA (its SPI)');
+      assert.doesNotMatch(trace, new RegExp(PSK), 'never the PSK');
+      // Off: nothing more is written.
+      const off = await netsh('disable');
+      assert.equal(off.code, 0);
+      await new Promise((r) => setTimeout(r, 600));
+      const before = read(file);
+      await alice.stop();
+      alice = undefined;
+      await until(() => lines(d, 'audit 4655').length >= 1, 'the IKE SA to end');
+      assert.equal(read(file), before);
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);

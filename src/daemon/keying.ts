@@ -16,6 +16,7 @@ import { IkeError } from '../ike/errors.ts';
 import { IkeManager } from '../ike/manager.ts';
 import { selectProposal } from '../ike/proposals.ts';
 import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
+import type { IkeTrace } from '../ike/trace.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
@@ -42,6 +43,8 @@ export interface KeyingOptions {
   timing?: Partial<Timing>;
   /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
   forceUdpEncapsulation?: boolean;
+  /** The IKE debug trace (netsh advfirewall set global ipsec debuglog). */
+  trace?: IkeTrace;
   /** A negotiation established an IKE SA (metrics). */
   onEstablished?(session: IkeSession): void;
   /** Called with each new active policy, after the SAs were reconciled (the daemon refreshes its filters). */
@@ -95,6 +98,7 @@ export class KeyingService {
         dataplane: this.o.dataplane,
         timing: this.o.timing,
         onEstablished: this.o.onEstablished,
+        trace: this.o.trace,
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),
       });
       try {

@@ -25,6 +25,7 @@ import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualChild } from '../dataplane/manual.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
+import { IkeDebugLog } from '../audit/debuglog.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
@@ -174,6 +175,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }
+  // The IKE debug log (netsh advfirewall set global ipsec debuglog …), followed live.
+  const debugLog = new IkeDebugLog(stateDir, (err) => log.warn({ reason: err.message }, 'IKE debug log'));
   const metrics = new DaemonMetrics({
     sessions: () => late.service?.sessions() ?? [],
     dataplane: () => plane,
@@ -205,11 +208,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => late.onPolicy?.(doc),
     onEstablished: (s) => metrics.established(s),
+    trace: debugLog,
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
     audit: {
       emit: (event: AuditEvent) => {
         auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
         metrics.audit(event);
+        if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
         log.info({ audit: event }, `audit ${event.id}`);
         securityLog.emit(event);
       },
@@ -324,6 +329,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGTERM', onTerm);
       control.close();
       metricsServer?.close();
+      debugLog.close();
       void service
         .stop()
         .then(() => {

@@ -21,6 +21,7 @@ import { certRequest, SIGNATURE_HASHES } from './tasks/ike-cert.ts';
 import { IkeInitInitiator } from './tasks/ike-init.ts';
 import { IkeNatd, natdHash } from './tasks/ike-natd.ts';
 import { findNotifies, findPayload, notify } from './tasks/task.ts';
+import { headerText, type IkeTrace, payloadsText } from './trace.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
 
@@ -44,6 +45,8 @@ export interface ManagerOptions {
   onChild?(session: IkeSession, child: ChildSa): void;
   /** A negotiation (not a rekey) established an IKE SA. */
   onEstablished?(session: IkeSession): void;
+  /** The IKE debug trace: every message in and out, described (never keys or payload data). */
+  trace?: IkeTrace;
   /** An IKE SA ended (deleted, dead peer, rekeyed away). */
   onEnded?(session: IkeSession): void;
   log?(event: string, detail?: Record<string, unknown>): void;
@@ -90,11 +93,58 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   /** Binds UDP 500/4500 (or uses `bind`, e.g. a MemoryNetwork bind in tests). */
   async listen(bind?: (rx: IkeReceiver) => IkeBind): Promise<void> {
-    this._bind = bind ? bind(this) : await UdpBind.open(this.o.address, this);
+    const b = bind ? bind(this) : await UdpBind.open(this.o.address, this);
+    const trace = this.o.trace;
+    // With a trace, every IKE message sent is described first (the cost only exists when tracing).
+    this._bind = trace
+      ? {
+          address: b.address,
+          sendIke: (message, port, to) => {
+            if (trace.enabled()) this.traceWire('sent', message, port, to);
+            b.sendIke(message, port, to);
+          },
+          sendUdp4500: (packet, to) => b.sendUdp4500(packet, to),
+          close: () => b.close(),
+        }
+      : b;
+  }
+
+  /** One IKE datagram in the debug trace: its header and unencrypted payloads. */
+  private traceWire(dir: 'sent' | 'received', data: Buffer | IkeMessage, port: IkePort, peer: Endpoint): void {
+    try {
+      const msg = Buffer.isBuffer(data) ? decodeMessage(data) : data;
+      const arrow =
+        dir === 'sent'
+          ? `${this.o.address}:${port} -> ${peer.address}:${peer.port}`
+          : `${peer.address}:${peer.port} -> ${this.o.address}:${port}`;
+      this.o.trace?.line(
+        `${dir} ${arrow} ${headerText(msg.header)} ${msg.raw.length} octets: ${payloadsText(msg.payloads)}`,
+      );
+    } catch (err) {
+      this.o.trace?.line(`${dir} ${peer.address}:${peer.port} undecodable message: ${(err as Error).message}`);
+    }
+  }
+
+  /** The decrypted payloads of a protected message (SessionHost). */
+  traceInner(
+    s: IkeSession,
+    dir: 'sent' | 'received',
+    exchange: number,
+    mid: number,
+    response: boolean,
+    payloads: Payload[],
+  ): void {
+    if (!this.o.trace?.enabled()) return;
+    const ms = Date.now() - s.startedAt;
+    this.o.trace.line(
+      `${dir} ${ExchangeType[exchange] ?? exchange} ${response ? 'response' : 'request'} #${mid} spi ${hex(s.sa.spiI)}/${hex(s.sa.spiR)} ` +
+        `(+${ms} ms) decrypted: ${payloadsText(payloads)}`,
+    );
   }
 
   log(event: string, detail?: Record<string, unknown>): void {
     this.o.log?.(event, detail);
+    if (this.o.trace?.enabled()) this.o.trace.line(`event ${event}${detail ? ` ${JSON.stringify(detail)}` : ''}`);
   }
 
   // ---- SessionHost -----------------------------------------------------------------------------
@@ -173,8 +223,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
       msg = decodeMessage(data);
     } catch (err) {
       this.log('drop malformed', { from: from.address, reason: (err as Error).message });
+      if (this.o.trace?.enabled())
+        this.o.trace.line(`received ${from.address}:${from.port} malformed: ${(err as Error).message}`);
       return;
     }
+    if (this.o.trace?.enabled()) this.traceWire('received', msg, port, from);
     try {
       this.dispatch(msg, from, port);
     } catch (err) {

@@ -79,6 +79,15 @@ export interface SessionHost {
   changed(s: IkeSession, from: SessionState): void;
   /** A child SA was installed (IKE_AUTH, CREATE_CHILD_SA or rekey). */
   childUp?(s: IkeSession, child: ChildSa): void;
+  /** The debug trace of a protected message's payloads, before encryption or after decryption. */
+  traceInner?(
+    s: IkeSession,
+    dir: 'sent' | 'received',
+    exchange: number,
+    mid: number,
+    response: boolean,
+    payloads: Payload[],
+  ): void;
 }
 
 export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';
@@ -248,10 +257,12 @@ export class IkeSession {
             if (m.header.exchange !== exchange) return false;
             if (reassembled) {
               inner = reassembled;
+              this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
               return true;
             }
             try {
               inner = openMessage(m, sa.skKeys('in'));
+              this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
               return true;
             } catch {
               return false; // not authentic: keep waiting
@@ -276,6 +287,7 @@ export class IkeSession {
     const max = sa.fragmentation
       ? this.host.fragmentSize - (sa.remote.address.includes(':') ? 40 : 20) - 8 - (sa.floated ? 4 : 0)
       : Number.MAX_SAFE_INTEGER;
+    this.host.traceInner?.(this, 'sent', exchange, mid, response, payloads);
     const datagrams = protectFragmented(h, payloads, sa.skKeys('out'), max);
     if (datagrams.length > 1)
       this.log('sending fragments', { exchange: ExchangeType[exchange], fragments: datagrams.length });
@@ -326,10 +338,13 @@ export class IkeSession {
       const inner = this.reassemble(msg, 'request');
       const raws = this.requestParts?.raws ?? [];
       if (inner) this.requestParts = undefined;
+      if (inner) this.host.traceInner?.(this, 'received', msg.header.exchange, msg.header.messageId, false, inner);
       return inner ? { inner, raws } : undefined;
     }
     try {
-      return { inner: openMessage(msg, this.sa.skKeys('in')), raws: [Buffer.from(msg.raw)] };
+      const inner = openMessage(msg, this.sa.skKeys('in'));
+      this.host.traceInner?.(this, 'received', msg.header.exchange, msg.header.messageId, false, inner);
+      return { inner, raws: [Buffer.from(msg.raw)] };
     } catch (err) {
       this.log('drop unauthenticated request', { reason: (err as Error).message });
       return undefined;

@@ -4,6 +4,12 @@
  * stores as the PowerShell front-end. Output is shaped like netsh's ("Ok." on success).
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import {
+  DEBUGLOG_SIZE_KB,
+  type DebugLogSettings,
+  defaultDebugLogFile,
+  updateDebugLogSettings,
+} from '../../audit/debuglog.ts';
 import { ConsecError } from '../../errors.ts';
 import { controlRequest } from '../../daemon/control.ts';
 import { parseAddressList, parsePortList, parseProtocol, PolicyValidationError } from '../../policy/endpoints.ts';
@@ -610,6 +616,42 @@ export class Netsh {
     }
   }
 
+  /**
+   * `set global ipsec debuglog enable|disable | file PATH | size KB` (seed 000). Windows' netsh has
+   * no such keyword (it traces IKEEXT with `netsh wfp capture`); consec takes it for its IKE trace.
+   */
+  private debugLog(value: string): string {
+    const [what = '', ...rest] = value.split(/\s+/);
+    const arg = rest.join(' ').replace(/^"(.*)"$/, '$1');
+    const verb = matchWord(what, ['enable', 'disable', 'file', 'size'], 'value');
+    let change: Partial<DebugLogSettings>;
+    if (verb === 'enable' || verb === 'disable') {
+      if (arg) throw new NetshError(`A specified value is not valid: debuglog ${verb} takes no argument.`);
+      change = { enabled: verb === 'enable' };
+    } else if (verb === 'file') {
+      if (!arg) throw new NetshError('A value is missing: set global ipsec debuglog file <path>.');
+      change = { file: arg };
+    } else {
+      const kb = Number(arg);
+      if (!/^\d+$/.test(arg) || kb < DEBUGLOG_SIZE_KB.min || kb > DEBUGLOG_SIZE_KB.max)
+        throw new NetshError(
+          `A specified value is not valid: debuglog size must be ${DEBUGLOG_SIZE_KB.min}-${DEBUGLOG_SIZE_KB.max} (KB).`,
+        );
+      change = { sizeKb: kb };
+    }
+    let next: DebugLogSettings;
+    try {
+      next = updateDebugLogSettings(this.stores.stateDir, change);
+    } catch (err) {
+      throw new NetshError(`A specified value is not valid: ${(err as Error).message}.`);
+    }
+    this.warn(
+      '"debuglog" is not a Windows netsh keyword (seed 000 writes it; Windows traces IKEEXT with netsh wfp capture); ' +
+        `consec's IKE debug log is ${next.enabled ? 'on' : 'off'}: ${next.file ?? defaultDebugLogFile(this.stores.stateDir)}, ${next.sizeKb} KB.`,
+    );
+    return '';
+  }
+
   private async setGlobal(words: string[]): Promise<string> {
     const section = matchWord(words.shift(), ['ipsec', 'mainmode', 'statefulftp', 'statefulpptp'], 'setting');
     if (section === 'statefulftp' || section === 'statefulpptp') {
@@ -627,7 +669,7 @@ export class Netsh {
     const value = words.join(' ');
     if (!value) throw new NetshError(`A value is missing: set global ${section} ${key} <value>.`);
     if (section === 'ipsec') {
-      if (key === 'debuglog') throw new NotYetError('The IKE debug log (set global ipsec debuglog)', 7);
+      if (key === 'debuglog') return this.debugLog(value);
       if (key === 'exemptions') {
         this.warn('"exemptions" is not a netsh keyword (seed 000 writes it); consec reads it as "defaultexemptions".');
         key = 'defaultexemptions';
