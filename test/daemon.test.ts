@@ -233,6 +233,9 @@ describe('consec daemon', () => {
       const inAgain = again.get('consec_dataplane_packets_total')?.metrics.find((m) => m.labels?.direction === 'in');
       assert.ok(Number(inAgain?.value) >= value('consec_dataplane_packets_total', { direction: 'in' }) + 2);
       assert.match((await scrape('/')).head, /^404/);
+      // Seed 000's check: the keying service runs.
+      const svc = await run(consecArgv(['pwsh', '-Command', '(Get-Service IKEEXT).Status'], dir));
+      assert.equal(svc.stdout, 'Running\n');
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { runAuditpol } from '../src/audit/policy.ts';
 import { Capture } from '../src/lab/capture.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
@@ -180,11 +181,15 @@ describe('Request and exemptions: a peer without IPsec', () => {
     await lab?.destroy();
   });
 
+  /** alice's state directory of the last start(), with IPsec Driver failure auditing on. */
+  let aliceDir = '';
   const start = async (script: string[]) => {
     const a = lab.address('alice');
     const dir = freshStateDir('consec-req-');
+    aliceDir = dir;
     const r = await ps(script.join('\n'), dir);
     assert.equal(r.errors, 0, r.err);
+    runAuditpol(dir, ['/set', '/subcategory:IPsec Driver', '/failure:enable']);
     const d = consecDaemon(lab, 'alice', dir, a);
     await d.waitFor(/"msg":"ready"/);
     return d;
@@ -376,6 +381,24 @@ describe('Request and exemptions: a peer without IPsec', () => {
       assert.match(ping.stdout, /100% packet loss/, 'ICMP is not exempt: Require holds it back');
       const back = await lab.exec('bob', ['ping', '-c', '2', '-W', '1', a], { allowFailure: true });
       assert.match(back.stdout, /100% packet loss/, "bob's cleartext ping is dropped on alice");
+      // The kernel counted it per address; the daemon turns that into event 4963 within seconds.
+      let driver = '';
+      for (let i = 0; i < 40 && !/^4963 /m.test(driver); i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        driver = (
+          await consecPwsh(
+            aliceDir,
+            "Get-WinEvent -FilterHashtable @{LogName='Security'; Id=4963} | ForEach-Object { \"$($_.Id) $($_.Message -replace '\\s+', ' ')\" }",
+          )
+        ).stdout;
+      }
+      assert.match(
+        driver,
+        new RegExp(
+          `^4963 IPsec dropped an inbound clear text packet that should have been secured\\. .* Remote Network Address: ${b} Inbound SA SPI: 0 Dropped Packets: [1-9]`,
+          'm',
+        ),
+      );
     } finally {
       await d.stop('SIGTERM', 5000);
       await server.stop();
@@ -397,6 +420,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
     const a = lab.address('alice');
     const b = lab.address('bob');
     const daemons: LabProcess[] = [];
+    const dirs: string[] = [];
     const keys = freshStateDir('consec-keys-');
     const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5002]);
     const cap = await Capture.start(lab, 'bob', 'eth0');
@@ -406,7 +430,9 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
         ['alice', a, b],
       ] as const) {
         const dir = freshStateDir('consec-dp2-');
+        dirs.push(dir);
         await applyPolicy(dir, { local, remote });
+        if (host === 'bob') runAuditpol(dir, ['/set', '/subcategory:IPsec Driver', '/failure:enable']);
         const d = consecDaemon(lab, host, dir, local, host === 'alice' ? ['--wireshark-keys', keys] : []);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
@@ -478,6 +504,26 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       ]);
       await inject.exited;
       assert.match(inject.output(), /"sent":6/);
+      // The IPsec Driver events for them, in bob's Security log (auditpol enabled them above).
+      const driver = await consecPwsh(
+        dirs[0] as string,
+        "Get-WinEvent -FilterHashtable @{LogName='Security'; Id=4960,4961,4965} | ForEach-Object { \"$($_.Id) $($_.Message -replace '\\s+', ' ')\" }",
+      );
+      const spiOf = (hex: string) => Number.parseInt(hex.slice(0, 8), 16);
+      assert.match(
+        driver.stdout,
+        new RegExp(`^4961 .* Remote Network Address: ${a} Inbound SA SPI: ${spiOf(p0)} Dropped Packets: 1$`, 'm'),
+        driver.stdout + driver.stderr,
+      );
+      assert.match(
+        driver.stdout,
+        new RegExp(
+          `^4960 IPsec dropped an inbound packet that failed an integrity check\\. .* Remote Network Address: ${a} Inbound SA SPI: ${spiOf(p1)} `,
+          'm',
+        ),
+      );
+      assert.match(driver.stdout, new RegExp(`^4965 .* Remote Network Address: ${a} SPI: ${0xdeadbeef} `, 'm'));
+      assert.equal(driver.stdout.match(/^4961 /gm)?.length, 1, 'three replays, one event (rate-limited)');
       await daemons[0]?.stop('SIGTERM', 5000);
       const statsLine = (daemons[0]?.output() ?? '').split('\n').find((l) => l.includes('"msg":"data plane stats"'));
       const drops = (JSON.parse(statsLine ?? '{}') as { stats?: { drops: Record<string, number> } }).stats?.drops ?? {};

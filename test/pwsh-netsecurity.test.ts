@@ -320,6 +320,29 @@ describe('firewall profiles', () => {
   });
 });
 
+describe('services (seed 000: Get-Service IKEEXT | Select-Object Status, StartType)', () => {
+  it('IKEEXT and PolicyAgent are consec daemon: Stopped without one; default table view; unknown names are errors', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        'Get-Service IKEEXT',
+        'Get-Service IKEEXT | Select-Object Status, StartType',
+        '(Get-Service -Name Policy*).DisplayName',
+        'Get-Service W32Time',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(
+      r.out,
+      '\nStatus  Name   DisplayName\n------  ----   -----------\nStopped IKEEXT IKE and AuthIP IPsec Keying Modules\n\n\n' +
+        '\nStatus  StartType\n------  ---------\nStopped Manual\n\n\n' +
+        'IPsec Policy Agent\n',
+    );
+    assert.equal(r.errors, 1);
+    assert.match(r.err, /^Get-Service : Cannot find any service with service name 'W32Time'\./);
+  });
+});
+
 describe('invalid input changes nothing', () => {
   const setup = [
     '$p = New-NetIPsecAuthProposal -Machine -PreSharedKey k',

@@ -115,7 +115,23 @@ export type AuditEvent =
       >;
       reason: string;
     }
-  | { id: 5453; subcategory: 'IPsec Main Mode'; success: false; remote: EndpointInfo; reason: string };
+  | { id: 5453; subcategory: 'IPsec Main Mode'; success: false; remote: EndpointInfo; reason: string }
+  | DriverDropEvent;
+
+/**
+ * The IPsec driver (the data plane) dropped inbound packets: 4960 integrity check failed, 4961
+ * replay check failed, 4962 sequence number too low (older than the window), 4963 cleartext that
+ * should have been secured (a Require rule; SPI 0), 4965 unknown SPI. Rate-limited per event, SA
+ * and peer; `packets` counts the drops the event stands for.
+ */
+export interface DriverDropEvent {
+  id: 4960 | 4961 | 4962 | 4963 | 4965;
+  subcategory: 'IPsec Driver';
+  success: false;
+  remoteAddress: string;
+  spi: number;
+  packets: number;
+}
 
 /** Where audit events go. The keying service and the data plane hold one; tests collect them. */
 export interface AuditSink {

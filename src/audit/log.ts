@@ -39,6 +39,11 @@ const TITLES: Record<number, string> = {
   5451: 'An IPsec Quick Mode security association was established.',
   5452: 'An IPsec Quick Mode security association ended.',
   5453: 'An IPsec negotiation with a remote computer failed because the IKE and AuthIP IPsec Keying Modules (IKEEXT) service is not started.',
+  4960: 'IPsec dropped an inbound packet that failed an integrity check. If this problem persists, it could indicate a network issue or that packets are being modified in transit to this computer. Verify that the packets sent from the remote computer are the same as those received by this computer. This error might also indicate interoperability problems with other IPsec implementations.',
+  4961: 'IPsec dropped an inbound packet that failed a replay check. If this problem persists, it could indicate a replay attack against this computer.',
+  4962: 'IPsec dropped an inbound packet that failed a replay check. The inbound packet had too low a sequence number to ensure it was not a replay.',
+  4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
+  4965: 'IPsec received a packet from a remote computer with an incorrect Security Parameter Index (SPI). This is usually caused by malfunctioning hardware that is corrupting packets. If these errors persist, verify that the packets sent from the remote computer are the same as those received by this computer. This error may also indicate interoperability problems with other IPsec implementations. In that case, if connectivity is not impeded, then these events can be ignored.',
 };
 
 const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
@@ -55,6 +60,14 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
 /** The event's text as Windows lays it out: title, then sections of tab-indented fields. */
 export function eventMessage(e: AuditEvent): string {
   const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
+  if ('spi' in e) {
+    lines.push(
+      `Remote Network Address:\t${e.remoteAddress}`,
+      `${e.id === 4965 ? 'SPI' : 'Inbound SA SPI'}:\t${e.spi}`,
+      `Dropped Packets:\t${e.packets}`,
+    );
+    return lines.join('\n');
+  }
   const info: [string, string | number | undefined][] = [];
   if ('mainMode' in e) {
     lines.push(...endpoint('Local Endpoint', e.mainMode.local), ...endpoint('Remote Endpoint', e.mainMode.remote));

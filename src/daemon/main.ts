@@ -16,7 +16,7 @@ import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { ANY_V4, ANY_V6 } from '../filter/address.ts';
-import { applyGuard, guardSets, removeGuard, renderGuard } from '../dataplane/guard.ts';
+import { applyGuard, guardSets, readClearDrops, removeGuard, renderGuard } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 import { type CompiledPolicy, compilePolicy, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import type { IpInfo } from '../dataplane/ip.ts';
@@ -111,6 +111,9 @@ async function routeProtected(
   }
 }
 
+/** How often the kernel's per-address cleartext drop counters are read (IPsec Driver event 4963). */
+const CLEAR_DROP_POLL_MS = 5000;
+
 export interface DaemonOptions {
   listen?: string[];
   encap?: boolean;
@@ -153,6 +156,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     service?: KeyingService;
     onPolicy?: (doc: PolicyDocument) => void;
     classify?: (packet: Buffer, ip: IpInfo) => Verdict;
+    audit?: (event: AuditEvent) => void;
   } = {};
   if (o.dataplane === 'userspace') {
     if (addresses.length !== 1)
@@ -172,6 +176,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       onActivity: (spi) => late.service?.noteEsp(spi),
       classify: (packet, ip) => late.classify?.(packet, ip) ?? 'require',
       onExpire: (spi, hard) => late.service?.expire(spi, hard),
+      onDriverDrop: (d) => late.audit?.({ ...d, subcategory: 'IPsec Driver', success: false }),
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }
@@ -188,6 +193,16 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const securityLog = new SecurityLog(stateDir, auditPolicy, (err) =>
     log.warn({ reason: err.message }, 'cannot write the Security log'),
   );
+  // Every audit event, from the keying service and the data plane: counted, traced, logged, and
+  // written to the Security log when its subcategory is enabled.
+  const emitAudit = (event: AuditEvent): void => {
+    auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
+    metrics.audit(event);
+    if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
+    log.info({ audit: event }, `audit ${event.id}`);
+    securityLog.emit(event);
+  };
+  late.audit = emitAudit;
   const logOnly: ChildSaSink = {
     install: (sa) =>
       log.info(
@@ -210,15 +225,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     onEstablished: (s) => metrics.established(s),
     trace: debugLog,
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
-    audit: {
-      emit: (event: AuditEvent) => {
-        auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
-        metrics.audit(event);
-        if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
-        log.info({ audit: event }, `audit ${event.id}`);
-        securityLog.emit(event);
-      },
-    },
+    audit: { emit: emitAudit },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
     log,
@@ -321,6 +328,29 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   });
   const metricsServer = o.metrics ? await metrics.serve(o.metrics) : undefined;
   if (o.metrics) log.info({ metrics: `http://${o.metrics}/metrics` }, 'serving Prometheus metrics');
+  // 4963: who sent cleartext a Require rule refused (the kernel counts it per address).
+  const clearSeen = new Map<string, number>();
+  const clearPoll = plane
+    ? setInterval(() => {
+        void readClearDrops().then((drops) => {
+          for (const d of drops) {
+            const last = clearSeen.get(d.address) ?? 0;
+            const before = d.packets < last ? 0 : last; // the entry timed out and came back
+            clearSeen.set(d.address, d.packets);
+            if (d.packets > before)
+              emitAudit({
+                id: 4963,
+                subcategory: 'IPsec Driver',
+                success: false,
+                remoteAddress: d.address,
+                spi: 0,
+                packets: d.packets - before,
+              });
+          }
+        });
+      }, CLEAR_DROP_POLL_MS)
+    : undefined;
+  clearPoll?.unref();
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -328,6 +358,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
       control.close();
+      clearInterval(clearPoll);
       metricsServer?.close();
       debugLog.close();
       void service

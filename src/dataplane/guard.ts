@@ -140,13 +140,20 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     set('out6', 'ipv6_addr', s.out6),
     set('in4', 'ipv4_addr', s.in4),
     set('in6', 'ipv6_addr', s.in6),
+    // Who sent cleartext a Require rule refused (per address, with a counter): the IPsec Driver's
+    // 4963 events, read by the daemon (readClearDrops).
+    '  set clear4 { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 10m; counter; }',
+    '  set clear6 { type ipv6_addr; size 4096; flags dynamic,timeout; timeout 10m; counter; }',
     '  chain output {',
     '    type filter hook output priority 0; policy accept;',
     `    oifname "${tun}" accept`,
     '    oifname "lo" accept',
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
-    // Before our own marked sockets: the data plane's clear fallback must not carry a secured flow.
+    // Our own ESP and AH. (IPv6 conntrack reads through AH as an extension header, so a transport
+    // mode AH packet shares the connection of the flow it protects: accept it before the check.)
+    `    meta mark ${mark} meta l4proto { esp, ah } accept`,
+    // Before our other marked sockets: the data plane's clear fallback must not carry a secured flow.
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow in clear"`,
     `    meta mark ${mark} accept`,
     '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
@@ -175,8 +182,8 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "cleartext in a secured flow"`,
-    '    ip saddr @in4 counter drop comment "cleartext from a Require peer"',
-    '    ip6 saddr @in6 counter drop comment "cleartext from a Require peer"',
+    '    ip saddr @in4 update @clear4 { ip saddr } counter drop comment "cleartext from a Require peer"',
+    '    ip6 saddr @in6 update @clear6 { ip6 saddr } counter drop comment "cleartext from a Require peer"',
     '  }',
     '}',
   ];
@@ -196,4 +203,27 @@ export async function applyGuard(script: string): Promise<void> {
 /** Removes the table (consec uninstalled or its policy no longer requires anything). */
 export async function removeGuard(): Promise<void> {
   await exec('nft', ['delete', 'table', 'inet', GUARD_TABLE]).catch(() => {});
+}
+
+/**
+ * Addresses whose cleartext the input chain dropped (Require), with the packets counted so far —
+ * from the table's dynamic sets; empty when the table is not there.
+ */
+export async function readClearDrops(): Promise<{ address: string; packets: number }[]> {
+  const out: { address: string; packets: number }[] = [];
+  for (const name of ['clear4', 'clear6']) {
+    let text: string;
+    try {
+      text = (await exec('nft', ['-j', 'list', 'set', 'inet', GUARD_TABLE, name])).stdout;
+    } catch {
+      continue;
+    }
+    const doc = JSON.parse(text) as { nftables?: { set?: { elem?: unknown[] } }[] };
+    for (const item of doc.nftables ?? [])
+      for (const el of item.set?.elem ?? []) {
+        const e = (el as { elem?: { val?: unknown; counter?: { packets?: number } } }).elem;
+        if (typeof e?.val === 'string') out.push({ address: e.val, packets: e.counter?.packets ?? 0 });
+      }
+  }
+  return out;
 }

@@ -51,8 +51,17 @@ export interface DataPlaneOptions {
   onActivity?(spiIn: Buffer): void;
   /** A child SA reached its byte lifetime or ran out of sequence numbers: soft → rekey, hard → delete. */
   onExpire?(spiIn: Buffer, hard: boolean): void;
+  /**
+   * Inbound packets refused by the driver checks, for the IPsec Driver audit events (4960
+   * integrity, 4961 replay, 4962 older than the window, 4965 unknown SPI): at most one call per
+   * event, SPI and peer every DRIVER_EVENT_INTERVAL_MS, with the packets dropped meanwhile.
+   */
+  onDriverDrop?(e: { id: DriverDropId; spi: number; remoteAddress: string; packets: number }): void;
   log?(event: string, detail?: Record<string, unknown>): void;
 }
+
+export type DriverDropId = 4960 | 4961 | 4962 | 4965;
+export const DRIVER_EVENT_INTERVAL_MS = 10_000;
 
 export interface DataPlaneStats {
   packetsOut: number;
@@ -215,6 +224,43 @@ export class UserspaceDataPlane implements ChildSaSink {
 
   private drop(reason: string): void {
     this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1;
+  }
+
+  /** Per (event, SPI) rate limit of the driver events: when the last one went out, drops since. */
+  private readonly driverEvents = new Map<number, { at: number; packets: number }>();
+
+  /**
+   * An inbound packet refused by a driver check (packet `index` of `batch` came from the peer):
+   * counted by `reason`, and reported as an IPsec Driver event at most once per interval.
+   */
+  private driverDrop(reason: string, id: DriverDropId, spi: number, batch: PacketBatch, index: number): void {
+    this.drop(reason);
+    if (!this.o.onDriverDrop) return;
+    const key = id * 2 ** 32 + spi;
+    const now = Date.now();
+    const last = this.driverEvents.get(key);
+    if (last && now - last.at < DRIVER_EVENT_INTERVAL_MS) {
+      last.packets++;
+      return;
+    }
+    if (this.driverEvents.size > 4096) this.driverEvents.clear(); // a flood of made-up SPIs stays bounded
+    this.driverEvents.set(key, { at: now, packets: 0 });
+    const remoteAddress = readIp(batch.addrs, index * 16, this.family);
+    this.o.onDriverDrop({ id, spi, remoteAddress, packets: (last?.packets ?? 0) + 1 });
+  }
+
+  /** 4961 for a packet inside the window seen before, 4962 for one older than the window. */
+  private replayId(e: SaEntry, low: number): DriverDropId {
+    const w = (e.in as EspInbound | AhInbound).replay;
+    const seq = e.in.esn ? w.inferEsn(low) : low;
+    return seq + w.size <= w.top ? 4962 : 4961;
+  }
+
+  /** The driver event for an ESP/AH failure reason, if it has one. */
+  private failureId(e: SaEntry, reason: string, low: number): DriverDropId | undefined {
+    if (reason === 'integrity') return 4960;
+    if (reason === 'replay') return this.replayId(e, low);
+    return undefined;
   }
 
   /** The IKE sockets, for the keying service (`IkeManager.listen(rx => plane.bind(rx))`). */
@@ -514,16 +560,20 @@ export class UserspaceDataPlane implements ChildSaSink {
           pkt = h.subarray(0, 40 + len);
         }
         const ah = v6 ? 40 : 20;
-        const e = this.sad.inbound(pkt.readUInt32BE(ah + 4));
+        const spi = pkt.readUInt32BE(ah + 4);
+        const e = this.sad.inbound(spi);
         if (!e || !e.ah) {
-          this.drop('unknown SPI');
+          this.driverDrop('unknown SPI', 4965, spi, this.rawIn, i);
           continue;
         }
         let opened;
         try {
           opened = (e.in as AhInbound).open(pkt);
         } catch (err) {
-          this.drop(err instanceof EspError ? err.reason : 'malformed');
+          const reason = err instanceof EspError ? err.reason : 'malformed';
+          const id = this.failureId(e, reason, pkt.readUInt32BE(ah + 8));
+          if (id) this.driverDrop(reason, id, spi, this.rawIn, i);
+          else this.drop(reason);
           continue;
         }
         this.deliver(e, opened.payload, opened.nextHeader);
@@ -725,7 +775,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     const spi = esp.readUInt32BE(0);
     const e = this.sad.inbound(spi);
     if (!e) {
-      this.drop('unknown SPI');
+      this.driverDrop('unknown SPI', 4965, spi, batch, index);
       return;
     }
     if (e.native) {
@@ -736,7 +786,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       // Replay pre-check now; the addon opens the SA's packets of this batch together (openPending).
       const seq = (e.in as EspInbound).precheck(esp.readUInt32BE(4));
       if (seq < 0) {
-        this.drop('replay');
+        this.driverDrop('replay', this.replayId(e, esp.readUInt32BE(4)), spi, batch, index);
         return;
       }
       const g = this.gatherIn(e, batch);
@@ -752,7 +802,10 @@ export class UserspaceDataPlane implements ChildSaSink {
     try {
       opened = e.in.open(esp);
     } catch (err) {
-      this.drop(err instanceof EspError ? err.reason : 'malformed');
+      const reason = err instanceof EspError ? err.reason : 'malformed';
+      const id = this.failureId(e, reason, esp.readUInt32BE(4));
+      if (id) this.driverDrop(reason, id, spi, batch, index);
+      else this.drop(reason);
       return;
     }
     this.followPeer(e, batch, index);
@@ -872,11 +925,13 @@ export class UserspaceDataPlane implements ChildSaSink {
       for (let k = 0; k < count; k++) {
         const len = lens[k] as number;
         if (len < 0) {
-          this.drop(failures[-len] ?? 'malformed');
+          const reason = failures[-len] ?? 'malformed';
+          if (reason === 'integrity') this.driverDrop(reason, 4960, e.in.spi, src, (g.idx as Int32Array)[k] as number);
+          else this.drop(reason);
           continue;
         }
         if (!(e.in as EspInbound).accept((g.seq as Float64Array)[k] as number, len)) {
-          this.drop('replay');
+          this.driverDrop('replay', 4961, e.in.spi, src, (g.idx as Int32Array)[k] as number);
           continue;
         }
         this.followPeer(e, src, (g.idx as Int32Array)[k] as number);

@@ -48,6 +48,7 @@ import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMa
 import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
 import { saCommands } from './sa.ts';
+import { serviceCommands } from './service.ts';
 import { winEventCommands } from './winevent.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
@@ -666,5 +667,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...whatIfCommands(stores),
     ...saCommands(stores),
     ...winEventCommands(stores),
+    ...serviceCommands(stores),
   ];
 }

@@ -2,7 +2,16 @@
  * Windows PowerShell's text output: Format-List, Format-Table, the default view (a table for
  * objects of up to four properties, a list otherwise) and ConvertTo-Json.
  */
-import { getProperty, Hashtable, isPSObject, PS_DISPLAY, propertyNames, ScriptBlock, toText } from './values.ts';
+import {
+  getProperty,
+  Hashtable,
+  isPSObject,
+  PS_DISPLAY,
+  PS_TYPE,
+  propertyNames,
+  ScriptBlock,
+  toText,
+} from './values.ts';
 
 /** $FormatEnumerationLimit: arrays show at most this many items, then "...". */
 const ENUMERATION_LIMIT = 4;
@@ -90,14 +99,26 @@ export function formatTable(items: readonly unknown[], properties?: readonly str
   return `${out}\n\n`;
 }
 
-/** Out-Default: scalars one per line; objects as a table (≤ 4 properties) or a list. */
+/**
+ * Default table views by type name, as PowerShell's format files give them (objects with more
+ * than four properties would otherwise be shown as lists).
+ */
+const TABLE_VIEWS: Record<string, string[]> = {
+  'System.ServiceProcess.ServiceController': ['Status', 'Name', 'DisplayName'],
+  'System.Diagnostics.Eventing.Reader.EventLogRecord': ['TimeCreated', 'Id', 'LevelDisplayName', 'Message'],
+};
+
+const viewOf = (item: unknown): string[] | undefined => (isPSObject(item) ? TABLE_VIEWS[item[PS_TYPE]] : undefined);
+
+/** Out-Default: scalars one per line; objects as their type's table view, a table (≤ 4 properties) or a list. */
 export function formatDefault(items: readonly unknown[]): string {
   let out = '';
   let group: unknown[] = [];
   let groupKind: 'table' | 'list' | undefined;
+  let view: string[] | undefined;
   const flush = (): void => {
     if (group.length === 0) return;
-    out += groupKind === 'table' ? formatTable(group) : formatList(group);
+    out += view ? formatTable(group, view) : groupKind === 'table' ? formatTable(group) : formatList(group);
     group = [];
   };
   for (const item of items) {
@@ -107,9 +128,11 @@ export function formatDefault(items: readonly unknown[]): string {
       out += `${toText(item)}\n`;
       continue;
     }
-    const kind = propertyNames(item).length <= 4 ? 'table' : 'list';
-    if (kind !== groupKind) flush();
+    const itemView = viewOf(item);
+    const kind = itemView || propertyNames(item).length <= 4 ? 'table' : 'list';
+    if (kind !== groupKind || itemView !== view) flush();
     groupKind = kind;
+    view = itemView;
     group.push(item);
   }
   flush();
