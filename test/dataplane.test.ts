@@ -323,6 +323,47 @@ describe('Request and exemptions: a peer without IPsec', () => {
     }
   });
 
+  it('network location: a rule for the Private profile applies once eth0 is a Private network (Set-NetConnectionProfile)', async () => {
+    const b = lab.address('bob');
+    const d = await start([
+      `New-NetIPsecRule -DisplayName "private only" -Profile Private -RemoteAddress ${b} -InboundSecurity Require -OutboundSecurity Require | Out-Null`,
+    ]);
+    const cli = (...args: string[]) => lab.exec('alice', consecArgv(args, aliceDir), { allowFailure: true });
+    try {
+      const before = await cli('netsh', 'advfirewall', 'monitor', 'show', 'currentprofile');
+      assert.equal(before.stdout, `\nPublic Profile:\n${'-'.repeat(70)}\nNetwork\n\nOk.\n\n`);
+      const clear = await lab.exec('alice', ['ping', '-c', '2', '-W', '1', b], { allowFailure: true });
+      assert.match(clear.stdout, / 0% packet loss/, 'a Public network: the Private rule is not in force');
+      const set = await cli(
+        'pwsh',
+        '-Command',
+        'Get-NetConnectionProfile -InterfaceAlias eth0 | Set-NetConnectionProfile -NetworkCategory Private',
+      );
+      assert.equal(set.code, 0, set.stdout + set.stderr);
+      const view = await cli('pwsh', '-Command', '(Get-NetConnectionProfile -InterfaceAlias eth0).NetworkCategory');
+      assert.equal(view.stdout, 'Private\n');
+      await d.waitFor(/"msg":"network location changed"/, 10_000);
+      // Filters and routes follow the reload; from then on nothing reaches bob in clear.
+      let held = '';
+      for (let i = 0; i < 10 && !/100% packet loss/.test(held); i++)
+        held = (await lab.exec('alice', ['ping', '-c', '1', '-W', '1', b], { allowFailure: true })).stdout;
+      assert.match(held, /100% packet loss/, 'now the rule requires IPsec, which bob does not speak');
+      const again = await lab.exec('alice', ['ping', '-c', '2', '-W', '1', b], { allowFailure: true });
+      assert.match(again.stdout, /100% packet loss/);
+      const after = await cli('netsh', 'advfirewall', 'monitor', 'show', 'currentprofile');
+      assert.match(after.stdout, /^\nPrivate Profile:\n-{70}\nNetwork\n/);
+      const domain = await cli(
+        'pwsh',
+        '-Command',
+        'Set-NetConnectionProfile -InterfaceAlias eth0 -NetworkCategory DomainAuthenticated',
+      );
+      assert.match(domain.stdout + domain.stderr, /Unable to set NetworkCategory to 'DomainAuthenticated'/);
+    } finally {
+      await d.stop('SIGTERM', 5000);
+      await lab.exec('alice', consecArgv(['daemon', '--remove-filters']));
+    }
+  });
+
   it('address keywords resolved on the host: Require for LocalSubnet, an exemption for DefaultGateway on one TCP port', async () => {
     const b = lab.address('bob');
     // bob is alice's default gateway here: /proc/net/route of alice's namespace says so.
@@ -483,7 +524,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       // dropped and counted by reason (the stats bob logs when it stops).
       // bob's raw socket sees what arrives (alice's ESP), not what bob sends.
       const sniff = fixture(lab, 'bob', 'raw-recv', [4, 50, 2]);
-      await new Promise((r) => setTimeout(r, 300));
+      await sniff.waitFor(/"event":"ready"/);
       await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
       await sniff.exited;
       const [got] = events<{ packets: { from: string; hex: string }[] }>(sniff, 'received');

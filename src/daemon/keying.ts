@@ -22,9 +22,10 @@ import { createChild } from '../ike/tasks/child-rekey.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
 import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { NotifyType } from '../ike/wire/constants.ts';
-import type { PolicyDocument } from '../policy/model.ts';
+import type { PolicyDocument, ProfileName } from '../policy/model.ts';
 import { type PolicyStores } from '../policy/store.ts';
 import { type PolicyWatch, watchActivePolicy } from '../policy/watch.ts';
+import { policyForProfiles } from '../filter/location.ts';
 import { writeIp } from '../io/addr.ts';
 
 export interface Logger {
@@ -43,6 +44,8 @@ export interface KeyingOptions {
   timing?: Partial<Timing>;
   /** Encapsulate ESP in UDP 4500 even without a NAT (hosts whose kernel and peers lack raw ESP). */
   forceUdpEncapsulation?: boolean;
+  /** The firewall profiles in force (network location); without it every rule applies. */
+  profiles?: () => ProfileName[];
   /** The IKE debug trace (netsh advfirewall set global ipsec debuglog). */
   trace?: IkeTrace;
   /** A negotiation established an IKE SA (metrics). */
@@ -82,7 +85,17 @@ export class KeyingService {
   private readonly inFlight = new Map<string, Promise<{ session: IkeSession; child: ChildSa }>>();
 
   constructor(private readonly o: KeyingOptions) {
-    this.doc = o.stores.read('ActiveStore');
+    this.doc = this.inForce(o.stores.read('ActiveStore'));
+  }
+
+  /** The rules of the profiles in force (all of them without a network location). */
+  private inForce(doc: PolicyDocument): PolicyDocument {
+    return this.o.profiles ? policyForProfiles(doc, this.o.profiles()) : doc;
+  }
+
+  /** The network location changed (Set-NetConnectionProfile): the active policy again, filtered anew. */
+  locationChanged(): void {
+    this.reload(this.o.stores.read('ActiveStore'));
   }
 
   private get planOptions() {
@@ -202,7 +215,8 @@ export class KeyingService {
    * A new active policy: SAs whose rule, credentials and negotiated IKE proposal it still allows
    * stay up (their next rekey uses the new sets); the others are deleted at the peer.
    */
-  reload(doc: PolicyDocument): void {
+  reload(activeStore: PolicyDocument): void {
+    const doc = this.inForce(activeStore);
     this.doc = doc;
     let kept = 0;
     let deleted = 0;

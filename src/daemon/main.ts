@@ -11,6 +11,7 @@ import { SecurityLog } from '../audit/log.ts';
 import { LiveAuditPolicy } from '../audit/policy.ts';
 import { ConsecError } from '../errors.ts';
 import { systemHostContext } from '../filter/host-context.ts';
+import { activeProfiles, connectionProfiles, networkCategoriesStamp } from '../filter/location.ts';
 import type { ChildSaSink } from '../ike/dataplane.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
@@ -111,8 +112,8 @@ async function routeProtected(
   }
 }
 
-/** How often the kernel's per-address cleartext drop counters are read (IPsec Driver event 4963). */
-const CLEAR_DROP_POLL_MS = 5000;
+/** How often the kernel's per-address cleartext drop counters (event 4963) and the network location are read. */
+const HOUSEKEEPING_MS = 5000;
 
 export interface DaemonOptions {
   listen?: string[];
@@ -218,6 +219,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   };
   const service = new KeyingService({
     stores: new PolicyStores(stateDir),
+    profiles: () => activeProfiles(connectionProfiles(stateDir)),
     addresses,
     ctx,
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
@@ -328,28 +330,35 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   });
   const metricsServer = o.metrics ? await metrics.serve(o.metrics) : undefined;
   if (o.metrics) log.info({ metrics: `http://${o.metrics}/metrics` }, 'serving Prometheus metrics');
-  // 4963: who sent cleartext a Require rule refused (the kernel counts it per address).
+  // Every few seconds: 4963 for cleartext a Require rule refused (the kernel counts it per
+  // address), and the network location (Set-NetConnectionProfile) → the rules of the profiles in force.
   const clearSeen = new Map<string, number>();
-  const clearPoll = plane
-    ? setInterval(() => {
-        void readClearDrops().then((drops) => {
-          for (const d of drops) {
-            const last = clearSeen.get(d.address) ?? 0;
-            const before = d.packets < last ? 0 : last; // the entry timed out and came back
-            clearSeen.set(d.address, d.packets);
-            if (d.packets > before)
-              emitAudit({
-                id: 4963,
-                subcategory: 'IPsec Driver',
-                success: false,
-                remoteAddress: d.address,
-                spi: 0,
-                packets: d.packets - before,
-              });
-          }
-        });
-      }, CLEAR_DROP_POLL_MS)
-    : undefined;
+  let location = `${networkCategoriesStamp(stateDir)}|${activeProfiles(connectionProfiles(stateDir)).join()}`;
+  const clearPoll = setInterval(() => {
+    const now = `${networkCategoriesStamp(stateDir)}|${activeProfiles(connectionProfiles(stateDir)).join()}`;
+    if (now !== location) {
+      location = now;
+      log.info({ profiles: now.split('|')[1] }, 'network location changed');
+      service.locationChanged();
+    }
+    if (!plane) return;
+    void readClearDrops().then((drops) => {
+      for (const d of drops) {
+        const last = clearSeen.get(d.address) ?? 0;
+        const before = d.packets < last ? 0 : last; // the entry timed out and came back
+        clearSeen.set(d.address, d.packets);
+        if (d.packets > before)
+          emitAudit({
+            id: 4963,
+            subcategory: 'IPsec Driver',
+            success: false,
+            remoteAddress: d.address,
+            spi: 0,
+            packets: d.packets - before,
+          });
+      }
+    });
+  }, HOUSEKEEPING_MS);
   clearPoll?.unref();
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {

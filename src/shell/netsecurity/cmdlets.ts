@@ -49,6 +49,7 @@ import { enumerate } from '../pwsh/values.ts';
 import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
 import { saCommands } from './sa.ts';
 import { serviceCommands } from './service.ts';
+import { locationCommands } from './location.ts';
 import { winEventCommands } from './winevent.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
@@ -668,5 +669,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...saCommands(stores),
     ...winEventCommands(stores),
     ...serviceCommands(stores),
+    ...locationCommands(stores),
   ];
 }

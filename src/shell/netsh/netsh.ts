@@ -4,6 +4,7 @@
  * stores as the PowerShell front-end. Output is shaped like netsh's ("Ok." on success).
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { currentProfileText } from '../netsecurity/location.ts';
 import {
   DEBUGLOG_SIZE_KB,
   type DebugLogSettings,
@@ -40,12 +41,6 @@ import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo } from './syn
 export interface NetshHost {
   stdout(text: string): void;
   stderr(text: string): void;
-}
-
-class NotYetError extends ConsecError {
-  constructor(what: string, issue: number) {
-    super('ERR_NOT_YET_AVAILABLE', `${what} is not available yet in this build of consec (tracked in issue ${issue}).`);
-  }
 }
 
 const ACTIONS: Record<string, [IPsecRule['InboundSecurity'], IPsecRule['OutboundSecurity']]> = {
@@ -393,10 +388,6 @@ export class Netsh {
       this.host.stdout(`${text}\nOk.\n\n`);
       return 0;
     } catch (err) {
-      if (err instanceof NotYetError) {
-        this.host.stderr(`consec: ${err.message}\n`);
-        return 2;
-      }
       if (
         err instanceof NetshError ||
         err instanceof PolicyValidationError ||
@@ -430,7 +421,7 @@ export class Netsh {
       }
       case 'show': {
         const what = matchWord(words.shift(), ['global', 'currentprofile'], 'command');
-        if (what === 'currentprofile') throw new NotYetError('show currentprofile (network location profiles)', 7);
+        if (what === 'currentprofile') return currentProfileText(this.stores.stateDir);
         return showGlobal(this.stores.read('ActiveStore'));
       }
       case 'monitor': {
@@ -439,7 +430,7 @@ export class Netsh {
         if (what === 'global') return showGlobal(this.stores.read('ActiveStore'));
         if (what === 'consec') return this.monitorConsec(words);
         if (what === 'mmsa' || what === 'qmsa') return this.monitorSas(what, words);
-        throw new NotYetError(`monitor show ${what} (network location profiles)`, 7);
+        return currentProfileText(this.stores.stateDir);
       }
     }
     throw new NetshError('The following command was not found.');
