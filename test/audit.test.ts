@@ -14,7 +14,9 @@ import { auditPolicyFile, AuditPolicyError, LiveAuditPolicy, runAuditpol } from 
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { applyPolicy, consecDaemon } from './helpers.ts';
+import { decodeJournalEntry, encodeJournalEntry } from '../src/io/journal.ts';
+import { PacketBatch, UnixDatagramSocket } from '../src/io/native.ts';
+import { applyPolicy, consecArgv } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const mmFailure = (n: number): AuditEvent => ({
@@ -142,6 +144,31 @@ describe('Security log and Get-WinEvent', () => {
   });
 });
 
+describe('systemd journal native protocol', () => {
+  it('plain fields as KEY=value, values with newlines length-prefixed; decodes back; bad names refused', () => {
+    const fields = { MESSAGE: 'line one\nline two\n', PRIORITY: 6, CONSEC_EVENT_ID: 4653, EMPTY: '' };
+    const wire = encodeJournalEntry(fields);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(18n);
+    assert.deepEqual(
+      wire,
+      Buffer.concat([
+        Buffer.from('MESSAGE\n'),
+        len,
+        Buffer.from('line one\nline two\n\nPRIORITY=6\nCONSEC_EVENT_ID=4653\nEMPTY=\n'),
+      ]),
+    );
+    assert.deepEqual(decodeJournalEntry(wire), {
+      MESSAGE: 'line one\nline two\n',
+      PRIORITY: '6',
+      CONSEC_EVENT_ID: '4653',
+      EMPTY: '',
+    });
+    assert.throws(() => encodeJournalEntry({ _SYSTEMD_UNIT: 'x' }), RangeError);
+    assert.throws(() => encodeJournalEntry({ 'bad name': 'x' }), RangeError);
+  });
+});
+
 describe('Security log from a running daemon (lab, strongSwan peer)', () => {
   let lab: Lab;
   before(async () => {
@@ -161,7 +188,14 @@ describe('Security log from a running daemon (lab, strongSwan peer)', () => {
       'bob',
       pskHostTunnel(b, a, { name: 'c', secret: 'the-key-bob-has-0123456789', proposals: ['aes256-sha256-ecp256'] }),
     );
-    const daemon = consecDaemon(lab, 'alice', dir, a);
+    // A stand-in for systemd-journald's socket: what the daemon sends there is read back below.
+    const journalPath = join(dir, 'journal.socket');
+    const journal = UnixDatagramSocket.open(journalPath);
+    const daemon = lab.spawn('alice', [
+      'env',
+      `CONSEC_JOURNAL_SOCKET=${journalPath}`,
+      ...consecArgv(['daemon', '--listen', a, '--dpd', '0'], dir),
+    ]);
     try {
       await daemon.waitFor(/"msg":"ready"/);
       await lab.exec('alice', ['ping', '-c', '1', '-W', '2', b], { allowFailure: true });
@@ -187,7 +221,21 @@ describe('Security log from a running daemon (lab, strongSwan peer)', () => {
         [],
         'no success events: only failures are enabled',
       );
+      // The journal got exactly what the Security log got, in the native protocol.
+      const batch = new PacketBatch(64, 65_536);
+      const entries = Array.from({ length: journal.recv(batch) }, (_, i) => decodeJournalEntry(batch.packet(i)));
+      const written = readSecurityLog(dir);
+      assert.equal(entries.length, written.length);
+      const first = entries.find((e) => e.CONSEC_EVENT_ID === '4653');
+      assert.ok(first, JSON.stringify(entries));
+      assert.equal(first.SYSLOG_IDENTIFIER, 'consec');
+      assert.equal(first.PRIORITY, '4', 'a failure is a warning');
+      assert.match(first.MESSAGE ?? '', /^An IPsec Main Mode negotiation failed\.\n\nLocal Endpoint:\n/);
+      assert.match(first.MESSAGE ?? '', /Network Address:\t192\.0\.2\.2/);
+      assert.equal(first.CONSEC_RECORD_ID, String(written.find((w) => w.Id === 4653)?.RecordId));
+      assert.equal((JSON.parse(first.CONSEC_EVENT_JSON ?? '{}') as { id: number }).id, 4653);
     } finally {
+      journal.close();
       await daemon.stop('SIGTERM', 5000);
       await bob.stop();
     }

@@ -122,6 +122,8 @@ export function eventMessage(e: AuditEvent): string {
 export interface SecurityLogOptions {
   /** Rotate when the current file exceeds this many octets. Default 16 MiB. */
   maxBytes?: number;
+  /** Also send each written event to the systemd journal (when the host has one). */
+  journal?: { send(fields: Record<string, string | number>): void };
   /** Rotated files kept. Default 4. */
   keep?: number;
 }
@@ -132,6 +134,7 @@ export class SecurityLog implements AuditSink {
   private readonly dir: string;
   private readonly maxBytes: number;
   private readonly keep: number;
+  private readonly journal?: SecurityLogOptions['journal'];
 
   constructor(
     stateDir: string,
@@ -142,6 +145,7 @@ export class SecurityLog implements AuditSink {
     this.dir = securityLogDir(stateDir);
     this.maxBytes = o.maxBytes ?? 16 * 1024 * 1024;
     this.keep = o.keep ?? 4;
+    this.journal = o.journal;
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     this.recordId = lastRecordId(this.dir);
   }
@@ -167,6 +171,11 @@ export class SecurityLog implements AuditSink {
     } catch (err) {
       this.onError(err as Error);
     }
+    try {
+      this.journal?.send(journalFields(record));
+    } catch (err) {
+      this.onError(err as Error);
+    }
   }
 
   private rotate(): void {
@@ -177,6 +186,25 @@ export class SecurityLog implements AuditSink {
     }
     renameSync(join(this.dir, 'security.jsonl'), join(this.dir, 'security.1.jsonl'));
   }
+}
+
+/**
+ * A Security log record as journal fields: the Windows message as MESSAGE, warning priority for
+ * failures, and the event's ID, subcategory, record ID and JSON for `journalctl CONSEC_EVENT_ID=4653`.
+ */
+export function journalFields(r: SecurityRecord): Record<string, string | number> {
+  return {
+    MESSAGE: r.Message,
+    PRIORITY: r.KeywordsDisplayNames[0] === 'Audit Failure' ? 4 : 6,
+    SYSLOG_IDENTIFIER: 'consec',
+    CONSEC_LOG: 'Security',
+    CONSEC_EVENT_ID: r.Id,
+    CONSEC_RECORD_ID: r.RecordId,
+    CONSEC_TASK: r.TaskDisplayName,
+    CONSEC_KEYWORDS: r.KeywordsDisplayNames[0],
+    CONSEC_PROVIDER: r.ProviderName,
+    CONSEC_EVENT_JSON: JSON.stringify(r.Event),
+  };
 }
 
 function lastRecordId(dir: string): number {

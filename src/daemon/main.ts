@@ -27,6 +27,7 @@ import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualChild } from '../dataplane/manual.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
+import { JournalSink } from '../io/journal.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
@@ -191,8 +192,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const auditPolicy = new LiveAuditPolicy(stateDir, (err) =>
     log.warn({ reason: err.message }, 'audit policy unreadable; keeping the last good one'),
   );
-  const securityLog = new SecurityLog(stateDir, auditPolicy, (err) =>
-    log.warn({ reason: err.message }, 'cannot write the Security log'),
+  // Written events also go to the systemd journal, when this host has one.
+  const journal = JournalSink.open();
+  const securityLog = new SecurityLog(
+    stateDir,
+    auditPolicy,
+    (err) => log.warn({ reason: err.message }, 'cannot write the Security log'),
+    { journal },
   );
   // Every audit event, from the keying service and the data plane: counted, traced, logged, and
   // written to the Security log when its subcategory is enabled.
@@ -370,6 +376,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       clearInterval(clearPoll);
       metricsServer?.close();
       debugLog.close();
+      journal?.close();
       void service
         .stop()
         .then(() => {

@@ -55,6 +55,8 @@ interface NativeAddon {
   setMark(fd: number, mark: number): void;
   setBuffers(fd: number, rcv: number, snd: number): void;
   close(fd: number): void;
+  unixDgramOpen(bindPath?: string): number;
+  unixDgramSend(fd: number, path: string, data: Buffer): number;
   readBatch(fd: number, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
   writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
   recvBatch(
@@ -442,4 +444,37 @@ export function setSocketMark(fd: number, mark: number): void {
 /** The largest batch a single recvBatch/sendmmsg call handles. */
 export function maxBatch(): number {
   return native().maxBatch;
+}
+
+/**
+ * An AF_UNIX datagram socket: sends to a socket path (the systemd journal's), or, bound to a path,
+ * receives datagrams (tests). Not polled: sends are one-off and never block (non-blocking socket).
+ */
+export class UnixDatagramSocket {
+  private fd: number;
+
+  private constructor(fd: number) {
+    this.fd = fd;
+  }
+
+  static open(bindPath?: string): UnixDatagramSocket {
+    return new UnixDatagramSocket(sys(() => native().unixDgramOpen(bindPath)));
+  }
+
+  send(path: string, data: Buffer): number {
+    if (this.fd < 0) throw new NativeIoError('sendto', 'EBADF', 'socket is closed');
+    return sys(() => native().unixDgramSend(this.fd, path, data));
+  }
+
+  /** Reads waiting datagrams into the batch (0 when none). */
+  recv(batch: PacketBatch): number {
+    if (this.fd < 0) throw new NativeIoError('read', 'EBADF', 'socket is closed');
+    batch.count = sys(() => native().readBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.capacity));
+    return batch.count;
+  }
+
+  close(): void {
+    if (this.fd >= 0) native().close(this.fd);
+    this.fd = -1;
+  }
 }
