@@ -144,6 +144,32 @@ describe('Security log and Get-WinEvent', () => {
   });
 });
 
+describe('auditpol and netsh inside PowerShell scripts (native commands)', () => {
+  it('run in-process with their quoting, output lines down the pipeline, and $LASTEXITCODE', async () => {
+    const dir = freshStateDir('consec-audit-native-');
+    const r = await ps(
+      [
+        'auditpol /set /subcategory:"IPsec Main Mode" /failure:enable',
+        '"code $LASTEXITCODE"',
+        "auditpol.exe /get /subcategory:'IPsec Main Mode' | Where-Object { $_ -match 'IPsec' }",
+        'auditpol /set /subcategory:"No Such Thing" /failure:enable',
+        '"code $LASTEXITCODE"',
+        'netsh advfirewall set global ipsec saidletimemin 10',
+        '(netsh advfirewall show global) -match "SAIdleTimeMin"',
+        'netsh advfirewall consec show rule name=missing',
+        '"code $LASTEXITCODE"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(
+      r.out,
+      'The command was successfully executed.\ncode 0\n  IPsec Main Mode                         Failure\ncode 87\n\nOk.\n\nSAIdleTimeMin                         10min\nNo rules match the specified criteria.\n\ncode 1\n',
+    );
+    assert.match(r.err, /The parameter is incorrect\. \(subcategory "No Such Thing"/);
+    assert.equal(new LiveAuditPolicy(dir).current.enabled('IPsec Main Mode', false), true);
+  });
+});
+
 describe('systemd journal native protocol', () => {
   it('plain fields as KEY=value, values with newlines length-prefixed; decodes back; bad names refused', () => {
     const fields = { MESSAGE: 'line one\nline two\n', PRIORITY: 6, CONSEC_EVENT_ID: 4653, EMPTY: '' };

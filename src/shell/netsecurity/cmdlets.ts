@@ -50,6 +50,7 @@ import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName }
 import { saCommands } from './sa.ts';
 import { serviceCommands } from './service.ts';
 import { locationCommands } from './location.ts';
+import { nativeCommands } from './native-commands.ts';
 import { winEventCommands } from './winevent.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
@@ -670,5 +671,6 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...winEventCommands(stores),
     ...serviceCommands(stores),
     ...locationCommands(stores),
+    ...nativeCommands(stores),
   ];
 }

@@ -397,6 +397,33 @@ export class Lexer {
         i += 2;
         continue;
       }
+      // A quoted part inside a bare word is part of the same argument, without its quotes:
+      // auditpol /subcategory:"IPsec Main Mode" passes `/subcategory:IPsec Main Mode` (as PowerShell does).
+      const c = s[i] as string;
+      const quotes =
+        i > start
+          ? QUOTES_DOUBLE.has(c)
+            ? QUOTES_DOUBLE
+            : QUOTES_SINGLE.has(c)
+              ? QUOTES_SINGLE
+              : undefined
+          : undefined;
+      if (quotes) {
+        let j = i + 1;
+        while (j < s.length && !quotes.has(s[j] as string)) {
+          if (quotes === QUOTES_DOUBLE && s[j] === '`' && j + 1 < s.length) j++;
+          out += s[j];
+          j++;
+        }
+        if (j >= s.length)
+          throw new PwshSyntaxError(
+            'The string is missing the terminator: ' + c + '.',
+            { start: i, end: j },
+            'TerminatorExpectedAtEndOfString',
+          );
+        i = j + 1;
+        continue;
+      }
       out += s[i];
       i++;
     }
