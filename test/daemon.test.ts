@@ -220,6 +220,7 @@ describe('consec daemon', () => {
         JSON.stringify(families.get('consec_negotiation_failures_total')),
       );
       assert.ok(value('consec_audit_events_total', { id: '4653' }) >= 1);
+      assert.equal(value('consec_audit_events_total', { id: '5478' }), 1, 'IPsec Services started');
       assert.equal(value('consec_audit_events_total', { id: '5451' }), 1);
       assert.ok(value('consec_dataplane_packets_total', { direction: 'in' }) >= 3, 'the pings came in through the SA');
       assert.ok(value('consec_dataplane_packets_total', { direction: 'out' }) >= 3);
@@ -236,6 +237,8 @@ describe('consec daemon', () => {
       // Seed 000's check: the keying service runs.
       const svc = await run(consecArgv(['pwsh', '-Command', '(Get-Service IKEEXT).Status'], dir));
       assert.equal(svc.stdout, 'Running\n');
+      const stats = await run(consecArgv(['pwsh', '-Command', '(Get-NetIPsecStatistics).AuthenticationFailures'], dir));
+      assert.ok(Number(stats.stdout) >= 1, `the wrong PSK counted: ${stats.stdout}`);
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);

@@ -440,6 +440,8 @@ describe('Request and exemptions: a peer without IPsec', () => {
           'm',
         ),
       );
+      const cleared = await consecPwsh(aliceDir, '(Get-NetIPsecStatistics).ClearTextPacketsDroppedByRequire');
+      assert.ok(Number(cleared.stdout) >= 2, `cleartext dropped by Require, counted: ${cleared.stdout}`);
     } finally {
       await d.stop('SIGTERM', 5000);
       await server.stop();

@@ -116,6 +116,8 @@ export type AuditEvent =
       reason: string;
     }
   | { id: 5453; subcategory: 'IPsec Main Mode'; success: false; remote: EndpointInfo; reason: string }
+  /** IPsec Services (the daemon) started (5478) or shut down (5479). */
+  | { id: 5478 | 5479; subcategory: 'IPsec Driver'; success: true }
   | DriverDropEvent;
 
 /**

@@ -42,6 +42,8 @@ const TITLES: Record<number, string> = {
   4960: 'IPsec dropped an inbound packet that failed an integrity check. If this problem persists, it could indicate a network issue or that packets are being modified in transit to this computer. Verify that the packets sent from the remote computer are the same as those received by this computer. This error might also indicate interoperability problems with other IPsec implementations.',
   4961: 'IPsec dropped an inbound packet that failed a replay check. If this problem persists, it could indicate a replay attack against this computer.',
   4962: 'IPsec dropped an inbound packet that failed a replay check. The inbound packet had too low a sequence number to ensure it was not a replay.',
+  5478: 'IPsec Services has started successfully.',
+  5479: 'IPsec Services has been shut down successfully. The shut down of IPsec Services can put the computer at greater risk of network attack or expose the computer to potential security risks.',
   4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
   4965: 'IPsec received a packet from a remote computer with an incorrect Security Parameter Index (SPI). This is usually caused by malfunctioning hardware that is corrupting packets. If these errors persist, verify that the packets sent from the remote computer are the same as those received by this computer. This error may also indicate interoperability problems with other IPsec implementations. In that case, if connectivity is not impeded, then these events can be ignored.',
 };
@@ -59,6 +61,7 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
 
 /** The event's text as Windows lays it out: title, then sections of tab-indented fields. */
 export function eventMessage(e: AuditEvent): string {
+  if (e.id === 5478 || e.id === 5479) return TITLES[e.id] as string;
   const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
   if ('spi' in e) {
     lines.push(
@@ -91,7 +94,7 @@ export function eventMessage(e: AuditEvent): string {
   } else {
     lines.push(
       ...endpoint('Local Endpoint', 'local' in e ? e.local : undefined),
-      ...endpoint('Remote Endpoint', e.remote),
+      ...endpoint('Remote Endpoint', 'remote' in e ? e.remote : undefined),
     );
     if ('keyingModule' in e) info.push(['Keying Module Name', e.keyingModule]);
     if ('authenticationMethod' in e) info.push(['Authentication Method', e.authenticationMethod]);

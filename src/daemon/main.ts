@@ -202,8 +202,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   );
   // Every audit event, from the keying service and the data plane: counted, traced, logged, and
   // written to the Security log when its subcategory is enabled.
+  let authFailures = 0;
   const emitAudit = (event: AuditEvent): void => {
     auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
+    if ((event.id === 4652 || event.id === 4653) && event.failure.notify === 'AUTHENTICATION_FAILED') authFailures++;
     metrics.audit(event);
     if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
     log.info({ audit: event }, `audit ${event.id}`);
@@ -314,6 +316,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           BytesOut: st?.bytesOut ?? 0,
           BytesIn: st?.bytesIn ?? 0,
           PacketsSentInClear: plane?.clearPackets ?? 0,
+          AuthenticationFailures: authFailures,
+          ClearTextPacketsDroppedByRequire: plane ? (await readClearDrops()).reduce((n, d) => n + d.packets, 0) : 0,
           DroppedPackets: { ...(st?.drops ?? {}) },
         };
       }
@@ -366,6 +370,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     });
   }, HOUSEKEEPING_MS);
   clearPoll?.unref();
+  emitAudit({ id: 5478, subcategory: 'IPsec Driver', success: true });
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
@@ -381,6 +386,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         .stop()
         .then(() => {
           if (plane) log.info({ stats: plane.stats, clear: plane.clearPackets }, 'data plane stats');
+          emitAudit({ id: 5479, subcategory: 'IPsec Driver', success: true });
           return plane?.close();
         })
         .finally(resolve);
