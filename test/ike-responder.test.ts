@@ -138,6 +138,45 @@ describe('IKEv2 responder', () => {
     r.close();
   });
 
+  it('invalid IKE messages are audited as 4976 (main mode) / 4977 (quick mode), at most once per peer per 10 s', () => {
+    const r = responder();
+    const h = handshake(r);
+    h.auth.process();
+    // A CREATE_CHILD_SA request whose ICV does not verify (one flipped octet inside SK).
+    const child = protectMessage(
+      {
+        spiI: h.sa.spiI,
+        spiR: h.sa.spiR,
+        exchange: ExchangeType.CREATE_CHILD_SA,
+        flags: Flags.INITIATOR,
+        messageId: 2,
+      },
+      [{ type: PayloadType.NONCE, data: Buffer.alloc(32, 7) }],
+      h.sa.skKeys('out'),
+    );
+    child[child.length - 20] = (child[child.length - 20] as number) ^ 1;
+    assert.deepEqual(exchange(r, child), [], 'no answer to an unauthentic request');
+    const bad = r.audit.events.filter((e) => e.id === 4976 || e.id === 4977);
+    assert.equal(bad.length, 1);
+    assert.deepEqual(
+      { ...bad[0], reason: undefined },
+      {
+        id: 4977,
+        subcategory: 'IPsec Quick Mode',
+        success: false,
+        localAddress: R,
+        remoteAddress: I,
+        keyingModule: 'IKEv2',
+        reason: undefined,
+      },
+    );
+    // Junk from the same peer within 10 s: no second event; the count of SAs is unchanged.
+    exchange(r, Buffer.from('not an IKE message at all, just text'));
+    assert.equal(r.audit.events.filter((e) => e.id === 4976 || e.id === 4977).length, 1);
+    assert.deepEqual(r.counts, { halfOpen: 0, total: 1 });
+    r.close();
+  });
+
   it('a wrong pre-shared key gets AUTHENTICATION_FAILED and no child SA', () => {
     const r = responder();
     const h = handshake(r, 'wrong');

@@ -116,6 +116,19 @@ export type AuditEvent =
       reason: string;
     }
   | { id: 5453; subcategory: 'IPsec Main Mode'; success: false; remote: EndpointInfo; reason: string }
+  /**
+   * An invalid IKE message (undecodable, or failing its integrity check) during Main Mode (4976:
+   * IKE_SA_INIT, IKE_AUTH, INFORMATIONAL) or Quick Mode (4977: CREATE_CHILD_SA). Rate-limited per peer.
+   */
+  | {
+      id: 4976 | 4977;
+      subcategory: 'IPsec Main Mode' | 'IPsec Quick Mode';
+      success: false;
+      localAddress: string;
+      remoteAddress: string;
+      keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
+      reason: string;
+    }
   /** IPsec Services (the daemon) started (5478) or shut down (5479). */
   | { id: 5478 | 5479; subcategory: 'IPsec Driver'; success: true }
   | DriverDropEvent;

@@ -42,6 +42,8 @@ const TITLES: Record<number, string> = {
   4960: 'IPsec dropped an inbound packet that failed an integrity check. If this problem persists, it could indicate a network issue or that packets are being modified in transit to this computer. Verify that the packets sent from the remote computer are the same as those received by this computer. This error might also indicate interoperability problems with other IPsec implementations.',
   4961: 'IPsec dropped an inbound packet that failed a replay check. If this problem persists, it could indicate a replay attack against this computer.',
   4962: 'IPsec dropped an inbound packet that failed a replay check. The inbound packet had too low a sequence number to ensure it was not a replay.',
+  4976: 'During Main Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
+  4977: 'During Quick Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
   5478: 'IPsec Services has started successfully.',
   5479: 'IPsec Services has been shut down successfully. The shut down of IPsec Services can put the computer at greater risk of network attack or expose the computer to potential security risks.',
   4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
@@ -63,6 +65,15 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
 export function eventMessage(e: AuditEvent): string {
   if (e.id === 5478 || e.id === 5479) return TITLES[e.id] as string;
   const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
+  if (e.id === 4976 || e.id === 4977) {
+    lines.push(
+      `Local Address:\t${e.localAddress}`,
+      `Remote Address:\t${e.remoteAddress}`,
+      `Keying Module Name:\t${e.keyingModule}`,
+      `Reason:\t${e.reason}`,
+    );
+    return lines.join('\n');
+  }
   if ('spi' in e) {
     lines.push(
       `Remote Network Address:\t${e.remoteAddress}`,

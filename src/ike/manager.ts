@@ -109,6 +109,29 @@ export class IkeManager implements SessionHost, IkeReceiver {
       : b;
   }
 
+  private readonly invalidAt = new Map<string, number>();
+
+  /**
+   * Audits an invalid IKE message from `remote` (4976 Main Mode, 4977 Quick Mode): at most one
+   * event per peer every ten seconds, so junk cannot flood the Security log (SessionHost too).
+   */
+  invalidPacket(remote: string, exchange: number, reason: string): void {
+    const now = Date.now();
+    if (now - (this.invalidAt.get(remote) ?? 0) < 10_000) return;
+    if (this.invalidAt.size > 4096) this.invalidAt.clear();
+    this.invalidAt.set(remote, now);
+    const qm = exchange === ExchangeType.CREATE_CHILD_SA;
+    this.audit.emit({
+      id: qm ? 4977 : 4976,
+      subcategory: qm ? 'IPsec Quick Mode' : 'IPsec Main Mode',
+      success: false,
+      localAddress: this.o.address,
+      remoteAddress: remote,
+      keyingModule: 'IKEv2',
+      reason,
+    });
+  }
+
   /** One IKE datagram in the debug trace: its header and unencrypted payloads. */
   private traceWire(dir: 'sent' | 'received', data: Buffer | IkeMessage, port: IkePort, peer: Endpoint): void {
     try {
@@ -223,6 +246,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       msg = decodeMessage(data);
     } catch (err) {
       this.log('drop malformed', { from: from.address, reason: (err as Error).message });
+      this.invalidPacket(from.address, ExchangeType.IKE_SA_INIT, (err as Error).message);
       if (this.o.trace?.enabled())
         this.o.trace.line(`received ${from.address}:${from.port} malformed: ${(err as Error).message}`);
       return;

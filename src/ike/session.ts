@@ -79,6 +79,8 @@ export interface SessionHost {
   changed(s: IkeSession, from: SessionState): void;
   /** A child SA was installed (IKE_AUTH, CREATE_CHILD_SA or rekey). */
   childUp?(s: IkeSession, child: ChildSa): void;
+  /** An invalid (unauthentic) message from the peer, for the 4976/4977 audit events. */
+  invalidPacket?(remote: string, exchange: number, reason: string): void;
   /** The debug trace of a protected message's payloads, before encryption or after decryption. */
   traceInner?(
     s: IkeSession,
@@ -305,6 +307,7 @@ export class IkeSession {
       f = openFragment(msg, this.sa.skKeys('in'));
     } catch (err) {
       this.log('drop unauthenticated fragment', { reason: (err as Error).message });
+      this.host.invalidPacket?.(this.sa.remote.address, msg.header.exchange, (err as Error).message);
       return undefined;
     }
     const mid = msg.header.messageId;
@@ -347,6 +350,7 @@ export class IkeSession {
       return { inner, raws: [Buffer.from(msg.raw)] };
     } catch (err) {
       this.log('drop unauthenticated request', { reason: (err as Error).message });
+      this.host.invalidPacket?.(this.sa.remote.address, msg.header.exchange, (err as Error).message);
       return undefined;
     }
   }
