@@ -228,6 +228,7 @@ describe('Security log from a running daemon (lab, strongSwan peer)', () => {
       await daemon.waitFor(/"msg":"audit 4653"/, 10_000);
       assert.deepEqual(readSecurityLog(dir), [], 'auditing is off by default: nothing in the Security log');
       runAuditpol(dir, ['/set', '/subcategory:"IPsec Main Mode"', '/failure:enable']);
+      runAuditpol(dir, ['/set', '/subcategory:"Filtering Platform Packet Drop"', '/failure:enable']);
       // Wait out the failed negotiation's hold-down, then try again.
       let events: ReturnType<typeof readSecurityLog> = [];
       for (let i = 0; i < 20 && events.length === 0; i++) {
@@ -246,6 +247,19 @@ describe('Security log from a running daemon (lab, strongSwan peer)', () => {
         readSecurityLog(dir, { ids: [4650, 4651, 5451] }),
         [],
         'no success events: only failures are enabled',
+      );
+      // The ping the Require rule held while IKE failed was dropped: 5152 names it.
+      let drops: ReturnType<typeof readSecurityLog> = [];
+      for (let i = 0; i < 20 && drops.length === 0; i++) {
+        drops = readSecurityLog(dir, { ids: [5152] });
+        if (drops.length === 0) await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.match(
+        drops[0]?.Message ?? '',
+        new RegExp(
+          `^The Windows Filtering Platform has blocked a packet\\.\\n(.|\\n)*Direction:\\t\\tOutbound\\n\\tSource Address:\\t\\t${a}\\n(.|\\n)*Destination Address:\\t${b}\\n(.|\\n)*Protocol:\\t\\t1\\n`,
+        ),
+        JSON.stringify(drops),
       );
       // The journal got exactly what the Security log got, in the native protocol.
       const batch = new PacketBatch(64, 65_536);

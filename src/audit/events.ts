@@ -5,7 +5,8 @@
  * Field names follow the event's sections in the Windows event text; values never carry keys.
  */
 
-export type AuditSubcategory = 'IPsec Main Mode' | 'IPsec Quick Mode' | 'IPsec Extended Mode' | 'IPsec Driver';
+export type AuditSubcategory =
+  'IPsec Main Mode' | 'IPsec Quick Mode' | 'IPsec Extended Mode' | 'IPsec Driver' | 'Filtering Platform Packet Drop';
 
 export interface EndpointInfo {
   /** Network address. */
@@ -128,6 +129,23 @@ export type AuditEvent =
       remoteAddress: string;
       keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP';
       reason: string;
+    }
+  /**
+   * 5152: the filtering engine blocked a packet — traffic a Require rule held back while IKE
+   * negotiated, dropped when the negotiation failed (one event per failed destination).
+   */
+  | {
+      id: 5152;
+      subcategory: 'Filtering Platform Packet Drop';
+      success: false;
+      direction: 'Inbound' | 'Outbound';
+      sourceAddress: string;
+      sourcePort: number;
+      destinationAddress: string;
+      destinationPort: number;
+      protocol: number;
+      layerName: string;
+      packets: number;
     }
   /** IPsec Services (the daemon) started (5478) or shut down (5479). */
   | { id: 5478 | 5479; subcategory: 'IPsec Driver'; success: true }

@@ -44,6 +44,7 @@ const TITLES: Record<number, string> = {
   4962: 'IPsec dropped an inbound packet that failed a replay check. The inbound packet had too low a sequence number to ensure it was not a replay.',
   4976: 'During Main Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
   4977: 'During Quick Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
+  5152: 'The Windows Filtering Platform has blocked a packet.',
   5478: 'IPsec Services has started successfully.',
   5479: 'IPsec Services has been shut down successfully. The shut down of IPsec Services can put the computer at greater risk of network attack or expose the computer to potential security risks.',
   4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
@@ -65,6 +66,27 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
 export function eventMessage(e: AuditEvent): string {
   if (e.id === 5478 || e.id === 5479) return TITLES[e.id] as string;
   const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
+  if (e.id === 5152) {
+    lines.push(
+      'Application Information:',
+      '\tProcess ID:\t\t0',
+      '\tApplication Name:\t-',
+      '',
+      'Network Information:',
+      `\tDirection:\t\t${e.direction}`,
+      `\tSource Address:\t\t${e.sourceAddress}`,
+      `\tSource Port:\t\t${e.sourcePort}`,
+      `\tDestination Address:\t${e.destinationAddress}`,
+      `\tDestination Port:\t${e.destinationPort}`,
+      `\tProtocol:\t\t${e.protocol}`,
+      '',
+      'Filter Information:',
+      '\tFilter Run-Time ID:\t0',
+      `\tLayer Name:\t\t${e.layerName}`,
+      `\tDropped Packets:\t${e.packets}`,
+    );
+    return lines.join('\n');
+  }
   if (e.id === 4976 || e.id === 4977) {
     lines.push(
       `Local Address:\t${e.localAddress}`,

@@ -179,6 +179,15 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       classify: (packet, ip) => late.classify?.(packet, ip) ?? 'require',
       onExpire: (spi, hard) => late.service?.expire(spi, hard),
       onDriverDrop: (d) => late.audit?.({ ...d, subcategory: 'IPsec Driver', success: false }),
+      onPolicyDrop: (d) =>
+        late.audit?.({
+          id: 5152,
+          subcategory: 'Filtering Platform Packet Drop',
+          success: false,
+          direction: 'Outbound',
+          layerName: 'Transport',
+          ...d,
+        }),
       log: (event, detail) => log.info(detail ?? {}, event),
     });
   }

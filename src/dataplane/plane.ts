@@ -57,6 +57,15 @@ export interface DataPlaneOptions {
    * event, SPI and peer every DRIVER_EVENT_INTERVAL_MS, with the packets dropped meanwhile.
    */
   onDriverDrop?(e: { id: DriverDropId; spi: number; remoteAddress: string; packets: number }): void;
+  /** Packets a Require rule held for an SA that could not be negotiated were dropped (event 5152). */
+  onPolicyDrop?(e: {
+    sourceAddress: string;
+    sourcePort: number;
+    destinationAddress: string;
+    destinationPort: number;
+    protocol: number;
+    packets: number;
+  }): void;
   log?(event: string, detail?: Record<string, unknown>): void;
 }
 
@@ -704,6 +713,17 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.queued -= q.length;
     this.stats.drops['negotiation failed'] = (this.stats.drops['negotiation failed'] ?? 0) + q.length;
     this.acquired.delete(dst);
+    const first = q[0];
+    const ip = first && parseIp(first);
+    if (first && ip)
+      this.o.onPolicyDrop?.({
+        sourceAddress: readIp(first, ip.src, ip.family),
+        sourcePort: Math.max(ip.srcPort, 0),
+        destinationAddress: dst,
+        destinationPort: Math.max(ip.dstPort, 0),
+        protocol: ip.protocol,
+        packets: q.length,
+      });
   }
 
   private checkLifetime(e: SaEntry): void {
