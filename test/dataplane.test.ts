@@ -685,6 +685,61 @@ describe('data plane behind the lab NAT router', () => {
 });
 
 describe('userspace data plane over IPv6', () => {
+  for (const [outer, inner] of [
+    [4, 6],
+    [6, 4],
+  ] as const)
+    it(`consec ↔ consec, tunnel mode with IPv${inner} inside IPv${outer}: ping and TCP byte for byte; on the wire IPv${outer} ESP only`, async () => {
+      const lab = await LabClass.create(hostToHost());
+      const [ao, bo] = [lab.address('alice', outer), lab.address('bob', outer)];
+      const [ai, bi] = [lab.address('alice', inner), lab.address('bob', inner)];
+      const daemons: LabProcess[] = [];
+      const server = fixture(lab, 'bob', 'tcp-transfer', ['server', bi, 5007]);
+      const cap = await Capture.start(lab, 'bob', 'eth0');
+      try {
+        for (const [host, lo, ro, li, ri] of [
+          ['bob', bo, ao, bi, ai],
+          ['alice', ao, bo, ai, bi],
+        ] as const) {
+          const dir = freshStateDir('consec-mixed-');
+          await applyPolicy(dir, { local: lo, remote: ro, tunnel: true, localAddress: li, remoteAddress: ri });
+          const d = consecDaemon(lab, host, dir, lo);
+          daemons.push(d);
+          await d.waitFor(/"msg":"ready"/);
+        }
+        await server.waitFor(/listening/);
+        const ping = await lab.exec('alice', ['ping', `-${inner}`, '-c', '4', '-i', '0.2', '-W', '3', bi], {
+          allowFailure: true,
+        });
+        assert.match(
+          ping.stdout,
+          / 0% packet loss/,
+          `${ping.stdout}\n${daemons.map((d) => d.output().slice(-1500)).join('\n---\n')}`,
+        );
+        const client = fixture(lab, 'alice', 'tcp-transfer', ['client', bi, 5007, 1024 * 1024]);
+        await client.exited;
+        const [done] = events<{ sent: string; received: string }>(client, 'done');
+        assert.ok(done && done.sent === done.received, client.output());
+        assert.match(daemons[1]?.output() ?? '', /"mode":"tunnel"/);
+        await cap.stop();
+        // Besides ARP, neighbour discovery and MLD, only IKE and ESP of the outer family: the inner
+        // family's traffic travels inside it.
+        const protocols = new Set(await cap.protocols('!(icmpv6.type >= 130 && icmpv6.type <= 143) && !arp'));
+        const ipName = outer === 4 ? 'ip' : 'ipv6';
+        assert.ok(
+          [...protocols].some((p) => p.endsWith(`:${ipName}:esp`)),
+          [...protocols].join(' '),
+        );
+        for (const p of protocols)
+          assert.match(p, new RegExp(`:${ipName}:(esp|udp:isakmp)$`), `only IKE and ESP: ${[...protocols].join(' ')}`);
+      } finally {
+        await cap.dispose();
+        for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+        await server.stop();
+        await lab.destroy();
+      }
+    });
+
   it('consec ↔ consec, transport mode, raw ESP over IPv6: ping and TCP byte for byte, nothing in clear', async () => {
     const lab = await LabClass.create(hostToHost());
     const a = '2001:db8:1::1';

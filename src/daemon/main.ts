@@ -89,8 +89,9 @@ async function routeProtected(
     const resolved = resolveAddressEntry(entry, ctx);
     const ranges = resolved === 'any' ? [family === 4 ? ANY_V4 : ANY_V6] : resolved;
     if (ranges.length === 0) log.warn({ entry }, 'an address keyword that stands for no address on this host');
+    // Ranges of the other family come in too: a tunnel mode rule may carry IPv6 inside IPv4 (or
+    // the other way round); without such an SA they are held (Require) or sent in clear (Request).
     for (const r of ranges) {
-      if (r.family !== family) continue;
       const width = r.family === 4 ? 4 : 16;
       const bytes = (v: number | bigint) => {
         const b = Buffer.alloc(width);

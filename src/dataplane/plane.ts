@@ -141,6 +141,8 @@ export class UserspaceDataPlane implements ChildSaSink {
     private readonly clear: RawIpSocket,
     /** Raw AH (protocol 51) receives (IPv4 with the IP header AH authenticates; IPv6 without it). */
     private readonly ahSock: RawIpSocket,
+    /** IPPROTO_RAW of the other family: tunnel mode carries it too, so its exempt/Request traffic goes in clear here. */
+    private readonly clearOther?: RawIpSocket,
   ) {
     this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
     writeIp(o.local, this.localBytes);
@@ -201,24 +203,39 @@ export class UserspaceDataPlane implements ChildSaSink {
       udp500.bind(o.local, 500);
       udp4500.bind(o.local, 4500);
       raw.bind(o.local);
-      const ip = family === 4 ? '-4' : '-6';
+      // The other family rides in tunnel mode SAs too (IPv6 inside IPv4 and the other way round):
+      // its clear traffic needs a socket of its own; a host without that family simply has none.
+      let clearOther: RawIpSocket | undefined;
+      try {
+        clearOther = RawIpSocket.open(family === 4 ? 6 : 4, 255);
+        opened.push(clearOther);
+        clearOther.setMark(o.mark);
+      } catch {
+        clearOther = undefined;
+      }
       // No link-local address: the TUN itself must not send router solicitations or MLD into itself.
       await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
-      await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
-      await run('ip', [
-        ip,
-        'rule',
-        'add',
-        'not',
-        'fwmark',
-        String(o.mark),
-        'table',
-        String(o.table),
-        'pref',
-        String(o.rulePriority),
-      ]);
-      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear, ah);
+      // One rule per family: unmarked traffic looks in our table first (no route there: on to main).
+      for (const ip of family === 4 ? ['-4', '-6'] : ['-6', '-4']) {
+        const own = ip === (family === 4 ? '-4' : '-6');
+        await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
+        const add = run('ip', [
+          ip,
+          'rule',
+          'add',
+          'not',
+          'fwmark',
+          String(o.mark),
+          'table',
+          String(o.table),
+          'pref',
+          String(o.rulePriority),
+        ]);
+        if (own) await add;
+        else await add.catch(() => {}); // a host without the other family
+      }
+      const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear, ah, clearOther);
       plane.start();
       return plane;
     } catch (err) {
@@ -368,9 +385,11 @@ export class UserspaceDataPlane implements ChildSaSink {
       const n = this.routes.get(cidr) ?? 0;
       this.routes.set(cidr, n + 1);
       if (n > 0) continue;
-      const ip = cidr.includes(':') ? '-6' : '-4';
+      const v6 = cidr.includes(':');
+      // Our own address as the source where it is of the same family; the kernel picks one otherwise.
+      const src = v6 === (this.family === 6) ? ['src', this.o.local] : [];
       await run('ip', [
-        ip,
+        v6 ? '-6' : '-4',
         'route',
         'replace',
         cidr,
@@ -378,8 +397,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         this.tun.name,
         'table',
         String(this.o.table),
-        'src',
-        this.o.local,
+        ...src,
       ]).catch((err: Error) => this.log('route failed', { cidr, reason: err.message }));
     }
   }
@@ -591,12 +609,20 @@ export class UserspaceDataPlane implements ChildSaSink {
     }
   }
 
+  private readonly clearOtherOut = new PacketBatch(BATCH, SLOT);
+
   /** Sends an IP packet as it is (its own header), around the TUN: exempt or Request traffic. */
   private sendClear(packet: Buffer, ip: IpInfo): void {
-    if (this.clearOut.count === this.clearOut.capacity) this.flushOut();
-    const k = this.clearOut.count++;
-    this.clearOut.set(k, packet);
-    packet.copy(this.clearOut.addrs, k * 16, ip.dst, ip.dst + (ip.family === 4 ? 4 : 16));
+    const other = ip.family !== this.family;
+    if (other && !this.clearOther) {
+      this.drop('no socket for the other family');
+      return;
+    }
+    const batch = other ? this.clearOtherOut : this.clearOut;
+    if (batch.count === batch.capacity) this.flushOut();
+    const k = batch.count++;
+    batch.set(k, packet);
+    packet.copy(batch.addrs, k * 16, ip.dst, ip.dst + (ip.family === 4 ? 4 : 16));
     this.clearPackets++;
   }
 
@@ -612,9 +638,11 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (this.udpOut.count > 0) this.send(this.udp4500, this.udpOut);
     if (this.rawOut.count > 0) this.send(this.raw, this.rawOut);
     if (this.clearOut.count > 0) this.send(this.clear, this.clearOut);
+    if (this.clearOtherOut.count > 0 && this.clearOther) this.send(this.clearOther, this.clearOtherOut);
     this.udpOut.count = 0;
     this.rawOut.count = 0;
     this.clearOut.count = 0;
+    this.clearOtherOut.count = 0;
   }
 
   /**
@@ -1041,8 +1069,10 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (this.closed) return;
     this.closed = true;
     for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear, this.ahSock]) s.close();
-    const ip = isIPv4(this.o.local) ? '-4' : '-6';
-    await run('ip', [ip, 'rule', 'del', 'pref', String(this.o.rulePriority)]).catch(() => {});
-    await run('ip', [ip, 'route', 'flush', 'table', String(this.o.table)]).catch(() => {});
+    this.clearOther?.close();
+    for (const ip of ['-4', '-6']) {
+      await run('ip', [ip, 'rule', 'del', 'pref', String(this.o.rulePriority)]).catch(() => {});
+      await run('ip', [ip, 'route', 'flush', 'table', String(this.o.table)]).catch(() => {});
+    }
   }
 }

@@ -76,8 +76,14 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
     end,
   });
   if (!narrow && !entries.includes('Any')) {
-    const ranges = entries.map(entryToRange).filter((r) => r !== undefined && r.family === (v4 ? 4 : 6));
-    if (ranges.length > 0) return ranges.map((r) => sel(rangeBytes(r?.lo ?? 0, v4), rangeBytes(r?.hi ?? 0, v4)));
+    // Tunnel mode carries the rule's ranges of either family, whatever the tunnel endpoints' family
+    // (IPv6 inside an IPv4 tunnel and the other way round, RFC 4301 §4.1).
+    const ranges = entries.map(entryToRange).filter((r) => r !== undefined);
+    if (ranges.length > 0)
+      return ranges.map((r) => {
+        const rv4 = r.family === 4;
+        return { ...sel(rangeBytes(r.lo, rv4), rangeBytes(r.hi, rv4)), type: rv4 ? 7 : 8 };
+      });
   }
   const b = addrBytes(host);
   return [sel(b, b)];
