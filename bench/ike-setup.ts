@@ -5,14 +5,15 @@
  * `swanctl --initiate`, which adds swanctl's own start-up (≈ 13 ms, shared/notes/strongswan-lab.md);
  * the same strongSwan initiator against consec as the responder compares the two responders alike.
  *
- *   node --import tsx bench/ike-setup.ts [--runs 20]
+ *   node --import tsx bench/ike-setup.ts [--runs 20] [--json]
  */
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from '../test/helpers.ts';
+import { emit, numberArg } from './lib/cli.ts';
 
-const runs = Number(process.argv[process.argv.indexOf('--runs') + 1] ?? 20) || 20;
+const runs = numberArg('runs', 20);
 const PSK = 'bench-psk-0123456789abcdef';
 const cfg = (l: string, r: string) => pskHostTunnel(l, r, { name: 'c', secret: PSK, logLevel: 0 });
 const median = (xs: number[]) => {
@@ -59,18 +60,19 @@ try {
     await alice.swanctl(['--terminate', '--ike', 'c']);
   }
   await Promise.all([alice.stop(), resp.stop()]);
-  console.log(`IKEv2 SA setup, PSK + AES-256/SHA-256/ECP-256 + child AES-GCM-256, lab veth, ${runs} runs each\n`);
-  console.log('| initiator → responder | median ms | p90 ms | min ms |');
-  console.log('|---|---:|---:|---:|');
-  console.log(
-    `| consec → strongSwan (in-process timing) | ${median(consec)} | ${pct(consec, 90)} | ${Math.min(...consec)} |`,
-  );
-  console.log(
-    `| strongSwan → strongSwan (swanctl --initiate wall time) | ${median(swan)} | ${pct(swan, 90)} | ${Math.min(...swan)} |`,
-  );
-  console.log(
-    `| strongSwan → consec (swanctl --initiate wall time) | ${median(toConsec)} | ${pct(toConsec, 90)} | ${Math.min(...toConsec)} |`,
-  );
+  const row = (name: string, xs: number[]) => [name, median(xs), pct(xs, 90), Math.min(...xs)];
+  emit({
+    id: 'ike-setup',
+    title: 'IKEv2 SA setup latency, one at a time',
+    method: `PSK, AES-256/SHA-256/ECP-256, one child SA with AES-GCM-256, lab veth, ${runs} runs each. consec's figure is timed inside the initiator (IKE_SA_INIT sent → IKE_AUTH done); strongSwan's is the wall time of \`swanctl --initiate\`, which includes swanctl's own start-up (≈ 13 ms), so the last two rows compare the responders alike.`,
+    columns: ['initiator → responder', 'median ms', 'p90 ms', 'min ms'],
+    rows: [
+      row('consec → strongSwan (in-process timing)', consec),
+      row('strongSwan → strongSwan (swanctl wall time)', swan),
+      row('strongSwan → consec (swanctl wall time)', toConsec),
+    ],
+    chart: { column: 1, unit: 'ms' },
+  });
 } finally {
   await lab.destroy();
 }
