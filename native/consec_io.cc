@@ -488,47 +488,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     return info.Env().Undefined();
   }
 
-  // unixDgramOpen([bindPath]): an AF_UNIX datagram socket (the systemd journal's native protocol),
-// bound to bindPath when given (tests read from it with readBatch).
-Napi::Value UnixDgramOpen(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw ErrnoError(env, errno, "socket(AF_UNIX)");
-  if (info.Length() > 0 && info[0].IsString()) {
-    std::string path = info[0].As<Napi::String>().Utf8Value();
-    sockaddr_un sun{};
-    if (path.size() >= sizeof(sun.sun_path)) {
-      ::close(fd);
-      throw ArgError(env, "socket path too long");
-    }
-    sun.sun_family = AF_UNIX;
-    memcpy(sun.sun_path, path.c_str(), path.size());
-    if (bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) < 0) {
-      int err = errno;
-      ::close(fd);
-      throw ErrnoError(env, err, "bind(AF_UNIX)");
-    }
-  }
-  return Napi::Number::New(env, fd);
-}
-
-// unixDgramSend(fd, path, buf): one datagram to the socket at path; returns octets sent.
-Napi::Value UnixDgramSend(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = FdArg(info, 0);
-  if (info.Length() < 2 || !info[1].IsString()) throw ArgError(env, "path must be a string");
-  std::string path = info[1].As<Napi::String>().Utf8Value();
-  auto data = BufArg(info, 2, "data must be a Buffer");
-  sockaddr_un sun{};
-  if (path.size() >= sizeof(sun.sun_path)) throw ArgError(env, "socket path too long");
-  sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path, path.c_str(), path.size());
-  ssize_t n = sendto(fd, data.Data(), data.Length(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&sun), sizeof(sun));
-  if (n < 0) throw ErrnoError(env, errno, "sendto(AF_UNIX)");
-  return Napi::Number::New(env, static_cast<double>(n));
-}
-
-Napi::Value Close(const Napi::CallbackInfo& info) {
+  Napi::Value Close(const Napi::CallbackInfo& info) {
     if (active_) Unref();
     CloseHandle();
     return info.Env().Undefined();

@@ -115,30 +115,24 @@ export class DaemonMetrics {
       },
     });
     const dp = () => src.dataplane?.();
-    mirrorCounter(r, 'consec_dataplane_packets_total', 'Packets through SAs, by direction', ['direction'], () => {
-      const d = dp();
-      return d
-        ? [
-            [{ direction: 'in' }, d.stats.packetsIn],
-            [{ direction: 'out' }, d.stats.packetsOut],
-          ]
-        : [];
-    });
-    mirrorCounter(
-      r,
-      'consec_dataplane_bytes_total',
-      'Octets of IP packets through SAs, by direction',
-      ['direction'],
-      () => {
+    const perDirection = (name: string, help: string, pick: (st: DataPlaneStats) => [number, number]) =>
+      mirrorCounter(r, name, help, ['direction'], () => {
         const d = dp();
-        return d
-          ? [
-              [{ direction: 'in' }, d.stats.bytesIn],
-              [{ direction: 'out' }, d.stats.bytesOut],
-            ]
-          : [];
-      },
-    );
+        if (!d) return [];
+        const [inbound, outbound] = pick(d.stats);
+        return [
+          [{ direction: 'in' }, inbound],
+          [{ direction: 'out' }, outbound],
+        ];
+      });
+    perDirection('consec_dataplane_packets_total', 'Packets through SAs, by direction', (st) => [
+      st.packetsIn,
+      st.packetsOut,
+    ]);
+    perDirection('consec_dataplane_bytes_total', 'Octets of IP packets through SAs, by direction', (st) => [
+      st.bytesIn,
+      st.bytesOut,
+    ]);
     mirrorCounter(
       r,
       'consec_dataplane_drops_total',
