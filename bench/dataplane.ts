@@ -1,10 +1,13 @@
 /**
  * Data plane throughput in the lab, side by side in one run: iperf3 TCP (one stream) through the
- * plain veth, strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP, AES-GCM-256), consec →
- * strongSwan (consec's TUN data plane, ESP-in-UDP) and consec ↔ consec (transport mode, raw ESP).
+ * plain veth, strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP, AES-GCM-256), wireguard-go ↔
+ * wireguard-go (Debian's userspace WireGuard, ChaCha20-Poly1305), consec → strongSwan (consec's
+ * TUN data plane, ESP-in-UDP) and consec ↔ consec (transport mode, raw ESP).
  *
  *   node --import tsx bench/dataplane.ts [--seconds 5] [--json]
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
@@ -19,16 +22,71 @@ const lab = await Lab.create(hostToHost());
 const a = lab.address('alice');
 const b = lab.address('bob');
 
-async function iperf(): Promise<number> {
-  const server = lab.spawn('bob', ['iperf3', '-s', '-1', '-B', b]);
+async function iperf(to = b): Promise<number> {
+  const server = lab.spawn('bob', ['iperf3', '-s', '-1', '-B', to]);
   await new Promise((r) => setTimeout(r, 300));
-  const { stdout } = await lab.exec('alice', ['iperf3', '-c', b, '-t', String(seconds), '-J'], {
+  const { stdout } = await lab.exec('alice', ['iperf3', '-c', to, '-t', String(seconds), '-J'], {
     timeoutMs: (seconds + 20) * 1000,
   });
   await server.exited;
   process.stderr.write('.');
   const j = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
   return j.end.sum_received.bits_per_second / 1e9;
+}
+
+/** wireguard-go on both hosts (foreground, so the lab owns the processes): tunnel addresses 198.51.100.1/.2. */
+async function wireguardGo(): Promise<{ inner: string; stop(): Promise<void> } | undefined> {
+  const have = await lab.exec('alice', ['sh', '-c', 'command -v wireguard-go && command -v wg'], {
+    allowFailure: true,
+  });
+  if (have.code !== 0) return undefined;
+  const env = { ...process.env, WG_PROCESS_FOREGROUND: '1', WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: '1' };
+  const dir = freshStateDir('consec-bench-wg-');
+  const keys: Record<string, { priv: string; pub: string }> = {};
+  for (const h of ['alice', 'bob']) {
+    const priv = (await lab.exec(h, ['wg', 'genkey'])).stdout.trim();
+    const pub = (await lab.exec(h, ['sh', '-c', `echo ${priv} | wg pubkey`])).stdout.trim();
+    writeFileSync(join(dir, `${h}.key`), `${priv}\n`, { mode: 0o600 });
+    keys[h] = { priv, pub };
+  }
+  // Distinct interface names: wireguard-go's control sockets live in /var/run/wireguard/<name>.sock,
+  // one directory for all namespaces.
+  const ifname = (h: string) => `wgb-${h}`;
+  const procs = ['alice', 'bob'].map((h) => lab.spawn(h, ['wireguard-go', '-f', ifname(h)], { env }));
+  const hosts: [string, string, string, string, string][] = [
+    ['alice', 'bob', '198.51.100.1', '198.51.100.2', b],
+    ['bob', 'alice', '198.51.100.2', '198.51.100.1', a],
+  ];
+  for (const [h, peer, mine, theirs, endpoint] of hosts) {
+    for (let i = 0; i < 50; i++) {
+      if ((await lab.exec(h, ['ip', 'link', 'show', ifname(h)], { allowFailure: true })).code === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await lab.exec(h, [
+      'wg',
+      'set',
+      ifname(h),
+      'private-key',
+      join(dir, `${h}.key`),
+      'listen-port',
+      '51820',
+      'peer',
+      (keys[peer] as { pub: string }).pub,
+      'allowed-ips',
+      `${theirs}/32`,
+      'endpoint',
+      `${endpoint}:51820`,
+    ]);
+    await lab.exec(h, ['ip', 'address', 'add', `${mine}/32`, 'peer', `${theirs}/32`, 'dev', ifname(h)]);
+    await lab.exec(h, ['ip', 'link', 'set', ifname(h), 'mtu', '1420', 'up']);
+  }
+  await lab.exec('alice', ['ping', '-c', '2', '-W', '3', '198.51.100.2'], { allowFailure: true });
+  return {
+    inner: '198.51.100.2',
+    stop: async () => {
+      for (const p of procs) await p.stop('SIGTERM', 3000);
+    },
+  };
 }
 
 async function policy(local: string, remote: string, tunnel: boolean): Promise<string> {
@@ -64,6 +122,13 @@ try {
   rows.push(['strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP)', await iperf()]);
   await swanA.stop();
 
+  const wg = await wireguardGo();
+  if (wg) {
+    process.stderr.write('\n');
+    rows.push(['wireguard-go ↔ wireguard-go (userspace WireGuard)', await iperf(wg.inner)]);
+    await wg.stop();
+  }
+
   const dA = consecDaemon(lab, 'alice', await policy(a, b, true), a);
   await dA.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
@@ -83,15 +148,21 @@ try {
   await dB.stop('SIGTERM', 5000);
 
   const swan = rows[1]?.[1] ?? 1;
+  const wgRate = rows.find(([n]) => n.startsWith('wireguard-go'))?.[1];
   emit({
     id: 'throughput',
     title: 'Throughput: iperf3 TCP, one stream, AES-GCM-256',
     method: `iperf3 TCP, one stream, ${seconds} s per path, through the lab's veth pair (2 cores shared by both ends), all paths in the same run.`,
-    columns: ['path', 'Gbit/s', '÷ strongSwan'],
-    rows: rows.map(([name, g]) => [name, Math.round(g * 1000) / 1000, Math.round((g / swan) * 100) / 100]),
+    columns: ['path', 'Gbit/s', '÷ strongSwan', '÷ wireguard-go'],
+    rows: rows.map(([name, g]) => [
+      name,
+      Math.round(g * 1000) / 1000,
+      Math.round((g / swan) * 100) / 100,
+      wgRate ? Math.round((g / wgRate) * 100) / 100 : '-',
+    ]),
     chart: { column: 1, unit: 'Gbit/s', skipRows: [0] },
     notes: [
-      'Target: consec ↔ consec ≥ 2× strongSwan (kernel-libipsec); stretch ≥ 1 Gbit/s.',
+      'Target: consec ↔ consec ≥ 2× strongSwan (kernel-libipsec) and ≥ wireguard-go; stretch ≥ 1 Gbit/s.',
       'The chart leaves out the plain veth ceiling, which would flatten the other bars.',
     ],
   });

@@ -14,10 +14,10 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ -e /dev/net/tun ] || die "/dev/net/tun is missing: the kernel needs CONFIG_TUN"
 
 # Debian packages: lab tooling, strongSwan peer with its userspace data plane, capture, the lab PKI
-# (openssl), the data plane benchmark (iperf3), kernel-IPsec peers as User-Mode Linux guests
+# (openssl), the data plane benchmark (iperf3; wireguard-go and wireguard-tools to compare with), kernel-IPsec peers as User-Mode Linux guests
 # (user-mode-linux, debootstrap, e2fsprogs; images are built on first use and cached), addon build.
 APT_PACKAGES=(
-  iproute2 nftables iputils-ping procps tshark openssl iperf3
+  iproute2 nftables iputils-ping procps tshark openssl iperf3 wireguard-go wireguard-tools
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
   libstrongswan-extra-plugins libcharon-extra-plugins
   user-mode-linux debootstrap e2fsprogs
