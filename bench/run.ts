@@ -36,6 +36,7 @@ const SECTIONS: Section[] = [
     limit: 180,
   },
   { script: 'ike-setup.ts', args: ['--runs', quick ? '3' : '20'], limit: 180 },
+  { script: 'memory.ts', args: ['--sizes', quick ? '200,1000' : '1000,10000'], node: ['--expose-gc'], limit: 240 },
   { script: 'dataplane.ts', args: ['--seconds', quick ? '2' : '10'], limit: 300 },
 ];
 
