@@ -430,6 +430,11 @@ export class IkeSession {
   /** IKE_AUTH completed: audit, lifetimes, liveness. */
   established(): void {
     this.establishedAt = Date.now();
+    // What only IKE_SA_INIT and IKE_AUTH needed: the DH key pair, the two IKE_SA_INIT messages (the
+    // AUTH payloads sign them) and the nonces. Thousands of SAs should not keep them.
+    this.sa.ke = undefined;
+    this.sa.initRequest = undefined;
+    this.sa.initResponse = undefined;
     this.setState('established');
     this.startTimers();
     this.host.audit.emit(
