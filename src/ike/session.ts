@@ -430,8 +430,8 @@ export class IkeSession {
   /** IKE_AUTH completed: audit, lifetimes, liveness. */
   established(): void {
     this.establishedAt = Date.now();
-    // What only IKE_SA_INIT and IKE_AUTH needed: the DH key pair, the two IKE_SA_INIT messages (the
-    // AUTH payloads sign them) and the nonces. Thousands of SAs should not keep them.
+    // What only IKE_SA_INIT and IKE_AUTH needed: the DH key pair (forward secrecy: gone once the
+    // keys are derived) and the two IKE_SA_INIT messages the AUTH payloads sign.
     this.sa.ke = undefined;
     this.sa.initRequest = undefined;
     this.sa.initResponse = undefined;
