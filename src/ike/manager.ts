@@ -72,6 +72,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private readonly bySpi = new Map<string, IkeSession>();
   /** Half-open responder SAs by initiator SPI and address, with the IKE_SA_INIT exchange (retransmissions). */
   private readonly initIndex = new Map<string, { session: IkeSession; request: Buffer; response: Buffer }>();
+  /** A responder session's key in initIndex (so ending it costs no scan of the index). */
+  private readonly initKeyOf = new WeakMap<IkeSession, string>();
+  /** Sessions by the peer's authenticated identity, for INITIAL_CONTACT (no scan of every SA). */
+  private readonly byPeerId = new Map<string, Set<IkeSession>>();
   private halfOpenTimers = new Map<IkeSession, NodeJS.Timeout>();
   private halfOpen = 0;
   private readonly cookieSecret = randomBytes(32);
@@ -174,12 +178,32 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   register(s: IkeSession): void {
     this.bySpi.set(hex(s.sa.localSpi), s);
+    this.indexPeer(s); // a rekeyed IKE SA's successor inherits the identity
   }
 
   unregister(s: IkeSession): void {
     if (this.bySpi.get(hex(s.sa.localSpi)) === s) this.bySpi.delete(hex(s.sa.localSpi));
-    for (const [k, v] of this.initIndex) if (v.session === s) this.initIndex.delete(k);
+    const initKey = this.initKeyOf.get(s);
+    if (initKey !== undefined && this.initIndex.get(initKey)?.session === s) this.initIndex.delete(initKey);
+    if (s.peerId) {
+      const key = peerKey(s.peerId);
+      const set = this.byPeerId.get(key);
+      set?.delete(s);
+      if (set?.size === 0) this.byPeerId.delete(key);
+    }
     if (s.state === 'dead') this.o.onEnded?.(s);
+  }
+
+  /** Indexes a session under the peer identity it authenticated (once IKE_AUTH proved it). */
+  private indexPeer(s: IkeSession): void {
+    if (!s.peerId) return;
+    const key = peerKey(s.peerId);
+    let set = this.byPeerId.get(key);
+    if (!set) {
+      set = new Set();
+      this.byPeerId.set(key, set);
+    }
+    set.add(s);
   }
 
   changed(s: IkeSession, from: SessionState): void {
@@ -411,6 +435,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.register(s);
     this.halfOpen++;
     this.initIndex.set(key, { session: s, request: Buffer.from(msg.raw), response });
+    this.initKeyOf.set(s, key);
     const timer = setTimeout(() => {
       if (s.state === 'half-open') {
         this.log('half-open SA expired', { spiR: hex(sa.spiR) });
@@ -448,6 +473,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     }
     s.peerId = authenticated.id;
     s.peerCertificate = authenticated.certificate;
+    this.indexPeer(s);
     if (findNotifies(inner, NotifyType.INITIAL_CONTACT).length > 0) this.initialContact(s);
     const child = respondChild(sa, inner, peer, 'auth');
     s.respond(
@@ -478,10 +504,9 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private initialContact(fresh: IkeSession): void {
     const id = fresh.peerId;
     if (!id) return;
-    for (const s of this.sessions()) {
-      if (s === fresh || s.state === 'half-open' || !s.peerId) continue;
-      if (s.peerId.type === id.type && s.peerId.data.equals(id.data) && s.sa.remote.address === fresh.sa.remote.address)
-        s.terminate('the peer restarted (INITIAL_CONTACT)');
+    for (const s of [...(this.byPeerId.get(peerKey(id)) ?? [])]) {
+      if (s === fresh || s.state === 'half-open') continue;
+      if (s.sa.remote.address === fresh.sa.remote.address) s.terminate('the peer restarted (INITIAL_CONTACT)');
     }
   }
 
@@ -583,6 +608,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       const authenticated = verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId);
       s.peerId = authenticated.id;
       s.peerCertificate = authenticated.certificate;
+      this.indexPeer(s);
       s.established();
       try {
         child.process(sa, payloads);
@@ -619,6 +645,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this._bind = undefined;
   }
 }
+
+const peerKey = (id: { type: number; data: Buffer }): string => `${id.type}:${id.data.toString('hex')}`;
 
 /** The IKE_SA_INIT request: [N(COOKIE)], SA, KE, Ni, N(NAT_DETECTION_*), N(SIGNATURE_HASH_ALGORITHMS). */
 export function buildInitRequest(
