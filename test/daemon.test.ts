@@ -59,6 +59,22 @@ const tunnelRule = (name: string, local: string, remote: string, p1: string, qm:
   `-LocalAddress ${local} -RemoteAddress ${remote} -InboundSecurity Require -OutboundSecurity Require ` +
   `-Phase1AuthSet ${p1} -QuickModeCryptoSet ${qm} | Out-Null`;
 
+/** bob's PSK server-to-server tunnel policy towards alice (MM AES256/SHA256/DH14, QM AES-GCM-256). */
+async function pskServerPolicy(dir: string, local: string, remote: string): Promise<void> {
+  const setup = await ps(
+    [
+      ...serverPolicy(local, remote, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
+        mm: 'MM',
+        p1: 'PSK',
+        qm: 'QM',
+      }),
+      tunnelRule('Server to server', local, remote, '$p1.Name', '$qmSet.Name'),
+    ].join('\n'),
+    dir,
+  );
+  assert.equal(setup.errors, 0, setup.err);
+}
+
 describe('consec daemon', () => {
   let lab: Lab;
   let a: string;
@@ -74,18 +90,7 @@ describe('consec daemon', () => {
 
   it('answers strongSwan per policy, keeps the SA across a compatible reload, deletes it when the rule goes', async () => {
     const dir = freshStateDir('consec-daemon-');
-    const setup = await ps(
-      [
-        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
-          mm: 'MM',
-          p1: 'PSK',
-          qm: 'QM',
-        }),
-        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
-      ].join('\n'),
-      dir,
-    );
-    assert.equal(setup.errors, 0, setup.err);
+    await pskServerPolicy(dir, b, a);
     const d = consecDaemon(lab, 'bob', dir, b);
     let alice: Charon | undefined;
     try {
@@ -163,18 +168,7 @@ describe('consec daemon', () => {
 
   it('Prometheus metrics: SAs by state, setup latency, failures by reason, traffic; parsed as text exposition format', async () => {
     const dir = freshStateDir('consec-daemon-metrics-');
-    const setup = await ps(
-      [
-        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
-          mm: 'MM',
-          p1: 'PSK',
-          qm: 'QM',
-        }),
-        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
-      ].join('\n'),
-      dir,
-    );
-    assert.equal(setup.errors, 0, setup.err);
+    await pskServerPolicy(dir, b, a);
     const d = consecDaemon(lab, 'bob', dir, b, ['--metrics', '127.0.0.1:9464']);
     const scrape = async (path = '/metrics') => {
       const r = await lab.exec('bob', [
@@ -247,18 +241,7 @@ describe('consec daemon', () => {
 
   it('IKE debug log (seed 000: netsh … set global ipsec debuglog): messages, proposals, notifies, no secrets; rotated; off again', async () => {
     const dir = freshStateDir('consec-daemon-debuglog-');
-    const setup = await ps(
-      [
-        ...serverPolicy(b, a, '-Encryption AES256 -Hash SHA256 -KeyExchange DH14', `-PreSharedKey "${PSK}"`, {
-          mm: 'MM',
-          p1: 'PSK',
-          qm: 'QM',
-        }),
-        tunnelRule('Server to server', b, a, '$p1.Name', '$qmSet.Name'),
-      ].join('\n'),
-      dir,
-    );
-    assert.equal(setup.errors, 0, setup.err);
+    await pskServerPolicy(dir, b, a);
     const netsh = (...words: string[]) =>
       run(consecArgv(['netsh', 'advfirewall', 'set', 'global', 'ipsec', 'debuglog', ...words], dir), {
         allowFailure: true,
