@@ -21,6 +21,7 @@ import { certRequest, SIGNATURE_HASHES } from './tasks/ike-cert.ts';
 import { IkeInitInitiator } from './tasks/ike-init.ts';
 import { IkeNatd, natdHash } from './tasks/ike-natd.ts';
 import { findNotifies, findPayload, notify } from './tasks/task.ts';
+import { SpiRegistry } from './spi.ts';
 import { headerText, type IkeTrace, payloadsText } from './trace.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
@@ -74,6 +75,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private readonly initIndex = new Map<string, { session: IkeSession; request: Buffer; response: Buffer }>();
   /** A responder session's key in initIndex (so ending it costs no scan of the index). */
   private readonly initKeyOf = new WeakMap<IkeSession, string>();
+  /** Inbound child SA SPIs in use at this address (every IKE SA here takes its children's from it). */
+  private readonly spis = new SpiRegistry();
   /** Sessions by the peer's authenticated identity, for INITIAL_CONTACT (no scan of every SA). */
   private readonly byPeerId = new Map<string, Set<IkeSession>>();
   private halfOpenTimers = new Map<IkeSession, NodeJS.Timeout>();
@@ -399,6 +402,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       { address: this.o.address, port: 500 },
       { address: from.address, port: from.port },
     );
+    sa.spis = this.spis;
     sa.spiI = Buffer.from(h.spiI);
     sa.spiR = randomBytes(8);
     sa.chosen = chosen;
@@ -546,6 +550,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
   async initiate(r: InitiateRequest): Promise<{ session: IkeSession; child: ChildSa }> {
     const peer = r.peer;
     const sa = new IkeSa('initiator', { address: this.o.address, port: 500 }, { address: r.remote, port: 500 });
+    sa.spis = this.spis;
     sa.forceEncapsulation = r.forceUdpEncapsulation ?? false;
     const s = new IkeSession(this, sa, peer, 'connecting');
     this.register(s);

@@ -1,4 +1,5 @@
 /** One IKE SA: identities, nonces, negotiated suite and keys, message counters. */
+import type { SpiRegistry } from './spi.ts';
 import { randomBytes } from 'node:crypto';
 import { ENCRS, INTEGS, PRFS } from './crypto/algorithms.ts';
 import type { KeyExchange } from './crypto/ke.ts';
@@ -36,6 +37,8 @@ export class IkeSa {
   natRemote = false;
   /** Pretend to be behind a NAT so ESP runs in UDP 4500 (strongSwan's encap=yes; RFC 7296 §2.23). */
   forceEncapsulation = false;
+  /** Where this SA's child SAs get their inbound SPIs (the manager's, shared by all its SAs). */
+  spis?: SpiRegistry;
   /** Message ID of our next request, and of the next request we expect from the peer (§2.2). */
   myMid = 0;
   peerMid = 0;

@@ -549,6 +549,7 @@ export class IkeSession {
     this.children.delete(key);
     for (const t of entry.timers) clearTimeout(t);
     this.host.dataplane.delete(entry.child.spiIn);
+    this.sa.spis?.release(entry.child.spiIn);
     const q = this.quickModeInfo(entry.child);
     this.host.audit.emit({
       id: 5452,

@@ -172,7 +172,8 @@ export type ChildKind = { exchange: 'auth' } | { exchange: 'create' } | { exchan
 /** Initiator half: offers proposals and selectors; `result` is the child once the response is processed. */
 export class ChildCreateInitiator implements Task {
   readonly name = 'child-create';
-  readonly spi = randomBytes(4);
+  /** Our inbound SPI, taken from the SA's registry when the request is built. */
+  spi: Buffer = Buffer.alloc(0);
   result?: ChildSa;
   private nonce?: Buffer;
   private ke?: KeyExchange;
@@ -200,7 +201,8 @@ export class ChildCreateInitiator implements Task {
     return this.kind.exchange === 'auth' ? withoutKe(all) : all;
   }
 
-  build(_sa: IkeSa, out: Payload[]): void {
+  build(sa: IkeSa, out: Payload[]): void {
+    if (this.spi.length === 0) this.spi = sa.spis?.allocate() ?? randomBytes(4);
     if (this.kind.exchange === 'rekey')
       out.push({ ...notify(NotifyType.REKEY_SA), protocol: ProtocolId.ESP, spi: this.kind.old.spiIn });
     if (this.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
@@ -308,7 +310,7 @@ export function respondChild(
   const saP = findPayload(request, PayloadType.SA);
   const tsiP = findPayload(request, PayloadType.TSi);
   const tsrP = findPayload(request, PayloadType.TSr);
-  const spi = randomBytes(4);
+  const spi = sa.spis?.allocate() ?? randomBytes(4);
   const supported = policy.espProposals(spi);
   const offered = saP?.proposals ?? [];
   const chosen =
@@ -321,9 +323,14 @@ export function respondChild(
       : { tsi: tsiP?.selectors, tsr: tsrP?.selectors };
   const tsi = received.tsi ? narrow(received.tsi, policy.tsi) : undefined;
   const tsr = received.tsr ? narrow(received.tsr, policy.tsr) : undefined;
-  if (!chosen || chosen.spi.length !== 4) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
-  if (!tsi || !tsr) return { payloads: [notify(NotifyType.TS_UNACCEPTABLE)] };
-  if (wantsTransport !== (policy.mode === 'transport')) return { payloads: [notify(NotifyType.NO_PROPOSAL_CHOSEN)] };
+  // A refusal gives the SPI back; so does a refusal further down (an unexpected KE group).
+  const refuse = (payloads: Payload[]) => {
+    sa.spis?.release(spi);
+    return { payloads };
+  };
+  if (!chosen || chosen.spi.length !== 4) return refuse([notify(NotifyType.NO_PROPOSAL_CHOSEN)]);
+  if (!tsi || !tsr) return refuse([notify(NotifyType.TS_UNACCEPTABLE)]);
+  if (wantsTransport !== (policy.mode === 'transport')) return refuse([notify(NotifyType.NO_PROPOSAL_CHOSEN)]);
   const out: Payload[] = [];
   let ex: ChildExchange = { nonceI: sa.nonceI as Buffer, nonceR: sa.nonceR as Buffer, initiator: false };
   let nonceR: Buffer | undefined;
@@ -338,7 +345,7 @@ export function respondChild(
       if (ke?.group !== group) {
         const data = Buffer.alloc(2);
         data.writeUInt16BE(group);
-        return { payloads: [notify(NotifyType.INVALID_KE_PAYLOAD, data)] };
+        return refuse([notify(NotifyType.INVALID_KE_PAYLOAD, data)]);
       }
       const ours = KeyExchange.create(group);
       ex = { ...ex, pfsSecret: ours.sharedSecret(ke.data), pfsGroup: group };

@@ -23,6 +23,7 @@ function successorSa(old: IkeSa, role: 'initiator' | 'responder'): IkeSa {
   sa.natRemote = old.natRemote;
   sa.forceEncapsulation = old.forceEncapsulation;
   sa.peerSignatureHashes = old.peerSignatureHashes;
+  sa.spis = old.spis;
   return sa;
 }
 
