@@ -16,7 +16,7 @@ import type { ChildSaSink } from '../ike/dataplane.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
-import { ANY_V4, ANY_V6 } from '../filter/address.ts';
+import { ANY_V4, ANY_V6, boundBytes } from '../filter/address.ts';
 import { applyGuard, guardSets, readClearDrops, removeGuard, renderGuard } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 import { type CompiledPolicy, compilePolicy, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
@@ -91,26 +91,15 @@ async function routeProtected(
     if (ranges.length === 0) log.warn({ entry }, 'an address keyword that stands for no address on this host');
     // Ranges of the other family come in too: a tunnel mode rule may carry IPv6 inside IPv4 (or
     // the other way round); without such an SA they are held (Require) or sent in clear (Request).
-    for (const r of ranges) {
-      const width = r.family === 4 ? 4 : 16;
-      const bytes = (v: number | bigint) => {
-        const b = Buffer.alloc(width);
-        if (r.family === 4) b.writeUInt32BE(Number(v));
-        else {
-          b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
-          b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
-        }
-        return b;
-      };
+    for (const r of ranges)
       await plane.protect({
         type: r.family === 4 ? 7 : 8,
         ipProtocol: 0,
         startPort: 0,
         endPort: 65535,
-        start: bytes(r.lo),
-        end: bytes(r.hi),
+        start: boundBytes(r.lo, r.family),
+        end: boundBytes(r.hi, r.family),
       });
-    }
   }
 }
 
@@ -235,9 +224,11 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       ),
     delete: (spiIn) => log.info({ spiIn: spiIn.toString('hex') }, 'child SA removed from the data plane'),
   };
+  // The firewall profiles in force (network location): the rules the keying service applies.
+  const profilesInForce = () => activeProfiles(connectionProfiles(stateDir));
   const service = new KeyingService({
     stores: new PolicyStores(stateDir),
-    profiles: () => activeProfiles(connectionProfiles(stateDir)),
+    profiles: profilesInForce,
     addresses,
     ctx,
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
@@ -353,9 +344,10 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   // Every few seconds: 4963 for cleartext a Require rule refused (the kernel counts it per
   // address), and the network location (Set-NetConnectionProfile) → the rules of the profiles in force.
   const clearSeen = new Map<string, number>();
-  let location = `${networkCategoriesStamp(stateDir)}|${activeProfiles(connectionProfiles(stateDir)).join()}`;
-  const clearPoll = setInterval(() => {
-    const now = `${networkCategoriesStamp(stateDir)}|${activeProfiles(connectionProfiles(stateDir)).join()}`;
+  const locationStamp = () => `${networkCategoriesStamp(stateDir)}|${profilesInForce().join()}`;
+  let location = locationStamp();
+  const housekeeping = setInterval(() => {
+    const now = locationStamp();
     if (now !== location) {
       location = now;
       log.info({ profiles: now.split('|')[1] }, 'network location changed');
@@ -379,7 +371,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       }
     });
   }, HOUSEKEEPING_MS);
-  clearPoll?.unref();
+  housekeeping.unref();
   emitAudit({ id: 5478, subcategory: 'IPsec Driver', success: true });
   log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
   await new Promise<void>((resolve) => {
@@ -388,10 +380,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
       control.close();
-      clearInterval(clearPoll);
+      clearInterval(housekeeping);
       metricsServer?.close();
-      debugLog.close();
-      journal?.close();
       void service
         .stop()
         .then(() => {
@@ -399,7 +389,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           emitAudit({ id: 5479, subcategory: 'IPsec Driver', success: true });
           return plane?.close();
         })
-        .finally(resolve);
+        .finally(() => {
+          // Last: stopping still writes events (4655, 5452, 5479) to the debug log and the journal.
+          debugLog.close();
+          journal?.close();
+          resolve();
+        });
     };
     const onInt = () => stop('SIGINT');
     const onTerm = () => stop('SIGTERM');

@@ -217,8 +217,8 @@ export class UserspaceDataPlane implements ChildSaSink {
       await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
       // One rule per family: unmarked traffic looks in our table first (no route there: on to main).
-      for (const ip of family === 4 ? ['-4', '-6'] : ['-6', '-4']) {
-        const own = ip === (family === 4 ? '-4' : '-6');
+      const own = family === 4 ? '-4' : '-6';
+      for (const ip of ['-4', '-6']) {
         await run('ip', [ip, 'rule', 'del', 'pref', String(o.rulePriority)]).catch(() => {});
         const add = run('ip', [
           ip,
@@ -232,8 +232,7 @@ export class UserspaceDataPlane implements ChildSaSink {
           'pref',
           String(o.rulePriority),
         ]);
-        if (own) await add;
-        else await add.catch(() => {}); // a host without the other family
+        await (ip === own ? add : add.catch(() => {})); // a host may lack the other family
       }
       const plane = new UserspaceDataPlane(o, tun, udp500, udp4500, raw, clear, ah, clearOther);
       plane.start();
@@ -282,11 +281,15 @@ export class UserspaceDataPlane implements ChildSaSink {
     return seq + w.size <= w.top ? 4962 : 4961;
   }
 
-  /** The driver event for an ESP/AH failure reason, if it has one. */
-  private failureId(e: SaEntry, reason: string, low: number): DriverDropId | undefined {
-    if (reason === 'integrity') return 4960;
-    if (reason === 'replay') return this.replayId(e, low);
-    return undefined;
+  /**
+   * A packet ESP/AH refused (`err` from open; `low`: its sequence number's low half): counted by
+   * reason, and an integrity or replay failure reported as its driver event.
+   */
+  private refused(e: SaEntry, err: unknown, low: number, spi: number, batch: PacketBatch, index: number): void {
+    const reason = err instanceof EspError ? err.reason : 'malformed';
+    if (reason === 'integrity') this.driverDrop(reason, 4960, spi, batch, index);
+    else if (reason === 'replay') this.driverDrop(reason, this.replayId(e, low), spi, batch, index);
+    else this.drop(reason);
   }
 
   /** The IKE sockets, for the keying service (`IkeManager.listen(rx => plane.bind(rx))`). */
@@ -597,10 +600,7 @@ export class UserspaceDataPlane implements ChildSaSink {
         try {
           opened = (e.in as AhInbound).open(pkt);
         } catch (err) {
-          const reason = err instanceof EspError ? err.reason : 'malformed';
-          const id = this.failureId(e, reason, pkt.readUInt32BE(ah + 8));
-          if (id) this.driverDrop(reason, id, spi, this.rawIn, i);
-          else this.drop(reason);
+          this.refused(e, err, pkt.readUInt32BE(ah + 8), spi, this.rawIn, i);
           continue;
         }
         this.deliver(e, opened.payload, opened.nextHeader);
@@ -850,10 +850,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     try {
       opened = e.in.open(esp);
     } catch (err) {
-      const reason = err instanceof EspError ? err.reason : 'malformed';
-      const id = this.failureId(e, reason, esp.readUInt32BE(4));
-      if (id) this.driverDrop(reason, id, spi, batch, index);
-      else this.drop(reason);
+      this.refused(e, err, esp.readUInt32BE(4), spi, batch, index);
       return;
     }
     this.followPeer(e, batch, index);

@@ -82,17 +82,19 @@ export function inRange(r: Range, family: 4 | 6, v4: number, v6: bigint): boolea
     : v6 >= (r as V6Range).lo && v6 <= (r as V6Range).hi;
 }
 
-/** A range as text: one address, or `first-last` (nftables' interval notation). */
-export function rangeToText(r: Range): string {
-  const text = (v: number | bigint): string => {
-    if (r.family === 4) {
-      const n = Number(v);
-      return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-    }
-    const b = Buffer.alloc(16);
+/** One end of a range (lo or hi) as address octets: 4 for IPv4, 16 for IPv6. */
+export function boundBytes(v: number | bigint, family: 4 | 6): Buffer {
+  const b = Buffer.alloc(family === 4 ? 4 : 16);
+  if (family === 4) b.writeUInt32BE(Number(v));
+  else {
     b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
     b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
-    return readIp(b, 0, 6);
-  };
+  }
+  return b;
+}
+
+/** A range as text: one address, or `first-last` (nftables' interval notation). */
+export function rangeToText(r: Range): string {
+  const text = (v: number | bigint): string => readIp(boundBytes(v, r.family), 0, r.family);
   return r.lo === r.hi ? text(r.lo) : `${text(r.lo)}-${text(r.hi)}`;
 }

@@ -5,7 +5,7 @@
  */
 import { isIP, isIPv4 } from 'node:net';
 import { compilePolicy, EMPTY_CONTEXT, type Flow, type HostContext } from '../filter/compile.ts';
-import { entryToRange, inRange, v4ToNumber, v6ToBigint } from '../filter/address.ts';
+import { boundBytes, entryToRange, inRange, v4ToNumber, v6ToBigint } from '../filter/address.ts';
 import { writeIp } from '../io/addr.ts';
 import {
   DEFAULT_MM_CRYPTO_SET,
@@ -50,16 +50,6 @@ function ipId(a: string): Identity {
   return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: addrBytes(a) };
 }
 
-function rangeBytes(v: bigint | number, v4: boolean): Buffer {
-  const b = Buffer.alloc(v4 ? 4 : 16);
-  if (v4) b.writeUInt32BE(Number(v));
-  else {
-    b.writeBigUInt64BE(BigInt(v) >> 64n, 0);
-    b.writeBigUInt64BE(BigInt(v) & 0xffffffffffffffffn, 8);
-  }
-  return b;
-}
-
 /**
  * Traffic selectors for one side. Transport mode narrows to the flow's host (Windows' IKEv2
  * transport mode accepts single addresses only); tunnel mode proposes the rule's own ranges.
@@ -81,8 +71,7 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
     const ranges = entries.map(entryToRange).filter((r) => r !== undefined);
     if (ranges.length > 0)
       return ranges.map((r) => {
-        const rv4 = r.family === 4;
-        return { ...sel(rangeBytes(r.lo, rv4), rangeBytes(r.hi, rv4)), type: rv4 ? 7 : 8 };
+        return { ...sel(boundBytes(r.lo, r.family), boundBytes(r.hi, r.family)), type: r.family === 4 ? 7 : 8 };
       });
   }
   const b = addrBytes(host);
