@@ -580,6 +580,46 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       await server.stop();
     }
   });
+
+  it('ESP in UDP 4500 under a 20 MB lifetime: child SAs rekey mid-transfer, and the ESP that shares a read with the rekey is not opened with a closed context', async () => {
+    // Over UDP 4500 one read carries IKE and ESP together: the CREATE_CHILD_SA/Delete that removes
+    // the old SA is handled before that read's gathered ESP is opened (this once killed the daemon).
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const daemons: LabProcess[] = [];
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5003]);
+    try {
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir('consec-dp-encap-');
+        await applyPolicy(dir, {
+          local,
+          remote,
+          qm: '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256 -MaxKiloBytes 20480',
+        });
+        const d = consecDaemon(lab, host, dir, local, ['--encap']);
+        daemons.push(d);
+        await d.waitFor(/"msg":"ready"/);
+      }
+      await server.waitFor(/listening/);
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5003, 48 * 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      const out = daemons.map((d) => d.output());
+      assert.ok(done, `${client.output()}\n${out.map((o) => o.slice(-3000)).join('\n---\n')}`);
+      assert.equal(done.received, done.sent, 'every byte came back unchanged');
+      const installed = (out[1]?.match(/"msg":"child SA installed"/g) ?? []).length;
+      assert.ok(installed >= 3, `the lifetime rekeyed the child SA mid-transfer (${installed} installed)`);
+      assert.match(out[1] ?? '', /"udp":true|"port":4500/, 'ESP in UDP');
+      for (const o of out) assert.doesNotMatch(o, /data plane fault|not a decrypting context/);
+      for (const d of daemons) assert.ok(d.running, 'both daemons still up');
+    } finally {
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      await server.stop();
+    }
+  });
 });
 
 describe('gateway to gateway: consec ↔ strongSwan with hosts behind them', () => {

@@ -323,11 +323,31 @@ export class UserspaceDataPlane implements ChildSaSink {
   }
 
   private start(): void {
-    this.tun.onReadable(() => this.fromTun());
-    this.udp4500.onReadable(() => this.fromUdp(this.udp4500, 4500));
-    this.udp500.onReadable(() => this.fromUdp(this.udp500, 500));
-    this.raw.onReadable(() => this.fromRaw());
-    this.ahSock.onReadable(() => this.fromAh());
+    this.tun.onReadable(this.guarded(() => this.fromTun()));
+    this.udp4500.onReadable(this.guarded(() => this.fromUdp(this.udp4500, 4500)));
+    this.udp500.onReadable(this.guarded(() => this.fromUdp(this.udp500, 500)));
+    this.raw.onReadable(this.guarded(() => this.fromRaw()));
+    this.ahSock.onReadable(this.guarded(() => this.fromAh()));
+  }
+
+  /**
+   * A read loop that cannot take the daemon down: a fault is logged and counted, what the loop had
+   * gathered is dropped, and the next read starts clean.
+   */
+  private guarded(loop: () => void): () => void {
+    return () => {
+      try {
+        loop();
+      } catch (err) {
+        this.stats.drops['internal error'] = (this.stats.drops['internal error'] ?? 0) + 1;
+        this.log('data plane fault', { error: (err as Error).message });
+        for (const g of [...this.gathers.values(), ...this.gathersIn.values()]) g.count = 0;
+        this.touched.length = 0;
+        this.touchedIn.length = 0;
+        this.tunOut.count = 0;
+        this.flushOut();
+      }
+    };
   }
 
   // ---- ChildSaSink -----------------------------------------------------------------------------
@@ -358,6 +378,8 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (!e) return;
     this.tracked.delete(e.in.spi);
     this.maxKb.delete(e.in.spi);
+    this.gathers.delete(e);
+    this.gathersIn.delete(e);
     for (const ts of e.remoteTs) void this.removeRoute(ts);
   }
 
@@ -511,10 +533,10 @@ export class UserspaceDataPlane implements ChildSaSink {
   /** Seals each SA's gathered packets in one addon call, straight into the send batches. */
   private sealPending(): void {
     for (const e of this.touched) {
-      const g = this.gathers.get(e) as Gather;
+      const g = this.gathers.get(e);
+      if (!g || this.sad.inbound(e.in.spi) !== e) continue; // deleted meanwhile
       const count = g.count;
       g.count = 0;
-      if (!this.sad.inbound(e.in.spi)) continue; // deleted meanwhile
       let first: number;
       try {
         first = (e.out as EspOutbound).reserve(count, g.bytes);
@@ -945,8 +967,14 @@ export class UserspaceDataPlane implements ChildSaSink {
     let w = 0;
     const failures = ['', 'integrity', 'malformed', 'padding'];
     for (const e of this.touchedIn) {
-      const g = this.gathersIn.get(e) as Gather;
-      const count = g.count;
+      const g = this.gathersIn.get(e);
+      const count = g?.count ?? 1;
+      // Removed meanwhile: over UDP 4500 the same read may carry the IKE message that rekeyed or
+      // deleted it (its addon context is closed by then).
+      if (!g || this.sad.inbound(e.in.spi) !== e) {
+        this.stats.drops['SA removed'] = (this.stats.drops['SA removed'] ?? 0) + count;
+        continue;
+      }
       g.count = 0;
       // Transport mode decrypts 20 octets into the slot and puts the IPv4 header in front, in place.
       const transport = e.mode === 'transport';
