@@ -1,10 +1,17 @@
 /**
- * Data plane throughput in the lab, side by side in one run: iperf3 TCP (one stream) through the
- * plain veth, strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP, AES-GCM-256), wireguard-go ↔
- * wireguard-go (Debian's userspace WireGuard, ChaCha20-Poly1305), consec → strongSwan (consec's
- * TUN data plane, ESP-in-UDP) and consec ↔ consec (transport mode, raw ESP).
+ * Data plane throughput in the lab, side by side in one run. Paths: the plain veth (ceiling),
+ * strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP), wireguard-go ↔ wireguard-go (Debian's
+ * userspace WireGuard, ChaCha20-Poly1305), consec → strongSwan (consec's TUN data plane against
+ * charon, ESP-in-UDP) and consec ↔ consec in transport mode over raw ESP, transport mode over UDP
+ * 4500 and tunnel mode — the IPsec paths each with AES-GCM-256 and AES-CBC-256 + HMAC-SHA-256.
  *
- *   node --import tsx bench/dataplane.ts [--seconds 5] [--json]
+ * Per path: iperf3 TCP with 1 and 4 streams and UDP with 1392-octet IP packets (the largest every
+ * path's inner MTU carries unfragmented: consec's TUN is 1392), each `--reps` times for `--seconds`,
+ * the median reported; CPU seconds per GB on each side (the IPsec processes in that host's
+ * namespace: charon, wireguard-go or consec, iperf3 not counted) and for the whole machine (all
+ * cores busy, softirq included), over the TCP one-stream runs.
+ *
+ *   node --import tsx bench/dataplane.ts [--seconds 3] [--reps 3] [--only REGEX] [--json]
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,34 +19,73 @@ import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { consecDaemon } from '../test/helpers.ts';
-import { freshStateDir, ps } from '../test/pwsh-helpers.ts';
-import { emit, numberArg } from './lib/cli.ts';
+import { freshStateDir } from '../test/pwsh-helpers.ts';
+import { consecPolicy, removeFilters } from './lib/consec.ts';
+import { emit, numberArg, stringArg } from './lib/cli.ts';
+import { machineTicks, namespaceTicks as cpuTicks, TICK } from './lib/cpu.ts';
+import { median } from './lib/stats.ts';
 
-const seconds = numberArg('seconds', 5);
+const seconds = numberArg('seconds', 3);
+const reps = numberArg('reps', 3);
+const only = new RegExp(stringArg('only', '.'));
 const PSK = 'bench-dataplane-psk-0123456789';
+/** UDP payload for 1392-octet IPv4 packets. */
+const UDP_PAYLOAD = 1392 - 28;
 
 const lab = await Lab.create(hostToHost());
 const a = lab.address('alice');
 const b = lab.address('bob');
 
-async function iperf(to = b): Promise<number> {
-  const server = lab.spawn('bob', ['iperf3', '-s', '-1', '-B', to]);
-  await new Promise((r) => setTimeout(r, 300));
-  const { stdout } = await lab.exec('alice', ['iperf3', '-c', to, '-t', String(seconds), '-J'], {
-    timeoutMs: (seconds + 20) * 1000,
-  });
-  await server.exited;
-  process.stderr.write('.');
-  const j = JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } };
-  return j.end.sum_received.bits_per_second / 1e9;
+type Suite = 'AES-GCM-256' | 'AES-CBC-256 + SHA-256' | 'ChaCha20-Poly1305' | '-';
+interface Running {
+  /** Where iperf3 connects (bob's address, or the tunnel's inner address). */
+  target: string;
+  stop(): Promise<void>;
+  /** What to show when a run fails (the daemons' last log lines). */
+  diagnose?(): string;
+}
+interface Path {
+  name: string;
+  suite: Suite;
+  start(): Promise<Running>;
+}
+
+const namespaceTicks = (host: string) => cpuTicks(lab, host, ['iperf3']);
+
+interface Run {
+  gbps: number;
+  bytes: number;
+  pps?: number;
+}
+
+async function iperf(target: string, extra: string[]): Promise<Run> {
+  const server = lab.spawn('bob', ['iperf3', '-s', '-1', '-B', target]);
+  await new Promise((r) => setTimeout(r, 250));
+  try {
+    // iperf3's own deadline (-t plus slack), so a stalled path ends as a failed run, not a hung bench.
+    const { stdout } = await lab.exec(
+      'alice',
+      ['timeout', String(seconds + 10), 'iperf3', '-c', target, '-t', String(seconds), '-J', ...extra],
+      { timeoutMs: (seconds + 20) * 1000, allowFailure: true },
+    );
+    process.stderr.write('.');
+    if (!stdout.trim()) throw new Error(`iperf3 ${extra.join(' ')}: no result within ${seconds + 10} s`);
+    type Sum = { bits_per_second: number; bytes: number; packets?: number; lost_packets?: number; seconds: number };
+    const j = JSON.parse(stdout) as { error?: string; end: { sum_received?: Sum } };
+    if (j.error) throw new Error(`iperf3 ${extra.join(' ')}: ${j.error}`);
+    const sum = j.end.sum_received;
+    if (!sum) throw new Error(`iperf3 ${extra.join(' ')}: no receiver summary`);
+    if (!extra.includes('-u')) return { gbps: sum.bits_per_second / 1e9, bytes: sum.bytes };
+    // UDP: what arrived, per second of the receiver's window.
+    const received = (sum.packets ?? 0) - (sum.lost_packets ?? 0);
+    return { gbps: sum.bits_per_second / 1e9, bytes: sum.bytes, pps: received / sum.seconds };
+  } finally {
+    await server.stop('SIGTERM', 2000);
+  }
 }
 
 /** wireguard-go on both hosts (foreground, so the lab owns the processes): tunnel addresses 198.51.100.1/.2. */
-async function wireguardGo(): Promise<{ inner: string; stop(): Promise<void> } | undefined> {
-  const have = await lab.exec('alice', ['sh', '-c', 'command -v wireguard-go && command -v wg'], {
-    allowFailure: true,
-  });
-  if (have.code !== 0) return undefined;
+async function wireguardGo(): Promise<Running> {
   const env = { ...process.env, WG_PROCESS_FOREGROUND: '1', WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: '1' };
   const dir = freshStateDir('consec-bench-wg-');
   const keys: Record<string, { priv: string; pub: string }> = {};
@@ -82,90 +128,213 @@ async function wireguardGo(): Promise<{ inner: string; stop(): Promise<void> } |
   }
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', '198.51.100.2'], { allowFailure: true });
   return {
-    inner: '198.51.100.2',
+    target: '198.51.100.2',
     stop: async () => {
       for (const p of procs) await p.stop('SIGTERM', 3000);
     },
   };
 }
 
-async function policy(local: string, remote: string, tunnel: boolean): Promise<string> {
-  const dir = freshStateDir('consec-bench-');
-  const mode = tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${local} -RemoteTunnelEndpoint ${remote} ` : '';
-  const r = await ps(
-    [
-      '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-      '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
-      `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-      '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-      '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
-      `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${local} -RemoteAddress ${remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
-      `New-NetIPsecRule -DisplayName "bench" ${mode}-LocalAddress ${local} -RemoteAddress ${remote} ` +
-        '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-    ].join('\n'),
-    dir,
+const CONSEC_QM: Record<string, string> = {
+  'AES-GCM-256': '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+  'AES-CBC-256 + SHA-256': '-Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+};
+const SWAN_ESP: Record<string, string> = { 'AES-GCM-256': 'aes256gcm16', 'AES-CBC-256 + SHA-256': 'aes256-sha256' };
+
+const policy = (local: string, remote: string, suite: Suite, tunnel: boolean) =>
+  consecPolicy({ local, remote, psk: PSK, qm: CONSEC_QM[suite] as string, tunnel });
+
+const swan = (host: string, suite: Suite) => {
+  const [l, r] = host === 'alice' ? [a, b] : [b, a];
+  return Charon.start(
+    lab,
+    host,
+    pskHostTunnel(l, r, { name: 'c', secret: PSK, logLevel: 0, esp: [SWAN_ESP[suite] as string] }),
   );
-  if (r.errors) throw new Error(r.err);
-  return dir;
-}
+};
 
-const rows: [string, number][] = [];
-try {
-  process.stderr.write('\n');
-  rows.push(['plain veth (no IPsec)', await iperf()]);
-
-  const swanA = await Charon.start(lab, 'alice', pskHostTunnel(a, b, { name: 'c', secret: PSK, logLevel: 0 }));
-  const swanB = await Charon.start(lab, 'bob', pskHostTunnel(b, a, { name: 'c', secret: PSK, logLevel: 0 }));
-  await swanA.initiate('c');
-  process.stderr.write('\n');
-  rows.push(['strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP)', await iperf()]);
-  await swanA.stop();
-
-  const wg = await wireguardGo();
-  if (wg) {
-    process.stderr.write('\n');
-    rows.push(['wireguard-go ↔ wireguard-go (userspace WireGuard)', await iperf(wg.inner)]);
-    await wg.stop();
-  }
-
-  const dA = consecDaemon(lab, 'alice', await policy(a, b, true), a);
+async function consecPair(suite: Suite, tunnel: boolean, extra: string[]): Promise<Running> {
+  const dB = consecDaemon(lab, 'bob', await policy(b, a, suite, tunnel), b, extra);
+  await dB.waitFor(/"msg":"ready"/);
+  const dA = consecDaemon(lab, 'alice', await policy(a, b, suite, tunnel), a, extra);
   await dA.waitFor(/"msg":"ready"/);
   await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
-  process.stderr.write('\n');
-  rows.push(['consec → strongSwan (consec TUN data plane, ESP-in-UDP)', await iperf()]);
-  await dA.stop('SIGTERM', 5000);
-  await swanB.stop();
+  return {
+    target: b,
+    stop: async () => {
+      await dA.stop('SIGTERM', 5000);
+      await dB.stop('SIGTERM', 5000);
+      await removeFilters(lab, 'alice', 'bob');
+    },
+    diagnose: () => [dA, dB].map((d) => d.output().slice(-1500)).join('\n---\n'),
+  };
+}
 
-  const dB = consecDaemon(lab, 'bob', await policy(b, a, false), b);
-  await dB.waitFor(/"msg":"ready"/);
-  const dA2 = consecDaemon(lab, 'alice', await policy(a, b, false), a);
-  await dA2.waitFor(/"msg":"ready"/);
-  await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
-  process.stderr.write('\n');
-  rows.push(['consec ↔ consec (transport mode, raw ESP)', await iperf()]);
-  await dA2.stop('SIGTERM', 5000);
-  await dB.stop('SIGTERM', 5000);
+const IPSEC_SUITES: Suite[] = ['AES-GCM-256', 'AES-CBC-256 + SHA-256'];
+const PATHS: Path[] = [
+  { name: 'plain veth (no IPsec)', suite: '-', start: async () => ({ target: b, stop: async () => {} }) },
+  ...IPSEC_SUITES.map((suite): Path => ({
+    name: 'strongSwan ↔ strongSwan (kernel-libipsec, ESP-in-UDP)',
+    suite,
+    start: async () => {
+      const [sa, sb] = [await swan('alice', suite), await swan('bob', suite)];
+      await sa.initiate('c');
+      return { target: b, stop: async () => void (await Promise.all([sa.stop(), sb.stop()])) };
+    },
+  })),
+  { name: 'wireguard-go ↔ wireguard-go (userspace WireGuard)', suite: 'ChaCha20-Poly1305', start: wireguardGo },
+  ...IPSEC_SUITES.flatMap((suite): Path[] => [
+    {
+      name: 'consec → strongSwan (TUN data plane, ESP-in-UDP)',
+      suite,
+      start: async () => {
+        const sb = await swan('bob', suite);
+        const dA = consecDaemon(lab, 'alice', await policy(a, b, suite, true), a);
+        await dA.waitFor(/"msg":"ready"/);
+        await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+        return {
+          target: b,
+          stop: async () => {
+            await dA.stop('SIGTERM', 5000);
+            await sb.stop();
+            await removeFilters(lab, 'alice');
+          },
+          diagnose: () => `${dA.output().slice(-1500)}\n---\n${sb.log().slice(-1500)}`,
+        };
+      },
+    },
+    { name: 'consec ↔ consec (transport, raw ESP)', suite, start: () => consecPair(suite, false, []) },
+    { name: 'consec ↔ consec (transport, ESP-in-UDP 4500)', suite, start: () => consecPair(suite, false, ['--encap']) },
+    { name: 'consec ↔ consec (tunnel, raw ESP)', suite, start: () => consecPair(suite, true, []) },
+  ]),
+];
 
-  const swan = rows[1]?.[1] ?? 1;
-  const wgRate = rows.find(([n]) => n.startsWith('wireguard-go'))?.[1];
-  emit({
-    id: 'throughput',
-    title: 'Throughput: iperf3 TCP, one stream, AES-GCM-256',
-    method: `iperf3 TCP, one stream, ${seconds} s per path, through the lab's veth pair (2 cores shared by both ends), all paths in the same run.`,
-    columns: ['path', 'Gbit/s', '÷ strongSwan', '÷ wireguard-go'],
-    rows: rows.map(([name, g]) => [
-      name,
-      Math.round(g * 1000) / 1000,
-      Math.round((g / swan) * 100) / 100,
-      wgRate ? Math.round((g / wgRate) * 100) / 100 : '-',
-    ]),
-    chart: { column: 1, unit: 'Gbit/s', skipRows: [0] },
-    notes: [
-      'Target: consec ↔ consec ≥ 2× strongSwan (kernel-libipsec) and ≥ wireguard-go; stretch ≥ 1 Gbit/s.',
-      'The chart leaves out the plain veth ceiling, which would flatten the other bars.',
-    ],
-  });
+interface Result {
+  path: Path;
+  tcp1: Run[];
+  tcp4: Run[];
+  udp: Run[];
+  /** CPU seconds during the TCP one-stream runs: alice's and bob's IPsec processes, the machine. */
+  cpu: { alice: number; bob: number; machine: number };
+  /** Runs that failed (a stalled or refused iperf3), reported beside the table. */
+  errors: string[];
+}
+
+async function measure(path: Path): Promise<Result> {
+  process.stderr.write(`\n${path.name} [${path.suite}] `);
+  const running = await path.start();
+  try {
+    const before = { alice: await namespaceTicks('alice'), bob: await namespaceTicks('bob'), machine: machineTicks() };
+    const errors: string[] = [];
+    const series = async (extra: string[]): Promise<Run[]> => {
+      const runs: Run[] = [];
+      for (let i = 0; i < reps; i++) {
+        try {
+          runs.push(await iperf(running.target, extra));
+        } catch (err) {
+          errors.push((err as Error).message);
+          process.stderr.write(`\n  ${(err as Error).message}\n${running.diagnose?.() ?? ''}\n`);
+        }
+      }
+      return runs;
+    };
+    const tcp1 = await series([]);
+    const cpu = {
+      alice: ((await namespaceTicks('alice')) - before.alice) / TICK,
+      bob: ((await namespaceTicks('bob')) - before.bob) / TICK,
+      machine: (machineTicks() - before.machine) / TICK,
+    };
+    const tcp4 = await series(['-P', '4']);
+    const udp = await series(['-u', '-b', '0', '-l', String(UDP_PAYLOAD)]);
+    return { path, tcp1, tcp4, udp, cpu, errors };
+  } finally {
+    await running.stop();
+  }
+}
+
+const results: Result[] = [];
+try {
+  for (const path of PATHS) {
+    if (!only.test(`${path.name} ${path.suite}`)) continue;
+    if (path.suite === 'ChaCha20-Poly1305') {
+      const have = await lab.exec('alice', ['sh', '-c', 'command -v wireguard-go && command -v wg'], {
+        allowFailure: true,
+      });
+      if (have.code !== 0) continue;
+    }
+    results.push(await measure(path));
+  }
+  process.stderr.write('\n');
 } finally {
   await lab.destroy();
 }
+
+const gbps = (runs: Run[]) => median(runs.map((r) => r.gbps));
+/** A median, or 'failed' when no run of the series succeeded. */
+const shown = (x: number, digits: number): number | string =>
+  Number.isFinite(x) ? Math.round(x * 10 ** digits) / 10 ** digits : 'failed';
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+const failures = results.flatMap((r) => r.errors.map((e) => `${r.path.name} [${r.path.suite}]: ${e}`));
+const r2 = (x: number) => Math.round(x * 100) / 100;
+const wgRate = results.find((r) => r.path.suite === 'ChaCha20-Poly1305');
+const swanRate = (suite: Suite) =>
+  results.find((r) => r.path.name.startsWith('strongSwan ↔') && r.path.suite === suite);
+const perGb = (cpuS: number, runs: Run[]) => {
+  const gb = runs.reduce((n, r) => n + r.bytes, 0) / 1e9;
+  return gb > 0 ? r2(cpuS / gb) : '-';
+};
+const rows = results.map((r) => {
+  const g = gbps(r.tcp1);
+  const swanOf = swanRate(r.path.suite);
+  const ipsec = r.path.suite !== '-';
+  return [
+    r.path.name,
+    r.path.suite,
+    shown(g, 3),
+    shown(gbps(r.tcp4), 3),
+    shown(median(r.udp.map((u) => u.pps ?? 0)), 0),
+    swanOf ? shown(g / gbps(swanOf.tcp1), 2) : '-',
+    wgRate ? shown(g / gbps(wgRate.tcp1), 2) : '-',
+    ipsec ? perGb(r.cpu.alice, r.tcp1) : '-',
+    ipsec ? perGb(r.cpu.bob, r.tcp1) : '-',
+    perGb(r.cpu.machine, r.tcp1),
+  ];
+});
+emit({
+  id: 'throughput',
+  title: 'Throughput: iperf3 through each path',
+  method:
+    `iperf3 through the lab's veth pair (2 cores shared by both ends and iperf3), all paths in the same run: TCP with 1 and 4 streams and UDP with 1392-octet IP packets at full speed (received packets/s), each ${reps} × ${seconds} s, medians. ` +
+    '÷ strongSwan compares TCP one stream with strongSwan ↔ strongSwan on the same suite; ÷ wireguard-go with wireguard-go (ChaCha20-Poly1305). ' +
+    'CPU s/GB: CPU seconds (user + system) of the IPsec processes in each host (charon, wireguard-go, consec; not iperf3) and of the whole machine (every busy core, softirq included) per GB received, over the TCP one-stream runs.',
+  columns: [
+    'path',
+    'suite',
+    'TCP ×1 Gbit/s',
+    'TCP ×4 Gbit/s',
+    'UDP packets/s',
+    '÷ strongSwan',
+    '÷ wireguard-go',
+    'CPU s/GB alice',
+    'CPU s/GB bob',
+    'CPU s/GB machine',
+  ],
+  rows,
+  chart: { column: 2, unit: 'Gbit/s', skipRows: results[0]?.path.suite === '-' ? [0] : [], label: [0, 1] },
+  notes: [
+    'Target: consec ↔ consec ≥ 2× strongSwan (kernel-libipsec) and ≥ wireguard-go; stretch ≥ 1 Gbit/s.',
+    'The chart (TCP one stream) leaves out the plain veth ceiling, which would flatten the other bars.',
+    'kernel-libipsec is strongSwan’s userspace ESP (this kernel has no ESP module), the fair peer for a userspace data plane; it does tunnel mode only, so strongSwan rows are tunnel mode.',
+    ...failures.map((f) => `Failed run: ${f}`),
+  ],
+  raw: results.map((r) => ({
+    path: r.path.name,
+    suite: r.path.suite,
+    seconds,
+    tcp1Gbps: r.tcp1.map((x) => r3(x.gbps)),
+    tcp4Gbps: r.tcp4.map((x) => r3(x.gbps)),
+    udpPps: r.udp.map((x) => Math.round(x.pps ?? 0)),
+    cpuSeconds: r.cpu,
+    tcp1Bytes: r.tcp1.reduce((n, x) => n + x.bytes, 0),
+  })),
+});

@@ -12,21 +12,11 @@ import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from '../test/helpers.ts';
 import { emit, numberArg } from './lib/cli.ts';
+import { median, percentile, round } from './lib/stats.ts';
 
 const runs = numberArg('runs', 20);
 const PSK = 'bench-psk-0123456789abcdef';
 const cfg = (l: string, r: string) => pskHostTunnel(l, r, { name: 'c', secret: PSK, logLevel: 0 });
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m =
-    s.length % 2
-      ? (s[(s.length - 1) / 2] as number)
-      : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
-  return Math.round(m * 10) / 10;
-};
-const pct = (xs: number[], p: number) =>
-  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))] as number;
-
 const lab = await Lab.create(hostToHost());
 try {
   const a = lab.address('alice');
@@ -60,7 +50,7 @@ try {
     await alice.swanctl(['--terminate', '--ike', 'c']);
   }
   await Promise.all([alice.stop(), resp.stop()]);
-  const row = (name: string, xs: number[]) => [name, median(xs), pct(xs, 90), Math.min(...xs)];
+  const row = (name: string, xs: number[]) => [name, round(median(xs)), percentile(xs, 90), Math.min(...xs)];
   emit({
     id: 'ike-setup',
     title: 'IKEv2 SA setup latency, one at a time',

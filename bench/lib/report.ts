@@ -14,8 +14,15 @@ export interface Table {
   columns: string[];
   rows: (string | number)[][];
   /** The column drawn in the chart (its values must be numbers), its unit, and rows left out (a far-off ceiling). */
-  chart?: { column: number; unit: string; skipRows?: number[] };
+  chart?: {
+    column: number;
+    unit: string;
+    skipRows?: number[];
+    /** Columns joined for a bar's label (default the first). */ label?: number[];
+  };
   notes?: string[];
+  /** Every measurement behind the rows (repetitions, counters), kept in results.json only. */
+  raw?: unknown;
 }
 
 function fmt(v: string | number): string {
@@ -40,9 +47,9 @@ export function barChart(t: Table): string {
   if (!c) return '';
   const rows = t.rows.filter((_, i) => !c.skipRows?.includes(i));
   const values = rows.map((r) => Number(r[c.column]) || 0);
-  const labels = rows.map((r) => String(r[0]));
+  const labels = rows.map((r) => (c.label ?? [0]).map((i) => String(r[i])).join(' · '));
   const max = Math.max(...values, 1e-12);
-  const labelW = Math.min(420, 7 * Math.max(...labels.map((l) => l.length), 10));
+  const labelW = Math.min(560, 7 * Math.max(...labels.map((l) => l.length), 10));
   const barW = 420;
   const rowH = 26;
   const top = 40;

@@ -172,8 +172,11 @@ export class KeyingService {
         NotifyType.TEMPORARY_FAILURE,
       );
     const key = `${plan.local}>${plan.remote}`;
+    // One negotiation per peer at a time: flows that arrive meanwhile share its outcome — a failure
+    // fails them too (the data plane acquires again on later traffic) instead of each starting an
+    // IKE SA of its own at the same moment.
     const running = this.inFlight.get(key);
-    if (running) await running.catch(() => {});
+    if (running) await running;
     const session = m.sessions().find((s) => s.sa.remote.address === plan.remote && s.state === 'established');
     if (session) {
       for (const e of session.children.values())

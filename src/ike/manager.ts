@@ -79,6 +79,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private readonly spis = new SpiRegistry();
   /** Sessions by the peer's authenticated identity, for INITIAL_CONTACT (no scan of every SA). */
   private readonly byPeerId = new Map<string, Set<IkeSession>>();
+  /** How many IKE SAs (any state) each peer address has here: INITIAL_CONTACT only with none besides. */
+  private readonly perRemote = new Map<string, number>();
   private halfOpenTimers = new Map<IkeSession, NodeJS.Timeout>();
   private halfOpen = 0;
   private readonly cookieSecret = randomBytes(32);
@@ -180,12 +182,23 @@ export class IkeManager implements SessionHost, IkeReceiver {
   // ---- SessionHost -----------------------------------------------------------------------------
 
   register(s: IkeSession): void {
-    this.bySpi.set(hex(s.sa.localSpi), s);
+    const key = hex(s.sa.localSpi);
+    if (this.bySpi.get(key) !== s) {
+      const remote = s.sa.remote.address;
+      this.perRemote.set(remote, (this.perRemote.get(remote) ?? 0) + 1);
+    }
+    this.bySpi.set(key, s);
     this.indexPeer(s); // a rekeyed IKE SA's successor inherits the identity
   }
 
   unregister(s: IkeSession): void {
-    if (this.bySpi.get(hex(s.sa.localSpi)) === s) this.bySpi.delete(hex(s.sa.localSpi));
+    if (this.bySpi.get(hex(s.sa.localSpi)) === s) {
+      this.bySpi.delete(hex(s.sa.localSpi));
+      const remote = s.sa.remote.address;
+      const n = (this.perRemote.get(remote) ?? 1) - 1;
+      if (n > 0) this.perRemote.set(remote, n);
+      else this.perRemote.delete(remote);
+    }
     const initKey = this.initKeyOf.get(s);
     if (initKey !== undefined && this.initIndex.get(initKey)?.session === s) this.initIndex.delete(initKey);
     if (s.peerId) {
@@ -605,7 +618,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
       const inner: Payload[] = [idi as Payload];
       if (peer.credentials.method === 'cert') inner.push(certRequest(peer.credentials));
       if (peer.remoteId) inner.push({ type: PayloadType.IDr, idType: peer.remoteId.type, data: peer.remoteId.data });
-      inner.push(...proof, notify(NotifyType.INITIAL_CONTACT));
+      inner.push(...proof);
+      // §2.4: INITIAL_CONTACT says "I have no other IKE SA with you" — the peer deletes the others.
+      // Not when this manager holds more than this one with the peer (parallel negotiations, rekeys).
+      if ((this.perRemote.get(r.remote) ?? 0) <= 1) inner.push(notify(NotifyType.INITIAL_CONTACT));
       const child = new ChildCreateInitiator(peer.espProposals, peer.tsi, peer.tsr, peer.mode);
       child.build(sa, inner);
       this.log('send IKE_AUTH', {});

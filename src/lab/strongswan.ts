@@ -54,6 +54,8 @@ export interface SwanConnection {
   over_time?: string;
   dpd_delay?: string;
   keyingtries?: number;
+  /** Uniqueness of IKE SAs per identity pair (yes, no, never, keep); charon's default is no. */
+  unique?: 'yes' | 'no' | 'never' | 'keep';
   local: SwanAuth;
   remote: SwanAuth;
   children: Record<string, SwanChild>;
@@ -67,6 +69,8 @@ export interface CharonConfig {
   logLevel?: number;
   /** PEM files for swanctl's x509 (own certificates), x509ca (trust anchors) and private (keys) directories. */
   files?: { x509?: Record<string, string>; x509ca?: Record<string, string>; private?: Record<string, string> };
+  /** More strongswan.conf `charon` settings (e.g. cookie_threshold, block_threshold for load tests). */
+  charon?: ConfObject;
 }
 
 export interface PskHostTunnel {
@@ -183,6 +187,7 @@ export function swanctlConf(config: CharonConfig): string {
       over_time: c.over_time,
       dpd_delay: c.dpd_delay,
       keyingtries: c.keyingtries,
+      unique: c.unique,
       local: { ...c.local } as ConfObject,
       remote: { ...c.remote } as ConfObject,
       children,
@@ -218,7 +223,7 @@ export function charonFileLog(path: string, logLevel: number): ConfObject {
   };
 }
 
-function strongswanConf(dir: string, logLevel: number): string {
+function strongswanConf(dir: string, logLevel: number, extra: ConfObject = {}): string {
   const vici = `unix://${join(dir, 'charon.vici')}`;
   return renderConf({
     charon: {
@@ -234,6 +239,7 @@ function strongswanConf(dir: string, logLevel: number): string {
         'kernel-netlink': { fwmark: `!${CHARON_FWMARK}` },
         'kernel-libipsec': { allow_peer_ts: true },
       },
+      ...extra,
     },
     swanctl: { socket: vici },
   });
@@ -299,7 +305,7 @@ export class Charon {
     const dir = mkdtempSync(join(tmpdir(), `consec-swan-${host}-`));
     mkdirSync(join(dir, 'run'));
     mkdirSync(join(dir, 'swanctl'));
-    writeFileSync(join(dir, 'strongswan.conf'), strongswanConf(dir, config.logLevel ?? 1));
+    writeFileSync(join(dir, 'strongswan.conf'), strongswanConf(dir, config.logLevel ?? 1, config.charon));
     writeFileSync(join(dir, 'swanctl', 'swanctl.conf'), swanctlConf(config), { mode: 0o600 });
     for (const [sub, files] of Object.entries(config.files ?? {})) {
       mkdirSync(join(dir, 'swanctl', sub), { mode: 0o700 });

@@ -1,0 +1,31 @@
+/** CPU time for the lab benchmarks: per lab host (its namespace's processes) and for the machine. */
+import { readFileSync } from 'node:fs';
+import type { Lab } from '../../src/lab/lab.ts';
+
+/** Clock ticks per second of /proc's CPU times (USER_HZ). */
+export const TICK = 100;
+
+/** CPU ticks (user + system) of the processes in `host`'s namespace, except those named in `skip`. */
+export async function namespaceTicks(lab: Lab, host: string, skip: readonly string[] = []): Promise<number> {
+  const r = await lab.exec(host, ['ip', 'netns', 'pids', lab.ns(host)], { allowFailure: true });
+  let ticks = 0;
+  for (const pid of r.stdout.split(/\s+/).filter(Boolean)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      if (skip.includes(name)) continue;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime (stat fields 14 and 15)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks;
+}
+
+/** Busy CPU ticks of the whole machine (every state but idle and iowait, softirq included). */
+export function machineTicks(): number {
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0]?.trim().split(/\s+/).slice(1).map(Number) ?? [];
+  const total = cpu.slice(0, 8).reduce((x, y) => x + y, 0);
+  return total - (cpu[3] ?? 0) - (cpu[4] ?? 0);
+}
