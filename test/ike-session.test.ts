@@ -307,6 +307,19 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     assert.ok(ended?.id === 4655 && /INITIAL_CONTACT/.test(ended.reason));
   });
 
+  it('a second IKE SA to the same peer carries no INITIAL_CONTACT: both stay up', async () => {
+    const { a, b } = await pair();
+    await until(() => b.sad.installed.size === 1);
+    // Two more from the same manager, at once: neither may tell bob it has no other SA with him.
+    await Promise.all([
+      a.m.initiate({ remote: B, peer: config(A, B, HOUR) }),
+      a.m.initiate({ remote: B, peer: config(A, B, HOUR) }),
+    ]);
+    await until(() => b.m.sessions().filter((s) => s.state === 'established').length === 3);
+    assert.equal(a.m.sessions().length, 3);
+    assert.ok(!b.audit.events.some((e) => e.id === 4655), 'no IKE SA ended');
+  });
+
   it('the data plane reporting a byte lifetime: soft rekeys the child, hard deletes it on both sides', async () => {
     const { a, b } = await pair();
     await until(() => b.sad.installed.size === 1);
