@@ -3,6 +3,7 @@ import { isIPv6 } from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { AddressError, parsePrefix, readIp, writeIp } from '../src/io/addr.ts';
+import { kept } from '../src/io/kept.ts';
 import { internetChecksum } from '../src/packet/checksum.ts';
 
 describe('IP address codec', () => {
@@ -74,5 +75,29 @@ describe('Internet checksum', () => {
         assert.equal(internetChecksum(data), internetChecksum(padded));
       }),
     );
+  });
+});
+
+describe('kept(): long-lived bytes outside Node’s shared pool', () => {
+  it('copies the octets into a slab of kept bytes, never the input’s backing store', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 0, maxLength: 3000 }), (bytes) => {
+        const pooled = Buffer.from(bytes);
+        const k = kept(pooled);
+        assert.ok(k.equals(pooled));
+        if (k.length > 0) assert.notEqual(k.buffer, pooled.buffer);
+        pooled.fill(0x5a);
+        assert.ok(k.equals(Buffer.from(bytes)), 'a copy, not a view');
+        assert.notEqual(k.buffer.byteLength, Buffer.poolSize);
+      }),
+    );
+  });
+
+  it('packs small strings densely and keeps them apart', () => {
+    const a = kept(Buffer.from([1, 2, 3]));
+    const b = kept(Buffer.from([4, 5, 6, 7, 8, 9, 10, 11, 12]));
+    if (a.buffer === b.buffer) assert.ok(b.byteOffset >= a.byteOffset + 8, 'aligned, not overlapping');
+    assert.deepEqual([...a], [1, 2, 3]);
+    assert.deepEqual([...b], [4, 5, 6, 7, 8, 9, 10, 11, 12]);
   });
 });

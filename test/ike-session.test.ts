@@ -307,6 +307,36 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     assert.ok(ended?.id === 4655 && /INITIAL_CONTACT/.test(ended.reason));
   });
 
+  it('an established SA pins none of the datagrams it was negotiated with (no buffer in Node’s shared pool)', async () => {
+    const { a, b } = await pair();
+    await until(() => b.sad.installed.size === 1 && a.sad.installed.size === 1);
+    // A Buffer sliced from a received datagram or made by Buffer.from/concat shares an 8 KiB pool
+    // slab: an SA that kept one would keep the slab. What the policy owns (peer) is not the SA's.
+    const pinned: string[] = [];
+    const seen = new Set<unknown>();
+    const walk = (v: unknown, path: string): void => {
+      if (v === null || typeof v !== 'object' || seen.has(v)) return;
+      seen.add(v);
+      if (ArrayBuffer.isView(v)) {
+        if (v.buffer.byteLength === Buffer.poolSize) pinned.push(path);
+        return;
+      }
+      if (v instanceof IkeManager || v instanceof AuditCollector) return;
+      const entries = v instanceof Map ? [...v.entries()] : v instanceof Set ? [...v].map((x, i) => [i, x]) : null;
+      if (entries) for (const [k, x] of entries) walk(x, `${path}<${String(k)}>`);
+      else
+        for (const k of Object.keys(v))
+          if (k !== 'peer' && k !== 'host' && k !== 'timers') walk((v as Record<string, unknown>)[k], `${path}.${k}`);
+    };
+    for (const [side, m] of [
+      ['initiator', a.m],
+      ['responder', b.m],
+    ] as const)
+      for (const session of m.sessions()) walk(session, side);
+    walk([...b.sad.installed.values()], 'responder SAD');
+    assert.deepEqual(pinned, []);
+  });
+
   it('a second IKE SA to the same peer carries no INITIAL_CONTACT: both stay up', async () => {
     const { a, b } = await pair();
     await until(() => b.sad.installed.size === 1);

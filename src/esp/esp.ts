@@ -80,7 +80,7 @@ class EspSa {
       if (k !== 16 && k !== 24 && k !== 32)
         throw new RangeError('AES-GCM key must be 16, 24 or 32 octets plus a 4-octet salt');
       this.key = createSecretKey(p.encrKey.subarray(0, k));
-      this.salt = Buffer.from(p.encrKey.subarray(k));
+      this.salt = p.encrKey.subarray(k); // in the SA's key block
       this.algo = `aes-${k * 8}-gcm`;
       this.ivLen = 8;
       this.icvLen = GCM_ICV;

@@ -25,6 +25,32 @@ import type { TrafficSelector } from './wire/codec.ts';
 import { IdType, KeId, NotifyType } from './wire/constants.ts';
 
 /** What an IKEv2 negotiation needs, whoever runs it (the initiator driver, the daemon). */
+/**
+ * What every SA negotiated under the same policy objects can share instead of holding a copy each:
+ * a main mode crypto set's IKE proposals, an auth proposal's pre-shared key. Keyed by the policy
+ * document's own objects (a new document, a new entry), so nothing outlives the policy it came from.
+ */
+const ikeProposalsOf = new WeakMap<object, ReturnType<typeof ikeProposals>>();
+const pskOf = new WeakMap<object, Credentials>();
+
+function memo<K extends object, V>(cache: WeakMap<K, V>, key: K, make: () => V): V {
+  let v = cache.get(key);
+  if (v === undefined) {
+    v = make();
+    cache.set(key, v);
+  }
+  return v;
+}
+
+/** A secret's octets in memory of their own (not Node's shared pool, where they would pin 8 KiB). */
+function secretBytes(text: string, encoding: BufferEncoding): Buffer {
+  const pooled = Buffer.from(text, encoding);
+  const own = Buffer.allocUnsafeSlow(pooled.length);
+  pooled.copy(own);
+  pooled.fill(0);
+  return own;
+}
+
 export interface NegotiationParameters extends PeerConfig {
   /** Where IKE and ESP run: the tunnel endpoints, or the flow's own addresses. */
   local: string;
@@ -198,7 +224,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   );
   const mm = find(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET, 'main mode crypto set');
   const qm = find(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET, 'quick mode crypto set');
-  const ike = ikeProposals(mm.Proposal);
+  const ike = memo(ikeProposalsOf, mm, () => ikeProposals(mm.Proposal));
   if (ike.proposals.length === 0)
     throw new IkeError(
       `none of the main mode proposals can be offered: ${ike.skipped.join('; ')}`,
@@ -229,7 +255,10 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     credentials = { method: 'cert', ...certCredentials(opts.certs(), usable, rule.DisplayName) };
   } else {
     const encoding = doc.settings.KeyEncoding === 'UTF16' ? 'utf16le' : 'utf8';
-    credentials = { method: 'psk', psk: Buffer.from(usable.PreSharedKey as string, encoding) };
+    credentials = memo(pskOf, usable, () => ({
+      method: 'psk',
+      psk: secretBytes(usable.PreSharedKey as string, encoding),
+    }));
   }
   return {
     rule,

@@ -5,6 +5,7 @@
  * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
  */
 import { createHmac, randomBytes } from 'node:crypto';
+import { kept } from '../io/kept.ts';
 import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
 import { type IkeBind, type IkePort, type IkeReceiver, UdpBind } from './bind.ts';
 import { type ChildSaSink, NO_DATAPLANE } from './dataplane.ts';
@@ -227,6 +228,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
       this.halfOpen--;
       clearTimeout(this.halfOpenTimers.get(s));
       this.halfOpenTimers.delete(s);
+      // The initiator has moved past IKE_SA_INIT: its retransmissions cannot come any more.
+      const initKey = this.initKeyOf.get(s);
+      if (initKey !== undefined && this.initIndex.get(initKey)?.session === s) this.initIndex.delete(initKey);
+      this.initKeyOf.delete(s);
     }
     if (s.state === 'established' && (from === 'half-open' || from === 'connecting')) this.o.onEstablished?.(s);
   }
@@ -416,9 +421,9 @@ export class IkeManager implements SessionHost, IkeReceiver {
       { address: from.address, port: from.port },
     );
     sa.spis = this.spis;
-    sa.spiI = Buffer.from(h.spiI);
-    sa.spiR = randomBytes(8);
-    sa.chosen = chosen;
+    sa.spiI = kept(h.spiI);
+    sa.spiR = kept(randomBytes(8));
+    sa.chosen = { ...chosen, spi: kept(chosen.spi) };
     sa.nonceI = Buffer.from(nonce.data);
     sa.nonceR = randomBytes(32);
     sa.ke = KeyExchange.create(group);
@@ -488,7 +493,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       s.terminate('authentication failed');
       return;
     }
-    s.peerId = authenticated.id;
+    s.peerId = { ...authenticated.id, data: kept(authenticated.id.data) };
     s.peerCertificate = authenticated.certificate;
     this.indexPeer(s);
     if (findNotifies(inner, NotifyType.INITIAL_CONTACT).length > 0) this.initialContact(s);
@@ -589,7 +594,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
           continue;
         }
         try {
-          sa.spiR = Buffer.from(m.header.spiR);
+          sa.spiR = kept(m.header.spiR);
           sa.initRequest = request;
           sa.initResponse = m.raw;
           init.process(sa, m.payloads);
@@ -627,16 +632,21 @@ export class IkeManager implements SessionHost, IkeReceiver {
       this.log('send IKE_AUTH', {});
       const payloads = await s.request(ExchangeType.IKE_AUTH, inner, 'child');
       const authenticated = verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId);
-      s.peerId = authenticated.id;
+      s.peerId = { ...authenticated.id, data: kept(authenticated.id.data) };
       s.peerCertificate = authenticated.certificate;
       this.indexPeer(s);
-      s.established();
+      // The child's keys come from the IKE_SA_INIT nonces, which established() lets go.
+      let childError: unknown;
       try {
         child.process(sa, payloads);
       } catch (err) {
-        s.childFailed(err as Error, 1);
+        childError = err;
+      }
+      s.established();
+      if (childError) {
+        s.childFailed(childError as Error, 1);
         await s.delete('no child SA');
-        throw err;
+        throw childError;
       }
       const result = child.result as ChildSa;
       s.installChild(result);

@@ -1,6 +1,7 @@
 /** One IKE SA: identities, nonces, negotiated suite and keys, message counters. */
 import type { SpiRegistry } from './spi.ts';
 import { randomBytes } from 'node:crypto';
+import { kept } from '../io/kept.ts';
 import { ENCRS, INTEGS, PRFS } from './crypto/algorithms.ts';
 import type { KeyExchange } from './crypto/ke.ts';
 import { deriveIkeKeys, type IkeKeys, type IkeSuite } from './crypto/keys.ts';
@@ -18,7 +19,7 @@ export interface Endpoint {
 
 export class IkeSa {
   spiI: Buffer;
-  spiR: Buffer = Buffer.alloc(8);
+  spiR: Buffer = kept(Buffer.alloc(8));
   nonceI?: Buffer;
   nonceR?: Buffer;
   ke?: KeyExchange;
@@ -48,7 +49,7 @@ export class IkeSa {
     readonly local: Endpoint,
     public remote: Endpoint,
   ) {
-    this.spiI = role === 'initiator' ? randomBytes(8) : Buffer.alloc(8);
+    this.spiI = kept(role === 'initiator' ? randomBytes(8) : Buffer.alloc(8));
   }
 
   /** Our SPI: what the peer's messages name us by. */

@@ -5,6 +5,8 @@
  * tasks/ (child-create, child-rekey, ike-rekey, ike-delete, ike-dpd); this file only moves messages
  * and owns state. The manager (manager.ts) owns sessions by SPI and creates them.
  */
+import { createHash } from 'node:crypto';
+import { kept } from '../io/kept.ts';
 import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type QuickModeInfo } from '../audit/events.ts';
 import type { IkeBind, IkePort } from './bind.ts';
 import type { ChildSaSink } from './dataplane.ts';
@@ -22,6 +24,9 @@ import { rekeyIke } from './tasks/ike-rekey.ts';
 import { notify } from './tasks/task.ts';
 import type { IkeMessage, Payload, Proposal } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType, ProtocolId } from './wire/constants.ts';
+
+/** How a cached response recognises a retransmitted request: SHA-256 of the datagram. */
+const requestDigest = (raw: Buffer): Buffer => createHash('sha256').update(raw).digest();
 
 /** Lifetimes of the IKE SA and its children; rekeying starts at the rekey time (make-before-break). */
 export interface Lifetimes {
@@ -136,6 +141,10 @@ export class IkeSession {
     fail: (e: Error) => void;
   };
   /** Our answer to the peer's last request: the request's datagrams (fragments) and ours. */
+  /**
+   * Our answer to the peer's last request, for its retransmissions (§2.1): the request's digests
+   * (each fragment's) and the response as sent, both copied out of the datagrams (kept()).
+   */
   private lastResponse?: { mid: number; requests: Buffer[]; responses: Buffer[] };
   /** Fragments (RFC 7383) of a response to our request, and of the peer's current request. */
   private responseParts?: Reassembly;
@@ -359,7 +368,8 @@ export class IkeSession {
   replayed(msg: IkeMessage): boolean {
     const cached = this.lastResponse;
     if (!cached || msg.header.messageId !== cached.mid) return false;
-    if (cached.requests.some((r) => r.equals(msg.raw)))
+    const digest = requestDigest(msg.raw);
+    if (cached.requests.some((r) => r.equals(digest)))
       for (const d of cached.responses) this.host.bind.sendIke(d, this.port, this.sa.remote);
     return true;
   }
@@ -407,7 +417,7 @@ export class IkeSession {
   respond(exchange: ExchangeType, mid: number, payloads: Payload[], requests: Buffer[]): void {
     const sa = this.sa;
     const responses = this.protect(exchange, mid, payloads, true);
-    this.lastResponse = { mid, requests, responses };
+    this.lastResponse = { mid, requests: requests.map((r) => kept(requestDigest(r))), responses: responses.map(kept) };
     sa.peerMid = mid + 1;
     for (const d of responses) this.host.bind.sendIke(d, this.port, sa.remote);
   }
@@ -431,10 +441,13 @@ export class IkeSession {
   established(): void {
     this.establishedAt = Date.now();
     // What only IKE_SA_INIT and IKE_AUTH needed: the DH key pair (forward secrecy: gone once the
-    // keys are derived) and the two IKE_SA_INIT messages the AUTH payloads sign.
+    // keys are derived), the two IKE_SA_INIT messages the AUTH payloads sign, and the nonces the
+    // keys and the IKE_AUTH child's keys came from (later children bring their own).
     this.sa.ke = undefined;
     this.sa.initRequest = undefined;
     this.sa.initResponse = undefined;
+    this.sa.nonceI = undefined;
+    this.sa.nonceR = undefined;
     this.setState('established');
     this.startTimers();
     this.host.audit.emit(

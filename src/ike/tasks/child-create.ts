@@ -11,6 +11,7 @@ import { type ChildKeys, deriveChildKeys } from '../crypto/keys.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
 import { writeIp } from '../../io/addr.ts';
+import { kept } from '../../io/kept.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload, Proposal, TrafficSelector } from '../wire/codec.ts';
 import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType, TsType } from '../wire/constants.ts';
@@ -80,13 +81,14 @@ export function childSa(
   if (!suite || !sa.keys || !nonceI || !nonceR) {
     throw new IkeError('child SA before the IKE SA has keys', NotifyType.INVALID_SYNTAX);
   }
+  // What the SA keeps is copied out of the message it came in (kept()): no datagram stays pinned.
   return {
     mode,
     spiIn,
-    spiOut: Buffer.from(spiOut),
-    proposal: chosen,
-    tsi,
-    tsr,
+    spiOut: kept(spiOut),
+    proposal: { ...chosen, spi: kept(chosen.spi) },
+    tsi: tsi.map(keptSelector),
+    tsr: tsr.map(keptSelector),
     keys: deriveChildKeys(suite.prf, sa.keys.skD, nonceI, nonceR, encrKeyBytes, integKeyBytes, ex?.pfsSecret),
     encrKeyBytes,
     integKeyBytes,
@@ -94,6 +96,8 @@ export function childSa(
     pfsGroup: ex?.pfsGroup,
   };
 }
+
+const keptSelector = (ts: TrafficSelector): TrafficSelector => ({ ...ts, start: kept(ts.start), end: kept(ts.end) });
 
 /** Proposals without key exchange transforms: IKE_AUTH children never do PFS (§1.2). */
 export const withoutKe = (ps: Proposal[]): Proposal[] =>

@@ -1,5 +1,6 @@
 /** IKE_SA_INIT: proposals, key exchange and nonces (RFC 7296 §1.2). */
 import { randomBytes } from 'node:crypto';
+import { kept } from '../../io/kept.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import { acceptChosen, transformOf } from '../proposals.ts';
@@ -54,7 +55,7 @@ export class IkeInitInitiator implements Task {
     if (ke.group !== transformOf(chosen, TransformType.KE)?.id || ke.group !== sa.ke?.group) {
       throw new IkeError(`KE payload group ${ke.group} does not match the chosen proposal`, NotifyType.INVALID_SYNTAX);
     }
-    sa.chosen = chosen;
+    sa.chosen = { ...chosen, spi: kept(chosen.spi) };
     sa.nonceR = nonce.data;
     sa.deriveKeys((sa.ke as KeyExchange).sharedSecret(ke.data));
   }

@@ -5,6 +5,7 @@
  * is deleted by its creator; the other one takes the children.
  */
 import { randomBytes } from 'node:crypto';
+import { kept } from '../../io/kept.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
@@ -50,7 +51,7 @@ export async function rekeyIke(s: IkeSession): Promise<void> {
   if (s.state !== 'established') return;
   const old = s.sa;
   let group = transformOf(old.chosen as Proposal, TransformType.KE)?.id as number;
-  const spiI = randomBytes(8);
+  const spiI = kept(randomBytes(8));
   const offered = s.peer.ikeProposals.map((p) => ({ ...p, spi: spiI }));
   for (let attempt = 0; ; attempt++) {
     const ke = KeyExchange.create(group);
@@ -147,7 +148,7 @@ export function respondIkeRekey(s: IkeSession, inner: readonly Payload[]): { pay
   const ke = KeyExchange.create(group);
   const sa = successorSa(s.sa, 'responder');
   sa.spiI = Buffer.from(chosen.spi);
-  sa.spiR = randomBytes(8);
+  sa.spiR = kept(randomBytes(8));
   sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
   sa.nonceI = Buffer.from(nonce.data);
   sa.nonceR = randomBytes(32);
