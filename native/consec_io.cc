@@ -504,11 +504,13 @@ class Poller : public Napi::ObjectWrap<Poller> {
 }  // namespace
 
 Napi::Function InitEspGcm(Napi::Env env);  // native/esp_gcm.cc
+Napi::Function InitEspCbc(Napi::Env env);  // native/esp_cbc.cc
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("EspGcm", InitEspGcm(env));
+  exports.Set("EspCbc", InitEspCbc(env));
   exports.Set("tunOpen", Napi::Function::New(env, TunOpen));
   exports.Set("rawOpen", Napi::Function::New(env, RawOpen));
   exports.Set("udpOpen", Napi::Function::New(env, UdpOpen));

@@ -6,7 +6,7 @@
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
 import type { InstalledChild } from '../ike/dataplane.ts';
-import { EspGcmBatch } from '../io/native.ts';
+import { type EspBatch, EspCbcBatch, EspGcmBatch } from '../io/native.ts';
 import type { Endpoint } from '../ike/sa.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { transformOf } from '../ike/proposals.ts';
@@ -25,8 +25,8 @@ export interface SaEntry {
   in: EspInbound | AhInbound;
   /** An AH SA (RFC 4302): `out`/`in` are AH contexts, sent with our own IPv4 header. */
   ah: boolean;
-  /** Batched AES-GCM in the addon (same packets as `out`/`in`), when the SA is AES-GCM and the addon has it. */
-  native?: { seal: EspGcmBatch; open: EspGcmBatch };
+  /** Batched ESP in the addon (same packets as `out`/`in`): AES-GCM, or AES-CBC with HMAC-SHA1/SHA2. */
+  native?: { seal: EspBatch; open: EspBatch };
   installedAt: number;
 }
 
@@ -63,21 +63,51 @@ export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbo
   };
 }
 
-/** The addon's batched AES-GCM contexts for a GCM child SA (undefined for other ciphers or without the addon). */
-function nativeGcm(sa: InstalledChild): SaEntry['native'] {
+/** The addon's HMAC digest and ICV length per ESP integrity algorithm. */
+const NATIVE_INTEG: Partial<Record<IntegId, ['SHA1' | 'SHA256' | 'SHA384' | 'SHA512', number]>> = {
+  [IntegId.HMAC_SHA1_96]: ['SHA1', 12],
+  [IntegId.HMAC_SHA2_256_128]: ['SHA256', 16],
+  [IntegId.HMAC_SHA2_384_192]: ['SHA384', 24],
+  [IntegId.HMAC_SHA2_512_256]: ['SHA512', 32],
+};
+
+/**
+ * The addon's batched contexts for a child SA: AES-GCM-16, or AES-CBC with an HMAC-SHA1/SHA2
+ * integrity (undefined for other suites, or an addon without them: the TypeScript path carries it).
+ */
+function nativeEsp(sa: InstalledChild): SaEntry['native'] {
   const c = sa.child;
-  if (transformOf(c.proposal, TransformType.ENCR)?.id !== EncrId.AES_GCM_16) return undefined;
+  const encr = transformOf(c.proposal, TransformType.ENCR)?.id;
   const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
-  const out = c.initiator ? c.keys.encrI : c.keys.encrR;
-  const inb = c.initiator ? c.keys.encrR : c.keys.encrI;
-  const split = (k: Buffer) => [k.subarray(0, k.length - 4), k.subarray(k.length - 4)] as const;
+  const k = c.keys;
+  const [mine, theirs] = c.initiator
+    ? [
+        { e: k.encrI, a: k.integI },
+        { e: k.encrR, a: k.integR },
+      ]
+    : [
+        { e: k.encrR, a: k.integR },
+        { e: k.encrI, a: k.integI },
+      ];
   try {
-    const [ko, so] = split(out);
-    const [ki, si] = split(inb);
-    return { seal: new EspGcmBatch(ko, so, esn, true), open: new EspGcmBatch(ki, si, esn, false) };
+    if (encr === EncrId.AES_GCM_16) {
+      const split = (key: Buffer) => [key.subarray(0, key.length - 4), key.subarray(key.length - 4)] as const;
+      const [ko, so] = split(mine.e);
+      const [ki, si] = split(theirs.e);
+      return { seal: new EspGcmBatch(ko, so, esn, true), open: new EspGcmBatch(ki, si, esn, false) };
+    }
+    const integ = NATIVE_INTEG[transformOf(c.proposal, TransformType.INTEG)?.id as IntegId];
+    if (encr === EncrId.AES_CBC && integ) {
+      const [digest, icv] = integ;
+      return {
+        seal: new EspCbcBatch(mine.e, mine.a, digest, icv, esn, true),
+        open: new EspCbcBatch(theirs.e, theirs.a, digest, icv, esn, false),
+      };
+    }
   } catch {
-    return undefined; // an addon without batched GCM: the TypeScript path carries the SA
+    // an addon without this suite: the TypeScript path carries the SA
   }
+  return undefined;
 }
 
 /** AH contexts for both directions of an AH child SA. */
@@ -107,7 +137,7 @@ export class Sad {
   install(sa: InstalledChild): SaEntry {
     const ah = sa.child.proposal.protocol === ProtocolId.AH;
     const esp = ah ? ahFor(sa) : espFor(sa);
-    const native = ah ? undefined : nativeGcm(sa);
+    const native = ah ? undefined : nativeEsp(sa);
     const e: SaEntry = {
       child: sa.child,
       mode: sa.child.mode,

@@ -18,7 +18,8 @@ interface NativePoller {
   close(): void;
 }
 
-interface NativeEspGcm {
+/** A batched ESP context of the addon (esp_gcm.cc, esp_cbc.cc): one SA, one direction. */
+interface NativeEsp {
   seal(
     src: Buffer,
     srcOffsets: Int32Array,
@@ -79,7 +80,15 @@ interface NativeAddon {
     ports?: Uint16Array,
   ): number;
   Poller: new (fd: number, onReadable: (err: Error | null) => void) => NativePoller;
-  EspGcm: new (key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) => NativeEspGcm;
+  EspGcm: new (key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) => NativeEsp;
+  EspCbc: new (
+    encKey: Buffer,
+    integKey: Buffer,
+    digest: 'SHA1' | 'SHA256' | 'SHA384' | 'SHA512',
+    icvLength: number,
+    esn: boolean,
+    encrypt: boolean,
+  ) => NativeEsp;
   maxBatch: number;
 }
 
@@ -372,16 +381,12 @@ export class UdpSocket extends PolledSocket {
 }
 
 /**
- * ESP AES-GCM-16 for whole batches, in the addon with the OpenSSL the node binary carries: one
- * context per SA and direction keeps its key schedule (RFC 4106 packets byte-identical to
- * `src/esp/esp.ts`). Open reports per packet: payload length, or -1 integrity, -2 malformed, -3 padding.
+ * Batched ESP in the addon, with the OpenSSL the node binary carries: one context per SA and
+ * direction keeps its key schedule; whole batches go through in one call. Open reports per packet:
+ * payload length, or -1 integrity, -2 malformed, -3 padding.
  */
-export class EspGcmBatch {
-  private readonly ctx: NativeEspGcm;
-  constructor(key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) {
-    const A = native().EspGcm;
-    this.ctx = new A(key, salt, esn, encrypt);
-  }
+export class EspBatch {
+  protected constructor(private readonly ctx: NativeEsp) {}
 
   /**
    * Seals `count` packets — packet i is buf[offsets[i], +lengths[i]) with next header nextHeaders[i]
@@ -433,6 +438,29 @@ export class EspGcmBatch {
 
   close(): void {
     this.ctx.close();
+  }
+}
+
+/** ESP AES-GCM-16 (RFC 4106), byte-identical to `src/esp/esp.ts`'s (IV = sequence number). */
+export class EspGcmBatch extends EspBatch {
+  constructor(key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) {
+    const A = native().EspGcm;
+    super(new A(key, salt, esn, encrypt));
+  }
+}
+
+/** ESP AES-CBC (RFC 3602) with HMAC-SHA1-96 or HMAC-SHA2 (RFC 4868), random IVs, encrypt-then-MAC. */
+export class EspCbcBatch extends EspBatch {
+  constructor(
+    encKey: Buffer,
+    integKey: Buffer,
+    digest: 'SHA1' | 'SHA256' | 'SHA384' | 'SHA512',
+    icvLength: number,
+    esn: boolean,
+    encrypt: boolean,
+  ) {
+    const A = native().EspCbc;
+    super(new A(encKey, integKey, digest, icvLength, esn, encrypt));
   }
 }
 
