@@ -105,6 +105,20 @@ function handshake(r: Responder, psk = 'k') {
 }
 
 describe('IKEv2 responder', () => {
+  it('an address no rule covers gets NO_PROPOSAL_CHOSEN every time, but one audit event per ten seconds (no log flood)', () => {
+    const r = responder({ peerFor: () => undefined });
+    for (let i = 0; i < 50; i++) {
+      const sa = new IkeSa('initiator', { address: I, port: 500 }, { address: R, port: 500 });
+      const [reply] = exchange(r, initRequest(sa, new IkeInitInitiator(ikeProposals(mm).proposals)));
+      assert.ok(reply, `request ${i} answered`);
+      const n = decodeMessage(reply).payloads[0];
+      assert.ok(n && 'notify' in n && n.notify === NotifyType.NO_PROPOSAL_CHOSEN);
+    }
+    assert.equal(r.audit.events.filter((e) => e.id === 4653).length, 1);
+    assert.equal(r.counts.halfOpen, 0, 'no state for it');
+    r.close();
+  });
+
   it("completes IKE_SA_INIT and IKE_AUTH with consec's initiator tasks and answers retransmissions from its cache", () => {
     const r = responder();
     const h = handshake(r);

@@ -120,16 +120,23 @@ export class IkeManager implements SessionHost, IkeReceiver {
   }
 
   private readonly invalidAt = new Map<string, number>();
+  private readonly unknownAt = new Map<string, number>();
+
+  /** At most once per key every ten seconds (bounded memory: the table is reset when it fills). */
+  private static firstIn10s(table: Map<string, number>, key: string): boolean {
+    const now = Date.now();
+    if (now - (table.get(key) ?? 0) < 10_000) return false;
+    if (table.size > 4096) table.clear();
+    table.set(key, now);
+    return true;
+  }
 
   /**
    * Audits an invalid IKE message from `remote` (4976 Main Mode, 4977 Quick Mode): at most one
    * event per peer every ten seconds, so junk cannot flood the Security log (SessionHost too).
    */
   invalidPacket(remote: string, exchange: number, reason: string): void {
-    const now = Date.now();
-    if (now - (this.invalidAt.get(remote) ?? 0) < 10_000) return;
-    if (this.invalidAt.size > 4096) this.invalidAt.clear();
-    this.invalidAt.set(remote, now);
+    if (!IkeManager.firstIn10s(this.invalidAt, remote)) return;
     const qm = exchange === ExchangeType.CREATE_CHILD_SA;
     this.audit.emit({
       id: qm ? 4977 : 4976,
@@ -391,8 +398,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
     const peer = this.o.peerFor(from.address);
     // No policy, or no proposal in common: NO_PROPOSAL_CHOSEN, audited as a main mode failure.
     const refuse = (why: string, p?: PeerConfig) => {
-      this.log(why, { from: from.address });
       send(reply([notify(NotifyType.NO_PROPOSAL_CHOSEN)]));
+      // An address no rule covers is not a peer: logged and audited once per ten seconds, so a
+      // flood of requests from one cannot fill the logs (a measured cost under the ike-load bench).
+      if (!p && !IkeManager.firstIn10s(this.unknownAt, from.address)) return;
+      this.log(why, { from: from.address });
       this.mmFailed(from, 'Responder', p, new IkeError(why, NotifyType.NO_PROPOSAL_CHOSEN), h.spiI);
     };
     if (!peer) {
