@@ -83,10 +83,11 @@ const RESPONDERS: Responder[] = [
       const conn = config.connections.c as (typeof config.connections)[string];
       conn.encap = false; // the generator does not float to 4500 against consec either
       conn.unique = 'never'; // many IKE SAs from one identity, as from many hosts
-      // All load comes from one address: charon's per-address half-open limit (block_threshold,
-      // default 5) would refuse it, as consec (which has none) would not; the global cookie
+      // All load comes from one address: charon's per-address half-open limits (block_threshold,
+      // default 5; cookie_threshold_ip, default 3) would refuse it or ask every setup for a cookie,
+      // where consec (which counts half-open SAs globally only) would not; the global cookie
       // threshold stays at its default.
-      config.charon = { block_threshold: 100_000 };
+      config.charon = { block_threshold: 100_000, cookie_threshold_ip: 100_000 };
       const c = await Charon.start(lab, 'bob', config);
       return { stop: () => c.stop() };
     },
@@ -183,7 +184,7 @@ emit({
   chart: { column: 4, unit: 'setups/s', label: [0, 1] },
   notes: [
     'Target: SA setups/s ≥ charon’s.',
-    'charon runs with block_threshold raised (its per-address half-open limit, default 5): all the load comes from one address; cookie_threshold stays at its default (30). consec’s cookie threshold is 64 half-open SAs.',
+    'charon runs with block_threshold and cookie_threshold_ip raised (its per-address half-open limits, default 5 and 3): all the load comes from one address, where in the field it comes from many; its global cookie_threshold stays at its default (30). consec’s cookie threshold is 64 half-open SAs, global.',
   ],
   raw,
 });

@@ -106,6 +106,8 @@ describe('Security log and Get-WinEvent', () => {
     log.emit(mmFailure(0));
     assert.deepEqual(readSecurityLog(dir), [], 'nothing while auditing is off');
     runAuditpol(dir, ['/set', '/subcategory:IPsec Main Mode', '/failure:enable']);
+    // The daemon looks at the policy file at most every 200 ms (no stat per event).
+    await new Promise((r) => setTimeout(r, 250));
     for (let i = 1; i <= 6; i++) log.emit(mmFailure(i));
     log.emit(qmEstablished); // Quick Mode success is not enabled
     const records = readSecurityLog(dir);

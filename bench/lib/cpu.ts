@@ -5,7 +5,7 @@ import type { Lab } from '../../src/lab/lab.ts';
 /** Clock ticks per second of /proc's CPU times (USER_HZ). */
 export const TICK = 100;
 
-/** CPU ticks (user + system) of the processes in `host`'s namespace, except those named in `skip`. */
+/** CPU ticks (user + system, with reaped children) of the processes in `host`'s namespace, except those named in `skip`. */
 export async function namespaceTicks(lab: Lab, host: string, skip: readonly string[] = []): Promise<number> {
   const r = await lab.exec(host, ['ip', 'netns', 'pids', lab.ns(host)], { allowFailure: true });
   let ticks = 0;
@@ -15,7 +15,9 @@ export async function namespaceTicks(lab: Lab, host: string, skip: readonly stri
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       if (skip.includes(name)) continue;
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime (stat fields 14 and 15)
+      // utime, stime and the same for reaped children (stat fields 14–17): commands a daemon runs
+      // (ip, nft) count as its own work.
+      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
     } catch {
       // gone meanwhile
     }

@@ -34,7 +34,8 @@ function fmt(v: string | number): string {
 
 export function markdownTable(t: Table): string {
   const head = `| ${t.columns.join(' | ')} |`;
-  const sep = `|${t.columns.map((_, i) => (typeof t.rows[0]?.[i] === 'number' ? '---:' : '---')).join('|')}|`;
+  const numeric = (i: number) => t.rows.some((r) => typeof r[i] === 'number');
+  const sep = `|${t.columns.map((_, i) => (numeric(i) ? '---:' : '---')).join('|')}|`;
   const body = t.rows.map((r) => `| ${r.map(fmt).join(' | ')} |`);
   return [head, sep, ...body].join('\n');
 }

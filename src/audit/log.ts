@@ -202,9 +202,17 @@ export class SecurityLog implements AuditSink {
     };
     try {
       const file = join(this.dir, 'security.jsonl');
-      if (existsSync(file) && statSync(file).size > this.maxBytes) this.rotate();
-      appendFileSync(file, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+      // The size is looked up once, then counted as we append (no stat per event).
+      this.bytes ??= existsSync(file) ? statSync(file).size : 0;
+      if (this.bytes > this.maxBytes) {
+        this.rotate();
+        this.bytes = 0;
+      }
+      const line = `${JSON.stringify(record)}\n`;
+      appendFileSync(file, line, { mode: 0o600 });
+      this.bytes += Buffer.byteLength(line);
     } catch (err) {
+      this.bytes = undefined; // look again next time
       this.onError(err as Error);
     }
     try {
@@ -213,6 +221,9 @@ export class SecurityLog implements AuditSink {
       this.onError(err as Error);
     }
   }
+
+  /** The current file's size as far as this writer knows (undefined: not looked up yet). */
+  private bytes?: number;
 
   private rotate(): void {
     rmSync(join(this.dir, `security.${this.keep}.jsonl`), { force: true });
