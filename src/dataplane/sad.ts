@@ -28,6 +28,8 @@ export interface SaEntry {
   /** Batched ESP in the addon (same packets as `out`/`in`): AES-GCM, or AES-CBC with HMAC-SHA1/SHA2. */
   native?: { seal: EspBatch; open: EspBatch };
   installedAt: number;
+  /** Installation order: among SAs matching a packet, the newest (highest) protects it. */
+  order: number;
 }
 
 const INTEG: Partial<Record<IntegId, EspInteg>> = {
@@ -130,9 +132,21 @@ export function ahFor(sa: InstalledChild, replayWindow = 1024): { out: AhOutboun
   };
 }
 
+/**
+ * The index key of a single remote address: IPv4 as a number (no allocation per packet), IPv6 as
+ * its 16 octets in a latin1 string.
+ */
+function hostKey(bytes: Buffer, off: number, family: 4 | 6): number | string {
+  return family === 4 ? bytes.readUInt32BE(off) : bytes.toString('latin1', off, off + 16);
+}
+
 export class Sad {
   private readonly bySpi = new Map<number, SaEntry>();
+  /** Outbound SAs, newest first: all of them (views), by single remote host, and the rest (ranges). */
   private outbound: SaEntry[] = [];
+  private readonly byRemoteHost = new Map<number | string, SaEntry[]>();
+  private ranged: SaEntry[] = [];
+  private installed = 0;
 
   install(sa: InstalledChild): SaEntry {
     const ah = sa.child.proposal.protocol === ProtocolId.AH;
@@ -150,10 +164,24 @@ export class Sad {
       ah,
       native,
       installedAt: Date.now(),
+      order: ++this.installed,
     };
     this.bySpi.set(esp.in.spi, e);
-    this.outbound = [e, ...this.outbound];
+    this.outbound.unshift(e);
+    const hosts = Sad.remoteHosts(e);
+    if (hosts) for (const k of hosts) this.byRemoteHost.set(k, [e, ...(this.byRemoteHost.get(k) ?? [])]);
+    else this.ranged.unshift(e);
     return e;
+  }
+
+  /** The index keys of an SA whose remote selectors are all single addresses (else undefined). */
+  private static remoteHosts(e: SaEntry): (number | string)[] | undefined {
+    const keys: (number | string)[] = [];
+    for (const t of e.remoteTs) {
+      if (!t.start.equals(t.end) || (t.start.length !== 4 && t.start.length !== 16)) return undefined;
+      keys.push(hostKey(t.start, 0, t.start.length === 4 ? 4 : 6));
+    }
+    return keys.length > 0 ? keys : undefined;
   }
 
   remove(spiIn: Buffer): SaEntry | undefined {
@@ -162,6 +190,14 @@ export class Sad {
     if (!e) return undefined;
     this.bySpi.delete(spi);
     this.outbound = this.outbound.filter((x) => x !== e);
+    const hosts = Sad.remoteHosts(e);
+    if (hosts)
+      for (const k of hosts) {
+        const list = (this.byRemoteHost.get(k) ?? []).filter((x) => x !== e);
+        if (list.length > 0) this.byRemoteHost.set(k, list);
+        else this.byRemoteHost.delete(k);
+      }
+    else this.ranged = this.ranged.filter((x) => x !== e);
     e.native?.seal.close();
     e.native?.open.close();
     return e;
@@ -178,8 +214,24 @@ export class Sad {
 
   /** The SA protecting an outbound packet: its source in our selectors, its destination in the peer's. */
   outboundFor(packet: Buffer, ip: IpInfo): SaEntry | undefined {
-    for (const e of this.outbound) if (packetMatches(packet, ip, e.localTs, e.remoteTs)) return e;
-    return undefined;
+    // The newest match among the SAs for this destination host and those with ranges: a packet
+    // costs the SAs of its peer, not every SA held.
+    let found: SaEntry | undefined;
+    const forHost = this.byRemoteHost.get(hostKey(packet, ip.dst, ip.family));
+    if (forHost)
+      for (const e of forHost)
+        if (packetMatches(packet, ip, e.localTs, e.remoteTs)) {
+          found = e;
+          break;
+        }
+    for (const e of this.ranged) {
+      if (found && e.order < found.order) break;
+      if (packetMatches(packet, ip, e.localTs, e.remoteTs)) {
+        found = e;
+        break;
+      }
+    }
+    return found;
   }
 
   get size(): number {
