@@ -39,4 +39,76 @@ inline void Put32(uint8_t* p, uint32_t v) {
   p[3] = v;
 }
 
+/** seal(src, srcOffs, srcLens, nextHeaders, count, dst, dstOffs, dstLens, dstIndex, spi, seqLo, seqHi), checked. */
+struct SealArgs {
+  Napi::Buffer<uint8_t> src;
+  Napi::Int32Array srcOffs, srcLens;
+  Napi::Uint8Array nhs;
+  uint32_t count;
+  Napi::Buffer<uint8_t> dst;
+  Napi::Int32Array dstOffs, dstLens;
+  uint32_t dstIndex, spi;
+  uint64_t seq;
+  /** Octets per destination slot. */
+  uint32_t dstSlot;
+};
+
+inline uint32_t SlotOf(const Napi::Int32Array& offs, const Napi::Buffer<uint8_t>& dst) {
+  return offs.ElementLength() > 1 ? uint32_t(offs[1] - offs[0]) : uint32_t(dst.Length());
+}
+
+inline SealArgs ParseSeal(const Napi::CallbackInfo& info) {
+  SealArgs a{
+      BufferArg(info, 0, "src must be a Buffer"),
+      TypedArg<Napi::Int32Array>(info, 1, napi_int32_array, "srcOffsets must be an Int32Array"),
+      TypedArg<Napi::Int32Array>(info, 2, napi_int32_array, "srcLengths must be an Int32Array"),
+      TypedArg<Napi::Uint8Array>(info, 3, napi_uint8_array, "nextHeaders must be a Uint8Array"),
+      NumArg(info, 4, "count must be a number"),
+      BufferArg(info, 5, "dst must be a Buffer"),
+      TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "dstOffsets must be an Int32Array"),
+      TypedArg<Napi::Int32Array>(info, 7, napi_int32_array, "dstLengths must be an Int32Array"),
+      NumArg(info, 8, "dstIndex must be a number"),
+      NumArg(info, 9, "spi must be a number"),
+      (uint64_t(NumArg(info, 11, "seqHigh must be a number")) << 32) | NumArg(info, 10, "seqLow"),
+      0,
+  };
+  if (a.count > a.srcOffs.ElementLength() || a.count > a.srcLens.ElementLength() || a.count > a.nhs.ElementLength() ||
+      a.dstIndex + a.count > a.dstOffs.ElementLength() || a.dstIndex + a.count > a.dstLens.ElementLength())
+    throw ArgError(info.Env(), "count exceeds the arrays");
+  a.dstSlot = SlotOf(a.dstOffs, a.dst);
+  return a;
+}
+
+/** open(src, srcOffs, srcLens, seqHighs, count, dst, dstOffs, dstLens, nextHeaders), checked. */
+struct OpenArgs {
+  Napi::Buffer<uint8_t> src;
+  Napi::Int32Array srcOffs, srcLens;
+  Napi::Uint32Array seqHis;
+  uint32_t count;
+  Napi::Buffer<uint8_t> dst;
+  Napi::Int32Array dstOffs, dstLens;
+  Napi::Uint8Array nhs;
+  uint32_t dstSlot;
+};
+
+inline OpenArgs ParseOpen(const Napi::CallbackInfo& info) {
+  OpenArgs a{
+      BufferArg(info, 0, "src must be a Buffer"),
+      TypedArg<Napi::Int32Array>(info, 1, napi_int32_array, "srcOffsets must be an Int32Array"),
+      TypedArg<Napi::Int32Array>(info, 2, napi_int32_array, "srcLengths must be an Int32Array"),
+      TypedArg<Napi::Uint32Array>(info, 3, napi_uint32_array, "seqHighs must be a Uint32Array"),
+      NumArg(info, 4, "count must be a number"),
+      BufferArg(info, 5, "dst must be a Buffer"),
+      TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "dstOffsets must be an Int32Array"),
+      TypedArg<Napi::Int32Array>(info, 7, napi_int32_array, "dstLengths must be an Int32Array"),
+      TypedArg<Napi::Uint8Array>(info, 8, napi_uint8_array, "nextHeaders must be a Uint8Array"),
+      0,
+  };
+  if (a.count > a.srcOffs.ElementLength() || a.count > a.srcLens.ElementLength() || a.count > a.seqHis.ElementLength() ||
+      a.count > a.dstOffs.ElementLength() || a.count > a.dstLens.ElementLength() || a.count > a.nhs.ElementLength())
+    throw ArgError(info.Env(), "count exceeds the arrays");
+  a.dstSlot = SlotOf(a.dstOffs, a.dst);
+  return a;
+}
+
 }  // namespace esp

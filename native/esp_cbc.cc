@@ -30,7 +30,6 @@ namespace {
 using esp::BufferArg;
 using esp::NumArg;
 using esp::Put32;
-using esp::TypedArg;
 const auto CbcArgError = esp::ArgError;
 
 constexpr int kIv = 16;
@@ -104,21 +103,7 @@ class EspCbc : public Napi::ObjectWrap<EspCbc> {
   Napi::Value Seal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!ctx_ || !encrypt_) throw CbcArgError(env, "not an encrypting context");
-    auto src = BufferArg(info, 0, "src must be a Buffer");
-    auto srcOffs = TypedArg<Napi::Int32Array>(info, 1, napi_int32_array, "srcOffsets must be an Int32Array");
-    auto srcLens = TypedArg<Napi::Int32Array>(info, 2, napi_int32_array, "srcLengths must be an Int32Array");
-    auto nhs = TypedArg<Napi::Uint8Array>(info, 3, napi_uint8_array, "nextHeaders must be a Uint8Array");
-    uint32_t count = NumArg(info, 4, "count must be a number");
-    auto dst = BufferArg(info, 5, "dst must be a Buffer");
-    auto dstOffs = TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "dstOffsets must be an Int32Array");
-    auto dstLens = TypedArg<Napi::Int32Array>(info, 7, napi_int32_array, "dstLengths must be an Int32Array");
-    uint32_t dstIndex = NumArg(info, 8, "dstIndex must be a number");
-    uint32_t spi = NumArg(info, 9, "spi must be a number");
-    uint64_t seq = (uint64_t(NumArg(info, 11, "seqHigh must be a number")) << 32) | NumArg(info, 10, "seqLow");
-    if (count > srcOffs.ElementLength() || count > srcLens.ElementLength() || count > nhs.ElementLength() ||
-        dstIndex + count > dstOffs.ElementLength() || dstIndex + count > dstLens.ElementLength())
-      throw CbcArgError(env, "count exceeds the arrays");
-    uint32_t dstSlot = dstOffs.ElementLength() > 1 ? uint32_t(dstOffs[1] - dstOffs[0]) : uint32_t(dst.Length());
+    auto [src, srcOffs, srcLens, nhs, count, dst, dstOffs, dstLens, dstIndex, spi, seq, dstSlot] = esp::ParseSeal(info);
     ivs_.resize(size_t(count) * kIv);
     if (count > 0 && RAND_bytes(ivs_.data(), int(ivs_.size())) != 1) throw Napi::Error::New(env, "RAND_bytes failed");
     for (uint32_t i = 0; i < count; i++, seq++) {
@@ -153,19 +138,7 @@ class EspCbc : public Napi::ObjectWrap<EspCbc> {
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!ctx_ || encrypt_) throw CbcArgError(env, "not a decrypting context");
-    auto src = BufferArg(info, 0, "src must be a Buffer");
-    auto srcOffs = TypedArg<Napi::Int32Array>(info, 1, napi_int32_array, "srcOffsets must be an Int32Array");
-    auto srcLens = TypedArg<Napi::Int32Array>(info, 2, napi_int32_array, "srcLengths must be an Int32Array");
-    auto seqHis = TypedArg<Napi::Uint32Array>(info, 3, napi_uint32_array, "seqHighs must be a Uint32Array");
-    uint32_t count = NumArg(info, 4, "count must be a number");
-    auto dst = BufferArg(info, 5, "dst must be a Buffer");
-    auto dstOffs = TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "dstOffsets must be an Int32Array");
-    auto dstLens = TypedArg<Napi::Int32Array>(info, 7, napi_int32_array, "dstLengths must be an Int32Array");
-    auto nhs = TypedArg<Napi::Uint8Array>(info, 8, napi_uint8_array, "nextHeaders must be a Uint8Array");
-    if (count > srcOffs.ElementLength() || count > srcLens.ElementLength() || count > seqHis.ElementLength() ||
-        count > dstOffs.ElementLength() || count > dstLens.ElementLength() || count > nhs.ElementLength())
-      throw CbcArgError(env, "count exceeds the arrays");
-    uint32_t dstSlot = dstOffs.ElementLength() > 1 ? uint32_t(dstOffs[1] - dstOffs[0]) : uint32_t(dst.Length());
+    auto [src, srcOffs, srcLens, seqHis, count, dst, dstOffs, dstLens, nhs, dstSlot] = esp::ParseOpen(info);
     for (uint32_t i = 0; i < count; i++) {
       int32_t off = srcOffs[i], len = srcLens[i];
       if (off < 0 || len < 0 || size_t(off) + size_t(len) > src.Length()) throw CbcArgError(env, "packet outside src");
