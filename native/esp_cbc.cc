@@ -49,8 +49,8 @@ class EspCbc : public Napi::ObjectWrap<EspCbc> {
     auto integ = BufferArg(info, 1, "integrity key must be a Buffer");
     if (info.Length() <= 2 || !info[2].IsString()) throw CbcArgError(env, "digest must be a string");
     std::string digest = info[2].As<Napi::String>().Utf8Value();
-    if (digest != "SHA1" && digest != "SHA256" && digest != "SHA384" && digest != "SHA512")
-      throw CbcArgError(env, "digest must be SHA1, SHA256, SHA384 or SHA512");
+    if (digest != "sha1" && digest != "sha256" && digest != "sha384" && digest != "sha512")
+      throw CbcArgError(env, "digest must be sha1, sha256, sha384 or sha512");
     icv_ = NumArg(info, 3, "icvLength must be a number");
     if (icv_ < 12 || icv_ > 32) throw CbcArgError(env, "icvLength must be 12 to 32");
     esn_ = info.Length() > 4 && info[4].ToBoolean().Value();

@@ -378,6 +378,10 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (!e) return;
     this.tracked.delete(e.in.spi);
     this.maxKb.delete(e.in.spi);
+    // Packets gathered for it in the read being handled (its IKE message came in the same read)
+    // go nowhere: its contexts are closed. Without its gather entry the batch step skips it.
+    const pending = (this.gathers.get(e)?.count ?? 0) + (this.gathersIn.get(e)?.count ?? 0);
+    if (pending > 0) this.stats.drops['SA removed'] = (this.stats.drops['SA removed'] ?? 0) + pending;
     this.gathers.delete(e);
     this.gathersIn.delete(e);
     for (const ts of e.remoteTs) void this.removeRoute(ts);
@@ -534,7 +538,7 @@ export class UserspaceDataPlane implements ChildSaSink {
   private sealPending(): void {
     for (const e of this.touched) {
       const g = this.gathers.get(e);
-      if (!g || this.sad.inbound(e.in.spi) !== e) continue; // deleted meanwhile
+      if (!g) continue; // deleted meanwhile (counted then)
       const count = g.count;
       g.count = 0;
       let first: number;
@@ -968,13 +972,10 @@ export class UserspaceDataPlane implements ChildSaSink {
     const failures = ['', 'integrity', 'malformed', 'padding'];
     for (const e of this.touchedIn) {
       const g = this.gathersIn.get(e);
-      const count = g?.count ?? 1;
-      // Removed meanwhile: over UDP 4500 the same read may carry the IKE message that rekeyed or
-      // deleted it (its addon context is closed by then).
-      if (!g || this.sad.inbound(e.in.spi) !== e) {
-        this.stats.drops['SA removed'] = (this.stats.drops['SA removed'] ?? 0) + count;
-        continue;
-      }
+      // Removed meanwhile (counted then): over UDP 4500 the same read may carry the IKE message
+      // that rekeyed or deleted it, and its addon context is closed.
+      if (!g) continue;
+      const count = g.count;
       g.count = 0;
       // Transport mode decrypts 20 octets into the slot and puts the IPv4 header in front, in place.
       const transport = e.mode === 'transport';

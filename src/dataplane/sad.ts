@@ -4,7 +4,7 @@
  * make-before-break). Negotiated child SAs become ESP contexts here.
  */
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
-import { EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
+import { ESP_INTEG, EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
 import type { InstalledChild } from '../ike/dataplane.ts';
 import { type EspBatch, EspCbcBatch, EspGcmBatch } from '../io/native.ts';
 import type { Endpoint } from '../ike/sa.ts';
@@ -39,20 +39,29 @@ const INTEG: Partial<Record<IntegId, EspInteg>> = {
   [IntegId.HMAC_SHA2_512_256]: 'sha512-256',
 };
 
+/** What the TypeScript and the addon contexts of a child SA are both made from: suite and keys by direction. */
+function childSuite(c: ChildSa) {
+  const integ = transformOf(c.proposal, TransformType.INTEG);
+  const k = c.keys;
+  const initiators = { e: k.encrI, a: k.integI };
+  const responders = { e: k.encrR, a: k.integR };
+  return {
+    encr: transformOf(c.proposal, TransformType.ENCR)?.id,
+    integ: integ ? INTEG[integ.id as IntegId] : undefined,
+    esn: transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES,
+    mine: c.initiator ? initiators : responders,
+    theirs: c.initiator ? responders : initiators,
+  };
+}
+
 /** ESP contexts for both directions of a negotiated child SA. */
 export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
   const c = sa.child;
   if (c.proposal.protocol === ProtocolId.AH) throw new RangeError('an AH SA has no ESP contexts');
-  const encr = transformOf(c.proposal, TransformType.ENCR);
-  const integ = transformOf(c.proposal, TransformType.INTEG);
-  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
-  const cipher = encr?.id === EncrId.AES_GCM_16 ? 'aes-gcm-16' : encr?.id === EncrId.AES_CBC ? 'aes-cbc' : 'null';
-  const i = integ ? INTEG[integ.id as IntegId] : undefined;
-  if (encr?.id !== EncrId.AES_GCM_16 && !i) throw new RangeError('child SA without a supported integrity algorithm');
-  const k = c.keys;
-  const mine = c.initiator ? { e: k.encrI, a: k.integI } : { e: k.encrR, a: k.integR };
-  const theirs = c.initiator ? { e: k.encrR, a: k.integR } : { e: k.encrI, a: k.integI };
-  const common = { cipher, integ: i, esn } as const;
+  const { encr, integ, esn, mine, theirs } = childSuite(c);
+  const cipher = encr === EncrId.AES_GCM_16 ? 'aes-gcm-16' : encr === EncrId.AES_CBC ? 'aes-cbc' : 'null';
+  if (encr !== EncrId.AES_GCM_16 && !integ) throw new RangeError('child SA without a supported integrity algorithm');
+  const common = { cipher, integ, esn } as const;
   return {
     out: new EspOutbound({ spi: c.spiOut.readUInt32BE(0), ...common, encrKey: mine.e, integKey: mine.a }),
     in: new EspInbound({
@@ -65,32 +74,12 @@ export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbo
   };
 }
 
-/** The addon's HMAC digest and ICV length per ESP integrity algorithm. */
-const NATIVE_INTEG: Partial<Record<IntegId, ['SHA1' | 'SHA256' | 'SHA384' | 'SHA512', number]>> = {
-  [IntegId.HMAC_SHA1_96]: ['SHA1', 12],
-  [IntegId.HMAC_SHA2_256_128]: ['SHA256', 16],
-  [IntegId.HMAC_SHA2_384_192]: ['SHA384', 24],
-  [IntegId.HMAC_SHA2_512_256]: ['SHA512', 32],
-};
-
 /**
  * The addon's batched contexts for a child SA: AES-GCM-16, or AES-CBC with an HMAC-SHA1/SHA2
  * integrity (undefined for other suites, or an addon without them: the TypeScript path carries it).
  */
 function nativeEsp(sa: InstalledChild): SaEntry['native'] {
-  const c = sa.child;
-  const encr = transformOf(c.proposal, TransformType.ENCR)?.id;
-  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
-  const k = c.keys;
-  const [mine, theirs] = c.initiator
-    ? [
-        { e: k.encrI, a: k.integI },
-        { e: k.encrR, a: k.integR },
-      ]
-    : [
-        { e: k.encrR, a: k.integR },
-        { e: k.encrI, a: k.integI },
-      ];
+  const { encr, integ, esn, mine, theirs } = childSuite(sa.child);
   try {
     if (encr === EncrId.AES_GCM_16) {
       const split = (key: Buffer) => [key.subarray(0, key.length - 4), key.subarray(key.length - 4)] as const;
@@ -98,9 +87,8 @@ function nativeEsp(sa: InstalledChild): SaEntry['native'] {
       const [ki, si] = split(theirs.e);
       return { seal: new EspGcmBatch(ko, so, esn, true), open: new EspGcmBatch(ki, si, esn, false) };
     }
-    const integ = NATIVE_INTEG[transformOf(c.proposal, TransformType.INTEG)?.id as IntegId];
     if (encr === EncrId.AES_CBC && integ) {
-      const [digest, icv] = integ;
+      const { hash: digest, icv } = ESP_INTEG[integ];
       return {
         seal: new EspCbcBatch(mine.e, mine.a, digest, icv, esn, true),
         open: new EspCbcBatch(theirs.e, theirs.a, digest, icv, esn, false),
@@ -115,20 +103,11 @@ function nativeEsp(sa: InstalledChild): SaEntry['native'] {
 /** AH contexts for both directions of an AH child SA. */
 export function ahFor(sa: InstalledChild, replayWindow = 1024): { out: AhOutbound; in: AhInbound } {
   const c = sa.child;
-  const integ = transformOf(c.proposal, TransformType.INTEG);
-  const i = integ ? INTEG[integ.id as IntegId] : undefined;
-  if (!i) throw new RangeError('AH SA without a supported integrity algorithm');
-  const esn = transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES;
-  const k = c.keys;
+  const { integ, esn, mine, theirs } = childSuite(c);
+  if (!integ) throw new RangeError('AH SA without a supported integrity algorithm');
   return {
-    out: new AhOutbound({ spi: c.spiOut.readUInt32BE(0), integ: i, key: c.initiator ? k.integI : k.integR, esn }),
-    in: new AhInbound({
-      spi: c.spiIn.readUInt32BE(0),
-      integ: i,
-      key: c.initiator ? k.integR : k.integI,
-      esn,
-      replayWindow,
-    }),
+    out: new AhOutbound({ spi: c.spiOut.readUInt32BE(0), integ, key: mine.a, esn }),
+    in: new AhInbound({ spi: c.spiIn.readUInt32BE(0), integ, key: theirs.a, esn, replayWindow }),
   };
 }
 
@@ -142,8 +121,7 @@ function hostKey(bytes: Buffer, off: number, family: 4 | 6): number | string {
 
 export class Sad {
   private readonly bySpi = new Map<number, SaEntry>();
-  /** Outbound SAs, newest first: all of them (views), by single remote host, and the rest (ranges). */
-  private outbound: SaEntry[] = [];
+  /** Outbound SAs, newest first: by single remote host, and the rest (ranges). */
   private readonly byRemoteHost = new Map<number | string, SaEntry[]>();
   private ranged: SaEntry[] = [];
   private installed = 0;
@@ -167,7 +145,6 @@ export class Sad {
       order: ++this.installed,
     };
     this.bySpi.set(esp.in.spi, e);
-    this.outbound.unshift(e);
     const hosts = Sad.remoteHosts(e);
     if (hosts) for (const k of hosts) this.byRemoteHost.set(k, [e, ...(this.byRemoteHost.get(k) ?? [])]);
     else this.ranged.unshift(e);
@@ -189,7 +166,6 @@ export class Sad {
     const e = this.bySpi.get(spi);
     if (!e) return undefined;
     this.bySpi.delete(spi);
-    this.outbound = this.outbound.filter((x) => x !== e);
     const hosts = Sad.remoteHosts(e);
     if (hosts)
       for (const k of hosts) {
@@ -238,7 +214,8 @@ export class Sad {
     return this.bySpi.size;
   }
 
+  /** Every SA, newest first. */
   entries(): SaEntry[] {
-    return [...this.outbound];
+    return [...this.bySpi.values()].sort((x, y) => y.order - x.order);
   }
 }

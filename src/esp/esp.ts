@@ -47,7 +47,8 @@ export interface EspSaParams {
   lastSeq?: number;
 }
 
-const INTEG: Record<EspInteg, { hash: string; icv: number }> = {
+/** HMAC digest (node:crypto and OpenSSL name) and ICV length per ESP integrity algorithm. */
+export const ESP_INTEG: Record<EspInteg, { hash: 'sha1' | 'sha256' | 'sha384' | 'sha512'; icv: number }> = {
   'sha1-96': { hash: 'sha1', icv: 12 },
   'sha256-128': { hash: 'sha256', icv: 16 },
   'sha384-192': { hash: 'sha384', icv: 24 },
@@ -87,7 +88,7 @@ class EspSa {
       this.block = 4;
     } else {
       if (!p.integ || !p.integKey) throw new RangeError(`${p.cipher} needs an integrity algorithm`);
-      const i = INTEG[p.integ];
+      const i = ESP_INTEG[p.integ];
       this.hmac = { hash: i.hash, key: createSecretKey(p.integKey), icv: i.icv };
       this.icvLen = i.icv;
       if (p.cipher === 'aes-cbc') {

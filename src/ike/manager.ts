@@ -200,15 +200,15 @@ export class IkeManager implements SessionHost, IkeReceiver {
   }
 
   unregister(s: IkeSession): void {
-    if (this.bySpi.get(hex(s.sa.localSpi)) === s) {
-      this.bySpi.delete(hex(s.sa.localSpi));
+    const spi = hex(s.sa.localSpi);
+    if (this.bySpi.get(spi) === s) {
+      this.bySpi.delete(spi);
       const remote = s.sa.remote.address;
       const n = (this.perRemote.get(remote) ?? 1) - 1;
       if (n > 0) this.perRemote.set(remote, n);
       else this.perRemote.delete(remote);
     }
-    const initKey = this.initKeyOf.get(s);
-    if (initKey !== undefined && this.initIndex.get(initKey)?.session === s) this.initIndex.delete(initKey);
+    this.forgetInit(s);
     if (s.peerId) {
       const key = peerKey(s.peerId);
       const set = this.byPeerId.get(key);
@@ -216,6 +216,13 @@ export class IkeManager implements SessionHost, IkeReceiver {
       if (set?.size === 0) this.byPeerId.delete(key);
     }
     if (s.state === 'dead') this.o.onEnded?.(s);
+  }
+
+  /** Drops a responder session's IKE_SA_INIT exchange from the retransmission index. */
+  private forgetInit(s: IkeSession): void {
+    const key = this.initKeyOf.get(s);
+    if (key !== undefined && this.initIndex.get(key)?.session === s) this.initIndex.delete(key);
+    this.initKeyOf.delete(s);
   }
 
   /** Indexes a session under the peer identity it authenticated (once IKE_AUTH proved it). */
@@ -236,9 +243,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       clearTimeout(this.halfOpenTimers.get(s));
       this.halfOpenTimers.delete(s);
       // The initiator has moved past IKE_SA_INIT: its retransmissions cannot come any more.
-      const initKey = this.initKeyOf.get(s);
-      if (initKey !== undefined && this.initIndex.get(initKey)?.session === s) this.initIndex.delete(initKey);
-      this.initKeyOf.delete(s);
+      this.forgetInit(s);
     }
     if (s.state === 'established' && (from === 'half-open' || from === 'connecting')) this.o.onEstablished?.(s);
   }

@@ -84,7 +84,7 @@ interface NativeAddon {
   EspCbc: new (
     encKey: Buffer,
     integKey: Buffer,
-    digest: 'SHA1' | 'SHA256' | 'SHA384' | 'SHA512',
+    digest: 'sha1' | 'sha256' | 'sha384' | 'sha512',
     icvLength: number,
     esn: boolean,
     encrypt: boolean,
@@ -454,7 +454,7 @@ export class EspCbcBatch extends EspBatch {
   constructor(
     encKey: Buffer,
     integKey: Buffer,
-    digest: 'SHA1' | 'SHA256' | 'SHA384' | 'SHA512',
+    digest: 'sha1' | 'sha256' | 'sha384' | 'sha512',
     icvLength: number,
     esn: boolean,
     encrypt: boolean,
