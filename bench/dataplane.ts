@@ -153,12 +153,21 @@ const swan = (host: string, suite: Suite) => {
   );
 };
 
+/** A consec daemon in `host` with the bench policy toward the other host, ready. */
+async function consecUp(host: 'alice' | 'bob', suite: Suite, tunnel: boolean, extra: string[] = []) {
+  const [local, remote] = host === 'alice' ? [a, b] : [b, a];
+  const d = consecDaemon(lab, host, await policy(local, remote, suite, tunnel), local, extra);
+  await d.waitFor(/"msg":"ready"/);
+  return d;
+}
+
+/** The first packets: the SA is negotiated before a measurement starts. */
+const warmUp = () => lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+
 async function consecPair(suite: Suite, tunnel: boolean, extra: string[]): Promise<Running> {
-  const dB = consecDaemon(lab, 'bob', await policy(b, a, suite, tunnel), b, extra);
-  await dB.waitFor(/"msg":"ready"/);
-  const dA = consecDaemon(lab, 'alice', await policy(a, b, suite, tunnel), a, extra);
-  await dA.waitFor(/"msg":"ready"/);
-  await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+  const dB = await consecUp('bob', suite, tunnel, extra);
+  const dA = await consecUp('alice', suite, tunnel, extra);
+  await warmUp();
   return {
     target: b,
     stop: async () => {
@@ -189,9 +198,8 @@ const PATHS: Path[] = [
       suite,
       start: async () => {
         const sb = await swan('bob', suite);
-        const dA = consecDaemon(lab, 'alice', await policy(a, b, suite, true), a);
-        await dA.waitFor(/"msg":"ready"/);
-        await lab.exec('alice', ['ping', '-c', '2', '-W', '3', b], { allowFailure: true });
+        const dA = await consecUp('alice', suite, true);
+        await warmUp();
         return {
           target: b,
           stop: async () => {

@@ -17,6 +17,7 @@ import { hostToHost } from '../src/lab/topology.ts';
 import { consecDaemon, consecPwsh, ROOT } from '../test/helpers.ts';
 import { emit, numberArg } from './lib/cli.ts';
 import { consecPolicy, removeFilters } from './lib/consec.ts';
+import { labNodeScript } from './lib/lab-node.ts';
 import { median, percentile, round } from './lib/stats.ts';
 
 const runs = numberArg('runs', 10);
@@ -33,7 +34,7 @@ interface Probe {
 const lab = await Lab.create(hostToHost());
 const a = lab.address('alice');
 const b = lab.address('bob');
-const probeScript = join(ROOT, 'bench/lib/udp-probe.ts');
+const PROBE = 'bench/lib/udp-probe.ts';
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const GCM = '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256';
@@ -45,14 +46,7 @@ const removeMm = (stateDir: string) => async () => {
 };
 
 async function probe(): Promise<Probe> {
-  const { stdout } = await lab.exec(
-    'alice',
-    [process.execPath, '--import', 'tsx', probeScript, '--to', b, String(PORT)],
-    {
-      timeoutMs: 30_000,
-    },
-  );
-  return JSON.parse(stdout.trim().split('\n').pop() as string) as Probe;
+  return labNodeScript<Probe>(lab, 'alice', PROBE, ['--to', b, String(PORT)], 30_000);
 }
 
 /** `runs` probes, each with no SA up at its start (`reset` deletes them between runs). */
@@ -69,7 +63,7 @@ async function series(reset: () => Promise<void>): Promise<Probe[]> {
 }
 
 const results: { name: string; probes: Probe[] }[] = [];
-const server = lab.spawn('bob', [process.execPath, '--import', 'tsx', probeScript, '--serve', b, String(PORT)]);
+const server = lab.spawn('bob', [process.execPath, '--import', 'tsx', join(ROOT, PROBE), '--serve', b, String(PORT)]);
 try {
   await server.waitFor(/listening/);
 

@@ -15,14 +15,14 @@
  *
  *   node --import tsx bench/ike-load.ts [--count 2000] [--concurrency 16] [--flood-rate 2000] [--json]
  */
-import { join } from 'node:path';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecDaemon, ROOT } from '../test/helpers.ts';
+import { consecDaemon } from '../test/helpers.ts';
 import { emit, numberArg } from './lib/cli.ts';
 import { consecPolicy, removeFilters } from './lib/consec.ts';
 import { namespaceTicks, TICK } from './lib/cpu.ts';
+import { labNodeScript } from './lib/lab-node.ts';
 import { median, percentile, round } from './lib/stats.ts';
 
 const count = numberArg('count', 2000);
@@ -112,12 +112,7 @@ async function load(dh: string, flood: boolean): Promise<LoadResult> {
     'tunnel',
     ...(flood ? ['--flood-from', a, '--flood-rate', String(floodRate)] : []),
   ];
-  const { stdout } = await lab.exec(
-    'alice',
-    [process.execPath, '--import', 'tsx', join(ROOT, 'bench/lib/ike-loadgen.ts'), ...args],
-    { timeoutMs: 180_000 },
-  );
-  return JSON.parse(stdout.trim().split('\n').pop() as string) as LoadResult;
+  return labNodeScript<LoadResult>(lab, 'alice', 'bench/lib/ike-loadgen.ts', args, 180_000);
 }
 
 const RUNS: { label: string; dh: string; flood: boolean }[] = [

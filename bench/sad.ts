@@ -5,18 +5,14 @@
  *
  *   node --import tsx bench/sad.ts [--sizes 100,1000,10000] [--seconds 1] [--json]
  */
-import { randomBytes } from 'node:crypto';
 import { parseIp } from '../src/dataplane/ip.ts';
 import { Sad } from '../src/dataplane/sad.ts';
-import type { InstalledChild } from '../src/ike/dataplane.ts';
-import { espProposals } from '../src/ike/proposals.ts';
 import type { TrafficSelector } from '../src/ike/wire/codec.ts';
-import { qmProposal } from '../src/policy/model.ts';
+import { gcmChildSa } from '../test/helpers.ts';
 import { emit, numberArg, stringArg } from './lib/cli.ts';
 
 const sizes = stringArg('sizes', '100,1000,10000').split(',').map(Number);
 const seconds = numberArg('seconds', 1);
-const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
 const US = Buffer.from([192, 0, 2, 1]);
 const peer = (n: number) => Buffer.from([198, 51, (n >> 8) & 255, n & 255]);
 const host = (b: Buffer): TrafficSelector => ({
@@ -28,30 +24,7 @@ const host = (b: Buffer): TrafficSelector => ({
   end: b,
 });
 
-function child(i: number): InstalledChild {
-  const spi = Buffer.alloc(4);
-  spi.writeUInt32BE(0x1000 + i);
-  const proposal = espProposals(qm, spi).proposals[0];
-  if (!proposal) throw new Error('no proposal');
-  return {
-    child: {
-      mode: 'tunnel',
-      spiIn: spi,
-      spiOut: spi,
-      proposal,
-      tsi: [host(US)],
-      tsr: [host(peer(i))],
-      keys: { encrI: randomBytes(36), integI: Buffer.alloc(0), encrR: randomBytes(36), integR: Buffer.alloc(0) },
-      encrKeyBytes: 36,
-      integKeyBytes: 0,
-      initiator: true,
-    },
-    local: { address: '192.0.2.1', port: 500 },
-    remote: { address: '198.51.100.1', port: 500 },
-    udpEncapsulation: false,
-    initiator: true,
-  };
-}
+const child = (i: number) => gcmChildSa(0x1000 + i, [host(US)], [host(peer(i))]);
 
 const rows: (string | number)[][] = [];
 for (const n of sizes) {

@@ -4,16 +4,13 @@
  * selectors is installed and removed.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { parseIp, packetMatches } from '../src/dataplane/ip.ts';
 import { Sad } from '../src/dataplane/sad.ts';
-import { espProposals } from '../src/ike/proposals.ts';
 import type { TrafficSelector } from '../src/ike/wire/codec.ts';
-import { qmProposal } from '../src/policy/model.ts';
+import { gcmChildSa } from './helpers.ts';
 
-const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
 const v4 = (n: number) => Buffer.from([192, 0, 2, n]);
 const ts = (lo: number, hi: number, proto = 0): TrafficSelector => ({
   type: 7,
@@ -23,29 +20,6 @@ const ts = (lo: number, hi: number, proto = 0): TrafficSelector => ({
   start: v4(lo),
   end: v4(hi),
 });
-
-function child(spi: number, remote: TrafficSelector[]) {
-  const spiIn = Buffer.alloc(4);
-  spiIn.writeUInt32BE(spi);
-  return {
-    child: {
-      mode: 'tunnel' as const,
-      spiIn,
-      spiOut: spiIn,
-      proposal: espProposals(qm, spiIn).proposals[0] as NonNullable<ReturnType<typeof espProposals>['proposals'][0]>,
-      tsi: [ts(0, 255)],
-      tsr: remote,
-      keys: { encrI: randomBytes(36), integI: Buffer.alloc(0), encrR: randomBytes(36), integR: Buffer.alloc(0) },
-      encrKeyBytes: 36,
-      integKeyBytes: 0,
-      initiator: true,
-    },
-    local: { address: '192.0.2.1', port: 500 },
-    remote: { address: '192.0.2.2', port: 500 },
-    udpEncapsulation: false,
-    initiator: true,
-  };
-}
 
 function packet(dst: number, proto: number): Buffer {
   const p = Buffer.alloc(28);
@@ -75,7 +49,7 @@ describe('SAD outbound lookup', () => {
         const live: Buffer[] = [];
         let spi = 0x1000;
         for (const o of ops) {
-          if ('install' in o) live.push(sad.install(child(++spi, o.install)).child.spiIn);
+          if ('install' in o) live.push(sad.install(gcmChildSa(++spi, [ts(0, 255)], o.install)).child.spiIn);
           else if (live.length > 0) sad.remove(live.splice(o.remove % live.length, 1)[0] as Buffer);
           for (let dst = 1; dst <= 14; dst++)
             for (const proto of [6, 17]) {

@@ -26,9 +26,12 @@ if (mode === '--serve') {
   const s = createSocket(type);
   await new Promise<void>((r) => s.bind(0, () => r()));
   const echoes: { seq: number; at: number }[] = [];
+  const echoAt = new Map<number, number>();
   let wake: (() => void) | undefined;
   s.on('message', (m) => {
-    echoes.push({ seq: m.readUInt32BE(0), at: performance.now() });
+    const e = { seq: m.readUInt32BE(0), at: performance.now() };
+    echoes.push(e);
+    echoAt.set(e.seq, e.at);
     wake?.();
   });
   const datagram = (seq: number) => {
@@ -46,12 +49,15 @@ if (mode === '--serve') {
   const rtts: number[] = [];
   if (first) {
     for (let i = 0; i < 20; i++) {
-      const got = new Promise<void>((r) => (wake = r));
+      // Its own echo, not one of those still coming back from the burst sent while IKE negotiated.
+      const want = 1_000_000 + i;
       const sentAt = performance.now();
-      s.send(datagram(1_000_000 + i), port, address);
-      await Promise.race([got, new Promise((r) => setTimeout(r, 1000))]);
-      const last = echoes[echoes.length - 1];
-      if (last?.seq === 1_000_000 + i) rtts.push(last.at - sentAt);
+      const deadline = sentAt + 1000;
+      s.send(datagram(want), port, address);
+      while (!echoAt.has(want) && performance.now() < deadline)
+        await Promise.race([new Promise<void>((r) => (wake = r)), new Promise((r) => setTimeout(r, 50))]);
+      const at = echoAt.get(want);
+      if (at !== undefined) rtts.push(at - sentAt);
     }
   }
   console.log(
