@@ -100,9 +100,7 @@ class EspGcm : public Napi::ObjectWrap<EspGcm> {
       }
       uint8_t* body = out + 8 + kIv;
       memmove(body, src.Data() + off, size_t(len));
-      for (uint32_t k = 0; k < pad; k++) body[len + k] = uint8_t(k + 1);
-      body[len + pad] = uint8_t(pad);
-      body[len + pad + 1] = nhs[i];
+      esp::WriteTrailer(body, uint32_t(len), pad, nhs[i]);
       int n = 0, f = 0;
       if (EVP_EncryptInit_ex(ctx_, nullptr, nullptr, nullptr, nonce) != 1 ||
           EVP_EncryptUpdate(ctx_, nullptr, &n, aad, aadLen) != 1 || EVP_EncryptUpdate(ctx_, body, &n, body, int(plain)) != 1 ||
@@ -152,17 +150,9 @@ class EspGcm : public Napi::ObjectWrap<EspGcm> {
         dstLens[i] = -1;
         continue;
       }
-      uint32_t padLen = out[ct - 2];
-      int32_t payload = ct - 2 - int32_t(padLen);
-      bool padOk = payload >= 0;
-      for (uint32_t k = 0; padOk && k < padLen; k++)
-        if (out[payload + k] != uint8_t(k + 1)) padOk = false;
-      if (!padOk) {
-        dstLens[i] = -3;
-        continue;
-      }
-      nhs[i] = out[ct - 1];
-      dstLens[i] = payload;
+      uint8_t nh = 0;
+      dstLens[i] = esp::ReadTrailer(out, ct, nh);
+      if (dstLens[i] >= 0) nhs[i] = nh;
     }
     return Napi::Number::New(env, count);
   }
