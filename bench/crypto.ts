@@ -70,8 +70,11 @@ const nh = new Uint8Array(64).fill(4);
 for (let i = 0; i < 64; i++) src.set(i, payload);
 let seq = 1;
 for (const [what, sealer] of [
-  ['AES-GCM', new EspGcmBatch(key, iv.subarray(0, 4), false, true)],
-  ['AES-CBC-256 + HMAC-SHA-256', new EspCbcBatch(randomBytes(32), randomBytes(32), 'sha256', 16, false, true)],
+  ['AES-GCM', new EspGcmBatch(key, iv.subarray(0, 4), { esn: false, direction: 'seal' })],
+  [
+    'AES-CBC-256 + HMAC-SHA-256',
+    new EspCbcBatch(randomBytes(32), randomBytes(32), { digest: 'sha256', icv: 16, esn: false, direction: 'seal' }),
+  ],
 ] as const) {
   row(
     `addon, batched ${what} ESP seal (64 per call)`,

@@ -8,7 +8,7 @@
  *   node --expose-gc --import tsx bench/memory.ts [--sizes 1000,10000] [--json]
  */
 import { MemoryNetwork } from '../src/ike/bind.ts';
-import type { ChildSaSink } from '../src/ike/dataplane.ts';
+import type { ChildSaSink } from '../src/sa/sink.ts';
 import { IkeManager } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import type { Lifetimes, PeerConfig } from '../src/ike/session.ts';

@@ -39,6 +39,12 @@ inline void Put32(uint8_t* p, uint32_t v) {
   p[3] = v;
 }
 
+/**
+ * Why `open` refused a packet, written negated into its length slot (src/io/native.ts reads them
+ * with ESP_OPEN_FAILURE: keep the two in step).
+ */
+enum OpenFailure : int32_t { kOpenIntegrity = -1, kOpenMalformed = -2, kOpenPadding = -3 };
+
 /** Writes the ESP trailer after `len` payload octets: padding 1, 2, …, its length, next header (RFC 4303 §2.4). */
 inline void WriteTrailer(uint8_t* body, uint32_t len, uint32_t pad, uint8_t nextHeader) {
   for (uint32_t k = 0; k < pad; k++) body[len + k] = uint8_t(k + 1);
@@ -48,14 +54,14 @@ inline void WriteTrailer(uint8_t* body, uint32_t len, uint32_t pad, uint8_t next
 
 /**
  * Checks the trailer of `ct` decrypted octets: the payload length (next header in `nextHeader`),
- * or -3 when the padding is not 1, 2, … or longer than what precedes it.
+ * or kOpenPadding when the padding is not 1, 2, … or longer than what precedes it.
  */
 inline int32_t ReadTrailer(const uint8_t* out, int32_t ct, uint8_t& nextHeader) {
   uint32_t padLen = out[ct - 2];
   int32_t payload = ct - 2 - int32_t(padLen);
-  if (payload < 0) return -3;
+  if (payload < 0) return kOpenPadding;
   for (uint32_t k = 0; k < padLen; k++)
-    if (out[payload + k] != uint8_t(k + 1)) return -3;
+    if (out[payload + k] != uint8_t(k + 1)) return kOpenPadding;
   nextHeader = out[ct - 1];
   return payload;
 }

@@ -145,19 +145,19 @@ class EspCbc : public Napi::ObjectWrap<EspCbc> {
       int32_t doff = dstOffs[i];
       if (ct < kBlock || ct % kBlock != 0 || uint32_t(ct) > dstSlot || doff < 0 ||
           size_t(doff) + size_t(ct) > dst.Length()) {
-        dstLens[i] = -2;
+        dstLens[i] = esp::kOpenMalformed;
         continue;
       }
       uint8_t icv[EVP_MAX_MD_SIZE];
       if (!Icv(in, size_t(len) - icv_, seqHis[i], icv) || CRYPTO_memcmp(icv, in + len - icv_, icv_) != 0) {
-        dstLens[i] = -1;
+        dstLens[i] = esp::kOpenIntegrity;
         continue;
       }
       uint8_t* out = dst.Data() + doff;
       int n = 0;
       if (EVP_DecryptInit_ex(ctx_, nullptr, nullptr, nullptr, in + 8) != 1 ||
           EVP_DecryptUpdate(ctx_, out, &n, in + 8 + kIv, ct) != 1 || n != ct) {
-        dstLens[i] = -2;
+        dstLens[i] = esp::kOpenMalformed;
         continue;
       }
       uint8_t nh = 0;

@@ -123,7 +123,7 @@ class EspGcm : public Napi::ObjectWrap<EspGcm> {
       int32_t ct = len - 8 - kIv - kIcv;
       int32_t doff = dstOffs[i];
       if (ct < 4 || ct % 4 != 0 || uint32_t(ct) > dstSlot || doff < 0 || size_t(doff) + size_t(ct) > dst.Length()) {
-        dstLens[i] = -2;
+        dstLens[i] = esp::kOpenMalformed;
         continue;
       }
       uint8_t nonce[12];
@@ -147,7 +147,7 @@ class EspGcm : public Napi::ObjectWrap<EspGcm> {
           EVP_DecryptUpdate(ctx_, nullptr, &n, aad, aadLen) != 1 ||
           EVP_DecryptUpdate(ctx_, out, &n, in + 8 + kIv, ct) != 1 ||
           EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_GCM_SET_TAG, kIcv, tag) != 1 || EVP_DecryptFinal_ex(ctx_, out + n, &f) != 1) {
-        dstLens[i] = -1;
+        dstLens[i] = esp::kOpenIntegrity;
         continue;
       }
       uint8_t nh = 0;

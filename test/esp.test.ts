@@ -332,7 +332,7 @@ describe('AES-GCM ESP known-answer packets (draft-mcgrew-gcm-test-01)', () => {
   it('the addon opens all of them, ESN high halves included', async () => {
     const { EspGcmBatch, PacketBatch } = await import('../src/io/native.ts');
     for (const v of GCM_ESP_VECTORS.map(gcmVector)) {
-      const opener = new EspGcmBatch(v.key, v.salt, v.esn, false);
+      const opener = new EspGcmBatch(v.key, v.salt, { esn: v.esn, direction: 'open' });
       const src = new PacketBatch(1, 2048);
       src.set(0, v.packet);
       const dst = new PacketBatch(1, 2048);
@@ -360,8 +360,8 @@ describe('batched AES-GCM in the addon (OpenSSL of the node binary)', () => {
         const salt = keymat.subarray(keyLen);
         const first = esn ? 2 ** 32 - 3 : 7;
         const js = new EspOutbound({ spi: 0xabc, cipher: 'aes-gcm-16', encrKey: keymat, esn, lastSeq: first - 1 });
-        const sealer = new EspGcmBatch(key, salt, esn, true);
-        const opener = new EspGcmBatch(key, salt, esn, false);
+        const sealer = new EspGcmBatch(key, salt, { esn, direction: 'seal' });
+        const opener = new EspGcmBatch(key, salt, { esn, direction: 'open' });
         const n = 20;
         const src = new PacketBatch(n, 2048);
         const nh = new Uint8Array(n);
@@ -413,8 +413,8 @@ describe('batched AES-CBC + HMAC in the addon (OpenSSL of the node binary)', () 
           const params = { spi: 0xcbc, cipher: 'aes-cbc', integ, encrKey, integKey, esn } as const;
           const jsIn = new EspInbound(params);
           const jsOut = new EspOutbound({ ...params, lastSeq: first - 1 });
-          const sealer = new EspCbcBatch(encrKey, integKey, digest, icv, esn, true);
-          const opener = new EspCbcBatch(encrKey, integKey, digest, icv, esn, false);
+          const sealer = new EspCbcBatch(encrKey, integKey, { digest, icv, esn, direction: 'seal' });
+          const opener = new EspCbcBatch(encrKey, integKey, { digest, icv, esn, direction: 'open' });
           const n = 12;
           const src = new PacketBatch(n, 2048);
           const nh = new Uint8Array(n);

@@ -6,10 +6,7 @@ import assert from 'node:assert/strict';
 import { run, type RunResult } from '../src/lab/exec.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import type { Issued } from '../src/lab/pki.ts';
-import type { InstalledChild } from '../src/ike/dataplane.ts';
-import { espProposals } from '../src/ike/proposals.ts';
-import type { TrafficSelector } from '../src/ike/wire/codec.ts';
-import { qmProposal } from '../src/policy/model.ts';
+import type { ChildSaSpec, TrafficSelector } from '../src/sa/spec.ts';
 import { ps } from './pwsh-helpers.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -120,30 +117,18 @@ export function installMachineCert(stateDir: string, name: string, cert: Issued,
  * A negotiated AES-GCM-256 tunnel-mode child SA with random keys, as the data plane's SAD takes it
  * (SAD tests and the SAD lookup bench): inbound and outbound SPI `spi`, our selectors `tsi`.
  */
-export function gcmChildSa(spi: number, tsi: TrafficSelector[], tsr: TrafficSelector[]): InstalledChild {
-  const spiIn = Buffer.alloc(4);
-  spiIn.writeUInt32BE(spi);
-  const [proposal] = espProposals(
-    [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })],
-    spiIn,
-  ).proposals;
-  assert.ok(proposal);
+export function gcmChildSa(spi: number, tsi: TrafficSelector[], tsr: TrafficSelector[]): ChildSaSpec {
   return {
-    child: {
-      mode: 'tunnel',
-      spiIn,
-      spiOut: spiIn,
-      proposal,
-      tsi,
-      tsr,
-      keys: { encrI: randomBytes(36), integI: Buffer.alloc(0), encrR: randomBytes(36), integR: Buffer.alloc(0) },
-      encrKeyBytes: 36,
-      integKeyBytes: 0,
-      initiator: true,
-    },
-    local: { address: '192.0.2.1', port: 500 },
-    remote: { address: '192.0.2.2', port: 500 },
+    protocol: 'esp',
+    mode: 'tunnel',
+    cipher: 'aes-gcm-16',
+    esn: false,
+    inbound: { spi, encrKey: randomBytes(36), integKey: Buffer.alloc(0) },
+    outbound: { spi, encrKey: randomBytes(36), integKey: Buffer.alloc(0) },
+    localTs: tsi,
+    remoteTs: tsr,
+    local: { address: '192.0.2.1', port: 0 },
+    remote: { address: '192.0.2.2', port: 0 },
     udpEncapsulation: false,
-    initiator: true,
   };
 }

@@ -9,7 +9,8 @@ import fc from 'fast-check';
 import { AuditCollector } from '../src/audit/events.ts';
 import { MemoryNetwork } from '../src/ike/bind.ts';
 import { protectMessage } from '../src/ike/crypto/sk.ts';
-import type { ChildSaSink, InstalledChild } from '../src/ike/dataplane.ts';
+import type { ChildSaSink } from '../src/sa/sink.ts';
+import type { ChildSaSpec } from '../src/sa/spec.ts';
 import { IkeManager } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import type { IkeSession, Lifetimes, PeerConfig } from '../src/ike/session.ts';
@@ -48,22 +49,28 @@ const HOUR: Lifetimes = {
 };
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A data plane that records what it holds. */
+const hex8 = (spi: number) => spi.toString(16).padStart(8, '0');
+
+/** A data plane that records what it holds, and which SAs outbound traffic may use. */
 class SadRecorder implements ChildSaSink {
-  readonly installed = new Map<string, InstalledChild>();
+  readonly installed = new Map<number, ChildSaSpec>();
+  readonly active = new Set<number>();
   deletes = 0;
-  install(sa: InstalledChild): void {
-    this.installed.set(sa.child.spiIn.toString('hex'), sa);
+  install(spec: ChildSaSpec): void {
+    this.installed.set(spec.inbound.spi, spec);
+    if (spec.outboundActive ?? true) this.active.add(spec.inbound.spi);
   }
-  delete(spiIn: Buffer): void {
+  activate(spiIn: number): void {
+    if (this.installed.has(spiIn)) this.active.add(spiIn);
+  }
+  delete(spiIn: number): void {
     this.deletes++;
-    this.installed.delete(spiIn.toString('hex'));
+    this.installed.delete(spiIn);
+    this.active.delete(spiIn);
   }
   /** SPI pairs as `in/out`, sorted. */
   pairs(): string[] {
-    return [...this.installed.values()]
-      .map((s) => `${s.child.spiIn.toString('hex')}/${s.child.spiOut.toString('hex')}`)
-      .sort();
+    return [...this.installed.values()].map((s) => `${hex8(s.inbound.spi)}/${hex8(s.outbound.spi)}`).sort();
   }
 }
 
@@ -132,11 +139,10 @@ function assertMirrored(a: SadRecorder, b: SadRecorder, count: number): void {
   assert.deepEqual(a.pairs(), mirrored);
   // And the keys agree: alice's outbound keys are bob's inbound ones.
   for (const s of a.installed.values()) {
-    const peer = b.installed.get(s.child.spiOut.toString('hex'));
+    const peer = b.installed.get(s.outbound.spi);
     assert.ok(peer);
-    const out = s.child.initiator ? s.child.keys.encrI : s.child.keys.encrR;
-    const peerIn = peer.child.initiator ? peer.child.keys.encrR : peer.child.keys.encrI;
-    assert.deepEqual(out, peerIn);
+    assert.deepEqual(s.outbound.encrKey, peer.inbound.encrKey);
+    assert.deepEqual(s.inbound.encrKey, peer.outbound.encrKey);
   }
 }
 
@@ -176,7 +182,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
       assertMirrored(a.sad, b.sad, 1);
       assert.notDeepEqual(a.sad.pairs(), first);
       assert.deepEqual(a.audit.ids().slice(0, 4), [4650, 5451, 5451, 5452]);
-      const child = [...a.sad.installed.values()][0]?.child;
+      const child = [...only(a.m).children.values()][0]?.child;
       assert.equal(child?.pfsGroup, pfs ? 19 : undefined);
       for (const m of open.splice(0)) m.close();
     }
@@ -247,7 +253,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     const child = await createChild(session, [hostTs(A, 6)], [hostTs(B, 6)]);
     assert.equal(child.tsi[0]?.ipProtocol, 6);
     assertMirrored(a.sad, b.sad, 2);
-    await deleteChild(session, session.children.get(child.spiIn.toString('hex')) as never, 'test');
+    await deleteChild(session, session.children.get(child.spiIn.readUInt32BE(0)) as never, 'test');
     await until(() => b.sad.installed.size === 1);
     assertMirrored(a.sad, b.sad, 1);
     assert.equal(b.audit.ids().filter((i) => i === 5452).length, 1);
@@ -353,14 +359,14 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
   it('the data plane reporting a byte lifetime: soft rekeys the child, hard deletes it on both sides', async () => {
     const { a, b } = await pair();
     await until(() => b.sad.installed.size === 1);
-    const first = [...a.sad.installed.keys()][0] as string;
+    const first = [...a.sad.installed.keys()][0] as number;
     assert.equal([...a.sad.installed.values()][0]?.maxKilobytes, 100_000);
-    a.m.expire(Buffer.from(first, 'hex'), false);
+    a.m.expire(first, false);
     await until(() => a.sad.deletes === 1 && b.sad.deletes === 1);
     assertMirrored(a.sad, b.sad, 1);
-    const second = [...a.sad.installed.keys()][0] as string;
+    const second = [...a.sad.installed.keys()][0] as number;
     assert.notEqual(second, first);
-    a.m.expire(Buffer.from(second, 'hex'), true);
+    a.m.expire(second, true);
     await until(() => a.sad.installed.size === 0 && b.sad.installed.size === 0);
   });
 

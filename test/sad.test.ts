@@ -46,11 +46,11 @@ describe('SAD outbound lookup', () => {
     fc.assert(
       fc.property(fc.array(op, { minLength: 1, maxLength: 30 }), (ops) => {
         const sad = new Sad();
-        const live: Buffer[] = [];
+        const live: number[] = [];
         let spi = 0x1000;
         for (const o of ops) {
-          if ('install' in o) live.push(sad.install(gcmChildSa(++spi, [ts(0, 255)], o.install)).child.spiIn);
-          else if (live.length > 0) sad.remove(live.splice(o.remove % live.length, 1)[0] as Buffer);
+          if ('install' in o) live.push(sad.install(gcmChildSa(++spi, [ts(0, 255)], o.install)).in.spi);
+          else if (live.length > 0) sad.remove(live.splice(o.remove % live.length, 1)[0] as number);
           for (let dst = 1; dst <= 14; dst++)
             for (const proto of [6, 17]) {
               const p = packet(dst, proto);

@@ -1,6 +1,6 @@
 /**
  * Windows IPsec audit events (Security log IDs 4650–4655, 5451–5453 …) as typed records. Keying
- * modules and the data plane raise them through one `AuditSink`; the monitoring layer (issue 7)
+ * modules and the data plane raise them through one `AuditSink`; the monitoring layer
  * decides where they go (JSON lines, journal, `Get-WinEvent`) and which subcategories are enabled.
  * Field names follow the event's sections in the Windows event text; values never carry keys.
  */

@@ -10,8 +10,8 @@ import type { Flow, HostContext } from '../filter/compile.ts';
 import { EMPTY_CONTEXT } from '../filter/compile.ts';
 import { loadCertStore } from '../ike/certstore.ts';
 import { type NegotiationPlan, planNegotiation, planResponder } from '../ike/config.ts';
-import type { IkeBind, IkeReceiver } from '../ike/bind.ts';
-import type { ChildSaSink } from '../ike/dataplane.ts';
+import type { IkeBind, IkeReceiver } from '../sa/bind.ts';
+import type { ChildSaSink } from '../sa/sink.ts';
 import { IkeError } from '../ike/errors.ts';
 import { IkeManager } from '../ike/manager.ts';
 import { selectProposal } from '../ike/proposals.ts';
@@ -195,7 +195,7 @@ export class KeyingService {
   }
 
   /** ESP arrived on a child SA: its peer is alive. */
-  noteEsp(spiIn: Buffer): void {
+  noteEsp(spiIn: number): void {
     for (const m of this.managers.values()) m.noteEsp(spiIn);
   }
 
@@ -210,7 +210,7 @@ export class KeyingService {
   }
 
   /** The data plane reports a child SA's byte/packet lifetime: soft → rekey, hard → delete. */
-  expire(spiIn: Buffer, hard: boolean): void {
+  expire(spiIn: number, hard: boolean): void {
     for (const m of this.managers.values()) m.expire(spiIn, hard);
   }
 

@@ -1,8 +1,8 @@
 /**
  * `consec daemon`: runs in the foreground, logs JSON lines (pino) to stdout, answers and initiates
  * IKEv2 per the active policy of the state directory, follows policy changes, and on SIGINT/SIGTERM
- * deletes its SAs at the peers before exiting. Audit events are logged as `{"audit": {...}}` lines
- * until the monitoring service (issue 7) routes them.
+ * deletes its SAs at the peers before exiting. Audit events go to the Security log (as auditpol
+ * enables them), the journal, the debug log and stdout as `{"audit": {...}}` lines.
  */
 import { isIP } from 'node:net';
 import pino from 'pino';
@@ -12,7 +12,7 @@ import { LiveAuditPolicy } from '../audit/policy.ts';
 import { ConsecError } from '../errors.ts';
 import { systemHostContext } from '../filter/host-context.ts';
 import { activeProfiles, connectionProfiles, networkCategoriesStamp } from '../filter/location.ts';
-import type { ChildSaSink } from '../ike/dataplane.ts';
+import type { ChildSaSink } from '../sa/sink.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
@@ -24,7 +24,7 @@ import type { IpInfo } from '../dataplane/ip.ts';
 import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
-import { loadManualSas, manualChild } from '../dataplane/manual.ts';
+import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
 import { JournalSink } from '../io/journal.ts';
@@ -63,11 +63,12 @@ function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict
 function withKeyExport(sink: ChildSaSink, dir: string | undefined): ChildSaSink {
   if (!dir) return sink;
   return {
-    install: (sa) => {
-      appendEspKeys(dir, sa.child, sa.local.address, sa.remote.address);
-      sink.install(sa);
+    install: (spec) => {
+      appendEspKeys(dir, spec);
+      sink.install(spec);
     },
     delete: (spi) => sink.delete(spi),
+    activate: sink.activate ? (spi) => sink.activate?.(spi) : undefined,
     update: sink.update ? (spi, remote) => sink.update?.(spi, remote) : undefined,
   };
 }
@@ -140,51 +141,13 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
   if (manual.length > 0 && o.dataplane !== 'userspace')
     throw new ConsecError('ERR_USAGE', 'manual SAs need the userspace data plane (--dataplane userspace)');
-  let plane: UserspaceDataPlane | undefined;
-  // The data plane and the keying service call each other: the plane's callbacks find the service here.
   // Negotiation outcomes, counted from the audit events (Get-NetIPsecStatistics).
   const auditCounts = new Map<number, number>();
-  const late: {
-    service?: KeyingService;
-    onPolicy?: (doc: PolicyDocument) => void;
-    classify?: (packet: Buffer, ip: IpInfo) => Verdict;
-    audit?: (event: AuditEvent) => void;
-  } = {};
-  if (o.dataplane === 'userspace') {
-    if (addresses.length !== 1)
-      throw new ConsecError(
-        'ERR_USAGE',
-        'the userspace data plane runs on one address: give exactly one --listen ADDRESS',
-      );
-    const local = addresses[0] as string;
-    plane = await UserspaceDataPlane.open({
-      local,
-      onAcquire: (flow) => {
-        late.service?.acquire(flow).catch((err: Error) => {
-          log.warn({ remote: flow.remote, reason: err.message }, 'negotiation for queued traffic failed');
-          plane?.acquireFailed(flow.remote);
-        });
-      },
-      onActivity: (spi) => late.service?.noteEsp(spi),
-      classify: (packet, ip) => late.classify?.(packet, ip) ?? 'require',
-      onExpire: (spi, hard) => late.service?.expire(spi, hard),
-      onDriverDrop: (d) => late.audit?.({ ...d, subcategory: 'IPsec Driver', success: false }),
-      onPolicyDrop: (d) =>
-        late.audit?.({
-          id: 5152,
-          subcategory: 'Filtering Platform Packet Drop',
-          success: false,
-          direction: 'Outbound',
-          layerName: 'Transport',
-          ...d,
-        }),
-      log: (event, detail) => log.info(detail ?? {}, event),
-    });
-  }
+  let plane: UserspaceDataPlane | undefined;
   // The IKE debug log (netsh advfirewall set global ipsec debuglog …), followed live.
   const debugLog = new IkeDebugLog(stateDir, (err) => log.warn({ reason: err.message }, 'IKE debug log'));
   const metrics = new DaemonMetrics({
-    sessions: () => late.service?.sessions() ?? [],
+    sessions: () => service.sessions(),
     dataplane: () => plane,
   });
   // The Security log: the events `auditpol` enables, for Get-WinEvent (the debug log above has them all).
@@ -210,19 +173,42 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     log.info({ audit: event }, `audit ${event.id}`);
     securityLog.emit(event);
   };
-  late.audit = emitAudit;
+  // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
+  let classify: (packet: Buffer, ip: IpInfo) => Verdict = () => 'require';
+  if (o.dataplane === 'userspace') {
+    if (addresses.length !== 1)
+      throw new ConsecError(
+        'ERR_USAGE',
+        'the userspace data plane runs on one address: give exactly one --listen ADDRESS',
+      );
+    plane = await UserspaceDataPlane.open({
+      local: addresses[0] as string,
+      classify: (packet, ip) => classify(packet, ip),
+      onDriverDrop: (d) => emitAudit({ ...d, subcategory: 'IPsec Driver', success: false }),
+      onPolicyDrop: (d) =>
+        emitAudit({
+          id: 5152,
+          subcategory: 'Filtering Platform Packet Drop',
+          success: false,
+          direction: 'Outbound',
+          layerName: 'Transport',
+          ...d,
+        }),
+      log: (event, detail) => log.info(detail ?? {}, event),
+    });
+  }
   const logOnly: ChildSaSink = {
-    install: (sa) =>
+    install: (spec) =>
       log.info(
         {
-          spiIn: sa.child.spiIn.toString('hex'),
-          spiOut: sa.child.spiOut.toString('hex'),
-          mode: sa.child.mode,
-          remote: sa.remote,
+          spiIn: spec.inbound.spi.toString(16).padStart(8, '0'),
+          spiOut: spec.outbound.spi.toString(16).padStart(8, '0'),
+          mode: spec.mode,
+          remote: spec.remote,
         },
         'child SA ready for the data plane',
       ),
-    delete: (spiIn) => log.info({ spiIn: spiIn.toString('hex') }, 'child SA removed from the data plane'),
+    delete: (spiIn) => log.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
   };
   // The firewall profiles in force (network location): the rules the keying service applies.
   const profilesInForce = () => activeProfiles(connectionProfiles(stateDir));
@@ -232,7 +218,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     addresses,
     ctx,
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
-    onPolicy: (doc) => late.onPolicy?.(doc),
+    onPolicy: (doc) => onPolicy(doc),
     onEstablished: (s) => metrics.established(s),
     trace: debugLog,
     bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
@@ -241,7 +227,16 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     forceUdpEncapsulation: o.encap,
     log,
   });
-  late.service = service;
+  // The data plane's traffic events go to the keying service: acquires, lifetimes, activity.
+  plane?.attach({
+    acquire: (flow) =>
+      void service.acquire(flow).catch((err: Error) => {
+        log.warn({ remote: flow.remote, reason: err.message }, 'negotiation for queued traffic failed');
+        plane?.acquireFailed(flow.remote);
+      }),
+    expire: (spi, hard) => service.expire(spi, hard),
+    activity: (spi) => service.noteEsp(spi),
+  });
   // Fail-closed: the kernel drops cleartext to and from Require peers, also when this process dies.
   const guard = async (doc: PolicyDocument) => {
     if (!plane) return;
@@ -260,13 +255,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
     }
   };
-  // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
   const compile = (doc: PolicyDocument) => {
     const policy = compilePolicy(doc, ctx);
-    late.classify = (packet, ip) => verdictFor(policy, packet, ip);
+    classify = (packet, ip) => verdictFor(policy, packet, ip);
   };
   compile(service.policy);
-  late.onPolicy = (doc) => {
+  const onPolicy = (doc: PolicyDocument): void => {
     compile(doc);
     // Filters first, then routes for what the new policy protects (rules added while running).
     void guard(doc).then(() => (plane ? routeProtected(service, plane, ctx, log) : undefined));
@@ -282,7 +276,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     await guard(service.policy);
     await routeProtected(service, plane, ctx, log);
     for (const sa of manual) {
-      plane.install(manualChild(sa));
+      plane.install(manualSpec(sa));
       log.info(
         { name: sa.name, remote: sa.remote, inboundSpi: sa.inbound.spi, outboundSpi: sa.outbound.spi },
         'manual SA installed',
@@ -297,7 +291,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         return established.filter((x) => x.state === 'established').map(mainModeSaView);
       case 'qmsa.list':
         return established.flatMap((x) =>
-          [...x.children.values()].map((e) => quickModeSaView(x, e, plane?.counters(e.child.spiIn))),
+          [...x.children.values()].map((e) => quickModeSaView(x, e, plane?.counters(e.child.spiIn.readUInt32BE(0)))),
         );
       case 'stats': {
         const count = (...ids: number[]) => ids.reduce((n, id) => n + (auditCounts.get(id) ?? 0), 0);

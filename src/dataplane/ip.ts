@@ -2,7 +2,7 @@
  * The IP facts the data plane needs from a packet, read in place (no allocation): family, header
  * length, protocol, ports, and whether addresses fall inside traffic selectors.
  */
-import type { TrafficSelector } from '../ike/wire/codec.ts';
+import type { TrafficSelector } from '../sa/spec.ts';
 
 export interface IpInfo {
   family: 4 | 6;

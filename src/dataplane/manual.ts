@@ -23,11 +23,8 @@ import { isIP, isIPv4 } from 'node:net';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
-import type { InstalledChild } from '../ike/dataplane.ts';
-import type { ChildSa } from '../ike/tasks/child-create.ts';
-import type { Transform, TrafficSelector } from '../ike/wire/codec.ts';
-import { EncrId, EsnId, IntegId, ProtocolId, TransformType } from '../ike/wire/constants.ts';
 import { parsePrefix, writeIp } from '../io/addr.ts';
+import { type ChildSaSpec, type TrafficSelector, TS_IPV4, TS_IPV6 } from '../sa/spec.ts';
 
 export class ManualSaError extends ConsecError {
   constructor(message: string) {
@@ -144,68 +141,38 @@ function selector(p: string): TrafficSelector {
     start[bit >> 3] = (start[bit >> 3] as number) & ~(0x80 >> (bit & 7));
     end[bit >> 3] = (end[bit >> 3] as number) | (0x80 >> (bit & 7));
   }
-  return { type: family === 4 ? 7 : 8, ipProtocol: 0, startPort: 0, endPort: 65535, start, end };
+  return { type: family === 4 ? TS_IPV4 : TS_IPV6, ipProtocol: 0, startPort: 0, endPort: 65535, start, end };
 }
 
-const spiBytes = (n: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-};
+const INTEGRITY = { sha1: 'sha1-96', sha256: 'sha256-128', sha384: 'sha384-192', sha512: 'sha512-256' } as const;
 
-/** A manual SA as the data plane takes negotiated ones (we play the "initiator": keys.*I are ours out). */
-export function manualChild(sa: ManualSa): InstalledChild {
-  const transforms: Transform[] = [];
-  if (sa.cipher === undefined) {
-    /* AH: integrity only */
-  } else if (sa.cipher.startsWith('aes-gcm'))
-    transforms.push({
-      type: TransformType.ENCR,
-      id: EncrId.AES_GCM_16,
-      keyLength: sa.cipher.endsWith('256') ? 256 : 128,
-    });
-  else if (sa.cipher === 'null') transforms.push({ type: TransformType.ENCR, id: EncrId.NULL });
-  else
-    transforms.push({ type: TransformType.ENCR, id: EncrId.AES_CBC, keyLength: sa.cipher.endsWith('256') ? 256 : 128 });
-  if (sa.integrity)
-    transforms.push({
-      type: TransformType.INTEG,
-      id: {
-        sha1: IntegId.HMAC_SHA1_96,
-        sha256: IntegId.HMAC_SHA2_256_128,
-        sha384: IntegId.HMAC_SHA2_384_192,
-        sha512: IntegId.HMAC_SHA2_512_256,
-      }[sa.integrity],
-    });
-  transforms.push({ type: TransformType.ESN, id: sa.esn ? EsnId.YES : EsnId.NO });
-  const child: ChildSa = {
-    mode: sa.mode,
-    spiIn: spiBytes(sa.inbound.spi),
-    spiOut: spiBytes(sa.outbound.spi),
-    proposal: {
-      number: 1,
-      protocol: sa.encapsulation === 'ah' ? ProtocolId.AH : ProtocolId.ESP,
-      spi: spiBytes(sa.inbound.spi),
-      transforms,
-    },
-    tsi: (sa.localSelectors ?? [sa.local]).map(selector),
-    tsr: (sa.remoteSelectors ?? [sa.remote]).map(selector),
-    keys: {
-      encrI: sa.outbound.key ?? Buffer.alloc(0),
-      integI: sa.outbound.integrityKey ?? Buffer.alloc(0),
-      encrR: sa.inbound.key ?? Buffer.alloc(0),
-      integR: sa.inbound.integrityKey ?? Buffer.alloc(0),
-    },
-    encrKeyBytes: sa.cipher ? KEY_BYTES[sa.cipher] : 0,
-    integKeyBytes: sa.integrity ? INTEG_BYTES[sa.integrity] : 0,
-    initiator: true,
-  };
+/** A manual SA as the data plane takes every child SA. */
+export function manualSpec(sa: ManualSa): ChildSaSpec {
   const udp = sa.encapsulation === 'esp-udp';
+  const direction = (d: ManualSa['inbound']) => ({
+    spi: d.spi,
+    encrKey: d.key ?? Buffer.alloc(0),
+    integKey: d.integrityKey ?? Buffer.alloc(0),
+  });
   return {
-    child,
+    protocol: sa.encapsulation === 'ah' ? 'ah' : 'esp',
+    mode: sa.mode,
+    cipher:
+      sa.cipher === undefined
+        ? undefined
+        : sa.cipher.startsWith('aes-gcm')
+          ? 'aes-gcm-16'
+          : sa.cipher === 'null'
+            ? 'null'
+            : 'aes-cbc',
+    integrity: sa.integrity && INTEGRITY[sa.integrity],
+    esn: sa.esn,
+    inbound: direction(sa.inbound),
+    outbound: direction(sa.outbound),
+    localTs: (sa.localSelectors ?? [sa.local]).map(selector),
+    remoteTs: (sa.remoteSelectors ?? [sa.remote]).map(selector),
     local: { address: sa.local, port: udp ? 4500 : 0 },
     remote: { address: sa.remote, port: udp ? 4500 : 0 },
     udpEncapsulation: udp,
-    initiator: true,
   };
 }

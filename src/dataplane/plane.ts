@@ -11,13 +11,11 @@ import { isIPv4 } from 'node:net';
 import { promisify } from 'node:util';
 import { type AhInbound, type AhOutbound, IPPROTO_AH } from '../esp/ah.ts';
 import { EspError, type EspInbound, type EspOutbound, NEXT_HEADER_NONE } from '../esp/esp.ts';
-import type { Flow } from '../filter/compile.ts';
-import type { IkeBind, IkePort, IkeReceiver } from '../ike/bind.ts';
-import type { ChildSaSink, InstalledChild } from '../ike/dataplane.ts';
-import type { Endpoint } from '../ike/sa.ts';
-import type { TrafficSelector } from '../ike/wire/codec.ts';
 import { readIp, writeIp } from '../io/addr.ts';
-import { IPPROTO_ESP, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
+import { IPPROTO_ESP, openFailure, PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
+import { type IkeBind, type IkePort, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
+import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
+import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { type IpInfo, packetMatches, parseIp } from './ip.ts';
 import { internetChecksum, recomputeTransportChecksum } from '../packet/checksum.ts';
 
@@ -41,16 +39,10 @@ export interface DataPlaneOptions {
   table?: number;
   rulePriority?: number;
   mtu?: number;
-  /** Traffic without an SA: ask the keying service for one (the packets wait in a bounded queue). */
-  onAcquire?(flow: Flow): void;
   /**
    * What the policy says about an outbound packet in the TUN (see Verdict). Default: require.
    */
   classify?(packet: Buffer, ip: IpInfo): Verdict;
-  /** ESP arrived on a child SA (the peer is alive; saves liveness checks). */
-  onActivity?(spiIn: Buffer): void;
-  /** A child SA reached its byte lifetime or ran out of sequence numbers: soft → rekey, hard → delete. */
-  onExpire?(spiIn: Buffer, hard: boolean): void;
   /**
    * Inbound packets refused by the driver checks, for the IPsec Driver audit events (4960
    * integrity, 4961 replay, 4962 older than the window, 4965 unknown SPI): at most one call per
@@ -72,12 +64,36 @@ export interface DataPlaneOptions {
 export type DriverDropId = 4960 | 4961 | 4962 | 4965;
 export const DRIVER_EVENT_INTERVAL_MS = 10_000;
 
+/**
+ * Why the data plane dropped a packet. Sends the kernel refused are counted by errno code (ENETUNREACH,
+ * EPERM …) beside these.
+ */
+export type DropReason =
+  | 'not IP'
+  | 'malformed'
+  | 'unknown SPI'
+  | 'integrity'
+  | 'replay'
+  | 'padding'
+  | 'spi'
+  | 'sequence-exhausted'
+  | 'seal'
+  | 'selector mismatch'
+  | 'not IP in tunnel'
+  | 'queue full'
+  | 'negotiation failed'
+  | 'SA removed'
+  | 'no socket for the other family'
+  | 'send would block'
+  | 'internal error';
+
 export interface DataPlaneStats {
+  /** Packets and octets carried by SAs; octets as the kernel counts them (what ESP protects: the inner packet in tunnel mode, what follows the IP header in transport mode). */
   packetsOut: number;
   packetsIn: number;
   bytesOut: number;
   bytesIn: number;
-  /** Drops by reason: no SA, unknown SPI, integrity, replay, padding, selector mismatch, queue full … */
+  /** Drops by reason (DropReason, or a send's errno code). */
   drops: Record<string, number>;
 }
 
@@ -86,7 +102,6 @@ const BATCH = 64;
 const QUEUE_PER_DESTINATION = 32;
 const SOCKET_BUFFER = 8 * 1024 * 1024;
 const QUEUE_TOTAL = 1024;
-const MARKER = Buffer.alloc(4);
 
 /** Packets of one batch bound for one SA: offsets and lengths in the source buffer, next headers. */
 interface Gather {
@@ -100,18 +115,16 @@ interface Gather {
   seqHi?: Uint32Array;
   idx?: Int32Array;
 }
-const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
+/** An SPI as the eight hex digits logs and views show. */
+const hex8 = (spi: number): string => spi.toString(16).padStart(8, '0');
 
-interface Tracked {
-  entry: SaEntry;
-  softSent: boolean;
-  lastActivity: number;
-}
+const DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
 
 export class UserspaceDataPlane implements ChildSaSink {
   readonly sad = new Sad();
   readonly stats: DataPlaneStats = { packetsOut: 0, packetsIn: 0, bytesOut: 0, bytesIn: 0, drops: {} };
-  private readonly tracked = new Map<number, Tracked>();
+  /** Where acquires, expiries and activity go (the keying service, once it exists: `attach`). */
+  private events: SaEvents = {};
   private readonly routes = new Map<string, number>();
   private readonly queue = new Map<string, Buffer[]>();
   private queued = 0;
@@ -149,8 +162,8 @@ export class UserspaceDataPlane implements ChildSaSink {
   }
 
   /** Traffic counted on the SA whose inbound SPI is `spiIn`, if it is installed here. */
-  counters(spiIn: Buffer): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined {
-    const e = this.sad.inbound(spiIn.readUInt32BE(0));
+  counters(spiIn: number): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined {
+    const e = this.sad.inbound(spiIn);
     return e && { bytesIn: e.in.bytes, bytesOut: e.out.bytes, packetsIn: e.in.packets, packetsOut: e.out.packets };
   }
 
@@ -243,12 +256,17 @@ export class UserspaceDataPlane implements ChildSaSink {
     }
   }
 
+  /** Hands acquires, lifetime expiries and activity to the keying service. */
+  attach(events: SaEvents): void {
+    this.events = events;
+  }
+
   private log(event: string, detail?: Record<string, unknown>): void {
     this.o.log?.(event, detail);
   }
 
-  private drop(reason: string): void {
-    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + 1;
+  private drop(reason: DropReason | string, n = 1): void {
+    this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + n;
   }
 
   /** Per (event, SPI) rate limit of the driver events: when the last one went out, drops since. */
@@ -258,7 +276,7 @@ export class UserspaceDataPlane implements ChildSaSink {
    * An inbound packet refused by a driver check (packet `index` of `batch` came from the peer):
    * counted by `reason`, and reported as an IPsec Driver event at most once per interval.
    */
-  private driverDrop(reason: string, id: DriverDropId, spi: number, batch: PacketBatch, index: number): void {
+  private driverDrop(reason: DropReason, id: DriverDropId, spi: number, batch: PacketBatch, index: number): void {
     this.drop(reason);
     if (!this.o.onDriverDrop) return;
     const key = id * 2 ** 32 + spi;
@@ -316,7 +334,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     return {
       address: this.o.local,
       sendIke: (message, port, to) =>
-        port === 500 ? send(this.udp500, [message], to) : send(this.udp4500, [MARKER, message], to),
+        port === 500 ? send(this.udp500, [message], to) : send(this.udp4500, [NON_ESP_MARKER, message], to),
       sendUdp4500: (packet, to) => send(this.udp4500, [packet], to),
       close: () => {},
     };
@@ -339,7 +357,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       try {
         loop();
       } catch (err) {
-        this.stats.drops['internal error'] = (this.stats.drops['internal error'] ?? 0) + 1;
+        this.drop('internal error');
         this.log('data plane fault', { error: (err as Error).message });
         for (const g of [...this.gathers.values(), ...this.gathersIn.values()]) g.count = 0;
         this.touched.length = 0;
@@ -352,42 +370,40 @@ export class UserspaceDataPlane implements ChildSaSink {
 
   // ---- ChildSaSink -----------------------------------------------------------------------------
 
-  install(sa: InstalledChild): void {
+  install(spec: ChildSaSpec): void {
     let e: SaEntry;
+    const spis = { spiIn: hex8(spec.inbound.spi), spiOut: hex8(spec.outbound.spi) };
     try {
-      e = this.sad.install(sa);
+      e = this.sad.install(spec);
     } catch (err) {
       // An SA this data plane cannot carry (no supported algorithm) is refused here, loudly, not half-installed.
-      this.log('SA not installed', { spiIn: sa.child.spiIn.toString('hex'), reason: (err as Error).message });
+      this.log('SA not installed', { ...spis, reason: (err as Error).message });
       return;
     }
-    this.tracked.set(e.in.spi, { entry: e, softSent: false, lastActivity: 0 });
-    this.maxKb.set(e.in.spi, sa.maxKilobytes ?? 0);
     for (const ts of e.remoteTs) void this.addRoute(ts);
-    this.log('SA installed', {
-      spiIn: sa.child.spiIn.toString('hex'),
-      spiOut: sa.child.spiOut.toString('hex'),
-      mode: e.mode,
-      udp: e.udp,
-    });
+    this.log('SA installed', { ...spis, mode: e.mode, udp: e.udp, outbound: e.outboundActive });
+    if (e.outboundActive) this.flushQueue();
+  }
+
+  activate(spiIn: number): void {
+    if (!this.sad.activate(spiIn)) return;
+    this.log('SA carries outbound traffic', { spiIn: hex8(spiIn) });
     this.flushQueue();
   }
 
-  delete(spiIn: Buffer): void {
+  delete(spiIn: number): void {
     const e = this.sad.remove(spiIn);
     if (!e) return;
-    this.tracked.delete(e.in.spi);
-    this.maxKb.delete(e.in.spi);
     // Packets gathered for it in the read being handled (its IKE message came in the same read)
     // go nowhere: its contexts are closed. Without its gather entry the batch step skips it.
     const pending = (this.gathers.get(e)?.count ?? 0) + (this.gathersIn.get(e)?.count ?? 0);
-    if (pending > 0) this.stats.drops['SA removed'] = (this.stats.drops['SA removed'] ?? 0) + pending;
+    if (pending > 0) this.drop('SA removed', pending);
     this.gathers.delete(e);
     this.gathersIn.delete(e);
     for (const ts of e.remoteTs) void this.removeRoute(ts);
   }
 
-  update(spiIn: Buffer, remote: Endpoint): void {
+  update(spiIn: number, remote: Endpoint): void {
     this.sad.update(spiIn, remote);
   }
 
@@ -492,7 +508,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       g.off[k] = (this.tunIn.offsets[index] as number) + (e.mode === 'tunnel' ? 0 : ip.headerLength);
       g.len[k] = packet.length - (e.mode === 'tunnel' ? 0 : ip.headerLength);
       g.nh[k] = e.mode === 'tunnel' ? (ip.family === 4 ? 4 : 41) : ip.protocol;
-      g.bytes += packet.length;
+      g.bytes += g.len[k] as number;
       return;
     }
     // Tunnel mode carries the whole packet, transport mode what follows its IP header.
@@ -506,12 +522,12 @@ export class UserspaceDataPlane implements ChildSaSink {
         : (e.out as EspOutbound).seal(payload, nh);
     } catch (err) {
       this.drop(err instanceof EspError ? err.reason : 'seal');
-      this.o.onExpire?.(e.child.spiIn, true);
+      this.events.expire?.(e.in.spi, true);
       return;
     }
     this.checkLifetime(e);
     this.stats.packetsOut++;
-    this.stats.bytesOut += packet.length;
+    this.stats.bytesOut += payload.length;
     const batch = e.ah ? this.clearOut : e.udp ? this.udpOut : this.rawOut;
     if (batch.count === batch.capacity) this.flushOut();
     const k = batch.count++;
@@ -545,9 +561,8 @@ export class UserspaceDataPlane implements ChildSaSink {
       try {
         first = (e.out as EspOutbound).reserve(count, g.bytes);
       } catch (err) {
-        const reason = err instanceof EspError ? err.reason : 'seal';
-        this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + count;
-        this.o.onExpire?.(e.child.spiIn, true);
+        this.drop(err instanceof EspError ? err.reason : 'seal', count);
+        this.events.expire?.(e.in.spi, true);
         continue;
       }
       const batch = e.udp ? this.udpOut : this.rawOut;
@@ -688,14 +703,13 @@ export class UserspaceDataPlane implements ChildSaSink {
       try {
         const n = sock.send(batch, batch.count);
         if (n >= batch.count || n === 0) {
-          if (n === 0) this.stats.drops['send would block'] = (this.stats.drops['send would block'] ?? 0) + batch.count;
+          if (n === 0) this.drop('send would block', batch.count);
           return;
         }
         // Partial send: move the rest to the front and go on.
         this.shift(batch, n);
       } catch (err) {
-        const code = (err as { code?: string }).code ?? 'send';
-        this.stats.drops[code] = (this.stats.drops[code] ?? 0) + 1;
+        this.drop((err as { code?: string }).code ?? 'send');
         this.shift(batch, 1); // drop the packet the kernel refused, keep the others
       }
     }
@@ -731,7 +745,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (Date.now() - last < 1000) return;
     this.acquired.set(dst, Date.now());
     this.log('acquire', { src, dst, protocol: ip.protocol });
-    this.o.onAcquire?.({
+    this.events.acquire?.({
       direction: 'Outbound',
       local: src,
       remote: dst,
@@ -765,7 +779,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (!q) return;
     this.queue.delete(dst);
     this.queued -= q.length;
-    this.stats.drops['negotiation failed'] = (this.stats.drops['negotiation failed'] ?? 0) + q.length;
+    this.drop('negotiation failed', q.length);
     this.acquired.delete(dst);
     const first = q[0];
     const ip = first && parseIp(first);
@@ -780,18 +794,29 @@ export class UserspaceDataPlane implements ChildSaSink {
       });
   }
 
+  /** Soft expiry at 90 % of the byte lifetime or near the end of the sequence numbers (reported once). */
   private checkLifetime(e: SaEntry): void {
-    const t = this.tracked.get(e.in.spi);
-    if (!t || t.softSent) return;
+    if (e.softSent) return;
     const kb = (e.out.bytes + e.in.bytes) / 1024;
-    const limit = this.maxKb.get(e.in.spi) ?? 0;
-    if (e.out.remaining < 2 ** 20 || (limit > 0 && kb >= limit * 0.9)) {
-      t.softSent = true;
-      this.o.onExpire?.(e.child.spiIn, false);
+    if (e.out.remaining < 2 ** 20 || (e.maxKilobytes > 0 && kb >= e.maxKilobytes * 0.9)) {
+      e.softSent = true;
+      this.events.expire?.(e.in.spi, false);
     }
   }
 
-  private readonly maxKb = new Map<number, number>();
+  /** Packets of SA `e` were accepted inbound: counted, the peer is alive (reported at most once a second), lifetime checked. */
+  private received(e: SaEntry, packets: number, bytes: number): void {
+    this.stats.packetsIn += packets;
+    this.stats.bytesIn += bytes;
+    const now = Date.now();
+    if (now - e.lastActivity > 1000) {
+      e.lastActivity = now;
+      this.events.activity?.(e.in.spi);
+    }
+    // The first packet on a rekeyed SA shows the peer has it: our traffic may move to it (RFC 7296 §2.8).
+    if (!e.outboundActive) this.activate(e.in.spi);
+    this.checkLifetime(e);
+  }
 
   // ---- inbound -----------------------------------------------------------------------------------
 
@@ -810,12 +835,10 @@ export class UserspaceDataPlane implements ChildSaSink {
           this.rx?.ike(Buffer.from(data), from(), 500);
           continue;
         }
-        if (len === 1 && data[0] === 0xff) continue; // NAT keepalive
-        if (len >= 4 && data.readUInt32BE(0) === 0) {
-          this.rx?.ike(Buffer.from(data.subarray(4)), from(), 4500);
-          continue;
-        }
-        this.inbound(data, this.udpIn, i, 0);
+        const kind = udp4500Kind(data);
+        if (kind === 'ike') this.rx?.ike(Buffer.from(data.subarray(NON_ESP_MARKER.length)), from(), 4500);
+        else if (kind === 'esp') this.inbound(data, this.udpIn, i, 0);
+        else if (kind === 'runt') this.drop('malformed');
       }
       this.openPending();
       this.flushTun();
@@ -920,17 +943,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       this.drop('selector mismatch');
       return;
     }
-    this.stats.packetsIn++;
-    this.stats.bytesIn += inner.length;
-    const t = this.tracked.get(e.in.spi);
-    if (t) {
-      const now = Date.now();
-      if (now - t.lastActivity > 1000) {
-        t.lastActivity = now;
-        this.o.onActivity?.(e.child.spiIn);
-      }
-      this.checkLifetime(e);
-    }
+    this.received(e, 1, payload.length);
     if (this.tunOut.count === this.tunOut.capacity) this.flushTun();
     this.tunOut.set(this.tunOut.count++, inner);
   }
@@ -969,7 +982,6 @@ export class UserspaceDataPlane implements ChildSaSink {
     if (!src || this.touchedIn.length === 0) return;
     let base = 0;
     let w = 0;
-    const failures = ['', 'integrity', 'malformed', 'padding'];
     for (const e of this.touchedIn) {
       const g = this.gathersIn.get(e);
       // Removed meanwhile (counted then): over UDP 4500 the same read may carry the IKE message
@@ -996,19 +1008,23 @@ export class UserspaceDataPlane implements ChildSaSink {
         nhs,
       );
       let accepted = 0;
+      let bytes = 0;
       for (let k = 0; k < count; k++) {
         const len = lens[k] as number;
+        const index = (g.idx as Int32Array)[k] as number;
         if (len < 0) {
-          const reason = failures[-len] ?? 'malformed';
-          if (reason === 'integrity') this.driverDrop(reason, 4960, e.in.spi, src, (g.idx as Int32Array)[k] as number);
+          const reason = openFailure(len);
+          if (reason === 'integrity') this.driverDrop(reason, 4960, e.in.spi, src, index);
           else this.drop(reason);
           continue;
         }
-        if (!(e.in as EspInbound).accept((g.seq as Float64Array)[k] as number, len)) {
-          this.driverDrop('replay', 4961, e.in.spi, src, (g.idx as Int32Array)[k] as number);
+        const seq = (g.seq as Float64Array)[k] as number;
+        if (!(e.in as EspInbound).accept(seq, len)) {
+          // A duplicate inside this batch, or one the window moved past while the batch was opened.
+          this.driverDrop('replay', this.replayId(e, seq % 2 ** 32), e.in.spi, src, index);
           continue;
         }
-        this.followPeer(e, src, (g.idx as Int32Array)[k] as number);
+        this.followPeer(e, src, index);
         const nh = nhs[k] as number;
         if (nh === NEXT_HEADER_NONE) continue;
         let off = offs[k] as number;
@@ -1028,19 +1044,10 @@ export class UserspaceDataPlane implements ChildSaSink {
         this.tunWLen[w] = size;
         w++;
         accepted++;
-        this.stats.bytesIn += len;
+        bytes += len;
       }
-      this.stats.packetsIn += accepted;
       base += count;
-      const t = this.tracked.get(e.in.spi);
-      if (t && accepted > 0) {
-        const now = Date.now();
-        if (now - t.lastActivity > 1000) {
-          t.lastActivity = now;
-          this.o.onActivity?.(e.child.spiIn);
-        }
-        this.checkLifetime(e);
-      }
+      if (accepted > 0) this.received(e, accepted, bytes);
     }
     this.touchedIn.length = 0;
     if (w > 0) this.tun.writeRaw(this.scratch.buf, this.tunWOff, this.tunWLen, w);

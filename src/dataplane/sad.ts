@@ -1,21 +1,17 @@
 /**
  * The security association database of the userspace data plane: inbound SAs by SPI, outbound
  * SAs in a short list searched by traffic selectors (newest first, so a rekeyed SA takes over
- * make-before-break). Negotiated child SAs become ESP contexts here.
+ * make-before-break, once it is active). Child SA specs become ESP/AH contexts here.
  */
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
-import { ESP_INTEG, EspInbound, type EspInteg, EspOutbound } from '../esp/esp.ts';
-import type { InstalledChild } from '../ike/dataplane.ts';
+import { ESP_INTEG, EspInbound, EspOutbound } from '../esp/esp.ts';
 import { type EspBatch, EspCbcBatch, EspGcmBatch } from '../io/native.ts';
-import type { Endpoint } from '../ike/sa.ts';
-import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
-import { transformOf } from '../ike/proposals.ts';
-import type { TrafficSelector } from '../ike/wire/codec.ts';
-import { EncrId, EsnId, IntegId, ProtocolId, TransformType } from '../ike/wire/constants.ts';
+import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { type IpInfo, packetMatches } from './ip.ts';
 
+/** One child SA at run time in the data plane: its contexts, counters' owners, lifetime and activity. */
 export interface SaEntry {
-  child: ChildSa;
+  spec: ChildSaSpec;
   mode: 'tunnel' | 'transport';
   remote: Endpoint;
   udp: boolean;
@@ -27,50 +23,29 @@ export interface SaEntry {
   ah: boolean;
   /** Batched ESP in the addon (same packets as `out`/`in`): AES-GCM, or AES-CBC with HMAC-SHA1/SHA2. */
   native?: { seal: EspBatch; open: EspBatch };
+  /** Outbound traffic may use it (a rekey responder's new SA waits for the initiator's traffic). */
+  outboundActive: boolean;
   installedAt: number;
   /** Installation order: among SAs matching a packet, the newest (highest) protects it. */
   order: number;
+  /** Byte lifetime in KiB (0: none) and whether soft expiry was reported. */
+  maxKilobytes: number;
+  softSent: boolean;
+  /** When activity was last reported up (ms since epoch). */
+  lastActivity: number;
 }
 
-const INTEG: Partial<Record<IntegId, EspInteg>> = {
-  [IntegId.HMAC_SHA1_96]: 'sha1-96',
-  [IntegId.HMAC_SHA2_256_128]: 'sha256-128',
-  [IntegId.HMAC_SHA2_384_192]: 'sha384-192',
-  [IntegId.HMAC_SHA2_512_256]: 'sha512-256',
-};
-
-/** What the TypeScript and the addon contexts of a child SA are both made from: suite and keys by direction. */
-function childSuite(c: ChildSa) {
-  const integ = transformOf(c.proposal, TransformType.INTEG);
-  const k = c.keys;
-  const initiators = { e: k.encrI, a: k.integI };
-  const responders = { e: k.encrR, a: k.integR };
-  return {
-    encr: transformOf(c.proposal, TransformType.ENCR)?.id,
-    integ: integ ? INTEG[integ.id as IntegId] : undefined,
-    esn: transformOf(c.proposal, TransformType.ESN)?.id === EsnId.YES,
-    mine: c.initiator ? initiators : responders,
-    theirs: c.initiator ? responders : initiators,
-  };
-}
-
-/** ESP contexts for both directions of a negotiated child SA. */
-export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
-  const c = sa.child;
-  if (c.proposal.protocol === ProtocolId.AH) throw new RangeError('an AH SA has no ESP contexts');
-  const { encr, integ, esn, mine, theirs } = childSuite(c);
-  const cipher = encr === EncrId.AES_GCM_16 ? 'aes-gcm-16' : encr === EncrId.AES_CBC ? 'aes-cbc' : 'null';
-  if (encr !== EncrId.AES_GCM_16 && !integ) throw new RangeError('child SA without a supported integrity algorithm');
+/** ESP contexts for both directions of a child SA. */
+export function espFor(spec: ChildSaSpec, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
+  const { cipher, integrity: integ, esn } = spec;
+  if (spec.protocol !== 'esp' || !cipher) throw new RangeError('an AH SA has no ESP contexts');
+  if (cipher !== 'aes-gcm-16' && !integ) throw new RangeError('child SA without a supported integrity algorithm');
   const common = { cipher, integ, esn } as const;
+  const o = spec.outbound;
+  const i = spec.inbound;
   return {
-    out: new EspOutbound({ spi: c.spiOut.readUInt32BE(0), ...common, encrKey: mine.e, integKey: mine.a }),
-    in: new EspInbound({
-      spi: c.spiIn.readUInt32BE(0),
-      ...common,
-      encrKey: theirs.e,
-      integKey: theirs.a,
-      replayWindow,
-    }),
+    out: new EspOutbound({ spi: o.spi, ...common, encrKey: o.encrKey, integKey: o.integKey }),
+    in: new EspInbound({ spi: i.spi, ...common, encrKey: i.encrKey, integKey: i.integKey, replayWindow }),
   };
 }
 
@@ -78,20 +53,24 @@ export function espFor(sa: InstalledChild, replayWindow = 1024): { out: EspOutbo
  * The addon's batched contexts for a child SA: AES-GCM-16, or AES-CBC with an HMAC-SHA1/SHA2
  * integrity (undefined for other suites, or an addon without them: the TypeScript path carries it).
  */
-function nativeEsp(sa: InstalledChild): SaEntry['native'] {
-  const { encr, integ, esn, mine, theirs } = childSuite(sa.child);
+function nativeEsp(spec: ChildSaSpec): SaEntry['native'] {
+  const { cipher, integrity, esn, outbound: o, inbound: i } = spec;
   try {
-    if (encr === EncrId.AES_GCM_16) {
+    if (cipher === 'aes-gcm-16') {
       const split = (key: Buffer) => [key.subarray(0, key.length - 4), key.subarray(key.length - 4)] as const;
-      const [ko, so] = split(mine.e);
-      const [ki, si] = split(theirs.e);
-      return { seal: new EspGcmBatch(ko, so, esn, true), open: new EspGcmBatch(ki, si, esn, false) };
-    }
-    if (encr === EncrId.AES_CBC && integ) {
-      const { hash: digest, icv } = ESP_INTEG[integ];
+      const [ko, so] = split(o.encrKey);
+      const [ki, si] = split(i.encrKey);
       return {
-        seal: new EspCbcBatch(mine.e, mine.a, digest, icv, esn, true),
-        open: new EspCbcBatch(theirs.e, theirs.a, digest, icv, esn, false),
+        seal: new EspGcmBatch(ko, so, { esn, direction: 'seal' }),
+        open: new EspGcmBatch(ki, si, { esn, direction: 'open' }),
+      };
+    }
+    if (cipher === 'aes-cbc' && integrity) {
+      const { hash: digest, icv } = ESP_INTEG[integrity];
+      const hmac = { digest, icv, esn };
+      return {
+        seal: new EspCbcBatch(o.encrKey, o.integKey, { ...hmac, direction: 'seal' }),
+        open: new EspCbcBatch(i.encrKey, i.integKey, { ...hmac, direction: 'open' }),
       };
     }
   } catch {
@@ -101,13 +80,12 @@ function nativeEsp(sa: InstalledChild): SaEntry['native'] {
 }
 
 /** AH contexts for both directions of an AH child SA. */
-export function ahFor(sa: InstalledChild, replayWindow = 1024): { out: AhOutbound; in: AhInbound } {
-  const c = sa.child;
-  const { integ, esn, mine, theirs } = childSuite(c);
+export function ahFor(spec: ChildSaSpec, replayWindow = 1024): { out: AhOutbound; in: AhInbound } {
+  const { integrity: integ, esn } = spec;
   if (!integ) throw new RangeError('AH SA without a supported integrity algorithm');
   return {
-    out: new AhOutbound({ spi: c.spiOut.readUInt32BE(0), integ, key: mine.a, esn }),
-    in: new AhInbound({ spi: c.spiIn.readUInt32BE(0), integ, key: theirs.a, esn, replayWindow }),
+    out: new AhOutbound({ spi: spec.outbound.spi, integ, key: spec.outbound.integKey, esn }),
+    in: new AhInbound({ spi: spec.inbound.spi, integ, key: spec.inbound.integKey, esn, replayWindow }),
   };
 }
 
@@ -126,23 +104,28 @@ export class Sad {
   private ranged: SaEntry[] = [];
   private installed = 0;
 
-  install(sa: InstalledChild): SaEntry {
-    const ah = sa.child.proposal.protocol === ProtocolId.AH;
-    const esp = ah ? ahFor(sa) : espFor(sa);
-    const native = ah ? undefined : nativeEsp(sa);
+  install(spec: ChildSaSpec): SaEntry {
+    const ah = spec.protocol === 'ah';
+    if (this.bySpi.has(spec.inbound.spi)) throw new RangeError(`inbound SPI ${spec.inbound.spi} is in use`);
+    const esp = ah ? ahFor(spec) : espFor(spec);
+    const native = ah ? undefined : nativeEsp(spec);
     const e: SaEntry = {
-      child: sa.child,
-      mode: sa.child.mode,
-      remote: { ...sa.remote },
-      udp: sa.udpEncapsulation,
-      localTs: localTs(sa.child),
-      remoteTs: remoteTs(sa.child),
+      spec,
+      mode: spec.mode,
+      remote: { ...spec.remote },
+      udp: spec.udpEncapsulation,
+      localTs: spec.localTs,
+      remoteTs: spec.remoteTs,
       out: esp.out,
       in: esp.in,
       ah,
       native,
+      outboundActive: spec.outboundActive ?? true,
       installedAt: Date.now(),
       order: ++this.installed,
+      maxKilobytes: spec.maxKilobytes ?? 0,
+      softSent: false,
+      lastActivity: 0,
     };
     this.bySpi.set(esp.in.spi, e);
     const hosts = Sad.remoteHosts(e);
@@ -161,8 +144,7 @@ export class Sad {
     return keys.length > 0 ? keys : undefined;
   }
 
-  remove(spiIn: Buffer): SaEntry | undefined {
-    const spi = spiIn.readUInt32BE(0);
+  remove(spi: number): SaEntry | undefined {
     const e = this.bySpi.get(spi);
     if (!e) return undefined;
     this.bySpi.delete(spi);
@@ -179,9 +161,20 @@ export class Sad {
     return e;
   }
 
-  update(spiIn: Buffer, remote: Endpoint): void {
-    const e = this.bySpi.get(spiIn.readUInt32BE(0));
+  update(spi: number, remote: Endpoint): void {
+    const e = this.bySpi.get(spi);
     if (e) e.remote = { ...remote };
+  }
+
+  /**
+   * Outbound traffic may use the SA with inbound SPI `spi` (installed inactive): the peer has it too.
+   * True when this changed something.
+   */
+  activate(spi: number): boolean {
+    const e = this.bySpi.get(spi);
+    if (!e || e.outboundActive) return false;
+    e.outboundActive = true;
+    return true;
   }
 
   inbound(spi: number): SaEntry | undefined {
@@ -196,13 +189,13 @@ export class Sad {
     const forHost = this.byRemoteHost.get(hostKey(packet, ip.dst, ip.family));
     if (forHost)
       for (const e of forHost)
-        if (packetMatches(packet, ip, e.localTs, e.remoteTs)) {
+        if (e.outboundActive && packetMatches(packet, ip, e.localTs, e.remoteTs)) {
           found = e;
           break;
         }
     for (const e of this.ranged) {
       if (found && e.order < found.order) break;
-      if (packetMatches(packet, ip, e.localTs, e.remoteTs)) {
+      if (e.outboundActive && packetMatches(packet, ip, e.localTs, e.remoteTs)) {
         found = e;
         break;
       }

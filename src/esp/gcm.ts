@@ -1,6 +1,6 @@
 /**
  * ESP with AES-GCM-16 (RFC 4303, RFC 4106): seal and open one packet. Pure functions over
- * buffers; the data plane (issue 6) wraps them with the SAD, anti-replay and batching.
+ * buffers, kept as an independent cross-check of esp.ts and the addon's batched sealer.
  */
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { ConsecError } from '../errors.ts';

@@ -1,38 +1,18 @@
 /**
- * The IKE socket pair behind a small interface (as wireguard-go's `conn.Bind`): UDP 500 and 4500
- * on one address. On 4500 IKE messages carry the four-octet non-ESP marker (RFC 3948 §2.2),
- * anything else is ESP-in-UDP for the data plane, and a single 0xff octet is a NAT keepalive.
- * Tests use `MemoryBind` to run two keying services without sockets.
+ * The IKE socket pair of a keying service without a data plane sharing it (src/sa/bind.ts has the
+ * interface and the RFC 3948 demultiplexing): node:dgram UDP 500 and 4500 on one address, and an
+ * in-memory network so tests run two keying services without sockets.
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
-import type { Endpoint } from './sa.ts';
+import { type IkeBind, type IkePort, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
+import type { Endpoint } from '../sa/spec.ts';
 
-export type IkePort = 500 | 4500;
-
-export interface IkeReceiver {
-  /** An IKE message (marker removed) that arrived on `port` from `from`. */
-  ike(message: Buffer, from: Endpoint, port: IkePort): void;
-  /** An ESP-in-UDP packet that arrived on 4500. */
-  esp?(packet: Buffer, from: Endpoint): void;
-}
-
-export interface IkeBind {
-  readonly address: string;
-  /** Sends an IKE message from our `port`; on 4500 the non-ESP marker is added here. */
-  sendIke(message: Buffer, port: IkePort, to: Endpoint): void;
-  /** Sends an ESP-in-UDP packet (or a NAT keepalive: one 0xff octet) from 4500. */
-  sendUdp4500(packet: Buffer, to: Endpoint): void;
-  close(): void;
-}
-
-const MARKER = Buffer.alloc(4);
-
-/** Splits a datagram that arrived on 4500 into IKE, ESP or keepalive. */
+/** Splits a datagram that arrived on 4500 into IKE, ESP or keepalive (RFC 3948 §2). */
 export function demux4500(data: Buffer, from: Endpoint, rx: IkeReceiver): void {
-  if (data.length === 1 && data[0] === 0xff) return; // NAT keepalive
-  if (data.length >= 4 && data.readUInt32BE(0) === 0) rx.ike(data.subarray(4), from, 4500);
-  else if (data.length >= 8) rx.esp?.(data, from);
+  const kind = udp4500Kind(data);
+  if (kind === 'ike') rx.ike(data.subarray(NON_ESP_MARKER.length), from, 4500);
+  else if (kind === 'esp') rx.esp?.(data, from);
 }
 
 export class UdpBind implements IkeBind {
@@ -70,7 +50,7 @@ export class UdpBind implements IkeBind {
 
   sendIke(message: Buffer, port: IkePort, to: Endpoint): void {
     if (port === 500) this.s500.send(message, to.port, to.address);
-    else this.s4500.send([MARKER, message], to.port, to.address);
+    else this.s4500.send([NON_ESP_MARKER, message], to.port, to.address);
   }
 
   sendUdp4500(packet: Buffer, to: Endpoint): void {
@@ -113,7 +93,7 @@ export class MemoryNetwork {
     };
     return {
       address,
-      sendIke: (m, port, to) => deliver(port === 4500 ? Buffer.concat([MARKER, m]) : m, port, to),
+      sendIke: (m, port, to) => deliver(port === 4500 ? Buffer.concat([NON_ESP_MARKER, m]) : m, port, to),
       sendUdp4500: (p, to) => deliver(p, 4500, to),
       close: () => {
         this.binds.delete(address);

@@ -4,9 +4,9 @@
  * keeps running (rekeys, liveness, peer requests) until `delete()` or `close()`.
  */
 import type { AuditSink } from '../audit/events.ts';
-import type { IkeBind, IkeReceiver } from './bind.ts';
+import type { IkeBind, IkeReceiver } from '../sa/bind.ts';
 import type { NegotiationParameters } from './config.ts';
-import type { ChildSaSink } from './dataplane.ts';
+import type { ChildSaSink } from '../sa/sink.ts';
 import { IkeManager } from './manager.ts';
 import type { IkeSa } from './sa.ts';
 import type { IkeSession, Timing } from './session.ts';

@@ -4,10 +4,12 @@
  * for it (like SSLKEYLOGFILE), to a file of mode 0600; never logged.
  */
 import { appendFileSync, mkdirSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
 import { join } from 'node:path';
 import type { IkeSa } from './sa.ts';
 import type { ChildSa } from './tasks/child-create.ts';
+import { childSpec } from './child-spec.ts';
+import type { ChildSaSpec } from '../sa/spec.ts';
+import { espSaRows } from '../sa/wireshark.ts';
 import { EncrId, IntegId, TransformType } from './wire/constants.ts';
 
 const q = (s: string): string => `"${s}"`;
@@ -18,13 +20,6 @@ const IKE_INTEG: Partial<Record<IntegId, string>> = {
   [IntegId.HMAC_SHA2_384_192]: 'HMAC_SHA2_384_192 [RFC4868]',
   [IntegId.HMAC_SHA2_512_256]: 'HMAC_SHA2_512_256 [RFC4868]',
 };
-const ESP_AUTH: Partial<Record<IntegId, string>> = {
-  [IntegId.HMAC_SHA1_96]: 'HMAC-SHA-1-96 [RFC2404]',
-  [IntegId.HMAC_SHA2_256_128]: 'HMAC-SHA-256-128 [RFC4868]',
-  [IntegId.HMAC_SHA2_384_192]: 'HMAC-SHA-384-192 [RFC4868]',
-  [IntegId.HMAC_SHA2_512_256]: 'HMAC-SHA-512-256 [RFC4868]',
-};
-
 /** One ikev2_decryption_table row: SPIi, SPIr, SK_ei, SK_er, cipher, SK_ai, SK_ar, integrity. */
 export function ikeDecryptionRow(sa: IkeSa): string {
   const k = sa.keys;
@@ -49,61 +44,15 @@ export function ikeDecryptionRow(sa: IkeSa): string {
   ].join(',');
 }
 
-/** The two esp_sa rows of a child SA (initiator → responder, then back). */
-export function espSaRows(child: ChildSa, initiator: string, responder: string, weAreInitiator: boolean): string[] {
-  const encr = child.proposal.transforms.find((t) => t.type === TransformType.ENCR);
-  const integ = child.proposal.transforms.find((t) => t.type === TransformType.INTEG);
-  const cipher =
-    encr?.id === EncrId.AES_GCM_16
-      ? 'AES-GCM with 16 octet ICV [RFC4106]'
-      : encr?.id === EncrId.NULL
-        ? 'NULL'
-        : 'AES-CBC [RFC3602]';
-  const auth = integ ? (ESP_AUTH[integ.id as IntegId] ?? 'NULL') : 'NULL';
-  const family = isIPv4(initiator) ? 'IPv4' : 'IPv6';
-  // The SPI of a direction is chosen by its receiver.
-  const spiItoR = weAreInitiator ? child.spiOut : child.spiIn;
-  const spiRtoI = weAreInitiator ? child.spiIn : child.spiOut;
-  const row = (src: string, dst: string, spi: Buffer, key: Buffer, ikey: Buffer) =>
-    [
-      q(family),
-      q(src),
-      q(dst),
-      q(`0x${spi.toString('hex')}`),
-      q(cipher),
-      q(`0x${key.toString('hex')}`),
-      q(auth),
-      q(ikey.length ? `0x${ikey.toString('hex')}` : ''),
-    ].join(',');
-  return [
-    row(initiator, responder, spiItoR, child.keys.encrI, child.keys.integI),
-    row(responder, initiator, spiRtoI, child.keys.encrR, child.keys.integR),
-  ];
-}
-
 /** Appends the rows to `dir`/ikev2_decryption_table and `dir`/esp_sa (Wireshark's UAT file names). */
-export function writeWiresharkKeys(
-  dir: string,
-  sa: IkeSa,
-  child: ChildSa | undefined,
-  initiator: string,
-  responder: string,
-): void {
+export function writeWiresharkKeys(dir: string, sa: IkeSa, child: ChildSa | undefined): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   appendFileSync(join(dir, 'ikev2_decryption_table'), `${ikeDecryptionRow(sa)}\n`, { mode: 0o600 });
-  if (child)
-    appendFileSync(
-      join(dir, 'esp_sa'),
-      `${espSaRows(child, initiator, responder, sa.role === 'initiator').join('\n')}\n`,
-      { mode: 0o600 },
-    );
+  if (child) appendEspKeys(dir, childSpec(child, { local: sa.local, remote: sa.remote, udpEncapsulation: sa.floated }));
 }
 
-/** Appends the esp_sa rows of a child SA between `local` (us) and `remote` (the data plane's view). */
-export function appendEspKeys(dir: string, child: ChildSa, local: string, remote: string): void {
+/** Appends the esp_sa rows of a child SA. */
+export function appendEspKeys(dir: string, spec: ChildSaSpec): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const [initiator, responder] = child.initiator ? [local, remote] : [remote, local];
-  appendFileSync(join(dir, 'esp_sa'), `${espSaRows(child, initiator, responder, child.initiator).join('\n')}\n`, {
-    mode: 0o600,
-  });
+  appendFileSync(join(dir, 'esp_sa'), `${espSaRows(spec).join('\n')}\n`, { mode: 0o600 });
 }

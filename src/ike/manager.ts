@@ -7,8 +7,9 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { kept } from '../io/kept.ts';
 import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
-import { type IkeBind, type IkePort, type IkeReceiver, UdpBind } from './bind.ts';
-import { type ChildSaSink, NO_DATAPLANE } from './dataplane.ts';
+import type { IkeBind, IkePort, IkeReceiver } from '../sa/bind.ts';
+import { UdpBind } from './bind.ts';
+import { type ChildSaSink, NO_DATAPLANE } from '../sa/sink.ts';
 import { KeyExchange } from './crypto/ke.ts';
 import { IkeError, notifyName } from './errors.ts';
 import { selectProposal, transformOf } from './proposals.ts';
@@ -78,6 +79,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private readonly initKeyOf = new WeakMap<IkeSession, string>();
   /** Inbound child SA SPIs in use at this address (every IKE SA here takes its children's from it). */
   private readonly spis = new SpiRegistry();
+  /** Which session holds each child SA, by inbound SPI (the data plane's events name SPIs). */
+  private readonly childIndex = new Map<number, IkeSession>();
   /** Sessions by the peer's authenticated identity, for INITIAL_CONTACT (no scan of every SA). */
   private readonly byPeerId = new Map<string, Set<IkeSession>>();
   /** How many IKE SAs (any state) each peer address has here: INITIAL_CONTACT only with none besides. */
@@ -263,26 +266,28 @@ export class IkeManager implements SessionHost, IkeReceiver {
     return [...this.bySpi.values()];
   }
 
+  /** A child SA's inbound SPI now belongs to session `s` (installed, or moved by an IKE rekey); undefined: gone. */
+  childMoved(spiIn: number, s: IkeSession | undefined): void {
+    if (s) this.childIndex.set(spiIn, s);
+    else this.childIndex.delete(spiIn);
+  }
+
   /** The data plane saw ESP on this inbound SPI: the peer is alive (no liveness check needed). */
-  noteEsp(spiIn: Buffer): void {
-    const k = hex(spiIn);
-    for (const s of this.bySpi.values()) if (s.children.has(k)) s.noteInbound();
+  noteEsp(spiIn: number): void {
+    this.childIndex.get(spiIn)?.noteInbound();
   }
 
   /**
    * The data plane reached a child SA's byte or packet lifetime (or its sequence numbers run out):
    * soft → rekey it now, hard → delete it (RFC 4301 §4.4.2.1).
    */
-  expire(spiIn: Buffer, hard: boolean): void {
-    const k = hex(spiIn);
-    for (const s of this.bySpi.values()) {
-      const e = s.children.get(k);
-      if (!e) continue;
-      if (hard) void deleteChild(s, e, 'lifetime expired (data plane)').catch(() => {});
-      else if (e.state === 'installed' && s.state === 'established')
-        void rekeyChild(s, e).catch((err: Error) => s.log('child rekey failed', { reason: err.message }));
-      return;
-    }
+  expire(spiIn: number, hard: boolean): void {
+    const s = this.childIndex.get(spiIn);
+    const e = s?.children.get(spiIn);
+    if (!s || !e) return;
+    if (hard) void deleteChild(s, e, 'lifetime expired (data plane)').catch(() => {});
+    else if (e.state === 'installed' && s.state === 'established')
+      void rekeyChild(s, e).catch((err: Error) => s.log('child rekey failed', { reason: err.message }));
   }
 
   /** Sends an ESP-in-UDP datagram from our 4500 socket. */

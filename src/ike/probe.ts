@@ -1,7 +1,7 @@
 /**
  * A liveness probe through a freshly negotiated tunnel-mode child SA (AES-GCM): ICMP echo
  * requests sealed as ESP-in-UDP, replies opened with the inbound keys. Used by
- * `consec ike initiate --ping` and the interop tests until the data plane (issue 6) takes over.
+ * `consec ike initiate --ping` and the interop tests that run without the data plane.
  */
 import { isIPv4 } from 'node:net';
 import { gcmSa, openGcm, sealGcm } from '../esp/gcm.ts';

@@ -1,5 +1,6 @@
 /** One IKE SA: identities, nonces, negotiated suite and keys, message counters. */
 import type { SpiRegistry } from './spi.ts';
+import type { Endpoint } from '../sa/spec.ts';
 import { randomBytes } from 'node:crypto';
 import { kept } from '../io/kept.ts';
 import { ENCRS, INTEGS, PRFS } from './crypto/algorithms.ts';
@@ -12,10 +13,7 @@ import { transformOf } from './proposals.ts';
 import { IkeError } from './errors.ts';
 import { NotifyType } from './wire/constants.ts';
 
-export interface Endpoint {
-  address: string;
-  port: number;
-}
+export type { Endpoint } from '../sa/spec.ts';
 
 export class IkeSa {
   spiI: Buffer;

@@ -8,8 +8,9 @@
 import { createHash } from 'node:crypto';
 import { kept } from '../io/kept.ts';
 import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type QuickModeInfo } from '../audit/events.ts';
-import type { IkeBind, IkePort } from './bind.ts';
-import type { ChildSaSink } from './dataplane.ts';
+import type { IkeBind, IkePort } from '../sa/bind.ts';
+import type { ChildSaSink } from '../sa/sink.ts';
+import { childSpec } from './child-spec.ts';
 import { cipherName, dhOf, integrityName, selectorsText } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
@@ -84,6 +85,8 @@ export interface SessionHost {
   changed(s: IkeSession, from: SessionState): void;
   /** A child SA was installed (IKE_AUTH, CREATE_CHILD_SA or rekey). */
   childUp?(s: IkeSession, child: ChildSa): void;
+  /** A child SA (by inbound SPI) now belongs to `s`, or is gone (undefined). */
+  childMoved?(spiIn: number, s: IkeSession | undefined): void;
   /** An invalid (unauthentic) message from the peer, for the 4976/4977 audit events. */
   invalidPacket?(remote: string, exchange: number, reason: string): void;
   /** The debug trace of a protected message's payloads, before encryption or after decryption. */
@@ -113,12 +116,14 @@ export interface ChildEntry {
 }
 
 const hex = (b: Buffer) => b.toString('hex');
+const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
 export class IkeSession {
   state: SessionState;
-  readonly children = new Map<string, ChildEntry>();
+  /** Child SAs by inbound SPI. */
+  readonly children = new Map<number, ChildEntry>();
   lifetimes: Lifetimes;
   /** Who the peer proved to be, once IKE_AUTH is done. */
   peerId?: Identity;
@@ -396,7 +401,7 @@ export class IkeSession {
         to: `${from.address}:${from.port}`,
       });
       sa.remote = { ...from };
-      for (const e of this.children.values()) this.host.dataplane.update?.(e.child.spiIn, sa.remote);
+      for (const e of this.children.values()) this.host.dataplane.update?.(spiNumber(e.child.spiIn), sa.remote);
     }
     let out: Payload[];
     let after: (() => void) | undefined;
@@ -511,15 +516,16 @@ export class IkeSession {
       expireAt: now + l.childExpireMs,
       timers: [],
     };
-    this.children.set(hex(child.spiIn), entry);
-    this.host.dataplane.install({
-      child,
-      local: this.sa.local,
-      remote: this.sa.remote,
-      udpEncapsulation: this.sa.floated,
-      initiator: child.initiator,
-      maxKilobytes: this.lifetimes.childKilobytes,
-    });
+    this.children.set(spiNumber(child.spiIn), entry);
+    this.host.childMoved?.(spiNumber(child.spiIn), this);
+    this.host.dataplane.install(
+      childSpec(child, {
+        local: this.sa.local,
+        remote: this.sa.remote,
+        udpEncapsulation: this.sa.floated,
+        maxKilobytes: this.lifetimes.childKilobytes,
+      }),
+    );
     this.armChild(entry);
     this.host.audit.emit({
       id: 5451,
@@ -545,7 +551,7 @@ export class IkeSession {
     );
     const expire = setTimeout(
       () => {
-        if (this.children.has(hex(entry.child.spiIn)))
+        if (this.children.has(spiNumber(entry.child.spiIn)))
           deleteChild(this, entry, 'lifetime expired').catch(() => this.removeChild(entry, 'lifetime expired'));
       },
       Math.max(0, entry.expireAt - now),
@@ -557,11 +563,12 @@ export class IkeSession {
 
   /** Removes a child SA locally (after a Delete exchange, a rekey, or expiry): data plane, audit 5452. */
   removeChild(entry: ChildEntry, reason: string): void {
-    const key = hex(entry.child.spiIn);
+    const key = spiNumber(entry.child.spiIn);
     if (!this.children.has(key)) return;
     this.children.delete(key);
+    this.host.childMoved?.(key, undefined);
     for (const t of entry.timers) clearTimeout(t);
-    this.host.dataplane.delete(entry.child.spiIn);
+    this.host.dataplane.delete(spiNumber(entry.child.spiIn));
     this.sa.spis?.release(entry.child.spiIn);
     const q = this.quickModeInfo(entry.child);
     this.host.audit.emit({
@@ -579,7 +586,7 @@ export class IkeSession {
       },
       reason,
     });
-    this.log('child SA removed', { spiIn: key, reason });
+    this.log('child SA removed', { spiIn: hex(entry.child.spiIn), reason });
   }
 
   /** Finds a child by the SPI the peer receives on (our outbound SPI), as Delete and REKEY_SA name it. */

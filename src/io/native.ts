@@ -441,11 +441,29 @@ export class EspBatch {
   }
 }
 
+/** What a batched ESP context does: seal outbound packets or open inbound ones. */
+export interface EspBatchOptions {
+  direction: 'seal' | 'open';
+  /** Extended (64-bit) sequence numbers (RFC 4303 §2.2.1). */
+  esn: boolean;
+}
+
+/**
+ * Why the addon refused a packet: `open` puts the negated code in the packet's length slot (the
+ * values of native/esp_args.h's OpenFailure).
+ */
+export const ESP_OPEN_FAILURE = { 1: 'integrity', 2: 'malformed', 3: 'padding' } as const;
+export type EspOpenFailure = (typeof ESP_OPEN_FAILURE)[keyof typeof ESP_OPEN_FAILURE];
+
+/** The reason behind a negative `open` length (anything unknown is 'malformed'). */
+export const openFailure = (length: number): EspOpenFailure =>
+  ESP_OPEN_FAILURE[-length as keyof typeof ESP_OPEN_FAILURE] ?? 'malformed';
+
 /** ESP AES-GCM-16 (RFC 4106), byte-identical to `src/esp/esp.ts`'s (IV = sequence number). */
 export class EspGcmBatch extends EspBatch {
-  constructor(key: Buffer, salt: Buffer, esn: boolean, encrypt: boolean) {
+  constructor(key: Buffer, salt: Buffer, o: EspBatchOptions) {
     const A = native().EspGcm;
-    super(new A(key, salt, esn, encrypt));
+    super(new A(key, salt, o.esn, o.direction === 'seal'));
   }
 }
 
@@ -454,13 +472,10 @@ export class EspCbcBatch extends EspBatch {
   constructor(
     encKey: Buffer,
     integKey: Buffer,
-    digest: 'sha1' | 'sha256' | 'sha384' | 'sha512',
-    icvLength: number,
-    esn: boolean,
-    encrypt: boolean,
+    o: EspBatchOptions & { digest: 'sha1' | 'sha256' | 'sha384' | 'sha512'; icv: number },
   ) {
     const A = native().EspCbc;
-    super(new A(encKey, integKey, digest, icvLength, esn, encrypt));
+    super(new A(encKey, integKey, o.digest, o.icv, o.esn, o.direction === 'seal'));
   }
 }
 

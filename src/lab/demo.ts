@@ -105,7 +105,6 @@ export async function runDemo(options: DemoOptions = {}): Promise<number> {
         ? `   only IKE and ESP crossed the wire (${esp} ESP packets): no cleartext.`
         : `   CLEARTEXT SEEN: ${clear.join(', ')}`,
     );
-    out('   Still to come: kernel-ESP peers for transport-mode interop (issue 9); statistics and metrics (issue 7).');
     return neg.code === 0 && clear.length === 0 && esp >= 6 ? 0 : 1;
   } finally {
     await daemon?.stop('SIGTERM', 5000);

@@ -37,7 +37,7 @@ export async function rekeyChild(s: IkeSession, entry: ChildEntry): Promise<void
       if (n === NotifyType.INVALID_KE_PAYLOAD && attempt === 0 && entry.state === 'rekeying') continue;
       entry.ourRekey = undefined;
       entry.peerRekey = undefined;
-      if (!s.children.has(old.spiIn.toString('hex'))) throw err; // deleted meanwhile
+      if (!s.children.has(old.spiIn.readUInt32BE(0))) throw err; // deleted meanwhile
       if (n === NotifyType.CHILD_SA_NOT_FOUND) s.removeChild(entry, 'unknown to the peer');
       else if (entry.state === 'rekeying') {
         entry.state = 'installed';
@@ -70,7 +70,7 @@ export async function rekeyChild(s: IkeSession, entry: ChildEntry): Promise<void
     s.log('child rekey collision won', { spiIn: fresh.spiIn.toString('hex') });
   }
   entry.state = 'rekeyed';
-  if (s.children.has(old.spiIn.toString('hex'))) await deleteChild(s, entry, 'rekeyed');
+  if (s.children.has(old.spiIn.readUInt32BE(0))) await deleteChild(s, entry, 'rekeyed');
 }
 
 /**

@@ -41,6 +41,7 @@ function handOver(from: IkeSession, to: IkeSession): void {
   for (const [k, e] of from.children) {
     from.children.delete(k);
     to.children.set(k, e);
+    to.host.childMoved?.(k, to);
     to.armChild(e);
   }
   from.successor = to;

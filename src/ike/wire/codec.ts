@@ -6,6 +6,7 @@
  * layer opens them and decodes their inner chain with decodePayloadChain.
  */
 import { ConsecError } from '../../errors.ts';
+import type { TrafficSelector } from '../../sa/spec.ts';
 import {
   ATTR_KEY_LENGTH,
   Flags,
@@ -51,14 +52,8 @@ export interface Proposal {
   transforms: Transform[];
 }
 
-export interface TrafficSelector {
-  type: number;
-  ipProtocol: number;
-  startPort: number;
-  endPort: number;
-  start: Buffer;
-  end: Buffer;
-}
+/** A traffic selector (RFC 7296 §3.13.1): the neutral type every keying module and data plane share. */
+export type { TrafficSelector } from '../../sa/spec.ts';
 
 /** Encrypted payload: `innerType` is the type of the first payload inside. */
 export interface SkPayload {
