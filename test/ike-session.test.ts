@@ -74,13 +74,15 @@ class SadRecorder implements ChildSaSink {
   }
 }
 
-function config(local: string, remote: string, lifetimes: Partial<Lifetimes>, pfs = false): PeerConfig {
+const qmAh = [qmProposal({ Encapsulation: ['AH'], AHHash: 'SHA256' })];
+
+function config(local: string, remote: string, lifetimes: Partial<Lifetimes>, pfs = false, ah = false): PeerConfig {
   // From the IKE initiator's view (alice): TSi hers, TSr bob's; bob's config is the mirror image.
   const initiatorSide = local === A;
   return {
     name: 'mem',
     ikeProposals: ikeProposals(mm).proposals,
-    espProposals: (spi) => espProposals(qm, spi, pfs ? 19 : undefined).proposals,
+    espProposals: (spi) => espProposals(ah ? qmAh : qm, spi, pfs ? 19 : undefined).proposals,
     credentials: { method: 'psk', psk: Buffer.from('memory-psk') },
     localId: { type: IdType.IPV4_ADDR, data: ip(local) },
     remoteId: { type: IdType.IPV4_ADDR, data: ip(remote) },
@@ -104,7 +106,14 @@ afterEach(() => {
 });
 
 async function pair(
-  o: { a?: Partial<Lifetimes>; b?: Partial<Lifetimes>; dpdMs?: number; pfs?: boolean; net?: MemoryNetwork } = {},
+  o: {
+    a?: Partial<Lifetimes>;
+    b?: Partial<Lifetimes>;
+    dpdMs?: number;
+    pfs?: boolean;
+    ah?: boolean;
+    net?: MemoryNetwork;
+  } = {},
 ) {
   const net = o.net ?? new MemoryNetwork();
   const side = (local: string, remote: string, lifetimes: Partial<Lifetimes>): Side => {
@@ -114,7 +123,7 @@ async function pair(
     const m = new IkeManager({
       log: (e) => events.push(e),
       address: local,
-      peerFor: (a) => (a === remote ? config(local, remote, lifetimes, o.pfs) : undefined),
+      peerFor: (a) => (a === remote ? config(local, remote, lifetimes, o.pfs, o.ah) : undefined),
       dataplane: sad,
       audit,
       timing: { retransmits: [40, 80, 160, 320, 640], dpdMs: o.dpdMs ?? 0 },
@@ -125,7 +134,7 @@ async function pair(
   };
   const a = side(A, B, o.a ?? HOUR);
   const b = side(B, A, o.b ?? HOUR);
-  const { session } = await a.m.initiate({ remote: B, peer: config(A, B, o.a ?? HOUR, o.pfs) });
+  const { session } = await a.m.initiate({ remote: B, peer: config(A, B, o.a ?? HOUR, o.pfs, o.ah) });
   return { net, a, b, session };
 }
 
@@ -145,6 +154,36 @@ function assertMirrored(a: SadRecorder, b: SadRecorder, count: number): void {
     assert.deepEqual(s.inbound.encrKey, peer.outbound.encrKey);
   }
 }
+
+/**
+ * Waits until both sides are quiet and agree: one established IKE SA each (the same SPIs), no task
+ * running or queued, every child installed (none rekeying, rekeyed or deleting), the SADs mirrored
+ * and every SA in them usable for outbound traffic.
+ */
+async function quiet(a: Side, b: Side, ms = 8000): Promise<void> {
+  const settled = (x: Side) => {
+    const all = x.m.sessions();
+    const s = all[0];
+    return (
+      all.length === 1 &&
+      s?.state === 'established' &&
+      s.idle &&
+      [...s.children.values()].every((e) => e.state.kind === 'installed') &&
+      x.sad.active.size === x.sad.installed.size &&
+      s.children.size === x.sad.installed.size
+    );
+  };
+  await until(() => settled(a) && settled(b) && a.sad.installed.size === b.sad.installed.size, ms);
+  const [sa, sb] = [only(a.m), only(b.m)];
+  assert.deepEqual([sa.sa.spiI, sa.sa.spiR], [sb.sa.spiI, sb.sa.spiR]);
+  assertMirrored(a.sad, b.sad, a.sad.installed.size);
+}
+
+const firstChild = (s: IkeSession) => {
+  const e = [...s.children.values()][0];
+  assert.ok(e, 'the IKE SA has a child');
+  return e;
+};
 
 const only = (m: IkeManager): IkeSession => {
   const all = m.sessions();
@@ -216,8 +255,7 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
       const eb = [...sb.children.values()][0];
       assert.ok(ea && eb);
       await Promise.allSettled([rekeyChild(sa, ea), rekeyChild(sb, eb)]);
-      await until(() => a.sad.installed.size === 1 && b.sad.installed.size === 1);
-      await wait(50);
+      await quiet(a, b);
       assertMirrored(a.sad, b.sad, 1);
       assert.equal(sa.children.size, 1);
       assert.equal(sb.children.size, 1);
@@ -278,11 +316,12 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
 
   it('a live but idle peer answers liveness checks and keeps its SA', async () => {
     const { net, a, b } = await pair({ dpdMs: 60 });
-    await wait(400);
+    const informational = () =>
+      net.sent.filter((d) => d.data.length > 17 && d.data[18] === ExchangeType.INFORMATIONAL).length;
+    // Several liveness checks and their answers (requests and responses both count).
+    await until(() => informational() >= 6);
     assert.equal(a.m.sessions().length, 1);
     assert.equal(b.m.sessions().length, 1);
-    const informational = net.sent.filter((d) => d.data.length > 17 && d.data[18] === ExchangeType.INFORMATIONAL);
-    assert.ok(informational.length >= 2, 'liveness checks were sent');
   });
 
   it('establishes and rekeys through 30 % random loss', async () => {
@@ -367,6 +406,108 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
     const second = [...a.sad.installed.keys()][0] as number;
     assert.notEqual(second, first);
     a.m.expire(second, true);
+    await until(() => a.sad.installed.size === 0 && b.sad.installed.size === 0);
+  });
+
+  it('a child rekey and an IKE rekey queued together run in either order; both SADs agree afterwards', async () => {
+    for (const first of ['child', 'ike'] as const) {
+      const { a, b, session } = await pair();
+      await until(() => b.sad.installed.size === 1);
+      const entry = [...session.children.values()][0];
+      assert.ok(entry);
+      const before = a.sad.pairs();
+      // Both on alice's queue at once: the second waits for the first (window of one); a child
+      // rekey queued behind the IKE rekey moves to the new IKE SA and runs there.
+      const jobs =
+        first === 'child'
+          ? [rekeyChild(session, entry), rekeyIke(session)]
+          : [rekeyIke(session), rekeyChild(session, entry)];
+      await Promise.all(jobs);
+      await quiet(a, b);
+      assert.equal(session.state, 'dead', 'the old IKE SA is gone');
+      assert.notDeepEqual(a.sad.pairs(), before, 'the child was rekeyed');
+      assert.equal(a.sad.installed.size, 1, 'the old child is deleted, not kept');
+      for (const m of open.splice(0)) m.close();
+    }
+  });
+
+  it('rekeys of the child and the IKE SA started by both sides at once end with one IKE SA and one mirrored child', async () => {
+    const cases: [string, (x: IkeSession) => Promise<void>, (y: IkeSession) => Promise<void>][] = [
+      ['alice rekeys the child, bob the IKE SA', (x) => rekeyChild(x, firstChild(x)), (y) => rekeyIke(y)],
+      ['alice rekeys the IKE SA, bob the child', (x) => rekeyIke(x), (y) => rekeyChild(y, firstChild(y))],
+      [
+        'both rekey the child and then the IKE SA',
+        (x) => Promise.allSettled([rekeyChild(x, firstChild(x)), rekeyIke(x)]).then(() => {}),
+        (y) => Promise.allSettled([rekeyChild(y, firstChild(y)), rekeyIke(y)]).then(() => {}),
+      ],
+      [
+        'both rekey the IKE SA and then the child',
+        (x) => Promise.allSettled([rekeyIke(x), rekeyChild(x, firstChild(x))]).then(() => {}),
+        (y) => Promise.allSettled([rekeyIke(y), rekeyChild(y, firstChild(y))]).then(() => {}),
+      ],
+    ];
+    for (const [what, ofA, ofB] of cases)
+      for (let round = 0; round < 3; round++) {
+        const { a, b } = await pair();
+        await until(() => b.sad.installed.size === 1);
+        const before = a.sad.pairs();
+        const [sa, sb] = [only(a.m), only(b.m)];
+        await Promise.allSettled([ofA(sa), ofB(sb)]);
+        // A side the other refused for now (TEMPORARY_FAILURE, §2.25) tries again shortly: wait for
+        // both rekeys to have happened, then for both sides to be quiet and agree.
+        const done = () => a.sad.pairs().join() !== before.join() && sa.state === 'dead' && sb.state === 'dead';
+        await until(done, 8000).catch(() => assert.fail(`${what}: the child and the IKE SA were not both rekeyed`));
+        await quiet(a, b).catch((err: Error) => assert.fail(`${what}: ${err.message}`));
+        assert.equal(a.sad.installed.size, 1, what);
+        for (const m of open.splice(0)) m.close();
+      }
+  });
+
+  it('AH child SAs are rekeyed and deleted under protocol AH (REKEY_SA and Delete name AH)', async () => {
+    const { a, b, session } = await pair({ ah: true });
+    await until(() => b.sad.installed.size === 1);
+    assert.equal([...a.sad.installed.values()][0]?.protocol, 'ah');
+    await rekeyChild(session, firstChild(session));
+    await quiet(a, b);
+    assert.equal(a.sad.deletes, 1);
+    await deleteChild(session, firstChild(session), 'test');
+    await until(() => a.sad.installed.size === 0 && b.sad.installed.size === 0);
+    // Bob found each child under AH (strict, as strongSwan): no CHILD_SA_NOT_FOUND, nothing left over.
+    assert.ok(!a.audit.ids().includes(4654), 'no quick mode failure');
+    assert.deepEqual(
+      b.audit.ids().filter((i) => i === 5452).length,
+      2,
+      'bob removed the rekeyed child and the deleted one',
+    );
+  });
+
+  it('the rekey responder sends on the new child SA only once the initiator deletes the old one (RFC 7296 §2.8)', async () => {
+    const { net, a, b, session } = await pair();
+    await until(() => b.sad.installed.size === 1);
+    const old = [...b.sad.installed.keys()][0] as number;
+    // Hold alice's INFORMATIONAL requests (the Delete of the old child) until bob's state is checked.
+    let hold = true;
+    net.drop = (from, _to, data) =>
+      hold && from === A && data[18] === ExchangeType.INFORMATIONAL && ((data[19] as number) & Flags.RESPONSE) === 0;
+    const rekeyed = rekeyChild(session, firstChild(session));
+    await until(() => b.sad.installed.size === 2);
+    const fresh = [...b.sad.installed.keys()].find((k) => k !== old) as number;
+    const aliceFresh = [...a.sad.installed.values()].find((x) => x.outbound.spi === fresh);
+    assert.ok(aliceFresh && a.sad.active.has(aliceFresh.inbound.spi), 'the initiator sends on the new SA at once');
+    assert.ok(b.sad.active.has(old) && !b.sad.active.has(fresh), 'the responder keeps sending on the old SA');
+    hold = false;
+    await rekeyed;
+    await until(() => b.sad.installed.size === 1);
+    assert.ok(b.sad.active.has(fresh), 'the Delete of the old SA moved the responder to the new one');
+  });
+
+  it('the data plane’s lifetime events reach a child that an IKE rekey moved to the new IKE SA', async () => {
+    const { a, b, session } = await pair();
+    await until(() => b.sad.installed.size === 1);
+    await rekeyIke(session);
+    await quiet(a, b);
+    const spi = [...a.sad.installed.keys()][0] as number;
+    a.m.expire(spi, true);
     await until(() => a.sad.installed.size === 0 && b.sad.installed.size === 0);
   });
 

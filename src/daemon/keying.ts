@@ -180,7 +180,11 @@ export class KeyingService {
     const session = m.sessions().find((s) => s.sa.remote.address === plan.remote && s.state === 'established');
     if (session) {
       for (const e of session.children.values())
-        if (e.state !== 'deleting' && inside(flow.local, localTs(e.child)) && inside(flow.remote, remoteTs(e.child)))
+        if (
+          e.state.kind !== 'deleting' &&
+          inside(flow.local, localTs(e.child)) &&
+          inside(flow.remote, remoteTs(e.child))
+        )
           return { session, child: e.child };
       const child = await createChild(session, plan.tsi, plan.tsr);
       return { session, child };

@@ -110,7 +110,7 @@ export class DaemonMetrics {
         this.reset();
         const by = new Map<string, number>();
         for (const s of src.sessions())
-          for (const c of s.children.values()) by.set(c.state, (by.get(c.state) ?? 0) + 1);
+          for (const c of s.children.values()) by.set(c.state.kind, (by.get(c.state.kind) ?? 0) + 1);
         for (const state of ['installed', 'rekeying', 'deleting']) this.set({ state }, by.get(state) ?? 0);
       },
     });

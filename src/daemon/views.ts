@@ -140,7 +140,7 @@ export function quickModeSaView(s: IkeSession, e: ChildEntry, counters?: SaCount
     LifetimeKilobytes: s.lifetimes.childKilobytes ?? 0,
     LocalUDPEncapsulationPort: udp ? s.sa.local.port : 0,
     RemoteUDPEncapsulationPort: udp ? s.sa.remote.port : 0,
-    State: e.state === 'installed' ? 'Installed' : e.state,
+    State: e.state.kind === 'installed' ? 'Installed' : e.state.kind,
     BytesIn: counters?.bytesIn ?? 0,
     BytesOut: counters?.bytesOut ?? 0,
     PacketsIn: counters?.packetsIn ?? 0,

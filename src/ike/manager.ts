@@ -286,7 +286,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     const e = s?.children.get(spiIn);
     if (!s || !e) return;
     if (hard) void deleteChild(s, e, 'lifetime expired (data plane)').catch(() => {});
-    else if (e.state === 'installed' && s.state === 'established')
+    else if (e.state.kind === 'installed' && s.state === 'established')
       void rekeyChild(s, e).catch((err: Error) => s.log('child rekey failed', { reason: err.message }));
   }
 
@@ -600,13 +600,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
         const request = buildInitRequest(sa, init, natd, cookie, this.fragmentSize > 0);
         this.log('send IKE_SA_INIT', { attempt, bytes: request.length });
         let response: IkeMessage | undefined;
-        await s.enqueue(() =>
-          s.transmit([request], 0, (m) => {
-            if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
-            response = m;
-            return true;
-          }),
-        );
+        await s.transmit([request], 0, (m) => {
+          if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
+          response = m;
+          return true;
+        });
         const m = response as IkeMessage;
         const c = findNotifies(m.payloads, NotifyType.COOKIE)[0];
         if (c && attempt < 3) {
@@ -650,7 +648,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       const child = new ChildCreateInitiator(peer.espProposals, peer.tsi, peer.tsr, peer.mode);
       child.build(sa, inner);
       this.log('send IKE_AUTH', {});
-      const payloads = await s.request(ExchangeType.IKE_AUTH, inner, 'child');
+      const payloads = await s.request(ExchangeType.IKE_AUTH, inner);
       const authenticated = verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId);
       s.peerId = { ...authenticated.id, data: kept(authenticated.id.data) };
       s.peerCertificate = authenticated.certificate;

@@ -1,9 +1,11 @@
 /**
- * One IKE SA at run time, in either role: the request window (one outstanding request, retransmitted
- * with back-off; §2.1–2.3), the response cache for retransmitted requests, the child SAs with their
- * lifetimes, liveness checks, and the exchanges after IKE_AUTH. The exchange concerns live in
- * tasks/ (child-create, child-rekey, ike-rekey, ike-delete, ike-dpd); this file only moves messages
- * and owns state. The manager (manager.ts) owns sessions by SPI and creates them.
+ * One IKE SA at run time, in either role: its task manager (strongSwan's task_manager: tasks queued,
+ * one active at a time — the window of one request, retransmitted with back-off, §2.1–2.3 — and
+ * moved to the new IKE SA when this one is rekeyed), the response cache for retransmitted requests,
+ * the child SAs with their lifetimes, liveness checks, and the peer's requests after IKE_AUTH. The
+ * exchange concerns live in tasks/ (child-create, child-rekey, ike-rekey, ike-delete, ike-dpd) and
+ * see this session only through `TaskSession` (tasks/context.ts). The manager (manager.ts) owns
+ * sessions by SPI and creates them.
  */
 import { createHash } from 'node:crypto';
 import { kept } from '../io/kept.ts';
@@ -15,29 +17,30 @@ import { cipherName, dhOf, integrityName, selectorsText } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
-import { type ChildPolicy, type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
-import { respondCreateChild, rekeyChild } from './tasks/child-rekey.ts';
-import { type Credentials, type Identity, methodName } from './tasks/ike-auth.ts';
+import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
+import { ChildRekeyTask, respondCreateChild } from './tasks/child-rekey.ts';
+import type {
+  ChildEntry,
+  ChildState,
+  Lifetimes,
+  PeerConfig,
+  SessionState,
+  SessionTask,
+  TaskSession,
+} from './tasks/context.ts';
+import { type Identity, methodName } from './tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from './tasks/ike-cert.ts';
-import { deleteChild, respondInformational } from './tasks/ike-delete.ts';
-import { livenessCheck } from './tasks/ike-dpd.ts';
-import { rekeyIke } from './tasks/ike-rekey.ts';
-import { notify } from './tasks/task.ts';
-import type { IkeMessage, Payload, Proposal } from './wire/codec.ts';
+import { ChildDeleteTask, IkeDeleteTask, respondInformational } from './tasks/ike-delete.ts';
+import { LivenessTask } from './tasks/ike-dpd.ts';
+import { IkeRekeyTask, respondIkeRekey } from './tasks/ike-rekey.ts';
+import { findPayload, notify } from './tasks/task.ts';
+import type { IkeMessage, Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType, ProtocolId } from './wire/constants.ts';
 
 /** How a cached response recognises a retransmitted request: SHA-256 of the datagram. */
 const requestDigest = (raw: Buffer): Buffer => createHash('sha256').update(raw).digest();
 
-/** Lifetimes of the IKE SA and its children; rekeying starts at the rekey time (make-before-break). */
-export interface Lifetimes {
-  ikeRekeyMs: number;
-  ikeExpireMs: number;
-  childRekeyMs: number;
-  childExpireMs: number;
-  /** Quick mode MaxKiloBytes: enforced by the data plane, which reports expiry. */
-  childKilobytes?: number;
-}
+export type { ChildEntry, ChildState, Lifetimes, PeerConfig, SessionState } from './tasks/context.ts';
 
 /** Windows defaults: main mode 480 minutes, quick mode 60 minutes; rekey at 90 %. */
 export const DEFAULT_LIFETIMES: Lifetimes = {
@@ -47,18 +50,6 @@ export const DEFAULT_LIFETIMES: Lifetimes = {
   childExpireMs: 60 * 60_000,
   childKilobytes: 100_000,
 };
-
-/** Everything one IKE SA with one peer is negotiated from (policy, credentials, selectors). */
-export interface PeerConfig extends ChildPolicy {
-  /** The rule (connection security rule) this comes from, for logs, views and events. */
-  name: string;
-  ikeProposals: Proposal[];
-  credentials: Credentials;
-  localId: Identity;
-  /** When set, the peer must authenticate as exactly this identity. */
-  remoteId?: Identity;
-  lifetimes?: Partial<Lifetimes>;
-}
 
 export interface Timing {
   /** Waits between transmissions of a request; the exchange fails after the last. */
@@ -100,19 +91,11 @@ export interface SessionHost {
   ): void;
 }
 
-export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';
-
-export interface ChildEntry {
-  child: ChildSa;
-  state: 'installed' | 'rekeying' | 'rekeyed' | 'deleting';
-  installedAt: number;
-  rekeyAt: number;
-  expireAt: number;
-  timers: NodeJS.Timeout[];
-  /** Nonces of our own running rekey of this child (RFC 7296 §2.8.1). */
-  ourRekey?: { nonces: Buffer[] };
-  /** A rekey of this child the peer ran while ours was running. */
-  peerRekey?: { nonces: Buffer[]; child: ChildSa };
+/** A queued task and the promise its caller waits on. */
+interface Queued {
+  task: SessionTask;
+  resolve: () => void;
+  reject: (err: Error) => void;
 }
 
 const hex = (b: Buffer) => b.toString('hex');
@@ -120,7 +103,7 @@ const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
-export class IkeSession {
+export class IkeSession implements TaskSession {
   state: SessionState;
   /** Child SAs by inbound SPI. */
   readonly children = new Map<number, ChildEntry>();
@@ -133,12 +116,11 @@ export class IkeSession {
   establishedAt = 0;
   /** Last authenticated IKE message or ESP packet from the peer (ms since epoch). */
   lastInbound = Date.now();
-  /** What our outstanding request does, for collision rules (§2.25). */
-  activeKind?: 'child' | 'ike-rekey' | 'informational';
-  /** The IKE SA that replaces this one (after a rekey), and our own IKE rekey's nonces. */
+  /** The IKE SA that replaces this one (after a rekey). */
   successor?: IkeSession;
-  ourIkeRekey?: { nonces: Buffer[] };
-  peerIkeRekey?: { nonces: Buffer[]; session: IkeSession };
+  /** Tasks waiting for the request window, and the one holding it. */
+  private readonly tasks: Queued[] = [];
+  private active?: SessionTask;
   private outstanding?: {
     mid: number;
     accept: (m: IkeMessage, inner?: Payload[]) => boolean;
@@ -154,7 +136,6 @@ export class IkeSession {
   /** Fragments (RFC 7383) of a response to our request, and of the peer's current request. */
   private responseParts?: Reassembly;
   private requestParts?: { parts: Reassembly; raws: Buffer[] };
-  private queue: Promise<unknown> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
 
   constructor(
@@ -190,14 +171,59 @@ export class IkeSession {
     return (this.role === 'initiator' ? Flags.INITIATOR : 0) | (response ? Flags.RESPONSE : 0);
   }
 
-  // ---- requests we send ----------------------------------------------------------------------
+  // ---- task manager --------------------------------------------------------------------------
 
-  /** Runs `fn` when the requests queued before it are done (window size 1, §2.3). */
-  enqueue<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn);
-    this.queue = run.catch(() => {});
-    return run;
+  get activeTask(): SessionTask | undefined {
+    return this.active;
   }
+
+  /** No task running or waiting (tests and views: the SA is quiet). */
+  get idle(): boolean {
+    return !this.active && this.tasks.length === 0 && !this.outstanding;
+  }
+
+  /**
+   * Queues a task; it runs when the tasks before it are done (window of one, §2.3). On an IKE SA
+   * already replaced by a rekey the task goes to the new one; on a dead one it fails.
+   */
+  queue(task: SessionTask): Promise<void> {
+    if (this.successor && (task.migrates ?? true)) return this.successor.queue(task);
+    if (this.state === 'dead') return Promise.reject(new IkeError('the IKE SA is gone', NotifyType.TEMPORARY_FAILURE));
+    return new Promise<void>((resolve, reject) => {
+      const q = { task, resolve, reject };
+      if (task.urgent) this.tasks.unshift(q);
+      else this.tasks.push(q);
+      this.pump();
+    });
+  }
+
+  /** Starts the next queued task when none is active. */
+  private pump(): void {
+    if (this.active) return;
+    const next = this.tasks.shift();
+    if (!next) return;
+    this.active = next.task;
+    next.task.run(this).then(
+      () => this.finished(next, undefined),
+      (err: Error) => this.finished(next, err),
+    );
+  }
+
+  private finished(q: Queued, err: Error | undefined): void {
+    this.active = undefined;
+    if (err) q.reject(err);
+    else q.resolve();
+    this.pump();
+  }
+
+  /** The tasks not yet started that follow an IKE rekey, taken out of this session's queue. */
+  private takeMigrating(): Queued[] {
+    const moving = this.tasks.filter((q) => q.task.migrates ?? true);
+    for (const q of moving) this.tasks.splice(this.tasks.indexOf(q), 1);
+    return moving;
+  }
+
+  // ---- requests we send ----------------------------------------------------------------------
 
   /**
    * Sends `datagrams` (one message, or its fragments; message ID `mid`) and retransmits them until
@@ -250,49 +276,41 @@ export class IkeSession {
     });
   }
 
-  /** A protected request on this SA; resolves with the peer's (authenticated) response payloads. */
-  request(
-    exchange: ExchangeType,
-    payloads: Payload[],
-    kind: 'child' | 'ike-rekey' | 'informational',
-    waits?: number[],
-  ): Promise<Payload[]> {
-    return this.enqueue(async () => {
-      if (this.state === 'dead') throw new IkeError('the IKE SA is gone', NotifyType.TEMPORARY_FAILURE);
-      const sa = this.sa;
-      const mid = sa.myMid;
-      const datagrams = this.protect(exchange, mid, payloads, false);
-      let inner: Payload[] = [];
-      this.activeKind = kind;
-      this.responseParts = undefined;
-      try {
-        await this.transmit(
-          datagrams,
-          mid,
-          (m, reassembled) => {
-            if (m.header.exchange !== exchange) return false;
-            if (reassembled) {
-              inner = reassembled;
-              this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
-              return true;
-            }
-            try {
-              inner = openMessage(m, sa.skKeys('in'));
-              this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
-              return true;
-            } catch {
-              return false; // not authentic: keep waiting
-            }
-          },
-          waits,
-        );
-      } finally {
-        this.activeKind = undefined;
-      }
-      sa.myMid = mid + 1;
-      this.lastInbound = Date.now();
-      return inner;
-    });
+  /**
+   * A protected request on this SA (from the active task, or from IKE_AUTH before any task runs);
+   * resolves with the peer's (authenticated) response payloads.
+   */
+  async request(exchange: ExchangeType, payloads: Payload[], waits?: number[]): Promise<Payload[]> {
+    if (this.state === 'dead') throw new IkeError('the IKE SA is gone', NotifyType.TEMPORARY_FAILURE);
+    if (this.outstanding) throw new IkeError('a request is already outstanding', NotifyType.TEMPORARY_FAILURE);
+    const sa = this.sa;
+    const mid = sa.myMid;
+    const datagrams = this.protect(exchange, mid, payloads, false);
+    let inner: Payload[] = [];
+    this.responseParts = undefined;
+    await this.transmit(
+      datagrams,
+      mid,
+      (m, reassembled) => {
+        if (m.header.exchange !== exchange) return false;
+        if (reassembled) {
+          inner = reassembled;
+          this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
+          return true;
+        }
+        try {
+          inner = openMessage(m, sa.skKeys('in'));
+          this.host.traceInner?.(this, 'received', exchange, mid, true, inner);
+          return true;
+        } catch {
+          return false; // not authentic: keep waiting
+        }
+      },
+      waits,
+    );
+    sa.myMid = mid + 1;
+    this.lastInbound = Date.now();
+    return inner;
   }
 
   /** Our message as datagrams: fragments when both sides support RFC 7383 and it is too big. */
@@ -433,14 +451,24 @@ export class IkeSession {
     switch (exchange) {
       case ExchangeType.INFORMATIONAL:
         return respondInformational(this, inner);
-      case ExchangeType.CREATE_CHILD_SA:
-        return respondCreateChild(this, inner);
+      case ExchangeType.CREATE_CHILD_SA: {
+        const saP = findPayload(inner, PayloadType.SA);
+        if (!saP) throw new IkeError('CREATE_CHILD_SA request without an SA payload', NotifyType.INVALID_SYNTAX);
+        return saP.proposals[0]?.protocol === ProtocolId.IKE
+          ? respondIkeRekey(this, inner)
+          : respondCreateChild(this, inner);
+      }
       default:
         throw new IkeError(`unexpected ${ExchangeType[exchange] ?? exchange} request`, NotifyType.INVALID_SYNTAX);
     }
   }
 
   // ---- life cycle ----------------------------------------------------------------------------
+
+  /** The state of an established SA without its side effects (a redundant SA of a rekey collision, about to be deleted). */
+  markEstablished(): void {
+    this.setState('established');
+  }
 
   /** IKE_AUTH completed: audit, lifetimes, liveness. */
   established(): void {
@@ -469,10 +497,7 @@ export class IkeSession {
       t.unref();
       this.timers.push(t);
     };
-    at(jitter(l.ikeRekeyMs), () => {
-      if (this.state === 'established')
-        rekeyIke(this).catch((e) => this.log('IKE rekey failed', { reason: (e as Error).message }));
-    });
+    at(jitter(l.ikeRekeyMs), () => this.rekey());
     at(l.ikeExpireMs, () => {
       if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
     });
@@ -488,9 +513,9 @@ export class IkeSession {
     if (dpd > 0) {
       const t = setInterval(
         () => {
-          if (this.state !== 'established' || this.outstanding) return;
+          if (this.state !== 'established' || this.active || this.tasks.length > 0) return;
           if (Date.now() - this.lastInbound < dpd) return;
-          livenessCheck(this).catch(() => {});
+          this.queue(new LivenessTask()).catch(() => {});
         },
         Math.max(50, Math.floor(dpd / 4)),
       );
@@ -504,13 +529,19 @@ export class IkeSession {
     this.lastInbound = Date.now();
   }
 
+  /** Rekeys the IKE SA (§2.18), as its lifetime asks; a failure is logged, the SA stays until it expires. */
+  rekey(): void {
+    if (this.state !== 'established') return;
+    this.queue(new IkeRekeyTask()).catch((e: Error) => this.log('IKE rekey failed', { reason: e.message }));
+  }
+
   /** Installs a child SA: data plane, lifetimes, audit 5451. */
-  installChild(child: ChildSa): ChildEntry {
+  installChild(child: ChildSa, o: { outboundActive?: boolean } = {}): ChildEntry {
     const now = Date.now();
     const l = this.lifetimes;
     const entry: ChildEntry = {
       child,
-      state: 'installed',
+      state: { kind: 'installed' },
       installedAt: now,
       rekeyAt: now + jitter(l.childRekeyMs),
       expireAt: now + l.childExpireMs,
@@ -524,6 +555,7 @@ export class IkeSession {
         remote: this.sa.remote,
         udpEncapsulation: this.sa.floated,
         maxKilobytes: this.lifetimes.childKilobytes,
+        outboundActive: o.outboundActive,
       }),
     );
     this.armChild(entry);
@@ -542,17 +574,23 @@ export class IkeSession {
   armChild(entry: ChildEntry): void {
     for (const t of entry.timers) clearTimeout(t);
     const now = Date.now();
+    const spi = spiNumber(entry.child.spiIn);
     const rekey = setTimeout(
       () => {
-        if (entry.state === 'installed' && this.state === 'established')
-          rekeyChild(this, entry).catch((e) => this.log('child rekey failed', { reason: (e as Error).message }));
+        if (entry.state.kind === 'installed' && this.state === 'established')
+          this.queue(new ChildRekeyTask(spi)).catch((e: Error) =>
+            this.log('child rekey failed', { reason: e.message }),
+          );
       },
       Math.max(0, entry.rekeyAt - now),
     );
     const expire = setTimeout(
       () => {
-        if (this.children.has(spiNumber(entry.child.spiIn)))
-          deleteChild(this, entry, 'lifetime expired').catch(() => this.removeChild(entry, 'lifetime expired'));
+        if (this.children.get(spi) !== entry) return;
+        this.queue(new ChildDeleteTask(spi, 'lifetime expired')).catch(() => {
+          const e = this.children.get(spi);
+          if (e) this.removeChild(e, 'lifetime expired');
+        });
       },
       Math.max(0, entry.expireAt - now),
     );
@@ -568,7 +606,10 @@ export class IkeSession {
     this.children.delete(key);
     this.host.childMoved?.(key, undefined);
     for (const t of entry.timers) clearTimeout(t);
-    this.host.dataplane.delete(spiNumber(entry.child.spiIn));
+    // The SA that replaced it carries our traffic from now on (a rekey responder's waited for this).
+    if ((entry.state.kind === 'rekeyed' || entry.state.kind === 'deleting') && entry.state.replacement !== undefined)
+      this.host.dataplane.activate?.(entry.state.replacement);
+    this.host.dataplane.delete(key);
     this.sa.spis?.release(entry.child.spiIn);
     const q = this.quickModeInfo(entry.child);
     this.host.audit.emit({
@@ -589,43 +630,75 @@ export class IkeSession {
     this.log('child SA removed', { spiIn: hex(entry.child.spiIn), reason });
   }
 
-  /** Finds a child by the SPI the peer receives on (our outbound SPI), as Delete and REKEY_SA name it. */
-  childByPeerSpi(spi: Buffer): ChildEntry | undefined {
-    for (const e of this.children.values()) if (e.child.spiOut.equals(spi)) return e;
-    return undefined;
+  setChildState(entry: ChildEntry, state: ChildState): void {
+    entry.state = state;
+  }
+
+  /**
+   * The child the peer names by protocol and SPI (its inbound SPI, our outbound one), as Delete and
+   * REKEY_SA do: here, or on the IKE SA that replaced this one (a request still sent on the old one).
+   */
+  childByPeerSpi(protocol: number, spi: Buffer): { entry: ChildEntry; holder: TaskSession } | undefined {
+    for (const e of this.children.values())
+      if (e.child.spiOut.equals(spi) && e.child.proposal.protocol === protocol) return { entry: e, holder: this };
+    return this.successor?.childByPeerSpi(protocol, spi);
+  }
+
+  /** A new IKE SA replacing this one (§2.18): same peer, identity and configuration, registered with the manager. */
+  successorSession(sa: IkeSa): IkeSession {
+    const next = new IkeSession(this.host, sa, this.peer, 'connecting');
+    next.peerId = this.peerId;
+    next.peerCertificate = this.peerCertificate;
+    this.host.register(next);
+    return next;
+  }
+
+  /**
+   * This IKE SA is replaced by `to` (an IKE rekey, ours or the peer's): the children move there (SPIs
+   * and keys unchanged, timers re-armed), and so do the tasks that have not started yet — a child
+   * rekey or delete queued behind the IKE rekey runs on the new IKE SA, where the peer has the child.
+   */
+  handOver(to: IkeSession): void {
+    for (const [k, e] of this.children) {
+      this.children.delete(k);
+      to.children.set(k, e);
+      this.host.childMoved?.(k, to);
+      to.armChild(e);
+    }
+    this.successor = to;
+    this.setState('rekeyed');
+    const moving = this.takeMigrating();
+    for (const q of moving) to.queue(q.task).then(q.resolve, q.reject);
   }
 
   /** Deletes the IKE SA (and its children) at the peer, then locally (§1.4.1). */
   async delete(reason = 'deleted locally'): Promise<void> {
     if (this.state === 'dead') return;
-    const before = this.state;
-    this.setState('deleting');
-    if (before === 'established' || before === 'rekeyed' || before === 'deleting') {
-      try {
-        await this.request(
-          ExchangeType.INFORMATIONAL,
-          [{ type: PayloadType.DELETE, protocol: ProtocolId.IKE, spiSize: 0, spis: [] }],
-          'informational',
-          this.host.timing.retransmits.slice(0, 3),
-        );
-        this.log('IKE SA deleted', { confirmed: true });
-      } catch (err) {
-        this.log('delete unanswered', { reason: (err as Error).message });
-      }
+    if (this.state !== 'established' && this.state !== 'rekeyed' && this.state !== 'deleting') {
+      this.terminate(reason);
+      return;
     }
-    this.terminate(reason);
+    this.setState('deleting');
+    await this.queue(new IkeDeleteTask(reason)).catch(() => {});
+  }
+
+  /** Waits for a Delete's response: a few retransmissions, then the SA goes anyway. */
+  get deleteWaits(): number[] {
+    return this.host.timing.retransmits.slice(0, 3);
   }
 
   /**
    * Ends the IKE SA locally: children out of the data plane (unless a successor took them), timers
-   * stopped, outstanding request failed, audit 4655. No message is sent.
+   * stopped, outstanding request and queued tasks failed, audit 4655. No message is sent.
    */
   terminate(reason: string, failure?: Error): void {
     if (this.state === 'dead') return;
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
     for (const e of [...this.children.values()]) this.removeChild(e, reason);
-    this.outstanding?.fail(failure ?? new IkeError(`the IKE SA ended: ${reason}`, NotifyType.TEMPORARY_FAILURE));
+    const ended = failure ?? new IkeError(`the IKE SA ended: ${reason}`, NotifyType.TEMPORARY_FAILURE);
+    this.outstanding?.fail(ended);
+    for (const q of this.tasks.splice(0)) q.reject(ended);
     const wasUp = this.establishedAt > 0;
     this.setState('dead');
     this.host.unregister(this);

@@ -208,7 +208,7 @@ export class ChildCreateInitiator implements Task {
   build(sa: IkeSa, out: Payload[]): void {
     if (this.spi.length === 0) this.spi = sa.spis?.allocate() ?? randomBytes(4);
     if (this.kind.exchange === 'rekey')
-      out.push({ ...notify(NotifyType.REKEY_SA), protocol: ProtocolId.ESP, spi: this.kind.old.spiIn });
+      out.push({ ...notify(NotifyType.REKEY_SA), protocol: this.kind.old.proposal.protocol, spi: this.kind.old.spiIn });
     if (this.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
     const offered = this.offered();
     out.push({ type: PayloadType.SA, proposals: offered });
