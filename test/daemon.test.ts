@@ -15,7 +15,7 @@ import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecArgv, consecDaemon, installMachineCert, ROOT } from './helpers.ts';
+import { consecArgv, consecDaemon, installMachineCert, ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
@@ -29,13 +29,7 @@ const lines = (p: LabProcess, msg: string): Record<string, unknown>[] =>
     .map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((l) => l.msg === msg);
 
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 8000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const until = waitUntil;
 
 /** A Windows server-to-server tunnel policy: MM set and rule, QM set, phase 1 auth set, rule. */
 const serverPolicy = (

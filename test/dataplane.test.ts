@@ -248,7 +248,8 @@ describe('Request and exemptions: a peer without IPsec', () => {
       }
       const first = await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
       assert.match(first.stdout, / 0% packet loss/, daemons.map((d) => d.output().slice(-1500)).join('\n---\n'));
-      await new Promise((r) => setTimeout(r, 500));
+      // Request sent the first packets in clear while IKE ran; the next ones wait for nothing.
+      await daemons[0]?.waitFor(/"msg":"SA installed"/);
       const later = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
       assert.match(later.stdout, / 0% packet loss/);
       assert.match(daemons[0]?.output() ?? '', /"msg":"SA installed"/);

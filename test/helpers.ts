@@ -11,6 +11,15 @@ import { ps } from './pwsh-helpers.ts';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
+/** Polls `cond` (every 100 ms) until it holds; fails naming `what` after `ms`. The wait for an event, never a sleep. */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, what: string, ms = 8000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Starts test/fixtures/<name>.ts inside a lab host with this Node and tsx. */
 export function fixture(lab: Lab, host: string, name: string, args: readonly (string | number)[] = []): LabProcess {
   return lab.spawn(host, [

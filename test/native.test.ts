@@ -4,7 +4,16 @@ import { NativeIoError } from '../src/errors.ts';
 import { PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../src/io/native.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture } from './helpers.ts';
+import { events, fixture, waitUntil } from './helpers.ts';
+
+/** IP packets delivered to sockets in `host`'s namespace so far (Ip: InDelivers, or Ip6InDelivers). */
+async function ipInDelivers(lab: Lab, host: string, family: 4 | 6): Promise<number> {
+  const r = await lab.exec(host, ['cat', family === 4 ? '/proc/net/snmp' : '/proc/net/snmp6']);
+  if (family === 6) return Number(/^Ip6InDelivers\s+(\d+)/m.exec(r.stdout)?.[1] ?? NaN);
+  const [names, values] = r.stdout.split('\n').filter((l) => l.startsWith('Ip: '));
+  const i = (names ?? '').split(' ').indexOf('InDelivers');
+  return Number((values ?? '').split(' ')[i]);
+}
 
 interface Pkt {
   version: number;
@@ -60,10 +69,12 @@ describe('native addon in lab namespaces', () => {
     it(`sends a batch of raw ESP packets between namespaces with sendmmsg/recvmmsg (IPv${family})`, async () => {
       const recv = fixture(lab, 'bob', 'raw-recv', [family, 50, 32, '-', 'deferred']);
       await recv.waitFor(/"event":"ready"/);
+      const delivered = await ipInDelivers(lab, 'bob', family);
       const send = fixture(lab, 'alice', 'raw-send', [family, 50, lab.address('bob', family), 32, 'c0ffee01']);
       await send.exited;
       assert.deepEqual(events(send, 'sent'), [{ event: 'sent', sent: 32 }]);
-      await new Promise((r) => setTimeout(r, 100)); // let the last packets cross the veth
+      // All 32 delivered to bob's socket (his namespace's IP delivery counter moved by 32) before it drains.
+      await waitUntil(async () => (await ipInDelivers(lab, 'bob', family)) >= delivered + 32, 'the packets at bob');
       process.kill(recv.pid ?? 0, 'SIGUSR1');
       await recv.exited;
       const [got] = events<Received>(recv, 'received');

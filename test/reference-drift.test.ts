@@ -6,6 +6,8 @@ import { SCRIPTS, SHARED_SCRIPTS } from './pwsh-helpers.ts';
 
 it('the vendored reference scripts equal shared/reference/scripts', (t) => {
   if (!existsSync(SHARED_SCRIPTS)) {
+    // CI always lays shared/ beside the clone: there, a missing copy is a failure, not a skip.
+    assert.ok(!process.env.CI, `${SHARED_SCRIPTS} is missing: CI lays shared/ beside the checkout`);
     t.skip(`${SHARED_SCRIPTS} is not beside this checkout`);
     return;
   }

@@ -12,8 +12,6 @@ import type { IkeSa } from './sa.ts';
 import type { IkeSession, Timing } from './session.ts';
 import type { ChildSa } from './tasks/child-create.ts';
 
-export { buildInitRequest } from './manager.ts';
-
 export interface InitiateOptions extends NegotiationParameters {
   /** Retransmission timeouts in ms; the exchange fails after the last one. */
   retransmits?: number[];

@@ -5,28 +5,23 @@
  * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { kept } from '../io/kept.ts';
 import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
 import type { IkeBind, IkePort, IkeReceiver } from '../sa/bind.ts';
 import { UdpBind } from './bind.ts';
 import { type ChildSaSink, NO_DATAPLANE } from '../sa/sink.ts';
-import { KeyExchange } from './crypto/ke.ts';
 import { IkeError, notifyName } from './errors.ts';
-import { selectProposal, transformOf } from './proposals.ts';
 import { type Endpoint, IkeSa } from './sa.ts';
 import { IkeSession, type PeerConfig, type SessionHost, type SessionState, type Timing } from './session.ts';
-import { type ChildSa, ChildCreateInitiator, respondChild } from './tasks/child-create.ts';
+import type { ChildSa } from './tasks/child-create.ts';
 import { rekeyChild } from './tasks/child-rekey.ts';
 import { deleteChild } from './tasks/ike-delete.ts';
-import { authPayloads, methodName, verifyPeerAuth } from './tasks/ike-auth.ts';
-import { certRequest, SIGNATURE_HASHES } from './tasks/ike-cert.ts';
-import { IkeInitInitiator } from './tasks/ike-init.ts';
-import { IkeNatd, natdHash } from './tasks/ike-natd.ts';
-import { findNotifies, findPayload, notify } from './tasks/task.ts';
+import { IkeAuthTask, methodName, respondAuth } from './tasks/ike-auth.ts';
+import { IkeInitTask, respondInit } from './tasks/ike-init.ts';
+import { findPayload, notify } from './tasks/task.ts';
 import { SpiRegistry } from './spi.ts';
 import { headerText, type IkeTrace, payloadsText } from './trace.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
-import { ExchangeType, Flags, NotifyType, PayloadType, TransformType } from './wire/constants.ts';
+import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
 
 export interface ManagerOptions {
   /** Address the IKE sockets bind to (UDP 500 and 4500). */
@@ -419,60 +414,21 @@ export class IkeManager implements SessionHost, IkeReceiver {
       refuse('no policy for this peer');
       return;
     }
-    const saP = findPayload(msg.payloads, PayloadType.SA);
-    const ke = findPayload(msg.payloads, PayloadType.KE);
-    if (!saP || !ke || !nonce)
-      throw new IkeError('IKE_SA_INIT request lacks SA, KE or Nonce', NotifyType.INVALID_SYNTAX);
-    const chosen = selectProposal(saP.proposals, peer.ikeProposals);
-    if (!chosen) {
-      refuse('no main mode proposal in common', peer);
+    const r = respondInit(msg, {
+      local: { address: this.o.address, port },
+      from,
+      peer,
+      fragmentation: this.fragmentSize > 0,
+    });
+    if ('refused' in r) {
+      if (r.reason) refuse(r.reason, peer);
+      else send(reply(r.refused));
       return;
     }
-    const group = transformOf(chosen, TransformType.KE)?.id as number;
-    if (ke.group !== group) {
-      const data = Buffer.alloc(2);
-      data.writeUInt16BE(group);
-      send(reply([notify(NotifyType.INVALID_KE_PAYLOAD, data)]));
-      return;
-    }
-    const sa = new IkeSa(
-      'responder',
-      { address: this.o.address, port: 500 },
-      { address: from.address, port: from.port },
-    );
+    const sa = r.sa;
     sa.spis = this.spis;
-    sa.spiI = kept(h.spiI);
-    sa.spiR = kept(randomBytes(8));
-    sa.chosen = { ...chosen, spi: kept(chosen.spi) };
-    sa.nonceI = Buffer.from(nonce.data);
-    sa.nonceR = randomBytes(32);
-    sa.ke = KeyExchange.create(group);
-    sa.deriveKeys(sa.ke.sharedSecret(ke.data));
-    sa.peerSignatureHashes = findNotifies(msg.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
-    sa.fragmentation =
-      this.fragmentSize > 0 && findNotifies(msg.payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED).length > 0;
-    // NAT detection from the request's hashes (computed with SPIr = 0).
-    const src = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_SOURCE_IP);
-    const dst = findNotifies(msg.payloads, NotifyType.NAT_DETECTION_DESTINATION_IP);
-    if (src.length && dst.length) {
-      sa.natRemote = !src.some((n) => n.data.equals(natdHash(sa.spiI, ZERO_SPI, from)));
-      sa.natLocal = !dst.some((n) => n.data.equals(natdHash(sa.spiI, ZERO_SPI, { address: this.o.address, port })));
-    }
-    const payloads: Payload[] = [
-      { type: PayloadType.SA, proposals: [chosen] },
-      { type: PayloadType.KE, group, data: sa.ke.publicValue },
-      { type: PayloadType.NONCE, data: sa.nonceR },
-      notify(NotifyType.NAT_DETECTION_SOURCE_IP, natdHash(sa.spiI, sa.spiR, { address: this.o.address, port })),
-      notify(NotifyType.NAT_DETECTION_DESTINATION_IP, natdHash(sa.spiI, sa.spiR, from)),
-      notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES),
-    ];
-    if (sa.fragmentation) payloads.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED));
-    if (peer.credentials.method === 'cert') payloads.push(certRequest(peer.credentials));
-    const response = reply(payloads, sa.spiR);
-    sa.initRequest = Buffer.from(msg.raw);
+    const response = reply(r.payloads, sa.spiR);
     sa.initResponse = response;
-    sa.myMid = 0;
-    sa.peerMid = 1;
     const s = new IkeSession(this, sa, peer, 'half-open');
     this.register(s);
     this.halfOpen++;
@@ -493,50 +449,23 @@ export class IkeManager implements SessionHost, IkeReceiver {
   // ---- responder: IKE_AUTH ---------------------------------------------------------------------
 
   private respondAuth(s: IkeSession, msg: IkeMessage, from: Endpoint, port: IkePort): void {
-    const sa = s.sa;
     // The whole request (all its fragments, RFC 7383), authenticated; else wait or drop.
     const opened = s.openRequest(msg);
     if (!opened) return;
-    const inner = opened.inner;
     if (port === 4500) {
-      sa.local.port = 4500;
-      sa.remote = { ...from };
+      s.sa.local.port = 4500;
+      s.sa.remote = { ...from };
     }
-    const peer = s.peer;
-    let authenticated;
-    try {
-      authenticated = verifyPeerAuth(sa, 'i', inner, peer.credentials, peer.remoteId);
-    } catch (err) {
-      this.log('authentication failed', { from: from.address, reason: (err as Error).message });
-      s.respond(ExchangeType.IKE_AUTH, 1, [notify(NotifyType.AUTHENTICATION_FAILED)], opened.raws);
-      this.mmFailed(from, 'Responder', peer, err as Error, sa.spiI, sa.spiR);
-      s.terminate('authentication failed');
-      return;
-    }
-    s.peerId = { ...authenticated.id, data: kept(authenticated.id.data) };
-    s.peerCertificate = authenticated.certificate;
+    respondAuth(s, opened.inner, opened.raws, {
+      authenticated: (x, initialContact) => this.authenticated(x as IkeSession, initialContact),
+      failed: (err) => this.mmFailed(from, 'Responder', s.peer, err, s.sa.spiI, s.sa.spiR),
+    });
+  }
+
+  /** The peer of `s` proved its identity: indexed by it; with INITIAL_CONTACT its older SAs go. */
+  private authenticated(s: IkeSession, initialContact: boolean): void {
     this.indexPeer(s);
-    if (findNotifies(inner, NotifyType.INITIAL_CONTACT).length > 0) this.initialContact(s);
-    const child = respondChild(sa, inner, peer, 'auth');
-    s.respond(
-      ExchangeType.IKE_AUTH,
-      1,
-      [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads],
-      opened.raws,
-    );
-    s.established();
-    this.log('IKE_AUTH', { from: from.address, child: child.child ? hex(child.child.spiIn) : 'none' });
-    if (child.child) s.installChild(child.child);
-    else {
-      const n = child.payloads.find((p) => 'notify' in p);
-      s.childFailed(
-        new IkeError(
-          `no child SA: ${n && 'notify' in n ? notifyName(n.notify) : 'refused'}`,
-          NotifyType.NO_PROPOSAL_CHOSEN,
-        ),
-        1,
-      );
-    }
+    if (initialContact) this.initialContact(s);
   }
 
   /**
@@ -584,7 +513,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   // ---- initiator -------------------------------------------------------------------------------
 
-  /** Negotiates an IKE SA and its first child SA with `remote` (IKE_SA_INIT, IKE_AUTH). */
+  /** Negotiates an IKE SA and its first child SA with `remote` (IKE_SA_INIT, IKE_AUTH: the IKE SA's first tasks). */
   async initiate(r: InitiateRequest): Promise<{ session: IkeSession; child: ChildSa }> {
     const peer = r.peer;
     const sa = new IkeSa('initiator', { address: this.o.address, port: 500 }, { address: r.remote, port: 500 });
@@ -592,84 +521,15 @@ export class IkeManager implements SessionHost, IkeReceiver {
     sa.forceEncapsulation = r.forceUdpEncapsulation ?? false;
     const s = new IkeSession(this, sa, peer, 'connecting');
     this.register(s);
+    // INITIAL_CONTACT only when this manager holds no other IKE SA with the peer (parallel negotiations, rekeys).
+    const auth = new IkeAuthTask(
+      { authenticated: (x) => this.authenticated(x as IkeSession, false) },
+      () => (this.perRemote.get(r.remote) ?? 0) <= 1,
+    );
     try {
-      const init = new IkeInitInitiator(peer.ikeProposals);
-      const natd = new IkeNatd();
-      let cookie: Buffer | undefined;
-      for (let attempt = 0; ; attempt++) {
-        const request = buildInitRequest(sa, init, natd, cookie, this.fragmentSize > 0);
-        this.log('send IKE_SA_INIT', { attempt, bytes: request.length });
-        let response: IkeMessage | undefined;
-        await s.transmit([request], 0, (m) => {
-          if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
-          response = m;
-          return true;
-        });
-        const m = response as IkeMessage;
-        const c = findNotifies(m.payloads, NotifyType.COOKIE)[0];
-        if (c && attempt < 3) {
-          cookie = c.data;
-          continue;
-        }
-        try {
-          sa.spiR = kept(m.header.spiR);
-          sa.initRequest = request;
-          sa.initResponse = m.raw;
-          init.process(sa, m.payloads);
-        } catch (err) {
-          if (err instanceof IkeError && err.notify === NotifyType.INVALID_KE_PAYLOAD && attempt < 3) {
-            sa.spiR = Buffer.alloc(8);
-            continue;
-          }
-          throw err;
-        }
-        natd.process(sa, m.payloads);
-        sa.peerSignatureHashes = findNotifies(m.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;
-        sa.fragmentation =
-          this.fragmentSize > 0 && findNotifies(m.payloads, NotifyType.IKEV2_FRAGMENTATION_SUPPORTED).length > 0;
-        break;
-      }
-      sa.myMid = 1;
-      if (sa.floated) {
-        sa.local.port = 4500;
-        sa.remote.port = 4500;
-      }
-      this.log('IKE_SA_INIT done', { nat: sa.floated, spiR: hex(sa.spiR) });
-
-      // IKE_AUTH with the first child SA.
-      const [idi, ...proof] = authPayloads(sa, 'i', peer.localId, peer.credentials);
-      const inner: Payload[] = [idi as Payload];
-      if (peer.credentials.method === 'cert') inner.push(certRequest(peer.credentials));
-      if (peer.remoteId) inner.push({ type: PayloadType.IDr, idType: peer.remoteId.type, data: peer.remoteId.data });
-      inner.push(...proof);
-      // §2.4: INITIAL_CONTACT says "I have no other IKE SA with you" — the peer deletes the others.
-      // Not when this manager holds more than this one with the peer (parallel negotiations, rekeys).
-      if ((this.perRemote.get(r.remote) ?? 0) <= 1) inner.push(notify(NotifyType.INITIAL_CONTACT));
-      const child = new ChildCreateInitiator(peer.espProposals, peer.tsi, peer.tsr, peer.mode);
-      child.build(sa, inner);
-      this.log('send IKE_AUTH', {});
-      const payloads = await s.request(ExchangeType.IKE_AUTH, inner);
-      const authenticated = verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId);
-      s.peerId = { ...authenticated.id, data: kept(authenticated.id.data) };
-      s.peerCertificate = authenticated.certificate;
-      this.indexPeer(s);
-      // The child's keys come from the IKE_SA_INIT nonces, which established() lets go.
-      let childError: unknown;
-      try {
-        child.process(sa, payloads);
-      } catch (err) {
-        childError = err;
-      }
-      s.established();
-      if (childError) {
-        s.childFailed(childError as Error, 1);
-        await s.delete('no child SA');
-        throw childError;
-      }
-      const result = child.result as ChildSa;
-      s.installChild(result);
-      this.log('IKE_AUTH done', { spiIn: hex(result.spiIn), spiOut: hex(result.spiOut) });
-      return { session: s, child: result };
+      await s.queue(new IkeInitTask(this.fragmentSize > 0));
+      await s.queue(auth);
+      return { session: s, child: auth.child as ChildSa };
     } catch (err) {
       if (s.establishedAt === 0) {
         this.mmFailed(sa.remote, 'Initiator', peer, err as Error, sa.spiI, sa.spiR);
@@ -696,25 +556,5 @@ export class IkeManager implements SessionHost, IkeReceiver {
 }
 
 const peerKey = (id: { type: number; data: Buffer }): string => `${id.type}:${id.data.toString('hex')}`;
-
-/** The IKE_SA_INIT request: [N(COOKIE)], SA, KE, Ni, N(NAT_DETECTION_*), N(SIGNATURE_HASH_ALGORITHMS). */
-export function buildInitRequest(
-  sa: IkeSa,
-  init: IkeInitInitiator,
-  natd: IkeNatd,
-  cookie?: Buffer,
-  fragmentation = true,
-): Buffer {
-  const payloads: Payload[] = [];
-  if (cookie) payloads.push(notify(NotifyType.COOKIE, cookie));
-  init.build(sa, payloads);
-  natd.build(sa, payloads);
-  payloads.push(notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, SIGNATURE_HASHES));
-  if (fragmentation) payloads.push(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED));
-  return encodeMessage(
-    { spiI: sa.spiI, spiR: ZERO_SPI, exchange: ExchangeType.IKE_SA_INIT, flags: Flags.INITIATOR, messageId: 0 },
-    payloads,
-  );
-}
 
 export { mmSaId };

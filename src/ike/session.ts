@@ -28,7 +28,7 @@ import type {
   SessionTask,
   TaskSession,
 } from './tasks/context.ts';
-import { type Identity, methodName } from './tasks/ike-auth.ts';
+import { type Authenticated, type Identity, methodName } from './tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from './tasks/ike-cert.ts';
 import { ChildDeleteTask, IkeDeleteTask, respondInformational } from './tasks/ike-delete.ts';
 import { LivenessTask } from './tasks/ike-dpd.ts';
@@ -311,6 +311,23 @@ export class IkeSession implements TaskSession {
     sa.myMid = mid + 1;
     this.lastInbound = Date.now();
     return inner;
+  }
+
+  /** The IKE_SA_INIT request (unprotected, message ID 0), retransmitted until its response arrives. */
+  async exchangeInit(request: Buffer): Promise<IkeMessage> {
+    let response: IkeMessage | undefined;
+    await this.transmit([request], 0, (m) => {
+      if (m.header.exchange !== ExchangeType.IKE_SA_INIT) return false;
+      response = m;
+      return true;
+    });
+    return response as IkeMessage;
+  }
+
+  /** The peer proved who it is (IKE_AUTH): its identity and certificate, copied out of the message. */
+  authenticatedAs(a: Authenticated): void {
+    this.peerId = { ...a.id, data: kept(a.id.data) };
+    this.peerCertificate = a.certificate;
   }
 
   /** Our message as datagrams: fragments when both sides support RFC 7383 and it is too big. */

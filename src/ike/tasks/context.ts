@@ -5,9 +5,9 @@
  * lifetimes, child entries and their states.
  */
 import type { ChildPolicy, ChildSa } from './child-create.ts';
-import type { Credentials, Identity } from './ike-auth.ts';
+import type { Authenticated, Credentials, Identity } from './ike-auth.ts';
 import type { IkeSa } from '../sa.ts';
-import type { Payload, Proposal } from '../wire/codec.ts';
+import type { IkeMessage, Payload, Proposal } from '../wire/codec.ts';
 import type { ExchangeType } from '../wire/constants.ts';
 
 /** Lifetimes of the IKE SA and its children; rekeying starts at the rekey time (make-before-break). */
@@ -55,7 +55,7 @@ export interface ChildEntry {
 }
 
 /** What a request is for, for the collision rules of RFC 7296 §2.25 and §2.8. */
-export type TaskKind = 'child' | 'ike-rekey' | 'informational';
+export type TaskKind = 'establish' | 'child' | 'ike-rekey' | 'informational';
 
 /**
  * One piece of work on an IKE SA that needs requests of our own (strongSwan's task): tasks run one
@@ -90,6 +90,12 @@ export interface TaskSession {
 
   /** Sends a protected request from the running task and resolves with the authenticated response's payloads. */
   request(exchange: ExchangeType, payloads: Payload[], waits?: number[]): Promise<Payload[]>;
+  /** Sends the (unprotected) IKE_SA_INIT request, retransmitted, and resolves with the response. */
+  exchangeInit(request: Buffer): Promise<IkeMessage>;
+  /** Answers the peer's request `mid` (and keeps the answer for its retransmissions). */
+  respond(exchange: ExchangeType, mid: number, payloads: Payload[], requests: Buffer[]): void;
+  /** The peer proved who it is (IKE_AUTH). */
+  authenticatedAs(a: Authenticated): void;
   /** Queues a task on this IKE SA (or on the one that replaced it). */
   queue(task: SessionTask): Promise<void>;
   /** Installs a child SA (data plane, lifetimes, audit 5451); `outboundActive: false` for a rekey responder's new SA. */

@@ -1,15 +1,24 @@
 /**
- * IKE_AUTH authentication (RFC 7296 §2.15): our ID and AUTH payloads, and the check of the peer's.
- * Pre-shared keys here; certificates (RFC 7427 digital signatures) in ike-cert.ts. The exchange
- * itself is driven by the session (initiator) and `respondAuth` there (responder).
+ * IKE_AUTH (RFC 7296 §1.2, §2.15): our ID and AUTH payloads and the check of the peer's — pre-shared
+ * keys here, certificates (RFC 7427 digital signatures) in ike-cert.ts — and the exchange in both
+ * roles: the initiator as the task that follows IKE_SA_INIT, the responder as `respondAuth`.
  */
 import { pskAuth, verifyPskAuth } from '../crypto/auth.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload } from '../wire/codec.ts';
-import { AuthMethod, NotifyType, PayloadType } from '../wire/constants.ts';
-import { type CertCredentials, certAuthPayloads, type PeerCertificate, verifyCertAuth } from './ike-cert.ts';
-import { findNotifies, findPayload } from './task.ts';
+import { AuthMethod, ExchangeType, NotifyType, PayloadType } from '../wire/constants.ts';
+import { type ChildSa, ChildCreateInitiator, respondChild } from './child-create.ts';
+import type { SessionTask, TaskSession } from './context.ts';
+import {
+  type CertCredentials,
+  certAuthPayloads,
+  certRequest,
+  type PeerCertificate,
+  verifyCertAuth,
+} from './ike-cert.ts';
+import { deleteIkeExchange } from './ike-delete.ts';
+import { findNotifies, findPayload, notify } from './task.ts';
 
 export interface Identity {
   type: number;
@@ -102,4 +111,104 @@ export function verifyPeerAuth(
   if (!verifyPskAuth(expected, auth.data))
     throw new IkeError("the peer's AUTH does not verify (different pre-shared key?)", NotifyType.AUTHENTICATION_FAILED);
   return { id };
+}
+
+/** What IKE_AUTH reports to the keying service that owns the IKE SA (its index of peers, its audit). */
+export interface AuthHooks {
+  /** The peer proved its identity; `initialContact`: it says it holds no other IKE SA with us (§2.4). */
+  authenticated(s: TaskSession, initialContact: boolean): void;
+}
+
+/** The initiator's IKE_AUTH with the first child SA (§1.2), as the second task of a new IKE SA. */
+export class IkeAuthTask implements SessionTask {
+  readonly name = 'ike-auth';
+  readonly kind = 'establish';
+  readonly migrates = false;
+  /** The child SA negotiated with the IKE SA, once done. */
+  child?: ChildSa;
+
+  constructor(
+    private readonly hooks: AuthHooks,
+    /** Send INITIAL_CONTACT: asked when the request is built (no other IKE SA with this peer here then). */
+    private readonly initialContact: () => boolean,
+  ) {}
+
+  async run(s: TaskSession): Promise<void> {
+    const { sa, peer } = s;
+    const [idi, ...proof] = authPayloads(sa, 'i', peer.localId, peer.credentials);
+    const inner: Payload[] = [idi as Payload];
+    if (peer.credentials.method === 'cert') inner.push(certRequest(peer.credentials));
+    if (peer.remoteId) inner.push({ type: PayloadType.IDr, idType: peer.remoteId.type, data: peer.remoteId.data });
+    inner.push(...proof);
+    // §2.4: INITIAL_CONTACT says "I have no other IKE SA with you" — the peer deletes the others.
+    if (this.initialContact()) inner.push(notify(NotifyType.INITIAL_CONTACT));
+    const child = new ChildCreateInitiator(peer.espProposals, peer.tsi, peer.tsr, peer.mode);
+    child.build(sa, inner);
+    s.log('send IKE_AUTH', {});
+    const payloads = await s.request(ExchangeType.IKE_AUTH, inner);
+    s.authenticatedAs(verifyPeerAuth(sa, 'r', payloads, peer.credentials, peer.remoteId));
+    this.hooks.authenticated(s, false);
+    // The child's keys come from the IKE_SA_INIT nonces, which established() lets go.
+    let childError: unknown;
+    try {
+      child.process(sa, payloads);
+    } catch (err) {
+      childError = err;
+    }
+    s.established();
+    if (childError) {
+      s.childFailed(childError as Error, 1);
+      await deleteIkeExchange(s, 'no child SA');
+      throw childError;
+    }
+    this.child = child.result as ChildSa;
+    s.installChild(this.child);
+    s.log('IKE_AUTH done', { spiIn: this.child.spiIn.toString('hex'), spiOut: this.child.spiOut.toString('hex') });
+  }
+}
+
+/**
+ * The responder's IKE_AUTH (the request already opened and authenticated as an SK message): verify
+ * the peer, answer with our AUTH and the child SA (or the reason there is none), establish.
+ * `failed` audits an authentication failure; the IKE SA is then gone.
+ */
+export function respondAuth(
+  s: TaskSession,
+  inner: readonly Payload[],
+  raws: Buffer[],
+  hooks: AuthHooks & { failed(err: Error): void },
+): void {
+  const { sa, peer } = s;
+  let authenticated: Authenticated;
+  try {
+    authenticated = verifyPeerAuth(sa, 'i', inner, peer.credentials, peer.remoteId);
+  } catch (err) {
+    s.log('authentication failed', { from: sa.remote.address, reason: (err as Error).message });
+    s.respond(ExchangeType.IKE_AUTH, 1, [notify(NotifyType.AUTHENTICATION_FAILED)], raws);
+    hooks.failed(err as Error);
+    s.terminate('authentication failed');
+    return;
+  }
+  s.authenticatedAs(authenticated);
+  hooks.authenticated(s, findNotifies(inner, NotifyType.INITIAL_CONTACT).length > 0);
+  const child = respondChild(sa, inner, peer, 'auth');
+  s.respond(
+    ExchangeType.IKE_AUTH,
+    1,
+    [...authPayloads(sa, 'r', peer.localId, peer.credentials), ...child.payloads],
+    raws,
+  );
+  s.established();
+  s.log('IKE_AUTH', { from: sa.remote.address, child: child.child ? child.child.spiIn.toString('hex') : 'none' });
+  if (child.child) s.installChild(child.child);
+  else {
+    const n = child.payloads.find((p) => 'notify' in p);
+    s.childFailed(
+      new IkeError(
+        `no child SA: ${n && 'notify' in n ? notifyName(n.notify) : 'refused'}`,
+        NotifyType.NO_PROPOSAL_CHOSEN,
+      ),
+      1,
+    );
+  }
 }
