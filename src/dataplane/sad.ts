@@ -5,15 +5,19 @@
  */
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { ESP_INTEG, EspInbound, EspOutbound } from '../esp/esp.ts';
-import { type EspBatch, EspCbcBatch, EspGcmBatch } from '../io/native.ts';
+import { writeIp } from '../io/addr.ts';
+import { EspCbcBatch, EspGcmBatch } from '../io/native.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
+import { type EspOpener, type EspSealer, TsEspOpener, TsEspSealer } from './batch.ts';
 import { type IpInfo, packetMatches } from './ip.ts';
 
 /** One child SA at run time in the data plane: its contexts, counters' owners, lifetime and activity. */
 export interface SaEntry {
   spec: ChildSaSpec;
   mode: 'tunnel' | 'transport';
+  /** The peer's outer endpoint (it follows the peer's NAT mapping), and its address as octets. */
   remote: Endpoint;
+  remoteBytes: Buffer;
   udp: boolean;
   localTs: TrafficSelector[];
   remoteTs: TrafficSelector[];
@@ -21,8 +25,11 @@ export interface SaEntry {
   in: EspInbound | AhInbound;
   /** An AH SA (RFC 4302): `out`/`in` are AH contexts, sent with our own IPv4 header. */
   ah: boolean;
-  /** Batched ESP in the addon (same packets as `out`/`in`): AES-GCM, or AES-CBC with HMAC-SHA1/SHA2. */
-  native?: { seal: EspBatch; open: EspBatch };
+  /**
+   * ESP's batch contexts, through which every ESP packet goes: the addon's (AES-GCM, AES-CBC with
+   * HMAC-SHA1/SHA2), or the TypeScript ESP of `out`/`in` behind the same interface. None for AH.
+   */
+  batch?: { seal: EspSealer; open: EspOpener };
   /** Outbound traffic may use it (a rekey responder's new SA waits for the initiator's traffic). */
   outboundActive: boolean;
   installedAt: number;
@@ -53,7 +60,7 @@ export function espFor(spec: ChildSaSpec, replayWindow = 1024): { out: EspOutbou
  * The addon's batched contexts for a child SA: AES-GCM-16, or AES-CBC with an HMAC-SHA1/SHA2
  * integrity (undefined for other suites, or an addon without them: the TypeScript path carries it).
  */
-function nativeEsp(spec: ChildSaSpec): SaEntry['native'] {
+function nativeEsp(spec: ChildSaSpec): SaEntry['batch'] {
   const { cipher, integrity, esn, outbound: o, inbound: i } = spec;
   try {
     if (cipher === 'aes-gcm-16') {
@@ -107,19 +114,28 @@ export class Sad {
   install(spec: ChildSaSpec): SaEntry {
     const ah = spec.protocol === 'ah';
     if (this.bySpi.has(spec.inbound.spi)) throw new RangeError(`inbound SPI ${spec.inbound.spi} is in use`);
-    const esp = ah ? ahFor(spec) : espFor(spec);
-    const native = ah ? undefined : nativeEsp(spec);
+    let batch: SaEntry['batch'];
+    let ctx: { out: EspOutbound | AhOutbound; in: EspInbound | AhInbound };
+    if (ah) ctx = ahFor(spec);
+    else {
+      const esp = espFor(spec);
+      ctx = esp;
+      batch = nativeEsp(spec) ?? { seal: new TsEspSealer(esp.out), open: new TsEspOpener(esp.in) };
+    }
+    const remoteBytes = Buffer.alloc(spec.remote.address.includes(':') ? 16 : 4);
+    writeIp(spec.remote.address, remoteBytes);
     const e: SaEntry = {
       spec,
       mode: spec.mode,
       remote: { ...spec.remote },
+      remoteBytes,
       udp: spec.udpEncapsulation,
       localTs: spec.localTs,
       remoteTs: spec.remoteTs,
-      out: esp.out,
-      in: esp.in,
+      out: ctx.out,
+      in: ctx.in,
       ah,
-      native,
+      batch,
       outboundActive: spec.outboundActive ?? true,
       installedAt: Date.now(),
       order: ++this.installed,
@@ -127,7 +143,7 @@ export class Sad {
       softSent: false,
       lastActivity: 0,
     };
-    this.bySpi.set(esp.in.spi, e);
+    this.bySpi.set(ctx.in.spi, e);
     const hosts = Sad.remoteHosts(e);
     if (hosts) for (const k of hosts) this.byRemoteHost.set(k, [e, ...(this.byRemoteHost.get(k) ?? [])]);
     else this.ranged.unshift(e);
@@ -156,14 +172,16 @@ export class Sad {
         else this.byRemoteHost.delete(k);
       }
     else this.ranged = this.ranged.filter((x) => x !== e);
-    e.native?.seal.close();
-    e.native?.open.close();
+    e.batch?.seal.close();
+    e.batch?.open.close();
     return e;
   }
 
   update(spi: number, remote: Endpoint): void {
     const e = this.bySpi.get(spi);
-    if (e) e.remote = { ...remote };
+    if (!e) return;
+    e.remote = { ...remote };
+    writeIp(remote.address, e.remoteBytes);
   }
 
   /**

@@ -178,12 +178,14 @@ export class EspOutbound extends EspSa {
 
   /** The ESP packet (SPI … ICV) carrying `payload` with next header `nextHeader`. */
   seal(payload: Buffer, nextHeader: number): Buffer {
-    if (this.seq >= this.limit)
-      throw new EspError(
-        'sequence-exhausted',
-        `SPI ${this.spi.toString(16)}: sequence numbers exhausted, the SA must be rekeyed`,
-      );
-    const seq = ++this.seq;
+    return this.sealWith(this.reserve(1, payload.length), payload, nextHeader);
+  }
+
+  /**
+   * The ESP packet carrying `payload` with sequence number `seq` (taken with `reserve`): neither
+   * counted nor checked here.
+   */
+  sealWith(seq: number, payload: Buffer, nextHeader: number): Buffer {
     const seqLow = seq % 2 ** 32;
     const seqHigh = Math.floor(seq / 2 ** 32);
     const pad = this.padLength(payload.length);
@@ -221,8 +223,6 @@ export class EspOutbound extends EspSa {
       }
       this.mac(out, body + plainLen, seqHigh).copy(out, body + plainLen);
     }
-    this.bytes += payload.length;
-    this.packets++;
     return out;
   }
 }
@@ -262,6 +262,22 @@ export class EspInbound extends EspSa {
 
   /** Verifies, decrypts and replay-checks one ESP packet (SPI … ICV). Throws EspError; never changes state on failure. */
   open(packet: Buffer): Opened {
+    if (packet.length >= 8 && packet.readUInt32BE(0) !== this.spi)
+      throw new EspError('spi', 'ESP packet for another SPI');
+    const low = packet.length >= 8 ? packet.readUInt32BE(4) : 0;
+    const seq = this.precheck(low);
+    if (seq < 0)
+      throw new EspError('replay', `replayed or too old ESP packet (sequence ${low}, window top ${this.replay.top})`);
+    const opened = this.decrypt(packet, seq);
+    if (!this.accept(seq, opened.payload.length)) throw new EspError('replay', `replayed ESP packet (sequence ${seq})`);
+    return opened;
+  }
+
+  /**
+   * Verifies and decrypts one ESP packet whose full sequence number is `seq` (from `precheck`);
+   * the replay window is neither checked nor moved here. Throws EspError; changes no state.
+   */
+  decrypt(packet: Buffer, seq: number): Opened {
     const min = 8 + this.ivLen + this.block + this.icvLen;
     if (packet.length < min || (packet.length - 8 - this.ivLen - this.icvLen) % this.block !== 0)
       throw new EspError(
@@ -269,10 +285,6 @@ export class EspInbound extends EspSa {
         `ESP packet of ${packet.length} octets does not fit SPI ${this.spi.toString(16)}`,
       );
     if (packet.readUInt32BE(0) !== this.spi) throw new EspError('spi', 'ESP packet for another SPI');
-    const low = packet.readUInt32BE(4);
-    const seq = this.esn ? this.replay.inferEsn(low) : low;
-    if (seq <= 0 || !this.replay.check(seq))
-      throw new EspError('replay', `replayed or too old ESP packet (sequence ${seq}, window top ${this.replay.top})`);
     const seqHigh = Math.floor(seq / 2 ** 32);
     const body = 8 + this.ivLen;
     const end = packet.length - this.icvLen;
@@ -308,9 +320,6 @@ export class EspInbound extends EspSa {
     // Default padding is 1, 2, 3 …; anything else is refused (RFC 4303 §2.4).
     for (let i = 0; i < padLen; i++)
       if (plain[payloadLen + i] !== i + 1) throw new EspError('padding', 'ESP padding is not the default sequence');
-    if (!this.replay.update(seq)) throw new EspError('replay', `replayed ESP packet (sequence ${seq})`);
-    this.bytes += payloadLen;
-    this.packets++;
     return { payload: plain.subarray(0, payloadLen), nextHeader, seq };
   }
 }

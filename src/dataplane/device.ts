@@ -1,0 +1,181 @@
+/**
+ * The data plane's device part (wireguard-go's tun + conn): the TUN `consec0`, the marked sockets —
+ * UDP 500 and 4500 shared with IKE, raw ESP, raw AH, IPPROTO_RAW for cleartext (one per family) —
+ * the routing rule that sends unmarked traffic to our table, and the routes into the TUN for the
+ * protected destinations (counted: a route stays while any SA or rule needs it). Our own sockets
+ * carry the firewall mark, so what they send bypasses the TUN (the wg-quick pattern).
+ */
+import { execFile } from 'node:child_process';
+import { isIPv4 } from 'node:net';
+import { promisify } from 'node:util';
+import { IPPROTO_AH } from '../esp/ah.ts';
+import { readIp, writeIp } from '../io/addr.ts';
+import { IPPROTO_ESP, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
+import type { TrafficSelector } from '../sa/spec.ts';
+
+const run = promisify(execFile);
+
+export interface DeviceOptions {
+  /** The outer (IKE/ESP) address of this host. */
+  local: string;
+  tunName: string;
+  /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
+  mark: number;
+  /** Routing table for the protected destinations, and the priority of its rule. */
+  table: number;
+  rulePriority: number;
+  mtu: number;
+  log(event: string, detail?: Record<string, unknown>): void;
+}
+
+export const DEVICE_DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
+const SOCKET_BUFFER = 8 * 1024 * 1024;
+
+export class Device {
+  /** The outer address as octets (4 or 16). */
+  readonly localBytes: Buffer;
+  private readonly routes = new Map<string, number>();
+  private closed = false;
+
+  private constructor(
+    readonly o: DeviceOptions,
+    readonly tun: TunDevice,
+    readonly udp500: UdpSocket,
+    readonly udp4500: UdpSocket,
+    /** Raw ESP (protocol 50) sends and receives. */
+    readonly raw: RawIpSocket,
+    /** IPPROTO_RAW (the packet carries its own IP header): exempt and Request traffic in clear, and AH. */
+    readonly clear: RawIpSocket,
+    /** Raw AH (protocol 51) receives (IPv4 with the IP header AH authenticates; IPv6 without it). */
+    readonly ah: RawIpSocket,
+    /** IPPROTO_RAW of the other family: tunnel mode carries it too, so its clear traffic goes here. */
+    readonly clearOther?: RawIpSocket,
+  ) {
+    this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
+    writeIp(o.local, this.localBytes);
+  }
+
+  get family(): 4 | 6 {
+    return this.localBytes.length === 4 ? 4 : 6;
+  }
+
+  /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
+  static async open(o: DeviceOptions): Promise<Device> {
+    const family = isIPv4(o.local) ? 4 : 6;
+    const opened: { close(): void }[] = [];
+    const keep = <T extends { close(): void }>(x: T): T => {
+      opened.push(x);
+      return x;
+    };
+    try {
+      const tun = keep(TunDevice.open(o.tunName));
+      const udp500 = keep(UdpSocket.open(family));
+      const udp4500 = keep(UdpSocket.open(family));
+      const raw = keep(RawIpSocket.open(family, IPPROTO_ESP));
+      const clear = keep(RawIpSocket.open(family, 255));
+      const ah = keep(RawIpSocket.open(family, IPPROTO_AH));
+      for (const s of [udp500, udp4500, raw, clear, ah]) s.setMark(o.mark);
+      // Room for bursts: a bulk transfer arrives faster than one event-loop turn drains it.
+      for (const s of [udp4500, raw, clear, ah]) s.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
+      ah.bind(o.local);
+      udp500.bind(o.local, 500);
+      udp4500.bind(o.local, 4500);
+      raw.bind(o.local);
+      // The other family rides in tunnel mode SAs too (IPv6 inside IPv4 and the other way round):
+      // its clear traffic needs a socket of its own; a host without that family simply has none.
+      let clearOther: RawIpSocket | undefined;
+      try {
+        clearOther = keep(RawIpSocket.open(family === 4 ? 6 : 4, 255));
+        clearOther.setMark(o.mark);
+      } catch {
+        clearOther = undefined;
+      }
+      // No link-local address: the TUN itself must not send router solicitations or MLD into itself.
+      await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
+      await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
+      // One rule per family: unmarked traffic looks in our table first (no route there: on to main).
+      const own = family === 4 ? '-4' : '-6';
+      for (const ip of ['-4', '-6']) {
+        const pref = String(o.rulePriority);
+        await run('ip', [ip, 'rule', 'del', 'pref', pref]).catch(() => {});
+        const add = run('ip', [
+          ip,
+          'rule',
+          'add',
+          'not',
+          'fwmark',
+          String(o.mark),
+          'table',
+          String(o.table),
+          'pref',
+          pref,
+        ]);
+        await (ip === own ? add : add.catch(() => {})); // a host may lack the other family
+      }
+      return new Device(o, tun, udp500, udp4500, raw, clear, ah, clearOther);
+    } catch (err) {
+      for (const s of opened.reverse()) s.close();
+      throw err;
+    }
+  }
+
+  /** Removes a routing rule and table (this run's on close, or a previous run's: `consec daemon --remove-filters`). */
+  static async removeRouting(table = DEVICE_DEFAULTS.table, priority = DEVICE_DEFAULTS.rulePriority): Promise<void> {
+    for (const ip of ['-4', '-6']) {
+      await run('ip', [ip, 'rule', 'del', 'pref', String(priority)]).catch(() => {});
+      await run('ip', [ip, 'route', 'flush', 'table', String(table)]).catch(() => {});
+    }
+  }
+
+  /** Host and prefix-aligned ranges as CIDRs (selectors from Windows rules are subnets or hosts). */
+  private static cidr(ts: TrafficSelector): string {
+    const fam = ts.start.length === 4 ? 4 : 6;
+    const bits = fam === 4 ? 32 : 128;
+    let prefix = bits;
+    for (let i = bits - 1; i >= 0; i--) {
+      const byte = i >> 3;
+      const mask = 0x80 >> (i & 7);
+      const s = (ts.start[byte] as number) & mask;
+      const e = (ts.end[byte] as number) & mask;
+      if (s === 0 && e !== 0) prefix = i;
+      else break;
+    }
+    return `${readIp(ts.start, 0, fam)}/${prefix}`;
+  }
+
+  /** Routes `ts`'s destinations into the TUN (one more user of the route). */
+  async addRoute(ts: TrafficSelector): Promise<void> {
+    const cidr = Device.cidr(ts);
+    const n = this.routes.get(cidr) ?? 0;
+    this.routes.set(cidr, n + 1);
+    if (n > 0 || this.closed) return;
+    const v6 = cidr.includes(':');
+    // Our own address as the source where it is of the same family; the kernel picks one otherwise.
+    const src = v6 === (this.family === 6) ? ['src', this.o.local] : [];
+    const args = [v6 ? '-6' : '-4', 'route', 'replace', cidr, 'dev', this.tun.name, 'table', String(this.o.table)];
+    await run('ip', [...args, ...src]).catch((err: Error) => this.o.log('route failed', { cidr, reason: err.message }));
+  }
+
+  /** One user fewer of `ts`'s route; the last one removes it. */
+  async removeRoute(ts: TrafficSelector): Promise<void> {
+    const cidr = Device.cidr(ts);
+    const n = (this.routes.get(cidr) ?? 1) - 1;
+    if (n > 0) {
+      this.routes.set(cidr, n);
+      return;
+    }
+    this.routes.delete(cidr);
+    if (this.closed) return;
+    const ip = cidr.includes(':') ? '-6' : '-4';
+    await run('ip', [ip, 'route', 'del', cidr, 'table', String(this.o.table)]).catch(() => {});
+  }
+
+  /** Removes the routing rule and routes and closes the TUN and sockets. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear, this.ah]) s.close();
+    this.clearOther?.close();
+    await Device.removeRouting(this.o.table, this.o.rulePriority);
+  }
+}
