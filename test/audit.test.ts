@@ -102,12 +102,16 @@ describe('Security log and Get-WinEvent', () => {
   it('writes only what the audit policy enables (picked up live), newest first, across rotated files', async () => {
     const dir = freshStateDir('consec-audit-');
     const errors: Error[] = [];
-    const log = new SecurityLog(dir, new LiveAuditPolicy(dir), (e) => errors.push(e), { maxBytes: 3000, keep: 3 });
+    let clock = Date.now();
+    const policy = new LiveAuditPolicy(dir, undefined, () => clock);
+    const log = new SecurityLog(dir, policy, (e) => errors.push(e), { maxBytes: 3000, keep: 3 });
     log.emit(mmFailure(0));
     assert.deepEqual(readSecurityLog(dir), [], 'nothing while auditing is off');
     runAuditpol(dir, ['/set', '/subcategory:IPsec Main Mode', '/failure:enable']);
-    // The daemon looks at the policy file at most every 200 ms (no stat per event).
-    await new Promise((r) => setTimeout(r, 250));
+    // The daemon looks at the policy file at most every 200 ms (no stat per event): not yet, then at 250 ms.
+    log.emit(mmFailure(0));
+    assert.deepEqual(readSecurityLog(dir), [], 'the change is seen at the next look, not per event');
+    clock += 250;
     for (let i = 1; i <= 6; i++) log.emit(mmFailure(i));
     log.emit(qmEstablished); // Quick Mode success is not enabled
     const records = readSecurityLog(dir);

@@ -286,7 +286,10 @@ describe('consec daemon', () => {
       // Off: nothing more is written.
       const off = await netsh('disable');
       assert.equal(off.code, 0);
-      await new Promise((r) => setTimeout(r, 600));
+      await until(
+        () => lines(d, 'IKE debug log settings').some((l) => l.enabled === false),
+        'the daemon to follow the setting',
+      );
       const before = read(file);
       await alice.stop();
       alice = undefined;

@@ -15,7 +15,16 @@ import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
-import { applyPolicy, consecArgv, consecDaemon, consecPwsh, DATAPLANE_PSK as PSK, events, fixture } from './helpers.ts';
+import {
+  applyPolicy,
+  consecArgv,
+  consecDaemon,
+  consecPwsh,
+  DATAPLANE_PSK as PSK,
+  events,
+  fixture,
+  waitUntil,
+} from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {
@@ -71,8 +80,16 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         assert.equal(child?.state, 'INSTALLED');
         assert.ok((child?.bytesIn ?? 0) > 4 * 1024 * 1024, `strongSwan decrypted our ESP: ${JSON.stringify(child)}`);
         // consec's own view of the SA counts the traffic strongSwan counted the other way (read both
-        // once the traffic has settled).
-        await new Promise((r) => setTimeout(r, 500));
+        // once the last segments have been counted on both sides).
+        const counted = async () => {
+          const q = JSON.parse((await consecPwsh(dir, 'Get-NetIPsecQuickModeSA | ConvertTo-Json')).stdout) as {
+            PacketsIn: number;
+            PacketsOut: number;
+          };
+          const c = (await bob.listSas())[0]?.children[0];
+          return q.PacketsIn >= (c?.packetsOut ?? 0) * 0.9 && (c?.packetsIn ?? 0) >= q.PacketsOut * 0.9;
+        };
+        await waitUntil(counted, 'both sides to count the transfer');
         const view = await consecPwsh(dir, 'Get-NetIPsecQuickModeSA | ConvertTo-Json');
         const qm = JSON.parse(view.stdout) as {
           OutboundSpi: string;

@@ -12,7 +12,7 @@ import { Lab } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture } from './helpers.ts';
+import { events, fixture, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-lifecycle-0123456789';
 const ESAE = ['AES256-SHA384-DH20', 'AESGCM256'] as const;
@@ -361,7 +361,8 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
     const peer = await Charon.start(lab, 'alice', cfg);
     try {
       await peer.initiate('c');
-      await new Promise((r) => setTimeout(r, 3000));
+      // Several liveness checks answered (each a DPD request and its response in strongSwan's log).
+      await waitUntil(() => (peer.log().match(/sending DPD request/g) ?? []).length >= 2, 'strongSwan’s DPD requests');
       const [sa] = await peer.listSas();
       assert.equal(sa?.state, 'ESTABLISHED');
       assert.match(peer.log(), /sending DPD request/);

@@ -14,6 +14,7 @@ import { IkeNatd } from '../src/ike/tasks/ike-natd.ts';
 import { decodeMessage, type Payload } from '../src/ike/wire/codec.ts';
 import { ExchangeType, Flags, IdType, NotifyType, PayloadType } from '../src/ike/wire/constants.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
+import { waitUntil } from './helpers.ts';
 
 const I = '192.0.2.1';
 const R = '192.0.2.2';
@@ -224,7 +225,7 @@ describe('IKEv2 responder', () => {
       exchange(r, initRequest(sa, new IkeInitInitiator(ikeProposals(mm).proposals)));
     }
     assert.deepEqual(r.counts, { halfOpen: 3, total: 3 });
-    await new Promise((res) => setTimeout(res, 120));
+    await waitUntil(() => r.counts.total === 0, 'the half-open SAs to expire', 2000);
     assert.deepEqual(r.counts, { halfOpen: 0, total: 0 });
     r.close();
   });
@@ -250,7 +251,7 @@ describe('IKEv2 responder', () => {
     );
     assert.ok(r.counts.halfOpen <= 50, JSON.stringify(r.counts));
     // Whatever the mutations started, nothing outlives the half-open timeout.
-    await new Promise((res) => setTimeout(res, 500));
+    await waitUntil(() => r.counts.total === 0, 'every half-open SA to expire', 3000);
     assert.deepEqual(r.counts, { halfOpen: 0, total: 0 });
     r.close();
   });

@@ -7,8 +7,8 @@
  * rotated by size into `<file>.1`; it never holds keys, nonces, PSKs or payload data — the lines
  * come from `src/ike/trace.ts`, which describes payloads without their contents.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
-import { dirname, isAbsolute, join } from 'node:path';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, watch, writeSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
@@ -59,9 +59,9 @@ export function updateDebugLogSettings(stateDir: string, change: Partial<DebugLo
 }
 
 /**
- * The daemon's writer: follows the settings file (re-read when it changes, checked at most twice a
- * second), appends lines while enabled, rotates at the size limit. Write errors are reported once
- * and never stop the daemon.
+ * The daemon's writer: follows the settings file (re-read when it changes: at once with `watch()`,
+ * else checked at most twice a second when used), appends lines while enabled, rotates at the size
+ * limit. Write errors are reported once and never stop the daemon.
  */
 export class IkeDebugLog {
   private settings: DebugLogSettings = { ...DEFAULTS };
@@ -75,8 +75,25 @@ export class IkeDebugLog {
   constructor(
     private readonly stateDir: string,
     private readonly onError: (err: Error) => void = () => {},
+    /** The settings in force changed (and when first read). */
+    private readonly onChange?: (settings: DebugLogSettings) => void,
   ) {
     this.refresh(true);
+  }
+
+  /** Re-reads the settings as soon as the file is replaced (a watch on the state directory); returns the stop. */
+  watch(): () => void {
+    const name = basename(debugLogSettingsFile(this.stateDir));
+    try {
+      const w = watch(this.stateDir, (_event, file) => {
+        if (file === null || file === name) this.refresh(true);
+      });
+      w.on('error', () => w.close());
+      w.unref();
+      return () => w.close();
+    } catch {
+      return () => {}; // no watch here: the settings are still read on use
+    }
   }
 
   private refresh(force = false): void {
@@ -95,6 +112,7 @@ export class IkeDebugLog {
     try {
       this.settings = loadDebugLogSettings(this.stateDir);
       this.failed = false;
+      this.onChange?.(this.settings);
     } catch (err) {
       this.onError(err as Error); // keep the last good settings
     }

@@ -106,6 +106,8 @@ export class LiveAuditPolicy {
   constructor(
     private readonly stateDir: string,
     private readonly onError: (err: Error) => void = () => {},
+    /** The clock the 200 ms re-check interval is measured with (tests move it). */
+    private readonly now: () => number = Date.now,
   ) {
     this.policy = AuditPolicy.load(stateDir);
     this.stamp = this.currentStamp();
@@ -124,7 +126,7 @@ export class LiveAuditPolicy {
 
   /** The policy in force; the file is looked at again at most every 200 ms (an event costs no stat). */
   get current(): AuditPolicy {
-    const now = Date.now();
+    const now = this.now();
     if (now - this.checkedAt < 200) return this.policy;
     this.checkedAt = now;
     const stamp = this.currentStamp();

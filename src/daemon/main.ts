@@ -145,7 +145,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   const auditCounts = new Map<number, number>();
   let plane: UserspaceDataPlane | undefined;
   // The IKE debug log (netsh advfirewall set global ipsec debuglog …), followed live.
-  const debugLog = new IkeDebugLog(stateDir, (err) => log.warn({ reason: err.message }, 'IKE debug log'));
+  const debugLog = new IkeDebugLog(
+    stateDir,
+    (err) => log.warn({ reason: err.message }, 'IKE debug log'),
+    (s) => log.info({ enabled: s.enabled, file: s.file ?? null, sizeKb: s.sizeKb }, 'IKE debug log settings'),
+  );
+  const unwatchDebugLog = debugLog.watch();
   const metrics = new DaemonMetrics({
     sessions: () => service.sessions(),
     dataplane: () => plane,
@@ -385,6 +390,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         })
         .finally(() => {
           // Last: stopping still writes events (4655, 5452, 5479) to the debug log and the journal.
+          unwatchDebugLog();
           debugLog.close();
           journal?.close();
           resolve();

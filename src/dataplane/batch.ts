@@ -6,43 +6,7 @@
  * negated ESP_OPEN_FAILURE code, as the addon does.
  */
 import { EspError, type EspInbound, type EspOutbound } from '../esp/esp.ts';
-import { ESP_OPEN_FAILURE, type EspOpenFailure, type PacketBatch } from '../io/native.ts';
-
-export interface EspSealer {
-  /**
-   * Seals `count` packets — packet i is buf[offsets[i], +lengths[i]) with next header nextHeaders[i]
-   * — into `dst` slots dstIndex… (their lengths set); `seq` is the first packet's sequence number.
-   */
-  seal(
-    buf: Buffer,
-    offsets: Int32Array,
-    lengths: Int32Array,
-    nextHeaders: Uint8Array,
-    count: number,
-    dst: PacketBatch,
-    dstIndex: number,
-    spi: number,
-    seq: number,
-  ): void;
-  close(): void;
-}
-
-export interface EspOpener {
-  /**
-   * Opens `count` ESP packets (buf[offsets[i], +lengths[i]), high sequence halves in `seqHighs`)
-   * into `dst` slots: dst.lengths[i] is the payload length or a negative failure code.
-   */
-  open(
-    buf: Buffer,
-    offsets: Int32Array,
-    lengths: Int32Array,
-    seqHighs: Uint32Array,
-    count: number,
-    dst: { buf: Buffer; offsets: Int32Array; lengths: Int32Array },
-    nextHeaders: Uint8Array,
-  ): void;
-  close(): void;
-}
+import { ESP_OPEN_FAILURE, type EspOpener, type EspOpenFailure, type EspSealer } from '../io/native.ts';
 
 const CODE = Object.fromEntries(Object.entries(ESP_OPEN_FAILURE).map(([code, why]) => [why, -Number(code)])) as Record<
   EspOpenFailure,
@@ -59,17 +23,7 @@ const failureCode = (err: unknown): number =>
 export class TsEspSealer implements EspSealer {
   constructor(private readonly sa: EspOutbound) {}
 
-  seal(
-    buf: Buffer,
-    offsets: Int32Array,
-    lengths: Int32Array,
-    nextHeaders: Uint8Array,
-    count: number,
-    dst: PacketBatch,
-    dstIndex: number,
-    _spi: number,
-    seq: number,
-  ): void {
+  seal(...[buf, offsets, lengths, nextHeaders, count, dst, dstIndex, , seq]: Parameters<EspSealer['seal']>): void {
     for (let k = 0; k < count; k++) {
       const off = offsets[k] as number;
       const payload = buf.subarray(off, off + (lengths[k] as number));
@@ -84,15 +38,7 @@ export class TsEspSealer implements EspSealer {
 export class TsEspOpener implements EspOpener {
   constructor(private readonly sa: EspInbound) {}
 
-  open(
-    buf: Buffer,
-    offsets: Int32Array,
-    lengths: Int32Array,
-    seqHighs: Uint32Array,
-    count: number,
-    dst: { buf: Buffer; offsets: Int32Array; lengths: Int32Array },
-    nextHeaders: Uint8Array,
-  ): void {
+  open(...[buf, offsets, lengths, seqHighs, count, dst, nextHeaders]: Parameters<EspOpener['open']>): void {
     for (let k = 0; k < count; k++) {
       const off = offsets[k] as number;
       const packet = buf.subarray(off, off + (lengths[k] as number));

@@ -6,9 +6,9 @@
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { ESP_INTEG, EspInbound, EspOutbound } from '../esp/esp.ts';
 import { writeIp } from '../io/addr.ts';
-import { EspCbcBatch, EspGcmBatch } from '../io/native.ts';
+import { EspCbcBatch, EspGcmBatch, type EspOpener, type EspSealer } from '../io/native.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
-import { type EspOpener, type EspSealer, TsEspOpener, TsEspSealer } from './batch.ts';
+import { TsEspOpener, TsEspSealer } from './batch.ts';
 import { type IpInfo, packetMatches } from './ip.ts';
 
 /** One child SA at run time in the data plane: its contexts, counters' owners, lifetime and activity. */

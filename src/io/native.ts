@@ -380,12 +380,24 @@ export class UdpSocket extends PolledSocket {
   }
 }
 
+/** Seals a gather of ESP packets in one call (the addon's contexts, or the TypeScript ESP behind the same call). */
+export interface EspSealer {
+  seal(...args: Parameters<EspBatch['seal']>): void;
+  close(): void;
+}
+
+/** Opens a gather of ESP packets in one call: per packet the payload length or a negated ESP_OPEN_FAILURE code. */
+export interface EspOpener {
+  open(...args: Parameters<EspBatch['open']>): void;
+  close(): void;
+}
+
 /**
  * Batched ESP in the addon, with the OpenSSL the node binary carries: one context per SA and
  * direction keeps its key schedule; whole batches go through in one call. Open reports per packet:
  * payload length, or -1 integrity, -2 malformed, -3 padding.
  */
-export class EspBatch {
+export class EspBatch implements EspSealer, EspOpener {
   protected constructor(private readonly ctx: NativeEsp) {}
 
   /**
