@@ -138,7 +138,7 @@ export class DaemonMetrics {
       'consec_dataplane_drops_total',
       'Packets the data plane dropped, by reason (unknown SPI, integrity, replay, queue full …)',
       ['reason'],
-      () => Object.entries(dp()?.stats.drops ?? {}).map(([reason, n]) => [{ reason }, n]),
+      () => Object.entries(dp()?.stats.drops ?? {}).map(([reason, n]) => [{ reason }, n ?? 0]),
     );
     mirrorCounter(
       r,

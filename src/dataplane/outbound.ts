@@ -244,7 +244,7 @@ export class Outbound {
           }
           Outbound.shift(batch, n); // partial send: the rest to the front, and on
         } catch (err) {
-          this.c.counters.drop((err as { code?: string }).code ?? 'send');
+          this.c.counters.drop(`send failed: ${(err as { code?: string }).code ?? 'unknown'}`);
           Outbound.shift(batch, 1); // drop the packet the kernel refused, keep the others
         }
       }

@@ -6,7 +6,7 @@
 import { readIp } from '../io/addr.ts';
 import type { PacketBatch } from '../io/native.ts';
 
-/** Why the data plane dropped a packet. */
+/** Why the data plane dropped a packet: a closed set (the data plane's own reasons, the ESP failures of esp.ts). */
 export type DropReason =
   | 'not IP'
   | 'malformed'
@@ -24,7 +24,9 @@ export type DropReason =
   | 'SA removed'
   | 'no socket for the other family'
   | 'send would block'
-  | 'internal error';
+  | 'internal error'
+  /** A send the kernel refused, by its errno code (ENETUNREACH, EPERM …). */
+  | `send failed: ${string}`;
 
 export interface DataPlaneStats {
   /**
@@ -35,8 +37,8 @@ export interface DataPlaneStats {
   packetsIn: number;
   bytesOut: number;
   bytesIn: number;
-  /** Drops by reason (DropReason, or the errno code of a send the kernel refused). */
-  drops: Record<string, number>;
+  /** Drops by reason. */
+  drops: Partial<Record<DropReason, number>>;
 }
 
 export type DriverDropId = 4960 | 4961 | 4962 | 4965;
@@ -60,7 +62,7 @@ export class Counters {
     private readonly onDriverDrop?: (e: DriverDrop) => void,
   ) {}
 
-  drop(reason: DropReason | string, n = 1): void {
+  drop(reason: DropReason, n = 1): void {
     this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + n;
   }
 
