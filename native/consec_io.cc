@@ -28,6 +28,7 @@
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -188,6 +189,16 @@ Napi::Value SetMark(const Napi::CallbackInfo& info) {
   if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
     throw ErrnoError(env, errno, "setsockopt(SO_MARK)");
   return env.Undefined();
+}
+
+// flockExclusive(fd): an exclusive advisory lock without waiting (flock(2) LOCK_EX | LOCK_NB); false
+// when another open file description holds it. The kernel drops it when the holder exits, however.
+Napi::Value FlockExclusive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  throw ErrnoError(env, errno, "flock");
 }
 
 // setBuffers(fd, rcv, snd): socket buffer sizes; the FORCE variants (CAP_NET_ADMIN) pass the
@@ -517,6 +528,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bindAddress", Napi::Function::New(env, BindAddress));
   exports.Set("setMark", Napi::Function::New(env, SetMark));
   exports.Set("setBuffers", Napi::Function::New(env, SetBuffers));
+  exports.Set("flockExclusive", Napi::Function::New(env, FlockExclusive));
   exports.Set("close", Napi::Function::New(env, Close));
   exports.Set("unixDgramOpen", Napi::Function::New(env, UnixDgramOpen));
   exports.Set("unixDgramSend", Napi::Function::New(env, UnixDgramSend));

@@ -11,6 +11,19 @@ export class ConsecError extends Error {
   }
 }
 
+/** The file system refused us (EACCES, EPERM): said as such, with what consec needs root for. */
+export class PermissionDeniedError extends ConsecError {
+  constructor(path: string, needs: string, options?: { cause?: unknown }) {
+    super('ERR_PERMISSION_DENIED', `permission denied: ${path} (consec needs root ${needs})`, options);
+  }
+}
+
+/** A PermissionDeniedError for an EACCES/EPERM error of `path`; any other error as it is. */
+export function permissionDenied(err: unknown, path: string, needs: string): unknown {
+  const code = (err as { code?: string }).code;
+  return code === 'EACCES' || code === 'EPERM' ? new PermissionDeniedError(path, needs, { cause: err }) : err;
+}
+
 /** A system call or native facility failed (errno-style `sysCode` such as EPERM, ENOENT). */
 export class NativeIoError extends ConsecError {
   readonly sysCode: string;

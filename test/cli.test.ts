@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
@@ -116,6 +116,27 @@ describe('consec CLI', () => {
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /^consec: the lab cannot run here; missing: root privileges/);
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  });
+
+  it('a user without root is told "permission denied" and why — not "locked" or "no events"', () => {
+    const dir = freshStateDir('consec-eacces-');
+    chmodSync(dir, 0o755);
+    mkdirSync(join(dir, 'audit'), { mode: 0o700 });
+    writeFileSync(join(dir, 'audit', 'security.jsonl'), '{"Id":4650}\n', { mode: 0o600 });
+    const events = consec(
+      ['--state-dir', dir, 'pwsh', '-Command', "Get-WinEvent -FilterHashtable @{LogName='Security'}"],
+      '65534',
+    );
+    assert.equal(events.code, 1);
+    assert.match(events.stderr, /permission denied: .*security\.jsonl \(consec needs root to read the Security log\)/);
+    assert.doesNotMatch(events.stderr, /No events were found/);
+    const rule = consec(
+      ['--state-dir', dir, 'pwsh', '-Command', 'New-NetIPsecRule -DisplayName x -RemoteAddress 192.0.2.9'],
+      '65534',
+    );
+    assert.equal(rule.code, 1);
+    assert.match(rule.stderr, /permission denied: .* \(consec needs root to change the policy stores\)/);
+    assert.doesNotMatch(rule.stderr, /locked/);
   });
 
   it('names a missing tool and the package that provides it', () => {

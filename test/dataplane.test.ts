@@ -131,6 +131,44 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     await lab?.destroy();
   });
 
+  it('a running daemon keeps its filters and its state directory: --remove-filters refuses, --force stops it first; a second daemon exits naming the first; SIGHUP reloads', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-own-');
+    await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true });
+    const consec = (args: string[]) => consecArgv(args, dir);
+    const daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
+    try {
+      await daemon.waitFor(/"msg":"ready"/);
+      const pid = readFileSync(join(dir, 'daemon.lock'), 'utf8').trim();
+      // A second daemon on the same state directory (another namespace: a second unit) stops before it touches anything.
+      const second = await lab.exec('bob', consec(['daemon', '--listen', b, '--dpd', '0']), { allowFailure: true });
+      assert.notEqual(second.code, 0);
+      assert.match(second.stderr, new RegExp(`state directory ${dir} is in use by consec daemon PID ${pid}`));
+      // SIGHUP (systemctl reload) reloads the policy; the daemon goes on.
+      process.kill(daemon.pid ?? 0, 'SIGHUP');
+      await daemon.waitFor(/"msg":"policy reloaded on request"/);
+      const svc = await lab.exec('alice', consec(['pwsh', '-Command', '(Get-Service IKEEXT).Status']));
+      assert.equal(svc.stdout.trim(), 'Running', 'the first daemon still answers on its control socket');
+      // Removing its filters under it is refused: the table stays.
+      const refused = await lab.exec('alice', consec(['daemon', '--remove-filters']), { allowFailure: true });
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, new RegExp(`consec daemon PID ${pid} enforces the policy of ${dir}`));
+      assert.equal(
+        (await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'], { allowFailure: true })).code,
+        0,
+      );
+      // --force: the daemon stops in order (its last events written), then the filters go.
+      await lab.exec('alice', consec(['daemon', '--remove-filters', '--force']));
+      await daemon.exited;
+      assert.match(daemon.output(), /audit 5479/, 'the daemon stopped in order');
+      const gone = await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'], { allowFailure: true });
+      assert.notEqual(gone.code, 0, 'the table is gone');
+    } finally {
+      await daemon.stop('SIGKILL');
+    }
+  });
+
   it('after SIGKILL the nftables table still drops cleartext both ways; a restart protects again; --remove-filters lifts it', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { formatList } from '../src/shell/pwsh/format.ts';
 import { parseScript } from '../src/shell/pwsh/parser.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
@@ -154,5 +155,14 @@ describe('PowerShell subset: syntax', () => {
       ),
       { numRuns: 5000 },
     );
+  });
+});
+
+describe('formatting of nested records (views the daemon sends)', () => {
+  it('Format-List shows a nested record as PowerShell shows a PSCustomObject, never [object Object]', () => {
+    const view = { Name: '1', LocalFirstId: { Identity: '192.0.2.1', AuthenticationMethod: 'PresharedKey' } };
+    const text = formatList([view]);
+    assert.match(text, /^LocalFirstId : @\{Identity=192\.0\.2\.1; AuthenticationMethod=PresharedKey\}$/m);
+    assert.doesNotMatch(text, /\[object Object\]/);
   });
 });

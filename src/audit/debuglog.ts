@@ -7,11 +7,12 @@
  * rotated by size into `<file>.1`; it never holds keys, nonces, PSKs or payload data — the lines
  * come from `src/ike/trace.ts`, which describes payloads without their contents.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, watch, writeSync } from 'node:fs';
-import { basename, dirname, isAbsolute, join } from 'node:path';
+import { closeSync, mkdirSync, readFileSync, statSync, watch, writeSync } from 'node:fs';
+import { basename, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
+import { checkOwnPath, openOwnAppend, OwnFiles, rotateOwn } from '../io/safe-file.ts';
 
 export const DEBUGLOG_SIZE_KB = { min: 1, max: 1_048_576, default: 4096 } as const;
 
@@ -53,6 +54,8 @@ export function updateDebugLogSettings(stateDir: string, change: Partial<DebugLo
     if (!isAbsolute(change.file)) throw new ConsecError('ERR_DEBUGLOG', `${change.file}: give an absolute path`);
   }
   const next = settingsSchema.parse({ ...loadDebugLogSettings(stateDir), ...change });
+  // The root daemon will append to it: refuse now what it would refuse then (links, files not its own).
+  if (next.file) checkOwnPath(next.file, new OwnFiles(stateDir));
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   writeFileAtomic(debugLogSettingsFile(stateDir), `${JSON.stringify(next, null, 2)}\n`);
   return next;
@@ -71,6 +74,8 @@ export class IkeDebugLog {
   private openFile?: string;
   private size = 0;
   private failed = false;
+  /** The files this log created (rotation and appends touch only those). */
+  private readonly own: OwnFiles;
 
   constructor(
     private readonly stateDir: string,
@@ -78,6 +83,7 @@ export class IkeDebugLog {
     /** The settings in force changed (and when first read). */
     private readonly onChange?: (settings: DebugLogSettings) => void,
   ) {
+    this.own = new OwnFiles(stateDir);
     this.refresh(true);
   }
 
@@ -145,16 +151,17 @@ export class IkeDebugLog {
 
   private open(): void {
     const path = this.path;
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    this.fd = openSync(path, 'a', 0o600);
+    const { fd, size } = openOwnAppend(path, this.own);
+    this.fd = fd;
     this.openFile = path;
-    this.size = statSync(path).size;
+    this.size = size;
   }
 
+  /** The current file becomes `.1` (only files consec created are renamed, onto its own or a free name). */
   private rotate(): void {
     const path = this.path;
+    rotateOwn(path, this.fd as number, this.own);
     this.close();
-    renameSync(path, `${path}.1`);
     this.open();
   }
 

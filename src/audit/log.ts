@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { AuditEvent, EndpointInfo } from './events.ts';
 import type { AuditSink } from './events.ts';
 import type { LiveAuditPolicy } from './policy.ts';
+import { permissionDenied } from '../errors.ts';
 
 export const SECURITY_PROVIDER = 'Microsoft-Windows-Security-Auditing';
 
@@ -263,8 +264,10 @@ function readFile(file: string): SecurityRecord[] {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
-  } catch {
-    return [];
+  } catch (err) {
+    // No log yet is no events; a log we may not read is said as such (not "no events").
+    if ((err as { code?: string }).code === 'ENOENT') return [];
+    throw permissionDenied(err, file, 'to read the Security log');
   }
   const out: SecurityRecord[] = [];
   for (const line of text.split('\n')) {

@@ -109,7 +109,11 @@ export function buildProgram(): Command {
     .option('--listen <address...>', 'addresses to run IKE on, UDP 500 and 4500 (default: every local address)')
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
     .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
-    .option('--remove-filters', "remove consec's fail-closed nftables table, routing rule and routes, then exit")
+    .option(
+      '--remove-filters',
+      "remove consec's fail-closed nftables table, routing rule and routes, then exit (refused while a daemon runs)",
+    )
+    .option('--force', 'with --remove-filters: stop the running daemon first (its SAs deleted at the peers)')
     .option('--wireshark-keys <dir>', "append each child SA's keys to DIR/esp_sa for Wireshark (mode 0600)")
     .option('--manual-sas <file>', 'install the manual SAs of a YAML file (keys and SPIs, no IKE); mode 0600')
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
@@ -122,6 +126,7 @@ export function buildProgram(): Command {
         metrics?: string;
         dataplane: string;
         removeFilters?: boolean;
+        force?: boolean;
         wiresharkKeys?: string;
         manualSas?: string;
       }) => {
@@ -137,6 +142,7 @@ export function buildProgram(): Command {
           dpd,
           dataplane: opts.dataplane,
           removeFilters: opts.removeFilters,
+          force: opts.force,
           wiresharkKeys: opts.wiresharkKeys,
           manualSas: opts.manualSas,
           metrics: opts.metrics,

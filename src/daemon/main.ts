@@ -28,6 +28,7 @@ import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
 import { JournalSink } from '../io/journal.ts';
+import { StateDirLock } from './lock.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
@@ -112,8 +113,10 @@ export interface DaemonOptions {
   encap?: boolean;
   /** 'userspace': consec's own ESP data plane on a TUN device; 'none': SAs are only logged. */
   dataplane?: 'userspace' | 'none';
-  /** Remove consec's nftables table, routing rule and routes, and exit. */
+  /** Remove consec's nftables table, routing rule and routes, and exit (refused while a daemon runs). */
   removeFilters?: boolean;
+  /** With removeFilters: stop the running daemon first (SIGTERM: its SAs deleted at the peers). */
+  force?: boolean;
   /** Append every child SA's keys to DIR/esp_sa (Wireshark's table), for decrypting captures. Mode 0600. */
   wiresharkKeys?: string;
   /** A YAML file of manual SAs (keys and SPIs, no IKE), installed in the data plane at start. */
@@ -124,14 +127,44 @@ export interface DaemonOptions {
   metrics?: string;
 }
 
+/** Stops the daemon `pid` that holds `stateDir` (SIGTERM: an orderly stop) and waits until it has let go. */
+async function stopDaemon(stateDir: string, pid: number, log: pino.Logger): Promise<void> {
+  if (pid > 0) {
+    log.info({ pid }, 'stopping the running daemon');
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ESRCH') throw err;
+    }
+  }
+  const end = Date.now() + 30_000;
+  while (StateDirLock.holder(stateDir) !== undefined) {
+    if (Date.now() > end)
+      throw new ConsecError('ERR_DAEMON_RUNNING', `consec daemon PID ${pid} did not stop within 30 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<number> {
   const log = pino({ base: { service: 'consec' }, timestamp: pino.stdTimeFunctions.isoTime });
   if (o.removeFilters) {
+    // The filters belong to a running daemon: removing them under it would let Require traffic out in clear.
+    const owner = StateDirLock.holder(stateDir);
+    if (owner !== undefined) {
+      if (!o.force)
+        throw new ConsecError(
+          'ERR_DAEMON_RUNNING',
+          `consec daemon PID ${owner} enforces the policy of ${stateDir}: stop it first, or add --force to stop it (its SAs deleted at the peers) and then remove the filters`,
+        );
+      await stopDaemon(stateDir, owner, log);
+    }
     await removeGuard();
     await UserspaceDataPlane.removeRouting();
     log.info({}, 'fail-closed filters, routing rule and routes removed');
     return 0;
   }
+  // One daemon per state directory: a second one stops here, before it touches anything.
+  const lock = StateDirLock.acquire(stateDir);
   const ctx = systemHostContext();
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
@@ -215,10 +248,11 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       ),
     delete: (spiIn) => log.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
   };
+  const stores = new PolicyStores(stateDir);
   // The firewall profiles in force (network location): the rules the keying service applies.
   const profilesInForce = () => activeProfiles(connectionProfiles(stateDir));
   const service = new KeyingService({
-    stores: new PolicyStores(stateDir),
+    stores,
     profiles: profilesInForce,
     addresses,
     ctx,
@@ -378,6 +412,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       log.info({ signal }, 'stopping: deleting SAs at the peers');
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
+      process.off('SIGHUP', onHup);
       control.close();
       clearInterval(housekeeping);
       metricsServer?.close();
@@ -392,14 +427,29 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           // Last: stopping still writes events (4655, 5452, 5479) to the debug log and the journal.
           unwatchDebugLog();
           debugLog.close();
+          lock.release();
           journal?.close();
           resolve();
         });
     };
     const onInt = () => stop('SIGINT');
     const onTerm = () => stop('SIGTERM');
+    // SIGHUP (systemctl reload): the policy read again now; SAs the policy still allows stay up.
+    // An unreadable store keeps the policy in force.
+    const onHup = () => {
+      try {
+        service.reload(stores.read('ActiveStore'));
+        log.info({ signal: 'SIGHUP' }, 'policy reloaded on request');
+      } catch (err) {
+        log.error(
+          { signal: 'SIGHUP', reason: (err as Error).message },
+          'policy not reloaded: keeping the policy in force',
+        );
+      }
+    };
     process.on('SIGINT', onInt);
     process.on('SIGTERM', onTerm);
+    process.on('SIGHUP', onHup);
   });
   log.info({}, 'stopped');
   return 0;

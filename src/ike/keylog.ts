@@ -3,7 +3,8 @@
  * independent implementation can decrypt and check our traffic. Written only when an operator asks
  * for it (like SSLKEYLOGFILE), to a file of mode 0600; never logged.
  */
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
+import { OwnFiles, openOwnAppend } from '../io/safe-file.ts';
 import { join } from 'node:path';
 import type { IkeSa } from './sa.ts';
 import type { ChildSa } from './tasks/child-create.ts';
@@ -44,15 +45,26 @@ export function ikeDecryptionRow(sa: IkeSa): string {
   ].join(',');
 }
 
+/**
+ * Appends `text` to `dir`/`name`: a file consec created there (src/io/safe-file.ts: never a link,
+ * never someone else's file, never in a directory others may write to; the record in `dir`).
+ */
+function appendKeys(dir: string, name: string, text: string): void {
+  const { fd } = openOwnAppend(join(dir, name), new OwnFiles(dir));
+  try {
+    writeSync(fd, text);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Appends the rows to `dir`/ikev2_decryption_table and `dir`/esp_sa (Wireshark's UAT file names). */
 export function writeWiresharkKeys(dir: string, sa: IkeSa, child: ChildSa | undefined): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  appendFileSync(join(dir, 'ikev2_decryption_table'), `${ikeDecryptionRow(sa)}\n`, { mode: 0o600 });
+  appendKeys(dir, 'ikev2_decryption_table', `${ikeDecryptionRow(sa)}\n`);
   if (child) appendEspKeys(dir, childSpec(child, { local: sa.local, remote: sa.remote, udpEncapsulation: sa.floated }));
 }
 
 /** Appends the esp_sa rows of a child SA. */
 export function appendEspKeys(dir: string, spec: ChildSaSpec): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  appendFileSync(join(dir, 'esp_sa'), `${espSaRows(spec).join('\n')}\n`, { mode: 0o600 });
+  appendKeys(dir, 'esp_sa', `${espSaRows(spec).join('\n')}\n`);
 }

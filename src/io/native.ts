@@ -55,6 +55,7 @@ interface NativeAddon {
   bindAddress(fd: number, family: IpFamily, addr16: Buffer, port?: number): void;
   setMark(fd: number, mark: number): void;
   setBuffers(fd: number, rcv: number, snd: number): void;
+  flockExclusive(fd: number): boolean;
   close(fd: number): void;
   unixDgramOpen(bindPath?: string): number;
   unixDgramSend(fd: number, path: string, data: Buffer): number;
@@ -494,6 +495,14 @@ export class EspCbcBatch extends EspBatch {
 /** Sets SO_MARK on any socket descriptor (for example a node:dgram socket's). */
 export function setSocketMark(fd: number, mark: number): void {
   sys(() => native().setMark(fd, mark));
+}
+
+/**
+ * Takes an exclusive flock(2) on an open file without waiting: false when another process holds it.
+ * The kernel releases it when the holder exits, also on kill -9.
+ */
+export function flockExclusive(fd: number): boolean {
+  return sys(() => native().flockExclusive(fd));
 }
 
 /** The largest batch a single recvBatch/sendmmsg call handles. */

@@ -8,7 +8,7 @@ import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
-import { ConsecError } from '../errors.ts';
+import { ConsecError, permissionDenied } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
 import { emptyDocument, type PolicyDocument } from './model.ts';
 import { storeFileSchema } from './schema.ts';
@@ -137,7 +137,12 @@ export class PolicyStores {
       );
     }
     const file = s.file;
-    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    const needs = 'to change the policy stores';
+    try {
+      mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw permissionDenied(err, dirname(file), needs);
+    }
     let release: () => Promise<void>;
     try {
       release = await lockfile.lock(file, {
@@ -146,6 +151,8 @@ export class PolicyStores {
         retries: { retries: 200, factor: 1.2, minTimeout: 5, maxTimeout: 100 },
       });
     } catch (cause) {
+      const denied = permissionDenied(cause, file, needs);
+      if (denied !== cause) throw denied;
       throw new PolicyStoreError(
         `The policy store "${s.name}" is locked by another consec process: ${(cause as Error).message}`,
         { cause },

@@ -119,6 +119,11 @@ export function toText(v: unknown): string {
   if (v instanceof Hashtable) return 'System.Collections.Hashtable';
   if (v instanceof ScriptBlock) return v.text;
   if (isPSObject(v)) return v[PS_DISPLAY] ?? v[PS_TYPE];
+  // A nested record (an SA view's identity, say) reads as PowerShell shows a PSCustomObject.
+  if (typeof v === 'object' && !Buffer.isBuffer(v) && Object.getPrototypeOf(v) === Object.prototype)
+    return `@{${Object.entries(v as Record<string, unknown>)
+      .map(([k, x]) => `${k}=${toText(x)}`)
+      .join('; ')}}`;
   return String(v);
 }
 
