@@ -1,11 +1,17 @@
 /** Atomic file replacement: temp file, fsync, rename, fsync of the directory. Readers see old or new, never half. */
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
+
 export function writeFileAtomic(file: string, body: string, mode = 0o600): void {
-  const tmp = `${file}.tmp-${process.pid}`;
+  // A fresh name, created exclusively and never through a link: nothing planted at it is written to.
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  let created = false;
   try {
-    const fd = openSync(tmp, 'w', mode);
+    const fd = openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+    created = true;
     try {
       writeSync(fd, body);
       fsyncSync(fd);
@@ -20,7 +26,7 @@ export function writeFileAtomic(file: string, body: string, mode = 0o600): void 
       closeSync(dirFd);
     }
   } catch (err) {
-    rmSync(tmp, { force: true });
+    if (created) rmSync(tmp, { force: true });
     throw err;
   }
 }
