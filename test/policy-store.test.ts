@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { PolicyStores } from '../src/policy/store.ts';
-import { ROOT } from './helpers.ts';
+import { ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps, storeBytes } from './pwsh-helpers.ts';
 
 function cli(stateDir: string, command: string): Promise<{ code: number | null; out: string; err: string }> {
@@ -123,6 +123,38 @@ describe('live policy', () => {
       for (let i = 0; i < 200 && errors.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
       assert.match(errors[0]?.message ?? '', /is not valid JSON/);
       assert.equal(seen.length, 2);
+    } finally {
+      w.close();
+    }
+  });
+
+  it('a deleted policy directory or store file is never read as "no policy": the policy in force stays until the store is back', async () => {
+    const { watchActivePolicy } = await import('../src/policy/watch.ts');
+    const dir = freshStateDir();
+    const stores = new PolicyStores(dir);
+    await cli(dir, 'New-NetIPsecRule -DisplayName one -Name one | Out-Null');
+    const seen: string[][] = [];
+    const errors: Error[] = [];
+    const w = watchActivePolicy(
+      stores,
+      (doc) => seen.push(doc.rules.map((r) => r.Name)),
+      (e) => errors.push(e),
+    );
+    try {
+      // The whole state directory goes (rm -rf by a bad configuration-management run).
+      rmSync(join(dir, 'policy'), { recursive: true, force: true });
+      await waitUntil(() => errors.some((e) => /disappeared: the policy in force stays/.test(e.message)), 'the error');
+      assert.deepEqual(seen, [], 'no empty policy handed on');
+      // It comes back (restored, or written anew): followed again.
+      await cli(dir, 'New-NetIPsecRule -DisplayName two -Name two | Out-Null');
+      await waitUntil(() => seen.length > 0, 'the restored store', 5000);
+      assert.deepEqual(seen.at(-1), ['two']);
+      // The PersistentStore file alone removed: the same.
+      const before = errors.length;
+      rmSync(join(dir, 'policy', 'PersistentStore.json'));
+      await waitUntil(() => errors.length > before, 'the error');
+      assert.match(errors.at(-1)?.message ?? '', /PersistentStore\.json disappeared/);
+      assert.deepEqual(seen.at(-1), ['two']);
     } finally {
       w.close();
     }
