@@ -153,7 +153,11 @@ describe('consec daemon', () => {
       assert.equal(rm.errors, 0, rm.err);
       await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to drop the SA');
       assert.match(alice.log(), /received DELETE for IKE_SA/);
-      assert.ok(lines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'));
+      // strongSwan drops the SA when our Delete arrives; ours ends (4655) when its answer is back.
+      await until(
+        () => lines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'),
+        'the IKE SA to end for the policy change (4655)',
+      );
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);
