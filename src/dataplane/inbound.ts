@@ -26,7 +26,7 @@ import { type IkePort, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../
 import type { Device } from './device.ts';
 import { packetMatches, parseIp } from './ip.ts';
 import { BATCH, SLOT } from './outbound.ts';
-import type { Sad, SaEntry } from './sad.ts';
+import { peerOctets, type Sad, type SaEntry } from './sad.ts';
 import type { Counters, DriverDropId } from './stats.ts';
 
 /** Inbound packets of one read bound for one SA: where they are, their sequence numbers and read index. */
@@ -303,12 +303,12 @@ export class Inbound {
    */
   private followPeer(e: SaEntry, batch: PacketBatch, index: number): void {
     if (!e.udp || batch !== this.udpIn) return;
-    const peer = e.remoteBytes;
+    const peer = peerOctets(e);
     const port = batch.ports[index] as number;
     if (port === e.remote.port && batch.addrs.compare(peer, 0, peer.length, index * 16, index * 16 + peer.length) === 0)
       return;
     e.remote = { address: batch.address(index, peer.length === 4 ? 4 : 6), port };
-    batch.addrs.copy(e.remoteBytes, 0, index * 16, index * 16 + peer.length);
+    batch.addrs.copy(peer, 0, index * 16, index * 16 + peer.length);
   }
 
   /** Stages 7–8 for one opened AH payload: the inner packet, or undefined when it is dropped. */
@@ -342,7 +342,7 @@ export class Inbound {
    * (RFC 3948 §3.1.2; Linux instead marks such packets as not needing a check).
    */
   private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
-    const peer = e.remoteBytes;
+    const peer = peerOctets(e);
     const local = this.c.device.localBytes;
     if (local.length === 16) {
       buf.writeUInt32BE(0x60000000, off); // version 6, no traffic class, no flow label

@@ -18,7 +18,7 @@ import { PacketBatch, type RawIpSocket, type UdpSocket } from '../io/native.ts';
 import type { AcquireQueue } from './acquire.ts';
 import type { Device } from './device.ts';
 import { type IpInfo, parseIp } from './ip.ts';
-import type { Sad, SaEntry } from './sad.ts';
+import { peerOctets, type Sad, type SaEntry } from './sad.ts';
 import type { Counters } from './stats.ts';
 
 /**
@@ -146,7 +146,7 @@ export class Outbound {
   private sealAh(e: SaEntry, payload: Buffer, nh: number): void {
     let sealed: Buffer;
     try {
-      sealed = (e.out as AhOutbound).seal(payload, nh, this.c.device.localBytes, e.remoteBytes);
+      sealed = (e.out as AhOutbound).seal(payload, nh, this.c.device.localBytes, peerOctets(e));
     } catch (err) {
       this.c.counters.drop(err instanceof EspError ? err.reason : 'seal');
       this.c.exhausted(e);
@@ -157,7 +157,7 @@ export class Outbound {
     if (batch.count === batch.capacity) this.flush();
     const k = batch.count++;
     batch.set(k, sealed);
-    e.remoteBytes.copy(batch.addrs, k * 16);
+    peerOctets(e).copy(batch.addrs, k * 16);
     batch.ports[k] = 0;
   }
 
@@ -182,8 +182,9 @@ export class Outbound {
       if (batch.count + count > batch.capacity) this.flush();
       e.batch.seal.seal(src.buf, g.off, g.len, g.nh, count, batch, batch.count, e.out.spi, first);
       // The peer's address as octets kept with the SA: nothing parsed per packet.
+      const peer = peerOctets(e);
       for (let k = batch.count; k < batch.count + count; k++) {
-        e.remoteBytes.copy(batch.addrs, k * 16);
+        peer.copy(batch.addrs, k * 16);
         batch.ports[k] = e.udp ? e.remote.port : 0;
       }
       batch.count += count;

@@ -6,6 +6,7 @@
 import { AhInbound, AhOutbound } from '../esp/ah.ts';
 import { ESP_INTEG, EspInbound, EspOutbound } from '../esp/esp.ts';
 import { writeIp } from '../io/addr.ts';
+import { kept } from '../io/kept.ts';
 import { EspCbcBatch, EspGcmBatch, type EspOpener, type EspSealer } from '../io/native.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { TsEspOpener, TsEspSealer } from './batch.ts';
@@ -13,11 +14,11 @@ import { type IpInfo, packetMatches } from './ip.ts';
 
 /** One child SA at run time in the data plane: its contexts, counters' owners, lifetime and activity. */
 export interface SaEntry {
-  spec: ChildSaSpec;
   mode: 'tunnel' | 'transport';
   /** The peer's outer endpoint (it follows the peer's NAT mapping), and its address as octets. */
   remote: Endpoint;
-  remoteBytes: Buffer;
+  /** Made on first use (peerOctets): an SA that carries no traffic keeps none. */
+  remoteBytes?: Buffer;
   udp: boolean;
   localTs: TrafficSelector[];
   remoteTs: TrafficSelector[];
@@ -40,6 +41,19 @@ export interface SaEntry {
   softSent: boolean;
   /** When activity was last reported up (ms since epoch). */
   lastActivity: number;
+}
+
+/**
+ * The peer's address of SA `e` as octets (what each sent packet's address is copied from), made on
+ * first use in a slab of kept bytes (no buffer of its own per SA).
+ */
+export function peerOctets(e: SaEntry): Buffer {
+  if (!e.remoteBytes) {
+    const b = kept(Buffer.alloc(e.remote.address.includes(':') ? 16 : 4));
+    writeIp(e.remote.address, b);
+    e.remoteBytes = b;
+  }
+  return e.remoteBytes;
 }
 
 /** ESP contexts for both directions of a child SA. */
@@ -122,13 +136,9 @@ export class Sad {
       ctx = esp;
       batch = nativeEsp(spec) ?? { seal: new TsEspSealer(esp.out), open: new TsEspOpener(esp.in) };
     }
-    const remoteBytes = Buffer.alloc(spec.remote.address.includes(':') ? 16 : 4);
-    writeIp(spec.remote.address, remoteBytes);
     const e: SaEntry = {
-      spec,
       mode: spec.mode,
       remote: { ...spec.remote },
-      remoteBytes,
       udp: spec.udpEncapsulation,
       localTs: spec.localTs,
       remoteTs: spec.remoteTs,
@@ -181,7 +191,7 @@ export class Sad {
     const e = this.bySpi.get(spi);
     if (!e) return;
     e.remote = { ...remote };
-    writeIp(remote.address, e.remoteBytes);
+    e.remoteBytes = undefined; // made again from the new address on first use
   }
 
   /**

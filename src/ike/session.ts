@@ -100,6 +100,8 @@ interface Queued {
 
 const hex = (b: Buffer) => b.toString('hex');
 const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
+/** The state of every child that carries traffic (one shared object: states are replaced, never changed). */
+const INSTALLED: ChildState = Object.freeze({ kind: 'installed' });
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
@@ -558,7 +560,7 @@ export class IkeSession implements TaskSession {
     const l = this.lifetimes;
     const entry: ChildEntry = {
       child,
-      state: { kind: 'installed' },
+      state: INSTALLED,
       installedAt: now,
       rekeyAt: now + jitter(l.childRekeyMs),
       expireAt: now + l.childExpireMs,

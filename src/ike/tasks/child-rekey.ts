@@ -15,6 +15,8 @@ import type { SessionTask, TaskSession } from './context.ts';
 import { deleteChildExchange } from './ike-delete.ts';
 import { findNotifies, findPayload, notify } from './task.ts';
 
+const INSTALLED = Object.freeze({ kind: 'installed' as const });
+const REKEYING = Object.freeze({ kind: 'rekeying' as const });
 const lowest = (nonces: Buffer[]): Buffer => nonces.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
 const spiOf = (c: ChildSa): number => c.spiIn.readUInt32BE(0);
 
@@ -44,7 +46,7 @@ export class ChildRekeyTask implements SessionTask {
     // Gone, rekeyed by the peer meanwhile, or being deleted: nothing to do.
     if (!entry || entry.state.kind !== 'installed' || s.state !== 'established') return;
     const old = entry.child;
-    s.setChildState(entry, { kind: 'rekeying' });
+    s.setChildState(entry, REKEYING);
     const create = new ChildCreateInitiator(s.peer.espProposals, localTs(old), remoteTs(old), old.mode, {
       exchange: 'rekey',
       old,
@@ -70,7 +72,7 @@ export class ChildRekeyTask implements SessionTask {
           // Ours failed, the peer's crossing rekey stands: the old SA waits for the peer's Delete.
           s.setChildState(entry, { kind: 'rekeyed', replacement: crossed.spiIn });
         } else {
-          s.setChildState(entry, { kind: 'installed' });
+          s.setChildState(entry, INSTALLED);
           if (n === NotifyType.TEMPORARY_FAILURE) {
             // The peer is busy (its own rekey or delete): try again shortly (§2.25).
             entry.rekeyAt = Date.now() + 500 + Math.floor(Math.random() * 1500);
