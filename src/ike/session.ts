@@ -19,14 +19,15 @@ import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
 import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
 import { ChildRekeyTask, respondCreateChild } from './tasks/child-rekey.ts';
-import type {
-  ChildEntry,
-  ChildState,
-  Lifetimes,
-  PeerConfig,
-  SessionState,
-  SessionTask,
-  TaskSession,
+import {
+  type ChildEntry,
+  type ChildState,
+  INSTALLED,
+  type Lifetimes,
+  type PeerConfig,
+  type SessionState,
+  type SessionTask,
+  type TaskSession,
 } from './tasks/context.ts';
 import { type Authenticated, type Identity, methodName } from './tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from './tasks/ike-cert.ts';
@@ -100,8 +101,6 @@ interface Queued {
 
 const hex = (b: Buffer) => b.toString('hex');
 const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
-/** The state of every child that carries traffic (one shared object: states are replaced, never changed). */
-const INSTALLED: ChildState = Object.freeze({ kind: 'installed' });
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 

@@ -11,12 +11,10 @@ import { IkeError } from '../errors.ts';
 import type { Payload, TrafficSelector } from '../wire/codec.ts';
 import { ExchangeType, NotifyType, PayloadType } from '../wire/constants.ts';
 import { type ChildSa, ChildCreateInitiator, localTs, remoteTs, respondChild } from './child-create.ts';
-import type { SessionTask, TaskSession } from './context.ts';
+import { INSTALLED, REKEYING, type SessionTask, type TaskSession } from './context.ts';
 import { deleteChildExchange } from './ike-delete.ts';
 import { findNotifies, findPayload, notify } from './task.ts';
 
-const INSTALLED = Object.freeze({ kind: 'installed' as const });
-const REKEYING = Object.freeze({ kind: 'rekeying' as const });
 const lowest = (nonces: Buffer[]): Buffer => nonces.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
 const spiOf = (c: ChildSa): number => c.spiIn.readUInt32BE(0);
 

@@ -45,6 +45,10 @@ export type ChildState =
   | { kind: 'rekeyed'; replacement?: number }
   | { kind: 'deleting'; replacement?: number };
 
+/** The states without data, shared (states are replaced, never changed in place). */
+export const INSTALLED: ChildState = Object.freeze({ kind: 'installed' });
+export const REKEYING: ChildState = Object.freeze({ kind: 'rekeying' });
+
 export interface ChildEntry {
   child: ChildSa;
   state: ChildState;
