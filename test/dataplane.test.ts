@@ -13,7 +13,7 @@ import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
 import {
   applyPolicy,
@@ -173,6 +173,70 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     } finally {
       await daemon.stop('SIGKILL');
     }
+  });
+
+  it('the nftables table deleted or edited under a running daemon is put back at once, with 5447 events; cleartext from the peer stays dropped', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-keep-');
+    await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true });
+    runAuditpol(dir, ['/set', '/subcategory:Filtering Platform Policy Change', '/success:enable']);
+    const consec = (args: string[]) => consecArgv(args, dir);
+    // bob answers no IKE: nothing is negotiated, only the filters stand between alice and clear.
+    const daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
+    const table = async () => (await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'])).stdout;
+    // The table's shape without counters and dynamic set contents (they move with traffic).
+    const shape = (text: string) =>
+      text.replace(/counter packets \d+ bytes \d+/g, 'counter').replace(/\n\s*elements = \{[^}]*expires[^}]*\}/g, '');
+    try {
+      await daemon.waitFor(/"msg":"fail-closed filters watched"/);
+      await daemon.waitFor(/"msg":"ready"/);
+      const before = shape(await table());
+      assert.match(before, new RegExp(`elements = \\{ ${b.replace(/\./g, '\\.')} \\}`), 'bob is in the Require sets');
+      // 1. The whole table deleted (what `consec daemon --remove-filters` used to do, or `nft flush ruleset`).
+      const t0 = Date.now();
+      await lab.exec('alice', ['nft', 'delete', 'table', 'inet', 'consec']);
+      await daemon.waitFor(/"msg":"fail-closed filters restored"/, 10_000);
+      console.log(`# table deleted → restored (log line seen) after ${Date.now() - t0} ms`);
+      assert.equal(shape(await table()), before, 'the same table is back');
+      // 2. An edit: bob's address taken out of the inbound Require set.
+      await lab.exec('alice', ['nft', 'delete', 'element', 'inet', 'consec', 'in4', `{ ${b} }`]);
+      await waitUntil(
+        () => (daemon.output().match(/"msg":"fail-closed filters restored"/g) ?? []).length >= 2,
+        'the second restore',
+        10_000,
+      );
+      assert.equal(shape(await table()), before, 'the element is back');
+      // bob's cleartext is dropped by the restored table (its counter moves), never answered.
+      const inb = await lab.exec('bob', ['ping', '-c', '2', '-i', '0.2', '-W', '1', a], { allowFailure: true });
+      assert.match(inb.stdout, /100% packet loss/, "bob's cleartext is not answered");
+      assert.match(await table(), /counter packets [1-9]\d* bytes \d+ drop comment "cleartext from a Require peer"/);
+      // The Security log tells who changed the filters and that consec put them back.
+      const ev = await lab.exec(
+        'alice',
+        consec([
+          'pwsh',
+          '-Command',
+          'Get-WinEvent -FilterHashtable @{LogName="Security"; Id=5447} | ForEach-Object { $_.Message }',
+        ]),
+      );
+      const deletes = ev.stdout.match(/Change Type:\s+Delete/g) ?? [];
+      const adds = ev.stdout.match(/Change Type:\s+Add/g) ?? [];
+      assert.equal(deletes.length, 2, ev.stdout);
+      assert.equal(adds.length, 2, ev.stdout);
+      assert.match(ev.stdout, /Process Name:\s+nft/);
+      assert.match(ev.stdout, /delete table inet consec/);
+      assert.match(ev.stdout, new RegExp(`delete element inet consec in4 \\{ ${b.replace(/\./g, '\\.')} \\}`));
+      // The daemon's ruleset monitor is its child and ends with it, also after SIGKILL.
+      const monitor = (await lab.exec('alice', ['pgrep', '-P', String(daemon.pid), '-x', 'nft'])).stdout.trim();
+      assert.match(monitor, /^\d+$/);
+      await daemon.stop('SIGKILL');
+      await waitUntil(() => !existsSync(`/proc/${monitor}`), 'the monitor to end with the daemon');
+    } finally {
+      await daemon.stop('SIGKILL');
+    }
+    // Nothing watches now, and the table outlives the daemon (fail-closed).
+    assert.match(await table(), /cleartext from a Require peer/);
   });
 
   it('after SIGKILL the nftables table still drops cleartext both ways; a restart protects again; --remove-filters lifts it', async () => {

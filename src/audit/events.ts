@@ -6,7 +6,12 @@
  */
 
 export type AuditSubcategory =
-  'IPsec Main Mode' | 'IPsec Quick Mode' | 'IPsec Extended Mode' | 'IPsec Driver' | 'Filtering Platform Packet Drop';
+  | 'IPsec Main Mode'
+  | 'IPsec Quick Mode'
+  | 'IPsec Extended Mode'
+  | 'IPsec Driver'
+  | 'Filtering Platform Packet Drop'
+  | 'Filtering Platform Policy Change';
 
 export interface EndpointInfo {
   /** Network address. */
@@ -146,6 +151,21 @@ export type AuditEvent =
       protocol: number;
       layerName: string;
       packets: number;
+    }
+  /**
+   * 5447: a run-time filter was added or removed — here the fail-closed nftables table: changed or
+   * removed by another process (Delete, with what it did), and put back by consec (Add).
+   */
+  | {
+      id: 5447;
+      subcategory: 'Filtering Platform Policy Change';
+      success: true;
+      processId: number;
+      processName: string;
+      changeType: 'Add' | 'Delete';
+      filterName: string;
+      layerName: string;
+      changes: string[];
     }
   /** IPsec Services (the daemon) started (5478) or shut down (5479). */
   | { id: 5478 | 5479; subcategory: 'IPsec Driver'; success: true }

@@ -46,6 +46,7 @@ const TITLES: Record<number, string> = {
   4976: 'During Main Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
   4977: 'During Quick Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
   5152: 'The Windows Filtering Platform has blocked a packet.',
+  5447: 'A Windows Filtering Platform filter has been changed.',
   5478: 'IPsec Services has started successfully.',
   5479: 'IPsec Services has been shut down successfully. The shut down of IPsec Services can put the computer at greater risk of network attack or expose the computer to potential security risks.',
   4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
@@ -87,6 +88,28 @@ export function eventMessage(e: AuditEvent): string {
       `\tDropped Packets:\t${e.packets}`,
     );
     return lines.join('\n');
+  }
+  if (e.id === 5447) {
+    lines.push(
+      'Process Information:',
+      `\tProcess ID:\t\t${e.processId}`,
+      `\tProcess Name:\t\t${e.processName}`,
+      '',
+      'Change Information:',
+      `\tChange Type:\t\t${e.changeType}`,
+      '',
+      'Filter Information:',
+      `\tName:\t\t\t${e.filterName}`,
+      '\tType:\t\t\tPersistent',
+      '',
+      'Layer Information:',
+      `\tName:\t\t\t${e.layerName}`,
+      '',
+      'Additional Information:',
+      '\tFilter Action:\t\tBlock',
+      ...e.changes.map((c, i) => `\t${i === 0 ? 'Changes:\t\t' : '\t\t\t'}${c}`),
+    );
+    return lines.join('\n').trimEnd();
   }
   if (e.id === 4976 || e.id === 4977) {
     lines.push(

@@ -24,6 +24,7 @@ export const AUDIT_CATEGORIES = {
   'Logon/Logoff': ['IPsec Main Mode', 'IPsec Quick Mode', 'IPsec Extended Mode'],
   System: ['IPsec Driver'],
   'Object Access': ['Filtering Platform Packet Drop', 'Filtering Platform Connection'],
+  'Policy Change': ['Filtering Platform Policy Change'],
 } as const;
 
 export type AuditSubcategoryName = (typeof AUDIT_CATEGORIES)[keyof typeof AUDIT_CATEGORIES][number];

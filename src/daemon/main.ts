@@ -17,7 +17,15 @@ import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { ANY_V4, ANY_V6, boundBytes } from '../filter/address.ts';
-import { applyGuard, guardSets, readClearDrops, removeGuard, renderGuard } from '../dataplane/guard.ts';
+import {
+  GUARD_TABLE,
+  type GuardChange,
+  GuardKeeper,
+  guardSets,
+  readClearDrops,
+  removeGuard,
+  renderGuard,
+} from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 import { type CompiledPolicy, compilePolicy, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import type { IpInfo } from '../dataplane/ip.ts';
@@ -276,7 +284,35 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     expire: (spi, hard) => service.expire(spi, hard),
     activity: (spi) => service.noteEsp(spi),
   });
-  // Fail-closed: the kernel drops cleartext to and from Require peers, also when this process dies.
+  // Fail-closed: the kernel drops cleartext to and from Require peers, also when this process dies;
+  // while it runs, a change to the table by anyone else is undone at once (and audited, 5447).
+  const filterChange = (c: GuardChange, changeType: 'Add' | 'Delete', pid: number, name: string): void =>
+    emitAudit({
+      id: 5447,
+      subcategory: 'Filtering Platform Policy Change',
+      success: true,
+      processId: pid,
+      processName: name,
+      changeType,
+      filterName: `consec fail-closed filters (nftables table inet ${GUARD_TABLE})`,
+      layerName: 'nftables inet: input, output, forward',
+      changes: changeType === 'Delete' ? c.changes : [`restored after generation ${c.generation}`],
+    });
+  const keeper = new GuardKeeper({
+    tampered: (c) => {
+      log.warn(
+        { pid: c.pid, process: c.process, generation: c.generation, changes: c.changes },
+        'fail-closed filters changed by another process: restoring',
+      );
+      filterChange(c, 'Delete', c.pid, c.process);
+    },
+    restored: (c) => {
+      log.info({ generation: c.generation }, 'fail-closed filters restored');
+      filterChange(c, 'Add', process.pid, 'consec');
+    },
+    error: (err) => log.error({ reason: err.message }, 'fail-closed filters watch'),
+  });
+  if (plane) keeper.start();
   const guard = async (doc: PolicyDocument) => {
     if (!plane) return;
     try {
@@ -288,7 +324,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           (v4 ? sets.out4 : sets.out6).push(sel);
           (v4 ? sets.in4 : sets.in6).push(sel);
         }
-      await applyGuard(renderGuard(sets, plane.tunName, plane.mark));
+      await keeper.apply(renderGuard(sets, plane.tunName, plane.mark));
       log.info({}, 'fail-closed filters installed');
     } catch (err) {
       log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
@@ -307,12 +343,15 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   try {
     await service.start();
   } catch (err) {
+    keeper.close();
     await plane?.close();
     throw err;
   }
   if (plane) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);
+    await keeper.watching();
+    log.info({}, 'fail-closed filters watched');
     await routeProtected(service, plane, ctx, log);
     for (const sa of manual) {
       plane.install(manualSpec(sa));
@@ -415,6 +454,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       process.off('SIGHUP', onHup);
       control.close();
       clearInterval(housekeeping);
+      keeper.close();
       metricsServer?.close();
       void service
         .stop()

@@ -12,7 +12,8 @@
  * errors about such a flow (conntrack: related, e.g. "fragmentation needed" from a gateway's TUN
  * MTU) are not the flow itself and pass.
  */
-import { execFile } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { entryToRange, rangeToText } from '../filter/address.ts';
 import { EMPTY_CONTEXT, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
@@ -190,14 +191,166 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Installs (or atomically replaces) the table. */
-export async function applyGuard(script: string): Promise<void> {
+/** Installs (or atomically replaces) the table; `spawned` learns the nft process's PID. */
+export async function applyGuard(script: string, spawned: (pid: number) => void = () => {}): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const p = execFile('nft', ['-f', '-'], (err, _out, stderr) =>
+    const p = execFile('nft', ['-f', '-'], { maxBuffer: 64 * 1024 * 1024 }, (err, _out, stderr) =>
       err ? reject(new Error(`nft: ${stderr.trim() || err.message}`)) : resolve(),
     );
+    if (p.pid !== undefined) spawned(p.pid);
     p.stdin?.end(script);
   });
+}
+
+/** A change to the table by a process other than the keeper's own nft (from `nft monitor`). */
+export interface GuardChange {
+  /** Generation of the ruleset after the change. */
+  generation: number;
+  pid: number;
+  process: string;
+  /** The monitor's lines about our table, first few, shortened. */
+  changes: string[];
+}
+
+export interface GuardKeeperOptions {
+  /** Someone else changed or removed the table (before it is put back). */
+  tampered(change: GuardChange): void;
+  /** The table is back as consec wrote it. */
+  restored(change: GuardChange): void;
+  error(err: Error): void;
+  /** Delay before restarting a monitor that ended. Default 250 ms. */
+  restartMs?: number;
+}
+
+const OUR_TABLE = new RegExp(`^\\S+ \\S+ inet ${GUARD_TABLE}(\\s|$)`);
+const GENERATION = /^# new generation (\d+) by process (\d+) \((.*)\)$/;
+
+/**
+ * Keeps the table as consec wrote it while the daemon runs: `nft monitor` reports every committed
+ * ruleset transaction with the process that made it; a transaction touching our table that our own
+ * nft did not make (an admin's `nft flush ruleset`, a firewall manager's reload, a deleted element)
+ * is reported and undone at once by installing the last script again (one atomic transaction).
+ */
+export class GuardKeeper {
+  private script?: string;
+  private readonly ours = new Set<number>();
+  private monitor?: ChildProcess;
+  private pending: string[] = [];
+  private closed = false;
+  private restoring = false;
+  private again?: GuardChange;
+  private seen?: () => void;
+  private watched = false;
+
+  constructor(private readonly o: GuardKeeperOptions) {}
+
+  /** Starts following the ruleset (before the first `apply`, so that one is seen). */
+  start(): void {
+    if (this.closed || this.monitor) return;
+    // The monitor ends with the daemon, also after kill -9 (the parent-death signal, util-linux).
+    const m = spawn('setpriv', ['--pdeathsig', 'TERM', '--', 'nft', 'monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.monitor = m;
+    let stderr = '';
+    m.stderr.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-400);
+    });
+    createInterface({ input: m.stdout }).on('line', (line) => this.line(line));
+    m.on('error', (err) => this.o.error(new Error(`nft monitor: ${err.message}`)));
+    m.on('close', (code) => {
+      this.monitor = undefined;
+      this.watched = false;
+      if (this.closed) return;
+      this.o.error(
+        new Error(`nft monitor ended (${code ?? 'signal'}${stderr ? `: ${stderr.trim()}` : ''}); restarting`),
+      );
+      setTimeout(() => {
+        if (this.closed) return;
+        this.start();
+        // What happened while nobody watched is unknown: install the table again.
+        if (this.script !== undefined) void this.install(this.script).catch((err: Error) => this.o.error(err));
+      }, this.o.restartMs ?? 250).unref();
+    });
+  }
+
+  /** Installs `script` as the table now in force; resolves once nft committed it. */
+  async apply(script: string): Promise<void> {
+    this.script = script;
+    await this.install(script);
+  }
+
+  /**
+   * Resolves when the monitor has seen one of our own transactions, so a change from now on is
+   * noticed; installs the table again if none was seen within `ms` (a monitor still subscribing).
+   */
+  async watching(ms = 1000): Promise<void> {
+    for (let attempt = 0; !this.watched && !this.closed; attempt++) {
+      const seen = new Promise<boolean>((resolve) => {
+        this.seen = () => resolve(true);
+        setTimeout(() => resolve(false), ms).unref();
+      });
+      if (attempt > 0 && this.script !== undefined) await this.install(this.script);
+      if (await seen) return;
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    this.monitor?.kill();
+  }
+
+  private async install(script: string): Promise<void> {
+    await applyGuard(script, (pid) => {
+      this.ours.add(pid);
+      // PIDs of our finished nft runs are forgotten after a while (PIDs are reused).
+      if (this.ours.size > 64) this.ours.delete(this.ours.values().next().value as number);
+    });
+  }
+
+  private line(line: string): void {
+    if (OUR_TABLE.test(line)) {
+      const short = line.length > 200 ? `${line.slice(0, 200)}…` : line;
+      // The table itself (deleted, flushed) comes first: it says more than its rules' lines.
+      if (/^\S+ table /.test(line)) this.pending.unshift(short);
+      else if (this.pending.length < 8) this.pending.push(short);
+      else if (this.pending.at(-1) !== '…') this.pending.push('…');
+      return;
+    }
+    const g = GENERATION.exec(line);
+    if (!g) return;
+    const pid = Number(g[2]);
+    const changes = this.pending;
+    this.pending = [];
+    if (this.ours.has(pid)) {
+      this.watched = true;
+      this.seen?.();
+      return;
+    }
+    if (changes.length === 0 || this.script === undefined) return;
+    const change: GuardChange = { generation: Number(g[1]), pid, process: g[3] ?? '', changes };
+    this.o.tampered(change);
+    void this.restore(change);
+  }
+
+  private async restore(change: GuardChange): Promise<void> {
+    if (this.restoring) {
+      this.again = change;
+      return;
+    }
+    this.restoring = true;
+    try {
+      for (let c: GuardChange | undefined = change; c && !this.closed; c = this.again) {
+        this.again = undefined;
+        try {
+          await this.install(this.script as string);
+          this.o.restored(c);
+        } catch (err) {
+          this.o.error(err as Error);
+        }
+      }
+    } finally {
+      this.restoring = false;
+    }
+  }
 }
 
 /** Removes the table (consec uninstalled or its policy no longer requires anything). */
