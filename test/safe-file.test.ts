@@ -9,6 +9,9 @@ import { chmodSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, wri
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { IkeDebugLog, loadDebugLogSettings, updateDebugLogSettings } from '../src/audit/debuglog.ts';
+import type { AuditEvent } from '../src/audit/events.ts';
+import { SecurityLog } from '../src/audit/log.ts';
+import { LiveAuditPolicy, runAuditpol } from '../src/audit/policy.ts';
 import { appendEspKeys } from '../src/ike/keylog.ts';
 import { UnsafeFileError } from '../src/io/safe-file.ts';
 import { gcmChildSa } from './helpers.ts';
@@ -89,5 +92,46 @@ describe('files a root daemon writes: no link followed, no file that is not its 
     );
     assert.equal(readFileSync(victim, 'utf8'), 'keep me\n');
     assert.ok(lstatSync(`${file}.1`).isSymbolicLink(), 'the planted link was not replaced');
+  });
+
+  it('the Security log: never through a link planted in the audit directory; rotation shifts only its own generations', () => {
+    const dir = freshStateDir('consec-seclog-');
+    runAuditpol(dir, ['/set', '/subcategory:IPsec Driver', '/failure:enable']);
+    const errors: Error[] = [];
+    const drop = (n: number): AuditEvent => ({
+      id: 4963,
+      subcategory: 'IPsec Driver',
+      success: false,
+      remoteAddress: '192.0.2.2',
+      spi: 0,
+      packets: n,
+    });
+    const victim = join(freshStateDir('consec-victim-'), 'keep');
+    writeFileSync(victim, 'keep me\n');
+    const audit = join(dir, 'audit');
+    mkdirSync(audit, { recursive: true, mode: 0o700 });
+    symlinkSync(victim, join(audit, 'security.jsonl'));
+    const log = new SecurityLog(dir, new LiveAuditPolicy(dir), (e) => errors.push(e), { maxBytes: 1500, keep: 2 });
+    log.emit(drop(1));
+    assert.match(errors[0]?.message ?? '', /security\.jsonl exists and is a symbolic link/);
+    assert.equal(readFileSync(victim, 'utf8'), 'keep me\n');
+    log.close();
+
+    // Its own files rotate through the generations; a link planted as the oldest one stops that rotation.
+    rmSync(join(audit, 'security.jsonl'));
+    errors.length = 0;
+    const own = new SecurityLog(dir, new LiveAuditPolicy(dir), (e) => errors.push(e), { maxBytes: 1500, keep: 2 });
+    for (let i = 0; i < 12; i++) own.emit(drop(i));
+    assert.equal(errors.length, 0, errors.join('; '));
+    assert.ok(lstatSync(join(audit, 'security.2.jsonl')).isFile(), 'two generations rotated');
+    rmSync(join(audit, 'security.2.jsonl'));
+    symlinkSync(victim, join(audit, 'security.2.jsonl'));
+    for (let i = 0; i < 12; i++) own.emit(drop(i));
+    own.close();
+    assert.ok(
+      errors.some((e) => /security\.2\.jsonl exists and is a symbolic link/.test(e.message)),
+      errors.join('; '),
+    );
+    assert.equal(readFileSync(victim, 'utf8'), 'keep me\n');
   });
 });

@@ -4,12 +4,13 @@
  * Records carry the Windows event shape `Get-WinEvent` shows (RecordId, TimeCreated, Id, provider,
  * task category, keywords, message) plus the event's fields. Reading never needs the daemon.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AuditEvent, EndpointInfo } from './events.ts';
 import type { AuditSink } from './events.ts';
 import type { LiveAuditPolicy } from './policy.ts';
 import { permissionDenied } from '../errors.ts';
+import { adoptOwn, moveOwn, OwnFiles, openOwnAppend, rotateOwn, safeDirectory } from '../io/safe-file.ts';
 
 export const SECURITY_PROVIDER = 'Microsoft-Windows-Security-Auditing';
 
@@ -188,13 +189,21 @@ export interface SecurityLogOptions {
   keep?: number;
 }
 
-/** Writes enabled audit events to the Security log; a write failure is reported, never thrown at the caller. */
+/**
+ * Writes enabled audit events to the Security log; a write failure is reported, never thrown at the
+ * caller. The files are consec's own (io/safe-file.ts): created 0600 without following links,
+ * appended to only while they are the files consec created, rotated only onto its own names.
+ */
 export class SecurityLog implements AuditSink {
   private recordId: number;
   private readonly dir: string;
   private readonly maxBytes: number;
   private readonly keep: number;
   private readonly journal?: SecurityLogOptions['journal'];
+  private readonly own: OwnFiles;
+  private fd?: number;
+  /** The current file's size, counted as we append (no stat per event). */
+  private bytes = 0;
 
   constructor(
     stateDir: string,
@@ -206,8 +215,15 @@ export class SecurityLog implements AuditSink {
     this.maxBytes = o.maxBytes ?? 16 * 1024 * 1024;
     this.keep = o.keep ?? 4;
     this.journal = o.journal;
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.own = new OwnFiles(stateDir);
+    safeDirectory(this.dir);
+    for (let i = 0; i <= this.keep; i++) adoptOwn(this.file(i), this.own);
     this.recordId = lastRecordId(this.dir);
+  }
+
+  /** security.jsonl (generation 0) or security.N.jsonl. */
+  private file(generation: number): string {
+    return join(this.dir, generation === 0 ? 'security.jsonl' : `security.${generation}.jsonl`);
   }
 
   emit(event: AuditEvent): void {
@@ -225,18 +241,16 @@ export class SecurityLog implements AuditSink {
       Event: event,
     };
     try {
-      const file = join(this.dir, 'security.jsonl');
-      // The size is looked up once, then counted as we append (no stat per event).
-      this.bytes ??= existsSync(file) ? statSync(file).size : 0;
+      if (this.fd === undefined) ({ fd: this.fd, size: this.bytes } = openOwnAppend(this.file(0), this.own));
       if (this.bytes > this.maxBytes) {
-        this.rotate();
-        this.bytes = 0;
+        this.rotate(this.fd);
+        ({ fd: this.fd, size: this.bytes } = openOwnAppend(this.file(0), this.own));
       }
-      const line = `${JSON.stringify(record)}\n`;
-      appendFileSync(file, line, { mode: 0o600 });
-      this.bytes += Buffer.byteLength(line);
+      const line = Buffer.from(`${JSON.stringify(record)}\n`);
+      writeSync(this.fd, line);
+      this.bytes += line.length;
     } catch (err) {
-      this.bytes = undefined; // look again next time
+      this.close(); // opened again (and checked again) next time
       this.onError(err as Error);
     }
     try {
@@ -246,16 +260,16 @@ export class SecurityLog implements AuditSink {
     }
   }
 
-  /** The current file's size as far as this writer knows (undefined: not looked up yet). */
-  private bytes?: number;
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
 
-  private rotate(): void {
-    rmSync(join(this.dir, `security.${this.keep}.jsonl`), { force: true });
-    for (let i = this.keep - 1; i >= 1; i--) {
-      const from = join(this.dir, `security.${i}.jsonl`);
-      if (existsSync(from)) renameSync(from, join(this.dir, `security.${i + 1}.jsonl`));
-    }
-    renameSync(join(this.dir, 'security.jsonl'), join(this.dir, 'security.1.jsonl'));
+  /** Generations shift up (the oldest is replaced), the current file becomes security.1.jsonl. */
+  private rotate(fd: number): void {
+    for (let i = this.keep - 1; i >= 1; i--) moveOwn(this.file(i), this.file(i + 1), this.own);
+    rotateOwn(this.file(0), fd, this.own, this.file(1));
+    this.close();
   }
 }
 

@@ -467,6 +467,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           // Last: stopping still writes events (4655, 5452, 5479) to the debug log and the journal.
           unwatchDebugLog();
           debugLog.close();
+          securityLog.close();
           lock.release();
           journal?.close();
           resolve();

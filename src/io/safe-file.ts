@@ -142,6 +142,22 @@ export function openOwnAppend(path: string, own: OwnFiles): { fd: number; size: 
 }
 
 /**
+ * Records `path` as consec's own when it looks so (regular, one link, ours, 0600) — only for files
+ * inside the state directory, where no one else can have created them (a version that kept no record
+ * of its files wrote them).
+ */
+export function adoptOwn(path: string, own: OwnFiles): void {
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (st.isFile() && st.nlink === 1 && st.uid === euid() && (st.mode & 0o077) === 0 && !own.isOwn(path, st))
+    own.record(path, st);
+}
+
+/**
  * Checks, without writing, that consec may append to `path` (the settings commands refuse a path
  * that is not): absent in a safe directory, or the file consec created there.
  */
@@ -164,20 +180,35 @@ export function checkOwnPath(path: string, own: OwnFiles): void {
 }
 
 /**
- * Renames the file consec has open as `fd` at `path` to `path.1` (size rotation): only when `path`
- * is still that file and `path.1` is free or consec's own (the old generation, replaced).
+ * Renames the file consec has open as `fd` at `path` to `older` (size rotation; default `path.1`):
+ * only when `path` is still that file and `older` is free or consec's own (the old generation, replaced).
  */
-export function rotateOwn(path: string, fd: number, own: OwnFiles): void {
+export function rotateOwn(path: string, fd: number, own: OwnFiles, older = `${path}.1`): void {
   const open = fstatSync(fd);
   const now = lstatSync(path);
   if (now.isSymbolicLink() || now.dev !== open.dev || now.ino !== open.ino || !own.isOwn(path, now)) throw notOwn(path);
-  const older = `${path}.1`;
+  moveOwn(path, older, own);
+}
+
+/**
+ * Renames consec's own file `from` to `to` (older generations shifting up), when `to` is free or
+ * consec's own too; `from` absent is nothing to do. Anything else is refused with UnsafeFileError.
+ */
+export function moveOwn(from: string, to: string, own: OwnFiles): void {
+  let st: Stats;
   try {
-    const st = lstatSync(older);
-    if (st.isSymbolicLink() || !own.isOwn(older, st)) throw notOwn(older);
+    st = lstatSync(from);
+  } catch (err) {
+    if (code(err) === 'ENOENT') return;
+    throw err;
+  }
+  if (st.isSymbolicLink() || !own.isOwn(from, st)) throw notOwn(from);
+  try {
+    const target = lstatSync(to);
+    if (target.isSymbolicLink() || !own.isOwn(to, target)) throw notOwn(to);
   } catch (err) {
     if (code(err) !== 'ENOENT') throw err;
   }
-  renameSync(path, older);
-  own.moved(path, older);
+  renameSync(from, to);
+  own.moved(from, to);
 }
