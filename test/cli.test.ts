@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
@@ -137,6 +137,44 @@ describe('consec CLI', () => {
     assert.equal(rule.code, 1);
     assert.match(rule.stderr, /permission denied: .* \(consec needs root to change the policy stores\)/);
     assert.doesNotMatch(rule.stderr, /locked/);
+  });
+
+  it('bounded input: an endless or oversized script or store is refused before it is read whole; deep nesting is a parse error naming the line', () => {
+    const dir = freshStateDir('consec-bounded-');
+    // /dev/zero never ends; a 17 MiB script is over the limit.
+    const zero = consec(['--state-dir', dir, 'pwsh', '-File', '/dev/zero']);
+    assert.equal(zero.code, 1);
+    assert.match(zero.stderr, /The script \/dev\/zero is larger than 16 MiB/);
+    const big = join(dir, 'big.ps1');
+    writeFileSync(big, `# ${'x'.repeat(17 * 1024 * 1024)}\n`);
+    assert.match(consec(['--state-dir', dir, 'pwsh', '-File', big]).stderr, /big\.ps1 is larger than 16 MiB/);
+    // A policy store grown past the limit is refused, and left as it is.
+    const store = join(dir, 'policy', 'PersistentStore.json');
+    mkdirSync(join(dir, 'policy'), { recursive: true, mode: 0o700 });
+    writeFileSync(store, `${' '.repeat(17 * 1024 * 1024)}{}`, { mode: 0o600 });
+    const before = statSync(store);
+    const add = consec([
+      '--state-dir',
+      dir,
+      'pwsh',
+      '-Command',
+      'New-NetIPsecRule -DisplayName x -RemoteAddress 192.0.2.9',
+    ]);
+    assert.equal(add.code, 1);
+    assert.match(add.stderr, /PersistentStore\.json is larger than 16 MiB/);
+    assert.equal(statSync(store).mtimeMs, before.mtimeMs, 'the store is untouched');
+    // 20,000 nested parentheses, and a string nesting $( "…" ) deeply: PowerShell parse errors, no JavaScript stack error.
+    const deep = join(dir, 'deep.ps1');
+    writeFileSync(deep, `$a = 1\n$b = ${'('.repeat(20_000)}1${')'.repeat(20_000)}\n`);
+    const nested = consec(['--state-dir', dir, 'pwsh', '-File', deep]);
+    assert.equal(nested.code, 1);
+    assert.match(nested.stderr, /At .*deep\.ps1:2 char:\d+/);
+    assert.match(nested.stderr, /The script is nested too deeply/);
+    assert.match(nested.stderr, /FullyQualifiedErrorId : ScriptNestedTooDeeply/);
+    assert.doesNotMatch(nested.stderr, /call stack|RangeError/);
+    const strings = consec(['--state-dir', dir, 'pwsh', '-Command', `${'"$('.repeat(3000)}1${')"'.repeat(3000)}`]);
+    assert.match(strings.stderr, /ScriptNestedTooDeeply/);
+    assert.doesNotMatch(strings.stderr, /call stack|RangeError/);
   });
 
   it('names a missing tool and the package that provides it', () => {

@@ -7,12 +7,13 @@
  * rotated by size into `<file>.1`; it never holds keys, nonces, PSKs or payload data — the lines
  * come from `src/ike/trace.ts`, which describes payloads without their contents.
  */
-import { closeSync, mkdirSync, readFileSync, statSync, watch, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, statSync, watch, writeSync } from 'node:fs';
 import { basename, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
 import { checkOwnPath, openOwnAppend, OwnFiles, rotateOwn } from '../io/safe-file.ts';
+import { readTextBounded } from '../io/bounded.ts';
 
 export const DEBUGLOG_SIZE_KB = { min: 1, max: 1_048_576, default: 4096 } as const;
 
@@ -33,7 +34,7 @@ const DEFAULTS: DebugLogSettings = { enabled: false, file: null, sizeKb: DEBUGLO
 export function loadDebugLogSettings(stateDir: string): DebugLogSettings {
   let text: string;
   try {
-    text = readFileSync(debugLogSettingsFile(stateDir), 'utf8');
+    text = readTextBounded(debugLogSettingsFile(stateDir));
   } catch {
     return { ...DEFAULTS };
   }

@@ -7,11 +7,12 @@
  *   auditpol /get /subcategory:"IPsec Main Mode"
  *   auditpol /get /category:*
  */
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
+import { readTextBounded } from '../io/bounded.ts';
 
 export class AuditPolicyError extends ConsecError {
   constructor(message: string) {
@@ -55,7 +56,7 @@ export class AuditPolicy {
     const settings = new Map<AuditSubcategoryName, AuditSetting>();
     let text: string | undefined;
     try {
-      text = readFileSync(file, 'utf8');
+      text = readTextBounded(file);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
         throw new AuditPolicyError(`cannot read ${file}: ${(err as Error).message}`);

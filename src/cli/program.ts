@@ -1,7 +1,7 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
-import { readFileSync } from 'node:fs';
+import { readFdBounded } from '../io/bounded.ts';
 import { Command, CommanderError } from 'commander';
 import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
 import { Netsh } from '../shell/netsh/netsh.ts';
@@ -37,7 +37,7 @@ export function buildProgram(): Command {
     .allowUnknownOption()
     .helpOption('--help')
     .action(async (args: string[]) => {
-      const invocation = parsePwshArgs(args, () => readFileSync(0, 'utf8'));
+      const invocation = parsePwshArgs(args, () => readFdBounded(0, 'Standard input').toString('utf8'));
       process.exitCode = await runPwsh(invocation, stateDir(program), {
         stdout: (t) => process.stdout.write(t),
         stderr: (t) => process.stderr.write(t),

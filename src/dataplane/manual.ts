@@ -18,13 +18,14 @@
  *       localSelectors: [192.0.2.1/32]    # default: the local address
  *       remoteSelectors: [192.0.2.2/32]   # default: the remote address
  */
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { isIP, isIPv4 } from 'node:net';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { parsePrefix, writeIp } from '../io/addr.ts';
 import { type ChildSaSpec, type TrafficSelector, TS_IPV4, TS_IPV6 } from '../sa/spec.ts';
+import { readTextBounded } from '../io/bounded.ts';
 
 export class ManualSaError extends ConsecError {
   constructor(message: string) {
@@ -108,7 +109,7 @@ export function loadManualSas(path: string): ManualSa[] {
   try {
     if ((statSync(path).mode & 0o077) !== 0)
       throw new ManualSaError(`${path} holds keys: make it readable by its owner only (chmod 600)`);
-    text = readFileSync(path, 'utf8');
+    text = readTextBounded(path);
   } catch (err) {
     if (err instanceof ManualSaError) throw err;
     throw new ManualSaError(`cannot read ${path}: ${(err as Error).message}`);

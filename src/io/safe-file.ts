@@ -6,21 +6,12 @@
  * existing one is appended to only when it is that same regular file (same device and inode, one
  * link, ours, 0600). Rotation renames only files consec created, onto a name that is free or its own.
  */
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  type Stats,
-} from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, renameSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from './atomic.ts';
+import { readTextBounded } from './bounded.ts';
 
 const { O_WRONLY, O_APPEND, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 
@@ -62,7 +53,7 @@ export class OwnFiles {
 
   private load(): Record<string, string> {
     try {
-      return registrySchema.parse(JSON.parse(readFileSync(this.file, 'utf8')));
+      return registrySchema.parse(JSON.parse(readTextBounded(this.file)));
     } catch {
       return {};
     }

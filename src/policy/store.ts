@@ -4,7 +4,7 @@
  * every consec process, so a crash mid-write or two CLIs at once never lose or corrupt policy.
  * ActiveStore, RSOP and SystemDefaults are read-only views computed from them.
  */
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
@@ -13,6 +13,7 @@ import { writeFileAtomic } from '../io/atomic.ts';
 import { emptyDocument, type PolicyDocument } from './model.ts';
 import { storeFileSchema } from './schema.ts';
 import { validateDocument } from './validate.ts';
+import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
 
 export class PolicyStoreError extends ConsecError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -215,9 +216,10 @@ export function mergeDocuments(base: PolicyDocument | undefined, over: PolicyDoc
 export function readStoreFile(file: string, storeName: string): PolicyDocument {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readTextBounded(file, `The policy store file ${file}`);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return emptyDocument();
+    if (err instanceof InputTooLargeError) throw err;
     throw new PolicyStoreError(`Cannot read the policy store "${storeName}" (${file}): ${(err as Error).message}`);
   }
   let json: unknown;

@@ -2,11 +2,11 @@
  * `consec pwsh`: runs NetSecurity scripts. Accepts PowerShell's own command-line spellings
  * (-Command, -File, -NoProfile, -NonInteractive, -ExecutionPolicy), a script path, or - for stdin.
  */
-import { readFileSync } from 'node:fs';
 import { PolicyStores } from '../policy/store.ts';
 import { netSecurityCommands } from './netsecurity/cmdlets.ts';
 import { createRuntime, type Host } from './pwsh/index.ts';
 import { ConsecError } from '../errors.ts';
+import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
 
 export interface PwshInvocation {
   source: string;
@@ -46,8 +46,9 @@ export function parsePwshArgs(args: readonly string[], readStdin: () => string):
 
 function readScript(file: string): string {
   try {
-    return readFileSync(file, 'utf8').replace(/^\uFEFF/, '');
+    return readTextBounded(file, `The script ${file}`).replace(/^\uFEFF/, '');
   } catch (err) {
+    if (err instanceof InputTooLargeError) throw err;
     throw new ConsecError(
       'ERR_USAGE',
       `The argument '${file}' to the -File parameter does not exist. ${(err as Error).message}`,

@@ -7,7 +7,7 @@ import { type Extent, Lexer, type LexMode, PwshSyntaxError, type StringPart, typ
 
 export type Expr =
   | { kind: 'constant'; value: string | number; bare: boolean; extent: Extent }
-  | { kind: 'string'; parts: StringPart[]; extent: Extent }
+  | { kind: 'string'; parts: ExpandablePart[]; extent: Extent }
   | { kind: 'variable'; name: string; extent: Extent }
   | { kind: 'member'; target: Expr; name: string; extent: Extent }
   | { kind: 'method'; target: Expr; name: string; args: Expr[]; extent: Extent }
@@ -75,14 +75,28 @@ const KEYWORDS = new Set([
 const COMPARISON =
   /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|join)$/;
 
+/** A part of an expandable string: text, a variable, or a `$( … )` parsed with the script. */
+export type ExpandablePart = Exclude<StringPart, { subexpression: string }> | { body: Statement[]; extent: Extent };
+
 export function parseScript(source: string): Statement[] {
   return new Parser(source).parseScript();
 }
 
+/**
+ * How deep parentheses, blocks, subexpressions and prefix operators may nest. Scripts admins write
+ * nest a handful of levels; past this the parser stops with a parse error at that point instead of
+ * running out of stack.
+ */
+export const MAX_NESTING = 200;
+
 class Parser {
   private readonly lx: Lexer;
 
-  constructor(private readonly source: string) {
+  constructor(
+    private readonly source: string,
+    /** Nesting levels already open around this source (a `$( … )` inside a string). */
+    private depth = 0,
+  ) {
     this.lx = new Lexer(source);
   }
 
@@ -314,8 +328,38 @@ class Parser {
     return { kind: 'array', items, extent: { start: first.extent.start, end: last.extent.end } };
   }
 
+  /** `$( … )` in a string is parsed now, one level deeper (its syntax errors are the script's). */
+  private expandablePart(p: StringPart): ExpandablePart {
+    if (typeof p === 'string' || !('subexpression' in p)) return p;
+    return this.nested(p.extent, () => ({
+      body: new Parser(p.subexpression, this.depth).parseScript(),
+      extent: p.extent,
+    }));
+  }
+
+  /** One level deeper for `f`; a parse error at `at` past MAX_NESTING. */
+  private nested<T>(at: Extent, f: () => T): T {
+    if (this.depth >= MAX_NESTING)
+      throw new PwshSyntaxError(
+        `The script is nested too deeply: more than ${MAX_NESTING} levels of parentheses, blocks or operators.`,
+        at,
+        'ScriptNestedTooDeeply',
+      );
+    this.depth++;
+    try {
+      return f();
+    } finally {
+      this.depth--;
+    }
+  }
+
   private unary(): Expr {
     const t = this.lx.peek('expression');
+    const prefix = (t.kind === 'operator' && (t.op === 'not' || t.op === '-' || t.op === '+')) || t.kind === 'comma';
+    return prefix ? this.nested(t.extent, () => this.unaryAt(t)) : this.unaryAt(t);
+  }
+
+  private unaryAt(t: Token): Expr {
     if (t.kind === 'operator' && (t.op === 'not' || t.op === '-' || t.op === '+')) {
       this.lx.next('expression');
       const operand = this.unary();
@@ -332,12 +376,17 @@ class Parser {
 
   private primary(mode: LexMode = 'expression'): Expr {
     const t = this.lx.next(mode);
+    const opens = ['lparen', 'dollarparen', 'atparen', 'atbrace', 'lbrace'].includes(t.kind);
+    return opens ? this.nested(t.extent, () => this.primaryAt(t, mode)) : this.primaryAt(t, mode);
+  }
+
+  private primaryAt(t: Token, mode: LexMode): Expr {
     switch (t.kind) {
       case 'variable':
         return { kind: 'variable', name: t.name, extent: t.extent };
       case 'string':
         return t.expandable
-          ? { kind: 'string', parts: t.parts, extent: t.extent }
+          ? { kind: 'string', parts: t.parts.map((p) => this.expandablePart(p)), extent: t.extent }
           : { kind: 'constant', value: (t.parts[0] as string | undefined) ?? '', bare: false, extent: t.extent };
       case 'number':
         return { kind: 'constant', value: t.value, bare: false, extent: t.extent };

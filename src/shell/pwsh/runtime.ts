@@ -55,6 +55,9 @@ export interface Host {
 }
 
 /** A PowerShell error record. */
+/** Nested script block invocations allowed (PowerShell's CallDepthOverflow limit). */
+export const MAX_CALL_DEPTH = 100;
+
 export class PwshError extends Error {
   constructor(
     message: string,
@@ -129,6 +132,7 @@ export interface RuntimeOptions {
 export class Runtime {
   private readonly vars = new Map<string, unknown>();
   private source = '';
+  private callDepth = 0;
   errorCount = 0;
 
   constructor(
@@ -584,7 +588,7 @@ export class Runtime {
           else if ('variable' in part) out += toText(this.variable(part.variable));
           else {
             const values: unknown[] = [];
-            for (const st of parseScript(part.subexpression)) {
+            for (const st of part.body) {
               if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
               else values.push(...(await this.pipeline(st)));
             }
@@ -754,6 +758,15 @@ export class Runtime {
 
   /** Runs a script block with $_ set; returns its output. */
   async invokeScriptBlock(sb: ScriptBlock, dollarUnder: unknown): Promise<unknown[]> {
+    // PowerShell's limit on nested invocations, with its error, instead of running out of stack.
+    if (this.callDepth >= MAX_CALL_DEPTH)
+      throw new PwshError(
+        'The script failed due to call depth overflow.',
+        'CallDepthOverflow',
+        'InvalidOperation',
+        'ScriptCallDepthException',
+      );
+    this.callDepth++;
     const had = this.vars.has('_');
     const saved = this.vars.get('_');
     this.vars.set('_', dollarUnder);
@@ -766,6 +779,7 @@ export class Runtime {
       }
       return out;
     } finally {
+      this.callDepth--;
       if (had) this.vars.set('_', saved);
       else this.vars.delete('_');
     }
