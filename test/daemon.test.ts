@@ -17,6 +17,9 @@ import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { hostToHost } from '../src/lab/topology.ts';
 import { consecArgv, consecDaemon, installMachineCert, ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
+import { runAuditpol } from '../src/audit/policy.ts';
+import { PolicyStores } from '../src/policy/store.ts';
+import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
 
@@ -85,6 +88,18 @@ describe('consec daemon', () => {
   it('answers strongSwan per policy, keeps the SA across a compatible reload, deletes it when the rule goes', async () => {
     const dir = freshStateDir('consec-daemon-');
     await pskServerPolicy(dir, b, a);
+    runAuditpol(dir, ['/set', '/subcategory:IPsec Main Mode', '/success:enable']);
+    // Objects of every kind, also ones this peer does not use (a user auth set, a main mode rule elsewhere).
+    const more = await ps(
+      [
+        '$k = New-NetIPsecAuthProposal -User -Kerberos',
+        'New-NetIPsecPhase2AuthSet -DisplayName "User Kerberos" -Proposal $k | Out-Null',
+        '$mm = Get-NetIPsecMainModeCryptoSet | Select-Object -First 1',
+        'New-NetIPsecMainModeRule -DisplayName "elsewhere" -RemoteAddress 198.51.100.77 -MainModeCryptoSet $mm.Name | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(more.errors, 0, more.err);
     const d = consecDaemon(lab, 'bob', dir, b);
     let alice: Charon | undefined;
     try {
@@ -129,6 +144,26 @@ describe('consec daemon', () => {
       assert.match(stats.stdout, /ActiveMainModeSAs +: 1/, stats.stdout + stats.stderr);
       assert.match(stats.stdout, /ActiveQuickModeSAs +: 1/);
       assert.match(stats.stdout, /MainModeSAsEstablished +: 1/);
+      // Every Get- cmdlet consec has, with a live SA, as Format-List shows it: each has something to
+      // show, nothing fails, and no value is printed as JavaScript would ([object Object]).
+      const input: Record<string, string> = {
+        'Get-NetFirewallAddressFilter': 'Get-NetIPsecRule | ',
+        'Get-NetFirewallPortFilter': 'Get-NetIPsecRule | ',
+      };
+      const args: Record<string, string> = {
+        'Get-Service': ' IKEEXT, PolicyAgent',
+        'Get-WinEvent': " -FilterHashtable @{LogName='Security'} -MaxEvents 5",
+      };
+      const gets = netSecurityCommands(new PolicyStores(dir))
+        .map((c) => c.name)
+        .filter((n) => n.startsWith('Get-'));
+      assert.ok(gets.length >= 15, gets.join(' '));
+      for (const name of gets) {
+        const r = await cli(['pwsh', '-Command', `${input[name] ?? ''}${name}${args[name] ?? ''} | Format-List`]);
+        assert.equal(r.code, 0, `${name}: ${r.stderr}`);
+        assert.match(r.stdout, /^\S+ +: \S/m, `${name} shows properties`);
+        assert.doesNotMatch(r.stdout, /\[object Object\]|\[object |undefined/, `${name}:\n${r.stdout}`);
+      }
       // Remove-NetIPsecQuickModeSA deletes the child SA at strongSwan too; the IKE SA stays.
       const rmq = await cli(['pwsh', '-Command', 'Get-NetIPsecQuickModeSA | Remove-NetIPsecQuickModeSA']);
       assert.equal(rmq.code, 0, rmq.stdout + rmq.stderr);
