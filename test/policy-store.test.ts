@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -6,6 +7,8 @@ import { describe, it } from 'node:test';
 import { PolicyStores } from '../src/policy/store.ts';
 import { ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps, storeBytes } from './pwsh-helpers.ts';
+import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
+import { createRuntime } from '../src/shell/pwsh/index.ts';
 
 function cli(stateDir: string, command: string): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve) => {
@@ -42,6 +45,121 @@ describe('policy store', () => {
       Array.from({ length: 6 }, (_, p) => [1, 2, 3].map((i) => `p${p}-r${i}`))
         .flat()
         .sort(),
+    );
+  });
+
+  it('a script is one transaction: read once, written once, each rule validated once — linear in the rules', async () => {
+    const script = (n: number) =>
+      [
+        '$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "store-test-psk-0123456789"',
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        ...Array.from(
+          { length: n },
+          (_, i) =>
+            `New-NetIPsecRule -DisplayName "server ${i}" -RemoteAddress 2001:db8:100::${i.toString(16)} -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name | Out-Null`,
+        ),
+      ].join('\n');
+    const run = async (n: number) => {
+      const dir = freshStateDir('consec-txn-');
+      const stores = new PolicyStores(dir);
+      let err = '';
+      const rt = createRuntime({ stdout: () => {}, stderr: (t) => (err += t) }, netSecurityCommands(stores));
+      const errors = await stores.transaction(() => rt.run(script(n)));
+      assert.equal(errors, 0, err);
+      assert.equal(stores.read().rules.length, n);
+      return stores.work;
+    };
+    const small = await run(250);
+    const big = await run(1000);
+    // One read and one write of the store whatever the size; validation grows with the rules added, not with their square.
+    assert.deepEqual([small.reads, small.writes, big.reads, big.writes], [1, 1, 1, 1]);
+    assert.ok(big.validated <= 4 * small.validated + 8, `validated ${small.validated} → ${big.validated}`);
+    assert.ok(big.validated >= 1000);
+  });
+
+  it("in a script, a failing line changes nothing and the lines around it apply; reads see the script's changes; a terminating error keeps what ran", async () => {
+    const dir = freshStateDir('consec-txn-');
+    const r = await ps(
+      [
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "store-test-psk-0123456789")',
+        'New-NetIPsecRule -DisplayName a -Name a -RemoteAddress 192.0.2.1 -Phase1AuthSet $p1.Name | Out-Null',
+        'New-NetIPsecRule -DisplayName bad -Name bad -RemoteAddress 192.0.2.300 | Out-Null',
+        'New-NetIPsecRule -DisplayName a2 -Name a | Out-Null',
+        'Set-NetIPsecRule -Name a -RemoteAddress 192.0.2.9',
+        'Set-NetIPsecRule -Name a -InboundSecurity Require -OutboundSecurity None -Phase1AuthSet nosuchset',
+        'New-NetIPsecRule -DisplayName b -Name b -RemoteAddress 192.0.2.2 -Phase1AuthSet $p1.Name | Out-Null',
+        'Rename-NetIPsecPhase1AuthSet -Name $p1.Name -NewName psk-renamed',
+        '"seen: " + ((Get-NetIPsecRule | ForEach-Object { $_.Name + "=" + ($_ | Get-NetFirewallAddressFilter).RemoteAddress }) -join ",")',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 3, r.err);
+    assert.match(r.out, /seen: a=192\.0\.2\.9,b=192\.0\.2\.2/);
+    const doc = new PolicyStores(dir).read();
+    assert.deepEqual(
+      doc.rules.map((x) => [x.Name, x.RemoteAddress.join(), x.Phase1AuthSet, x.InboundSecurity]),
+      [
+        ['a', '192.0.2.9', 'psk-renamed', 'None'],
+        ['b', '192.0.2.2', 'psk-renamed', 'None'],
+      ],
+    );
+    // (The failing Set- left InboundSecurity at its default.) A terminating error (throw) ends the
+    // script; what ran before it is written.
+    const t = await ps(
+      [
+        '$ErrorActionPreference = "Stop"',
+        'New-NetIPsecRule -DisplayName c -Name c | Out-Null',
+        'New-NetIPsecRule -DisplayName bad -RemoteAddress 192.0.2.300',
+        'New-NetIPsecRule -DisplayName d -Name d',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(t.errors, 1);
+    assert.deepEqual(
+      new PolicyStores(dir).read().rules.map((x) => x.Name),
+      ['a', 'b', 'c'],
+    );
+  });
+
+  it('property: a script as one transaction ends with the same store and errors as its lines run one by one', async () => {
+    const name = fc.constantFrom('a', 'b', 'c');
+    const addr = fc.constantFrom('192.0.2.1', '192.0.2.0/24', '2001:db8::7', '192.0.2.999');
+    const line = fc.oneof(
+      fc
+        .tuple(name, addr)
+        .map(([n, a]) => `New-NetIPsecRule -DisplayName ${n} -Name ${n} -RemoteAddress ${a} | Out-Null`),
+      fc.tuple(name, addr).map(([n, a]) => `Set-NetIPsecRule -Name ${n} -RemoteAddress ${a}`),
+      fc
+        .tuple(name, fc.constantFrom('p', 'q', 'nosuch'))
+        .map(([n, p]) => `Set-NetIPsecRule -Name ${n} -Phase1AuthSet ${p}`),
+      name.map((n) => `Remove-NetIPsecRule -Name ${n}`),
+      fc.tuple(name, name).map(([n, m]) => `Rename-NetIPsecRule -Name ${n} -NewName ${m}`),
+      fc.tuple(name, fc.constantFrom('Enable', 'Disable')).map(([n, v]) => `${v}-NetIPsecRule -Name ${n}`),
+      fc
+        .constantFrom('p', 'q')
+        .map(
+          (p) =>
+            `New-NetIPsecPhase1AuthSet -Name ${p} -DisplayName ${p} -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "fuzz-psk-0123456789") | Out-Null`,
+        ),
+      fc.constantFrom('p', 'q').map((p) => `Remove-NetIPsecPhase1AuthSet -Name ${p}`),
+      fc
+        .tuple(fc.constantFrom('p', 'q'), fc.constantFrom('p', 'q', 'r'))
+        .map(([p, r]) => `Rename-NetIPsecPhase1AuthSet -Name ${p} -NewName ${r}`),
+    );
+    const runtime = (stores: PolicyStores) =>
+      createRuntime({ stdout: () => {}, stderr: () => {} }, netSecurityCommands(stores));
+    await fc.assert(
+      fc.asyncProperty(fc.array(line, { minLength: 1, maxLength: 12 }), async (lines) => {
+        const one = new PolicyStores(freshStateDir('consec-prop-'));
+        let errorsOne = 0;
+        for (const l of lines) errorsOne += await runtime(one).run(l); // each line its own change, as before
+        const txn = new PolicyStores(freshStateDir('consec-prop-'));
+        const rt = runtime(txn);
+        const errorsTxn = await txn.transaction(() => rt.run(lines.join('\n')));
+        assert.equal(errorsTxn, errorsOne, lines.join('\n'));
+        assert.deepEqual(txn.read(), one.read(), lines.join('\n'));
+      }),
+      { numRuns: 40 },
     );
   });
 

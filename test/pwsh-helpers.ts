@@ -31,12 +31,12 @@ export function freshStateDir(prefix = 'consec-pwsh-'): string {
 export async function ps(source: string, stateDir: string, scriptName?: string): Promise<PsResult> {
   let out = '';
   let err = '';
-  const rt = createRuntime(
-    { stdout: (t) => (out += t), stderr: (t) => (err += t) },
-    netSecurityCommands(new PolicyStores(stateDir)),
-    { scriptName },
-  );
-  const errors = await rt.run(source);
+  const stores = new PolicyStores(stateDir);
+  const rt = createRuntime({ stdout: (t) => (out += t), stderr: (t) => (err += t) }, netSecurityCommands(stores), {
+    scriptName,
+  });
+  // As `consec pwsh` runs a script: one store transaction.
+  const errors = await stores.transaction(() => rt.run(source));
   return { out, err, errors };
 }
 

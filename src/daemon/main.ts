@@ -4,6 +4,7 @@
  * deletes its SAs at the peers before exiting. Audit events go to the Security log (as auditpol
  * enables them), the journal, the debug log and stdout as `{"audit": {...}}` lines.
  */
+import { performance } from 'node:perf_hooks';
 import { isIP } from 'node:net';
 import pino from 'pino';
 import type { AuditEvent } from '../audit/events.ts';
@@ -336,9 +337,12 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   };
   compile(service.policy);
   const onPolicy = (doc: PolicyDocument): void => {
+    const t0 = performance.now();
     compile(doc);
     // Filters first, then routes for what the new policy protects (rules added while running).
-    void guard(doc).then(() => (plane ? routeProtected(service, plane, ctx, log) : undefined));
+    void guard(doc)
+      .then(() => (plane ? routeProtected(service, plane, ctx, log) : undefined))
+      .then(() => log.info({ rules: doc.rules.length, ms: Math.round(performance.now() - t0) }, 'policy enforced'));
   };
   try {
     await service.start();

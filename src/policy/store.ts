@@ -6,13 +6,20 @@
  */
 import { mkdirSync, readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { ConsecError, permissionDenied } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
-import { emptyDocument, type PolicyDocument } from './model.ts';
+import {
+  type CollectionName,
+  emptyDocument,
+  type IPsecRule,
+  type MainModeRule,
+  type NamedObject,
+  type PolicyDocument,
+} from './model.ts';
 import { storeFileSchema } from './schema.ts';
-import { validateDocument } from './validate.ts';
+import { LARGE_COLLECTIONS, type LargeCollection, validateAdded, validateDocument } from './validate.ts';
 import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
 
 export class PolicyStoreError extends ConsecError {
@@ -47,6 +54,12 @@ const READ_ONLY_VIEWS: Record<string, StoreKind> = {
 
 /** Where each store lives and what it may do. */
 export class PolicyStores {
+  /**
+   * Work done on store files so far: files read and written for changes, and rules validated (a
+   * script's cost grows with these; a test holds them linear).
+   */
+  readonly work = { reads: 0, writes: 0, validated: 0 };
+
   constructor(readonly stateDir: string = stateDirFromEnv()) {}
 
   get policyDir(): string {
@@ -90,7 +103,7 @@ export class PolicyStores {
     switch (s.kind) {
       case 'persistent':
       case 'gpo':
-        return readStoreFile(s.file as string, s.name);
+        return this.readFile(s.file as string, s.name);
       case 'defaults':
         return emptyDocument();
       case 'rsop':
@@ -128,7 +141,8 @@ export class PolicyStores {
 
   /**
    * Runs `change` on a copy of the store under the store lock; validates and writes the result
-   * atomically if it differs. On any error the file is untouched.
+   * atomically if it differs. On any error the store is untouched. Inside `transaction` the store
+   * is read and locked once, changes apply to a working copy, and the file is written once at the end.
    */
   async update<T>(name: string | undefined, change: (doc: PolicyDocument) => T): Promise<T> {
     const s = this.resolve(name);
@@ -138,15 +152,76 @@ export class PolicyStores {
       );
     }
     const file = s.file;
+    if (this.session) return this.sessionUpdate(await this.openInSession(this.session, s.name, file), change);
+    const release = await this.lock(s.name, file);
+    try {
+      const before = readStoreFile(file, s.name);
+      this.work.reads++;
+      const doc = structuredClone(before);
+      const result = change(doc);
+      if (JSON.stringify(doc) !== JSON.stringify(before)) {
+        this.work.validated += doc.rules.length + doc.mainModeRules.length;
+        validateDocument(doc);
+        writeStoreFile(file, s.name, doc);
+        this.work.writes++;
+      }
+      return result;
+    } finally {
+      await release();
+    }
+  }
+
+  /**
+   * Runs `work` (a whole script) as one transaction on the stores it changes: each store is locked
+   * and read at its first change, every change applies in memory (a failing change applies nothing,
+   * as a failing cmdlet on Windows), reads see the changes, and each changed store is written once,
+   * atomically, when `work` ends — also when it failed part-way: what ran before stays applied, as in
+   * PowerShell. A process killed before the end writes nothing.
+   */
+  async transaction<T>(work: () => Promise<T>): Promise<T> {
+    if (this.session) return work();
+    const session = new Map<string, OpenStore>();
+    this.session = session;
+    let result: T;
+    try {
+      result = await work();
+    } catch (err) {
+      await this.commit(session); // a write failure here is the more urgent error
+      throw err;
+    }
+    await this.commit(session);
+    return result;
+  }
+
+  /** Ends a transaction: writes each changed store once, releases every lock; throws the first write error. */
+  private async commit(session: Map<string, OpenStore>): Promise<void> {
+    this.session = undefined;
+    let failure: unknown;
+    for (const open of session.values()) {
+      try {
+        if (open.dirty) {
+          writeStoreFile(open.file, open.name, open.doc);
+          this.work.writes++;
+        }
+      } catch (err) {
+        failure ??= err;
+      }
+      await open.release().catch(() => {});
+    }
+    if (failure) throw failure;
+  }
+
+  private session?: Map<string, OpenStore>;
+
+  private async lock(storeName: string, file: string): Promise<() => Promise<void>> {
     const needs = 'to change the policy stores';
     try {
       mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     } catch (err) {
       throw permissionDenied(err, dirname(file), needs);
     }
-    let release: () => Promise<void>;
     try {
-      release = await lockfile.lock(file, {
+      return await lockfile.lock(file, {
         realpath: false,
         stale: 15_000,
         retries: { retries: 200, factor: 1.2, minTimeout: 5, maxTimeout: 100 },
@@ -155,35 +230,102 @@ export class PolicyStores {
       const denied = permissionDenied(cause, file, needs);
       if (denied !== cause) throw denied;
       throw new PolicyStoreError(
-        `The policy store "${s.name}" is locked by another consec process: ${(cause as Error).message}`,
-        { cause },
+        `The policy store "${storeName}" is locked by another consec process: ${(cause as Error).message}`,
+        {
+          cause,
+        },
       );
     }
+  }
+
+  private async openInSession(session: Map<string, OpenStore>, storeName: string, file: string): Promise<OpenStore> {
+    const had = session.get(file);
+    if (had) return had;
+    const release = await this.lock(storeName, file);
     try {
-      const before = readStoreFile(file, s.name);
-      const doc = structuredClone(before);
-      const result = change(doc);
-      if (JSON.stringify(doc) !== JSON.stringify(before)) {
-        validateDocument(doc);
-        writeStoreFile(file, s.name, doc);
+      const doc = readStoreFile(file, storeName);
+      this.work.reads++;
+      for (const c of LARGE_COLLECTIONS) for (const o of doc[c]) deepFreeze(o);
+      const names = {} as OpenStore['names'];
+      for (const c of LARGE_COLLECTIONS) {
+        names[c] = new Map();
+        for (const o of doc[c]) names[c].set(o.Name.toLowerCase(), (names[c].get(o.Name.toLowerCase()) ?? 0) + 1);
       }
-      return result;
-    } finally {
+      const open: OpenStore = { name: storeName, file, doc, release, dirty: false, names };
+      session.set(file, open);
+      return open;
+    } catch (err) {
       await release();
+      throw err;
     }
+  }
+
+  /**
+   * One change in a transaction: on a draft that shares the (frozen) objects of the large
+   * collections and copies the rest; what changed is validated — only the new or replaced rules when
+   * nothing else changed, everything otherwise — and the draft becomes the working copy.
+   */
+  private sessionUpdate<T>(open: OpenStore, change: (doc: PolicyDocument) => T): T {
+    const before = open.doc;
+    const draft: PolicyDocument = {
+      ...structuredClone({ ...before, rules: [], mainModeRules: [] }),
+      rules: before.rules.slice(),
+      mainModeRules: before.mainModeRules.slice(),
+    };
+    drafts.set(draft, open);
+    const result = change(draft);
+    drafts.delete(draft);
+    type Large = IPsecRule | MainModeRule;
+    const deltas = LARGE_COLLECTIONS.map((c) => ({
+      c,
+      ...changedObjects<Large>(before[c] as readonly Large[], draft[c] as readonly Large[]),
+    }));
+    const small = (d: PolicyDocument) => JSON.stringify({ ...d, rules: undefined, mainModeRules: undefined });
+    const smallChanged = small(before) !== small(draft);
+    if (!smallChanged && deltas.every((d) => d.added.length === 0 && d.removed.length === 0)) return result;
+    if (smallChanged) {
+      this.work.validated += draft.rules.length + draft.mainModeRules.length;
+      validateDocument(draft);
+    } else
+      for (const d of deltas) {
+        this.work.validated += d.added.length;
+        validateAdded(draft, d.c, d.added, d.removed, open.names[d.c]);
+      }
+    for (const d of deltas) {
+      const names = open.names[d.c];
+      for (const o of d.removed) {
+        const key = o.Name.toLowerCase();
+        const n = (names.get(key) ?? 1) - 1;
+        if (n > 0) names.set(key, n);
+        else names.delete(key);
+      }
+      for (const o of d.added) {
+        deepFreeze(o);
+        names.set(o.Name.toLowerCase(), (names.get(o.Name.toLowerCase()) ?? 0) + 1);
+      }
+    }
+    open.doc = draft;
+    open.dirty = true;
+    return result;
+  }
+
+  /** A store file, or its working copy in a transaction (a copy: callers may reassign its fields). */
+  private readFile(file: string, storeName: string): PolicyDocument {
+    const open = this.session?.get(file);
+    return open ? { ...open.doc } : readStoreFile(file, storeName);
   }
 
   private gpoDocuments(): PolicyDocument[] {
     const dir = join(this.policyDir, 'gpo');
-    let files: string[];
+    const files = new Set<string>();
     try {
-      files = readdirSync(dir)
-        .filter((f) => f.endsWith('.json'))
-        .sort();
+      for (const f of readdirSync(dir)) if (f.endsWith('.json')) files.add(f);
     } catch {
-      return [];
+      // no GPO yet
     }
-    return files.map((f) => readStoreFile(join(dir, f), decodeURIComponent(f.slice(0, -5))));
+    // GPO stores this transaction created are not on disk yet.
+    for (const [file, open] of this.session ?? []) if (open.dirty && dirname(file) === dir) files.add(basename(file));
+    return [...files].sort().map((f) => this.readFile(join(dir, f), decodeURIComponent(f.slice(0, -5))));
   }
 }
 
@@ -249,4 +391,76 @@ function writeStoreFile(file: string, storeName: string, doc: PolicyDocument): v
       cause: err,
     });
   }
+}
+
+/** A store opened by a transaction: its working copy, its lock, the names in its large collections. */
+interface OpenStore {
+  name: string;
+  file: string;
+  doc: PolicyDocument;
+  release: () => Promise<void>;
+  dirty: boolean;
+  names: Record<LargeCollection, Map<string, number>>;
+}
+
+/**
+ * What a change did to a large collection, by object identity: objects in `after` that were not in
+ * `before` (new, or replaced by a changed copy) and the other way round. Appending — the common
+ * change, one New- per line — is found in one pass without building sets.
+ */
+function changedObjects<O extends object>(before: readonly O[], after: readonly O[]): { added: O[]; removed: O[] } {
+  if (after.length >= before.length) {
+    let same = true;
+    for (let i = 0; i < before.length && same; i++) same = before[i] === after[i];
+    if (same) return { added: after.slice(before.length), removed: [] };
+  }
+  const was = new Set(before);
+  const is = new Set(after);
+  return { added: after.filter((o) => !was.has(o)), removed: before.filter((o) => !is.has(o)) };
+}
+
+/** Freezes a store object and what it holds (arrays of addresses, ports …). */
+function deepFreeze(o: object): void {
+  if (Object.isFrozen(o)) return;
+  Object.freeze(o);
+  for (const v of Object.values(o)) if (typeof v === 'object' && v !== null) deepFreeze(v as object);
+}
+
+/** The open store whose working copy a draft in a transaction was made from (for nameInUse). */
+const drafts = new WeakMap<PolicyDocument, OpenStore>();
+
+/**
+ * Does `doc[collection]` hold an object named `name` (case-insensitive, as Windows compares)? In a
+ * transaction's draft, from the working copy's name index and what the change did so far.
+ */
+export function nameInUse(doc: PolicyDocument, collection: CollectionName, name: string): boolean {
+  const key = name.toLowerCase();
+  const open = drafts.get(doc);
+  if (open && (collection === 'rules' || collection === 'mainModeRules')) {
+    const { added, removed } = changedObjects<NamedObject>(open.doc[collection], doc[collection]);
+    const count =
+      (open.names[collection].get(key) ?? 0) +
+      added.filter((o) => o.Name.toLowerCase() === key).length -
+      removed.filter((o) => o.Name.toLowerCase() === key).length;
+    return count > 0;
+  }
+  return (doc[collection] as NamedObject[]).some((o) => o.Name.toLowerCase() === key);
+}
+
+/**
+ * The object `o` of `doc[collection]` made changeable: in a transaction the objects of the large
+ * collections are shared with the working copy and frozen, so a change replaces `o` in the draft with
+ * a copy and edits that (copy on write); outside one, `o` itself.
+ */
+export function editable<O extends IPsecRule | MainModeRule>(
+  doc: PolicyDocument,
+  collection: LargeCollection,
+  o: O,
+): O {
+  if (!Object.isFrozen(o)) return o;
+  const list = doc[collection] as O[];
+  const i = list.indexOf(o);
+  const copy = structuredClone(o);
+  if (i >= 0) list[i] = copy;
+  return copy;
 }

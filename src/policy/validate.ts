@@ -223,6 +223,41 @@ function uniqueNames(doc: PolicyDocument, collection: CollectionName, kind: stri
   }
 }
 
+/** The collections that may hold thousands of objects (one rule per server or subnet). */
+export const LARGE_COLLECTIONS = ['rules', 'mainModeRules'] as const;
+export type LargeCollection = (typeof LARGE_COLLECTIONS)[number];
+
+const LARGE_KIND: Record<LargeCollection, string> = { rules: 'rule', mainModeRules: 'main mode rule' };
+
+/**
+ * Validates what one change did to a document already valid except for these objects: `added`
+ * objects of a large collection (new or changed), each checked as validateDocument checks it, and
+ * their names against `names` (lowercase Name → count in the document before the change, minus
+ * `removed`). Throws PolicyValidationError as validateDocument does.
+ */
+export function validateAdded(
+  doc: PolicyDocument,
+  collection: LargeCollection,
+  added: readonly (IPsecRule | MainModeRule)[],
+  removed: readonly (IPsecRule | MainModeRule)[],
+  names: ReadonlyMap<string, number>,
+): void {
+  const delta = new Map<string, number>();
+  for (const o of removed) delta.set(o.Name.toLowerCase(), (delta.get(o.Name.toLowerCase()) ?? 0) - 1);
+  for (const o of added) {
+    const key = o.Name.toLowerCase();
+    const count = (names.get(key) ?? 0) + (delta.get(key) ?? 0);
+    if (count > 0)
+      fail(
+        'Name',
+        `Cannot create a file when that file already exists: a ${LARGE_KIND[collection]} named "${o.Name}" already exists.`,
+      );
+    delta.set(key, (delta.get(key) ?? 0) + 1);
+    if (collection === 'rules') validateIPsecRule(o as IPsecRule, doc);
+    else validateMainModeRule(o as MainModeRule, doc);
+  }
+}
+
 /** Validates everything; throws PolicyValidationError naming the parameter at fault. */
 export function validateDocument(doc: PolicyDocument): void {
   uniqueNames(doc, 'rules', 'rule');

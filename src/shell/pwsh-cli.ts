@@ -65,6 +65,7 @@ export async function runPwsh(
 ): Promise<number> {
   const stores = new PolicyStores(stateDir);
   const runtime = createRuntime(host, netSecurityCommands(stores), { scriptName: invocation.scriptName, env });
-  const errors = await runtime.run(invocation.source);
+  // The script's changes are one transaction: each store read and locked once, written once at the end.
+  const errors = await stores.transaction(() => runtime.run(invocation.source));
   return errors > 0 ? 1 : 0;
 }

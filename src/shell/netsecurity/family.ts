@@ -4,8 +4,8 @@
  * query properties or pipeline input; -PolicyStore/-GPOSession; -PassThru; -WhatIf; Windows'
  * not-found errors. Each noun supplies only its properties and how to apply them.
  */
-import type { CollectionName, NamedObject, PolicyDocument } from '../../policy/model.ts';
-import type { PolicyStores } from '../../policy/store.ts';
+import type { CollectionName, IPsecRule, NamedObject, PolicyDocument } from '../../policy/model.ts';
+import { editable, nameInUse, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
 import { wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate, getProperty, isPSObject, type PSObject, toText } from '../pwsh/values.ts';
@@ -193,6 +193,12 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       (doc[f.collection] as unknown as M[]).map((item) => ({ item, source })),
     );
   const viewsOf = (name: string, items: M[]): PSObject[] => {
+    // One store: every object's source is that store (no need to read it).
+    const s = stores.resolve(name);
+    if (s.kind !== 'active') {
+      const type = s.kind === 'persistent' ? 'Local' : s.kind === 'defaults' ? 'Hardcoded' : 'GroupPolicy';
+      return items.map((i) => f.view(i, { store: s.name, type }));
+    }
     const sources = new Map(all(name).map(({ item, source }) => [item.Name.toLowerCase(), source]));
     return items.map((i) => f.view(i, sources.get(i.Name.toLowerCase()) ?? { store: name, type: 'Local' }));
   };
@@ -215,8 +221,13 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     const name = storeName(call);
     return stores.update(name, (doc) => {
       // Set-* takes -Group as a new value; the other verbs select by it.
-      const selected = select(f, call, collection(doc), verb === 'Set' ? [] : groupQuery);
-      if (whatIf(call, verb, selected.map(label))) return [];
+      const found = select(f, call, collection(doc), verb === 'Set' ? [] : groupQuery);
+      if (whatIf(call, verb, found.map(label))) return [];
+      // Rules are shared with the transaction's working copy: edited as copies (copy on write).
+      const large = f.collection === 'rules' || f.collection === 'mainModeRules' ? f.collection : undefined;
+      const selected = large
+        ? found.map((o) => editable(doc, large, o as unknown as IPsecRule) as unknown as M)
+        : found;
       return change(doc, selected);
     });
   };
@@ -251,7 +262,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
         o.Group = call.get<string>('Group') ?? '';
         f.apply(o, call, doc);
         if (whatIf(call, 'Create', [label(o)])) return undefined;
-        if (collection(doc).some((x) => x.Name.toLowerCase() === o.Name.toLowerCase())) {
+        if (nameInUse(doc, f.collection, o.Name)) {
           throw new PwshError(
             `Cannot create a file when that file already exists: a ${f.noun} named "${o.Name}" already exists in ${store}.`,
             'Windows System Error 183',
@@ -377,8 +388,15 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
         }
         for (const o of selected) {
           for (const ref of f.references ?? []) {
-            for (const r of doc[ref.collection] as unknown as Record<string, unknown>[]) {
-              if (String(r[ref.property]).toLowerCase() === o.Name.toLowerCase()) r[ref.property] = newNameValue;
+            const users = doc[ref.collection] as unknown as Record<string, unknown>[];
+            for (const r of users) {
+              if (String(r[ref.property]).toLowerCase() !== o.Name.toLowerCase()) continue;
+              const large =
+                ref.collection === 'rules' || ref.collection === 'mainModeRules' ? ref.collection : undefined;
+              const target = large
+                ? (editable(doc, large, r as unknown as IPsecRule) as unknown as Record<string, unknown>)
+                : r;
+              target[ref.property] = newNameValue;
             }
           }
           o.Name = newNameValue;
