@@ -20,11 +20,14 @@ import { round } from './lib/stats.ts';
 
 const sizes = stringArg('sizes', '100,1000,10000').split(',').map(Number);
 
-/** Server i's address: the first few hundred in IPv4 TEST-NET-2/3, the rest in 2001:db8::/32. */
+/**
+ * Server i's address, none next to another (so no two merge into one interval): the first 254 in
+ * IPv4 TEST-NET-2 and -3, the rest in 2001:db8::/32.
+ */
 function server(i: number): string {
-  if (i < 250) return `198.51.100.${i + 1}`;
-  if (i < 500) return `203.0.113.${i - 249}`;
-  return `2001:db8:100::${i.toString(16)}`;
+  if (i < 127) return `198.51.100.${2 * i + 1}`;
+  if (i < 254) return `203.0.113.${2 * (i - 127) + 1}`;
+  return `2001:db8:100::${(2 * i).toString(16)}`;
 }
 
 /** The script an admin generates for server isolation: shared sets, then one rule per server. */
@@ -109,12 +112,18 @@ try {
       ).catch((err: Error) => {
         throw new Error(`${err.message}\n${daemon.output().slice(-3000)}`);
       });
+      const line = daemon
+        .output()
+        .split('\n')
+        .find((l) => l.includes('"msg":"policy enforced"') && Date.parse(String(JSON.parse(l).time)) === enforced);
+      const parts = line ? (JSON.parse(line) as { compileMs: number; filtersMs: number; routesMs: number }) : undefined;
       rows.push([
         n,
         round(applyS, 2),
         round((ready - started) / 1000, 2),
         round((ready - first) / 1000, 2),
         Math.round(enforced - written),
+        parts ? `${parts.compileMs} / ${parts.filtersMs} / ${parts.routesMs}` : '?',
         round(rss, 1),
       ]);
     } finally {
@@ -130,10 +139,10 @@ emit({
   id: 'policy-scale',
   title: 'Policy at scale: N rules applied, daemon ready, one-rule change, memory',
   method:
-    `One rule per server (server isolation), Require both ways, PSK; the first 500 servers IPv4, the rest IPv6. ` +
+    `One rule per server (server isolation), Require both ways, PSK; the first 254 servers IPv4, the rest IPv6, no two adjacent. ` +
     '**apply**: `consec pwsh -File` of the generated script (N `New-NetIPsecRule` lines; one store transaction), wall time including Node start. ' +
     '**ready**: the daemon in a lab namespace from spawn to its "ready" log line (fail-closed table, routes, keying), and from its first log line (without Node start). ' +
-    '**change**: one `New-NetIPsecRule` while the daemon runs, from the store file\'s write to the daemon\'s "policy enforced" line (filters and routes). ' +
+    '**change**: one `New-NetIPsecRule` while the daemon runs, from the store file\'s write to the daemon\'s "policy enforced" line (filters and routes); the rest is reading the store and the keying service\'s reload. ' +
     `**RSS**: the daemon's resident memory when ready. Script: \`bench/policy-scale.ts\`.`,
   columns: [
     'rules',

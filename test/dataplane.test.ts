@@ -200,7 +200,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       console.log(`# table deleted → restored (log line seen) after ${Date.now() - t0} ms`);
       assert.equal(shape(await table()), before, 'the same table is back');
       // 2. An edit: bob's address taken out of the inbound Require set.
-      await lab.exec('alice', ['nft', 'delete', 'element', 'inet', 'consec', 'in4', `{ ${b} }`]);
+      await lab.exec('alice', ['nft', 'delete', 'element', 'inet', 'consec', 'in4h', `{ ${b} }`]);
       await waitUntil(
         () => (daemon.output().match(/"msg":"fail-closed filters restored"/g) ?? []).length >= 2,
         'the second restore',
@@ -226,7 +226,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       assert.equal(adds.length, 2, ev.stdout);
       assert.match(ev.stdout, /Process Name:\s+nft/);
       assert.match(ev.stdout, /delete table inet consec/);
-      assert.match(ev.stdout, new RegExp(`delete element inet consec in4 \\{ ${b.replace(/\./g, '\\.')} \\}`));
+      assert.match(ev.stdout, new RegExp(`delete element inet consec in4h \\{ ${b.replace(/\./g, '\\.')} \\}`));
       // The daemon's ruleset monitor is its child and ends with it, also after SIGKILL.
       const monitor = (await lab.exec('alice', ['pgrep', '-P', String(daemon.pid), '-x', 'nft'])).stdout.trim();
       assert.match(monitor, /^\d+$/);

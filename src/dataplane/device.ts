@@ -15,6 +15,16 @@ import type { TrafficSelector } from '../sa/spec.ts';
 
 const run = promisify(execFile);
 
+/** Runs `ip -force -batch -` on `lines`; rejects with ip's first error lines when any line failed. */
+function ipBatch(lines: readonly string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = execFile('ip', ['-force', '-batch', '-'], { maxBuffer: 16 * 1024 * 1024 }, (err, _out, stderr) =>
+      err ? reject(new Error(stderr.trim().split('\n').slice(0, 4).join('; ') || err.message)) : resolve(),
+    );
+    p.stdin?.end(`${lines.join('\n')}\n`);
+  });
+}
+
 export interface DeviceOptions {
   /** The outer (IKE/ESP) address of this host. */
   local: string;
@@ -34,7 +44,8 @@ const SOCKET_BUFFER = 8 * 1024 * 1024;
 export class Device {
   /** The outer address as octets (4 or 16). */
   readonly localBytes: Buffer;
-  private readonly routes = new Map<string, number>();
+  /** Routes into the TUN by CIDR: how many SAs use each, and whether the policy asks for it. */
+  private readonly routes = new Map<string, { sas: number; policy: boolean }>();
   private closed = false;
 
   private constructor(
@@ -143,32 +154,91 @@ export class Device {
     return `${readIp(ts.start, 0, fam)}/${prefix}`;
   }
 
-  /** Routes `ts`'s destinations into the TUN (one more user of the route). */
-  async addRoute(ts: TrafficSelector): Promise<void> {
-    const cidr = Device.cidr(ts);
-    const n = this.routes.get(cidr) ?? 0;
-    this.routes.set(cidr, n + 1);
-    if (n > 0 || this.closed) return;
-    const v6 = cidr.includes(':');
-    // Our own address as the source where it is of the same family; the kernel picks one otherwise.
-    const src = v6 === (this.family === 6) ? ['src', this.o.local] : [];
-    const args = [v6 ? '-6' : '-4', 'route', 'replace', cidr, 'dev', this.tun.name, 'table', String(this.o.table)];
-    await run('ip', [...args, ...src]).catch((err: Error) => this.o.log('route failed', { cidr, reason: err.message }));
+  /**
+   * The destinations the policy protects (routed into the TUN before any SA exists, so the first
+   * packet triggers an acquire): routes added and removed as one `ip -batch`, whatever their number.
+   */
+  setPolicyRoutes(tss: readonly TrafficSelector[]): Promise<void> {
+    const want = new Set(tss.map((ts) => this.cidrOf(ts)));
+    const adds: string[] = [];
+    const dels: string[] = [];
+    for (const cidr of want) {
+      const r = this.routes.get(cidr);
+      if (!r) {
+        this.routes.set(cidr, { sas: 0, policy: true });
+        adds.push(cidr);
+      } else r.policy = true;
+    }
+    for (const [cidr, r] of this.routes) {
+      if (!r.policy || want.has(cidr)) continue;
+      r.policy = false;
+      if (r.sas === 0) {
+        this.routes.delete(cidr);
+        dels.push(cidr);
+      }
+    }
+    return this.changeRoutes(adds, dels);
   }
 
-  /** One user fewer of `ts`'s route; the last one removes it. */
-  async removeRoute(ts: TrafficSelector): Promise<void> {
-    const cidr = Device.cidr(ts);
-    const n = (this.routes.get(cidr) ?? 1) - 1;
-    if (n > 0) {
-      this.routes.set(cidr, n);
-      return;
+  /** CIDRs of selectors seen before (the policy hands the same selector objects again). */
+  private readonly cidrs = new WeakMap<TrafficSelector, string>();
+
+  private cidrOf(ts: TrafficSelector): string {
+    let c = this.cidrs.get(ts);
+    if (c === undefined) {
+      c = Device.cidr(ts);
+      this.cidrs.set(ts, c);
     }
-    this.routes.delete(cidr);
-    if (this.closed) return;
-    const ip = cidr.includes(':') ? '-6' : '-4';
-    await run('ip', [ip, 'route', 'del', cidr, 'table', String(this.o.table)]).catch(() => {});
+    return c;
   }
+
+  /** Routes `ts`'s destinations into the TUN for an SA (one more user of the route). */
+  addRoute(ts: TrafficSelector): Promise<void> {
+    const cidr = Device.cidr(ts);
+    const r = this.routes.get(cidr);
+    if (r) {
+      r.sas++;
+      return Promise.resolve();
+    }
+    this.routes.set(cidr, { sas: 1, policy: false });
+    return this.changeRoutes([cidr], []);
+  }
+
+  /** One user fewer of `ts`'s route; the last one (and no policy asking for it) removes it. */
+  removeRoute(ts: TrafficSelector): Promise<void> {
+    const cidr = Device.cidr(ts);
+    const r = this.routes.get(cidr);
+    if (!r) return Promise.resolve();
+    r.sas = Math.max(0, r.sas - 1);
+    if (r.sas > 0 || r.policy) return Promise.resolve();
+    this.routes.delete(cidr);
+    return this.changeRoutes([], [cidr]);
+  }
+
+  /** Route changes in order (one `ip -force -batch` each time; a failing line does not stop the rest). */
+  private changeRoutes(adds: readonly string[], dels: readonly string[]): Promise<void> {
+    if (adds.length === 0 && dels.length === 0) return this.routeChanges;
+    const table = String(this.o.table);
+    const lines = [
+      ...adds.map((cidr) => {
+        // Our own address as the source where it is of the same family; the kernel picks one otherwise.
+        const src = cidr.includes(':') === (this.family === 6) ? ` src ${this.o.local}` : '';
+        return `route replace ${cidr} dev ${this.tun.name} table ${table}${src}`;
+      }),
+      ...dels.map((cidr) => `route del ${cidr} table ${table}`),
+    ];
+    this.routeChanges = this.routeChanges.then(async () => {
+      if (this.closed) return;
+      try {
+        await ipBatch(lines);
+      } catch (err) {
+        this.o.log('route failed', { routes: lines.length, reason: (err as Error).message });
+      }
+    });
+    return this.routeChanges;
+  }
+
+  private routeChanges: Promise<void> = Promise.resolve();
 
   /** Removes the routing rule and routes and closes the TUN and sockets. */
   async close(): Promise<void> {

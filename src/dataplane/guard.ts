@@ -15,7 +15,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { entryToRange, rangeToText } from '../filter/address.ts';
+import { ANY_V4, ANY_V6, entryToRange, type Range, rangeToText } from '../filter/address.ts';
 import { EMPTY_CONTEXT, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import { protocolNumber } from '../policy/endpoints.ts';
 import type { PolicyDocument } from '../policy/model.ts';
@@ -90,7 +90,21 @@ function element(entry: string, ctx: HostContext): { family: 4 | 6; text: string
  * What the active policy requires: remote ranges of enabled rules with Require in each direction,
  * address keywords resolved with the host context.
  */
-export function guardSets(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): GuardSets {
+export function guardSets(
+  doc: PolicyDocument,
+  ctx: HostContext = EMPTY_CONTEXT,
+  /** Ranges by address entry from the last run with this host context (most entries stay). */
+  cache: Map<string, readonly Range[]> = new Map(),
+): GuardSets {
+  const rangesOf = (entry: string): readonly Range[] => {
+    let r = cache.get(entry);
+    if (!r) {
+      const resolved = resolveAddressEntry(entry, ctx);
+      r = resolved === 'any' ? [ANY_V4, ANY_V6] : resolved;
+      cache.set(entry, r);
+    }
+    return r;
+  };
   const s: GuardSets = {
     out4: [],
     out6: [],
@@ -101,6 +115,7 @@ export function guardSets(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT)
     exemptOut: [],
     exemptIn: [],
   };
+  const ranges = { out4: [] as Range[], out6: [] as Range[], in4: [] as Range[], in6: [] as Range[] };
   for (const r of doc.rules) {
     if (r.Enabled !== 'True') continue;
     if (r.InboundSecurity === 'None' && r.OutboundSecurity === 'None') {
@@ -108,20 +123,101 @@ export function guardSets(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT)
       s.exemptIn.push(...exemptionMatches(r, 'in', ctx));
       continue;
     }
+    const out = r.OutboundSecurity === 'Require';
+    const inb = r.InboundSecurity === 'Require';
+    if (!out && !inb) continue;
     for (const entry of r.RemoteAddress) {
-      for (const e of element(entry, ctx)) {
-        if (r.OutboundSecurity === 'Require') (e.family === 4 ? s.out4 : s.out6).push(e.text);
-        if (r.InboundSecurity === 'Require') (e.family === 4 ? s.in4 : s.in6).push(e.text);
+      for (const e of rangesOf(entry)) {
+        if (out) (e.family === 4 ? ranges.out4 : ranges.out6).push(e);
+        if (inb) (e.family === 4 ? ranges.in4 : ranges.in6).push(e);
       }
     }
   }
   s.icmpExempt = doc.settings.Exemptions.includes('Icmp');
   s.dhcpExempt = doc.settings.Exemptions.includes('Dhcp');
+  for (const k of SETS) s[k] = mergeRanges(ranges[k]).map(elementText);
   return s;
 }
 
+/** Sorted, with overlapping and adjacent ranges (of one family) merged. */
+function mergeRanges(ranges: readonly Range[]): Range[] {
+  const sorted = [...ranges].sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+  const merged: Range[] = [];
+  for (const r of sorted) {
+    const last = merged.at(-1);
+    // Adjacent counts as overlapping: hi + 1 of the same family.
+    const touches =
+      last?.family === 4
+        ? r.family === 4 && r.lo <= last.hi + 1
+        : last?.family === 6 && r.family === 6 && r.lo <= last.hi + 1n;
+    if (last && touches) {
+      // Ranges are shared (cached per entry): a merged one is a new object.
+      if (r.hi > last.hi) merged[merged.length - 1] = { ...last, hi: r.hi } as Range;
+    } else merged.push(r);
+  }
+  return merged;
+}
+
+/** Element texts of ranges seen before (most ranges are the cached ones of unchanged rules). */
+const elementTexts = new WeakMap<Range, string>();
+
+function elementText(r: Range): string {
+  let t = elementTexts.get(r);
+  if (t === undefined) {
+    t = rangeToText(r);
+    elementTexts.set(r, t);
+  }
+  return t;
+}
+
+/**
+ * Set elements in canonical form: sorted, overlapping and adjacent ones merged (a host inside a
+ * subnet, two neighbouring hosts), each an address or a range. The kernel then holds exactly these
+ * intervals, so a later change can add and delete single elements instead of rewriting the table.
+ */
+export function mergeElements(texts: readonly string[]): string[] {
+  return mergeRanges(texts.map(entryToRange).filter((r): r is Range => r !== undefined)).map(rangeToText);
+}
+
 const set = (name: string, type: string, elements: string[]): string =>
-  `  set ${name} { type ${type}; flags interval; auto-merge;${elements.length ? ` elements = { ${[...new Set(elements)].join(', ')} };` : ''} }`;
+  `  set ${name} { type ${type}; flags interval;${elements.length ? ` elements = { ${elements.join(', ')} };` : ''} }`;
+
+const hostSet = (name: string, type: string, elements: string[]): string =>
+  `  set ${name} { type ${type};${elements.length ? ` elements = { ${elements.join(', ')} };` : ''} }`;
+
+/** A canonical element that is one address (no range): it goes to the hash set. */
+const isHost = (e: string): boolean => !e.includes('-');
+
+const SETS = ['out4', 'out6', 'in4', 'in6'] as const;
+
+/**
+ * The change from `prev` to `next` as one nft transaction of element deletions and additions, when
+ * only the Require sets' contents differ (both in canonical form); undefined when anything else does
+ * (exemptions, interface, mark): then the whole table is rewritten.
+ */
+export function renderGuardUpdate(prev: GuardSets, next: GuardSets): string | undefined {
+  const rest = (g: GuardSets) => JSON.stringify({ ...g, out4: 0, out6: 0, in4: 0, in6: 0 });
+  if (rest(prev) !== rest(next)) return undefined;
+  const lines: string[] = [];
+  const adds: string[] = [];
+  for (const k of SETS) {
+    const was = new Set(prev[k]);
+    const is = new Set(next[k]);
+    const gone = prev[k].filter((e) => !is.has(e));
+    const added = next[k].filter((e) => !was.has(e));
+    // Deletions first: a merged interval that grew is deleted and added again.
+    for (const [name, host] of [
+      [`${k}h`, true],
+      [k, false],
+    ] as const) {
+      const del = gone.filter((e) => isHost(e) === host);
+      const add = added.filter((e) => isHost(e) === host);
+      if (del.length) lines.push(`delete element inet ${GUARD_TABLE} ${name} { ${del.join(', ')} }`);
+      if (add.length) adds.push(`add element inet ${GUARD_TABLE} ${name} { ${add.join(', ')} }`);
+    }
+  }
+  return `${[...lines, ...adds].join('\n')}\n`;
+}
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
@@ -137,10 +233,19 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     `table inet ${GUARD_TABLE} {}`,
     `delete table inet ${GUARD_TABLE}`,
     `table inet ${GUARD_TABLE} {`,
-    set('out4', 'ipv4_addr', s.out4),
-    set('out6', 'ipv6_addr', s.out6),
-    set('in4', 'ipv4_addr', s.in4),
-    set('in6', 'ipv6_addr', s.in6),
+    // Each Require set in two: single addresses in a hash set (a change is one element, whatever the
+    // size), ranges and subnets in an interval set.
+    ...SETS.flatMap((k) => {
+      const type = k.endsWith('4') ? 'ipv4_addr' : 'ipv6_addr';
+      return [
+        hostSet(`${k}h`, type, s[k].filter(isHost)),
+        set(
+          k,
+          type,
+          s[k].filter((e) => !isHost(e)),
+        ),
+      ];
+    }),
     // Who sent cleartext a Require rule refused (per address, with a counter): the IPsec Driver's
     // 4963 events, read by the daemon (readClearDrops).
     '  set clear4 { type ipv4_addr; size 4096; flags dynamic,timeout; timeout 10m; counter; }',
@@ -157,7 +262,9 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     // Before our other marked sockets: the data plane's clear fallback must not carry a secured flow.
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow in clear"`,
     `    meta mark ${mark} accept`,
+    '    ip daddr @out4h counter drop comment "cleartext to a Require peer"',
     '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
+    '    ip6 daddr @out6h counter drop comment "cleartext to a Require peer"',
     '    ip6 daddr @out6 counter drop comment "cleartext to a Require peer"',
     '  }',
     // A gateway forwards for the hosts behind it: the same rules apply to what it forwards.
@@ -168,9 +275,13 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow forwarded in clear"`,
+    '    ip daddr @out4h counter drop comment "cleartext forwarded to a Require peer"',
     '    ip daddr @out4 counter drop comment "cleartext forwarded to a Require peer"',
+    '    ip6 daddr @out6h counter drop comment "cleartext forwarded to a Require peer"',
     '    ip6 daddr @out6 counter drop comment "cleartext forwarded to a Require peer"',
+    '    ip saddr @in4h counter drop comment "cleartext forwarded from a Require peer"',
     '    ip saddr @in4 counter drop comment "cleartext forwarded from a Require peer"',
+    '    ip6 saddr @in6h counter drop comment "cleartext forwarded from a Require peer"',
     '    ip6 saddr @in6 counter drop comment "cleartext forwarded from a Require peer"',
     '  }',
     '  chain input {',
@@ -183,7 +294,9 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "cleartext in a secured flow"`,
+    '    ip saddr @in4h update @clear4 { ip saddr } counter drop comment "cleartext from a Require peer"',
     '    ip saddr @in4 update @clear4 { ip saddr } counter drop comment "cleartext from a Require peer"',
+    '    ip6 saddr @in6h update @clear6 { ip6 saddr } counter drop comment "cleartext from a Require peer"',
     '    ip6 saddr @in6 update @clear6 { ip6 saddr } counter drop comment "cleartext from a Require peer"',
     '  }',
     '}',
@@ -192,15 +305,24 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
 }
 
 /** Installs (or atomically replaces) the table; `spawned` learns the nft process's PID. */
-export async function applyGuard(script: string, spawned: (pid: number) => void = () => {}): Promise<void> {
+export async function applyGuard(
+  script: string,
+  spawned: (pid: number) => void = () => {},
+  netns?: string,
+): Promise<void> {
+  const [cmd, ...args] = inNetns(netns, ['nft', '-f', '-']) as [string, ...string[]];
   await new Promise<void>((resolve, reject) => {
-    const p = execFile('nft', ['-f', '-'], { maxBuffer: 64 * 1024 * 1024 }, (err, _out, stderr) =>
+    const p = execFile(cmd, args, { maxBuffer: 64 * 1024 * 1024 }, (err, _out, stderr) =>
       err ? reject(new Error(`nft: ${stderr.trim() || err.message}`)) : resolve(),
     );
     if (p.pid !== undefined) spawned(p.pid);
     p.stdin?.end(script);
   });
 }
+
+/** `argv` run in the named network namespace (`ip netns exec`), or here. */
+const inNetns = (netns: string | undefined, argv: string[]): string[] =>
+  netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv;
 
 /** A change to the table by a process other than the keeper's own nft (from `nft monitor`). */
 export interface GuardChange {
@@ -220,6 +342,8 @@ export interface GuardKeeperOptions {
   error(err: Error): void;
   /** Delay before restarting a monitor that ended. Default 250 ms. */
   restartMs?: number;
+  /** The network namespace whose ruleset to keep (default: this process's). */
+  netns?: string;
 }
 
 const OUR_TABLE = new RegExp(`^\\S+ \\S+ inet ${GUARD_TABLE}(\\s|$)`);
@@ -248,7 +372,11 @@ export class GuardKeeper {
   start(): void {
     if (this.closed || this.monitor) return;
     // The monitor ends with the daemon, also after kill -9 (the parent-death signal, util-linux).
-    const m = spawn('setpriv', ['--pdeathsig', 'TERM', '--', 'nft', 'monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, ...args] = ['setpriv', '--pdeathsig', 'TERM', '--', ...inNetns(this.o.netns, ['nft', 'monitor'])] as [
+      string,
+      ...string[],
+    ];
+    const m = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.monitor = m;
     let stderr = '';
     m.stderr.on('data', (d: Buffer) => {
@@ -275,8 +403,36 @@ export class GuardKeeper {
   /** Installs `script` as the table now in force; resolves once nft committed it. */
   async apply(script: string): Promise<void> {
     this.script = script;
+    this.installed = undefined;
     await this.install(script);
   }
+
+  /**
+   * Puts `sets` in force: as element additions and deletions when only the Require sets changed
+   * since the last call (one small transaction, whatever the table's size), else the whole table.
+   */
+  async applySets(sets: GuardSets, tun: string, mark: number): Promise<'elements' | 'table'> {
+    const full = renderGuard(sets, tun, mark);
+    const last = this.installed;
+    const update = last && last.tun === tun && last.mark === mark ? renderGuardUpdate(last.sets, sets) : undefined;
+    this.script = full;
+    this.installed = undefined;
+    if (update !== undefined) {
+      try {
+        if (update.trim()) await this.install(update);
+        this.installed = { sets, tun, mark };
+        return 'elements';
+      } catch {
+        // The table is not what we think (changed meanwhile): write it whole.
+      }
+    }
+    await this.install(full);
+    this.installed = { sets, tun, mark };
+    return 'table';
+  }
+
+  /** What the table holds since the last applySets (undefined: unknown, rewrite it whole next time). */
+  private installed?: { sets: GuardSets; tun: string; mark: number };
 
   /**
    * Resolves when the monitor has seen one of our own transactions, so a change from now on is
@@ -299,11 +455,15 @@ export class GuardKeeper {
   }
 
   private async install(script: string): Promise<void> {
-    await applyGuard(script, (pid) => {
-      this.ours.add(pid);
-      // PIDs of our finished nft runs are forgotten after a while (PIDs are reused).
-      if (this.ours.size > 64) this.ours.delete(this.ours.values().next().value as number);
-    });
+    await applyGuard(
+      script,
+      (pid) => {
+        this.ours.add(pid);
+        // PIDs of our finished nft runs are forgotten after a while (PIDs are reused).
+        if (this.ours.size > 64) this.ours.delete(this.ours.values().next().value as number);
+      },
+      this.o.netns,
+    );
   }
 
   private line(line: string): void {

@@ -244,9 +244,12 @@ export class UserspaceDataPlane implements ChildSaSink {
 
   // ---- traffic without an SA ---------------------------------------------------------------------
 
-  /** Routes traffic for `ts` into the TUN before any SA exists (so the first packet triggers an acquire). */
-  protect(ts: TrafficSelector): Promise<void> {
-    return this.device.addRoute(ts);
+  /**
+   * Routes traffic for the policy's protected ranges into the TUN before any SA exists (so the first
+   * packet triggers an acquire); ranges no longer listed lose their route unless an SA uses it.
+   */
+  setProtected(tss: readonly TrafficSelector[]): Promise<void> {
+    return this.device.setPolicyRoutes(tss);
   }
 
   /** Sends what waited for an SA that now covers it; the rest keeps waiting. */

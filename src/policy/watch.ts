@@ -8,7 +8,7 @@
  * the policy in force stays, the error is reported, and the watch picks the store up again when it
  * is back. An admin who really wants an empty policy writes one (or removes the rules).
  */
-import { existsSync, type FSWatcher, mkdirSync, watch } from 'node:fs';
+import { existsSync, type FSWatcher, mkdirSync, readdirSync, statSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import type { PolicyDocument } from './model.ts';
 import { PolicyStoreError, type PolicyStores } from './store.ts';
@@ -24,11 +24,33 @@ export function watchActivePolicy(
   stores: PolicyStores,
   onChange: (doc: PolicyDocument) => void,
   onError: (err: Error) => void = () => {},
-  debounceMs = 50,
+  debounceMs = 10,
 ): PolicyWatch {
   const dirs = [stores.policyDir, join(stores.policyDir, 'gpo')];
   for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o700 });
-  let last = JSON.stringify(stores.read('ActiveStore'));
+  // Store files are replaced by rename, never written in place: the same inode, size and time is
+  // the same content, and a change is seen without reading (and parsing) the whole policy.
+  const signature = (): string => {
+    const parts: string[] = [];
+    for (const d of dirs) {
+      let names: string[];
+      try {
+        names = readdirSync(d).filter((f) => f.endsWith('.json'));
+      } catch {
+        continue;
+      }
+      for (const f of names.sort()) {
+        try {
+          const st = statSync(join(d, f));
+          parts.push(`${d}/${f}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`);
+        } catch {
+          // gone meanwhile: not part of the policy
+        }
+      }
+    }
+    return parts.join('|');
+  };
+  let last = signature();
   // The PersistentStore file, once it exists, must not vanish (a GPO store may: it was unlinked).
   const persistent = join(stores.policyDir, 'PersistentStore.json');
   let hadPersistent = existsSync(persistent);
@@ -64,11 +86,11 @@ export function watchActivePolicy(
         );
         return;
       }
+      const now = signature();
+      if (now === last) return;
       const doc = stores.read('ActiveStore');
       hadPersistent = existsSync(persistent);
-      const text = JSON.stringify(doc);
-      if (text === last) return;
-      last = text;
+      last = now;
       onChange(doc);
     } catch (err) {
       // A damaged store keeps the last good policy in force; the error is reported.
