@@ -41,6 +41,7 @@ const SECTIONS: Section[] = [
     limit: 180,
   },
   { script: 'sad.ts', args: ['--seconds', quick ? '0.3' : '1'], limit: 60 },
+  { script: 'policy-scale.ts', args: ['--sizes', quick ? '100,1000' : '100,1000,10000'], limit: 300 },
   { script: 'ike-setup.ts', args: ['--runs', quick ? '3' : '20'], limit: 180 },
   { script: 'ike-load.ts', args: ['--count', pick('200', '2000', '5000')], limit: pick(120, 180, 400) },
   { script: 'first-packet.ts', args: ['--runs', pick('3', '10', '20')], limit: 180 },

@@ -13,7 +13,7 @@ import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
 import {
   applyPolicy,
@@ -237,6 +237,79 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     }
     // Nothing watches now, and the table outlives the daemon (fail-closed).
     assert.match(await table(), /cleartext from a Require peer/);
+  });
+
+  it('1,000 rules: one script transaction, one route batch, one nft transaction; a one-rule change and a removal touch one element and one route', async () => {
+    const a = lab.address('alice');
+    const dir = freshStateDir('consec-scale-');
+    const server = (i: number) =>
+      i < 127
+        ? `198.51.100.${2 * i + 1}`
+        : i < 254
+          ? `203.0.113.${2 * (i - 127) + 1}`
+          : `2001:db8:100::${(2 * i).toString(16)}`;
+    const script = join(dir, 'isolation.ps1');
+    writeFileSync(
+      script,
+      [
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName PSK -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "scale-test-psk-0123456789")',
+        ...Array.from(
+          { length: 1000 },
+          (_, i) =>
+            `New-NetIPsecRule -DisplayName "server ${i}" -Name s${i} -RemoteAddress ${server(i)} -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name | Out-Null`,
+        ),
+      ].join('\n'),
+    );
+    await lab.exec('alice', consecArgv(['pwsh', '-File', script], dir));
+    const daemon = lab.spawn('alice', consecArgv(['daemon', '--listen', a, '--dpd', '0'], dir));
+    const table = String(0xc5ec);
+    const routes = async () =>
+      (await lab.exec('alice', ['ip', '-6', 'route', 'show', 'table', table])).stdout.split('\n').filter(Boolean)
+        .length +
+      (await lab.exec('alice', ['ip', '-4', 'route', 'show', 'table', table])).stdout.split('\n').filter(Boolean)
+        .length;
+    const elements = async (set: string) => {
+      const out = (await lab.exec('alice', ['nft', '-j', 'list', 'set', 'inet', 'consec', set])).stdout;
+      return (
+        (JSON.parse(out) as { nftables: { set?: { elem?: unknown[] } }[] }).nftables.find((x) => x.set)?.set?.elem ?? []
+      ).length;
+    };
+    const enforced = () => (daemon.output().match(/"msg":"policy enforced"/g) ?? []).length;
+    try {
+      const ready = JSON.parse((await daemon.waitFor(/\{[^\n]*"msg":"ready"[^\n]*\}/, 60_000))[0]) as {
+        rules: number;
+        routes: number;
+        routeBatches: number;
+      };
+      // Work that does not grow with the rules: one ip -batch for all routes, one nft table.
+      assert.deepEqual([ready.rules, ready.routes, ready.routeBatches], [1000, 1000, 1]);
+      assert.equal(await routes(), 1000);
+      assert.deepEqual([await elements('out4h'), await elements('out6h'), await elements('in6h')], [254, 746, 746]);
+      assert.equal((daemon.output().match(/"how":"table"/g) ?? []).length, 1);
+      // One more rule: one element and one route added, the table not rewritten.
+      await lab.exec(
+        'alice',
+        consecArgv(
+          [
+            'pwsh',
+            '-Command',
+            'New-NetIPsecRule -DisplayName more -Name more -RemoteAddress 2001:db8:200::1 -InboundSecurity Require -OutboundSecurity Require | Out-Null',
+          ],
+          dir,
+        ),
+      );
+      await waitUntil(() => enforced() === 1, 'the new rule enforced', 20_000);
+      assert.match(daemon.output(), /"how":"elements"/);
+      assert.deepEqual([await routes(), await elements('out6h')], [1001, 747]);
+      // And a rule removed: its element and route go.
+      await lab.exec('alice', consecArgv(['pwsh', '-Command', 'Remove-NetIPsecRule -Name s999'], dir));
+      await waitUntil(() => enforced() === 2, 'the removal enforced', 20_000);
+      assert.deepEqual([await routes(), await elements('out6h'), await elements('in6h')], [1000, 746, 746]);
+      assert.equal((daemon.output().match(/"how":"table"/g) ?? []).length, 1, 'never rewritten whole');
+    } finally {
+      await daemon.stop('SIGTERM', 10_000);
+      await lab.exec('alice', consecArgv(['daemon', '--remove-filters'], dir));
+    }
   });
 
   it('after SIGKILL the nftables table still drops cleartext both ways; a restart protects again; --remove-filters lifts it', async () => {

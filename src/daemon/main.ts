@@ -482,7 +482,15 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   }, HOUSEKEEPING_MS);
   housekeeping.unref();
   emitAudit({ id: 5478, subcategory: 'IPsec Driver', success: true });
-  log.info({ dataplane: plane ? 'userspace' : 'none' }, 'ready');
+  log.info(
+    {
+      dataplane: plane ? 'userspace' : 'none',
+      rules: service.policy.rules.length,
+      routes: plane?.routeStats.routes,
+      routeBatches: plane?.routeStats.batches,
+    },
+    'ready',
+  );
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');

@@ -230,6 +230,7 @@ export class Device {
     this.routeChanges = this.routeChanges.then(async () => {
       if (this.closed) return;
       try {
+        this.routeBatches++;
         await ipBatch(lines);
       } catch (err) {
         this.o.log('route failed', { routes: lines.length, reason: (err as Error).message });
@@ -239,6 +240,12 @@ export class Device {
   }
 
   private routeChanges: Promise<void> = Promise.resolve();
+  private routeBatches = 0;
+
+  /** Routes into the TUN now, and how many `ip -batch` runs put them there so far. */
+  get routeStats(): { routes: number; batches: number } {
+    return { routes: this.routes.size, batches: this.routeBatches };
+  }
 
   /** Removes the routing rule and routes and closes the TUN and sockets. */
   async close(): Promise<void> {

@@ -252,6 +252,11 @@ export class UserspaceDataPlane implements ChildSaSink {
     return this.device.setPolicyRoutes(tss);
   }
 
+  /** Routes into the TUN, and the `ip -batch` runs that made them. */
+  get routeStats(): { routes: number; batches: number } {
+    return this.device.routeStats;
+  }
+
   /** Sends what waited for an SA that now covers it; the rest keeps waiting. */
   private sendHeld(): void {
     const ready = this.held.release((p, ip) => this.sad.outboundFor(p, ip) !== undefined);

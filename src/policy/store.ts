@@ -382,8 +382,24 @@ export function readStoreFile(file: string, storeName: string): PolicyDocument {
   return parsed.data.document;
 }
 
+/**
+ * A store file's text: JSON with one object per line (a rule, a set, the settings), so a policy of
+ * thousands of rules stays small, quick to parse and readable in a diff.
+ */
+export function storeFileText(storeName: string, doc: PolicyDocument): string {
+  const head = JSON.stringify({ format: 'consec-policy', version: 1, store: storeName }).slice(0, -1);
+  const fields = Object.entries(doc).map(([k, v]) =>
+    Array.isArray(v)
+      ? v.length === 0
+        ? `  ${JSON.stringify(k)}: []`
+        : `  ${JSON.stringify(k)}: [\n${v.map((o) => `    ${JSON.stringify(o)}`).join(',\n')}\n  ]`
+      : `  ${JSON.stringify(k)}: ${JSON.stringify(v)}`,
+  );
+  return `${head},\n "document": {\n${fields.join(',\n')}\n}}\n`;
+}
+
 function writeStoreFile(file: string, storeName: string, doc: PolicyDocument): void {
-  const body = `${JSON.stringify({ format: 'consec-policy', version: 1, store: storeName, document: doc }, null, 2)}\n`;
+  const body = storeFileText(storeName, doc);
   try {
     writeFileAtomic(file, body);
   } catch (err) {
