@@ -193,14 +193,28 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       await daemon.waitFor(/"msg":"ready"/);
       const before = shape(await table());
       assert.match(before, new RegExp(`elements = \\{ ${b.replace(/\./g, '\\.')} \\}`), 'bob is in the Require sets');
+      // bob counts what arrives from alice in clear: echo requests and TCP SYNs (must stay 0).
+      await lab.exec('bob', ['nft', '-f', '-'], {
+        input: [
+          'table inet probe {',
+          '  chain in {',
+          '    type filter hook input priority -10; policy accept;',
+          `    ip saddr ${a} icmp type echo-request counter comment "echo in clear"`,
+          `    ip saddr ${a} tcp flags syn counter comment "syn in clear"`,
+          '  }',
+          '}',
+        ].join('\n'),
+      });
+      // Probes from alice right behind each change, before the daemon can have restored anything.
+      const probe = `ping -c 3 -i 0.2 -W 1 ${b} >/dev/null; timeout 2 bash -c '</dev/tcp/${b}/5999' 2>/dev/null; true`;
       // 1. The whole table deleted (what `consec daemon --remove-filters` used to do, or `nft flush ruleset`).
       const t0 = Date.now();
-      await lab.exec('alice', ['nft', 'delete', 'table', 'inet', 'consec']);
+      await lab.exec('alice', ['sh', '-c', `nft delete table inet consec; ${probe}`]);
       await daemon.waitFor(/"msg":"fail-closed filters restored"/, 10_000);
       console.log(`# table deleted → restored (log line seen) after ${Date.now() - t0} ms`);
       assert.equal(shape(await table()), before, 'the same table is back');
       // 2. An edit: bob's address taken out of the inbound Require set.
-      await lab.exec('alice', ['nft', 'delete', 'element', 'inet', 'consec', 'in4h', `{ ${b} }`]);
+      await lab.exec('alice', ['sh', '-c', `nft delete element inet consec in4h { ${b} }; ${probe}`]);
       await waitUntil(
         () => (daemon.output().match(/"msg":"fail-closed filters restored"/g) ?? []).length >= 2,
         'the second restore',
@@ -211,6 +225,9 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       const inb = await lab.exec('bob', ['ping', '-c', '2', '-i', '0.2', '-W', '1', a], { allowFailure: true });
       assert.match(inb.stdout, /100% packet loss/, "bob's cleartext is not answered");
       assert.match(await table(), /counter packets [1-9]\d* bytes \d+ drop comment "cleartext from a Require peer"/);
+      const seen = (await lab.exec('bob', ['nft', 'list', 'table', 'inet', 'probe'])).stdout;
+      assert.match(seen, /counter packets 0 bytes 0 comment "echo in clear"/, seen);
+      assert.match(seen, /counter packets 0 bytes 0 comment "syn in clear"/, seen);
       // The Security log tells who changed the filters and that consec put them back.
       const ev = await lab.exec(
         'alice',

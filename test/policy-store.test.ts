@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { PolicyStores } from '../src/policy/store.ts';
+import { PolicyStores, storeFileText } from '../src/policy/store.ts';
 import { ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps, storeBytes } from './pwsh-helpers.ts';
 import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
@@ -161,6 +161,38 @@ describe('policy store', () => {
       }),
       { numRuns: 40 },
     );
+  });
+
+  it('a long-lived reader parses only the lines that changed, and reads exactly what a fresh reader reads', async () => {
+    const dir = freshStateDir('consec-lines-');
+    await ps(
+      Array.from(
+        { length: 50 },
+        (_, i) => `New-NetIPsecRule -DisplayName r${i} -Name r${i} -RemoteAddress 192.0.2.${i + 1} | Out-Null`,
+      ).join('\n'),
+      dir,
+    );
+    const daemon = new PolicyStores(dir, { cacheReads: true });
+    const first = daemon.read();
+    assert.deepEqual(first, new PolicyStores(dir).read());
+    await ps(
+      'Set-NetIPsecRule -Name r7 -RemoteAddress 192.0.2.200; New-NetIPsecRule -DisplayName more -Name more | Out-Null',
+      dir,
+    );
+    const second = daemon.read();
+    assert.deepEqual(second, new PolicyStores(dir).read());
+    // Unchanged rules are the very objects read before; the changed and the new one are new.
+    const same = second.rules.filter((r) => first.rules.includes(r)).map((r) => r.Name);
+    assert.equal(same.length, 49);
+    assert.ok(!same.includes('r7') && !same.includes('more'));
+    // A hand-edited layout (pretty-printed) is read the ordinary way; a bad value is named precisely.
+    const file = join(dir, 'policy', 'PersistentStore.json');
+    const doc = JSON.parse(readFileSync(file, 'utf8')) as { document: { rules: { Enabled: string }[] } };
+    writeFileSync(file, JSON.stringify(doc, null, 2));
+    assert.deepEqual(daemon.read(), new PolicyStores(dir).read());
+    (doc.document.rules[3] as { Enabled: string }).Enabled = 'Maybe';
+    writeFileSync(file, storeFileText('PersistentStore', doc.document as never));
+    assert.throws(() => daemon.read(), /not a valid consec policy \(document\.rules\.3\.Enabled: /);
   });
 
   it('a damaged store file is reported clearly and left as it is', async () => {

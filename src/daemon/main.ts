@@ -267,7 +267,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       ),
     delete: (spiIn) => log.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
   };
-  const stores = new PolicyStores(stateDir);
+  const stores = new PolicyStores(stateDir, { cacheReads: true });
   // The firewall profiles in force (network location): the rules the keying service applies.
   const profilesInForce = () => activeProfiles(connectionProfiles(stateDir));
   const service = new KeyingService({

@@ -78,35 +78,41 @@ const profileSchema = z.strictObject({
   AllowLocalFirewallRules: e(GpoBoolean),
 });
 
+export const ipsecRuleSchema = z.strictObject({
+  ...ruleCommon,
+  Mode: e(IPsecMode),
+  InboundSecurity: e(SecurityPolicy),
+  OutboundSecurity: e(SecurityPolicy),
+  QuickModeCryptoSet: z.string(),
+  Phase1AuthSet: z.string(),
+  Phase2AuthSet: z.string(),
+  KeyModule: e(KeyModule),
+  AllowWatchKey: z.boolean(),
+  AllowSetKey: z.boolean(),
+  LocalTunnelEndpoint: z.array(z.string()),
+  RemoteTunnelEndpoint: z.array(z.string()),
+  RemoteTunnelHostname: z.string(),
+  ForwardPathLifetime: z.number().int(),
+  EncryptedTunnelBypass: z.boolean(),
+  RequireAuthorization: z.boolean(),
+  User: z.string(),
+  Machine: z.string(),
+  Protocol: z.string(),
+  LocalPort: z.array(z.string()),
+  RemotePort: z.array(z.string()),
+  InterfaceAlias: z.array(z.string()),
+  InterfaceType: z.array(e(InterfaceType)),
+});
+
+export const mainModeRuleSchema = z.strictObject({
+  ...ruleCommon,
+  MainModeCryptoSet: z.string(),
+  Phase1AuthSet: z.string(),
+});
+
 export const policyDocumentSchema = z.strictObject({
-  rules: z.array(
-    z.strictObject({
-      ...ruleCommon,
-      Mode: e(IPsecMode),
-      InboundSecurity: e(SecurityPolicy),
-      OutboundSecurity: e(SecurityPolicy),
-      QuickModeCryptoSet: z.string(),
-      Phase1AuthSet: z.string(),
-      Phase2AuthSet: z.string(),
-      KeyModule: e(KeyModule),
-      AllowWatchKey: z.boolean(),
-      AllowSetKey: z.boolean(),
-      LocalTunnelEndpoint: z.array(z.string()),
-      RemoteTunnelEndpoint: z.array(z.string()),
-      RemoteTunnelHostname: z.string(),
-      ForwardPathLifetime: z.number().int(),
-      EncryptedTunnelBypass: z.boolean(),
-      RequireAuthorization: z.boolean(),
-      User: z.string(),
-      Machine: z.string(),
-      Protocol: z.string(),
-      LocalPort: z.array(z.string()),
-      RemotePort: z.array(z.string()),
-      InterfaceAlias: z.array(z.string()),
-      InterfaceType: z.array(e(InterfaceType)),
-    }),
-  ),
-  mainModeRules: z.array(z.strictObject({ ...ruleCommon, MainModeCryptoSet: z.string(), Phase1AuthSet: z.string() })),
+  rules: z.array(ipsecRuleSchema),
+  mainModeRules: z.array(mainModeRuleSchema),
   phase1AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),
   phase2AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),
   mainModeCryptoSets: z.array(
@@ -145,4 +151,12 @@ export const storeFileSchema = z.strictObject({
   version: z.literal(1),
   store: z.string(),
   document: policyDocumentSchema,
+});
+
+/** A store file with its rules and main mode rules left out (each checked on its own, see readStoreFile). */
+export const storeSkeletonSchema = storeFileSchema.extend({
+  document: policyDocumentSchema.extend({
+    rules: z.array(z.literal(0)),
+    mainModeRules: z.array(z.literal(0)),
+  }),
 });

@@ -18,7 +18,7 @@ import {
   type NamedObject,
   type PolicyDocument,
 } from './model.ts';
-import { storeFileSchema } from './schema.ts';
+import { ipsecRuleSchema, mainModeRuleSchema, storeFileSchema, storeSkeletonSchema } from './schema.ts';
 import { LARGE_COLLECTIONS, type LargeCollection, validateAdded, validateDocument } from './validate.ts';
 import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
 
@@ -60,7 +60,15 @@ export class PolicyStores {
    */
   readonly work = { reads: 0, writes: 0, validated: 0 };
 
-  constructor(readonly stateDir: string = stateDirFromEnv()) {}
+  constructor(
+    readonly stateDir: string = stateDirFromEnv(),
+    /** Keep the rules read (the daemon reads the store after every change): only new lines are parsed. */
+    o: { cacheReads?: boolean } = {},
+  ) {
+    this.lineCaches = o.cacheReads ? new Map() : undefined;
+  }
+
+  private readonly lineCaches?: Map<string, StoreLineCache>;
 
   get policyDir(): string {
     return join(this.stateDir, 'policy');
@@ -312,7 +320,10 @@ export class PolicyStores {
   /** A store file, or its working copy in a transaction (a copy: callers may reassign its fields). */
   private readFile(file: string, storeName: string): PolicyDocument {
     const open = this.session?.get(file);
-    return open ? { ...open.doc } : readStoreFile(file, storeName);
+    if (open) return { ...open.doc };
+    let cache = this.lineCaches?.get(file);
+    if (this.lineCaches && !cache) this.lineCaches.set(file, (cache = new StoreLineCache()));
+    return readStoreFile(file, storeName, cache);
   }
 
   private gpoDocuments(): PolicyDocument[] {
@@ -355,7 +366,16 @@ export function mergeDocuments(base: PolicyDocument | undefined, over: PolicyDoc
   };
 }
 
-export function readStoreFile(file: string, storeName: string): PolicyDocument {
+/**
+ * Rules already read and checked, by the text of their line in a store file: a long-lived reader
+ * (the daemon, reading the store again after each change) parses and checks only the lines that are
+ * new. Kept to the lines of the last read; the objects are frozen (shared between reads).
+ */
+export class StoreLineCache {
+  lines = new Map<string, IPsecRule | MainModeRule>();
+}
+
+export function readStoreFile(file: string, storeName: string, cache?: StoreLineCache): PolicyDocument {
   let text: string;
   try {
     text = readTextBounded(file, `The policy store file ${file}`);
@@ -363,6 +383,10 @@ export function readStoreFile(file: string, storeName: string): PolicyDocument {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return emptyDocument();
     if (err instanceof InputTooLargeError) throw err;
     throw new PolicyStoreError(`Cannot read the policy store "${storeName}" (${file}): ${(err as Error).message}`);
+  }
+  if (cache) {
+    const doc = readStoreLines(text, cache);
+    if (doc) return doc;
   }
   let json: unknown;
   try {
@@ -382,17 +406,79 @@ export function readStoreFile(file: string, storeName: string): PolicyDocument {
   return parsed.data.document;
 }
 
+const RULE_KEYS = Object.keys(ipsecRuleSchema.shape);
+const MAIN_MODE_RULE_KEYS = Object.keys(mainModeRuleSchema.shape);
+
+/**
+ * A store file in the layout storeFileText writes, read with the line cache: the rules and main mode
+ * rules each from their own line (cached, or parsed and checked alone), the rest as a small
+ * skeleton. Anything else — a hand-edited layout, a line that does not check — is undefined, and the
+ * caller reads the file the ordinary way (with its precise error messages).
+ */
+function readStoreLines(text: string, cache: StoreLineCache): PolicyDocument | undefined {
+  const lines = text.split('\n');
+  const skeleton: string[] = [];
+  const objects: Record<LargeCollection, (IPsecRule | MainModeRule)[]> = { rules: [], mainModeRules: [] };
+  const next = new Map<string, IPsecRule | MainModeRule>();
+  let inside: LargeCollection | undefined;
+  for (const line of lines) {
+    if (inside) {
+      if (line.startsWith('    {')) {
+        const comma = line.endsWith(',');
+        const body = comma ? line.slice(4, -1) : line.slice(4);
+        let o = cache.lines.get(body) ?? next.get(body);
+        if (!o) {
+          let json: unknown;
+          try {
+            json = JSON.parse(body);
+          } catch {
+            return undefined;
+          }
+          const checked = (inside === 'rules' ? ipsecRuleSchema : mainModeRuleSchema).safeParse(json);
+          if (!checked.success) return undefined;
+          o = checked.data as IPsecRule | MainModeRule;
+          deepFreeze(o);
+        }
+        next.set(body, o);
+        objects[inside].push(o);
+        skeleton.push(comma ? '0,' : '0');
+        continue;
+      }
+      inside = undefined;
+    }
+    const open = /^ {2}"(rules|mainModeRules)": \[$/.exec(line);
+    if (open) inside = open[1] as LargeCollection;
+    skeleton.push(line);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(skeleton.join('\n'));
+  } catch {
+    return undefined;
+  }
+  const parsed = storeSkeletonSchema.safeParse(json);
+  if (!parsed.success) return undefined;
+  cache.lines = next;
+  return {
+    ...parsed.data.document,
+    rules: objects.rules as IPsecRule[],
+    mainModeRules: objects.mainModeRules as MainModeRule[],
+  };
+}
+
 /**
  * A store file's text: JSON with one object per line (a rule, a set, the settings), so a policy of
  * thousands of rules stays small, quick to parse and readable in a diff.
  */
 export function storeFileText(storeName: string, doc: PolicyDocument): string {
   const head = JSON.stringify({ format: 'consec-policy', version: 1, store: storeName }).slice(0, -1);
+  // Rules with their fields in one fixed order, so an unchanged rule is the same line every time.
+  const order: Partial<Record<string, string[]>> = { rules: RULE_KEYS, mainModeRules: MAIN_MODE_RULE_KEYS };
   const fields = Object.entries(doc).map(([k, v]) =>
     Array.isArray(v)
       ? v.length === 0
         ? `  ${JSON.stringify(k)}: []`
-        : `  ${JSON.stringify(k)}: [\n${v.map((o) => `    ${JSON.stringify(o)}`).join(',\n')}\n  ]`
+        : `  ${JSON.stringify(k)}: [\n${v.map((o) => `    ${JSON.stringify(o, order[k])}`).join(',\n')}\n  ]`
       : `  ${JSON.stringify(k)}: ${JSON.stringify(v)}`,
   );
   return `${head},\n "document": {\n${fields.join(',\n')}\n}}\n`;
