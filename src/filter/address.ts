@@ -34,7 +34,23 @@ export function v6ToBigint(a: string): bigint {
 }
 
 /** A literal address, prefix or range (canonical policy spelling) as a range; undefined for keywords. */
+/**
+ * Parsed entries, shared (frozen): a policy of thousands of host rules is parsed again on every
+ * change (filters, fail-closed sets, routes), and most entries are the same each time. Bounded.
+ */
+const parsed = new Map<string, Range | null>();
+const PARSED_MAX = 1 << 16;
+
 export function entryToRange(entry: string): Range | undefined {
+  const hit = parsed.get(entry);
+  if (hit !== undefined) return hit ?? undefined;
+  const r = parseEntry(entry);
+  if (parsed.size >= PARSED_MAX) parsed.clear();
+  parsed.set(entry, r ? Object.freeze(r) : null);
+  return r;
+}
+
+function parseEntry(entry: string): Range | undefined {
   const dash = entry.indexOf('-');
   const slash = entry.indexOf('/');
   if (slash > 0) {

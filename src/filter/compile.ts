@@ -546,26 +546,20 @@ export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONT
       outbound: rule.OutboundSecurity,
     });
   }
-  // Precedence: kind, then the narrowest remote, then local, then protocol and ports given.
+  // Precedence: kind, then the narrowest remote, then local, then protocol and ports given, then
+  // the order written — packed into one number per filter (kind < 4, breadths ≤ 129, flags 0/1).
   const keyed = filters.map((f, index) => ({
     f,
-    key: [
-      KIND_ORDER[f.kind],
-      breadth(f.remote),
-      breadth(f.local),
-      f.protocol === undefined ? 1 : 0,
-      f.remotePorts ? 0 : 1,
-      f.localPorts ? 0 : 1,
-      index,
-    ],
+    index,
+    key:
+      ((((KIND_ORDER[f.kind] * 130 + breadth(f.remote)) * 130 + breadth(f.local)) * 2 +
+        (f.protocol === undefined ? 1 : 0)) *
+        2 +
+        (f.remotePorts ? 0 : 1)) *
+        2 +
+      (f.localPorts ? 0 : 1),
   }));
-  keyed.sort((a, b) => {
-    for (let i = 0; i < a.key.length; i++) {
-      const d = (a.key[i] as number) - (b.key[i] as number);
-      if (d !== 0) return d;
-    }
-    return 0;
-  });
+  keyed.sort((a, b) => a.key - b.key || a.index - b.index);
   const ranked = keyed.map(({ f }, rank) => ({ ...f, rank }));
   const policy = new CompiledPolicy(ranked, warnings);
   warnings.push(...lockoutWarnings(policy, doc, ctx));
