@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { PolicyStores } from '../src/policy/store.ts';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { formatList } from '../src/shell/pwsh/format.ts';
@@ -105,9 +106,9 @@ describe('PowerShell subset: syntax', () => {
   });
 
   it('unsupported language keywords are named, not misparsed', async () => {
-    const r = await ps('if ($true) { Write-Output 1 }', dir);
+    const r = await ps('switch (1) { 1 { Write-Output one } }', dir);
     assert.equal(r.out, '');
-    assert.match(r.err, /The 'if' keyword is not supported/);
+    assert.match(r.err, /The 'switch' keyword is not supported/);
   });
 
   it('an unknown command is reported like PowerShell and the script continues', async () => {
@@ -164,5 +165,118 @@ describe('formatting of nested records (views the daemon sends)', () => {
     const text = formatList([view]);
     assert.match(text, /^LocalFirstId : @\{Identity=192\.0\.2\.1; AuthenticationMethod=PresharedKey\}$/m);
     assert.doesNotMatch(text, /\[object Object\]/);
+  });
+});
+
+describe('PowerShell language: control flow, functions, errors', () => {
+  const dir = freshStateDir();
+
+  it('if/elseif/else, foreach, for, while, do-until, break and continue', async () => {
+    const r = await ps(
+      [
+        '$list = @("a", "b", "c", "d")',
+        'foreach ($x in $list) { if ($x -eq "b") { continue } elseif ($x -eq "d") { break } else { "item $x" } }',
+        'for ($i = 0; $i -lt 3; $i = $i + 1) { "i=$i" }',
+        '$n = 0',
+        'while ($true) { $n = $n + 1; if ($n -ge 4) { break } }',
+        'do { $n = $n - 1 } until ($n -le 1)',
+        '"n=$n"',
+        'if ($false) { "no" }',
+        'if ($null) { "no" } else { "else" }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(r.out, 'item a\nitem c\ni=0\ni=1\ni=2\nn=1\nelse\n');
+  });
+
+  it('functions: param blocks with types, defaults, Mandatory, switches; named, prefixed and positional arguments; return; scopes', async () => {
+    const r = await ps(
+      [
+        'function Add-Server {',
+        '  [CmdletBinding()]',
+        '  param(',
+        '    [Parameter(Mandatory = $true, Position = 0)] [string] $Address,',
+        '    [string] $Name = "srv",',
+        '    [int] $Weight = 2,',
+        '    [switch] $Require',
+        '  )',
+        '  $local = "inside"',
+        '  if ($Require) { return "$Name $Address Require $($Weight * 2) $($PSBoundParameters.Count)" }',
+        '  "$Name $Address none $Weight $outer"',
+        '}',
+        '$outer = "seen from the caller"',
+        'Add-Server 198.51.100.1 -Req -Weight 5',
+        'Add-Server -Name web -Address 203.0.113.5',
+        '"local after the call: [$local]"',
+        'function Get-Args { "args: $($args -join ",")" }',
+        'Get-Args x y z',
+        '$r = Add-Server 192.0.2.7',
+        '"captured: $r"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(
+      r.out,
+      [
+        'srv 198.51.100.1 Require 10 3',
+        'web 203.0.113.5 none 2 seen from the caller',
+        'local after the call: []',
+        'args: x,y,z',
+        'captured: srv 192.0.2.7 none 2 seen from the caller',
+        '',
+      ].join('\n'),
+    );
+    const missing = await ps('function F { param([Parameter(Mandatory)] $X) $X }\nF\n"after"', dir);
+    assert.equal(missing.out, 'after\n');
+    assert.match(missing.err, /^F : Cannot process command because of one or more missing mandatory parameters: X\./m);
+    assert.match(missing.err, /FullyQualifiedErrorId : MissingMandatoryParameter,F/);
+  });
+
+  it('try/catch/finally: typed catch, $_ as the error record, -ErrorAction Stop, $ErrorActionPreference, throw; an uncaught throw ends the script', async () => {
+    const r = await ps(
+      [
+        'try {',
+        '  New-NetIPsecRule -DisplayName x -RemoteAddress 192.0.2.999 -ErrorAction Stop',
+        '  "not reached"',
+        '} catch [Microsoft.Management.Infrastructure.CimException] {',
+        '  "cim: $($_.Exception.Message)"',
+        '} catch { "other" } finally { "finally ran" }',
+        'try { throw "boom" } catch [System.Management.Automation.RuntimeException] { "caught: $_" }',
+        'try { Get-NoSuchThing } catch [System.Management.Automation.CommandNotFoundException] { "not found: $($_.FullyQualifiedErrorId)" }',
+        'function Fails { throw "from a function" }',
+        'try { Fails; "not reached" } catch { "caller caught: $_" }',
+        // A non-terminating cmdlet error is not caught: written, and the block goes on.
+        'try { New-NetIPsecRule -DisplayName y -RemoteAddress 192.0.2.998; "went on" } catch { "not caught" }',
+        'New-NetIPsecRule -DisplayName z -RemoteAddress 192.0.2.997 -ErrorAction SilentlyContinue',
+        '"silently"',
+        '$ErrorActionPreference = "Stop"',
+        'try { New-NetIPsecRule -DisplayName w -RemoteAddress 192.0.2.996 } catch { "preference stop caught" }',
+        'throw "the end"',
+        '"never"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(
+      r.out,
+      [
+        'cim: The address "192.0.2.999" given to RemoteAddress is not valid: use an IP address, a subnet (address/prefix or address/mask), a range (address-address) or a keyword.',
+        'finally ran',
+        'caught: boom',
+        'not found: CommandNotFoundException',
+        'caller caught: from a function',
+        'went on',
+        'silently',
+        'preference stop caught',
+        '',
+      ].join('\n'),
+    );
+    // Two errors written: the uncaught non-terminating one, and the final throw (as PowerShell shows it).
+    assert.equal(r.errors, 2, r.err);
+    assert.match(r.err, /192\.0\.2\.998/);
+    assert.match(r.err, /^the end\nAt line:16 char:1\n\+ throw "the end"/m);
+    assert.match(r.err, /CategoryInfo {10}: OperationStopped: \(the end:String\) \[\], RuntimeException/);
+    assert.deepEqual(new PolicyStores(dir).read().rules, [], 'no failing New- left a rule');
   });
 });

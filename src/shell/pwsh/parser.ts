@@ -1,7 +1,9 @@
 /**
- * Recursive-descent parser for the PowerShell subset: statements, assignments, pipelines, commands
- * with parameters and arguments, and expressions (variables, member access, strings, numbers,
- * arrays, hashtables, script blocks, comparison and logical operators).
+ * Recursive-descent parser for the PowerShell subset: statements (assignments, pipelines, if/elseif/
+ * else, foreach, for, while, do-while/until, break, continue, function with param() blocks and
+ * parameter attributes, return, throw, exit, try/catch/finally with typed catch), commands with
+ * parameters and arguments, and expressions (variables, member access, strings, numbers, arrays,
+ * hashtables, script blocks, comparison and logical operators).
  */
 import { type Extent, Lexer, type LexMode, PwshSyntaxError, type StringPart, type Token } from './lexer.ts';
 
@@ -39,7 +41,39 @@ export interface Pipeline {
   extent: Extent;
 }
 
-export type Statement = Pipeline | { kind: 'assignment'; target: Expr; value: Pipeline; extent: Extent };
+/** A parameter of a function: `[Parameter(Mandatory)] [string] $Name = 'default'`. */
+export interface ParamDecl {
+  name: string;
+  /** The type literal's name, lower case (`string`, `int`, `switch`, `string[]` …). */
+  type?: string;
+  default?: Expr;
+  mandatory: boolean;
+  position?: number;
+  extent: Extent;
+}
+
+export type Statement =
+  | Pipeline
+  | { kind: 'assignment'; target: Expr; value: Pipeline; extent: Extent }
+  | { kind: 'if'; clauses: { cond: Pipeline; body: Statement[] }[]; otherwise?: Statement[]; extent: Extent }
+  | { kind: 'foreach'; variable: string; collection: Pipeline; body: Statement[]; extent: Extent }
+  | { kind: 'for'; init?: Statement; cond?: Pipeline; step?: Statement; body: Statement[]; extent: Extent }
+  | { kind: 'while'; cond: Pipeline; body: Statement[]; extent: Extent }
+  | { kind: 'do'; body: Statement[]; cond: Pipeline; until: boolean; extent: Extent }
+  | { kind: 'function'; name: string; params: ParamDecl[]; body: Statement[]; extent: Extent }
+  | {
+      kind: 'flow';
+      keyword: 'return' | 'break' | 'continue' | 'throw' | 'exit';
+      value?: Pipeline;
+      extent: Extent;
+    }
+  | {
+      kind: 'try';
+      body: Statement[];
+      catches: { types: string[]; body: Statement[]; extent: Extent }[];
+      final?: Statement[];
+      extent: Extent;
+    };
 
 const KEYWORDS = new Set([
   'if',
@@ -134,6 +168,15 @@ class Parser {
 
   private statement(): Statement {
     const start = this.lx.offset;
+    const w = this.lx.peek('command');
+    if (w.kind === 'word') {
+      const keyword = w.value.toLowerCase();
+      const parse = Object.hasOwn(this.keywordParsers, keyword) ? this.keywordParsers[keyword] : undefined;
+      if (parse) {
+        this.lx.next('command');
+        return this.nested(w.extent, () => parse(w.extent));
+      }
+    }
     const t = this.lx.peek('expression');
     if (t.kind === 'variable' && !t.splat) {
       const target = this.postfix(this.primary());
@@ -149,11 +192,367 @@ class Parser {
     return this.pipeline();
   }
 
+  // ---- keyword statements ------------------------------------------------------------------------
+
+  private readonly keywordParsers: Record<string, ((at: Extent) => Statement) | undefined> = {
+    if: (at) => this.ifStatement(at),
+    foreach: (at) => this.foreachStatement(at),
+    for: (at) => this.forStatement(at),
+    while: (at) => {
+      const cond = this.condition('while');
+      const body = this.block('while');
+      return { kind: 'while', cond, body, extent: this.from(at) };
+    },
+    do: (at) => {
+      const body = this.block('do');
+      this.skipNewlines();
+      const k = this.lx.next('command');
+      const word = k.kind === 'word' ? k.value.toLowerCase() : '';
+      if (word !== 'while' && word !== 'until')
+        throw new PwshSyntaxError(
+          'Missing while or until keyword in do loop.',
+          k.extent,
+          'MissingWhileOrUntilInDoWhile',
+        );
+      const cond = this.condition(word);
+      return { kind: 'do', body, cond, until: word === 'until', extent: this.from(at) };
+    },
+    function: (at) => this.functionStatement(at),
+    filter: (at) => this.functionStatement(at),
+    return: (at) => this.flow('return', at),
+    throw: (at) => this.flow('throw', at),
+    exit: (at) => this.flow('exit', at),
+    break: (at) => ({ kind: 'flow', keyword: 'break', extent: at }),
+    continue: (at) => ({ kind: 'flow', keyword: 'continue', extent: at }),
+    try: (at) => this.tryStatement(at),
+  };
+
+  /** Inside a parameter list, where a comma separates parameters rather than array items. */
+  private noArrayComma = false;
+
+  /** The extent from `at` to what was read last. */
+  private from(at: Extent): Extent {
+    return { start: at.start, end: this.lx.offset };
+  }
+
+  /** `{ statements }` after a keyword. */
+  private block(keyword: string): Statement[] {
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lbrace')
+      throw new PwshSyntaxError(`Missing statement block after ${keyword}.`, open.extent, 'MissingStatementBlock');
+    const body = this.statements();
+    const close = this.lx.next('command');
+    if (close.kind !== 'rbrace')
+      throw new PwshSyntaxError(
+        "Missing closing '}' in statement block or type definition.",
+        close.extent,
+        'MissingEndCurlyBrace',
+      );
+    return body;
+  }
+
+  /** `( pipeline )` after if, elseif, while, until. */
+  private condition(keyword: string): Pipeline {
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lparen')
+      throw new PwshSyntaxError(
+        `Missing '(' after '${keyword}' in ${keyword} statement.`,
+        open.extent,
+        'MissingOpenParenthesisAfterKeyword',
+      );
+    this.skipNewlines();
+    const cond = this.pipeline();
+    this.skipNewlines();
+    const close = this.lx.next('command');
+    if (close.kind !== 'rparen')
+      throw new PwshSyntaxError(
+        `Missing closing ')' after expression in '${keyword}' statement.`,
+        close.extent,
+        'MissingEndParenthesisAfterStatement',
+      );
+    return cond;
+  }
+
+  private ifStatement(at: Extent): Statement {
+    const clauses = [{ cond: this.condition('if'), body: this.block('if') }];
+    let otherwise: Statement[] | undefined;
+    for (;;) {
+      // elseif / else may follow on a later line.
+      const save = this.lx.offset;
+      this.skipNewlines();
+      const k = this.lx.peek('command');
+      const word = k.kind === 'word' ? k.value.toLowerCase() : '';
+      if (word === 'elseif') {
+        this.lx.next('command');
+        clauses.push({ cond: this.condition('elseif'), body: this.block('elseif') });
+        continue;
+      }
+      if (word === 'else') {
+        this.lx.next('command');
+        otherwise = this.block('else');
+        break;
+      }
+      this.lx.reset(save);
+      break;
+    }
+    return { kind: 'if', clauses, otherwise, extent: this.from(at) };
+  }
+
+  private foreachStatement(at: Extent): Statement {
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lparen')
+      throw new PwshSyntaxError(
+        "Missing '(' after 'foreach' in foreach statement.",
+        open.extent,
+        'MissingOpenParenthesisAfterKeyword',
+      );
+    this.skipNewlines();
+    const v = this.lx.next('expression');
+    if (v.kind !== 'variable')
+      throw new PwshSyntaxError('Missing variable name after foreach.', v.extent, 'MissingVariableNameAfterForeach');
+    const inWord = this.lx.next('command');
+    if (inWord.kind !== 'word' || inWord.value.toLowerCase() !== 'in')
+      throw new PwshSyntaxError("Missing 'in' after variable in foreach loop.", inWord.extent, 'MissingInInForeach');
+    this.skipNewlines();
+    const collection = this.pipeline();
+    this.skipNewlines();
+    const close = this.lx.next('command');
+    if (close.kind !== 'rparen')
+      throw new PwshSyntaxError(
+        "Missing closing ')' in foreach statement.",
+        close.extent,
+        'MissingEndParenthesisAfterForeach',
+      );
+    const body = this.block('foreach');
+    return { kind: 'foreach', variable: v.name, collection, body, extent: this.from(at) };
+  }
+
+  private forStatement(at: Extent): Statement {
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lparen')
+      throw new PwshSyntaxError(
+        "Missing '(' after 'for' in for statement.",
+        open.extent,
+        'MissingOpenParenthesisAfterKeyword',
+      );
+    const part = (last: boolean): Statement | undefined => {
+      this.skipNewlines();
+      const t = this.lx.peek('command');
+      const st = (last ? t.kind === 'rparen' : t.kind === 'semi') ? undefined : this.statement();
+      this.skipNewlines();
+      const end = this.lx.next('command');
+      if (end.kind !== (last ? 'rparen' : 'semi'))
+        throw new PwshSyntaxError(
+          last ? "Missing closing ')' after expression in 'for' statement." : "Missing ';' in for statement.",
+          end.extent,
+          'MissingEndParenthesisAfterStatement',
+        );
+      return st;
+    };
+    const init = part(false);
+    const cond = part(false);
+    const step = part(true);
+    if (cond && cond.kind !== 'pipeline')
+      throw new PwshSyntaxError(
+        'The condition of a for loop must be an expression.',
+        cond.extent,
+        'InvalidForCondition',
+      );
+    const body = this.block('for');
+    return { kind: 'for', init, cond: cond as Pipeline | undefined, step, body, extent: this.from(at) };
+  }
+
+  private flow(keyword: 'return' | 'throw' | 'exit', at: Extent): Statement {
+    const t = this.lx.peek('command');
+    const value = ['newline', 'semi', 'eof', 'rbrace', 'rparen'].includes(t.kind) ? undefined : this.pipeline();
+    return { kind: 'flow', keyword, value, extent: this.from(at) };
+  }
+
+  private tryStatement(at: Extent): Statement {
+    const body = this.block('try');
+    const catches: { types: string[]; body: Statement[]; extent: Extent }[] = [];
+    let final: Statement[] | undefined;
+    for (;;) {
+      const save = this.lx.offset;
+      this.skipNewlines();
+      const k = this.lx.peek('command');
+      const word = k.kind === 'word' ? k.value.toLowerCase() : '';
+      if (word === 'catch' && final === undefined) {
+        this.lx.next('command');
+        const types: string[] = [];
+        for (;;) {
+          this.skipNewlines();
+          if (this.lx.peek('expression').kind !== 'lbracket') break;
+          types.push(this.typeLiteral().name);
+          const comma = this.lx.peek('command');
+          if (comma.kind === 'comma') this.lx.next('command');
+          else break;
+        }
+        catches.push({ types, body: this.block('catch'), extent: k.extent });
+        continue;
+      }
+      if (word === 'finally' && final === undefined) {
+        this.lx.next('command');
+        final = this.block('finally');
+        continue;
+      }
+      this.lx.reset(save);
+      break;
+    }
+    if (catches.length === 0 && final === undefined)
+      throw new PwshSyntaxError(
+        'The Try statement is missing its Catch or Finally block.',
+        { start: at.start, end: this.lx.offset },
+        'MissingCatchOrFinally',
+      );
+    return { kind: 'try', body, catches, final, extent: this.from(at) };
+  }
+
+  /**
+   * `[Name]`, `[Name[]]`, `[Name(arguments)]` at the lexer's position: the name and, for an
+   * attribute, the text inside its parentheses. Read from the source (type names hold dots).
+   */
+  private typeLiteral(): { name: string; args?: string; extent: Extent } {
+    const open = this.lx.next('expression');
+    const start = open.extent.start;
+    let depth = 0;
+    let i = start;
+    let quote = '';
+    for (; i < this.source.length; i++) {
+      const c = this.source[i] as string;
+      if (quote) {
+        if (c === quote) quote = '';
+      } else if (c === "'" || c === '"') quote = c;
+      else if (c === '[' || c === '(') depth++;
+      else if (c === ']' || c === ')') {
+        depth--;
+        if (depth === 0) break;
+      }
+    }
+    if (i >= this.source.length)
+      throw new PwshSyntaxError(
+        'Missing ] at end of type token.',
+        { start, end: this.source.length },
+        'EndSquareBracketExpectedAtEndOfType',
+      );
+    const inner = this.source.slice(start + 1, i).trim();
+    this.lx.reset(i + 1);
+    const paren = inner.indexOf('(');
+    const extent = { start, end: i + 1 };
+    return paren < 0
+      ? { name: inner, extent }
+      : { name: inner.slice(0, paren).trim(), args: inner.slice(paren + 1, inner.lastIndexOf(')')), extent };
+  }
+
+  /** `param( … )`: attributes, type, `$name`, default. */
+  private paramList(close: 'rparen'): ParamDecl[] {
+    const out: ParamDecl[] = [];
+    for (;;) {
+      this.skipNewlines();
+      const t = this.lx.peek('command');
+      if (t.kind === close) {
+        this.lx.next('command');
+        return out;
+      }
+      let type: string | undefined;
+      let mandatory = false;
+      let position: number | undefined;
+      const start = t.extent.start;
+      while (this.lx.peek('expression').kind === 'lbracket') {
+        const lit = this.typeLiteral();
+        if (lit.args !== undefined) {
+          if (lit.name.toLowerCase() === 'parameter') {
+            mandatory ||=
+              /\bmandatory\b(\s*=\s*\$true)?/i.test(lit.args) && !/\bmandatory\s*=\s*\$false/i.test(lit.args);
+            const pos = /\bposition\s*=\s*(\d+)/i.exec(lit.args);
+            if (pos) position = Number(pos[1]);
+          }
+        } else type = lit.name.toLowerCase();
+        this.skipNewlines();
+      }
+      const v = this.lx.next('expression');
+      if (v.kind !== 'variable')
+        throw new PwshSyntaxError(
+          'Missing parameter name (a variable such as $Name) in the parameter list.',
+          v.extent,
+          'InvalidFunctionParameter',
+        );
+      let dflt: Expr | undefined;
+      if (this.lx.peek('expression').kind === 'assign') {
+        this.lx.next('expression');
+        this.skipNewlines();
+        // In a parameter list the comma ends the default (parenthesise an array default).
+        this.noArrayComma = true;
+        try {
+          dflt = this.expression();
+        } finally {
+          this.noArrayComma = false;
+        }
+      }
+      out.push({ name: v.name, type, default: dflt, mandatory, position, extent: { start, end: this.lx.offset } });
+      this.skipNewlines();
+      const sep = this.lx.next('command');
+      if (sep.kind === close) return out;
+      if (sep.kind !== 'comma')
+        throw new PwshSyntaxError(
+          "Missing ')' in function parameter list.",
+          sep.extent,
+          'MissingEndParenthesisInFunctionParameterList',
+        );
+    }
+  }
+
+  private functionStatement(at: Extent): Statement {
+    const nameTok = this.lx.next('command');
+    if (nameTok.kind !== 'word')
+      throw new PwshSyntaxError('Missing name after function keyword.', nameTok.extent, 'MissingNameAfterKeyword');
+    let params: ParamDecl[] = [];
+    if (this.lx.peek('command').kind === 'lparen') {
+      this.lx.next('command');
+      params = this.paramList('rparen');
+    }
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lbrace')
+      throw new PwshSyntaxError('Missing function body in function declaration.', open.extent, 'MissingFunctionBody');
+    // [CmdletBinding()] and other attributes, then param( … ), open the body.
+    for (;;) {
+      this.skipNewlines();
+      if (this.lx.peek('expression').kind === 'lbracket') {
+        this.typeLiteral();
+        continue;
+      }
+      const t = this.lx.peek('command');
+      if (t.kind === 'word' && t.value.toLowerCase() === 'param') {
+        this.lx.next('command');
+        this.skipNewlines();
+        const p = this.lx.next('command');
+        if (p.kind !== 'lparen')
+          throw new PwshSyntaxError("Missing '(' after 'param'.", p.extent, 'MissingOpenParenthesisAfterKeyword');
+        params = this.paramList('rparen');
+      }
+      break;
+    }
+    const body = this.statements();
+    const close = this.lx.next('command');
+    if (close.kind !== 'rbrace')
+      throw new PwshSyntaxError(
+        "Missing closing '}' in statement block or type definition.",
+        close.extent,
+        'MissingEndCurlyBrace',
+      );
+    return { kind: 'function', name: nameTok.value, params, body, extent: this.from(at) };
+  }
+
   private pipeline(): Pipeline {
     const elements: Pipeline['elements'] = [];
     let start = -1;
     for (;;) {
-      const el = this.pipelineElement();
+      const el = this.pipelineElement(elements.length > 0);
       if (start < 0) start = el.extent.start;
       elements.push(el);
       const t = this.lx.peek('command');
@@ -169,10 +568,11 @@ class Parser {
     return { kind: 'pipeline', elements, extent: { start, end: last.extent.end } };
   }
 
-  private pipelineElement(): Pipeline['elements'][number] {
+  private pipelineElement(afterPipe: boolean): Pipeline['elements'][number] {
     const t = this.lx.peek('command');
     if (t.kind === 'word' && !/^[\d.]/.test(t.value)) {
-      if (KEYWORDS.has(t.value.toLowerCase())) {
+      // After a pipe a keyword is a command name (`| foreach { }` is ForEach-Object).
+      if (!afterPipe && KEYWORDS.has(t.value.toLowerCase())) {
         throw new PwshSyntaxError(
           `The '${t.value}' keyword is not supported by consec's PowerShell subset (cmdlets, variables, pipelines, hashtables and script blocks are).`,
           t.extent,
@@ -318,7 +718,7 @@ class Parser {
   private arrayLiteral(): Expr {
     const first = this.unary();
     const items = [first];
-    while (this.lx.peek('expression').kind === 'comma') {
+    while (!this.noArrayComma && this.lx.peek('expression').kind === 'comma') {
       this.lx.next('expression');
       this.skipNewlines();
       items.push(this.unary());

@@ -8,8 +8,27 @@
 import { ConsecError } from '../../errors.ts';
 import { type EnumDef, EnumConversionError, parseEnum, parseFlags } from '../../policy/enums.ts';
 import { type Extent, PwshSyntaxError } from './lexer.ts';
-import { type Command, type CommandElement, type Expr, parseScript, type Pipeline, type Statement } from './parser.ts';
-import { collapse, enumerate, getProperty, Hashtable, isPSObject, ScriptBlock, toBool, toText } from './values.ts';
+import {
+  type Command,
+  type CommandElement,
+  type Expr,
+  type ParamDecl,
+  parseScript,
+  type Pipeline,
+  type Statement,
+} from './parser.ts';
+import {
+  collapse,
+  enumerate,
+  getProperty,
+  Hashtable,
+  isPSObject,
+  type PSObject,
+  psObject,
+  ScriptBlock,
+  toBool,
+  toText,
+} from './values.ts';
 
 export type ParamType =
   'string' | 'strings' | 'switch' | 'bool' | 'uint' | 'enum' | 'flags' | 'object' | 'objects' | 'scriptblock' | 'any';
@@ -105,12 +124,71 @@ const TYPE_LABEL: Record<ParamType, string> = {
 
 class StopScript extends Error {}
 
+/** Loop and function control (not errors): `break`, `continue`, `return`, `exit`. */
+class BreakSignal {
+  readonly keyword = 'break';
+}
+class ContinueSignal {
+  readonly keyword = 'continue';
+}
+class ReturnSignal {
+  constructor(readonly value: unknown[]) {}
+}
+class ExitSignal {
+  constructor(readonly code: number) {}
+}
+
+/**
+ * A terminating error: `throw`, a cmdlet error under -ErrorAction Stop (or $ErrorActionPreference
+ * 'Stop'), or a statement-terminating error (parameter binding, unknown command, an expression
+ * failing) inside `try`. A `catch` takes it; uncaught it is written and ends the script — except a
+ * statement-terminating one outside `try`, after which the script goes on, as in PowerShell.
+ */
+class TerminatingError extends Error {
+  constructor(
+    readonly record: PwshError,
+    readonly commandName: string | undefined,
+    readonly extent: Extent | undefined,
+  ) {
+    super(record.message);
+  }
+}
+
+/** Exception types a `catch [Type]` names, as PowerShell's hierarchy nests them (by last name segment). */
+const RUNTIME_EXCEPTIONS = new Set([
+  'runtimeexception',
+  'parameterbindingexception',
+  'commandnotfoundexception',
+  'actionpreferencestopexception',
+  'parseexception',
+  'scriptcalldepthexception',
+  'sessionstateunauthorizedaccessexception',
+]);
+
+function catchMatches(record: PwshError, typeName: string): boolean {
+  const want = (typeName.split('.').pop() ?? typeName).toLowerCase();
+  const have = record.exceptionType.toLowerCase();
+  if (want === 'exception' || want === 'systemexception' || want === have) return true;
+  return want === 'runtimeexception' && RUNTIME_EXCEPTIONS.has(have);
+}
+
+/** A user function: `function Name { param(…) … }`. */
+interface FunctionDef {
+  name: string;
+  params: ParamDecl[];
+  body: Statement[];
+}
+
 /** An error raised while a command ran, carrying which command and where. */
 class CommandFailure extends Error {
   constructor(
     readonly error: unknown,
     readonly commandName: string,
     readonly extent: Extent,
+    /** The cmdlet itself failed (a non-terminating error), not the binding of its parameters. */
+    readonly fromInvoke = false,
+    /** -ErrorAction given to this command. */
+    readonly errorAction?: string,
   ) {
     super('command failed');
   }
@@ -130,7 +208,11 @@ export interface RuntimeOptions {
 }
 
 export class Runtime {
-  private readonly vars = new Map<string, unknown>();
+  /** Variable scopes, global first; a function call runs in a new innermost scope. */
+  private readonly scopes: Map<string, unknown>[] = [new Map()];
+  private readonly functions = new Map<string, FunctionDef>();
+  /** `try` blocks open around what runs now: their catch takes terminating errors. */
+  private tryDepth = 0;
   private source = '';
   private callDepth = 0;
   errorCount = 0;
@@ -144,12 +226,26 @@ export class Runtime {
     this.vars.set('warningpreference', 'Continue');
   }
 
+  /** The innermost scope: where assignments create variables. */
+  private get vars(): Map<string, unknown> {
+    return this.scopes[this.scopes.length - 1] as Map<string, unknown>;
+  }
+
+  /** A variable's value from the innermost scope that has it. */
+  private lookup(lower: string): unknown {
+    for (let i = this.scopes.length - 1; i >= 0; i--) {
+      const scope = this.scopes[i] as Map<string, unknown>;
+      if (scope.has(lower)) return scope.get(lower);
+    }
+    return undefined;
+  }
+
   setVariable(name: string, value: unknown): void {
     this.vars.set(name.toLowerCase(), value);
   }
 
   getVariable(name: string): unknown {
-    return this.vars.get(name.toLowerCase());
+    return this.lookup(name.toLowerCase());
   }
 
   /** Writes a warning the way PowerShell does ("WARNING: …" on the warning stream). */
@@ -176,23 +272,156 @@ export class Runtime {
       throw err;
     }
     try {
-      for (const st of statements) await this.statementToHost(st);
+      await this.runStatements(statements, (items) => this.render(items));
     } catch (err) {
-      if (!(err instanceof StopScript)) throw err;
+      if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent);
+      else if (!(
+        err instanceof StopScript ||
+        err instanceof ExitSignal ||
+        err instanceof BreakSignal ||
+        err instanceof ContinueSignal ||
+        err instanceof ReturnSignal
+      ))
+        throw err;
     }
     return this.errorCount;
   }
 
-  private async statementToHost(st: Statement): Promise<void> {
+  /** Runs statements in order; what each outputs goes to `emit` (the host at top level, or the caller). */
+  async runStatements(statements: readonly Statement[], emit: (items: unknown[]) => void): Promise<void> {
+    for (const st of statements) await this.runStatement(st, emit);
+  }
+
+  private async runStatement(st: Statement, emit: (items: unknown[]) => void): Promise<void> {
+    switch (st.kind) {
+      case 'if': {
+        for (const c of st.clauses) if (toBool(await this.condition(c.cond))) return this.runStatements(c.body, emit);
+        if (st.otherwise) await this.runStatements(st.otherwise, emit);
+        return;
+      }
+      case 'while':
+        while (toBool(await this.condition(st.cond))) if (await this.loopBody(st.body, emit)) break;
+        return;
+      case 'do':
+        for (;;) {
+          if (await this.loopBody(st.body, emit)) break;
+          const c = toBool(await this.condition(st.cond));
+          if (st.until ? c : !c) break;
+        }
+        return;
+      case 'for':
+        if (st.init) await this.runStatement(st.init, emit);
+        while (!st.cond || toBool(await this.condition(st.cond))) {
+          if (await this.loopBody(st.body, emit)) break;
+          if (st.step) await this.runStatement(st.step, () => {});
+        }
+        return;
+      case 'foreach': {
+        const items = enumerate(await this.condition(st.collection));
+        for (const item of items) {
+          this.vars.set(st.variable.toLowerCase(), item);
+          if (await this.loopBody(st.body, emit)) break;
+        }
+        return;
+      }
+      case 'function':
+        this.functions.set(st.name.toLowerCase(), { name: st.name, params: st.params, body: st.body });
+        return;
+      case 'try':
+        return this.tryStatement(st, emit);
+      case 'flow':
+        return this.flow(st);
+    }
     try {
       if (st.kind === 'assignment') {
         await this.assign(st.target, await this.pipelineValue(st.value));
         return;
       }
-      const out = await this.pipeline(st);
-      this.render(out);
+      emit(await this.pipeline(st));
     } catch (err) {
-      this.handleStatementError(err, st);
+      this.statementError(err, st);
+    }
+  }
+
+  /** A loop's body once; true when it said `break`. */
+  private async loopBody(body: readonly Statement[], emit: (items: unknown[]) => void): Promise<boolean> {
+    try {
+      await this.runStatements(body, emit);
+    } catch (err) {
+      if (err instanceof BreakSignal) return true;
+      if (err instanceof ContinueSignal) return false;
+      throw err;
+    }
+    return false;
+  }
+
+  /** A condition or collection: its errors are the statement's (terminating inside try). */
+  private async condition(p: Pipeline): Promise<unknown> {
+    try {
+      return await this.pipelineValue(p);
+    } catch (err) {
+      this.statementError(err, p);
+      return null;
+    }
+  }
+
+  private async flow(st: Extract<Statement, { kind: 'flow' }>): Promise<void> {
+    const value = st.value ? await this.pipeline(st.value) : [];
+    switch (st.keyword) {
+      case 'break':
+        throw new BreakSignal();
+      case 'continue':
+        throw new ContinueSignal();
+      case 'return':
+        throw new ReturnSignal(value);
+      case 'exit':
+        throw new ExitSignal(Number(collapse(value) ?? 0) || 0);
+      case 'throw': {
+        const v = collapse(value);
+        const rec = isErrorRecord(v)
+          ? (v[ERROR_RECORD] as PwshError)
+          : new PwshError(
+              v === null || v === undefined ? 'ScriptHalted' : toText(v),
+              v === null || v === undefined ? 'ScriptHalted' : toText(v),
+              'OperationStopped',
+              'RuntimeException',
+              st.extent,
+              toText(v),
+              v === null || v === undefined ? '' : 'String',
+            );
+        throw new TerminatingError(rec, undefined, st.extent);
+      }
+    }
+  }
+
+  private async tryStatement(st: Extract<Statement, { kind: 'try' }>, emit: (items: unknown[]) => void): Promise<void> {
+    try {
+      let caught: TerminatingError | undefined;
+      this.tryDepth++;
+      try {
+        await this.runStatements(st.body, emit);
+      } catch (err) {
+        if (!(err instanceof TerminatingError)) throw err;
+        caught = err;
+      } finally {
+        this.tryDepth--;
+      }
+      if (!caught) return;
+      const rec = caught.record;
+      const clause = st.catches.find((c) => c.types.length === 0 || c.types.some((t) => catchMatches(rec, t)));
+      if (!clause) throw caught;
+      const record = errorRecord(rec);
+      const saved = [this.vars.get('_'), this.vars.get('psitem')];
+      this.vars.set('_', record);
+      this.vars.set('psitem', record);
+      try {
+        await this.runStatements(clause.body, emit);
+      } finally {
+        this.vars.set('_', saved[0]);
+        this.vars.set('psitem', saved[1]);
+      }
+    } finally {
+      if (st.final) await this.runStatements(st.final, emit);
     }
   }
 
@@ -215,8 +444,38 @@ export class Runtime {
     flush();
   }
 
-  private handleStatementError(caught: unknown, element?: { extent: Extent }): void {
-    if (caught instanceof StopScript) throw caught;
+  /**
+   * An error in a simple statement: control signals and terminating errors go on up; a cmdlet's own
+   * error is written and the script goes on (a terminating error under Stop); anything else is
+   * statement-terminating — caught by an enclosing try, else written and the script goes on.
+   */
+  private statementError(caught: unknown, element?: { extent: Extent }): void {
+    if (
+      caught instanceof StopScript ||
+      caught instanceof TerminatingError ||
+      caught instanceof BreakSignal ||
+      caught instanceof ContinueSignal ||
+      caught instanceof ReturnSignal ||
+      caught instanceof ExitSignal
+    )
+      throw caught;
+    const { record, commandName, extent } = this.errorOf(caught, element);
+    const action =
+      caught instanceof CommandFailure && caught.errorAction
+        ? caught.errorAction.toLowerCase()
+        : String(this.getVariable('ErrorActionPreference')).toLowerCase();
+    const fromCmdlet = caught instanceof CommandFailure && caught.fromInvoke;
+    if (fromCmdlet && (action === 'silentlycontinue' || action === 'ignore')) return;
+    if (action === 'stop' || (!fromCmdlet && this.tryDepth > 0))
+      throw new TerminatingError(record, commandName, extent);
+    this.writeError(record, commandName, false, extent);
+  }
+
+  /** The error record for what went wrong, with the command and position it belongs to. */
+  private errorOf(
+    caught: unknown,
+    element?: { extent: Extent },
+  ): { record: PwshError; commandName?: string; extent?: Extent } {
     let err = caught;
     let commandName: string | undefined;
     if (caught instanceof CommandFailure) {
@@ -244,8 +503,7 @@ export class Runtime {
       );
       if (process.env.CONSEC_DEBUG) this.host.stderr(`${(err as Error).stack}\n`);
     }
-    this.writeError(record, commandName, false, element?.extent);
-    if (String(this.getVariable('ErrorActionPreference')).toLowerCase() === 'stop') throw new StopScript();
+    return { record, commandName, extent: element?.extent };
   }
 
   /** Writes an error record in Windows PowerShell's layout. */
@@ -316,6 +574,8 @@ export class Runtime {
   }
 
   private async command(cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+    const fn = this.functions.get(cmd.name.toLowerCase());
+    if (fn) return this.callFunction(fn, cmd, input);
     const def = this.commands.get(cmd.name.toLowerCase());
     if (!def) {
       throw new PwshError(
@@ -328,14 +588,15 @@ export class Runtime {
         'String',
       );
     }
+    let call: CommandCall | undefined;
     try {
-      const call = await this.bind(def, cmd, input);
+      call = await this.bind(def, cmd, input);
       return await def.invoke(call);
     } catch (err) {
-      if (err instanceof StopScript || err instanceof CommandFailure) throw err;
+      if (err instanceof StopScript || err instanceof CommandFailure || err instanceof TerminatingError) throw err;
       // Binding errors point at the offending element; others at the whole command.
       const extent = err instanceof PwshError && err.extent ? err.extent : cmd.extent;
-      throw new CommandFailure(err, def.name, extent);
+      throw new CommandFailure(err, def.name, extent, call !== undefined, call?.get<string>('ErrorAction'));
     }
   }
 
@@ -588,10 +849,7 @@ export class Runtime {
           else if ('variable' in part) out += toText(this.variable(part.variable));
           else {
             const values: unknown[] = [];
-            for (const st of part.body) {
-              if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
-              else values.push(...(await this.pipeline(st)));
-            }
+            await this.runStatements(part.body, (items) => values.push(...items));
             out += toText(collapse(values));
           }
         }
@@ -634,10 +892,7 @@ export class Runtime {
         return new ScriptBlock(e.body, e.text);
       case 'subexpression': {
         const out: unknown[] = [];
-        for (const st of e.body) {
-          if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
-          else out.push(...(await this.pipeline(st)));
-        }
+        await this.runStatements(e.body, (items) => out.push(...items));
         return e.array ? out : collapse(out);
       }
       case 'paren':
@@ -660,7 +915,9 @@ export class Runtime {
     if (lower === 'null') return null;
     if (lower.startsWith('env:')) return (this.options.env ?? process.env)[name.slice(4)] ?? null;
     // Unset variables are $null, as in PowerShell without Set-StrictMode.
-    return this.vars.get(lower) ?? null;
+    if (name.toLowerCase().startsWith('global:') || name.toLowerCase().startsWith('script:'))
+      return (this.scopes[0] as Map<string, unknown>).get(lower) ?? null;
+    return this.lookup(lower) ?? null;
   }
 
   private async assign(target: Expr, value: unknown): Promise<void> {
@@ -756,6 +1013,132 @@ export class Runtime {
     return binaryOp(e.op, left, right, e.extent);
   }
 
+  /**
+   * Calls a user function: arguments bound to its parameters as PowerShell binds them (named with
+   * unique prefixes, switches, then positional in order; the rest in $args), in a new scope;
+   * returns what it output (and what `return` gave).
+   */
+  private async callFunction(fn: FunctionDef, cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+    if (this.callDepth >= MAX_CALL_DEPTH)
+      throw new PwshError(
+        'The script failed due to call depth overflow.',
+        'CallDepthOverflow',
+        'InvalidOperation',
+        'ScriptCallDepthException',
+        cmd.extent,
+      );
+    const bound = new Map<string, unknown>();
+    const positional: unknown[] = [];
+    const elements = cmd.elements;
+    const fail = (message: string, id: string, extent: Extent): never => {
+      throw new CommandFailure(
+        new PwshError(message, id, 'InvalidArgument', 'ParameterBindingException', extent),
+        fn.name,
+        extent,
+      );
+    };
+    const find = (name: string, extent: Extent): ParamDecl | undefined => {
+      const lower = name.toLowerCase();
+      const exact = fn.params.find((p) => p.name.toLowerCase() === lower);
+      if (exact) return exact;
+      const prefixed = fn.params.filter((p) => p.name.toLowerCase().startsWith(lower));
+      if (prefixed.length === 1) return prefixed[0];
+      if (prefixed.length > 1)
+        fail(
+          `Parameter cannot be processed because the parameter name '${name}' is ambiguous. Possible matches include: ${prefixed.map((p) => `-${p.name}`).join(' ')}.`,
+          'AmbiguousParameter',
+          extent,
+        );
+      // Common parameters of advanced functions are accepted and have no effect here.
+      if (COMMON_PARAMS.some((c) => c.name.toLowerCase().startsWith(lower) || c.aliases?.includes(lower)))
+        return undefined;
+      return fail(
+        `A parameter cannot be found that matches parameter name '${name}'.`,
+        'NamedParameterNotFound',
+        extent,
+      );
+    };
+    for (let i = 0; i < elements.length; i++) {
+      const el = elements[i] as CommandElement;
+      if (el.kind === 'argument') {
+        positional.push(await this.expr(el.value));
+        continue;
+      }
+      if (el.kind === 'splat') {
+        const v = this.getVariable(el.name);
+        if (v instanceof Hashtable) {
+          for (const [k, val] of v.entries()) {
+            const p = find(k, el.extent);
+            if (p) bound.set(p.name, val);
+          }
+        } else positional.push(...enumerate(v));
+        continue;
+      }
+      const p = find(el.name, el.extent);
+      let value: unknown;
+      if (el.value !== undefined) value = await this.expr(el.value);
+      else if (!p || p.type === 'switch') value = true;
+      else {
+        const next = elements[i + 1];
+        if (!next || next.kind !== 'argument')
+          fail(
+            `Missing an argument for parameter '${p.name}'. Specify a parameter of type '${p.type ?? 'System.Object'}' and try again.`,
+            'MissingArgument',
+            el.extent,
+          );
+        i++;
+        value = await this.expr((next as { value: Expr }).value);
+      }
+      if (p) bound.set(p.name, value);
+    }
+    const byPosition = fn.params
+      .filter((p) => p.type !== 'switch')
+      .map((p, i) => ({ p, order: p.position ?? 1000 + i }))
+      .sort((a, b) => a.order - b.order);
+    const args: unknown[] = [];
+    for (const v of positional) {
+      const next = byPosition.find(({ p }) => !bound.has(p.name));
+      if (next) bound.set(next.p.name, v);
+      else args.push(v);
+    }
+    const missing = fn.params.filter((p) => p.mandatory && !bound.has(p.name));
+    if (missing.length)
+      fail(
+        `Cannot process command because of one or more missing mandatory parameters: ${missing.map((p) => p.name).join(' ')}.`,
+        'MissingMandatoryParameter',
+        cmd.extent,
+      );
+    const scope = new Map<string, unknown>();
+    const psBound = new Hashtable();
+    for (const [k, v] of bound) psBound.set(k, v);
+    scope.set('psboundparameters', psBound);
+    scope.set('args', args);
+    scope.set('input', input ?? []);
+    this.scopes.push(scope);
+    this.callDepth++;
+    const out: unknown[] = [];
+    try {
+      for (const p of fn.params) {
+        const v = bound.has(p.name)
+          ? bound.get(p.name)
+          : p.default
+            ? await this.expr(p.default)
+            : p.type === 'switch'
+              ? false
+              : null;
+        scope.set(p.name.toLowerCase(), convertTo(p.type, v));
+      }
+      await this.runStatements(fn.body, (items) => out.push(...items));
+    } catch (err) {
+      if (err instanceof ReturnSignal) out.push(...err.value);
+      else throw err;
+    } finally {
+      this.callDepth--;
+      this.scopes.pop();
+    }
+    return out;
+  }
+
   /** Runs a script block with $_ set; returns its output. */
   async invokeScriptBlock(sb: ScriptBlock, dollarUnder: unknown): Promise<unknown[]> {
     // PowerShell's limit on nested invocations, with its error, instead of running out of stack.
@@ -773,10 +1156,7 @@ export class Runtime {
     this.vars.set('psitem', dollarUnder);
     try {
       const out: unknown[] = [];
-      for (const st of sb.body) {
-        if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
-        else out.push(...(await this.pipeline(st)));
-      }
+      await this.runStatements(sb.body, (items) => out.push(...items));
       return out;
     } finally {
       this.callDepth--;
@@ -928,5 +1308,53 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
         'RuntimeException',
         extent,
       );
+  }
+}
+
+/** The error record `$_` holds in a catch block (its text is the message). */
+const ERROR_RECORD = Symbol('errorRecord');
+
+function errorRecord(e: PwshError): PSObject {
+  const o = psObject(
+    'System.Management.Automation.ErrorRecord',
+    {
+      Exception: psObject(`System.${e.exceptionType}`, { Message: e.message }, e.message),
+      FullyQualifiedErrorId: e.errorId,
+      CategoryInfo: `${e.category}: (${e.target}:${e.targetType}) [], ${e.exceptionType}`,
+      TargetObject: e.target,
+    },
+    e.message,
+  );
+  (o as unknown as Record<symbol, unknown>)[ERROR_RECORD] = e;
+  return o;
+}
+
+function isErrorRecord(v: unknown): v is PSObject & { [ERROR_RECORD]: PwshError } {
+  return isPSObject(v) && ERROR_RECORD in v;
+}
+
+/** A function parameter's value as its type literal converts it. */
+function convertTo(type: string | undefined, v: unknown): unknown {
+  switch (type) {
+    case undefined:
+      return v;
+    case 'switch':
+    case 'bool':
+    case 'boolean':
+      return toBool(v);
+    case 'string':
+      return v === null ? '' : toText(v);
+    case 'int':
+    case 'int32':
+    case 'long':
+    case 'double':
+      return v === null ? 0 : Number(toText(v));
+    case 'string[]':
+      return enumerate(v).map(toText);
+    case 'array':
+    case 'object[]':
+      return enumerate(v);
+    default:
+      return v;
   }
 }
