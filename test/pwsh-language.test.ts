@@ -106,9 +106,9 @@ describe('PowerShell subset: syntax', () => {
   });
 
   it('unsupported language keywords are named, not misparsed', async () => {
-    const r = await ps('switch (1) { 1 { Write-Output one } }', dir);
+    const r = await ps('class Server { [string] $Name }', dir);
     assert.equal(r.out, '');
-    assert.match(r.err, /The 'switch' keyword is not supported/);
+    assert.match(r.err, /The 'class' keyword is not supported/);
   });
 
   it('an unknown command is reported like PowerShell and the script continues', async () => {
@@ -278,5 +278,100 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.match(r.err, /^the end\nAt line:16 char:1\n\+ throw "the end"/m);
     assert.match(r.err, /CategoryInfo {10}: OperationStopped: \(the end:String\) \[\], RuntimeException/);
     assert.deepEqual(new PolicyStores(dir).read().rules, [], 'no failing New- left a rule');
+  });
+
+  it('switch (exact, -Wildcard, -Regex, script block conditions, default, break), -f formatting, here-strings', async () => {
+    const r = await ps(
+      [
+        'switch ("198.51.100.7", "web01", "x") { "web*" { "nope" } "X" { "exact $_" } default { "default $_" } }',
+        'switch -Wildcard ("web01") { "web*" { "web server $_" } }',
+        'switch -Regex ("198.51.100.7") { "^198\\." { "net2"; break } "\\d" { "not reached" } }',
+        'switch (5) { { $_ -gt 3 } { "big" } 5 { "five" } }',
+        '"{0}|{1,5}|{2,-3}|{3:D3}|{4:X}|{{}}|{5:N1}" -f "a", 2, "b", 7, 255, 1234.56',
+        '$name = "srv"',
+        '$h = @"',
+        'name: $name "quoted" $(1 + 1)',
+        '"@',
+        '$h',
+        "$l = @'",
+        'literal $name',
+        "'@",
+        '$l',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(
+      r.out,
+      [
+        'default 198.51.100.7',
+        'default web01',
+        'exact x',
+        'web server web01',
+        'net2',
+        'big',
+        'five',
+        'a|    2|b  |007|FF|{}|1,234.6',
+        'name: srv "quoted" 2',
+        'literal $name',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('type literals: casts, -is/-as, [guid]::NewGuid(), [ipaddress], [string]::IsNullOrEmpty; unknown types and bad casts fail as PowerShell does', async () => {
+    const r = await ps(
+      [
+        '[int]"42" + 1',
+        '[string]5 + 5',
+        '[int]2.5',
+        '[int]3.5',
+        '([guid]::NewGuid()).Guid -match "^[0-9a-f]{8}-[0-9a-f]{4}-"',
+        '([ipaddress]"2001:db8::1").AddressFamily',
+        '"5" -is [string]',
+        '5 -isnot [string]',
+        '$null -eq ("x" -as [int])',
+        '[string]::IsNullOrEmpty("")',
+        '$a = [string[]](1, 2)',
+        '$a[1] -is [string]',
+        '[int]"abc"',
+        '[Foo.Bar]1',
+        '"after"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(
+      r.out,
+      ['43', '55', '2', '4', 'True', 'InterNetworkV6', 'True', 'True', 'True', 'True', 'True', 'after', ''].join('\n'),
+    );
+    assert.equal(r.errors, 2);
+    assert.match(
+      r.err,
+      /Cannot convert value "abc" to type "System\.Int32"\. Error: "Input string was not in a correct format\."/,
+    );
+    assert.match(r.err, /Unable to find type \[Foo\.Bar\]\./);
+  });
+
+  it('Import-Module NetSecurity, #Requires, Write-Verbose/-Verbose, Write-Error (non-terminating), Read-Host refused when non-interactive', async () => {
+    const r = await ps(
+      [
+        '#Requires -Modules NetSecurity',
+        'Import-Module NetSecurity',
+        'Write-Verbose "quiet"',
+        'Write-Verbose "loud" -Verbose',
+        'Write-Error "bad thing"',
+        '"after"',
+        'Import-Module ActiveDirectory',
+        '$x = Read-Host "Name"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out, 'after\n');
+    assert.equal(r.errors, 3);
+    assert.match(r.err, /^VERBOSE: loud$/m);
+    assert.doesNotMatch(r.err, /quiet/);
+    assert.match(r.err, /^Write-Error : bad thing$/m);
+    assert.match(r.err, /The specified module 'ActiveDirectory' was not loaded because no valid module file was found/);
+    assert.match(r.err, /PowerShell is in NonInteractive mode\. Read and Prompt functionality is not available\./);
   });
 });

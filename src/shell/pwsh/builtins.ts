@@ -264,6 +264,77 @@ const writeWarning: CommandDef = {
   },
 };
 
+/** Write-Verbose / Write-Debug: shown ("VERBOSE: …") with -Verbose or when the preference says Continue. */
+const streamWriter = (name: string, label: string, preference: string): CommandDef => ({
+  name,
+  params: [{ name: 'Message', type: 'string', position: 0, mandatory: true }],
+  invoke(c) {
+    const on =
+      (label === 'VERBOSE' && c.get<boolean>('Verbose') === true) ||
+      String(c.runtime.getVariable(preference) ?? '').toLowerCase() === 'continue';
+    if (on) c.runtime.host.stderr(`${label}: ${c.get<string>('Message') ?? ''}\n`);
+    return [];
+  },
+});
+
+const writeError: CommandDef = {
+  name: 'Write-Error',
+  params: [
+    { name: 'Message', type: 'string', position: 0, mandatory: true },
+    { name: 'Category', type: 'string' },
+    { name: 'ErrorId', type: 'string' },
+  ],
+  invoke(c) {
+    throw new PwshError(
+      c.get<string>('Message') ?? '',
+      c.get<string>('ErrorId') ?? 'Microsoft.PowerShell.Commands.WriteErrorException',
+      c.get<string>('Category') ?? 'NotSpecified',
+      'WriteErrorException',
+    );
+  },
+};
+
+/** The modules whose commands consec has; others are not found, as on a host without them. */
+const MODULES = new Set(['netsecurity']);
+
+const importModule: CommandDef = {
+  name: 'Import-Module',
+  params: [
+    { name: 'Name', type: 'strings', position: 0, mandatory: true },
+    { name: 'Force', type: 'switch' },
+  ],
+  invoke(c) {
+    for (const name of c.get<string[]>('Name') ?? [])
+      if (!MODULES.has(name.toLowerCase()))
+        throw new PwshError(
+          `The specified module '${name}' was not loaded because no valid module file was found in any module directory.`,
+          'Modules_ModuleNotFound',
+          'ResourceUnavailable',
+          'FileNotFoundException',
+          undefined,
+          name,
+          'String',
+        );
+    return [];
+  },
+};
+
+const readHost: CommandDef = {
+  name: 'Read-Host',
+  params: [
+    { name: 'Prompt', type: 'string', position: 0 },
+    { name: 'AsSecureString', type: 'switch' },
+  ],
+  invoke() {
+    throw new PwshError(
+      'PowerShell is in NonInteractive mode. Read and Prompt functionality is not available.',
+      'System.InvalidOperationException',
+      'InvalidOperation',
+      'PSInvalidOperationException',
+    );
+  },
+};
+
 const measureObject: CommandDef = {
   name: 'Measure-Object',
   params: [{ name: 'InputObject', type: 'objects', pipeline: true }],
@@ -293,6 +364,11 @@ export function builtinCommands(): CommandDef[] {
     writeOutput,
     writeHost,
     writeWarning,
+    streamWriter('Write-Verbose', 'VERBOSE', 'VerbosePreference'),
+    streamWriter('Write-Debug', 'DEBUG', 'DebugPreference'),
+    writeError,
+    importModule,
+    readHost,
     measureObject,
   ];
 }

@@ -62,10 +62,12 @@ export const OPERATORS = new Set([
   'split',
   'is',
   'isnot',
+  'as',
+  'f',
 ]);
 // The case-sensitive (c) and explicitly insensitive (i) variants.
 for (const op of [...OPERATORS]) {
-  if (!['and', 'or', 'xor', 'not', 'is', 'isnot', 'join'].includes(op)) {
+  if (!['and', 'or', 'xor', 'not', 'is', 'isnot', 'as', 'join', 'f'].includes(op)) {
     OPERATORS.add(`c${op}`);
     OPERATORS.add(`i${op}`);
   }
@@ -147,6 +149,7 @@ export class Lexer {
       this.pos++;
       return { kind: p, extent: ext(this.pos) };
     }
+    if (c === '@' && (s[start + 1] === '"' || s[start + 1] === "'")) return this.hereString(start);
     if (c === '@' && (s[start + 1] === '(' || s[start + 1] === '{')) {
       this.pos += 2;
       return { kind: s[start + 1] === '(' ? 'atparen' : 'atbrace', extent: ext(this.pos) };
@@ -312,8 +315,50 @@ export class Lexer {
   }
 
   private doubleQuoted(start: number): Token {
+    const { parts, next } = this.expandable(start + 1, undefined, start);
+    this.pos = next;
+    return { kind: 'string', parts, expandable: true, extent: { start, end: next } };
+  }
+
+  /**
+   * `@"` … `"@` and `@'` … `'@`: the text between the header's line and a line that starts with the
+   * closing quote and @; quotes inside are plain text; the double-quoted kind expands.
+   */
+  private hereString(start: number): Token {
     const s = this.source;
-    let i = start + 1;
+    const q = s[start + 1] as string;
+    let i = start + 2;
+    while (s[i] === ' ' || s[i] === '\t') i++;
+    if (s[i] === '\r') i++;
+    if (s[i] !== '\n')
+      throw new PwshSyntaxError(
+        'No characters are allowed after a here-string header but before the end of the line.',
+        { start, end: i },
+        'UnexpectedCharactersAfterHereStringHeader',
+      );
+    const bodyStart = i + 1;
+    const close = s.indexOf(`\n${q}@`, i);
+    if (close < 0)
+      throw new PwshSyntaxError(
+        `The string is missing the terminator: ${q}@.`,
+        { start, end: s.length },
+        'TerminatorExpectedAtEndOfString',
+      );
+    const bodyEnd = Math.max(bodyStart, s[close - 1] === '\r' ? close - 1 : close);
+    const end = close + 3;
+    this.pos = end;
+    if (q === "'")
+      return { kind: 'string', parts: [s.slice(bodyStart, bodyEnd)], expandable: false, extent: { start, end } };
+    const { parts } = this.expandable(bodyStart, bodyEnd, start);
+    return { kind: 'string', parts, expandable: true, extent: { start, end } };
+  }
+
+  /**
+   * Expandable text from `i`: up to the closing double quote (`stop` undefined; `""` is a quote) or
+   * up to `stop` (a here-string, where quotes are plain). Backtick escapes, `$name` and `$( … )`.
+   */
+  private expandable(i: number, stop: number | undefined, start: number): { parts: StringPart[]; next: number } {
+    const s = this.source;
     const parts: StringPart[] = [];
     let text = '';
     const flush = (): void => {
@@ -321,6 +366,7 @@ export class Lexer {
       text = '';
     };
     for (;;) {
+      if (stop !== undefined && i >= stop) break;
       const c = s[i];
       if (c === undefined)
         throw new PwshSyntaxError(
@@ -328,7 +374,7 @@ export class Lexer {
           { start, end: s.length },
           'TerminatorExpectedAtEndOfString',
         );
-      if (QUOTES_DOUBLE.has(c)) {
+      if (stop === undefined && QUOTES_DOUBLE.has(c)) {
         if (QUOTES_DOUBLE.has(s[i + 1] ?? '')) {
           text += '"';
           i += 2;
@@ -383,8 +429,7 @@ export class Lexer {
       i++;
     }
     flush();
-    this.pos = i;
-    return { kind: 'string', parts, expandable: true, extent: { start, end: i } };
+    return { parts, next: i };
   }
 
   private word(start: number): Token {

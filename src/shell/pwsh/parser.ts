@@ -20,7 +20,10 @@ export type Expr =
   | { kind: 'subexpression'; body: Statement[]; array: boolean; extent: Extent }
   | { kind: 'paren'; pipeline: Pipeline; extent: Extent }
   | { kind: 'binary'; op: string; left: Expr; right: Expr; extent: Extent }
-  | { kind: 'unary'; op: string; operand: Expr; extent: Extent };
+  | { kind: 'unary'; op: string; operand: Expr; extent: Extent }
+  | { kind: 'type'; name: string; extent: Extent }
+  | { kind: 'cast'; type: string; operand: Expr; extent: Extent }
+  | { kind: 'static'; type: string; name: string; args?: Expr[]; extent: Extent };
 
 export type CommandElement =
   | { kind: 'parameter'; name: string; value?: Expr; extent: Extent }
@@ -68,6 +71,15 @@ export type Statement =
       extent: Extent;
     }
   | {
+      kind: 'switch';
+      value: Pipeline;
+      /** How a non-script-block pattern matches: -eq, -like or -match. */
+      match: 'exact' | 'wildcard' | 'regex';
+      caseSensitive: boolean;
+      clauses: { pattern: Expr | 'default'; body: Statement[] }[];
+      extent: Extent;
+    }
+  | {
       kind: 'try';
       body: Statement[];
       catches: { types: string[]; body: Statement[]; extent: Extent }[];
@@ -107,7 +119,7 @@ const KEYWORDS = new Set([
 ]);
 
 const COMPARISON =
-  /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|join)$/;
+  /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|as|join)$/;
 
 /** A part of an expandable string: text, a variable, or a `$( … )` parsed with the script. */
 export type ExpandablePart = Exclude<StringPart, { subexpression: string }> | { body: Statement[]; extent: Extent };
@@ -225,7 +237,52 @@ class Parser {
     break: (at) => ({ kind: 'flow', keyword: 'break', extent: at }),
     continue: (at) => ({ kind: 'flow', keyword: 'continue', extent: at }),
     try: (at) => this.tryStatement(at),
+    switch: (at) => this.switchStatement(at),
   };
+
+  private switchStatement(at: Extent): Statement {
+    let match: 'exact' | 'wildcard' | 'regex' = 'exact';
+    let caseSensitive = false;
+    for (;;) {
+      const t = this.lx.peek('command');
+      if (t.kind !== 'parameter') break;
+      this.lx.next('command');
+      const name = t.name.toLowerCase();
+      if ('regex'.startsWith(name)) match = 'regex';
+      else if ('wildcard'.startsWith(name)) match = 'wildcard';
+      else if ('exact'.startsWith(name)) match = 'exact';
+      else if ('casesensitive'.startsWith(name)) caseSensitive = true;
+      else throw new PwshSyntaxError(`Invalid switch statement option '-${t.name}'.`, t.extent, 'InvalidSwitchFlag');
+    }
+    const value = this.condition('switch');
+    this.skipNewlines();
+    const open = this.lx.next('command');
+    if (open.kind !== 'lbrace')
+      throw new PwshSyntaxError(
+        'Missing condition in switch statement clause.',
+        open.extent,
+        'MissingSwitchConditionExpression',
+      );
+    const clauses: { pattern: Expr | 'default'; body: Statement[] }[] = [];
+    for (;;) {
+      this.skipNewlines();
+      while (this.lx.peek('command').kind === 'semi') this.lx.next('command');
+      this.skipNewlines();
+      const t = this.lx.peek('command');
+      if (t.kind === 'rbrace') {
+        this.lx.next('command');
+        break;
+      }
+      let pattern: Expr | 'default';
+      if (t.kind === 'word' && t.value.toLowerCase() === 'default') {
+        this.lx.next('command');
+        pattern = 'default';
+      } else if (t.kind === 'lbrace') pattern = this.primary('command');
+      else pattern = this.commandArgument();
+      clauses.push({ pattern, body: this.block('switch') });
+    }
+    return { kind: 'switch', value, match, caseSensitive, clauses, extent: this.from(at) };
+  }
 
   /** Inside a parameter list, where a comma separates parameters rather than array items. */
   private noArrayComma = false;
@@ -448,6 +505,54 @@ class Parser {
       : { name: inner.slice(0, paren).trim(), args: inner.slice(paren + 1, inner.lastIndexOf(')')), extent };
   }
 
+  /** `[type]` on its own, `[type]operand` (a cast), or `[type]::Member` / `[type]::Method(args)`. */
+  private typeExpression(at: Extent): Expr {
+    this.lx.reset(at.start);
+    const lit = this.typeLiteral();
+    if (this.source.startsWith('::', this.lx.offset)) {
+      const m = /[A-Za-z_][A-Za-z0-9_]*/y;
+      m.lastIndex = this.lx.offset + 2;
+      const name = m.exec(this.source)?.[0];
+      if (!name)
+        throw new PwshSyntaxError(
+          'Missing property name after ::.',
+          { start: at.start, end: this.lx.offset + 2 },
+          'MissingPropertyName',
+        );
+      this.lx.reset(this.lx.offset + 2 + name.length);
+      if (this.source[this.lx.offset] !== '(') return { kind: 'static', type: lit.name, name, extent: this.from(at) };
+      this.lx.reset(this.lx.offset + 1);
+      const args = this.methodArguments();
+      return { kind: 'static', type: lit.name, name, args, extent: this.from(at) };
+    }
+    const next = this.lx.peek('expression');
+    const operandFollows =
+      ['variable', 'string', 'number', 'lparen', 'dollarparen', 'atparen', 'atbrace', 'lbracket'].includes(next.kind) &&
+      next.extent.start === this.lx.offset;
+    if (!operandFollows) return { kind: 'type', name: lit.name, extent: lit.extent };
+    const operand = this.unary();
+    return { kind: 'cast', type: lit.name, operand, extent: { start: at.start, end: operand.extent.end } };
+  }
+
+  /** A method call's arguments after its `(`, through the `)`. */
+  private methodArguments(): Expr[] {
+    const args: Expr[] = [];
+    this.skipNewlines();
+    if (this.lx.peek('expression').kind !== 'rparen') {
+      args.push(this.comparison());
+      while (this.lx.peek('expression').kind === 'comma') {
+        this.lx.next('expression');
+        this.skipNewlines();
+        args.push(this.comparison());
+      }
+    }
+    this.skipNewlines();
+    const close = this.lx.next('expression');
+    if (close.kind !== 'rparen')
+      throw new PwshSyntaxError("Missing ')' in method call.", close.extent, 'MissingEndParenthesisInMethodCall');
+    return args;
+  }
+
   /** `param( … )`: attributes, type, `$name`, default. */
   private paramList(close: 'rparen'): ParamDecl[] {
     const out: ParamDecl[] = [];
@@ -570,7 +675,8 @@ class Parser {
 
   private pipelineElement(afterPipe: boolean): Pipeline['elements'][number] {
     const t = this.lx.peek('command');
-    if (t.kind === 'word' && !/^[\d.]/.test(t.value)) {
+    // `[type]…` starts an expression (a cast, a type, a static member), never a command name.
+    if (t.kind === 'word' && !/^[\d.[]/.test(t.value)) {
       // After a pipe a keyword is a command name (`| foreach { }` is ForEach-Object).
       if (!afterPipe && KEYWORDS.has(t.value.toLowerCase())) {
         throw new PwshSyntaxError(
@@ -704,14 +810,27 @@ class Parser {
   }
 
   private multiplicative(): Expr {
-    let left = this.arrayLiteral();
+    let left = this.formatted();
     for (;;) {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || !['*', '/', '%'].includes(t.op)) return left;
       this.lx.next('expression');
       this.operand(t.op);
-      const right = this.arrayLiteral();
+      const right = this.formatted();
       left = { kind: 'binary', op: t.op, left, right, extent: { start: left.extent.start, end: right.extent.end } };
+    }
+  }
+
+  /** `-f`: binds tighter than arithmetic, looser than the comma (`"{0}{1}" -f 'a', 'b'`). */
+  private formatted(): Expr {
+    let left = this.arrayLiteral();
+    for (;;) {
+      const t = this.lx.peek('expression');
+      if (t.kind !== 'operator' || t.op !== 'f') return left;
+      this.lx.next('expression');
+      this.operand(t.op);
+      const right = this.arrayLiteral();
+      left = { kind: 'binary', op: 'f', left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
   }
 
@@ -776,12 +895,14 @@ class Parser {
 
   private primary(mode: LexMode = 'expression'): Expr {
     const t = this.lx.next(mode);
-    const opens = ['lparen', 'dollarparen', 'atparen', 'atbrace', 'lbrace'].includes(t.kind);
+    const opens = ['lparen', 'dollarparen', 'atparen', 'atbrace', 'lbrace', 'lbracket'].includes(t.kind);
     return opens ? this.nested(t.extent, () => this.primaryAt(t, mode)) : this.primaryAt(t, mode);
   }
 
   private primaryAt(t: Token, mode: LexMode): Expr {
     switch (t.kind) {
+      case 'lbracket':
+        return this.typeExpression(t.extent);
       case 'variable':
         return { kind: 'variable', name: t.name, extent: t.extent };
       case 'string':

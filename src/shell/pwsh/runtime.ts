@@ -7,7 +7,11 @@
  */
 import { ConsecError } from '../../errors.ts';
 import { type EnumDef, EnumConversionError, parseEnum, parseFlags } from '../../policy/enums.ts';
+import { PwshError } from './error-record.ts';
 import { type Extent, PwshSyntaxError } from './lexer.ts';
+import { castTo, isOfType, resolveType, staticMember, TypeRef } from './types.ts';
+
+export { PwshError } from './error-record.ts';
 import {
   type Command,
   type CommandElement,
@@ -76,20 +80,6 @@ export interface Host {
 /** A PowerShell error record. */
 /** Nested script block invocations allowed (PowerShell's CallDepthOverflow limit). */
 export const MAX_CALL_DEPTH = 100;
-
-export class PwshError extends Error {
-  constructor(
-    message: string,
-    readonly errorId: string,
-    readonly category: string,
-    readonly exceptionType: string,
-    readonly extent?: Extent,
-    readonly target: string = '',
-    readonly targetType: string = '',
-  ) {
-    super(message);
-  }
-}
 
 const COMMON_PARAMS: ParamDef[] = [
   { name: 'ErrorAction', type: 'string', aliases: ['ea'] },
@@ -329,6 +319,8 @@ export class Runtime {
         return;
       case 'try':
         return this.tryStatement(st, emit);
+      case 'switch':
+        return this.switchStatement(st, emit);
       case 'flow':
         return this.flow(st);
     }
@@ -392,6 +384,54 @@ export class Runtime {
         throw new TerminatingError(rec, undefined, st.extent);
       }
     }
+  }
+
+  /** switch: each value against each clause in order; every matching clause runs (break ends it all). */
+  private async switchStatement(
+    st: Extract<Statement, { kind: 'switch' }>,
+    emit: (items: unknown[]) => void,
+  ): Promise<void> {
+    const values = enumerate(await this.condition(st.value));
+    const saved = [this.vars.get('_'), this.vars.get('psitem')];
+    try {
+      for (const value of values) {
+        this.vars.set('_', value);
+        this.vars.set('psitem', value);
+        let matched = false;
+        try {
+          for (const clause of st.clauses) {
+            if (clause.pattern === 'default') continue;
+            if (!(await this.switchMatches(st, clause.pattern, value))) continue;
+            matched = true;
+            await this.runStatements(clause.body, emit);
+          }
+          if (!matched)
+            for (const clause of st.clauses)
+              if (clause.pattern === 'default') await this.runStatements(clause.body, emit);
+        } catch (err) {
+          if (err instanceof BreakSignal) return;
+          if (!(err instanceof ContinueSignal)) throw err;
+        }
+      }
+    } finally {
+      this.vars.set('_', saved[0]);
+      this.vars.set('psitem', saved[1]);
+    }
+  }
+
+  private async switchMatches(
+    st: Extract<Statement, { kind: 'switch' }>,
+    pattern: Expr,
+    value: unknown,
+  ): Promise<boolean> {
+    if (pattern.kind === 'scriptblock') {
+      const out: unknown[] = [];
+      await this.runStatements(pattern.body, (items) => out.push(...items));
+      return toBool(collapse(out));
+    }
+    const p = await this.expr(pattern);
+    const op = { exact: 'eq', wildcard: 'like', regex: 'match' }[st.match];
+    return toBool(binaryOp(st.caseSensitive ? `c${op}` : op, value, p, st.extent));
   }
 
   private async tryStatement(st: Extract<Statement, { kind: 'try' }>, emit: (items: unknown[]) => void): Promise<void> {
@@ -905,6 +945,14 @@ export class Runtime {
       }
       case 'binary':
         return this.binary(e);
+      case 'type':
+        return resolveType(e.name, e.extent);
+      case 'cast':
+        return castTo(resolveType(e.type, e.extent), await this.expr(e.operand), e.extent);
+      case 'static': {
+        const args = e.args ? await Promise.all(e.args.map((a) => this.expr(a))) : undefined;
+        return staticMember(resolveType(e.type, e.extent), e.name, args, e.extent);
+      }
     }
   }
 
@@ -1258,6 +1306,21 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
     op = op.slice(1);
   }
   switch (op) {
+    case 'f':
+      return formatComposite(toText(left), enumerate(right), extent);
+    case 'is':
+    case 'isnot': {
+      const t = right instanceof TypeRef ? right : resolveType(toText(right), extent);
+      return isOfType(left, t) === (op === 'is');
+    }
+    case 'as': {
+      const t = right instanceof TypeRef ? right : resolveType(toText(right), extent);
+      try {
+        return castTo(t, left, extent);
+      } catch {
+        return null;
+      }
+    }
     case 'eq':
     case 'ne':
     case 'gt':
@@ -1357,4 +1420,59 @@ function convertTo(type: string | undefined, v: unknown): unknown {
     default:
       return v;
   }
+}
+
+/**
+ * .NET composite formatting as `-f` does it: `{index[,alignment][:format]}`, `{{` and `}}`; number
+ * formats D, N, F, X and P with an optional precision.
+ */
+export function formatComposite(format: string, args: unknown[], extent?: Extent): string {
+  const fail = (): never => {
+    throw new PwshError(
+      `Error formatting a string: Index (zero based) must be greater than or equal to zero and less than the size of the argument list..`,
+      'FormatError',
+      'InvalidOperation',
+      'RuntimeException',
+      extent,
+      format,
+      'String',
+    );
+  };
+  return format.replace(
+    /\{\{|\}\}|\{(\d+)(?:\s*,\s*(-?\d+))?(?::([^}]*))?\}/g,
+    (m, index?: string, align?: string, spec?: string) => {
+      if (m === '{{') return '{';
+      if (m === '}}') return '}';
+      const i = Number(index);
+      if (i >= args.length) fail();
+      let text = formatValue(args[i], spec);
+      const width = Number(align ?? 0);
+      if (width > 0) text = text.padStart(width);
+      else if (width < 0) text = text.padEnd(-width);
+      return text;
+    },
+  );
+}
+
+function formatValue(v: unknown, spec: string | undefined): string {
+  const m = spec ? /^([DdNnFfXxPp])(\d*)$/.exec(spec) : null;
+  if (!m || (typeof v !== 'number' && !(typeof v === 'string' && /^-?\d+(\.\d+)?$/.test(v)))) return toText(v);
+  const n = Number(v);
+  const kind = (m[1] as string).toUpperCase();
+  const digits = m[2] ? Number(m[2]) : undefined;
+  switch (kind) {
+    case 'D':
+      return (n < 0 ? '-' : '') + String(Math.trunc(Math.abs(n))).padStart(digits ?? 0, '0');
+    case 'X': {
+      const hex = (Math.trunc(n) >>> 0).toString(16).padStart(digits ?? 0, '0');
+      return m[1] === 'X' ? hex.toUpperCase() : hex;
+    }
+    case 'F':
+      return n.toFixed(digits ?? 2);
+    case 'N':
+      return n.toLocaleString('en-US', { minimumFractionDigits: digits ?? 2, maximumFractionDigits: digits ?? 2 });
+    case 'P':
+      return `${(n * 100).toLocaleString('en-US', { minimumFractionDigits: digits ?? 2, maximumFractionDigits: digits ?? 2 })} %`;
+  }
+  return toText(v);
 }
