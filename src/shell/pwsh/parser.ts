@@ -256,13 +256,12 @@ class Parser {
     }
     const value = this.condition('switch');
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lbrace')
-      throw new PwshSyntaxError(
-        'Missing condition in switch statement clause.',
-        open.extent,
-        'MissingSwitchConditionExpression',
-      );
+    this.expect(
+      'command',
+      'lbrace',
+      'Missing condition in switch statement clause.',
+      'MissingSwitchConditionExpression',
+    );
     const clauses: { pattern: Expr | 'default'; body: Statement[] }[] = [];
     for (;;) {
       this.skipNewlines();
@@ -284,6 +283,18 @@ class Parser {
     return { kind: 'switch', value, match, caseSensitive, clauses, extent: this.from(at) };
   }
 
+  /** The next token, which must be of `kind`; a parse error with PowerShell's wording otherwise. */
+  private expect<K extends Token['kind']>(
+    mode: LexMode,
+    kind: K,
+    message: string,
+    errorId: string,
+  ): Token & { kind: K } {
+    const t = this.lx.next(mode);
+    if (t.kind !== kind) throw new PwshSyntaxError(message, t.extent, errorId);
+    return t as Token & { kind: K };
+  }
+
   /** Inside a parameter list, where a comma separates parameters rather than array items. */
   private noArrayComma = false;
 
@@ -295,40 +306,35 @@ class Parser {
   /** `{ statements }` after a keyword. */
   private block(keyword: string): Statement[] {
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lbrace')
-      throw new PwshSyntaxError(`Missing statement block after ${keyword}.`, open.extent, 'MissingStatementBlock');
+    this.expect('command', 'lbrace', `Missing statement block after ${keyword}.`, 'MissingStatementBlock');
     const body = this.statements();
-    const close = this.lx.next('command');
-    if (close.kind !== 'rbrace')
-      throw new PwshSyntaxError(
-        "Missing closing '}' in statement block or type definition.",
-        close.extent,
-        'MissingEndCurlyBrace',
-      );
+    this.expect(
+      'command',
+      'rbrace',
+      "Missing closing '}' in statement block or type definition.",
+      'MissingEndCurlyBrace',
+    );
     return body;
   }
 
   /** `( pipeline )` after if, elseif, while, until. */
   private condition(keyword: string): Pipeline {
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lparen')
-      throw new PwshSyntaxError(
-        `Missing '(' after '${keyword}' in ${keyword} statement.`,
-        open.extent,
-        'MissingOpenParenthesisAfterKeyword',
-      );
+    this.expect(
+      'command',
+      'lparen',
+      `Missing '(' after '${keyword}' in ${keyword} statement.`,
+      'MissingOpenParenthesisAfterKeyword',
+    );
     this.skipNewlines();
     const cond = this.pipeline();
     this.skipNewlines();
-    const close = this.lx.next('command');
-    if (close.kind !== 'rparen')
-      throw new PwshSyntaxError(
-        `Missing closing ')' after expression in '${keyword}' statement.`,
-        close.extent,
-        'MissingEndParenthesisAfterStatement',
-      );
+    this.expect(
+      'command',
+      'rparen',
+      `Missing closing ')' after expression in '${keyword}' statement.`,
+      'MissingEndParenthesisAfterStatement',
+    );
     return cond;
   }
 
@@ -359,43 +365,33 @@ class Parser {
 
   private foreachStatement(at: Extent): Statement {
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lparen')
-      throw new PwshSyntaxError(
-        "Missing '(' after 'foreach' in foreach statement.",
-        open.extent,
-        'MissingOpenParenthesisAfterKeyword',
-      );
+    this.expect(
+      'command',
+      'lparen',
+      "Missing '(' after 'foreach' in foreach statement.",
+      'MissingOpenParenthesisAfterKeyword',
+    );
     this.skipNewlines();
-    const v = this.lx.next('expression');
-    if (v.kind !== 'variable')
-      throw new PwshSyntaxError('Missing variable name after foreach.', v.extent, 'MissingVariableNameAfterForeach');
+    const v = this.expect(
+      'expression',
+      'variable',
+      'Missing variable name after foreach.',
+      'MissingVariableNameAfterForeach',
+    );
     const inWord = this.lx.next('command');
     if (inWord.kind !== 'word' || inWord.value.toLowerCase() !== 'in')
       throw new PwshSyntaxError("Missing 'in' after variable in foreach loop.", inWord.extent, 'MissingInInForeach');
     this.skipNewlines();
     const collection = this.pipeline();
     this.skipNewlines();
-    const close = this.lx.next('command');
-    if (close.kind !== 'rparen')
-      throw new PwshSyntaxError(
-        "Missing closing ')' in foreach statement.",
-        close.extent,
-        'MissingEndParenthesisAfterForeach',
-      );
+    this.expect('command', 'rparen', "Missing closing ')' in foreach statement.", 'MissingEndParenthesisAfterForeach');
     const body = this.block('foreach');
     return { kind: 'foreach', variable: v.name, collection, body, extent: this.from(at) };
   }
 
   private forStatement(at: Extent): Statement {
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lparen')
-      throw new PwshSyntaxError(
-        "Missing '(' after 'for' in for statement.",
-        open.extent,
-        'MissingOpenParenthesisAfterKeyword',
-      );
+    this.expect('command', 'lparen', "Missing '(' after 'for' in for statement.", 'MissingOpenParenthesisAfterKeyword');
     const part = (last: boolean): Statement | undefined => {
       this.skipNewlines();
       const t = this.lx.peek('command');
@@ -547,9 +543,7 @@ class Parser {
       }
     }
     this.skipNewlines();
-    const close = this.lx.next('expression');
-    if (close.kind !== 'rparen')
-      throw new PwshSyntaxError("Missing ')' in method call.", close.extent, 'MissingEndParenthesisInMethodCall');
+    this.expect('expression', 'rparen', "Missing ')' in method call.", 'MissingEndParenthesisInMethodCall');
     return args;
   }
 
@@ -579,13 +573,12 @@ class Parser {
         } else type = lit.name.toLowerCase();
         this.skipNewlines();
       }
-      const v = this.lx.next('expression');
-      if (v.kind !== 'variable')
-        throw new PwshSyntaxError(
-          'Missing parameter name (a variable such as $Name) in the parameter list.',
-          v.extent,
-          'InvalidFunctionParameter',
-        );
+      const v = this.expect(
+        'expression',
+        'variable',
+        'Missing parameter name (a variable such as $Name) in the parameter list.',
+        'InvalidFunctionParameter',
+      );
       let dflt: Expr | undefined;
       if (this.lx.peek('expression').kind === 'assign') {
         this.lx.next('expression');
@@ -612,18 +605,14 @@ class Parser {
   }
 
   private functionStatement(at: Extent): Statement {
-    const nameTok = this.lx.next('command');
-    if (nameTok.kind !== 'word')
-      throw new PwshSyntaxError('Missing name after function keyword.', nameTok.extent, 'MissingNameAfterKeyword');
+    const nameTok = this.expect('command', 'word', 'Missing name after function keyword.', 'MissingNameAfterKeyword');
     let params: ParamDecl[] = [];
     if (this.lx.peek('command').kind === 'lparen') {
       this.lx.next('command');
       params = this.paramList('rparen');
     }
     this.skipNewlines();
-    const open = this.lx.next('command');
-    if (open.kind !== 'lbrace')
-      throw new PwshSyntaxError('Missing function body in function declaration.', open.extent, 'MissingFunctionBody');
+    this.expect('command', 'lbrace', 'Missing function body in function declaration.', 'MissingFunctionBody');
     // [CmdletBinding()] and other attributes, then param( … ), open the body.
     for (;;) {
       this.skipNewlines();
@@ -635,21 +624,18 @@ class Parser {
       if (t.kind === 'word' && t.value.toLowerCase() === 'param') {
         this.lx.next('command');
         this.skipNewlines();
-        const p = this.lx.next('command');
-        if (p.kind !== 'lparen')
-          throw new PwshSyntaxError("Missing '(' after 'param'.", p.extent, 'MissingOpenParenthesisAfterKeyword');
+        this.expect('command', 'lparen', "Missing '(' after 'param'.", 'MissingOpenParenthesisAfterKeyword');
         params = this.paramList('rparen');
       }
       break;
     }
     const body = this.statements();
-    const close = this.lx.next('command');
-    if (close.kind !== 'rbrace')
-      throw new PwshSyntaxError(
-        "Missing closing '}' in statement block or type definition.",
-        close.extent,
-        'MissingEndCurlyBrace',
-      );
+    this.expect(
+      'command',
+      'rbrace',
+      "Missing closing '}' in statement block or type definition.",
+      'MissingEndCurlyBrace',
+    );
     return { kind: 'function', name: nameTok.value, params, body, extent: this.from(at) };
   }
 
@@ -915,25 +901,23 @@ class Parser {
         this.skipNewlines();
         const pipeline = this.pipeline();
         this.skipNewlines();
-        const close = this.lx.next('command');
-        if (close.kind !== 'rparen')
-          throw new PwshSyntaxError(
-            "Missing closing ')' in expression.",
-            close.extent,
-            'MissingEndParenthesisInExpression',
-          );
+        const close = this.expect(
+          'command',
+          'rparen',
+          "Missing closing ')' in expression.",
+          'MissingEndParenthesisInExpression',
+        );
         return { kind: 'paren', pipeline, extent: { start: t.extent.start, end: close.extent.end } };
       }
       case 'dollarparen':
       case 'atparen': {
         const body = this.statements();
-        const close = this.lx.next('command');
-        if (close.kind !== 'rparen')
-          throw new PwshSyntaxError(
-            "Missing closing ')' in subexpression.",
-            close.extent,
-            'MissingEndParenthesisInSubexpression',
-          );
+        const close = this.expect(
+          'command',
+          'rparen',
+          "Missing closing ')' in subexpression.",
+          'MissingEndParenthesisInSubexpression',
+        );
         return {
           kind: 'subexpression',
           body,
@@ -945,13 +929,12 @@ class Parser {
         return this.hashtable(t.extent.start);
       case 'lbrace': {
         const body = this.statements();
-        const close = this.lx.next('command');
-        if (close.kind !== 'rbrace')
-          throw new PwshSyntaxError(
-            "Missing closing '}' in statement block or type definition.",
-            close.extent,
-            'MissingEndCurlyBrace',
-          );
+        const close = this.expect(
+          'command',
+          'rbrace',
+          "Missing closing '}' in statement block or type definition.",
+          'MissingEndCurlyBrace',
+        );
         return {
           kind: 'scriptblock',
           body,
@@ -1001,9 +984,12 @@ class Parser {
               args.push(this.comparison());
             }
           }
-          const close = this.lx.next('expression');
-          if (close.kind !== 'rparen')
-            throw new PwshSyntaxError("Missing ')' in method call.", close.extent, 'MissingEndParenthesisInMethodCall');
+          const close = this.expect(
+            'expression',
+            'rparen',
+            "Missing ')' in method call.",
+            'MissingEndParenthesisInMethodCall',
+          );
           e = { kind: 'method', target: e, name, args, extent: { start: e.extent.start, end: close.extent.end } };
         } else {
           e = { kind: 'member', target: e, name, extent: { start: e.extent.start, end: this.lx.offset } };
@@ -1013,13 +999,12 @@ class Parser {
       if (c === '[') {
         this.lx.reset(at + 1);
         const index = this.expression();
-        const close = this.lx.next('expression');
-        if (close.kind !== 'rbracket')
-          throw new PwshSyntaxError(
-            'Array index expression is missing or not valid.',
-            close.extent,
-            'MissingArrayIndexExpression',
-          );
+        const close = this.expect(
+          'expression',
+          'rbracket',
+          'Array index expression is missing or not valid.',
+          'MissingArrayIndexExpression',
+        );
         e = { kind: 'index', target: e, index, extent: { start: e.extent.start, end: close.extent.end } };
         continue;
       }
@@ -1053,13 +1038,12 @@ class Parser {
       } else {
         key = this.primary('command');
       }
-      const eq = this.lx.next('expression');
-      if (eq.kind !== 'assign')
-        throw new PwshSyntaxError(
-          "Missing '=' operator after key in hash literal.",
-          eq.extent,
-          'MissingEqualsInHashLiteral',
-        );
+      this.expect(
+        'expression',
+        'assign',
+        "Missing '=' operator after key in hash literal.",
+        'MissingEqualsInHashLiteral',
+      );
       this.skipNewlines();
       const value = this.pipeline();
       entries.push({ key, value });

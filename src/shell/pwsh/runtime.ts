@@ -1067,14 +1067,7 @@ export class Runtime {
    * returns what it output (and what `return` gave).
    */
   private async callFunction(fn: FunctionDef, cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
-    if (this.callDepth >= MAX_CALL_DEPTH)
-      throw new PwshError(
-        'The script failed due to call depth overflow.',
-        'CallDepthOverflow',
-        'InvalidOperation',
-        'ScriptCallDepthException',
-        cmd.extent,
-      );
+    this.checkCallDepth(cmd.extent);
     const bound = new Map<string, unknown>();
     const positional: unknown[] = [];
     const elements = cmd.elements;
@@ -1187,16 +1180,21 @@ export class Runtime {
     return out;
   }
 
-  /** Runs a script block with $_ set; returns its output. */
-  async invokeScriptBlock(sb: ScriptBlock, dollarUnder: unknown): Promise<unknown[]> {
-    // PowerShell's limit on nested invocations, with its error, instead of running out of stack.
+  /** PowerShell's limit on nested invocations, with its error, instead of running out of stack. */
+  private checkCallDepth(extent?: Extent): void {
     if (this.callDepth >= MAX_CALL_DEPTH)
       throw new PwshError(
         'The script failed due to call depth overflow.',
         'CallDepthOverflow',
         'InvalidOperation',
         'ScriptCallDepthException',
+        extent,
       );
+  }
+
+  /** Runs a script block with $_ set; returns its output. */
+  async invokeScriptBlock(sb: ScriptBlock, dollarUnder: unknown): Promise<unknown[]> {
+    this.checkCallDepth();
     this.callDepth++;
     const had = this.vars.has('_');
     const saved = this.vars.get('_');
