@@ -21,6 +21,7 @@ export type Expr =
   | { kind: 'paren'; pipeline: Pipeline; extent: Extent }
   | { kind: 'binary'; op: string; left: Expr; right: Expr; extent: Extent }
   | { kind: 'unary'; op: string; operand: Expr; extent: Extent }
+  | { kind: 'assign'; target: Expr; value: Pipeline; extent: Extent }
   | { kind: 'type'; name: string; extent: Extent }
   | { kind: 'cast'; type: string; operand: Expr; extent: Extent }
   | { kind: 'static'; type: string; name: string; args?: Expr[]; extent: Extent };
@@ -899,7 +900,9 @@ class Parser {
         return { kind: 'constant', value: t.value, bare: false, extent: t.extent };
       case 'lparen': {
         this.skipNewlines();
-        const pipeline = this.pipeline();
+        // `($a = …)`: an assignment in parentheses is an expression with the assigned value.
+        const inner = this.statement();
+        if (inner.kind !== 'pipeline' && inner.kind !== 'assignment') throw this.unexpected(this.lx.peek('command'));
         this.skipNewlines();
         const close = this.expect(
           'command',
@@ -907,7 +910,10 @@ class Parser {
           "Missing closing ')' in expression.",
           'MissingEndParenthesisInExpression',
         );
-        return { kind: 'paren', pipeline, extent: { start: t.extent.start, end: close.extent.end } };
+        const extent = { start: t.extent.start, end: close.extent.end };
+        return inner.kind === 'assignment'
+          ? { kind: 'assign', target: inner.target, value: inner.value, extent }
+          : { kind: 'paren', pipeline: inner, extent };
       }
       case 'dollarparen':
       case 'atparen': {

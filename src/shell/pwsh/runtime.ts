@@ -945,6 +945,11 @@ export class Runtime {
       }
       case 'binary':
         return this.binary(e);
+      case 'assign': {
+        const value = await this.pipelineValue(e.value);
+        await this.assign(e.target, value);
+        return value;
+      }
       case 'type':
         return resolveType(e.name, e.extent);
       case 'cast':
