@@ -250,7 +250,8 @@ describe('PowerShell language: control flow, functions, errors', () => {
         // A non-terminating cmdlet error is not caught: written, and the block goes on.
         'try { New-NetIPsecRule -DisplayName y -RemoteAddress 192.0.2.998; "went on" } catch { "not caught" }',
         'New-NetIPsecRule -DisplayName z -RemoteAddress 192.0.2.997 -ErrorAction SilentlyContinue',
-        '"silently"',
+        // $? is False after the failed command; $Error holds every error so far, caught ones too, newest first.
+        '"silently: $? $($Error.Count) $($Error[0].Exception.Message -match "192.0.2.997")"',
         '$ErrorActionPreference = "Stop"',
         'try { New-NetIPsecRule -DisplayName w -RemoteAddress 192.0.2.996 } catch { "preference stop caught" }',
         'throw "the end"',
@@ -267,7 +268,7 @@ describe('PowerShell language: control flow, functions, errors', () => {
         'not found: CommandNotFoundException',
         'caller caught: from a function',
         'went on',
-        'silently',
+        'silently: False 6 True',
         'preference stop caught',
         '',
       ].join('\n'),

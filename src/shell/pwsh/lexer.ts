@@ -414,7 +414,7 @@ export class Lexer {
         i = j + 1;
         continue;
       }
-      if (c === '$' && /[A-Za-z_{:]/.test(s[i + 1] ?? '')) {
+      if (c === '$' && /[A-Za-z_{:?]/.test(s[i + 1] ?? '')) {
         const save = this.pos;
         const v = this.variable(i, false);
         this.pos = save;

@@ -213,6 +213,8 @@ export class Runtime {
     private readonly options: RuntimeOptions,
   ) {
     this.vars.set('erroractionpreference', 'Continue');
+    this.vars.set('error', []);
+    this.vars.set('?', true);
     this.vars.set('warningpreference', 'Continue');
   }
 
@@ -264,7 +266,7 @@ export class Runtime {
     try {
       await this.runStatements(statements, (items) => this.render(items));
     } catch (err) {
-      if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent);
+      if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent, false);
       else if (!(
         err instanceof StopScript ||
         err instanceof ExitSignal ||
@@ -324,15 +326,25 @@ export class Runtime {
       case 'flow':
         return this.flow(st);
     }
+    // $?: whether the last statement succeeded.
+    const global = this.scopes[0] as Map<string, unknown>;
     try {
-      if (st.kind === 'assignment') {
-        await this.assign(st.target, await this.pipelineValue(st.value));
-        return;
-      }
-      emit(await this.pipeline(st));
+      if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
+      else emit(await this.pipeline(st));
+      global.set('?', true);
     } catch (err) {
+      global.set('?', false);
       this.statementError(err, st);
     }
+  }
+
+  /** $Error: the error records of this session, newest first (as PowerShell keeps them). */
+  private recordError(e: PwshError): void {
+    const global = this.scopes[0] as Map<string, unknown>;
+    const list = (global.get('error') as unknown[] | undefined) ?? [];
+    list.unshift(errorRecord(e));
+    if (list.length > 256) list.length = 256;
+    global.set('error', list);
   }
 
   /** A loop's body once; true when it said `break`. */
@@ -381,6 +393,7 @@ export class Runtime {
               toText(v),
               v === null || v === undefined ? '' : 'String',
             );
+        this.recordError(rec);
         throw new TerminatingError(rec, undefined, st.extent);
       }
     }
@@ -505,9 +518,14 @@ export class Runtime {
         ? caught.errorAction.toLowerCase()
         : String(this.getVariable('ErrorActionPreference')).toLowerCase();
     const fromCmdlet = caught instanceof CommandFailure && caught.fromInvoke;
-    if (fromCmdlet && (action === 'silentlycontinue' || action === 'ignore')) return;
-    if (action === 'stop' || (!fromCmdlet && this.tryDepth > 0))
+    if (fromCmdlet && (action === 'silentlycontinue' || action === 'ignore')) {
+      if (action === 'silentlycontinue') this.recordError(record);
+      return;
+    }
+    if (action === 'stop' || (!fromCmdlet && this.tryDepth > 0)) {
+      this.recordError(record);
       throw new TerminatingError(record, commandName, extent);
+    }
     this.writeError(record, commandName, false, extent);
   }
 
@@ -547,8 +565,16 @@ export class Runtime {
   }
 
   /** Writes an error record in Windows PowerShell's layout. */
-  writeError(e: PwshError, commandName?: string, parserError = false, fallbackExtent?: Extent): void {
+  writeError(
+    e: PwshError,
+    commandName?: string,
+    parserError = false,
+    fallbackExtent?: Extent,
+    /** False for a terminating error already in $Error since it was raised. */
+    record = true,
+  ): void {
     this.errorCount++;
+    if (record) this.recordError(e);
     const lines: string[] = [];
     const extent = e.extent ?? fallbackExtent;
     const position = extent ? this.position(extent) : [];
