@@ -19,6 +19,8 @@
 // the caller owns every buffer, so the data plane can reuse them batch after batch.
 
 #include <napi.h>
+
+#include "errno_error.h"
 #include <uv.h>
 
 #include <arpa/inet.h>
@@ -39,14 +41,6 @@ namespace {
 
 constexpr int kMaxBatch = 256;
 
-Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall) {
-  Napi::Error e = Napi::Error::New(env, std::string(syscall) + ": " + strerror(err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.Set("errno", Napi::Number::New(env, err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
-}
 
 Napi::Error ArgError(Napi::Env env, const char* msg) {
   Napi::TypeError e = Napi::TypeError::New(env, msg);
@@ -516,6 +510,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 
 Napi::Function InitEspGcm(Napi::Env env);  // native/esp_gcm.cc
 Napi::Function InitEspCbc(Napi::Env env);  // native/esp_cbc.cc
+void InitNetlink(Napi::Env env, Napi::Object exports);  // native/netlink.cc
 
 namespace {
 
@@ -538,6 +533,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sendBatch", Napi::Function::New(env, SendBatch));
   exports.Set("Poller", Poller::Init(env));
   exports.Set("maxBatch", Napi::Number::New(env, kMaxBatch));
+  InitNetlink(env, exports);
   return exports;
 }
 

@@ -382,7 +382,14 @@ describe('consec daemon', () => {
       assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with ECDSA_WITH_SHA384_DER successful/);
       await until(() => lines(d, 'audit 4651').length === 1, 'audit 4651 (certificate main mode)');
       await d.stop('SIGTERM', 5000);
-      await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to see the Delete');
+      await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to see the Delete').catch(
+        (err: Error) => {
+          // What each side said about the Delete, to tell a lost message from a slow peer.
+          throw new Error(
+            `${err.message}\n--- consec\n${d.output().slice(-3000)}\n--- strongSwan\n${alice?.log().slice(-3000)}`,
+          );
+        },
+      );
       assert.match(d.output(), /stopping: deleting SAs at the peers/);
     } finally {
       await alice?.stop();

@@ -298,7 +298,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
         routes: number;
         routeBatches: number;
       };
-      // Work that does not grow with the rules: one ip -batch for all routes, one nft table.
+      // Work that does not grow with the rules: one batch of route requests for all routes, one nft table.
       assert.deepEqual([ready.rules, ready.routes, ready.routeBatches], [1000, 1000, 1]);
       assert.equal(await routes(), 1000);
       assert.deepEqual([await elements('out4h'), await elements('out6h'), await elements('in6h')], [254, 746, 746]);

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { entryToRange, inRange, v4ToNumber, v6ToBigint } from '../src/filter/address.ts';
 import { compilePolicy, EMPTY_CONTEXT, type Filter, type Flow } from '../src/filter/compile.ts';
+import { defaultRouteDevices } from '../src/filter/location.ts';
 import { emptyDocument, type IPsecRule, ipsecRule, type PolicyDocument } from '../src/policy/model.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
@@ -149,10 +150,18 @@ describe('policy compilation and precedence', () => {
 const v4addr = fc
   .tuple(fc.constantFrom(192, 198, 203), fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 255 }))
   .map(([a, b, c]) => `${a}.${b}.${b}.${c}`);
+// A small space, so flows hit the edges of rules' ranges often.
+const v6addr = fc
+  .tuple(fc.integer({ min: 0, max: 1 }), fc.integer({ min: 0, max: 24 }))
+  .map(([b, c]) => `2001:db8:${b}::${c.toString(16)}`);
 const v4entry = fc.oneof(
   v4addr,
   fc.tuple(v4addr, fc.integer({ min: 16, max: 32 })).map(([a, l]) => `${a}/${l}`),
   fc.constant('Any'),
+  // IPv6 hosts, prefixes and ranges in the same policies: the IPv6 index is built alongside.
+  v6addr,
+  fc.tuple(v6addr, fc.integer({ min: 40, max: 128 })).map(([a, l]) => `${a}/${l}`),
+  fc.tuple(v6addr, v6addr).map(([a, b]) => (v6ToBigint(a) <= v6ToBigint(b) ? `${a}-${b}` : `${b}-${a}`)),
 );
 const security = fc.constantFrom('None', 'Request', 'Require');
 const ruleArb = fc
@@ -176,18 +185,34 @@ const ruleArb = fc
       RemotePort: r.proto !== 'Any' && r.port !== undefined ? [String(r.port)] : ['Any'],
     } as Partial<IPsecRule>;
   });
-const flowArb = fc.record({
-  local: v4addr,
-  remote: v4addr,
-  protocol: fc.constantFrom(6, 17, 1),
-  remotePort: fc.integer({ min: 1, max: 1000 }),
-});
+const flowArb = fc.oneof(
+  fc.record({
+    local: v4addr,
+    remote: v4addr,
+    protocol: fc.constantFrom(6, 17, 1),
+    remotePort: fc.integer({ min: 1, max: 1000 }),
+  }),
+  fc.record({
+    local: v6addr,
+    remote: v6addr,
+    protocol: fc.constantFrom(6, 17, 58),
+    remotePort: fc.integer({ min: 1, max: 1000 }),
+  }),
+);
+
+function deepFrozen<T extends object>(o: T): T {
+  for (const v of Object.values(o)) if (typeof v === 'object' && v !== null) deepFrozen(v as object);
+  return Object.freeze(o);
+}
 
 function bruteForce(filters: Filter[], flow: Flow): Filter | undefined {
-  const l = v4ToNumber(flow.local);
-  const r = v4ToNumber(flow.remote);
-  const within = (ranges: Filter['local'], n: number) =>
-    ranges.length === 0 || ranges.some((x) => inRange(x, 4, n, 0n));
+  const family = flow.remote.includes(':') ? 6 : 4;
+  const num = (a: string) => (family === 4 ? v4ToNumber(a) : v6ToBigint(a));
+  const l = num(flow.local);
+  const r = num(flow.remote);
+  const within = (ranges: Filter['local'], n: number | bigint) =>
+    ranges.length === 0 ||
+    ranges.some((x) => (family === 4 ? inRange(x, 4, n as number, 0n) : inRange(x, 6, 0, n as bigint)));
   return filters.find((f) => {
     if (!within(f.local, l) || !within(f.remote, r)) return false;
     if (f.protocol !== undefined && f.protocol !== flow.protocol) return false;
@@ -206,10 +231,17 @@ describe('compiler invariants (properties)', () => {
         fc.array(ruleArb, { maxLength: 25 }),
         fc.array(flowArb, { minLength: 1, maxLength: 20 }),
         (rules, flows) => {
-          const p = compilePolicy(doc(rules));
+          const d = doc(rules);
+          const p = compilePolicy(d);
+          // Frozen rules (as the daemon's store reader gives them) are compiled once and reused:
+          // the second compilation of the same objects must decide exactly as the first.
+          const frozen = { ...d, rules: d.rules.map((r) => deepFrozen(structuredClone(r))) };
+          const again = [compilePolicy(frozen), compilePolicy(frozen)];
           for (const f of flows) {
             const flow: Flow = { direction: 'Outbound', localPort: 40000, ...f };
-            assert.equal(p.classify(flow).filter, bruteForce(p.filters, flow));
+            const expected = bruteForce(p.filters, flow);
+            assert.equal(p.classify(flow).filter, expected);
+            for (const q of again) assert.equal(q.classify(flow).filter?.rank, expected?.rank);
           }
         },
       ),
@@ -254,6 +286,34 @@ describe('compiler invariants (properties)', () => {
         assert.equal(inRange(r, 6, 0, n), n >> shift === base >> shift);
       }),
     );
+  });
+});
+
+describe('network location', () => {
+  it('default routes are found in route tables of thousands of routes, IPv4 and IPv6, by device', () => {
+    const v4 = [
+      'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT',
+      ...Array.from(
+        { length: 5000 },
+        (_, i) => `consec0\t${(i + 1).toString(16).padStart(8, '0')}\t00000000\t0001\t0\t0\t0\tFFFFFFFF\t0\t0\t0`,
+      ),
+      'eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0',
+      // A route to 0.0.0.0/8 is not a default route.
+      'eth1\t00000000\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0',
+    ].join('\n');
+    assert.deepEqual([...defaultRouteDevices(v4, 4)], ['eth0']);
+    const z = '0'.repeat(32);
+    const v6 = [
+      ...Array.from(
+        { length: 5000 },
+        (_, i) =>
+          `20010db8${i.toString(16).padStart(24, '0')} 80 ${z} 00 ${z} 00000400 00000001 00000000 00000001  consec0`,
+      ),
+      `${z} 00 ${z} 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0`,
+      // ::/0 is the default route; ::/8 is not.
+      `${z} 08 ${z} 00 ${z} 00000400 00000002 00000000 00000003     eth2`,
+    ].join('\n');
+    assert.deepEqual([...defaultRouteDevices(v6, 6)], ['eth0']);
   });
 });
 

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { NativeIoError } from '../src/errors.ts';
 import { PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../src/io/native.ts';
@@ -33,6 +36,64 @@ describe('native addon in lab namespaces', () => {
   });
   after(async () => {
     await lab?.destroy();
+  });
+
+  it('route requests over rtnetlink make exactly the routes ip route makes, thousands in one call', async () => {
+    const a = lab.address('alice');
+    const dir = mkdtempSync(join(tmpdir(), 'consec-rtnl-'));
+    await lab.exec('alice', ['ip', 'link', 'add', 'csdummy0', 'type', 'veth', 'peer', 'name', 'csdummy1']);
+    try {
+      await lab.exec('alice', ['ip', 'link', 'set', 'csdummy0', 'up']);
+      const cidrs = [
+        '198.51.100.7/32',
+        '203.0.113.0/24',
+        '2001:db8:5::1/128',
+        '2001:db8:6::/48',
+        ...Array.from({ length: 3000 }, (_, i) => `2001:db8:7::${(i + 1).toString(16)}/128`),
+      ];
+      // ip's own routes in table 100; ours in table 50668 (above 255: the table goes as an attribute).
+      const batch = cidrs
+        .map((c) => `route replace ${c} dev csdummy0 table 100${c.includes(':') ? '' : ` src ${a}`}`)
+        .join('\n');
+      writeFileSync(join(dir, 'batch'), `${batch}\n`);
+      await lab.exec('alice', ['ip', '-batch', join(dir, 'batch')]);
+      const send = async (wanted: object[]): Promise<string[]> => {
+        writeFileSync(join(dir, 'wanted.json'), JSON.stringify(wanted));
+        const p = fixture(lab, 'alice', 'rtnetlink-routes', [join(dir, 'wanted.json')]);
+        await p.exited;
+        return (events<{ answers: string[] }>(p, 'answers')[0] as { answers: string[] }).answers;
+      };
+      const answers = await send(
+        cidrs.map((cidr) => ({
+          op: 'replace',
+          cidr,
+          table: 50668,
+          dev: 'csdummy0',
+          src: cidr.includes(':') ? undefined : a,
+        })),
+      );
+      assert.deepEqual(new Set(answers), new Set(['0']));
+      const show = async (family: string, table: number) => {
+        const r = await lab.exec('alice', ['ip', '-j', family, 'route', 'show', 'table', String(table)]);
+        return (JSON.parse(r.stdout) as Record<string, unknown>[]).map((x) => JSON.stringify({ ...x, table: 0 }));
+      };
+      for (const family of ['-4', '-6']) assert.deepEqual(await show(family, 50668), await show(family, 100), family);
+      assert.equal((await show('-6', 50668)).length, 3002);
+      // Deletions; a route that is not there is answered ESRCH, and the others still go.
+      const del = await send([
+        { op: 'delete', cidr: '203.0.113.0/24', table: 50668 },
+        { op: 'delete', cidr: '192.0.2.99/32', table: 50668 },
+        { op: 'delete', cidr: '2001:db8:6::/48', table: 50668 },
+      ]);
+      assert.deepEqual(del, ['0', 'ESRCH', '0']);
+      assert.deepEqual(
+        (await show('-4', 50668)).map((r) => (JSON.parse(r) as { dst: string }).dst),
+        ['198.51.100.7'],
+      );
+    } finally {
+      await lab.exec('alice', ['ip', 'link', 'del', 'csdummy0'], { allowFailure: true });
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('routes a ping into a TUN device, reads it and answers it (IPv4 and IPv6)', async () => {

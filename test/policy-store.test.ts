@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import type { PolicyDocument } from '../src/policy/model.ts';
 import { PolicyStores, storeFileText } from '../src/policy/store.ts';
 import { ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps, storeBytes } from './pwsh-helpers.ts';
@@ -193,6 +194,61 @@ describe('policy store', () => {
     (doc.document.rules[3] as { Enabled: string }).Enabled = 'Maybe';
     writeFileSync(file, storeFileText('PersistentStore', doc.document as never));
     assert.throws(() => daemon.read(), /not a valid consec policy \(document\.rules\.3\.Enabled: /);
+  });
+
+  it('the long-lived reader equals a fresh reader after any sequence of edits (property)', async () => {
+    const dir = freshStateDir('consec-lines-prop-');
+    await ps(
+      [
+        'New-NetIPsecRule -DisplayName base -Name base -RemoteAddress 192.0.2.1 | Out-Null',
+        'New-NetIPsecMainModeRule -DisplayName mm -Name mm -RemoteAddress 192.0.2.0/24 | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    const file = join(dir, 'policy', 'PersistentStore.json');
+    const base = new PolicyStores(dir).read();
+    const rule = base.rules[0] as PolicyDocument['rules'][number];
+    const mm = base.mainModeRules[0] as PolicyDocument['mainModeRules'][number];
+    // Names with non-ASCII text too: the reader compares bytes and decodes UTF-8 per line.
+    const name = fc.stringMatching(/^[a-zé€😀 ]{1,6}$/u);
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('add' as const), at: fc.nat(), name, mm: fc.boolean() }),
+      fc.record({ kind: fc.constant('remove' as const), at: fc.nat(), mm: fc.boolean() }),
+      fc.record({ kind: fc.constant('rename' as const), at: fc.nat(), name }),
+      fc.record({ kind: fc.constant('move' as const), from: fc.nat(), to: fc.nat() }),
+      fc.record({ kind: fc.constant('setting' as const), name }),
+    );
+    let serial = 0;
+    fc.assert(
+      fc.property(fc.array(fc.array(op, { minLength: 1, maxLength: 3 }), { minLength: 1, maxLength: 8 }), (edits) => {
+        const doc = structuredClone(base);
+        writeFileSync(file, storeFileText('PersistentStore', doc));
+        const daemon = new PolicyStores(dir, { cacheReads: true });
+        assert.deepEqual(daemon.read(), new PolicyStores(dir).read());
+        for (const edit of edits) {
+          for (const o of edit) {
+            const list = (
+              o.kind !== 'move' && o.kind !== 'setting' && o.kind !== 'rename' && o.mm ? doc.mainModeRules : doc.rules
+            ) as { Name: string; DisplayName: string }[];
+            if (o.kind === 'add') {
+              const id = `n${serial++}`;
+              list.splice(o.at % (list.length + 1), 0, { ...(o.mm ? mm : rule), Name: id, DisplayName: o.name });
+            } else if (o.kind === 'remove' && list.length > 0) list.splice(o.at % list.length, 1);
+            else if (o.kind === 'rename' && list.length > 0) {
+              const i = o.at % list.length;
+              list[i] = { ...(list[i] as { Name: string; DisplayName: string }), DisplayName: o.name };
+            } else if (o.kind === 'move' && list.length > 0) {
+              const [r] = list.splice(o.from % list.length, 1);
+              list.splice(o.to % (list.length + 1), 0, r as { Name: string; DisplayName: string });
+            } else if (o.kind === 'setting')
+              doc.phase1AuthSets = doc.phase1AuthSets.map((x) => ({ ...x, DisplayName: o.name }));
+          }
+          writeFileSync(file, storeFileText('PersistentStore', doc));
+          assert.deepEqual(daemon.read(), new PolicyStores(dir).read());
+        }
+      }),
+      { numRuns: 60 },
+    );
   });
 
   it('a damaged store file is reported clearly and left as it is', async () => {

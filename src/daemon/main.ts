@@ -269,7 +269,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   };
   const stores = new PolicyStores(stateDir, { cacheReads: true });
   // The firewall profiles in force (network location): the rules the keying service applies.
-  const profilesInForce = () => activeProfiles(connectionProfiles(stateDir));
+  const profilesInForce = () => activeProfiles(connectionProfiles(stateDir, { connectivity: false }));
   const service = new KeyingService({
     stores,
     profiles: profilesInForce,

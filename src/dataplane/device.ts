@@ -6,24 +6,16 @@
  * carry the firewall mark, so what they send bypasses the TUN (the wg-quick pattern).
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import { promisify } from 'node:util';
 import { IPPROTO_AH } from '../esp/ah.ts';
 import { readIp, writeIp } from '../io/addr.ts';
-import { IPPROTO_ESP, RawIpSocket, TunDevice, UdpSocket } from '../io/native.ts';
+import { IPPROTO_ESP, RawIpSocket, rtnetlink, TunDevice, UdpSocket } from '../io/native.ts';
+import { errnoName, type RouteRequest, routeRequests } from '../io/rtnetlink.ts';
 import type { TrafficSelector } from '../sa/spec.ts';
 
 const run = promisify(execFile);
-
-/** Runs `ip -force -batch -` on `lines`; rejects with ip's first error lines when any line failed. */
-function ipBatch(lines: readonly string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = execFile('ip', ['-force', '-batch', '-'], { maxBuffer: 16 * 1024 * 1024 }, (err, _out, stderr) =>
-      err ? reject(new Error(stderr.trim().split('\n').slice(0, 4).join('; ') || err.message)) : resolve(),
-    );
-    p.stdin?.end(`${lines.join('\n')}\n`);
-  });
-}
 
 export interface DeviceOptions {
   /** The outer (IKE/ESP) address of this host. */
@@ -156,7 +148,7 @@ export class Device {
 
   /**
    * The destinations the policy protects (routed into the TUN before any SA exists, so the first
-   * packet triggers an acquire): routes added and removed as one `ip -batch`, whatever their number.
+   * packet triggers an acquire): routes added and removed as one batch, whatever their number.
    */
   setPolicyRoutes(tss: readonly TrafficSelector[]): Promise<void> {
     const want = new Set(tss.map((ts) => this.cidrOf(ts)));
@@ -215,34 +207,60 @@ export class Device {
     return this.changeRoutes([], [cidr]);
   }
 
-  /** Route changes in order (one `ip -force -batch` each time; a failing line does not stop the rest). */
+  /**
+   * Route changes in order, each set as one batch of rtnetlink requests from this process (no `ip`
+   * process per change); a failing route does not stop the rest, and is logged.
+   */
   private changeRoutes(adds: readonly string[], dels: readonly string[]): Promise<void> {
     if (adds.length === 0 && dels.length === 0) return this.routeChanges;
-    const table = String(this.o.table);
-    const lines = [
-      ...adds.map((cidr) => {
+    const table = this.o.table;
+    const prefix = (cidr: string): { destination: Buffer; prefixLength: number } => {
+      const [addr, len] = cidr.split('/') as [string, string];
+      const destination = Buffer.alloc(isIPv4(addr) ? 4 : 16);
+      writeIp(addr, destination);
+      return { destination, prefixLength: Number(len) };
+    };
+    const requests: RouteRequest[] = [
+      ...adds.map((cidr): RouteRequest => {
+        const p = prefix(cidr);
         // Our own address as the source where it is of the same family; the kernel picks one otherwise.
-        const src = cidr.includes(':') === (this.family === 6) ? ` src ${this.o.local}` : '';
-        return `route replace ${cidr} dev ${this.tun.name} table ${table}${src}`;
+        const source = p.destination.length === this.localBytes.length ? this.localBytes : undefined;
+        return { op: 'replace', ...p, table, ifindex: this.ifindex, source };
       }),
-      ...dels.map((cidr) => `route del ${cidr} table ${table}`),
+      ...dels.map((cidr): RouteRequest => ({ op: 'delete', ...prefix(cidr), table })),
     ];
-    this.routeChanges = this.routeChanges.then(async () => {
+    const cidrs = [...adds, ...dels];
+    this.routeChanges = this.routeChanges.then(() => {
       if (this.closed) return;
       try {
         this.routeBatches++;
-        await ipBatch(lines);
+        const answers = rtnetlink(routeRequests(requests, this.routeSeq));
+        this.routeSeq = (this.routeSeq + requests.length) >>> 0 || 1;
+        const failed: string[] = [];
+        answers.forEach((errno, i) => {
+          if (errno !== 0) failed.push(`${requests[i]?.op} ${cidrs[i]}: ${errnoName(errno)}`);
+        });
+        if (failed.length)
+          this.o.log('route failed', { routes: requests.length, failed: failed.length, reasons: failed.slice(0, 4) });
       } catch (err) {
-        this.o.log('route failed', { routes: lines.length, reason: (err as Error).message });
+        this.o.log('route failed', { routes: requests.length, reason: (err as Error).message });
       }
     });
     return this.routeChanges;
   }
 
+  /** The TUN's interface index (the routes' output interface). */
+  private get ifindex(): number {
+    this.tunIndex ??= Number(readFileSync(`/sys/class/net/${this.tun.name}/ifindex`, 'utf8').trim());
+    return this.tunIndex;
+  }
+
+  private tunIndex?: number;
+  private routeSeq = 1;
   private routeChanges: Promise<void> = Promise.resolve();
   private routeBatches = 0;
 
-  /** Routes into the TUN now, and how many `ip -batch` runs put them there so far. */
+  /** Routes into the TUN now, and how many batches of route requests put them there so far. */
   get routeStats(): { routes: number; batches: number } {
     return { routes: this.routes.size, batches: this.routeBatches };
   }

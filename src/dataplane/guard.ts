@@ -17,6 +17,7 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { ANY_V4, ANY_V6, entryToRange, type Range, rangeToText } from '../filter/address.ts';
 import { EMPTY_CONTEXT, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
+import { nftRun } from '../io/native.ts';
 import { protocolNumber } from '../policy/endpoints.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 
@@ -115,7 +116,9 @@ export function guardSets(
     exemptOut: [],
     exemptIn: [],
   };
-  const ranges = { out4: [] as Range[], out6: [] as Range[], in4: [] as Range[], in6: [] as Range[] };
+  // Each Require range once, with the directions it is required in (1 out, 2 in).
+  const ranges: Range[] = [];
+  const dirs: number[] = [];
   for (const r of doc.rules) {
     if (r.Enabled !== 'True') continue;
     if (r.InboundSecurity === 'None' && r.OutboundSecurity === 'None') {
@@ -126,22 +129,38 @@ export function guardSets(
     const out = r.OutboundSecurity === 'Require';
     const inb = r.InboundSecurity === 'Require';
     if (!out && !inb) continue;
-    for (const entry of r.RemoteAddress) {
+    const d = (out ? 1 : 0) | (inb ? 2 : 0);
+    for (const entry of r.RemoteAddress)
       for (const e of rangesOf(entry)) {
-        if (out) (e.family === 4 ? ranges.out4 : ranges.out6).push(e);
-        if (inb) (e.family === 4 ? ranges.in4 : ranges.in6).push(e);
+        ranges.push(e);
+        dirs.push(d);
       }
-    }
   }
   s.icmpExempt = doc.settings.Exemptions.includes('Icmp');
   s.dhcpExempt = doc.settings.Exemptions.includes('Dhcp');
-  for (const k of SETS) s[k] = mergeRanges(ranges[k]).map(elementText);
+  // Sorted once (by family, then start) for all four sets, then merged per set.
+  const order = Array.from(ranges.keys()).sort((a, b) => compareRanges(ranges[a] as Range, ranges[b] as Range));
+  const sorted = { out4: [] as Range[], out6: [] as Range[], in4: [] as Range[], in6: [] as Range[] };
+  for (const i of order) {
+    const e = ranges[i] as Range;
+    const d = dirs[i] as number;
+    if (d & 1) (e.family === 4 ? sorted.out4 : sorted.out6).push(e);
+    if (d & 2) (e.family === 4 ? sorted.in4 : sorted.in6).push(e);
+  }
+  for (const k of SETS) s[k] = mergeSorted(sorted[k]).map(elementText);
   return s;
 }
 
+const compareRanges = (a: Range, b: Range): number =>
+  a.family !== b.family ? a.family - b.family : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0;
+
 /** Sorted, with overlapping and adjacent ranges (of one family) merged. */
 function mergeRanges(ranges: readonly Range[]): Range[] {
-  const sorted = [...ranges].sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+  return mergeSorted([...ranges].sort(compareRanges));
+}
+
+/** Ranges sorted by start, with overlapping and adjacent ones (of one family) merged. */
+function mergeSorted(sorted: readonly Range[]): Range[] {
   const merged: Range[] = [];
   for (const r of sorted) {
     const last = merged.at(-1);
@@ -201,10 +220,7 @@ export function renderGuardUpdate(prev: GuardSets, next: GuardSets): string | un
   const lines: string[] = [];
   const adds: string[] = [];
   for (const k of SETS) {
-    const was = new Set(prev[k]);
-    const is = new Set(next[k]);
-    const gone = prev[k].filter((e) => !is.has(e));
-    const added = next[k].filter((e) => !was.has(e));
+    const { gone, added } = elementChanges(prev[k], next[k]);
     // Deletions first: a merged interval that grew is deleted and added again.
     for (const [name, host] of [
       [`${k}h`, true],
@@ -217,6 +233,24 @@ export function renderGuardUpdate(prev: GuardSets, next: GuardSets): string | un
     }
   }
   return `${[...lines, ...adds].join('\n')}\n`;
+}
+
+/**
+ * Elements of `next` not in `prev` and the other way round. Both are sorted and mostly the same
+ * strings (a policy change moves one or two elements): the common head and tail are skipped
+ * before the rest is compared as sets.
+ */
+function elementChanges(prev: readonly string[], next: readonly string[]): { gone: string[]; added: string[] } {
+  let head = 0;
+  const most = Math.min(prev.length, next.length);
+  while (head < most && prev[head] === next[head]) head++;
+  let tail = 0;
+  while (tail < most - head && prev[prev.length - 1 - tail] === next[next.length - 1 - tail]) tail++;
+  const was = prev.slice(head, prev.length - tail);
+  const is = next.slice(head, next.length - tail);
+  const wasSet = new Set(was);
+  const isSet = new Set(is);
+  return { gone: was.filter((e) => !isSet.has(e)), added: is.filter((e) => !wasSet.has(e)) };
 }
 
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
@@ -304,12 +338,23 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** Installs (or atomically replaces) the table; `spawned` learns the nft process's PID. */
+/**
+ * Installs (or atomically replaces) the table, or applies a change to it, as one transaction:
+ * through libnftables in this process (no nft process per change) when the ruleset is this
+ * process's own, else by running nft (in `netns`); `spawned` learns the PID the kernel will name
+ * as the change's author.
+ */
 export async function applyGuard(
   script: string,
   spawned: (pid: number) => void = () => {},
   netns?: string,
 ): Promise<void> {
+  if (netns === undefined) {
+    spawned(process.pid);
+    const r = nftRun(script);
+    if (r?.ok) return;
+    if (r) throw new Error(`nft: ${r.error}`);
+  }
   const [cmd, ...args] = inNetns(netns, ['nft', '-f', '-']) as [string, ...string[]];
   await new Promise<void>((resolve, reject) => {
     const p = execFile(cmd, args, { maxBuffer: 64 * 1024 * 1024 }, (err, _out, stderr) =>
@@ -356,7 +401,8 @@ const GENERATION = /^# new generation (\d+) by process (\d+) \((.*)\)$/;
  * is reported and undone at once by installing the last script again (one atomic transaction).
  */
 export class GuardKeeper {
-  private script?: string;
+  /** The table as last put in force, written out on demand. */
+  private script?: () => string;
   private readonly ours = new Set<number>();
   private monitor?: ChildProcess;
   private pending: string[] = [];
@@ -395,14 +441,15 @@ export class GuardKeeper {
         if (this.closed) return;
         this.start();
         // What happened while nobody watched is unknown: install the table again.
-        if (this.script !== undefined) void this.install(this.script).catch((err: Error) => this.o.error(err));
+        const script = this.script?.();
+        if (script !== undefined) void this.install(script).catch((err: Error) => this.o.error(err));
       }, this.o.restartMs ?? 250).unref();
     });
   }
 
   /** Installs `script` as the table now in force; resolves once nft committed it. */
   async apply(script: string): Promise<void> {
-    this.script = script;
+    this.script = () => script;
     this.installed = undefined;
     await this.install(script);
   }
@@ -412,10 +459,12 @@ export class GuardKeeper {
    * since the last call (one small transaction, whatever the table's size), else the whole table.
    */
   async applySets(sets: GuardSets, tun: string, mark: number): Promise<'elements' | 'table'> {
-    const full = renderGuard(sets, tun, mark);
+    // The whole table's text only when it is written whole (or put back after a foreign change).
+    let full: string | undefined;
+    const whole = (): string => (full ??= renderGuard(sets, tun, mark));
     const last = this.installed;
     const update = last && last.tun === tun && last.mark === mark ? renderGuardUpdate(last.sets, sets) : undefined;
-    this.script = full;
+    this.script = whole;
     this.installed = undefined;
     if (update !== undefined) {
       try {
@@ -426,7 +475,7 @@ export class GuardKeeper {
         // The table is not what we think (changed meanwhile): write it whole.
       }
     }
-    await this.install(full);
+    await this.install(whole());
     this.installed = { sets, tun, mark };
     return 'table';
   }
@@ -444,7 +493,8 @@ export class GuardKeeper {
         this.seen = () => resolve(true);
         setTimeout(() => resolve(false), ms).unref();
       });
-      if (attempt > 0 && this.script !== undefined) await this.install(this.script);
+      const script = attempt > 0 ? this.script?.() : undefined;
+      if (script !== undefined) await this.install(script);
       if (await seen) return;
     }
   }
@@ -501,7 +551,7 @@ export class GuardKeeper {
       for (let c: GuardChange | undefined = change; c && !this.closed; c = this.again) {
         this.again = undefined;
         try {
-          await this.install(this.script as string);
+          await this.install((this.script as () => string)());
           this.o.restored(c);
         } catch (err) {
           this.o.error(err as Error);
@@ -526,8 +576,11 @@ export async function readClearDrops(): Promise<{ address: string; packets: numb
   const out: { address: string; packets: number }[] = [];
   for (const name of ['clear4', 'clear6']) {
     let text: string;
+    const command = `list set inet ${GUARD_TABLE} ${name}`;
+    const r = nftRun(command, true);
+    if (r && !r.ok) continue;
     try {
-      text = (await exec('nft', ['-j', 'list', 'set', 'inet', GUARD_TABLE, name])).stdout;
+      text = r ? r.output : (await exec('nft', ['-j', ...command.split(' ')])).stdout;
     } catch {
       continue;
     }

@@ -252,7 +252,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     return this.device.setPolicyRoutes(tss);
   }
 
-  /** Routes into the TUN, and the `ip -batch` runs that made them. */
+  /** Routes into the TUN, and the batches of route requests that made them. */
   get routeStats(): { routes: number; batches: number } {
     return this.device.routeStats;
   }

@@ -141,14 +141,14 @@ const breadth = (ranges: Range[]): number => (ranges.length === 0 ? 129 : Math.m
 
 export class CompiledPolicy {
   private readonly v4: V4Index;
-  private readonly v6: RemoteIndex<bigint>;
+  private readonly v6: V6Index;
 
   constructor(
     readonly filters: Filter[],
     readonly warnings: string[],
   ) {
     this.v4 = new V4Index(filters);
-    this.v6 = new RemoteIndex(filters, 6);
+    this.v6 = new V6Index(filters);
   }
 
   /** The first filter (in precedence order) matching the flow, and what it means for the flow. */
@@ -167,7 +167,7 @@ export class CompiledPolicy {
             flow.remotePort ?? -1,
             flow.icmpType ?? -1,
           )
-        : this.v6.find(v6ToBigint(flow.remote), 0, v6ToBigint(flow.local), flow);
+        : this.v6.find(v6ToBigint(flow.remote), v6ToBigint(flow.local), flow);
     return decide(filter, flow.direction);
   }
 
@@ -255,6 +255,26 @@ function v4Ranges(ranges: Range[]): Uint32Array | null {
 
 const portArray = (p: [number, number][] | undefined): Int32Array | null => (p ? Int32Array.from(p.flat()) : null);
 
+/**
+ * Typed arrays made once per address or port list object: a rule's lists are the same objects in
+ * every compilation (see ruleFilter), so a recompiled policy reuses them.
+ */
+const v4RangesMade = new WeakMap<Range[], Uint32Array | null>();
+const portsMade = new WeakMap<[number, number][], Int32Array>();
+
+function v4RangesOnce(ranges: Range[]): Uint32Array | null {
+  let made = v4RangesMade.get(ranges);
+  if (made === undefined) v4RangesMade.set(ranges, (made = v4Ranges(ranges)));
+  return made;
+}
+
+function portsOnce(p: [number, number][] | undefined): Int32Array | null {
+  if (!p) return null;
+  let made = portsMade.get(p);
+  if (!made) portsMade.set(p, (made = portArray(p) as Int32Array));
+  return made;
+}
+
 function inPairs(pairs: Int32Array | Uint32Array, v: number): boolean {
   for (let i = 0; i < pairs.length; i += 2) if (v >= (pairs[i] as number) && v <= (pairs[i + 1] as number)) return true;
   return false;
@@ -273,75 +293,154 @@ function matchV4(f: V4Filter, local: number, protocol: number, lport: number, rp
 }
 
 /**
- * The IPv4 index: sorted interval starts in a Uint32Array and, per interval, the candidate filters in
- * rank order packed in one Int32Array (CSR), so a lookup is a binary search and a short scan over
- * typed arrays, with nothing allocated.
+ * Elementary intervals of one family's remote address space and, per interval, the ranks of the
+ * filters whose remote ranges cover it, in rank order, packed in one Int32Array (CSR: interval i's
+ * ranks are members[offsets[i] .. offsets[i + 1]]). Filters come in rank order, so each list is
+ * built sorted. Each family finds its interval starts and, per covered range, the span of
+ * intervals [first, end) it covers (`spans`: rank, first, end triples); packing is shared.
+ */
+interface Intervals {
+  offsets: Int32Array;
+  members: Int32Array;
+}
+
+function packIntervals(n: number, spans: readonly number[]): Intervals {
+  const offsets = new Int32Array(n + 1);
+  const last = new Int32Array(n).fill(-1);
+  for (let s = 0; s < spans.length; s += 3) {
+    const rank = spans[s] as number;
+    for (let i = spans[s + 1] as number; i < (spans[s + 2] as number); i++) {
+      if (last[i] === rank) continue;
+      last[i] = rank;
+      offsets[i + 1] = (offsets[i + 1] as number) + 1;
+    }
+  }
+  for (let i = 1; i <= n; i++) offsets[i] = (offsets[i] as number) + (offsets[i - 1] as number);
+  const members = new Int32Array(offsets[n] as number);
+  const cursor = offsets.slice(0, n);
+  last.fill(-1);
+  for (let s = 0; s < spans.length; s += 3) {
+    const rank = spans[s] as number;
+    for (let i = spans[s + 1] as number; i < (spans[s + 2] as number); i++) {
+      if (last[i] === rank) continue;
+      last[i] = rank;
+      members[(cursor[i] as number)++] = rank;
+    }
+  }
+  return { offsets, members };
+}
+
+function v4Intervals(filters: readonly Filter[]): Intervals & { starts: Uint32Array } {
+  const points: number[] = [];
+  for (const f of filters)
+    for (const r of f.remote) {
+      if (r.family !== 4 || r.lo > r.hi) continue;
+      points.push(r.lo);
+      if (r.hi !== ANY_V4.hi) points.push(r.hi + 1);
+    }
+  const sorted = Float64Array.from(points).sort();
+  let n = 0;
+  for (let i = 0; i < sorted.length; i++) if (n === 0 || sorted[n - 1] !== sorted[i]) sorted[n++] = sorted[i] as number;
+  const starts = Uint32Array.from(sorted.subarray(0, n));
+  const spans: number[] = [];
+  for (const f of filters)
+    for (const r of f.remote) {
+      if (r.family !== 4 || r.lo > r.hi) continue;
+      const first = floorIndexV4(starts, r.lo);
+      let end = first + 1;
+      while (end < starts.length && (starts[end] as number) <= r.hi) end++;
+      spans.push(f.rank, first, end);
+    }
+  return { starts, ...packIntervals(n, spans) };
+}
+
+const compareBig = (a: bigint, b: bigint): number => (a < b ? -1 : a > b ? 1 : 0);
+
+function v6Intervals(filters: readonly Filter[]): Intervals & { starts: bigint[] } {
+  const points: bigint[] = [];
+  for (const f of filters)
+    for (const r of f.remote) {
+      if (r.family !== 6 || r.lo > r.hi) continue;
+      points.push(r.lo);
+      if (r.hi !== ANY_V6.hi) points.push(r.hi + 1n);
+    }
+  points.sort(compareBig);
+  const starts: bigint[] = [];
+  for (const p of points) if (starts.length === 0 || starts[starts.length - 1] !== p) starts.push(p);
+  const spans: number[] = [];
+  for (const f of filters)
+    for (const r of f.remote) {
+      if (r.family !== 6 || r.lo > r.hi) continue;
+      const first = floorIndexV6(starts, r.lo);
+      let end = first + 1;
+      while (end < starts.length && (starts[end] as bigint) <= r.hi) end++;
+      spans.push(f.rank, first, end);
+    }
+  return { starts, ...packIntervals(starts.length, spans) };
+}
+
+/** The index of the last start ≤ addr, or -1. */
+function floorIndexV6(starts: readonly bigint[], addr: bigint): number {
+  let lo = 0;
+  let hi = starts.length - 1;
+  let found = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((starts[mid] as bigint) <= addr) {
+      found = mid;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  return found;
+}
+
+/** The same for the IPv4 hot path, on a Uint32Array. */
+function floorIndexV4(starts: Uint32Array, addr: number): number {
+  let lo = 0;
+  let hi = starts.length - 1;
+  let found = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((starts[mid] as number) <= addr) {
+      found = mid;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  return found;
+}
+
+/**
+ * The IPv4 index: the interval starts in a Uint32Array, so a lookup is a binary search and a short
+ * scan over typed arrays, with nothing allocated.
  */
 class V4Index {
   private readonly starts: Uint32Array;
   private readonly offsets: Int32Array;
   private readonly members: Int32Array;
   private readonly anyRemote: Int32Array;
-  private readonly byRank: V4Filter[];
+  private readonly byRank: (V4Filter | undefined)[];
 
-  constructor(filters: Filter[]) {
-    this.byRank = filters.map((f) => ({
-      filter: f,
-      rank: f.rank,
-      local: v4Ranges(f.local),
-      protocol: f.protocol ?? -1,
-      localPorts: portArray(f.localPorts),
-      remotePorts: portArray(f.remotePorts),
-      icmpTypes: f.icmpTypes ? Int32Array.from(f.icmpTypes) : null,
-      eitherPort: f.kind === 'ike',
-    }));
-    const specific = filters.filter((f) => f.remote.length > 0 && f.remote.some((r) => r.family === 4));
+  constructor(filters: readonly Filter[]) {
+    // Only filters that can match an IPv4 remote address (a policy of IPv6 servers needs none).
+    this.byRank = filters.map((f) =>
+      f.remote.length > 0 && !f.remote.some((r) => r.family === 4)
+        ? undefined
+        : {
+            filter: f,
+            rank: f.rank,
+            local: v4RangesOnce(f.local),
+            protocol: f.protocol ?? -1,
+            localPorts: portsOnce(f.localPorts),
+            remotePorts: portsOnce(f.remotePorts),
+            icmpTypes: f.icmpTypes ? Int32Array.from(f.icmpTypes) : null,
+            eitherPort: f.kind === 'ike',
+          },
+    );
     this.anyRemote = Int32Array.from(filters.filter((f) => f.remote.length === 0).map((f) => f.rank));
-    const points = new Set<number>();
-    for (const f of specific) {
-      for (const r of f.remote) {
-        if (r.family !== 4 || r.lo > r.hi) continue;
-        points.add(r.lo);
-        if (r.hi !== 0xffffffff) points.add(r.hi + 1);
-      }
-    }
-    this.starts = Uint32Array.from([...points].sort((a, b) => a - b));
-    const lists: number[][] = Array.from({ length: this.starts.length }, () => []);
-    for (const f of specific) {
-      for (const r of f.remote) {
-        if (r.family !== 4 || r.lo > r.hi) continue;
-        for (let i = this.indexOf(r.lo); i < this.starts.length && (this.starts[i] as number) <= r.hi; i++) {
-          const list = lists[i] as number[];
-          if (list[list.length - 1] !== f.rank) list.push(f.rank);
-        }
-      }
-    }
-    this.offsets = new Int32Array(lists.length + 1);
-    let total = 0;
-    lists.forEach((l, i) => {
-      l.sort((a, b) => a - b);
-      this.offsets[i] = total;
-      total += l.length;
-    });
-    this.offsets[lists.length] = total;
-    this.members = new Int32Array(total);
-    let k = 0;
-    for (const l of lists) for (const rank of l) this.members[k++] = rank;
-  }
-
-  private indexOf(addr: number): number {
-    const starts = this.starts;
-    let lo = 0;
-    let hi = starts.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if ((starts[mid] as number) <= addr) {
-        found = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    return found;
+    const iv = v4Intervals(filters);
+    this.starts = iv.starts;
+    this.offsets = iv.offsets;
+    this.members = iv.members;
   }
 
   find(
@@ -353,7 +452,7 @@ class V4Index {
     icmp: number,
   ): Filter | undefined {
     let best = -1;
-    const i = this.indexOf(remote);
+    const i = floorIndexV4(this.starts, remote);
     if (i >= 0) {
       const end = this.offsets[i + 1] as number;
       for (let k = this.offsets[i] as number; k < end; k++) {
@@ -377,81 +476,37 @@ class V4Index {
   }
 }
 
-/**
- * Elementary intervals of the remote address space, each with the filters (in rank order) whose
- * remote ranges cover it, plus the filters that match any remote address. A lookup is one binary
- * search and a short scan of both lists.
- */
-class RemoteIndex<T extends number | bigint> {
-  private readonly starts: T[] = [];
-  private readonly lists: Filter[][] = [];
-  private readonly anyRemote: Filter[];
+/** The IPv6 index: the same intervals with bigint starts. */
+class V6Index {
+  private readonly iv: Intervals & { starts: bigint[] };
+  private readonly anyRemote: readonly Filter[];
 
-  constructor(
-    filters: Filter[],
-    private readonly family: 4 | 6,
-  ) {
-    const specific = filters.filter((f) => f.remote.length > 0 && f.remote.some((r) => r.family === family));
+  constructor(private readonly filters: readonly Filter[]) {
+    this.iv = v6Intervals(filters);
     this.anyRemote = filters.filter((f) => f.remote.length === 0);
-    const points = new Set<T>();
-    const max = (family === 4 ? ANY_V4.hi : ANY_V6.hi) as T;
-    for (const f of specific) {
-      for (const r of f.remote) {
-        if (r.family !== family || r.lo > r.hi) continue;
-        points.add(r.lo as T);
-        if (r.hi !== max) points.add((r.family === 4 ? r.hi + 1 : r.hi + 1n) as T);
-      }
-    }
-    const sorted = [...points].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    this.starts = sorted;
-    this.lists = sorted.map(() => []);
-    for (const f of specific) {
-      for (const r of f.remote) {
-        if (r.family !== family || r.lo > r.hi) continue;
-        let i = this.indexOf(r.lo as T);
-        while (i < sorted.length && (sorted[i] as T) <= (r.hi as T)) {
-          const list = this.lists[i] as Filter[];
-          if (list[list.length - 1] !== f) list.push(f);
-          i++;
-        }
-      }
-    }
-    for (const list of this.lists) list.sort((a, b) => a.rank - b.rank);
-  }
-
-  private indexOf(addr: T): number {
-    let lo = 0;
-    let hi = this.starts.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if ((this.starts[mid] as T) <= addr) {
-        found = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    return found;
   }
 
   find(
-    remote: T,
-    local4: number,
-    local6: bigint,
+    remote: bigint,
+    local: bigint,
     flow: { protocol: number; localPort?: number; remotePort?: number; icmpType?: number },
   ): Filter | undefined {
-    const fam = this.family;
-    const i = this.indexOf(remote);
-    const specific = i >= 0 ? (this.lists[i] as Filter[]) : [];
+    const { starts, offsets, members } = this.iv;
+    const i = floorIndexV6(starts, remote);
     let best: Filter | undefined;
-    for (const f of specific) {
-      if (matchesAddresses(f.local, fam, local4, local6) && matchesRest(f, flow)) {
-        best = f;
-        break;
+    if (i >= 0) {
+      const end = offsets[i + 1] as number;
+      for (let k = offsets[i] as number; k < end; k++) {
+        const f = this.filters[members[k] as number] as Filter;
+        if (matchesAddresses(f.local, 6, 0, local) && matchesRest(f, flow)) {
+          best = f;
+          break;
+        }
       }
     }
     for (const f of this.anyRemote) {
       if (best && f.rank > best.rank) break;
-      if (matchesAddresses(f.local, fam, local4, local6) && matchesRest(f, flow)) {
+      if (matchesAddresses(f.local, 6, 0, local) && matchesRest(f, flow)) {
         best = f;
         break;
       }
@@ -460,10 +515,68 @@ class RemoteIndex<T extends number | bigint> {
   }
 }
 
+/** A rule's filter before ranking, with its precedence key and the warnings resolving it gave. */
+interface RuleFilter extends Omit<Filter, 'rank'> {
+  key: number;
+  warnings?: readonly string[];
+}
+
+/**
+ * Precedence packed into one number (kind < 4, breadths ≤ 129, flags 0/1): kind, then the
+ * narrowest remote, then local, then protocol and ports given.
+ */
+function precedenceKey(f: Omit<Filter, 'rank'>): number {
+  return (
+    ((((KIND_ORDER[f.kind] * 130 + breadth(f.remote)) * 130 + breadth(f.local)) * 2 +
+      (f.protocol === undefined ? 1 : 0)) *
+      2 +
+      (f.remotePorts ? 0 : 1)) *
+      2 +
+    (f.localPorts ? 0 : 1)
+  );
+}
+
+/**
+ * A rule's filter, kept per frozen rule object and host context: the daemon compiles the whole
+ * policy on every change, and rules read from the store's line cache are the same objects each time.
+ */
+const ruleFilters = new WeakMap<HostContext, WeakMap<IPsecRule, RuleFilter>>();
+
+function ruleFilter(rule: IPsecRule, ctx: HostContext): RuleFilter {
+  const frozen = Object.isFrozen(rule);
+  let byRule = frozen ? ruleFilters.get(ctx) : undefined;
+  const hit = byRule?.get(rule);
+  if (hit) return hit;
+  const warnings: string[] = [];
+  const where = `IPsec rule "${rule.DisplayName}" (${rule.Name})`;
+  const exemption = rule.InboundSecurity === 'None' && rule.OutboundSecurity === 'None';
+  const made: RuleFilter = {
+    kind: exemption ? 'exemption' : 'negotiate',
+    label: rule.DisplayName,
+    rule,
+    local: resolveList(rule.LocalAddress, ctx, warnings, where),
+    remote: resolveList(rule.RemoteAddress, ctx, warnings, where),
+    protocol: protocolNumber(rule.Protocol),
+    localPorts: ports(rule.LocalPort),
+    remotePorts: ports(rule.RemotePort),
+    icmpTypes: undefined,
+    inbound: rule.InboundSecurity,
+    outbound: rule.OutboundSecurity,
+    key: 0,
+    warnings: warnings.length > 0 ? warnings : undefined,
+  };
+  made.key = precedenceKey(made);
+  if (frozen) {
+    if (!byRule) ruleFilters.set(ctx, (byRule = new WeakMap()));
+    byRule.set(rule, made);
+  }
+  return made;
+}
+
 /** Compiles a policy document (normally the ActiveStore view) with the host's context. */
 export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): CompiledPolicy {
   const warnings: string[] = [];
-  const filters: Omit<Filter, 'rank'>[] = [];
+  const filters: (Omit<Filter, 'rank'> & { key?: number; warnings?: readonly string[] })[] = [];
   filters.push({
     kind: 'ike',
     label: 'IKE (UDP 500, 4500)',
@@ -531,36 +644,29 @@ export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONT
   }
   for (const rule of doc.rules) {
     if (rule.Enabled !== 'True') continue;
-    const where = `IPsec rule "${rule.DisplayName}" (${rule.Name})`;
-    const exemption = rule.InboundSecurity === 'None' && rule.OutboundSecurity === 'None';
-    filters.push({
-      kind: exemption ? 'exemption' : 'negotiate',
-      label: rule.DisplayName,
-      rule,
-      local: resolveList(rule.LocalAddress, ctx, warnings, where),
-      remote: resolveList(rule.RemoteAddress, ctx, warnings, where),
-      protocol: protocolNumber(rule.Protocol),
-      localPorts: ports(rule.LocalPort),
-      remotePorts: ports(rule.RemotePort),
-      inbound: rule.InboundSecurity,
-      outbound: rule.OutboundSecurity,
-    });
+    const f = ruleFilter(rule, ctx);
+    filters.push(f);
+    if (f.warnings) warnings.push(...f.warnings);
   }
   // Precedence: kind, then the narrowest remote, then local, then protocol and ports given, then
-  // the order written — packed into one number per filter (kind < 4, breadths ≤ 129, flags 0/1).
-  const keyed = filters.map((f, index) => ({
-    f,
-    index,
-    key:
-      ((((KIND_ORDER[f.kind] * 130 + breadth(f.remote)) * 130 + breadth(f.local)) * 2 +
-        (f.protocol === undefined ? 1 : 0)) *
-        2 +
-        (f.remotePorts ? 0 : 1)) *
-        2 +
-      (f.localPorts ? 0 : 1),
-  }));
+  // the order written.
+  const keyed = filters.map((f, index) => ({ f, index, key: f.key ?? precedenceKey(f) }));
   keyed.sort((a, b) => a.key - b.key || a.index - b.index);
-  const ranked = keyed.map(({ f }, rank) => ({ ...f, rank }));
+  // One object shape for every filter (the index and the data plane read them on every lookup).
+  const ranked = keyed.map(({ f }, rank): Filter => ({
+    rank,
+    kind: f.kind,
+    label: f.label,
+    rule: f.rule,
+    local: f.local,
+    remote: f.remote,
+    protocol: f.protocol,
+    localPorts: f.localPorts,
+    remotePorts: f.remotePorts,
+    icmpTypes: f.icmpTypes,
+    inbound: f.inbound,
+    outbound: f.outbound,
+  }));
   const policy = new CompiledPolicy(ranked, warnings);
   warnings.push(...lockoutWarnings(policy, doc, ctx));
   return policy;

@@ -56,19 +56,23 @@ function ifIndex(name: string): number {
   }
 }
 
-function hasDefaultRoute(family: 4 | 6, name: string): boolean {
+/**
+ * The devices with a default route of the family in a route table as /proc/net/route or
+ * /proc/net/ipv6_route shows it. The tables can hold thousands of routes (consec's own, one per
+ * protected peer): matched with one anchored expression over the text, not split line by line.
+ */
+export function defaultRouteDevices(table: string, family: 4 | 6): Set<string> {
+  // IPv4: Iface, Destination 00000000 … Mask (8th) 00000000. IPv6: destination ::, prefix length
+  // 00, then source, its length, next hop, metric, refcnt, use, flags, device.
+  const line = family === 4 ? /^(\S+)\t00000000\t(?:\S+\t){5}00000000\t/gm : /^0{32} 00 (?:\S+ +){7}(\S+)$/gm;
+  return new Set(Array.from(table.matchAll(line), (m) => m[1] as string));
+}
+
+function routeTable(family: 4 | 6): string {
   try {
-    const file = family === 4 ? '/proc/net/route' : '/proc/net/ipv6_route';
-    return readFileSync(file, 'utf8')
-      .split('\n')
-      .some((l) => {
-        const f = l.trim().split(/\s+/);
-        return family === 4
-          ? f[0] === name && f[1] === '00000000'
-          : f[9] === name && f[0] === '00000000000000000000000000000000' && f[1] === '00000000';
-      });
+    return readFileSync(family === 4 ? '/proc/net/route' : '/proc/net/ipv6_route', 'utf8');
   } catch {
-    return false;
+    return ''; // no route table to read: no default route
   }
 }
 
@@ -76,9 +80,16 @@ function hasDefaultRoute(family: 4 | 6, name: string): boolean {
  * The connected interfaces (an address other than link-local; not loopback, not consec's TUN) with
  * their network category.
  */
-export function connectionProfiles(stateDir: string): ConnectionProfile[] {
+export function connectionProfiles(stateDir: string, o: { connectivity?: boolean } = {}): ConnectionProfile[] {
   const chosen = readCategories(stateDir);
   const realm = domainRealm();
+  // Connectivity needs the route tables (the kernel formats every route for /proc); the daemon, which
+  // only needs the categories, leaves it out.
+  const withRoutes = o.connectivity ?? true;
+  const defaults = {
+    4: withRoutes ? defaultRouteDevices(routeTable(4), 4) : new Set<string>(),
+    6: withRoutes ? defaultRouteDevices(routeTable(6), 6) : new Set<string>(),
+  };
   const out: ConnectionProfile[] = [];
   for (const [name, addrs] of Object.entries(networkInterfaces())) {
     if (name.startsWith('consec') || !addrs) continue;
@@ -87,7 +98,7 @@ export function connectionProfiles(stateDir: string): ConnectionProfile[] {
     const connectivity = (family: 4 | 6) =>
       !usable.some((a) => (family === 4 ? a.family === 'IPv4' : a.family === 'IPv6'))
         ? ('NoTraffic' as const)
-        : hasDefaultRoute(family, name)
+        : defaults[family].has(name)
           ? ('Internet' as const)
           : ('LocalNetwork' as const);
     const category: NetworkCategory = realm ? 'DomainAuthenticated' : (chosen[name] ?? 'Public');

@@ -23,6 +23,24 @@ export class InputTooLargeError extends ConsecError {
 export function readFdBounded(fd: number, what: string, limit = MAX_INPUT_BYTES): Buffer {
   const st = fstatSync(fd);
   if (st.isFile() && st.size > limit) throw new InputTooLargeError(what, limit);
+  if (st.isFile()) {
+    // A regular file: read straight into one buffer of its size (a policy store of thousands of
+    // rules is read on every change), then on as below in case it grew meanwhile.
+    const whole = Buffer.allocUnsafe(st.size);
+    let filled = 0;
+    while (filled < whole.length) {
+      const n = readSync(fd, whole, filled, whole.length - filled, null);
+      if (n === 0) return whole.subarray(0, filled);
+      filled += n;
+    }
+    const rest = readRest(fd, what, limit, filled);
+    return rest.length === 0 ? whole : Buffer.concat([whole, rest]);
+  }
+  return readRest(fd, what, limit, 0);
+}
+
+/** The rest of `fd` from its position, in chunks (pipes, devices, growth), `before` octets read already. */
+function readRest(fd: number, what: string, limit: number, before: number): Buffer {
   const chunks: Buffer[] = [];
   let total = 0;
   const chunk = Buffer.allocUnsafe(64 * 1024);
@@ -40,17 +58,60 @@ export function readFdBounded(fd: number, what: string, limit = MAX_INPUT_BYTES)
     }
     if (n === 0) break;
     total += n;
-    if (total > limit) throw new InputTooLargeError(what, limit);
+    if (before + total > limit) throw new InputTooLargeError(what, limit);
     chunks.push(Buffer.from(chunk.subarray(0, n)));
   }
   return Buffer.concat(chunks, total);
 }
 
-/** Reads `path` whole as UTF-8 text, at most `limit` octets (errors as readFileSync's: ENOENT …). */
-export function readTextBounded(path: string, what = path, limit = MAX_INPUT_BYTES): string {
+/** Reads `path` whole, at most `limit` octets (errors as readFileSync's: ENOENT …). */
+export function readFileBounded(path: string, what = path, limit = MAX_INPUT_BYTES): Buffer {
   const fd = openSync(path, constants.O_RDONLY);
   try {
-    return readFdBounded(fd, what, limit).toString('utf8');
+    return readFdBounded(fd, what, limit);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Reads `path` whole as UTF-8 text, at most `limit` octets. */
+export function readTextBounded(path: string, what = path, limit = MAX_INPUT_BYTES): string {
+  return readFileBounded(path, what, limit).toString('utf8');
+}
+
+/**
+ * Reads the file at `path` whole (bounded), into `scratch` when it is a regular file that fits, else
+ * into a new buffer with room to grow; `buffer` is what to pass as `scratch` next time. A long-lived
+ * reader of a large file (the daemon and its policy store) reuses memory instead of faulting in
+ * fresh pages on every read.
+ */
+export function readFileInto(
+  path: string,
+  what: string,
+  scratch: Buffer,
+  limit = MAX_INPUT_BYTES,
+): { bytes: Buffer; buffer: Buffer } {
+  const fd = openSync(path, constants.O_RDONLY);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) {
+      const bytes = readFdBounded(fd, what, limit);
+      return { bytes, buffer: scratch };
+    }
+    if (st.size > limit) throw new InputTooLargeError(what, limit);
+    const buffer = scratch.length > st.size ? scratch : Buffer.allocUnsafeSlow(st.size + (st.size >> 3) + 1);
+    let filled = 0;
+    for (;;) {
+      if (filled === buffer.length) {
+        // Grew past the room given: the rest the ordinary way.
+        const rest = readRest(fd, what, limit, filled);
+        return { bytes: Buffer.concat([buffer, rest]), buffer };
+      }
+      const n = readSync(fd, buffer, filled, buffer.length - filled, null);
+      if (n === 0) return { bytes: buffer.subarray(0, filled), buffer };
+      filled += n;
+      if (filled > limit) throw new InputTooLargeError(what, limit);
+    }
   } finally {
     closeSync(fd);
   }

@@ -91,6 +91,9 @@ interface NativeAddon {
     encrypt: boolean,
   ) => NativeEsp;
   maxBatch: number;
+  rtnetlink(messages: Buffer): Int32Array;
+  nftAvailable(): boolean;
+  nftRun(script: string, json?: boolean): { ok: boolean; output: string; error: string };
 }
 
 export const ADDON_PATH = join(
@@ -503,6 +506,25 @@ export function setSocketMark(fd: number, mark: number): void {
  */
 export function flockExclusive(fd: number): boolean {
   return sys(() => native().flockExclusive(fd));
+}
+
+/**
+ * Sends rtnetlink requests (each asking for an acknowledgement; see rtnetlink.ts) to the kernel in
+ * this process's network namespace; the errno of each answer, in order (0: done).
+ */
+export function rtnetlink(messages: Buffer): Int32Array {
+  return sys(() => native().rtnetlink(messages));
+}
+
+/**
+ * Runs an nft script (as `nft -f` does, one transaction) through libnftables in this process;
+ * undefined when libnftables is not there (the caller runs nft). `json`: output as `nft -j` gives it.
+ */
+export function nftRun(script: string, json = false): { ok: boolean; output: string; error: string } | undefined {
+  const n = native();
+  if (!n.nftAvailable()) return undefined;
+  const r = n.nftRun(script, json);
+  return { ok: r.ok, output: r.output, error: r.ok ? '' : r.error.trim() || 'nft failed' };
 }
 
 /** The largest batch a single recvBatch/sendmmsg call handles. */

@@ -20,7 +20,7 @@ import {
 } from './model.ts';
 import { ipsecRuleSchema, mainModeRuleSchema, storeFileSchema, storeSkeletonSchema } from './schema.ts';
 import { LARGE_COLLECTIONS, type LargeCollection, validateAdded, validateDocument } from './validate.ts';
-import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
+import { InputTooLargeError, readFileBounded, readFileInto } from '../io/bounded.ts';
 
 export class PolicyStoreError extends ConsecError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -367,27 +367,47 @@ export function mergeDocuments(base: PolicyDocument | undefined, over: PolicyDoc
 }
 
 /**
- * Rules already read and checked, by the text of their line in a store file: a long-lived reader
- * (the daemon, reading the store again after each change) parses and checks only the lines that are
- * new. Kept to the lines of the last read; the objects are frozen (shared between reads).
+ * What a long-lived reader (the daemon, reading the store again after each change) keeps of the
+ * last read of one store file: its bytes, where its lines start, and the rule or main mode rule read
+ * from each line. The next read compares bytes: lines in the common head and tail of the two files
+ * keep their objects, and of the lines between only those not seen before are parsed and checked.
+ * The objects are frozen (shared between reads).
  */
 export class StoreLineCache {
-  lines = new Map<string, IPsecRule | MainModeRule>();
+  /** The buffer holding the last read's bytes, and a spare one the next read goes into. */
+  buffer: Buffer = Buffer.alloc(0);
+  spare: Buffer = Buffer.alloc(0);
+  bytes: Buffer = Buffer.alloc(0);
+  /** Line i of `bytes` is [starts[i], starts[i + 1] - 1). */
+  starts: Int32Array = new Int32Array([0, 1]);
+  /** Per line of `bytes`: the object read from it and its collection (0 rules, 1 main mode rules, -1 none). */
+  objects: (IPsecRule | MainModeRule | undefined)[] = [];
+  kinds = new Int8Array(1).fill(-1);
 }
 
-export function readStoreFile(file: string, storeName: string, cache?: StoreLineCache): PolicyDocument {
-  let text: string;
+/** A store file's bytes, or undefined when there is none (an empty store). */
+function readStoreBytes(file: string, storeName: string, cache?: StoreLineCache): Buffer | undefined {
+  const what = `The policy store file ${file}`;
   try {
-    text = readTextBounded(file, `The policy store file ${file}`);
+    if (!cache) return readFileBounded(file, what);
+    const { bytes, buffer } = readFileInto(file, what, cache.spare);
+    cache.spare = buffer;
+    return bytes;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return emptyDocument();
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     if (err instanceof InputTooLargeError) throw err;
     throw new PolicyStoreError(`Cannot read the policy store "${storeName}" (${file}): ${(err as Error).message}`);
   }
+}
+
+export function readStoreFile(file: string, storeName: string, cache?: StoreLineCache): PolicyDocument {
+  const bytes = readStoreBytes(file, storeName, cache);
+  if (!bytes) return emptyDocument();
   if (cache) {
-    const doc = readStoreLines(text, cache);
+    const doc = readStoreLines(bytes, cache);
     if (doc) return doc;
   }
+  const text = bytes.toString('utf8');
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -409,46 +429,123 @@ export function readStoreFile(file: string, storeName: string, cache?: StoreLine
 const RULE_KEYS = Object.keys(ipsecRuleSchema.shape);
 const MAIN_MODE_RULE_KEYS = Object.keys(mainModeRuleSchema.shape);
 
+/** How many leading bytes `a` and `b` share (blocks compared natively, then the last one bytewise). */
+function commonHead(a: Buffer, b: Buffer): number {
+  const n = Math.min(a.length, b.length);
+  let p = 0;
+  for (const block of [65536, 1024])
+    while (p + block <= n && a.compare(b, p, p + block, p, p + block) === 0) p += block;
+  while (p < n && a[p] === b[p]) p++;
+  return p;
+}
+
+/** How many trailing bytes `a` and `b` share, at most `max`. */
+function commonTail(a: Buffer, b: Buffer, max: number): number {
+  let s = 0;
+  for (const block of [65536, 1024])
+    while (
+      s + block <= max &&
+      a.compare(b, b.length - s - block, b.length - s, a.length - s - block, a.length - s) === 0
+    )
+      s += block;
+  while (s < max && a[a.length - 1 - s] === b[b.length - 1 - s]) s++;
+  return s;
+}
+
+const RULE_LINE = Buffer.from('    {');
+const OPENERS: readonly [Buffer, LargeCollection][] = [
+  [Buffer.from('  "rules": ['), 'rules'],
+  [Buffer.from('  "mainModeRules": ['), 'mainModeRules'],
+];
+const KIND_OF: Record<LargeCollection, number> = { rules: 0, mainModeRules: 1 };
+
 /**
  * A store file in the layout storeFileText writes, read with the line cache: the rules and main mode
- * rules each from their own line (cached, or parsed and checked alone), the rest as a small
- * skeleton. Anything else — a hand-edited layout, a line that does not check — is undefined, and the
- * caller reads the file the ordinary way (with its precise error messages).
+ * rules each from their own line (kept from the last read, or parsed and checked alone), the rest as
+ * a small skeleton. Anything else — a hand-edited layout, a line that does not check — is undefined,
+ * and the caller reads the file the ordinary way (with its precise error messages).
  */
-function readStoreLines(text: string, cache: StoreLineCache): PolicyDocument | undefined {
-  const lines = text.split('\n');
+function readStoreLines(bytes: Buffer, cache: StoreLineCache): PolicyDocument | undefined {
+  const old = cache.bytes;
+  const was = cache.starts;
+  const oldCount = was.length - 1;
+  // Lines wholly inside the common head are the old lines of the same index; lines whose preceding
+  // newline is inside the common tail are the old lines as far from the end. Only the lines between
+  // are looked for (newlines searched) and looked at.
+  const head = commonHead(old, bytes);
+  const tail = commonTail(old, bytes, Math.min(old.length, bytes.length) - head);
+  let headLines = 0;
+  while (headLines < oldCount && (was[headLines + 1] as number) <= head) headLines++;
+  let oldTail = oldCount;
+  while (oldTail > headLines && (was[oldTail - 1] as number) - 1 >= old.length - tail) oldTail--;
+  const delta = bytes.length - old.length;
+  // New line starts: the head's as they were, those between found, the tail's moved by delta (the
+  // last entry is the end: length + 1).
+  const middle = was[headLines] as number;
+  const tailStart = (was[oldTail] as number) + delta;
+  const found = [middle];
+  for (let p = bytes.indexOf(10, middle); p !== -1 && p + 1 < tailStart; p = bytes.indexOf(10, p + 1))
+    found.push(p + 1);
+  const starts = new Int32Array(headLines + found.length + oldCount - oldTail + 1);
+  starts.set(was.subarray(0, headLines));
+  starts.set(found, headLines);
+  for (let k = oldTail; k <= oldCount; k++) starts[headLines + found.length + k - oldTail] = (was[k] as number) + delta;
+  const count = starts.length - 1;
+  const tailLine = oldTail - oldCount + count;
+  let unseen: Map<string, IPsecRule | MainModeRule> | undefined;
   const skeleton: string[] = [];
-  const objects: Record<LargeCollection, (IPsecRule | MainModeRule)[]> = { rules: [], mainModeRules: [] };
-  const next = new Map<string, IPsecRule | MainModeRule>();
+  const objects: (IPsecRule | MainModeRule | undefined)[] = new Array(count);
+  const kinds = new Int8Array(count).fill(-1);
+  const out: Record<LargeCollection, (IPsecRule | MainModeRule)[]> = { rules: [], mainModeRules: [] };
   let inside: LargeCollection | undefined;
-  for (const line of lines) {
+  for (let i = 0; i < count; i++) {
+    const start = starts[i] as number;
+    const end = (starts[i + 1] as number) - 1;
     if (inside) {
-      if (line.startsWith('    {')) {
-        const comma = line.endsWith(',');
-        const body = comma ? line.slice(4, -1) : line.slice(4);
-        let o = cache.lines.get(body) ?? next.get(body);
+      if (end - start >= 5 && bytes.compare(RULE_LINE, 0, 5, start, start + 5) === 0) {
+        const kind = KIND_OF[inside];
+        const before = i < headLines ? i : i >= tailLine ? i - count + oldCount : -1;
+        let o = before >= 0 && cache.kinds[before] === kind ? cache.objects[before] : undefined;
+        const comma = bytes[end - 1] === 44;
         if (!o) {
-          let json: unknown;
-          try {
-            json = JSON.parse(body);
-          } catch {
-            return undefined;
+          const body = bytes.toString('utf8', start + 4, comma ? end - 1 : end);
+          if (!unseen) {
+            // The old lines between by collection and object text, once: a rule moved within them,
+            // or one that became or stopped being the last (its comma), is not parsed again.
+            unseen = new Map();
+            for (let k = headLines; k < oldTail; k++) {
+              const ko = cache.objects[k];
+              if (!ko) continue;
+              const ks = cache.starts[k] as number;
+              const ke = (cache.starts[k + 1] as number) - 1;
+              unseen.set(`${cache.kinds[k]}${old.toString('utf8', ks + 4, old[ke - 1] === 44 ? ke - 1 : ke)}`, ko);
+            }
           }
-          const checked = (inside === 'rules' ? ipsecRuleSchema : mainModeRuleSchema).safeParse(json);
-          if (!checked.success) return undefined;
-          o = checked.data as IPsecRule | MainModeRule;
-          deepFreeze(o);
+          o = unseen.get(`${kind}${body}`);
+          if (!o) {
+            let json: unknown;
+            try {
+              json = JSON.parse(body);
+            } catch {
+              return undefined;
+            }
+            const checked = (inside === 'rules' ? ipsecRuleSchema : mainModeRuleSchema).safeParse(json);
+            if (!checked.success) return undefined;
+            o = checked.data as IPsecRule | MainModeRule;
+            deepFreeze(o);
+          }
         }
-        next.set(body, o);
-        objects[inside].push(o);
+        objects[i] = o;
+        kinds[i] = kind;
+        out[inside].push(o);
         skeleton.push(comma ? '0,' : '0');
         continue;
       }
       inside = undefined;
     }
-    const open = /^ {2}"(rules|mainModeRules)": \[$/.exec(line);
-    if (open) inside = open[1] as LargeCollection;
-    skeleton.push(line);
+    for (const [opener, c] of OPENERS)
+      if (end - start === opener.length && bytes.compare(opener, 0, opener.length, start, end) === 0) inside = c;
+    skeleton.push(bytes.toString('utf8', start, end));
   }
   let json: unknown;
   try {
@@ -458,11 +555,18 @@ function readStoreLines(text: string, cache: StoreLineCache): PolicyDocument | u
   }
   const parsed = storeSkeletonSchema.safeParse(json);
   if (!parsed.success) return undefined;
-  cache.lines = next;
+  // The bytes stay for the next comparison; the buffer they were in becomes the spare.
+  [cache.buffer, cache.spare] = [cache.spare, cache.buffer];
+  // The spare as large, its pages touched now rather than during the next change.
+  if (cache.spare.length < cache.buffer.length) cache.spare = Buffer.allocUnsafeSlow(cache.buffer.length).fill(0);
+  cache.bytes = bytes;
+  cache.starts = starts;
+  cache.objects = objects;
+  cache.kinds = kinds;
   return {
     ...parsed.data.document,
-    rules: objects.rules as IPsecRule[],
-    mainModeRules: objects.mainModeRules as MainModeRule[],
+    rules: out.rules as IPsecRule[],
+    mainModeRules: out.mainModeRules as MainModeRule[],
   };
 }
 

@@ -1,0 +1,103 @@
+/**
+ * rtnetlink route requests (RFC 3549; linux/rtnetlink.h), built here and sent by the addon
+ * (`rtnetlink` in native/netlink.cc): thousands of routes into the TUN in one call, no `ip` process.
+ * What `ip route replace PREFIX dev DEV table T [src A]` and `ip route del PREFIX table T` send.
+ */
+import { constants } from 'node:os';
+
+const NLMSG_HDRLEN = 16;
+const RTMSG_LEN = 12;
+const RTM_NEWROUTE = 24;
+const RTM_DELROUTE = 25;
+const NLM_F_REQUEST = 0x1;
+const NLM_F_ACK = 0x4;
+const NLM_F_REPLACE = 0x100;
+const NLM_F_CREATE = 0x400;
+const RTA_DST = 1;
+const RTA_OIF = 4;
+const RTA_PREFSRC = 7;
+const RTA_TABLE = 15;
+const AF_INET = 2;
+const AF_INET6 = 10;
+const RTPROT_BOOT = 3;
+const RT_SCOPE_UNIVERSE = 0;
+const RT_SCOPE_LINK = 253;
+const RT_SCOPE_NOWHERE = 255;
+const RTN_UNICAST = 1;
+
+export interface RouteRequest {
+  op: 'replace' | 'delete';
+  /** The destination prefix: its first address (4 or 16 octets) and length. */
+  destination: Uint8Array;
+  prefixLength: number;
+  table: number;
+  /** Output interface (replace). */
+  ifindex?: number;
+  /** Preferred source address (replace), of the destination's family. */
+  source?: Uint8Array;
+}
+
+const align4 = (n: number): number => (n + 3) & ~3;
+
+/** The requests as one buffer of netlink messages, sequence numbers `firstSeq`, `firstSeq + 1` …. */
+export function routeRequests(requests: readonly RouteRequest[], firstSeq = 1): Buffer {
+  const sizes = requests.map((r) => {
+    let n = NLMSG_HDRLEN + RTMSG_LEN + align4(4 + r.destination.length) + 8; // dst, table
+    if (r.op === 'replace') {
+      if (r.ifindex !== undefined) n += 8;
+      if (r.source) n += align4(4 + r.source.length);
+    }
+    return n;
+  });
+  const out = Buffer.alloc(sizes.reduce((a, b) => a + b, 0));
+  let off = 0;
+  requests.forEach((r, i) => {
+    const size = sizes[i] as number;
+    const family = r.destination.length === 4 ? AF_INET : AF_INET6;
+    if (r.destination.length !== 4 && r.destination.length !== 16)
+      throw new RangeError('a route destination is 4 or 16 octets');
+    if (r.prefixLength < 0 || r.prefixLength > r.destination.length * 8)
+      throw new RangeError('prefix length out of range');
+    const replace = r.op === 'replace';
+    out.writeUInt32LE(size, off);
+    out.writeUInt16LE(replace ? RTM_NEWROUTE : RTM_DELROUTE, off + 4);
+    out.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK | (replace ? NLM_F_CREATE | NLM_F_REPLACE : 0), off + 6);
+    out.writeUInt32LE((firstSeq + i) >>> 0, off + 8);
+    out.writeUInt32LE(0, off + 12); // to the kernel
+    let p = off + NLMSG_HDRLEN;
+    out[p] = family;
+    out[p + 1] = r.prefixLength;
+    out[p + 2] = 0; // source length
+    out[p + 3] = 0; // TOS
+    out[p + 4] = r.table < 256 ? r.table : 0; // the table as an attribute when it does not fit
+    out[p + 5] = replace ? RTPROT_BOOT : 0;
+    // As ip route chooses: a route without gateway has link scope in IPv4; deletion matches any scope.
+    out[p + 6] = replace ? (family === AF_INET ? RT_SCOPE_LINK : RT_SCOPE_UNIVERSE) : RT_SCOPE_NOWHERE;
+    out[p + 7] = replace ? RTN_UNICAST : 0;
+    out.writeUInt32LE(0, p + 8); // flags
+    p += RTMSG_LEN;
+    const attr = (type: number, value: Uint8Array): void => {
+      out.writeUInt16LE(4 + value.length, p);
+      out.writeUInt16LE(type, p + 2);
+      out.set(value, p + 4);
+      p += align4(4 + value.length);
+    };
+    const u32 = (v: number): Uint8Array => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(v >>> 0);
+      return b;
+    };
+    attr(RTA_DST, r.destination);
+    attr(RTA_TABLE, u32(r.table));
+    if (replace && r.ifindex !== undefined) attr(RTA_OIF, u32(r.ifindex));
+    if (replace && r.source) attr(RTA_PREFSRC, r.source);
+    off += size;
+  });
+  return out;
+}
+
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+
+/** An acknowledgement's errno by name (ESRCH: no such route, EEXIST …). */
+export const errnoName = (errno: number): string =>
+  errno < 0 ? 'no answer' : (ERRNO_NAMES.get(errno) ?? `errno ${errno}`);
