@@ -266,6 +266,117 @@ describe('NetSecurity cmdlets', () => {
     );
   });
 
+  it('an edited object passed back with -InputObject is saved, as Set-CimInstance does on Windows', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        '$qp = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -ESPHash SHA256 -Encryption AES256',
+        'New-NetIPsecQuickModeCryptoSet -DisplayName "strong" -Name strong -Proposal $qp | Out-Null',
+        'New-NetIPsecRule -DisplayName "R" -Name r -RemoteAddress 192.0.2.10 | Out-Null',
+        '$rule = Get-NetIPsecRule -Name r',
+        '$rule.QuickModeCryptoSet = "strong"',
+        '$rule.Description = "edited in a variable"',
+        'Set-NetIPsecRule -InputObject $rule',
+        '$rule = Get-NetIPsecRule -Name r',
+        '$rule.InboundSecurity = "Require"',
+        '$rule | Set-NetIPsecRule -OutboundSecurity Request',
+        'Get-NetIPsecRule -Name r | ForEach-Object { "$($_.QuickModeCryptoSet)|$($_.Description)|$($_.InboundSecurity)|$($_.OutboundSecurity)" }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(r.out, 'strong|edited in a variable|Require|Request\n');
+    const rule = read(dir).rules[0];
+    assert.equal(rule?.QuickModeCryptoSet, 'strong');
+    // An edit that is not valid is refused like the parameter would be, and nothing is saved.
+    const before = storeBytes(dir);
+    const bad = await ps(
+      '$r = Get-NetIPsecRule -Name r; $r.InboundSecurity = "Sometimes"; Set-NetIPsecRule -InputObject $r',
+      dir,
+    );
+    assert.equal(bad.errors, 1);
+    assert.match(bad.err, /InboundSecurity/);
+    assert.equal(storeBytes(dir), before);
+  });
+
+  it('sets and rules select each other through the pipeline, both ways', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        '$p = New-NetIPsecAuthProposal -Machine -PreSharedKey "k1"',
+        'New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Name psk -Proposal $p | Out-Null',
+        '$qp = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -ESPHash SHA256 -Encryption AES256',
+        'New-NetIPsecQuickModeCryptoSet -DisplayName "strong" -Name strong -Proposal $qp | Out-Null',
+        'New-NetIPsecRule -DisplayName "A" -Name a -Phase1AuthSet psk -QuickModeCryptoSet strong | Out-Null',
+        'New-NetIPsecRule -DisplayName "B" -Name b -Phase1AuthSet psk | Out-Null',
+        'New-NetIPsecRule -DisplayName "C" -Name c | Out-Null',
+        'New-NetIPsecMainModeRule -DisplayName "M" -Name m -Phase1AuthSet psk | Out-Null',
+        '"p1 -> rules: " + ((Get-NetIPsecPhase1AuthSet -Name psk | Get-NetIPsecRule | Sort-Object Name).Name -join ",")',
+        '"p1 -> mm rules: " + ((Get-NetIPsecPhase1AuthSet -Name psk | Get-NetIPsecMainModeRule).Name -join ",")',
+        '"qm -> rules: " + ((Get-NetIPsecQuickModeCryptoSet -Name strong | Get-NetIPsecRule).Name -join ",")',
+        '"rule -> p1: " + ((Get-NetIPsecRule -Name a | Get-NetIPsecPhase1AuthSet).Name -join ",")',
+        '"rule -> qm: " + ((Get-NetIPsecRule -Name a | Get-NetIPsecQuickModeCryptoSet).Name -join ",")',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(
+      r.out,
+      ['p1 -> rules: a,b', 'p1 -> mm rules: m', 'qm -> rules: a', 'rule -> p1: psk', 'rule -> qm: strong', ''].join(
+        '\n',
+      ),
+    );
+  });
+
+  it('an object of the wrong kind is refused with binding errors, and nothing changes', async () => {
+    const dir = freshStateDir();
+    await ps('New-NetIPsecRule -DisplayName "keep" -Name keep | Out-Null', dir);
+    const before = storeBytes(dir);
+    const piped = await ps('Get-NetFirewallProfile -Name Domain | Remove-NetIPsecRule', dir);
+    assert.equal(piped.errors, 1);
+    assert.match(piped.err, /The input object cannot be bound to any parameters for the command/);
+    assert.match(piped.err, /InputObjectNotBound,Remove-NetIPsecRule/);
+    const explicit = await ps('Remove-NetIPsecRule -InputObject (Get-NetFirewallProfile -Name Domain)', dir);
+    assert.equal(explicit.errors, 1);
+    assert.match(
+      explicit.err,
+      /Cannot bind argument to parameter 'InputObject', because PSTypeNames of the argument do not match the PSTypeName required by the parameter: Microsoft\.Management\.Infrastructure\.CimInstance#root\/standardcimv2\/MSFT_NetConSecRule\./,
+    );
+    assert.match(explicit.err, /MismatchedPSTypeName,Remove-NetIPsecRule/);
+    assert.equal(storeBytes(dir), before);
+  });
+
+  it('objects carry InstanceID and the CIM properties; an explicit $null set is an error, never the default', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        '$p = New-NetIPsecAuthProposal -Machine -PreSharedKey "k1"',
+        '$set = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Name psk -Proposal $p',
+        '"$($set.InstanceID)|$($set.ElementName)|$($set.PolicyStoreSource)"',
+        'New-NetIPsecRule -DisplayName "R" -Name r -Phase1AuthSet $set.InstanceID | Out-Null',
+        '(Get-NetIPsecRule -Name r).Phase1AuthSet',
+        '$rule = Get-NetIPsecRule -Name r',
+        '"$($rule.InstanceID)|$($rule.ElementName)|$($rule.CreationClassName)"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(r.out, ['psk|PSK|PersistentStore', 'psk', 'r|R|MSFT|FW|ConSecRule|r', ''].join('\n'));
+    const before = storeBytes(dir);
+    const nul = await ps('New-NetIPsecRule -DisplayName "N" -Phase1AuthSet $null', dir);
+    assert.equal(nul.errors, 1);
+    assert.match(
+      nul.err,
+      /Cannot validate argument on parameter 'Phase1AuthSet'\. The argument is null or empty\. Provide an argument that is not null or empty, and then try the command again\./,
+    );
+    const undefinedProperty = await ps(
+      'New-NetIPsecRule -DisplayName "N" -QuickModeCryptoSet $nothing.InstanceID',
+      dir,
+    );
+    assert.equal(undefinedProperty.errors, 1);
+    assert.equal(storeBytes(dir), before);
+  });
+
   it('an in-use set cannot be removed; the store stays as it was', async () => {
     const dir = freshStateDir();
     await ps(

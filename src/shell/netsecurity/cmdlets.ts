@@ -38,6 +38,7 @@ import {
   type MainModeRule,
   mainModeRule,
   mmProposal,
+  type NamedObject,
   type PolicyDocument,
   type QuickModeCryptoSet,
   qmProposal,
@@ -369,10 +370,10 @@ const ipsecRules: Family<IPsecRule> = {
     { name: 'Mode', type: 'enum', enum: IPsecMode },
     { name: 'InboundSecurity', type: 'enum', enum: SecurityPolicy },
     { name: 'OutboundSecurity', type: 'enum', enum: SecurityPolicy },
-    { name: 'QuickModeCryptoSet', type: 'string' },
-    { name: 'Phase1AuthSet', type: 'string' },
-    { name: 'Phase2AuthSet', type: 'string' },
-    { name: 'MainModeCryptoSet', type: 'string' },
+    { name: 'QuickModeCryptoSet', type: 'string', notNullOrEmpty: true },
+    { name: 'Phase1AuthSet', type: 'string', notNullOrEmpty: true },
+    { name: 'Phase2AuthSet', type: 'string', notNullOrEmpty: true },
+    { name: 'MainModeCryptoSet', type: 'string', notNullOrEmpty: true },
     { name: 'KeyModule', type: 'enum', enum: KeyModule },
     { name: 'TunnelType', type: 'enum', enum: TunnelType },
     { name: 'AllowWatchKey', type: 'bool' },
@@ -472,8 +473,8 @@ const mainModeRules: Family<MainModeRule> = {
   view: mainModeRuleView,
   properties: [
     ...RULE_COMMON,
-    { name: 'MainModeCryptoSet', type: 'string' },
-    { name: 'Phase1AuthSet', type: 'string' },
+    { name: 'MainModeCryptoSet', type: 'string', notNullOrEmpty: true },
+    { name: 'Phase1AuthSet', type: 'string', notNullOrEmpty: true },
   ],
   create: (d) => mainModeRule({ DisplayName: d }),
   apply(o, call) {
@@ -653,17 +654,35 @@ function filterCommands(stores: PolicyStores): CommandDef[] {
   return [make('Get-NetFirewallAddressFilter', addressFilterView), make('Get-NetFirewallPortFilter', portFilterView)];
 }
 
+/**
+ * The families with what selects their objects from the other side of each reference: a set piped
+ * into Get-NetIPsecRule selects the rules that use it.
+ */
+function withAssociations(families: Family<NamedObject>[]): Family<NamedObject>[] {
+  return families.map((f) => ({
+    ...f,
+    associated: families.flatMap((g) =>
+      (g.references ?? [])
+        .filter((r) => r.collection === f.collection)
+        .map((r) => ({ collection: g.collection, property: r.property, defaultName: g.defaultName })),
+    ),
+  }));
+}
+
 export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
+  const families = withAssociations([
+    mmCryptoSets,
+    qmCryptoSets,
+    authSets(1),
+    authSets(2),
+    ipsecRules,
+    mainModeRules,
+  ] as unknown as Family<NamedObject>[]);
   return [
     newMmProposal,
     newQmProposal,
     newAuthProposal,
-    ...familyCommands(mmCryptoSets, stores),
-    ...familyCommands(qmCryptoSets, stores),
-    ...familyCommands(authSets(1), stores),
-    ...familyCommands(authSets(2), stores),
-    ...familyCommands(ipsecRules, stores),
-    ...familyCommands(mainModeRules, stores),
+    ...families.flatMap((f) => familyCommands(f, stores)),
     ...settingCommands(stores),
     ...filterCommands(stores),
     ...whatIfCommands(stores),

@@ -8,7 +8,7 @@ import type { CollectionName, IPsecRule, NamedObject, PolicyDocument } from '../
 import { editable, nameInUse, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
 import { wildcardMatch } from '../pwsh/runtime.ts';
-import { enumerate, getProperty, isPSObject, type PSObject, toText } from '../pwsh/values.ts';
+import { enumerate, getProperty, isPSObject, type PSObject, toText, typeName } from '../pwsh/values.ts';
 import { MODEL, type Source } from './views.ts';
 
 export interface Family<M extends NamedObject> {
@@ -40,6 +40,12 @@ export interface Family<M extends NamedObject> {
   references?: { collection: CollectionName; property: string; label: string }[];
   /** Extra cleanup when objects are removed. */
   onRemove?(removed: M[], doc: PolicyDocument): void;
+  /**
+   * Objects of other collections that select this family's objects when piped into Get- (Windows'
+   * -AssociatedNetIPsecPhase1AuthSet …): a set selects the objects whose `property` names it (an
+   * empty property names the set whose Name is `defaultName`).
+   */
+  associated?: { collection: CollectionName; property: string; defaultName?: string }[];
 }
 
 export const STORE_PARAMS: ParamDef[] = [
@@ -96,6 +102,16 @@ export function readWithSources(stores: PolicyStores, name: string): { doc: Poli
 
 const hasWildcard = (s: string): boolean => /[*?[]/.test(s);
 
+/** `call` with values for parameters it was not given (edits made on an object passed back). */
+function withEdits(call: CommandCall, edits: Map<string, unknown> | undefined): CommandCall {
+  if (!edits) return call;
+  return {
+    ...call,
+    has: (n) => call.has(n) || edits.has(n),
+    get: <T>(n: string) => (call.has(n) ? call.get<T>(n) : (edits.get(n) as T | undefined)),
+  };
+}
+
 function notFound(f: Family<NamedObject>, property: string, value: string): PwshError {
   return new PwshError(
     `No ${f.cimClass} objects found with property '${property}' equal to '${value}'.  Verify the value of the property and retry.`,
@@ -108,45 +124,93 @@ function notFound(f: Family<NamedObject>, property: string, value: string): Pwsh
   );
 }
 
+const CIM_TYPE = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/';
+
+/** The model behind one of our views, with its collection (undefined for anything else). */
+function viewModel(i: unknown): { kind: string; value: NamedObject } | undefined {
+  return isPSObject(i)
+    ? (i as unknown as Record<symbol, { kind: string; value: NamedObject } | undefined>)[MODEL]
+    : undefined;
+}
+
 /**
- * Names of the objects piped in: our own views by Name; a rule piped into a set cmdlet selects the
- * set that rule uses (Windows' -AssociatedNetIPsecRule); anything else by its Name property.
+ * What the objects piped in (or given as -InputObject) select, as a test on this family's objects:
+ * our own views by Name; a rule given to a set cmdlet selects the set it uses (Windows'
+ * -AssociatedNetIPsecRule), and on Get- a set given to a rule cmdlet the rules that use it
+ * (-AssociatedNetIPsecPhase1AuthSet …); another object by its Name property. An object of another
+ * CIM class is refused as PowerShell's binder refuses it.
  */
-function pipedNames(items: unknown[], f: Family<NamedObject>): string[] {
-  return items.map((i) => {
-    if (isPSObject(i)) {
-      const m = (i as unknown as Record<symbol, { kind: string; value: NamedObject } | undefined>)[MODEL];
-      if (m?.kind === f.collection) return m.value.Name;
-      const ref = f.references?.find((r) => r.collection === m?.kind);
-      if (m && ref) {
-        const name = String((m.value as unknown as Record<string, unknown>)[ref.property] ?? '');
-        return name || (f.defaultName ?? '');
-      }
+function pipedSelection(
+  items: unknown[],
+  f: Family<NamedObject>,
+  call: CommandCall,
+  associations: boolean,
+): (o: NamedObject) => boolean {
+  const names = new Set<string>();
+  const tests: ((o: NamedObject) => boolean)[] = [];
+  const fromPipeline = call.input !== undefined;
+  for (const i of items) {
+    const m = viewModel(i);
+    if (m?.kind === f.collection) {
+      names.add(m.value.Name.toLowerCase());
+      continue;
     }
-    const name = getProperty(i, 'Name');
-    if (typeof name === 'string') return name;
+    const ref = m && f.references?.find((r) => r.collection === m.kind);
+    if (m && ref) {
+      const name = String((m.value as unknown as Record<string, unknown>)[ref.property] ?? '');
+      names.add((name || (f.defaultName ?? '')).toLowerCase());
+      continue;
+    }
+    const assoc = m && associations ? f.associated?.find((a) => a.collection === m.kind) : undefined;
+    if (m && assoc) {
+      const set = m.value.Name.toLowerCase();
+      tests.push((o) => {
+        const uses =
+          String((o as unknown as Record<string, unknown>)[assoc.property] ?? '') || (assoc.defaultName ?? '');
+        return uses.toLowerCase() === set;
+      });
+      continue;
+    }
+    const cimType = isPSObject(i) ? typeName(i) : '';
+    const name = cimType.startsWith(CIM_TYPE) ? undefined : getProperty(i, 'Name');
+    if (typeof name === 'string') {
+      names.add(name.toLowerCase());
+      continue;
+    }
+    if (fromPipeline)
+      throw new PwshError(
+        'The input object cannot be bound to any parameters for the command either because the command does not take pipeline input or the input and its properties do not match any of the parameters that take pipeline input.',
+        'InputObjectNotBound',
+        'InvalidArgument',
+        'ParameterBindingException',
+      );
     throw new PwshError(
-      `The input object cannot be bound to any parameters for the command: it is not a ${f.noun}.`,
-      'InputObjectNotBound',
+      `Cannot bind argument to parameter 'InputObject', because PSTypeNames of the argument do not match the PSTypeName required by the parameter: ${CIM_TYPE}${f.cimClass}.`,
+      'MismatchedPSTypeName',
       'InvalidArgument',
       'ParameterBindingException',
     );
-  });
+  }
+  return (o) => names.has(o.Name.toLowerCase()) || tests.some((t) => t(o));
 }
 
 /**
  * The objects a call selects: by Name / DisplayName (wildcards), Group, pipeline input, and (Get)
  * any query property. Explicit values without wildcards that match nothing are errors.
  */
-function select<M extends NamedObject>(f: Family<M>, call: CommandCall, items: M[], queryParams: ParamDef[]): M[] {
+function select<M extends NamedObject>(
+  f: Family<M>,
+  call: CommandCall,
+  items: M[],
+  queryParams: ParamDef[],
+  associations = false,
+): M[] {
   let out = items;
   const names = call.get<string[]>(f.nameParam.name);
   const piped = call.get<unknown[]>('InputObject');
   if (piped !== undefined) {
-    const wanted = new Set(
-      pipedNames(enumerate(piped), f as unknown as Family<NamedObject>).map((n) => n.toLowerCase()),
-    );
-    out = out.filter((o) => wanted.has(o.Name.toLowerCase()));
+    const wanted = pipedSelection(enumerate(piped), f as unknown as Family<NamedObject>, call, associations);
+    out = out.filter((o) => wanted(o));
   }
   const byValues = (property: string, values: string[] | undefined, get: (o: M) => string): void => {
     if (values === undefined) return;
@@ -232,6 +296,30 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     });
   };
 
+  /**
+   * Properties changed on our views passed back with -InputObject ($rule.QuickModeCryptoSet = "…";
+   * Set-NetIPsecRule -InputObject $rule), by the object's Name: as Windows saves a modified CIM
+   * instance. Each edit is converted and checked like the parameter of the same name.
+   */
+  const settable: ParamDef[] = [{ name: 'DisplayName', type: 'string' }, ...COMMON_PROPS.slice(1), ...f.properties];
+  const inputEdits = (call: CommandCall): Map<string, Map<string, unknown>> => {
+    const out = new Map<string, Map<string, unknown>>();
+    for (const i of enumerate(call.get<unknown[]>('InputObject') ?? [])) {
+      const m = viewModel(i);
+      if (m?.kind !== f.collection) continue;
+      const shown = f.view(m.value as unknown as M, { store: '', type: 'Local' });
+      const edits = new Map<string, unknown>();
+      for (const p of settable) {
+        const now = getProperty(i, p.name);
+        const was = getProperty(shown, p.name);
+        if (JSON.stringify(now) === JSON.stringify(was)) continue;
+        edits.set(p.name === 'DisplayName' ? 'NewDisplayName' : p.name, call.runtime.convertValue(p, now));
+      }
+      if (edits.size > 0) out.set(m.value.Name.toLowerCase(), edits);
+    }
+    return out;
+  };
+
   const newCmd: CommandDef = {
     name: `New-${f.noun}`,
     mutating: true,
@@ -293,7 +381,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       // ActiveStore: a GPO object hides the local object of the same Name.
       const byName = new Map<string, M>();
       for (const i of items) byName.set(i.Name.toLowerCase(), i);
-      return viewsOf(store, select(f, call, [...byName.values()], queryParams));
+      return viewsOf(store, select(f, call, [...byName.values()], queryParams, true));
     },
   };
 
@@ -311,16 +399,19 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     ],
     async invoke(call) {
       const store = storeName(call);
+      const edits = inputEdits(call);
       const changed = await mutate(call, 'Set', (doc, selected) => {
         for (const o of selected) {
-          const nd = call.get<string>('NewDisplayName');
+          // Edits made on an object passed back, then the parameters given (which win).
+          const c = withEdits(call, edits.get(o.Name.toLowerCase()));
+          const nd = c.get<string>('NewDisplayName');
           if (nd !== undefined) o.DisplayName = nd;
-          const d = call.get<string>('Description');
+          const d = c.get<string>('Description');
           if (d !== undefined) o.Description = d;
-          const g = call.get<string>('Group');
+          const g = c.get<string>('Group');
           if (g !== undefined) o.Group = g;
-          f.apply(o, call, doc);
-          f.afterWrite?.(o, call, doc, false);
+          f.apply(o, c, doc);
+          f.afterWrite?.(o, c, doc, false);
         }
         return selected;
       });

@@ -15,7 +15,7 @@ import type {
   QuickModeCryptoProposal,
   QuickModeCryptoSet,
 } from '../../policy/model.ts';
-import { isPSObject, type PSObject, psObject } from '../pwsh/values.ts';
+import { isPSObject, PS_HIDDEN, type PSObject, psObject } from '../pwsh/values.ts';
 
 export const MODEL = Symbol('consecModel');
 
@@ -35,8 +35,31 @@ export function modelOf<T>(v: unknown, kind: string): T | undefined {
   return m?.kind === kind ? m.value : undefined;
 }
 
+const STORED = new Set([
+  'rules',
+  'mainModeRules',
+  'phase1AuthSets',
+  'phase2AuthSets',
+  'mainModeCryptoSets',
+  'quickModeCryptoSets',
+]);
+
+/** CreationClassName of the stored objects that have one on Windows (the firewall's rules). */
+const CREATION_CLASS: Record<string, string> = { rules: 'MSFT|FW|ConSecRule', mainModeRules: 'MSFT|FW|MainModeRule' };
+
 function withModel(o: PSObject, kind: string, value: unknown): PSObject {
   Object.defineProperty(o, MODEL, { value: { kind, value }, enumerable: false });
+  // A stored object is a CIM instance on Windows: its key (InstanceID, what scripts pass as a set
+  // parameter: -Phase1AuthSet $set.InstanceID) and name, not listed by its views.
+  const named = value as { Name?: unknown; DisplayName?: unknown };
+  if (STORED.has(kind) && typeof named.Name === 'string') {
+    const cls = CREATION_CLASS[kind];
+    o[PS_HIDDEN] = {
+      InstanceID: named.Name,
+      ElementName: named.DisplayName,
+      ...(cls ? { CreationClassName: `${cls}|${named.Name}` } : {}),
+    };
+  }
   return o;
 }
 

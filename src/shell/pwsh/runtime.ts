@@ -50,6 +50,8 @@ export interface ParamDef {
   remaining?: boolean;
   min?: number;
   max?: number;
+  /** [ValidateNotNullOrEmpty()]: an explicit $null or '' is an error, never "not given". */
+  notNullOrEmpty?: boolean;
 }
 
 export interface CommandCall {
@@ -681,6 +683,17 @@ export class Runtime {
           extent,
         );
       }
+      if (
+        p.notNullOrEmpty &&
+        (raw === null || raw === undefined || raw === '' || (Array.isArray(raw) && raw.length === 0))
+      )
+        throw new PwshError(
+          `Cannot validate argument on parameter '${p.name}'. The argument is null or empty. Provide an argument that is not null or empty, and then try the command again.`,
+          'ParameterArgumentValidationError',
+          'InvalidData',
+          'ParameterBindingValidationException',
+          extent,
+        );
       bound.set(p.name, this.convert(p, raw, extent));
     };
     for (let i = 0; i < elements.length; i++) {
@@ -801,6 +814,14 @@ export class Runtime {
       'ParameterBindingException',
       extent,
     );
+  }
+
+  /**
+   * A value converted as binding it to `p` would (a property edited on an object passed back with
+   * -InputObject is checked like the parameter of the same name).
+   */
+  convertValue(p: ParamDef, raw: unknown): unknown {
+    return this.convert(p, raw, { start: 0, end: 0 });
   }
 
   private convert(p: ParamDef, raw: unknown, extent: Extent): unknown {

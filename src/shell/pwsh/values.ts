@@ -8,10 +8,16 @@ import type { Statement } from './parser.ts';
 export const PS_TYPE = Symbol('psTypeName');
 /** How an object prints when converted to a string (e.g. inside an array in Format-List). */
 export const PS_DISPLAY = Symbol('psDisplay');
+/**
+ * Properties an object has but its views do not list (a CIM instance's InstanceID, ElementName …):
+ * `$o.InstanceID` finds them; Format-List and ConvertTo-Json show the object's own properties.
+ */
+export const PS_HIDDEN = Symbol('psHidden');
 
 export interface PSObject {
   [PS_TYPE]: string;
   [PS_DISPLAY]?: string;
+  [PS_HIDDEN]?: Record<string, unknown>;
   [key: string]: unknown;
 }
 
@@ -88,6 +94,8 @@ export function getProperty(target: unknown, name: string): unknown {
     const lower = name.toLowerCase();
     for (const key of Object.keys(target))
       if (key.toLowerCase() === lower) return (target as Record<string, unknown>)[key];
+    const hidden = (target as PSObject)[PS_HIDDEN];
+    if (hidden) for (const key of Object.keys(hidden)) if (key.toLowerCase() === lower) return hidden[key];
     if (lower === 'count') return 1;
   }
   return undefined;
