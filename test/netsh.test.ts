@@ -46,17 +46,11 @@ describe('netsh advfirewall', () => {
     assert.match(byCmd('show global').out, /^DefaultExemptions {21}NeighborDiscovery,ICMP,DHCP$/m);
     assert.match(byCmd('exemptions').err, /"exemptions" is not a netsh keyword/);
     assert.match(byCmd('remote=').out, /Rule Name: +Server-to-Server IPsec/);
-    // The delete removed the rule and the sets netsh made for it.
+    // The delete removed the rule and the sets netsh made for it (the store never held the built-in defaults).
     const doc = new PolicyStores(dir).read();
     assert.deepEqual(doc.rules, []);
-    assert.deepEqual(
-      doc.phase1AuthSets.map((s) => s.DisplayName),
-      ['Default'],
-    );
-    assert.deepEqual(
-      doc.quickModeCryptoSets.map((s) => s.DisplayName),
-      ['Default'],
-    );
+    assert.deepEqual(doc.phase1AuthSets, []);
+    assert.deepEqual(doc.quickModeCryptoSets, []);
     assert.deepEqual(doc.settings.Exemptions, ['NeighborDiscovery', 'Icmp', 'Dhcp']);
   });
 

@@ -7,7 +7,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { protocolNumber } from '../policy/endpoints.ts';
 import type { EnumValue, SecurityPolicy } from '../policy/enums.ts';
-import type { IPsecRule, PolicyDocument } from '../policy/model.ts';
+import { DEFAULT_PHASE1_AUTH_SET, findSet, type IPsecRule, type PolicyDocument } from '../policy/model.ts';
 import { ANY_V4, ANY_V6, entryToRange, inRange, type Range, rangeBits, v4ToNumber, v6ToBigint } from './address.ts';
 
 type Security = EnumValue<typeof SecurityPolicy>;
@@ -704,8 +704,7 @@ export function flowLockoutWarning(
 ): string | undefined {
   if (decision.security !== 'Require' || !decision.filter?.rule) return undefined;
   const rule = decision.filter.rule;
-  const p1Name = (rule.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}').toLowerCase();
-  const p1 = doc.phase1AuthSets.find((s) => s.Name.toLowerCase() === p1Name);
+  const p1 = findSet(doc, 'phase1AuthSets', rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET);
   if (!p1?.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos')) return undefined;
   const isDc = ctx.domainControllers.includes(flow.remote) || role === 'domain controller';
   const isDns = ctx.dnsServers.includes(flow.remote) || role === 'DNS server';

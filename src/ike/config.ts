@@ -13,6 +13,8 @@ import {
   DEFAULT_QM_CRYPTO_SET,
   type IPsecRule,
   type PolicyDocument,
+  findSet,
+  type SetCollection,
 } from '../policy/model.ts';
 import { IkeError } from './errors.ts';
 import { espProposals, ikeProposals } from './proposals.ts';
@@ -179,8 +181,8 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       NotifyType.NO_PROPOSAL_CHOSEN,
     );
   }
-  const find = <T extends { Name: string }>(list: T[], name: string, kind: string): T => {
-    const s = list.find((x) => x.Name.toLowerCase() === name.toLowerCase());
+  const find = <C extends SetCollection>(collection: C, name: string, kind: string): PolicyDocument[C][number] => {
+    const s = findSet(doc, collection, name);
     if (!s)
       throw new IkeError(
         `${kind} "${name}" of rule "${rule.DisplayName}" does not exist`,
@@ -188,7 +190,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       );
     return s;
   };
-  const p1 = find(doc.phase1AuthSets, rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET, 'phase 1 authentication set');
+  const p1 = find('phase1AuthSets', rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET, 'phase 1 authentication set');
   const usable = p1.Proposal.find(
     (p) => (p.AuthenticationMethod === 'PreSharedKey' && p.PreSharedKey) || p.AuthenticationMethod === 'Certificate',
   );
@@ -222,8 +224,8 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       covers(r.LocalAddress, ikeLocal) &&
       covers(r.RemoteAddress, ikeRemote),
   );
-  const mm = find(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET, 'main mode crypto set');
-  const qm = find(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET, 'quick mode crypto set');
+  const mm = find('mainModeCryptoSets', mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET, 'main mode crypto set');
+  const qm = find('quickModeCryptoSets', rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET, 'quick mode crypto set');
   const ike = memo(ikeProposalsOf, mm, () => ikeProposals(mm.Proposal));
   if (ike.proposals.length === 0)
     throw new IkeError(

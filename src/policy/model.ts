@@ -234,11 +234,47 @@ export function defaultProfiles(): FirewallProfile[] {
 const named = (Name: string): NamedObject => ({ Name, DisplayName: 'Default', Description: '', Group: '' });
 
 /**
- * A new store's contents: the built-in default sets and global settings. The default proposals
+ * A new store's contents: no rules and no sets, the global settings at their defaults. The
+ * well-known default sets are not in it (their names are free until an admin customises the
+ * defaults): they live in SystemDefaults, and a rule that names no set uses them (findSet).
+ */
+export function emptyDocument(): PolicyDocument {
+  return {
+    ...systemDefaults(),
+    phase1AuthSets: [],
+    phase2AuthSets: [],
+    mainModeCryptoSets: [],
+    quickModeCryptoSets: [],
+  };
+}
+
+export type SetCollection = 'phase1AuthSets' | 'phase2AuthSets' | 'mainModeCryptoSets' | 'quickModeCryptoSets';
+
+let builtIns: PolicyDocument | undefined;
+
+/**
+ * A set by Name: the document's own, or for a well-known default name the document does not
+ * customise, the built-in default of SystemDefaults (shared: copy it before changing it).
+ */
+export function findSet<C extends SetCollection>(
+  doc: PolicyDocument,
+  collection: C,
+  name: string,
+): PolicyDocument[C][number] | undefined {
+  const lower = name.toLowerCase();
+  const own = (doc[collection] as { Name: string }[]).find((s) => s.Name.toLowerCase() === lower);
+  if (own) return own as PolicyDocument[C][number];
+  builtIns ??= systemDefaults();
+  const builtIn = (builtIns[collection] as { Name: string }[]).find((s) => s.Name.toLowerCase() === lower);
+  return builtIn as PolicyDocument[C][number] | undefined;
+}
+
+/**
+ * The SystemDefaults store: the built-in default sets and global settings. The default proposals
  * follow Windows 10 / Server 2016 and later as far as known (UNVERIFIED against a live system):
  * MM ECDH P-256 first, then the legacy DH2 suites; QM ESP AES-128/SHA-1 first; Kerberos for phase 1.
  */
-export function emptyDocument(): PolicyDocument {
+export function systemDefaults(): PolicyDocument {
   return {
     rules: [],
     mainModeRules: [],

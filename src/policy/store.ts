@@ -13,6 +13,7 @@ import { writeFileAtomic } from '../io/atomic.ts';
 import {
   type CollectionName,
   emptyDocument,
+  systemDefaults,
   type IPsecRule,
   type MainModeRule,
   type NamedObject,
@@ -113,7 +114,7 @@ export class PolicyStores {
       case 'gpo':
         return this.readFile(s.file as string, s.name);
       case 'defaults':
-        return emptyDocument();
+        return systemDefaults();
       case 'rsop':
         return this.gpoDocuments().reduce(
           mergeDocuments,

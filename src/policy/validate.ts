@@ -19,6 +19,7 @@ import {
   type PolicyDocument,
   type QuickModeCryptoProposal,
   type QuickModeCryptoSet,
+  findSet,
 } from './model.ts';
 
 const fail = (parameter: string, message: string): never => {
@@ -208,7 +209,7 @@ function findRef<C extends 'phase1AuthSets' | 'phase2AuthSets' | 'quickModeCrypt
   parameter: string,
 ): PolicyDocument[C][number] | undefined {
   const wanted = name || defaultName;
-  const found = (doc[collection] as { Name: string }[]).find((s) => s.Name.toLowerCase() === wanted.toLowerCase());
+  const found = findSet(doc, collection, wanted);
   if (!found && name) fail(parameter, `The ${parameter} "${name}" does not exist in the policy store.`);
   return found as PolicyDocument[C][number] | undefined;
 }

@@ -14,6 +14,7 @@ import {
   DEFAULT_QM_CRYPTO_SET,
   type MainModeRule,
   type PolicyDocument,
+  findSet,
 } from '../../policy/model.ts';
 import type { PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, PwshError } from '../pwsh/runtime.ts';
@@ -143,13 +144,15 @@ export function whatIfCommands(stores: PolicyStores): CommandDef[] {
             : d.filter.kind === 'exemption'
               ? `authentication exemption "${d.filter.label}"`
               : d.filter.label;
-      const findSet = <T extends { Name: string }>(list: T[], name: string): T | undefined =>
-        list.find((s) => s.Name.toLowerCase() === name.toLowerCase());
-      const p1 = rule ? findSet(doc.phase1AuthSets, rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET) : undefined;
-      const p2 = rule?.Phase2AuthSet ? findSet(doc.phase2AuthSets, rule.Phase2AuthSet) : undefined;
-      const qm = rule ? findSet(doc.quickModeCryptoSets, rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET) : undefined;
+      const p1 = rule ? findSet(doc, 'phase1AuthSets', rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET) : undefined;
+      const p2 = rule?.Phase2AuthSet ? findSet(doc, 'phase2AuthSets', rule.Phase2AuthSet) : undefined;
+      const qm = rule
+        ? findSet(doc, 'quickModeCryptoSets', rule.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET)
+        : undefined;
       const mmRule = rule ? mainModeRuleFor(doc, flow) : undefined;
-      const mm = rule ? findSet(doc.mainModeCryptoSets, mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET) : undefined;
+      const mm = rule
+        ? findSet(doc, 'mainModeCryptoSets', mmRule?.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET)
+        : undefined;
       const warnings = [
         ...policy.warnings.filter((w) => !w.startsWith('IPsec rule "') || !w.includes('requires IPsec with Kerberos')),
       ];

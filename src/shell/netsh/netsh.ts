@@ -23,6 +23,10 @@ import {
   type MainModeRule,
   mainModeRule,
   type PolicyDocument,
+  findSet,
+  DEFAULT_QM_CRYPTO_SET,
+  DEFAULT_PHASE1_AUTH_SET,
+  type MainModeCryptoSet,
 } from '../../policy/model.ts';
 import { PolicyStoreError, type PolicyStores } from '../../policy/store.ts';
 import {
@@ -190,13 +194,11 @@ function applyRuleArgs(rule: IPsecRule, args: Args, doc: PolicyDocument): void {
   }
   if (args.has('qmsecmethods') || args.has('qmpfs')) {
     const name = ownSet(rule, 'qm');
-    const current = doc.quickModeCryptoSets.find((s) => s.Name === (rule.QuickModeCryptoSet || name));
+    const current = findSet(doc, 'quickModeCryptoSets', rule.QuickModeCryptoSet || name);
     const methods = args.get('qmsecmethods');
     const proposal =
       methods === undefined || methods.toLowerCase() === 'default'
-        ? (current?.Proposal ??
-          doc.quickModeCryptoSets.find((s) => s.Name === '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE2}')?.Proposal ??
-          [])
+        ? (current?.Proposal ?? findSet(doc, 'quickModeCryptoSets', DEFAULT_QM_CRYPTO_SET)?.Proposal ?? [])
         : parseQmSecMethods(methods);
     putSet(doc.quickModeCryptoSets, {
       Name: name,
@@ -271,11 +273,9 @@ function profileText(p: string[]): string {
 }
 
 function showRule(r: IPsecRule, doc: PolicyDocument, verbose: boolean): string {
-  const find = <T extends { Name: string }>(list: T[], name: string) =>
-    list.find((s) => s.Name.toLowerCase() === name.toLowerCase());
-  const p1 = find(doc.phase1AuthSets, r.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}');
-  const p2 = r.Phase2AuthSet ? find(doc.phase2AuthSets, r.Phase2AuthSet) : undefined;
-  const qm = find(doc.quickModeCryptoSets, r.QuickModeCryptoSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE2}');
+  const p1 = findSet(doc, 'phase1AuthSets', r.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET);
+  const p2 = r.Phase2AuthSet ? findSet(doc, 'phase2AuthSets', r.Phase2AuthSet) : undefined;
+  const qm = findSet(doc, 'quickModeCryptoSets', r.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET);
   let out = `\n${field('Rule Name', r.DisplayName)}${LINE}\n`;
   if (verbose && r.Description) out += field('Description', r.Description);
   out += field('Enabled', r.Enabled === 'True' ? 'Yes' : 'No');
@@ -315,8 +315,8 @@ function showRule(r: IPsecRule, doc: PolicyDocument, verbose: boolean): string {
 }
 
 function showMainModeRule(r: MainModeRule, doc: PolicyDocument): string {
-  const mm = doc.mainModeCryptoSets.find((s) => s.Name === (r.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET));
-  const p1 = doc.phase1AuthSets.find((s) => s.Name === (r.Phase1AuthSet || '{E5A5D32A-4BCE-4e4d-B07F-4AB1BA7E5FE3}'));
+  const mm = findSet(doc, 'mainModeCryptoSets', r.MainModeCryptoSet || DEFAULT_MM_CRYPTO_SET);
+  const p1 = findSet(doc, 'phase1AuthSets', r.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET);
   let out = `\n${field('Rule Name', r.DisplayName)}${LINE}\n`;
   out += field('Enabled', r.Enabled === 'True' ? 'Yes' : 'No');
   out += field('Profiles', profileText(r.Profile));
@@ -340,7 +340,7 @@ const EXEMPTIONS: Record<string, EnumValue<typeof TrafficExemption>> = {
 
 function showGlobal(doc: PolicyDocument): string {
   const s = doc.settings;
-  const mm = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
+  const mm = findSet(doc, 'mainModeCryptoSets', DEFAULT_MM_CRYPTO_SET);
   const crl = {
     None: '0:Disabled',
     AttemptCrlCheck: '1:Enabled',
@@ -589,7 +589,7 @@ export class Netsh {
     }
     if (args.has('mmsecmethods') || args.has('mmkeylifetime')) {
       const name = ownSet(rule, 'mm');
-      const current = doc.mainModeCryptoSets.find((s) => s.Name === (rule.MainModeCryptoSet || name));
+      const current = findSet(doc, 'mainModeCryptoSets', rule.MainModeCryptoSet || name);
       const life = args.has('mmkeylifetime') ? parseKeyLifetime(args.get('mmkeylifetime') as string) : undefined;
       putSet(doc.mainModeCryptoSets, {
         Name: name,
@@ -732,8 +732,12 @@ export class Netsh {
       return '';
     }
     await this.stores.update('PersistentStore', (doc) => {
-      const set = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
-      if (!set) throw new NetshError('The default main mode crypto set is missing from the store.');
+      // The first change to the defaults puts a copy of the built-in set into the store.
+      let set = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
+      if (!set) {
+        set = structuredClone(findSet(doc, 'mainModeCryptoSets', DEFAULT_MM_CRYPTO_SET) as MainModeCryptoSet);
+        doc.mainModeCryptoSets.push(set);
+      }
       switch (key) {
         case 'mmkeylifetime': {
           const life = parseKeyLifetime(value);
