@@ -8,10 +8,10 @@ import { Netsh } from '../src/shell/netsh/netsh.ts';
 import { splitLine } from '../src/shell/netsh/syntax.ts';
 import { freshStateDir, ps, SCRIPTS, storeBytes } from './pwsh-helpers.ts';
 
-async function netsh(dir: string, line: string): Promise<{ code: number; out: string; err: string }> {
+async function netsh(dir: string, line: string, hints = true): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const n = new Netsh(new PolicyStores(dir), { stdout: (t) => (out += t), stderr: (t) => (err += t) });
+  const n = new Netsh(new PolicyStores(dir), { stdout: (t) => (out += t), stderr: (t) => (err += t) }, { hints });
   const code = await n.run(splitLine(line));
   return { code, out, err };
 }
@@ -90,6 +90,59 @@ describe('netsh advfirewall', () => {
     const show = await netsh(dir, 'advfirewall consec show rule name="from pwsh"');
     assert.match(show.out, /Action: +RequestInRequestOut\n/);
     assert.match(show.out, /Auth1: +ComputerKerb\n/);
+  });
+
+  it("prints just Ok. as Windows does (hints only when asked); \\' is a double quote inside a value", async () => {
+    const dir = freshStateDir();
+    const add = await netsh(
+      dir,
+      String.raw`advfirewall consec add rule name="q" endpoint1=any endpoint2=192.0.2.9 action=requireinrequireout auth1=computercert auth1ca="CN=\'Corp\' Root, O=Lab catype:root"`,
+      false,
+    );
+    assert.equal(add.code, 0, add.out);
+    assert.equal(add.out, '\nOk.\n\n');
+    assert.equal(add.err, '');
+    const r = await ps(
+      '(Get-NetIPsecPhase1AuthSet -Name (Get-NetIPsecRule -DisplayName q).Phase1AuthSet).Proposal.Authority',
+      dir,
+    );
+    assert.equal(r.out, 'CN="Corp" Root, O=Lab\n', r.err);
+    const show = await netsh(dir, 'advfirewall consec show rule name=q verbose', false);
+    assert.match(show.out, /CN="Corp" Root, O=Lab/);
+    // With hints, the same kind of line says what consec assumed.
+    const hinted = await netsh(
+      dir,
+      'advfirewall consec add rule name=k endpoint1=any endpoint2=192.0.2.8 action=requireinrequireout',
+    );
+    assert.match(hinted.err, /^WARNING: no auth1 given/m);
+  });
+
+  it('netsh -f: set store gpo="domain\\GPO" then set store local, the pattern of Microsoft\'s command-line guide', async () => {
+    const dir = freshStateDir();
+    let out = '';
+    const n = new Netsh(new PolicyStores(dir), { stdout: (t) => (out += t), stderr: () => {} });
+    const code = await n.runScript(
+      [
+        '# a GPO is edited, then the local store',
+        'advfirewall set store gpo="corp.example\\Domain Isolation"',
+        'advfirewall consec add rule name="in gpo" endpoint1=any endpoint2=192.0.2.0/24 action=requestinrequestout',
+        'advfirewall set store local',
+        'advfirewall consec add rule name="local" endpoint1=any endpoint2=198.51.100.0/24 action=requestinrequestout',
+      ].join('\r\n'),
+    );
+    assert.equal(code, 0, out);
+    const r = await ps(
+      [
+        '(Get-NetIPsecRule -PolicyStore "corp.example\\Domain Isolation").DisplayName',
+        '(Get-NetIPsecRule).DisplayName',
+        '(Get-NetIPsecRule -PolicyStore ActiveStore | Sort-Object DisplayName).DisplayName -join ","',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out, 'in gpo\nlocal\nin gpo,local\n', r.err);
+    const bad = await netsh(dir, 'advfirewall set store remote');
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /set store local \| gpo=/);
   });
 
   it('set rule … new, main mode rules and the global main mode settings', async () => {

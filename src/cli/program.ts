@@ -1,7 +1,7 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
-import { readFdBounded } from '../io/bounded.ts';
+import { readFdBounded, readTextBounded } from '../io/bounded.ts';
 import { Command, CommanderError } from 'commander';
 import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
 import { Netsh } from '../shell/netsh/netsh.ts';
@@ -47,14 +47,32 @@ export function buildProgram(): Command {
   program
     .command('netsh')
     .description('run netsh advfirewall commands (consec, mainmode, set/show global, monitor) as written for Windows')
-    .argument('[words...]', 'the words after "netsh", e.g. advfirewall consec show rule name=all')
+    .argument(
+      '[words...]',
+      'the words after "netsh", e.g. advfirewall consec show rule name=all; or -f FILE (a netsh script)',
+    )
+    .option('--hints', "consec's hints (a keyword read another way, a default that applies) as WARNING lines on stderr")
     .allowUnknownOption()
     .helpOption('--help')
-    .action(async (words: string[]) => {
-      const netsh = new Netsh(new PolicyStores(stateDir(program)), {
-        stdout: (t) => process.stdout.write(t),
-        stderr: (t) => process.stderr.write(t),
-      });
+    .action(async (words: string[], opts: { hints?: boolean }) => {
+      const netsh = new Netsh(
+        new PolicyStores(stateDir(program)),
+        { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) },
+        { hints: opts.hints === true },
+      );
+      // netsh -f FILE: a script of commands, one session (set store holds for the lines after it).
+      if (words[0]?.toLowerCase() === '-f' && words.length === 2) {
+        let script: string;
+        try {
+          script = readTextBounded(words[1] as string, `The netsh script ${words[1]}`);
+        } catch (err) {
+          process.stdout.write(`The system cannot read the file specified: ${(err as Error).message}\n\n`);
+          process.exitCode = 1;
+          return;
+        }
+        process.exitCode = await netsh.runScript(script);
+        return;
+      }
       // One argument holding a whole command line (e.g. from a script) is split like netsh does.
       process.exitCode = await netsh.run(words.length === 1 ? splitLine(words[0] as string) : words);
     });

@@ -40,11 +40,19 @@ import {
   QM_PFS,
   qmSecMethodText,
 } from './methods.ts';
-import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo } from './syntax.ts';
+import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo, splitLine } from './syntax.ts';
 
 export interface NetshHost {
   stdout(text: string): void;
   stderr(text: string): void;
+}
+
+export interface NetshOptions {
+  /**
+   * consec's own hints (a keyword read another way, a default that applies) as WARNING lines on
+   * stderr. Off by default: netsh prints just "Ok.", and scripts compare its output.
+   */
+  hints?: boolean;
 }
 
 const ACTIONS: Record<string, [IPsecRule['InboundSecurity'], IPsecRule['OutboundSecurity']]> = {
@@ -374,10 +382,36 @@ function showGlobal(doc: PolicyDocument): string {
 }
 
 export class Netsh {
+  /** The store commands of this session change (`set store gpo=domain\GPO`, `set store local`). */
+  private store = 'PersistentStore';
+
   constructor(
     private readonly stores: PolicyStores,
     private readonly host: NetshHost,
+    private readonly o: NetshOptions = {},
   ) {}
+
+  /**
+   * A netsh script (`netsh -f FILE`): each line a command of one session (a `set store` holds for
+   * the lines after it), blank lines and comments (#) skipped; the status of the last failing line.
+   */
+  async runScript(text: string): Promise<number> {
+    let status = 0;
+    for (const line of text.split(/\r?\n/)) {
+      if (!line.trim() || line.trimStart().startsWith('#')) continue;
+      let words: string[];
+      try {
+        words = splitLine(line);
+      } catch (err) {
+        this.host.stdout(`${(err as Error).message}\n\n`);
+        status = 1;
+        continue;
+      }
+      const code = await this.run(words);
+      if (code !== 0) status = code;
+    }
+    return status;
+  }
 
   /** Runs one netsh command (the words after "netsh"); resolves with the exit status. */
   async run(input: readonly string[]): Promise<number> {
@@ -402,7 +436,7 @@ export class Netsh {
   }
 
   private warn(message: string): void {
-    this.host.stderr(`WARNING: ${message}\n`);
+    if (this.o.hints) this.host.stderr(`WARNING: ${message}\n`);
   }
 
   private async dispatch(words: string[]): Promise<string> {
@@ -416,8 +450,8 @@ export class Netsh {
         return section === 'consec' ? this.consec(verb, words) : this.mainmode(verb, words);
       }
       case 'set': {
-        matchWord(words.shift(), ['global'], 'command');
-        return this.setGlobal(words);
+        const what = matchWord(words.shift(), ['global', 'store'], 'command');
+        return what === 'store' ? this.setStore(words) : this.setGlobal(words);
       }
       case 'show': {
         const what = matchWord(words.shift(), ['global', 'currentprofile'], 'command');
@@ -452,7 +486,7 @@ export class Netsh {
         if (action.toLowerCase() !== 'noauthentication' && !args.has('auth1')) {
           this.warn('no auth1 given: the default phase 1 authentication set (computer Kerberos) applies.');
         }
-        await this.stores.update('PersistentStore', (doc) => {
+        await this.stores.update(this.store, (doc) => {
           if (doc.rules.some((r) => r.DisplayName.toLowerCase() === (args.get('name') as string).toLowerCase())) {
             throw new NetshError(`A rule named "${args.get('name')}" already exists; rule names must be unique.`);
           }
@@ -467,7 +501,7 @@ export class Netsh {
           words,
           SELECT_KEYS.filter((k) => k !== 'group'),
         );
-        const n = await this.stores.update('PersistentStore', (doc) => {
+        const n = await this.stores.update(this.store, (doc) => {
           const gone = selectRules(doc.rules, args);
           if (gone.length === 0) throw new NetshError('No rules match the specified criteria.');
           const names = new Set(gone.map((r) => r.Name));
@@ -486,7 +520,7 @@ export class Netsh {
         const sel = parseArgs(words.slice(0, newAt), SELECT_KEYS);
         const changes = parseArgs(words.slice(newAt + 1), RULE_KEYS);
         if (changes.size === 0) throw new NetshError('Nothing to change: give at least one <key>=<value> after "new".');
-        const n = await this.stores.update('PersistentStore', (doc) => {
+        const n = await this.stores.update(this.store, (doc) => {
           const rules = selectRules(doc.rules, sel);
           if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
           if (changes.has('name') && rules.length > 1) throw new NetshError('Cannot give several rules the same name.');
@@ -501,7 +535,7 @@ export class Netsh {
           words.filter((w) => w.toLowerCase() !== 'verbose'),
           ['name', 'profile', 'type'],
         );
-        const doc = this.stores.read('PersistentStore');
+        const doc = this.stores.read(this.store);
         const rules = selectRules(doc.rules, args);
         if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
         return rules.map((r) => showRule(r, doc, verbose)).join('');
@@ -516,7 +550,7 @@ export class Netsh {
         for (const k of ['name', 'mmsecmethods', 'auth1'])
           if (!args.has(k)) throw new NetshError(`A required parameter is missing: ${k}=.`);
         staticOnly(args);
-        await this.stores.update('PersistentStore', (doc) => {
+        await this.stores.update(this.store, (doc) => {
           if (
             doc.mainModeRules.some((r) => r.DisplayName.toLowerCase() === (args.get('name') as string).toLowerCase())
           ) {
@@ -532,7 +566,7 @@ export class Netsh {
       }
       case 'delete': {
         const args = parseArgs(words, ['name', 'type', 'profile', 'endpoint1', 'endpoint2']);
-        const n = await this.stores.update('PersistentStore', (doc) => {
+        const n = await this.stores.update(this.store, (doc) => {
           const gone = selectRules(doc.mainModeRules, args);
           if (gone.length === 0) throw new NetshError('No rules match the specified criteria.');
           const names = new Set(gone.map((r) => r.Name));
@@ -547,7 +581,7 @@ export class Netsh {
         if (newAt < 0) throw new NetshError('set rule needs the keyword "new" before the properties to change.');
         const sel = parseArgs(words.slice(0, newAt), ['name', 'type', 'profile', 'endpoint1', 'endpoint2']);
         const changes = parseArgs(words.slice(newAt + 1), MM_RULE_KEYS);
-        const n = await this.stores.update('PersistentStore', (doc) => {
+        const n = await this.stores.update(this.store, (doc) => {
           const rules = selectRules(doc.mainModeRules, sel);
           if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
           for (const r of rules) this.applyMainModeArgs(r, changes, doc);
@@ -560,7 +594,7 @@ export class Netsh {
           words.filter((w) => w.toLowerCase() !== 'verbose'),
           ['name', 'profile', 'type'],
         );
-        const doc = this.stores.read('PersistentStore');
+        const doc = this.stores.read(this.store);
         const rules = selectRules(doc.mainModeRules, args);
         if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
         return rules.map((r) => showMainModeRule(r, doc)).join('');
@@ -643,6 +677,25 @@ export class Netsh {
     return '';
   }
 
+  /**
+   * `set store local` or `set store gpo="domain\GPO name"` (Microsoft's command-line guide edits a GPO
+   * this way): the commands after it in this session read and change that store.
+   */
+  private setStore(words: string[]): string {
+    const word = words[0] ?? '';
+    if (word.toLowerCase() === 'local' && words.length === 1) {
+      this.store = 'PersistentStore';
+      return '';
+    }
+    const usage = 'Usage: set store local | gpo=<domain>\\<GPO name>';
+    if (words.length !== 1 || !/^gpo=/i.test(word)) throw new NetshError(usage);
+    const gpo = parseArgs(words, ['gpo']).get('gpo');
+    if (!gpo) throw new NetshError(usage);
+    if (this.stores.resolve(gpo).kind !== 'gpo') throw new NetshError(`"${gpo}" is not a GPO store name.`);
+    this.store = gpo;
+    return '';
+  }
+
   private async setGlobal(words: string[]): Promise<string> {
     const section = matchWord(words.shift(), ['ipsec', 'mainmode', 'statefulftp', 'statefulpptp'], 'setting');
     if (section === 'statefulftp' || section === 'statefulpptp') {
@@ -651,7 +704,7 @@ export class Netsh {
         disable: 'False',
         notconfigured: 'NotConfigured',
       } as const);
-      await this.stores.update('PersistentStore', (doc) => {
+      await this.stores.update(this.store, (doc) => {
         doc.settings[section === 'statefulftp' ? 'EnableStatefulFtp' : 'EnableStatefulPptp'] = v;
       });
       return '';
@@ -665,7 +718,7 @@ export class Netsh {
         this.warn('"exemptions" is not a netsh keyword (seed 000 writes it); consec reads it as "defaultexemptions".');
         key = 'defaultexemptions';
       }
-      await this.stores.update('PersistentStore', (doc) => {
+      await this.stores.update(this.store, (doc) => {
         const s = doc.settings;
         switch (key) {
           case 'strongcrlcheck':
@@ -731,7 +784,7 @@ export class Netsh {
       });
       return '';
     }
-    await this.stores.update('PersistentStore', (doc) => {
+    await this.stores.update(this.store, (doc) => {
       // The first change to the defaults puts a copy of the built-in set into the store.
       let set = doc.mainModeCryptoSets.find((x) => x.Name === DEFAULT_MM_CRYPTO_SET);
       if (!set) {

@@ -10,14 +10,29 @@ export class NetshError extends ConsecError {
   }
 }
 
-/** Splits one netsh line into words, honouring double quotes (name="My rule" → name=My rule). */
+/**
+ * Splits one netsh line into words, honouring double quotes (name="My rule" → name=My rule); `\'`
+ * stands for a double quote inside a value, as netsh's help says (a CA name with quotes).
+ */
 export function splitLine(line: string): string[] {
   const out: string[] = [];
   let cur = '';
   let quoted = false;
   let any = false;
+  let escape = false;
   for (const c of line) {
-    if (c === '"') {
+    if (escape) {
+      escape = false;
+      if (c === "'") {
+        cur += '"';
+        continue;
+      }
+      cur += '\\';
+    }
+    if (c === '\\') {
+      escape = true;
+      any = true;
+    } else if (c === '"') {
       quoted = !quoted;
       any = true;
     } else if (!quoted && (c === ' ' || c === '\t')) {
@@ -29,6 +44,7 @@ export function splitLine(line: string): string[] {
       any = true;
     }
   }
+  if (escape) cur += '\\';
   if (quoted) throw new NetshError('The command line has an unterminated quote.');
   if (any) out.push(cur);
   return out;
