@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AuditEvent } from '../src/audit/events.ts';
-import { readSecurityLog, SecurityLog } from '../src/audit/log.ts';
+import { eventMessage, readSecurityLog, SecurityLog } from '../src/audit/log.ts';
 import { auditPolicyFile, AuditPolicyError, LiveAuditPolicy, runAuditpol } from '../src/audit/policy.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
@@ -147,6 +147,25 @@ describe('Security log and Get-WinEvent', () => {
     assert.equal(r.out, '2\n4653\nTrue\nAudit Failure\n');
     assert.match(r.err, /No events were found that match the specified selection criteria\./);
     assert.match(r.err, /NoMatchingEventsFound,Get-WinEvent/);
+  });
+});
+
+describe('policy reload events', () => {
+  it('5465 for a reload done, 5461 with the policy and the error when the store could not be applied', () => {
+    assert.equal(
+      eventMessage({ id: 5465, subcategory: 'Filtering Platform Policy Change', success: true }),
+      'PAStore Engine received a control for forced reloading of IPsec policy and processed the control successfully.',
+    );
+    assert.equal(
+      eventMessage({
+        id: 5461,
+        subcategory: 'Filtering Platform Policy Change',
+        success: false,
+        policy: '/var/lib/consec/policy',
+        errorCode: 'not valid JSON',
+      }),
+      'PAStore Engine failed to apply local registry storage IPsec policy on the computer.\n\nPolicy:\t\t/var/lib/consec/policy\nError Code:\t\tnot valid JSON',
+    );
   });
 });
 

@@ -142,6 +142,7 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
     const b = lab.address('bob');
     const dir = freshStateDir('consec-own-');
     await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true });
+    runAuditpol(dir, ['/set', '/subcategory:Filtering Platform Policy Change', '/success:enable']);
     const consec = (args: string[]) => consecArgv(args, dir);
     const daemon = lab.spawn('alice', consec(['daemon', '--listen', a, '--dpd', '0']));
     try {
@@ -151,9 +152,22 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       const second = await lab.exec('bob', consec(['daemon', '--listen', b, '--dpd', '0']), { allowFailure: true });
       assert.notEqual(second.code, 0);
       assert.match(second.stderr, new RegExp(`state directory ${dir} is in use by consec daemon PID ${pid}`));
-      // SIGHUP (systemctl reload) reloads the policy; the daemon goes on.
+      // SIGHUP (systemctl reload) reloads the policy, audited as 5465; the daemon goes on.
       process.kill(daemon.pid ?? 0, 'SIGHUP');
       await daemon.waitFor(/"msg":"policy reloaded on request"/);
+      await daemon.waitFor(/audit 5465/);
+      const reloaded = await lab.exec(
+        'alice',
+        consec([
+          'pwsh',
+          '-Command',
+          'Get-WinEvent -FilterHashtable @{LogName="Security"; Id=5465} | ForEach-Object { $_.Message }',
+        ]),
+      );
+      assert.match(
+        reloaded.stdout,
+        /^PAStore Engine received a control for forced reloading of IPsec policy and processed the control successfully\.$/m,
+      );
       const svc = await lab.exec('alice', consec(['pwsh', '-Command', '(Get-Service IKEEXT).Status']));
       assert.equal(svc.stdout.trim(), 'Running', 'the first daemon still answers on its control socket');
       // Removing its filters under it is refused: the table stays.

@@ -167,6 +167,13 @@ export type AuditEvent =
       layerName: string;
       changes: string[];
     }
+  /**
+   * The policy read again on request (SIGHUP, `systemctl reload`): 5465 "PAStore Engine received a
+   * control for forced reloading of IPsec policy and processed the control successfully"; 5461 when
+   * the store could not be applied (the policy in force stays).
+   */
+  | { id: 5465; subcategory: 'Filtering Platform Policy Change'; success: true }
+  | { id: 5461; subcategory: 'Filtering Platform Policy Change'; success: false; policy: string; errorCode: string }
   /** IPsec Services (the daemon) started (5478) or shut down (5479). */
   | { id: 5478 | 5479; subcategory: 'IPsec Driver'; success: true }
   | DriverDropEvent;

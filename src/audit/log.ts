@@ -48,6 +48,8 @@ const TITLES: Record<number, string> = {
   4977: 'During Quick Mode negotiation, IPsec received an invalid negotiation packet. If this problem persists, it could indicate a network issue or an attempt to modify or replay this negotiation.',
   5152: 'The Windows Filtering Platform has blocked a packet.',
   5447: 'A Windows Filtering Platform filter has been changed.',
+  5461: 'PAStore Engine failed to apply local registry storage IPsec policy on the computer.',
+  5465: 'PAStore Engine received a control for forced reloading of IPsec policy and processed the control successfully.',
   5478: 'IPsec Services has started successfully.',
   5479: 'IPsec Services has been shut down successfully. The shut down of IPsec Services can put the computer at greater risk of network attack or expose the computer to potential security risks.',
   4963: 'IPsec dropped an inbound clear text packet that should have been secured. This is usually due to the remote computer changing its IPsec policy without informing this computer. This could also be a spoofing attack attempt.',
@@ -67,7 +69,8 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
 
 /** The event's text as Windows lays it out: title, then sections of tab-indented fields. */
 export function eventMessage(e: AuditEvent): string {
-  if (e.id === 5478 || e.id === 5479) return TITLES[e.id] as string;
+  if (e.id === 5478 || e.id === 5479 || e.id === 5465) return TITLES[e.id] as string;
+  if (e.id === 5461) return [TITLES[e.id], '', `Policy:\t\t${e.policy}`, `Error Code:\t\t${e.errorCode}`].join('\n');
   const lines = [TITLES[e.id] ?? `Event ${e.id}`, ''];
   if (e.id === 5152) {
     lines.push(

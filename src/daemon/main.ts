@@ -526,11 +526,19 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
       try {
         service.reload(stores.read('ActiveStore'));
         log.info({ signal: 'SIGHUP' }, 'policy reloaded on request');
+        emitAudit({ id: 5465, subcategory: 'Filtering Platform Policy Change', success: true });
       } catch (err) {
         log.error(
           { signal: 'SIGHUP', reason: (err as Error).message },
           'policy not reloaded: keeping the policy in force',
         );
+        emitAudit({
+          id: 5461,
+          subcategory: 'Filtering Platform Policy Change',
+          success: false,
+          policy: stores.policyDir,
+          errorCode: (err as Error).message,
+        });
       }
     };
     process.on('SIGINT', onInt);
