@@ -403,6 +403,25 @@ describe('NetSecurity cmdlets', () => {
     assert.equal(storeBytes(dir), before);
   });
 
+  it('Set- selects by -Group/-DisplayGroup; Enable-, Disable- and Remove- by any query property', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        'New-NetIPsecRule -DisplayName "t1" -Name t1 -Mode Tunnel -LocalTunnelEndpoint 192.0.2.1 -RemoteTunnelEndpoint 192.0.2.2 -RemoteAddress 203.0.113.0/24 -Group lab | Out-Null',
+        'New-NetIPsecRule -DisplayName "h1" -Name h1 -RemoteAddress 192.0.2.20 -InboundSecurity Require -OutboundSecurity Require -Group lab | Out-Null',
+        'New-NetIPsecRule -DisplayName "h2" -Name h2 -RemoteAddress 192.0.2.21 -InboundSecurity Require -OutboundSecurity Request | Out-Null',
+        'Set-NetIPsecRule -Group lab -Description "in the lab"',
+        'Set-NetIPsecRule -DisplayGroup lab -InboundSecurity Require -OutboundSecurity Require',
+        'Disable-NetIPsecRule -Mode Tunnel',
+        'Remove-NetIPsecRule -OutboundSecurity Request',
+        'Get-NetIPsecRule | Sort-Object Name | ForEach-Object { "$($_.Name) $($_.Enabled) $($_.OutboundSecurity) $($_.Description)" }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(r.out, ['h1 True Require in the lab', 't1 False Require in the lab', ''].join('\n'));
+  });
+
   it('an in-use set cannot be removed; the store stays as it was', async () => {
     const dir = freshStateDir();
     await ps(

@@ -276,7 +276,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
   const label = (o: M): string => `${o.Name} (${o.DisplayName})`;
 
   /** Mutates the selected objects of a writable store under its lock. */
-  const groupQuery = queryParams.filter((q) => q.name === 'Group');
+  const groupQuery = queryParams.filter((q) => q.name === 'Group' || q.name === 'DisplayGroup');
   const mutate = async (
     call: CommandCall,
     verb: string,
@@ -284,8 +284,9 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
   ): Promise<M[]> => {
     const name = storeName(call);
     return stores.update(name, (doc) => {
-      // Set-* takes -Group as a new value; the other verbs select by it.
-      const found = select(f, call, collection(doc), verb === 'Set' ? [] : groupQuery);
+      // Set-* selects by group (its other properties are values to set); the other verbs by any
+      // query property too (Disable-NetIPsecRule -Mode Tunnel).
+      const found = select(f, call, collection(doc), verb === 'Set' ? groupQuery : queryParams);
       if (whatIf(call, verb, found.map(label))) return [];
       // Rules are shared with the transaction's working copy: edited as copies (copy on write).
       const large = f.collection === 'rules' || f.collection === 'mainModeRules' ? f.collection : undefined;
@@ -301,7 +302,11 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
    * Set-NetIPsecRule -InputObject $rule), by the object's Name: as Windows saves a modified CIM
    * instance. Each edit is converted and checked like the parameter of the same name.
    */
-  const settable: ParamDef[] = [{ name: 'DisplayName', type: 'string' }, ...COMMON_PROPS.slice(1), ...f.properties];
+  const settable: ParamDef[] = [
+    { name: 'DisplayName', type: 'string' },
+    { name: 'Description', type: 'string' },
+    ...f.properties,
+  ];
   const inputEdits = (call: CommandCall): Map<string, Map<string, unknown>> => {
     const out = new Map<string, Map<string, unknown>>();
     for (const i of enumerate(call.get<unknown[]>('InputObject') ?? [])) {
@@ -390,9 +395,9 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     mutating: true,
     params: [
       ...selectors,
+      ...groupQuery,
       { name: 'NewDisplayName', type: 'string' },
       { name: 'Description', type: 'string' },
-      { name: 'Group', type: 'string' },
       ...f.properties,
       { name: 'PassThru', type: 'switch' },
       ...STORE_PARAMS,
@@ -408,8 +413,6 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
           if (nd !== undefined) o.DisplayName = nd;
           const d = c.get<string>('Description');
           if (d !== undefined) o.Description = d;
-          const g = c.get<string>('Group');
-          if (g !== undefined) o.Group = g;
           f.apply(o, c, doc);
           f.afterWrite?.(o, c, doc, false);
         }
@@ -424,7 +427,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     mutating: true,
     params: [
       ...selectors,
-      { name: 'Group', type: 'strings' },
+      ...queryParams,
       { name: 'All', type: 'switch' },
       { name: 'PassThru', type: 'switch' },
       ...STORE_PARAMS,
@@ -548,12 +551,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
       cmds.push({
         name: `${verb}-${f.noun}`,
         mutating: true,
-        params: [
-          ...selectors,
-          { name: 'Group', type: 'strings' },
-          { name: 'PassThru', type: 'switch' },
-          ...STORE_PARAMS,
-        ],
+        params: [...selectors, ...queryParams, { name: 'PassThru', type: 'switch' }, ...STORE_PARAMS],
         async invoke(call) {
           const store = storeName(call);
           const changed = await mutate(call, verb, (_doc, selected) => {
