@@ -225,7 +225,23 @@ describe('fail-closed: Require traffic never leaves or enters in clear, even whe
       const t0 = Date.now();
       await lab.exec('alice', ['sh', '-c', `nft delete table inet consec; ${probe}`]);
       await daemon.waitFor(/"msg":"fail-closed filters restored"/, 10_000);
-      console.log(`# table deleted → restored (log line seen) after ${Date.now() - t0} ms`);
+      // How long the table was gone, by the daemon's own clock: the change seen → the table back.
+      const at = (msg: string) =>
+        Date.parse(
+          String(
+            (
+              JSON.parse(
+                daemon
+                  .output()
+                  .split('\n')
+                  .find((l) => l.includes(`"msg":"${msg}`)) ?? '{}',
+              ) as { time?: string }
+            ).time,
+          ),
+        );
+      console.log(
+        `# table deleted → seen and restored by the daemon in ${at('fail-closed filters restored') - at('fail-closed filters changed by another process')} ms (probe finished after ${Date.now() - t0} ms)`,
+      );
       assert.equal(shape(await table()), before, 'the same table is back');
       // 2. An edit: bob's address taken out of the inbound Require set.
       await lab.exec('alice', ['sh', '-c', `nft delete element inet consec in4h { ${b} }; ${probe}`]);
