@@ -281,6 +281,32 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.deepEqual(new PolicyStores(dir).read().rules, [], 'no failing New- left a rule');
   });
 
+  it("-ErrorVariable collects a command's errors (also silenced ones), +name appends, a clean run empties it", async () => {
+    const r = await ps(
+      [
+        'Get-NetIPsecRule -Name nope -ErrorAction SilentlyContinue -ErrorVariable e',
+        '"count $($e.Count): $($e[0].FullyQualifiedErrorId)"',
+        'Get-NetIPsecRule -Name nope2 -ErrorAction SilentlyContinue -ErrorVariable +e',
+        '"count $($e.Count): $($e[1].Exception.Message)"',
+        'Get-NetIPsecRule -ErrorVariable e | Out-Null',
+        'if (-not $e) { "empty after a clean run" }',
+        'try { Get-NetIPsecRule -Name nope3 -ErrorAction Stop -ErrorVariable stopped } catch { "caught, and kept: $($stopped.Count)" }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(
+      r.out,
+      [
+        'count 1: CmdletizationQuery_NotFound_Name,Get-NetIPsecRule',
+        "count 2: No MSFT_NetConSecRule objects found with property 'Name' equal to 'nope2'.  Verify the value of the property and retry.",
+        'empty after a clean run',
+        'caught, and kept: 1',
+        '',
+      ].join('\n'),
+    );
+  });
+
   it('switch (exact, -Wildcard, -Regex, script block conditions, default, break), -f formatting, here-strings', async () => {
     const r = await ps(
       [

@@ -181,6 +181,8 @@ class CommandFailure extends Error {
     readonly fromInvoke = false,
     /** -ErrorAction given to this command. */
     readonly errorAction?: string,
+    /** -ErrorVariable given to this command ('+name' appends). */
+    readonly errorVariable?: string,
   ) {
     super('command failed');
   }
@@ -515,6 +517,13 @@ export class Runtime {
     )
       throw caught;
     const { record, commandName, extent } = this.errorOf(caught, element);
+    // -ErrorVariable: the command's errors, whatever -ErrorAction does with them.
+    if (caught instanceof CommandFailure && caught.errorVariable) {
+      const v = caught.errorVariable;
+      const name = v.replace(/^\+/, '');
+      const before = v.startsWith('+') ? enumerate(this.getVariable(name)) : [];
+      this.setVariable(name, [...before, errorRecord(record, caught.fromInvoke ? commandName : undefined)]);
+    }
     const action =
       caught instanceof CommandFailure && caught.errorAction
         ? caught.errorAction.toLowerCase()
@@ -659,12 +668,22 @@ export class Runtime {
     let call: CommandCall | undefined;
     try {
       call = await this.bind(def, cmd, input);
+      // -ErrorVariable name starts empty for this command; +name keeps what it held.
+      const ev = call.get<string>('ErrorVariable');
+      if (ev && !ev.startsWith('+')) this.setVariable(ev, []);
       return await def.invoke(call);
     } catch (err) {
       if (err instanceof StopScript || err instanceof CommandFailure || err instanceof TerminatingError) throw err;
       // Binding errors point at the offending element; others at the whole command.
       const extent = err instanceof PwshError && err.extent ? err.extent : cmd.extent;
-      throw new CommandFailure(err, def.name, extent, call !== undefined, call?.get<string>('ErrorAction'));
+      throw new CommandFailure(
+        err,
+        def.name,
+        extent,
+        call !== undefined,
+        call?.get<string>('ErrorAction'),
+        call?.get<string>('ErrorVariable'),
+      );
     }
   }
 
@@ -1427,13 +1446,14 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
 /** The error record `$_` holds in a catch block (its text is the message). */
 const ERROR_RECORD = Symbol('errorRecord');
 
-function errorRecord(e: PwshError): PSObject {
+/** An error record as scripts see it; a cmdlet's own error names the cmdlet (Id,Get-NetIPsecRule). */
+function errorRecord(e: PwshError, commandName?: string): PSObject {
   const o = psObject(
     'System.Management.Automation.ErrorRecord',
     {
       Exception: psObject(`System.${e.exceptionType}`, { Message: e.message }, e.message),
-      FullyQualifiedErrorId: e.errorId,
-      CategoryInfo: `${e.category}: (${e.target}:${e.targetType}) [], ${e.exceptionType}`,
+      FullyQualifiedErrorId: commandName ? `${e.errorId},${commandName}` : e.errorId,
+      CategoryInfo: `${e.category}: (${e.target}:${e.targetType}) [${commandName ?? ''}], ${e.exceptionType}`,
       TargetObject: e.target,
     },
     e.message,
