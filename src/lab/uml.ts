@@ -337,7 +337,15 @@ export class Guest {
   private async waitReady(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     const ready = join(this.dir, 'ready');
-    while (!existsSync(ready)) {
+    // The guest's `echo $? > ready` creates the file, then writes "N\n": it is done once the line is whole.
+    const written = (): boolean => {
+      try {
+        return readFileSync(ready, 'utf8').endsWith('\n');
+      } catch {
+        return false;
+      }
+    };
+    while (!written()) {
       if (!this.proc.running) {
         throw new LabCommandError(
           `guest ${this.host} stopped during boot:\n${this.proc.output().slice(-3000)}`,
