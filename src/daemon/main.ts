@@ -13,7 +13,7 @@ import { SecurityLog } from '../audit/log.ts';
 import { LiveAuditPolicy } from '../audit/policy.ts';
 import { ConsecError } from '../errors.ts';
 import { systemHostContext } from '../filter/host-context.ts';
-import { activeProfiles, connectionProfiles, networkCategoriesStamp } from '../filter/location.ts';
+import { activeProfiles, networkCategories, networkCategoriesStamp } from '../filter/location.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { KeyingService } from './keying.ts';
@@ -269,7 +269,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   };
   const stores = new PolicyStores(stateDir, { cacheReads: true });
   // The firewall profiles in force (network location): the rules the keying service applies.
-  const profilesInForce = () => activeProfiles(connectionProfiles(stateDir, { connectivity: false }));
+  const profilesInForce = () => activeProfiles(networkCategories(stateDir));
   const service = new KeyingService({
     stores,
     profiles: profilesInForce,

@@ -8,7 +8,7 @@
  * Any or names a profile in force (`policyForProfiles`).
  */
 import { readFileSync, statSync } from 'node:fs';
-import { networkInterfaces } from 'node:os';
+import { type NetworkInterfaceInfo, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
@@ -76,42 +76,56 @@ function routeTable(family: 4 | 6): string {
   }
 }
 
-/**
- * The connected interfaces (an address other than link-local; not loopback, not consec's TUN) with
- * their network category.
- */
-export function connectionProfiles(stateDir: string, o: { connectivity?: boolean } = {}): ConnectionProfile[] {
+/** A connected interface (an address other than link-local; not loopback, not consec's TUN) and its category. */
+interface ConnectedInterface {
+  name: string;
+  addresses: NetworkInterfaceInfo[];
+  category: NetworkCategory;
+}
+
+function connectedInterfaces(stateDir: string): ConnectedInterface[] {
   const chosen = readCategories(stateDir);
   const realm = domainRealm();
-  // Connectivity needs the route tables (the kernel formats every route for /proc); the daemon, which
-  // only needs the categories, leaves it out.
-  const withRoutes = o.connectivity ?? true;
-  const defaults = {
-    4: withRoutes ? defaultRouteDevices(routeTable(4), 4) : new Set<string>(),
-    6: withRoutes ? defaultRouteDevices(routeTable(6), 6) : new Set<string>(),
-  };
-  const out: ConnectionProfile[] = [];
+  const out: ConnectedInterface[] = [];
   for (const [name, addrs] of Object.entries(networkInterfaces())) {
     if (name.startsWith('consec') || !addrs) continue;
-    const usable = addrs.filter((a) => !a.internal && !a.address.startsWith('fe80:'));
-    if (usable.length === 0) continue;
-    const connectivity = (family: 4 | 6) =>
-      !usable.some((a) => (family === 4 ? a.family === 'IPv4' : a.family === 'IPv6'))
-        ? ('NoTraffic' as const)
-        : defaults[family].has(name)
-          ? ('Internet' as const)
-          : ('LocalNetwork' as const);
-    const category: NetworkCategory = realm ? 'DomainAuthenticated' : (chosen[name] ?? 'Public');
-    out.push({
-      Name: realm ? realm.toLowerCase() : 'Network',
-      InterfaceAlias: name,
-      InterfaceIndex: ifIndex(name),
-      NetworkCategory: category,
-      IPv4Connectivity: connectivity(4),
-      IPv6Connectivity: connectivity(6),
-    });
+    const addresses = addrs.filter((a) => !a.internal && !a.address.startsWith('fe80:'));
+    if (addresses.length === 0) continue;
+    out.push({ name, addresses, category: realm ? 'DomainAuthenticated' : (chosen[name] ?? 'Public') });
   }
-  return out.sort((a, b) => a.InterfaceIndex - b.InterfaceIndex);
+  return out;
+}
+
+/**
+ * The network categories of the connected interfaces: all the firewall profiles in force need (the
+ * daemon reads them on every policy change; no route table is read).
+ */
+export function networkCategories(stateDir: string): NetworkCategory[] {
+  return connectedInterfaces(stateDir).map((i) => i.category);
+}
+
+/** The connected interfaces with their network category and connectivity (Get-NetConnectionProfile). */
+export function connectionProfiles(stateDir: string): ConnectionProfile[] {
+  const realm = domainRealm();
+  const defaults = { 4: defaultRouteDevices(routeTable(4), 4), 6: defaultRouteDevices(routeTable(6), 6) };
+  return connectedInterfaces(stateDir)
+    .map(({ name, addresses, category }): ConnectionProfile => {
+      const connectivity = (family: 4 | 6) =>
+        !addresses.some((a) => (family === 4 ? a.family === 'IPv4' : a.family === 'IPv6'))
+          ? ('NoTraffic' as const)
+          : defaults[family].has(name)
+            ? ('Internet' as const)
+            : ('LocalNetwork' as const);
+      return {
+        Name: realm ? realm.toLowerCase() : 'Network',
+        InterfaceAlias: name,
+        InterfaceIndex: ifIndex(name),
+        NetworkCategory: category,
+        IPv4Connectivity: connectivity(4),
+        IPv6Connectivity: connectivity(6),
+      };
+    })
+    .sort((a, b) => a.InterfaceIndex - b.InterfaceIndex);
 }
 
 /** Set-NetConnectionProfile: Public or Private for an interface (a domain network is not chosen, it is detected). */
@@ -139,12 +153,10 @@ export function networkCategoriesStamp(stateDir: string): string {
 }
 
 /** The firewall profiles in force: one per category of a connected interface. */
-export function activeProfiles(list: readonly ConnectionProfile[]): ProfileName[] {
+export function activeProfiles(categories: readonly NetworkCategory[]): ProfileName[] {
   const names = new Set<ProfileName>();
-  for (const p of list)
-    names.add(
-      p.NetworkCategory === 'DomainAuthenticated' ? 'Domain' : p.NetworkCategory === 'Private' ? 'Private' : 'Public',
-    );
+  for (const c of categories)
+    names.add(c === 'DomainAuthenticated' ? 'Domain' : c === 'Private' ? 'Private' : 'Public');
   return (['Domain', 'Private', 'Public'] as const).filter((n) => names.has(n));
 }
 

@@ -102,7 +102,7 @@ export function locationCommands(stores: PolicyStores): CommandDef[] {
 export function currentProfileText(stateDir: string): string {
   const list = connectionProfiles(stateDir);
   let out = '\n';
-  for (const profile of activeProfiles(list)) {
+  for (const profile of activeProfiles(list.map((p) => p.NetworkCategory))) {
     const category = profile === 'Domain' ? 'DomainAuthenticated' : profile;
     out += `${profile} Profile:\n${'-'.repeat(70)}\n`;
     for (const name of new Set(list.filter((p) => p.NetworkCategory === category).map((p) => p.Name)))
