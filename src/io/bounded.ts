@@ -23,20 +23,27 @@ export class InputTooLargeError extends ConsecError {
 export function readFdBounded(fd: number, what: string, limit = MAX_INPUT_BYTES): Buffer {
   const st = fstatSync(fd);
   if (st.isFile() && st.size > limit) throw new InputTooLargeError(what, limit);
-  if (st.isFile()) {
-    // A regular file: read straight into one buffer of its size (a policy store of thousands of
-    // rules is read on every change), then on as below in case it grew meanwhile.
-    const whole = Buffer.allocUnsafe(st.size);
-    let filled = 0;
-    while (filled < whole.length) {
-      const n = readSync(fd, whole, filled, whole.length - filled, null);
-      if (n === 0) return whole.subarray(0, filled);
-      filled += n;
-    }
-    const rest = readRest(fd, what, limit, filled);
-    return rest.length === 0 ? whole : Buffer.concat([whole, rest]);
-  }
+  // A regular file: straight into one buffer of its size (a policy store of thousands of rules is
+  // read on every change).
+  if (st.isFile()) return readInto(fd, what, limit, Buffer.allocUnsafe(st.size));
   return readRest(fd, what, limit, 0);
+}
+
+/**
+ * A regular file into `buffer` (of its size or more); if it grew past that meanwhile, the rest in
+ * chunks. The bytes read: `buffer` itself, a part of it, or a new buffer when it grew.
+ */
+function readInto(fd: number, what: string, limit: number, buffer: Buffer): Buffer {
+  let filled = 0;
+  while (filled < buffer.length) {
+    const n = readSync(fd, buffer, filled, buffer.length - filled, null);
+    if (n === 0) return buffer.subarray(0, filled);
+    filled += n;
+    // The buffer may be larger than the limit (room to grow): the file is not.
+    if (filled > limit) throw new InputTooLargeError(what, limit);
+  }
+  const rest = readRest(fd, what, limit, filled);
+  return rest.length === 0 ? buffer : Buffer.concat([buffer, rest]);
 }
 
 /** The rest of `fd` from its position, in chunks (pipes, devices, growth), `before` octets read already. */
@@ -99,19 +106,9 @@ export function readFileInto(
       return { bytes, buffer: scratch };
     }
     if (st.size > limit) throw new InputTooLargeError(what, limit);
+    // Room to grow, so the next read of a slightly larger file fits too.
     const buffer = scratch.length > st.size ? scratch : Buffer.allocUnsafeSlow(st.size + (st.size >> 3) + 1);
-    let filled = 0;
-    for (;;) {
-      if (filled === buffer.length) {
-        // Grew past the room given: the rest the ordinary way.
-        const rest = readRest(fd, what, limit, filled);
-        return { bytes: Buffer.concat([buffer, rest]), buffer };
-      }
-      const n = readSync(fd, buffer, filled, buffer.length - filled, null);
-      if (n === 0) return { bytes: buffer.subarray(0, filled), buffer };
-      filled += n;
-      if (filled > limit) throw new InputTooLargeError(what, limit);
-    }
+    return { bytes: readInto(fd, what, limit, buffer), buffer };
   } finally {
     closeSync(fd);
   }

@@ -453,12 +453,18 @@ function commonTail(a: Buffer, b: Buffer, max: number): number {
   return s;
 }
 
+/** How a rule line starts: its indentation, then the object. */
 const RULE_LINE = Buffer.from('    {');
+const INDENT = RULE_LINE.length - 1;
 const OPENERS: readonly [Buffer, LargeCollection][] = [
   [Buffer.from('  "rules": ['), 'rules'],
   [Buffer.from('  "mainModeRules": ['), 'mainModeRules'],
 ];
 const KIND_OF: Record<LargeCollection, number> = { rules: 0, mainModeRules: 1 };
+
+/** A rule line's object text: without its indentation and the comma that follows all but the last. */
+const lineBody = (b: Buffer, start: number, end: number): string =>
+  b.toString('utf8', start + INDENT, b[end - 1] === 44 ? end - 1 : end);
 
 /**
  * A store file in the layout storeFileText writes, read with the line cache: the rules and main mode
@@ -503,23 +509,22 @@ function readStoreLines(bytes: Buffer, cache: StoreLineCache): PolicyDocument | 
     const start = starts[i] as number;
     const end = (starts[i + 1] as number) - 1;
     if (inside) {
-      if (end - start >= 5 && bytes.compare(RULE_LINE, 0, 5, start, start + 5) === 0) {
+      if (
+        end - start >= RULE_LINE.length &&
+        bytes.compare(RULE_LINE, 0, RULE_LINE.length, start, start + RULE_LINE.length) === 0
+      ) {
         const kind = KIND_OF[inside];
         const before = i < headLines ? i : i >= tailLine ? i - count + oldCount : -1;
         let o = before >= 0 && cache.kinds[before] === kind ? cache.objects[before] : undefined;
-        const comma = bytes[end - 1] === 44;
         if (!o) {
-          const body = bytes.toString('utf8', start + 4, comma ? end - 1 : end);
+          const body = lineBody(bytes, start, end);
           if (!unseen) {
             // The old lines between by collection and object text, once: a rule moved within them,
             // or one that became or stopped being the last (its comma), is not parsed again.
             unseen = new Map();
             for (let k = headLines; k < oldTail; k++) {
               const ko = cache.objects[k];
-              if (!ko) continue;
-              const ks = cache.starts[k] as number;
-              const ke = (cache.starts[k + 1] as number) - 1;
-              unseen.set(`${cache.kinds[k]}${old.toString('utf8', ks + 4, old[ke - 1] === 44 ? ke - 1 : ke)}`, ko);
+              if (ko) unseen.set(`${cache.kinds[k]}${lineBody(old, was[k] as number, (was[k + 1] as number) - 1)}`, ko);
             }
           }
           o = unseen.get(`${kind}${body}`);
@@ -539,7 +544,7 @@ function readStoreLines(bytes: Buffer, cache: StoreLineCache): PolicyDocument | 
         objects[i] = o;
         kinds[i] = kind;
         out[inside].push(o);
-        skeleton.push(comma ? '0,' : '0');
+        skeleton.push(bytes[end - 1] === 44 ? '0,' : '0');
         continue;
       }
       inside = undefined;
