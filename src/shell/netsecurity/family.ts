@@ -9,7 +9,7 @@ import { editable, nameInUse, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
 import { wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate, getProperty, isPSObject, type PSObject, toText, typeName } from '../pwsh/values.ts';
-import { MODEL, type Source } from './views.ts';
+import { CIM, type Source, viewModel } from './views.ts';
 
 export interface Family<M extends NamedObject> {
   /** Noun after the verb, e.g. NetIPsecRule. */
@@ -124,15 +124,6 @@ function notFound(f: Family<NamedObject>, property: string, value: string): Pwsh
   );
 }
 
-const CIM_TYPE = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/';
-
-/** The model behind one of our views, with its collection (undefined for anything else). */
-function viewModel(i: unknown): { kind: string; value: NamedObject } | undefined {
-  return isPSObject(i)
-    ? (i as unknown as Record<symbol, { kind: string; value: NamedObject } | undefined>)[MODEL]
-    : undefined;
-}
-
 /**
  * What the objects piped in (or given as -InputObject) select, as a test on this family's objects:
  * our own views by Name; a rule given to a set cmdlet selects the set it uses (Windows'
@@ -150,7 +141,7 @@ function pipedSelection(
   const tests: ((o: NamedObject) => boolean)[] = [];
   const fromPipeline = call.input !== undefined;
   for (const i of items) {
-    const m = viewModel(i);
+    const m = viewModel<NamedObject>(i);
     if (m?.kind === f.collection) {
       names.add(m.value.Name.toLowerCase());
       continue;
@@ -172,7 +163,7 @@ function pipedSelection(
       continue;
     }
     const cimType = isPSObject(i) ? typeName(i) : '';
-    const name = cimType.startsWith(CIM_TYPE) ? undefined : getProperty(i, 'Name');
+    const name = cimType.startsWith(CIM) ? undefined : getProperty(i, 'Name');
     if (typeof name === 'string') {
       names.add(name.toLowerCase());
       continue;
@@ -185,7 +176,7 @@ function pipedSelection(
         'ParameterBindingException',
       );
     throw new PwshError(
-      `Cannot bind argument to parameter 'InputObject', because PSTypeNames of the argument do not match the PSTypeName required by the parameter: ${CIM_TYPE}${f.cimClass}.`,
+      `Cannot bind argument to parameter 'InputObject', because PSTypeNames of the argument do not match the PSTypeName required by the parameter: ${CIM}${f.cimClass}.`,
       'MismatchedPSTypeName',
       'InvalidArgument',
       'ParameterBindingException',
@@ -310,9 +301,9 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
   const inputEdits = (call: CommandCall): Map<string, Map<string, unknown>> => {
     const out = new Map<string, Map<string, unknown>>();
     for (const i of enumerate(call.get<unknown[]>('InputObject') ?? [])) {
-      const m = viewModel(i);
+      const m = viewModel<M>(i);
       if (m?.kind !== f.collection) continue;
-      const shown = f.view(m.value as unknown as M, { store: '', type: 'Local' });
+      const shown = f.view(m.value, { store: '', type: 'Local' });
       const edits = new Map<string, unknown>();
       for (const p of settable) {
         const now = getProperty(i, p.name);

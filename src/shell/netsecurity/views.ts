@@ -26,12 +26,17 @@ export interface Source {
   type: 'Local' | 'GroupPolicy' | 'Hardcoded';
 }
 
-const CIM = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/';
+/** The type name prefix of Windows' NetSecurity CIM objects (a view's type is this + its class). */
+export const CIM = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/';
+
+/** The model object behind one of our views, with its kind (undefined for anything else). */
+export function viewModel<T = unknown>(v: unknown): { kind: string; value: T } | undefined {
+  return isPSObject(v) ? (v as unknown as Record<symbol, { kind: string; value: T } | undefined>)[MODEL] : undefined;
+}
 
 /** The model object behind a view, when the value is one of our views of `kind`. */
 export function modelOf<T>(v: unknown, kind: string): T | undefined {
-  if (!isPSObject(v)) return undefined;
-  const m = (v as unknown as Record<symbol, { kind: string; value: T } | undefined>)[MODEL];
+  const m = viewModel<T>(v);
   return m?.kind === kind ? m.value : undefined;
 }
 
