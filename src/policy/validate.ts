@@ -20,6 +20,7 @@ import {
   type QuickModeCryptoProposal,
   type QuickModeCryptoSet,
   findSet,
+  type SetCollection,
 } from './model.ts';
 
 const fail = (parameter: string, message: string): never => {
@@ -201,7 +202,7 @@ function validateMainModeRule(r: MainModeRule, doc: PolicyDocument): void {
 }
 
 /** Resolves a set reference; empty means the default set. A missing non-default set is an error. */
-function findRef<C extends 'phase1AuthSets' | 'phase2AuthSets' | 'quickModeCryptoSets' | 'mainModeCryptoSets'>(
+function findRef<C extends SetCollection>(
   doc: PolicyDocument,
   collection: C,
   name: string,

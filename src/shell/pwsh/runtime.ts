@@ -702,17 +702,6 @@ export class Runtime {
           extent,
         );
       }
-      if (
-        p.notNullOrEmpty &&
-        (raw === null || raw === undefined || raw === '' || (Array.isArray(raw) && raw.length === 0))
-      )
-        throw new PwshError(
-          `Cannot validate argument on parameter '${p.name}'. The argument is null or empty. Provide an argument that is not null or empty, and then try the command again.`,
-          'ParameterArgumentValidationError',
-          'InvalidData',
-          'ParameterBindingValidationException',
-          extent,
-        );
       bound.set(p.name, this.convert(p, raw, extent));
     };
     for (let i = 0; i < elements.length; i++) {
@@ -844,6 +833,17 @@ export class Runtime {
   }
 
   private convert(p: ParamDef, raw: unknown, extent: Extent): unknown {
+    if (
+      p.notNullOrEmpty &&
+      (raw === null || raw === undefined || raw === '' || (Array.isArray(raw) && raw.length === 0))
+    )
+      throw new PwshError(
+        `Cannot validate argument on parameter '${p.name}'. The argument is null or empty. Provide an argument that is not null or empty, and then try the command again.`,
+        'ParameterArgumentValidationError',
+        'InvalidData',
+        'ParameterBindingValidationException',
+        extent,
+      );
     const cannot = (detail: string): PwshError =>
       new PwshError(
         `Cannot bind parameter '${p.name}'. ${detail}`,
