@@ -22,6 +22,8 @@ import { SpiRegistry } from './spi.ts';
 import { headerText, type IkeTrace, payloadsText } from './trace.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
+import { V1Manager } from './v1/manager.ts';
+import type { V1Session } from './v1/session.ts';
 
 export interface ManagerOptions {
   /** Address the IKE sockets bind to (UDP 500 and 4500). */
@@ -47,6 +49,9 @@ export interface ManagerOptions {
   trace?: IkeTrace;
   /** An IKE SA ended (deleted, dead peer, rekeyed away). */
   onEnded?(session: IkeSession): void;
+  /** An IKEv1 ISAKMP SA was established / ended. */
+  onEstablishedV1?(session: V1Session): void;
+  onEndedV1?(session: V1Session): void;
   log?(event: string, detail?: Record<string, unknown>): void;
 }
 
@@ -86,12 +91,31 @@ export class IkeManager implements SessionHost, IkeReceiver {
   private invalidSpiBudget = { at: 0, left: 10 };
   /** ESP-in-UDP datagrams received on 4500, for a data plane (or a test) to open. */
   espHandler?: (packet: Buffer, from: Endpoint) => void;
+  /** The IKEv1 keying module on the same sockets (messages of major version 1 go there). */
+  readonly v1: V1Manager;
 
   constructor(private readonly o: ManagerOptions) {
     this.audit = o.audit ?? NO_AUDIT;
     this.dataplane = o.dataplane ?? NO_DATAPLANE;
     this.timing = { ...DEFAULT_TIMING, ...o.timing };
     this.fragmentSize = o.fragmentSize ?? 1280;
+    this.v1 = new V1Manager({
+      address: o.address,
+      peerFor: (remote) => o.peerFor(remote),
+      bind: () => this.bind,
+      spis: this.spis,
+      audit: this.audit,
+      dataplane: this.dataplane,
+      timing: this.timing,
+      trace: o.trace,
+      halfOpenTimeoutMs: o.halfOpenTimeoutMs,
+      maxHalfOpen: o.maxHalfOpen,
+      onEstablished: o.onEstablishedV1,
+      onEnded: o.onEndedV1,
+      invalidPacket: (remote, quick, reason) =>
+        this.invalidPacket(remote, quick ? ExchangeType.CREATE_CHILD_SA : ExchangeType.IKE_SA_INIT, reason, 'IKEv1'),
+      log: (event, detail) => this.log(event, detail),
+    });
   }
 
   get bind(): IkeBind {
@@ -133,7 +157,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
    * Audits an invalid IKE message from `remote` (4976 Main Mode, 4977 Quick Mode): at most one
    * event per peer every ten seconds, so junk cannot flood the Security log (SessionHost too).
    */
-  invalidPacket(remote: string, exchange: number, reason: string): void {
+  invalidPacket(remote: string, exchange: number, reason: string, keyingModule: 'IKEv2' | 'IKEv1' = 'IKEv2'): void {
     if (!IkeManager.firstIn10s(this.invalidAt, remote)) return;
     const qm = exchange === ExchangeType.CREATE_CHILD_SA;
     this.audit.emit({
@@ -142,7 +166,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       success: false,
       localAddress: this.o.address,
       remoteAddress: remote,
-      keyingModule: 'IKEv2',
+      keyingModule,
       reason,
     });
   }
@@ -270,6 +294,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
   /** The data plane saw ESP on this inbound SPI: the peer is alive (no liveness check needed). */
   noteEsp(spiIn: number): void {
     this.childIndex.get(spiIn)?.noteInbound();
+    this.v1.noteEsp(spiIn);
   }
 
   /**
@@ -277,6 +302,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
    * soft → rekey it now, hard → delete it (RFC 4301 §4.4.2.1).
    */
   expire(spiIn: number, hard: boolean): void {
+    if (this.v1.expire(spiIn, hard)) return;
     const s = this.childIndex.get(spiIn);
     const e = s?.children.get(spiIn);
     if (!s || !e) return;
@@ -298,6 +324,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   /** One IKE message (marker already removed). Never throws. */
   ike(data: Buffer, from: Endpoint, port: IkePort): void {
+    // Both versions share the ports; the version octet tells them apart (RFC 7296 §1.5, RFC 2408 §3.1).
+    if (data.length > 17 && (data[17] as number) >> 4 === 1) {
+      this.v1.receive(data, from, port);
+      return;
+    }
     let msg: IkeMessage;
     try {
       msg = decodeMessage(data);
@@ -543,12 +574,16 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   /** Deletes every IKE SA at its peer (Delete on shutdown), then closes the sockets. */
   async shutdown(): Promise<void> {
-    await Promise.all(this.sessions().map((s) => s.delete('keying service stopped').catch(() => {})));
+    await Promise.all([
+      ...this.sessions().map((s) => s.delete('keying service stopped').catch(() => {})),
+      this.v1.shutdown(),
+    ]);
     this.close();
   }
 
   /** Forgets every SA without telling the peers and closes the sockets. */
   close(): void {
+    this.v1.close();
     for (const s of this.sessions()) s.terminate('keying service stopped');
     this._bind?.close();
     this._bind = undefined;

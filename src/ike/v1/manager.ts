@@ -1,0 +1,375 @@
+/**
+ * The IKEv1 keying module of one address: ISAKMP SAs by our cookie, the responder's half-open
+ * accounting (a cap, and Main Mode message 1 retransmissions answered from an index), dispatch of
+ * IKEv1 datagrams (the IKEv2 manager hands over every message whose major version is 1: both
+ * versions share UDP 500/4500), Aggressive Mode refused, and the initiator's Main Mode + Quick Mode.
+ * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
+ */
+import type { AuditSink } from '../../audit/events.ts';
+import type { IkeBind, IkePort } from '../../sa/bind.ts';
+import type { ChildSaSink } from '../../sa/sink.ts';
+import type { Endpoint } from '../../sa/spec.ts';
+import { IkeError, notifyName } from '../errors.ts';
+import type { PeerConfig, Timing } from '../session.ts';
+import type { SpiRegistry } from '../spi.ts';
+import type { ChildEntry } from '../tasks/context.ts';
+import { methodName } from '../tasks/ike-auth.ts';
+import type { IkeTrace } from '../trace.ts';
+import { decodeV1, decodeV1Payloads, encodeV1, findAllV1, type V1Message, type V1Payload } from './codec.ts';
+import { DOI_IPSEC, ExchangeType, NotifyType, PayloadType, ProtocolId, VendorId } from './constants.ts';
+import { initiateMainMode, type MainModeHooks, respondMainMode } from './main-mode.ts';
+import { armRenewal, initiateQuick } from './quick-mode.ts';
+import { digestOf, V1Session, type V1Host } from './session.ts';
+import { v1Text } from './trace.ts';
+
+export interface V1ManagerOptions {
+  address: string;
+  peerFor(address: string): PeerConfig | undefined;
+  bind(): IkeBind;
+  spis: SpiRegistry;
+  audit: AuditSink;
+  dataplane: ChildSaSink;
+  timing: Timing;
+  trace?: IkeTrace;
+  /** Half-open SAs are forgotten after this long. Default 30 s. */
+  halfOpenTimeoutMs?: number;
+  /** Hard cap on half-open SAs; beyond it Main Mode message 1 is dropped. Default 4096. */
+  maxHalfOpen?: number;
+  onEstablished?(s: V1Session): void;
+  onEnded?(s: V1Session): void;
+  /** An invalid message (audit 4976 for Main Mode and Informational, 4977 for Quick Mode). */
+  invalidPacket(remote: string, quickMode: boolean, reason: string): void;
+  log(event: string, detail?: Record<string, unknown>): void;
+}
+
+const hex = (b: Buffer) => b.toString('hex');
+const ZERO = Buffer.alloc(8);
+
+export class V1Manager implements V1Host {
+  private readonly byCookie = new Map<string, V1Session>();
+  /** Responder SAs still in Main Mode, by initiator cookie and address (message 1 retransmissions). */
+  private readonly halfOpenIndex = new Map<string, V1Session>();
+  private readonly halfOpenTimers = new Map<V1Session, NodeJS.Timeout>();
+  /** Which session holds each child SA, by inbound SPI (the data plane's events name SPIs). */
+  private readonly childIndex = new Map<number, V1Session>();
+  private readonly hooks: MainModeHooks;
+  /** Per-remote count of our SAs (INITIAL-CONTACT only with none besides). */
+  private readonly perRemote = new Map<string, number>();
+
+  constructor(private readonly o: V1ManagerOptions) {
+    this.hooks = {
+      firstContact: () => true,
+      initialContact: (s) => this.initialContact(s),
+      failed: (s, err) => this.mainModeFailed(s, err),
+    };
+  }
+
+  get bind(): IkeBind {
+    return this.o.bind();
+  }
+  get spis(): SpiRegistry {
+    return this.o.spis;
+  }
+  get audit(): AuditSink {
+    return this.o.audit;
+  }
+  get dataplane(): ChildSaSink {
+    return this.o.dataplane;
+  }
+  get timing(): Timing {
+    return this.o.timing;
+  }
+
+  log(event: string, detail?: Record<string, unknown>): void {
+    this.o.log(event, detail);
+  }
+
+  invalidPacket(remote: string, exchange: number, reason: string): void {
+    this.o.invalidPacket(remote, exchange === ExchangeType.QUICK_MODE, reason);
+    this.log('drop invalid IKEv1 message', { from: remote, exchange, reason });
+  }
+
+  traceInner(s: V1Session, dir: 'sent' | 'received', exchange: number, mid: number, payloads: V1Payload[]): void {
+    if (!this.o.trace?.enabled()) return;
+    this.o.trace.line(
+      `${dir} IKEv1 ${ExchangeType[exchange] ?? exchange} #${mid} cookies ${hex(s.cookieI)}/${hex(s.cookieR)} decrypted: ${v1Text(payloads)}`,
+    );
+  }
+
+  // ---- V1Host -------------------------------------------------------------------------------------
+
+  register(s: V1Session): void {
+    const key = hex(s.localCookie);
+    if (!this.byCookie.has(key)) this.perRemote.set(s.remote.address, (this.perRemote.get(s.remote.address) ?? 0) + 1);
+    this.byCookie.set(key, s);
+  }
+
+  unregister(s: V1Session): void {
+    const key = hex(s.localCookie);
+    if (this.byCookie.get(key) === s) {
+      this.byCookie.delete(key);
+      const n = (this.perRemote.get(s.remote.address) ?? 1) - 1;
+      if (n > 0) this.perRemote.set(s.remote.address, n);
+      else this.perRemote.delete(s.remote.address);
+    }
+    this.forgetHalfOpen(s);
+    this.o.onEnded?.(s);
+  }
+
+  established(s: V1Session): void {
+    this.forgetHalfOpen(s);
+    this.o.onEstablished?.(s);
+  }
+
+  childMoved(spiIn: number, s: V1Session | undefined): void {
+    if (s) this.childIndex.set(spiIn, s);
+    else this.childIndex.delete(spiIn);
+  }
+
+  private forgetHalfOpen(s: V1Session): void {
+    const t = this.halfOpenTimers.get(s);
+    if (!t) return;
+    clearTimeout(t);
+    this.halfOpenTimers.delete(s);
+    for (const [k, v] of this.halfOpenIndex) if (v === s) this.halfOpenIndex.delete(k);
+  }
+
+  // ---- views --------------------------------------------------------------------------------------
+
+  sessions(): V1Session[] {
+    return [...this.byCookie.values()];
+  }
+
+  get halfOpen(): number {
+    return this.halfOpenTimers.size;
+  }
+
+  noteEsp(spiIn: number): void {
+    this.childIndex.get(spiIn)?.noteInbound();
+  }
+
+  /** The data plane reached a child's byte lifetime: soft → renew it now, hard → delete it. */
+  expire(spiIn: number, hard: boolean): ChildEntry | undefined {
+    const s = this.childIndex.get(spiIn);
+    const e = s?.children.get(spiIn);
+    if (!s || !e) return undefined;
+    if (hard) void s.deleteChild(e, 'lifetime expired (data plane)');
+    else if (e.state.kind === 'installed' && s.state === 'established') {
+      e.state = { kind: 'rekeying' };
+      const [local, remote] = e.child.initiator ? [e.child.tsi, e.child.tsr] : [e.child.tsr, e.child.tsi];
+      initiateQuick(s, { tsi: local, tsr: remote }).catch(() => {
+        if (e.state.kind === 'rekeying') e.state = { kind: 'installed' };
+      });
+    }
+    return e;
+  }
+
+  // ---- receive ------------------------------------------------------------------------------------
+
+  /** One IKEv1 datagram (non-ESP marker removed). Never throws. */
+  receive(data: Buffer, from: Endpoint, port: IkePort): void {
+    let msg: V1Message;
+    try {
+      msg = decodeV1(data);
+    } catch (err) {
+      this.invalidPacket(from.address, ExchangeType.IDENTITY_PROTECTION, (err as Error).message);
+      return;
+    }
+    if (this.o.trace?.enabled())
+      this.o.trace.line(
+        `received IKEv1 ${from.address}:${from.port} -> ${this.o.address}:${port} ${ExchangeType[msg.header.exchange] ?? msg.header.exchange} ` +
+          `cookies ${hex(msg.header.cookieI)}/${hex(msg.header.cookieR)} #${msg.header.messageId} ${data.length} octets`,
+      );
+    try {
+      this.dispatch(msg, from, port);
+    } catch (err) {
+      this.log('drop IKEv1 message', { from: from.address, reason: (err as Error).message });
+    }
+  }
+
+  private dispatch(msg: V1Message, from: Endpoint, port: IkePort): void {
+    const h = msg.header;
+    if (h.cookieR.equals(ZERO)) {
+      if (h.exchange === ExchangeType.AGGRESSIVE) {
+        this.refuse(
+          msg,
+          from,
+          port,
+          NotifyType.INVALID_EXCHANGE_TYPE,
+          'Aggressive Mode is refused (identities in the clear; Windows never uses it)',
+        );
+        return;
+      }
+      if (h.exchange !== ExchangeType.IDENTITY_PROTECTION || h.messageId !== 0) return;
+      this.respondMainMode(msg, from, port);
+      return;
+    }
+    // Our cookie names the SA: the initiator cookie for SAs we started, the responder cookie otherwise.
+    const ours = this.byCookie.get(hex(h.cookieI));
+    const s = ours?.role === 'initiator' ? ours : this.byCookie.get(hex(h.cookieR));
+    if (!s || !s.cookieI.equals(h.cookieI)) return;
+    // The responder's cookie is learnt from Main Mode message 2; after that it must match.
+    const learning =
+      s.role === 'initiator' && s.cookieR.equals(ZERO) && h.exchange === ExchangeType.IDENTITY_PROTECTION;
+    if (!learning && !s.cookieR.equals(h.cookieR)) return;
+    s.receive(msg, from, port);
+  }
+
+  /** An unprotected notification answering a message we will not process (RFC 2408 §5). */
+  private refuse(msg: V1Message, from: Endpoint, port: IkePort, notify: NotifyType, why: string): void {
+    const h = msg.header;
+    const n: V1Payload = {
+      type: PayloadType.N,
+      doi: DOI_IPSEC,
+      protocol: ProtocolId.ISAKMP,
+      spi: Buffer.concat([h.cookieI, h.cookieR]),
+      notify,
+      data: Buffer.alloc(0),
+    };
+    this.bind.sendIke(
+      encodeV1(
+        { cookieI: h.cookieI, cookieR: h.cookieR, exchange: ExchangeType.INFORMATIONAL, flags: 0, messageId: 0 },
+        [n],
+      ),
+      port,
+      from,
+    );
+    this.log('IKEv1 refused', { from: from.address, reason: why });
+    this.audit.emit({
+      id: 4653,
+      subcategory: 'IPsec Main Mode',
+      success: false,
+      local: { address: this.o.address, port },
+      remote: { address: from.address, port: from.port },
+      keyingModule: 'IKEv1',
+      role: 'Responder',
+      failure: {
+        failurePoint: 'Local computer',
+        failureReason: why,
+        state: 'No state',
+        notify: NotifyType[notify],
+        initiatorCookie: hex(h.cookieI),
+        responderCookie: hex(h.cookieR),
+      },
+    });
+  }
+
+  private respondMainMode(msg: V1Message, from: Endpoint, port: IkePort): void {
+    const key = `${hex(msg.header.cookieI)}/${from.address}:${from.port}`;
+    const known = this.halfOpenIndex.get(key);
+    if (known) {
+      known.receive(msg, from, port); // a retransmitted message 1 is answered from mmAnswered
+      return;
+    }
+    if (this.halfOpenTimers.size >= (this.o.maxHalfOpen ?? 4096)) {
+      this.log('drop Main Mode: too many half-open SAs', { from: from.address });
+      return;
+    }
+    let payloads: V1Payload[];
+    try {
+      payloads = decodeV1Payloads(msg.header.nextPayload, msg.body);
+    } catch (err) {
+      this.invalidPacket(from.address, ExchangeType.IDENTITY_PROTECTION, (err as Error).message);
+      return;
+    }
+    const peer = this.o.peerFor(from.address);
+    if (!peer) {
+      this.refuse(msg, from, port, NotifyType.NO_PROPOSAL_CHOSEN, 'no policy for this peer');
+      return;
+    }
+    const s = new V1Session(this, 'responder', { address: this.o.address, port }, from, peer, msg.header.cookieI);
+    armRenewal(s);
+    const r = respondMainMode(s, payloads, this.hooks);
+    if ('refused' in r) {
+      this.refuse(msg, from, port, NotifyType.NO_PROPOSAL_CHOSEN, r.refused);
+      return;
+    }
+    // Windows announces a fresh start with its Vid-Initial-Contact vendor ID (MS-IKEE §3.5–3.6).
+    if (findAllV1(payloads, PayloadType.VID).some((v) => v.data.equals(VendorId.MS_INITIAL_CONTACT)))
+      s.initialContactVid = true;
+    this.register(s);
+    this.halfOpenIndex.set(key, s);
+    const timer = setTimeout(() => {
+      if (s.state === 'half-open') s.terminate('half-open timeout');
+    }, this.o.halfOpenTimeoutMs ?? 30_000);
+    timer.unref();
+    this.halfOpenTimers.set(s, timer);
+    s.mmAnswered = { request: digestOf(msg.raw), response: r.response };
+    this.log('IKEv1 Main Mode', { from: from.address, cookieR: hex(s.cookieR) });
+    s.send(r.response);
+  }
+
+  /** INITIAL-CONTACT: the peer restarted; our older SAs with it are stale and go without a Delete. */
+  private initialContact(fresh: V1Session): void {
+    for (const s of this.sessions())
+      if (s !== fresh && s.state === 'established' && s.remote.address === fresh.remote.address)
+        s.terminate('the peer restarted (INITIAL-CONTACT)');
+  }
+
+  /** A Main Mode failure: 4653 (4652 with certificates), and the SA goes. */
+  private mainModeFailed(s: V1Session, err: Error): void {
+    this.audit.emit({
+      id: s.peer.credentials.method === 'cert' ? 4652 : 4653,
+      subcategory: 'IPsec Main Mode',
+      success: false,
+      local: { address: s.local.address, port: s.local.port },
+      remote: { address: s.remote.address, port: s.remote.port },
+      keyingModule: 'IKEv1',
+      role: s.role === 'initiator' ? 'Initiator' : 'Responder',
+      authenticationMethod: methodName(s.peer.credentials),
+      failure: {
+        failurePoint: err instanceof IkeError && err.fromPeer ? 'Remote computer' : 'Local computer',
+        failureReason: err.message,
+        state: s.keys ? 'Authentication' : 'No state',
+        notify: err instanceof IkeError ? notifyName(err.notify) : undefined,
+        initiatorCookie: hex(s.cookieI),
+        responderCookie: hex(s.cookieR),
+      },
+    });
+    this.log('IKEv1 Main Mode failed', { remote: s.remote.address, reason: err.message });
+    s.fail(err);
+  }
+
+  // ---- initiator ----------------------------------------------------------------------------------
+
+  /** Main Mode then Quick Mode with `remote`: the ISAKMP SA and its first child SA. */
+  async initiate(r: {
+    remote: string;
+    peer: PeerConfig;
+    forceUdpEncapsulation?: boolean;
+  }): Promise<{ session: V1Session; child: ChildEntry }> {
+    const s = new V1Session(
+      this,
+      'initiator',
+      { address: this.o.address, port: 500 },
+      { address: r.remote, port: 500 },
+      r.peer,
+    );
+    s.forceEncapsulation = r.forceUdpEncapsulation ?? false;
+    armRenewal(s);
+    this.register(s);
+    const first = (this.perRemote.get(r.remote) ?? 0) <= 1;
+    try {
+      initiateMainMode(s, { ...this.hooks, firstContact: () => first });
+      await s.whenEstablished();
+    } catch (err) {
+      if (s.state !== 'dead') this.mainModeFailed(s, err as Error);
+      throw err;
+    }
+    return { session: s, child: await this.createChild(s, r.peer) };
+  }
+
+  /** Another child SA on an established ISAKMP SA (Quick Mode). */
+  createChild(s: V1Session, peer: Pick<PeerConfig, 'tsi' | 'tsr'>): Promise<ChildEntry> {
+    return initiateQuick(s, { tsi: peer.tsi, tsr: peer.tsr });
+  }
+
+  /** Deletes every SA at its peer (on shutdown). */
+  shutdown(): Promise<void> {
+    return Promise.all(this.sessions().map((s) => s.delete('keying service stopped'))).then(() => {});
+  }
+
+  close(): void {
+    for (const s of this.sessions()) s.terminate('keying service stopped');
+  }
+}

@@ -1,0 +1,391 @@
+import assert from 'node:assert/strict';
+import { afterEach, describe, it } from 'node:test';
+import fc from 'fast-check';
+import { AuditCollector } from '../src/audit/events.ts';
+import { MemoryNetwork } from '../src/ike/bind.ts';
+import { IkeManager } from '../src/ike/manager.ts';
+import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
+import type { Lifetimes, PeerConfig } from '../src/ike/session.ts';
+import {
+  attrNumber,
+  decodeV1,
+  decodeV1Payloads,
+  encodeV1,
+  encodeV1Payloads,
+  type V1Payload,
+} from '../src/ike/v1/codec.ts';
+import { ExchangeType, IdType, PayloadType, VendorId } from '../src/ike/v1/constants.ts';
+import { idOfSelector, selectorOfId } from '../src/ike/v1/quick-mode.ts';
+import { vendorName } from '../src/ike/v1/trace.ts';
+import { mmProposal, qmProposal } from '../src/policy/model.ts';
+import type { ChildSaSink } from '../src/sa/sink.ts';
+import type { ChildSaSpec } from '../src/sa/spec.ts';
+
+const A = '192.0.2.1';
+const B = '192.0.2.2';
+const ip = (a: string) => Buffer.from(a.split('.').map(Number));
+const hostTs = (a: string) => ({ type: 7, ipProtocol: 0, startPort: 0, endPort: 65535, start: ip(a), end: ip(a) });
+const HOUR: Partial<Lifetimes> = { ikeExpireMs: 3_600_000, childExpireMs: 3_600_000 };
+
+class SadRecorder implements ChildSaSink {
+  readonly installed = new Map<number, ChildSaSpec>();
+  install(spec: ChildSaSpec): void {
+    this.installed.set(spec.inbound.spi, spec);
+  }
+  delete(spiIn: number): void {
+    this.installed.delete(spiIn);
+  }
+}
+
+interface Opts {
+  psk?: [string, string];
+  pfs?: boolean;
+  ah?: boolean;
+  qmA?: 'AESGCM256' | 'AES256';
+  qmB?: 'AESGCM256' | 'AES256';
+  mode?: 'tunnel' | 'transport';
+  encap?: boolean;
+  net?: MemoryNetwork;
+  retransmits?: number[];
+}
+
+function config(local: string, remote: string, psk: string, o: Opts, qmEnc: 'AESGCM256' | 'AES256'): PeerConfig {
+  const qm = o.ah
+    ? [qmProposal({ Encapsulation: ['AH'], AHHash: 'SHA256' })]
+    : qmEnc === 'AES256'
+      ? [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AES256', ESPHash: 'SHA256' })]
+      : [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
+  const initiatorSide = local === A;
+  return {
+    name: 'v1',
+    ikeProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })]).proposals,
+    espProposals: (spi) => espProposals(qm, spi, o.pfs ? 20 : undefined).proposals,
+    credentials: { method: 'psk', psk: Buffer.from(psk) },
+    localId: { type: IdType.IPV4_ADDR, data: ip(local) },
+    remoteId: { type: IdType.IPV4_ADDR, data: ip(remote) },
+    tsi: [hostTs(initiatorSide ? local : remote)],
+    tsr: [hostTs(initiatorSide ? remote : local)],
+    mode: o.mode ?? 'transport',
+    lifetimes: HOUR,
+  };
+}
+
+const open: IkeManager[] = [];
+afterEach(() => {
+  for (const m of open.splice(0)) m.close();
+});
+
+function side(net: MemoryNetwork, local: string, remote: string, o: Opts, psk: string, qm: 'AESGCM256' | 'AES256') {
+  const sad = new SadRecorder();
+  const audit = new AuditCollector();
+  const events: string[] = [];
+  const m = new IkeManager({
+    address: local,
+    peerFor: (a) => (a === remote ? config(local, remote, psk, o, qm) : undefined),
+    dataplane: sad,
+    audit,
+    timing: { retransmits: o.retransmits ?? [40, 80, 160, 320, 640], dpdMs: 0 },
+    log: (e, d) => events.push(`${e} ${JSON.stringify(d ?? {})}`),
+  });
+  void m.listen((rx) => net.bind(local, rx));
+  open.push(m);
+  return { m, sad, audit, events };
+}
+
+function pair(o: Opts = {}) {
+  const net = o.net ?? new MemoryNetwork();
+  const [pa, pb] = o.psk ?? ['memory-psk', 'memory-psk'];
+  const a = side(net, A, B, o, pa, o.qmA ?? 'AESGCM256');
+  const b = side(net, B, A, o, pb, o.qmB ?? o.qmA ?? 'AESGCM256');
+  const start = () =>
+    a.m.v1.initiate({ remote: B, peer: config(A, B, pa, o, o.qmA ?? 'AESGCM256'), forceUdpEncapsulation: o.encap });
+  return { net, a, b, start };
+}
+
+async function until(cond: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function assertMirrored(a: SadRecorder, b: SadRecorder): void {
+  assert.equal(a.installed.size, b.installed.size);
+  for (const s of a.installed.values()) {
+    const peer = b.installed.get(s.outbound.spi);
+    assert.ok(peer, 'the peer receives on the SPI we send with');
+    assert.equal(peer.outbound.spi, s.inbound.spi);
+    assert.deepEqual(s.outbound.encrKey, peer.inbound.encrKey);
+    assert.deepEqual(s.outbound.integKey, peer.inbound.integKey);
+    assert.deepEqual(s.inbound.encrKey, peer.outbound.encrKey);
+    assert.notDeepEqual(
+      Buffer.concat([s.inbound.encrKey, s.inbound.integKey]),
+      Buffer.concat([s.outbound.encrKey, s.outbound.integKey]),
+      'each direction has keys of its own',
+    );
+  }
+}
+
+describe('IKEv1 codec', () => {
+  it('round-trips an SA payload with basic and variable attributes, byte for byte', () => {
+    const payloads: V1Payload[] = [
+      {
+        type: PayloadType.SA,
+        doi: 1,
+        situation: 1,
+        proposals: [
+          {
+            number: 1,
+            protocol: 1,
+            spi: Buffer.alloc(0),
+            transforms: [
+              {
+                number: 1,
+                id: 1,
+                attributes: [
+                  { type: 1, value: 7 },
+                  { type: 14, value: 256 },
+                  { type: 12, value: 86400 },
+                ],
+              },
+              {
+                number: 2,
+                id: 1,
+                attributes: [
+                  { type: 1, value: 7 },
+                  { type: 12, value: Buffer.from('00015180', 'hex') },
+                ],
+              },
+            ],
+          },
+        ],
+      },
+      { type: PayloadType.VID, data: VendorId.RFC3947 },
+      { type: PayloadType.N, doi: 1, protocol: 1, spi: Buffer.alloc(16, 1), notify: 24578, data: Buffer.alloc(0) },
+      {
+        type: PayloadType.D,
+        doi: 1,
+        protocol: 3,
+        spiSize: 4,
+        spis: [Buffer.from('01020304', 'hex'), Buffer.from('05060708', 'hex')],
+      },
+    ];
+    const raw = encodeV1(
+      { cookieI: Buffer.alloc(8, 0xaa), cookieR: Buffer.alloc(8), exchange: 2, flags: 0, messageId: 0 },
+      payloads,
+    );
+    const msg = decodeV1(raw);
+    const back = decodeV1Payloads(msg.header.nextPayload, msg.body);
+    assert.equal(back.length, 4);
+    const sa = back[0];
+    assert.ok(sa?.type === PayloadType.SA);
+    const t2 = sa.proposals[0]?.transforms[1];
+    assert.equal(attrNumber(t2?.attributes[1]), 86400);
+    // Encoding what was decoded gives the same octets.
+    assert.deepEqual(encodeV1Payloads(back), msg.body);
+  });
+
+  it('refuses what RFC 2408 calls malformed, with the notify it names', () => {
+    const good = encodeV1(
+      { cookieI: Buffer.alloc(8, 1), cookieR: Buffer.alloc(8), exchange: 2, flags: 0, messageId: 0 },
+      [{ type: PayloadType.VID, data: VendorId.DPD }],
+    );
+    const v2 = Buffer.from(good);
+    v2[17] = 0x20;
+    assert.throws(() => decodeV1(v2), /major version 2/);
+    const long = Buffer.concat([good, Buffer.alloc(1)]);
+    assert.throws(() => decodeV1(long), /header length/);
+    const unknown = Buffer.from(good);
+    unknown[16] = 99;
+    const m = decodeV1(unknown);
+    assert.throws(() => decodeV1Payloads(m.header.nextPayload, m.body), /payload type 99/);
+  });
+
+  it('selectors ↔ ID payloads: hosts, subnets, ranges, single ports', () => {
+    const sel = (s: string, e: string, proto = 0, port = 0) => ({
+      type: 7,
+      ipProtocol: proto,
+      startPort: port,
+      endPort: port || 65535,
+      start: ip(s),
+      end: ip(e),
+    });
+    for (const [ts, idType] of [
+      [sel('198.51.100.7', '198.51.100.7'), IdType.IPV4_ADDR],
+      [sel('198.51.100.0', '198.51.100.255'), IdType.IPV4_ADDR_SUBNET],
+      [sel('198.51.100.5', '198.51.100.9', 6, 443), IdType.IPV4_ADDR_RANGE],
+    ] as const) {
+      const id = idOfSelector(ts);
+      assert.equal(id.idType, idType);
+      assert.deepEqual(selectorOfId(id), ts);
+    }
+  });
+
+  it('names the vendor IDs Windows sends (MS-IKEE)', () => {
+    assert.equal(
+      vendorName(Buffer.concat([VendorId.MS_NT5_PREFIX, Buffer.from('00000009', 'hex')])),
+      'MS NT5 ISAKMPOAKLEY v9',
+    );
+    assert.equal(vendorName(VendorId.MS_INITIAL_CONTACT), 'Vid-Initial-Contact');
+    assert.equal(vendorName(Buffer.concat([VendorId.FRAGMENTATION, Buffer.from('80000000', 'hex')])), 'FRAGMENTATION');
+  });
+});
+
+describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
+  it('PSK, AES-256/SHA-256/DH14, ESP AES-GCM-256 transport: both SADs hold mirrored SAs with the same keys', async () => {
+    const { a, b, start } = pair();
+    const { session, child } = await start();
+    assert.equal(session.state, 'established');
+    assert.equal(child.child.mode, 'transport');
+    await until(() => b.sad.installed.size === 1);
+    assertMirrored(a.sad, b.sad);
+    const [bs] = b.m.v1.sessions();
+    assert.equal(bs?.state, 'established');
+    assert.deepEqual(a.audit.ids(), [4650, 5451]);
+    assert.deepEqual(b.audit.ids(), [4650, 5451]);
+    const spec = [...a.sad.installed.values()][0];
+    assert.equal(spec?.cipher, 'aes-gcm-16');
+    assert.equal(spec?.inbound.encrKey.length, 36, 'AES-256 key + 4-octet salt');
+  });
+
+  it('PFS (ECP-384) with ESP AES-CBC-256/SHA-256 in tunnel mode, and AH', async () => {
+    for (const o of [{ pfs: true, qmA: 'AES256' as const, mode: 'tunnel' as const }, { ah: true }]) {
+      const { a, b, start } = pair(o);
+      const { child } = await start();
+      assert.equal(child.child.pfsGroup, o.pfs ? 20 : undefined);
+      await until(() => b.sad.installed.size === 1);
+      assertMirrored(a.sad, b.sad);
+      const spec = [...b.sad.installed.values()][0];
+      assert.equal(spec?.protocol, o.ah ? 'ah' : 'esp');
+      assert.equal(spec?.mode, o.mode ?? 'transport');
+      assert.equal(spec?.integrity, 'sha256-128');
+      for (const m of open.splice(0)) m.close();
+    }
+  });
+
+  it('forced encapsulation floats to UDP 4500 and both sides carry ESP in UDP', async () => {
+    const { a, b, net, start } = pair({ encap: true });
+    const { session } = await start();
+    assert.equal(session.floated, true);
+    await until(() => b.sad.installed.size === 1);
+    assert.equal([...a.sad.installed.values()][0]?.udpEncapsulation, true);
+    assert.equal([...b.sad.installed.values()][0]?.udpEncapsulation, true);
+    assert.ok(
+      net.sent.some((d) => d.to.port === 4500 && d.data.readUInt32BE(0) === 0),
+      'Main Mode 5 went to 4500 with the marker',
+    );
+  });
+
+  it('a second child SA on the same ISAKMP SA, then Delete both ways removes them at both ends', async () => {
+    const { a, b, start } = pair();
+    const { session } = await start();
+    // A second child for TCP only (the same selectors again would be a renewal of the first).
+    await a.m.v1.createChild(session, {
+      tsi: [{ ...hostTs(A), ipProtocol: 6 }],
+      tsr: [{ ...hostTs(B), ipProtocol: 6 }],
+    });
+    await until(() => b.sad.installed.size === 2);
+    assertMirrored(a.sad, b.sad);
+    const [first] = session.children.values();
+    assert.ok(first);
+    await session.deleteChild(first, 'test');
+    await until(() => b.sad.installed.size === 1).catch((e: Error) => {
+      throw new Error(`${e.message}\n${b.events.join('\n')}`);
+    });
+    const [bs] = b.m.v1.sessions();
+    assert.ok(bs);
+    await bs.delete('test');
+    await until(() => a.m.v1.sessions().length === 0 && a.sad.installed.size === 0);
+    assert.ok(a.audit.ids().includes(4655));
+  });
+
+  it('survives 30 % loss: retransmissions and answers to duplicates', async () => {
+    const net = new MemoryNetwork();
+    let n = 0;
+    net.drop = () => [1, 4, 7].includes(n++ % 10);
+    const { a, b, start } = pair({ net, retransmits: [30, 60, 120, 240, 480, 960] });
+    await start();
+    await until(() => b.sad.installed.size === 1, 5000);
+    assertMirrored(a.sad, b.sad);
+    assert.ok(n > 9, 'datagrams were lost');
+  });
+
+  it('different pre-shared keys: 4653 at both ends, no SA', async () => {
+    const { a, b, start } = pair({ psk: ['one-key', 'another-key'] });
+    await assert.rejects(start(), /pre-shared keys differ|did not answer/);
+    await until(() => b.audit.ids().includes(4653));
+    assert.ok(a.audit.ids().includes(4653));
+    const e = b.audit.events.find((x) => x.id === 4653);
+    assert.ok(e && 'failure' in e);
+    assert.match(e.failure.failureReason, /pre-shared keys differ/);
+    assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
+  });
+
+  it('no common Quick Mode proposal: NO-PROPOSAL-CHOSEN and 4654', async () => {
+    const { b, start } = pair({ qmA: 'AES256', qmB: 'AESGCM256' });
+    await assert.rejects(start(), /NO_PROPOSAL_CHOSEN|refused Quick Mode/);
+    assert.ok(b.audit.ids().includes(4654));
+  });
+
+  it('Aggressive Mode is refused with INVALID-EXCHANGE-TYPE and audited', async () => {
+    const { b, net } = pair();
+    const probe = new AuditCollector();
+    const got: Buffer[] = [];
+    net.bind('192.0.2.9', { ike: (m) => got.push(m) });
+    const aggressive = encodeV1(
+      {
+        cookieI: Buffer.alloc(8, 7),
+        cookieR: Buffer.alloc(8),
+        exchange: ExchangeType.AGGRESSIVE,
+        flags: 0,
+        messageId: 0,
+      },
+      [{ type: PayloadType.VID, data: VendorId.DPD }],
+    );
+    // From an address bob has a rule for would be the same; an unknown one is refused alike.
+    (b.m as unknown as { ike(d: Buffer, f: { address: string; port: number }, p: 500): void }).ike(
+      aggressive,
+      { address: '192.0.2.9', port: 500 },
+      500,
+    );
+    await until(() => got.length === 1);
+    const reply = decodeV1(got[0] as Buffer);
+    const [n] = decodeV1Payloads(reply.header.nextPayload, reply.body);
+    assert.ok(n?.type === PayloadType.N);
+    assert.equal(n.notify, 7);
+    assert.ok(b.audit.ids().includes(4653));
+    assert.equal(probe.events.length, 0);
+  });
+
+  it('fuzz: 100,000 mutated datagrams at a responder — no exception escapes, half-open SAs stay capped', async () => {
+    const net = new MemoryNetwork({ record: false });
+    const { a, b, start } = pair({ net });
+    // Real messages of a negotiation to mutate.
+    const seen: Buffer[] = [];
+    const capture = new MemoryNetwork();
+    const c = pair({ net: capture });
+    await c.start();
+    for (const d of capture.sent) seen.push(d.to.port === 4500 ? d.data.subarray(4) : d.data);
+    await start();
+    const rx = b.m as unknown as { ike(d: Buffer, f: { address: string; port: number }, p: 500 | 4500): void };
+    let count = 0;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: seen.length - 1 }),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
+        fc.integer({ min: 0, max: 3 }),
+        (which, flips, cut) => {
+          const d = Buffer.from(seen[which] as Buffer);
+          for (const [at, v] of flips) d[at % d.length] = v;
+          const m = cut ? d.subarray(0, Math.max(0, d.length - cut * 7)) : d;
+          rx.ike(m, { address: A, port: 500 }, count++ % 2 ? 500 : 4500);
+        },
+      ),
+      { numRuns: 100_000 },
+    );
+    assert.ok(b.m.v1.halfOpen <= 4096);
+    assert.equal(b.m.v1.sessions().filter((s) => s.state === 'established').length >= 1, true);
+    assert.ok(a.sad.installed.size >= 1);
+  });
+});
