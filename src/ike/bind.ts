@@ -48,16 +48,34 @@ export class UdpBind implements IkeBind {
     return new UdpBind(address, s500, s4500);
   }
 
+  /** Datagrams handed to node:dgram and not yet sent (its sends complete asynchronously). */
+  private pending = 0;
+  private closing = false;
+  private readonly sent = () => {
+    if (--this.pending === 0 && this.closing) this.closeNow();
+  };
+
   sendIke(message: Buffer, port: IkePort, to: Endpoint): void {
-    if (port === 500) this.s500.send(message, to.port, to.address);
-    else this.s4500.send([NON_ESP_MARKER, message], to.port, to.address);
+    if (this.closing) return;
+    this.pending++;
+    if (port === 500) this.s500.send(message, to.port, to.address, this.sent);
+    else this.s4500.send([NON_ESP_MARKER, message], to.port, to.address, this.sent);
   }
 
   sendUdp4500(packet: Buffer, to: Endpoint): void {
-    this.s4500.send(packet, to.port, to.address);
+    if (this.closing) return;
+    this.pending++;
+    this.s4500.send(packet, to.port, to.address, this.sent);
   }
 
+  /** Closes the sockets once what was sent has left (a last Delete is not lost to the close). */
   close(): void {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.pending === 0) this.closeNow();
+  }
+
+  private closeNow(): void {
     this.s500.close();
     this.s4500.close();
   }

@@ -32,7 +32,7 @@ function echoRequest(local: string, remote: string, seq: number): Buffer {
 
 /** Sends `count` pings through the child SA; resolves with the sequence numbers answered. */
 export async function pingThroughTunnel(
-  r: Initiated,
+  r: Pick<Initiated, 'child' | 'onEsp' | 'sendEsp'> & { sa: { floated: boolean } },
   local: string,
   remote: string,
   count = 3,

@@ -1,0 +1,238 @@
+// IKEv1 interoperability with strongSwan's charon (`version = 1`) in a lab namespace: kernel-libipsec
+// (userspace ESP, tunnel mode only, ESP in UDP 4500 with `encap = yes`, which makes charon fake a
+// NAT so both sides float to 4500 — RFC 3947 as between NATed hosts).
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Lab } from '../src/lab/lab.ts';
+import { Charon, type CharonConfig, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { hostToHost } from '../src/lab/topology.ts';
+import { events, fixture } from './helpers.ts';
+
+const PSK = 'lab-only-psk-0123456789abcdef';
+
+function v1(local: string, remote: string, proposals: string[], esp: string[], secret = PSK): CharonConfig {
+  const c = pskHostTunnel(local, remote, { name: 'consec', secret, proposals, esp, logLevel: 2 });
+  for (const conn of Object.values(c.connections)) conn.version = 1;
+  return c;
+}
+
+interface Established {
+  spiI: string;
+  spiR: string;
+  nat: boolean;
+  spiIn: string;
+  spiOut: string;
+  mode: string;
+}
+
+describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  for (const [name, mm, qm, swanIke, swanEsp, extra] of [
+    [
+      'PSK, AES256-SHA256-DH14, ESP AES-GCM-256: pings through the child SA come back',
+      'AES256-SHA256-DH14',
+      'AESGCM256',
+      'aes256-sha256-modp2048',
+      'aes256gcm16',
+      ['--ping'],
+    ],
+    [
+      'PSK, AES256-SHA384-DH20, ESP AES-GCM-256 with PFS ECP-384',
+      'AES256-SHA384-DH20',
+      'AESGCM256',
+      'aes256-sha384-ecp384',
+      'aes256gcm16-ecp384',
+      ['--pfs', '20', '--ping'],
+    ],
+    [
+      'PSK, AES128-SHA1-DH19, ESP AES-CBC-256/SHA-256 with PFS DH14',
+      'AES128-SHA1-DH19',
+      'AES256',
+      'aes128-sha1-ecp256',
+      'aes256-sha256-modp2048',
+      ['--pfs', '14'],
+    ],
+  ] as const) {
+    it(`consec initiates Main Mode + Quick Mode to charon: ${name}`, async () => {
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const bob = await Charon.start(lab, 'bob', v1(b, a, [swanIke], [swanEsp]));
+      try {
+        const init = fixture(lab, 'alice', 'ike-initiate', [a, b, PSK, mm, qm, '--v1', ...extra]);
+        await init.exited;
+        const [ok] = events<Established>(init, 'established');
+        assert.ok(ok, `${init.output()}\n--- charon ---\n${bob.log().slice(-5000)}`);
+        assert.equal(ok.nat, true, 'charon faked a NAT (encap=yes): the SA floated to 4500');
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.version, 1);
+        assert.equal(sa?.state, 'ESTABLISHED');
+        assert.equal(sa?.initiator, false);
+        const child = sa?.children[0];
+        assert.equal(child?.state, 'INSTALLED');
+        assert.equal(child?.encap, true);
+        assert.equal(child?.spiIn, ok.spiOut, 'charon receives on the SPI we send with');
+        assert.equal(child?.spiOut, ok.spiIn, 'charon sends with the SPI we receive on');
+        assert.deepEqual(child?.localTs, [`${b}/32`]);
+        assert.deepEqual(child?.remoteTs, [`${a}/32`]);
+        if ((extra as readonly string[]).includes('--ping')) {
+          assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
+          const after = (await bob.listSas())[0]?.children[0];
+          assert.deepEqual(
+            [after?.packetsIn, after?.packetsOut],
+            [3, 3],
+            'charon decrypted our requests and sealed its replies',
+          );
+        }
+      } finally {
+        await bob.stop();
+      }
+    });
+  }
+
+  it('charon initiates IKEv1 to consec; its pings through the tunnel are answered by consec', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const resp = fixture(lab, 'bob', 'ike-respond', [b, a, PSK, 'AES256-SHA256-DH14', 'AESGCM256', 3]);
+    await resp.waitFor(/"event":"listening"/);
+    const alice = await Charon.start(lab, 'alice', v1(a, b, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      await alice.initiate('consec');
+      const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
+      assert.ok(est, resp.output());
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output()}`);
+      await resp.exited;
+      assert.deepEqual(events(resp, 'echoed'), [{ event: 'echoed', echoes: 3 }]);
+      const [sa] = await alice.listSas();
+      assert.equal(sa?.version, 1);
+      assert.equal(sa?.state, 'ESTABLISHED');
+      const child = sa?.children[0];
+      assert.deepEqual([child?.spiIn, child?.spiOut], [est.spiOut, est.spiIn]);
+      assert.deepEqual([child?.packetsOut, child?.packetsIn], [3, 3]);
+      // Windows' view of it: a main mode and a quick mode event of the IKEv1 module.
+      assert.deepEqual(
+        events<{ id: number }>(resp, 'audit')
+          .map((e) => e.id)
+          .filter((id) => id === 4650 || id === 5451),
+        [4650, 5451],
+      );
+    } finally {
+      await alice.stop();
+      await resp.stop();
+    }
+  });
+
+  it('a Delete from consec tears the SAs down at charon', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--delete',
+      ]);
+      await init.exited;
+      assert.equal(events(init, 'deleted').length, 1, init.output());
+      const deadline = Date.now() + 10_000;
+      let sas = await bob.listSas();
+      while (sas.length > 0 && Date.now() < deadline) sas = await bob.listSas();
+      assert.deepEqual(
+        sas,
+        [],
+        bob
+          .log()
+          .split('\n')
+          .filter((l) => !/vici/.test(l))
+          .join('\n')
+          .slice(-6000),
+      );
+    } finally {
+      await bob.stop();
+    }
+  });
+
+  it('different pre-shared keys: 4653 at consec, and charon logs the failed authentication', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(
+      lab,
+      'bob',
+      v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16'], 'another-lab-only-psk-987654321'),
+    );
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--retransmits',
+        '300,600,1200',
+      ]);
+      await init.exited;
+      const [failed] = events<{ message: string }>(init, 'failed');
+      assert.ok(failed, init.output());
+      const audits = events<{ id: number; reason?: string }>(init, 'audit');
+      assert.ok(
+        audits.some((e) => e.id === 4653),
+        init.output(),
+      );
+      assert.deepEqual(
+        (await bob.listSas()).filter((x) => x.state === 'ESTABLISHED'),
+        [],
+      );
+      assert.match(
+        bob
+          .log()
+          .split('\n')
+          .filter((l) => !/vici/.test(l))
+          .join('\n')
+          .slice(-6000),
+        /integrity check failed|invalid HASH|decryption failed|verification of .* failed|message parsing failed|INVALID_HASH/i,
+      );
+    } finally {
+      await bob.stop();
+    }
+  });
+
+  it('no common Quick Mode proposal: NO-PROPOSAL-CHOSEN from charon ends our Quick Mode (4654)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes128-sha1']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--retransmits',
+        '300,600,1200',
+      ]);
+      await init.exited;
+      const [failed] = events<{ message: string }>(init, 'failed');
+      assert.ok(failed, init.output());
+      assert.match(failed.message, /NO_PROPOSAL_CHOSEN|did not answer/);
+      assert.ok(
+        events<{ id: number }>(init, 'audit').some((e) => e.id === 4654),
+        init.output(),
+      );
+    } finally {
+      await bob.stop();
+    }
+  });
+});
