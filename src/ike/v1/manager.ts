@@ -145,7 +145,7 @@ export class V1Manager implements V1Host {
   }
 
   noteEsp(spiIn: number): void {
-    this.childIndex.get(spiIn)?.noteInbound();
+    this.childIndex.get(spiIn)?.noteInbound(spiIn);
   }
 
   /** The data plane reached a child's byte lifetime: soft → renew it now, hard → delete it. */

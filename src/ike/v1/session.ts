@@ -512,9 +512,39 @@ export class V1Session {
     probe();
   }
 
-  /** ESP from the peer arrived on one of our children: it is alive. */
-  noteInbound(): void {
+  /** ESP from the peer arrived on one of our children: it is alive, and has that SA. */
+  noteInbound(spiIn?: number): void {
     this.lastInbound = Date.now();
+    if (spiIn !== undefined) this.activate(spiIn);
+  }
+
+  /** Child SAs (by inbound SPI) whose outbound use waits for the peer to have them, and who waits. */
+  private readonly inactive = new Map<number, { timer: NodeJS.Timeout; waiters: (() => void)[] }>();
+
+  /**
+   * Quick Mode has no acknowledgement of message 3: the initiator's SA carries outbound traffic
+   * once ESP arrived on it, or once the peer had the time to process message 3 (its first
+   * retransmission wait, after which it would have resent message 2 had message 3 been lost).
+   */
+  private holdOutbound(key: number): void {
+    const timer = setTimeout(() => this.activate(key), this.host.timing.retransmits[0] ?? 500);
+    timer.unref();
+    this.inactive.set(key, { timer, waiters: [] });
+  }
+
+  private activate(key: number): void {
+    const held = this.inactive.get(key);
+    if (!held) return;
+    this.inactive.delete(key);
+    clearTimeout(held.timer);
+    if (this.children.has(key)) this.host.dataplane.activate?.(key);
+    for (const w of held.waiters) w();
+  }
+
+  /** Resolves once outbound traffic may use the child SA. */
+  outboundReady(entry: ChildEntry): Promise<void> {
+    const held = this.inactive.get(spiNumber(entry.child.spiIn));
+    return held ? new Promise((resolve) => held.waiters.push(resolve)) : Promise.resolve();
   }
 
   fail(err: Error): void {
@@ -607,8 +637,10 @@ export class V1Session {
         remote: this.remote,
         udpEncapsulation: this.floated,
         maxKilobytes: life.kilobytes ?? this.lifetimes.childKilobytes,
+        outboundActive: !child.initiator,
       }),
     );
+    if (child.initiator) this.holdOutbound(key);
     const expire = setTimeout(
       () => {
         if (this.children.get(key) === entry) void this.deleteChild(entry, 'lifetime expired');
@@ -637,6 +669,7 @@ export class V1Session {
     this.children.delete(key);
     this.host.childMoved(key, undefined);
     for (const t of entry.timers) clearTimeout(t);
+    this.activate(key);
     this.host.dataplane.delete(key);
     this.host.spis.release(entry.child.spiIn);
     const q = this.quickModeInfo(entry.child);
