@@ -131,7 +131,9 @@ describe('policy → negotiation plan', () => {
       () => planNegotiation(doc, flow('198.51.100.7')),
       /Kerberos is not supported by IKEv2 and needs AuthIP/,
     );
-    assert.throws(() => planNegotiation(doc, flow('203.0.113.5')), /asks for IKEv1, which consec does not speak yet/);
+    // The rule's KeyModule picks the keying module; a rule without one (Default) starts with IKEv2.
+    assert.equal(planNegotiation(doc, flow('203.0.113.5')).keyModule, 'IKEv1');
+    assert.equal(plan.keyModule, 'Default');
     assert.throws(() => planNegotiation(doc, flow('192.0.2.53')), /"exempt" exempts it/);
     assert.throws(() => planNegotiation(doc, flow('10.0.0.1')), /no connection security rule matches/);
   });

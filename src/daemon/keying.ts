@@ -17,6 +17,7 @@ import { IkeManager } from '../ike/manager.ts';
 import { selectProposal } from '../ike/proposals.ts';
 import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
 import type { IkeTrace } from '../ike/trace.ts';
+import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
@@ -49,7 +50,7 @@ export interface KeyingOptions {
   /** The IKE debug trace (netsh advfirewall set global ipsec debuglog). */
   trace?: IkeTrace;
   /** A negotiation established an IKE SA (metrics). */
-  onEstablished?(session: IkeSession): void;
+  onEstablished?(session: KeyedSession): void;
   /** Called with each new active policy, after the SAs were reconciled (the daemon refreshes its filters). */
   onPolicy?(doc: PolicyDocument): void;
   /** The IKE sockets for an address (the data plane's marked ones); default UDP 500/4500 of our own. */
@@ -78,11 +79,21 @@ const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
   );
 };
 
+/** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
+export type KeyedSession = IkeSession | V1Session;
+
+/** Errors after which Default falls back from IKEv2 to IKEv1: the peer does not speak IKEv2. */
+const speaksNoIkev2 = (err: unknown): boolean =>
+  err instanceof IkeError &&
+  (err.notify === NotifyType.NO_PROPOSAL_CHOSEN ||
+    err.notify === NotifyType.INVALID_MAJOR_VERSION ||
+    /did not answer|not answer|timed out|retransmi/i.test(err.message));
+
 export class KeyingService {
   private readonly managers = new Map<string, IkeManager>();
   private doc: PolicyDocument;
   private watch?: PolicyWatch;
-  private readonly inFlight = new Map<string, Promise<{ session: IkeSession; child: ChildSa }>>();
+  private readonly inFlight = new Map<string, Promise<{ session: KeyedSession; child: ChildSa }>>();
 
   constructor(private readonly o: KeyingOptions) {
     this.doc = this.inForce(o.stores.read('ActiveStore'));
@@ -111,6 +122,7 @@ export class KeyingService {
         dataplane: this.o.dataplane,
         timing: this.o.timing,
         onEstablished: this.o.onEstablished,
+        onEstablishedV1: this.o.onEstablished,
         trace: this.o.trace,
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),
       });
@@ -150,20 +162,21 @@ export class KeyingService {
     return this.doc;
   }
 
-  /** Half-open IKE SAs over all addresses (IKE_SA_INIT answered, IKE_AUTH not yet). */
+  /** Half-open IKE SAs over all addresses (IKE_SA_INIT answered, IKE_AUTH not yet; Main Mode under way). */
   get halfOpen(): number {
-    return [...this.managers.values()].reduce((n, m) => n + m.counts.halfOpen, 0);
+    return [...this.managers.values()].reduce((n, m) => n + m.counts.halfOpen + m.v1.halfOpen, 0);
   }
 
-  sessions(): IkeSession[] {
-    return [...this.managers.values()].flatMap((m) => m.sessions());
+  /** IKE SAs of both keying modules. */
+  sessions(): KeyedSession[] {
+    return [...this.managers.values()].flatMap((m): KeyedSession[] => [...m.sessions(), ...m.v1.sessions()]);
   }
 
   /**
    * Traffic that needs protection (from the data plane's acquire, or a command): reuses an IKE SA
    * with the peer and its children when they cover the flow, adds a child otherwise, or negotiates.
    */
-  async acquire(flow: Flow): Promise<{ session: IkeSession; child: ChildSa }> {
+  async acquire(flow: Flow): Promise<{ session: KeyedSession; child: ChildSa }> {
     const plan = planNegotiation(this.doc, flow, this.planOptions);
     const m = this.managers.get(plan.local);
     if (!m)
@@ -177,7 +190,10 @@ export class KeyingService {
     // IKE SA of its own at the same moment.
     const running = this.inFlight.get(key);
     if (running) await running;
-    const session = m.sessions().find((s) => s.sa.remote.address === plan.remote && s.state === 'established');
+    const up = (s: KeyedSession) => s.sa.remote.address === plan.remote && s.state === 'established';
+    const session: KeyedSession | undefined =
+      (plan.keyModule !== 'IKEv1' ? m.sessions().find(up) : undefined) ??
+      (plan.keyModule !== 'IKEv2' ? m.v1.sessions().find(up) : undefined);
     if (session) {
       for (const e of session.children.values())
         if (
@@ -186,10 +202,27 @@ export class KeyingService {
           inside(flow.remote, remoteTs(e.child))
         )
           return { session, child: e.child };
+      if (session instanceof V1Session) return { session, child: (await m.v1.createChild(session, plan)).child };
       const child = await createChild(session, plan.tsi, plan.tsr);
       return { session, child };
     }
-    const p = m.initiate({ remote: plan.remote, peer: plan, forceUdpEncapsulation: this.o.forceUdpEncapsulation });
+    const request = { remote: plan.remote, peer: plan, forceUdpEncapsulation: this.o.forceUdpEncapsulation };
+    const v1 = async () => {
+      const r = await m.v1.initiate(request);
+      return { session: r.session as KeyedSession, child: r.child.child };
+    };
+    const v2 = () => m.initiate(request) as Promise<{ session: KeyedSession; child: ChildSa }>;
+    const p =
+      plan.keyModule === 'IKEv1'
+        ? v1()
+        : plan.keyModule === 'IKEv2'
+          ? v2()
+          : v2().catch((err: unknown) => {
+              // Default: IKEv2 first; a peer that does not speak it gets IKEv1 (traffic stays queued meanwhile).
+              if (!speaksNoIkev2(err)) throw err;
+              this.o.log.info({ remote: plan.remote, reason: (err as Error).message }, 'IKEv2 not answered; trying IKEv1');
+              return v1();
+            });
     this.inFlight.set(key, p);
     try {
       return await p;
@@ -228,13 +261,16 @@ export class KeyingService {
     let kept = 0;
     let deleted = 0;
     for (const [address, m] of this.managers) {
-      for (const s of m.sessions()) {
+      for (const s of [...m.sessions(), ...m.v1.sessions()] as KeyedSession[]) {
         if (s.state !== 'established') continue;
         const remote = s.sa.remote.address;
         let next: PeerConfig | undefined;
         try {
           const plan = planResponder(doc, address, remote, this.planOptions);
-          next = plan && (s.role === 'responder' ? asResponder(plan) : plan);
+          // A rule that now names the other keying module no longer allows this SA.
+          const module = s instanceof V1Session ? 'IKEv1' : 'IKEv2';
+          next = plan && plan.keyModule !== 'Default' && plan.keyModule !== module ? undefined : plan;
+          next = next && (s.role === 'responder' ? asResponder(plan as NegotiationPlan) : next);
         } catch {
           next = undefined;
         }

@@ -35,6 +35,7 @@ import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
+import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
 import { JournalSink } from '../io/journal.ts';
@@ -441,7 +442,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         for (const x of established)
           for (const e of x.children.values())
             if (String(e.child.spiIn.readUInt32BE(0)) === req.params.name) {
-              await deleteChild(x, e, 'removed by an administrator');
+              if (x instanceof V1Session) await x.deleteChild(e, 'removed by an administrator');
+              else await deleteChild(x, e, 'removed by an administrator');
               return { removed: req.params.name };
             }
         throw new ConsecError('ERR_NOT_FOUND', `No quick mode SA named ${req.params.name}.`);

@@ -11,11 +11,11 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { AuditEvent } from '../audit/events.ts';
 import type { DataPlaneStats } from '../dataplane/plane.ts';
 import { ConsecError } from '../errors.ts';
-import type { IkeSession } from '../ike/session.ts';
+import type { KeyedSession } from './keying.ts';
 
 /** What the metrics read at scrape time. */
 export interface MetricsSources {
-  sessions(): IkeSession[];
+  sessions(): KeyedSession[];
   dataplane?(): { stats: DataPlaneStats; clearPackets: number; queuedPackets: number } | undefined;
 }
 
@@ -161,7 +161,7 @@ export class DaemonMetrics {
   }
 
   /** An IKE SA became established: its setup time. */
-  established(s: IkeSession): void {
+  established(s: KeyedSession): void {
     if (s.startedAt <= 0 || s.establishedAt < s.startedAt) return;
     this.setup.observe({ role: s.sa.role }, (s.establishedAt - s.startedAt) / 1000);
   }

@@ -4,7 +4,8 @@
  */
 import { dhKeyword, selectorsText } from '../ike/describe.ts';
 import { transformOf } from '../ike/proposals.ts';
-import type { ChildEntry, IkeSession } from '../ike/session.ts';
+import type { ChildEntry } from '../ike/session.ts';
+import type { KeyedSession } from './keying.ts';
 import { localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { identityText } from '../ike/tasks/ike-cert.ts';
 import type { Proposal } from '../ike/wire/codec.ts';
@@ -48,7 +49,7 @@ export interface MainModeSaView {
   CipherAlgorithm: string;
   HashAlgorithm: string;
   GroupId: string;
-  KeyModule: 'IkeV2';
+  KeyModule: 'IkeV2' | 'IkeV1';
   LifetimeSeconds: number;
   LocalUDPEncapsulationPort: number;
   RemoteUDPEncapsulationPort: number;
@@ -58,7 +59,7 @@ export interface MainModeSaView {
   QuickModeSACount: number;
 }
 
-export function mainModeSaView(s: IkeSession): MainModeSaView {
+export function mainModeSaView(s: KeyedSession): MainModeSaView {
   const p = s.sa.chosen as Proposal;
   const method = s.peer.credentials.method === 'cert' ? 'MachineCert' : 'MachinePSK';
   const udp = s.sa.floated;
@@ -74,7 +75,7 @@ export function mainModeSaView(s: IkeSession): MainModeSaView {
     CipherAlgorithm: cipherKeyword(p),
     HashAlgorithm: hashKeyword(p),
     GroupId: dhKeyword(transformOf(p, TransformType.KE)?.id),
-    KeyModule: 'IkeV2',
+    KeyModule: 'keyModule' in s ? s.keyModule : 'IkeV2',
     LifetimeSeconds: Math.round(s.lifetimes.ikeExpireMs / 1000),
     LocalUDPEncapsulationPort: udp ? s.sa.local.port : 0,
     RemoteUDPEncapsulationPort: udp ? s.sa.remote.port : 0,
@@ -118,7 +119,7 @@ export interface SaCounters {
   packetsOut: number;
 }
 
-export function quickModeSaView(s: IkeSession, e: ChildEntry, counters?: SaCounters): QuickModeSaView {
+export function quickModeSaView(s: KeyedSession, e: ChildEntry, counters?: SaCounters): QuickModeSaView {
   const c = e.child;
   const tunnel = c.mode === 'tunnel';
   const udp = s.sa.floated;

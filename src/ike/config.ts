@@ -61,6 +61,11 @@ export interface NegotiationParameters extends PeerConfig {
 
 export interface NegotiationPlan extends NegotiationParameters {
   rule: IPsecRule;
+  /**
+   * Which keying module negotiates: the rule's KeyModule; Default starts with IKEv2 and falls
+   * back to IKEv1 when the peer does not speak IKEv2 (Windows 11 24H2 / Server 2025 behaviour).
+   */
+  keyModule: 'IKEv2' | 'IKEv1' | 'Default';
   remoteId?: Identity;
   /** Windows proposals that could not be offered. */
   skipped: string[];
@@ -175,9 +180,9 @@ export function planResponder(
 
 /** The negotiation a rule asks for, for one flow (transport) or its tunnel. */
 export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, opts: PlanOptions = {}): NegotiationPlan {
-  if (rule.KeyModule === 'IKEv1' || rule.KeyModule === 'AuthIP') {
+  if (rule.KeyModule === 'AuthIP') {
     throw new IkeError(
-      `rule "${rule.DisplayName}" asks for ${rule.KeyModule}, which consec does not speak yet (IKEv2 only)`,
+      `rule "${rule.DisplayName}" asks for AuthIP, which consec does not speak (use IKEv2, IKEv1 or Default)`,
       NotifyType.NO_PROPOSAL_CHOSEN,
     );
   }
@@ -264,6 +269,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   }
   return {
     rule,
+    keyModule: rule.KeyModule === 'IKEv1' || rule.KeyModule === 'IKEv2' ? rule.KeyModule : 'Default',
     mode: tunnel ? 'tunnel' : 'transport',
     local,
     remote,

@@ -445,6 +445,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
       refuse('no policy for this peer');
       return;
     }
+    if (peer.keyModule === 'IKEv1') {
+      refuse(`rule "${peer.name}" negotiates with IKEv1 only`, peer);
+      return;
+    }
     const r = respondInit(msg, {
       local: { address: this.o.address, port },
       from,

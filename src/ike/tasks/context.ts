@@ -30,6 +30,8 @@ export interface PeerConfig extends ChildPolicy {
   /** When set, the peer must authenticate as exactly this identity. */
   remoteId?: Identity;
   lifetimes?: Partial<Lifetimes>;
+  /** The rule's keying module: a responder answers only the module it names (Default: either). */
+  keyModule?: 'IKEv2' | 'IKEv1' | 'Default';
 }
 
 export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';

@@ -273,8 +273,8 @@ export class V1Manager implements V1Host {
       return;
     }
     const peer = this.o.peerFor(from.address);
-    if (!peer) {
-      this.refuse(msg, from, port, NotifyType.NO_PROPOSAL_CHOSEN, 'no policy for this peer');
+    if (!peer || peer.keyModule === 'IKEv2') {
+      this.refuse(msg, from, port, NotifyType.NO_PROPOSAL_CHOSEN, peer ? `rule "${peer.name}" negotiates with IKEv2 only` : 'no policy for this peer');
       return;
     }
     const s = new V1Session(this, 'responder', { address: this.o.address, port }, from, peer, msg.header.cookieI);
