@@ -511,6 +511,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
 Napi::Function InitEspGcm(Napi::Env env);  // native/esp_gcm.cc
 Napi::Function InitEspCbc(Napi::Env env);  // native/esp_cbc.cc
 void InitNetlink(Napi::Env env, Napi::Object exports);  // native/netlink.cc
+void InitEcdsaDigest(Napi::Env env, Napi::Object exports);  // native/ecdsa_digest.cc
 
 namespace {
 
@@ -534,6 +535,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Poller", Poller::Init(env));
   exports.Set("maxBatch", Napi::Number::New(env, kMaxBatch));
   InitNetlink(env, exports);
+  InitEcdsaDigest(env, exports);
   return exports;
 }
 

@@ -2,9 +2,13 @@
 // (userspace ESP, tunnel mode only, ESP in UDP 4500 with `encap = yes`, which makes charon fake a
 // NAT so both sides float to 4500 — RFC 3947 as between NATed hosts).
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab } from '../src/lab/lab.ts';
-import { Charon, type CharonConfig, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { type KeySpec, LabPki } from '../src/lab/pki.ts';
+import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
 
@@ -12,6 +16,26 @@ const PSK = 'lab-only-psk-0123456789abcdef';
 
 function v1(local: string, remote: string, proposals: string[], esp: string[], secret = PSK): CharonConfig {
   const c = pskHostTunnel(local, remote, { name: 'consec', secret, proposals, esp, logLevel: 2 });
+  for (const conn of Object.values(c.connections)) conn.version = 1;
+  return c;
+}
+
+function v1cert(
+  local: string,
+  remote: string,
+  cert: { certPem: string; keyPem: string },
+  ca: string,
+  ike: string,
+): CharonConfig {
+  const c = certHostTunnel(local, remote, {
+    name: 'consec',
+    cert: cert.certPem,
+    key: cert.keyPem,
+    ca,
+    proposals: [ike],
+    esp: ['aes256gcm16'],
+    logLevel: 2,
+  });
   for (const conn of Object.values(c.connections)) conn.version = 1;
   return c;
 }
@@ -27,11 +51,33 @@ interface Established {
 
 describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)', () => {
   let lab: Lab;
+  let dir: string;
+  let pki: LabPki;
+  const issued: Record<string, { certPem: string; keyPem: string; files: string[] }> = {};
   before(async () => {
     lab = await Lab.create(hostToHost());
+    dir = mkdtempSync(join(tmpdir(), 'consec-v1-certs-'));
+    pki = LabPki.create();
+    writeFileSync(join(dir, 'ca.pem'), pki.ca.certPem, { mode: 0o600 });
+    for (const [who, spec] of [
+      ['alice', 'P-384'],
+      ['bob', 'P-384'],
+      ['alice', 'RSA-2048'],
+      ['bob', 'RSA-2048'],
+    ] as const) {
+      const i = pki.issue(who, lab.address(who), { spec: spec as KeySpec });
+      const name = `${who}-${spec}`;
+      writeFileSync(join(dir, `${name}.pem`), i.certPem, { mode: 0o600 });
+      writeFileSync(join(dir, `${name}.key`), i.keyPem, { mode: 0o600 });
+      issued[name] = {
+        ...i,
+        files: ['--cert', join(dir, `${name}.pem`), '--key', join(dir, `${name}.key`), '--ca', join(dir, 'ca.pem')],
+      };
+    }
   });
   after(async () => {
     await lab?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   for (const [name, mm, qm, swanIke, swanEsp, extra] of [
@@ -95,6 +141,77 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       }
     });
   }
+
+  it('ECDSA P-384 certificates (RFC 4754): consec initiates Main Mode to charon, which verifies our signature; pings come back', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(
+      lab,
+      'bob',
+      v1cert(b, a, issued['bob-P-384'] as never, pki.ca.certPem, 'aes256-sha384-ecp384'),
+    );
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        '',
+        'AES256-SHA384-DH20',
+        'AESGCM256',
+        '--v1',
+        '--ping',
+        ...(issued['alice-P-384']?.files ?? []),
+      ]);
+      await init.exited;
+      const [ok] = events<Established & { peer: string }>(init, 'established');
+      assert.ok(ok, `${init.output()}\n--- charon ---\n${bob.log().slice(-5000)}`);
+      assert.match(ok.peer, /CN=bob/);
+      assert.equal(events<{ id: number }>(init, 'audit')[0]?.id, 4651, 'certificate MM SA: 4651');
+      assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
+      const [sa] = await bob.listSas();
+      assert.equal(sa?.version, 1);
+      assert.equal(sa?.state, 'ESTABLISHED');
+      assert.match(bob.log(), /authentication of 'O=consec lab, CN=alice' with ECDSA.* successful/);
+    } finally {
+      await bob.stop();
+    }
+  });
+
+  it('RSA certificates: charon initiates Main Mode to consec, both verify; pings answered through the child SA', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const resp = fixture(lab, 'bob', 'ike-respond', [
+      b,
+      a,
+      '',
+      'AES256-SHA256-DH14',
+      'AESGCM256',
+      3,
+      ...(issued['bob-RSA-2048']?.files ?? []),
+    ]);
+    await resp.waitFor(/"event":"listening"/);
+    const alice = await Charon.start(
+      lab,
+      'alice',
+      v1cert(a, b, issued['alice-RSA-2048'] as never, pki.ca.certPem, 'aes256-sha256-modp2048'),
+    );
+    try {
+      await alice.initiate('consec');
+      const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
+      assert.ok(est, `${resp.output()}\n--- charon ---\n${alice.log().slice(-5000)}`);
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output()}`);
+      await resp.exited;
+      assert.deepEqual(events(resp, 'echoed'), [{ event: 'echoed', echoes: 3 }]);
+      assert.ok(
+        events<{ id: number }>(resp, 'audit').some((e) => e.id === 4651),
+        resp.output(),
+      );
+      assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with RSA.* successful/);
+    } finally {
+      await alice.stop();
+      await resp.stop();
+    }
+  });
 
   it('charon initiates IKEv1 to consec; its pings through the tunnel are answered by consec', async () => {
     const a = lab.address('alice');

@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
-import { afterEach, describe, it } from 'node:test';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { afterEach, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { AuditCollector } from '../src/audit/events.ts';
 import { MemoryNetwork } from '../src/ike/bind.ts';
 import { IkeManager } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import type { Lifetimes, PeerConfig } from '../src/ike/session.ts';
+import type { Credentials } from '../src/ike/tasks/ike-auth.ts';
+import { certIdentity } from '../src/ike/tasks/ike-cert.ts';
+import { type KeySpec, LabPki } from '../src/lab/pki.ts';
 import {
   attrNumber,
   decodeV1,
@@ -47,6 +51,8 @@ interface Opts {
   encap?: boolean;
   net?: MemoryNetwork;
   retransmits?: number[];
+  /** Certificates instead of the pre-shared key: [initiator's, responder's]. */
+  certs?: [Credentials, Credentials];
 }
 
 function config(local: string, remote: string, psk: string, o: Opts, qmEnc: 'AESGCM256' | 'AES256'): PeerConfig {
@@ -60,13 +66,22 @@ function config(local: string, remote: string, psk: string, o: Opts, qmEnc: 'AES
     name: 'v1',
     ikeProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })]).proposals,
     espProposals: (spi) => espProposals(qm, spi, o.pfs ? 20 : undefined).proposals,
-    credentials: { method: 'psk', psk: Buffer.from(psk) },
-    localId: { type: IdType.IPV4_ADDR, data: ip(local) },
-    remoteId: { type: IdType.IPV4_ADDR, data: ip(remote) },
+    ...credentialsOf(local, psk, o),
     tsi: [hostTs(initiatorSide ? local : remote)],
     tsr: [hostTs(initiatorSide ? remote : local)],
     mode: o.mode ?? 'transport',
     lifetimes: HOUR,
+  };
+}
+
+function credentialsOf(local: string, psk: string, o: Opts): Pick<PeerConfig, 'credentials' | 'localId' | 'remoteId'> {
+  const c = o.certs?.[local === A ? 0 : 1];
+  if (c?.method === 'cert') return { credentials: c, localId: certIdentity(c) };
+  const remote = local === A ? B : A;
+  return {
+    credentials: { method: 'psk', psk: Buffer.from(psk) },
+    localId: { type: IdType.IPV4_ADDR, data: ip(local) },
+    remoteId: { type: IdType.IPV4_ADDR, data: ip(remote) },
   };
 }
 
@@ -320,6 +335,72 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     assert.ok(e && 'failure' in e);
     assert.match(e.failure.failureReason, /pre-shared keys differ/);
     assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
+  });
+
+  describe('certificates (RFC 2409 §5.1 signatures, RFC 4754 ECDSA)', () => {
+    let pki: LabPki;
+    let other: LabPki;
+    const issued: Record<string, { certPem: string; keyPem: string }> = {};
+    before(() => {
+      pki = LabPki.create();
+      other = LabPki.create('another CA');
+      for (const spec of ['P-256', 'P-384', 'RSA-2048'] as const) {
+        issued[`a${spec}`] = pki.issue('alice', A, { spec: spec as KeySpec });
+        issued[`b${spec}`] = pki.issue('bob', B, { spec: spec as KeySpec });
+      }
+      issued.stranger = other.issue('alice', A, { spec: 'P-256' });
+      issued.clientOnly = pki.issue('alice', A, { spec: 'P-256', eku: 'clientAuth' });
+    });
+    const cert = (i: { certPem: string; keyPem: string }, ca = pki.ca.certPem): Credentials => ({
+      method: 'cert',
+      chain: [new X509Certificate(i.certPem)],
+      key: createPrivateKey(i.keyPem),
+      trustedCas: [new X509Certificate(ca)],
+    });
+
+    for (const spec of ['P-256', 'P-384', 'RSA-2048'] as const) {
+      it(`${spec.startsWith('RSA') ? 'RSA signature' : `ECDSA ${spec}`}: Main Mode with CERT and SIG, 4651 naming the peer's certificate, ESP SAs installed`, async () => {
+        const { a, b, start } = pair({ certs: [cert(issued[`a${spec}`] as never), cert(issued[`b${spec}`] as never)] });
+        const { session } = await start();
+        assert.equal(session.state, 'established');
+        assert.match(session.peerCertificate?.subject ?? '', /CN=bob/);
+        await until(() => b.sad.installed.size === 1);
+        assertMirrored(a.sad, b.sad);
+        const ev = a.audit.events[0];
+        assert.ok(ev?.id === 4651);
+        assert.equal(ev.mainMode.authenticationMethod, 'Certificate');
+        assert.match(ev.mainMode.certificate?.remote?.subject ?? '', /CN=bob/);
+        assert.deepEqual(b.audit.ids(), [4651, 5451]);
+        const [bs] = b.m.v1.sessions();
+        assert.match(bs?.peerCertificate?.subject ?? '', /CN=alice/);
+      });
+    }
+
+    for (const [name, alice, why] of [
+      ['a certificate from another CA', () => issued.stranger, /does not chain to a trusted CA/],
+      [
+        'a certificate with only the client authentication EKU',
+        () => issued.clientOnly,
+        /lacks the IP security IKE intermediate or server authentication EKU/,
+      ],
+    ] as const) {
+      it(`${name}: refused by the responder (4652), no SA`, async () => {
+        const { a, b, start } = pair({ certs: [cert(alice() as never), cert(issued['bP-256'] as never)] });
+        await assert.rejects(start());
+        await until(() => b.audit.ids().includes(4652));
+        const e = b.audit.events.find((x) => x.id === 4652);
+        assert.ok(e && 'failure' in e);
+        assert.match(e.failure.failureReason, why);
+        assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
+      });
+    }
+
+    it('an RSA initiator and an ECDSA responder share no auth method: NO-PROPOSAL-CHOSEN in Main Mode', async () => {
+      const { b, start } = pair({ certs: [cert(issued['aRSA-2048'] as never), cert(issued['bP-256'] as never)] });
+      await assert.rejects(start(), /refused Main Mode|NO.PROPOSAL.CHOSEN/i);
+      await until(() => b.audit.ids().length > 0);
+      assert.equal(b.sad.installed.size, 0);
+    });
   });
 
   it('no common Quick Mode proposal: NO-PROPOSAL-CHOSEN and 4654', async () => {

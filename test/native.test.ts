@@ -1,10 +1,18 @@
 import assert from 'node:assert/strict';
+import { createHash, generateKeyPairSync, sign, verify } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { NativeIoError } from '../src/errors.ts';
-import { PacketBatch, RawIpSocket, TunDevice, UdpSocket } from '../src/io/native.ts';
+import {
+  ecdsaSignDigest,
+  ecdsaVerifyDigest,
+  PacketBatch,
+  RawIpSocket,
+  TunDevice,
+  UdpSocket,
+} from '../src/io/native.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture, waitUntil } from './helpers.ts';
@@ -295,5 +303,36 @@ describe('native addon errors', () => {
     batch.set(1, Buffer.from('abcd'), '192.0.2.9');
     assert.equal(batch.packet(1).toString(), 'abcd');
     assert.equal(batch.address(1, 4), '192.0.2.9');
+  });
+});
+
+describe('ECDSA over a computed digest (IKEv1 signatures)', () => {
+  for (const [curve, hash, width] of [
+    ['prime256v1', 'sha256', 32],
+    ['secp384r1', 'sha384', 48],
+    ['secp521r1', 'sha512', 66],
+  ] as const) {
+    it(`${curve}: agrees with node:crypto's ECDSA-${hash} when the digest is ${hash} of the message, both ways`, () => {
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve });
+      const message = Buffer.from(`HASH_I stand-in for ${curve}`);
+      const digest = createHash(hash).update(message).digest();
+      const ours = ecdsaSignDigest(privateKey, digest);
+      assert.equal(ours.length, width * 2, 'r‖s, each the field width');
+      assert.ok(verify(hash, message, { key: publicKey, dsaEncoding: 'ieee-p1363' }, ours));
+      const theirs = sign(hash, message, { key: privateKey, dsaEncoding: 'ieee-p1363' });
+      assert.ok(ecdsaVerifyDigest(publicKey, digest, theirs));
+      const flipped = Buffer.from(theirs);
+      flipped[5] = (flipped[5] as number) ^ 1;
+      assert.equal(ecdsaVerifyDigest(publicKey, digest, flipped), false);
+      assert.equal(ecdsaVerifyDigest(publicKey, digest, theirs.subarray(1)), false, 'wrong length');
+      const other = createHash(hash).update('another message').digest();
+      assert.equal(ecdsaVerifyDigest(publicKey, other, theirs), false);
+    });
+  }
+
+  it('refuses keys that are not EC', () => {
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
+    assert.throws(() => ecdsaSignDigest(privateKey, Buffer.alloc(32)), /not an EC private key/);
+    assert.throws(() => ecdsaVerifyDigest(publicKey, Buffer.alloc(32), Buffer.alloc(64)), /not an EC public key/);
   });
 });

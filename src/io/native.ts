@@ -5,6 +5,7 @@
  * Buffers are owned by the caller and reused: a PacketBatch is allocated once and filled by every
  * read, so the data plane allocates nothing per packet.
  */
+import type { KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -49,6 +50,8 @@ interface NativeEsp {
 }
 
 interface NativeAddon {
+  ecdsaSignDigest(pkcs8Der: Buffer, digest: Buffer): Buffer;
+  ecdsaVerifyDigest(spkiDer: Buffer, digest: Buffer, rs: Buffer): boolean;
   tunOpen(name: string, multiQueue: boolean): { fd: number; name: string };
   rawOpen(family: IpFamily, protocol: number): number;
   udpOpen(family: IpFamily): number;
@@ -133,6 +136,20 @@ function sys<T>(fn: () => T): T {
     }
     throw err;
   }
+}
+
+/**
+ * ECDSA over an already computed hash (IKEv1 signs HASH_I/HASH_R itself, RFC 2409 §5.1 and
+ * RFC 4754), which node:crypto cannot do: it always hashes the message. The node binary's OpenSSL
+ * signs (native/ecdsa_digest.cc); the signature is r‖s.
+ */
+export function ecdsaSignDigest(key: KeyObject, digest: Buffer): Buffer {
+  return native().ecdsaSignDigest(key.export({ format: 'der', type: 'pkcs8' }), digest);
+}
+
+/** Verifies an r‖s ECDSA signature over an already computed hash. */
+export function ecdsaVerifyDigest(key: KeyObject, digest: Buffer, rs: Buffer): boolean {
+  return native().ecdsaVerifyDigest(key.export({ format: 'der', type: 'spki' }), digest, rs);
 }
 
 /** A reusable set of packet slots: packet i is buf[i*slot .. i*slot+lengths[i]). */

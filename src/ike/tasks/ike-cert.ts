@@ -217,24 +217,16 @@ function verifySignature(key: KeyObject, auth: AuthPayload, data: Buffer): boole
   }
 }
 
-/** Verifies the peer's certificate chain, EKU, identity binding and AUTH signature. */
-export function verifyCertAuth(
-  c: AuthOctets,
+/**
+ * The checks every certificate authentication shares (IKEv2 here, IKEv1 Main Mode in v1/auth.ts):
+ * the peer's chain (leaf first) leads to a CA the auth proposal names, each certificate valid now,
+ * the leaf carries an EKU Windows accepts, and the identity the peer claimed is the leaf's.
+ */
+export function checkPeerCertificate(
+  certs: readonly X509Certificate[],
   id: Identity,
-  auth: AuthPayload,
-  payloads: readonly Payload[],
   cred: CertCredentials,
-): PeerCertificate {
-  const certs: X509Certificate[] = [];
-  for (const p of payloads) {
-    if (p.type !== PayloadType.CERT || !('encoding' in p)) continue;
-    if (p.encoding !== CertEncoding.X509_SIGNATURE) continue;
-    try {
-      certs.push(new X509(p.data));
-    } catch {
-      fail('the peer sent a certificate that does not parse');
-    }
-  }
+): { leaf: X509Certificate; peer: PeerCertificate } {
   const leaf = certs[0] ?? fail('the peer sent no certificate (CERT payload)');
   const now = cred.now?.() ?? new Date();
   const anchor = chainTo(leaf, certs.slice(1), cred.trustedCas, now);
@@ -246,15 +238,51 @@ export function verifyCertAuth(
       );
   }
   if (!idMatches(leaf, id)) fail("the peer's identity is not the one its certificate names");
+  return {
+    leaf,
+    peer: {
+      subject: leaf.subject.replace(/\n/g, ', '),
+      issuer: leaf.issuer.replace(/\n/g, ', '),
+      sha1Thumbprint: createHash('sha1').update(leaf.raw).digest('hex').toUpperCase(),
+      root: anchor.subject.replace(/\n/g, ', '),
+    },
+  };
+}
+
+/** X.509 certificates from CERT payloads (encoding 4 in both IKE versions); one that does not parse fails. */
+export function certificatesIn(
+  payloads: readonly { type: number; encoding?: number; data?: Buffer }[],
+  certType: number,
+): X509Certificate[] {
+  const certs: X509Certificate[] = [];
+  for (const p of payloads) {
+    if (p.type !== certType || p.encoding !== CertEncoding.X509_SIGNATURE || !p.data) continue;
+    try {
+      certs.push(new X509(p.data));
+    } catch {
+      fail('the peer sent a certificate that does not parse');
+    }
+  }
+  return certs;
+}
+
+/** Verifies the peer's certificate chain, EKU, identity binding and AUTH signature. */
+export function verifyCertAuth(
+  c: AuthOctets,
+  id: Identity,
+  auth: AuthPayload,
+  payloads: readonly Payload[],
+  cred: CertCredentials,
+): PeerCertificate {
+  const { leaf, peer } = checkPeerCertificate(
+    certificatesIn(payloads as readonly { type: number; encoding?: number; data?: Buffer }[], PayloadType.CERT),
+    id,
+    cred,
+  );
   const idBody = Buffer.concat([Buffer.from([id.type, 0, 0, 0]), id.data]);
   if (!verifySignature(leaf.publicKey, auth, signedOctets(c, idBody)))
     fail("the peer's AUTH signature does not verify with its certificate");
-  return {
-    subject: leaf.subject.replace(/\n/g, ', '),
-    issuer: leaf.issuer.replace(/\n/g, ', '),
-    sha1Thumbprint: createHash('sha1').update(leaf.raw).digest('hex').toUpperCase(),
-    root: anchor.subject.replace(/\n/g, ', '),
-  };
+  return peer;
 }
 
 /** For logs: an identity as text (never secret). */

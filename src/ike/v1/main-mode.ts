@@ -4,7 +4,8 @@
  *   3 I→R  KE, Ni, NAT-D…         4 R→I  KE, Nr, NAT-D…
  *   5 I→R  [IDii, HASH_I]*        6 R→I  [IDir, HASH_R]*        (* encrypted, Appendix B IV chain)
  * with NAT traversal (RFC 3947 and draft-02: vendor IDs in 1–2, NAT-D in 3–4, UDP 4500 from 5 on),
- * DPD announcement (RFC 3706) and INITIAL-CONTACT. Pre-shared keys authenticate here.
+ * DPD announcement (RFC 3706) and INITIAL-CONTACT. Pre-shared keys (HASH_I/HASH_R) or certificates
+ * (CERTREQ in 3–4, CERT and SIG over the hash in 5–6; v1/auth.ts) authenticate.
  */
 import { randomBytes } from 'node:crypto';
 import { isIPv4 } from 'node:net';
@@ -24,8 +25,10 @@ import {
   VendorId,
 } from './constants.ts';
 import { mainModeHash, natD, phase1Iv, phase1Keys } from './crypto.ts';
-import { authMethodsFor, type NattVariant, phase1Transforms, readPhase1, selectPhase1 } from './proposals.ts';
+import { certRequests, signatureMethod, signaturePayloads, verifySignaturePayloads } from './auth.ts';
+import { type NattVariant, phase1Transforms, readPhase1, selectPhase1 } from './proposals.ts';
 import { digestOf, Retransmission, type V1Session } from './session.ts';
+import type { Identity } from '../tasks/ike-auth.ts';
 
 const NONCE_BYTES = 32;
 
@@ -109,20 +112,21 @@ function ourId(s: V1Session): V1Payload {
   return { type: PayloadType.ID, idType: id.type, protocol: 0, port: 0, data: id.data };
 }
 
+/** The auth method our credentials use: pre-shared key, or the signature our certificate's key makes. */
 function methods(s: V1Session): number[] {
   const c = s.peer.credentials;
-  if (c.method !== 'psk')
-    throw new IkeError(
-      `rule "${s.peer.name}" authenticates with certificates, which consec's IKEv1 does not offer; use IKEv2 or a pre-shared key`,
-      V2Notify.AUTHENTICATION_FAILED,
-    );
-  return authMethodsFor(c);
+  return c.method === 'psk' ? [AuthMethod.PSK] : [signatureMethod(c.key)];
 }
 
-function skeyidSecret(s: V1Session): { psk: Buffer } {
+function skeyidSecret(s: V1Session): { psk: Buffer } | { signatures: true } {
   const c = s.peer.credentials;
-  if (c.method !== 'psk') throw new IkeError('no pre-shared key', V2Notify.AUTHENTICATION_FAILED);
-  return { psk: c.psk };
+  return c.method === 'psk' ? { psk: c.psk } : { signatures: true };
+}
+
+/** CERTREQ in messages 3 and 4 when certificates authenticate. */
+function certRequestPayloads(s: V1Session): V1Payload[] {
+  const c = s.peer.credentials;
+  return c.method === 'cert' ? certRequests(c) : [];
 }
 
 /** The peer's ID payload checked against the identity the rule expects (when it names one). */
@@ -152,9 +156,35 @@ function hashOf(s: V1Session, who: 'initiator' | 'responder', idBody: Buffer): B
   );
 }
 
-function verifyHash(s: V1Session, who: 'initiator' | 'responder', payloads: readonly V1Payload[], idRaw: Buffer): void {
+/** Our proof for message 5 or 6: HASH with a pre-shared key, CERT… and SIG over it with a certificate. */
+function proofPayloads(s: V1Session, who: 'initiator' | 'responder', id: V1Payload): V1Payload[] {
+  const hash = hashOf(s, who, payloadBody(id));
+  const c = s.peer.credentials;
+  if (c.method === 'psk') return [{ type: PayloadType.HASH, data: hash }];
+  return signaturePayloads(s.choice?.authMethod ?? signatureMethod(c.key), c, hash);
+}
+
+/** The peer's proof: its HASH, or its certificate and signature (then remembered for the SA views). */
+function verifyProof(
+  s: V1Session,
+  who: 'initiator' | 'responder',
+  payloads: readonly V1Payload[],
+  idRaw: Buffer,
+): void {
+  const hash = hashOf(s, who, idRaw.subarray(4));
+  const c = s.peer.credentials;
+  if (c.method === 'cert') {
+    s.peerCertificate = verifySignaturePayloads(
+      s.choice?.authMethod ?? signatureMethod(c.key),
+      c,
+      s.peerId as Identity,
+      payloads,
+      hash,
+    );
+    return;
+  }
   const h = findV1(payloads, PayloadType.HASH);
-  if (!h || !h.data.equals(hashOf(s, who, idRaw.subarray(4))))
+  if (!h || !h.data.equals(hash))
     throw new IkeError(
       `HASH_${who === 'initiator' ? 'I' : 'R'} does not verify: the pre-shared keys differ`,
       V2Notify.AUTHENTICATION_FAILED,
@@ -187,8 +217,9 @@ function step(s: V1Session, hooks: MainModeHooks, fn: (payloads: V1Payload[], ms
         payloads = s.decodeMainMode(msg);
       } catch (err) {
         if (!s.keys) throw err;
+        const why = s.peer.credentials.method === 'psk' ? 'the pre-shared keys differ' : 'the keys differ';
         throw new IkeError(
-          `Main Mode message does not decrypt to valid payloads: the pre-shared keys differ (${(err as Error).message})`,
+          `Main Mode message does not decrypt to valid payloads: ${why} (${(err as Error).message})`,
           V2Notify.AUTHENTICATION_FAILED,
         );
       }
@@ -249,6 +280,7 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
     const m3 = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [
       { type: PayloadType.KE, data: s.gxi },
       { type: PayloadType.NONCE, data: s.ni },
+      ...certRequestPayloads(s),
       ...natDPayloads(s),
     ]);
     s.mmRetransmit = new Retransmission(s, m3, waits, failed);
@@ -261,15 +293,14 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
       derive(s, ke);
       if (s.floated) s.floatTo();
       const id = ourId(s);
-      const idBody = payloadBody(id);
-      const p5: V1Payload[] = [id, { type: PayloadType.HASH, data: hashOf(s, 'initiator', idBody) }];
+      const p5: V1Payload[] = [id, ...proofPayloads(s, 'initiator', id)];
       if (hooks.firstContact()) p5.push(s.notifyPayload(NotifyType.INITIAL_CONTACT));
       const m5 = s.protect(ExchangeType.IDENTITY_PROTECTION, 0, p5, s.iv as Buffer);
       s.iv = m5.iv;
       s.mmRetransmit = new Retransmission(s, m5.raw, waits, failed);
       s.mmNext = step(s, hooks, (p6) => {
         const idr = checkPeerId(s, p6);
-        verifyHash(s, 'responder', p6, idr.raw as Buffer);
+        verifyProof(s, 'responder', p6, idr.raw as Buffer);
         s.mmRetransmit?.stop();
         s.established();
       });
@@ -348,18 +379,19 @@ export function respondMainMode(
     const m4 = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [
       { type: PayloadType.KE, data: s.gxr },
       { type: PayloadType.NONCE, data: s.nr },
+      ...certRequestPayloads(s),
       ...natDPayloads(s),
     ]);
     s.mmAnswered = { request: digestOf(msg3.raw), response: m4 };
     s.send(m4);
     s.mmNext = step(s, hooks, (p5, msg5) => {
       const idi = checkPeerId(s, p5);
-      verifyHash(s, 'initiator', p5, idi.raw as Buffer);
+      verifyProof(s, 'initiator', p5, idi.raw as Buffer);
       const id = ourId(s);
       const m6 = s.protect(
         ExchangeType.IDENTITY_PROTECTION,
         0,
-        [id, { type: PayloadType.HASH, data: hashOf(s, 'responder', payloadBody(id)) }],
+        [id, ...proofPayloads(s, 'responder', id)],
         s.iv as Buffer,
       );
       s.iv = m6.iv;

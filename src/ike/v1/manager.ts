@@ -200,6 +200,12 @@ export class V1Manager implements V1Host {
         );
         return;
       }
+      if (h.exchange === ExchangeType.INFORMATIONAL) {
+        // A refusal of our message 1 carries our cookie and a zero responder cookie.
+        const ours = this.byCookie.get(hex(h.cookieI));
+        if (ours?.role === 'initiator' && ours.cookieR.equals(ZERO)) ours.receive(msg, from, port);
+        return;
+      }
       if (h.exchange !== ExchangeType.IDENTITY_PROTECTION || h.messageId !== 0) return;
       this.respondMainMode(msg, from, port);
       return;

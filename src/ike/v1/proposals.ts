@@ -395,12 +395,3 @@ export function selectPhase2(
   }
   return undefined;
 }
-
-/** The authentication methods our credentials can use (RFC 2409, RFC 4754 for ECDSA). */
-export function authMethodsFor(c: { method: 'psk' } | { method: 'cert'; keyType: string; curve?: string }): number[] {
-  if (c.method === 'psk') return [AuthMethod.PSK];
-  if (c.keyType === 'rsa') return [AuthMethod.RSA_SIG];
-  if (c.curve === 'P-384') return [AuthMethod.ECDSA_SHA384];
-  if (c.curve === 'P-521') return [AuthMethod.ECDSA_SHA512];
-  return [AuthMethod.ECDSA_SHA256];
-}

@@ -267,6 +267,19 @@ export class V1Session {
       this.mmNext(msg);
       return;
     }
+    // An unprotected refusal (NO-PROPOSAL-CHOSEN …) of our Main Mode before any keys exist: only an
+    // on-path party knows our cookie, and it could drop our messages anyway, so the reason is taken.
+    if (
+      h.exchange === ExchangeType.INFORMATIONAL &&
+      !this.keys &&
+      this.role === 'initiator' &&
+      this.mmNext &&
+      from.address === this.remote.address &&
+      (h.flags & Flags.ENCRYPTION) === 0
+    ) {
+      this.mmNext(msg);
+      return;
+    }
     if (this.state !== 'established' || !this.keys || !this.iv) return;
     if (h.exchange === ExchangeType.QUICK_MODE) {
       this.receiveQuick(msg);
@@ -734,6 +747,15 @@ export class V1Session {
       integrity: p ? integrityName(p) : undefined,
       dhGroup: p ? dhOf(p) : undefined,
       lifetimeMinutes: Math.round(this.lifetimes.ikeExpireMs / 60_000),
+      certificate: this.peerCertificate
+        ? {
+            remote: {
+              sha1Thumbprint: this.peerCertificate.sha1Thumbprint,
+              issuer: this.peerCertificate.issuer,
+              subject: this.peerCertificate.subject,
+            },
+          }
+        : undefined,
     };
   }
 
