@@ -220,7 +220,10 @@ export class KeyingService {
           : v2().catch((err: unknown) => {
               // Default: IKEv2 first; a peer that does not speak it gets IKEv1 (traffic stays queued meanwhile).
               if (!speaksNoIkev2(err)) throw err;
-              this.o.log.info({ remote: plan.remote, reason: (err as Error).message }, 'IKEv2 not answered; trying IKEv1');
+              this.o.log.info(
+                { remote: plan.remote, reason: (err as Error).message },
+                'IKEv2 not answered; trying IKEv1',
+              );
               return v1();
             });
     this.inFlight.set(key, p);

@@ -280,7 +280,13 @@ export class V1Manager implements V1Host {
     }
     const peer = this.o.peerFor(from.address);
     if (!peer || peer.keyModule === 'IKEv2') {
-      this.refuse(msg, from, port, NotifyType.NO_PROPOSAL_CHOSEN, peer ? `rule "${peer.name}" negotiates with IKEv2 only` : 'no policy for this peer');
+      this.refuse(
+        msg,
+        from,
+        port,
+        NotifyType.NO_PROPOSAL_CHOSEN,
+        peer ? `rule "${peer.name}" negotiates with IKEv2 only` : 'no policy for this peer',
+      );
       return;
     }
     const s = new V1Session(this, 'responder', { address: this.o.address, port }, from, peer, msg.header.cookieI);

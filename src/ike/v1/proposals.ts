@@ -19,7 +19,6 @@ import { selectProposal, transformOf } from '../proposals.ts';
 import { type Attribute, attrNumber, type V1Proposal, type V1Transform } from './codec.ts';
 import {
   AhTransform,
-  AuthMethod,
   Encapsulation,
   EspTransform,
   KEY_IKE,
