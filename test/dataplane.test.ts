@@ -126,6 +126,55 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
       }
     });
   }
+
+  it('KeyModule Default with an IKEv1-only peer (charon version 1, as a pre-24H2 Windows answers PSK rules): IKEv2 refused, IKEv1 negotiated while the first pings wait; `defaultkeymodules ikev1first` goes to IKEv1 at once', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const swan = pskHostTunnel(b, a, {
+      name: 'c',
+      secret: PSK,
+      proposals: ['aes256-sha256-ecp256'],
+      esp: ['aes256gcm16'],
+    });
+    for (const conn of Object.values(swan.connections)) conn.version = 1;
+    const bob = await Charon.start(lab, 'bob', swan);
+    let daemon: LabProcess | undefined;
+    try {
+      for (const order of ['ikev2first', 'ikev1first'] as const) {
+        const dir = freshStateDir('consec-dp-v1-');
+        await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true });
+        if (order === 'ikev1first') {
+          const set = await run(
+            consecArgv(['netsh', 'advfirewall', 'set', 'global', 'ipsec', 'defaultkeymodules', order], dir),
+            {
+              allowFailure: true,
+            },
+          );
+          assert.equal(set.code, 0, set.stdout + set.stderr);
+        }
+        daemon = consecDaemon(lab, 'alice', dir, a);
+        await daemon.waitFor(/"msg":"ready"/);
+        const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.3', '-W', '5', b], { allowFailure: true });
+        assert.match(ping.stdout, / 0% packet loss/, `${ping.stdout}\n${daemon.output().slice(-3000)}`);
+        const fellBack = /IKEv2 not answered; trying IKEv1/.test(daemon.output());
+        assert.equal(fellBack, order === 'ikev2first', daemon.output().slice(-3000));
+        const mm = JSON.parse((await consecPwsh(dir, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout) as {
+          KeyModule: string;
+          RemoteEndpoint: string;
+        };
+        assert.deepEqual([mm.KeyModule, mm.RemoteEndpoint], ['IkeV1', b]);
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.version, 1);
+        assert.equal(sa?.children[0]?.state, 'INSTALLED');
+        await daemon.stop('SIGTERM', 5000);
+        daemon = undefined;
+        await waitUntil(async () => (await bob.listSas()).length === 0, 'charon to drop the SAs after our Delete');
+      }
+    } finally {
+      await daemon?.stop('SIGTERM', 5000);
+      await bob.stop();
+    }
+  });
 });
 
 describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {

@@ -54,6 +54,24 @@ describe('netsh advfirewall', () => {
     assert.deepEqual(doc.settings.Exemptions, ['NeighborDiscovery', 'Icmp', 'Dhcp']);
   });
 
+  it("set global ipsec defaultkeymodules (consec's own keyword): stored, shown, a bad value changes nothing", async () => {
+    const dir = freshStateDir();
+    const show = async () => (await netsh(dir, 'advfirewall show global')).out;
+    assert.match(await show(), /^DefaultKeyModules \(consec\) +IKEv2,IKEv1$/m, "Windows 11 24H2's order by default");
+    const set = await netsh(dir, 'advfirewall set global ipsec defaultkeymodules ikev1first');
+    assert.equal(set.code, 0, set.err);
+    assert.match(
+      set.err,
+      /consec's own keyword, not Windows netsh: rules with KeyModule Default now try IKEv1, then IKEv2/,
+    );
+    assert.equal(new PolicyStores(dir).read('PersistentStore').settings.DefaultKeyModuleOrder, 'IKEv1First');
+    assert.match(await show(), /^DefaultKeyModules \(consec\) +IKEv1,IKEv2$/m);
+    const bad = await netsh(dir, 'advfirewall set global ipsec defaultkeymodules ikev3first');
+    assert.equal(bad.code, 1);
+    assert.match(bad.out + bad.err, /ikev2first|ikev1first/);
+    assert.equal(new PolicyStores(dir).read('PersistentStore').settings.DefaultKeyModuleOrder, 'IKEv1First');
+  });
+
   it('netsh and PowerShell see the same policy', async () => {
     const dir = freshStateDir();
     const add = await netsh(

@@ -82,8 +82,12 @@ const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
 /** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
 export type KeyedSession = IkeSession | V1Session;
 
-/** Errors after which Default falls back from IKEv2 to IKEv1: the peer does not speak IKEv2. */
-const speaksNoIkev2 = (err: unknown): boolean =>
+/**
+ * Errors after which Default tries the other keying module: the peer did not answer, or refused
+ * the version or every proposal (an IKEv1-only peer answers IKE_SA_INIT with NO_PROPOSAL_CHOSEN
+ * or INVALID_MAJOR_VERSION; an IKEv2-only one ignores or refuses Main Mode).
+ */
+const doesNotSpeak = (err: unknown): boolean =>
   err instanceof IkeError &&
   (err.notify === NotifyType.NO_PROPOSAL_CHOSEN ||
     err.notify === NotifyType.INVALID_MAJOR_VERSION ||
@@ -212,20 +216,25 @@ export class KeyingService {
       return { session: r.session as KeyedSession, child: r.child.child };
     };
     const v2 = () => m.initiate(request) as Promise<{ session: KeyedSession; child: ChildSa }>;
+    // Default: the first module of the store's order (IKEv2 as Windows 11 24H2, or IKEv1 for older
+    // fleets); a peer that does not speak it gets the other one, while its traffic stays queued.
+    const fallBack = (first: 'IKEv1' | 'IKEv2', tryFirst: typeof v2, then: typeof v2) => (): ReturnType<typeof v2> =>
+      tryFirst().catch((err: unknown) => {
+        if (!doesNotSpeak(err)) throw err;
+        this.o.log.info(
+          { remote: plan.remote, reason: (err as Error).message },
+          `${first} not answered; trying ${first === 'IKEv2' ? 'IKEv1' : 'IKEv2'}`,
+        );
+        return then();
+      });
     const p =
       plan.keyModule === 'IKEv1'
         ? v1()
         : plan.keyModule === 'IKEv2'
           ? v2()
-          : v2().catch((err: unknown) => {
-              // Default: IKEv2 first; a peer that does not speak it gets IKEv1 (traffic stays queued meanwhile).
-              if (!speaksNoIkev2(err)) throw err;
-              this.o.log.info(
-                { remote: plan.remote, reason: (err as Error).message },
-                'IKEv2 not answered; trying IKEv1',
-              );
-              return v1();
-            });
+          : this.doc.settings.DefaultKeyModuleOrder === 'IKEv1First'
+            ? fallBack('IKEv1', v1, v2)()
+            : fallBack('IKEv2', v2, v1)();
     this.inFlight.set(key, p);
     try {
       return await p;

@@ -143,6 +143,13 @@ export interface FirewallSetting {
   MaxSAIdleTimeSeconds: number;
   KeyEncoding: EnumValue<typeof KeyEncoding>;
   EnablePacketQueuing: EnumValue<typeof PacketQueuing>[];
+  /**
+   * consec's own setting (Windows has none): which keying module a `-KeyModule Default` rule tries
+   * first. 'IKEv2First' is Windows 11 24H2 / Server 2025 (IKEv2, then IKEv1 when the peer does not
+   * speak it); 'IKEv1First' suits fleets of older Windows peers, which answer a PSK or certificate
+   * rule only in IKEv1 (then IKEv2 when the peer does not answer IKEv1).
+   */
+  DefaultKeyModuleOrder: 'IKEv2First' | 'IKEv1First';
 }
 
 export type ProfileName = 'Domain' | 'Private' | 'Public';
@@ -217,6 +224,7 @@ export function defaultSettings(): FirewallSetting {
     MaxSAIdleTimeSeconds: 300,
     KeyEncoding: 'UTF8',
     EnablePacketQueuing: ['None'],
+    DefaultKeyModuleOrder: 'IKEv2First',
   };
 }
 

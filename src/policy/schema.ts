@@ -141,6 +141,8 @@ export const policyDocumentSchema = z.strictObject({
     MaxSAIdleTimeSeconds: z.number().int(),
     KeyEncoding: e(KeyEncoding),
     EnablePacketQueuing: z.array(e(PacketQueuing)),
+    // consec's own; stores written before it existed read with Windows 11 24H2's order.
+    DefaultKeyModuleOrder: z.enum(['IKEv2First', 'IKEv1First']).default('IKEv2First'),
   }),
   // Stores written before profiles existed read with the defaults.
   profiles: z.array(profileSchema).default(defaultProfiles),

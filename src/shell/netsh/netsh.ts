@@ -371,7 +371,8 @@ function showGlobal(doc: PolicyDocument): string {
   out += `${'AuthzUserGrp'.padEnd(38)}${s.RemoteUserTunnelAuthorizationList || 'None'}\n`;
   out += `${'AuthzComputerGrp'.padEnd(38)}${s.RemoteMachineTunnelAuthorizationList || 'None'}\n`;
   out += `${'AuthzUserGrpTransport'.padEnd(38)}${s.RemoteUserTransportAuthorizationList || 'None'}\n`;
-  out += `${'AuthzComputerGrpTransport'.padEnd(38)}${s.RemoteMachineTransportAuthorizationList || 'None'}\n\n`;
+  out += `${'AuthzComputerGrpTransport'.padEnd(38)}${s.RemoteMachineTransportAuthorizationList || 'None'}\n`;
+  out += `${'DefaultKeyModules (consec)'.padEnd(38)}${s.DefaultKeyModuleOrder === 'IKEv1First' ? 'IKEv1,IKEv2' : 'IKEv2,IKEv1'}\n\n`;
   out += `${'StatefulFTP'.padEnd(38)}${onOff(s.EnableStatefulFtp)}\n`;
   out += `${'StatefulPPTP'.padEnd(38)}${onOff(s.EnableStatefulPptp)}\n\n`;
   out += 'Main Mode:\n';
@@ -678,6 +679,21 @@ export class Netsh {
   }
 
   /**
+   * `set global ipsec defaultkeymodules ikev2first|ikev1first`: consec's own keyword (Windows has no
+   * such setting) for the order a `-KeyModule Default` rule tries the keying modules in.
+   */
+  private async defaultKeyModules(value: string): Promise<string> {
+    const order = oneOf('defaultkeymodules', value, { ikev2first: 'IKEv2First', ikev1first: 'IKEv1First' } as const);
+    await this.stores.update(this.store, (doc) => {
+      doc.settings.DefaultKeyModuleOrder = order;
+    });
+    this.warn(
+      `"defaultkeymodules" is consec's own keyword, not Windows netsh: rules with KeyModule Default now try ${order === 'IKEv1First' ? 'IKEv1, then IKEv2' : 'IKEv2, then IKEv1'}.`,
+    );
+    return '';
+  }
+
+  /**
    * `set store local` or `set store gpo="domain\GPO name"` (Microsoft's command-line guide edits a GPO
    * this way): the commands after it in this session read and change that store.
    */
@@ -714,6 +730,7 @@ export class Netsh {
     if (!value) throw new NetshError(`A value is missing: set global ${section} ${key} <value>.`);
     if (section === 'ipsec') {
       if (key === 'debuglog') return this.debugLog(value);
+      if (key === 'defaultkeymodules') return this.defaultKeyModules(value);
       if (key === 'exemptions') {
         this.warn('"exemptions" is not a netsh keyword (seed 000 writes it); consec reads it as "defaultexemptions".');
         key = 'defaultexemptions';
@@ -778,7 +795,7 @@ export class Netsh {
             break;
           default:
             throw new NetshError(
-              `The following command was not found: set global ipsec ${key}. Settings: strongcrlcheck, saidletimemin, defaultexemptions, ipsecthroughnat, authzusergrp, authzcomputergrp, authzusergrptransport, authzcomputergrptransport.`,
+              `The following command was not found: set global ipsec ${key}. Settings: strongcrlcheck, saidletimemin, defaultexemptions, ipsecthroughnat, authzusergrp, authzcomputergrp, authzusergrptransport, authzcomputergrptransport, debuglog, defaultkeymodules.`,
             );
         }
       });
