@@ -88,13 +88,17 @@ export interface PolicyOptions {
   psk?: string;
   /** Request or Require (default) in both directions. */
   security?: 'Request' | 'Require';
+  /** The quick mode crypto set's -PerfectForwardSecrecyGroup (none by default, as on Windows). */
+  pfs?: string;
+  /** The rule's -KeyModule (Windows' default: Default). */
+  keyModule?: 'Default' | 'IKEv1' | 'IKEv2';
 }
 
 /** A Require rule written as a Windows admin would, with a PSK auth set, into `stateDir`. */
 export async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<void> {
   const lines = [
     `$qm = New-NetIPsecQuickModeCryptoProposal ${o.qm ?? '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256'}`,
-    '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm',
+    `$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm${o.pfs ? ` -PerfectForwardSecrecyGroup ${o.pfs}` : ''}`,
     `$psk = New-NetIPsecAuthProposal -Machine ${o.auth ?? `-PreSharedKey "${o.psk ?? DATAPLANE_PSK}"`}`,
     '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
   ];
@@ -109,7 +113,7 @@ export async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<v
     `New-NetIPsecRule -DisplayName "protect ${o.remoteAddress ?? o.remote}" ${tunnel}` +
       `-LocalAddress ${o.localAddress ?? o.local} -RemoteAddress ${o.remoteAddress ?? o.remote} ` +
       `-InboundSecurity ${o.security ?? 'Require'} -OutboundSecurity ${o.security ?? 'Require'} ` +
-      '-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      `-Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name${o.keyModule ? ` -KeyModule ${o.keyModule}` : ''} | Out-Null`,
   );
   const r = await ps(lines.join('\n'), stateDir);
   assert.equal(r.errors, 0, r.err);

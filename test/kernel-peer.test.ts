@@ -445,6 +445,83 @@ describe('kernel-ESP peer: libreswan (pluto, kernel XFRM) in a UML guest, transp
   }
 });
 
+describe('kernel-ESP peer: libreswan speaking IKEv1 (Main Mode + Quick Mode), transport mode, raw ESP', () => {
+  const env = guestLab('libreswan', hostToHost);
+
+  // Windows' quick mode sets have no PFS unless asked; libreswan's conns have it unless told not to.
+  for (const [initiator, keyModule, esp, qm, pfs] of [
+    ['consec', 'IKEv1', 'aes_gcm256', undefined, undefined],
+    ['libreswan', 'Default', 'aes256-sha2_256', '-Encapsulation ESP -Encryption AES256 -ESPHash SHA256', 'DH19'],
+  ] as const) {
+    it(`PSK, ${esp}${pfs ? ` with PFS ${pfs}` : ''}, ${initiator} initiates (consec rule KeyModule ${keyModule}): ping and TCP byte for byte; the guest kernel's SPIs are consec's; IKEv1 and raw ESP on the wire`, async () => {
+      const { lab, guest } = env;
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const dir = freshStateDir('consec-kpl1-');
+      await applyPolicy(dir, {
+        local: a,
+        remote: b,
+        mm: true,
+        keyModule,
+        ...(qm ? { qm } : {}),
+        ...(pfs ? { pfs } : {}),
+      });
+      const pluto = await GuestPluto.start(guest, {
+        conns: {
+          c: {
+            type: 'transport',
+            left: b,
+            right: a,
+            authby: 'secret',
+            ikev2: false,
+            ike: 'aes256-sha2_256;dh19',
+            esp,
+            pfs: pfs ? 'yes' : 'no',
+            auto: 'add',
+          },
+        },
+        psks: [{ ids: [b, a], secret: PSK }],
+      });
+      const daemon = consecDaemon(lab, 'alice', dir, a);
+      const cap = await Capture.start(lab, 'alice', 'eth0');
+      try {
+        await daemon.waitFor(/"msg":"ready"/);
+        const withPlutoLog = async (err: unknown) => {
+          throw new Error(`${(err as Error).message}\n--- pluto ---\n${(await pluto.log()).slice(-6000)}`);
+        };
+        if (initiator === 'libreswan') await pluto.up('c').catch(withPlutoLog);
+        await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon).catch(withPlutoLog);
+        assert.match(await pluto.trafficStatus(), /type=ESP/);
+        assert.match(await pluto.log(), /ISAKMP SA established|IPsec SA established transport mode/);
+        const pair = espPair(await guest.xfrmStates(), b, a);
+        assert.equal(pair.in.mode, 'transport');
+        assert.equal(pair.out.encap, undefined, 'raw ESP');
+        if (esp === 'aes_gcm256') assert.equal(pair.in.aead, 'rfc4106(gcm(aes))');
+        else assert.equal(pair.in.enc, 'cbc(aes)');
+        assert.ok(pair.in.bytes > 1024 * 1024);
+        assert.equal(pair.in.integrityFailed, 0);
+        const [qm0] = await quickModeSas(dir);
+        assert.equal(spiHex(qm0?.OutboundSpi ?? ''), pair.in.spi);
+        assert.equal(spiHex(qm0?.InboundSpi ?? ''), pair.out.spi);
+        const mm = JSON.parse((await consecPwsh(dir, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout) as {
+          KeyModule: string;
+        };
+        assert.equal(mm.KeyModule, 'IkeV1');
+        await cap.stop();
+        const protocols = new Set(await cap.protocols('ip'));
+        for (const p of protocols)
+          assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and raw ESP: ${[...protocols].join(' ')}`);
+        const versions = (await cap.fields(['isakmp.version'], 'isakmp')).map((r) => r[0]);
+        assert.ok(versions.length > 0 && versions.every((v) => v === '0x10'), `ISAKMP 1.0 only: ${versions.join(' ')}`);
+      } finally {
+        await cap.dispose();
+        await daemon.stop('SIGTERM', 5000);
+        await pluto.stop();
+      }
+    });
+  }
+});
+
 describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the wire format alone', () => {
   const env = guestLab('strongswan', hostToHost);
 

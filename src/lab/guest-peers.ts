@@ -104,6 +104,8 @@ export interface PlutoConn {
   leftcert?: string;
   auto?: 'add' | 'start' | 'ondemand';
   phase2?: 'esp' | 'ah';
+  /** Perfect forward secrecy in Quick Mode / CREATE_CHILD_SA (libreswan's default: yes). */
+  pfs?: 'yes' | 'no';
 }
 
 export interface PlutoConfig {
