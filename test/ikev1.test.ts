@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { AuditCollector } from '../src/audit/events.ts';
@@ -18,7 +20,8 @@ import {
   encodeV1Payloads,
   type V1Payload,
 } from '../src/ike/v1/codec.ts';
-import { ExchangeType, IdType, PayloadType, VendorId } from '../src/ike/v1/constants.ts';
+import { AuthMethod, ExchangeType, IdType, PayloadType, VendorId } from '../src/ike/v1/constants.ts';
+import { readPhase1 } from '../src/ike/v1/proposals.ts';
 import { idOfSelector, selectorOfId } from '../src/ike/v1/quick-mode.ts';
 import { vendorName } from '../src/ike/v1/trace.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
@@ -244,6 +247,118 @@ describe('IKEv1 codec', () => {
     );
     assert.equal(vendorName(VendorId.MS_INITIAL_CONTACT), 'Vid-Initial-Contact');
     assert.equal(vendorName(Buffer.concat([VendorId.FRAGMENTATION, Buffer.from('80000000', 'hex')])), 'FRAGMENTATION');
+  });
+});
+
+/** A Windows-sent message from test/fixtures/windows-ike (its source is named in SOURCE.md there). */
+const windowsMessage = (name: string): Buffer =>
+  Buffer.from(readFileSync(join(import.meta.dirname, 'fixtures', 'windows-ike', `${name}.hex`), 'utf8').trim(), 'hex');
+
+describe('what Windows sends (known answers: test/fixtures/windows-ike/SOURCE.md)', () => {
+  it('Windows 8/10 Main Mode message 1: decodes, re-encodes octet for octet, its transforms and vendor IDs read as Windows means them', () => {
+    const raw = windowsMessage('win10-ikev1-mm1');
+    assert.equal(raw.length, 408);
+    const msg = decodeV1(raw);
+    assert.equal(msg.header.exchange, ExchangeType.IDENTITY_PROTECTION);
+    assert.equal(msg.header.cookieR.toString('hex'), '0000000000000000');
+    const payloads = decodeV1Payloads(msg.header.nextPayload, msg.body);
+    assert.deepEqual(encodeV1(msg.header, payloads), raw, 'byte for byte');
+    const sa = payloads.find((p) => p.type === PayloadType.SA);
+    assert.ok(sa?.type === PayloadType.SA);
+    const read = (sa.proposals[0]?.transforms ?? []).map(readPhase1);
+    assert.deepEqual(
+      read.map(
+        (r) =>
+          r && `${r.suite.hash}/aes${r.suite.keyBytes * 8}/${r.group}/${AuthMethod[r.authMethod]}/${r.lifeSeconds}`,
+      ),
+      ['sha1/aes256/20/PSK/28800', 'sha1/aes128/19/PSK/28800', 'sha1/aes256/14/PSK/28800', undefined, undefined],
+      'the three AES transforms are usable; 3DES ones are not offered back',
+    );
+    const vids = payloads
+      .filter((p) => p.type === PayloadType.VID)
+      .map((p) => vendorName((p as { data: Buffer }).data));
+    assert.deepEqual(vids.slice(1), [
+      'MS NT5 ISAKMPOAKLEY v9',
+      'RFC 3947',
+      'draft-ietf-ipsec-nat-t-ike-02\\n',
+      'FRAGMENTATION',
+      'MS-Negotiation Discovery Capable',
+      'Vid-Initial-Contact',
+      'IKE CGA version 1',
+    ]);
+  });
+
+  it('a consec responder answers that message 1: one transform (the first it accepts, echoed as sent), RFC 3947 over the draft', async () => {
+    const net = new MemoryNetwork();
+    const W = '192.0.2.77';
+    const m = new IkeManager({
+      address: B,
+      peerFor: (a) =>
+        a === W
+          ? {
+              ...config(B, W, 'windows-psk', {}, 'AESGCM256'),
+              ikeProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA1', KeyExchange: 'DH20' })])
+                .proposals,
+            }
+          : undefined,
+      audit: new AuditCollector(),
+      timing: { retransmits: [1000], dpdMs: 0 },
+    });
+    open.push(m);
+    void m.listen((rx) => net.bind(B, rx));
+    const answers: Buffer[] = [];
+    const windows = net.bind(W, { ike: (d: Buffer) => answers.push(d), esp: () => {} } as never);
+    const raw = windowsMessage('win10-ikev1-mm1');
+    windows.sendIke(raw, 500, { address: B, port: 500 });
+    await until(() => answers.length === 1);
+    const answer = decodeV1(answers[0] as Buffer);
+    assert.equal(answer.header.cookieI.toString('hex'), raw.subarray(0, 8).toString('hex'));
+    assert.notEqual(answer.header.cookieR.toString('hex'), '0000000000000000');
+    const payloads = decodeV1Payloads(answer.header.nextPayload, answer.body);
+    const sa = payloads.find((p) => p.type === PayloadType.SA);
+    assert.ok(sa?.type === PayloadType.SA);
+    const offered = decodeV1Payloads(decodeV1(raw).header.nextPayload, decodeV1(raw).body).find(
+      (p) => p.type === PayloadType.SA,
+    );
+    assert.ok(offered?.type === PayloadType.SA);
+    assert.equal(sa.proposals[0]?.transforms.length, 1);
+    assert.deepEqual(
+      sa.proposals[0]?.transforms[0],
+      offered.proposals[0]?.transforms[0],
+      'transform 1 echoed as Windows sent it',
+    );
+    const vids = payloads
+      .filter((p) => p.type === PayloadType.VID)
+      .map((p) => vendorName((p as { data: Buffer }).data));
+    assert.ok(vids.includes('RFC 3947') && !vids.some((v) => v.startsWith('draft-')), vids.join(', '));
+    assert.equal(m.v1.sessions().length, 1, 'one half-open ISAKMP SA');
+  });
+
+  it('Windows Server 2008 R2 AuthIP message 1 (exchange 243): the header decodes, and the IKEv1 module leaves it alone — no answer, no state — so Windows falls back to IKEv1', async () => {
+    const raw = windowsMessage('win2008r2-authip-mm1');
+    const msg = decodeV1(raw);
+    assert.equal(msg.header.exchange, 243);
+    assert.equal(msg.header.length, raw.length);
+    const net = new MemoryNetwork();
+    const audit = new AuditCollector();
+    const m = new IkeManager({
+      address: B,
+      peerFor: (a) => config(B, a, 'windows-psk', {}, 'AESGCM256'),
+      audit,
+      timing: { retransmits: [1000], dpdMs: 0 },
+    });
+    open.push(m);
+    void m.listen((rx) => net.bind(B, rx));
+    const windows = net.bind('192.0.2.78', { ike: () => assert.fail('no answer to AuthIP'), esp: () => {} } as never);
+    windows.sendIke(raw, 500, { address: B, port: 500 });
+    // The same message as IKEv1 Main Mode would be answered: wait for that to prove delivery.
+    const mm1 = windowsMessage('win10-ikev1-mm1');
+    const answered: Buffer[] = [];
+    const probe = net.bind('192.0.2.79', { ike: (d: Buffer) => answered.push(d), esp: () => {} } as never);
+    probe.sendIke(mm1, 500, { address: B, port: 500 });
+    await until(() => net.sent.some((x) => x.to.address === '192.0.2.79'));
+    assert.equal(net.sent.filter((x) => x.to.address === '192.0.2.78').length, 0);
+    assert.equal(m.v1.sessions().filter((s) => s.remote.address === '192.0.2.78').length, 0);
   });
 });
 
