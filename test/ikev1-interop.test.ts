@@ -2,10 +2,12 @@
 // (userspace ESP, tunnel mode only, ESP in UDP 4500 with `encap = yes`, which makes charon fake a
 // NAT so both sides float to 4500 — RFC 3947 as between NATed hosts).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { Capture } from '../src/lab/capture.ts';
+import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { type KeySpec, LabPki } from '../src/lab/pki.ts';
 import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
@@ -243,6 +245,69 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
     } finally {
       await alice.stop();
       await resp.stop();
+    }
+  });
+
+  it('tshark decrypts our Main Mode messages 5–6, Quick Mode and ESP with the keys consec exports (ikev1_decryption_table, esp_sa)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    const keys = mkdtempSync(join(tmpdir(), 'consec-v1-keys-'));
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'udp port 500 or udp port 4500' });
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--ping',
+        '--keylog',
+        keys,
+      ]);
+      await init.exited;
+      assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
+      await cap.stop();
+      const uat = (table: string) =>
+        readFileSync(join(keys, table), 'utf8')
+          .trim()
+          .split('\n')
+          .flatMap((row) => ['-o', `uat:${table}:${row}`]);
+      const tshark = async (filter: string, fields: string[]) =>
+        (
+          await run([
+            'tshark',
+            '-n',
+            '-r',
+            cap.file,
+            ...uat('ikev1_decryption_table'),
+            ...uat('esp_sa'),
+            '-o',
+            'esp.enable_encryption_decode:TRUE',
+            '-Y',
+            filter,
+            '-T',
+            'fields',
+            ...fields.flatMap((f) => ['-e', f]),
+          ])
+        ).stdout
+          .trim()
+          .split('\n');
+      // Main Mode 5 and 6: the identities and hashes inside are readable only with our key.
+      assert.deepEqual(await tshark('isakmp.exchangetype == 2 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']), [
+        a,
+        b,
+      ]);
+      // Quick Mode 1 and 2: the client IDs (the tunnel's selectors), decrypted.
+      const qm = await tshark('isakmp.exchangetype == 32 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']);
+      assert.deepEqual(qm, [`${a},${b}`, `${a},${b}`], qm.join(' | '));
+      // ESP in UDP: three echo requests and three replies inside.
+      assert.deepEqual(await tshark('icmp', ['icmp.type']), ['8', '0', '8', '0', '8', '0']);
+    } finally {
+      await cap.dispose();
+      rmSync(keys, { recursive: true, force: true });
+      await bob.stop();
     }
   });
 

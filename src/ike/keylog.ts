@@ -1,5 +1,6 @@
 /**
- * Key export for Wireshark/tshark: rows of its `ikev2_decryption_table` and `esp_sa` tables, so an
+ * Key export for Wireshark/tshark: rows of its `ikev2_decryption_table`, `ikev1_decryption_table`
+ * and `esp_sa` tables, so an
  * independent implementation can decrypt and check our traffic. Written only when an operator asks
  * for it (like SSLKEYLOGFILE), to a file of mode 0600; never logged.
  */
@@ -7,6 +8,8 @@ import { closeSync, writeSync } from 'node:fs';
 import { OwnFiles, openOwnAppend } from '../io/safe-file.ts';
 import { join } from 'node:path';
 import type { IkeSa } from './sa.ts';
+import type { V1Session } from './v1/session.ts';
+import type { ChildEntry } from './tasks/context.ts';
 import type { ChildSa } from './tasks/child-create.ts';
 import { childSpec } from './child-spec.ts';
 import type { ChildSaSpec } from '../sa/spec.ts';
@@ -62,6 +65,23 @@ function appendKeys(dir: string, name: string, text: string): void {
 export function writeWiresharkKeys(dir: string, sa: IkeSa, child: ChildSa | undefined): void {
   appendKeys(dir, 'ikev2_decryption_table', `${ikeDecryptionRow(sa)}\n`);
   if (child) appendEspKeys(dir, childSpec(child, { local: sa.local, remote: sa.remote, udpEncapsulation: sa.floated }));
+}
+
+/**
+ * One ikev1_decryption_table row: the initiator cookie and the Phase 1 encryption key. Wireshark
+ * derives the IVs itself from the KE payloads it sees (RFC 2409 Appendix B), so the capture must hold
+ * Main Mode messages 3 and 4.
+ */
+export function ikev1DecryptionRow(s: V1Session): string {
+  if (!s.keys) throw new Error('the ISAKMP SA has no keys yet');
+  return `${s.cookieI.toString('hex')},${s.keys.encKey.toString('hex')}`;
+}
+
+/** Appends the rows to `dir`/ikev1_decryption_table and `dir`/esp_sa. */
+export function writeWiresharkKeysV1(dir: string, s: V1Session, child: ChildEntry | undefined): void {
+  appendKeys(dir, 'ikev1_decryption_table', `${ikev1DecryptionRow(s)}\n`);
+  if (child)
+    appendEspKeys(dir, childSpec(child.child, { local: s.local, remote: s.remote, udpEncapsulation: s.floated }));
 }
 
 /** Appends the esp_sa rows of a child SA. */
