@@ -12,7 +12,7 @@ import { Lab } from '../src/lab/lab.ts';
 import { type KeySpec, LabPki } from '../src/lab/pki.ts';
 import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture } from './helpers.ts';
+import { events, fixture, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
@@ -295,10 +295,10 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
           .trim()
           .split('\n');
       // Main Mode 5 and 6: the identities and hashes inside are readable only with our key.
-      assert.deepEqual(await tshark('isakmp.exchangetype == 2 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']), [
-        a,
-        b,
-      ]);
+      assert.deepEqual(
+        await tshark('isakmp.exchangetype == 2 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']),
+        [a, b],
+      );
       // Quick Mode 1 and 2: the client IDs (the tunnel's selectors), decrypted.
       const qm = await tshark('isakmp.exchangetype == 32 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']);
       assert.deepEqual(qm, [`${a},${b}`, `${a},${b}`], qm.join(' | '));
@@ -308,6 +308,102 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       await cap.dispose();
       rmSync(keys, { recursive: true, force: true });
       await bob.stop();
+    }
+  });
+
+  it('Phase 1 renewal before expiry with charon: a new ISAKMP SA, the old one deleted, the child SA kept by both and still carrying pings', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--rekey',
+        '1500,600000',
+        '--ping',
+        '--stay',
+        '6500',
+        '--ping-again',
+      ]);
+      await init.exited;
+      const [ok] = events<Established>(init, 'established');
+      assert.ok(ok, init.output());
+      const [again] = events<{ replies: number[]; sessions: { spiI: string; state: string; children: number }[] }>(
+        init,
+        'esp-again',
+      );
+      const swanLog = () =>
+        bob
+          .log()
+          .split('\n')
+          .filter((l) => !/vici|CFG/.test(l))
+          .join('\n')
+          .slice(-6000);
+      assert.ok(again, init.output());
+      assert.deepEqual(again.replies, [1, 2, 3], `${init.output()}\n--- charon ---\n${swanLog()}`);
+      assert.equal(again.sessions.length, 1, JSON.stringify(again.sessions));
+      assert.notEqual(again.sessions[0]?.spiI, ok.spiI, 'a new ISAKMP SA');
+      assert.equal(again.sessions[0]?.children, 1);
+      const sas = await bob.listSas();
+      assert.equal(sas.length, 1, swanLog());
+      assert.equal(sas[0]?.spiI, again.sessions[0]?.spiI);
+      assert.deepEqual(
+        [sas[0]?.children[0]?.spiIn, sas[0]?.children[0]?.spiOut],
+        [ok.spiOut, ok.spiIn],
+        'charon kept the child SA across the renewal',
+      );
+      assert.deepEqual(
+        events<{ id: number; reason?: string }>(init, 'audit')
+          .filter((e) => e.id === 5452)
+          .map((e) => e.reason),
+        ['keying service stopped'],
+        'the child SA ended only when the fixture stopped',
+      );
+    } finally {
+      await bob.stop();
+    }
+  });
+
+  it('charon renews Phase 1 first (its reauthentication every 4 s): consec answers the new Main Mode, keeps a working child SA, and pings still pass', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const resp = fixture(lab, 'bob', 'ike-respond', [b, a, PSK, 'AES256-SHA256-DH14', 'AESGCM256', 0, '--stay', 9000]);
+    await resp.waitFor(/"event":"listening"/);
+    const cfg = v1(a, b, ['aes256-sha256-modp2048'], ['aes256gcm16']);
+    for (const conn of Object.values(cfg.connections)) Object.assign(conn, { rekey_time: '4s', over_time: '2s' });
+    const alice = await Charon.start(lab, 'alice', cfg);
+    try {
+      await alice.initiate('consec');
+      const [first] = await alice.listSas();
+      assert.ok(first, alice.log().slice(-3000));
+      await waitUntil(async () => {
+        const sas = await alice.listSas();
+        return sas.some(
+          (x) => x.state === 'ESTABLISHED' && x.spiI !== first.spiI && x.children[0]?.state === 'INSTALLED',
+        );
+      }, 'charon to reauthenticate: a new ISAKMP SA holding the child SA').catch(async (err: Error) =>
+        assert.fail(
+          `${err.message}: ${JSON.stringify(await alice.listSas())}\n${alice
+            .log()
+            .split('\n')
+            .filter((l) => /\[(IKE|CHD)\]/.test(l))
+            .join('\n')
+            .slice(-5000)}\n--- consec ---\n${resp.output().slice(-3000)}`,
+        ),
+      );
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+      assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output().slice(-4000)}`);
+      const audits = events<{ id: number; reason?: string }>(resp, 'audit');
+      assert.ok(audits.filter((e) => e.id === 4650).length >= 2, resp.output().slice(-4000));
+      assert.ok(!audits.some((e) => e.id === 4653 || e.id === 4654), 'no failed negotiation');
+    } finally {
+      await alice.stop();
+      await resp.stop();
     }
   });
 

@@ -54,6 +54,7 @@ interface Opts {
   encap?: boolean;
   net?: MemoryNetwork;
   retransmits?: number[];
+  lifetimes?: Partial<Lifetimes>;
   /** Certificates instead of the pre-shared key: [initiator's, responder's]. */
   certs?: [Credentials, Credentials];
 }
@@ -73,7 +74,7 @@ function config(local: string, remote: string, psk: string, o: Opts, qmEnc: 'AES
     tsi: [hostTs(initiatorSide ? local : remote)],
     tsr: [hostTs(initiatorSide ? remote : local)],
     mode: o.mode ?? 'transport',
-    lifetimes: HOUR,
+    lifetimes: { ...HOUR, ...o.lifetimes },
   };
 }
 
@@ -428,6 +429,45 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     await bs.delete('test');
     await until(() => a.m.v1.sessions().length === 0 && a.sad.installed.size === 0);
     assert.ok(a.audit.ids().includes(4655));
+  });
+
+  it('Phase 1 renewal before expiry (make-before-break): the new ISAKMP SA inherits the child SA at both ends, the old one is deleted, no child SA lost — twice', async () => {
+    const { a, b, start } = pair({ lifetimes: { ikeExpireMs: 2000 } });
+    const { session, child } = await start();
+    const spi = child.child.spiIn.readUInt32BE(0);
+    await until(() => b.sad.installed.size === 1);
+    const renewed = (m: IkeManager, old: unknown) => () => {
+      const up = m.v1.sessions().filter((s) => s.state === 'established');
+      return up.length === 1 && up[0] !== old && up[0]?.children.size === 1;
+    };
+    await until(renewed(a.m, session), 4000);
+    const [second] = a.m.v1.sessions();
+    assert.ok(second?.children.has(spi), 'the child SA moved to the new ISAKMP SA');
+    assert.equal(session.state, 'dead');
+    await until(() => b.m.v1.sessions().length === 1 && b.m.v1.sessions()[0]?.children.size === 1);
+    await until(renewed(a.m, second), 4000);
+    await until(() => b.m.v1.sessions().length === 1 && b.m.v1.sessions()[0]?.children.size === 1);
+    assert.deepEqual([...a.sad.installed.keys()], [spi], 'the data plane kept the one SA throughout');
+    assert.equal(b.sad.installed.size, 1);
+    for (const side of [a, b]) {
+      assert.ok(!side.audit.ids().includes(5452), 'no child SA ended');
+      assert.deepEqual(
+        side.audit.ids().filter((id) => id === 4650),
+        [4650, 4650, 4650],
+      );
+    }
+    assert.deepEqual(
+      a.audit.events.filter((e) => e.id === 4655).map((e) => ('reason' in e ? e.reason : '')),
+      ['rekeyed', 'rekeyed'],
+    );
+    // Quick Mode still works on the newest ISAKMP SA: a new child with the same selectors replaces
+    // the inherited one, which is deleted at the peer through the new ISAKMP SA.
+    const third = a.m.v1.sessions()[0] as NonNullable<typeof second>;
+    const more = await a.m.v1.createChild(third, config(A, B, 'memory-psk', {}, 'AESGCM256'));
+    const next = more.child.spiIn.readUInt32BE(0);
+    assert.deepEqual([...third.children.keys()], [next]);
+    await until(() => b.sad.installed.size === 1 && !b.sad.installed.has(child.child.spiOut.readUInt32BE(0)));
+    assert.deepEqual([...a.sad.installed.keys()], [next]);
   });
 
   it('survives 30 % loss: retransmissions and answers to duplicates', async () => {

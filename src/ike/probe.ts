@@ -37,6 +37,8 @@ export async function pingThroughTunnel(
   remote: string,
   count = 3,
   timeoutMs = 3000,
+  /** The first ESP sequence number (a second probe on the same SA continues after the first). */
+  firstSeq = 1,
 ): Promise<number[]> {
   const encr = r.child.proposal.transforms.find((t) => t.type === TransformType.ENCR);
   if (encr?.id !== EncrId.AES_GCM_16 || r.child.mode !== 'tunnel' || !isIPv4(remote) || !r.sa.floated) {
@@ -57,7 +59,7 @@ export async function pingThroughTunnel(
     }
   });
   for (let seq = 1; seq <= count; seq++) {
-    r.sendEsp(sealGcm(out, seq, echoRequest(local, remote, seq), 4));
+    r.sendEsp(sealGcm(out, firstSeq + seq - 1, echoRequest(local, remote, seq), 4));
     await new Promise((res) => setTimeout(res, 50));
   }
   const deadline = Date.now() + timeoutMs;

@@ -271,6 +271,8 @@ export interface VsaIke {
   localHost: string;
   remoteHost: string;
   initiator: boolean;
+  /** Initiator SPI / cookie, hex. */
+  spiI: string;
   encrAlg: string;
   integAlg?: string;
   prfAlg: string;
@@ -442,6 +444,7 @@ export function parseListSas(raw: string): VsaIke[] {
         localHost: str(ike['local-host']),
         remoteHost: str(ike['remote-host']),
         initiator: str(ike.initiator) === 'yes',
+        spiI: str(ike['initiator-spi']),
         encrAlg: str(ike['encr-alg']),
         integAlg: ike['integ-alg'] === undefined ? undefined : str(ike['integ-alg']),
         prfAlg: str(ike['prf-alg']),

@@ -22,6 +22,9 @@ import { armRenewal, initiateQuick } from './quick-mode.ts';
 import { digestOf, V1Session, type V1Host } from './session.ts';
 import { v1Text } from './trace.ts';
 
+/** How long a renewed ISAKMP SA lingers before its Delete (strongSwan waits 10 s as responder). */
+const PHASE1_RETIRE_GRACE_MS = 2_000;
+
 export interface V1ManagerOptions {
   address: string;
   peerFor(address: string): PeerConfig | undefined;
@@ -124,6 +127,53 @@ export class V1Manager implements V1Host {
   childMoved(spiIn: number, s: V1Session | undefined): void {
     if (s) this.childIndex.set(spiIn, s);
     else this.childIndex.delete(spiIn);
+  }
+
+  successor(s: V1Session): V1Session | undefined {
+    return this.sessions().find(
+      (x) =>
+        x !== s &&
+        x.state === 'established' &&
+        x.remote.address === s.remote.address &&
+        x.peer.name === s.peer.name &&
+        x.establishedAt >= s.establishedAt,
+    );
+  }
+
+  /** A new Main Mode with the peer of `s`; once it is up, `s` hands it the child SAs and is deleted. */
+  renewPhase1(s: V1Session): void {
+    const next = new V1Session(
+      this,
+      'initiator',
+      { address: this.o.address, port: 500 },
+      { ...s.remote, port: 500 },
+      s.peer,
+    );
+    next.forceEncapsulation = s.forceEncapsulation;
+    armRenewal(next);
+    this.register(next);
+    s.log('Phase 1 renewal', { next: hex(next.cookieI) });
+    try {
+      initiateMainMode(next, { ...this.hooks, firstContact: () => false });
+    } catch (err) {
+      this.mainModeFailed(next, err as Error);
+      return;
+    }
+    next.whenEstablished().then(
+      () => {
+        // The children move now; the old ISAKMP SA is deleted at the peer a little later (at its
+        // expiry at the latest), once the peer too had the time to move them: strongSwan adopts a
+        // reauthenticated SA's children in a job of its own, and deletes them with an ISAKMP SA
+        // deleted before that ran.
+        next.adoptChildren(s);
+        const t = setTimeout(() => s.retire(next), PHASE1_RETIRE_GRACE_MS);
+        t.unref();
+      },
+      (err: Error) => {
+        if (next.state !== 'dead') this.mainModeFailed(next, err);
+        s.log('Phase 1 renewal failed', { reason: err.message });
+      },
+    );
   }
 
   private forgetHalfOpen(s: V1Session): void {

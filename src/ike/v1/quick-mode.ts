@@ -624,6 +624,10 @@ export function armRenewal(s: V1Session): void {
       old.state = { kind: 'rekeyed', replacement: entry.child.spiIn.readUInt32BE(0) };
       if (entry.child.initiator) void s.deleteChild(old, 'rekeyed');
     }
+    s.armChildRekey?.(entry);
+  };
+  s.armChildRekey = (entry) => {
+    if (entry.state.kind !== 'installed') return;
     const now = Date.now();
     const delay =
       Math.max(0, entry.rekeyAt - now) + (entry.child.initiator ? 0 : (entry.expireAt - entry.installedAt) * 0.05);

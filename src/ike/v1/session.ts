@@ -42,6 +42,10 @@ export interface V1Host extends Pick<V2Host, 'bind' | 'audit' | 'dataplane' | 't
   unregister(s: V1Session): void;
   established(s: V1Session): void;
   childMoved(spiIn: number, s: V1Session | undefined): void;
+  /** A newer established ISAKMP SA with the same peer and rule, which inherits this one's child SAs. */
+  successor(s: V1Session): V1Session | undefined;
+  /** Starts a new Main Mode with the peer of `s` before `s` expires (make-before-break). */
+  renewPhase1(s: V1Session): void;
   invalidPacket(remote: string, exchange: number, reason: string): void;
   /** The debug trace of decrypted payloads. */
   traceInner?(s: V1Session, dir: 'sent' | 'received', exchange: number, mid: number, payloads: V1Payload[]): void;
@@ -484,7 +488,17 @@ export class V1Session {
       t.unref();
       this.timers.push(t);
     };
-    at(this.lifetimes.ikeExpireMs, () => void this.delete('lifetime expired'));
+    // Phase 1 renewal (make-before-break): the initiator at 90 % of the lifetime, the responder at
+    // 95 % in case the initiator does not (a Windows initiator's lifetime may be longer than ours).
+    // The new ISAKMP SA inherits the child SAs; the old one is deleted at the peer once it is up.
+    at(jitter(this.lifetimes.ikeExpireMs * (this.role === 'initiator' ? 0.9 : 0.95)), () => {
+      if (this.state === 'established' && !this.host.successor(this)) this.host.renewPhase1(this);
+    });
+    at(this.lifetimes.ikeExpireMs, () => {
+      const heir = this.host.successor(this);
+      if (heir) this.retire(heir);
+      else void this.delete('lifetime expired');
+    });
     if (this.natLocal && !this.forceEncapsulation) {
       const t = setInterval(() => {
         if (this.state === 'established') this.host.bind.sendUdp4500(NAT_KEEPALIVE, this.remote);
@@ -583,6 +597,48 @@ export class V1Session {
     this.terminate(reason);
   }
 
+  /**
+   * Hands the child SAs to `heir` (a newer ISAKMP SA with the same peer), deletes this ISAKMP SA at
+   * the peer — only the ISAKMP SA: IPsec SAs do not depend on the ISAKMP SA that made them — and ends it.
+   */
+  retire(heir: V1Session): void {
+    if (this.state !== 'established') return;
+    heir.adoptChildren(this);
+    this.informational([
+      {
+        type: PayloadType.D,
+        doi: DOI_IPSEC,
+        protocol: ProtocolId.ISAKMP,
+        spiSize: 16,
+        spis: [Buffer.concat([this.cookieI, this.cookieR])],
+      },
+    ]);
+    this.terminate('rekeyed');
+  }
+
+  /** Takes over the child SAs of `from` (an ISAKMP SA with the same peer that ends): timers re-armed here. */
+  adoptChildren(from: V1Session): void {
+    if (from.children.size === 0) return;
+    for (const [key, e] of [...from.children]) {
+      from.release(key);
+      this.children.set(key, e);
+      this.host.childMoved(key, this);
+      this.armExpiry(key, e);
+      this.armChildRekey?.(e);
+    }
+    this.log('child SAs adopted', { from: `${hex(from.cookieI)}/${hex(from.cookieR)}`, children: this.children.size });
+  }
+
+  /** Lets go of a child SA that another ISAKMP SA adopts: no Delete, no audit, still in the data plane. */
+  private release(key: number): void {
+    const e = this.children.get(key);
+    if (!e) return;
+    this.activate(key);
+    this.children.delete(key);
+    for (const t of e.timers) clearTimeout(t);
+    e.timers = [];
+  }
+
   /** Deletes one child SA at the peer (Delete of our inbound SPI) and locally. */
   deleteChild(e: ChildEntry, reason: string): Promise<void> {
     if (this.state === 'established')
@@ -606,6 +662,9 @@ export class V1Session {
       if (!x.done) x.fail(failure ?? new IkeError(`the ISAKMP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));
     }
     this.quick.clear();
+    // The peer deleted or let expire this ISAKMP SA after making a newer one: the children live on there.
+    const heir = this.children.size > 0 ? this.host.successor(this) : undefined;
+    if (heir) heir.adoptChildren(this);
     for (const e of [...this.children.values()]) this.removeChild(e, reason);
     const wasUp = this.establishedAt > 0;
     this.state = 'dead';
@@ -654,14 +713,7 @@ export class V1Session {
       }),
     );
     if (child.initiator) this.holdOutbound(key);
-    const expire = setTimeout(
-      () => {
-        if (this.children.get(key) === entry) void this.deleteChild(entry, 'lifetime expired');
-      },
-      Math.max(0, entry.expireAt - now),
-    );
-    expire.unref();
-    entry.timers.push(expire);
+    this.armExpiry(key, entry);
     this.host.audit.emit({
       id: 5451,
       subcategory: 'IPsec Quick Mode',
@@ -673,8 +725,21 @@ export class V1Session {
     return entry;
   }
 
-  /** Set by quick-mode.ts: arms the rekey of a child SA this side is to renew. */
+  /** Set by quick-mode.ts: a new child SA supersedes older ones with its selectors and is armed for rekey. */
   onChildInstalled?: (entry: ChildEntry) => void;
+  /** Set by quick-mode.ts: arms the rekey of a child SA this side is to renew. */
+  armChildRekey?: (entry: ChildEntry) => void;
+
+  private armExpiry(key: number, entry: ChildEntry): void {
+    const expire = setTimeout(
+      () => {
+        if (this.children.get(key) === entry) void this.deleteChild(entry, 'lifetime expired');
+      },
+      Math.max(0, entry.expireAt - Date.now()),
+    );
+    expire.unref();
+    entry.timers.push(expire);
+  }
 
   removeChild(entry: ChildEntry, reason: string): void {
     const key = spiNumber(entry.child.spiIn);
