@@ -55,6 +55,8 @@ interface Opts {
   net?: MemoryNetwork;
   retransmits?: number[];
   lifetimes?: Partial<Lifetimes>;
+  /** The responder's half-open count from which it hands out DoS-protection cookies. */
+  cookieThreshold?: number;
   /** Certificates instead of the pre-shared key: [initiator's, responder's]. */
   certs?: [Credentials, Credentials];
 }
@@ -104,6 +106,7 @@ function side(net: MemoryNetwork, local: string, remote: string, o: Opts, psk: s
     dataplane: sad,
     audit,
     timing: { retransmits: o.retransmits ?? [40, 80, 160, 320, 640], dpdMs: 0 },
+    cookieThreshold: o.cookieThreshold,
     log: (e, d) => events.push(`${e} ${JSON.stringify(d ?? {})}`),
   });
   void m.listen((rx) => net.bind(local, rx));
@@ -456,10 +459,10 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
         [4650, 4650, 4650],
       );
     }
-    assert.deepEqual(
-      a.audit.events.filter((e) => e.id === 4655).map((e) => ('reason' in e ? e.reason : '')),
-      ['rekeyed', 'rekeyed'],
-    );
+    // Each old ISAKMP SA ended as renewed — retired here, or deleted by the peer that retired it first.
+    const ended = a.audit.events.filter((e) => e.id === 4655).map((e) => ('reason' in e ? e.reason : ''));
+    assert.equal(ended.length, 2);
+    for (const r of ended) assert.match(r, /^(rekeyed|deleted by the peer)$/);
     // Quick Mode still works on the newest ISAKMP SA: a new child with the same selectors replaces
     // the inherited one, which is deleted at the peer through the new ISAKMP SA.
     const third = a.m.v1.sessions()[0] as NonNullable<typeof second>;
@@ -468,6 +471,32 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     assert.deepEqual([...third.children.keys()], [next]);
     await until(() => b.sad.installed.size === 1 && !b.sad.installed.has(child.child.spiOut.readUInt32BE(0)));
     assert.deepEqual([...a.sad.installed.keys()], [next]);
+  });
+
+  it('DoS protection (MS-IKEE §3.9): a responder past its threshold answers message 1 with a stateless cookie (4646), the initiator returns it, the SA comes up; a wrong cookie leaves no state', async () => {
+    const { b, net, start } = pair({ cookieThreshold: 0 });
+    const { session } = await start();
+    assert.equal(session.state, 'established');
+    await until(() => b.audit.ids().includes(5451));
+    assert.deepEqual(b.audit.ids(), [4646, 4650, 5451]);
+    const [bs] = b.m.v1.sessions();
+    // The responder's cookie is the one it handed out: no state was kept before it came back.
+    const toA = net.sent.filter((x) => x.to.address === A).map((x) => decodeV1(x.data));
+    const first = toA[0];
+    assert.ok(first && first.header.cookieR.equals(Buffer.alloc(8)), 'the cookie answer carries no responder cookie');
+    const n = decodeV1Payloads(first.header.nextPayload, first.body)[0];
+    assert.ok(n?.type === PayloadType.N && n.notify === 40004);
+    assert.deepEqual(n.data, bs?.cookieR);
+    // Message 1 with a made-up cookie: dropped, nothing kept.
+    const forged = Buffer.from(net.sent.find((x) => x.to.address === B)?.data as Buffer);
+    forged.fill(0x41, 0, 8);
+    forged.fill(0x42, 8, 16);
+    const before = b.m.v1.sessions().length;
+    const sentBefore = net.sent.length;
+    net.bind('192.0.2.66', { ike: () => {}, esp: () => {} } as never).sendIke(forged, 500, { address: B, port: 500 });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(b.m.v1.sessions().length, before);
+    assert.equal(net.sent.length, sentBefore + 1, 'only the forged message itself crossed the network');
   });
 
   it('survives 30 % loss: retransmissions and answers to duplicates', async () => {

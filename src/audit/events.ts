@@ -75,6 +75,8 @@ export interface FailureInfo {
 }
 
 export type AuditEvent =
+  /** 4646: IKE DoS-prevention mode started (MS-IKEE §3.9: Main Mode answered with stateless cookies). */
+  | { id: 4646; subcategory: 'IPsec Main Mode'; success: true; keyingModule: 'IKEv1'; halfOpen: number }
   | { id: 4650; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
   | { id: 4651; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
   | {

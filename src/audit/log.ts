@@ -32,6 +32,7 @@ export function securityLogDir(stateDir: string): string {
 }
 
 const TITLES: Record<number, string> = {
+  4646: 'IKE DoS-prevention mode started.',
   4650: 'An IPsec Main Mode security association was established. Extended Mode was not enabled. Certificate authentication was not used.',
   4651: 'An IPsec Main Mode security association was established. Extended Mode was not enabled. A certificate was used for authentication.',
   4652: 'An IPsec Main Mode negotiation failed.',

@@ -35,7 +35,10 @@ export interface ManagerOptions {
   timing?: Partial<Timing>;
   /** Half-open SAs (IKE_SA_INIT answered, no IKE_AUTH yet) are forgotten after this long. Default 30 s. */
   halfOpenTimeoutMs?: number;
-  /** With this many half-open SAs, new requests must return a COOKIE first (§2.6). Default 64. */
+  /**
+   * With this many half-open SAs, new requests must return a COOKIE first (§2.6; IKEv1: MS-IKEE §3.9
+   * DoS-protection cookies). Default 64.
+   */
   cookieThreshold?: number;
   /** Hard cap on half-open SAs; beyond it IKE_SA_INIT is dropped. Default 4096. */
   maxHalfOpen?: number;
@@ -110,6 +113,8 @@ export class IkeManager implements SessionHost, IkeReceiver {
       trace: o.trace,
       halfOpenTimeoutMs: o.halfOpenTimeoutMs,
       maxHalfOpen: o.maxHalfOpen,
+      // The same threshold for IKEv1: Main Mode is then answered with MS-IKEE §3.9 cookies.
+      dosCookieThreshold: o.cookieThreshold,
       onEstablished: o.onEstablishedV1,
       onEnded: o.onEndedV1,
       invalidPacket: (remote, quick, reason) =>

@@ -219,6 +219,10 @@ export enum NotifyType {
   INITIAL_CONTACT = 24578,
   R_U_THERE = 36136,
   R_U_THERE_ACK = 36137,
+  /** MS-IKEE §2.2.6 private types: a failure reason, the DoS-protection cookie (§3.9), exchange info (§3.7). */
+  MS_NOTIFY_STATUS = 40003,
+  MS_NOTIFY_DOS_COOKIE = 40004,
+  MS_EXCHANGE_INFO = 40005,
 }
 
 /** Vendor IDs (MD5 of the names unless noted). */

@@ -253,9 +253,24 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
   const raw = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [sa, ...OUR_VENDOR_IDS.map(vid)]);
   const waits = s.host.timing.retransmits;
   const failed = (err: Error) => hooks.failed(s, err);
+  let cookieAsked = false;
   s.mmNext = step(s, hooks, (payloads, msg) => {
     const sar = findV1(payloads, PayloadType.SA);
     const notify = findV1(payloads, PayloadType.N);
+    // MS-IKEE §3.9: a responder in DoS-prevention mode answers message 1 with a cookie alone; message 1
+    // goes again with that cookie in the responder cookie field (once: a second request is refused).
+    if (!sar && notify?.notify === NotifyType.MS_NOTIFY_DOS_COOKIE && notify.data.length >= 8 && !cookieAsked) {
+      cookieAsked = true;
+      s.mmRetransmit?.stop();
+      const cookie = notify.data.subarray(notify.data.length - 8);
+      const again = encodeV1({ ...s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), cookieR: cookie }, [
+        sa,
+        ...OUR_VENDOR_IDS.map(vid),
+      ]);
+      s.log('Main Mode message 1 again with the responder cookie (DoS protection)', {});
+      s.mmRetransmit = new Retransmission(s, again, waits, failed);
+      return;
+    }
     if (!sar && notify)
       throw new IkeError(
         `the peer refused Main Mode: ${NotifyType[notify.notify] ?? notify.notify}`,

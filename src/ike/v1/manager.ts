@@ -5,6 +5,7 @@
  * versions share UDP 500/4500), Aggressive Mode refused, and the initiator's Main Mode + Quick Mode.
  * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
  */
+import { createHmac, randomBytes } from 'node:crypto';
 import type { AuditSink } from '../../audit/events.ts';
 import type { IkeBind, IkePort } from '../../sa/bind.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
@@ -38,6 +39,11 @@ export interface V1ManagerOptions {
   halfOpenTimeoutMs?: number;
   /** Hard cap on half-open SAs; beyond it Main Mode message 1 is dropped. Default 4096. */
   maxHalfOpen?: number;
+  /**
+   * From this many half-open SAs on, Main Mode message 1 is answered with a stateless cookie that the
+   * initiator must return (MS-IKEE §3.9 DoS protection; audit 4646). Default 64.
+   */
+  dosCookieThreshold?: number;
   onEstablished?(s: V1Session): void;
   onEnded?(s: V1Session): void;
   /** An invalid message (audit 4976 for Main Mode and Informational, 4977 for Quick Mode). */
@@ -58,6 +64,9 @@ export class V1Manager implements V1Host {
   private readonly hooks: MainModeHooks;
   /** Per-remote count of our SAs (INITIAL-CONTACT only with none besides). */
   private readonly perRemote = new Map<string, number>();
+  /** The key of the DoS-protection cookies (MS-IKEE §3.9), and whether that mode is on. */
+  private readonly cookieSecret = randomBytes(32);
+  private dosMode = false;
 
   constructor(private readonly o: V1ManagerOptions) {
     this.hooks = {
@@ -240,6 +249,14 @@ export class V1Manager implements V1Host {
   private dispatch(msg: V1Message, from: Endpoint, port: IkePort): void {
     const h = msg.header;
     if (h.cookieR.equals(ZERO)) {
+      // An answer to our message 1 that still carries a zero responder cookie: a refusal or a
+      // DoS-protection cookie (the initiator cookie is ours, chosen at random).
+      const mine = this.byCookie.get(hex(h.cookieI));
+      if (mine?.role === 'initiator' && mine.cookieR.equals(ZERO)) {
+        if (h.exchange === ExchangeType.INFORMATIONAL || h.exchange === ExchangeType.IDENTITY_PROTECTION)
+          mine.receive(msg, from, port);
+        return;
+      }
       if (h.exchange === ExchangeType.AGGRESSIVE) {
         this.refuse(
           msg,
@@ -250,14 +267,19 @@ export class V1Manager implements V1Host {
         );
         return;
       }
-      if (h.exchange === ExchangeType.INFORMATIONAL) {
-        // A refusal of our message 1 carries our cookie and a zero responder cookie.
-        const ours = this.byCookie.get(hex(h.cookieI));
-        if (ours?.role === 'initiator' && ours.cookieR.equals(ZERO)) ours.receive(msg, from, port);
-        return;
-      }
       if (h.exchange !== ExchangeType.IDENTITY_PROTECTION || h.messageId !== 0) return;
       this.respondMainMode(msg, from, port);
+      return;
+    }
+    // Message 1 again, with the DoS-protection cookie we handed out as its responder cookie.
+    if (
+      h.exchange === ExchangeType.IDENTITY_PROTECTION &&
+      h.messageId === 0 &&
+      h.nextPayload === PayloadType.SA &&
+      !this.byCookie.has(hex(h.cookieR)) &&
+      this.byCookie.get(hex(h.cookieI))?.role !== 'initiator'
+    ) {
+      if (h.cookieR.equals(this.dosCookie(h.cookieI, from))) this.respondMainMode(msg, from, port, h.cookieR);
       return;
     }
     // Our cookie names the SA: the initiator cookie for SAs we started, the responder cookie otherwise.
@@ -269,6 +291,27 @@ export class V1Manager implements V1Host {
       s.role === 'initiator' && s.cookieR.equals(ZERO) && h.exchange === ExchangeType.IDENTITY_PROTECTION;
     if (!learning && !s.cookieR.equals(h.cookieR)) return;
     s.receive(msg, from, port);
+  }
+
+  /** Message 2 in DoS-prevention mode: the header and one NOTIFY_DOS_COOKIE, no state kept (MS-IKEE §3.9). */
+  private sendDosCookie(msg: V1Message, from: Endpoint, port: IkePort): void {
+    const h = msg.header;
+    const n: V1Payload = {
+      type: PayloadType.N,
+      doi: DOI_IPSEC,
+      protocol: ProtocolId.ISAKMP,
+      spi: Buffer.concat([h.cookieI, ZERO]),
+      notify: NotifyType.MS_NOTIFY_DOS_COOKIE,
+      data: this.dosCookie(h.cookieI, from),
+    };
+    this.bind.sendIke(
+      encodeV1(
+        { cookieI: h.cookieI, cookieR: ZERO, exchange: ExchangeType.IDENTITY_PROTECTION, flags: 0, messageId: 0 },
+        [n],
+      ),
+      port,
+      from,
+    );
   }
 
   /** An unprotected notification answering a message we will not process (RFC 2408 §5). */
@@ -310,7 +353,16 @@ export class V1Manager implements V1Host {
     });
   }
 
-  private respondMainMode(msg: V1Message, from: Endpoint, port: IkePort): void {
+  /** The stateless cookie a peer must return in DoS-prevention mode: HMAC of its cookie and address. */
+  private dosCookie(cookieI: Buffer, from: Endpoint): Buffer {
+    return createHmac('sha256', this.cookieSecret)
+      .update(cookieI)
+      .update(`${from.address}:${from.port}`)
+      .digest()
+      .subarray(0, 8);
+  }
+
+  private respondMainMode(msg: V1Message, from: Endpoint, port: IkePort, returnedCookie?: Buffer): void {
     const key = `${hex(msg.header.cookieI)}/${from.address}:${from.port}`;
     const known = this.halfOpenIndex.get(key);
     if (known) {
@@ -319,6 +371,23 @@ export class V1Manager implements V1Host {
     }
     if (this.halfOpenTimers.size >= (this.o.maxHalfOpen ?? 4096)) {
       this.log('drop Main Mode: too many half-open SAs', { from: from.address });
+      return;
+    }
+    const threshold = this.o.dosCookieThreshold ?? 64;
+    if (this.halfOpenTimers.size < threshold / 2) this.dosMode = false;
+    if (!returnedCookie && this.halfOpenTimers.size >= threshold) {
+      if (!this.dosMode) {
+        this.dosMode = true;
+        this.audit.emit({
+          id: 4646,
+          subcategory: 'IPsec Main Mode',
+          success: true,
+          keyingModule: 'IKEv1',
+          halfOpen: this.halfOpenTimers.size,
+        });
+        this.log('IKE DoS-prevention mode started', { halfOpen: this.halfOpenTimers.size });
+      }
+      this.sendDosCookie(msg, from, port);
       return;
     }
     let payloads: V1Payload[];
@@ -339,7 +408,15 @@ export class V1Manager implements V1Host {
       );
       return;
     }
-    const s = new V1Session(this, 'responder', { address: this.o.address, port }, from, peer, msg.header.cookieI);
+    const s = new V1Session(
+      this,
+      'responder',
+      { address: this.o.address, port },
+      from,
+      peer,
+      msg.header.cookieI,
+      returnedCookie,
+    );
     armRenewal(s);
     const r = respondMainMode(s, payloads, this.hooks);
     if ('refused' in r) {

@@ -160,11 +160,13 @@ export class V1Session {
     remote: Endpoint,
     public peer: PeerConfig,
     cookieI?: Buffer,
+    /** A responder's cookie chosen before the SA exists (the DoS-protection cookie, MS-IKEE §3.9). */
+    cookieR?: Buffer,
   ) {
     this.local = { ...local };
     this.remote = { ...remote };
     this.cookieI = cookieI ? Buffer.from(cookieI) : randomBytes(8);
-    this.cookieR = role === 'responder' ? randomBytes(8) : Buffer.alloc(8);
+    this.cookieR = role === 'responder' ? (cookieR ? Buffer.from(cookieR) : randomBytes(8)) : Buffer.alloc(8);
     this.state = role === 'initiator' ? 'connecting' : 'half-open';
     this.lifetimes = { ...defaultLifetimes, ...peer.lifetimes };
   }
