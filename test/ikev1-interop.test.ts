@@ -173,6 +173,9 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       assert.equal(sa?.version, 1);
       assert.equal(sa?.state, 'ESTABLISHED');
       assert.match(bob.log(), /authentication of 'O=consec lab, CN=alice' with ECDSA.* successful/);
+      // Our certificate message exceeds 576 octets: it crossed in fragments charon put back together.
+      assert.match(bob.log(), /parsed ID_PROT request 0 \[ FRAG\(1\) \]/);
+      assert.match(bob.log(), /received fragment #1, waiting for complete IKE message/);
     } finally {
       await bob.stop();
     }
@@ -191,11 +194,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       ...(issued['bob-RSA-2048']?.files ?? []),
     ]);
     await resp.waitFor(/"event":"listening"/);
-    const alice = await Charon.start(
-      lab,
-      'alice',
-      v1cert(a, b, issued['alice-RSA-2048'] as never, pki.ca.certPem, 'aes256-sha256-modp2048'),
-    );
+    const swan = v1cert(a, b, issued['alice-RSA-2048'] as never, pki.ca.certPem, 'aes256-sha256-modp2048');
+    const alice = await Charon.start(lab, 'alice', swan);
     try {
       await alice.initiate('consec');
       const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
@@ -209,6 +209,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
         resp.output(),
       );
       assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with RSA.* successful/);
+      // Our message 6 (certificate and signature) exceeds 576 octets: charon reassembled our fragments.
+      assert.match(alice.log(), /received fragment #\d+, reassembled fragmented IKE message/);
     } finally {
       await alice.stop();
       await resp.stop();

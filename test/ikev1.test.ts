@@ -18,10 +18,12 @@ import {
   decodeV1Payloads,
   encodeV1,
   encodeV1Payloads,
+  type V1Message,
   type V1Payload,
 } from '../src/ike/v1/codec.ts';
 import { AuthMethod, ExchangeType, IdType, PayloadType, VendorId } from '../src/ike/v1/constants.ts';
 import { readPhase1 } from '../src/ike/v1/proposals.ts';
+import { fragmentMessage, Reassembly } from '../src/ike/v1/fragment.ts';
 import { idOfSelector, selectorOfId } from '../src/ike/v1/quick-mode.ts';
 import { vendorName } from '../src/ike/v1/trace.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
@@ -257,6 +259,57 @@ describe('IKEv1 codec', () => {
 /** A Windows-sent message from test/fixtures/windows-ike (its source is named in SOURCE.md there). */
 const windowsMessage = (name: string): Buffer =>
   Buffer.from(readFileSync(join(import.meta.dirname, 'fixtures', 'windows-ike', `${name}.hex`), 'utf8').trim(), 'hex');
+
+describe('IKEv1 fragment reassembly (MS-IKEE §3.3.5.3)', () => {
+  const header = {
+    cookieI: Buffer.alloc(8, 1),
+    cookieR: Buffer.alloc(8, 2),
+    exchange: ExchangeType.IDENTITY_PROTECTION,
+    flags: 0,
+    messageId: 0,
+  };
+  const original = encodeV1({ ...header, flags: 1 }, [{ type: PayloadType.HASH, data: Buffer.alloc(1500, 7) }]);
+  const pieces = () => (fragmentMessage(original, 9, 576, 500, false) ?? []).map(decodeV1);
+
+  it('out of order and with duplicates: the original message, octet for octet', () => {
+    const r = new Reassembly();
+    const [f1, f2, f3] = pieces();
+    assert.ok(f1 && f2 && f3 && pieces().length === 3);
+    assert.equal(r.add(f3, 'p', true), undefined);
+    assert.equal(r.add(f1, 'p', true), undefined);
+    assert.equal(r.add(f1, 'p', true), undefined, 'a duplicate is ignored');
+    assert.deepEqual(r.add(f2, 'p', true), original);
+    r.close();
+  });
+
+  it('drops what MS-IKEE says to drop, and fragments of SAs we do not hold', () => {
+    const r = new Reassembly();
+    const [f1, f2, f3] = pieces() as [V1Message, V1Message, V1Message];
+    assert.equal(r.add(f1, 'p', false), undefined);
+    assert.equal(r.add(f2, 'p', false), undefined);
+    assert.equal(r.add(f3, 'p', false), undefined, 'unknown cookies: nothing kept');
+    // Two fragments flagged LAST: the message is discarded, the rest no longer completes it.
+    const twoLast = encodeV1(header, [
+      { type: PayloadType.FRAGMENT, id: 9, number: 2, last: true, data: Buffer.alloc(4) },
+    ]);
+    assert.equal(r.add(f3, 'q', true), undefined);
+    assert.equal(r.add(decodeV1(twoLast), 'q', true), undefined);
+    assert.equal(r.add(f1, 'q', true), undefined);
+    assert.equal(r.add(f2, 'q', true), undefined);
+    // A fragment that shares its message with another payload is not a fragment message.
+    const mixed = encodeV1(header, [
+      { type: PayloadType.FRAGMENT, id: 3, number: 1, last: true, data: original },
+      { type: PayloadType.VID, data: Buffer.alloc(16) },
+    ]);
+    assert.equal(r.add(decodeV1(mixed), 'p', true), undefined);
+    // Reassembled octets that are not a message with these cookies are dropped.
+    const alien = encodeV1(header, [
+      { type: PayloadType.FRAGMENT, id: 4, number: 1, last: true, data: Buffer.alloc(40, 9) },
+    ]);
+    assert.equal(r.add(decodeV1(alien), 'p', true), undefined);
+    r.close();
+  });
+});
 
 describe('what Windows sends (known answers: test/fixtures/windows-ike/SOURCE.md)', () => {
   it('Windows 8/10 Main Mode message 1: decodes, re-encodes octet for octet, its transforms and vendor IDs read as Windows means them', () => {
@@ -578,6 +631,25 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
         assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
       });
     }
+
+    it('IKE fragmentation (MS-IKEE §3.3): Main Mode 5 and 6 with RSA-4096 chains cross as 576-octet fragments both ways and are reassembled', async () => {
+      const big = { a: pki.issue('alice', A, { spec: 'RSA-4096' }), b: pki.issue('bob', B, { spec: 'RSA-4096' }) };
+      const { a, b, net, start } = pair({ certs: [cert(big.a), cert(big.b)] });
+      const { session } = await start();
+      assert.equal(session.state, 'established');
+      assert.ok(session.peerFragmentation);
+      await until(() => b.sad.installed.size === 1);
+      for (const [from, to] of [
+        [A, B],
+        [B, A],
+      ]) {
+        const frags = net.sent.filter((x) => x.from.address === from && x.to.address === to && x.data[16] === 132);
+        assert.ok(frags.length >= 3, `${from} sent its certificate message in fragments`);
+        for (const f of frags)
+          assert.ok(f.data.length + 28 <= 576, `a fragment datagram of ${f.data.length + 28} octets`);
+      }
+      assert.deepEqual(a.audit.ids(), [4651, 5451]);
+    });
 
     it('an RSA initiator and an ECDSA responder share no auth method: NO-PROPOSAL-CHOSEN in Main Mode', async () => {
       const { b, start } = pair({ certs: [cert(issued['aRSA-2048'] as never), cert(issued['bP-256'] as never)] });

@@ -54,6 +54,8 @@ export interface SwanConnection {
   over_time?: string;
   dpd_delay?: string;
   keyingtries?: number;
+  /** IKE fragmentation (charon's default: yes, when a message exceeds its fragment size). */
+  fragmentation?: 'yes' | 'no' | 'force' | 'accept';
   /** Uniqueness of IKE SAs per identity pair (yes, no, never, keep); charon's default is no. */
   unique?: 'yes' | 'no' | 'never' | 'keep';
   local: SwanAuth;
@@ -188,6 +190,7 @@ export function swanctlConf(config: CharonConfig): string {
       dpd_delay: c.dpd_delay,
       keyingtries: c.keyingtries,
       unique: c.unique,
+      fragmentation: c.fragmentation,
       local: { ...c.local } as ConfObject,
       remote: { ...c.remote } as ConfObject,
       children,

@@ -41,8 +41,16 @@ export interface MainModeHooks {
   failed(s: V1Session, err: Error): void;
 }
 
-/** The vendor IDs we announce: NAT-T (RFC 3947 and draft-02 as Windows sends it) and DPD. */
-export const OUR_VENDOR_IDS: readonly Buffer[] = [VendorId.RFC3947, VendorId.NATT_DRAFT_02N, VendorId.DPD];
+/**
+ * The vendor IDs we announce: NAT-T (RFC 3947 and draft-02 as Windows sends it), DPD, and IKE
+ * fragmentation (the bare 16 octets, as Windows sends them; MS-IKEE §3.3.4.1).
+ */
+export const OUR_VENDOR_IDS: readonly Buffer[] = [
+  VendorId.RFC3947,
+  VendorId.NATT_DRAFT_02N,
+  VendorId.DPD,
+  VendorId.FRAGMENTATION,
+];
 
 const vid = (data: Buffer): V1Payload => ({ type: PayloadType.VID, data });
 
@@ -57,6 +65,7 @@ function peerVendorIds(s: V1Session, payloads: readonly V1Payload[]): void {
       : 'none';
   s.natt = natt;
   s.peerDpd = has(VendorId.DPD);
+  s.peerFragmentation = ids.some((d) => d.length >= 16 && d.subarray(0, 16).equals(VendorId.FRAGMENTATION));
 }
 
 /** The vendor IDs a responder answers with: the NAT-T variant it chose, and DPD. */
@@ -65,6 +74,8 @@ function answerVendorIds(s: V1Session): V1Payload[] {
   if (s.natt === 'rfc') out.push(vid(VendorId.RFC3947));
   else if (s.natt === 'draft') out.push(vid(VendorId.NATT_DRAFT_02N));
   out.push(vid(VendorId.DPD));
+  // MS-IKEE §3.3.5.1: a responder answers the initiator's FRAGMENTATION vendor ID with its own.
+  if (s.peerFragmentation) out.push(vid(VendorId.FRAGMENTATION));
   return out;
 }
 

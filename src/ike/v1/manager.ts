@@ -18,6 +18,7 @@ import { methodName } from '../tasks/ike-auth.ts';
 import type { IkeTrace } from '../trace.ts';
 import { decodeV1, decodeV1Payloads, encodeV1, findAllV1, type V1Message, type V1Payload } from './codec.ts';
 import { DOI_IPSEC, ExchangeType, NotifyType, PayloadType, ProtocolId, VendorId } from './constants.ts';
+import { Reassembly } from './fragment.ts';
 import { initiateMainMode, type MainModeHooks, respondMainMode } from './main-mode.ts';
 import { armRenewal, initiateQuick } from './quick-mode.ts';
 import { digestOf, V1Session, type V1Host } from './session.ts';
@@ -67,6 +68,7 @@ export class V1Manager implements V1Host {
   /** The key of the DoS-protection cookies (MS-IKEE §3.9), and whether that mode is on. */
   private readonly cookieSecret = randomBytes(32);
   private dosMode = false;
+  private readonly reassembly = new Reassembly();
 
   constructor(private readonly o: V1ManagerOptions) {
     this.hooks = {
@@ -239,6 +241,15 @@ export class V1Manager implements V1Host {
         `received IKEv1 ${from.address}:${from.port} -> ${this.o.address}:${port} ${ExchangeType[msg.header.exchange] ?? msg.header.exchange} ` +
           `cookies ${hex(msg.header.cookieI)}/${hex(msg.header.cookieR)} #${msg.header.messageId} ${data.length} octets`,
       );
+    if (msg.header.nextPayload === PayloadType.FRAGMENT) {
+      const h = msg.header;
+      const known =
+        this.byCookie.get(hex(h.cookieI))?.role === 'initiator' ||
+        this.byCookie.get(hex(h.cookieR))?.cookieI.equals(h.cookieI) === true;
+      const whole = this.reassembly.add(msg, `${from.address}:${from.port}`, known);
+      if (whole) this.receive(whole, from, port);
+      return;
+    }
     try {
       this.dispatch(msg, from, port);
     } catch (err) {
@@ -509,6 +520,7 @@ export class V1Manager implements V1Host {
   }
 
   close(): void {
+    this.reassembly.close();
     for (const s of this.sessions()) s.terminate('keying service stopped');
   }
 }

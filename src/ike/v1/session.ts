@@ -7,6 +7,7 @@
  * DPD per RFC 3706, INITIAL-CONTACT) and audit events with the IKEv1 field groups.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from '../../audit/events.ts';
 import type { IkePort } from '../../sa/bind.ts';
 import type { Endpoint } from '../../sa/spec.ts';
@@ -31,6 +32,7 @@ import {
 } from './codec.ts';
 import { DOI_IPSEC, ExchangeType, Flags, NotifyType, PayloadType, ProtocolId } from './constants.ts';
 import { decryptBody, encryptBody, exchangeIv, hash1, lastBlock, type Phase1Keys, type V1Suite } from './crypto.ts';
+import { fragmentDatagram, fragmentMessage } from './fragment.ts';
 import type { NattVariant, Phase1Choice } from './proposals.ts';
 import type { KeyExchange } from '../crypto/ke.ts';
 import type { SpiRegistry } from '../spi.ts';
@@ -130,6 +132,9 @@ export class V1Session {
   initialContactVid = false;
   /** The peer announced DPD (RFC 3706). */
   peerDpd = false;
+  /** The peer announced IKE fragmentation (MS-IKEE §3.3): our large Main Mode messages go in fragments. */
+  peerFragmentation = false;
+  private fragmentId = 0;
   saiBody?: Buffer;
   choice?: Phase1Choice;
   ke?: KeyExchange;
@@ -214,9 +219,23 @@ export class V1Session {
     };
   }
 
-  /** Sends a datagram to the peer (from 4500 once floated, RFC 3947 §4). */
+  /**
+   * Sends a message to the peer (from 4500 once floated, RFC 3947 §4); a Main Mode message too large
+   * for one 576-octet (IPv6: 1280) datagram goes in fragments to a peer that announced them.
+   */
   send(raw: Buffer): void {
-    this.host.bind.sendIke(raw, this.local.port === 4500 ? 4500 : 500, this.remote);
+    const port = this.local.port === 4500 ? 4500 : 500;
+    const parts =
+      this.peerFragmentation && raw[18] === ExchangeType.IDENTITY_PROTECTION
+        ? fragmentMessage(
+            raw,
+            (this.fragmentId = (this.fragmentId % 0xffff) + 1),
+            fragmentDatagram(this.remote.address),
+            port,
+            !isIPv4(this.remote.address),
+          )
+        : undefined;
+    for (const m of parts ?? [raw]) this.host.bind.sendIke(m, port, this.remote);
   }
 
   /** Encrypts a payload chain with `iv`; returns the message and the next IV (its last cipher block). */
