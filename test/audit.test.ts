@@ -126,7 +126,8 @@ describe('Security log and Get-WinEvent', () => {
     assert.equal(records[0]?.KeywordsDisplayNames[0], 'Audit Failure');
     assert.match(
       records[0]?.Message ?? '',
-      /^An IPsec Main Mode negotiation failed\.\n[\s\S]*Failure Reason:\t+Authentication failed 6/,
+      /^An IPsec Main Mode negotiation failed\.\n[\s\S]*Failure Reason:\t+IKE authentication credentials are unacceptable\.\n\tDetail:\t+Authentication failed 6/,
+      "Windows' text for the error (ERROR_IPSEC_IKE_AUTH_FAIL), consec's finding as Detail",
     );
     // A daemon restart continues the numbering.
     const again = new SecurityLog(dir, new LiveAuditPolicy(dir), (e) => errors.push(e), { maxBytes: 3000, keep: 3 });
@@ -267,7 +268,7 @@ describe('Security log from a running daemon (lab, strongSwan peer)', () => {
       );
       assert.match(r.out, /Id\s+: 4653/);
       assert.match(r.out, /Network Address:\t192\.0\.2\.2/);
-      assert.match(r.out, /Failure Reason:\t+.*(AUTHENTICATION_FAILED|[Aa]uthentication)/);
+      assert.match(r.out, /Failure Reason:\t+IKE authentication credentials are unacceptable\./);
       assert.deepEqual(
         readSecurityLog(dir, { ids: [4650, 4651, 5451] }),
         [],

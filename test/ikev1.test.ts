@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterEach, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { AuditCollector } from '../src/audit/events.ts';
+import { eventMessage } from '../src/audit/log.ts';
 import { MemoryNetwork } from '../src/ike/bind.ts';
 import { IkeManager } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
@@ -571,6 +572,7 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     const e = b.audit.events.find((x) => x.id === 4653);
     assert.ok(e && 'failure' in e);
     assert.match(e.failure.failureReason, /pre-shared keys differ/);
+    assert.match(eventMessage(e), /Failure Reason:\t+IKE authentication credentials are unacceptable\./);
     assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
   });
 
@@ -663,6 +665,9 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     const { b, start } = pair({ qmA: 'AES256', qmB: 'AESGCM256' });
     await assert.rejects(start(), /NO_PROPOSAL_CHOSEN|refused Quick Mode/);
     assert.ok(b.audit.ids().includes(4654));
+    const e = b.audit.events.find((x) => x.id === 4654);
+    assert.ok(e);
+    assert.match(eventMessage(e), /Failure Reason:\t+Policy match error\.\n\tDetail:/);
   });
 
   it('Aggressive Mode is refused with INVALID-EXCHANGE-TYPE and audited', async () => {

@@ -68,6 +68,21 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
       ]
     : [];
 
+/**
+ * Windows writes the system message of the IKE error code as a failure's reason (winerror.h:
+ * ERROR_IPSEC_IKE_AUTH_FAIL 13801, ERROR_IPSEC_IKE_NO_POLICY 13825, ERROR_IPSEC_IKE_POLICY_MATCH
+ * 13868, ERROR_IPSEC_IKE_TIMED_OUT 13805); consec shows that text, and its own finding as Detail.
+ */
+export function windowsFailureReason(f: { failureReason: string; notify?: string }): string | undefined {
+  if (f.notify === 'AUTHENTICATION_FAILED' || /pre-shared keys differ|certificate|signature/i.test(f.failureReason))
+    return 'IKE authentication credentials are unacceptable.';
+  if (/no policy|negotiates with IKEv2 only/i.test(f.failureReason)) return 'No policy configured.';
+  if (f.notify === 'NO_PROPOSAL_CHOSEN' || /no proposal chosen|NO_PROPOSAL_CHOSEN/i.test(f.failureReason))
+    return 'Policy match error.';
+  if (/did not answer|retransmi|timed out/i.test(f.failureReason)) return 'Negotiation timed out.';
+  return undefined;
+}
+
 /** The event's text as Windows lays it out: title, then sections of tab-indented fields. */
 export function eventMessage(e: AuditEvent): string {
   if (e.id === 5478 || e.id === 5479 || e.id === 5465) return TITLES[e.id] as string;
@@ -171,11 +186,13 @@ export function eventMessage(e: AuditEvent): string {
   );
   if ('failure' in e) {
     const f = e.failure;
+    const windows = windowsFailureReason(f);
     lines.push(
       'Failure Information:',
       `\tFailure Point:\t\t${f.failurePoint}`,
-      `\tFailure Reason:\t\t${f.failureReason}`,
+      `\tFailure Reason:\t\t${windows ?? f.failureReason}`,
     );
+    if (windows) lines.push(`\tDetail:\t\t\t${f.failureReason}`);
     lines.push(`\tState:\t\t\t${f.state}`);
     if ('initiatorCookie' in f)
       lines.push(`\tInitiator Cookie:\t${f.initiatorCookie}`, `\tResponder Cookie:\t${f.responderCookie}`);
