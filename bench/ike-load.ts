@@ -13,7 +13,11 @@
  * (the responder's processes in bob, so a generator-bound run still compares the responders), and
  * for the flood what the flood got back. A fresh responder for every run.
  *
- *   node --import tsx bench/ike-load.ts [--count 2000] [--concurrency 16] [--flood-rate 2000] [--json]
+ * With `--ike 1` the same for IKEv1 (Main Mode + Quick Mode, as a Windows peer keys with a pre-shared
+ * key): the consec daemon (its rule's KeyModule Default answers IKEv1) against charon with
+ * `version = 1`; no flood row (IKEv1's DoS cookies are MS-IKEE's, which charon does not speak).
+ *
+ *   node --import tsx bench/ike-load.ts [--ike 2|1] [--count 2000] [--concurrency 16] [--flood-rate 2000] [--json]
  */
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
@@ -28,6 +32,7 @@ import { median, percentile, round } from './lib/stats.ts';
 const count = numberArg('count', 2000);
 const concurrency = numberArg('concurrency', 16);
 const floodRate = numberArg('flood-rate', 2000);
+const ikeVersion = numberArg('ike', 2) === 1 ? 1 : 2;
 const PSK = 'bench-ike-load-psk-0123456789';
 
 interface LoadResult {
@@ -81,6 +86,7 @@ const RESPONDERS: Responder[] = [
         proposals: ['aes256-sha256-ecp256', 'aes256-sha256-modp2048'],
       });
       const conn = config.connections.c as (typeof config.connections)[string];
+      conn.version = ikeVersion;
       conn.encap = false; // the generator does not float to 4500 against consec either
       conn.unique = 'never'; // many IKE SAs from one identity, as from many hosts
       // All load comes from one address: charon's per-address half-open limits (block_threshold,
@@ -110,6 +116,8 @@ async function load(dh: string, flood: boolean): Promise<LoadResult> {
     String(concurrency),
     '--mode',
     'tunnel',
+    '--ike',
+    String(ikeVersion),
     ...(flood ? ['--flood-from', a, '--flood-rate', String(floodRate)] : []),
   ];
   return labNodeScript<LoadResult>(lab, 'alice', 'bench/lib/ike-loadgen.ts', args, 180_000);
@@ -118,7 +126,7 @@ async function load(dh: string, flood: boolean): Promise<LoadResult> {
 const RUNS: { label: string; dh: string; flood: boolean }[] = [
   { label: 'ECP-256', dh: '19', flood: false },
   { label: 'MODP-2048', dh: '14', flood: false },
-  { label: `ECP-256 + half-open flood ${floodRate}/s`, dh: '19', flood: true },
+  ...(ikeVersion === 2 ? [{ label: `ECP-256 + half-open flood ${floodRate}/s`, dh: '19', flood: true }] : []),
 ];
 
 const rows: (string | number)[][] = [];
@@ -158,10 +166,13 @@ try {
 }
 
 emit({
-  id: 'ike-load',
-  title: 'IKEv2 keying under load: consec vs charon as responder',
+  id: ikeVersion === 1 ? 'ikev1-load' : 'ike-load',
+  title:
+    ikeVersion === 1
+      ? 'IKEv1 keying under load (Main Mode + Quick Mode): consec vs charon as responder'
+      : 'IKEv2 keying under load: consec vs charon as responder',
   method:
-    `One load generator in alice (consec's IKEv2 initiator, one process) negotiates ${count} IKE SAs with one child SA each, ${concurrency} at a time, against a fresh responder in bob: the consec daemon, then charon with the same generator. PSK, AES-256/SHA-256 with the key exchange shown, child AES-GCM-256 in tunnel mode. ` +
+    `One load generator in alice (consec's ${ikeVersion === 1 ? 'IKEv1 initiator: Main Mode + Quick Mode' : 'IKEv2 initiator'}, one process) negotiates ${count} ${ikeVersion === 1 ? 'ISAKMP' : 'IKE'} SAs with one child SA each, ${concurrency} at a time, against a fresh responder in bob: the consec daemon, then charon${ikeVersion === 1 ? ' (version = 1)' : ''} with the same generator. PSK, AES-256/SHA-256 with the key exchange shown, child AES-GCM-256 in tunnel mode. ` +
     `The flood row adds IKE_SA_INIT requests at ${floodRate}/s that never complete, from the generator's address (another port), for as long as the load runs; cookies asked of the load are in results.json. ` +
     'setups/s is the load’s wall time; responder CPU is user + system time of the responder’s processes per established SA (2 cores shared by generator and responder).',
   columns: [
@@ -180,6 +191,11 @@ emit({
   notes: [
     'Target: SA setups/s ≥ charon’s.',
     'charon runs with block_threshold and cookie_threshold_ip raised (its per-address half-open limits, default 5 and 3): all the load comes from one address, where in the field it comes from many; its global cookie_threshold stays at its default (30). consec’s cookie threshold is 64 half-open SAs, global.',
+    ...(ikeVersion === 1
+      ? [
+          'libreswan’s pluto is not in this table: this lab runs it only inside a User-Mode Linux guest, whose emulated kernel would be measured instead of pluto.',
+        ]
+      : []),
   ],
   raw,
 });

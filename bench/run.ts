@@ -44,6 +44,11 @@ const SECTIONS: Section[] = [
   { script: 'policy-scale.ts', args: ['--sizes', quick ? '100,1000' : '100,1000,10000'], limit: 300 },
   { script: 'ike-setup.ts', args: ['--runs', quick ? '3' : '20'], limit: 180 },
   { script: 'ike-load.ts', args: ['--count', pick('200', '2000', '5000')], limit: pick(120, 180, 400) },
+  {
+    script: 'ike-load.ts',
+    args: ['--ike', '1', '--count', pick('200', '2000', '5000')],
+    limit: pick(120, 180, 400),
+  },
   { script: 'first-packet.ts', args: ['--runs', pick('3', '10', '20')], limit: 180 },
   { script: 'memory.ts', args: ['--sizes', quick ? '200,1000' : '1000,10000'], node: ['--expose-gc'], limit: 240 },
   {

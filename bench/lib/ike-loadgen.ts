@@ -1,6 +1,7 @@
 /**
- * IKEv2 load generator for bench/ike-load.ts, run inside a lab namespace: one IKE manager (consec's
- * initiator) negotiating `--count` IKE SAs, each with one child SA, against `--remote`, at most
+ * IKE load generator for bench/ike-load.ts, run inside a lab namespace: one IKE manager (consec's
+ * initiator) negotiating `--count` IKE SAs (with `--ike 1`: ISAKMP SAs, Main Mode + Quick Mode),
+ * each with one child SA, against `--remote`, at most
  * `--concurrency` at a time; SAs stay up (the responder keeps them) and are forgotten at the end.
  * With `--flood-from ADDR --flood-rate N`, a second socket at ADDR sends N IKE_SA_INIT requests a
  * second (fresh SPIs, never completed) while the load runs: a half-open flood.
@@ -9,7 +10,7 @@
  * the flood's sent/answered/cookie counts.
  *
  *   node --import tsx bench/lib/ike-loadgen.ts --local A --remote B --psk S [--dh 19|14]
- *     [--count 500] [--concurrency 16] [--mode transport|tunnel] [--flood-from A2 --flood-rate 2000]
+ *     [--count 500] [--concurrency 16] [--mode transport|tunnel] [--ike 2|1] [--flood-from A2 --flood-rate 2000]
  */
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
@@ -32,6 +33,7 @@ const concurrency = numberArg('concurrency', 16);
 const mode = stringArg('mode', 'transport') as 'transport' | 'tunnel';
 const floodFrom = stringArg('flood-from', '');
 const floodRate = numberArg('flood-rate', 2000);
+const ikeVersion = numberArg('ike', 2);
 
 const v4 = (a: string) => {
   const b = Buffer.alloc(4);
@@ -62,6 +64,7 @@ const manager = new IkeManager({
   timing: { dpdMs: 0 },
   log: (event, detail) => {
     if (event === 'send IKE_SA_INIT' && Number(detail?.attempt) > 0) cookiesAsked++;
+    if (event.startsWith('Main Mode message 1 again with the responder cookie')) cookiesAsked++;
   },
 });
 await manager.listen();
@@ -126,7 +129,8 @@ await Promise.all(
       next++;
       const t0 = performance.now();
       try {
-        await manager.initiate({ remote, peer });
+        if (ikeVersion === 1) await manager.v1.initiate({ remote, peer });
+        else await manager.initiate({ remote, peer });
         latencies.push(performance.now() - t0);
       } catch (err) {
         const k = (err as Error).message.slice(0, 120);
