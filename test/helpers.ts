@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
@@ -144,4 +144,38 @@ export function gcmChildSa(spi: number, tsi: TrafficSelector[], tsr: TrafficSele
     remote: { address: '192.0.2.2', port: 0 },
     udpEncapsulation: false,
   };
+}
+
+/**
+ * tshark over a capture, with the Wireshark key tables consec wrote into `keysDir`
+ * (ikev2_decryption_table / ikev1_decryption_table, esp_sa): the fields of the matching packets.
+ */
+export async function tsharkWithKeys(
+  capFile: string,
+  keysDir: string,
+  tables: readonly string[],
+  filter: string,
+  fields: readonly string[],
+): Promise<string[]> {
+  const uat = tables.flatMap((table) =>
+    readFileSync(join(keysDir, table), 'utf8')
+      .trim()
+      .split('\n')
+      .flatMap((row) => ['-o', `uat:${table}:${row}`]),
+  );
+  const { stdout } = await run([
+    'tshark',
+    '-n',
+    '-r',
+    capFile,
+    ...uat,
+    '-o',
+    'esp.enable_encryption_decode:TRUE',
+    '-Y',
+    filter,
+    '-T',
+    'fields',
+    ...fields.flatMap((f) => ['-e', f]),
+  ]);
+  return stdout.trim().split('\n');
 }

@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Capture } from '../src/lab/capture.ts';
-import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, type CharonConfig, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost } from '../src/lab/topology.ts';
-import { events, fixture } from './helpers.ts';
+import { events, fixture, tsharkWithKeys } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
@@ -187,27 +186,9 @@ describe('IKEv2: consec initiator ↔ strongSwan responder', () => {
       await init.exited;
       assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
       await cap.stop();
-      const uat = (table: string) =>
-        readFileSync(join(keys, table), 'utf8')
-          .trim()
-          .split('\n')
-          .flatMap((row) => ['-o', `uat:${table}:${row}`]);
-      const tshark = (filter: string, fields: string[]) =>
-        run([
-          'tshark',
-          '-n',
-          '-r',
-          cap.file,
-          ...uat('ikev2_decryption_table'),
-          ...uat('esp_sa'),
-          '-o',
-          'esp.enable_encryption_decode:TRUE',
-          '-Y',
-          filter,
-          '-T',
-          'fields',
-          ...fields.flatMap((f) => ['-e', f]),
-        ]);
+      const tshark = async (filter: string, fields: string[]) => ({
+        stdout: (await tsharkWithKeys(cap.file, keys, ['ikev2_decryption_table', 'esp_sa'], filter, fields)).join('\n'),
+      });
       // IKE_AUTH request and response: the identities inside the SK payload are readable only with our keys.
       const ids = (await tshark('isakmp.exchangetype == 35', ['isakmp.id.data.ipv4_addr', 'isakmp.auth.method'])).stdout
         .trim()

@@ -2,17 +2,16 @@
 // (userspace ESP, tunnel mode only, ESP in UDP 4500 with `encap = yes`, which makes charon fake a
 // NAT so both sides float to 4500 — RFC 3947 as between NATed hosts).
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
-import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { type KeySpec, LabPki } from '../src/lab/pki.ts';
 import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture, waitUntil } from './helpers.ts';
+import { events, fixture, tsharkWithKeys, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
@@ -271,31 +270,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       await init.exited;
       assert.deepEqual(events(init, 'esp'), [{ event: 'esp', replies: [1, 2, 3] }], init.output());
       await cap.stop();
-      const uat = (table: string) =>
-        readFileSync(join(keys, table), 'utf8')
-          .trim()
-          .split('\n')
-          .flatMap((row) => ['-o', `uat:${table}:${row}`]);
-      const tshark = async (filter: string, fields: string[]) =>
-        (
-          await run([
-            'tshark',
-            '-n',
-            '-r',
-            cap.file,
-            ...uat('ikev1_decryption_table'),
-            ...uat('esp_sa'),
-            '-o',
-            'esp.enable_encryption_decode:TRUE',
-            '-Y',
-            filter,
-            '-T',
-            'fields',
-            ...fields.flatMap((f) => ['-e', f]),
-          ])
-        ).stdout
-          .trim()
-          .split('\n');
+      const tshark = (filter: string, fields: string[]) =>
+        tsharkWithKeys(cap.file, keys, ['ikev1_decryption_table', 'esp_sa'], filter, fields);
       // Main Mode 5 and 6: the identities and hashes inside are readable only with our key.
       assert.deepEqual(
         await tshark('isakmp.exchangetype == 2 && isakmp.id.data.ipv4_addr', ['isakmp.id.data.ipv4_addr']),

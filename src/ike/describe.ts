@@ -4,8 +4,12 @@
  */
 import { transformOf } from './proposals.ts';
 import type { Proposal, TrafficSelector } from './wire/codec.ts';
-import { EncrId, IntegId, KeId, PrfId, TransformType } from './wire/constants.ts';
+import { EncrId, IntegId, KeId, PrfId, ProtocolId, TransformType } from './wire/constants.ts';
 import { readIp } from '../io/addr.ts';
+import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from '../audit/events.ts';
+import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
+import { type Credentials, methodName } from './tasks/ike-auth.ts';
+import type { PeerCertificate } from './tasks/ike-cert.ts';
 
 export function cipherName(p: Proposal): string {
   const t = transformOf(p, TransformType.ENCR);
@@ -69,4 +73,61 @@ export function selectorsText(ts: readonly TrafficSelector[]): string {
       return `${range}${proto}${ports}`;
     })
     .join(', ');
+}
+
+/** What the SA views of an IKE SA need from either keying module's session. */
+export interface DescribedSession {
+  endpoint(side: 'local' | 'remote'): EndpointInfo;
+  readonly role: 'initiator' | 'responder';
+  readonly peer: { credentials: Credentials };
+  readonly lifetimes: { ikeExpireMs: number };
+  readonly peerCertificate?: PeerCertificate;
+}
+
+/** The main mode SA as audit events and views show it (4650/4651, Get-NetIPsecMainModeSA). */
+export function mainModeInfoOf(
+  s: DescribedSession,
+  keyingModule: 'IKEv2' | 'IKEv1',
+  localSpi: Buffer,
+  chosen: Proposal | undefined,
+): MainModeInfo {
+  const cert = s.peerCertificate;
+  return {
+    local: s.endpoint('local'),
+    remote: s.endpoint('remote'),
+    keyingModule,
+    role: s.role === 'initiator' ? 'Initiator' : 'Responder',
+    authenticationMethod: methodName(s.peer.credentials),
+    mmSaId: mmSaId(localSpi),
+    cipher: chosen ? cipherName(chosen) : undefined,
+    integrity: chosen ? integrityName(chosen) : undefined,
+    dhGroup: chosen ? dhOf(chosen) : undefined,
+    lifetimeMinutes: Math.round(s.lifetimes.ikeExpireMs / 60_000),
+    certificate: cert
+      ? { remote: { sha1Thumbprint: cert.sha1Thumbprint, issuer: cert.issuer, subject: cert.subject } }
+      : undefined,
+  };
+}
+
+/** A child SA as audit events and views show it (5451, Get-NetIPsecQuickModeSA). */
+export function quickModeInfoOf(
+  s: Pick<DescribedSession, 'endpoint'>,
+  keyingModule: 'IKEv2' | 'IKEv1',
+  localSpi: Buffer,
+  child: ChildSa,
+): QuickModeInfo {
+  return {
+    local: s.endpoint('local'),
+    remote: s.endpoint('remote'),
+    keyingModule,
+    mode: child.mode === 'tunnel' ? 'Tunnel' : 'Transport',
+    protocol: child.proposal.protocol === ProtocolId.AH ? 'AH' : 'ESP',
+    encryption: cipherName(child.proposal),
+    integrity: integrityName(child.proposal),
+    inboundSpi: child.spiIn.readUInt32BE(0),
+    outboundSpi: child.spiOut.readUInt32BE(0),
+    mmSaId: mmSaId(localSpi),
+    localSelectors: selectorsText(localTs(child)),
+    remoteSelectors: selectorsText(remoteTs(child)),
+  };
 }

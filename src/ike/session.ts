@@ -13,11 +13,11 @@ import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type Quic
 import type { IkeBind, IkePort } from '../sa/bind.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { childSpec } from './child-spec.ts';
-import { cipherName, dhOf, integrityName, selectorsText } from './describe.ts';
+import { mainModeInfoOf, quickModeInfoOf } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
-import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
+import type { ChildSa } from './tasks/child-create.ts';
 import { ChildRekeyTask, respondCreateChild } from './tasks/child-rekey.ts';
 import {
   type ChildEntry,
@@ -29,7 +29,7 @@ import {
   type SessionTask,
   type TaskSession,
 } from './tasks/context.ts';
-import { type Authenticated, type Identity, methodName } from './tasks/ike-auth.ts';
+import type { Authenticated, Identity } from './tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from './tasks/ike-cert.ts';
 import { ChildDeleteTask, IkeDeleteTask, respondInformational } from './tasks/ike-delete.ts';
 import { LivenessTask } from './tasks/ike-dpd.ts';
@@ -743,45 +743,11 @@ export class IkeSession implements TaskSession {
   }
 
   mainModeInfo(): MainModeInfo {
-    const p = this.sa.chosen;
-    return {
-      local: this.endpoint('local'),
-      remote: this.endpoint('remote'),
-      keyingModule: 'IKEv2',
-      role: this.role === 'initiator' ? 'Initiator' : 'Responder',
-      authenticationMethod: methodName(this.peer.credentials),
-      mmSaId: mmSaId(this.sa.localSpi),
-      cipher: p ? cipherName(p) : undefined,
-      integrity: p ? integrityName(p) : undefined,
-      dhGroup: p ? dhOf(p) : undefined,
-      lifetimeMinutes: Math.round(this.lifetimes.ikeExpireMs / 60_000),
-      certificate: this.peerCertificate
-        ? {
-            remote: {
-              sha1Thumbprint: this.peerCertificate.sha1Thumbprint,
-              issuer: this.peerCertificate.issuer,
-              subject: this.peerCertificate.subject,
-            },
-          }
-        : undefined,
-    };
+    return mainModeInfoOf(this, 'IKEv2', this.sa.localSpi, this.sa.chosen);
   }
 
   quickModeInfo(child: ChildSa): QuickModeInfo {
-    return {
-      local: this.endpoint('local'),
-      remote: this.endpoint('remote'),
-      keyingModule: 'IKEv2',
-      mode: child.mode === 'tunnel' ? 'Tunnel' : 'Transport',
-      protocol: child.proposal.protocol === ProtocolId.AH ? 'AH' : 'ESP',
-      encryption: cipherName(child.proposal),
-      integrity: integrityName(child.proposal),
-      inboundSpi: child.spiIn.readUInt32BE(0),
-      outboundSpi: child.spiOut.readUInt32BE(0),
-      mmSaId: mmSaId(this.sa.localSpi),
-      localSelectors: selectorsText(localTs(child)),
-      remoteSelectors: selectorsText(remoteTs(child)),
-    };
+    return quickModeInfoOf(this, 'IKEv2', this.sa.localSpi, child);
   }
 
   /** A quick mode failure (4654) for a child exchange that did not produce an SA. */

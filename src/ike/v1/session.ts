@@ -12,12 +12,12 @@ import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from
 import type { IkePort } from '../../sa/bind.ts';
 import type { Endpoint } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
-import { cipherName, dhOf, integrityName, selectorsText } from '../describe.ts';
+import { mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import type { SessionHost as V2Host } from '../session.ts';
-import { type ChildSa, localTs, remoteTs } from '../tasks/child-create.ts';
+import type { ChildSa } from '../tasks/child-create.ts';
 import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig, type SessionState } from '../tasks/context.ts';
-import { type Identity, methodName } from '../tasks/ike-auth.ts';
+import type { Identity } from '../tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from '../tasks/ike-cert.ts';
 import type { Proposal } from '../wire/codec.ts';
 import { NotifyType as V2Notify, ProtocolId as V2Protocol } from '../wire/constants.ts';
@@ -821,45 +821,11 @@ export class V1Session {
   }
 
   mainModeInfo(): MainModeInfo {
-    const p = this.choice?.proposal;
-    return {
-      local: this.endpoint('local'),
-      remote: this.endpoint('remote'),
-      keyingModule: 'IKEv1',
-      role: this.role === 'initiator' ? 'Initiator' : 'Responder',
-      authenticationMethod: methodName(this.peer.credentials),
-      mmSaId: mmSaId(this.localCookie),
-      cipher: p ? cipherName(p) : undefined,
-      integrity: p ? integrityName(p) : undefined,
-      dhGroup: p ? dhOf(p) : undefined,
-      lifetimeMinutes: Math.round(this.lifetimes.ikeExpireMs / 60_000),
-      certificate: this.peerCertificate
-        ? {
-            remote: {
-              sha1Thumbprint: this.peerCertificate.sha1Thumbprint,
-              issuer: this.peerCertificate.issuer,
-              subject: this.peerCertificate.subject,
-            },
-          }
-        : undefined,
-    };
+    return mainModeInfoOf(this, 'IKEv1', this.localCookie, this.choice?.proposal);
   }
 
   quickModeInfo(child: ChildSa): QuickModeInfo {
-    return {
-      local: this.endpoint('local'),
-      remote: this.endpoint('remote'),
-      keyingModule: 'IKEv1',
-      mode: child.mode === 'tunnel' ? 'Tunnel' : 'Transport',
-      protocol: child.proposal.protocol === V2Protocol.AH ? 'AH' : 'ESP',
-      encryption: cipherName(child.proposal),
-      integrity: integrityName(child.proposal),
-      inboundSpi: child.spiIn.readUInt32BE(0),
-      outboundSpi: child.spiOut.readUInt32BE(0),
-      mmSaId: mmSaId(this.localCookie),
-      localSelectors: selectorsText(localTs(child)),
-      remoteSelectors: selectorsText(remoteTs(child)),
-    };
+    return quickModeInfoOf(this, 'IKEv1', this.localCookie, child);
   }
 
   log(event: string, detail?: Record<string, unknown>): void {
