@@ -6,7 +6,7 @@ import { transformOf } from './proposals.ts';
 import type { Proposal, TrafficSelector } from './wire/codec.ts';
 import { EncrId, IntegId, KeId, PrfId, ProtocolId, TransformType } from './wire/constants.ts';
 import { readIp } from '../io/addr.ts';
-import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from '../audit/events.ts';
+import { type AuditEvent, type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from '../audit/events.ts';
 import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
 import { type Credentials, methodName } from './tasks/ike-auth.ts';
 import type { PeerCertificate } from './tasks/ike-cert.ts';
@@ -129,5 +129,17 @@ export function quickModeInfoOf(
     mmSaId: mmSaId(localSpi),
     localSelectors: selectorsText(localTs(child)),
     remoteSelectors: selectorsText(remoteTs(child)),
+  };
+}
+
+/** The 5452 event of a child SA that ended (the quick mode fields Windows shows for it). */
+export function childEndedEvent(q: QuickModeInfo, reason: string): AuditEvent {
+  const { local, remote, mode, protocol, inboundSpi, outboundSpi, mmSaId: id } = q;
+  return {
+    id: 5452,
+    subcategory: 'IPsec Quick Mode',
+    success: true,
+    quickMode: { local, remote, mode, protocol, inboundSpi, outboundSpi, mmSaId: id },
+    reason,
   };
 }

@@ -13,7 +13,7 @@ import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type Quic
 import type { IkeBind, IkePort } from '../sa/bind.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { childSpec } from './child-spec.ts';
-import { mainModeInfoOf, quickModeInfoOf } from './describe.ts';
+import { childEndedEvent, mainModeInfoOf, quickModeInfoOf } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
@@ -629,22 +629,7 @@ export class IkeSession implements TaskSession {
       this.host.dataplane.activate?.(entry.state.replacement);
     this.host.dataplane.delete(key);
     this.sa.spis?.release(entry.child.spiIn);
-    const q = this.quickModeInfo(entry.child);
-    this.host.audit.emit({
-      id: 5452,
-      subcategory: 'IPsec Quick Mode',
-      success: true,
-      quickMode: {
-        local: q.local,
-        remote: q.remote,
-        mode: q.mode,
-        protocol: q.protocol,
-        inboundSpi: q.inboundSpi,
-        outboundSpi: q.outboundSpi,
-        mmSaId: q.mmSaId,
-      },
-      reason,
-    });
+    this.host.audit.emit(childEndedEvent(this.quickModeInfo(entry.child), reason));
     this.log('child SA removed', { spiIn: hex(entry.child.spiIn), reason });
   }
 

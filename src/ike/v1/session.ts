@@ -12,7 +12,7 @@ import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from
 import type { IkePort } from '../../sa/bind.ts';
 import type { Endpoint } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
-import { mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
+import { childEndedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import type { SessionHost as V2Host } from '../session.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
@@ -771,22 +771,7 @@ export class V1Session {
     this.activate(key);
     this.host.dataplane.delete(key);
     this.host.spis.release(entry.child.spiIn);
-    const q = this.quickModeInfo(entry.child);
-    this.host.audit.emit({
-      id: 5452,
-      subcategory: 'IPsec Quick Mode',
-      success: true,
-      quickMode: {
-        local: q.local,
-        remote: q.remote,
-        mode: q.mode,
-        protocol: q.protocol,
-        inboundSpi: q.inboundSpi,
-        outboundSpi: q.outboundSpi,
-        mmSaId: q.mmSaId,
-      },
-      reason,
-    });
+    this.host.audit.emit(childEndedEvent(this.quickModeInfo(entry.child), reason));
     this.log('child SA removed', { spiIn: hex(entry.child.spiIn), reason });
   }
 
