@@ -180,41 +180,52 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
     }
   });
 
-  it('RSA certificates: charon initiates Main Mode to consec, both verify; pings answered through the child SA', async () => {
-    const a = lab.address('alice');
-    const b = lab.address('bob');
-    const resp = fixture(lab, 'bob', 'ike-respond', [
-      b,
-      a,
-      '',
-      'AES256-SHA256-DH14',
-      'AESGCM256',
-      3,
-      ...(issued['bob-RSA-2048']?.files ?? []),
-    ]);
-    await resp.waitFor(/"event":"listening"/);
-    const swan = v1cert(a, b, issued['alice-RSA-2048'] as never, pki.ca.certPem, 'aes256-sha256-modp2048');
-    const alice = await Charon.start(lab, 'alice', swan);
-    try {
-      await alice.initiate('consec');
-      const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
-      assert.ok(est, `${resp.output()}\n--- charon ---\n${alice.log().slice(-5000)}`);
-      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
-      assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output()}`);
-      await resp.exited;
-      assert.deepEqual(events(resp, 'echoed'), [{ event: 'echoed', echoes: 3 }]);
-      assert.ok(
-        events<{ id: number }>(resp, 'audit').some((e) => e.id === 4651),
-        resp.output(),
-      );
-      assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with RSA.* successful/);
-      // Our message 6 (certificate and signature) exceeds 576 octets: charon reassembled our fragments.
-      assert.match(alice.log(), /received fragment #\d+, reassembled fragmented IKE message/);
-    } finally {
-      await alice.stop();
-      await resp.stop();
-    }
-  });
+  for (const [spec, mm, ike] of [
+    ['RSA-2048', 'AES256-SHA256-DH14', 'aes256-sha256-modp2048'],
+    ['P-384', 'AES256-SHA256-DH19', 'aes256-sha256-ecp256'],
+  ] as const)
+    it(`${spec.startsWith('RSA') ? 'RSA' : `ECDSA ${spec}`} certificates: charon initiates Main Mode to consec, both verify; pings answered through the child SA`, async () => {
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const resp = fixture(lab, 'bob', 'ike-respond', [
+        b,
+        a,
+        '',
+        mm,
+        'AESGCM256',
+        3,
+        ...(issued[`bob-${spec}`]?.files ?? []),
+      ]);
+      await resp.waitFor(/"event":"listening"/);
+      const swan = v1cert(a, b, issued[`alice-${spec}`] as never, pki.ca.certPem, ike);
+      const alice = await Charon.start(lab, 'alice', swan);
+      try {
+        await alice.initiate('consec').catch((err: Error) => {
+          throw new Error(`${err.message}\n--- consec ---\n${resp.output().slice(-4000)}`);
+        });
+        const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
+        assert.ok(est, `${resp.output()}\n--- charon ---\n${alice.log().slice(-5000)}`);
+        const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
+        assert.equal(ping.code, 0, `${ping.stdout}\n${resp.output()}`);
+        await resp.exited;
+        assert.deepEqual(events(resp, 'echoed'), [{ event: 'echoed', echoes: 3 }]);
+        assert.ok(
+          events<{ id: number }>(resp, 'audit').some((e) => e.id === 4651),
+          resp.output(),
+        );
+        assert.match(
+          alice.log(),
+          new RegExp(
+            `authentication of 'O=consec lab, CN=bob' with ${spec.startsWith('RSA') ? 'RSA' : 'ECDSA'}.* successful`,
+          ),
+        );
+        // Our message 6 (certificate and signature) exceeds 576 octets: charon reassembled our fragments.
+        assert.match(alice.log(), /received fragment #\d+, reassembled fragmented IKE message/);
+      } finally {
+        await alice.stop();
+        await resp.stop();
+      }
+    });
 
   it('charon initiates IKEv1 to consec; its pings through the tunnel are answered by consec', async () => {
     const a = lab.address('alice');

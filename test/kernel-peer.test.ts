@@ -282,116 +282,125 @@ describe('kernel-ESP peer: IPv6 transport mode', () => {
 describe('kernel-ESP peer behind the lab NAT router: transport mode in ESP-in-UDP', () => {
   const env = guestLab('strongswan', behindNat);
 
-  it('consec behind a masquerading router ↔ strongSwan (kernel): floats to 4500, transport mode ESP-in-UDP, ping and TCP byte for byte', async () => {
-    const { lab, guest } = env;
-    const a = lab.address('alice');
-    const b = lab.address('bob');
-    const dir = freshStateDir('consec-kpn-');
-    await applyPolicy(dir, { local: a, remote: b, mm: true });
-    const config = swanTransport(b, '%any', 'aes256gcm16');
-    const conn = config.connections.c as NonNullable<(typeof config.connections)['c']>;
-    conn.remote = { auth: 'psk', id: a };
-    config.psks = [{ ids: [b, a], secret: PSK }];
-    const swan = await GuestCharon.start(guest, config);
-    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
-    const daemon = consecDaemon(lab, 'alice', dir, a);
-    try {
-      await daemon.waitFor(/"msg":"ready"/);
-      await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon).catch(async (err: unknown) => {
-        console.log((await swan.log()).slice(-6000));
-        throw err;
-      });
-      const [sa] = await swan.listSas();
-      assert.equal(sa?.remoteHost, lab.address('router', 4, 'eth1'), 'strongSwan sees the router, not alice');
-      assert.equal(sa?.children[0]?.mode, 'TRANSPORT');
-      assert.equal(sa?.children[0]?.encap, true);
-      const states = await guest.xfrmStates();
-      const inbound = states.find((s) => s.dst === b && s.proto === 'esp');
-      assert.equal(inbound?.encap?.type, 'espinudp', JSON.stringify(states));
-      assert.equal(inbound?.mode, 'transport');
-      assert.ok((inbound?.bytes ?? 0) > 1024 * 1024);
-      await cap.stop();
-      const protocols = new Set(await cap.protocols('ip'));
-      for (const p of protocols)
-        assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
-      assert.ok(
-        [...protocols].some((p) => p.endsWith('udpencap:esp')),
-        [...protocols].join(' '),
-      );
-    } finally {
-      await cap.dispose();
-      await daemon.stop('SIGTERM', 5000);
-      await swan.stop();
-    }
-  });
+  for (const version of [2, 1] as const) {
+    it(`consec behind a masquerading router ↔ strongSwan (kernel)${version === 1 ? ', IKEv1 only (consec falls back from IKEv2)' : ''}: floats to 4500, transport mode ESP-in-UDP, ping and TCP byte for byte`, async () => {
+      const { lab, guest } = env;
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const dir = freshStateDir('consec-kpn-');
+      await applyPolicy(dir, { local: a, remote: b, mm: true });
+      const config = swanTransport(b, '%any', 'aes256gcm16');
+      const conn = config.connections.c as NonNullable<(typeof config.connections)['c']>;
+      conn.version = version;
+      conn.remote = { auth: 'psk', id: a };
+      config.psks = [{ ids: [b, a], secret: PSK }];
+      const swan = await GuestCharon.start(guest, config);
+      const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+      const daemon = consecDaemon(lab, 'alice', dir, a);
+      try {
+        await daemon.waitFor(/"msg":"ready"/);
+        await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon).catch(async (err: unknown) => {
+          console.log((await swan.log()).slice(-6000));
+          throw err;
+        });
+        const [sa] = await swan.listSas();
+        assert.equal(sa?.version, version);
+        assert.equal(sa?.remoteHost, lab.address('router', 4, 'eth1'), 'strongSwan sees the router, not alice');
+        assert.equal(sa?.children[0]?.mode, 'TRANSPORT');
+        assert.equal(sa?.children[0]?.encap, true);
+        const states = await guest.xfrmStates();
+        const inbound = states.find((s) => s.dst === b && s.proto === 'esp');
+        assert.equal(inbound?.encap?.type, 'espinudp', JSON.stringify(states));
+        assert.equal(inbound?.mode, 'transport');
+        assert.ok((inbound?.bytes ?? 0) > 1024 * 1024);
+        await cap.stop();
+        const protocols = new Set(await cap.protocols('ip'));
+        for (const p of protocols)
+          assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
+        assert.ok(
+          [...protocols].some((p) => p.endsWith('udpencap:esp')),
+          [...protocols].join(' '),
+        );
+      } finally {
+        await cap.dispose();
+        await daemon.stop('SIGTERM', 5000);
+        await swan.stop();
+      }
+    });
+  }
 });
 
 describe('kernel-ESP peer: strongSwan initiates to consec, certificates', () => {
   const env = guestLab('strongswan', hostToHost);
 
-  it('ECDSA P-384 certificates, AES-CBC-256 + HMAC-SHA-256: the guest initiates, consec responds; traffic both ways', async () => {
-    const { lab, guest } = env;
-    const a = lab.address('alice');
-    const b = lab.address('bob');
-    const dir = freshStateDir('consec-kpc-');
-    const pki = LabPki.create();
-    const aliceCert = pki.issue('alice', a);
-    const bobCert = pki.issue('bob', b);
-    installMachineCert(dir, 'alice', aliceCert, pki.ca.certPem);
-    await applyPolicy(dir, {
-      local: a,
-      remote: b,
-      mm: true,
-      qm: '-Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
-      auth: '-Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
-    });
-    const daemon = consecDaemon(lab, 'alice', dir, a);
-    const swan = await GuestCharon.start(guest, {
-      connections: {
-        c: {
-          local_addrs: [b],
-          remote_addrs: [a],
-          proposals: ['aes256-sha256-ecp256'],
-          encap: false,
-          local: { auth: 'pubkey', certs: ['self.crt'] },
-          remote: { auth: 'pubkey', cacerts: ['ca.crt'] },
-          children: {
-            c: { local_ts: ['dynamic'], remote_ts: ['dynamic'], esp_proposals: ['aes256-sha256'], mode: 'transport' },
+  for (const version of [2, 1] as const)
+    it(`ECDSA P-384 certificates, AES-CBC-256 + HMAC-SHA-256${version === 1 ? ', IKEv1 Main Mode (RFC 4754 signatures)' : ''}: the guest initiates, consec responds; traffic both ways`, async () => {
+      const { lab, guest } = env;
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const dir = freshStateDir('consec-kpc-');
+      const pki = LabPki.create();
+      const aliceCert = pki.issue('alice', a);
+      const bobCert = pki.issue('bob', b);
+      installMachineCert(dir, 'alice', aliceCert, pki.ca.certPem);
+      await applyPolicy(dir, {
+        local: a,
+        remote: b,
+        mm: true,
+        qm: '-Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+        auth: '-Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
+      });
+      const daemon = consecDaemon(lab, 'alice', dir, a);
+      const swan = await GuestCharon.start(guest, {
+        connections: {
+          c: {
+            version,
+            local_addrs: [b],
+            remote_addrs: [a],
+            proposals: ['aes256-sha256-ecp256'],
+            encap: false,
+            local: { auth: 'pubkey', certs: ['self.crt'] },
+            remote: { auth: 'pubkey', cacerts: ['ca.crt'] },
+            children: {
+              c: { local_ts: ['dynamic'], remote_ts: ['dynamic'], esp_proposals: ['aes256-sha256'], mode: 'transport' },
+            },
           },
         },
-      },
-      files: {
-        x509: { 'self.crt': bobCert.certPem },
-        x509ca: { 'ca.crt': pki.ca.certPem },
-        private: { 'self.key': bobCert.keyPem },
-      },
+        files: {
+          x509: { 'self.crt': bobCert.certPem },
+          x509ca: { 'ca.crt': pki.ca.certPem },
+          private: { 'self.key': bobCert.keyPem },
+        },
+      });
+      try {
+        await daemon.waitFor(/"msg":"ready"/);
+        await swan.initiate('c');
+        const [sa] = await swan.listSas();
+        assert.equal(sa?.state, 'ESTABLISHED');
+        assert.equal(sa?.initiator, true);
+        assert.equal(sa?.children[0]?.mode, 'TRANSPORT');
+        assert.equal(sa?.version, version);
+        assert.match(
+          await swan.log(),
+          version === 2
+            ? /authentication of 'O=consec lab, CN=alice' with ECDSA_WITH_SHA384_DER successful/
+            : /authentication of 'O=consec lab, CN=alice' with ECDSA.* successful/,
+        );
+        // Traffic the guest starts and traffic consec starts both use the SA the guest negotiated.
+        const fromGuest = await guest.exec(['ping', '-c', '3', '-i', '0.2', '-W', '3', a], { allowFailure: true });
+        assert.match(fromGuest.stdout, / 0% packet loss/, `${fromGuest.stdout}\n${daemon.output().slice(-3000)}`);
+        await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon);
+        const pair = espPair(await guest.xfrmStates(), b, a);
+        assert.equal(pair.in.enc, 'cbc(aes)');
+        assert.ok(pair.in.bytes > 1024 * 1024);
+        const [qm0] = await quickModeSas(dir);
+        assert.equal(spiHex(qm0?.OutboundSpi ?? ''), pair.in.spi);
+        assert.equal((await quickModeSas(dir)).length, 1, 'one SA pair, no second negotiation from our side');
+      } finally {
+        await daemon.stop('SIGTERM', 5000);
+        await swan.stop();
+      }
     });
-    try {
-      await daemon.waitFor(/"msg":"ready"/);
-      await swan.initiate('c');
-      const [sa] = await swan.listSas();
-      assert.equal(sa?.state, 'ESTABLISHED');
-      assert.equal(sa?.initiator, true);
-      assert.equal(sa?.children[0]?.mode, 'TRANSPORT');
-      assert.match(
-        await swan.log(),
-        /authentication of 'O=consec lab, CN=alice' with ECDSA_WITH_SHA384_DER successful/,
-      );
-      // Traffic the guest starts and traffic consec starts both use the SA the guest negotiated.
-      const fromGuest = await guest.exec(['ping', '-c', '3', '-i', '0.2', '-W', '3', a], { allowFailure: true });
-      assert.match(fromGuest.stdout, / 0% packet loss/, `${fromGuest.stdout}\n${daemon.output().slice(-3000)}`);
-      await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon);
-      const pair = espPair(await guest.xfrmStates(), b, a);
-      assert.equal(pair.in.enc, 'cbc(aes)');
-      assert.ok(pair.in.bytes > 1024 * 1024);
-      const [qm0] = await quickModeSas(dir);
-      assert.equal(spiHex(qm0?.OutboundSpi ?? ''), pair.in.spi);
-      assert.equal((await quickModeSas(dir)).length, 1, 'one SA pair, no second negotiation from our side');
-    } finally {
-      await daemon.stop('SIGTERM', 5000);
-      await swan.stop();
-    }
-  });
 });
 
 describe('kernel-ESP peer: libreswan (pluto, kernel XFRM) in a UML guest, transport mode, raw ESP', () => {
@@ -520,6 +529,70 @@ describe('kernel-ESP peer: libreswan speaking IKEv1 (Main Mode + Quick Mode), tr
       }
     });
   }
+});
+
+describe('kernel-ESP peer: libreswan speaking IKEv1 with RSA certificates', () => {
+  const env = guestLab('libreswan', hostToHost);
+
+  it('RSA certificates from an NSS database, libreswan initiates Main Mode to consec (machine store, Authority rule): ping and TCP byte for byte', async () => {
+    const { lab, guest } = env;
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-kplc-');
+    const pki = LabPki.create();
+    const aliceCert = pki.issue('alice', a, { spec: 'RSA-2048' });
+    const bobCert = pki.issue('bob', b, { spec: 'RSA-2048' });
+    installMachineCert(dir, 'alice', aliceCert, pki.ca.certPem);
+    await applyPolicy(dir, {
+      local: a,
+      remote: b,
+      mm: true,
+      auth: '-Cert -Authority "O=consec lab, CN=consec lab root CA" -AuthorityType Root',
+    });
+    const pluto = await GuestPluto.start(guest, {
+      conns: {
+        c: {
+          type: 'transport',
+          left: b,
+          right: a,
+          authby: 'rsasig',
+          ikev2: false,
+          leftcert: 'bob',
+          leftid: '%fromcert',
+          rightid: '%fromcert',
+          ike: 'aes256-sha2_256;dh19',
+          esp: 'aes_gcm256',
+          pfs: 'no',
+          auto: 'add',
+        },
+      },
+      pkcs12: { base64: pki.pkcs12(bobCert, 'bob', 'lab-only'), password: 'lab-only' },
+      caPem: pki.ca.certPem,
+    });
+    const daemon = consecDaemon(lab, 'alice', dir, a);
+    try {
+      await daemon.waitFor(/"msg":"ready"/);
+      await pluto.up('c').catch(async (err: Error) => {
+        throw new Error(
+          `${err.message}\n--- pluto ---\n${(await pluto.log()).slice(-6000)}\n--- consec ---\n${daemon.output().slice(-3000)}`,
+        );
+      });
+      await pingAndTransfer(lab, guest, 'alice', b, 1024 * 1024, daemon);
+      const pair = espPair(await guest.xfrmStates(), b, a);
+      assert.equal(pair.in.aead, 'rfc4106(gcm(aes))');
+      assert.ok(pair.in.bytes > 1024 * 1024);
+      const mm = JSON.parse((await consecPwsh(dir, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout) as {
+        KeyModule: string;
+      };
+      assert.equal(mm.KeyModule, 'IkeV1');
+      assert.match(await pluto.trafficStatus(), /type=ESP/);
+      // consec verified pluto's RSA signature and certificate (4651 names it); pluto verified ours (SA up).
+      assert.match(daemon.output(), /"id":4651[^\n]*"subject":"O=consec lab, CN=bob"/);
+    } finally {
+      await daemon.stop('SIGTERM', 5000);
+      await pluto.stop();
+    }
+  });
 });
 
 describe('kernel-ESP peer: manual SAs (no IKE) against the guest kernel — the wire format alone', () => {

@@ -123,4 +123,16 @@ export class LabPki {
     execFileSync('openssl', args, { stdio: 'pipe' });
     return { certPem: readFileSync(`${base}.crt`, 'utf8'), keyPem: readFileSync(`${base}.key`, 'utf8') };
   }
+
+  /** A certificate and its key as a PKCS#12 bundle, base64 (for NSS: libreswan's `pk12util`). */
+  pkcs12(issued: Issued, name: string, password: string): string {
+    const base = join(this.dir, `p12-${Date.now()}-${Math.random().toString(36).slice(2)}`);
+    writeFileSync(`${base}.pem`, issued.certPem + issued.keyPem, { mode: 0o600 });
+    execFileSync(
+      'openssl',
+      ['pkcs12', '-export', '-in', `${base}.pem`, '-name', name, '-passout', `pass:${password}`, '-out', `${base}.p12`],
+      { stdio: 'pipe' },
+    );
+    return readFileSync(`${base}.p12`).toString('base64');
+  }
 }

@@ -22,6 +22,17 @@ const ECDSA_CURVE: Partial<Record<number, string>> = {
   [AuthMethod.ECDSA_SHA512]: 'secp521r1',
 };
 
+/** The hash of an ECDSA auth method (RFC 4754), undefined for the other methods. */
+export function ecdsaHash(method: number): 'sha256' | 'sha384' | 'sha512' | undefined {
+  return method === AuthMethod.ECDSA_SHA256
+    ? 'sha256'
+    : method === AuthMethod.ECDSA_SHA384
+      ? 'sha384'
+      : method === AuthMethod.ECDSA_SHA512
+        ? 'sha512'
+        : undefined;
+}
+
 const fail = (why: string): never => {
   throw new IkeError(why, V2Notify.AUTHENTICATION_FAILED);
 };

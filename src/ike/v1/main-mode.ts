@@ -25,7 +25,7 @@ import {
   VendorId,
 } from './constants.ts';
 import { mainModeHash, natD, phase1Iv, phase1Keys } from './crypto.ts';
-import { certRequests, signatureMethod, signaturePayloads, verifySignaturePayloads } from './auth.ts';
+import { certRequests, ecdsaHash, signatureMethod, signaturePayloads, verifySignaturePayloads } from './auth.ts';
 import { type NattVariant, phase1Transforms, readPhase1, selectPhase1 } from './proposals.ts';
 import { digestOf, Retransmission, type V1Session } from './session.ts';
 import type { Identity } from '../tasks/ike-auth.ts';
@@ -153,9 +153,15 @@ function checkPeerId(s: V1Session, payloads: readonly V1Payload[]): Extract<V1Pa
   return id;
 }
 
+/**
+ * HASH_I / HASH_R (RFC 2409 §5). With ECDSA the prf is HMAC with the signature method's hash
+ * (SHA-256/384/512 for P-256/384/521, RFC 4754), whatever hash Phase 1 negotiated — as strongSwan
+ * computes it; SKEYID itself stays with the negotiated prf.
+ */
 function hashOf(s: V1Session, who: 'initiator' | 'responder', idBody: Buffer): Buffer {
+  const ecdsa = s.choice ? ecdsaHash(s.choice.authMethod) : undefined;
   return mainModeHash(
-    s.suite,
+    ecdsa ? { ...s.suite, hash: ecdsa } : s.suite,
     s.phase1.skeyid,
     who,
     s.gxi as Buffer,

@@ -372,7 +372,12 @@ export function initiateQuick(s: V1Session, req: QuickRequest): Promise<ChildEnt
           const ids = findAllV1(payloads, PayloadType.ID);
           if (ids.length > 0) {
             const [ci, cr] = ids;
-            if (ids.length !== 2 || !ci || !cr || !sameId(ci, idOfSelector(tsi)) || !sameId(cr, idOfSelector(tsr)))
+            // Transport mode through a NAT: the responder may name the hosts by the addresses it sees
+            // (strongSwan puts the NAT's address in IDci); the SA still covers our own addresses.
+            const natTransport = mode === 'transport' && (s.natLocal || s.natRemote);
+            const fits = (id: typeof ci, sel: TrafficSelector) =>
+              !!id && (sameId(id, idOfSelector(sel)) || (natTransport && sameHostShape(id, idOfSelector(sel))));
+            if (ids.length !== 2 || !fits(ci, tsi) || !fits(cr, tsr))
               throw new IkeError('the responder changed the Quick Mode identities', V2Notify.TS_UNACCEPTABLE);
           }
           let pfsSecret: Buffer | undefined;
@@ -429,8 +434,17 @@ const sameNeutral = (a: Proposal, b: Proposal): boolean =>
     b.transforms.some((u) => u.type === t.type && u.id === t.id && u.keyLength === t.keyLength),
   );
 
-const sameId = (a: Extract<V1Payload, { type: PayloadType.ID }>, b: Extract<V1Payload, { type: PayloadType.ID }>) =>
+type IdPayload = Extract<V1Payload, { type: PayloadType.ID }>;
+
+const sameId = (a: IdPayload, b: IdPayload) =>
   a.idType === b.idType && a.protocol === b.protocol && a.port === b.port && a.data.equals(b.data);
+
+/** Both name a single host (any address) with the same protocol and port. */
+const sameHostShape = (a: IdPayload, b: IdPayload) =>
+  a.idType === b.idType &&
+  (a.idType === IdType.IPV4_ADDR || a.idType === IdType.IPV6_ADDR) &&
+  a.protocol === b.protocol &&
+  a.port === b.port;
 
 // ---- responder -----------------------------------------------------------------------------------
 
