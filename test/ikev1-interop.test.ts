@@ -396,6 +396,82 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
     }
   });
 
+  it('DPD (RFC 3706): charon answers R-U-THERE while alive; when it dies, consec declares the peer dead and ends the SA (4655)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    let stopped = false;
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--dpd',
+        '400',
+        '--retransmits',
+        '200,400,800',
+        '--stay',
+        '9000',
+      ]);
+      await init.waitFor(/"event":"established"/);
+      // Alive: R-U-THERE answered with R-U-THERE-ACK, the SA stays.
+      await waitUntil(
+        () => (bob.log().match(/generating INFORMATIONAL_V1 request \d+ \[ HASH N\(DPD_ACK\) \]/g) ?? []).length >= 2,
+        'charon answering our R-U-THERE',
+      ).catch((err: Error) =>
+        assert.fail(`${err.message}\n${bob.log().slice(-3000)}\n--- consec ---\n${init.output()}`),
+      );
+      assert.equal(events<{ id: number }>(init, 'audit').filter((e) => e.id === 4655).length, 0);
+      await bob.kill();
+      await bob.stop();
+      stopped = true;
+      await init.exited;
+      const ended = events<{ id: number; reason?: string }>(init, 'audit').find((e) => e.id === 4655);
+      assert.match(ended?.reason ?? init.output(), /not responding \(DPD\)/);
+    } finally {
+      if (!stopped) await bob.stop();
+    }
+  });
+
+  it('Main Mode and Quick Mode through 30 % loss (nft numgen: 3 of every 10 IKE datagrams dropped on both hosts, counted)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const loss = [
+      'table inet consec_loss {',
+      '  chain input { type filter hook input priority 0; udp dport { 500, 4500 } numgen inc mod 10 < 3 counter drop; }',
+      '}',
+    ].join('\n');
+    for (const h of ['alice', 'bob']) await lab.exec(h, ['nft', '-f', '-'], { input: loss });
+    const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
+    try {
+      const init = fixture(lab, 'alice', 'ike-initiate', [
+        a,
+        b,
+        PSK,
+        'AES256-SHA256-DH14',
+        'AESGCM256',
+        '--v1',
+        '--retransmits',
+        '250,250,250,250,250,250,250,250,250,250,250,250',
+        '--delete',
+      ]);
+      await init.exited;
+      assert.equal(events(init, 'established').length, 1, init.output());
+      for (const h of ['alice', 'bob']) {
+        const drops = await lab.exec(h, ['nft', 'list', 'table', 'inet', 'consec_loss']);
+        const dropped = Number(/counter packets (\d+)/.exec(drops.stdout)?.[1] ?? 0);
+        assert.ok(dropped > 0, `${h} lost IKE datagrams: ${drops.stdout}`);
+      }
+    } finally {
+      await bob.stop();
+      for (const h of ['alice', 'bob'])
+        await lab.exec(h, ['nft', 'delete', 'table', 'inet', 'consec_loss'], { allowFailure: true });
+    }
+  });
+
   it('a Delete from consec tears the SAs down at charon', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
