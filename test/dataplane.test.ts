@@ -175,6 +175,50 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
       await bob.stop();
     }
   });
+
+  it('IKEv1 with charon under a running TCP transfer: a 20 MB Quick Mode lifetime renews the child SA mid-transfer (make-before-break), every byte comes back', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-dp-v1rekey-');
+    await applyPolicy(dir, {
+      local: a,
+      remote: b,
+      tunnel: true,
+      mm: true,
+      keyModule: 'IKEv1',
+      qm: '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256 -MaxKiloBytes 20480',
+    });
+    const swan = pskHostTunnel(b, a, {
+      name: 'c',
+      secret: PSK,
+      proposals: ['aes256-sha256-ecp256'],
+      esp: ['aes256gcm16'],
+    });
+    for (const conn of Object.values(swan.connections)) conn.version = 1;
+    const bob = await Charon.start(lab, 'bob', swan);
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
+    let daemon: LabProcess | undefined;
+    try {
+      await server.waitFor(/listening/);
+      daemon = consecDaemon(lab, 'alice', dir, a);
+      await daemon.waitFor(/"msg":"ready"/);
+      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5005, 48 * 1024 * 1024]);
+      await client.exited;
+      const [done] = events<{ sent: string; received: string }>(client, 'done');
+      assert.ok(done, `${client.output()}\n${daemon.output().slice(-4000)}`);
+      assert.equal(done.received, done.sent, 'every byte came back unchanged');
+      const installed = (daemon.output().match(/"msg":"child SA installed"/g) ?? []).length;
+      assert.ok(installed >= 3, `the lifetime renewed the child SA mid-transfer (${installed} installed)`);
+      assert.doesNotMatch(daemon.output(), /data plane fault/);
+      const [sa] = await bob.listSas();
+      assert.equal(sa?.version, 1);
+      assert.ok((sa?.children ?? []).some((c) => c.state === 'INSTALLED'));
+    } finally {
+      await daemon?.stop('SIGTERM', 5000);
+      await server.stop();
+      await bob.stop();
+    }
+  });
 });
 
 describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {
