@@ -176,49 +176,63 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
     }
   });
 
-  it('IKEv1 with charon under a running TCP transfer: a 20 MB Quick Mode lifetime renews the child SA mid-transfer (make-before-break), every byte comes back', async () => {
-    const a = lab.address('alice');
-    const b = lab.address('bob');
-    const dir = freshStateDir('consec-dp-v1rekey-');
-    await applyPolicy(dir, {
-      local: a,
-      remote: b,
-      tunnel: true,
-      mm: true,
-      keyModule: 'IKEv1',
-      qm: '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256 -MaxKiloBytes 20480',
+  for (const driver of ['consec', 'charon'] as const)
+    it(`IKEv1 with charon under a running TCP transfer, rekeys driven by ${driver === 'consec' ? 'consec (a 20 MB Quick Mode lifetime)' : 'charon (Quick Mode every 2 s, Main Mode reauthentication every 3 s)'}: the child SA is renewed mid-transfer, every byte comes back`, async () => {
+      const a = lab.address('alice');
+      const b = lab.address('bob');
+      const dir = freshStateDir('consec-dp-v1rekey-');
+      await applyPolicy(dir, {
+        local: a,
+        remote: b,
+        tunnel: true,
+        mm: true,
+        keyModule: 'IKEv1',
+        qm: `-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256${driver === 'consec' ? ' -MaxKiloBytes 20480' : ''}`,
+      });
+      const swan = pskHostTunnel(b, a, {
+        name: 'c',
+        secret: PSK,
+        proposals: ['aes256-sha256-ecp256'],
+        esp: ['aes256gcm16'],
+      });
+      for (const conn of Object.values(swan.connections)) {
+        conn.version = 1;
+        if (driver === 'charon') {
+          Object.assign(conn, { rekey_time: '3s', over_time: '2s' });
+          Object.assign(conn.children.c ?? {}, { rekey_time: '2s', life_time: '6s', rand_time: '0s' });
+        }
+      }
+      const bob = await Charon.start(lab, 'bob', swan);
+      const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
+      let daemon: LabProcess | undefined;
+      try {
+        await server.waitFor(/listening/);
+        daemon = consecDaemon(lab, 'alice', dir, a);
+        await daemon.waitFor(/"msg":"ready"/);
+        const client = fixture(lab, 'alice', 'tcp-transfer', [
+          'client',
+          b,
+          5005,
+          (driver === 'consec' ? 48 : 96) * 1024 * 1024,
+        ]);
+        await client.exited;
+        const [done] = events<{ sent: string; received: string }>(client, 'done');
+        assert.ok(done, `${client.output()}\n${daemon.output().slice(-4000)}`);
+        assert.equal(done.received, done.sent, 'every byte came back unchanged');
+        const installed = (daemon.output().match(/"msg":"child SA installed"/g) ?? []).length;
+        assert.ok(installed >= 3, `the child SA was renewed mid-transfer (${installed} installed)`);
+        if (driver === 'charon')
+          assert.match(bob.log(), /initiating Main Mode IKE_SA c\[2\]/, 'charon reauthenticated');
+        assert.doesNotMatch(daemon.output(), /data plane fault/);
+        const [sa] = await bob.listSas();
+        assert.equal(sa?.version, 1);
+        assert.ok((sa?.children ?? []).some((c) => c.state === 'INSTALLED'));
+      } finally {
+        await daemon?.stop('SIGTERM', 5000);
+        await server.stop();
+        await bob.stop();
+      }
     });
-    const swan = pskHostTunnel(b, a, {
-      name: 'c',
-      secret: PSK,
-      proposals: ['aes256-sha256-ecp256'],
-      esp: ['aes256gcm16'],
-    });
-    for (const conn of Object.values(swan.connections)) conn.version = 1;
-    const bob = await Charon.start(lab, 'bob', swan);
-    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
-    let daemon: LabProcess | undefined;
-    try {
-      await server.waitFor(/listening/);
-      daemon = consecDaemon(lab, 'alice', dir, a);
-      await daemon.waitFor(/"msg":"ready"/);
-      const client = fixture(lab, 'alice', 'tcp-transfer', ['client', b, 5005, 48 * 1024 * 1024]);
-      await client.exited;
-      const [done] = events<{ sent: string; received: string }>(client, 'done');
-      assert.ok(done, `${client.output()}\n${daemon.output().slice(-4000)}`);
-      assert.equal(done.received, done.sent, 'every byte came back unchanged');
-      const installed = (daemon.output().match(/"msg":"child SA installed"/g) ?? []).length;
-      assert.ok(installed >= 3, `the lifetime renewed the child SA mid-transfer (${installed} installed)`);
-      assert.doesNotMatch(daemon.output(), /data plane fault/);
-      const [sa] = await bob.listSas();
-      assert.equal(sa?.version, 1);
-      assert.ok((sa?.children ?? []).some((c) => c.state === 'INSTALLED'));
-    } finally {
-      await daemon?.stop('SIGTERM', 5000);
-      await server.stop();
-      await bob.stop();
-    }
-  });
 });
 
 describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {
