@@ -27,6 +27,16 @@ import {
 } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
+/** charon's first ISAKMP/IKE SA, once there is one: its initiator SPI. */
+async function waitFirstSa(c: Charon): Promise<[string] | undefined> {
+  let spi: string | undefined;
+  await waitUntil(async () => {
+    spi = (await c.listSas())[0]?.spiI;
+    return spi !== undefined && spi !== '';
+  }, 'the first SA at charon');
+  return spi ? [spi] : undefined;
+}
+
 describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => {
   let lab: Lab;
   before(async () => {
@@ -233,6 +243,47 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         await bob.stop();
       }
     });
+
+  it('IKEv1 Main Mode renewed by consec (a 1-minute main mode lifetime) under a running TCP connection: a new ISAKMP SA, the child SA kept, the connection never stalls', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = freshStateDir('consec-dp-v1mm-');
+    await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true, mmMaxMinutes: 1, keyModule: 'IKEv1' });
+    const swan = pskHostTunnel(b, a, {
+      name: 'c',
+      secret: PSK,
+      proposals: ['aes256-sha256-ecp256'],
+      esp: ['aes256gcm16'],
+    });
+    for (const conn of Object.values(swan.connections)) conn.version = 1;
+    const bob = await Charon.start(lab, 'bob', swan);
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5006]);
+    let daemon: LabProcess | undefined;
+    try {
+      await server.waitFor(/listening/);
+      daemon = consecDaemon(lab, 'alice', dir, a);
+      await daemon.waitFor(/"msg":"ready"/);
+      // 100 octets every 100 ms for 62 s over one connection: the renewal falls at 54 s.
+      const ticker = fixture(lab, 'alice', 'tcp-transfer', ['ticker', b, 5006, 62]);
+      const [first] = (await waitFirstSa(bob)) ?? [];
+      await ticker.exited;
+      const echoes = events<{ total: number; at: number }>(ticker, 'echo');
+      const [done] = events<{ total: number }>(ticker, 'done');
+      assert.ok(done && done.total >= 60_000, ticker.output().slice(-2000));
+      const gaps = echoes.slice(1).map((e, i) => e.at - (echoes[i] as { at: number }).at);
+      assert.ok(Math.max(...gaps) < 1500, `the connection never stalled (longest gap ${Math.max(...gaps)} ms)`);
+      assert.match(daemon.output(), /"msg":"Phase 1 renewal"/);
+      assert.match(daemon.output(), /"reason":"rekeyed"/);
+      const sas = await bob.listSas();
+      assert.equal(sas.filter((x) => x.state === 'ESTABLISHED').length, 1, JSON.stringify(sas));
+      assert.notEqual(sas[0]?.spiI, first, 'charon holds the new ISAKMP SA');
+      assert.equal(sas[0]?.children[0]?.state, 'INSTALLED');
+    } finally {
+      await daemon?.stop('SIGTERM', 5000);
+      await server.stop();
+      await bob.stop();
+    }
+  });
 });
 
 describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {

@@ -83,6 +83,8 @@ export interface PolicyOptions {
   qm?: string;
   /** A main mode rule for the IKE peers with AES256-SHA256-DH19 (strongSwan's side of the lab expects it). */
   mm?: boolean;
+  /** That main mode crypto set's -MaxMinutes (the main mode SA lifetime; Windows' default 480). */
+  mmMaxMinutes?: number;
   /** The phase 1 auth proposal's parameters (default: the pre-shared key `psk`). */
   auth?: string;
   psk?: string;
@@ -105,7 +107,7 @@ export async function applyPolicy(stateDir: string, o: PolicyOptions): Promise<v
   if (o.mm)
     lines.push(
       '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-      '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm',
+      `$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "MM" -Proposal $mm${o.mmMaxMinutes ? ` -MaxMinutes ${o.mmMaxMinutes}` : ''}`,
       `New-NetIPsecMainModeRule -DisplayName "MM" -LocalAddress ${o.local} -RemoteAddress ${o.remote} -MainModeCryptoSet $mmSet.Name | Out-Null`,
     );
   const tunnel = o.tunnel ? `-Mode Tunnel -LocalTunnelEndpoint ${o.local} -RemoteTunnelEndpoint ${o.remote} ` : '';
