@@ -198,6 +198,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       ]);
       await resp.waitFor(/"event":"listening"/);
       const swan = v1cert(a, b, issued[`alice-${spec}`] as never, pki.ca.certPem, ike);
+      // charon fragments its certificate message as Windows does, into datagrams of 576 octets.
+      swan.charon = { ...swan.charon, fragment_size: 576 };
       const alice = await Charon.start(lab, 'alice', swan);
       try {
         await alice.initiate('consec').catch((err: Error) => {
@@ -219,8 +221,13 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
             `authentication of 'O=consec lab, CN=bob' with ${spec.startsWith('RSA') ? 'RSA' : 'ECDSA'}.* successful`,
           ),
         );
-        // Our message 6 (certificate and signature) exceeds 576 octets: charon reassembled our fragments.
+        // Message 5 and 6 (certificate and signature) exceed 576 octets: each side sent fragments,
+        // the other put them back together.
         assert.match(alice.log(), /received fragment #\d+, reassembled fragmented IKE message/);
+        assert.match(
+          alice.log(),
+          /generating ID_PROT request 0 \[ FRAG\(1\) \]|splitting IKE message .* into \d+ fragments/,
+        );
       } finally {
         await alice.stop();
         await resp.stop();
