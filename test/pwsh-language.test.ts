@@ -281,6 +281,45 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.deepEqual(new PolicyStores(dir).read().rules, [], 'no failing New- left a rule');
   });
 
+  it('trap: handles terminating errors anywhere in its scope; continue goes on silently, break stops, neither writes the error and goes on; typed traps', async () => {
+    const goOn = await ps(
+      [
+        'Write-Output one',
+        'throw "boom"',
+        'Write-Output two',
+        'trap { Write-Output "trapped: $($_.Exception.Message)"; continue }',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(goOn.out, 'one\ntrapped: boom\ntwo\n');
+    assert.equal(goOn.errors, 0, goOn.err);
+    const written = await ps(['trap { "trapped" }', 'throw "written"', '"after"'].join('\n'), dir);
+    assert.equal(written.out, 'trapped\nafter\n');
+    assert.equal(written.errors, 1);
+    assert.match(written.err, /^written\n/m);
+    const stop = await ps(['trap { "trapped"; break }', 'throw "fatal"', '"never"'].join('\n'), dir);
+    assert.equal(stop.out, 'trapped\n');
+    assert.equal(stop.errors, 1);
+    assert.match(stop.err, /^fatal\n/m);
+    const typed = await ps(
+      [
+        'function Set-Policy {',
+        '  trap [Microsoft.Management.Infrastructure.CimException] { "cim trap: $($_.FullyQualifiedErrorId -replace \',.*\')"; continue }',
+        '  New-NetIPsecRule -DisplayName t -RemoteAddress 192.0.2.999 -ErrorAction Stop',
+        '  "function went on"',
+        '}',
+        'Set-Policy',
+        'trap [System.Management.Automation.CommandNotFoundException] { "unrelated"; continue }',
+        'throw "not for that trap"',
+        '"never"',
+      ].join('\n'),
+      dir,
+    );
+    assert.match(typed.out, /^cim trap: .+\nfunction went on\n$/);
+    assert.equal(typed.errors, 1);
+    assert.match(typed.err, /^not for that trap\n/m);
+  });
+
   it("-ErrorVariable collects a command's errors (also silenced ones), +name appends, a clean run empties it", async () => {
     const r = await ps(
       [

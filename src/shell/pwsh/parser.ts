@@ -86,7 +86,9 @@ export type Statement =
       catches: { types: string[]; body: Statement[]; extent: Extent }[];
       final?: Statement[];
       extent: Extent;
-    };
+    }
+  /** `trap [Type] { … }`: handles terminating errors anywhere in the scope it stands in. */
+  | { kind: 'trap'; types: string[]; body: Statement[]; extent: Extent };
 
 const KEYWORDS = new Set([
   'if',
@@ -238,6 +240,11 @@ class Parser {
     break: (at) => ({ kind: 'flow', keyword: 'break', extent: at }),
     continue: (at) => ({ kind: 'flow', keyword: 'continue', extent: at }),
     try: (at) => this.tryStatement(at),
+    trap: (at) => {
+      this.skipNewlines();
+      const types = this.lx.peek('expression').kind === 'lbracket' ? [this.typeLiteral().name] : [];
+      return { kind: 'trap', types, body: this.block('trap'), extent: this.from(at) };
+    },
     switch: (at) => this.switchStatement(at),
   };
 

@@ -285,7 +285,49 @@ export class Runtime {
 
   /** Runs statements in order; what each outputs goes to `emit` (the host at top level, or the caller). */
   async runStatements(statements: readonly Statement[], emit: (items: unknown[]) => void): Promise<void> {
-    for (const st of statements) await this.runStatement(st, emit);
+    const traps = statements.filter((s): s is Extract<Statement, { kind: 'trap' }> => s.kind === 'trap');
+    if (traps.length === 0) {
+      for (const st of statements) await this.runStatement(st, emit);
+      return;
+    }
+    // A trap handles a terminating error anywhere in its scope, wherever it stands in it: its body
+    // runs with $_; then `break` rethrows, `continue` goes on silently, and without either the error
+    // is written and the script goes on with the next statement.
+    for (const st of statements) {
+      if (st.kind === 'trap') continue;
+      try {
+        await this.runStatement(st, emit);
+      } catch (err) {
+        if (!(err instanceof TerminatingError)) throw err;
+        const trap = traps.find((t) => t.types.length === 0 || t.types.some((ty) => catchMatches(err.record, ty)));
+        if (!trap) throw err;
+        const outcome = await this.runTrap(trap, err, emit);
+        if (outcome === 'break') throw err;
+        if (outcome === 'write') this.writeError(err.record, err.commandName, false, err.extent, false);
+      }
+    }
+  }
+
+  private async runTrap(
+    trap: Extract<Statement, { kind: 'trap' }>,
+    err: TerminatingError,
+    emit: (items: unknown[]) => void,
+  ): Promise<'break' | 'continue' | 'write'> {
+    const record = errorRecord(err.record);
+    const saved = [this.vars.get('_'), this.vars.get('psitem')];
+    this.vars.set('_', record);
+    this.vars.set('psitem', record);
+    try {
+      await this.runStatements(trap.body, emit);
+      return 'write';
+    } catch (signal) {
+      if (signal instanceof BreakSignal) return 'break';
+      if (signal instanceof ContinueSignal) return 'continue';
+      throw signal;
+    } finally {
+      this.vars.set('_', saved[0]);
+      this.vars.set('psitem', saved[1]);
+    }
   }
 
   private async runStatement(st: Statement, emit: (items: unknown[]) => void): Promise<void> {
@@ -325,6 +367,8 @@ export class Runtime {
         return;
       case 'try':
         return this.tryStatement(st, emit);
+      case 'trap':
+        return;
       case 'switch':
         return this.switchStatement(st, emit);
       case 'flow':
