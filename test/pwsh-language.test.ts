@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PolicyStores } from '../src/policy/store.ts';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -318,6 +321,55 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.match(typed.out, /^cim trap: .+\nfunction went on\n$/);
     assert.equal(typed.errors, 1);
     assert.match(typed.err, /^not for that trap\n/m);
+  });
+
+  it('dot-sourcing a helper file from $PSScriptRoot (its functions and variables stay), & for script blocks, files and command names', async () => {
+    const folder = mkdtempSync(join(tmpdir(), 'consec-dot-'));
+    try {
+      writeFileSync(
+        join(folder, 'common.ps1'),
+        ['$Shared = "from common"', 'function New-Pair([string]$Name) { "pair $Name" }'].join('\n'),
+      );
+      writeFileSync(join(folder, 'child.ps1'), ['$Inner = "inner"', '"child ran"'].join('\n'));
+      const main = join(folder, 'main.ps1');
+      const r = await ps(
+        [
+          '. "$PSScriptRoot\\common.ps1"',
+          'New-Pair -Name a',
+          '"shared: $Shared"',
+          '& "$PSScriptRoot\\child.ps1"',
+          '"inner after &: [$Inner]"',
+          '& { $Block = 1; "in block" }',
+          '"block after &: [$Block]"',
+          '. { $Dotted = 2 }',
+          '"dotted: $Dotted"',
+          "& 'Write-Output' 'by name'",
+          '. ./does-not-exist.ps1',
+          '"went on"',
+        ].join('\n'),
+        dir,
+        main,
+      );
+      assert.equal(
+        r.out,
+        [
+          'pair a',
+          'shared: from common',
+          'child ran',
+          'inner after &: []',
+          'in block',
+          'block after &: []',
+          'dotted: 2',
+          'by name',
+          'went on',
+          '',
+        ].join('\n'),
+      );
+      assert.equal(r.errors, 1);
+      assert.match(r.err, /The term '\.\/does-not-exist\.ps1' is not recognized/);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 
   it("-ErrorVariable collects a command's errors (also silenced ones), +name appends, a clean run empties it", async () => {

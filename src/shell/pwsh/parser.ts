@@ -681,8 +681,9 @@ class Parser {
       }
       return this.command();
     }
-    if (t.kind === 'word' && t.value === '&')
-      throw new PwshSyntaxError("The call operator '&' is not supported.", t.extent, 'NotSupported');
+    // `. script.ps1` (dot-sourcing) and `& command|script|{ block }` (the call operator): a command
+    // whose name is the operator, the target its first argument.
+    if (t.kind === 'word' && (t.value === '&' || (t.value === '.' && !afterPipe))) return this.command();
     const expr = this.expression();
     return { kind: 'expression', expr, extent: expr.extent };
   }

@@ -5,7 +5,9 @@
  * input) and reports errors as PowerShell error records. Commands come from a registry; nothing
  * here knows about IPsec.
  */
+import { dirname, resolve as resolvePath } from 'node:path';
 import { ConsecError } from '../../errors.ts';
+import { readTextBounded } from '../../io/bounded.ts';
 import { type EnumDef, EnumConversionError, parseEnum, parseFlags } from '../../policy/enums.ts';
 import { PwshError } from './error-record.ts';
 import { type Extent, PwshSyntaxError } from './lexer.ts';
@@ -220,6 +222,12 @@ export class Runtime {
     this.vars.set('error', []);
     this.vars.set('?', true);
     this.vars.set('warningpreference', 'Continue');
+    if (options.scriptName) {
+      // The running script's own path and folder (scripts dot-source their helpers from there).
+      const path = resolvePath(options.scriptName);
+      this.vars.set('pscommandpath', path);
+      this.vars.set('psscriptroot', dirname(path));
+    }
   }
 
   /** The innermost scope: where assignments create variables. */
@@ -695,6 +703,7 @@ export class Runtime {
   }
 
   private async command(cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+    if (cmd.name === '.' || cmd.name === '&') return this.invokeOperator(cmd, input);
     const fn = this.functions.get(cmd.name.toLowerCase());
     if (fn) return this.callFunction(fn, cmd, input);
     const def = this.commands.get(cmd.name.toLowerCase());
@@ -1305,6 +1314,66 @@ export class Runtime {
         'ScriptCallDepthException',
         extent,
       );
+  }
+
+  /**
+   * `. target` runs a script file or script block in the current scope (its functions and variables
+   * stay); `& target` runs it in a scope of its own, or calls a command by its name. Script paths
+   * resolve from the current directory, `\` as a separator too.
+   */
+  private async invokeOperator(cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+    const [first, ...rest] = cmd.elements;
+    if (first?.kind !== 'argument')
+      throw new PwshError(
+        `Missing expression after '${cmd.name}' in pipeline element.`,
+        'MissingExpression',
+        'ParserError',
+        'ParseException',
+        cmd.nameExtent,
+      );
+    const target = await this.expr(first.value);
+    let body: readonly Statement[];
+    if (target instanceof ScriptBlock) body = target.body;
+    else {
+      const name = toText(target);
+      if (cmd.name === '&' && !/\.ps1$/i.test(name))
+        return this.command({ ...cmd, name, elements: rest }, input);
+      const path = resolvePath(name.replace(/\\/g, '/'));
+      let text: string;
+      try {
+        text = readTextBounded(path, `The script ${name}`).replace(/^\uFEFF/, '');
+      } catch {
+        throw new PwshError(
+          `The term '${name}' is not recognized as the name of a cmdlet, function, script file, or operable program. Check the spelling of the name, or if a path was included, verify that the path is correct and try again.`,
+          'CommandNotFoundException',
+          'ObjectNotFound',
+          'CommandNotFoundException',
+          first.value.extent,
+          name,
+          'String',
+        );
+      }
+      body = parseScript(text);
+    }
+    this.checkCallDepth(cmd.extent);
+    const own = cmd.name === '&';
+    if (own) {
+      const scope = new Map<string, unknown>();
+      scope.set('input', input ?? []);
+      this.scopes.push(scope);
+    }
+    this.callDepth++;
+    const out: unknown[] = [];
+    try {
+      await this.runStatements(body, (items) => out.push(...items));
+    } catch (err) {
+      if (err instanceof ReturnSignal) out.push(...err.value);
+      else throw err;
+    } finally {
+      this.callDepth--;
+      if (own) this.scopes.pop();
+    }
+    return out;
   }
 
   /** Runs a script block with $_ set; returns its output. */
