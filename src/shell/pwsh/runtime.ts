@@ -1336,8 +1336,7 @@ export class Runtime {
     if (target instanceof ScriptBlock) body = target.body;
     else {
       const name = toText(target);
-      if (cmd.name === '&' && !/\.ps1$/i.test(name))
-        return this.command({ ...cmd, name, elements: rest }, input);
+      if (cmd.name === '&' && !/\.ps1$/i.test(name)) return this.command({ ...cmd, name, elements: rest }, input);
       const path = resolvePath(name.replace(/\\/g, '/'));
       let text: string;
       try {
