@@ -181,3 +181,34 @@ export async function tsharkWithKeys(
   ]);
   return stdout.trim().split('\n');
 }
+
+/**
+ * A counted 30 % loss of IKE datagrams (UDP 500/4500) arriving at each of `hosts`: the first three
+ * of every ten are dropped (nft numgen), so loss certainly happens, every run. `dropped()` reads each
+ * host's counter; `remove()` takes the tables away (also when a test failed).
+ */
+export async function ikeLoss(
+  lab: Lab,
+  hosts: readonly string[],
+): Promise<{ dropped(): Promise<Record<string, number>>; remove(): Promise<void> }> {
+  const table = [
+    'table inet consec_loss {',
+    '  chain input { type filter hook input priority 0; udp dport { 500, 4500 } numgen inc mod 10 < 3 counter drop; }',
+    '}',
+  ].join('\n');
+  for (const h of hosts) await lab.exec(h, ['nft', '-f', '-'], { input: table });
+  return {
+    async dropped() {
+      const out: Record<string, number> = {};
+      for (const h of hosts) {
+        const list = await lab.exec(h, ['nft', 'list', 'table', 'inet', 'consec_loss']);
+        out[h] = Number(/counter packets (\d+)/.exec(list.stdout)?.[1] ?? 0);
+      }
+      return out;
+    },
+    async remove() {
+      for (const h of hosts)
+        await lab.exec(h, ['nft', 'delete', 'table', 'inet', 'consec_loss'], { allowFailure: true });
+    },
+  };
+}

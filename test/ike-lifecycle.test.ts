@@ -12,7 +12,7 @@ import { Lab } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture, waitUntil } from './helpers.ts';
+import { events, fixture, ikeLoss, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-lifecycle-0123456789';
 const ESAE = ['AES256-SHA384-DH20', 'AESGCM256'] as const;
@@ -376,12 +376,7 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
   it('negotiates through 30 % loss (nft numgen: 3 of every 10 datagrams) on both hosts, consec initiating', async () => {
     // A counted pattern (the first three of every ten IKE datagrams each host receives are lost), so
     // loss certainly happens on both sides, every run; the counters prove it.
-    const loss = [
-      'table inet consec_loss {',
-      '  chain input { type filter hook input priority 0; udp dport { 500, 4500 } numgen inc mod 10 < 3 counter drop; }',
-      '}',
-    ].join('\n');
-    for (const h of ['alice', 'bob']) await lab.exec(h, ['nft', '-f', '-'], { input: loss });
+    const loss = await ikeLoss(lab, ['alice', 'bob']);
     const peer = await Charon.start(
       lab,
       'bob',
@@ -400,15 +395,10 @@ describe('IKEv2 with strongSwan: certificates, rekeying, liveness, loss', () => 
       ]);
       await init.exited;
       assert.equal(events(init, 'established').length, 1, init.output());
-      for (const h of ['alice', 'bob']) {
-        const drops = await lab.exec(h, ['nft', 'list', 'table', 'inet', 'consec_loss']);
-        const dropped = Number(/counter packets (\d+)/.exec(drops.stdout)?.[1] ?? 0);
-        assert.ok(dropped > 0, `${h} lost IKE datagrams: ${drops.stdout}`);
-      }
+      for (const [h, n] of Object.entries(await loss.dropped())) assert.ok(n > 0, `${h} lost IKE datagrams`);
     } finally {
       await peer.stop();
-      for (const h of ['alice', 'bob'])
-        await lab.exec(h, ['nft', 'delete', 'table', 'inet', 'consec_loss'], { allowFailure: true });
+      await loss.remove();
     }
   });
 });

@@ -11,7 +11,7 @@ import { Lab } from '../src/lab/lab.ts';
 import { type KeySpec, LabPki } from '../src/lab/pki.ts';
 import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { events, fixture, tsharkWithKeys, waitUntil } from './helpers.ts';
+import { events, fixture, ikeLoss, tsharkWithKeys, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
@@ -446,12 +446,7 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
   it('Main Mode and Quick Mode through 30 % loss (nft numgen: 3 of every 10 IKE datagrams dropped on both hosts, counted)', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
-    const loss = [
-      'table inet consec_loss {',
-      '  chain input { type filter hook input priority 0; udp dport { 500, 4500 } numgen inc mod 10 < 3 counter drop; }',
-      '}',
-    ].join('\n');
-    for (const h of ['alice', 'bob']) await lab.exec(h, ['nft', '-f', '-'], { input: loss });
+    const loss = await ikeLoss(lab, ['alice', 'bob']);
     const bob = await Charon.start(lab, 'bob', v1(b, a, ['aes256-sha256-modp2048'], ['aes256gcm16']));
     try {
       const init = fixture(lab, 'alice', 'ike-initiate', [
@@ -467,15 +462,10 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
       ]);
       await init.exited;
       assert.equal(events(init, 'established').length, 1, init.output());
-      for (const h of ['alice', 'bob']) {
-        const drops = await lab.exec(h, ['nft', 'list', 'table', 'inet', 'consec_loss']);
-        const dropped = Number(/counter packets (\d+)/.exec(drops.stdout)?.[1] ?? 0);
-        assert.ok(dropped > 0, `${h} lost IKE datagrams: ${drops.stdout}`);
-      }
+      for (const [h, n] of Object.entries(await loss.dropped())) assert.ok(n > 0, `${h} lost IKE datagrams`);
     } finally {
       await bob.stop();
-      for (const h of ['alice', 'bob'])
-        await lab.exec(h, ['nft', 'delete', 'table', 'inet', 'consec_loss'], { allowFailure: true });
+      await loss.remove();
     }
   });
 
