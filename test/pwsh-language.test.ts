@@ -372,6 +372,40 @@ describe('PowerShell language: control flow, functions, errors', () => {
     }
   });
 
+  it('advanced functions with begin/process/end: process runs per pipeline item ($_ and the ValueFromPipeline parameter), once without pipeline input', async () => {
+    const r = await ps(
+      [
+        'function Show-Item {',
+        '  [CmdletBinding()]',
+        '  param([Parameter(ValueFromPipeline = $true)] [string]$Item, [string]$Prefix = "item")',
+        '  begin { $n = 0; "begin" }',
+        '  process { $n = $n + 1; "$Prefix $n = $Item ($_)" }',
+        '  end { "end after $n" }',
+        '}',
+        "'a', 'b' | Show-Item -Prefix got",
+        'Show-Item -Item solo',
+        'function Only-End { end { "only end: $($input.Count)" } }',
+        '1, 2, 3 | Only-End',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(
+      r.out,
+      [
+        'begin',
+        'got 1 = a (a)',
+        'got 2 = b (b)',
+        'end after 2',
+        'begin',
+        'item 1 = solo ()',
+        'end after 1',
+        'only end: 3',
+        '',
+      ].join('\n'),
+    );
+  });
+
   it("-ErrorVariable collects a command's errors (also silenced ones), +name appends, a clean run empties it", async () => {
     const r = await ps(
       [

@@ -53,7 +53,16 @@ export interface ParamDecl {
   default?: Expr;
   mandatory: boolean;
   position?: number;
+  /** `[Parameter(ValueFromPipeline)]`: bound to each pipeline item in the process block. */
+  fromPipeline?: boolean;
   extent: Extent;
+}
+
+/** A function's named blocks (`begin { } process { } end { }`). */
+export interface NamedBlocks {
+  begin?: Statement[];
+  process?: Statement[];
+  end?: Statement[];
 }
 
 export type Statement =
@@ -64,7 +73,7 @@ export type Statement =
   | { kind: 'for'; init?: Statement; cond?: Pipeline; step?: Statement; body: Statement[]; extent: Extent }
   | { kind: 'while'; cond: Pipeline; body: Statement[]; extent: Extent }
   | { kind: 'do'; body: Statement[]; cond: Pipeline; until: boolean; extent: Extent }
-  | { kind: 'function'; name: string; params: ParamDecl[]; body: Statement[]; extent: Extent }
+  | { kind: 'function'; name: string; params: ParamDecl[]; body: Statement[]; blocks?: NamedBlocks; extent: Extent }
   | {
       kind: 'flow';
       keyword: 'return' | 'break' | 'continue' | 'throw' | 'exit';
@@ -567,6 +576,7 @@ class Parser {
       }
       let type: string | undefined;
       let mandatory = false;
+      let fromPipeline = false;
       let position: number | undefined;
       const start = t.extent.start;
       while (this.lx.peek('expression').kind === 'lbracket') {
@@ -575,6 +585,7 @@ class Parser {
           if (lit.name.toLowerCase() === 'parameter') {
             mandatory ||=
               /\bmandatory\b(\s*=\s*\$true)?/i.test(lit.args) && !/\bmandatory\s*=\s*\$false/i.test(lit.args);
+            fromPipeline ||= /\bValueFromPipeline\b(\s*=\s*\$true)?(?!ByPropertyName)/i.test(lit.args);
             const pos = /\bposition\s*=\s*(\d+)/i.exec(lit.args);
             if (pos) position = Number(pos[1]);
           }
@@ -599,7 +610,15 @@ class Parser {
           this.noArrayComma = false;
         }
       }
-      out.push({ name: v.name, type, default: dflt, mandatory, position, extent: { start, end: this.lx.offset } });
+      out.push({
+        name: v.name,
+        type,
+        default: dflt,
+        mandatory,
+        position,
+        fromPipeline,
+        extent: { start, end: this.lx.offset },
+      });
       this.skipNewlines();
       const sep = this.lx.next('command');
       if (sep.kind === close) return out;
@@ -637,14 +656,26 @@ class Parser {
       }
       break;
     }
-    const body = this.statements();
+    // begin { } process { } end { }: named blocks instead of a plain body.
+    let blocks: NamedBlocks | undefined;
+    for (;;) {
+      this.skipNewlines();
+      const t = this.lx.peek('command');
+      const word = t.kind === 'word' ? t.value.toLowerCase() : '';
+      if (word !== 'begin' && word !== 'process' && word !== 'end') break;
+      this.lx.next('command');
+      blocks ??= {};
+      blocks[word] = this.block(word);
+    }
+    const body = blocks ? [] : this.statements();
+    this.skipNewlines();
     this.expect(
       'command',
       'rbrace',
       "Missing closing '}' in statement block or type definition.",
       'MissingEndCurlyBrace',
     );
-    return { kind: 'function', name: nameTok.value, params, body, extent: this.from(at) };
+    return { kind: 'function', name: nameTok.value, params, body, blocks, extent: this.from(at) };
   }
 
   private pipeline(): Pipeline {

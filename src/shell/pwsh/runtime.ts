@@ -18,6 +18,7 @@ import {
   type Command,
   type CommandElement,
   type Expr,
+  type NamedBlocks,
   type ParamDecl,
   parseScript,
   type Pipeline,
@@ -171,6 +172,7 @@ interface FunctionDef {
   name: string;
   params: ParamDecl[];
   body: Statement[];
+  blocks?: NamedBlocks;
 }
 
 /** An error raised while a command ran, carrying which command and where. */
@@ -371,7 +373,12 @@ export class Runtime {
         return;
       }
       case 'function':
-        this.functions.set(st.name.toLowerCase(), { name: st.name, params: st.params, body: st.body });
+        this.functions.set(st.name.toLowerCase(), {
+          name: st.name,
+          params: st.params,
+          body: st.body,
+          blocks: st.blocks,
+        });
         return;
       case 'try':
         return this.tryStatement(st, emit);
@@ -1293,7 +1300,8 @@ export class Runtime {
               : null;
         scope.set(p.name.toLowerCase(), convertTo(p.type, v));
       }
-      await this.runStatements(fn.body, (items) => out.push(...items));
+      if (fn.blocks) await this.runNamedBlocks(fn.blocks, fn.params, scope, input, out);
+      else await this.runStatements(fn.body, (items) => out.push(...items));
     } catch (err) {
       if (err instanceof ReturnSignal) out.push(...err.value);
       else throw err;
@@ -1373,6 +1381,33 @@ export class Runtime {
       if (own) this.scopes.pop();
     }
     return out;
+  }
+
+  /**
+   * begin once; process once per pipeline item ($_ and a ValueFromPipeline parameter set to it), or
+   * once without pipeline input; end once.
+   */
+  private async runNamedBlocks(
+    blocks: NamedBlocks,
+    params: readonly ParamDecl[],
+    scope: Map<string, unknown>,
+    input: unknown[] | undefined,
+    out: unknown[],
+  ): Promise<void> {
+    const emit = (items: unknown[]) => out.push(...items);
+    if (blocks.begin) await this.runStatements(blocks.begin, emit);
+    if (blocks.process) {
+      const piped = params.find((p) => p.fromPipeline);
+      for (const item of input ?? [undefined]) {
+        if (input) {
+          scope.set('_', item);
+          scope.set('psitem', item);
+          if (piped) scope.set(piped.name.toLowerCase(), convertTo(piped.type, item));
+        }
+        await this.runStatements(blocks.process, emit);
+      }
+    }
+    if (blocks.end) await this.runStatements(blocks.end, emit);
   }
 
   /** Runs a script block with $_ set; returns its output. */
