@@ -281,8 +281,8 @@ export class KeyingService {
           const plan = planResponder(doc, address, remote, this.planOptions);
           // A rule that now names the other keying module no longer allows this SA.
           const module = s instanceof V1Session ? 'IKEv1' : 'IKEv2';
-          next = plan && plan.keyModule !== 'Default' && plan.keyModule !== module ? undefined : plan;
-          next = next && (s.role === 'responder' ? asResponder(plan as NegotiationPlan) : next);
+          const allowed = plan && (plan.keyModule === 'Default' || plan.keyModule === module) ? plan : undefined;
+          next = allowed && (s.role === 'responder' ? asResponder(allowed) : allowed);
         } catch {
           next = undefined;
         }

@@ -62,8 +62,9 @@ export interface NegotiationParameters extends PeerConfig {
 export interface NegotiationPlan extends NegotiationParameters {
   rule: IPsecRule;
   /**
-   * Which keying module negotiates: the rule's KeyModule; Default starts with IKEv2 and falls
-   * back to IKEv1 when the peer does not speak IKEv2 (Windows 11 24H2 / Server 2025 behaviour).
+   * Which keying module negotiates: the rule's KeyModule; Default tries the store's
+   * DefaultKeyModuleOrder (IKEv2 first as Windows 11 24H2 / Server 2025, unless set to IKEv1 first)
+   * and the other module when the peer does not speak the first (src/daemon/keying.ts).
    */
   keyModule: 'IKEv2' | 'IKEv1' | 'Default';
   remoteId?: Identity;

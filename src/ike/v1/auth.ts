@@ -16,22 +16,15 @@ import { NotifyType as V2Notify } from '../wire/constants.ts';
 import type { V1Payload } from './codec.ts';
 import { AuthMethod, CertEncoding, PayloadType } from './constants.ts';
 
-const ECDSA_CURVE: Partial<Record<number, string>> = {
-  [AuthMethod.ECDSA_SHA256]: 'prime256v1',
-  [AuthMethod.ECDSA_SHA384]: 'secp384r1',
-  [AuthMethod.ECDSA_SHA512]: 'secp521r1',
+/** The ECDSA auth methods (RFC 4754): each one's curve and hash. */
+const ECDSA: Partial<Record<number, { curve: string; hash: 'sha256' | 'sha384' | 'sha512' }>> = {
+  [AuthMethod.ECDSA_SHA256]: { curve: 'prime256v1', hash: 'sha256' },
+  [AuthMethod.ECDSA_SHA384]: { curve: 'secp384r1', hash: 'sha384' },
+  [AuthMethod.ECDSA_SHA512]: { curve: 'secp521r1', hash: 'sha512' },
 };
 
 /** The hash of an ECDSA auth method (RFC 4754), undefined for the other methods. */
-export function ecdsaHash(method: number): 'sha256' | 'sha384' | 'sha512' | undefined {
-  return method === AuthMethod.ECDSA_SHA256
-    ? 'sha256'
-    : method === AuthMethod.ECDSA_SHA384
-      ? 'sha384'
-      : method === AuthMethod.ECDSA_SHA512
-        ? 'sha512'
-        : undefined;
-}
+export const ecdsaHash = (method: number): 'sha256' | 'sha384' | 'sha512' | undefined => ECDSA[method]?.hash;
 
 const fail = (why: string): never => {
   throw new IkeError(why, V2Notify.AUTHENTICATION_FAILED);
@@ -43,9 +36,8 @@ export function signatureMethod(key: KeyObject): number {
   if (kt === 'rsa') return AuthMethod.RSA_SIG;
   if (kt === 'ec') {
     const curve = key.asymmetricKeyDetails?.namedCurve;
-    if (curve === 'secp384r1') return AuthMethod.ECDSA_SHA384;
-    if (curve === 'secp521r1') return AuthMethod.ECDSA_SHA512;
-    if (curve === 'prime256v1') return AuthMethod.ECDSA_SHA256;
+    const method = Object.entries(ECDSA).find(([, e]) => e?.curve === curve)?.[0];
+    if (method) return Number(method);
   }
   return fail(`certificate keys of type ${kt} are not supported in IKEv1 (use RSA or ECDSA P-256/P-384/P-521)`);
 }
@@ -53,7 +45,7 @@ export function signatureMethod(key: KeyObject): number {
 /** SIG_I / SIG_R over HASH_I / HASH_R with the negotiated method. */
 export function signHash(method: number, key: KeyObject, hash: Buffer): Buffer {
   if (method === AuthMethod.RSA_SIG) return privateEncrypt({ key, padding: constants.RSA_PKCS1_PADDING }, hash);
-  if (!ECDSA_CURVE[method]) return fail(`auth method ${AuthMethod[method] ?? method} cannot sign`);
+  if (!ECDSA[method]) return fail(`auth method ${AuthMethod[method] ?? method} cannot sign`);
   return ecdsaSignDigest(key, hash);
 }
 
@@ -68,7 +60,7 @@ function verifyHash(method: number, key: KeyObject, hash: Buffer, sig: Buffer): 
     }
     return recovered.length === hash.length && timingSafeEqual(recovered, hash);
   }
-  const curve = ECDSA_CURVE[method];
+  const curve = ECDSA[method]?.curve;
   if (!curve) return fail(`auth method ${AuthMethod[method] ?? method} is not a signature method`);
   if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== curve)
     return fail(`the peer's certificate key does not fit auth method ${AuthMethod[method]}`);

@@ -7,7 +7,7 @@
  * DPD announcement (RFC 3706) and INITIAL-CONTACT. Pre-shared keys (HASH_I/HASH_R) or certificates
  * (CERTREQ in 3–4, CERT and SIG over the hash in 5–6; v1/auth.ts) authenticate.
  */
-import { randomBytes } from 'node:crypto';
+import { type KeyObject, randomBytes } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { writeIp } from '../../io/addr.ts';
 import { KeyExchange } from '../crypto/ke.ts';
@@ -173,12 +173,15 @@ function hashOf(s: V1Session, who: 'initiator' | 'responder', idBody: Buffer): B
   );
 }
 
+/** The signature method Main Mode agreed on (message 1–2), our key's own before that. */
+const signingMethod = (s: V1Session, key: KeyObject): number => s.choice?.authMethod ?? signatureMethod(key);
+
 /** Our proof for message 5 or 6: HASH with a pre-shared key, CERT… and SIG over it with a certificate. */
 function proofPayloads(s: V1Session, who: 'initiator' | 'responder', id: V1Payload): V1Payload[] {
   const hash = hashOf(s, who, payloadBody(id));
   const c = s.peer.credentials;
   if (c.method === 'psk') return [{ type: PayloadType.HASH, data: hash }];
-  return signaturePayloads(s.choice?.authMethod ?? signatureMethod(c.key), c, hash);
+  return signaturePayloads(signingMethod(s, c.key), c, hash);
 }
 
 /** The peer's proof: its HASH, or its certificate and signature (then remembered for the SA views). */
@@ -191,13 +194,7 @@ function verifyProof(
   const hash = hashOf(s, who, idRaw.subarray(4));
   const c = s.peer.credentials;
   if (c.method === 'cert') {
-    s.peerCertificate = verifySignaturePayloads(
-      s.choice?.authMethod ?? signatureMethod(c.key),
-      c,
-      s.peerId as Identity,
-      payloads,
-      hash,
-    );
+    s.peerCertificate = verifySignaturePayloads(signingMethod(s, c.key), c, s.peerId as Identity, payloads, hash);
     return;
   }
   const h = findV1(payloads, PayloadType.HASH);
@@ -267,7 +264,13 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
     proposals: [{ number: 1, protocol: ProtocolId.ISAKMP, spi: Buffer.alloc(0), transforms }],
   };
   s.saiBody = payloadBody(sa);
-  const raw = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [sa, ...OUR_VENDOR_IDS.map(vid)]);
+  /** Message 1; with the responder cookie of a DoS-protection answer when it goes again. */
+  const message1 = (cookieR?: Buffer) =>
+    encodeV1({ ...s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), ...(cookieR ? { cookieR } : {}) }, [
+      sa,
+      ...OUR_VENDOR_IDS.map(vid),
+    ]);
+  const raw = message1();
   const waits = s.host.timing.retransmits;
   const failed = (err: Error) => hooks.failed(s, err);
   let cookieAsked = false;
@@ -279,11 +282,7 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
     if (!sar && notify?.notify === NotifyType.MS_NOTIFY_DOS_COOKIE && notify.data.length >= 8 && !cookieAsked) {
       cookieAsked = true;
       s.mmRetransmit?.stop();
-      const cookie = notify.data.subarray(notify.data.length - 8);
-      const again = encodeV1({ ...s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), cookieR: cookie }, [
-        sa,
-        ...OUR_VENDOR_IDS.map(vid),
-      ]);
+      const again = message1(notify.data.subarray(notify.data.length - 8));
       s.log('Main Mode message 1 again with the responder cookie (DoS protection)', {});
       s.mmRetransmit = new Retransmission(s, again, waits, failed);
       return;

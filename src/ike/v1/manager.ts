@@ -242,10 +242,7 @@ export class V1Manager implements V1Host {
           `cookies ${hex(msg.header.cookieI)}/${hex(msg.header.cookieR)} #${msg.header.messageId} ${data.length} octets`,
       );
     if (msg.header.nextPayload === PayloadType.FRAGMENT) {
-      const h = msg.header;
-      const known =
-        this.byCookie.get(hex(h.cookieI))?.role === 'initiator' ||
-        this.byCookie.get(hex(h.cookieR))?.cookieI.equals(h.cookieI) === true;
+      const known = this.sessionOf(msg.header) !== undefined;
       const whole = this.reassembly.add(msg, `${from.address}:${from.port}`, known);
       if (whole) this.receive(whole, from, port);
       return;
@@ -293,10 +290,8 @@ export class V1Manager implements V1Host {
       if (h.cookieR.equals(this.dosCookie(h.cookieI, from))) this.respondMainMode(msg, from, port, h.cookieR);
       return;
     }
-    // Our cookie names the SA: the initiator cookie for SAs we started, the responder cookie otherwise.
-    const ours = this.byCookie.get(hex(h.cookieI));
-    const s = ours?.role === 'initiator' ? ours : this.byCookie.get(hex(h.cookieR));
-    if (!s || !s.cookieI.equals(h.cookieI)) return;
+    const s = this.sessionOf(h);
+    if (!s) return;
     // The responder's cookie is learnt from Main Mode message 2; after that it must match.
     const learning =
       s.role === 'initiator' && s.cookieR.equals(ZERO) && h.exchange === ExchangeType.IDENTITY_PROTECTION;
@@ -304,46 +299,53 @@ export class V1Manager implements V1Host {
     s.receive(msg, from, port);
   }
 
-  /** Message 2 in DoS-prevention mode: the header and one NOTIFY_DOS_COOKIE, no state kept (MS-IKEE §3.9). */
-  private sendDosCookie(msg: V1Message, from: Endpoint, port: IkePort): void {
-    const h = msg.header;
+  /** The SA a message names: by our initiator cookie for SAs we started, by our responder cookie otherwise. */
+  private sessionOf(h: V1Message['header']): V1Session | undefined {
+    const ours = this.byCookie.get(hex(h.cookieI));
+    const s = ours?.role === 'initiator' ? ours : this.byCookie.get(hex(h.cookieR));
+    return s?.cookieI.equals(h.cookieI) ? s : undefined;
+  }
+
+  /**
+   * One notification answering `msg` outside any SA (RFC 2408 §5; Windows sends these unprotected
+   * in the first two Main Mode round trips, MS-IKEE §3.1.5), with the message's cookies.
+   */
+  private sendUnprotected(
+    msg: V1Message,
+    from: Endpoint,
+    port: IkePort,
+    exchange: ExchangeType,
+    notify: NotifyType,
+    data: Buffer,
+  ): void {
+    const { cookieI, cookieR } = msg.header;
     const n: V1Payload = {
       type: PayloadType.N,
       doi: DOI_IPSEC,
       protocol: ProtocolId.ISAKMP,
-      spi: Buffer.concat([h.cookieI, ZERO]),
-      notify: NotifyType.MS_NOTIFY_DOS_COOKIE,
-      data: this.dosCookie(h.cookieI, from),
+      spi: Buffer.concat([cookieI, cookieR]),
+      notify,
+      data,
     };
-    this.bind.sendIke(
-      encodeV1(
-        { cookieI: h.cookieI, cookieR: ZERO, exchange: ExchangeType.IDENTITY_PROTECTION, flags: 0, messageId: 0 },
-        [n],
-      ),
-      port,
+    this.bind.sendIke(encodeV1({ cookieI, cookieR, exchange, flags: 0, messageId: 0 }, [n]), port, from);
+  }
+
+  /** Message 2 in DoS-prevention mode: the header and one NOTIFY_DOS_COOKIE, no state kept (MS-IKEE §3.9). */
+  private sendDosCookie(msg: V1Message, from: Endpoint, port: IkePort): void {
+    this.sendUnprotected(
+      msg,
       from,
+      port,
+      ExchangeType.IDENTITY_PROTECTION,
+      NotifyType.MS_NOTIFY_DOS_COOKIE,
+      this.dosCookie(msg.header.cookieI, from),
     );
   }
 
   /** An unprotected notification answering a message we will not process (RFC 2408 §5). */
   private refuse(msg: V1Message, from: Endpoint, port: IkePort, notify: NotifyType, why: string): void {
     const h = msg.header;
-    const n: V1Payload = {
-      type: PayloadType.N,
-      doi: DOI_IPSEC,
-      protocol: ProtocolId.ISAKMP,
-      spi: Buffer.concat([h.cookieI, h.cookieR]),
-      notify,
-      data: Buffer.alloc(0),
-    };
-    this.bind.sendIke(
-      encodeV1(
-        { cookieI: h.cookieI, cookieR: h.cookieR, exchange: ExchangeType.INFORMATIONAL, flags: 0, messageId: 0 },
-        [n],
-      ),
-      port,
-      from,
-    );
+    this.sendUnprotected(msg, from, port, ExchangeType.INFORMATIONAL, notify, Buffer.alloc(0));
     this.log('IKEv1 refused', { from: from.address, reason: why });
     this.audit.emit({
       id: 4653,

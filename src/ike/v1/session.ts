@@ -605,15 +605,7 @@ export class V1Session {
     if (this.state === 'dead' || this.state === 'deleting') return;
     if (this.state === 'established') {
       for (const e of [...this.children.values()]) void this.deleteChild(e, reason);
-      this.informational([
-        {
-          type: PayloadType.D,
-          doi: DOI_IPSEC,
-          protocol: ProtocolId.ISAKMP,
-          spiSize: 16,
-          spis: [Buffer.concat([this.cookieI, this.cookieR])],
-        },
-      ]);
+      this.deleteIsakmpSa();
     }
     this.terminate(reason);
   }
@@ -625,6 +617,12 @@ export class V1Session {
   retire(heir: V1Session): void {
     if (this.state !== 'established') return;
     heir.adoptChildren(this);
+    this.deleteIsakmpSa();
+    this.terminate('rekeyed');
+  }
+
+  /** The Informational Delete of this ISAKMP SA (its cookies, RFC 2408 §3.15). */
+  private deleteIsakmpSa(): void {
     this.informational([
       {
         type: PayloadType.D,
@@ -634,7 +632,6 @@ export class V1Session {
         spis: [Buffer.concat([this.cookieI, this.cookieR])],
       },
     ]);
-    this.terminate('rekeyed');
   }
 
   /** Takes over the child SAs of `from` (an ISAKMP SA with the same peer that ends): timers re-armed here. */
