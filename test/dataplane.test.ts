@@ -11,7 +11,7 @@ import { runAuditpol } from '../src/audit/policy.ts';
 import { Capture } from '../src/lab/capture.ts';
 import type { Lab, LabProcess } from '../src/lab/lab.ts';
 import { Lab as LabClass } from '../src/lab/lab.ts';
-import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { Charon, ikeV1, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { behindNat, hostToHost, siteToSite } from '../src/lab/topology.ts';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { run } from '../src/lab/exec.ts';
@@ -26,6 +26,12 @@ import {
   waitUntil,
 } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
+
+/** charon on `local` answering only IKEv1 from `remote`: PSK, ECP-256 main mode, ESP AES-GCM-256. */
+const charonIkev1 = (local: string, remote: string) =>
+  ikeV1(
+    pskHostTunnel(local, remote, { name: 'c', secret: PSK, proposals: ['aes256-sha256-ecp256'], esp: ['aes256gcm16'] }),
+  );
 
 /** charon's first ISAKMP/IKE SA, once there is one: its initiator SPI. */
 async function waitFirstSa(c: Charon): Promise<[string] | undefined> {
@@ -140,13 +146,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
   it('KeyModule Default with an IKEv1-only peer (charon version 1, as a pre-24H2 Windows answers PSK rules): IKEv2 refused, IKEv1 negotiated while the first pings wait; `defaultkeymodules ikev1first` goes to IKEv1 at once', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
-    const swan = pskHostTunnel(b, a, {
-      name: 'c',
-      secret: PSK,
-      proposals: ['aes256-sha256-ecp256'],
-      esp: ['aes256gcm16'],
-    });
-    for (const conn of Object.values(swan.connections)) conn.version = 1;
+    const swan = charonIkev1(b, a);
     const bob = await Charon.start(lab, 'bob', swan);
     let daemon: LabProcess | undefined;
     try {
@@ -199,19 +199,12 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         keyModule: 'IKEv1',
         qm: `-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256${driver === 'consec' ? ' -MaxKiloBytes 20480' : ''}`,
       });
-      const swan = pskHostTunnel(b, a, {
-        name: 'c',
-        secret: PSK,
-        proposals: ['aes256-sha256-ecp256'],
-        esp: ['aes256gcm16'],
-      });
-      for (const conn of Object.values(swan.connections)) {
-        conn.version = 1;
-        if (driver === 'charon') {
+      const swan = charonIkev1(b, a);
+      if (driver === 'charon')
+        for (const conn of Object.values(swan.connections)) {
           Object.assign(conn, { rekey_time: '3s', over_time: '2s' });
           Object.assign(conn.children.c ?? {}, { rekey_time: '2s', life_time: '6s', rand_time: '0s' });
         }
-      }
       const bob = await Charon.start(lab, 'bob', swan);
       const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5005]);
       let daemon: LabProcess | undefined;
@@ -249,13 +242,7 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
     const b = lab.address('bob');
     const dir = freshStateDir('consec-dp-v1mm-');
     await applyPolicy(dir, { local: a, remote: b, tunnel: true, mm: true, mmMaxMinutes: 1, keyModule: 'IKEv1' });
-    const swan = pskHostTunnel(b, a, {
-      name: 'c',
-      secret: PSK,
-      proposals: ['aes256-sha256-ecp256'],
-      esp: ['aes256gcm16'],
-    });
-    for (const conn of Object.values(swan.connections)) conn.version = 1;
+    const swan = charonIkev1(b, a);
     const bob = await Charon.start(lab, 'bob', swan);
     const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5006]);
     let daemon: LabProcess | undefined;

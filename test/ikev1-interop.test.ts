@@ -9,17 +9,14 @@ import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
 import { Lab } from '../src/lab/lab.ts';
 import { type KeySpec, LabPki } from '../src/lab/pki.ts';
-import { Charon, type CharonConfig, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
+import { Charon, type CharonConfig, certHostTunnel, ikeV1, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { events, fixture, ikeLoss, tsharkWithKeys, waitUntil } from './helpers.ts';
 
 const PSK = 'lab-only-psk-0123456789abcdef';
 
-function v1(local: string, remote: string, proposals: string[], esp: string[], secret = PSK): CharonConfig {
-  const c = pskHostTunnel(local, remote, { name: 'consec', secret, proposals, esp, logLevel: 2 });
-  for (const conn of Object.values(c.connections)) conn.version = 1;
-  return c;
-}
+const v1 = (local: string, remote: string, proposals: string[], esp: string[], secret = PSK): CharonConfig =>
+  ikeV1(pskHostTunnel(local, remote, { name: 'consec', secret, proposals, esp, logLevel: 2 }));
 
 function v1cert(
   local: string,
@@ -28,17 +25,17 @@ function v1cert(
   ca: string,
   ike: string,
 ): CharonConfig {
-  const c = certHostTunnel(local, remote, {
-    name: 'consec',
-    cert: cert.certPem,
-    key: cert.keyPem,
-    ca,
-    proposals: [ike],
-    esp: ['aes256gcm16'],
-    logLevel: 2,
-  });
-  for (const conn of Object.values(c.connections)) conn.version = 1;
-  return c;
+  return ikeV1(
+    certHostTunnel(local, remote, {
+      name: 'consec',
+      cert: cert.certPem,
+      key: cert.keyPem,
+      ca,
+      proposals: [ike],
+      esp: ['aes256gcm16'],
+      logLevel: 2,
+    }),
+  );
 }
 
 interface Established {

@@ -107,6 +107,12 @@ function hostTunnel(
   };
 }
 
+/** The same connections, negotiated with IKEv1 (Main Mode and Quick Mode) only. */
+export function ikeV1(config: CharonConfig): CharonConfig {
+  for (const conn of Object.values(config.connections)) conn.version = 1;
+  return config;
+}
+
 /** A pre-shared-key connection between two host addresses, identified by those addresses. */
 export function pskHostTunnel(local: string, remote: string, o: PskHostTunnel): CharonConfig {
   const auth: { local: SwanAuth; remote: SwanAuth } = {
