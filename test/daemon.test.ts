@@ -340,6 +340,24 @@ describe('consec daemon', () => {
     }
   });
 
+  it('SIGTERM during start-up: the daemon finishes starting, then stops cleanly (exit 0), not killed half-way', async () => {
+    const dir = freshStateDir('consec-daemon-early-');
+    await pskServerPolicy(dir, b, a);
+    const d = consecDaemon(lab, 'bob', dir, b);
+    try {
+      // The first line the daemon prints, long before the data plane and filters are up.
+      await d.waitFor(/IKE debug log settings/);
+      assert.doesNotMatch(d.output(), /"msg":"ready"/, 'the signal arrives during start-up');
+      await d.stop('SIGTERM', 10_000);
+      const { code, signal } = await d.exited;
+      assert.deepEqual({ code, signal }, { code: 0, signal: null }, d.output());
+      assert.equal(lines(d, 'stopping: deleting SAs at the peers')[0]?.signal, 'SIGTERM');
+      assert.equal(lines(d, 'stopped').length, 1);
+    } finally {
+      await d.stop('SIGKILL', 0);
+    }
+  });
+
   it("certificates from the machine store (the seeds' ESAE rule); SIGTERM deletes the SA at the peer", async () => {
     const dir = freshStateDir('consec-daemon-cert-');
     const pki = LabPki.create();

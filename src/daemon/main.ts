@@ -185,6 +185,65 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   }
   // One daemon per state directory: a second one stops here, before it touches anything.
   const lock = StateDirLock.acquire(stateDir);
+  // Signals are caught from here on: a stop asked for during start-up (a service manager's timeout,
+  // an admin's Ctrl-C) waits until the SAs it may have brought up can be deleted at the peers.
+  const signals = new DaemonSignals();
+  try {
+    return await serve(stateDir, o, log, lock, signals);
+  } finally {
+    signals.close();
+  }
+}
+
+/**
+ * SIGINT/SIGTERM/SIGHUP for the daemon's whole life. Until the daemon is ready they are remembered
+ * (Node's default would end the process at once, SAs left up at the peers); then they run.
+ */
+class DaemonSignals {
+  private pendingStop: string | undefined;
+  private pendingReload = false;
+  private onStop: ((signal: string) => void) | undefined;
+  private onReload: (() => void) | undefined;
+  private readonly handlers: Record<'SIGINT' | 'SIGTERM' | 'SIGHUP', () => void> = {
+    SIGINT: () => this.stop('SIGINT'),
+    SIGTERM: () => this.stop('SIGTERM'),
+    SIGHUP: () => (this.onReload ? this.onReload() : (this.pendingReload = true)),
+  };
+
+  constructor() {
+    for (const [signal, handler] of Object.entries(this.handlers)) process.on(signal, handler);
+  }
+
+  private stop(signal: string): void {
+    if (this.onStop) this.onStop(signal);
+    else this.pendingStop ??= signal;
+  }
+
+  /** The daemon is up: a remembered stop runs now (a remembered reload, if no stop). */
+  ready(onStop: (signal: string) => void, onReload: () => void): void {
+    this.onStop = onStop;
+    this.onReload = onReload;
+    if (this.pendingStop) onStop(this.pendingStop);
+    else if (this.pendingReload) onReload();
+  }
+
+  /** Stopping: Node's defaults come back, so a second SIGINT/SIGTERM ends the process at once. */
+  stopping(): void {
+    this.close();
+  }
+
+  close(): void {
+    for (const [signal, handler] of Object.entries(this.handlers)) process.off(signal, handler);
+  }
+}
+
+async function serve(
+  stateDir: string,
+  o: DaemonOptions,
+  log: pino.Logger,
+  lock: StateDirLock,
+  signals: DaemonSignals,
+): Promise<number> {
   const ctx = systemHostContext();
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
@@ -496,9 +555,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
-      process.off('SIGHUP', onHup);
+      signals.stopping();
       control.close();
       clearInterval(housekeeping);
       keeper.close();
@@ -520,8 +577,6 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
           resolve();
         });
     };
-    const onInt = () => stop('SIGINT');
-    const onTerm = () => stop('SIGTERM');
     // SIGHUP (systemctl reload): the policy read again now; SAs the policy still allows stay up.
     // An unreadable store keeps the policy in force.
     const onHup = () => {
@@ -543,9 +598,7 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
         });
       }
     };
-    process.on('SIGINT', onInt);
-    process.on('SIGTERM', onTerm);
-    process.on('SIGHUP', onHup);
+    signals.ready(stop, onHup);
   });
   log.info({}, 'stopped');
   return 0;
