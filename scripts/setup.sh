@@ -15,12 +15,14 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 
 # Debian packages: lab tooling, strongSwan peer with its userspace data plane, capture, the lab PKI
 # (openssl), the data plane benchmark (iperf3; wireguard-go and wireguard-tools to compare with), kernel-IPsec peers as User-Mode Linux guests
-# (user-mode-linux, debootstrap, e2fsprogs; images are built on first use and cached), addon build.
+# (user-mode-linux, debootstrap, e2fsprogs; images are built on first use and cached), the lab's
+# domain controller and Kerberos for the addon's GSS-API target (MIT krb5), addon build.
 APT_PACKAGES=(
   iproute2 nftables iputils-ping procps tshark openssl iperf3 wireguard-go wireguard-tools
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
   libstrongswan-extra-plugins libcharon-extra-plugins
   user-mode-linux debootstrap e2fsprogs
+  krb5-kdc krb5-admin-server krb5-user libkrb5-dev
   python3 make g++
 )
 missing=()
@@ -41,7 +43,8 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   log "installing npm dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
-if [ ! -f build/Release/consec_io.node ] || [ native/consec_io.cc -nt build/Release/consec_io.node ] || [ binding.gyp -nt build/Release/consec_io.node ]; then
+if [ ! -f build/Release/consec_io.node ] || [ ! -f build/Release/consec_gss.node ] ||
+  [ -n "$(find native binding.gyp -newer build/Release/consec_io.node -print -quit)" ]; then
   log "building the native addon"
   npx --no-install node-gyp rebuild --loglevel=error >/dev/null
 fi

@@ -21,14 +21,18 @@ export async function waitUntil(cond: () => boolean | Promise<boolean>, what: st
 }
 
 /** Starts test/fixtures/<name>.ts inside a lab host with this Node and tsx. */
-export function fixture(lab: Lab, host: string, name: string, args: readonly (string | number)[] = []): LabProcess {
-  return lab.spawn(host, [
-    process.execPath,
-    '--import',
-    'tsx',
-    join(ROOT, 'test', 'fixtures', `${name}.ts`),
-    ...args.map(String),
-  ]);
+export function fixture(
+  lab: Lab,
+  host: string,
+  name: string,
+  args: readonly (string | number)[] = [],
+  env?: Record<string, string>,
+): LabProcess {
+  return lab.spawn(
+    host,
+    [process.execPath, '--import', 'tsx', join(ROOT, 'test', 'fixtures', `${name}.ts`), ...args.map(String)],
+    env ? { env: { ...process.env, ...env } } : {},
+  );
 }
 
 /** Parses the JSON lines a fixture printed and returns those with the given event. */

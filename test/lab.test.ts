@@ -6,7 +6,7 @@ import { LabCommandError, LabTopologyError } from '../src/errors.ts';
 import { Capture } from '../src/lab/capture.ts';
 import { run } from '../src/lab/exec.ts';
 import { Lab } from '../src/lab/lab.ts';
-import { behindNat, hostToHost, siteToSite, type TopologySpec } from '../src/lab/topology.ts';
+import { behindNat, domain, hostToHost, siteToSite, type TopologySpec } from '../src/lab/topology.ts';
 import { ROOT } from './helpers.ts';
 
 async function namespaces(): Promise<string[]> {
@@ -73,6 +73,25 @@ describe('lab topologies', () => {
   });
 });
 
+describe('lab domain topology', () => {
+  it('dc, two members and a non-member on one switched segment: every host reaches every other, IPv4 and IPv6', async () => {
+    const lab = await Lab.create(domain());
+    try {
+      for (const [from, to] of [
+        ['alice', 'bob'],
+        ['alice', 'dc'],
+        ['bob', 'carol'],
+        ['carol', 'dc'],
+      ] as const) {
+        assert.ok(await ping(lab, from, lab.address(to)), `${from} → ${to}`);
+        assert.ok(await ping(lab, from, lab.address(to, 6)), `${from} → ${to} (IPv6)`);
+      }
+    } finally {
+      await lab.destroy();
+    }
+  });
+});
+
 describe('lab failure handling', () => {
   it('rejects an invalid topology before creating anything', async () => {
     const before = await namespaces();
@@ -92,6 +111,13 @@ describe('lab failure handling', () => {
         ],
       },
       { name: 'x', hosts: [{ name: 'a', masqueradeOut: 'nope' }], links: [] },
+      {
+        name: 'x',
+        hosts: [{ name: 'a' }, { name: 'sw', bridge: true }],
+        links: [
+          { a: { host: 'a', name: 'e0', addresses: [] }, b: { host: 'sw', name: 'p0', addresses: ['192.0.2.9/24'] } },
+        ],
+      },
     ];
     for (const spec of bad) await assert.rejects(Lab.create(spec), LabTopologyError);
     assert.deepEqual(await namespaces(), before);

@@ -316,6 +316,14 @@ export class Lab {
         await ip('-n', ns, 'link', 'set', i.name, 'up');
       }
     }
+    for (const h of this.spec.hosts) {
+      if (!h.bridge) continue;
+      const ns = this.ns(h.name);
+      await ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
+      for (const l of this.spec.links)
+        for (const i of [l.a, l.b]) if (i.host === h.name) await ip('-n', ns, 'link', 'set', i.name, 'master', 'br0');
+      await ip('-n', ns, 'link', 'set', 'br0', 'up');
+    }
     await this.waitLinksUp();
     for (const r of this.spec.routes ?? []) {
       const fam = r.to === 'default6' || (r.to !== 'default' && parsePrefix(r.to).family === 6) ? '-6' : '-4';

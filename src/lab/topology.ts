@@ -32,6 +32,8 @@ export interface HostSpec {
   forwarding?: boolean;
   /** Source NAT (masquerade) for traffic leaving through this interface, with nftables. */
   masqueradeOut?: string;
+  /** A switch: every interface of this host joins one bridge (br0); its interfaces carry no address. */
+  bridge?: boolean;
 }
 
 export interface TopologySpec {
@@ -88,6 +90,10 @@ export function validateTopology(spec: TopologySpec): void {
       }
     }
   }
+  for (const l of spec.links)
+    for (const i of [l.a, l.b])
+      if (hosts.get(i.host)?.bridge && i.addresses.length > 0)
+        throw new LabTopologyError(`${i.host}/${i.name}: a switch's ports carry no address`);
   for (const h of spec.hosts) {
     if (h.masqueradeOut !== undefined && !ifaces.has(`${h.name}/${h.masqueradeOut}`)) {
       throw new LabTopologyError(`${h.name}: masquerade interface ${h.masqueradeOut} is not one of its links`);
@@ -177,8 +183,31 @@ export function siteToSite(): TopologySpec {
   };
 }
 
+/**
+ * A small Windows-style domain on one switched segment (192.0.2.0/24, 2001:db8:1::/64): the domain
+ * controller dc (.10, the realm's KDC and DNS), members alice (.1) and bob (.2), and carol (.3), a host
+ * that is not a domain member.
+ */
+export function domain(): TopologySpec {
+  const members: [string, number][] = [
+    ['dc', 10],
+    ['alice', 1],
+    ['bob', 2],
+    ['carol', 3],
+  ];
+  return {
+    name: 'dom',
+    hosts: [{ name: 'lan', bridge: true }, ...members.map(([name]) => ({ name }))],
+    links: members.map(([name, n]) => ({
+      a: { host: name, name: 'eth0', addresses: [`192.0.2.${n}/24`, `2001:db8:1::${n.toString(16)}/64`] },
+      b: { host: 'lan', name: `p-${name}`, addresses: [] },
+    })),
+  };
+}
+
 export const TOPOLOGIES: Record<string, () => TopologySpec> = {
   'host-to-host': hostToHost,
   nat: behindNat,
   'site-to-site': siteToSite,
+  domain,
 };

@@ -1,0 +1,223 @@
+/**
+ * The lab's domain controller: MIT Kerberos (`krb5-kdc`, Debian) for a realm such as CORP.EXAMPLE,
+ * running in a lab host. Members get a computer account (`host/<fqdn>`) in their own keytab, as a
+ * Windows domain join gives them; users get a password and can obtain a ticket (kinit) into a ccache.
+ * Every file lives in one directory under /tmp owned by the lab; processes of a host find them
+ * through the environment (KRB5_CONFIG, KRB5_KTNAME, KRB5_CLIENT_KTNAME, KRB5CCNAME) as every
+ * Linux Kerberos tool does.
+ */
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { LabCommandError } from '../errors.ts';
+import type { Lab, LabProcess } from './lab.ts';
+
+export interface DomainOptions {
+  /** Kerberos realm (upper case), e.g. CORP.EXAMPLE. */
+  realm?: string;
+  /** The lab host that runs the KDC. */
+  host?: string;
+  /** Seconds of clock skew the realm tolerates (Kerberos' default is 300). */
+  clockSkew?: number;
+}
+
+/** A member's Kerberos environment: what a process on that host needs to act as the computer. */
+export interface MemberEnv {
+  KRB5_CONFIG: string;
+  KRB5_KTNAME: string;
+  KRB5_CLIENT_KTNAME: string;
+  KRB5CCNAME: string;
+  [name: string]: string;
+}
+
+const REALM = /^[A-Z][A-Z0-9.-]{0,62}$/;
+const NAME = /^[a-z][a-z0-9-]{0,31}$/;
+
+export class LabDomain {
+  private kdc: LabProcess | undefined;
+
+  private constructor(
+    private readonly lab: Lab,
+    readonly realm: string,
+    readonly host: string,
+    readonly dir: string,
+    private readonly clockSkew: number,
+  ) {}
+
+  /** The DNS domain of the realm (lower case). */
+  get dnsDomain(): string {
+    return this.realm.toLowerCase();
+  }
+
+  /** A host's fully qualified name in the domain. */
+  fqdn(host: string): string {
+    return `${host}.${this.dnsDomain}`;
+  }
+
+  /** The computer account of a lab host, as Windows names it in Kerberos. */
+  computerPrincipal(host: string): string {
+    return `host/${this.fqdn(host)}@${this.realm}`;
+  }
+
+  get krb5Conf(): string {
+    return join(this.dir, 'krb5.conf');
+  }
+
+  keytab(host: string): string {
+    return join(this.dir, `${host}.keytab`);
+  }
+
+  /** Creates the realm's database and starts the KDC on the host's addresses (UDP and TCP 88). */
+  static async create(lab: Lab, o: DomainOptions = {}): Promise<LabDomain> {
+    const realm = o.realm ?? 'CORP.EXAMPLE';
+    if (!REALM.test(realm)) throw new LabCommandError(`bad realm ${JSON.stringify(realm)}`, null, '');
+    const host = o.host ?? 'dc';
+    const dir = mkdtempSync('/tmp/consec-kdc-');
+    lab.adopt(dir);
+    const d = new LabDomain(lab, realm, host, dir, o.clockSkew ?? 300);
+    d.writeConfig();
+    // A random master password: the database is the lab's, thrown away with it.
+    await d.admin(['kdb5_util', 'create', '-s', '-r', realm, '-P', randomBytes(18).toString('base64')]);
+    await d.start();
+    return d;
+  }
+
+  private writeConfig(): void {
+    const kdcAddress = this.lab.address(this.host);
+    writeFileSync(
+      this.krb5Conf,
+      [
+        '[libdefaults]',
+        `  default_realm = ${this.realm}`,
+        '  dns_lookup_kdc = false',
+        '  dns_lookup_realm = false',
+        '  rdns = false',
+        '  dns_canonicalize_hostname = false',
+        `  clockskew = ${this.clockSkew}`,
+        '',
+        '[realms]',
+        `  ${this.realm} = {`,
+        `    kdc = ${kdcAddress}`,
+        '  }',
+        '',
+        '[domain_realm]',
+        `  .${this.dnsDomain} = ${this.realm}`,
+        `  ${this.dnsDomain} = ${this.realm}`,
+        '',
+      ].join('\n'),
+      { mode: 0o644 },
+    );
+    writeFileSync(
+      join(this.dir, 'kdc.conf'),
+      [
+        '[kdcdefaults]',
+        '  kdc_ports = 88',
+        '  kdc_tcp_ports = 88',
+        '',
+        '[realms]',
+        `  ${this.realm} = {`,
+        `    database_name = ${join(this.dir, 'principal')}`,
+        `    key_stash_file = ${join(this.dir, 'stash')}`,
+        `    acl_file = ${join(this.dir, 'kadm5.acl')}`,
+        '    max_life = 10h 0m 0s',
+        '    supported_enctypes = aes256-cts-hmac-sha1-96:normal aes128-cts-hmac-sha1-96:normal',
+        '  }',
+        '',
+        '[logging]',
+        `  kdc = FILE:${join(this.dir, 'kdc.log')}`,
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+    writeFileSync(join(this.dir, 'kadm5.acl'), '', { mode: 0o600 });
+  }
+
+  private get adminEnv(): NodeJS.ProcessEnv {
+    return { ...process.env, KRB5_CONFIG: this.krb5Conf, KRB5_KDC_PROFILE: join(this.dir, 'kdc.conf') };
+  }
+
+  /** Runs a realm administration command (kdb5_util, kadmin.local) on the domain controller. */
+  private async admin(argv: string[]): Promise<string> {
+    const r = await this.lab.exec(this.host, argv, { env: this.adminEnv, allowFailure: true });
+    if (r.code !== 0)
+      throw new LabCommandError(`${argv[0]} failed (${r.code}): ${r.stderr || r.stdout}`, r.code, r.stderr);
+    return r.stdout;
+  }
+
+  private kadmin(query: string): Promise<string> {
+    return this.admin(['kadmin.local', '-r', this.realm, '-q', query]);
+  }
+
+  /** Starts (or restarts) the KDC; resolves when it serves. */
+  async start(): Promise<void> {
+    if (this.kdc?.running) return;
+    this.kdc = this.lab.spawn(this.host, ['krb5kdc', '-n', '-r', this.realm], { env: this.adminEnv });
+    // krb5kdc logs to its file, not to stdout: its socket says it serves.
+    await this.waitListening();
+  }
+
+  private async waitListening(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await this.lab.exec(this.host, ['ss', '-Hlnu', 'sport = :88'], { allowFailure: true });
+      if (r.stdout.trim() !== '') return;
+      if (!this.kdc?.running) throw new LabCommandError(`krb5kdc exited: ${this.kdc?.output().slice(-1000)}`, null, '');
+      if (Date.now() > deadline) throw new LabCommandError('krb5kdc not listening on port 88', null, '');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Stops the KDC (a domain controller that is down). */
+  async stop(): Promise<void> {
+    await this.kdc?.stop('SIGTERM', 3000);
+    this.kdc = undefined;
+  }
+
+  /** Joins a lab host: its computer account with a random key, exported to the host's keytab. */
+  async join(host: string): Promise<MemberEnv> {
+    if (!NAME.test(host)) throw new LabCommandError(`bad host name ${JSON.stringify(host)}`, null, '');
+    const principal = this.computerPrincipal(host);
+    await this.kadmin(`addprinc -randkey ${principal}`);
+    await this.kadmin(`ktadd -k ${this.keytab(host)} ${principal}`);
+    return this.env(host);
+  }
+
+  /** A second key for a member's account: the keytab the host holds no longer matches the KDC's. */
+  async rekeyAccount(host: string): Promise<void> {
+    await this.kadmin(`cpw -randkey ${this.computerPrincipal(host)}`);
+  }
+
+  /** A domain user with a password. */
+  async addUser(name: string, password: string): Promise<string> {
+    if (!NAME.test(name)) throw new LabCommandError(`bad user name ${JSON.stringify(name)}`, null, '');
+    const principal = `${name}@${this.realm}`;
+    await this.kadmin(`addprinc -pw ${password} ${principal}`);
+    return principal;
+  }
+
+  /** A user's ticket-granting ticket, obtained on `host` into `ccache` (kinit with the password). */
+  async kinit(host: string, user: string, password: string, ccache: string): Promise<void> {
+    const r = await this.lab.exec(host, ['kinit', '-c', ccache, `${user}@${this.realm}`], {
+      env: { ...process.env, KRB5_CONFIG: this.krb5Conf },
+      input: `${password}\n`,
+      allowFailure: true,
+    });
+    if (r.code !== 0) throw new LabCommandError(`kinit ${user} failed: ${r.stderr}`, r.code, r.stderr);
+  }
+
+  /** The Kerberos environment of a member host's processes (its keytab, a private credential cache). */
+  env(host: string): MemberEnv {
+    const keytab = `FILE:${this.keytab(host)}`;
+    return {
+      KRB5_CONFIG: this.krb5Conf,
+      KRB5_KTNAME: keytab,
+      KRB5_CLIENT_KTNAME: keytab,
+      KRB5CCNAME: `FILE:${join(this.dir, `${host}.ccache`)}`,
+    };
+  }
+
+  /** The KDC's log (AS and TGS requests, errors). */
+  log(): string {
+    return existsSync(join(this.dir, 'kdc.log')) ? readFileSync(join(this.dir, 'kdc.log'), 'utf8') : '';
+  }
+}
