@@ -86,6 +86,7 @@ class GssContext : public Napi::ObjectWrap<GssContext> {
     return DefineClass(env, "GssContext",
                        {InstanceMethod("step", &GssContext::Step), InstanceMethod("getMic", &GssContext::GetMic),
                         InstanceMethod("verifyMic", &GssContext::VerifyMic), InstanceMethod("names", &GssContext::Names),
+                        InstanceMethod("sessionKey", &GssContext::SessionKey),
                         InstanceMethod("close", &GssContext::Close)});
   }
 
@@ -279,6 +280,26 @@ class GssContext : public Napi::ObjectWrap<GssContext> {
     return o;
   }
 
+  // The context's session key as SSPI exposes it (MIT: GSS_C_INQ_SSPI_SESSION_KEY): the acceptor
+  // subkey when one was negotiated, else the ticket's session key. AuthIP keys its SA from it.
+  Napi::Value SessionKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ctx_ == GSS_C_NO_CONTEXT) throw Napi::Error::New(env, "no established security context");
+    gss_buffer_set_t set = GSS_C_NO_BUFFER_SET;
+    OM_uint32 minor = 0;
+    OM_uint32 major = gss_inquire_sec_context_by_oid(&minor, ctx_, GSS_C_INQ_SSPI_SESSION_KEY, &set);
+    if (GSS_ERROR(major)) throw ToError(env, Failure("gss_inquire_sec_context_by_oid", major, minor));
+    if (set == GSS_C_NO_BUFFER_SET || set->count < 1) {
+      gss_release_buffer_set(&minor, &set);
+      throw Napi::Error::New(env, "the mechanism gave no session key");
+    }
+    auto out = Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(set->elements[0].value),
+                                           set->elements[0].length);
+    gss_release_buffer_set(&minor, &set);
+    return out;
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(mu_);
     Release();
@@ -353,8 +374,54 @@ Napi::Value GssContext::Step(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// The principals of a keytab (default: the one krb5.conf / KRB5_KTNAME names), in keytab order:
+// an acceptor announces the first one as its SPN (AuthIP's GSS_ID payload).
+Napi::Value KeytabPrincipals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name;
+  if (info.Length() > 0 && info[0].IsString()) name = info[0].As<Napi::String>().Utf8Value();
+  krb5_context k = nullptr;
+  if (krb5_init_context(&k) != 0) throw Napi::Error::New(env, "krb5_init_context failed");
+  krb5_keytab kt = nullptr;
+  krb5_error_code code = name.empty() ? krb5_kt_default(k, &kt) : krb5_kt_resolve(k, name.c_str(), &kt);
+  std::vector<std::string> out;
+  krb5_kt_cursor cur;
+  if (code == 0) code = krb5_kt_start_seq_get(k, kt, &cur);
+  if (code == 0) {
+    krb5_keytab_entry e;
+    while (krb5_kt_next_entry(k, kt, &e, &cur) == 0) {
+      char* text = nullptr;
+      if (krb5_unparse_name(k, e.principal, &text) == 0) {
+        std::string p(text);
+        krb5_free_unparsed_name(k, text);
+        bool seen = false;
+        for (const auto& x : out) seen = seen || x == p;
+        if (!seen) out.push_back(p);
+      }
+      krb5_free_keytab_entry_contents(k, &e);
+    }
+    krb5_kt_end_seq_get(k, kt, &cur);
+  }
+  std::string err;
+  if (code != 0) {
+    const char* msg = krb5_get_error_message(k, code);
+    err = msg;
+    krb5_free_error_message(k, msg);
+  }
+  if (kt) krb5_kt_close(k, kt);
+  krb5_free_context(k);
+  if (code != 0) {
+    GssFailure f{0, static_cast<OM_uint32>(code), "keytab", err};
+    throw ToError(env, f);
+  }
+  Napi::Array arr = Napi::Array::New(env, out.size());
+  for (size_t i = 0; i < out.size(); i++) arr.Set(i, out[i]);
+  return arr;
+}
+
 Napi::Object InitGss(Napi::Env env, Napi::Object exports) {
   exports.Set("GssContext", GssContext::Init(env));
+  exports.Set("keytabPrincipals", Napi::Function::New(env, KeytabPrincipals));
   return exports;
 }
 

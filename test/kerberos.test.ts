@@ -76,6 +76,12 @@ describe('Kerberos through GSS-API with the lab domain controller (MIT krb5-kdc)
     assert.deepEqual([iDone.complete, aDone.complete], [true, true]);
     assert.equal(aDone.source, dom.computerPrincipal('alice'), 'bob sees the computer account of alice');
     assert.equal(iDone.target, dom.computerPrincipal('bob'), 'alice authenticated bob (mutual)');
+    // Both ends hold the same session key (AuthIP's keys come from it); bob's keytab names his account.
+    const keys = [initiator, acceptor].map((p) => events<{ sha256: string }>(p, 'session key')[0]?.sha256);
+    assert.ok(keys[0] && keys[0] === keys[1], JSON.stringify(keys));
+    assert.deepEqual(events<{ principals: string[] }>(acceptor, 'keytab')[0]?.principals, [
+      dom.computerPrincipal('bob'),
+    ]);
     for (const p of [initiator, acceptor]) {
       const [mic] = events<{ verified: boolean; alteredVerified: boolean }>(p, 'mic');
       assert.deepEqual(mic, { event: 'mic', verified: true, alteredVerified: false });

@@ -85,11 +85,13 @@ interface NativeGssContext {
   getMic(message: Buffer): Buffer;
   verifyMic(message: Buffer, mic: Buffer): boolean;
   names(): { source?: string; target?: string };
+  sessionKey(): Buffer;
   close(): void;
 }
 
 interface GssAddon {
   GssContext: new (o: object) => NativeGssContext;
+  keytabPrincipals(keytab?: string): string[];
 }
 
 const GSS_ADDON_PATH = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'consec_gss.node');
@@ -175,7 +177,26 @@ export class GssContext {
     return { source: n.source ?? '', target: n.target ?? '' };
   }
 
+  /** The session key of the established context (the acceptor subkey if any, as SSPI gives it). */
+  sessionKey(): Buffer {
+    try {
+      return this.ctx.sessionKey();
+    } catch (err) {
+      throw asGssError(err as Error);
+    }
+  }
+
   close(): void {
     this.ctx.close();
+  }
+}
+
+/** The principals in a keytab (default: the host keytab krb5.conf names), in keytab order. */
+export function keytabPrincipals(keytab?: string): string[] {
+  try {
+    return gssAddon().keytabPrincipals(keytab);
+  } catch (err) {
+    if (err instanceof NativeAddonMissingError) throw err;
+    throw asGssError(err as Error);
   }
 }
