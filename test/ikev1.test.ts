@@ -488,6 +488,22 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     assert.ok(a.audit.ids().includes(4655));
   });
 
+  it("the Phase 1 responder starts a Quick Mode (the peer's own child rekey) on the ISAKMP SA we initiated: accepted within the rule's selectors", async () => {
+    const { a, b, start } = pair();
+    await start();
+    await until(() => b.sad.installed.size === 1);
+    const [bs] = b.m.v1.sessions();
+    assert.ok(bs);
+    const first = [...a.sad.installed.keys()];
+    // The same selectors: b's new child renews the first, which b then deletes at a.
+    const renewed = await b.m.v1.createChild(bs, { tsi: [hostTs(B)], tsr: [hostTs(A)] });
+    await until(() => a.sad.installed.size === 1 && !a.sad.installed.has(first[0] as number)).catch((e: Error) => {
+      throw new Error(`${e.message}\n${a.events.join('\n')}`);
+    });
+    assert.ok(a.sad.installed.has(renewed.child.spiOut.readUInt32BE(0)), 'a receives on the SPI b sends with');
+    assertMirrored(a.sad, b.sad);
+  });
+
   it('Phase 1 renewal before expiry (make-before-break): the new ISAKMP SA inherits the child SA at both ends, the old one is deleted, no child SA lost — twice', async () => {
     const { a, b, start } = pair({ lifetimes: { ikeExpireMs: 2000 } });
     const { session, child } = await start();

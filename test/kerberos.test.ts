@@ -9,6 +9,8 @@ import { Lab } from '../src/lab/lab.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { domain } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
+import { domainRealm } from '../src/filter/location.ts';
+import { writeFileSync } from 'node:fs';
 
 describe('Kerberos through GSS-API with the lab domain controller (MIT krb5-kdc)', () => {
   let lab: Lab;
@@ -90,6 +92,14 @@ describe('Kerberos through GSS-API with the lab domain controller (MIT krb5-kdc)
       dom.log(),
       /TGS_REQ .* host\/alice\.corp\.example@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/,
     );
+  });
+
+  it('domain membership (the Domain profile) needs krb5.conf and a host keytab of its realm, not krb5.conf alone', () => {
+    assert.equal(domainRealm({ KRB5_CONFIG: dom.krb5Conf, KRB5_KTNAME: `FILE:${dom.keytab('alice')}` }), dom.realm);
+    assert.equal(domainRealm({ KRB5_CONFIG: dom.krb5Conf, KRB5_KTNAME: `${dom.dir}/none.keytab` }), undefined);
+    const other = `${dom.dir}/other-krb5.conf`;
+    writeFileSync(other, '[libdefaults]\n  default_realm = ATHENA.MIT.EDU\n');
+    assert.equal(domainRealm({ KRB5_CONFIG: other, KRB5_KTNAME: dom.keytab('alice') }), undefined);
   });
 
   it('a user with a ticket from kinit (Extended Mode credentials): the context names the user', async () => {

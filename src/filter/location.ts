@@ -2,7 +2,7 @@
  * Network location: which firewall profiles (Domain, Private, Public) are in force, from the
  * network category of each connected interface — Windows' network location awareness, which Linux
  * does not have. An interface is DomainAuthenticated when this host is joined to a Kerberos realm
- * (krb5.conf default_realm), otherwise Public until an administrator says otherwise with
+ * (krb5.conf default_realm and a host keytab of that realm), otherwise Public until an administrator says otherwise with
  * `Set-NetConnectionProfile -InterfaceAlias eth0 -NetworkCategory Private` (kept in
  * `<state dir>/network-categories.json`). A connection security rule applies when its Profile is
  * Any or names a profile in force (`policyForProfiles`).
@@ -38,11 +38,24 @@ function readCategories(stateDir: string): Record<string, 'Public' | 'Private'> 
   }
 }
 
-/** The Kerberos realm this host is joined to, if any (krb5.conf [libdefaults] default_realm). */
-function domainRealm(): string | undefined {
+/**
+ * The Kerberos realm this host is joined to, if any: krb5.conf's default_realm (KRB5_CONFIG, else
+ * /etc/krb5.conf) *and* a host keytab (KRB5_KTNAME, else /etc/krb5.keytab) holding keys of that
+ * realm — what a domain join (adcli, realmd, kadmin ktadd) leaves behind. A krb5.conf alone, such as
+ * the sample Debian's krb5-config installs, joins nothing.
+ */
+export function domainRealm(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const confPath = env.KRB5_CONFIG?.split(':')[0] || '/etc/krb5.conf';
+  const keytabPath = (env.KRB5_KTNAME ?? '/etc/krb5.keytab').replace(/^(?:FILE|WRFILE):/, '');
   try {
-    const m = /^\s*default_realm\s*=\s*(\S+)/m.exec(readFileSync('/etc/krb5.conf', 'utf8'));
-    return m?.[1];
+    const realm = /^\s*default_realm\s*=\s*(\S+)/m.exec(readFileSync(confPath, 'utf8'))?.[1];
+    if (!realm) return undefined;
+    // Keytab entries carry the realm as a counted string (MIT keytab format, version 0x502).
+    const keytab = readFileSync(keytabPath);
+    const counted = Buffer.alloc(2 + Buffer.byteLength(realm));
+    counted.writeUInt16BE(Buffer.byteLength(realm), 0);
+    counted.write(realm, 2);
+    return keytab.includes(counted) ? realm : undefined;
   } catch {
     return undefined;
   }

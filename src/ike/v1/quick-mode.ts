@@ -487,8 +487,10 @@ export function respondQuick(s: V1Session, mid: number, payloads: V1Payload[], i
     const [idci, idcr] = ids;
     const tsi = idci ? selectorOfId(idci) : hostSelector(s.remote.address);
     const tsr = idcr ? selectorOfId(idcr) : hostSelector(s.local.address);
-    // Our config (responder view): tsi is the initiator's side, tsr ours.
-    if (!s.peer.tsi.some((t) => within(tsi, t)) || !s.peer.tsr.some((t) => within(tsr, t))) {
+    // The config is in the view of the side that started Phase 1: on an ISAKMP SA we initiated its
+    // tsi is ours, and the peer may well start a Quick Mode on it (its rekey of a child SA).
+    const [theirSide, ourSide] = s.role === 'initiator' ? [s.peer.tsr, s.peer.tsi] : [s.peer.tsi, s.peer.tsr];
+    if (!theirSide.some((t) => within(tsi, t)) || !ourSide.some((t) => within(tsr, t))) {
       refuse(
         new IkeError('the proposed Quick Mode identities are outside the rule', V2Notify.TS_UNACCEPTABLE),
         NotifyType.INVALID_ID_INFORMATION,
@@ -631,6 +633,9 @@ const selEq = (a?: TrafficSelector, b?: TrafficSelector): boolean =>
  * when a successor is up, the old SA is deleted by whoever renewed it, and kept by the other side
  * until that Delete or its expiry (outbound traffic already takes the newest SA).
  */
+/** Pause before a failed child renewal is tried again. */
+const RENEW_RETRY_MS = 1000;
+
 export function armRenewal(s: V1Session): void {
   s.onChildInstalled = (entry) => {
     for (const old of s.children.values()) {
@@ -645,18 +650,28 @@ export function armRenewal(s: V1Session): void {
     const now = Date.now();
     const delay =
       Math.max(0, entry.rekeyAt - now) + (entry.child.initiator ? 0 : (entry.expireAt - entry.installedAt) * 0.05);
-    const t = setTimeout(() => {
-      if (entry.state.kind !== 'installed' || s.state !== 'established') return;
-      entry.state = { kind: 'rekeying' };
-      const local = entry.child.initiator ? entry.child.tsi : entry.child.tsr;
-      const remote = entry.child.initiator ? entry.child.tsr : entry.child.tsi;
-      initiateQuick(s, { tsi: local, tsr: remote }).catch((err: Error) => {
-        if (entry.state.kind === 'rekeying') entry.state = { kind: 'installed' };
-        s.log('child rekey failed', { reason: err.message });
-      });
-    }, delay);
+    const t = setTimeout(() => renew(entry), delay);
     t.unref();
     entry.timers.push(t);
+  };
+  const renew = (entry: ChildEntry): void => {
+    if (entry.state.kind !== 'installed' || s.state !== 'established') return;
+    entry.state = { kind: 'rekeying' };
+    const local = entry.child.initiator ? entry.child.tsi : entry.child.tsr;
+    const remote = entry.child.initiator ? entry.child.tsr : entry.child.tsi;
+    // On the newest ISAKMP SA with the peer: one the peer is replacing may go unanswered.
+    const via = s.host.successor(s) ?? s;
+    initiateQuick(via, { tsi: local, tsr: remote }).catch((err: Error) => {
+      if (entry.state.kind === 'rekeying') entry.state = { kind: 'installed' };
+      s.log('child rekey failed', { reason: err.message });
+      // Tried again while the child has time left, so traffic does not wait for its expiry to
+      // start a negotiation (a peer that deleted its side may have lost our Delete or we its).
+      if (s.children.get(entry.child.spiIn.readUInt32BE(0)) === entry && entry.expireAt - Date.now() > RENEW_RETRY_MS) {
+        const retry = setTimeout(() => renew(entry), RENEW_RETRY_MS);
+        retry.unref();
+        entry.timers.push(retry);
+      }
+    });
   };
   s.onQuickRequest = (mid, payloads, iv, digest) => respondQuick(s, mid, payloads, iv, digest);
 }
