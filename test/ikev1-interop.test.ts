@@ -202,6 +202,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
         await alice.initiate('consec').catch((err: Error) => {
           throw new Error(`${err.message}\n--- consec ---\n${resp.output().slice(-4000)}`);
         });
+        // Quick Mode's third message reaches consec after charon's initiate returns: wait for it.
+        await resp.waitFor(/"event":"established"/).catch(() => undefined);
         const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
         assert.ok(est, `${resp.output()}\n--- charon ---\n${alice.log().slice(-5000)}`);
         const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
@@ -239,6 +241,8 @@ describe('IKEv1 with strongSwan charon (namespace, kernel-libipsec, tunnel mode)
     const alice = await Charon.start(lab, 'alice', v1(a, b, ['aes256-sha256-modp2048'], ['aes256gcm16']));
     try {
       await alice.initiate('consec');
+      // Quick Mode's third message reaches consec after charon's initiate returns: wait for it.
+      await resp.waitFor(/"event":"established"/).catch(() => undefined);
       const [est] = events<{ spiIn: string; spiOut: string }>(resp, 'established');
       assert.ok(est, resp.output());
       const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
