@@ -189,7 +189,8 @@ function saPayload(body: Buffer): V1Payload {
   return { type: PayloadType.SA, doi, situation, proposals };
 }
 
-function payload(type: number, body: Buffer): V1Payload | undefined {
+/** One payload of an IKEv1 type from its body; undefined for a type IKEv1 does not know. */
+export function decodeV1Payload(type: number, body: Buffer): V1Payload | undefined {
   const need = (n: number, what: string) => {
     if (body.length < n) throw new V1DecodeError(`${what} payload of ${body.length} octets is too short`);
   };
@@ -282,7 +283,7 @@ export function decodeV1Payloads(first: number, body: Buffer): V1Payload[] {
     const len = body.readUInt16BE(o + 2);
     if (len < 4 || o + len > body.length) throw new V1DecodeError(`payload length ${len} overruns the message`);
     const raw = body.subarray(o, o + len);
-    const p = payload(type, raw.subarray(4));
+    const p = decodeV1Payload(type, raw.subarray(4));
     if (!p) throw new V1DecodeError(`payload type ${type} is not known`, NotifyType.INVALID_PAYLOAD_TYPE);
     p.raw = raw;
     out.push(p);
