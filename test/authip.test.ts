@@ -26,6 +26,18 @@ import {
   RELIABLE_NOTIFY_FLAG,
 } from '../src/ike/authip/constants.ts';
 import { V1DecodeError } from '../src/ike/v1/codec.ts';
+import {
+  type AuthIpSuite,
+  Transcript,
+  aKdf,
+  authHash,
+  mainModeKeys,
+  openMessage,
+  quickModeKeymat,
+  sealMessage,
+} from '../src/ike/authip/crypto.ts';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { PayloadType } from '../src/ike/v1/constants.ts';
 
 const windowsMessage = (name: string): Buffer =>
@@ -197,5 +209,95 @@ describe('AuthIP codec ([MS-AIPS] §2.2)', () => {
       { numRuns: 100_000 },
     );
     assert.ok(decoded > 0, 'some mutations are still valid messages');
+  });
+});
+
+describe('AuthIP keys and protection ([MS-AIPS] §3.1.7.4, §2.2.3.2.1)', () => {
+  const suite: AuthIpSuite = { hash: 'sha256', cryptoId: 7, keyBytes: 32 };
+
+  it("A-KDF is SP 800-56's single-step KDF: the same octets as OpenSSL's SSKDF for SHA-1/256/384 and several lengths", () => {
+    for (const [hash, name] of [
+      ['sha1', 'SHA1'],
+      ['sha256', 'SHA256'],
+      ['sha384', 'SHA384'],
+    ] as const)
+      for (const length of [16, 20, 32, 48, 80]) {
+        const z = randomBytes(24);
+        const info = randomBytes(37);
+        const openssl = execFileSync('openssl', [
+          'kdf',
+          '-keylen',
+          String(length),
+          '-kdfopt',
+          `digest:${name}`,
+          '-kdfopt',
+          `hexkey:${z.toString('hex')}`,
+          '-kdfopt',
+          `hexinfo:${info.toString('hex')}`,
+          '-binary',
+          'SSKDF',
+        ]);
+        assert.deepEqual(aKdf(hash, z, info, length), openssl, `${hash}, ${length} octets`);
+      }
+  });
+
+  it('both ends derive the same Main Mode keys from the same GSS-API session key; another key gives other keys', () => {
+    const [ni, nr, ci, cr, secret] = [
+      randomBytes(32),
+      randomBytes(32),
+      randomBytes(8),
+      randomBytes(8),
+      randomBytes(32),
+    ];
+    const a = mainModeKeys(suite, secret, ni, nr, ci, cr);
+    const b = mainModeKeys(suite, Buffer.from(secret), ni, nr, ci, cr);
+    assert.deepEqual(a, b);
+    assert.equal(a.skeyid.length, 32);
+    assert.equal(a.encKey.length, 32);
+    assert.notDeepEqual(a.d, a.a);
+    assert.notDeepEqual(mainModeKeys(suite, randomBytes(32), ni, nr, ci, cr).skeyid, a.skeyid);
+    // Auth1 and Auth2 over the same transcript differ by their last octet's role.
+    const t = new Transcript(() => 'sha256');
+    for (const m of [randomBytes(100), randomBytes(120), randomBytes(700), randomBytes(200)]) t.add(m);
+    assert.equal(t.messages, 4);
+    assert.notDeepEqual(authHash(suite, a.skeyid, t.digest, 1), authHash(suite, a.skeyid, t.digest, 2));
+  });
+
+  it('sealed messages open with the same keys; one flipped octet anywhere is refused (INVALID-HASH-INFORMATION), nothing decrypted', () => {
+    const keys = mainModeKeys(suite, randomBytes(32), randomBytes(32), randomBytes(32), randomBytes(8), randomBytes(8));
+    const header = Buffer.alloc(28);
+    header[16] = AuthIpPayloadType.CRYPTO;
+    header[17] = 0x10;
+    header[18] = AuthIpExchange.MAIN_MODE;
+    const payloads = encodeAuthIpPayloads([
+      { type: PayloadType.HASH, data: randomBytes(32) },
+      { type: PayloadType.NONCE, data: randomBytes(32) },
+    ]);
+    const raw = sealMessage(suite, keys, header, 2, PayloadType.HASH, payloads, 16);
+    const m = decodeAuthIp(raw);
+    assert.equal(m.header.encrypted, true);
+    assert.equal(m.crypto?.seq, 2);
+    const opened = openMessage(suite, keys, raw, m.bodyOffset, m.crypto?.iv as Buffer, 16);
+    assert.equal(opened.firstPayload, PayloadType.HASH);
+    assert.deepEqual(opened.payloads, payloads);
+    for (const at of [0, 20, 30, 40, raw.length - 20, raw.length - 1]) {
+      const bad = Buffer.from(raw);
+      bad[at] = (bad[at] as number) ^ 1;
+      assert.throws(
+        () => openMessage(suite, keys, bad, m.bodyOffset, bad.subarray(36, 52), 16),
+        /checksum/,
+        `octet ${at}`,
+      );
+    }
+  });
+
+  it('Quick Mode key material differs per direction (receiving SPI) and per Message ID', () => {
+    const d = randomBytes(32);
+    const [ci, cr, ni, nr] = [randomBytes(8), randomBytes(8), randomBytes(32), randomBytes(32)];
+    const k = (mid: number, spi: string) => quickModeKeymat(suite, d, ci, cr, mid, Buffer.from(spi, 'hex'), ni, nr, 36);
+    assert.equal(k(1, '11111111').length, 36);
+    assert.notDeepEqual(k(1, '11111111'), k(1, '22222222'));
+    assert.notDeepEqual(k(1, '11111111'), k(2, '11111111'));
+    assert.deepEqual(k(1, '11111111'), k(1, '11111111'));
   });
 });
