@@ -9,6 +9,7 @@ import { Lab } from '../src/lab/lab.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { domain } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
+import { GssContext } from '../src/io/gss.ts';
 import { domainRealm } from '../src/filter/location.ts';
 import { writeFileSync } from 'node:fs';
 
@@ -153,6 +154,35 @@ describe('Kerberos through GSS-API with the lab domain controller (MIT krb5-kdc)
       assert.equal(down.error?.reason, 'kdc-unreachable', down.out);
     } finally {
       await dom.start();
+    }
+  });
+});
+
+describe('Kerberos with a realm on loopback (both peers in one process)', () => {
+  it('the KDC on 127.0.0.1: an in-process initiator and acceptor agree on the session key', async () => {
+    const dom = await LabDomain.loopback();
+    const saved = process.env.KRB5_CONFIG;
+    try {
+      process.env.KRB5_CONFIG = dom.krb5Conf;
+      await dom.join('alice');
+      await dom.join('bob');
+      const i = GssContext.initiator({
+        target: dom.computerPrincipal('bob'),
+        principal: dom.computerPrincipal('alice'),
+        clientKeytab: dom.keytab('alice'),
+        ccache: 'MEMORY:loopback-alice',
+      });
+      const a = GssContext.acceptor({ keytab: dom.keytab('bob') });
+      const first = await i.step(null);
+      const reply = await a.step(first.token);
+      const done = await i.step(reply.token);
+      assert.deepEqual([done.complete, reply.complete], [true, true]);
+      assert.deepEqual(i.sessionKey(), a.sessionKey());
+      assert.equal(a.names().source, dom.computerPrincipal('alice'));
+    } finally {
+      if (saved === undefined) delete process.env.KRB5_CONFIG;
+      else process.env.KRB5_CONFIG = saved;
+      await dom.close();
     }
   });
 });

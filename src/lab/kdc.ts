@@ -6,11 +6,23 @@
  * through the environment (KRB5_CONFIG, KRB5_KTNAME, KRB5_CLIENT_KTNAME, KRB5CCNAME) as every
  * Linux Kerberos tool does.
  */
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LabCommandError } from '../errors.ts';
-import type { Lab, LabProcess } from './lab.ts';
+import { type RunOptions, type RunResult, run } from './exec.ts';
+import { type Lab, LabProcess } from './lab.ts';
+
+/** Where the KDC and the admin commands run: a lab host, or this host's loopback. */
+interface KdcHost {
+  address: string;
+  exec(argv: readonly string[], o: RunOptions): Promise<RunResult>;
+  spawn(argv: readonly string[], env: NodeJS.ProcessEnv): LabProcess;
+  exec4(host: string, argv: readonly string[], o: RunOptions): Promise<RunResult>;
+  /** Ends what the domain started outside a lab (a lab removes its own). */
+  close(): void;
+}
 
 export interface DomainOptions {
   /** Kerberos realm (upper case), e.g. CORP.EXAMPLE. */
@@ -37,11 +49,12 @@ export class LabDomain {
   private kdc: LabProcess | undefined;
 
   private constructor(
-    private readonly lab: Lab,
+    private readonly where: KdcHost,
     readonly realm: string,
     readonly host: string,
     readonly dir: string,
     private readonly clockSkew: number,
+    private readonly port: number,
   ) {}
 
   /** The DNS domain of the realm (lower case). */
@@ -67,23 +80,81 @@ export class LabDomain {
     return join(this.dir, `${host}.keytab`);
   }
 
-  /** Creates the realm's database and starts the KDC on the host's addresses (UDP and TCP 88). */
+  /** Creates the realm's database and starts the KDC on the lab host's address (UDP and TCP 88). */
   static async create(lab: Lab, o: DomainOptions = {}): Promise<LabDomain> {
-    const realm = o.realm ?? 'CORP.EXAMPLE';
-    if (!REALM.test(realm)) throw new LabCommandError(`bad realm ${JSON.stringify(realm)}`, null, '');
     const host = o.host ?? 'dc';
     const dir = mkdtempSync('/tmp/consec-kdc-');
     lab.adopt(dir);
-    const d = new LabDomain(lab, realm, host, dir, o.clockSkew ?? 300);
-    d.writeConfig();
-    // A random master password: the database is the lab's, thrown away with it.
-    await d.admin(['kdb5_util', 'create', '-s', '-r', realm, '-P', randomBytes(18).toString('base64')]);
-    await d.start();
+    return LabDomain.start(
+      {
+        address: lab.address(host),
+        exec: (argv, ro) => lab.exec(host, argv, ro),
+        spawn: (argv, env) => lab.spawn(host, argv, { env }),
+        exec4: (h, argv, ro) => lab.exec(h, argv, ro),
+        close: () => {},
+      },
+      o,
+      host,
+      dir,
+      88,
+    );
+  }
+
+  /**
+   * A realm whose KDC listens on this host's loopback (127.0.0.1, a free port above 20000), for
+   * tests that run both Kerberos peers in one process. close() stops it and removes its files.
+   */
+  static async loopback(o: DomainOptions = {}): Promise<LabDomain> {
+    const dir = mkdtempSync('/tmp/consec-kdc-');
+    const started: LabProcess[] = [];
+    const d = await LabDomain.start(
+      {
+        address: '127.0.0.1',
+        exec: (argv, ro) => run(argv, ro),
+        spawn: (argv, env) => {
+          const [cmd = '', ...args] = argv;
+          const p = new LabProcess(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env }), cmd);
+          started.push(p);
+          return p;
+        },
+        exec4: (_h, argv, ro) => run(argv, ro),
+        close: () => {
+          for (const p of started) if (p.running && p.pid) process.kill(p.pid, 'SIGKILL');
+          rmSync(dir, { recursive: true, force: true });
+        },
+      },
+      o,
+      'localhost',
+      dir,
+      20000 + Math.floor(Math.random() * 20000),
+    );
     return d;
   }
 
+  private static async start(where: KdcHost, o: DomainOptions, host: string, dir: string, port: number) {
+    const realm = o.realm ?? 'CORP.EXAMPLE';
+    if (!REALM.test(realm)) throw new LabCommandError(`bad realm ${JSON.stringify(realm)}`, null, '');
+    const d = new LabDomain(where, realm, host, dir, o.clockSkew ?? 300, port);
+    d.writeConfig();
+    // A random master password: the database is the lab's, thrown away with it.
+    await d.admin(['kdb5_util', 'create', '-s', '-r', realm, '-P', randomBytes(18).toString('base64')]);
+    try {
+      await d.start();
+    } catch (err) {
+      where.close();
+      throw err;
+    }
+    return d;
+  }
+
+  /** Stops a loopback KDC and removes its files (a lab's domain goes with the lab). */
+  async close(): Promise<void> {
+    await this.stop();
+    this.where.close();
+  }
+
   private writeConfig(): void {
-    const kdcAddress = this.lab.address(this.host);
+    const kdcAddress = this.port === 88 ? this.where.address : `${this.where.address}:${this.port}`;
     writeFileSync(
       this.krb5Conf,
       [
@@ -111,8 +182,8 @@ export class LabDomain {
       join(this.dir, 'kdc.conf'),
       [
         '[kdcdefaults]',
-        '  kdc_ports = 88',
-        '  kdc_tcp_ports = 88',
+        `  kdc_listen = ${this.port === 88 ? '88' : `127.0.0.1:${this.port}`}`,
+        `  kdc_tcp_listen = ${this.port === 88 ? '88' : `127.0.0.1:${this.port}`}`,
         '',
         '[realms]',
         `  ${this.realm} = {`,
@@ -138,7 +209,7 @@ export class LabDomain {
 
   /** Runs a realm administration command (kdb5_util, kadmin.local) on the domain controller. */
   private async admin(argv: string[]): Promise<string> {
-    const r = await this.lab.exec(this.host, argv, { env: this.adminEnv, allowFailure: true });
+    const r = await this.where.exec(argv, { env: this.adminEnv, allowFailure: true });
     if (r.code !== 0)
       throw new LabCommandError(`${argv[0]} failed (${r.code}): ${r.stderr || r.stdout}`, r.code, r.stderr);
     return r.stdout;
@@ -151,7 +222,7 @@ export class LabDomain {
   /** Starts (or restarts) the KDC; resolves when it serves. */
   async start(): Promise<void> {
     if (this.kdc?.running) return;
-    this.kdc = this.lab.spawn(this.host, ['krb5kdc', '-n', '-r', this.realm], { env: this.adminEnv });
+    this.kdc = this.where.spawn(['krb5kdc', '-n', '-r', this.realm], this.adminEnv);
     // krb5kdc logs to its file, not to stdout: its socket says it serves.
     await this.waitListening();
   }
@@ -159,7 +230,7 @@ export class LabDomain {
   private async waitListening(timeoutMs = 10_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const r = await this.lab.exec(this.host, ['ss', '-Hlnu', 'sport = :88'], { allowFailure: true });
+      const r = await this.where.exec(['ss', '-Hlnu', `sport = :${this.port}`], { allowFailure: true });
       if (r.stdout.trim() !== '') return;
       if (!this.kdc?.running) throw new LabCommandError(`krb5kdc exited: ${this.kdc?.output().slice(-1000)}`, null, '');
       if (Date.now() > deadline) throw new LabCommandError('krb5kdc not listening on port 88', null, '');
@@ -197,7 +268,7 @@ export class LabDomain {
 
   /** A user's ticket-granting ticket, obtained on `host` into `ccache` (kinit with the password). */
   async kinit(host: string, user: string, password: string, ccache: string): Promise<void> {
-    const r = await this.lab.exec(host, ['kinit', '-c', ccache, `${user}@${this.realm}`], {
+    const r = await this.where.exec4(host, ['kinit', '-c', ccache, `${user}@${this.realm}`], {
       env: { ...process.env, KRB5_CONFIG: this.krb5Conf },
       input: `${password}\n`,
       allowFailure: true,
