@@ -37,6 +37,16 @@ import {
   sealMessage,
 } from '../src/ike/authip/crypto.ts';
 import { execFileSync } from 'node:child_process';
+import { after, before } from 'node:test';
+import { AuthIpManager } from '../src/ike/authip/manager.ts';
+import type { AuthIpConfig } from '../src/ike/authip/session.ts';
+import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
+import { SpiRegistry } from '../src/ike/spi.ts';
+import { GssContext } from '../src/io/gss.ts';
+import { LabDomain } from '../src/lab/kdc.ts';
+import { mmProposal, qmProposal } from '../src/policy/model.ts';
+import type { ChildSaSink } from '../src/sa/sink.ts';
+import type { ChildSaSpec } from '../src/sa/spec.ts';
 import { randomBytes } from 'node:crypto';
 import { PayloadType } from '../src/ike/v1/constants.ts';
 
@@ -299,5 +309,150 @@ describe('AuthIP keys and protection ([MS-AIPS] §3.1.7.4, §2.2.3.2.1)', () => 
     assert.notDeepEqual(k(1, '11111111'), k(1, '22222222'));
     assert.notDeepEqual(k(1, '11111111'), k(2, '11111111'));
     assert.deepEqual(k(1, '11111111'), k(1, '11111111'));
+  });
+});
+
+const A = '192.0.2.1';
+const B = '192.0.2.2';
+const ipOf = (a: string) => Buffer.from(a.split('.').map(Number));
+const hostTs = (a: string) => ({ type: 7, ipProtocol: 0, startPort: 0, endPort: 65535, start: ipOf(a), end: ipOf(a) });
+
+class Sad implements ChildSaSink {
+  readonly installed = new Map<number, ChildSaSpec>();
+  readonly active = new Set<number>();
+  install(spec: ChildSaSpec): void {
+    this.installed.set(spec.inbound.spi, spec);
+    if (spec.outboundActive ?? true) this.active.add(spec.inbound.spi);
+  }
+  activate(spi: number): void {
+    this.active.add(spi);
+  }
+  delete(spi: number): void {
+    this.installed.delete(spi);
+    this.active.delete(spi);
+  }
+}
+
+describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in memory, a real KDC on loopback)', () => {
+  let dom: LabDomain;
+  const saved = process.env.KRB5_CONFIG;
+  before(async () => {
+    dom = await LabDomain.loopback();
+    process.env.KRB5_CONFIG = dom.krb5Conf;
+    await dom.join('alice');
+    await dom.join('bob');
+    await dom.join('carol');
+    await dom.rekeyAccount('carol');
+  });
+  after(async () => {
+    if (saved === undefined) delete process.env.KRB5_CONFIG;
+    else process.env.KRB5_CONFIG = saved;
+    await dom?.close();
+  });
+
+  function side(address: string, peer: string, host: string, wire: { sent: Buffer[] }, keytab = dom.keytab(host)) {
+    const sad = new Sad();
+    const log: string[] = [];
+    const config: AuthIpConfig = {
+      name: 'Domain isolation',
+      mmProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })]).proposals,
+      espProposals: (spi) =>
+        espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
+          .proposals,
+      localTs: [hostTs(address)],
+      remoteTs: [hostTs(peer)],
+      mode: 'transport',
+      lifeSeconds: 28800,
+      childLifeSeconds: 3600,
+    };
+    let other: AuthIpManager | undefined;
+    const m = new AuthIpManager({
+      address,
+      spis: new SpiRegistry(),
+      dataplane: sad,
+      send: (d, from) => {
+        wire.sent.push(d);
+        setImmediate(() => other?.receive(d, from));
+      },
+      kerberos: {
+        initiator: (spn) =>
+          GssContext.initiator({
+            target: spn,
+            principal: dom.computerPrincipal(host),
+            clientKeytab: keytab,
+            ccache: `MEMORY:authip-${host}-${Math.random()}`,
+          }),
+        acceptor: () => GssContext.acceptor({ keytab }),
+        spn: () => dom.computerPrincipal(host),
+      },
+      log: (e, d) => log.push(`${e} ${JSON.stringify(d ?? {})}`),
+      retransmits: [500, 1000, 2000],
+      halfOpenMs: 60_000,
+      configFor: () => config,
+    });
+    return { m, sad, log, config, connect: (to: AuthIpManager) => (other = to) };
+  }
+
+  it('two domain members: Main Mode by computer Kerberos (no Diffie-Hellman), the first Quick Mode inside it, mirrored ESP keys; the wire is AuthIP only', async () => {
+    const wire = { sent: [] as Buffer[] };
+    const a = side(A, B, 'alice', wire);
+    const b = side(B, A, 'bob', wire);
+    a.connect(b.m);
+    b.connect(a.m);
+    const { session, child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    const c = await child.catch((err: Error) => {
+      throw new Error(`${err.message}\n${a.log.join('\n')}\n${b.log.join('\n')}`);
+    });
+    assert.equal(session.state, 'established');
+    assert.equal(session.peerPrincipal, dom.computerPrincipal('bob'));
+    const [bs] = b.m.sessions();
+    assert.equal(bs?.peerPrincipal, dom.computerPrincipal('alice'), 'bob authenticated the computer account of alice');
+    assert.equal(bs?.state, 'established');
+    // Mirrored: what alice sends with, bob receives on, with the same keys.
+    const ours = a.sad.installed.get(c.spiIn.readUInt32BE(0)) as ChildSaSpec;
+    const theirs = b.sad.installed.get(c.spiOut.readUInt32BE(0)) as ChildSaSpec;
+    assert.ok(ours && theirs);
+    assert.deepEqual(ours.outbound.encrKey, theirs.inbound.encrKey);
+    assert.deepEqual(ours.inbound.encrKey, theirs.outbound.encrKey);
+    assert.notDeepEqual(ours.inbound.encrKey, ours.outbound.encrKey);
+    assert.equal(ours.outbound.encrKey.length, 36, 'AES-GCM-256 key and salt');
+    assert.ok(a.sad.active.has(c.spiIn.readUInt32BE(0)), 'outbound in use after Quick Mode synchronisation');
+    // Eight messages, all AuthIP: #1–#4 in clear, #5–#8 sealed; exchange 243 then 244 for the sync.
+    const decoded = wire.sent.map((d) => decodeAuthIp(d).header);
+    assert.deepEqual(
+      decoded.map((h) => [h.exchange, h.encrypted]),
+      [
+        [243, false],
+        [243, false],
+        [243, false],
+        [243, false],
+        [243, true],
+        [243, true],
+        [244, true],
+        [244, true],
+      ],
+    );
+    assert.ok(decodeAuthIp(wire.sent[2] as Buffer).payloads.some((p) => p.type === AuthIpPayloadType.GSS));
+    assert.equal(
+      findAuthIp(decodeAuthIp(wire.sent[1] as Buffer).payloads, AuthIpPayloadType.GSS_ID)?.spn,
+      dom.computerPrincipal('bob'),
+      'message 2 names the responder SPN',
+    );
+  });
+
+  it("a member whose keytab is out of date (its account reset at the KDC) gets no SA, and the responder's half-open SA goes", async () => {
+    const wire = { sent: [] as Buffer[] };
+    const c = side(A, B, 'carol', wire);
+    const b = side(B, A, 'bob', wire);
+    c.connect(b.m);
+    b.connect(c.m);
+    const { child } = c.m.initiate({ address: B, port: 500 }, c.config);
+    await assert.rejects(child, /Decrypt integrity check failed/);
+    assert.equal(c.sad.installed.size, 0);
+    const deadline = Date.now() + 5000;
+    while (b.m.sessions().length > 0 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(b.m.sessions(), [], 'told by the GSS payload with a status, bob lets the SA go at once');
+    assert.equal(b.sad.installed.size, 0);
+    assert.match(b.log.join('\n'), /could not authenticate with Kerberos \(status 0x8009030c\)/);
   });
 });

@@ -175,7 +175,8 @@ function hostSelector(address: string): TrafficSelector {
 
 // ---- keys ----------------------------------------------------------------------------------------
 
-function keySizes(p: Proposal): { encr: number; integ: number } {
+/** Key material octets of a child SA proposal: encryption (with salt) and integrity. */
+export function keySizes(p: Proposal): { encr: number; integ: number } {
   const e = transformOf(p, TransformType.ENCR);
   const i = transformOf(p, TransformType.INTEG);
   const alg = e && e.id !== EncrId.NULL ? ENCRS[e.id as keyof typeof ENCRS] : undefined;

@@ -1,0 +1,677 @@
+/**
+ * One AuthIP Main Mode SA ([MS-AIPS] §3.2–§3.5) with Kerberos, both roles, and the first Quick
+ * Mode it carries (§3.4.7.3: the first Quick Mode runs inside Main Mode and authenticates it):
+ *
+ *   #1 I→R  Crypto, SA, Auth, Ni, VID                        (§3.2.4)
+ *   #2 R→I  Crypto, SA, Auth, Nr, Nr(qm), VID, GSS_ID          (§3.3.5.1: the responder's SPN)
+ *   #3 I→R  Crypto, GSS-API (AP-REQ)                           (§3.8.7.1)
+ *   #4 R→I  Crypto, GSS-API (AP-REP)                           (§3.9.5.1)
+ *   #5 I→R  Crypto*, HASH(Auth1), IDci, IDcr, SA(ESP), Ni(qm)  (§3.4.7.3)
+ *   #6 R→I  Crypto*, HASH(Auth2), IDci, IDcr, SA(ESP)          (§3.5.5.1)
+ *   #7 I→R  Crypto*, N(NOTIFY_QM_SYNCHRONIZE)                  (§3.4.5.1, exchange 244)
+ *   #8 R→I  Crypto*, N(NOTIFY_QM_SYNCHRONIZE)                  (§3.5.5.2)
+ *
+ * Kerberos runs without Diffie-Hellman: the keys come from the GSS-API session key (crypto.ts),
+ * and Auth1/Auth2 over the transcript of #1–#4 prove both ends hold it. The child SA reaches the
+ * data plane through the same contract as IKEv1's and IKEv2's (childSpec). The first Quick Mode
+ * uses Message ID 0 (the Main Mode's) in its header and its key material.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ChildSaSink } from '../../sa/sink.ts';
+import type { Endpoint, TrafficSelector } from '../../sa/spec.ts';
+import { childSpec } from '../child-spec.ts';
+import { IkeError } from '../errors.ts';
+import type { SpiRegistry } from '../spi.ts';
+import type { ChildSa } from '../tasks/child-create.ts';
+import type { Proposal } from '../wire/codec.ts';
+import { NotifyType as V2Notify } from '../wire/constants.ts';
+import { PayloadType } from '../v1/constants.ts';
+import { type Phase2Choice, phase2Proposals, readPhase2, selectPhase2 } from '../v1/proposals.ts';
+import { idOfSelector, keySizes, selectorOfId } from '../v1/quick-mode.ts';
+import { Encapsulation } from '../v1/constants.ts';
+import {
+  type AuthIpMessage,
+  type AuthIpPayload,
+  decodeAuthIpPayloads,
+  encodeAuthIp,
+  encodeAuthIpHeader,
+  encodeAuthIpPayloads,
+  findAllAuthIp,
+  findAuthIp,
+} from './codec.ts';
+import {
+  AuthIpExchange,
+  AuthIpMethod,
+  AuthIpNotify,
+  AuthIpPayloadType,
+  GssFlags,
+  MS_NT5_VERSION,
+  NotifyProtocol,
+  WindowsStatus,
+  msNt5Vid,
+} from './constants.ts';
+import {
+  type AuthIpKeys,
+  type AuthIpSuite,
+  Transcript,
+  authHash,
+  icvBytes,
+  mainModeKeys,
+  openMessage,
+  quickModeKeymat,
+  sameHash,
+  sealMessage,
+} from './crypto.ts';
+import { type MmChoice, mmTransforms, readMm, selectMm } from './proposals.ts';
+
+/** A GSS-API security context as the session uses it (src/io/gss.ts in the daemon). */
+export interface GssPeer {
+  step(token: Buffer | null): Promise<{ token: Buffer; complete: boolean }>;
+  sessionKey(): Buffer;
+  names(): { source: string; target: string };
+  close(): void;
+}
+
+export interface AuthIpConfig {
+  name: string;
+  /** Neutral IKE proposals of the Main Mode crypto set (their DH group is not used with Kerberos). */
+  mmProposals: readonly Proposal[];
+  espProposals: (spi: Buffer) => Proposal[];
+  /** Our and the peer's selectors. */
+  localTs: TrafficSelector[];
+  remoteTs: TrafficSelector[];
+  mode: 'transport' | 'tunnel';
+  lifeSeconds: number;
+  /** Quick Mode SA lifetime. */
+  childLifeSeconds: number;
+}
+
+export interface AuthIpHost {
+  readonly spis: SpiRegistry;
+  readonly dataplane: ChildSaSink;
+  send(data: Buffer, from: Endpoint, to: Endpoint): void;
+  /** Our Kerberos side: an initiator toward the peer's SPN, an acceptor with the host keytab, our SPN. */
+  kerberos: { initiator(targetSpn: string): GssPeer; acceptor(): GssPeer; spn(): string };
+  register(s: AuthIpSession): void;
+  unregister(s: AuthIpSession): void;
+  log(event: string, detail?: Record<string, unknown>): void;
+  retransmits: readonly number[];
+  /** How long a responder keeps a Main Mode the initiator does not finish. */
+  halfOpenMs: number;
+}
+
+type State = 'connecting' | 'half-open' | 'established' | 'dead';
+
+const NONCE_BYTES = 32;
+const hex = (b: Buffer) => b.toString('hex');
+
+export class AuthIpSession {
+  readonly keyModule = 'AuthIp' as const;
+  state: State;
+  readonly cookieI: Buffer;
+  cookieR: Buffer;
+  /** The peer's authenticated principal (Kerberos), once Main Mode is done. */
+  peerPrincipal?: string;
+  localPrincipal?: string;
+  readonly children = new Map<number, ChildSa>();
+  choice?: MmChoice;
+  private keys?: AuthIpKeys;
+  private readonly transcript = new Transcript(() => this.choice?.suite.hash);
+  private ni?: Buffer;
+  private nr?: Buffer;
+  private niQm?: Buffer;
+  private nrQm?: Buffer;
+  private gss?: GssPeer;
+  private spiIn?: Buffer;
+  private readonly seq = new Map<AuthIpExchange, number>();
+  private answered?: { request: string; response: Buffer };
+  private retransmit?: { timer?: NodeJS.Timeout; raw: Buffer; n: number };
+  private waiters: { resolve: (c: ChildSa) => void; reject: (e: Error) => void }[] = [];
+  private peerNt5?: number;
+  private pendingChild?: ChildSa;
+
+  constructor(
+    private readonly host: AuthIpHost,
+    readonly role: 'initiator' | 'responder',
+    readonly local: Endpoint,
+    readonly remote: Endpoint,
+    readonly config: AuthIpConfig,
+    cookieI?: Buffer,
+  ) {
+    this.cookieI = cookieI ? Buffer.from(cookieI) : randomBytes(8);
+    this.cookieR = role === 'responder' ? randomBytes(8) : Buffer.alloc(8);
+    this.state = role === 'initiator' ? 'connecting' : 'half-open';
+    if (role === 'responder') {
+      // A responder waits this long for the initiator to finish (<12>: 60 s on Windows).
+      this.halfOpenTimer = setTimeout(
+        () => this.fail(new IkeError('the initiator did not finish Main Mode', V2Notify.TEMPORARY_FAILURE)),
+        host.halfOpenMs,
+      );
+      this.halfOpenTimer.unref?.();
+    }
+  }
+
+  private halfOpenTimer?: NodeJS.Timeout;
+
+  get suite(): AuthIpSuite {
+    if (!this.choice) throw new IkeError('no Main Mode transform agreed yet', V2Notify.INVALID_SYNTAX);
+    return this.choice.suite;
+  }
+
+  /** Resolves with the first child SA once Quick Mode is complete. */
+  whenEstablished(): Promise<ChildSa> {
+    return new Promise((resolve, reject) => {
+      if (this.state === 'dead') reject(new IkeError('the AuthIP SA ended', V2Notify.TEMPORARY_FAILURE));
+      else this.waiters.push({ resolve, reject });
+    });
+  }
+
+  // ---- sending -------------------------------------------------------------------------------------
+
+  private nextSeq(x: AuthIpExchange): number {
+    const n = this.seq.get(x) ?? 0;
+    this.seq.set(x, n + 1);
+    return n;
+  }
+
+  private header(exchange: AuthIpExchange, messageId = 0) {
+    return { cookieI: this.cookieI, cookieR: this.cookieR, exchange, messageId };
+  }
+
+  private clear(exchange: AuthIpExchange, payloads: AuthIpPayload[]): Buffer {
+    return encodeAuthIp(this.header(exchange), this.nextSeq(exchange), payloads);
+  }
+
+  private sealed(exchange: AuthIpExchange, payloads: AuthIpPayload[]): Buffer {
+    const keys = this.keys as AuthIpKeys;
+    const head = encodeAuthIpHeader(this.header(exchange), AuthIpPayloadType.CRYPTO, true, 0);
+    return sealMessage(
+      this.suite,
+      keys,
+      head,
+      this.nextSeq(exchange),
+      payloads[0]?.type ?? PayloadType.NONE,
+      encodeAuthIpPayloads(payloads),
+      icvBytes(this.suite.hash, this.peerNt5),
+    );
+  }
+
+  private send(raw: Buffer): void {
+    this.host.send(raw, this.local, this.remote);
+  }
+
+  /** A request: sent now and again until the answer comes (or the waits run out). */
+  private request(raw: Buffer): void {
+    this.stopRetransmit();
+    const r = { raw, n: 0, timer: undefined as NodeJS.Timeout | undefined };
+    this.retransmit = r;
+    const arm = () => {
+      const wait = this.host.retransmits[r.n];
+      if (wait === undefined) {
+        this.fail(new IkeError('the peer did not answer (retransmissions exhausted)', V2Notify.TEMPORARY_FAILURE));
+        return;
+      }
+      r.timer = setTimeout(() => {
+        r.n++;
+        if (this.host.retransmits[r.n] !== undefined) this.send(r.raw);
+        arm();
+      }, wait);
+      r.timer.unref?.();
+    };
+    this.send(raw);
+    arm();
+  }
+
+  private stopRetransmit(): void {
+    clearTimeout(this.retransmit?.timer);
+    this.retransmit = undefined;
+  }
+
+  /** A response, kept to answer a retransmitted request with the same octets. */
+  private respond(request: AuthIpMessage, raw: Buffer): void {
+    this.answered = { request: hex(request.raw), response: raw };
+    this.send(raw);
+  }
+
+  // ---- initiator ----------------------------------------------------------------------------------
+
+  /** #1: our Main Mode offer with Kerberos. */
+  start(): void {
+    this.ni = randomBytes(NONCE_BYTES);
+    const transforms = mmTransforms(this.config.mmProposals, this.config.lifeSeconds);
+    if (transforms.length === 0)
+      throw new IkeError(
+        'no AuthIP Main Mode proposal (AES-CBC with SHA-1/SHA-2) to offer',
+        V2Notify.NO_PROPOSAL_CHOSEN,
+      );
+    const m1 = this.clear(AuthIpExchange.MAIN_MODE, [
+      {
+        type: PayloadType.SA,
+        doi: 1,
+        situation: 1,
+        proposals: [{ number: 1, protocol: 1, spi: Buffer.alloc(0), transforms }],
+      },
+      { type: AuthIpPayloadType.AUTH, methods: [{ method: AuthIpMethod.KERBEROS, flags: 0 }] },
+      { type: PayloadType.NONCE, data: this.ni },
+      { type: PayloadType.VID, data: msNt5Vid(MS_NT5_VERSION) },
+    ]);
+    this.transcript.add(m1);
+    this.request(m1);
+  }
+
+  // ---- receiving ----------------------------------------------------------------------------------
+
+  /** One AuthIP message for this SA (the manager matched the cookies). Never throws. */
+  receive(msg: AuthIpMessage): void {
+    if (this.state === 'dead') return;
+    if (this.answered?.request === hex(msg.raw)) {
+      this.send(this.answered.response);
+      return;
+    }
+    // One message at a time: a retransmission that arrives while a Kerberos step runs is dropped
+    // (the answer to the first copy is on its way, and will be resent from the cache).
+    if (this.busy) return;
+    this.busy = true;
+    void this.handle(msg)
+      .catch((err: Error) => this.fail(err))
+      .finally(() => (this.busy = false));
+  }
+
+  private busy = false;
+
+  private opened(msg: AuthIpMessage): AuthIpPayload[] {
+    if (!msg.header.encrypted) return msg.payloads;
+    if (!this.keys || !msg.crypto?.iv)
+      throw new IkeError('an encrypted message before the keys', V2Notify.INVALID_SYNTAX);
+    const o = openMessage(
+      this.suite,
+      this.keys,
+      msg.raw,
+      msg.bodyOffset,
+      msg.crypto.iv,
+      icvBytes(this.suite.hash, this.peerNt5),
+    );
+    return decodeAuthIpPayloads(o.firstPayload, o.payloads);
+  }
+
+  private step = 1;
+
+  private async handle(msg: AuthIpMessage): Promise<void> {
+    const payloads = this.opened(msg);
+    const step = this.step;
+    if (this.role === 'initiator') {
+      if (step === 1 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm2(msg, payloads);
+      if (step === 2 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm4(msg, payloads);
+      if (step === 3 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm6(payloads);
+      if (step === 4 && msg.header.exchange === AuthIpExchange.QUICK_MODE) return this.onQmSync(payloads);
+    } else {
+      if (step === 1 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm1(msg, payloads);
+      if (step === 2 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm3(msg, payloads);
+      if (step === 3 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm5(msg, payloads);
+      if (step === 4 && msg.header.exchange === AuthIpExchange.QUICK_MODE) return this.onQmSyncRequest(msg, payloads);
+    }
+    this.host.log('AuthIP message out of order, ignored', { exchange: msg.header.exchange, step });
+  }
+
+  private noteVendorIds(payloads: AuthIpPayload[]): void {
+    for (const v of findAllAuthIp(payloads, PayloadType.VID))
+      if (v.data.length === 20 && v.data.subarray(0, 16).equals(msNt5Vid(0).subarray(0, 16)))
+        this.peerNt5 = v.data.readUInt32BE(16);
+  }
+
+  private async onMm2(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
+    const sa = findAuthIp(p, PayloadType.SA);
+    const nonces = findAllAuthIp(p, PayloadType.NONCE);
+    const spn = findAuthIp(p, AuthIpPayloadType.GSS_ID)?.spn;
+    const auth = findAuthIp(p, AuthIpPayloadType.AUTH);
+    const t = sa?.proposals[0]?.transforms[0];
+    if (!t || nonces.length !== 2 || !auth)
+      throw new IkeError('AuthIP Main Mode message 2 without SA, Auth or both nonces', V2Notify.INVALID_SYNTAX);
+    if (!auth.methods.some((m) => m.method === AuthIpMethod.KERBEROS))
+      throw new IkeError('the peer accepts no Kerberos authentication', V2Notify.AUTHENTICATION_FAILED);
+    if (!spn) throw new IkeError('the peer named no SPN (GSS_ID) for Kerberos', V2Notify.AUTHENTICATION_FAILED);
+    const choice = readMm(t);
+    const offered = mmTransforms(this.config.mmProposals, this.config.lifeSeconds);
+    if (
+      !choice ||
+      !offered.some(
+        (o) => readMm(o)?.suite.hash === choice.suite.hash && readMm(o)?.suite.keyBytes === choice.suite.keyBytes,
+      )
+    )
+      throw new IkeError('the peer chose a Main Mode transform we did not offer', V2Notify.NO_PROPOSAL_CHOSEN);
+    this.stopRetransmit();
+    this.choice = choice;
+    this.cookieR = Buffer.from(msg.header.cookieR);
+    this.nr = (nonces[0] as { data: Buffer }).data;
+    this.nrQm = (nonces[1] as { data: Buffer }).data;
+    this.noteVendorIds(p);
+    this.transcript.add(msg.raw);
+    this.step = 2;
+    this.gss = this.host.kerberos.initiator(spn);
+    let first: { token: Buffer };
+    try {
+      first = await this.gss.step(null);
+    } catch (err) {
+      // No token for the peer (no ticket, KDC unreachable, …): said in a GSS payload with the
+      // status set and no token (§3.1, Figure 3), so the responder lets its SA go at once.
+      this.send(
+        this.clear(AuthIpExchange.MAIN_MODE, [
+          {
+            type: AuthIpPayloadType.GSS,
+            status: WindowsStatus.LOGON_DENIED,
+            flags: GssFlags.NEW_GSS_EXCHANGE,
+            token: Buffer.alloc(0),
+          },
+        ]),
+      );
+      throw err;
+    }
+    const m3 = this.clear(AuthIpExchange.MAIN_MODE, [
+      { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.NEW_GSS_EXCHANGE, token: first.token },
+    ]);
+    this.transcript.add(m3);
+    this.request(m3);
+  }
+
+  private async onMm4(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
+    const g = findAuthIp(p, AuthIpPayloadType.GSS);
+    if (!g) throw new IkeError('AuthIP Main Mode message 4 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
+    if (g.status !== 0)
+      throw new IkeError(
+        `the peer refused our Kerberos authentication (status 0x${g.status.toString(16)})`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    const gss = this.gss as GssPeer;
+    const r = await gss.step(g.token);
+    if (!r.complete)
+      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    this.stopRetransmit();
+    this.transcript.add(msg.raw);
+    this.step = 3;
+    const names = gss.names();
+    this.localPrincipal = names.source;
+    this.peerPrincipal = names.target;
+    this.keys = mainModeKeys(
+      this.suite,
+      gss.sessionKey(),
+      this.ni as Buffer,
+      this.nr as Buffer,
+      this.cookieI,
+      this.cookieR,
+    );
+    // #5: the first Quick Mode, which proves we hold the session key (Auth1).
+    this.spiIn = this.host.spis.allocate();
+    this.niQm = randomBytes(NONCE_BYTES);
+    const proposals = phase2Proposals(this.config.espProposals(this.spiIn), this.spiIn, this.encapsulation, {
+      seconds: this.config.childLifeSeconds,
+    });
+    const m5 = this.sealed(AuthIpExchange.MAIN_MODE, [
+      { type: PayloadType.HASH, data: authHash(this.suite, this.keys.skeyid, this.transcript.digest, 1) },
+      idOfSelector(this.config.localTs[0] as TrafficSelector),
+      idOfSelector(this.config.remoteTs[0] as TrafficSelector),
+      { type: PayloadType.SA, doi: 1, situation: 1, proposals },
+      { type: PayloadType.NONCE, data: this.niQm },
+    ]);
+    this.request(m5);
+  }
+
+  private get encapsulation(): Encapsulation {
+    return this.config.mode === 'tunnel' ? Encapsulation.TUNNEL : Encapsulation.TRANSPORT;
+  }
+
+  private onMm6(p: AuthIpPayload[]): void {
+    const hash = findAuthIp(p, PayloadType.HASH);
+    const keys = this.keys as AuthIpKeys;
+    if (!hash || !sameHash(hash.data, authHash(this.suite, keys.skeyid, this.transcript.digest, 2)))
+      throw new IkeError(
+        'Auth2 does not match: the peer does not hold the Kerberos session key',
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    const sa = findAuthIp(p, PayloadType.SA);
+    const proposal = sa?.proposals[0];
+    const t = proposal?.transforms[0];
+    const read = proposal && t ? readPhase2(proposal, t) : undefined;
+    if (!proposal || proposal.spi.length !== 4 || !read)
+      throw new IkeError('AuthIP Quick Mode answer without an acceptable SA', V2Notify.NO_PROPOSAL_CHOSEN);
+    this.stopRetransmit();
+    this.step = 4;
+    const child = this.childOf(true, read.proposal, this.spiIn as Buffer, proposal.spi);
+    this.established();
+    this.install(child, false);
+    this.pendingChild = child;
+    // #7: Quick Mode synchronisation; the outbound SA is used once #8 arrives (§3.4.5.2).
+    this.request(this.sealed(AuthIpExchange.QUICK_MODE, [this.syncNotify()]));
+  }
+
+  private onQmSync(p: AuthIpPayload[]): void {
+    const n = findAuthIp(p, PayloadType.N);
+    if (n?.notify !== AuthIpNotify.NOTIFY_QM_SYNCHRONIZE) return;
+    this.stopRetransmit();
+    this.step = 5;
+    const child = this.pendingChild as ChildSa;
+    this.host.dataplane.activate?.(child.spiIn.readUInt32BE(0));
+    for (const w of this.waiters.splice(0)) w.resolve(child);
+  }
+
+  private syncNotify(): AuthIpPayload {
+    return {
+      type: PayloadType.N,
+      doi: 1,
+      protocol: NotifyProtocol.QUICK,
+      flags: 0,
+      notify: AuthIpNotify.NOTIFY_QM_SYNCHRONIZE,
+      data: Buffer.alloc(0),
+    };
+  }
+
+  // ---- responder ----------------------------------------------------------------------------------
+
+  private onMm1(msg: AuthIpMessage, p: AuthIpPayload[]): void {
+    const sa = findAuthIp(p, PayloadType.SA);
+    const auth = findAuthIp(p, AuthIpPayloadType.AUTH);
+    const ni = findAuthIp(p, PayloadType.NONCE);
+    if (!sa || !auth || !ni)
+      throw new IkeError('AuthIP Main Mode message 1 without SA, Auth or nonce', V2Notify.INVALID_SYNTAX);
+    if (!auth.methods.some((m) => m.method === AuthIpMethod.KERBEROS))
+      throw new IkeError('the peer offers no Kerberos authentication', V2Notify.AUTHENTICATION_FAILED);
+    const choice = selectMm(sa.proposals[0]?.transforms ?? [], this.config.mmProposals);
+    if (!choice) throw new IkeError('no Main Mode transform of the peer is acceptable', V2Notify.NO_PROPOSAL_CHOSEN);
+    this.choice = choice;
+    this.ni = ni.data;
+    this.nr = randomBytes(NONCE_BYTES);
+    this.nrQm = randomBytes(NONCE_BYTES);
+    this.noteVendorIds(p);
+    this.transcript.add(msg.raw);
+    const m2 = this.clear(AuthIpExchange.MAIN_MODE, [
+      {
+        type: PayloadType.SA,
+        doi: 1,
+        situation: 1,
+        proposals: [{ number: 1, protocol: 1, spi: Buffer.alloc(0), transforms: [choice.transform] }],
+      },
+      { type: AuthIpPayloadType.AUTH, methods: [{ method: AuthIpMethod.KERBEROS, flags: 0 }] },
+      { type: PayloadType.NONCE, data: this.nr },
+      { type: PayloadType.NONCE, data: this.nrQm },
+      { type: PayloadType.VID, data: msNt5Vid(MS_NT5_VERSION) },
+      { type: AuthIpPayloadType.GSS_ID, spn: this.host.kerberos.spn() },
+    ]);
+    this.transcript.add(m2);
+    this.step = 2;
+    this.respond(msg, m2);
+  }
+
+  private async onMm3(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
+    const g = findAuthIp(p, AuthIpPayloadType.GSS);
+    if (!g) throw new IkeError('AuthIP Main Mode message 3 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
+    if (g.status !== 0)
+      throw new IkeError(
+        `the peer could not authenticate with Kerberos (status 0x${g.status.toString(16)})`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    this.step = 3;
+    this.gss = this.host.kerberos.acceptor();
+    const r = await this.gss.step(g.token);
+    if (!r.complete)
+      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    this.transcript.add(msg.raw);
+    const m4 = this.clear(AuthIpExchange.MAIN_MODE, [
+      { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.RESPONDER_AUTH_COMPLETE, token: r.token },
+    ]);
+    this.transcript.add(m4);
+    const names = this.gss.names();
+    this.peerPrincipal = names.source;
+    this.localPrincipal = names.target;
+    this.keys = mainModeKeys(
+      this.suite,
+      this.gss.sessionKey(),
+      this.ni as Buffer,
+      this.nr as Buffer,
+      this.cookieI,
+      this.cookieR,
+    );
+    this.respond(msg, m4);
+  }
+
+  private onMm5(msg: AuthIpMessage, p: AuthIpPayload[]): void {
+    const keys = this.keys as AuthIpKeys;
+    const hash = findAuthIp(p, PayloadType.HASH);
+    if (!hash || !sameHash(hash.data, authHash(this.suite, keys.skeyid, this.transcript.digest, 1)))
+      throw new IkeError(
+        'Auth1 does not match: the peer does not hold the Kerberos session key',
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    const ids = findAllAuthIp(p, PayloadType.ID);
+    const sa = findAuthIp(p, PayloadType.SA);
+    const niQm = findAuthIp(p, PayloadType.NONCE);
+    if (ids.length !== 2 || !sa || !niQm)
+      throw new IkeError('AuthIP Quick Mode request without identities, SA or nonce', V2Notify.INVALID_SYNTAX);
+    const [tsi, tsr] = ids.map(selectorOfId) as [TrafficSelector, TrafficSelector];
+    if (!within(tsi, this.config.remoteTs) || !within(tsr, this.config.localTs))
+      throw new IkeError('the proposed Quick Mode identities are outside the rule', V2Notify.TS_UNACCEPTABLE);
+    const spiIn = this.host.spis.allocate();
+    const chosen: Phase2Choice | undefined = selectPhase2(
+      sa.proposals,
+      this.config.espProposals(spiIn),
+      (e) => e === this.encapsulation,
+    );
+    if (!chosen) {
+      this.host.spis.release(spiIn);
+      throw new IkeError('no Quick Mode proposal of the peer is acceptable', V2Notify.NO_PROPOSAL_CHOSEN);
+    }
+    this.niQm = niQm.data;
+    this.spiIn = spiIn;
+    const m6 = this.sealed(AuthIpExchange.MAIN_MODE, [
+      { type: PayloadType.HASH, data: authHash(this.suite, keys.skeyid, this.transcript.digest, 2) },
+      ...ids.map((id) => ({ ...id, raw: undefined })),
+      {
+        type: PayloadType.SA,
+        doi: 1,
+        situation: 1,
+        proposals: [{ ...chosen.offered, spi: spiIn, transforms: [chosen.transform] }],
+      },
+    ]);
+    const child = this.childOf(false, chosen.proposal, spiIn, chosen.offered.spi, [tsi], [tsr]);
+    this.step = 4;
+    this.established();
+    this.install(child, true);
+    this.respond(msg, m6);
+  }
+
+  private onQmSyncRequest(msg: AuthIpMessage, p: AuthIpPayload[]): void {
+    if (findAuthIp(p, PayloadType.N)?.notify !== AuthIpNotify.NOTIFY_QM_SYNCHRONIZE) return;
+    this.step = 5;
+    this.respond(msg, this.sealed(AuthIpExchange.QUICK_MODE, [this.syncNotify()]));
+    const [child] = this.children.values();
+    if (child) for (const w of this.waiters.splice(0)) w.resolve(child);
+  }
+
+  // ---- child SAs -----------------------------------------------------------------------------------
+
+  private childOf(
+    initiator: boolean,
+    proposal: Proposal,
+    spiIn: Buffer,
+    spiOut: Buffer,
+    tsi = this.config.localTs.slice(0, 1),
+    tsr = this.config.remoteTs.slice(0, 1),
+  ): ChildSa {
+    const { encr, integ } = keySizes(proposal);
+    const keys = this.keys as AuthIpKeys;
+    // Per direction, named by the receiving SPI; authentication key first (§3.4.5.2, §3.5.5.2).
+    const km = (spi: Buffer) => {
+      const k = quickModeKeymat(
+        this.suite,
+        keys.d,
+        this.cookieI,
+        this.cookieR,
+        0,
+        spi,
+        this.niQm as Buffer,
+        this.nrQm as Buffer,
+        encr + integ,
+      );
+      return { integ: k.subarray(0, integ), encr: k.subarray(integ) };
+    };
+    const inbound = km(spiIn);
+    const outbound = km(spiOut);
+    const ir = initiator ? outbound : inbound;
+    const ri = initiator ? inbound : outbound;
+    return {
+      mode: this.config.mode,
+      spiIn,
+      spiOut: Buffer.from(spiOut),
+      proposal,
+      tsi,
+      tsr,
+      keys: { encrI: ir.encr, integI: ir.integ, encrR: ri.encr, integR: ri.integ },
+      encrKeyBytes: encr,
+      integKeyBytes: integ,
+      initiator,
+    };
+  }
+
+  private install(child: ChildSa, outboundActive: boolean): void {
+    this.children.set(child.spiIn.readUInt32BE(0), child);
+    this.host.dataplane.install(
+      childSpec(child, { local: this.local, remote: this.remote, udpEncapsulation: false, outboundActive }),
+    );
+    this.host.log('child SA installed', { ike: 'authip', spiIn: hex(child.spiIn), spiOut: hex(child.spiOut) });
+  }
+
+  private established(): void {
+    this.state = 'established';
+    clearTimeout(this.halfOpenTimer);
+    this.gss?.close();
+    this.host.log('AuthIP Main Mode established', {
+      cookies: `${hex(this.cookieI)}/${hex(this.cookieR)}`,
+      role: this.role,
+      peer: this.peerPrincipal,
+    });
+  }
+
+  /** Ends the SA: children out of the data plane, waiters told why. */
+  fail(err: Error): void {
+    if (this.state === 'dead') return;
+    this.stopRetransmit();
+    clearTimeout(this.halfOpenTimer);
+    this.gss?.close();
+    for (const c of this.children.values()) this.host.dataplane.delete(c.spiIn.readUInt32BE(0));
+    this.children.clear();
+    if (this.spiIn) this.host.spis.release(this.spiIn);
+    this.state = 'dead';
+    this.host.unregister(this);
+    this.host.log('AuthIP negotiation failed', { reason: err.message, role: this.role });
+    for (const w of this.waiters.splice(0)) w.reject(err);
+  }
+}
+
+const within = (ts: TrafficSelector, allowed: readonly TrafficSelector[]): boolean =>
+  allowed.some(
+    (a) =>
+      a.start.length === ts.start.length &&
+      (a.ipProtocol === 0 || a.ipProtocol === ts.ipProtocol) &&
+      a.startPort <= ts.startPort &&
+      ts.endPort <= a.endPort &&
+      Buffer.compare(a.start, ts.start) <= 0 &&
+      Buffer.compare(ts.end, a.end) <= 0,
+  );
