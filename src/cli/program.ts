@@ -15,6 +15,7 @@ import { runDemo } from '../lab/demo.ts';
 import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
+import { LabDomain } from '../lab/kdc.ts';
 import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
 
 function stateDir(program: Command): string {
@@ -200,6 +201,15 @@ export function buildProgram(): Command {
           .filter((i) => i.host === h.name)
           .map((i) => `${i.name} ${i.addresses.join(' ')}`);
         process.stdout.write(`${h.name.padEnd(8)} ${built.ns(h.name).padEnd(20)} ${addrs.join('; ')}\n`);
+      }
+      if (name === 'domain') {
+        // The domain controller's KDC, and alice and bob joined (carol stays outside the domain).
+        const dom = await LabDomain.create(built);
+        for (const member of ['alice', 'bob']) await dom.join(member);
+        process.stdout.write(
+          `realm    ${dom.realm}: KDC on dc (${built.address('dc')}); members alice, bob; carol is not a member\n` +
+            `         a member's Kerberos environment: KRB5_CONFIG=${dom.krb5Conf} KRB5_KTNAME=FILE:${dom.keytab('alice')} (alice)\n`,
+        );
       }
       for (const g of opts.guest) {
         const [host = '', kind = ''] = g.split('=');
