@@ -69,8 +69,13 @@ export function consecDaemon(
   stateDir: string,
   listen: string,
   extra: string[] = [],
+  env?: Record<string, string>,
 ): LabProcess {
-  return lab.spawn(host, consecArgv(['daemon', '--listen', listen, '--dpd', '0', ...extra], stateDir));
+  return lab.spawn(
+    host,
+    consecArgv(['daemon', '--listen', listen, '--dpd', '0', ...extra], stateDir),
+    env ? { env: { ...process.env, ...env } } : {},
+  );
 }
 
 export const DATAPLANE_PSK = 'lab-only-dataplane-psk-0123456789';

@@ -108,6 +108,7 @@ describe('policy → negotiation plan', () => {
         'New-NetIPsecRule -DisplayName "kerberos rule" -RemoteAddress 198.51.100.0/24 -InboundSecurity Require -OutboundSecurity Require | Out-Null',
         'New-NetIPsecRule -DisplayName "ikev1 rule" -RemoteAddress 203.0.113.5 -InboundSecurity Request -OutboundSecurity Request -KeyModule IKEv1 -Phase1AuthSet psk | Out-Null',
         'New-NetIPsecRule -DisplayName "exempt" -RemoteAddress 192.0.2.53 | Out-Null',
+        'New-NetIPsecRule -DisplayName "authip psk" -RemoteAddress 203.0.113.7 -InboundSecurity Request -OutboundSecurity Request -KeyModule AuthIP -Phase1AuthSet psk | Out-Null',
       ].join('\n'),
       dir,
     );
@@ -127,10 +128,10 @@ describe('policy → negotiation plan', () => {
     // The default MM set's first proposal (AES128-SHA256-DH19) is offered; the legacy ones are explained.
     assert.equal(plan.ikeProposals.length, 1);
     assert.match(plan.skipped.join('\n'), /DES3-SHA1-DH2/);
-    assert.throws(
-      () => planNegotiation(doc, flow('198.51.100.7')),
-      /Kerberos is not supported by IKEv2 and needs AuthIP/,
-    );
+    // The default Phase 1 auth set is computer Kerberos: AuthIP carries it.
+    const krb = planNegotiation(doc, flow('198.51.100.7'));
+    assert.deepEqual([krb.keyModule, krb.credentials], ['AuthIP', { method: 'kerberos' }]);
+    assert.throws(() => planNegotiation(doc, flow('203.0.113.7')), /AuthIP has no pre-shared key method/);
     // The rule's KeyModule picks the keying module; a rule without one (Default) starts with IKEv2.
     assert.equal(planNegotiation(doc, flow('203.0.113.5')).keyModule, 'IKEv1');
     assert.equal(plan.keyModule, 'Default');

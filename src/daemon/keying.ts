@@ -17,6 +17,8 @@ import { IkeManager } from '../ike/manager.ts';
 import { selectProposal } from '../ike/proposals.ts';
 import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
 import type { IkeTrace } from '../ike/trace.ts';
+import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
+import { authIpConfigOf } from '../ike/authip/manager.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
@@ -55,6 +57,8 @@ export interface KeyingOptions {
   onPolicy?(doc: PolicyDocument): void;
   /** The IKE sockets for an address (the data plane's marked ones); default UDP 500/4500 of our own. */
   bind?: (address: string) => ((rx: IkeReceiver) => IkeBind) | undefined;
+  /** This host's Kerberos (its keytab) for AuthIP; without it Kerberos rules get no SA. */
+  kerberos?: KerberosProvider;
   log: Logger;
 }
 
@@ -80,7 +84,7 @@ const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
 };
 
 /** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
-export type KeyedSession = IkeSession | V1Session;
+export type KeyedSession = IkeSession | V1Session | AuthIpSession;
 
 /**
  * Errors after which Default tries the other keying module: the peer did not answer, or refused
@@ -128,6 +132,7 @@ export class KeyingService {
         onEstablished: this.o.onEstablished,
         onEstablishedV1: this.o.onEstablished,
         trace: this.o.trace,
+        kerberos: this.o.kerberos,
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),
       });
       try {
@@ -173,7 +178,11 @@ export class KeyingService {
 
   /** IKE SAs of both keying modules. */
   sessions(): KeyedSession[] {
-    return [...this.managers.values()].flatMap((m): KeyedSession[] => [...m.sessions(), ...m.v1.sessions()]);
+    return [...this.managers.values()].flatMap((m): KeyedSession[] => [
+      ...m.sessions(),
+      ...m.v1.sessions(),
+      ...m.authip.sessions(),
+    ]);
   }
 
   /**
@@ -195,6 +204,22 @@ export class KeyingService {
     const running = this.inFlight.get(key);
     if (running) await running;
     const up = (s: KeyedSession) => s.sa.remote.address === plan.remote && s.state === 'established';
+    if (plan.keyModule === 'AuthIP') {
+      // Kerberos: AuthIP's Main Mode carries the first Quick Mode; a further flow to the same peer
+      // is covered by that child SA or gets a Main Mode of its own.
+      const existing = m.authip.sessions().find(up);
+      for (const e of existing?.children.values() ?? [])
+        if (inside(flow.local, localTs(e.child)) && inside(flow.remote, remoteTs(e.child)))
+          return { session: existing as AuthIpSession, child: e.child };
+      const running = m.authip.initiate({ address: plan.remote, port: 500 }, authIpConfigOf(plan, 'initiator'));
+      const p = running.child.then((child) => ({ session: running.session as KeyedSession, child }));
+      this.inFlight.set(key, p);
+      try {
+        return await p;
+      } finally {
+        this.inFlight.delete(key);
+      }
+    }
     const session: KeyedSession | undefined =
       (plan.keyModule !== 'IKEv1' ? m.sessions().find(up) : undefined) ??
       (plan.keyModule !== 'IKEv2' ? m.v1.sessions().find(up) : undefined);
@@ -273,15 +298,18 @@ export class KeyingService {
     let kept = 0;
     let deleted = 0;
     for (const [address, m] of this.managers) {
-      for (const s of [...m.sessions(), ...m.v1.sessions()] as KeyedSession[]) {
+      for (const s of [...m.sessions(), ...m.v1.sessions(), ...m.authip.sessions()] as KeyedSession[]) {
         if (s.state !== 'established') continue;
         const remote = s.sa.remote.address;
         let next: PeerConfig | undefined;
         try {
           const plan = planResponder(doc, address, remote, this.planOptions);
           // A rule that now names the other keying module no longer allows this SA.
-          const module = s instanceof V1Session ? 'IKEv1' : 'IKEv2';
-          const allowed = plan && (plan.keyModule === 'Default' || plan.keyModule === module) ? plan : undefined;
+          const module = s instanceof V1Session ? 'IKEv1' : s instanceof AuthIpSession ? 'AuthIP' : 'IKEv2';
+          const allowed =
+            plan && ((plan.keyModule === 'Default' && module !== 'AuthIP') || plan.keyModule === module)
+              ? plan
+              : undefined;
           next = allowed && (s.role === 'responder' ? asResponder(allowed) : allowed);
         } catch {
           next = undefined;

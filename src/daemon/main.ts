@@ -35,6 +35,8 @@ import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
+import { AuthIpSession } from '../ike/authip/session.ts';
+import { hostKerberos } from './kerberos.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
@@ -330,7 +332,14 @@ async function serve(
   const stores = new PolicyStores(stateDir, { cacheReads: true });
   // The firewall profiles in force (network location): the rules the keying service applies.
   const profilesInForce = () => activeProfiles(networkCategories(stateDir));
+  // Kerberos for AuthIP rules: the computer account of the host keytab, if this host has one.
+  const kerberos = hostKerberos();
+  log.info(
+    kerberos.provider ? { principal: kerberos.principal } : { reason: kerberos.reason },
+    kerberos.provider ? 'Kerberos: computer account' : 'Kerberos: none (AuthIP rules get no SA)',
+  );
   const service = new KeyingService({
+    kerberos: kerberos.provider,
     stores,
     profiles: profilesInForce,
     addresses,
@@ -501,7 +510,8 @@ async function serve(
         for (const x of established)
           for (const e of x.children.values())
             if (String(e.child.spiIn.readUInt32BE(0)) === req.params.name) {
-              if (x instanceof V1Session) await x.deleteChild(e, 'removed by an administrator');
+              if (x instanceof V1Session || x instanceof AuthIpSession)
+                await x.deleteChild(e, 'removed by an administrator');
               else await deleteChild(x, e, 'removed by an administrator');
               return { removed: req.params.name };
             }

@@ -6,6 +6,7 @@ import { dhKeyword, selectorsText } from '../ike/describe.ts';
 import { transformOf } from '../ike/proposals.ts';
 import type { ChildEntry } from '../ike/session.ts';
 import type { KeyedSession } from './keying.ts';
+import { AuthIpSession } from '../ike/authip/session.ts';
 import { localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { identityText } from '../ike/tasks/ike-cert.ts';
 import type { Proposal } from '../ike/wire/codec.ts';
@@ -49,7 +50,7 @@ export interface MainModeSaView {
   CipherAlgorithm: string;
   HashAlgorithm: string;
   GroupId: string;
-  KeyModule: 'IkeV2' | 'IkeV1';
+  KeyModule: 'IkeV2' | 'IkeV1' | 'AuthIp';
   LifetimeSeconds: number;
   LocalUDPEncapsulationPort: number;
   RemoteUDPEncapsulationPort: number;
@@ -59,17 +60,37 @@ export interface MainModeSaView {
   QuickModeSACount: number;
 }
 
+/**
+ * A Kerberos principal as Windows names the account: a computer's host/<name>.<domain>@REALM is
+ * DOMAIN\\NAME$, a user's name@REALM is DOMAIN\\name (DOMAIN: the realm's first label).
+ */
+export function windowsAccountName(principal: string): string {
+  const at = principal.lastIndexOf('@');
+  const realm = at < 0 ? '' : principal.slice(at + 1);
+  const name = at < 0 ? principal : principal.slice(0, at);
+  const domain = realm.split('.')[0] ?? '';
+  const host = /^host\/([^./]+)/i.exec(name)?.[1];
+  const account = host ? `${host.toUpperCase()}$` : name;
+  return domain ? `${domain}\\${account}` : account;
+}
+
 export function mainModeSaView(s: KeyedSession): MainModeSaView {
   const p = s.sa.chosen as Proposal;
-  const method = s.peer.credentials.method === 'cert' ? 'MachineCert' : 'MachinePSK';
+  const kerberos = s instanceof AuthIpSession;
+  const method = kerberos ? 'MachineKerberos' : s.peer.credentials.method === 'cert' ? 'MachineCert' : 'MachinePSK';
   const udp = s.sa.floated;
   return {
     Name: mmSaId(s.sa.localSpi),
     LocalEndpoint: s.sa.local.address,
     RemoteEndpoint: s.sa.remote.address,
-    LocalFirstId: { Identity: identityText(s.peer.localId), AuthenticationMethod: method },
+    LocalFirstId: {
+      Identity: kerberos ? windowsAccountName(s.localPrincipal ?? '') : identityText(s.peer.localId),
+      AuthenticationMethod: method,
+    },
     RemoteFirstId: {
-      Identity: s.peerCertificate?.subject ?? (s.peerId ? identityText(s.peerId) : ''),
+      Identity: kerberos
+        ? windowsAccountName(s.peerPrincipal ?? '')
+        : (s.peerCertificate?.subject ?? (s.peerId ? identityText(s.peerId) : '')),
       AuthenticationMethod: method,
     },
     CipherAlgorithm: cipherKeyword(p),

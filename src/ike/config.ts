@@ -64,9 +64,10 @@ export interface NegotiationPlan extends NegotiationParameters {
   /**
    * Which keying module negotiates: the rule's KeyModule; Default tries the store's
    * DefaultKeyModuleOrder (IKEv2 first as Windows 11 24H2 / Server 2025, unless set to IKEv1 first)
-   * and the other module when the peer does not speak the first (src/daemon/keying.ts).
+   * and the other module when the peer does not speak the first (src/daemon/keying.ts). AuthIP
+   * when the rule authenticates with Kerberos.
    */
-  keyModule: 'IKEv2' | 'IKEv1' | 'Default';
+  keyModule: 'IKEv2' | 'IKEv1' | 'AuthIP' | 'Default';
   remoteId?: Identity;
   /** Windows proposals that could not be offered. */
   skipped: string[];
@@ -181,12 +182,6 @@ export function planResponder(
 
 /** The negotiation a rule asks for, for one flow (transport) or its tunnel. */
 export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, opts: PlanOptions = {}): NegotiationPlan {
-  if (rule.KeyModule === 'AuthIP') {
-    throw new IkeError(
-      `rule "${rule.DisplayName}" asks for AuthIP, which consec does not speak (use IKEv2, IKEv1 or Default)`,
-      NotifyType.NO_PROPOSAL_CHOSEN,
-    );
-  }
   const find = <C extends SetCollection>(collection: C, name: string, kind: string): PolicyDocument[C][number] => {
     const s = findSet(doc, collection, name);
     if (!s)
@@ -197,17 +192,26 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     return s;
   };
   const p1 = find('phase1AuthSets', rule.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET, 'phase 1 authentication set');
-  const usable = p1.Proposal.find(
-    (p) => (p.AuthenticationMethod === 'PreSharedKey' && p.PreSharedKey) || p.AuthenticationMethod === 'Certificate',
-  );
+  // The first method of the set that the rule's keying module can carry, in the set's order:
+  // AuthIP authenticates computers with Kerberos (no pre-shared key, MS-AIPS §2.2.3.4); IKEv2 and
+  // IKEv1 with pre-shared keys and certificates; Default picks AuthIP for a Kerberos method.
+  const kerberos = (p: (typeof p1.Proposal)[number]) =>
+    p.AuthenticationMethod === 'Kerberos' && p.Principal === 'Machine';
+  const keyed = (p: (typeof p1.Proposal)[number]) =>
+    (p.AuthenticationMethod === 'PreSharedKey' && !!p.PreSharedKey) || p.AuthenticationMethod === 'Certificate';
+  const carried = (p: (typeof p1.Proposal)[number]) =>
+    rule.KeyModule === 'AuthIP' ? kerberos(p) : rule.KeyModule === 'Default' ? kerberos(p) || keyed(p) : keyed(p);
+  const usable = p1.Proposal.find(carried);
   if (!usable) {
     const methods = p1.Proposal.map(
       (p) => `${p.Principal === 'Machine' ? 'computer ' : ''}${p.AuthenticationMethod}`,
     ).join(', ');
     throw new IkeError(
-      p1.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos')
-        ? `rule "${rule.DisplayName}" authenticates with ${methods}: Kerberos is not supported by IKEv2 and needs AuthIP, which consec does not speak yet`
-        : `rule "${rule.DisplayName}" authenticates with ${methods}: consec's IKEv2 authenticates with certificates or pre-shared keys`,
+      rule.KeyModule === 'AuthIP'
+        ? `rule "${rule.DisplayName}" uses AuthIP and authenticates with ${methods}: consec's AuthIP authenticates computers with Kerberos (AuthIP has no pre-shared key method)`
+        : p1.Proposal.some(kerberos)
+          ? `rule "${rule.DisplayName}" authenticates with ${methods} over ${rule.KeyModule}: Kerberos is carried by AuthIP (KeyModule AuthIP or Default)`
+          : `rule "${rule.DisplayName}" authenticates with ${methods}: consec's IKEv2 and IKEv1 authenticate with certificates or pre-shared keys`,
       NotifyType.AUTHENTICATION_FAILED,
     );
   }
@@ -254,7 +258,9 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     throw new IkeError('dynamic tunnel endpoints (Any) are not supported yet', NotifyType.TS_UNACCEPTABLE);
   const proto = rule.Protocol === 'Any' ? 0 : (protocolNumber(rule.Protocol) ?? Math.max(0, flow.protocol));
   let credentials: Credentials;
-  if (usable.AuthenticationMethod === 'Certificate') {
+  if (usable.AuthenticationMethod === 'Kerberos') {
+    credentials = { method: 'kerberos' };
+  } else if (usable.AuthenticationMethod === 'Certificate') {
     if (!opts.certs)
       throw new IkeError(
         `rule "${rule.DisplayName}" needs certificates, but no certificate store was given`,
@@ -270,7 +276,12 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   }
   return {
     rule,
-    keyModule: rule.KeyModule === 'IKEv1' || rule.KeyModule === 'IKEv2' ? rule.KeyModule : 'Default',
+    keyModule:
+      credentials.method === 'kerberos'
+        ? 'AuthIP'
+        : rule.KeyModule === 'IKEv1' || rule.KeyModule === 'IKEv2'
+          ? rule.KeyModule
+          : 'Default',
     mode: tunnel ? 'tunnel' : 'transport',
     local,
     remote,

@@ -22,6 +22,9 @@ import { SpiRegistry } from './spi.ts';
 import { headerText, type IkeTrace, payloadsText } from './trace.ts';
 import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './wire/codec.ts';
 import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
+import { AuthIpManager, authIpConfigOf } from './authip/manager.ts';
+import { isAuthIpExchange } from './authip/constants.ts';
+import { type KerberosProvider, NO_KERBEROS } from './authip/session.ts';
 import { V1Manager } from './v1/manager.ts';
 import type { V1Session } from './v1/session.ts';
 
@@ -56,6 +59,8 @@ export interface ManagerOptions {
   onEstablishedV1?(session: V1Session): void;
   onEndedV1?(session: V1Session): void;
   log?(event: string, detail?: Record<string, unknown>): void;
+  /** Kerberos for AuthIP (the host keytab); without it AuthIP Main Modes are refused. */
+  kerberos?: KerberosProvider;
 }
 
 export interface InitiateRequest {
@@ -96,12 +101,28 @@ export class IkeManager implements SessionHost, IkeReceiver {
   espHandler?: (packet: Buffer, from: Endpoint) => void;
   /** The IKEv1 keying module on the same sockets (messages of major version 1 go there). */
   readonly v1: V1Manager;
+  /** AuthIP ([MS-AIPS]) on the same UDP 500 socket: Kerberos Main Modes. */
+  readonly authip: AuthIpManager;
 
   constructor(private readonly o: ManagerOptions) {
     this.audit = o.audit ?? NO_AUDIT;
     this.dataplane = o.dataplane ?? NO_DATAPLANE;
     this.timing = { ...DEFAULT_TIMING, ...o.timing };
     this.fragmentSize = o.fragmentSize ?? 1280;
+    this.authip = new AuthIpManager({
+      address: o.address,
+      spis: this.spis,
+      dataplane: this.dataplane,
+      send: (d, _from, to) => this.bind.sendIke(d, 500, to),
+      kerberos: o.kerberos ?? NO_KERBEROS,
+      log: (e, d) => this.log(e, d),
+      retransmits: this.timing.retransmits,
+      halfOpenMs: 60_000,
+      configFor: (remote) => {
+        const peer = o.kerberos ? o.peerFor(remote) : undefined;
+        return peer?.credentials.method === 'kerberos' ? authIpConfigOf(peer, 'responder') : undefined;
+      },
+    });
     this.v1 = new V1Manager({
       address: o.address,
       peerFor: (remote) => o.peerFor(remote),
@@ -331,6 +352,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
   ike(data: Buffer, from: Endpoint, port: IkePort): void {
     // Both versions share the ports; the version octet tells them apart (RFC 7296 §1.5, RFC 2408 §3.1).
     if (data.length > 17 && (data[17] as number) >> 4 === 1) {
+      // AuthIP is ISAKMP 1.0 with exchange types 243–246 (MS-AIPS §2.2.1), on UDP 500 only.
+      if (isAuthIpExchange(data[18] as number)) {
+        if (port === 500) this.authip.receive(data, from);
+        return;
+      }
       this.v1.receive(data, from, port);
       return;
     }
@@ -592,6 +618,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
 
   /** Forgets every SA without telling the peers and closes the sockets. */
   close(): void {
+    this.authip.close();
     this.v1.close();
     for (const s of this.sessions()) s.terminate('keying service stopped');
     this._bind?.close();

@@ -72,6 +72,8 @@ export const WindowsStatus = {
   NO_POLICY: 13825,
   /** ERROR_IPSEC_IKE_POLICY_MATCH */
   POLICY_MATCH: 13868,
+  /** ERROR_IPSEC_IKE_SA_DELETED: the sender deleted the SA */
+  SA_DELETED: 13813,
   /** SEC_E_LOGON_DENIED: the security package refused the credentials */
   LOGON_DENIED: 0x8009030c,
 } as const;

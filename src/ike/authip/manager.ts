@@ -9,6 +9,26 @@ import { decodeAuthIp } from './codec.ts';
 import { AuthIpExchange } from './constants.ts';
 import { type AuthIpConfig, type AuthIpHost, AuthIpSession } from './session.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
+import type { PeerConfig } from '../tasks/context.ts';
+
+/**
+ * A rule's negotiation as AuthIP needs it; `view` says whose side the config's tsi is (an
+ * initiator's plan names ours first, a responder's config the peer's).
+ */
+export function authIpConfigOf(peer: PeerConfig, view: 'initiator' | 'responder'): AuthIpConfig {
+  const [localTs, remoteTs] = view === 'initiator' ? [peer.tsi, peer.tsr] : [peer.tsr, peer.tsi];
+  return {
+    name: peer.name ?? 'AuthIP',
+    peer,
+    mmProposals: peer.ikeProposals,
+    espProposals: peer.espProposals,
+    localTs,
+    remoteTs,
+    mode: peer.mode,
+    lifeSeconds: Math.round((peer.lifetimes?.ikeExpireMs ?? 480 * 60_000) / 1000),
+    childLifeSeconds: Math.round((peer.lifetimes?.childExpireMs ?? 60 * 60_000) / 1000),
+  };
+}
 
 export interface AuthIpManagerOptions extends Omit<AuthIpHost, 'register' | 'unregister'> {
   address: string;

@@ -23,6 +23,7 @@ import { childSpec } from '../child-spec.ts';
 import { IkeError } from '../errors.ts';
 import type { SpiRegistry } from '../spi.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
+import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig } from '../tasks/context.ts';
 import type { Proposal } from '../wire/codec.ts';
 import { NotifyType as V2Notify } from '../wire/constants.ts';
 import { PayloadType } from '../v1/constants.ts';
@@ -74,6 +75,8 @@ export interface GssPeer {
 
 export interface AuthIpConfig {
   name: string;
+  /** The rule's negotiation as the daemon planned it (views, reloads); absent in bare tests. */
+  peer?: PeerConfig;
   /** Neutral IKE proposals of the Main Mode crypto set (their DH group is not used with Kerberos). */
   mmProposals: readonly Proposal[];
   espProposals: (spi: Buffer) => Proposal[];
@@ -86,12 +89,29 @@ export interface AuthIpConfig {
   childLifeSeconds: number;
 }
 
+/** Our Kerberos side: an initiator toward the peer's SPN, an acceptor with the host keytab, our SPN. */
+export interface KerberosProvider {
+  initiator(targetSpn: string): GssPeer;
+  acceptor(): GssPeer;
+  spn(): string;
+}
+
+/** No Kerberos configured: every AuthIP authentication fails with that reason. */
+export const NO_KERBEROS: KerberosProvider = {
+  initiator() {
+    throw new IkeError('this host has no Kerberos credentials (no host keytab)', V2Notify.AUTHENTICATION_FAILED);
+  },
+  acceptor() {
+    throw new IkeError('this host has no Kerberos credentials (no host keytab)', V2Notify.AUTHENTICATION_FAILED);
+  },
+  spn: () => '',
+};
+
 export interface AuthIpHost {
   readonly spis: SpiRegistry;
   readonly dataplane: ChildSaSink;
   send(data: Buffer, from: Endpoint, to: Endpoint): void;
-  /** Our Kerberos side: an initiator toward the peer's SPN, an acceptor with the host keytab, our SPN. */
-  kerberos: { initiator(targetSpn: string): GssPeer; acceptor(): GssPeer; spn(): string };
+  kerberos: KerberosProvider;
   register(s: AuthIpSession): void;
   unregister(s: AuthIpSession): void;
   log(event: string, detail?: Record<string, unknown>): void;
@@ -113,7 +133,13 @@ export class AuthIpSession {
   /** The peer's authenticated principal (Kerberos), once Main Mode is done. */
   peerPrincipal?: string;
   localPrincipal?: string;
-  readonly children = new Map<number, ChildSa>();
+  /** Child SAs by inbound SPI, as the other keying modules keep them (views, removal). */
+  readonly children = new Map<number, ChildEntry>();
+  readonly startedAt = Date.now();
+  establishedAt = 0;
+  /** Kerberos proves principals, not certificates or IKE identities. */
+  readonly peerCertificate = undefined;
+  readonly peerId = undefined;
   choice?: MmChoice;
   private keys?: AuthIpKeys;
   private readonly transcript = new Transcript(() => this.choice?.suite.hash);
@@ -152,6 +178,42 @@ export class AuthIpSession {
   }
 
   private halfOpenTimer?: NodeJS.Timeout;
+
+  /** The SA's identity as views and metrics read it (cookies in place of IKEv2 SPIs). */
+  get sa() {
+    return {
+      role: this.role,
+      local: this.local,
+      remote: this.remote,
+      spiI: this.cookieI,
+      spiR: this.cookieR,
+      localSpi: this.role === 'initiator' ? this.cookieI : this.cookieR,
+      floated: false,
+      chosen: this.choice?.phase1.proposal,
+    };
+  }
+
+  get peer(): PeerConfig {
+    if (!this.config.peer) throw new IkeError('an AuthIP SA without a rule', V2Notify.INVALID_SYNTAX);
+    return this.config.peer;
+  }
+
+  /** A policy reload that keeps the SA hands it the rule's new version. */
+  set peer(p: PeerConfig) {
+    this.config.peer = p;
+  }
+
+  get lifetimes(): Lifetimes {
+    const l = this.config.peer?.lifetimes;
+    return (
+      (l?.ikeExpireMs !== undefined && l.childExpireMs !== undefined && (l as Lifetimes)) || {
+        ikeRekeyMs: this.config.lifeSeconds * 900,
+        ikeExpireMs: this.config.lifeSeconds * 1000,
+        childRekeyMs: this.config.childLifeSeconds * 900,
+        childExpireMs: this.config.childLifeSeconds * 1000,
+      }
+    );
+  }
 
   get suite(): AuthIpSuite {
     if (!this.choice) throw new IkeError('no Main Mode transform agreed yet', V2Notify.INVALID_SYNTAX);
@@ -298,6 +360,7 @@ export class AuthIpSession {
 
   private async handle(msg: AuthIpMessage): Promise<void> {
     const payloads = this.opened(msg);
+    if (msg.header.exchange === AuthIpExchange.NOTIFY) return this.onNotify(payloads);
     const step = this.step;
     if (this.role === 'initiator') {
       if (step === 1 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm2(msg, payloads);
@@ -581,8 +644,8 @@ export class AuthIpSession {
     if (findAuthIp(p, PayloadType.N)?.notify !== AuthIpNotify.NOTIFY_QM_SYNCHRONIZE) return;
     this.step = 5;
     this.respond(msg, this.sealed(AuthIpExchange.QUICK_MODE, [this.syncNotify()]));
-    const [child] = this.children.values();
-    if (child) for (const w of this.waiters.splice(0)) w.resolve(child);
+    const [entry] = this.children.values();
+    if (entry) for (const w of this.waiters.splice(0)) w.resolve(entry.child);
   }
 
   // ---- child SAs -----------------------------------------------------------------------------------
@@ -631,7 +694,15 @@ export class AuthIpSession {
   }
 
   private install(child: ChildSa, outboundActive: boolean): void {
-    this.children.set(child.spiIn.readUInt32BE(0), child);
+    const now = Date.now();
+    this.children.set(child.spiIn.readUInt32BE(0), {
+      child,
+      state: INSTALLED,
+      installedAt: now,
+      rekeyAt: now + this.lifetimes.childRekeyMs,
+      expireAt: now + this.lifetimes.childExpireMs,
+      timers: [],
+    });
     this.host.dataplane.install(
       childSpec(child, { local: this.local, remote: this.remote, udpEncapsulation: false, outboundActive }),
     );
@@ -640,6 +711,7 @@ export class AuthIpSession {
 
   private established(): void {
     this.state = 'established';
+    this.establishedAt = Date.now();
     clearTimeout(this.halfOpenTimer);
     this.gss?.close();
     this.host.log('AuthIP Main Mode established', {
@@ -651,17 +723,71 @@ export class AuthIpSession {
 
   /** Ends the SA: children out of the data plane, waiters told why. */
   fail(err: Error): void {
+    this.terminate(err.message, err);
+  }
+
+  /** Ends the SA locally: children out of the data plane, timers stopped. No message is sent. */
+  terminate(reason: string, failure?: Error): void {
     if (this.state === 'dead') return;
     this.stopRetransmit();
     clearTimeout(this.halfOpenTimer);
     this.gss?.close();
-    for (const c of this.children.values()) this.host.dataplane.delete(c.spiIn.readUInt32BE(0));
+    for (const key of this.children.keys()) this.host.dataplane.delete(key);
     this.children.clear();
     if (this.spiIn) this.host.spis.release(this.spiIn);
+    const wasUp = this.establishedAt > 0;
     this.state = 'dead';
     this.host.unregister(this);
-    this.host.log('AuthIP negotiation failed', { reason: err.message, role: this.role });
-    for (const w of this.waiters.splice(0)) w.reject(err);
+    this.host.log(wasUp ? 'AuthIP SA ended' : 'AuthIP negotiation failed', { reason, role: this.role });
+    for (const w of this.waiters.splice(0))
+      w.reject(failure ?? new IkeError(`the AuthIP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));
+  }
+
+  /**
+   * Deletes the SA at the peer — a NOTIFY_STATUS in a Notify exchange, the way AuthIP removes state
+   * (§3.1.7.1) — and here.
+   */
+  delete(reason = 'deleted'): Promise<void> {
+    if (this.state === 'established' && this.keys)
+      this.send(this.sealed(AuthIpExchange.NOTIFY, [this.statusNotify(NotifyProtocol.MAIN_OR_EXTENDED)]));
+    this.terminate(reason);
+    return Promise.resolve();
+  }
+
+  /** Deletes one child SA (the first Quick Mode's): its Quick Mode state at the peer, then here. */
+  deleteChild(e: ChildEntry, reason: string): Promise<void> {
+    const key = e.child.spiIn.readUInt32BE(0);
+    if (!this.children.has(key)) return Promise.resolve();
+    if (this.state === 'established' && this.keys)
+      this.send(this.sealed(AuthIpExchange.NOTIFY, [this.statusNotify(NotifyProtocol.QUICK)]));
+    this.children.delete(key);
+    this.host.dataplane.delete(key);
+    this.host.log('child SA removed', { ike: 'authip', spiIn: hex(e.child.spiIn), reason });
+    return Promise.resolve();
+  }
+
+  private statusNotify(protocol: number): AuthIpPayload {
+    const data = Buffer.alloc(4);
+    data.writeUInt32BE(WindowsStatus.SA_DELETED);
+    return { type: PayloadType.N, doi: 1, protocol, flags: 0, notify: AuthIpNotify.NOTIFY_STATUS, data };
+  }
+
+  /** A Notify exchange from the peer: its NOTIFY_STATUS ends this SA (or the Quick Mode state). */
+  private onNotify(p: AuthIpPayload[]): void {
+    const n = findAuthIp(p, PayloadType.N);
+    if (n?.notify !== AuthIpNotify.NOTIFY_STATUS) return;
+    if (n.protocol === NotifyProtocol.QUICK) {
+      for (const e of [...this.children.values()]) void this.deleteChildLocally(e, 'deleted by the peer');
+      return;
+    }
+    this.terminate('deleted by the peer');
+  }
+
+  private deleteChildLocally(e: ChildEntry, reason: string): void {
+    const key = e.child.spiIn.readUInt32BE(0);
+    this.children.delete(key);
+    this.host.dataplane.delete(key);
+    this.host.log('child SA removed', { ike: 'authip', spiIn: hex(e.child.spiIn), reason });
   }
 }
 

@@ -31,7 +31,7 @@ export interface PeerConfig extends ChildPolicy {
   remoteId?: Identity;
   lifetimes?: Partial<Lifetimes>;
   /** The rule's keying module: a responder answers only the module it names (Default: either). */
-  keyModule?: 'IKEv2' | 'IKEv1' | 'Default';
+  keyModule?: 'IKEv2' | 'IKEv1' | 'AuthIP' | 'Default';
 }
 
 export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';

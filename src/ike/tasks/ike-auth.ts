@@ -28,10 +28,26 @@ export interface Identity {
 export const idBody = (id: Identity): Buffer => Buffer.concat([Buffer.from([id.type, 0, 0, 0]), id.data]);
 
 /** How both sides prove who they are: one shared key, or certificates. */
-export type Credentials = { method: 'psk'; psk: Buffer } | ({ method: 'cert' } & CertCredentials);
+/**
+ * How this side authenticates: a pre-shared key, a certificate, or the computer's Kerberos account
+ * (the host keytab; only AuthIP carries it — src/ike/authip).
+ */
+export type Credentials =
+  { method: 'psk'; psk: Buffer } | ({ method: 'cert' } & CertCredentials) | { method: 'kerberos' };
+
+/** Pre-shared key or certificate: what IKEv2 and IKEv1 authenticate with; Kerberos is refused here. */
+export function keyedCredentials(c: Credentials): Exclude<Credentials, { method: 'kerberos' }> {
+  if (c.method === 'kerberos')
+    throw new IkeError(
+      'Kerberos authentication is carried by AuthIP, not by this keying module',
+      NotifyType.AUTHENTICATION_FAILED,
+    );
+  return c;
+}
 
 /** Windows' name for the method, for SA views and audit events. */
-export const methodName = (c: Credentials): string => (c.method === 'psk' ? 'Preshared key' : 'Certificate');
+export const methodName = (c: Credentials): string =>
+  c.method === 'psk' ? 'Preshared key' : c.method === 'cert' ? 'Certificate' : 'Kerberos';
 
 /** The octets an AUTH payload covers (§2.15) — the IKE_SA_INIT message a side sent, the other's nonce. */
 export function authContext(sa: IkeSa, side: 'i' | 'r') {
@@ -51,7 +67,8 @@ export function authContext(sa: IkeSa, side: 'i' | 'r') {
 }
 
 /** ID, [CERT …,] AUTH for our side (`side` = our role in this IKE SA). */
-export function authPayloads(sa: IkeSa, side: 'i' | 'r', id: Identity, cred: Credentials): Payload[] {
+export function authPayloads(sa: IkeSa, side: 'i' | 'r', id: Identity, credentials: Credentials): Payload[] {
+  const cred = keyedCredentials(credentials);
   const idPayload: Payload = { type: side === 'i' ? PayloadType.IDi : PayloadType.IDr, idType: id.type, data: id.data };
   const c = authContext(sa, side);
   if (cred.method === 'cert') return [idPayload, ...certAuthPayloads(c, idBody(id), cred)];
@@ -78,9 +95,10 @@ export function verifyPeerAuth(
   sa: IkeSa,
   side: 'i' | 'r',
   payloads: readonly Payload[],
-  cred: Credentials,
+  credentials: Credentials,
   expectedId?: Identity,
 ): Authenticated {
+  const cred = keyedCredentials(credentials);
   if (findNotifies(payloads, NotifyType.AUTHENTICATION_FAILED).length > 0)
     throw new IkeError(
       'the peer refused our authentication (AUTHENTICATION_FAILED)',

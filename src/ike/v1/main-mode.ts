@@ -28,7 +28,7 @@ import { mainModeHash, natD, phase1Iv, phase1Keys } from './crypto.ts';
 import { certRequests, ecdsaHash, signatureMethod, signaturePayloads, verifySignaturePayloads } from './auth.ts';
 import { type NattVariant, phase1Transforms, readPhase1, selectPhase1 } from './proposals.ts';
 import { digestOf, Retransmission, type V1Session } from './session.ts';
-import type { Identity } from '../tasks/ike-auth.ts';
+import { type Identity, keyedCredentials } from '../tasks/ike-auth.ts';
 
 const NONCE_BYTES = 32;
 
@@ -126,7 +126,7 @@ function ourId(s: V1Session): V1Payload {
 /** The auth method our credentials use: pre-shared key, or the signature our certificate's key makes. */
 function methods(s: V1Session): number[] {
   const c = s.peer.credentials;
-  return c.method === 'psk' ? [AuthMethod.PSK] : [signatureMethod(c.key)];
+  return c.method === 'psk' ? [AuthMethod.PSK] : c.method === 'cert' ? [signatureMethod(c.key)] : [];
 }
 
 function skeyidSecret(s: V1Session): { psk: Buffer } | { signatures: true } {
@@ -179,7 +179,7 @@ const signingMethod = (s: V1Session, key: KeyObject): number => s.choice?.authMe
 /** Our proof for message 5 or 6: HASH with a pre-shared key, CERT… and SIG over it with a certificate. */
 function proofPayloads(s: V1Session, who: 'initiator' | 'responder', id: V1Payload): V1Payload[] {
   const hash = hashOf(s, who, payloadBody(id));
-  const c = s.peer.credentials;
+  const c = keyedCredentials(s.peer.credentials);
   if (c.method === 'psk') return [{ type: PayloadType.HASH, data: hash }];
   return signaturePayloads(signingMethod(s, c.key), c, hash);
 }
