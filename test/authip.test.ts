@@ -42,6 +42,7 @@ import { AuthIpManager } from '../src/ike/authip/manager.ts';
 import type { AuthIpConfig } from '../src/ike/authip/session.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import { SpiRegistry } from '../src/ike/spi.ts';
+import { AuditCollector } from '../src/audit/events.ts';
 import { GssContext } from '../src/io/gss.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
@@ -352,6 +353,7 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
 
   function side(address: string, peer: string, host: string, wire: { sent: Buffer[] }, keytab = dom.keytab(host)) {
     const sad = new Sad();
+    const audit = new AuditCollector();
     const log: string[] = [];
     const config: AuthIpConfig = {
       name: 'Domain isolation',
@@ -369,6 +371,7 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     const m = new AuthIpManager({
       address,
       spis: new SpiRegistry(),
+      audit,
       dataplane: sad,
       send: (d, from) => {
         wire.sent.push(d);
@@ -390,7 +393,7 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
       halfOpenMs: 60_000,
       configFor: () => config,
     });
-    return { m, sad, log, config, connect: (to: AuthIpManager) => (other = to) };
+    return { m, sad, log, audit, config, connect: (to: AuthIpManager) => (other = to) };
   }
 
   it('two domain members: Main Mode by computer Kerberos (no Diffie-Hellman), the first Quick Mode inside it, mirrored ESP keys; the wire is AuthIP only', async () => {
@@ -433,6 +436,22 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
       ],
     );
     assert.ok(decodeAuthIp(wire.sent[2] as Buffer).payloads.some((p) => p.type === AuthIpPayloadType.GSS));
+    // Audit: 4650 with Kerberos and both computer accounts as Windows names them, 5451 per side.
+    const mm = a.audit.events.find((e) => e.id === 4650);
+    assert.ok(mm && 'mainMode' in mm);
+    assert.deepEqual(
+      [
+        mm.mainMode.keyingModule,
+        mm.mainMode.authenticationMethod,
+        mm.mainMode.local.principal,
+        mm.mainMode.remote.principal,
+      ],
+      ['AuthIP', 'Kerberos', 'CORP\\ALICE$', 'CORP\\BOB$'],
+    );
+    assert.deepEqual(
+      b.audit.events.filter((e) => e.id === 4650 || e.id === 5451).map((e) => e.id),
+      [4650, 5451],
+    );
     assert.equal(
       findAuthIp(decodeAuthIp(wire.sent[1] as Buffer).payloads, AuthIpPayloadType.GSS_ID)?.spn,
       dom.computerPrincipal('bob'),
@@ -454,5 +473,12 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     assert.deepEqual(b.m.sessions(), [], 'told by the GSS payload with a status, bob lets the SA go at once');
     assert.equal(b.sad.installed.size, 0);
     assert.match(b.log.join('\n'), /could not authenticate with Kerberos \(status 0x8009030c\)/);
+    // 4653 on both sides, each naming who found the failure.
+    const failed = (x: typeof c) =>
+      x.audit.events.find((e) => e.id === 4653) as
+        { failure: { failurePoint: string; failureReason: string } } | undefined;
+    assert.match(failed(c)?.failure.failureReason ?? '', /Decrypt integrity check failed/);
+    assert.equal(failed(c)?.failure.failurePoint, 'Local computer');
+    assert.match(failed(b)?.failure.failureReason ?? '', /could not authenticate with Kerberos/);
   });
 });

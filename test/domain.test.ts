@@ -18,8 +18,9 @@ import { freshStateDir, ps } from './pwsh-helpers.ts';
 const SEED_SCRIPT = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts', '02-server-to-server.ps1');
 
 /** The seeds' server-to-server script (computer Kerberos, Require/Require) for two lab addresses. */
-async function seedPolicy(dir: string, local: string, remote: string): Promise<void> {
-  const script = readFileSync(SEED_SCRIPT, 'utf8').replaceAll('10.0.1.20', local).replaceAll('10.0.1.30', remote);
+async function seedPolicy(dir: string, local: string, remote: string, security?: 'Request'): Promise<void> {
+  let script = readFileSync(SEED_SCRIPT, 'utf8').replaceAll('10.0.1.20', local).replaceAll('10.0.1.30', remote);
+  if (security) script = script.replaceAll('Security Require', `Security ${security}`);
   const r = await ps(script, dir);
   assert.equal(r.errors, 0, r.err);
 }
@@ -65,7 +66,8 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         `${ping.stdout}\n${daemons.map((d) => d.output().slice(-3000)).join('\n---\n')}`,
       );
       await cap.stop();
-      const protocols = new Set(await cap.protocols('ip && !arp && !(udp.port == 88)'));
+      // Everything between the two members (the segment also carries IGMP and the hosts' Kerberos).
+      const protocols = new Set(await cap.protocols(`ip.addr == ${a} && ip.addr == ${b}`));
       assert.ok(
         [...protocols].some((p) => p.endsWith('ip:esp')),
         [...protocols].join(' '),
@@ -97,6 +99,58 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         dom.log(),
         /TGS_REQ .* host\/alice\.corp\.example@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/,
       );
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+    }
+  });
+});
+
+describe('domain isolation: a host outside the domain', () => {
+  let lab: Lab;
+  let dom: LabDomain;
+  before(async () => {
+    lab = await Lab.create(domain());
+    dom = await LabDomain.create(lab);
+    await dom.join('bob');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('carol has no computer account: her AuthIP Main Mode fails (4653 on both sides), her Request falls back to clear, and bob (Require) lets none of it in', async () => {
+    const b = lab.address('bob');
+    const c = lab.address('carol');
+    const daemons: LabProcess[] = [];
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    try {
+      const bobDir = freshStateDir('consec-dom-bob-');
+      await seedPolicy(bobDir, b, c);
+      const bob = consecDaemon(lab, 'bob', bobDir, b, [], {
+        KRB5_CONFIG: dom.krb5Conf,
+        KRB5_KTNAME: `FILE:${dom.keytab('bob')}`,
+      });
+      daemons.push(bob);
+      await bob.waitFor(/"msg":"ready"/);
+      const carolDir = freshStateDir('consec-dom-carol-');
+      await seedPolicy(carolDir, c, b, 'Request');
+      const carol = consecDaemon(lab, 'carol', carolDir, c, [], {
+        KRB5_CONFIG: dom.krb5Conf,
+        KRB5_KTNAME: `FILE:${dom.dir}/carol-has-none.keytab`,
+      });
+      daemons.push(carol);
+      await carol.waitFor(/"msg":"ready"/);
+      assert.match(carol.output(), /Kerberos: none/);
+      const ping = await lab.exec('carol', ['ping', '-c', '3', '-i', '0.3', '-W', '2', b], { allowFailure: true });
+      assert.match(ping.stdout, / 100% packet loss/, ping.stdout);
+      await bob.waitFor(/"id":4653/);
+      await carol.waitFor(/"id":4653/);
+      assert.match(bob.output(), /could not authenticate with Kerberos/);
+      await cap.stop();
+      // carol's echo requests reached bob's wire in clear (Request); bob answered none of them.
+      const icmp = await cap.protocols('icmp');
+      assert.ok(icmp.length > 0, 'carol fell back to clear');
+      assert.deepEqual(await cap.protocols(`icmp && ip.src == ${b}`), [], 'bob sent nothing in clear');
     } finally {
       await cap.dispose();
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);

@@ -6,7 +6,7 @@ import { dhKeyword, selectorsText } from '../ike/describe.ts';
 import { transformOf } from '../ike/proposals.ts';
 import type { ChildEntry } from '../ike/session.ts';
 import type { KeyedSession } from './keying.ts';
-import { AuthIpSession } from '../ike/authip/session.ts';
+import { AuthIpSession, windowsAccountName } from '../ike/authip/session.ts';
 import { localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { identityText } from '../ike/tasks/ike-cert.ts';
 import type { Proposal } from '../ike/wire/codec.ts';
@@ -58,20 +58,6 @@ export interface MainModeSaView {
   Role: string;
   State: string;
   QuickModeSACount: number;
-}
-
-/**
- * A Kerberos principal as Windows names the account: a computer's host/<name>.<domain>@REALM is
- * DOMAIN\\NAME$, a user's name@REALM is DOMAIN\\name (DOMAIN: the realm's first label).
- */
-export function windowsAccountName(principal: string): string {
-  const at = principal.lastIndexOf('@');
-  const realm = at < 0 ? '' : principal.slice(at + 1);
-  const name = at < 0 ? principal : principal.slice(0, at);
-  const domain = realm.split('.')[0] ?? '';
-  const host = /^host\/([^./]+)/i.exec(name)?.[1];
-  const account = host ? `${host.toUpperCase()}$` : name;
-  return domain ? `${domain}\\${account}` : account;
 }
 
 export function mainModeSaView(s: KeyedSession): MainModeSaView {

@@ -87,7 +87,7 @@ export interface DescribedSession {
 /** The main mode SA as audit events and views show it (4650/4651, Get-NetIPsecMainModeSA). */
 export function mainModeInfoOf(
   s: DescribedSession,
-  keyingModule: 'IKEv2' | 'IKEv1',
+  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP',
   localSpi: Buffer,
   chosen: Proposal | undefined,
 ): MainModeInfo {
@@ -112,7 +112,7 @@ export function mainModeInfoOf(
 /** A child SA as audit events and views show it (5451, Get-NetIPsecQuickModeSA). */
 export function quickModeInfoOf(
   s: Pick<DescribedSession, 'endpoint'>,
-  keyingModule: 'IKEv2' | 'IKEv1',
+  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP',
   localSpi: Buffer,
   child: ChildSa,
 ): QuickModeInfo {

@@ -112,6 +112,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.authip = new AuthIpManager({
       address: o.address,
       spis: this.spis,
+      audit: this.audit,
       dataplane: this.dataplane,
       send: (d, _from, to) => this.bind.sendIke(d, 500, to),
       kerberos: o.kerberos ?? NO_KERBEROS,

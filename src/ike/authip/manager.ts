@@ -47,6 +47,7 @@ export class AuthIpManager {
   private get host(): AuthIpHost {
     return {
       spis: this.o.spis,
+      audit: this.o.audit,
       dataplane: this.o.dataplane,
       send: (d, from, to) => this.o.send(d, from, to),
       kerberos: this.o.kerberos,

@@ -17,10 +17,13 @@
  * uses Message ID 0 (the Main Mode's) in its header and its key material.
  */
 import { randomBytes } from 'node:crypto';
+import { type AuditSink, type EndpointInfo, mmSaId } from '../../audit/events.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
+import { mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
+import { methodName } from '../tasks/ike-auth.ts';
 import type { Endpoint, TrafficSelector } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
-import { IkeError } from '../errors.ts';
+import { IkeError, notifyName } from '../errors.ts';
 import type { SpiRegistry } from '../spi.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
 import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig } from '../tasks/context.ts';
@@ -109,6 +112,7 @@ export const NO_KERBEROS: KerberosProvider = {
 
 export interface AuthIpHost {
   readonly spis: SpiRegistry;
+  readonly audit: AuditSink;
   readonly dataplane: ChildSaSink;
   send(data: Buffer, from: Endpoint, to: Endpoint): void;
   kerberos: KerberosProvider;
@@ -122,7 +126,22 @@ export interface AuthIpHost {
 
 type State = 'connecting' | 'half-open' | 'established' | 'dead';
 
+/**
+ * A Kerberos principal as Windows names the account: a computer's host/<name>.<domain>@REALM is
+ * DOMAIN\\NAME$, a user's name@REALM is DOMAIN\\name (DOMAIN: the realm's first label).
+ */
+export function windowsAccountName(principal: string): string {
+  const at = principal.lastIndexOf('@');
+  const realm = at < 0 ? '' : principal.slice(at + 1);
+  const name = at < 0 ? principal : principal.slice(0, at);
+  const domain = realm.split('.')[0] ?? '';
+  const host = /^host\/([^./]+)/i.exec(name)?.[1];
+  const account = host ? `${host.toUpperCase()}$` : name;
+  return domain ? `${domain}\\${account}` : account;
+}
+
 const NONCE_BYTES = 32;
+const KERBEROS = { method: 'kerberos' } as const;
 const hex = (b: Buffer) => b.toString('hex');
 
 export class AuthIpSession {
@@ -196,6 +215,17 @@ export class AuthIpSession {
   get peer(): PeerConfig {
     if (!this.config.peer) throw new IkeError('an AuthIP SA without a rule', V2Notify.INVALID_SYNTAX);
     return this.config.peer;
+  }
+
+  /** An endpoint as the audit events show it: address, port, the Kerberos account. */
+  endpoint(side: 'local' | 'remote'): EndpointInfo {
+    const ep = side === 'local' ? this.local : this.remote;
+    const principal = side === 'local' ? this.localPrincipal : this.peerPrincipal;
+    return { address: ep.address, port: ep.port, principal: principal ? windowsAccountName(principal) : undefined };
+  }
+
+  private get localCookie(): Buffer {
+    return this.role === 'initiator' ? this.cookieI : this.cookieR;
   }
 
   /** A policy reload that keeps the SA hands it the rule's new version. */
@@ -410,9 +440,9 @@ export class AuthIpSession {
     this.noteVendorIds(p);
     this.transcript.add(msg.raw);
     this.step = 2;
-    this.gss = this.host.kerberos.initiator(spn);
     let first: { token: Buffer };
     try {
+      this.gss = this.host.kerberos.initiator(spn);
       first = await this.gss.step(null);
     } catch (err) {
       // No token for the peer (no ticket, KDC unreachable, …): said in a GSS payload with the
@@ -706,6 +736,12 @@ export class AuthIpSession {
     this.host.dataplane.install(
       childSpec(child, { local: this.local, remote: this.remote, udpEncapsulation: false, outboundActive }),
     );
+    this.host.audit.emit({
+      id: 5451,
+      subcategory: 'IPsec Quick Mode',
+      success: true,
+      quickMode: quickModeInfoOf(this, 'AuthIP', this.localCookie, child),
+    });
     this.host.log('child SA installed', { ike: 'authip', spiIn: hex(child.spiIn), spiOut: hex(child.spiOut) });
   }
 
@@ -713,6 +749,22 @@ export class AuthIpSession {
     this.state = 'established';
     this.establishedAt = Date.now();
     clearTimeout(this.halfOpenTimer);
+    this.host.audit.emit({
+      id: 4650,
+      subcategory: 'IPsec Main Mode',
+      success: true,
+      mainMode: mainModeInfoOf(
+        {
+          endpoint: (side) => this.endpoint(side),
+          role: this.role,
+          peer: { credentials: KERBEROS },
+          lifetimes: this.lifetimes,
+        },
+        'AuthIP',
+        this.localCookie,
+        this.choice?.phase1.proposal,
+      ),
+    });
     this.gss?.close();
     this.host.log('AuthIP Main Mode established', {
       cookies: `${hex(this.cookieI)}/${hex(this.cookieR)}`,
@@ -738,6 +790,37 @@ export class AuthIpSession {
     const wasUp = this.establishedAt > 0;
     this.state = 'dead';
     this.host.unregister(this);
+    if (wasUp)
+      this.host.audit.emit({
+        id: 4655,
+        subcategory: 'IPsec Main Mode',
+        success: true,
+        local: this.endpoint('local'),
+        remote: this.endpoint('remote'),
+        keyingModule: 'AuthIP',
+        mmSaId: mmSaId(this.localCookie),
+        reason,
+      });
+    else if (failure)
+      // A Main Mode that did not complete: 4653 as Windows words it, with who found the failure.
+      this.host.audit.emit({
+        id: 4653,
+        subcategory: 'IPsec Main Mode',
+        success: false,
+        local: { address: this.local.address, port: this.local.port },
+        remote: { address: this.remote.address, port: this.remote.port },
+        keyingModule: 'AuthIP',
+        role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+        authenticationMethod: methodName(KERBEROS),
+        failure: {
+          failurePoint: failure instanceof IkeError && failure.fromPeer ? 'Remote computer' : 'Local computer',
+          failureReason: failure.message,
+          state: this.keys || this.gss ? 'Authentication' : 'No state',
+          notify: failure instanceof IkeError ? notifyName(failure.notify) : undefined,
+          initiatorCookie: hex(this.cookieI),
+          responderCookie: hex(this.cookieR),
+        },
+      });
     this.host.log(wasUp ? 'AuthIP SA ended' : 'AuthIP negotiation failed', { reason, role: this.role });
     for (const w of this.waiters.splice(0))
       w.reject(failure ?? new IkeError(`the AuthIP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));
