@@ -351,13 +351,20 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     await dom?.close();
   });
 
-  function side(address: string, peer: string, host: string, wire: { sent: Buffer[] }, keytab = dom.keytab(host)) {
+  function side(
+    address: string,
+    peer: string,
+    host: string,
+    wire: { sent: Buffer[] },
+    keytab = dom.keytab(host),
+    mm: Parameters<typeof mmProposal>[0] = { Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' },
+  ) {
     const sad = new Sad();
     const audit = new AuditCollector();
     const log: string[] = [];
     const config: AuthIpConfig = {
       name: 'Domain isolation',
-      mmProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })]).proposals,
+      mmProposals: ikeProposals([mmProposal(mm)]).proposals,
       espProposals: (spi) =>
         espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
           .proposals,
@@ -480,5 +487,30 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     assert.match(failed(c)?.failure.failureReason ?? '', /Decrypt integrity check failed/);
     assert.equal(failed(c)?.failure.failurePoint, 'Local computer');
     assert.match(failed(b)?.failure.failureReason ?? '', /could not authenticate with Kerberos/);
+  });
+
+  it('Main Mode crypto sets with nothing in common: the responder refuses in clear (NOTIFY_STATUS) and the initiator stops at once, 4653 on both sides', async () => {
+    const wire = { sent: [] as Buffer[] };
+    const a = side(A, B, 'alice', wire, dom.keytab('alice'), {
+      Encryption: 'AES128',
+      Hash: 'SHA1',
+      KeyExchange: 'DH14',
+    });
+    const b = side(B, A, 'bob', wire);
+    a.connect(b.m);
+    b.connect(a.m);
+    const started = Date.now();
+    const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    await assert.rejects(child, /the peer refused the Main Mode \(status 13868 POLICY_MATCH\)/);
+    assert.ok(Date.now() - started < 400, 'no waiting for retransmissions');
+    assert.deepEqual(
+      decodeAuthIp(wire.sent[1] as Buffer).header.exchange,
+      AuthIpExchange.NOTIFY,
+      'the refusal is a Notify exchange',
+    );
+    const failure = (x: typeof a) =>
+      (x.audit.events.find((e) => e.id === 4653) as { failure: { failurePoint: string } } | undefined)?.failure
+        .failurePoint;
+    assert.deepEqual([failure(a), failure(b)], ['Remote computer', 'Local computer']);
   });
 });

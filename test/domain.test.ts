@@ -12,7 +12,8 @@ import { Capture } from '../src/lab/capture.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { domain } from '../src/lab/topology.ts';
-import { consecDaemon, consecPwsh } from './helpers.ts';
+import { consecArgv, consecDaemon, consecPwsh } from './helpers.ts';
+import { run } from '../src/lab/exec.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const SEED_SCRIPT = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts', '02-server-to-server.ps1');
@@ -153,6 +154,78 @@ describe('domain isolation: a host outside the domain', () => {
       assert.deepEqual(await cap.protocols(`icmp && ip.src == ${b}`), [], 'bob sent nothing in clear');
     } finally {
       await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+    }
+  });
+});
+
+describe('the lockout analyzer against the real KDC (seed 001)', () => {
+  let lab: Lab;
+  let dom: LabDomain;
+  before(async () => {
+    lab = await Lab.create(domain());
+    dom = await LabDomain.create(lab);
+    await dom.join('alice');
+    await dom.join('bob');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('Require toward the whole segment, DC included: Test-NetIPsecFlow warns, alice gets no ticket and no SA; with the DC exempted she does', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dc = lab.address('dc');
+    const env = (host: string) => ({ KRB5_CONFIG: dom.krb5Conf, KRB5_KTNAME: `FILE:${dom.keytab(host)}` });
+    const daemons: LabProcess[] = [];
+    try {
+      const bobDir = freshStateDir('consec-lock-bob-');
+      await seedPolicy(bobDir, b, a);
+      const bob = consecDaemon(lab, 'bob', bobDir, b, [], env('bob'));
+      daemons.push(bob);
+      await bob.waitFor(/"msg":"ready"/);
+      const aliceDir = freshStateDir('consec-lock-alice-');
+      // The seeds' rule, widened to the whole segment: the domain controller falls under it too.
+      await seedPolicy(aliceDir, a, '192.0.2.0/24');
+      // The what-if, on alice (her krb5.conf names the KDC): Kerberos to the DC needs IPsec first.
+      const flow = await run(
+        consecArgv(
+          [
+            'pwsh',
+            '-Command',
+            `Test-NetIPsecFlow -LocalAddress ${a} -RemoteAddress ${dc} -Protocol UDP -RemotePort 88 | ForEach-Object { $_.Decision; $_.Warnings }`,
+          ],
+          aliceDir,
+        ),
+        { env: { ...process.env, ...env('alice') }, allowFailure: true },
+      );
+      assert.match(flow.stdout, /Kerberos needs that domain controller to get the ticket/, flow.stdout + flow.stderr);
+      const alice = consecDaemon(lab, 'alice', aliceDir, a, [], env('alice'));
+      daemons.push(alice);
+      await alice.waitFor(/"msg":"ready"/);
+      const locked = await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
+      assert.match(locked.stdout, / 100% packet loss/, locked.stdout);
+      // Her Kerberos request to the DC is itself traffic the rule requires IPsec for (its own AuthIP
+      // attempt with the DC goes unanswered): the Main Mode with bob fails for want of a ticket.
+      await alice.waitFor(new RegExp(`"remote":\\{"address":"${b}"[^\\n]*"failureReason":"[^"]*KDC`), 40_000);
+      assert.doesNotMatch(
+        dom.log(),
+        new RegExp(`TGS_REQ .* ${dom.computerPrincipal('alice').replaceAll('.', '\\.')} for host/bob`),
+      );
+      // The fix the warning names: exempt the domain controller. The running daemon follows the store.
+      const exempt = await ps(
+        `New-NetIPsecRule -DisplayName "Exempt the domain controller" -RemoteAddress ${dc} | Out-Null`,
+        aliceDir,
+      );
+      assert.equal(exempt.errors, 0, exempt.err);
+      await alice.waitFor(/"msg":"policy reloaded"/, 15_000);
+      const open = await lab.exec('alice', ['ping', '-c', '4', '-i', '0.3', '-W', '3', b], { allowFailure: true });
+      assert.match(open.stdout, / [0-2]5?% packet loss/, `${open.stdout}\n${alice.output().slice(-3000)}`);
+      assert.match(
+        dom.log(),
+        /TGS_REQ .* host\/alice\.corp\.example@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/,
+      );
+    } finally {
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
     }
   });

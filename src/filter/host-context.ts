@@ -17,7 +17,8 @@ export function systemHostContext(): HostContext {
   const dnsServers = readLines('/etc/resolv.conf')
     .map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1])
     .filter((a): a is string => a !== undefined && isIP(a) !== 0);
-  const domainControllers = readLines('/etc/krb5.conf')
+  // krb5.conf as every Kerberos tool finds it: KRB5_CONFIG (its first file), else /etc/krb5.conf.
+  const domainControllers = readLines(process.env.KRB5_CONFIG?.split(':')[0] || '/etc/krb5.conf')
     .map((l) => /^\s*(?:kdc|admin_server)\s*=\s*\[?([0-9a-fA-F.:]+)\]?(?::\d+)?\s*$/.exec(l)?.[1])
     .filter((a): a is string => a !== undefined && isIP(a) !== 0);
   const localAddresses: string[] = [];

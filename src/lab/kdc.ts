@@ -165,6 +165,8 @@ export class LabDomain {
         '  rdns = false',
         '  dns_canonicalize_hostname = false',
         `  clockskew = ${this.clockSkew}`,
+        // A KDC that does not answer is given up after 5 s (MIT's request_timeout), not ~30 s.
+        '  request_timeout = 5',
         '',
         '[realms]',
         `  ${this.realm} = {`,

@@ -140,6 +140,12 @@ export function windowsAccountName(principal: string): string {
   return domain ? `${domain}\\${account}` : account;
 }
 
+/** A Windows status code with its name, for logs and events. */
+function windowsStatusText(status: number): string {
+  const name = Object.entries(WindowsStatus).find(([, v]) => v === status)?.[0];
+  return `status ${status}${name ? ` ${name}` : ''}`;
+}
+
 const NONCE_BYTES = 32;
 const KERBEROS = { method: 'kerberos' } as const;
 const hex = (b: Buffer) => b.toString('hex');
@@ -365,7 +371,12 @@ export class AuthIpSession {
     if (this.busy) return;
     this.busy = true;
     void this.handle(msg)
-      .catch((err: Error) => this.fail(err))
+      .catch((err: Error) => {
+        // A responder that refuses Main Mode says so (NOTIFY_STATUS in a Notify exchange, §3.3.5.3),
+        // in clear before there are keys, so the initiator stops at once with the reason.
+        if (this.role === 'responder' && msg.header.exchange === AuthIpExchange.MAIN_MODE) this.refuse(err);
+        this.fail(err);
+      })
       .finally(() => (this.busy = false));
   }
 
@@ -390,7 +401,7 @@ export class AuthIpSession {
 
   private async handle(msg: AuthIpMessage): Promise<void> {
     const payloads = this.opened(msg);
-    if (msg.header.exchange === AuthIpExchange.NOTIFY) return this.onNotify(payloads);
+    if (msg.header.exchange === AuthIpExchange.NOTIFY) return this.onNotify(msg, payloads);
     const step = this.step;
     if (this.role === 'initiator') {
       if (step === 1 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm2(msg, payloads);
@@ -849,16 +860,41 @@ export class AuthIpSession {
     return Promise.resolve();
   }
 
-  private statusNotify(protocol: number): AuthIpPayload {
+  private refuse(err: Error): void {
+    const status =
+      err instanceof IkeError && err.notify === V2Notify.NO_PROPOSAL_CHOSEN
+        ? WindowsStatus.POLICY_MATCH
+        : err instanceof IkeError && err.notify === V2Notify.TS_UNACCEPTABLE
+          ? WindowsStatus.NO_POLICY
+          : WindowsStatus.AUTH_FAIL;
+    const n = this.statusNotify(NotifyProtocol.MAIN_OR_EXTENDED, status);
+    this.send(this.keys ? this.sealed(AuthIpExchange.NOTIFY, [n]) : this.clear(AuthIpExchange.NOTIFY, [n]));
+  }
+
+  private statusNotify(protocol: number, status: number = WindowsStatus.SA_DELETED): AuthIpPayload {
     const data = Buffer.alloc(4);
-    data.writeUInt32BE(WindowsStatus.SA_DELETED);
+    data.writeUInt32BE(status);
     return { type: PayloadType.N, doi: 1, protocol, flags: 0, notify: AuthIpNotify.NOTIFY_STATUS, data };
   }
 
   /** A Notify exchange from the peer: its NOTIFY_STATUS ends this SA (or the Quick Mode state). */
-  private onNotify(p: AuthIpPayload[]): void {
+  private onNotify(msg: AuthIpMessage, p: AuthIpPayload[]): void {
     const n = findAuthIp(p, PayloadType.N);
     if (n?.notify !== AuthIpNotify.NOTIFY_STATUS) return;
+    // In clear only while there are no keys (a refusal of our Main Mode); only the peer that saw
+    // our cookie can send it, and it could as well drop our messages.
+    if (!msg.header.encrypted && (this.keys || this.role !== 'initiator')) return;
+    if (!msg.header.encrypted) {
+      const status = n.data.length >= 4 ? n.data.readUInt32BE(0) : 0;
+      this.fail(
+        new IkeError(
+          `the peer refused the Main Mode (${windowsStatusText(status)})`,
+          status === WindowsStatus.POLICY_MATCH ? V2Notify.NO_PROPOSAL_CHOSEN : V2Notify.AUTHENTICATION_FAILED,
+          true,
+        ),
+      );
+      return;
+    }
     if (n.protocol === NotifyProtocol.QUICK) {
       for (const e of [...this.children.values()]) void this.deleteChildLocally(e, 'deleted by the peer');
       return;
