@@ -513,4 +513,33 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
         .failurePoint;
     assert.deepEqual([failure(a), failure(b)], ['Remote computer', 'Local computer']);
   });
+
+  it('fuzz: 100,000 mutated datagrams of a real exchange at a responder — no exception escapes, half-open SAs stay capped', async () => {
+    const wire = { sent: [] as Buffer[] };
+    const a = side(A, B, 'alice', wire);
+    const b = side(B, A, 'bob', wire);
+    a.connect(b.m);
+    b.connect(a.m);
+    await a.m.initiate({ address: B, port: 500 }, a.config).child;
+    const seen = [...wire.sent];
+    const target = side(B, A, 'bob', { sent: [] });
+    let count = 0;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: seen.length - 1 }),
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
+        fc.integer({ min: 0, max: 3 }),
+        (which, flips, cut) => {
+          const d = Buffer.from(seen[which] as Buffer);
+          for (const [at, v] of flips) d[at % d.length] = v;
+          const m = cut ? d.subarray(0, Math.max(0, d.length - cut * 7)) : d;
+          target.m.receive(m, { address: A, port: 500 + (count++ % 2) });
+        },
+      ),
+      { numRuns: 100_000 },
+    );
+    assert.ok(target.m.halfOpen <= 1024, `${target.m.halfOpen} half-open`);
+    assert.equal(target.sad.installed.size, 0, 'no mutated exchange installed a child SA');
+    target.m.close();
+  });
 });

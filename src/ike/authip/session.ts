@@ -455,6 +455,7 @@ export class AuthIpSession {
     try {
       this.gss = this.host.kerberos.initiator(spn);
       first = await this.gss.step(null);
+      if (this.state === 'dead') return;
     } catch (err) {
       // No token for the peer (no ticket, KDC unreachable, …): said in a GSS payload with the
       // status set and no token (§3.1, Figure 3), so the responder lets its SA go at once.
@@ -487,6 +488,7 @@ export class AuthIpSession {
       );
     const gss = this.gss as GssPeer;
     const r = await gss.step(g.token);
+    if (this.state === 'dead') return;
     if (!r.complete)
       throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
     this.stopRetransmit();
@@ -615,6 +617,7 @@ export class AuthIpSession {
     this.step = 3;
     this.gss = this.host.kerberos.acceptor();
     const r = await this.gss.step(g.token);
+    if (this.state === 'dead') return; // ended while the acceptor worked
     if (!r.complete)
       throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
     this.transcript.add(msg.raw);
