@@ -43,6 +43,7 @@ import type { AuthIpConfig } from '../src/ike/authip/session.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import { SpiRegistry } from '../src/ike/spi.ts';
 import { AuditCollector } from '../src/audit/events.ts';
+import { windowsFailureReason } from '../src/audit/log.ts';
 import { GssContext } from '../src/io/gss.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
@@ -541,5 +542,108 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     assert.ok(target.m.halfOpen <= 1024, `${target.m.halfOpen} half-open`);
     assert.equal(target.sad.installed.size, 0, 'no mutated exchange installed a child SA');
     target.m.close();
+  });
+
+  it('the KDC is down and alice holds no ticket: no SA, 4653 says the KDC cannot be reached', async () => {
+    const wire = { sent: [] as Buffer[] };
+    const a = side(A, B, 'alice', wire);
+    const b = side(B, A, 'bob', wire);
+    a.connect(b.m);
+    b.connect(a.m);
+    await dom.stop();
+    try {
+      const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
+      await assert.rejects(child, /Cannot contact any KDC for realm 'CORP.EXAMPLE'/);
+      const failure = a.audit.events.find((e) => e.id === 4653) as { failure: { failureReason: string } } | undefined;
+      assert.match(failure?.failure.failureReason ?? '', /Cannot contact any KDC/);
+      assert.equal(
+        windowsFailureReason(failure?.failure ?? { failureReason: '' }),
+        'No authority could be contacted for authentication.',
+      );
+      assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
+    } finally {
+      await dom.start();
+    }
+  });
+});
+
+describe('AuthIP when the clocks disagree (a KDC 10 minutes ahead of the members)', () => {
+  it("bob's acceptor refuses alice's ticket as too far off (not yet valid: the clocks are skewed); alice is told and gets no SA", async () => {
+    const skewed = await LabDomain.loopback({ clockOffsetSeconds: 600 });
+    const saved = process.env.KRB5_CONFIG;
+    try {
+      process.env.KRB5_CONFIG = skewed.krb5Conf;
+      await skewed.join('alice');
+      await skewed.join('bob');
+      const wire: Buffer[] = [];
+      const logs: string[] = [];
+      const mk = (address: string, peer: string, host: string) => {
+        const audit = new AuditCollector();
+        const sad = new Sad();
+        let other: AuthIpManager | undefined;
+        const config: AuthIpConfig = {
+          name: 'skew',
+          mmProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })])
+            .proposals,
+          espProposals: (spi) =>
+            espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
+              .proposals,
+          localTs: [hostTs(address)],
+          remoteTs: [hostTs(peer)],
+          mode: 'transport',
+          lifeSeconds: 28800,
+          childLifeSeconds: 3600,
+        };
+        const m = new AuthIpManager({
+          address,
+          spis: new SpiRegistry(),
+          audit,
+          dataplane: sad,
+          send: (d, from) => {
+            wire.push(d);
+            setImmediate(() => other?.receive(d, from));
+          },
+          kerberos: {
+            initiator: (spn) =>
+              GssContext.initiator({
+                target: spn,
+                principal: skewed.computerPrincipal(host),
+                clientKeytab: skewed.keytab(host),
+                ccache: `MEMORY:skew-${host}`,
+              }),
+            acceptor: () => GssContext.acceptor({ keytab: skewed.keytab(host) }),
+            spn: () => skewed.computerPrincipal(host),
+          },
+          log: (e, d) => logs.push(`${host}: ${e} ${JSON.stringify(d ?? {})}`),
+          retransmits: [500, 1000],
+          halfOpenMs: 60_000,
+          configFor: () => config,
+        });
+        return { m, audit, sad, config, connect: (o: AuthIpManager) => (other = o) };
+      };
+      const a = mk(A, B, 'alice');
+      const b = mk(B, A, 'bob');
+      a.connect(b.m);
+      b.connect(a.m);
+      const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
+      await assert.rejects(child, /the peer refused the Main Mode/);
+      const bobFailure = b.audit.events.find((e) => e.id === 4653) as
+        { failure: { failureReason: string } } | undefined;
+      assert.match(
+        bobFailure?.failure.failureReason ?? '',
+        /Ticket not yet valid|Clock skew too great/,
+        logs.join('\n'),
+      );
+      // As the Security log words it.
+      assert.equal(
+        windowsFailureReason(bobFailure?.failure ?? { failureReason: '' }),
+        'The clocks on the client and server machines are skewed.',
+      );
+      assert.equal(a.sad.installed.size + b.sad.installed.size, 0);
+    } finally {
+      if (saved === undefined) delete process.env.KRB5_CONFIG;
+      else process.env.KRB5_CONFIG = saved;
+      await skewed.close();
+    }
   });
 });

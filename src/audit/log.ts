@@ -68,12 +68,26 @@ const endpoint = (title: string, e: EndpointInfo | undefined): string[] =>
       ]
     : [];
 
+const KERBEROS_REASONS: [RegExp, string][] = [
+  [/Clock skew too great|Ticket not yet valid/, 'The clocks on the client and server machines are skewed.'],
+  [/Cannot contact any KDC/, 'No authority could be contacted for authentication.'],
+  [/not found in Kerberos database|Server not found/, 'The specified target is unknown or unreachable.'],
+  [/Decrypt integrity check failed|Password incorrect|Preauthentication failed/, 'The logon attempt failed'],
+  [
+    /no Kerberos credentials|no host keytab|Key table (?:file )?.*not found/,
+    'No credentials are available in the security package',
+  ],
+];
+
 /**
  * Windows writes the system message of the IKE error code as a failure's reason (winerror.h:
  * ERROR_IPSEC_IKE_AUTH_FAIL 13801, ERROR_IPSEC_IKE_NO_POLICY 13825, ERROR_IPSEC_IKE_POLICY_MATCH
  * 13868, ERROR_IPSEC_IKE_TIMED_OUT 13805); consec shows that text, and its own finding as Detail.
  */
 export function windowsFailureReason(f: { failureReason: string; notify?: string }): string | undefined {
+  // Kerberos (AuthIP): the security package's message (SSPI's SEC_E_* texts) for what krb5 reported.
+  const kerberos = KERBEROS_REASONS.find(([re]) => re.test(f.failureReason));
+  if (kerberos) return kerberos[1];
   if (f.notify === 'AUTHENTICATION_FAILED' || /pre-shared keys differ|certificate|signature/i.test(f.failureReason))
     return 'IKE authentication credentials are unacceptable.';
   if (/no policy|negotiates with IKEv2 only/i.test(f.failureReason)) return 'No policy configured.';

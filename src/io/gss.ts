@@ -32,6 +32,7 @@ const KRB5_REASONS = new Map<number, GssReason>([
   [-1765328353, 'bad-key'], // KRB5KRB_AP_ERR_BAD_INTEGRITY
   [-1765328352, 'ticket-expired'], // KRB5KRB_AP_ERR_TKT_EXPIRED
   [-1765328347, 'clock-skew'], // KRB5KRB_AP_ERR_SKEW
+  [-1765328351, 'clock-skew'], // KRB5KRB_AP_ERR_TKT_NYV: a ticket from a clock ahead of ours
   [-1765328343, 'bad-key'], // KRB5KRB_AP_ERR_MODIFIED
   [-1765328340, 'bad-key'], // KRB5KRB_AP_ERR_BADKEYVER
   [-1765328370, 'clock-skew'], // KRB5KDC_ERR_NEVER_VALID (a ticket from a clock far ahead)

@@ -31,6 +31,8 @@ export interface DomainOptions {
   host?: string;
   /** Seconds of clock skew the realm tolerates (Kerberos' default is 300). */
   clockSkew?: number;
+  /** The KDC's clock runs this many seconds ahead (krb5kdc -T): its tickets carry a skewed time. */
+  clockOffsetSeconds?: number;
 }
 
 /** A member's Kerberos environment: what a process on that host needs to act as the computer. */
@@ -55,6 +57,7 @@ export class LabDomain {
     readonly dir: string,
     private readonly clockSkew: number,
     private readonly port: number,
+    private readonly clockOffset = 0,
   ) {}
 
   /** The DNS domain of the realm (lower case). */
@@ -134,7 +137,7 @@ export class LabDomain {
   private static async start(where: KdcHost, o: DomainOptions, host: string, dir: string, port: number) {
     const realm = o.realm ?? 'CORP.EXAMPLE';
     if (!REALM.test(realm)) throw new LabCommandError(`bad realm ${JSON.stringify(realm)}`, null, '');
-    const d = new LabDomain(where, realm, host, dir, o.clockSkew ?? 300, port);
+    const d = new LabDomain(where, realm, host, dir, o.clockSkew ?? 300, port, o.clockOffsetSeconds ?? 0);
     d.writeConfig();
     // A random master password: the database is the lab's, thrown away with it.
     await d.admin(['kdb5_util', 'create', '-s', '-r', realm, '-P', randomBytes(18).toString('base64')]);
@@ -224,7 +227,8 @@ export class LabDomain {
   /** Starts (or restarts) the KDC; resolves when it serves. */
   async start(): Promise<void> {
     if (this.kdc?.running) return;
-    this.kdc = this.where.spawn(['krb5kdc', '-n', '-r', this.realm], this.adminEnv);
+    const offset = this.clockOffset ? ['-T', String(this.clockOffset)] : [];
+    this.kdc = this.where.spawn(['krb5kdc', '-n', '-r', this.realm, ...offset], this.adminEnv);
     // krb5kdc logs to its file, not to stdout: its socket says it serves.
     await this.waitListening();
   }
