@@ -49,6 +49,11 @@ const SECTIONS: Section[] = [
     args: ['--ike', '1', '--count', pick('200', '2000', '5000')],
     limit: pick(120, 180, 400),
   },
+  {
+    script: 'authip.ts',
+    args: ['--runs', pick('10', '50', '200'), '--count', pick('100', '400', '2000')],
+    limit: 120,
+  },
   { script: 'first-packet.ts', args: ['--runs', pick('3', '10', '20')], limit: 180 },
   { script: 'memory.ts', args: ['--sizes', quick ? '200,1000' : '1000,10000'], node: ['--expose-gc'], limit: 240 },
   {
