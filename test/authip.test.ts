@@ -544,6 +544,42 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     target.m.close();
   });
 
+  it('renewal before the child SA expires: a new Main Mode and Quick Mode, then the old SA deleted at both ends; the data plane never without an SA', async () => {
+    const wire = { sent: [] as Buffer[] };
+    const a = side(A, B, 'alice', wire);
+    const b = side(B, A, 'bob', wire);
+    a.config.childLifeSeconds = 2; // renewed at 90 %: 1.8 s
+    a.connect(b.m);
+    b.connect(a.m);
+    const { session, child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    const first = await child;
+    const deadline = Date.now() + 5000;
+    let gaps = 0;
+    while (Date.now() < deadline && !(session.state === 'dead' && a.m.sessions().length === 1)) {
+      if (a.sad.installed.size === 0) gaps++;
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.equal(session.state, 'dead', a.log.join('\n'));
+    const [next] = a.m.sessions();
+    assert.ok(next && next !== session && next.state === 'established');
+    await new Promise<void>((resolve, reject) => {
+      const until = Date.now() + 2000;
+      const check = () =>
+        b.m.sessions().length === 1 && b.sad.installed.size === 1
+          ? resolve()
+          : Date.now() > until
+            ? reject(new Error(`bob: ${b.m.sessions().length} SAs, ${b.sad.installed.size} child SAs`))
+            : setImmediate(check);
+      check();
+    });
+    assert.equal(a.sad.installed.size, 1);
+    assert.ok(!a.sad.installed.has(first.spiIn.readUInt32BE(0)), 'the old child SA is gone');
+    assert.equal(gaps, 0, 'a child SA was installed throughout');
+    assert.ok(a.audit.events.some((e) => e.id === 4655 && 'reason' in e && e.reason === 'rekeyed'));
+    a.m.close();
+    b.m.close();
+  });
+
   it('the KDC is down and alice holds no ticket: no SA, 4653 says the KDC cannot be reached', async () => {
     const wire = { sent: [] as Buffer[] };
     const a = side(A, B, 'alice', wire);

@@ -329,7 +329,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
    * soft → rekey it now, hard → delete it (RFC 4301 §4.4.2.1).
    */
   expire(spiIn: number, hard: boolean): void {
-    if (this.v1.expire(spiIn, hard)) return;
+    if (this.v1.expire(spiIn, hard) || this.authip.expire(spiIn, hard)) return;
     const s = this.childIndex.get(spiIn);
     const e = s?.children.get(spiIn);
     if (!s || !e) return;

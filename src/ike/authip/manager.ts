@@ -30,7 +30,7 @@ export function authIpConfigOf(peer: PeerConfig, view: 'initiator' | 'responder'
   };
 }
 
-export interface AuthIpManagerOptions extends Omit<AuthIpHost, 'register' | 'unregister'> {
+export interface AuthIpManagerOptions extends Omit<AuthIpHost, 'register' | 'unregister' | 'renew'> {
   address: string;
   /** The rule for a peer that starts Main Mode; undefined refuses it. */
   configFor(remote: string): AuthIpConfig | undefined;
@@ -54,6 +54,9 @@ export class AuthIpManager {
       log: (e, d) => this.o.log(e, d),
       retransmits: this.o.retransmits,
       halfOpenMs: this.o.halfOpenMs,
+      renew: async (old) => {
+        await this.initiate(old.remote, old.config).child;
+      },
       register: (s) => this.byCookieI.set(s.cookieI.toString('hex'), s),
       unregister: (s) => {
         if (this.byCookieI.get(s.cookieI.toString('hex')) === s) this.byCookieI.delete(s.cookieI.toString('hex'));
@@ -76,6 +79,13 @@ export class AuthIpManager {
     const child = s.whenEstablished();
     s.start();
     return { session: s, child };
+  }
+
+  /** The data plane reached a child SA's byte lifetime; true when the SA is AuthIP's. */
+  expire(spiIn: number, hard: boolean): boolean {
+    const s = this.sessions().find((x) => x.children.has(spiIn));
+    s?.expire(hard);
+    return s !== undefined;
   }
 
   /** One datagram whose exchange type is AuthIP's. Never throws. */

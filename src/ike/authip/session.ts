@@ -122,6 +122,11 @@ export interface AuthIpHost {
   retransmits: readonly number[];
   /** How long a responder keeps a Main Mode the initiator does not finish. */
   halfOpenMs: number;
+  /**
+   * Before this SA's child expires: a new Main Mode and Quick Mode with the same peer and rule
+   * (AuthIP's Quick Modes after the first are not spoken here); resolves when it is up.
+   */
+  renew(s: AuthIpSession): Promise<void>;
 }
 
 type State = 'connecting' | 'half-open' | 'established' | 'dead';
@@ -739,14 +744,16 @@ export class AuthIpSession {
 
   private install(child: ChildSa, outboundActive: boolean): void {
     const now = Date.now();
-    this.children.set(child.spiIn.readUInt32BE(0), {
+    const entry: ChildEntry = {
       child,
       state: INSTALLED,
       installedAt: now,
       rekeyAt: now + this.lifetimes.childRekeyMs,
       expireAt: now + this.lifetimes.childExpireMs,
       timers: [],
-    });
+    };
+    this.children.set(child.spiIn.readUInt32BE(0), entry);
+    this.armLifetimes(entry);
     this.host.dataplane.install(
       childSpec(child, { local: this.local, remote: this.remote, udpEncapsulation: false, outboundActive }),
     );
@@ -787,6 +794,42 @@ export class AuthIpSession {
     });
   }
 
+  /**
+   * Lifetimes: the initiator renews before the child expires (make-before-break: a new SA, then
+   * this one is deleted); at expiry the child goes, and with it this SA (its only Quick Mode).
+   */
+  private armLifetimes(entry: ChildEntry): void {
+    const at = (ms: number, f: () => void) => {
+      const t = setTimeout(f, Math.max(0, ms - Date.now()));
+      t.unref?.();
+      entry.timers.push(t);
+    };
+    if (this.role === 'initiator') at(entry.rekeyAt, () => void this.renew());
+    at(entry.expireAt, () => void this.delete('lifetime expired'));
+  }
+
+  /** The data plane reached the child's byte lifetime: soft → renew now, hard → delete. */
+  expire(hard: boolean): void {
+    if (hard) void this.delete('lifetime expired (data plane)');
+    else if (this.role === 'initiator') void this.renew();
+  }
+
+  private renewing = false;
+
+  private async renew(): Promise<void> {
+    if (this.renewing || this.state !== 'established') return;
+    this.renewing = true;
+    for (const e of this.children.values()) e.state = { kind: 'rekeying' };
+    try {
+      await this.host.renew(this);
+      await this.delete('rekeyed');
+    } catch (err) {
+      this.renewing = false;
+      for (const e of this.children.values()) if (e.state.kind === 'rekeying') e.state = INSTALLED;
+      this.host.log('AuthIP renewal failed', { reason: (err as Error).message });
+    }
+  }
+
   /** Ends the SA: children out of the data plane, waiters told why. */
   fail(err: Error): void {
     this.terminate(err.message, err);
@@ -798,7 +841,10 @@ export class AuthIpSession {
     this.stopRetransmit();
     clearTimeout(this.halfOpenTimer);
     this.gss?.close();
-    for (const key of this.children.keys()) this.host.dataplane.delete(key);
+    for (const [key, e] of this.children) {
+      for (const t of e.timers) clearTimeout(t);
+      this.host.dataplane.delete(key);
+    }
     this.children.clear();
     if (this.spiIn) this.host.spis.release(this.spiIn);
     const wasUp = this.establishedAt > 0;
@@ -857,6 +903,7 @@ export class AuthIpSession {
     if (!this.children.has(key)) return Promise.resolve();
     if (this.state === 'established' && this.keys)
       this.send(this.sealed(AuthIpExchange.NOTIFY, [this.statusNotify(NotifyProtocol.QUICK)]));
+    for (const t of e.timers) clearTimeout(t);
     this.children.delete(key);
     this.host.dataplane.delete(key);
     this.host.log('child SA removed', { ike: 'authip', spiIn: hex(e.child.spiIn), reason });
@@ -907,6 +954,7 @@ export class AuthIpSession {
 
   private deleteChildLocally(e: ChildEntry, reason: string): void {
     const key = e.child.spiIn.readUInt32BE(0);
+    for (const t of e.timers) clearTimeout(t);
     this.children.delete(key);
     this.host.dataplane.delete(key);
     this.host.log('child SA removed', { ike: 'authip', spiIn: hex(e.child.spiIn), reason });
