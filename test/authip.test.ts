@@ -363,6 +363,7 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     const sad = new Sad();
     const audit = new AuditCollector();
     const log: string[] = [];
+    const trace: string[] = [];
     const config: AuthIpConfig = {
       name: 'Domain isolation',
       mmProposals: ikeProposals([mmProposal(mm)]).proposals,
@@ -397,11 +398,12 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
         spn: () => dom.computerPrincipal(host),
       },
       log: (e, d) => log.push(`${e} ${JSON.stringify(d ?? {})}`),
+      trace: { enabled: () => true, line: (t) => trace.push(t) },
       retransmits: [500, 1000, 2000],
       halfOpenMs: 60_000,
       configFor: () => config,
     });
-    return { m, sad, log, audit, config, connect: (to: AuthIpManager) => (other = to) };
+    return { m, sad, log, trace, audit, config, connect: (to: AuthIpManager) => (other = to) };
   }
 
   it('two domain members: Main Mode by computer Kerberos (no Diffie-Hellman), the first Quick Mode inside it, mirrored ESP keys; the wire is AuthIP only', async () => {
@@ -444,6 +446,17 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
       ],
     );
     assert.ok(decodeAuthIp(wire.sent[2] as Buffer).payloads.some((p) => p.type === AuthIpPayloadType.GSS));
+    // The debug log: each message described, the GSS token by its length only.
+    assert.match(
+      a.trace[0] ?? '',
+      /^sent AuthIP MAIN_MODE to 192\.0\.2\.2:500 cookies [0-9a-f]{16}\/0{16} seq 0 \d+ octets: SA\(.*\), Auth\(KERBEROS\), NONCE, VID\(MS NT5 ISAKMPOAKLEY v9\)$/,
+    );
+    assert.ok(
+      b.trace.some((l) => /^received AuthIP MAIN_MODE .* GSS\(status 0, flags 0x1, token \d+ octets\)$/.test(l)),
+      b.trace.join('\n'),
+    );
+    assert.ok(a.trace.some((l) => l.includes(`GSS_ID(${dom.computerPrincipal('bob')})`)));
+    assert.ok(a.trace.some((l) => /^sent AuthIP QUICK_MODE .*: encrypted$/.test(l)));
     // Audit: 4650 with Kerberos and both computer accounts as Windows names them, 5451 per side.
     const mm = a.audit.events.find((e) => e.id === 4650);
     assert.ok(mm && 'mainMode' in mm);

@@ -116,6 +116,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       dataplane: this.dataplane,
       send: (d, _from, to) => this.bind.sendIke(d, 500, to),
       kerberos: o.kerberos ?? NO_KERBEROS,
+      trace: o.trace,
       log: (e, d) => this.log(e, d),
       retransmits: this.timing.retransmits,
       halfOpenMs: 60_000,

@@ -5,7 +5,9 @@
  */
 import type { Endpoint } from '../../sa/spec.ts';
 import { V1DecodeError } from '../v1/codec.ts';
+import type { IkeTrace } from '../trace.ts';
 import { decodeAuthIp } from './codec.ts';
+import { authIpLine } from './trace.ts';
 import { AuthIpExchange } from './constants.ts';
 import { type AuthIpConfig, type AuthIpHost, AuthIpSession } from './session.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
@@ -32,6 +34,8 @@ export function authIpConfigOf(peer: PeerConfig, view: 'initiator' | 'responder'
 
 export interface AuthIpManagerOptions extends Omit<AuthIpHost, 'register' | 'unregister' | 'renew'> {
   address: string;
+  /** The IKE debug log: every AuthIP message in and out, described (never tokens or keys). */
+  trace?: IkeTrace;
   /** The rule for a peer that starts Main Mode; undefined refuses it. */
   configFor(remote: string): AuthIpConfig | undefined;
 }
@@ -49,7 +53,10 @@ export class AuthIpManager {
       spis: this.o.spis,
       audit: this.o.audit,
       dataplane: this.o.dataplane,
-      send: (d, from, to) => this.o.send(d, from, to),
+      send: (d, from, to) => {
+        if (this.o.trace?.enabled()) this.traceLine('sent', to, d);
+        this.o.send(d, from, to);
+      },
       kerberos: this.o.kerberos,
       log: (e, d) => this.o.log(e, d),
       retransmits: this.o.retransmits,
@@ -100,6 +107,7 @@ export class AuthIpManager {
       }
       throw err;
     }
+    if (this.o.trace?.enabled()) this.o.trace.line(authIpLine('received', `${from.address}:${from.port}`, msg));
     const key = msg.header.cookieI.toString('hex');
     let s = this.byCookieI.get(key);
     if (s && s.role === 'initiator' && !s.cookieR.equals(Buffer.alloc(8)) && !s.cookieR.equals(msg.header.cookieR))
@@ -127,6 +135,14 @@ export class AuthIpManager {
       this.host.register(s);
     }
     s.receive(msg);
+  }
+
+  private traceLine(dir: 'sent' | 'received', peer: Endpoint, d: Buffer): void {
+    try {
+      this.o.trace?.line(authIpLine(dir, `${peer.address}:${peer.port}`, decodeAuthIp(d)));
+    } catch {
+      // what we send decodes; nothing to describe otherwise
+    }
   }
 
   close(): void {

@@ -39,7 +39,7 @@ const attrText = (a: Attribute, phase: 1 | 2): string => {
   return `${names[a.type] ?? a.type}=${v}`;
 };
 
-function one(p: V1Payload): string {
+export function v1PayloadText(p: V1Payload): string {
   switch (p.type) {
     case PayloadType.SA:
       return `SA(${p.proposals
@@ -72,4 +72,4 @@ function one(p: V1Payload): string {
   }
 }
 
-export const v1Text = (payloads: readonly V1Payload[]): string => payloads.map(one).join(', ');
+export const v1Text = (payloads: readonly V1Payload[]): string => payloads.map(v1PayloadText).join(', ');
