@@ -75,6 +75,13 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
       );
       for (const p of protocols)
         assert.match(p, /ip:(esp|udp:isakmp)$/, `only IKE and ESP: ${[...protocols].join(' ')}`);
+      // tshark knows ISAKMP but not AuthIP's exchange types: it walks consec's payload chain and
+      // finds nothing malformed.
+      assert.ok(
+        (await cap.fields(['frame.number'], 'isakmp.exchangetype == 243')).length >= 4,
+        'AuthIP Main Mode on the wire',
+      );
+      assert.deepEqual(await cap.fields(['frame.number'], '_ws.malformed || _ws.expert.severity >= "error"'), []);
       // The views, as an admin on alice reads them (alice initiated).
       const mm = JSON.parse(
         (await consecPwsh(dirs.alice as string, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout,
