@@ -19,9 +19,21 @@ import { freshStateDir, ps } from './pwsh-helpers.ts';
 const SEED_SCRIPT = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts', '02-server-to-server.ps1');
 
 /** The seeds' server-to-server script (computer Kerberos, Require/Require) for two lab addresses. */
-async function seedPolicy(dir: string, local: string, remote: string, security?: 'Request'): Promise<void> {
+async function seedPolicy(
+  dir: string,
+  local: string,
+  remote: string,
+  security?: 'Request',
+  thenPsk?: string,
+): Promise<void> {
   let script = readFileSync(SEED_SCRIPT, 'utf8').replaceAll('10.0.1.20', local).replaceAll('10.0.1.30', remote);
   if (security) script = script.replaceAll('Security Require', `Security ${security}`);
+  // A second method after Kerberos in the same auth set (Windows tries them in order).
+  if (thenPsk)
+    script = script.replace(
+      '$krb = New-NetIPsecAuthProposal -Machine -Kerberos',
+      `$krb = (New-NetIPsecAuthProposal -Machine -Kerberos), (New-NetIPsecAuthProposal -Machine -PreSharedKey "${thenPsk}")`,
+    );
   const r = await ps(script, dir);
   assert.equal(r.errors, 0, r.err);
 }
@@ -102,6 +114,16 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         RemoteEndpoint: string;
       };
       assert.deepEqual([qm.LocalEndpoint, qm.RemoteEndpoint], [b, a]);
+      // A policy change that keeps the rule keeps the AuthIP SA (no 4655, the same SA listed).
+      const more = await ps(
+        'New-NetIPsecRule -DisplayName "elsewhere" -RemoteAddress 198.51.100.9 | Out-Null',
+        dirs.alice as string,
+      );
+      assert.equal(more.errors, 0, more.err);
+      const alice = daemons[1] as LabProcess;
+      await alice.waitFor(/"msg":"policy reloaded"/);
+      assert.match(alice.output(), /"kept":1,"deleted":0,"msg":"policy reloaded"/);
+      assert.doesNotMatch(alice.output(), /"id":4655/);
       // The KDC issued alice a ticket for bob's computer account.
       assert.match(
         dom.log(),
@@ -161,6 +183,54 @@ describe('domain isolation: a host outside the domain', () => {
       assert.deepEqual(await cap.protocols(`icmp && ip.src == ${b}`), [], 'bob sent nothing in clear');
     } finally {
       await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+    }
+  });
+});
+
+describe('the next method of the auth set after Kerberos', () => {
+  let lab: Lab;
+  let dom: LabDomain;
+  before(async () => {
+    lab = await Lab.create(domain());
+    dom = await LabDomain.create(lab);
+    await dom.join('bob');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('computer Kerberos then a pre-shared key: carol (no computer account) fails AuthIP, then gets an SA with the key over IKEv2; Require holds throughout', async () => {
+    const b = lab.address('bob');
+    const c = lab.address('carol');
+    const psk = 'lab-only-fallback-psk-0123456789';
+    const daemons: LabProcess[] = [];
+    try {
+      const bobDir = freshStateDir('consec-next-bob-');
+      await seedPolicy(bobDir, b, c, undefined, psk);
+      const bob = consecDaemon(lab, 'bob', bobDir, b, [], {
+        KRB5_CONFIG: dom.krb5Conf,
+        KRB5_KTNAME: `FILE:${dom.keytab('bob')}`,
+      });
+      daemons.push(bob);
+      await bob.waitFor(/"msg":"ready"/);
+      const carolDir = freshStateDir('consec-next-carol-');
+      await seedPolicy(carolDir, c, b, undefined, psk);
+      const carol = consecDaemon(lab, 'carol', carolDir, c, [], {
+        KRB5_CONFIG: dom.krb5Conf,
+        KRB5_KTNAME: `FILE:${dom.dir}/carol-has-none.keytab`,
+      });
+      daemons.push(carol);
+      await carol.waitFor(/"msg":"ready"/);
+      const ping = await lab.exec('carol', ['ping', '-c', '4', '-i', '0.3', '-W', '5', b], { allowFailure: true });
+      assert.match(ping.stdout, / [0-2]5?% packet loss/, `${ping.stdout}\n${carol.output().slice(-3000)}`);
+      assert.match(carol.output(), /Kerberos \(AuthIP\) failed; trying the next method of the authentication set/);
+      const mm = JSON.parse((await consecPwsh(carolDir, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout) as {
+        KeyModule: string;
+        LocalFirstId: { AuthenticationMethod: string };
+      };
+      assert.deepEqual([mm.KeyModule, mm.LocalFirstId.AuthenticationMethod], ['IkeV2', 'MachinePSK']);
+    } finally {
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
     }
   });

@@ -19,6 +19,7 @@ import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
 import type { IkeTrace } from '../ike/trace.ts';
 import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
 import { authIpConfigOf } from '../ike/authip/manager.ts';
+import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
@@ -66,6 +67,7 @@ export interface KeyingOptions {
 const asResponder = (plan: NegotiationPlan): PeerConfig => ({ ...plan, tsi: plan.tsr, tsr: plan.tsi });
 
 function sameCredentials(a: Credentials, b: Credentials): boolean {
+  if (a.method === 'kerberos' || b.method === 'kerberos') return a.method === b.method;
   if (a.method === 'psk' && b.method === 'psk') return a.psk.equals(b.psk);
   if (a.method === 'cert' && b.method === 'cert')
     return (
@@ -126,6 +128,7 @@ export class KeyingService {
       const m = new IkeManager({
         address,
         peerFor: (remote) => this.peerFor(address, remote),
+        authIpPeerFor: (remote) => this.peerFor(address, remote, 'AuthIP'),
         audit: this.o.audit,
         dataplane: this.o.dataplane,
         timing: this.o.timing,
@@ -155,9 +158,16 @@ export class KeyingService {
   }
 
   /** Our policy for a peer that starts IKE with us, or undefined (NO_PROPOSAL_CHOSEN). */
-  peerFor(local: string, remote: string): PeerConfig | undefined {
+  /**
+   * The rule for a peer that contacts us: for AuthIP its Kerberos method; for IKEv1 and IKEv2 the
+   * first pre-shared key or certificate of the set (a peer whose Kerberos failed tries those next).
+   */
+  peerFor(local: string, remote: string, module: 'AuthIP' | 'IKE' = 'IKE'): PeerConfig | undefined {
     try {
-      const plan = planResponder(this.doc, local, remote, this.planOptions);
+      const plan = planResponder(this.doc, local, remote, {
+        ...this.planOptions,
+        afterKerberos: module === 'IKE',
+      });
       if (!plan) this.o.log.info({ local, remote }, 'no connection security rule for this peer');
       return plan ? asResponder(plan) : undefined;
     } catch (err) {
@@ -190,7 +200,7 @@ export class KeyingService {
    * with the peer and its children when they cover the flow, adds a child otherwise, or negotiates.
    */
   async acquire(flow: Flow): Promise<{ session: KeyedSession; child: ChildSa }> {
-    const plan = planNegotiation(this.doc, flow, this.planOptions);
+    let plan = planNegotiation(this.doc, flow, this.planOptions);
     const m = this.managers.get(plan.local);
     if (!m)
       throw new IkeError(
@@ -216,6 +226,20 @@ export class KeyingService {
       this.inFlight.set(key, p);
       try {
         return await p;
+      } catch (err) {
+        // Every method of the auth set, in its order: after Kerberos (AuthIP) a pre-shared key or
+        // certificate further down the set, negotiated by IKEv1/IKEv2 as the rule's module says.
+        let next: NegotiationPlan;
+        try {
+          next = planNegotiation(this.doc, flow, { ...this.planOptions, afterKerberos: true });
+        } catch {
+          throw err;
+        }
+        this.o.log.info(
+          { remote: plan.remote, reason: (err as Error).message, next: next.credentials.method },
+          'Kerberos (AuthIP) failed; trying the next method of the authentication set',
+        );
+        plan = next;
       } finally {
         this.inFlight.delete(key);
       }
@@ -303,9 +327,12 @@ export class KeyingService {
         const remote = s.sa.remote.address;
         let next: PeerConfig | undefined;
         try {
-          const plan = planResponder(doc, address, remote, this.planOptions);
-          // A rule that now names the other keying module no longer allows this SA.
           const module = s instanceof V1Session ? 'IKEv1' : s instanceof AuthIpSession ? 'AuthIP' : 'IKEv2';
+          const plan = planResponder(doc, address, remote, {
+            ...this.planOptions,
+            afterKerberos: module !== 'AuthIP',
+          });
+          // A rule that now names the other keying module no longer allows this SA.
           const allowed =
             plan && ((plan.keyModule === 'Default' && module !== 'AuthIP') || plan.keyModule === module)
               ? plan
@@ -320,7 +347,9 @@ export class KeyingService {
           next.name === s.peer.name &&
           sameCredentials(next.credentials, s.peer.credentials) &&
           chosen !== undefined &&
-          selectProposal([chosen], next.ikeProposals) !== undefined;
+          (s instanceof AuthIpSession
+            ? s.choice !== undefined && selectMm([s.choice.transform], next.ikeProposals) !== undefined
+            : selectProposal([chosen], next.ikeProposals) !== undefined);
         if (still && next) {
           s.peer = next;
           kept++;

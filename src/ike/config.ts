@@ -137,6 +137,11 @@ export interface PlanOptions {
   ctx?: HostContext;
   /** The machine certificate stores, read when a rule authenticates with certificates. */
   certs?: () => CertStore;
+  /**
+   * Skip the auth set's Kerberos methods: the next method in the set's order after AuthIP with
+   * Kerberos failed (Windows tries every method of the set in order).
+   */
+  afterKerberos?: boolean;
 }
 
 /** Plans the IKEv2 negotiation for an outbound flow, or explains why there is none. */
@@ -200,7 +205,13 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   const keyed = (p: (typeof p1.Proposal)[number]) =>
     (p.AuthenticationMethod === 'PreSharedKey' && !!p.PreSharedKey) || p.AuthenticationMethod === 'Certificate';
   const carried = (p: (typeof p1.Proposal)[number]) =>
-    rule.KeyModule === 'AuthIP' ? kerberos(p) : rule.KeyModule === 'Default' ? kerberos(p) || keyed(p) : keyed(p);
+    opts.afterKerberos
+      ? rule.KeyModule !== 'AuthIP' && keyed(p)
+      : rule.KeyModule === 'AuthIP'
+        ? kerberos(p)
+        : rule.KeyModule === 'Default'
+          ? kerberos(p) || keyed(p)
+          : keyed(p);
   const usable = p1.Proposal.find(carried);
   if (!usable) {
     const methods = p1.Proposal.map(

@@ -61,6 +61,8 @@ export interface ManagerOptions {
   log?(event: string, detail?: Record<string, unknown>): void;
   /** Kerberos for AuthIP (the host keytab); without it AuthIP Main Modes are refused. */
   kerberos?: KerberosProvider;
+  /** Our policy for a peer that starts AuthIP with us (default: peerFor). */
+  authIpPeerFor?(address: string): PeerConfig | undefined;
 }
 
 export interface InitiateRequest {
@@ -121,7 +123,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       retransmits: this.timing.retransmits,
       halfOpenMs: 60_000,
       configFor: (remote) => {
-        const peer = o.kerberos ? o.peerFor(remote) : undefined;
+        const peer = o.kerberos ? (o.authIpPeerFor ?? o.peerFor)(remote) : undefined;
         return peer?.credentials.method === 'kerberos' ? authIpConfigOf(peer, 'responder') : undefined;
       },
     });
