@@ -1,7 +1,8 @@
 # The policy `consec lab demo` applies on alice: protect all traffic with bob, pre-shared key,
 # AES-GCM-256 ESP, written exactly as a Windows admin would. The rule is a tunnel between the two
 # hosts' own addresses because the lab's strongSwan peer runs its userspace data plane, which does
-# tunnel mode only. (KeyModule stays Default: consec negotiates IKEv2, the module it has.)
+# tunnel mode only. (KeyModule stays Default: with a pre-shared key consec starts with IKEv2, which
+# strongSwan answers.)
 $mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19
 $mmSet = New-NetIPsecMainModeCryptoSet -DisplayName "Lab MM AES256-SHA256-DH19" -Proposal $mm
 $qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256

@@ -210,4 +210,20 @@ describe('consec CLI', () => {
     assert.ok(id);
     assert.doesNotMatch(ns, new RegExp(id));
   });
+
+  it('lab demo --domain: two members of a real KDC isolate themselves with AuthIP and Kerberos, pings as ESP only', () => {
+    const before = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
+    const r = consec(['lab', 'demo', '--domain']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /alice 192\.0\.2\.1 joined: computer account host\/alice\.corp\.example@CORP\.EXAMPLE/);
+    assert.match(r.stdout, /\| New-NetIPsecRule -DisplayName "Domain isolation"/);
+    assert.match(r.stdout, /3 packets transmitted, 3 received, 0% packet loss/);
+    assert.match(r.stdout, /KeyModule +: AuthIp/);
+    assert.match(r.stdout, /LocalFirstId +: @\{Identity=CORP\\ALICE\$; AuthenticationMethod=MachineKerberos\}/);
+    assert.match(r.stdout, /RemoteFirstId +: @\{Identity=CORP\\BOB\$; AuthenticationMethod=MachineKerberos\}/);
+    assert.match(r.stdout, /x eth:ethertype:ip:udp:isakmp \(exchange 243: AuthIP\)/);
+    assert.match(r.stdout, /only AuthIP and ESP crossed between the members \(\d+ ESP packets\): no cleartext\./);
+    assert.match(r.stdout, /Lab torn down\.$/m);
+    assert.equal(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout, before, 'no namespace left');
+  });
 });

@@ -12,6 +12,7 @@ import { runDaemon } from '../daemon/main.ts';
 import { parseListen } from '../daemon/metrics.ts';
 import { ConsecError } from '../errors.ts';
 import { runDemo } from '../lab/demo.ts';
+import { runDomainDemo } from '../lab/demo-domain.ts';
 import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
@@ -173,8 +174,9 @@ export function buildProgram(): Command {
   lab
     .command('demo')
     .description('build a two-host lab, apply a Windows-syntax policy, show the SAs and ESP on the wire')
-    .action(async () => {
-      process.exitCode = await runDemo();
+    .option('--domain', 'domain isolation instead: a KDC, two members, AuthIP with Kerberos')
+    .action(async (opts: { domain?: boolean }) => {
+      process.exitCode = opts.domain ? await runDomainDemo((l) => process.stdout.write(`${l}\n`)) : await runDemo();
     });
   lab
     .command('up')
