@@ -335,6 +335,62 @@ class Sad implements ChildSaSink {
   }
 }
 
+/** One consec end of an in-memory AuthIP wire, with Kerberos from `realm`. */
+function authIpSide(
+  realm: LabDomain,
+  address: string,
+  peer: string,
+  host: string,
+  wire: { sent: Buffer[] },
+  keytab = realm.keytab(host),
+  mm: Parameters<typeof mmProposal>[0] = { Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' },
+) {
+  const sad = new Sad();
+  const audit = new AuditCollector();
+  const log: string[] = [];
+  const trace: string[] = [];
+  const config: AuthIpConfig = {
+    name: 'Domain isolation',
+    mmProposals: ikeProposals([mmProposal(mm)]).proposals,
+    espProposals: (spi) =>
+      espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
+        .proposals,
+    localTs: [hostTs(address)],
+    remoteTs: [hostTs(peer)],
+    mode: 'transport',
+    lifeSeconds: 28800,
+    childLifeSeconds: 3600,
+  };
+  let other: AuthIpManager | undefined;
+  const m = new AuthIpManager({
+    address,
+    spis: new SpiRegistry(),
+    audit,
+    dataplane: sad,
+    send: (d, from) => {
+      wire.sent.push(d);
+      setImmediate(() => other?.receive(d, from));
+    },
+    kerberos: {
+      initiator: (spn) =>
+        GssContext.initiator({
+          target: spn,
+          principal: realm.computerPrincipal(host),
+          clientKeytab: keytab,
+          ccache: `MEMORY:authip-${host}-${Math.random()}`,
+        }),
+      acceptor: () => GssContext.acceptor({ keytab }),
+      spn: () => realm.computerPrincipal(host),
+    },
+    log: (e, d) => log.push(`${e} ${JSON.stringify(d ?? {})}`),
+    trace: { enabled: () => true, line: (t) => trace.push(t) },
+    retransmits: [500, 1000, 2000],
+    halfOpenMs: 60_000,
+    configFor: () => config,
+  });
+  return { m, sad, log, trace, audit, config, connect: (to: AuthIpManager) => (other = to) };
+}
+
 describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in memory, a real KDC on loopback)', () => {
   let dom: LabDomain;
   const saved = process.env.KRB5_CONFIG;
@@ -352,59 +408,14 @@ describe('AuthIP Main Mode and Quick Mode with Kerberos (consec ↔ consec in me
     await dom?.close();
   });
 
-  function side(
+  const side = (
     address: string,
     peer: string,
     host: string,
     wire: { sent: Buffer[] },
     keytab = dom.keytab(host),
-    mm: Parameters<typeof mmProposal>[0] = { Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' },
-  ) {
-    const sad = new Sad();
-    const audit = new AuditCollector();
-    const log: string[] = [];
-    const trace: string[] = [];
-    const config: AuthIpConfig = {
-      name: 'Domain isolation',
-      mmProposals: ikeProposals([mmProposal(mm)]).proposals,
-      espProposals: (spi) =>
-        espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
-          .proposals,
-      localTs: [hostTs(address)],
-      remoteTs: [hostTs(peer)],
-      mode: 'transport',
-      lifeSeconds: 28800,
-      childLifeSeconds: 3600,
-    };
-    let other: AuthIpManager | undefined;
-    const m = new AuthIpManager({
-      address,
-      spis: new SpiRegistry(),
-      audit,
-      dataplane: sad,
-      send: (d, from) => {
-        wire.sent.push(d);
-        setImmediate(() => other?.receive(d, from));
-      },
-      kerberos: {
-        initiator: (spn) =>
-          GssContext.initiator({
-            target: spn,
-            principal: dom.computerPrincipal(host),
-            clientKeytab: keytab,
-            ccache: `MEMORY:authip-${host}-${Math.random()}`,
-          }),
-        acceptor: () => GssContext.acceptor({ keytab }),
-        spn: () => dom.computerPrincipal(host),
-      },
-      log: (e, d) => log.push(`${e} ${JSON.stringify(d ?? {})}`),
-      trace: { enabled: () => true, line: (t) => trace.push(t) },
-      retransmits: [500, 1000, 2000],
-      halfOpenMs: 60_000,
-      configFor: () => config,
-    });
-    return { m, sad, log, trace, audit, config, connect: (to: AuthIpManager) => (other = to) };
-  }
+    mm?: Parameters<typeof mmProposal>[0],
+  ) => authIpSide(dom, address, peer, host, wire, keytab, mm);
 
   it('two domain members: Main Mode by computer Kerberos (no Diffie-Hellman), the first Quick Mode inside it, mirrored ESP keys; the wire is AuthIP only', async () => {
     const wire = { sent: [] as Buffer[] };
@@ -624,54 +635,9 @@ describe('AuthIP when the clocks disagree (a KDC 10 minutes ahead of the members
       process.env.KRB5_CONFIG = skewed.krb5Conf;
       await skewed.join('alice');
       await skewed.join('bob');
-      const wire: Buffer[] = [];
-      const logs: string[] = [];
-      const mk = (address: string, peer: string, host: string) => {
-        const audit = new AuditCollector();
-        const sad = new Sad();
-        let other: AuthIpManager | undefined;
-        const config: AuthIpConfig = {
-          name: 'skew',
-          mmProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })])
-            .proposals,
-          espProposals: (spi) =>
-            espProposals([qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })], spi)
-              .proposals,
-          localTs: [hostTs(address)],
-          remoteTs: [hostTs(peer)],
-          mode: 'transport',
-          lifeSeconds: 28800,
-          childLifeSeconds: 3600,
-        };
-        const m = new AuthIpManager({
-          address,
-          spis: new SpiRegistry(),
-          audit,
-          dataplane: sad,
-          send: (d, from) => {
-            wire.push(d);
-            setImmediate(() => other?.receive(d, from));
-          },
-          kerberos: {
-            initiator: (spn) =>
-              GssContext.initiator({
-                target: spn,
-                principal: skewed.computerPrincipal(host),
-                clientKeytab: skewed.keytab(host),
-                ccache: `MEMORY:skew-${host}`,
-              }),
-            acceptor: () => GssContext.acceptor({ keytab: skewed.keytab(host) }),
-            spn: () => skewed.computerPrincipal(host),
-          },
-          log: (e, d) => logs.push(`${host}: ${e} ${JSON.stringify(d ?? {})}`),
-          retransmits: [500, 1000],
-          halfOpenMs: 60_000,
-          configFor: () => config,
-        });
-        return { m, audit, sad, config, connect: (o: AuthIpManager) => (other = o) };
-      };
-      const a = mk(A, B, 'alice');
-      const b = mk(B, A, 'bob');
+      const wire = { sent: [] as Buffer[] };
+      const a = authIpSide(skewed, A, B, 'alice', wire);
+      const b = authIpSide(skewed, B, A, 'bob', wire);
       a.connect(b.m);
       b.connect(a.m);
       const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
@@ -681,7 +647,7 @@ describe('AuthIP when the clocks disagree (a KDC 10 minutes ahead of the members
       assert.match(
         bobFailure?.failure.failureReason ?? '',
         /Ticket not yet valid|Clock skew too great/,
-        logs.join('\n'),
+        b.log.join('\n'),
       );
       // As the Security log words it.
       assert.equal(

@@ -38,6 +38,27 @@ async function seedPolicy(
   assert.equal(r.errors, 0, r.err);
 }
 
+/**
+ * consec daemon on a lab host with the realm's krb5.conf and a keytab: the host's own (a member) or
+ * `keytab` (carol's names a file that does not exist: not a member). Resolves once it is ready.
+ */
+async function memberDaemon(
+  lab: Lab,
+  dom: LabDomain,
+  host: string,
+  dir: string,
+  daemons: LabProcess[],
+  keytab = dom.keytab(host),
+): Promise<LabProcess> {
+  const d = consecDaemon(lab, host, dir, lab.address(host), [], {
+    KRB5_CONFIG: dom.krb5Conf,
+    KRB5_KTNAME: `FILE:${keytab}`,
+  });
+  daemons.push(d);
+  await d.waitFor(/"msg":"ready"/);
+  return d;
+}
+
 describe('domain isolation: AuthIP with Kerberos between two members of a real KDC', () => {
   let lab: Lab;
   let dom: LabDomain;
@@ -50,8 +71,6 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
   after(async () => {
     await lab?.destroy();
   });
-
-  const member = (host: string) => ({ KRB5_CONFIG: dom.krb5Conf, KRB5_KTNAME: `FILE:${dom.keytab(host)}` });
 
   it("the seeds' server-to-server rule: pings as ESP only, Get-NetIPsecMainModeSA shows AuthIp and both computer accounts", async () => {
     const a = lab.address('alice');
@@ -67,9 +86,7 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         const dir = freshStateDir(`consec-dom-${host}-`);
         dirs[host] = dir;
         await seedPolicy(dir, local, remote);
-        const d = consecDaemon(lab, host, dir, local, [], member(host));
-        daemons.push(d);
-        await d.waitFor(/"msg":"ready"/);
+        const d = await memberDaemon(lab, dom, host, dir, daemons);
         assert.match(d.output(), new RegExp(`"principal":"host/${host}\\.corp\\.example@CORP\\.EXAMPLE"`));
       }
       const ping = await lab.exec('alice', ['ping', '-c', '4', '-i', '0.2', '-W', '3', b], { allowFailure: true });
@@ -156,20 +173,10 @@ describe('domain isolation: a host outside the domain', () => {
     try {
       const bobDir = freshStateDir('consec-dom-bob-');
       await seedPolicy(bobDir, b, c);
-      const bob = consecDaemon(lab, 'bob', bobDir, b, [], {
-        KRB5_CONFIG: dom.krb5Conf,
-        KRB5_KTNAME: `FILE:${dom.keytab('bob')}`,
-      });
-      daemons.push(bob);
-      await bob.waitFor(/"msg":"ready"/);
+      const bob = await memberDaemon(lab, dom, 'bob', bobDir, daemons);
       const carolDir = freshStateDir('consec-dom-carol-');
       await seedPolicy(carolDir, c, b, 'Request');
-      const carol = consecDaemon(lab, 'carol', carolDir, c, [], {
-        KRB5_CONFIG: dom.krb5Conf,
-        KRB5_KTNAME: `FILE:${dom.dir}/carol-has-none.keytab`,
-      });
-      daemons.push(carol);
-      await carol.waitFor(/"msg":"ready"/);
+      const carol = await memberDaemon(lab, dom, 'carol', carolDir, daemons, `${dom.dir}/carol-has-none.keytab`);
       assert.match(carol.output(), /Kerberos: none/);
       const ping = await lab.exec('carol', ['ping', '-c', '3', '-i', '0.3', '-W', '2', b], { allowFailure: true });
       assert.match(ping.stdout, / 100% packet loss/, ping.stdout);
@@ -208,20 +215,10 @@ describe('the next method of the auth set after Kerberos', () => {
     try {
       const bobDir = freshStateDir('consec-next-bob-');
       await seedPolicy(bobDir, b, c, undefined, psk);
-      const bob = consecDaemon(lab, 'bob', bobDir, b, [], {
-        KRB5_CONFIG: dom.krb5Conf,
-        KRB5_KTNAME: `FILE:${dom.keytab('bob')}`,
-      });
-      daemons.push(bob);
-      await bob.waitFor(/"msg":"ready"/);
+      await memberDaemon(lab, dom, 'bob', bobDir, daemons);
       const carolDir = freshStateDir('consec-next-carol-');
       await seedPolicy(carolDir, c, b, undefined, psk);
-      const carol = consecDaemon(lab, 'carol', carolDir, c, [], {
-        KRB5_CONFIG: dom.krb5Conf,
-        KRB5_KTNAME: `FILE:${dom.dir}/carol-has-none.keytab`,
-      });
-      daemons.push(carol);
-      await carol.waitFor(/"msg":"ready"/);
+      const carol = await memberDaemon(lab, dom, 'carol', carolDir, daemons, `${dom.dir}/carol-has-none.keytab`);
       const ping = await lab.exec('carol', ['ping', '-c', '4', '-i', '0.3', '-W', '5', b], { allowFailure: true });
       assert.match(ping.stdout, / [0-2]5?% packet loss/, `${ping.stdout}\n${carol.output().slice(-3000)}`);
       assert.match(carol.output(), /Kerberos \(AuthIP\) failed; trying the next method of the authentication set/);
@@ -258,9 +255,7 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
     try {
       const bobDir = freshStateDir('consec-lock-bob-');
       await seedPolicy(bobDir, b, a);
-      const bob = consecDaemon(lab, 'bob', bobDir, b, [], env('bob'));
-      daemons.push(bob);
-      await bob.waitFor(/"msg":"ready"/);
+      await memberDaemon(lab, dom, 'bob', bobDir, daemons);
       const aliceDir = freshStateDir('consec-lock-alice-');
       // The seeds' rule, widened to the whole segment: the domain controller falls under it too.
       await seedPolicy(aliceDir, a, '192.0.2.0/24');
@@ -277,9 +272,7 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
         { env: { ...process.env, ...env('alice') }, allowFailure: true },
       );
       assert.match(flow.stdout, /Kerberos needs that domain controller to get the ticket/, flow.stdout + flow.stderr);
-      const alice = consecDaemon(lab, 'alice', aliceDir, a, [], env('alice'));
-      daemons.push(alice);
-      await alice.waitFor(/"msg":"ready"/);
+      const alice = await memberDaemon(lab, dom, 'alice', aliceDir, daemons);
       const locked = await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
       assert.match(locked.stdout, / 100% packet loss/, locked.stdout);
       // Her Kerberos request to the DC is itself traffic the rule requires IPsec for (its own AuthIP

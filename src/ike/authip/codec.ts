@@ -9,7 +9,7 @@
  * checksum (§2.2.3.2.1); `decodeAuthIp` returns them as `sealed` and crypto.ts opens them.
  */
 import { HEADER_SIZE, NotifyType, PayloadType } from '../v1/constants.ts';
-import { type V1Payload, V1DecodeError, decodeV1Payload, payloadBody } from '../v1/codec.ts';
+import { type V1Payload, V1DecodeError, decodeV1Payload, payloadBody, walkPayloads } from '../v1/codec.ts';
 import { type AuthIpExchange, AuthIpPayloadType, isAuthIpExchange } from './constants.ts';
 
 export interface AuthIpHeader {
@@ -79,7 +79,6 @@ export interface AuthIpMessage {
   raw: Buffer;
 }
 
-const MAX_PAYLOADS = 64;
 /** Longest SPN accepted in a GSS_ID payload, in octets. */
 const MAX_SPN_OCTETS = 1024;
 
@@ -185,26 +184,11 @@ function authIpPayload(type: number, body: Buffer): AuthIpPayload {
   }
 }
 
-/** Decodes a payload chain; octets after the last payload are refused unless `padded` (plaintext of CBC). */
+/** Decodes a payload chain; octets after the last payload are refused. */
 export function decodeAuthIpPayloads(first: number, body: Buffer): AuthIpPayload[] {
-  const out: AuthIpPayload[] = [];
-  let next = first;
-  let o = 0;
-  while (next !== PayloadType.NONE) {
-    if (o + 4 > body.length) throw new V1DecodeError('truncated payload header');
-    const type = next;
-    next = body[o] as number;
-    const len = body.readUInt16BE(o + 2);
-    if (len < 4 || o + len > body.length) throw new V1DecodeError(`payload length ${len} overruns the message`);
-    const raw = body.subarray(o, o + len);
-    const p = authIpPayload(type, raw.subarray(4));
-    p.raw = raw;
-    out.push(p);
-    o += len;
-    if (out.length > MAX_PAYLOADS) throw new V1DecodeError(`more than ${MAX_PAYLOADS} payloads in one message`);
-  }
-  if (o !== body.length) throw new V1DecodeError(`${body.length - o} octets after the last payload`);
-  return out;
+  const { payloads, end } = walkPayloads(first, body, authIpPayload);
+  if (end !== body.length) throw new V1DecodeError(`${body.length - end} octets after the last payload`);
+  return payloads;
 }
 
 // ---- encoding ----------------------------------------------------------------------------------

@@ -273,7 +273,24 @@ export function decodeV1Payload(type: number, body: Buffer): V1Payload | undefin
  * INVALID-PAYLOAD-TYPE), since IKEv1 has no critical bit to skip by.
  */
 export function decodeV1Payloads(first: number, body: Buffer): V1Payload[] {
-  const out: V1Payload[] = [];
+  return walkPayloads(first, body, (type, payloadBody) => {
+    const p = decodeV1Payload(type, payloadBody);
+    if (!p) throw new V1DecodeError(`payload type ${type} is not known`, NotifyType.INVALID_PAYLOAD_TYPE);
+    return p;
+  }).payloads;
+}
+
+/**
+ * Walks an ISAKMP payload chain from `first`, each payload's body decoded by `decode` and its wire
+ * octets (generic header included) kept as `raw`; at most 64 payloads. Returns the payloads and the
+ * offset after the last one (what follows is padding or the caller's to refuse).
+ */
+export function walkPayloads<P extends { raw?: Buffer }>(
+  first: number,
+  body: Buffer,
+  decode: (type: number, payloadBody: Buffer) => P,
+): { payloads: P[]; end: number } {
+  const payloads: P[] = [];
   let next = first;
   let o = 0;
   while (next !== PayloadType.NONE) {
@@ -283,14 +300,13 @@ export function decodeV1Payloads(first: number, body: Buffer): V1Payload[] {
     const len = body.readUInt16BE(o + 2);
     if (len < 4 || o + len > body.length) throw new V1DecodeError(`payload length ${len} overruns the message`);
     const raw = body.subarray(o, o + len);
-    const p = decodeV1Payload(type, raw.subarray(4));
-    if (!p) throw new V1DecodeError(`payload type ${type} is not known`, NotifyType.INVALID_PAYLOAD_TYPE);
+    const p = decode(type, raw.subarray(4));
     p.raw = raw;
-    out.push(p);
+    payloads.push(p);
     o += len;
-    if (out.length > 64) throw new V1DecodeError('more than 64 payloads in one message');
+    if (payloads.length > 64) throw new V1DecodeError('more than 64 payloads in one message');
   }
-  return out;
+  return { payloads, end: o };
 }
 
 // ---- encoding ----------------------------------------------------------------------------------
