@@ -82,6 +82,25 @@ describe('PowerShell subset: syntax', () => {
     assert.equal(r.out, 'True\nFalse\nTrue\nTrue\nTrue\nTrue\nTrue\n3,4\na\nb\n');
   });
 
+  it('compound assignment (+= -= *= /= %=) and ++/-- as admin scripts count and collect with them', async () => {
+    const r = await ps(
+      [
+        '$n = 0; $n++; $n++; $n--; "n=$n"',
+        '$total = 10; $total += 5; $total -= 3; $total *= 2; $total /= 4; $total %= 5; "total=$total"',
+        '$rules = @(); $rules += "a"; $rules += "b"; "$($rules -join ",") $($rules.Count)"',
+        '$s = "x"; $s += "y"; $s',
+        'for ($i = 0; $i -lt 3; $i++) { "i=$i" }',
+        '$c = 5; ++$c; --$c; --$c; "c=$c"',
+        '$unset++; "unset=$unset"',
+        '$h = @{}; $h.k = 1; $h.k += 2; $h.k',
+        '$z = 2; $z - 1',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, 'n=1\ntotal=1\na,b 2\nxy\ni=0\ni=1\ni=2\nc=4\nunset=1\n3\n1\n');
+  });
+
   it('pipelines with Where-Object (script block and simplified syntax), Select-Object, Sort-Object, ForEach-Object', async () => {
     const r = await ps(
       [

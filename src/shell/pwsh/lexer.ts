@@ -17,7 +17,9 @@ export type Token =
   | { kind: 'newline' | 'semi' | 'pipe' | 'comma' | 'eof'; extent: Extent }
   | { kind: 'lparen' | 'rparen' | 'lbrace' | 'rbrace' | 'lbracket' | 'rbracket'; extent: Extent }
   | { kind: 'atparen' | 'atbrace' | 'dollarparen'; extent: Extent }
-  | { kind: 'assign' | 'dot'; extent: Extent }
+  | { kind: 'dot'; extent: Extent }
+  /** `=`, or a compound assignment `+=` `-=` `*=` `/=` `%=` (op is the arithmetic operator). */
+  | { kind: 'assign'; op?: string; extent: Extent }
   | { kind: 'variable'; name: string; splat: boolean; extent: Extent }
   | { kind: 'string'; parts: StringPart[]; expandable: boolean; extent: Extent }
   | { kind: 'number'; value: number; extent: Extent }
@@ -196,6 +198,14 @@ export class Lexer {
       if (c === '!' && s[start + 1] !== '=') {
         this.pos++;
         return { kind: 'operator', op: 'not', extent: ext(this.pos) };
+      }
+      if ('+-*/%'.includes(c) && s[start + 1] === '=') {
+        this.pos += 2;
+        return { kind: 'assign', op: c, extent: ext(this.pos) };
+      }
+      if ((c === '+' || c === '-') && s[start + 1] === c) {
+        this.pos += 2;
+        return { kind: 'operator', op: c + c, extent: ext(this.pos) };
       }
       if ('+-*/%'.includes(c)) {
         this.pos++;

@@ -67,7 +67,10 @@ export interface NamedBlocks {
 
 export type Statement =
   | Pipeline
-  | { kind: 'assignment'; target: Expr; value: Pipeline; extent: Extent }
+  /** `$x = …`, or `$x += …` and the other compound forms (op: the arithmetic operator). */
+  | { kind: 'assignment'; target: Expr; value: Pipeline; op?: string; extent: Extent }
+  /** `$i++` / `$i--` as a statement (nothing is output). */
+  | { kind: 'step'; target: Expr; delta: 1 | -1; extent: Extent }
   | { kind: 'if'; clauses: { cond: Pipeline; body: Statement[] }[]; otherwise?: Statement[]; extent: Extent }
   | { kind: 'foreach'; variable: string; collection: Pipeline; body: Statement[]; extent: Extent }
   | { kind: 'for'; init?: Statement; cond?: Pipeline; step?: Statement; body: Statement[]; extent: Extent }
@@ -209,7 +212,37 @@ class Parser {
         this.lx.next('expression');
         this.skipNewlines();
         const value = this.pipeline();
-        return { kind: 'assignment', target, value, extent: { start: t.extent.start, end: value.extent.end } };
+        return {
+          kind: 'assignment',
+          target,
+          value,
+          op: eq.op,
+          extent: { start: t.extent.start, end: value.extent.end },
+        };
+      }
+      if (eq.kind === 'operator' && (eq.op === '++' || eq.op === '--')) {
+        this.lx.next('expression');
+        return {
+          kind: 'step',
+          target,
+          delta: eq.op === '++' ? 1 : -1,
+          extent: { start: t.extent.start, end: eq.extent.end },
+        };
+      }
+      this.lx.reset(start);
+    }
+    // `++$i` / `--$i` as a statement.
+    if (t.kind === 'operator' && (t.op === '++' || t.op === '--')) {
+      this.lx.next('expression');
+      const v = this.lx.peek('expression');
+      if (v.kind === 'variable' && !v.splat) {
+        const target = this.postfix(this.primary());
+        return {
+          kind: 'step',
+          target,
+          delta: t.op === '++' ? 1 : -1,
+          extent: { start: t.extent.start, end: target.extent.end },
+        };
       }
       this.lx.reset(start);
     }

@@ -392,8 +392,15 @@ export class Runtime {
     // $?: whether the last statement succeeded.
     const global = this.scopes[0] as Map<string, unknown>;
     try {
-      if (st.kind === 'assignment') await this.assign(st.target, await this.pipelineValue(st.value));
-      else emit(await this.pipeline(st));
+      if (st.kind === 'assignment') {
+        const value = await this.pipelineValue(st.value);
+        // `$x += v` is `$x = $x + v` (arrays append, strings concatenate, numbers add).
+        await this.assign(st.target, st.op ? binaryOp(st.op, await this.expr(st.target), value, st.extent) : value);
+      } else if (st.kind === 'step') {
+        // `$i++` / `$i--`: an unset variable counts from 0, as in PowerShell.
+        const current = (await this.expr(st.target)) ?? 0;
+        await this.assign(st.target, binaryOp(st.delta > 0 ? '+' : '-', current, 1, st.extent));
+      } else emit(await this.pipeline(st));
       global.set('?', true);
     } catch (err) {
       global.set('?', false);
