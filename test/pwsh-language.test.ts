@@ -101,6 +101,17 @@ describe('PowerShell subset: syntax', () => {
     assert.equal(r.out, 'n=1\ntotal=1\na,b 2\nxy\ni=0\ni=1\ni=2\nc=4\nunset=1\n3\n1\n');
   });
 
+  it('filter: a function whose body runs once per pipeline item with $_, parameters bound as for functions', async () => {
+    const r = await ps(
+      ['filter Double { $_ * 2 }', '1, 2, 3 | Double', 'filter Tag { param($p) "$p-$_" }', "'a', 'b' | Tag -p x"].join(
+        '\n',
+      ),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, '2\n4\n6\nx-a\nx-b\n');
+  });
+
   it('pipelines with Where-Object (script block and simplified syntax), Select-Object, Sort-Object, ForEach-Object', async () => {
     const r = await ps(
       [

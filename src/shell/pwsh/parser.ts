@@ -275,7 +275,7 @@ class Parser {
       return { kind: 'do', body, cond, until: word === 'until', extent: this.from(at) };
     },
     function: (at) => this.functionStatement(at),
-    filter: (at) => this.functionStatement(at),
+    filter: (at) => this.functionStatement(at, true),
     return: (at) => this.flow('return', at),
     throw: (at) => this.flow('throw', at),
     exit: (at) => this.flow('exit', at),
@@ -664,7 +664,8 @@ class Parser {
     }
   }
 
-  private functionStatement(at: Extent): Statement {
+  /** `function`, or `filter` (its body is a process block: it runs once per pipeline item, with $_). */
+  private functionStatement(at: Extent, filter = false): Statement {
     const nameTok = this.expect('command', 'word', 'Missing name after function keyword.', 'MissingNameAfterKeyword');
     let params: ParamDecl[] = [];
     if (this.lx.peek('command').kind === 'lparen') {
@@ -708,6 +709,15 @@ class Parser {
       "Missing closing '}' in statement block or type definition.",
       'MissingEndCurlyBrace',
     );
+    if (filter && !blocks)
+      return {
+        kind: 'function',
+        name: nameTok.value,
+        params,
+        body: [],
+        blocks: { process: body },
+        extent: this.from(at),
+      };
     return { kind: 'function', name: nameTok.value, params, body, blocks, extent: this.from(at) };
   }
 
