@@ -112,6 +112,21 @@ describe('PowerShell subset: syntax', () => {
     assert.equal(r.out, '2\n4\n6\nx-a\nx-b\n');
   });
 
+  it('[Parameter(ValueFromPipelineByPropertyName)]: each piped object binds its properties of those names (NetSecurity objects too)', async () => {
+    const d = freshStateDir();
+    const r = await ps(
+      [
+        'New-NetIPsecRule -DisplayName "r1" -RemoteAddress 192.0.2.9 -InboundSecurity Require -OutboundSecurity Request | Out-Null',
+        'function Show-Rule { param([Parameter(ValueFromPipelineByPropertyName)][string]$DisplayName, [Parameter(ValueFromPipelineByPropertyName = $true)]$InboundSecurity) process { "$DisplayName in=$InboundSecurity" } }',
+        'Get-NetIPsecRule | Show-Rule',
+        '[pscustomobject]@{ DisplayName = "x" } | Show-Rule',
+      ].join('\n'),
+      d,
+    );
+    assert.equal(r.err, '');
+    assert.equal(r.out, 'r1 in=Require\nx in=\n');
+  });
+
   it('pipelines with Where-Object (script block and simplified syntax), Select-Object, Sort-Object, ForEach-Object', async () => {
     const r = await ps(
       [

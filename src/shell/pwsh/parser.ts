@@ -55,6 +55,8 @@ export interface ParamDecl {
   position?: number;
   /** `[Parameter(ValueFromPipeline)]`: bound to each pipeline item in the process block. */
   fromPipeline?: boolean;
+  /** `[Parameter(ValueFromPipelineByPropertyName)]`: bound to the item's property of that name. */
+  fromPropertyName?: boolean;
   extent: Extent;
 }
 
@@ -610,6 +612,7 @@ class Parser {
       let type: string | undefined;
       let mandatory = false;
       let fromPipeline = false;
+      let fromPropertyName = false;
       let position: number | undefined;
       const start = t.extent.start;
       while (this.lx.peek('expression').kind === 'lbracket') {
@@ -618,7 +621,8 @@ class Parser {
           if (lit.name.toLowerCase() === 'parameter') {
             mandatory ||=
               /\bmandatory\b(\s*=\s*\$true)?/i.test(lit.args) && !/\bmandatory\s*=\s*\$false/i.test(lit.args);
-            fromPipeline ||= /\bValueFromPipeline\b(\s*=\s*\$true)?(?!ByPropertyName)/i.test(lit.args);
+            fromPipeline ||= /\bValueFromPipeline\b(?!ByPropertyName)(?!\s*=\s*\$false)/i.test(lit.args);
+            fromPropertyName ||= /\bValueFromPipelineByPropertyName\b(?!\s*=\s*\$false)/i.test(lit.args);
             const pos = /\bposition\s*=\s*(\d+)/i.exec(lit.args);
             if (pos) position = Number(pos[1]);
           }
@@ -650,6 +654,7 @@ class Parser {
         mandatory,
         position,
         fromPipeline,
+        fromPropertyName,
         extent: { start, end: this.lx.offset },
       });
       this.skipNewlines();

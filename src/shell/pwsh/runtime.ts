@@ -1405,11 +1405,17 @@ export class Runtime {
     if (blocks.begin) await this.runStatements(blocks.begin, emit);
     if (blocks.process) {
       const piped = params.find((p) => p.fromPipeline);
+      const byName = params.filter((p) => p.fromPropertyName);
       for (const item of input ?? [undefined]) {
         if (input) {
           scope.set('_', item);
           scope.set('psitem', item);
           if (piped) scope.set(piped.name.toLowerCase(), convertTo(piped.type, item));
+          // ValueFromPipelineByPropertyName: the item's property of the parameter's name, if it has one.
+          for (const p of byName) {
+            const v = getProperty(item, p.name);
+            if (v !== undefined && v !== null) scope.set(p.name.toLowerCase(), convertTo(p.type, v));
+          }
         }
         await this.runStatements(blocks.process, emit);
       }
