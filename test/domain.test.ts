@@ -141,6 +141,12 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
       await alice.waitFor(/"msg":"policy reloaded"/);
       assert.match(alice.output(), /"kept":1,"deleted":0,"msg":"policy reloaded"/);
       assert.doesNotMatch(alice.output(), /"id":4655/);
+      // Remove-NetIPsecMainModeSA on alice deletes the AuthIP SA at bob too (NOTIFY_STATUS).
+      const rm = await consecPwsh(dirs.alice as string, 'Get-NetIPsecMainModeSA | Remove-NetIPsecMainModeSA');
+      assert.equal(rm.code, 0, rm.stdout + rm.stderr);
+      const bob = daemons[0] as LabProcess;
+      await bob.waitFor(/"reason":"deleted by the peer"[^\n]*"msg":"AuthIP SA ended"/);
+      assert.equal((await consecPwsh(dirs.bob as string, '@(Get-NetIPsecMainModeSA).Count')).stdout.trim(), '0');
       // The KDC issued alice a ticket for bob's computer account.
       assert.match(
         dom.log(),
