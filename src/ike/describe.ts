@@ -10,6 +10,10 @@ import { type AuditEvent, type EndpointInfo, type MainModeInfo, mmSaId, type Qui
 import { type ChildSa, localTs, remoteTs } from './tasks/child-create.ts';
 import { type Credentials, methodName } from './tasks/ike-auth.ts';
 import type { PeerCertificate } from './tasks/ike-cert.ts';
+import { IkeError, notifyName } from './errors.ts';
+import type { Endpoint } from '../sa/spec.ts';
+
+type KeyingModule = MainModeInfo['keyingModule'];
 
 export function cipherName(p: Proposal): string {
   const t = transformOf(p, TransformType.ENCR);
@@ -87,7 +91,7 @@ export interface DescribedSession {
 /** The main mode SA as audit events and views show it (4650/4651, Get-NetIPsecMainModeSA). */
 export function mainModeInfoOf(
   s: DescribedSession,
-  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP',
+  keyingModule: KeyingModule,
   localSpi: Buffer,
   chosen: Proposal | undefined,
 ): MainModeInfo {
@@ -112,7 +116,7 @@ export function mainModeInfoOf(
 /** A child SA as audit events and views show it (5451, Get-NetIPsecQuickModeSA). */
 export function quickModeInfoOf(
   s: Pick<DescribedSession, 'endpoint'>,
-  keyingModule: 'IKEv2' | 'IKEv1' | 'AuthIP',
+  keyingModule: KeyingModule,
   localSpi: Buffer,
   child: ChildSa,
 ): QuickModeInfo {
@@ -141,5 +145,60 @@ export function childEndedEvent(q: QuickModeInfo, reason: string): AuditEvent {
     success: true,
     quickMode: { local, remote, mode, protocol, inboundSpi, outboundSpi, mmSaId: id },
     reason,
+  };
+}
+
+/** The 4655 event of a main mode SA that ended. */
+export function mainModeEndedEvent(
+  s: Pick<DescribedSession, 'endpoint'>,
+  keyingModule: KeyingModule,
+  localSpi: Buffer,
+  reason: string,
+): AuditEvent {
+  return {
+    id: 4655,
+    subcategory: 'IPsec Main Mode',
+    success: true,
+    local: s.endpoint('local'),
+    remote: s.endpoint('remote'),
+    keyingModule,
+    mmSaId: mmSaId(localSpi),
+    reason,
+  };
+}
+
+/**
+ * The event of a main mode that failed: 4652 when it authenticated with certificates, 4653
+ * otherwise; who found the failure (a refusal the peer sent is the remote computer's), the state
+ * it was in, the cookies (IKE SPIs).
+ */
+export function mainModeFailedEvent(o: {
+  local: Endpoint;
+  remote: Endpoint;
+  keyingModule: KeyingModule;
+  role: 'Initiator' | 'Responder';
+  credentials?: Credentials;
+  err: Error;
+  authenticating: boolean;
+  cookieI: Buffer;
+  cookieR: Buffer;
+}): AuditEvent {
+  return {
+    id: o.credentials?.method === 'cert' ? 4652 : 4653,
+    subcategory: 'IPsec Main Mode',
+    success: false,
+    local: { address: o.local.address, port: o.local.port },
+    remote: { address: o.remote.address, port: o.remote.port },
+    keyingModule: o.keyingModule,
+    role: o.role,
+    authenticationMethod: o.credentials ? methodName(o.credentials) : undefined,
+    failure: {
+      failurePoint: o.err instanceof IkeError && o.err.fromPeer ? 'Remote computer' : 'Local computer',
+      failureReason: o.err.message,
+      state: o.authenticating ? 'Authentication' : 'No state',
+      notify: o.err instanceof IkeError ? notifyName(o.err.notify) : undefined,
+      initiatorCookie: o.cookieI.toString('hex'),
+      responderCookie: o.cookieR.toString('hex'),
+    },
   };
 }

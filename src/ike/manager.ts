@@ -4,18 +4,19 @@
  * roles of IKE_SA_INIT / IKE_AUTH. Everything after IKE_AUTH runs in the session (session.ts).
  * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
  */
+import { mainModeFailedEvent } from './describe.ts';
 import { createHmac, randomBytes } from 'node:crypto';
 import { type AuditSink, mmSaId, NO_AUDIT } from '../audit/events.ts';
 import type { IkeBind, IkePort, IkeReceiver } from '../sa/bind.ts';
 import { UdpBind } from './bind.ts';
 import { type ChildSaSink, NO_DATAPLANE } from '../sa/sink.ts';
-import { IkeError, notifyName } from './errors.ts';
+import { IkeError } from './errors.ts';
 import { type Endpoint, IkeSa } from './sa.ts';
 import { IkeSession, type PeerConfig, type SessionHost, type SessionState, type Timing } from './session.ts';
 import type { ChildSa } from './tasks/child-create.ts';
 import { rekeyChild } from './tasks/child-rekey.ts';
 import { deleteChild } from './tasks/ike-delete.ts';
-import { IkeAuthTask, methodName, respondAuth } from './tasks/ike-auth.ts';
+import { IkeAuthTask, respondAuth } from './tasks/ike-auth.ts';
 import { IkeInitTask, respondInit } from './tasks/ike-init.ts';
 import { findPayload, notify } from './tasks/task.ts';
 import { SpiRegistry } from './spi.ts';
@@ -560,25 +561,19 @@ export class IkeManager implements SessionHost, IkeReceiver {
     spiI: Buffer,
     spiR: Buffer = ZERO_SPI,
   ): void {
-    const cert = peer?.credentials.method === 'cert';
-    this.audit.emit({
-      id: cert ? 4652 : 4653,
-      subcategory: 'IPsec Main Mode',
-      success: false,
-      local: { address: this.o.address, port: 500 },
-      remote: { address: remote.address, port: remote.port },
-      keyingModule: 'IKEv2',
-      role,
-      authenticationMethod: peer ? methodName(peer.credentials) : undefined,
-      failure: {
-        failurePoint: err instanceof IkeError && err.fromPeer ? 'Remote computer' : 'Local computer',
-        failureReason: err.message,
-        state: spiR.equals(ZERO_SPI) ? 'No state' : 'Authentication',
-        notify: err instanceof IkeError ? notifyName(err.notify) : undefined,
-        initiatorCookie: hex(spiI),
-        responderCookie: hex(spiR),
-      },
-    });
+    this.audit.emit(
+      mainModeFailedEvent({
+        local: { address: this.o.address, port: 500 },
+        remote,
+        keyingModule: 'IKEv2',
+        role,
+        credentials: peer?.credentials,
+        err,
+        authenticating: !spiR.equals(ZERO_SPI),
+        cookieI: spiI,
+        cookieR: spiR,
+      }),
+    );
   }
 
   // ---- initiator -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type Quic
 import type { IkeBind, IkePort } from '../sa/bind.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { childSpec } from './child-spec.ts';
-import { childEndedEvent, mainModeInfoOf, quickModeInfoOf } from './describe.ts';
+import { childEndedEvent, mainModeEndedEvent, mainModeInfoOf, quickModeInfoOf } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
 import type { Endpoint, IkeSa } from './sa.ts';
@@ -705,17 +705,7 @@ export class IkeSession implements TaskSession {
     const wasUp = this.establishedAt > 0;
     this.setState('dead');
     this.host.unregister(this);
-    if (wasUp)
-      this.host.audit.emit({
-        id: 4655,
-        subcategory: 'IPsec Main Mode',
-        success: true,
-        local: this.endpoint('local'),
-        remote: this.endpoint('remote'),
-        keyingModule: 'IKEv2',
-        mmSaId: mmSaId(this.sa.localSpi),
-        reason,
-      });
+    if (wasUp) this.host.audit.emit(mainModeEndedEvent(this, 'IKEv2', this.sa.localSpi, reason));
     this.log('IKE SA ended', { reason });
   }
 

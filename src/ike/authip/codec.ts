@@ -9,7 +9,15 @@
  * checksum (§2.2.3.2.1); `decodeAuthIp` returns them as `sealed` and crypto.ts opens them.
  */
 import { HEADER_SIZE, NotifyType, PayloadType } from '../v1/constants.ts';
-import { type V1Payload, V1DecodeError, decodeV1Payload, payloadBody, walkPayloads } from '../v1/codec.ts';
+import {
+  type V1Payload,
+  V1DecodeError,
+  decodeV1Payload,
+  findAllPayloadsOf,
+  findPayloadOf,
+  payloadBody,
+  walkPayloads,
+} from '../v1/codec.ts';
 import { type AuthIpExchange, AuthIpPayloadType, isAuthIpExchange } from './constants.ts';
 
 export interface AuthIpHeader {
@@ -287,16 +295,7 @@ export function encodeAuthIp(
   return Buffer.concat([encodeAuthIpHeader(h, AuthIpPayloadType.CRYPTO, false, total), crypto, body]);
 }
 
-export function findAuthIp<T extends AuthIpPayload['type']>(
-  payloads: readonly AuthIpPayload[],
-  type: T,
-): Extract<AuthIpPayload, { type: T }> | undefined {
-  return payloads.find((p) => p.type === type) as Extract<AuthIpPayload, { type: T }> | undefined;
-}
-
-export function findAllAuthIp<T extends AuthIpPayload['type']>(
-  payloads: readonly AuthIpPayload[],
-  type: T,
-): Extract<AuthIpPayload, { type: T }>[] {
-  return payloads.filter((p) => p.type === type) as Extract<AuthIpPayload, { type: T }>[];
-}
+export const findAuthIp = <T extends AuthIpPayload['type']>(payloads: readonly AuthIpPayload[], type: T) =>
+  findPayloadOf(payloads, type);
+export const findAllAuthIp = <T extends AuthIpPayload['type']>(payloads: readonly AuthIpPayload[], type: T) =>
+  findAllPayloadsOf(payloads, type);

@@ -17,13 +17,12 @@
  * uses Message ID 0 (the Main Mode's) in its header and its key material.
  */
 import { randomBytes } from 'node:crypto';
-import { type AuditSink, type EndpointInfo, mmSaId } from '../../audit/events.ts';
+import type { AuditSink, EndpointInfo } from '../../audit/events.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
-import { mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
-import { methodName } from '../tasks/ike-auth.ts';
+import { mainModeEndedEvent, mainModeFailedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
 import type { Endpoint, TrafficSelector } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
-import { IkeError, notifyName } from '../errors.ts';
+import { IkeError } from '../errors.ts';
 import type { SpiRegistry } from '../spi.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
 import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig } from '../tasks/context.ts';
@@ -850,37 +849,22 @@ export class AuthIpSession {
     const wasUp = this.establishedAt > 0;
     this.state = 'dead';
     this.host.unregister(this);
-    if (wasUp)
-      this.host.audit.emit({
-        id: 4655,
-        subcategory: 'IPsec Main Mode',
-        success: true,
-        local: this.endpoint('local'),
-        remote: this.endpoint('remote'),
-        keyingModule: 'AuthIP',
-        mmSaId: mmSaId(this.localCookie),
-        reason,
-      });
+    if (wasUp) this.host.audit.emit(mainModeEndedEvent(this, 'AuthIP', this.localCookie, reason));
     else if (failure)
       // A Main Mode that did not complete: 4653 as Windows words it, with who found the failure.
-      this.host.audit.emit({
-        id: 4653,
-        subcategory: 'IPsec Main Mode',
-        success: false,
-        local: { address: this.local.address, port: this.local.port },
-        remote: { address: this.remote.address, port: this.remote.port },
-        keyingModule: 'AuthIP',
-        role: this.role === 'initiator' ? 'Initiator' : 'Responder',
-        authenticationMethod: methodName(KERBEROS),
-        failure: {
-          failurePoint: failure instanceof IkeError && failure.fromPeer ? 'Remote computer' : 'Local computer',
-          failureReason: failure.message,
-          state: this.keys || this.gss ? 'Authentication' : 'No state',
-          notify: failure instanceof IkeError ? notifyName(failure.notify) : undefined,
-          initiatorCookie: hex(this.cookieI),
-          responderCookie: hex(this.cookieR),
-        },
-      });
+      this.host.audit.emit(
+        mainModeFailedEvent({
+          local: this.local,
+          remote: this.remote,
+          keyingModule: 'AuthIP',
+          role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+          credentials: KERBEROS,
+          err: failure,
+          authenticating: this.keys !== undefined || this.gss !== undefined,
+          cookieI: this.cookieI,
+          cookieR: this.cookieR,
+        }),
+      );
     this.host.log(wasUp ? 'AuthIP SA ended' : 'AuthIP negotiation failed', { reason, role: this.role });
     for (const w of this.waiters.splice(0))
       w.reject(failure ?? new IkeError(`the AuthIP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));

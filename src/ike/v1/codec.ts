@@ -454,17 +454,23 @@ export function encodeV1(h: HeaderFields, payloads: readonly V1Payload[]): Buffe
   return Buffer.concat([encodeV1Header(h, payloads[0]?.type ?? PayloadType.NONE, body.length), body]);
 }
 
-/** Finds the first payload of a type. */
-export function findV1<T extends V1Payload['type']>(
-  payloads: readonly V1Payload[],
+/** Finds the first payload of a type, in any ISAKMP payload union (IKEv1's, AuthIP's). */
+export function findPayloadOf<P extends { type: number }, T extends P['type']>(
+  payloads: readonly P[],
   type: T,
-): Extract<V1Payload, { type: T }> | undefined {
-  return payloads.find((p) => p.type === type) as Extract<V1Payload, { type: T }> | undefined;
+): Extract<P, { type: T }> | undefined {
+  return payloads.find((p) => p.type === type) as Extract<P, { type: T }> | undefined;
 }
 
-export function findAllV1<T extends V1Payload['type']>(
-  payloads: readonly V1Payload[],
+/** Every payload of a type, in order. */
+export function findAllPayloadsOf<P extends { type: number }, T extends P['type']>(
+  payloads: readonly P[],
   type: T,
-): Extract<V1Payload, { type: T }>[] {
-  return payloads.filter((p) => p.type === type) as Extract<V1Payload, { type: T }>[];
+): Extract<P, { type: T }>[] {
+  return payloads.filter((p) => p.type === type) as Extract<P, { type: T }>[];
 }
+
+export const findV1 = <T extends V1Payload['type']>(payloads: readonly V1Payload[], type: T) =>
+  findPayloadOf(payloads, type);
+export const findAllV1 = <T extends V1Payload['type']>(payloads: readonly V1Payload[], type: T) =>
+  findAllPayloadsOf(payloads, type);

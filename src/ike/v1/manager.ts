@@ -5,16 +5,15 @@
  * versions share UDP 500/4500), Aggressive Mode refused, and the initiator's Main Mode + Quick Mode.
  * Input is never trusted: malformed or unauthenticated datagrams are dropped without state change.
  */
+import { mainModeFailedEvent } from '../describe.ts';
 import { createHmac, randomBytes } from 'node:crypto';
 import type { AuditSink } from '../../audit/events.ts';
 import type { IkeBind, IkePort } from '../../sa/bind.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
 import type { Endpoint } from '../../sa/spec.ts';
-import { IkeError, notifyName } from '../errors.ts';
 import type { PeerConfig, Timing } from '../session.ts';
 import type { SpiRegistry } from '../spi.ts';
 import type { ChildEntry } from '../tasks/context.ts';
-import { methodName } from '../tasks/ike-auth.ts';
 import type { IkeTrace } from '../trace.ts';
 import { decodeV1, decodeV1Payloads, encodeV1, findAllV1, type V1Message, type V1Payload } from './codec.ts';
 import { DOI_IPSEC, ExchangeType, NotifyType, PayloadType, ProtocolId, VendorId } from './constants.ts';
@@ -460,24 +459,19 @@ export class V1Manager implements V1Host {
 
   /** A Main Mode failure: 4653 (4652 with certificates), and the SA goes. */
   private mainModeFailed(s: V1Session, err: Error): void {
-    this.audit.emit({
-      id: s.peer.credentials.method === 'cert' ? 4652 : 4653,
-      subcategory: 'IPsec Main Mode',
-      success: false,
-      local: { address: s.local.address, port: s.local.port },
-      remote: { address: s.remote.address, port: s.remote.port },
-      keyingModule: 'IKEv1',
-      role: s.role === 'initiator' ? 'Initiator' : 'Responder',
-      authenticationMethod: methodName(s.peer.credentials),
-      failure: {
-        failurePoint: err instanceof IkeError && err.fromPeer ? 'Remote computer' : 'Local computer',
-        failureReason: err.message,
-        state: s.keys ? 'Authentication' : 'No state',
-        notify: err instanceof IkeError ? notifyName(err.notify) : undefined,
-        initiatorCookie: hex(s.cookieI),
-        responderCookie: hex(s.cookieR),
-      },
-    });
+    this.audit.emit(
+      mainModeFailedEvent({
+        local: s.local,
+        remote: s.remote,
+        keyingModule: 'IKEv1',
+        role: s.role === 'initiator' ? 'Initiator' : 'Responder',
+        credentials: s.peer.credentials,
+        err,
+        authenticating: s.keys !== undefined,
+        cookieI: s.cookieI,
+        cookieR: s.cookieR,
+      }),
+    );
     this.log('IKEv1 Main Mode failed', { remote: s.remote.address, reason: err.message });
     s.fail(err);
   }

@@ -12,7 +12,7 @@ import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from
 import type { IkePort } from '../../sa/bind.ts';
 import type { Endpoint } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
-import { childEndedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
+import { childEndedEvent, mainModeEndedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import type { SessionHost as V2Host } from '../session.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
@@ -689,17 +689,7 @@ export class V1Session {
     for (const w of this.waiters.splice(0))
       w.reject(failure ?? new IkeError(`the ISAKMP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));
     this.host.unregister(this);
-    if (wasUp)
-      this.host.audit.emit({
-        id: 4655,
-        subcategory: 'IPsec Main Mode',
-        success: true,
-        local: this.endpoint('local'),
-        remote: this.endpoint('remote'),
-        keyingModule: 'IKEv1',
-        mmSaId: mmSaId(this.localCookie),
-        reason,
-      });
+    if (wasUp) this.host.audit.emit(mainModeEndedEvent(this, 'IKEv1', this.localCookie, reason));
     this.log('ISAKMP SA ended', { reason });
   }
 
