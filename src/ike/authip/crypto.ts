@@ -22,6 +22,7 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, 
 import { V1DecodeError } from '../v1/codec.ts';
 import { NotifyType } from '../v1/constants.ts';
 import type { HashName } from '../v1/crypto.ts';
+import { TRUNCATED_ICV_VERSIONS } from './constants.ts';
 
 export interface AuthIpSuite {
   hash: HashName;
@@ -38,7 +39,7 @@ const BLOCK = 16;
 
 export const hashBytes = (h: HashName): number => HASH_BYTES[h];
 export const icvBytes = (h: HashName, peerNt5Version?: number): number =>
-  peerNt5Version !== undefined && peerNt5Version >= 5 && peerNt5Version <= 7 ? 12 : ICV_BYTES[h];
+  peerNt5Version !== undefined && TRUNCATED_ICV_VERSIONS.has(peerNt5Version) ? 12 : ICV_BYTES[h];
 
 /** SP 800-56A concatenation KDF: Hash(counter32 ‖ Z ‖ OtherInfo) for counter 1, 2, … truncated to `length`. */
 export function aKdf(hash: HashName, z: Buffer, otherInfo: Buffer, length: number): Buffer {
