@@ -39,11 +39,25 @@ const HOUR: Partial<Lifetimes> = { ikeExpireMs: 3_600_000, childExpireMs: 3_600_
 
 class SadRecorder implements ChildSaSink {
   readonly installed = new Map<number, ChildSaSpec>();
+  /** SAs outbound traffic may use, and packets "received" per inbound SPI (bumped by a test). */
+  readonly active = new Set<number>();
+  readonly received = new Map<number, number>();
   install(spec: ChildSaSpec): void {
     this.installed.set(spec.inbound.spi, spec);
+    if (spec.outboundActive ?? true) this.active.add(spec.inbound.spi);
+  }
+  activate(spiIn: number): void {
+    if (this.installed.has(spiIn)) this.active.add(spiIn);
   }
   delete(spiIn: number): void {
     this.installed.delete(spiIn);
+    this.active.delete(spiIn);
+  }
+  inboundPackets(spiIn: number): number | undefined {
+    return this.installed.has(spiIn) ? (this.received.get(spiIn) ?? 0) : undefined;
+  }
+  receive(spiIn: number): void {
+    this.received.set(spiIn, (this.received.get(spiIn) ?? 0) + 1);
   }
 }
 
@@ -582,6 +596,69 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     await until(() => b.sad.installed.size === 1, 5000);
     assertMirrored(a.sad, b.sad);
     assert.ok(n > 9, 'datagrams were lost');
+  });
+
+  /** The initiator's Quick Mode message 3 (HASH(3) only: the short one) of exchange `mid`. */
+  const isQuickMode3 = (data: Buffer, mid: number) =>
+    data.length >= 28 && data[18] === ExchangeType.QUICK_MODE && data.readUInt32BE(20) === mid && data.length < 100;
+
+  it('a child renewal whose Quick Mode message 3 never arrives: while the peer keeps sending on the old SA only, the new one carries no traffic; it is given up (Delete) and renewed again, which the peer takes', async () => {
+    const net = new MemoryNetwork();
+    const { a, b, start } = pair({ net });
+    const { child } = await start();
+    const old = child.child.spiIn.readUInt32BE(0);
+    await until(() => b.sad.installed.size === 1);
+    const mids: number[] = [];
+    net.drop = (from, _to, data) => {
+      if (from !== A || data[18] !== ExchangeType.QUICK_MODE) return false;
+      const mid = data.readUInt32BE(20);
+      if (!mids.includes(mid)) mids.push(mid);
+      return mid === mids[0] && isQuickMode3(data, mid);
+    };
+    // The peer keeps sending on the SA it has: ESP counted on the old SA at a.
+    const talk = setInterval(() => a.sad.receive(old), 5);
+    try {
+      a.m.v1.expire(old, false);
+      await until(() => a.sad.installed.size === 2);
+      const [lost] = [...a.sad.installed.keys()].filter((k) => k !== old);
+      assert.ok(lost !== undefined);
+      assert.ok(!a.sad.active.has(lost), 'the unconfirmed SA carries no outbound traffic');
+      // Given up and renewed again; the second Quick Mode gets through and b installs it.
+      await until(() => !a.sad.installed.has(lost) && b.sad.installed.size === 2, 4000).catch((e: Error) => {
+        throw new Error(`${e.message}\n${a.events.join('\n')}`);
+      });
+      assert.equal(mids.length, 2, 'one more Quick Mode');
+      assert.ok(a.events.some((e) => e.startsWith('child SA renewal not taken by the peer')));
+      const [taken] = [...a.sad.installed.keys()].filter((k) => k !== old);
+      assert.ok(taken !== undefined && b.sad.installed.get(a.sad.installed.get(taken)?.outbound.spi ?? 0));
+      // The peer moves to it: ESP arrives on it, and outbound traffic follows.
+      clearInterval(talk);
+      a.m.noteEsp(taken);
+      assert.ok(a.sad.active.has(taken));
+      assertMirrored(
+        a.sad,
+        Object.assign(new SadRecorder(), {
+          installed: new Map([...b.sad.installed].filter(([, v]) => a.sad.installed.has(v.outbound.spi))),
+        }),
+      );
+    } finally {
+      clearInterval(talk);
+    }
+  });
+
+  it('a child renewal with a quiet peer: nothing tells against the new SA, so it carries traffic after the first retransmission wait, and nothing is given up', async () => {
+    const { a, b, start } = pair();
+    const { child } = await start();
+    const old = child.child.spiIn.readUInt32BE(0);
+    await until(() => b.sad.installed.size === 1);
+    a.m.v1.expire(old, false);
+    await until(() => a.sad.installed.size === 2 && b.sad.installed.size === 2);
+    const [fresh] = [...a.sad.installed.keys()].filter((k) => k !== old);
+    assert.ok(fresh !== undefined);
+    await until(() => a.sad.active.has(fresh));
+    await new Promise((r) => setTimeout(r, 400));
+    assert.ok(a.sad.installed.has(fresh));
+    assert.ok(!a.events.some((e) => e.startsWith('child SA renewal not taken by the peer')));
   });
 
   it('different pre-shared keys: 4653 at both ends, no SA', async () => {

@@ -15,6 +15,8 @@ export interface ChildSaSink {
   activate?(spiIn: number): void;
   /** The peer moved (NAT mapping change): send to the new address. */
   update?(spiIn: number, remote: Endpoint): void;
+  /** Packets accepted so far on the child SA with this inbound SPI (undefined: no such SA). */
+  inboundPackets?(spiIn: number): number | undefined;
 }
 
 export const NO_DATAPLANE: ChildSaSink = { install() {}, delete() {} };

@@ -140,13 +140,15 @@ export class V1Manager implements V1Host {
   }
 
   successor(s: V1Session): V1Session | undefined {
-    return this.sessions().find(
+    return this.siblings(s)
+      .filter((x) => x.establishedAt >= s.establishedAt)
+      .reduce<V1Session | undefined>((a, x) => (a && a.establishedAt >= x.establishedAt ? a : x), undefined);
+  }
+
+  siblings(s: V1Session): V1Session[] {
+    return this.sessions().filter(
       (x) =>
-        x !== s &&
-        x.state === 'established' &&
-        x.remote.address === s.remote.address &&
-        x.peer.name === s.peer.name &&
-        x.establishedAt >= s.establishedAt,
+        x !== s && x.state === 'established' && x.remote.address === s.remote.address && x.peer.name === s.peer.name,
     );
   }
 
@@ -214,13 +216,7 @@ export class V1Manager implements V1Host {
     const e = s?.children.get(spiIn);
     if (!s || !e) return undefined;
     if (hard) void s.deleteChild(e, 'lifetime expired (data plane)');
-    else if (e.state.kind === 'installed' && s.state === 'established') {
-      e.state = { kind: 'rekeying' };
-      const [local, remote] = e.child.initiator ? [e.child.tsi, e.child.tsr] : [e.child.tsr, e.child.tsi];
-      initiateQuick(s, { tsi: local, tsr: remote }).catch(() => {
-        if (e.state.kind === 'rekeying') e.state = { kind: 'installed' };
-      });
-    }
+    else s.renewChild?.(e);
     return e;
   }
 

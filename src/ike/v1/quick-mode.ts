@@ -636,14 +636,28 @@ const selEq = (a?: TrafficSelector, b?: TrafficSelector): boolean =>
  */
 /** Pause before a failed child renewal is tried again. */
 const RENEW_RETRY_MS = 1000;
+/**
+ * How long (in first retransmission waits, 3 s by default) a renewal may see the peer send on the
+ * old SA only before it is given up, and how often one child's renewals are given up before its
+ * successor is used on the timer alone (a peer that keeps using an old SA for long on purpose).
+ */
+const CONFIRM_STEPS = 6;
+const MAX_ABANDONED_RENEWALS = 3;
+const abandonedRenewals = new WeakMap<ChildEntry, number>();
+const spiNumber = (e: ChildEntry): number => e.child.spiIn.readUInt32BE(0);
+/** The ISAKMP SA holding `e` now: `s` or another with the same peer (child SAs move on Phase 1 renewal). */
+const ownerOf = (s: V1Session, e: ChildEntry): V1Session | undefined =>
+  [s, ...s.host.siblings(s)].find((x) => x.children.get(spiNumber(e)) === e);
 
 export function armRenewal(s: V1Session): void {
   s.onChildInstalled = (entry) => {
-    for (const old of s.children.values()) {
-      if (old === entry || old.state.kind !== 'installed' || !sameSelectors(old.child, entry.child)) continue;
-      old.state = { kind: 'rekeyed', replacement: entry.child.spiIn.readUInt32BE(0) };
-      if (entry.child.initiator) void s.deleteChild(old, 'rekeyed');
-    }
+    // The SAs it supersedes may still sit on an older ISAKMP SA with the peer (not yet adopted).
+    for (const owner of [s, ...s.host.siblings(s)])
+      for (const old of [...owner.children.values()]) {
+        if (old === entry || old.state.kind !== 'installed' || !sameSelectors(old.child, entry.child)) continue;
+        old.state = { kind: 'rekeyed', replacement: entry.child.spiIn.readUInt32BE(0) };
+        if (entry.child.initiator) void owner.deleteChild(old, 'rekeyed', s);
+      }
     s.armChildRekey?.(entry);
   };
   s.armChildRekey = (entry) => {
@@ -662,18 +676,38 @@ export function armRenewal(s: V1Session): void {
     const remote = entry.child.initiator ? entry.child.tsr : entry.child.tsi;
     // On the newest ISAKMP SA with the peer: one the peer is replacing may go unanswered.
     const via = s.host.successor(s) ?? s;
-    initiateQuick(via, { tsi: local, tsr: remote }).catch((err: Error) => {
-      if (entry.state.kind === 'rekeying') entry.state = { kind: 'installed' };
-      s.log('child rekey failed', { reason: err.message });
-      // Tried again while the child has time left, so traffic does not wait for its expiry to
-      // start a negotiation (a peer that deleted its side may have lost our Delete or we its).
-      if (s.children.get(entry.child.spiIn.readUInt32BE(0)) === entry && entry.expireAt - Date.now() > RENEW_RETRY_MS) {
-        const retry = setTimeout(() => renew(entry), RENEW_RETRY_MS);
-        retry.unref();
-        entry.timers.push(retry);
-      }
-    });
+    const given = abandonedRenewals.get(entry) ?? 0;
+    initiateQuick(via, { tsi: local, tsr: remote }).then(
+      (fresh) => {
+        if (given >= MAX_ABANDONED_RENEWALS) return;
+        via.confirmRenewal(fresh, entry, CONFIRM_STEPS * (s.host.timing.retransmits[0] ?? 500), () => {
+          abandonedRenewals.set(entry, given + 1);
+          const newest = s.host.successor(via) ?? via;
+          s.log('child SA renewal not taken by the peer: renewing again', {
+            spiIn: fresh.child.spiIn.toString('hex'),
+            replaces: entry.child.spiIn.toString('hex'),
+          });
+          void ownerOf(via, fresh)?.deleteChild(fresh, 'the peer never used it (Quick Mode message 3 lost)', newest);
+          const owner = ownerOf(s, entry);
+          if (!owner || entry.state.kind !== 'rekeying') return;
+          entry.state = { kind: 'installed' };
+          owner.renewChild?.(entry);
+        });
+      },
+      (err: Error) => {
+        if (entry.state.kind === 'rekeying') entry.state = { kind: 'installed' };
+        s.log('child rekey failed', { reason: err.message });
+        // Tried again while the child has time left, so traffic does not wait for its expiry to
+        // start a negotiation (a peer that deleted its side may have lost our Delete or we its).
+        if (ownerOf(s, entry) && entry.expireAt - Date.now() > RENEW_RETRY_MS) {
+          const retry = setTimeout(() => ownerOf(s, entry)?.renewChild?.(entry), RENEW_RETRY_MS);
+          retry.unref();
+          entry.timers.push(retry);
+        }
+      },
+    );
   };
+  s.renewChild = renew;
   s.onQuickRequest = (mid, payloads, iv, digest) => respondQuick(s, mid, payloads, iv, digest);
 }
 

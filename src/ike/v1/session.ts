@@ -46,6 +46,8 @@ export interface V1Host extends Pick<V2Host, 'bind' | 'audit' | 'dataplane' | 't
   childMoved(spiIn: number, s: V1Session | undefined): void;
   /** A newer established ISAKMP SA with the same peer and rule, which inherits this one's child SAs. */
   successor(s: V1Session): V1Session | undefined;
+  /** The other established ISAKMP SAs with the same peer address and rule (their child SAs are one set). */
+  siblings(s: V1Session): V1Session[];
   /** Starts a new Main Mode with the peer of `s` before `s` expires (make-before-break). */
   renewPhase1(s: V1Session): void;
   invalidPacket(remote: string, exchange: number, reason: string): void;
@@ -411,13 +413,21 @@ export class V1Session {
         this.terminate('deleted by the peer');
       return;
     }
+    // IPsec SAs do not belong to the ISAKMP SA that made them: a peer deletes one over whichever
+    // ISAKMP SA it holds with us (charon moves a reauthenticated SA's children to the new one and
+    // deletes them there), so the SPI is looked up among all of them.
+    const owners = [this, ...this.host.siblings(this)];
     for (const spi of d.spis) {
       if (spi.length !== 4) continue;
-      for (const e of this.children.values())
-        if (e.child.spiOut.equals(spi) && protocolOf(e.child) === d.protocol) {
-          this.removeChild(e, 'deleted by the peer');
+      for (const owner of owners) {
+        const e = [...owner.children.values()].find(
+          (x) => x.child.spiOut.equals(spi) && protocolOf(x.child) === d.protocol,
+        );
+        if (e) {
+          owner.removeChild(e, 'deleted by the peer');
           break;
         }
+      }
     }
   }
 
@@ -589,6 +599,42 @@ export class V1Session {
     for (const w of held.waiters) w();
   }
 
+  /**
+   * A renewal's new child SA, still waiting to carry outbound traffic: Quick Mode message 3 is not
+   * acknowledged, so while the peer keeps sending on the SA this one replaces and never on this one,
+   * the peer does not have it (message 3 lost, or dropped by a peer busy replacing the ISAKMP SA it
+   * came on — charon does). It carries traffic once ESP arrives on it or the peer goes quiet on the
+   * old SA; after `confirmMs` of the peer using only the old SA, `abandoned` is called instead.
+   */
+  confirmRenewal(fresh: ChildEntry, old: ChildEntry, confirmMs: number, abandoned: () => void): void {
+    const key = spiNumber(fresh.child.spiIn);
+    const held = this.inactive.get(key);
+    const count = this.host.dataplane.inboundPackets?.bind(this.host.dataplane);
+    if (!held || !count) return;
+    clearTimeout(held.timer);
+    const step = this.host.timing.retransmits[0] ?? 500;
+    const start = Date.now();
+    const oldKey = spiNumber(old.child.spiIn);
+    let before = count(oldKey);
+    const tick = () => {
+      if (this.inactive.get(key) !== held) return;
+      const now = count(oldKey);
+      if (now === undefined || now === before) {
+        this.activate(key);
+        return;
+      }
+      before = now;
+      if (Date.now() - start >= confirmMs) {
+        abandoned();
+        return;
+      }
+      held.timer = setTimeout(tick, step);
+      held.timer.unref();
+    };
+    held.timer = setTimeout(tick, step);
+    held.timer.unref();
+  }
+
   /** Resolves once outbound traffic may use the child SA. */
   outboundReady(entry: ChildEntry): Promise<void> {
     const held = this.inactive.get(spiNumber(entry.child.spiIn));
@@ -657,10 +703,13 @@ export class V1Session {
     e.timers = [];
   }
 
-  /** Deletes one child SA at the peer (Delete of our inbound SPI) and locally. */
-  deleteChild(e: ChildEntry, reason: string): Promise<void> {
-    if (this.state === 'established')
-      this.informational([
+  /**
+   * Deletes one child SA at the peer (Delete of our inbound SPI) and locally; the Delete goes over
+   * `via` (an ISAKMP SA with the same peer, by default the one holding the child).
+   */
+  deleteChild(e: ChildEntry, reason: string, via: V1Session = this): Promise<void> {
+    if (via.state === 'established')
+      via.informational([
         { type: PayloadType.D, doi: DOI_IPSEC, protocol: protocolOf(e.child), spiSize: 4, spis: [e.child.spiIn] },
       ]);
     this.removeChild(e, reason);
@@ -737,6 +786,8 @@ export class V1Session {
   onChildInstalled?: (entry: ChildEntry) => void;
   /** Set by quick-mode.ts: arms the rekey of a child SA this side is to renew. */
   armChildRekey?: (entry: ChildEntry) => void;
+  /** Set by quick-mode.ts: renews a child SA now (Quick Mode on the newest ISAKMP SA, retried while it lives). */
+  renewChild?: (entry: ChildEntry) => void;
 
   private armExpiry(key: number, entry: ChildEntry): void {
     const expire = setTimeout(
