@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import { AuditCollector } from '../src/audit/events.ts';
 import { eventMessage } from '../src/audit/log.ts';
 import { MemoryNetwork } from '../src/ike/bind.ts';
+import { NO_KERBEROS } from '../src/ike/authip/session.ts';
 import { IkeManager } from '../src/ike/manager.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import type { Lifetimes, PeerConfig } from '../src/ike/session.ts';
@@ -404,6 +405,50 @@ describe('what Windows sends (known answers: test/fixtures/windows-ike/SOURCE.md
       .map((p) => vendorName((p as { data: Buffer }).data));
     assert.ok(vids.includes('RFC 3947') && !vids.some((v) => v.startsWith('draft-')), vids.join(', '));
     assert.equal(m.v1.sessions().length, 1, 'one half-open ISAKMP SA');
+  });
+
+  it('a host that offers AuthIP alongside (its IKEv1 message 1 marked MS-MamieExists) is not answered over IKEv1 where this host answers AuthIP (MS-AIPS §3.3.5.2); without the mark, or without AuthIP here, IKEv1 answers', async () => {
+    const W = '192.0.2.77';
+    const raw = windowsMessage('win10-ikev1-mm1');
+    const msg = decodeV1(raw);
+    const payloads = decodeV1Payloads(msg.header.nextPayload, msg.body);
+    const marked = encodeV1(msg.header, [...payloads, { type: PayloadType.VID, data: VendorId.MS_MAMIE_EXISTS }]);
+    assert.equal(vendorName(VendorId.MS_MAMIE_EXISTS), 'MS-MamieExists');
+    const psk = {
+      ...config(B, W, 'windows-psk', {}, 'AESGCM256'),
+      ikeProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA1', KeyExchange: 'DH20' })]).proposals,
+    };
+    const responder = (authIp: boolean) => {
+      const net = new MemoryNetwork();
+      const log: string[] = [];
+      const m = new IkeManager({
+        address: B,
+        peerFor: (a) => (a === W ? psk : undefined),
+        // This host's rule for W starts with computer Kerberos (AuthIP), then the key over IKEv1.
+        authIpPeerFor: (a) => (a === W && authIp ? { ...psk, credentials: { method: 'kerberos' } } : undefined),
+        kerberos: authIp ? NO_KERBEROS : undefined,
+        audit: new AuditCollector(),
+        timing: { retransmits: [1000], dpdMs: 0 },
+        log: (e) => log.push(e),
+      });
+      open.push(m);
+      void m.listen((rx) => net.bind(B, rx));
+      const answers: Buffer[] = [];
+      const windows = net.bind(W, { ike: (d: Buffer) => answers.push(d), esp: () => {} } as never);
+      return { m, log, answers, send: (d: Buffer) => windows.sendIke(d, 500, { address: B, port: 500 }) };
+    };
+    const r = responder(true);
+    r.send(marked);
+    await until(() => r.log.includes('IKEv1 Main Mode discarded: the peer offers AuthIP alongside, which is answered'));
+    assert.equal(r.answers.length, 0, 'nothing sent back');
+    assert.equal(r.m.v1.sessions().length, 0, 'no state kept');
+    r.send(raw);
+    await until(() => r.answers.length === 1);
+    assert.equal(decodeV1(r.answers[0] as Buffer).header.exchange, ExchangeType.IDENTITY_PROTECTION);
+    const plain = responder(false);
+    plain.send(marked);
+    await until(() => plain.answers.length === 1);
+    assert.equal(plain.m.v1.sessions().length, 1, 'a host without AuthIP answers the marked message over IKEv1');
   });
 
   it('Windows Server 2008 R2 AuthIP message 1 (exchange 243): the header decodes, and the IKEv1 module leaves it alone — no answer, no state — so Windows falls back to IKEv1', async () => {

@@ -112,6 +112,10 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.dataplane = o.dataplane ?? NO_DATAPLANE;
     this.timing = { ...DEFAULT_TIMING, ...o.timing };
     this.fragmentSize = o.fragmentSize ?? 1280;
+    const authIpConfig = (remote: string) => {
+      const peer = o.kerberos ? (o.authIpPeerFor ?? o.peerFor)(remote) : undefined;
+      return peer?.credentials.method === 'kerberos' ? authIpConfigOf(peer, 'responder') : undefined;
+    };
     this.authip = new AuthIpManager({
       address: o.address,
       spis: this.spis,
@@ -123,14 +127,12 @@ export class IkeManager implements SessionHost, IkeReceiver {
       log: (e, d) => this.log(e, d),
       retransmits: this.timing.retransmits,
       halfOpenMs: 60_000,
-      configFor: (remote) => {
-        const peer = o.kerberos ? (o.authIpPeerFor ?? o.peerFor)(remote) : undefined;
-        return peer?.credentials.method === 'kerberos' ? authIpConfigOf(peer, 'responder') : undefined;
-      },
+      configFor: authIpConfig,
     });
     this.v1 = new V1Manager({
       address: o.address,
       peerFor: (remote) => o.peerFor(remote),
+      answersAuthIp: (remote) => authIpConfig(remote) !== undefined,
       bind: () => this.bind,
       spis: this.spis,
       audit: this.audit,

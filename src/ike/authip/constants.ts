@@ -2,6 +2,7 @@
  * AuthIP ([MS-AIPS]) numbers: exchange types, the payload types AuthIP adds to ISAKMP, its
  * authentication methods, notify types and flags. Section numbers are [MS-AIPS]'s.
  */
+import { VendorId } from '../v1/constants.ts';
 
 /** Exchange types (§2.2.1): the exchange type is what marks a datagram as AuthIP. */
 export enum AuthIpExchange {
@@ -83,7 +84,7 @@ export const AuthIpVendorId = {
   /** "MS NT5 ISAKMPOAKLEY" (16 octets) followed by a 4-octet version; 9 = Windows 8 / 2012 and later. */
   MS_NT5: Buffer.from('1e2b516905991c7d7c96fcbfb587e461', 'hex'),
   /** "MS-MamieExists": sent in the IKEv1 message 1 of a host that also speaks AuthIP. */
-  MAMIE_EXISTS: Buffer.from('214ca4faffa7f32d6748e5303395ae83', 'hex'),
+  MAMIE_EXISTS: VendorId.MS_MAMIE_EXISTS,
   /** Kerberos (GSS-API) supported. */
   GSSAPI: Buffer.from('621b04bb09882ac1e15935fefa24aeee', 'hex'),
 } as const;

@@ -247,6 +247,11 @@ export const VendorId = {
   MS_IKE_CGA_V1: Buffer.from('e3a5966a76379fe707228231e5ce8652', 'hex'),
   /** Cisco's IKE fragmentation vendor ID; Windows sends the bare 16 octets (MS-IKEE §3.3.4.1), others append 4. */
   FRAGMENTATION: Buffer.from('4048b7d56ebce88525e7de7f00d6c2d3', 'hex'),
+  /**
+   * MS-MamieExists (MS-AIPS §3.2.4, <13>): in the IKEv1 message 1 that a host speaking AuthIP too
+   * sends alongside its AuthIP one.
+   */
+  MS_MAMIE_EXISTS: Buffer.from('214ca4faffa7f32d6748e5303395ae83', 'hex'),
   /** NLBS_PRESENT (MS-IKEE): a load-balanced Windows server. */
   MS_NLBS_PRESENT: Buffer.from('72872b95fcda2eb708efe322119b4971', 'hex'),
 } as const;

@@ -44,6 +44,11 @@ export interface V1ManagerOptions {
    * initiator must return (MS-IKEE §3.9 DoS protection; audit 4646). Default 64.
    */
   dosCookieThreshold?: number;
+  /**
+   * Whether this host answers AuthIP from `address`: then an IKEv1 Main Mode that the peer sent
+   * alongside its AuthIP one (marked MS-MamieExists) is discarded silently (MS-AIPS §3.3.5.2).
+   */
+  answersAuthIp?(address: string): boolean;
   onEstablished?(s: V1Session): void;
   onEnded?(s: V1Session): void;
   /** An invalid message (audit 4976 for Main Mode and Informational, 4977 for Quick Mode). */
@@ -403,6 +408,15 @@ export class V1Manager implements V1Host {
       payloads = decodeV1Payloads(msg.header.nextPayload, msg.body);
     } catch (err) {
       this.invalidPacket(from.address, ExchangeType.IDENTITY_PROTECTION, (err as Error).message);
+      return;
+    }
+    if (
+      this.o.answersAuthIp?.(from.address) &&
+      findAllV1(payloads, PayloadType.VID).some((v) => v.data.equals(VendorId.MS_MAMIE_EXISTS))
+    ) {
+      this.log('IKEv1 Main Mode discarded: the peer offers AuthIP alongside, which is answered', {
+        from: from.address,
+      });
       return;
     }
     const peer = this.o.peerFor(from.address);

@@ -16,6 +16,7 @@ const VENDOR_NAMES: [Buffer, string][] = [
   [VendorId.MS_NEGOTIATION_DISCOVERY, 'MS-Negotiation Discovery Capable'],
   [VendorId.MS_IKE_CGA_V1, 'IKE CGA version 1'],
   [VendorId.MS_NLBS_PRESENT, 'NLBS_PRESENT'],
+  [VendorId.MS_MAMIE_EXISTS, 'MS-MamieExists'],
 ];
 
 /** A vendor ID's name (MS NT5 with its version, fragmentation by prefix), or its hex. */
