@@ -800,6 +800,45 @@ describe('Request and exemptions: a peer without IPsec', () => {
     }
   });
 
+  it('firewall rules (New-NetFirewallRule): "allow only secure connections" drops the cleartext it matches, Block drops its port and an outbound ICMP type, the rest passes', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const servers = [5004, 5005, 5006].map((port) => fixture(lab, 'alice', 'tcp-transfer', ['server', a, port]));
+    const d = await start([
+      'New-NetFirewallRule -DisplayName "Allow Authenticated 5004" -Direction Inbound -Protocol TCP -LocalPort 5004 -Authentication Required -Action Allow | Out-Null',
+      'New-NetFirewallRule -DisplayName "Block 5005" -Direction Inbound -Protocol TCP -LocalPort 5005 -Action Block | Out-Null',
+      `New-NetFirewallRule -DisplayName "No echo to bob" -Direction Outbound -Protocol ICMPv4 -IcmpType 8 -RemoteAddress ${b} -Action Block | Out-Null`,
+      'New-NetFirewallRule -DisplayName "Disabled block 5006" -Direction Inbound -Protocol TCP -LocalPort 5006 -Action Block -Enabled False | Out-Null',
+    ]);
+    try {
+      for (const s of servers) await s.waitFor(/listening/);
+      const connect = async (port: number) =>
+        (
+          await lab.exec('bob', ['timeout', '2', 'bash', '-c', `exec 3<>/dev/tcp/${a}/${port}`], {
+            allowFailure: true,
+          })
+        ).code;
+      assert.equal(await connect(5006), 0, 'a port no enabled rule names is reached');
+      assert.notEqual(await connect(5004), 0, 'cleartext to a secure-only port is dropped');
+      assert.notEqual(await connect(5005), 0, 'a blocked port is dropped');
+      const out = await lab.exec('alice', ['ping', '-c', '1', '-W', '1', b], { allowFailure: true });
+      assert.match(out.stdout, /100% packet loss/, 'the outbound echo request is blocked');
+      const back = await lab.exec('bob', ['ping', '-c', '1', '-W', '2', a], { allowFailure: true });
+      assert.match(back.stdout, / 0% packet loss/, 'an echo reply is not an echo request: bob still pings alice');
+      const table = (await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'])).stdout;
+      assert.match(
+        table,
+        /tcp dport 5005 counter packets [1-9]\d* bytes \d+ drop comment "firewall block: Block 5005"/,
+      );
+      assert.match(table, /comment "firewall: only secure connections: Allow Authenticated 5004"/);
+      assert.doesNotMatch(table, /Disabled block 5006/);
+    } finally {
+      await d.stop('SIGTERM', 5000);
+      for (const s of servers) await s.stop();
+      await lab.exec('alice', consecArgv(['daemon', '--remove-filters']));
+    }
+  });
+
   it('Require with an authentication exemption for one TCP port: that port passes in clear, the rest is dropped', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');

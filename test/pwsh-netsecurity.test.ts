@@ -356,10 +356,13 @@ describe('NetSecurity cmdlets', () => {
 
   it('an object of the wrong kind is refused with binding errors, and nothing changes', async () => {
     const dir = freshStateDir();
-    await ps('New-NetIPsecRule -DisplayName "keep" -Name keep | Out-Null', dir);
+    await ps(
+      'New-NetIPsecRule -DisplayName "keep" -Name keep | Out-Null; New-NetFirewallRule -DisplayName fw -Name fw | Out-Null',
+      dir,
+    );
     const before = storeBytes(dir);
-    const piped = await ps('Get-NetFirewallProfile -Name Domain | Remove-NetIPsecRule', dir);
-    assert.equal(piped.errors, 1);
+    const piped = await ps('Get-NetFirewallRule -Name fw | Remove-NetIPsecRule', dir);
+    assert.equal(piped.errors, 1, piped.err);
     assert.match(piped.err, /The input object cannot be bound to any parameters for the command/);
     assert.match(piped.err, /InputObjectNotBound,Remove-NetIPsecRule/);
     const explicit = await ps('Remove-NetIPsecRule -InputObject (Get-NetFirewallProfile -Name Domain)', dir);
@@ -370,6 +373,24 @@ describe('NetSecurity cmdlets', () => {
     );
     assert.match(explicit.err, /MismatchedPSTypeName,Remove-NetIPsecRule/);
     assert.equal(storeBytes(dir), before);
+  });
+
+  it('a firewall profile piped into Remove-NetIPsecRule binds -AssociatedNetFirewallProfile: the rules that apply in it go, the others stay', async () => {
+    const dir = freshStateDir();
+    await ps(
+      [
+        'New-NetIPsecRule -DisplayName "any" -Name any | Out-Null',
+        'New-NetIPsecRule -DisplayName "public" -Name public -Profile Public | Out-Null',
+        'New-NetIPsecRule -DisplayName "domain" -Name domain -Profile Domain,Private | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    const r = await ps(
+      'Get-NetFirewallProfile -Name Domain | Remove-NetIPsecRule; (Get-NetIPsecRule).Name -join ","',
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    assert.equal(r.out.trim(), 'public');
   });
 
   it('objects carry InstanceID and the CIM properties; an explicit $null set is an error, never the default', async () => {

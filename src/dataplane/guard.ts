@@ -2,8 +2,10 @@
  * Fail-closed filtering in the kernel: an nftables table of consec's own (`inet consec`) that drops
  * cleartext to and from peers whose rules Require IPsec, except what goes through the data plane
  * (the TUN), consec's own marked IKE/ESP packets, IKE and ESP from the peer, and the exemptions the
- * policy grants (ICMP, neighbor discovery, DHCP). It is replaced atomically (`nft -f`, one
- * transaction) and outlives the daemon: a crashed or stopped consec leaks nothing.
+ * policy grants (ICMP, neighbor discovery, DHCP). Firewall rules join it: Block rules drop what
+ * they match, protected or not, and rules that allow only secure connections drop the cleartext
+ * they match. It is replaced atomically (`nft -f`, one transaction) and outlives the daemon: a
+ * crashed or stopped consec leaks nothing.
  *
  * It also keeps negotiation discovery's flow state table (MS-IKEE §1.3.5: a once-secured flow never
  * downgrades to cleartext) in the kernel: a connection that delivered a decrypted packet through the
@@ -39,6 +41,88 @@ export interface GuardSets {
   /** Authentication exemptions (rules with None/None): nft matches accepted before the drops, per direction. */
   exemptOut: string[];
   exemptIn: string[];
+  /**
+   * Firewall rules, as nft rule lines per chain position: authenticated bypass (accept what comes
+   * through the TUN), Block (drop, protected or not), and "allow only secure connections" (drop the
+   * cleartext the rule matches).
+   */
+  firewall: { bypassOut: string[]; blockIn: string[]; blockOut: string[]; secureIn: string[]; secureOut: string[] };
+}
+
+/** A rule's match conditions: addresses, protocol, numeric ports and ICMP types. */
+interface Matchable {
+  LocalAddress: string[];
+  RemoteAddress: string[];
+  Protocol: string;
+  LocalPort: string[];
+  RemotePort: string[];
+  IcmpType?: string[];
+}
+
+/**
+ * nft match texts for a rule in one direction: one per remote × local address element (Any: no
+ * address match), with protocol, ports and ICMP types. Undefined when the rule names ports only by
+ * keyword (RPC, IPHTTPS …), which the kernel cannot match: such a rule is not enforced.
+ */
+function ruleMatches(r: Matchable, dir: 'out' | 'in', ctx: HostContext): string[] | undefined {
+  const proto = r.Protocol === 'Any' ? undefined : (protocolNumber(r.Protocol) ?? undefined);
+  const numeric = (list: string[]) => list.filter((p) => /^\d+(-\d+)?$/.test(p));
+  const remotePorts = numeric(r.RemotePort);
+  const localPorts = numeric(r.LocalPort);
+  const keywordOnly = (all: string[], nums: string[]) => nums.length === 0 && !(all.length === 1 && all[0] === 'Any');
+  if (keywordOnly(r.RemotePort, remotePorts) || keywordOnly(r.LocalPort, localPorts)) return undefined;
+  const icmp = (r.IcmpType ?? []).filter((t) => t !== 'Any');
+  const elementsOf = (list: string[]) =>
+    list.some((e) => isAny(e, ctx)) ? [undefined] : list.flatMap((e) => element(e, ctx));
+  const out: string[] = [];
+  for (const remote of elementsOf(r.RemoteAddress))
+    for (const local of elementsOf(r.LocalAddress)) {
+      if (remote && local && remote.family !== local.family) continue;
+      const parts: string[] = [];
+      const [theirAddr, ourAddr] = dir === 'out' ? ['daddr', 'saddr'] : ['saddr', 'daddr'];
+      if (remote) parts.push(`${remote.family === 4 ? 'ip' : 'ip6'} ${theirAddr} ${remote.text}`);
+      if (local) parts.push(`${local.family === 4 ? 'ip' : 'ip6'} ${ourAddr} ${local.text}`);
+      if (proto !== undefined) parts.push(`meta l4proto ${proto}`);
+      if (proto === 6 || proto === 17) {
+        const [theirs, ours] = dir === 'out' ? ['dport', 'sport'] : ['sport', 'dport'];
+        if (remotePorts.length) parts.push(`th ${theirs} { ${remotePorts.join(', ')} }`);
+        if (localPorts.length) parts.push(`th ${ours} { ${localPorts.join(', ')} }`);
+      }
+      if ((proto === 1 || proto === 58) && icmp.length) {
+        const types = [...new Set(icmp.map((t) => t.split(':')[0]))];
+        parts.push(`${proto === 1 ? 'icmp' : 'icmpv6'} type { ${types.join(', ')} }`);
+      }
+      out.push(parts.join(' '));
+    }
+  return out;
+}
+
+const comment = (text: string): string => `comment "${text.replace(/["\\]/g, '').slice(0, 120)}"`;
+
+/** The firewall rules of the active policy as guard lines (enabled rules; Program and service conditions are not matched: a rule applies to every program, which for Block and secure-only rules is the stricter reading). */
+function firewallLines(doc: PolicyDocument, ctx: HostContext): GuardSets['firewall'] {
+  const f: GuardSets['firewall'] = { bypassOut: [], blockIn: [], blockOut: [], secureIn: [], secureOut: [] };
+  for (const r of doc.firewallRules) {
+    if (r.Enabled !== 'True') continue;
+    const dir = r.Direction === 'Inbound' ? 'in' : 'out';
+    const matches = ruleMatches(r, dir, ctx);
+    if (!matches) continue;
+    const label = r.DisplayName;
+    if (r.Action === 'Block') {
+      for (const m of matches)
+        (dir === 'in' ? f.blockIn : f.blockOut).push(`${m} counter drop ${comment(`firewall block: ${label}`)}`.trim());
+    } else if (r.Action === 'Allow' && r.Authentication !== 'NotRequired') {
+      // NoEncap (authenticated, then in clear) is not a mode consec's IPsec negotiates: it is held to
+      // the stricter Required.
+      for (const m of matches) {
+        (dir === 'in' ? f.secureIn : f.secureOut).push(
+          `${m} counter drop ${comment(`firewall: only secure connections: ${label}`)}`.trim(),
+        );
+        if (r.OverrideBlockRules && dir === 'out') f.bypassOut.push(`${m} accept`.trim());
+      }
+    }
+  }
+  return f;
 }
 
 /** nft match text for an authentication exemption rule, one per remote address range. */
@@ -115,6 +199,7 @@ export function guardSets(
     dhcpExempt: false,
     exemptOut: [],
     exemptIn: [],
+    firewall: firewallLines(doc, ctx),
   };
   // Each Require range once, with the directions it is required in (1 out, 2 in).
   const ranges: Range[] = [];
@@ -286,15 +371,22 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  set clear6 { type ipv6_addr; size 4096; flags dynamic,timeout; timeout 10m; counter; }',
     '  chain output {',
     '    type filter hook output priority 0; policy accept;',
-    `    oifname "${tun}" accept`,
     '    oifname "lo" accept',
-    ...exempt.map((e) => `    ${e}`),
-    ...s.exemptOut.map((e) => `    ${e}`),
     // Our own ESP and AH. (IPv6 conntrack reads through AH as an extension header, so a transport
     // mode AH packet shares the connection of the flow it protects: accept it before the check.)
     `    meta mark ${mark} meta l4proto { esp, ah } accept`,
+    // Our own IKE: no firewall rule stands between the keying service and its peers.
+    `    meta mark ${mark} udp dport { 500, 4500 } accept`,
+    // Firewall rules: an outbound authenticated bypass, then Block for protected and clear alike.
+    ...s.firewall.bypassOut.map((e) => `    oifname "${tun}" ${e}`),
+    ...s.firewall.blockOut.map((e) => `    ${e}`),
+    `    oifname "${tun}" accept`,
+    ...exempt.map((e) => `    ${e}`),
+    ...s.exemptOut.map((e) => `    ${e}`),
     // Before our other marked sockets: the data plane's clear fallback must not carry a secured flow.
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow in clear"`,
+    // Cleartext a firewall rule allows only when secure (also the data plane's clear fallback).
+    ...s.firewall.secureOut.map((e) => `    ${e}`),
     `    meta mark ${mark} accept`,
     '    ip daddr @out4h counter drop comment "cleartext to a Require peer"',
     '    ip daddr @out4 counter drop comment "cleartext to a Require peer"',
@@ -321,13 +413,17 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '  chain input {',
     '    type filter hook input priority 0; policy accept;',
     '    iifname "lo" accept',
-    // Decrypted traffic: its connection is secured from now on.
-    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     '    udp dport { 500, 4500 } accept',
     '    meta l4proto { esp, ah } accept',
+    // Firewall Block rules: decrypted traffic too (an inbound bypass needs authorized accounts).
+    ...s.firewall.blockIn.map((e) => `    ${e}`),
+    // Decrypted traffic: its connection is secured from now on.
+    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "cleartext in a secured flow"`,
+    // Cleartext that a firewall rule allows only when secure ("allow the connection if it is secure").
+    ...s.firewall.secureIn.map((e) => `    ${e}`),
     '    ip saddr @in4h update @clear4 { ip saddr } counter drop comment "cleartext from a Require peer"',
     '    ip saddr @in4 update @clear4 { ip saddr } counter drop comment "cleartext from a Require peer"',
     '    ip6 saddr @in6h update @clear6 { ip6 saddr } counter drop comment "cleartext from a Require peer"',

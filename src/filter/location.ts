@@ -173,7 +173,7 @@ export function activeProfiles(categories: readonly NetworkCategory[]): ProfileN
   return (['Domain', 'Private', 'Public'] as const).filter((n) => names.has(n));
 }
 
-/** The policy with only the rules (connection security and main mode) whose Profile is Any or in force. */
+/** The policy with only the rules (connection security, main mode, firewall) whose Profile is Any or in force. */
 export function policyForProfiles(doc: PolicyDocument, active: readonly ProfileName[]): PolicyDocument {
   const applies = (profiles: readonly string[]) =>
     profiles.includes('Any') || profiles.some((p) => (active as readonly string[]).includes(p));
@@ -181,5 +181,6 @@ export function policyForProfiles(doc: PolicyDocument, active: readonly ProfileN
     ...doc,
     rules: doc.rules.filter((r) => applies(r.Profile)),
     mainModeRules: doc.mainModeRules.filter((r) => applies(r.Profile)),
+    firewallRules: doc.firewallRules.filter((r) => applies(r.Profile)),
   };
 }

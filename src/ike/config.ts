@@ -256,7 +256,12 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   const pfsName =
     qm.PerfectForwardSecrecyGroup === 'SameAsMainMode' ? mm.Proposal[0]?.KeyExchange : qm.PerfectForwardSecrecyGroup;
   const pfs = pfsName && pfsName !== 'None' ? KE[pfsName] : undefined;
-  const esp = espProposals(qm.Proposal, Buffer.alloc(4), pfs);
+  // IKEv2 transport mode has no AH (validated: the set has something else): those proposals stay out.
+  const qmProposals =
+    rule.KeyModule === 'IKEv2' && rule.Mode !== 'Tunnel'
+      ? qm.Proposal.filter((p) => !p.Encapsulation.includes('AH'))
+      : qm.Proposal;
+  const esp = espProposals(qmProposals, Buffer.alloc(4), pfs);
   if (esp.proposals.length === 0)
     throw new IkeError(
       `none of the quick mode proposals can be offered: ${esp.skipped.join('; ')}`,
@@ -297,7 +302,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     local,
     remote,
     ikeProposals: ike.proposals,
-    espProposals: (spi) => espProposals(qm.Proposal, spi, pfs).proposals,
+    espProposals: (spi) => espProposals(qmProposals, spi, pfs).proposals,
     name: rule.DisplayName,
     credentials,
     lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes, qm.Proposal[0]?.MaxKiloBytes),

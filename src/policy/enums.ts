@@ -83,6 +83,19 @@ export const KeyEncoding = def('KeyEncoding', ['UTF16', 'UTF8', 'NotConfigured']
 export const PacketQueuing = def('PacketQueuing', ['None', 'Inbound', 'Forward', 'NotConfigured'], true);
 export const GpoBoolean = def('GpoBoolean', ['False', 'True', 'NotConfigured']);
 export const Action = def('Action', ['NotConfigured', 'Allow', 'Block']);
+export const Direction = def('Direction', ['Inbound', 'Outbound']);
+export const EdgeTraversal = def('EdgeTraversal', ['Block', 'Allow', 'DeferToUser', 'DeferToApp']);
+/** A firewall rule's IPsec condition (the MMC's "allow the connection if it is secure"). */
+export const Authentication = def('Authentication', ['NotRequired', 'Required', 'NoEncap']);
+export const Encryption = def('Encryption', ['NotRequired', 'Required', 'Dynamic']);
+export const DynamicTransport = def('DynamicTransport', [
+  'Any',
+  'ProximityApps',
+  'ProximitySharing',
+  'WifiDirectPrinting',
+  'WifiDirectDisplay',
+  'WifiDirectDevices',
+]);
 export const PrimaryStatus = def('PrimaryStatus', ['Unknown', 'OK', 'Inactive', 'Error']);
 export const PolicyStoreType = def('PolicyStoreType', [
   'None',

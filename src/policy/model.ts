@@ -5,12 +5,18 @@
  */
 import { randomUUID } from 'node:crypto';
 import type {
+  Action,
+  Authentication,
   CertificateAuthorityType,
   CertificateSigningAlgorithm,
   CertificateSubjectType,
   CRLCheck,
   DiffieHellmanGroup,
+  Direction,
+  DynamicTransport,
+  EdgeTraversal,
   Enabled,
+  Encryption,
   EncryptionAlgorithm,
   EnumValue,
   GpoBoolean,
@@ -124,6 +130,37 @@ export interface IPsecRule extends RuleCommon {
   InterfaceType: EnumValue<typeof InterfaceType>[];
 }
 
+/**
+ * A firewall rule (MSFT_NetFirewallRule with its filters). consec enforces what bears on IPsec and
+ * what the kernel can match: Block rules by addresses, protocol and ports, and the security
+ * condition — Authentication Required ("allow the connection if it is secure"), Encryption
+ * Required — on the same. Program, package, service and user conditions are kept and shown.
+ */
+export interface FirewallRule extends RuleCommon {
+  Direction: EnumValue<typeof Direction>;
+  Action: EnumValue<typeof Action>;
+  EdgeTraversalPolicy: EnumValue<typeof EdgeTraversal>;
+  LooseSourceMapping: boolean;
+  LocalOnlyMapping: boolean;
+  Owner: string;
+  Protocol: string;
+  LocalPort: string[];
+  RemotePort: string[];
+  IcmpType: string[];
+  DynamicTarget: EnumValue<typeof DynamicTransport>;
+  Program: string;
+  Package: string;
+  Service: string;
+  InterfaceAlias: string[];
+  InterfaceType: EnumValue<typeof InterfaceType>[];
+  LocalUser: string;
+  RemoteUser: string;
+  RemoteMachine: string;
+  Authentication: EnumValue<typeof Authentication>;
+  Encryption: EnumValue<typeof Encryption>;
+  OverrideBlockRules: boolean;
+}
+
 export interface MainModeRule extends RuleCommon {
   MainModeCryptoSet: string;
   Phase1AuthSet: string;
@@ -163,11 +200,28 @@ export interface FirewallProfile {
   /** False in a GPO: local connection security rules are ignored in the active policy. */
   AllowLocalIPsecRules: EnumValue<typeof GpoBoolean>;
   AllowLocalFirewallRules: EnumValue<typeof GpoBoolean>;
+  /**
+   * Settings Windows keeps per profile that concern its desktop and its firewall log (notifications,
+   * per-user app rules, multicast answers, stealth mode, logging): stored and shown, with no effect
+   * on what consec enforces.
+   */
+  AllowInboundRules: EnumValue<typeof GpoBoolean>;
+  AllowUserApps: EnumValue<typeof GpoBoolean>;
+  AllowUserPorts: EnumValue<typeof GpoBoolean>;
+  AllowUnicastResponseToMulticast: EnumValue<typeof GpoBoolean>;
+  NotifyOnListen: EnumValue<typeof GpoBoolean>;
+  EnableStealthModeForIPsec: EnumValue<typeof GpoBoolean>;
+  LogFileName: string;
+  LogMaxSizeKilobytes: number;
+  LogAllowed: EnumValue<typeof GpoBoolean>;
+  LogBlocked: EnumValue<typeof GpoBoolean>;
+  LogIgnored: EnumValue<typeof GpoBoolean>;
 }
 
 /** Everything one policy store holds. */
 export interface PolicyDocument {
   rules: IPsecRule[];
+  firewallRules: FirewallRule[];
   mainModeRules: MainModeRule[];
   phase1AuthSets: AuthSet[];
   phase2AuthSets: AuthSet[];
@@ -228,6 +282,21 @@ export function defaultSettings(): FirewallSetting {
   };
 }
 
+/** The desktop and log settings of a profile, not configured. */
+export const PROFILE_EXTRAS = {
+  AllowInboundRules: 'NotConfigured',
+  AllowUserApps: 'NotConfigured',
+  AllowUserPorts: 'NotConfigured',
+  AllowUnicastResponseToMulticast: 'NotConfigured',
+  NotifyOnListen: 'NotConfigured',
+  EnableStealthModeForIPsec: 'NotConfigured',
+  LogFileName: 'NotConfigured',
+  LogMaxSizeKilobytes: 4096,
+  LogAllowed: 'NotConfigured',
+  LogBlocked: 'NotConfigured',
+  LogIgnored: 'NotConfigured',
+} as const satisfies Partial<FirewallProfile>;
+
 export function defaultProfiles(): FirewallProfile[] {
   return (['Domain', 'Private', 'Public'] as const).map((Name) => ({
     Name,
@@ -236,6 +305,7 @@ export function defaultProfiles(): FirewallProfile[] {
     DefaultOutboundAction: 'NotConfigured',
     AllowLocalIPsecRules: 'NotConfigured',
     AllowLocalFirewallRules: 'NotConfigured',
+    ...PROFILE_EXTRAS,
   }));
 }
 
@@ -285,6 +355,7 @@ export function findSet<C extends SetCollection>(
 export function systemDefaults(): PolicyDocument {
   return {
     rules: [],
+    firewallRules: [],
     mainModeRules: [],
     phase1AuthSets: [
       { ...named(DEFAULT_PHASE1_AUTH_SET), Proposal: [{ AuthenticationMethod: 'Kerberos', Principal: 'Machine' }] },
@@ -358,6 +429,36 @@ export function ipsecRule(p: Partial<IPsecRule> & { DisplayName: string }): IPse
     RemotePort: ['Any'],
     InterfaceAlias: [],
     InterfaceType: ['Any'],
+    ...p,
+  };
+}
+
+/** New-NetFirewallRule's defaults: an inbound Allow rule for any traffic. */
+export function firewallRule(p: Partial<FirewallRule> & { DisplayName: string }): FirewallRule {
+  return {
+    ...ruleDefaults(),
+    Direction: 'Inbound',
+    Action: 'Allow',
+    EdgeTraversalPolicy: 'Block',
+    LooseSourceMapping: false,
+    LocalOnlyMapping: false,
+    Owner: '',
+    Protocol: 'Any',
+    LocalPort: ['Any'],
+    RemotePort: ['Any'],
+    IcmpType: ['Any'],
+    DynamicTarget: 'Any',
+    Program: 'Any',
+    Package: '',
+    Service: 'Any',
+    InterfaceAlias: [],
+    InterfaceType: ['Any'],
+    LocalUser: 'Any',
+    RemoteUser: 'Any',
+    RemoteMachine: 'Any',
+    Authentication: 'NotRequired',
+    Encryption: 'NotRequired',
+    OverrideBlockRules: false,
     ...p,
   };
 }

@@ -1,12 +1,18 @@
 /** zod schema of a policy store file, so a damaged or hand-edited file is rejected with a clear message. */
 import { z } from 'zod';
 import {
+  Action,
+  Authentication,
   CertificateAuthorityType,
   CertificateSigningAlgorithm,
   CertificateSubjectType,
   CRLCheck,
   DiffieHellmanGroup,
+  Direction,
+  DynamicTransport,
+  EdgeTraversal,
   Enabled,
+  Encryption,
   EncryptionAlgorithm,
   type EnumDef,
   GpoBoolean,
@@ -76,6 +82,18 @@ const profileSchema = z.strictObject({
   DefaultOutboundAction: action,
   AllowLocalIPsecRules: e(GpoBoolean),
   AllowLocalFirewallRules: e(GpoBoolean),
+  // Stores written before these were kept read with them not configured.
+  AllowInboundRules: e(GpoBoolean).default('NotConfigured'),
+  AllowUserApps: e(GpoBoolean).default('NotConfigured'),
+  AllowUserPorts: e(GpoBoolean).default('NotConfigured'),
+  AllowUnicastResponseToMulticast: e(GpoBoolean).default('NotConfigured'),
+  NotifyOnListen: e(GpoBoolean).default('NotConfigured'),
+  EnableStealthModeForIPsec: e(GpoBoolean).default('NotConfigured'),
+  LogFileName: z.string().default('NotConfigured'),
+  LogMaxSizeKilobytes: z.number().int().min(1).max(32767).default(4096),
+  LogAllowed: e(GpoBoolean).default('NotConfigured'),
+  LogBlocked: e(GpoBoolean).default('NotConfigured'),
+  LogIgnored: e(GpoBoolean).default('NotConfigured'),
 });
 
 export const ipsecRuleSchema = z.strictObject({
@@ -104,6 +122,32 @@ export const ipsecRuleSchema = z.strictObject({
   InterfaceType: z.array(e(InterfaceType)),
 });
 
+export const firewallRuleSchema = z.strictObject({
+  ...ruleCommon,
+  Direction: e(Direction),
+  Action: e(Action),
+  EdgeTraversalPolicy: e(EdgeTraversal),
+  LooseSourceMapping: z.boolean(),
+  LocalOnlyMapping: z.boolean(),
+  Owner: z.string(),
+  Protocol: z.string(),
+  LocalPort: z.array(z.string()),
+  RemotePort: z.array(z.string()),
+  IcmpType: z.array(z.string()),
+  DynamicTarget: e(DynamicTransport),
+  Program: z.string(),
+  Package: z.string(),
+  Service: z.string(),
+  InterfaceAlias: z.array(z.string()),
+  InterfaceType: z.array(e(InterfaceType)),
+  LocalUser: z.string(),
+  RemoteUser: z.string(),
+  RemoteMachine: z.string(),
+  Authentication: e(Authentication),
+  Encryption: e(Encryption),
+  OverrideBlockRules: z.boolean(),
+});
+
 export const mainModeRuleSchema = z.strictObject({
   ...ruleCommon,
   MainModeCryptoSet: z.string(),
@@ -112,6 +156,8 @@ export const mainModeRuleSchema = z.strictObject({
 
 export const policyDocumentSchema = z.strictObject({
   rules: z.array(ipsecRuleSchema),
+  // Stores written before firewall rules existed read with none.
+  firewallRules: z.array(firewallRuleSchema).default([]),
   mainModeRules: z.array(mainModeRuleSchema),
   phase1AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),
   phase2AuthSets: z.array(z.strictObject({ ...named, Proposal: z.array(authProposal) })),

@@ -76,7 +76,7 @@ export class PolicyStores {
   }
 
   resolve(name = 'PersistentStore'): ResolvedStore {
-    const n = name.trim();
+    let n = name.trim();
     const lower = n.toLowerCase();
     if (lower === 'persistentstore' || lower === 'configurableservicestore') {
       const canonical = lower === 'persistentstore' ? 'PersistentStore' : 'ConfigurableServiceStore';
@@ -93,7 +93,9 @@ export class PolicyStores {
       }[view];
       return { name: canonical, kind: view, writable: false };
     }
-    // A local GPO (the host name or localhost) or a domain GPO "domain\GPO name".
+    // A local GPO (the host name or localhost) or a domain GPO "domain\GPO name" (Microsoft's
+    // reference pages also write "domain/GPO name": the same store).
+    if (/^[^\\/]+\/[^\\/]+$/.test(n)) n = n.replace('/', '\\');
     if (!/^[A-Za-z0-9][A-Za-z0-9 ._\\-]{0,254}$/.test(n) || n.includes('..')) {
       throw new PolicyStoreError(`The policy store "${name}" is not valid.`);
     }
@@ -132,16 +134,18 @@ export class PolicyStores {
    * What the ActiveStore is made of, lowest precedence first: the PersistentStore (Local) and the
    * merged GPOs (RSOP). A GPO that sets AllowLocalIPsecRules False — for the domain profile: consec
    * has no network location awareness and treats the host as on its domain network — drops the
-   * local rules.
+   * local connection security rules; AllowLocalFirewallRules False drops the local firewall rules.
    */
   activeParts(): { doc: PolicyDocument; store: string; type: 'Local' | 'GroupPolicy' }[] {
     const local = this.read('PersistentStore');
     const gpo = this.gpoDocuments().reduce(mergeDocuments, undefined as PolicyDocument | undefined);
     if (!gpo) return [{ doc: local, store: 'PersistentStore', type: 'Local' }];
-    if (gpo.profiles.find((p) => p.Name === 'Domain')?.AllowLocalIPsecRules === 'False') {
+    const domain = gpo.profiles.find((p) => p.Name === 'Domain');
+    if (domain?.AllowLocalIPsecRules === 'False') {
       local.rules = [];
       local.mainModeRules = [];
     }
+    if (domain?.AllowLocalFirewallRules === 'False') local.firewallRules = [];
     return [
       { doc: local, store: 'PersistentStore', type: 'Local' },
       { doc: gpo, store: 'RSOP', type: 'GroupPolicy' },
@@ -350,6 +354,7 @@ export function mergeDocuments(base: PolicyDocument | undefined, over: PolicyDoc
   };
   return {
     rules: merge(base.rules, over.rules),
+    firewallRules: merge(base.firewallRules, over.firewallRules),
     mainModeRules: merge(base.mainModeRules, over.mainModeRules),
     phase1AuthSets: merge(base.phase1AuthSets, over.phase1AuthSets),
     phase2AuthSets: merge(base.phase2AuthSets, over.phase2AuthSets),

@@ -12,6 +12,7 @@ import {
   DEFAULT_PHASE1_AUTH_SET,
   DEFAULT_PHASE2_AUTH_SET,
   DEFAULT_QM_CRYPTO_SET,
+  type FirewallRule,
   type IPsecRule,
   type MainModeCryptoProposal,
   type MainModeCryptoSet,
@@ -186,13 +187,60 @@ function validateIPsecRule(r: IPsecRule, doc: PolicyDocument): void {
         `IKEv2 connection security rules support certificate authentication only; phase 1 authentication set "${p1?.Name}" contains ${unsupported.Principal === 'Machine' ? 'computer ' : ''}${unsupported.AuthenticationMethod}.`,
       );
     }
-    if (r.Mode === 'Transport' && (qm?.Proposal ?? []).some((p) => p.Encapsulation.includes('AH'))) {
+    // IKEv2 transport mode carries no AH: its proposals are left out when offered (the default set
+    // has one), and a set with nothing else is refused.
+    if (r.Mode === 'Transport' && qm && qm.Proposal.every((p) => p.Encapsulation.includes('AH'))) {
       fail(
         'QuickModeCryptoSet',
-        `AH is not supported with IKEv2 transport mode; quick mode crypto set "${qm?.Name}" proposes AH.`,
+        `AH is not supported with IKEv2 transport mode; quick mode crypto set "${qm?.Name}" proposes nothing but AH.`,
       );
     }
   }
+}
+
+const isAny = (list: readonly string[]) => list.length === 0 || (list.length === 1 && list[0] === 'Any');
+
+/**
+ * A firewall rule's conditions as Windows accepts them (the New-NetFirewallRule reference): ports
+ * with TCP or UDP, ICMP types with ICMPv4/ICMPv6, and the security condition's dependencies —
+ * encryption, authorized users or computers and the block override all need Authentication
+ * Required (or NoEncap), which only an Allow rule can ask for.
+ */
+function validateFirewallRule(r: FirewallRule): void {
+  validateNamed('firewall rule', r);
+  if ((!isAny(r.LocalPort) || !isAny(r.RemotePort)) && r.Protocol !== 'TCP' && r.Protocol !== 'UDP')
+    fail(!isAny(r.LocalPort) ? 'LocalPort' : 'RemotePort', 'Ports can be given only when Protocol is TCP or UDP.');
+  if (!isAny(r.IcmpType) && r.Protocol !== 'ICMPv4' && r.Protocol !== 'ICMPv6')
+    fail('IcmpType', 'ICMP types can be given only when Protocol is ICMPv4 or ICMPv6.');
+  const secure = r.Authentication !== 'NotRequired';
+  if (r.Encryption !== 'NotRequired' && r.Authentication !== 'Required')
+    fail(
+      'Encryption',
+      `Encryption ${r.Encryption} needs Authentication Required: only authenticated IPsec traffic can be encrypted.`,
+    );
+  if (r.OverrideBlockRules && !secure)
+    fail(
+      'OverrideBlockRules',
+      'OverrideBlockRules needs Authentication Required: only authenticated traffic may bypass block rules.',
+    );
+  if (r.OverrideBlockRules && r.Action !== 'Allow')
+    fail('OverrideBlockRules', 'OverrideBlockRules is valid only on Allow rules.');
+  if (r.OverrideBlockRules && r.Direction === 'Inbound' && r.RemoteMachine === 'Any' && r.RemoteUser === 'Any')
+    fail(
+      'OverrideBlockRules',
+      'An inbound rule with OverrideBlockRules must list the authorized computers or users (-RemoteMachine, -RemoteUser).',
+    );
+  if (secure && r.Action === 'Block')
+    fail(
+      'Authentication',
+      'Authentication Required is valid only on Allow rules ("allow the connection if it is secure").',
+    );
+  for (const k of ['RemoteMachine', 'RemoteUser'] as const)
+    if (r[k] !== 'Any' && !secure)
+      fail(k, `${k} authorizes authenticated peers only: it needs Authentication Required.`);
+  for (const k of ['RemoteMachine', 'RemoteUser', 'LocalUser'] as const)
+    if (r[k] !== 'Any' && !/^(O:[^()]*)?(G:[^()]*)?D:[A-Z]*(\([^()]*\))+$/.test(r[k].replace(/\s+/g, '')))
+      fail(k, `${k} must be an SDDL security descriptor such as D:(A;;CC;;;S-1-5-21-...), not "${r[k]}".`);
 }
 
 function validateMainModeRule(r: MainModeRule, doc: PolicyDocument): void {
@@ -264,6 +312,7 @@ export function validateAdded(
 export function validateDocument(doc: PolicyDocument): void {
   uniqueNames(doc, 'rules', 'rule');
   uniqueNames(doc, 'mainModeRules', 'main mode rule');
+  uniqueNames(doc, 'firewallRules', 'firewall rule');
   uniqueNames(doc, 'phase1AuthSets', 'phase 1 authentication set');
   uniqueNames(doc, 'phase2AuthSets', 'phase 2 authentication set');
   uniqueNames(doc, 'mainModeCryptoSets', 'main mode crypto set');
@@ -274,5 +323,6 @@ export function validateDocument(doc: PolicyDocument): void {
   for (const s of doc.phase2AuthSets) validateAuthSet(s, 2);
   for (const r of doc.rules) validateIPsecRule(r, doc);
   for (const r of doc.mainModeRules) validateMainModeRule(r, doc);
+  for (const r of doc.firewallRules) validateFirewallRule(r);
   range('MaxSAIdleTimeSeconds', doc.settings.MaxSAIdleTimeSeconds, 300, 3600);
 }

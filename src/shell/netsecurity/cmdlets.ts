@@ -7,7 +7,6 @@ import {
   CertificateSubjectType,
   CRLCheck,
   DiffieHellmanGroup,
-  Enabled,
   EncryptionAlgorithm,
   GpoBoolean,
   HashAlgorithm,
@@ -18,7 +17,6 @@ import {
   KeyEncoding,
   KeyModule,
   PacketQueuing,
-  Profile,
   SecurityPolicy,
   TrafficExemption,
   TunnelType,
@@ -32,6 +30,7 @@ import {
   DEFAULT_QM_CRYPTO_SET,
   type FirewallProfile,
   type FirewallSetting,
+  findSet,
   type IPsecRule,
   ipsecRule,
   type MainModeCryptoSet,
@@ -47,7 +46,16 @@ import type { PolicyStores } from '../../policy/store.ts';
 import { validateAuthProposal, validateMainModeProposal, validateQuickModeProposal } from '../../policy/validate.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate } from '../pwsh/values.ts';
-import { type Family, familyCommands, readWithSources, STORE_PARAMS, storeName } from './family.ts';
+import {
+  applyRuleCommon,
+  type Family,
+  familyCommands,
+  readWithSources,
+  RULE_COMMON,
+  STORE_PARAMS,
+  storeName,
+} from './family.ts';
+import { firewallFilterCommands, firewallRules } from './firewall.ts';
 import { saCommands } from './sa.ts';
 import { serviceCommands } from './service.ts';
 import { locationCommands } from './location.ts';
@@ -60,6 +68,7 @@ import {
   authSetView,
   firewallProfileView,
   firewallSettingView,
+  interfaceFilterView,
   ipsecRuleView,
   mainModeRuleView,
   mmCryptoSetView,
@@ -338,23 +347,8 @@ function authSets(phase: 1 | 2): Family<AuthSet> {
 
 // ---- rules ----------------------------------------------------------------------------------------
 
-const RULE_COMMON: ParamDef[] = [
-  { name: 'Enabled', type: 'enum', enum: Enabled },
-  { name: 'Profile', type: 'flags', enum: Profile },
-  { name: 'Platform', type: 'strings' },
-  { name: 'LocalAddress', type: 'strings' },
-  { name: 'RemoteAddress', type: 'strings' },
-];
-
-function applyRuleCommon(o: IPsecRule | MainModeRule, call: CommandCall): void {
-  if (call.has('Enabled')) o.Enabled = call.get('Enabled') ?? 'True';
-  if (call.has('Profile')) o.Profile = call.get('Profile') ?? ['Any'];
-  if (call.has('Platform')) o.Platform = call.get<string[]>('Platform') ?? [];
-  if (call.has('LocalAddress'))
-    o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
-  if (call.has('RemoteAddress'))
-    o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
-}
+/** A set reference as stored: "Default" (what Windows' reference pages set to go back to the default set) is none. */
+const setRef = (name: string): string => (name.trim().toLowerCase() === 'default' ? '' : name);
 
 /** Main mode rule that carries a connection security rule's -MainModeCryptoSet (a consec extension). */
 const linkedMainModeRule = (ruleName: string): string => `${ruleName}-MainMode`;
@@ -419,6 +413,7 @@ const ipsecRules: Family<IPsecRule> = {
     ] as const) {
       str(k);
     }
+    for (const k of ['QuickModeCryptoSet', 'Phase1AuthSet', 'Phase2AuthSet'] as const) o[k] = setRef(o[k]);
     if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
     if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
     if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
@@ -479,8 +474,8 @@ const mainModeRules: Family<MainModeRule> = {
   create: (d) => mainModeRule({ DisplayName: d }),
   apply(o, call) {
     applyRuleCommon(o, call);
-    if (call.has('MainModeCryptoSet')) o.MainModeCryptoSet = call.get<string>('MainModeCryptoSet') ?? '';
-    if (call.has('Phase1AuthSet')) o.Phase1AuthSet = call.get<string>('Phase1AuthSet') ?? '';
+    if (call.has('MainModeCryptoSet')) o.MainModeCryptoSet = setRef(call.get<string>('MainModeCryptoSet') ?? '');
+    if (call.has('Phase1AuthSet')) o.Phase1AuthSet = setRef(call.get<string>('Phase1AuthSet') ?? '');
   },
   enableDisable: true,
 };
@@ -565,14 +560,33 @@ const PROFILE_PARAMS: ParamDef[] = [
   { name: 'DefaultOutboundAction', type: 'enum', enum: Action },
   { name: 'AllowLocalFirewallRules', type: 'enum', enum: GpoBoolean },
   { name: 'AllowLocalIPsecRules', type: 'enum', enum: GpoBoolean },
+  { name: 'AllowInboundRules', type: 'enum', enum: GpoBoolean },
+  { name: 'AllowUserApps', type: 'enum', enum: GpoBoolean },
+  { name: 'AllowUserPorts', type: 'enum', enum: GpoBoolean },
+  { name: 'AllowUnicastResponseToMulticast', type: 'enum', enum: GpoBoolean },
+  { name: 'NotifyOnListen', type: 'enum', enum: GpoBoolean },
+  { name: 'EnableStealthModeForIPsec', type: 'enum', enum: GpoBoolean },
+  { name: 'LogFileName', type: 'string' },
+  { name: 'LogMaxSizeKilobytes', type: 'uint', min: 1, max: 32767 },
+  { name: 'LogAllowed', type: 'enum', enum: GpoBoolean },
+  { name: 'LogBlocked', type: 'enum', enum: GpoBoolean },
+  { name: 'LogIgnored', type: 'enum', enum: GpoBoolean },
 ];
 
 /** Profiles named by -Name (wildcards), piped in, or all; unknown names are Windows' not-found error. */
 function selectProfiles(call: CommandCall, profiles: FirewallProfile[]): FirewallProfile[] {
   const piped = call.get<unknown[]>('InputObject');
+  // A rule piped in (Get-NetFirewallRule … | Get-NetFirewallProfile) stands for the profiles it applies to.
+  const ofRule = (p: unknown): string[] | undefined => {
+    const rule = modelOf<{ Profile: string[] }>(p, 'firewallRules') ?? modelOf<{ Profile: string[] }>(p, 'rules');
+    if (!rule) return undefined;
+    return rule.Profile.includes('Any') ? ['Domain', 'Private', 'Public'] : rule.Profile;
+  };
   const names =
     call.get<string[]>('Name') ??
-    (piped ? enumerate(piped).map((p) => String(modelOf<FirewallProfile>(p, 'profiles')?.Name ?? p)) : undefined);
+    (piped
+      ? enumerate(piped).flatMap((p) => ofRule(p) ?? [String(modelOf<FirewallProfile>(p, 'profiles')?.Name ?? p)])
+      : undefined);
   if (!names || call.get<boolean>('All')) return profiles;
   for (const n of names) {
     if (!/[*?]/.test(n) && !profiles.some((p) => p.Name.toLowerCase() === n.toLowerCase())) {
@@ -626,32 +640,48 @@ function profileCommands(stores: PolicyStores): CommandDef[] {
   ];
 }
 
-function filterCommands(stores: PolicyStores): CommandDef[] {
-  const make = (name: string, view: (r: IPsecRule) => unknown): CommandDef => ({
-    name,
-    params: [
-      { name: 'AssociatedNetIPsecRule', type: 'objects', pipeline: true },
-      { name: 'All', type: 'switch' },
-      ...STORE_PARAMS,
-    ],
+/**
+ * The NetIPsecDospSetting cmdlets (IPsec DoS protection of an IPv6 edge gateway): not in consec,
+ * said so whatever they are given — never a setting stored as if it were enforced.
+ */
+const dospCommands: CommandDef[] = ['New', 'Get', 'Set', 'Remove'].map((verb) => ({
+  name: `${verb}-NetIPsecDospSetting`,
+  params: [],
+  unbound: true,
+  invoke() {
+    throw new PwshError(
+      `${verb}-NetIPsecDospSetting: consec has no IPsec DoS protection (the rate limiting of IPv6 traffic an edge gateway forwards from its public to its internal interfaces); no such setting exists or can be made.`,
+      'DospNotSupported',
+      'NotImplemented',
+      'CimException',
+    );
+  },
+}));
+
+/**
+ * Show-NetIPsecRule: each IPsec rule of the store followed by the objects that make it — its
+ * address, port and interface filters and the authentication and crypto sets it uses (the
+ * defaults when it names none) — "in a fully expanded view".
+ */
+function showIpsecRule(stores: PolicyStores): CommandDef {
+  return {
+    name: 'Show-NetIPsecRule',
+    params: STORE_PARAMS,
     invoke(call) {
-      const wanted = call.get<unknown[]>('AssociatedNetIPsecRule');
-      const rules = readWithSources(stores, storeName(call)).flatMap(({ doc }) => doc.rules);
-      if (wanted === undefined) return rules.map(view);
-      return enumerate(wanted).map((v) => {
-        const r = modelOf<IPsecRule>(v, 'rules');
-        if (!r)
-          throw new PwshError(
-            'The input object is not an IPsec rule.',
-            'InputObjectNotBound',
-            'InvalidArgument',
-            'ParameterBindingException',
-          );
-        return view(r);
-      });
+      const out: unknown[] = [];
+      for (const { doc, source } of readWithSources(stores, storeName(call)))
+        for (const r of doc.rules) {
+          out.push(ipsecRuleView(r, source), addressFilterView(r), portFilterView(r), interfaceFilterView(r));
+          const p1 = findSet(doc, 'phase1AuthSets', r.Phase1AuthSet || DEFAULT_PHASE1_AUTH_SET);
+          if (p1) out.push(authSetView(p1, source, 1));
+          const p2 = r.Phase2AuthSet ? findSet(doc, 'phase2AuthSets', r.Phase2AuthSet) : undefined;
+          if (p2) out.push(authSetView(p2, source, 2));
+          const qm = findSet(doc, 'quickModeCryptoSets', r.QuickModeCryptoSet || DEFAULT_QM_CRYPTO_SET);
+          if (qm) out.push(qmCryptoSetView(qm, source));
+        }
+      return out;
     },
-  });
-  return [make('Get-NetFirewallAddressFilter', addressFilterView), make('Get-NetFirewallPortFilter', portFilterView)];
+  };
 }
 
 /**
@@ -677,6 +707,7 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     authSets(2),
     ipsecRules,
     mainModeRules,
+    firewallRules,
   ] as unknown as Family<NamedObject>[]);
   return [
     newMmProposal,
@@ -684,7 +715,9 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     newAuthProposal,
     ...families.flatMap((f) => familyCommands(f, stores)),
     ...settingCommands(stores),
-    ...filterCommands(stores),
+    ...firewallFilterCommands(stores),
+    showIpsecRule(stores),
+    ...dospCommands,
     ...whatIfCommands(stores),
     ...saCommands(stores),
     ...winEventCommands(stores),

@@ -4,7 +4,16 @@
  * query properties or pipeline input; -PolicyStore/-GPOSession; -PassThru; -WhatIf; Windows'
  * not-found errors. Each noun supplies only its properties and how to apply them.
  */
-import type { CollectionName, IPsecRule, NamedObject, PolicyDocument } from '../../policy/model.ts';
+import { parseAddressList } from '../../policy/endpoints.ts';
+import { Enabled, Profile } from '../../policy/enums.ts';
+import type {
+  CollectionName,
+  FirewallRule,
+  IPsecRule,
+  MainModeRule,
+  NamedObject,
+  PolicyDocument,
+} from '../../policy/model.ts';
 import { editable, nameInUse, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
 import { wildcardMatch } from '../pwsh/runtime.ts';
@@ -62,8 +71,42 @@ const COMMON_PROPS: ParamDef[] = [
   { name: 'Group', type: 'string' },
 ];
 
+export const RULE_COMMON: ParamDef[] = [
+  { name: 'Enabled', type: 'enum', enum: Enabled },
+  { name: 'Profile', type: 'flags', enum: Profile },
+  { name: 'Platform', type: 'strings' },
+  { name: 'LocalAddress', type: 'strings' },
+  { name: 'RemoteAddress', type: 'strings' },
+];
+
+export function applyRuleCommon(o: IPsecRule | MainModeRule | FirewallRule, call: CommandCall): void {
+  if (call.has('Enabled')) o.Enabled = call.get('Enabled') ?? 'True';
+  if (call.has('Profile')) o.Profile = call.get('Profile') ?? ['Any'];
+  if (call.has('Platform')) o.Platform = call.get<string[]>('Platform') ?? [];
+  if (call.has('LocalAddress'))
+    o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
+  if (call.has('RemoteAddress'))
+    o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
+}
+
+/**
+ * consec manages the computer it runs on: -CimSession (a session to another computer, or a list of
+ * computer names) is refused with a clear error rather than silently run here.
+ */
+export function localOnly(call: CommandCall): void {
+  if (!call.has('CimSession')) return;
+  const sessions = enumerate(call.get('CimSession')).map(toText);
+  throw new PwshError(
+    `consec manages the local computer only: -CimSession names a remote computer (${sessions.join(', ')}); run the command on that computer instead.`,
+    'RemoteComputerNotSupported',
+    'NotImplemented',
+    'CimException',
+  );
+}
+
 /** The store a call names (GPOSession values are GPO store names in consec). */
 export function storeName(call: CommandCall): string {
+  localOnly(call);
   if (call.get('AsJob'))
     throw new PwshError(
       'The -AsJob parameter is not supported by consec.',
@@ -150,6 +193,15 @@ function pipedSelection(
     if (m && ref) {
       const name = String((m.value as unknown as Record<string, unknown>)[ref.property] ?? '');
       names.add((name || (f.defaultName ?? '')).toLowerCase());
+      continue;
+    }
+    // A firewall profile piped into Get-NetFirewallRule (or Get-NetIPsecRule) selects the rules that apply in it.
+    if (m?.kind === 'profiles' && fromPipeline && (f.collection === 'firewallRules' || f.collection === 'rules')) {
+      const profile = m.value.Name;
+      tests.push((o) => {
+        const p = (o as unknown as { Profile: string[] }).Profile;
+        return p.includes('Any') || p.includes(profile);
+      });
       continue;
     }
     const assoc = m && associations ? f.associated?.find((a) => a.collection === m.kind) : undefined;
@@ -497,6 +549,7 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     mutating: true,
     params: [
       ...selectors,
+      ...queryParams.filter((q) => !selectors.some((s) => s.name === q.name)),
       { name: 'NewName', type: 'string' },
       { name: 'NewPolicyStore', type: 'string' },
       { name: 'NewGPOSession', type: 'string' },
@@ -506,7 +559,8 @@ export function familyCommands<M extends NamedObject>(f: Family<M>, stores: Poli
     async invoke(call) {
       const from = storeName(call);
       const to = call.get<string>('NewGPOSession') || call.get<string>('NewPolicyStore') || from;
-      const source = select(f, call, collection(stores.read(from)), []);
+      // Copy-NetIPsecRule -Group "Telnet Management" -Enabled False: the query properties select.
+      const source = select(f, call, collection(stores.read(from)), queryParams);
       const newNameValue = call.get<string>('NewName');
       if (to.toLowerCase() === from.toLowerCase() && !newNameValue) {
         throw new PwshError(

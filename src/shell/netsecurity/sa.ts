@@ -7,7 +7,8 @@
 import { type ControlMethod, controlRequest } from '../../daemon/control.ts';
 import { ConsecError } from '../../errors.ts';
 import type { PolicyStores } from '../../policy/store.ts';
-import { type CommandCall, type CommandDef, PwshError } from '../pwsh/runtime.ts';
+import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
+import { localOnly } from './family.ts';
 import { psObject } from '../pwsh/values.ts';
 
 const MM_TYPE = 'Microsoft.Management.Infrastructure.CimInstance#root/standardcimv2/MSFT_NetMainModeSA';
@@ -36,10 +37,16 @@ function names(call: CommandCall): string[] {
 }
 
 export function saCommands(stores: PolicyStores): CommandDef[] {
+  const remote: ParamDef[] = [
+    { name: 'CimSession', type: 'any' },
+    { name: 'ThrottleLimit', type: 'uint' },
+    { name: 'AsJob', type: 'switch' },
+  ];
   const get = (name: string, method: ControlMethod, type: string): CommandDef => ({
     name,
-    params: [{ name: 'Name', type: 'strings', position: 0 }],
+    params: [{ name: 'Name', type: 'strings', position: 0 }, { name: 'All', type: 'switch' }, ...remote],
     async invoke(call) {
+      localOnly(call);
       const all = (await ask(stores.stateDir, method)) as Record<string, unknown>[];
       const wanted = call.get<string[]>('Name');
       const out = wanted?.length ? all.filter((v) => wanted.includes(String(v.Name))) : all;
@@ -58,9 +65,11 @@ export function saCommands(stores: PolicyStores): CommandDef[] {
     params: [
       { name: 'Name', type: 'strings', position: 0 },
       { name: 'InputObject', type: 'objects', pipeline: true },
+      ...remote,
     ],
     mutating: true,
     async invoke(call) {
+      localOnly(call);
       if (call.whatIf) return [];
       for (const n of names(call)) await ask(stores.stateDir, method, n);
       return [];
@@ -68,8 +77,9 @@ export function saCommands(stores: PolicyStores): CommandDef[] {
   });
   const stats: CommandDef = {
     name: 'Get-NetIPsecStatistics',
-    params: [],
-    async invoke() {
+    params: remote,
+    async invoke(call) {
+      localOnly(call);
       const st = (await ask(stores.stateDir, 'stats')) as Record<string, unknown>;
       return [psObject('consec.NetIPsecStatistics', st)];
     },

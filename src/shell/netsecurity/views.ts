@@ -8,6 +8,7 @@ import type {
   AuthSet,
   FirewallProfile,
   FirewallSetting,
+  FirewallRule,
   IPsecRule,
   MainModeCryptoProposal,
   MainModeCryptoSet,
@@ -42,6 +43,7 @@ export function modelOf<T>(v: unknown, kind: string): T | undefined {
 
 const STORED = new Set([
   'rules',
+  'firewallRules',
   'mainModeRules',
   'phase1AuthSets',
   'phase2AuthSets',
@@ -50,7 +52,11 @@ const STORED = new Set([
 ]);
 
 /** CreationClassName of the stored objects that have one on Windows (the firewall's rules). */
-const CREATION_CLASS: Record<string, string> = { rules: 'MSFT|FW|ConSecRule', mainModeRules: 'MSFT|FW|MainModeRule' };
+const CREATION_CLASS: Record<string, string> = {
+  rules: 'MSFT|FW|ConSecRule',
+  mainModeRules: 'MSFT|FW|MainModeRule',
+  firewallRules: 'MSFT|FW|FirewallRule',
+};
 
 function withModel(o: PSObject, kind: string, value: unknown): PSObject {
   Object.defineProperty(o, MODEL, { value: { kind, value }, enumerable: false });
@@ -262,19 +268,103 @@ export function mainModeRuleView(r: MainModeRule, source: Source): PSObject {
   );
 }
 
-/** Get-NetFirewallAddressFilter / PortFilter: where a rule's endpoints live on Windows. */
-export function addressFilterView(r: IPsecRule | MainModeRule): PSObject {
-  return psObject(`${CIM}MSFT_NetAddressFilter`, { LocalAddress: r.LocalAddress, RemoteAddress: r.RemoteAddress });
+/** Get-NetFirewallRule: the rule object (its conditions are in the filter objects, as on Windows). */
+export function firewallRuleView(r: FirewallRule, source: Source): PSObject {
+  return withModel(
+    psObject(`${CIM}MSFT_NetFirewallRule`, {
+      ...namedProps(r),
+      Enabled: r.Enabled,
+      Profile: flags(r.Profile),
+      Platform: r.Platform,
+      Direction: r.Direction,
+      Action: r.Action,
+      EdgeTraversalPolicy: r.EdgeTraversalPolicy,
+      LooseSourceMapping: r.LooseSourceMapping,
+      LocalOnlyMapping: r.LocalOnlyMapping,
+      Owner: r.Owner,
+      ...status(source),
+    }),
+    'firewallRules',
+    r,
+  );
 }
 
-export function portFilterView(r: IPsecRule): PSObject {
-  return psObject(`${CIM}MSFT_NetProtocolPortFilter`, {
-    Protocol: r.Protocol,
-    LocalPort: r.LocalPort,
-    RemotePort: r.RemotePort,
-    IcmpType: 'Any',
-    DynamicTarget: 'Any',
-  });
+/** The filter objects of a rule carry the rule they belong to, so they pipe back into Get-/Set- of rules. */
+function filterOf(o: PSObject, kind: 'rules' | 'mainModeRules' | 'firewallRules', r: { Name: string }): PSObject {
+  Object.defineProperty(o, MODEL, { value: { kind, value: r }, enumerable: false });
+  return o;
+}
+
+const kindOf = (r: IPsecRule | MainModeRule | FirewallRule): 'rules' | 'mainModeRules' | 'firewallRules' =>
+  'Direction' in r ? 'firewallRules' : 'Mode' in r ? 'rules' : 'mainModeRules';
+
+/** Get-NetFirewallAddressFilter / PortFilter: where a rule's endpoints live on Windows. */
+export function addressFilterView(r: IPsecRule | MainModeRule | FirewallRule): PSObject {
+  return filterOf(
+    psObject(`${CIM}MSFT_NetAddressFilter`, { LocalAddress: r.LocalAddress, RemoteAddress: r.RemoteAddress }),
+    kindOf(r),
+    r,
+  );
+}
+
+export function portFilterView(r: IPsecRule | FirewallRule): PSObject {
+  const fw = 'Direction' in r ? r : undefined;
+  return filterOf(
+    psObject(`${CIM}MSFT_NetProtocolPortFilter`, {
+      Protocol: r.Protocol,
+      LocalPort: r.LocalPort,
+      RemotePort: r.RemotePort,
+      IcmpType: fw ? fw.IcmpType : 'Any',
+      DynamicTarget: fw ? fw.DynamicTarget : 'Any',
+    }),
+    kindOf(r),
+    r,
+  );
+}
+
+export function securityFilterView(r: FirewallRule): PSObject {
+  return filterOf(
+    psObject(`${CIM}MSFT_NetNetworkLayerSecurityFilter`, {
+      Authentication: r.Authentication,
+      Encryption: r.Encryption,
+      OverrideBlockRules: r.OverrideBlockRules,
+      LocalUser: r.LocalUser,
+      RemoteUser: r.RemoteUser,
+      RemoteMachine: r.RemoteMachine,
+    }),
+    'firewallRules',
+    r,
+  );
+}
+
+export function applicationFilterView(r: FirewallRule): PSObject {
+  return filterOf(
+    psObject(`${CIM}MSFT_NetApplicationFilter`, { Program: r.Program, Package: r.Package }),
+    'firewallRules',
+    r,
+  );
+}
+
+export function serviceFilterView(r: FirewallRule): PSObject {
+  return filterOf(psObject(`${CIM}MSFT_NetServiceFilter`, { Service: r.Service }), 'firewallRules', r);
+}
+
+export function interfaceTypeFilterView(r: IPsecRule | FirewallRule): PSObject {
+  return filterOf(
+    psObject(`${CIM}MSFT_NetInterfaceTypeFilter`, { InterfaceType: flags(r.InterfaceType) }),
+    kindOf(r),
+    r,
+  );
+}
+
+export function interfaceFilterView(r: IPsecRule | FirewallRule): PSObject {
+  return filterOf(
+    psObject(`${CIM}MSFT_NetInterfaceFilter`, {
+      InterfaceAlias: r.InterfaceAlias.length ? r.InterfaceAlias : 'Any',
+    }),
+    kindOf(r),
+    r,
+  );
 }
 
 export function firewallProfileView(p: FirewallProfile): PSObject {
@@ -284,8 +374,19 @@ export function firewallProfileView(p: FirewallProfile): PSObject {
       Enabled: p.Enabled,
       DefaultInboundAction: p.DefaultInboundAction,
       DefaultOutboundAction: p.DefaultOutboundAction,
+      AllowInboundRules: p.AllowInboundRules,
       AllowLocalFirewallRules: p.AllowLocalFirewallRules,
       AllowLocalIPsecRules: p.AllowLocalIPsecRules,
+      AllowUserApps: p.AllowUserApps,
+      AllowUserPorts: p.AllowUserPorts,
+      AllowUnicastResponseToMulticast: p.AllowUnicastResponseToMulticast,
+      NotifyOnListen: p.NotifyOnListen,
+      EnableStealthModeForIPsec: p.EnableStealthModeForIPsec,
+      LogFileName: p.LogFileName,
+      LogMaxSizeKilobytes: p.LogMaxSizeKilobytes,
+      LogAllowed: p.LogAllowed,
+      LogBlocked: p.LogBlocked,
+      LogIgnored: p.LogIgnored,
     }),
     'profiles',
     p,

@@ -1,7 +1,8 @@
 /**
  * `consec netsh advfirewall …`: the connection-security parts of netsh — consec and mainmode
- * rules (add, delete, set, show), set/show global, monitor show consec — over the same policy
- * stores as the PowerShell front-end. Output is shaped like netsh's ("Ok." on success).
+ * rules (add, delete, set, show), firewall rules (firewall.ts), set/show global, monitor show
+ * consec — over the same policy stores as the PowerShell front-end. Output is shaped like
+ * netsh's ("Ok." on success).
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { currentProfileText } from '../netsecurity/location.ts';
@@ -40,6 +41,7 @@ import {
   QM_PFS,
   qmSecMethodText,
 } from './methods.ts';
+import { firewallCommand } from './firewall.ts';
 import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo, splitLine } from './syntax.ts';
 
 export interface NetshHost {
@@ -441,9 +443,18 @@ export class Netsh {
   }
 
   private async dispatch(words: string[]): Promise<string> {
+    if (words[0]?.toLowerCase() === 'wfp')
+      throw new NetshError(
+        "netsh wfp is the diagnostics of the Windows Filtering Platform, which consec does not have: for IKE and IPsec, use consec's IKE debug log (netsh advfirewall set global ipsec debuglog …) and Get-WinEvent.",
+      );
     matchWord(words.shift(), ['advfirewall'], 'context');
-    const section = matchWord(words.shift(), ['consec', 'mainmode', 'set', 'show', 'monitor'], 'command');
+    const section = matchWord(words.shift(), ['consec', 'mainmode', 'firewall', 'set', 'show', 'monitor'], 'command');
     switch (section) {
+      case 'firewall': {
+        const verb = matchWord(words.shift(), ['add', 'delete', 'set', 'show'], 'command');
+        matchWord(words.shift(), ['rule'], 'command');
+        return firewallCommand(this.stores, this.store, verb as 'add' | 'delete' | 'set' | 'show', words);
+      }
       case 'consec':
       case 'mainmode': {
         const verb = matchWord(words.shift(), ['add', 'delete', 'set', 'show'], 'command');

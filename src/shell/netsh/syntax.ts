@@ -65,11 +65,20 @@ export function matchWord(word: string | undefined, choices: readonly string[], 
 
 export type Args = Map<string, string>;
 
-/** Parses key=value words; keys are case-insensitive and must be among `allowed`. */
+/**
+ * Parses key=value words; keys are case-insensitive and must be among `allowed`. As in netsh, a
+ * value may be given without its tag when it stands where its parameter does in `allowed`'s order
+ * (`show rule all` is `show rule name=all`).
+ */
 export function parseArgs(words: readonly string[], allowed: readonly string[]): Args {
   const args: Args = new Map();
-  for (const w of words) {
+  for (const [i, w] of words.entries()) {
     const eq = w.indexOf('=');
+    const positional = allowed[i];
+    if (eq < 0 && positional !== undefined && !args.has(positional)) {
+      args.set(positional, w);
+      continue;
+    }
     if (eq <= 0) throw new NetshError(`A specified value is not valid: "${w}" (expected key=value).`);
     const key = w.slice(0, eq).toLowerCase();
     if (!allowed.includes(key)) {

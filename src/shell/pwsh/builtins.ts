@@ -29,7 +29,7 @@ const WHERE_OPERATORS = [
 const whereObject: CommandDef = {
   name: 'Where-Object',
   params: [
-    { name: 'FilterScript', type: 'any', position: 0 },
+    { name: 'FilterScript', type: 'any', position: 0, aliases: ['Property'] },
     { name: 'Value', type: 'any', position: 1 },
     { name: 'InputObject', type: 'objects', pipeline: true },
     ...WHERE_OPERATORS.map((op) => ({ name: op, type: 'switch' as const })),
@@ -335,6 +335,74 @@ const readHost: CommandDef = {
   },
 };
 
+/**
+ * Commands of the ActiveDirectory and GroupPolicy modules that admin scripts call to find their
+ * domain or make a GPO: answered with a clear error (consec keeps GPO stores as local files and has
+ * no directory), not "not recognized".
+ */
+const AD_COMMANDS = [
+  'Get-ADDomain',
+  'Get-ADDomainController',
+  'Get-ADComputer',
+  'Get-ADGroup',
+  'Get-ADGroupMember',
+  'Get-ADUser',
+  'New-GPO',
+  'Get-GPO',
+  'New-GPLink',
+  'Set-GPLink',
+];
+
+const activeDirectory = (name: string): CommandDef => ({
+  name,
+  params: [],
+  unbound: true,
+  invoke() {
+    throw new PwshError(
+      `${name} requires Active Directory: consec has no directory to query (its Group Policy stores are local files, named -PolicyStore domain\\GPO).`,
+      'ActiveDirectoryRequired',
+      'NotImplemented',
+      'CommandNotFoundException',
+    );
+  },
+});
+
+/** .NET types whose objects stand for Active Directory accounts (a SID is only known to the directory). */
+const DIRECTORY_TYPES = ['system.security.principal.ntaccount', 'system.security.principal.securityidentifier'];
+
+/** New-Object: PSObject/PSCustomObject with -Property; directory account types answered clearly; nothing else. */
+const newObject: CommandDef = {
+  name: 'New-Object',
+  params: [
+    { name: 'TypeName', type: 'string', position: 0 },
+    { name: 'ArgumentList', type: 'any', position: 1, aliases: ['Args'] },
+    { name: 'Property', type: 'any' },
+  ],
+  invoke(c) {
+    const type = (c.get<string>('TypeName') ?? '').trim();
+    const lower = type.toLowerCase().replace(/^system\.management\.automation\./, '');
+    if (lower === 'psobject' || lower === 'pscustomobject') {
+      const props = c.get<unknown>('Property');
+      const fields: Record<string, unknown> = {};
+      if (props instanceof Hashtable) for (const [k, v] of props.entries()) fields[k] = v;
+      return [psObject('System.Management.Automation.PSCustomObject', fields)];
+    }
+    if (DIRECTORY_TYPES.includes(lower))
+      throw new PwshError(
+        `New-Object ${type} requires Active Directory: an account's SID is known only to the directory, and consec has none.`,
+        'ActiveDirectoryRequired',
+        'NotImplemented',
+        'PSArgumentException',
+      );
+    throw new PwshError(
+      `Cannot find type [${type}]: consec's PowerShell creates PSObject and PSCustomObject only.`,
+      'TypeNotFound',
+      'InvalidType',
+      'PSArgumentException',
+    );
+  },
+};
+
 const measureObject: CommandDef = {
   name: 'Measure-Object',
   params: [{ name: 'InputObject', type: 'objects', pipeline: true }],
@@ -352,6 +420,8 @@ const measureObject: CommandDef = {
 
 export function builtinCommands(): CommandDef[] {
   return [
+    newObject,
+    ...AD_COMMANDS.map(activeDirectory),
     whereObject,
     forEachObject,
     selectObject,

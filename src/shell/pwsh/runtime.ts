@@ -74,6 +74,11 @@ export interface CommandDef {
   params: ParamDef[];
   /** Changes state: gets -WhatIf and -Confirm. */
   mutating?: boolean;
+  /**
+   * Runs whatever it is given, without binding its arguments: for commands that only answer why
+   * they cannot run here (the ActiveDirectory module's), so no parameter of theirs is ever unknown.
+   */
+  unbound?: boolean;
   invoke(call: CommandCall): Promise<unknown[]> | unknown[];
 }
 
@@ -757,6 +762,16 @@ export class Runtime {
   private async bind(def: CommandDef, cmd: Command, input: unknown[] | undefined): Promise<CommandCall> {
     const params = [...def.params, ...COMMON_PARAMS, ...(def.mutating ? MUTATING_PARAMS : [])];
     const bound = new Map<string, unknown>();
+    if (def.unbound)
+      return {
+        name: def.name,
+        args: bound,
+        input,
+        whatIf: false,
+        runtime: this,
+        has: () => false,
+        get: () => undefined,
+      };
     const positional: { value: unknown; extent: Extent }[] = [];
     const elements: CommandElement[] = [...cmd.elements];
     const bindNamed = async (p: ParamDef, raw: unknown, extent: Extent): Promise<void> => {
