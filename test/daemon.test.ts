@@ -146,10 +146,19 @@ describe('consec daemon', () => {
       assert.match(stats.stdout, /MainModeSAsEstablished +: 1/);
       // Every Get- cmdlet consec has, with a live SA, as Format-List shows it: each has something to
       // show, nothing fails, and no value is printed as JavaScript would ([object Object]).
+      // A firewall rule for the firewall cmdlets to show (it only drops cleartext to TCP port 9).
+      const fw = await cli([
+        'pwsh',
+        '-Command',
+        'New-NetFirewallRule -DisplayName probe -Protocol TCP -LocalPort 9 -Authentication Required | Out-Null',
+      ]);
+      assert.equal(fw.code, 0, fw.stderr);
       const input: Record<string, string> = {
         'Get-NetFirewallAddressFilter': 'Get-NetIPsecRule | ',
         'Get-NetFirewallPortFilter': 'Get-NetIPsecRule | ',
       };
+      // What consec does not have says so, with an error.
+      const refused: Record<string, RegExp> = { 'Get-NetIPsecDospSetting': /consec has no IPsec DoS protection/ };
       const args: Record<string, string> = {
         'Get-Service': ' IKEEXT, PolicyAgent',
         'Get-WinEvent': " -FilterHashtable @{LogName='Security'} -MaxEvents 5",
@@ -160,6 +169,12 @@ describe('consec daemon', () => {
       assert.ok(gets.length >= 15, gets.join(' '));
       for (const name of gets) {
         const r = await cli(['pwsh', '-Command', `${input[name] ?? ''}${name}${args[name] ?? ''} | Format-List`]);
+        const refusal = refused[name];
+        if (refusal) {
+          assert.notEqual(r.code, 0, name);
+          assert.match(r.stderr, refusal);
+          continue;
+        }
         assert.equal(r.code, 0, `${name}: ${r.stderr}`);
         assert.match(r.stdout, /^\S+ +: \S/m, `${name} shows properties`);
         assert.doesNotMatch(r.stdout, /\[object Object\]|\[object |undefined/, `${name}:\n${r.stdout}`);
