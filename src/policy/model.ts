@@ -105,7 +105,16 @@ export interface RuleCommon extends NamedObject {
   RemoteAddress: string[];
 }
 
-export interface IPsecRule extends RuleCommon {
+/** The protocol, port and interface conditions connection security and firewall rules both have. */
+export interface TrafficConditions {
+  Protocol: string;
+  LocalPort: string[];
+  RemotePort: string[];
+  InterfaceAlias: string[];
+  InterfaceType: EnumValue<typeof InterfaceType>[];
+}
+
+export interface IPsecRule extends RuleCommon, TrafficConditions {
   Mode: EnumValue<typeof IPsecMode>;
   InboundSecurity: EnumValue<typeof SecurityPolicy>;
   OutboundSecurity: EnumValue<typeof SecurityPolicy>;
@@ -123,11 +132,6 @@ export interface IPsecRule extends RuleCommon {
   RequireAuthorization: boolean;
   User: string;
   Machine: string;
-  Protocol: string;
-  LocalPort: string[];
-  RemotePort: string[];
-  InterfaceAlias: string[];
-  InterfaceType: EnumValue<typeof InterfaceType>[];
 }
 
 /**
@@ -136,23 +140,18 @@ export interface IPsecRule extends RuleCommon {
  * condition — Authentication Required ("allow the connection if it is secure"), Encryption
  * Required — on the same. Program, package, service and user conditions are kept and shown.
  */
-export interface FirewallRule extends RuleCommon {
+export interface FirewallRule extends RuleCommon, TrafficConditions {
   Direction: EnumValue<typeof Direction>;
   Action: EnumValue<typeof Action>;
   EdgeTraversalPolicy: EnumValue<typeof EdgeTraversal>;
   LooseSourceMapping: boolean;
   LocalOnlyMapping: boolean;
   Owner: string;
-  Protocol: string;
-  LocalPort: string[];
-  RemotePort: string[];
   IcmpType: string[];
   DynamicTarget: EnumValue<typeof DynamicTransport>;
   Program: string;
   Package: string;
   Service: string;
-  InterfaceAlias: string[];
-  InterfaceType: EnumValue<typeof InterfaceType>[];
   LocalUser: string;
   RemoteUser: string;
   RemoteMachine: string;

@@ -96,6 +96,14 @@ const profileSchema = z.strictObject({
   LogIgnored: e(GpoBoolean).default('NotConfigured'),
 });
 
+const trafficConditions = {
+  Protocol: z.string(),
+  LocalPort: z.array(z.string()),
+  RemotePort: z.array(z.string()),
+  InterfaceAlias: z.array(z.string()),
+  InterfaceType: z.array(e(InterfaceType)),
+};
+
 export const ipsecRuleSchema = z.strictObject({
   ...ruleCommon,
   Mode: e(IPsecMode),
@@ -115,11 +123,7 @@ export const ipsecRuleSchema = z.strictObject({
   RequireAuthorization: z.boolean(),
   User: z.string(),
   Machine: z.string(),
-  Protocol: z.string(),
-  LocalPort: z.array(z.string()),
-  RemotePort: z.array(z.string()),
-  InterfaceAlias: z.array(z.string()),
-  InterfaceType: z.array(e(InterfaceType)),
+  ...trafficConditions,
 });
 
 export const firewallRuleSchema = z.strictObject({
@@ -130,16 +134,12 @@ export const firewallRuleSchema = z.strictObject({
   LooseSourceMapping: z.boolean(),
   LocalOnlyMapping: z.boolean(),
   Owner: z.string(),
-  Protocol: z.string(),
-  LocalPort: z.array(z.string()),
-  RemotePort: z.array(z.string()),
+  ...trafficConditions,
   IcmpType: z.array(z.string()),
   DynamicTarget: e(DynamicTransport),
   Program: z.string(),
   Package: z.string(),
   Service: z.string(),
-  InterfaceAlias: z.array(z.string()),
-  InterfaceType: z.array(e(InterfaceType)),
   LocalUser: z.string(),
   RemoteUser: z.string(),
   RemoteMachine: z.string(),

@@ -8,7 +8,7 @@ import { parseAddressList, parsePortList, parseProtocol } from '../../policy/end
 import type { EnumValue, InterfaceType, Profile } from '../../policy/enums.ts';
 import { type FirewallRule, firewallRule } from '../../policy/model.ts';
 import type { PolicyStores } from '../../policy/store.ts';
-import { type Args, NetshError, oneOf, parseArgs, yesNo } from './syntax.ts';
+import { type Args, NetshError, oneOf, parseArgs, parseSetRule, yesNo } from './syntax.ts';
 
 const PROFILES: Record<string, EnumValue<typeof Profile>> = {
   public: 'Public',
@@ -280,14 +280,7 @@ export async function firewallCommand(
       return `\nDeleted ${n} rule(s).`;
     }
     case 'set': {
-      const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
-      if (newAt < 0)
-        throw new NetshError(
-          'set rule needs the keyword "new" before the properties to change: set rule name=<rule> new <key>=<value> ...',
-        );
-      const sel = parseArgs(words.slice(0, newAt), SELECT_KEYS);
-      const changes = parseArgs(words.slice(newAt + 1), RULE_KEYS);
-      if (changes.size === 0) throw new NetshError('Nothing to change: give at least one <key>=<value> after "new".');
+      const { sel, changes } = parseSetRule(words, SELECT_KEYS, RULE_KEYS);
       const n = await stores.update(store, (doc) => {
         const rules = selectRules(doc.firewallRules, sel);
         if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');

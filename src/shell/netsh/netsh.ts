@@ -42,7 +42,7 @@ import {
   qmSecMethodText,
 } from './methods.ts';
 import { firewallCommand } from './firewall.ts';
-import { type Args, matchWord, NetshError, oneOf, parseArgs, yesNo, splitLine } from './syntax.ts';
+import { type Args, matchWord, NetshError, oneOf, parseArgs, parseSetRule, yesNo, splitLine } from './syntax.ts';
 
 export interface NetshHost {
   stdout(text: string): void;
@@ -524,14 +524,7 @@ export class Netsh {
         return `\nDeleted ${n} rule(s).`;
       }
       case 'set': {
-        const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
-        if (newAt < 0)
-          throw new NetshError(
-            'set rule needs the keyword "new" before the properties to change: set rule name=<rule> new <key>=<value> ...',
-          );
-        const sel = parseArgs(words.slice(0, newAt), SELECT_KEYS);
-        const changes = parseArgs(words.slice(newAt + 1), RULE_KEYS);
-        if (changes.size === 0) throw new NetshError('Nothing to change: give at least one <key>=<value> after "new".');
+        const { sel, changes } = parseSetRule(words, SELECT_KEYS, RULE_KEYS);
         const n = await this.stores.update(this.store, (doc) => {
           const rules = selectRules(doc.rules, sel);
           if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');
@@ -589,10 +582,11 @@ export class Netsh {
         return `\nDeleted ${n} rule(s).`;
       }
       case 'set': {
-        const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
-        if (newAt < 0) throw new NetshError('set rule needs the keyword "new" before the properties to change.');
-        const sel = parseArgs(words.slice(0, newAt), ['name', 'type', 'profile', 'endpoint1', 'endpoint2']);
-        const changes = parseArgs(words.slice(newAt + 1), MM_RULE_KEYS);
+        const { sel, changes } = parseSetRule(
+          words,
+          ['name', 'type', 'profile', 'endpoint1', 'endpoint2'],
+          MM_RULE_KEYS,
+        );
         const n = await this.stores.update(this.store, (doc) => {
           const rules = selectRules(doc.mainModeRules, sel);
           if (rules.length === 0) throw new NetshError('No rules match the specified criteria.');

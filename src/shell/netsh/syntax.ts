@@ -92,6 +92,23 @@ export function parseArgs(words: readonly string[], allowed: readonly string[]):
   return args;
 }
 
+/** `set rule <selection> new <changes>`: the two halves, each parsed; at least one change. */
+export function parseSetRule(
+  words: readonly string[],
+  selectKeys: readonly string[],
+  ruleKeys: readonly string[],
+): { sel: Args; changes: Args } {
+  const newAt = words.findIndex((w) => w.toLowerCase() === 'new');
+  if (newAt < 0)
+    throw new NetshError(
+      'set rule needs the keyword "new" before the properties to change: set rule name=<rule> new <key>=<value> ...',
+    );
+  const sel = parseArgs(words.slice(0, newAt), selectKeys);
+  const changes = parseArgs(words.slice(newAt + 1), ruleKeys);
+  if (changes.size === 0) throw new NetshError('Nothing to change: give at least one <key>=<value> after "new".');
+  return { sel, changes };
+}
+
 export function yesNo(key: string, value: string): boolean {
   const v = value.toLowerCase();
   if (v === 'yes' || v === 'enable') return true;
