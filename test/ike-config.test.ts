@@ -99,6 +99,37 @@ describe('Windows proposals → IKEv2 transforms', () => {
 });
 
 describe('policy → negotiation plan', () => {
+  it('a firewall rule that requires encryption with a peer: only encrypting quick mode proposals are offered and accepted; a set without one is an error', async () => {
+    const dir = freshStateDir();
+    const r = await ps(
+      [
+        '$psk = New-NetIPsecPhase1AuthSet -DisplayName psk -Name psk -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "k")',
+        '$null_ = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption None -ESPHash SHA256',
+        '$aes = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES128 -ESPHash SHA256',
+        'New-NetIPsecQuickModeCryptoSet -DisplayName both -Name both -Proposal $null_,$aes | Out-Null',
+        'New-NetIPsecQuickModeCryptoSet -DisplayName integrity -Name integrity -Proposal $null_ | Out-Null',
+        'New-NetIPsecRule -DisplayName a -RemoteAddress 192.0.2.0/25 -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet psk -QuickModeCryptoSet both | Out-Null',
+        'New-NetIPsecRule -DisplayName b -RemoteAddress 192.0.2.128/25 -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet psk -QuickModeCryptoSet integrity | Out-Null',
+        'New-NetFirewallRule -DisplayName "encrypted telnet" -Protocol TCP -LocalPort 23 -RemoteAddress 192.0.2.0/24 -Authentication Required -Encryption Required | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    const doc = new PolicyStores(dir).read('ActiveStore');
+    const flow = (remote: string) => ({ direction: 'Outbound' as const, local: '192.0.2.1', remote, protocol: 6 });
+    const encrs = planNegotiation(doc, flow('192.0.2.9'))
+      .espProposals(Buffer.alloc(4))
+      .map((p) => p.transforms.find((t) => t.type === TransformType.ENCR)?.id);
+    assert.deepEqual(encrs, [EncrId.AES_CBC], 'ESP with NULL encryption is left out');
+    assert.throws(
+      () => planNegotiation(doc, flow('192.0.2.200')),
+      /firewall rule "encrypted telnet" requires encryption for traffic with 192\.0\.2\.200, and quick mode crypto set "integrity" has no proposal that encrypts/,
+    );
+    // Without the firewall rule the integrity-only proposal is offered.
+    const without = { ...doc, firewallRules: [] };
+    assert.equal(planNegotiation(without, flow('192.0.2.9')).espProposals(Buffer.alloc(4)).length, 2);
+  });
+
   it('plans a PSK negotiation from the policy, and explains every case it cannot negotiate', async () => {
     const dir = freshStateDir();
     const r = await ps(

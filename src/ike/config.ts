@@ -257,10 +257,23 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     qm.PerfectForwardSecrecyGroup === 'SameAsMainMode' ? mm.Proposal[0]?.KeyExchange : qm.PerfectForwardSecrecyGroup;
   const pfs = pfsName && pfsName !== 'None' ? KE[pfsName] : undefined;
   // IKEv2 transport mode has no AH (validated: the set has something else): those proposals stay out.
-  const qmProposals =
+  let qmProposals =
     rule.KeyModule === 'IKEv2' && rule.Mode !== 'Tunnel'
       ? qm.Proposal.filter((p) => !p.Encapsulation.includes('AH'))
       : qm.Proposal;
+  // A firewall rule that requires encryption for traffic with this peer: its SAs encrypt (what
+  // Windows' dynamic encryption negotiates), so no integrity-only SA carries that traffic.
+  const encrypting = doc.firewallRules.find(
+    (r) => r.Enabled === 'True' && r.Encryption !== 'NotRequired' && covers(r.RemoteAddress, flow.remote),
+  );
+  if (encrypting) {
+    qmProposals = qmProposals.filter((p) => p.Encapsulation.includes('ESP') && p.Encryption !== 'None');
+    if (qmProposals.length === 0)
+      throw new IkeError(
+        `firewall rule "${encrypting.DisplayName}" requires encryption for traffic with ${flow.remote}, and quick mode crypto set "${qm.DisplayName}" has no proposal that encrypts`,
+        NotifyType.NO_PROPOSAL_CHOSEN,
+      );
+  }
   const esp = espProposals(qmProposals, Buffer.alloc(4), pfs);
   if (esp.proposals.length === 0)
     throw new IkeError(
@@ -271,7 +284,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
   const local = tunnel ? (rule.LocalTunnelEndpoint[0] ?? flow.local) : flow.local;
   const remote = tunnel ? (rule.RemoteTunnelEndpoint[0] ?? flow.remote) : flow.remote;
   if (tunnel && (local === 'Any' || remote === 'Any'))
-    throw new IkeError('dynamic tunnel endpoints (Any) are not supported yet', NotifyType.TS_UNACCEPTABLE);
+    throw new IkeError('dynamic tunnel endpoints (Any) are not supported', NotifyType.TS_UNACCEPTABLE);
   const proto = rule.Protocol === 'Any' ? 0 : (protocolNumber(rule.Protocol) ?? Math.max(0, flow.protocol));
   let credentials: Credentials;
   if (usable.AuthenticationMethod === 'Kerberos') {

@@ -137,8 +137,9 @@ export interface IPsecRule extends RuleCommon, TrafficConditions {
 /**
  * A firewall rule (MSFT_NetFirewallRule with its filters). consec enforces what bears on IPsec and
  * what the kernel can match: Block rules by addresses, protocol and ports, and the security
- * condition — Authentication Required ("allow the connection if it is secure"), Encryption
- * Required — on the same. Program, package, service and user conditions are kept and shown.
+ * condition on the same — Authentication Required ("allow the connection if it is secure": its
+ * cleartext is dropped), Encryption Required (the SAs with a peer it covers encrypt). Program,
+ * package, service and user conditions are kept and shown.
  */
 export interface FirewallRule extends RuleCommon, TrafficConditions {
   Direction: EnumValue<typeof Direction>;
