@@ -49,8 +49,9 @@ async function memberDaemon(
   dir: string,
   daemons: LabProcess[],
   keytab = dom.keytab(host),
+  args: string[] = [],
 ): Promise<LabProcess> {
-  const d = consecDaemon(lab, host, dir, lab.address(host), [], {
+  const d = consecDaemon(lab, host, dir, lab.address(host), args, {
     KRB5_CONFIG: dom.krb5Conf,
     KRB5_KTNAME: `FILE:${keytab}`,
   });
@@ -86,7 +87,8 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         const dir = freshStateDir(`consec-dom-${host}-`);
         dirs[host] = dir;
         await seedPolicy(dir, local, remote);
-        const d = await memberDaemon(lab, dom, host, dir, daemons);
+        const metrics = host === 'bob' ? ['--metrics', '127.0.0.1:9465'] : [];
+        const d = await memberDaemon(lab, dom, host, dir, daemons, dom.keytab(host), metrics);
         assert.match(d.output(), new RegExp(`"principal":"host/${host}\\.corp\\.example@CORP\\.EXAMPLE"`));
       }
       const ping = await lab.exec('alice', ['ping', '-c', '4', '-i', '0.2', '-W', '3', b], { allowFailure: true });
@@ -131,6 +133,25 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
         RemoteEndpoint: string;
       };
       assert.deepEqual([qm.LocalEndpoint, qm.RemoteEndpoint], [b, a]);
+      // Statistics and metrics count the AuthIP SAs like the others.
+      const stats = (await consecPwsh(dirs.alice as string, 'Get-NetIPsecStatistics | Format-List')).stdout;
+      for (const line of [
+        /ActiveMainModeSAs +: 1/,
+        /ActiveQuickModeSAs +: 1/,
+        /MainModeSAsEstablished +: 1/,
+        /QuickModeSAsEstablished +: 1/,
+      ])
+        assert.match(stats, line, stats);
+      const scraped = (
+        await lab.exec('bob', [
+          process.execPath,
+          '-e',
+          "fetch('http://127.0.0.1:9465/metrics').then(async (r) => process.stdout.write(await r.text()))",
+        ])
+      ).stdout;
+      assert.match(scraped, /^consec_ike_sas\{state="established"\} 1$/m, scraped);
+      assert.match(scraped, /^consec_child_sas\{state="installed"\} 1$/m);
+      assert.match(scraped, /^consec_ike_sa_setup_seconds_count\{role="responder"\} 1$/m, 'the AuthIP setup is timed');
       // A policy change that keeps the rule keeps the AuthIP SA (no 4655, the same SA listed).
       const more = await ps(
         'New-NetIPsecRule -DisplayName "elsewhere" -RemoteAddress 198.51.100.9 | Out-Null',

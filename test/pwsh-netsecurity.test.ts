@@ -375,6 +375,38 @@ describe('NetSecurity cmdlets', () => {
     assert.equal(storeBytes(dir), before);
   });
 
+  it('Update-NetIPsecRule adds and deletes Endpoint2 addresses (IPv4 and IPv6), -WhatIf changes nothing, and deleting the last address is refused', async () => {
+    const dir = freshStateDir();
+    await ps('New-NetIPsecRule -DisplayName "DA" -Name da -RemoteAddress 192.0.2.1 | Out-Null', dir);
+    const list = async () =>
+      (await ps('(Get-NetIPsecRule -Name da | Get-NetFirewallAddressFilter).RemoteAddress -join ","', dir)).out.trim();
+    const add = await ps(
+      'Update-NetIPsecRule -IPsecRuleName da -Action Add -IPv4Addresses 192.0.2.2 -IPv6Addresses 2001:db8::1 -EndpointType Endpoint2',
+      dir,
+    );
+    assert.equal(add.errors, 0, add.err);
+    assert.equal(await list(), '192.0.2.1,192.0.2.2,2001:db8::1');
+    const before = storeBytes(dir);
+    const dry = await ps(
+      'Get-NetIPsecRule -Name da | Update-NetIPsecRule -Action Delete -IPv4Addresses 192.0.2.1 -EndpointType Endpoint2 -WhatIf',
+      dir,
+    );
+    assert.match(dry.out, /What if: Performing operation "Update" on Target "da \(DA\)"/);
+    assert.equal(storeBytes(dir), before);
+    const del = await ps(
+      'Get-NetIPsecRule -Name da | Update-NetIPsecRule -Action Delete -IPv4Addresses 192.0.2.1 -EndpointType Endpoint2',
+      dir,
+    );
+    assert.equal(del.errors, 0, del.err);
+    assert.equal(await list(), '192.0.2.2,2001:db8::1');
+    const all = await ps(
+      'Update-NetIPsecRule -IPsecRuleName da -Action Delete -IPv4Addresses 192.0.2.2 -IPv6Addresses 2001:db8::1 -EndpointType Endpoint2',
+      dir,
+    );
+    assert.match(all.err, /would leave rule "DA" with no Endpoint2 address/);
+    assert.equal(await list(), '192.0.2.2,2001:db8::1');
+  });
+
   it('a firewall profile piped into Remove-NetIPsecRule binds -AssociatedNetFirewallProfile: the rules that apply in it go, the others stay', async () => {
     const dir = freshStateDir();
     await ps(

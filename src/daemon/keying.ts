@@ -134,6 +134,7 @@ export class KeyingService {
         timing: this.o.timing,
         onEstablished: this.o.onEstablished,
         onEstablishedV1: this.o.onEstablished,
+        onEstablishedAuthIp: this.o.onEstablished,
         trace: this.o.trace,
         kerberos: this.o.kerberos,
         log: (event, detail) => this.o.log.info({ address, ...detail }, event),

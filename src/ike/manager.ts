@@ -25,7 +25,7 @@ import { decodeMessage, encodeMessage, type IkeMessage, type Payload } from './w
 import { ExchangeType, Flags, NotifyType, PayloadType } from './wire/constants.ts';
 import { AuthIpManager, authIpConfigOf } from './authip/manager.ts';
 import { isAuthIpExchange } from './authip/constants.ts';
-import { type KerberosProvider, NO_KERBEROS } from './authip/session.ts';
+import { type AuthIpSession, type KerberosProvider, NO_KERBEROS } from './authip/session.ts';
 import { V1Manager } from './v1/manager.ts';
 import type { V1Session } from './v1/session.ts';
 
@@ -58,6 +58,7 @@ export interface ManagerOptions {
   onEnded?(session: IkeSession): void;
   /** An IKEv1 ISAKMP SA was established / ended. */
   onEstablishedV1?(session: V1Session): void;
+  onEstablishedAuthIp?(session: AuthIpSession): void;
   onEndedV1?(session: V1Session): void;
   log?(event: string, detail?: Record<string, unknown>): void;
   /** Kerberos for AuthIP (the host keytab); without it AuthIP Main Modes are refused. */
@@ -127,6 +128,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
       log: (e, d) => this.log(e, d),
       retransmits: this.timing.retransmits,
       halfOpenMs: 60_000,
+      established: o.onEstablishedAuthIp,
       configFor: authIpConfig,
     });
     this.v1 = new V1Manager({

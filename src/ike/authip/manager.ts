@@ -61,6 +61,7 @@ export class AuthIpManager {
       log: (e, d) => this.o.log(e, d),
       retransmits: this.o.retransmits,
       halfOpenMs: this.o.halfOpenMs,
+      established: this.o.established,
       renew: async (old) => {
         await this.initiate(old.remote, old.config).child;
       },

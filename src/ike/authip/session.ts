@@ -126,6 +126,8 @@ export interface AuthIpHost {
    * (AuthIP's Quick Modes after the first are not spoken here); resolves when it is up.
    */
   renew(s: AuthIpSession): Promise<void>;
+  /** Main Mode completed (the setup time is `establishedAt - startedAt`). */
+  established?(s: AuthIpSession): void;
 }
 
 type State = 'connecting' | 'half-open' | 'established' | 'dead';
@@ -786,6 +788,7 @@ export class AuthIpSession {
       ),
     });
     this.gss?.close();
+    this.host.established?.(this);
     this.host.log('AuthIP Main Mode established', {
       cookies: `${hex(this.cookieI)}/${hex(this.cookieR)}`,
       role: this.role,

@@ -42,7 +42,7 @@ import {
   type QuickModeCryptoSet,
   qmProposal,
 } from '../../policy/model.ts';
-import type { PolicyStores } from '../../policy/store.ts';
+import { editable, type PolicyStores } from '../../policy/store.ts';
 import { validateAuthProposal, validateMainModeProposal, validateQuickModeProposal } from '../../policy/validate.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate } from '../pwsh/values.ts';
@@ -64,6 +64,7 @@ import { winEventCommands } from './winevent.ts';
 import { whatIfCommands } from './whatif.ts';
 import {
   addressFilterView,
+  CIM,
   authProposalView,
   authSetView,
   firewallProfileView,
@@ -658,6 +659,105 @@ const dospCommands: CommandDef[] = ['New', 'Get', 'Set', 'Remove'].map((verb) =>
   },
 }));
 
+const ChangeAction = { typeName: 'ChangeAction', values: ['Add', 'Delete'], flags: false } as const;
+const EndpointType = { typeName: 'EndpointType', values: ['Endpoint1', 'Endpoint2'], flags: false } as const;
+
+/**
+ * Update-NetIPsecRule: adds addresses to or deletes them from a rule's Endpoint1 (local) or
+ * Endpoint2 (remote) list. Deleting the last address is refused: the rule would then apply to any
+ * address, the opposite of what a deletion asks for.
+ */
+function updateIpsecRule(stores: PolicyStores): CommandDef {
+  return {
+    name: 'Update-NetIPsecRule',
+    mutating: true,
+    params: [
+      { name: 'IPsecRuleName', type: 'strings', position: 0, aliases: ['Name', 'ID'] },
+      { name: 'DisplayName', type: 'strings' },
+      { name: 'InputObject', type: 'objects', pipeline: true },
+      { name: 'Action', type: 'enum', enum: ChangeAction, mandatory: true },
+      { name: 'IPv4Addresses', type: 'strings' },
+      { name: 'IPv6Addresses', type: 'strings' },
+      { name: 'EndpointType', type: 'enum', enum: EndpointType, mandatory: true },
+      { name: 'PassThru', type: 'switch' },
+      ...STORE_PARAMS,
+    ],
+    async invoke(call) {
+      const names = (call.get<string[]>('IPsecRuleName') ?? []).map((n) => n.toLowerCase());
+      const displayNames = call.get<string[]>('DisplayName');
+      const piped = enumerate(call.get<unknown[]>('InputObject') ?? []).map((v) => {
+        const r = modelOf<IPsecRule>(v, 'rules');
+        if (!r)
+          throw new PwshError(
+            `Cannot bind argument to parameter 'InputObject', because PSTypeNames of the argument do not match the PSTypeName required by the parameter: ${CIM}MSFT_NetConSecRule.`,
+            'MismatchedPSTypeName',
+            'InvalidArgument',
+            'ParameterBindingException',
+          );
+        return r.Name.toLowerCase();
+      });
+      const v4 = parseAddressList('IPv4Addresses', call.get<string[]>('IPv4Addresses') ?? []).filter(
+        (a) => a !== 'Any',
+      );
+      const v6 = parseAddressList('IPv6Addresses', call.get<string[]>('IPv6Addresses') ?? []).filter(
+        (a) => a !== 'Any',
+      );
+      if (v4.some((a) => a.includes(':')) || v6.some((a) => !a.includes(':')))
+        throw new PwshError(
+          'IPv4Addresses takes IPv4 addresses and IPv6Addresses IPv6 addresses.',
+          'InvalidArgument',
+          'InvalidArgument',
+          'CimException',
+        );
+      const given = [...v4, ...v6];
+      const field = call.get<string>('EndpointType') === 'Endpoint1' ? 'LocalAddress' : 'RemoteAddress';
+      const changed = await stores.update(storeName(call), (doc) => {
+        const found = doc.rules.filter(
+          (r) =>
+            names.includes(r.Name.toLowerCase()) ||
+            piped.includes(r.Name.toLowerCase()) ||
+            (displayNames ?? []).some((d) => wildcardMatch(r.DisplayName, d)),
+        );
+        for (const n of names)
+          if (!found.some((r) => r.Name.toLowerCase() === n))
+            throw new PwshError(
+              `No MSFT_NetConSecRule objects found with property 'IPsecRuleName' equal to '${n}'.  Verify the value of the property and retry.`,
+              'CmdletizationQuery_NotFound_IPsecRuleName',
+              'ObjectNotFound',
+              'CimJobException',
+            );
+        if (call.whatIf) {
+          for (const r of found)
+            call.runtime.host.stdout(
+              `What if: Performing operation "Update" on Target "${r.Name} (${r.DisplayName})".\n`,
+            );
+          return [];
+        }
+        return found.map((o) => {
+          const r = editable(doc, 'rules', o);
+          const have = r[field].filter((a) => a !== 'Any');
+          if (call.get<string>('Action') === 'Add') r[field] = [...new Set([...have, ...given])];
+          else {
+            const left = have.filter((a) => !given.some((g) => g.toLowerCase() === a.toLowerCase()));
+            if (left.length === 0)
+              throw new PwshError(
+                `Deleting these addresses would leave rule "${r.DisplayName}" with no ${field === 'LocalAddress' ? 'Endpoint1' : 'Endpoint2'} address, which means any address: remove the rule or set the list instead.`,
+                'InvalidArgument',
+                'InvalidArgument',
+                'CimException',
+              );
+            r[field] = left;
+          }
+          return r;
+        });
+      });
+      return call.get<boolean>('PassThru')
+        ? changed.map((r) => ipsecRuleView(r, { store: storeName(call), type: 'Local' }))
+        : [];
+    },
+  };
+}
+
 /**
  * Show-NetIPsecRule: each IPsec rule of the store followed by the objects that make it — its
  * address, port and interface filters and the authentication and crypto sets it uses (the
@@ -717,6 +817,7 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...settingCommands(stores),
     ...firewallFilterCommands(stores),
     showIpsecRule(stores),
+    updateIpsecRule(stores),
     ...dospCommands,
     ...whatIfCommands(stores),
     ...saCommands(stores),

@@ -70,7 +70,11 @@ export function saCommands(stores: PolicyStores): CommandDef[] {
     mutating: true,
     async invoke(call) {
       localOnly(call);
-      if (call.whatIf) return [];
+      if (call.whatIf) {
+        for (const n of names(call))
+          call.runtime.host.stdout(`What if: Performing operation "Delete" on Target "${n}".\n`);
+        return [];
+      }
       for (const n of names(call)) await ask(stores.stateDir, method, n);
       return [];
     },
