@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
+import { Charon, ikeV1, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { domain } from '../src/lab/topology.ts';
 import { consecArgv, consecDaemon, consecPwsh } from './helpers.ts';
@@ -324,6 +325,80 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
       );
     } finally {
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+    }
+  });
+});
+
+describe('KeyModule Default: AuthIP and IKEv1 side by side (MS-AIPS §3.2.4)', () => {
+  let lab: Lab;
+  let dom: LabDomain;
+  before(async () => {
+    lab = await Lab.create(domain());
+    dom = await LabDomain.create(lab);
+    await dom.join('alice');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('a member (computer Kerberos, then a pre-shared key) and charon, which speaks IKEv1 and no AuthIP: both Main Modes go out at once, the IKEv1 one marked MS-MamieExists; charon answers IKEv1, which carries the SA while the first pings wait; the AuthIP attempt ends', async () => {
+    const a = lab.address('alice');
+    const c = lab.address('carol');
+    const psk = 'lab-only-alongside-psk-0123456789';
+    const charon = await Charon.start(
+      lab,
+      'carol',
+      ikeV1(pskHostTunnel(c, a, { name: 'c', secret: psk, proposals: ['aes256-sha256-ecp256'], esp: ['aes256gcm16'] })),
+    );
+    const daemons: LabProcess[] = [];
+    const cap = await Capture.start(lab, 'alice', 'eth0', { filter: 'udp port 500 or udp port 4500' });
+    try {
+      const dir = freshStateDir('consec-alongside-');
+      const r = await ps(
+        [
+          `$auth = (New-NetIPsecAuthProposal -Machine -Kerberos), (New-NetIPsecAuthProposal -Machine -PreSharedKey "${psk}")`,
+          '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "Kerberos, then the key" -Proposal $auth',
+          '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName QM -Proposal $qm',
+          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName MM -Proposal $mm',
+          `New-NetIPsecMainModeRule -DisplayName MM -LocalAddress ${a} -RemoteAddress ${c} -MainModeCryptoSet $mmSet.Name | Out-Null`,
+          `New-NetIPsecRule -DisplayName carol -Mode Tunnel -LocalTunnelEndpoint ${a} -RemoteTunnelEndpoint ${c} -LocalAddress ${a} -RemoteAddress ${c} -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null`,
+        ].join('\n'),
+        dir,
+      );
+      assert.equal(r.errors, 0, r.err);
+      const alice = await memberDaemon(lab, dom, 'alice', dir, daemons);
+      const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.3', '-W', '5', c], { allowFailure: true });
+      assert.match(
+        ping.stdout,
+        / 0% packet loss/,
+        `${ping.stdout}\n${alice.output().slice(-3000)}\n${charon.log().slice(-2000)}`,
+      );
+      assert.match(alice.output(), /"msg":"IKEv1 answered alongside AuthIP: the peer speaks no AuthIP"/);
+      assert.doesNotMatch(alice.output(), /Kerberos \(AuthIP\) failed/, 'no waiting for AuthIP to give up');
+      const mm = JSON.parse((await consecPwsh(dir, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout) as {
+        KeyModule: string;
+        LocalFirstId: { AuthenticationMethod: string };
+      };
+      assert.deepEqual([mm.KeyModule, mm.LocalFirstId.AuthenticationMethod], ['IkeV1', 'MachinePSK']);
+      await cap.stop();
+      const from = `ip.src == ${a} && ip.dst == ${c}`;
+      assert.ok(
+        (await cap.fields(['frame.number'], `${from} && isakmp.exchangetype == 243`)).length >= 1,
+        'AuthIP Main Mode 1',
+      );
+      const vids = (
+        await cap.fields(
+          ['isakmp.vid_bytes'],
+          `${from} && isakmp.exchangetype == 2 && isakmp.rspi == 00:00:00:00:00:00:00:00`,
+        )
+      ).join(',');
+      assert.match(vids, /214ca4faffa7f32d6748e5303395ae83/, `MS-MamieExists in IKEv1 message 1: ${vids}`);
+    } finally {
+      await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+      await charon.stop();
     }
   });
 });

@@ -223,7 +223,9 @@ export class KeyingService {
         if (inside(flow.local, localTs(e.child)) && inside(flow.remote, remoteTs(e.child)))
           return { session: existing as AuthIpSession, child: e.child };
       const running = m.authip.initiate({ address: plan.remote, port: 500 }, authIpConfigOf(plan, 'initiator'));
-      const p = running.child.then((child) => ({ session: running.session as KeyedSession, child }));
+      const p = this.alongsideIkev1(m, flow, plan, running).then(
+        (won) => won ?? running.child.then((child) => ({ session: running.session as KeyedSession, child })),
+      );
       this.inFlight.set(key, p);
       try {
         return await p;
@@ -291,6 +293,60 @@ export class KeyingService {
     } finally {
       this.inFlight.delete(key);
     }
+  }
+
+  /**
+   * KeyModule Default with a Kerberos method first and a pre-shared key or certificate further down
+   * the auth set: as Windows does (MS-AIPS §3.2.4), an IKEv1 Main Mode with that method goes to the
+   * peer alongside the AuthIP one, marked MS-MamieExists. A peer that answers AuthIP discards the
+   * IKEv1 one (§3.3.5.2) and AuthIP goes on; a peer that answers IKEv1 first (it has no AuthIP)
+   * gets IKEv1 and the AuthIP attempt ends (<12>). If AuthIP fails before any answer (no Kerberos
+   * credentials here), the marked IKEv1 attempt ends too and the auth set's next method is tried
+   * as usual. Undefined: AuthIP goes on alone.
+   */
+  private async alongsideIkev1(
+    m: IkeManager,
+    flow: Flow,
+    plan: NegotiationPlan,
+    authip: { session: AuthIpSession; child: Promise<ChildSa> },
+  ): Promise<{ session: KeyedSession; child: ChildSa } | undefined> {
+    if (plan.rule.KeyModule !== 'Default') return undefined;
+    let next: NegotiationPlan;
+    try {
+      next = planNegotiation(this.doc, flow, { ...this.planOptions, afterKerberos: true });
+    } catch {
+      return undefined;
+    }
+    if (next.keyModule === 'IKEv2') return undefined;
+    let v1: V1Session | undefined;
+    const result = m.v1.initiate({
+      remote: next.remote,
+      peer: next,
+      forceUdpEncapsulation: this.o.forceUdpEncapsulation,
+      announceAuthIp: true,
+      started: (s) => (v1 = s),
+    });
+    result.catch(() => {}); // its outcome is read below, or it was given up
+    const first = await Promise.race([
+      authip.session.peerAnswered.then(() => 'authip' as const),
+      authip.child.then(
+        () => 'authip' as const,
+        () => 'authip failed' as const,
+      ),
+      (v1?.peerAnswered ?? new Promise<never>(() => {})).then(() => 'ikev1' as const),
+      result.then(
+        () => 'ikev1' as const,
+        () => 'ikev1 failed' as const,
+      ),
+    ]);
+    if (first === 'ikev1') {
+      authip.session.terminate('the peer answered IKEv1 (no AuthIP)');
+      this.o.log.info({ remote: plan.remote }, 'IKEv1 answered alongside AuthIP: the peer speaks no AuthIP');
+      const r = await result;
+      return { session: r.session, child: r.child.child };
+    }
+    if (v1 && v1.state !== 'dead') v1.terminate(first === 'authip' ? 'the peer answers AuthIP' : 'AuthIP failed first');
+    return undefined;
   }
 
   /** ESP arrived on a child SA: its peer is alive. */

@@ -262,6 +262,11 @@ export class AuthIpSession {
     return this.choice.suite;
   }
 
+  // Declared before the promise: a field initialised after it would overwrite what its executor set.
+  private markAnswered: () => void = () => {};
+  /** Resolves when the responder answered Main Mode message 1 with a valid message 2 (it speaks AuthIP). */
+  readonly peerAnswered: Promise<void> = new Promise((resolve) => (this.markAnswered = resolve));
+
   /** Resolves with the first child SA once Quick Mode is complete. */
   whenEstablished(): Promise<ChildSa> {
     return new Promise((resolve, reject) => {
@@ -450,6 +455,7 @@ export class AuthIpSession {
     )
       throw new IkeError('the peer chose a Main Mode transform we did not offer', V2Notify.NO_PROPOSAL_CHOSEN);
     this.stopRetransmit();
+    this.markAnswered();
     this.choice = choice;
     this.cookieR = Buffer.from(msg.header.cookieR);
     this.nr = (nonces[0] as { data: Buffer }).data;

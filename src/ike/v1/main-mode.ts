@@ -269,6 +269,7 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
     encodeV1({ ...s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), ...(cookieR ? { cookieR } : {}) }, [
       sa,
       ...OUR_VENDOR_IDS.map(vid),
+      ...(s.announceAuthIp ? [vid(VendorId.MS_MAMIE_EXISTS)] : []),
     ]);
   const raw = message1();
   const waits = s.host.timing.retransmits;
@@ -303,6 +304,7 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
       throw new IkeError('the responder chose a transform we did not offer', V2Notify.NO_PROPOSAL_CHOSEN);
     s.mmRetransmit?.stop();
     s.cookieR = Buffer.from(msg.header.cookieR);
+    s.markAnswered();
     s.choice = chosen;
     peerVendorIds(s, payloads);
     s.ke = KeyExchange.create(chosen.group);

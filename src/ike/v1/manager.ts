@@ -493,6 +493,10 @@ export class V1Manager implements V1Host {
     remote: string;
     peer: PeerConfig;
     forceUdpEncapsulation?: boolean;
+    /** Marks message 1 MS-MamieExists: an AuthIP Main Mode goes to the peer alongside. */
+    announceAuthIp?: boolean;
+    /** Called with the ISAKMP SA as soon as it exists (before Main Mode completes). */
+    started?: (s: V1Session) => void;
   }): Promise<{ session: V1Session; child: ChildEntry }> {
     const s = new V1Session(
       this,
@@ -502,8 +506,10 @@ export class V1Manager implements V1Host {
       r.peer,
     );
     s.forceEncapsulation = r.forceUdpEncapsulation ?? false;
+    s.announceAuthIp = r.announceAuthIp ?? false;
     armRenewal(s);
     this.register(s);
+    r.started?.(s);
     const first = (this.perRemote.get(r.remote) ?? 0) <= 1;
     try {
       initiateMainMode(s, { ...this.hooks, firstContact: () => first });

@@ -130,6 +130,12 @@ export class V1Session {
   natLocal = false;
   natRemote = false;
   forceEncapsulation = false;
+  /** Main Mode message 1 says this host speaks AuthIP too (MS-MamieExists: an AuthIP one goes alongside). */
+  announceAuthIp = false;
+  // Declared before the promise: a field initialised after it would overwrite what its executor set.
+  markAnswered: () => void = () => {};
+  /** Resolves when the responder answered Main Mode message 1 with its choice (message 2). */
+  readonly peerAnswered: Promise<void> = new Promise((resolve) => (this.markAnswered = resolve));
   /** The peer sent Windows' Vid-Initial-Contact in message 1 (MS-IKEE §3.5). */
   initialContactVid = false;
   /** The peer announced DPD (RFC 3706). */
