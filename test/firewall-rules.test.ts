@@ -72,6 +72,10 @@ describe('NetFirewallRule cmdlets', () => {
       ['New-NetFirewallRule -DisplayName t -Protocol TCP -IcmpType 8', /ICMP types can be given only/],
       ['New-NetFirewallRule -DisplayName t -Protocol ICMPv4 -IcmpType 300', /The ICMP type "300" is not valid/],
       [
+        'New-NetFirewallRule -DisplayName t -Action Block -Protocol TCP -LocalPort RPC',
+        /The port keyword RPC cannot be enforced by consec on a Block or secure-only rule/,
+      ],
+      [
         'New-NetFirewallRule -DisplayName t -Authentication Required -RemoteMachine "D:(A;;CC;;;S-1-5-21-1-2-3-1104)"',
         /-RemoteMachine requires Active Directory/,
       ],

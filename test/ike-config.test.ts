@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { EMPTY_CONTEXT } from '../src/filter/compile.ts';
 import { planNegotiation } from '../src/ike/config.ts';
 import { acceptChosen, espProposals, ikeProposals, selectProposal } from '../src/ike/proposals.ts';
 import { EncrId, EsnId, IntegId, KeId, PrfId, ProtocolId, TransformType } from '../src/ike/wire/constants.ts';
@@ -128,6 +129,18 @@ describe('policy → negotiation plan', () => {
     // Without the firewall rule the integrity-only proposal is offered.
     const without = { ...doc, firewallRules: [] };
     assert.equal(planNegotiation(without, flow('192.0.2.9')).espProposals(Buffer.alloc(4)).length, 2);
+    // A keyword is resolved with the host's facts: LocalSubnet covering the peer requires encryption too.
+    const keyword = {
+      ...doc,
+      firewallRules: doc.firewallRules.map((f) => ({ ...f, RemoteAddress: ['LocalSubnet'] })),
+    };
+    const ctx = { ...EMPTY_CONTEXT, localSubnets: ['192.0.2.0/24'] };
+    assert.equal(planNegotiation(keyword, flow('192.0.2.9'), { ctx }).espProposals(Buffer.alloc(4)).length, 1);
+    assert.equal(
+      planNegotiation(keyword, flow('192.0.2.9')).espProposals(Buffer.alloc(4)).length,
+      2,
+      'no subnet known',
+    );
   });
 
   it('plans a PSK negotiation from the policy, and explains every case it cannot negotiate', async () => {

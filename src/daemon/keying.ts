@@ -215,6 +215,15 @@ export class KeyingService {
     const running = this.inFlight.get(key);
     if (running) await running;
     const up = (s: KeyedSession) => s.sa.remote.address === plan.remote && s.state === 'established';
+    // A peer that answered IKEv1 alongside AuthIP before (it speaks no AuthIP) keeps its ISAKMP SA:
+    // further flows use it with the auth set's next method instead of racing both again.
+    if (plan.keyModule === 'AuthIP' && plan.rule.KeyModule === 'Default' && m.v1.sessions().some(up)) {
+      try {
+        plan = planNegotiation(this.doc, flow, { ...this.planOptions, afterKerberos: true });
+      } catch {
+        // no keyed method after Kerberos: AuthIP as usual
+      }
+    }
     if (plan.keyModule === 'AuthIP') {
       // Kerberos: AuthIP's Main Mode carries the first Quick Mode; a further flow to the same peer
       // is covered by that child SA or gets a Main Mode of its own.

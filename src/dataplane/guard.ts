@@ -88,16 +88,25 @@ function ruleMatches(r: Matchable, dir: 'out' | 'in', ctx: HostContext): string[
         if (remotePorts.length) parts.push(`th ${theirs} { ${remotePorts.join(', ')} }`);
         if (localPorts.length) parts.push(`th ${ours} { ${localPorts.join(', ')} }`);
       }
+      const base = parts.join(' ');
       if ((proto === 1 || proto === 58) && icmp.length) {
-        const types = [...new Set(icmp.map((t) => t.split(':')[0]))];
-        parts.push(`${proto === 1 ? 'icmp' : 'icmpv6'} type { ${types.join(', ')} }`);
+        // Types alone in one set; each type:code on its own line (the code narrows that type only).
+        const name = proto === 1 ? 'icmp' : 'icmpv6';
+        const types = icmp.filter((t) => !t.includes(':') || t.endsWith(':*')).map((t) => t.split(':')[0]);
+        if (types.length) out.push(`${base} ${name} type { ${[...new Set(types)].join(', ')} }`);
+        for (const t of icmp.filter((x) => x.includes(':') && !x.endsWith(':*'))) {
+          const [type, code] = t.split(':');
+          out.push(`${base} ${name} type ${type} ${name} code ${code}`);
+        }
+        continue;
       }
-      out.push(parts.join(' '));
+      out.push(base);
     }
   return out;
 }
 
-const comment = (text: string): string => `comment "${text.replace(/["\\]/g, '').slice(0, 120)}"`;
+/** An nft comment from user text: printable ASCII only (nft limits comments to 128 octets). */
+const comment = (text: string): string => `comment "${text.replace(/[^\x20-\x7e]|["\\]/g, '?').slice(0, 120)}"`;
 
 /** The firewall rules of the active policy as guard lines (enabled rules; Program and service conditions are not matched: a rule applies to every program, which for Block and secure-only rules is the stricter reading). */
 function firewallLines(doc: PolicyDocument, ctx: HostContext): GuardSets['firewall'] {
@@ -108,15 +117,22 @@ function firewallLines(doc: PolicyDocument, ctx: HostContext): GuardSets['firewa
     const matches = ruleMatches(r, dir, ctx);
     if (!matches) continue;
     const label = r.DisplayName;
+    // As Windows' firewall rules, these decide connections: a reply to a connection opened the
+    // other way is not theirs (conntrack's original direction only).
     if (r.Action === 'Block') {
       for (const m of matches)
-        (dir === 'in' ? f.blockIn : f.blockOut).push(`${m} counter drop ${comment(`firewall block: ${label}`)}`.trim());
+        (dir === 'in' ? f.blockIn : f.blockOut).push(
+          `ct direction original ${m} counter drop ${comment(`firewall block: ${label}`)}`.replace(/ +/g, ' '),
+        );
     } else if (r.Action === 'Allow' && r.Authentication !== 'NotRequired') {
       // NoEncap (authenticated, then in clear) is not a mode consec's IPsec negotiates: it is held to
       // the stricter Required.
       for (const m of matches) {
         (dir === 'in' ? f.secureIn : f.secureOut).push(
-          `${m} counter drop ${comment(`firewall: only secure connections: ${label}`)}`.trim(),
+          `ct direction original ${m} counter drop ${comment(`firewall: only secure connections: ${label}`)}`.replace(
+            / +/g,
+            ' ',
+          ),
         );
         if (r.OverrideBlockRules && dir === 'out') f.bypassOut.push(`${m} accept`.trim());
       }

@@ -4,8 +4,17 @@
  * selectors. Everything IKEv2 cannot do is a clear error, not a silent downgrade.
  */
 import { isIP, isIPv4 } from 'node:net';
-import { compilePolicy, EMPTY_CONTEXT, type Flow, type HostContext } from '../filter/compile.ts';
-import { boundBytes, entryToRange, inRange, v4ToNumber, v6ToBigint } from '../filter/address.ts';
+import { compilePolicy, EMPTY_CONTEXT, type Flow, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
+import {
+  ANY_V4,
+  ANY_V6,
+  boundBytes,
+  entryToRange,
+  inRange,
+  type Range,
+  v4ToNumber,
+  v6ToBigint,
+} from '../filter/address.ts';
 import { writeIp } from '../io/addr.ts';
 import {
   DEFAULT_MM_CRYPTO_SET,
@@ -261,10 +270,22 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     rule.KeyModule === 'IKEv2' && rule.Mode !== 'Tunnel'
       ? qm.Proposal.filter((p) => !p.Encapsulation.includes('AH'))
       : qm.Proposal;
-  // A firewall rule that requires encryption for traffic with this peer: its SAs encrypt (what
-  // Windows' dynamic encryption negotiates), so no integrity-only SA carries that traffic.
+  // A firewall rule that requires encryption for traffic with this peer (in tunnel mode: with any
+  // host behind it the rule protects): its SAs encrypt, what Windows' dynamic encryption
+  // negotiates, so no integrity-only SA carries that traffic. Address keywords resolved here.
+  const ctx = opts.ctx ?? EMPTY_CONTEXT;
+  const rangesOf = (entries: readonly string[]): Range[] =>
+    entries.flatMap((e) => {
+      const r = resolveAddressEntry(e, ctx);
+      return r === 'any' ? [ANY_V4, ANY_V6] : r;
+    });
+  const peerRanges = rule.Mode === 'Tunnel' ? rangesOf(rule.RemoteAddress) : rangesOf([flow.remote]);
+  const overlaps = (a: Range, b: Range) => a.family === b.family && a.lo <= b.hi && b.lo <= a.hi;
   const encrypting = doc.firewallRules.find(
-    (r) => r.Enabled === 'True' && r.Encryption !== 'NotRequired' && covers(r.RemoteAddress, flow.remote),
+    (r) =>
+      r.Enabled === 'True' &&
+      r.Encryption !== 'NotRequired' &&
+      rangesOf(r.RemoteAddress).some((x) => peerRanges.some((y) => overlaps(x, y))),
   );
   if (encrypting) {
     qmProposals = qmProposals.filter((p) => p.Encapsulation.includes('ESP') && p.Encryption !== 'None');

@@ -4,6 +4,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { ConsecError } from '../errors.ts';
+import { writeIp } from '../io/addr.ts';
 
 export class PolicyValidationError extends ConsecError {
   constructor(
@@ -82,7 +83,15 @@ export function parseAddress(parameter: string, value: string, allowKeywords = t
       if (ipv4ToInt(a) > ipv4ToInt(b)) bad();
       return `${a}-${b}`;
     }
-    if (isIPv6(a) && isIPv6(b)) return `${a}-${b}`;
+    if (isIPv6(a) && isIPv6(b)) {
+      const octets = (x: string) => {
+        const buf = Buffer.alloc(16);
+        writeIp(x, buf);
+        return buf;
+      };
+      if (Buffer.compare(octets(a), octets(b)) > 0) bad();
+      return `${a}-${b}`;
+    }
   }
   return bad();
 }

@@ -212,6 +212,19 @@ function validateFirewallRule(r: FirewallRule): void {
     fail(!isAny(r.LocalPort) ? 'LocalPort' : 'RemotePort', 'Ports can be given only when Protocol is TCP or UDP.');
   if (!isAny(r.IcmpType) && r.Protocol !== 'ICMPv4' && r.Protocol !== 'ICMPv6')
     fail('IcmpType', 'ICMP types can be given only when Protocol is ICMPv4 or ICMPv6.');
+  for (const t of r.IcmpType) {
+    const m = /^(\d{1,3})(?::(\d{1,3}|\*))?$/.exec(t);
+    if (t !== 'Any' && (!m || Number(m[1]) > 255 || (m[2] !== undefined && m[2] !== '*' && Number(m[2]) > 255)))
+      fail('IcmpType', `The ICMP type "${t}" is not valid: use a type 0-255, optionally with a code (3:4), or Any.`);
+  }
+  // What the kernel enforces must be matchable there: ports named by keyword (RPC, IPHTTPS …) are
+  // dynamic on Windows and have no fixed number to match.
+  const keywordPort = [...r.LocalPort, ...r.RemotePort].find((p) => p !== 'Any' && !/^\d+(-\d+)?$/.test(p));
+  if (keywordPort && (r.Action === 'Block' || r.Authentication !== 'NotRequired'))
+    fail(
+      r.LocalPort.includes(keywordPort) ? 'LocalPort' : 'RemotePort',
+      `The port keyword ${keywordPort} cannot be enforced by consec on a Block or secure-only rule: it stands for ports Windows assigns at run time. Give the port numbers.`,
+    );
   const secure = r.Authentication !== 'NotRequired';
   if (r.Encryption !== 'NotRequired' && r.Authentication !== 'Required')
     fail(

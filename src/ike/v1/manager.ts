@@ -150,10 +150,20 @@ export class V1Manager implements V1Host {
       .reduce<V1Session | undefined>((a, x) => (a && a.establishedAt >= x.establishedAt ? a : x), undefined);
   }
 
+  /**
+   * The same peer: address and rule, and — several hosts can share an address behind a NAT — the
+   * same authenticated identity.
+   */
   siblings(s: V1Session): V1Session[] {
+    const sameId = (x: V1Session) =>
+      !x.peerId || !s.peerId || (x.peerId.type === s.peerId.type && x.peerId.data.equals(s.peerId.data));
     return this.sessions().filter(
       (x) =>
-        x !== s && x.state === 'established' && x.remote.address === s.remote.address && x.peer.name === s.peer.name,
+        x !== s &&
+        x.state === 'established' &&
+        x.remote.address === s.remote.address &&
+        x.peer.name === s.peer.name &&
+        sameId(x),
     );
   }
 

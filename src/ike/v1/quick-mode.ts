@@ -642,6 +642,8 @@ const RENEW_RETRY_MS = 1000;
  * successor is used on the timer alone (a peer that keeps using an old SA for long on purpose).
  */
 const CONFIRM_STEPS = 6;
+/** How long the replaced SA stays after its renewal carries our traffic, for packets under way. */
+const RENEWED_DELETE_GRACE_MS = 2000;
 const MAX_ABANDONED_RENEWALS = 3;
 const abandonedRenewals = new WeakMap<ChildEntry, number>();
 const spiNumber = (e: ChildEntry): number => e.child.spiIn.readUInt32BE(0);
@@ -679,6 +681,17 @@ export function armRenewal(s: V1Session): void {
     const given = abandonedRenewals.get(entry) ?? 0;
     initiateQuick(via, { tsi: local, tsr: remote }).then(
       (fresh) => {
+        // Once the renewal carries our traffic, the SA it replaces is deleted at the peer (after a
+        // grace for packets under way): a peer that never got the new SA then has none and
+        // negotiates again on its next packet, instead of sending where we no longer receive.
+        void via.outboundReady(fresh).then(() => {
+          const t = setTimeout(() => {
+            const owner = ownerOf(s, entry);
+            if (!owner || entry.state.kind !== 'rekeying' || !ownerOf(via, fresh)) return;
+            void owner.deleteChild(entry, 'rekeyed', s.host.successor(owner) ?? owner);
+          }, RENEWED_DELETE_GRACE_MS);
+          t.unref();
+        });
         if (given >= MAX_ABANDONED_RENEWALS) return;
         via.confirmRenewal(fresh, entry, CONFIRM_STEPS * (s.host.timing.retransmits[0] ?? 500), () => {
           abandonedRenewals.set(entry, given + 1);

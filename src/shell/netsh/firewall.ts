@@ -86,6 +86,8 @@ function protocolArg(value: string): { protocol: string; icmp?: string[] } {
   if (!m) return { protocol: parseProtocol(value) };
   const [type, code] = [m[2] as string, m[3] as string];
   if (type.toLowerCase() === 'any') return { protocol: parseProtocol(m[1] as string) };
+  if (Number(type) > 255 || (code.toLowerCase() !== 'any' && Number(code) > 255))
+    throw new NetshError(`A specified value is not valid: protocol=${value} (ICMP type and code are 0-255 or any).`);
   return {
     protocol: parseProtocol(m[1] as string),
     icmp: [code.toLowerCase() === 'any' ? type : `${type}:${code}`],
