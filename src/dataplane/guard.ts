@@ -576,6 +576,9 @@ export class GuardKeeper {
     const whole = (): string => (full ??= renderGuard(sets, tun, mark));
     const last = this.installed;
     const update = last && last.tun === tun && last.mark === mark ? renderGuardUpdate(last.sets, sets) : undefined;
+    // What a foreign change is answered with: this table once the kernel took it, else the one it kept
+    // (an nft transaction that fails changes nothing).
+    const previous = this.script;
     this.script = whole;
     this.installed = undefined;
     if (update !== undefined) {
@@ -587,7 +590,12 @@ export class GuardKeeper {
         // The table is not what we think (changed meanwhile): write it whole.
       }
     }
-    await this.install(whole());
+    try {
+      await this.install(whole());
+    } catch (err) {
+      this.script = previous;
+      throw err;
+    }
     this.installed = { sets, tun, mark };
     return 'table';
   }
