@@ -5,23 +5,10 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { parseAddressList, parsePortList, parseProtocol } from '../../policy/endpoints.ts';
-import type { EnumValue, InterfaceType, Profile } from '../../policy/enums.ts';
 import { type FirewallRule, firewallRule } from '../../policy/model.ts';
 import type { PolicyStores } from '../../policy/store.ts';
-import { type Args, NetshError, oneOf, parseArgs, parseSetRule, yesNo } from './syntax.ts';
+import { type Args, INTERFACE_TYPES, NetshError, oneOf, parseArgs, parseSetRule, profiles, yesNo } from './syntax.ts';
 
-const PROFILES: Record<string, EnumValue<typeof Profile>> = {
-  public: 'Public',
-  private: 'Private',
-  domain: 'Domain',
-  any: 'Any',
-};
-const INTERFACE_TYPES: Record<string, EnumValue<typeof InterfaceType>> = {
-  wireless: 'Wireless',
-  lan: 'Wired',
-  ras: 'RemoteAccess',
-  any: 'Any',
-};
 const DIRECTIONS: Record<string, FirewallRule['Direction']> = { in: 'Inbound', out: 'Outbound' };
 const EDGE: Record<string, FirewallRule['EdgeTraversalPolicy']> = {
   yes: 'Allow',
@@ -74,11 +61,6 @@ const SELECT_KEYS = [
 
 const LINE = '-'.repeat(70);
 const field = (label: string, value: string): string => `${`${label}:`.padEnd(38)}${value}\n`;
-
-function profiles(value: string): EnumValue<typeof Profile>[] {
-  const list = value.split(',').map((p) => oneOf('profile', p.trim(), PROFILES));
-  return list.includes('Any') ? ['Any'] : [...new Set(list)];
-}
 
 /** protocol= with netsh's icmpv4:type,code form: the protocol and its ICMP type. */
 function protocolArg(value: string): { protocol: string; icmp?: string[] } {

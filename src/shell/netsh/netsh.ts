@@ -15,7 +15,7 @@ import {
 import { ConsecError } from '../../errors.ts';
 import { controlRequest } from '../../daemon/control.ts';
 import { parseAddressList, parsePortList, parseProtocol, PolicyValidationError } from '../../policy/endpoints.ts';
-import type { EnumValue, InterfaceType, Profile, TrafficExemption } from '../../policy/enums.ts';
+import type { EnumValue, TrafficExemption } from '../../policy/enums.ts';
 import {
   type AuthSet,
   DEFAULT_MM_CRYPTO_SET,
@@ -42,7 +42,18 @@ import {
   qmSecMethodText,
 } from './methods.ts';
 import { firewallCommand } from './firewall.ts';
-import { type Args, matchWord, NetshError, oneOf, parseArgs, parseSetRule, yesNo, splitLine } from './syntax.ts';
+import {
+  type Args,
+  INTERFACE_TYPES,
+  matchWord,
+  NetshError,
+  oneOf,
+  parseArgs,
+  parseSetRule,
+  profiles,
+  yesNo,
+  splitLine,
+} from './syntax.ts';
 
 export interface NetshHost {
   stdout(text: string): void;
@@ -71,18 +82,6 @@ const ACTION_NAMES: Record<string, string> = {
   'Require/None': 'RequireInClearOut',
   'None/None': 'NoAuthentication',
   'Request/None': 'RequestInClearOut',
-};
-const PROFILES: Record<string, EnumValue<typeof Profile>> = {
-  public: 'Public',
-  private: 'Private',
-  domain: 'Domain',
-  any: 'Any',
-};
-const INTERFACE_TYPES: Record<string, EnumValue<typeof InterfaceType>> = {
-  wireless: 'Wireless',
-  lan: 'Wired',
-  ras: 'RemoteAccess',
-  any: 'Any',
 };
 
 const RULE_KEYS = [
@@ -124,11 +123,6 @@ const MM_RULE_KEYS = [
 
 const LINE = '-'.repeat(70);
 const field = (label: string, value: string): string => `${`${label}:`.padEnd(38)}${value}\n`;
-
-function profiles(value: string): EnumValue<typeof Profile>[] {
-  const list = value.split(',').map((p) => oneOf('profile', p.trim(), PROFILES));
-  return list.includes('Any') ? ['Any'] : [...new Set(list)];
-}
 
 function staticOnly(args: Args): void {
   const t = args.get('type');

@@ -3,6 +3,7 @@
  * followed by key=value arguments. Values may be quoted; the quotes are removed.
  */
 import { ConsecError } from '../../errors.ts';
+import type { EnumValue, InterfaceType, Profile } from '../../policy/enums.ts';
 
 export class NetshError extends ConsecError {
   constructor(message: string) {
@@ -122,4 +123,25 @@ export function oneOf<T>(key: string, value: string, table: Record<string, T>): 
   if (v === undefined)
     throw new NetshError(`A specified value is not valid: ${key}=${value} (use ${Object.keys(table).join(', ')}).`);
   return v;
+}
+
+const PROFILES: Record<string, EnumValue<typeof Profile>> = {
+  public: 'Public',
+  private: 'Private',
+  domain: 'Domain',
+  any: 'Any',
+};
+
+/** netsh's interfacetype= values as the InterfaceType enumeration. */
+export const INTERFACE_TYPES: Record<string, EnumValue<typeof InterfaceType>> = {
+  wireless: 'Wireless',
+  lan: 'Wired',
+  ras: 'RemoteAccess',
+  any: 'Any',
+};
+
+/** profile=public,private…: the Profile flags (any stands alone). */
+export function profiles(value: string): EnumValue<typeof Profile>[] {
+  const list = value.split(',').map((p) => oneOf('profile', p.trim(), PROFILES));
+  return list.includes('Any') ? ['Any'] : [...new Set(list)];
 }
