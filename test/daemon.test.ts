@@ -508,4 +508,47 @@ describe('keying service: acquires from policy, consec ↔ consec, transport mod
       await bob.stop();
     }
   });
+
+  it('a firewall rule that starts requiring encryption with the peer: the integrity-only child SA in force goes at both ends (policy reloaded)', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const policy = (local: string, remote: string) =>
+      [
+        '$null_ = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption None -ESPHash SHA256',
+        '$aes = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $null_,$aes',
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        `New-NetIPsecRule -DisplayName "Require to ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
+          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n');
+    const dirA = freshStateDir('consec-ks-enc-a-');
+    const dirB = freshStateDir('consec-ks-enc-b-');
+    for (const [dir, l, r] of [
+      [dirA, a, b],
+      [dirB, b, a],
+    ] as const) {
+      const res = await ps(policy(l, r), dir);
+      assert.equal(res.errors, 0, res.err);
+    }
+    const spawn = (host: string, args: string[]) =>
+      lab.spawn(host, [process.execPath, '--import', 'tsx', join(ROOT, 'test/fixtures/keying-service.ts'), ...args]);
+    const bob = spawn('bob', [dirB, b, '--stay', '20000']);
+    const alice = spawn('alice', [dirA, a, '--acquire', `${b}:1`, '--stay', '15000']);
+    try {
+      await bob.waitFor(/"event":"started"/);
+      await alice.waitFor(/"event":"acquired"/);
+      assert.match(alice.output(), /"event":"install".*"cipher":"null"/, 'the first proposal: integrity only');
+      const fw = await ps(
+        `New-NetFirewallRule -DisplayName "encrypted only" -RemoteAddress ${b} -Authentication Required -Encryption Required | Out-Null`,
+        dirA,
+      );
+      assert.equal(fw.errors, 0, fw.err);
+      await alice.waitFor(/"event":"delete"/);
+      await bob.waitFor(/"event":"delete"/);
+    } finally {
+      await alice.stop();
+      await bob.stop();
+    }
+  });
 });

@@ -232,9 +232,14 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
         if (driver === 'charon')
           assert.match(bob.log(), /initiating Main Mode IKE_SA c\[2\]/, 'charon reauthenticated');
         assert.doesNotMatch(daemon.output(), /data plane fault/);
-        const [sa] = await bob.listSas();
-        assert.equal(sa?.version, 1);
-        assert.ok((sa?.children ?? []).some((c) => c.state === 'INSTALLED'));
+        // charon may list the ISAKMP SA it is replacing first (its children already moved on), and
+        // the child it is rekeying at that instant is REKEYING (still installed, carrying traffic).
+        const sas = await bob.listSas();
+        assert.ok(sas.length > 0 && sas.every((sa) => sa.version === 1));
+        assert.ok(
+          sas.some((sa) => sa.children.some((c) => c.state === 'INSTALLED' || c.state === 'REKEYING')),
+          JSON.stringify(sas),
+        );
       } finally {
         await daemon?.stop('SIGTERM', 5000);
         await server.stop();

@@ -14,7 +14,7 @@ import type { IkeBind, IkeReceiver } from '../sa/bind.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { IkeError } from '../ike/errors.ts';
 import { IkeManager } from '../ike/manager.ts';
-import { selectProposal } from '../ike/proposals.ts';
+import { selectProposal, transformOf } from '../ike/proposals.ts';
 import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
 import type { IkeTrace } from '../ike/trace.ts';
 import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
@@ -23,9 +23,10 @@ import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
+import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
-import type { TrafficSelector } from '../ike/wire/codec.ts';
-import { NotifyType } from '../ike/wire/constants.ts';
+import type { Proposal, TrafficSelector } from '../ike/wire/codec.ts';
+import { EncrId, NotifyType, ProtocolId, TransformType } from '../ike/wire/constants.ts';
 import type { PolicyDocument, ProfileName } from '../policy/model.ts';
 import { type PolicyStores } from '../policy/store.ts';
 import { type PolicyWatch, watchActivePolicy } from '../policy/watch.ts';
@@ -87,6 +88,10 @@ const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
 
 /** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
 export type KeyedSession = IkeSession | V1Session | AuthIpSession;
+
+/** ESP with an encryption transform other than NULL. */
+const encrypts = (p: Proposal): boolean =>
+  p.protocol === ProtocolId.ESP && (transformOf(p, TransformType.ENCR)?.id ?? EncrId.NULL) !== EncrId.NULL;
 
 /**
  * Errors after which Default tries the other keying module: the peer did not answer, or refused
@@ -419,6 +424,16 @@ export class KeyingService {
         if (still && next) {
           s.peer = next;
           kept++;
+          // A child SA that does not encrypt, where the rule now offers only proposals that do (a
+          // firewall rule requires encryption with this peer): it goes, and traffic negotiates anew.
+          const offered = next.espProposals(Buffer.alloc(4));
+          if (offered.length > 0 && offered.every(encrypts))
+            for (const e of [...s.children.values()])
+              if (!encrypts(e.child.proposal)) {
+                const reason = 'the policy requires encryption';
+                if (s instanceof V1Session || s instanceof AuthIpSession) void s.deleteChild(e, reason);
+                else void deleteChild(s, e, reason);
+              }
         } else {
           deleted++;
           void s.delete('policy changed');

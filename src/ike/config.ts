@@ -339,7 +339,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     espProposals: (spi) => espProposals(qmProposals, spi, pfs).proposals,
     name: rule.DisplayName,
     credentials,
-    lifetimes: lifetimes(mm.MaxMinutes, qm.Proposal[0]?.MaxMinutes, qm.Proposal[0]?.MaxKiloBytes),
+    lifetimes: lifetimes(mm.MaxMinutes, qmProposals[0]?.MaxMinutes, qmProposals[0]?.MaxKiloBytes),
     localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local),
     remoteId: credentials.method === 'cert' ? undefined : ipId(remote),
     tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),
