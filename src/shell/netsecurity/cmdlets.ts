@@ -1,5 +1,5 @@
 /** The NetSecurity cmdlets for IPsec policy, over the policy stores. */
-import { parseAddressList, parsePortList, parseProtocol } from '../../policy/endpoints.ts';
+import { parseAddressList } from '../../policy/endpoints.ts';
 import {
   Action,
   CertificateAuthorityType,
@@ -48,6 +48,7 @@ import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMa
 import { enumerate } from '../pwsh/values.ts';
 import {
   applyRuleCommon,
+  applyTrafficConditions,
   type Family,
   familyCommands,
   readWithSources,
@@ -409,15 +410,11 @@ const ipsecRules: Family<IPsecRule> = {
       'RequireAuthorization',
       'User',
       'Machine',
-      'InterfaceAlias',
-      'InterfaceType',
     ] as const) {
       str(k);
     }
     for (const k of ['QuickModeCryptoSet', 'Phase1AuthSet', 'Phase2AuthSet'] as const) o[k] = setRef(o[k]);
-    if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
-    if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
-    if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
+    applyTrafficConditions(o, call);
     if (call.has('LocalTunnelEndpoint'))
       o.LocalTunnelEndpoint = parseAddressList(
         'LocalTunnelEndpoint',

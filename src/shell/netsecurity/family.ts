@@ -4,7 +4,7 @@
  * query properties or pipeline input; -PolicyStore/-GPOSession; -PassThru; -WhatIf; Windows'
  * not-found errors. Each noun supplies only its properties and how to apply them.
  */
-import { parseAddressList } from '../../policy/endpoints.ts';
+import { parseAddressList, parsePortList, parseProtocol } from '../../policy/endpoints.ts';
 import { Enabled, Profile } from '../../policy/enums.ts';
 import type {
   CollectionName,
@@ -13,6 +13,7 @@ import type {
   MainModeRule,
   NamedObject,
   PolicyDocument,
+  TrafficConditions,
 } from '../../policy/model.ts';
 import { editable, nameInUse, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError } from '../pwsh/runtime.ts';
@@ -83,10 +84,24 @@ export function applyRuleCommon(o: IPsecRule | MainModeRule | FirewallRule, call
   if (call.has('Enabled')) o.Enabled = call.get('Enabled') ?? 'True';
   if (call.has('Profile')) o.Profile = call.get('Profile') ?? ['Any'];
   if (call.has('Platform')) o.Platform = call.get<string[]>('Platform') ?? [];
+  applyAddresses(o, call);
+}
+
+/** -LocalAddress/-RemoteAddress of any rule (the address filter). */
+export function applyAddresses(o: { LocalAddress: string[]; RemoteAddress: string[] }, call: CommandCall): void {
   if (call.has('LocalAddress'))
     o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
   if (call.has('RemoteAddress'))
     o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
+}
+
+/** -Protocol, ports and interfaces, which connection security and firewall rules share (port and interface filters). */
+export function applyTrafficConditions(o: TrafficConditions, call: CommandCall): void {
+  if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
+  if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
+  if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
+  if (call.has('InterfaceAlias')) o.InterfaceAlias = call.get<string[]>('InterfaceAlias') ?? [];
+  if (call.has('InterfaceType')) o.InterfaceType = call.get('InterfaceType') ?? ['Any'];
 }
 
 /**

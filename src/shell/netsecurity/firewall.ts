@@ -5,7 +5,7 @@
  * Security,Application,Service,Interface}Filter for firewall and IPsec rules, piped either way,
  * and Set-NetFirewall{Address,Port,Security}Filter, which edit the rules behind them.
  */
-import { parseAddressList, parsePortList, parseProtocol, PolicyValidationError } from '../../policy/endpoints.ts';
+import { PolicyValidationError } from '../../policy/endpoints.ts';
 import {
   Action,
   Authentication,
@@ -19,7 +19,16 @@ import { type FirewallRule, firewallRule, type IPsecRule, type MainModeRule } fr
 import { editable, type PolicyStores } from '../../policy/store.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
 import { enumerate, getProperty, type PSObject, toText } from '../pwsh/values.ts';
-import { applyRuleCommon, type Family, readWithSources, RULE_COMMON, STORE_PARAMS, storeName } from './family.ts';
+import {
+  applyAddresses,
+  applyRuleCommon,
+  applyTrafficConditions,
+  type Family,
+  readWithSources,
+  RULE_COMMON,
+  STORE_PARAMS,
+  storeName,
+} from './family.ts';
 import {
   addressFilterView,
   applicationFilterView,
@@ -97,16 +106,10 @@ const FIREWALL_PROPERTIES: ParamDef[] = [
   { name: 'OverrideBlockRules', type: 'bool' },
 ];
 
-/** The security, port and address conditions, as Set-NetFirewall*Filter and the rule cmdlets set them. */
+/** A firewall rule's own conditions (port filter extras, security filter), as Set-NetFirewall*Filter and the rule cmdlets set them. */
 function applyConditions(o: FirewallRule, call: CommandCall): void {
   for (const k of ['RemoteMachine', 'RemoteUser', 'LocalUser'] as const) refuseAccountList(call, k);
-  if (call.has('LocalAddress'))
-    o.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
-  if (call.has('RemoteAddress'))
-    o.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
-  if (call.has('Protocol')) o.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
-  if (call.has('LocalPort')) o.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
-  if (call.has('RemotePort')) o.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
+  applyTrafficConditions(o, call);
   if (call.has('IcmpType')) o.IcmpType = parseIcmpTypes(call.get<string[]>('IcmpType') ?? []);
   if (call.has('DynamicTarget')) o.DynamicTarget = call.get('DynamicTarget') ?? 'Any';
   for (const k of ['Authentication', 'Encryption', 'OverrideBlockRules'] as const)
@@ -134,8 +137,6 @@ export const firewallRules: Family<FirewallRule> = {
       'LocalOnlyMapping',
       'Owner',
       'Package',
-      'InterfaceAlias',
-      'InterfaceType',
     ] as const)
       if (call.has(k)) (o as unknown as Record<string, unknown>)[k] = call.get(k);
     if (call.has('Program')) o.Program = (call.get<string>('Program') ?? '').trim() || 'Any';
@@ -236,10 +237,9 @@ function getFilter(
 
 /** One filter edit on a rule of any kind; what a kind has no such condition for is refused. */
 function applyFilterEdit(o: AnyRule, kind: RuleKind, call: CommandCall, cmd: string): void {
+  applyAddresses(o, call);
   if (kind === 'firewallRules') {
     applyConditions(o as FirewallRule, call);
-    for (const k of ['InterfaceAlias', 'InterfaceType'] as const)
-      if (call.has(k)) (o as unknown as Record<string, unknown>)[k] = call.get(k);
     return;
   }
   const owned =
@@ -268,17 +268,7 @@ function applyFilterEdit(o: AnyRule, kind: RuleKind, call: CommandCall, cmd: str
         'InvalidArgument',
         'CimException',
       );
-  const r = o as IPsecRule;
-  if (call.has('LocalAddress'))
-    r.LocalAddress = parseAddressList('LocalAddress', call.get<string[]>('LocalAddress') ?? []);
-  if (call.has('RemoteAddress'))
-    r.RemoteAddress = parseAddressList('RemoteAddress', call.get<string[]>('RemoteAddress') ?? []);
-  if (kind !== 'rules') return;
-  if (call.has('Protocol')) r.Protocol = parseProtocol(call.get<string>('Protocol') ?? 'Any');
-  if (call.has('LocalPort')) r.LocalPort = parsePortList('LocalPort', call.get<string[]>('LocalPort') ?? []);
-  if (call.has('RemotePort')) r.RemotePort = parsePortList('RemotePort', call.get<string[]>('RemotePort') ?? []);
-  if (call.has('InterfaceAlias')) r.InterfaceAlias = call.get<string[]>('InterfaceAlias') ?? [];
-  if (call.has('InterfaceType')) r.InterfaceType = call.get('InterfaceType') ?? ['Any'];
+  if (kind === 'rules') applyTrafficConditions(o as IPsecRule, call);
 }
 
 /**
