@@ -31,6 +31,8 @@ import {
   Transcript,
   aKdf,
   authHash,
+  extendedAuthHash,
+  extendedModeKey,
   mainModeKeys,
   openMessage,
   quickModeKeymat,
@@ -45,11 +47,12 @@ import { SpiRegistry } from '../src/ike/spi.ts';
 import { AuditCollector } from '../src/audit/events.ts';
 import { windowsFailureReason } from '../src/audit/log.ts';
 import { GssContext } from '../src/io/gss.ts';
+import { userInitiator } from '../src/daemon/kerberos.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 import type { ChildSaSink } from '../src/sa/sink.ts';
 import type { ChildSaSpec } from '../src/sa/spec.ts';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { PayloadType } from '../src/ike/v1/constants.ts';
 
 const windowsMessage = (name: string): Buffer =>
@@ -312,6 +315,46 @@ describe('AuthIP keys and protection ([MS-AIPS] §3.1.7.4, §2.2.3.2.1)', () => 
     assert.notDeepEqual(k(1, '11111111'), k(2, '11111111'));
     assert.deepEqual(k(1, '11111111'), k(1, '11111111'));
   });
+
+  it("Extended Mode's keys as §3.1.7.4 lays them out: SKEYID_em from the MM nonces and the user's session key; Quick Mode keys then take Ni ‖ Nr ‖ SKEYID_em; Auth3/Auth4 bind Auth1/Auth2", () => {
+    const [ci, cr, ni, nr, userKey, d] = [8, 8, 32, 32, 32, 32].map((n) => randomBytes(n)) as Buffer[];
+    const em = extendedModeKey(suite, userKey as Buffer, ni as Buffer, nr as Buffer, ci as Buffer, cr as Buffer);
+    // A-KDF(Z = "", OtherInfo(AlgorithmID ‖ CKY-I ‖ CKY-R ‖ Ni ‖ Nr ‖ GSS-APIsecret_em), hashLength), by hand.
+    const alg = Buffer.from([0, suite.cryptoId]);
+    const info = Buffer.concat([alg, ci as Buffer, cr as Buffer, ni as Buffer, nr as Buffer, userKey as Buffer]);
+    assert.deepEqual(em, aKdf('sha256', Buffer.alloc(0), info, 32));
+    const spi = Buffer.from('11111111', 'hex');
+    const plain = quickModeKeymat(
+      suite,
+      d as Buffer,
+      ci as Buffer,
+      cr as Buffer,
+      0,
+      spi,
+      ni as Buffer,
+      nr as Buffer,
+      36,
+    );
+    const withEm = quickModeKeymat(
+      suite,
+      d as Buffer,
+      ci as Buffer,
+      cr as Buffer,
+      0,
+      spi,
+      ni as Buffer,
+      nr as Buffer,
+      36,
+      undefined,
+      Buffer.concat([ni as Buffer, nr as Buffer, em]),
+    );
+    assert.notDeepEqual(plain, withEm, "the user's session key changes the SA's keys");
+    const chain = randomBytes(32);
+    const [auth1, auth2] = [randomBytes(32), randomBytes(32)];
+    const auth3 = extendedAuthHash(suite, em, chain, auth1);
+    assert.deepEqual(auth3, createHmac('sha256', em).update(chain).update(auth1).digest());
+    assert.notDeepEqual(auth3, extendedAuthHash(suite, em, chain, auth2));
+  });
 });
 
 const A = '192.0.2.1';
@@ -344,6 +387,7 @@ function authIpSide(
   wire: { sent: Buffer[] },
   keytab = realm.keytab(host),
   mm: Parameters<typeof mmProposal>[0] = { Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' },
+  halfOpenMs = 60_000,
 ) {
   const sad = new Sad();
   const audit = new AuditCollector();
@@ -385,7 +429,7 @@ function authIpSide(
     log: (e, d) => log.push(`${e} ${JSON.stringify(d ?? {})}`),
     trace: { enabled: () => true, line: (t) => trace.push(t) },
     retransmits: [500, 1000, 2000],
-    halfOpenMs: 60_000,
+    halfOpenMs,
     configFor: () => config,
   });
   return { m, sad, log, trace, audit, config, connect: (to: AuthIpManager) => (other = to) };
@@ -660,5 +704,105 @@ describe('AuthIP when the clocks disagree (a KDC 10 minutes ahead of the members
       else process.env.KRB5_CONFIG = saved;
       await skewed.close();
     }
+  });
+});
+
+describe('AuthIP Extended Mode: a user authenticated with Kerberos after the computers ([MS-AIPS] §3.6, §3.7)', () => {
+  let dom: LabDomain;
+  const saved = process.env.KRB5_CONFIG;
+  const uid = process.getuid?.() ?? 0;
+  before(async () => {
+    dom = await LabDomain.loopback();
+    process.env.KRB5_CONFIG = dom.krb5Conf;
+    await dom.join('alice');
+    await dom.join('bob');
+    await dom.addUser('dave', 'Dave-Pass-1');
+  });
+  after(async () => {
+    if (saved === undefined) delete process.env.KRB5_CONFIG;
+    else process.env.KRB5_CONFIG = saved;
+    await dom?.close();
+  });
+
+  /** Alice (initiator, as user `who`) and bob (responder), both asking for a user in phase 2. */
+  const pair = (who: number | undefined, halfOpenMs?: number) => {
+    const wire = { sent: [] as Buffer[] };
+    const a = authIpSide(dom, A, B, 'alice', wire);
+    const b = authIpSide(dom, B, A, 'bob', wire, undefined, undefined, halfOpenMs);
+    a.config.extendedMode = who === undefined ? {} : { user: (spn) => userInitiator(who, spn) };
+    b.config.extendedMode = {};
+    a.connect(b.m);
+    b.connect(a.m);
+    return { wire, a, b };
+  };
+
+  it("dave has a ticket: Main Mode by the computers, Quick Mode, then Extended Mode by dave's ticket; SAs only after it, keyed by both sessions; 4979 on both sides", async () => {
+    await dom.kinit('localhost', 'dave', 'Dave-Pass-1', `FILE:${dom.userCcache(uid)}`);
+    const { wire, a, b } = pair(uid);
+    const { session, child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    const c = await child.catch((err: Error) => {
+      throw new Error(`${err.message}\n${a.log.join('\n')}\n${b.log.join('\n')}`);
+    });
+    // Main Mode (243), the sync (244), then Extended Mode (245): sealed, Message ID 1 (§2.2.1).
+    const headers = wire.sent.map((d) => decodeAuthIp(d).header);
+    assert.deepEqual(
+      headers.map((h) => h.exchange),
+      [243, 243, 243, 243, 243, 243, 244, 244, 245, 245, 245, 245, 245, 245],
+    );
+    assert.ok(headers.slice(8).every((h) => h.encrypted && h.messageId === 1));
+    // Who is who: the computers in Main Mode, dave in Extended Mode.
+    const [bs] = b.m.sessions();
+    assert.equal(bs?.peerPrincipal, dom.computerPrincipal('alice'));
+    assert.equal(bs?.peerUser, 'dave@CORP.EXAMPLE');
+    assert.equal(session.localUser, 'dave@CORP.EXAMPLE');
+    // Mirrored keys (both ends put dave's session key, SKEYID_em, into them).
+    const ours = a.sad.installed.get(c.spiIn.readUInt32BE(0)) as ChildSaSpec;
+    const theirs = b.sad.installed.get(c.spiOut.readUInt32BE(0)) as ChildSaSpec;
+    assert.deepEqual(ours.outbound.encrKey, theirs.inbound.encrKey);
+    assert.deepEqual(ours.inbound.encrKey, theirs.outbound.encrKey);
+    assert.ok(a.sad.active.has(c.spiIn.readUInt32BE(0)), 'outbound in use once Auth4 is checked');
+    // Events: 4979 (Main Mode and Extended Mode) in place of 4650, with the user as Windows names it.
+    for (const x of [a, b]) {
+      const ids = x.audit.events.map((e) => e.id);
+      assert.ok(ids.includes(4979) && !ids.includes(4650), ids.join(' '));
+    }
+    const em = b.audit.events.find((e) => e.id === 4979) as { extendedMode: { remotePrincipal: string } };
+    assert.equal(em.extendedMode.remotePrincipal, 'CORP\\dave');
+    // The KDC issued dave a ticket for bob's computer account.
+    assert.match(dom.log(), /TGS_REQ .* dave@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/);
+    a.m.close();
+    b.m.close();
+  });
+
+  it('a user without tickets: Extended Mode fails, no SA at either end, 4984 on both sides with the reason', async () => {
+    const { a, b } = pair(4242);
+    const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    await assert.rejects(child, /user 4242 has no Kerberos tickets/);
+    const deadline = Date.now() + 5000;
+    while (b.m.sessions().length > 0 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(b.m.sessions(), [], 'bob tears down Main Mode and Quick Mode (§3.7.7.1)');
+    assert.equal(a.sad.installed.size + b.sad.installed.size, 0, 'no SA was ever installed');
+    const failure = (x: typeof a) =>
+      x.audit.events.find((e) => e.id === 4984) as { failure: { failureReason: string; state: string } } | undefined;
+    assert.match(failure(a)?.failure.failureReason ?? '', /user 4242 has no Kerberos tickets/);
+    assert.equal(failure(a)?.failure.state, 'Extended Mode');
+    assert.match(failure(b)?.failure.failureReason ?? '', /user could not authenticate with Kerberos/);
+    assert.ok(!a.audit.events.some((e) => e.id === 4979));
+  });
+
+  it('an initiator that authenticates no user: the responder, whose rule asks for one, installs nothing and ends the SA at its time-out (4984)', async () => {
+    const { a, b } = pair(undefined, 300);
+    delete a.config.extendedMode;
+    const { child } = a.m.initiate({ address: B, port: 500 }, a.config);
+    await child; // alice's side believes it has an SA
+    assert.equal(b.sad.installed.size, 0, 'bob has no SA for traffic whose user is not authenticated');
+    // The responder's time-out (60 s on Windows, <12>; 300 ms here) ends it.
+    const deadline = Date.now() + 5000;
+    while (b.m.sessions().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(b.m.sessions(), []);
+    const failure = b.audit.events.find((e) => e.id === 4984) as { failure: { failureReason: string } } | undefined;
+    assert.match(failure?.failure.failureReason ?? '', /did not authenticate a user \(Extended Mode\)/);
+    assert.equal(b.sad.installed.size, 0);
+    a.m.close();
   });
 });

@@ -39,6 +39,16 @@ export interface MainModeInfo {
   certificate?: { local?: CertificateInfo; remote?: CertificateInfo };
 }
 
+/** The second authentication (Extended Mode) as 4979 shows it. */
+export interface ExtendedModeInfo {
+  /** Principals as Windows names the accounts (DOMAIN\\user, DOMAIN\\HOST$). */
+  localPrincipal: string;
+  remotePrincipal: string;
+  authenticationMethod: string;
+  role: 'Initiator' | 'Responder';
+  impersonationState: 'Enabled' | 'Not enabled';
+}
+
 export interface CertificateInfo {
   sha1Thumbprint: string;
   issuer: string;
@@ -79,9 +89,18 @@ export type AuditEvent =
   | { id: 4646; subcategory: 'IPsec Main Mode'; success: true; keyingModule: 'IKEv1'; halfOpen: number }
   | { id: 4650; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
   | { id: 4651; subcategory: 'IPsec Main Mode'; success: true; mainMode: MainModeInfo }
+  /** 4979: Main Mode and Extended Mode (a user authenticated) established. */
   | {
-      id: 4652 | 4653;
-      subcategory: 'IPsec Main Mode';
+      id: 4979;
+      subcategory: 'IPsec Extended Mode';
+      success: true;
+      mainMode: MainModeInfo;
+      extendedMode: ExtendedModeInfo;
+    }
+  | {
+      /** 4652/4653: Main Mode failed (certificate / other); 4984: Extended Mode failed, Main Mode deleted. */
+      id: 4652 | 4653 | 4984;
+      subcategory: 'IPsec Main Mode' | 'IPsec Extended Mode';
       success: false;
       local: EndpointInfo;
       remote: EndpointInfo;

@@ -38,6 +38,8 @@ const TITLES: Record<number, string> = {
   4652: 'An IPsec Main Mode negotiation failed.',
   4653: 'An IPsec Main Mode negotiation failed.',
   4654: 'An IPsec Quick Mode negotiation failed.',
+  4979: 'IPsec Main Mode and Extended Mode security associations were established.',
+  4984: 'An IPsec Extended Mode negotiation failed. The corresponding Main Mode security association has been deleted.',
   4655: 'An IPsec Main Mode security association ended.',
   5451: 'An IPsec Quick Mode security association was established.',
   5452: 'An IPsec Quick Mode security association ended.',
@@ -198,6 +200,18 @@ export function eventMessage(e: AuditEvent): string {
     ...info.filter(([, v]) => v !== undefined).map(([k, v]) => `\t${k}:\t${v}`),
     '',
   );
+  if ('extendedMode' in e) {
+    const x = e.extendedMode;
+    lines.push(
+      'Extended Mode Information:',
+      `\tLocal Principal Name:\t${x.localPrincipal}`,
+      `\tRemote Principal Name:\t${x.remotePrincipal}`,
+      `\tAuthentication Method:\t${x.authenticationMethod}`,
+      `\tRole:\t\t\t${x.role}`,
+      `\tImpersonation State:\t${x.impersonationState}`,
+      '',
+    );
+  }
   if ('failure' in e) {
     const f = e.failure;
     const windows = windowsFailureReason(f);

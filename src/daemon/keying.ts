@@ -19,6 +19,8 @@ import type { IkeSession, PeerConfig, Timing } from '../ike/session.ts';
 import type { IkeTrace } from '../ike/trace.ts';
 import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
 import { authIpConfigOf } from '../ike/authip/manager.ts';
+import type { AuthIpConfig } from '../ike/authip/session.ts';
+import { socketOwner } from '../io/socket-owner.ts';
 import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
@@ -78,13 +80,24 @@ function sameCredentials(a: Credentials, b: Credentials): boolean {
   return false;
 }
 
-const inside = (addr: string, ts: readonly TrafficSelector[]): boolean => {
+/** Whether one of the selectors covers the address (and the flow's protocol and port, when known). */
+const inside = (addr: string, ts: readonly TrafficSelector[], protocol?: number, port?: number): boolean => {
   const b = Buffer.alloc(isIPv4(addr) ? 4 : 16);
   writeIp(addr, b);
   return ts.some(
-    (t) => t.start.length === b.length && Buffer.compare(t.start, b) <= 0 && Buffer.compare(b, t.end) <= 0,
+    (t) =>
+      t.start.length === b.length &&
+      Buffer.compare(t.start, b) <= 0 &&
+      Buffer.compare(b, t.end) <= 0 &&
+      (protocol === undefined || t.ipProtocol === 0 || t.ipProtocol === protocol) &&
+      (port === undefined || (t.startPort <= port && port <= t.endPort)),
   );
 };
+
+/** Whether a child SA's selectors cover the flow: both hosts, and its protocol and ports. */
+const covers = (child: ChildSa, flow: Flow): boolean =>
+  inside(flow.local, localTs(child), flow.protocol || undefined, flow.localPort) &&
+  inside(flow.remote, remoteTs(child), flow.protocol || undefined, flow.remotePort);
 
 /** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
 export type KeyedSession = IkeSession | V1Session | AuthIpSession;
@@ -232,11 +245,12 @@ export class KeyingService {
     if (plan.keyModule === 'AuthIP') {
       // Kerberos: AuthIP's Main Mode carries the first Quick Mode; a further flow to the same peer
       // is covered by that child SA or gets a Main Mode of its own.
-      const existing = m.authip.sessions().find(up);
-      for (const e of existing?.children.values() ?? [])
-        if (inside(flow.local, localTs(e.child)) && inside(flow.remote, remoteTs(e.child)))
-          return { session: existing as AuthIpSession, child: e.child };
-      const running = m.authip.initiate({ address: plan.remote, port: 500 }, authIpConfigOf(plan, 'initiator'));
+      for (const existing of m.authip.sessions().filter(up))
+        for (const e of existing.children.values())
+          if (covers(e.child, flow)) return { session: existing, child: e.child };
+      const config = authIpConfigOf(plan, 'initiator');
+      if (plan.userAuthentication) config.extendedMode = this.connectionUser(flow);
+      const running = m.authip.initiate({ address: plan.remote, port: 500 }, config);
       const p = this.alongsideIkev1(m, flow, plan, running).then(
         (won) => won ?? running.child.then((child) => ({ session: running.session as KeyedSession, child })),
       );
@@ -266,12 +280,7 @@ export class KeyingService {
       (plan.keyModule !== 'IKEv2' ? m.v1.sessions().find(up) : undefined);
     if (session) {
       for (const e of session.children.values())
-        if (
-          e.state.kind !== 'deleting' &&
-          inside(flow.local, localTs(e.child)) &&
-          inside(flow.remote, remoteTs(e.child))
-        )
-          return { session, child: e.child };
+        if (e.state.kind !== 'deleting' && covers(e.child, flow)) return { session, child: e.child };
       if (session instanceof V1Session) return { session, child: (await m.v1.createChild(session, plan)).child };
       const child = await createChild(session, plan.tsi, plan.tsr);
       return { session, child };
@@ -307,6 +316,28 @@ export class KeyingService {
     } finally {
       this.inFlight.delete(key);
     }
+  }
+
+  /**
+   * Extended Mode's user: the owner of the connection's socket (as Windows takes the user from the
+   * socket), with that user's Kerberos tickets. No socket (forwarded traffic, ICMP) is no user:
+   * Extended Mode then fails, and says why.
+   */
+  private connectionUser(flow: Flow): NonNullable<AuthIpConfig['extendedMode']> {
+    const uid =
+      flow.localPort !== undefined && flow.remotePort !== undefined
+        ? socketOwner({
+            protocol: flow.protocol,
+            local: flow.local,
+            localPort: flow.localPort,
+            remote: flow.remote,
+            remotePort: flow.remotePort,
+          })
+        : undefined;
+    const kerberos = this.o.kerberos;
+    this.o.log.info({ remote: flow.remote, uid: uid ?? null }, 'Extended Mode: the user of this connection');
+    if (uid === undefined || !kerberos?.user) return { who: 'no user' };
+    return { user: (spn) => (kerberos.user as NonNullable<typeof kerberos.user>)(uid, spn), who: `uid ${uid}` };
   }
 
   /**

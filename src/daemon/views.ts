@@ -47,6 +47,9 @@ export interface MainModeSaView {
   RemoteEndpoint: string;
   LocalFirstId: { Identity: string; AuthenticationMethod: string };
   RemoteFirstId: { Identity: string; AuthenticationMethod: string };
+  /** The second authentication (AuthIP's Extended Mode): the user; empty without it. */
+  LocalSecondId: { Identity: string; AuthenticationMethod: string };
+  RemoteSecondId: { Identity: string; AuthenticationMethod: string };
   CipherAlgorithm: string;
   HashAlgorithm: string;
   GroupId: string;
@@ -59,6 +62,15 @@ export interface MainModeSaView {
   State: string;
   QuickModeSACount: number;
 }
+
+/** A second identity as Windows lists it: a user's Kerberos (a computer when it is the responder's SPN). */
+const second = (principal: string | undefined) =>
+  principal
+    ? {
+        Identity: windowsAccountName(principal),
+        AuthenticationMethod: /^host\//i.test(principal) ? 'MachineKerberos' : 'UserKerberos',
+      }
+    : { Identity: '', AuthenticationMethod: 'None' };
 
 export function mainModeSaView(s: KeyedSession): MainModeSaView {
   const p = s.sa.chosen as Proposal;
@@ -79,6 +91,8 @@ export function mainModeSaView(s: KeyedSession): MainModeSaView {
         : (s.peerCertificate?.subject ?? (s.peerId ? identityText(s.peerId) : '')),
       AuthenticationMethod: method,
     },
+    LocalSecondId: second(kerberos ? s.localUser : undefined),
+    RemoteSecondId: second(kerberos ? s.peerUser : undefined),
     CipherAlgorithm: cipherKeyword(p),
     HashAlgorithm: hashKeyword(p),
     GroupId: dhKeyword(transformOf(p, TransformType.KE)?.id),

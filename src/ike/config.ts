@@ -19,6 +19,7 @@ import { writeIp } from '../io/addr.ts';
 import {
   DEFAULT_MM_CRYPTO_SET,
   DEFAULT_PHASE1_AUTH_SET,
+  DEFAULT_PHASE2_AUTH_SET,
   DEFAULT_QM_CRYPTO_SET,
   type IPsecRule,
   type PolicyDocument,
@@ -324,8 +325,36 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       psk: secretBytes(usable.PreSharedKey as string, encoding),
     }));
   }
+  // A Phase 2 auth set: a second authentication, of the user, which only AuthIP carries (Extended
+  // Mode, MS-AIPS §3.6). Extended Mode authenticates the user of one connection, so the Quick
+  // Mode's selectors are that connection's protocol and ports (MS-AIPS §3.1.1).
+  const p2 = rule.Phase2AuthSet ? findSet(doc, 'phase2AuthSets', rule.Phase2AuthSet) : undefined;
+  if (rule.Phase2AuthSet && !p2 && rule.Phase2AuthSet !== DEFAULT_PHASE2_AUTH_SET)
+    find('phase2AuthSets', rule.Phase2AuthSet, 'phase 2 authentication set');
+  let userAuthentication: NegotiationPlan['userAuthentication'];
+  if (p2) {
+    const methods = p2.Proposal.map((p) => `${p.Principal === 'User' ? 'user ' : ''}${p.AuthenticationMethod}`).join(
+      ', ',
+    );
+    if (!p2.Proposal.some((p) => p.AuthenticationMethod === 'Kerberos' && p.Principal === 'User'))
+      throw new IkeError(
+        `rule "${rule.DisplayName}" authenticates users with ${methods}: consec's Extended Mode authenticates users with Kerberos`,
+        NotifyType.AUTHENTICATION_FAILED,
+      );
+    if (credentials.method !== 'kerberos' || tunnel)
+      throw new IkeError(
+        `rule "${rule.DisplayName}" authenticates users (phase 2 authentication set "${p2.DisplayName}"): that is AuthIP's Extended Mode, after computer Kerberos in phase 1, in transport mode`,
+        NotifyType.AUTHENTICATION_FAILED,
+      );
+    userAuthentication = { method: 'kerberos' };
+  }
+  const connection = (ts: TrafficSelector[], port: number | undefined): TrafficSelector[] =>
+    userAuthentication && port !== undefined && flow.protocol > 0
+      ? ts.map((t) => ({ ...t, ipProtocol: flow.protocol, startPort: port, endPort: port }))
+      : ts;
   return {
     rule,
+    userAuthentication,
     keyModule:
       credentials.method === 'kerberos'
         ? 'AuthIP'
@@ -342,8 +371,8 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     lifetimes: lifetimes(mm.MaxMinutes, qmProposals[0]?.MaxMinutes, qmProposals[0]?.MaxKiloBytes),
     localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local),
     remoteId: credentials.method === 'cert' ? undefined : ipId(remote),
-    tsi: selectors(rule.LocalAddress, flow.local, proto, !tunnel),
-    tsr: selectors(rule.RemoteAddress, flow.remote, proto, !tunnel),
+    tsi: connection(selectors(rule.LocalAddress, flow.local, proto, !tunnel), flow.localPort),
+    tsr: connection(selectors(rule.RemoteAddress, flow.remote, proto, !tunnel), flow.remotePort),
     skipped: [...ike.skipped, ...esp.skipped],
   };
 }

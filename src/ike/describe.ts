@@ -182,10 +182,12 @@ export function mainModeFailedEvent(o: {
   authenticating: boolean;
   cookieI: Buffer;
   cookieR: Buffer;
+  /** The failure was in Extended Mode (the user's authentication): 4984, the Main Mode SA goes with it. */
+  extendedMode?: boolean;
 }): AuditEvent {
   return {
-    id: o.credentials?.method === 'cert' ? 4652 : 4653,
-    subcategory: 'IPsec Main Mode',
+    id: o.extendedMode ? 4984 : o.credentials?.method === 'cert' ? 4652 : 4653,
+    subcategory: o.extendedMode ? 'IPsec Extended Mode' : 'IPsec Main Mode',
     success: false,
     local: { address: o.local.address, port: o.local.port },
     remote: { address: o.remote.address, port: o.remote.port },
@@ -195,7 +197,7 @@ export function mainModeFailedEvent(o: {
     failure: {
       failurePoint: o.err instanceof IkeError && o.err.fromPeer ? 'Remote computer' : 'Local computer',
       failureReason: o.err.message,
-      state: o.authenticating ? 'Authentication' : 'No state',
+      state: o.extendedMode ? 'Extended Mode' : o.authenticating ? 'Authentication' : 'No state',
       notify: o.err instanceof IkeError ? notifyName(o.err.notify) : undefined,
       initiatorCookie: o.cookieI.toString('hex'),
       responderCookie: o.cookieR.toString('hex'),

@@ -168,6 +168,9 @@ export class LabDomain {
         '  rdns = false',
         '  dns_canonicalize_hostname = false',
         `  clockskew = ${this.clockSkew}`,
+        // Users' tickets in the realm's directory, not in the machine's /tmp (the daemons read them
+        // from here for Extended Mode, as from /tmp/krb5cc_<uid> on a real host).
+        `  default_ccache_name = FILE:${join(this.dir, 'krb5cc_%{uid}')}`,
         // A KDC that does not answer is given up after 5 s (MIT's request_timeout), not ~30 s.
         '  request_timeout = 5',
         '',
@@ -270,6 +273,11 @@ export class LabDomain {
     const principal = `${name}@${this.realm}`;
     await this.kadmin(`addprinc -pw ${password} ${principal}`);
     return principal;
+  }
+
+  /** Where user `uid`'s tickets are in this realm (krb5.conf's default_ccache_name). */
+  userCcache(uid: number): string {
+    return join(this.dir, `krb5cc_${uid}`);
   }
 
   /** A user's ticket-granting ticket, obtained on `host` into `ccache` (kinit with the password). */

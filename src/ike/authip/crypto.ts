@@ -100,10 +100,14 @@ export class Transcript {
   private value = Buffer.alloc(0);
   private count = 0;
 
-  constructor(private readonly hash: () => HashName | undefined) {}
+  /** `sha256First`: how many messages are hashed with SHA-256 before the agreed hash (2 in Main Mode). */
+  constructor(
+    private readonly hash: () => HashName | undefined,
+    private readonly sha256First = 2,
+  ) {}
 
   add(message: Buffer): void {
-    const h = this.count < 2 ? 'sha256' : (this.hash() ?? 'sha256');
+    const h = this.count < this.sha256First ? 'sha256' : (this.hash() ?? 'sha256');
     this.value = createHash(h).update(message).update(this.value).digest();
     this.count++;
   }
@@ -116,6 +120,32 @@ export class Transcript {
     return this.count;
   }
 }
+
+/**
+ * SKEYID_em (§3.1.7.4): A-KDF(Z, OtherInfo(Ni ‖ Nr, GSS-APIsecret_em), hashLength) — the Main Mode
+ * nonces with the session key of Extended Mode's own GSS-API exchange (the user's).
+ */
+export function extendedModeKey(
+  suite: AuthIpSuite,
+  gssSecretEm: Buffer,
+  ni: Buffer,
+  nr: Buffer,
+  cookieI: Buffer,
+  cookieR: Buffer,
+  gxy: Buffer = Buffer.alloc(0),
+): Buffer {
+  const info = otherInfo(suite, cookieI, cookieR, Buffer.concat([ni, nr]), gssSecretEm);
+  return aKdf(suite.hash, gxy, info, hashBytes(suite.hash));
+}
+
+/**
+ * Auth3 (initiator) or Auth4 (responder) (§3.1.7.4): prf(SKEYID_em, H ‖ Auth1) and
+ * prf(SKEYID_em, H ‖ Auth2), H the hash chain over the Extended Mode messages before the final
+ * two, each as plaintext payloads. (The section leaves the prf's bracket open; it is read as
+ * Auth1/Auth2 do it: the suffix inside.)
+ */
+export const extendedAuthHash = (suite: AuthIpSuite, skeyidEm: Buffer, chain: Buffer, auth12: Buffer): Buffer =>
+  createHmac(suite.hash, skeyidEm).update(chain).update(auth12).digest();
 
 /** Auth1 (initiator, 1) or Auth2 (responder, 2): prf(SKEYID, transcript ‖ n). */
 export const authHash = (suite: AuthIpSuite, skeyid: Buffer, transcript: Buffer, who: 1 | 2): Buffer =>
@@ -204,7 +234,9 @@ export function openMessage(
 
 /**
  * Quick Mode key material for one direction, named by its receiving SPI (§3.1.7.4):
- * A-KDF(Z(qm), OtherInfo(MessageId ‖ SPI ‖ Ni(qm) ‖ Nr(qm) ‖ SKEYID_d, ""), length).
+ * A-KDF(Z(qm), OtherInfo(MessageId ‖ SPI ‖ Ni(qm) ‖ Nr(qm) ‖ SKEYID_d, priv), length), priv empty
+ * or, after Extended Mode, Ni(mm) ‖ Nr(mm) ‖ SKEYID_em: the SA's keys then depend on the user's
+ * authentication too.
  */
 export function quickModeKeymat(
   suite: AuthIpSuite,
@@ -217,9 +249,10 @@ export function quickModeKeymat(
   nrQm: Buffer,
   length: number,
   zQm: Buffer = Buffer.alloc(0),
+  priv: Buffer = Buffer.alloc(0),
 ): Buffer {
   const mid = Buffer.alloc(4);
   mid.writeUInt32BE(messageId >>> 0);
   const pub = Buffer.concat([mid, spi, niQm, nrQm, skeyidD]);
-  return aKdf(suite.hash, zQm, otherInfo(suite, cookieI, cookieR, pub, Buffer.alloc(0)), length);
+  return aKdf(suite.hash, zQm, otherInfo(suite, cookieI, cookieR, pub, priv), length);
 }

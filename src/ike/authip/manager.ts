@@ -29,6 +29,7 @@ export function authIpConfigOf(peer: PeerConfig, view: 'initiator' | 'responder'
     mode: peer.mode,
     lifeSeconds: Math.round((peer.lifetimes?.ikeExpireMs ?? 480 * 60_000) / 1000),
     childLifeSeconds: Math.round((peer.lifetimes?.childExpireMs ?? 60 * 60_000) / 1000),
+    extendedMode: peer.userAuthentication ? {} : undefined,
   };
 }
 

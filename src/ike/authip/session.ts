@@ -11,6 +11,22 @@
  *   #7 I→R  Crypto*, N(NOTIFY_QM_SYNCHRONIZE)                  (§3.4.5.1, exchange 244)
  *   #8 R→I  Crypto*, N(NOTIFY_QM_SYNCHRONIZE)                  (§3.5.5.2)
  *
+ * and, when the rule's Phase 2 auth set asks for a user (Extended Mode, exchange 245, Message ID 1,
+ * §3.6, §3.7, Figure 32 of §4.2):
+ *
+ *   EM1 I→R  Crypto*, Auth                                      (§3.6.7.1)
+ *   EM2 R→I  Crypto*, Auth, GSS_ID                               (§3.7.5.1)
+ *   EM3 I→R  Crypto*, GSS-API (the user's AP-REQ)                (§3.8.7.1)
+ *   EM4 R→I  Crypto*, GSS-API (AP-REP)                           (§3.9.5.1)
+ *   EM5 I→R  Crypto*, HASH(Auth3)                                (§3.6.7.2)
+ *   EM6 R→I  Crypto*, HASH(Auth4)                                (§3.7.5.2)
+ *
+ * With Extended Mode the Quick Mode keys also depend on SKEYID_em (the user's session key), so the
+ * child SA exists only once the user is authenticated: the initiator adds it inbound before EM5 and
+ * outbound after checking Auth4, the responder both before EM6. Extended Mode authenticates the
+ * user of one connection (§1.3: credentials per flow; §3.1.1: the EM SPD adds the ports), so the
+ * Quick Mode's selectors carry that connection's protocol and ports.
+ *
  * Kerberos runs without Diffie-Hellman: the keys come from the GSS-API session key (crypto.ts),
  * and Auth1/Auth2 over the transcript of #1–#4 prove both ends hold it. The child SA reaches the
  * data plane through the same contract as IKEv1's and IKEv2's (childSpec). The first Quick Mode
@@ -20,6 +36,7 @@ import { randomBytes } from 'node:crypto';
 import type { AuditSink, EndpointInfo } from '../../audit/events.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
 import { mainModeEndedEvent, mainModeFailedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
+import type { ExtendedModeInfo, MainModeInfo } from '../../audit/events.ts';
 import type { Endpoint, TrafficSelector } from '../../sa/spec.ts';
 import { childSpec } from '../child-spec.ts';
 import { IkeError } from '../errors.ts';
@@ -58,6 +75,8 @@ import {
   type AuthIpSuite,
   Transcript,
   authHash,
+  extendedAuthHash,
+  extendedModeKey,
   icvBytes,
   mainModeKeys,
   openMessage,
@@ -89,6 +108,12 @@ export interface AuthIpConfig {
   lifeSeconds: number;
   /** Quick Mode SA lifetime. */
   childLifeSeconds: number;
+  /**
+   * Extended Mode after the first Quick Mode: a user authenticated with Kerberos (the rule's Phase 2
+   * auth set). An initiator gives `user`, the credentials of the user whose traffic this is; a
+   * responder requires Extended Mode when this is set.
+   */
+  extendedMode?: { user?: (targetSpn: string) => GssPeer; who?: string };
 }
 
 /** Our Kerberos side: an initiator toward the peer's SPN, an acceptor with the host keytab, our SPN. */
@@ -96,6 +121,8 @@ export interface KerberosProvider {
   initiator(targetSpn: string): GssPeer;
   acceptor(): GssPeer;
   spn(): string;
+  /** User `uid`'s tickets toward the peer's SPN (Extended Mode); absent without Kerberos. */
+  user?(uid: number, targetSpn: string): GssPeer;
 }
 
 /** No Kerberos configured: every AuthIP authentication fails with that reason. */
@@ -132,6 +159,15 @@ export interface AuthIpHost {
 
 type State = 'connecting' | 'half-open' | 'established' | 'dead';
 
+/** The agreed Quick Mode, held until Extended Mode makes its keys (they depend on SKEYID_em). */
+interface AgreedQuickMode {
+  proposal: Proposal;
+  spiIn: Buffer;
+  spiOut: Buffer;
+  tsi: TrafficSelector[];
+  tsr: TrafficSelector[];
+}
+
 /**
  * A Kerberos principal as Windows names the account: a computer's host/<name>.<domain>@REALM is
  * DOMAIN\\NAME$, a user's name@REALM is DOMAIN\\name (DOMAIN: the realm's first label).
@@ -164,6 +200,9 @@ export class AuthIpSession {
   /** The peer's authenticated principal (Kerberos), once Main Mode is done. */
   peerPrincipal?: string;
   localPrincipal?: string;
+  /** The principals Extended Mode authenticated: the initiator's user, the responder's computer. */
+  localUser?: string;
+  peerUser?: string;
   /** Child SAs by inbound SPI, as the other keying modules keep them (views, removal). */
   readonly children = new Map<number, ChildEntry>();
   readonly startedAt = Date.now();
@@ -186,6 +225,17 @@ export class AuthIpSession {
   private waiters: { resolve: (c: ChildSa) => void; reject: (e: Error) => void }[] = [];
   private peerNt5?: number;
   private pendingChild?: ChildSa;
+  /** Extended Mode: its transcript (plaintext payloads, §3.1.7.4), GSS context, keys, state. */
+  private readonly emTranscript = new Transcript(() => this.choice?.suite.hash, 0);
+  private emGss?: GssPeer;
+  private skeyidEm?: Buffer;
+  private auth1?: Buffer;
+  private auth2?: Buffer;
+  private agreed?: AgreedQuickMode;
+  private em: 'none' | 'running' | 'done' = 'none';
+  /** The plaintext payloads of the last encrypted message received (for the EM transcript). */
+  private lastPlain: Buffer = Buffer.alloc(0);
+  private emTimer?: NodeJS.Timeout;
 
   constructor(
     private readonly host: AuthIpHost,
@@ -283,7 +333,9 @@ export class AuthIpSession {
     return n;
   }
 
-  private header(exchange: AuthIpExchange, messageId = 0) {
+  /** Message ID 0 in Main Mode, 1 in Extended Mode (§2.2.1, §3.1.5). */
+  private header(exchange: AuthIpExchange) {
+    const messageId = exchange === AuthIpExchange.EXTENDED_MODE ? 1 : 0;
     return { cookieI: this.cookieI, cookieR: this.cookieR, exchange, messageId };
   }
 
@@ -291,7 +343,11 @@ export class AuthIpSession {
     return encodeAuthIp(this.header(exchange), this.nextSeq(exchange), payloads);
   }
 
-  private sealed(exchange: AuthIpExchange, payloads: AuthIpPayload[]): Buffer {
+  private sealed(
+    exchange: AuthIpExchange,
+    payloads: AuthIpPayload[],
+    plain: Buffer = encodeAuthIpPayloads(payloads),
+  ): Buffer {
     const keys = this.keys as AuthIpKeys;
     const head = encodeAuthIpHeader(this.header(exchange), AuthIpPayloadType.CRYPTO, true, 0);
     return sealMessage(
@@ -300,7 +356,7 @@ export class AuthIpSession {
       head,
       this.nextSeq(exchange),
       payloads[0]?.type ?? PayloadType.NONE,
-      encodeAuthIpPayloads(payloads),
+      plain,
       icvBytes(this.suite.hash, this.peerNt5),
     );
   }
@@ -384,8 +440,13 @@ export class AuthIpSession {
     void this.handle(msg)
       .catch((err: Error) => {
         // A responder that refuses Main Mode says so (NOTIFY_STATUS in a Notify exchange, §3.3.5.3),
-        // in clear before there are keys, so the initiator stops at once with the reason.
-        if (this.role === 'responder' && msg.header.exchange === AuthIpExchange.MAIN_MODE) this.refuse(err);
+        // in clear before there are keys, so the initiator stops at once with the reason. A failed
+        // Extended Mode is told either way: both ends tear down Main and Quick Mode (§3.6.5.3, §3.7.7.1).
+        if (
+          (this.role === 'responder' && msg.header.exchange === AuthIpExchange.MAIN_MODE) ||
+          msg.header.exchange === AuthIpExchange.EXTENDED_MODE
+        )
+          this.refuse(err);
         this.fail(err);
       })
       .finally(() => (this.busy = false));
@@ -405,7 +466,9 @@ export class AuthIpSession {
       msg.crypto.iv,
       icvBytes(this.suite.hash, this.peerNt5),
     );
-    return decodeAuthIpPayloads(o.firstPayload, o.payloads);
+    const payloads = decodeAuthIpPayloads(o.firstPayload, o.payloads);
+    this.lastPlain = o.payloads;
+    return payloads;
   }
 
   private step = 1;
@@ -419,11 +482,27 @@ export class AuthIpSession {
       if (step === 2 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm4(msg, payloads);
       if (step === 3 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm6(payloads);
       if (step === 4 && msg.header.exchange === AuthIpExchange.QUICK_MODE) return this.onQmSync(payloads);
+      if (msg.header.exchange === AuthIpExchange.EXTENDED_MODE && msg.header.encrypted && msg.header.messageId === 1) {
+        if (step === 6) return this.onEm2(payloads);
+        if (step === 7) return this.onEm4(payloads);
+        if (step === 8) return this.onEm6(payloads);
+      }
     } else {
       if (step === 1 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm1(msg, payloads);
       if (step === 2 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm3(msg, payloads);
       if (step === 3 && msg.header.exchange === AuthIpExchange.MAIN_MODE) return this.onMm5(msg, payloads);
       if (step === 4 && msg.header.exchange === AuthIpExchange.QUICK_MODE) return this.onQmSyncRequest(msg, payloads);
+      // Extended Mode: encrypted, Message ID 1 (§3.7.5.1); anything else before it is discarded.
+      if (msg.header.exchange === AuthIpExchange.EXTENDED_MODE && msg.header.encrypted && msg.header.messageId === 1) {
+        if (!this.config.extendedMode)
+          throw new IkeError(
+            'the peer started Extended Mode (user authentication), which no rule here asks for',
+            V2Notify.AUTHENTICATION_FAILED,
+          );
+        if (step === 5) return this.onEm1(msg, payloads);
+        if (step === 6) return this.onEm3(msg, payloads);
+        if (step === 7) return this.onEm5(msg, payloads);
+      }
     }
     this.host.log('AuthIP message out of order, ignored', { exchange: msg.header.exchange, step });
   }
@@ -523,8 +602,10 @@ export class AuthIpSession {
     const proposals = phase2Proposals(this.config.espProposals(this.spiIn), this.spiIn, this.encapsulation, {
       seconds: this.config.childLifeSeconds,
     });
+    this.auth1 = authHash(this.suite, this.keys.skeyid, this.transcript.digest, 1);
+    this.auth2 = authHash(this.suite, this.keys.skeyid, this.transcript.digest, 2);
     const m5 = this.sealed(AuthIpExchange.MAIN_MODE, [
-      { type: PayloadType.HASH, data: authHash(this.suite, this.keys.skeyid, this.transcript.digest, 1) },
+      { type: PayloadType.HASH, data: this.auth1 },
       idOfSelector(this.config.localTs[0] as TrafficSelector),
       idOfSelector(this.config.remoteTs[0] as TrafficSelector),
       { type: PayloadType.SA, doi: 1, situation: 1, proposals },
@@ -539,8 +620,7 @@ export class AuthIpSession {
 
   private onMm6(p: AuthIpPayload[]): void {
     const hash = findAuthIp(p, PayloadType.HASH);
-    const keys = this.keys as AuthIpKeys;
-    if (!hash || !sameHash(hash.data, authHash(this.suite, keys.skeyid, this.transcript.digest, 2)))
+    if (!hash || !sameHash(hash.data, this.auth2 as Buffer))
       throw new IkeError(
         'Auth2 does not match: the peer does not hold the Kerberos session key',
         V2Notify.AUTHENTICATION_FAILED,
@@ -553,10 +633,21 @@ export class AuthIpSession {
       throw new IkeError('AuthIP Quick Mode answer without an acceptable SA', V2Notify.NO_PROPOSAL_CHOSEN);
     this.stopRetransmit();
     this.step = 4;
-    const child = this.childOf(true, read.proposal, this.spiIn as Buffer, proposal.spi);
     this.established();
-    this.install(child, false);
-    this.pendingChild = child;
+    if (this.config.extendedMode) {
+      // The keys wait for Extended Mode (they depend on the user's session key, §3.1.7.4).
+      this.agreed = {
+        proposal: read.proposal,
+        spiIn: this.spiIn as Buffer,
+        spiOut: Buffer.from(proposal.spi),
+        tsi: this.config.localTs.slice(0, 1),
+        tsr: this.config.remoteTs.slice(0, 1),
+      };
+    } else {
+      const child = this.childOf(true, read.proposal, this.spiIn as Buffer, proposal.spi);
+      this.install(child, false);
+      this.pendingChild = child;
+    }
     // #7: Quick Mode synchronisation; the outbound SA is used once #8 arrives (§3.4.5.2).
     this.request(this.sealed(AuthIpExchange.QUICK_MODE, [this.syncNotify()]));
   }
@@ -566,6 +657,8 @@ export class AuthIpSession {
     if (n?.notify !== AuthIpNotify.NOTIFY_QM_SYNCHRONIZE) return;
     this.stopRetransmit();
     this.step = 5;
+    // The Phase 2 auth set asks for a user: Extended Mode follows at once (§3.4.5.2, §3.6.7.1).
+    if (this.config.extendedMode) return this.startExtendedMode();
     const child = this.pendingChild as ChildSa;
     this.host.dataplane.activate?.(child.spiIn.readUInt32BE(0));
     for (const w of this.waiters.splice(0)) w.resolve(child);
@@ -654,7 +747,9 @@ export class AuthIpSession {
   private onMm5(msg: AuthIpMessage, p: AuthIpPayload[]): void {
     const keys = this.keys as AuthIpKeys;
     const hash = findAuthIp(p, PayloadType.HASH);
-    if (!hash || !sameHash(hash.data, authHash(this.suite, keys.skeyid, this.transcript.digest, 1)))
+    this.auth1 = authHash(this.suite, keys.skeyid, this.transcript.digest, 1);
+    this.auth2 = authHash(this.suite, keys.skeyid, this.transcript.digest, 2);
+    if (!hash || !sameHash(hash.data, this.auth1))
       throw new IkeError(
         'Auth1 does not match: the peer does not hold the Kerberos session key',
         V2Notify.AUTHENTICATION_FAILED,
@@ -680,7 +775,7 @@ export class AuthIpSession {
     this.niQm = niQm.data;
     this.spiIn = spiIn;
     const m6 = this.sealed(AuthIpExchange.MAIN_MODE, [
-      { type: PayloadType.HASH, data: authHash(this.suite, keys.skeyid, this.transcript.digest, 2) },
+      { type: PayloadType.HASH, data: this.auth2 },
       ...ids.map((id) => ({ ...id, raw: undefined })),
       {
         type: PayloadType.SA,
@@ -689,10 +784,18 @@ export class AuthIpSession {
         proposals: [{ ...chosen.offered, spi: spiIn, transforms: [chosen.transform] }],
       },
     ]);
-    const child = this.childOf(false, chosen.proposal, spiIn, chosen.offered.spi, [tsi], [tsr]);
     this.step = 4;
     this.established();
-    this.install(child, true);
+    if (this.config.extendedMode)
+      // No SA before the user is authenticated: its keys come with Extended Mode (§3.7.5.2).
+      this.agreed = {
+        proposal: chosen.proposal,
+        spiIn,
+        spiOut: Buffer.from(chosen.offered.spi),
+        tsi: [tsi],
+        tsr: [tsr],
+      };
+    else this.install(this.childOf(false, chosen.proposal, spiIn, chosen.offered.spi, [tsi], [tsr]), true);
     this.respond(msg, m6);
   }
 
@@ -700,8 +803,255 @@ export class AuthIpSession {
     if (findAuthIp(p, PayloadType.N)?.notify !== AuthIpNotify.NOTIFY_QM_SYNCHRONIZE) return;
     this.step = 5;
     this.respond(msg, this.sealed(AuthIpExchange.QUICK_MODE, [this.syncNotify()]));
+    if (this.config.extendedMode) {
+      // Our rule asks for a user: Extended Mode must follow, or the SA ends unused (§3.1.6.3).
+      this.em = 'running';
+      this.emTimer = setTimeout(
+        () =>
+          this.fail(
+            new IkeError(
+              'the initiator did not authenticate a user (Extended Mode), which the rule requires',
+              V2Notify.AUTHENTICATION_FAILED,
+            ),
+          ),
+        this.host.halfOpenMs,
+      );
+      this.emTimer.unref?.();
+      return;
+    }
     const [entry] = this.children.values();
     if (entry) for (const w of this.waiters.splice(0)) w.resolve(entry.child);
+  }
+
+  // ---- Extended Mode ------------------------------------------------------------------------------
+
+  /** Sends an Extended Mode message (encrypted, Message ID 1) and adds it to the EM transcript. */
+  private extended(payloads: AuthIpPayload[]): Buffer {
+    const plain = encodeAuthIpPayloads(payloads);
+    this.emTranscript.add(plain);
+    return this.sealed(AuthIpExchange.EXTENDED_MODE, payloads, plain);
+  }
+
+  /** EM1: the methods we offer for the user (Kerberos), §3.6.7.1. */
+  private startExtendedMode(): void {
+    this.em = 'running';
+    this.step = 6;
+    this.request(
+      this.extended([{ type: AuthIpPayloadType.AUTH, methods: [{ method: AuthIpMethod.KERBEROS, flags: 0 }] }]),
+    );
+  }
+
+  /** EM2 → EM3: the responder's methods and SPN; the user's Kerberos token (§3.6.5.1, §3.8.7.1). */
+  private async onEm2(p: AuthIpPayload[]): Promise<void> {
+    const auth = findAuthIp(p, AuthIpPayloadType.AUTH);
+    const spn = findAuthIp(p, AuthIpPayloadType.GSS_ID)?.spn;
+    if (!auth || !spn) throw new IkeError('Extended Mode message 2 without Auth or GSS_ID', V2Notify.INVALID_SYNTAX);
+    if (!auth.methods.some((m) => m.method === AuthIpMethod.KERBEROS))
+      throw new IkeError('the peer accepts no Kerberos user authentication', V2Notify.AUTHENTICATION_FAILED);
+    this.stopRetransmit();
+    this.emTranscript.add(this.lastPlain);
+    this.step = 7;
+    const user = this.config.extendedMode?.user;
+    let first: { token: Buffer };
+    try {
+      if (!user)
+        throw new IkeError(
+          'no user for this traffic: Extended Mode authenticates the user of a connection',
+          V2Notify.AUTHENTICATION_FAILED,
+        );
+      this.emGss = user(spn);
+      first = await this.emGss.step(null);
+      if (this.state === 'dead') return;
+    } catch (err) {
+      // The user has no ticket: said in the GSS payload's status, so the peer ends its side (§3.1).
+      this.send(
+        this.extended([
+          {
+            type: AuthIpPayloadType.GSS,
+            status: WindowsStatus.LOGON_DENIED,
+            flags: GssFlags.NEW_GSS_EXCHANGE | GssFlags.IMPERSONATION_ACTIVE,
+            token: Buffer.alloc(0),
+          },
+        ]),
+      );
+      throw err;
+    }
+    this.request(
+      this.extended([
+        {
+          type: AuthIpPayloadType.GSS,
+          status: 0,
+          // A user's principal (§2.2.3.1: GSS_IMPERSONATION_ACTIVE).
+          flags: GssFlags.NEW_GSS_EXCHANGE | GssFlags.IMPERSONATION_ACTIVE,
+          token: first.token,
+        },
+      ]),
+    );
+  }
+
+  /** EM4 → EM5: the user's context is complete; inbound SA, then Auth3 (§3.8.5.1, §3.6.7.2). */
+  private async onEm4(p: AuthIpPayload[]): Promise<void> {
+    const g = findAuthIp(p, AuthIpPayloadType.GSS);
+    if (!g) throw new IkeError('Extended Mode message 4 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
+    if (g.status !== 0)
+      throw new IkeError(
+        `the peer refused the user's Kerberos authentication (${windowsStatusText(g.status)})`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    const gss = this.emGss as GssPeer;
+    const r = await gss.step(g.token);
+    if (this.state === 'dead') return;
+    if (!r.complete)
+      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    this.stopRetransmit();
+    this.emTranscript.add(this.lastPlain);
+    this.step = 8;
+    this.localUser = gss.names().source;
+    this.peerUser = gss.names().target;
+    this.skeyidEm = this.extendedModeKeys(gss);
+    const chain = this.emTranscript.digest;
+    const a = this.agreed as AgreedQuickMode;
+    const child = this.childOf(true, a.proposal, a.spiIn, a.spiOut, a.tsi, a.tsr);
+    this.install(child, false);
+    this.pendingChild = child;
+    this.request(
+      this.extended([
+        { type: PayloadType.HASH, data: extendedAuthHash(this.suite, this.skeyidEm, chain, this.auth1 as Buffer) },
+      ]),
+    );
+    this.expectedAuth4 = extendedAuthHash(this.suite, this.skeyidEm, chain, this.auth2 as Buffer);
+  }
+
+  private expectedAuth4?: Buffer;
+
+  /** EM6: Auth4 proves the peer accepted the same user; the SA carries traffic (§3.6.5.2). */
+  private onEm6(p: AuthIpPayload[]): void {
+    const hash = findAuthIp(p, PayloadType.HASH);
+    if (!hash || !sameHash(hash.data, this.expectedAuth4 as Buffer))
+      throw new IkeError(
+        "Auth4 does not match: the peer does not hold the user's session key",
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    this.stopRetransmit();
+    this.step = 9;
+    this.extendedModeDone();
+    const child = this.pendingChild as ChildSa;
+    this.host.dataplane.activate?.(child.spiIn.readUInt32BE(0));
+    for (const w of this.waiters.splice(0)) w.resolve(child);
+  }
+
+  /** EM1 → EM2: the methods we accept, in the initiator's order, and our SPN (§3.7.5.1). */
+  private onEm1(msg: AuthIpMessage, p: AuthIpPayload[]): void {
+    const auth = findAuthIp(p, AuthIpPayloadType.AUTH);
+    if (!auth) throw new IkeError('Extended Mode message 1 without Auth', V2Notify.INVALID_SYNTAX);
+    if (!auth.methods.some((m) => m.method === AuthIpMethod.KERBEROS))
+      throw new IkeError('the peer offers no Kerberos user authentication', V2Notify.AUTHENTICATION_FAILED);
+    this.emTranscript.add(this.lastPlain);
+    this.step = 6;
+    this.respond(
+      msg,
+      this.extended([
+        { type: AuthIpPayloadType.AUTH, methods: [{ method: AuthIpMethod.KERBEROS, flags: 0 }] },
+        { type: AuthIpPayloadType.GSS_ID, spn: this.host.kerberos.spn() },
+      ]),
+    );
+  }
+
+  /** EM3 → EM4: the user's AP-REQ, accepted with the host keytab (§3.9.5.1). */
+  private async onEm3(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
+    const g = findAuthIp(p, AuthIpPayloadType.GSS);
+    if (!g) throw new IkeError('Extended Mode message 3 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
+    if (g.status !== 0)
+      throw new IkeError(
+        `the peer's user could not authenticate with Kerberos (${windowsStatusText(g.status)})`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    this.step = 7;
+    this.emTranscript.add(this.lastPlain);
+    this.emGss = this.host.kerberos.acceptor();
+    const r = await this.emGss.step(g.token);
+    if (this.state === 'dead') return;
+    if (!r.complete)
+      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    const user = this.emGss.names().source;
+    // The Phase 2 auth set asks for a user: a computer account is not one.
+    if (/^host\//i.test(user) || (g.flags & GssFlags.IMPERSONATION_ACTIVE) === 0)
+      throw new IkeError(
+        `Extended Mode authenticated ${windowsAccountName(user)}, a computer, where the rule asks for a user`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    this.peerUser = user;
+    this.localUser = this.emGss.names().target;
+    const m4 = this.extended([
+      { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.RESPONDER_AUTH_COMPLETE, token: r.token },
+    ]);
+    this.skeyidEm = this.extendedModeKeys(this.emGss);
+    this.respond(msg, m4);
+  }
+
+  /** EM5 → EM6: Auth3 checked; both SAs in, then Auth4 (§3.7.5.2). */
+  private onEm5(msg: AuthIpMessage, p: AuthIpPayload[]): void {
+    const chain = this.emTranscript.digest;
+    const skeyidEm = this.skeyidEm as Buffer;
+    const hash = findAuthIp(p, PayloadType.HASH);
+    if (!hash || !sameHash(hash.data, extendedAuthHash(this.suite, skeyidEm, chain, this.auth1 as Buffer)))
+      throw new IkeError(
+        "Auth3 does not match: the peer does not hold the user's session key",
+        V2Notify.AUTHENTICATION_FAILED,
+      );
+    const a = this.agreed as AgreedQuickMode;
+    const child = this.childOf(false, a.proposal, a.spiIn, a.spiOut, a.tsi, a.tsr);
+    this.step = 8;
+    clearTimeout(this.emTimer);
+    this.install(child, true);
+    this.extendedModeDone();
+    this.respond(
+      msg,
+      this.extended([
+        { type: PayloadType.HASH, data: extendedAuthHash(this.suite, skeyidEm, chain, this.auth2 as Buffer) },
+      ]),
+    );
+    for (const w of this.waiters.splice(0)) w.resolve(child);
+  }
+
+  private extendedModeKeys(gss: GssPeer): Buffer {
+    return extendedModeKey(
+      this.suite,
+      gss.sessionKey(),
+      this.ni as Buffer,
+      this.nr as Buffer,
+      this.cookieI,
+      this.cookieR,
+    );
+  }
+
+  /** Main Mode and Extended Mode are up: 4979 as Windows logs it. */
+  private extendedModeDone(): void {
+    this.em = 'done';
+    this.emGss?.close();
+    this.host.audit.emit({
+      id: 4979,
+      subcategory: 'IPsec Extended Mode',
+      success: true,
+      mainMode: this.mainModeInfo(),
+      extendedMode: this.extendedModeInfo(),
+    });
+    this.host.log('AuthIP Extended Mode established', {
+      cookies: `${hex(this.cookieI)}/${hex(this.cookieR)}`,
+      role: this.role,
+      user: this.role === 'initiator' ? this.localUser : this.peerUser,
+    });
+  }
+
+  private extendedModeInfo(): ExtendedModeInfo {
+    const user = (p?: string) => (p ? windowsAccountName(p) : '-');
+    return {
+      localPrincipal: user(this.localUser),
+      remotePrincipal: user(this.peerUser),
+      authenticationMethod: 'Kerberos',
+      role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+      impersonationState: 'Enabled',
+    };
   }
 
   // ---- child SAs -----------------------------------------------------------------------------------
@@ -716,6 +1066,8 @@ export class AuthIpSession {
   ): ChildSa {
     const { encr, integ } = keySizes(proposal);
     const keys = this.keys as AuthIpKeys;
+    // After Extended Mode the keys also take Ni(mm) ‖ Nr(mm) ‖ SKEYID_em (§3.1.7.4).
+    const priv = this.skeyidEm ? Buffer.concat([this.ni as Buffer, this.nr as Buffer, this.skeyidEm]) : Buffer.alloc(0);
     // Per direction, named by the receiving SPI; authentication key first (§3.4.5.2, §3.5.5.2).
     const km = (spi: Buffer) => {
       const k = quickModeKeymat(
@@ -728,6 +1080,8 @@ export class AuthIpSession {
         this.niQm as Buffer,
         this.nrQm as Buffer,
         encr + integ,
+        undefined,
+        priv,
       );
       return { integ: k.subarray(0, integ), encr: k.subarray(integ) };
     };
@@ -773,26 +1127,27 @@ export class AuthIpSession {
     this.host.log('child SA installed', { ike: 'authip', spiIn: hex(child.spiIn), spiOut: hex(child.spiOut) });
   }
 
+  private mainModeInfo(): MainModeInfo {
+    return mainModeInfoOf(
+      {
+        endpoint: (side) => this.endpoint(side),
+        role: this.role,
+        peer: { credentials: KERBEROS },
+        lifetimes: this.lifetimes,
+      },
+      'AuthIP',
+      this.localCookie,
+      this.choice?.phase1.proposal,
+    );
+  }
+
   private established(): void {
     this.state = 'established';
     this.establishedAt = Date.now();
     clearTimeout(this.halfOpenTimer);
-    this.host.audit.emit({
-      id: 4650,
-      subcategory: 'IPsec Main Mode',
-      success: true,
-      mainMode: mainModeInfoOf(
-        {
-          endpoint: (side) => this.endpoint(side),
-          role: this.role,
-          peer: { credentials: KERBEROS },
-          lifetimes: this.lifetimes,
-        },
-        'AuthIP',
-        this.localCookie,
-        this.choice?.phase1.proposal,
-      ),
-    });
+    // With Extended Mode, Windows logs Main Mode and Extended Mode together once both are up (4979).
+    if (!this.config.extendedMode)
+      this.host.audit.emit({ id: 4650, subcategory: 'IPsec Main Mode', success: true, mainMode: this.mainModeInfo() });
     this.gss?.close();
     this.host.established?.(this);
     this.host.log('AuthIP Main Mode established', {
@@ -848,7 +1203,9 @@ export class AuthIpSession {
     if (this.state === 'dead') return;
     this.stopRetransmit();
     clearTimeout(this.halfOpenTimer);
+    clearTimeout(this.emTimer);
     this.gss?.close();
+    this.emGss?.close();
     for (const [key, e] of this.children) {
       for (const t of e.timers) clearTimeout(t);
       this.host.dataplane.delete(key);
@@ -858,22 +1215,24 @@ export class AuthIpSession {
     const wasUp = this.establishedAt > 0;
     this.state = 'dead';
     this.host.unregister(this);
-    if (wasUp) this.host.audit.emit(mainModeEndedEvent(this, 'AuthIP', this.localCookie, reason));
-    else if (failure)
-      // A Main Mode that did not complete: 4653 as Windows words it, with who found the failure.
-      this.host.audit.emit(
-        mainModeFailedEvent({
-          local: this.local,
-          remote: this.remote,
-          keyingModule: 'AuthIP',
-          role: this.role === 'initiator' ? 'Initiator' : 'Responder',
-          credentials: KERBEROS,
-          err: failure,
-          authenticating: this.keys !== undefined || this.gss !== undefined,
-          cookieI: this.cookieI,
-          cookieR: this.cookieR,
-        }),
-      );
+    const failed = (extendedMode: boolean) =>
+      mainModeFailedEvent({
+        local: this.local,
+        remote: this.remote,
+        keyingModule: 'AuthIP',
+        role: this.role === 'initiator' ? 'Initiator' : 'Responder',
+        credentials: KERBEROS,
+        err: failure as Error,
+        authenticating: this.keys !== undefined || this.gss !== undefined,
+        cookieI: this.cookieI,
+        cookieR: this.cookieR,
+        extendedMode,
+      });
+    // Extended Mode failed: Windows deletes the Main Mode SA with it and says so (4984).
+    if (this.em === 'running' && failure) this.host.audit.emit(failed(true));
+    else if (wasUp) this.host.audit.emit(mainModeEndedEvent(this, 'AuthIP', this.localCookie, reason));
+    // A Main Mode that did not complete: 4653 as Windows words it, with who found the failure.
+    else if (failure) this.host.audit.emit(failed(false));
     this.host.log(wasUp ? 'AuthIP SA ended' : 'AuthIP negotiation failed', { reason, role: this.role });
     for (const w of this.waiters.splice(0))
       w.reject(failure ?? new IkeError(`the AuthIP SA ended: ${reason}`, V2Notify.TEMPORARY_FAILURE));

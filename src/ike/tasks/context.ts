@@ -32,6 +32,8 @@ export interface PeerConfig extends ChildPolicy {
   lifetimes?: Partial<Lifetimes>;
   /** The rule's keying module: a responder answers only the module it names (Default: either). */
   keyModule?: 'IKEv2' | 'IKEv1' | 'AuthIP' | 'Default';
+  /** The rule's Phase 2 auth set asks for the user: AuthIP's Extended Mode with Kerberos. */
+  userAuthentication?: { method: 'kerberos' };
 }
 
 export type SessionState = 'connecting' | 'half-open' | 'established' | 'rekeyed' | 'deleting' | 'dead';
