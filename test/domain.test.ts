@@ -5,7 +5,7 @@
  * consec daemons that negotiate AuthIP with Kerberos. A host outside the domain gets nothing.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { chownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
@@ -13,7 +13,7 @@ import { LabDomain } from '../src/lab/kdc.ts';
 import { Charon, ikeV1, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { domain } from '../src/lab/topology.ts';
-import { consecArgv, consecDaemon, consecPwsh } from './helpers.ts';
+import { consecArgv, consecDaemon, consecPwsh, fixture } from './helpers.ts';
 import { run } from '../src/lab/exec.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
@@ -176,6 +176,90 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
       );
     } finally {
       await cap.dispose();
+      for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
+    }
+  });
+  it("Extended Mode (the seeds' rule with a Phase 2 user Kerberos set): dave, with a ticket, gets through as ESP and bob sees him as CORP\\dave; erin, without one, is refused (4984) and nothing of hers reaches bob in clear", async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const [dave, erin] = [1001, 1002];
+    await dom.addUser('dave', 'Dave-Pass-1');
+    await dom.kinit('alice', 'dave', 'Dave-Pass-1', `FILE:${dom.userCcache(dave)}`);
+    chownSync(dom.userCcache(dave), dave, dave);
+    const daemons: LabProcess[] = [];
+    const dirs: Record<string, string> = {};
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    const server = fixture(lab, 'bob', 'tcp-transfer', ['server', b, 5007]);
+    try {
+      await server.waitFor(/listening/);
+      for (const [host, local, remote] of [
+        ['bob', b, a],
+        ['alice', a, b],
+      ] as const) {
+        const dir = freshStateDir(`consec-em-${host}-`);
+        dirs[host] = dir;
+        await seedPolicy(dir, local, remote);
+        // The second authentication, in Windows syntax: the user's Kerberos (AuthIP's Extended Mode).
+        const r = await ps(
+          [
+            '$user = New-NetIPsecAuthProposal -User -Kerberos',
+            'New-NetIPsecPhase2AuthSet -Name "UserKerberos" -DisplayName "User Kerberos" -Proposal $user | Out-Null',
+            'Set-NetIPsecRule -DisplayName "Server-to-Server IPsec" -Phase2AuthSet "UserKerberos"',
+          ].join('\n'),
+          dir,
+        );
+        assert.equal(r.errors, 0, r.err);
+        await memberDaemon(lab, dom, host, dir, daemons);
+      }
+      // One line over TCP as a given user (the socket's owner is whom Extended Mode authenticates).
+      const talk = (uid: number) =>
+        lab.exec(
+          'alice',
+          [
+            'timeout',
+            '8',
+            'setpriv',
+            `--reuid=${uid}`,
+            `--regid=${uid}`,
+            '--clear-groups',
+            'bash',
+            '-c',
+            `exec 3<>/dev/tcp/${b}/5007 && echo hello-from-${uid} >&3 && read -t 6 line <&3 && echo "got $line"`,
+          ],
+          { allowFailure: true },
+        );
+      const logs = () => daemons.map((d) => d.output().slice(-4000)).join('\n---\n');
+      const ok = await talk(dave);
+      assert.match(ok.stdout, new RegExp(`got hello-from-${dave}`), `${ok.stdout}${ok.stderr}\n${logs()}`);
+      const [bob, alice] = daemons as [LabProcess, LabProcess];
+      await bob.waitFor(/"id":4979/);
+      const mm = JSON.parse(
+        (await consecPwsh(dirs.bob as string, 'Get-NetIPsecMainModeSA | ConvertTo-Json')).stdout,
+      ) as {
+        RemoteFirstId: { Identity: string };
+        RemoteSecondId: { Identity: string; AuthenticationMethod: string };
+      };
+      assert.deepEqual(
+        [mm.RemoteFirstId.Identity, mm.RemoteSecondId.Identity, mm.RemoteSecondId.AuthenticationMethod],
+        ['CORP\\ALICE$', 'CORP\\dave', 'UserKerberos'],
+      );
+      // The KDC issued dave, not the computer, a ticket for bob.
+      assert.match(dom.log(), /TGS_REQ .* dave@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/);
+      const refused = await talk(erin);
+      assert.doesNotMatch(refused.stdout, /got /);
+      await alice.waitFor(/"id":4984/);
+      assert.match(alice.output(), new RegExp(`user ${erin} has no Kerberos tickets`));
+      await cap.stop();
+      // Between the members: IKE and ESP only; erin's connection never reached bob in clear.
+      for (const p of new Set(await cap.protocols(`ip.addr == ${a} && ip.addr == ${b}`)))
+        assert.match(p, /ip:(esp|udp:isakmp)$/, p);
+      assert.ok(
+        (await cap.fields(['frame.number'], 'isakmp.exchangetype == 245')).length >= 6,
+        'Extended Mode on the wire',
+      );
+    } finally {
+      await cap.dispose();
+      await server.stop('SIGTERM', 3000);
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);
     }
   });

@@ -11,7 +11,20 @@ import { domain } from '../src/lab/topology.ts';
 import { events, fixture } from './helpers.ts';
 import { GssContext } from '../src/io/gss.ts';
 import { domainRealm } from '../src/filter/location.ts';
-import { writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { endianness } from 'node:os';
+import { dirname, join } from 'node:path';
+import { socketOwner } from '../src/io/socket-owner.ts';
+import { userCcacheFile, userCredentials } from '../src/daemon/kerberos.ts';
 
 describe('Kerberos through GSS-API with the lab domain controller (MIT krb5-kdc)', () => {
   let lab: Lab;
@@ -183,6 +196,91 @@ describe('Kerberos with a realm on loopback (both peers in one process)', () => 
       if (saved === undefined) delete process.env.KRB5_CONFIG;
       else process.env.KRB5_CONFIG = saved;
       await dom.close();
+    }
+  });
+});
+
+describe("Extended Mode's user: the socket's owner and that user's own tickets", () => {
+  it('finds the owner of a connection in the kernel socket tables (IPv4, IPv6, a dual-stack socket), preferring the connected socket to a listener', () => {
+    // /proc/net/tcp lines as the kernel prints them (little-endian words on this machine's layout).
+    const le = (a: string) => Buffer.from(a.split('.').map(Number)).reverse().toString('hex').toUpperCase();
+    const row = (l: string, lp: number, r: string, rp: number, uid: number) =>
+      `   0: ${l}:${lp.toString(16).toUpperCase().padStart(4, '0')} ${r}:${rp.toString(16).toUpperCase().padStart(4, '0')} 01 00000000:00000000 00:00000000 00000000  ${uid}        0 1 1`;
+    const header = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode';
+    const v4 = [
+      header,
+      row(le('0.0.0.0'), 40000, le('0.0.0.0'), 0, 7),
+      row(le('192.0.2.1'), 40000, le('192.0.2.2'), 5007, 1001),
+    ].join('\n');
+    // ::ffff:192.0.2.1 as four little-endian words.
+    const mapped = (a: string) => `0000000000000000FFFF0000${le(a)}`;
+    const v6 = [header, row(mapped('192.0.2.1'), 40001, mapped('192.0.2.2'), 5007, 1002)].join('\n');
+    const tables: Record<string, string> = { tcp: v4, tcp6: v6 };
+    const read = (t: string) => tables[t] ?? '';
+    const flow = { protocol: 6, local: '192.0.2.1', remote: '192.0.2.2', remotePort: 5007 };
+    if (endianness() === 'LE') {
+      assert.equal(socketOwner({ ...flow, localPort: 40000 }, read), 1001, 'the connected socket, not the listener');
+      assert.equal(socketOwner({ ...flow, localPort: 40001 }, read), 1002, 'a dual-stack socket in tcp6');
+      assert.equal(socketOwner({ ...flow, localPort: 40000, remotePort: 80 }, read), 7, 'only the listener matches');
+    }
+    assert.equal(socketOwner({ ...flow, localPort: 40002 }, read), undefined);
+    assert.equal(socketOwner({ ...flow, protocol: 1, localPort: 40000 }, read), undefined, 'ICMP has no socket table');
+  });
+
+  it("a live connection's owner from /proc/net", async () => {
+    const { createServer, connect } = await import('node:net');
+    const srv = createServer(() => {});
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as { port: number }).port;
+    const c = connect(port, '127.0.0.1');
+    await new Promise((r) => c.once('connect', r));
+    try {
+      assert.equal(
+        socketOwner({
+          protocol: 6,
+          local: '127.0.0.1',
+          localPort: c.localPort as number,
+          remote: '127.0.0.1',
+          remotePort: port,
+        }),
+        process.getuid?.(),
+      );
+    } finally {
+      c.destroy();
+      srv.close();
+    }
+  });
+
+  it("reads a user's tickets only from a regular file that user owns, never through a link, into a copy only root can read", () => {
+    const dir = mkdtempSync('/tmp/consec-ccache-test-');
+    try {
+      const conf = join(dir, 'krb5.conf');
+      writeFileSync(conf, `[libdefaults]\n  default_ccache_name = FILE:${dir}/cc_%{uid}\n`);
+      const env = { KRB5_CONFIG: conf };
+      assert.equal(userCcacheFile(1001, env), `${dir}/cc_1001`);
+      assert.throws(() => userCredentials(1001, env), /user 1001 has no Kerberos tickets/);
+      // Someone else's file under the user's name (here root's): refused.
+      writeFileSync(join(dir, 'cc_1001'), 'root tickets', { mode: 0o600 });
+      assert.throws(() => userCredentials(1001, env), /not a credential cache of user 1001 \(owner 0\)/);
+      // A link to another user's cache: refused without being followed.
+      writeFileSync(join(dir, 'cc_0'), 'root tickets', { mode: 0o600 });
+      symlinkSync(join(dir, 'cc_0'), join(dir, 'cc_1002'));
+      assert.throws(() => userCredentials(1002, env), /is a symbolic link/);
+      // The user's own file: copied into a private directory, removed on dispose.
+      chownSync(join(dir, 'cc_1001'), 1001, 1001);
+      const c = userCredentials(1001, env);
+      const copy = c.ccache.replace(/^FILE:/, '');
+      assert.equal(readFileSync(copy, 'utf8'), 'root tickets');
+      assert.equal(statSync(copy).mode & 0o777, 0o600);
+      assert.equal(statSync(dirname(copy)).mode & 0o777, 0o700);
+      c.dispose();
+      assert.ok(!existsSync(dirname(copy)));
+      // Cache types a service cannot read for a user are said so.
+      writeFileSync(conf, '[libdefaults]\n  default_ccache_name = KEYRING:persistent:%{uid}\n');
+      assert.throws(() => userCcacheFile(1001, env), /KEYRING caches .* consec reads FILE caches/);
+      assert.equal(userCcacheFile(1001, { KRB5_CONFIG: join(dir, 'none.conf') }), '/tmp/krb5cc_1001');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
