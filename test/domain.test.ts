@@ -14,7 +14,6 @@ import { Charon, ikeV1, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { domain } from '../src/lab/topology.ts';
 import { consecArgv, consecDaemon, consecPwsh, fixture } from './helpers.ts';
-import { run } from '../src/lab/exec.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 
 const SEED_SCRIPT = join(import.meta.dirname, '..', '..', 'shared', 'reference', 'scripts', '02-server-to-server.ps1');
@@ -350,7 +349,8 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
   let dom: LabDomain;
   before(async () => {
     lab = await Lab.create(domain());
-    dom = await LabDomain.create(lab);
+    // The DC serves DNS too: members find the KDC by its SRV records, as Windows members do.
+    dom = await LabDomain.create(lab, { dns: true });
     await dom.join('alice');
     await dom.join('bob');
   });
@@ -358,7 +358,7 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
     await lab?.destroy();
   });
 
-  it('Require toward the whole segment, DC included: Test-NetIPsecFlow warns, alice gets no ticket and no SA; with the DC exempted she does', async () => {
+  it('Require toward the whole segment, DC included: Test-NetIPsecFlow warns for Kerberos and DNS, alice cannot even find the KDC and gets no SA; with the DC (its KDC and DNS) exempted she does', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dc = lab.address('dc');
@@ -371,19 +371,35 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
       const aliceDir = freshStateDir('consec-lock-alice-');
       // The seeds' rule, widened to the whole segment: the domain controller falls under it too.
       await seedPolicy(aliceDir, a, '192.0.2.0/24');
-      // The what-if, on alice (her krb5.conf names the KDC): Kerberos to the DC needs IPsec first.
-      const flow = await run(
-        consecArgv(
-          [
-            'pwsh',
-            '-Command',
-            `Test-NetIPsecFlow -LocalAddress ${a} -RemoteAddress ${dc} -Protocol UDP -RemotePort 88 | ForEach-Object { $_.Decision; $_.Warnings }`,
-          ],
-          aliceDir,
-        ),
-        { env: { ...process.env, ...env('alice') }, allowFailure: true },
+      // The what-if, on alice (her resolver is the DC): Kerberos to the DC and the DNS queries that
+      // find it both need IPsec first.
+      const whatIf = (port: number) =>
+        lab.exec(
+          'alice',
+          consecArgv(
+            [
+              'pwsh',
+              '-Command',
+              `Test-NetIPsecFlow -LocalAddress ${a} -RemoteAddress ${dc} -Protocol UDP -RemotePort ${port} | ForEach-Object { $_.Decision; $_.Warnings }`,
+            ],
+            aliceDir,
+          ),
+          { env: { ...process.env, ...env('alice') }, allowFailure: true },
+        );
+      const kdcFlow = await whatIf(88);
+      assert.match(
+        kdcFlow.stdout,
+        /Kerberos needs that domain controller to get the ticket/,
+        kdcFlow.stdout + kdcFlow.stderr,
       );
-      assert.match(flow.stdout, /Kerberos needs that domain controller to get the ticket/, flow.stdout + flow.stderr);
+      const dnsFlow = await whatIf(53);
+      assert.match(
+        dnsFlow.stdout,
+        new RegExp(
+          `DNS server ${dc.replaceAll('.', '\\.')}.*Without name resolution the host cannot find its domain controllers`,
+        ),
+        dnsFlow.stdout + dnsFlow.stderr,
+      );
       const alice = await memberDaemon(lab, dom, 'alice', aliceDir, daemons);
       const locked = await lab.exec('alice', ['ping', '-c', '2', '-i', '0.3', '-W', '2', b], { allowFailure: true });
       assert.match(locked.stdout, / 100% packet loss/, locked.stdout);
@@ -406,6 +422,11 @@ describe('the lockout analyzer against the real KDC (seed 001)', () => {
       assert.match(
         dom.log(),
         /TGS_REQ .* host\/alice\.corp\.example@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/,
+      );
+      // She found the KDC through DNS: the SRV query, from her address, answered by the DC.
+      assert.match(
+        dom.dnsLog(),
+        new RegExp(`query\\[SRV\\] _kerberos\\._udp\\.CORP\\.EXAMPLE from ${a.replaceAll('.', '\\.')}`, 'i'),
       );
     } finally {
       for (const d of daemons.reverse()) await d.stop('SIGTERM', 5000);

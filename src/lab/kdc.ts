@@ -33,6 +33,12 @@ export interface DomainOptions {
   clockSkew?: number;
   /** The KDC's clock runs this many seconds ahead (krb5kdc -T): its tickets carry a skewed time. */
   clockOffsetSeconds?: number;
+  /**
+   * The domain controller also serves the domain's DNS zone (dnsmasq): every lab host's name, and
+   * the KDC's SRV records. The other hosts resolve through it and find the KDC in DNS, as Windows
+   * members find their domain controllers — so DNS becomes traffic a rule can lock out (seed 001).
+   */
+  dns?: boolean;
 }
 
 /** A member's Kerberos environment: what a process on that host needs to act as the computer. */
@@ -49,6 +55,7 @@ const NAME = /^[a-z][a-z0-9-]{0,31}$/;
 
 export class LabDomain {
   private kdc: LabProcess | undefined;
+  private dnsServer: LabProcess | undefined;
 
   private constructor(
     private readonly where: KdcHost,
@@ -58,6 +65,7 @@ export class LabDomain {
     private readonly clockSkew: number,
     private readonly port: number,
     private readonly clockOffset = 0,
+    private readonly dns = false,
   ) {}
 
   /** The DNS domain of the realm (lower case). */
@@ -88,7 +96,7 @@ export class LabDomain {
     const host = o.host ?? 'dc';
     const dir = mkdtempSync('/tmp/consec-kdc-');
     lab.adopt(dir);
-    return LabDomain.start(
+    const d = await LabDomain.start(
       {
         address: lab.address(host),
         exec: (argv, ro) => lab.exec(host, argv, ro),
@@ -101,6 +109,47 @@ export class LabDomain {
       dir,
       88,
     );
+    if (o.dns) await d.serveDns(lab);
+    return d;
+  }
+
+  /** The zone on the domain controller (dnsmasq, Debian's dnsmasq-base); the other hosts use it. */
+  private async serveDns(lab: Lab): Promise<void> {
+    const records = lab.spec.hosts.flatMap((h) => {
+      try {
+        return [`--host-record=${this.fqdn(h.name)},${lab.address(h.name)}`];
+      } catch {
+        return []; // a host without an IPv4 address has no record
+      }
+    });
+    this.dnsServer = this.where.spawn(
+      [
+        'dnsmasq',
+        '--keep-in-foreground',
+        '--log-facility=-',
+        '--log-queries',
+        '--conf-file=/dev/null',
+        '--pid-file=',
+        '--no-resolv',
+        '--no-hosts',
+        '--no-poll',
+        '--bind-interfaces',
+        `--listen-address=${this.where.address}`,
+        `--local=/${this.dnsDomain}/`,
+        `--domain=${this.dnsDomain}`,
+        ...records,
+        `--srv-host=_kerberos._udp.${this.dnsDomain},${this.fqdn(this.host)},88`,
+        `--srv-host=_kerberos._tcp.${this.dnsDomain},${this.fqdn(this.host)},88`,
+      ],
+      process.env,
+    );
+    await this.dnsServer.waitFor(/started, version/, 10_000);
+    for (const h of lab.spec.hosts) if (h.name !== this.host) lab.resolver(h.name, this.where.address, this.dnsDomain);
+  }
+
+  /** What the DNS server answered (dnsmasq's query log). */
+  dnsLog(): string {
+    return this.dnsServer?.output() ?? '';
   }
 
   /**
@@ -137,7 +186,7 @@ export class LabDomain {
   private static async start(where: KdcHost, o: DomainOptions, host: string, dir: string, port: number) {
     const realm = o.realm ?? 'CORP.EXAMPLE';
     if (!REALM.test(realm)) throw new LabCommandError(`bad realm ${JSON.stringify(realm)}`, null, '');
-    const d = new LabDomain(where, realm, host, dir, o.clockSkew ?? 300, port, o.clockOffsetSeconds ?? 0);
+    const d = new LabDomain(where, realm, host, dir, o.clockSkew ?? 300, port, o.clockOffsetSeconds ?? 0, o.dns);
     d.writeConfig();
     // A random master password: the database is the lab's, thrown away with it.
     await d.admin(['kdb5_util', 'create', '-s', '-r', realm, '-P', randomBytes(18).toString('base64')]);
@@ -163,7 +212,8 @@ export class LabDomain {
       [
         '[libdefaults]',
         `  default_realm = ${this.realm}`,
-        '  dns_lookup_kdc = false',
+        // With the lab's DNS the KDC is found by its SRV records, as a Windows member finds its DC.
+        `  dns_lookup_kdc = ${this.dns}`,
         '  dns_lookup_realm = false',
         '  rdns = false',
         '  dns_canonicalize_hostname = false',
@@ -174,11 +224,7 @@ export class LabDomain {
         // A KDC that does not answer is given up after 5 s (MIT's request_timeout), not ~30 s.
         '  request_timeout = 5',
         '',
-        '[realms]',
-        `  ${this.realm} = {`,
-        `    kdc = ${kdcAddress}`,
-        '  }',
-        '',
+        ...(this.dns ? [] : ['[realms]', `  ${this.realm} = {`, `    kdc = ${kdcAddress}`, '  }', '']),
         '[domain_realm]',
         `  .${this.dnsDomain} = ${this.realm}`,
         `  ${this.dnsDomain} = ${this.realm}`,

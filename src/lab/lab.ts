@@ -194,6 +194,25 @@ export class Lab {
     this.writeState();
   }
 
+  /**
+   * The DNS server `host`'s processes use: /etc/netns/<namespace>/resolv.conf, which `ip netns exec`
+   * puts in place of /etc/resolv.conf inside the namespace (ip-netns(8)). Removed with the lab. A
+   * query unanswered is given up after 1 s (twice), not glibc's 5 s.
+   */
+  resolver(host: string, nameserver: string, search?: string): void {
+    const dir = join('/etc/netns', this.ns(host));
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    this.paths.add(dir);
+    this.writeState();
+    writeFileSync(
+      join(dir, 'resolv.conf'),
+      `${search ? `search ${search}\n` : ''}nameserver ${nameserver}\noptions timeout:1 attempts:2\n`,
+      {
+        mode: 0o644,
+      },
+    );
+  }
+
   /** Stops every process, then deletes every namespace (killing whatever still runs inside). */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
@@ -364,9 +383,11 @@ function removeNamespaces(names: readonly string[]): string[] {
 }
 
 /** Removes lab-owned temporary directories (only ever under /tmp/consec-). */
+/** Removes the lab's own files: its /tmp/consec-* directories and its namespaces' /etc/netns entries. */
 function removePaths(paths: readonly string[]): void {
   for (const p of paths)
-    if (p.startsWith('/tmp/consec-') && !p.includes('..')) rmSync(p, { recursive: true, force: true });
+    if ((p.startsWith('/tmp/consec-') || p.startsWith(`/etc/netns/${NS_PREFIX}`)) && !p.includes('..'))
+      rmSync(p, { recursive: true, force: true });
 }
 
 /** The start time of `pid` (field 22 of /proc/PID/stat), or undefined if it does not exist. */
