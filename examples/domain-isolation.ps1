@@ -1,7 +1,8 @@
 # The policy `consec lab demo --domain` applies on both domain members: domain isolation as the
 # seeds describe it. Computer Kerberos authenticates the members (consec negotiates it with
 # AuthIP, as Windows does), IPsec is required in and out on the whole segment, and the domain
-# controller is exempt: Kerberos must reach it before any SA can exist (seed 001's lockout).
+# controller (its KDC and the DNS that finds it) is exempt: Kerberos must reach both before any SA
+# can exist (seed 001's lockout).
 $krb = New-NetIPsecAuthProposal -Machine -Kerberos
 $p1 = New-NetIPsecPhase1AuthSet -DisplayName "Computer Kerberos" -Proposal $krb
 $qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256

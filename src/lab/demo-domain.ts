@@ -1,6 +1,7 @@
 /**
  * `consec lab demo --domain`: domain isolation between two Linux hosts. Builds the lab's domain (a
- * dc running MIT krb5-kdc, members alice and bob with computer accounts in their keytabs), applies
+ * dc running MIT krb5-kdc and the domain's DNS, members alice and bob with computer accounts in
+ * their keytabs, finding the KDC through DNS), applies
  * examples/domain-isolation.ps1 on both members with consec's PowerShell front-end, starts
  * `consec daemon` on each: alice's ping to bob waits while AuthIP authenticates both computers with
  * Kerberos, then crosses as ESP. Shows the SA as Get-NetIPsecMainModeSA does and what the wire
@@ -42,12 +43,12 @@ async function pwsh(source: string, state: string, env: NodeJS.ProcessEnv): Prom
 export async function runDomainDemo(out: (line: string) => void): Promise<number> {
   requireLabPrerequisites(['ip', 'ping', 'tshark', 'krb5kdc', 'kadmin.local']);
   out('== consec lab demo --domain ==');
-  out('1. Building the domain: dc (KDC of CORP.EXAMPLE), members alice and bob, on one switched segment');
+  out('1. Building the domain: dc (KDC and DNS of CORP.EXAMPLE), members alice and bob, on one switched segment');
   const lab = await Lab.create(domain());
   const states: Record<string, string> = {};
   const daemons: LabProcess[] = [];
   try {
-    const dom = await LabDomain.create(lab);
+    const dom = await LabDomain.create(lab, { dns: true });
     for (const m of ['alice', 'bob']) {
       await dom.join(m);
       out(`   ${m} ${lab.address(m)} joined: computer account ${dom.computerPrincipal(m)} in its keytab`);

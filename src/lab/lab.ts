@@ -9,7 +9,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LabCommandError, LabTimeoutError } from '../errors.ts';
 import { parsePrefix } from '../io/addr.ts';
@@ -388,6 +388,13 @@ function removePaths(paths: readonly string[]): void {
   for (const p of paths)
     if ((p.startsWith('/tmp/consec-') || p.startsWith(`/etc/netns/${NS_PREFIX}`)) && !p.includes('..'))
       rmSync(p, { recursive: true, force: true });
+  // ip-netns' directory goes too once no namespace has an entry in it (it is created on demand).
+  if (paths.some((p) => p.startsWith('/etc/netns/')))
+    try {
+      rmdirSync('/etc/netns');
+    } catch {
+      // other namespaces' entries remain
+    }
 }
 
 /** The start time of `pid` (field 22 of /proc/PID/stat), or undefined if it does not exist. */
