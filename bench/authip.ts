@@ -4,6 +4,8 @@
  * cached": the initiator keeps its credential cache, so after the first setup it asks the KDC
  * nothing (the service ticket is reused); "no ticket": a fresh cache per setup, so each one costs
  * an AS and a TGS exchange with the KDC first — what a host sees after a restart or for a new peer.
+ * "With a user": Extended Mode after Quick Mode, the user's own tickets read from the user's
+ * credential cache (checked and copied, as the daemon does) and a service ticket asked for each time.
  *
  *   node --import tsx bench/authip.ts [--runs 50] [--count 400] [--json]
  */
@@ -12,6 +14,7 @@ import type { AuthIpConfig } from '../src/ike/authip/session.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import { SpiRegistry } from '../src/ike/spi.ts';
 import { GssContext } from '../src/io/gss.ts';
+import { userInitiator } from '../src/daemon/kerberos.ts';
 import { LabDomain } from '../src/lab/kdc.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 import { NO_AUDIT } from '../src/audit/events.ts';
@@ -29,7 +32,12 @@ process.env.KRB5_CONFIG = dom.krb5Conf;
 try {
   await dom.join('alice');
   await dom.join('bob');
-  const config = (local: string, remote: string): AuthIpConfig => ({
+  await dom.addUser('dave', 'bench-Dave-1');
+  const uid = process.getuid?.() ?? 0;
+  await dom.kinit('localhost', 'dave', 'bench-Dave-1', `FILE:${dom.userCcache(uid)}`);
+  /** Extended Mode in the negotiation (both ends' rules ask for the user). */
+  let withUser = false;
+  const config = (local: string, remote: string, initiator = false): AuthIpConfig => ({
     name: 'bench',
     mmProposals: ikeProposals([mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH14' })]).proposals,
     espProposals: (spi) =>
@@ -40,6 +48,7 @@ try {
     mode: 'transport',
     lifeSeconds: 28800,
     childLifeSeconds: 3600,
+    extendedMode: withUser ? (initiator ? { user: (spn) => userInitiator(uid, spn) } : {}) : undefined,
   });
   let ccache = 'MEMORY:bench-alice';
   const side = (address: string, host: string, peer: () => AuthIpManager | undefined) =>
@@ -71,7 +80,7 @@ try {
   Object.assign(peers, { a, b });
   const setup = async (): Promise<number> => {
     const t0 = performance.now();
-    const r = a.initiate({ address: '192.0.2.2', port: 500 }, config('192.0.2.1', '192.0.2.2'));
+    const r = a.initiate({ address: '192.0.2.2', port: 500 }, config('192.0.2.1', '192.0.2.2', true));
     await r.child;
     const ms = performance.now() - t0;
     await r.session.delete('bench');
@@ -110,6 +119,12 @@ try {
   ccache = 'MEMORY:bench-alice';
   const cachedRate = await rate(false);
   const uncachedRate = await rate(true);
+  ccache = 'MEMORY:bench-alice';
+  withUser = true;
+  before = kdcRequests();
+  const user = await latency(false);
+  const userKdc = (kdcRequests() - before) / runs;
+  const userRate = await rate(false);
   const row = (name: string, xs: number[], kdc: number, perS: number) => [
     name,
     round(median(xs)),
@@ -120,11 +135,12 @@ try {
   emit({
     id: 'authip-setup',
     title: 'AuthIP with Kerberos: SA setup (Main Mode and the first Quick Mode), consec ↔ consec',
-    method: `Computer Kerberos, AES-256/SHA-256 Main Mode (no Diffie-Hellman), one ESP child SA with AES-GCM-256; both ends in one process over an in-memory wire, MIT krb5-kdc on loopback. Latency: ${runs} setups one at a time, from message 1 to Quick Mode synchronisation. Setups/s: ${count} setups, 16 at a time. "No ticket": a fresh credential cache per setup (AS and TGS exchanges with the KDC first).`,
+    method: `Computer Kerberos, AES-256/SHA-256 Main Mode (no Diffie-Hellman), one ESP child SA with AES-GCM-256; both ends in one process over an in-memory wire, MIT krb5-kdc on loopback. Latency: ${runs} setups one at a time, from message 1 to Quick Mode synchronisation. Setups/s: ${count} setups, 16 at a time. "No ticket": a fresh credential cache per setup (AS and TGS exchanges with the KDC first). "With a user": then Extended Mode with a user's Kerberos, the user's credential cache checked and copied per setup (one TGS exchange each), until Auth4.`,
     columns: ['initiator credentials', 'median ms', 'p99 ms', 'KDC requests per setup', 'setups/s'],
     rows: [
       row('ticket cached', cached, cachedKdc, cachedRate),
       row('no ticket (KDC asked each time)', uncached, uncachedKdc, uncachedRate),
+      row('ticket cached, with a user (Extended Mode)', user, userKdc, userRate),
     ],
     chart: { column: 4, unit: 'setups/s' },
   });
