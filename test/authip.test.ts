@@ -324,30 +324,22 @@ describe('AuthIP keys and protection ([MS-AIPS] §3.1.7.4, §2.2.3.2.1)', () => 
     const info = Buffer.concat([alg, ci as Buffer, cr as Buffer, ni as Buffer, nr as Buffer, userKey as Buffer]);
     assert.deepEqual(em, aKdf('sha256', Buffer.alloc(0), info, 32));
     const spi = Buffer.from('11111111', 'hex');
-    const plain = quickModeKeymat(
-      suite,
-      d as Buffer,
-      ci as Buffer,
-      cr as Buffer,
-      0,
-      spi,
-      ni as Buffer,
-      nr as Buffer,
-      36,
-    );
-    const withEm = quickModeKeymat(
-      suite,
-      d as Buffer,
-      ci as Buffer,
-      cr as Buffer,
-      0,
-      spi,
-      ni as Buffer,
-      nr as Buffer,
-      36,
-      undefined,
-      Buffer.concat([ni as Buffer, nr as Buffer, em]),
-    );
+    const km = (priv?: Buffer) =>
+      quickModeKeymat(
+        suite,
+        d as Buffer,
+        ci as Buffer,
+        cr as Buffer,
+        0,
+        spi,
+        ni as Buffer,
+        nr as Buffer,
+        36,
+        undefined,
+        priv,
+      );
+    const plain = km();
+    const withEm = km(Buffer.concat([ni as Buffer, nr as Buffer, em]));
     assert.notDeepEqual(plain, withEm, "the user's session key changes the SA's keys");
     const chain = randomBytes(32);
     const [auth1, auth2] = [randomBytes(32), randomBytes(32)];

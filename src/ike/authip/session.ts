@@ -507,6 +507,29 @@ export class AuthIpSession {
     this.host.log('AuthIP message out of order, ignored', { exchange: msg.header.exchange, step });
   }
 
+  /**
+   * A message's GSS-API payload, its status checked (a peer that could not authenticate says so
+   * there, §3.1), fed to the context `open` gives; the context's answer once it is complete (one
+   * round trip for Kerberos), or undefined when the SA ended while Kerberos worked.
+   */
+  private async gssAnswer(
+    p: AuthIpPayload[],
+    what: string,
+    refused: string,
+    open: () => GssPeer,
+  ): Promise<{ token: Buffer; flags: number; gss: GssPeer } | undefined> {
+    const g = findAuthIp(p, AuthIpPayloadType.GSS);
+    if (!g) throw new IkeError(`${what} without a GSS-API payload`, V2Notify.INVALID_SYNTAX);
+    if (g.status !== 0)
+      throw new IkeError(`${refused} (status 0x${g.status.toString(16)})`, V2Notify.AUTHENTICATION_FAILED);
+    const gss = open();
+    const r = await gss.step(g.token);
+    if (this.state === 'dead') return undefined;
+    if (!r.complete)
+      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    return { token: r.token, flags: g.flags, gss };
+  }
+
   private noteVendorIds(payloads: AuthIpPayload[]): void {
     for (const v of findAllAuthIp(payloads, PayloadType.VID))
       if (v.data.length === 20 && v.data.subarray(0, 16).equals(msNt5Vid(0).subarray(0, 16)))
@@ -542,46 +565,48 @@ export class AuthIpSession {
     this.noteVendorIds(p);
     this.transcript.add(msg.raw);
     this.step = 2;
-    let first: { token: Buffer };
-    try {
-      this.gss = this.host.kerberos.initiator(spn);
-      first = await this.gss.step(null);
-      if (this.state === 'dead') return;
-    } catch (err) {
-      // No token for the peer (no ticket, KDC unreachable, …): said in a GSS payload with the
-      // status set and no token (§3.1, Figure 3), so the responder lets its SA go at once.
-      this.send(
-        this.clear(AuthIpExchange.MAIN_MODE, [
-          {
-            type: AuthIpPayloadType.GSS,
-            status: WindowsStatus.LOGON_DENIED,
-            flags: GssFlags.NEW_GSS_EXCHANGE,
-            token: Buffer.alloc(0),
-          },
-        ]),
-      );
-      throw err;
-    }
+    const token = await this.firstToken(
+      () => (this.gss = this.host.kerberos.initiator(spn)),
+      GssFlags.NEW_GSS_EXCHANGE,
+      (payloads) => this.clear(AuthIpExchange.MAIN_MODE, payloads),
+    );
+    if (!token) return;
     const m3 = this.clear(AuthIpExchange.MAIN_MODE, [
-      { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.NEW_GSS_EXCHANGE, token: first.token },
+      { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.NEW_GSS_EXCHANGE, token },
     ]);
     this.transcript.add(m3);
     this.request(m3);
   }
 
+  /**
+   * The first token of the context `open` gives, or undefined when the SA ended meanwhile. If there
+   * is none (no ticket, KDC unreachable, no user …), the peer is told in a GSS payload with the
+   * status set and no token (§3.1, Figure 3), so it lets its SA go at once; then the error is thrown.
+   */
+  private async firstToken(
+    open: () => GssPeer,
+    flags: number,
+    message: (payloads: AuthIpPayload[]) => Buffer,
+  ): Promise<Buffer | undefined> {
+    try {
+      const first = await open().step(null);
+      return this.state === 'dead' ? undefined : first.token;
+    } catch (err) {
+      const refusal = { status: WindowsStatus.LOGON_DENIED, flags, token: Buffer.alloc(0) };
+      this.send(message([{ type: AuthIpPayloadType.GSS, ...refusal }]));
+      throw err;
+    }
+  }
+
   private async onMm4(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
-    const g = findAuthIp(p, AuthIpPayloadType.GSS);
-    if (!g) throw new IkeError('AuthIP Main Mode message 4 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
-    if (g.status !== 0)
-      throw new IkeError(
-        `the peer refused our Kerberos authentication (status 0x${g.status.toString(16)})`,
-        V2Notify.AUTHENTICATION_FAILED,
-      );
-    const gss = this.gss as GssPeer;
-    const r = await gss.step(g.token);
-    if (this.state === 'dead') return;
-    if (!r.complete)
-      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    const answer = await this.gssAnswer(
+      p,
+      'AuthIP Main Mode message 4',
+      'the peer refused our Kerberos authentication',
+      () => this.gss as GssPeer,
+    );
+    if (!answer) return;
+    const gss = answer.gss;
     this.stopRetransmit();
     this.transcript.add(msg.raw);
     this.step = 3;
@@ -712,30 +737,25 @@ export class AuthIpSession {
   }
 
   private async onMm3(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
-    const g = findAuthIp(p, AuthIpPayloadType.GSS);
-    if (!g) throw new IkeError('AuthIP Main Mode message 3 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
-    if (g.status !== 0)
-      throw new IkeError(
-        `the peer could not authenticate with Kerberos (status 0x${g.status.toString(16)})`,
-        V2Notify.AUTHENTICATION_FAILED,
-      );
     this.step = 3;
-    this.gss = this.host.kerberos.acceptor();
-    const r = await this.gss.step(g.token);
-    if (this.state === 'dead') return; // ended while the acceptor worked
-    if (!r.complete)
-      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    const r = await this.gssAnswer(
+      p,
+      'AuthIP Main Mode message 3',
+      'the peer could not authenticate with Kerberos',
+      () => (this.gss = this.host.kerberos.acceptor()),
+    );
+    if (!r) return; // ended while the acceptor worked
     this.transcript.add(msg.raw);
     const m4 = this.clear(AuthIpExchange.MAIN_MODE, [
       { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.RESPONDER_AUTH_COMPLETE, token: r.token },
     ]);
     this.transcript.add(m4);
-    const names = this.gss.names();
+    const names = r.gss.names();
     this.peerPrincipal = names.source;
     this.localPrincipal = names.target;
     this.keys = mainModeKeys(
       this.suite,
-      this.gss.sessionKey(),
+      r.gss.sessionKey(),
       this.ni as Buffer,
       this.nr as Buffer,
       this.cookieI,
@@ -852,57 +872,34 @@ export class AuthIpSession {
     this.emTranscript.add(this.lastPlain);
     this.step = 7;
     const user = this.config.extendedMode?.user;
-    let first: { token: Buffer };
-    try {
-      if (!user)
-        throw new IkeError(
-          'no user for this traffic: Extended Mode authenticates the user of a connection',
-          V2Notify.AUTHENTICATION_FAILED,
-        );
-      this.emGss = user(spn);
-      first = await this.emGss.step(null);
-      if (this.state === 'dead') return;
-    } catch (err) {
-      // The user has no ticket: said in the GSS payload's status, so the peer ends its side (§3.1).
-      this.send(
-        this.extended([
-          {
-            type: AuthIpPayloadType.GSS,
-            status: WindowsStatus.LOGON_DENIED,
-            flags: GssFlags.NEW_GSS_EXCHANGE | GssFlags.IMPERSONATION_ACTIVE,
-            token: Buffer.alloc(0),
-          },
-        ]),
-      );
-      throw err;
-    }
-    this.request(
-      this.extended([
-        {
-          type: AuthIpPayloadType.GSS,
-          status: 0,
-          // A user's principal (§2.2.3.1: GSS_IMPERSONATION_ACTIVE).
-          flags: GssFlags.NEW_GSS_EXCHANGE | GssFlags.IMPERSONATION_ACTIVE,
-          token: first.token,
-        },
-      ]),
+    // A user's principal (§2.2.3.1: GSS_IMPERSONATION_ACTIVE).
+    const flags = GssFlags.NEW_GSS_EXCHANGE | GssFlags.IMPERSONATION_ACTIVE;
+    const token = await this.firstToken(
+      () => {
+        if (!user)
+          throw new IkeError(
+            'no user for this traffic: Extended Mode authenticates the user of a connection',
+            V2Notify.AUTHENTICATION_FAILED,
+          );
+        return (this.emGss = user(spn));
+      },
+      flags,
+      (payloads) => this.extended(payloads),
     );
+    if (!token) return;
+    this.request(this.extended([{ type: AuthIpPayloadType.GSS, status: 0, flags, token }]));
   }
 
   /** EM4 → EM5: the user's context is complete; inbound SA, then Auth3 (§3.8.5.1, §3.6.7.2). */
   private async onEm4(p: AuthIpPayload[]): Promise<void> {
-    const g = findAuthIp(p, AuthIpPayloadType.GSS);
-    if (!g) throw new IkeError('Extended Mode message 4 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
-    if (g.status !== 0)
-      throw new IkeError(
-        `the peer refused the user's Kerberos authentication (${windowsStatusText(g.status)})`,
-        V2Notify.AUTHENTICATION_FAILED,
-      );
-    const gss = this.emGss as GssPeer;
-    const r = await gss.step(g.token);
-    if (this.state === 'dead') return;
-    if (!r.complete)
-      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
+    const answer = await this.gssAnswer(
+      p,
+      'Extended Mode message 4',
+      "the peer refused the user's Kerberos authentication",
+      () => this.emGss as GssPeer,
+    );
+    if (!answer) return;
+    const gss = answer.gss;
     this.stopRetransmit();
     this.emTranscript.add(this.lastPlain);
     this.step = 8;
@@ -959,33 +956,28 @@ export class AuthIpSession {
 
   /** EM3 → EM4: the user's AP-REQ, accepted with the host keytab (§3.9.5.1). */
   private async onEm3(msg: AuthIpMessage, p: AuthIpPayload[]): Promise<void> {
-    const g = findAuthIp(p, AuthIpPayloadType.GSS);
-    if (!g) throw new IkeError('Extended Mode message 3 without a GSS-API payload', V2Notify.INVALID_SYNTAX);
-    if (g.status !== 0)
-      throw new IkeError(
-        `the peer's user could not authenticate with Kerberos (${windowsStatusText(g.status)})`,
-        V2Notify.AUTHENTICATION_FAILED,
-      );
     this.step = 7;
     this.emTranscript.add(this.lastPlain);
-    this.emGss = this.host.kerberos.acceptor();
-    const r = await this.emGss.step(g.token);
-    if (this.state === 'dead') return;
-    if (!r.complete)
-      throw new IkeError('the Kerberos exchange needs more than one round trip', V2Notify.AUTHENTICATION_FAILED);
-    const user = this.emGss.names().source;
+    const r = await this.gssAnswer(
+      p,
+      'Extended Mode message 3',
+      "the peer's user could not authenticate with Kerberos",
+      () => (this.emGss = this.host.kerberos.acceptor()),
+    );
+    if (!r) return;
+    const user = r.gss.names().source;
     // The Phase 2 auth set asks for a user: a computer account is not one.
-    if (/^host\//i.test(user) || (g.flags & GssFlags.IMPERSONATION_ACTIVE) === 0)
+    if (/^host\//i.test(user) || (r.flags & GssFlags.IMPERSONATION_ACTIVE) === 0)
       throw new IkeError(
         `Extended Mode authenticated ${windowsAccountName(user)}, a computer, where the rule asks for a user`,
         V2Notify.AUTHENTICATION_FAILED,
       );
     this.peerUser = user;
-    this.localUser = this.emGss.names().target;
+    this.localUser = r.gss.names().target;
     const m4 = this.extended([
       { type: AuthIpPayloadType.GSS, status: 0, flags: GssFlags.RESPONDER_AUTH_COMPLETE, token: r.token },
     ]);
-    this.skeyidEm = this.extendedModeKeys(this.emGss);
+    this.skeyidEm = this.extendedModeKeys(r.gss);
     this.respond(msg, m4);
   }
 
