@@ -53,8 +53,10 @@ function rows(text: string): Row[] {
   const out: Row[] = [];
   for (const line of text.split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
-    const [l, r, uid] = [f[1], f[2], f[7]];
+    const [l, r, st, uid] = [f[1], f[2], f[3], f[7]];
     if (!l || !r || uid === undefined) continue;
+    // TIME_WAIT (06) and SYN_RECV (03) rows are not sockets a process owns: the kernel prints uid 0.
+    if (st === '06' || st === '03') continue;
     const [la, lp] = l.split(':');
     const [ra, rp] = r.split(':');
     if (!la || !lp || !ra || !rp) continue;

@@ -182,6 +182,12 @@ export function windowsAccountName(principal: string): string {
   return domain ? `${domain}\\${account}` : account;
 }
 
+/** A user's principal: no service instance (host/…, cifs/…) and not a computer account (NAME$). */
+const isUserPrincipal = (p: string): boolean => {
+  const name = p.slice(0, p.lastIndexOf('@') < 0 ? p.length : p.lastIndexOf('@'));
+  return name !== '' && !name.includes('/') && !name.endsWith('$');
+};
+
 /** A Windows status code with its name, for logs and events. */
 function windowsStatusText(status: number): string {
   const name = Object.entries(WindowsStatus).find(([, v]) => v === status)?.[0];
@@ -453,6 +459,8 @@ export class AuthIpSession {
   }
 
   private busy = false;
+  /** The responses taken so far (initiator), to tell a resent one from the next. */
+  private readonly taken = new Set<string>();
 
   private opened(msg: AuthIpMessage): AuthIpPayload[] {
     if (!msg.header.encrypted) return msg.payloads;
@@ -474,7 +482,21 @@ export class AuthIpSession {
   private step = 1;
 
   private async handle(msg: AuthIpMessage): Promise<void> {
-    const payloads = this.opened(msg);
+    // A response we already took (the responder resent it from its cache) is not the next one.
+    if (this.role === 'initiator' && this.taken.has(hex(msg.raw))) return;
+    let payloads: AuthIpPayload[];
+    try {
+      payloads = this.opened(msg);
+    } catch (err) {
+      // A message that does not open (checksum, padding) is discarded, as if never received: one
+      // forged datagram must not end the SA (§3.7.5.1).
+      this.host.log('AuthIP message dropped', { reason: (err as Error).message });
+      return;
+    }
+    if (this.role === 'initiator') {
+      if (this.taken.size >= 16) this.taken.clear();
+      this.taken.add(hex(msg.raw));
+    }
     if (msg.header.exchange === AuthIpExchange.NOTIFY) return this.onNotify(msg, payloads);
     const step = this.step;
     if (this.role === 'initiator') {
@@ -868,6 +890,13 @@ export class AuthIpSession {
     if (!auth || !spn) throw new IkeError('Extended Mode message 2 without Auth or GSS_ID', V2Notify.INVALID_SYNTAX);
     if (!auth.methods.some((m) => m.method === AuthIpMethod.KERBEROS))
       throw new IkeError('the peer accepts no Kerberos user authentication', V2Notify.AUTHENTICATION_FAILED);
+    // The user's ticket is for the computer Main Mode authenticated, never for a service the peer
+    // names now (a member could otherwise collect users' tickets for other services and relay them).
+    if (spn.toLowerCase() !== (this.peerPrincipal ?? '').toLowerCase())
+      throw new IkeError(
+        `the peer named ${spn} for Extended Mode, not ${this.peerPrincipal ?? 'the computer of Main Mode'}`,
+        V2Notify.AUTHENTICATION_FAILED,
+      );
     this.stopRetransmit();
     this.emTranscript.add(this.lastPlain);
     this.step = 7;
@@ -881,7 +910,7 @@ export class AuthIpSession {
             'no user for this traffic: Extended Mode authenticates the user of a connection',
             V2Notify.AUTHENTICATION_FAILED,
           );
-        return (this.emGss = user(spn));
+        return (this.emGss = user(this.peerPrincipal as string));
       },
       flags,
       (payloads) => this.extended(payloads),
@@ -967,7 +996,7 @@ export class AuthIpSession {
     if (!r) return;
     const user = r.gss.names().source;
     // The Phase 2 auth set asks for a user: a computer account is not one.
-    if (/^host\//i.test(user) || (r.flags & GssFlags.IMPERSONATION_ACTIVE) === 0)
+    if (!isUserPrincipal(user) || (r.flags & GssFlags.IMPERSONATION_ACTIVE) === 0)
       throw new IkeError(
         `Extended Mode authenticated ${windowsAccountName(user)}, a computer, where the rule asks for a user`,
         V2Notify.AUTHENTICATION_FAILED,
@@ -1291,6 +1320,18 @@ export class AuthIpSession {
     }
     if (n.protocol === NotifyProtocol.QUICK) {
       for (const e of [...this.children.values()]) void this.deleteChildLocally(e, 'deleted by the peer');
+      return;
+    }
+    if (this.em === 'running') {
+      // The peer refused Extended Mode (its user authentication): a failure, with its reason (4984).
+      const status = n.data.length >= 4 ? n.data.readUInt32BE(0) : 0;
+      this.fail(
+        new IkeError(
+          `the peer refused Extended Mode (${windowsStatusText(status)})`,
+          V2Notify.AUTHENTICATION_FAILED,
+          true,
+        ),
+      );
       return;
     }
     this.terminate('deleted by the peer');
