@@ -63,6 +63,11 @@ export interface KeyingOptions {
   bind?: (address: string) => ((rx: IkeReceiver) => IkeBind) | undefined;
   /** This host's Kerberos (its keytab) for AuthIP; without it Kerberos rules get no SA. */
   kerberos?: KerberosProvider;
+  /**
+   * How often child SAs are checked for idleness (default 30 s), and the idle time after which one
+   * is deleted (default: the policy's MaxSAIdleTimeSeconds, as Windows; given here by tests).
+   */
+  idle?: { sweepMs?: number; afterMs?: number };
   log: Logger;
 }
 
@@ -168,6 +173,8 @@ export class KeyingService {
       }
       this.managers.set(address, m);
     }
+    this.idleTimer = setInterval(() => this.sweepIdle(), this.o.idle?.sweepMs ?? 30_000);
+    this.idleTimer.unref?.();
     this.watch = watchActivePolicy(
       this.o.stores,
       (doc) => this.reload(doc),
@@ -226,10 +233,13 @@ export class KeyingService {
         `not listening for IKE on ${plan.local} (give it with --listen)`,
         NotifyType.TEMPORARY_FAILURE,
       );
-    const key = `${plan.local}>${plan.remote}`;
     // One negotiation per peer at a time: flows that arrive meanwhile share its outcome — a failure
     // fails them too (the data plane acquires again on later traffic) instead of each starting an
-    // IKE SA of its own at the same moment.
+    // IKE SA of its own at the same moment. With a user to authenticate, one per connection: one
+    // user's failure is not another's.
+    const key = plan.userAuthentication
+      ? `${plan.local}>${plan.remote}/${flow.protocol}/${flow.localPort}/${flow.remotePort}`
+      : `${plan.local}>${plan.remote}`;
     const running = this.inFlight.get(key);
     if (running) await running;
     const up = (s: KeyedSession) => s.sa.remote.address === plan.remote && s.state === 'established';
@@ -249,7 +259,15 @@ export class KeyingService {
         for (const e of existing.children.values())
           if (covers(e.child, flow)) return { session: existing, child: e.child };
       const config = authIpConfigOf(plan, 'initiator');
-      if (plan.userAuthentication) config.extendedMode = this.connectionUser(flow);
+      if (plan.userAuthentication) {
+        config.extendedMode = this.connectionUser(flow);
+        // No socket, no user (forwarded traffic, ICMP): nothing to negotiate, as no SA could carry it.
+        if (!config.extendedMode.user)
+          throw new IkeError(
+            `rule "${plan.name}" authenticates the user of a connection, and this traffic (${flow.local} → ${flow.remote}, protocol ${flow.protocol}) has no user`,
+            NotifyType.AUTHENTICATION_FAILED,
+          );
+      }
       const running = m.authip.initiate({ address: plan.remote, port: 500 }, config);
       const p = this.alongsideIkev1(m, flow, plan, running).then(
         (won) => won ?? running.child.then((child) => ({ session: running.session as KeyedSession, child })),
@@ -475,8 +493,56 @@ export class KeyingService {
     this.o.onPolicy?.(doc);
   }
 
+  /** Traffic counts of child SAs at the last sweep, and since when they have not moved. */
+  private readonly quiet = new Map<number, { packets: number; since: number }>();
+  private idleTimer?: NodeJS.Timeout;
+
+  /**
+   * Windows' SA idle timer (MaxSAIdleTimeSeconds, 300 s by default): a child SA that carried no
+   * packet either way for that long is deleted, at the peer too — an AuthIP SA with its Main Mode,
+   * which carries that one Quick Mode. The next packet of the flow negotiates again. Per-connection
+   * SAs (Extended Mode) so end soon after their connection.
+   */
+  sweepIdle(now = Date.now()): void {
+    const counters = this.o.dataplane?.counters?.bind(this.o.dataplane);
+    if (!counters) return;
+    const idleMs = this.o.idle?.afterMs ?? this.doc.settings.MaxSAIdleTimeSeconds * 1000;
+    const seen = new Set<number>();
+    for (const s of this.sessions()) {
+      if (s.state !== 'established') continue;
+      for (const e of [...s.children.values()]) {
+        if (e.state.kind !== 'installed') continue;
+        const spi = e.child.spiIn.readUInt32BE(0);
+        const c = counters(spi);
+        if (!c) continue;
+        seen.add(spi);
+        const packets = c.packetsIn + c.packetsOut;
+        const q = this.quiet.get(spi);
+        if (!q || q.packets !== packets) {
+          this.quiet.set(spi, { packets, since: now });
+          continue;
+        }
+        if (now - q.since < idleMs) continue;
+        this.quiet.delete(spi);
+        this.o.log.info(
+          { remote: s.sa.remote.address, spiIn: e.child.spiIn.toString('hex'), idleSeconds: Math.round(idleMs / 1000) },
+          'child SA idle: deleted',
+        );
+        const gone =
+          s instanceof AuthIpSession
+            ? s.delete('idle')
+            : s instanceof V1Session
+              ? s.deleteChild(e, 'idle')
+              : deleteChild(s, e, 'idle');
+        void gone.catch(() => {});
+      }
+    }
+    for (const spi of this.quiet.keys()) if (!seen.has(spi)) this.quiet.delete(spi);
+  }
+
   /** Deletes every SA at its peer and closes the sockets. */
   async stop(): Promise<void> {
+    clearInterval(this.idleTimer);
     this.watch?.close();
     await Promise.all([...this.managers.values()].map((m) => m.shutdown()));
     this.managers.clear();

@@ -17,6 +17,8 @@ export interface ChildSaSink {
   update?(spiIn: number, remote: Endpoint): void;
   /** Packets accepted so far on the child SA with this inbound SPI (undefined: no such SA). */
   inboundPackets?(spiIn: number): number | undefined;
+  /** Traffic counted on the child SA, both directions (undefined: no such SA). */
+  counters?(spiIn: number): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined;
 }
 
 export const NO_DATAPLANE: ChildSaSink = { install() {}, delete() {} };
