@@ -244,6 +244,9 @@ describe('domain isolation: AuthIP with Kerberos between two members of a real K
       );
       // The KDC issued dave, not the computer, a ticket for bob.
       assert.match(dom.log(), /TGS_REQ .* dave@CORP\.EXAMPLE for host\/bob\.corp\.example@CORP\.EXAMPLE/);
+      // dave's connection is over (bash exited): its SA goes with it, so no one else can send as dave
+      // from the same port.
+      await alice.waitFor(/"msg":"the user's connection ended: its SA deleted"/, 30_000);
       const refused = await talk(erin);
       assert.doesNotMatch(refused.stdout, /got /);
       await alice.waitFor(/"id":4984/);

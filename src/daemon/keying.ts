@@ -33,7 +33,7 @@ import type { PolicyDocument, ProfileName } from '../policy/model.ts';
 import { type PolicyStores } from '../policy/store.ts';
 import { type PolicyWatch, watchActivePolicy } from '../policy/watch.ts';
 import { policyForProfiles } from '../filter/location.ts';
-import { writeIp } from '../io/addr.ts';
+import { readIp, writeIp } from '../io/addr.ts';
 
 export interface Logger {
   info(obj: object, msg?: string): void;
@@ -64,7 +64,7 @@ export interface KeyingOptions {
   /** This host's Kerberos (its keytab) for AuthIP; without it Kerberos rules get no SA. */
   kerberos?: KerberosProvider;
   /**
-   * How often child SAs are checked for idleness (default 30 s), and the idle time after which one
+   * How often child SAs are checked for idleness (default 10 s), and the idle time after which one
    * is deleted (default: the policy's MaxSAIdleTimeSeconds, as Windows; given here by tests).
    */
   idle?: { sweepMs?: number; afterMs?: number };
@@ -98,6 +98,20 @@ const inside = (addr: string, ts: readonly TrafficSelector[], protocol?: number,
       (port === undefined || (t.startPort <= port && port <= t.endPort)),
   );
 };
+
+/** The owner of the one connection a child SA's selectors name (Extended Mode's), if it still exists. */
+function connectionOwner(child: ChildSa): number | undefined {
+  const [l, r] = [localTs(child)[0], remoteTs(child)[0]];
+  if (!l || !r || l.startPort !== l.endPort || r.startPort !== r.endPort) return undefined;
+  const text = (b: Buffer) => readIp(b, 0, b.length === 4 ? 4 : 6);
+  return socketOwner({
+    protocol: l.ipProtocol,
+    local: text(l.start),
+    localPort: l.startPort,
+    remote: text(r.start),
+    remotePort: r.startPort,
+  });
+}
 
 /** Whether a child SA's selectors cover the flow: both hosts, and its protocol and ports. */
 const covers = (child: ChildSa, flow: Flow): boolean =>
@@ -173,7 +187,7 @@ export class KeyingService {
       }
       this.managers.set(address, m);
     }
-    this.idleTimer = setInterval(() => this.sweepIdle(), this.o.idle?.sweepMs ?? 30_000);
+    this.idleTimer = setInterval(() => this.sweepIdle(), this.o.idle?.sweepMs ?? 10_000);
     this.idleTimer.unref?.();
     this.watch = watchActivePolicy(
       this.o.stores,
@@ -355,7 +369,7 @@ export class KeyingService {
     const kerberos = this.o.kerberos;
     this.o.log.info({ remote: flow.remote, uid: uid ?? null }, 'Extended Mode: the user of this connection');
     if (uid === undefined || !kerberos?.user) return { who: 'no user' };
-    return { user: (spn) => (kerberos.user as NonNullable<typeof kerberos.user>)(uid, spn), who: `uid ${uid}` };
+    return { user: (spn) => (kerberos.user as NonNullable<typeof kerberos.user>)(uid, spn), who: `uid ${uid}`, uid };
   }
 
   /**
@@ -501,7 +515,7 @@ export class KeyingService {
    * Windows' SA idle timer (MaxSAIdleTimeSeconds, 300 s by default): a child SA that carried no
    * packet either way for that long is deleted, at the peer too — an AuthIP SA with its Main Mode,
    * which carries that one Quick Mode. The next packet of the flow negotiates again. Per-connection
-   * SAs (Extended Mode) so end soon after their connection.
+   * SAs (Extended Mode) end with their connection, seen here too.
    */
   sweepIdle(now = Date.now()): void {
     const counters = this.o.dataplane?.counters?.bind(this.o.dataplane);
@@ -510,6 +524,14 @@ export class KeyingService {
     const seen = new Set<number>();
     for (const s of this.sessions()) {
       if (s.state !== 'established') continue;
+      // A connection's own SA (Extended Mode) ends with the connection: once its socket is gone or
+      // belongs to someone else, another user could otherwise send as this one on the same ports.
+      const uid = s instanceof AuthIpSession && s.role === 'initiator' ? s.config.extendedMode?.uid : undefined;
+      if (uid !== undefined && [...s.children.values()].some((e) => connectionOwner(e.child) !== uid)) {
+        this.o.log.info({ remote: s.sa.remote.address, uid }, "the user's connection ended: its SA deleted");
+        void (s as AuthIpSession).delete('the connection ended');
+        continue;
+      }
       for (const e of [...s.children.values()]) {
         if (e.state.kind !== 'installed') continue;
         const spi = e.child.spiIn.readUInt32BE(0);

@@ -265,6 +265,14 @@ export class Lab {
       .map((l) => l.split(' ')[0] ?? '')
       .filter((n) => n.startsWith(NS_PREFIX) && !liveNamespaces.has(n));
     removed.push(...removeNamespaces(orphans));
+    // Their resolver entries too, and those left by namespaces already gone.
+    let entries: string[] = [];
+    try {
+      entries = readdirSync('/etc/netns').filter((n) => n.startsWith(NS_PREFIX) && !liveNamespaces.has(n));
+    } catch {
+      /* no /etc/netns */
+    }
+    removePaths(entries.map((n) => join('/etc/netns', n)));
     return removed;
   }
 
