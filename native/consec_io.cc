@@ -245,8 +245,13 @@ Napi::Value UnixDgramSend(const Napi::CallbackInfo& info) {
   sockaddr_un sun{};
   if (path.size() >= sizeof(sun.sun_path)) throw ArgError(env, "socket path too long");
   sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path, path.c_str(), path.size());
-  ssize_t n = sendto(fd, data.Data(), data.Length(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&sun), sizeof(sun));
+  memcpy(sun.sun_path, path.data(), path.size());
+  // An abstract address (leading NUL, as systemd's NOTIFY_SOCKET "@…" may be) is exactly its octets:
+  // trailing NULs would name another socket.
+  socklen_t len = path.size() > 0 && path[0] == '\0'
+                      ? static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size())
+                      : static_cast<socklen_t>(sizeof(sun));
+  ssize_t n = sendto(fd, data.Data(), data.Length(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&sun), len);
   if (n < 0) throw ErrnoError(env, errno, "sendto(AF_UNIX)");
   return Napi::Number::New(env, static_cast<double>(n));
 }

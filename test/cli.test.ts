@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
@@ -20,10 +20,58 @@ function consec(args: string[], asUser?: string): { code: number | null; stdout:
 }
 
 describe('consec CLI', () => {
-  it('--help lists the command groups', () => {
+  it('--help lists the command groups; --version says the package version', () => {
     const r = consec(['--help']);
     assert.equal(r.code, 0);
-    for (const group of ['pwsh', 'netsh', 'daemon', 'lab']) assert.match(r.stdout, new RegExp(`^  ${group}\\b`, 'm'));
+    for (const group of ['pwsh', 'netsh', 'daemon', 'service', 'lab'])
+      assert.match(r.stdout, new RegExp(`^  ${group}\\b`, 'm'));
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    assert.equal(consec(['--version']).stdout, `${pkg.version}\n`);
+  });
+
+  it('service install writes a unit systemd accepts (Type=notify, before the network, hardened) whose command runs from /; uninstall removes only its own', () => {
+    const unitDir = mkdtempSync('/tmp/consec-unit-');
+    try {
+      const state = freshStateDir('consec-service-');
+      const r = consec(['--state-dir', state, 'service', 'install', '--unit-dir', unitDir]);
+      assert.equal(r.code, 0, r.stderr);
+      const path = join(unitDir, 'consec.service');
+      assert.equal(statSync(path).mode & 0o777, 0o644);
+      const unit = readFileSync(path, 'utf8');
+      for (const line of [
+        'Type=notify',
+        'DefaultDependencies=no',
+        'Before=network-pre.target shutdown.target',
+        'Wants=network-pre.target',
+        'Restart=on-failure',
+        'ProtectSystem=strict',
+        `ReadWritePaths=${state}`,
+        'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_DAC_READ_SEARCH',
+        'NoNewPrivileges=yes',
+        'DeviceAllow=/dev/net/tun rw',
+      ])
+        assert.ok(unit.split('\n').includes(line), `${line}\n${unit}`);
+      // systemd's own check: no unknown keys, no bad values.
+      const verify = spawnSync('systemd-analyze', ['verify', path], { encoding: 'utf8' });
+      assert.equal(verify.status, 0, verify.stderr);
+      assert.equal(verify.stderr.trim(), '', 'systemd-analyze has nothing to say about the unit');
+      // The ExecStart command works from systemd's working directory, /.
+      const exec = /^ExecStart=(.*) daemon$/m.exec(unit)?.[1]?.split(' ') as string[];
+      const v = spawnSync(exec[0] as string, [...exec.slice(1), '--version'], { encoding: 'utf8', cwd: '/' });
+      assert.equal(v.status, 0, v.stderr);
+      // Someone else's unit of that name is never removed; ours is.
+      writeFileSync(join(unitDir, 'other.service'), '[Service]\nExecStart=/bin/true\n');
+      const ours = consec(['service', 'uninstall', '--unit-dir', unitDir]);
+      assert.equal(ours.code, 0, ours.stderr);
+      assert.ok(!existsSync(path));
+      writeFileSync(path, '[Service]\nExecStart=/bin/true\n');
+      const foreign = consec(['service', 'uninstall', '--unit-dir', unitDir]);
+      assert.equal(foreign.code, 1);
+      assert.match(foreign.stderr, /was not written by consec: not removed/);
+      assert.ok(existsSync(path));
+    } finally {
+      rmSync(unitDir, { recursive: true, force: true });
+    }
   });
 
   it('bad daemon options and missing daemons get one clear line, no traceback', () => {

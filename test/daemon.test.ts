@@ -5,7 +5,9 @@
  * the daemon deletes its SAs.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { GUARD_TABLE } from '../src/dataplane/guard.ts';
+import { PacketBatch, UnixDatagramSocket } from '../src/io/native.ts';
 import { run } from '../src/lab/exec.ts';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -371,6 +373,55 @@ describe('consec daemon', () => {
       assert.equal(lines(d, 'stopped').length, 1);
     } finally {
       await d.stop('SIGKILL', 0);
+    }
+  });
+
+  it('under systemd (Type=notify): READY=1 only once the fail-closed table is in the kernel, STATUS as it runs, RELOADING/READY around SIGHUP, STOPPING=1', async () => {
+    const dir = freshStateDir('consec-daemon-notify-');
+    await pskServerPolicy(dir, b, a);
+    const sockDir = mkdtempSync('/tmp/consec-notify-');
+    const path = join(sockDir, 'notify');
+    const sock = UnixDatagramSocket.open(path);
+    const batch = new PacketBatch(8, 4096);
+    const got: string[] = [];
+    const take = () => {
+      const n = sock.recv(batch);
+      for (let i = 0; i < n; i++) got.push(batch.packet(i).toString('utf8'));
+      return n;
+    };
+    let tableAtReady = '';
+    const d = consecDaemon(lab, 'bob', dir, b, [], { NOTIFY_SOCKET: path });
+    try {
+      await waitUntil(
+        async () => {
+          if (take() > 0 && got.some((m) => m.includes('READY=1')) && !tableAtReady)
+            // What the kernel holds the moment systemd would let the network come up.
+            tableAtReady = (
+              await lab.exec('bob', ['nft', 'list', 'table', 'inet', GUARD_TABLE], { allowFailure: true })
+            ).stdout;
+          return tableAtReady !== '';
+        },
+        'READY=1',
+        30_000,
+      );
+      const ready = got.find((m) => m.includes('READY=1')) as string;
+      assert.match(
+        ready,
+        /^READY=1\nSTATUS=\d+ connection security rules; 0 main mode SAs, 0 quick mode SAs\nMAINPID=\d+\n$/,
+      );
+      assert.match(tableAtReady, /table inet consec/, 'the filters were in before READY');
+      assert.match(d.output(), /"msg":"ready"/);
+      process.kill(d.pid as number, 'SIGHUP');
+      await waitUntil(() => (take(), got.some((m) => m.startsWith('RELOADING=1\nMONOTONIC_USEC='))), 'RELOADING=1');
+      await waitUntil(() => (take(), got.filter((m) => m.includes('READY=1')).length === 2), 'READY=1 after reload');
+      process.kill(d.pid as number, 'SIGTERM');
+      await d.exited;
+      take();
+      assert.ok(got.includes('STOPPING=1\n'), got.join(' | '));
+    } finally {
+      await d.stop('SIGKILL', 0);
+      sock.close();
+      rmSync(sockDir, { recursive: true, force: true });
     }
   });
 

@@ -1,7 +1,11 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { readFdBounded, readTextBounded } from '../io/bounded.ts';
+import { installService, serviceStatus, thisCommand, uninstallService, unitText } from '../daemon/service.ts';
 import { Command, CommanderError } from 'commander';
 import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
 import { Netsh } from '../shell/netsh/netsh.ts';
@@ -19,6 +23,20 @@ import { TOPOLOGIES } from '../lab/topology.ts';
 import { LabDomain } from '../lab/kdc.ts';
 import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
 
+/** The version in the package's package.json (the one npm installed). */
+function consecVersion(): string {
+  try {
+    const pkg = JSON.parse(
+      readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'package.json'), 'utf8'),
+    ) as {
+      version?: string;
+    };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 function stateDir(program: Command): string {
   return (program.opts().stateDir as string | undefined) ?? stateDirFromEnv();
 }
@@ -26,7 +44,7 @@ function stateDir(program: Command): string {
 export function buildProgram(): Command {
   const program = new Command('consec')
     .description('Windows-style IPsec (connection security rules) for Linux hosts')
-    .version('0.1.0')
+    .version(consecVersion(), '-V, --version', "print consec's version")
     .option('--state-dir <dir>', 'where policy and state live (default: $CONSEC_HOME or /var/lib/consec)')
     .showHelpAfterError()
     .exitOverride();
@@ -169,6 +187,42 @@ export function buildProgram(): Command {
         });
       },
     );
+
+  const service = program
+    .command('service')
+    .description('install consec as a systemd service that starts before the network (Type=notify)');
+  service
+    .command('install')
+    .description(
+      'write consec.service (before network-pre.target, hardened, restarted on failure) and enable it; --now starts it',
+    )
+    .option('--now', 'start the service now as well')
+    .option('--unit-dir <dir>', 'write the unit here instead of /etc/systemd/system (packaging, tests)')
+    .action(async (opts: { now?: boolean; unitDir?: string }) => {
+      process.exitCode = await installService(
+        { command: thisCommand(), stateDir: resolve(stateDir(program)), unitDir: opts.unitDir, now: opts.now },
+        (l) => process.stdout.write(`${l}\n`),
+      );
+    });
+  service
+    .command('uninstall')
+    .description('stop, disable and remove consec.service (the policy in the state directory stays)')
+    .option('--unit-dir <dir>', 'the directory the unit was written to')
+    .action(async (opts: { unitDir?: string }) => {
+      process.exitCode = await uninstallService(opts, (l) => process.stdout.write(`${l}\n`));
+    });
+  service
+    .command('status')
+    .description("the service as systemd sees it, with the daemon's status line (exit 0 running, 3 not)")
+    .action(async () => {
+      process.exitCode = await serviceStatus((l) => process.stdout.write(`${l}\n`));
+    });
+  service
+    .command('unit')
+    .description('print the unit file install would write')
+    .action(() => {
+      process.stdout.write(unitText({ command: thisCommand(), stateDir: resolve(stateDir(program)) }));
+    });
 
   const lab = program.command('lab').description('network-namespace lab: TEST-NET hosts joined by veth pairs');
   lab

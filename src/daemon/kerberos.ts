@@ -92,7 +92,8 @@ export function userCredentials(
   } finally {
     closeSync(fd);
   }
-  const dir = mkdtempSync(join(tmpdir(), 'consec-user-'));
+  // The service's runtime directory (/run/consec, 0700) where systemd gives one, else the temp dir.
+  const dir = mkdtempSync(join(process.env.RUNTIME_DIRECTORY?.split(':')[0] || tmpdir(), 'consec-user-'));
   writeFileSync(join(dir, 'ccache'), data, { mode: 0o600, flag: 'wx' });
   return { ccache: `FILE:${join(dir, 'ccache')}`, dispose: () => rmSync(dir, { recursive: true, force: true }) };
 }

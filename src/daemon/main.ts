@@ -37,6 +37,7 @@ import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
 import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
+import { serviceNotifier } from './notify.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
@@ -526,7 +527,17 @@ async function serve(
   const clearSeen = new Map<string, number>();
   const locationStamp = () => `${networkCategoriesStamp(stateDir)}|${profilesInForce().join()}`;
   let location = locationStamp();
+  // systemd (Type=notify): READY once the filters are in and IKE listens; STATUS as it runs.
+  const notifier = serviceNotifier(process.env, (err) => log.warn({ reason: err.message }, 'sd_notify'));
+  const statusLine = () => {
+    const sessions = service.sessions().filter((x) => x.state === 'established');
+    const children = sessions.reduce((n, x) => n + x.children.size, 0);
+    return `${service.policy.rules.length} connection security rules; ${sessions.length} main mode SAs, ${children} quick mode SAs`;
+  };
+  let lastStatus = '';
   const housekeeping = setInterval(() => {
+    const line = statusLine();
+    if (line !== lastStatus) notifier.status((lastStatus = line));
     const now = locationStamp();
     if (now !== location) {
       location = now;
@@ -562,9 +573,11 @@ async function serve(
     },
     'ready',
   );
+  notifier.ready((lastStatus = statusLine()));
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping: deleting SAs at the peers');
+      notifier.stopping();
       signals.stopping();
       control.close();
       clearInterval(housekeeping);
@@ -584,12 +597,14 @@ async function serve(
           securityLog.close();
           lock.release();
           journal?.close();
+          notifier.close();
           resolve();
         });
     };
     // SIGHUP (systemctl reload): the policy read again now; SAs the policy still allows stay up.
     // An unreadable store keeps the policy in force.
     const onHup = () => {
+      notifier.reloading();
       try {
         service.reload(stores.read('ActiveStore'));
         log.info({ signal: 'SIGHUP' }, 'policy reloaded on request');
@@ -608,7 +623,10 @@ async function serve(
         });
       }
     };
-    signals.ready(stop, onHup);
+    signals.ready(stop, () => {
+      onHup();
+      notifier.ready(statusLine());
+    });
   });
   log.info({}, 'stopped');
   return 0;
