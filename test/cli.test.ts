@@ -29,6 +29,56 @@ describe('consec CLI', () => {
     assert.equal(consec(['--version']).stdout, `${pkg.version}\n`);
   });
 
+  it('npm pack makes a tarball that installs like a Node tool (npm install -g): the addon builds, consec runs, its unit names the installed files', () => {
+    const dir = mkdtempSync('/tmp/consec-pack-');
+    try {
+      const pack = spawnSync('npm', ['pack', '--pack-destination', dir], { encoding: 'utf8', cwd: ROOT });
+      assert.equal(pack.status, 0, pack.stderr);
+      const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+      const tgz = join(dir, `consec-${pkg.version}.tgz`);
+      const prefix = join(dir, 'prefix');
+      // From npm's cache (filled by npm ci), as an admin's machine would fetch them from the registry.
+      const install = spawnSync(
+        'npm',
+        [
+          'install',
+          '-g',
+          '--prefix',
+          prefix,
+          '--prefer-offline',
+          '--no-audit',
+          '--no-fund',
+          '--allow-scripts=consec',
+          tgz,
+        ],
+        { encoding: 'utf8', cwd: dir },
+      );
+      assert.equal(install.status, 0, install.stderr);
+      const home = join(prefix, 'lib', 'node_modules', 'consec');
+      for (const addon of ['consec_io.node', 'consec_gss.node'])
+        assert.ok(existsSync(join(home, 'build', 'Release', addon)), `${addon} built at install`);
+      const bin = join(prefix, 'bin', 'consec');
+      const run = (...args: string[]) => spawnSync(bin, args, { encoding: 'utf8', cwd: '/' });
+      assert.equal(run('--version').stdout, `${pkg.version}\n`);
+      assert.match(run('--help').stdout, /^ {2}service\b/m);
+      const state = freshStateDir('consec-pack-state-');
+      const rule = run(
+        '--state-dir',
+        state,
+        'pwsh',
+        '-Command',
+        'New-NetIPsecRule -DisplayName packed | Out-Null; (Get-NetIPsecRule).DisplayName',
+      );
+      assert.equal(rule.stdout.trim(), 'packed', rule.stderr);
+      assert.match(
+        run('service', 'unit').stdout,
+        new RegExp(`^ExecStart=${process.execPath} ${join(home, 'dist', 'cli', 'main.js')} `, 'm'),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('service install writes a unit systemd accepts (Type=notify, before the network, hardened) whose command runs from /; uninstall removes only its own', () => {
     const unitDir = mkdtempSync('/tmp/consec-unit-');
     try {
