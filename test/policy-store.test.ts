@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { spawn } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { PolicyDocument } from '../src/policy/model.ts';
@@ -288,6 +288,38 @@ describe('policy store', () => {
     );
     assert.equal(r.errors, 0, r.err);
     assert.equal(r.out, 'first\nsecond\n');
+  });
+
+  it('the disk fills while a policy is written: a clear error, the store as it was, no half file left', async () => {
+    // A state directory on a tmpfs of 256 KiB, then filled up, as a full /var would be.
+    const dir = mkdtempSync('/tmp/consec-full-');
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', dir]);
+    assert.equal(mounted.status, 0, String(mounted.stderr));
+    try {
+      await ps('New-NetIPsecRule -DisplayName kept -Name kept | Out-Null', dir);
+      const file = join(dir, 'policy', 'PersistentStore.json');
+      const before = readFileSync(file, 'utf8');
+      const filler = join(dir, 'filler');
+      spawnSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=4k'], { encoding: 'utf8' }); // until ENOSPC
+      // One page free again: the write starts, then runs out (a short write, not an error at once).
+      spawnSync('truncate', ['-s', '-8192', filler]);
+      // A rule with a long description: the new store no longer fits.
+      const r = await cli(dir, `New-NetIPsecRule -DisplayName big -Description "${'x'.repeat(8000)}"`);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /ENOSPC|no space left on device/i);
+      assert.equal(readFileSync(file, 'utf8'), before, 'the store is unchanged');
+      assert.deepEqual(
+        readdirSync(join(dir, 'policy')).filter((f) => f.includes('.tmp-')),
+        [],
+        'no half-written temp file left',
+      );
+      rmSync(filler);
+      const after = await cli(dir, 'Get-NetIPsecRule | ForEach-Object { $_.Name }');
+      assert.equal(after.out, 'kept\n', after.err);
+    } finally {
+      spawnSync('umount', [dir]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('read-only and unknown stores are refused without touching anything', async () => {
