@@ -5,7 +5,7 @@
  * the daemon deletes its SAs.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { GUARD_TABLE } from '../src/dataplane/guard.ts';
 import { PacketBatch, UnixDatagramSocket } from '../src/io/native.ts';
 import { run } from '../src/lab/exec.ts';
@@ -422,6 +422,37 @@ describe('consec daemon', () => {
       await d.stop('SIGKILL', 0);
       sock.close();
       rmSync(sockDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a store found corrupt at start-up: the service starts with the policy it last applied, says why, and takes the store again once repaired', async () => {
+    const dir = freshStateDir('consec-daemon-corrupt-');
+    await pskServerPolicy(dir, b, a);
+    const first = consecDaemon(lab, 'bob', dir, b);
+    let second: LabProcess | undefined;
+    try {
+      await first.waitFor(/"msg":"ready"/, 30_000);
+      const rules = lines(first, 'ready')[0]?.rules as number;
+      assert.ok(rules > 0);
+      process.kill(first.pid as number, 'SIGTERM');
+      await first.exited;
+      assert.equal(statSync(join(dir, 'applied-policy.json')).mode & 0o777, 0o600);
+      // The store half-written (a crash, a full disk): not JSON any more.
+      const file = join(dir, 'policy', 'PersistentStore.json');
+      const good = readFileSync(file);
+      writeFileSync(file, good.subarray(0, Math.floor(good.length / 2)));
+      second = consecDaemon(lab, 'bob', dir, b);
+      await second.waitFor(/"msg":"ready"/, 30_000);
+      assert.match(
+        second.output(),
+        /is not valid JSON[^\n]*"msg":"policy store unreadable at start-up: the policy last applied is in force until the store is repaired"/,
+      );
+      assert.equal(lines(second, 'ready')[0]?.rules, rules, 'the same rules in force');
+      writeFileSync(file, good);
+      await second.waitFor(/"msg":"policy reloaded"/, 15_000);
+    } finally {
+      await first.stop('SIGKILL', 0);
+      await second?.stop('SIGTERM', 5000);
     }
   });
 

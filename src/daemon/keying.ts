@@ -63,6 +63,10 @@ export interface KeyingOptions {
   bind?: (address: string) => ((rx: IkeReceiver) => IkeBind) | undefined;
   /** This host's Kerberos (its keytab) for AuthIP; without it Kerberos rules get no SA. */
   kerberos?: KerberosProvider;
+  /** The active policy to start with (the last applied one, when the stores are unreadable). */
+  initialPolicy?: PolicyDocument;
+  /** Each active policy that takes effect, as read from the stores (kept as the last applied). */
+  onApplied?(activeStore: PolicyDocument): void;
   /**
    * How often child SAs are checked for idleness (default 10 s), and the idle time after which one
    * is deleted (default: the policy's MaxSAIdleTimeSeconds, as Windows; given here by tests).
@@ -143,7 +147,9 @@ export class KeyingService {
   private readonly inFlight = new Map<string, Promise<{ session: KeyedSession; child: ChildSa }>>();
 
   constructor(private readonly o: KeyingOptions) {
-    this.doc = this.inForce(o.stores.read('ActiveStore'));
+    const active = o.initialPolicy ?? o.stores.read('ActiveStore');
+    this.doc = this.inForce(active);
+    o.onApplied?.(active);
   }
 
   /** The rules of the profiles in force (all of them without a network location). */
@@ -453,6 +459,7 @@ export class KeyingService {
   reload(activeStore: PolicyDocument): void {
     const doc = this.inForce(activeStore);
     this.doc = doc;
+    this.o.onApplied?.(activeStore);
     let kept = 0;
     let deleted = 0;
     for (const [address, m] of this.managers) {

@@ -38,6 +38,7 @@ import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
 import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
 import { serviceNotifier } from './notify.ts';
+import { AppliedPolicy } from './applied.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
@@ -331,6 +332,19 @@ async function serve(
     delete: (spiIn) => log.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
   };
   const stores = new PolicyStores(stateDir, { cacheReads: true });
+  // A store unreadable at start-up (corrupt, half-written): the policy last applied, not none.
+  const applied = new AppliedPolicy(stateDir);
+  let initialPolicy: PolicyDocument | undefined;
+  try {
+    stores.read('ActiveStore');
+  } catch (err) {
+    initialPolicy = applied.load();
+    if (!initialPolicy) throw err;
+    log.error(
+      { reason: (err as Error).message },
+      'policy store unreadable at start-up: the policy last applied is in force until the store is repaired',
+    );
+  }
   // The firewall profiles in force (network location): the rules the keying service applies.
   const profilesInForce = () => activeProfiles(networkCategories(stateDir));
   // Kerberos for AuthIP rules: the computer account of the host keytab, if this host has one.
@@ -342,6 +356,14 @@ async function serve(
   const service = new KeyingService({
     kerberos: kerberos.provider,
     stores,
+    initialPolicy,
+    onApplied: (doc) => {
+      try {
+        applied.save(doc);
+      } catch (err) {
+        log.warn({ reason: (err as Error).message }, 'cannot keep a copy of the applied policy');
+      }
+    },
     profiles: profilesInForce,
     addresses,
     ctx,

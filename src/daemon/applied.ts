@@ -1,0 +1,41 @@
+/**
+ * The policy the daemon last applied, kept in the state directory (applied-policy.json, 0600,
+ * written atomically each time a policy takes effect). A store file found corrupt or half-written
+ * when the service starts — a crash, a disk that filled, an edit by hand — then does not leave the
+ * host without policy or the service down: the last applied policy is enforced, the error logged,
+ * and the store is read again as soon as it changes.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../io/atomic.ts';
+import type { PolicyDocument } from '../policy/model.ts';
+import { readStoreFile, storeFileText } from '../policy/store.ts';
+
+export const APPLIED_POLICY = 'applied-policy.json';
+
+export class AppliedPolicy {
+  private readonly file: string;
+  private last = '';
+
+  constructor(stateDir: string) {
+    this.file = join(stateDir, APPLIED_POLICY);
+  }
+
+  /** Records `doc` (the active store) as applied; unchanged policy is not written again. */
+  save(doc: PolicyDocument): void {
+    const text = storeFileText('ActiveStore', doc);
+    if (text === this.last) return;
+    writeFileAtomic(this.file, text, 0o600);
+    this.last = text;
+  }
+
+  /** The last applied policy, or undefined when there is none (or it is itself unreadable). */
+  load(): PolicyDocument | undefined {
+    if (!existsSync(this.file)) return undefined;
+    try {
+      return readStoreFile(this.file, 'ActiveStore');
+    } catch {
+      return undefined;
+    }
+  }
+}
