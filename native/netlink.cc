@@ -3,6 +3,9 @@
 //   rtnetlink(messages)   -> Int32Array   route messages (nlmsghdr …, built by src/io/rtnetlink.ts)
 //                                         sent on a NETLINK_ROUTE socket in chunks; the errno of
 //                                         each message's acknowledgement (0: done), in order
+//   rtnetlinkMonitor(groups) -> fd        a non-blocking NETLINK_ROUTE socket joined to the multicast
+//                                         groups (RTMGRP_* bits: address and link changes), read
+//                                         with readBatch and polled like the other descriptors
 //   nftAvailable()        -> boolean      libnftables.so.1 could be loaded
 //   nftRun(script, json)  -> { ok, output, error }   one nft script (as `nft -f`, or `nft -j` for
 //                                         JSON output) through libnftables, one transaction;
@@ -202,10 +205,38 @@ Napi::Value NftRun(const Napi::CallbackInfo& info) {
   return out;
 }
 
+Napi::Value RtnetlinkMonitor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "groups must be a number").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const uint32_t groups = info[0].As<Napi::Number>().Uint32Value();
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) {
+    ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // Room for a burst of changes (an interface with many addresses going down at once).
+  int size = 1 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  sockaddr_nl local{};
+  local.nl_family = AF_NETLINK;
+  local.nl_groups = groups;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) < 0) {
+    const int e = errno;
+    ::close(fd);
+    ErrnoError(env, e, "bind(NETLINK_ROUTE)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("rtnetlink", Napi::Function::New(env, Rtnetlink));
+  exports.Set("rtnetlinkMonitor", Napi::Function::New(env, RtnetlinkMonitor));
   exports.Set("nftAvailable", Napi::Function::New(env, NftAvailable));
   exports.Set("nftRun", Napi::Function::New(env, NftRun));
 }

@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { AddressError, parsePrefix, readIp, writeIp } from '../src/io/addr.ts';
 import { kept } from '../src/io/kept.ts';
 import { internetChecksum } from '../src/packet/checksum.ts';
+import { parseAddressChanges } from '../src/io/rtnetlink.ts';
 
 describe('IP address codec', () => {
   it('round-trips IPv4 and IPv6 text through bytes', () => {
@@ -99,5 +100,82 @@ describe('kept(): long-lived bytes outside Node’s shared pool', () => {
     if (a.buffer === b.buffer) assert.ok(b.byteOffset >= a.byteOffset + 8, 'aligned, not overlapping');
     assert.deepEqual([...a], [1, 2, 3]);
     assert.deepEqual([...b], [4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  });
+});
+
+describe('rtnetlink address changes (RTM_NEWADDR / RTM_DELADDR)', () => {
+  /** One netlink message as the kernel sends it: nlmsghdr, ifaddrmsg, then attributes. */
+  const message = (
+    type: number,
+    family: number,
+    prefix: number,
+    scope: number,
+    ifindex: number,
+    attrs: [number, Buffer][],
+  ): Buffer => {
+    const body = Buffer.concat(
+      attrs.map(([t, v]) => {
+        const a = Buffer.alloc((4 + v.length + 3) & ~3);
+        a.writeUInt16LE(4 + v.length, 0);
+        a.writeUInt16LE(t, 2);
+        v.copy(a, 4);
+        return a;
+      }),
+    );
+    const h = Buffer.alloc(24);
+    h.writeUInt32LE(24 + body.length, 0);
+    h.writeUInt16LE(type, 4);
+    h[16] = family;
+    h[17] = prefix;
+    h[19] = scope;
+    h.writeUInt32LE(ifindex, 20);
+    return Buffer.concat([h, body]);
+  };
+  const flags = (f: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(f);
+    return b;
+  };
+
+  it('reads the own address of each change: IFA_LOCAL for IPv4 (IFA_ADDRESS is the peer on point-to-point), IFA_ADDRESS for IPv6; scope and DAD state', () => {
+    const v4 = message(20, 2, 24, 0, 2, [
+      [1, Buffer.from([198, 51, 100, 9])],
+      [2, Buffer.from([192, 0, 2, 7])],
+    ]);
+    const v6 = Buffer.from('20010db8000000000000000000000001', 'hex');
+    const tentative = message(20, 10, 64, 0, 3, [
+      [1, v6],
+      [8, flags(0x40)],
+    ]);
+    const link = message(20, 10, 64, 253, 3, [[1, Buffer.from('fe800000000000000000000000000001', 'hex')]]);
+    const gone = message(21, 2, 24, 0, 2, [[2, Buffer.from([192, 0, 2, 7])]]);
+    const other = message(16, 0, 0, 0, 1, []); // RTM_NEWLINK: skipped
+    const changes = parseAddressChanges(Buffer.concat([v4, tentative, link, other, gone]));
+    assert.deepEqual(
+      changes.map((c) => [c.op, c.family, readIp(c.address, 0, c.family), c.prefixLength, c.global, c.usable]),
+      [
+        ['add', 4, '192.0.2.7', 24, true, true],
+        ['add', 6, '2001:db8::1', 64, true, false],
+        ['add', 6, 'fe80::1', 64, false, true],
+        ['delete', 4, '192.0.2.7', 24, true, true],
+      ],
+    );
+  });
+
+  it('fuzz: any datagram parses to changes or to nothing, never an exception, never an address of the wrong size', () => {
+    const seed = message(20, 2, 24, 0, 2, [[2, Buffer.from([192, 0, 2, 7])]]);
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 200 }),
+        fc.array(fc.tuple(fc.nat(seed.length - 1), fc.integer({ min: 0, max: 255 })), { maxLength: 8 }),
+        (random, flips) => {
+          const mutated = Buffer.from(seed);
+          for (const [i, v] of flips) mutated[i] = v;
+          for (const d of [random, mutated])
+            for (const c of parseAddressChanges(d)) assert.equal(c.address.length, c.family === 4 ? 4 : 16);
+        },
+      ),
+      { numRuns: 20_000 },
+    );
   });
 });

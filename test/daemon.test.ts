@@ -456,6 +456,51 @@ describe('consec daemon', () => {
     }
   });
 
+  it("no --listen, negotiation only: IKE follows the host's addresses (rtnetlink) — an IPv4 and an IPv6 address added answer at once, strongSwan gets an SA on the new one; removing it ends that SA (4655)", async () => {
+    const b2 = '192.0.2.102';
+    const v6 = '2001:db8:1::102';
+    const dir = freshStateDir('consec-daemon-addresses-');
+    await pskServerPolicy(dir, b2, a);
+    const d = lab.spawn('bob', consecArgv(['daemon', '--dataplane', 'none', '--dpd', '0'], dir));
+    let alice: Charon | undefined;
+    try {
+      await d.waitFor(/keying service started/, 30_000);
+      const started = lines(d, 'keying service started')[0]?.addresses as string[];
+      assert.ok(started.includes(b) && !started.includes(b2), started.join(' '));
+      await lab.exec('bob', ['ip', 'addr', 'add', `${b2}/24`, 'dev', 'eth0']);
+      await lab.exec('bob', ['ip', '-6', 'addr', 'add', `${v6}/64`, 'dev', 'eth0', 'nodad']);
+      await d.waitFor(/"address":"192\.0\.2\.102"[^\n]*"msg":"local address added: IKE listens there"/);
+      await d.waitFor(/"address":"2001:db8:1::102"[^\n]*"msg":"local address added: IKE listens there"/);
+      alice = await Charon.start(
+        lab,
+        'alice',
+        pskHostTunnel(a, b2, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'] }),
+      );
+      await alice.initiate('c');
+      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
+      assert.equal(
+        (lines(d, 'audit 4650')[0]?.audit as { mainMode: { local: { address: string } } }).mainMode.local.address,
+        b2,
+      );
+      await lab.exec('bob', ['ip', 'addr', 'del', `${b2}/24`, 'dev', 'eth0']);
+      await d.waitFor(
+        /"address":"192\.0\.2\.102"[^\n]*"msg":"local address removed: its SAs ended, IKE stopped there"/,
+      );
+      await until(
+        () =>
+          lines(d, 'audit 4655').some(
+            (l) => (l.audit as { reason: string }).reason === 'the local address was removed',
+          ),
+        '4655 for the removed address',
+      );
+    } finally {
+      await alice?.stop();
+      await d.stop('SIGTERM', 5000);
+      await lab.exec('bob', ['ip', 'addr', 'del', `${b2}/24`, 'dev', 'eth0'], { allowFailure: true });
+      await lab.exec('bob', ['ip', '-6', 'addr', 'del', `${v6}/64`, 'dev', 'eth0'], { allowFailure: true });
+    }
+  });
+
   it("certificates from the machine store (the seeds' ESAE rule); SIGTERM deletes the SA at the peer", async () => {
     const dir = freshStateDir('consec-daemon-cert-');
     const pki = LabPki.create();

@@ -166,32 +166,58 @@ export class KeyingService {
     return { ctx: this.o.ctx ?? EMPTY_CONTEXT, certs: () => loadCertStore(this.o.stores.stateDir) };
   }
 
+  /** IKE on one more local address (UDP 500/4500 there); nothing when it already runs there. */
+  async addAddress(address: string): Promise<void> {
+    if (this.managers.has(address)) return;
+    const m = new IkeManager({
+      address,
+      peerFor: (remote) => this.peerFor(address, remote),
+      authIpPeerFor: (remote) => this.peerFor(address, remote, 'AuthIP'),
+      audit: this.o.audit,
+      dataplane: this.o.dataplane,
+      timing: this.o.timing,
+      onEstablished: this.o.onEstablished,
+      onEstablishedV1: this.o.onEstablished,
+      onEstablishedAuthIp: this.o.onEstablished,
+      trace: this.o.trace,
+      kerberos: this.o.kerberos,
+      log: (event, detail) => this.o.log.info({ address, ...detail }, event),
+    });
+    try {
+      await m.listen(this.o.bind?.(address));
+    } catch (err) {
+      throw new IkeError(
+        `cannot listen for IKE on ${address} (UDP 500/4500): ${(err as Error).message}`,
+        NotifyType.TEMPORARY_FAILURE,
+      );
+    }
+    this.managers.set(address, m);
+  }
+
+  /**
+   * A local address is gone: its SAs end here (4655, "the local address was removed"; the peer
+   * cannot be told from an address we no longer have) and its sockets close.
+   */
+  removeAddress(address: string): void {
+    const m = this.managers.get(address);
+    if (!m) return;
+    this.managers.delete(address);
+    m.close('the local address was removed');
+  }
+
+  /** The addresses IKE runs on. */
+  get addresses(): string[] {
+    return [...this.managers.keys()];
+  }
+
   async start(): Promise<void> {
     for (const address of this.o.addresses) {
-      const m = new IkeManager({
-        address,
-        peerFor: (remote) => this.peerFor(address, remote),
-        authIpPeerFor: (remote) => this.peerFor(address, remote, 'AuthIP'),
-        audit: this.o.audit,
-        dataplane: this.o.dataplane,
-        timing: this.o.timing,
-        onEstablished: this.o.onEstablished,
-        onEstablishedV1: this.o.onEstablished,
-        onEstablishedAuthIp: this.o.onEstablished,
-        trace: this.o.trace,
-        kerberos: this.o.kerberos,
-        log: (event, detail) => this.o.log.info({ address, ...detail }, event),
-      });
       try {
-        await m.listen(this.o.bind?.(address));
+        await this.addAddress(address);
       } catch (err) {
         await this.stop();
-        throw new IkeError(
-          `cannot listen for IKE on ${address} (UDP 500/4500): ${(err as Error).message}`,
-          NotifyType.TEMPORARY_FAILURE,
-        );
+        throw err;
       }
-      this.managers.set(address, m);
     }
     this.idleTimer = setInterval(() => this.sweepIdle(), this.o.idle?.sweepMs ?? 10_000);
     this.idleTimer.unref?.();

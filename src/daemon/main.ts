@@ -39,6 +39,7 @@ import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
 import { serviceNotifier } from './notify.ts';
 import { AppliedPolicy } from './applied.ts';
+import { AddressWatch } from './addresses.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
@@ -241,6 +242,23 @@ class DaemonSignals {
   }
 }
 
+/** Adds and removes IKE addresses as the host's change (each change logged). */
+function followAddresses(service: KeyingService, log: pino.Logger): AddressWatch {
+  return AddressWatch.start((added, removed) => {
+    for (const address of removed) {
+      service.removeAddress(address);
+      log.info({ address }, 'local address removed: its SAs ended, IKE stopped there');
+    }
+    for (const address of added)
+      service
+        .addAddress(address)
+        .then(() => log.info({ address }, 'local address added: IKE listens there'))
+        .catch((err: Error) =>
+          log.warn({ address, reason: err.message }, 'local address added, but IKE cannot listen there'),
+        );
+  });
+}
+
 async function serve(
   stateDir: string,
   o: DaemonOptions,
@@ -252,7 +270,9 @@ async function serve(
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
-  if (addresses.length === 0) throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
+  // Following the host's addresses (no --listen, no data plane), IKE may start before any exists.
+  if (addresses.length === 0 && (o.listen?.length || o.dataplane === 'userspace'))
+    throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   // Manual SAs are read and checked before anything changes on the host.
   const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
   if (manual.length > 0 && o.dataplane !== 'userspace')
@@ -476,6 +496,9 @@ async function serve(
     await plane?.close();
     throw err;
   }
+  // No --listen and no data plane bound to one address: IKE follows the host's addresses as they
+  // come and go (rtnetlink), as Windows' keying service answers on every interface.
+  const follow = !o.listen?.length && !plane ? followAddresses(service, log) : undefined;
   if (plane) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);
@@ -602,6 +625,7 @@ async function serve(
       notifier.stopping();
       signals.stopping();
       control.close();
+      follow?.close();
       clearInterval(housekeeping);
       keeper.close();
       metricsServer?.close();

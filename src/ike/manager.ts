@@ -619,11 +619,11 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.close();
   }
 
-  /** Forgets every SA without telling the peers and closes the sockets. */
-  close(): void {
-    this.authip.close();
-    this.v1.close();
-    for (const s of this.sessions()) s.terminate('keying service stopped');
+  /** Forgets every SA without telling the peers (the reason goes into 4655) and closes the sockets. */
+  close(reason = 'keying service stopped'): void {
+    this.authip.close(reason);
+    this.v1.close(reason);
+    for (const s of this.sessions()) s.terminate(reason);
     this._bind?.close();
     this._bind = undefined;
   }

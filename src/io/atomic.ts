@@ -15,7 +15,7 @@ export function writeFileAtomic(file: string, body: string, mode = 0o600): void 
     try {
       // Every octet, or an error: a short write (the disk filled) must not be renamed into place.
       const data = Buffer.from(body, 'utf8');
-      for (let off = 0; off < data.length; ) {
+      for (let off = 0; off < data.length;) {
         const n = writeSync(fd, data, off, data.length - off);
         if (n <= 0) throw Object.assign(new Error(`short write to ${tmp}`), { code: 'EIO' });
         off += n;

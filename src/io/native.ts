@@ -95,6 +95,7 @@ interface NativeAddon {
   ) => NativeEsp;
   maxBatch: number;
   rtnetlink(messages: Buffer): Int32Array;
+  rtnetlinkMonitor(groups: number): number;
   nftAvailable(): boolean;
   nftRun(script: string, json?: boolean): { ok: boolean; output: string; error: string };
 }
@@ -547,6 +548,23 @@ export function nftRun(script: string, json = false): { ok: boolean; output: str
 /** The largest batch a single recvBatch/sendmmsg call handles. */
 export function maxBatch(): number {
   return native().maxBatch;
+}
+
+/**
+ * A NETLINK_ROUTE socket joined to multicast groups (address or link changes): the kernel tells
+ * it each change as it happens; read its datagrams with a batch whose slots hold a whole one
+ * (32 KiB). ENOBUFS from `recv` means changes were lost: read the state afresh.
+ */
+export class RtnetlinkMonitor extends PolledFd {
+  static open(groups: number): RtnetlinkMonitor {
+    return new RtnetlinkMonitor(sys(() => native().rtnetlinkMonitor(groups)));
+  }
+
+  recv(batch: PacketBatch): number {
+    this.assertOpen();
+    batch.count = sys(() => native().readBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.capacity));
+    return batch.count;
+  }
 }
 
 /**

@@ -101,3 +101,79 @@ const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [
 /** An acknowledgement's errno by name (ESRCH: no such route, EEXIST …). */
 export const errnoName = (errno: number): string =>
   errno < 0 ? 'no answer' : (ERRNO_NAMES.get(errno) ?? `errno ${errno}`);
+
+// ---- address changes (RTM_NEWADDR / RTM_DELADDR), as `ip monitor address` sees them --------------
+
+const RTM_NEWADDR = 20;
+const RTM_DELADDR = 21;
+const NLMSG_DONE = 3;
+const IFADDRMSG_LEN = 8;
+const IFA_ADDRESS = 1;
+const IFA_LOCAL = 2;
+const IFA_FLAGS = 8;
+/** Multicast groups of address changes (linux/rtnetlink.h RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR). */
+export const RTMGRP_ADDRESSES = 0x10 | 0x100;
+const IFA_F_DADFAILED = 0x08;
+const IFA_F_TENTATIVE = 0x40;
+
+export interface AddressChange {
+  op: 'add' | 'delete';
+  family: 4 | 6;
+  /** The interface's index. */
+  ifindex: number;
+  /** The local address (4 or 16 octets). */
+  address: Buffer;
+  prefixLength: number;
+  /** Global scope (a host's own routable address; not link-local, not loopback). */
+  global: boolean;
+  /** Usable as a source: not tentative (IPv6 duplicate address detection still running) nor failed. */
+  usable: boolean;
+}
+
+/**
+ * The address changes in one datagram of a NETLINK_ROUTE socket; other messages are skipped, and a
+ * message that does not fit its datagram ends the parse (what came before it stands). Pure.
+ */
+export function parseAddressChanges(data: Uint8Array): AddressChange[] {
+  const out: AddressChange[] = [];
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  for (let off = 0; off + NLMSG_HDRLEN <= buf.length;) {
+    const len = buf.readUInt32LE(off);
+    const type = buf.readUInt16LE(off + 4);
+    if (len < NLMSG_HDRLEN || off + len > buf.length || type === NLMSG_DONE) break;
+    if ((type === RTM_NEWADDR || type === RTM_DELADDR) && len >= NLMSG_HDRLEN + IFADDRMSG_LEN) {
+      const m = off + NLMSG_HDRLEN;
+      const family = buf[m] === AF_INET ? 4 : buf[m] === AF_INET6 ? 6 : 0;
+      const prefixLength = buf[m + 1] as number;
+      let flags = buf[m + 2] as number;
+      const scope = buf[m + 3] as number;
+      const ifindex = buf.readUInt32LE(m + 4);
+      let address: Buffer | undefined;
+      let local: Buffer | undefined;
+      for (let a = m + IFADDRMSG_LEN; a + 4 <= off + len;) {
+        const alen = buf.readUInt16LE(a);
+        const atype = buf.readUInt16LE(a + 2) & 0x3fff;
+        if (alen < 4 || a + alen > off + len) break;
+        const value = buf.subarray(a + 4, a + alen);
+        if (atype === IFA_ADDRESS) address = value;
+        else if (atype === IFA_LOCAL) local = value;
+        else if (atype === IFA_FLAGS && value.length >= 4) flags = value.readUInt32LE(0);
+        a += align4(alen);
+      }
+      // IPv4 names the host's own address in IFA_LOCAL (IFA_ADDRESS is the peer's on point-to-point).
+      const own = family === 4 ? (local ?? address) : (address ?? local);
+      if (family !== 0 && own && own.length === (family === 4 ? 4 : 16))
+        out.push({
+          op: type === RTM_NEWADDR ? 'add' : 'delete',
+          family,
+          ifindex,
+          address: Buffer.from(own),
+          prefixLength,
+          global: scope === RT_SCOPE_UNIVERSE,
+          usable: (flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0,
+        });
+    }
+    off += align4(len);
+  }
+  return out;
+}

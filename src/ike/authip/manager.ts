@@ -147,7 +147,7 @@ export class AuthIpManager {
     }
   }
 
-  close(): void {
-    for (const s of this.sessions()) s.fail(new Error('keying service stopped'));
+  close(reason = 'keying service stopped'): void {
+    for (const s of this.sessions()) s.terminate(reason);
   }
 }

@@ -541,8 +541,8 @@ export class V1Manager implements V1Host {
     return Promise.all(this.sessions().map((s) => s.delete('keying service stopped'))).then(() => {});
   }
 
-  close(): void {
+  close(reason = 'keying service stopped'): void {
     this.reassembly.close();
-    for (const s of this.sessions()) s.terminate('keying service stopped');
+    for (const s of this.sessions()) s.terminate(reason);
   }
 }
