@@ -283,6 +283,77 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
   });
 });
 
+describe('a host with several addresses, both families (no --listen): the data plane and IKE on each, as they come and go', () => {
+  let lab: Lab;
+  before(async () => {
+    lab = await LabClass.create(hostToHost());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('bob with two IPv4 and one IPv6 address negotiates with three strongSwan peers at once; an address added while running carries a fourth; one removed ends its SA (4655), the others keep theirs', async () => {
+    const [b1, b2, b6, b3] = [lab.address('bob'), '192.0.2.102', lab.address('bob', 6), '192.0.2.103'];
+    const [a1, a2, a6] = [lab.address('alice'), '192.0.2.101', lab.address('alice', 6)];
+    await lab.exec('bob', ['ip', 'addr', 'add', `${b2}/24`, 'dev', 'eth0']);
+    await lab.exec('alice', ['ip', 'addr', 'add', `${a2}/24`, 'dev', 'eth0']);
+    const pairs = [
+      ['c1', b1, a1],
+      ['c2', b2, a2],
+      ['c6', b6, a6],
+      ['c3', b3, a1],
+    ] as const;
+    const dir = freshStateDir('consec-multi-');
+    for (const [, local, remote] of pairs) await applyPolicy(dir, { local, remote, tunnel: true, mm: true });
+    // strongSwan on alice answers each pair as a peer of its own.
+    const configs = pairs.map(([name, local, remote]) =>
+      pskHostTunnel(remote, local, { name, secret: PSK, proposals: ['aes256-sha256-ecp256'] }),
+    );
+    const alice = await Charon.start(lab, 'alice', {
+      connections: Object.assign({}, ...configs.map((c) => c.connections)) as (typeof configs)[0]['connections'],
+      psks: configs.flatMap((c) => c.psks ?? []),
+    });
+    const d = lab.spawn('bob', consecArgv(['daemon', '--dpd', '0'], dir));
+    const ping = (from: string, to: string) =>
+      lab.exec(
+        'bob',
+        ['ping', ...(to.includes(':') ? ['-6'] : []), '-c', '4', '-i', '0.3', '-W', '5', '-I', from, to],
+        {
+          allowFailure: true,
+        },
+      );
+    const logs = () => `${d.output().slice(-4000)}`;
+    try {
+      await d.waitFor(/"msg":"ready"/, 30_000);
+      const started = (d.output().match(/"addresses":\[([^\]]*)\][^\n]*"msg":"keying service started"/)?.[1] ?? '')
+        .split(',')
+        .map((x) => JSON.parse(x) as string);
+      for (const x of [b1, b2, b6]) assert.ok(started.includes(x), `${x} in ${started.join(' ')}`);
+      // Three peers at once, each from its own local address.
+      const results = await Promise.all([ping(b1, a1), ping(b2, a2), ping(b6, a6)]);
+      for (const r of results) assert.match(r.stdout, / [0-2]5?% packet loss/, `${r.stdout}\n${logs()}`);
+      const locals = (await alice.listSas()).map((x) => x.remoteHost).sort();
+      assert.deepEqual(locals, [b1, b2, b6].sort(), 'one IKE SA per local address');
+      // An address added while running: usable at once, no restart.
+      await lab.exec('bob', ['ip', 'addr', 'add', `${b3}/24`, 'dev', 'eth0']);
+      await d.waitFor(/"address":"192\.0\.2\.103"[^\n]*"msg":"local address added: IKE listens there"/);
+      const fourth = await ping(b3, a1);
+      assert.match(fourth.stdout, / [0-2]5?% packet loss/, `${fourth.stdout}\n${logs()}`);
+      // An address removed: its SA ends here (4655, said why); the others carry on.
+      await lab.exec('bob', ['ip', 'addr', 'del', `${b2}/24`, 'dev', 'eth0']);
+      await d.waitFor(
+        /"address":"192\.0\.2\.102"[^\n]*"msg":"local address removed: its SAs ended, IKE stopped there"/,
+      );
+      assert.match(d.output(), /"id":4655[^\n]*"reason":"the local address was removed"/);
+      const still = await ping(b1, a1);
+      assert.match(still.stdout, / 0% packet loss/, `${still.stdout}\n${logs()}`);
+    } finally {
+      await d.stop('SIGTERM', 5000);
+      await alice.stop();
+    }
+  });
+});
+
 describe('fail-closed: Require traffic never leaves or enters in clear, even when the daemon dies', () => {
   let lab: Lab;
   before(async () => {

@@ -144,7 +144,10 @@ export function buildProgram(): Command {
   program
     .command('daemon')
     .description('run the keying and data-plane service that enforces the active policy')
-    .option('--listen <address...>', 'addresses to run IKE on, UDP 500 and 4500 (default: every local address)')
+    .option(
+      '--listen <address...>',
+      'only these addresses (default: every global address of the host, followed as addresses come and go)',
+    )
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
     .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
     .option(

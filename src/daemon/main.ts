@@ -102,15 +102,15 @@ async function routeProtected(
   /** Selectors by address entry from earlier calls (the host context is fixed for the daemon's run). */
   cache: Map<string, TrafficSelector[]>,
 ): Promise<void> {
-  const family = plane.family;
+  const families = plane.families;
   const selectors: TrafficSelector[] = [];
   for (const entry of service.protectedRanges()) {
     let cached = cache.get(entry);
     if (!cached) {
-      // Any (server and domain isolation): everything of our family goes through the data plane,
+      // Any (server and domain isolation): everything of our families goes through the data plane,
       // which sends exempt and unruled traffic on in clear.
       const resolved = resolveAddressEntry(entry, ctx);
-      const ranges = resolved === 'any' ? [family === 4 ? ANY_V4 : ANY_V6] : resolved;
+      const ranges = resolved === 'any' ? families.map((f) => (f === 4 ? ANY_V4 : ANY_V6)) : resolved;
       if (ranges.length === 0) log.warn({ entry }, 'an address keyword that stands for no address on this host');
       // Ranges of the other family come in too: a tunnel mode rule may carry IPv6 inside IPv4 (or
       // the other way round); without such an SA they are held (Require) or sent in clear (Request).
@@ -242,16 +242,25 @@ class DaemonSignals {
   }
 }
 
-/** Adds and removes IKE addresses as the host's change (each change logged). */
-function followAddresses(service: KeyingService, log: pino.Logger): AddressWatch {
+/**
+ * Adds and removes addresses as the host's change (each change logged): an address removed ends its
+ * SAs first, then its sockets; one added gets its sockets, then IKE.
+ */
+function followAddresses(
+  service: KeyingService,
+  plane: UserspaceDataPlane | undefined,
+  log: pino.Logger,
+): AddressWatch {
   return AddressWatch.start((added, removed) => {
     for (const address of removed) {
       service.removeAddress(address);
+      plane?.removeAddress(address);
       log.info({ address }, 'local address removed: its SAs ended, IKE stopped there');
     }
     for (const address of added)
-      service
-        .addAddress(address)
+      Promise.resolve()
+        .then(() => plane?.addAddress(address))
+        .then(() => service.addAddress(address))
         .then(() => log.info({ address }, 'local address added: IKE listens there'))
         .catch((err: Error) =>
           log.warn({ address, reason: err.message }, 'local address added, but IKE cannot listen there'),
@@ -270,8 +279,8 @@ async function serve(
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
-  // Following the host's addresses (no --listen, no data plane), IKE may start before any exists.
-  if (addresses.length === 0 && (o.listen?.length || o.dataplane === 'userspace'))
+  // Following the host's addresses (no --listen), the service may start before any exists.
+  if (addresses.length === 0 && o.listen?.length)
     throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   // Manual SAs are read and checked before anything changes on the host.
   const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
@@ -317,13 +326,8 @@ async function serve(
   // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
   let classify: (packet: Buffer, ip: IpInfo) => Verdict = () => 'require';
   if (o.dataplane === 'userspace') {
-    if (addresses.length !== 1)
-      throw new ConsecError(
-        'ERR_USAGE',
-        'the userspace data plane runs on one address: give exactly one --listen ADDRESS',
-      );
     plane = await UserspaceDataPlane.open({
-      local: addresses[0] as string,
+      locals: addresses,
       classify: (packet, ip) => classify(packet, ip),
       onDriverDrop: (d) => emitAudit({ ...d, subcategory: 'IPsec Driver', success: false }),
       onPolicyDrop: (d) =>
@@ -391,7 +395,7 @@ async function serve(
     onPolicy: (doc) => onPolicy(doc),
     onEstablished: (s) => metrics.established(s),
     trace: debugLog,
-    bind: plane ? () => (rx) => (plane as UserspaceDataPlane).bind(rx) : undefined,
+    bind: plane ? (address) => (rx) => (plane as UserspaceDataPlane).bind(address, rx) : undefined,
     audit: { emit: emitAudit },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
@@ -496,9 +500,9 @@ async function serve(
     await plane?.close();
     throw err;
   }
-  // No --listen and no data plane bound to one address: IKE follows the host's addresses as they
-  // come and go (rtnetlink), as Windows' keying service answers on every interface.
-  const follow = !o.listen?.length && !plane ? followAddresses(service, log) : undefined;
+  // No --listen: IKE and the data plane follow the host's addresses as they come and go
+  // (rtnetlink), as Windows' keying service answers on every interface.
+  const follow = !o.listen?.length ? followAddresses(service, plane, log) : undefined;
   if (plane) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);

@@ -1,6 +1,7 @@
 /**
  * The data plane's device part (wireguard-go's tun + conn): the TUN `consec0`, the marked sockets —
- * UDP 500 and 4500 shared with IKE, raw ESP, raw AH, IPPROTO_RAW for cleartext (one per family) —
+ * per local address UDP 500 and 4500 shared with IKE, raw ESP and raw AH, bound to that address
+ * (an endpoint; addresses come and go while it runs); IPPROTO_RAW for cleartext, one per family —
  * the routing rule that sends unmarked traffic to our table, and the routes into the TUN for the
  * protected destinations (counted: a route stays while any SA or rule needs it). Our own sockets
  * carry the firewall mark, so what they send bypasses the TUN (the wg-quick pattern).
@@ -18,8 +19,8 @@ import type { TrafficSelector } from '../sa/spec.ts';
 const run = promisify(execFile);
 
 export interface DeviceOptions {
-  /** The outer (IKE/ESP) address of this host. */
-  local: string;
+  /** The outer (IKE/ESP) addresses of this host to start with (more can be added). */
+  locals: string[];
   tunName: string;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark: number;
@@ -33,71 +34,123 @@ export interface DeviceOptions {
 export const DEVICE_DEFAULTS = { tunName: 'consec0', mark: 0xc5ec, table: 0xc5ec, rulePriority: 10_500 };
 const SOCKET_BUFFER = 8 * 1024 * 1024;
 
-export class Device {
-  /** The outer address as octets (4 or 16). */
+/** One local address's sockets, bound to it: IKE's UDP 500 and 4500 (ESP in UDP too), raw ESP and AH. */
+export interface LocalEndpoint {
+  readonly address: string;
+  readonly family: 4 | 6;
+  /** The address as octets (4 or 16). */
   readonly localBytes: Buffer;
-  /** Routes into the TUN by CIDR: how many SAs use each, and whether the policy asks for it. */
+  readonly udp500: UdpSocket;
+  readonly udp4500: UdpSocket;
+  /** Raw ESP (protocol 50) sends and receives. */
+  readonly raw: RawIpSocket;
+  /** Raw AH (protocol 51) receives (IPv4 with the IP header AH authenticates; IPv6 without it). */
+  readonly ah: RawIpSocket;
+}
+
+export class Device {
+  /** The local addresses' endpoints, by address text, in the order they were added. */
+  readonly endpoints = new Map<string, LocalEndpoint>();
+  /** Routes into the TUN by CIDR: how many SAs use each, whether the policy asks for it, its source. */
   private readonly routes = new Map<string, { sas: number; policy: boolean }>();
   private closed = false;
 
   private constructor(
     readonly o: DeviceOptions,
     readonly tun: TunDevice,
-    readonly udp500: UdpSocket,
-    readonly udp4500: UdpSocket,
-    /** Raw ESP (protocol 50) sends and receives. */
-    readonly raw: RawIpSocket,
-    /** IPPROTO_RAW (the packet carries its own IP header): exempt and Request traffic in clear, and AH. */
-    readonly clear: RawIpSocket,
-    /** Raw AH (protocol 51) receives (IPv4 with the IP header AH authenticates; IPv6 without it). */
-    readonly ah: RawIpSocket,
-    /** IPPROTO_RAW of the other family: tunnel mode carries it too, so its clear traffic goes here. */
-    readonly clearOther?: RawIpSocket,
-  ) {
-    this.localBytes = Buffer.alloc(isIPv4(o.local) ? 4 : 16);
-    writeIp(o.local, this.localBytes);
+    /**
+     * IPPROTO_RAW per family (the packet carries its own IP header): exempt and Request traffic in
+     * clear, and AH. Tunnel mode carries either family whatever the outer one, so both when the
+     * host has both; a host without a family has none.
+     */
+    readonly clear4: RawIpSocket | undefined,
+    readonly clear6: RawIpSocket | undefined,
+  ) {}
+
+  /** The IPPROTO_RAW socket of a family. */
+  clear(family: 4 | 6): RawIpSocket | undefined {
+    return family === 4 ? this.clear4 : this.clear6;
   }
 
-  get family(): 4 | 6 {
-    return this.localBytes.length === 4 ? 4 : 6;
+  /** The endpoint of a local address, if consec runs there. */
+  endpoint(address: string): LocalEndpoint | undefined {
+    return this.endpoints.get(address);
   }
 
-  /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
-  static async open(o: DeviceOptions): Promise<Device> {
-    const family = isIPv4(o.local) ? 4 : 6;
+  /** The first endpoint of a family (the source of routes no SA names yet). */
+  primary(family: 4 | 6): LocalEndpoint | undefined {
+    for (const e of this.endpoints.values()) if (e.family === family) return e;
+    return undefined;
+  }
+
+  /** Opens the sockets of one more local address (bound to it, marked). Needs CAP_NET_RAW. */
+  openEndpoint(address: string): LocalEndpoint {
+    const have = this.endpoints.get(address);
+    if (have) return have;
+    const family = isIPv4(address) ? 4 : 6;
     const opened: { close(): void }[] = [];
     const keep = <T extends { close(): void }>(x: T): T => {
       opened.push(x);
       return x;
     };
     try {
-      const tun = keep(TunDevice.open(o.tunName));
       const udp500 = keep(UdpSocket.open(family));
       const udp4500 = keep(UdpSocket.open(family));
       const raw = keep(RawIpSocket.open(family, IPPROTO_ESP));
-      const clear = keep(RawIpSocket.open(family, 255));
       const ah = keep(RawIpSocket.open(family, IPPROTO_AH));
-      for (const s of [udp500, udp4500, raw, clear, ah]) s.setMark(o.mark);
+      for (const s of [udp500, udp4500, raw, ah]) s.setMark(this.o.mark);
       // Room for bursts: a bulk transfer arrives faster than one event-loop turn drains it.
-      for (const s of [udp4500, raw, clear, ah]) s.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
-      ah.bind(o.local);
-      udp500.bind(o.local, 500);
-      udp4500.bind(o.local, 4500);
-      raw.bind(o.local);
-      // The other family rides in tunnel mode SAs too (IPv6 inside IPv4 and the other way round):
-      // its clear traffic needs a socket of its own; a host without that family simply has none.
-      let clearOther: RawIpSocket | undefined;
-      try {
-        clearOther = keep(RawIpSocket.open(family === 4 ? 6 : 4, 255));
-        clearOther.setMark(o.mark);
-      } catch {
-        clearOther = undefined;
-      }
+      for (const s of [udp4500, raw, ah]) s.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
+      ah.bind(address);
+      udp500.bind(address, 500);
+      udp4500.bind(address, 4500);
+      raw.bind(address);
+      const localBytes = Buffer.alloc(family === 4 ? 4 : 16);
+      writeIp(address, localBytes);
+      const e: LocalEndpoint = { address, family, localBytes, udp500, udp4500, raw, ah };
+      this.endpoints.set(address, e);
+      return e;
+    } catch (err) {
+      for (const s of opened.reverse()) s.close();
+      throw err;
+    }
+  }
+
+  /** Closes the sockets of a local address that is gone. */
+  closeEndpoint(address: string): void {
+    const e = this.endpoints.get(address);
+    if (!e) return;
+    this.endpoints.delete(address);
+    for (const s of [e.udp500, e.udp4500, e.raw, e.ah]) s.close();
+  }
+
+  /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
+  static async open(o: DeviceOptions): Promise<Device> {
+    const opened: { close(): void }[] = [];
+    const keep = <T extends { close(): void }>(x: T): T => {
+      opened.push(x);
+      return x;
+    };
+    let device: Device | undefined;
+    try {
+      const tun = keep(TunDevice.open(o.tunName));
+      const clearOf = (family: 4 | 6): RawIpSocket | undefined => {
+        try {
+          const c = keep(RawIpSocket.open(family, 255));
+          c.setMark(o.mark);
+          c.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
+          return c;
+        } catch {
+          return undefined; // a host without this family
+        }
+      };
+      device = new Device(o, tun, clearOf(4), clearOf(6));
+      for (const a of o.locals) device.openEndpoint(a);
       // No link-local address: the TUN itself must not send router solicitations or MLD into itself.
       await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
       // One rule per family: unmarked traffic looks in our table first (no route there: on to main).
-      const own = family === 4 ? '-4' : '-6';
+      const families = new Set<string>(o.locals.map((a) => (isIPv4(a) ? '-4' : '-6')));
       for (const ip of ['-4', '-6']) {
         const pref = String(o.rulePriority);
         await run('ip', [ip, 'rule', 'del', 'pref', pref]).catch(() => {});
@@ -113,10 +166,11 @@ export class Device {
           'pref',
           pref,
         ]);
-        await (ip === own ? add : add.catch(() => {})); // a host may lack the other family
+        await (families.has(ip) ? add : add.catch(() => {})); // a host may lack the other family
       }
-      return new Device(o, tun, udp500, udp4500, raw, clear, ah, clearOther);
+      return device;
     } catch (err) {
+      for (const a of [...(device?.endpoints.keys() ?? [])]) device?.closeEndpoint(a);
       for (const s of opened.reverse()) s.close();
       throw err;
     }
@@ -184,8 +238,11 @@ export class Device {
     return c;
   }
 
-  /** Routes `ts`'s destinations into the TUN for an SA (one more user of the route). */
-  addRoute(ts: TrafficSelector): Promise<void> {
+  /**
+   * Routes `ts`'s destinations into the TUN for an SA (one more user of the route), with the SA's
+   * local address as the source of what the host sends there.
+   */
+  addRoute(ts: TrafficSelector, source?: Buffer): Promise<void> {
     const cidr = Device.cidr(ts);
     const r = this.routes.get(cidr);
     if (r) {
@@ -193,7 +250,7 @@ export class Device {
       return Promise.resolve();
     }
     this.routes.set(cidr, { sas: 1, policy: false });
-    return this.changeRoutes([cidr], []);
+    return this.changeRoutes([cidr], [], source);
   }
 
   /** One user fewer of `ts`'s route; the last one (and no policy asking for it) removes it. */
@@ -211,7 +268,7 @@ export class Device {
    * Route changes in order, each set as one batch of rtnetlink requests from this process (no `ip`
    * process per change); a failing route does not stop the rest, and is logged.
    */
-  private changeRoutes(adds: readonly string[], dels: readonly string[]): Promise<void> {
+  private changeRoutes(adds: readonly string[], dels: readonly string[], source?: Buffer): Promise<void> {
     if (adds.length === 0 && dels.length === 0) return this.routeChanges;
     const table = this.o.table;
     const prefix = (cidr: string): { destination: Buffer; prefixLength: number } => {
@@ -223,9 +280,13 @@ export class Device {
     const requests: RouteRequest[] = [
       ...adds.map((cidr): RouteRequest => {
         const p = prefix(cidr);
-        // Our own address as the source where it is of the same family; the kernel picks one otherwise.
-        const source = p.destination.length === this.localBytes.length ? this.localBytes : undefined;
-        return { op: 'replace', ...p, table, ifindex: this.ifindex, source };
+        // The SA's own address as the source, else our first address of that family (the TUN has
+        // none of its own); the kernel picks one when we have none of the family.
+        const src =
+          source && source.length === p.destination.length
+            ? source
+            : this.primary(p.destination.length === 4 ? 4 : 6)?.localBytes;
+        return { op: 'replace', ...p, table, ifindex: this.ifindex, source: src };
       }),
       ...dels.map((cidr): RouteRequest => ({ op: 'delete', ...prefix(cidr), table })),
     ];
@@ -269,8 +330,8 @@ export class Device {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of [this.tun, this.udp500, this.udp4500, this.raw, this.clear, this.ah]) s.close();
-    this.clearOther?.close();
+    for (const a of [...this.endpoints.keys()]) this.closeEndpoint(a);
+    for (const s of [this.tun, this.clear4, this.clear6]) s?.close();
     await Device.removeRouting(this.o.table, this.o.rulePriority);
   }
 }

@@ -20,14 +20,14 @@
  */
 import { type AhInbound, IPPROTO_AH } from '../esp/ah.ts';
 import { EspError, type EspInbound, NEXT_HEADER_NONE } from '../esp/esp.ts';
-import { openFailure, PacketBatch, type UdpSocket } from '../io/native.ts';
+import { openFailure, PacketBatch } from '../io/native.ts';
 import { internetChecksum, recomputeTransportChecksum } from '../packet/checksum.ts';
 import { type IkePort, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
-import type { Device } from './device.ts';
+import type { Device, LocalEndpoint } from './device.ts';
 import { packetMatches, parseIp } from './ip.ts';
 import { BATCH, SLOT } from './outbound.ts';
 import { peerOctets, type Sad, type SaEntry } from './sad.ts';
-import type { Counters, DriverDropId } from './stats.ts';
+import type { Counters, DriverDropId, DropReason } from './stats.ts';
 
 /** Inbound packets of one read bound for one SA: where they are, their sequence numbers and read index. */
 interface Gather {
@@ -43,8 +43,8 @@ export interface InboundContext {
   readonly device: Device;
   readonly sad: Sad;
   readonly counters: Counters;
-  /** The keying service's receiver for IKE messages (once it listens). */
-  keying(): IkeReceiver | undefined;
+  /** The keying service's receiver for IKE messages at a local address (once it listens there). */
+  keying(address: string): IkeReceiver | undefined;
   /** Packets of `e` were accepted: counted, activity and lifetime. */
   received(e: SaEntry, packets: number, bytes: number): void;
 }
@@ -63,16 +63,26 @@ export class Inbound {
   private readonly gathers = new Map<SaEntry, Gather>();
   private readonly touched: SaEntry[] = [];
 
+  /** The local address the packets being handled arrived at (set by each read loop). */
+  private ep!: LocalEndpoint;
+
   constructor(private readonly c: InboundContext) {}
 
   /** Octets of the IP header transport mode puts back in front of a payload (IPv4 or IPv6 outer). */
   private get headroom(): number {
-    return this.c.device.family === 4 ? 20 : 40;
+    return this.ep.family === 4 ? 20 : 40;
+  }
+
+  /** A driver-check drop of packet `index` of `batch` (read at this endpoint). */
+  private driverDrop(reason: DropReason, id: DriverDropId, spi: number, batch: PacketBatch, index: number): void {
+    this.c.counters.driverDrop(reason, id, spi, batch, index, this.ep.family);
   }
 
   // ---- stage 1 ---------------------------------------------------------------------------------
 
-  fromUdp(sock: UdpSocket, port: IkePort): void {
+  fromUdp(ep: LocalEndpoint, port: IkePort): void {
+    this.ep = ep;
+    const sock = port === 500 ? ep.udp500 : ep.udp4500;
     const batch = this.udpIn;
     for (;;) {
       const n = sock.recv(batch);
@@ -84,11 +94,12 @@ export class Inbound {
         const data = batch.packet(i);
         const from = () => ({ address: batch.address(i, fam), port: batch.ports[i] as number });
         if (port === 500) {
-          this.c.keying()?.ike(Buffer.from(data), from(), 500);
+          this.c.keying(ep.address)?.ike(Buffer.from(data), from(), 500);
           continue;
         }
         const kind = udp4500Kind(data);
-        if (kind === 'ike') this.c.keying()?.ike(Buffer.from(data.subarray(NON_ESP_MARKER.length)), from(), 4500);
+        if (kind === 'ike')
+          this.c.keying(ep.address)?.ike(Buffer.from(data.subarray(NON_ESP_MARKER.length)), from(), 4500);
         else if (kind === 'esp') this.esp(data, batch, i, 0);
         else if (kind === 'runt') this.c.counters.drop('malformed');
       }
@@ -96,11 +107,12 @@ export class Inbound {
     }
   }
 
-  fromRaw(): void {
+  fromRaw(ep: LocalEndpoint): void {
+    this.ep = ep;
     const batch = this.rawIn;
-    const v4 = this.c.device.family === 4;
+    const v4 = ep.family === 4;
     for (;;) {
-      const n = this.c.device.raw.recv(batch);
+      const n = ep.raw.recv(batch);
       if (n === 0) return;
       for (let i = 0; i < n; i++) {
         if ((batch.lengths[i] as number) < 0) continue;
@@ -112,11 +124,12 @@ export class Inbound {
     }
   }
 
-  fromAh(): void {
+  fromAh(ep: LocalEndpoint): void {
+    this.ep = ep;
     const batch = this.rawIn;
-    const v6 = this.c.device.family === 6;
+    const v6 = ep.family === 6;
     for (;;) {
-      const n = this.c.device.ah.recv(batch);
+      const n = ep.ah.recv(batch);
       if (n === 0) return;
       for (let i = 0; i < n; i++) {
         const len = batch.lengths[i] as number;
@@ -131,7 +144,7 @@ export class Inbound {
           h[6] = IPPROTO_AH;
           h[7] = 0;
           batch.addrs.copy(h, 8, i * 16, i * 16 + 16);
-          this.c.device.localBytes.copy(h, 24);
+          ep.localBytes.copy(h, 24);
           pkt.copy(h, 40);
           pkt = h.subarray(0, 40 + len);
         }
@@ -139,7 +152,7 @@ export class Inbound {
         const spi = pkt.readUInt32BE(ah + 4);
         const e = this.c.sad.inbound(spi);
         if (!e || !e.ah) {
-          this.c.counters.driverDrop('unknown SPI', 4965, spi, batch, i);
+          this.driverDrop('unknown SPI', 4965, spi, batch, i);
           continue;
         }
         let opened;
@@ -170,7 +183,7 @@ export class Inbound {
     const spi = esp.readUInt32BE(0);
     const e = this.c.sad.inbound(spi);
     if (!e || !e.batch) {
-      this.c.counters.driverDrop('unknown SPI', 4965, spi, batch, index);
+      this.driverDrop('unknown SPI', 4965, spi, batch, index);
       return;
     }
     const sa = e.in as EspInbound;
@@ -181,7 +194,7 @@ export class Inbound {
     const low = esp.readUInt32BE(4);
     const seq = sa.precheck(low);
     if (seq < 0) {
-      this.c.counters.driverDrop('replay', this.replayId(e, low), spi, batch, index);
+      this.driverDrop('replay', this.replayId(e, low), spi, batch, index);
       return;
     }
     let g = this.gathers.get(e);
@@ -215,8 +228,8 @@ export class Inbound {
   /** A packet the AH context refused: counted by reason; an integrity or replay failure is its driver event. */
   private refused(e: SaEntry, err: unknown, low: number, batch: PacketBatch, index: number): void {
     const reason = err instanceof EspError ? err.reason : 'malformed';
-    if (reason === 'integrity') this.c.counters.driverDrop(reason, 4960, e.in.spi, batch, index);
-    else if (reason === 'replay') this.c.counters.driverDrop(reason, this.replayId(e, low), e.in.spi, batch, index);
+    if (reason === 'integrity') this.driverDrop(reason, 4960, e.in.spi, batch, index);
+    else if (reason === 'replay') this.driverDrop(reason, this.replayId(e, low), e.in.spi, batch, index);
     else this.c.counters.drop(reason);
   }
 
@@ -258,14 +271,14 @@ export class Inbound {
         const len = lens[k] as number;
         if (len < 0) {
           const reason = openFailure(len);
-          if (reason === 'integrity') this.c.counters.driverDrop(reason, 4960, e.in.spi, src, index);
+          if (reason === 'integrity') this.driverDrop(reason, 4960, e.in.spi, src, index);
           else this.c.counters.drop(reason);
           continue;
         }
         const seq = g.seq[k] as number;
         if (!(e.in as EspInbound).accept(seq, len)) {
           // A duplicate inside this read, or one the window moved past while the read was opened.
-          this.c.counters.driverDrop('replay', this.replayId(e, seq % 2 ** 32), e.in.spi, src, index);
+          this.driverDrop('replay', this.replayId(e, seq % 2 ** 32), e.in.spi, src, index);
           continue;
         }
         this.followPeer(e, src, index);
@@ -343,7 +356,7 @@ export class Inbound {
    */
   private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
     const peer = peerOctets(e);
-    const local = this.c.device.localBytes;
+    const local = this.ep.localBytes;
     if (local.length === 16) {
       buf.writeUInt32BE(0x60000000, off); // version 6, no traffic class, no flow label
       buf.writeUInt16BE(total - 40, off + 4);

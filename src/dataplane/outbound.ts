@@ -10,13 +10,14 @@
  *      transport mode what follows the IP header); AH is sealed here, one packet at a time
  *   5. per SA: take the gather's sequence numbers and seal it in one call (the addon, or the
  *      TypeScript ESP behind the same interface), straight into the send batches
- *   6. send the batches: ESP in UDP 4500, raw ESP, IP_HDRINCL (AH and cleartext) per family
+ *   6. send the batches: ESP in UDP 4500 and raw ESP per local address (the SA's), IP_HDRINCL (AH and
+ *      cleartext) per family
  */
 import type { AhOutbound } from '../esp/ah.ts';
 import { EspError, type EspOutbound } from '../esp/esp.ts';
 import { PacketBatch, type RawIpSocket, type UdpSocket } from '../io/native.ts';
 import type { AcquireQueue } from './acquire.ts';
-import type { Device } from './device.ts';
+import type { Device, LocalEndpoint } from './device.ts';
 import { type IpInfo, parseIp } from './ip.ts';
 import { peerOctets, type Sad, type SaEntry } from './sad.ts';
 import type { Counters } from './stats.ts';
@@ -58,10 +59,11 @@ type Sender = { send(b: PacketBatch, count?: number): number };
 export class Outbound {
   private readonly tunIn = new PacketBatch(BATCH, SLOT);
   private readonly released = new PacketBatch(BATCH, SLOT);
-  private readonly udpOut = new PacketBatch(BATCH, SLOT);
-  private readonly rawOut = new PacketBatch(BATCH, SLOT);
-  private readonly clearOut = new PacketBatch(BATCH, SLOT);
-  private readonly clearOtherOut = new PacketBatch(BATCH, SLOT);
+  /** Send batches per local address: ESP in UDP 4500 and raw ESP, out of that address's sockets. */
+  private readonly endpointOut = new Map<LocalEndpoint, { udp: PacketBatch; raw: PacketBatch }>();
+  /** IP_HDRINCL per family: cleartext, and AH (it carries the outer header it authenticates). */
+  private readonly clear4Out = new PacketBatch(BATCH, SLOT);
+  private readonly clear6Out = new PacketBatch(BATCH, SLOT);
   private readonly gathers = new Map<SaEntry, Gather>();
   private readonly touched: SaEntry[] = [];
   /** Packets sent in clear (exempt, Request without an SA, no rule). */
@@ -142,18 +144,39 @@ export class Outbound {
     return g;
   }
 
+  /** The send batches of a local address (made on its first packet). */
+  private outOf(ep: LocalEndpoint): { udp: PacketBatch; raw: PacketBatch } {
+    let o = this.endpointOut.get(ep);
+    if (!o) {
+      o = { udp: new PacketBatch(BATCH, SLOT), raw: new PacketBatch(BATCH, SLOT) };
+      this.endpointOut.set(ep, o);
+    }
+    return o;
+  }
+
+  /** A local address is gone: what was batched for it goes out first, then its batches go. */
+  forgetEndpoint(ep: LocalEndpoint): void {
+    this.flush();
+    this.endpointOut.delete(ep);
+  }
+
   /** AH authenticates the outer header too: the whole packet goes out through the IP_HDRINCL socket. */
   private sealAh(e: SaEntry, payload: Buffer, nh: number): void {
+    const ep = e.local;
+    if (!ep) {
+      this.c.counters.drop('no local address');
+      return;
+    }
     let sealed: Buffer;
     try {
-      sealed = (e.out as AhOutbound).seal(payload, nh, this.c.device.localBytes, peerOctets(e));
+      sealed = (e.out as AhOutbound).seal(payload, nh, ep.localBytes, peerOctets(e));
     } catch (err) {
       this.c.counters.drop(err instanceof EspError ? err.reason : 'seal');
       this.c.exhausted(e);
       return;
     }
     this.carried(e, 1, payload.length);
-    const batch = this.clearOut;
+    const batch = ep.family === 4 ? this.clear4Out : this.clear6Out;
     if (batch.count === batch.capacity) this.flush();
     const k = batch.count++;
     batch.set(k, sealed);
@@ -178,7 +201,13 @@ export class Outbound {
         this.c.exhausted(e);
         continue;
       }
-      const batch = e.udp ? this.udpOut : this.rawOut;
+      const ep = e.local;
+      if (!ep) {
+        this.c.counters.drop('no local address', count);
+        continue;
+      }
+      const out = this.outOf(ep);
+      const batch = e.udp ? out.udp : out.raw;
       if (batch.count + count > batch.capacity) this.flush();
       e.batch.seal.seal(src.buf, g.off, g.len, g.nh, count, batch, batch.count, e.out.spi, first);
       // The peer's address as octets kept with the SA: nothing parsed per packet.
@@ -202,12 +231,11 @@ export class Outbound {
 
   /** Sends an IP packet as it is (its own header), around the TUN: exempt or Request traffic. */
   private sendClear(packet: Buffer, ip: IpInfo): void {
-    const other = ip.family !== this.c.device.family;
-    if (other && !this.c.device.clearOther) {
+    if (!this.c.device.clear(ip.family)) {
       this.c.counters.drop('no socket for the other family');
       return;
     }
-    const batch = other ? this.clearOtherOut : this.clearOut;
+    const batch = ip.family === 4 ? this.clear4Out : this.clear6Out;
     if (batch.count === batch.capacity) this.flush();
     const k = batch.count++;
     batch.set(k, packet);
@@ -219,11 +247,10 @@ export class Outbound {
   flush(): void {
     const d = this.c.device;
     const pairs: [PacketBatch, UdpSocket | RawIpSocket | undefined][] = [
-      [this.udpOut, d.udp4500],
-      [this.rawOut, d.raw],
-      [this.clearOut, d.clear],
-      [this.clearOtherOut, d.clearOther],
+      [this.clear4Out, d.clear4],
+      [this.clear6Out, d.clear6],
     ];
+    for (const [ep, o] of this.endpointOut) pairs.push([o.udp, ep.udp4500], [o.raw, ep.raw]);
     for (const [batch, sock] of pairs) {
       if (batch.count > 0 && sock) this.send(sock, batch);
       batch.count = 0;

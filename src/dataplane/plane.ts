@@ -12,7 +12,7 @@ import { type IkeBind, type IkeReceiver, NON_ESP_MARKER } from '../sa/bind.ts';
 import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { AcquireQueue, type PolicyDrop } from './acquire.ts';
-import { Device, DEVICE_DEFAULTS } from './device.ts';
+import { Device, DEVICE_DEFAULTS, type LocalEndpoint } from './device.ts';
 import { Inbound } from './inbound.ts';
 import type { IpInfo } from './ip.ts';
 import { Outbound, type Verdict } from './outbound.ts';
@@ -24,8 +24,8 @@ export type { DataPlaneStats, DriverDropId, DropReason } from './stats.ts';
 export { DRIVER_EVENT_INTERVAL_MS } from './stats.ts';
 
 export interface DataPlaneOptions {
-  /** The outer (IKE/ESP) address of this host. */
-  local: string;
+  /** The outer (IKE/ESP) addresses of this host to start with (addAddress/removeAddress follow changes). */
+  locals: string[];
   tunName?: string;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark?: number;
@@ -57,7 +57,8 @@ export class UserspaceDataPlane implements ChildSaSink {
   private readonly inbound: Inbound;
   /** Where acquires, expiries and activity go (the keying service, once it exists: `attach`). */
   private events: SaEvents = {};
-  private keying?: IkeReceiver;
+  /** The keying service's receiver per local address. */
+  private readonly keying = new Map<string, IkeReceiver>();
   private readonly one = new PacketBatch(1, 65_536);
   private closed = false;
 
@@ -65,7 +66,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     private readonly device: Device,
     private readonly o: DataPlaneOptions,
   ) {
-    this.tally = new Counters(device.family, o.onDriverDrop);
+    this.tally = new Counters(o.onDriverDrop);
     this.held = new AcquireQueue(this.tally, {
       acquire: (flow) => this.events.acquire?.(flow),
       onPolicyDrop: o.onPolicyDrop,
@@ -84,7 +85,7 @@ export class UserspaceDataPlane implements ChildSaSink {
       device,
       sad: this.sad,
       counters: this.tally,
-      keying: () => this.keying,
+      keying: (address) => this.keying.get(address),
       received: (e, packets, bytes) => this.received(e, packets, bytes),
     });
   }
@@ -96,7 +97,7 @@ export class UserspaceDataPlane implements ChildSaSink {
     // the kernel answers oversized DF packets with ICMP "fragmentation needed" / "packet too big".
     const device = await Device.open({
       ...DEVICE_DEFAULTS,
-      mtu: isIPv4(options.local) ? 1392 : 1372,
+      mtu: options.locals.length > 0 && options.locals.every((a) => isIPv4(a)) ? 1392 : 1372,
       ...options,
       log: (event, detail) => options.log?.(event, detail),
     });
@@ -124,9 +125,33 @@ export class UserspaceDataPlane implements ChildSaSink {
     return this.held.size;
   }
 
-  /** The IP family of the outer address (one data plane per family). */
-  get family(): 4 | 6 {
-    return this.device.family;
+  /** The IP families of the outer addresses (both on a dual-stack host). */
+  get families(): (4 | 6)[] {
+    const out = new Set<4 | 6>();
+    for (const e of this.device.endpoints.values()) out.add(e.family);
+    return [...out];
+  }
+
+  /** The local addresses the data plane runs on. */
+  get addresses(): string[] {
+    return [...this.device.endpoints.keys()];
+  }
+
+  /** One more local address: its sockets open and are read (IKE binds there next). */
+  addAddress(address: string): void {
+    if (this.closed || this.device.endpoint(address)) return;
+    this.listenAt(this.device.openEndpoint(address));
+    this.log('local address added', { address });
+  }
+
+  /** A local address is gone (its SAs were deleted first): its sockets close. */
+  removeAddress(address: string): void {
+    const ep = this.device.endpoint(address);
+    if (!ep) return;
+    this.outbound.forgetEndpoint(ep);
+    this.keying.delete(address);
+    this.device.closeEndpoint(address);
+    this.log('local address removed', { address });
   }
 
   get tunName(): string {
@@ -155,10 +180,15 @@ export class UserspaceDataPlane implements ChildSaSink {
   private start(): void {
     const d = this.device;
     d.tun.onReadable(this.guarded(() => this.outbound.fromTun()));
-    d.udp4500.onReadable(this.guarded(() => this.inbound.fromUdp(d.udp4500, 4500)));
-    d.udp500.onReadable(this.guarded(() => this.inbound.fromUdp(d.udp500, 500)));
-    d.raw.onReadable(this.guarded(() => this.inbound.fromRaw()));
-    d.ah.onReadable(this.guarded(() => this.inbound.fromAh()));
+    for (const ep of d.endpoints.values()) this.listenAt(ep);
+  }
+
+  /** Reads a local address's sockets. */
+  private listenAt(ep: LocalEndpoint): void {
+    ep.udp4500.onReadable(this.guarded(() => this.inbound.fromUdp(ep, 4500)));
+    ep.udp500.onReadable(this.guarded(() => this.inbound.fromUdp(ep, 500)));
+    ep.raw.onReadable(this.guarded(() => this.inbound.fromRaw(ep)));
+    ep.ah.onReadable(this.guarded(() => this.inbound.fromAh(ep)));
   }
 
   /**
@@ -178,10 +208,11 @@ export class UserspaceDataPlane implements ChildSaSink {
     };
   }
 
-  /** The IKE sockets, for the keying service (`IkeManager.listen(rx => plane.bind(rx))`). */
-  bind(rx: IkeReceiver): IkeBind {
-    this.keying = rx;
-    const d = this.device;
+  /** The IKE sockets of a local address, for the keying service (`IkeManager.listen(rx => plane.bind(address, rx))`). */
+  bind(address: string, rx: IkeReceiver): IkeBind {
+    const d = this.device.endpoint(address);
+    if (!d) throw new Error(`the data plane does not run on ${address}`);
+    this.keying.set(address, rx);
     const send = (sock: UdpSocket, parts: Buffer[], to: Endpoint) => {
       if (this.closed) return;
       let off = 0;
@@ -197,11 +228,13 @@ export class UserspaceDataPlane implements ChildSaSink {
       }
     };
     return {
-      address: d.o.local,
+      address,
       sendIke: (message, port, to) =>
         port === 500 ? send(d.udp500, [message], to) : send(d.udp4500, [NON_ESP_MARKER, message], to),
       sendUdp4500: (packet, to) => send(d.udp4500, [packet], to),
-      close: () => {},
+      close: () => {
+        if (this.keying.get(address) === rx) this.keying.delete(address);
+      },
     };
   }
 
@@ -212,12 +245,17 @@ export class UserspaceDataPlane implements ChildSaSink {
     const spis = { spiIn: hex8(spec.inbound.spi), spiOut: hex8(spec.outbound.spi) };
     try {
       e = this.sad.install(spec);
+      e.local = this.device.endpoint(spec.local.address);
+      if (!e.local) {
+        this.sad.remove(spec.inbound.spi);
+        throw new Error(`no local address ${spec.local.address} in the data plane`);
+      }
     } catch (err) {
       // An SA this data plane cannot carry (no supported algorithm) is refused here, loudly, not half-installed.
       this.log('SA not installed', { ...spis, reason: (err as Error).message });
       return;
     }
-    for (const ts of e.remoteTs) void this.device.addRoute(ts);
+    for (const ts of e.remoteTs) void this.device.addRoute(ts, e.local.localBytes);
     this.log('SA installed', { ...spis, mode: e.mode, udp: e.udp, outbound: e.outboundActive });
     if (e.outboundActive) this.sendHeld();
   }

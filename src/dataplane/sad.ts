@@ -11,6 +11,7 @@ import { EspCbcBatch, EspGcmBatch, type EspOpener, type EspSealer } from '../io/
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { TsEspOpener, TsEspSealer } from './batch.ts';
 import { type IpInfo, packetMatches } from './ip.ts';
+import type { LocalEndpoint } from './device.ts';
 
 /** One child SA at run time in the data plane: its contexts, counters' owners, lifetime and activity. */
 export interface SaEntry {
@@ -20,6 +21,8 @@ export interface SaEntry {
   /** Made on first use (peerOctets): an SA that carries no traffic keeps none. */
   remoteBytes?: Buffer;
   udp: boolean;
+  /** Our outer address's sockets (the SA's local endpoint; set by the data plane when it installs). */
+  local?: LocalEndpoint;
   localTs: TrafficSelector[];
   remoteTs: TrafficSelector[];
   out: EspOutbound | AhOutbound;

@@ -23,6 +23,7 @@ export type DropReason =
   | 'negotiation failed'
   | 'SA removed'
   | 'no socket for the other family'
+  | 'no local address'
   | 'send would block'
   | 'internal error'
   /** A send the kernel refused, by its errno code (ENETUNREACH, EPERM …). */
@@ -57,10 +58,7 @@ export class Counters {
   /** Per (event, SPI): when the last event went out, packets dropped since. */
   private readonly driverEvents = new Map<number, { at: number; packets: number }>();
 
-  constructor(
-    private readonly family: 4 | 6,
-    private readonly onDriverDrop?: (e: DriverDrop) => void,
-  ) {}
+  constructor(private readonly onDriverDrop?: (e: DriverDrop) => void) {}
 
   drop(reason: DropReason, n = 1): void {
     this.stats.drops[reason] = (this.stats.drops[reason] ?? 0) + n;
@@ -70,7 +68,14 @@ export class Counters {
    * An inbound packet refused by a driver check (packet `index` of `batch` came from the peer):
    * counted by `reason`, and reported as an IPsec Driver event at most once per interval.
    */
-  driverDrop(reason: DropReason, id: DriverDropId, spi: number, batch: PacketBatch, index: number): void {
+  driverDrop(
+    reason: DropReason,
+    id: DriverDropId,
+    spi: number,
+    batch: PacketBatch,
+    index: number,
+    family: 4 | 6,
+  ): void {
     this.drop(reason);
     if (!this.onDriverDrop) return;
     const key = id * 2 ** 32 + spi;
@@ -82,7 +87,7 @@ export class Counters {
     }
     if (this.driverEvents.size > 4096) this.driverEvents.clear(); // a flood of made-up SPIs stays bounded
     this.driverEvents.set(key, { at: now, packets: 0 });
-    const remoteAddress = readIp(batch.addrs, index * 16, this.family);
+    const remoteAddress = readIp(batch.addrs, index * 16, family);
     this.onDriverDrop({ id, spi, remoteAddress, packets: (last?.packets ?? 0) + 1 });
   }
 }
