@@ -55,6 +55,7 @@ const SECTIONS: Section[] = [
     limit: 120,
   },
   { script: 'first-packet.ts', args: ['--runs', pick('3', '10', '20')], limit: 180 },
+  { script: 'daemon.ts', args: ['--runs', pick('2', '5', '10')], limit: 300 },
   { script: 'memory.ts', args: ['--sizes', quick ? '200,1000' : '1000,10000'], node: ['--expose-gc'], limit: 240 },
   {
     script: 'dataplane.ts',

@@ -5,7 +5,8 @@ import fc from 'fast-check';
 import { AddressError, parsePrefix, readIp, writeIp } from '../src/io/addr.ts';
 import { kept } from '../src/io/kept.ts';
 import { internetChecksum } from '../src/packet/checksum.ts';
-import { parseAddressChanges } from '../src/io/rtnetlink.ts';
+import { type AddressChange, parseAddressChanges } from '../src/io/rtnetlink.ts';
+import { addressEvent } from '../src/daemon/addresses.ts';
 
 describe('IP address codec', () => {
   it('round-trips IPv4 and IPv6 text through bytes', () => {
@@ -137,7 +138,7 @@ describe('rtnetlink address changes (RTM_NEWADDR / RTM_DELADDR)', () => {
     return b;
   };
 
-  it('reads the own address of each change: IFA_LOCAL for IPv4 (IFA_ADDRESS is the peer on point-to-point), IFA_ADDRESS for IPv6; scope and DAD state', () => {
+  it('reads the own address of each change: IFA_LOCAL where there is one (IFA_ADDRESS is then the peer), IFA_ADDRESS otherwise; scope and DAD state', () => {
     const v4 = message(20, 2, 24, 0, 2, [
       [1, Buffer.from([198, 51, 100, 9])],
       [2, Buffer.from([192, 0, 2, 7])],
@@ -148,18 +149,43 @@ describe('rtnetlink address changes (RTM_NEWADDR / RTM_DELADDR)', () => {
       [8, flags(0x40)],
     ]);
     const link = message(20, 10, 64, 253, 3, [[1, Buffer.from('fe800000000000000000000000000001', 'hex')]]);
+    // An IPv6 address with a peer: IFA_LOCAL is ours, IFA_ADDRESS the peer's.
+    const peered = message(20, 10, 128, 0, 4, [
+      [1, Buffer.from('20010db8000000000000000000000009', 'hex')],
+      [2, Buffer.from('20010db8000000000000000000000002', 'hex')],
+    ]);
     const gone = message(21, 2, 24, 0, 2, [[2, Buffer.from([192, 0, 2, 7])]]);
     const other = message(16, 0, 0, 0, 1, []); // RTM_NEWLINK: skipped
-    const changes = parseAddressChanges(Buffer.concat([v4, tentative, link, other, gone]));
+    const changes = parseAddressChanges(Buffer.concat([v4, tentative, link, peered, other, gone]));
     assert.deepEqual(
       changes.map((c) => [c.op, c.family, readIp(c.address, 0, c.family), c.prefixLength, c.global, c.usable]),
       [
         ['add', 4, '192.0.2.7', 24, true, true],
         ['add', 6, '2001:db8::1', 64, true, false],
         ['add', 6, 'fe80::1', 64, false, true],
+        ['add', 6, '2001:db8::2', 128, true, true],
         ['delete', 4, '192.0.2.7', 24, true, true],
       ],
     );
+  });
+
+  it('what a change means for consec: a usable global address is added; tentative, DAD-failed or removed ones go; link-local and temporary ones never count', () => {
+    const c = (o: Partial<AddressChange>): AddressChange => ({
+      op: 'add',
+      family: 4,
+      ifindex: 2,
+      address: Buffer.from([192, 0, 2, 7]),
+      prefixLength: 24,
+      global: true,
+      usable: true,
+      temporary: false,
+      ...o,
+    });
+    assert.deepEqual(addressEvent(c({})), { op: 'add', address: '192.0.2.7' });
+    assert.deepEqual(addressEvent(c({ usable: false })), { op: 'remove', address: '192.0.2.7' });
+    assert.deepEqual(addressEvent(c({ op: 'delete' })), { op: 'remove', address: '192.0.2.7' });
+    assert.equal(addressEvent(c({ global: false })), undefined);
+    assert.equal(addressEvent(c({ temporary: true })), undefined);
   });
 
   it('fuzz: any datagram parses to changes or to nothing, never an exception, never an address of the wrong size', () => {

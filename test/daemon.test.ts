@@ -410,7 +410,11 @@ describe('consec daemon', () => {
         /^READY=1\nSTATUS=\d+ connection security rules; 0 main mode SAs, 0 quick mode SAs\nMAINPID=\d+\n$/,
       );
       assert.match(tableAtReady, /table inet consec/, 'the filters were in before READY');
-      assert.match(d.output(), /"msg":"ready"/);
+      await d.waitFor(/"msg":"ready"/);
+      // The daemon says READY right after its "ready" line, which comes after the table is in.
+      const out = d.output();
+      assert.ok(out.indexOf('"msg":"fail-closed filters installed"') >= 0, out.slice(-2000));
+      assert.ok(out.indexOf('"msg":"fail-closed filters installed"') < out.indexOf('"msg":"ready"'));
       process.kill(d.pid as number, 'SIGHUP');
       await waitUntil(() => (take(), got.some((m) => m.startsWith('RELOADING=1\nMONOTONIC_USEC='))), 'RELOADING=1');
       await waitUntil(() => (take(), got.filter((m) => m.includes('READY=1')).length === 2), 'READY=1 after reload');

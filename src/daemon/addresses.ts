@@ -1,17 +1,19 @@
 /**
  * The host's own addresses, followed live through rtnetlink: the kernel tells a NETLINK_ROUTE
- * socket joined to the address groups of every address added or removed (RTM_NEWADDR /
+ * socket joined to the address groups of every address added, changed or removed (RTM_NEWADDR /
  * RTM_DELADDR), as `ip monitor address` shows them — no polling. Global unicast addresses of both
- * families count once usable (an IPv6 address after duplicate address detection); link-local and
- * loopback addresses do not. If the kernel had to drop notifications (ENOBUFS), the list is read
- * afresh.
+ * families count once usable (an IPv6 address after duplicate address detection: the kernel sends
+ * RTM_NEWADDR again when it completes); link-local, loopback and temporary (privacy) addresses do
+ * not. Each change goes to the listener in the order the kernel reported it; the listener's adds
+ * and removes are idempotent, so a change seen twice does no harm. If the kernel had to drop
+ * notifications (ENOBUFS), what was queued is discarded and the host's list is read afresh.
  */
 import { networkInterfaces } from 'node:os';
 import { readIp } from '../io/addr.ts';
 import { PacketBatch, RtnetlinkMonitor } from '../io/native.ts';
-import { parseAddressChanges, RTMGRP_ADDRESSES } from '../io/rtnetlink.ts';
+import { type AddressChange, parseAddressChanges, RTMGRP_ADDRESSES } from '../io/rtnetlink.ts';
 
-/** The host's global unicast addresses now (getifaddrs). */
+/** The host's global unicast addresses now (getifaddrs; it cannot tell tentative ones apart). */
 export function hostAddresses(): string[] {
   const out: string[] = [];
   for (const addrs of Object.values(networkInterfaces()))
@@ -20,69 +22,82 @@ export function hostAddresses(): string[] {
   return out;
 }
 
+/** A change for the listener: add an address usable now, or remove one (gone, or no longer usable). */
+export type AddressEvent = { op: 'add' | 'remove'; address: string };
+
+/** What a kernel change means for the addresses consec runs on (undefined: nothing). Pure. */
+export function addressEvent(c: AddressChange): AddressEvent | undefined {
+  const address = readIp(c.address, 0, c.family);
+  if (c.op === 'delete') return { op: 'remove', address };
+  if (!c.global || c.temporary) return undefined;
+  // An address that became tentative or failed duplicate address detection is not usable.
+  return { op: c.usable ? 'add' : 'remove', address };
+}
+
 export class AddressWatch {
-  private readonly known: Set<string>;
-  private readonly batch = new PacketBatch(16, 32 * 1024);
+  /** One datagram per read: an ENOBUFS is then never hidden behind datagrams read in the same call. */
+  private readonly batch = new PacketBatch(1, 64 * 1024);
+  private closed = false;
 
   private constructor(
     private readonly monitor: RtnetlinkMonitor,
-    private readonly onChange: (added: string[], removed: string[]) => void,
+    private readonly onChange: (e: AddressEvent) => void,
+    private readonly onError: (err: Error) => void,
   ) {
-    this.known = new Set(hostAddresses());
     monitor.onReadable(() => this.drain());
   }
 
-  /** Starts following; `onChange` hears of each change after the addresses `current` lists. */
-  static start(onChange: (added: string[], removed: string[]) => void): AddressWatch {
-    // The socket first, then the list: nothing that changes in between is missed.
-    return new AddressWatch(RtnetlinkMonitor.open(RTMGRP_ADDRESSES), onChange);
-  }
-
-  get current(): string[] {
-    return [...this.known];
+  /**
+   * Starts following. The socket is open before this returns, so a caller that reads the host's
+   * addresses afterwards (and adds them, idempotently) misses no change.
+   */
+  static start(onChange: (e: AddressEvent) => void, onError: (err: Error) => void): AddressWatch {
+    return new AddressWatch(RtnetlinkMonitor.open(RTMGRP_ADDRESSES), onChange, onError);
   }
 
   private drain(): void {
-    const added: string[] = [];
-    const removed: string[] = [];
+    try {
+      for (;;) {
+        if (this.closed) return;
+        let n: number;
+        try {
+          n = this.monitor.recv(this.batch);
+        } catch (err) {
+          if ((err as { sysCode?: string }).sysCode !== 'ENOBUFS') throw err;
+          this.resync();
+          continue;
+        }
+        if (n === 0) return;
+        for (const c of parseAddressChanges(this.batch.packet(0))) {
+          const e = addressEvent(c);
+          if (e) this.onChange(e);
+        }
+      }
+    } catch (err) {
+      this.onError(err as Error);
+    }
+  }
+
+  /**
+   * Notifications were lost: the queue (older than the loss) is discarded, then every address the
+   * host has now is added; the listener removes what it runs on and the host no longer has.
+   */
+  private resync(): void {
     for (;;) {
-      let n: number;
       try {
-        n = this.monitor.recv(this.batch);
+        if (this.monitor.recv(this.batch) === 0) break;
       } catch (err) {
         if ((err as { sysCode?: string }).sysCode !== 'ENOBUFS') throw err;
-        this.resync(added, removed);
-        continue;
       }
-      if (n === 0) break;
-      for (let i = 0; i < n; i++)
-        for (const c of parseAddressChanges(this.batch.packet(i))) {
-          const a = readIp(c.address, 0, c.family);
-          if (c.op === 'add' && c.global && c.usable && !this.known.has(a)) {
-            this.known.add(a);
-            added.push(a);
-          } else if (c.op === 'delete' && this.known.delete(a)) removed.push(a);
-        }
     }
-    if (added.length > 0 || removed.length > 0) this.onChange(added, removed);
+    this.onResync?.(hostAddresses());
   }
 
-  /** Notifications were lost: the difference between what we knew and what the host has now. */
-  private resync(added: string[], removed: string[]): void {
-    const now = new Set(hostAddresses());
-    for (const a of now)
-      if (!this.known.has(a)) {
-        this.known.add(a);
-        added.push(a);
-      }
-    for (const a of [...this.known])
-      if (!now.has(a)) {
-        this.known.delete(a);
-        removed.push(a);
-      }
-  }
+  /** Called after a resync with the host's addresses (the listener drops the ones not listed). */
+  onResync?: (addresses: string[]) => void;
 
   close(): void {
+    this.closed = true;
     this.monitor.close();
   }
 }

@@ -21,6 +21,7 @@ import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
 import { authIpConfigOf } from '../ike/authip/manager.ts';
 import type { AuthIpConfig } from '../ike/authip/session.ts';
 import { socketOwner } from '../io/socket-owner.ts';
+import { readFileSync } from 'node:fs';
 import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
@@ -45,6 +46,8 @@ export interface KeyingOptions {
   stores: PolicyStores;
   /** Addresses to run IKE on. */
   addresses: string[];
+  /** Following the host's addresses: an address IKE cannot listen on yet is left out, not fatal. */
+  follow?: boolean;
   ctx?: HostContext;
   audit?: AuditSink;
   dataplane?: ChildSaSink;
@@ -104,17 +107,20 @@ const inside = (addr: string, ts: readonly TrafficSelector[], protocol?: number,
 };
 
 /** The owner of the one connection a child SA's selectors name (Extended Mode's), if it still exists. */
-function connectionOwner(child: ChildSa): number | undefined {
+function connectionOwner(child: ChildSa, read: (table: string) => string): number | undefined {
   const [l, r] = [localTs(child)[0], remoteTs(child)[0]];
   if (!l || !r || l.startPort !== l.endPort || r.startPort !== r.endPort) return undefined;
   const text = (b: Buffer) => readIp(b, 0, b.length === 4 ? 4 : 6);
-  return socketOwner({
-    protocol: l.ipProtocol,
-    local: text(l.start),
-    localPort: l.startPort,
-    remote: text(r.start),
-    remotePort: r.startPort,
-  });
+  return socketOwner(
+    {
+      protocol: l.ipProtocol,
+      local: text(l.start),
+      localPort: l.startPort,
+      remote: text(r.start),
+      remotePort: r.startPort,
+    },
+    read,
+  );
 }
 
 /** Whether a child SA's selectors cover the flow: both hosts, and its protocol and ports. */
@@ -215,6 +221,10 @@ export class KeyingService {
       try {
         await this.addAddress(address);
       } catch (err) {
+        if (this.o.follow) {
+          this.o.log.warn({ address, reason: (err as Error).message }, 'local address not usable yet');
+          continue;
+        }
         await this.stop();
         throw err;
       }
@@ -555,12 +565,26 @@ export class KeyingService {
     if (!counters) return;
     const idleMs = this.o.idle?.afterMs ?? this.doc.settings.MaxSAIdleTimeSeconds * 1000;
     const seen = new Set<number>();
+    // The kernel's socket tables, read at most once per sweep (however many connections' SAs).
+    const tables = new Map<string, string>();
+    const read = (t: string): string => {
+      let text = tables.get(t);
+      if (text === undefined) {
+        try {
+          text = readFileSync(`/proc/net/${t}`, 'utf8');
+        } catch {
+          text = '';
+        }
+        tables.set(t, text);
+      }
+      return text;
+    };
     for (const s of this.sessions()) {
       if (s.state !== 'established') continue;
       // A connection's own SA (Extended Mode) ends with the connection: once its socket is gone or
       // belongs to someone else, another user could otherwise send as this one on the same ports.
       const uid = s instanceof AuthIpSession && s.role === 'initiator' ? s.config.extendedMode?.uid : undefined;
-      if (uid !== undefined && [...s.children.values()].some((e) => connectionOwner(e.child) !== uid)) {
+      if (uid !== undefined && [...s.children.values()].some((e) => connectionOwner(e.child, read) !== uid)) {
         this.o.log.info({ remote: s.sa.remote.address, uid }, "the user's connection ended: its SA deleted");
         void (s as AuthIpSession).delete('the connection ended');
         continue;

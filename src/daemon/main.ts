@@ -39,7 +39,7 @@ import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
 import { serviceNotifier } from './notify.ts';
 import { AppliedPolicy } from './applied.ts';
-import { AddressWatch } from './addresses.ts';
+import { type AddressEvent, AddressWatch, hostAddresses } from './addresses.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
@@ -242,32 +242,6 @@ class DaemonSignals {
   }
 }
 
-/**
- * Adds and removes addresses as the host's change (each change logged): an address removed ends its
- * SAs first, then its sockets; one added gets its sockets, then IKE.
- */
-function followAddresses(
-  service: KeyingService,
-  plane: UserspaceDataPlane | undefined,
-  log: pino.Logger,
-): AddressWatch {
-  return AddressWatch.start((added, removed) => {
-    for (const address of removed) {
-      service.removeAddress(address);
-      plane?.removeAddress(address);
-      log.info({ address }, 'local address removed: its SAs ended, IKE stopped there');
-    }
-    for (const address of added)
-      Promise.resolve()
-        .then(() => plane?.addAddress(address))
-        .then(() => service.addAddress(address))
-        .then(() => log.info({ address }, 'local address added: IKE listens there'))
-        .catch((err: Error) =>
-          log.warn({ address, reason: err.message }, 'local address added, but IKE cannot listen there'),
-        );
-  });
-}
-
 async function serve(
   stateDir: string,
   o: DaemonOptions,
@@ -279,9 +253,6 @@ async function serve(
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
-  // Following the host's addresses (no --listen), the service may start before any exists.
-  if (addresses.length === 0 && o.listen?.length)
-    throw new ConsecError('ERR_USAGE', 'no address to listen on: give --listen ADDRESS');
   // Manual SAs are read and checked before anything changes on the host.
   const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
   if (manual.length > 0 && o.dataplane !== 'userspace')
@@ -328,6 +299,7 @@ async function serve(
   if (o.dataplane === 'userspace') {
     plane = await UserspaceDataPlane.open({
       locals: addresses,
+      follow: !o.listen?.length,
       classify: (packet, ip) => classify(packet, ip),
       onDriverDrop: (d) => emitAudit({ ...d, subcategory: 'IPsec Driver', success: false }),
       onPolicyDrop: (d) =>
@@ -360,7 +332,7 @@ async function serve(
   const applied = new AppliedPolicy(stateDir);
   let initialPolicy: PolicyDocument | undefined;
   try {
-    stores.read('ActiveStore');
+    initialPolicy = stores.read('ActiveStore');
   } catch (err) {
     initialPolicy = applied.load();
     if (!initialPolicy) throw err;
@@ -389,7 +361,9 @@ async function serve(
       }
     },
     profiles: profilesInForce,
-    addresses,
+    // The data plane's addresses (those it could open), else the host's.
+    addresses: plane ? plane.addresses : addresses,
+    follow: !o.listen?.length,
     ctx,
     dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => onPolicy(doc),
@@ -501,8 +475,57 @@ async function serve(
     throw err;
   }
   // No --listen: IKE and the data plane follow the host's addresses as they come and go
-  // (rtnetlink), as Windows' keying service answers on every interface.
-  const follow = !o.listen?.length ? followAddresses(service, plane, log) : undefined;
+  // (rtnetlink), as Windows' keying service answers on every interface. Each change also renews
+  // what depends on the host's addresses: address keywords, the routes of Any rules per family.
+  let follow: AddressWatch | undefined;
+  if (!o.listen?.length) {
+    let refresh: NodeJS.Timeout | undefined;
+    const hostChanged = () => {
+      clearTimeout(refresh);
+      refresh = setTimeout(() => {
+        Object.assign(ctx, systemHostContext());
+        routeCache.clear();
+        guardCache.clear();
+        onPolicy(service.policy);
+      }, 200);
+      refresh.unref();
+    };
+    const add = async (address: string) => {
+      if (plane && !plane.addresses.includes(address)) await plane.addAddress(address);
+      if (!service.addresses.includes(address)) {
+        await service.addAddress(address);
+        log.info({ address }, 'local address added: IKE listens there');
+      }
+    };
+    const remove = (address: string) => {
+      if (!service.addresses.includes(address) && !plane?.addresses.includes(address)) return;
+      service.removeAddress(address);
+      plane?.removeAddress(address);
+      log.info({ address }, 'local address removed: its SAs ended, IKE stopped there');
+    };
+    // One change at a time, in the kernel's order.
+    let queue = Promise.resolve();
+    const apply = (e: AddressEvent) => {
+      queue = queue
+        .then(() => (e.op === 'add' ? add(e.address) : remove(e.address)))
+        .then(hostChanged)
+        .catch((err: Error) =>
+          log.warn(
+            { address: e.address, reason: err.message },
+            `local address ${e.op === 'add' ? 'added' : 'removed'}, but it could not be used`,
+          ),
+        );
+    };
+    follow = AddressWatch.start(apply, (err) => log.error({ reason: err.message }, 'address watch'));
+    const settle = (now: string[]) => {
+      for (const a of new Set([...service.addresses, ...(plane?.addresses ?? [])]))
+        if (!now.includes(a)) apply({ op: 'remove', address: a });
+      for (const a of now) apply({ op: 'add', address: a });
+    };
+    follow.onResync = settle;
+    // What changed between start-up and the watch (the watch is open now: nothing more is missed).
+    settle(hostAddresses());
+  }
   if (plane) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
     await guard(service.policy);

@@ -21,7 +21,7 @@
  * users' tickets live in /tmp (read there; the copies go to the runtime directory, /run/consec).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, lstatSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ConsecError } from '../errors.ts';
@@ -55,7 +55,8 @@ export function unitText(o: UnitOptions): string {
     'Documentation=https://learn.microsoft.com/powershell/module/netsecurity/',
     // Up before the network: network-pre.target waits for READY (the filters are in).
     'DefaultDependencies=no',
-    'After=local-fs.target systemd-modules-load.service',
+    // /dev/net/tun exists once the static device nodes are made.
+    'After=local-fs.target systemd-modules-load.service kmod-static-nodes.service systemd-tmpfiles-setup-dev.service',
     'Wants=network-pre.target',
     'Before=network-pre.target shutdown.target',
     'Conflicts=shutdown.target',
@@ -73,6 +74,8 @@ export function unitText(o: UnitOptions): string {
     // /run/consec: scratch space only root reads (copies of users' tickets for Extended Mode).
     'RuntimeDirectory=consec',
     'RuntimeDirectoryMode=0700',
+    // Kerberos' replay cache (AuthIP acceptors) there too: /var/tmp is read-only under ProtectSystem.
+    'Environment=KRB5RCACHEDIR=/run/consec',
     'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_DAC_READ_SEARCH',
     'NoNewPrivileges=yes',
     'ProtectSystem=strict',
@@ -134,6 +137,8 @@ export async function installService(
   const dir = o.unitDir ?? UNIT_DIR;
   if (!existsSync(dir)) throw new ConsecError('ERR_USAGE', `${dir} does not exist: is this a systemd host?`);
   const path = join(dir, UNIT_NAME);
+  // ReadWritePaths= needs the state directory to exist, or the service cannot start.
+  mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
   writeFileAtomic(path, unitText(o), 0o644);
   out(`wrote ${path}`);
   if (!systemdRunning() || o.unitDir) {

@@ -21,6 +21,11 @@ const run = promisify(execFile);
 export interface DeviceOptions {
   /** The outer (IKE/ESP) addresses of this host to start with (more can be added). */
   locals: string[];
+  /**
+   * Following the host's addresses: one that cannot be used yet (an IPv6 address still in duplicate
+   * address detection) is left out, not fatal; it is added once the kernel says it is usable.
+   */
+  follow?: boolean;
   tunName: string;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark: number;
@@ -52,7 +57,7 @@ export class Device {
   /** The local addresses' endpoints, by address text, in the order they were added. */
   readonly endpoints = new Map<string, LocalEndpoint>();
   /** Routes into the TUN by CIDR: how many SAs use each, whether the policy asks for it, its source. */
-  private readonly routes = new Map<string, { sas: number; policy: boolean }>();
+  private readonly routes = new Map<string, { sas: number; policy: boolean; source?: Buffer }>();
   private closed = false;
 
   private constructor(
@@ -122,6 +127,7 @@ export class Device {
     if (!e) return;
     this.endpoints.delete(address);
     for (const s of [e.udp500, e.udp4500, e.raw, e.ah]) s.close();
+    if (!this.closed) void this.reroute(e.localBytes);
   }
 
   /** Creates the TUN device, the marked sockets and the routing rule. Needs CAP_NET_ADMIN. */
@@ -135,17 +141,25 @@ export class Device {
     try {
       const tun = keep(TunDevice.open(o.tunName));
       const clearOf = (family: 4 | 6): RawIpSocket | undefined => {
+        let c: RawIpSocket;
         try {
-          const c = keep(RawIpSocket.open(family, 255));
-          c.setMark(o.mark);
-          c.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
-          return c;
-        } catch {
-          return undefined; // a host without this family
+          c = keep(RawIpSocket.open(family, 255));
+        } catch (err) {
+          if ((err as { sysCode?: string }).sysCode === 'EAFNOSUPPORT') return undefined; // no such family here
+          throw err;
         }
+        c.setMark(o.mark);
+        c.setBuffers(SOCKET_BUFFER, SOCKET_BUFFER);
+        return c;
       };
       device = new Device(o, tun, clearOf(4), clearOf(6));
-      for (const a of o.locals) device.openEndpoint(a);
+      for (const a of o.locals)
+        try {
+          device.openEndpoint(a);
+        } catch (err) {
+          if (!o.follow) throw err;
+          o.log('local address not usable yet', { address: a, reason: (err as Error).message });
+        }
       // No link-local address: the TUN itself must not send router solicitations or MLD into itself.
       await run('ip', ['link', 'set', 'dev', tun.name, 'addrgenmode', 'none']);
       await run('ip', ['link', 'set', 'dev', tun.name, 'mtu', String(o.mtu), 'up']);
@@ -247,10 +261,27 @@ export class Device {
     const r = this.routes.get(cidr);
     if (r) {
       r.sas++;
+      // The policy's route (or an older SA's) takes this SA's address as its source: what the host
+      // sends there leaves from the address the SA was negotiated on.
+      if (source && !(r.source && r.source.equals(source))) {
+        r.source = source;
+        return this.changeRoutes([cidr], [], source);
+      }
       return Promise.resolve();
     }
-    this.routes.set(cidr, { sas: 1, policy: false });
+    this.routes.set(cidr, { sas: 1, policy: false, source });
     return this.changeRoutes([cidr], [], source);
+  }
+
+  /** A local address is gone: routes with it as their source take the family's first address. */
+  reroute(gone: Buffer): Promise<void> {
+    const cidrs: string[] = [];
+    for (const [cidr, r] of this.routes)
+      if (r.source?.equals(gone)) {
+        r.source = undefined;
+        cidrs.push(cidr);
+      }
+    return this.changeRoutes(cidrs, []);
   }
 
   /** One user fewer of `ts`'s route; the last one (and no policy asking for it) removes it. */

@@ -356,7 +356,7 @@ export class Inbound {
    */
   private ipHeader(buf: Buffer, off: number, total: number, nh: number, e: SaEntry): void {
     const peer = peerOctets(e);
-    const local = this.ep.localBytes;
+    const local = (e.local ?? this.ep).localBytes;
     if (local.length === 16) {
       buf.writeUInt32BE(0x60000000, off); // version 6, no traffic class, no flow label
       buf.writeUInt16BE(total - 40, off + 4);

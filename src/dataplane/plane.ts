@@ -26,6 +26,8 @@ export { DRIVER_EVENT_INTERVAL_MS } from './stats.ts';
 export interface DataPlaneOptions {
   /** The outer (IKE/ESP) addresses of this host to start with (addAddress/removeAddress follow changes). */
   locals: string[];
+  /** Following the host's addresses: one not usable yet is left out at start (see DeviceOptions). */
+  follow?: boolean;
   tunName?: string;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark?: number;
@@ -97,7 +99,8 @@ export class UserspaceDataPlane implements ChildSaSink {
     // the kernel answers oversized DF packets with ICMP "fragmentation needed" / "packet too big".
     const device = await Device.open({
       ...DEVICE_DEFAULTS,
-      mtu: options.locals.length > 0 && options.locals.every((a) => isIPv4(a)) ? 1392 : 1372,
+      // Following the host, an IPv6 address may come later: room for its larger header from the start.
+      mtu: !options.follow && options.locals.length > 0 && options.locals.every((a) => isIPv4(a)) ? 1392 : 1372,
       ...options,
       log: (event, detail) => options.log?.(event, detail),
     });
@@ -148,6 +151,13 @@ export class UserspaceDataPlane implements ChildSaSink {
   removeAddress(address: string): void {
     const ep = this.device.endpoint(address);
     if (!ep) return;
+    // SAs still on it (manual ones, or any its keying module kept) cannot send from an address the
+    // host no longer has: they go, and their owner hears of it as a hard expiry.
+    for (const e of this.sad.entries())
+      if (e.local === ep) {
+        this.delete(e.in.spi);
+        this.events.expire?.(e.in.spi, true);
+      }
     this.outbound.forgetEndpoint(ep);
     this.keying.delete(address);
     this.device.closeEndpoint(address);

@@ -113,6 +113,7 @@ const IFA_LOCAL = 2;
 const IFA_FLAGS = 8;
 /** Multicast groups of address changes (linux/rtnetlink.h RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR). */
 export const RTMGRP_ADDRESSES = 0x10 | 0x100;
+const IFA_F_TEMPORARY = 0x01;
 const IFA_F_DADFAILED = 0x08;
 const IFA_F_TENTATIVE = 0x40;
 
@@ -128,6 +129,8 @@ export interface AddressChange {
   global: boolean;
   /** Usable as a source: not tentative (IPv6 duplicate address detection still running) nor failed. */
   usable: boolean;
+  /** An IPv6 temporary (privacy) address, rotated by the kernel. */
+  temporary: boolean;
 }
 
 /**
@@ -160,8 +163,9 @@ export function parseAddressChanges(data: Uint8Array): AddressChange[] {
         else if (atype === IFA_FLAGS && value.length >= 4) flags = value.readUInt32LE(0);
         a += align4(alen);
       }
-      // IPv4 names the host's own address in IFA_LOCAL (IFA_ADDRESS is the peer's on point-to-point).
-      const own = family === 4 ? (local ?? address) : (address ?? local);
+      // The host's own address is IFA_LOCAL where there is one (IFA_ADDRESS is then the peer's, on a
+      // point-to-point link or an IPv6 address with a peer); IFA_ADDRESS otherwise.
+      const own = local ?? address;
       if (family !== 0 && own && own.length === (family === 4 ? 4 : 16))
         out.push({
           op: type === RTM_NEWADDR ? 'add' : 'delete',
@@ -171,6 +175,7 @@ export function parseAddressChanges(data: Uint8Array): AddressChange[] {
           prefixLength,
           global: scope === RT_SCOPE_UNIVERSE,
           usable: (flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0,
+          temporary: (flags & IFA_F_TEMPORARY) !== 0,
         });
     }
     off += align4(len);
