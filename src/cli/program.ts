@@ -56,6 +56,23 @@ export function buildProgram(): Command {
     .argument('[args...]', 'PowerShell-style arguments: -Command, -File, a script path, or - for stdin')
     .allowUnknownOption()
     .helpOption('--help')
+    .addHelpText(
+      'after',
+      `
+Runs Windows PowerShell as admins write it for the NetSecurity module: functions, param blocks,
+try/catch, pipelines, Format-Table/List, ConvertTo-Json. Policy goes to the state directory's
+PersistentStore unless -PolicyStore names another (a GPO: domain\\GPO). A running daemon
+applies changes within seconds; live views (Get-NetIPsecMainModeSA, …) ask it.
+
+Examples:
+  consec pwsh -Command 'New-NetIPsecRule -DisplayName "Require inbound" -InboundSecurity Require -OutboundSecurity Request'
+  consec pwsh -File domain-isolation.ps1
+  consec pwsh -Command 'Get-NetIPsecRule | Format-Table DisplayName, Mode, InboundSecurity'
+  consec pwsh -Command 'Test-NetIPsecFlow 192.0.2.30 -Protocol TCP -RemotePort 445'   # what-if
+  consec pwsh -Command 'Get-NetIPsecMainModeSA | Format-List'                          # live SAs
+
+Exit status: 0 when no error record was written, 1 otherwise.`,
+    )
     .action(async (args: string[]) => {
       const invocation = parsePwshArgs(args, () => readFdBounded(0, 'Standard input').toString('utf8'));
       process.exitCode = await runPwsh(invocation, stateDir(program), {
@@ -74,6 +91,20 @@ export function buildProgram(): Command {
     .option('--hints', "consec's hints (a keyword read another way, a default that applies) as WARNING lines on stderr")
     .allowUnknownOption()
     .helpOption('--help')
+    .addHelpText(
+      'after',
+      `
+The netsh advfirewall contexts: consec (connection security rules), mainmode, firewall (rules),
+set/show global (IPsec and main mode settings), set store, monitor (live SAs), with netsh's own
+output and errors.
+
+Examples:
+  consec netsh advfirewall consec add rule name=web endpoint1=any endpoint2=192.0.2.0/24 action=requireinrequestout
+  consec netsh advfirewall consec show rule name=all
+  consec netsh advfirewall set global ipsec defaultkeymodules ikev1first
+  consec netsh advfirewall monitor show mmsa
+  consec netsh -f policy.netsh                        # a netsh script, one session`,
+    )
     .action(async (words: string[], opts: { hints?: boolean }) => {
       const netsh = new Netsh(
         new PolicyStores(stateDir(program)),
@@ -105,6 +136,15 @@ export function buildProgram(): Command {
     .argument('[words...]', 'the words after "auditpol", e.g. /get /category:*')
     .allowUnknownOption()
     .helpOption('--help')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  consec auditpol /set /subcategory:"IPsec Main Mode" /success:enable /failure:enable
+  consec auditpol /get /category:*
+The events go to the Security log (consec pwsh -Command 'Get-WinEvent -LogName Security') and
+to the journal (journalctl CONSEC_EVENT_ID=4653).`,
+    )
     .action((words: string[]) => {
       try {
         process.stdout.write(
@@ -144,6 +184,21 @@ export function buildProgram(): Command {
   program
     .command('daemon')
     .description('run the keying and data-plane service that enforces the active policy')
+    .addHelpText(
+      'after',
+      `
+In the foreground, logging JSON lines; as a service see "consec service install". It keys with
+IKEv2, IKEv1 and AuthIP as the rules say, protects traffic in its userspace data plane (a TUN
+device), and keeps a fail-closed nftables table so Require traffic never passes in clear, even
+when the daemon is killed (consec daemon --remove-filters lifts it). Without --listen it runs on
+every global address of the host, IPv4 and IPv6, following them as they come and go.
+Signals: SIGHUP re-reads the policy; SIGTERM/SIGINT delete the SAs at the peers and stop.
+
+Examples:
+  consec daemon                                    # every address
+  consec daemon --listen 192.0.2.1 --metrics 127.0.0.1:9464
+  consec daemon --remove-filters --force          # stop it and remove its filters`,
+    )
     .option(
       '--listen <address...>',
       'only these addresses (default: every global address of the host, followed as addresses come and go)',
@@ -193,7 +248,16 @@ export function buildProgram(): Command {
 
   const service = program
     .command('service')
-    .description('install consec as a systemd service that starts before the network (Type=notify)');
+    .description('install consec as a systemd service that starts before the network (Type=notify)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  consec service install --now     # /etc/systemd/system/consec.service, enabled and started
+  consec service status            # state, PID, the daemon's status line (exit 0 running, 3 not)
+  consec service unit              # the unit file install writes
+  journalctl -u consec             # its log`,
+    );
   service
     .command('install')
     .description(
