@@ -156,7 +156,13 @@ describe('rtnetlink address changes (RTM_NEWADDR / RTM_DELADDR)', () => {
     ]);
     const gone = message(21, 2, 24, 0, 2, [[2, Buffer.from([192, 0, 2, 7])]]);
     const other = message(16, 0, 0, 0, 1, []); // RTM_NEWLINK: skipped
-    const changes = parseAddressChanges(Buffer.concat([v4, tentative, link, peered, other, gone]));
+    // A second IPv4 address in a subnet: IFA_F_SECONDARY, the bit IPv6 uses for temporary addresses.
+    const secondary = message(20, 2, 24, 0, 2, [
+      [2, Buffer.from([192, 0, 2, 8])],
+      [8, flags(0x01)],
+    ]);
+    const changes = parseAddressChanges(Buffer.concat([v4, tentative, link, peered, other, secondary, gone]));
+    assert.ok(!changes.some((c) => c.family === 4 && c.temporary), 'IPv4 secondary is not temporary');
     assert.deepEqual(
       changes.map((c) => [c.op, c.family, readIp(c.address, 0, c.family), c.prefixLength, c.global, c.usable]),
       [
@@ -164,6 +170,7 @@ describe('rtnetlink address changes (RTM_NEWADDR / RTM_DELADDR)', () => {
         ['add', 6, '2001:db8::1', 64, true, false],
         ['add', 6, 'fe80::1', 64, false, true],
         ['add', 6, '2001:db8::2', 128, true, true],
+        ['add', 4, '192.0.2.8', 24, true, true],
         ['delete', 4, '192.0.2.7', 24, true, true],
       ],
     );

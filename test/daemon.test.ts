@@ -480,7 +480,9 @@ describe('consec daemon', () => {
         'alice',
         pskHostTunnel(a, b2, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'] }),
       );
-      await alice.initiate('c');
+      await alice.initiate('c').catch((err: Error) => {
+        throw new Error(`${err.message}\n--- consec:\n${d.output().slice(-6000)}`);
+      });
       await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
       assert.equal(
         (lines(d, 'audit 4650')[0]?.audit as { mainMode: { local: { address: string } } }).mainMode.local.address,

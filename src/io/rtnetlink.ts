@@ -113,6 +113,7 @@ const IFA_LOCAL = 2;
 const IFA_FLAGS = 8;
 /** Multicast groups of address changes (linux/rtnetlink.h RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR). */
 export const RTMGRP_ADDRESSES = 0x10 | 0x100;
+/** IPv6 privacy address; for IPv4 the same bit means IFA_F_SECONDARY (linux/if_addr.h). */
 const IFA_F_TEMPORARY = 0x01;
 const IFA_F_DADFAILED = 0x08;
 const IFA_F_TENTATIVE = 0x40;
@@ -175,7 +176,8 @@ export function parseAddressChanges(data: Uint8Array): AddressChange[] {
           prefixLength,
           global: scope === RT_SCOPE_UNIVERSE,
           usable: (flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)) === 0,
-          temporary: (flags & IFA_F_TEMPORARY) !== 0,
+          // The same bit is IFA_F_SECONDARY for IPv4 (a second address in a subnet): only IPv6 has temporary ones.
+          temporary: family === 6 && (flags & IFA_F_TEMPORARY) !== 0,
         });
     }
     off += align4(len);
