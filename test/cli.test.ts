@@ -1,6 +1,17 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LabPrerequisiteError } from '../src/errors.ts';
@@ -76,6 +87,32 @@ describe('consec CLI', () => {
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the daemon refuses a state directory others may write to, one of another user, or a link, before it touches anything', () => {
+    const base = mkdtempSync('/tmp/consec-statedir-');
+    try {
+      const open = join(base, 'open');
+      mkdirSync(open, { mode: 0o700 });
+      chmodSync(open, 0o777);
+      const foreign = join(base, 'foreign');
+      mkdirSync(foreign, { mode: 0o700 });
+      chownSync(foreign, 1001, 1001);
+      const link = join(base, 'link');
+      symlinkSync(foreign, link);
+      for (const [dir, why] of [
+        [open, /is writable by group or others \(mode 777\): chmod go-w/],
+        [foreign, /belongs to user 1001: consec writes only into directories of its own user/],
+        [link, /is a symbolic link: give the real directory/],
+      ] as const) {
+        const r = consec(['--state-dir', dir, 'daemon', '--dataplane', 'none', '--listen', '127.0.0.1']);
+        assert.equal(r.code, 1, r.stdout);
+        assert.match(r.stderr, why);
+        assert.ok(!existsSync(join(dir, 'daemon.lock')) && !existsSync(join(dir, 'control.sock')));
+      }
+    } finally {
+      rmSync(base, { recursive: true, force: true });
     }
   });
 

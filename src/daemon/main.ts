@@ -39,6 +39,7 @@ import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
 import { serviceNotifier } from './notify.ts';
 import { AppliedPolicy } from './applied.ts';
+import { safeDirectory } from '../io/safe-file.ts';
 import { type AddressEvent, AddressWatch, hostAddresses } from './addresses.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
@@ -188,6 +189,9 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     log.info({}, 'fail-closed filters, routing rule and routes removed');
     return 0;
   }
+  // The state directory holds the policy and the control socket: a root daemon takes it only when
+  // it is a real directory of its own that nobody else may write to (else anyone could plant policy).
+  safeDirectory(stateDir);
   // One daemon per state directory: a second one stops here, before it touches anything.
   const lock = StateDirLock.acquire(stateDir);
   // Signals are caught from here on: a stop asked for during start-up (a service manager's timeout,
