@@ -101,6 +101,22 @@ describe('PowerShell subset: syntax', () => {
     assert.equal(r.out, 'n=1\ntotal=1\na,b 2\nxy\ni=0\ni=1\ni=2\nc=4\nunset=1\n3\n1\n');
   });
 
+  it('the range operator as admin scripts loop with it: 1..n either way, with variables, into pipelines; bounded', async () => {
+    const r = await ps(
+      [
+        '1..5 -join ","',
+        '5..1 -join ","',
+        '$n = 3; (1..$n).Count',
+        '1..3 | ForEach-Object { "rule $_" }',
+        '"{0}" -f (2..4 -join "-")',
+        '(1..2000000).Count',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.out, '1,2,3,4,5\n5,4,3,2,1\n3\nrule 1\nrule 2\nrule 3\n2-3-4\n');
+    assert.match(r.err, /The range 1\.\.2000000 has 2000000 elements, more than the 1000000 a range may have\./);
+  });
+
   it('filter: a function whose body runs once per pipeline item with $_, parameters bound as for functions', async () => {
     const r = await ps(
       ['filter Double { $_ * 2 }', '1, 2, 3 | Double', 'filter Tag { param($p) "$p-$_" }', "'a', 'b' | Tag -p x"].join(

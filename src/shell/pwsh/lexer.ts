@@ -173,6 +173,11 @@ export class Lexer {
         this.pos++;
         return { kind: 'rbracket', extent: ext(this.pos) };
       }
+      // The range operator (1..10).
+      if (c === '.' && s[start + 1] === '.') {
+        this.pos += 2;
+        return { kind: 'operator', op: '..', extent: ext(this.pos) };
+      }
       if (c === '.' && !/\d/.test(s[start + 1] ?? '')) {
         this.pos++;
         return { kind: 'dot', extent: ext(this.pos) };

@@ -897,15 +897,26 @@ class Parser {
 
   /** `-f`: binds tighter than arithmetic, looser than the comma (`"{0}{1}" -f 'a', 'b'`). */
   private formatted(): Expr {
-    let left = this.arrayLiteral();
+    let left = this.range();
     for (;;) {
       const t = this.lx.peek('expression');
       if (t.kind !== 'operator' || t.op !== 'f') return left;
       this.lx.next('expression');
       this.operand(t.op);
-      const right = this.arrayLiteral();
+      const right = this.range();
       left = { kind: 'binary', op: 'f', left, right, extent: { start: left.extent.start, end: right.extent.end } };
     }
+  }
+
+  /** `..`: between the comma and `-f` (about_Operator_Precedence): `1..10`, `$n..1`. */
+  private range(): Expr {
+    const left = this.arrayLiteral();
+    const t = this.lx.peek('expression');
+    if (t.kind !== 'operator' || t.op !== '..') return left;
+    this.lx.next('expression');
+    this.operand('..');
+    const right = this.arrayLiteral();
+    return { kind: 'binary', op: '..', left, right, extent: { start: left.extent.start, end: right.extent.end } };
   }
 
   private arrayLiteral(): Expr {

@@ -1542,6 +1542,9 @@ function scalarOp(op: string, a: unknown, b: unknown, cs: boolean): boolean {
   }
 }
 
+/** The most elements a range (`1..n`) makes: enough for any policy script, bounded for memory. */
+const MAX_RANGE = 1_000_000;
+
 export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: Extent): unknown {
   let op = rawOp;
   let cs = false;
@@ -1550,6 +1553,22 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
     op = op.slice(1);
   }
   switch (op) {
+    case '..': {
+      // Whole numbers from left to right, either way round, both ends included.
+      const from = Math.round(toNumber(left, extent));
+      const to = Math.round(toNumber(right, extent));
+      const n = Math.abs(to - from) + 1;
+      if (n > MAX_RANGE)
+        throw new PwshError(
+          `The range ${from}..${to} has ${n} elements, more than the ${MAX_RANGE} a range may have.`,
+          'RangeTooLarge',
+          'InvalidOperation',
+          'RuntimeException',
+          extent,
+        );
+      const step = to >= from ? 1 : -1;
+      return Array.from({ length: n }, (_, i) => from + i * step);
+    }
     case 'f':
       return formatComposite(toText(left), enumerate(right), extent);
     case 'is':
