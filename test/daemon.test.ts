@@ -460,7 +460,7 @@ describe('consec daemon', () => {
     }
   });
 
-  it("no --listen, negotiation only: IKE follows the host's addresses (rtnetlink) — an IPv4 and an IPv6 address added answer at once, strongSwan gets an SA on the new one; removing it ends that SA (4655)", async () => {
+  it("no --listen, negotiation only: IKE follows the host's addresses (rtnetlink) — an IPv4 and an IPv6 address added answer at once, strongSwan gets an SA on the new one; an IPv6 address is taken only after DAD; removing one ends its SA (4655)", async () => {
     const b2 = '192.0.2.102';
     const v6 = '2001:db8:1::102';
     const dir = freshStateDir('consec-daemon-addresses-');
@@ -491,6 +491,19 @@ describe('consec daemon', () => {
         (lines(d, 'audit 4650')[0]?.audit as { mainMode: { local: { address: string } } }).mainMode.local.address,
         b2,
       );
+      // An IPv6 address with duplicate address detection (the lab turns it off; on here): the kernel
+      // reports it tentative first, usable once DAD is done — only then does IKE listen there.
+      const dad = '2001:db8:1::103';
+      await lab.exec('bob', ['sysctl', '-qw', 'net.ipv6.conf.eth0.accept_dad=1']);
+      await lab.exec('bob', ['ip', '-6', 'addr', 'add', `${dad}/64`, 'dev', 'eth0']);
+      const tentative = (await lab.exec('bob', ['ip', '-6', 'addr', 'show', 'dev', 'eth0'])).stdout;
+      assert.match(tentative, /2001:db8:1::103\/64 scope global tentative/, tentative);
+      assert.doesNotMatch(d.output(), /"address":"2001:db8:1::103"[^\n]*local address added/);
+      await d.waitFor(/"address":"2001:db8:1::103"[^\n]*"msg":"local address added: IKE listens there"/, 10_000);
+      assert.doesNotMatch(
+        (await lab.exec('bob', ['ip', '-6', 'addr', 'show', 'dev', 'eth0'])).stdout,
+        /::103\/64 scope global tentative/,
+      );
       await lab.exec('bob', ['ip', 'addr', 'del', `${b2}/24`, 'dev', 'eth0']);
       await d.waitFor(
         /"address":"192\.0\.2\.102"[^\n]*"msg":"local address removed: its SAs ended, IKE stopped there"/,
@@ -507,6 +520,8 @@ describe('consec daemon', () => {
       await d.stop('SIGTERM', 5000);
       await lab.exec('bob', ['ip', 'addr', 'del', `${b2}/24`, 'dev', 'eth0'], { allowFailure: true });
       await lab.exec('bob', ['ip', '-6', 'addr', 'del', `${v6}/64`, 'dev', 'eth0'], { allowFailure: true });
+      await lab.exec('bob', ['ip', '-6', 'addr', 'del', '2001:db8:1::103/64', 'dev', 'eth0'], { allowFailure: true });
+      await lab.exec('bob', ['sysctl', '-qw', 'net.ipv6.conf.eth0.accept_dad=0'], { allowFailure: true });
     }
   });
 
