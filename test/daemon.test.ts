@@ -583,6 +583,31 @@ describe('consec daemon', () => {
   });
 });
 
+/**
+ * Both hosts' stores (`a`'s, then `b`'s): Require between them in transport mode, a pre-shared key,
+ * and the quick mode crypto set `qm` defines as $qmSet.
+ */
+async function transportPolicies(prefix: string, a: string, b: string, qm: string[]): Promise<[string, string]> {
+  const dirs: [string, string] = [freshStateDir(`${prefix}a-`), freshStateDir(`${prefix}b-`)];
+  for (const [dir, local, remote] of [
+    [dirs[0], a, b],
+    [dirs[1], b, a],
+  ] as const) {
+    const res = await ps(
+      [
+        ...qm,
+        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
+        `New-NetIPsecRule -DisplayName "Require to ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
+          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(res.errors, 0, res.err);
+  }
+  return dirs;
+}
+
 describe('keying service: acquires from policy, consec ↔ consec, transport mode', () => {
   let lab: Lab;
   before(async () => {
@@ -595,24 +620,10 @@ describe('keying service: acquires from policy, consec ↔ consec, transport mod
   it('an acquire negotiates a transport-mode SA with the other consec; a second flow reuses it; stop deletes it', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
-    const policy = (local: string, remote: string) =>
-      [
-        '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm -PerfectForwardSecrecyGroup DH19',
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-        `New-NetIPsecRule -DisplayName "Require to ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
-          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-      ].join('\n');
-    const dirA = freshStateDir('consec-ks-a-');
-    const dirB = freshStateDir('consec-ks-b-');
-    for (const [dir, l, r] of [
-      [dirA, a, b],
-      [dirB, b, a],
-    ] as const) {
-      const res = await ps(policy(l, r), dir);
-      assert.equal(res.errors, 0, res.err);
-    }
+    const [dirA, dirB] = await transportPolicies('consec-ks-', a, b, [
+      '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+      '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $qm -PerfectForwardSecrecyGroup DH19',
+    ]);
     const bob = lab.spawn('bob', [
       process.execPath,
       '--import',
@@ -663,25 +674,11 @@ describe('keying service: acquires from policy, consec ↔ consec, transport mod
   it('a firewall rule that starts requiring encryption with the peer: the integrity-only child SA in force goes at both ends (policy reloaded)', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
-    const policy = (local: string, remote: string) =>
-      [
-        '$null_ = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption None -ESPHash SHA256',
-        '$aes = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
-        '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $null_,$aes',
-        `$psk = New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}"`,
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "PSK" -Proposal $psk',
-        `New-NetIPsecRule -DisplayName "Require to ${remote}" -LocalAddress ${local} -RemoteAddress ${remote} ` +
-          '-InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name | Out-Null',
-      ].join('\n');
-    const dirA = freshStateDir('consec-ks-enc-a-');
-    const dirB = freshStateDir('consec-ks-enc-b-');
-    for (const [dir, l, r] of [
-      [dirA, a, b],
-      [dirB, b, a],
-    ] as const) {
-      const res = await ps(policy(l, r), dir);
-      assert.equal(res.errors, 0, res.err);
-    }
+    const [dirA, dirB] = await transportPolicies('consec-ks-enc-', a, b, [
+      '$null_ = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption None -ESPHash SHA256',
+      '$aes = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AES256 -ESPHash SHA256',
+      '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName "QM" -Proposal $null_,$aes',
+    ]);
     const spawn = (host: string, args: string[]) =>
       lab.spawn(host, [process.execPath, '--import', 'tsx', join(ROOT, 'test/fixtures/keying-service.ts'), ...args]);
     const bob = spawn('bob', [dirB, b, '--stay', '20000']);

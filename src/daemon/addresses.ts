@@ -8,19 +8,10 @@
  * and removes are idempotent, so a change seen twice does no harm. If the kernel had to drop
  * notifications (ENOBUFS), what was queued is discarded and the host's list is read afresh.
  */
-import { networkInterfaces } from 'node:os';
+import { hostAddresses } from '../filter/host-context.ts';
 import { readIp } from '../io/addr.ts';
 import { PacketBatch, RtnetlinkMonitor } from '../io/native.ts';
 import { type AddressChange, parseAddressChanges, RTMGRP_ADDRESSES } from '../io/rtnetlink.ts';
-
-/** The host's global unicast addresses now (getifaddrs; it cannot tell tentative ones apart). */
-export function hostAddresses(): string[] {
-  const out: string[] = [];
-  for (const addrs of Object.values(networkInterfaces()))
-    for (const a of addrs ?? [])
-      if (!a.internal && !a.address.toLowerCase().startsWith('fe80:') && !out.includes(a.address)) out.push(a.address);
-  return out;
-}
 
 /** A change for the listener: add an address usable now, or remove one (gone, or no longer usable). */
 export type AddressEvent = { op: 'add' | 'remove'; address: string };

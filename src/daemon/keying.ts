@@ -20,11 +20,11 @@ import type { IkeTrace } from '../ike/trace.ts';
 import { AuthIpSession, type KerberosProvider } from '../ike/authip/session.ts';
 import { authIpConfigOf } from '../ike/authip/manager.ts';
 import type { AuthIpConfig } from '../ike/authip/session.ts';
-import { socketOwner } from '../io/socket-owner.ts';
-import { readFileSync } from 'node:fs';
+import { socketOwner, socketTables } from '../io/socket-owner.ts';
 import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
+import type { ChildEntry } from '../ike/tasks/context.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
@@ -130,6 +130,11 @@ const covers = (child: ChildSa, flow: Flow): boolean =>
 
 /** An IKE SA of either keying module (IKEv2 or IKEv1), as views, metrics and the control API see it. */
 export type KeyedSession = IkeSession | V1Session | AuthIpSession;
+
+/** Deletes one child SA, at the peer too, whichever keying module negotiated it. */
+export function deleteChildSa(s: KeyedSession, e: ChildEntry, reason: string): Promise<void> {
+  return s instanceof V1Session || s instanceof AuthIpSession ? s.deleteChild(e, reason) : deleteChild(s, e, reason);
+}
 
 /** ESP with an encryption transform other than NULL. */
 const encrypts = (p: Proposal): boolean =>
@@ -537,8 +542,7 @@ export class KeyingService {
             for (const e of [...s.children.values()])
               if (!encrypts(e.child.proposal)) {
                 const reason = 'the policy requires encryption';
-                if (s instanceof V1Session || s instanceof AuthIpSession) void s.deleteChild(e, reason);
-                else void deleteChild(s, e, reason);
+                void deleteChildSa(s, e, reason);
               }
         } else {
           deleted++;
@@ -566,19 +570,7 @@ export class KeyingService {
     const idleMs = this.o.idle?.afterMs ?? this.doc.settings.MaxSAIdleTimeSeconds * 1000;
     const seen = new Set<number>();
     // The kernel's socket tables, read at most once per sweep (however many connections' SAs).
-    const tables = new Map<string, string>();
-    const read = (t: string): string => {
-      let text = tables.get(t);
-      if (text === undefined) {
-        try {
-          text = readFileSync(`/proc/net/${t}`, 'utf8');
-        } catch {
-          text = '';
-        }
-        tables.set(t, text);
-      }
-      return text;
-    };
+    const read = socketTables();
     for (const s of this.sessions()) {
       if (s.state !== 'established') continue;
       // A connection's own SA (Extended Mode) ends with the connection: once its socket is gone or
@@ -607,13 +599,8 @@ export class KeyingService {
           { remote: s.sa.remote.address, spiIn: e.child.spiIn.toString('hex'), idleSeconds: Math.round(idleMs / 1000) },
           'child SA idle: deleted',
         );
-        const gone =
-          s instanceof AuthIpSession
-            ? s.delete('idle')
-            : s instanceof V1Session
-              ? s.deleteChild(e, 'idle')
-              : deleteChild(s, e, 'idle');
-        void gone.catch(() => {});
+        // An AuthIP SA carries this one Quick Mode: it goes with its Main Mode.
+        void (s instanceof AuthIpSession ? s.delete('idle') : deleteChildSa(s, e, 'idle')).catch(() => {});
       }
     }
     for (const spi of this.quiet.keys()) if (!seen.has(spi)) this.quiet.delete(spi);

@@ -12,11 +12,11 @@ import type { AuditEvent } from '../audit/events.ts';
 import { SecurityLog } from '../audit/log.ts';
 import { LiveAuditPolicy } from '../audit/policy.ts';
 import { ConsecError } from '../errors.ts';
-import { systemHostContext } from '../filter/host-context.ts';
+import { hostAddresses, systemHostContext } from '../filter/host-context.ts';
 import { activeProfiles, networkCategories, networkCategoriesStamp } from '../filter/location.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { PolicyStores } from '../policy/store.ts';
-import { KeyingService } from './keying.ts';
+import { deleteChildSa, KeyingService } from './keying.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { ANY_V4, ANY_V6, boundBytes, type Range } from '../filter/address.ts';
 import {
@@ -35,14 +35,11 @@ import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
 import { appendEspKeys } from '../ike/keylog.ts';
 import { loadManualSas, manualSpec } from '../dataplane/manual.ts';
-import { AuthIpSession } from '../ike/authip/session.ts';
 import { hostKerberos } from './kerberos.ts';
 import { serviceNotifier } from './notify.ts';
 import { AppliedPolicy } from './applied.ts';
 import { safeDirectory } from '../io/safe-file.ts';
-import { type AddressEvent, AddressWatch, hostAddresses } from './addresses.ts';
-import { V1Session } from '../ike/v1/session.ts';
-import { deleteChild } from '../ike/tasks/ike-delete.ts';
+import { type AddressEvent, AddressWatch } from './addresses.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
 import { JournalSink } from '../io/journal.ts';
 import { StateDirLock } from './lock.ts';
@@ -587,9 +584,7 @@ async function serve(
         for (const x of established)
           for (const e of x.children.values())
             if (String(e.child.spiIn.readUInt32BE(0)) === req.params.name) {
-              if (x instanceof V1Session || x instanceof AuthIpSession)
-                await x.deleteChild(e, 'removed by an administrator');
-              else await deleteChild(x, e, 'removed by an administrator');
+              await deleteChildSa(x, e, 'removed by an administrator');
               return { removed: req.params.name };
             }
         throw new ConsecError('ERR_NOT_FOUND', `No quick mode SA named ${req.params.name}.`);

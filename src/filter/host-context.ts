@@ -12,6 +12,18 @@ function readLines(path: string): string[] {
   }
 }
 
+/**
+ * The host's global unicast addresses (getifaddrs: loopback and link-local left out; each once,
+ * also when two interfaces carry it). What the daemon runs on without --listen.
+ */
+export function hostAddresses(ifaces: ReturnType<typeof networkInterfaces> = networkInterfaces()): string[] {
+  const out: string[] = [];
+  for (const addrs of Object.values(ifaces))
+    for (const a of addrs ?? [])
+      if (!a.internal && !a.address.toLowerCase().startsWith('fe80:') && !out.includes(a.address)) out.push(a.address);
+  return out;
+}
+
 /** DNS servers from resolv.conf, KDCs given as addresses in krb5.conf, local addresses and subnets. */
 export function systemHostContext(): HostContext {
   const dnsServers = readLines('/etc/resolv.conf')
@@ -21,15 +33,11 @@ export function systemHostContext(): HostContext {
   const domainControllers = readLines(process.env.KRB5_CONFIG?.split(':')[0] || '/etc/krb5.conf')
     .map((l) => /^\s*(?:kdc|admin_server)\s*=\s*\[?([0-9a-fA-F.:]+)\]?(?::\d+)?\s*$/.exec(l)?.[1])
     .filter((a): a is string => a !== undefined && isIP(a) !== 0);
-  const localAddresses: string[] = [];
+  const ifaces = networkInterfaces();
+  const localAddresses = hostAddresses(ifaces);
   const localSubnets: string[] = [];
-  for (const addrs of Object.values(networkInterfaces())) {
-    for (const a of addrs ?? []) {
-      if (a.internal || a.address.startsWith('fe80:')) continue;
-      localAddresses.push(a.address);
-      if (a.cidr) localSubnets.push(a.cidr);
-    }
-  }
+  for (const addrs of Object.values(ifaces))
+    for (const a of addrs ?? []) if (!a.internal && !a.address.startsWith('fe80:') && a.cidr) localSubnets.push(a.cidr);
   const defaultGateways = readLines('/proc/net/route')
     .map((l) => l.trim().split(/\s+/))
     .filter((f) => f[1] === '00000000' && f[2] && f[2] !== '00000000')

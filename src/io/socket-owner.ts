@@ -48,6 +48,26 @@ interface Row {
   uid: number;
 }
 
+/**
+ * A reader of the kernel's socket tables that reads each table once (a table this kernel lacks
+ * reads as empty): for looking up many connections at one moment.
+ */
+export function socketTables(): (table: string) => string {
+  const read = new Map<string, string>();
+  return (table) => {
+    let text = read.get(table);
+    if (text === undefined) {
+      try {
+        text = readFileSync(`/proc/net/${table}`, 'utf8');
+      } catch {
+        text = '';
+      }
+      read.set(table, text);
+    }
+    return text;
+  };
+}
+
 /** The rows of one table (`read` gives its text; absent tables have none). */
 function rows(text: string): Row[] {
   const out: Row[] = [];
