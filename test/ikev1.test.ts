@@ -54,8 +54,9 @@ class SadRecorder implements ChildSaSink {
     this.installed.delete(spiIn);
     this.active.delete(spiIn);
   }
-  inboundPackets(spiIn: number): number | undefined {
-    return this.installed.has(spiIn) ? (this.received.get(spiIn) ?? 0) : undefined;
+  counters(spiIn: number) {
+    const packetsIn = this.received.get(spiIn) ?? 0;
+    return this.installed.has(spiIn) ? { packetsIn, packetsOut: 0, bytesIn: 0, bytesOut: 0 } : undefined;
   }
   receive(spiIn: number): void {
     this.received.set(spiIn, (this.received.get(spiIn) ?? 0) + 1);

@@ -415,8 +415,8 @@ export class KeyingService {
         : undefined;
     const kerberos = this.o.kerberos;
     this.o.log.info({ remote: flow.remote, uid: uid ?? null }, 'Extended Mode: the user of this connection');
-    if (uid === undefined || !kerberos?.user) return { who: 'no user' };
-    return { user: (spn) => (kerberos.user as NonNullable<typeof kerberos.user>)(uid, spn), who: `uid ${uid}`, uid };
+    if (uid === undefined || !kerberos?.user) return {};
+    return { user: (spn) => (kerberos.user as NonNullable<typeof kerberos.user>)(uid, spn), uid };
   }
 
   /**

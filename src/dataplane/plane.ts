@@ -290,10 +290,6 @@ export class UserspaceDataPlane implements ChildSaSink {
     this.sad.update(spiIn, remote);
   }
 
-  inboundPackets(spiIn: number): number | undefined {
-    return this.sad.inbound(spiIn)?.in.packets;
-  }
-
   // ---- traffic without an SA ---------------------------------------------------------------------
 
   /**

@@ -15,9 +15,7 @@ export interface ChildSaSink {
   activate?(spiIn: number): void;
   /** The peer moved (NAT mapping change): send to the new address. */
   update?(spiIn: number, remote: Endpoint): void;
-  /** Packets accepted so far on the child SA with this inbound SPI (undefined: no such SA). */
-  inboundPackets?(spiIn: number): number | undefined;
-  /** Traffic counted on the child SA, both directions (undefined: no such SA). */
+  /** Traffic counted on the child SA with this inbound SPI, both directions (undefined: no such SA). */
   counters?(spiIn: number): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined;
 }
 

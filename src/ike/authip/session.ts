@@ -113,7 +113,7 @@ export interface AuthIpConfig {
    * auth set). An initiator gives `user`, the credentials of the user whose traffic this is; a
    * responder requires Extended Mode when this is set.
    */
-  extendedMode?: { user?: (targetSpn: string) => GssPeer; who?: string; uid?: number };
+  extendedMode?: { user?: (targetSpn: string) => GssPeer; uid?: number };
 }
 
 /** Our Kerberos side: an initiator toward the peer's SPN, an acceptor with the host keytab, our SPN. */

@@ -615,8 +615,9 @@ export class V1Session {
   confirmRenewal(fresh: ChildEntry, old: ChildEntry, confirmMs: number, abandoned: () => void): void {
     const key = spiNumber(fresh.child.spiIn);
     const held = this.inactive.get(key);
-    const count = this.host.dataplane.inboundPackets?.bind(this.host.dataplane);
-    if (!held || !count) return;
+    const counters = this.host.dataplane.counters?.bind(this.host.dataplane);
+    if (!held || !counters) return;
+    const count = (spi: number) => counters(spi)?.packetsIn;
     clearTimeout(held.timer);
     const step = this.host.timing.retransmits[0] ?? 500;
     const start = Date.now();
