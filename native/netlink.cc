@@ -1,11 +1,19 @@
 // consec native policy installation: the kernel's route table and nftables without a child process.
 //
-//   rtnetlink(messages)   -> Int32Array   route messages (nlmsghdr …, built by src/io/rtnetlink.ts)
-//                                         sent on a NETLINK_ROUTE socket in chunks; the errno of
+//   rtnetlink(messages[, protocol]) -> Int32Array   netlink requests (nlmsghdr …, built by
+//                                         src/io/rtnetlink.ts or src/io/xfrm.ts) sent on a NETLINK_ROUTE
+//                                         (or `protocol`: NETLINK_XFRM) socket in chunks; the errno of
 //                                         each message's acknowledgement (0: done), in order
-//   rtnetlinkMonitor(groups) -> fd        a non-blocking NETLINK_ROUTE socket joined to the multicast
-//                                         groups (RTMGRP_* bits: address and link changes), read
-//                                         with readBatch and polled like the other descriptors
+//   netlinkQuery(protocol, message) -> Buffer   one request (a get or a dump); the kernel's answers
+//                                         as they came (nlmsghdr …), up to NLMSG_DONE for a dump;
+//                                         an error answer throws with its errno
+//   rtnetlinkMonitor(groups[, protocol]) -> fd   a non-blocking netlink socket joined to the multicast
+//                                         groups (RTMGRP_* bits: address and link changes; XFRMGRP_*:
+//                                         acquires and expiries), read with readBatch and polled
+//   udpEncap(fd)                          UDP_ENCAP_ESPINUDP on a UDP socket (the kernel takes the ESP
+//                                         in it; keying messages still reach the socket)
+//   xfrmSocketBypass(fd, family)          per-socket IPsec policy "allow" both ways (IKE's own
+//                                         datagrams never match an SPD entry), as IKE daemons do
 //   nftAvailable()        -> boolean      libnftables.so.1 could be loaded
 //   nftRun(script, json)  -> { ok, output, error }   one nft script (as `nft -f`, or `nft -j` for
 //                                         JSON output) through libnftables, one transaction;
@@ -23,6 +31,9 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <linux/netlink.h>
+#include <linux/udp.h>
+#include <linux/xfrm.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <algorithm>
@@ -48,6 +59,11 @@ Napi::Value Rtnetlink(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   auto buf = info[0].As<Napi::Buffer<uint8_t>>();
+  const int protocol = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : NETLINK_ROUTE;
+  if (protocol != NETLINK_ROUTE && protocol != NETLINK_XFRM) {
+    Napi::TypeError::New(env, "protocol must be NETLINK_ROUTE or NETLINK_XFRM").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   const uint8_t* data = buf.Data();
   const size_t len = buf.Length();
   // Message boundaries and sequence numbers, checked before anything is sent.
@@ -75,7 +91,7 @@ Napi::Value Rtnetlink(const Napi::CallbackInfo& info) {
   }
   starts.push_back(len);
   const size_t count = seqs.size();
-  Fd s{socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)};
+  Fd s{socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol)};
   if (s.fd < 0) {
     ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
     return env.Undefined();
@@ -212,7 +228,12 @@ Napi::Value RtnetlinkMonitor(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   const uint32_t groups = info[0].As<Napi::Number>().Uint32Value();
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+  const int protocol = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : NETLINK_ROUTE;
+  if (protocol != NETLINK_ROUTE && protocol != NETLINK_XFRM) {
+    Napi::TypeError::New(env, "protocol must be NETLINK_ROUTE or NETLINK_XFRM").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol);
   if (fd < 0) {
     ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
     return env.Undefined();
@@ -226,10 +247,115 @@ Napi::Value RtnetlinkMonitor(const Napi::CallbackInfo& info) {
   if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) < 0) {
     const int e = errno;
     ::close(fd);
-    ErrnoError(env, e, "bind(NETLINK_ROUTE)").ThrowAsJavaScriptException();
+    ErrnoError(env, e, "bind(netlink monitor)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   return Napi::Number::New(env, fd);
+}
+
+Napi::Value NetlinkQuery(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsBuffer()) {
+    Napi::TypeError::New(env, "netlinkQuery(protocol, message)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const int protocol = info[0].As<Napi::Number>().Int32Value();
+  if (protocol != NETLINK_ROUTE && protocol != NETLINK_XFRM) {
+    Napi::TypeError::New(env, "protocol must be NETLINK_ROUTE or NETLINK_XFRM").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto msg = info[1].As<Napi::Buffer<uint8_t>>();
+  nlmsghdr h;
+  if (msg.Length() < sizeof h) {
+    Napi::TypeError::New(env, "not a netlink message").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  memcpy(&h, msg.Data(), sizeof h);
+  if (h.nlmsg_len != msg.Length()) {
+    Napi::TypeError::New(env, "not one netlink message").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const bool dump = (h.nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
+  Fd s{socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol)};
+  if (s.fd < 0) {
+    ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  ssize_t n;
+  do n = sendto(s.fd, msg.Data(), msg.Length(), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    ErrnoError(env, errno, "sendto").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> rx(256 * 1024);
+  for (bool done = false; !done;) {
+    ssize_t got;
+    do got = recv(s.fd, rx.data(), rx.size(), 0);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+      ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    int remaining = static_cast<int>(got);
+    for (auto* m = reinterpret_cast<nlmsghdr*>(rx.data()); NLMSG_OK(m, remaining); m = NLMSG_NEXT(m, remaining)) {
+      if (m->nlmsg_seq != h.nlmsg_seq) continue;
+      if (m->nlmsg_type == NLMSG_DONE) {
+        done = true;
+        break;
+      }
+      if (m->nlmsg_type == NLMSG_ERROR) {
+        const int e = -static_cast<nlmsgerr*>(NLMSG_DATA(m))->error;
+        if (e != 0) {
+          ErrnoError(env, e, "netlink").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
+        done = true;
+        break;
+      }
+      const auto* p = reinterpret_cast<const uint8_t*>(m);
+      out.insert(out.end(), p, p + NLMSG_ALIGN(m->nlmsg_len));
+      if (!dump) {
+        done = true;
+        break;
+      }
+    }
+  }
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+}
+
+int FdArgument(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "fd must be a number");
+  return info[0].As<Napi::Number>().Int32Value();
+}
+
+Napi::Value UdpEncap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = FdArgument(info);
+  int type = UDP_ENCAP_ESPINUDP;
+  if (setsockopt(fd, IPPROTO_UDP, UDP_ENCAP, &type, sizeof type) < 0) throw ErrnoError(env, errno, "setsockopt(UDP_ENCAP)");
+  return env.Undefined();
+}
+
+Napi::Value XfrmSocketBypass(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = FdArgument(info);
+  if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(env, "family must be 4 or 6");
+  const int family = info[1].As<Napi::Number>().Int32Value();
+  if (family != 4 && family != 6) throw Napi::TypeError::New(env, "family must be 4 or 6");
+  for (uint8_t dir : {XFRM_POLICY_IN, XFRM_POLICY_OUT}) {
+    xfrm_userpolicy_info p{};
+    p.action = XFRM_POLICY_ALLOW;
+    p.sel.family = family == 4 ? AF_INET : AF_INET6;
+    p.dir = dir;
+    const int rc = family == 4 ? setsockopt(fd, IPPROTO_IP, IP_XFRM_POLICY, &p, sizeof p)
+                               : setsockopt(fd, IPPROTO_IPV6, IPV6_XFRM_POLICY, &p, sizeof p);
+    if (rc < 0) throw ErrnoError(env, errno, "setsockopt(XFRM_POLICY)");
+  }
+  return env.Undefined();
 }
 
 }  // namespace
@@ -237,6 +363,9 @@ Napi::Value RtnetlinkMonitor(const Napi::CallbackInfo& info) {
 void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("rtnetlink", Napi::Function::New(env, Rtnetlink));
   exports.Set("rtnetlinkMonitor", Napi::Function::New(env, RtnetlinkMonitor));
+  exports.Set("netlinkQuery", Napi::Function::New(env, NetlinkQuery));
+  exports.Set("udpEncap", Napi::Function::New(env, UdpEncap));
+  exports.Set("xfrmSocketBypass", Napi::Function::New(env, XfrmSocketBypass));
   exports.Set("nftAvailable", Napi::Function::New(env, NftAvailable));
   exports.Set("nftRun", Napi::Function::New(env, NftRun));
 }

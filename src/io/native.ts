@@ -94,8 +94,11 @@ interface NativeAddon {
     encrypt: boolean,
   ) => NativeEsp;
   maxBatch: number;
-  rtnetlink(messages: Buffer): Int32Array;
-  rtnetlinkMonitor(groups: number): number;
+  rtnetlink(messages: Buffer, protocol?: number): Int32Array;
+  rtnetlinkMonitor(groups: number, protocol?: number): number;
+  netlinkQuery(protocol: number, message: Buffer): Buffer;
+  udpEncap(fd: number): void;
+  xfrmSocketBypass(fd: number, family: IpFamily): void;
   nftAvailable(): boolean;
   nftRun(script: string, json?: boolean): { ok: boolean; output: string; error: string };
 }
@@ -249,6 +252,12 @@ abstract class PolledSocket extends PolledFd {
     setSocketMark(this.fd, mark);
   }
 
+  /** The kernel's IPsec SPD never applies to this socket's own datagrams (IKE), either way. */
+  bypassIpsecPolicy(family: IpFamily): void {
+    this.assertOpen();
+    sys(() => native().xfrmSocketBypass(this.fd, family));
+  }
+
   /** Receive and send buffer sizes in octets (beyond the sysctl caps when the process may). */
   setBuffers(rcv: number, snd: number): void {
     this.assertOpen();
@@ -373,6 +382,12 @@ export class UdpSocket extends PolledSocket {
 
   bind(address: string, port: number): void {
     this.bindTo(this.family, address, port);
+  }
+
+  /** RFC 3948 in the kernel: ESP arriving in UDP on this socket goes to the kernel's SAD, keying messages stay here. */
+  espInUdp(): void {
+    this.assertOpen();
+    sys(() => native().udpEncap(this.fd));
   }
 
   /** recvmmsg into the batch (peer address and port per packet); returns the count. */
@@ -534,6 +549,20 @@ export function rtnetlink(messages: Buffer): Int32Array {
   return sys(() => native().rtnetlink(messages));
 }
 
+/** Netlink protocols the addon talks: routes and addresses, and the kernel's IPsec SAD and SPD. */
+export const NETLINK_ROUTE = 0;
+export const NETLINK_XFRM = 6;
+
+/** Sends XFRM requests (each asking for an acknowledgement; see xfrm.ts); the errno of each answer, in order. */
+export function xfrmRequests(messages: Buffer): Int32Array {
+  return sys(() => native().rtnetlink(messages, NETLINK_XFRM));
+}
+
+/** One XFRM get or dump request; the kernel's answers (netlink messages). An error answer throws (NativeIoError). */
+export function xfrmQuery(message: Buffer): Buffer {
+  return sys(() => native().netlinkQuery(NETLINK_XFRM, message));
+}
+
 /**
  * Runs an nft script (as `nft -f` does, one transaction) through libnftables in this process;
  * undefined when libnftables is not there (the caller runs nft). `json`: output as `nft -j` gives it.
@@ -558,6 +587,11 @@ export function maxBatch(): number {
 export class RtnetlinkMonitor extends PolledFd {
   static open(groups: number): RtnetlinkMonitor {
     return new RtnetlinkMonitor(sys(() => native().rtnetlinkMonitor(groups)));
+  }
+
+  /** The same for the kernel's IPsec events (XFRMGRP_ACQUIRE, XFRMGRP_EXPIRE …: see xfrm.ts). */
+  static openXfrm(groups: number): RtnetlinkMonitor {
+    return new RtnetlinkMonitor(sys(() => native().rtnetlinkMonitor(groups, NETLINK_XFRM)));
   }
 
   recv(batch: PacketBatch): number {

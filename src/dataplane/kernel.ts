@@ -1,0 +1,778 @@
+/**
+ * The kernel's own IPsec as the data plane (where the kernel has ESP/AH): child SAs and policies go
+ * into the kernel's SAD and SPD through netlink XFRM (src/io/xfrm.ts), the same `ChildSaSink` the
+ * userspace plane implements; the kernel's acquires and lifetime expiries come back as `SaEvents`.
+ *
+ * What goes into the SPD (all of consec's entries in one priority band, so a restart finds and
+ * replaces its own and leaves anybody else's alone):
+ * - exemptions of the policy: `allow` policies, before everything else of ours;
+ * - each child SA: policies for its selectors (out; in, and fwd in tunnel mode) whose template names
+ *   the SA's reqid — a rekeyed SA with the same selectors shares them (make-before-break);
+ * - each negotiating filter of the policy ("trap" policies): a template with no SA behind it, so the
+ *   kernel asks for one (XFRM_MSG_ACQUIRE). Require: the template is required — without an SA the
+ *   packet is dropped, also once this process is gone (fail-closed in the kernel itself); Request:
+ *   the template is optional (`level use`) — the packet goes as it is until an SA exists.
+ * IKE's own sockets carry a per-socket bypass policy, so no entry can ever catch keying traffic.
+ */
+import { isIP, isIPv4 } from 'node:net';
+import { type IpFamily, readIp, writeIp } from '../io/addr.ts';
+import { errnoName } from '../io/rtnetlink.ts';
+import { PacketBatch, RtnetlinkMonitor, UdpSocket, xfrmQuery, xfrmRequests } from '../io/native.ts';
+import {
+  deletePolicyRequest,
+  deleteSaRequest,
+  dumpPoliciesRequest,
+  dumpSasRequest,
+  getSaRequest,
+  parseAcquire,
+  parseExpire,
+  parsePolicyInfo,
+  parseSaInfo,
+  policyRequest,
+  portRangeToMasks,
+  rangeToPrefixes,
+  saRequest,
+  splitMessages,
+  XFRM_MSG,
+  XFRMGRP_ACQUIRE,
+  XFRMGRP_EXPIRE,
+  type XfrmAlgorithm,
+  type XfrmPolicy,
+  type XfrmSa,
+  type XfrmSelector,
+  type XfrmTemplate,
+} from '../io/xfrm.ts';
+
+import { NativeIoError } from '../errors.ts';
+import { boundBytes } from '../filter/address.ts';
+import type { Filter, Flow } from '../filter/compile.ts';
+import { type IkeBind, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
+import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
+import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
+
+/** consec's SPD entries: priorities in [BAND, BAND + 2^24); SAs: reqids in [REQID_BASE, REQID_BASE + 2^24). */
+const BAND = 0x0c50_0000;
+const BAND_SIZE = 0x0100_0000;
+const PRIO_EXEMPT = BAND; // + the filter's rank
+const PRIO_SA = BAND + 0x0040_0000;
+const PRIO_TRAP = BAND + 0x0080_0000; // + the filter's rank
+export const REQID_BASE = 0x0c50_0000;
+const REQID_SIZE = 0x0100_0000;
+/** Anti-replay window in packets. */
+const REPLAY_WINDOW = 128;
+
+const inBand = (priority: number): boolean => priority >= BAND && priority < BAND + BAND_SIZE;
+const ourReqid = (reqid: number): boolean => reqid >= REQID_BASE && reqid < REQID_BASE + REQID_SIZE;
+
+export interface KernelPlaneOptions {
+  log?(event: string, detail?: Record<string, unknown>): void;
+}
+
+/** The kernel crypto API's names for the algorithms a child SA spec names. */
+function algorithms(
+  spec: ChildSaSpec,
+  keys: { encrKey: Buffer; integKey: Buffer },
+): Pick<XfrmSa, 'aead' | 'crypt' | 'auth'> {
+  const integ = (): XfrmAlgorithm | undefined => {
+    switch (spec.integrity) {
+      case undefined:
+        return undefined;
+      case 'sha1-96':
+        return { name: 'hmac(sha1)', key: keys.integKey, bits: 96 };
+      case 'sha256-128':
+        return { name: 'hmac(sha256)', key: keys.integKey, bits: 128 };
+      case 'sha384-192':
+        return { name: 'hmac(sha384)', key: keys.integKey, bits: 192 };
+      case 'sha512-256':
+        return { name: 'hmac(sha512)', key: keys.integKey, bits: 256 };
+    }
+  };
+  if (spec.protocol === 'ah') {
+    const auth = integ();
+    if (!auth) throw new Error('AH needs an integrity algorithm');
+    return { auth };
+  }
+  switch (spec.cipher) {
+    case 'aes-gcm-16':
+      return { aead: { name: 'rfc4106(gcm(aes))', key: keys.encrKey, bits: 128 } };
+    case 'aes-cbc':
+      return { crypt: { name: 'cbc(aes)', key: keys.encrKey }, auth: integ() };
+    case 'null':
+      return { crypt: { name: 'ecb(cipher_null)', key: Buffer.alloc(0) }, auth: integ() };
+    default:
+      throw new Error(`no kernel name for ESP cipher ${String(spec.cipher)}`);
+  }
+}
+
+function ipBytes(address: string): Buffer {
+  const b = Buffer.alloc(16);
+  const family = writeIp(address, b);
+  return b.subarray(0, family === 4 ? 4 : 16);
+}
+
+/** Selectors for traffic from `local` to `remote` (each a list of traffic selectors), as prefix pairs. */
+function selectorsFor(local: readonly TrafficSelector[], remote: readonly TrafficSelector[]): XfrmSelector[] {
+  const out: XfrmSelector[] = [];
+  for (const l of local)
+    for (const r of remote) {
+      if (l.type !== r.type) continue;
+      const family: 4 | 6 = l.type === 7 ? 4 : 6;
+      const proto = l.ipProtocol || r.ipProtocol;
+      if (l.ipProtocol && r.ipProtocol && l.ipProtocol !== r.ipProtocol) continue;
+      const ports = (ts: TrafficSelector) =>
+        proto === 6 || proto === 17 || proto === 132
+          ? portRangeToMasks(ts.startPort, ts.endPort)
+          : [{ port: 0, mask: 0 }];
+      for (const lp of rangeToPrefixes(l.start, l.end))
+        for (const rp of rangeToPrefixes(r.start, r.end))
+          for (const sp of ports(l))
+            for (const dp of ports(r))
+              out.push({
+                family,
+                src: lp.address,
+                srcPrefix: lp.prefix,
+                dst: rp.address,
+                dstPrefix: rp.prefix,
+                proto,
+                sport: sp.port,
+                sportMask: sp.mask,
+                dport: dp.port,
+                dportMask: dp.mask,
+              });
+    }
+  return out;
+}
+
+/** The selector of traffic the other way (ICMP's type and code are no ports: they stay). */
+function reverse(s: XfrmSelector): XfrmSelector {
+  const icmp = s.proto === 1 || s.proto === 58;
+  return {
+    ...s,
+    src: s.dst,
+    srcPrefix: s.dstPrefix,
+    dst: s.src,
+    dstPrefix: s.srcPrefix,
+    ...(icmp ? {} : { sport: s.dport, sportMask: s.dportMask, dport: s.sport, dportMask: s.sportMask }),
+  };
+}
+
+const selectorKey = (dir: string, s: XfrmSelector): string =>
+  `${dir} ${s.family} ${Buffer.from(s.src).toString('hex')}/${s.srcPrefix} ${Buffer.from(s.dst).toString('hex')}/${s.dstPrefix} ${s.proto} ${s.sport}/${s.sportMask} ${s.dport}/${s.dportMask}`;
+
+/** One installed child SA, with what it needs to be found, moved and removed. */
+interface KernelSa {
+  spec: ChildSaSpec;
+  reqid: number;
+  inbound: XfrmSa;
+  outbound: XfrmSa;
+  outboundInstalled: boolean;
+  /** The reqid group's key (selectors, peer, protocol, mode): SAs of one group share policies. */
+  group: string;
+}
+
+interface PolicyGroup {
+  reqid: number;
+  users: number;
+  policies: XfrmPolicy[];
+}
+
+export class KernelIpsecUnavailableError extends Error {
+  readonly code = 'ERR_KERNEL_IPSEC';
+}
+
+export class KernelDataPlane implements ChildSaSink {
+  private events: SaEvents = {};
+  private readonly sas = new Map<number, KernelSa>();
+  /** Outbound SA (SPI + destination) → the inbound SPI of its child SA, for expire messages. */
+  private readonly byOutbound = new Map<string, number>();
+  private readonly groups = new Map<string, PolicyGroup>();
+  private nextReqid = REQID_BASE + 1;
+  /** The filter policies (exemptions and traps) in the SPD now, by direction and selector. */
+  private filterPolicies = new Map<string, XfrmPolicy>();
+  private seq = 1;
+  private monitor?: RtnetlinkMonitor;
+  private readonly batch = new PacketBatch(8, 32_768);
+  private readonly one = new PacketBatch(1, 65_536);
+  private readonly sockets = new Map<string, { s500: UdpSocket; s4500: UdpSocket; rx: IkeReceiver }>();
+  private closed = false;
+
+  private constructor(private readonly o: KernelPlaneOptions) {}
+
+  /**
+   * Whether this kernel carries ESP: an ESP SA (AES-GCM, a throw-away key) is put into the SAD and
+   * taken out again — the kernel loads what it needs or says why not. No guessing from module lists.
+   */
+  static probe(): { ok: true } | { ok: false; reason: string } {
+    const probe: XfrmSa = {
+      family: 4,
+      src: Buffer.from([127, 0, 0, 1]),
+      dst: Buffer.from([127, 0, 0, 2]),
+      spi: 0xc5c5_0001,
+      proto: 'esp',
+      mode: 'transport',
+      reqid: REQID_BASE,
+      aead: { name: 'rfc4106(gcm(aes))', key: Buffer.alloc(20, 0x5a), bits: 128 },
+      esn: false,
+      replayWindow: 32,
+    };
+    let errno: number;
+    try {
+      [errno = -1] = xfrmRequests(saRequest(probe, 1, true));
+    } catch (err) {
+      return { ok: false, reason: `no netlink XFRM (${(err as Error).message})` };
+    }
+    if (errno !== 0) return { ok: false, reason: `the kernel refused an ESP SA (${errnoName(errno)})` };
+    xfrmRequests(deleteSaRequest({ family: 4, dst: probe.dst, spi: probe.spi, proto: 'esp' }, 2));
+    return { ok: true };
+  }
+
+  /**
+   * Takes the kernel's SAD and SPD: consec's entries from an earlier run go (their keys died with
+   * it; the fail-closed trap policies are put back by the first `setFilters`), the acquire and
+   * expire messages are read from now on.
+   */
+  static open(o: KernelPlaneOptions = {}): KernelDataPlane {
+    const plane = new KernelDataPlane(o);
+    plane.removeStale();
+    plane.monitor = RtnetlinkMonitor.openXfrm(XFRMGRP_ACQUIRE | XFRMGRP_EXPIRE);
+    plane.monitor.onReadable(() => plane.readMonitor());
+    return plane;
+  }
+
+  /** Removes every SA and policy of consec's from the kernel (`consec daemon --remove-filters`). */
+  static removeAll(): void {
+    try {
+      new KernelDataPlane({}).removeStale(true);
+    } catch (err) {
+      if (!(err instanceof NativeIoError)) throw err;
+    }
+  }
+
+  attach(events: SaEvents): void {
+    this.events = events;
+  }
+
+  private log(event: string, detail?: Record<string, unknown>): void {
+    this.o.log?.(event, detail);
+  }
+
+  /** Sends requests; a refused one is returned with its errno. */
+  private send(messages: Buffer[]): number[] {
+    if (messages.length === 0) return [];
+    const buf = Buffer.concat(
+      messages.map((m) => {
+        m.writeUInt32LE(this.seq++ >>> 0, 8);
+        return m;
+      }),
+    );
+    return [...xfrmRequests(buf)];
+  }
+
+  private removeStale(all = false): void {
+    const dels: Buffer[] = [];
+    for (const m of splitMessages(xfrmQuery(dumpPoliciesRequest(this.seq++)))) {
+      if (m.type !== XFRM_MSG.NEWPOLICY) continue;
+      const p = parsePolicyInfo(m.body);
+      if (!inBand(p.priority)) continue;
+      // Fail-closed: the trap policies of the previous run stay until the new policy replaces them.
+      if (!all && p.priority >= PRIO_TRAP) {
+        this.filterPolicies.set(selectorKey(p.dir, p.sel), {
+          dir: p.dir,
+          sel: p.sel,
+          priority: p.priority,
+          action: p.action,
+          tmpls: [],
+        });
+        continue;
+      }
+      dels.push(deletePolicyRequest({ dir: p.dir, sel: p.sel }, 0));
+    }
+    for (const m of splitMessages(xfrmQuery(dumpSasRequest(this.seq++)))) {
+      if (m.type !== XFRM_MSG.NEWSA) continue;
+      const sa = parseSaInfo(m.body);
+      if (!ourReqid(sa.reqid)) continue;
+      const proto = sa.proto === 51 ? 'ah' : 'esp';
+      dels.push(deleteSaRequest({ family: sa.family, dst: sa.dst, spi: sa.spi, proto }, 0));
+    }
+    const refused = this.send(dels).filter((e) => e !== 0 && e !== 2);
+    if (refused.length > 0)
+      this.log('kernel IPsec entries of an earlier run not removed', { refused: refused.map(errnoName) });
+    if (dels.length > 0) this.log('kernel IPsec entries of an earlier run removed', { entries: dels.length });
+  }
+
+  // ---- IKE sockets ----------------------------------------------------------------------------
+
+  /** UDP 500 and 4500 on `address` for the keying service; the kernel takes ESP-in-UDP on 4500 itself. */
+  bind(address: string, rx: IkeReceiver): IkeBind {
+    const family: IpFamily = isIPv4(address) ? 4 : 6;
+    const open = (port: number): UdpSocket => {
+      const s = UdpSocket.open(family);
+      try {
+        s.bypassIpsecPolicy(family);
+        if (port === 4500) s.espInUdp();
+        s.bind(address, port);
+      } catch (err) {
+        s.close();
+        throw err;
+      }
+      return s;
+    };
+    const s500 = open(500);
+    let s4500: UdpSocket;
+    try {
+      s4500 = open(4500);
+    } catch (err) {
+      s500.close();
+      throw err;
+    }
+    const read = (s: UdpSocket, port: 500 | 4500) => () => {
+      const b = this.batch;
+      for (;;) {
+        let n: number;
+        try {
+          n = s.recv(b);
+        } catch {
+          return;
+        }
+        if (n === 0) return;
+        for (let i = 0; i < n; i++) {
+          const len = b.lengths[i] as number;
+          if (len < 0) continue;
+          const off = i * b.slot;
+          const from: Endpoint = { address: readIp(b.addrs, i * 16, family), port: b.ports[i] as number };
+          const data = Buffer.from(b.buf.subarray(off, off + len));
+          if (port === 500) rx.ike(data, from, 500);
+          else if (udp4500Kind(data) === 'ike') rx.ike(data.subarray(NON_ESP_MARKER.length), from, 4500);
+        }
+      }
+    };
+    s500.onReadable(read(s500, 500));
+    s4500.onReadable(read(s4500, 4500));
+    this.sockets.set(address, { s500, s4500, rx });
+    const send = (s: UdpSocket, parts: Buffer[], to: Endpoint) => {
+      if (this.closed) return;
+      let off = 0;
+      for (const p of parts) off += p.copy(this.one.buf, off);
+      this.one.lengths[0] = off;
+      writeIp(to.address, this.one.addrs, 0);
+      this.one.ports[0] = to.port;
+      try {
+        s.send(this.one, 1);
+      } catch (err) {
+        this.log('IKE send failed', { to: to.address, reason: (err as Error).message });
+      }
+    };
+    return {
+      address,
+      sendIke: (message, port, to) =>
+        port === 500 ? send(s500, [message], to) : send(s4500, [NON_ESP_MARKER, message], to),
+      sendUdp4500: (packet, to) => send(s4500, [packet], to),
+      close: () => {
+        if (this.sockets.get(address)?.rx !== rx) return;
+        this.sockets.delete(address);
+        s500.close();
+        s4500.close();
+      },
+    };
+  }
+
+  // ---- ChildSaSink -----------------------------------------------------------------------------
+
+  install(spec: ChildSaSpec): void {
+    const spis = { spiIn: hex8(spec.inbound.spi), spiOut: hex8(spec.outbound.spi) };
+    let sa: KernelSa;
+    try {
+      sa = this.build(spec);
+    } catch (err) {
+      this.log('SA not installed', { ...spis, reason: (err as Error).message });
+      return;
+    }
+    const [errno = -1] = this.send([saRequest(sa.inbound, 0)]);
+    if (errno !== 0) {
+      this.releaseGroup(sa.group);
+      this.log('SA not installed', { ...spis, reason: `the kernel refused it (${errnoName(errno)})` });
+      return;
+    }
+    this.sas.set(spec.inbound.spi, sa);
+    if (spec.outboundActive !== false) this.installOutbound(sa);
+    this.log('SA installed', {
+      ...spis,
+      mode: spec.mode,
+      udp: spec.udpEncapsulation,
+      outbound: sa.outboundInstalled,
+      reqid: sa.reqid,
+    });
+  }
+
+  private build(spec: ChildSaSpec): KernelSa {
+    const family: 4 | 6 = isIPv4(spec.local.address) ? 4 : 6;
+    const local = ipBytes(spec.local.address);
+    const remote = ipBytes(spec.remote.address);
+    const transportSel = (
+      from: readonly TrafficSelector[],
+      to: readonly TrafficSelector[],
+    ): XfrmSelector | undefined => {
+      // A transport mode SA between two hosts carries their traffic only: the kernel checks it inbound.
+      if (spec.mode !== 'transport') return undefined;
+      const one = selectorsFor(from, to);
+      return one.length === 1 ? one[0] : undefined;
+    };
+    const base = {
+      family,
+      proto: spec.protocol,
+      mode: spec.mode,
+      esn: spec.esn,
+      replayWindow: REPLAY_WINDOW,
+      anyInnerFamily:
+        spec.mode === 'tunnel' && [...spec.localTs, ...spec.remoteTs].some((t) => (t.type === 7 ? 4 : 6) !== family),
+      softBytes: spec.maxKilobytes ? BigInt(Math.floor(spec.maxKilobytes * 1024 * 0.9)) : undefined,
+      hardBytes: spec.maxKilobytes ? BigInt(spec.maxKilobytes * 1024) : undefined,
+    } as const;
+    const group = `${spec.protocol} ${spec.mode} ${spec.remote.address} ${spec.local.address} ${tsKey(spec.localTs)} > ${tsKey(spec.remoteTs)}`;
+    const reqid = this.acquireGroup(group, spec, local, remote, family);
+    return {
+      spec,
+      reqid,
+      group,
+      outboundInstalled: false,
+      inbound: {
+        ...base,
+        src: remote,
+        dst: local,
+        spi: spec.inbound.spi,
+        reqid,
+        sel: transportSel(spec.remoteTs, spec.localTs),
+        encap: spec.udpEncapsulation ? { sport: spec.remote.port, dport: spec.local.port } : undefined,
+        ...algorithms(spec, spec.inbound),
+      },
+      outbound: {
+        ...base,
+        src: local,
+        dst: remote,
+        spi: spec.outbound.spi,
+        reqid,
+        sel: transportSel(spec.localTs, spec.remoteTs),
+        encap: spec.udpEncapsulation ? { sport: spec.local.port, dport: spec.remote.port } : undefined,
+        ...algorithms(spec, spec.outbound),
+      },
+    };
+  }
+
+  /** The reqid of an SA's selectors and peer; its policies go into the SPD with the first SA. */
+  private acquireGroup(group: string, spec: ChildSaSpec, local: Buffer, remote: Buffer, family: 4 | 6): number {
+    const g = this.groups.get(group);
+    if (g) {
+      g.users++;
+      return g.reqid;
+    }
+    const reqid = this.nextReqid++;
+    if (this.nextReqid >= REQID_BASE + REQID_SIZE) this.nextReqid = REQID_BASE + 1;
+    const tmpl = (src: Buffer, dst: Buffer): XfrmTemplate => ({
+      proto: spec.protocol,
+      mode: spec.mode,
+      family,
+      reqid,
+      optional: false,
+      ...(spec.mode === 'tunnel' ? { src, dst } : {}),
+    });
+    const policies: XfrmPolicy[] = [];
+    for (const sel of selectorsFor(spec.localTs, spec.remoteTs)) {
+      policies.push({ dir: 'out', sel, priority: PRIO_SA, action: 'allow', tmpls: [tmpl(local, remote)] });
+      policies.push({ dir: 'in', sel: reverse(sel), priority: PRIO_SA, action: 'allow', tmpls: [tmpl(remote, local)] });
+      if (spec.mode === 'tunnel')
+        policies.push({
+          dir: 'fwd',
+          sel: reverse(sel),
+          priority: PRIO_SA,
+          action: 'allow',
+          tmpls: [tmpl(remote, local)],
+        });
+    }
+    const failed = this.send(policies.map((p) => policyRequest(p, 0))).find((e) => e !== 0);
+    if (failed !== undefined) this.log('SA policies not installed', { reqid, reason: errnoName(failed) });
+    this.groups.set(group, { reqid, users: 1, policies });
+    return reqid;
+  }
+
+  private releaseGroup(group: string): void {
+    const g = this.groups.get(group);
+    if (!g || --g.users > 0) return;
+    this.groups.delete(group);
+    this.send(g.policies.map((p) => deletePolicyRequest(p, 0)));
+  }
+
+  private installOutbound(sa: KernelSa): void {
+    const [errno = -1] = this.send([saRequest(sa.outbound, 0, sa.outboundInstalled)]);
+    if (errno !== 0) {
+      this.log('outbound SA not installed', { spiOut: hex8(sa.outbound.spi), reason: errnoName(errno) });
+      return;
+    }
+    sa.outboundInstalled = true;
+    this.byOutbound.set(outKey(sa.outbound.spi, sa.outbound.dst), sa.spec.inbound.spi);
+  }
+
+  activate(spiIn: number): void {
+    const sa = this.sas.get(spiIn);
+    if (!sa || sa.outboundInstalled) return;
+    this.installOutbound(sa);
+    this.log('SA carries outbound traffic', { spiIn: hex8(spiIn) });
+  }
+
+  delete(spiIn: number): void {
+    const sa = this.sas.get(spiIn);
+    if (!sa) return;
+    this.sas.delete(spiIn);
+    const reqs = [
+      deleteSaRequest(
+        { family: sa.inbound.family, dst: sa.inbound.dst, spi: sa.inbound.spi, proto: sa.spec.protocol },
+        0,
+      ),
+    ];
+    if (sa.outboundInstalled) {
+      this.byOutbound.delete(outKey(sa.outbound.spi, sa.outbound.dst));
+      reqs.push(
+        deleteSaRequest(
+          { family: sa.outbound.family, dst: sa.outbound.dst, spi: sa.outbound.spi, proto: sa.spec.protocol },
+          0,
+        ),
+      );
+    }
+    this.send(reqs);
+    this.releaseGroup(sa.group);
+  }
+
+  /** The peer moved (NAT mapping change): the outbound SA is put in again towards the new address. */
+  update(spiIn: number, remote: Endpoint): void {
+    const sa = this.sas.get(spiIn);
+    if (!sa) return;
+    const spec = { ...sa.spec, remote };
+    this.delete(spiIn);
+    this.install(spec);
+  }
+
+  /** The kernel's own counters of both SAs. */
+  counters(spiIn: number): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined {
+    const sa = this.sas.get(spiIn);
+    if (!sa) return undefined;
+    const read = (x: XfrmSa) => {
+      try {
+        const [m] = splitMessages(
+          xfrmQuery(getSaRequest({ family: x.family, dst: x.dst, spi: x.spi, proto: x.proto }, this.seq++)),
+        );
+        return m && m.type === XFRM_MSG.NEWSA ? parseSaInfo(m.body) : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    const i = read(sa.inbound);
+    const o = sa.outboundInstalled ? read(sa.outbound) : undefined;
+    return {
+      bytesIn: Number(i?.bytes ?? 0n),
+      packetsIn: Number(i?.packets ?? 0n),
+      bytesOut: Number(o?.bytes ?? 0n),
+      packetsOut: Number(o?.packets ?? 0n),
+    };
+  }
+
+  /** The SAs installed here. */
+  get installed(): number {
+    return this.sas.size;
+  }
+
+  // ---- the policy's filters ---------------------------------------------------------------------
+
+  /**
+   * The policy's exemptions and negotiating filters as SPD entries: what changed goes in, what is
+   * gone leaves. Exemptions are consulted first (they come first in the filter order), then the SAs'
+   * own policies, then the trap policies in the filters' order.
+   */
+  setFilters(filters: readonly Filter[], families: readonly (4 | 6)[]): { policies: number; failed: number } {
+    const next = new Map<string, XfrmPolicy>();
+    const add = (p: XfrmPolicy) => {
+      const k = selectorKey(p.dir, p.sel);
+      if (!next.has(k)) next.set(k, p);
+    };
+    for (const f of filters) {
+      if (f.kind === 'ike') continue; // IKE's sockets bypass the SPD themselves
+      for (const sel of filterSelectors(f, families)) {
+        if (f.kind !== 'negotiate') {
+          for (const dir of ['out', 'in', 'fwd'] as const)
+            add({
+              dir,
+              sel: dir === 'out' ? sel : reverse(sel),
+              priority: PRIO_EXEMPT + f.rank,
+              action: 'allow',
+              tmpls: [],
+            });
+          continue;
+        }
+        const tunnel = f.rule?.Mode === 'Tunnel';
+        const endpoints = tunnel ? tunnelEndpoints(f) : undefined;
+        if (tunnel && !endpoints) {
+          this.log('tunnel rule without literal tunnel endpoints of its family: its traffic is blocked', {
+            rule: f.label,
+          });
+        }
+        const tmpl = (security: string, src?: Buffer, dst?: Buffer): XfrmTemplate[] =>
+          security === 'None'
+            ? []
+            : [
+                {
+                  proto: 'esp',
+                  mode: tunnel ? 'tunnel' : 'transport',
+                  family: endpoints?.family ?? sel.family,
+                  reqid: 0,
+                  optional: security === 'Request',
+                  ...(tunnel ? { src, dst } : {}),
+                },
+              ];
+        const priority = PRIO_TRAP + f.rank;
+        const action = tunnel && !endpoints ? 'block' : 'allow';
+        if (f.outbound !== 'None')
+          add({
+            dir: 'out',
+            sel,
+            priority,
+            action,
+            tmpls: action === 'block' ? [] : tmpl(f.outbound, endpoints?.local, endpoints?.remote),
+          });
+        if (f.inbound !== 'None') {
+          const t = action === 'block' ? [] : tmpl(f.inbound, endpoints?.remote, endpoints?.local);
+          add({ dir: 'in', sel: reverse(sel), priority, action, tmpls: t });
+          if (tunnel) add({ dir: 'fwd', sel: reverse(sel), priority, action, tmpls: t });
+        }
+      }
+    }
+    const reqs: Buffer[] = [];
+    for (const [k, p] of this.filterPolicies) if (!next.has(k)) reqs.push(deletePolicyRequest(p, 0));
+    for (const [k, p] of next) {
+      const prev = this.filterPolicies.get(k);
+      if (!prev || policyRequest(prev, 0).compare(policyRequest(p, 0)) !== 0) reqs.push(policyRequest(p, 0));
+    }
+    const failed = this.send(reqs).filter((e) => e !== 0 && e !== 2 /* ENOENT: already gone */).length;
+    this.filterPolicies = next;
+    return { policies: next.size, failed };
+  }
+
+  // ---- the kernel's events ----------------------------------------------------------------------
+
+  private readMonitor(): void {
+    const m = this.monitor;
+    if (!m) return;
+    const b = this.batch;
+    for (;;) {
+      let n: number;
+      try {
+        n = m.recv(b);
+      } catch (err) {
+        // ENOBUFS: events were lost; acquires come again for traffic still waiting, expiries are
+        // caught by the keying module's own lifetimes.
+        this.log('kernel IPsec events lost', { reason: (err as Error).message });
+        return;
+      }
+      if (n === 0) return;
+      for (let i = 0; i < n; i++) {
+        const len = b.lengths[i] as number;
+        if (len <= 0) continue;
+        try {
+          for (const msg of splitMessages(b.buf.subarray(i * b.slot, i * b.slot + len))) this.event(msg.type, msg.body);
+        } catch (err) {
+          this.log('kernel IPsec event not understood', { reason: (err as Error).message });
+        }
+      }
+    }
+  }
+
+  private event(type: number, body: Buffer): void {
+    if (type === XFRM_MSG.ACQUIRE) {
+      const a = parseAcquire(body);
+      if (!inBand(a.policy.priority)) return; // somebody else's policy
+      const s = a.sel;
+      const flow: Flow = {
+        direction: 'Outbound',
+        local: readIp(s.src, 0, s.family),
+        remote: readIp(s.dst, 0, s.family),
+        protocol: s.proto,
+        localPort: s.sportMask && s.sport ? s.sport : undefined, // 0: not chosen yet (a connect)
+        remotePort: s.dportMask ? s.dport : undefined,
+      };
+      this.log('kernel acquire', { local: flow.local, remote: flow.remote, protocol: flow.protocol });
+      this.events.acquire?.(flow);
+      return;
+    }
+    if (type === XFRM_MSG.EXPIRE) {
+      const { sa, hard } = parseExpire(body);
+      if (!ourReqid(sa.reqid)) return;
+      const spiIn =
+        this.sas.has(sa.spi) && Buffer.from(this.sas.get(sa.spi)?.inbound.dst ?? []).equals(sa.dst)
+          ? sa.spi
+          : this.byOutbound.get(outKey(sa.spi, sa.dst));
+      if (spiIn === undefined) return;
+      this.log('kernel SA lifetime', { spiIn: hex8(spiIn), hard });
+      if (hard) this.delete(spiIn);
+      this.events.expire?.(spiIn, hard);
+    }
+  }
+
+  /**
+   * Stops: the SAs and their policies leave the kernel (their keys die with this process); the
+   * filter policies stay — a Require rule keeps dropping cleartext while no daemon runs.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const spi of [...this.sas.keys()]) this.delete(spi);
+    this.monitor?.close();
+    for (const { s500, s4500 } of this.sockets.values()) {
+      s500.close();
+      s4500.close();
+    }
+    this.sockets.clear();
+  }
+}
+
+const hex8 = (spi: number): string => spi.toString(16).padStart(8, '0');
+const outKey = (spi: number, dst: Uint8Array): string => `${spi} ${Buffer.from(dst).toString('hex')}`;
+const tsKey = (tss: readonly TrafficSelector[]): string =>
+  tss
+    .map((t) => `${t.ipProtocol}:${t.start.toString('hex')}-${t.end.toString('hex')}:${t.startPort}-${t.endPort}`)
+    .join(',');
+
+/** A filter's address/protocol/port space as selectors of the outbound direction (local → remote). */
+function filterSelectors(f: Filter, families: readonly (4 | 6)[]): XfrmSelector[] {
+  const ts = (ranges: Filter['local'], ports: [number, number][] | undefined): TrafficSelector[] => {
+    const rs =
+      ranges.length > 0
+        ? ranges
+        : families.map((fam) =>
+            fam === 4
+              ? { family: 4 as const, lo: 0, hi: 0xffffffff }
+              : { family: 6 as const, lo: 0n, hi: (1n << 128n) - 1n },
+          );
+    const ps = ports && ports.length > 0 ? ports : [[0, 65535] as [number, number]];
+    return rs.flatMap((r) =>
+      ps.map(([a, b]) => ({
+        type: r.family === 4 ? 7 : 8,
+        ipProtocol: f.protocol ?? 0,
+        startPort: a,
+        endPort: b,
+        start: boundBytes(r.lo, r.family),
+        end: boundBytes(r.hi, r.family),
+      })),
+    );
+  };
+  const sels = selectorsFor(ts(f.local, f.localPorts), ts(f.remote, f.remotePorts));
+  if (!f.icmpTypes || f.icmpTypes.length === 0) return sels;
+  // ICMP: the kernel puts the message type in the source port of the flow.
+  return sels.flatMap((s) => (f.icmpTypes ?? []).map((t) => ({ ...s, sport: t, sportMask: 0xffff })));
+}
+
+/** A tunnel rule's outer addresses: the first literal address of each end, of one family. */
+function tunnelEndpoints(f: Filter): { local: Buffer; remote: Buffer; family: 4 | 6 } | undefined {
+  for (const l of f.rule?.LocalTunnelEndpoint ?? [])
+    for (const r of f.rule?.RemoteTunnelEndpoint ?? []) {
+      if (isIP(l) === 0 || isIP(l) !== isIP(r)) continue;
+      return { local: ipBytes(l), remote: ipBytes(r), family: isIP(l) === 4 ? 4 : 6 };
+    }
+  return undefined;
+}
