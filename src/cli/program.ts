@@ -204,7 +204,11 @@ Examples:
       'only these addresses (default: every global address of the host, followed as addresses come and go)',
     )
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
-    .option('--dataplane <kind>', 'userspace (ESP on a TUN device) or none (negotiate only)', 'userspace')
+    .option(
+      '--dataplane <kind>',
+      "auto (the kernel's ESP where it has it, else userspace), kernel (netlink XFRM), userspace (ESP on a TUN device) or none (negotiate only)",
+      'auto',
+    )
     .option(
       '--remove-filters',
       "remove consec's fail-closed nftables table, routing rule and routes, then exit (refused while a daemon runs)",
@@ -230,13 +234,13 @@ Examples:
         const dpd = Number(opts.dpd);
         if (!Number.isFinite(dpd) || dpd < 0)
           throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
-        if (opts.dataplane !== 'userspace' && opts.dataplane !== 'none')
-          throw new ConsecError('ERR_USAGE', `--dataplane ${opts.dataplane}: use userspace or none`);
+        if (!['auto', 'kernel', 'userspace', 'none'].includes(opts.dataplane))
+          throw new ConsecError('ERR_USAGE', `--dataplane ${opts.dataplane}: use auto, kernel, userspace or none`);
         process.exitCode = await runDaemon(stateDir(program), {
           listen: opts.listen,
           encap: opts.encap,
           dpd,
-          dataplane: opts.dataplane,
+          dataplane: opts.dataplane as 'auto' | 'kernel' | 'userspace' | 'none',
           removeFilters: opts.removeFilters,
           force: opts.force,
           wiresharkKeys: opts.wiresharkKeys,

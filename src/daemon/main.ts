@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { TrafficSelector } from '../sa/spec.ts';
-import { isIP } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import pino from 'pino';
 import type { AuditEvent } from '../audit/events.ts';
 import { SecurityLog } from '../audit/log.ts';
@@ -17,6 +17,7 @@ import { activeProfiles, networkCategories, networkCategoriesStamp } from '../fi
 import type { ChildSaSink } from '../sa/sink.ts';
 import { PolicyStores } from '../policy/store.ts';
 import { deleteChildSa, KeyingService } from './keying.ts';
+import { KERNEL_IKE_MARK, KernelDataPlane } from '../dataplane/kernel.ts';
 import { UserspaceDataPlane } from '../dataplane/plane.ts';
 import { ANY_V4, ANY_V6, boundBytes, type Range } from '../filter/address.ts';
 import {
@@ -134,8 +135,11 @@ const HOUSEKEEPING_MS = 5000;
 export interface DaemonOptions {
   listen?: string[];
   encap?: boolean;
-  /** 'userspace': consec's own ESP data plane on a TUN device; 'none': SAs are only logged. */
-  dataplane?: 'userspace' | 'none';
+  /**
+   * 'kernel': the kernel's ESP/AH through netlink XFRM; 'userspace': consec's own ESP data plane on a
+   * TUN device; 'auto' (default): the kernel where it carries ESP, else userspace; 'none': SAs are only logged.
+   */
+  dataplane?: 'auto' | 'kernel' | 'userspace' | 'none';
   /** Remove consec's nftables table, routing rule and routes, and exit (refused while a daemon runs). */
   removeFilters?: boolean;
   /** With removeFilters: stop the running daemon first (SIGTERM: its SAs deleted at the peers). */
@@ -148,6 +152,24 @@ export interface DaemonOptions {
   dpd?: number;
   /** Serve Prometheus metrics on ADDRESS:PORT. */
   metrics?: string;
+}
+
+/**
+ * The data plane asked for, made concrete: `auto` takes the kernel's ESP when the kernel accepts an
+ * ESP SA (KernelDataPlane.probe), else consec's userspace plane; `kernel` on a kernel without ESP is
+ * refused with the kernel's reason.
+ */
+function chooseDataplane(
+  asked: NonNullable<DaemonOptions['dataplane']>,
+  log: pino.Logger,
+): 'kernel' | 'userspace' | 'none' {
+  if (asked === 'userspace' || asked === 'none') return asked;
+  const probe = KernelDataPlane.probe();
+  if (probe.ok) return 'kernel';
+  if (asked === 'kernel')
+    throw new ConsecError('ERR_USAGE', `--dataplane kernel: this kernel cannot carry ESP: ${probe.reason}`);
+  log.info({ reason: probe.reason }, 'the kernel carries no ESP here: userspace data plane');
+  return 'userspace';
 }
 
 /** Stops the daemon `pid` that holds `stateDir` (SIGTERM: an orderly stop) and waits until it has let go. */
@@ -183,7 +205,8 @@ export async function runDaemon(stateDir: string, o: DaemonOptions): Promise<num
     }
     await removeGuard();
     await UserspaceDataPlane.removeRouting();
-    log.info({}, 'fail-closed filters, routing rule and routes removed');
+    KernelDataPlane.removeAll();
+    log.info({}, 'fail-closed filters, routing rule, routes and kernel IPsec entries removed');
     return 0;
   }
   // The state directory holds the policy and the control socket: a root daemon takes it only when
@@ -256,11 +279,14 @@ async function serve(
     if (isIP(a) === 0) throw new ConsecError('ERR_USAGE', `--listen ${JSON.stringify(a)} is not an IP address`);
   // Manual SAs are read and checked before anything changes on the host.
   const manual = o.manualSas ? loadManualSas(o.manualSas) : [];
-  if (manual.length > 0 && o.dataplane !== 'userspace')
-    throw new ConsecError('ERR_USAGE', 'manual SAs need the userspace data plane (--dataplane userspace)');
+  const kind = chooseDataplane(o.dataplane ?? 'auto', log);
+  if (manual.length > 0 && kind === 'none')
+    throw new ConsecError('ERR_USAGE', 'manual SAs need a data plane (--dataplane auto, kernel or userspace)');
   // Negotiation outcomes, counted from the audit events (Get-NetIPsecStatistics).
   const auditCounts = new Map<number, number>();
   let plane: UserspaceDataPlane | undefined;
+  const kernel =
+    kind === 'kernel' ? KernelDataPlane.open({ log: (event, detail) => log.info(detail ?? {}, event) }) : undefined;
   // The IKE debug log (netsh advfirewall set global ipsec debuglog …), followed live.
   const debugLog = new IkeDebugLog(
     stateDir,
@@ -297,7 +323,7 @@ async function serve(
   };
   // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
   let classify: (packet: Buffer, ip: IpInfo) => Verdict = () => 'require';
-  if (o.dataplane === 'userspace') {
+  if (kind === 'userspace') {
     plane = await UserspaceDataPlane.open({
       locals: addresses,
       follow: !o.listen?.length,
@@ -366,11 +392,15 @@ async function serve(
     addresses: plane ? plane.addresses : addresses,
     follow: !o.listen?.length,
     ctx,
-    dataplane: withKeyExport(plane ?? logOnly, o.wiresharkKeys),
+    dataplane: withKeyExport(plane ?? kernel ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => onPolicy(doc),
     onEstablished: (s) => metrics.established(s),
     trace: debugLog,
-    bind: plane ? (address) => (rx) => (plane as UserspaceDataPlane).bind(address, rx) : undefined,
+    bind: plane
+      ? (address) => (rx) => (plane as UserspaceDataPlane).bind(address, rx)
+      : kernel
+        ? (address) => (rx) => kernel.bind(address, rx)
+        : undefined,
     audit: { emit: emitAudit },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
@@ -385,6 +415,16 @@ async function serve(
       }),
     expire: (spi, hard) => service.expire(spi, hard),
     activity: (spi) => service.noteEsp(spi),
+  });
+  // The kernel's acquires and lifetimes likewise (its own SPD drops or passes the packets meanwhile).
+  kernel?.attach({
+    acquire: (flow) =>
+      void service
+        .acquire(flow)
+        .catch((err: Error) =>
+          log.warn({ remote: flow.remote, reason: err.message }, 'negotiation for traffic failed'),
+        ),
+    expire: (spi, hard) => service.expire(spi, hard),
   });
   // Fail-closed: the kernel drops cleartext to and from Require peers, also when this process dies;
   // while it runs, a change to the table by anyone else is undone at once (and audited, 5447).
@@ -414,12 +454,12 @@ async function serve(
     },
     error: (err) => log.error({ reason: err.message }, 'fail-closed filters watch'),
   });
-  if (plane) keeper.start();
+  if (plane || kernel) keeper.start();
   // Address entries resolved for the table, kept across policy versions (most entries stay).
   const guardCache = new Map<string, readonly Range[]>();
   const routeCache = new Map<string, TrafficSelector[]>();
-  const guard = async (doc: PolicyDocument) => {
-    if (!plane) return;
+  const guard = async (doc: PolicyDocument): Promise<boolean> => {
+    if (!plane && !kernel) return false;
     try {
       if (guardCache.size > 4 * doc.rules.length + 1024) guardCache.clear(); // entries of rules long gone
       const sets = guardSets(doc, ctx, guardCache);
@@ -431,15 +471,23 @@ async function serve(
           (v4 ? sets.in4 : sets.in6).push(sel);
         }
       if (manual.length) for (const k of ['out4', 'out6', 'in4', 'in6'] as const) sets[k] = mergeElements(sets[k]);
-      const how = await keeper.applySets(sets, plane.tunName, plane.mark);
+      const how = await keeper.applySets(sets, plane?.tunName, plane?.mark ?? KERNEL_IKE_MARK);
       log.info({ how }, 'fail-closed filters installed');
+      return true;
     } catch (err) {
       log.error({ reason: (err as Error).message }, 'cannot install the fail-closed filters');
+      return false;
     }
   };
   const compile = (doc: PolicyDocument) => {
     const policy = compilePolicy(doc, ctx);
     classify = (packet, ip) => verdictFor(policy, packet, ip);
+    if (kernel) {
+      const families = [...new Set(service.addresses.map((a) => (isIPv4(a) ? 4 : 6) as 4 | 6))];
+      const r = kernel.setFilters(policy.filters, families.length > 0 ? families : [4, 6]);
+      if (r.failed > 0) log.error({ failed: r.failed }, 'kernel IPsec policies refused');
+      else log.info({ policies: r.policies }, 'kernel IPsec policies in force');
+    }
   };
   compile(service.policy);
   const onPolicy = (doc: PolicyDocument): void => {
@@ -473,6 +521,7 @@ async function serve(
   } catch (err) {
     keeper.close();
     await plane?.close();
+    kernel?.close();
     throw err;
   }
   // No --listen: IKE and the data plane follow the host's addresses as they come and go
@@ -527,14 +576,20 @@ async function serve(
     // What changed between start-up and the watch (the watch is open now: nothing more is missed).
     settle(hostAddresses());
   }
-  if (plane) {
+  const sink = plane ?? kernel;
+  if (sink) {
     // Filters first: until the routes are in place, Require traffic is dropped, never sent in clear.
-    await guard(service.policy);
-    await keeper.watching();
-    log.info({}, 'fail-closed filters watched');
-    await routeProtected(service, plane, ctx, log, routeCache);
+    if ((await guard(service.policy)) || !kernel) {
+      await keeper.watching();
+      log.info({}, 'fail-closed filters watched');
+    } else {
+      // A kernel without nf_tables: its own SPD (the required templates) is what keeps Require traffic in.
+      keeper.close();
+      log.warn({}, 'no nftables table: the kernel IPsec policies alone enforce Require');
+    }
+    if (plane) await routeProtected(service, plane, ctx, log, routeCache);
     for (const sa of manual) {
-      plane.install(manualSpec(sa));
+      sink.install(manualSpec(sa));
       log.info(
         { name: sa.name, remote: sa.remote, inboundSpi: sa.inbound.spi, outboundSpi: sa.outbound.spi },
         'manual SA installed',
@@ -549,7 +604,7 @@ async function serve(
         return established.filter((x) => x.state === 'established').map(mainModeSaView);
       case 'qmsa.list':
         return established.flatMap((x) =>
-          [...x.children.values()].map((e) => quickModeSaView(x, e, plane?.counters(e.child.spiIn.readUInt32BE(0)))),
+          [...x.children.values()].map((e) => quickModeSaView(x, e, sink?.counters(e.child.spiIn.readUInt32BE(0)))),
         );
       case 'stats': {
         const count = (...ids: number[]) => ids.reduce((n, id) => n + (auditCounts.get(id) ?? 0), 0);
@@ -570,7 +625,7 @@ async function serve(
           BytesIn: st?.bytesIn ?? 0,
           PacketsSentInClear: plane?.clearPackets ?? 0,
           AuthenticationFailures: authFailures,
-          ClearTextPacketsDroppedByRequire: plane ? (await readClearDrops()).reduce((n, d) => n + d.packets, 0) : 0,
+          ClearTextPacketsDroppedByRequire: sink ? (await readClearDrops()).reduce((n, d) => n + d.packets, 0) : 0,
           DroppedPackets: { ...(st?.drops ?? {}) },
         };
       }
@@ -615,7 +670,7 @@ async function serve(
       log.info({ profiles: now.split('|')[1] }, 'network location changed');
       service.locationChanged();
     }
-    if (!plane) return;
+    if (!sink) return;
     void readClearDrops().then((drops) => {
       for (const d of drops) {
         const last = clearSeen.get(d.address) ?? 0;
@@ -637,7 +692,7 @@ async function serve(
   emitAudit({ id: 5478, subcategory: 'IPsec Driver', success: true });
   log.info(
     {
-      dataplane: plane ? 'userspace' : 'none',
+      dataplane: kind,
       rules: service.policy.rules.length,
       routes: plane?.routeStats.routes,
       routeBatches: plane?.routeStats.batches,
@@ -660,6 +715,7 @@ async function serve(
         .then(() => {
           if (plane) log.info({ stats: plane.stats, clear: plane.clearPackets }, 'data plane stats');
           emitAudit({ id: 5479, subcategory: 'IPsec Driver', success: true });
+          kernel?.close();
           return plane?.close();
         })
         .finally(() => {

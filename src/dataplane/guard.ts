@@ -357,7 +357,11 @@ function elementChanges(prev: readonly string[], next: readonly string[]): { gon
 const hex = (n: number): string => `0x${n.toString(16).padStart(8, '0')}`;
 
 /** The whole table as one nft script (delete + create in one transaction). */
-export function renderGuard(s: GuardSets, tun: string, mark: number): string {
+export function renderGuard(s: GuardSets, tun: string | undefined, mark: number): string {
+  // What the data plane secures: through the TUN device (userspace), or through the kernel's XFRM
+  // (kernel: an outbound packet routed into a transform bundle, an inbound one that came out of one).
+  const toPlane = tun ? `oifname "${tun}"` : 'rt ipsec exists';
+  const fromPlane = tun ? `iifname "${tun}"` : 'meta ipsec exists';
   const exempt = [
     // Neighbor discovery always passes: without it IPv6 cannot reach anybody.
     'meta l4proto ipv6-icmp icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept',
@@ -390,13 +394,14 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     '    oifname "lo" accept',
     // Our own ESP and AH. (IPv6 conntrack reads through AH as an extension header, so a transport
     // mode AH packet shares the connection of the flow it protects: accept it before the check.)
-    `    meta mark ${mark} meta l4proto { esp, ah } accept`,
+    // (The kernel's own ESP carries no mark: it can hold nothing in clear.)
+    tun ? `    meta mark ${mark} meta l4proto { esp, ah } accept` : '    meta l4proto { esp, ah } accept',
     // Our own IKE: no firewall rule stands between the keying service and its peers.
     `    meta mark ${mark} udp dport { 500, 4500 } accept`,
     // Firewall rules: an outbound authenticated bypass, then Block for protected and clear alike.
-    ...s.firewall.bypassOut.map((e) => `    oifname "${tun}" ${e}`),
+    ...s.firewall.bypassOut.map((e) => `    ${toPlane} ${e}`),
     ...s.firewall.blockOut.map((e) => `    ${e}`),
-    `    oifname "${tun}" accept`,
+    `    ${toPlane} accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
     // Before our other marked sockets: the data plane's clear fallback must not carry a secured flow.
@@ -412,8 +417,8 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     // A gateway forwards for the hosts behind it: the same rules apply to what it forwards.
     '  chain forward {',
     '    type filter hook forward priority 0; policy accept;',
-    `    oifname "${tun}" accept`,
-    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
+    `    ${toPlane} accept`,
+    `    ${fromPlane} ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptOut.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "secured flow forwarded in clear"`,
@@ -434,7 +439,7 @@ export function renderGuard(s: GuardSets, tun: string, mark: number): string {
     // Firewall Block rules: decrypted traffic too (an inbound bypass needs authorized accounts).
     ...s.firewall.blockIn.map((e) => `    ${e}`),
     // Decrypted traffic: its connection is secured from now on.
-    `    iifname "${tun}" ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
+    `    ${fromPlane} ct mark set ct mark or ${hex(SECURED_CT_MARK)} accept`,
     ...exempt.map((e) => `    ${e}`),
     ...s.exemptIn.map((e) => `    ${e}`),
     `    ct state established ct mark and ${hex(SECURED_CT_MARK)} != 0 counter drop comment "cleartext in a secured flow"`,
@@ -570,7 +575,7 @@ export class GuardKeeper {
    * Puts `sets` in force: as element additions and deletions when only the Require sets changed
    * since the last call (one small transaction, whatever the table's size), else the whole table.
    */
-  async applySets(sets: GuardSets, tun: string, mark: number): Promise<'elements' | 'table'> {
+  async applySets(sets: GuardSets, tun: string | undefined, mark: number): Promise<'elements' | 'table'> {
     // The whole table's text only when it is written whole (or put back after a foreign change).
     let full: string | undefined;
     const whole = (): string => (full ??= renderGuard(sets, tun, mark));
@@ -601,7 +606,7 @@ export class GuardKeeper {
   }
 
   /** What the table holds since the last applySets (undefined: unknown, rewrite it whole next time). */
-  private installed?: { sets: GuardSets; tun: string; mark: number };
+  private installed?: { sets: GuardSets; tun: string | undefined; mark: number };
 
   /**
    * Resolves when the monitor has seen one of our own transactions, so a change from now on is

@@ -49,6 +49,7 @@ import type { Filter, Flow } from '../filter/compile.ts';
 import { type IkeBind, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
 import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
+import { DEVICE_DEFAULTS } from './device.ts';
 
 /** consec's SPD entries: priorities in [BAND, BAND + 2^24); SAs: reqids in [REQID_BASE, REQID_BASE + 2^24). */
 const BAND = 0x0c50_0000;
@@ -63,6 +64,9 @@ const REPLAY_WINDOW = 128;
 
 const inBand = (priority: number): boolean => priority >= BAND && priority < BAND + BAND_SIZE;
 const ourReqid = (reqid: number): boolean => reqid >= REQID_BASE && reqid < REQID_BASE + REQID_SIZE;
+
+/** The firewall mark on IKE's sockets (the fail-closed table lets marked IKE out), as the userspace plane's. */
+export const KERNEL_IKE_MARK = DEVICE_DEFAULTS.mark;
 
 export interface KernelPlaneOptions {
   log?(event: string, detail?: Record<string, unknown>): void;
@@ -189,6 +193,12 @@ export class KernelDataPlane implements ChildSaSink {
   private nextReqid = REQID_BASE + 1;
   /** The filter policies (exemptions and traps) in the SPD now, by direction and selector. */
   private filterPolicies = new Map<string, XfrmPolicy>();
+  /**
+   * SPD keys (direction + selector) an SA's policy holds now, and by which reqid group. The kernel
+   * keeps one policy per key whatever its priority: an SA whose selectors are exactly a rule's
+   * (host to host) replaces that rule's trap policy, which comes back when the SA's policy goes.
+   */
+  private readonly held = new Map<string, string>();
   private seq = 1;
   private monitor?: RtnetlinkMonitor;
   private readonly batch = new PacketBatch(8, 32_768);
@@ -215,14 +225,16 @@ export class KernelDataPlane implements ChildSaSink {
       esn: false,
       replayWindow: 32,
     };
+    const remove = deleteSaRequest({ family: 4, dst: probe.dst, spi: probe.spi, proto: 'esp' }, 1);
     let errno: number;
     try {
-      [errno = -1] = xfrmRequests(saRequest(probe, 1, true));
+      // (A probe left by a process killed in between goes first.)
+      [, errno = -1] = xfrmRequests(Buffer.concat([remove, saRequest(probe, 2)]));
     } catch (err) {
       return { ok: false, reason: `no netlink XFRM (${(err as Error).message})` };
     }
     if (errno !== 0) return { ok: false, reason: `the kernel refused an ESP SA (${errnoName(errno)})` };
-    xfrmRequests(deleteSaRequest({ family: 4, dst: probe.dst, spi: probe.spi, proto: 'esp' }, 2));
+    xfrmRequests(remove);
     return { ok: true };
   }
 
@@ -274,15 +286,15 @@ export class KernelDataPlane implements ChildSaSink {
       if (m.type !== XFRM_MSG.NEWPOLICY) continue;
       const p = parsePolicyInfo(m.body);
       if (!inBand(p.priority)) continue;
-      // Fail-closed: the trap policies of the previous run stay until the new policy replaces them.
-      if (!all && p.priority >= PRIO_TRAP) {
-        this.filterPolicies.set(selectorKey(p.dir, p.sel), {
-          dir: p.dir,
-          sel: p.sel,
-          priority: p.priority,
-          action: p.action,
-          tmpls: [],
-        });
+      // Fail-closed: the trap policies of the previous run stay until the new policy replaces them,
+      // and an SA's policy (which may stand in for a trap policy with its selector) blocks meanwhile.
+      if (!all && p.priority >= PRIO_SA) {
+        const block: XfrmPolicy = { dir: p.dir, sel: p.sel, priority: p.priority, action: 'block', tmpls: [] };
+        if (p.priority < PRIO_TRAP) dels.push(policyRequest(block, 0));
+        this.filterPolicies.set(
+          selectorKey(p.dir, p.sel),
+          p.priority < PRIO_TRAP ? block : { ...block, action: p.action },
+        );
         continue;
       }
       dels.push(deletePolicyRequest({ dir: p.dir, sel: p.sel }, 0));
@@ -309,6 +321,7 @@ export class KernelDataPlane implements ChildSaSink {
       const s = UdpSocket.open(family);
       try {
         s.bypassIpsecPolicy(family);
+        s.setMark(KERNEL_IKE_MARK);
         if (port === 4500) s.espInUdp();
         s.bind(address, port);
       } catch (err) {
@@ -490,6 +503,7 @@ export class KernelDataPlane implements ChildSaSink {
     }
     const failed = this.send(policies.map((p) => policyRequest(p, 0))).find((e) => e !== 0);
     if (failed !== undefined) this.log('SA policies not installed', { reqid, reason: errnoName(failed) });
+    for (const p of policies) this.held.set(selectorKey(p.dir, p.sel), group);
     this.groups.set(group, { reqid, users: 1, policies });
     return reqid;
   }
@@ -498,7 +512,16 @@ export class KernelDataPlane implements ChildSaSink {
     const g = this.groups.get(group);
     if (!g || --g.users > 0) return;
     this.groups.delete(group);
-    this.send(g.policies.map((p) => deletePolicyRequest(p, 0)));
+    const reqs: Buffer[] = [];
+    for (const p of g.policies) {
+      const key = selectorKey(p.dir, p.sel);
+      if (this.held.get(key) !== group) continue; // a newer SA's policy holds it now
+      this.held.delete(key);
+      // The rule's own policy for this selector comes back (Require: no clear traffic in between).
+      const base = this.filterPolicies.get(key);
+      reqs.push(base ? policyRequest(base, 0) : deletePolicyRequest(p, 0));
+    }
+    this.send(reqs);
   }
 
   private installOutbound(sa: KernelSa): void {
@@ -644,9 +667,12 @@ export class KernelDataPlane implements ChildSaSink {
       }
     }
     const reqs: Buffer[] = [];
-    for (const [k, p] of this.filterPolicies) if (!next.has(k)) reqs.push(deletePolicyRequest(p, 0));
+    // Keys an SA's policy holds keep it; the filter policy is only recorded (it returns with the SA's end).
+    for (const [k, p] of this.filterPolicies)
+      if (!next.has(k) && !this.held.has(k)) reqs.push(deletePolicyRequest(p, 0));
     for (const [k, p] of next) {
       const prev = this.filterPolicies.get(k);
+      if (this.held.has(k)) continue;
       if (!prev || policyRequest(prev, 0).compare(policyRequest(p, 0)) !== 0) reqs.push(policyRequest(p, 0));
     }
     const failed = this.send(reqs).filter((e) => e !== 0 && e !== 2 /* ENOENT: already gone */).length;

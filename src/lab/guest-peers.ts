@@ -4,6 +4,8 @@
  * Both are configured from TypeScript objects (rendered injection-safe) and driven through the
  * guest's exec channel.
  */
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { PeerError } from '../errors.ts';
 import { type CharonConfig, charonFileLog, parseListSas, renderConf, swanctlConf, type VsaIke } from './strongswan.ts';
 import { type Guest, shellQuote } from './uml.ts';
@@ -199,6 +201,102 @@ export class GuestPluto {
     await this.guest.sh(
       'ipsec whack --shutdown > /dev/null 2>&1; for i in $(seq 1 50); do pgrep -x pluto > /dev/null || break; sleep 0.1; done; pkill -KILL -x pluto; ip xfrm state flush; ip xfrm policy flush',
       { allowFailure: true },
+    );
+  }
+}
+
+/**
+ * consec itself in a guest, on the guest kernel's XFRM (the kernel data plane): this machine's Node
+ * and consec's source tree are mounted read-only into the guest over hostfs (`/consec/node`,
+ * `/consec/src`), the policy written on the host is copied into the guest's own state directory
+ * (`/var/lib/consec`; hostfs has no flock), and the daemon's log is a file the host reads.
+ */
+export class GuestConsec {
+  private constructor(
+    readonly guest: Guest,
+    private readonly argv: string,
+  ) {}
+
+  /** The guest's state directory. */
+  static readonly STATE_DIR = '/var/lib/consec';
+
+  /** Mounts Node and the source tree (once per guest). */
+  static async mount(guest: Guest, root: string, nodeBinary: string): Promise<string> {
+    const nodeDir = dirname(nodeBinary);
+    await guest.sh(
+      [
+        'mkdir -p /consec/node /consec/src',
+        `mountpoint -q /consec/node || mount -t hostfs -o ro,${nodeDir} none /consec/node`,
+        `mountpoint -q /consec/src || mount -t hostfs -o ro,${root} none /consec/src`,
+      ].join(' && '),
+    );
+    return `/consec/node/${shellQuote(basename(nodeBinary))} --import tsx /consec/src/src/cli/main.ts --state-dir ${GuestConsec.STATE_DIR}`;
+  }
+
+  /**
+   * Starts `consec daemon` in the guest with the policy of the host directory `stateDir` (copied in);
+   * its output goes to `<guest dir>/consec.log`.
+   */
+  static async start(
+    guest: Guest,
+    o: { root: string; node: string; stateDir: string; args?: string[] },
+  ): Promise<GuestConsec> {
+    if (!/^[A-Za-z0-9_./-]+$/.test(o.root) || !/^[A-Za-z0-9_./-]+$/.test(o.node))
+      throw new PeerError('consec and Node must be at plain paths to be mounted into a guest');
+    const argv = await GuestConsec.mount(guest, o.root, o.node);
+    const copy = `/host/state-${basename(o.stateDir)}`;
+    cpSync(o.stateDir, join(guest.dir, basename(copy)), { recursive: true });
+    await guest.sh(
+      `rm -rf ${GuestConsec.STATE_DIR} && cp -a ${copy} ${GuestConsec.STATE_DIR} && chown -R root:root ${GuestConsec.STATE_DIR} && chmod 700 ${GuestConsec.STATE_DIR}`,
+    );
+    const c = new GuestConsec(guest, argv);
+    await c.launch(o.args ?? []);
+    return c;
+  }
+
+  /** (Re)starts the daemon with the state already in the guest. */
+  async launch(args: string[]): Promise<void> {
+    writeFileSync(join(this.guest.dir, 'consec.log'), '');
+    await this.guest.sh(
+      `cd /consec/src && (${this.argv} daemon ${args.map(shellQuote).join(' ')} >> /host/consec.log 2>&1 & echo $! > /run/consec.pid)`,
+    );
+  }
+
+  /** Everything the daemon printed so far. */
+  output(): string {
+    try {
+      return readFileSync(join(this.guest.dir, 'consec.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Resolves once the daemon's output matches `pattern`. */
+  async waitFor(pattern: RegExp, timeoutMs = 60_000): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.output().match(pattern);
+      if (m) return m;
+      if (!this.guest.running) throw new PeerError(`guest ${this.guest.host} stopped: ${this.output().slice(-2000)}`);
+      if (Date.now() > deadline)
+        throw new PeerError(`consec in guest ${this.guest.host}: ${pattern} not seen: ${this.output().slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** `consec pwsh -Command …` in the guest (the live views ask the daemon there). */
+  async pwsh(command: string): Promise<{ stdout: string; code: number }> {
+    return this.guest.sh(`cd /consec/src && ${this.argv} pwsh -Command ${shellQuote(command)}`, {
+      allowFailure: true,
+      timeoutMs: 120_000,
+    });
+  }
+
+  /** Sends `signal` to the daemon; SIGTERM waits for it to finish stopping. */
+  async signal(signal: 'TERM' | 'KILL'): Promise<void> {
+    await this.guest.sh(
+      `pid=$(cat /run/consec.pid); kill -${signal} $pid; for i in $(seq 1 300); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.1; done; exit 1`,
+      { allowFailure: true, timeoutMs: 60_000 },
     );
   }
 }

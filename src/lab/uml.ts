@@ -42,7 +42,9 @@ export const GUEST_KINDS = ['strongswan', 'libreswan'] as const;
 export type GuestKind = (typeof GUEST_KINDS)[number];
 export const isGuestKind = (k: string): k is GuestKind => (GUEST_KINDS as readonly string[]).includes(k);
 
-const COMMON_PACKAGES = ['iproute2', 'iputils-ping', 'kmod', 'procps', 'iperf3', 'socat'];
+// nftables (and netbase: /etc/protocols for its names): consec's own fail-closed table when consec
+// runs in a guest (the kernel data plane).
+const COMMON_PACKAGES = ['iproute2', 'iputils-ping', 'kmod', 'procps', 'iperf3', 'socat', 'nftables', 'netbase'];
 const KIND_PACKAGES: Record<GuestKind, string[]> = {
   strongswan: ['strongswan-charon', 'strongswan-swanctl', 'libstrongswan-standard-plugins'],
   // libreswan depends on the virtual package "host", which debootstrap does not resolve: bind9-host provides it.
