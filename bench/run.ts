@@ -58,6 +58,11 @@ const SECTIONS: Section[] = [
   { script: 'daemon.ts', args: ['--runs', pick('2', '5', '10')], limit: 300 },
   { script: 'memory.ts', args: ['--sizes', quick ? '200,1000' : '1000,10000'], node: ['--expose-gc'], limit: 240 },
   {
+    script: 'kernel-dataplane.ts',
+    args: ['--seconds', pick('2', '5', '10'), '--reps', pick('1', '3', '3')],
+    limit: pick(300, 420, 600),
+  },
+  {
     script: 'dataplane.ts',
     args: ['--seconds', pick('1', '2', '10'), '--reps', pick('1', '3', '3')],
     limit: pick(240, 480, 1500),

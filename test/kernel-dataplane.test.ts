@@ -13,7 +13,7 @@ import { Capture } from '../src/lab/capture.ts';
 import { GuestCharon, GuestConsec } from '../src/lab/guest-peers.ts';
 import { Lab } from '../src/lab/lab.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
-import { hostToHost } from '../src/lab/topology.ts';
+import { behindNat, hostToHost } from '../src/lab/topology.ts';
 import { Guest } from '../src/lab/uml.ts';
 import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
@@ -21,6 +21,7 @@ import { freshStateDir } from './pwsh-helpers.ts';
 const log = (msg: string): void => console.log(`# ${msg}`);
 
 function swan(local: string, remote: string, mode: 'transport' | 'tunnel'): CharonConfig {
+  // (remote '%any': whoever comes, as behind a NAT)
   return {
     connections: {
       c: {
@@ -325,6 +326,152 @@ describe("kernel data plane ↔ consec's userspace data plane", () => {
     } finally {
       await daemon.stop('SIGTERM', 5000);
       await guestConsec.signal('TERM');
+    }
+  });
+});
+
+describe('kernel data plane behind a NAT: ESP in UDP through the kernel (RFC 3948)', () => {
+  let lab: Lab;
+  let alice: Guest;
+  let bob: Guest;
+  before(async () => {
+    lab = await Lab.create(behindNat());
+    [alice, bob] = await Promise.all([
+      Guest.boot(lab, 'alice', { kind: 'strongswan', log }),
+      Guest.boot(lab, 'bob', { kind: 'strongswan', log }),
+    ]);
+  });
+  after(async () => {
+    await alice?.stop();
+    await bob?.stop();
+    await lab?.destroy();
+  });
+
+  it('consec (kernel, behind a masquerading router) ↔ strongSwan (kernel): floats to 4500, the kernels carry ESP-in-UDP both ways (the transfer’s acknowledgements come back in it), TCP byte for byte', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = stateDir();
+    await applyPolicy(dir, { local: a, remote: b, mm: true });
+    const config = swan(b, '%any', 'transport');
+    const conn = config.connections.c as NonNullable<(typeof config.connections)['c']>;
+    conn.remote = { auth: 'psk', id: a };
+    config.psks = [{ ids: [b, a], secret: PSK }];
+    const charon = await GuestCharon.start(bob, config);
+    const cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+    const consec = await GuestConsec.start(alice, {
+      root: ROOT,
+      node: process.execPath,
+      stateDir: dir,
+      args: ['--dpd', '0'],
+    });
+    try {
+      await consec.waitFor(/"dataplane":"kernel"[^\n]*"msg":"ready"/, 120_000);
+      await ping(alice, b);
+      await transfer(alice, bob, b, 1024 * 1024);
+      const [sa] = await charon.listSas();
+      assert.equal(sa?.remoteHost, lab.address('router', 4, 'eth1'), 'strongSwan sees the router, not alice');
+      assert.equal(sa?.children[0]?.encap, true);
+      const ours = await alice.xfrmStates();
+      const out = ours.find((s) => s.src === a && s.dst === b && s.proto === 'esp');
+      const inbound = ours.find((s) => s.src === b && s.dst === a && s.proto === 'esp');
+      assert.equal(out?.encap?.type, 'espinudp', JSON.stringify(ours));
+      assert.equal(out?.encap?.dport, 4500);
+      assert.equal(inbound?.encap?.type, 'espinudp');
+      assert.ok((out?.bytes ?? 0) > 1024 * 1024 && (inbound?.packets ?? 0) > 0, JSON.stringify(ours));
+      await cap.stop();
+      const protocols = new Set(await cap.protocols('ip'));
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('udpencap:esp')),
+        [...protocols].join(' '),
+      );
+      for (const p of protocols)
+        assert.match(p, /udp:(isakmp|udpencap)/, `only IKE and ESP-in-UDP: ${[...protocols].join(' ')}`);
+    } finally {
+      await cap.dispose();
+      await consec.signal('TERM');
+      await charon.stop();
+    }
+  });
+});
+
+describe('consec as a systemd service: a guest that boots systemd, kernel data plane, Require from the first packet', () => {
+  let lab: Lab;
+  let alice: Guest;
+  let bob: Guest;
+  before(async () => {
+    lab = await Lab.create(hostToHost());
+    [alice, bob] = await Promise.all([
+      Guest.boot(lab, 'alice', { kind: 'systemd', log, bootTimeoutMs: 180_000 }),
+      Guest.boot(lab, 'bob', { kind: 'strongswan', log }),
+    ]);
+    log(`systemd guest booted in ${alice.bootMs} ms`);
+  });
+  after(async () => {
+    await alice?.stop();
+    await bob?.stop();
+    await lab?.destroy();
+  });
+
+  it('`consec service install --now`, then a reboot: the unit is up before the network (network-pre.target), the first packets at boot cross as ESP only, nothing in clear', async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const dir = stateDir();
+    await applyPolicy(dir, { local: a, remote: b, mm: true });
+    const charon = await GuestCharon.start(bob, swan(b, a, 'transport'));
+    const consec = await GuestConsec.prepare(alice, {
+      root: ROOT,
+      node: process.execPath,
+      stateDir: dir,
+      persist: true,
+    });
+    let cap: Capture | undefined;
+    try {
+      const installed = await consec.cli(['service', 'install', '--now']);
+      assert.equal(installed.code, 0, installed.stdout);
+      const status = await consec.cli(['service', 'status']);
+      assert.match(status.stdout, /active/, status.stdout);
+      // At every boot, right when the network is up: traffic to bob (a Require peer).
+      alice.appendBoot([`(for i in 1 2 3 4 5; do ping -c 1 -W 1 ${b}; done) > /dev/null 2>&1 &`]);
+      cap = await Capture.start(lab, 'bob', 'eth0', { filter: 'ip' });
+      await alice.reboot();
+      log(`rebooted in ${alice.bootMs} ms`);
+      await ping(alice, b);
+      await cap.stop();
+      const order = await alice.sh(
+        'systemctl show -p ActiveEnterTimestampMonotonic --value consec.service network-pre.target; systemctl show -p ExecMainStartTimestampMonotonic --value consec-lab.service',
+      );
+      const [consecUp, networkPre, labStart] = order.stdout
+        .split('\n')
+        .filter((l) => l.trim() !== '') // (systemctl show separates units with an empty line)
+        .map(Number) as [number, number, number];
+      if (!(consecUp > 0))
+        log(
+          (
+            await alice.sh('systemctl status consec --no-pager; journalctl -b --no-pager | tail -80', {
+              allowFailure: true,
+            })
+          ).stdout,
+        );
+      assert.ok(
+        consecUp > 0 && consecUp <= networkPre && networkPre <= labStart,
+        `consec ${consecUp}, network-pre ${networkPre}, network set-up ${labStart}`,
+      );
+      const journal = await alice.sh('journalctl -b -u consec.service -o cat');
+      assert.match(journal.stdout, /"dataplane":"kernel"[^\n]*"msg":"ready"/, journal.stdout.slice(-3000));
+      assert.deepEqual(
+        await cap.fields(['ip.src'], `icmp && ip.src == ${a}`),
+        [],
+        'nothing of alice in clear, from the first packet',
+      );
+      const protocols = new Set(await cap.protocols('ip'));
+      assert.ok(
+        [...protocols].some((p) => p.endsWith('ip:esp')),
+        [...protocols].join(' '),
+      );
+    } finally {
+      await cap?.dispose();
+      await consec.cli(['service', 'uninstall']);
+      await charon.stop();
     }
   });
 });

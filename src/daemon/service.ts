@@ -6,10 +6,12 @@
  * after it — waits for READY=1, which the daemon sends only once its fail-closed nftables table is
  * in the kernel and IKE listens (src/daemon/notify.ts). A Require host therefore sends nothing in
  * clear while it boots. Restart=on-failure brings it back; while it is down the table stays (the
- * kernel keeps it), so nothing leaks then either.
+ * kernel keeps it, and on the kernel data plane the SPD's Require entries too), so nothing leaks
+ * then either.
  *
  * Capabilities (CapabilityBoundingSet; the daemon runs as root inside that set, nothing more):
- * - CAP_NET_ADMIN: the TUN device, routes and routing rules, the nftables table, SO_MARK;
+ * - CAP_NET_ADMIN: the TUN device, routes and routing rules, the nftables table, SO_MARK; the
+ *   kernel's SAs and policies (netlink XFRM) and the IKE sockets' per-socket IPsec bypass;
  * - CAP_NET_RAW: the raw ESP, AH and IPPROTO_RAW sockets of the data plane;
  * - CAP_NET_BIND_SERVICE: UDP 500 (IKE) is below 1024;
  * - CAP_DAC_READ_SEARCH: reading a user's Kerberos tickets (mode 0600, the user's own) for AuthIP's
@@ -76,6 +78,8 @@ export function unitText(o: UnitOptions): string {
     'RuntimeDirectoryMode=0700',
     // Kerberos' replay cache (AuthIP acceptors) there too: /var/tmp is read-only under ProtectSystem.
     'Environment=KRB5RCACHEDIR=/run/consec',
+    // Scratch files (a source checkout's TypeScript loader caches there) likewise: /tmp is read-only.
+    'Environment=TMPDIR=/run/consec',
     'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_DAC_READ_SEARCH',
     'NoNewPrivileges=yes',
     'ProtectSystem=strict',

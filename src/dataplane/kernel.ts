@@ -172,6 +172,8 @@ interface KernelSa {
   outboundInstalled: boolean;
   /** The reqid group's key (selectors, peer, protocol, mode): SAs of one group share policies. */
   group: string;
+  /** A soft lifetime was reported (the kernel counts each direction; the first one renews). */
+  softReported: boolean;
 }
 
 interface PolicyGroup {
@@ -438,6 +440,8 @@ export class KernelDataPlane implements ChildSaSink {
       replayWindow: REPLAY_WINDOW,
       anyInnerFamily:
         spec.mode === 'tunnel' && [...spec.localTs, ...spec.remoteTs].some((t) => (t.type === 7 ? 4 : 6) !== family),
+      // The kernel counts each SA (direction) by itself: the limit applies per direction here, where
+      // the userspace plane adds both; either way the renewal starts at 90 %.
       softBytes: spec.maxKilobytes ? BigInt(Math.floor(spec.maxKilobytes * 1024 * 0.9)) : undefined,
       hardBytes: spec.maxKilobytes ? BigInt(spec.maxKilobytes * 1024) : undefined,
     } as const;
@@ -448,6 +452,7 @@ export class KernelDataPlane implements ChildSaSink {
       reqid,
       group,
       outboundInstalled: false,
+      softReported: false,
       inbound: {
         ...base,
         src: remote,
@@ -733,7 +738,10 @@ export class KernelDataPlane implements ChildSaSink {
         this.sas.has(sa.spi) && Buffer.from(this.sas.get(sa.spi)?.inbound.dst ?? []).equals(sa.dst)
           ? sa.spi
           : this.byOutbound.get(outKey(sa.spi, sa.dst));
-      if (spiIn === undefined) return;
+      const entry = spiIn === undefined ? undefined : this.sas.get(spiIn);
+      if (spiIn === undefined || !entry) return;
+      if (!hard && entry.softReported) return;
+      entry.softReported = true;
       this.log('kernel SA lifetime', { spiIn: hex8(spiIn), hard });
       if (hard) this.delete(spiIn);
       this.events.expire?.(spiIn, hard);

@@ -220,14 +220,21 @@ export class GuestConsec {
   /** The guest's state directory. */
   static readonly STATE_DIR = '/var/lib/consec';
 
-  /** Mounts Node and the source tree (once per guest). */
-  static async mount(guest: Guest, root: string, nodeBinary: string): Promise<string> {
+  /** Mounts Node and the source tree (once per guest; `persist`: also at every boot, through /etc/fstab). */
+  static async mount(guest: Guest, root: string, nodeBinary: string, persist = false): Promise<string> {
+    if (!/^[A-Za-z0-9_./-]+$/.test(root) || !/^[A-Za-z0-9_./-]+$/.test(nodeBinary))
+      throw new PeerError('consec and Node must be at plain paths to be mounted into a guest');
     const nodeDir = dirname(nodeBinary);
     await guest.sh(
       [
         'mkdir -p /consec/node /consec/src',
         `mountpoint -q /consec/node || mount -t hostfs -o ro,${nodeDir} none /consec/node`,
         `mountpoint -q /consec/src || mount -t hostfs -o ro,${root} none /consec/src`,
+        ...(persist
+          ? [
+              `grep -q ' /consec/src ' /etc/fstab || printf 'none /consec/node hostfs ro,${nodeDir} 0 0\\nnone /consec/src hostfs ro,${root} 0 0\\n' >> /etc/fstab`,
+            ]
+          : []),
       ].join(' && '),
     );
     return `/consec/node/${shellQuote(basename(nodeBinary))} --import tsx /consec/src/src/cli/main.ts --state-dir ${GuestConsec.STATE_DIR}`;
@@ -241,17 +248,34 @@ export class GuestConsec {
     guest: Guest,
     o: { root: string; node: string; stateDir: string; args?: string[] },
   ): Promise<GuestConsec> {
-    if (!/^[A-Za-z0-9_./-]+$/.test(o.root) || !/^[A-Za-z0-9_./-]+$/.test(o.node))
-      throw new PeerError('consec and Node must be at plain paths to be mounted into a guest');
-    const argv = await GuestConsec.mount(guest, o.root, o.node);
+    const c = await GuestConsec.prepare(guest, o);
+    await c.launch(o.args ?? []);
+    return c;
+  }
+
+  /**
+   * Mounts consec into the guest and copies the policy of `stateDir` into the guest's state
+   * directory, without starting anything (`persist`: the mounts come back at every boot).
+   */
+  static async prepare(
+    guest: Guest,
+    o: { root: string; node: string; stateDir: string; persist?: boolean },
+  ): Promise<GuestConsec> {
+    const argv = await GuestConsec.mount(guest, o.root, o.node, o.persist);
     const copy = `/host/state-${basename(o.stateDir)}`;
     cpSync(o.stateDir, join(guest.dir, basename(copy)), { recursive: true });
     await guest.sh(
       `rm -rf ${GuestConsec.STATE_DIR} && cp -a ${copy} ${GuestConsec.STATE_DIR} && chown -R root:root ${GuestConsec.STATE_DIR} && chmod 700 ${GuestConsec.STATE_DIR}`,
     );
-    const c = new GuestConsec(guest, argv);
-    await c.launch(o.args ?? []);
-    return c;
+    return new GuestConsec(guest, argv);
+  }
+
+  /** Runs a consec command in the guest (`consec <args>` with the guest's state directory). */
+  async cli(args: string[]): Promise<{ stdout: string; code: number }> {
+    return this.guest.sh(`cd /consec/src && ${this.argv} ${args.map(shellQuote).join(' ')}`, {
+      allowFailure: true,
+      timeoutMs: 120_000,
+    });
   }
 
   /** (Re)starts the daemon with the state already in the guest. */

@@ -21,6 +21,7 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { freemem } from 'node:os';
@@ -38,7 +39,8 @@ const SUITE = 'bookworm';
 /** Guest memory: enough for charon or pluto plus iperf3 (the note measured 200–260 MB PSS). */
 const GUEST_MEM_MB = 384;
 
-export const GUEST_KINDS = ['strongswan', 'libreswan'] as const;
+/** strongswan, libreswan: an IKE daemon's image; systemd: a guest that boots systemd as PID 1 (services). */
+export const GUEST_KINDS = ['strongswan', 'libreswan', 'systemd'] as const;
 export type GuestKind = (typeof GUEST_KINDS)[number];
 export const isGuestKind = (k: string): k is GuestKind => (GUEST_KINDS as readonly string[]).includes(k);
 
@@ -49,7 +51,28 @@ const KIND_PACKAGES: Record<GuestKind, string[]> = {
   strongswan: ['strongswan-charon', 'strongswan-swanctl', 'libstrongswan-standard-plugins'],
   // libreswan depends on the virtual package "host", which debootstrap does not resolve: bind9-host provides it.
   libreswan: ['libreswan', 'bind9-host', 'libnss3-tools', 'openssl'],
+  systemd: ['systemd', 'systemd-sysv'],
 };
+
+/**
+ * In a systemd guest, the lab's part (exec channel, then the network set-up of boot.sh) is a unit
+ * ordered like a network manager: after network-pre.target, before network.target — so what a
+ * service orders before network-pre.target (consec's own unit) is up before the guest has a network.
+ */
+const LAB_UNIT = `[Unit]
+Description=lab: the host's network and the exec channel (hostfs)
+DefaultDependencies=no
+After=local-fs.target network-pre.target
+Wants=network-pre.target
+Before=network.target
+
+[Service]
+Type=simple
+ExecStart=/sbin/consec-init
+
+[Install]
+WantedBy=multi-user.target
+`;
 
 /**
  * PID 1 of a guest: mounts, loads the IPsec modules, runs the host's boot script (addresses, routes),
@@ -57,13 +80,18 @@ const KIND_PACKAGES: Record<GuestKind, string[]> = {
  */
 const INIT_SCRIPT = `#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mkdir -p /dev/pts /dev/shm /host
-mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs tmpfs /dev/shm
+mkdir -p /host
+if [ $$ -eq 1 ]; then
+  mount -t proc proc /proc
+  mount -t sysfs sys /sys
+  mount -t tmpfs tmpfs /run
+  mount -t tmpfs tmpfs /tmp
+  mkdir -p /dev/pts /dev/shm
+  mount -t devpts devpts /dev/pts 2>/dev/null
+  mount -t tmpfs tmpfs /dev/shm
+fi
+# (PID 1 has labdir= in its environment; a systemd unit reads it from the command line.)
+[ -n "$labdir" ] || labdir=$(sed -n 's/.*[[:space:]]labdir=\\([^[:space:]]*\\).*/\\1/p' /proc/cmdline)
 for m in af_key xfrm_user esp4 esp6 ah4 ah6 xfrm4_tunnel xfrm6_tunnel tunnel4 tunnel6 authenc authencesn gcm ccm ctr cbc aes_generic sha256_generic sha512_generic hmac echainiv seqiv; do
   modprobe -q $m 2>/dev/null
 done
@@ -133,7 +161,9 @@ function recipe(kind: GuestKind): { key: string; packages: string[]; kernel: str
   const packages = [...COMMON_PACKAGES, ...KIND_PACKAGES[kind]];
   const kernel = umlKernelVersion();
   const key = createHash('sha256')
-    .update(JSON.stringify({ v: 1, kind, packages, kernel, SUITE, INIT_SCRIPT }))
+    .update(
+      JSON.stringify({ v: 1, kind, packages, kernel, SUITE, INIT_SCRIPT, ...(kind === 'systemd' ? { LAB_UNIT } : {}) }),
+    )
     .digest('hex')
     .slice(0, 12);
   return { key, packages, kernel };
@@ -199,6 +229,20 @@ export async function ensureGuestImage(kind: GuestKind, log: (msg: string) => vo
       mkdirSync(join(root, 'lib', 'modules'), { recursive: true });
       await run(['cp', '-a', join(UML_MODULES, kernel), join(root, 'lib', 'modules', kernel)]);
       writeFileSync(join(root, 'sbin', 'consec-init'), INIT_SCRIPT, { mode: 0o755 });
+      if (kind === 'systemd') {
+        const units = join(root, 'etc', 'systemd', 'system');
+        writeFileSync(join(units, 'consec-lab.service'), LAB_UNIT);
+        mkdirSync(join(units, 'multi-user.target.wants'), { recursive: true });
+        symlinkSync('../consec-lab.service', join(units, 'multi-user.target.wants', 'consec-lab.service'));
+        // No consoles to log in on, no hardware to wait for.
+        for (const unit of [
+          'getty@.service',
+          'serial-getty@.service',
+          'console-getty.service',
+          'systemd-udevd.service',
+        ])
+          symlinkSync('/dev/null', join(units, unit));
+      }
       writeFileSync(join(root, 'etc', 'hostname'), `${kind}-guest\n`);
       const tmp = `${path}.tmp`;
       rmSync(tmp, { force: true });
@@ -309,7 +353,7 @@ export class Guest {
       `ubd0=${join(dir, 'root.cow')},${image.path}`,
       'root=/dev/ubda',
       'rw',
-      'init=/sbin/consec-init',
+      options.kind === 'systemd' ? 'init=/lib/systemd/systemd' : 'init=/sbin/consec-init',
       'eth0=tuntap,tap0',
       'con=null',
       'con0=null,fd:1',
@@ -400,6 +444,24 @@ export class Guest {
   async xfrmStates(): Promise<XfrmState[]> {
     const { stdout } = await this.exec(['ip', '-s', 'xfrm', 'state']);
     return parseXfrmStates(stdout);
+  }
+
+  /** Adds lines to the host's boot script (run at every boot, after the addresses and routes). */
+  appendBoot(lines: string[]): void {
+    const path = join(this.dir, 'boot.sh');
+    writeFileSync(path, `${readFileSync(path, 'utf8')}${lines.join('\n')}\n`);
+  }
+
+  /**
+   * Reboots a systemd guest (UML runs itself again, same process, same disk): resolves once the lab
+   * unit has set the network up again and serves the exec channel.
+   */
+  async reboot(timeoutMs = 180_000): Promise<void> {
+    rmSync(join(this.dir, 'ready'), { force: true });
+    await this.sh('(sleep 0.3; systemctl reboot) > /dev/null 2>&1 &');
+    const started = Date.now();
+    await this.waitReady(timeoutMs);
+    this.bootMs = Date.now() - started;
   }
 
   /** Stops the guest (its whole process group) and removes its copy-on-write file. */
