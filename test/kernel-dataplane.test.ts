@@ -270,6 +270,32 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
       await alice.sh('ip xfrm policy flush; ip xfrm state flush; nft delete table inet consec 2>/dev/null; true');
     }
   });
+
+  it("consec ↔ consec, both on the kernel: both ends renew by volume under a 64 MB transfer (collisions included); a rekey responder's SA carries traffic once ESP arrives on it; every byte arrives", async () => {
+    const a = lab.address('alice');
+    const b = lab.address('bob');
+    const qm = '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256 -MaxKiloBytes 20480';
+    const here = stateDir();
+    const there = stateDir();
+    await applyPolicy(here, { local: a, remote: b, mm: true, qm });
+    await applyPolicy(there, { local: b, remote: a, mm: true, qm });
+    const [ca, cb] = await Promise.all([
+      GuestConsec.start(alice, { root: ROOT, node: process.execPath, stateDir: here, args: ['--dpd', '0'] }),
+      GuestConsec.start(bob, { root: ROOT, node: process.execPath, stateDir: there, args: ['--dpd', '0'] }),
+    ]);
+    try {
+      await Promise.all([ca.waitFor(/"msg":"ready"/, 120_000), cb.waitFor(/"msg":"ready"/, 120_000)]);
+      await ping(alice, b);
+      await transfer(alice, bob, b, 64 * 1024 * 1024);
+      const renewals = (ca.output() + cb.output()).match(/"msg":"kernel SA lifetime"/g)?.length ?? 0;
+      assert.ok(renewals >= 2, `renewed by volume at least twice (${renewals})`);
+      await ping(bob, a);
+    } finally {
+      await ca.signal('TERM');
+      await cb.signal('TERM');
+      for (const g of [alice, bob]) await g.sh('ip xfrm policy flush; ip xfrm state flush; true');
+    }
+  });
 });
 
 describe("kernel data plane ↔ consec's userspace data plane", () => {

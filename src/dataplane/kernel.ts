@@ -39,6 +39,7 @@ import {
   type XfrmAlgorithm,
   type XfrmPolicy,
   type XfrmSa,
+  type XfrmSaInfo,
   type XfrmSelector,
   type XfrmTemplate,
 } from '../io/xfrm.ts';
@@ -410,6 +411,7 @@ export class KernelDataPlane implements ChildSaSink {
     }
     this.sas.set(spec.inbound.spi, sa);
     if (spec.outboundActive !== false) this.installOutbound(sa);
+    else this.watchInbound();
     this.log('SA installed', {
       ...spis,
       mode: spec.mode,
@@ -441,8 +443,12 @@ export class KernelDataPlane implements ChildSaSink {
       anyInnerFamily:
         spec.mode === 'tunnel' && [...spec.localTs, ...spec.remoteTs].some((t) => (t.type === 7 ? 4 : 6) !== family),
       // The kernel counts each SA (direction) by itself: the limit applies per direction here, where
-      // the userspace plane adds both; either way the renewal starts at 90 %.
-      softBytes: spec.maxKilobytes ? BigInt(Math.floor(spec.maxKilobytes * 1024 * 0.9)) : undefined,
+      // the userspace plane adds both.
+      // Both ends count the same bytes: a little jitter (85–95 %) keeps them from renewing at the same
+      // instant, every time (a rekey collision each lifetime).
+      softBytes: spec.maxKilobytes
+        ? BigInt(Math.floor(spec.maxKilobytes * 1024 * (0.85 + Math.random() * 0.1)))
+        : undefined,
       hardBytes: spec.maxKilobytes ? BigInt(spec.maxKilobytes * 1024) : undefined,
     } as const;
     const group = `${spec.protocol} ${spec.mode} ${spec.remote.address} ${spec.local.address} ${tsKey(spec.localTs)} > ${tsKey(spec.remoteTs)}`;
@@ -539,6 +545,30 @@ export class KernelDataPlane implements ChildSaSink {
     this.byOutbound.set(outKey(sa.outbound.spi, sa.outbound.dst), sa.spec.inbound.spi);
   }
 
+  /**
+   * The kernel says nothing when ESP first arrives on an SA: while an SA waits to carry outbound
+   * traffic (a rekey responder's, RFC 7296 §2.8), its inbound counter is read every 100 ms, and the
+   * first packet on it activates it — as the userspace plane does on that packet.
+   */
+  private watchInbound(): void {
+    if (this.inboundWatch || this.closed) return;
+    this.inboundWatch = setInterval(() => {
+      let waiting = 0;
+      for (const [spiIn, sa] of this.sas) {
+        if (sa.outboundInstalled) continue;
+        if ((this.read(sa.inbound)?.packets ?? 0n) > 0n) this.activate(spiIn);
+        else waiting++;
+      }
+      if (waiting === 0) {
+        clearInterval(this.inboundWatch);
+        this.inboundWatch = undefined;
+      }
+    }, 100);
+    this.inboundWatch.unref();
+  }
+
+  private inboundWatch?: NodeJS.Timeout;
+
   activate(spiIn: number): void {
     const sa = this.sas.get(spiIn);
     if (!sa || sa.outboundInstalled) return;
@@ -582,24 +612,26 @@ export class KernelDataPlane implements ChildSaSink {
   counters(spiIn: number): { bytesIn: number; bytesOut: number; packetsIn: number; packetsOut: number } | undefined {
     const sa = this.sas.get(spiIn);
     if (!sa) return undefined;
-    const read = (x: XfrmSa) => {
-      try {
-        const [m] = splitMessages(
-          xfrmQuery(getSaRequest({ family: x.family, dst: x.dst, spi: x.spi, proto: x.proto }, this.seq++)),
-        );
-        return m && m.type === XFRM_MSG.NEWSA ? parseSaInfo(m.body) : undefined;
-      } catch {
-        return undefined;
-      }
-    };
-    const i = read(sa.inbound);
-    const o = sa.outboundInstalled ? read(sa.outbound) : undefined;
+    const i = this.read(sa.inbound);
+    const o = sa.outboundInstalled ? this.read(sa.outbound) : undefined;
     return {
       bytesIn: Number(i?.bytes ?? 0n),
       packetsIn: Number(i?.packets ?? 0n),
       bytesOut: Number(o?.bytes ?? 0n),
       packetsOut: Number(o?.packets ?? 0n),
     };
+  }
+
+  /** One SA as the kernel holds it now (counters), or undefined when it is not there. */
+  private read(x: XfrmSa): XfrmSaInfo | undefined {
+    try {
+      const [m] = splitMessages(
+        xfrmQuery(getSaRequest({ family: x.family, dst: x.dst, spi: x.spi, proto: x.proto }, this.seq++)),
+      );
+      return m && m.type === XFRM_MSG.NEWSA ? parseSaInfo(m.body) : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** The SAs installed here. */
@@ -620,11 +652,18 @@ export class KernelDataPlane implements ChildSaSink {
       const k = selectorKey(p.dir, p.sel);
       if (!next.has(k)) next.set(k, p);
     };
+    // An exemption matters only where a negotiating filter could catch its traffic (else the kernel
+    // passes it anyway): of a family some such filter has, forwarding only when a tunnel rule exists.
+    // Every SPD entry is one more comparison per packet.
+    const negotiating = filters.filter((f) => f.kind === 'negotiate');
+    const negotiatedFamilies = new Set(negotiating.flatMap((f) => filterSelectors(f, families).map((x) => x.family)));
+    const forwarding = negotiating.some((f) => f.rule?.Mode === 'Tunnel');
     for (const f of filters) {
       if (f.kind === 'ike') continue; // IKE's sockets bypass the SPD themselves
       for (const sel of filterSelectors(f, families)) {
         if (f.kind !== 'negotiate') {
-          for (const dir of ['out', 'in', 'fwd'] as const)
+          if (!negotiatedFamilies.has(sel.family)) continue;
+          for (const dir of forwarding ? (['out', 'in', 'fwd'] as const) : (['out', 'in'] as const))
             add({
               dir,
               sel: dir === 'out' ? sel : reverse(sel),
@@ -755,6 +794,7 @@ export class KernelDataPlane implements ChildSaSink {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.inboundWatch);
     for (const spi of [...this.sas.keys()]) this.delete(spi);
     this.monitor?.close();
     for (const { s500, s4500 } of this.sockets.values()) {
