@@ -130,7 +130,7 @@ Napi::Value Rtnetlink(const Napi::CallbackInfo& info) {
       }
       int remaining = static_cast<int>(got);
       for (auto* h = reinterpret_cast<nlmsghdr*>(rx.data()); NLMSG_OK(h, remaining); h = NLMSG_NEXT(h, remaining)) {
-        if (h->nlmsg_type != NLMSG_ERROR) continue;
+        if (h->nlmsg_type != NLMSG_ERROR || h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) continue;
         auto* e = static_cast<nlmsgerr*>(NLMSG_DATA(h));
         for (size_t i = first; i < last; i++) {
           if (seqs[i] != h->nlmsg_seq || result[i] != -1) continue;
@@ -308,6 +308,10 @@ Napi::Value NetlinkQuery(const Napi::CallbackInfo& info) {
         break;
       }
       if (m->nlmsg_type == NLMSG_ERROR) {
+        if (m->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
+          Napi::Error::New(env, "netlink: a truncated error message").ThrowAsJavaScriptException();
+          return env.Undefined();
+        }
         const int e = -static_cast<nlmsgerr*>(NLMSG_DATA(m))->error;
         if (e != 0) {
           ErrnoError(env, e, "netlink").ThrowAsJavaScriptException();
@@ -317,7 +321,9 @@ Napi::Value NetlinkQuery(const Napi::CallbackInfo& info) {
         break;
       }
       const auto* p = reinterpret_cast<const uint8_t*>(m);
-      out.insert(out.end(), p, p + NLMSG_ALIGN(m->nlmsg_len));
+      // The message itself, padded to its alignment here (the kernel's padding may not be in the datagram).
+      out.insert(out.end(), p, p + m->nlmsg_len);
+      out.resize(out.size() + (NLMSG_ALIGN(m->nlmsg_len) - m->nlmsg_len), 0);
       if (!dump) {
         done = true;
         break;

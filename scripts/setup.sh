@@ -17,13 +17,13 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 # (openssl), the data plane benchmark (iperf3; wireguard-go and wireguard-tools to compare with), kernel-IPsec peers as User-Mode Linux guests
 # (user-mode-linux, debootstrap, e2fsprogs; images are built on first use and cached), the lab's
 # domain controller and Kerberos for the addon's GSS-API target (MIT krb5), its DNS server (dnsmasq),
-# addon build.
+# the fleet's policy cluster (etcd), addon build.
 APT_PACKAGES=(
   iproute2 nftables iputils-ping procps tshark openssl iperf3 wireguard-go wireguard-tools
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
   libstrongswan-extra-plugins libcharon-extra-plugins
   user-mode-linux debootstrap e2fsprogs
-  krb5-kdc krb5-admin-server krb5-user libkrb5-dev dnsmasq-base
+  krb5-kdc krb5-admin-server krb5-user libkrb5-dev dnsmasq-base etcd-server etcd-client
   python3 make g++
 )
 missing=()

@@ -108,6 +108,20 @@ describe('netlink XFRM codec', () => {
       off += (body.readUInt16LE(off) + 3) & ~3;
     }
     assert.deepEqual(seen, [18, 4, 23]);
+    // The mark the kernel puts on what it sends (XFRMA_SET_MARK + mask), and a tunnel of the other
+    // family inside: selector family 0, XFRM_STATE_AF_UNSPEC.
+    const marked = saRequest({ ...parseBack(), mode: 'tunnel', anyInnerFamily: true, outputMark: 0xc5ec }, 2).subarray(
+      16,
+    );
+    assert.equal(marked.readUInt16LE(40), 0, 'selector family left to the packets');
+    assert.equal(marked[216], 32);
+    const types: number[] = [];
+    for (let off = 224; off < marked.length; off += (marked.readUInt16LE(off) + 3) & ~3) {
+      types.push(marked.readUInt16LE(off + 2));
+      if (marked.readUInt16LE(off + 2) === 29) assert.equal(marked.readUInt32LE(off + 4), 0xc5ec);
+      if (marked.readUInt16LE(off + 2) === 30) assert.equal(marked.readUInt32LE(off + 4), 0xffffffff);
+    }
+    assert.deepEqual(types, [23, 29, 30]);
     assert.throws(() => saRequest({ ...parseBack(), replayWindow: 100 }, 1), XfrmCodecError);
   });
 

@@ -163,13 +163,15 @@ function chooseDataplane(
   asked: NonNullable<DaemonOptions['dataplane']>,
   log: pino.Logger,
 ): 'kernel' | 'userspace' | 'none' {
-  if (asked === 'userspace' || asked === 'none') return asked;
-  const probe = KernelDataPlane.probe();
-  if (probe.ok) return 'kernel';
+  const probe = asked === 'userspace' || asked === 'none' ? undefined : KernelDataPlane.probe();
+  if (probe?.ok) return 'kernel';
   if (asked === 'kernel')
-    throw new ConsecError('ERR_USAGE', `--dataplane kernel: this kernel cannot carry ESP: ${probe.reason}`);
-  log.info({ reason: probe.reason }, 'the kernel carries no ESP here: userspace data plane');
-  return 'userspace';
+    throw new ConsecError('ERR_USAGE', `--dataplane kernel: this kernel cannot carry ESP: ${probe?.reason}`);
+  // An earlier run on the kernel's data plane left its Require entries in the SPD (fail-closed): they
+  // would catch this data plane's own IKE and ESP.
+  KernelDataPlane.removeAll();
+  if (probe) log.info({ reason: probe.reason }, 'the kernel carries no ESP here: userspace data plane');
+  return asked === 'none' ? 'none' : 'userspace';
 }
 
 /** Stops the daemon `pid` that holds `stateDir` (SIGTERM: an orderly stop) and waits until it has let go. */

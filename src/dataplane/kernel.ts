@@ -36,6 +36,7 @@ import {
   XFRM_MSG,
   XFRMGRP_ACQUIRE,
   XFRMGRP_EXPIRE,
+  XfrmCodecError,
   type XfrmAlgorithm,
   type XfrmPolicy,
   type XfrmSa,
@@ -201,7 +202,7 @@ export class KernelDataPlane implements ChildSaSink {
    * keeps one policy per key whatever its priority: an SA whose selectors are exactly a rule's
    * (host to host) replaces that rule's trap policy, which comes back when the SA's policy goes.
    */
-  private readonly held = new Map<string, string>();
+  private readonly held = new Map<string, string[]>();
   private seq = 1;
   private monitor?: RtnetlinkMonitor;
   private readonly batch = new PacketBatch(8, 32_768);
@@ -287,8 +288,8 @@ export class KernelDataPlane implements ChildSaSink {
     const dels: Buffer[] = [];
     for (const m of splitMessages(xfrmQuery(dumpPoliciesRequest(this.seq++)))) {
       if (m.type !== XFRM_MSG.NEWPOLICY) continue;
-      const p = parsePolicyInfo(m.body);
-      if (!inBand(p.priority)) continue;
+      const p = tolerant(() => parsePolicyInfo(m.body)); // somebody else's entry we cannot read: not ours
+      if (!p || !inBand(p.priority)) continue;
       // Fail-closed: the trap policies of the previous run stay until the new policy replaces them,
       // and an SA's policy (which may stand in for a trap policy with its selector) blocks meanwhile.
       if (!all && p.priority >= PRIO_SA) {
@@ -304,8 +305,8 @@ export class KernelDataPlane implements ChildSaSink {
     }
     for (const m of splitMessages(xfrmQuery(dumpSasRequest(this.seq++)))) {
       if (m.type !== XFRM_MSG.NEWSA) continue;
-      const sa = parseSaInfo(m.body);
-      if (!ourReqid(sa.reqid)) continue;
+      const sa = tolerant(() => parseSaInfo(m.body));
+      if (!sa || !ourReqid(sa.reqid)) continue;
       const proto = sa.proto === 51 ? 'ah' : 'esp';
       dels.push(deleteSaRequest({ family: sa.family, dst: sa.dst, spi: sa.spi, proto }, 0));
     }
@@ -395,6 +396,7 @@ export class KernelDataPlane implements ChildSaSink {
   // ---- ChildSaSink -----------------------------------------------------------------------------
 
   install(spec: ChildSaSpec): void {
+    if (this.closed) return;
     const spis = { spiIn: hex8(spec.inbound.spi), spiOut: hex8(spec.outbound.spi) };
     let sa: KernelSa;
     try {
@@ -425,15 +427,37 @@ export class KernelDataPlane implements ChildSaSink {
     const family: 4 | 6 = isIPv4(spec.local.address) ? 4 : 6;
     const local = ipBytes(spec.local.address);
     const remote = ipBytes(spec.remote.address);
+    // A transport mode SA carries the two hosts' own traffic only, and the kernel checks each
+    // inbound packet against it: the negotiated selectors when they are one kernel selector, else the
+    // two hosts (never "any source": a peer could then speak for another Require host through it).
     const transportSel = (
       from: readonly TrafficSelector[],
       to: readonly TrafficSelector[],
+      src: Buffer,
+      dst: Buffer,
     ): XfrmSelector | undefined => {
-      // A transport mode SA between two hosts carries their traffic only: the kernel checks it inbound.
       if (spec.mode !== 'transport') return undefined;
       const one = selectorsFor(from, to);
-      return one.length === 1 ? one[0] : undefined;
+      if (one.length === 1 && one[0]?.srcPrefix === src.length * 8 && one[0]?.dstPrefix === dst.length * 8)
+        return one[0];
+      const protocols = new Set([...from, ...to].map((t) => t.ipProtocol));
+      const proto = protocols.size === 1 ? ([...protocols][0] as number) : 0;
+      const bits = src.length * 8;
+      return {
+        family,
+        src,
+        srcPrefix: bits,
+        dst,
+        dstPrefix: bits,
+        proto,
+        sport: 0,
+        sportMask: 0,
+        dport: 0,
+        dportMask: 0,
+      };
     };
+    const inAlgorithms = algorithms(spec, spec.inbound);
+    const outAlgorithms = algorithms(spec, spec.outbound);
     const base = {
       family,
       proto: spec.protocol,
@@ -450,6 +474,9 @@ export class KernelDataPlane implements ChildSaSink {
         ? BigInt(Math.floor(spec.maxKilobytes * 1024 * (0.85 + Math.random() * 0.1)))
         : undefined,
       hardBytes: spec.maxKilobytes ? BigInt(spec.maxKilobytes * 1024) : undefined,
+      // 32-bit sequence numbers run out: renewed well before (the userspace plane's margin, 2^20).
+      softPackets: spec.esn ? undefined : BigInt(2 ** 32 - 2 ** 20),
+      hardPackets: spec.esn ? undefined : BigInt(2 ** 32 - 1),
     } as const;
     const group = `${spec.protocol} ${spec.mode} ${spec.remote.address} ${spec.local.address} ${tsKey(spec.localTs)} > ${tsKey(spec.remoteTs)}`;
     const reqid = this.acquireGroup(group, spec, local, remote, family);
@@ -465,9 +492,9 @@ export class KernelDataPlane implements ChildSaSink {
         dst: local,
         spi: spec.inbound.spi,
         reqid,
-        sel: transportSel(spec.remoteTs, spec.localTs),
+        sel: transportSel(spec.remoteTs, spec.localTs, remote, local),
         encap: spec.udpEncapsulation ? { sport: spec.remote.port, dport: spec.local.port } : undefined,
-        ...algorithms(spec, spec.inbound),
+        ...inAlgorithms,
       },
       outbound: {
         ...base,
@@ -475,9 +502,12 @@ export class KernelDataPlane implements ChildSaSink {
         dst: remote,
         spi: spec.outbound.spi,
         reqid,
-        sel: transportSel(spec.localTs, spec.remoteTs),
+        sel: transportSel(spec.localTs, spec.remoteTs, local, remote),
         encap: spec.udpEncapsulation ? { sport: spec.local.port, dport: spec.remote.port } : undefined,
-        ...algorithms(spec, spec.outbound),
+        // What the kernel sends for this SA carries IKE's mark: the fail-closed table lets it out
+        // (ESP in UDP goes to whatever port the peer's NAT shows).
+        outputMark: KERNEL_IKE_MARK,
+        ...outAlgorithms,
       },
     };
   }
@@ -514,7 +544,10 @@ export class KernelDataPlane implements ChildSaSink {
     }
     const failed = this.send(policies.map((p) => policyRequest(p, 0))).find((e) => e !== 0);
     if (failed !== undefined) this.log('SA policies not installed', { reqid, reason: errnoName(failed) });
-    for (const p of policies) this.held.set(selectorKey(p.dir, p.sel), group);
+    for (const p of policies) {
+      const key = selectorKey(p.dir, p.sel);
+      this.held.set(key, [...(this.held.get(key) ?? []), group]);
+    }
     this.groups.set(group, { reqid, users: 1, policies });
     return reqid;
   }
@@ -526,10 +559,18 @@ export class KernelDataPlane implements ChildSaSink {
     const reqs: Buffer[] = [];
     for (const p of g.policies) {
       const key = selectorKey(p.dir, p.sel);
-      if (this.held.get(key) !== group) continue; // a newer SA's policy holds it now
-      this.held.delete(key);
-      // The rule's own policy for this selector comes back (Require: no clear traffic in between).
-      const base = this.filterPolicies.get(key);
+      const holders = (this.held.get(key) ?? []).filter((x) => x !== group);
+      const wasTop = this.held.get(key)?.at(-1) === group;
+      if (holders.length > 0) this.held.set(key, holders);
+      else this.held.delete(key);
+      if (!wasTop) continue; // a newer SA's policy holds it now
+      // The next holder's policy, else the rule's own for this selector (Require: no clear traffic in
+      // between), else none.
+      const next =
+        holders.length > 0
+          ? this.groups.get(holders.at(-1) as string)?.policies.find((x) => selectorKey(x.dir, x.sel) === key)
+          : undefined;
+      const base = next ?? this.filterPolicies.get(key);
       reqs.push(base ? policyRequest(base, 0) : deletePolicyRequest(p, 0));
     }
     this.send(reqs);
@@ -602,10 +643,42 @@ export class KernelDataPlane implements ChildSaSink {
   /** The peer moved (NAT mapping change): the outbound SA is put in again towards the new address. */
   update(spiIn: number, remote: Endpoint): void {
     const sa = this.sas.get(spiIn);
-    if (!sa) return;
-    const spec = { ...sa.spec, remote };
-    this.delete(spiIn);
-    this.install(spec);
+    if (!sa || (sa.spec.remote.address === remote.address && sa.spec.remote.port === remote.port)) return;
+    // Only what we send moves: the inbound SA (and its anti-replay window) stays as it is.
+    const to = ipBytes(remote.address);
+    if (to.length !== sa.outbound.dst.length) return; // a peer does not change family under one SA
+    const reqs: Buffer[] = [];
+    if (sa.outboundInstalled) {
+      this.byOutbound.delete(outKey(sa.outbound.spi, sa.outbound.dst));
+      reqs.push(
+        deleteSaRequest(
+          { family: sa.outbound.family, dst: sa.outbound.dst, spi: sa.outbound.spi, proto: sa.spec.protocol },
+          0,
+        ),
+      );
+    }
+    sa.spec = { ...sa.spec, remote };
+    sa.outbound = {
+      ...sa.outbound,
+      dst: to,
+      sel: sa.outbound.sel && sa.spec.mode === 'transport' ? { ...sa.outbound.sel, dst: to } : sa.outbound.sel,
+      encap: sa.outbound.encap ? { ...sa.outbound.encap, dport: remote.port } : undefined,
+    };
+    // A tunnel's templates name the peer: its group's policies follow it.
+    const g = this.groups.get(sa.group);
+    if (g && sa.spec.mode === 'tunnel')
+      for (const p of g.policies)
+        for (const t of p.tmpls) {
+          if (p.dir === 'out') t.dst = to;
+          else t.src = to;
+          if (this.held.get(selectorKey(p.dir, p.sel))?.at(-1) === sa.group) reqs.push(policyRequest(p, 0));
+        }
+    this.send(reqs);
+    if (sa.outboundInstalled) {
+      sa.outboundInstalled = false;
+      this.installOutbound(sa);
+    }
+    this.log('SA follows the peer', { spiIn: hex8(spiIn), remote: remote.address, port: remote.port });
   }
 
   /** The kernel's own counters of both SAs. */
@@ -658,6 +731,28 @@ export class KernelDataPlane implements ChildSaSink {
     const negotiating = filters.filter((f) => f.kind === 'negotiate');
     const negotiatedFamilies = new Set(negotiating.flatMap((f) => filterSelectors(f, families).map((x) => x.family)));
     const forwarding = negotiating.some((f) => f.rule?.Mode === 'Tunnel');
+    // Neighbor discovery always passes (as in the fail-closed table): without it IPv6 reaches nobody.
+    if (negotiatedFamilies.has(6))
+      for (const type of [133, 134, 135, 136, 137])
+        for (const dir of forwarding ? (['out', 'in', 'fwd'] as const) : (['out', 'in'] as const))
+          add({
+            dir,
+            sel: {
+              family: 6,
+              src: Buffer.alloc(16),
+              srcPrefix: 0,
+              dst: Buffer.alloc(16),
+              dstPrefix: 0,
+              proto: 58,
+              sport: type,
+              sportMask: 0xffff,
+              dport: 0,
+              dportMask: 0,
+            },
+            priority: PRIO_EXEMPT,
+            action: 'allow',
+            tmpls: [],
+          });
     for (const f of filters) {
       if (f.kind === 'ike') continue; // IKE's sockets bypass the SPD themselves
       for (const sel of filterSelectors(f, families)) {
@@ -710,16 +805,30 @@ export class KernelDataPlane implements ChildSaSink {
         }
       }
     }
-    const reqs: Buffer[] = [];
+    // New and changed entries first, then the ones gone: a selector never goes unguarded in between.
     // Keys an SA's policy holds keep it; the filter policy is only recorded (it returns with the SA's end).
-    for (const [k, p] of this.filterPolicies)
-      if (!next.has(k) && !this.held.has(k)) reqs.push(deletePolicyRequest(p, 0));
+    const adds: [string, XfrmPolicy][] = [];
     for (const [k, p] of next) {
       const prev = this.filterPolicies.get(k);
       if (this.held.has(k)) continue;
-      if (!prev || policyRequest(prev, 0).compare(policyRequest(p, 0)) !== 0) reqs.push(policyRequest(p, 0));
+      if (!prev || policyRequest(prev, 0).compare(policyRequest(p, 0)) !== 0) adds.push([k, p]);
     }
-    const failed = this.send(reqs).filter((e) => e !== 0 && e !== 2 /* ENOENT: already gone */).length;
+    const answers = this.send(adds.map(([, p]) => policyRequest(p, 0)));
+    let failed = 0;
+    answers.forEach((e, i) => {
+      if (e === 0) return;
+      failed++;
+      // Not taken: not recorded, so the next policy change tries it again.
+      const [k] = adds[i] as [string, XfrmPolicy];
+      const prev = this.filterPolicies.get(k);
+      if (prev) next.set(k, prev);
+      else next.delete(k);
+      this.log('kernel IPsec policy refused', { entry: k, reason: errnoName(e) });
+    });
+    const dels: Buffer[] = [];
+    for (const [k, p] of this.filterPolicies)
+      if (!next.has(k) && !this.held.has(k)) dels.push(deletePolicyRequest(p, 0));
+    failed += this.send(dels).filter((e) => e !== 0 && e !== 2 /* ENOENT: already gone */).length;
     this.filterPolicies = next;
     return { policies: next.size, failed };
   }
@@ -763,8 +872,9 @@ export class KernelDataPlane implements ChildSaSink {
         local: readIp(s.src, 0, s.family),
         remote: readIp(s.dst, 0, s.family),
         protocol: s.proto,
-        localPort: s.sportMask && s.sport ? s.sport : undefined, // 0: not chosen yet (a connect)
-        remotePort: s.dportMask ? s.dport : undefined,
+        // (ICMP's type and code sit in the port fields: no ports. A source port 0: not chosen yet, a connect.)
+        localPort: s.proto !== 1 && s.proto !== 58 && s.sportMask && s.sport ? s.sport : undefined,
+        remotePort: s.proto !== 1 && s.proto !== 58 && s.dportMask ? s.dport : undefined,
       };
       this.log('kernel acquire', { local: flow.local, remote: flow.remote, protocol: flow.protocol });
       this.events.acquire?.(flow);
@@ -806,6 +916,16 @@ export class KernelDataPlane implements ChildSaSink {
 }
 
 const hex8 = (spi: number): string => spi.toString(16).padStart(8, '0');
+
+/** A parse that may fail on an entry written by someone else (undefined then). */
+function tolerant<T>(parse: () => T): T | undefined {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof XfrmCodecError) return undefined;
+    throw err;
+  }
+}
 const outKey = (spi: number, dst: Uint8Array): string => `${spi} ${Buffer.from(dst).toString('hex')}`;
 const tsKey = (tss: readonly TrafficSelector[]): string =>
   tss

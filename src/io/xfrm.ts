@@ -46,6 +46,8 @@ const XFRMA = {
   TMPL: 5,
   REPLAY_ESN_VAL: 23,
   SA_EXTRA_FLAGS: 24,
+  SET_MARK: 29,
+  SET_MARK_MASK: 30,
 } as const;
 
 const AF_INET = 2;
@@ -132,6 +134,11 @@ export interface XfrmSa {
   /** Byte lifetimes (both counted by the kernel per SA): soft → an expire message, hard → the SA goes. */
   softBytes?: bigint;
   hardBytes?: bigint;
+  /** Packet lifetimes likewise (a 32-bit sequence number space runs out). */
+  softPackets?: bigint;
+  hardPackets?: bigint;
+  /** The firewall mark the kernel puts on the packets this SA makes (XFRMA_SET_MARK, all 32 bits). */
+  outputMark?: number;
 }
 
 export interface XfrmSaId {
@@ -176,11 +183,15 @@ function writeSelector(out: Buffer, off: number, s: XfrmSelector): void {
 }
 
 /** Byte and packet limits (none: XFRM_INF); the time limits stay 0, which is "none" (as ip sets them). */
-function writeLifetimeCfg(out: Buffer, off: number, softBytes = XFRM_INF, hardBytes = XFRM_INF): void {
-  out.writeBigUInt64LE(softBytes, off);
-  out.writeBigUInt64LE(hardBytes, off + 8);
-  out.writeBigUInt64LE(XFRM_INF, off + 16);
-  out.writeBigUInt64LE(XFRM_INF, off + 24);
+function writeLifetimeCfg(
+  out: Buffer,
+  off: number,
+  l: { softBytes?: bigint; hardBytes?: bigint; softPackets?: bigint; hardPackets?: bigint } = {},
+): void {
+  out.writeBigUInt64LE(l.softBytes ?? XFRM_INF, off);
+  out.writeBigUInt64LE(l.hardBytes ?? XFRM_INF, off + 8);
+  out.writeBigUInt64LE(l.softPackets ?? XFRM_INF, off + 16);
+  out.writeBigUInt64LE(l.hardPackets ?? XFRM_INF, off + 24);
 }
 
 function attr(type: number, value: Buffer): Buffer {
@@ -212,13 +223,15 @@ function message(type: number, flags: number, seq: number, body: Buffer, attrs: 
 /** XFRM_MSG_NEWSA (or UPDSA for `update`): one SA into the kernel's SAD. */
 export function saRequest(sa: XfrmSa, seq: number, update = false): Buffer {
   const body = Buffer.alloc(224);
+  // A tunnel carrying the other family inside: selector family 0 (with XFRM_STATE_AF_UNSPEC), or the
+  // kernel takes the outer family for the inner packets.
   if (sa.sel) writeSelector(body, 0, sa.sel);
-  else body.writeUInt16LE(familyCode(sa.family), 40);
+  else if (!sa.anyInnerFamily) body.writeUInt16LE(familyCode(sa.family), 40);
   writeAddress(body, 56, sa.dst, sa.family);
   body.writeUInt32BE(sa.spi >>> 0, 72);
   body[76] = XFRM_PROTO[sa.proto];
   writeAddress(body, 80, sa.src, sa.family);
-  writeLifetimeCfg(body, 96, sa.softBytes, sa.hardBytes);
+  writeLifetimeCfg(body, 96, sa);
   body.writeUInt32LE(sa.reqid >>> 0, 208);
   body.writeUInt16LE(familyCode(sa.family), 212);
   body[214] = MODE[sa.mode];
@@ -242,6 +255,14 @@ export function saRequest(sa: XfrmSa, seq: number, update = false): Buffer {
   esn.writeUInt32LE(bmpLen, 0);
   esn.writeUInt32LE(sa.replayWindow, 20);
   attrs.push(attr(XFRMA.REPLAY_ESN_VAL, esn));
+  if (sa.outputMark !== undefined) {
+    const u32 = (v: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(v >>> 0, 0);
+      return b;
+    };
+    attrs.push(attr(XFRMA.SET_MARK, u32(sa.outputMark)), attr(XFRMA.SET_MARK_MASK, u32(0xffffffff)));
+  }
   return message(update ? XFRM_MSG.UPDSA : XFRM_MSG.NEWSA, NLM_F_REQUEST | NLM_F_ACK, seq, body, attrs);
 }
 

@@ -205,7 +205,32 @@ export function domain(): TopologySpec {
   };
 }
 
+/**
+ * A fleet on one switched segment (192.0.2.0/24): three etcd members (etcd1–3, .21–.23) holding the
+ * fleet's Group Policy, an admin workstation (.9), and member hosts alice (.1), bob (.2), carol (.3).
+ */
+export function fleet(): TopologySpec {
+  const members: [string, number][] = [
+    ['etcd1', 21],
+    ['etcd2', 22],
+    ['etcd3', 23],
+    ['admin', 9],
+    ['alice', 1],
+    ['bob', 2],
+    ['carol', 3],
+  ];
+  return {
+    name: 'fleet',
+    hosts: [{ name: 'lan', bridge: true }, ...members.map(([name]) => ({ name }))],
+    links: members.map(([name, n]) => ({
+      a: { host: name, name: 'eth0', addresses: [`192.0.2.${n}/24`] },
+      b: { host: 'lan', name: `p-${name}`, addresses: [] },
+    })),
+  };
+}
+
 export const TOPOLOGIES: Record<string, () => TopologySpec> = {
+  fleet,
   'host-to-host': hostToHost,
   nat: behindNat,
   'site-to-site': siteToSite,

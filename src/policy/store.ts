@@ -157,6 +157,12 @@ export class PolicyStores {
    * atomically if it differs. On any error the store is untouched. Inside `transaction` the store
    * is read and locked once, changes apply to a working copy, and the file is written once at the end.
    */
+  /**
+   * Asked before any store is changed (the shell's: a fleet GPO is changed only in an edit session,
+   * so that Save-NetGPO can write it to the fleet's cluster); throws to refuse.
+   */
+  beforeChange?: (storeName: string) => void;
+
   async update<T>(name: string | undefined, change: (doc: PolicyDocument) => T): Promise<T> {
     const s = this.resolve(name);
     if (!s.writable || !s.file) {
@@ -164,6 +170,7 @@ export class PolicyStores {
         `The policy store "${s.name}" is read-only; change PersistentStore or a GPO store instead.`,
       );
     }
+    this.beforeChange?.(s.name);
     const file = s.file;
     if (this.session) return this.sessionUpdate(await this.openInSession(this.session, s.name, file), change);
     const release = await this.lock(s.name, file);
@@ -413,20 +420,32 @@ export function readStoreFile(file: string, storeName: string, cache?: StoreLine
     const doc = readStoreLines(bytes, cache);
     if (doc) return doc;
   }
-  const text = bytes.toString('utf8');
+  return readStoreText(bytes.toString('utf8'), storeName, `The policy store file ${file}`);
+}
+
+/**
+ * A store's text (a store file, or a GPO as the fleet's cluster holds it) as a policy document;
+ * empty text is an empty store. Not JSON, or not a valid consec policy: PolicyStoreError.
+ */
+export function readStoreText(
+  text: string,
+  storeName: string,
+  what = `The policy store "${storeName}"`,
+): PolicyDocument {
+  if (text === '') return emptyDocument();
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
     throw new PolicyStoreError(
-      `The policy store file ${file} is not valid JSON; it was not changed. Restore it from a backup or remove it to start empty.`,
+      `${what} is not valid JSON; it was not changed. Restore it from a backup or remove it to start empty.`,
     );
   }
   const parsed = storeFileSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw new PolicyStoreError(
-      `The policy store file ${file} is not a valid consec policy (${issue?.path.join('.') || 'top level'}: ${issue?.message}); it was not changed.`,
+      `${what} is not a valid consec policy (${issue?.path.join('.') || 'top level'}: ${issue?.message}); it was not changed.`,
     );
   }
   return parsed.data.document;

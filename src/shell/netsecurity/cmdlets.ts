@@ -42,6 +42,8 @@ import {
   type QuickModeCryptoSet,
   qmProposal,
 } from '../../policy/model.ts';
+import { connectFleet, FleetConflictError, GpoSessions, loadGpo, saveGpo, splitGpoName } from '../../fleet/gpo.ts';
+import { type FleetConfig, readFleetConfig } from '../../fleet/config.ts';
 import { editable, type PolicyStores } from '../../policy/store.ts';
 import { validateAuthProposal, validateMainModeProposal, validateQuickModeProposal } from '../../policy/validate.ts';
 import { type CommandCall, type CommandDef, type ParamDef, PwshError, wildcardMatch } from '../pwsh/runtime.ts';
@@ -538,16 +540,50 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
         { name: 'PolicyStore', type: 'string', position: 0, mandatory: true },
         { name: 'DomainController', type: 'string' },
       ],
-      invoke(call) {
-        // consec keeps GPO stores locally; the session is the store's name, and edits are written at once.
-        const name = call.get<string>('PolicyStore') ?? '';
-        return [stores.resolve(name).name];
+      async invoke(call) {
+        // The session is the store's name. A GPO of the fleet this host joined (`consec fleet join`)
+        // is read from the fleet's cluster into the local copy, and its revision remembered for
+        // Save-NetGPO; any other GPO store is local and its edits are written at once.
+        const name = stores.resolve(call.get<string>('PolicyStore') ?? '').name;
+        const fleet = fleetGpo(stores, name);
+        if (fleet) {
+          const etcd = connectFleet(fleet.config);
+          try {
+            const record = await fleetCall(() => loadGpo(etcd, name));
+            new GpoSessions(stores.stateDir).record(name, record.revision);
+            await stores.update(name, (doc) => Object.assign(doc, structuredClone(record.doc)));
+          } finally {
+            etcd.close();
+          }
+        }
+        return [name];
       },
     },
     {
       name: 'Save-NetGPO',
       params: [{ name: 'GPOSession', type: 'string', position: 0, mandatory: true }],
-      invoke: () => [],
+      async invoke(call) {
+        const name = stores.resolve(call.get<string>('GPOSession') ?? '').name;
+        const fleet = fleetGpo(stores, name);
+        if (!fleet) return [];
+        const sessions = new GpoSessions(stores.stateDir);
+        const opened = sessions.opened(name);
+        if (opened === undefined)
+          throw new PwshError(
+            `The GPO session ${name} was not opened on this host: open it with Open-NetGPO first.`,
+            'InvalidOperation',
+            'InvalidOperation',
+            'CimException',
+          );
+        const etcd = connectFleet(fleet.config);
+        try {
+          const revision = await fleetCall(() => saveGpo(etcd, name, stores.read(name), opened));
+          sessions.record(name, revision);
+        } finally {
+          etcd.close();
+        }
+        return [];
+      },
     },
   ];
 }
@@ -797,6 +833,7 @@ function withAssociations(families: Family<NamedObject>[]): Family<NamedObject>[
 }
 
 export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
+  guardFleetGpos(stores);
   const families = withAssociations([
     mmCryptoSets,
     qmCryptoSets,
@@ -823,4 +860,43 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...locationCommands(stores),
     ...nativeCommands(stores),
   ];
+}
+
+/**
+ * A fleet GPO changes only in an edit session this host opened (Open-NetGPO), so that Save-NetGPO
+ * writes it to the cluster: a change without one would stay on this host and reach no one.
+ */
+function guardFleetGpos(stores: PolicyStores): void {
+  stores.beforeChange = (name) => {
+    if (fleetGpo(stores, name) && new GpoSessions(stores.stateDir).opened(name) === undefined)
+      throw new PwshError(
+        `${name} is a GPO of this host's fleet: open it with Open-NetGPO -PolicyStore ${name}, change it with -GPOSession, and write it to the fleet with Save-NetGPO.`,
+        'InvalidOperation',
+        'InvalidOperation',
+        'CimException',
+      );
+  };
+}
+
+/** The fleet this host joined, when `name` is one of its domain's GPOs. */
+function fleetGpo(stores: PolicyStores, name: string): { config: FleetConfig } | undefined {
+  const config = readFleetConfig(stores.stateDir);
+  const n = splitGpoName(name);
+  return config && n && n.domain === config.domain.toLowerCase() ? { config } : undefined;
+}
+
+/** A call to the fleet's cluster; its failures as PowerShell errors (a conflict is Windows' "changed meanwhile"). */
+async function fleetCall<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof FleetConflictError)
+      throw new PwshError(err.message, 'ResourceBusy', 'ResourceBusy', 'CimException');
+    throw new PwshError(
+      `The fleet's policy cluster could not be reached or refused the request: ${(err as Error).message}`,
+      'ConnectionError',
+      'ConnectionError',
+      'CimException',
+    );
+  }
 }
