@@ -9,7 +9,7 @@
  *   node --import tsx bench/kernel-dataplane.ts [--seconds 5] [--reps 3] [--json]
  */
 import { Lab } from '../src/lab/lab.ts';
-import { GuestCharon, GuestConsec } from '../src/lab/guest-peers.ts';
+import { charonHostToHost, GuestCharon, GuestConsec } from '../src/lab/guest-peers.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
 import { Guest } from '../src/lab/uml.ts';
@@ -21,23 +21,8 @@ import { median, round } from './lib/stats.ts';
 const seconds = numberArg('seconds', 5);
 const reps = numberArg('reps', 3);
 
-const swan = (local: string, remote: string): CharonConfig => ({
-  connections: {
-    c: {
-      local_addrs: [local],
-      remote_addrs: [remote],
-      proposals: ['aes256-sha256-ecp256'],
-      encap: false,
-      local: { auth: 'psk', id: local },
-      remote: { auth: 'psk', id: remote },
-      children: {
-        c: { local_ts: ['dynamic'], remote_ts: ['dynamic'], esp_proposals: ['aes256gcm16'], mode: 'transport' },
-      },
-    },
-  },
-  psks: [{ ids: [local, remote], secret: PSK }],
-  logLevel: 0,
-});
+const swan = (local: string, remote: string): CharonConfig =>
+  charonHostToHost(local, remote, { psk: PSK, logLevel: 0 });
 
 const lab = await Lab.create(hostToHost());
 const a = lab.address('alice');

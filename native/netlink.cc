@@ -52,6 +52,24 @@ struct Fd {
   }
 };
 
+// One send to the kernel (netlink is datagram-whole), retried on EINTR.
+ssize_t SendToKernel(int fd, const uint8_t* data, size_t len) {
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  ssize_t n;
+  do n = sendto(fd, data, len, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
+// One datagram of answers, retried on EINTR.
+ssize_t ReceiveAnswers(int fd, std::vector<uint8_t>& rx) {
+  ssize_t got;
+  do got = recv(fd, rx.data(), rx.size(), 0);
+  while (got < 0 && errno == EINTR);
+  return got;
+}
+
 Napi::Value Rtnetlink(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsBuffer()) {
@@ -105,25 +123,18 @@ Napi::Value Rtnetlink(const Napi::CallbackInfo& info) {
   Napi::Int32Array result = Napi::Int32Array::New(env, count);
   for (size_t i = 0; i < count; i++) result[i] = -1;  // no answer (yet)
   std::vector<uint8_t> rx(64 * 1024);
-  sockaddr_nl kernel{};
-  kernel.nl_family = AF_NETLINK;
   for (size_t first = 0; first < count; first += kChunk) {
     const size_t last = std::min(count, first + kChunk);
     const size_t from = starts[first];
     const size_t to = starts[last];
-    ssize_t n;
-    do n = sendto(s.fd, data + from, to - from, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) {
+    if (SendToKernel(s.fd, data + from, to - from) < 0) {
       ErrnoError(env, errno, "sendto").ThrowAsJavaScriptException();
       return env.Undefined();
     }
     // Every message asked for an acknowledgement: read until each of the chunk has one.
     size_t answered = 0;
     while (answered < last - first) {
-      ssize_t got;
-      do got = recv(s.fd, rx.data(), rx.size(), 0);
-      while (got < 0 && errno == EINTR);
+      const ssize_t got = ReceiveAnswers(s.fd, rx);
       if (got < 0) {
         ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
         return env.Undefined();
@@ -281,21 +292,14 @@ Napi::Value NetlinkQuery(const Napi::CallbackInfo& info) {
     ErrnoError(env, errno, "socket").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  sockaddr_nl kernel{};
-  kernel.nl_family = AF_NETLINK;
-  ssize_t n;
-  do n = sendto(s.fd, msg.Data(), msg.Length(), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
+  if (SendToKernel(s.fd, msg.Data(), msg.Length()) < 0) {
     ErrnoError(env, errno, "sendto").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::vector<uint8_t> out;
   std::vector<uint8_t> rx(256 * 1024);
   for (bool done = false; !done;) {
-    ssize_t got;
-    do got = recv(s.fd, rx.data(), rx.size(), 0);
-    while (got < 0 && errno == EINTR);
+    const ssize_t got = ReceiveAnswers(s.fd, rx);
     if (got < 0) {
       ErrnoError(env, errno, "recv").ThrowAsJavaScriptException();
       return env.Undefined();

@@ -10,43 +10,19 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
-import { GuestCharon, GuestConsec } from '../src/lab/guest-peers.ts';
+import { charonHostToHost, GuestCharon, GuestConsec } from '../src/lab/guest-peers.ts';
 import { Lab } from '../src/lab/lab.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
-import { behindNat, hostToHost } from '../src/lab/topology.ts';
-import { Guest } from '../src/lab/uml.ts';
+import { behindNat, hostToHost, type TopologySpec } from '../src/lab/topology.ts';
+import { Guest, type GuestKind } from '../src/lab/uml.ts';
 import { applyPolicy, consecDaemon, DATAPLANE_PSK as PSK, events, fixture, ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
 
 const log = (msg: string): void => console.log(`# ${msg}`);
 
-function swan(local: string, remote: string, mode: 'transport' | 'tunnel'): CharonConfig {
-  // (remote '%any': whoever comes, as behind a NAT)
-  return {
-    connections: {
-      c: {
-        local_addrs: [local],
-        remote_addrs: [remote],
-        proposals: ['aes256-sha256-ecp256'],
-        encap: false,
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        children: {
-          c: {
-            local_ts: ['dynamic'],
-            remote_ts: ['dynamic'],
-            esp_proposals: ['aes256gcm16'],
-            mode,
-            // consec renews by volume on the kernel's soft lifetime; charon must not rekey first.
-            rekey_time: '0',
-          },
-        },
-      },
-    },
-    psks: [{ ids: [local, remote], secret: PSK }],
-    logLevel: 1,
-  };
-}
+/** charon on the peer; consec renews by volume on the kernel's soft lifetime, charon must not rekey first. */
+const swan = (local: string, remote: string, mode: 'transport' | 'tunnel'): CharonConfig =>
+  charonHostToHost(local, remote, { psk: PSK, mode, noRekey: true });
 
 /** `bytes` random octets from one guest to another over TCP; their SHA-256 on both sides. */
 async function transfer(from: Guest, to: Guest, toAddress: string, bytes: number): Promise<void> {
@@ -95,6 +71,28 @@ async function quickModeSas(consec: GuestConsec): Promise<QmView[]> {
 
 const spiHex = (s: string): string => s.replace(/^0x/, '').toLowerCase().padStart(8, '0');
 
+/**
+ * Two UML guests standing in for alice (`aliceKind`) and bob (strongSwan's image: charon, or consec
+ * mounted in), booted before a suite's tests and stopped after them (also when they fail).
+ */
+function twoGuests(topology: () => TopologySpec, aliceKind: GuestKind): { lab: Lab; alice: Guest; bob: Guest } {
+  const env = {} as { lab: Lab; alice: Guest; bob: Guest };
+  before(async () => {
+    env.lab = await Lab.create(topology());
+    [env.alice, env.bob] = await Promise.all([
+      Guest.boot(env.lab, 'alice', { kind: aliceKind, log, bootTimeoutMs: 180_000 }),
+      Guest.boot(env.lab, 'bob', { kind: 'strongswan', log }),
+    ]);
+    log(`guests booted in ${env.alice.bootMs} and ${env.bob.bootMs} ms`);
+  });
+  after(async () => {
+    await env.alice?.stop();
+    await env.bob?.stop();
+    await env.lab?.destroy();
+  });
+  return env;
+}
+
 /** A state directory for the guest's consec, written on the host. */
 function stateDir(): string {
   const dir = freshStateDir('consec-kd-');
@@ -103,22 +101,7 @@ function stateDir(): string {
 }
 
 describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with kernel ESP', () => {
-  let lab: Lab;
-  let alice: Guest;
-  let bob: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    [alice, bob] = await Promise.all([
-      Guest.boot(lab, 'alice', { kind: 'strongswan', log }),
-      Guest.boot(lab, 'bob', { kind: 'strongswan', log }),
-    ]);
-    log(`guests booted in ${alice.bootMs} and ${bob.bootMs} ms`);
-  });
-  after(async () => {
-    await alice?.stop();
-    await bob?.stop();
-    await lab?.destroy();
-  });
+  const env = twoGuests(hostToHost, 'strongswan');
 
   for (const [family, mode] of [
     [4, 'transport'],
@@ -126,6 +109,7 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
     [6, 'transport'],
   ] as const) {
     it(`IPv${family} ${mode} mode: consec picks the kernel by itself; ping and TCP byte for byte; the kernels' SAs match; only IKE and ESP on the wire; counters from the kernel`, async () => {
+      const { lab, alice, bob } = env;
       const a = family === 4 ? lab.address('alice') : '2001:db8:1::1';
       const b = family === 4 ? lab.address('bob') : '2001:db8:1::2';
       const dir = stateDir();
@@ -215,6 +199,7 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
   }
 
   it("renews child SAs on the kernel's byte lifetime under a running TCP transfer; Require holds while the daemon is killed (-9) and after its SAs are gone", async () => {
+    const { lab, alice, bob } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = stateDir();
@@ -272,6 +257,7 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
   });
 
   it("consec ↔ consec, both on the kernel: both ends renew by volume under a 64 MB transfer (collisions included); a rekey responder's SA carries traffic once ESP arrives on it; every byte arrives", async () => {
+    const { lab, alice, bob } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const qm = '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256 -MaxKiloBytes 20480';
@@ -357,23 +343,10 @@ describe("kernel data plane ↔ consec's userspace data plane", () => {
 });
 
 describe('kernel data plane behind a NAT: ESP in UDP through the kernel (RFC 3948)', () => {
-  let lab: Lab;
-  let alice: Guest;
-  let bob: Guest;
-  before(async () => {
-    lab = await Lab.create(behindNat());
-    [alice, bob] = await Promise.all([
-      Guest.boot(lab, 'alice', { kind: 'strongswan', log }),
-      Guest.boot(lab, 'bob', { kind: 'strongswan', log }),
-    ]);
-  });
-  after(async () => {
-    await alice?.stop();
-    await bob?.stop();
-    await lab?.destroy();
-  });
+  const env = twoGuests(behindNat, 'strongswan');
 
   it('consec (kernel, behind a masquerading router) ↔ strongSwan (kernel): floats to 4500, the kernels carry ESP-in-UDP both ways (the transfer’s acknowledgements come back in it), TCP byte for byte', async () => {
+    const { lab, alice, bob } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = stateDir();
@@ -421,24 +394,10 @@ describe('kernel data plane behind a NAT: ESP in UDP through the kernel (RFC 394
 });
 
 describe('consec as a systemd service: a guest that boots systemd, kernel data plane, Require from the first packet', () => {
-  let lab: Lab;
-  let alice: Guest;
-  let bob: Guest;
-  before(async () => {
-    lab = await Lab.create(hostToHost());
-    [alice, bob] = await Promise.all([
-      Guest.boot(lab, 'alice', { kind: 'systemd', log, bootTimeoutMs: 180_000 }),
-      Guest.boot(lab, 'bob', { kind: 'strongswan', log }),
-    ]);
-    log(`systemd guest booted in ${alice.bootMs} ms`);
-  });
-  after(async () => {
-    await alice?.stop();
-    await bob?.stop();
-    await lab?.destroy();
-  });
+  const env = twoGuests(hostToHost, 'systemd');
 
   it('`consec service install --now`, then a reboot: the unit is up before the network (network-pre.target), the first packets at boot cross as ESP only, nothing in clear', async () => {
+    const { lab, alice, bob } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
     const dir = stateDir();

@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Capture } from '../src/lab/capture.ts';
-import { GuestCharon, GuestPluto } from '../src/lab/guest-peers.ts';
+import { charonHostToHost, GuestCharon, GuestPluto } from '../src/lab/guest-peers.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import type { CharonConfig } from '../src/lab/strongswan.ts';
@@ -32,23 +32,8 @@ import { freshStateDir } from './pwsh-helpers.ts';
 const log = (msg: string): void => console.log(`# ${msg}`);
 
 /** A strongSwan transport-mode connection between two host addresses, PSK by address. */
-function swanTransport(local: string, remote: string, esp: string, extra: { encap?: boolean } = {}): CharonConfig {
-  return {
-    connections: {
-      c: {
-        local_addrs: [local],
-        remote_addrs: [remote],
-        proposals: ['aes256-sha256-ecp256'],
-        encap: extra.encap ?? false,
-        local: { auth: 'psk', id: local },
-        remote: { auth: 'psk', id: remote },
-        children: { c: { local_ts: ['dynamic'], remote_ts: ['dynamic'], esp_proposals: [esp], mode: 'transport' } },
-      },
-    },
-    psks: [{ ids: [local, remote], secret: PSK }],
-    logLevel: 1,
-  };
-}
+const swanTransport = (local: string, remote: string, esp: string, extra: { encap?: boolean } = {}): CharonConfig =>
+  charonHostToHost(local, remote, { psk: PSK, esp, encap: extra.encap });
 
 interface QmView {
   OutboundSpi: string;

@@ -52,6 +52,7 @@ import { type IkeBind, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../
 import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { DEVICE_DEFAULTS } from './device.ts';
+import { ikeSends } from './ike-send.ts';
 
 /** consec's SPD entries: priorities in [BAND, BAND + 2^24); SAs: reqids in [REQID_BASE, REQID_BASE + 2^24). */
 const BAND = 0x0c50_0000;
@@ -366,24 +367,13 @@ export class KernelDataPlane implements ChildSaSink {
     s500.onReadable(read(s500, 500));
     s4500.onReadable(read(s4500, 4500));
     this.sockets.set(address, { s500, s4500, rx });
-    const send = (s: UdpSocket, parts: Buffer[], to: Endpoint) => {
-      if (this.closed) return;
-      let off = 0;
-      for (const p of parts) off += p.copy(this.one.buf, off);
-      this.one.lengths[0] = off;
-      writeIp(to.address, this.one.addrs, 0);
-      this.one.ports[0] = to.port;
-      try {
-        s.send(this.one, 1);
-      } catch (err) {
-        this.log('IKE send failed', { to: to.address, reason: (err as Error).message });
-      }
-    };
     return {
       address,
-      sendIke: (message, port, to) =>
-        port === 500 ? send(s500, [message], to) : send(s4500, [NON_ESP_MARKER, message], to),
-      sendUdp4500: (packet, to) => send(s4500, [packet], to),
+      ...ikeSends(s500, s4500, {
+        scratch: this.one,
+        closed: () => this.closed,
+        log: (event, detail) => this.log(event, detail),
+      }),
       close: () => {
         if (this.sockets.get(address)?.rx !== rx) return;
         this.sockets.delete(address);

@@ -6,13 +6,13 @@
  * lifetimes and activity back through `SaEvents`; IKE shares its UDP sockets (`bind()`).
  */
 import { isIPv4 } from 'node:net';
-import { writeIp } from '../io/addr.ts';
-import { PacketBatch, type UdpSocket } from '../io/native.ts';
-import { type IkeBind, type IkeReceiver, NON_ESP_MARKER } from '../sa/bind.ts';
+import { PacketBatch } from '../io/native.ts';
+import type { IkeBind, IkeReceiver } from '../sa/bind.ts';
 import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
 import type { ChildSaSpec, Endpoint, TrafficSelector } from '../sa/spec.ts';
 import { AcquireQueue, type PolicyDrop } from './acquire.ts';
 import { Device, DEVICE_DEFAULTS, type LocalEndpoint } from './device.ts';
+import { ikeSends } from './ike-send.ts';
 import { Inbound } from './inbound.ts';
 import type { IpInfo } from './ip.ts';
 import { Outbound, type Verdict } from './outbound.ts';
@@ -223,25 +223,13 @@ export class UserspaceDataPlane implements ChildSaSink {
     const d = this.device.endpoint(address);
     if (!d) throw new Error(`the data plane does not run on ${address}`);
     this.keying.set(address, rx);
-    const send = (sock: UdpSocket, parts: Buffer[], to: Endpoint) => {
-      if (this.closed) return;
-      let off = 0;
-      for (const p of parts) off += p.copy(this.one.buf, off);
-      this.one.lengths[0] = off;
-      writeIp(to.address, this.one.addrs, 0);
-      this.one.ports[0] = to.port;
-      try {
-        sock.send(this.one, 1);
-      } catch (err) {
-        // An unreachable peer shows up as IKE retransmissions running out, not as a crash.
-        this.log('IKE send failed', { to: to.address, reason: (err as Error).message });
-      }
-    };
     return {
       address,
-      sendIke: (message, port, to) =>
-        port === 500 ? send(d.udp500, [message], to) : send(d.udp4500, [NON_ESP_MARKER, message], to),
-      sendUdp4500: (packet, to) => send(d.udp4500, [packet], to),
+      ...ikeSends(d.udp500, d.udp4500, {
+        scratch: this.one,
+        closed: () => this.closed,
+        log: (event, detail) => this.log(event, detail),
+      }),
       close: () => {
         if (this.keying.get(address) === rx) this.keying.delete(address);
       },

@@ -324,3 +324,45 @@ export class GuestConsec {
     );
   }
 }
+
+/**
+ * A charon connection between two hosts with a pre-shared key by address (`remote` may be '%any',
+ * a peer behind a NAT): transport mode unless asked, the ESP proposal given, no rekeying of its own
+ * when `noRekey` (the other end renews).
+ */
+export function charonHostToHost(
+  local: string,
+  remote: string,
+  o: {
+    psk: string;
+    esp?: string;
+    mode?: 'transport' | 'tunnel';
+    encap?: boolean;
+    noRekey?: boolean;
+    logLevel?: number;
+  },
+): CharonConfig {
+  return {
+    connections: {
+      c: {
+        local_addrs: [local],
+        remote_addrs: [remote],
+        proposals: ['aes256-sha256-ecp256'],
+        encap: o.encap ?? false,
+        local: { auth: 'psk', id: local },
+        remote: { auth: 'psk', id: remote },
+        children: {
+          c: {
+            local_ts: ['dynamic'],
+            remote_ts: ['dynamic'],
+            esp_proposals: [o.esp ?? 'aes256gcm16'],
+            mode: o.mode ?? 'transport',
+            ...(o.noRekey ? { rekey_time: '0' } : {}),
+          },
+        },
+      },
+    },
+    psks: [{ ids: [local, remote], secret: o.psk }],
+    logLevel: o.logLevel ?? 1,
+  };
+}
