@@ -198,7 +198,7 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
     });
   }
 
-  it("renews child SAs on the kernel's byte lifetime under a running TCP transfer; Require holds while the daemon is killed (-9) and after its SAs are gone", async () => {
+  it("renews child SAs on the kernel's byte lifetime under a running TCP transfer; negotiates again after a foreign SA flush; Require holds while the daemon is killed (-9) and after its SAs are gone", async () => {
     const { lab, alice, bob } = env;
     const a = lab.address('alice');
     const b = lab.address('bob');
@@ -226,6 +226,10 @@ describe('kernel data plane: consec on a UML guest kernel ↔ strongSwan with ke
       await consec.waitFor(/kernel SA lifetime/, 30_000);
       const now = (await alice.xfrmStates()).filter((s) => s.src === a && s.proto === 'esp').map((s) => s.spi);
       assert.ok(now.length > 0 && !now.includes(first ?? ''), `renewed: ${first} → ${now.join(' ')}`);
+      // Someone flushes the kernel's SAs under the running daemon: it hears of it and negotiates again.
+      await alice.sh('ip xfrm state flush');
+      await consec.waitFor(/kernel SA removed by someone else/, 30_000);
+      await ping(alice, b);
       // kill -9: the SAs stay in the kernel (traffic stays encrypted); once they are gone, the
       // required templates drop everything to and from bob — nothing in clear, either way.
       await consec.signal('KILL');

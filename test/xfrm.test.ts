@@ -208,7 +208,7 @@ describe('kernel data plane on a kernel without ESP (lab namespace)', () => {
 
   const policies = async (): Promise<string> => (await lab.exec('alice', ['ip', 'xfrm', 'policy'])).stdout;
 
-  it('says why it cannot carry SAs, puts the policy into the SPD (Require, Request, exemptions), hears acquires, and keeps Require blocking after it stops', async () => {
+  it('says why it cannot carry SAs, puts the policy into the SPD (Require, Request, exemptions), hears acquires, puts its entries back after a foreign flush, and keeps Require blocking after it stops', async () => {
     const bob = lab.address('bob');
     const rules = [
       {
@@ -257,6 +257,10 @@ describe('kernel data plane on a kernel without ESP (lab namespace)', () => {
       assert.equal(flow?.remote, bob);
       assert.equal(flow?.protocol, 6);
       assert.equal(flow?.remotePort, 445);
+      // Someone flushes the SPD: the daemon's entries are back at once.
+      await lab.exec('alice', ['ip', 'xfrm', 'policy', 'flush']);
+      await p.waitFor(/policies removed by someone else: restored/, 10_000);
+      assert.match(await policies(), /proto tcp dport 445\s+dir out/);
     } finally {
       await p.stop('SIGTERM', 5000);
     }

@@ -36,6 +36,9 @@ import {
   XFRM_MSG,
   XFRMGRP_ACQUIRE,
   XFRMGRP_EXPIRE,
+  XFRMGRP_POLICY,
+  XFRMGRP_SA,
+  parseSaId,
   XfrmCodecError,
   type XfrmAlgorithm,
   type XfrmPolicy,
@@ -251,7 +254,7 @@ export class KernelDataPlane implements ChildSaSink {
   static open(o: KernelPlaneOptions = {}): KernelDataPlane {
     const plane = new KernelDataPlane(o);
     plane.removeStale();
-    plane.monitor = RtnetlinkMonitor.openXfrm(XFRMGRP_ACQUIRE | XFRMGRP_EXPIRE);
+    plane.monitor = RtnetlinkMonitor.openXfrm(XFRMGRP_ACQUIRE | XFRMGRP_EXPIRE | XFRMGRP_SA | XFRMGRP_POLICY);
     plane.monitor.onReadable(() => plane.readMonitor());
     return plane;
   }
@@ -592,6 +595,7 @@ export class KernelDataPlane implements ChildSaSink {
       }
       if (waiting === 0) {
         clearInterval(this.inboundWatch);
+        clearTimeout(this.spdCheck);
         this.inboundWatch = undefined;
       }
     }, 100);
@@ -765,19 +769,24 @@ export class KernelDataPlane implements ChildSaSink {
             rule: f.label,
           });
         }
-        const tmpl = (security: string, src?: Buffer, dst?: Buffer): XfrmTemplate[] =>
-          security === 'None'
-            ? []
-            : [
-                {
-                  proto: 'esp',
-                  mode: tunnel ? 'tunnel' : 'transport',
-                  family: endpoints?.family ?? sel.family,
-                  reqid: 0,
-                  optional: security === 'Request',
-                  ...(tunnel ? { src, dst } : {}),
-                },
-              ];
+        // Request outbound: an optional template, always of transport mode — recent kernels refuse an
+        // optional tunnel template in an outbound policy, and it only has to ask for an SA (the SA's own
+        // tunnel policy carries the traffic once there is one).
+        const tmpl = (security: string, dir: 'out' | 'in', src?: Buffer, dst?: Buffer): XfrmTemplate[] => {
+          if (security === 'None') return [];
+          const optional = security === 'Request';
+          const asTunnel = tunnel && !(optional && dir === 'out');
+          return [
+            {
+              proto: 'esp',
+              mode: asTunnel ? 'tunnel' : 'transport',
+              family: asTunnel ? (endpoints?.family ?? sel.family) : sel.family,
+              reqid: 0,
+              optional,
+              ...(asTunnel ? { src, dst } : {}),
+            },
+          ];
+        };
         const priority = PRIO_TRAP + f.rank;
         const action = tunnel && !endpoints ? 'block' : 'allow';
         if (f.outbound !== 'None')
@@ -786,10 +795,10 @@ export class KernelDataPlane implements ChildSaSink {
             sel,
             priority,
             action,
-            tmpls: action === 'block' ? [] : tmpl(f.outbound, endpoints?.local, endpoints?.remote),
+            tmpls: action === 'block' ? [] : tmpl(f.outbound, 'out', endpoints?.local, endpoints?.remote),
           });
         if (f.inbound !== 'None') {
-          const t = action === 'block' ? [] : tmpl(f.inbound, endpoints?.remote, endpoints?.local);
+          const t = action === 'block' ? [] : tmpl(f.inbound, 'in', endpoints?.remote, endpoints?.local);
           add({ dir: 'in', sel: reverse(sel), priority, action, tmpls: t });
           if (tunnel) add({ dir: 'fwd', sel: reverse(sel), priority, action, tmpls: t });
         }
@@ -852,7 +861,68 @@ export class KernelDataPlane implements ChildSaSink {
     }
   }
 
+  /**
+   * Anyone else's change to the kernel's IPsec state is undone or acted on (as the fail-closed table's
+   * keeper does for nftables): a policy of ours deleted or flushed (`ip xfrm policy flush`, a
+   * firewall manager) goes back at once; an SA of ours gone is a hard expiry for its keying module,
+   * which negotiates a new one on the next packet instead of keeping a child SA nobody can use.
+   */
+  private foreign(type: number, body: Buffer): void {
+    if (type === XFRM_MSG.DELPOLICY || type === XFRM_MSG.FLUSHPOLICY) {
+      clearTimeout(this.spdCheck);
+      this.spdCheck = setTimeout(() => this.restorePolicies(), 50);
+      this.spdCheck.unref();
+      return;
+    }
+    const gone: number[] = [];
+    if (type === XFRM_MSG.FLUSHSA) gone.push(...this.sas.keys());
+    else if (type === XFRM_MSG.DELSA) {
+      const id = parseSaId(body);
+      const mine = this.sas.get(id.spi);
+      const spiIn =
+        mine && Buffer.from(mine.inbound.dst).equals(id.dst) ? id.spi : this.byOutbound.get(outKey(id.spi, id.dst));
+      if (spiIn !== undefined && this.sas.has(spiIn)) gone.push(spiIn); // (our own deletes left the table first)
+    }
+    for (const spiIn of gone) {
+      this.log('kernel SA removed by someone else', { spiIn: hex8(spiIn) });
+      this.delete(spiIn);
+      this.events.expire?.(spiIn, true);
+    }
+  }
+
+  private spdCheck?: NodeJS.Timeout;
+
+  /** Puts back every SPD entry of ours that is not in the kernel (one dump, one batch). */
+  private restorePolicies(): void {
+    if (this.closed) return;
+    const present = new Set<string>();
+    for (const m of splitMessages(xfrmQuery(dumpPoliciesRequest(this.seq++)))) {
+      if (m.type !== XFRM_MSG.NEWPOLICY) continue;
+      const p = tolerant(() => parsePolicyInfo(m.body));
+      if (p && inBand(p.priority)) present.add(selectorKey(p.dir, p.sel));
+    }
+    const wanted = new Map<string, XfrmPolicy>();
+    for (const [k, p] of this.filterPolicies) wanted.set(k, p);
+    for (const [k, holders] of this.held) {
+      const top = this.groups.get(holders.at(-1) as string)?.policies.find((x) => selectorKey(x.dir, x.sel) === k);
+      if (top) wanted.set(k, top);
+    }
+    const missing = [...wanted].filter(([k]) => !present.has(k)).map(([, p]) => p);
+    if (missing.length === 0) return;
+    const failed = this.send(missing.map((p) => policyRequest(p, 0))).filter((e) => e !== 0).length;
+    this.log('kernel IPsec policies removed by someone else: restored', { restored: missing.length - failed, failed });
+  }
+
   private event(type: number, body: Buffer): void {
+    if (
+      type === XFRM_MSG.DELPOLICY ||
+      type === XFRM_MSG.FLUSHPOLICY ||
+      type === XFRM_MSG.DELSA ||
+      type === XFRM_MSG.FLUSHSA
+    ) {
+      this.foreign(type, body);
+      return;
+    }
     if (type === XFRM_MSG.ACQUIRE) {
       const a = parseAcquire(body);
       if (!inBand(a.policy.priority)) return; // somebody else's policy
@@ -895,6 +965,7 @@ export class KernelDataPlane implements ChildSaSink {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.inboundWatch);
+    clearTimeout(this.spdCheck);
     for (const spi of [...this.sas.keys()]) this.delete(spi);
     this.monitor?.close();
     for (const { s500, s4500 } of this.sockets.values()) {

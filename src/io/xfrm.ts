@@ -32,11 +32,15 @@ export const XFRM_MSG = {
   UPDPOLICY: 25,
   UPDSA: 26,
   POLEXPIRE: 27,
+  FLUSHSA: 28,
+  FLUSHPOLICY: 29,
 } as const;
 
 /** Multicast groups of NETLINK_XFRM (bits for the socket's bind). */
 export const XFRMGRP_ACQUIRE = 1;
 export const XFRMGRP_EXPIRE = 2;
+export const XFRMGRP_SA = 4;
+export const XFRMGRP_POLICY = 8;
 
 const XFRMA = {
   ALG_AUTH_TRUNC: 20,
@@ -477,6 +481,13 @@ export function parseAcquire(body: Buffer): XfrmAcquire {
     sel,
     policy,
   };
+}
+
+/** XFRM_MSG_DELSA as the kernel announces it: the SA's destination, SPI and protocol (xfrm_usersa_id). */
+export function parseSaId(body: Buffer): { dst: Buffer; spi: number; proto: number } {
+  need(body, 24, 'xfrm_usersa_id');
+  const family = familyOf(body.readUInt16LE(20));
+  return { dst: readAddress(body, 0, family), spi: body.readUInt32BE(16), proto: body[22] as number };
 }
 
 /** XFRM_MSG_EXPIRE: an SA reached its soft or hard lifetime. */
