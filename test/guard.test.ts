@@ -97,4 +97,36 @@ describe('fail-closed table: canonical elements and incremental changes', () => 
     }
     assert.deepEqual(errors, []);
   });
+
+  it("the kernel data plane's variant (no TUN: what XFRM transforms, and what came out of it) loads into the kernel and updates by elements", async () => {
+    const rule = (remote: string) =>
+      ipsecRule({
+        DisplayName: remote,
+        RemoteAddress: [remote],
+        InboundSecurity: 'Require',
+        OutboundSecurity: 'Require',
+      });
+    const kept = new GuardKeeper({ tampered() {}, restored() {}, error: () => {}, netns: lab.ns('alice') });
+    assert.equal(
+      await kept.applySets(guardSets({ ...emptyDocument(), rules: [rule('192.0.2.10')] }), undefined, 0xc5ec),
+      'table',
+    );
+    assert.equal(
+      await kept.applySets(
+        guardSets({ ...emptyDocument(), rules: [rule('192.0.2.10'), rule('192.0.2.20')] }),
+        undefined,
+        0xc5ec,
+      ),
+      'elements',
+    );
+    const table = (await lab.exec('alice', ['nft', 'list', 'table', 'inet', 'consec'])).stdout;
+    const chain = (name: string) => table.slice(table.indexOf(`chain ${name} {`)).split('\n\t}')[0] ?? '';
+    assert.match(chain('output'), /rt ipsec exists accept/, table);
+    assert.match(chain('forward'), /rt ipsec exists accept/);
+    assert.match(chain('input'), /meta ipsec exists ct mark set/);
+    assert.match(table, /meta l4proto \{ esp, ah \} accept/);
+    assert.doesNotMatch(table, /(oif|iif)name "consec0"/);
+    assert.match(table, /192\.0\.2\.20/);
+    await lab.exec('alice', ['nft', 'delete', 'table', 'inet', 'consec']);
+  });
 });
