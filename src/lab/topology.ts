@@ -230,7 +230,6 @@ export function fleet(): TopologySpec {
 }
 
 export const TOPOLOGIES: Record<string, () => TopologySpec> = {
-  fleet,
   'host-to-host': hostToHost,
   nat: behindNat,
   'site-to-site': siteToSite,
