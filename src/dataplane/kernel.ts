@@ -595,7 +595,6 @@ export class KernelDataPlane implements ChildSaSink {
       }
       if (waiting === 0) {
         clearInterval(this.inboundWatch);
-        clearTimeout(this.spdCheck);
         this.inboundWatch = undefined;
       }
     }, 100);
