@@ -15,7 +15,8 @@
  * IKE's own sockets carry a per-socket bypass policy, so no entry can ever catch keying traffic.
  */
 import { isIP, isIPv4 } from 'node:net';
-import { type IpFamily, readIp, writeIp } from '../io/addr.ts';
+import { constants } from 'node:os';
+import { type IpFamily, ipBytes, readIp } from '../io/addr.ts';
 import { errnoName } from '../io/rtnetlink.ts';
 import { PacketBatch, RtnetlinkMonitor, UdpSocket, xfrmQuery, xfrmRequests } from '../io/native.ts';
 import {
@@ -43,13 +44,14 @@ import {
   type XfrmAlgorithm,
   type XfrmPolicy,
   type XfrmSa,
+  type XfrmSaId,
   type XfrmSaInfo,
   type XfrmSelector,
   type XfrmTemplate,
 } from '../io/xfrm.ts';
 
 import { NativeIoError } from '../errors.ts';
-import { boundBytes } from '../filter/address.ts';
+import { ANY_V4, ANY_V6, boundBytes } from '../filter/address.ts';
 import type { Filter, Flow } from '../filter/compile.ts';
 import { type IkeBind, type IkeReceiver, NON_ESP_MARKER, udp4500Kind } from '../sa/bind.ts';
 import type { ChildSaSink, SaEvents } from '../sa/sink.ts';
@@ -63,10 +65,12 @@ const BAND_SIZE = 0x0100_0000;
 const PRIO_EXEMPT = BAND; // + the filter's rank
 const PRIO_SA = BAND + 0x0040_0000;
 const PRIO_TRAP = BAND + 0x0080_0000; // + the filter's rank
-export const REQID_BASE = 0x0c50_0000;
+const REQID_BASE = 0x0c50_0000;
 const REQID_SIZE = 0x0100_0000;
 /** Anti-replay window in packets. */
 const REPLAY_WINDOW = 128;
+/** A delete answered "no such entry": already gone, which is what the delete wanted. */
+const ENOENT = constants.errno.ENOENT;
 
 const inBand = (priority: number): boolean => priority >= BAND && priority < BAND + BAND_SIZE;
 const ourReqid = (reqid: number): boolean => reqid >= REQID_BASE && reqid < REQID_BASE + REQID_SIZE;
@@ -114,12 +118,6 @@ function algorithms(
   }
 }
 
-function ipBytes(address: string): Buffer {
-  const b = Buffer.alloc(16);
-  const family = writeIp(address, b);
-  return b.subarray(0, family === 4 ? 4 : 16);
-}
-
 /** Selectors for traffic from `local` to `remote` (each a list of traffic selectors), as prefix pairs. */
 function selectorsFor(local: readonly TrafficSelector[], remote: readonly TrafficSelector[]): XfrmSelector[] {
   const out: XfrmSelector[] = [];
@@ -153,9 +151,12 @@ function selectorsFor(local: readonly TrafficSelector[], remote: readonly Traffi
   return out;
 }
 
+/** ICMP or ICMPv6: the kernel keeps the message type and code where a selector has ports. */
+const isIcmp = (proto: number): boolean => proto === 1 || proto === 58;
+
 /** The selector of traffic the other way (ICMP's type and code are no ports: they stay). */
 function reverse(s: XfrmSelector): XfrmSelector {
-  const icmp = s.proto === 1 || s.proto === 58;
+  const icmp = isIcmp(s.proto);
   return {
     ...s,
     src: s.dst,
@@ -186,10 +187,6 @@ interface PolicyGroup {
   reqid: number;
   users: number;
   policies: XfrmPolicy[];
-}
-
-export class KernelIpsecUnavailableError extends Error {
-  readonly code = 'ERR_KERNEL_IPSEC';
 }
 
 export class KernelDataPlane implements ChildSaSink {
@@ -233,7 +230,7 @@ export class KernelDataPlane implements ChildSaSink {
       esn: false,
       replayWindow: 32,
     };
-    const remove = deleteSaRequest({ family: 4, dst: probe.dst, spi: probe.spi, proto: 'esp' }, 1);
+    const remove = deleteSaRequest(saId(probe), 1);
     let errno: number;
     try {
       // (A probe left by a process killed in between goes first.)
@@ -314,7 +311,7 @@ export class KernelDataPlane implements ChildSaSink {
       const proto = sa.proto === 51 ? 'ah' : 'esp';
       dels.push(deleteSaRequest({ family: sa.family, dst: sa.dst, spi: sa.spi, proto }, 0));
     }
-    const refused = this.send(dels).filter((e) => e !== 0 && e !== 2);
+    const refused = this.send(dels).filter((e) => e !== 0 && e !== ENOENT);
     if (refused.length > 0)
       this.log('kernel IPsec entries of an earlier run not removed', { refused: refused.map(errnoName) });
     if (dels.length > 0) this.log('kernel IPsec entries of an earlier run removed', { entries: dels.length });
@@ -559,14 +556,24 @@ export class KernelDataPlane implements ChildSaSink {
       if (!wasTop) continue; // a newer SA's policy holds it now
       // The next holder's policy, else the rule's own for this selector (Require: no clear traffic in
       // between), else none.
-      const next =
-        holders.length > 0
-          ? this.groups.get(holders.at(-1) as string)?.policies.find((x) => selectorKey(x.dir, x.sel) === key)
-          : undefined;
-      const base = next ?? this.filterPolicies.get(key);
+      const base = this.holderPolicy(key) ?? this.filterPolicies.get(key);
       reqs.push(base ? policyRequest(base, 0) : deletePolicyRequest(p, 0));
     }
     this.send(reqs);
+  }
+
+  /** The policy the newest SA group holding SPD key `key` put there (undefined: no SA holds it). */
+  private holderPolicy(key: string): XfrmPolicy | undefined {
+    const top = this.held.get(key)?.at(-1);
+    return top === undefined
+      ? undefined
+      : this.groups.get(top)?.policies.find((x) => selectorKey(x.dir, x.sel) === key);
+  }
+
+  /** The child SA (by inbound SPI) an SA the kernel names belongs to, either direction. */
+  private spiInOf(spi: number, dst: Uint8Array): number | undefined {
+    const mine = this.sas.get(spi);
+    return mine && Buffer.from(mine.inbound.dst).equals(dst) ? spi : this.byOutbound.get(outKey(spi, dst));
   }
 
   private installOutbound(sa: KernelSa): void {
@@ -614,20 +621,10 @@ export class KernelDataPlane implements ChildSaSink {
     const sa = this.sas.get(spiIn);
     if (!sa) return;
     this.sas.delete(spiIn);
-    const reqs = [
-      deleteSaRequest(
-        { family: sa.inbound.family, dst: sa.inbound.dst, spi: sa.inbound.spi, proto: sa.spec.protocol },
-        0,
-      ),
-    ];
+    const reqs = [deleteSaRequest(saId(sa.inbound), 0)];
     if (sa.outboundInstalled) {
       this.byOutbound.delete(outKey(sa.outbound.spi, sa.outbound.dst));
-      reqs.push(
-        deleteSaRequest(
-          { family: sa.outbound.family, dst: sa.outbound.dst, spi: sa.outbound.spi, proto: sa.spec.protocol },
-          0,
-        ),
-      );
+      reqs.push(deleteSaRequest(saId(sa.outbound), 0));
     }
     this.send(reqs);
     this.releaseGroup(sa.group);
@@ -643,12 +640,7 @@ export class KernelDataPlane implements ChildSaSink {
     const reqs: Buffer[] = [];
     if (sa.outboundInstalled) {
       this.byOutbound.delete(outKey(sa.outbound.spi, sa.outbound.dst));
-      reqs.push(
-        deleteSaRequest(
-          { family: sa.outbound.family, dst: sa.outbound.dst, spi: sa.outbound.spi, proto: sa.spec.protocol },
-          0,
-        ),
-      );
+      reqs.push(deleteSaRequest(saId(sa.outbound), 0));
     }
     sa.spec = { ...sa.spec, remote };
     sa.outbound = {
@@ -691,18 +683,11 @@ export class KernelDataPlane implements ChildSaSink {
   /** One SA as the kernel holds it now (counters), or undefined when it is not there. */
   private read(x: XfrmSa): XfrmSaInfo | undefined {
     try {
-      const [m] = splitMessages(
-        xfrmQuery(getSaRequest({ family: x.family, dst: x.dst, spi: x.spi, proto: x.proto }, this.seq++)),
-      );
+      const [m] = splitMessages(xfrmQuery(getSaRequest(saId(x), this.seq++)));
       return m && m.type === XFRM_MSG.NEWSA ? parseSaInfo(m.body) : undefined;
     } catch {
       return undefined;
     }
-  }
-
-  /** The SAs installed here. */
-  get installed(): number {
-    return this.sas.size;
   }
 
   // ---- the policy's filters ---------------------------------------------------------------------
@@ -724,10 +709,11 @@ export class KernelDataPlane implements ChildSaSink {
     const negotiating = filters.filter((f) => f.kind === 'negotiate');
     const negotiatedFamilies = new Set(negotiating.flatMap((f) => filterSelectors(f, families).map((x) => x.family)));
     const forwarding = negotiating.some((f) => f.rule?.Mode === 'Tunnel');
+    const exemptDirs = forwarding ? (['out', 'in', 'fwd'] as const) : (['out', 'in'] as const);
     // Neighbor discovery always passes (as in the fail-closed table): without it IPv6 reaches nobody.
     if (negotiatedFamilies.has(6))
       for (const type of [133, 134, 135, 136, 137])
-        for (const dir of forwarding ? (['out', 'in', 'fwd'] as const) : (['out', 'in'] as const))
+        for (const dir of exemptDirs)
           add({
             dir,
             sel: {
@@ -751,7 +737,7 @@ export class KernelDataPlane implements ChildSaSink {
       for (const sel of filterSelectors(f, families)) {
         if (f.kind !== 'negotiate') {
           if (!negotiatedFamilies.has(sel.family)) continue;
-          for (const dir of forwarding ? (['out', 'in', 'fwd'] as const) : (['out', 'in'] as const))
+          for (const dir of exemptDirs)
             add({
               dir,
               sel: dir === 'out' ? sel : reverse(sel),
@@ -826,7 +812,7 @@ export class KernelDataPlane implements ChildSaSink {
     const dels: Buffer[] = [];
     for (const [k, p] of this.filterPolicies)
       if (!next.has(k) && !this.held.has(k)) dels.push(deletePolicyRequest(p, 0));
-    failed += this.send(dels).filter((e) => e !== 0 && e !== 2 /* ENOENT: already gone */).length;
+    failed += this.send(dels).filter((e) => e !== 0 && e !== ENOENT).length;
     this.filterPolicies = next;
     return { policies: next.size, failed };
   }
@@ -877,9 +863,7 @@ export class KernelDataPlane implements ChildSaSink {
     if (type === XFRM_MSG.FLUSHSA) gone.push(...this.sas.keys());
     else if (type === XFRM_MSG.DELSA) {
       const id = parseSaId(body);
-      const mine = this.sas.get(id.spi);
-      const spiIn =
-        mine && Buffer.from(mine.inbound.dst).equals(id.dst) ? id.spi : this.byOutbound.get(outKey(id.spi, id.dst));
+      const spiIn = this.spiInOf(id.spi, id.dst);
       if (spiIn !== undefined && this.sas.has(spiIn)) gone.push(spiIn); // (our own deletes left the table first)
     }
     for (const spiIn of gone) {
@@ -902,8 +886,8 @@ export class KernelDataPlane implements ChildSaSink {
     }
     const wanted = new Map<string, XfrmPolicy>();
     for (const [k, p] of this.filterPolicies) wanted.set(k, p);
-    for (const [k, holders] of this.held) {
-      const top = this.groups.get(holders.at(-1) as string)?.policies.find((x) => selectorKey(x.dir, x.sel) === k);
+    for (const k of this.held.keys()) {
+      const top = this.holderPolicy(k);
       if (top) wanted.set(k, top);
     }
     const missing = [...wanted].filter(([k]) => !present.has(k)).map(([, p]) => p);
@@ -932,8 +916,8 @@ export class KernelDataPlane implements ChildSaSink {
         remote: readIp(s.dst, 0, s.family),
         protocol: s.proto,
         // (ICMP's type and code sit in the port fields: no ports. A source port 0: not chosen yet, a connect.)
-        localPort: s.proto !== 1 && s.proto !== 58 && s.sportMask && s.sport ? s.sport : undefined,
-        remotePort: s.proto !== 1 && s.proto !== 58 && s.dportMask ? s.dport : undefined,
+        localPort: !isIcmp(s.proto) && s.sportMask && s.sport ? s.sport : undefined,
+        remotePort: !isIcmp(s.proto) && s.dportMask ? s.dport : undefined,
       };
       this.log('kernel acquire', { local: flow.local, remote: flow.remote, protocol: flow.protocol });
       this.events.acquire?.(flow);
@@ -942,10 +926,7 @@ export class KernelDataPlane implements ChildSaSink {
     if (type === XFRM_MSG.EXPIRE) {
       const { sa, hard } = parseExpire(body);
       if (!ourReqid(sa.reqid)) return;
-      const spiIn =
-        this.sas.has(sa.spi) && Buffer.from(this.sas.get(sa.spi)?.inbound.dst ?? []).equals(sa.dst)
-          ? sa.spi
-          : this.byOutbound.get(outKey(sa.spi, sa.dst));
+      const spiIn = this.spiInOf(sa.spi, sa.dst);
       const entry = spiIn === undefined ? undefined : this.sas.get(spiIn);
       if (spiIn === undefined || !entry) return;
       if (!hard && entry.softReported) return;
@@ -977,6 +958,9 @@ export class KernelDataPlane implements ChildSaSink {
 
 const hex8 = (spi: number): string => spi.toString(16).padStart(8, '0');
 
+/** What names an SA in the kernel: destination, SPI, protocol. */
+const saId = (x: XfrmSa): XfrmSaId => ({ family: x.family, dst: x.dst, spi: x.spi, proto: x.proto });
+
 /** A parse that may fail on an entry written by someone else (undefined then). */
 function tolerant<T>(parse: () => T): T | undefined {
   try {
@@ -995,14 +979,7 @@ const tsKey = (tss: readonly TrafficSelector[]): string =>
 /** A filter's address/protocol/port space as selectors of the outbound direction (local → remote). */
 function filterSelectors(f: Filter, families: readonly (4 | 6)[]): XfrmSelector[] {
   const ts = (ranges: Filter['local'], ports: [number, number][] | undefined): TrafficSelector[] => {
-    const rs =
-      ranges.length > 0
-        ? ranges
-        : families.map((fam) =>
-            fam === 4
-              ? { family: 4 as const, lo: 0, hi: 0xffffffff }
-              : { family: 6 as const, lo: 0n, hi: (1n << 128n) - 1n },
-          );
+    const rs = ranges.length > 0 ? ranges : families.map((fam) => (fam === 4 ? ANY_V4 : ANY_V6));
     const ps = ports && ports.length > 0 ? ports : [[0, 65535] as [number, number]];
     return rs.flatMap((r) =>
       ps.map(([a, b]) => ({

@@ -15,7 +15,7 @@ import {
   v4ToNumber,
   v6ToBigint,
 } from '../filter/address.ts';
-import { writeIp } from '../io/addr.ts';
+import { ipBytes } from '../io/addr.ts';
 import {
   DEFAULT_MM_CRYPTO_SET,
   DEFAULT_PHASE1_AUTH_SET,
@@ -85,14 +85,8 @@ export interface NegotiationPlan extends NegotiationParameters {
 
 const KE: Record<string, KeId | undefined> = { DH14: KeId.MODP_2048, DH19: KeId.ECP_256, DH20: KeId.ECP_384 };
 
-function addrBytes(a: string): Buffer {
-  const b = Buffer.alloc(isIPv4(a) ? 4 : 16);
-  writeIp(a, b);
-  return b;
-}
-
 function ipId(a: string): Identity {
-  return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: addrBytes(a) };
+  return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: ipBytes(a) };
 }
 
 /**
@@ -119,7 +113,7 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
         return { ...sel(boundBytes(r.lo, r.family), boundBytes(r.hi, r.family)), type: r.family === 4 ? 7 : 8 };
       });
   }
-  const b = addrBytes(host);
+  const b = ipBytes(host);
   return [sel(b, b)];
 }
 

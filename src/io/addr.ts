@@ -15,6 +15,13 @@ export function ipFamily(addr: string): IpFamily {
   throw new AddressError(`not an IP address: ${JSON.stringify(addr)}`);
 }
 
+/** An address as its own octets: 4 for IPv4, 16 for IPv6. */
+export function ipBytes(addr: string): Buffer {
+  const b = Buffer.alloc(ipFamily(addr) === 4 ? 4 : 16);
+  writeIp(addr, b);
+  return b;
+}
+
 /** Writes an IPv4 (4 bytes) or IPv6 (16 bytes) address into `out` at `offset`; returns its family. */
 export function writeIp(addr: string, out: Uint8Array, offset = 0): IpFamily {
   const family = ipFamily(addr);

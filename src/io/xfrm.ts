@@ -18,7 +18,6 @@ const NLMSG_HDRLEN = 16;
 const NLM_F_REQUEST = 0x1;
 const NLM_F_ACK = 0x4;
 const NLM_F_DUMP = 0x300;
-const NLMSG_ERROR = 2;
 
 export const XFRM_MSG = {
   NEWSA: 16,
@@ -358,13 +357,6 @@ export function splitMessages(buf: Buffer): XfrmMessage[] {
     off += align4(len);
   }
   return out;
-}
-
-/** The errno of an acknowledgement (0 for success), or undefined when the message is no error message. */
-export function ackErrno(m: XfrmMessage): number | undefined {
-  if (m.type !== NLMSG_ERROR) return undefined;
-  if (m.body.length < 4) throw new XfrmCodecError('truncated netlink error');
-  return -m.body.readInt32LE(0);
 }
 
 function need(body: Buffer, n: number, what: string): void {

@@ -8,8 +8,7 @@
  * (CERTREQ in 3–4, CERT and SIG over the hash in 5–6; v1/auth.ts) authenticate.
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
-import { isIPv4 } from 'node:net';
-import { writeIp } from '../../io/addr.ts';
+import { ipBytes } from '../../io/addr.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError } from '../errors.ts';
 import { NotifyType as V2Notify } from '../wire/constants.ts';
@@ -79,12 +78,6 @@ function answerVendorIds(s: V1Session): V1Payload[] {
   return out;
 }
 
-function addrBytes(a: string): Buffer {
-  const b = Buffer.alloc(isIPv4(a) ? 4 : 16);
-  writeIp(a, b);
-  return b;
-}
-
 const natDType = (s: V1Session) => (s.natt === 'rfc' ? PayloadType.NAT_D : PayloadType.NAT_D_DRAFT);
 
 /**
@@ -95,10 +88,10 @@ function natDPayloads(s: V1Session): V1Payload[] {
   if (s.natt === 'none') return [];
   const type = natDType(s);
   const suite = s.suite;
-  const remote = natD(suite, s.cookieI, s.cookieR, addrBytes(s.remote.address), s.remote.port);
+  const remote = natD(suite, s.cookieI, s.cookieR, ipBytes(s.remote.address), s.remote.port);
   const local = s.forceEncapsulation
     ? randomBytes(remote.length)
-    : natD(suite, s.cookieI, s.cookieR, addrBytes(s.local.address), s.local.port);
+    : natD(suite, s.cookieI, s.cookieR, ipBytes(s.local.address), s.local.port);
   return [
     { type, data: remote },
     { type, data: local },
@@ -111,8 +104,8 @@ function detectNat(s: V1Session, payloads: readonly V1Payload[]): void {
   const ds = payloads.filter((p) => p.type === natDType(s)) as { data: Buffer }[];
   if (ds.length < 2) return;
   const suite = s.suite;
-  const ours = natD(suite, s.cookieI, s.cookieR, addrBytes(s.local.address), s.local.port);
-  const theirs = natD(suite, s.cookieI, s.cookieR, addrBytes(s.remote.address), s.remote.port);
+  const ours = natD(suite, s.cookieI, s.cookieR, ipBytes(s.local.address), s.local.port);
+  const theirs = natD(suite, s.cookieI, s.cookieR, ipBytes(s.remote.address), s.remote.port);
   s.natLocal = !(ds[0] as { data: Buffer }).data.equals(ours) || s.forceEncapsulation;
   s.natRemote = !ds.slice(1).some((d) => d.data.equals(theirs));
 }
