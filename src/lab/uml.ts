@@ -12,6 +12,7 @@
  * - Exec channel: a host directory mounted into the guest with hostfs; `ID.sh` dropped there runs in
  *   the guest, which writes `ID.out` and `ID.rc`.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync,
@@ -180,6 +181,27 @@ export interface ImageBuild {
  * The cached image for `kind`, built first when missing (≈ 30–80 s). Builds are serialised across
  * processes with a lock; an image appears only complete (written to a temporary name, then renamed).
  */
+/**
+ * The preload that lets Debian bookworm's UML kernel boot on hosts with a large XSAVE area (AMX):
+ * native/uml-xstate-shim.c, built once with the host's C compiler into the guest cache (keyed by its
+ * source), its path.
+ */
+export function umlXstateShim(): string {
+  const source = join(import.meta.dirname, '..', '..', 'native', 'uml-xstate-shim.c');
+  const text = readFileSync(source);
+  const out = join(
+    GUEST_CACHE_DIR,
+    `uml-xstate-shim-${createHash('sha256').update(text).digest('hex').slice(0, 12)}.so`,
+  );
+  if (existsSync(out)) return out;
+  if (!which('cc')) throw new LabPrerequisiteError('cc not found: the UML guests need a C compiler (Debian gcc)');
+  mkdirSync(GUEST_CACHE_DIR, { recursive: true, mode: 0o755 });
+  const tmp = `${out}.${process.pid}.tmp`;
+  execFileSync('cc', ['-shared', '-fPIC', '-O2', '-Wall', '-o', tmp, source, '-ldl']);
+  renameSync(tmp, out);
+  return out;
+}
+
 export async function ensureGuestImage(kind: GuestKind, log: (msg: string) => void = () => {}): Promise<ImageBuild> {
   requireGuestPrerequisites();
   const started = Date.now();
@@ -345,21 +367,26 @@ export class Guest {
     }
     writeFileSync(join(dir, 'boot.sh'), `set -e\n${boot.join('\n')}\n`);
     const started = Date.now();
-    const proc = lab.spawn(host, [
-      UML_KERNEL,
-      `umid=consec-${lab.id}-${host}`,
-      `uml_dir=${join(dir, 'uml')}`,
-      `mem=${GUEST_MEM_MB}M`,
-      `ubd0=${join(dir, 'root.cow')},${image.path}`,
-      'root=/dev/ubda',
-      'rw',
-      options.kind === 'systemd' ? 'init=/lib/systemd/systemd' : 'init=/sbin/consec-init',
-      'eth0=tuntap,tap0',
-      'con=null',
-      'con0=null,fd:1',
-      'loglevel=4',
-      `labdir=${dir}`,
-    ]);
+    const preload = umlXstateShim();
+    const proc = lab.spawn(
+      host,
+      [
+        UML_KERNEL,
+        `umid=consec-${lab.id}-${host}`,
+        `uml_dir=${join(dir, 'uml')}`,
+        `mem=${GUEST_MEM_MB}M`,
+        `ubd0=${join(dir, 'root.cow')},${image.path}`,
+        'root=/dev/ubda',
+        'rw',
+        options.kind === 'systemd' ? 'init=/lib/systemd/systemd' : 'init=/sbin/consec-init',
+        'eth0=tuntap,tap0',
+        'con=null',
+        'con0=null,fd:1',
+        'loglevel=4',
+        `labdir=${dir}`,
+      ],
+      { env: { ...process.env, LD_PRELOAD: preload } },
+    );
     const guest = new Guest(lab, host, options.kind, dir, proc, image);
     try {
       await guest.waitReady(options.bootTimeoutMs ?? 60_000);
