@@ -294,8 +294,12 @@ describe('domain isolation: a host outside the domain', () => {
       assert.match(carol.output(), /Kerberos: none/);
       const ping = await lab.exec('carol', ['ping', '-c', '3', '-i', '0.3', '-W', '2', b], { allowFailure: true });
       assert.match(ping.stdout, / 100% packet loss/, ping.stdout);
-      await bob.waitFor(/"id":4653/);
-      await carol.waitFor(/"id":4653/);
+      // On a failure, both sides' logs: which of them gave up where.
+      const both = (err: Error) => {
+        throw new Error(`${err.message}\n--- carol:\n${carol.output().slice(-4000)}`);
+      };
+      await bob.waitFor(/"id":4653/, 20_000).catch(both);
+      await carol.waitFor(/"id":4653/, 20_000).catch(both);
       assert.match(bob.output(), /could not authenticate with Kerberos/);
       await cap.stop();
       // carol's echo requests reached bob's wire in clear (Request); bob answered none of them.

@@ -1,13 +1,9 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
-import { hostname } from 'node:os';
-import { readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { readFdBounded, readTextBounded } from '../io/bounded.ts';
-import { readFleetConfig, writeFleetConfig } from '../fleet/config.ts';
-import { connectFleet, loadGpo } from '../fleet/gpo.ts';
+import { addFleetCommands } from './fleet.ts';
 import { installService, serviceStatus, thisCommand, uninstallService, unitText } from '../daemon/service.ts';
 import { Command, CommanderError } from 'commander';
 import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
@@ -24,21 +20,8 @@ import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
 import { LabDomain } from '../lab/kdc.ts';
+import { consecVersion } from '../version.ts';
 import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
-
-/** The version in the package's package.json (the one npm installed). */
-function consecVersion(): string {
-  try {
-    const pkg = JSON.parse(
-      readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'package.json'), 'utf8'),
-    ) as {
-      version?: string;
-    };
-    return pkg.version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
 
 function stateDir(program: Command): string {
   return (program.opts().stateDir as string | undefined) ?? stateDirFromEnv();
@@ -253,59 +236,7 @@ Examples:
       },
     );
 
-  const fleet = program
-    .command('fleet')
-    .description("this host's membership of a fleet: Group Policy held in an etcd v3 cluster")
-    .addHelpText(
-      'after',
-      `
-A host that joined a fleet edits the fleet's GPOs (its domain's "-PolicyStore domain\\GPO") in
-Open-NetGPO / Save-NetGPO sessions: Open-NetGPO reads the GPO from the cluster, Save-NetGPO writes it
-back only if nobody saved it since (else a conflict error, and nothing is saved).
-
-Examples:
-  consec fleet join --endpoints https://192.0.2.21:2379 https://192.0.2.22:2379 \\
-      --ca ca.pem --cert host.pem --key host.key --domain corp.example --host alice
-  consec fleet gpo 'corp.example\\Isolation'      # the GPO's revision and rules in the cluster`,
-    );
-  fleet
-    .command('join')
-    .description(
-      'join a fleet: its etcd endpoints, the TLS files to reach them with, its domain; kept in fleet.json (0600)',
-    )
-    .requiredOption('--endpoints <url...>', 'the cluster members, https://ADDRESS:PORT')
-    .requiredOption('--ca <file>', "the CA certificate (PEM) of the cluster's certificates")
-    .requiredOption('--cert <file>', "this host's client certificate (PEM; its CN is its etcd user)")
-    .requiredOption('--key <file>', "this host's private key (PEM)")
-    .requiredOption('--domain <name>', 'the domain of the fleet\'s GPOs ("corp.example" in corp.example\\Isolation)')
-    .option('--host <name>', "this host's name in the fleet", hostname())
-    .action((opts: { endpoints: string[]; ca: string; cert: string; key: string; domain: string; host: string }) => {
-      writeFleetConfig(stateDir(program), {
-        endpoints: opts.endpoints,
-        ca: resolve(opts.ca),
-        cert: resolve(opts.cert),
-        key: resolve(opts.key),
-        domain: opts.domain,
-        host: opts.host,
-      });
-      process.stdout.write(`joined the fleet of ${opts.domain} as ${opts.host}\n`);
-    });
-  fleet
-    .command('gpo <name>')
-    .description("a GPO as the fleet's cluster holds it: its revision and its rules")
-    .action(async (name: string) => {
-      const config = readFleetConfig(stateDir(program));
-      if (!config) throw new ConsecError('ERR_FLEET', 'this host has not joined a fleet (consec fleet join)');
-      const etcd = connectFleet(config);
-      try {
-        const r = await loadGpo(etcd, name);
-        process.stdout.write(
-          `${JSON.stringify({ name, revision: r.revision, rules: r.doc.rules.map((x) => x.DisplayName) })}\n`,
-        );
-      } finally {
-        etcd.close();
-      }
-    });
+  addFleetCommands(program, () => stateDir(program));
 
   const service = program
     .command('service')

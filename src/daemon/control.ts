@@ -16,9 +16,9 @@ const requestSchema = z
   .object({
     v: z.literal(CONTROL_VERSION),
     id: z.number().int().nonnegative(),
-    method: z.enum(['mmsa.list', 'qmsa.list', 'mmsa.remove', 'qmsa.remove', 'stats']),
+    method: z.enum(['mmsa.list', 'qmsa.list', 'mmsa.remove', 'qmsa.remove', 'stats', 'gpupdate', 'fleet.status']),
     params: z
-      .object({ name: z.string().max(64).optional() })
+      .object({ name: z.string().max(64).optional(), force: z.boolean().optional() })
       .strict()
       .default({}),
   })
@@ -102,7 +102,8 @@ export async function startControlServer(stateDir: string, handle: ControlHandle
 export async function controlRequest(
   stateDir: string,
   method: ControlMethod,
-  params: { name?: string } = {},
+  params: { name?: string; force?: boolean } = {},
+  timeoutMs = 10_000,
 ): Promise<unknown> {
   const path = controlSocketPath(stateDir);
   if (!existsSync(path)) throw new NoDaemonError(path);
@@ -111,8 +112,8 @@ export async function controlRequest(
     let buf = '';
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new ConsecError('ERR_NO_DAEMON', `consec daemon did not answer on ${path} within 10 s`));
-    }, 10_000);
+      reject(new ConsecError('ERR_NO_DAEMON', `consec daemon did not answer on ${path} within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
     sock.setEncoding('utf8');
     sock.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);

@@ -47,6 +47,9 @@ import { StateDirLock } from './lock.ts';
 import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
+import { FleetAgent } from '../fleet/agent.ts';
+import { type FleetConfig, readFleetConfig } from '../fleet/config.ts';
+import { consecVersion } from '../version.ts';
 
 /** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
 function verdictFor(policy: CompiledPolicy, packet: Buffer, ip: IpInfo): Verdict {
@@ -492,7 +495,11 @@ async function serve(
     }
   };
   compile(service.policy);
+  // Those waiting for the next policy read from the stores to be enforced (the fleet agent).
+  let enforcedWaiters: { resolve: () => void }[] = [];
   const onPolicy = (doc: PolicyDocument): void => {
+    const waiting = enforcedWaiters;
+    enforcedWaiters = [];
     const t0 = performance.now();
     compile(doc);
     const t1 = performance.now();
@@ -516,6 +523,7 @@ async function serve(
           },
           'policy enforced',
         );
+        for (const w of waiting) w.resolve();
       });
   };
   try {
@@ -598,6 +606,38 @@ async function serve(
       );
     }
   }
+  // A host of a fleet: its Group Policy agent watches the GPOs that target it and writes them to
+  // fleet-gpos.json; the store watch reads them into the ActiveStore, and the agent reports the
+  // revision once this daemon enforces it.
+  let fleetConfig: FleetConfig | undefined;
+  try {
+    fleetConfig = readFleetConfig(stateDir);
+  } catch (err) {
+    log.error({ reason: (err as Error).message }, 'fleet membership unreadable: no fleet policy updates');
+  }
+  const agent = fleetConfig
+    ? new FleetAgent({
+        config: fleetConfig,
+        policyDir: stores.policyDir,
+        log,
+        version: consecVersion(),
+        enforce: () =>
+          new Promise<void>((resolve, reject) => {
+            const timer = setTimeout(() => {
+              enforcedWaiters = enforcedWaiters.filter((w) => w !== waiter);
+              reject(new Error('the fleet policy was written but not enforced within 15 s (see the daemon log)'));
+            }, 15_000);
+            const waiter = {
+              resolve: () => {
+                clearTimeout(timer);
+                resolve();
+              },
+            };
+            enforcedWaiters.push(waiter);
+          }),
+      })
+    : undefined;
+  agent?.start();
   // The control API the CLI's live commands use (SA views and removal), root only.
   const control = await startControlServer(stateDir, async (req) => {
     const established = service.sessions().filter((x) => x.state === 'established' || x.state === 'rekeyed');
@@ -631,6 +671,13 @@ async function serve(
           DroppedPackets: { ...(st?.drops ?? {}) },
         };
       }
+      case 'gpupdate': {
+        if (!agent) throw new ConsecError('ERR_NO_FLEET', 'This host has not joined a fleet (consec fleet join).');
+        return agent.refresh(req.params.force === true);
+      }
+      case 'fleet.status':
+        if (!agent) throw new ConsecError('ERR_NO_FLEET', 'This host has not joined a fleet (consec fleet join).');
+        return agent.status;
       case 'mmsa.remove': {
         const target = established.find((x) => mainModeSaView(x).Name === req.params.name);
         if (!target) throw new ConsecError('ERR_NOT_FOUND', `No main mode SA named ${req.params.name}.`);
@@ -708,6 +755,7 @@ async function serve(
       notifier.stopping();
       signals.stopping();
       control.close();
+      void agent?.close();
       follow?.close();
       clearInterval(housekeeping);
       keeper.close();

@@ -84,6 +84,8 @@ export class EtcdCluster {
         `--peer-trusted-ca-file=${ca}`,
         `--peer-cert-file=${cert}`,
         `--peer-key-file=${key}`,
+        // Its own metrics, in plain HTTP on the member's address (the benchmark reads the request rate).
+        `--listen-metrics-urls=http://${m.address}:2381`,
         '--logger=zap',
         '--log-outputs=stderr',
         '--heartbeat-interval=100',
@@ -112,8 +114,11 @@ export class EtcdCluster {
     return { ca: join(this.dir, 'ca.pem'), cert, key };
   }
 
-  /** etcdctl as `user` (root by default) from lab host `host`; its output. */
-  async etcdctl(args: string[], o: { host?: string; user?: string; allowFailure?: boolean } = {}): Promise<string> {
+  /** etcdctl as `user` (root by default) from lab host `host`; its output (with its errors: `stderr`). */
+  async etcdctl(
+    args: string[],
+    o: { host?: string; user?: string; allowFailure?: boolean; stderr?: boolean } = {},
+  ): Promise<string> {
     const c = this.credentials(o.user ?? 'root');
     const r = await this.lab.exec(
       o.host ?? this.members[0]?.host ?? '',
@@ -129,7 +134,21 @@ export class EtcdCluster {
       ],
       { env: { ...process.env, ETCDCTL_API: '3' }, allowFailure: o.allowFailure },
     );
-    return r.stdout;
+    return o.stderr ? r.stdout + r.stderr : r.stdout;
+  }
+
+  /**
+   * Turns on etcd's access control, as a fleet runs: the user root (no password: it authenticates
+   * with its certificate) and `admins` with the root role — the fleet's admins, who write GPOs, the
+   * directory and hosts' roles. Every other certificate's CN is a user only once a role is made
+   * for it (`consec fleet host` does that for hosts).
+   */
+  async enableAuth(admins: string[]): Promise<void> {
+    for (const user of ['root', ...admins]) {
+      await this.etcdctl(['user', 'add', user, '--no-password']);
+      await this.etcdctl(['user', 'grant-role', user, 'root']);
+    }
+    await this.etcdctl(['auth', 'enable']);
   }
 
   /** Waits until every running member answers and the cluster has a leader (etcdctl exits 0 only then). */
@@ -169,12 +188,18 @@ export class EtcdCluster {
 
   /** Starts a killed member again (its data directory kept). */
   async restart(host: string): Promise<void> {
-    const m = this.members.find((x) => x.host === host);
-    if (!m || m.proc?.running) return;
-    m.proc = this.lab.spawn(
-      m.host,
-      this.argv({ ...m }).map((a) => (a === '--initial-cluster-state=new' ? '--initial-cluster-state=existing' : a)),
-    );
+    if (!this.members.some((x) => x.host === host)) return;
+    await this.resume();
+  }
+
+  /** Starts every stopped member again (their data kept) and waits for the cluster. */
+  async resume(): Promise<void> {
+    for (const m of this.members)
+      if (!m.proc?.running)
+        m.proc = this.lab.spawn(
+          m.host,
+          this.argv(m).map((a) => (a === '--initial-cluster-state=new' ? '--initial-cluster-state=existing' : a)),
+        );
     await this.healthy();
   }
 

@@ -207,7 +207,8 @@ export function domain(): TopologySpec {
 
 /**
  * A fleet on one switched segment (192.0.2.0/24): three etcd members (etcd1–3, .21–.23) holding the
- * fleet's Group Policy, an admin workstation (.9), and member hosts alice (.1), bob (.2), carol (.3).
+ * fleet's Group Policy, an admin workstation (.9), the domain controller (.10, Kerberos), and member
+ * hosts alice (.1), bob (.2), carol (.3).
  */
 export function fleet(): TopologySpec {
   const members: [string, number][] = [
@@ -215,6 +216,7 @@ export function fleet(): TopologySpec {
     ['etcd2', 22],
     ['etcd3', 23],
     ['admin', 9],
+    ['dc', 10],
     ['alice', 1],
     ['bob', 2],
     ['carol', 3],

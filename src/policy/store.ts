@@ -8,7 +8,7 @@ import { mkdirSync, readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
-import { ConsecError, permissionDenied } from '../errors.ts';
+import { permissionDenied } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
 import {
   type CollectionName,
@@ -22,12 +22,10 @@ import {
 import { ipsecRuleSchema, mainModeRuleSchema, storeFileSchema, storeSkeletonSchema } from './schema.ts';
 import { LARGE_COLLECTIONS, type LargeCollection, validateAdded, validateDocument } from './validate.ts';
 import { InputTooLargeError, readFileBounded, readFileInto } from '../io/bounded.ts';
+import { PolicyStoreError } from './errors.ts';
+import { readGroupPolicy } from './group-policy.ts';
 
-export class PolicyStoreError extends ConsecError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_POLICY_STORE', message, options);
-  }
-}
+export { PolicyStoreError };
 
 export const DEFAULT_STATE_DIR = '/var/lib/consec';
 
@@ -100,12 +98,10 @@ export class PolicyStores {
       throw new PolicyStoreError(`The policy store "${name}" is not valid.`);
     }
     const key = lower === 'localhost' || lower === hostname().toLowerCase() ? 'localhost' : n;
-    return {
-      name: n,
-      kind: 'gpo',
-      writable: true,
-      file: join(this.policyDir, 'gpo', `${encodeURIComponent(key)}.json`),
-    };
+    // A GPO of the fleet is edited in a copy that this host does not apply: what the host applies
+    // of the fleet is what targets it, as the fleet agent fetched it (fleet-gpos.json).
+    const dir = this.isFleetGpo?.(n) ? join(this.stateDir, 'fleet-edit') : join(this.policyDir, 'gpo');
+    return { name: n, kind: 'gpo', writable: true, file: join(dir, `${encodeURIComponent(key)}.json`) };
   }
 
   /** Reads a store (or computes a view). Missing files read as a new store. */
@@ -162,6 +158,9 @@ export class PolicyStores {
    * so that Save-NetGPO can write it to the fleet's cluster); throws to refuse.
    */
   beforeChange?: (storeName: string) => void;
+
+  /** Whether a domain GPO's name is one of the fleet's (set by the shell of a host that joined one). */
+  isFleetGpo?: (storeName: string) => boolean;
 
   async update<T>(name: string | undefined, change: (doc: PolicyDocument) => T): Promise<T> {
     const s = this.resolve(name);
@@ -338,7 +337,24 @@ export class PolicyStores {
     return readStoreFile(file, storeName, cache);
   }
 
+  /**
+   * The GPOs of RSOP in processing order (the last has the highest precedence): the local GPO
+   * stores, then the fleet's GPOs as this host last applied them (`fleet-gpos.json`).
+   */
+  rsopParts(): { name: string; doc: PolicyDocument }[] {
+    const fleet = readGroupPolicy(this.policyDir);
+    const domain = (fleet?.gpos ?? []).map((g) => ({
+      name: g.name,
+      doc: readStoreText(g.text, g.name, `The GPO ${g.name} (fleet revision ${g.revision})`),
+    }));
+    return [...this.localGpoDocuments(), ...domain];
+  }
+
   private gpoDocuments(): PolicyDocument[] {
+    return this.rsopParts().map((p) => p.doc);
+  }
+
+  private localGpoDocuments(): { name: string; doc: PolicyDocument }[] {
     const dir = join(this.policyDir, 'gpo');
     const files = new Set<string>();
     try {
@@ -348,7 +364,10 @@ export class PolicyStores {
     }
     // GPO stores this transaction created are not on disk yet.
     for (const [file, open] of this.session ?? []) if (open.dirty && dirname(file) === dir) files.add(basename(file));
-    return [...files].sort().map((f) => this.readFile(join(dir, f), decodeURIComponent(f.slice(0, -5))));
+    return [...files].sort().map((f) => {
+      const name = decodeURIComponent(f.slice(0, -5));
+      return { name, doc: this.readFile(join(dir, f), name) };
+    });
   }
 }
 

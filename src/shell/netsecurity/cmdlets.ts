@@ -867,6 +867,7 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
  * writes it to the cluster: a change without one would stay on this host and reach no one.
  */
 function guardFleetGpos(stores: PolicyStores): void {
+  stores.isFleetGpo = (name) => fleetGpo(stores, name) !== undefined;
   stores.beforeChange = (name) => {
     if (fleetGpo(stores, name) && new GpoSessions(stores.stateDir).opened(name) === undefined)
       throw new PwshError(
