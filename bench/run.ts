@@ -63,6 +63,18 @@ const SECTIONS: Section[] = [
     limit: pick(300, 420, 600),
   },
   {
+    script: 'fleet.ts',
+    args: [
+      '--hosts',
+      pick('20', '100', '100'),
+      '--watchers',
+      pick('100', '1000', '1000'),
+      '--rounds',
+      pick('3', '10', '30'),
+    ],
+    limit: pick(300, 900, 1200),
+  },
+  {
     script: 'dataplane.ts',
     args: ['--seconds', pick('1', '2', '10'), '--reps', pick('1', '3', '3')],
     limit: pick(240, 480, 1500),

@@ -220,7 +220,15 @@ describe('userspace data plane ↔ strongSwan (tunnel mode, ESP in UDP)', () => 
             : fixture(lab, 'alice', 'tcp-transfer', ['stream', b, 5005, 9]);
         await client.exited;
         const [done] = events<{ sent: string; received: string; maxGapMs?: number }>(client, 'done');
-        assert.ok(done, `${client.output()}\n${daemon.output().slice(-4000)}`);
+        // No end of the stream: the SA history on both sides, to see which renewal left a gap.
+        const saHistory = (d: LabProcess) =>
+          d
+            .output()
+            .split('\n')
+            .filter((l) => /child SA|ISAKMP|Quick Mode|Main Mode|delete|rekey|acquire|drop/i.test(l))
+            .join('\n')
+            .slice(-12_000);
+        assert.ok(done, `${client.output()}\n${saHistory(daemon)}\n--- charon\n${bob.log().slice(-8000)}`);
         assert.equal(done.received, done.sent, 'every byte came back unchanged');
         if (done.maxGapMs !== undefined)
           assert.ok(

@@ -110,7 +110,7 @@ describe('fleet GPOs in etcd: Open-NetGPO / Save-NetGPO with compare-and-swap', 
     await cluster.restart('etcd1');
   });
 
-  it('domain isolation from a GPO: the two members it targets negotiate AuthIP with each other, the third gets nothing; a change reaches both while an etcd member is down; with the cluster down hosts keep enforcing, also across a restart; a host can neither write a GPO nor read one that does not target it', async () => {
+  it('domain isolation from a GPO: the two members it targets negotiate AuthIP with each other, the third gets nothing; a change reaches both while an etcd member is down; a GPO written badly by hand is refused whole with the error reported; with the cluster down hosts keep enforcing, also across a restart; a host can neither write a GPO nor read one that does not target it', async () => {
     const adm = await admin('admin-fleet');
     const ok = async (dir: string, args: string[]) => {
       const r = await consec(dir, args);
@@ -252,6 +252,46 @@ describe('fleet GPOs in etcd: Open-NetGPO / Save-NetGPO with compare-and-swap', 
       const second = (await inCluster(adm, ISOLATION)).revision;
       await Promise.all([applied('alice', second), applied('bob', second)]);
       assert.match((await ping('carol', a)).stdout, / 0% packet loss/);
+      // Someone writes the GPO by hand, badly (a rule with a security that does not exist): both hosts
+      // refuse that revision whole, keep the last good, and report why; the good text back clears it.
+      const good = await cluster.etcdctl(['get', key, '--print-value-only']);
+      const bad = good
+        .split('\n')
+        .map((l) =>
+          l.includes('"Exempt carol"') ? l.replace('"InboundSecurity":"None"', '"InboundSecurity":"Sometimes"') : l,
+        )
+        .join('\n');
+      assert.notEqual(bad, good);
+      await cluster.etcdctl(['put', key, bad.trimEnd()]);
+      const statusOf = async (h: string) =>
+        (
+          JSON.parse(await ok(adm, ['fleet', 'status', '--json'])) as {
+            host: string;
+            status?: { error?: string; gpos: { revision: string }[] };
+          }[]
+        ).find((x) => x.host === h)?.status;
+      for (const h of ['alice', 'bob'])
+        await waitUntil(
+          async () => /Domain Isolation.*InboundSecurity/s.test((await statusOf(h))?.error ?? ''),
+          `${h} reports the bad GPO`,
+          30_000,
+        ).catch(async (err: Error) => {
+          const log = (daemons[h] as LabProcess)
+            .output()
+            .split('\n')
+            .filter((l) => l.includes('fleet'))
+            .join('\n');
+          throw new Error(`${err.message}: ${JSON.stringify(await statusOf(h))}\n${log.slice(-3000)}`);
+        });
+      assert.deepEqual(await rules('alice', 'ActiveStore'), [
+        'Domain Isolation',
+        'Exempt carol',
+        'Exempt the domain controller and the policy servers',
+      ]);
+      assert.match((await ping('carol', a)).stdout, / 0% packet loss/, 'the last good policy is still enforced');
+      await cluster.etcdctl(['put', key, good.trimEnd()]);
+      for (const h of ['alice', 'bob'])
+        await waitUntil(async () => (await statusOf(h))?.error === undefined, `${h} reports no error again`, 30_000);
       // The whole cluster goes down: hosts keep enforcing, also alice after her daemon restarts.
       await cluster.stop();
       await daemons.alice?.stop('SIGTERM', 10_000);

@@ -35,8 +35,11 @@ const name = `${cfg.fleet.domain}\\${cfg.gpo}`;
 const domain = cfg.fleet.domain;
 
 // Hosts in the domain's container, the GPO linked there.
+for (let i = 0; i < cfg.hosts.length; i += 100)
+  await editDirectory(etcd, domain, (dir) => {
+    for (const h of cfg.hosts.slice(i, i + 100)) dir.hosts.set(h.toLowerCase(), { container: domain, groups: [] });
+  });
 await editDirectory(etcd, domain, (dir) => {
-  for (const h of cfg.hosts) dir.hosts.set(h.toLowerCase(), { container: domain, groups: [] });
   dir.containers.set(domain.toLowerCase(), {
     path: domain,
     blockInheritance: false,
@@ -122,6 +125,7 @@ async function received(): Promise<number> {
   return n;
 }
 const r0 = await received();
+if (r0 === 0) throw new Error('the etcd members report no grpc_server_msg_received_total: cannot measure their load');
 const i0 = performance.now();
 await new Promise((r) => setTimeout(r, cfg.idleSeconds * 1000));
 const idle = ((await received()) - r0) / ((performance.now() - i0) / 1000);

@@ -2,6 +2,7 @@
  * `consec fleet …` (joining a fleet, its directory: hosts, containers, links, security filtering;
  * the fleet's state), `consec gpupdate` and `consec gpresult`, as a Windows admin knows the last two.
  */
+import { rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
@@ -9,10 +10,10 @@ import type { Etcd3 } from 'etcd3';
 import { ConsecError } from '../errors.ts';
 import { controlRequest, NoDaemonError } from '../daemon/control.ts';
 import { editDirectory, fleetStatus } from '../fleet/admin.ts';
-import { type FleetConfig, readFleetConfig, writeFleetConfig } from '../fleet/config.ts';
+import { type FleetConfig, fleetFile, readFleetConfig, writeFleetConfig } from '../fleet/config.ts';
 import { containerChain, type Directory, type GpoLink } from '../fleet/directory.ts';
 import { connectFleet, loadGpo } from '../fleet/gpo.ts';
-import { readGroupPolicy } from '../policy/group-policy.ts';
+import { readGroupPolicy, removeGroupPolicy } from '../policy/group-policy.ts';
 import { PolicyStores } from '../policy/store.ts';
 
 const out = (line = ''): void => void process.stdout.write(`${line}\n`);
@@ -96,6 +97,28 @@ Examples:
       });
       out(`joined the fleet of ${opts.domain} as ${opts.host}`);
     });
+  fleet
+    .command('leave')
+    .description(
+      "leave the fleet: fleet.json and the fleet policy this host applied go (the daemon drops its GPOs' rules)",
+    )
+    .action(() => {
+      const config = joined(stateDir());
+      removeGroupPolicy(new PolicyStores(stateDir()).policyDir);
+      rmSync(fleetFile(stateDir()), { force: true });
+      out(`left the fleet of ${config.domain}`);
+    });
+  fleet
+    .command('access')
+    .description(
+      'give every host exactly the etcd rights the directory gives it (after a failed change, or a change made by hand)',
+    )
+    .action(() =>
+      withFleet(stateDir(), async (etcd, config) => {
+        const r = await editDirectory(etcd, config.domain, () => {}, { repair: true });
+        out(`access rights of ${r.dir.hosts.size} hosts in line with the directory`);
+      }),
+    );
   fleet
     .command('gpo <name>')
     .description("a GPO as the fleet's cluster holds it: its revision and its rules")
@@ -230,7 +253,7 @@ Examples:
       joined(stateDir());
       out('Updating policy...');
       try {
-        const r = (await controlRequest(stateDir(), 'gpupdate', { force }, 30_000)) as {
+        const r = (await controlRequest(stateDir(), 'gpupdate', { force }, 60_000)) as {
           revision: string;
           changed: boolean;
         };

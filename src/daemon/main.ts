@@ -4,6 +4,7 @@
  * deletes its SAs at the peers before exiting. Audit events go to the Security log (as auditpol
  * enables them), the journal, the debug log and stdout as `{"audit": {...}}` lines.
  */
+import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { TrafficSelector } from '../sa/spec.ts';
 import { isIP, isIPv4 } from 'node:net';
@@ -48,7 +49,7 @@ import { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
 import { FleetAgent } from '../fleet/agent.ts';
-import { type FleetConfig, readFleetConfig } from '../fleet/config.ts';
+import { type FleetConfig, fleetFile, readFleetConfig } from '../fleet/config.ts';
 import { consecVersion } from '../version.ts';
 
 /** The outbound verdict of the compiled policy for a packet in the TUN (IPv4 on the allocation-free path). */
@@ -398,7 +399,7 @@ async function serve(
     follow: !o.listen?.length,
     ctx,
     dataplane: withKeyExport(plane ?? kernel ?? logOnly, o.wiresharkKeys),
-    onPolicy: (doc) => onPolicy(doc),
+    onPolicy: (doc) => onPolicy(doc, true),
     onEstablished: (s) => metrics.established(s),
     trace: debugLog,
     bind: plane
@@ -495,18 +496,29 @@ async function serve(
     }
   };
   compile(service.policy);
-  // Those waiting for the next policy read from the stores to be enforced (the fleet agent).
-  let enforcedWaiters: { resolve: () => void }[] = [];
-  const onPolicy = (doc: PolicyDocument): void => {
-    const waiting = enforcedWaiters;
-    enforcedWaiters = [];
+  // Those waiting for the next policy read from the stores to be enforced (the fleet agent): only a
+  // read of the stores that started after they asked answers them.
+  let enforcedWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+  const onPolicy = (doc: PolicyDocument, fromStores = false): void => {
+    const waiting = fromStores ? enforcedWaiters : [];
+    if (fromStores) enforcedWaiters = [];
     const t0 = performance.now();
-    compile(doc);
+    try {
+      compile(doc);
+    } catch (err) {
+      log.error({ reason: (err as Error).message }, 'policy not compiled: the filters in force stay');
+      for (const w of waiting) w.reject(err as Error);
+      return;
+    }
     const t1 = performance.now();
     let t2 = t1;
     // Filters first, then routes for what the new policy protects (rules added while running).
     void guard(doc)
-      .then(() => {
+      .then((installed) => {
+        if (!installed && (plane || kernel)) {
+          const err = new Error('the fail-closed filters of the new policy could not be installed');
+          for (const w of waiting.splice(0)) w.reject(err);
+        }
         t2 = performance.now();
         return plane ? routeProtected(service, plane, ctx, log, routeCache) : undefined;
       })
@@ -621,6 +633,11 @@ async function serve(
         policyDir: stores.policyDir,
         log,
         version: consecVersion(),
+        joined: () => existsSync(fleetFile(stateDir)),
+        // The GPOs compiled as this daemon will: one it cannot use is refused before it is written.
+        check: (docs) => {
+          for (const d of docs) compilePolicy(d, ctx);
+        },
         enforce: () =>
           new Promise<void>((resolve, reject) => {
             const timer = setTimeout(() => {
@@ -631,6 +648,10 @@ async function serve(
               resolve: () => {
                 clearTimeout(timer);
                 resolve();
+              },
+              reject: (err: Error) => {
+                clearTimeout(timer);
+                reject(err);
               },
             };
             enforcedWaiters.push(waiter);

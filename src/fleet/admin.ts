@@ -28,6 +28,7 @@ import {
   targetedGpos,
 } from './directory.ts';
 import { FleetConflictError, gpoKey } from './gpo.ts';
+import { FleetError } from './config.ts';
 
 export interface DirectorySnapshot {
   dir: Directory;
@@ -36,6 +37,9 @@ export interface DirectorySnapshot {
   modRevisions: Map<string, string>;
   kvs: [string, string][];
 }
+
+/** etcd's default limit of operations in one transaction (--max-txn-ops). */
+export const MAX_TXN_OPS = 128;
 
 export async function readDirectory(etcd: Etcd3, domain: string): Promise<DirectorySnapshot> {
   const r = await etcd.getAll().prefix(directoryPrefix(domain)).exec();
@@ -65,17 +69,34 @@ function readableGpos(dir: Directory, host: string): Set<string> {
   return new Set(targetedGpos(dir, host).applied.map((a) => gpoKey(`${dir.domain}\\${a.gpo}`)));
 }
 
+/** The key every directory change bumps: changes are compared against it, so they apply one at a time. */
+export const directoryVersionKey = (domain: string): string => `/consec/dirversion/${domain.toLowerCase()}`;
+
 /**
- * Changes the directory with `edit` (on a copy) and writes what changed, with the hosts' access
- * rights kept to match; done again on a fresh read when someone else changed the same keys.
+ * Changes the directory with `edit` (on a copy) and writes what changed in one transaction that holds
+ * only if no other directory change was committed since it was read (else it is done again on a
+ * fresh read). Hosts' access rights follow: those a change gives are granted before it is written,
+ * those it takes away revoked after; `repair` also brings every host's rights in line with the
+ * directory when nothing changed.
  */
 export async function editDirectory(
   etcd: Etcd3,
   domain: string,
   edit: (dir: Directory) => void,
-  o: { access?: boolean } = {},
+  o: { access?: boolean; repair?: boolean } = {},
 ): Promise<{ revision: string; dir: Directory }> {
+  const access = o.access !== false;
+  const versionKey = directoryVersionKey(domain);
+  /** Hosts granted rights by an attempt (also one that lost): brought in line after the commit. */
+  const granted = new Set<string>();
+  let known: { roles: Set<string>; users: Set<string> } | undefined;
+  const knownRights = async () =>
+    (known ??= {
+      roles: new Set((await etcd.getRoles()).map((x) => x.name)),
+      users: new Set((await etcd.getUsers()).map((u) => u.name)),
+    });
   for (let attempt = 0; attempt < 5; attempt++) {
+    const version = (await etcd.get(versionKey).exec()).kvs[0];
     const before = await readDirectory(etcd, domain);
     const after = { dir: parseDirectory(domain, before.kvs) };
     edit(after.dir);
@@ -86,55 +107,73 @@ export async function editDirectory(
     const changed = [...new Set([...oldKeys.keys(), ...newKeys.keys()])].filter(
       (k) => oldKeys.get(k) !== newKeys.get(k),
     );
-    if (changed.length === 0) return { revision: before.revision, dir: after.dir };
-    const hosts = new Set([...before.dir.hosts.keys(), ...after.dir.hosts.keys()]);
-    const access = o.access !== false;
+    if (changed.length === 0) {
+      if (access && o.repair) await reconcile(etcd, domain, after.dir, after.dir.hosts.keys(), await knownRights());
+      return { revision: before.revision, dir: after.dir };
+    }
+    if (changed.length + 1 > MAX_TXN_OPS)
+      throw new FleetError(
+        `This directory change writes ${changed.length} keys, more than one etcd transaction takes (${MAX_TXN_OPS} operations, its --max-txn-ops): nothing was changed. Make it in parts.`,
+      );
     if (access) {
-      const known = {
-        roles: new Set((await etcd.getRoles()).map((x) => x.name)),
-        users: new Set((await etcd.getUsers()).map((u) => u.name)),
-      };
-      // Only hosts whose rights grow (a new host, or GPOs that now target it).
+      const k = await knownRights();
+      // Hosts whose rights grow (a new host, or GPOs that now target it): before the change is visible.
       for (const h of after.dir.hosts.keys()) {
         const now = readableGpos(after.dir, h);
         const was = before.dir.hosts.has(h) ? readableGpos(before.dir, h) : undefined;
-        if (was && [...now].every((k) => was.has(k)) && known.roles.has(hostRole(domain, h))) continue;
-        await grantHost(etcd, domain, h, [...(was ?? []), ...now], known);
+        if (was && [...now].every((key) => was.has(key)) && k.roles.has(hostRole(domain, h))) continue;
+        await grantHost(etcd, domain, h, [...(was ?? []), ...now], k);
+        granted.add(h);
       }
     }
-    const txn = changed.reduce(
-      (t, k) => {
-        const mod = before.modRevisions.get(k);
-        return t === undefined
-          ? etcd.if(k, mod ? 'Mod' : 'Create', '==', mod ?? 0)
-          : t.and(k, mod ? 'Mod' : 'Create', '==', mod ?? 0);
-      },
-      undefined as ReturnType<Etcd3['if']> | undefined,
-    ) as ReturnType<Etcd3['if']>;
-    const r = await txn
-      .then(
-        ...changed.map((k) => {
-          const v = newKeys.get(k);
-          return v === undefined ? etcd.delete().key(k) : etcd.put(k).value(v);
-        }),
-      )
-      .commit();
+    let r: Awaited<ReturnType<ReturnType<Etcd3['if']>['commit']>>;
+    try {
+      r = await etcd
+        .if(versionKey, version ? 'Mod' : 'Create', '==', version ? String(version.mod_revision) : 0)
+        .then(
+          ...changed.map((key) => {
+            const v = newKeys.get(key);
+            return v === undefined ? etcd.delete().key(key) : etcd.put(key).value(v);
+          }),
+          etcd.put(versionKey).value(new Date().toISOString()),
+        )
+        .commit();
+    } catch (err) {
+      // etcd refuses a request that raced a change of its access rules; it is only to be sent again.
+      if (/revision of auth store is old/.test((err as Error).message)) continue;
+      throw err;
+    }
     if (!r.succeeded) continue;
-    if (access)
-      for (const h of hosts) {
-        if (!after.dir.hosts.has(h)) {
-          if (before.dir.hosts.has(h)) await removeHost(etcd, domain, h);
-          continue;
+    if (access) {
+      const hosts = new Set([...before.dir.hosts.keys(), ...granted]);
+      for (const h of hosts)
+        if (!after.dir.hosts.has(h)) await removeHost(etcd, domain, h);
+        else {
+          const now = readableGpos(after.dir, h);
+          if (granted.has(h) || [...readableGpos(before.dir, h)].some((key) => !now.has(key)))
+            await revokeHost(etcd, domain, h, now);
         }
-        const now = readableGpos(after.dir, h);
-        if (before.dir.hosts.has(h) && [...readableGpos(before.dir, h)].some((k) => !now.has(k)))
-          await revokeHost(etcd, domain, h, now);
-      }
+    }
     return { revision: String(r.header.revision), dir: after.dir };
   }
   throw new FleetConflictError(
     `The fleet's directory kept changing while this change was made (5 tries): nothing was changed. Try again.`,
   );
+}
+
+/** Every host of `hosts` gets exactly the rights the directory gives it. */
+async function reconcile(
+  etcd: Etcd3,
+  domain: string,
+  dir: Directory,
+  hosts: Iterable<string>,
+  known: { roles: Set<string>; users: Set<string> },
+): Promise<void> {
+  for (const h of hosts) {
+    const now = readableGpos(dir, h);
+    await grantHost(etcd, domain, h, [...now], known);
+    await revokeHost(etcd, domain, h, now);
+  }
 }
 
 /** Creates the host's etcd user and role if needed and grants the directory, its status and `gpos`. */

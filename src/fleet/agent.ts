@@ -12,8 +12,17 @@
  * growing pause; the client fails over between members and its watches resume where they stopped.
  */
 import type { Etcd3, Watcher } from 'etcd3';
-import { type AppliedGroupPolicy, readGroupPolicy, writeGroupPolicy } from '../policy/group-policy.ts';
+import { PolicyValidationError } from '../policy/endpoints.ts';
+import { PolicyStoreError } from '../policy/errors.ts';
+import {
+  type AppliedGroupPolicy,
+  readGroupPolicy,
+  removeGroupPolicy,
+  writeGroupPolicy,
+} from '../policy/group-policy.ts';
+import type { PolicyDocument } from '../policy/model.ts';
 import { readStoreText } from '../policy/store.ts';
+import { validateDocument } from '../policy/validate.ts';
 import { type FleetConfig, FleetError } from './config.ts';
 import {
   type AppliedLink,
@@ -56,6 +65,13 @@ export interface FleetAgentOptions {
    * filters and data plane updated) and rejects when it cannot.
    */
   enforce: () => Promise<void>;
+  /**
+   * Checks the GPOs about to be applied as the daemon would use them (it compiles them); throws to
+   * refuse the revision. Before anything is written.
+   */
+  check?: (docs: PolicyDocument[]) => void;
+  /** Whether the host is still a member (`consec fleet leave` ends the agent's work). */
+  joined?: () => boolean;
   /** How often the status is written again when nothing changes (the last-contact time); 10 min. */
   heartbeatMs?: number;
   /** The longest pause between attempts while the cluster cannot be reached; 30 s. */
@@ -65,25 +81,37 @@ export interface FleetAgentOptions {
 }
 
 export interface RefreshResult {
+  /** The cluster revision the fleet's policy was last read at. */
   revision: string;
   changed: boolean;
   gpos: string[];
 }
 
-const same = (a: AppliedGroupPolicy | undefined, b: AppliedGroupPolicy): boolean =>
-  a !== undefined && JSON.stringify({ ...a, appliedAt: '' }) === JSON.stringify({ ...b, appliedAt: '' });
+/** The applied policy without when and at which cluster revision it was read: its content. */
+const content = (a: AppliedGroupPolicy | undefined): string =>
+  a === undefined ? '' : JSON.stringify({ ...a, appliedAt: '', revision: '' });
+
+/**
+ * Errors of the fleet's content (a directory record or a GPO that is not valid here): reading again
+ * gives the same answer, so the agent waits for the next change instead of retrying on a timer.
+ */
+const isContentError = (err: unknown): boolean =>
+  err instanceof FleetError || err instanceof PolicyStoreError || err instanceof PolicyValidationError;
 
 export class FleetAgent {
   private etcd?: Etcd3;
   private dirWatch?: Watcher;
   private readonly gpoWatches = new Map<string, Watcher>();
-  private running?: Promise<RefreshResult>;
-  private again = false;
+  /** The refresh loop: one run at a time; a request during a run makes one more run after it. */
+  private loop?: Promise<RefreshResult>;
+  private pending?: { force: boolean };
   private timer?: NodeJS.Timeout;
   private heartbeat?: NodeJS.Timeout;
   private retryMs = 500;
   private closed = false;
   private last: HostStatus;
+  /** Status reports, one at a time, in order. */
+  private reports = Promise.resolve(true);
 
   constructor(private readonly o: FleetAgentOptions) {
     const applied = this.applied();
@@ -104,10 +132,14 @@ export class FleetAgent {
       { domain: this.o.config.domain, endpoints: this.o.config.endpoints, lastGood: applied?.revision ?? 'none' },
       applied ? 'fleet: enforcing the last good fleet policy until the cluster answers' : 'fleet: joined',
     );
-    this.etcd = (this.o.connect ?? connectFleet)(this.o.config);
-    this.schedule(0);
-    this.heartbeat = setInterval(() => void this.report(), this.o.heartbeatMs ?? 600_000);
+    // Also a periodic re-read: a change a watch missed is found at the next beat, and the status's
+    // last-contact time moves.
+    this.heartbeat = setInterval(
+      () => void this.request(false, true).catch(() => undefined),
+      this.o.heartbeatMs ?? 600_000,
+    );
     this.heartbeat.unref();
+    this.schedule(0);
   }
 
   /** The status this host last reported (or would report). */
@@ -115,19 +147,9 @@ export class FleetAgent {
     return this.last;
   }
 
-  /** `gpupdate /force`: reads the directory and every targeted GPO now and applies them again. */
-  async refresh(force = false): Promise<RefreshResult> {
-    if (this.running) {
-      // One at a time: the one under way may have read before the change asked for; run again after.
-      this.again = true;
-      await this.running.catch(() => undefined);
-    }
-    this.running = this.run(force);
-    try {
-      return await this.running;
-    } finally {
-      this.running = undefined;
-    }
+  /** `gpupdate [/force]`: reads the directory and every targeted GPO now (and applies them again). */
+  refresh(force = false): Promise<RefreshResult> {
+    return this.request(force, false);
   }
 
   async close(): Promise<void> {
@@ -135,6 +157,7 @@ export class FleetAgent {
     clearTimeout(this.timer);
     clearInterval(this.heartbeat);
     await Promise.allSettled([this.dirWatch?.cancel(), ...[...this.gpoWatches.values()].map((w) => w.cancel())]);
+    await this.reports;
     this.etcd?.close();
   }
 
@@ -146,20 +169,45 @@ export class FleetAgent {
     }
   }
 
+  /**
+   * Runs the refresh loop: a request while a run is under way (it may have read before the change
+   * that asked) makes exactly one more run after it, and every caller gets that later run's result.
+   */
+  private request(force: boolean, report: boolean): Promise<RefreshResult> {
+    this.pending = { force: force || (this.pending?.force ?? false) };
+    this.reportAnyway ||= report;
+    this.loop ??= (async () => {
+      let result: RefreshResult | undefined;
+      try {
+        while (this.pending && !this.closed) {
+          const { force: f } = this.pending;
+          this.pending = undefined;
+          result = await this.run(f);
+        }
+      } finally {
+        this.loop = undefined;
+      }
+      if (!result) throw new FleetError('the fleet agent is closed');
+      return result;
+    })();
+    return this.loop;
+  }
+
+  private reportAnyway = false;
+
   private schedule(ms: number): void {
     if (this.closed) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.refresh().then(
+      this.request(false, false).then(
         () => {
           this.retryMs = 500;
-          if (this.again) {
-            this.again = false;
-            this.schedule(0);
-          }
         },
-        () => {
+        (err: unknown) => {
+          // The cluster could not be reached: again after a growing pause (the watches, once
+          // connected, also ask). Content that is not valid: the next change will tell.
+          if (isContentError(err)) return;
           this.schedule(this.retryMs);
           this.retryMs = Math.min(this.retryMs * 2, this.o.maxRetryMs ?? 30_000);
         },
@@ -168,20 +216,48 @@ export class FleetAgent {
     this.timer.unref();
   }
 
-  private async run(force: boolean): Promise<RefreshResult> {
-    const etcd = this.etcd;
-    if (!etcd) throw new FleetError('the fleet agent is not started');
-    const { config } = this.o;
-    let targeting: Targeting | undefined;
-    let revision = '0';
+  private connect(): Etcd3 {
+    if (this.etcd) return this.etcd;
+    // The TLS files are read here: a file that cannot be read is an error of this attempt, and the
+    // next attempt reads them again.
     try {
+      this.etcd = (this.o.connect ?? connectFleet)(this.o.config);
+    } catch (err) {
+      throw new Error((err as Error).message); // not the fleet's content: tried again later
+    }
+    const changed = () => this.schedule(0);
+    const w = this.etcd.watch().prefix(directoryPrefix(this.o.config.domain)).watcher();
+    // Each (re)connection of the watch stream reads again: nothing committed meanwhile is missed.
+    w.on('connected', changed).on('put', changed).on('delete', changed);
+    w.on('error', (err: Error) => {
+      this.o.log.warn({ reason: err.message }, 'fleet: the directory watch ended; reading again');
+      if (this.dirWatch === w) this.dirWatch = undefined;
+      this.schedule(this.retryMs);
+    });
+    this.dirWatch = w;
+    return this.etcd;
+  }
+
+  private async run(force: boolean): Promise<RefreshResult> {
+    const { config } = this.o;
+    if (this.o.joined && !this.o.joined()) {
+      // `consec fleet leave` while the daemon runs: nothing more is fetched or written.
+      this.o.log.info({ domain: config.domain }, 'fleet: this host left the fleet; no more fleet policy updates');
+      void this.close();
+      throw new FleetError('this host left the fleet');
+    }
+    let targeting: Targeting | undefined;
+    const current = this.applied();
+    try {
+      const etcd = this.connect();
       const dirRead = await etcd.getAll().prefix(directoryPrefix(config.domain)).exec();
-      revision = String(dirRead.header.revision);
+      const revision = String(dirRead.header.revision);
       const directory = parseDirectory(
         config.domain,
         dirRead.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]),
       );
       targeting = targetedGpos(directory, config.host);
+      this.watchGpos(targeting);
       // Every GPO at the directory's revision: one consistent picture of the fleet's policy.
       const reads = await Promise.all(
         targeting.applied.map((a) =>
@@ -196,6 +272,7 @@ export class FleetAgent {
         ...this.linkInfo(d, undefined),
         reason: d.reason,
       }));
+      const docs: PolicyDocument[] = [];
       reads.forEach((r, i) => {
         const a = targeting?.applied[i] as AppliedLink;
         const kv = r.kvs[0];
@@ -206,9 +283,18 @@ export class FleetAgent {
         const text = kv.value.toString('utf8');
         const info = this.linkInfo(a, String(kv.mod_revision));
         // All or nothing: one GPO that is not valid here refuses the whole revision.
-        readStoreText(text, info.name, `The GPO ${info.name} (fleet revision ${info.revision})`);
+        const doc = readStoreText(text, info.name, `The GPO ${info.name} (fleet revision ${info.revision})`);
+        try {
+          validateDocument(doc);
+        } catch (err) {
+          throw new PolicyStoreError(
+            `The GPO ${info.name} (fleet revision ${info.revision}): ${(err as Error).message}`,
+          );
+        }
+        docs.push(doc);
         gpos.push({ ...info, text });
       });
+      this.o.check?.(docs);
       const next: AppliedGroupPolicy = {
         format: 'consec-group-policy',
         version: 1,
@@ -221,29 +307,37 @@ export class FleetAgent {
         gpos,
         denied,
       };
-      this.watch(targeting, revision);
-      const current = this.applied();
-      const changed = !same(current, next);
+      const changed = content(current) !== content(next);
+      const hadError = this.last.error !== undefined;
       if (changed || force) {
         writeGroupPolicy(this.o.policyDir, next);
-        await this.o.enforce();
+        try {
+          await this.o.enforce();
+        } catch (err) {
+          // Not in force: the previous fleet policy goes back, so the file stays the last good one.
+          if (current) writeGroupPolicy(this.o.policyDir, current);
+          else removeGroupPolicy(this.o.policyDir);
+          throw err;
+        }
         this.o.log.info(
           { revision, gpos: gpos.map((g) => `${g.name}@${g.revision}`), denied: denied.length, forced: force },
           'fleet policy applied',
         );
       }
-      const appliedAt = changed || force ? next.appliedAt : (current?.appliedAt ?? next.appliedAt);
-      const hadError = this.last.error !== undefined;
+      const inForce = changed || force ? next : (current as AppliedGroupPolicy);
       this.last = {
         host: config.host,
-        revision: changed || force ? revision : (current?.revision ?? revision),
-        gpos: gpos.map((g) => ({ name: g.name, revision: g.revision })),
-        appliedAt,
+        revision: inForce.revision,
+        gpos: inForce.gpos.map((g) => ({ name: g.name, revision: g.revision })),
+        appliedAt: inForce.appliedAt,
         reportedAt: new Date().toISOString(),
         consec: this.o.version,
       };
-      // Reported when it changed, and when it clears an error reported before.
-      if (changed || force || hadError) await this.report();
+      // Reported when it changed, when it clears an error, and on the heartbeat (last contact).
+      if (changed || force || hadError || this.reportAnyway) {
+        this.reportAnyway = false;
+        await this.report();
+      }
       return { revision, changed, gpos: gpos.map((g) => g.name) };
     } catch (err) {
       const reason = (err as Error).message;
@@ -252,10 +346,14 @@ export class FleetAgent {
         { reason, lastGood: good?.revision ?? 'none' },
         'fleet policy not applied: the last good fleet policy stays in force',
       );
+      const repeated = this.last.error === reason;
       this.last = { ...this.last, error: reason, reportedAt: new Date().toISOString() };
-      // Reported when the cluster can be reached (a GPO that is not valid, a directory record …).
-      await this.report();
-      if (targeting) this.watch(targeting, revision);
+      // Reported when the cluster can be reached (a GPO that is not valid, a directory record …),
+      // once per error (and on the heartbeat).
+      if (!repeated || this.reportAnyway) {
+        this.reportAnyway = false;
+        await this.report();
+      }
       throw err;
     }
   }
@@ -270,41 +368,32 @@ export class FleetAgent {
     };
   }
 
-  /** Writes the status under the host's key; whether the cluster took it. */
-  private async report(): Promise<boolean> {
-    const etcd = this.etcd;
-    if (!etcd || this.closed) return false;
+  /** Writes the status under the host's key, after any report before it; whether the cluster took it. */
+  private report(): Promise<boolean> {
     const status = { ...this.last, reportedAt: new Date().toISOString() };
-    try {
-      await etcd.put(statusKey(this.o.config.domain, this.o.config.host)).value(JSON.stringify(status));
-      this.last = status;
-      return true;
-    } catch (err) {
-      this.o.log.warn({ reason: (err as Error).message }, 'fleet: status not reported');
-      return false;
-    }
+    this.reports = this.reports.then(async () => {
+      const etcd = this.etcd;
+      if (!etcd || this.closed) return false;
+      try {
+        await etcd.put(statusKey(this.o.config.domain, this.o.config.host)).value(JSON.stringify(status));
+        return true;
+      } catch (err) {
+        this.o.log.warn({ reason: (err as Error).message }, 'fleet: status not reported');
+        return false;
+      }
+    });
+    return this.reports;
   }
 
   /**
-   * Watches the directory and each GPO this host applies (or would, once it exists), from the
-   * revision after the one read: nothing committed in between is missed.
+   * Watches each GPO this host applies (or would, once it exists). A change reads everything again
+   * at a revision after it, so a watch started after the read misses nothing: the read covers
+   * what came before, the watch (from the cluster's revision at its start) what comes after.
    */
-  private watch(targeting: Targeting, revision: string): void {
+  private watchGpos(targeting: Targeting): void {
     const etcd = this.etcd;
     if (!etcd || this.closed) return;
-    const from = String(BigInt(revision) + 1n);
     const changed = () => this.schedule(0);
-    const failed = (what: string) => (err: Error) => {
-      this.o.log.warn({ what, reason: err.message }, 'fleet: watch ended; reading again');
-      if (what === 'directory') this.dirWatch = undefined;
-      else this.gpoWatches.delete(what);
-      this.schedule(this.retryMs);
-    };
-    if (!this.dirWatch) {
-      const w = etcd.watch().prefix(directoryPrefix(this.o.config.domain)).startRevision(from).watcher();
-      w.on('put', changed).on('delete', changed).on('error', failed('directory'));
-      this.dirWatch = w;
-    }
     const keys = new Set(targeting.applied.map((a) => gpoKey(`${this.o.config.domain}\\${a.gpo}`)));
     for (const [key, w] of this.gpoWatches)
       if (!keys.has(key)) {
@@ -313,8 +402,13 @@ export class FleetAgent {
       }
     for (const key of keys)
       if (!this.gpoWatches.has(key)) {
-        const w = etcd.watch().key(key).startRevision(from).watcher();
-        w.on('put', changed).on('delete', changed).on('error', failed(key));
+        const w = etcd.watch().key(key).watcher();
+        w.on('connected', changed).on('put', changed).on('delete', changed);
+        w.on('error', (err: Error) => {
+          // Typically: this host may not read the GPO (yet). The directory watch tells when that changes.
+          this.o.log.warn({ gpo: key, reason: err.message }, 'fleet: a GPO watch ended');
+          if (this.gpoWatches.get(key) === w) this.gpoWatches.delete(key);
+        });
         this.gpoWatches.set(key, w);
       }
   }

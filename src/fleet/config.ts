@@ -22,8 +22,11 @@ const fleetSchema = z.strictObject({
   cert: z.string().min(1),
   key: z.string().min(1),
   domain: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/, 'a DNS domain name'),
-  /** This host's name in the fleet (its key under /consec/host/). */
-  host: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'a host name'),
+  /** This host's name in the fleet, lower case: its directory entry, its status key, its etcd user (its certificate's CN). */
+  host: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'a host name')
+    .transform((h) => h.toLowerCase()),
 });
 
 export type FleetConfig = z.infer<typeof fleetSchema>;

@@ -88,8 +88,11 @@ export function parseDirectory(domain: string, kvs: Iterable<[string, string]>):
   const prefix = directoryPrefix(domain);
   for (const [key, text] of kvs) {
     if (!key.startsWith(prefix)) continue;
-    const [kind, id] = key.slice(prefix.length).split('/', 2) as [string, string | undefined];
-    if (id === undefined) throw new FleetError(`the fleet directory's key ${key} is not one consec writes`);
+    const [kind, id, ...rest] = key.slice(prefix.length).split('/') as [string, string | undefined];
+    // Only the form consec writes (lower case, encoded): a record under another spelling of a name
+    // would otherwise be missed by its lookups — a security filter ignored is a GPO applied to all.
+    if (id === undefined || rest.length > 0)
+      throw new FleetError(`the fleet directory's key ${key} is not one consec writes`);
     let raw: unknown;
     try {
       raw = JSON.parse(text);
@@ -110,6 +113,8 @@ export function parseDirectory(domain: string, kvs: Iterable<[string, string]>):
     } catch {
       throw new FleetError(`the fleet directory's key ${key} is not one consec writes`);
     }
+    if (id !== encodeURIComponent(lower.toLowerCase()))
+      throw new FleetError(`the fleet directory's key ${key} is not one consec writes (names are lower case, encoded)`);
     if (kind === 'container') {
       const c = parse(containerSchema);
       if (c.path.toLowerCase() !== lower) throw new FleetError(`the fleet directory's ${key} holds ${c.path}`);

@@ -5,7 +5,7 @@
  * applied whole or not at all, and it is the host's last good fleet policy across restarts and
  * while the cluster cannot be reached. The ActiveStore reads it as the domain GPOs of RSOP.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../io/atomic.ts';
@@ -71,4 +71,9 @@ export function writeGroupPolicy(policyDir: string, applied: AppliedGroupPolicy)
   if (!r.success) throw new PolicyStoreError(`not a fleet Group Policy: ${r.error.message}`);
   mkdirSync(policyDir, { recursive: true, mode: 0o700 });
   writeFileAtomic(groupPolicyFile(policyDir), `${JSON.stringify(r.data, null, 1)}\n`, 0o600);
+}
+
+/** Removes the applied fleet policy (a host that leaves its fleet; a first revision not enforced). */
+export function removeGroupPolicy(policyDir: string): void {
+  rmSync(groupPolicyFile(policyDir), { force: true });
 }
