@@ -13,7 +13,8 @@
  *
  *   node --import tsx bench/fleet.ts [--hosts 100] [--watchers 1000] [--rounds 10] [--partition 5] [--json]
  */
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EtcdCluster } from '../src/lab/etcd.ts';
@@ -33,6 +34,7 @@ const ROUNDS = numberArg('rounds', 10);
 const PARTITION_S = numberArg('partition', 5);
 const DOMAIN = 'bench.example';
 const DIST = join(ROOT, 'dist', 'cli', 'main.js');
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 if (!existsSync(DIST)) throw new Error(`${DIST} is missing: run npm run build (scripts/setup.sh does)`);
 
 const lab = await Lab.create(fleet());
@@ -88,9 +90,28 @@ try {
     ]);
     procs.push(driver);
     await driver.waitFor(/"phase":"setup"/, 300_000);
+    const hostProcs = procs.length;
     await startHosts();
+    // CPU the hosts' processes spent on the saves (from /proc: user + system time).
+    const cpu = () =>
+      procs.slice(hostProcs).reduce((sum, p) => {
+        try {
+          const f = readFileSync(`/proc/${p.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+          return sum + Number(f[11]) + Number(f[12]);
+        } catch {
+          return sum;
+        }
+      }, 0);
+    await driver.waitFor(/"phase":"converged"/, 600_000);
+    const cpu0 = cpu();
+    await driver.waitFor(/"phase":"rounds"/, 900_000);
+    const cpuMsPerApply = ((cpu() - cpu0) * (1000 / CLOCK_TICKS)) / (hosts.length * ROUNDS);
     await driver.waitFor(/"phase":"done"/, 900_000).catch((err: Error) => {
-      throw new Error(`${err.message}\n${driver.output().slice(-3000)}`);
+      const others = procs
+        .filter((p) => p !== driver)
+        .slice(0, 3)
+        .map((p) => p.output().slice(-2000));
+      throw new Error(`${err.message}\n${driver.output().slice(-3000)}\n--- hosts:\n${others.join('\n---\n')}`);
     });
     const lines = driver
       .output()
@@ -111,8 +132,9 @@ try {
       round(percentile(last, 99), 0),
       round(Math.max(...partition), 0),
       round(get<{ requestsPerSecond: number }>('idle').requestsPerSecond, 2),
+      round(cpuMsPerApply, 1),
     ]);
-    process.stderr.write('.');
+    process.stderr.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
   }
 
   // consec daemons, each with its own IKE address in the alice namespace.
@@ -172,7 +194,7 @@ try {
   emit({
     id: 'fleet',
     title: 'Fleet Group Policy: Save-NetGPO → applied on every host',
-    method: `A 3-member etcd cluster (Debian etcd-server, TLS with client certificates, access control on) in lab namespaces; one GPO linked to the domain, so it targets every host. **consec daemons**: real \`consec daemon\` processes (dist/, \`--dataplane none\`: applied = read at one revision, checked, compiled and loaded by the keying service), each its own state directory, certificate and IKE address. **host agents**: the daemon's fleet agent alone (its own certificate, etcd connection, state directory and status key), 100 to a process. ${ROUNDS} saves per row: per-host time from Save-NetGPO returning to the host's status showing the saved revision (watched by the admin), p50/p99 over all hosts and saves; "last host" is the slowest host of a save, p50/p99 over the saves. Partition: the hosts' namespace cut off for ${PARTITION_S} s while the GPO changed; time from the link coming back to the last host reporting it. Idle: gRPC messages the three members received per second over 20 s with nothing changing (watches, not polls).`,
+    method: `A 3-member etcd cluster (Debian etcd-server, TLS with client certificates, access control on) in lab namespaces; one GPO linked to the domain, so it targets every host. **consec daemons**: real \`consec daemon\` processes (dist/, \`--dataplane none\`: applied = read at one revision, checked, compiled and loaded by the keying service), each its own state directory, certificate and IKE address. **host agents**: the daemon's fleet agent alone (its own certificate, etcd connection, state directory and status key), 100 to a process. ${ROUNDS} saves per row: per-host time from Save-NetGPO returning to the host's status showing the saved revision (watched by the admin), p50/p99 over all hosts and saves; "last host" is the slowest host of a save, p50/p99 over the saves. Partition: the hosts' namespace cut off for ${PARTITION_S} s while the GPO changed; time from the link coming back to the last host reporting it. Idle: gRPC messages the three members received per second over 20 s with nothing changing (watches, not polls). Host CPU: user + system time of the hosts' processes during the saves, per host and save.`,
     columns: [
       'hosts',
       'count',
@@ -182,6 +204,7 @@ try {
       'last host p99 ms',
       'after partition: last host ms',
       'idle requests/s',
+      'host CPU ms per save',
     ],
     rows,
     chart: { column: 5, unit: 'ms' },

@@ -249,7 +249,7 @@ describe('consec CLI', () => {
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /^consec: unknown topology "no-such-topology"; choose one of: host-to-host, nat, site-to-site, domain\n$/,
+      /^consec: unknown topology "no-such-topology"; choose one of: host-to-host, nat, site-to-site, domain, fleet\n$/,
     );
   });
 

@@ -1,7 +1,9 @@
 /**
  * consec command line: the Windows command surfaces (pwsh, netsh), the daemon, and the lab.
  */
-import { resolve } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { readFdBounded, readTextBounded } from '../io/bounded.ts';
 import { addFleetCommands } from './fleet.ts';
 import { installService, serviceStatus, thisCommand, uninstallService, unitText } from '../daemon/service.ts';
@@ -20,6 +22,9 @@ import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
 import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
 import { LabDomain } from '../lab/kdc.ts';
+import { EtcdCluster } from '../lab/etcd.ts';
+import { LabPki } from '../lab/pki.ts';
+import { writeFleetConfig } from '../fleet/config.ts';
 import { consecVersion } from '../version.ts';
 import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
 
@@ -324,6 +329,39 @@ Examples:
         process.stdout.write(
           `realm    ${dom.realm}: KDC on dc (${built.address('dc')}); members alice, bob; carol is not a member\n` +
             `         a member's Kerberos environment: KRB5_CONFIG=${dom.krb5Conf} KRB5_KTNAME=FILE:${dom.keytab('alice')} (alice)\n`,
+        );
+      }
+      if (name === 'fleet') {
+        // The fleet's etcd cluster (access control on), its domain controller, and three member
+        // hosts joined with their own certificates; the admin workstation joined as an admin.
+        const cluster = await EtcdCluster.start(built, ['etcd1', 'etcd2', 'etcd3'], LabPki.create());
+        await cluster.enableAuth(['admin']);
+        const dom = await LabDomain.create(built);
+        const dirs: Record<string, string> = {};
+        for (const host of ['admin', 'alice', 'bob', 'carol']) {
+          if (host !== 'admin') await dom.join(host);
+          const dir = mkdtempSync(join(tmpdir(), `consec-fleet-${host}-`));
+          built.adopt(dir);
+          writeFleetConfig(dir, {
+            endpoints: cluster.endpoints,
+            ...cluster.credentials(host),
+            domain: 'corp.example',
+            host,
+          });
+          dirs[host] = dir;
+        }
+        process.stdout.write(
+          [
+            `etcd     a 3-member cluster: ${cluster.endpoints.join(' ')} (TLS, client certificates, access control on)`,
+            `realm    ${dom.realm}: KDC on dc (${built.address('dc')}); members alice, bob, carol`,
+            `admin    state directory ${dirs.admin} (an etcd root identity): ip netns exec ${built.ns('admin')} consec --state-dir ${dirs.admin} fleet status`,
+            ...['alice', 'bob', 'carol'].map(
+              (h) =>
+                `${h.padEnd(8)} state directory ${dirs[h]}: KRB5_CONFIG=${dom.krb5Conf} KRB5_KTNAME=FILE:${dom.keytab(h)} ip netns exec ${built.ns(h)} consec --state-dir ${dirs[h]} daemon --listen ${built.address(h)}`,
+            ),
+            `         place a host first (it gets its etcd role): consec --state-dir ${dirs.admin} fleet host alice --container corp.example/Servers`,
+            '',
+          ].join('\n'),
         );
       }
       for (const g of opts.guest) {

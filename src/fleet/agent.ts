@@ -11,7 +11,7 @@
  * error is logged and reported when the cluster can be reached, and the agent tries again with a
  * growing pause; the client fails over between members and its watches resume where they stopped.
  */
-import type { Etcd3, Watcher } from 'etcd3';
+import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import { PolicyValidationError } from '../policy/endpoints.ts';
 import { PolicyStoreError } from '../policy/errors.ts';
 import {
@@ -101,6 +101,9 @@ const isContentError = (err: unknown): boolean =>
 export class FleetAgent {
   private etcd?: Etcd3;
   private dirWatch?: Watcher;
+  /** This host's targeting as last read, until the directory's watch reports a change. */
+  private targeting?: Targeting;
+  private directoryChanges = 0;
   private readonly gpoWatches = new Map<string, Watcher>();
   /** The refresh loop: one run at a time; a request during a run makes one more run after it. */
   private loop?: Promise<RefreshResult>;
@@ -135,7 +138,10 @@ export class FleetAgent {
     // Also a periodic re-read: a change a watch missed is found at the next beat, and the status's
     // last-contact time moves.
     this.heartbeat = setInterval(
-      () => void this.request(false, true).catch(() => undefined),
+      () => {
+        this.targeting = undefined; // the directory too
+        void this.request(false, true).catch(() => undefined);
+      },
       this.o.heartbeatMs ?? 600_000,
     );
     this.heartbeat.unref();
@@ -225,7 +231,11 @@ export class FleetAgent {
     } catch (err) {
       throw new Error((err as Error).message); // not the fleet's content: tried again later
     }
-    const changed = () => this.schedule(0);
+    const changed = () => {
+      this.targeting = undefined;
+      this.directoryChanges++;
+      this.schedule(0);
+    };
     const w = this.etcd.watch().prefix(directoryPrefix(this.o.config.domain)).watcher();
     // Each (re)connection of the watch stream reads again: nothing committed meanwhile is missed.
     w.on('connected', changed).on('put', changed).on('delete', changed);
@@ -250,23 +260,46 @@ export class FleetAgent {
     const current = this.applied();
     try {
       const etcd = this.connect();
-      const dirRead = await etcd.getAll().prefix(directoryPrefix(config.domain)).exec();
-      const revision = String(dirRead.header.revision);
-      const directory = parseDirectory(
-        config.domain,
-        dirRead.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]),
-      );
-      targeting = targetedGpos(directory, config.host);
+      let reads: { kvs: IKeyValue[] }[];
+      let seen: number | undefined;
+      let revision: string;
+      if (this.targeting && !force) {
+        // Only GPOs changed since the directory was read (its watch forgets the targeting on any
+        // change of it): the GPOs alone, in one transaction, so at one revision.
+        targeting = this.targeting;
+        const keys = targeting.applied.map((a) => gpoKey(`${config.domain}\\${a.gpo}`));
+        if (keys.length === 0) {
+          reads = [];
+          revision = (await etcd.get(statusKey(config.domain, config.host)).exec()).header.revision;
+        } else {
+          const t = await etcd
+            .if(keys[0] as string, 'Version', '>', -1)
+            .then(...keys.map((k) => etcd.get(k)))
+            .commit();
+          reads = t.responses.map((r) => ({ kvs: r.response_range?.kvs ?? [] }));
+          revision = String(t.header.revision);
+        }
+      } else {
+        this.targeting = undefined;
+        seen = this.directoryChanges;
+        const dirRead = await etcd.getAll().prefix(directoryPrefix(config.domain)).exec();
+        revision = String(dirRead.header.revision);
+        const directory = parseDirectory(
+          config.domain,
+          dirRead.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]),
+        );
+        targeting = targetedGpos(directory, config.host);
+        // Every GPO at the directory's revision: one consistent picture of the fleet's policy.
+        reads = await Promise.all(
+          targeting.applied.map((a) =>
+            etcd
+              .get(gpoKey(`${config.domain}\\${a.gpo}`))
+              .revision(revision)
+              .exec(),
+          ),
+        );
+      }
       this.watchGpos(targeting);
-      // Every GPO at the directory's revision: one consistent picture of the fleet's policy.
-      const reads = await Promise.all(
-        targeting.applied.map((a) =>
-          etcd
-            .get(gpoKey(`${config.domain}\\${a.gpo}`))
-            .revision(revision)
-            .exec(),
-        ),
-      );
       const gpos: AppliedGroupPolicy['gpos'] = [];
       const denied: AppliedGroupPolicy['denied'] = targeting.denied.map((d) => ({
         ...this.linkInfo(d, undefined),
@@ -338,6 +371,8 @@ export class FleetAgent {
         this.reportAnyway = false;
         await this.report();
       }
+      // Kept for changes of GPOs alone, unless the directory changed meanwhile.
+      if (seen === this.directoryChanges) this.targeting = targeting;
       return { revision, changed, gpos: gpos.map((g) => g.name) };
     } catch (err) {
       const reason = (err as Error).message;

@@ -236,4 +236,5 @@ export const TOPOLOGIES: Record<string, () => TopologySpec> = {
   nat: behindNat,
   'site-to-site': siteToSite,
   domain,
+  fleet,
 };
