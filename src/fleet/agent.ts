@@ -137,13 +137,10 @@ export class FleetAgent {
     );
     // Also a periodic re-read: a change a watch missed is found at the next beat, and the status's
     // last-contact time moves.
-    this.heartbeat = setInterval(
-      () => {
-        this.targeting = undefined; // the directory too
-        void this.request(false, true).catch(() => undefined);
-      },
-      this.o.heartbeatMs ?? 600_000,
-    );
+    this.heartbeat = setInterval(() => {
+      this.targeting = undefined; // the directory too
+      void this.request(false, true).catch(() => undefined);
+    }, this.o.heartbeatMs ?? 600_000);
     this.heartbeat.unref();
     this.schedule(0);
   }
