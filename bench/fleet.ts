@@ -152,6 +152,10 @@ try {
       const started = batch.map((b) =>
         lab.spawn('alice', [
           process.execPath,
+          // CONSEC_BENCH_PROFILE=DIR: each daemon writes a CPU profile there when it stops.
+          ...(process.env.CONSEC_BENCH_PROFILE
+            ? ['--cpu-prof', `--cpu-prof-dir=${process.env.CONSEC_BENCH_PROFILE}`]
+            : []),
           DIST,
           '--state-dir',
           b.dir,

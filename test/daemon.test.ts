@@ -17,22 +17,13 @@ import { LabPki } from '../src/lab/pki.ts';
 import { Charon, certHostTunnel, pskHostTunnel } from '../src/lab/strongswan.ts';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecArgv, consecDaemon, installMachineCert, ROOT, waitUntil } from './helpers.ts';
+import { consecArgv, consecDaemon, installMachineCert, logLines, ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps } from './pwsh-helpers.ts';
 import { runAuditpol } from '../src/audit/policy.ts';
 import { PolicyStores } from '../src/policy/store.ts';
 import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
 
 const PSK = 'lab-only-daemon-psk-0123456789';
-
-/** The daemon's JSON log lines with this message. */
-const lines = (p: LabProcess, msg: string): Record<string, unknown>[] =>
-  p
-    .output()
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((l) => l.msg === msg);
 
 const until = waitUntil;
 
@@ -114,10 +105,10 @@ describe('consec daemon', () => {
       await alice.initiate('c');
       const [sa] = await alice.listSas();
       assert.equal(sa?.state, 'ESTABLISHED');
-      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
-      const audit = lines(d, 'audit 4650')[0]?.audit as { mainMode: { role: string; cipher: string } };
+      await until(() => logLines(d, 'audit 5451').length === 1, 'audit 5451');
+      const audit = logLines(d, 'audit 4650')[0]?.audit as { mainMode: { role: string; cipher: string } };
       assert.deepEqual([audit.mainMode.role, audit.mainMode.cipher], ['Responder', 'AES-256']);
-      assert.equal(lines(d, 'SA installed')[0]?.spiOut, sa?.children[0]?.spiIn);
+      assert.equal(logLines(d, 'SA installed')[0]?.spiOut, sa?.children[0]?.spiIn);
 
       // The live views, as an admin reads them: the same SPIs strongSwan shows, the socket root-only.
       const cli = (args: string[]) => run(consecArgv(args, dir), { allowFailure: true });
@@ -196,8 +187,8 @@ describe('consec daemon', () => {
         dir,
       );
       assert.equal(add.errors, 0, add.err);
-      await until(() => lines(d, 'policy reloaded').length === 1, 'reload');
-      assert.deepEqual([lines(d, 'policy reloaded')[0]?.kept, lines(d, 'policy reloaded')[0]?.deleted], [1, 0]);
+      await until(() => logLines(d, 'policy reloaded').length === 1, 'reload');
+      assert.deepEqual([logLines(d, 'policy reloaded')[0]?.kept, logLines(d, 'policy reloaded')[0]?.deleted], [1, 0]);
       assert.equal((await alice.listSas())[0]?.state, 'ESTABLISHED');
 
       // Removing the rule deletes the SA at strongSwan.
@@ -207,7 +198,7 @@ describe('consec daemon', () => {
       assert.match(alice.log(), /received DELETE for IKE_SA/);
       // strongSwan drops the SA when our Delete arrives; ours ends (4655) when its answer is back.
       await until(
-        () => lines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'),
+        () => logLines(d, 'audit 4655').some((l) => (l.audit as { reason: string }).reason === 'policy changed'),
         'the IKE SA to end for the policy change (4655)',
       );
     } finally {
@@ -238,7 +229,7 @@ describe('consec daemon', () => {
       const wrong = await Charon.start(lab, 'alice', config('not-the-psk-0123456789'));
       await wrong.initiate('c').catch(() => {});
       await wrong.stop();
-      await until(() => lines(d, 'audit 4653').length >= 1, 'audit 4653');
+      await until(() => logLines(d, 'audit 4653').length >= 1, 'audit 4653');
       alice = await Charon.start(lab, 'alice', config(PSK));
       await alice.initiate('c');
       const ping = await lab.exec('alice', ['ping', '-c', '3', '-i', '0.2', '-W', '2', b], { allowFailure: true });
@@ -316,7 +307,7 @@ describe('consec daemon', () => {
         pskHostTunnel(a, b, { name: 'c', secret: PSK, proposals: ['aes256-sha256-modp2048'], logLevel: 1 }),
       );
       await alice.initiate('c');
-      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
+      await until(() => logLines(d, 'audit 5451').length === 1, 'audit 5451');
       const [sa] = await alice.listSas();
       const read = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
       const trace = read(`${file}.1`) + read(file);
@@ -343,13 +334,13 @@ describe('consec daemon', () => {
       const off = await netsh('disable');
       assert.equal(off.code, 0);
       await until(
-        () => lines(d, 'IKE debug log settings').some((l) => l.enabled === false),
+        () => logLines(d, 'IKE debug log settings').some((l) => l.enabled === false),
         'the daemon to follow the setting',
       );
       const before = read(file);
       await alice.stop();
       alice = undefined;
-      await until(() => lines(d, 'audit 4655').length >= 1, 'the IKE SA to end');
+      await until(() => logLines(d, 'audit 4655').length >= 1, 'the IKE SA to end');
       assert.equal(read(file), before);
     } finally {
       await alice?.stop();
@@ -369,8 +360,8 @@ describe('consec daemon', () => {
       process.kill(d.pid as number, 'SIGTERM');
       const { code, signal } = await d.exited;
       assert.deepEqual({ code, signal }, { code: 0, signal: null }, d.output());
-      assert.equal(lines(d, 'stopping: deleting SAs at the peers')[0]?.signal, 'SIGTERM');
-      assert.equal(lines(d, 'stopped').length, 1);
+      assert.equal(logLines(d, 'stopping: deleting SAs at the peers')[0]?.signal, 'SIGTERM');
+      assert.equal(logLines(d, 'stopped').length, 1);
     } finally {
       await d.stop('SIGKILL', 0);
     }
@@ -436,7 +427,7 @@ describe('consec daemon', () => {
     let second: LabProcess | undefined;
     try {
       await first.waitFor(/"msg":"ready"/, 30_000);
-      const rules = lines(first, 'ready')[0]?.rules as number;
+      const rules = logLines(first, 'ready')[0]?.rules as number;
       assert.ok(rules > 0);
       process.kill(first.pid as number, 'SIGTERM');
       await first.exited;
@@ -451,7 +442,7 @@ describe('consec daemon', () => {
         second.output(),
         /is not valid JSON[^\n]*"msg":"policy store unreadable at start-up: the policy last applied is in force until the store is repaired"/,
       );
-      assert.equal(lines(second, 'ready')[0]?.rules, rules, 'the same rules in force');
+      assert.equal(logLines(second, 'ready')[0]?.rules, rules, 'the same rules in force');
       writeFileSync(file, good);
       await second.waitFor(/"msg":"policy reloaded"/, 15_000);
     } finally {
@@ -472,7 +463,7 @@ describe('consec daemon', () => {
     let alice: Charon | undefined;
     try {
       await d.waitFor(/keying service started/, 30_000);
-      const started = lines(d, 'keying service started')[0]?.addresses as string[];
+      const started = logLines(d, 'keying service started')[0]?.addresses as string[];
       assert.ok(started.includes(b) && !started.includes(b2), started.join(' '));
       await lab.exec('bob', ['ip', 'addr', 'add', `${b2}/24`, 'dev', 'eth0']);
       await lab.exec('bob', ['ip', '-6', 'addr', 'add', `${v6}/64`, 'dev', 'eth0', 'nodad']);
@@ -486,9 +477,9 @@ describe('consec daemon', () => {
       await alice.initiate('c').catch((err: Error) => {
         throw new Error(`${err.message}\n--- consec:\n${d.output().slice(-6000)}`);
       });
-      await until(() => lines(d, 'audit 5451').length === 1, 'audit 5451');
+      await until(() => logLines(d, 'audit 5451').length === 1, 'audit 5451');
       assert.equal(
-        (lines(d, 'audit 4650')[0]?.audit as { mainMode: { local: { address: string } } }).mainMode.local.address,
+        (logLines(d, 'audit 4650')[0]?.audit as { mainMode: { local: { address: string } } }).mainMode.local.address,
         b2,
       );
       // An IPv6 address with duplicate address detection (the lab turns it off; on here): the kernel
@@ -510,7 +501,7 @@ describe('consec daemon', () => {
       );
       await until(
         () =>
-          lines(d, 'audit 4655').some(
+          logLines(d, 'audit 4655').some(
             (l) => (l.audit as { reason: string }).reason === 'the local address was removed',
           ),
         '4655 for the removed address',
@@ -565,7 +556,7 @@ describe('consec daemon', () => {
       assert.equal(sa?.state, 'ESTABLISHED', d.output());
       assert.equal(sa?.dhGroup, 'ECP_384');
       assert.match(alice.log(), /authentication of 'O=consec lab, CN=bob' with ECDSA_WITH_SHA384_DER successful/);
-      await until(() => lines(d, 'audit 4651').length === 1, 'audit 4651 (certificate main mode)');
+      await until(() => logLines(d, 'audit 4651').length === 1, 'audit 4651 (certificate main mode)');
       await d.stop('SIGTERM', 5000);
       await until(async () => (await (alice as Charon).listSas()).length === 0, 'strongSwan to see the Delete').catch(
         (err: Error) => {

@@ -11,20 +11,11 @@ import { LabDomain } from '../src/lab/kdc.ts';
 import { Lab, type LabProcess } from '../src/lab/lab.ts';
 import { LabPki } from '../src/lab/pki.ts';
 import { fleet } from '../src/lab/topology.ts';
-import { consecArgv, waitUntil } from './helpers.ts';
+import { consecArgv, logLines, waitUntil } from './helpers.ts';
 import { freshStateDir } from './pwsh-helpers.ts';
 
 const GPO = 'corp.example\\Isolation';
 const ISOLATION = 'corp.example\\Domain Isolation';
-
-/** The daemon's log lines with message `msg`. */
-const logLines = (d: LabProcess, msg: string): Record<string, unknown>[] =>
-  d
-    .output()
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((e) => e.msg === msg);
 
 describe('fleet GPOs in etcd: Open-NetGPO / Save-NetGPO with compare-and-swap', () => {
   let lab: Lab;

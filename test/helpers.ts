@@ -45,6 +45,16 @@ export function events<T = Record<string, unknown>>(proc: LabProcess, event: str
     .filter((e) => e.event === event) as T[];
 }
 
+/** A daemon's JSON log lines with message `msg`. */
+export function logLines(p: LabProcess, msg: string): Record<string, unknown>[] {
+  return p
+    .output()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((l) => l.msg === msg);
+}
+
 /** argv running the consec CLI from source with this Node and tsx, against `stateDir` when given. */
 export function consecArgv(args: readonly string[], stateDir?: string): string[] {
   return [

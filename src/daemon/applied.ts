@@ -29,6 +29,32 @@ export class AppliedPolicy {
     this.last = text;
   }
 
+  private pending?: { doc: PolicyDocument; timer: NodeJS.Timeout };
+
+  /**
+   * Records `doc` shortly, once changes settle (a burst of reloads — a fleet's GPO revisions — is one
+   * write, and none of it on the way to enforcing the policy); `flush` writes it at once.
+   */
+  saveSoon(doc: PolicyDocument, onError: (err: Error) => void, delayMs = 200): void {
+    if (this.pending) clearTimeout(this.pending.timer);
+    const timer = setTimeout(() => this.flush(onError), delayMs);
+    timer.unref();
+    this.pending = { doc, timer };
+  }
+
+  /** Writes a policy saveSoon is holding, now. */
+  flush(onError: (err: Error) => void): void {
+    const p = this.pending;
+    if (!p) return;
+    clearTimeout(p.timer);
+    this.pending = undefined;
+    try {
+      this.save(p.doc);
+    } catch (err) {
+      onError(err as Error);
+    }
+  }
+
   /** The last applied policy, or undefined when there is none (or it is itself unreadable). */
   load(): PolicyDocument | undefined {
     if (!existsSync(this.file)) return undefined;

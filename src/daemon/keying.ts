@@ -31,16 +31,13 @@ import type { Credentials } from '../ike/tasks/ike-auth.ts';
 import type { Proposal, TrafficSelector } from '../ike/wire/codec.ts';
 import { EncrId, NotifyType, ProtocolId, TransformType } from '../ike/wire/constants.ts';
 import type { PolicyDocument, ProfileName } from '../policy/model.ts';
+import type { Logger } from '../logger.ts';
 import { type PolicyStores } from '../policy/store.ts';
 import { type PolicyWatch, watchActivePolicy } from '../policy/watch.ts';
 import { policyForProfiles } from '../filter/location.ts';
 import { readIp, writeIp } from '../io/addr.ts';
 
-export interface Logger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
+export type { Logger };
 
 export interface KeyingOptions {
   stores: PolicyStores;

@@ -363,6 +363,7 @@ async function serve(
   const stores = new PolicyStores(stateDir, { cacheReads: true });
   // A store unreadable at start-up (corrupt, half-written): the policy last applied, not none.
   const applied = new AppliedPolicy(stateDir);
+  const appliedError = (err: Error) => log.warn({ reason: err.message }, 'cannot keep a copy of the applied policy');
   let initialPolicy: PolicyDocument | undefined;
   try {
     initialPolicy = stores.read('ActiveStore');
@@ -386,13 +387,7 @@ async function serve(
     kerberos: kerberos.provider,
     stores,
     initialPolicy,
-    onApplied: (doc) => {
-      try {
-        applied.save(doc);
-      } catch (err) {
-        log.warn({ reason: (err as Error).message }, 'cannot keep a copy of the applied policy');
-      }
-    },
+    onApplied: (doc) => applied.saveSoon(doc, appliedError),
     profiles: profilesInForce,
     // The data plane's addresses (those it could open), else the host's.
     addresses: plane ? plane.addresses : addresses,
@@ -776,6 +771,7 @@ async function serve(
       notifier.stopping();
       signals.stopping();
       control.close();
+      applied.flush(appliedError);
       void agent?.close();
       follow?.close();
       clearInterval(housekeeping);

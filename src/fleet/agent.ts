@@ -12,6 +12,7 @@
  * growing pause; the client fails over between members and its watches resume where they stopped.
  */
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
+import type { Logger } from '../logger.ts';
 import { PolicyValidationError } from '../policy/endpoints.ts';
 import { PolicyStoreError } from '../policy/errors.ts';
 import {
@@ -34,12 +35,6 @@ import {
 } from './directory.ts';
 import { connectFleet, gpoKey } from './gpo.ts';
 
-export interface AgentLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
-
 /** What a host reports under its status key. */
 export interface HostStatus {
   host: string;
@@ -57,7 +52,7 @@ export interface HostStatus {
 export interface FleetAgentOptions {
   config: FleetConfig;
   policyDir: string;
-  log: AgentLogger;
+  log: Logger;
   /** consec's version, reported. */
   version: string;
   /**

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { writeFileAtomic } from '../io/atomic.ts';
+import { readJsonFile } from '../io/json-file.ts';
 
 export class FleetError extends ConsecError {
   constructor(message: string, code = 'ERR_FLEET') {
@@ -35,25 +36,7 @@ export const fleetFile = (stateDir: string): string => join(stateDir, 'fleet.jso
 
 /** This host's fleet membership, or undefined when it has not joined one. A broken file is an error. */
 export function readFleetConfig(stateDir: string): FleetConfig | undefined {
-  let text: string;
-  try {
-    text = readFileSync(fleetFile(stateDir), 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new FleetError(`${fleetFile(stateDir)} is not JSON: ${(err as Error).message}`);
-  }
-  const r = fleetSchema.safeParse(raw);
-  if (!r.success)
-    throw new FleetError(
-      `${fleetFile(stateDir)}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
-    );
-  return r.data;
+  return readJsonFile(fleetFile(stateDir), fleetSchema, (m) => new FleetError(m));
 }
 
 /** Joins the fleet: checks the settings and the files they name, then writes fleet.json (0600). */

@@ -5,10 +5,11 @@
  * applied whole or not at all, and it is the host's last good fleet policy across restarts and
  * while the cluster cannot be reached. The ActiveStore reads it as the domain GPOs of RSOP.
  */
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../io/atomic.ts';
+import { readJsonFile } from '../io/json-file.ts';
 import { PolicyStoreError } from './errors.ts';
 
 export const GROUP_POLICY_FILE = 'fleet-gpos.json';
@@ -43,26 +44,11 @@ export const groupPolicyFile = (policyDir: string): string => join(policyDir, GR
 
 /** The fleet policy this host applied, or undefined when it has none. A broken file is an error. */
 export function readGroupPolicy(policyDir: string): AppliedGroupPolicy | undefined {
-  const file = groupPolicyFile(policyDir);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    throw new PolicyStoreError(`The fleet's Group Policy file ${file} is not valid JSON.`);
-  }
-  const r = appliedSchema.safeParse(raw);
-  if (!r.success)
-    throw new PolicyStoreError(
-      `The fleet's Group Policy file ${file} is not valid: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
-    );
-  return r.data;
+  return readJsonFile(
+    groupPolicyFile(policyDir),
+    appliedSchema,
+    (m) => new PolicyStoreError(`The fleet's Group Policy file ${m}`),
+  );
 }
 
 /** Replaces the applied fleet policy in one atomic write. */
