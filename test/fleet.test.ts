@@ -130,12 +130,12 @@ describe('fleet GPOs in etcd: Open-NetGPO / Save-NetGPO with compare-and-swap', 
     const script = await pwsh(
       adm,
       [
-        `$gpo = Open-NetGPO -PolicyStore "${ISOLATION}"`,
+        // Each cmdlet with -PolicyStore writes to the GPO in the cluster at once (no edit session).
+        `$gpo = "${ISOLATION}"`,
         '$krb = New-NetIPsecAuthProposal -Machine -Kerberos',
-        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "Computer Kerberos" -Proposal $krb -GPOSession $gpo',
-        'New-NetIPsecRule -DisplayName "Domain Isolation" -InboundSecurity Require -OutboundSecurity Require -RemoteAddress 192.0.2.0/24 -Phase1AuthSet $p1.Name -GPOSession $gpo | Out-Null',
-        `New-NetIPsecRule -DisplayName "Exempt the domain controller and the policy servers" -RemoteAddress ${['dc', 'etcd1', 'etcd2', 'etcd3'].map((h) => lab.address(h)).join(',')} -GPOSession $gpo | Out-Null`,
-        'Save-NetGPO -GPOSession $gpo',
+        '$p1 = New-NetIPsecPhase1AuthSet -DisplayName "Computer Kerberos" -Proposal $krb -PolicyStore $gpo',
+        'New-NetIPsecRule -DisplayName "Domain Isolation" -InboundSecurity Require -OutboundSecurity Require -RemoteAddress 192.0.2.0/24 -Phase1AuthSet $p1.Name -PolicyStore $gpo | Out-Null',
+        `New-NetIPsecRule -DisplayName "Exempt the domain controller and the policy servers" -RemoteAddress ${['dc', 'etcd1', 'etcd2', 'etcd3'].map((h) => lab.address(h)).join(',')} -PolicyStore $gpo | Out-Null`,
       ].join('\n'),
     );
     assert.equal(script.code, 0, script.stdout + script.stderr);
@@ -330,16 +330,20 @@ describe('fleet GPOs in etcd: Open-NetGPO / Save-NetGPO with compare-and-swap', 
     }
   });
 
-  it('a GPO the cluster holds that is not a valid consec policy is refused with its reason; a fleet GPO changed outside an edit session is refused; an unreachable cluster is an error, not a hang', async () => {
+  it('a GPO the cluster holds that is not a valid consec policy is refused with its reason; a cmdlet’s -PolicyStore without an edit session writes to the cluster at once; an unreachable cluster is an error, not a hang', async () => {
     const dir = await admin('admin-three');
     await cluster.etcdctl(['put', '/consec/gpo/corp.example/broken', '{"format":"consec-policy","version":1}']);
     const broken = await pwsh(dir, 'Open-NetGPO -PolicyStore corp.example\\Broken | Out-Null');
     assert.notEqual(broken.code, 0);
     assert.match(broken.stdout + broken.stderr, /not a valid consec policy/);
-    // A change outside an edit session would stay on this host: refused, as the message says why.
-    const direct = await pwsh(dir, 'New-NetIPsecRule -DisplayName "local only" -PolicyStore corp.example\\Other');
-    assert.notEqual(direct.code, 0);
-    assert.match(direct.stdout + direct.stderr, /is a GPO of this host's fleet: open it with Open-NetGPO/);
+    // Without an edit session a cmdlet's -PolicyStore writes to the cluster at once, and another
+    // admin's Get- reads it from there.
+    const direct = await pwsh(dir, 'New-NetIPsecRule -DisplayName "written through" -PolicyStore corp.example\\Other');
+    assert.equal(direct.code, 0, direct.stdout + direct.stderr);
+    assert.deepEqual((await inCluster(dir, 'corp.example\\Other')).rules, ['written through']);
+    const other = await admin('admin-one');
+    const seen = await pwsh(other, 'Get-NetIPsecRule -PolicyStore corp.example\\Other | ForEach-Object DisplayName');
+    assert.equal(seen.stdout.trim(), 'written through', seen.stdout + seen.stderr);
     await cluster.stop();
     const t0 = Date.now();
     const down = await pwsh(dir, `Open-NetGPO -PolicyStore ${GPO} | Out-Null`);

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readFdBounded, readTextBounded } from '../io/bounded.ts';
 import { addFleetCommands } from './fleet.ts';
+import { fleetStores } from '../shell/netsecurity/cmdlets.ts';
 import { installService, serviceStatus, thisCommand, uninstallService, unitText } from '../daemon/service.ts';
 import { Command, CommanderError } from 'commander';
 import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
@@ -97,8 +98,10 @@ Examples:
   consec netsh -f policy.netsh                        # a netsh script, one session`,
     )
     .action(async (words: string[], opts: { hints?: boolean }) => {
+      const stores = new PolicyStores(stateDir(program));
+      fleetStores(stores);
       const netsh = new Netsh(
-        new PolicyStores(stateDir(program)),
+        stores,
         { stdout: (t) => process.stdout.write(t), stderr: (t) => process.stderr.write(t) },
         { hints: opts.hints === true },
       );

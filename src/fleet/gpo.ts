@@ -116,4 +116,11 @@ export class GpoSessions {
   record(name: string, revision: string): void {
     writeFileAtomic(this.file, `${JSON.stringify({ ...this.all(), [gpoKey(name)]: revision }, null, 2)}\n`, 0o600);
   }
+
+  /** Ends the edit session of `name` (Save-NetGPO wrote it). */
+  close(name: string): void {
+    const key = gpoKey(name);
+    const rest = Object.fromEntries(Object.entries(this.all()).filter(([k]) => k !== key));
+    writeFileAtomic(this.file, `${JSON.stringify(rest, null, 2)}\n`, 0o600);
+  }
 }

@@ -52,6 +52,15 @@ const READ_ONLY_VIEWS: Record<string, StoreKind> = {
 };
 
 /** Where each store lives and what it may do. */
+/** Where GPO stores kept outside this host are read and written (the fleet's cluster). */
+export interface RemoteStores {
+  /** Whether the store `name` is kept there and has no edit session open on this host. */
+  owns(name: string): boolean;
+  load(name: string): Promise<{ doc: PolicyDocument; revision: string }>;
+  /** Writes `doc` if the store is still at `revision`; false when someone wrote it meanwhile. */
+  save(name: string, doc: PolicyDocument, revision: string): Promise<boolean>;
+}
+
 export class PolicyStores {
   /**
    * Work done on store files so far: files read and written for changes, and rules validated (a
@@ -153,14 +162,16 @@ export class PolicyStores {
    * atomically if it differs. On any error the store is untouched. Inside `transaction` the store
    * is read and locked once, changes apply to a working copy, and the file is written once at the end.
    */
-  /**
-   * Asked before any store is changed (the shell's: a fleet GPO is changed only in an edit session,
-   * so that Save-NetGPO can write it to the fleet's cluster); throws to refuse.
-   */
-  beforeChange?: (storeName: string) => void;
-
   /** Whether a domain GPO's name is one of the fleet's (set by the shell of a host that joined one). */
   isFleetGpo?: (storeName: string) => boolean;
+
+  /**
+   * GPO stores kept elsewhere (the fleet's, in its cluster), set by the shell: a change to one that
+   * has no edit session open is made there at once, as a cmdlet with `-PolicyStore domain\GPO` writes
+   * to the domain controller on Windows; `prefetch` brings its current content into the local copy
+   * before it is read.
+   */
+  remote?: RemoteStores;
 
   async update<T>(name: string | undefined, change: (doc: PolicyDocument) => T): Promise<T> {
     const s = this.resolve(name);
@@ -169,8 +180,8 @@ export class PolicyStores {
         `The policy store "${s.name}" is read-only; change PersistentStore or a GPO store instead.`,
       );
     }
-    this.beforeChange?.(s.name);
     const file = s.file;
+    if (s.kind === 'gpo' && this.remote?.owns(s.name)) return this.remoteUpdate(this.remote, s.name, file, change);
     if (this.session) return this.sessionUpdate(await this.openInSession(this.session, s.name, file), change);
     const release = await this.lock(s.name, file);
     try {
@@ -188,6 +199,49 @@ export class PolicyStores {
     } finally {
       await release();
     }
+  }
+
+  /** Brings a remote GPO store's current content into its local copy (before it is read). */
+  async prefetch(name: string | undefined): Promise<void> {
+    if (!name || !this.remote) return;
+    let s: ResolvedStore;
+    try {
+      s = this.resolve(name);
+    } catch {
+      return; // the cmdlet reports a bad store name itself
+    }
+    if (s.kind !== 'gpo' || !s.file || !this.remote.owns(s.name)) return;
+    const { doc } = await this.remote.load(s.name);
+    mkdirSync(dirname(s.file), { recursive: true, mode: 0o700 });
+    writeStoreFile(s.file, s.name, doc);
+  }
+
+  /**
+   * A change made where the store is kept: read, changed, checked and written back only if nobody
+   * wrote it meanwhile (else the change is made again on what they wrote); the local copy follows.
+   */
+  private async remoteUpdate<T>(
+    remote: RemoteStores,
+    name: string,
+    file: string,
+    change: (doc: PolicyDocument) => T,
+  ): Promise<T> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const { doc: before, revision } = await remote.load(name);
+      const doc = structuredClone(before);
+      const result = change(doc);
+      const changed = JSON.stringify(doc) !== JSON.stringify(before);
+      if (changed) {
+        validateDocument(doc);
+        if (!(await remote.save(name, doc, revision))) continue;
+      }
+      mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+      writeStoreFile(file, name, doc);
+      return result;
+    }
+    throw new PolicyStoreError(
+      `The GPO ${name} kept changing while this change was made: it was not changed. Try again.`,
+    );
   }
 
   /**

@@ -42,6 +42,7 @@ import {
   type QuickModeCryptoSet,
   qmProposal,
 } from '../../policy/model.ts';
+import type { Etcd3 } from 'etcd3';
 import { connectFleet, FleetConflictError, GpoSessions, loadGpo, saveGpo, splitGpoName } from '../../fleet/gpo.ts';
 import { type FleetConfig, readFleetConfig } from '../../fleet/config.ts';
 import { editable, type PolicyStores } from '../../policy/store.ts';
@@ -577,8 +578,9 @@ function settingCommands(stores: PolicyStores): CommandDef[] {
           );
         const etcd = connectFleet(fleet.config);
         try {
-          const revision = await fleetCall(() => saveGpo(etcd, name, stores.read(name), opened));
-          sessions.record(name, revision);
+          await fleetCall(() => saveGpo(etcd, name, stores.read(name), opened));
+          // The session ends with its save: the GPO's cmdlets without -GPOSession go to the cluster again.
+          sessions.close(name);
         } finally {
           etcd.close();
         }
@@ -833,7 +835,7 @@ function withAssociations(families: Family<NamedObject>[]): Family<NamedObject>[
 }
 
 export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
-  guardFleetGpos(stores);
+  fleetStores(stores);
   const families = withAssociations([
     mmCryptoSets,
     qmCryptoSets,
@@ -843,7 +845,7 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     mainModeRules,
     firewallRules,
   ] as unknown as Family<NamedObject>[]);
-  return [
+  const commands: CommandDef[] = [
     newMmProposal,
     newQmProposal,
     newAuthProposal,
@@ -860,22 +862,56 @@ export function netSecurityCommands(stores: PolicyStores): CommandDef[] {
     ...locationCommands(stores),
     ...nativeCommands(stores),
   ];
+  // A fleet GPO named by -PolicyStore is read from the cluster first (its local copy brought up to date).
+  return commands.map((c) =>
+    c.unbound || !c.params.some((p) => p.name === 'PolicyStore')
+      ? c
+      : {
+          ...c,
+          invoke: async (call) => {
+            await stores.prefetch(call.get<string>('PolicyStore'));
+            return c.invoke(call);
+          },
+        },
+  );
 }
 
 /**
- * A fleet GPO changes only in an edit session this host opened (Open-NetGPO), so that Save-NetGPO
- * writes it to the cluster: a change without one would stay on this host and reach no one.
+ * The fleet's GPOs: an edit session (Open-NetGPO … Save-NetGPO) works on a local copy; without one, a
+ * cmdlet's `-PolicyStore domain\GPO` reads the GPO from the cluster and writes its change there at
+ * once (compare-and-swap on the revision it read), as a cmdlet without -GPOSession does on Windows.
  */
-function guardFleetGpos(stores: PolicyStores): void {
+export function fleetStores(stores: PolicyStores): void {
   stores.isFleetGpo = (name) => fleetGpo(stores, name) !== undefined;
-  stores.beforeChange = (name) => {
-    if (fleetGpo(stores, name) && new GpoSessions(stores.stateDir).opened(name) === undefined)
+  const withFleet = async <T>(name: string, work: (etcd: Etcd3) => Promise<T>): Promise<T> => {
+    const fleet = fleetGpo(stores, name);
+    if (!fleet)
       throw new PwshError(
-        `${name} is a GPO of this host's fleet: open it with Open-NetGPO -PolicyStore ${name}, change it with -GPOSession, and write it to the fleet with Save-NetGPO.`,
-        'InvalidOperation',
-        'InvalidOperation',
+        `${name} is not a GPO of this host's fleet.`,
+        'InvalidArgument',
+        'InvalidArgument',
         'CimException',
       );
+    const etcd = connectFleet(fleet.config);
+    try {
+      return await fleetCall(() => work(etcd));
+    } finally {
+      etcd.close();
+    }
+  };
+  stores.remote = {
+    owns: (name) => fleetGpo(stores, name) !== undefined && new GpoSessions(stores.stateDir).opened(name) === undefined,
+    load: (name) => withFleet(name, (etcd) => loadGpo(etcd, name)),
+    save: (name, doc, revision) =>
+      withFleet(name, async (etcd) => {
+        try {
+          await saveGpo(etcd, name, doc, revision);
+          return true;
+        } catch (err) {
+          if (err instanceof FleetConflictError) return false;
+          throw err;
+        }
+      }),
   };
 }
 

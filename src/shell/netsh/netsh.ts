@@ -696,7 +696,7 @@ export class Netsh {
    * `set store local` or `set store gpo="domain\GPO name"` (Microsoft's command-line guide edits a GPO
    * this way): the commands after it in this session read and change that store.
    */
-  private setStore(words: string[]): string {
+  private async setStore(words: string[]): Promise<string> {
     const word = words[0] ?? '';
     if (word.toLowerCase() === 'local' && words.length === 1) {
       this.store = 'PersistentStore';
@@ -707,6 +707,8 @@ export class Netsh {
     const gpo = parseArgs(words, ['gpo']).get('gpo');
     if (!gpo) throw new NetshError(usage);
     if (this.stores.resolve(gpo).kind !== 'gpo') throw new NetshError(`"${gpo}" is not a GPO store name.`);
+    // A GPO of the fleet: read from its cluster now; the commands after it change it there.
+    await this.stores.prefetch(gpo);
     this.store = gpo;
     return '';
   }
