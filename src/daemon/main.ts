@@ -491,6 +491,7 @@ async function serve(
     }
   };
   compile(service.policy);
+  let spdOnly = false;
   // Those waiting for the next policy read from the stores to be enforced (the fleet agent): only a
   // read of the stores that started after they asked answers them.
   let enforcedWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
@@ -510,7 +511,8 @@ async function serve(
     // Filters first, then routes for what the new policy protects (rules added while running).
     void guard(doc)
       .then((installed) => {
-        if (!installed && (plane || kernel)) {
+        // (A kernel without nf_tables has no table: its SPD alone enforces, as at start-up.)
+        if (!installed && (plane || (kernel && !spdOnly))) {
           const err = new Error('the fail-closed filters of the new policy could not be installed');
           for (const w of waiting.splice(0)) w.reject(err);
         }
@@ -531,6 +533,10 @@ async function serve(
           'policy enforced',
         );
         for (const w of waiting) w.resolve();
+      })
+      .catch((err: Error) => {
+        log.error({ reason: err.message }, 'policy not fully enforced');
+        for (const w of waiting.splice(0)) w.reject(err);
       });
   };
   try {
@@ -601,6 +607,7 @@ async function serve(
       log.info({}, 'fail-closed filters watched');
     } else {
       // A kernel without nf_tables: its own SPD (the required templates) is what keeps Require traffic in.
+      spdOnly = true;
       keeper.close();
       log.warn({}, 'no nftables table: the kernel IPsec policies alone enforce Require');
     }

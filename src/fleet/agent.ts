@@ -134,7 +134,10 @@ export class FleetAgent {
     // last-contact time moves.
     this.heartbeat = setInterval(() => {
       this.targeting = undefined; // the directory too
-      void this.request(false, true).catch(() => undefined);
+      this.directoryChanges++;
+      this.request(false, true).catch((err: unknown) => {
+        if (!isContentError(err)) this.schedule(this.retryMs);
+      });
     }, this.o.heartbeatMs ?? 600_000);
     this.heartbeat.unref();
     this.schedule(0);
@@ -154,8 +157,15 @@ export class FleetAgent {
     this.closed = true;
     clearTimeout(this.timer);
     clearInterval(this.heartbeat);
-    await Promise.allSettled([this.dirWatch?.cancel(), ...[...this.gpoWatches.values()].map((w) => w.cancel())]);
-    await this.reports;
+    // A watch the cluster refused never answers its cancel: each gets a moment, not forever.
+    const bounded = (p: Promise<unknown> | undefined) =>
+      Promise.race([p, new Promise((r) => setTimeout(r, 2000).unref())]).catch(() => undefined);
+    await Promise.all([
+      bounded(this.loop),
+      bounded(this.dirWatch?.cancel()),
+      ...[...this.gpoWatches.values()].map((w) => bounded(w.cancel())),
+    ]);
+    await bounded(this.reports);
     this.etcd?.close();
   }
 
@@ -174,17 +184,26 @@ export class FleetAgent {
   private request(force: boolean, report: boolean): Promise<RefreshResult> {
     this.pending = { force: force || (this.pending?.force ?? false) };
     this.reportAnyway ||= report;
+    if (this.closed) return Promise.reject(new FleetError('the fleet agent is closed'));
     this.loop ??= (async () => {
       let result: RefreshResult | undefined;
+      let failure: unknown;
       try {
+        // A request made while a run failed is still served: the next run may succeed.
         while (this.pending && !this.closed) {
           const { force: f } = this.pending;
           this.pending = undefined;
-          result = await this.run(f);
+          try {
+            result = await this.run(f);
+            failure = undefined;
+          } catch (err) {
+            failure = err;
+          }
         }
       } finally {
         this.loop = undefined;
       }
+      if (failure !== undefined) throw failure;
       if (!result) throw new FleetError('the fleet agent is closed');
       return result;
     })();
@@ -192,10 +211,15 @@ export class FleetAgent {
   }
 
   private reportAnyway = false;
+  private due = 0;
 
   private schedule(ms: number): void {
     if (this.closed) return;
+    // An earlier run already scheduled stays (a retry never postpones a read asked for now).
+    const due = Date.now() + ms;
+    if (this.timer && this.due <= due) return;
     clearTimeout(this.timer);
+    this.due = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.request(false, false).then(
@@ -223,21 +247,32 @@ export class FleetAgent {
     } catch (err) {
       throw new Error((err as Error).message); // not the fleet's content: tried again later
     }
+    this.watchDirectory(this.etcd);
+    return this.etcd;
+  }
+
+  /**
+   * Watches the directory: any change of it, and each (re)connection of the watch (nothing
+   * committed meanwhile is missed), reads it again. A watch the cluster ends (history compacted
+   * while the host was away, rights taken) is made again after a pause.
+   */
+  private watchDirectory(etcd: Etcd3): void {
+    if (this.closed) return;
     const changed = () => {
       this.targeting = undefined;
       this.directoryChanges++;
       this.schedule(0);
     };
-    const w = this.etcd.watch().prefix(directoryPrefix(this.o.config.domain)).watcher();
-    // Each (re)connection of the watch stream reads again: nothing committed meanwhile is missed.
+    const w = etcd.watch().prefix(directoryPrefix(this.o.config.domain)).watcher();
     w.on('connected', changed).on('put', changed).on('delete', changed);
     w.on('error', (err: Error) => {
-      this.o.log.warn({ reason: err.message }, 'fleet: the directory watch ended; reading again');
-      if (this.dirWatch === w) this.dirWatch = undefined;
-      this.schedule(this.retryMs);
+      this.o.log.warn({ reason: err.message }, 'fleet: the directory watch ended; watching again');
+      if (this.dirWatch !== w) return;
+      this.dirWatch = undefined;
+      changed();
+      setTimeout(() => this.watchDirectory(etcd), this.retryMs).unref();
     });
     this.dirWatch = w;
-    return this.etcd;
   }
 
   private async run(force: boolean): Promise<RefreshResult> {
@@ -245,6 +280,8 @@ export class FleetAgent {
     if (this.o.joined && !this.o.joined()) {
       // `consec fleet leave` while the daemon runs: nothing more is fetched or written.
       this.o.log.info({ domain: config.domain }, 'fleet: this host left the fleet; no more fleet policy updates');
+      removeGroupPolicy(this.o.policyDir);
+      this.closed = true;
       void this.close();
       throw new FleetError('this host left the fleet');
     }
@@ -333,16 +370,20 @@ export class FleetAgent {
         denied,
       };
       const changed = content(current) !== content(next);
-      const hadError = this.last.error !== undefined;
       if (changed || force) {
+        if (this.left()) throw new FleetError('this host left the fleet');
         writeGroupPolicy(this.o.policyDir, next);
         try {
           await this.o.enforce();
         } catch (err) {
           // Not in force: the previous fleet policy goes back, so the file stays the last good one.
-          if (current) writeGroupPolicy(this.o.policyDir, current);
-          else removeGroupPolicy(this.o.policyDir);
-          throw err;
+          // Tried again at the next change (or the heartbeat), not on a timer: a policy the daemon
+          // cannot enforce now will not be enforced in a second either.
+          if (!this.left()) {
+            if (current) writeGroupPolicy(this.o.policyDir, current);
+            else removeGroupPolicy(this.o.policyDir);
+          }
+          throw new FleetError(`not enforced: ${(err as Error).message}`);
         }
         this.o.log.info(
           { revision, gpos: gpos.map((g) => `${g.name}@${g.revision}`), denied: denied.length, forced: force },
@@ -358,11 +399,9 @@ export class FleetAgent {
         reportedAt: new Date().toISOString(),
         consec: this.o.version,
       };
-      // Reported when it changed, when it clears an error, and on the heartbeat (last contact).
-      if (changed || force || hadError || this.reportAnyway) {
-        this.reportAnyway = false;
-        await this.report();
-      }
+      // Reported when it differs from what the cluster last took (a change, an error cleared, a
+      // report that failed before), when forced, and on the heartbeat (the last-contact time).
+      await this.reportIfNew(force);
       // Kept for changes of GPOs alone, unless the directory changed meanwhile.
       if (seen === this.directoryChanges) this.targeting = targeting;
       return { revision, changed, gpos: gpos.map((g) => g.name) };
@@ -373,16 +412,17 @@ export class FleetAgent {
         { reason, lastGood: good?.revision ?? 'none' },
         'fleet policy not applied: the last good fleet policy stays in force',
       );
-      const repeated = this.last.error === reason;
       this.last = { ...this.last, error: reason, reportedAt: new Date().toISOString() };
       // Reported when the cluster can be reached (a GPO that is not valid, a directory record …),
       // once per error (and on the heartbeat).
-      if (!repeated || this.reportAnyway) {
-        this.reportAnyway = false;
-        await this.report();
-      }
+      await this.reportIfNew(false);
       throw err;
     }
+  }
+
+  /** Whether the host left the fleet (or the agent was closed) meanwhile. */
+  private left(): boolean {
+    return this.closed || (this.o.joined !== undefined && !this.o.joined());
   }
 
   private linkInfo(a: AppliedLink, revision: string | undefined) {
@@ -396,6 +436,16 @@ export class FleetAgent {
   }
 
   /** Writes the status under the host's key, after any report before it; whether the cluster took it. */
+  private async reportIfNew(force: boolean): Promise<void> {
+    const text = JSON.stringify({ ...this.last, reportedAt: '' });
+    if (!force && !this.reportAnyway && text === this.reported) return;
+    this.reportAnyway = false;
+    if (await this.report()) this.reported = text;
+  }
+
+  /** The status the cluster last took (without its time). */
+  private reported = '';
+
   private report(): Promise<boolean> {
     const status = { ...this.last, reportedAt: new Date().toISOString() };
     this.reports = this.reports.then(async () => {
@@ -435,6 +485,9 @@ export class FleetAgent {
           // Typically: this host may not read the GPO (yet). The directory watch tells when that changes.
           this.o.log.warn({ gpo: key, reason: err.message }, 'fleet: a GPO watch ended');
           if (this.gpoWatches.get(key) === w) this.gpoWatches.delete(key);
+          this.targeting = undefined;
+          this.directoryChanges++;
+          this.schedule(this.retryMs);
         });
         this.gpoWatches.set(key, w);
       }
