@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { PolicyDocument } from '../src/policy/model.ts';
 import { PolicyStores, storeFileText } from '../src/policy/store.ts';
+import { validateDocument } from '../src/policy/validate.ts';
 import { ROOT, waitUntil } from './helpers.ts';
 import { freshStateDir, ps, storeBytes } from './pwsh-helpers.ts';
 import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
@@ -395,6 +396,32 @@ describe('live policy', () => {
       assert.deepEqual(seen.at(-1), ['two']);
     } finally {
       w.close();
+    }
+  });
+});
+
+describe('addresses in a store written by hand', () => {
+  it("a rule whose address is no address fails the whole-store check (the fleet agent's, a store read whole) as the cmdlet refuses it: else it would match nothing, a Require rule silently gone", async () => {
+    const dir = freshStateDir('consec-badaddr-');
+    const r = await ps(
+      'New-NetIPsecRule -DisplayName "db" -RemoteAddress 192.0.2.30 -InboundSecurity Require -OutboundSecurity Require | Out-Null',
+      dir,
+    );
+    assert.equal(r.errors, 0, r.err);
+    const file = join(dir, 'policy', 'PersistentStore.json');
+    const doc = new PolicyStores(dir).read();
+    doc.rules = doc.rules.map((x) => ({ ...x, RemoteAddress: ['999.1.1.1'] }));
+    writeFileSync(file, storeFileText('PersistentStore', doc));
+    for (const [k, v] of [
+      ['RemoteAddress', ['999.1.1.1']],
+      ['LocalAddress', ['192.0.2.1/33']],
+      ['RemoteTunnelEndpoint', ['LocalSubnet']],
+    ] as const) {
+      const bad: PolicyDocument = {
+        ...doc,
+        rules: doc.rules.map((x) => ({ ...x, RemoteAddress: ['192.0.2.30'], [k]: v })),
+      };
+      assert.throws(() => validateDocument(bad), new RegExp(k));
     }
   });
 });

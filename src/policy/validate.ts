@@ -3,7 +3,7 @@
  * between them. Mutating commands validate the changed document before writing it, so an invalid
  * change never reaches the disk.
  */
-import { addressFamily, PolicyValidationError } from './endpoints.ts';
+import { addressFamily, parseAddress, PolicyValidationError } from './endpoints.ts';
 import {
   type AuthProposal,
   type AuthSet,
@@ -133,6 +133,11 @@ const VALID_SECURITY = new Set(['None/None', 'Request/None', 'Request/Request', 
 
 function validateIPsecRule(r: IPsecRule, doc: PolicyDocument): void {
   validateNamed('IPsec rule', r);
+  // Every address as a cmdlet would take it: a store written by hand (or a fleet GPO) with an entry
+  // that is no address would otherwise match nothing — a Require rule silently gone.
+  for (const k of ['LocalAddress', 'RemoteAddress'] as const) for (const a of r[k]) parseAddress(k, a);
+  for (const k of ['LocalTunnelEndpoint', 'RemoteTunnelEndpoint'] as const)
+    for (const a of r[k]) parseAddress(k, a, false);
   const combo = `${r.InboundSecurity}/${r.OutboundSecurity}`;
   // Require in, clear out (netsh requireinclearout) exists for tunnel rules only.
   if (!VALID_SECURITY.has(combo) && !(combo === 'Require/None' && r.Mode === 'Tunnel')) {
