@@ -34,6 +34,9 @@ async function withFleet<T>(stateDir: string, work: (etcd: Etcd3, config: FleetC
   }
 }
 
+/** A GPO's name within the domain, given as "Isolation" or "corp.example\\Isolation". */
+const gpoName = (gpo: string): string => gpo.slice(gpo.indexOf('\\') + 1);
+
 const yesNo = (v: string): boolean => {
   if (/^(yes|true|1)$/i.test(v)) return true;
   if (/^(no|false|0)$/i.test(v)) return false;
@@ -178,7 +181,7 @@ Examples:
         opts: { container: string; order?: string; enforced?: string; enabled?: string; remove?: boolean },
       ) =>
         withFleet(stateDir(), async (etcd, config) => {
-          const name = gpo.includes('\\') ? gpo.slice(gpo.indexOf('\\') + 1) : gpo;
+          const name = gpoName(gpo);
           const r = await editDirectory(etcd, config.domain, (dir) => {
             const c = ensureContainer(dir, opts.container);
             const i = c.links.findIndex((l) => l.gpo.toLowerCase() === name.toLowerCase());
@@ -207,7 +210,7 @@ Examples:
     .option('--apply <name...>', 'host names and groups ("Authenticated Users": every host, the default)')
     .action((gpo: string, opts: { apply?: string[] }) =>
       withFleet(stateDir(), async (etcd, config) => {
-        const name = (gpo.includes('\\') ? gpo.slice(gpo.indexOf('\\') + 1) : gpo).toLowerCase();
+        const name = gpoName(gpo).toLowerCase();
         const r = await editDirectory(etcd, config.domain, (dir) => {
           if (!opts.apply?.length || opts.apply.some((a) => /^authenticated users$/i.test(a))) dir.filters.delete(name);
           else dir.filters.set(name, { apply: opts.apply });

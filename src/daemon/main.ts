@@ -661,6 +661,10 @@ async function serve(
       })
     : undefined;
   agent?.start();
+  const fleetAgent = (): FleetAgent => {
+    if (!agent) throw new ConsecError('ERR_NO_FLEET', 'This host has not joined a fleet (consec fleet join).');
+    return agent;
+  };
   // The control API the CLI's live commands use (SA views and removal), root only.
   const control = await startControlServer(stateDir, async (req) => {
     const established = service.sessions().filter((x) => x.state === 'established' || x.state === 'rekeyed');
@@ -694,13 +698,10 @@ async function serve(
           DroppedPackets: { ...(st?.drops ?? {}) },
         };
       }
-      case 'gpupdate': {
-        if (!agent) throw new ConsecError('ERR_NO_FLEET', 'This host has not joined a fleet (consec fleet join).');
-        return agent.refresh(req.params.force === true);
-      }
+      case 'gpupdate':
+        return fleetAgent().refresh(req.params.force === true);
       case 'fleet.status':
-        if (!agent) throw new ConsecError('ERR_NO_FLEET', 'This host has not joined a fleet (consec fleet join).');
-        return agent.status;
+        return fleetAgent().status;
       case 'mmsa.remove': {
         const target = established.find((x) => mainModeSaView(x).Name === req.params.name);
         if (!target) throw new ConsecError('ERR_NOT_FOUND', `No main mode SA named ${req.params.name}.`);

@@ -19,38 +19,20 @@ import { randomBytes } from 'node:crypto';
 import type { Etcd3 } from 'etcd3';
 import {
   containerKey,
-  type Directory,
   directoryPrefix,
+  type Directory,
   filterKey,
   hostKey,
   parseDirectory,
+  readDirectory,
   statusKey,
   targetedGpos,
 } from './directory.ts';
-import { FleetConflictError, gpoKey } from './gpo.ts';
+import { FleetConflictError, linkedGpoKey } from './gpo.ts';
 import { FleetError } from './config.ts';
-
-export interface DirectorySnapshot {
-  dir: Directory;
-  revision: string;
-  /** Each key's mod_revision as read. */
-  modRevisions: Map<string, string>;
-  kvs: [string, string][];
-}
 
 /** etcd's default limit of operations in one transaction (--max-txn-ops). */
 export const MAX_TXN_OPS = 128;
-
-export async function readDirectory(etcd: Etcd3, domain: string): Promise<DirectorySnapshot> {
-  const r = await etcd.getAll().prefix(directoryPrefix(domain)).exec();
-  const kvs = r.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]);
-  return {
-    dir: parseDirectory(domain, kvs),
-    kvs,
-    revision: String(r.header.revision),
-    modRevisions: new Map(r.kvs.map((kv) => [kv.key.toString('utf8'), String(kv.mod_revision)])),
-  };
-}
 
 /** The directory as keys and their JSON text. */
 function directoryKeys(dir: Directory): Map<string, string> {
@@ -66,7 +48,7 @@ export const hostRole = (domain: string, host: string): string =>
 
 /** The keys a host may read (besides the directory) in a given directory: the GPOs that target it. */
 function readableGpos(dir: Directory, host: string): Set<string> {
-  return new Set(targetedGpos(dir, host).applied.map((a) => gpoKey(`${dir.domain}\\${a.gpo}`)));
+  return new Set(targetedGpos(dir, host).applied.map((a) => linkedGpoKey(dir.domain, a.gpo)));
 }
 
 /** The key every directory change bumps: changes are compared against it, so they apply one at a time. */

@@ -28,12 +28,12 @@ import { type FleetConfig, FleetError } from './config.ts';
 import {
   type AppliedLink,
   directoryPrefix,
-  parseDirectory,
+  readDirectory,
   statusKey,
   type Targeting,
   targetedGpos,
 } from './directory.ts';
-import { connectFleet, gpoKey } from './gpo.ts';
+import { connectFleet, linkedGpoKey } from './gpo.ts';
 
 /** What a host reports under its status key. */
 export interface HostStatus {
@@ -133,8 +133,7 @@ export class FleetAgent {
     // Also a periodic re-read: a change a watch missed is found at the next beat, and the status's
     // last-contact time moves.
     this.heartbeat = setInterval(() => {
-      this.targeting = undefined; // the directory too
-      this.directoryChanges++;
+      this.forgetDirectory();
       this.request(false, true).catch((err: unknown) => {
         if (!isContentError(err)) this.schedule(this.retryMs);
       });
@@ -238,6 +237,12 @@ export class FleetAgent {
     this.timer.unref();
   }
 
+  /** The next run reads the directory again (and a run under way does not keep its targeting). */
+  private forgetDirectory(): void {
+    this.targeting = undefined;
+    this.directoryChanges++;
+  }
+
   private connect(): Etcd3 {
     if (this.etcd) return this.etcd;
     // The TLS files are read here: a file that cannot be read is an error of this attempt, and the
@@ -259,8 +264,7 @@ export class FleetAgent {
   private watchDirectory(etcd: Etcd3): void {
     if (this.closed) return;
     const changed = () => {
-      this.targeting = undefined;
-      this.directoryChanges++;
+      this.forgetDirectory();
       this.schedule(0);
     };
     const w = etcd.watch().prefix(directoryPrefix(this.o.config.domain)).watcher();
@@ -296,7 +300,7 @@ export class FleetAgent {
         // Only GPOs changed since the directory was read (its watch forgets the targeting on any
         // change of it): the GPOs alone, in one transaction, so at one revision.
         targeting = this.targeting;
-        const keys = targeting.applied.map((a) => gpoKey(`${config.domain}\\${a.gpo}`));
+        const keys = targeting.applied.map((a) => linkedGpoKey(config.domain, a.gpo));
         if (keys.length === 0) {
           reads = [];
           revision = (await etcd.get(statusKey(config.domain, config.host)).exec()).header.revision;
@@ -311,21 +315,12 @@ export class FleetAgent {
       } else {
         this.targeting = undefined;
         seen = this.directoryChanges;
-        const dirRead = await etcd.getAll().prefix(directoryPrefix(config.domain)).exec();
-        revision = String(dirRead.header.revision);
-        const directory = parseDirectory(
-          config.domain,
-          dirRead.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]),
-        );
-        targeting = targetedGpos(directory, config.host);
+        const read = await readDirectory(etcd, config.domain);
+        revision = read.revision;
+        targeting = targetedGpos(read.dir, config.host);
         // Every GPO at the directory's revision: one consistent picture of the fleet's policy.
         reads = await Promise.all(
-          targeting.applied.map((a) =>
-            etcd
-              .get(gpoKey(`${config.domain}\\${a.gpo}`))
-              .revision(revision)
-              .exec(),
-          ),
+          targeting.applied.map((a) => etcd.get(linkedGpoKey(config.domain, a.gpo)).revision(revision).exec()),
         );
       }
       this.watchGpos(targeting);
@@ -471,7 +466,7 @@ export class FleetAgent {
     const etcd = this.etcd;
     if (!etcd || this.closed) return;
     const changed = () => this.schedule(0);
-    const keys = new Set(targeting.applied.map((a) => gpoKey(`${this.o.config.domain}\\${a.gpo}`)));
+    const keys = new Set(targeting.applied.map((a) => linkedGpoKey(this.o.config.domain, a.gpo)));
     for (const [key, w] of this.gpoWatches)
       if (!keys.has(key)) {
         this.gpoWatches.delete(key);
@@ -485,8 +480,7 @@ export class FleetAgent {
           // Typically: this host may not read the GPO (yet). The directory watch tells when that changes.
           this.o.log.warn({ gpo: key, reason: err.message }, 'fleet: a GPO watch ended');
           if (this.gpoWatches.get(key) === w) this.gpoWatches.delete(key);
-          this.targeting = undefined;
-          this.directoryChanges++;
+          this.forgetDirectory();
           this.schedule(this.retryMs);
         });
         this.gpoWatches.set(key, w);

@@ -13,6 +13,7 @@
  * to hosts its security filtering names (by host name or group; "Authenticated Users" and
  * "Domain Computers" name every host).
  */
+import type { Etcd3 } from 'etcd3';
 import { z } from 'zod';
 import { FleetError } from './config.ts';
 
@@ -189,5 +190,25 @@ export function targetedGpos(dir: Directory, host: string): Targeting {
     groups: entry.groups,
     applied: applied.filter((a, i) => last.get(a.gpo.toLowerCase()) === i),
     denied,
+  };
+}
+
+export interface DirectorySnapshot {
+  dir: Directory;
+  revision: string;
+  /** Each key's mod_revision as read. */
+  modRevisions: Map<string, string>;
+  kvs: [string, string][];
+}
+
+/** The directory as the cluster holds it now, with its revision and each key's mod_revision. */
+export async function readDirectory(etcd: Etcd3, domain: string): Promise<DirectorySnapshot> {
+  const r = await etcd.getAll().prefix(directoryPrefix(domain)).exec();
+  const kvs = r.kvs.map((kv) => [kv.key.toString('utf8'), kv.value.toString('utf8')] as [string, string]);
+  return {
+    dir: parseDirectory(domain, kvs),
+    kvs,
+    revision: String(r.header.revision),
+    modRevisions: new Map(r.kvs.map((kv) => [kv.key.toString('utf8'), String(kv.mod_revision)])),
   };
 }

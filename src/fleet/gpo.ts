@@ -52,6 +52,9 @@ export const gpoKey = (name: string): string => {
   return `/consec/gpo/${n.domain}/${encodeURIComponent(n.gpo.toLowerCase())}`;
 };
 
+/** The key of a GPO linked by its name within `domain` ("Isolation"). */
+export const linkedGpoKey = (domain: string, gpo: string): string => gpoKey(`${domain}\\${gpo}`);
+
 export interface GpoRecord {
   doc: PolicyDocument;
   /** The store file as it is in etcd. */
