@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "consec_io",
-      "sources": ["native/consec_io.cc", "native/esp_gcm.cc", "native/esp_cbc.cc", "native/netlink.cc", "native/ecdsa_digest.cc"],
+      "sources": ["native/consec_io.cc", "native/esp_gcm.cc", "native/esp_cbc.cc", "native/netlink.cc", "native/ecdsa_digest.cc", "native/tun_offload.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],

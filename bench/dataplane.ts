@@ -12,6 +12,7 @@
  * cores busy, softirq included), over the TCP one-stream runs.
  *
  *   node --import tsx bench/dataplane.ts [--seconds 3] [--reps 3] [--only REGEX] [--json]
+ *   CONSEC_BENCH_PROFILE=DIR …   the consec daemons write CPU profiles into DIR
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -156,7 +157,10 @@ const swan = (host: string, suite: Suite) => {
 /** A consec daemon in `host` with the bench policy toward the other host, ready. */
 async function consecUp(host: 'alice' | 'bob', suite: Suite, tunnel: boolean, extra: string[] = []) {
   const [local, remote] = host === 'alice' ? [a, b] : [b, a];
-  const d = consecDaemon(lab, host, await policy(local, remote, suite, tunnel), local, extra);
+  // CONSEC_BENCH_PROFILE=DIR: each daemon writes a CPU profile there when it stops.
+  const dir = process.env.CONSEC_BENCH_PROFILE;
+  const env = dir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${dir}` } : undefined;
+  const d = consecDaemon(lab, host, await policy(local, remote, suite, tunnel), local, extra, env);
   await d.waitFor(/"msg":"ready"/);
   return d;
 }
@@ -212,6 +216,15 @@ const PATHS: Path[] = [
       },
     },
     { name: 'consec ↔ consec (transport, raw ESP)', suite, start: () => consecPair(suite, false, []) },
+    ...(suite === 'AES-GCM-256'
+      ? [
+          {
+            name: 'consec ↔ consec (transport, raw ESP, no TUN offloads)',
+            suite,
+            start: () => consecPair(suite, false, ['--no-offload']),
+          },
+        ]
+      : []),
     { name: 'consec ↔ consec (transport, ESP-in-UDP 4500)', suite, start: () => consecPair(suite, false, ['--encap']) },
     { name: 'consec ↔ consec (tunnel, raw ESP)', suite, start: () => consecPair(suite, true, []) },
   ]),

@@ -1,6 +1,7 @@
 // consec native I/O: the few Linux facilities Node has no API for.
 //
-//   tunOpen(name, multiQueue)            -> { fd, name }    TUN, IFF_TUN|IFF_NO_PI, O_NONBLOCK
+//   tunOpen(name, multiQueue[, vnetHdr]) -> { fd, name, offloads }  TUN, IFF_TUN|IFF_NO_PI, O_NONBLOCK;
+//                                        with vnetHdr IFF_VNET_HDR and TUNSETOFFLOAD (tun_offload.cc)
 //   rawOpen(family, protocol)            -> fd              SOCK_RAW (ESP 50, AH 51), non-blocking
 //   udpOpen(family)                      -> fd              SOCK_DGRAM (IKE and ESP-in-UDP on 4500)
 //   bindAddress(fd, family, addr16[, port]) -> undefined    bind to a local address (and UDP port)
@@ -121,17 +122,24 @@ void FromSockaddr(const sockaddr_storage* ss, uint8_t* addr16) {
   }
 }
 
+}  // namespace
+
+int TunSetOffloads(int fd);  // native/tun_offload.cc
+
+namespace {
+
 Napi::Value TunOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw ArgError(env, "name must be a string");
   std::string name = info[0].As<Napi::String>().Utf8Value();
   if (name.size() >= IFNAMSIZ) throw ArgError(env, "interface name longer than 15 bytes");
   bool multiQueue = info.Length() > 1 && info[1].ToBoolean().Value();
+  bool vnetHdr = info.Length() > 2 && info[2].ToBoolean().Value();
 
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) throw ErrnoError(env, errno, "open(/dev/net/tun)");
   ifreq ifr{};
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0);
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (multiQueue ? IFF_MULTI_QUEUE : 0) | (vnetHdr ? IFF_VNET_HDR : 0);
   strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int err = errno;
@@ -141,6 +149,7 @@ Napi::Value TunOpen(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("fd", Napi::Number::New(env, fd));
   out.Set("name", Napi::String::New(env, ifr.ifr_name));
+  out.Set("offloads", Napi::Number::New(env, vnetHdr ? TunSetOffloads(fd) : 0));
   return out;
 }
 
@@ -517,6 +526,7 @@ Napi::Function InitEspGcm(Napi::Env env);  // native/esp_gcm.cc
 Napi::Function InitEspCbc(Napi::Env env);  // native/esp_cbc.cc
 void InitNetlink(Napi::Env env, Napi::Object exports);  // native/netlink.cc
 void InitEcdsaDigest(Napi::Env env, Napi::Object exports);  // native/ecdsa_digest.cc
+void InitTunOffload(Napi::Env env, Napi::Object exports);   // native/tun_offload.cc
 
 namespace {
 
@@ -541,6 +551,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("maxBatch", Napi::Number::New(env, kMaxBatch));
   InitNetlink(env, exports);
   InitEcdsaDigest(env, exports);
+  InitTunOffload(env, exports);
   return exports;
 }
 

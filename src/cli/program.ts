@@ -199,6 +199,10 @@ Examples:
     )
     .option('--encap', 'encapsulate ESP in UDP 4500 even without a NAT (for hosts without kernel ESP)')
     .option(
+      '--no-offload',
+      'userspace data plane: no TUN offloads (the kernel hands over MTU-sized packets, not 64 KiB TCP/UDP super-packets)',
+    )
+    .option(
       '--dataplane <kind>',
       "auto (the kernel's ESP where it has it, else userspace), kernel (netlink XFRM), userspace (ESP on a TUN device) or none (negotiate only)",
       'auto',
@@ -216,6 +220,7 @@ Examples:
       async (opts: {
         listen?: string[];
         encap?: boolean;
+        offload: boolean;
         dpd: string;
         metrics?: string;
         dataplane: string;
@@ -233,6 +238,7 @@ Examples:
         process.exitCode = await runDaemon(stateDir(program), {
           listen: opts.listen,
           encap: opts.encap,
+          offload: opts.offload,
           dpd,
           dataplane: opts.dataplane as 'auto' | 'kernel' | 'userspace' | 'none',
           removeFilters: opts.removeFilters,

@@ -144,6 +144,8 @@ export interface DaemonOptions {
    * TUN device; 'auto' (default): the kernel where it carries ESP, else userspace; 'none': SAs are only logged.
    */
   dataplane?: 'auto' | 'kernel' | 'userspace' | 'none';
+  /** The userspace data plane's TUN offloads (TSO/USO super-packets in, GRO out); default on. */
+  offload?: boolean;
   /** Remove consec's nftables table, routing rule and routes, and exit (refused while a daemon runs). */
   removeFilters?: boolean;
   /** With removeFilters: stop the running daemon first (SIGTERM: its SAs deleted at the peers). */
@@ -333,6 +335,7 @@ async function serve(
     plane = await UserspaceDataPlane.open({
       locals: addresses,
       follow: !o.listen?.length,
+      offload: o.offload ?? true,
       classify: (packet, ip) => classify(packet, ip),
       onDriverDrop: (d) => emitAudit({ ...d, subcategory: 'IPsec Driver', success: false }),
       onPolicyDrop: (d) =>

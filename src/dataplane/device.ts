@@ -12,7 +12,7 @@ import { isIPv4 } from 'node:net';
 import { promisify } from 'node:util';
 import { IPPROTO_AH } from '../esp/ah.ts';
 import { readIp, writeIp } from '../io/addr.ts';
-import { IPPROTO_ESP, RawIpSocket, rtnetlink, TunDevice, UdpSocket } from '../io/native.ts';
+import { IPPROTO_ESP, offloadNames, RawIpSocket, rtnetlink, TunDevice, UdpSocket } from '../io/native.ts';
 import { errnoName, type RouteRequest, routeRequests } from '../io/rtnetlink.ts';
 import type { TrafficSelector } from '../sa/spec.ts';
 
@@ -27,6 +27,8 @@ export interface DeviceOptions {
    */
   follow?: boolean;
   tunName: string;
+  /** Open the TUN with offloads (TunOptions.offload). */
+  offload?: boolean;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark: number;
   /** Routing table for the protected destinations, and the priority of its rule. */
@@ -139,7 +141,8 @@ export class Device {
     };
     let device: Device | undefined;
     try {
-      const tun = keep(TunDevice.open(o.tunName));
+      const tun = keep(TunDevice.open(o.tunName, { offload: o.offload ?? false }));
+      if (tun.offloads !== undefined) o.log('TUN offloads', { accepted: offloadNames(tun.offloads) });
       const clearOf = (family: 4 | 6): RawIpSocket | undefined => {
         let c: RawIpSocket;
         try {

@@ -29,6 +29,8 @@ export interface DataPlaneOptions {
   /** Following the host's addresses: one not usable yet is left out at start (see DeviceOptions). */
   follow?: boolean;
   tunName?: string;
+  /** TUN offloads: TCP/UDP super-packets split on the way in, TCP segments coalesced on the way out. */
+  offload?: boolean;
   /** Firewall mark on our own sockets; packets without it are routed into the TUN. */
   mark?: number;
   /** Routing table for the protected destinations, and the priority of its rule. */

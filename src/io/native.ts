@@ -52,7 +52,37 @@ interface NativeEsp {
 interface NativeAddon {
   ecdsaSignDigest(pkcs8Der: Buffer, digest: Buffer): Buffer;
   ecdsaVerifyDigest(spkiDer: Buffer, digest: Buffer, rs: Buffer): boolean;
-  tunOpen(name: string, multiQueue: boolean): { fd: number; name: string };
+  tunOpen(name: string, multiQueue: boolean, vnetHdr?: boolean): { fd: number; name: string; offloads: number };
+  tunReadV(
+    fd: number,
+    scratch: Buffer,
+    state: Int32Array,
+    buf: Buffer,
+    slot: number,
+    lengths: Int32Array,
+    max: number,
+  ): number;
+  tunSegment(src: Buffer, state: Int32Array, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
+  tunWriteV(
+    fd: number,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    count: number,
+    scratch: Buffer,
+    gro: boolean,
+  ): number;
+  tunCoalesce(
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    count: number,
+    scratch: Buffer,
+    out: Buffer,
+    outOffsets: Int32Array,
+    outLengths: Int32Array,
+  ): number;
+  tunVnetHeader: number;
   rawOpen(family: IpFamily, protocol: number): number;
   udpOpen(family: IpFamily): number;
   bindAddress(fd: number, family: IpFamily, addr16: Buffer, port?: number): void;
@@ -278,27 +308,66 @@ abstract class PolledSocket extends PolledFd {
 export interface TunOptions {
   /** Open with IFF_MULTI_QUEUE so several queues (one per worker) can share the device. */
   multiQueue?: boolean;
+  /**
+   * Offloads (IFF_VNET_HDR): the kernel hands over TCP/UDP super-packets of up to 64 KiB, which
+   * reads split into MTU-sized packets, and writes coalesce TCP segments of a flow into one (GRO).
+   * Whatever the kernel refuses is left off; reads and writes are plain packets either way.
+   */
+  offload?: boolean;
 }
+
+/** TUNSETOFFLOAD flags (linux/if_tun.h). */
+export const TUN_OFFLOAD = { csum: 0x01, tso4: 0x02, tso6: 0x04, tsoEcn: 0x08, uso4: 0x20, uso6: 0x40 } as const;
+
+/** The names of the TUN_OFFLOAD flags in `mask`, for logs. */
+export function offloadNames(mask: number): string[] {
+  return Object.entries(TUN_OFFLOAD)
+    .filter(([, bit]) => (mask & bit) !== 0)
+    .map(([name]) => name);
+}
+
+/** Octets a super-packet may have (the IP total length's limit), plus the vnet header. */
+const SUPER_PACKET = 65_535 + 10;
 
 /** A TUN device (IFF_TUN | IFF_NO_PI): reads and writes bare IPv4/IPv6 packets. */
 export class TunDevice extends PolledFd {
+  /** With offloads: the super-packet being split, and its progress (see native/tun_offload.cc). */
+  private readonly readState = new Int32Array(4);
+  private readonly readScratch: Buffer | undefined;
+  private readonly writeScratch: Buffer | undefined;
+
   private constructor(
     fd: number,
     readonly name: string,
+    /** TUN_OFFLOAD flags the kernel took; undefined when opened without offloads. */
+    readonly offloads: number | undefined,
   ) {
     super(fd);
+    if (offloads !== undefined) {
+      this.readScratch = Buffer.alloc(SUPER_PACKET);
+      this.writeScratch = Buffer.alloc(SUPER_PACKET);
+    }
   }
 
   /** Opens (creating if needed) the TUN device `name` in the caller's network namespace. */
   static open(name: string, options: TunOptions = {}): TunDevice {
-    const { fd, name: actual } = sys(() => native().tunOpen(name, options.multiQueue ?? false));
-    return new TunDevice(fd, actual);
+    const vnet = options.offload ?? false;
+    const { fd, name: actual, offloads } = sys(() => native().tunOpen(name, options.multiQueue ?? false, vnet));
+    return new TunDevice(fd, actual, vnet ? offloads : undefined);
+  }
+
+  /** Super-packets from the kernel that could not be split (malformed), since the device opened. */
+  get offloadDrops(): number {
+    return this.readState[3] as number;
   }
 
   /** Reads up to batch.capacity packets; returns how many (0 when none are waiting). */
   read(batch: PacketBatch): number {
     this.assertOpen();
-    batch.count = sys(() => native().readBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.capacity));
+    const s = this.readScratch;
+    batch.count = s
+      ? sys(() => native().tunReadV(this.fd, s, this.readState, batch.buf, batch.slot, batch.lengths, batch.capacity))
+      : sys(() => native().readBatch(this.fd, batch.buf, batch.slot, batch.lengths, batch.capacity));
     return batch.count;
   }
 
@@ -307,11 +376,42 @@ export class TunDevice extends PolledFd {
     return this.writeRaw(batch.buf, batch.offsets, batch.lengths, count);
   }
 
-  /** Writes `count` packets buf[offsets[i], +lengths[i]) (gathered from anywhere in `buf`). */
+  /**
+   * Writes `count` packets buf[offsets[i], +lengths[i]) (gathered from anywhere in `buf`); with
+   * offloads, TCP segments of one flow go as one super-packet. Returns how many packets went.
+   */
   writeRaw(buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number {
     this.assertOpen();
-    return sys(() => native().writeBatch(this.fd, buf, offsets, lengths, count));
+    const s = this.writeScratch;
+    return s
+      ? sys(() => native().tunWriteV(this.fd, buf, offsets, lengths, count, s, true))
+      : sys(() => native().writeBatch(this.fd, buf, offsets, lengths, count));
   }
+}
+
+/**
+ * The offload read's split on its own (for tests): `src` is a vnet header and packet as a read with
+ * offloads gets it; the packets it makes land in `batch` (as many as fit). `state` carries a
+ * super-packet that did not fit to the next call: state[0] = src's length to start.
+ */
+export function segmentSuperPacket(src: Buffer, state: Int32Array, batch: PacketBatch): number {
+  batch.count = sys(() => native().tunSegment(src, state, batch.buf, batch.slot, batch.lengths, batch.capacity));
+  return batch.count;
+}
+
+/**
+ * The offload write's coalescing on its own (for tests): what a write of packets [0, count) would
+ * hand the kernel, each a vnet header and a packet, as views into one buffer.
+ */
+export function coalesceForTun(buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): Buffer[] {
+  let total = 0;
+  for (let i = 0; i < count; i++) total += (lengths[i] as number) + 10;
+  const out = Buffer.alloc(total);
+  const offs = new Int32Array(count);
+  const lens = new Int32Array(count);
+  const scratch = Buffer.alloc(SUPER_PACKET);
+  const n = sys(() => native().tunCoalesce(buf, offsets, lengths, count, scratch, out, offs, lens));
+  return Array.from({ length: n }, (_, k) => out.subarray(offs[k], (offs[k] as number) + (lens[k] as number)));
 }
 
 export const IPPROTO_ESP = 50;

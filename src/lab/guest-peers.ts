@@ -4,7 +4,7 @@
  * Both are configured from TypeScript objects (rendered injection-safe) and driven through the
  * guest's exec channel.
  */
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { PeerError } from '../errors.ts';
 import { type CharonConfig, charonFileLog, parseListSas, renderConf, swanctlConf, type VsaIke } from './strongswan.ts';
@@ -205,6 +205,21 @@ export class GuestPluto {
   }
 }
 
+/** Whether `root`'s compiled tree (dist/, `tsc -p tsconfig.build.json`) is newer than every source file. */
+function builtEntry(root: string): boolean {
+  let built: number;
+  try {
+    built = statSync(join(root, 'dist', 'cli', 'main.js')).mtimeMs;
+  } catch {
+    return false;
+  }
+  const newer = (dir: string): boolean =>
+    readdirSync(dir, { withFileTypes: true }).some((d) =>
+      d.isDirectory() ? newer(join(dir, d.name)) : statSync(join(dir, d.name)).mtimeMs > built,
+    );
+  return !newer(join(root, 'src'));
+}
+
 /**
  * consec itself in a guest, on the guest kernel's XFRM (the kernel data plane): this machine's Node
  * and consec's source tree are mounted read-only into the guest over hostfs (`/consec/node`,
@@ -237,7 +252,11 @@ export class GuestConsec {
           : []),
       ].join(' && '),
     );
-    return `/consec/node/${shellQuote(basename(nodeBinary))} --import tsx /consec/src/src/cli/main.ts --state-dir ${GuestConsec.STATE_DIR}`;
+    // The compiled tree when it is current: transpiling the sources at every start (tsx, its cache in
+    // the guest's fresh /tmp) costs a guest more than the command itself.
+    const node = `/consec/node/${shellQuote(basename(nodeBinary))}`;
+    const entry = builtEntry(root) ? '/consec/src/dist/cli/main.js' : '--import tsx /consec/src/src/cli/main.ts';
+    return `${node} ${entry} --state-dir ${GuestConsec.STATE_DIR}`;
   }
 
   /**
