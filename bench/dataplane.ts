@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecDaemon } from '../test/helpers.ts';
+import { consecArgv, consecDaemon } from '../test/helpers.ts';
 import { freshStateDir } from '../test/pwsh-helpers.ts';
 import { consecPolicy, removeFilters } from './lib/consec.ts';
 import { emit, numberArg, stringArg } from './lib/cli.ts';
@@ -157,10 +157,17 @@ const swan = (host: string, suite: Suite) => {
 /** A consec daemon in `host` with the bench policy toward the other host, ready. */
 async function consecUp(host: 'alice' | 'bob', suite: Suite, tunnel: boolean, extra: string[] = []) {
   const [local, remote] = host === 'alice' ? [a, b] : [b, a];
+  const state = await policy(local, remote, suite, tunnel);
   // CONSEC_BENCH_PROFILE=DIR: each daemon writes a CPU profile there when it stops.
   const dir = process.env.CONSEC_BENCH_PROFILE;
-  const env = dir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${dir}` } : undefined;
-  const d = consecDaemon(lab, host, await policy(local, remote, suite, tunnel), local, extra, env);
+  const d = dir
+    ? lab.spawn(host, [
+        process.execPath,
+        '--cpu-prof',
+        `--cpu-prof-dir=${dir}`,
+        ...consecArgv(['daemon', '--listen', local, '--dpd', '0', ...extra], state).slice(1),
+      ])
+    : consecDaemon(lab, host, state, local, extra);
   await d.waitFor(/"msg":"ready"/);
   return d;
 }

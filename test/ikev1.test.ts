@@ -603,6 +603,30 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     assert.deepEqual([...a.sad.installed.keys()], [next]);
   });
 
+  it("a child made on the old ISAKMP SA after the peer's reauthentication began (strongSwan's race): when the peer deletes that SA, the child is renewed over the new one at once", async () => {
+    const { a, b, start } = pair();
+    const { session } = await start();
+    await until(() => b.sad.installed.size === 1);
+    // a reauthenticates (as charon does: the new ISAKMP SA first) …
+    a.m.v1.renewPhase1(session);
+    await until(() => b.m.v1.sessions().filter((s) => s.state === 'established').length === 2);
+    // … and a Quick Mode still ends on the old one: b holds that child on the old SA.
+    const late = await a.m.v1.createChild(session, { tsi: [hostTs(A)], tsr: [hostTs(B)] });
+    const lateAtB = late.child.spiOut.readUInt32BE(0);
+    await until(() => b.sad.installed.has(lateAtB));
+    // a deletes the old ISAKMP SA (after its grace): b renews that child over the new SA itself.
+    await until(() => b.events.some((e) => e.startsWith('child SA renewed at once')), 6000).catch((e: Error) => {
+      throw new Error(`${e.message}\n${b.events.join('\n')}`);
+    });
+    await until(() => b.sad.installed.size === 1 && !b.sad.installed.has(lateAtB), 6000);
+    const [renewed] = [...b.sad.installed.values()];
+    assert.ok(renewed && a.sad.installed.has(renewed.outbound.spi), 'a receives on what b now sends with');
+    assertMirrored(a.sad, b.sad);
+    const [only] = b.m.v1.sessions();
+    assert.equal(b.m.v1.sessions().length, 1);
+    assert.equal(only?.children.size, 1, 'the renewed child lives on the new ISAKMP SA');
+  });
+
   it('DoS protection (MS-IKEE §3.9): a responder past its threshold answers message 1 with a stateless cookie (4646), the initiator returns it, the SA comes up; a wrong cookie leaves no state', async () => {
     const { b, net, start } = pair({ cookieThreshold: 0 });
     const { session } = await start();

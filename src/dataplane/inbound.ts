@@ -92,14 +92,15 @@ export class Inbound {
         const len = batch.lengths[i] as number;
         if (len < 0) continue;
         const data = batch.packet(i);
-        const from = () => ({ address: batch.address(i, fam), port: batch.ports[i] as number });
         if (port === 500) {
-          this.c.keying(ep.address)?.ike(Buffer.from(data), from(), 500);
+          this.c.keying(ep.address)?.ike(Buffer.from(data), Inbound.from(batch, i, fam), 500);
           continue;
         }
         const kind = udp4500Kind(data);
         if (kind === 'ike')
-          this.c.keying(ep.address)?.ike(Buffer.from(data.subarray(NON_ESP_MARKER.length)), from(), 4500);
+          this.c
+            .keying(ep.address)
+            ?.ike(Buffer.from(data.subarray(NON_ESP_MARKER.length)), Inbound.from(batch, i, fam), 4500);
         else if (kind === 'esp') this.esp(data, batch, i, 0);
         else if (kind === 'runt') this.c.counters.drop('malformed');
       }
@@ -170,6 +171,11 @@ export class Inbound {
       }
       this.flushTun();
     }
+  }
+
+  /** Where datagram `i` of a UDP batch came from (built only for IKE: ESP needs no object). */
+  private static from(batch: PacketBatch, i: number, fam: 4 | 6): { address: string; port: number } {
+    return { address: batch.address(i, fam), port: batch.ports[i] as number };
   }
 
   // ---- stages 2–4 ------------------------------------------------------------------------------

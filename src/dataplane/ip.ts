@@ -70,13 +70,17 @@ export function packetMatches(
   srcTs: readonly TrafficSelector[],
   dstTs: readonly TrafficSelector[],
 ): boolean {
+  return anyCovers(packet, ip, ip.src, ip.srcPort, srcTs) && anyCovers(packet, ip, ip.dst, ip.dstPort, dstTs);
+}
+
+/** One side of packetMatches: a plain loop (per packet on the hot path: no closure, no allocation). */
+function anyCovers(packet: Buffer, ip: IpInfo, off: number, port: number, ts: readonly TrafficSelector[]): boolean {
   const len = ip.family === 4 ? 4 : 16;
-  const ok = (off: number, port: number, ts: readonly TrafficSelector[]) =>
-    ts.some(
-      (t) =>
-        (t.ipProtocol === 0 || t.ipProtocol === ip.protocol) &&
-        (port < 0 ? t.startPort === 0 && t.endPort === 65535 : t.startPort <= port && port <= t.endPort) &&
-        addressIn(packet, off, len, t),
-    );
-  return ok(ip.src, ip.srcPort, srcTs) && ok(ip.dst, ip.dstPort, dstTs);
+  for (let i = 0; i < ts.length; i++) {
+    const t = ts[i] as TrafficSelector;
+    if (t.ipProtocol !== 0 && t.ipProtocol !== ip.protocol) continue;
+    if (port < 0 ? t.startPort !== 0 || t.endPort !== 65535 : port < t.startPort || port > t.endPort) continue;
+    if (addressIn(packet, off, len, t)) return true;
+  }
+  return false;
 }

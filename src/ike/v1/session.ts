@@ -156,6 +156,8 @@ export class V1Session {
   /** Main Mode's outstanding message and the answer to the peer's last one. */
   mmRetransmit?: Retransmission;
   mmAnswered?: { request: string; response: Buffer };
+  /** Digests of the Main Mode messages handled so far (at most three): duplicates are dropped. */
+  private readonly mmHandled: string[] = [];
   /** Main Mode's step handler for the next message (main-mode.ts), undefined once established. */
   mmNext?: (msg: V1Message) => void;
   /** Quick Mode exchanges by message ID. */
@@ -296,6 +298,10 @@ export class V1Session {
         return;
       }
       if (!this.mmNext) return; // a late Main Mode message after the SA is up
+      // A message handled already (the peer resent it: its copy of ours crossed a retransmission)
+      // is not the next one: dropped, never taken as a malformed next message.
+      if (this.mmHandled.includes(digest)) return;
+      this.mmHandled.push(digest);
       if (port === 4500 && this.local.port !== 4500) this.floatTo(from);
       this.mmNext(msg);
       return;
@@ -738,7 +744,21 @@ export class V1Session {
     this.quick.clear();
     // The peer deleted or let expire this ISAKMP SA after making a newer one: the children live on there.
     const heir = this.children.size > 0 ? this.host.successor(this) : undefined;
+    // But a child this SA made after the newer one had begun may be gone at the peer without a
+    // Delete: strongSwan moves a reauthenticated SA's children at once, so a Quick Mode that ends
+    // on the old SA afterwards leaves its child there, and deleting that SA destroys it silently.
+    // Such a child is renewed over the heir at once (make-before-break), never waited out.
+    const late =
+      heir && reason === 'deleted by the peer'
+        ? [...this.children.values()].filter((e) => e.installedAt >= heir.startedAt && e.state.kind === 'installed')
+        : [];
     if (heir) heir.adoptChildren(this);
+    for (const e of late) {
+      this.log('child SA renewed at once: made on an ISAKMP SA the peer deleted after starting a newer one', {
+        spiIn: e.child.spiIn.toString('hex'),
+      });
+      heir?.renewChild?.(e);
+    }
     for (const e of [...this.children.values()]) this.removeChild(e, reason);
     const wasUp = this.establishedAt > 0;
     this.state = 'dead';
