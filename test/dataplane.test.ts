@@ -987,7 +987,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
     await lab?.destroy();
   });
 
-  it('two daemons with Windows transport rules: ping and a TCP transfer in raw ESP (protocol 50), nothing in clear', async () => {
+  it('two daemons with Windows transport rules, one with TUN offloads and one without: ping and a TCP transfer in raw ESP (protocol 50), nothing in clear', async () => {
     const a = lab.address('alice');
     const b = lab.address('bob');
     const daemons: LabProcess[] = [];
@@ -1004,7 +1004,7 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
         dirs.push(dir);
         await applyPolicy(dir, { local, remote });
         if (host === 'bob') runAuditpol(dir, ['/set', '/subcategory:IPsec Driver', '/failure:enable']);
-        const d = consecDaemon(lab, host, dir, local, host === 'alice' ? ['--wireshark-keys', keys] : []);
+        const d = consecDaemon(lab, host, dir, local, host === 'alice' ? ['--wireshark-keys', keys] : ['--no-offload']);
         daemons.push(d);
         await d.waitFor(/"msg":"ready"/);
       }
@@ -1021,6 +1021,8 @@ describe('userspace data plane, consec ↔ consec (transport mode, raw ESP)', ()
       assert.ok(done, client.output());
       assert.equal(done.received, done.sent, 'every byte came back unchanged');
       assert.match(daemons[0]?.output() ?? '', /"mode":"transport"/, 'a transport-mode SA');
+      assert.doesNotMatch(daemons[0]?.output() ?? '', /TUN offloads/, 'bob without offloads');
+      assert.match(daemons[1]?.output() ?? '', /"accepted":\[[^\]]*"tso4".*"msg":"TUN offloads"/, 'alice with them');
       await cap.stop();
       const protocols = new Set(await cap.protocols('ip'));
       assert.ok(
