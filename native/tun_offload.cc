@@ -76,37 +76,28 @@ inline uint32_t Get32(const uint8_t* p) {
 
 // One's complement sum, accumulated in host order (the result is byte-order independent: stored
 // back with memcpy it is right on the wire). `sum` carries across calls.
+// Adds one T-sized word at p to the 64-bit one's complement accumulator (end-around carry).
+template <typename T>
+inline uint64_t AddWord(const uint8_t* p, uint64_t sum) {
+  T v;
+  memcpy(&v, p, sizeof v);
+  sum += v;
+  return sum + (sum < v);
+}
+
 uint64_t SumAdd(const uint8_t* p, size_t len, uint64_t sum) {
-  while (len >= 8) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    sum += v;
-    sum += (sum < v);
-    p += 8;
-    len -= 8;
-  }
+  for (; len >= 8; p += 8, len -= 8) sum = AddWord<uint64_t>(p, sum);
   if (len >= 4) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    sum += v;
-    sum += (sum < v);
+    sum = AddWord<uint32_t>(p, sum);
     p += 4;
     len -= 4;
   }
   if (len >= 2) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    sum += v;
-    sum += (sum < v);
+    sum = AddWord<uint16_t>(p, sum);
     p += 2;
     len -= 2;
   }
-  if (len) {
-    uint16_t v = 0;
-    memcpy(&v, p, 1);
-    sum += v;
-    sum += (sum < v);
-  }
+  if (len) sum = AddWord<uint8_t>(p, sum);  // the odd octet: the high one of its word on the wire
   return sum;
 }
 
@@ -254,28 +245,34 @@ ReadState StateArg(const Napi::CallbackInfo& info, size_t i) {
   return ReadState{a.Data()};
 }
 
-uint32_t SlotArgs(const Napi::CallbackInfo& info, size_t i, Napi::Buffer<uint8_t>& buf, Napi::Int32Array& lens,
-                  uint32_t* slot) {
-  *slot = NumArg(info, i + 1, "slotSize must be a positive integer");
-  uint32_t max = NumArg(info, i + 3, "max must be a positive integer");
-  if (*slot == 0) throw ArgError(info.Env(), "slotSize must be a positive integer");
-  if (max > lens.ElementLength()) max = static_cast<uint32_t>(lens.ElementLength());
-  if (max > buf.Length() / *slot) max = static_cast<uint32_t>(buf.Length() / *slot);
-  return max;
+// The split's arguments from info[i]: src (or the read's scratch), state, buf, slot, lens, max.
+struct SplitArgs {
+  Napi::Buffer<uint8_t> src;
+  ReadState st;
+  Napi::Buffer<uint8_t> buf;
+  Napi::Int32Array lens;
+  uint32_t slot, max;
+};
+
+SplitArgs SplitArgsAt(const Napi::CallbackInfo& info, size_t i) {
+  SplitArgs a{BufferArg(info, i, "src must be a Buffer"), StateArg(info, i + 1),
+              BufferArg(info, i + 2, "buffer must be a Buffer"),
+              TypedArg<Napi::Int32Array>(info, i + 4, napi_int32_array, "lengths must be an Int32Array"),
+              NumArg(info, i + 3, "slotSize must be a positive integer"),
+              NumArg(info, i + 5, "max must be a positive integer")};
+  if (a.slot == 0) throw ArgError(info.Env(), "slotSize must be a positive integer");
+  if (a.max > a.lens.ElementLength()) a.max = static_cast<uint32_t>(a.lens.ElementLength());
+  if (a.max > a.buf.Length() / a.slot) a.max = static_cast<uint32_t>(a.buf.Length() / a.slot);
+  if (a.st.pendLen() < 0 || static_cast<size_t>(a.st.pendLen()) > a.src.Length())
+    throw ArgError(info.Env(), "state[0] exceeds src");
+  return a;
 }
 
 // tunSegment(src, state, buf, slot, lens, max): the split of one header+packet (state[0] = its length).
 Napi::Value TunSegment(const Napi::CallbackInfo& info) {
-  auto src = BufferArg(info, 0, "src must be a Buffer");
-  ReadState st = StateArg(info, 1);
-  auto buf = BufferArg(info, 2, "buffer must be a Buffer");
-  auto lens = TypedArg<Napi::Int32Array>(info, 4, napi_int32_array, "lengths must be an Int32Array");
-  uint32_t slot;
-  uint32_t max = SlotArgs(info, 2, buf, lens, &slot);
-  if (st.pendLen() < 0 || static_cast<size_t>(st.pendLen()) > src.Length())
-    throw ArgError(info.Env(), "state[0] exceeds src");
-  if (st.pendLen() == 0) return Napi::Number::New(info.Env(), 0);
-  uint32_t n = Segment(src.Data(), st, buf.Data(), buf.Length(), slot, lens.Data(), 0, max);
+  SplitArgs a = SplitArgsAt(info, 0);
+  if (a.st.pendLen() == 0) return Napi::Number::New(info.Env(), 0);
+  uint32_t n = Segment(a.src.Data(), a.st, a.buf.Data(), a.buf.Length(), a.slot, a.lens.Data(), 0, a.max);
   return Napi::Number::New(info.Env(), n);
 }
 
@@ -284,15 +281,11 @@ Napi::Value TunReadV(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) throw ArgError(env, "fd must be a number");
   int fd = info[0].As<Napi::Number>().Int32Value();
-  auto scratch = BufferArg(info, 1, "scratch must be a Buffer");
-  ReadState st = StateArg(info, 2);
-  auto buf = BufferArg(info, 3, "buffer must be a Buffer");
-  auto lens = TypedArg<Napi::Int32Array>(info, 5, napi_int32_array, "lengths must be an Int32Array");
-  uint32_t slot;
-  uint32_t max = SlotArgs(info, 3, buf, lens, &slot);
-  if (scratch.Length() < kHdr + kMaxSuper) throw ArgError(env, "scratch must hold 65545 octets");
-  if (st.pendLen() < 0 || static_cast<size_t>(st.pendLen()) > scratch.Length())
-    throw ArgError(env, "state[0] exceeds scratch");
+  SplitArgs a = SplitArgsAt(info, 1);
+  if (a.src.Length() < kHdr + kMaxSuper) throw ArgError(env, "scratch must hold 65545 octets");
+  auto& scratch = a.src;
+  ReadState st = a.st;
+  const uint32_t max = a.max;
   uint32_t n = 0;
   while (n < max) {
     if (st.pendLen() == 0) {
@@ -307,7 +300,7 @@ Napi::Value TunReadV(const Napi::CallbackInfo& info) {
       st.pendOff() = 0;
     }
     uint32_t before = n;
-    n = Segment(scratch.Data(), st, buf.Data(), buf.Length(), slot, lens.Data(), n, max);
+    n = Segment(scratch.Data(), st, a.buf.Data(), a.buf.Length(), a.slot, a.lens.Data(), n, max);
     if (st.pendLen() != 0 && n == before) break;  // no room left for the next segment
   }
   return Napi::Number::New(env, n);
