@@ -326,8 +326,11 @@ export function offloadNames(mask: number): string[] {
     .map(([name]) => name);
 }
 
-/** Octets a super-packet may have (the IP total length's limit), plus the vnet header. */
-const SUPER_PACKET = 65_535 + 10;
+/**
+ * Room for one read with offloads: the vnet header and a super-packet, which the kernel bounds by
+ * its GSO limit (64 KiB of skb; an IPv6 UDP super-packet may pass the IP total length's 65,535).
+ */
+const SUPER_PACKET = 10 + 65_536 + 64;
 
 /** A TUN device (IFF_TUN | IFF_NO_PI): reads and writes bare IPv4/IPv6 packets. */
 export class TunDevice extends PolledFd {
