@@ -178,7 +178,9 @@ uint32_t Segment(const uint8_t* src, ReadState st, uint8_t* out, size_t outLen, 
       uint16_t partial;
       memcpy(&partial, pkt + at, 2);
       uint64_t sum = SumAdd(dst + start, plen - start, partial);
-      StoreSum(dst + at, static_cast<uint16_t>(~Fold(sum)));
+      // As the kernel's skb_checksum_help: a sum of zero goes out as 0xffff (for UDP, 0 is "none").
+      uint16_t c = static_cast<uint16_t>(~Fold(sum));
+      StoreSum(dst + at, c == 0 ? 0xffff : c);
     }
     lens[n++] = static_cast<int32_t>(plen);
     st.pendLen() = 0;
@@ -193,10 +195,14 @@ uint32_t Segment(const uint8_t* src, ReadState st, uint8_t* out, size_t outLen, 
   const size_t minIp = v4 ? static_cast<size_t>(pkt[0] & 0x0f) * 4 : 40;
   if (minIp < 20 || l4off < minIp || l4off + (tcp ? 20 : 8) > plen) return drop();
   if (v4 && (pkt[9] != (tcp ? 6 : 17) || l4off != minIp)) return drop();
+  // IPv4 options and IPv6 extension headers may name another final destination (source routing),
+  // which the segments' pseudo-header would need: such super-packets are refused, counted.
+  if (l4off != 20 && l4off != 40) return drop();
+  if (!v4 && pkt[6] != (tcp ? 6 : 17)) return drop();
   const size_t l4hdr = tcp ? static_cast<size_t>(pkt[l4off + 12] >> 4) * 4 : 8;
   const size_t hdrLen = l4off + l4hdr;
   const size_t mss = h.gso_size;
-  if (l4hdr < (tcp ? 20u : 8u) || hdrLen > plen || mss == 0 || hdrLen + mss > slot) return drop();
+  if (l4hdr < (tcp ? 20u : 8u) || hdrLen >= plen || mss == 0 || hdrLen + mss > slot) return drop();
   if (st.pendOff() <= 0) {
     st.pendOff() = static_cast<int32_t>(hdrLen);
     st.seg() = 0;
@@ -296,6 +302,10 @@ Napi::Value TunReadV(const Napi::CallbackInfo& info) {
         if (n > 0) break;
         throw ErrnoError(env, errno, "read");
       }
+      if (static_cast<size_t>(r) > scratch.Length()) {  // truncated: never split what is not there
+        st.drops()++;
+        continue;
+      }
       st.pendLen() = static_cast<int32_t>(r);
       st.pendOff() = 0;
     }
@@ -359,7 +369,9 @@ bool SameFlow(const Segm& a, const Segm& b) {
     if (memcmp(x, y, 4) != 0 || x[7] != y[7] || memcmp(x + 8, y + 8, 32) != 0) return false;
   }
   const uint8_t *s = x + a.l4off, *t = y + b.l4off;
-  return memcmp(s, t, 4) == 0 && memcmp(s + 8, t + 8, 4) == 0 && memcmp(s + 20, t + 20, a.thl - 20u) == 0;
+  // Ports, ack, the data offset and window (the flag word but PSH, as the kernel's GRO), options.
+  return memcmp(s, t, 4) == 0 && memcmp(s + 8, t + 8, 4) == 0 && s[12] == t[12] && s[14] == t[14] &&
+         s[15] == t[15] && memcmp(s + 20, t + 20, a.thl - 20u) == 0;
 }
 
 struct Item {
@@ -555,6 +567,7 @@ Napi::Value TunWriteV(const Napi::CallbackInfo& info) {
     }
   }
   uint32_t written = 0;
+  int failed = 0;
   for (int k = 0; k < c.items; k++) {
     const Item& it = c.item[k];
     ssize_t w;
@@ -569,11 +582,13 @@ Napi::Value TunWriteV(const Napi::CallbackInfo& info) {
       while (w < 0 && errno == EINTR);
     }
     if (w < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || written > 0) break;
-      throw ErrnoError(env, errno, "write");
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (!failed) failed = errno;
+      continue;  // this item is lost; the others still go
     }
     written += static_cast<uint32_t>(it.count);
   }
+  if (written == 0 && failed) throw ErrnoError(env, failed, "write");
   return Napi::Number::New(env, written);
 }
 

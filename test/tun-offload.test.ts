@@ -230,6 +230,29 @@ describe('TUN offloads: the split of super-packets (TSO/USO)', () => {
     }
   });
 
+  it('a finished checksum that comes to zero goes out as 0xffff (for UDP, zero means none; IPv6 forbids it)', () => {
+    const f = flow6({ proto: UDP });
+    const pkt = packet(f, randomBytes(101), { partial: true });
+    // Make the sum over pseudo-header and datagram (its checksum field zero) fold to 0xffff, so the
+    // checksum computes to 0: the last two octets (at an even offset of the datagram) adjust it.
+    const l4len = pkt.length - 40;
+    // Odd length: the datagram's last octet pairs with a zero; the pair before it is adjusted.
+    const at = 40 + ((l4len - 1) & ~1) - 2;
+    pkt.writeUInt16BE(0, 46);
+    pkt.writeUInt16BE(0, at);
+    let sum = onesSum(pkt, 40, l4len, ipv6PseudoHeaderSum(pkt, 0, l4len, UDP));
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    pkt.writeUInt16BE((0xffff - sum) & 0xffff, at);
+    let pseudoOnly = ipv6PseudoHeaderSum(pkt, 0, l4len, UDP);
+    while (pseudoOnly > 0xffff) pseudoOnly = (pseudoOnly & 0xffff) + (pseudoOnly >>> 16);
+    pkt.writeUInt16BE(pseudoOnly, 46);
+    const { packets } = splitAll(withHeader(pkt, { flags: 1, csumStart: 40, csumOffset: 6 }), 2);
+    assert.equal(packets.length, 1);
+    const out = packets[0] as Buffer;
+    assert.equal(out.readUInt16BE(46), 0xffff);
+    assert.ok(l4Valid(out, f));
+  });
+
   it('refuses what cannot be split, counted, with no packet made', () => {
     const f = flow4();
     const good = superPacket(f, randomBytes(4000), 1000);
@@ -254,6 +277,25 @@ describe('TUN offloads: the split of super-packets (TSO/USO)', () => {
         return b;
       })(),
       withHeader(packet(f, randomBytes(2100)), {}), // a packet larger than a slot
+      superPacket(f, Buffer.alloc(0), 1000), // headers and no payload
+      (() => {
+        // IPv4 options (source routing would change the pseudo-header's destination)
+        const p = packet(f, randomBytes(3000), { partial: true });
+        const withOpt = Buffer.concat([p.subarray(0, 20), Buffer.from([1, 1, 1, 0]), p.subarray(20)]);
+        withOpt[0] = 0x46;
+        withOpt.writeUInt16BE(withOpt.length, 2);
+        return withHeader(withOpt, { flags: 1, gso: GSO.tcp4, gsoSize: 1000, csumStart: 24, csumOffset: 16 });
+      })(),
+      (() => {
+        // an IPv6 extension header (a routing header's final destination would be needed)
+        const g = flow6();
+        const p = packet(g, randomBytes(3000), { partial: true });
+        const ext = Buffer.from([6, 0, 0, 0, 0, 0, 0, 0]); // next header TCP, 8 octets
+        const withExt = Buffer.concat([p.subarray(0, 40), ext, p.subarray(40)]);
+        withExt[6] = 43;
+        withExt.writeUInt16BE(withExt.length - 40, 4);
+        return withHeader(withExt, { flags: 1, gso: GSO.tcp6, gsoSize: 1000, csumStart: 48, csumOffset: 16 });
+      })(),
     ];
     for (const b of bad) {
       const { packets, drops } = splitAll(b, 8);
@@ -362,6 +404,17 @@ describe('TUN offloads: coalescing TCP segments for the write (GRO)', () => {
     assert.equal(items[2]?.[1], 0);
     assert.deepEqual(sfin, fin, 'the FIN after flow a');
     assert.deepEqual(sgap, gap, 'a sequence gap starts over');
+  });
+
+  it('segments whose windows differ are not joined (the kernel GRO compares the whole flag word but PSH)', () => {
+    const f = flow4();
+    const one = packet(f, randomBytes(mss), { seq: 1 });
+    const two = packet(f, randomBytes(mss), { seq: 1 + mss });
+    two.writeUInt16BE(1234, 20 + 14);
+    two.writeUInt16BE(0, 20 + 16);
+    two.writeUInt16BE(internetChecksum(two, 20, two.length - 20, pseudo(two, f, two.length - 20)), 20 + 16);
+    const { buf, offs, lens } = batchOf([one, two]);
+    assert.equal(coalesceForTun(buf, offs, lens, 2).length, 2);
   });
 
   it('never more than 64 KiB in one super-packet; a smaller segment ends it', () => {
