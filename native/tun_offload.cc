@@ -7,8 +7,8 @@
 //   tunSetOffloads(fd)                                   -> mask of TUN_F_* the kernel accepted
 //   tunReadV(fd, scratch, state, buf, slot, lens, max)   -> n   read super-packets, split into slots
 //   tunSegment(src, state, buf, slot, lens, max)         -> n   the split alone (one header+packet)
-//   tunWriteV(fd, buf, offs, lens, n, scratch, gro)      -> packets written (coalesced when gro)
-//   tunCoalesce(buf, offs, lens, n, scratch, out, outOffs, outLens) -> items, each header+packet
+//   tunWriteV(fd, buf, offs, lens, n, scratch)           -> packets written (TCP segments coalesced)
+//   tunCoalesce(buf, offs, lens, n, out, outOffs, outLens) -> items, each header+packet
 //
 // state (Int32Array(4)): [0] octets of the super-packet being split (0: none), [1] its next payload
 // offset, [2] segments made of it so far, [3] super-packets dropped as malformed (a counter).
@@ -514,13 +514,13 @@ Packets PacketArgs(const Napi::CallbackInfo& info, size_t i) {
   return a;
 }
 
-// tunCoalesce(buf, offs, lens, n, scratch, out, outOffs, outLens) -> items: what tunWriteV writes,
+// tunCoalesce(buf, offs, lens, n, out, outOffs, outLens) -> items: what tunWriteV writes,
 // each item's header and packet copied to out at outOffs[k] (for tests and the fuzz).
 Napi::Value TunCoalesce(const Napi::CallbackInfo& info) {
   Packets a = PacketArgs(info, 0);
-  auto out = BufferArg(info, 5, "out must be a Buffer");
-  auto outOffs = TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "outOffsets must be an Int32Array");
-  auto outLens = TypedArg<Napi::Int32Array>(info, 7, napi_int32_array, "outLengths must be an Int32Array");
+  auto out = BufferArg(info, 4, "out must be a Buffer");
+  auto outOffs = TypedArg<Napi::Int32Array>(info, 5, napi_int32_array, "outOffsets must be an Int32Array");
+  auto outLens = TypedArg<Napi::Int32Array>(info, 6, napi_int32_array, "outLengths must be an Int32Array");
   thread_local Coalesced c;
   CoalesceBatch(a.buf.Data(), a.offs.Data(), a.lens.Data(), static_cast<int>(a.n), &c);
   size_t at = 0;
@@ -544,7 +544,7 @@ Napi::Value TunCoalesce(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), c.items);
 }
 
-// tunWriteV(fd, buf, offs, lens, n, scratch, gro) -> packets written (a super-packet counts as
+// tunWriteV(fd, buf, offs, lens, n, scratch) -> packets written (a super-packet counts as
 // the packets it holds); stops on EAGAIN like writeBatch.
 Napi::Value TunWriteV(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -552,20 +552,10 @@ Napi::Value TunWriteV(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   Packets a = PacketArgs(info, 1);
   auto scratch = BufferArg(info, 5, "scratch must be a Buffer");
-  bool gro = info.Length() > 6 && info[6].ToBoolean();
   if (scratch.Length() < kHdr + kMaxSuper) throw ArgError(env, "scratch must hold 65545 octets");
   thread_local Coalesced c;
   static const virtio_net_hdr zero{};
-  if (gro) {
-    CoalesceBatch(a.buf.Data(), a.offs.Data(), a.lens.Data(), static_cast<int>(a.n), &c);
-  } else {
-    c.items = static_cast<int>(a.n);
-    for (uint32_t i = 0; i < a.n; i++) {
-      c.item[i].first = static_cast<int>(i);
-      c.item[i].count = 1;
-      c.item[i].total = static_cast<uint32_t>(a.lens[i]);
-    }
-  }
+  CoalesceBatch(a.buf.Data(), a.offs.Data(), a.lens.Data(), static_cast<int>(a.n), &c);
   uint32_t written = 0;
   int failed = 0;
   for (int k = 0; k < c.items; k++) {
@@ -609,5 +599,4 @@ void InitTunOffload(Napi::Env env, Napi::Object exports) {
   exports.Set("tunSegment", Napi::Function::New(env, TunSegment));
   exports.Set("tunWriteV", Napi::Function::New(env, TunWriteV));
   exports.Set("tunCoalesce", Napi::Function::New(env, TunCoalesce));
-  exports.Set("tunVnetHeader", Napi::Number::New(env, static_cast<double>(kHdr)));
 }

@@ -63,26 +63,16 @@ interface NativeAddon {
     max: number,
   ): number;
   tunSegment(src: Buffer, state: Int32Array, buf: Buffer, slot: number, lengths: Int32Array, max: number): number;
-  tunWriteV(
-    fd: number,
-    buf: Buffer,
-    offsets: Int32Array,
-    lengths: Int32Array,
-    count: number,
-    scratch: Buffer,
-    gro: boolean,
-  ): number;
+  tunWriteV(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number, scratch: Buffer): number;
   tunCoalesce(
     buf: Buffer,
     offsets: Int32Array,
     lengths: Int32Array,
     count: number,
-    scratch: Buffer,
     out: Buffer,
     outOffsets: Int32Array,
     outLengths: Int32Array,
   ): number;
-  tunVnetHeader: number;
   rawOpen(family: IpFamily, protocol: number): number;
   udpOpen(family: IpFamily): number;
   bindAddress(fd: number, family: IpFamily, addr16: Buffer, port?: number): void;
@@ -387,7 +377,7 @@ export class TunDevice extends PolledFd {
     this.assertOpen();
     const s = this.writeScratch;
     return s
-      ? sys(() => native().tunWriteV(this.fd, buf, offsets, lengths, count, s, true))
+      ? sys(() => native().tunWriteV(this.fd, buf, offsets, lengths, count, s))
       : sys(() => native().writeBatch(this.fd, buf, offsets, lengths, count));
   }
 }
@@ -412,8 +402,7 @@ export function coalesceForTun(buf: Buffer, offsets: Int32Array, lengths: Int32A
   const out = Buffer.alloc(total);
   const offs = new Int32Array(count);
   const lens = new Int32Array(count);
-  const scratch = Buffer.alloc(SUPER_PACKET);
-  const n = sys(() => native().tunCoalesce(buf, offsets, lengths, count, scratch, out, offs, lens));
+  const n = sys(() => native().tunCoalesce(buf, offsets, lengths, count, out, offs, lens));
   return Array.from({ length: n }, (_, k) => out.subarray(offs[k], (offs[k] as number) + (lens[k] as number)));
 }
 
