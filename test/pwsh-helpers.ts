@@ -28,7 +28,12 @@ export function freshStateDir(prefix = 'consec-pwsh-'): string {
 }
 
 /** Runs PowerShell source in-process against the stores in `stateDir`. */
-export async function ps(source: string, stateDir: string, scriptName?: string): Promise<PsResult> {
+export async function ps(
+  source: string,
+  stateDir: string,
+  scriptName?: string,
+  scriptArgs: string[] = [],
+): Promise<PsResult> {
   let out = '';
   let err = '';
   const stores = new PolicyStores(stateDir);
@@ -36,7 +41,7 @@ export async function ps(source: string, stateDir: string, scriptName?: string):
     scriptName,
   });
   // As `consec pwsh` runs a script: one store transaction.
-  const errors = await stores.transaction(() => rt.run(source));
+  const errors = await stores.transaction(() => rt.run(source, scriptArgs));
   return { out, err, errors };
 }
 

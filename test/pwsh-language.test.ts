@@ -384,6 +384,75 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.match(typed.err, /^not for that trap\n/m);
   });
 
+  it('statements as values: $x = if/switch/foreach/try …, chained assignment, array defaults in parentheses', async () => {
+    const r = await ps(
+      [
+        "$Direction = 'Both'",
+        "$Directions = if ($Direction -eq 'Both') { @('Inbound', 'Outbound') } else { @($Direction) }",
+        '"$($Directions.Count): $Directions"',
+        '$none = if ($false) { 1 }',
+        '"none: $($null -eq $none)"',
+        "$picked = switch -Wildcard ('SHA256') { 'SHA*' { 'hash' } default { 'other' } }",
+        '"switch: $picked"',
+        '$squares = foreach ($i in 1..3) { $i * $i }',
+        '"foreach: $($squares -join \',\')"',
+        "$caught = try { throw 'no' } catch { 'caught' }",
+        '"try: $caught"',
+        '$RuleName = $Protocol = $null',
+        '$a = $b = 7',
+        '"chained: $($null -eq $RuleName) $($null -eq $Protocol) $a $b"',
+        "$rule = @{ DisplayName = 'x'; InboundSecurity = if ($true) { 'Require' } else { 'Request' } }",
+        '"hashtable: $($rule.InboundSecurity)"',
+        'function Ports { param([int[]]$Ports = (5800, 5900), $Name = "vnc") "$Name $($Ports -join \'+\')" }',
+        'Ports',
+        'Ports -Ports 1, 2 -Name x',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(
+      r.out,
+      [
+        '2: Inbound Outbound',
+        'none: True',
+        'switch: hash',
+        'foreach: 1,4,9',
+        'try: caught',
+        'chained: True True 7 7',
+        'hashtable: Require',
+        'vnc 5800+5900',
+        'x 1+2',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it("a script's own param block ([CmdletBinding()], defaults, switches) binds -File arguments; script blocks with param bind & arguments", async () => {
+    const script = [
+      '#Requires -Version 5.1',
+      '<# .SYNOPSIS An admin script #>',
+      '[CmdletBinding(SupportsShouldProcess)]',
+      'param (',
+      '    [Parameter(Mandatory = $false)]',
+      "    [string]$RemoteSubnet = '192.0.2.0/24',",
+      '    [switch]$Force',
+      ')',
+      'Write-Host "configuring"',
+      '"subnet=$RemoteSubnet force=$Force bound=$($PSBoundParameters.Count)"',
+      '$sb = { param($a, $b = 2) "a=$a b=$b" }',
+      '& $sb 1',
+      '& $sb -b 5 -a 4',
+    ].join('\n');
+    const plain = await ps(script, dir, 'admin.ps1');
+    assert.equal(plain.err, '');
+    assert.equal(plain.out, 'configuring\nsubnet=192.0.2.0/24 force=False bound=0\na=1 b=2\na=4 b=5\n');
+    const given = await ps(script, dir, 'admin.ps1', ['-RemoteSubnet', '198.51.100.0/24', '-Force']);
+    assert.equal(given.out, 'configuring\nsubnet=198.51.100.0/24 force=True bound=2\na=1 b=2\na=4 b=5\n');
+    const unknown = await ps(script, dir, 'admin.ps1', ['-Nope', 'x']);
+    assert.match(unknown.err, /A parameter cannot be found that matches parameter name 'Nope'/);
+    assert.equal(unknown.out, '', 'a script whose arguments do not bind does not run');
+  });
+
   it('dot-sourcing a helper file from $PSScriptRoot (its functions and variables stay), & for script blocks, files and command names', async () => {
     const folder = mkdtempSync(join(tmpdir(), 'consec-dot-'));
     try {

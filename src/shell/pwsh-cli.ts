@@ -11,6 +11,8 @@ import { InputTooLargeError, readTextBounded } from '../io/bounded.ts';
 export interface PwshInvocation {
   source: string;
   scriptName?: string;
+  /** The words after the script's path: bound to its param block (`-Name value`, `-Switch`, positional). */
+  args?: string[];
 }
 
 /** Interprets the words after `consec pwsh`. */
@@ -20,7 +22,7 @@ export function parsePwshArgs(args: readonly string[], readStdin: () => string):
     const a = rest.shift() as string;
     const flag = a.replace(/^--?/, '').toLowerCase();
     if (a === '-') return { source: readStdin() };
-    if (!a.startsWith('-')) return { source: readScript(a), scriptName: a };
+    if (!a.startsWith('-')) return { source: readScript(a), scriptName: a, args: rest };
     if (['noprofile', 'nop', 'noninteractive', 'noni', 'nologo'].includes(flag)) continue;
     if (flag === 'executionpolicy' || flag === 'ep') {
       rest.shift();
@@ -34,7 +36,7 @@ export function parsePwshArgs(args: readonly string[], readStdin: () => string):
     if (flag === 'file' || flag === 'f') {
       const file = rest.shift();
       if (file === undefined) throw new ConsecError('ERR_USAGE', 'Missing argument for -File.');
-      return file === '-' ? { source: readStdin() } : { source: readScript(file), scriptName: file };
+      return file === '-' ? { source: readStdin() } : { source: readScript(file), scriptName: file, args: rest };
     }
     throw new ConsecError(
       'ERR_USAGE',
@@ -66,6 +68,6 @@ export async function runPwsh(
   const stores = new PolicyStores(stateDir);
   const runtime = createRuntime(host, netSecurityCommands(stores), { scriptName: invocation.scriptName, env });
   // The script's changes are one transaction: each store read and locked once, written once at the end.
-  const errors = await stores.transaction(() => runtime.run(invocation.source));
+  const errors = await stores.transaction(() => runtime.run(invocation.source, invocation.args));
   return errors > 0 ? 1 : 0;
 }

@@ -101,6 +101,11 @@ export type Statement =
       final?: Statement[];
       extent: Extent;
     }
+  /**
+   * `[CmdletBinding()] param( … )` opening a script file or a script block: its parameters, bound
+   * from the arguments of the call (`& script.ps1 -Name x`, `-File script.ps1 -Name x`).
+   */
+  | { kind: 'param'; params: ParamDecl[]; extent: Extent }
   /** `trap [Type] { … }`: handles terminating errors anywhere in the scope it stands in. */
   | { kind: 'trap'; types: string[]; body: Statement[]; extent: Extent };
 
@@ -181,7 +186,9 @@ class Parser {
         continue;
       }
       if (t.kind === 'eof' || t.kind === 'rbrace' || t.kind === 'rparen') return out;
-      out.push(this.statement());
+      const param = out.length === 0 ? this.paramBlock() : undefined;
+      out.push(param ?? this.statement());
+      if (param) continue; // `{ param($a) "…" }`: the body may follow on the same line
       const end = this.lx.peek('command');
       if (
         end.kind !== 'newline' &&
@@ -213,7 +220,7 @@ class Parser {
       if (eq.kind === 'assign') {
         this.lx.next('expression');
         this.skipNewlines();
-        const value = this.pipeline();
+        const value = this.assignedValue();
         return {
           kind: 'assignment',
           target,
@@ -249,6 +256,58 @@ class Parser {
       this.lx.reset(start);
     }
     return this.pipeline();
+  }
+
+  /**
+   * A script's or script block's `param( … )`, after any attributes (`[CmdletBinding()]`); undefined
+   * (nothing read) when the body does not open with one.
+   */
+  private paramBlock(): Statement | undefined {
+    const start = this.lx.offset;
+    const at = this.lx.peek('command').extent;
+    try {
+      while (this.lx.peek('expression').kind === 'lbracket') {
+        this.typeLiteral();
+        this.skipNewlines();
+      }
+    } catch (err) {
+      if (!(err instanceof PwshSyntaxError)) throw err;
+      this.lx.reset(start); // not attributes: the statement says what it is
+      return undefined;
+    }
+    const w = this.lx.peek('command');
+    if (w.kind !== 'word' || w.value.toLowerCase() !== 'param') {
+      this.lx.reset(start);
+      return undefined;
+    }
+    this.lx.next('command');
+    this.skipNewlines();
+    this.expect('command', 'lparen', "Missing '(' after 'param'.", 'MissingOpenParenthesisAfterKeyword');
+    const params = this.paramList('rparen');
+    return { kind: 'param', params, extent: this.from(at) };
+  }
+
+  /**
+   * What an assignment assigns: a pipeline, or (as PowerShell allows) a statement whose output is
+   * the value — `$x = if (…) { … } else { … }`, `$x = switch (…) { … }`, `$x = foreach (…) { … }`,
+   * `$x = try { … } catch { … }` — or another assignment, whose value it passes on (`$a = $b = $null`).
+   */
+  private assignedValue(): Pipeline {
+    const start = this.lx.offset;
+    const w = this.lx.peek('command');
+    const keyword = w.kind === 'word' ? w.value.toLowerCase() : '';
+    let expr: Expr | undefined;
+    if (['if', 'switch', 'foreach', 'for', 'while', 'do', 'try'].includes(keyword)) {
+      const st = this.statement();
+      expr = { kind: 'subexpression', body: [st], array: false, extent: st.extent };
+    } else if (this.lx.peek('expression').kind === 'variable') {
+      const st = this.statement();
+      if (st.kind === 'assignment' && !st.op)
+        expr = { kind: 'assign', target: st.target, value: st.value, extent: st.extent };
+      else this.lx.reset(start);
+    }
+    if (!expr) return this.pipeline();
+    return { kind: 'pipeline', elements: [{ kind: 'expression', expr, extent: expr.extent }], extent: expr.extent };
   }
 
   // ---- keyword statements ------------------------------------------------------------------------
@@ -981,7 +1040,15 @@ class Parser {
   private primary(mode: LexMode = 'expression'): Expr {
     const t = this.lx.next(mode);
     const opens = ['lparen', 'dollarparen', 'atparen', 'atbrace', 'lbrace', 'lbracket'].includes(t.kind);
-    return opens ? this.nested(t.extent, () => this.primaryAt(t, mode)) : this.primaryAt(t, mode);
+    if (!opens) return this.primaryAt(t, mode);
+    // Inside brackets a comma makes an array again, also in a parameter's default: `= (5800, 5900)`.
+    const noArrayComma = this.noArrayComma;
+    this.noArrayComma = false;
+    try {
+      return this.nested(t.extent, () => this.primaryAt(t, mode));
+    } finally {
+      this.noArrayComma = noArrayComma;
+    }
   }
 
   private primaryAt(t: Token, mode: LexMode): Expr {
@@ -1149,7 +1216,7 @@ class Parser {
         'MissingEqualsInHashLiteral',
       );
       this.skipNewlines();
-      const value = this.pipeline();
+      const value = this.assignedValue(); // `@{ Key = if (…) { … } else { … } }` as well
       entries.push({ key, value });
       const after = this.lx.peek('command');
       if (after.kind !== 'newline' && after.kind !== 'semi' && after.kind !== 'rbrace') {

@@ -266,7 +266,7 @@ export class Runtime {
   }
 
   /** Parses and runs a whole script; returns the number of errors written. A syntax error runs nothing. */
-  async run(source: string): Promise<number> {
+  async run(source: string, scriptArgs: readonly string[] = []): Promise<number> {
     this.source = source;
     let statements: Statement[];
     try {
@@ -283,7 +283,30 @@ export class Runtime {
       throw err;
     }
     try {
-      await this.runStatements(statements, (items) => this.render(items));
+      const head = statements[0];
+      if (head?.kind === 'param') {
+        // `-File script.ps1 -Name value -Switch 42`: bound to the script's param block.
+        const none = { start: 0, end: 0 };
+        const elements: CommandElement[] = scriptArgs.map((a) => {
+          const named = /^-([A-Za-z_?][\w-]*)(:(.*))?$/s.exec(a);
+          if (!named)
+            return { kind: 'argument', value: { kind: 'constant', value: a, bare: true, extent: none }, extent: none };
+          const value =
+            named[2] === undefined
+              ? undefined
+              : { kind: 'constant' as const, value: named[3] ?? '', bare: true, extent: none };
+          return { kind: 'parameter', name: named[1] as string, value, extent: none };
+        });
+        const fn = { name: this.options.scriptName ?? '', params: head.params, body: statements.slice(1) };
+        const call: Command = { kind: 'command', name: fn.name, nameExtent: none, elements, extent: head.extent };
+        try {
+          await this.callFunction(fn, call, undefined, true, (items) => this.render(items));
+        } catch (err) {
+          // Arguments that do not bind: PowerShell's binding error, and the script does not run.
+          if (!(err instanceof CommandFailure)) throw err;
+          this.statementError(err, head);
+        }
+      } else await this.runStatements(statements, (items) => this.render(items));
     } catch (err) {
       if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent, false);
       else if (!(
@@ -388,6 +411,12 @@ export class Runtime {
       case 'try':
         return this.tryStatement(st, emit);
       case 'trap':
+        return;
+      case 'param':
+        // A param block whose call bound nothing (a script block run by a cmdlet, a script run
+        // without arguments): each parameter not set yet gets its default.
+        for (const p of st.params)
+          if (!this.vars.has(p.name.toLowerCase())) this.vars.set(p.name.toLowerCase(), await this.paramDefault(p));
         return;
       case 'switch':
         return this.switchStatement(st, emit);
@@ -1219,7 +1248,18 @@ export class Runtime {
    * unique prefixes, switches, then positional in order; the rest in $args), in a new scope;
    * returns what it output (and what `return` gave).
    */
-  private async callFunction(fn: FunctionDef, cmd: Command, input: unknown[] | undefined): Promise<unknown[]> {
+  /**
+   * Calls a function (or a script with a param block: `&` in a scope of its own, `.` in the
+   * caller's, `shared`), binding the command's arguments to its parameters as PowerShell does.
+   */
+  private async callFunction(
+    fn: FunctionDef,
+    cmd: Command,
+    input: unknown[] | undefined,
+    shared = false,
+    /** Where output goes as it is written (the host, for a script run from the command line). */
+    emit?: (items: unknown[]) => void,
+  ): Promise<unknown[]> {
     this.checkCallDepth(cmd.extent);
     const bound = new Map<string, unknown>();
     const positional: unknown[] = [];
@@ -1302,36 +1342,36 @@ export class Runtime {
         'MissingMandatoryParameter',
         cmd.extent,
       );
-    const scope = new Map<string, unknown>();
+    const scope = shared ? this.vars : new Map<string, unknown>();
     const psBound = new Hashtable();
     for (const [k, v] of bound) psBound.set(k, v);
     scope.set('psboundparameters', psBound);
     scope.set('args', args);
     scope.set('input', input ?? []);
-    this.scopes.push(scope);
+    if (!shared) this.scopes.push(scope);
     this.callDepth++;
     const out: unknown[] = [];
     try {
-      for (const p of fn.params) {
-        const v = bound.has(p.name)
-          ? bound.get(p.name)
-          : p.default
-            ? await this.expr(p.default)
-            : p.type === 'switch'
-              ? false
-              : null;
-        scope.set(p.name.toLowerCase(), convertTo(p.type, v));
-      }
+      for (const p of fn.params)
+        scope.set(
+          p.name.toLowerCase(),
+          bound.has(p.name) ? convertTo(p.type, bound.get(p.name)) : await this.paramDefault(p),
+        );
       if (fn.blocks) await this.runNamedBlocks(fn.blocks, fn.params, scope, input, out);
-      else await this.runStatements(fn.body, (items) => out.push(...items));
+      else await this.runStatements(fn.body, emit ?? ((items) => out.push(...items)));
     } catch (err) {
-      if (err instanceof ReturnSignal) out.push(...err.value);
+      if (err instanceof ReturnSignal) (emit ?? ((items) => out.push(...items)))(err.value);
       else throw err;
     } finally {
       this.callDepth--;
-      this.scopes.pop();
+      if (!shared) this.scopes.pop();
     }
     return out;
+  }
+
+  /** An unbound parameter's value: its default, $false for a switch, else $null. */
+  private async paramDefault(p: ParamDecl): Promise<unknown> {
+    return convertTo(p.type, p.default ? await this.expr(p.default) : p.type === 'switch' ? false : null);
   }
 
   /** PowerShell's limit on nested invocations, with its error, instead of running out of stack. */
@@ -1384,8 +1424,19 @@ export class Runtime {
       }
       body = parseScript(text);
     }
-    this.checkCallDepth(cmd.extent);
     const own = cmd.name === '&';
+    // A script (or script block) with a param block binds the call's arguments like a function.
+    const head = body[0];
+    if (head?.kind === 'param') {
+      const name = target instanceof ScriptBlock ? '' : toText(target);
+      return this.callFunction(
+        { name, params: head.params, body: body.slice(1) },
+        { ...cmd, elements: rest },
+        input,
+        !own,
+      );
+    }
+    this.checkCallDepth(cmd.extent);
     if (own) {
       const scope = new Map<string, unknown>();
       scope.set('input', input ?? []);
