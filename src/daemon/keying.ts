@@ -24,7 +24,7 @@ import { socketOwner, socketTables } from '../io/socket-owner.ts';
 import { selectMm } from '../ike/authip/proposals.ts';
 import { V1Session } from '../ike/v1/session.ts';
 import { type ChildSa, localTs, remoteTs } from '../ike/tasks/child-create.ts';
-import type { ChildEntry } from '../ike/tasks/context.ts';
+import type { ChildEntry, TimedChildEntry } from '../ike/tasks/context.ts';
 import { createChild } from '../ike/tasks/child-rekey.ts';
 import { deleteChild } from '../ike/tasks/ike-delete.ts';
 import type { Credentials } from '../ike/tasks/ike-auth.ts';
@@ -130,7 +130,10 @@ export type KeyedSession = IkeSession | V1Session | AuthIpSession;
 
 /** Deletes one child SA, at the peer too, whichever keying module negotiated it. */
 export function deleteChildSa(s: KeyedSession, e: ChildEntry, reason: string): Promise<void> {
-  return s instanceof V1Session || s instanceof AuthIpSession ? s.deleteChild(e, reason) : deleteChild(s, e, reason);
+  // An IKEv1 or AuthIP session's entries are its own (TimedChildEntry): `e` came from its table.
+  return s instanceof V1Session || s instanceof AuthIpSession
+    ? s.deleteChild(e as TimedChildEntry, reason)
+    : deleteChild(s, e, reason);
 }
 
 /** ESP with an encryption transform other than NULL. */

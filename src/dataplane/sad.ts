@@ -59,12 +59,19 @@ export function peerOctets(e: SaEntry): Buffer {
   return e.remoteBytes;
 }
 
-/** ESP contexts for both directions of a child SA. */
-export function espFor(spec: ChildSaSpec, replayWindow = 1024): { out: EspOutbound; in: EspInbound } {
+/**
+ * ESP contexts for both directions of a child SA; with `countersOnly` they keep sequence numbers,
+ * the replay window and counters but no keys (the addon's batch contexts carry the SA).
+ */
+export function espFor(
+  spec: ChildSaSpec,
+  replayWindow = 1024,
+  countersOnly = false,
+): { out: EspOutbound; in: EspInbound } {
   const { cipher, integrity: integ, esn } = spec;
   if (spec.protocol !== 'esp' || !cipher) throw new RangeError('an AH SA has no ESP contexts');
   if (cipher !== 'aes-gcm-16' && !integ) throw new RangeError('child SA without a supported integrity algorithm');
-  const common = { cipher, integ, esn } as const;
+  const common = { cipher, integ, esn, countersOnly } as const;
   const o = spec.outbound;
   const i = spec.inbound;
   return {
@@ -135,9 +142,10 @@ export class Sad {
     let ctx: { out: EspOutbound | AhOutbound; in: EspInbound | AhInbound };
     if (ah) ctx = ahFor(spec);
     else {
-      const esp = espFor(spec);
+      batch = nativeEsp(spec);
+      const esp = espFor(spec, 1024, batch !== undefined);
       ctx = esp;
-      batch = nativeEsp(spec) ?? { seal: new TsEspSealer(esp.out), open: new TsEspOpener(esp.in) };
+      batch ??= { seal: new TsEspSealer(esp.out), open: new TsEspOpener(esp.in) };
     }
     const e: SaEntry = {
       mode: spec.mode,

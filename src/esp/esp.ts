@@ -45,6 +45,22 @@ export interface EspSaParams {
   replayWindow?: number;
   /** Outbound: the last sequence number already used (an SA handed over from another process). */
   lastSeq?: number;
+  /**
+   * Sequence numbers, replay window and counters only: the addon's batch contexts seal and open
+   * the SA's packets, so no key is imported here (`seal`/`open` then refuse).
+   */
+  countersOnly?: boolean;
+}
+
+/** An SA's keys as node:crypto takes them. */
+interface EspKeys {
+  /** AES key (absent for NULL encryption). */
+  cipher?: KeyObject;
+  /** AES-GCM's 4-octet salt, in the SA's key block. */
+  salt?: Buffer;
+  /** HMAC key and digest (absent for AES-GCM). */
+  hmac?: KeyObject;
+  hash?: string;
 }
 
 /** HMAC digest (node:crypto and OpenSSL name) and ICV length per ESP integrity algorithm. */
@@ -61,10 +77,9 @@ class EspSa {
   readonly spi: number;
   readonly cipher: EspCipher;
   readonly esn: boolean;
-  protected readonly key?: KeyObject;
-  protected readonly salt?: Buffer;
+  /** Absent when the addon seals and opens this SA's packets (countersOnly). */
+  private readonly keyObjects?: EspKeys;
   protected readonly algo: string;
-  protected readonly hmac?: { hash: string; key: KeyObject; icv: number };
   readonly ivLen: number;
   readonly icvLen: number;
   readonly block: number;
@@ -76,12 +91,15 @@ class EspSa {
     this.spi = p.spi >>> 0;
     this.cipher = p.cipher;
     this.esn = p.esn ?? false;
+    const keys: EspKeys = {};
     if (p.cipher === 'aes-gcm-16') {
       const k = p.encrKey.length - 4;
       if (k !== 16 && k !== 24 && k !== 32)
         throw new RangeError('AES-GCM key must be 16, 24 or 32 octets plus a 4-octet salt');
-      this.key = createSecretKey(p.encrKey.subarray(0, k));
-      this.salt = p.encrKey.subarray(k); // in the SA's key block
+      if (!p.countersOnly) {
+        keys.cipher = createSecretKey(p.encrKey.subarray(0, k));
+        keys.salt = p.encrKey.subarray(k); // in the SA's key block
+      }
       this.algo = `aes-${k * 8}-gcm`;
       this.ivLen = 8;
       this.icvLen = GCM_ICV;
@@ -89,12 +107,15 @@ class EspSa {
     } else {
       if (!p.integ || !p.integKey) throw new RangeError(`${p.cipher} needs an integrity algorithm`);
       const i = ESP_INTEG[p.integ];
-      this.hmac = { hash: i.hash, key: createSecretKey(p.integKey), icv: i.icv };
+      if (!p.countersOnly) {
+        keys.hmac = createSecretKey(p.integKey);
+        keys.hash = i.hash;
+      }
       this.icvLen = i.icv;
       if (p.cipher === 'aes-cbc') {
         const k = p.encrKey.length;
         if (k !== 16 && k !== 24 && k !== 32) throw new RangeError('AES-CBC key must be 16, 24 or 32 octets');
-        this.key = createSecretKey(p.encrKey);
+        if (!p.countersOnly) keys.cipher = createSecretKey(p.encrKey);
         this.algo = `aes-${k * 8}-cbc`;
         this.ivLen = 16;
         this.block = 16;
@@ -104,6 +125,14 @@ class EspSa {
         this.block = 4;
       }
     }
+    if (!p.countersOnly) this.keyObjects = keys;
+  }
+
+  /** The keys, for sealing and opening here (never for an SA the addon carries). */
+  protected get keys(): EspKeys {
+    if (!this.keyObjects)
+      throw new Error(`SPI ${this.spi.toString(16)}: the addon seals and opens this SA, it holds no keys here`);
+    return this.keyObjects;
   }
 
   /** Octets ESP adds around a payload of `len` octets (header, IV, padding, trailer, ICV). */
@@ -117,20 +146,20 @@ class EspSa {
 
   /** HMAC over SPI | seq | IV | ciphertext [| seq high] (RFC 4303 §2.2.1 for ESN). */
   protected mac(packet: Buffer, end: number, seqHigh: number): Buffer {
-    const m = this.hmac as { hash: string; key: KeyObject; icv: number };
-    const h = createHmac(m.hash, m.key).update(packet.subarray(0, end));
+    const k = this.keys;
+    const h = createHmac(k.hash as string, k.hmac as KeyObject).update(packet.subarray(0, end));
     if (this.esn) {
       const hi = Buffer.allocUnsafe(4);
       hi.writeUInt32BE(seqHigh >>> 0);
       h.update(hi);
     }
-    return h.digest().subarray(0, m.icv);
+    return h.digest().subarray(0, this.icvLen);
   }
 
   /** The GCM nonce (salt | IV) and AAD (SPI | [seq high |] seq low) of a packet. */
   protected gcmParams(packet: Buffer, seqHigh: number): { nonce: Buffer; aad: Buffer } {
     const nonce = Buffer.allocUnsafe(12);
-    (this.salt as Buffer).copy(nonce, 0);
+    (this.keys.salt as Buffer).copy(nonce, 0);
     packet.copy(nonce, 4, 8, 16);
     let aad: Buffer;
     if (this.esn) {
@@ -205,7 +234,9 @@ export class EspOutbound extends EspSa {
       out.writeUInt32BE(seqHigh, 8);
       out.writeUInt32BE(seqLow, 12);
       const { nonce, aad } = this.gcmParams(out, seqHigh);
-      const c = createCipheriv(this.algo as 'aes-256-gcm', this.key as KeyObject, nonce, { authTagLength: GCM_ICV });
+      const c = createCipheriv(this.algo as 'aes-256-gcm', this.keys.cipher as KeyObject, nonce, {
+        authTagLength: GCM_ICV,
+      });
       c.setAAD(aad);
       const ct = c.update(plain);
       ct.copy(out, body);
@@ -215,7 +246,7 @@ export class EspOutbound extends EspSa {
       if (this.cipher === 'aes-cbc') {
         const iv = out.subarray(8, 8 + this.ivLen);
         randomFillSync(iv);
-        const c = createCipheriv(this.algo, this.key as KeyObject, iv);
+        const c = createCipheriv(this.algo, this.keys.cipher as KeyObject, iv);
         c.setAutoPadding(false);
         const ct = c.update(plain);
         ct.copy(out, body);
@@ -291,7 +322,9 @@ export class EspInbound extends EspSa {
     let plain: Buffer;
     if (this.cipher === 'aes-gcm-16') {
       const { nonce, aad } = this.gcmParams(packet, seqHigh);
-      const d = createDecipheriv(this.algo as 'aes-256-gcm', this.key as KeyObject, nonce, { authTagLength: GCM_ICV });
+      const d = createDecipheriv(this.algo as 'aes-256-gcm', this.keys.cipher as KeyObject, nonce, {
+        authTagLength: GCM_ICV,
+      });
       d.setAAD(aad);
       d.setAuthTag(packet.subarray(end));
       try {
@@ -306,7 +339,7 @@ export class EspInbound extends EspSa {
       if (!timingSafeEqual(icv, packet.subarray(end)))
         throw new EspError('integrity', `ESP packet failed its integrity check (SPI ${this.spi.toString(16)})`);
       if (this.cipher === 'aes-cbc') {
-        const d = createDecipheriv(this.algo, this.key as KeyObject, packet.subarray(8, body));
+        const d = createDecipheriv(this.algo, this.keys.cipher as KeyObject, packet.subarray(8, body));
         d.setAutoPadding(false);
         const first = d.update(packet.subarray(body, end));
         const last = d.final();

@@ -43,6 +43,7 @@ export function childSpec(c: ChildSa, o: SpecOptions): ChildSaSpec {
       NotifyType.NO_PROPOSAL_CHOSEN,
     );
   const k = c.keys;
+  if (!k) throw new Error('the child SA was installed and its keys handed to the data plane already');
   // The exchange's initiator sealed with the *I keys: ours out when we initiated it.
   const initiators = { encrKey: k.encrI, integKey: k.integI };
   const responders = { encrKey: k.encrR, integKey: k.integR };

@@ -63,7 +63,7 @@ export async function runInitiate(
   });
   try {
     if (o.wiresharkKeys) {
-      writeWiresharkKeys(o.wiresharkKeys, r.sa, r.child);
+      writeWiresharkKeys(o.wiresharkKeys, r.sa, r.spec);
       out(`keys for Wireshark appended to ${o.wiresharkKeys}/ikev2_decryption_table and esp_sa (mode 0600)`);
     }
     const chosen = r.sa.chosen;

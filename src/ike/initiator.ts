@@ -6,7 +6,8 @@
 import type { AuditSink } from '../audit/events.ts';
 import type { IkeBind, IkeReceiver } from '../sa/bind.ts';
 import type { NegotiationParameters } from './config.ts';
-import type { ChildSaSink } from '../sa/sink.ts';
+import { type ChildSaSink, NO_DATAPLANE } from '../sa/sink.ts';
+import type { ChildSaSpec } from '../sa/spec.ts';
 import { IkeManager } from './manager.ts';
 import type { IkeSa } from './sa.ts';
 import type { IkeSession, Timing } from './session.ts';
@@ -31,6 +32,8 @@ export interface InitiateOptions extends NegotiationParameters {
 export interface Initiated {
   sa: IkeSa;
   child: ChildSa;
+  /** The first child SA as the data plane took it, keys included (for key export and probes). */
+  spec: ChildSaSpec;
   session: IkeSession;
   manager: IkeManager;
   /** ESP-in-UDP datagrams that arrived on the IKE socket (non-ESP marker absent). */
@@ -46,11 +49,22 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
   const timing: Partial<Timing> = { dpdMs: o.dpdMs ?? 0 };
   if (o.retransmits) timing.retransmits = o.retransmits;
   if (o.natKeepaliveMs) timing.natKeepaliveMs = o.natKeepaliveMs;
+  // The session hands the child's keys to the data plane and forgets them: keep the first spec.
+  const sink = o.dataplane ?? NO_DATAPLANE;
+  const specs = new Map<number, ChildSaSpec>();
+  const dataplane: ChildSaSink = {
+    ...sink,
+    install(spec) {
+      if (specs.size === 0) specs.set(spec.inbound.spi, spec);
+      sink.install(spec);
+    },
+    delete: (spi) => sink.delete(spi),
+  };
   const manager = new IkeManager({
     address: o.local,
     peerFor: () => undefined,
     audit: o.audit,
-    dataplane: o.dataplane,
+    dataplane,
     timing,
     log: o.log,
   });
@@ -61,9 +75,12 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
       peer: o,
       forceUdpEncapsulation: o.forceUdpEncapsulation,
     });
+    const spec = specs.get(child.spiIn.readUInt32BE(0));
+    if (!spec) throw new Error('the child SA was not installed');
     return {
       sa: session.sa,
       child,
+      spec,
       session,
       manager,
       onEsp(handler) {

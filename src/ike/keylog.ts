@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import type { IkeSa } from './sa.ts';
 import type { V1Session } from './v1/session.ts';
 import type { ChildEntry } from './tasks/context.ts';
-import type { ChildSa } from './tasks/child-create.ts';
 import { childSpec } from './child-spec.ts';
 import type { ChildSaSpec } from '../sa/spec.ts';
 import { espSaRows } from '../sa/wireshark.ts';
@@ -62,9 +61,9 @@ function appendKeys(dir: string, name: string, text: string): void {
 }
 
 /** Appends the rows to `dir`/ikev2_decryption_table and `dir`/esp_sa (Wireshark's UAT file names). */
-export function writeWiresharkKeys(dir: string, sa: IkeSa, child: ChildSa | undefined): void {
+export function writeWiresharkKeys(dir: string, sa: IkeSa, child: ChildSaSpec | undefined): void {
   appendKeys(dir, 'ikev2_decryption_table', `${ikeDecryptionRow(sa)}\n`);
-  if (child) appendEspKeys(dir, childSpec(child, { local: sa.local, remote: sa.remote, udpEncapsulation: sa.floated }));
+  if (child) appendEspKeys(dir, child);
 }
 
 /**

@@ -28,6 +28,7 @@ import { isAuthIpExchange } from './authip/constants.ts';
 import { type AuthIpSession, type KerberosProvider, NO_KERBEROS } from './authip/session.ts';
 import { V1Manager } from './v1/manager.ts';
 import type { V1Session } from './v1/session.ts';
+import { Deadlines } from './deadlines.ts';
 
 export interface ManagerOptions {
   /** Address the IKE sockets bind to (UDP 500 and 4500). */
@@ -83,6 +84,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
   readonly dataplane: ChildSaSink;
   readonly timing: Timing;
   readonly fragmentSize: number;
+  readonly deadlines = new Deadlines();
   private _bind?: IkeBind;
   private readonly bySpi = new Map<string, IkeSession>();
   /** Half-open responder SAs by initiator SPI and address, with the IKE_SA_INIT exchange (retransmissions). */
@@ -624,6 +626,7 @@ export class IkeManager implements SessionHost, IkeReceiver {
     this.authip.close(reason);
     this.v1.close(reason);
     for (const s of this.sessions()) s.terminate(reason);
+    this.deadlines.close();
     this._bind?.close();
     this._bind = undefined;
   }

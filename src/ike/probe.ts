@@ -32,7 +32,7 @@ function echoRequest(local: string, remote: string, seq: number): Buffer {
 
 /** Sends `count` pings through the child SA; resolves with the sequence numbers answered. */
 export async function pingThroughTunnel(
-  r: Pick<Initiated, 'child' | 'onEsp' | 'sendEsp'> & { sa: { floated: boolean } },
+  r: Pick<Initiated, 'child' | 'spec' | 'onEsp' | 'sendEsp'> & { sa: { floated: boolean } },
   local: string,
   remote: string,
   count = 3,
@@ -47,8 +47,8 @@ export async function pingThroughTunnel(
       NotifyType.NO_PROPOSAL_CHOSEN,
     );
   }
-  const out = gcmSa(r.child.spiOut, r.child.keys.encrI);
-  const inb = gcmSa(r.child.spiIn, r.child.keys.encrR);
+  const out = gcmSa(r.child.spiOut, r.spec.outbound.encrKey);
+  const inb = gcmSa(r.child.spiIn, r.spec.inbound.encrKey);
   const replies = new Set<number>();
   r.onEsp((packet) => {
     try {

@@ -13,6 +13,7 @@ import { mmSaId, type AuditSink, type EndpointInfo, type MainModeInfo, type Quic
 import type { IkeBind, IkePort } from '../sa/bind.ts';
 import type { ChildSaSink } from '../sa/sink.ts';
 import { childSpec } from './child-spec.ts';
+import type { DeadlineOwner, Deadlines } from './deadlines.ts';
 import { childEndedEvent, mainModeEndedEvent, mainModeInfoOf, quickModeInfoOf } from './describe.ts';
 import { fragmentOf, openFragment, openMessage, protectFragmented, Reassembly } from './crypto/sk.ts';
 import { IkeError, notifyName } from './errors.ts';
@@ -69,6 +70,8 @@ export interface SessionHost {
   readonly timing: Timing;
   /** Largest IP datagram an IKE fragment may take (RFC 7383; strongSwan's fragment_size). */
   readonly fragmentSize: number;
+  /** The one timer of all the manager's IKE SAs (rekeys, expiries, keepalives, liveness checks). */
+  readonly deadlines: Deadlines;
   log(event: string, detail?: Record<string, unknown>): void;
   /** Indexes a session under its local SPI (a new one after an IKE rekey). */
   register(s: IkeSession): void;
@@ -104,7 +107,7 @@ const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
-export class IkeSession implements TaskSession {
+export class IkeSession implements TaskSession, DeadlineOwner {
   state: SessionState;
   /** Child SAs by inbound SPI. */
   readonly children = new Map<number, ChildEntry>();
@@ -137,7 +140,12 @@ export class IkeSession implements TaskSession {
   /** Fragments (RFC 7383) of a response to our request, and of the peer's current request. */
   private responseParts?: Reassembly;
   private requestParts?: { parts: Reassembly; raws: Buffer[] };
-  private timers: NodeJS.Timeout[] = [];
+  /** This SA's own deadlines (ms since epoch; Infinity: none), on the manager's timer (deadlines.ts). */
+  deadlineAt = Infinity;
+  private ikeRekeyAt = Infinity;
+  private ikeExpireAt = Infinity;
+  private keepaliveAt = Infinity;
+  private dpdAt = Infinity;
 
   constructor(
     readonly host: SessionHost,
@@ -508,37 +516,81 @@ export class IkeSession implements TaskSession {
     );
   }
 
+  /** Arms the IKE SA's deadlines once it is up: rekey, expiry, NAT keepalives, liveness checks. */
   startTimers(): void {
+    const now = Date.now();
     const l = this.lifetimes;
-    const at = (ms: number, fn: () => void) => {
-      const t = setTimeout(fn, ms);
-      t.unref();
-      this.timers.push(t);
-    };
-    at(jitter(l.ikeRekeyMs), () => this.rekey());
-    at(l.ikeExpireMs, () => {
-      if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
-    });
-    if (this.sa.natLocal && !this.sa.forceEncapsulation) {
-      // Behind a NAT: keep its UDP mapping open with one-octet keepalives (RFC 3948 §2.3).
-      const t = setInterval(() => {
-        if (this.state === 'established') this.host.bind.sendUdp4500(NAT_KEEPALIVE, this.sa.remote);
-      }, this.host.timing.natKeepaliveMs);
-      t.unref();
-      this.timers.push(t);
+    this.ikeRekeyAt = now + jitter(l.ikeRekeyMs);
+    this.ikeExpireAt = now + l.ikeExpireMs;
+    // Behind a NAT: keep its UDP mapping open with one-octet keepalives (RFC 3948 §2.3).
+    if (this.sa.natLocal && !this.sa.forceEncapsulation) this.keepaliveAt = now + this.host.timing.natKeepaliveMs;
+    if (this.host.timing.dpdMs > 0) this.dpdAt = now + this.dpdPeriod();
+    this.reschedule();
+  }
+
+  /** How often an idle SA checks whether the peer has been heard from (a quarter of the DPD delay). */
+  private dpdPeriod(): number {
+    return Math.max(50, Math.floor(this.host.timing.dpdMs / 4));
+  }
+
+  /** Puts this SA's earliest deadline (its own or a child's) on the manager's timer. */
+  reschedule(): void {
+    this.host.deadlines.schedule(this, this.state === 'dead' ? Infinity : this.nextDeadline());
+  }
+
+  private nextDeadline(): number {
+    let next = Math.min(this.ikeRekeyAt, this.ikeExpireAt, this.keepaliveAt, this.dpdAt);
+    for (const e of this.children.values()) next = Math.min(next, e.rekeyAt, e.expireAt);
+    return next;
+  }
+
+  /** What is due at `now` (called by the manager's deadline timer); answers with the next deadline. */
+  onDeadline(now: number): number {
+    if (this.state === 'dead') return Infinity;
+    if (this.ikeRekeyAt <= now) {
+      this.ikeRekeyAt = Infinity;
+      this.rekey();
     }
+    if (this.ikeExpireAt <= now) {
+      this.ikeExpireAt = Infinity;
+      if (this.state === 'established' || this.state === 'rekeyed') void this.delete('lifetime expired');
+    }
+    if (this.keepaliveAt <= now) {
+      this.keepaliveAt = now + this.host.timing.natKeepaliveMs;
+      if (this.state === 'established') this.host.bind.sendUdp4500(NAT_KEEPALIVE, this.sa.remote);
+    }
+    if (this.dpdAt <= now) this.dpdAt = this.checkLiveness(now);
+    let due: ChildEntry[] | undefined;
+    for (const e of this.children.values()) if (e.rekeyAt <= now || e.expireAt <= now) (due ??= []).push(e);
+    if (due) for (const e of due) this.childDue(e, now);
+    // The actions above may have ended the SA.
+    return (this.state as SessionState) === 'dead' ? Infinity : this.nextDeadline();
+  }
+
+  /** A liveness check (RFC 7296 §2.4) when the peer has been silent for the DPD delay; the next check's time. */
+  private checkLiveness(now: number): number {
     const dpd = this.host.timing.dpdMs;
-    if (dpd > 0) {
-      const t = setInterval(
-        () => {
-          if (this.state !== 'established' || this.active || this.tasks.length > 0) return;
-          if (Date.now() - this.lastInbound < dpd) return;
-          this.queue(new LivenessTask()).catch(() => {});
-        },
-        Math.max(50, Math.floor(dpd / 4)),
-      );
-      t.unref();
-      this.timers.push(t);
+    if (this.state !== 'established' || this.active || this.tasks.length > 0) return now + this.dpdPeriod();
+    if (now - this.lastInbound < dpd) return Math.max(now + this.dpdPeriod(), this.lastInbound + dpd);
+    this.queue(new LivenessTask()).catch(() => {});
+    return now + this.dpdPeriod();
+  }
+
+  /** A child's rekey or expiry time came. */
+  private childDue(entry: ChildEntry, now: number): void {
+    const spi = spiNumber(entry.child.spiIn);
+    if (entry.rekeyAt <= now) {
+      entry.rekeyAt = Infinity;
+      if (entry.state.kind === 'installed' && this.state === 'established')
+        this.queue(new ChildRekeyTask(spi)).catch((e: Error) => this.log('child rekey failed', { reason: e.message }));
+    }
+    if (entry.expireAt <= now) {
+      entry.expireAt = Infinity;
+      if (this.children.get(spi) !== entry) return;
+      this.queue(new ChildDeleteTask(spi, 'lifetime expired')).catch(() => {
+        const e = this.children.get(spi);
+        if (e) this.removeChild(e, 'lifetime expired');
+      });
     }
   }
 
@@ -563,7 +615,6 @@ export class IkeSession implements TaskSession {
       installedAt: now,
       rekeyAt: now + jitter(l.childRekeyMs),
       expireAt: now + l.childExpireMs,
-      timers: [],
     };
     this.children.set(spiNumber(child.spiIn), entry);
     this.host.childMoved?.(spiNumber(child.spiIn), this);
@@ -576,6 +627,7 @@ export class IkeSession implements TaskSession {
         outboundActive: o.outboundActive,
       }),
     );
+    child.keys = undefined; // the data plane holds them now
     this.armChild(entry);
     this.host.audit.emit({
       id: 5451,
@@ -588,33 +640,9 @@ export class IkeSession implements TaskSession {
     return entry;
   }
 
-  /** (Re)starts a child's rekey and expiry timers on this session (also after an IKE rekey moved it). */
-  armChild(entry: ChildEntry): void {
-    for (const t of entry.timers) clearTimeout(t);
-    const now = Date.now();
-    const spi = spiNumber(entry.child.spiIn);
-    const rekey = setTimeout(
-      () => {
-        if (entry.state.kind === 'installed' && this.state === 'established')
-          this.queue(new ChildRekeyTask(spi)).catch((e: Error) =>
-            this.log('child rekey failed', { reason: e.message }),
-          );
-      },
-      Math.max(0, entry.rekeyAt - now),
-    );
-    const expire = setTimeout(
-      () => {
-        if (this.children.get(spi) !== entry) return;
-        this.queue(new ChildDeleteTask(spi, 'lifetime expired')).catch(() => {
-          const e = this.children.get(spi);
-          if (e) this.removeChild(e, 'lifetime expired');
-        });
-      },
-      Math.max(0, entry.expireAt - now),
-    );
-    rekey.unref();
-    expire.unref();
-    entry.timers = [rekey, expire];
+  /** (Re)arms a child's rekey and expiry times on this session (also after an IKE rekey moved it). */
+  armChild(_entry: ChildEntry): void {
+    this.reschedule();
   }
 
   /** Removes a child SA locally (after a Delete exchange, a rekey, or expiry): data plane, audit 5452. */
@@ -623,7 +651,6 @@ export class IkeSession implements TaskSession {
     if (!this.children.has(key)) return;
     this.children.delete(key);
     this.host.childMoved?.(key, undefined);
-    for (const t of entry.timers) clearTimeout(t);
     // The SA that replaced it carries our traffic from now on (a rekey responder's waited for this).
     if ((entry.state.kind === 'rekeyed' || entry.state.kind === 'deleting') && entry.state.replacement !== undefined)
       this.host.dataplane.activate?.(entry.state.replacement);
@@ -696,8 +723,7 @@ export class IkeSession implements TaskSession {
    */
   terminate(reason: string, failure?: Error): void {
     if (this.state === 'dead') return;
-    for (const t of this.timers) clearTimeout(t);
-    this.timers = [];
+    this.host.deadlines.cancel(this);
     for (const e of [...this.children.values()]) this.removeChild(e, reason);
     const ended = failure ?? new IkeError(`the IKE SA ended: ${reason}`, NotifyType.TEMPORARY_FAILURE);
     this.outstanding?.fail(ended);

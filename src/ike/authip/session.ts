@@ -42,7 +42,7 @@ import { childSpec } from '../child-spec.ts';
 import { IkeError } from '../errors.ts';
 import type { SpiRegistry } from '../spi.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
-import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig } from '../tasks/context.ts';
+import { type TimedChildEntry, INSTALLED, type Lifetimes, type PeerConfig } from '../tasks/context.ts';
 import type { Proposal } from '../wire/codec.ts';
 import { NotifyType as V2Notify } from '../wire/constants.ts';
 import { PayloadType } from '../v1/constants.ts';
@@ -210,7 +210,7 @@ export class AuthIpSession {
   localUser?: string;
   peerUser?: string;
   /** Child SAs by inbound SPI, as the other keying modules keep them (views, removal). */
-  readonly children = new Map<number, ChildEntry>();
+  readonly children = new Map<number, TimedChildEntry>();
   readonly startedAt = Date.now();
   establishedAt = 0;
   /** Kerberos proves principals, not certificates or IKE identities. */
@@ -1126,7 +1126,7 @@ export class AuthIpSession {
 
   private install(child: ChildSa, outboundActive: boolean): void {
     const now = Date.now();
-    const entry: ChildEntry = {
+    const entry: TimedChildEntry = {
       child,
       state: INSTALLED,
       installedAt: now,
@@ -1182,7 +1182,7 @@ export class AuthIpSession {
    * Lifetimes: the initiator renews before the child expires (make-before-break: a new SA, then
    * this one is deleted); at expiry the child goes, and with it this SA (its only Quick Mode).
    */
-  private armLifetimes(entry: ChildEntry): void {
+  private armLifetimes(entry: TimedChildEntry): void {
     const at = (ms: number, f: () => void) => {
       const t = setTimeout(f, Math.max(0, ms - Date.now()));
       t.unref?.();
@@ -1271,7 +1271,7 @@ export class AuthIpSession {
   }
 
   /** Deletes one child SA (the first Quick Mode's): its Quick Mode state at the peer, then here. */
-  deleteChild(e: ChildEntry, reason: string): Promise<void> {
+  deleteChild(e: TimedChildEntry, reason: string): Promise<void> {
     const key = e.child.spiIn.readUInt32BE(0);
     if (!this.children.has(key)) return Promise.resolve();
     if (this.state === 'established' && this.keys)
@@ -1337,7 +1337,7 @@ export class AuthIpSession {
     this.terminate('deleted by the peer');
   }
 
-  private deleteChildLocally(e: ChildEntry, reason: string): void {
+  private deleteChildLocally(e: TimedChildEntry, reason: string): void {
     const key = e.child.spiIn.readUInt32BE(0);
     for (const t of e.timers) clearTimeout(t);
     this.children.delete(key);

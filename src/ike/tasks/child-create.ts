@@ -27,7 +27,11 @@ export interface ChildSa {
   /** Selectors of the exchange's initiator (TSi) and responder (TSr). */
   tsi: TrafficSelector[];
   tsr: TrafficSelector[];
-  keys: ChildKeys;
+  /**
+   * KEYMAT split per direction; an IKEv2 session hands it to the data plane when it installs the
+   * SA and forgets it then (the data plane's contexts hold the keys from there on).
+   */
+  keys?: ChildKeys;
   encrKeyBytes: number;
   integKeyBytes: number;
   /** We initiated the exchange that created this child: `keys.*I` are our outbound keys. */

@@ -59,6 +59,10 @@ export interface ChildEntry {
   installedAt: number;
   rekeyAt: number;
   expireAt: number;
+}
+
+/** A child entry of the IKEv1 and AuthIP sessions, which arm Node timers of their own per child. */
+export interface TimedChildEntry extends ChildEntry {
   timers: NodeJS.Timeout[];
 }
 

@@ -13,7 +13,7 @@ import type { ChildSaSink } from '../../sa/sink.ts';
 import type { Endpoint } from '../../sa/spec.ts';
 import type { PeerConfig, Timing } from '../session.ts';
 import type { SpiRegistry } from '../spi.ts';
-import type { ChildEntry } from '../tasks/context.ts';
+import type { TimedChildEntry } from '../tasks/context.ts';
 import type { IkeTrace } from '../trace.ts';
 import { decodeV1, decodeV1Payloads, encodeV1, findAllV1, type V1Message, type V1Payload } from './codec.ts';
 import { DOI_IPSEC, ExchangeType, NotifyType, PayloadType, ProtocolId, VendorId } from './constants.ts';
@@ -226,7 +226,7 @@ export class V1Manager implements V1Host {
   }
 
   /** The data plane reached a child's byte lifetime: soft → renew it now, hard → delete it. */
-  expire(spiIn: number, hard: boolean): ChildEntry | undefined {
+  expire(spiIn: number, hard: boolean): TimedChildEntry | undefined {
     const s = this.childIndex.get(spiIn);
     const e = s?.children.get(spiIn);
     if (!s || !e) return undefined;
@@ -507,7 +507,7 @@ export class V1Manager implements V1Host {
     announceAuthIp?: boolean;
     /** Called with the ISAKMP SA as soon as it exists (before Main Mode completes). */
     started?: (s: V1Session) => void;
-  }): Promise<{ session: V1Session; child: ChildEntry }> {
+  }): Promise<{ session: V1Session; child: TimedChildEntry }> {
     const s = new V1Session(
       this,
       'initiator',
@@ -532,7 +532,7 @@ export class V1Manager implements V1Host {
   }
 
   /** Another child SA on an established ISAKMP SA (Quick Mode). */
-  createChild(s: V1Session, peer: Pick<PeerConfig, 'tsi' | 'tsr'>): Promise<ChildEntry> {
+  createChild(s: V1Session, peer: Pick<PeerConfig, 'tsi' | 'tsr'>): Promise<TimedChildEntry> {
     return initiateQuick(s, { tsi: peer.tsi, tsr: peer.tsr });
   }
 

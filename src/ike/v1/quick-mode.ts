@@ -17,7 +17,7 @@ import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError } from '../errors.ts';
 import { transformOf } from '../proposals.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
-import type { ChildEntry } from '../tasks/context.ts';
+import type { TimedChildEntry } from '../tasks/context.ts';
 import type { Proposal } from '../wire/codec.ts';
 import { EncrId, NotifyType as V2Notify, ProtocolId as V2Protocol, TransformType } from '../wire/constants.ts';
 import {
@@ -289,7 +289,7 @@ export interface QuickRequest {
 }
 
 /** Negotiates one child SA with the peer (Quick Mode as initiator); resolves once it is installed. */
-export function initiateQuick(s: V1Session, req: QuickRequest): Promise<ChildEntry> {
+export function initiateQuick(s: V1Session, req: QuickRequest): Promise<TimedChildEntry> {
   return new Promise((resolve, reject) => {
     const mid = randomBytes(4).readUInt32BE(0) & 0x7fffffff || 1;
     const mode = s.peer.mode;
@@ -645,10 +645,10 @@ const CONFIRM_STEPS = 6;
 /** How long the replaced SA stays after its renewal carries our traffic, for packets under way. */
 const RENEWED_DELETE_GRACE_MS = 2000;
 const MAX_ABANDONED_RENEWALS = 3;
-const abandonedRenewals = new WeakMap<ChildEntry, number>();
-const spiNumber = (e: ChildEntry): number => e.child.spiIn.readUInt32BE(0);
+const abandonedRenewals = new WeakMap<TimedChildEntry, number>();
+const spiNumber = (e: TimedChildEntry): number => e.child.spiIn.readUInt32BE(0);
 /** The ISAKMP SA holding `e` now: `s` or another with the same peer (child SAs move on Phase 1 renewal). */
-const ownerOf = (s: V1Session, e: ChildEntry): V1Session | undefined =>
+const ownerOf = (s: V1Session, e: TimedChildEntry): V1Session | undefined =>
   [s, ...s.host.siblings(s)].find((x) => x.children.get(spiNumber(e)) === e);
 
 export function armRenewal(s: V1Session): void {
@@ -671,7 +671,7 @@ export function armRenewal(s: V1Session): void {
     t.unref();
     entry.timers.push(t);
   };
-  const renew = (entry: ChildEntry): void => {
+  const renew = (entry: TimedChildEntry): void => {
     if (entry.state.kind !== 'installed' || s.state !== 'established') return;
     entry.state = { kind: 'rekeying' };
     const local = entry.child.initiator ? entry.child.tsi : entry.child.tsr;

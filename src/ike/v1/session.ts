@@ -16,7 +16,13 @@ import { childEndedEvent, mainModeEndedEvent, mainModeInfoOf, quickModeInfoOf } 
 import { IkeError, notifyName } from '../errors.ts';
 import type { SessionHost as V2Host } from '../session.ts';
 import type { ChildSa } from '../tasks/child-create.ts';
-import { type ChildEntry, INSTALLED, type Lifetimes, type PeerConfig, type SessionState } from '../tasks/context.ts';
+import {
+  type TimedChildEntry,
+  INSTALLED,
+  type Lifetimes,
+  type PeerConfig,
+  type SessionState,
+} from '../tasks/context.ts';
 import type { Identity } from '../tasks/ike-auth.ts';
 import { identityText, type PeerCertificate } from '../tasks/ike-cert.ts';
 import type { Proposal } from '../wire/codec.ts';
@@ -114,7 +120,7 @@ export interface QuickExchange {
 export class V1Session {
   readonly keyModule = 'IkeV1' as const;
   state: SessionState;
-  readonly children = new Map<number, ChildEntry>();
+  readonly children = new Map<number, TimedChildEntry>();
   lifetimes: Lifetimes;
   peerId?: Identity;
   peerCertificate?: PeerCertificate;
@@ -618,7 +624,7 @@ export class V1Session {
    * came on — charon does). It carries traffic once ESP arrives on it or the peer goes quiet on the
    * old SA; after `confirmMs` of the peer using only the old SA, `abandoned` is called instead.
    */
-  confirmRenewal(fresh: ChildEntry, old: ChildEntry, confirmMs: number, abandoned: () => void): void {
+  confirmRenewal(fresh: TimedChildEntry, old: TimedChildEntry, confirmMs: number, abandoned: () => void): void {
     const key = spiNumber(fresh.child.spiIn);
     const held = this.inactive.get(key);
     const counters = this.host.dataplane.counters?.bind(this.host.dataplane);
@@ -649,7 +655,7 @@ export class V1Session {
   }
 
   /** Resolves once outbound traffic may use the child SA. */
-  outboundReady(entry: ChildEntry): Promise<void> {
+  outboundReady(entry: TimedChildEntry): Promise<void> {
     const held = this.inactive.get(spiNumber(entry.child.spiIn));
     return held ? new Promise((resolve) => held.waiters.push(resolve)) : Promise.resolve();
   }
@@ -720,7 +726,7 @@ export class V1Session {
    * Deletes one child SA at the peer (Delete of our inbound SPI) and locally; the Delete goes over
    * `via` (an ISAKMP SA with the same peer, by default the one holding the child).
    */
-  deleteChild(e: ChildEntry, reason: string, via: V1Session = this): Promise<void> {
+  deleteChild(e: TimedChildEntry, reason: string, via: V1Session = this): Promise<void> {
     if (via.state === 'established')
       via.informational([
         { type: PayloadType.D, doi: DOI_IPSEC, protocol: protocolOf(e.child), spiSize: 4, spis: [e.child.spiIn] },
@@ -772,11 +778,11 @@ export class V1Session {
   // ---- child SAs -------------------------------------------------------------------------------
 
   /** Installs a child SA from Quick Mode: data plane, lifetimes, audit 5451. */
-  installChild(child: ChildSa, life: { seconds: number; kilobytes?: number }): ChildEntry {
+  installChild(child: ChildSa, life: { seconds: number; kilobytes?: number }): TimedChildEntry {
     const now = Date.now();
     const expireMs =
       life.seconds > 0 ? Math.min(life.seconds * 1000, this.lifetimes.childExpireMs) : this.lifetimes.childExpireMs;
-    const entry: ChildEntry = {
+    const entry: TimedChildEntry = {
       child,
       state: INSTALLED,
       installedAt: now,
@@ -810,13 +816,13 @@ export class V1Session {
   }
 
   /** Set by quick-mode.ts: a new child SA supersedes older ones with its selectors and is armed for rekey. */
-  onChildInstalled?: (entry: ChildEntry) => void;
+  onChildInstalled?: (entry: TimedChildEntry) => void;
   /** Set by quick-mode.ts: arms the rekey of a child SA this side is to renew. */
-  armChildRekey?: (entry: ChildEntry) => void;
+  armChildRekey?: (entry: TimedChildEntry) => void;
   /** Set by quick-mode.ts: renews a child SA now (Quick Mode on the newest ISAKMP SA, retried while it lives). */
-  renewChild?: (entry: ChildEntry) => void;
+  renewChild?: (entry: TimedChildEntry) => void;
 
-  private armExpiry(key: number, entry: ChildEntry): void {
+  private armExpiry(key: number, entry: TimedChildEntry): void {
     const expire = setTimeout(
       () => {
         if (this.children.get(key) === entry) void this.deleteChild(entry, 'lifetime expired');
@@ -827,7 +833,7 @@ export class V1Session {
     entry.timers.push(expire);
   }
 
-  removeChild(entry: ChildEntry, reason: string): void {
+  removeChild(entry: TimedChildEntry, reason: string): void {
     const key = spiNumber(entry.child.spiIn);
     if (this.children.get(key) !== entry) return;
     this.children.delete(key);
