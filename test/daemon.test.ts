@@ -274,6 +274,19 @@ describe('consec daemon', () => {
       assert.equal(svc.stdout, 'Running\n');
       const stats = await run(consecArgv(['pwsh', '-Command', '(Get-NetIPsecStatistics).AuthenticationFailures'], dir));
       assert.ok(Number(stats.stdout) >= 1, `the wrong PSK counted: ${stats.stdout}`);
+      // What admin scripts run after a policy change: every main mode SA ends (the peer is told).
+      const ended = logLines(d, 'audit 4655').length;
+      const restart = await run(
+        consecArgv(['pwsh', '-Command', '(Restart-Service -Name IKEEXT -Force -PassThru).Status'], dir),
+      );
+      assert.equal(restart.stdout, 'Running\n', restart.stderr);
+      await until(
+        () =>
+          logLines(d, 'audit 4655')
+            .slice(ended)
+            .some((l) => (l.audit as { reason: string }).reason === 'removed by an administrator'),
+        'the main mode SA ended by Restart-Service',
+      );
     } finally {
       await alice?.stop();
       await d.stop('SIGTERM', 5000);

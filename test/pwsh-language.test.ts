@@ -427,6 +427,40 @@ describe('PowerShell language: control flow, functions, errors', () => {
     );
   });
 
+  it('idioms of published admin scripts: typed variables, $obj.$name, PSObject.Properties, bitwise operators, $first, $rest = …, Clear-Host', async () => {
+    const r = await ps(
+      [
+        "[int]$count = '5'",
+        "[IPAddress] $ip = '192.0.2.1'",
+        '"typed: $($count + 1) $ip"',
+        "$property = 'DisplayName'",
+        "$item = [pscustomobject]@{ DisplayName = 'rule 1'; Enabled = $true }",
+        '"dynamic: $($item.$property)"',
+        "\"has: $([bool]$item.PSObject.Properties[$property]) $([bool]$item.PSObject.Properties['Nope']) $($item.PSObject.Properties.Name -join ',')\"",
+        '"bits: $((255 -shl 1) -band [byte]::MaxValue) $(12 -bor 3) $(12 -bxor 4) $(256 -shr 4)"',
+        '$first, $rest = @(1, 2, 3)',
+        "$a, $b, $c = 'x', 'y'",
+        '"split: $first [$($rest -join \'+\')] $a $b $($null -eq $c)"',
+        'Clear-Host',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(
+      r.out,
+      [
+        'typed: 6 192.0.2.1',
+        'dynamic: rule 1',
+        'has: True False DisplayName,Enabled',
+        'bits: 254 15 8 16',
+        'split: 1 [2+3] x y True',
+        '',
+      ].join('\n'),
+    );
+    const badCast = await ps("[int]$n = 'many'", dir);
+    assert.match(badCast.err, /Cannot convert value "many" to type "System.Int32"/);
+  });
+
   it("a script's own param block ([CmdletBinding()], defaults, switches) binds -File arguments; script blocks with param bind & arguments", async () => {
     const script = [
       '#Requires -Version 5.1',

@@ -549,6 +549,14 @@ describe('services (seed 000: Get-Service IKEEXT | Select-Object Status, StartTy
     );
     assert.equal(r.errors, 1);
     assert.match(r.err, /^Get-Service : Cannot find any service with service name 'W32Time'\./);
+    // Restart-Service IKEEXT (admin scripts run it after a policy change) cannot start a stopped daemon.
+    const restart = await ps('Restart-Service -Name IKEEXT -Force\nRestart-Service W32Time', dir);
+    assert.equal(restart.errors, 2);
+    assert.match(
+      restart.err,
+      /^Restart-Service : Service 'IKE and AuthIP IPsec Keying Modules \(IKEEXT\)' cannot be started due to the following error: Cannot start service IKEEXT on computer '\.'\. The consec daemon is not running/,
+    );
+    assert.match(restart.err, /Restart-Service : Cannot find any service with service name 'W32Time'\./);
   });
 });
 

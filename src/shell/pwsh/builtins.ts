@@ -418,8 +418,16 @@ const measureObject: CommandDef = {
   ],
 };
 
+/** Clears the console of an interactive host; a script's output to a pipe or file keeps everything. */
+const clearHost: CommandDef = {
+  name: 'Clear-Host',
+  params: [],
+  invoke: () => [],
+};
+
 export function builtinCommands(): CommandDef[] {
   return [
+    clearHost,
     newObject,
     ...AD_COMMANDS.map(activeDirectory),
     whereObject,

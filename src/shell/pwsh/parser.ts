@@ -11,7 +11,8 @@ export type Expr =
   | { kind: 'constant'; value: string | number; bare: boolean; extent: Extent }
   | { kind: 'string'; parts: ExpandablePart[]; extent: Extent }
   | { kind: 'variable'; name: string; extent: Extent }
-  | { kind: 'member'; target: Expr; name: string; extent: Extent }
+  /** `.Name`, or `.$name` / `.$( … )`: the member named by a value (`nameExpr`; `name` is then empty). */
+  | { kind: 'member'; target: Expr; name: string; nameExpr?: Expr; extent: Extent }
   | { kind: 'method'; target: Expr; name: string; args: Expr[]; extent: Extent }
   | { kind: 'index'; target: Expr; index: Expr; extent: Extent }
   | { kind: 'array'; items: Expr[]; extent: Extent }
@@ -141,7 +142,7 @@ const KEYWORDS = new Set([
 ]);
 
 const COMPARISON =
-  /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|as|join)$/;
+  /^[ci]?(eq|ne|gt|ge|lt|le|like|notlike|match|notmatch|contains|notcontains|in|notin|replace|split)$|^(is|isnot|as|join|band|bor|bxor|shl|shr)$/;
 
 /** A part of an expandable string: text, a variable, or a `$( … )` parsed with the script. */
 export type ExpandablePart = Exclude<StringPart, { subexpression: string }> | { body: Statement[]; extent: Extent };
@@ -214,9 +215,29 @@ class Parser {
       }
     }
     const t = this.lx.peek('expression');
+    if (t.kind === 'lbracket') {
+      const typed = this.typedAssignment(start);
+      if (typed) return typed;
+    }
     if (t.kind === 'variable' && !t.splat) {
-      const target = this.postfix(this.primary());
+      let target = this.postfix(this.primary());
+      // `$first, $rest = $list`: several variables assigned at once.
+      if (this.lx.peek('expression').kind === 'comma') {
+        const items = [target];
+        while (this.lx.peek('expression').kind === 'comma') {
+          this.lx.next('expression');
+          const v = this.lx.peek('expression');
+          if (v.kind !== 'variable' || v.splat) break;
+          items.push(this.postfix(this.primary()));
+        }
+        const last = items[items.length - 1] as Expr;
+        target = { kind: 'array', items, extent: { start: t.extent.start, end: last.extent.end } };
+      }
       const eq = this.lx.peek('expression');
+      if (target.kind === 'array' && (eq.kind !== 'assign' || eq.op)) {
+        this.lx.reset(start); // `$a, $b` is an array expression after all
+        return this.pipeline();
+      }
       if (eq.kind === 'assign') {
         this.lx.next('expression');
         this.skipNewlines();
@@ -256,6 +277,47 @@ class Parser {
       this.lx.reset(start);
     }
     return this.pipeline();
+  }
+
+  /**
+   * `[int]$n = …`, `[IPAddress] $ip = …`, `[ValidateNotNull()][string]$s = …`: an assignment whose
+   * value is converted to the type next to the variable (undefined, nothing read, if this is not one).
+   */
+  private typedAssignment(start: number): Statement | undefined {
+    let type: { name: string; args?: string } | undefined;
+    try {
+      while (this.lx.peek('expression').kind === 'lbracket') {
+        const lit = this.typeLiteral();
+        if (this.source.startsWith('::', this.lx.offset)) throw new PwshSyntaxError('', lit.extent, '');
+        type = lit;
+      }
+      const v = this.lx.peek('expression');
+      if (!type || type.args !== undefined || v.kind !== 'variable' || v.splat)
+        throw new PwshSyntaxError('', v.extent, '');
+      const target = this.postfix(this.primary());
+      const eq = this.lx.peek('expression');
+      if (target.kind !== 'variable' || eq.kind !== 'assign' || eq.op) throw new PwshSyntaxError('', eq.extent, '');
+      this.lx.next('expression');
+      this.skipNewlines();
+      const value = this.assignedValue();
+      const at = { start, end: value.extent.end };
+      const cast: Expr = {
+        kind: 'cast',
+        type: type.name,
+        operand: { kind: 'paren', pipeline: value, extent: value.extent },
+        extent: at,
+      };
+      return {
+        kind: 'assignment',
+        target,
+        value: { kind: 'pipeline', elements: [{ kind: 'expression', expr: cast, extent: at }], extent: at },
+        extent: at,
+      };
+    } catch (err) {
+      if (!(err instanceof PwshSyntaxError)) throw err;
+      this.lx.reset(start); // a cast or type expression: parsed as one
+      return undefined;
+    }
   }
 
   /**
@@ -1165,6 +1227,13 @@ class Parser {
         } else {
           e = { kind: 'member', target: e, name, extent: { start: e.extent.start, end: this.lx.offset } };
         }
+        continue;
+      }
+      if (c === '.' && this.source[at + 1] === '$') {
+        // `$item.$property`: the member whose name a variable (or a subexpression) holds.
+        this.lx.reset(at + 1);
+        const nameExpr = this.primary();
+        e = { kind: 'member', target: e, name: '', nameExpr, extent: { start: e.extent.start, end: this.lx.offset } };
         continue;
       }
       if (c === '[') {

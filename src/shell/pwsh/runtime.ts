@@ -31,6 +31,7 @@ import {
   Hashtable,
   isPSObject,
   type PSObject,
+  PROPERTY_LIST,
   psObject,
   ScriptBlock,
   toBool,
@@ -1074,8 +1075,10 @@ export class Runtime {
       }
       case 'variable':
         return this.variable(e.name);
-      case 'member':
-        return getProperty(await this.expr(e.target), e.name) ?? null;
+      case 'member': {
+        const target = await this.expr(e.target);
+        return getProperty(target, e.nameExpr ? toText(await this.expr(e.nameExpr)) : e.name) ?? null;
+      }
       case 'method':
         return this.method(
           await this.expr(e.target),
@@ -1087,6 +1090,10 @@ export class Runtime {
         const target = await this.expr(e.target);
         const index = await this.expr(e.index);
         if (target instanceof Hashtable) return target.get(toText(index)) ?? null;
+        if (Array.isArray(target) && PROPERTY_LIST in target && typeof index === 'string') {
+          const lower = index.toLowerCase();
+          return target.find((p) => String((p as { Name: string }).Name).toLowerCase() === lower) ?? null;
+        }
         if (Array.isArray(target) || typeof target === 'string') {
           const n = Number(index);
           const i = n < 0 ? target.length + n : n;
@@ -1151,6 +1158,16 @@ export class Runtime {
   }
 
   private async assign(target: Expr, value: unknown): Promise<void> {
+    if (target.kind === 'array') {
+      // `$a, $b, $rest = $list`: one element each, the last variable takes what is left.
+      const items = enumerate(value);
+      const n = target.items.length;
+      for (let i = 0; i < n; i++) {
+        const rest = i === n - 1 ? items.slice(i) : items.slice(i, i + 1);
+        await this.assign(target.items[i] as Expr, rest.length === 0 ? null : rest.length === 1 ? rest[0] : rest);
+      }
+      return;
+    }
     if (target.kind === 'variable') {
       const lower = target.name.toLowerCase();
       if (['true', 'false', 'null'].includes(lower)) {
@@ -1662,6 +1679,18 @@ export function binaryOp(rawOp: string, left: unknown, right: unknown, extent?: 
     }
     case 'join':
       return enumerate(left).map(toText).join(toText(right));
+    case 'band':
+    case 'bor':
+    case 'bxor':
+    case 'shl':
+    case 'shr': {
+      // Bitwise operators on whole numbers (32-bit, as on [int]).
+      const a = Math.trunc(toNumber(left, extent));
+      const b = Math.trunc(toNumber(right, extent));
+      if (op === 'shl') return a << b;
+      if (op === 'shr') return a >> b;
+      return op === 'band' ? a & b : op === 'bor' ? a | b : a ^ b;
+    }
     case 'split':
       return toText(left).split(new RegExp(toText(right), cs ? '' : 'i'));
     case '+':

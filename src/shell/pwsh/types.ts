@@ -245,6 +245,10 @@ export function staticMember(t: TypeRef, name: string, args: unknown[] | undefin
       return enumerate(args?.[1]).map(toText).join(toText(args?.[0]));
     case 'string::empty':
       return '';
+    case 'byte::maxvalue':
+      return 255;
+    case 'byte::minvalue':
+      return 0;
     case 'int32::maxvalue':
       return 2147483647;
     case 'int32::minvalue':

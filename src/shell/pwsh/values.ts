@@ -68,10 +68,33 @@ export class ScriptBlock {
 }
 
 /** Case-insensitive property lookup on an object or hashtable; undefined when absent. */
+/** Marks the array `.PSObject.Properties` returns: it is also indexed by property name. */
+export const PROPERTY_LIST: unique symbol = Symbol('consec.pwsh.propertyList');
+
+/**
+ * `$obj.PSObject`: what scripts use of PowerShell's wrapper — `.Properties` (each with Name, Value,
+ * MemberType; indexed by name too: `.Properties['Name']`) and `.TypeNames`.
+ */
+function psObjectView(target: object): Record<string, unknown> {
+  const entries: [string, unknown][] =
+    target instanceof Hashtable ? [] : Object.entries(target as Record<string, unknown>);
+  const properties = entries.map(([Name, Value]) => ({
+    Name,
+    Value,
+    MemberType: 'NoteProperty',
+    IsSettable: true,
+    TypeNameOfValue: typeof Value === 'string' ? 'System.String' : 'System.Object',
+  }));
+  Object.defineProperty(properties, PROPERTY_LIST, { value: true });
+  const typeName = (target as PSObject)[PS_TYPE];
+  return { Properties: properties, TypeNames: typeName ? [typeName, 'System.Object'] : ['System.Object'] };
+}
+
 export function getProperty(target: unknown, name: string): unknown {
   if (target === null || target === undefined) return undefined;
   if (target instanceof Hashtable) {
     if (target.has(name)) return target.get(name);
+    if (name.toLowerCase() === 'psobject') return psObjectView(target);
     if (name.toLowerCase() === 'count' || name.toLowerCase() === 'keys') {
       return name.toLowerCase() === 'count' ? target.size : target.entries().map(([k]) => k);
     }
@@ -97,6 +120,7 @@ export function getProperty(target: unknown, name: string): unknown {
     const hidden = (target as PSObject)[PS_HIDDEN];
     if (hidden) for (const key of Object.keys(hidden)) if (key.toLowerCase() === lower) return hidden[key];
     if (lower === 'count') return 1;
+    if (lower === 'psobject') return psObjectView(target);
   }
   return undefined;
 }
