@@ -621,6 +621,8 @@ describe('IKEv1 Main Mode + Quick Mode (consec ↔ consec, in memory)', () => {
     await until(() => b.sad.installed.size === 1 && !b.sad.installed.has(lateAtB), 6000);
     const [renewed] = [...b.sad.installed.values()];
     assert.ok(renewed && a.sad.installed.has(renewed.outbound.spi), 'a receives on what b now sends with');
+    // b's Delete of the child it replaced reaches a a moment later.
+    await until(() => a.sad.installed.size === 1, 6000);
     assertMirrored(a.sad, b.sad);
     const [only] = b.m.v1.sessions();
     assert.equal(b.m.v1.sessions().length, 1);
