@@ -12,7 +12,6 @@ export interface IkeSuite {
 }
 
 export interface IkeKeys {
-  skeyseed: Buffer;
   skD: Buffer;
   skAi: Buffer;
   skAr: Buffer;
@@ -62,8 +61,8 @@ export function deriveIkeKeys(
   const p = suite.prf.size;
   const km = prfPlus(suite.prf, skeyseed, Buffer.concat([ni, nr, spiI, spiR]), p + 2 * integ + 2 * encr + 2 * p);
   const take = keySlicer(km);
+  // SKEYSEED is not kept: every later key comes from SK_d.
   return {
-    skeyseed,
     skD: take(p),
     skAi: take(integ),
     skAr: take(integ),
