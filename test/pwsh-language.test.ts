@@ -461,6 +461,47 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.match(badCast.err, /Cannot convert value "many" to type "System.Int32"/);
   });
 
+  it('parameter sets (ParameterSetName, DefaultParameterSetName), $PSCmdlet.ShouldProcess under -WhatIf, common parameters with values, methods with several arguments', async () => {
+    const d = freshStateDir();
+    const r = await ps(
+      [
+        'function Set-Policy {',
+        "  [CmdletBinding(SupportsShouldProcess, DefaultParameterSetName = 'Show')]",
+        '  param(',
+        "    [Parameter(Mandatory, ParameterSetName = 'Create')][string]$Name,",
+        "    [Parameter(ParameterSetName = 'Show')][switch]$Show,",
+        "    [Parameter(Mandatory = $true, ParameterSetName = 'Delete')][switch]$Delete",
+        '  )',
+        '  if ($PSCmdlet.ShouldProcess("rule $Name", \'Create IPsec rule\')) { New-NetIPsecRule -DisplayName "r-$Name" | Out-Null }',
+        '  "set=$($PSCmdlet.ParameterSetName)"',
+        '}',
+        'Set-Policy',
+        'Set-Policy -Name a -ErrorAction Stop',
+        'Set-Policy -Name b -WhatIf',
+        'Set-Policy -Delete',
+        "'abc'.Replace('a', 'x')",
+        "(Get-NetIPsecRule).DisplayName -join ','",
+        'Set-Policy -Name c -Delete',
+      ].join('\n'),
+      d,
+    );
+    assert.equal(
+      r.out,
+      [
+        'set=Show',
+        'set=Create',
+        'What if: Performing the operation "Create IPsec rule" on target "rule b".',
+        'set=Create',
+        'set=Delete',
+        'xbc',
+        'r-,r-a,r-',
+        '',
+      ].join('\n'),
+    );
+    assert.equal(r.errors, 1);
+    assert.match(r.err, /^Set-Policy : Parameter set cannot be resolved using the specified named parameters\./);
+  });
+
   it("a script's own param block ([CmdletBinding()], defaults, switches) binds -File arguments; script blocks with param bind & arguments", async () => {
     const script = [
       '#Requires -Version 5.1',

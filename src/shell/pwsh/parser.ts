@@ -58,6 +58,11 @@ export interface ParamDecl {
   fromPipeline?: boolean;
   /** `[Parameter(ValueFromPipelineByPropertyName)]`: bound to the item's property of that name. */
   fromPropertyName?: boolean;
+  /**
+   * The parameter sets it belongs to (`[Parameter(ParameterSetName = 'X', Mandatory)]`, one entry
+   * per attribute naming a set); absent: every set, with `mandatory` as given.
+   */
+  sets?: { name: string; mandatory: boolean }[];
   extent: Extent;
 }
 
@@ -79,7 +84,16 @@ export type Statement =
   | { kind: 'for'; init?: Statement; cond?: Pipeline; step?: Statement; body: Statement[]; extent: Extent }
   | { kind: 'while'; cond: Pipeline; body: Statement[]; extent: Extent }
   | { kind: 'do'; body: Statement[]; cond: Pipeline; until: boolean; extent: Extent }
-  | { kind: 'function'; name: string; params: ParamDecl[]; body: Statement[]; blocks?: NamedBlocks; extent: Extent }
+  | {
+      kind: 'function';
+      name: string;
+      params: ParamDecl[];
+      body: Statement[];
+      blocks?: NamedBlocks;
+      /** `[CmdletBinding(DefaultParameterSetName = …)]`. */
+      defaultSet?: string;
+      extent: Extent;
+    }
   | {
       kind: 'flow';
       keyword: 'return' | 'break' | 'continue' | 'throw' | 'exit';
@@ -106,7 +120,7 @@ export type Statement =
    * `[CmdletBinding()] param( … )` opening a script file or a script block: its parameters, bound
    * from the arguments of the call (`& script.ps1 -Name x`, `-File script.ps1 -Name x`).
    */
-  | { kind: 'param'; params: ParamDecl[]; extent: Extent }
+  | { kind: 'param'; params: ParamDecl[]; defaultSet?: string; extent: Extent }
   /** `trap [Type] { … }`: handles terminating errors anywhere in the scope it stands in. */
   | { kind: 'trap'; types: string[]; body: Statement[]; extent: Extent };
 
@@ -157,6 +171,13 @@ export function parseScript(source: string): Statement[] {
  * running out of stack.
  */
 export const MAX_NESTING = 200;
+
+/** `[CmdletBinding(DefaultParameterSetName = 'X')]`: X. */
+function defaultSetOf(lit: { name: string; args?: string }): string | undefined {
+  if (lit.name.toLowerCase() !== 'cmdletbinding' || lit.args === undefined) return undefined;
+  const m = /\bDefaultParameterSetName\s*=\s*(?:'([^']*)'|"([^"]*)")/i.exec(lit.args);
+  return m ? (m[1] ?? m[2]) : undefined;
+}
 
 class Parser {
   private readonly lx: Lexer;
@@ -327,9 +348,10 @@ class Parser {
   private paramBlock(): Statement | undefined {
     const start = this.lx.offset;
     const at = this.lx.peek('command').extent;
+    let defaultSet: string | undefined;
     try {
       while (this.lx.peek('expression').kind === 'lbracket') {
-        this.typeLiteral();
+        defaultSet ??= defaultSetOf(this.typeLiteral());
         this.skipNewlines();
       }
     } catch (err) {
@@ -346,7 +368,7 @@ class Parser {
     this.skipNewlines();
     this.expect('command', 'lparen', "Missing '(' after 'param'.", 'MissingOpenParenthesisAfterKeyword');
     const params = this.paramList('rparen');
-    return { kind: 'param', params, extent: this.from(at) };
+    return { kind: 'param', params, defaultSet, extent: this.from(at) };
   }
 
   /**
@@ -706,13 +728,24 @@ class Parser {
   /** A method call's arguments after its `(`, through the `)`. */
   private methodArguments(): Expr[] {
     const args: Expr[] = [];
+    // A comma separates the arguments (it would make an array of them otherwise: `,` binds tighter
+    // than comparison); an array argument is written in parentheses.
+    const argument = (): Expr => {
+      const noArrayComma = this.noArrayComma;
+      this.noArrayComma = true;
+      try {
+        return this.comparison();
+      } finally {
+        this.noArrayComma = noArrayComma;
+      }
+    };
     this.skipNewlines();
     if (this.lx.peek('expression').kind !== 'rparen') {
-      args.push(this.comparison());
+      args.push(argument());
       while (this.lx.peek('expression').kind === 'comma') {
         this.lx.next('expression');
         this.skipNewlines();
-        args.push(this.comparison());
+        args.push(argument());
       }
     }
     this.skipNewlines();
@@ -735,13 +768,17 @@ class Parser {
       let fromPipeline = false;
       let fromPropertyName = false;
       let position: number | undefined;
+      let sets: { name: string; mandatory: boolean }[] | undefined;
       const start = t.extent.start;
       while (this.lx.peek('expression').kind === 'lbracket') {
         const lit = this.typeLiteral();
         if (lit.args !== undefined) {
           if (lit.name.toLowerCase() === 'parameter') {
-            mandatory ||=
+            const must =
               /\bmandatory\b(\s*=\s*\$true)?/i.test(lit.args) && !/\bmandatory\s*=\s*\$false/i.test(lit.args);
+            const set = /\bParameterSetName\s*=\s*(?:'([^']*)'|"([^"]*)")/i.exec(lit.args);
+            if (set) (sets ??= []).push({ name: set[1] ?? set[2] ?? '', mandatory: must });
+            else mandatory ||= must;
             fromPipeline ||= /\bValueFromPipeline\b(?!ByPropertyName)(?!\s*=\s*\$false)/i.test(lit.args);
             fromPropertyName ||= /\bValueFromPipelineByPropertyName\b(?!\s*=\s*\$false)/i.test(lit.args);
             const pos = /\bposition\s*=\s*(\d+)/i.exec(lit.args);
@@ -771,6 +808,7 @@ class Parser {
       out.push({
         name: v.name,
         type,
+        sets,
         default: dflt,
         mandatory,
         position,
@@ -794,6 +832,7 @@ class Parser {
   private functionStatement(at: Extent, filter = false): Statement {
     const nameTok = this.expect('command', 'word', 'Missing name after function keyword.', 'MissingNameAfterKeyword');
     let params: ParamDecl[] = [];
+    let defaultSet: string | undefined;
     if (this.lx.peek('command').kind === 'lparen') {
       this.lx.next('command');
       params = this.paramList('rparen');
@@ -804,7 +843,7 @@ class Parser {
     for (;;) {
       this.skipNewlines();
       if (this.lx.peek('expression').kind === 'lbracket') {
-        this.typeLiteral();
+        defaultSet ??= defaultSetOf(this.typeLiteral());
         continue;
       }
       const t = this.lx.peek('command');
@@ -842,9 +881,10 @@ class Parser {
         params,
         body: [],
         blocks: { process: body },
+        defaultSet,
         extent: this.from(at),
       };
-    return { kind: 'function', name: nameTok.value, params, body, blocks, extent: this.from(at) };
+    return { kind: 'function', name: nameTok.value, params, body, blocks, defaultSet, extent: this.from(at) };
   }
 
   private pipeline(): Pipeline {
@@ -1208,22 +1248,8 @@ class Parser {
         } else throw this.unexpected(nameTok);
         if (this.source[this.lx.offset] === '(') {
           this.lx.reset(this.lx.offset + 1);
-          const args: Expr[] = [];
-          this.skipNewlines();
-          if (this.lx.peek('expression').kind !== 'rparen') {
-            args.push(this.comparison());
-            while (this.lx.peek('expression').kind === 'comma') {
-              this.lx.next('expression');
-              args.push(this.comparison());
-            }
-          }
-          const close = this.expect(
-            'expression',
-            'rparen',
-            "Missing ')' in method call.",
-            'MissingEndParenthesisInMethodCall',
-          );
-          e = { kind: 'method', target: e, name, args, extent: { start: e.extent.start, end: close.extent.end } };
+          const args = this.methodArguments();
+          e = { kind: 'method', target: e, name, args, extent: { start: e.extent.start, end: this.lx.offset } };
         } else {
           e = { kind: 'member', target: e, name, extent: { start: e.extent.start, end: this.lx.offset } };
         }

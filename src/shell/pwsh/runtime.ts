@@ -179,6 +179,48 @@ interface FunctionDef {
   params: ParamDecl[];
   body: Statement[];
   blocks?: NamedBlocks;
+  defaultSet?: string;
+}
+
+/**
+ * `$PSCmdlet` in an advanced function or script: the parameter set its call bound, and
+ * ShouldProcess, which under -WhatIf says what would be done (PowerShell's wording) and answers
+ * $false, else $true.
+ */
+export class CmdletContext {
+  constructor(
+    readonly ParameterSetName: string,
+    private readonly whatIf: boolean,
+    private readonly functionName: string,
+  ) {}
+
+  /** The "What if:" line for ShouldProcess(target[, action]), or undefined when the action may go ahead. */
+  shouldProcess(args: unknown[]): string | undefined {
+    if (!this.whatIf) return undefined;
+    const target = toText(args[0]);
+    const action = args.length > 1 ? toText(args[1]) : this.functionName;
+    return `What if: Performing the operation "${action}" on target "${target}".`;
+  }
+}
+
+/**
+ * The parameter set a call binds (PowerShell's resolution): the sets every bound parameter belongs
+ * to; of several, the default (`DefaultParameterSetName`), else the one whose mandatory parameters
+ * are all given. Undefined when the function declares no sets; null when none can be chosen.
+ */
+function parameterSet(fn: FunctionDef, bound: ReadonlyMap<string, unknown>): string | undefined | null {
+  const all = new Set(fn.params.flatMap((p) => (p.sets ?? []).map((x) => x.name)));
+  if (all.size === 0) return undefined;
+  let candidates = [...all];
+  for (const p of fn.params)
+    if (bound.has(p.name) && p.sets) candidates = candidates.filter((c) => p.sets?.some((x) => x.name === c));
+  if (candidates.length === 1) return candidates[0] as string;
+  if (candidates.length === 0) return null;
+  if (fn.defaultSet && candidates.includes(fn.defaultSet)) return fn.defaultSet;
+  const complete = candidates.filter((c) =>
+    fn.params.every((p) => bound.has(p.name) || !p.sets?.some((x) => x.name === c && x.mandatory)),
+  );
+  return complete.length === 1 ? (complete[0] as string) : null;
 }
 
 /** An error raised while a command ran, carrying which command and where. */
@@ -298,7 +340,12 @@ export class Runtime {
               : { kind: 'constant' as const, value: named[3] ?? '', bare: true, extent: none };
           return { kind: 'parameter', name: named[1] as string, value, extent: none };
         });
-        const fn = { name: this.options.scriptName ?? '', params: head.params, body: statements.slice(1) };
+        const fn = {
+          name: this.options.scriptName ?? '',
+          params: head.params,
+          body: statements.slice(1),
+          defaultSet: head.defaultSet,
+        };
         const call: Command = { kind: 'command', name: fn.name, nameExtent: none, elements, extent: head.extent };
         try {
           await this.callFunction(fn, call, undefined, true, (items) => this.render(items));
@@ -407,6 +454,7 @@ export class Runtime {
           params: st.params,
           body: st.body,
           blocks: st.blocks,
+          defaultSet: st.defaultSet,
         });
         return;
       case 'try':
@@ -898,7 +946,8 @@ export class Runtime {
         cmd.extent,
       );
     }
-    const whatIf = bound.get('WhatIf') === true;
+    // -WhatIf, or an advanced function's -WhatIf passed down ($WhatIfPreference), unless -WhatIf:$false.
+    const whatIf = bound.has('WhatIf') ? bound.get('WhatIf') === true : toBool(this.getVariable('WhatIfPreference'));
     return {
       name: def.name,
       args: bound,
@@ -1218,6 +1267,12 @@ export class Runtime {
 
   private method(target: unknown, name: string, args: unknown[], extent: Extent): unknown {
     const lower = name.toLowerCase();
+    if (target instanceof CmdletContext && (lower === 'shouldprocess' || lower === 'shouldcontinue')) {
+      if (lower === 'shouldcontinue') return true; // asked only where ShouldProcess already agreed; no prompt here
+      const line = target.shouldProcess(args);
+      if (line !== undefined) this.host.stdout(`${line}\n`);
+      return line === undefined;
+    }
     if (typeof target === 'string') {
       const a0 = toText(args[0]);
       switch (lower) {
@@ -1288,6 +1343,7 @@ export class Runtime {
         extent,
       );
     };
+    let commonTakesValue = false;
     const find = (name: string, extent: Extent): ParamDecl | undefined => {
       const lower = name.toLowerCase();
       const exact = fn.params.find((p) => p.name.toLowerCase() === lower);
@@ -1300,9 +1356,15 @@ export class Runtime {
           'AmbiguousParameter',
           extent,
         );
-      // Common parameters of advanced functions are accepted and have no effect here.
-      if (COMMON_PARAMS.some((c) => c.name.toLowerCase().startsWith(lower) || c.aliases?.includes(lower)))
+      // Common parameters of advanced functions (and -WhatIf/-Confirm) are accepted; they have no
+      // effect here but -WhatIf (see the scope below), and those with a value take it.
+      const common = [...COMMON_PARAMS, ...MUTATING_PARAMS].find(
+        (c) => c.name.toLowerCase().startsWith(lower) || c.aliases?.includes(lower),
+      );
+      if (common) {
+        commonTakesValue = common.type !== 'switch';
         return undefined;
+      }
       return fail(
         `A parameter cannot be found that matches parameter name '${name}'.`,
         'NamedParameterNotFound',
@@ -1325,10 +1387,14 @@ export class Runtime {
         } else positional.push(...enumerate(v));
         continue;
       }
+      commonTakesValue = false;
       const p = find(el.name, el.extent);
       let value: unknown;
       if (el.value !== undefined) value = await this.expr(el.value);
-      else if (!p || p.type === 'switch') value = true;
+      else if (!p && commonTakesValue && elements[i + 1]?.kind === 'argument') {
+        i++; // `-ErrorAction Stop`: the common parameter's value, not a positional argument
+        continue;
+      } else if (!p || p.type === 'switch') value = true;
       else {
         const next = elements[i + 1];
         if (!next || next.kind !== 'argument')
@@ -1352,7 +1418,16 @@ export class Runtime {
       if (next) bound.set(next.p.name, v);
       else args.push(v);
     }
-    const missing = fn.params.filter((p) => p.mandatory && !bound.has(p.name));
+    const set = parameterSet(fn, bound);
+    if (set === null)
+      fail(
+        'Parameter set cannot be resolved using the specified named parameters.',
+        'AmbiguousParameterSet',
+        cmd.extent,
+      );
+    const missing = fn.params.filter(
+      (p) => !bound.has(p.name) && (p.mandatory || p.sets?.some((x) => x.name === set && x.mandatory)),
+    );
     if (missing.length)
       fail(
         `Cannot process command because of one or more missing mandatory parameters: ${missing.map((p) => p.name).join(' ')}.`,
@@ -1363,6 +1438,16 @@ export class Runtime {
     const psBound = new Hashtable();
     for (const [k, v] of bound) psBound.set(k, v);
     scope.set('psboundparameters', psBound);
+    // -WhatIf given to the function (a common parameter): $PSCmdlet.ShouldProcess and the cmdlets it calls heed it.
+    const whatIf = elements.some(
+      (el) =>
+        el.kind === 'parameter' &&
+        (el.name.toLowerCase() === 'wi' || (el.name.length >= 2 && 'whatif'.startsWith(el.name.toLowerCase()))) &&
+        !(el.value?.kind === 'variable' && el.value.name.toLowerCase() === 'false'),
+    );
+    if (whatIf) scope.set('whatifpreference', true);
+    const preference = whatIf || toBool(this.getVariable('WhatIfPreference'));
+    scope.set('pscmdlet', new CmdletContext(set ?? '__AllParameterSets', preference, fn.name));
     scope.set('args', args);
     scope.set('input', input ?? []);
     if (!shared) this.scopes.push(scope);
