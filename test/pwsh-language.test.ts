@@ -502,6 +502,33 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.match(r.err, /^Set-Policy : Parameter set cannot be resolved using the specified named parameters\./);
   });
 
+  it('Get-Content (lines, -Raw, Windows separators, a missing file) and ConvertFrom-Json, as scripts read their configuration', async () => {
+    const folder = mkdtempSync(join(tmpdir(), 'consec-content-'));
+    try {
+      writeFileSync(join(folder, 'rules.json'), '\uFEFF{"Rules":[{"Name":"a","Ports":[445,139]},{"Name":"b"}]}\r\n');
+      writeFileSync(join(folder, 'hosts.txt'), '192.0.2.1\r\n192.0.2.2\n');
+      const r = await ps(
+        [
+          `$cfg = Get-Content -Path "${folder}\\rules.json" | ConvertFrom-Json`,
+          'foreach ($rule in $cfg.Rules) { "$($rule.Name): $($rule.Ports -join \',\')" }',
+          `$hosts = Get-Content "${folder}/hosts.txt"`,
+          '"$($hosts.Count) hosts, last $($hosts[-1])"',
+          `(Get-Content "${folder}/hosts.txt" -Raw).Length`,
+          `Get-Content "${folder}/missing.json"`,
+          "'{ not json' | ConvertFrom-Json",
+          "'went on'",
+        ].join('\n'),
+        dir,
+      );
+      assert.equal(r.out, 'a: 445,139\nb: \n2 hosts, last 192.0.2.2\n21\nwent on\n');
+      assert.equal(r.errors, 2);
+      assert.match(r.err, /^Get-Content : Cannot find path '.*missing\.json' because it does not exist\./m);
+      assert.match(r.err, /^ConvertFrom-Json : Conversion from JSON failed with error: /m);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
+  });
+
   it("a script's own param block ([CmdletBinding()], defaults, switches) binds -File arguments; script blocks with param bind & arguments", async () => {
     const script = [
       '#Requires -Version 5.1',

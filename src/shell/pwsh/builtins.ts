@@ -1,4 +1,6 @@
 /** The general-purpose cmdlets IPsec scripts pipe into. */
+import { resolve as resolvePath } from 'node:path';
+import { InputTooLargeError, readTextBounded } from '../../io/bounded.ts';
 import { convertToJson, formatDefault, formatList, formatTable } from './format.ts';
 import { binaryOp, type CommandCall, type CommandDef, FormattedOutput, PwshError } from './runtime.ts';
 import { collapse, enumerate, getProperty, Hashtable, psObject, ScriptBlock, toBool, toText } from './values.ts';
@@ -418,6 +420,76 @@ const measureObject: CommandDef = {
   ],
 };
 
+/**
+ * Get-Content: a text file's lines (or, with -Raw, its whole text), as admin scripts read their
+ * configuration; Windows' `\\` separators accepted. Bounded like scripts and stores (16 MiB).
+ */
+const getContent: CommandDef = {
+  name: 'Get-Content',
+  params: [
+    { name: 'Path', type: 'strings', position: 0, pipeline: true, aliases: ['LiteralPath', 'PSPath'] },
+    { name: 'Raw', type: 'switch' },
+    { name: 'Encoding', type: 'string' },
+  ],
+  invoke(c) {
+    const out: unknown[] = [];
+    for (const path of c.get<string[]>('Path') ?? []) {
+      let text: string;
+      try {
+        text = readTextBounded(resolvePath(path.replace(/\\/g, '/')), `The file ${path}`).replace(/^\uFEFF/, '');
+      } catch (err) {
+        if (err instanceof InputTooLargeError)
+          throw new PwshError(err.message, 'InputTooLarge', 'InvalidData', 'IOException');
+        throw new PwshError(
+          `Cannot find path '${path}' because it does not exist.`,
+          'PathNotFound',
+          'ObjectNotFound',
+          'ItemNotFoundException',
+          undefined,
+          path,
+          'String',
+        );
+      }
+      if (c.get<boolean>('Raw')) out.push(text);
+      else out.push(...text.replace(/\r?\n$/, '').split(/\r?\n/));
+    }
+    return out;
+  },
+};
+
+/** JSON values as PowerShell makes them: objects are PSCustomObjects, arrays arrays. */
+function fromJson(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(fromJson);
+  if (v !== null && typeof v === 'object') {
+    const fields: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) fields[k] = fromJson(x);
+    return psObject('System.Management.Automation.PSCustomObject', fields);
+  }
+  return v;
+}
+
+/** ConvertFrom-Json: the pipeline's lines joined (as Get-Content gives them) and parsed. */
+const convertFromJson: CommandDef = {
+  name: 'ConvertFrom-Json',
+  params: [{ name: 'InputObject', type: 'objects', pipeline: true, position: 0 }],
+  invoke(c) {
+    const text = input(c).map(toText).join('\n');
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new PwshError(
+        `Conversion from JSON failed with error: ${(err as Error).message}`,
+        'System.ArgumentException',
+        'NotSpecified',
+        'ArgumentException',
+      );
+    }
+    // A top-level array is one object on the pipeline, as in Windows PowerShell 5.1.
+    return [fromJson(parsed)];
+  },
+};
+
 /** Clears the console of an interactive host; a script's output to a pipe or file keeps everything. */
 const clearHost: CommandDef = {
   name: 'Clear-Host',
@@ -428,6 +500,8 @@ const clearHost: CommandDef = {
 export function builtinCommands(): CommandDef[] {
   return [
     clearHost,
+    getContent,
+    convertFromJson,
     newObject,
     ...AD_COMMANDS.map(activeDirectory),
     whereObject,
