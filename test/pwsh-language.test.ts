@@ -442,6 +442,10 @@ describe('PowerShell language: control flow, functions, errors', () => {
         "$a, $b, $c = 'x', 'y'",
         '"split: $first [$($rest -join \'+\')] $a $b $($null -eq $c)"',
         'Clear-Host',
+        "$h = @{}; $k = 'Port'; $h.$k = 445",
+        '"member set: $($h.Port)"',
+        'function Set-Width { param($Width) New-NetIPsecRule -DisplayName "w$Width" | Out-Null; $WhatIfPreference }',
+        'Set-Width -Wi 5',
       ].join('\n'),
       dir,
     );
@@ -454,6 +458,8 @@ describe('PowerShell language: control flow, functions, errors', () => {
         'has: True False DisplayName,Enabled',
         'bits: 254 15 8 16',
         'split: 1 [2+3] x y True',
+        'member set: 445',
+        'False',
         '',
       ].join('\n'),
     );
@@ -550,6 +556,17 @@ describe('PowerShell language: control flow, functions, errors', () => {
     assert.equal(plain.out, 'configuring\nsubnet=192.0.2.0/24 force=False bound=0\na=1 b=2\na=4 b=5\n');
     const given = await ps(script, dir, 'admin.ps1', ['-RemoteSubnet', '198.51.100.0/24', '-Force']);
     assert.equal(given.out, 'configuring\nsubnet=198.51.100.0/24 force=True bound=2\na=1 b=2\na=4 b=5\n');
+    const folder = mkdtempSync(join(tmpdir(), 'consec-sets-'));
+    try {
+      writeFileSync(
+        join(folder, 'sets.ps1'),
+        "[CmdletBinding(DefaultParameterSetName = 'A')]\nparam([Parameter(ParameterSetName = 'A')][switch]$One, [Parameter(ParameterSetName = 'B')][switch]$Two, [switch]$Force)\n$PSCmdlet.ParameterSetName",
+      );
+      const viaCall = await ps(`& "${folder}/sets.ps1" -Force\n& "${folder}/sets.ps1" -Two`, dir);
+      assert.equal(viaCall.out, 'A\nB\n', viaCall.err);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
     const unknown = await ps(script, dir, 'admin.ps1', ['-Nope', 'x']);
     assert.match(unknown.err, /A parameter cannot be found that matches parameter name 'Nope'/);
     assert.equal(unknown.out, '', 'a script whose arguments do not bind does not run');

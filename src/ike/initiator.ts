@@ -53,12 +53,14 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
   const sink = o.dataplane ?? NO_DATAPLANE;
   const specs = new Map<number, ChildSaSpec>();
   const dataplane: ChildSaSink = {
-    ...sink,
     install(spec) {
       if (specs.size === 0) specs.set(spec.inbound.spi, spec);
       sink.install(spec);
     },
     delete: (spi) => sink.delete(spi),
+    activate: sink.activate && ((spi) => sink.activate?.(spi)),
+    update: sink.update && ((spi, remote) => sink.update?.(spi, remote)),
+    counters: sink.counters && ((spi) => sink.counters?.(spi)),
   };
   const manager = new IkeManager({
     address: o.local,

@@ -724,6 +724,9 @@ export class IkeSession implements TaskSession, DeadlineOwner {
   terminate(reason: string, failure?: Error): void {
     if (this.state === 'dead') return;
     this.host.deadlines.cancel(this);
+    // The deadline heap may hold this session until its stale entry comes up: nothing secret stays.
+    this.sa.keys = undefined;
+    this.lastResponse = undefined;
     for (const e of [...this.children.values()]) this.removeChild(e, reason);
     const ended = failure ?? new IkeError(`the IKE SA ended: ${reason}`, NotifyType.TEMPORARY_FAILURE);
     this.outstanding?.fail(ended);

@@ -309,36 +309,42 @@ class Parser {
     try {
       while (this.lx.peek('expression').kind === 'lbracket') {
         const lit = this.typeLiteral();
-        if (this.source.startsWith('::', this.lx.offset)) throw new PwshSyntaxError('', lit.extent, '');
+        if (this.source.startsWith('::', this.lx.offset)) break;
         type = lit;
       }
-      const v = this.lx.peek('expression');
-      if (!type || type.args !== undefined || v.kind !== 'variable' || v.splat)
-        throw new PwshSyntaxError('', v.extent, '');
-      const target = this.postfix(this.primary());
-      const eq = this.lx.peek('expression');
-      if (target.kind !== 'variable' || eq.kind !== 'assign' || eq.op) throw new PwshSyntaxError('', eq.extent, '');
-      this.lx.next('expression');
-      this.skipNewlines();
-      const value = this.assignedValue();
-      const at = { start, end: value.extent.end };
-      const cast: Expr = {
-        kind: 'cast',
-        type: type.name,
-        operand: { kind: 'paren', pipeline: value, extent: value.extent },
-        extent: at,
-      };
-      return {
-        kind: 'assignment',
-        target,
-        value: { kind: 'pipeline', elements: [{ kind: 'expression', expr: cast, extent: at }], extent: at },
-        extent: at,
-      };
     } catch (err) {
       if (!(err instanceof PwshSyntaxError)) throw err;
+      type = undefined;
+    }
+    // Decided by looking ahead only (a type, a plain variable, `=`): nothing is parsed twice.
+    const v = this.lx.peek('expression');
+    const plain = v.kind === 'variable' && !v.splat && !/^[.[]/.test(this.source[v.extent.end] ?? '');
+    if (!type || type.args !== undefined || this.source.startsWith('::', this.lx.offset) || !plain) {
       this.lx.reset(start); // a cast or type expression: parsed as one
       return undefined;
     }
+    const target = this.primary();
+    const eq = this.lx.peek('expression');
+    if (eq.kind !== 'assign' || eq.op) {
+      this.lx.reset(start);
+      return undefined;
+    }
+    this.lx.next('expression');
+    this.skipNewlines();
+    const value = this.assignedValue();
+    const at = { start, end: value.extent.end };
+    const cast: Expr = {
+      kind: 'cast',
+      type: type.name,
+      operand: { kind: 'paren', pipeline: value, extent: value.extent },
+      extent: at,
+    };
+    return {
+      kind: 'assignment',
+      target,
+      value: { kind: 'pipeline', elements: [{ kind: 'expression', expr: cast, extent: at }], extent: at },
+      extent: at,
+    };
   }
 
   /**
@@ -384,13 +390,19 @@ class Parser {
     if (['if', 'switch', 'foreach', 'for', 'while', 'do', 'try'].includes(keyword)) {
       const st = this.statement();
       expr = { kind: 'subexpression', body: [st], array: false, extent: st.extent };
-    } else if (this.lx.peek('expression').kind === 'variable') {
-      const st = this.statement();
-      if (st.kind === 'assignment' && !st.op)
-        expr = { kind: 'assign', target: st.target, value: st.value, extent: st.extent };
-      else this.lx.reset(start);
+    } else {
+      // Parsed once as a pipeline; a lone variable (or member, or index) followed by `=` is a
+      // chained assignment: `$a = $b = $null`.
+      const p = this.pipeline();
+      const only = p.elements.length === 1 ? p.elements[0] : undefined;
+      const eq = this.lx.peek('expression');
+      const assignable = only?.kind === 'expression' && ['variable', 'member', 'index'].includes(only.expr.kind);
+      if (!assignable || eq.kind !== 'assign' || eq.op) return p;
+      this.lx.next('expression');
+      this.skipNewlines();
+      const value = this.assignedValue();
+      expr = { kind: 'assign', target: only.expr, value, extent: { start, end: value.extent.end } };
     }
-    if (!expr) return this.pipeline();
     return { kind: 'pipeline', elements: [{ kind: 'expression', expr, extent: expr.extent }], extent: expr.extent };
   }
 

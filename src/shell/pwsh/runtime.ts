@@ -272,6 +272,7 @@ export class Runtime {
     this.vars.set('error', []);
     this.vars.set('?', true);
     this.vars.set('warningpreference', 'Continue');
+    this.vars.set('whatifpreference', false);
     if (options.scriptName) {
       // The running script's own path and folder (scripts dot-source their helpers from there).
       const path = resolvePath(options.scriptName);
@@ -1237,19 +1238,21 @@ export class Runtime {
     }
     if (target.kind === 'member') {
       const obj = await this.expr(target.target);
+      // `$h.$key = …`: the member a value names.
+      const name = target.nameExpr ? toText(await this.expr(target.nameExpr)) : target.name;
       if (obj instanceof Hashtable) {
-        obj.set(target.name, value);
+        obj.set(name, value);
         return;
       }
       if (typeof obj === 'object' && obj !== null && !Array.isArray(obj)) {
-        const key = Object.keys(obj).find((k) => k.toLowerCase() === target.name.toLowerCase());
+        const key = Object.keys(obj).find((k) => k.toLowerCase() === name.toLowerCase());
         if (key !== undefined) {
           (obj as Record<string, unknown>)[key] = value;
           return;
         }
       }
       throw new PwshError(
-        `The property '${target.name}' cannot be found on this object. Verify that the property exists and can be set.`,
+        `The property '${name}' cannot be found on this object. Verify that the property exists and can be set.`,
         'PropertyAssignmentException',
         'InvalidOperation',
         'RuntimeException',
@@ -1344,6 +1347,9 @@ export class Runtime {
       );
     };
     let commonTakesValue = false;
+    let commonName = '';
+    /** -WhatIf given to the function (a common parameter, not one of its own), and its value. */
+    let whatIfGiven: boolean | undefined;
     const find = (name: string, extent: Extent): ParamDecl | undefined => {
       const lower = name.toLowerCase();
       const exact = fn.params.find((p) => p.name.toLowerCase() === lower);
@@ -1363,6 +1369,7 @@ export class Runtime {
       );
       if (common) {
         commonTakesValue = common.type !== 'switch';
+        commonName = common.name;
         return undefined;
       }
       return fail(
@@ -1388,8 +1395,10 @@ export class Runtime {
         continue;
       }
       commonTakesValue = false;
+      commonName = '';
       const p = find(el.name, el.extent);
       let value: unknown;
+      if (!p && commonName === 'WhatIf') whatIfGiven = el.value === undefined || toBool(await this.expr(el.value));
       if (el.value !== undefined) value = await this.expr(el.value);
       else if (!p && commonTakesValue && elements[i + 1]?.kind === 'argument') {
         i++; // `-ErrorAction Stop`: the common parameter's value, not a positional argument
@@ -1438,15 +1447,10 @@ export class Runtime {
     const psBound = new Hashtable();
     for (const [k, v] of bound) psBound.set(k, v);
     scope.set('psboundparameters', psBound);
-    // -WhatIf given to the function (a common parameter): $PSCmdlet.ShouldProcess and the cmdlets it calls heed it.
-    const whatIf = elements.some(
-      (el) =>
-        el.kind === 'parameter' &&
-        (el.name.toLowerCase() === 'wi' || (el.name.length >= 2 && 'whatif'.startsWith(el.name.toLowerCase()))) &&
-        !(el.value?.kind === 'variable' && el.value.name.toLowerCase() === 'false'),
-    );
-    if (whatIf) scope.set('whatifpreference', true);
-    const preference = whatIf || toBool(this.getVariable('WhatIfPreference'));
+    // -WhatIf given to the function: $PSCmdlet.ShouldProcess and the cmdlets it calls heed it
+    // (-WhatIf:$false turns the caller's preference off inside).
+    if (whatIfGiven !== undefined) scope.set('whatifpreference', whatIfGiven);
+    const preference = whatIfGiven ?? toBool(this.getVariable('WhatIfPreference'));
     scope.set('pscmdlet', new CmdletContext(set ?? '__AllParameterSets', preference, fn.name));
     scope.set('args', args);
     scope.set('input', input ?? []);
@@ -1532,7 +1536,7 @@ export class Runtime {
     if (head?.kind === 'param') {
       const name = target instanceof ScriptBlock ? '' : toText(target);
       return this.callFunction(
-        { name, params: head.params, body: body.slice(1) },
+        { name, params: head.params, body: body.slice(1), defaultSet: head.defaultSet },
         { ...cmd, elements: rest },
         input,
         !own,
