@@ -51,10 +51,10 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
   if (o.natKeepaliveMs) timing.natKeepaliveMs = o.natKeepaliveMs;
   // The session hands the child's keys to the data plane and forgets them: keep the first spec.
   const sink = o.dataplane ?? NO_DATAPLANE;
-  const specs = new Map<number, ChildSaSpec>();
+  let first: ChildSaSpec | undefined;
   const dataplane: ChildSaSink = {
     install(spec) {
-      if (specs.size === 0) specs.set(spec.inbound.spi, spec);
+      first ??= spec;
       sink.install(spec);
     },
     delete: (spi) => sink.delete(spi),
@@ -77,8 +77,8 @@ export async function initiate(o: InitiateOptions): Promise<Initiated> {
       peer: o,
       forceUdpEncapsulation: o.forceUdpEncapsulation,
     });
-    const spec = specs.get(child.spiIn.readUInt32BE(0));
-    if (!spec) throw new Error('the child SA was not installed');
+    const spec = first;
+    if (spec?.inbound.spi !== child.spiIn.readUInt32BE(0)) throw new Error('the child SA was not installed');
     return {
       sa: session.sa,
       child,

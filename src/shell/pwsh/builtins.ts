@@ -1,8 +1,7 @@
 /** The general-purpose cmdlets IPsec scripts pipe into. */
-import { resolve as resolvePath } from 'node:path';
-import { InputTooLargeError, readTextBounded } from '../../io/bounded.ts';
+import { InputTooLargeError } from '../../io/bounded.ts';
 import { convertToJson, formatDefault, formatList, formatTable } from './format.ts';
-import { binaryOp, type CommandCall, type CommandDef, FormattedOutput, PwshError } from './runtime.ts';
+import { binaryOp, type CommandCall, type CommandDef, FormattedOutput, PwshError, readScriptFile } from './runtime.ts';
 import { collapse, enumerate, getProperty, Hashtable, psObject, ScriptBlock, toBool, toText } from './values.ts';
 
 const input = (c: CommandCall): unknown[] => enumerate(c.get('InputObject') ?? c.input ?? []);
@@ -436,7 +435,7 @@ const getContent: CommandDef = {
     for (const path of c.get<string[]>('Path') ?? []) {
       let text: string;
       try {
-        text = readTextBounded(resolvePath(path.replace(/\\/g, '/')), `The file ${path}`).replace(/^\uFEFF/, '');
+        text = readScriptFile(path, `The file ${path}`);
       } catch (err) {
         if (err instanceof InputTooLargeError)
           throw new PwshError(err.message, 'InputTooLarge', 'InvalidData', 'IOException');

@@ -307,11 +307,7 @@ class Parser {
   private typedAssignment(start: number): Statement | undefined {
     let type: { name: string; args?: string } | undefined;
     try {
-      while (this.lx.peek('expression').kind === 'lbracket') {
-        const lit = this.typeLiteral();
-        if (this.source.startsWith('::', this.lx.offset)) break;
-        type = lit;
-      }
+      while (this.lx.peek('expression').kind === 'lbracket') type = this.typeLiteral();
     } catch (err) {
       if (!(err instanceof PwshSyntaxError)) throw err;
       type = undefined;
@@ -351,7 +347,7 @@ class Parser {
    * A script's or script block's `param( … )`, after any attributes (`[CmdletBinding()]`); undefined
    * (nothing read) when the body does not open with one.
    */
-  private paramBlock(): Statement | undefined {
+  private paramBlock(): Extract<Statement, { kind: 'param' }> | undefined {
     const start = this.lx.offset;
     const at = this.lx.peek('command').extent;
     let defaultSet: string | undefined;
@@ -504,6 +500,20 @@ class Parser {
 
   /** Inside a parameter list, where a comma separates parameters rather than array items. */
   private noArrayComma = false;
+
+  /**
+   * Parses with a comma making arrays (`arrays`) or separating items (parameter defaults, method
+   * arguments), then restores the setting around it.
+   */
+  private withArrayComma<T>(arrays: boolean, parse: () => T): T {
+    const before = this.noArrayComma;
+    this.noArrayComma = !arrays;
+    try {
+      return parse();
+    } finally {
+      this.noArrayComma = before;
+    }
+  }
 
   /** The extent from `at` to what was read last. */
   private from(at: Extent): Extent {
@@ -742,15 +752,7 @@ class Parser {
     const args: Expr[] = [];
     // A comma separates the arguments (it would make an array of them otherwise: `,` binds tighter
     // than comparison); an array argument is written in parentheses.
-    const argument = (): Expr => {
-      const noArrayComma = this.noArrayComma;
-      this.noArrayComma = true;
-      try {
-        return this.comparison();
-      } finally {
-        this.noArrayComma = noArrayComma;
-      }
-    };
+    const argument = (): Expr => this.withArrayComma(false, () => this.comparison());
     this.skipNewlines();
     if (this.lx.peek('expression').kind !== 'rparen') {
       args.push(argument());
@@ -810,12 +812,7 @@ class Parser {
         this.lx.next('expression');
         this.skipNewlines();
         // In a parameter list the comma ends the default (parenthesise an array default).
-        this.noArrayComma = true;
-        try {
-          dflt = this.expression();
-        } finally {
-          this.noArrayComma = false;
-        }
+        dflt = this.withArrayComma(false, () => this.expression());
       }
       out.push({
         name: v.name,
@@ -852,21 +849,14 @@ class Parser {
     this.skipNewlines();
     this.expect('command', 'lbrace', 'Missing function body in function declaration.', 'MissingFunctionBody');
     // [CmdletBinding()] and other attributes, then param( … ), open the body.
-    for (;;) {
-      this.skipNewlines();
-      if (this.lx.peek('expression').kind === 'lbracket') {
-        defaultSet ??= defaultSetOf(this.typeLiteral());
-        continue;
-      }
-      const t = this.lx.peek('command');
-      if (t.kind === 'word' && t.value.toLowerCase() === 'param') {
-        this.lx.next('command');
+    this.skipNewlines();
+    const block = this.paramBlock();
+    if (block) ({ params, defaultSet } = block);
+    else
+      while (this.lx.peek('expression').kind === 'lbracket') {
+        this.typeLiteral(); // attributes without a param block
         this.skipNewlines();
-        this.expect('command', 'lparen', "Missing '(' after 'param'.", 'MissingOpenParenthesisAfterKeyword');
-        params = this.paramList('rparen');
       }
-      break;
-    }
     // begin { } process { } end { }: named blocks instead of a plain body.
     let blocks: NamedBlocks | undefined;
     for (;;) {
@@ -1156,13 +1146,7 @@ class Parser {
     const opens = ['lparen', 'dollarparen', 'atparen', 'atbrace', 'lbrace', 'lbracket'].includes(t.kind);
     if (!opens) return this.primaryAt(t, mode);
     // Inside brackets a comma makes an array again, also in a parameter's default: `= (5800, 5900)`.
-    const noArrayComma = this.noArrayComma;
-    this.noArrayComma = false;
-    try {
-      return this.nested(t.extent, () => this.primaryAt(t, mode));
-    } finally {
-      this.noArrayComma = noArrayComma;
-    }
+    return this.withArrayComma(true, () => this.nested(t.extent, () => this.primaryAt(t, mode)));
   }
 
   private primaryAt(t: Token, mode: LexMode): Expr {

@@ -183,6 +183,15 @@ interface FunctionDef {
 }
 
 /**
+ * The text of a file a script names (resolved from the current directory, Windows' `\` separators
+ * accepted), without its byte-order mark; bounded (readTextBounded) and described as `what` when
+ * it is too large.
+ */
+export function readScriptFile(name: string, what: string): string {
+  return readTextBounded(resolvePath(name.replace(/\\/g, '/')), what).replace(/^\uFEFF/, '');
+}
+
+/**
  * `$PSCmdlet` in an advanced function or script: the parameter set its call bound, and
  * ShouldProcess, which under -WhatIf says what would be done (PowerShell's wording) and answers
  * $false, else $true.
@@ -1319,13 +1328,10 @@ export class Runtime {
   }
 
   /**
-   * Calls a user function: arguments bound to its parameters as PowerShell binds them (named with
-   * unique prefixes, switches, then positional in order; the rest in $args), in a new scope;
-   * returns what it output (and what `return` gave).
-   */
-  /**
-   * Calls a function (or a script with a param block: `&` in a scope of its own, `.` in the
-   * caller's, `shared`), binding the command's arguments to its parameters as PowerShell does.
+   * Calls a user function, or a script with a param block (`&` in a scope of its own, `.` in the
+   * caller's: `shared`): arguments bound to its parameters as PowerShell binds them (named with
+   * unique prefixes, switches, then positional in order; the rest in $args); returns what it
+   * output (and what `return` gave), unless `emit` takes the output as it is written.
    */
   private async callFunction(
     fn: FunctionDef,
@@ -1398,7 +1404,6 @@ export class Runtime {
       commonName = '';
       const p = find(el.name, el.extent);
       let value: unknown;
-      if (!p && commonName === 'WhatIf') whatIfGiven = el.value === undefined || toBool(await this.expr(el.value));
       if (el.value !== undefined) value = await this.expr(el.value);
       else if (!p && commonTakesValue && elements[i + 1]?.kind === 'argument') {
         i++; // `-ErrorAction Stop`: the common parameter's value, not a positional argument
@@ -1415,6 +1420,7 @@ export class Runtime {
         i++;
         value = await this.expr((next as { value: Expr }).value);
       }
+      if (!p && commonName === 'WhatIf') whatIfGiven = toBool(value);
       if (p) bound.set(p.name, value);
     }
     const byPosition = fn.params
@@ -1457,6 +1463,7 @@ export class Runtime {
     if (!shared) this.scopes.push(scope);
     this.callDepth++;
     const out: unknown[] = [];
+    const output = emit ?? ((items: unknown[]) => out.push(...items));
     try {
       for (const p of fn.params)
         scope.set(
@@ -1464,9 +1471,9 @@ export class Runtime {
           bound.has(p.name) ? convertTo(p.type, bound.get(p.name)) : await this.paramDefault(p),
         );
       if (fn.blocks) await this.runNamedBlocks(fn.blocks, fn.params, scope, input, out);
-      else await this.runStatements(fn.body, emit ?? ((items) => out.push(...items)));
+      else await this.runStatements(fn.body, output);
     } catch (err) {
-      if (err instanceof ReturnSignal) (emit ?? ((items) => out.push(...items)))(err.value);
+      if (err instanceof ReturnSignal) output(err.value);
       else throw err;
     } finally {
       this.callDepth--;
@@ -1513,10 +1520,9 @@ export class Runtime {
     else {
       const name = toText(target);
       if (cmd.name === '&' && !/\.ps1$/i.test(name)) return this.command({ ...cmd, name, elements: rest }, input);
-      const path = resolvePath(name.replace(/\\/g, '/'));
       let text: string;
       try {
-        text = readTextBounded(path, `The script ${name}`).replace(/^\uFEFF/, '');
+        text = readScriptFile(name, `The script ${name}`);
       } catch {
         throw new PwshError(
           `The term '${name}' is not recognized as the name of a cmdlet, function, script file, or operable program. Check the spelling of the name, or if a path was included, verify that the path is correct and try again.`,

@@ -67,7 +67,6 @@ export class ScriptBlock {
   }
 }
 
-/** Case-insensitive property lookup on an object or hashtable; undefined when absent. */
 /** Marks the array `.PSObject.Properties` returns: it is also indexed by property name. */
 export const PROPERTY_LIST: unique symbol = Symbol('consec.pwsh.propertyList');
 
@@ -90,6 +89,7 @@ function psObjectView(target: object): Record<string, unknown> {
   return { Properties: properties, TypeNames: typeName ? [typeName, 'System.Object'] : ['System.Object'] };
 }
 
+/** Case-insensitive property lookup on an object or hashtable; undefined when absent. */
 export function getProperty(target: unknown, name: string): unknown {
   if (target === null || target === undefined) return undefined;
   if (target instanceof Hashtable) {
