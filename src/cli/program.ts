@@ -6,28 +6,14 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readFdBounded, readTextBounded } from '../io/bounded.ts';
 import { addFleetCommands } from './fleet.ts';
-import { fleetStores } from '../shell/netsecurity/cmdlets.ts';
-import { installService, serviceStatus, thisCommand, uninstallService, unitText } from '../daemon/service.ts';
 import { Command, CommanderError } from 'commander';
-import { PolicyStores, stateDirFromEnv } from '../policy/store.ts';
-import { Netsh } from '../shell/netsh/netsh.ts';
-import { splitLine } from '../shell/netsh/syntax.ts';
-import { parsePwshArgs, runPwsh } from '../shell/pwsh-cli.ts';
-import { runInitiate } from '../ike/cli.ts';
-import { runDaemon } from '../daemon/main.ts';
-import { parseListen } from '../daemon/metrics.ts';
+import { stateDirFromEnv } from '../policy/store.ts';
 import { ConsecError } from '../errors.ts';
-import { runDemo } from '../lab/demo.ts';
-import { runDomainDemo } from '../lab/demo-domain.ts';
-import { AuditPolicyError, runAuditpol } from '../audit/policy.ts';
-import { Lab } from '../lab/lab.ts';
 import { TOPOLOGIES } from '../lab/topology.ts';
-import { LabDomain } from '../lab/kdc.ts';
-import { EtcdCluster } from '../lab/etcd.ts';
-import { LabPki } from '../lab/pki.ts';
-import { writeFleetConfig } from '../fleet/config.ts';
 import { consecVersion } from '../version.ts';
-import { ensureGuestImage, Guest, GUEST_KINDS, guestShell, isGuestKind, shellQuote } from '../lab/uml.ts';
+
+// Each command loads its own modules when it runs: `consec pwsh` never loads the IKE daemon, nor the
+// daemon the lab (a command's start-up time is the modules it reads).
 
 function stateDir(program: Command): string {
   return (program.opts().stateDir as string | undefined) ?? stateDirFromEnv();
@@ -66,6 +52,7 @@ Examples:
 Exit status: 0 when no error record was written, 1 otherwise.`,
     )
     .action(async (args: string[]) => {
+      const { parsePwshArgs, runPwsh } = await import('../shell/pwsh-cli.ts');
       const invocation = parsePwshArgs(args, () => readFdBounded(0, 'Standard input').toString('utf8'));
       process.exitCode = await runPwsh(invocation, stateDir(program), {
         stdout: (t) => process.stdout.write(t),
@@ -98,6 +85,12 @@ Examples:
   consec netsh -f policy.netsh                        # a netsh script, one session`,
     )
     .action(async (words: string[], opts: { hints?: boolean }) => {
+      const [{ PolicyStores }, { fleetStores }, { Netsh }, { splitLine }] = await Promise.all([
+        import('../policy/store.ts'),
+        import('../shell/netsecurity/cmdlets.ts'),
+        import('../shell/netsh/netsh.ts'),
+        import('../shell/netsh/syntax.ts'),
+      ]);
       const stores = new PolicyStores(stateDir(program));
       fleetStores(stores);
       const netsh = new Netsh(
@@ -139,7 +132,11 @@ Examples:
 The events go to the Security log (consec pwsh -Command 'Get-WinEvent -LogName Security') and
 to the journal (journalctl CONSEC_EVENT_ID=4653).`,
     )
-    .action((words: string[]) => {
+    .action(async (words: string[]) => {
+      const [{ AuditPolicyError, runAuditpol }, { splitLine }] = await Promise.all([
+        import('../audit/policy.ts'),
+        import('../shell/netsh/syntax.ts'),
+      ]);
       try {
         process.stdout.write(
           runAuditpol(stateDir(program), words.length === 1 ? splitLine(words[0] as string) : words),
@@ -169,6 +166,7 @@ to the journal (journalctl CONSEC_EVENT_ID=4653).`,
         remote: string,
         opts: { local?: string; ping?: boolean; verbose?: boolean; wiresharkKeys?: string; keep?: boolean },
       ) => {
+        const { runInitiate } = await import('../ike/cli.ts');
         process.exitCode = await runInitiate({ remote, ...opts }, stateDir(program), (l) =>
           process.stdout.write(`${l}\n`),
         );
@@ -229,7 +227,9 @@ Examples:
         wiresharkKeys?: string;
         manualSas?: string;
       }) => {
-        if (opts.metrics) parseListen(opts.metrics);
+        // (Prometheus' client is loaded only by a daemon that serves metrics.)
+        if (opts.metrics) (await import('../daemon/metrics.ts')).parseListen(opts.metrics);
+        const { runDaemon } = await import('../daemon/main.ts');
         const dpd = Number(opts.dpd);
         if (!Number.isFinite(dpd) || dpd < 0)
           throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
@@ -272,6 +272,7 @@ Examples:
     .option('--now', 'start the service now as well')
     .option('--unit-dir <dir>', 'write the unit here instead of /etc/systemd/system (packaging, tests)')
     .action(async (opts: { now?: boolean; unitDir?: string }) => {
+      const { installService, thisCommand } = await import('../daemon/service.ts');
       process.exitCode = await installService(
         { command: thisCommand(), stateDir: resolve(stateDir(program)), unitDir: opts.unitDir, now: opts.now },
         (l) => process.stdout.write(`${l}\n`),
@@ -282,18 +283,21 @@ Examples:
     .description('stop, disable and remove consec.service (the policy in the state directory stays)')
     .option('--unit-dir <dir>', 'the directory the unit was written to')
     .action(async (opts: { unitDir?: string }) => {
+      const { uninstallService } = await import('../daemon/service.ts');
       process.exitCode = await uninstallService(opts, (l) => process.stdout.write(`${l}\n`));
     });
   service
     .command('status')
     .description("the service as systemd sees it, with the daemon's status line (exit 0 running, 3 not)")
     .action(async () => {
+      const { serviceStatus } = await import('../daemon/service.ts');
       process.exitCode = await serviceStatus((l) => process.stdout.write(`${l}\n`));
     });
   service
     .command('unit')
     .description('print the unit file install would write')
-    .action(() => {
+    .action(async () => {
+      const { thisCommand, unitText } = await import('../daemon/service.ts');
       process.stdout.write(unitText({ command: thisCommand(), stateDir: resolve(stateDir(program)) }));
     });
 
@@ -303,7 +307,13 @@ Examples:
     .description('build a two-host lab, apply a Windows-syntax policy, show the SAs and ESP on the wire')
     .option('--domain', 'domain isolation instead: a KDC, two members, AuthIP with Kerberos')
     .action(async (opts: { domain?: boolean }) => {
-      process.exitCode = opts.domain ? await runDomainDemo((l) => process.stdout.write(`${l}\n`)) : await runDemo();
+      if (opts.domain) {
+        const { runDomainDemo } = await import('../lab/demo-domain.ts');
+        process.exitCode = await runDomainDemo((l) => process.stdout.write(`${l}\n`));
+      } else {
+        const { runDemo } = await import('../lab/demo.ts');
+        process.exitCode = await runDemo();
+      }
     });
   lab
     .command('up')
@@ -322,6 +332,14 @@ Examples:
           'ERR_LAB_TOPOLOGY',
           `unknown topology "${name}"; choose one of: ${Object.keys(TOPOLOGIES).join(', ')}`,
         );
+      const [{ Lab }, { LabDomain }, { EtcdCluster }, { LabPki }, { writeFleetConfig }, uml] = await Promise.all([
+        import('../lab/lab.ts'),
+        import('../lab/kdc.ts'),
+        import('../lab/etcd.ts'),
+        import('../lab/pki.ts'),
+        import('../fleet/config.ts'),
+        import('../lab/uml.ts'),
+      ]);
       const spec = make();
       const built = await Lab.create(spec);
       for (const h of spec.hosts) {
@@ -375,9 +393,9 @@ Examples:
       }
       for (const g of opts.guest) {
         const [host = '', kind = ''] = g.split('=');
-        if (!isGuestKind(kind))
-          throw new ConsecError('ERR_LAB_TOPOLOGY', `--guest ${g}: the kind is one of ${GUEST_KINDS.join(', ')}`);
-        const guest = await Guest.boot(built, host, { kind, log: (m) => process.stdout.write(`${m}\n`) });
+        if (!uml.isGuestKind(kind))
+          throw new ConsecError('ERR_LAB_TOPOLOGY', `--guest ${g}: the kind is one of ${uml.GUEST_KINDS.join(', ')}`);
+        const guest = await uml.Guest.boot(built, host, { kind, log: (m) => process.stdout.write(`${m}\n`) });
         process.stdout.write(
           `${host.padEnd(8)} UML guest (${kind}, booted in ${guest.bootMs} ms); run commands in it with: consec lab guest-exec ${guest.dir} -- CMD…\n`,
         );
@@ -391,6 +409,7 @@ Examples:
     .argument('<dir>', "the guest's shared directory")
     .argument('<command...>', 'command and arguments')
     .action(async (dir: string, command: string[]) => {
+      const { guestShell, shellQuote } = await import('../lab/uml.ts');
       const r = await guestShell(dir, command.map(shellQuote).join(' '), { allowFailure: true, timeoutMs: 600_000 });
       process.stdout.write(r.stdout);
       process.exitCode = r.code;
@@ -400,6 +419,7 @@ Examples:
     .description('build (or find cached) the guest image of a kind: strongswan or libreswan')
     .argument('<kind>', 'strongswan or libreswan')
     .action(async (kind: string) => {
+      const { ensureGuestImage, GUEST_KINDS, isGuestKind } = await import('../lab/uml.ts');
       if (!isGuestKind(kind))
         throw new ConsecError('ERR_LAB_TOPOLOGY', `unknown guest kind "${kind}": one of ${GUEST_KINDS.join(', ')}`);
       const image = await ensureGuestImage(kind, (m) => process.stdout.write(`${m}\n`));
@@ -409,6 +429,7 @@ Examples:
     .command('cleanup')
     .description('remove namespaces left behind by crashed lab runs')
     .action(async () => {
+      const { Lab } = await import('../lab/lab.ts');
       const removed = await Lab.cleanupStale();
       process.stdout.write(removed.length ? `removed ${removed.join(' ')}\n` : 'nothing to clean up\n');
     });

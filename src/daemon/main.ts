@@ -45,7 +45,7 @@ import { type AddressEvent, AddressWatch } from './addresses.ts';
 import { IkeDebugLog } from '../audit/debuglog.ts';
 import { JournalSink } from '../io/journal.ts';
 import { StateDirLock } from './lock.ts';
-import { DaemonMetrics } from './metrics.ts';
+import type { DaemonMetrics } from './metrics.ts';
 import { startControlServer } from './control.ts';
 import { mainModeSaView, quickModeSaView } from './views.ts';
 import { FleetAgent } from '../fleet/agent.ts';
@@ -302,10 +302,13 @@ async function serve(
     (s) => log.info({ enabled: s.enabled, file: s.file ?? null, sizeKb: s.sizeKb }, 'IKE debug log settings'),
   );
   const unwatchDebugLog = debugLog.watch();
-  const metrics = new DaemonMetrics({
-    sessions: () => service.sessions(),
-    dataplane: () => plane,
-  });
+  // Prometheus metrics (and its client's modules) only for a daemon asked to serve them.
+  const metrics: DaemonMetrics | undefined = o.metrics
+    ? new (await import('./metrics.ts')).DaemonMetrics({
+        sessions: () => service.sessions(),
+        dataplane: () => plane,
+      })
+    : undefined;
   // The Security log: the events `auditpol` enables, for Get-WinEvent (the debug log above has them all).
   const auditPolicy = new LiveAuditPolicy(stateDir, (err) =>
     log.warn({ reason: err.message }, 'audit policy unreadable; keeping the last good one'),
@@ -324,7 +327,7 @@ async function serve(
   const emitAudit = (event: AuditEvent): void => {
     auditCounts.set(event.id, (auditCounts.get(event.id) ?? 0) + 1);
     if ((event.id === 4652 || event.id === 4653) && event.failure.notify === 'AUTHENTICATION_FAILED') authFailures++;
-    metrics.audit(event);
+    metrics?.audit(event);
     if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
     log.info({ audit: event }, `audit ${event.id}`);
     securityLog.emit(event);
@@ -398,7 +401,7 @@ async function serve(
     ctx,
     dataplane: withKeyExport(plane ?? kernel ?? logOnly, o.wiresharkKeys),
     onPolicy: (doc) => onPolicy(doc, true),
-    onEstablished: (s) => metrics.established(s),
+    onEstablished: (s) => metrics?.established(s),
     trace: debugLog,
     bind: plane
       ? (address) => (rx) => (plane as UserspaceDataPlane).bind(address, rx)
@@ -722,8 +725,8 @@ async function serve(
       }
     }
   });
-  const metricsServer = o.metrics ? await metrics.serve(o.metrics) : undefined;
-  if (o.metrics) log.info({ metrics: `http://${o.metrics}/metrics` }, 'serving Prometheus metrics');
+  const metricsServer = o.metrics && metrics ? await metrics.serve(o.metrics) : undefined;
+  if (metricsServer) log.info({ metrics: `http://${o.metrics}/metrics` }, 'serving Prometheus metrics');
   // Every few seconds: 4963 for cleartext a Require rule refused (the kernel counts it per
   // address), and the network location (Set-NetConnectionProfile) → the rules of the profiles in force.
   const clearSeen = new Map<string, number>();

@@ -20,7 +20,8 @@
  */
 import { statSync } from 'node:fs';
 import { isIP, isIPv4 } from 'node:net';
-import { parse } from 'yaml';
+import { createRequire } from 'node:module';
+import type * as Yaml from 'yaml';
 import { z } from 'zod';
 import { ConsecError } from '../errors.ts';
 import { parsePrefix, writeIp } from '../io/addr.ts';
@@ -116,7 +117,8 @@ export function loadManualSas(path: string): ManualSa[] {
   }
   let doc: unknown;
   try {
-    doc = parse(text);
+    // The YAML parser is loaded only by a daemon given a manual SA file.
+    doc = (createRequire(import.meta.url)('yaml') as typeof Yaml).parse(text);
   } catch (err) {
     throw new ManualSaError(`${path}: not YAML: ${(err as Error).message.split('\n')[0]}`);
   }

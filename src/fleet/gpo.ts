@@ -8,7 +8,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../io/atomic.ts';
-import { Etcd3 } from 'etcd3';
+import { createRequire } from 'node:module';
+import type * as Etcd from 'etcd3';
+import type { Etcd3 } from 'etcd3';
 import { readStoreText, storeFileText } from '../policy/store.ts';
 import type { PolicyDocument } from '../policy/model.ts';
 import { type FleetConfig, FleetError } from './config.ts';
@@ -31,7 +33,10 @@ export function connectFleet(config: FleetConfig): Etcd3 {
   } catch (err) {
     throw new FleetError(`the fleet's TLS files: ${(err as Error).message}`);
   }
-  return new Etcd3({
+  // etcd's client (gRPC, protobuf: a few hundred modules) is loaded by the hosts and commands that
+  // talk to a fleet, not by every consec command.
+  const etcd3 = createRequire(import.meta.url)('etcd3') as typeof Etcd;
+  return new etcd3.Etcd3({
     hosts: config.endpoints,
     credentials,
     dialTimeout: 3000,
