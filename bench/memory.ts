@@ -24,6 +24,7 @@ const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH1
 const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
 // Shared by every SA, as the daemon's policy plans share them (ike/config.ts).
 const IKE_PROPOSALS = ikeProposals(mm).proposals;
+const ESP_PROPOSALS = (spi: Buffer) => espProposals(qm, spi).proposals;
 const CREDENTIALS = { method: 'psk', psk: Buffer.from('memory-bench-psk-0123456789') } as const;
 const DAY: Lifetimes = {
   ikeRekeyMs: 86_400_000,
@@ -43,7 +44,7 @@ function config(local: string, remote: string, initiator: string): PeerConfig {
   return {
     name: 'mem',
     ikeProposals: IKE_PROPOSALS,
-    espProposals: (spi) => espProposals(qm, spi).proposals,
+    espProposals: ESP_PROPOSALS,
     credentials: CREDENTIALS,
     localId: { type: IdType.IPV6_ADDR, data: bytes(local) },
     remoteId: { type: IdType.IPV6_ADDR, data: bytes(remote) },

@@ -16,6 +16,7 @@ import {
   v6ToBigint,
 } from '../filter/address.ts';
 import { ipBytes } from '../io/addr.ts';
+import { kept } from '../io/kept.ts';
 import {
   DEFAULT_MM_CRYPTO_SET,
   DEFAULT_PHASE1_AUTH_SET,
@@ -44,6 +45,14 @@ import { IdType, KeId, NotifyType } from './wire/constants.ts';
  */
 const ikeProposalsOf = new WeakMap<object, ReturnType<typeof ikeProposals>>();
 const pskOf = new WeakMap<object, Credentials>();
+/** A quick mode crypto set's offer, by the choices that narrow it (see planForRule). */
+interface QuickModeOffer {
+  skipped: string[];
+  offerable: boolean;
+  espProposals: NegotiationPlan['espProposals'];
+  lifetimes: Lifetimes;
+}
+const quickModeOf = new WeakMap<object, Map<string, QuickModeOffer>>();
 
 function memo<K extends object, V>(cache: WeakMap<K, V>, key: K, make: () => V): V {
   let v = cache.get(key);
@@ -85,15 +94,37 @@ export interface NegotiationPlan extends NegotiationParameters {
 
 const KE: Record<string, KeId | undefined> = { DH14: KeId.MODP_2048, DH19: KeId.ECP_256, DH20: KeId.ECP_384 };
 
-function ipId(a: string): Identity {
-  return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: ipBytes(a) };
+/**
+ * An address's octets for a plan, each address once (a transport plan's identity and selector of a
+ * side are the same bytes), kept: a plan lives as long as its SA.
+ */
+function addressBytes(): (a: string) => Buffer {
+  const seen = new Map<string, Buffer>();
+  return (a) => {
+    let b = seen.get(a);
+    if (!b) {
+      b = kept(ipBytes(a));
+      seen.set(a, b);
+    }
+    return b;
+  };
+}
+
+function ipId(a: string, bytesOf: (a: string) => Buffer): Identity {
+  return { type: isIPv4(a) ? IdType.IPV4_ADDR : IdType.IPV6_ADDR, data: bytesOf(a) };
 }
 
 /**
  * Traffic selectors for one side. Transport mode narrows to the flow's host (Windows' IKEv2
  * transport mode accepts single addresses only); tunnel mode proposes the rule's own ranges.
  */
-function selectors(entries: string[], host: string, protocol: number, narrow: boolean): TrafficSelector[] {
+function selectors(
+  entries: string[],
+  host: string,
+  protocol: number,
+  narrow: boolean,
+  bytesOf: (a: string) => Buffer,
+): TrafficSelector[] {
   const v4 = isIPv4(host);
   const type = v4 ? 7 : 8;
   const sel = (start: Buffer, end: Buffer): TrafficSelector => ({
@@ -110,10 +141,13 @@ function selectors(entries: string[], host: string, protocol: number, narrow: bo
     const ranges = entries.map(entryToRange).filter((r) => r !== undefined);
     if (ranges.length > 0)
       return ranges.map((r) => {
-        return { ...sel(boundBytes(r.lo, r.family), boundBytes(r.hi, r.family)), type: r.family === 4 ? 7 : 8 };
+        return {
+          ...sel(kept(boundBytes(r.lo, r.family)), kept(boundBytes(r.hi, r.family))),
+          type: r.family === 4 ? 7 : 8,
+        };
       });
   }
-  const b = ipBytes(host);
+  const b = bytesOf(host);
   return [sel(b, b)];
 }
 
@@ -261,10 +295,8 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     qm.PerfectForwardSecrecyGroup === 'SameAsMainMode' ? mm.Proposal[0]?.KeyExchange : qm.PerfectForwardSecrecyGroup;
   const pfs = pfsName && pfsName !== 'None' ? KE[pfsName] : undefined;
   // IKEv2 transport mode has no AH (validated: the set has something else): those proposals stay out.
-  let qmProposals =
-    rule.KeyModule === 'IKEv2' && rule.Mode !== 'Tunnel'
-      ? qm.Proposal.filter((p) => !p.Encapsulation.includes('AH'))
-      : qm.Proposal;
+  const withoutAh = rule.KeyModule === 'IKEv2' && rule.Mode !== 'Tunnel';
+  let qmProposals = withoutAh ? qm.Proposal.filter((p) => !p.Encapsulation.includes('AH')) : qm.Proposal;
   // A firewall rule that requires encryption for traffic with this peer (in tunnel mode: with any
   // host behind it the rule protects): its SAs encrypt, what Windows' dynamic encryption
   // negotiates, so no integrity-only SA carries that traffic. Address keywords resolved here.
@@ -290,10 +322,24 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
         NotifyType.NO_PROPOSAL_CHOSEN,
       );
   }
-  const esp = espProposals(qmProposals, Buffer.alloc(4), pfs);
-  if (esp.proposals.length === 0)
+  // One proposal builder and one set of lifetimes for every SA of the same crypto sets and choices.
+  const offer = memo(quickModeOf, qm, () => new Map<string, QuickModeOffer>());
+  const variant = `${withoutAh ? 'without AH' : ''}/${encrypting ? 'encrypting' : ''}/${pfsName}/${mm.MaxMinutes}`;
+  let q = offer.get(variant);
+  if (!q) {
+    const chosen = qmProposals;
+    const esp = espProposals(chosen, Buffer.alloc(4), pfs);
+    q = {
+      skipped: esp.skipped,
+      offerable: esp.proposals.length > 0,
+      espProposals: (spi) => espProposals(chosen, spi, pfs).proposals,
+      lifetimes: lifetimes(mm.MaxMinutes, chosen[0]?.MaxMinutes, chosen[0]?.MaxKiloBytes),
+    };
+    offer.set(variant, q);
+  }
+  if (!q.offerable)
     throw new IkeError(
-      `none of the quick mode proposals can be offered: ${esp.skipped.join('; ')}`,
+      `none of the quick mode proposals can be offered: ${q.skipped.join('; ')}`,
       NotifyType.NO_PROPOSAL_CHOSEN,
     );
   const tunnel = rule.Mode === 'Tunnel';
@@ -342,6 +388,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       );
     userAuthentication = { method: 'kerberos' };
   }
+  const bytesOf = addressBytes();
   const connection = (ts: TrafficSelector[], port: number | undefined): TrafficSelector[] =>
     userAuthentication && port !== undefined && flow.protocol > 0
       ? ts.map((t) => ({ ...t, ipProtocol: flow.protocol, startPort: port, endPort: port }))
@@ -359,14 +406,14 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
     local,
     remote,
     ikeProposals: ike.proposals,
-    espProposals: (spi) => espProposals(qmProposals, spi, pfs).proposals,
+    espProposals: q.espProposals,
     name: rule.DisplayName,
     credentials,
-    lifetimes: lifetimes(mm.MaxMinutes, qmProposals[0]?.MaxMinutes, qmProposals[0]?.MaxKiloBytes),
-    localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local),
-    remoteId: credentials.method === 'cert' ? undefined : ipId(remote),
-    tsi: connection(selectors(rule.LocalAddress, flow.local, proto, !tunnel), flow.localPort),
-    tsr: connection(selectors(rule.RemoteAddress, flow.remote, proto, !tunnel), flow.remotePort),
-    skipped: [...ike.skipped, ...esp.skipped],
+    lifetimes: q.lifetimes,
+    localId: credentials.method === 'cert' ? certIdentity(credentials) : ipId(local, bytesOf),
+    remoteId: credentials.method === 'cert' ? undefined : ipId(remote, bytesOf),
+    tsi: connection(selectors(rule.LocalAddress, flow.local, proto, !tunnel, bytesOf), flow.localPort),
+    tsr: connection(selectors(rule.RemoteAddress, flow.remote, proto, !tunnel, bytesOf), flow.remotePort),
+    skipped: [...ike.skipped, ...q.skipped],
   };
 }

@@ -116,6 +116,30 @@ const sameTransform = (a: Transform, b: Transform): boolean =>
   a.type === b.type && a.id === b.id && a.keyLength === b.keyLength;
 
 /**
+ * Chosen transforms, interned: every SA that chose the same algorithms shares one frozen array (an
+ * SA keeps its choice as long as it lives). The choices come out of our own proposals, so there
+ * are few; the table is bounded all the same.
+ */
+const choices = new Map<string, readonly Transform[]>();
+const MAX_CHOICES = 4096;
+
+function sharedChoice(picked: readonly Transform[]): Transform[] {
+  const key = picked.map((t) => `${t.type}:${t.id}:${t.keyLength ?? ''}`).join(',');
+  let transforms = choices.get(key);
+  if (!transforms) {
+    transforms = Object.freeze(
+      picked.map((t) =>
+        Object.freeze(
+          t.keyLength === undefined ? { type: t.type, id: t.id } : { type: t.type, id: t.id, keyLength: t.keyLength },
+        ),
+      ),
+    );
+    if (choices.size < MAX_CHOICES) choices.set(key, transforms);
+  }
+  return transforms as Transform[];
+}
+
+/**
  * Responder selection (RFC 7296 §2.7): the first of the peer's proposals for which we support
  * one transform of every type the proposal lists and that is one of ours. Returns the chosen
  * proposal reduced to one transform per type, with the peer's proposal number and SPI.
@@ -134,7 +158,7 @@ export function selectProposal(offered: readonly Proposal[], supported: readonly
         chosen.push(pick);
       }
       if (chosen.length === types.size)
-        return { number: p.number, protocol: p.protocol, spi: p.spi, transforms: chosen };
+        return { number: p.number, protocol: p.protocol, spi: p.spi, transforms: sharedChoice(chosen) };
     }
   }
   return undefined;
@@ -149,7 +173,7 @@ export function acceptChosen(sent: readonly Proposal[], chosen: Proposal): Propo
   if (!chosen.transforms.every((t) => ours.transforms.some((o) => sameTransform(o, t)))) return undefined;
   const oursTypes = new Set(ours.transforms.map((t) => t.type));
   if ([...oursTypes].some((t) => !types.has(t))) return undefined;
-  return chosen;
+  return { ...chosen, transforms: sharedChoice(chosen.transforms) };
 }
 
 export const transformOf = (p: Proposal, type: TransformType): Transform | undefined =>

@@ -15,9 +15,22 @@ import { NotifyType } from './wire/constants.ts';
 
 export type { Endpoint } from '../sa/spec.ts';
 
+/** SPIi | SPIr as one 16-octet block of kept bytes. */
+function spiPair(spiI: Uint8Array, spiR: Uint8Array): Buffer {
+  if (spiI.length !== 8 || spiR.length !== 8)
+    throw new IkeError('an IKE SA SPI is 8 octets (RFC 7296 §3.1)', NotifyType.INVALID_SYNTAX);
+  const b = Buffer.allocUnsafe(16);
+  b.set(spiI, 0);
+  b.set(spiR, 8);
+  return kept(b);
+}
+
 export class IkeSa {
-  spiI: Buffer;
-  spiR: Buffer = kept(Buffer.alloc(8));
+  /**
+   * The two SPIs in one block. Each assignment makes a new block, so a view read earlier (a header
+   * being built, a log line) keeps the value it had.
+   */
+  private spiBlock: Buffer;
   nonceI?: Buffer;
   nonceR?: Buffer;
   ke?: KeyExchange;
@@ -47,7 +60,20 @@ export class IkeSa {
     readonly local: Endpoint,
     public remote: Endpoint,
   ) {
-    this.spiI = kept(role === 'initiator' ? randomBytes(8) : Buffer.alloc(8));
+    this.spiBlock = spiPair(role === 'initiator' ? randomBytes(8) : Buffer.alloc(8), Buffer.alloc(8));
+  }
+
+  get spiI(): Buffer {
+    return this.spiBlock.subarray(0, 8);
+  }
+  set spiI(spi: Uint8Array) {
+    this.spiBlock = spiPair(spi, this.spiR);
+  }
+  get spiR(): Buffer {
+    return this.spiBlock.subarray(8, 16);
+  }
+  set spiR(spi: Uint8Array) {
+    this.spiBlock = spiPair(this.spiI, spi);
   }
 
   /** Our SPI: what the peer's messages name us by. */

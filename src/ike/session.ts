@@ -507,6 +507,7 @@ export class IkeSession implements TaskSession, DeadlineOwner {
     this.sa.initResponse = undefined;
     this.sa.nonceI = undefined;
     this.sa.nonceR = undefined;
+    this.sa.keys?.dropAuthKeys();
     this.setState('established');
     this.startTimers();
     this.host.audit.emit(

@@ -11,14 +11,63 @@ export interface IkeSuite {
   integ?: IntegAlg;
 }
 
-export interface IkeKeys {
-  skD: Buffer;
-  skAi: Buffer;
-  skAr: Buffer;
-  skEi: Buffer;
-  skEr: Buffer;
-  skPi: Buffer;
-  skPr: Buffer;
+/**
+ * An IKE SA's keys, {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}, in one block of their
+ * own (not Node's shared pool, where they would pin a slab): each key is a view made when it is
+ * read, so an SA holds one buffer rather than seven.
+ */
+export class IkeKeys {
+  private block: Buffer;
+
+  constructor(
+    km: Buffer,
+    private readonly prfBytes: number,
+    private readonly integBytes: number,
+    private readonly encrBytes: number,
+  ) {
+    this.block = Buffer.allocUnsafeSlow(km.length);
+    km.copy(this.block);
+  }
+
+  /** The `size` octets after `before` keys of SK_d's size, `integ` and `encr` integrity and encryption keys. */
+  private key(before: { prf?: number; integ?: number; encr?: number }, size: number): Buffer {
+    const at =
+      (before.prf ?? 0) * this.prfBytes + (before.integ ?? 0) * this.integBytes + (before.encr ?? 0) * this.encrBytes;
+    if (at + size > this.block.length) throw new Error('SK_pi and SK_pr are gone once IKE_AUTH is done');
+    return this.block.subarray(at, at + size);
+  }
+
+  get skD(): Buffer {
+    return this.key({}, this.prfBytes);
+  }
+  get skAi(): Buffer {
+    return this.key({ prf: 1 }, this.integBytes);
+  }
+  get skAr(): Buffer {
+    return this.key({ prf: 1, integ: 1 }, this.integBytes);
+  }
+  get skEi(): Buffer {
+    return this.key({ prf: 1, integ: 2 }, this.encrBytes);
+  }
+  get skEr(): Buffer {
+    return this.key({ prf: 1, integ: 2, encr: 1 }, this.encrBytes);
+  }
+  get skPi(): Buffer {
+    return this.key({ prf: 1, integ: 2, encr: 2 }, this.prfBytes);
+  }
+  get skPr(): Buffer {
+    return this.key({ prf: 2, integ: 2, encr: 2 }, this.prfBytes);
+  }
+
+  /** SK_pi and SK_pr serve the AUTH payloads alone (§2.15): zeroed and let go once IKE_AUTH is done. */
+  dropAuthKeys(): void {
+    const keep = this.prfBytes + 2 * this.integBytes + 2 * this.encrBytes;
+    if (this.block.length === keep) return;
+    const smaller = Buffer.allocUnsafeSlow(keep);
+    this.block.copy(smaller, 0, 0, keep);
+    this.block.fill(0);
+    this.block = smaller;
+  }
 }
 
 const encrKeyBytes = (s: IkeSuite): number => s.encrKeyBits / 8 + s.encr.saltSize;
@@ -28,22 +77,6 @@ const encrKeyBytes = (s: IkeSuite): number => s.encrKeyBits / 8 + s.encr.saltSiz
  * prf+(SKEYSEED, Ni | Nr | SPIi | SPIr). For a rekey, pass the old SK_d and its PRF in `rekey`:
  * SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr).
  */
-/**
- * Hands out consecutive keys from KEYMAT, all in one allocation of its own: an SA's keys live as
- * long as the SA, and small copies from Node's shared 8 KiB pool would keep whole pool slabs alive
- * (measured: ≈ 10 KiB of pinned pool memory per SA at 1000 SAs).
- */
-function keySlicer(km: Buffer): (n: number) => Buffer {
-  const owned = Buffer.allocUnsafeSlow(km.length);
-  km.copy(owned);
-  let off = 0;
-  return (n: number): Buffer => {
-    const b = owned.subarray(off, off + n);
-    off += n;
-    return b;
-  };
-}
-
 export function deriveIkeKeys(
   suite: IkeSuite,
   ni: Buffer,
@@ -60,16 +93,22 @@ export function deriveIkeKeys(
   const encr = encrKeyBytes(suite);
   const p = suite.prf.size;
   const km = prfPlus(suite.prf, skeyseed, Buffer.concat([ni, nr, spiI, spiR]), p + 2 * integ + 2 * encr + 2 * p);
-  const take = keySlicer(km);
   // SKEYSEED is not kept: every later key comes from SK_d.
-  return {
-    skD: take(p),
-    skAi: take(integ),
-    skAr: take(integ),
-    skEi: take(encr),
-    skEr: take(encr),
-    skPi: take(p),
-    skPr: take(p),
+  return new IkeKeys(km, p, integ, encr);
+}
+
+/**
+ * Hands out consecutive keys from KEYMAT, all in one allocation of its own: small copies from
+ * Node's shared 8 KiB pool would keep whole pool slabs alive as long as the keys live.
+ */
+function keySlicer(km: Buffer): (n: number) => Buffer {
+  const owned = Buffer.allocUnsafeSlow(km.length);
+  km.copy(owned);
+  let off = 0;
+  return (n: number): Buffer => {
+    const b = owned.subarray(off, off + n);
+    off += n;
+    return b;
   };
 }
 

@@ -60,11 +60,11 @@ export function childSa(
   sa: IkeSa,
   chosen: Proposal,
   spiIn: Buffer,
-  spiOut: Buffer,
   tsi: TrafficSelector[],
   tsr: TrafficSelector[],
   mode: 'tunnel' | 'transport',
-  ex?: ChildExchange,
+  ex: ChildExchange | undefined,
+  planned: readonly TrafficSelector[],
 ): ChildSa {
   const encrT = transformOf(chosen, TransformType.ENCR);
   const encr = ENCRS[encrT?.id as keyof typeof ENCRS];
@@ -86,13 +86,15 @@ export function childSa(
     throw new IkeError('child SA before the IKE SA has keys', NotifyType.INVALID_SYNTAX);
   }
   // What the SA keeps is copied out of the message it came in (kept()): no datagram stays pinned.
+  // The peer's SPI in the chosen proposal is the one we send with.
+  const spiOut = kept(chosen.spi);
   return {
     mode,
     spiIn,
-    spiOut: kept(spiOut),
-    proposal: { ...chosen, spi: kept(chosen.spi) },
-    tsi: tsi.map(keptSelector),
-    tsr: tsr.map(keptSelector),
+    spiOut,
+    proposal: { ...chosen, spi: spiOut },
+    tsi: tsi.map((ts) => keptSelector(ts, planned)),
+    tsr: tsr.map((ts) => keptSelector(ts, planned)),
     keys: deriveChildKeys(suite.prf, sa.keys.skD, nonceI, nonceR, encrKeyBytes, integKeyBytes, ex?.pfsSecret),
     encrKeyBytes,
     integKeyBytes,
@@ -101,7 +103,24 @@ export function childSa(
   };
 }
 
-const keptSelector = (ts: TrafficSelector): TrafficSelector => ({ ...ts, start: kept(ts.start), end: kept(ts.end) });
+/**
+ * A selector the child keeps: the plan's own object when the negotiated one is the same (most are:
+ * the plan lives as long as the SA), else a copy out of the message.
+ */
+function keptSelector(ts: TrafficSelector, planned: readonly TrafficSelector[]): TrafficSelector {
+  const same = planned.find(
+    (p) =>
+      p.type === ts.type &&
+      p.ipProtocol === ts.ipProtocol &&
+      p.startPort === ts.startPort &&
+      p.endPort === ts.endPort &&
+      p.start.equals(ts.start) &&
+      p.end.equals(ts.end),
+  );
+  if (same) return same;
+  const start = kept(ts.start);
+  return { ...ts, start, end: ts.end.equals(ts.start) ? start : kept(ts.end) };
+}
 
 /** Proposals without key exchange transforms: IKE_AUTH children never do PFS (§1.2). */
 export const withoutKe = (ps: Proposal[]): Proposal[] =>
@@ -287,11 +306,11 @@ export class ChildCreateInitiator implements Task {
       sa,
       chosen,
       this.spi,
-      chosen.spi,
       got.tsi,
       got.tsr,
       transport ? 'transport' : 'tunnel',
       ex ?? { nonceI: sa.nonceI as Buffer, nonceR: sa.nonceR as Buffer, initiator: true },
+      [...this.tsi, ...this.tsr],
     );
   }
 }
@@ -361,7 +380,7 @@ export function respondChild(
     }
     out.unshift({ type: PayloadType.NONCE, data: nonceR });
   }
-  const child = childSa(sa, chosen, spi, chosen.spi, tsi, tsr, policy.mode, ex);
+  const child = childSa(sa, chosen, spi, tsi, tsr, policy.mode, ex, [...policy.tsi, ...policy.tsr]);
   if (policy.mode === 'transport') out.unshift(notify(NotifyType.USE_TRANSPORT_MODE));
   out.unshift({ type: PayloadType.SA, proposals: [{ ...chosen, spi }] });
   out.push({ type: PayloadType.TSi, selectors: tsi }, { type: PayloadType.TSr, selectors: tsr });

@@ -115,7 +115,7 @@ export class IkeInitTask implements SessionTask {
         continue;
       }
       try {
-        sa.spiR = kept(m.header.spiR);
+        sa.spiR = m.header.spiR;
         sa.initRequest = request;
         sa.initResponse = m.raw;
         init.process(sa, m.payloads);
@@ -176,7 +176,7 @@ export function respondInit(
   const local = { address: o.local.address, port: 500 };
   const sa = new IkeSa('responder', local, { address: from.address, port: from.port });
   sa.spiI = kept(h.spiI);
-  sa.spiR = kept(randomBytes(8));
+  sa.spiR = randomBytes(8);
   sa.chosen = { ...chosen, spi: kept(chosen.spi) };
   sa.nonceI = Buffer.from(nonce.data);
   sa.nonceR = randomBytes(32);

@@ -83,7 +83,7 @@ export class IkeRekeyTask implements SessionTask {
       }
       const sa = successorSa(old, 'initiator');
       sa.spiI = spiI;
-      sa.spiR = Buffer.from(chosen.spi);
+      sa.spiR = chosen.spi;
       sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
       sa.nonceI = nonceI;
       sa.nonceR = Buffer.from(nonce.data);
@@ -140,8 +140,8 @@ export function respondIkeRekey(
   }
   const ke = KeyExchange.create(group);
   const sa = successorSa(s.sa, 'responder');
-  sa.spiI = Buffer.from(chosen.spi);
-  sa.spiR = kept(randomBytes(8));
+  sa.spiI = chosen.spi;
+  sa.spiR = randomBytes(8);
   sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
   sa.nonceI = Buffer.from(nonce.data);
   sa.nonceR = randomBytes(32);
