@@ -7,25 +7,70 @@
  *
  *   node --expose-gc --import tsx bench/memory.ts [--sizes 1000,10000] [--json]
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MemoryNetwork } from '../src/ike/bind.ts';
 import type { ChildSaSink } from '../src/sa/sink.ts';
 import { IkeManager } from '../src/ike/manager.ts';
+import { planResponder } from '../src/ike/config.ts';
 import { espProposals, ikeProposals } from '../src/ike/proposals.ts';
 import type { Lifetimes, PeerConfig } from '../src/ike/session.ts';
 import { IdType } from '../src/ike/wire/constants.ts';
 import { Sad } from '../src/dataplane/sad.ts';
 import { writeIp } from '../src/io/addr.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
+import { PolicyStores } from '../src/policy/store.ts';
+import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
+import { createRuntime } from '../src/shell/pwsh/index.ts';
 import { emit, stringArg } from './lib/cli.ts';
 
 const sizes = stringArg('sizes', '1000,10000').split(',').map(Number);
 const R = '2001:db8::1';
+const PSK = 'memory-bench-psk-0123456789';
+
+/**
+ * The responder's policy, written as an admin writes it, and planned per peer the way the daemon
+ * plans it (ike/config.ts): what each SA shares with the others is what the daemon's SAs share.
+ */
+async function responderPolicy() {
+  const dir = mkdtempSync(join(tmpdir(), 'consec-membench-'));
+  try {
+    const stores = new PolicyStores(dir);
+    let err = '';
+    const rt = createRuntime({ stdout: () => {}, stderr: (t) => (err += t) }, netSecurityCommands(stores), {});
+    const errors = await stores.transaction(() =>
+      rt.run(
+        [
+          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
+          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName MM -Proposal $mm -MaxMinutes 1440',
+          `New-NetIPsecMainModeRule -DisplayName MM -LocalAddress ${R} -RemoteAddress 2001:db8:1::/48 -MainModeCryptoSet $mmSet.Name`,
+          '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName QM -Proposal $qm',
+          `$p1 = New-NetIPsecPhase1AuthSet -DisplayName PSK -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}")`,
+          `New-NetIPsecRule -DisplayName hosts -LocalAddress ${R} -RemoteAddress 2001:db8:1::/48 -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name`,
+        ].join('\n'),
+      ),
+    );
+    if (errors > 0) throw new Error(`the bench's policy: ${err}`);
+    return stores.read('ActiveStore');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+const doc = await responderPolicy();
+/** As the daemon answers a peer (daemon/keying.ts): the plan from our side, TSi the peer's. */
+function responderConfig(remote: string): PeerConfig | undefined {
+  const plan = planResponder(doc, R, remote);
+  return plan && { ...plan, tsi: plan.tsr, tsr: plan.tsi };
+}
+
+// The initiators: hand-made, forgotten after each setup (their memory is not measured).
 const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })];
 const qm = [qmProposal({ Encapsulation: ['ESP'], Encryption: 'AESGCM256', ESPHash: 'AESGMAC256' })];
-// Shared by every SA, as the daemon's policy plans share them (ike/config.ts).
 const IKE_PROPOSALS = ikeProposals(mm).proposals;
 const ESP_PROPOSALS = (spi: Buffer) => espProposals(qm, spi).proposals;
-const CREDENTIALS = { method: 'psk', psk: Buffer.from('memory-bench-psk-0123456789') } as const;
+const CREDENTIALS = { method: 'psk', psk: Buffer.from(PSK) } as const;
 const DAY: Lifetimes = {
   ikeRekeyMs: 86_400_000,
   ikeExpireMs: 86_400_000,
@@ -39,18 +84,17 @@ const bytes = (a: string) => {
 };
 const host = (a: string) => ({ type: 8, ipProtocol: 0, startPort: 0, endPort: 65535, start: bytes(a), end: bytes(a) });
 
-function config(local: string, remote: string, initiator: string): PeerConfig {
-  const other = local === initiator ? remote : local;
+function initiatorConfig(local: string): PeerConfig {
   return {
     name: 'mem',
     ikeProposals: IKE_PROPOSALS,
     espProposals: ESP_PROPOSALS,
     credentials: CREDENTIALS,
     localId: { type: IdType.IPV6_ADDR, data: bytes(local) },
-    remoteId: { type: IdType.IPV6_ADDR, data: bytes(remote) },
-    tsi: [host(initiator)],
-    tsr: [host(other === initiator ? local : R)],
-    mode: 'tunnel',
+    remoteId: { type: IdType.IPV6_ADDR, data: bytes(R) },
+    tsi: [host(local)],
+    tsr: [host(R)],
+    mode: 'transport',
     lifetimes: DAY,
   };
 }
@@ -71,7 +115,7 @@ for (const n of sizes) {
   const sink: ChildSaSink = { install: (sa) => void sad.install(sa), delete: (spi) => void sad.remove(spi) };
   const responder = new IkeManager({
     address: R,
-    peerFor: (remote) => config(R, remote, remote),
+    peerFor: responderConfig,
     dataplane: sink,
     maxHalfOpen: 1_000_000,
     cookieThreshold: 1_000_000,
@@ -85,7 +129,7 @@ for (const n of sizes) {
     const I = `2001:db8:1::${(i + 2).toString(16)}`;
     const m = new IkeManager({ address: I, peerFor: () => undefined });
     await m.listen((rx) => net.bind(I, rx));
-    await m.initiate({ remote: R, peer: config(I, R, I) });
+    await m.initiate({ remote: R, peer: initiatorConfig(I) });
     m.close(); // the initiator forgets its side without telling: only the responder's state stays
   }
   const setupS = (performance.now() - started) / 1000;
@@ -107,7 +151,7 @@ emit({
   id: 'memory',
   title: 'Memory per established SA (IKE SA + one child SA, responder side)',
   method:
-    'One consec responder (keying + the data plane SAD with AES-GCM contexts) holding N IKE SAs with one child SA each, negotiated in-process over the in-memory network (PSK, AES-256/SHA-256/ECP-256, child AES-GCM-256); initiators forget their side. Growth of JS heap + external memory and of RSS after GC, divided by N.',
+    'One consec responder (keying + the data plane SAD with AES-GCM contexts) holding N IKE SAs with one child SA each, negotiated in-process over the in-memory network (PSK, AES-256/SHA-256/ECP-256, child AES-GCM-256 in transport mode; the responder’s policy written with the NetSecurity cmdlets and planned per peer as the daemon does); initiators forget their side. Growth of JS heap + external memory and of RSS after GC, divided by N.',
   columns: [
     'SAs',
     'IKE SAs up',

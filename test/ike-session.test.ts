@@ -373,9 +373,9 @@ describe('IKEv2 sessions after IKE_AUTH (two consec services, in memory)', () =>
         for (const k of Object.keys(v))
           if (k !== 'peer' && k !== 'host' && k !== 'timers') walk((v as Record<string, unknown>)[k], `${path}.${k}`);
     };
-    // A child whose selectors are the policy's shares the policy's objects.
+    // Selectors and a peer identity that are the policy's share the policy's objects.
     for (const m of [a.m, b.m])
-      for (const s of m.sessions()) for (const ts of [...s.peer.tsi, ...s.peer.tsr]) seen.add(ts);
+      for (const s of m.sessions()) for (const o of [...s.peer.tsi, ...s.peer.tsr, s.peer.remoteId]) seen.add(o);
     for (const [side, m] of [
       ['initiator', a.m],
       ['responder', b.m],

@@ -136,7 +136,11 @@ export class IkeSession implements TaskSession, DeadlineOwner {
    * Our answer to the peer's last request, for its retransmissions (§2.1): the request's digests
    * (each fragment's) and the response as sent, both copied out of the datagrams (kept()).
    */
-  private lastResponse?: { mid: number; requests: Buffer[]; responses: Buffer[] };
+  /**
+   * Our answer to the peer's last request (§2.1: sent again for a retransmission of it): the
+   * request's datagrams as SHA-256 digests one after the other, and our datagram(s).
+   */
+  private lastResponse?: { mid: number; digests: Buffer; responses: Buffer | Buffer[] };
   /** Fragments (RFC 7383) of a response to our request, and of the peer's current request. */
   private responseParts?: Reassembly;
   private requestParts?: { parts: Reassembly; raws: Buffer[] };
@@ -335,7 +339,12 @@ export class IkeSession implements TaskSession, DeadlineOwner {
 
   /** The peer proved who it is (IKE_AUTH): its identity and certificate, copied out of the message. */
   authenticatedAs(a: Authenticated): void {
-    this.peerId = { ...a.id, data: kept(a.id.data) };
+    const expected = this.peer.remoteId;
+    // Most peers name themselves as the policy expects: the policy's identity is shared, not copied.
+    this.peerId =
+      expected && expected.type === a.id.type && expected.data.equals(a.id.data)
+        ? expected
+        : { ...a.id, data: kept(a.id.data) };
     this.peerCertificate = a.certificate;
   }
 
@@ -418,8 +427,13 @@ export class IkeSession implements TaskSession, DeadlineOwner {
     const cached = this.lastResponse;
     if (!cached || msg.header.messageId !== cached.mid) return false;
     const digest = requestDigest(msg.raw);
-    if (cached.requests.some((r) => r.equals(digest)))
-      for (const d of cached.responses) this.host.bind.sendIke(d, this.port, this.sa.remote);
+    const { digests, responses } = cached;
+    for (let at = 0; at < digests.length; at += digest.length)
+      if (digests.subarray(at, at + digest.length).equals(digest)) {
+        for (const d of Array.isArray(responses) ? responses : [responses])
+          this.host.bind.sendIke(d, this.port, this.sa.remote);
+        break;
+      }
     return true;
   }
 
@@ -466,7 +480,11 @@ export class IkeSession implements TaskSession, DeadlineOwner {
   respond(exchange: ExchangeType, mid: number, payloads: Payload[], requests: Buffer[]): void {
     const sa = this.sa;
     const responses = this.protect(exchange, mid, payloads, true);
-    this.lastResponse = { mid, requests: requests.map((r) => kept(requestDigest(r))), responses: responses.map(kept) };
+    this.lastResponse = {
+      mid,
+      digests: kept(Buffer.concat(requests.map(requestDigest))),
+      responses: responses.length === 1 ? kept(responses[0] as Buffer) : responses.map(kept),
+    };
     sa.peerMid = mid + 1;
     for (const d of responses) this.host.bind.sendIke(d, this.port, sa.remote);
   }

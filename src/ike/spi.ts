@@ -4,6 +4,7 @@
  * 10k SAs a birthday collision of unchecked random SPIs is ≈ 1 % likely, and the SAD keys by SPI.
  */
 import { randomBytes } from 'node:crypto';
+import { kept } from '../io/kept.ts';
 
 export class SpiRegistry {
   private readonly used = new Set<number>();
@@ -15,7 +16,7 @@ export class SpiRegistry {
       const n = spi.readUInt32BE(0);
       if (n < 256 || this.used.has(n)) continue;
       this.used.add(n);
-      return spi;
+      return kept(spi);
     }
   }
 
