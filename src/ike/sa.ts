@@ -1,7 +1,7 @@
 /** One IKE SA: identities, nonces, negotiated suite and keys, message counters. */
 import type { SpiRegistry } from './spi.ts';
 import type { Endpoint } from '../sa/spec.ts';
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from './crypto/random.ts';
 import { kept } from '../io/kept.ts';
 import { ENCRS, INTEGS, PRFS } from './crypto/algorithms.ts';
 import type { KeyExchange } from './crypto/ke.ts';
@@ -60,7 +60,7 @@ export class IkeSa {
     readonly local: Endpoint,
     public remote: Endpoint,
   ) {
-    this.spiBlock = spiPair(role === 'initiator' ? randomBytes(8) : Buffer.alloc(8), Buffer.alloc(8));
+    this.spiBlock = spiPair(role === 'initiator' ? randomOctets(8) : Buffer.alloc(8), Buffer.alloc(8));
   }
 
   get spiI(): Buffer {

@@ -3,7 +3,7 @@
  * SA). Random 32-bit values, never 0–255 (reserved, RFC 4303 §2.1), never one still in use: with
  * 10k SAs a birthday collision of unchecked random SPIs is ≈ 1 % likely, and the SAD keys by SPI.
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from './crypto/random.ts';
 import { kept } from '../io/kept.ts';
 
 export class SpiRegistry {
@@ -12,7 +12,7 @@ export class SpiRegistry {
   /** A fresh SPI, reserved until `release`. */
   allocate(): Buffer {
     for (;;) {
-      const spi = randomBytes(4);
+      const spi = randomOctets(4);
       const n = spi.readUInt32BE(0);
       if (n < 256 || this.used.has(n)) continue;
       this.used.add(n);

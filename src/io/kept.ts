@@ -7,7 +7,9 @@
  *
  * Not for secrets (keys live in blocks of their own, see ike/crypto/keys.ts).
  */
-const SLAB = 16 * 1024;
+/** The size of a slab of kept bytes. */
+export const KEPT_SLAB_BYTES = 16 * 1024;
+const SLAB = KEPT_SLAB_BYTES;
 const EMPTY = Buffer.alloc(0);
 
 let slab = Buffer.allocUnsafeSlow(SLAB);

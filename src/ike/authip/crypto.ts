@@ -18,7 +18,8 @@
  * the cipher the first octets of SKEYID_e; Quick Mode key material is authentication key first
  * (§3.4.5.2, §3.5.5.2), then encryption key.
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
 import { V1DecodeError } from '../v1/codec.ts';
 import { NotifyType } from '../v1/constants.ts';
 import type { HashName } from '../v1/crypto.ts';
@@ -171,7 +172,7 @@ export function sealMessage(
   payloads: Buffer,
   icvLength: number,
 ): Buffer {
-  const iv = randomBytes(BLOCK);
+  const iv = randomOctets(BLOCK);
   const padTo = Math.ceil((payloads.length + 2) / BLOCK) * BLOCK;
   const padLength = padTo - payloads.length - 2;
   const trailer = Buffer.alloc(padLength + 2);

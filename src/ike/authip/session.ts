@@ -32,7 +32,8 @@
  * data plane through the same contract as IKEv1's and IKEv2's (childSpec). The first Quick Mode
  * uses Message ID 0 (the Main Mode's) in its header and its key material.
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
+import { kept } from '../../io/kept.ts';
 import type { AuditSink, EndpointInfo } from '../../audit/events.ts';
 import type { ChildSaSink } from '../../sa/sink.ts';
 import { mainModeEndedEvent, mainModeFailedEvent, mainModeInfoOf, quickModeInfoOf } from '../describe.ts';
@@ -251,8 +252,8 @@ export class AuthIpSession {
     readonly config: AuthIpConfig,
     cookieI?: Buffer,
   ) {
-    this.cookieI = cookieI ? Buffer.from(cookieI) : randomBytes(8);
-    this.cookieR = role === 'responder' ? randomBytes(8) : Buffer.alloc(8);
+    this.cookieI = cookieI ? Buffer.from(cookieI) : kept(randomOctets(8));
+    this.cookieR = role === 'responder' ? kept(randomOctets(8)) : Buffer.alloc(8);
     this.state = role === 'initiator' ? 'connecting' : 'half-open';
     if (role === 'responder') {
       // A responder waits this long for the initiator to finish (<12>: 60 s on Windows).
@@ -408,7 +409,7 @@ export class AuthIpSession {
 
   /** #1: our Main Mode offer with Kerberos. */
   start(): void {
-    this.ni = randomBytes(NONCE_BYTES);
+    this.ni = kept(randomOctets(NONCE_BYTES));
     const transforms = mmTransforms(this.config.mmProposals, this.config.lifeSeconds);
     if (transforms.length === 0)
       throw new IkeError(
@@ -645,7 +646,7 @@ export class AuthIpSession {
     );
     // #5: the first Quick Mode, which proves we hold the session key (Auth1).
     this.spiIn = this.host.spis.allocate();
-    this.niQm = randomBytes(NONCE_BYTES);
+    this.niQm = kept(randomOctets(NONCE_BYTES));
     const proposals = phase2Proposals(this.config.espProposals(this.spiIn), this.spiIn, this.encapsulation, {
       seconds: this.config.childLifeSeconds,
     });
@@ -736,8 +737,8 @@ export class AuthIpSession {
     if (!choice) throw new IkeError('no Main Mode transform of the peer is acceptable', V2Notify.NO_PROPOSAL_CHOSEN);
     this.choice = choice;
     this.ni = ni.data;
-    this.nr = randomBytes(NONCE_BYTES);
-    this.nrQm = randomBytes(NONCE_BYTES);
+    this.nr = kept(randomOctets(NONCE_BYTES));
+    this.nrQm = kept(randomOctets(NONCE_BYTES));
     this.noteVendorIds(p);
     this.transcript.add(msg.raw);
     const m2 = this.clear(AuthIpExchange.MAIN_MODE, [

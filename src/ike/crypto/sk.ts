@@ -4,7 +4,8 @@
  * received one. Integrity is checked before anything is decrypted; every failure is an
  * IkeDecodeError for the state machine to drop.
  */
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, timingSafeEqual } from 'node:crypto';
+import { randomOctets } from './random.ts';
 import { HEADER_LENGTH, PayloadType } from '../wire/constants.ts';
 import {
   decodePayloadChain,
@@ -46,7 +47,7 @@ function seal(aad: Buffer, plain: Buffer, keys: SkKeys): Buffer {
   const keyBytes = keys.encrKey.length - alg.saltSize;
   const padLen = padLength(alg, plain.length);
   const padded = Buffer.concat([plain, Buffer.alloc(padLen), Buffer.from([padLen])]);
-  const iv = randomBytes(alg.ivSize);
+  const iv = randomOctets(alg.ivSize);
   if (alg.mode === 'gcm') {
     const salt = keys.encrKey.subarray(keyBytes);
     const c = createCipheriv(

@@ -4,7 +4,7 @@
  * responder half (`respondChild`) selects a proposal, narrows the traffic selectors and derives
  * the keys. Both sides derive KEYMAT in the same order: initiator-to-responder keys first.
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
 import { ENCRS, INTEGS } from '../crypto/algorithms.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { type ChildKeys, deriveChildKeys } from '../crypto/keys.ts';
@@ -229,14 +229,14 @@ export class ChildCreateInitiator implements Task {
   }
 
   build(sa: IkeSa, out: Payload[]): void {
-    if (this.spi.length === 0) this.spi = sa.spis?.allocate() ?? randomBytes(4);
+    if (this.spi.length === 0) this.spi = sa.spis?.allocate() ?? kept(randomOctets(4));
     if (this.kind.exchange === 'rekey')
       out.push({ ...notify(NotifyType.REKEY_SA), protocol: this.kind.old.proposal.protocol, spi: this.kind.old.spiIn });
     if (this.mode === 'transport') out.push(notify(NotifyType.USE_TRANSPORT_MODE));
     const offered = this.offered();
     out.push({ type: PayloadType.SA, proposals: offered });
     if (this.kind.exchange !== 'auth') {
-      this.nonce = randomBytes(32);
+      this.nonce = randomOctets(32);
       out.push({ type: PayloadType.NONCE, data: this.nonce });
       const group =
         this.retryGroup ?? offered.map((p) => transformOf(p, TransformType.KE)?.id).find((g) => g !== undefined);
@@ -337,7 +337,7 @@ export function respondChild(
   const saP = findPayload(request, PayloadType.SA);
   const tsiP = findPayload(request, PayloadType.TSi);
   const tsrP = findPayload(request, PayloadType.TSr);
-  const spi = sa.spis?.allocate() ?? randomBytes(4);
+  const spi = sa.spis?.allocate() ?? kept(randomOctets(4));
   const supported = policy.espProposals(spi);
   const offered = saP?.proposals ?? [];
   const chosen =
@@ -364,7 +364,7 @@ export function respondChild(
   if (exchange === 'create') {
     const nonce = findPayload(request, PayloadType.NONCE);
     if (!nonce) throw new IkeError('CREATE_CHILD_SA request lacks a nonce', NotifyType.INVALID_SYNTAX);
-    nonceR = randomBytes(32);
+    nonceR = randomOctets(32);
     ex = { nonceI: Buffer.from(nonce.data), nonceR, initiator: false };
     const group = transformOf(chosen, TransformType.KE)?.id;
     if (group !== undefined) {

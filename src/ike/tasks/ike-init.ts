@@ -4,7 +4,7 @@
  * INVALID_KE_PAYLOAD retries), the responder as a function the manager calls once it has let the
  * request past its half-open and cookie checks.
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
 import { kept } from '../../io/kept.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError, notifyName } from '../errors.ts';
@@ -32,7 +32,7 @@ export class IkeInitInitiator implements Task {
     if (group === undefined)
       throw new IkeError('no key exchange group in the IKE proposals', NotifyType.NO_PROPOSAL_CHOSEN);
     sa.ke = KeyExchange.create(group);
-    sa.nonceI ??= randomBytes(32);
+    sa.nonceI ??= randomOctets(32);
     out.push(
       { type: PayloadType.SA, proposals: this.proposals },
       { type: PayloadType.KE, group, data: sa.ke.publicValue },
@@ -176,10 +176,10 @@ export function respondInit(
   const local = { address: o.local.address, port: 500 };
   const sa = new IkeSa('responder', local, { address: from.address, port: from.port });
   sa.spiI = kept(h.spiI);
-  sa.spiR = randomBytes(8);
+  sa.spiR = randomOctets(8);
   sa.chosen = { ...chosen, spi: kept(chosen.spi) };
   sa.nonceI = Buffer.from(nonce.data);
-  sa.nonceR = randomBytes(32);
+  sa.nonceR = randomOctets(32);
   sa.ke = KeyExchange.create(group);
   sa.deriveKeys(sa.ke.sharedSecret(ke.data));
   sa.peerSignatureHashes = findNotifies(msg.payloads, NotifyType.SIGNATURE_HASH_ALGORITHMS).length > 0;

@@ -1,5 +1,6 @@
 /** NAT detection (RFC 7296 §2.23): NAT_DETECTION_SOURCE_IP / _DESTINATION_IP hashes. */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
 import { isIPv4 } from 'node:net';
 import { writeIp } from '../../io/addr.ts';
 import type { Endpoint, IkeSa } from '../sa.ts';
@@ -20,7 +21,7 @@ export class IkeNatd implements Task {
 
   build(sa: IkeSa, out: Payload[]): void {
     // A source hash that matches no address makes the peer see a NAT and encapsulate ESP in UDP.
-    const source = sa.forceEncapsulation ? randomBytes(20) : natdHash(sa.spiI, sa.spiR, sa.local);
+    const source = sa.forceEncapsulation ? randomOctets(20) : natdHash(sa.spiI, sa.spiR, sa.local);
     out.push(
       {
         type: PayloadType.NOTIFY,

@@ -5,7 +5,7 @@
  * new SA created with the lowest of the four nonces is deleted by its creator; the other one takes
  * the children. The collision is the running task's state, handed to it by the responder half.
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
 import { kept } from '../../io/kept.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError, notifyName } from '../errors.ts';
@@ -47,11 +47,11 @@ export class IkeRekeyTask implements SessionTask {
     if (s.state !== 'established') return;
     const old = s.sa;
     let group = transformOf(old.chosen as Proposal, TransformType.KE)?.id as number;
-    const spiI = kept(randomBytes(8));
+    const spiI = kept(randomOctets(8));
     const offered = s.peer.ikeProposals.map((p) => ({ ...p, spi: spiI }));
     for (let attempt = 0; ; attempt++) {
       const ke = KeyExchange.create(group);
-      const nonceI = randomBytes(32);
+      const nonceI = randomOctets(32);
       const inner = await s.request(ExchangeType.CREATE_CHILD_SA, [
         { type: PayloadType.SA, proposals: offered },
         { type: PayloadType.NONCE, data: nonceI },
@@ -141,10 +141,10 @@ export function respondIkeRekey(
   const ke = KeyExchange.create(group);
   const sa = successorSa(s.sa, 'responder');
   sa.spiI = chosen.spi;
-  sa.spiR = randomBytes(8);
+  sa.spiR = randomOctets(8);
   sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
   sa.nonceI = Buffer.from(nonce.data);
-  sa.nonceR = randomBytes(32);
+  sa.nonceR = randomOctets(32);
   sa.deriveKeys(ke.sharedSecret(keP.data), s.sa);
   const next = s.successorSession(sa);
   const payloads: Payload[] = [

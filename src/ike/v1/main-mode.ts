@@ -7,7 +7,9 @@
  * DPD announcement (RFC 3706) and INITIAL-CONTACT. Pre-shared keys (HASH_I/HASH_R) or certificates
  * (CERTREQ in 3–4, CERT and SIG over the hash in 5–6; v1/auth.ts) authenticate.
  */
-import { type KeyObject, randomBytes } from 'node:crypto';
+import { type KeyObject } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
+import { kept } from '../../io/kept.ts';
 import { ipBytes } from '../../io/addr.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError } from '../errors.ts';
@@ -90,7 +92,7 @@ function natDPayloads(s: V1Session): V1Payload[] {
   const suite = s.suite;
   const remote = natD(suite, s.cookieI, s.cookieR, ipBytes(s.remote.address), s.remote.port);
   const local = s.forceEncapsulation
-    ? randomBytes(remote.length)
+    ? randomOctets(remote.length)
     : natD(suite, s.cookieI, s.cookieR, ipBytes(s.local.address), s.local.port);
   return [
     { type, data: remote },
@@ -302,7 +304,7 @@ export function initiateMainMode(s: V1Session, hooks: MainModeHooks): void {
     peerVendorIds(s, payloads);
     s.ke = KeyExchange.create(chosen.group);
     s.gxi = s.ke.publicValue;
-    s.ni = randomBytes(NONCE_BYTES);
+    s.ni = kept(randomOctets(NONCE_BYTES));
     const m3 = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [
       { type: PayloadType.KE, data: s.gxi },
       { type: PayloadType.NONCE, data: s.ni },
@@ -399,7 +401,7 @@ export function respondMainMode(
     s.ni = nonce;
     s.ke = KeyExchange.create(chosen.group);
     s.gxr = s.ke.publicValue;
-    s.nr = randomBytes(NONCE_BYTES);
+    s.nr = kept(randomOctets(NONCE_BYTES));
     detectNat(s, p3);
     derive(s, ke);
     const m4 = encodeV1(s.header(ExchangeType.IDENTITY_PROTECTION, 0, false), [

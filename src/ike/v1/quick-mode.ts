@@ -8,7 +8,8 @@
  * §4.6.2), KEYMAT per direction. The child SA reaches the data plane exactly as IKEv2's does
  * (the shared ChildSa → ChildSaSpec), and is renewed before it expires (make-before-break).
  */
-import { randomBytes } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
+import { kept } from '../../io/kept.ts';
 import { isIPv4 } from 'node:net';
 import { writeIp } from '../../io/addr.ts';
 import type { TrafficSelector } from '../../sa/spec.ts';
@@ -291,7 +292,7 @@ export interface QuickRequest {
 /** Negotiates one child SA with the peer (Quick Mode as initiator); resolves once it is installed. */
 export function initiateQuick(s: V1Session, req: QuickRequest): Promise<TimedChildEntry> {
   return new Promise((resolve, reject) => {
-    const mid = randomBytes(4).readUInt32BE(0) & 0x7fffffff || 1;
+    const mid = randomOctets(4).readUInt32BE(0) & 0x7fffffff || 1;
     const mode = s.peer.mode;
     const spiIn = s.host.spis.allocate();
     const neutral = s.peer.espProposals(spiIn);
@@ -310,7 +311,7 @@ export function initiateQuick(s: V1Session, req: QuickRequest): Promise<TimedChi
     }
     const group = transformOf(neutral[0] as Proposal, TransformType.KE)?.id;
     const ke = group === undefined ? undefined : KeyExchange.create(group);
-    const ni = randomBytes(NONCE_BYTES);
+    const ni = kept(randomOctets(NONCE_BYTES));
     // One selector each way: IKEv1 IDs carry one; the first is the flow's (config.ts narrows transport).
     const tsi = req.tsi[0] ?? hostSelector(s.local.address);
     const tsr = req.tsr[0] ?? hostSelector(s.remote.address);
@@ -521,7 +522,7 @@ export function respondQuick(s: V1Session, mid: number, payloads: V1Payload[], i
       pfsSecret = ke.sharedSecret(ki.data);
     }
     spiIn = s.host.spis.allocate();
-    const nr = randomBytes(NONCE_BYTES);
+    const nr = kept(randomOctets(NONCE_BYTES));
     const ours = ourLifetime(s);
     const life: ChildLifetime = {
       seconds: chosen.life.seconds ? Math.min(chosen.life.seconds, ours.seconds) : ours.seconds,

@@ -6,7 +6,9 @@
  * child SAs handed to the data plane through the shared contract, Informational exchanges (Delete,
  * DPD per RFC 3706, INITIAL-CONTACT) and audit events with the IKEv1 field groups.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { randomOctets } from '../crypto/random.ts';
+import { kept } from '../../io/kept.ts';
 import { isIPv4 } from 'node:net';
 import { type EndpointInfo, type MainModeInfo, mmSaId, type QuickModeInfo } from '../../audit/events.ts';
 import type { IkePort } from '../../sa/bind.ts';
@@ -171,7 +173,7 @@ export class V1Session {
   /** Settles `established` for the initiator that waits on it. */
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private timers: NodeJS.Timeout[] = [];
-  private dpdSeq = randomBytes(4).readUInt32BE(0) & 0x7fffffff;
+  private dpdSeq = randomOctets(4).readUInt32BE(0) & 0x7fffffff;
   private dpdPending?: { seq: number; timer: NodeJS.Timeout };
 
   constructor(
@@ -186,8 +188,8 @@ export class V1Session {
   ) {
     this.local = { ...local };
     this.remote = { ...remote };
-    this.cookieI = cookieI ? Buffer.from(cookieI) : randomBytes(8);
-    this.cookieR = role === 'responder' ? (cookieR ? Buffer.from(cookieR) : randomBytes(8)) : Buffer.alloc(8);
+    this.cookieI = cookieI ? Buffer.from(cookieI) : kept(randomOctets(8));
+    this.cookieR = role === 'responder' ? (cookieR ? Buffer.from(cookieR) : kept(randomOctets(8))) : Buffer.alloc(8);
     this.state = role === 'initiator' ? 'connecting' : 'half-open';
     this.lifetimes = { ...defaultLifetimes, ...peer.lifetimes };
   }
@@ -495,7 +497,7 @@ export class V1Session {
   /** Sends a protected Informational exchange (HASH(1) first, RFC 2409 §5.7). */
   informational(payloads: V1Payload[]): void {
     if (!this.keys || !this.iv) return;
-    const mid = randomBytes(4).readUInt32BE(0) || 1;
+    const mid = randomOctets(4).readUInt32BE(0) || 1;
     const { raw } = this.protectHashed(
       ExchangeType.INFORMATIONAL,
       mid,
