@@ -107,6 +107,18 @@ const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
+/** A plan's lifetimes with the defaults filled in, one object per plan's lifetimes (shared by its SAs). */
+const completed = new WeakMap<Partial<Lifetimes>, Lifetimes>();
+function completeLifetimes(given: Partial<Lifetimes> | undefined): Lifetimes {
+  if (!given) return DEFAULT_LIFETIMES;
+  let l = completed.get(given);
+  if (!l) {
+    l = Object.freeze({ ...DEFAULT_LIFETIMES, ...given });
+    completed.set(given, l);
+  }
+  return l;
+}
+
 export class IkeSession implements TaskSession, DeadlineOwner {
   state: SessionState;
   /** Child SAs by inbound SPI. */
@@ -131,11 +143,6 @@ export class IkeSession implements TaskSession, DeadlineOwner {
     timer?: NodeJS.Timeout;
     fail: (e: Error) => void;
   };
-  /** Our answer to the peer's last request: the request's datagrams (fragments) and ours. */
-  /**
-   * Our answer to the peer's last request, for its retransmissions (§2.1): the request's digests
-   * (each fragment's) and the response as sent, both copied out of the datagrams (kept()).
-   */
   /**
    * Our answer to the peer's last request (§2.1: sent again for a retransmission of it): the
    * request's datagrams as SHA-256 digests one after the other, and our datagram(s).
@@ -158,7 +165,7 @@ export class IkeSession implements TaskSession, DeadlineOwner {
     state: SessionState,
   ) {
     this.state = state;
-    this.lifetimes = { ...DEFAULT_LIFETIMES, ...peer.lifetimes };
+    this.lifetimes = completeLifetimes(peer.lifetimes);
   }
 
   get role(): 'initiator' | 'responder' {
