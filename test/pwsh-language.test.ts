@@ -235,6 +235,59 @@ describe('formatting of nested records (views the daemon sends)', () => {
 describe('PowerShell language: control flow, functions, errors', () => {
   const dir = freshStateDir();
 
+  it("output reaches the host as PowerShell's Out-Default writes it: a function's output and its Write-Host lines in the order they were written; one table for a loop's rows; a table waits for its rows", async () => {
+    const r = await ps(
+      [
+        'function Report { "checking"; Write-Host "host line"; "done" }',
+        'Report',
+        'foreach ($i in 1..3) { [pscustomobject]@{ Rule = "r$i" } }',
+        'function Make { [pscustomobject]@{ A = 1; B = 2; C = 3; D = 4; E = 5 }; Write-Host "made"; [pscustomobject]@{ Row = 1 }; Write-Host "after rows"; [pscustomobject]@{ Row = 2 } }',
+        'Make',
+        '$kept = Report',
+        '"kept $($kept -join \',\')"',
+      ].join('\n'),
+      dir,
+    );
+    assert.equal(r.err, '');
+    assert.equal(
+      r.out,
+      [
+        'checking',
+        'host line',
+        'done',
+        '',
+        'Rule',
+        '----',
+        'r1',
+        'r2',
+        'r3',
+        '',
+        '',
+        '',
+        '',
+        'A : 1',
+        'B : 2',
+        'C : 3',
+        'D : 4',
+        'E : 5',
+        '',
+        'made',
+        '',
+        'after rows',
+        '',
+        'Row',
+        '---',
+        '  1',
+        '  2',
+        '',
+        '',
+        'host line',
+        'kept checking,done',
+        '',
+      ].join('\n'),
+    );
+  });
+
   it('if/elseif/else, foreach, for, while, do-until, break and continue', async () => {
     const r = await ps(
       [

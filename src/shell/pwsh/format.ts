@@ -110,32 +110,56 @@ const TABLE_VIEWS: Record<string, string[]> = {
 
 const viewOf = (item: unknown): string[] | undefined => (isPSObject(item) ? TABLE_VIEWS[item[PS_TYPE]] : undefined);
 
-/** Out-Default: scalars one per line; objects as their type's table view, a table (≤ 4 properties) or a list. */
+/**
+ * Out-Default as a stream, for output that arrives a little at a time (a function's, as it writes
+ * it): scalars one per line, objects as their type's table view, a table (≤ 4 properties) or a
+ * list. Scalars and list entries are written as they come; a table waits for the rest of its rows
+ * (its column widths come from all of them) until something else is written or the statement ends
+ * — as PowerShell's table formatting waits, so a Write-Host after its rows can come first.
+ */
+export class OutDefaultStream {
+  private table: unknown[] = [];
+  private kind?: 'table' | 'list';
+  private view?: string[];
+
+  constructor(private readonly write: (text: string) => void) {}
+
+  items(items: readonly unknown[]): void {
+    for (const item of items) {
+      if (isScalar(item)) {
+        this.end();
+        this.write(`${toText(item)}\n`);
+        continue;
+      }
+      const itemView = viewOf(item);
+      const kind = itemView || propertyNames(item).length <= 4 ? 'table' : 'list';
+      if (kind !== this.kind || itemView !== this.view) this.end();
+      if (kind === 'list') {
+        // formatList's layout an entry at a time: "\n\n", each object's properties and a blank line, "\n".
+        if (this.kind !== 'list') this.write('\n\n');
+        this.write(`${formatList([item]).slice(2, -2)}\n`);
+      } else this.table.push(item);
+      this.kind = kind;
+      this.view = itemView;
+    }
+  }
+
+  /** The end of a statement's output (or of a run of one kind): what waits is written. */
+  end(): void {
+    if (this.kind === 'list') this.write('\n');
+    else if (this.table.length > 0) this.write(formatTable(this.table, this.view));
+    this.table = [];
+    this.kind = undefined;
+    this.view = undefined;
+  }
+}
+
+/** Out-Default of a whole statement's output at once. */
 export function formatDefault(items: readonly unknown[]): string {
   let out = '';
-  let group: unknown[] = [];
-  let groupKind: 'table' | 'list' | undefined;
-  let view: string[] | undefined;
-  const flush = (): void => {
-    if (group.length === 0) return;
-    out += view ? formatTable(group, view) : groupKind === 'table' ? formatTable(group) : formatList(group);
-    group = [];
-  };
-  for (const item of items) {
-    if (isScalar(item)) {
-      flush();
-      groupKind = undefined;
-      out += `${toText(item)}\n`;
-      continue;
-    }
-    const itemView = viewOf(item);
-    const kind = itemView || propertyNames(item).length <= 4 ? 'table' : 'list';
-    if (kind !== groupKind || itemView !== view) flush();
-    groupKind = kind;
-    view = itemView;
-    group.push(item);
-  }
-  flush();
+  const stream = new OutDefaultStream((t) => (out += t));
+  stream.items(items);
+  stream.end();
   return out;
 }
 

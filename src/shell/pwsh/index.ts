@@ -1,6 +1,6 @@
 /** Entry point of the PowerShell front-end: a runtime with the builtins plus the given commands. */
 import { builtinCommands } from './builtins.ts';
-import { formatDefault } from './format.ts';
+import { OutDefaultStream } from './format.ts';
 import { type CommandDef, type Host, Runtime } from './runtime.ts';
 
 const ALIASES: Record<string, string> = {
@@ -29,7 +29,7 @@ export function createRuntime(host: Host, commands: readonly CommandDef[], optio
     const def = registry.get(target.toLowerCase());
     if (def) registry.set(alias, def);
   }
-  return new Runtime(host, registry, { ...options, outDefault: formatDefault });
+  return new Runtime(host, registry, { ...options, outDefault: (write) => new OutDefaultStream(write) });
 }
 
 export { FormattedOutput, PwshError, Runtime } from './runtime.ts';

@@ -258,14 +258,25 @@ export interface RuntimeOptions {
   /** Shown in error positions: "At <scriptName>:line char:col"; "line" for -Command. */
   scriptName?: string;
   env?: NodeJS.ProcessEnv;
-  /** Renders objects that reach the end of a statement (Out-Default). */
-  outDefault: (items: unknown[]) => string;
+  /** Out-Default: renders the objects that reach the host, as they come (see format.ts). */
+  outDefault: (write: (text: string) => void) => OutDefaultSink;
 }
+
+/** Out-Default of the host: objects as they come; `end` when a top-level statement is done. */
+export interface OutDefaultSink {
+  items(items: readonly unknown[]): void;
+  end(): void;
+}
+
+/** Where a statement's output goes: the caller's output, or the host's Out-Default. */
+type Emit = (items: unknown[]) => void;
 
 export class Runtime {
   /** Variable scopes, global first; a function call runs in a new innermost scope. */
   private readonly scopes: Map<string, unknown>[] = [new Map()];
   private readonly functions = new Map<string, FunctionDef>();
+  /** The host's Out-Default: pre-formatted output prints as is; objects are formatted as they come. */
+  private readonly out: OutDefaultSink;
   /** `try` blocks open around what runs now: their catch takes terminating errors. */
   private tryDepth = 0;
   private source = '';
@@ -277,6 +288,7 @@ export class Runtime {
     private readonly commands: ReadonlyMap<string, CommandDef>,
     private readonly options: RuntimeOptions,
   ) {
+    this.out = options.outDefault((text) => host.stdout(text));
     this.vars.set('erroractionpreference', 'Continue');
     this.vars.set('error', []);
     this.vars.set('?', true);
@@ -358,13 +370,13 @@ export class Runtime {
         };
         const call: Command = { kind: 'command', name: fn.name, nameExtent: none, elements, extent: head.extent };
         try {
-          await this.callFunction(fn, call, undefined, true, (items) => this.render(items));
+          await this.callFunction(fn, call, undefined, true, this.hostOutput);
         } catch (err) {
           // Arguments that do not bind: PowerShell's binding error, and the script does not run.
           if (!(err instanceof CommandFailure)) throw err;
           this.statementError(err, head);
         }
-      } else await this.runStatements(statements, (items) => this.render(items));
+      } else await this.runStatements(statements, this.hostOutput, this.endOfStatement);
     } catch (err) {
       if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent, false);
       else if (!(
@@ -379,11 +391,20 @@ export class Runtime {
     return this.errorCount;
   }
 
-  /** Runs statements in order; what each outputs goes to `emit` (the host at top level, or the caller). */
-  async runStatements(statements: readonly Statement[], emit: (items: unknown[]) => void): Promise<void> {
+  /**
+   * Runs statements in order; what each outputs goes to `emit` (the host at top level, or the
+   * caller); `afterEach`: the script's own statements, each one's output ends there (Out-Default).
+   */
+  async runStatements(statements: readonly Statement[], emit: Emit, afterEach?: () => void): Promise<void> {
     const traps = statements.filter((s): s is Extract<Statement, { kind: 'trap' }> => s.kind === 'trap');
     if (traps.length === 0) {
-      for (const st of statements) await this.runStatement(st, emit);
+      for (const st of statements) {
+        try {
+          await this.runStatement(st, emit);
+        } finally {
+          afterEach?.();
+        }
+      }
       return;
     }
     // A trap handles a terminating error anywhere in its scope, wherever it stands in it: its body
@@ -394,6 +415,7 @@ export class Runtime {
       try {
         await this.runStatement(st, emit);
       } catch (err) {
+        afterEach?.();
         if (!(err instanceof TerminatingError)) throw err;
         const trap = traps.find((t) => t.types.length === 0 || t.types.some((ty) => catchMatches(err.record, ty)));
         if (!trap) throw err;
@@ -401,6 +423,7 @@ export class Runtime {
         if (outcome === 'break') throw err;
         if (outcome === 'write') this.writeError(err.record, err.commandName, false, err.extent, false);
       }
+      afterEach?.();
     }
   }
 
@@ -493,7 +516,7 @@ export class Runtime {
         // `$i++` / `$i--`: an unset variable counts from 0, as in PowerShell.
         const current = (await this.expr(st.target)) ?? 0;
         await this.assign(st.target, binaryOp(st.delta > 0 ? '+' : '-', current, 1, st.extent));
-      } else emit(await this.pipeline(st));
+      } else emit(await this.pipeline(st, undefined, emit));
       global.set('?', true);
     } catch (err) {
       global.set('?', false);
@@ -641,24 +664,20 @@ export class Runtime {
     }
   }
 
-  /** Out-Default: pre-formatted output prints as is; objects are formatted. */
-  render(items: unknown[]): void {
-    if (items.length === 0) return;
-    let pending: unknown[] = [];
-    const flush = (): void => {
-      if (pending.length > 0) this.host.stdout(this.options.outDefault(pending));
-      pending = [];
-    };
+  /**
+   * What reaches the host: a top-level statement's output (written when its statement is done,
+   * see `endOfStatement`), and what a function called there writes (as it writes it).
+   */
+  private readonly hostOutput: Emit = (items) => {
     for (const item of items) {
       if (item instanceof FormattedOutput) {
-        flush();
+        this.out.end();
         this.host.stdout(item.text);
-      } else {
-        pending.push(item);
-      }
+      } else this.out.items([item]);
     }
-    flush();
-  }
+  };
+
+  private readonly endOfStatement = (): void => this.out.end();
 
   /**
    * An error in a simple statement: control signals and terminating errors go on up; a cmdlet's own
@@ -788,9 +807,21 @@ export class Runtime {
     return collapse(await this.pipeline(p));
   }
 
-  async pipeline(p: Pipeline, initialInput?: unknown[]): Promise<unknown[]> {
+  /**
+   * Runs a pipeline and returns its output; with `stream`, a function at its end writes its output
+   * there as it goes (PowerShell's pipeline: what a function outputs moves on at once), so its
+   * output and its host writes (Write-Host) keep their order.
+   */
+  async pipeline(p: Pipeline, initialInput?: unknown[], stream?: Emit): Promise<unknown[]> {
     let input = initialInput;
     for (const [i, el] of p.elements.entries()) {
+      const fn =
+        el.kind === 'command' && stream && i === p.elements.length - 1 && this.functions.get(el.name.toLowerCase());
+      if (fn && el.kind === 'command') {
+        // (A wrapper: the function's own statements are not the caller's top level.)
+        await this.callFunction(fn, el, i === 0 ? initialInput : input, false, (items) => stream?.(items));
+        return [];
+      }
       if (el.kind === 'expression') {
         if (i > 0) {
           throw new PwshError(
@@ -1470,8 +1501,10 @@ export class Runtime {
           p.name.toLowerCase(),
           bound.has(p.name) ? convertTo(p.type, bound.get(p.name)) : await this.paramDefault(p),
         );
-      if (fn.blocks) await this.runNamedBlocks(fn.blocks, fn.params, scope, input, out);
-      else await this.runStatements(fn.body, output);
+      if (fn.blocks) await this.runNamedBlocks(fn.blocks, fn.params, scope, input, output);
+      // A script run from the command line (its param block bound to the arguments): its own
+      // statements are the top level, each one's output ends with it.
+      else await this.runStatements(fn.body, output, output === this.hostOutput ? this.endOfStatement : undefined);
     } catch (err) {
       if (err instanceof ReturnSignal) output(err.value);
       else throw err;
@@ -1577,9 +1610,8 @@ export class Runtime {
     params: readonly ParamDecl[],
     scope: Map<string, unknown>,
     input: unknown[] | undefined,
-    out: unknown[],
+    emit: Emit,
   ): Promise<void> {
-    const emit = (items: unknown[]) => out.push(...items);
     if (blocks.begin) await this.runStatements(blocks.begin, emit);
     if (blocks.process) {
       const piped = params.find((p) => p.fromPipeline);
