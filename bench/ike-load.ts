@@ -17,13 +17,13 @@
  * key): the consec daemon (its rule's KeyModule Default answers IKEv1) against charon with
  * `version = 1`; no flood row (IKEv1's DoS cookies are MS-IKEE's, which charon does not speak).
  *
- *   node --import tsx bench/ike-load.ts [--ike 2|1] [--count 2000] [--concurrency 16] [--flood-rate 2000] [--json]
+ *   node --import tsx bench/ike-load.ts [--ike 2|1] [--count 2000] [--concurrency 16] [--flood-rate 2000] [--cpu-prof DIR] [--json]
  */
 import { Lab } from '../src/lab/lab.ts';
 import { Charon, pskHostTunnel } from '../src/lab/strongswan.ts';
 import { hostToHost } from '../src/lab/topology.ts';
-import { consecDaemon } from '../test/helpers.ts';
-import { emit, numberArg } from './lib/cli.ts';
+import { consecArgv, consecDaemon } from '../test/helpers.ts';
+import { emit, numberArg, stringArg } from './lib/cli.ts';
 import { consecPolicy, removeFilters } from './lib/consec.ts';
 import { namespaceTicks, TICK } from './lib/cpu.ts';
 import { labNodeScript } from './lib/lab-node.ts';
@@ -33,6 +33,14 @@ const count = numberArg('count', 2000);
 const concurrency = numberArg('concurrency', 16);
 const floodRate = numberArg('flood-rate', 2000);
 const ikeVersion = numberArg('ike', 2) === 1 ? 1 : 2;
+/** `--cpu-prof DIR`: the consec daemon writes a V8 CPU profile per run into DIR (where its time goes). */
+const cpuProfDir = stringArg('cpu-prof', '');
+const profiled = (argv: string[]): string[] => [
+  argv[0] as string,
+  '--cpu-prof',
+  `--cpu-prof-dir=${cpuProfDir}`,
+  ...argv.slice(1),
+];
 const PSK = 'bench-ike-load-psk-0123456789';
 
 interface LoadResult {
@@ -66,7 +74,10 @@ const RESPONDERS: Responder[] = [
         tunnel: true,
         keyExchanges: ['DH19', 'DH14'],
       });
-      const d = consecDaemon(lab, 'bob', dir, b);
+      // As quiet as charon here (its log off): problems only, no line per SA.
+      const d = cpuProfDir
+        ? lab.spawn('bob', profiled(consecArgv(['daemon', '--listen', b, '--dpd', '0', '--log-level', 'warn'], dir)))
+        : consecDaemon(lab, 'bob', dir, b, ['--log-level', 'warn']);
       await d.waitFor(/"msg":"ready"/);
       return {
         stop: async () => {
@@ -176,7 +187,7 @@ emit({
     (ikeVersion === 2
       ? `The flood row adds IKE_SA_INIT requests at ${floodRate}/s that never complete, from the generator's address (another port), for as long as the load runs; cookies asked of the load are in results.json. `
       : '') +
-    'setups/s is the load’s wall time; responder CPU is user + system time of the responder’s processes per established SA (2 cores shared by generator and responder).',
+    'Both responders log problems only (charon’s log off, consec --log-level warn). setups/s is the load’s wall time; responder CPU is user + system time of the responder’s processes per established SA (2 cores shared by generator and responder), the figure that compares the responders when the one generator bounds the rate.',
   columns: [
     'responder',
     'key exchange',

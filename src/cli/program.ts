@@ -214,6 +214,11 @@ Examples:
     .option('--manual-sas <file>', 'install the manual SAs of a YAML file (keys and SPIs, no IKE); mode 0600')
     .option('--dpd <seconds>', 'liveness check after this many seconds without traffic from a peer (0: off)', '30')
     .option('--metrics <addr>', 'serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9464)')
+    .option(
+      '--log-level <level>',
+      'info (every SA set up and taken down, the default), warn (problems only) or error; audit events go to the Security log either way',
+      'info',
+    )
     .action(
       async (opts: {
         listen?: string[];
@@ -226,6 +231,7 @@ Examples:
         force?: boolean;
         wiresharkKeys?: string;
         manualSas?: string;
+        logLevel: string;
       }) => {
         // (Prometheus' client is loaded only by a daemon that serves metrics.)
         if (opts.metrics) (await import('../daemon/metrics.ts')).parseListen(opts.metrics);
@@ -233,6 +239,8 @@ Examples:
         const dpd = Number(opts.dpd);
         if (!Number.isFinite(dpd) || dpd < 0)
           throw new ConsecError('ERR_USAGE', `--dpd ${opts.dpd}: not a number of seconds`);
+        if (!['info', 'warn', 'error'].includes(opts.logLevel))
+          throw new ConsecError('ERR_USAGE', `--log-level ${opts.logLevel}: use info, warn or error`);
         if (!['auto', 'kernel', 'userspace', 'none'].includes(opts.dataplane))
           throw new ConsecError('ERR_USAGE', `--dataplane ${opts.dataplane}: use auto, kernel, userspace or none`);
         process.exitCode = await runDaemon(stateDir(program), {
@@ -246,6 +254,7 @@ Examples:
           wiresharkKeys: opts.wiresharkKeys,
           manualSas: opts.manualSas,
           metrics: opts.metrics,
+          logLevel: opts.logLevel as 'info' | 'warn' | 'error',
         });
       },
     );

@@ -158,6 +158,8 @@ export interface DaemonOptions {
   dpd?: number;
   /** Serve Prometheus metrics on ADDRESS:PORT. */
   metrics?: string;
+  /** The log's level: info (default: every SA set up and taken down), warn (problems only) or error. */
+  logLevel?: 'info' | 'warn' | 'error';
 }
 
 /**
@@ -281,6 +283,9 @@ async function serve(
   lock: StateDirLock,
   signals: DaemonSignals,
 ): Promise<number> {
+  // What happens per SA and per packet event (keying, data plane, audit lines) at the level asked
+  // for; the daemon's own life (settings, ready, stopping) is always logged.
+  const activity = o.logLevel && o.logLevel !== 'info' ? log.child({}, { level: o.logLevel }) : log;
   const ctx = systemHostContext();
   const addresses = o.listen && o.listen.length > 0 ? o.listen : ctx.localAddresses;
   for (const a of addresses)
@@ -294,7 +299,9 @@ async function serve(
   const auditCounts = new Map<number, number>();
   let plane: UserspaceDataPlane | undefined;
   const kernel =
-    kind === 'kernel' ? KernelDataPlane.open({ log: (event, detail) => log.info(detail ?? {}, event) }) : undefined;
+    kind === 'kernel'
+      ? KernelDataPlane.open({ log: (event, detail) => activity.info(detail ?? {}, event) })
+      : undefined;
   // The IKE debug log (netsh advfirewall set global ipsec debuglog …), followed live.
   const debugLog = new IkeDebugLog(
     stateDir,
@@ -329,7 +336,7 @@ async function serve(
     if ((event.id === 4652 || event.id === 4653) && event.failure.notify === 'AUTHENTICATION_FAILED') authFailures++;
     metrics?.audit(event);
     if (debugLog.enabled()) debugLog.line(`audit ${event.id} ${JSON.stringify(event)}`);
-    log.info({ audit: event }, `audit ${event.id}`);
+    activity.info({ audit: event }, `audit ${event.id}`);
     securityLog.emit(event);
   };
   // What the policy says per packet (exempt, Request, Require), recompiled with every policy change.
@@ -350,7 +357,7 @@ async function serve(
           layerName: 'Transport',
           ...d,
         }),
-      log: (event, detail) => log.info(detail ?? {}, event),
+      log: (event, detail) => activity.info(detail ?? {}, event),
     });
   }
   const logOnly: ChildSaSink = {
@@ -411,7 +418,7 @@ async function serve(
     audit: { emit: emitAudit },
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
-    log,
+    log: activity,
   });
   // The data plane's traffic events go to the keying service: acquires, lifetimes, activity.
   plane?.attach({
