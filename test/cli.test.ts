@@ -175,6 +175,9 @@ describe('consec CLI', () => {
     const bad = consec(['daemon', '--listen', 'nowhere']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^consec: --listen "nowhere" is not an IP address\n$/);
+    const level = consec(['daemon', '--listen', '127.0.0.1', '--log-level', 'debug']);
+    assert.equal(level.code, 1);
+    assert.equal(level.stderr, 'consec: --log-level debug: use info, warn or error\n');
     const profile = consec(['netsh', 'advfirewall', 'monitor', 'show', 'currentprofile']);
     assert.equal(profile.code, 0, profile.stderr);
     assert.match(profile.stdout, /^\n(Domain|Private|Public) Profile:\n-{70}\n/);
