@@ -286,6 +286,11 @@ describe('PowerShell language: control flow, functions, errors', () => {
         '',
       ].join('\n'),
     );
+    // A script's `return`: its value is the script's last output, also a table held until the end.
+    const returned = await ps('param($n = 2)\nWrite-Host "start"\nreturn [pscustomobject]@{ N = $n }', dir, 'r.ps1');
+    assert.equal(returned.out, 'start\n\nN\n-\n2\n\n\n');
+    const early = await ps('"a"\nreturn "b"\n"c"', dir);
+    assert.equal(early.out, 'a\nb\n');
   });
 
   it('if/elseif/else, foreach, for, while, do-until, break and continue', async () => {

@@ -72,7 +72,10 @@ export interface KeyingOptions {
    * is deleted (default: the policy's MaxSAIdleTimeSeconds, as Windows; given here by tests).
    */
   idle?: { sweepMs?: number; afterMs?: number };
+  /** What happens per SA. */
   log: Logger;
+  /** The service's own life: started, policy reloaded (default: `log`). */
+  serviceLog?: Logger;
 }
 
 /** Responder configs carry the initiator's selectors first (TSi = the peer's side). */
@@ -241,7 +244,10 @@ export class KeyingService {
       (doc) => this.reload(doc),
       (err) => this.o.log.error({ err: err.message }, 'policy store unreadable; the last good policy stays in force'),
     );
-    this.o.log.info({ addresses: this.o.addresses, rules: this.doc.rules.length }, 'keying service started');
+    (this.o.serviceLog ?? this.o.log).info(
+      { addresses: this.o.addresses, rules: this.doc.rules.length },
+      'keying service started',
+    );
   }
 
   /** Our policy for a peer that starts IKE with us, or undefined (NO_PROPOSAL_CHOSEN). */
@@ -550,7 +556,7 @@ export class KeyingService {
         }
       }
     }
-    this.o.log.info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
+    (this.o.serviceLog ?? this.o.log).info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
     this.o.onPolicy?.(doc);
   }
 

@@ -362,7 +362,7 @@ async function serve(
   }
   const logOnly: ChildSaSink = {
     install: (spec) =>
-      log.info(
+      activity.info(
         {
           spiIn: spec.inbound.spi.toString(16).padStart(8, '0'),
           spiOut: spec.outbound.spi.toString(16).padStart(8, '0'),
@@ -371,7 +371,8 @@ async function serve(
         },
         'child SA ready for the data plane',
       ),
-    delete: (spiIn) => log.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
+    delete: (spiIn) =>
+      activity.info({ spiIn: spiIn.toString(16).padStart(8, '0') }, 'child SA removed from the data plane'),
   };
   const stores = new PolicyStores(stateDir, { cacheReads: true });
   // A store unreadable at start-up (corrupt, half-written): the policy last applied, not none.
@@ -419,6 +420,7 @@ async function serve(
     timing: o.dpd !== undefined ? { dpdMs: o.dpd * 1000 } : undefined,
     forceUdpEncapsulation: o.encap,
     log: activity,
+    serviceLog: log,
   });
   // The data plane's traffic events go to the keying service: acquires, lifetimes, activity.
   plane?.attach({

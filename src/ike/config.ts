@@ -354,7 +354,7 @@ export function planForRule(doc: PolicyDocument, rule: IPsecRule, flow: Flow, op
       skipped: esp.skipped,
       offerable: esp.proposals.length > 0,
       espProposals: (spi) => espProposals(chosen, spi, pfs).proposals,
-      lifetimes: lifetimes(mm.MaxMinutes, chosen[0]?.MaxMinutes, chosen[0]?.MaxKiloBytes),
+      lifetimes: Object.freeze(lifetimes(mm.MaxMinutes, chosen[0]?.MaxMinutes, chosen[0]?.MaxKiloBytes)),
     };
     offer.set(variant, q);
   }

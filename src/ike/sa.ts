@@ -55,12 +55,16 @@ export class IkeSa {
   myMid = 0;
   peerMid = 0;
 
+  /** `spis`: both SPIs when they are known at once (a responder's, a rekey's); else an initiator's own and zeros. */
   constructor(
     readonly role: 'initiator' | 'responder',
     readonly local: Endpoint,
     public remote: Endpoint,
+    spis?: { spiI: Uint8Array; spiR: Uint8Array },
   ) {
-    this.spiBlock = spiPair(role === 'initiator' ? randomOctets(8) : Buffer.alloc(8), Buffer.alloc(8));
+    this.spiBlock = spis
+      ? spiPair(spis.spiI, spis.spiR)
+      : spiPair(role === 'initiator' ? randomOctets(8) : Buffer.alloc(8), Buffer.alloc(8));
   }
 
   get spiI(): Buffer {

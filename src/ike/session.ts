@@ -45,13 +45,13 @@ const requestDigest = (raw: Buffer): Buffer => createHash('sha256').update(raw).
 export type { ChildEntry, ChildState, Lifetimes, PeerConfig, SessionState } from './tasks/context.ts';
 
 /** Windows defaults: main mode 480 minutes, quick mode 60 minutes; rekey at 90 %. */
-export const DEFAULT_LIFETIMES: Lifetimes = {
+export const DEFAULT_LIFETIMES: Lifetimes = Object.freeze({
   ikeRekeyMs: 432 * 60_000,
   ikeExpireMs: 480 * 60_000,
   childRekeyMs: 54 * 60_000,
   childExpireMs: 60 * 60_000,
   childKilobytes: 100_000,
-};
+});
 
 export interface Timing {
   /** Waits between transmissions of a request; the exchange fails after the last. */
@@ -107,7 +107,7 @@ const spiNumber = (spi: Buffer): number => spi.readUInt32BE(0);
 const NAT_KEEPALIVE = Buffer.from([0xff]);
 const jitter = (ms: number) => Math.max(0, ms - Math.floor(Math.random() * Math.min(ms * 0.05, 30_000)));
 
-/** A plan's lifetimes with the defaults filled in, one object per plan's lifetimes (shared by its SAs). */
+/** Lifetimes with the defaults filled in, one frozen object per lifetimes object given (plans share theirs). */
 const completed = new WeakMap<Partial<Lifetimes>, Lifetimes>();
 function completeLifetimes(given: Partial<Lifetimes> | undefined): Lifetimes {
   if (!given) return DEFAULT_LIFETIMES;

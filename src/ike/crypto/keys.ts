@@ -59,7 +59,11 @@ export class IkeKeys {
     return this.key({ prf: 2, integ: 2, encr: 2 }, this.prfBytes);
   }
 
-  /** SK_pi and SK_pr serve the AUTH payloads alone (§2.15): zeroed and let go once IKE_AUTH is done. */
+  /**
+   * SK_pi and SK_pr serve the AUTH payloads alone (§2.15): zeroed and let go once IKE_AUTH is done.
+   * The whole old block is zeroed, so a view of another key read before this reads zeros after it:
+   * read keys when they are used (as `IkeSa.skKeys` does), never keep them.
+   */
   dropAuthKeys(): void {
     const keep = this.prfBytes + 2 * this.integBytes + 2 * this.encrBytes;
     if (this.block.length === keep) return;

@@ -53,8 +53,9 @@ export interface ChildExchange {
 }
 
 /**
- * A child SA from the chosen ESP proposal, with its keys (RFC 7296 §2.17). Without `ex` the child
- * belongs to IKE_AUTH and takes the IKE SA's nonces.
+ * A child SA from the chosen ESP proposal (its SPI: the one we send with), with its keys (RFC 7296
+ * §2.17). Without `ex` the child belongs to IKE_AUTH and takes the IKE SA's nonces. `planned`: the
+ * plan's selectors, shared by the child where the negotiated ones are the same.
  */
 export function childSa(
   sa: IkeSa,

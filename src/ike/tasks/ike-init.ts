@@ -174,9 +174,15 @@ export function respondInit(
   }
   const { from } = o;
   const local = { address: o.local.address, port: 500 };
-  const sa = new IkeSa('responder', local, { address: from.address, port: from.port });
-  sa.spiI = kept(h.spiI);
-  sa.spiR = randomOctets(8);
+  const sa = new IkeSa(
+    'responder',
+    local,
+    { address: from.address, port: from.port },
+    {
+      spiI: h.spiI,
+      spiR: randomOctets(8),
+    },
+  );
   sa.chosen = { ...chosen, spi: kept(chosen.spi) };
   sa.nonceI = Buffer.from(nonce.data);
   sa.nonceR = randomOctets(32);

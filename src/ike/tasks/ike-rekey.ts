@@ -6,7 +6,6 @@
  * the children. The collision is the running task's state, handed to it by the responder half.
  */
 import { randomOctets } from '../crypto/random.ts';
-import { kept } from '../../io/kept.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError, notifyName } from '../errors.ts';
 import { acceptChosen, selectProposal, transformOf } from '../proposals.ts';
@@ -20,8 +19,8 @@ import { findPayload, notify } from './task.ts';
 const lowest = (nonces: Buffer[]): Buffer => nonces.reduce((a, b) => (Buffer.compare(a, b) <= 0 ? a : b));
 
 /** A new IKE SA inheriting the old one's endpoints, NAT state and peer. */
-function successorSa(old: IkeSa, role: 'initiator' | 'responder'): IkeSa {
-  const sa = new IkeSa(role, { ...old.local }, { ...old.remote });
+function successorSa(old: IkeSa, role: 'initiator' | 'responder', spis: { spiI: Uint8Array; spiR: Uint8Array }): IkeSa {
+  const sa = new IkeSa(role, { ...old.local }, { ...old.remote }, spis);
   sa.natLocal = old.natLocal;
   sa.natRemote = old.natRemote;
   sa.forceEncapsulation = old.forceEncapsulation;
@@ -47,7 +46,7 @@ export class IkeRekeyTask implements SessionTask {
     if (s.state !== 'established') return;
     const old = s.sa;
     let group = transformOf(old.chosen as Proposal, TransformType.KE)?.id as number;
-    const spiI = kept(randomOctets(8));
+    const spiI = randomOctets(8);
     const offered = s.peer.ikeProposals.map((p) => ({ ...p, spi: spiI }));
     for (let attempt = 0; ; attempt++) {
       const ke = KeyExchange.create(group);
@@ -81,9 +80,7 @@ export class IkeRekeyTask implements SessionTask {
         this.collision = undefined;
         throw new IkeError('invalid IKE SA rekey response', NotifyType.INVALID_SYNTAX);
       }
-      const sa = successorSa(old, 'initiator');
-      sa.spiI = spiI;
-      sa.spiR = chosen.spi;
+      const sa = successorSa(old, 'initiator', { spiI, spiR: chosen.spi });
       sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
       sa.nonceI = nonceI;
       sa.nonceR = Buffer.from(nonce.data);
@@ -139,9 +136,7 @@ export function respondIkeRekey(
     return { payloads: [notify(NotifyType.INVALID_KE_PAYLOAD, data)] };
   }
   const ke = KeyExchange.create(group);
-  const sa = successorSa(s.sa, 'responder');
-  sa.spiI = chosen.spi;
-  sa.spiR = randomOctets(8);
+  const sa = successorSa(s.sa, 'responder', { spiI: chosen.spi, spiR: randomOctets(8) });
   sa.chosen = { ...chosen, spi: Buffer.alloc(0) };
   sa.nonceI = Buffer.from(nonce.data);
   sa.nonceR = randomOctets(32);

@@ -378,15 +378,21 @@ export class Runtime {
         }
       } else await this.runStatements(statements, this.hostOutput, this.endOfStatement);
     } catch (err) {
-      if (err instanceof TerminatingError) this.writeError(err.record, err.commandName, false, err.extent, false);
-      else if (!(
+      // `return x` at a script's top level ends it with x as its last output.
+      if (err instanceof ReturnSignal) this.hostOutput(err.value);
+      else if (err instanceof TerminatingError) {
+        this.out.end();
+        this.writeError(err.record, err.commandName, false, err.extent, false);
+      } else if (!(
         err instanceof StopScript ||
         err instanceof ExitSignal ||
         err instanceof BreakSignal ||
-        err instanceof ContinueSignal ||
-        err instanceof ReturnSignal
+        err instanceof ContinueSignal
       ))
         throw err;
+    } finally {
+      // What Out-Default still holds (a script's returned value, a table) is written before the end.
+      this.out.end();
     }
     return this.errorCount;
   }
@@ -665,8 +671,9 @@ export class Runtime {
   }
 
   /**
-   * What reaches the host: a top-level statement's output (written when its statement is done,
-   * see `endOfStatement`), and what a function called there writes (as it writes it).
+   * What reaches the host's Out-Default: a top-level statement's output, and what a function called
+   * there writes, as it is written (scalars and list entries at once, a table once it ends: at the
+   * end of its top-level statement, `endOfStatement`, or when something else is written).
    */
   private readonly hostOutput: Emit = (items) => {
     for (const item of items) {
@@ -1369,7 +1376,10 @@ export class Runtime {
     cmd: Command,
     input: unknown[] | undefined,
     shared = false,
-    /** Where output goes as it is written (the host, for a script run from the command line). */
+    /**
+     * Where output goes as it is written: the host for a script run from the command line, the
+     * statement's own output for a function at the end of a statement's pipeline (see `pipeline`).
+     */
     emit?: (items: unknown[]) => void,
   ): Promise<unknown[]> {
     this.checkCallDepth(cmd.extent);
