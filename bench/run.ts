@@ -2,9 +2,9 @@
  * `npm run bench`: every benchmark in one run on this machine, side by side, written to
  * BENCHMARKS.md with the raw numbers (bench/results/results.json), a chart per table
  * (bench/results/*.svg) and the exact versions used. Each section runs as its own process (a lab
- * section builds and removes its own namespaces); the whole run is bounded: by default ≈ 12 min
- * (throughput runs 3 × 2 s per cell), `--full` for the complete protocol (3 × 10 s per cell, ≈ 25
- * min), `--quick` for a short smoke run.
+ * section builds and removes its own namespaces); the whole run is bounded: by default ≈ 21 min on
+ * a 2-core machine (throughput runs 3 × 2 s per cell), `--full` for the complete protocol (3 × 10 s
+ * per cell, about 15 min more), `--quick` for a short smoke run.
  *
  *   node --import tsx bench/run.ts [--quick | --full]
  */
