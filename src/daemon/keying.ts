@@ -244,10 +244,12 @@ export class KeyingService {
       (doc) => this.reload(doc),
       (err) => this.o.log.error({ err: err.message }, 'policy store unreadable; the last good policy stays in force'),
     );
-    (this.o.serviceLog ?? this.o.log).info(
-      { addresses: this.o.addresses, rules: this.doc.rules.length },
-      'keying service started',
-    );
+    this.serviceLog.info({ addresses: this.o.addresses, rules: this.doc.rules.length }, 'keying service started');
+  }
+
+  /** Where the service's own life is logged (started, policy reloaded). */
+  private get serviceLog(): Logger {
+    return this.o.serviceLog ?? this.o.log;
   }
 
   /** Our policy for a peer that starts IKE with us, or undefined (NO_PROPOSAL_CHOSEN). */
@@ -556,7 +558,7 @@ export class KeyingService {
         }
       }
     }
-    (this.o.serviceLog ?? this.o.log).info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
+    this.serviceLog.info({ rules: doc.rules.length, kept, deleted }, 'policy reloaded');
     this.o.onPolicy?.(doc);
   }
 

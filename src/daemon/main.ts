@@ -31,7 +31,13 @@ import {
   removeGuard,
 } from '../dataplane/guard.ts';
 import type { PolicyDocument } from '../policy/model.ts';
-import { type CompiledPolicy, compilePolicy, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
+import {
+  type CompiledPolicy,
+  compiledPolicy,
+  compilePolicy,
+  type HostContext,
+  resolveAddressEntry,
+} from '../filter/compile.ts';
 import type { IpInfo } from '../dataplane/ip.ts';
 import type { Verdict } from '../dataplane/plane.ts';
 import { readIp } from '../io/addr.ts';
@@ -496,7 +502,7 @@ async function serve(
     }
   };
   const compile = (doc: PolicyDocument) => {
-    const policy = compilePolicy(doc, ctx);
+    const policy = compiledPolicy(doc, ctx);
     classify = (packet, ip) => verdictFor(policy, packet, ip);
     if (kernel) {
       const families = [...new Set(service.addresses.map((a) => (isIPv4(a) ? 4 : 6) as 4 | 6))];

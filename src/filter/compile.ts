@@ -573,6 +573,22 @@ function ruleFilter(rule: IPsecRule, ctx: HostContext): RuleFilter {
   return made;
 }
 
+/**
+ * A policy document's filters, compiled once per document and host context (its content: the
+ * daemon updates its context in place when addresses change) — the daemon's data plane and every
+ * peer the keying service plans for share one compilation.
+ */
+const compiledOf = new WeakMap<PolicyDocument, { ctx: string; policy: CompiledPolicy }>();
+
+export function compiledPolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): CompiledPolicy {
+  const key = JSON.stringify(ctx);
+  const hit = compiledOf.get(doc);
+  if (hit?.ctx === key) return hit.policy;
+  const policy = compilePolicy(doc, ctx);
+  compiledOf.set(doc, { ctx: key, policy });
+  return policy;
+}
+
 /** Compiles a policy document (normally the ActiveStore view) with the host's context. */
 export function compilePolicy(doc: PolicyDocument, ctx: HostContext = EMPTY_CONTEXT): CompiledPolicy {
   const warnings: string[] = [];

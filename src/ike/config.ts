@@ -4,14 +4,7 @@
  * selectors. Everything IKEv2 cannot do is a clear error, not a silent downgrade.
  */
 import { isIP, isIPv4 } from 'node:net';
-import {
-  type CompiledPolicy,
-  compilePolicy,
-  EMPTY_CONTEXT,
-  type Flow,
-  type HostContext,
-  resolveAddressEntry,
-} from '../filter/compile.ts';
+import { compiledPolicy, EMPTY_CONTEXT, type Flow, type HostContext, resolveAddressEntry } from '../filter/compile.ts';
 import {
   ANY_V4,
   ANY_V6,
@@ -60,20 +53,6 @@ interface QuickModeOffer {
   lifetimes: Lifetimes;
 }
 const quickModeOf = new WeakMap<object, Map<string, QuickModeOffer>>();
-/**
- * The filters of a policy document, compiled once per document and host context (its content: the
- * daemon updates its context in place when addresses change), not once per peer.
- */
-const compiledOf = new WeakMap<PolicyDocument, { ctx: string; policy: CompiledPolicy }>();
-
-function compiled(doc: PolicyDocument, ctx: HostContext): CompiledPolicy {
-  const key = JSON.stringify(ctx);
-  const hit = compiledOf.get(doc);
-  if (hit?.ctx === key) return hit.policy;
-  const policy = compilePolicy(doc, ctx);
-  compiledOf.set(doc, { ctx: key, policy });
-  return policy;
-}
 
 function memo<K extends object, V>(cache: WeakMap<K, V>, key: K, make: () => V): V {
   let v = cache.get(key);
@@ -205,7 +184,7 @@ export interface PlanOptions {
 
 /** Plans the IKEv2 negotiation for an outbound flow, or explains why there is none. */
 export function planNegotiation(doc: PolicyDocument, flow: Flow, opts: PlanOptions = {}): NegotiationPlan {
-  const decision = compiled(doc, opts.ctx ?? EMPTY_CONTEXT).classify(flow);
+  const decision = compiledPolicy(doc, opts.ctx ?? EMPTY_CONTEXT).classify(flow);
   const rule = decision.filter?.rule;
   if (decision.action !== 'negotiate' || !rule) {
     throw new IkeError(
@@ -237,7 +216,7 @@ export function planResponder(
       r.LocalTunnelEndpoint.includes(local),
   );
   if (tunnel) return planForRule(doc, tunnel, flow, opts);
-  const filter = compiled(doc, opts.ctx ?? EMPTY_CONTEXT)
+  const filter = compiledPolicy(doc, opts.ctx ?? EMPTY_CONTEXT)
     .matchAll(flow)
     .find((f) => f.kind !== 'negotiate' || f.rule?.Mode !== 'Tunnel');
   if (!filter || filter.kind !== 'negotiate' || !filter.rule || filter.inbound === 'None') return undefined;

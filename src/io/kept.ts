@@ -9,23 +9,22 @@
  */
 /** The size of a slab of kept bytes. */
 export const KEPT_SLAB_BYTES = 16 * 1024;
-const SLAB = KEPT_SLAB_BYTES;
 const EMPTY = Buffer.alloc(0);
 
-let slab = Buffer.allocUnsafeSlow(SLAB);
+let slab = Buffer.allocUnsafeSlow(KEPT_SLAB_BYTES);
 let used = 0;
 
 /** A copy of `b` that pins no buffer but a slab of kept bytes. */
 export function kept(b: Uint8Array): Buffer {
   const n = b.length;
   if (n === 0) return EMPTY;
-  if (n > SLAB / 16) {
+  if (n > KEPT_SLAB_BYTES / 16) {
     const own = Buffer.allocUnsafeSlow(n);
     own.set(b);
     return own;
   }
-  if (used + n > SLAB) {
-    slab = Buffer.allocUnsafeSlow(SLAB);
+  if (used + n > KEPT_SLAB_BYTES) {
+    slab = Buffer.allocUnsafeSlow(KEPT_SLAB_BYTES);
     used = 0;
   }
   const out = slab.subarray(used, used + n);

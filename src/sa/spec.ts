@@ -30,6 +30,14 @@ export interface TrafficSelector {
 export const TS_IPV4 = 7;
 export const TS_IPV6 = 8;
 
+/** The same selector: protocol, ports and addresses (the family is in the addresses' length). */
+export const sameSelector = (a: TrafficSelector, b: TrafficSelector): boolean =>
+  a.ipProtocol === b.ipProtocol &&
+  a.startPort === b.startPort &&
+  a.endPort === b.endPort &&
+  a.start.equals(b.start) &&
+  a.end.equals(b.end);
+
 /** One direction of a child SA: the SPI its packets carry and the keys that protect them. */
 export interface SaDirection {
   spi: number;

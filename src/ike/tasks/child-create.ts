@@ -14,6 +14,7 @@ import { writeIp } from '../../io/addr.ts';
 import { kept } from '../../io/kept.ts';
 import type { IkeSa } from '../sa.ts';
 import type { Payload, Proposal, TrafficSelector } from '../wire/codec.ts';
+import { sameSelector } from '../../sa/spec.ts';
 import { EncrId, NotifyType, PayloadType, ProtocolId, TransformType, TsType } from '../wire/constants.ts';
 import { findNotifies, findPayload, notify, type Task } from './task.ts';
 
@@ -109,15 +110,7 @@ export function childSa(
  * the plan lives as long as the SA), else a copy out of the message.
  */
 function keptSelector(ts: TrafficSelector, planned: readonly TrafficSelector[]): TrafficSelector {
-  const same = planned.find(
-    (p) =>
-      p.type === ts.type &&
-      p.ipProtocol === ts.ipProtocol &&
-      p.startPort === ts.startPort &&
-      p.endPort === ts.endPort &&
-      p.start.equals(ts.start) &&
-      p.end.equals(ts.end),
-  );
+  const same = planned.find((p) => p.type === ts.type && sameSelector(p, ts));
   if (same) return same;
   const start = kept(ts.start);
   return { ...ts, start, end: ts.end.equals(ts.start) ? start : kept(ts.end) };

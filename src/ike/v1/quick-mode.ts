@@ -12,7 +12,7 @@ import { randomOctets } from '../crypto/random.ts';
 import { kept } from '../../io/kept.ts';
 import { isIPv4 } from 'node:net';
 import { writeIp } from '../../io/addr.ts';
-import type { TrafficSelector } from '../../sa/spec.ts';
+import { sameSelector, type TrafficSelector } from '../../sa/spec.ts';
 import { ENCRS, INTEGS } from '../crypto/algorithms.ts';
 import { KeyExchange } from '../crypto/ke.ts';
 import { IkeError } from '../errors.ts';
@@ -620,14 +620,7 @@ const sameSelectors = (a: ChildSa, b: ChildSa): boolean =>
   ((selEq(a.tsi[0], b.tsi[0]) && selEq(a.tsr[0], b.tsr[0])) ||
     (selEq(a.tsi[0], b.tsr[0]) && selEq(a.tsr[0], b.tsi[0])));
 
-const selEq = (a?: TrafficSelector, b?: TrafficSelector): boolean =>
-  !!a &&
-  !!b &&
-  a.start.equals(b.start) &&
-  a.end.equals(b.end) &&
-  a.ipProtocol === b.ipProtocol &&
-  a.startPort === b.startPort &&
-  a.endPort === b.endPort;
+const selEq = (a?: TrafficSelector, b?: TrafficSelector): boolean => !!a && !!b && sameSelector(a, b);
 
 /**
  * Renewal of child SAs, make-before-break: before a child expires, the side that negotiated it
