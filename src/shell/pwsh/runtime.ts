@@ -403,16 +403,6 @@ export class Runtime {
    */
   async runStatements(statements: readonly Statement[], emit: Emit, afterEach?: () => void): Promise<void> {
     const traps = statements.filter((s): s is Extract<Statement, { kind: 'trap' }> => s.kind === 'trap');
-    if (traps.length === 0) {
-      for (const st of statements) {
-        try {
-          await this.runStatement(st, emit);
-        } finally {
-          afterEach?.();
-        }
-      }
-      return;
-    }
     // A trap handles a terminating error anywhere in its scope, wherever it stands in it: its body
     // runs with $_; then `break` rethrows, `continue` goes on silently, and without either the error
     // is written and the script goes on with the next statement.
@@ -421,7 +411,7 @@ export class Runtime {
       try {
         await this.runStatement(st, emit);
       } catch (err) {
-        afterEach?.();
+        afterEach?.(); // what the statement wrote before the error comes first
         if (!(err instanceof TerminatingError)) throw err;
         const trap = traps.find((t) => t.types.length === 0 || t.types.some((ty) => catchMatches(err.record, ty)));
         if (!trap) throw err;
@@ -823,10 +813,10 @@ export class Runtime {
     let input = initialInput;
     for (const [i, el] of p.elements.entries()) {
       const fn =
-        el.kind === 'command' && stream && i === p.elements.length - 1 && this.functions.get(el.name.toLowerCase());
+        stream && i === p.elements.length - 1 && el.kind === 'command' && this.functions.get(el.name.toLowerCase());
       if (fn && el.kind === 'command') {
         // (A wrapper: the function's own statements are not the caller's top level.)
-        await this.callFunction(fn, el, i === 0 ? initialInput : input, false, (items) => stream?.(items));
+        await this.callFunction(fn, el, input, false, (items) => stream(items));
         return [];
       }
       if (el.kind === 'expression') {
