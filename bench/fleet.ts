@@ -182,7 +182,9 @@ try {
         const stateDir = freshStateDir(`consec-bench-${h}-`);
         return { config: joinFleet(h, stateDir), stateDir };
       });
-      const file = join(mkdtempSync(join(tmpdir(), 'consec-bench-farm-')), 'hosts.json');
+      const farmDir = mkdtempSync(join(tmpdir(), 'consec-bench-farm-'));
+      lab.adopt(farmDir); // removed with the lab, like the driver's work directory
+      const file = join(farmDir, 'hosts.json');
       writeFileSync(file, JSON.stringify(group));
       const farm = lab.spawn('bob', [
         process.execPath,

@@ -7,9 +7,6 @@
  *
  *   node --expose-gc --import tsx bench/memory.ts [--sizes 1000,10000] [--json]
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { MemoryNetwork } from '../src/ike/bind.ts';
 import type { ChildSaSink } from '../src/sa/sink.ts';
 import { IkeManager } from '../src/ike/manager.ts';
@@ -21,49 +18,29 @@ import { Sad } from '../src/dataplane/sad.ts';
 import { writeIp } from '../src/io/addr.ts';
 import { mmProposal, qmProposal } from '../src/policy/model.ts';
 import { PolicyStores } from '../src/policy/store.ts';
-import { netSecurityCommands } from '../src/shell/netsecurity/cmdlets.ts';
-import { createRuntime } from '../src/shell/pwsh/index.ts';
+import { asResponder } from '../src/daemon/keying.ts';
 import { emit, stringArg } from './lib/cli.ts';
+import { consecPolicy } from './lib/consec.ts';
 
 const sizes = stringArg('sizes', '1000,10000').split(',').map(Number);
 const R = '2001:db8::1';
 const PSK = 'memory-bench-psk-0123456789';
 
-/**
- * The responder's policy, written as an admin writes it, and planned per peer the way the daemon
- * plans it (ike/config.ts): what each SA shares with the others is what the daemon's SAs share.
- */
-async function responderPolicy() {
-  const dir = mkdtempSync(join(tmpdir(), 'consec-membench-'));
-  try {
-    const stores = new PolicyStores(dir);
-    let err = '';
-    const rt = createRuntime({ stdout: () => {}, stderr: (t) => (err += t) }, netSecurityCommands(stores), {});
-    const errors = await stores.transaction(() =>
-      rt.run(
-        [
-          '$mm = New-NetIPsecMainModeCryptoProposal -Encryption AES256 -Hash SHA256 -KeyExchange DH19',
-          '$mmSet = New-NetIPsecMainModeCryptoSet -DisplayName MM -Proposal $mm -MaxMinutes 1440',
-          `New-NetIPsecMainModeRule -DisplayName MM -LocalAddress ${R} -RemoteAddress 2001:db8:1::/48 -MainModeCryptoSet $mmSet.Name`,
-          '$qm = New-NetIPsecQuickModeCryptoProposal -Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
-          '$qmSet = New-NetIPsecQuickModeCryptoSet -DisplayName QM -Proposal $qm',
-          `$p1 = New-NetIPsecPhase1AuthSet -DisplayName PSK -Proposal (New-NetIPsecAuthProposal -Machine -PreSharedKey "${PSK}")`,
-          `New-NetIPsecRule -DisplayName hosts -LocalAddress ${R} -RemoteAddress 2001:db8:1::/48 -InboundSecurity Require -OutboundSecurity Require -Phase1AuthSet $p1.Name -QuickModeCryptoSet $qmSet.Name`,
-        ].join('\n'),
-      ),
-    );
-    if (errors > 0) throw new Error(`the bench's policy: ${err}`);
-    return stores.read('ActiveStore');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-const doc = await responderPolicy();
-/** As the daemon answers a peer (daemon/keying.ts): the plan from our side, TSi the peer's. */
-function responderConfig(remote: string): PeerConfig | undefined {
+// The responder's policy, written as an admin writes it (the lab benches' policy), and planned per
+// peer as the daemon plans it: what each SA shares with the others is what the daemon's SAs share.
+const doc = new PolicyStores(
+  await consecPolicy({
+    local: R,
+    remote: '2001:db8:1::/48',
+    psk: PSK,
+    qm: '-Encapsulation ESP -Encryption AESGCM256 -ESPHash AESGMAC256',
+    tunnel: false,
+  }),
+).read('ActiveStore');
+const responderConfig = (remote: string): PeerConfig | undefined => {
   const plan = planResponder(doc, R, remote);
-  return plan && { ...plan, tsi: plan.tsr, tsr: plan.tsi };
-}
+  return plan && asResponder(plan);
+};
 
 // The initiators: hand-made, forgotten after each setup (their memory is not measured).
 const mm = [mmProposal({ Encryption: 'AES256', Hash: 'SHA256', KeyExchange: 'DH19' })];

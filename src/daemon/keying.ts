@@ -79,7 +79,7 @@ export interface KeyingOptions {
 }
 
 /** Responder configs carry the initiator's selectors first (TSi = the peer's side). */
-const asResponder = (plan: NegotiationPlan): PeerConfig => ({ ...plan, tsi: plan.tsr, tsr: plan.tsi });
+export const asResponder = (plan: NegotiationPlan): PeerConfig => ({ ...plan, tsi: plan.tsr, tsr: plan.tsi });
 
 function sameCredentials(a: Credentials, b: Credentials): boolean {
   if (a.method === 'kerberos' || b.method === 'kerberos') return a.method === b.method;
